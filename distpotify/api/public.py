@@ -1,0 +1,228 @@
+"""The music API of a replica (DESIGN section 3): songs, chunks, streaming, playlists, status.
+
+A Klein app on a class; handlers parse and validate, Library decides, and every ApiError
+becomes the JSON error shape in one place (``_api_error``).
+"""
+# test-case-name: tests.unit.test_api
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+from distpotify.api.ranges import Span, serve
+from distpotify.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unavailable
+from distpotify.library import Library
+
+log = Logger()
+
+MAX_JSON = 1024 * 1024
+MAX_PAGE = 500
+MAX_INDEX = 2**31
+
+
+def _json(request: IRequest, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    data = json.dumps(body, separators=(",", ":")).encode()
+    request.setHeader(b"Content-Length", str(len(data)).encode())
+    return data
+
+
+def _query(request: Request) -> dict[str, str]:
+    args = request.args or {}
+    return {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace") for k, v in args.items()}
+
+
+def _int_arg(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be an integer between {low} and {high}")
+    return int(text)
+
+
+def _read_json(request: Request) -> dict[str, Any]:
+    content = request.content
+    data = content.read(MAX_JSON + 1) if content is not None else b""
+    if len(data) > MAX_JSON:
+        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON} bytes")
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _chunk_index(text: str) -> int:
+    """Chunk indexes are plain decimal integers; anything else is a 404, like a missing one."""
+    if not text.isdigit() or int(text) >= MAX_INDEX:
+        raise NotFound(f"no chunk {text!r}")
+    return int(text)
+
+
+class PublicAPI:
+    app = Klein()
+
+    def __init__(self, library: Library, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._library = library
+        self._status = status
+
+    @app.handle_errors(ApiError)
+    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, ApiError)
+        for name, value in error.headers.items():
+            request.setHeader(name.encode(), value.encode())
+        return _json(request, error.status, error.body())
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.code or 500, "http_error")
+        if error.code == 405:
+            allowed = error.get_response().headers.get("Allow", "")
+            request.setHeader(b"Allow", allowed.encode())
+        return _json(request, error.code or 500, {"error": code, "message": error.description})
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("unhandled error on {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        return _json(request, 500, {"error": "internal", "message": "internal error"})
+
+    # status
+
+    @app.route("/status", methods=["GET"])
+    async def status(self, request: Request) -> bytes:
+        return _json(request, 200, await self._status())
+
+    # songs
+
+    @app.route("/songs", methods=["GET"])
+    async def search(self, request: Request) -> bytes:
+        query = _query(request)
+        limit = _int_arg(query, "limit", 50, 1, MAX_PAGE)
+        offset = _int_arg(query, "offset", 0, 0, 2**62)
+        songs, total = await self._library.search(
+            query.get("q"), query.get("artist"), query.get("album"), limit, offset
+        )
+        return _json(request, 200, {"songs": songs, "total": total})
+
+    @app.route("/songs", methods=["POST"])
+    async def upload(self, request: Request) -> bytes:
+        content_type = request.getHeader(b"Content-Type") or b""
+        assert request.content is not None
+        song, created = await self._library.upload(
+            request.content, content_type.decode("latin-1"), _query(request)
+        )
+        return _json(request, 201 if created else 200, {"song": song})
+
+    @app.route("/songs/<song_id>", methods=["GET"])
+    async def song(self, request: Request, song_id: str) -> bytes:
+        return _json(request, 200, await self._library.song_with_chunks(song_id))
+
+    @app.route("/songs/<song_id>", methods=["PATCH"])
+    async def patch_song(self, request: Request, song_id: str) -> bytes:
+        song = await self._library.patch_song(song_id, _read_json(request))
+        return _json(request, 200, {"song": song})
+
+    @app.route("/songs/<song_id>", methods=["DELETE"])
+    async def delete_song(self, request: Request, song_id: str) -> bytes:
+        await self._library.delete_song(song_id)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/songs/<song_id>/chunks/<idx>", methods=["GET"])
+    async def chunk(self, request: Request, song_id: str, idx: str) -> bytes:
+        index = _chunk_index(idx)
+        chunk = await self._library.chunk(song_id, index)
+        path = self._library.chunks.path(song_id, index)
+        if not path.is_file():
+            raise Unavailable(f"chunk {index} of song {song_id} is not on this replica")
+        return await serve(
+            request, [Span(path, 0, chunk["size"])],
+            etag=chunk["sha256"], content_type="application/octet-stream",
+        )
+
+    @app.route("/songs/<song_id>/stream", methods=["GET"])
+    async def stream(self, request: Request, song_id: str) -> bytes:
+        song = await self._library.song_with_chunks(song_id)
+        spans = [
+            Span(self._library.chunks.path(song_id, chunk["idx"]), 0, chunk["size"])
+            for chunk in song["chunks"]
+        ]
+        if len(spans) != song["chunk_count"] or not all(s.path.is_file() for s in spans):
+            raise Unavailable(f"song {song_id} is not complete on this replica")
+        return await serve(request, spans, etag=song["sha256"], content_type=song["mime"])
+
+    # playlists
+
+    @app.route("/playlists", methods=["GET"])
+    async def playlists(self, request: Request) -> bytes:
+        return _json(request, 200, {"playlists": await self._library.playlists()})
+
+    @app.route("/playlists", methods=["POST"])
+    async def create_playlist(self, request: Request) -> bytes:
+        playlist, created = await self._library.create_playlist(_read_json(request))
+        return _json(request, 201 if created else 200, {"playlist": playlist})
+
+    @app.route("/playlists/<playlist_id>", methods=["GET"])
+    async def playlist(self, request: Request, playlist_id: str) -> bytes:
+        return _json(request, 200, {"playlist": await self._library.playlist(playlist_id)})
+
+    @app.route("/playlists/<playlist_id>", methods=["PATCH"])
+    async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
+        playlist = await self._library.patch_playlist(playlist_id, _read_json(request))
+        return _json(request, 200, {"playlist": playlist})
+
+    @app.route("/playlists/<playlist_id>", methods=["DELETE"])
+    async def delete_playlist(self, request: Request, playlist_id: str) -> bytes:
+        await self._library.delete_playlist(playlist_id)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/playlists/<playlist_id>/items", methods=["POST"])
+    async def add_item(self, request: Request, playlist_id: str) -> bytes:
+        item = await self._library.add_item(playlist_id, _read_json(request))
+        return _json(request, 201, {"item": item})
+
+    @app.route("/playlists/<playlist_id>/items/<item_id>", methods=["DELETE"])
+    async def remove_item(self, request: Request, playlist_id: str, item_id: str) -> bytes:
+        await self._library.remove_item(playlist_id, item_id)
+        request.setResponseCode(204)
+        return b""
+
+
+def authorize(request: Request) -> None:
+    """The one authorization hook every request passes; users and roles plug in here."""
+
+
+class ReplicaRoot(Resource):
+    """Root resource: tags every response with X-Served-By and authorizes every request."""
+
+    isLeaf = True
+
+    def __init__(self, node_id: int, api: IResource) -> None:
+        super().__init__()
+        self._served_by = str(node_id).encode()
+        self._api = api
+
+    def render(self, request: Request) -> Any:
+        request.setHeader(b"X-Served-By", self._served_by)
+        authorize(request)
+        return self._api.render(request)
+

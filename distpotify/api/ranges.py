@@ -1,0 +1,179 @@
+"""Serving immutable bytes over HTTP: Range, If-Range, ETag, and a pull producer over files.
+
+A resource is a list of spans (file, offset, length); a chunk is one span, a whole song is
+one span per chunk. Files are read 64 KiB at a time only as fast as the client takes them.
+"""
+# test-case-name: tests.unit.test_ranges
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from distpotify.errors import RangeNotSatisfiable
+
+log = Logger()
+
+BLOCK = 64 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@attrs.frozen
+class Span:
+    path: Path
+    offset: int
+    length: int
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range asked for, or None for the whole resource.
+
+    Malformed headers and multiple ranges are ignored (RFC 9110 lets a server send 200);
+    a well-formed range that lies outside the resource raises RangeNotSatisfiable.
+    """
+    if header is None:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, min(end, size - 1)
+
+
+def slice_spans(spans: Sequence[Span], start: int, end: int) -> list[Span]:
+    """The parts of ``spans`` that cover bytes ``start..end`` (inclusive) of their concatenation."""
+    out, position = [], 0
+    for span in spans:
+        lo, hi = max(start, position), min(end + 1, position + span.length)
+        if lo < hi:
+            out.append(Span(span.path, span.offset + lo - position, hi - lo))
+        position += span.length
+    return out
+
+
+def serve(
+    request: Request,
+    spans: Sequence[Span],
+    *,
+    etag: str,
+    content_type: str,
+) -> Deferred[bytes]:
+    """Answer ``request`` with the bytes of ``spans``, honouring Range and If-Range.
+
+    Fires (with b"") once the last byte is written; cancelling it stops reading.
+    """
+    size = sum(span.length for span in spans)
+    quoted = f'"{etag}"'
+    request.setHeader(b"ETag", quoted.encode())
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    request.setHeader(b"Cache-Control", b"public, max-age=31536000, immutable")
+    request.setHeader(b"Content-Type", content_type.encode())
+    if quoted in _header(request, b"If-None-Match").split(", "):
+        request.setResponseCode(304)
+        return Deferred.fromCoroutine(_nothing())
+    wanted = _header(request, b"Range") or None
+    if_range = _header(request, b"If-Range")
+    if if_range and if_range != quoted:
+        wanted = None
+    chosen = parse_range(wanted, size)
+    if chosen is None:
+        start, end = 0, size - 1
+    else:
+        start, end = chosen
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Range", f"bytes {start}-{end}/{size}".encode())
+    request.setHeader(b"Content-Length", str(end - start + 1).encode())
+    if request.method == b"HEAD" or end < start:
+        return Deferred.fromCoroutine(_nothing())
+    return SpanProducer(request, slice_spans(spans, start, end)).start()
+
+
+async def _nothing() -> bytes:
+    return b""
+
+
+def _header(request: Request, name: bytes) -> str:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else (value or "")
+
+
+class SpanProducer:
+    """A pull producer writing spans to a request, one block per resumeProducing."""
+
+    def __init__(self, request: Request, spans: Sequence[Span]) -> None:
+        self._request = request
+        self._spans = list(reversed(spans))
+        self._file: IO[bytes] | None = None
+        self._left = 0
+        self._done: Deferred[bytes] = Deferred(lambda d: self.stopProducing())
+
+    def start(self) -> Deferred[bytes]:
+        self._request.registerProducer(self, False)
+        return self._done
+
+    def resumeProducing(self) -> None:
+        try:
+            block = self._read()
+        except OSError as e:
+            log.warn("stream aborted: {error}", error=e)
+            self.stopProducing()
+            # Headers promised a length: a torn connection, never a short clean response.
+            self._request.channel.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if block:
+            self._request.write(block)
+            return
+        self._request.unregisterProducer()
+        self._close()
+        if not self._done.called:
+            self._done.callback(b"")
+
+    def _read(self) -> bytes:
+        while self._left == 0:
+            self._close()
+            if not self._spans:
+                return b""
+            span = self._spans.pop()
+            self._file = open(span.path, "rb")  # noqa: SIM115 - closed by _close
+            self._file.seek(span.offset)
+            self._left = span.length
+        assert self._file is not None
+        block = self._file.read(min(BLOCK, self._left))
+        if not block:
+            raise OSError(f"{self._file.name} is shorter than its registry says")
+        self._left -= len(block)
+        return block
+
+    def stopProducing(self) -> None:
+        self._close()
+        self._spans.clear()
+        self._left = 0
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+

@@ -1,0 +1,111 @@
+"""Every option of a replica, its default, and how it is read from the command line and env.
+
+ReplicaConfig is built once (tap.py) and passed down; nothing reads options from globals.
+"""
+# test-case-name: tests.unit.test_config
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import attrs
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class ConfigError(ValueError):
+    """A bad option value; its message is the one line the operator sees."""
+
+
+def _port(name: str, value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"--{name} must be a port number (0-65535), got {value}")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise ConfigError(f"--{name} must be positive, got {value}")
+    return value
+
+
+@attrs.frozen
+class ReplicaConfig:
+    node_id: int
+    data_dir: Path
+    host: str = "127.0.0.1"
+    advertise_host: str = "127.0.0.1"
+    http_port: int = 8000
+    amp_port: int = 9000
+    cluster: str = "distpotify"
+    heartbeat: str = "multicast"
+    peers: tuple[tuple[str, int], ...] = ()
+    multicast_group: str = "239.255.77.77"
+    multicast_port: int = 7946
+    multicast_interface: str = "127.0.0.1"
+    multicast_ttl: int = 0
+    chunk_size: int = 256 * KIB
+    max_upload: int = 512 * MIB
+    heartbeat_interval: float = 0.1
+    failure_timeout: float = 0.75
+    answer_timeout: float = 0.2
+    coordinator_timeout: float = 1.0
+    anti_entropy_interval: float = 10.0
+    tombstone_ttl: float = 7 * 24 * 3600.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.node_id < 1:
+            raise ConfigError(f"--node-id must be a positive integer, got {self.node_id}")
+        for name in ("http_port", "amp_port", "multicast_port"):
+            _port(name.replace("_", "-"), getattr(self, name))
+        if self.heartbeat not in ("multicast", "unicast"):
+            raise ConfigError(
+                f"--heartbeat must be 'multicast' or 'unicast', got {self.heartbeat!r}"
+            )
+        if self.heartbeat == "unicast" and not self.peers:
+            raise ConfigError("--heartbeat unicast needs --peers HOST:PORT,...")
+        try:
+            group = ipaddress.ip_address(self.multicast_group)
+        except ValueError:
+            raise ConfigError(
+                f"--multicast-group is not an IP address: {self.multicast_group!r}"
+            ) from None
+        if not group.is_multicast:
+            raise ConfigError(f"--multicast-group is not a multicast address: {group}")
+        if not 0 <= self.multicast_ttl <= 255:
+            raise ConfigError(f"--multicast-ttl must be 0-255, got {self.multicast_ttl}")
+        if not 4 * KIB <= self.chunk_size <= 64 * MIB:
+            raise ConfigError(
+                f"--chunk-size must be between 4 KiB and 64 MiB, got {self.chunk_size}"
+            )
+        _positive("max-upload", self.max_upload)
+        for name in (
+            "heartbeat_interval",
+            "failure_timeout",
+            "answer_timeout",
+            "coordinator_timeout",
+            "anti_entropy_interval",
+            "tombstone_ttl",
+        ):
+            _positive(name.replace("_", "-"), getattr(self, name))
+
+    @property
+    def http_url(self) -> str:
+        """Where other replicas and the proxy reach this replica's HTTP API."""
+        host = self.advertise_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}"
+
+
+def parse_peers(text: str) -> tuple[tuple[str, int], ...]:
+    """Parse ``HOST:PORT,HOST:PORT`` (IPv6 as ``[::1]:7946``)."""
+    peers = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"--peers entry must be HOST:PORT, got {item!r}")
+        peers.append((host.strip("[]"), _port("peers", int(port))))
+    return tuple(peers)

@@ -1,0 +1,66 @@
+"""The failures a caller can act on, each with the HTTP status and code the API answers.
+
+Handlers raise these; api/public.py turns them into the JSON error shape in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class NotLeader(ApiError):
+    status = 421
+    code = "not_leader"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedMedia(ApiError):
+    status = 415
+    code = "unsupported_media"
+
+
+class RangeNotSatisfiable(ApiError):
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the range lies outside the {size} bytes of this resource")
+        self.headers["Content-Range"] = f"bytes */{size}"
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"

@@ -1,0 +1,130 @@
+"""The records every part shares: versions, ops, rows, and the entities they describe.
+
+A row is a set of fields, each stamped with the version of the op that last wrote it.
+"""
+# test-case-name: tests.unit.test_merge
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen(order=True)
+class Version:
+    """``(epoch, leader_id, seq)``: unique per write, totally ordered across partitions."""
+
+    epoch: int
+    leader_id: int
+    seq: int
+
+    _TEXT = re.compile(r"^(\d{10})-(\d{5})-(\d{12})$")
+
+    def encode(self) -> str:
+        """Fixed-width text whose string order is the version order (indexable in SQLite)."""
+        return f"{self.epoch:010d}-{self.leader_id:05d}-{self.seq:012d}"
+
+    @classmethod
+    def decode(cls, text: str) -> Version:
+        match = cls._TEXT.match(text)
+        if match is None:
+            raise ValueError(f"not a version: {text!r}")
+        return cls(*(int(group) for group in match.groups()))
+
+    def as_list(self) -> list[int]:
+        return [self.epoch, self.leader_id, self.seq]
+
+
+ZERO = Version(0, 0, 0)
+
+
+@attrs.frozen
+class Entity:
+    """One replicated table: its name, key columns and the fields ops may write."""
+
+    name: str
+    keys: tuple[str, ...]
+    fields: tuple[str, ...]
+
+    def key_of(self, values: Mapping[str, Any]) -> str:
+        return "/".join(str(values[k]) for k in self.keys)
+
+    def split_key(self, key: str) -> dict[str, Any]:
+        parts = key.split("/")
+        if len(parts) != len(self.keys):
+            raise ValueError(f"bad {self.name} key {key!r}")
+        return {
+            name: int(part) if name == "idx" else part
+            for name, part in zip(self.keys, parts, strict=True)
+        }
+
+
+ENTITIES: dict[str, Entity] = {
+    entity.name: entity
+    for entity in (
+        Entity(
+            "songs",
+            ("id",),
+            (
+                "title", "artist", "album", "track", "year", "genre", "duration", "mime",
+                "size", "sha256", "chunk_size", "chunk_count", "created_at", "deleted",
+            ),
+        ),
+        Entity("chunks", ("song_id", "idx"), ("size", "sha256", "deleted")),
+        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted")),
+        Entity(
+            "playlist_items",
+            ("id",),
+            ("playlist_id", "song_id", "position", "created_at", "deleted"),
+        ),
+        Entity("users", ("id",), ("username", "password_hash", "role", "deleted")),
+    )
+}
+
+
+@attrs.frozen
+class Op:
+    """One write: the fields it sets on one row, all stamped with one version."""
+
+    version: Version
+    entity: str
+    key: str
+    fields: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version.encode(),
+            "entity": self.entity,
+            "key": self.key,
+            "fields": dict(self.fields),
+        }
+
+
+@attrs.frozen
+class Row:
+    """A row as stored: its field values and the version that wrote each field."""
+
+    entity: str
+    key: str
+    fields: Mapping[str, Any]
+    versions: Mapping[str, Version]
+
+    @property
+    def version(self) -> Version:
+        return max(self.versions.values(), default=ZERO)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def valid_uuid(text: str) -> bool:
+    """True only for the canonical lowercase UUID text this service hands out."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False

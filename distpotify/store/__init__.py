@@ -1,0 +1,1 @@
+"""Durable state of one replica: SQLite metadata with its oplog, and chunk files."""

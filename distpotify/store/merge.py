@@ -1,0 +1,28 @@
+"""The one rule for applying an op to a row, used by the leader and by every replica.
+
+A field takes the op's value only if the op is newer than the version that wrote the field,
+so applying is idempotent and commutative: replicas converge whatever order ops arrive in.
+Deletes are tombstones (``deleted = 1`` under a new version), never removed rows.
+"""
+# test-case-name: tests.unit.test_merge
+
+from __future__ import annotations
+
+from distpotify.model import ZERO, Op, Row
+
+
+def merge(row: Row | None, op: Op) -> Row | None:
+    """The row after ``op``, or None when the op changes nothing (it is old or repeated)."""
+    if row is not None and (row.entity, row.key) != (op.entity, op.key):
+        raise ValueError(f"op for {op.entity}/{op.key} applied to {row.entity}/{row.key}")
+    current = row.versions if row is not None else {}
+    won = {
+        name: value
+        for name, value in op.fields.items()
+        if op.version > current.get(name, ZERO)
+    }
+    if not won:
+        return None
+    fields = {**(row.fields if row is not None else {}), **won}
+    versions = {**current, **dict.fromkeys(won, op.version)}
+    return Row(op.entity, op.key, fields, versions)

@@ -1,0 +1,337 @@
+"""SQLite metadata of one replica: the replicated tables, the oplog and node_meta.
+
+MetadataDB is the synchronous core (one connection, WAL, fsync on commit); MetadataStore runs
+it on one dedicated thread so the reactor never blocks and writes are serialized.
+"""
+# test-case-name: tests.unit.test_metadata
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from distpotify.model import ENTITIES, Entity, Op, Row, Version
+from distpotify.store.merge import merge
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_TYPES = {
+    "track": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
+    "chunk_size": "INTEGER", "chunk_count": "INTEGER", "deleted": "INTEGER NOT NULL DEFAULT 0",
+    "idx": "INTEGER", "position": "REAL",
+}
+
+SONG_COLUMNS = (
+    "id", "title", "artist", "album", "track", "year", "genre", "duration", "mime", "size",
+    "sha256", "chunk_size", "chunk_count", "created_at",
+)
+_VISIBLE_SONG = "deleted = 0 AND sha256 IS NOT NULL"
+
+
+@attrs.frozen
+class Change:
+    """A write the leader is about to make: fields to set on one row."""
+
+    entity: str
+    key: str
+    fields: dict[str, Any]
+
+
+def _table_sql(entity: Entity) -> str:
+    columns = [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.keys]
+    columns += [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.fields]
+    columns += ["version TEXT NOT NULL", "field_versions TEXT NOT NULL"]
+    key = ", ".join(entity.keys)
+    return f"CREATE TABLE IF NOT EXISTS {entity.name} ({', '.join(columns)}, PRIMARY KEY ({key}))"
+
+
+SCHEMA = [
+    *(_table_sql(entity) for entity in ENTITIES.values()),
+    "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
+    "CREATE INDEX IF NOT EXISTS songs_created ON songs (created_at)",
+    "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
+    "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
+    "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
+    " key TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+class MetadataDB:
+    """Synchronous access to the database; every method runs on the store's one thread."""
+
+    def __init__(self, path: Path, node_id: int) -> None:
+        self.node_id = node_id
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.create_function("fold", 1, _fold, deterministic=True)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
+        self._conn.execute("PRAGMA synchronous = FULL")
+        with self._transaction():
+            for statement in SCHEMA:
+                self._conn.execute(statement)
+        self._epoch = 0
+        self._seq = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+    # node_meta
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM node_meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO node_meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    # the write path
+
+    def begin_leading(self, epoch: int) -> None:
+        """Number this node's writes in ``epoch`` after any it already made in it."""
+        prefix = Version(epoch, self.node_id, 0).encode()[:-12]
+        row = self._conn.execute(
+            "SELECT max(version) AS v FROM oplog WHERE version >= ? AND version < ?",
+            (prefix, prefix + "a"),
+        ).fetchone()
+        self._epoch = epoch
+        self._seq = Version.decode(row["v"]).seq if row["v"] else 0
+
+    def write(self, changes: Sequence[Change]) -> list[Op]:
+        """Apply ``changes`` as this leader's next ops in one durable transaction."""
+        if self._epoch == 0:
+            raise RuntimeError("write before begin_leading")
+        first = self._seq + 1
+        ops = [
+            Op(Version(self._epoch, self.node_id, seq), change.entity, change.key, change.fields)
+            for seq, change in enumerate(changes, start=first)
+        ]
+        with self._transaction():
+            for op in ops:
+                self._apply(op)
+        self._seq += len(ops)
+        return ops
+
+    def apply_ops(self, ops: Iterable[Op]) -> int:
+        """Apply ops written elsewhere (replication); returns how many changed a row."""
+        with self._transaction():
+            return sum(self._apply(op) for op in ops)
+
+    def _apply(self, op: Op) -> bool:
+        entity = ENTITIES[op.entity]
+        row = merge(self._get_row(entity, op.key), op)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO oplog (version, entity, key, body) VALUES (?, ?, ?, ?)",
+            (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields))),
+        )
+        if row is None:
+            return False
+        values = {**entity.split_key(op.key), **row.fields}
+        columns = [*entity.keys, *values.keys() - set(entity.keys), "version", "field_versions"]
+        params = [values[c] for c in columns[:-2]] + [
+            row.version.encode(),
+            json.dumps({name: v.encode() for name, v in row.versions.items()}),
+        ]
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO {entity.name} ({', '.join(columns)})"
+            f" VALUES ({', '.join('?' * len(columns))})",
+            params,
+        )
+        return True
+
+    def head(self) -> Version:
+        row = self._conn.execute("SELECT max(version) AS v FROM oplog").fetchone()
+        return Version.decode(row["v"]) if row["v"] else Version(0, 0, 0)
+
+    def ops_after(self, version: Version, limit: int = 1000) -> list[Op]:
+        rows = self._conn.execute(
+            "SELECT * FROM oplog WHERE version > ? ORDER BY version LIMIT ?",
+            (version.encode(), limit),
+        )
+        return [
+            Op(Version.decode(r["version"]), r["entity"], r["key"], json.loads(r["body"]))
+            for r in rows
+        ]
+
+    def get_row(self, entity_name: str, key: str) -> Row | None:
+        return self._get_row(ENTITIES[entity_name], key)
+
+    def _get_row(self, entity: Entity, key: str) -> Row | None:
+        where = " AND ".join(f"{k} = ?" for k in entity.keys)
+        found = self._conn.execute(
+            f"SELECT * FROM {entity.name} WHERE {where}", tuple(entity.split_key(key).values())
+        ).fetchone()
+        if found is None:
+            return None
+        versions = {
+            name: Version.decode(text) for name, text in json.loads(found["field_versions"]).items()
+        }
+        return Row(entity.name, key, {name: found[name] for name in versions}, versions)
+
+    # reads for the API
+
+    def song(self, song_id: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            f"SELECT * FROM songs WHERE id = ? AND {_VISIBLE_SONG}", (song_id,)
+        ).fetchone()
+        return None if row is None else _song(row)
+
+    def song_by_sha256(self, sha256: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            f"SELECT * FROM songs WHERE sha256 = ? AND {_VISIBLE_SONG}"
+            " ORDER BY created_at LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        return None if row is None else _song(row)
+
+    def search_songs(
+        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        where, params = [_VISIBLE_SONG], []
+        if q:
+            where.append(
+                "(instr(fold(title), ?) OR instr(fold(artist), ?) OR instr(fold(album), ?))"
+            )
+            params += [_fold(q)] * 3
+        for column, value in (("artist", artist), ("album", album)):
+            if value:
+                where.append(f"instr(fold({column}), ?)")
+                params.append(_fold(value))
+        clause = " AND ".join(where)
+        total = self._conn.execute(f"SELECT count(*) FROM songs WHERE {clause}", params)
+        rows = self._conn.execute(
+            f"SELECT * FROM songs WHERE {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [_song(row) for row in rows], int(total.fetchone()[0])
+
+    def chunks_of(self, song_id: str) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT idx, size, sha256 FROM chunks WHERE song_id = ? AND deleted = 0"
+            " AND sha256 IS NOT NULL ORDER BY idx",
+            (song_id,),
+        )
+        return [dict(row) for row in rows]
+
+    def chunk(self, song_id: str, idx: int) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT idx, size, sha256 FROM chunks WHERE song_id = ? AND idx = ? AND deleted = 0"
+            " AND sha256 IS NOT NULL",
+            (song_id, idx),
+        ).fetchone()
+        return None if row is None else dict(row)
+
+    def live_chunk_names(self) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT song_id, idx FROM chunks WHERE deleted = 0 AND sha256 IS NOT NULL"
+        )
+        return {f"{row['song_id']}_{row['idx']}" for row in rows}
+
+    def playlists(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT id, name, owner, created_at, version FROM playlists"
+            " WHERE deleted = 0 AND name IS NOT NULL ORDER BY created_at DESC, id"
+        )
+        return [dict(row) for row in rows]
+
+    def playlist(self, playlist_id: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT id, name, owner, created_at, version FROM playlists"
+            " WHERE id = ? AND deleted = 0 AND name IS NOT NULL",
+            (playlist_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        items = self._conn.execute(
+            "SELECT id, song_id, position FROM playlist_items WHERE playlist_id = ?"
+            " AND deleted = 0 AND song_id IS NOT NULL ORDER BY position, id",
+            (playlist_id,),
+        )
+        return {**dict(row), "items": [dict(item) for item in items]}
+
+    def item_ids_of_song(self, song_id: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT id FROM playlist_items WHERE song_id = ? AND deleted = 0", (song_id,)
+        )
+        return [row["id"] for row in rows]
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT id, playlist_id, song_id, position FROM playlist_items"
+            " WHERE id = ? AND deleted = 0",
+            (item_id,),
+        ).fetchone()
+        return None if row is None else dict(row)
+
+    def last_position(self, playlist_id: str) -> float:
+        row = self._conn.execute(
+            "SELECT max(position) FROM playlist_items WHERE playlist_id = ? AND deleted = 0",
+            (playlist_id,),
+        ).fetchone()
+        return float(row[0] or 0.0)
+
+
+def _fold(text: str | None) -> str:
+    return "" if text is None else text.casefold()
+
+
+def _song(row: sqlite3.Row) -> dict[str, Any]:
+    song = {name: row[name] for name in SONG_COLUMNS}
+    song["version"] = Version.decode(row["version"]).as_list()
+    return song
+
+
+class _Transaction:
+    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+Runner = Callable[..., Deferred[Any]]
+
+
+class MetadataStore:
+    """The database behind one thread: every call returns a Deferred and never blocks."""
+
+    def __init__(self, db: MetadataDB, runner: Runner) -> None:
+        self._db = db
+        self._run = runner
+
+    @classmethod
+    def open(cls, path: Path, node_id: int, runner: Runner) -> Deferred[MetadataStore]:
+        d: Deferred[MetadataDB] = runner(MetadataDB, path, node_id)
+        return d.addCallback(cls, runner)
+
+    def run(
+        self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Deferred[T]:
+        """Call ``MetadataDB.method(db, *args)`` on the database thread."""
+        return self._run(method, self._db, *args, **kwargs)
+
+    def close(self) -> Deferred[None]:
+        return self._run(self._db.close)

@@ -1,0 +1,123 @@
+"""Turning an upload body into verified chunk files and song fields, on a worker thread.
+
+The body is already spooled to a file by the HTTP layer; it is read once, chunk by chunk, so
+memory stays at one chunk whatever the upload size.
+"""
+# test-case-name: tests.unit.test_upload
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import attrs
+import multipart
+
+from distpotify.errors import BadRequest, UnsupportedMedia
+from distpotify.media import AudioInfo, NotAudio, read_audio_info
+from distpotify.store.chunks import ChunkStore
+
+EDITABLE = ("title", "artist", "album", "track", "year", "genre")
+_INTEGER_FIELDS = ("track", "year")
+MAX_TEXT = 1000
+
+
+@attrs.frozen
+class Body:
+    """The audio part of an upload request and what the client said about it."""
+
+    file: BinaryIO
+    filename: str | None
+    fields: dict[str, str]
+
+
+@attrs.frozen
+class Ingested:
+    size: int
+    sha256: str
+    chunks: tuple[tuple[int, int, str], ...]  # (idx, size, sha256)
+    info: AudioInfo
+
+
+def song_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate editable song fields (PATCH bodies, upload overrides); BadRequest if wrong."""
+    unknown = set(values) - set(EDITABLE)
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+    clean: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == "":
+            clean[name] = None
+        elif name in _INTEGER_FIELDS:
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise BadRequest(f"{name} must be an integer, got {value!r}") from None
+            if isinstance(value, bool) or not 0 <= number <= 100_000:
+                raise BadRequest(f"{name} is out of range: {value!r}")
+            clean[name] = number
+        elif isinstance(value, str) and len(value) <= MAX_TEXT:
+            clean[name] = value.strip()
+        else:
+            raise BadRequest(f"{name} must be a string of at most {MAX_TEXT} characters")
+    return clean
+
+
+def parse_body(content: BinaryIO, content_type: str, query: Mapping[str, str]) -> Body:
+    """Find the audio in a raw ``audio/*`` body or in the multipart field ``file``."""
+    mime, options = multipart.parse_options_header(content_type or "")
+    if mime == "multipart/form-data":
+        return _parse_multipart(content, options.get("boundary", ""), query)
+    if mime.startswith("audio/") or mime in ("application/octet-stream", "application/ogg", ""):
+        return Body(content, query.get("filename"), dict(query))
+    raise UnsupportedMedia(f"expected an audio/* body or multipart/form-data, got {mime!r}")
+
+
+def _parse_multipart(content: BinaryIO, boundary: str, query: Mapping[str, str]) -> Body:
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    fields = dict(query)
+    audio = None
+    try:
+        # Parts over spool_limit go to an anonymous temp file, never whole into memory.
+        for part in multipart.MultipartParser(content, boundary, spool_limit=1 << 20):
+            if part.name == "file" and part.filename is not None:
+                audio = part
+            elif part.name in EDITABLE:
+                fields[part.name] = part.value
+    except multipart.MultipartError as e:
+        raise BadRequest(f"malformed multipart body: {e}") from None
+    if audio is None:
+        raise BadRequest("multipart upload without a 'file' field")
+    audio.file.seek(0)
+    return Body(audio.file, audio.filename, fields)
+
+
+def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore) -> Ingested:
+    """Read tags, then split the audio into durable chunk files, hashing as it goes."""
+    try:
+        info = read_audio_info(body.file)
+    except NotAudio as e:
+        raise UnsupportedMedia(f"not an audio file this service can read: {e}") from None
+    body.file.seek(0)
+    digest = hashlib.sha256()
+    written: list[tuple[int, int, str]] = []
+    try:
+        while block := body.file.read(chunk_size):
+            digest.update(block)
+            written.append((len(written), len(block), chunks.write(song_id, len(written), block)))
+        chunks.sync_dir()
+    except BaseException:
+        chunks.remove((song_id, idx) for idx, _, _ in written)
+        raise
+    size = sum(length for _, length, _ in written)
+    return Ingested(size, digest.hexdigest(), tuple(written), info)
+
+
+def title_from_filename(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    stem = os.path.splitext(os.path.basename(filename.replace("\\", "/")))[0].strip()
+    return stem[:MAX_TEXT] or None

@@ -1,0 +1,98 @@
+"""The apply rule: newer fields win, whatever order ops arrive in, however often."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distpotify.model import Op, Row, Version
+from distpotify.store.merge import merge
+
+FIELDS = ("title", "artist", "deleted")
+
+versions = st.builds(
+    Version, st.integers(1, 5), st.integers(1, 3), st.integers(1, 50)
+)
+ops = st.lists(
+    st.builds(
+        lambda version, fields: Op(version, "songs", "k", fields),
+        versions,
+        st.dictionaries(st.sampled_from(FIELDS), st.integers(0, 3), min_size=1),
+    ),
+    unique_by=lambda op: op.version,
+    max_size=12,
+)
+
+
+def apply_all(sequence: list[Op], row: Row | None = None) -> Row | None:
+    for op in sequence:
+        row = merge(row, op) or row
+    return row
+
+
+def test_first_op_creates_the_row() -> None:
+    op = Op(Version(1, 1, 1), "songs", "k", {"title": "a"})
+
+    row = merge(None, op)
+
+    assert row is not None
+    assert row.fields == {"title": "a"} and row.version == Version(1, 1, 1)
+
+
+def test_older_op_changes_nothing() -> None:
+    row = merge(None, Op(Version(2, 1, 1), "songs", "k", {"title": "new"}))
+
+    assert merge(row, Op(Version(1, 3, 9), "songs", "k", {"title": "old"})) is None
+
+
+def test_newer_op_wins_only_the_fields_it_writes() -> None:
+    row = merge(None, Op(Version(1, 1, 1), "songs", "k", {"title": "a", "artist": "x"}))
+
+    row = merge(row, Op(Version(1, 1, 2), "songs", "k", {"artist": "y"}))
+
+    assert row is not None and row.fields == {"title": "a", "artist": "y"}
+
+
+def test_tombstone_is_a_field_write_and_a_later_edit_keeps_it_deleted() -> None:
+    row = merge(None, Op(Version(1, 1, 1), "songs", "k", {"title": "a", "deleted": 0}))
+    row = merge(row, Op(Version(1, 1, 3), "songs", "k", {"deleted": 1}))
+
+    row = merge(row, Op(Version(1, 1, 2), "songs", "k", {"deleted": 0})) or row
+    row = merge(row, Op(Version(1, 1, 4), "songs", "k", {"title": "b"})) or row
+
+    assert row.fields == {"title": "b", "deleted": 1}
+
+
+@given(ops, st.randoms(use_true_random=False))
+def test_any_order_converges_to_the_same_row(sequence: list[Op], rng) -> None:  # type: ignore[no-untyped-def]
+    shuffled = list(sequence)
+    rng.shuffle(shuffled)
+
+    assert apply_all(sequence) == apply_all(shuffled)
+
+
+@given(ops)
+def test_applying_again_changes_nothing(sequence: list[Op]) -> None:
+    once = apply_all(sequence)
+
+    assert apply_all(sequence, once) == once
+    assert all(merge(once, op) is None for op in sequence)
+
+
+@given(ops)
+def test_each_field_holds_the_value_of_its_newest_write(sequence: list[Op]) -> None:
+    row = apply_all(sequence)
+
+    for name in FIELDS:
+        writes = [op for op in sequence if name in op.fields]
+        if writes:
+            newest = max(writes, key=lambda op: op.version)
+            assert row is not None and row.fields[name] == newest.fields[name]
+            assert row.versions[name] == newest.version
+
+
+def test_version_text_sorts_like_the_tuple() -> None:
+    a, b = Version(2, 1, 999), Version(10, 1, 1)
+
+    assert a < b and a.encode() < b.encode()
+    assert Version.decode(b.encode()) == b

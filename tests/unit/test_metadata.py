@@ -1,0 +1,118 @@
+"""MetadataDB: durable writes with oplog versions, search, and the store's thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+
+from distpotify.model import Op, Version
+from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+
+SONG = "11111111-1111-4111-8111-111111111111"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> MetadataDB:
+    database = MetadataDB(tmp_path / "meta.sqlite3", node_id=2)
+    database.begin_leading(1)
+    return database
+
+
+def song_fields(**overrides: object) -> dict[str, object]:
+    return {"title": "T", "artist": "A", "album": "B", "sha256": "ab" * 32, "size": 10,
+            "created_at": "2026-01-01T00:00:00.000Z", "deleted": 0, **overrides}
+
+
+def test_database_runs_in_wal_mode(db: MetadataDB, tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "meta.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_writes_get_consecutive_versions_of_this_leader(db: MetadataDB) -> None:
+    ops = db.write([Change("songs", SONG, song_fields()), Change("songs", SONG, {"title": "U"})])
+
+    assert [op.version for op in ops] == [Version(1, 2, 1), Version(1, 2, 2)]
+    assert db.head() == Version(1, 2, 2)
+    assert db.ops_after(Version(1, 2, 1)) == [ops[1]]
+
+
+def test_numbering_continues_after_reopening(db: MetadataDB, tmp_path: Path) -> None:
+    db.write([Change("songs", SONG, song_fields())])
+    db.close()
+
+    reopened = MetadataDB(tmp_path / "meta.sqlite3", node_id=2)
+    reopened.begin_leading(1)
+
+    assert reopened.write([Change("songs", SONG, {"title": "x"})])[0].version == Version(1, 2, 2)
+
+
+def test_failed_write_leaves_no_row_no_op_and_no_gap(db: MetadataDB) -> None:
+    with pytest.raises(KeyError):
+        db.write([Change("songs", SONG, song_fields()), Change("nope", "k", {})])
+
+    assert db.song(SONG) is None and db.head() == Version(0, 0, 0)
+    assert db.write([Change("songs", SONG, song_fields())])[0].version.seq == 1
+
+
+def test_replicated_ops_apply_by_version(db: MetadataDB) -> None:
+    newer = Op(Version(3, 1, 1), "songs", SONG, song_fields(title="newer"))
+    older = Op(Version(2, 1, 7), "songs", SONG, song_fields(title="older"))
+
+    assert db.apply_ops([newer, older]) == 1
+    assert db.apply_ops([newer]) == 0
+
+    song = db.song(SONG)
+    assert song is not None and song["title"] == "newer" and song["version"] == [3, 1, 1]
+
+
+def test_tombstoned_song_is_invisible(db: MetadataDB) -> None:
+    db.write([Change("songs", SONG, song_fields())])
+
+    db.write([Change("songs", SONG, {"deleted": 1})])
+
+    assert db.song(SONG) is None
+    assert db.search_songs(None, None, None, 10, 0) == ([], 0)
+    row = db.get_row("songs", SONG)
+    assert row is not None and row.fields["deleted"] == 1
+
+
+def test_search_is_case_insensitive_paginated_and_newest_first(db: MetadataDB) -> None:
+    for n, (title, artist) in enumerate([("Águila", "Zoë"), ("Beta", "ZOË"), ("Gamma", "x")]):
+        db.write([Change("songs", f"{n}1111111-1111-4111-8111-111111111111",
+                         song_fields(title=title, artist=artist, sha256=f"{n}" * 64,
+                                     created_at=f"2026-01-0{n + 1}T00:00:00.000Z"))])
+
+    found, total = db.search_songs("zoë", None, None, 1, 0)
+    assert total == 2 and [s["title"] for s in found] == ["Beta"]
+    assert [s["title"] for s in db.search_songs("ÁGUILA", None, None, 5, 0)[0]] == ["Águila"]
+    assert db.search_songs(None, "zoë", None, 5, 1)[0][0]["title"] == "Águila"
+    assert db.search_songs("%", None, None, 5, 0) == ([], 0)
+
+
+def test_chunk_registry_lists_live_chunks_in_order(db: MetadataDB) -> None:
+    db.write([Change("chunks", f"{SONG}/{idx}", {"size": 5, "sha256": "c" * 64, "deleted": 0})
+              for idx in (1, 0)])
+    db.write([Change("chunks", f"{SONG}/1", {"deleted": 1})])
+
+    assert [c["idx"] for c in db.chunks_of(SONG)] == [0]
+    assert db.chunk(SONG, 1) is None
+    assert db.live_chunk_names() == {f"{SONG}_0"}
+
+
+def test_store_runs_every_call_on_its_runner(db: MetadataDB) -> None:
+    threads: list[str] = []
+
+    def runner(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return succeed(f(*args, **kwargs))
+
+    store = MetadataStore(db, runner)
+    result: list[Version] = []
+    d: Deferred[Version] = store.run(MetadataDB.head)
+    d.addCallback(result.append)
+
+    assert result == [Version(0, 0, 0)] and len(threads) == 1
