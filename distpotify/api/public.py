@@ -15,8 +15,8 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from distpotify.api.ranges import Span, serve

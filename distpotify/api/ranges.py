@@ -1,7 +1,7 @@
 """Serving immutable bytes over HTTP: Range, If-Range, ETag, and a pull producer over files.
 
 A resource is a list of spans (file, offset, length); a chunk is one span, a whole song is
-one span per chunk. Files are read 64 KiB at a time only as fast as the client takes them.
+one span per chunk. Files are read 64 KiB at a time, only as fast as the client takes them.
 """
 # test-case-name: tests.unit.test_ranges
 
@@ -14,8 +14,10 @@ from typing import IO
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from distpotify.errors import RangeNotSatisfiable
 
@@ -53,7 +55,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     start = int(first)
     end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         raise RangeNotSatisfiable(size)
@@ -117,34 +119,51 @@ def _header(request: Request, name: bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else (value or "")
 
 
+@implementer(IPushProducer)
 class SpanProducer:
-    """A pull producer writing spans to a request, one block per resumeProducing."""
+    """A push producer: writes blocks until the transport pauses it, resumes when it drains."""
 
     def __init__(self, request: Request, spans: Sequence[Span]) -> None:
         self._request = request
         self._spans = list(reversed(spans))
         self._file: IO[bytes] | None = None
         self._left = 0
+        self._paused = False
+        self._finished = False
         self._done: Deferred[bytes] = Deferred(lambda d: self.stopProducing())
 
     def start(self) -> Deferred[bytes]:
-        self._request.registerProducer(self, False)
+        self._request.registerProducer(self, True)
+        self.resumeProducing()
         return self._done
 
     def resumeProducing(self) -> None:
-        try:
-            block = self._read()
-        except OSError as e:
-            log.warn("stream aborted: {error}", error=e)
-            self.stopProducing()
-            # Headers promised a length: a torn connection, never a short clean response.
-            self._request.channel.transport.abortConnection()  # type: ignore[union-attr]
-            return
-        if block:
+        self._paused = False
+        while not self._paused and not self._finished:
+            try:
+                block = self._read()
+            except OSError as e:
+                log.warn("stream aborted: {error}", error=e)
+                self.stopProducing()
+                # Headers promised a length: a torn connection, never a short clean response.
+                self._request.channel.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            if not block:
+                self._finish()
+                return
             self._request.write(block)
-            return
-        self._request.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def stopProducing(self) -> None:
+        self._finished = True
         self._close()
+        self._spans.clear()
+
+    def _finish(self) -> None:
+        self.stopProducing()
+        self._request.unregisterProducer()
         if not self._done.called:
             self._done.callback(b"")
 
@@ -164,16 +183,7 @@ class SpanProducer:
         self._left -= len(block)
         return block
 
-    def stopProducing(self) -> None:
-        self._close()
-        self._spans.clear()
-        self._left = 0
-
-    def pauseProducing(self) -> None:
-        pass
-
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-

@@ -217,7 +217,8 @@ class MetadataDB:
         clause = " AND ".join(where)
         total = self._conn.execute(f"SELECT count(*) FROM songs WHERE {clause}", params)
         rows = self._conn.execute(
-            f"SELECT * FROM songs WHERE {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            f"SELECT * FROM songs WHERE {clause}"
+            " ORDER BY created_at DESC, version DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [_song(row) for row in rows], int(total.fetchone()[0])
@@ -247,7 +248,7 @@ class MetadataDB:
     def playlists(self) -> list[dict[str, Any]]:
         rows = self._conn.execute(
             "SELECT id, name, owner, created_at, version FROM playlists"
-            " WHERE deleted = 0 AND name IS NOT NULL ORDER BY created_at DESC, id"
+            " WHERE deleted = 0 AND name IS NOT NULL ORDER BY created_at DESC, version DESC"
         )
         return [dict(row) for row in rows]
 

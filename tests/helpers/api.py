@@ -1,0 +1,91 @@
+"""An in-memory replica API for unit tests: StubTreq over the real resource, no threads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from distpotify.api.public import PublicAPI, ReplicaRoot
+from distpotify.leadership import Leadership, LoneLeader
+from distpotify.library import Library
+from distpotify.store.chunks import ChunkStore
+from distpotify.store.metadata import MetadataDB, MetadataStore
+
+T = TypeVar("T")
+
+
+def run_now(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """A runner that calls at once on this thread: the store and file work become synchronous."""
+    return defer.execute(f, *args, **kwargs)
+
+
+def result_of(d: Deferred[T]) -> T:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has not fired"
+    if isinstance(results[0], BaseException) or hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]  # type: ignore[no-any-return]
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class InMemoryReplica:
+    def __init__(
+        self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None
+    ) -> None:
+        self.root = root
+        self.chunk_size = chunk_size
+        self.leadership = leadership
+        self.clock = Clock()
+        self.db = MetadataDB(self.root / "meta.sqlite3", node_id=1)
+        self.db.begin_leading(1)
+        self.chunks = ChunkStore(self.root / "chunks")
+        self.library = Library(
+            MetadataStore(self.db, run_now), self.chunks, run_now, self.clock,
+            self.leadership or LoneLeader(1, "http://127.0.0.1:8001"), self.chunk_size,
+        )
+        api = PublicAPI(self.library, self._status)
+        self.treq = StubTreq(ReplicaRoot(1, api.app.resource()))
+
+    async def _status(self) -> dict[str, Any]:
+        return {"node_id": 1, "head": self.db.head().as_list()}
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Answer:
+        url = "http://replica" + path
+        d = self.treq.request(method, url, data=body, headers=headers or {})
+        self.treq.flush()
+        response = result_of(d)
+        content = self.treq.content(response)
+        self.treq.flush()
+        return Answer(
+            response.code,
+            {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()},
+            result_of(content),
+        )
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        return self.call("GET", path, headers=headers)
+
+    def send_json(self, method: str, path: str, value: Any) -> Answer:
+        return self.call(method, path, json.dumps(value).encode(),
+                         {"Content-Type": "application/json"})
+
+    def upload(self, data: bytes, content_type: str = "audio/wav", query: str = "") -> Answer:
+        return self.call("POST", "/songs" + query, data, {"Content-Type": content_type})

@@ -1,0 +1,270 @@
+"""The music API through the real Klein resource, in memory: behaviour and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from distpotify.leadership import NoLeader
+from tests.helpers.api import InMemoryReplica
+from tests.helpers.audio import make_audio
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def wav_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    return make_audio(path, "wav", seconds=1, tags={"title": "Tone", "artist": "Osc"}).read_bytes()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> InMemoryReplica:
+    return InMemoryReplica(tmp_path)
+
+
+@pytest.fixture
+def song(api: InMemoryReplica, wav_bytes: bytes) -> dict:
+    answer = api.upload(wav_bytes)
+    assert answer.status == 201, answer.body
+    return answer.json()["song"]
+
+
+def stored_files(api: InMemoryReplica) -> list[str]:
+    return sorted(os.listdir(api.chunks.root))
+
+
+# songs
+
+
+def test_upload_stores_chunks_that_hash_to_the_registry(api: InMemoryReplica, song: dict,
+                                                        wav_bytes: bytes) -> None:
+    meta = api.get(f"/songs/{song['id']}").json()
+
+    assert song["title"] == "Tone" and song["sha256"] == hashlib.sha256(wav_bytes).hexdigest()
+    assert len(meta["chunks"]) == song["chunk_count"] == len(stored_files(api)) > 1
+    for chunk in meta["chunks"]:
+        data = (api.chunks.root / f"{song['id']}_{chunk['idx']}").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == chunk["sha256"]
+
+
+def test_query_parameters_override_tags(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    answer = api.upload(wav_bytes, query="?title=Better%20Name&year=1999")
+
+    assert answer.status == 201
+    assert (answer.json()["song"]["title"], answer.json()["song"]["year"]) == ("Better Name", 1999)
+
+
+def test_search_finds_by_title_and_paginates(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    for n in range(3):
+        api.upload(wav_bytes + bytes([n]) * 64, query=f"?title=Track%20{n}&artist=Band")
+
+    page = api.get("/songs?q=track&limit=2&offset=0").json()
+    rest = api.get("/songs?artist=band&limit=2&offset=2").json()
+
+    assert page["total"] == 3 and len(page["songs"]) == 2
+    assert [s["title"] for s in page["songs"] + rest["songs"]] == ["Track 2", "Track 1", "Track 0"]
+
+
+def test_patch_edits_fields_and_bumps_the_version(api: InMemoryReplica, song: dict) -> None:
+    answer = api.send_json("PATCH", f"/songs/{song['id']}", {"artist": "New", "track": 7})
+
+    edited = answer.json()["song"]
+    assert answer.status == 200
+    assert (edited["artist"], edited["track"], edited["title"]) == ("New", 7, "Tone")
+    assert edited["version"] > song["version"]
+
+
+def test_delete_tombstones_the_song_and_removes_its_chunks(api: InMemoryReplica,
+                                                           song: dict) -> None:
+    playlist = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]
+    api.send_json("POST", f"/playlists/{playlist['id']}/items", {"song_id": song["id"]})
+
+    answer = api.call("DELETE", f"/songs/{song['id']}")
+
+    assert answer.status == 204
+    assert api.get(f"/songs/{song['id']}").status == 404
+    assert api.get(f"/songs/{song['id']}/chunks/0").status == 404
+    assert stored_files(api) == []
+    assert api.get(f"/playlists/{playlist['id']}").json()["playlist"]["items"] == []
+
+
+# chunk and stream serving
+
+
+def test_chunk_has_etag_and_honours_range(api: InMemoryReplica, song: dict) -> None:
+    whole = api.get(f"/songs/{song['id']}/chunks/0")
+    part = api.get(f"/songs/{song['id']}/chunks/0", {"Range": "bytes=100-199"})
+
+    assert whole.status == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["etag"] == f'"{hashlib.sha256(whole.body).hexdigest()}"'
+    assert part.status == 206 and part.body == whole.body[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(whole.body)}"
+
+
+def test_if_range_with_another_etag_returns_the_whole_chunk(api: InMemoryReplica,
+                                                            song: dict) -> None:
+    answer = api.get(f"/songs/{song['id']}/chunks/0",
+                     {"Range": "bytes=100-199", "If-Range": '"not-this-one"'})
+
+    assert answer.status == 200 and len(answer.body) == 16 * 1024
+
+
+def test_suffix_range_of_the_stream_returns_the_last_bytes(api: InMemoryReplica, song: dict,
+                                                           wav_bytes: bytes) -> None:
+    answer = api.get(f"/songs/{song['id']}/stream", {"Range": "bytes=-1000"})
+
+    assert answer.status == 206 and answer.body == wav_bytes[-1000:]
+    assert answer.headers["content-type"] == "audio/wav"
+
+
+def test_unsatisfiable_range_is_416_with_the_size(api: InMemoryReplica, song: dict) -> None:
+    answer = api.get(f"/songs/{song['id']}/stream", {"Range": f"bytes={song['size']}-"})
+
+    assert answer.status == 416
+    assert answer.headers["content-range"] == f"bytes */{song['size']}"
+    assert answer.json()["error"] == "range_not_satisfiable"
+
+
+def test_missing_chunk_file_is_503_so_the_proxy_tries_elsewhere(api: InMemoryReplica,
+                                                                song: dict) -> None:
+    (api.chunks.root / f"{song['id']}_1").unlink()
+
+    assert api.get(f"/songs/{song['id']}/chunks/1").status == 503
+    assert api.get(f"/songs/{song['id']}/stream").status == 503
+
+
+# playlists
+
+
+def test_playlist_lifecycle(api: InMemoryReplica, song: dict) -> None:
+    created = api.send_json("POST", "/playlists", {"name": "Morning"})
+    pid = created.json()["playlist"]["id"]
+
+    first = api.send_json("POST", f"/playlists/{pid}/items", {"song_id": song["id"]})
+    second = api.send_json("POST", f"/playlists/{pid}/items", {"song_id": song["id"]})
+    renamed = api.send_json("PATCH", f"/playlists/{pid}", {"name": "Evening"})
+    removed = api.call("DELETE", f"/playlists/{pid}/items/{first.json()['item']['id']}")
+
+    assert created.status == 201 and first.status == second.status == 201
+    assert renamed.json()["playlist"]["name"] == "Evening" and removed.status == 204
+    items = api.get(f"/playlists/{pid}").json()["playlist"]["items"]
+    assert [i["id"] for i in items] == [second.json()["item"]["id"]]
+    assert [p["name"] for p in api.get("/playlists").json()["playlists"]] == ["Evening"]
+    assert api.call("DELETE", f"/playlists/{pid}").status == 204
+    assert api.get(f"/playlists/{pid}").status == 404
+
+
+def test_create_with_client_id_is_idempotent(api: InMemoryReplica) -> None:
+    body = {"id": "5a5e1c8e-3c3b-4e6a-9d7e-2f0b8e1d4c11", "name": "Once"}
+
+    first = api.send_json("POST", "/playlists", body)
+    again = api.send_json("POST", "/playlists", body)
+
+    assert (first.status, again.status) == (201, 200)
+    assert len(api.get("/playlists").json()["playlists"]) == 1
+
+
+# bad input: a clear JSON error and nothing changed
+
+
+def assert_error(answer, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert answer.status == status, answer.body
+    assert answer.headers["content-type"] == "application/json"
+    body = answer.json()
+    assert body["error"] == code and body["message"]
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, I am text", b"\x89PNG\r\n\x1a\n" + b"\0" * 64,
+                                  b"ID3\x03\x00\x00\x00\x00\x00\x10garbage"])
+def test_not_audio_is_415_and_stores_nothing(api: InMemoryReplica, data: bytes) -> None:
+    assert_error(api.upload(data, "audio/mpeg"), 415, "unsupported_media")
+    assert stored_files(api) == [] and api.db.head().seq == 0
+
+
+def test_non_audio_content_type_is_415(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    assert_error(api.upload(wav_bytes, "text/plain"), 415, "unsupported_media")
+
+
+def test_multipart_without_file_field_is_400(api: InMemoryReplica) -> None:
+    body = b"--b\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nx\r\n--b--\r\n"
+
+    assert_error(api.upload(body, "multipart/form-data; boundary=b"), 400, "bad_request")
+
+
+def test_malformed_multipart_is_400(api: InMemoryReplica) -> None:
+    assert_error(api.upload(b"--b\r\nbroken", "multipart/form-data; boundary=b"),
+                 400, "bad_request")
+
+
+@pytest.mark.parametrize("query", ["?year=nineteen", "?track=-1", "?year=99999999999"])
+def test_bad_override_is_400_and_stores_nothing(api: InMemoryReplica, wav_bytes: bytes,
+                                                query: str) -> None:
+    assert_error(api.upload(wav_bytes, query=query), 400, "bad_request")
+    assert stored_files(api) == []
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+def test_bad_json_is_400(api: InMemoryReplica, body: bytes) -> None:
+    answer = api.call("POST", "/playlists", body, {"Content-Type": "application/json"})
+
+    assert_error(answer, 400, "bad_request")
+    assert api.get("/playlists").json()["playlists"] == []
+
+
+@pytest.mark.parametrize("body", [{"name": ""}, {"name": 5}, {"name": "x" * 201},
+                                  {"name": "ok", "colour": "red"}, {"name": "ok", "id": "nope"}])
+def test_bad_playlist_fields_are_400(api: InMemoryReplica, body: dict) -> None:
+    assert_error(api.send_json("POST", "/playlists", body), 400, "bad_request")
+
+
+def test_bad_song_patch_is_400_and_changes_nothing(api: InMemoryReplica, song: dict) -> None:
+    answer = api.send_json("PATCH", f"/songs/{song['id']}", {"size": 1, "title": "x"})
+
+    assert_error(answer, 400, "bad_request")
+    assert api.get(f"/songs/{song['id']}").json()["title"] == "Tone"
+
+
+def test_item_for_unknown_song_is_404(api: InMemoryReplica) -> None:
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+
+    assert_error(api.send_json("POST", f"/playlists/{pid}/items", {"song_id": MISSING}),
+                 404, "not_found")
+
+
+@pytest.mark.parametrize("path", [
+    f"/songs/{MISSING}", "/songs/not-a-uuid", f"/songs/{MISSING.upper()}",
+    f"/songs/{MISSING}/chunks/0", f"/songs/{MISSING}/stream", "/songs/x/chunks/0",
+    "/playlists/../../etc", f"/playlists/{MISSING}", "/nowhere",
+])
+def test_unknown_or_malformed_ids_are_404(api: InMemoryReplica, path: str) -> None:
+    assert_error(api.get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize("idx", ["-1", "1e3", "0x1", "99999999999999999999", "%2E%2E"])
+def test_bad_chunk_index_is_404(api: InMemoryReplica, song: dict, idx: str) -> None:
+    assert_error(api.get(f"/songs/{song['id']}/chunks/{idx}"), 404, "not_found")
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "abc", "100000"])
+def test_bad_pagination_is_400(api: InMemoryReplica, limit: str) -> None:
+    assert_error(api.get(f"/songs?limit={limit}"), 400, "bad_request")
+
+
+def test_wrong_method_is_405(api: InMemoryReplica) -> None:
+    assert_error(api.call("PUT", "/songs"), 405, "method_not_allowed")
+
+
+def test_write_to_a_non_leader_is_421_naming_no_leader(tmp_path: Path, wav_bytes: bytes) -> None:
+    follower = InMemoryReplica(tmp_path, leadership=NoLeader())
+
+    assert_error(follower.upload(wav_bytes), 421, "not_leader")
+    assert stored_files(follower) == []
+
+
+def test_every_answer_names_the_replica(api: InMemoryReplica) -> None:
+    assert api.get("/status").headers["x-served-by"] == "1"
+    assert api.get("/nowhere").headers["x-served-by"] == "1"
