@@ -7,6 +7,7 @@ it on one dedicated thread so the reactor never blocks and writes are serialized
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -47,13 +48,36 @@ class Change:
 def _table_sql(entity: Entity) -> str:
     columns = [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.keys]
     columns += [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.fields]
-    columns += ["version TEXT NOT NULL", "field_versions TEXT NOT NULL"]
+    columns += ["version TEXT NOT NULL", "field_versions TEXT NOT NULL",
+                "bucket INTEGER NOT NULL"]
     key = ", ".join(entity.keys)
     return f"CREATE TABLE IF NOT EXISTS {entity.name} ({', '.join(columns)}, PRIMARY KEY ({key}))"
 
 
+BUCKETS = 256
+
+
+def bucket_of(entity: str, key: str) -> int:
+    """The anti-entropy bucket of a row: a stable hash of its identity."""
+    return hashlib.sha256(f"{entity}/{key}".encode()).digest()[0] % BUCKETS
+
+
+def _versions_text(row: Row) -> str:
+    return json.dumps({name: v.encode() for name, v in row.versions.items()}, sort_keys=True)
+
+
+def _row_hash(entity: str, key: str, versions_text: str) -> int:
+    """What a row contributes to its bucket's digest: its identity and every field version."""
+    digest = hashlib.sha256(f"{entity}/{key}/{versions_text}".encode()).digest()
+    return int.from_bytes(digest[:16], "big")
+
+
 SCHEMA = [
     *(_table_sql(entity) for entity in ENTITIES.values()),
+    *(f"CREATE INDEX IF NOT EXISTS {name}_bucket ON {name} (bucket)" for name in ENTITIES),
+    # Per bucket, the XOR of its rows' hashes: updated on every apply, so comparing two
+    # replicas costs BUCKETS hashes plus the rows of the buckets that differ.
+    "CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
     "CREATE INDEX IF NOT EXISTS songs_created ON songs (created_at)",
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
@@ -136,7 +160,8 @@ class MetadataDB:
 
     def _apply(self, op: Op) -> bool:
         entity = ENTITIES[op.entity]
-        row = merge(self._get_row(entity, op.key), op)
+        old = self._get_row(entity, op.key)
+        row = merge(old, op)
         self._conn.execute(
             "INSERT OR IGNORE INTO oplog (version, entity, key, body) VALUES (?, ?, ?, ?)",
             (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields))),
@@ -144,17 +169,55 @@ class MetadataDB:
         if row is None:
             return False
         values = {**entity.split_key(op.key), **row.fields}
-        columns = [*entity.keys, *values.keys() - set(entity.keys), "version", "field_versions"]
-        params = [values[c] for c in columns[:-2]] + [
-            row.version.encode(),
-            json.dumps({name: v.encode() for name, v in row.versions.items()}),
-        ]
+        columns = [*entity.keys, *values.keys() - set(entity.keys),
+                   "version", "field_versions", "bucket"]
+        bucket = bucket_of(op.entity, op.key)
+        versions = _versions_text(row)
+        params = [values[c] for c in columns[:-3]] + [row.version.encode(), versions, bucket]
         self._conn.execute(
             f"INSERT OR REPLACE INTO {entity.name} ({', '.join(columns)})"
             f" VALUES ({', '.join('?' * len(columns))})",
             params,
         )
+        change = _row_hash(op.entity, op.key, versions)
+        if old is not None:
+            change ^= _row_hash(op.entity, op.key, _versions_text(old))
+        current = self._conn.execute("SELECT hash FROM digest WHERE bucket = ?", (bucket,))
+        found = current.fetchone()
+        combined = (int(found["hash"], 16) if found else 0) ^ change
+        self._conn.execute(
+            "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
+            (bucket, f"{combined:032x}"),
+        )
         return True
+
+    # anti-entropy
+
+    def digest(self) -> list[str]:
+        """One hash per bucket (hex); equal lists mean equal replicated tables."""
+        hashes = ["0" * 32] * BUCKETS
+        for row in self._conn.execute("SELECT bucket, hash FROM digest"):
+            hashes[row["bucket"]] = row["hash"]
+        return hashes
+
+    def bucket_rows(self, bucket: int) -> list[tuple[str, str, str]]:
+        """(entity, key, field versions) of every row in ``bucket``."""
+        found = []
+        for entity in ENTITIES.values():
+            rows = self._conn.execute(
+                f"SELECT {', '.join(entity.keys)}, field_versions FROM {entity.name}"
+                " WHERE bucket = ?",
+                (bucket,),
+            )
+            found += [(entity.name, entity.key_of(r), r["field_versions"]) for r in rows]
+        return found
+
+    def rows(self, keys: Iterable[tuple[str, str]]) -> list[Row]:
+        return [row for entity, key in keys if (row := self.get_row(entity, key)) is not None]
+
+    def apply_rows(self, rows: Iterable[Row]) -> int:
+        """Merge whole rows pulled from a peer: each field with the version that wrote it."""
+        return self.apply_ops(op for row in rows for op in row_ops(row))
 
     def head(self) -> Version:
         row = self._conn.execute("SELECT max(version) AS v FROM oplog").fetchone()
@@ -287,6 +350,16 @@ class MetadataDB:
             (playlist_id,),
         ).fetchone()
         return float(row[0] or 0.0)
+
+
+def row_ops(row: Row) -> list[Op]:
+    """A row as the ops that would rebuild its fields, one per distinct version."""
+    by_version: dict[Version, dict[str, Any]] = {}
+    for name, version in row.versions.items():
+        by_version.setdefault(version, {})[name] = row.fields[name]
+    return [
+        Op(version, row.entity, row.key, fields) for version, fields in sorted(by_version.items())
+    ]
 
 
 def _fold(text: str | None) -> str:
