@@ -1,0 +1,389 @@
+"""Heartbeats: the UDP datagram every replica sends every heartbeat_interval (DESIGN section 4).
+
+The codec, the receiving DatagramProtocol that drops and counts anything hostile, the
+sending LoopingCall that never dies, and the multicast / unicast listening helpers.
+"""
+# test-case-name: tests.unit.test_heartbeat
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, cast
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IMulticastTransport,
+    IReactorMulticast,
+    IReactorTime,
+    IReactorUDP,
+)
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from distpotify.cluster._types import DatagramTransport, MulticastReactor, UDPReactor
+from distpotify.config import ReplicaConfig
+from distpotify.model import Version
+
+LEADER = "leader"
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+ROLES = frozenset({LEADER, FOLLOWER, CANDIDATE})
+
+JOINING = "JOINING"
+ACTIVE = "ACTIVE"
+STATES = frozenset({JOINING, ACTIVE})
+
+MAX_DATAGRAM = 1024
+# Version.encode() gives the leader id five digits and the epoch ten; larger values would
+# break the string order of versions, so they are not valid on the wire either.
+MAX_NODE_ID = 99_999
+MAX_EPOCH = 9_999_999_999
+
+Address = tuple[str, int]
+
+
+class MalformedHeartbeat(ValueError):
+    """A datagram (or an announcement) that is not a valid heartbeat; the message says why."""
+
+
+@attrs.frozen
+class Heartbeat:
+    """One replica's announcement: who it is, what it does, where to reach it."""
+
+    cluster: str
+    node: int
+    epoch: int
+    role: str
+    state: str
+    http: str
+    amp: str
+    head: Version
+
+
+def split_address(text: str) -> Address:
+    """``HOST:PORT`` (IPv6 as ``[::1]:9001``) to ``(host, port)``; MalformedHeartbeat if not."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise MalformedHeartbeat(f"not HOST:PORT: {text!r}")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise MalformedHeartbeat(f"port out of range in {text!r}")
+    return host, number
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of split_address: brackets around IPv6 literals."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def encode(heartbeat: Heartbeat) -> bytes:
+    """Compact JSON; MalformedHeartbeat if it would not fit in MAX_DATAGRAM bytes."""
+    datagram = json.dumps(
+        {
+            "cluster": heartbeat.cluster,
+            "node": heartbeat.node,
+            "epoch": heartbeat.epoch,
+            "role": heartbeat.role,
+            "state": heartbeat.state,
+            "http": heartbeat.http,
+            "amp": heartbeat.amp,
+            "head": heartbeat.head.encode(),
+        },
+        separators=(",", ":"),
+    ).encode("ascii")
+    if len(datagram) > MAX_DATAGRAM:
+        raise MalformedHeartbeat(f"heartbeat of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
+    return datagram
+
+
+def decode(datagram: bytes) -> Heartbeat:
+    """Parse and validate one datagram; every way it can be wrong raises MalformedHeartbeat.
+
+    Unknown keys are ignored, so a newer replica may add fields without being dropped.
+    """
+    if len(datagram) > MAX_DATAGRAM:
+        raise MalformedHeartbeat(f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
+    try:
+        text = datagram.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedHeartbeat("not UTF-8") from None
+    try:
+        body = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as error:
+        raise MalformedHeartbeat(f"not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise MalformedHeartbeat("not a JSON object")
+    http = _text(body, "http")
+    if not http.startswith(("http://", "https://")):
+        raise MalformedHeartbeat(f"http is not an http(s) URL: {http!r}")
+    amp = _text(body, "amp")
+    split_address(amp)
+    head = _text(body, "head")
+    try:
+        version = Version.decode(head) if head.isascii() else None
+    except ValueError:
+        version = None
+    if version is None:
+        raise MalformedHeartbeat(f"head is not a version: {head!r}")
+    return Heartbeat(
+        cluster=_text(body, "cluster"),
+        node=_integer(body, "node", 1, MAX_NODE_ID),
+        epoch=_integer(body, "epoch", 0, MAX_EPOCH),
+        role=_choice(body, "role", ROLES),
+        state=_choice(body, "state", STATES),
+        http=http,
+        amp=amp,
+        head=version,
+    )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number")
+
+
+def _field(body: dict[str, Any], name: str) -> Any:
+    if name not in body:
+        raise MalformedHeartbeat(f"missing {name}")
+    return body[name]
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = _field(body, name)
+    if not isinstance(value, str) or not value:
+        raise MalformedHeartbeat(f"{name} must be a non-empty string")
+    return value
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = _field(body, name)
+    # bool is a subclass of int, and true is not a node id.
+    if type(value) is not int or not low <= value <= high:
+        raise MalformedHeartbeat(f"{name} must be an integer in {low}..{high}")
+    return value
+
+
+def _choice(body: dict[str, Any], name: str, allowed: frozenset[str]) -> str:
+    value = _field(body, name)
+    if not isinstance(value, str) or value not in allowed:
+        raise MalformedHeartbeat(f"{name} must be one of {sorted(allowed)}")
+    return value
+
+
+class HeartbeatProtocol(DatagramProtocol):
+    """Receives heartbeats: hands valid ones from other nodes to ``on_heartbeat``.
+
+    Everything else is counted in ``counters`` (shown by /status) and dropped; no datagram
+    can make this raise. A datagram naming our node id from another address goes to
+    ``on_duplicate_node``: two processes share an id, which the operator must fix.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        node_id: int,
+        http: str,
+        amp: str,
+        on_heartbeat: Callable[[Heartbeat], object],
+        on_duplicate_node: Callable[[Heartbeat, Address], object],
+    ) -> None:
+        self._cluster = cluster
+        self._node_id = node_id
+        self._http = http
+        self._amp = amp
+        self._on_heartbeat = on_heartbeat
+        self._on_duplicate_node = on_duplicate_node
+        self._duplicates_logged: set[tuple[str, str]] = set()
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "received",
+                "accepted",
+                "own",
+                "malformed",
+                "oversized",
+                "foreign",
+                "duplicate_node",
+                "errors",
+                "sent",
+                "send_errors",
+            ),
+            0,
+        )
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.counters["received"] += 1
+        try:
+            self._received(datagram, addr)
+        except Exception:
+            self.counters["errors"] += 1
+            self.log.failure("heartbeat from {addr} not handled", addr=addr)
+
+    def _received(self, datagram: bytes, addr: Address) -> None:
+        if len(datagram) > MAX_DATAGRAM:
+            self.counters["oversized"] += 1
+            return
+        try:
+            heartbeat = decode(datagram)
+        except MalformedHeartbeat:
+            self.counters["malformed"] += 1
+            return
+        if heartbeat.cluster != self._cluster:
+            self.counters["foreign"] += 1
+        elif heartbeat.node != self._node_id:
+            self.counters["accepted"] += 1
+            self._on_heartbeat(heartbeat)
+        elif (heartbeat.http, heartbeat.amp) == (self._http, self._amp):
+            # Our own datagram, looped back by multicast (or listed in --peers).
+            self.counters["own"] += 1
+        else:
+            self.counters["duplicate_node"] += 1
+            claimant = (heartbeat.http, heartbeat.amp)
+            if claimant not in self._duplicates_logged:
+                self._duplicates_logged.add(claimant)
+                self.log.critical(
+                    "another process announces node id {node_id}: http={http} amp={amp}"
+                    " from {addr}; node ids must be unique",
+                    node_id=heartbeat.node,
+                    http=heartbeat.http,
+                    amp=heartbeat.amp,
+                    addr=addr,
+                )
+            self._on_duplicate_node(heartbeat, addr)
+
+    def send(self, datagram: bytes, address: Address) -> None:
+        """Write one datagram; raises if not listening or if the address is unusable."""
+        if self.transport is None:
+            raise RuntimeError("the heartbeat protocol is not listening")
+        cast(DatagramTransport, self.transport).write(datagram, address)
+        self.counters["sent"] += 1
+
+
+class HeartbeatSender:
+    """Sends ``announcement()`` to every ``destinations()`` address every ``interval``.
+
+    The loop body catches and logs everything: an exception escaping a LoopingCall stops
+    it for good, and a replica that stops heartbeating is declared dead by its peers.
+    A failure is logged when it starts and when it ends, not ten times a second.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        protocol: HeartbeatProtocol,
+        announcement: Callable[[], Heartbeat],
+        destinations: Callable[[], Iterable[Address]],
+        interval: float,
+        clock: IReactorTime,
+    ) -> None:
+        self._protocol = protocol
+        self._announcement = announcement
+        self._destinations = destinations
+        self._interval = interval
+        self._loop = LoopingCall(self.beat)
+        self._loop.clock = clock
+        self._failing: set[Address | None] = set()
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self._interval, now=True).addErrback(
+                lambda failure: self.log.failure("heartbeat loop stopped", failure)
+            )
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._loop.running
+
+    def beat(self) -> None:
+        """Send one heartbeat to every destination; never raises."""
+        try:
+            datagram = encode(self._announcement())
+            destinations = list(self._destinations())
+        except Exception:
+            self._failed(None, "cannot build the heartbeat")
+            return
+        self._recovered(None)
+        for address in destinations:
+            try:
+                self._protocol.send(datagram, address)
+            except Exception:
+                self._protocol.counters["send_errors"] += 1
+                self._failed(address, "cannot send the heartbeat to {address}")
+            else:
+                self._recovered(address)
+
+    def _failed(self, key: Address | None, message: str) -> None:
+        if key not in self._failing:
+            self._failing.add(key)
+            self.log.failure(message, address=key)
+
+    def _recovered(self, key: Address | None) -> None:
+        if key in self._failing:
+            self._failing.discard(key)
+            self.log.info("heartbeats flow again to {address}", address=key or "all")
+
+
+def destinations(config: ReplicaConfig) -> tuple[Address, ...]:
+    """Where this replica's heartbeats go: the multicast group, or each unicast peer."""
+    if config.heartbeat == "unicast":
+        return config.peers
+    return ((config.multicast_group, config.multicast_port),)
+
+
+def listen_multicast(
+    reactor: IReactorMulticast, config: ReplicaConfig, protocol: HeartbeatProtocol
+) -> Deferred[IMulticastTransport]:
+    """Join the heartbeat group on --multicast-interface with --multicast-ttl.
+
+    The Deferred fails (and nothing stays bound) when the interface cannot do multicast.
+    Loopback stays on so replicas on one host hear each other; our own datagrams come
+    back and are counted as ``own``.
+    """
+    port = cast(MulticastReactor, reactor).listenMulticast(
+        config.multicast_port, protocol, listenMultiple=True
+    )
+    port.setTTL(config.multicast_ttl)
+    port.setLoopbackMode(True)
+
+    def joined(_: object) -> IMulticastTransport:
+        return cast(IMulticastTransport, port)
+
+    def failed(failure: Any) -> Any:
+        port.stopListening()
+        return failure
+
+    d = port.setOutgoingInterface(config.multicast_interface)
+    d.addCallback(lambda _: port.joinGroup(config.multicast_group, config.multicast_interface))
+    d.addCallback(joined)
+    d.addErrback(failed)
+    return d
+
+
+def listen_unicast(
+    reactor: IReactorUDP, config: ReplicaConfig, protocol: HeartbeatProtocol
+) -> IListeningPort:
+    """Listen for unicast heartbeats on the heartbeat port (--multicast-port) of --host."""
+    port = cast(UDPReactor, reactor).listenUDP(
+        config.multicast_port, protocol, interface=config.host
+    )
+    return cast(IListeningPort, port)
+
