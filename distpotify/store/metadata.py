@@ -105,6 +105,7 @@ class MetadataDB:
                 self._conn.execute(statement)
         self._epoch = 0
         self._seq = 0
+        self._head = self.head()
 
     def close(self) -> None:
         self._conn.close()
@@ -151,12 +152,19 @@ class MetadataDB:
             for op in ops:
                 self._apply(op)
         self._seq += len(ops)
+        self._advance_head(ops)
         return ops
 
     def apply_ops(self, ops: Iterable[Op]) -> int:
         """Apply ops written elsewhere (replication); returns how many changed a row."""
+        ops = list(ops)
         with self._transaction():
-            return sum(self._apply(op) for op in ops)
+            changed = sum(self._apply(op) for op in ops)
+        self._advance_head(ops)
+        return changed
+
+    def _advance_head(self, ops: list[Op]) -> None:
+        self._head = max([self._head, *(op.version for op in ops)])
 
     def _apply(self, op: Op) -> bool:
         entity = ENTITIES[op.entity]
@@ -222,6 +230,10 @@ class MetadataDB:
     def head(self) -> Version:
         row = self._conn.execute("SELECT max(version) AS v FROM oplog").fetchone()
         return Version.decode(row["v"]) if row["v"] else Version(0, 0, 0)
+
+    def cached_head(self) -> Version:
+        """The newest version applied, without a query: safe to read from any thread."""
+        return self._head
 
     def ops_after(self, version: Version, limit: int = 1000) -> list[Op]:
         rows = self._conn.execute(

@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from distpotify.api.public import PublicAPI, ReplicaRoot
-from distpotify.leadership import Leadership, LoneLeader
+from distpotify.errors import NotLeader
+from distpotify.leadership import Leadership
 from distpotify.library import Library
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
@@ -45,6 +46,32 @@ class Answer:
         return json.loads(self.body)
 
 
+class LoneLeader:
+    """Always the leader of epoch 1."""
+
+    epoch = 1
+
+    def require_leader(self) -> None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"role": "leader", "state": "ACTIVE", "epoch": 1, "leader_id": 1,
+                "leader_http": "http://127.0.0.1:8001"}
+
+
+class NoLeader:
+    """A follower that knows no leader: every write is refused."""
+
+    epoch = 0
+
+    def require_leader(self) -> None:
+        raise NotLeader("no leader is known; retry shortly", leader_id=None, leader_http=None)
+
+    def status(self) -> dict[str, Any]:
+        return {"role": "follower", "state": "ACTIVE", "epoch": 0, "leader_id": None,
+                "leader_http": None}
+
+
 class InMemoryReplica:
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None
@@ -58,7 +85,7 @@ class InMemoryReplica:
         self.chunks = ChunkStore(self.root / "chunks")
         self.library = Library(
             MetadataStore(self.db, run_now), self.chunks, run_now, self.clock,
-            self.leadership or LoneLeader(1, "http://127.0.0.1:8001"), self.chunk_size,
+            self.leadership or LoneLeader(), self.chunk_size,
         )
         api = PublicAPI(self.library, self._status)
         self.treq = StubTreq(ReplicaRoot(1, api.app.resource()))

@@ -29,6 +29,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_until(
     predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> T:
@@ -83,11 +89,23 @@ def send_json(port: int, method: str, path: str, value: Any) -> Response:
 class ReplicaProcess:
     """One ``twistd -n distpotify`` process with its own data dir and log file."""
 
-    def __init__(self, node_id: int, root: Path, *extra: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        node_id: int,
+        root: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        cluster: str | None = None,
+        heartbeat_port: int | None = None,
+    ):
         self.node_id = node_id
         self.data_dir = root / f"node{node_id}"
         self.log_path = root / f"node{node_id}.log"
         self.http_port = free_port()
+        self.amp_port = free_port()
+        # A lone replica gets a cluster (and heartbeat port) of its own.
+        self.cluster = cluster or f"test-{os.getpid()}-{self.http_port}"
+        self.heartbeat_port = heartbeat_port or free_udp_port()
         self.extra = extra
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -96,8 +114,9 @@ class ReplicaProcess:
         return [
             str(TWISTD), "-n", "--pidfile=", f"--logfile={self.log_path}", "distpotify",
             "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
-            "--http-port", str(self.http_port), "--amp-port", str(free_port()),
-            "--cluster", f"test-{os.getpid()}-{self.http_port}", *self.extra,
+            "--http-port", str(self.http_port), "--amp-port", str(self.amp_port),
+            "--cluster", self.cluster, "--multicast-port", str(self.heartbeat_port),
+            *self.extra,
         ]
 
     def start(self, wait: bool = True) -> ReplicaProcess:
@@ -109,15 +128,25 @@ class ReplicaProcess:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"replica exited {self.process.returncode}: {self.log()}")
+    def status(self) -> dict[str, Any] | None:
+        """/status, or None while the replica does not answer."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"replica exited {self.process.returncode}: {self.log()}")
+        try:
             answer = self.get("/status", timeout=1.0)
-            return answer.json() if answer.status == 200 else None
+        except (OSError, http.client.HTTPException):
+            return None
+        return answer.json() if answer.status == 200 else None  # type: ignore[no-any-return]
 
-        return wait_until(ready, timeout, what=f"replica {self.node_id} /status")
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+        """Wait until the replica serves and knows a leader (itself, when alone)."""
+
+        def ready() -> dict[str, Any] | None:
+            status = self.status()
+            return status if status and status["leader_id"] is not None else None
+
+        return wait_until(ready, timeout, what=f"replica {self.node_id} to know a leader")
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
             ) -> Response:
@@ -148,3 +177,51 @@ class ReplicaProcess:
         if self.process is not None and self.process.stdout and self.process.poll() is not None:
             text += self.process.stdout.read().decode(errors="replace")
         return text[-4000:]
+
+
+class Cluster:
+    """Replicas of one cluster on 127.0.0.1: one cluster name, one heartbeat port."""
+
+    def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str) -> None:
+        self.root = root
+        self.name = f"test-{os.getpid()}-{free_port()}"
+        self.heartbeat_port = free_udp_port()
+        self.extra = extra
+        self._started = started
+        self.nodes: dict[int, ReplicaProcess] = {}
+
+    def add(self, node_id: int, *extra: str, start: bool = True) -> ReplicaProcess:
+        node = ReplicaProcess(node_id, self.root, *self.extra, *extra, cluster=self.name,
+                              heartbeat_port=self.heartbeat_port)
+        self.nodes[node_id] = node
+        self._started.append(node)
+        if start:
+            node.start(wait=False)
+        return node
+
+    def running(self) -> list[ReplicaProcess]:
+        return [n for n in self.nodes.values() if n.process and n.process.poll() is None]
+
+    def statuses(self, nodes: list[ReplicaProcess] | None = None) -> dict[int, dict[str, Any]]:
+        """/status of every answering replica (a stopped or paused one is left out)."""
+        found = {}
+        for node in nodes if nodes is not None else self.running():
+            try:
+                answer = node.get("/status", timeout=0.5)
+            except (OSError, http.client.HTTPException):
+                continue
+            if answer.status == 200:
+                found[node.node_id] = answer.json()
+        return found
+
+    def agreed_leader(self, nodes: list[ReplicaProcess] | None = None) -> dict[str, Any] | None:
+        """The leader's /status once every given replica answers and names it; else None."""
+        nodes = nodes if nodes is not None else self.running()
+        statuses = self.statuses(nodes)
+        if len(statuses) != len(nodes):
+            return None
+        leaders = {s["leader_id"] for s in statuses.values()}
+        if len(leaders) != 1 or None in leaders:
+            return None
+        leader = statuses.get(leaders.pop())
+        return leader if leader and leader["role"] == "leader" else None

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distpotify.leadership import NoLeader
-from tests.helpers.api import InMemoryReplica
+from tests.helpers.api import InMemoryReplica, NoLeader
 from tests.helpers.audio import make_audio
 
 MISSING = "00000000-0000-4000-8000-000000000000"

@@ -1,0 +1,213 @@
+"""A replica's place in the cluster: heartbeats, the peer table and the Bully election, wired.
+
+ClusterNode is also the Leadership the library asks before every write: only the elected
+leader writes, with versions of the epoch it persisted before announcing itself.
+"""
+# test-case-name: tests.integration.test_election
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from distpotify.cluster.bully import (
+    AmpPeers,
+    BullyElection,
+    ElectionStatus,
+    bully_factory,
+    follow_membership,
+    tcp_connector,
+)
+from distpotify.cluster.heartbeat import (
+    ACTIVE,
+    LEADER,
+    Address,
+    Heartbeat,
+    HeartbeatProtocol,
+    HeartbeatSender,
+    destinations,
+    format_address,
+    listen_multicast,
+    listen_unicast,
+)
+from distpotify.cluster.membership import Membership
+from distpotify.config import ReplicaConfig
+from distpotify.errors import NotLeader
+from distpotify.model import Version
+from distpotify.store.metadata import MetadataDB, MetadataStore
+
+log = Logger()
+
+
+class ClusterNode(service.Service):
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        reactor: Any,
+        store: MetadataStore,
+        head: Callable[[], Version],
+        epoch: int,
+    ) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._store = store
+        self._head = head
+        self.state = ACTIVE
+        self.amp_address = format_address(config.advertise_host, config.amp_port)
+        self.membership = Membership(
+            node_id=config.node_id, clock=reactor, failure_timeout=config.failure_timeout
+        )
+        self.peers = AmpPeers(
+            node_id=config.node_id, http=config.http_url, membership=self.membership,
+            clock=reactor, connect=tcp_connector(reactor, config.coordinator_timeout),
+            timeout=config.coordinator_timeout,
+        )
+        self.election = BullyElection(
+            node_id=config.node_id, http=config.http_url, clock=reactor, network=self.peers,
+            higher_peers=lambda: self.membership.electable_above(config.node_id),
+            persist_epoch=self._persist_epoch, is_electable=lambda: self.state == ACTIVE,
+            on_change=self._role_changed, answer_timeout=config.answer_timeout,
+            coordinator_timeout=config.coordinator_timeout, epoch=epoch,
+        )
+        self.heartbeats = HeartbeatProtocol(
+            cluster=config.cluster, node_id=config.node_id, http=config.http_url,
+            amp=self.amp_address, on_heartbeat=self.membership.heartbeat_received,
+            on_duplicate_node=self._duplicate_node,
+        )
+        self._sender = HeartbeatSender(
+            protocol=self.heartbeats, announcement=self._announcement,
+            destinations=lambda: destinations(config), interval=config.heartbeat_interval,
+            clock=reactor,
+        )
+        self._ports: list[IListeningPort] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._started_at = 0.0
+        self.elections_won = 0
+        self.refused = False
+
+    # the Leadership the library asks
+
+    @property
+    def epoch(self) -> int:
+        return self.election.status.epoch
+
+    def require_leader(self) -> None:
+        if not self.election.is_leader:
+            status = self.election.status
+            raise NotLeader(
+                "this replica is not the leader" if status.leader_id is not None
+                else "no leader is known (an election is under way); retry shortly",
+                leader_id=status.leader_id, leader_http=status.leader_http,
+            )
+
+    def status(self) -> dict[str, Any]:
+        status = self.election.status
+        return {
+            "role": status.role,
+            "state": self.state,
+            "epoch": status.epoch,
+            "leader_id": status.leader_id,
+            "leader_http": status.leader_http,
+            "amp": self.amp_address,
+            "peers": self.membership.snapshot(),
+            "heartbeats": dict(self.heartbeats.counters),
+            "elections_won": self.elections_won,
+        }
+
+    # lifecycle
+
+    @inlineCallbacks
+    def listen(self) -> Any:
+        """Bind the heartbeat and AMP ports (before serving HTTP, so a bad one stops us)."""
+        config = self.config
+        if config.heartbeat == "multicast":
+            port = yield listen_multicast(self._reactor, config, self.heartbeats)
+        else:
+            port = listen_unicast(self._reactor, config, self.heartbeats)
+        self._ports.append(port)
+        self._ports.append(
+            self._reactor.listenTCP(
+                config.amp_port, bully_factory(self.election), interface=config.host
+            )
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._started_at = self._reactor.seconds()
+        self._unsubscribe = follow_membership(self.election, self.membership)
+        self._sender.start()
+        self.election.start(self.config.failure_timeout)
+        log.info(
+            "node {node_id} joined cluster {cluster}: heartbeats {mode} every {interval}s,"
+            " AMP on {amp}", node_id=self.config.node_id, cluster=self.config.cluster,
+            mode=self.config.heartbeat, interval=self.config.heartbeat_interval,
+            amp=self.amp_address,
+        )
+
+    def caught_up(self) -> None:
+        """This replica holds what the cluster holds: as Bully's returning higher id, it may
+        now take leadership from a lower leader."""
+        self.election.claim_if_higher()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._sender.stop()
+        self.election.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.membership.stop()
+        self.peers.disconnect()
+        ports, self._ports = self._ports, []
+        return Deferred.fromCoroutine(_stop_all(ports))
+
+    # callbacks of the parts
+
+    def _announcement(self) -> Heartbeat:
+        status = self.election.status
+        return Heartbeat(
+            cluster=self.config.cluster, node=self.config.node_id, epoch=status.epoch,
+            role=status.role, state=self.state, http=self.config.http_url,
+            amp=self.amp_address, head=self._head(),
+        )
+
+    def _persist_epoch(self, epoch: int) -> Deferred[None]:
+        return self._store.run(MetadataDB.set_meta, "epoch", str(epoch))
+
+    def _role_changed(self, status: ElectionStatus) -> None:
+        if status.role == LEADER:
+            self.elections_won += 1
+            # Queued on the database thread before any write this leadership accepts.
+            self._store.run(MetadataDB.begin_leading, status.epoch)
+        log.info(
+            "role {role} epoch={epoch} leader={leader_id} ({leader_http})",
+            role=status.role, epoch=status.epoch, leader_id=status.leader_id,
+            leader_http=status.leader_http,
+        )
+
+    def _duplicate_node(self, heartbeat: Heartbeat, address: Address) -> None:
+        """Two processes with one node id: the newcomer (us, if just started) gives way."""
+        if self.refused or self._reactor.seconds() - self._started_at > self.config.failure_timeout:
+            return
+        self.refused = True
+        log.critical(
+            "node id {node_id} is already used by {http}; this replica stops",
+            node_id=self.config.node_id, http=heartbeat.http,
+        )
+        stop_process(self._reactor, 3)
+
+
+def stop_process(reactor: Any, code: int) -> None:
+    """Shut down cleanly, then exit with ``code`` (twistd itself would exit 0)."""
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, code)
+    reactor.stop()
+
+
+async def _stop_all(ports: list[IListeningPort]) -> None:
+    for port in ports:
+        await maybeDeferred(port.stopListening)
