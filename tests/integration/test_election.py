@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.replica import Cluster, ReplicaProcess, send_json, wait_until
+from tests.helpers.replica import (
+    Cluster,
+    ReplicaProcess,
+    free_udp_port,
+    send_json,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -143,3 +149,24 @@ def test_newcomer_with_a_taken_node_id_refuses_to_serve(cluster: Cluster) -> Non
     assert code == 3
     assert "node id 2 is already used" in twin.log()
     assert cluster.agreed_leader(original) is not None
+
+
+def test_unicast_heartbeats_elect_a_leader_without_multicast(
+    tmp_path: Path, replicas: list[ReplicaProcess]
+) -> None:
+    ports = {node_id: free_udp_port() for node_id in (1, 2, 3)}
+    peers = ",".join(f"127.0.0.1:{port}" for port in ports.values())
+    nodes = []
+    for node_id, port in ports.items():
+        node = ReplicaProcess(node_id, tmp_path, "--heartbeat", "unicast", "--peers", peers,
+                              cluster=f"unicast-{ports[1]}", heartbeat_port=port)
+        replicas.append(node.start(wait=False))
+        nodes.append(node)
+    cluster = Cluster(tmp_path, [])
+
+    leader = wait_until(lambda: cluster.agreed_leader(nodes), timeout=15, what="agreement")
+    nodes[2].kill()
+    after = wait_until(lambda: cluster.agreed_leader(nodes[:2]), timeout=10, what="failover")
+
+    assert leader["node_id"] == 3 and after["node_id"] == 2
+    assert after["heartbeats"]["accepted"] > 0
