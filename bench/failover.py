@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers.replica import Cluster, ReplicaProcess, send_json, wait_until  # noqa: E402
+from tests.helpers.replica import Cluster, ReplicaProcess, send_json, wait_until
 
 ROUND_LIMIT = 20.0  # seconds: a round that takes longer is a failure, not a wait
 
