@@ -8,8 +8,8 @@ written before the ops that make them visible and removed only after the ops tha
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,6 +22,8 @@ from distpotify.store.metadata import Change, MetadataDB, MetadataStore, Runner
 from distpotify.upload import Body, Ingested, ingest, parse_body, song_fields, title_from_filename
 
 log = Logger()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MAX_NAME = 200
 
@@ -35,6 +37,7 @@ class Library:
         clock: IReactorTime,
         leadership: Leadership,
         chunk_size: int,
+        on_written: Callable[[], object] = lambda: None,
     ) -> None:
         self.store = store
         self.chunks = chunks
@@ -42,6 +45,15 @@ class Library:
         self._clock = clock
         self.leadership = leadership
         self.chunk_size = chunk_size
+        self._on_written = on_written
+
+    async def _write(
+        self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A write on the database thread; then the replicas are told (push)."""
+        result = await self.store.run(method, *args, **kwargs)
+        self._on_written()
+        return result
 
     def _now(self) -> str:
         moment = datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
@@ -75,7 +87,7 @@ class Library:
             for idx, size, sha in ingested.chunks
         ]
         changes.append(Change("songs", song_id, fields))
-        song, created = await self.store.run(_create_unless_duplicate, ingested.sha256, changes)
+        song, created = await self._write(_create_unless_duplicate, ingested.sha256, changes)
         if not created:
             await self._blocking(
                 self.chunks.remove, [(song_id, idx) for idx, _, _ in ingested.chunks]
@@ -113,12 +125,12 @@ class Library:
         self.leadership.require_leader()
         fields = song_fields(values)
         await self.song(song_id)
-        await self.store.run(MetadataDB.write, [Change("songs", song_id, fields)])
+        await self._write(MetadataDB.write, [Change("songs", song_id, fields)])
         return await self.song(song_id)
 
     async def delete_song(self, song_id: str) -> None:
         self.leadership.require_leader()
-        removed = await self.store.run(_delete_song, _checked_id(song_id, "song"))
+        removed = await self._write(_delete_song, _checked_id(song_id, "song"))
         if removed is None:
             raise NotFound(f"no song {song_id}")
         await self._blocking(self.chunks.remove, [(song_id, idx) for idx in removed])
@@ -144,7 +156,7 @@ class Library:
             raise BadRequest("id must be a lowercase UUID")
         fields = {"name": _name(values.get("name")), "owner": None,
                   "created_at": self._now(), "deleted": 0}
-        created = await self.store.run(_create_once, "playlists", playlist_id, fields)
+        created = await self._write(_create_once, "playlists", playlist_id, fields)
         return await self.playlist(playlist_id), created
 
     async def patch_playlist(self, playlist_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,7 +164,7 @@ class Library:
         _only(values, {"name"})
         await self.playlist(playlist_id)
         change = Change("playlists", playlist_id, {"name": _name(values.get("name"))})
-        await self.store.run(MetadataDB.write, [change])
+        await self._write(MetadataDB.write, [change])
         return await self.playlist(playlist_id)
 
     async def delete_playlist(self, playlist_id: str) -> None:
@@ -161,7 +173,7 @@ class Library:
         changes = [Change("playlist_items", item["id"], {"deleted": 1})
                    for item in playlist["items"]]
         changes.append(Change("playlists", playlist_id, {"deleted": 1}))
-        await self.store.run(MetadataDB.write, changes)
+        await self._write(MetadataDB.write, changes)
 
     async def add_item(self, playlist_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
         self.leadership.require_leader()
@@ -181,7 +193,7 @@ class Library:
             raise BadRequest("id must be a lowercase UUID")
         fields = {"playlist_id": playlist_id, "song_id": song_id, "position": float(position),
                   "created_at": self._now(), "deleted": 0}
-        await self.store.run(_create_once, "playlist_items", item_id, fields)
+        await self._write(_create_once, "playlist_items", item_id, fields)
         item = await self.store.run(MetadataDB.item, item_id)
         if item is None or item["playlist_id"] != playlist_id:
             raise Conflict(f"item {item_id} belongs to another playlist")
@@ -192,7 +204,7 @@ class Library:
         item = await self.store.run(MetadataDB.item, _checked_id(item_id, "item"))
         if item is None or item["playlist_id"] != _checked_id(playlist_id, "playlist"):
             raise NotFound(f"no item {item_id} in playlist {playlist_id}")
-        await self.store.run(MetadataDB.write, [Change("playlist_items", item_id, {"deleted": 1})])
+        await self._write(MetadataDB.write, [Change("playlist_items", item_id, {"deleted": 1})])
 
 
 _OVERRIDABLE = ("title", "artist", "album", "track", "year", "genre")

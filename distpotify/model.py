@@ -53,6 +53,19 @@ class Entity:
     def key_of(self, values: Mapping[str, Any]) -> str:
         return "/".join(str(values[k]) for k in self.keys)
 
+    def valid_key(self, key: str) -> bool:
+        """Ids are canonical UUIDs, chunk indexes small non-negative integers."""
+        parts = key.split("/")
+        if len(parts) != len(self.keys):
+            return False
+        for name, part in zip(self.keys, parts, strict=True):
+            if name == "idx":
+                if not part.isdigit() or int(part) >= 2**31:
+                    return False
+            elif not valid_uuid(part):
+                return False
+        return True
+
     def split_key(self, key: str) -> dict[str, Any]:
         parts = key.split("/")
         if len(parts) != len(self.keys):

@@ -24,9 +24,11 @@ from twisted.python.threadpool import ThreadPool
 from distpotify import __version__
 from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
+from distpotify.api.sync import SyncAPI
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
 from distpotify.library import Library
+from distpotify.replication.node import ReplicationNode
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
 
@@ -53,6 +55,7 @@ class ReplicaService(service.Service):
         self.db: MetadataDB | None = None
         self.library: Library | None = None
         self.cluster: ClusterNode | None = None
+        self.replication: ReplicationNode | None = None
         self._http: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -76,8 +79,12 @@ class ReplicaService(service.Service):
         store = MetadataStore(db, lambda f, *a, **kw: deferToThreadPool(
             self.reactor, self._db_pool, f, *a, **kw))
         self.cluster = cluster = ClusterNode(config, self.reactor, store, db.cached_head, epoch)
+        self.replication = replication = ReplicationNode(
+            config, self.reactor, store, chunks, cluster
+        )
         self.library = Library(
-            store, chunks, deferToThread, self.reactor, cluster, config.chunk_size
+            store, chunks, deferToThread, self.reactor, cluster, config.chunk_size,
+            on_written=replication.written,
         )
         Deferred.fromCoroutine(self._join_then_serve()).addErrback(self._fatal)
 
@@ -90,14 +97,17 @@ class ReplicaService(service.Service):
         await deferLater(self.reactor, self.config.failure_timeout, lambda: None)
         if not self.cluster.refused:
             self._serve_http()
+            assert self.replication is not None
+            self.replication.start()
             self.cluster.caught_up()
 
     def _serve_http(self) -> None:
         config = self.config
-        assert self.library is not None
-        api = PublicAPI(self.library, self.status)
+        assert self.library is not None and self.replication is not None
+        api = PublicAPI(self.library, self.replication.guard, self.status)
+        sync = SyncAPI(self.library.store, self.replication.receiver)
         site = ReplicaSite(
-            ReplicaRoot(config.node_id, api.app.resource()),
+            ReplicaRoot(config.node_id, api.app.resource(), sync.app.resource()),
             node_id=config.node_id, max_body=config.max_upload,
             spool_dir=config.data_dir / "tmp", clock=self.reactor,
         )
@@ -115,6 +125,8 @@ class ReplicaService(service.Service):
     async def _stop(self) -> None:
         if self._http is not None:
             await maybeDeferred(self._http.stopListening)
+        if self.replication is not None:
+            self.replication.stop()
         if self.cluster is not None and self.cluster.running:
             await self.cluster.stopService()
         self._db_pool.stop()
@@ -128,6 +140,7 @@ class ReplicaService(service.Service):
 
     async def status(self) -> dict[str, Any]:
         assert self.cluster is not None and self.db is not None
+        assert self.replication is not None
         return {
             "node_id": self.config.node_id,
             **self.cluster.status(),
@@ -135,6 +148,7 @@ class ReplicaService(service.Service):
             "http": self.config.http_url,
             "sync": {"phase": "DONE", "chunks_done": 0, "chunks_total": 0,
                      "snapshots_fetched": 0},
+            "replication": await self.replication.status(),
             "version": __version__,
             "pid": os.getpid(),
         }

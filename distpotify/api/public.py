@@ -19,9 +19,11 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
-from distpotify.api.ranges import Span, serve
+from distpotify.api.ranges import Span, serve, wanted_range
 from distpotify.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unavailable
 from distpotify.library import Library
+from distpotify.replication.fetch import ChunkRef
+from distpotify.replication.repair import ChunkGuard
 
 log = Logger()
 
@@ -30,7 +32,7 @@ MAX_PAGE = 500
 MAX_INDEX = 2**31
 
 
-def _json(request: IRequest, status: int, body: Any) -> bytes:
+def json_response(request: IRequest, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     data = json.dumps(body, separators=(",", ":")).encode()
@@ -52,11 +54,11 @@ def _int_arg(query: dict[str, str], name: str, default: int, low: int, high: int
     return int(text)
 
 
-def _read_json(request: Request) -> dict[str, Any]:
+def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
     content = request.content
-    data = content.read(MAX_JSON + 1) if content is not None else b""
-    if len(data) > MAX_JSON:
-        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON} bytes")
+    data = content.read(limit + 1) if content is not None else b""
+    if len(data) > limit:
+        raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
     try:
         body = json.loads(data or b"{}")
     except ValueError as e:
@@ -76,8 +78,14 @@ def _chunk_index(text: str) -> int:
 class PublicAPI:
     app = Klein()
 
-    def __init__(self, library: Library, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        library: Library,
+        guard: ChunkGuard,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> None:
         self._library = library
+        self._guard = guard
         self._status = status
 
     @app.handle_errors(ApiError)
@@ -86,7 +94,7 @@ class PublicAPI:
         assert isinstance(error, ApiError)
         for name, value in error.headers.items():
             request.setHeader(name.encode(), value.encode())
-        return _json(request, error.status, error.body())
+        return json_response(request, error.status, error.body())
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -96,19 +104,20 @@ class PublicAPI:
         if error.code == 405:
             allowed = error.get_response().headers.get("Allow", "")
             request.setHeader(b"Allow", allowed.encode())
-        return _json(request, error.code or 500, {"error": code, "message": error.description})
+        body = {"error": code, "message": error.description}
+        return json_response(request, error.code or 500, body)
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("unhandled error on {method} {uri}", failure,
                     method=request.method, uri=request.uri)
-        return _json(request, 500, {"error": "internal", "message": "internal error"})
+        return json_response(request, 500, {"error": "internal", "message": "internal error"})
 
     # status
 
     @app.route("/status", methods=["GET"])
     async def status(self, request: Request) -> bytes:
-        return _json(request, 200, await self._status())
+        return json_response(request, 200, await self._status())
 
     # songs
 
@@ -120,7 +129,7 @@ class PublicAPI:
         songs, total = await self._library.search(
             query.get("q"), query.get("artist"), query.get("album"), limit, offset
         )
-        return _json(request, 200, {"songs": songs, "total": total})
+        return json_response(request, 200, {"songs": songs, "total": total})
 
     @app.route("/songs", methods=["POST"])
     async def upload(self, request: Request) -> bytes:
@@ -129,16 +138,16 @@ class PublicAPI:
         song, created = await self._library.upload(
             request.content, content_type.decode("latin-1"), _query(request)
         )
-        return _json(request, 201 if created else 200, {"song": song})
+        return json_response(request, 201 if created else 200, {"song": song})
 
     @app.route("/songs/<song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:
-        return _json(request, 200, await self._library.song_with_chunks(song_id))
+        return json_response(request, 200, await self._library.song_with_chunks(song_id))
 
     @app.route("/songs/<song_id>", methods=["PATCH"])
     async def patch_song(self, request: Request, song_id: str) -> bytes:
-        song = await self._library.patch_song(song_id, _read_json(request))
-        return _json(request, 200, {"song": song})
+        song = await self._library.patch_song(song_id, read_json(request))
+        return json_response(request, 200, {"song": song})
 
     @app.route("/songs/<song_id>", methods=["DELETE"])
     async def delete_song(self, request: Request, song_id: str) -> bytes:
@@ -150,9 +159,10 @@ class PublicAPI:
     async def chunk(self, request: Request, song_id: str, idx: str) -> bytes:
         index = _chunk_index(idx)
         chunk = await self._library.chunk(song_id, index)
+        ref = ChunkRef(song_id, index, chunk["size"], chunk["sha256"])
+        if not await self._guard.ensure(ref):
+            raise Unavailable(f"chunk {index} of song {song_id} is not available here")
         path = self._library.chunks.path(song_id, index)
-        if not path.is_file():
-            raise Unavailable(f"chunk {index} of song {song_id} is not on this replica")
         return await serve(
             request, [Span(path, 0, chunk["size"])],
             etag=chunk["sha256"], content_type="application/octet-stream",
@@ -161,33 +171,39 @@ class PublicAPI:
     @app.route("/songs/<song_id>/stream", methods=["GET"])
     async def stream(self, request: Request, song_id: str) -> bytes:
         song = await self._library.song_with_chunks(song_id)
-        spans = [
-            Span(self._library.chunks.path(song_id, chunk["idx"]), 0, chunk["size"])
-            for chunk in song["chunks"]
-        ]
-        if len(spans) != song["chunk_count"] or not all(s.path.is_file() for s in spans):
+        chunks = song["chunks"]
+        if len(chunks) != song["chunk_count"]:
             raise Unavailable(f"song {song_id} is not complete on this replica")
+        spans = [Span(self._library.chunks.path(song_id, c["idx"]), 0, c["size"]) for c in chunks]
+        start, end = wanted_range(request, song["size"], song["sha256"]) or (0, song["size"] - 1)
+        position = 0
+        for chunk in chunks:
+            if position <= end and position + chunk["size"] > start:
+                ref = ChunkRef(song_id, chunk["idx"], chunk["size"], chunk["sha256"])
+                if not await self._guard.ensure(ref):
+                    raise Unavailable(f"chunk {chunk['idx']} of song {song_id} is not available")
+            position += chunk["size"]
         return await serve(request, spans, etag=song["sha256"], content_type=song["mime"])
 
     # playlists
 
     @app.route("/playlists", methods=["GET"])
     async def playlists(self, request: Request) -> bytes:
-        return _json(request, 200, {"playlists": await self._library.playlists()})
+        return json_response(request, 200, {"playlists": await self._library.playlists()})
 
     @app.route("/playlists", methods=["POST"])
     async def create_playlist(self, request: Request) -> bytes:
-        playlist, created = await self._library.create_playlist(_read_json(request))
-        return _json(request, 201 if created else 200, {"playlist": playlist})
+        playlist, created = await self._library.create_playlist(read_json(request))
+        return json_response(request, 201 if created else 200, {"playlist": playlist})
 
     @app.route("/playlists/<playlist_id>", methods=["GET"])
     async def playlist(self, request: Request, playlist_id: str) -> bytes:
-        return _json(request, 200, {"playlist": await self._library.playlist(playlist_id)})
+        return json_response(request, 200, {"playlist": await self._library.playlist(playlist_id)})
 
     @app.route("/playlists/<playlist_id>", methods=["PATCH"])
     async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
-        playlist = await self._library.patch_playlist(playlist_id, _read_json(request))
-        return _json(request, 200, {"playlist": playlist})
+        playlist = await self._library.patch_playlist(playlist_id, read_json(request))
+        return json_response(request, 200, {"playlist": playlist})
 
     @app.route("/playlists/<playlist_id>", methods=["DELETE"])
     async def delete_playlist(self, request: Request, playlist_id: str) -> bytes:
@@ -197,8 +213,8 @@ class PublicAPI:
 
     @app.route("/playlists/<playlist_id>/items", methods=["POST"])
     async def add_item(self, request: Request, playlist_id: str) -> bytes:
-        item = await self._library.add_item(playlist_id, _read_json(request))
-        return _json(request, 201, {"item": item})
+        item = await self._library.add_item(playlist_id, read_json(request))
+        return json_response(request, 201, {"item": item})
 
     @app.route("/playlists/<playlist_id>/items/<item_id>", methods=["DELETE"])
     async def remove_item(self, request: Request, playlist_id: str, item_id: str) -> bytes:
@@ -212,17 +228,20 @@ def authorize(request: Request) -> None:
 
 
 class ReplicaRoot(Resource):
-    """Root resource: tags every response with X-Served-By and authorizes every request."""
+    """Root resource: tags every response with X-Served-By, authorizes every request, and
+    sends /sync/* to the cluster-internal API."""
 
     isLeaf = True
 
-    def __init__(self, node_id: int, api: IResource) -> None:
+    def __init__(self, node_id: int, api: IResource, sync: IResource) -> None:
         super().__init__()
         self._served_by = str(node_id).encode()
         self._api = api
+        self._sync = sync
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"X-Served-By", self._served_by)
         authorize(request)
-        return self._api.render(request)
+        internal = (request.postpath or [])[:1] == [b"sync"]
+        return (self._sync if internal else self._api).render(request)
 

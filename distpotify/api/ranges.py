@@ -93,11 +93,7 @@ def serve(
     if quoted in _header(request, b"If-None-Match").split(", "):
         request.setResponseCode(304)
         return Deferred.fromCoroutine(_nothing())
-    wanted = _header(request, b"Range") or None
-    if_range = _header(request, b"If-Range")
-    if if_range and if_range != quoted:
-        wanted = None
-    chosen = parse_range(wanted, size)
+    chosen = wanted_range(request, size, etag)
     if chosen is None:
         start, end = 0, size - 1
     else:
@@ -108,6 +104,14 @@ def serve(
     if request.method == b"HEAD" or end < start:
         return Deferred.fromCoroutine(_nothing())
     return SpanProducer(request, slice_spans(spans, start, end)).start()
+
+
+def wanted_range(request: Request, size: int, etag: str) -> tuple[int, int] | None:
+    """The range the request asks for (None: all of it), with If-Range honoured."""
+    if_range = _header(request, b"If-Range")
+    if if_range and if_range != f'"{etag}"':
+        return None
+    return parse_range(_header(request, b"Range") or None, size)
 
 
 async def _nothing() -> bytes:

@@ -90,6 +90,7 @@ class ClusterNode(service.Service):
         self._started_at = 0.0
         self.elections_won = 0
         self.refused = False
+        self.role_observers: list[Callable[[str], object]] = []
 
     # the Leadership the library asks
 
@@ -189,6 +190,8 @@ class ClusterNode(service.Service):
             role=status.role, epoch=status.epoch, leader_id=status.leader_id,
             leader_http=status.leader_http,
         )
+        for observer in self.role_observers:
+            observer(status.role)
 
     def _duplicate_node(self, heartbeat: Heartbeat, address: Address) -> None:
         """Two processes with one node id: the newcomer (us, if just started) gives way."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from distpotify.model import valid_uuid
 
 TMP_SUFFIX = ".tmp"
+PART_SUFFIX = ".part"  # a download in progress (replication/fetch.py), resumed after a crash
 
 
 class ChunkStore:
@@ -49,6 +50,13 @@ class ChunkStore:
         finally:
             os.close(fd)
 
+    def names(self) -> set[str]:
+        """The names of the complete chunk files present."""
+        return {
+            entry.name for entry in os.scandir(self.root)
+            if not entry.name.endswith((TMP_SUFFIX, PART_SUFFIX))
+        }
+
     def read(self, song_id: str, idx: int) -> bytes:
         return self.path(song_id, idx).read_bytes()
 
@@ -76,13 +84,16 @@ class ChunkStore:
         return removed
 
     def clean(self, live: set[str]) -> tuple[int, int]:
-        """Remove temp files and chunk files without a live registry row: (temps, orphans)."""
+        """Remove temp files and chunk files without a live registry row: (temps, orphans).
+
+        Partial downloads of live chunks stay, to be resumed.
+        """
         temps = orphans = 0
         for entry in os.scandir(self.root):
             if entry.name.endswith(TMP_SUFFIX):
                 os.unlink(entry.path)
                 temps += 1
-            elif entry.name not in live:
+            elif entry.name.removesuffix(PART_SUFFIX) not in live:
                 os.unlink(entry.path)
                 orphans += 1
         if temps or orphans:

@@ -245,6 +245,33 @@ class MetadataDB:
             for r in rows
         ]
 
+    def count_ops_after(self, version: Version) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM oplog WHERE version > ?", (version.encode(),)
+        ).fetchone()
+        return int(row[0])
+
+    def registry_after(
+        self, song_id: str, idx: int, limit: int
+    ) -> list[tuple[str, int, int, str]]:
+        """Live chunk registry rows after (song_id, idx), in order: for scrubbing in pages."""
+        rows = self._conn.execute(
+            "SELECT song_id, idx, size, sha256 FROM chunks WHERE deleted = 0"
+            " AND sha256 IS NOT NULL AND (song_id, idx) > (?, ?) ORDER BY song_id, idx LIMIT ?",
+            (song_id, idx, limit),
+        )
+        return [(r["song_id"], r["idx"], r["size"], r["sha256"]) for r in rows]
+
+    def chunk_rows(self, names: Iterable[str]) -> list[tuple[str, int, int, str]]:
+        """Registry rows of the live chunks named ``<song_id>_<idx>``."""
+        found = []
+        for name in names:
+            song_id, _, idx = name.rpartition("_")
+            chunk = self.chunk(song_id, int(idx))
+            if chunk is not None:
+                found.append((song_id, chunk["idx"], chunk["size"], chunk["sha256"]))
+        return found
+
     def get_row(self, entity_name: str, key: str) -> Row | None:
         return self._get_row(ENTITIES[entity_name], key)
 

@@ -7,15 +7,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
-from treq.testing import StubTreq
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.web.resource import Resource
 
 from distpotify.api.public import PublicAPI, ReplicaRoot
+from distpotify.api.sync import SyncAPI
 from distpotify.errors import NotLeader
 from distpotify.leadership import Leadership
 from distpotify.library import Library
+from distpotify.replication.client import PeerClient
+from distpotify.replication.fetch import ChunkFetcher
+from distpotify.replication.receive import Receiver
+from distpotify.replication.repair import ChunkGuard
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
 
@@ -87,8 +94,15 @@ class InMemoryReplica:
             MetadataStore(self.db, run_now), self.chunks, run_now, self.clock,
             self.leadership or LoneLeader(), self.chunk_size,
         )
-        api = PublicAPI(self.library, self._status)
-        self.treq = StubTreq(ReplicaRoot(1, api.app.resource()))
+        # No peers: a missing or corrupt chunk cannot be repaired here, so it is a 503.
+        client = PeerClient(HTTPClient(RequestTraversalAgent(Resource())), self.clock)
+        self.fetcher = ChunkFetcher(client, self.chunks, run_now)
+        self.guard = ChunkGuard(self.chunks, self.fetcher, run_now, lambda: [])
+        self.receiver = Receiver(self.library.store, self.chunks, self.fetcher, run_now,
+                                 lambda: [])
+        api = PublicAPI(self.library, self.guard, self._status)
+        sync = SyncAPI(self.library.store, self.receiver)
+        self.treq = StubTreq(ReplicaRoot(1, api.app.resource(), sync.app.resource()))
 
     async def _status(self) -> dict[str, Any]:
         return {"node_id": 1, "head": self.db.head().as_list()}

@@ -1,0 +1,78 @@
+"""The cluster-internal API under /sync/ (the proxy never forwards it): pushed ops in,
+digests and rows out for anti-entropy.
+
+Same shape as public.py: a Klein app on a class, errors mapped to JSON in one place. A batch
+that is malformed anywhere is refused whole (400) and nothing of it is applied.
+"""
+# test-case-name: tests.unit.test_sync_api
+
+from __future__ import annotations
+
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+from distpotify.api.public import json_response, read_json
+from distpotify.errors import ApiError, BadRequest, NotFound
+from distpotify.model import ENTITIES
+from distpotify.replication.client import op_from_json, row_to_json
+from distpotify.replication.receive import Receiver, validate_op
+from distpotify.store.metadata import BUCKETS, MetadataDB, MetadataStore
+
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_KEYS = 1000
+
+
+class SyncAPI:
+    app = Klein()
+
+    def __init__(self, store: MetadataStore, receiver: Receiver) -> None:
+        self._store = store
+        self._receiver = receiver
+
+    @app.handle_errors(ApiError)
+    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, ApiError)
+        return json_response(request, error.status, error.body())
+
+    @app.route("/sync/ops", methods=["POST"])
+    async def ops(self, request: Request) -> bytes:
+        body = read_json(request, MAX_BATCH_BYTES)
+        source, raw = body.get("source"), body.get("ops")
+        if not isinstance(raw, list) or (source is not None and not isinstance(source, str)):
+            raise BadRequest("a batch is {\"source\": URL, \"ops\": [op, ...]}")
+        try:
+            ops = [op_from_json(value) for value in raw]
+            for op in ops:
+                validate_op(op)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadRequest(f"malformed op in batch: {e}") from None
+        head = await self._receiver.apply_ops(ops, source)
+        return json_response(request, 200, {"cursor": head.encode(), "applied": len(ops)})
+
+    @app.route("/sync/digest", methods=["GET"])
+    async def digest(self, request: Request) -> bytes:
+        buckets = await self._store.run(MetadataDB.digest)
+        return json_response(request, 200, {"buckets": buckets})
+
+    @app.route("/sync/digest/<bucket>", methods=["GET"])
+    async def bucket(self, request: Request, bucket: str) -> bytes:
+        if not bucket.isdigit() or int(bucket) >= BUCKETS:
+            raise NotFound(f"no bucket {bucket!r}: buckets are 0-{BUCKETS - 1}")
+        rows = await self._store.run(MetadataDB.bucket_rows, int(bucket))
+        return json_response(request, 200, {"rows": [list(row) for row in rows]})
+
+    @app.route("/sync/rows", methods=["GET"])
+    async def rows(self, request: Request) -> bytes:
+        keys = []
+        for raw in (request.args or {}).get(b"key", [])[:MAX_KEYS + 1]:
+            entity, _, key = raw.decode("utf-8", "replace").partition(":")
+            if entity not in ENTITIES or not ENTITIES[entity].valid_key(key):
+                raise BadRequest(f"bad row key {raw!r}: expected ENTITY:KEY")
+            keys.append((entity, key))
+        if len(keys) > MAX_KEYS:
+            raise BadRequest(f"at most {MAX_KEYS} keys per request")
+        found = await self._store.run(MetadataDB.rows, keys)
+        return json_response(request, 200, {"rows": [row_to_json(row) for row in found]})

@@ -1,0 +1,139 @@
+"""Anti-entropy: every interval (with jitter) compare digests with one peer, pull what differs.
+
+Only differing buckets are listed and only rows whose versions differ are fetched, so a round
+costs the 256 bucket hashes plus the difference. A round also fetches chunk files that the
+registry says should be here and are not.
+"""
+# test-case-name: tests.integration.test_replication
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from distpotify.replication.client import PeerClient
+from distpotify.replication.fetch import ChunkRef
+from distpotify.replication.receive import Receiver
+from distpotify.replication.repair import ChunkGuard
+from distpotify.store.chunks import ChunkStore
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+
+log = Logger()
+
+KEYS_PER_REQUEST = 100
+CHUNKS_PER_ROUND = 256
+
+
+class AntiEntropy:
+    def __init__(
+        self,
+        *,
+        store: MetadataStore,
+        client: PeerClient,
+        receiver: Receiver,
+        guard: ChunkGuard,
+        chunks: ChunkStore,
+        blocking: Runner,
+        peers: Callable[[], Sequence[str]],
+        clock: IReactorTime,
+        interval: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._receiver = receiver
+        self._guard = guard
+        self._chunks = chunks
+        self._blocking = blocking
+        self._peers = peers
+        self._clock = clock
+        self._interval = interval
+        self._rng = rng or random.Random()
+        self._call: IDelayedCall | None = None
+        self._busy = False
+        self.rounds = 0
+        self.last: dict[str, Any] | None = None
+        self.rows_repaired = 0
+        self.chunks_repaired = 0
+
+    def start(self) -> None:
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _schedule(self) -> None:
+        delay = self._interval * self._rng.uniform(0.8, 1.2)
+        self._call = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        peers = list(self._peers())
+        d = self.run_round(self._rng.choice(peers)) if peers else Deferred.fromCoroutine(_none())
+        d.addErrback(lambda f: log.failure("anti-entropy round failed", f))
+        d.addBoth(lambda _: self._schedule())
+
+    def run_round(self, peer: str) -> Deferred[None]:
+        """One exchange with ``peer`` now (also used when a peer comes back)."""
+        if self._busy:
+            return Deferred.fromCoroutine(_none())
+        self._busy = True
+
+        def done(result: object) -> object:
+            self._busy = False
+            return result
+
+        return Deferred.fromCoroutine(self._round(peer)).addBoth(done)
+
+    async def _round(self, peer: str) -> None:
+        started = self._clock.seconds()
+        theirs = await self._client.digest(peer)
+        mine = await self._store.run(MetadataDB.digest)
+        differing = [b for b, (a, c) in enumerate(zip(mine, theirs, strict=False)) if a != c]
+        wanted: list[tuple[str, str]] = []
+        for bucket in differing:
+            local = {(e, k): v for e, k, v in await self._store.run(MetadataDB.bucket_rows,
+                                                                     bucket)}
+            wanted += [(e, k) for e, k, v in await self._client.bucket(peer, bucket)
+                       if local.get((e, k)) != v]
+        for start in range(0, len(wanted), KEYS_PER_REQUEST):
+            rows = await self._client.rows(peer, wanted[start:start + KEYS_PER_REQUEST])
+            await self._receiver.apply_rows(rows, peer)
+        chunks = await self._repair_missing_chunks()
+        self.rounds += 1
+        self.rows_repaired += len(wanted)
+        self.chunks_repaired += chunks
+        self.last = {
+            "peer": peer, "at": started, "buckets_differing": len(differing),
+            "rows_pulled": len(wanted), "chunks_fetched": chunks,
+            "seconds": round(self._clock.seconds() - started, 3),
+        }
+        if wanted or chunks:
+            log.info("anti-entropy with {peer}: {buckets} buckets differed, pulled {rows} rows,"
+                     " fetched {chunks} chunks", peer=peer, buckets=len(differing),
+                     rows=len(wanted), chunks=chunks)
+
+    async def _repair_missing_chunks(self) -> int:
+        live = await self._store.run(MetadataDB.live_chunk_names)
+        present = await self._blocking(self._chunks.names)
+        missing = sorted(live - present)[:CHUNKS_PER_ROUND]
+        if not missing:
+            return 0
+        rows = await self._store.run(MetadataDB.chunk_rows, missing)
+        repaired = 0
+        for song_id, idx, size, sha256 in rows:
+            repaired += await self._guard.ensure(ChunkRef(song_id, idx, size, sha256))
+        return repaired
+
+    def status(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "interval": self._interval, "last": self.last,
+                "rows_repaired": self.rows_repaired, "chunks_repaired": self.chunks_repaired}
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,126 @@
+"""Getting chunk bytes from other replicas: verified before they become visible.
+
+A download goes to ``<name>.part`` (resumed with Range after a crash or a failed peer), is
+hashed, fsynced and renamed into place only when its SHA-256 matches the registry; a wrong
+byte sends the fetch to the next replica. At most ``concurrency`` downloads run at once.
+"""
+# test-case-name: tests.unit.test_fetch
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+from twisted.internet.defer import DeferredSemaphore
+from twisted.logger import Logger
+
+from distpotify.replication.client import PeerClient, PeerError
+from distpotify.store.chunks import PART_SUFFIX, ChunkStore
+from distpotify.store.metadata import Runner
+
+log = Logger()
+
+
+@attrs.frozen
+class ChunkRef:
+    song_id: str
+    idx: int
+    size: int
+    sha256: str
+
+
+@attrs.define
+class FetchCounters:
+    fetched: int = 0
+    bytes: int = 0
+    bad_bytes: int = 0
+    failed: int = 0
+
+
+def _finish_part(part: Path, final: Path, size: int, sha256: str, chunks: ChunkStore) -> bool:
+    """Verify a complete download and move it into place (worker thread); False if wrong."""
+    digest = hashlib.sha256()
+    with open(part, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+        os.fsync(f.fileno())
+    if part.stat().st_size != size or digest.hexdigest() != sha256:
+        part.unlink()
+        return False
+    os.replace(part, final)
+    chunks.sync_dir()
+    return True
+
+
+class ChunkFetcher:
+    def __init__(
+        self,
+        client: PeerClient,
+        chunks: ChunkStore,
+        blocking: Runner,
+        concurrency: int = 8,
+    ) -> None:
+        self._client = client
+        self._chunks = chunks
+        self._blocking = blocking
+        self._limit = DeferredSemaphore(concurrency)
+        self.counters = FetchCounters()
+
+    async def fetch(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
+        """Download ``ref`` from the first of ``sources`` that gives the right bytes."""
+        await self._limit.acquire()
+        try:
+            for base in sources:
+                if await self._fetch_from(ref, base):
+                    self.counters.fetched += 1
+                    return True
+            self.counters.failed += 1
+            log.warn("chunk {song_id}/{idx} not available from {sources}",
+                     song_id=ref.song_id, idx=ref.idx, sources=list(sources))
+            return False
+        finally:
+            self._limit.release()
+
+    async def _fetch_from(self, ref: ChunkRef, base: str) -> bool:
+        final = self._chunks.path(ref.song_id, ref.idx)
+        part = final.with_name(final.name + PART_SUFFIX)
+        offset = part.stat().st_size if part.exists() else 0
+        if offset >= ref.size:
+            offset = 0
+            part.unlink()
+        received = 0
+        with open(part, "ab") as out:
+
+            def write(data: bytes) -> None:
+                nonlocal received
+                received += len(data)
+                if offset + received > ref.size:
+                    raise PeerError(f"more than {ref.size} bytes for chunk {ref.idx}")
+                out.write(data)
+
+            try:
+                await self._client.chunk(base, ref.song_id, ref.idx, offset, ref.sha256, write)
+            except Exception as e:
+                # What arrived stays in the part file: the next source resumes after it.
+                log.info("chunk {song_id}/{idx} from {base} failed after {n} bytes: {error}",
+                         song_id=ref.song_id, idx=ref.idx, base=base, n=received, error=e)
+                return False
+        self.counters.bytes += received
+        done: bool = await self._blocking(
+            _finish_part, part, final, ref.size, ref.sha256, self._chunks
+        )
+        if not done:
+            self.counters.bad_bytes += 1
+            log.warn("chunk {song_id}/{idx} from {base} failed its SHA-256; discarded",
+                     song_id=ref.song_id, idx=ref.idx, base=base)
+        return done
+
+
+def sources_for(first: str | None, others: Callable[[], Sequence[str]]) -> list[str]:
+    """``first`` (the sender of the ops), then every other live replica."""
+    rest = [base for base in others() if base != first]
+    return [first, *rest] if first else rest
+

@@ -1,0 +1,193 @@
+"""The leader's push: every write goes to every ACTIVE follower, in version order, batched.
+
+One FollowerLink per follower holds its acknowledged cursor (durable in node_meta, so it
+survives a leader restart); the ops past it are the hints. A link sends while there is
+something past the cursor and the follower is up, backs off on failure, and starts again as
+soon as the follower's heartbeat returns.
+"""
+# test-case-name: tests.unit.test_push
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from distpotify.cluster.heartbeat import ACTIVE
+from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
+from distpotify.model import Version
+from distpotify.replication.client import PeerClient
+from distpotify.store.metadata import MetadataDB, MetadataStore
+
+log = Logger()
+
+BATCH = 500
+MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0
+
+
+def cursor_key(node_id: int) -> str:
+    return f"cursor:{node_id}"
+
+
+class FollowerLink:
+    """Pushes the ops past one follower's cursor until there are none, one batch at a time."""
+
+    def __init__(self, pusher: Pusher, node_id: int) -> None:
+        self._pusher = pusher
+        self.node_id = node_id
+        self.cursor: Version | None = None
+        self.running = False
+        self._again = False
+        self._retry: IDelayedCall | None = None
+        self._backoff = MIN_BACKOFF
+        self.pending_since: float | None = None
+        self.last_ack: float | None = None
+        self.last_error: str | None = None
+        self.batches = 0
+
+    def kick(self) -> None:
+        if self.running:
+            self._again = True
+            return
+        if self._retry is not None and self._retry.active():
+            return
+        self.running = True
+        Deferred.fromCoroutine(self._run()).addErrback(
+            lambda f: log.failure("push to {node_id} crashed", f, node_id=self.node_id)
+        )
+
+    def stop(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    async def _run(self) -> None:
+        pusher = self._pusher
+        try:
+            while True:
+                self._again = False
+                peer = pusher.membership.get(self.node_id)
+                if peer is None or not peer.up or peer.state != ACTIVE or not pusher.leading():
+                    return
+                if self.cursor is None:
+                    self.cursor = await pusher.starting_cursor(peer)
+                ops = await pusher.store.run(MetadataDB.ops_after, self.cursor, BATCH)
+                if not ops:
+                    self.pending_since = None
+                    if not self._again:
+                        return
+                    continue
+                if self.pending_since is None:
+                    self.pending_since = pusher.clock.seconds()
+                try:
+                    acked = await pusher.client.push_ops(peer.http, pusher.source, ops)
+                except Exception as e:
+                    self._failed(e)
+                    return
+                self.batches += 1
+                self._backoff = MIN_BACKOFF
+                self.last_error = None
+                self.last_ack = pusher.clock.seconds()
+                # The follower may hold more than we sent (from another leader): its word wins,
+                # but never move backwards past what it acknowledged.
+                self.cursor = max(acked, ops[-1].version)
+                await pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
+                                       self.cursor.encode())
+        finally:
+            self.running = False
+
+    def _failed(self, error: Exception) -> None:
+        if self.last_error is None:
+            log.warn("push to {node_id} failed: {error}; retrying", node_id=self.node_id,
+                     error=error)
+        self.last_error = str(error)
+        self._retry = self._pusher.clock.callLater(self._backoff, self._retried)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def _retried(self) -> None:
+        self._retry = None
+        self.kick()
+
+
+class Pusher:
+    def __init__(
+        self,
+        *,
+        store: MetadataStore,
+        client: PeerClient,
+        membership: Membership,
+        clock: IReactorTime,
+        source: str,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.membership = membership
+        self.clock = clock
+        self.source = source
+        self.leading = leading
+        self.links: dict[int, FollowerLink] = {}
+        self._unsubscribe = membership.subscribe(self._peer_event)
+
+    def wake(self) -> None:
+        """New ops exist (a write, or this replica just became leader): push them."""
+        if not self.leading():
+            return
+        for peer in self.membership.live_peers():
+            if peer.state == ACTIVE:
+                self._link(peer.node_id).kick()
+
+    def forget_cursors(self) -> None:
+        """Leadership changed hands: cursors are learned again from durable state and heads."""
+        for link in self.links.values():
+            link.stop()
+            link.cursor = None
+
+    def stop(self) -> None:
+        self._unsubscribe()
+        for link in self.links.values():
+            link.stop()
+
+    async def starting_cursor(self, peer: Peer) -> Version:
+        """Resume from the durable cursor, or the follower's announced head if it is behind."""
+        stored = await self.store.run(MetadataDB.get_meta, cursor_key(peer.node_id))
+        if stored is None:
+            return peer.head
+        return min(Version.decode(stored), peer.head)
+
+    def _link(self, node_id: int) -> FollowerLink:
+        if node_id not in self.links:
+            self.links[node_id] = FollowerLink(self, node_id)
+        return self.links[node_id]
+
+    def _peer_event(self, event: PeerEvent) -> None:
+        if isinstance(event, PeerDown):
+            if event.peer.node_id in self.links:
+                self.links[event.peer.node_id].stop()
+        else:
+            self.wake()
+
+    async def status(self) -> dict[str, Any]:
+        """Per follower: cursor, ops past it (the hints), how long they have waited."""
+        now = self.clock.seconds()
+        head = await self.store.run(MetadataDB.head)
+        followers = {}
+        for node_id, link in sorted(self.links.items()):
+            pending = (
+                await self.store.run(MetadataDB.count_ops_after, link.cursor)
+                if link.cursor is not None else None
+            )
+            followers[str(node_id)] = {
+                "cursor": link.cursor.as_list() if link.cursor else None,
+                "hints_pending": pending,
+                "lag_seconds": round(now - link.pending_since, 3)
+                if link.pending_since is not None and pending else 0.0,
+                "last_ack_ms_ago": round((now - link.last_ack) * 1000)
+                if link.last_ack is not None else None,
+                "batches": link.batches,
+                "last_error": link.last_error,
+            }
+        return {"head": head.as_list(), "followers": followers}

@@ -1,0 +1,117 @@
+"""Applying what other replicas send (pushed ops, rows pulled by anti-entropy) to this one.
+
+Chunk bytes come first: every chunk an op makes live is fetched and verified before the op is
+applied, so no replica lists a chunk it cannot serve; chunks the ops tombstone are deleted
+after the ops are durable.
+"""
+# test-case-name: tests.integration.test_replication
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+
+from distpotify.errors import Unavailable
+from distpotify.model import ENTITIES, Op, Row, Version
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, sources_for
+from distpotify.store.chunks import ChunkStore
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner, row_ops
+
+log = Logger()
+
+
+def validate_op(op: Op) -> None:
+    """ValueError unless ``op`` names a known entity, a well-formed key and known fields."""
+    entity = ENTITIES.get(op.entity)
+    if entity is None:
+        raise ValueError(f"unknown entity {op.entity!r}")
+    entity.split_key(op.key)
+    if not entity.valid_key(op.key):
+        raise ValueError(f"malformed {op.entity} key {op.key!r}")
+    unknown = set(op.fields) - set(entity.fields)
+    if unknown or not op.fields:
+        raise ValueError(f"{op.entity} op with unknown or no fields: {sorted(unknown)}")
+    for name, value in op.fields.items():
+        if value is not None and type(value) not in (str, int, float):
+            raise ValueError(f"{op.entity}.{name} has a value of type {type(value).__name__}")
+
+
+def _chunk_ref(key: str, fields: dict[str, object]) -> ChunkRef:
+    song_id, idx = key.split("/")
+    size, sha256 = fields["size"], fields["sha256"]
+    assert isinstance(size, int) and isinstance(sha256, str)
+    return ChunkRef(song_id, int(idx), size, sha256)
+
+
+def _chunks_to_fetch(db: MetadataDB, ops: Sequence[Op], present: set[str]) -> list[ChunkRef]:
+    """Chunks whose newest 'deleted' write among ``ops`` and the local row is a creation and
+    whose file is not here (database thread)."""
+    newest: dict[str, Op] = {}
+    for op in ops:
+        is_newest = op.key not in newest or op.version > newest[op.key].version
+        if op.entity == "chunks" and "deleted" in op.fields and is_newest:
+            newest[op.key] = op
+    refs = []
+    for key, op in newest.items():
+        if op.fields["deleted"] or "sha256" not in op.fields or "size" not in op.fields:
+            continue
+        local = db.get_row("chunks", key)
+        if local is not None and local.versions.get("deleted", Version(0, 0, 0)) > op.version:
+            continue
+        if key.replace("/", "_") not in present:
+            refs.append(_chunk_ref(key, dict(op.fields)))
+    return refs
+
+
+class Receiver:
+    def __init__(
+        self,
+        store: MetadataStore,
+        chunks: ChunkStore,
+        fetcher: ChunkFetcher,
+        blocking: Runner,
+        peers: Callable[[], Sequence[str]],
+    ) -> None:
+        self._store = store
+        self._chunks = chunks
+        self._fetcher = fetcher
+        self._blocking = blocking
+        self._peers = peers
+        self.ops_applied = 0
+
+    async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
+        """Fetch the chunks ``ops`` need, apply them durably; the new head."""
+        present: set[str] = await self._blocking(self._chunks.names)
+        refs = await self._store.run(_chunks_to_fetch, ops, present)
+        if refs:
+            sources = sources_for(source, self._peers)
+            results = await gatherResults(
+                [self._fetcher_deferred(ref, sources) for ref in refs], consumeErrors=True
+            )
+            missing = [ref for ref, ok in zip(refs, results, strict=True) if not ok]
+            if missing:
+                raise Unavailable(
+                    f"{len(missing)} of {len(refs)} chunks could not be fetched; nothing applied"
+                )
+        self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
+        await self._drop_deleted_chunks(ops)
+        return await self._store.run(MetadataDB.head)
+
+    async def apply_rows(self, rows: Sequence[Row], source: str | None) -> Version:
+        return await self.apply_ops([op for row in rows for op in row_ops(row)], source)
+
+    def _fetcher_deferred(self, ref: ChunkRef, sources: list[str]) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._fetcher.fetch(ref, sources))
+
+    async def _drop_deleted_chunks(self, ops: Sequence[Op]) -> None:
+        keys = {op.key for op in ops if op.entity == "chunks" and op.fields.get("deleted")}
+        if not keys:
+            return
+        gone = []
+        for key in keys:
+            song_id, idx = key.split("/")
+            if await self._store.run(MetadataDB.chunk, song_id, int(idx)) is None:
+                gone.append((song_id, int(idx)))
+        await self._blocking(self._chunks.remove, gone)

@@ -1,0 +1,150 @@
+"""Read repair and scrubbing: a chunk is served only once its bytes are known good.
+
+ChunkGuard remembers which files it verified (by inode, mtime and size, so a file replaced or
+rewritten is verified again); a missing or corrupt chunk is fetched from another replica
+within the request that needed it. The Scrubber re-hashes stored chunks slowly in the
+background and repairs the corrupt ones the same way.
+"""
+# test-case-name: tests.integration.test_replication
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.store.chunks import ChunkStore
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+
+log = Logger()
+
+
+@attrs.define
+class RepairCounters:
+    verified: int = 0
+    missing: int = 0
+    corrupt: int = 0
+    repaired: int = 0
+    unrepairable: int = 0
+
+
+def _file_identity(path: os.PathLike[str]) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class ChunkGuard:
+    def __init__(
+        self,
+        chunks: ChunkStore,
+        fetcher: ChunkFetcher,
+        blocking: Runner,
+        peers: Callable[[], Sequence[str]],
+    ) -> None:
+        self._chunks = chunks
+        self._fetcher = fetcher
+        self._blocking = blocking
+        self._peers = peers
+        self._verified: dict[str, tuple[int, int, int]] = {}
+        self.counters = RepairCounters()
+
+    async def ensure(self, ref: ChunkRef, recheck: bool = False) -> bool:
+        """True once the chunk file holds exactly its registered bytes, repairing if needed."""
+        path = self._chunks.path(ref.song_id, ref.idx)
+        identity = _file_identity(path)
+        if not recheck and identity is not None and self._verified.get(path.name) == identity:
+            return True
+        if identity is not None and identity[2] == ref.size:
+            good: bool = await self._blocking(self._chunks.verify, ref.song_id, ref.idx,
+                                              ref.sha256)
+            if good:
+                self.counters.verified += 1
+                self._verified[path.name] = identity
+                return True
+        self._verified.pop(path.name, None)
+        if identity is None:
+            self.counters.missing += 1
+            log.warn("chunk {name} is missing; repairing", name=path.name)
+        else:
+            self.counters.corrupt += 1
+            log.warn("chunk {name} fails its SHA-256; repairing", name=path.name)
+            await self._blocking(self._chunks.remove, [(ref.song_id, ref.idx)])
+        if await self._fetcher.fetch(ref, self._peers()):
+            self.counters.repaired += 1
+            if (fetched := _file_identity(path)) is not None:
+                self._verified[path.name] = fetched
+            return True
+        self.counters.unrepairable += 1
+        return False
+
+    def forget(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._verified.pop(name, None)
+
+
+class Scrubber:
+    """Re-hashes every stored chunk in turn, at most ``rate`` bytes per second."""
+
+    def __init__(
+        self, store: MetadataStore, guard: ChunkGuard, clock: IReactorTime, rate: float,
+        page: int = 64,
+    ) -> None:
+        self._store = store
+        self._guard = guard
+        self._clock = clock
+        self._rate = rate
+        self._page = page
+        self._position: tuple[str, int] = ("", -1)
+        self._call: IDelayedCall | None = None
+        self.passes = 0
+        self.checked = 0
+
+    def start(self) -> None:
+        # Start at a random point so replicas restarted together do not scrub in lockstep.
+        self._schedule(random.uniform(1.0, 5.0))
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _schedule(self, delay: float) -> None:
+        self._call = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        d = Deferred.fromCoroutine(self.step())
+        d.addErrback(self._failed)
+        d.addCallback(lambda nbytes: self._schedule(max(1.0, nbytes / self._rate)))
+
+    def _failed(self, failure: Failure) -> int:
+        log.failure("scrub step failed", failure)
+        return 0
+
+    async def step(self) -> int:
+        """Verify the next page of chunks; how many bytes were read."""
+        rows = await self._store.run(MetadataDB.registry_after, *self._position, self._page)
+        if not rows:
+            self._position = ("", -1)
+            self.passes += 1
+            return 0
+        total = 0
+        for song_id, idx, size, sha256 in rows:
+            await self._guard.ensure(ChunkRef(song_id, idx, size, sha256), recheck=True)
+            total += size
+            self.checked += 1
+        self._position = (rows[-1][0], rows[-1][1])
+        return total
+
+    def status(self) -> dict[str, Any]:
+        return {"passes": self.passes, "checked": self.checked,
+                "rate_bytes_per_s": self._rate}
