@@ -102,7 +102,8 @@ class InMemoryReplica:
                                  lambda: [])
         api = PublicAPI(self.library, self.guard, self._status)
         sync = SyncAPI(self.library.store, self.receiver)
-        self.treq = StubTreq(ReplicaRoot(1, api.app.resource(), sync.app.resource()))
+        self.root = ReplicaRoot(1, api.app.resource(), sync.app.resource())
+        self.treq = StubTreq(self.root)
 
     async def _status(self) -> dict[str, Any]:
         return {"node_id": 1, "head": self.db.head().as_list()}
