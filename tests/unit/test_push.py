@@ -1,0 +1,141 @@
+"""The leader's push queue with a Clock: order, batches, durable cursors, backoff, hand-off."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from distpotify.cluster.heartbeat import Heartbeat
+from distpotify.cluster.membership import Membership
+from distpotify.model import Op, Version
+from distpotify.replication.push import BATCH, Pusher, cursor_key
+from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from tests.helpers.api import run_now
+
+ZERO = Version(0, 0, 0)
+
+
+class FakeClient:
+    """Records pushes; answers with the last version sent, or fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[Op]]] = []
+        self.down = False
+
+    def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Deferred[Version]:
+        if self.down:
+            return fail(ConnectionRefusedError("refused"))
+        self.batches.append((base, list(ops)))
+        return succeed(ops[-1].version)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> MetadataDB:
+    database = MetadataDB(tmp_path / "m.sqlite3", node_id=3)
+    database.begin_leading(2)
+    return database
+
+
+def heartbeat(node: int, head: Version = ZERO) -> Heartbeat:
+    return Heartbeat(cluster="c", node=node, epoch=2, role="follower", state="ACTIVE",
+                     http=f"http://n{node}", amp=f"n{node}:9000", head=head)
+
+
+def setup(db: MetadataDB, leading: bool = True) -> tuple[Pusher, FakeClient, Membership, Clock]:
+    clock = Clock()
+    membership = Membership(node_id=3, clock=clock, failure_timeout=0.75)
+    client = FakeClient()
+    pusher = Pusher(store=MetadataStore(db, run_now), client=client,  # type: ignore[arg-type]
+                    membership=membership, clock=clock, source="http://n3",
+                    leading=lambda: leading)
+    return pusher, client, membership, clock
+
+
+def write(db: MetadataDB, n: int) -> list[Op]:
+    return db.write([Change("playlists", f"{i:08x}-0000-4000-8000-000000000000",
+                            {"name": str(i)}) for i in range(n)])
+
+
+def test_ops_go_to_every_active_follower_in_version_order_and_batches(db: MetadataDB) -> None:
+    pusher, client, membership, _ = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    membership.heartbeat_received(heartbeat(2))
+    ops = write(db, BATCH + 20)
+
+    pusher.wake()
+
+    for base in ("http://n1", "http://n2"):
+        sent = [op for b, batch in client.batches if b == base for op in batch]
+        assert sent == ops
+        assert [len(batch) for b, batch in client.batches if b == base] == [BATCH, 20]
+    assert db.get_meta(cursor_key(1)) == ops[-1].version.encode()
+
+
+def test_joining_followers_get_nothing(db: MetadataDB) -> None:
+    pusher, client, membership, _ = setup(db)
+    membership.heartbeat_received(
+        Heartbeat(cluster="c", node=1, epoch=2, role="follower", state="JOINING",
+                  http="http://n1", amp="n1:9000", head=ZERO))
+    write(db, 3)
+
+    pusher.wake()
+
+    assert client.batches == []
+
+
+def test_failed_push_is_retried_with_backoff_on_the_clock(db: MetadataDB) -> None:
+    pusher, client, membership, clock = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    client.down = True
+    ops = write(db, 5)
+
+    pusher.wake()
+    clock.advance(0.05)
+    clock.advance(0.1)
+    client.down = False
+    assert client.batches == []
+    clock.advance(0.2)
+
+    assert [op for _, batch in client.batches for op in batch] == ops
+    assert pusher.links[1].last_error is None
+
+
+def test_a_follower_back_from_down_gets_every_hint_past_its_cursor(db: MetadataDB) -> None:
+    pusher, client, membership, clock = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    first = write(db, 2)
+    pusher.wake()
+    clock.advance(1.0)  # silent: DOWN
+    hints = write(db, 4)
+    pusher.wake()
+    assert [op for _, b in client.batches for op in b] == first
+
+    membership.heartbeat_received(heartbeat(1, head=first[-1].version))
+
+    assert [op for _, b in client.batches for op in b] == first + hints
+
+
+def test_a_new_leader_starts_from_the_lower_of_cursor_and_announced_head(
+    db: MetadataDB,
+) -> None:
+    ops = write(db, 6)
+    db.set_meta(cursor_key(1), ops[4].version.encode())
+    pusher, client, membership, _ = setup(db)
+
+    membership.heartbeat_received(heartbeat(1, head=ops[1].version))
+
+    assert [op for _, b in client.batches for op in b] == ops[2:]
+
+
+def test_no_push_while_not_leading(db: MetadataDB) -> None:
+    pusher, client, membership, _ = setup(db, leading=False)
+    membership.heartbeat_received(heartbeat(1))
+    write(db, 2)
+
+    pusher.wake()
+
+    assert client.batches == []
