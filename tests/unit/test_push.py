@@ -124,7 +124,7 @@ def test_a_new_leader_starts_from_the_lower_of_cursor_and_announced_head(
 ) -> None:
     ops = write(db, 6)
     db.set_meta(cursor_key(1), ops[4].version.encode())
-    pusher, client, membership, _ = setup(db)
+    _, client, membership, _ = setup(db)
 
     membership.heartbeat_received(heartbeat(1, head=ops[1].version))
 
