@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkRef
@@ -60,6 +61,7 @@ class AntiEntropy:
         self.last: dict[str, Any] | None = None
         self.rows_repaired = 0
         self.chunks_repaired = 0
+        self.errors = 0
 
     def start(self) -> None:
         self._schedule()
@@ -75,7 +77,7 @@ class AntiEntropy:
     def _tick(self) -> None:
         peers = list(self._peers())
         d = self.run_round(self._rng.choice(peers)) if peers else Deferred.fromCoroutine(_none())
-        d.addErrback(lambda f: log.failure("anti-entropy round failed", f))
+        d.addErrback(self._failed)
         d.addBoth(lambda _: self._schedule())
 
     def run_round(self, peer: str) -> Deferred[None]:
@@ -90,8 +92,17 @@ class AntiEntropy:
 
         return Deferred.fromCoroutine(self._round(peer)).addBoth(done)
 
+    def run_round_soon(self, peer: str, delay: float) -> None:
+        """A round with ``peer`` after ``delay`` (a peer just heard again may not serve yet)."""
+        self._clock.callLater(delay, lambda: self.run_round(peer).addErrback(self._failed))
+
+    def _failed(self, failure: Failure) -> None:
+        self.errors += 1
+        log.info("anti-entropy round failed: {error}", error=failure.getErrorMessage())
+
     async def _round(self, peer: str) -> None:
         started = self._clock.seconds()
+        received = self._client.bytes_received
         theirs = await self._client.digest(peer)
         mine = await self._store.run(MetadataDB.digest)
         differing = [b for b, (a, c) in enumerate(zip(mine, theirs, strict=False)) if a != c]
@@ -111,6 +122,7 @@ class AntiEntropy:
         self.last = {
             "peer": peer, "at": started, "buckets_differing": len(differing),
             "rows_pulled": len(wanted), "chunks_fetched": chunks,
+            "bytes_received": self._client.bytes_received - received,
             "seconds": round(self._clock.seconds() - started, 3),
         }
         if wanted or chunks:
@@ -131,7 +143,8 @@ class AntiEntropy:
         return repaired
 
     def status(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "interval": self._interval, "last": self.last,
+        return {"rounds": self.rounds, "errors": self.errors, "interval": self._interval,
+                "last": self.last,
                 "rows_repaired": self.rows_repaired, "chunks_repaired": self.chunks_repaired}
 
 

@@ -65,6 +65,7 @@ class PeerClient:
         self._http = http
         self._clock = clock
         self.timeout = timeout
+        self.bytes_received = 0
 
     async def _json(self, d: Deferred[_Response], what: str) -> Any:
         d.addTimeout(self.timeout, self._clock)
@@ -72,6 +73,7 @@ class PeerClient:
         body: Deferred[bytes] = response.content()
         body.addTimeout(self.timeout, self._clock)
         data = await body
+        self.bytes_received += len(data)
         if response.code != 200:
             raise PeerError(f"{what}: HTTP {response.code}: {data[:200]!r}")
         try:

@@ -41,6 +41,7 @@ class ReplicationNode:
         cluster: ClusterNode,
     ) -> None:
         self._cluster = cluster
+        self._failure_timeout = config.failure_timeout
         self.client = PeerClient(make_http_client(reactor), reactor)
         self.fetcher = ChunkFetcher(self.client, chunks, deferToThread)
         self.guard = ChunkGuard(chunks, self.fetcher, deferToThread, self.peers)
@@ -83,7 +84,7 @@ class ReplicationNode:
     def _peer_event(self, event: PeerEvent) -> None:
         # A replica that comes back (restart, healed partition) may hold writes we lack.
         if isinstance(event, PeerUp) and event.peer.state == ACTIVE:
-            self.anti_entropy.run_round(event.peer.http)
+            self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
     async def status(self) -> dict[str, Any]:
         return {
