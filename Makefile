@@ -32,3 +32,13 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The network-namespace lab (root only): a scenario in 3 replicas, its report printed and
+# saved under /tmp/distpotify-lab-results/. `make lab SCENARIO=list` lists the scenarios.
+SCENARIO ?= follower-crash
+LAB_ARGS ?=
+
+.PHONY: lab
+lab: venv
+	@if [ "$(SCENARIO)" = list ]; then $(BIN)/python -m distpotify.testing.lab list; \
+	else $(BIN)/python -m distpotify.testing.lab scenario $(SCENARIO) $(LAB_ARGS); fi

@@ -1,0 +1,367 @@
+"""Fault scenarios against a lab of real replicas, each ending in the checker's report.
+
+A scenario is a short story (find the leader, start writing, break something, repair it);
+``run`` wraps it: builds the lab, makes sure every replica is back and the network healed,
+waits for convergence, checks, prints the table and saves the JSON. A step that cannot
+happen (no leader is ever agreed, say) ends the story early with a failed check naming
+what was missing, never with a made-up result.
+"""
+# test-case-name: tests.lab.test_scenarios
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from distpotify.testing import checker
+from distpotify.testing.lab import Echo, Lab, echo_stderr, twistd_plugins
+from distpotify.testing.nemesis import Nemesis
+from distpotify.testing.netns import LabError
+from distpotify.testing.report import Check, Report
+from distpotify.testing.workload import Operation, Workload
+
+RESULTS = Path("/tmp/distpotify-lab-results")
+LEADER_TIMEOUT = 10.0
+PROGRESS_TIMEOUT = 10.0
+CONVERGENCE_TIMEOUT = 30.0  # three anti-entropy rounds at the default 10 s
+STATUS_TIMEOUT = 0.5
+
+
+class Blocked(Exception):
+    """The scenario cannot go on; the message says what the cluster did not do."""
+
+
+class Context:
+    """What a scenario body works with: the lab, the nemesis, workloads and its checks."""
+
+    def __init__(self, lab: Lab, entry: str | int, seed: int) -> None:
+        self.lab = lab
+        self.nemesis = Nemesis(lab)
+        self.entry = entry
+        self.seed = seed
+        self.workloads: list[Workload] = []
+        self.checks: list[Check] = []
+        self.notes: list[str] = []
+        self._hold = threading.Event()
+
+    def check(self, name: str, ok: bool, why_not: str = "") -> bool:
+        """Record a check; WHY_NOT is kept only when it fails."""
+        detail = "" if ok else why_not
+        self.checks.append(Check(name, ok, detail))
+        self.lab.echo(f"check {'ok' if ok else 'FAIL'}: {name}" + (f" ({detail})" if detail
+                                                                    else ""))
+        return ok
+
+    def start_workload(self, entry: str | int | None = None, name: str = "w1") -> Workload:
+        workload = Workload(self.lab, self.entry if entry is None else entry, name=name,
+                            seed=self.seed)
+        self.workloads.append(workload.start())
+        return workload
+
+    def progress(self, workload: Workload, writes: int, what: str,
+                 timeout: float = PROGRESS_TIMEOUT) -> float | None:
+        """Check that WRITES more writes get acknowledged within TIMEOUT; seconds taken."""
+        started = time.monotonic()
+        ok = workload.wait_for(writes, timeout)
+        took = time.monotonic() - started
+        self.check(what, ok, f"fewer than {writes} acknowledged in {timeout:.0f} s")
+        if ok:
+            self.lab.echo(f"{writes} more writes acknowledged in {took:.2f} s")
+        return took if ok else None
+
+    def hold(self, seconds: float) -> None:
+        """Keep the current fault for SECONDS: the schedule of a scenario, not a wait for a
+        condition (those poll with a deadline)."""
+        self._hold.wait(seconds)
+
+    def agreed_leader(self, among: Iterable[int] | None = None) -> tuple[int, int] | None:
+        """(leader, epoch) when every running replica of AMONG names the same leader and that
+        leader says it leads; None otherwise."""
+        nodes = sorted(among if among is not None else self.lab.replicas)
+        statuses = {n: self.lab.status(n, STATUS_TIMEOUT) for n in nodes
+                    if self.lab.replicas[n].running and not self.lab.replicas[n].paused}
+        named = {s.get("leader_id") if s else None for s in statuses.values()}
+        if len(named) != 1:
+            return None
+        (leader,) = named
+        if not isinstance(leader, int) or leader not in statuses:
+            return None
+        status = statuses[leader]
+        if status is None or status.get("role") != "leader":
+            return None
+        return leader, int(status.get("epoch") or 0)
+
+    def await_leader(self, what: str, among: Iterable[int] | None = None,
+                     other_than: int | None = None, timeout: float = LEADER_TIMEOUT) -> int:
+        """Poll until the replicas of AMONG agree on a leader (not OTHER_THAN); Blocked if
+        they do not within TIMEOUT."""
+        nodes = sorted(among if among is not None else self.lab.replicas)
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            found = self.agreed_leader(nodes)
+            if found and found[0] != other_than:
+                self.check(what, True)
+                self.notes.append(f"{what}: node {found[0]}, epoch {found[1]}, after "
+                                  f"{time.monotonic() - started:.2f} s")
+                return found[0]
+            if time.monotonic() > deadline:
+                views = {n: _role(self.lab.status(n, STATUS_TIMEOUT)) for n in nodes}
+                detail = f"none within {timeout:.0f} s; replicas say " + ", ".join(
+                    f"node {n}: {v}" for n, v in views.items())
+                self.check(what, False, detail)
+                raise Blocked(f"{what}: {detail}")
+            time.sleep(0.1)
+
+
+def _role(status: dict[str, Any] | None) -> str:
+    if status is None:
+        return "no answer"
+    return (f"{status.get('role')} (leader {status.get('leader_id')}, "
+            f"epoch {status.get('epoch')})")
+
+
+# -- the scenarios ------------------------------------------------------------------------
+
+
+def leader_crash(ctx: Context) -> None:
+    """SIGKILL the leader mid-workload; a new one takes over; the old one rejoins."""
+    leader = ctx.await_leader("one leader agreed")
+    workload = ctx.start_workload()
+    ctx.progress(workload, 5, "writes acknowledged before the fault")
+    ctx.nemesis.kill(leader)
+    others = [n for n in ctx.lab.replicas if n != leader]
+    ctx.await_leader("a new leader after the crash", among=others, other_than=leader)
+    ctx.progress(workload, 5, "writes resume after the leader crash")
+    ctx.nemesis.restart(leader)
+    ctx.progress(workload, 5, "writes go on while the old leader rejoins")
+
+
+def follower_crash(ctx: Context) -> None:
+    """SIGKILL a follower mid-workload; writes go on; it restarts and catches up."""
+    leader = ctx.await_leader("one leader agreed")
+    follower = max(n for n in ctx.lab.replicas if n != leader)
+    workload = ctx.start_workload()
+    ctx.progress(workload, 5, "writes acknowledged before the fault")
+    ctx.nemesis.kill(follower)
+    ctx.progress(workload, 10, "writes go on while a follower is down")
+    ctx.nemesis.restart(follower)
+    ctx.progress(workload, 5, "writes go on while the follower catches up")
+
+
+def partition_minority_leader(ctx: Context) -> None:
+    """Cut the leader off alone; the majority elects another; on heal both sides merge.
+
+    Both sides may take writes (DESIGN section 6): one workload follows the leader, another
+    stays on the isolated old leader; every write either acknowledged must survive."""
+    leader = ctx.await_leader("one leader agreed")
+    majority = [n for n in ctx.lab.replicas if n != leader]
+    workload = ctx.start_workload()
+    minority = ctx.start_workload(entry=leader, name="w-minority")
+    ctx.progress(workload, 5, "writes acknowledged before the fault")
+    ctx.nemesis.partition([[*majority, "proxy"] if ctx.lab.proxy else majority, [leader]])
+    ctx.await_leader("the majority elects a new leader", among=majority, other_than=leader)
+    ctx.progress(workload, 5, "the majority accepts writes during the partition")
+    ctx.hold(1.0)
+    ctx.nemesis.heal()
+    ctx.await_leader("one leader after the heal")
+    ctx.progress(workload, 3, "writes go on after the heal")
+    ctx.notes.append(f"{len(minority.acknowledged())} writes acknowledged by the isolated "
+                     "old leader; each must survive the merge")
+
+
+def flapping_link(ctx: Context) -> None:
+    """The leader's link goes down and up, and lossy and slow, a few times; then settles.
+
+    Once it settles there must be one leader and nothing acknowledged may be lost."""
+    leader = ctx.await_leader("one leader agreed")
+    others = [n for n in ctx.lab.replicas if n != leader]
+    workload = ctx.start_workload()
+    ctx.progress(workload, 5, "writes acknowledged before the fault")
+    for cycle in range(4):
+        ctx.nemesis.partition([others, [leader]])
+        ctx.hold(0.8)
+        ctx.nemesis.heal()
+        ctx.hold(0.5)
+        if cycle % 2:
+            ctx.nemesis.slow(leader, 0.05, 0.2)
+            ctx.hold(1.0)
+            ctx.nemesis.heal()
+    ctx.await_leader("one leader once the link settles")
+    ctx.progress(workload, 3, "writes go on once the link settles")
+
+
+@attrs.frozen
+class Scenario:
+    name: str
+    body: Callable[[Context], None]
+
+    @property
+    def summary(self) -> str:
+        return (self.body.__doc__ or "").strip().split("\n")[0]
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("leader-crash", leader_crash),
+    Scenario("follower-crash", follower_crash),
+    Scenario("partition-minority-leader", partition_minority_leader),
+    Scenario("flapping-link", flapping_link),
+)}
+
+
+# -- running one ----------------------------------------------------------------------------
+
+
+def run(
+    name: str,
+    *,
+    nodes: int = 3,
+    out: Path | None = None,
+    replica: str = "twistd",
+    shaper: str = "auto",
+    entry: str | int = "leader",
+    seed: int = 0,
+    base_dir: Path | None = None,
+    replica_args: Iterable[str] = (),
+    convergence_timeout: float = CONVERGENCE_TIMEOUT,
+    echo: Echo = echo_stderr,
+) -> Report:
+    """Run scenario NAME in a fresh lab, print its report table and save it under OUT."""
+    scenario = SCENARIOS[name]
+    started = time.monotonic()
+    stamp = datetime.datetime.now(datetime.UTC)
+    out = out or RESULTS / f"{name}-{stamp:%Y%m%d-%H%M%S}"
+    report = Report(scenario=name, started_at=stamp.isoformat(timespec="seconds"),
+                    convergence_timeout=convergence_timeout)
+    if isinstance(entry, str) and entry.isdigit():
+        entry = int(entry)
+    try:
+        if replica == "twistd" and "distpotify" not in twistd_plugins():
+            raise LabError("`twistd distpotify` is not available yet (the replica foundation)")
+        with Lab(nodes, replica=replica, shaper=shaper, proxy=entry == "proxy",
+                 base_dir=base_dir, replica_args=replica_args, echo=echo) as lab:
+            ctx = Context(lab, entry, seed)
+            try:
+                scenario.body(ctx)
+            except Blocked as exc:
+                ctx.notes.append(f"stopped early: {exc}")
+            finally:
+                for workload in ctx.workloads:
+                    workload.stop()
+            _restore(ctx)
+            _conclude(ctx, report, convergence_timeout)
+            _copy_logs(lab, out)
+    except LabError as exc:
+        report.checks.append(Check("the lab starts", False, str(exc)))
+    report.duration = round(time.monotonic() - started, 2)
+    report.save(out)
+    print(report.table(), flush=True)
+    return report
+
+
+def _restore(ctx: Context) -> None:
+    """Whatever the story left broken is repaired before the check: network healed, every
+    replica resumed or restarted on its data dir."""
+    network = ctx.lab.network
+    if network is not None and (network.slowed() or len(network.groups()) > 1):
+        ctx.nemesis.heal()
+    for node_id, replica in ctx.lab.replicas.items():
+        if replica.paused:
+            ctx.nemesis.resume(node_id)
+        elif not replica.running:
+            ctx.nemesis.restart(node_id)
+
+
+def _conclude(ctx: Context, report: Report, timeout: float) -> None:
+    lab = ctx.lab
+    operations = [op for workload in ctx.workloads for op in workload.snapshot()]
+    acked = checker.acked_writes(operations)
+    result = checker.await_convergence(lab, acked, timeout)
+    lab.echo(f"convergence: {result.seconds} s" if result.seconds is not None else
+             f"no convergence within {timeout:.0f} s")
+    views = {n: v for n, v in result.views.items() if v.reachable}
+    expected = checker.uploaded(acked)
+    report.missing = checker.missing_writes(views, acked)
+    report.divergent = checker.divergence(views)
+    report.chunk_problems = checker.chunk_divergence(lab, views, expected)
+    report.convergence_seconds = result.seconds
+    report.failed_reads = _failed_reads(operations, ctx.nemesis.fault_windows(lab.clock()))
+    report.workloads = [workload.summary() for workload in ctx.workloads]
+    report.events = [attrs.asdict(event) for event in ctx.nemesis.events]
+    report.replicas = _rows(result.views, report)
+    report.lab = {"prefix": lab.prefix, "nodes": len(lab.replicas),
+                  "replica": lab.replica_kind,
+                  "shaper": lab.network.shaper if lab.network else None,
+                  "subnet": str(lab.network.subnet) if lab.network else None}
+    ctx.check("replicas answer", all(v.reachable for v in result.views.values()),
+              "; ".join(f"node {v.node_id}: {v.error}" for v in result.views.values()
+                        if not v.reachable))
+    if not ctx.workloads:
+        ctx.notes.append("no workload ran: nothing about writes or convergence was checked")
+        report.checks = ctx.checks
+        report.notes = ctx.notes
+        return
+    wrong = [op for op in acked if op.kind == "upload" and op.answer_sha256 != op.sha256]
+    ctx.check("writes acknowledged", bool(acked), "none")
+    ctx.check("no acknowledged write lost", not report.missing,
+              f"{len(report.missing)} missing or different somewhere")
+    ctx.check("uploads acknowledged with their own sha256", not wrong,
+              f"{len(wrong)} answers named another sha256")
+    ctx.check("replicas hold the same rows", not report.divergent,
+              f"{len(report.divergent)} replicas differ")
+    ctx.check("replicas hold the same chunk bytes", not report.chunk_problems,
+              f"{len(report.chunk_problems)} song copies differ")
+    ctx.check("converged", result.seconds is not None,
+              f"not within {timeout:.0f} s")
+    report.checks = ctx.checks
+    report.notes = ctx.notes
+
+
+def _failed_reads(operations: list[Operation],
+                  windows: list[tuple[float, float, str]]) -> dict[str, Any]:
+    failed = [op for op in operations if op.kind == "read" and not op.ok]
+    during = [op for op in failed
+              if any(op.started <= end and op.finished >= start for start, end, _ in windows)]
+    outside = [op for op in failed if op not in during]
+    return {
+        "total": len(failed), "during_faults": len(during), "outside_faults": len(outside),
+        "examples": [{"at": op.started, "target": op.target, "error": op.error}
+                     for op in (outside or during)[:checker.EXAMPLES]],
+    }
+
+
+def _rows(views: dict[int, checker.ReplicaView], report: Report) -> list[dict[str, Any]]:
+    rows = []
+    for node_id, view in sorted(views.items()):
+        differs = next((d for d in report.divergent if d["node"] == node_id), None)
+        bad_chunks = sum(p["node"] == node_id for p in report.chunk_problems)
+        notes = []
+        if differs:
+            notes.append(f"{differs['songs_missing']} songs, {differs['playlists_missing']} "
+                         f"playlists missing, {differs['songs_conflicting']} conflicting")
+        if bad_chunks:
+            notes.append(f"{bad_chunks} songs with bad chunks")
+        rows.append({
+            "node": node_id,
+            "state": "up" if view.reachable else "unreachable",
+            "songs": len(view.songs) if view.reachable else None,
+            "playlists": len(view.playlists) if view.reachable else None,
+            "acked_missing": sum(node_id in m["missing_on"] or node_id in m["different_on"]
+                                 for m in report.missing),
+            "differs": "; ".join(notes),
+            "error": view.error,
+        })
+    return rows
+
+
+def _copy_logs(lab: Lab, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(lab.dir.glob("*.log")) + sorted(lab.dir.glob("*.out")):
+        shutil.copy2(path, out / path.name)

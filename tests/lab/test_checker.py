@@ -1,0 +1,76 @@
+"""The checker's verdicts on made-up replica views (no namespaces needed), and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distpotify.testing.checker import ReplicaView, converged, divergence, missing_writes
+from distpotify.testing.report import Check, Report
+from distpotify.testing.workload import Operation
+
+SONG, OTHER, PLAYLIST = "song-a", "song-b", "playlist-a"
+
+
+def _upload(key: str, sha: str = "aa") -> Operation:
+    return Operation("w1", 0, "upload", "node 1", 1.0, 1.1, True, 201, "1", None, key, sha, sha)
+
+
+def _playlist(key: str) -> Operation:
+    return Operation("w1", 1, "playlist", "node 1", 1.2, 1.3, True, 201, "1", None, key)
+
+
+def test_an_acknowledged_write_absent_from_a_replica_is_reported_missing_there() -> None:
+    views = {
+        1: ReplicaView(1, {SONG: "aa"}, frozenset({PLAYLIST})),
+        2: ReplicaView(2, {}, frozenset()),
+    }
+
+    missing = missing_writes(views, [_upload(SONG), _playlist(PLAYLIST)])
+
+    assert [(m["key"], m["missing_on"]) for m in missing] == [(SONG, [2]), (PLAYLIST, [2])]
+
+
+def test_a_song_held_with_another_sha256_is_reported_different() -> None:
+    views = {1: ReplicaView(1, {SONG: "aa"}), 2: ReplicaView(2, {SONG: "bb"})}
+
+    missing = missing_writes(views, [_upload(SONG, "aa")])
+
+    assert missing[0]["different_on"] == [2] and missing[0]["missing_on"] == []
+    assert [d["songs_conflicting"] for d in divergence(views)] == [1, 1]
+
+
+def test_a_replica_lacking_a_row_another_has_diverges_even_if_nobody_acked_it() -> None:
+    views = {1: ReplicaView(1, {SONG: "aa", OTHER: "cc"}), 2: ReplicaView(2, {SONG: "aa"})}
+
+    assert [(d["node"], d["songs_missing"]) for d in divergence(views)] == [(2, 1)]
+    assert not converged(views, [])
+
+
+def test_identical_replicas_holding_every_acknowledged_write_have_converged() -> None:
+    views = {n: ReplicaView(n, {SONG: "aa"}, frozenset({PLAYLIST})) for n in (1, 2, 3)}
+
+    assert converged(views, [_upload(SONG), _playlist(PLAYLIST)])
+
+
+def test_an_unreachable_replica_has_not_converged() -> None:
+    views = {1: ReplicaView(1, {}), 2: ReplicaView(2, error="ConnectionRefusedError")}
+
+    assert not converged(views, [])
+
+
+def test_the_report_is_a_table_and_json_and_fails_when_one_check_fails(tmp_path: Path) -> None:
+    report = Report("follower-crash", "2024-01-01T00:00:00+00:00",
+                    lab={"nodes": 3, "replica": "twistd", "shaper": "netem"},
+                    checks=[Check("writes acknowledged", True), Check("converged", False, "no")])
+    report.replicas = [{"node": 1, "state": "up", "songs": 3, "playlists": 1,
+                        "acked_missing": 0, "differs": ""}]
+
+    path = report.save(tmp_path)
+
+    saved = json.loads(path.read_text())
+    assert saved["ok"] is False and saved["checks"][1] == {"name": "converged", "ok": False,
+                                                           "detail": "no"}
+    table = report.table()
+    assert "follower-crash | FAIL" in table and "FAIL  converged: no" in table
+    assert (tmp_path / "report.txt").read_text().strip() == table

@@ -1,0 +1,121 @@
+"""The lab's life cycle: replicas start with the contract command line, closing leaves
+nothing behind, and a lab whose owner was killed is removed by the next run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from distpotify.testing.lab import LAB_BASE, Lab, clean_stale_labs, twistd_plugins
+from distpotify.testing.nemesis import Nemesis
+from distpotify.testing.netns import list_netns, netns_inode, netns_pids
+from distpotify.testing.netns import processes_in_netns_inodes as processes_in
+
+pytestmark = [pytest.mark.lab]
+
+
+def _root_links() -> str:
+    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def _assert_gone(prefix: str, inodes: set[int], lab_dir: Path | None = None) -> None:
+    assert [ns for ns in list_netns() if ns.startswith(prefix)] == []
+    assert prefix not in _root_links()
+    assert processes_in(inodes) == []
+    assert _processes_mentioning(prefix) == []
+    if lab_dir is not None:
+        assert not lab_dir.exists()
+
+
+@pytest.mark.timeout(60)
+def test_replicas_run_as_the_contract_says(lab: Lab) -> None:
+    for node_id, replica in lab.replicas.items():
+        status = lab.status(node_id)
+        assert status is not None and status["node_id"] == node_id
+        assert replica.running and replica.process is not None
+        assert netns_pids(replica.host.netns) == [replica.process.pid]
+    if "distpotify" in twistd_plugins():
+        assert lab.replica_kind == "twistd"
+
+
+@pytest.mark.timeout(60)
+def test_replica_heartbeats_cross_the_bridge_to_every_host(lab: Lab) -> None:
+    if lab.replica_kind != "twistd":
+        pytest.skip("needs `twistd distpotify` (the replica foundation) to send heartbeats")
+
+    def peers(node_id: int) -> dict[int, str]:
+        listed = (lab.status(node_id) or {}).get("peers") or []
+        return {p.get("node_id"): p.get("http") for p in listed}
+
+    # Each replica advertises its lab address: that is what the others must have heard.
+    expected = {n: f"http://{r.host.address}:8000" for n, r in lab.replicas.items()}
+    deadline = time.monotonic() + 15
+    while not all(peers(n) == {p: expected[p] for p in expected if p != n}
+                  for n in lab.replicas):
+        assert time.monotonic() < deadline, {n: peers(n) for n in lab.replicas}
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(60)
+def test_close_leaves_no_namespace_interface_process_or_file() -> None:
+    lab = Lab(3, echo=print).start()
+    try:
+        Nemesis(lab).slow(2, 0.01)  # a delay-line process too, where netem is missing
+        Nemesis(lab).partition([[1], [2, 3]])
+        inodes = {netns_inode(ns) for ns in lab.network.namespaces}  # type: ignore[union-attr]
+        assert processes_in(inodes)
+    finally:
+        lab.close()
+    _assert_gone(lab.prefix, inodes, lab.dir)
+
+
+@pytest.mark.timeout(60)
+def test_a_lab_whose_owner_was_killed_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import threading
+            from distpotify.testing.lab import Lab
+            lab = Lab(2, replica="standin", echo=lambda line: None).start()
+            print(lab.prefix, flush=True)
+            threading.Event().wait(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        prefix = owner.stdout.readline().strip()
+        assert prefix.startswith("dpl")
+        namespaces = [ns for ns in list_netns() if ns.startswith(prefix)]
+        inodes = {netns_inode(ns) for ns in namespaces}
+        assert processes_in(inodes)
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+
+    removed = clean_stale_labs(echo=print)
+
+    assert f"{prefix}-{owner.pid}" in removed
+    deadline = time.monotonic() + 10
+    while processes_in(inodes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _assert_gone(prefix, inodes, LAB_BASE / f"{prefix}-{owner.pid}")

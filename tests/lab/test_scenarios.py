@@ -1,0 +1,23 @@
+"""The lab's scenarios against the real cluster: every one must PASS its checker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distpotify.testing import scenarios
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
+
+
+@pytest.mark.parametrize(
+    "name", ["leader-crash", "follower-crash", "partition-minority-leader", "flapping-link"]
+)
+def test_scenario_passes(name: str, tmp_path: Path) -> None:
+    report = scenarios.run(
+        name, out=tmp_path / "report", base_dir=tmp_path / "lab",
+        replica_args=["--anti-entropy-interval", "2"], convergence_timeout=60,
+    )
+
+    assert report.ok, report.table()
