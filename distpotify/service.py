@@ -25,6 +25,7 @@ from distpotify import __version__
 from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
+from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
 from distpotify.library import Library
@@ -89,25 +90,28 @@ class ReplicaService(service.Service):
         Deferred.fromCoroutine(self._join_then_serve()).addErrback(self._fatal)
 
     async def _join_then_serve(self) -> None:
-        assert self.cluster is not None
-        await self.cluster.listen()
+        assert self.cluster is not None and self.replication is not None
+        await self.cluster.listen(self.replication.desk)
         self.cluster.startService()
         # One failure timeout of listening before serving: a replica that finds its node id
-        # taken gives way without having answered a single request.
+        # taken gives way without having answered a single request, and the peer table is
+        # full enough to decide how to join.
         await deferLater(self.reactor, self.config.failure_timeout, lambda: None)
         if not self.cluster.refused:
             self._serve_http()
-            assert self.replication is not None
-            self.replication.start()
-            self.cluster.caught_up()
+            await self.replication.become_active()
 
     def _serve_http(self) -> None:
         config = self.config
         assert self.library is not None and self.replication is not None
         api = PublicAPI(self.library, self.replication.guard, self.status)
-        sync = SyncAPI(self.library.store, self.replication.receiver)
+        sync = SyncAPI(self.library.store, self.replication.receiver, self.replication.desk,
+                       deferToThread, config.data_dir / "tmp")
+        cluster = self.cluster
+        assert cluster is not None
         site = ReplicaSite(
-            ReplicaRoot(config.node_id, api.app.resource(), sync.app.resource()),
+            ReplicaRoot(config.node_id, api.app.resource(), sync.app.resource(),
+                        serving=lambda: cluster.state == ACTIVE),
             node_id=config.node_id, max_body=config.max_upload,
             spool_dir=config.data_dir / "tmp", clock=self.reactor,
         )
@@ -146,9 +150,7 @@ class ReplicaService(service.Service):
             **self.cluster.status(),
             "head": self.db.cached_head().as_list(),
             "http": self.config.http_url,
-            "sync": {"phase": "DONE", "chunks_done": 0, "chunks_total": 0,
-                     "snapshots_fetched": 0},
-            "replication": await self.replication.status(),
+            **await self.replication.status(),
             "version": __version__,
             "pid": os.getpid(),
         }

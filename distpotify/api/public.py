@@ -233,15 +233,25 @@ class ReplicaRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, node_id: int, api: IResource, sync: IResource) -> None:
+    def __init__(
+        self, node_id: int, api: IResource, sync: IResource,
+        serving: Callable[[], bool] = lambda: True,
+    ) -> None:
         super().__init__()
         self._served_by = str(node_id).encode()
         self._api = api
         self._sync = sync
+        self._serving = serving
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"X-Served-By", self._served_by)
         authorize(request)
-        internal = (request.postpath or [])[:1] == [b"sync"]
-        return (self._sync if internal else self._api).render(request)
+        first = (request.postpath or [b""])[0]
+        if first == b"sync":
+            return self._sync.render(request)
+        if request.method in (b"GET", b"HEAD") and first != b"status" and not self._serving():
+            # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
+            return json_response(request, 503, {
+                "error": "joining", "message": "this replica is still joining the cluster"})
+        return self._api.render(request)
 

@@ -8,17 +8,22 @@ that is malformed anywhere is refused whole (400) and nothing of it is applied.
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from distpotify.api.public import json_response, read_json
+from distpotify.api.ranges import Span, serve
 from distpotify.errors import ApiError, BadRequest, NotFound
-from distpotify.model import ENTITIES
+from distpotify.model import ENTITIES, Version
+from distpotify.replication.bootstrap import JoinDesk, pack_snapshot
 from distpotify.replication.client import op_from_json, row_to_json
 from distpotify.replication.receive import Receiver, validate_op
-from distpotify.store.metadata import BUCKETS, MetadataDB, MetadataStore
+from distpotify.store.metadata import BUCKETS, MetadataDB, MetadataStore, Runner
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_KEYS = 1000
@@ -27,9 +32,19 @@ MAX_KEYS = 1000
 class SyncAPI:
     app = Klein()
 
-    def __init__(self, store: MetadataStore, receiver: Receiver) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        receiver: Receiver,
+        desk: JoinDesk,
+        blocking: Runner,
+        tmp_dir: Path,
+    ) -> None:
         self._store = store
         self._receiver = receiver
+        self._desk = desk
+        self._blocking = blocking
+        self._tmp = tmp_dir
 
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -76,3 +91,36 @@ class SyncAPI:
             raise BadRequest(f"at most {MAX_KEYS} keys per request")
         found = await self._store.run(MetadataDB.rows, keys)
         return json_response(request, 200, {"rows": [row_to_json(row) for row in found]})
+
+    @app.route("/sync/snapshot", methods=["GET"])
+    async def snapshot(self, request: Request) -> bytes:
+        """A consistent copy of the database (SQLite online backup), gzip-compressed, built
+        on disk and streamed, tagged with the version it contains."""
+        copy = self._tmp / f"snapshot-{uuid.uuid4()}.sqlite3"
+        packed = copy.with_name(copy.name + ".gz")
+        try:
+            version = await self._store.run(MetadataDB.backup_to, copy)
+            await self._blocking(pack_snapshot, copy, packed)
+            request.setHeader(b"X-Snapshot-Version", version.encode().encode())
+            return await serve(
+                request, [Span(packed, 0, packed.stat().st_size)],
+                etag=f"snapshot-{version.encode()}", content_type="application/gzip",
+            )
+        finally:
+            copy.unlink(missing_ok=True)
+            packed.unlink(missing_ok=True)
+
+    @app.route("/sync/done", methods=["POST"])
+    async def done(self, request: Request) -> bytes:
+        body = read_json(request)
+        node_id, head, missing = body.get("node_id"), body.get("head"), body.get("missing")
+        if not isinstance(node_id, int) or not isinstance(missing, int) or not isinstance(
+            head, str
+        ):
+            raise BadRequest("expected {\"node_id\": N, \"head\": VERSION, \"missing\": N}")
+        try:
+            version = Version.decode(head)
+        except ValueError:
+            raise BadRequest(f"bad head {head!r}") from None
+        self._desk.done(node_id, version, missing)
+        return json_response(request, 200, {"state": "ACTIVE"})

@@ -43,6 +43,10 @@ class Coordinator(amp.Command):
     ]
 
 
+class NotLeaderError(Exception):
+    """A Join sent to a replica that does not lead (any more)."""
+
+
 class Join(amp.Command):
     """A new replica asks the leader to join (DESIGN section 7; answered by bootstrap)."""
 
@@ -57,6 +61,7 @@ class Join(amp.Command):
         (b"epoch", amp.Integer()),
         (b"snapshot_path", amp.Unicode()),
     ]
+    errors = {NotLeaderError: b"NOT_LEADER"}
 
 
 @attrs.frozen
@@ -506,12 +511,18 @@ class ElectionResponder(Protocol):
     def coordinator_received(self, node_id: int, epoch: int, http: str) -> None: ...
 
 
-class BullyProtocol(amp.AMP):
-    """The AMP port's server side: hands Election and Coordinator to the election."""
+class JoinResponder(Protocol):
+    def join_requested(self, node_id: int, http: str, amp: str, head: str) -> dict[str, Any]: ...
 
-    def __init__(self, election: ElectionResponder) -> None:
+
+class BullyProtocol(amp.AMP):
+    """The AMP port's server side: hands Election and Coordinator to the election, Join to
+    the leader's join desk."""
+
+    def __init__(self, election: ElectionResponder, joins: JoinResponder | None = None) -> None:
         super().__init__()
         self._election = election
+        self._joins = joins
 
     @Election.responder
     def _election_received(self, node_id: int, epoch: int) -> dict[str, bool]:
@@ -522,10 +533,16 @@ class BullyProtocol(amp.AMP):
         self._election.coordinator_received(node_id, epoch, http)
         return {}
 
+    @Join.responder
+    def _join_received(self, node_id: int, http: str, amp: str, head: str) -> dict[str, Any]:
+        if self._joins is None:
+            raise NotLeaderError("this replica takes no joins")
+        return self._joins.join_requested(node_id, http, amp, head)
 
-def bully_factory(election: ElectionResponder) -> Factory:
+
+def bully_factory(election: ElectionResponder, joins: JoinResponder | None = None) -> Factory:
     """The factory to listen with on --amp-port."""
-    return Factory.forProtocol(lambda: BullyProtocol(election))
+    return Factory.forProtocol(lambda: BullyProtocol(election, joins))
 
 
 class PeerConnection(amp.AMP):

@@ -20,12 +20,14 @@ from distpotify.cluster.bully import (
     AmpPeers,
     BullyElection,
     ElectionStatus,
+    JoinResponder,
     bully_factory,
     follow_membership,
     tcp_connector,
 )
 from distpotify.cluster.heartbeat import (
     ACTIVE,
+    JOINING,
     LEADER,
     Address,
     Heartbeat,
@@ -58,7 +60,8 @@ class ClusterNode(service.Service):
         self._reactor = reactor
         self._store = store
         self._head = head
-        self.state = ACTIVE
+        # Every replica starts JOINING; bootstrap decides when it holds enough to be ACTIVE.
+        self.state = JOINING
         self.amp_address = format_address(config.advertise_host, config.amp_port)
         self.membership = Membership(
             node_id=config.node_id, clock=reactor, failure_timeout=config.failure_timeout
@@ -92,6 +95,9 @@ class ClusterNode(service.Service):
         self.refused = False
         self.role_observers: list[Callable[[str], object]] = []
 
+    def head(self) -> Version:
+        return self._head()
+
     # the Leadership the library asks
 
     @property
@@ -124,7 +130,7 @@ class ClusterNode(service.Service):
     # lifecycle
 
     @inlineCallbacks
-    def listen(self) -> Any:
+    def listen(self, joins: JoinResponder | None = None) -> Any:
         """Bind the heartbeat and AMP ports (before serving HTTP, so a bad one stops us)."""
         config = self.config
         if config.heartbeat == "multicast":
@@ -134,7 +140,7 @@ class ClusterNode(service.Service):
         self._ports.append(port)
         self._ports.append(
             self._reactor.listenTCP(
-                config.amp_port, bully_factory(self.election), interface=config.host
+                config.amp_port, bully_factory(self.election, joins), interface=config.host
             )
         )
 
@@ -151,9 +157,11 @@ class ClusterNode(service.Service):
             amp=self.amp_address,
         )
 
-    def caught_up(self) -> None:
-        """This replica holds what the cluster holds: as Bully's returning higher id, it may
-        now take leadership from a lower leader."""
+    def activate(self) -> None:
+        """This replica holds what the cluster holds: ACTIVE, electable, and, as Bully's
+        returning higher id, it may now take leadership from a lower leader."""
+        self.state = ACTIVE
+        log.info("node {node_id} is ACTIVE", node_id=self.config.node_id)
         self.election.claim_if_higher()
 
     def stopService(self) -> Deferred[None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -119,6 +120,38 @@ class PeerClient:
             return [row_from_json(value) for value in answer["rows"]]
         except (KeyError, TypeError, ValueError) as e:
             raise PeerError(f"rows of {base}: malformed: {e}") from None
+
+    async def snapshot(self, base: str, path: str, dest: Path) -> Version:
+        """Stream the peer's snapshot to ``dest``; the version it contains."""
+        d = self._http.get(f"{base}{path}")
+        d.addTimeout(self.timeout, self._clock)
+        response = await d
+        tag = response.headers.getRawHeaders(b"x-snapshot-version", [b""])[0].decode()
+        if response.code != 200:
+            await response.content()
+            raise PeerError(f"snapshot from {base}: HTTP {response.code}")
+        with open(dest, "wb") as out:
+
+            def write(data: bytes) -> None:
+                out.write(data)
+
+            # No overall timeout: a large snapshot takes what it takes; a stalled one is cut
+            # by the connection's own loss.
+            await response.collect(write)
+        self.bytes_received += dest.stat().st_size
+        try:
+            return Version.decode(tag)
+        except ValueError:
+            raise PeerError(f"snapshot from {base}: no version tag") from None
+
+    async def done(self, base: str, node_id: int, head: Version, missing: int) -> None:
+        """Tell the leader this replica holds everything (POST /sync/done)."""
+        body = json.dumps({"node_id": node_id, "head": head.encode(), "missing": missing})
+        await self._json(
+            self._http.post(f"{base}/sync/done", data=body.encode(),
+                            headers=Headers({b"Content-Type": [b"application/json"]})),
+            f"join done at {base}",
+        )
 
     async def chunk(
         self, base: str, song_id: str, idx: int, offset: int, sha256: str,

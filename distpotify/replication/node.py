@@ -10,25 +10,40 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from distpotify.cluster.bully import Join
 from distpotify.cluster.heartbeat import ACTIVE
-from distpotify.cluster.membership import PeerEvent, PeerUp
+from distpotify.cluster.membership import Peer, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
+from distpotify.model import Version
 from distpotify.replication.antientropy import AntiEntropy
+from distpotify.replication.bootstrap import (
+    DONE,
+    JOIN,
+    REJOIN,
+    CatchUp,
+    JoinDesk,
+    Joiner,
+    SyncProgress,
+    plan,
+)
 from distpotify.replication.client import PeerClient, make_http_client
 from distpotify.replication.fetch import ChunkFetcher
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
 from distpotify.store.chunks import ChunkStore
-from distpotify.store.metadata import MetadataStore
+from distpotify.store.metadata import MetadataDB, MetadataStore
 
 log = Logger()
 
 SCRUB_RATE = 8 * 1024 * 1024  # bytes/s of background re-hashing
+ACTIVE_AT_EVERY = 60.0  # seconds between records of being ACTIVE (for the tombstone TTL)
 
 
 class ReplicationNode:
@@ -56,6 +71,15 @@ class ReplicationNode:
             interval=config.anti_entropy_interval,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
+        self.desk = JoinDesk(node_id=config.node_id, leading=lambda: cluster.election.is_leader,
+                             epoch=lambda: cluster.epoch, clock=reactor)
+        self.progress = SyncProgress()
+        self._config = config
+        self._reactor = reactor
+        self._store = store
+        self._chunks = chunks
+        self._active_at = LoopingCall(self._still_active)
+        self._active_at.clock = reactor
         self._unsubscribe = cluster.membership.subscribe(self._peer_event)
         cluster.role_observers.append(self._role_changed)
 
@@ -67,15 +91,56 @@ class ReplicationNode:
         """The library acknowledged a write: push it."""
         self.pusher.wake()
 
-    def start(self) -> None:
+    async def become_active(self) -> None:
+        """Found, rejoin or join (replication/bootstrap.py), then serve as ACTIVE."""
+        config, store, cluster = self._config, self._store, self._cluster
+        join_state = await store.run(MetadataDB.get_meta, "join_state")
+        active_at = await store.run(MetadataDB.get_meta, "active_at")
+        head = await store.run(MetadataDB.head)
+        away = active_at is not None and (
+            self._reactor.seconds() - float(active_at) > config.tombstone_ttl)
+        decision = plan(join_state, head, cluster.membership.live_peers(), away)
+        log.info("replica {node_id} at head {head} will {decision} the cluster",
+                 node_id=config.node_id, head=head.encode(), decision=decision)
+        if decision == JOIN:
+            await Joiner(
+                node_id=config.node_id, http=config.http_url, amp=cluster.amp_address,
+                store=store, chunks=self._chunks, fetcher=self.fetcher, client=self.client,
+                join_rpc=self._join_rpc, leader=self._leader, sources=self.peers,
+                blocking=deferToThread, clock=self._reactor, tmp_dir=config.data_dir / "tmp",
+                progress=self.progress,
+            ).run()
+        elif decision == REJOIN:
+            await CatchUp(head=self._head, leader=self._leader, clock=self._reactor,
+                          progress=self.progress).run()
+        await store.run(MetadataDB.set_meta, "join_state", DONE)
+        self.progress.phase = DONE
+        cluster.activate()
+        self._active_at.start(ACTIVE_AT_EVERY)
         self.anti_entropy.start()
         self.scrubber.start()
+
+    def _leader(self) -> Peer | None:
+        leader = self._cluster.membership.current_leader()
+        return leader if leader is not None and leader.state == ACTIVE else None
+
+    def _head(self) -> Version:
+        return self._cluster.head()
+
+    def _join_rpc(self, leader: Peer, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self._cluster.peers.call(leader.amp, Join, **arguments)
+
+    def _still_active(self) -> Deferred[None]:
+        d = self._store.run(MetadataDB.set_meta, "active_at", str(self._reactor.seconds()))
+        return d.addErrback(lambda f: log.failure("cannot record activity", f))
 
     def stop(self) -> None:
         self._unsubscribe()
         self.pusher.stop()
         self.anti_entropy.stop()
         self.scrubber.stop()
+        if self._active_at.running:
+            self._active_at.stop()
 
     def _role_changed(self, role: str) -> None:
         self.pusher.forget_cursors()
@@ -87,11 +152,13 @@ class ReplicationNode:
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
     async def status(self) -> dict[str, Any]:
-        return {
+        """``sync`` (the join or rejoin, live or as a record) and ``replication``."""
+        return {"sync": self.progress.as_dict(self._reactor.seconds()), "replication": {
+            "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},
             "push": await self.pusher.status() if self._cluster.election.is_leader else None,
             "ops_received": self.receiver.ops_applied,
             "anti_entropy": self.anti_entropy.status(),
             "repair": attrs.asdict(self.guard.counters),
             "fetch": attrs.asdict(self.fetcher.counters),
             "scrub": self.scrubber.status(),
-        }
+        }}

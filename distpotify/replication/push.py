@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
-from distpotify.model import Version
+from distpotify.model import ZERO, Version
 from distpotify.replication.client import PeerClient
 from distpotify.store.metadata import MetadataDB, MetadataStore
 
@@ -30,6 +30,12 @@ MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 
 def cursor_key(node_id: int) -> str:
     return f"cursor:{node_id}"
+
+
+def pushable(peer: Peer) -> bool:
+    """ACTIVE followers, and JOINING ones that hold data (a snapshot installed, or a rejoin):
+    an empty joiner gets a snapshot first, not the whole oplog."""
+    return peer.up and (peer.state == ACTIVE or peer.head > ZERO)
 
 
 class FollowerLink:
@@ -70,7 +76,7 @@ class FollowerLink:
             while True:
                 self._again = False
                 peer = pusher.membership.get(self.node_id)
-                if peer is None or not peer.up or peer.state != ACTIVE or not pusher.leading():
+                if peer is None or not pushable(peer) or not pusher.leading():
                     return
                 if self.cursor is None:
                     self.cursor = await pusher.starting_cursor(peer)
@@ -137,7 +143,7 @@ class Pusher:
         if not self.leading():
             return
         for peer in self.membership.live_peers():
-            if peer.state == ACTIVE:
+            if pushable(peer):
                 self._link(peer.node_id).kick()
 
     def forget_cursors(self) -> None:

@@ -231,6 +231,35 @@ class MetadataDB:
         row = self._conn.execute("SELECT max(version) AS v FROM oplog").fetchone()
         return Version.decode(row["v"]) if row["v"] else Version(0, 0, 0)
 
+    def backup_to(self, path: Path) -> Version:
+        """A consistent copy of the replicated tables at ``path`` (SQLite online backup),
+        without this node's own node_meta; the version it contains."""
+        head = self.head()
+        target = sqlite3.connect(path)
+        try:
+            self._conn.backup(target)
+            target.execute("DELETE FROM node_meta")
+            target.commit()
+            target.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            target.close()
+        return head
+
+    def install_snapshot(self, path: Path) -> Version:
+        """Replace every replicated table by the snapshot at ``path``, keeping our node_meta."""
+        mine = self._conn.execute("SELECT name, value FROM node_meta").fetchall()
+        source = sqlite3.connect(path)
+        try:
+            source.backup(self._conn)
+        finally:
+            source.close()
+        with self._transaction():
+            self._conn.execute("DELETE FROM node_meta")
+            self._conn.executemany("INSERT INTO node_meta (name, value) VALUES (?, ?)",
+                                   [tuple(row) for row in mine])
+        self._head = self.head()
+        return self._head
+
     def cached_head(self) -> Version:
         """The newest version applied, without a query: safe to read from any thread."""
         return self._head

@@ -19,6 +19,7 @@ from distpotify.api.sync import SyncAPI
 from distpotify.errors import NotLeader
 from distpotify.leadership import Leadership
 from distpotify.library import Library
+from distpotify.replication.bootstrap import JoinDesk
 from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkFetcher
 from distpotify.replication.receive import Receiver
@@ -101,7 +102,9 @@ class InMemoryReplica:
         self.receiver = Receiver(self.library.store, self.chunks, self.fetcher, run_now,
                                  lambda: [])
         api = PublicAPI(self.library, self.guard, self._status)
-        sync = SyncAPI(self.library.store, self.receiver)
+        self.desk = JoinDesk(node_id=1, leading=lambda: True, epoch=lambda: 1, clock=self.clock)
+        (root / "tmp").mkdir(exist_ok=True)
+        sync = SyncAPI(self.library.store, self.receiver, self.desk, run_now, root / "tmp")
         self.root = ReplicaRoot(1, api.app.resource(), sync.app.resource())
         self.treq = StubTreq(self.root)
 

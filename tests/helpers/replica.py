@@ -140,13 +140,16 @@ class ReplicaProcess:
         return answer.json() if answer.status == 200 else None  # type: ignore[no-any-return]
 
     def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
-        """Wait until the replica serves and knows a leader (itself, when alone)."""
+        """Wait until the replica is ACTIVE (serves reads) and knows a leader (itself, when
+        alone)."""
 
         def ready() -> dict[str, Any] | None:
             status = self.status()
-            return status if status and status["leader_id"] is not None else None
+            if status and status["state"] == "ACTIVE" and status["leader_id"] is not None:
+                return status
+            return None
 
-        return wait_until(ready, timeout, what=f"replica {self.node_id} to know a leader")
+        return wait_until(ready, timeout, what=f"replica {self.node_id} to be ACTIVE")
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
             ) -> Response:

@@ -75,7 +75,20 @@ def test_ops_go_to_every_active_follower_in_version_order_and_batches(db: Metada
     assert db.get_meta(cursor_key(1)) == ops[-1].version.encode()
 
 
-def test_joining_followers_get_nothing(db: MetadataDB) -> None:
+def test_a_joining_replica_with_data_gets_pushes(db: MetadataDB) -> None:
+    pusher, client, membership, _ = setup(db)
+    first = write(db, 2)
+    more = write(db, 3)
+    membership.heartbeat_received(
+        Heartbeat(cluster="c", node=1, epoch=2, role="follower", state="JOINING",
+                  http="http://n1", amp="n1:9000", head=first[-1].version))
+
+    pusher.wake()
+
+    assert [op for _, batch in client.batches for op in batch] == more
+
+
+def test_empty_joining_replicas_get_nothing(db: MetadataDB) -> None:
     pusher, client, membership, _ = setup(db)
     membership.heartbeat_received(
         Heartbeat(cluster="c", node=1, epoch=2, role="follower", state="JOINING",

@@ -1,0 +1,331 @@
+"""How a replica comes to hold what the cluster holds: founding, rejoining, or joining.
+
+At start-up every replica is JOINING. After one failure timeout of listening, ``plan`` picks:
+FOUND (nobody ACTIVE has data: this replica starts or restarts the cluster), REJOIN (it has
+data: it catches up by push and anti-entropy), or JOIN, the protocol of DESIGN section 7,
+driven by Joiner through ANNOUNCING -> SNAPSHOT -> CHUNKS -> DONE, each phase persisted in
+node_meta so a restart resumes where it stopped. JoinDesk is the leader's side.
+"""
+# test-case-name: tests.unit.test_bootstrap
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from distpotify.cluster.bully import NotLeaderError
+from distpotify.cluster.heartbeat import ACTIVE
+from distpotify.cluster.membership import Peer
+from distpotify.errors import Conflict, NotLeader
+from distpotify.model import ZERO, Version
+from distpotify.replication.client import PeerClient, PeerError
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.store.chunks import ChunkStore
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+
+log = Logger()
+
+ANNOUNCING, SNAPSHOT, CHUNKS, DONE = "ANNOUNCING", "SNAPSHOT", "CHUNKS", "DONE"
+CATCHING_UP = "CATCHING_UP"
+# The join protocol's transitions: each phase, when it succeeds, leads to the next.
+NEXT_PHASE = {ANNOUNCING: SNAPSHOT, SNAPSHOT: CHUNKS, CHUNKS: DONE}
+FOUND, REJOIN, JOIN = "found", "rejoin", "join"
+SNAPSHOT_PATH = "/sync/snapshot"
+RETRY = 0.5
+PROGRESS_EVERY = 3.0
+
+
+class SnapshotError(Exception):
+    """A snapshot that does not decompress or fails SQLite's integrity check."""
+
+
+def plan(
+    join_state: str | None, head: Version, peers: Sequence[Peer], away_too_long: bool = False
+) -> str:
+    """Found, rejoin or join, from what this replica holds and which peers it hears.
+
+    Nobody ACTIVE with data to copy: found (or refound) the cluster. An interrupted join goes
+    on. An empty replica joins; one with data rejoins, unless it was away longer than the
+    tombstone TTL, when merging could bring deleted data back: it joins by snapshot.
+    """
+    active = [p for p in peers if p.up and p.state == ACTIVE]
+    if join_state in (SNAPSHOT, CHUNKS):
+        return JOIN
+    if head == ZERO or away_too_long:
+        return JOIN if any(p.head > ZERO for p in active) else FOUND
+    return REJOIN if active else FOUND
+
+
+# snapshot files (worker threads)
+
+
+def pack_snapshot(db_copy: Path, out: Path) -> None:
+    with open(db_copy, "rb") as source, gzip.open(out, "wb", compresslevel=1) as packed:
+        shutil.copyfileobj(source, packed, 1 << 20)
+
+
+def unpack_snapshot(packed: Path, out: Path) -> None:
+    """Decompress and check a snapshot; SnapshotError (and nothing left behind) if bad."""
+    try:
+        with gzip.open(packed, "rb") as source, open(out, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            target.flush()
+            os.fsync(target.fileno())
+        conn = sqlite3.connect(out)
+        try:
+            verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            conn.execute("SELECT count(*) FROM songs").fetchone()
+        finally:
+            conn.close()
+    except (OSError, EOFError, gzip.BadGzipFile, sqlite3.DatabaseError) as e:
+        out.unlink(missing_ok=True)
+        raise SnapshotError(f"snapshot unusable: {e}") from None
+    if verdict != "ok":
+        out.unlink(missing_ok=True)
+        raise SnapshotError(f"snapshot fails its integrity check: {verdict}")
+
+
+@attrs.define
+class SyncProgress:
+    """What /status shows under ``sync``, and the last sync's record once done."""
+
+    phase: str = DONE
+    chunks_done: int = 0
+    chunks_total: int = 0
+    snapshots_fetched: int = 0
+    bad_snapshots: int = 0
+    bytes: int = 0
+    started: float | None = None
+    finished: float | None = None
+    waiting_for: str | None = None
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        end = self.finished if self.finished is not None else now
+        elapsed = end - self.started if self.started is not None else 0.0
+        rate = self.bytes / elapsed / 2**20 if elapsed > 0 else 0.0
+        left = self.chunks_total - self.chunks_done
+        eta = elapsed / self.chunks_done * left if self.chunks_done and left else 0.0
+        return {
+            "phase": self.phase, "chunks_done": self.chunks_done,
+            "chunks_total": self.chunks_total, "snapshots_fetched": self.snapshots_fetched,
+            "bad_snapshots": self.bad_snapshots, "mib_per_s": round(rate, 2),
+            "eta_s": round(eta, 1), "waiting_for": self.waiting_for,
+        }
+
+
+class Joiner:
+    """The joining replica's side of the protocol, one phase at a time until DONE."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        http: str,
+        amp: str,
+        store: MetadataStore,
+        chunks: ChunkStore,
+        fetcher: ChunkFetcher,
+        client: PeerClient,
+        join_rpc: Callable[[Peer, dict[str, Any]], Deferred[dict[str, Any]]],
+        leader: Callable[[], Peer | None],
+        sources: Callable[[], Sequence[str]],
+        blocking: Runner,
+        clock: IReactorTime,
+        tmp_dir: Path,
+        progress: SyncProgress,
+    ) -> None:
+        self._node_id = node_id
+        self._http = http
+        self._amp = amp
+        self._store = store
+        self._chunks = chunks
+        self._fetcher = fetcher
+        self._client = client
+        self._join_rpc = join_rpc
+        self._leader = leader
+        self._sources = sources
+        self._blocking = blocking
+        self._clock = clock
+        self._tmp = tmp_dir
+        self.progress = progress
+        self._steps: dict[str, Callable[[Peer], Awaitable[None]]] = {
+            ANNOUNCING: self._announce, SNAPSHOT: self._snapshot, CHUNKS: self._fetch_chunks,
+        }
+
+    async def run(self) -> None:
+        progress = self.progress
+        reached = await self._store.run(MetadataDB.get_meta, "join_state")
+        progress.phase = reached if reached in (SNAPSHOT, CHUNKS) else ANNOUNCING
+        progress.snapshots_fetched = int(
+            await self._store.run(MetadataDB.get_meta, "snapshots_fetched") or 0)
+        progress.started = self._clock.seconds()
+        reporter = LoopingCall(self._report)
+        reporter.clock = self._clock
+        reporter.start(PROGRESS_EVERY, now=False)
+        try:
+            while progress.phase != DONE:
+                leader = self._leader()
+                if leader is None:
+                    if progress.waiting_for != "leader":
+                        log.info("join: no leader known; staying JOINING until one is elected")
+                    progress.waiting_for = "leader"
+                    await deferLater(self._clock, RETRY, lambda: None)
+                    continue
+                progress.waiting_for = None
+                try:
+                    await self._steps[progress.phase](leader)
+                except Exception as e:
+                    # A join outlives any failure of its leader or network: it retries, with
+                    # the leader of the moment, from the phase it reached.
+                    log.warn("join: {phase} with leader {leader} failed: {error!r}; retrying",
+                             phase=progress.phase, leader=leader.node_id, error=e)
+                    await deferLater(self._clock, RETRY, lambda: None)
+        finally:
+            reporter.stop()
+        progress.finished = self._clock.seconds()
+        log.info("join: done: {chunks} chunks, {snapshots} snapshot(s) fetched",
+                 chunks=progress.chunks_total, snapshots=progress.snapshots_fetched)
+
+    async def _advance(self) -> None:
+        phase = NEXT_PHASE[self.progress.phase]
+        await self._store.run(MetadataDB.set_meta, "join_state", phase)
+        log.info("join: phase {phase}", phase=phase)
+        self.progress.phase = phase
+
+    async def _announce(self, leader: Peer) -> None:
+        head = await self._store.run(MetadataDB.head)
+        answer = await self._join_rpc(leader, {
+            "node_id": self._node_id, "http": self._http, "amp": self._amp,
+            "head": head.encode(),
+        })
+        log.info("join: leader {leader_id} (epoch {epoch}) accepted; snapshot at {path}",
+                 leader_id=answer["leader_id"], epoch=answer["epoch"],
+                 path=answer["snapshot_path"])
+        await self._advance()
+
+    async def _snapshot(self, leader: Peer) -> None:
+        packed = self._tmp / "snapshot.sqlite3.gz"
+        unpacked = self._tmp / "snapshot.sqlite3"
+        try:
+            version = await self._client.snapshot(leader.http, SNAPSHOT_PATH, packed)
+            try:
+                await self._blocking(unpack_snapshot, packed, unpacked)
+            except SnapshotError:
+                self.progress.bad_snapshots += 1
+                raise
+            head = await self._store.run(MetadataDB.install_snapshot, unpacked)
+        finally:
+            packed.unlink(missing_ok=True)
+            unpacked.unlink(missing_ok=True)
+        self.progress.snapshots_fetched += 1
+        await self._store.run(MetadataDB.set_meta, "snapshots_fetched",
+                              str(self.progress.snapshots_fetched))
+        log.info("join: snapshot of version {version} installed (head {head})",
+                 version=version.encode(), head=head.encode())
+        await self._advance()
+
+    async def _fetch_chunks(self, leader: Peer) -> None:
+        live = await self._store.run(MetadataDB.live_chunk_names)
+        present: set[str] = await self._blocking(self._chunks.names)
+        missing = sorted(live - present)
+        self.progress.chunks_total = len(live)
+        self.progress.chunks_done = len(live) - len(missing)
+        refs = [ChunkRef(*row) for row in await self._store.run(MetadataDB.chunk_rows, missing)]
+        sources = list(self._sources()) or [leader.http]
+        results = await gatherResults([
+            Deferred.fromCoroutine(self._fetch_one(ref, sources, n))
+            for n, ref in enumerate(refs)
+        ])
+        if not all(results):
+            raise PeerError(f"{results.count(False)} chunks could not be fetched yet")
+        head = await self._store.run(MetadataDB.head)
+        still = len(await self._store.run(MetadataDB.live_chunk_names)
+                    - await self._blocking(self._chunks.names))
+        await self._client.done(leader.http, self._node_id, head, still)
+        # Files of chunks the snapshot no longer lists (a rejoin after a long absence).
+        await self._blocking(self._chunks.clean, await self._store.run(MetadataDB.live_chunk_names))
+        await self._advance()
+
+    async def _fetch_one(self, ref: ChunkRef, sources: list[str], n: int) -> bool:
+        # Spread the downloads over every ACTIVE replica, each chunk starting elsewhere.
+        rotated = sources[n % len(sources):] + sources[:n % len(sources)]
+        ok = await self._fetcher.fetch(ref, rotated)
+        if ok:
+            self.progress.chunks_done += 1
+            self.progress.bytes += ref.size
+        return ok
+
+    def _report(self) -> None:
+        state = self.progress.as_dict(self._clock.seconds())
+        log.info(
+            "join: {phase} chunks {chunks_done}/{chunks_total}, {mib_per_s} MiB/s,"
+            " about {eta_s} s left", **state,
+        )
+
+
+class JoinDesk:
+    """The leader's side: answers Join, serves snapshots (api/sync.py), accepts /sync/done."""
+
+    def __init__(self, *, node_id: int, leading: Callable[[], bool], epoch: Callable[[], int],
+                 clock: IReactorTime) -> None:
+        self._node_id = node_id
+        self._leading = leading
+        self._epoch = epoch
+        self._clock = clock
+        self.joining: dict[int, dict[str, Any]] = {}
+        self.joined: dict[int, float] = {}
+
+    def join_requested(self, node_id: int, http: str, amp: str, head: str) -> dict[str, Any]:
+        if not self._leading():
+            raise NotLeaderError(f"replica {self._node_id} is not the leader")
+        self.joining[node_id] = {"http": http, "since": self._clock.seconds()}
+        log.info("join: replica {node_id} ({http}) is joining", node_id=node_id, http=http)
+        return {"leader_id": self._node_id, "epoch": self._epoch(),
+                "snapshot_path": SNAPSHOT_PATH}
+
+    def done(self, node_id: int, head: Version, missing: int) -> None:
+        if not self._leading():
+            raise NotLeader(f"replica {self._node_id} is not the leader")
+        if missing:
+            raise Conflict(f"replica {node_id} still lacks {missing} chunks")
+        self.joining.pop(node_id, None)
+        self.joined[node_id] = self._clock.seconds()
+        log.info("join: replica {node_id} is ACTIVE at head {head}", node_id=node_id,
+                 head=head.encode())
+
+
+class CatchUp:
+    """A rejoining replica is caught up once it holds what the leader held when it came back."""
+
+    def __init__(self, *, head: Callable[[], Version], leader: Callable[[], Peer | None],
+                 clock: IReactorTime, progress: SyncProgress) -> None:
+        self._head = head
+        self._leader = leader
+        self._clock = clock
+        self.progress = progress
+
+    async def run(self) -> None:
+        self.progress.phase = CATCHING_UP
+        target: Version | None = None
+        while True:
+            leader = self._leader()
+            if target is None and leader is not None:
+                target = leader.head
+                log.info("rejoin: catching up from {mine} to the leader's {target}",
+                         mine=self._head().encode(), target=target.encode())
+            if target is not None and self._head() >= target:
+                break
+            await deferLater(self._clock, 0.05, lambda: None)
+        self.progress.phase = DONE
+        log.info("rejoin: caught up at {head}", head=self._head().encode())

@@ -1,0 +1,210 @@
+"""The join protocol with a Clock and fake peers; the founding/rejoin/join decision."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from distpotify.cluster.bully import NotLeaderError
+from distpotify.cluster.membership import Peer
+from distpotify.errors import Conflict
+from distpotify.model import ZERO, Version
+from distpotify.replication.bootstrap import (
+    CHUNKS,
+    DONE,
+    FOUND,
+    JOIN,
+    REJOIN,
+    JoinDesk,
+    Joiner,
+    SnapshotError,
+    SyncProgress,
+    pack_snapshot,
+    plan,
+    unpack_snapshot,
+)
+from distpotify.replication.fetch import ChunkRef
+from distpotify.store.chunks import ChunkStore
+from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from tests.helpers.api import InMemoryReplica, run_now
+
+SONG = "abcdef01-2345-4678-8abc-def012345678"
+
+
+HELD = Version(1, 3, 9)
+
+
+def peer(node_id: int, state: str = "ACTIVE", head: Version = HELD,
+         role: str = "follower") -> Peer:
+    return Peer(node_id=node_id, role=role, state=state, http=f"http://n{node_id}",
+                amp=f"n{node_id}:9000", epoch=1, head=head, last_seen=0.0, up=True)
+
+
+@pytest.mark.parametrize(
+    ("join_state", "head", "peers", "away", "decision"),
+    [
+        (None, ZERO, [], False, FOUND),
+        (None, ZERO, [peer(1, head=ZERO), peer(2, "JOINING")], False, FOUND),
+        (None, ZERO, [peer(1)], False, JOIN),
+        (None, ZERO, [peer(1, "JOINING")], False, FOUND),
+        (CHUNKS, Version(1, 3, 9), [], False, JOIN),
+        (DONE, Version(1, 3, 9), [peer(1)], False, REJOIN),
+        (DONE, Version(1, 3, 9), [peer(1, "JOINING")], False, FOUND),
+        (DONE, Version(1, 3, 9), [peer(1)], True, JOIN),
+        (DONE, ZERO, [peer(1)], False, JOIN),
+    ],
+)
+def test_plan(join_state: str | None, head: Version, peers: list[Peer], away: bool,
+              decision: str) -> None:
+    assert plan(join_state, head, peers, away) == decision
+
+
+def leader_snapshot(tmp_path: Path) -> Path:
+    """A real snapshot, as the leader packs it: one song of one chunk."""
+    source = MetadataDB(tmp_path / "leader.sqlite3", node_id=3)
+    source.begin_leading(1)
+    source.set_meta("epoch", "1")
+    source.write([
+        Change("chunks", f"{SONG}/0", {"size": 5, "sha256": "a" * 64, "deleted": 0}),
+        Change("songs", SONG, {"title": "t", "sha256": "b" * 64, "size": 5, "chunk_count": 1,
+                               "created_at": "2026-01-01T00:00:00.000Z", "deleted": 0}),
+    ])
+    source.backup_to(tmp_path / "copy.sqlite3")
+    pack_snapshot(tmp_path / "copy.sqlite3", tmp_path / "snapshot.gz")
+    return tmp_path / "snapshot.gz"
+
+
+class FakePeers:
+    def __init__(self, snapshot: Path, chunks: ChunkStore) -> None:
+        self.snapshot_file = snapshot
+        self.chunks = chunks
+        self.snapshots = 0
+        self.bad_first = False
+        self.done_calls: list[tuple[int, int]] = []
+        self.joins: list[dict[str, Any]] = []
+        self.leader: Peer | None = None
+
+    async def snapshot(self, base: str, path: str, dest: Path) -> Version:
+        self.snapshots += 1
+        if self.bad_first and self.snapshots == 1:
+            dest.write_bytes(b"\x1f\x8b not really gzip")
+        else:
+            dest.write_bytes(self.snapshot_file.read_bytes())
+        return Version(1, 3, 2)
+
+    async def done(self, base: str, node_id: int, head: Version, missing: int) -> None:
+        self.done_calls.append((node_id, missing))
+
+    async def fetch(self, ref: ChunkRef, sources: list[str]) -> bool:
+        self.chunks.write(ref.song_id, ref.idx, b"x" * ref.size)
+        return True
+
+    def join_rpc(self, leader: Peer, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        self.joins.append(arguments)
+        return succeed({"leader_id": leader.node_id, "epoch": 1,
+                        "snapshot_path": "/sync/snapshot"})
+
+
+def joiner(tmp_path: Path) -> tuple[Joiner, FakePeers, MetadataDB, Clock]:
+    (tmp_path / "tmp").mkdir()
+    db = MetadataDB(tmp_path / "me.sqlite3", node_id=4)
+    chunks = ChunkStore(tmp_path / "chunks")
+    fakes = FakePeers(leader_snapshot(tmp_path), chunks)
+    clock = Clock()
+    machine = Joiner(
+        node_id=4, http="http://n4", amp="n4:9000", store=MetadataStore(db, run_now),
+        chunks=chunks, fetcher=fakes, client=fakes,  # type: ignore[arg-type]
+        join_rpc=fakes.join_rpc, leader=lambda: fakes.leader, sources=lambda: ["http://n1"],
+        blocking=run_now, clock=clock, tmp_dir=tmp_path / "tmp", progress=SyncProgress(),
+    )
+    return machine, fakes, db, clock
+
+
+def test_without_a_leader_the_joiner_waits_and_says_so(tmp_path: Path) -> None:
+    machine, fakes, _, clock = joiner(tmp_path)
+
+    d = Deferred.fromCoroutine(machine.run())
+    clock.advance(5)
+
+    assert not d.called
+    assert machine.progress.phase == "ANNOUNCING" and machine.progress.waiting_for == "leader"
+    assert fakes.joins == []
+
+
+def test_join_goes_through_every_phase_to_done(tmp_path: Path) -> None:
+    machine, fakes, db, clock = joiner(tmp_path)
+    d = Deferred.fromCoroutine(machine.run())
+    clock.advance(1)
+
+    fakes.leader = peer(3, role="leader")
+    clock.advance(1)
+
+    assert d.called
+    assert [j["node_id"] for j in fakes.joins] == [4]
+    assert db.get_meta("join_state") == DONE and db.get_meta("snapshots_fetched") == "1"
+    assert db.song(SONG) is not None and db.head() == Version(1, 3, 2)
+    assert fakes.done_calls == [(4, 0)]
+    assert machine.progress.chunks_done == machine.progress.chunks_total == 1
+    assert (tmp_path / "chunks" / f"{SONG}_0").exists()
+
+
+def test_a_bad_snapshot_is_discarded_counted_and_fetched_again(tmp_path: Path) -> None:
+    machine, fakes, _, clock = joiner(tmp_path)
+    fakes.bad_first = True
+    fakes.leader = peer(3, role="leader")
+
+    d = Deferred.fromCoroutine(machine.run())
+    clock.advance(2)
+
+    assert d.called
+    assert fakes.snapshots == 2 and machine.progress.bad_snapshots == 1
+    assert machine.progress.snapshots_fetched == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_join_resumed_in_the_chunk_phase_fetches_no_snapshot(tmp_path: Path) -> None:
+    machine, fakes, db, clock = joiner(tmp_path)
+    db.install_snapshot(tmp_path / "copy.sqlite3")
+    db.set_meta("join_state", CHUNKS)
+    db.set_meta("snapshots_fetched", "1")
+    fakes.leader = peer(3, role="leader")
+
+    d = Deferred.fromCoroutine(machine.run())
+    clock.advance(1)
+
+    assert d.called and fakes.snapshots == 0 and fakes.joins == []
+    assert machine.progress.snapshots_fetched == 1
+
+
+def test_unpack_refuses_garbage_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"SQLite format 3\0 but not really"))
+
+    with pytest.raises(SnapshotError):
+        unpack_snapshot(tmp_path / "bad.gz", tmp_path / "out.sqlite3")
+    assert not (tmp_path / "out.sqlite3").exists()
+
+
+def test_desk_refuses_joins_when_not_leading() -> None:
+    desk = JoinDesk(node_id=2, leading=lambda: False, epoch=lambda: 1, clock=Clock())
+
+    with pytest.raises(NotLeaderError):
+        desk.join_requested(4, "http://n4", "n4:9000", ZERO.encode())
+
+
+def test_done_from_a_replica_that_lacks_chunks_is_refused(tmp_path: Path) -> None:
+    api = InMemoryReplica(tmp_path)
+
+    refused = api.send_json("POST", "/sync/done",
+                            {"node_id": 4, "head": ZERO.encode(), "missing": 3})
+    accepted = api.send_json("POST", "/sync/done",
+                             {"node_id": 4, "head": ZERO.encode(), "missing": 0})
+
+    assert refused.status == 409 and refused.json()["error"] == "conflict"
+    assert accepted.status == 200 and api.desk.joined.keys() == {4}
+    with pytest.raises(Conflict):
+        api.desk.done(5, ZERO, 1)
