@@ -247,6 +247,7 @@ class Joiner:
             Deferred.fromCoroutine(self._fetch_one(ref, sources, n))
             for n, ref in enumerate(refs)
         ])
+        await self._fetcher.sync()
         if not all(results):
             raise PeerError(f"{results.count(False)} chunks could not be fetched yet")
         head = await self._store.run(MetadataDB.head)

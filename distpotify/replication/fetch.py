@@ -40,8 +40,12 @@ class FetchCounters:
     failed: int = 0
 
 
-def _finish_part(part: Path, final: Path, size: int, sha256: str, chunks: ChunkStore) -> bool:
-    """Verify a complete download and move it into place (worker thread); False if wrong."""
+def _finish_part(part: Path, final: Path, size: int, sha256: str) -> bool:
+    """Verify a complete download and move it into place (worker thread); False if wrong.
+
+    The directory is not fsynced here: callers do it once for a batch (sync_dir) before
+    committing anything that refers to the chunks.
+    """
     digest = hashlib.sha256()
     with open(part, "rb") as f:
         while block := f.read(1 << 20):
@@ -51,7 +55,6 @@ def _finish_part(part: Path, final: Path, size: int, sha256: str, chunks: ChunkS
         part.unlink()
         return False
     os.replace(part, final)
-    chunks.sync_dir()
     return True
 
 
@@ -68,6 +71,17 @@ class ChunkFetcher:
         self._blocking = blocking
         self._limit = DeferredSemaphore(concurrency)
         self.counters = FetchCounters()
+
+    async def fetch_durably(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
+        """fetch, then make the chunk directory durable (one chunk: read repair)."""
+        fetched = await self.fetch(ref, sources)
+        if fetched:
+            await self._blocking(self._chunks.sync_dir)
+        return fetched
+
+    async def sync(self) -> None:
+        """Make every fetched chunk's directory entry durable."""
+        await self._blocking(self._chunks.sync_dir)
 
     async def fetch(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """Download ``ref`` from the first of ``sources`` that gives the right bytes."""
@@ -110,7 +124,7 @@ class ChunkFetcher:
                 return False
         self.counters.bytes += received
         done: bool = await self._blocking(
-            _finish_part, part, final, ref.size, ref.sha256, self._chunks
+            _finish_part, part, final, ref.size, ref.sha256
         )
         if not done:
             self.counters.bad_bytes += 1

@@ -95,6 +95,7 @@ class Receiver:
                 raise Unavailable(
                     f"{len(missing)} of {len(refs)} chunks could not be fetched; nothing applied"
                 )
+            await self._fetcher.sync()
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
         await self._drop_deleted_chunks(ops)
         return await self._store.run(MetadataDB.head)

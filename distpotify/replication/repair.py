@@ -80,7 +80,7 @@ class ChunkGuard:
             self.counters.corrupt += 1
             log.warn("chunk {name} fails its SHA-256; repairing", name=path.name)
             await self._blocking(self._chunks.remove, [(ref.song_id, ref.idx)])
-        if await self._fetcher.fetch(ref, self._peers()):
+        if await self._fetcher.fetch_durably(ref, self._peers()):
             self.counters.repaired += 1
             if (fetched := _file_identity(path)) is not None:
                 self._verified[path.name] = fetched

@@ -100,6 +100,9 @@ class FakePeers:
     async def done(self, base: str, node_id: int, head: Version, missing: int) -> None:
         self.done_calls.append((node_id, missing))
 
+    async def sync(self) -> None:
+        pass
+
     async def fetch(self, ref: ChunkRef, sources: list[str]) -> bool:
         self.chunks.write(ref.song_id, ref.idx, b"x" * ref.size)
         return True
