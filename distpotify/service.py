@@ -29,6 +29,7 @@ from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
 from distpotify.library import Library
+from distpotify.metrics import ReplicaMetrics
 from distpotify.replication.node import ReplicationNode
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
@@ -104,7 +105,8 @@ class ReplicaService(service.Service):
     def _serve_http(self) -> None:
         config = self.config
         assert self.library is not None and self.replication is not None
-        api = PublicAPI(self.library, self.replication.guard, self.status)
+        metrics = ReplicaMetrics(config.node_id)
+        api = PublicAPI(self.library, self.replication.guard, self.status, metrics)
         sync = SyncAPI(self.library.store, self.replication.receiver, self.replication.desk,
                        deferToThread, config.data_dir / "tmp")
         cluster = self.cluster
@@ -113,7 +115,7 @@ class ReplicaService(service.Service):
             ReplicaRoot(config.node_id, api.app.resource(), sync.app.resource(),
                         serving=lambda: cluster.state == ACTIVE),
             node_id=config.node_id, max_body=config.max_upload,
-            spool_dir=config.data_dir / "tmp", clock=self.reactor,
+            spool_dir=config.data_dir / "tmp", clock=self.reactor, metrics=metrics,
         )
         self._http = self.reactor.listenTCP(config.http_port, site, interface=config.host)
         log.info("replica {node_id} serving HTTP on {host}:{port} as {url}",

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from distpotify.api.ranges import Span, serve, wanted_range
 from distpotify.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unavailable
 from distpotify.library import Library
+from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 
@@ -83,10 +84,12 @@ class PublicAPI:
         library: Library,
         guard: ChunkGuard,
         status: Callable[[], Awaitable[dict[str, Any]]],
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         self._library = library
         self._guard = guard
         self._status = status
+        self._metrics = metrics
 
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -118,6 +121,13 @@ class PublicAPI:
     @app.route("/status", methods=["GET"])
     async def status(self, request: Request) -> bytes:
         return json_response(request, 200, await self._status())
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: Request) -> bytes:
+        if self._metrics is None:
+            raise NotFound("no metrics here")
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode())
+        return await self._metrics.render(self._status)
 
     # songs
 
@@ -249,7 +259,8 @@ class ReplicaRoot(Resource):
         first = (request.postpath or [b""])[0]
         if first == b"sync":
             return self._sync.render(request)
-        if request.method in (b"GET", b"HEAD") and first != b"status" and not self._serving():
+        observing = first in (b"status", b"metrics")
+        if request.method in (b"GET", b"HEAD") and not observing and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
             return json_response(request, 503, {
                 "error": "joining", "message": "this replica is still joining the cluster"})

@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from distpotify.metrics import ReplicaMetrics
+
 log = Logger()
 
 SPOOL_THRESHOLD = 100_000
@@ -96,9 +98,11 @@ class ReplicaSite(server.Site):
     requestFactory = ReplicaRequest
 
     def __init__(
-        self, resource: IResource, *, node_id: int, max_body: int, spool_dir: Path, clock: Any
+        self, resource: IResource, *, node_id: int, max_body: int, spool_dir: Path, clock: Any,
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         super().__init__(resource)
+        self.metrics = metrics
         self.node_id = node_id
         self.max_body = max_body
         self.spool_dir = spool_dir
@@ -107,7 +111,12 @@ class ReplicaSite(server.Site):
         self.noisy = False
 
     def log(self, request: http.Request) -> None:
-        """Access lines go to the structured log only for errors; 2xx/3xx are counted later."""
+        """Every request is counted (/metrics); only errors get a log line."""
+        if self.metrics is not None:
+            self.metrics.request_done(
+                request.method.decode("latin-1"), request.uri.decode("utf-8", "replace"),
+                request.code, request.sentLength,
+            )
         if request.code >= 400:
             log.info(
                 "{method} {uri} -> {code}", method=request.method.decode(),
