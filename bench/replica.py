@@ -1,0 +1,781 @@
+"""Benchmark one replica: upload throughput, and chunk GET throughput next to static.File.
+
+What it measures, all on 127.0.0.1 and all in one run so the ratios mean something:
+
+* upload: wall time of ``POST /songs`` (a fresh, non-repeating PCM WAV of ``--upload-mib``
+  MiB each run, until the 201), as MiB/s, next to two references on the same file: a plain
+  copy into a new file with one fsync, and a split into chunk files the way DESIGN section 2
+  stores them (temp file, fsync, rename each; fsync the directory), the floor for an upload
+  that keeps that promise;
+* chunk GET: ``wrk -t1 -c<connections> -d<duration>s --latency`` cycling over the same set of
+  full 256 KiB chunks against the replica (``/songs/<id>/chunks/<idx>``) and against
+  ``twistd web --path <data-dir>/chunks`` (a ``twisted.web.static.File`` over the very same
+  chunk files, ``/<id>_<idx>``), each run after a warm-up. ``twistd web`` logs every request
+  to the twistd log and the replica logs only errors, so a second reference runs static.File
+  with ``--logfile /dev/null``: that is the like-for-like one. The servers take turns for
+  ``--rounds`` rounds and medians are reported, with the server's CPU time per request (all
+  its threads, from /proc), which the machine's other load disturbs much less than req/s.
+  Target: the replica reaches at least 80 % of static.File's request rate (DESIGN section 10:
+  printed, never a CI gate).
+
+Before timing, every chunk of the set is fetched once from every server and checked (200,
+length, SHA-256 of the registry, and the replica's ETag); wrk's error counters and its
+non-2xx count must stay at 0, and bytes read per response must match the chunk size.
+
+Usage: ``.venv/bin/python bench/replica.py [--duration 10] [--connections 32]
+[--upload-mib 50] [--rounds 3] [--pin]``; prints a table and saves JSON to
+``bench/results/replica-<timestamp>.json``. Every process it starts is stopped (also on
+Ctrl-C and SIGTERM), and its temp dir is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+MIB = 1024 * 1024
+KIB = 1024
+HOST = "127.0.0.1"
+TARGET = 0.80
+
+# wrk script: cycles over the paths given on its command line (after "--"), one path per
+# request, requests pre-built in init(); done() prints exact figures as one JSON line.
+# No response() function, so wrk never copies bodies into Lua (that would slow wrk down).
+LUA = r"""
+local reqs = {}
+local n = 0
+local i = 0
+
+function init(args)
+  local f = assert(io.open(args[1], "r"))
+  for line in f:lines() do
+    if #line > 0 then
+      n = n + 1
+      reqs[n] = wrk.format("GET", line)
+    end
+  end
+  f:close()
+  i = math.random(n) - 1
+end
+
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
+    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+    summary.duration, summary.requests, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+
+
+class BenchError(Exception):
+    """Something the benchmark cannot go on without; the message says what."""
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child started here; stop_all() ends them (SIGTERM, then SIGKILL) by pid."""
+
+    def __init__(self) -> None:
+        self._children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
+        with open(log, "wb") as out:
+            # Own session: a Ctrl-C in the terminal reaches only us; we stop the children.
+            child = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._children.append((name, child, log))
+        return child
+
+    def check_alive(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is not None:
+            for name, c, log in self._children:
+                if c is child:
+                    raise BenchError(
+                        f"{name} exited with status {child.returncode}; log tail:\n"
+                        + tail(log)
+                    )
+
+    def stop(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=15)
+        self._children = [entry for entry in self._children if entry[1] is not child]
+
+    def stop_all(self) -> None:
+        for _, child, _ in reversed(list(self._children)):
+            with contextlib.suppress(Exception):
+                self.stop(child)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def twistd() -> list[str]:
+    beside = Path(sys.executable).parent / "twistd"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("twistd")
+    return [found] if found else [sys.executable, "-m", "twisted"]
+
+
+def wait_until(what: str, check: Any, deadline_s: float, procs: Processes,
+               child: subprocess.Popen[bytes]) -> Any:
+    """Poll ``check()`` until it returns something truthy, or fail after ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    last: object = None
+    while time.monotonic() < deadline:
+        procs.check_alive(child)
+        try:
+            result = check()
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            last, result = e, None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last: {last!r})")
+
+
+# ---------------------------------------------------------------- HTTP helpers
+
+
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def replica_leader(port: int) -> dict[str, Any] | None:
+    status, _, body = http_get(port, "/status", timeout=2)
+    if status != 200:
+        return None
+    info = json.loads(body)
+    return info if info.get("role") == "leader" else None
+
+
+def upload(port: int, path: Path, timeout: float = 300) -> tuple[float, int, dict[str, Any]]:
+    """POST the file as a raw audio/wav body; (seconds until the response, status, body)."""
+    size = path.stat().st_size
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout, blocksize=256 * KIB)
+    try:
+        with open(path, "rb") as body:
+            started = time.perf_counter()
+            conn.request("POST", f"/songs?title={path.stem}", body=body, headers={
+                "Content-Type": "audio/wav", "Content-Length": str(size),
+            })
+            response = conn.getresponse()
+            data = response.read()
+            elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = {"raw": data[:500].decode("utf-8", "replace")}
+    return elapsed, response.status, parsed
+
+
+# ---------------------------------------------------------------- data
+
+
+def make_wav(path: Path, size_bytes: int, seed: int) -> str:
+    """A valid 16-bit stereo 44.1 kHz PCM WAV of about ``size_bytes``, non-repeating noise.
+
+    Streamed to disk one MiB at a time; returns the SHA-256 of the file.
+    """
+    rng = random.Random(seed)
+    frames_total = max(1, (size_bytes - 44) // 4)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.setnframes(frames_total)
+        left = frames_total
+        while left:
+            frames = min(left, MIB // 4)
+            w.writeframesraw(rng.randbytes(frames * 4))
+            left -= frames
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_fsync(src: Path, dst: Path) -> float:
+    """Seconds to copy ``src`` into a new file with plain reads and writes, then fsync it."""
+    started = time.perf_counter()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while block := fin.read(MIB):
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    elapsed = time.perf_counter() - started
+    dst.unlink()
+    return elapsed
+
+
+def split_fsync(src: Path, dst_dir: Path, chunk_size: int) -> float:
+    """Seconds to split ``src`` into chunk files the way DESIGN section 2 stores them.
+
+    Each chunk: written to a temp file, fsynced, renamed; then the directory is fsynced.
+    This is the floor for an upload that keeps that durability promise (no HTTP, no hashing).
+    """
+    dst_dir.mkdir()
+    started = time.perf_counter()
+    with open(src, "rb") as fin:
+        idx = 0
+        while block := fin.read(chunk_size):
+            tmp = dst_dir / f"c_{idx}.tmp"
+            with open(tmp, "wb") as fout:
+                fout.write(block)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, dst_dir / f"c_{idx}")
+            idx += 1
+    fd = os.open(dst_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(dst_dir)
+    return elapsed
+
+
+def verify_chunks(port: int, chunks: list[dict[str, Any]], key: str, etag: bool) -> int:
+    """GET every chunk once over one keep-alive connection; raise on any wrong answer."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        for chunk in chunks:
+            conn.request("GET", chunk[key])
+            response = conn.getresponse()
+            body = response.read()
+            where = f"{chunk[key]} on port {port}"
+            if response.status != 200:
+                raise BenchError(f"{where}: status {response.status}")
+            if len(body) != chunk["size"]:
+                raise BenchError(f"{where}: {len(body)} bytes, expected {chunk['size']}")
+            if hashlib.sha256(body).hexdigest() != chunk["sha256"]:
+                raise BenchError(f"{where}: bytes differ from the registry's SHA-256")
+            if etag and response.getheader("ETag") != f'"{chunk["sha256"]}"':
+                raise BenchError(f"{where}: ETag {response.getheader('ETag')!r}")
+    finally:
+        conn.close()
+    return len(chunks)
+
+
+# ---------------------------------------------------------------- wrk
+
+
+def run_wrk(port: int, paths_file: Path, script: Path, duration: int, connections: int,
+            chunk_size: int, prefix: list[str]) -> dict[str, Any]:
+    argv = [
+        *prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+        "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths_file),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    figures: dict[str, Any] | None = None
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH-JSON "):
+            figures = json.loads(line.removeprefix("BENCH-JSON "))
+    if figures is None:
+        raise BenchError(f"no figures in wrk's output:\n{done.stdout}\n{done.stderr}")
+    seconds = figures["duration_us"] / 1e6
+    requests = figures["requests"]
+    non_2xx = _non_2xx(done.stdout)
+    errors = figures["errors"]
+    # bytes read include headers and the partial bodies in flight when the run stops.
+    per_response = figures["bytes"] / requests if requests else 0.0
+    size_ok = requests > 0 and (
+        chunk_size <= per_response <= chunk_size + 1024 + connections * chunk_size / requests
+    )
+    return {
+        "command": " ".join(argv[len(prefix):][:7]) + f" -s script.lua {argv[-3]} -- paths.txt",
+        "seconds": seconds,
+        "requests": requests,
+        "bytes": figures["bytes"],
+        "req_per_s": requests / seconds,
+        "mib_per_s": figures["bytes"] / seconds / MIB,
+        "payload_mib_per_s": requests * chunk_size / seconds / MIB,
+        "latency_ms": {k: v / 1000 for k, v in figures["latency_us"].items()},
+        "errors": errors,
+        "non_2xx": non_2xx,
+        "bytes_per_response": round(per_response, 1),
+        "sizes_ok": size_ok,
+        "stdout": done.stdout,
+    }
+
+
+def _non_2xx(text: str) -> int:
+    for line in text.splitlines():
+        if "Non-2xx or 3xx responses:" in line:
+            return int(line.split(":")[1])
+    return 0
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[str, Any]:
+    chunk_size = args.chunk_kib * KIB
+    data_dir = work / "node1"
+    http_port, amp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    replica_argv = [
+        *twistd(), "-n", "--pidfile=", "distpotify", "--node-id", "1",
+        "--data-dir", str(data_dir), "--host", HOST, "--advertise-host", HOST,
+        "--http-port", str(http_port), "--amp-port", str(amp_port),
+        "--multicast-port", str(udp_port), "--cluster", f"bench-{os.getpid()}",
+        "--chunk-size", f"{args.chunk_kib}K", "--max-upload", "1G",
+    ]
+    say(f"starting replica on {HOST}:{http_port} (data dir {data_dir})")
+    replica = procs.start("replica", replica_argv, work / "replica.log")
+    wait_until("replica /status (leader)", lambda: replica_leader(http_port), 60, procs, replica)
+
+    # uploads: fresh content each run, with copy+fsync of the same file as the reference
+    upload_runs = []
+    songs: list[str] = []
+    for run in range(args.upload_runs):
+        wav = work / f"bench-upload-{run}.wav"
+        sha = make_wav(wav, args.upload_mib * MIB, seed=1000 + run)
+        size = wav.stat().st_size
+        copy_s = copy_fsync(wav, work / "copy.tmp")
+        split_s = split_fsync(wav, work / "split", chunk_size)
+        seconds, status, body = upload(http_port, wav)
+        procs.check_alive(replica)
+        if status != 201:
+            raise BenchError(f"upload {run}: status {status}: {body}")
+        song = body["song"]
+        expected_chunks = -(-size // chunk_size)
+        if song["sha256"] != sha or song["chunk_count"] != expected_chunks:
+            raise BenchError(f"upload {run}: stored song does not match the file: {song}")
+        songs.append(song["id"])
+        upload_runs.append({
+            "bytes": size, "seconds": seconds, "mib_per_s": size / MIB / seconds,
+            "copy_fsync_seconds": copy_s, "copy_fsync_mib_per_s": size / MIB / copy_s,
+            "split_fsync_seconds": split_s, "split_fsync_mib_per_s": size / MIB / split_s,
+        })
+        say(f"upload {run + 1}/{args.upload_runs}: {size / MIB:.1f} MiB in {seconds:.3f} s "
+            f"= {size / MIB / seconds:.1f} MiB/s (copy+fsync {size / MIB / copy_s:.1f},"
+            f" split+fsync {size / MIB / split_s:.1f} MiB/s)")
+        wav.unlink()
+    for extra in range(args.extra_songs):
+        wav = work / f"bench-extra-{extra}.wav"
+        make_wav(wav, args.extra_mib * MIB, seed=2000 + extra)
+        _, status, body = upload(http_port, wav)
+        if status != 201:
+            raise BenchError(f"extra upload {extra}: status {status}: {body}")
+        songs.append(body["song"]["id"])
+        wav.unlink()
+
+    # the chunk set: every full-size chunk of every song, same order for both servers
+    chunks: list[dict[str, Any]] = []
+    for song_id in songs:
+        status, _, body = http_get(http_port, f"/songs/{song_id}")
+        if status != 200:
+            raise BenchError(f"GET /songs/{song_id}: status {status}")
+        for chunk in json.loads(body)["chunks"]:
+            if chunk["size"] == chunk_size:
+                chunks.append({
+                    **chunk,
+                    "replica": f"/songs/{song_id}/chunks/{chunk['idx']}",
+                    "static": f"/{song_id}_{chunk['idx']}",
+                })
+    random.Random(7).shuffle(chunks)
+    if not chunks:
+        raise BenchError("no full-size chunks to read")
+    say(f"{len(chunks)} chunks of {args.chunk_kib} KiB from {len(songs)} songs")
+
+    # references: static.File over the same directory, as ``twistd web`` starts it (every
+    # access logged to the twistd log) and with its access log sent to /dev/null (the replica
+    # logs only errors, so this one is the like-for-like comparison)
+    servers = [Server("replica", http_port, "replica", replica, replica_argv)]
+    variants = [("static.File", [])]
+    if not args.no_quiet_static:
+        variants.append(("static.File -l null", ["--logfile", os.devnull]))
+    for name, extra in variants:
+        port = free_port()
+        argv = [
+            *twistd(), "-n", "--pidfile=", "web", "--path", str(data_dir / "chunks"),
+            "--listen", f"tcp:{port}:interface={HOST}", *extra,
+        ]
+        say(f"starting {name} on {HOST}:{port}")
+        child = procs.start(name, argv, work / f"static-{len(servers)}.log")
+        servers.append(Server(name, port, "static", child, argv))
+    probe = chunks[0]["static"]
+    for server in servers[1:]:
+        wait_until(server.name, lambda s=server: http_get(s.port, probe, timeout=2)[0] == 200,
+                   60, procs, server.child)
+    for server in servers:
+        verify_chunks(server.port, chunks, server.key, etag=server.key == "replica")
+    say(f"verified all {len(chunks)} chunks on every server (status, length, SHA-256)")
+    if args.pin:
+        pin(servers)
+
+    script = work / "cycle.lua"
+    script.write_text(LUA)
+    for key in ("replica", "static"):
+        (work / f"paths-{key}.txt").write_text("".join(chunk[key] + "\n" for chunk in chunks))
+    wrk_prefix = ["taskset", "-c", pin_cpus()[0]] if args.pin else []
+    rounds: dict[str, list[dict[str, Any]]] = {server.name: [] for server in servers}
+    for number in range(args.rounds):
+        # Servers take turns within a round, so drift and neighbours hit them alike.
+        for server in servers:
+            paths = work / f"paths-{server.key}.txt"
+            say(f"round {number + 1}/{args.rounds} {server.name}: warm-up {args.warmup:g} s,"
+                f" then {args.duration:g} s")
+            if args.warmup > 0:
+                run_wrk(server.port, paths, script, args.warmup, args.connections, chunk_size,
+                        wrk_prefix)
+            cpu_before = cpu_seconds(server.child.pid)
+            result = run_wrk(server.port, paths, script, args.duration, args.connections,
+                             chunk_size, wrk_prefix)
+            procs.check_alive(server.child)
+            cpu = cpu_seconds(server.child.pid) - cpu_before
+            # CPU per request (all threads of the server) is far less sensitive than req/s
+            # to whatever else the machine is running.
+            result["server_cpu_s"] = cpu
+            result["cpu_ms_per_req"] = 1000 * cpu / max(1, result["requests"])
+            latency = result["latency_ms"]
+            say(f"  {result['req_per_s']:.1f} req/s, {result['mib_per_s']:.1f} MiB/s,"
+                f" p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms,"
+                f" server CPU {result['cpu_ms_per_req']:.3f} ms/req")
+            rounds[server.name].append(result)
+    for server in reversed(servers):
+        procs.stop(server.child)
+
+    return {
+        "kind": "replica",
+        "settings": {
+            "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
+            "connections": args.connections, "wrk_threads": 1, "chunk_kib": args.chunk_kib,
+            "upload_mib": args.upload_mib, "upload_runs": args.upload_runs,
+            "extra_songs": args.extra_songs, "extra_mib": args.extra_mib,
+            "chunks_in_set": len(chunks), "songs": len(songs), "pinned": args.pin,
+        },
+        "commands": {server.name: redact(server.argv, work) for server in servers},
+        "upload": {
+            "runs": upload_runs,
+            "median_mib_per_s": statistics.median(r["mib_per_s"] for r in upload_runs),
+            "median_copy_fsync_mib_per_s":
+                statistics.median(r["copy_fsync_mib_per_s"] for r in upload_runs),
+            "median_split_fsync_mib_per_s":
+                statistics.median(r["split_fsync_mib_per_s"] for r in upload_runs),
+        },
+        "chunk_get": {name: summarize(runs) for name, runs in rounds.items()},
+    }
+
+
+@dataclasses.dataclass
+class Server:
+    name: str
+    port: int
+    key: str
+    child: subprocess.Popen[bytes]
+    argv: list[str]
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds (each figure on its own), plus every run."""
+    def med(get: Any) -> float:
+        return float(statistics.median(get(run) for run in runs))
+
+    return {
+        "req_per_s": med(lambda r: r["req_per_s"]),
+        "mib_per_s": med(lambda r: r["mib_per_s"]),
+        "cpu_ms_per_req": med(lambda r: r["cpu_ms_per_req"]),
+        "latency_ms": {q: med(lambda r, q=q: r["latency_ms"][q]) for q in ("p50", "p90", "p99")},
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "errors": {k: sum(r["errors"][k] for r in runs) for k in runs[0]["errors"]},
+        "sizes_ok": all(r["sizes_ok"] for r in runs),
+        "runs": runs,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_cpus() -> tuple[str, str]:
+    """(CPUs for wrk, CPUs for the servers): the last CPU serves, the others load."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise BenchError("--pin needs at least 2 CPUs")
+    return ",".join(map(str, cpus[:-1])), str(cpus[-1])
+
+
+def pin(servers: list[Server]) -> None:
+    _, serving = pin_cpus()
+    for server in servers:
+        subprocess.run(["taskset", "-a", "-p", "-c", serving, str(server.child.pid)],
+                       check=True, capture_output=True)
+
+
+def redact(argv: list[str], work: Path) -> str:
+    return " ".join(argv).replace(str(work), "$TMP")
+
+
+def environment() -> dict[str, Any]:
+    import twisted
+
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "wrk": " ".join((wrk.stdout or wrk.stderr or "wrk ?").split()[:2]),
+        "git_head": _git_head(),
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
+def _git_head() -> str | None:
+    # read-only
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None
+
+
+def ratios(gets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The replica against each reference; the verdict uses the median per-round ratio."""
+    replica = gets["replica"]
+    out = {}
+    for name, g in gets.items():
+        if name == "replica":
+            continue
+        pairs = zip(replica["runs"], g["runs"], strict=True)
+        by_round = [a["req_per_s"] / b["req_per_s"] for a, b in pairs]
+        ratio = statistics.median(by_round)
+        out[name] = {
+            "req_per_s": ratio,
+            "req_per_s_by_round": by_round,
+            "req_per_s_of_medians": replica["req_per_s"] / g["req_per_s"],
+            "mib_per_s_of_medians": replica["mib_per_s"] / g["mib_per_s"],
+            "cpu_per_req_factor": replica["cpu_ms_per_req"] / g["cpu_ms_per_req"],
+            "p50_factor": replica["latency_ms"]["p50"] / g["latency_ms"]["p50"],
+            "p99_factor": replica["latency_ms"]["p99"] / g["latency_ms"]["p99"],
+            "target": TARGET,
+            "meets_target": ratio >= TARGET,
+        }
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    up = result["upload"]
+    s = result["settings"]
+    env = result["environment"]
+    gets = result["chunk_get"]
+    up_ratio = up["median_mib_per_s"] / up["median_copy_fsync_mib_per_s"]
+    split_ratio = up["median_mib_per_s"] / up["median_split_fsync_mib_per_s"]
+    runs = ", ".join(f"{r['mib_per_s']:.1f}" for r in up["runs"])
+    copies = ", ".join(f"{r['copy_fsync_mib_per_s']:.1f}" for r in up["runs"])
+    splits = ", ".join(f"{r['split_fsync_mib_per_s']:.1f}" for r in up["runs"])
+    lines = [
+        f"Distpotify replica benchmark - {result['timestamp']}",
+        f"  {env['cpus']} CPUs, Python {env['python']}, Twisted {env['twisted']}, {env['wrk']};"
+        f" load average {env['loadavg_at_start'][0]:.2f} at start,"
+        f" {env['loadavg_at_end'][0]:.2f} at end",
+        "",
+        f"Upload ({s['upload_mib']} MiB WAV, {s['upload_runs']} runs, median)    MiB/s   runs",
+        f"  replica POST /songs -> 201           {up['median_mib_per_s']:8.1f}   [{runs}]",
+        f"  copy + fsync of the same file        {up['median_copy_fsync_mib_per_s']:8.1f}"
+        f"   [{copies}]",
+        f"  {'split into chunk files, fsync each':37}{up['median_split_fsync_mib_per_s']:8.1f}"
+        f"   [{splits}]",
+        f"  ratio upload / copy+fsync            {up_ratio:8.2f}",
+        f"  ratio upload / split+fsync           {split_ratio:8.2f}",
+        "",
+        f"Chunk GET ({s['chunk_kib']} KiB chunks, {s['chunks_in_set']} in the set,"
+        f" wrk -t1 -c{s['connections']} -d{s['duration_s']:g}s --latency, {s['warmup_s']:g} s"
+        f" warm-up each, median of {s['rounds']} alternating rounds"
+        f"{', pinned' if s['pinned'] else ''})",
+        f"  {'':22}{'req/s':>9}{'MiB/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}"
+        f"{'non-2xx':>9}{'errors':>8}   req/s per round",
+    ]
+    for name, g in gets.items():
+        errors = sum(v for k, v in g["errors"].items() if k != "status")
+        per_round = ", ".join(f"{r['req_per_s']:.0f}" for r in g["runs"])
+        lines.append(
+            f"  {name:22}{g['req_per_s']:9.1f}{g['mib_per_s']:9.1f}"
+            f"{g['latency_ms']['p50']:9.2f}{g['latency_ms']['p99']:9.2f}"
+            f"{g['cpu_ms_per_req']:11.3f}{g['non_2xx']:9d}{errors:8d}   [{per_round}]"
+        )
+    for name, r in result["ratios"].items():
+        rounds = ", ".join(f"{x:.2f}" for x in r["req_per_s_by_round"])
+        lines += [
+            f"  replica / {name}: req/s {r['req_per_s']:.2f} (median of the per-round ratios"
+            f" [{rounds}]; ratio of the medians {r['req_per_s_of_medians']:.2f}),"
+            f" {'meets' if r['meets_target'] else 'BELOW'} the target {TARGET:.2f}",
+            f"      CPU per request x{r['cpu_per_req_factor']:.2f} (so at most"
+            f" {1 / r['cpu_per_req_factor']:.2f} of its req/s on a full core),"
+            f" p50 x{r['p50_factor']:.2f}, p99 x{r['p99_factor']:.2f}",
+        ]
+    spread = max(
+        max(r["req_per_s"] for r in g["runs"]) / max(1e-9, min(r["req_per_s"] for r in g["runs"]))
+        for g in gets.values()
+    )
+    busy = env["loadavg_at_start"][0] > 1.0
+    if spread > 1.25 or busy:
+        lines.append(
+            f"  NOISY: req/s varied up to x{spread:.2f} between rounds, load average"
+            f" {env['loadavg_at_start'][0]:.2f} at start: other processes share these CPUs;"
+            " trust the CPU-per-request factors more than req/s"
+        )
+    for name, g in gets.items():
+        if g["non_2xx"] or any(g["errors"].values()) or not g["sizes_ok"]:
+            sizes = [r["bytes_per_response"] for r in g["runs"]]
+            lines.append(f"  WARNING {name}: non-2xx {g['non_2xx']}, errors {g['errors']},"
+                         f" bytes per response {sizes}")
+    return "\n".join(lines)
+
+
+def say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run [10]")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up, 0 for none [2]")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections [32]")
+    p.add_argument("--upload-mib", type=int, default=50, help="size of each timed upload [50]")
+    p.add_argument("--upload-runs", type=int, default=3, help="timed uploads [3]")
+    p.add_argument("--extra-songs", type=int, default=3,
+                   help="more (untimed) songs uploaded to widen the chunk set [3]")
+    p.add_argument("--extra-mib", type=int, default=16, help="size of each extra song [16]")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating wrk rounds over all servers; medians are reported [3]")
+    p.add_argument("--pin", action="store_true",
+                   help="pin the servers to the last CPU and wrk to the others (taskset)")
+    p.add_argument("--no-quiet-static", action="store_true",
+                   help="skip the second reference (static.File with --logfile /dev/null)")
+    p.add_argument("--chunk-kib", type=int, default=256, help="replica --chunk-size [256]")
+    p.add_argument("--tmp-dir", type=Path, default=None,
+                   help="where the temp dir goes [system default]")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (for debugging)")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = p.parse_args(argv)
+    if args.duration <= 0 or args.connections < 1 or args.upload_mib < 1 or args.upload_runs < 1 \
+            or args.rounds < 1:
+        p.error("--duration, --connections, --upload-mib, --upload-runs and --rounds"
+                " must be positive")
+    return args
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    procs = Processes()
+    work = Path(tempfile.mkdtemp(prefix="distpotify-bench-", dir=args.tmp_dir))
+    started = time.monotonic()
+    load_at_start = os.getloadavg()
+    try:
+        with terminate_on_sigterm():
+            result = benchmark(args, procs, work)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted, stopping what it started", file=sys.stderr)
+        return 130
+    except SystemExit:
+        print("bench: terminated, stopping what it started", file=sys.stderr)
+        raise
+    finally:
+        procs.stop_all()
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    result["timestamp"] = time.strftime("%Y%m%dT%H%M%S")
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result["environment"] = {**environment(), "loadavg_at_start": load_at_start}
+    result["ratios"] = ratios(result["chunk_get"])
+    text = report(result)
+    print(text, flush=True)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"replica-{result['timestamp']}.json"
+        result["table"] = text
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"saved {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
