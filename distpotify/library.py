@@ -116,6 +116,9 @@ class Library:
         return await self.store.run(MetadataDB.search_songs, q, artist, album, limit, offset)
 
     async def chunk(self, song_id: str, idx: int) -> dict[str, Any]:
+        found = self.store.cached_chunk(song_id, idx)
+        if found is not None:
+            return found
         found = await self.store.run(MetadataDB.chunk, _checked_id(song_id, "song"), idx)
         if found is None:
             raise NotFound(f"no chunk {idx} of song {song_id}")

@@ -112,7 +112,7 @@ class ReplicaService(service.Service):
         cluster = self.cluster
         assert cluster is not None
         site = ReplicaSite(
-            ReplicaRoot(config.node_id, api.app.resource(), sync.app.resource(),
+            ReplicaRoot(config.node_id, api, sync.app.resource(),
                         serving=lambda: cluster.state == ACTIVE),
             node_id=config.node_id, max_body=config.max_upload,
             spool_dir=config.data_dir / "tmp", clock=self.reactor, metrics=metrics,

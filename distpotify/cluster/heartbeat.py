@@ -1,21 +1,26 @@
 """Heartbeats: the UDP datagram every replica sends every heartbeat_interval (DESIGN section 4).
 
 The codec, the receiving DatagramProtocol that drops and counts anything hostile, the
-sending LoopingCall that never dies, and the multicast / unicast listening helpers.
+sending LoopingCall that never dies (with the cache of unicast peers' resolved names), and
+the multicast / unicast listening helpers.
 """
 # test-case-name: tests.unit.test_heartbeat
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.internet.defer import TimeoutError as LookupTimedOut
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import (
     IListeningPort,
     IMulticastTransport,
+    IReactorCore,
     IReactorMulticast,
     IReactorTime,
     IReactorUDP,
@@ -23,6 +28,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from distpotify.cluster._types import DatagramTransport, MulticastReactor, UDPReactor
 from distpotify.config import ReplicaConfig
@@ -44,6 +50,8 @@ MAX_NODE_ID = 99_999
 MAX_EPOCH = 9_999_999_999
 
 Address = tuple[str, int]
+# A host name to one IPv4 address, as IReactorCore.resolve does it (without blocking).
+Resolve = Callable[[str], "Deferred[str]"]
 
 
 class MalformedHeartbeat(ValueError):
@@ -272,12 +280,126 @@ class HeartbeatProtocol(DatagramProtocol):
         self.counters["sent"] += 1
 
 
+@attrs.define
+class _Name:
+    """What is known of one peer's host name: its last address and the lookup under way."""
+
+    address: str | None = None
+    next_lookup: float = 0.0
+    pending: Deferred[str] | None = None
+    failing: bool = False
+
+
+class PeerAddresses:
+    """Unicast peers given by host name, as the IP addresses a UDP socket can write to.
+
+    A datagram goes only to an IP address, and a peer's address changes when its container
+    is replaced, so each name is looked up in the background, cached, and looked up again
+    every ``refresh`` seconds; nothing here waits for an answer. A name that does not
+    resolve (yet: a peer that starts after us) is logged once and retried every ``retry``
+    seconds, and gets no datagram until it resolves; a name that stops resolving keeps its
+    last address, as a DNS hiccup must not silence a live peer. IP literals are used as given.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        resolve: Resolve,
+        clock: IReactorTime,
+        refresh: float = 5.0,
+        retry: float = 1.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self._resolve = resolve
+        self._clock = clock
+        self._refresh = refresh
+        self._retry = retry
+        self._timeout = timeout
+        self._names: dict[str, _Name] = {}
+
+    def resolved(self, address: Address) -> Address | None:
+        """``address`` with its host as an IP address; None while the name is unresolved.
+
+        Starts a lookup when the cached answer is due for a refresh; never waits for it.
+        """
+        host, port = address
+        if _is_ip_literal(host):
+            return address
+        name = self._names.setdefault(host, _Name())
+        if name.pending is None and self._clock.seconds() >= name.next_lookup:
+            self._look_up(host, name)
+        return None if name.address is None else (name.address, port)
+
+    def stop(self) -> None:
+        """Abandon the lookups under way (their answers, if any, are ignored)."""
+        for name in self._names.values():
+            if name.pending is not None:
+                name.pending.cancel()
+
+    def _look_up(self, host: str, name: _Name) -> None:
+        lookup: Deferred[str] = maybeDeferred(self._resolve, host)
+        name.pending = lookup
+        lookup.addTimeout(self._timeout, self._clock)
+        lookup.addCallbacks(
+            self._found, self._not_found, callbackArgs=(host, name), errbackArgs=(host, name)
+        )
+
+    def _found(self, address: str, host: str, name: _Name) -> None:
+        name.pending = None
+        name.next_lookup = self._clock.seconds() + self._refresh
+        if not _is_ip_literal(address):
+            self._not_found(Failure(DNSLookupError(f"{host} gave {address!r}")), host, name)
+            return
+        if name.failing or address != name.address:
+            self.log.info(
+                "heartbeat peer {host} resolves to {address}{previously}", host=host,
+                address=address,
+                previously=f" (was {name.address})" if name.address not in (None, address)
+                else "",
+            )
+        name.failing = False
+        name.address = address
+
+    def _not_found(self, failure: Failure, host: str, name: _Name) -> None:
+        name.pending = None
+        name.next_lookup = self._clock.seconds() + self._retry
+        if failure.check(CancelledError) or name.failing:
+            return
+        name.failing = True
+        reason = (
+            f"no answer in {self._timeout}s" if failure.check(LookupTimedOut)
+            else failure.getErrorMessage()
+        )
+        self.log.warn(
+            "cannot resolve heartbeat peer {host}: {reason}; {meanwhile}, retrying every"
+            " {retry}s", host=host, reason=reason, retry=self._retry,
+            meanwhile="nothing is sent to it" if name.address is None
+            else f"still sending to {name.address}",
+        )
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _no_resolver(host: str) -> Deferred[str]:
+    return fail(DNSLookupError(f"{host}: no name resolver (give HeartbeatSender one)"))
+
+
 class HeartbeatSender:
     """Sends ``announcement()`` to every ``destinations()`` address every ``interval``.
 
     The loop body catches and logs everything: an exception escaping a LoopingCall stops
     it for good, and a replica that stops heartbeating is declared dead by its peers.
     A failure is logged when it starts and when it ends, not ten times a second.
+    Destinations given by host name go through PeerAddresses, with ``resolve`` (by default
+    the clock's own, when the clock is the reactor).
     """
 
     log = Logger()
@@ -290,6 +412,7 @@ class HeartbeatSender:
         destinations: Callable[[], Iterable[Address]],
         interval: float,
         clock: IReactorTime,
+        resolve: Resolve | None = None,
     ) -> None:
         self._protocol = protocol
         self._announcement = announcement
@@ -298,6 +421,12 @@ class HeartbeatSender:
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
         self._failing: set[Address | None] = set()
+        if resolve is None:
+            resolve = (
+                cast(IReactorCore, clock).resolve if IReactorCore.providedBy(clock)
+                else _no_resolver
+            )
+        self.addresses = PeerAddresses(resolve=resolve, clock=clock)
 
     def start(self) -> None:
         if not self._loop.running:
@@ -308,6 +437,7 @@ class HeartbeatSender:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        self.addresses.stop()
 
     @property
     def running(self) -> bool:
@@ -317,7 +447,10 @@ class HeartbeatSender:
         """Send one heartbeat to every destination; never raises."""
         try:
             datagram = encode(self._announcement())
-            destinations = list(self._destinations())
+            destinations = [
+                resolved for address in self._destinations()
+                if (resolved := self.addresses.resolved(address)) is not None
+            ]
         except Exception:
             self._failed(None, "cannot build the heartbeat")
             return
@@ -343,7 +476,8 @@ class HeartbeatSender:
 
 
 def destinations(config: ReplicaConfig) -> tuple[Address, ...]:
-    """Where this replica's heartbeats go: the multicast group, or each unicast peer."""
+    """Where this replica's heartbeats go: the multicast group, or each unicast peer (host
+    names as given: HeartbeatSender resolves them)."""
     if config.heartbeat == "unicast":
         return config.peers
     return ((config.multicast_group, config.multicast_port),)

@@ -55,6 +55,7 @@ def _table_sql(entity: Entity) -> str:
 
 
 BUCKETS = 256
+CHUNK_CACHE_SIZE = 100_000  # registry rows kept in memory, about 20 MB
 
 
 def bucket_of(entity: str, key: str) -> int:
@@ -106,6 +107,10 @@ class MetadataDB:
         self._epoch = 0
         self._seq = 0
         self._head = self.head()
+        # Chunk registry rows never change once live; served chunks are looked up here,
+        # from the reactor thread, without a trip to the database thread. Written only by
+        # this thread (filled on lookups, emptied of tombstoned chunks as they are applied).
+        self._chunk_cache: dict[tuple[str, int], dict[str, Any]] = {}
 
     def close(self) -> None:
         self._conn.close()
@@ -168,6 +173,9 @@ class MetadataDB:
 
     def _apply(self, op: Op) -> bool:
         entity = ENTITIES[op.entity]
+        if op.entity == "chunks":
+            song_id, _, idx = op.key.partition("/")
+            self._chunk_cache.pop((song_id, int(idx)), None)
         old = self._get_row(entity, op.key)
         row = merge(old, op)
         self._conn.execute(
@@ -258,6 +266,7 @@ class MetadataDB:
             self._conn.executemany("INSERT INTO node_meta (name, value) VALUES (?, ?)",
                                    [tuple(row) for row in mine])
         self._head = self.head()
+        self._chunk_cache.clear()
         return self._head
 
     def cached_head(self) -> Version:
@@ -368,7 +377,17 @@ class MetadataDB:
             " AND sha256 IS NOT NULL",
             (song_id, idx),
         ).fetchone()
-        return None if row is None else dict(row)
+        if row is None:
+            return None
+        found = dict(row)
+        if len(self._chunk_cache) >= CHUNK_CACHE_SIZE:
+            self._chunk_cache.pop(next(iter(self._chunk_cache)))
+        self._chunk_cache[(song_id, idx)] = found
+        return found
+
+    def cached_chunk(self, song_id: str, idx: int) -> dict[str, Any] | None:
+        """A live chunk's registry row if it was looked up before; safe from any thread."""
+        return self._chunk_cache.get((song_id, idx))
 
     def live_chunk_names(self) -> set[str]:
         rows = self._conn.execute(
@@ -474,6 +493,10 @@ class MetadataStore:
     ) -> Deferred[T]:
         """Call ``MetadataDB.method(db, *args)`` on the database thread."""
         return self._run(method, self._db, *args, **kwargs)
+
+    def cached_chunk(self, song_id: str, idx: int) -> dict[str, Any] | None:
+        """MetadataDB.cached_chunk, read on the calling thread."""
+        return self._db.cached_chunk(song_id, idx)
 
     def close(self) -> Deferred[None]:
         return self._run(self._db.close)

@@ -105,7 +105,7 @@ class InMemoryReplica:
         self.desk = JoinDesk(node_id=1, leading=lambda: True, epoch=lambda: 1, clock=self.clock)
         (root / "tmp").mkdir(exist_ok=True)
         sync = SyncAPI(self.library.store, self.receiver, self.desk, run_now, root / "tmp")
-        self.root = ReplicaRoot(1, api.app.resource(), sync.app.resource())
+        self.root = ReplicaRoot(1, api, sync.app.resource())
         self.treq = StubTreq(self.root)
 
     async def _status(self) -> dict[str, Any]:
