@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import time
 from typing import Any
 
 from twisted.application import service
@@ -49,6 +51,24 @@ def prepare_data_dir(config: ReplicaConfig) -> None:
         raise ConfigError(f"data dir {config.data_dir} is not usable: {e.strerror or e}") from None
 
 
+def open_database(config: ReplicaConfig) -> MetadataDB:
+    """The replica's database; an unreadable one is moved aside, and the replica, now empty,
+    bootstraps from the cluster (its chunk files, orphaned, are removed and fetched again)."""
+    path = config.data_dir / "metadata.sqlite3"
+    try:
+        return MetadataDB(path, config.node_id)
+    except sqlite3.DatabaseError as e:
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                source.rename(aside.with_name(aside.name + suffix))
+        log.critical("database {path} is unreadable ({error}); moved to {aside}, starting"
+                     " empty to bootstrap from the cluster", path=str(path), error=e,
+                     aside=str(aside))
+        return MetadataDB(path, config.node_id)
+
+
 class ReplicaService(service.Service):
     def __init__(self, config: ReplicaConfig, reactor: Any) -> None:
         self.config = config
@@ -67,7 +87,7 @@ class ReplicaService(service.Service):
         shutil.rmtree(config.data_dir / "tmp", ignore_errors=True)
         (config.data_dir / "tmp").mkdir()
         # Start-up runs before the reactor does: the blocking recovery below delays nothing.
-        self.db = db = MetadataDB(config.data_dir / "metadata.sqlite3", config.node_id)
+        self.db = db = open_database(config)
         epoch = int(db.get_meta("epoch") or 0)
         chunks = ChunkStore(config.data_dir / "chunks")
         temps, orphans = chunks.clean(db.live_chunk_names())

@@ -125,3 +125,21 @@ def test_a_join_survives_the_death_of_its_leader(library: Cluster) -> None:
 
     assert final["state"] == "ACTIVE"
     assert len(verified_chunks(newcomer)) == CHUNKS
+
+
+def test_a_replica_whose_database_is_unreadable_bootstraps_again(library: Cluster) -> None:
+    leader = library.nodes[wait_until(library.agreed_leader, timeout=10)["node_id"]]
+    follower = next(n for n in library.nodes.values() if n is not leader)
+    follower.kill()
+    database = follower.data_dir / "metadata.sqlite3"
+    for suffix in ("-wal", "-shm"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    database.write_bytes(b"this is not a database" * 1000)
+
+    follower.start(wait=False)
+    final = follower.wait_ready(timeout=90)
+
+    assert final["sync"]["snapshots_fetched"] == 1
+    assert len(verified_chunks(follower)) == CHUNKS
+    assert list(follower.data_dir.glob("metadata.sqlite3.unreadable-*"))
+    assert "is unreadable" in follower.log_path.read_text()
