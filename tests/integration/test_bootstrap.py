@@ -83,7 +83,7 @@ def test_a_join_killed_mid_chunks_resumes_without_a_second_snapshot(library: Clu
 
     def downloading() -> bool:
         sync = (status_of(newcomer) or {}).get("sync", {})
-        return sync.get("phase") == "CHUNKS" and 0 < sync.get("chunks_done", 0)
+        return sync.get("phase") == "CHUNKS" and sync.get("chunks_done", 0) > 0
 
     wait_until(downloading, timeout=60, interval=0.005, what="the chunk phase")
     newcomer.kill()
