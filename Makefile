@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-NODE_ID ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: venv test run lint bench clean
@@ -19,9 +18,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Three replicas (8001-8003) and the proxy (http://127.0.0.1:8080/); Ctrl-C stops them all.
 run: venv
-	$(BIN)/twistd -n distpotify --node-id $(NODE_ID) --data-dir data/node$(NODE_ID) \
-	    --http-port 800$(NODE_ID) --amp-port 900$(NODE_ID)
+	$(BIN)/distpotify-cluster
 
 lint: venv
 	$(BIN)/ruff check distpotify proxy tests bench twisted

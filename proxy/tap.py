@@ -1,24 +1,95 @@
-"""``twistd distpotify-proxy``: the entry point in front of the replicas (not built yet).
+"""``twistd distpotify-proxy``: the proxy's command-line options and makeService.
 
-The proxy's issue replaces this stub; until then the command says so and exits.
+Every option also reads ``DISTPOTIFY_<OPTION>`` from the environment; the command line wins.
 """
+# test-case-name: tests.unit.test_proxy_tap
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from proxy.config import ConfigError, ProxyConfig, parse_backends
+
+ENV_PREFIX = "DISTPOTIFY_"
+
+# (option, default, help, converter to the ProxyConfig field)
+OPTIONS: list[tuple[str, Any, str, Callable[[str], Any]]] = [
+    ("port", "8080", "port clients connect to", int),
+    ("host", "127.0.0.1", "address the port binds to", str),
+    ("backends", None, "replica HTTP addresses, HOST:PORT,... (required; more are learned from"
+     " their /status)", parse_backends),
+    ("write-hold", "5", "seconds a write waits for a leader during an election", float),
+    ("health-max-age", "0.5", "seconds a replica's /status answer counts as fresh", float),
+    ("poll-interval", "0.25", "seconds between /status polls of every replica", float),
+    ("check-timeout", "0.5", "seconds a /status poll or health check may take", float),
+    ("connect-timeout", "2", "seconds to connect to a replica (a busy one's backlog drops SYNs"
+     " for 1 s)", float),
+    ("response-timeout", "2", "seconds a read waits for a replica's response headers", float),
+    ("stall-timeout", "1", "seconds without body bytes (while the client reads) before the"
+     " download resumes on another replica", float),
+    ("write-timeout", "300", "seconds a write waits for the leader's answer", float),
+    ("web-dir", None, "directory of the web player's static files [default: proxy/web]",
+     Path),
+]
+
+
+def env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
 
 class Options(usage.Options):
-    synopsis = "--port 8080 --backends HOST:PORT,..."
-    longdesc = "The Distpotify proxy. Not implemented yet: see the proxy issue."
+    synopsis = "--port 8080 --backends HOST:PORT,HOST:PORT,... [options]"
+    longdesc = (
+        "Run the Distpotify proxy: writes go to the leader, reads round-robin over the "
+        "followers, and a download resumes on another replica if the one serving it fails. "
+        "Every option can also be set with the environment variable DISTPOTIFY_<OPTION> "
+        "(for example DISTPOTIFY_BACKENDS=127.0.0.1:8001,127.0.0.1:8002); the command line "
+        "wins over the environment."
+    )
     optParameters = [
-        ["port", None, "8080", "port clients connect to"],
-        ["backends", None, "", "replica HTTP addresses, HOST:PORT,..."],
-        ["write-hold", None, "5", "seconds a write waits for a leader during an election"],
-        ["health-max-age", None, "0.5", "seconds a backend health check stays fresh"],
+        [name, None, default, f"{text} (env {env_name(name)})"]
+        for name, default, text, _ in OPTIONS
     ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._from_env: set[str] = set()
+        environ = os.environ if environ is None else environ
+        for name, *_ in OPTIONS:
+            if env_name(name) in environ:
+                self[name] = environ[env_name(name)]
+                self._from_env.add(name)
+
+    def postOptions(self) -> None:
+        if not self["backends"]:
+            raise usage.UsageError(
+                f"--backends is required (or {env_name('backends')}): HOST:PORT,...")
+        values: dict[str, Any] = {}
+        for name, _, _, convert in OPTIONS:
+            raw = self[name]
+            if raw is None:
+                continue
+            try:
+                values[name.replace("-", "_")] = convert(raw)
+            except (ValueError, ConfigError) as e:
+                source = env_name(name) if name in self._from_env else f"--{name}"
+                detail = str(e) if isinstance(e, ConfigError) else f"got {raw!r}"
+                raise usage.UsageError(f"bad value for {source}: {detail}") from None
+        try:
+            self.config = ProxyConfig(**values)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
-    raise SystemExit("distpotify-proxy: not implemented yet (the proxy issue builds it)")
+    from twisted.internet import reactor
+
+    from proxy.service import ProxyService
+
+    return ProxyService(options.config, reactor)

@@ -1,0 +1,683 @@
+"""Benchmark the proxy: chunk GETs through it next to nginx on the same replicas, and the stall
+a listener sees when the replica serving its download is killed.
+
+Everything runs on 127.0.0.1 in one run, so the ratios mean something:
+
+* three replicas in one elected cluster (multicast on 127.0.0.1, TTL 0), all started from
+  copies of one data dir holding the same songs (as replication leaves them);
+* ``twistd distpotify-proxy`` in front of the three, and nginx (``nginx-light``, installed with
+  apt-get when missing) with one worker, an upstream of the two followers the proxy reads
+  from, keepalive 64 and in-memory buffers;
+* ``wrk -t1 -c<N> -d<duration>s --latency`` cycling over every full 256 KiB chunk, for each
+  ``--connections`` value, nginx and the proxy taking turns after a warm-up each. Targets:
+  proxy >= 0.70 x nginx req/s, proxy p99 < 100 ms at 32 connections;
+* stall: ``--stall-rounds`` downloads of a long song through the proxy, read as fast as they
+  come through a 64 KiB receive buffer; a few MiB in, the replica serving it gets SIGKILL.
+  The longest wait between two reads after the kill is the stall (target < 1 s, aim 200 ms),
+  next to the longest wait of an undisturbed download; the bytes are checked by SHA-256 and
+  the killed replica is restarted before the next round.
+
+Usage: ``.venv/bin/python bench/proxy.py [--duration 10] [--connections 32,256]
+[--stall-rounds 5] [--keep]``; prints a table and saves JSON to
+``bench/results/proxy-<ts>.json``. Every process it starts is stopped (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+HOST = "127.0.0.1"
+KIB = 1024
+MIB = 1024 * KIB
+RATIO_TARGET = 0.70
+P99_TARGET_MS = 100.0
+STALL_TARGET_S = 1.0
+
+# wrk script: cycles over the paths listed in a file (after "--"); done() prints one JSON line.
+LUA = r"""
+local reqs = {}
+local n = 0
+local i = 0
+
+function init(args)
+  local f = assert(io.open(args[1], "r"))
+  for line in f:lines() do
+    if #line > 0 then
+      n = n + 1
+      reqs[n] = wrk.format("GET", line)
+    end
+  end
+  f:close()
+  i = math.random(n) - 1
+end
+
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
+    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+    summary.duration, summary.requests, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+{user}
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+    upstream replicas {{
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen {host}:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+            proxy_max_temp_file_size 0;
+            proxy_next_upstream error timeout http_502 http_503;
+        }}
+    }}
+}}
+"""
+
+
+class BenchError(Exception):
+    """Something the benchmark cannot go on without; the message says what."""
+
+
+def say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child started here, each in its own session; stop_all() ends them by pid."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
+        with open(log, "ab") as out:
+            child = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.children.append((name, child, log))
+        return child
+
+    def check_alive(self, child: subprocess.Popen[bytes]) -> None:
+        for name, c, log in self.children:
+            if c is child and child.poll() is not None:
+                raise BenchError(f"{name} exited with status {child.returncode}:\n{tail(log)}")
+
+    def stop(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=15)
+        self.children = [entry for entry in self.children if entry[1] is not child]
+
+    def stop_all(self) -> None:
+        for _, child, _ in reversed(list(self.children)):
+            with contextlib.suppress(Exception):
+                self.stop(child)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def twistd() -> str:
+    return str(Path(sys.executable).with_name("twistd"))
+
+
+def wait_until(what: str, check: Callable[[], Any], deadline_s: float) -> Any:
+    deadline = time.monotonic() + deadline_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
+            last, result = e, None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last: {last!r})")
+
+
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def get_json(port: int, path: str) -> Any:
+    status, _, body = http_get(port, path, timeout=2)
+    return json.loads(body) if status == 200 else None
+
+
+def upload(port: int, path: Path) -> dict[str, Any]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=300, blocksize=256 * KIB)
+    try:
+        with open(path, "rb") as body:
+            conn.request("POST", f"/songs?title={path.stem}", body=body, headers={
+                "Content-Type": "audio/wav", "Content-Length": str(path.stat().st_size)})
+            response = conn.getresponse()
+            data = response.read()
+    finally:
+        conn.close()
+    if response.status != 201:
+        raise BenchError(f"upload of {path.name}: {response.status} {data[:300]!r}")
+    song: dict[str, Any] = json.loads(data)["song"]
+    return song
+
+
+def make_wav(path: Path, size_bytes: int, seed: int) -> Path:
+    """A valid 16-bit stereo 44.1 kHz PCM WAV of about ``size_bytes`` of non-repeating noise."""
+    rng = random.Random(seed)
+    frames = max(1, (size_bytes - 44) // 4)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.setnframes(frames)
+        left = frames
+        while left:
+            count = min(left, MIB // 4)
+            w.writeframesraw(rng.randbytes(count * 4))
+            left -= count
+    return path
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+class Cluster:
+    """Three replicas of one cluster, the proxy, and nginx, on free ports of 127.0.0.1."""
+
+    def __init__(self, procs: Processes, work: Path, chunk_kib: int) -> None:
+        self.procs = procs
+        self.work = work
+        self.chunk_kib = chunk_kib
+        self.name = f"bench-proxy-{os.getpid()}"
+        self.heartbeat_port = free_port(socket.SOCK_DGRAM)
+        self.http = {node: free_port() for node in (1, 2, 3)}
+        self.amp = {node: free_port() for node in (1, 2, 3)}
+        self.replicas: dict[int, subprocess.Popen[bytes]] = {}
+        self.proxy_port = free_port()
+        self.nginx_port = free_port()
+        self.proxy: subprocess.Popen[bytes] | None = None
+
+    def replica_argv(self, node: int, cluster: str | None = None) -> list[str]:
+        return [
+            twistd(), "-n", "--pidfile=", "distpotify", "--node-id", str(node),
+            "--data-dir", str(self.work / f"node{node}"), "--host", HOST,
+            "--advertise-host", HOST, "--http-port", str(self.http[node]),
+            "--amp-port", str(self.amp[node]), "--cluster", cluster or self.name,
+            "--multicast-port", str(self.heartbeat_port), "--multicast-interface", HOST,
+            "--multicast-ttl", "0", "--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G",
+        ]
+
+    def seed(self, sizes: list[int]) -> list[dict[str, Any]]:
+        """Upload songs to replica 1 alone, stop it, and copy its data dir to 2 and 3."""
+        say(f"seeding {len(sizes)} songs ({sum(sizes) // MIB} MiB) into one data dir")
+        child = self.procs.start("seed", self.replica_argv(1, f"{self.name}-seed"),
+                                 self.work / "seed.log")
+        wait_until("seed replica", lambda: (get_json(self.http[1], "/status") or {}).get(
+            "role") == "leader", 60)
+        songs = []
+        for number, size in enumerate(sizes):
+            wav = make_wav(self.work / f"song{number}.wav", size, seed=100 + number)
+            songs.append(upload(self.http[1], wav))
+            wav.unlink()
+        self.procs.stop(child)
+        for node in (2, 3):
+            shutil.copytree(self.work / "node1", self.work / f"node{node}")
+        return songs
+
+    def start_replica(self, node: int) -> None:
+        self.replicas[node] = self.procs.start(f"replica {node}", self.replica_argv(node),
+                                               self.work / f"node{node}.log")
+
+    def start(self) -> None:
+        for node in (1, 2, 3):
+            self.start_replica(node)
+        self.proxy = self.procs.start("proxy", [
+            twistd(), "-n", "--pidfile=", "distpotify-proxy", "--port", str(self.proxy_port),
+            "--backends", ",".join(f"{HOST}:{port}" for port in self.http.values()),
+        ], self.work / "proxy.log")
+        view = self.wait_view(3, 60)
+        say(f"cluster up: leader node {view['leader']['node_id']}, proxy on {self.proxy_port}")
+
+    def view(self) -> dict[str, Any]:
+        view: dict[str, Any] = get_json(self.proxy_port, "/proxy/status")
+        return view
+
+    def wait_view(self, healthy: int, deadline_s: float) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            assert self.proxy is not None
+            self.procs.check_alive(self.proxy)
+            view = self.view()
+            ok = view and view["leader"] and len(view["readers"]) == 2 and sum(
+                b["healthy"] for b in view["backends"]) == healthy
+            return view if ok else None
+
+        result: dict[str, Any] = wait_until("the proxy's view of the cluster", ready, deadline_s)
+        return result
+
+    def start_nginx(self) -> tuple[subprocess.Popen[bytes], str]:
+        if shutil.which("nginx") is None:
+            say("nginx is missing: apt-get install -y nginx-light")
+            subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], check=True,
+                           stdout=subprocess.DEVNULL, timeout=600)
+        readers = self.view()["readers"]
+        servers = "\n".join(f"        server {url.removeprefix('http://')};" for url in readers)
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.work / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.work / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            work=self.work, servers=servers, host=HOST, port=self.nginx_port,
+            user="user root;" if os.geteuid() == 0 else ""))
+        child = self.procs.start("nginx", [shutil.which("nginx") or "nginx", "-p",
+                                           str(self.work), "-c", str(conf)],
+                                 self.work / "nginx.log")
+        wait_until("nginx", lambda: http_get(self.nginx_port, "/status", timeout=2)[0] == 200,
+                   30)
+        return child, ", ".join(readers)
+
+
+# ---------------------------------------------------------------- wrk
+
+
+def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: int
+            ) -> dict[str, Any]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+            f"http://{HOST}:{port}/", "--", str(paths)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    figures = None
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH-JSON "):
+            figures = json.loads(line.removeprefix("BENCH-JSON "))
+    if figures is None:
+        raise BenchError(f"no figures in wrk's output:\n{done.stdout}\n{done.stderr}")
+    seconds = figures["duration_us"] / 1e6
+    non_2xx = 0
+    for line in done.stdout.splitlines():
+        if "Non-2xx or 3xx responses:" in line:
+            non_2xx = int(line.split(":")[1])
+    return {
+        "seconds": seconds,
+        "requests": figures["requests"],
+        "req_per_s": figures["requests"] / seconds,
+        "mib_per_s": figures["bytes"] / seconds / MIB,
+        "latency_ms": {k: v / 1000 for k, v in figures["latency_us"].items()},
+        "errors": figures["errors"],
+        "non_2xx": non_2xx,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children still running (nginx's worker)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def verify(port: int, chunks: list[dict[str, Any]]) -> None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        for chunk in chunks:
+            conn.request("GET", chunk["path"])
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200 or hashlib.sha256(body).hexdigest() != chunk["sha256"]:
+                raise BenchError(f"{chunk['path']} on port {port}: status {response.status},"
+                                 f" {len(body)} bytes not matching the registry")
+            if response.getheader("ETag") != f'"{chunk["sha256"]}"':
+                raise BenchError(f"{chunk['path']} on port {port}: ETag"
+                                 f" {response.getheader('ETag')!r}")
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- stall
+
+
+def download(port: int, path: str, kill_after: int | None, kill: Callable[[str], None]
+             ) -> dict[str, Any]:
+    """Read ``path`` as fast as it comes; after ``kill_after`` bytes call ``kill(served_by)``.
+
+    Returns the SHA-256, the size, and the longest gaps between reads before and after the kill.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KIB)
+    sock.settimeout(30)
+    sock.connect((HOST, port))
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn.sock = sock
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        served_by = response.getheader("X-Served-By") or "?"
+        digest, size = hashlib.sha256(), 0
+        gap_before = gap_after = 0.0
+        killed_at: float | None = None
+        last = time.monotonic()
+        while True:
+            block = response.read(64 * KIB)
+            now = time.monotonic()
+            gap = now - last
+            last = now
+            if killed_at is None:
+                gap_before = max(gap_before, gap)
+            else:
+                gap_after = max(gap_after, gap)
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+            if kill_after is not None and killed_at is None and size >= kill_after:
+                kill(served_by)
+                killed_at = last = time.monotonic()
+        return {"status": response.status, "served_by": served_by, "bytes": size,
+                "sha256": digest.hexdigest(), "max_gap_s": gap_before,
+                "stall_s": gap_after if killed_at is not None else None}
+    finally:
+        conn.close()
+
+
+def stall_rounds(cluster: Cluster, song: dict[str, Any], rounds: int) -> dict[str, Any]:
+    path = f"/songs/{song['id']}/stream"
+
+    def no_kill(_: str) -> None:
+        raise AssertionError("no kill in the baseline")
+
+    baseline = download(cluster.proxy_port, path, None, no_kill)
+    if baseline["sha256"] != song["sha256"]:
+        raise BenchError("the undisturbed download does not match the song's SHA-256")
+    say(f"stall: undisturbed download of {song['size'] // MIB} MiB, longest wait between reads"
+        f" {baseline['max_gap_s'] * 1000:.1f} ms")
+    results = []
+    for number in range(rounds):
+        killed: list[int] = []
+
+        def kill(served_by: str, killed: list[int] = killed) -> None:
+            node = int(served_by)
+            cluster.replicas[node].kill()
+            killed.append(node)
+
+        before = cluster.view()["counters"]["resumes"]
+        result = download(cluster.proxy_port, path, 4 * MIB + number * MIB, kill)
+        result["resumes"] = cluster.view()["counters"]["resumes"] - before
+        if result["sha256"] != song["sha256"] or result["bytes"] != song["size"]:
+            raise BenchError(f"round {number + 1}: the resumed download differs from the song")
+        results.append(result)
+        say(f"stall round {number + 1}/{rounds}: killed node {killed[0]} after"
+            f" {4 + number} MiB; stall {result['stall_s'] * 1000:.1f} ms, bytes exact")
+        cluster.replicas[killed[0]].wait(10)
+        cluster.start_replica(killed[0])
+        cluster.wait_view(3, 60)
+    stalls = [r["stall_s"] for r in results]
+    return {
+        "baseline_max_gap_s": baseline["max_gap_s"],
+        "rounds": results,
+        "median_stall_s": statistics.median(stalls),
+        "max_stall_s": max(stalls),
+    }
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[str, Any]:
+    cluster = Cluster(procs, work, args.chunk_kib)
+    sizes = [args.song_mib * MIB] * args.songs + [args.stall_mib * MIB]
+    songs = cluster.seed(sizes)
+    cluster.start()
+    chunk_size = args.chunk_kib * KIB
+    chunks: list[dict[str, Any]] = []
+    for song in songs[:-1]:
+        meta = get_json(cluster.http[1], f"/songs/{song['id']}")
+        chunks += [{**c, "path": f"/songs/{song['id']}/chunks/{c['idx']}"}
+                   for c in meta["chunks"] if c["size"] == chunk_size]
+    random.Random(7).shuffle(chunks)
+    nginx, upstream = cluster.start_nginx()
+    assert cluster.proxy is not None
+    servers = {"nginx": (cluster.nginx_port, nginx),
+               "proxy": (cluster.proxy_port, cluster.proxy)}
+    for port, _ in servers.values():
+        verify(port, chunks)
+    say(f"verified all {len(chunks)} chunks through nginx and the proxy (status, SHA-256, ETag)")
+    script = work / "cycle.lua"
+    script.write_text(LUA)
+    paths = work / "paths.txt"
+    paths.write_text("".join(c["path"] + "\n" for c in chunks))
+
+    runs: dict[int, dict[str, Any]] = {}
+    for connections in args.connections:
+        runs[connections] = {}
+        for name, (port, child) in servers.items():
+            say(f"{name}, {connections} connections: warm-up {args.warmup} s,"
+                f" then {args.duration} s")
+            if args.warmup:
+                run_wrk(port, paths, script, args.warmup, connections)
+            cpu = cpu_seconds(child.pid)
+            counters = cluster.view()["counters"]
+            result = run_wrk(port, paths, script, args.duration, connections)
+            procs.check_alive(child)
+            if name == "proxy":
+                after = cluster.view()["counters"]
+                result["proxy_counters"] = {k: after[k] - counters[k] for k in after}
+            result["cpu_ms_per_req"] = 1000 * (cpu_seconds(child.pid) - cpu) / max(
+                1, result["requests"])
+            runs[connections][name] = result
+            say(f"  {result['req_per_s']:.0f} req/s, {result['mib_per_s']:.0f} MiB/s,"
+                f" p50 {result['latency_ms']['p50']:.1f} ms, p99"
+                f" {result['latency_ms']['p99']:.1f} ms, errors {result['errors']},"
+                f" non-2xx {result['non_2xx']} {result.get('proxy_counters', '')}")
+    procs.stop(nginx)
+    stall = stall_rounds(cluster, songs[-1], args.stall_rounds) if args.stall_rounds else None
+    return {
+        "settings": {
+            "duration_s": args.duration, "warmup_s": args.warmup,
+            "connections": args.connections, "chunk_kib": args.chunk_kib,
+            "chunks_in_set": len(chunks), "nginx_upstream": upstream,
+            "nginx": "1 worker, keepalive 64, proxy_buffers 16 64k, no temp files",
+        },
+        "chunk_get": {str(k): v for k, v in runs.items()},
+        "stall": stall,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    env = result["environment"]
+    lines = [
+        f"Distpotify proxy benchmark - {result['timestamp']}",
+        f"  {env['cpus']} CPUs, Python {env['python']}, Twisted {env['twisted']},"
+        f" {env['nginx']}; load average {env['loadavg_at_end'][0]:.2f} at end",
+        "",
+        f"Chunk GET ({s['chunk_kib']} KiB chunks, {s['chunks_in_set']} in the set, wrk -t1"
+        f" -d{s['duration_s']}s, {s['warmup_s']} s warm-up; nginx: {s['nginx']},"
+        f" upstream {s['nginx_upstream']})",
+        f"  {'':18}{'req/s':>9}{'MiB/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}"
+        f"{'non-2xx':>9}{'errors':>8}",
+    ]
+    for connections, pair in result["chunk_get"].items():
+        for name, r in pair.items():
+            errors = sum(v for k, v in r["errors"].items() if k != "status")
+            lines.append(
+                f"  {name + ' -c' + connections:18}{r['req_per_s']:9.0f}{r['mib_per_s']:9.0f}"
+                f"{r['latency_ms']['p50']:9.1f}{r['latency_ms']['p99']:9.1f}"
+                f"{r['cpu_ms_per_req']:11.3f}{r['non_2xx']:9d}{errors:8d}")
+        ratio = pair["proxy"]["req_per_s"] / pair["nginx"]["req_per_s"]
+        verdict = "meets" if ratio >= RATIO_TARGET else "BELOW"
+        line = f"  proxy / nginx at -c{connections}: {ratio:.2f} ({verdict} {RATIO_TARGET:.2f})"
+        if connections == "32":
+            p99 = pair["proxy"]["latency_ms"]["p99"]
+            line += (f"; proxy p99 {p99:.1f} ms"
+                     f" ({'meets' if p99 < P99_TARGET_MS else 'ABOVE'} {P99_TARGET_MS:.0f} ms)")
+        lines.append(line)
+    stall = result["stall"]
+    if stall:
+        stalls = ", ".join(f"{r['stall_s'] * 1000:.0f}" for r in stall["rounds"])
+        verdict = "meets" if stall["max_stall_s"] < STALL_TARGET_S else "ABOVE"
+        lines += [
+            "",
+            f"Stall when the serving replica gets SIGKILL ({len(stall['rounds'])} rounds, bytes"
+            " checked by SHA-256)",
+            f"  median {stall['median_stall_s'] * 1000:.0f} ms, max"
+            f" {stall['max_stall_s'] * 1000:.0f} ms [{stalls}] ({verdict} 1 s);"
+            f" undisturbed longest wait {stall['baseline_max_gap_s'] * 1000:.0f} ms",
+        ]
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    import twisted
+
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return {
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "nginx": (nginx.stderr or nginx.stdout).strip().removeprefix("nginx version: "),
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run [10]")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run [2]")
+    p.add_argument("--connections", default="32,256",
+                   type=lambda text: [int(n) for n in text.split(",")],
+                   help="wrk connection counts, comma-separated [32,256]")
+    p.add_argument("--songs", type=int, default=4, help="songs in the chunk set [4]")
+    p.add_argument("--song-mib", type=int, default=16, help="size of each of them [16]")
+    p.add_argument("--stall-mib", type=int, default=48, help="size of the song killed under"
+                   " its listener [48]")
+    p.add_argument("--stall-rounds", type=int, default=5, help="kills measured, 0 for none [5]")
+    p.add_argument("--chunk-kib", type=int, default=256, help="replica --chunk-size [256]")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = p.parse_args(argv)
+    if args.duration <= 0 or min(args.connections) < 1 or args.songs < 1:
+        p.error("--duration, --connections and --songs must be positive")
+    return args
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="distpotify-bench-proxy-"))
+    procs = Processes()
+    try:
+        with terminate_on_sigterm():
+            result = benchmark(args, procs, work)
+    except BenchError as e:
+        say(f"failed: {e}")
+        return 1
+    finally:
+        procs.stop_all()
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    result["environment"] = environment()
+    print(report(result))
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"proxy-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        out.write_text(json.dumps(result, indent=1))
+        say(f"saved {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Every option of the proxy, its default, and its checks (DESIGN sections 8 and 9).
+
+ProxyConfig is built once (tap.py) from options and environment and passed down.
+"""
+# test-case-name: tests.unit.test_proxy_tap
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+
+class ConfigError(ValueError):
+    """A bad option value; its message is the one line the operator sees."""
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    """``HOST:PORT,http://HOST:PORT,[::1]:PORT`` -> base URLs like ``http://HOST:PORT``."""
+    urls: list[str] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        address = item.removeprefix("http://").rstrip("/")
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or "/" in address:
+            raise ConfigError(f"--backends entry must be HOST:PORT, got {item!r}")
+        if not 0 < int(port) <= 65535:
+            raise ConfigError(f"--backends entry has a bad port: {item!r}")
+        host = host.strip("[]")
+        url = f"http://[{host}]:{int(port)}" if ":" in host else f"http://{host}:{int(port)}"
+        if url not in urls:
+            urls.append(url)
+    return tuple(urls)
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"--{name} must be positive, got {value}")
+
+
+@attrs.frozen
+class ProxyConfig:
+    backends: tuple[str, ...]
+    port: int = 8080
+    host: str = "127.0.0.1"
+    write_hold: float = 5.0
+    health_max_age: float = 0.5
+    poll_interval: float = 0.25
+    check_timeout: float = 0.5
+    connect_timeout: float = 2.0
+    response_timeout: float = 2.0
+    stall_timeout: float = 1.0
+    write_timeout: float = 300.0
+    web_dir: Path = WEB_DIR
+
+    def __attrs_post_init__(self) -> None:
+        if not self.backends:
+            raise ConfigError("--backends needs at least one replica, HOST:PORT,...")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be a port number (0-65535), got {self.port}")
+        for name in (
+            "health_max_age", "poll_interval", "check_timeout", "connect_timeout",
+            "response_timeout", "stall_timeout", "write_timeout",
+        ):
+            _positive(name.replace("_", "-"), getattr(self, name))
+        if self.write_hold < 0:
+            raise ConfigError(f"--write-hold must be 0 or more, got {self.write_hold}")

@@ -1,0 +1,360 @@
+"""``distpotify-cluster`` (what ``make run`` runs): three replicas and the proxy on this machine.
+
+Replicas 1-3 on 127.0.0.1 (HTTP 8001-8003, AMP 9001-9003, heartbeats on interface 127.0.0.1
+with TTL 0, so nothing leaves the machine), data and logs under ./data/, the proxy on 8080.
+It prints where to go, offers demo tracks (made here, never downloaded) while the library is
+empty, and stops every process it started on Ctrl-C.
+"""
+# test-case-name: tests.unit.test_proxy_localcluster
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+HOST = "127.0.0.1"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+@attrs.frozen
+class Layout:
+    """Where everything listens and lives; the defaults are DESIGN section 9's local cluster."""
+
+    data: Path = Path("data")
+    http_ports: tuple[int, ...] = (8001, 8002, 8003)
+    amp_ports: tuple[int, ...] = (9001, 9002, 9003)
+    proxy_port: int = 8080
+    cluster: str = "distpotify"
+    multicast_port: int = 7946
+
+    def replica_command(self, twistd: str, index: int) -> list[str]:
+        node_id = index + 1
+        return [
+            twistd, "-n", "--pidfile=", f"--logfile={self.data / f'node{node_id}.log'}",
+            "distpotify", "--node-id", str(node_id),
+            "--data-dir", str(self.data / f"node{node_id}"),
+            "--host", HOST, "--advertise-host", HOST,
+            "--http-port", str(self.http_ports[index]), "--amp-port", str(self.amp_ports[index]),
+            "--cluster", self.cluster, "--multicast-port", str(self.multicast_port),
+            "--multicast-interface", HOST, "--multicast-ttl", "0",
+        ]
+
+    def proxy_command(self, twistd: str) -> list[str]:
+        backends = ",".join(f"{HOST}:{port}" for port in self.http_ports)
+        return [
+            twistd, "-n", "--pidfile=", f"--logfile={self.data / 'proxy.log'}",
+            "distpotify-proxy", "--host", HOST, "--port", str(self.proxy_port),
+            "--backends", backends,
+        ]
+
+
+# ---------------------------------------------------------------- demo tracks
+
+
+@attrs.frozen
+class Demo:
+    title: str
+    artist: str
+    album: str
+    notes: tuple[float, ...]  # Hz, played one after another, each for seconds / len(notes)
+    seconds: float
+
+
+DEMOS = (
+    Demo("A440", "The Oscillators", "Distpotify Demo", (440.0,), 20.0),
+    Demo("C Major Arpeggio", "The Oscillators", "Distpotify Demo",
+         (261.63, 329.63, 392.00, 523.25) * 8, 16.0),
+    Demo("Slow Descent", "The Oscillators", "Distpotify Demo",
+         tuple(440.0 * 2 ** (-n / 12) for n in range(12)), 24.0),
+)
+
+
+def tone_wav(path: Path, notes: Sequence[float], seconds: float, rate: int = 22050) -> Path:
+    """A mono 16-bit WAV playing ``notes`` in turn, each softly faded in and out (no clicks)."""
+    per_note = max(1, int(seconds * rate / len(notes)))
+    fade = max(1, min(per_note // 8, rate // 50))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        for frequency in notes:
+            step = 2 * math.pi * frequency / rate
+            frames = bytearray()
+            for i in range(per_note):
+                envelope = min(1.0, i / fade, (per_note - i) / fade)
+                frames += struct.pack("<h", int(12000 * envelope * math.sin(step * i)))
+            out.writeframes(bytes(frames))
+    return path
+
+
+def demo_file(demo: Demo, directory: Path) -> tuple[Path, str]:
+    """The demo as MP3 when ffmpeg can encode one, else as WAV; (file, content type)."""
+    wav = tone_wav(directory / f"{demo.title}.wav", demo.notes, demo.seconds)
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is not None:
+        mp3 = directory / f"{demo.title}.mp3"
+        tags = ["-metadata", f"title={demo.title}", "-metadata", f"artist={demo.artist}",
+                "-metadata", f"album={demo.album}"]
+        done = subprocess.run(
+            [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav),
+             *tags, "-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3", str(mp3)],
+            capture_output=True, timeout=120, check=False,
+        )
+        if done.returncode == 0:
+            return mp3, "audio/mpeg"
+    return wav, "audio/wav"
+
+
+def add_demos(port: int, say: Any = print) -> int:
+    """Make and upload the demo tracks through the proxy; how many were stored."""
+    stored = 0
+    with tempfile.TemporaryDirectory(prefix="distpotify-demo-") as tmp:
+        for demo in DEMOS:
+            path, content_type = demo_file(demo, Path(tmp))
+            query = "&".join(f"{k}={v.replace(' ', '%20')}" for k, v in
+                             (("title", demo.title), ("artist", demo.artist),
+                              ("album", demo.album)))
+            status, body = _http(port, "POST", f"/songs?{query}", path.read_bytes(),
+                                 {"Content-Type": content_type}, timeout=120)
+            if status in (200, 201):
+                stored += 1
+                say(f"  added {demo.title!r} ({content_type}, {path.stat().st_size} bytes)")
+            else:
+                say(f"  could not add {demo.title!r}: {status} {body[:200]!r}")
+    return stored
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Supervisor:
+    """The processes of the local cluster, each in its own session: Ctrl-C reaches only us,
+    and we stop them in order (the proxy first, then the replicas) by pid."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        self.children.append((name, child, log))
+        return child
+
+    def exited(self) -> Iterator[tuple[str, int, Path]]:
+        for name, child, log in list(self.children):
+            code = child.poll()
+            if code is not None:
+                self.children.remove((name, child, log))
+                yield name, code, log
+
+    def stop_all(self) -> None:
+        for _, child, _ in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for _, child, _ in reversed(self.children):
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(STOP_TIMEOUT)
+        self.children.clear()
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e.strerror})"
+
+
+def _http(port: int, method: str, path: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def busy_ports(layout: Layout) -> list[int]:
+    busy = []
+    for port in (*layout.http_ports, *layout.amp_ports, layout.proxy_port):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def cluster_view(layout: Layout) -> dict[str, Any] | None:
+    """The proxy's /proxy/status once it knows a leader and every replica, else None."""
+    try:
+        status, body = _http(layout.proxy_port, "GET", "/proxy/status")
+    except (OSError, http.client.HTTPException):
+        return None
+    if status != 200:
+        return None
+    view: dict[str, Any] = json.loads(body)
+    healthy = [b for b in view["backends"] if b["healthy"]]
+    ready = view["leader"] is not None and len(healthy) >= len(layout.http_ports)
+    return view if ready else None
+
+
+def library_size(layout: Layout) -> int | None:
+    try:
+        status, body = _http(layout.proxy_port, "GET", "/songs?limit=1")
+    except (OSError, http.client.HTTPException):
+        return None
+    return int(json.loads(body)["total"]) if status == 200 else None
+
+
+def banner(layout: Layout, view: dict[str, Any]) -> str:
+    proxy = f"http://{HOST}:{layout.proxy_port}"
+    roles = {b["http"]: (b["node_id"], b["role"]) for b in view["backends"]}
+    lines = [
+        "",
+        f"Distpotify is running: {len(layout.http_ports)} replicas and the proxy.",
+        f"  web player     {proxy}/",
+        f"  cluster view   {proxy}/proxy/status",
+        f"  upload         curl -X POST -H 'Content-Type: audio/mpeg'"
+        f" --data-binary @song.mp3 {proxy}/songs",
+        f"  play           ffplay {proxy}/songs/<id>/stream",
+    ]
+    for port in layout.http_ports:
+        node_id, role = roles.get(f"http://{HOST}:{port}", ("?", "?"))
+        lines.append(f"  replica {node_id}      http://{HOST}:{port}/status ({role})")
+    lines += [
+        f"  logs           {layout.data}/node<N>.log, {layout.data}/proxy.log",
+        "Kill any replica while a song plays: the proxy carries on. Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def want_demos(choice: bool | None) -> bool:
+    if choice is not None:
+        return choice
+    if not sys.stdin.isatty():
+        print("The library is empty; `distpotify-cluster --demo` adds a few demo tracks.")
+        return False
+    try:
+        answer = input("The library is empty. Add 3 demo tracks made on this machine? [Y/n] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("", "y", "yes")
+
+
+def run(layout: Layout, demo: bool | None, twistd: str) -> int:
+    busy = busy_ports(layout)
+    if busy:
+        print(f"distpotify-cluster: port(s) {', '.join(map(str, busy))} on {HOST} already in"
+              " use (another cluster running?)", file=sys.stderr)
+        return 1
+    layout.data.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor()
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index in range(len(layout.http_ports)):
+            supervisor.start(f"replica {index + 1}", layout.replica_command(twistd, index),
+                             layout.data / f"node{index + 1}.log")
+        supervisor.start("proxy", layout.proxy_command(twistd), layout.data / "proxy.log")
+        print(f"starting {len(layout.http_ports)} replicas and the proxy"
+              f" (logs in {layout.data}/) ...")
+        deadline = time.monotonic() + READY_TIMEOUT
+        view = None
+        while view is None:
+            for name, code, log in supervisor.exited():
+                print(f"distpotify-cluster: {name} exited with status {code}:\n{tail(log)}",
+                      file=sys.stderr)
+                return 1
+            if time.monotonic() > deadline:
+                print(f"distpotify-cluster: no leader after {READY_TIMEOUT:.0f} s; see the"
+                      f" logs in {layout.data}/", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+            view = cluster_view(layout)
+        print(banner(layout, view))
+        if library_size(layout) == 0 and want_demos(demo):
+            print(f"added {add_demos(layout.proxy_port)} demo tracks")
+        print("running; Ctrl-C stops everything", flush=True)
+        while True:
+            for name, code, _ in supervisor.exited():
+                print(f"{name} exited (status {code}); the others go on", flush=True)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        supervisor.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("stopped", flush=True)
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    default = Layout()
+    parser = argparse.ArgumentParser(
+        prog="distpotify-cluster",
+        description="Run three Distpotify replicas and the proxy on this machine.")
+    parser.add_argument("--data", type=Path, default=default.data,
+                        help="directory for replica data and logs [default: data]")
+    parser.add_argument("--http-ports", type=_ports, default=default.http_ports,
+                        help="replica HTTP ports [default: 8001,8002,8003]")
+    parser.add_argument("--amp-ports", type=_ports, default=default.amp_ports,
+                        help="replica AMP (election) ports [default: 9001,9002,9003]")
+    parser.add_argument("--proxy-port", type=int, default=default.proxy_port,
+                        help="the proxy's port [default: 8080]")
+    parser.add_argument("--cluster", default=default.cluster, help="cluster name")
+    parser.add_argument("--multicast-port", type=int, default=default.multicast_port,
+                        help="heartbeat UDP port [default: 7946]")
+    demo = parser.add_mutually_exclusive_group()
+    demo.add_argument("--demo", action="store_true", default=None,
+                      help="add demo tracks to an empty library without asking")
+    demo.add_argument("--no-demo", dest="demo", action="store_false",
+                      help="never add demo tracks")
+    args = parser.parse_args(argv)
+    if len(args.http_ports) != len(args.amp_ports) or not args.http_ports:
+        parser.error("--http-ports and --amp-ports need the same number of ports")
+    layout = Layout(args.data, args.http_ports, args.amp_ports, args.proxy_port, args.cluster,
+                    args.multicast_port)
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    return run(layout, args.demo, twistd)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,685 @@
+"""The proxy's public face: a ReverseProxyResource that forwards over a pooled Agent.
+
+Each request becomes an Exchange: it picks a replica (writes: the leader, reads: round-robin
+over followers), streams the spooled request body, and relays the response with backpressure.
+When a replica fails before the first byte reaches the client the request goes to the next
+one; after that the download resumes elsewhere with Range + If-Range of the same ETag. After
+three failed replicas the client gets 503, or a torn connection if bytes were already sent:
+never a short response dressed up as complete.
+"""
+# test-case-name: tests.unit.test_proxy_resource
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+import attrs
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, RequestNotSent, ResponseDone
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.proxy import ReverseProxyResource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from proxy.backends import Backend, BackendView
+from proxy.config import ProxyConfig
+from proxy.resume import Resume
+
+log = Logger()
+
+MAX_FAILED = 3
+READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+# RFC 9110 section 7.6.1: meant for the next hop only, never forwarded either way.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+    b"proxy-connection", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
+})
+# The Agent writes Host and Content-Length itself; twisted.web already answered Expect.
+_REQUEST_ONLY = frozenset({b"host", b"content-length", b"expect"})
+# A resumed request asks for fixed bytes of a fixed ETag: the client's conditions do not apply.
+_CONDITIONS = frozenset({
+    b"range", b"if-range", b"if-none-match", b"if-modified-since", b"if-match",
+    b"if-unmodified-since",
+})
+# Reads of one record that a lagging follower may not have yet (read-your-writes).
+_RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
+# POSTs that are safe to send twice: uploads deduplicate by content.
+_REPLAYABLE_POST = re.compile(rb"^/songs/?(\?|$)")
+MAX_SMALL_BODY = 64 * 1024
+
+
+def end_to_end(
+    headers: Headers, drop: Iterable[bytes] = ()
+) -> list[tuple[bytes, Sequence[bytes]]]:
+    """The headers meant for the far end: hop-by-hop ones and those Connection names removed."""
+    named = {
+        token.strip().lower()
+        for value in headers.getRawHeaders(b"connection", [])
+        for token in value.split(b",")
+    }
+    dropped = HOP_BY_HOP | named | frozenset(drop)
+    return [(name, values) for name, values in headers.getAllRawHeaders()
+            if name.lower() not in dropped]
+
+
+def _without_hop_by_hop(headers: Headers) -> Headers:
+    """``headers`` itself, with the hop-by-hop ones (rarely any) removed."""
+    for name in [name for name, _ in headers.getAllRawHeaders() if name.lower() in HOP_BY_HOP]:
+        headers.removeHeader(name)
+    return headers
+
+
+def _forwarded_headers(request: Request) -> Headers:
+    """The client's end-to-end request headers, plus X-Forwarded-For/-Proto/-Host."""
+    incoming = request.requestHeaders
+    headers = Headers(dict(end_to_end(incoming, _REQUEST_ONLY)))
+    client = getattr(request.getClientAddress(), "host", None)
+    if client:
+        chain = [*incoming.getRawHeaders(b"x-forwarded-for", []), str(client).encode()]
+        headers.setRawHeaders(b"X-Forwarded-For", [b", ".join(chain)])
+    headers.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+    host = incoming.getRawHeaders(b"host")
+    if host:
+        headers.setRawHeaders(b"X-Forwarded-Host", host[-1:])
+    return headers
+
+
+def describe(error: BaseException | Failure) -> str:
+    """One line naming a failure, unwrapping the Agent's exception lists."""
+    value = error.value if isinstance(error, Failure) else error
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        return "; ".join(describe(reason) for reason in reasons)
+    text = str(value).strip()
+    return f"{type(value).__name__}: {text}" if text else type(value).__name__
+
+
+@attrs.define
+class Counters:
+    """What /proxy/status reports about the requests the proxy has handled."""
+
+    requests: int = 0
+    retries: int = 0
+    resumes: int = 0
+    held_writes: int = 0
+    unavailable: int = 0
+    aborted: int = 0
+    client_gone: int = 0
+
+
+class UpstreamStalled(Exception):
+    """A replica sent no byte of a body for ``stall_timeout`` while the client was reading."""
+
+
+class ProxyResource(ReverseProxyResource):
+    """Forwards every request below it to a replica chosen per request by a BackendView.
+
+    A leaf: the request URI goes upstream exactly as the client sent it, query included.
+    The stock host, port and path of ReverseProxyResource are unused.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        view: BackendView,
+        agent: IAgent,
+        clock: IReactorTime,
+        config: ProxyConfig,
+        counters: Counters | None = None,
+        cooperator: Any = task,
+    ) -> None:
+        super().__init__("", 0, b"", reactor=clock)
+        self.view = view
+        self.agent = agent
+        self.clock = clock
+        self.config = config
+        self.counters = counters if counters is not None else Counters()
+        self.cooperator = cooperator
+
+    def getChild(self, path: bytes, request: Any) -> ProxyResource:
+        return self
+
+    def render(self, request: Request) -> int:
+        self.counters.requests += 1
+        Exchange(self, request).start()
+        return NOT_DONE_YET
+
+
+@attrs.frozen
+class _Failed:
+    reason: str
+    replayable: bool = True
+
+
+@attrs.frozen
+class _Redirect:
+    backend: Backend | None
+
+
+_DONE = object()
+
+
+class Exchange:
+    """One client request, from choosing a replica to the last byte (or the torn connection)."""
+
+    def __init__(self, resource: ProxyResource, request: Request) -> None:
+        self._resource = resource
+        self._request = request
+        self._view = resource.view
+        self._clock = resource.clock
+        self._config = resource.config
+        self._counters = resource.counters
+        self._write = request.method not in READ_METHODS
+        self._uri = request.uri
+        self._failures: list[str] = []
+        self._committed = False
+        self._resume: Resume | None = None
+        self._sent = 0
+        self._sink: _ClientSink | None = None
+        self._gone = False
+        self._run: Deferred[None] | None = None
+        self._forwarded: Headers | None = None
+
+    def start(self) -> None:
+        self._run = Deferred.fromCoroutine(self._forward())
+        self._run.addErrback(self._crashed)
+        self._request.notifyFinish().addErrback(self._client_gone)
+
+    # choosing replicas
+
+    async def _forward(self) -> None:
+        deadline = self._clock.seconds() + self._config.write_hold
+        tried: set[str] = set()
+        target: Backend | None = None
+        redirected = fell_back = False
+        while len(self._failures) < MAX_FAILED and not self._gone:
+            backend: Backend | None
+            if target is not None:
+                backend, target = target, None
+            elif self._write:
+                backend = await self._leader(deadline)
+            else:
+                backend = self._view.fresh_reader(tried) or await self._view.choose_reader(tried)
+            if backend is None:
+                break
+            tried.add(backend.url)
+            outcome = await self._attempt(backend, redirected, fell_back, tried)
+            if outcome is _DONE:
+                return
+            if isinstance(outcome, _Redirect):
+                redirected = redirected or self._write
+                fell_back = fell_back or not self._write
+                target = outcome.backend
+                if target is None and self._write:
+                    target = await self._leader(deadline)
+                    if target is None:
+                        break
+                continue
+            assert isinstance(outcome, _Failed)
+            self._failures.append(f"{backend.describe()}: {outcome.reason}")
+            if not outcome.replayable:
+                self._answer_error(502, "upstream_failed", (
+                    f"the leader failed while handling this {self._request.method.decode()};"
+                    f" it may or may not have been applied: {outcome.reason}"))
+                return
+            self._counters.retries += 1
+            log.info("{method} {uri}: {backend} failed ({reason}){action}",
+                     method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                     backend=backend.describe(), reason=outcome.reason,
+                     action=f"; resuming at byte {self._sent}" if self._committed else "")
+        self._give_up()
+
+    async def _leader(self, deadline: float) -> Backend | None:
+        leader = self._view.leader()
+        if leader is not None and leader.fresh(self._clock.seconds(), self._view.health_max_age):
+            return leader
+        self._counters.held_writes += 1
+        return await self._view.leader_within(deadline)
+
+    # one replica
+
+    async def _attempt(
+        self, backend: Backend, redirected: bool, fell_back: bool, tried: set[str]
+    ) -> object:
+        request = self._request
+        backend.forwarded += 1
+        d = self._resource.agent.request(
+            request.method, backend.url.encode() + self._uri, self._upstream_headers(),
+            self._body(),
+        )
+        timeout = self._config.write_timeout if self._write else self._config.response_timeout
+        d.addTimeout(timeout, self._clock)
+        superseded: list[Backend] = []
+        watch: Deferred[Backend] | None = None
+        if self._write:
+            # A leader that stops answering (SIGSTOP) holds a write until another is elected.
+            def supersede(new: Backend) -> None:
+                superseded.append(new)
+                d.cancel()
+
+            watch = self._view.leader_replaced(backend)
+            watch.addCallback(supersede)
+        try:
+            response: IResponse = await d
+        except Exception as e:  # the Agent wraps a cancellation in ResponseNeverReceived
+            if self._gone:
+                raise CancelledError() from e
+            if superseded:
+                return _Failed(f"{superseded[0].describe()} leads now",
+                               replayable=self._replayable())
+            # every other way of not getting an answer is this replica's failure
+            backend.failures += 1
+            self._view.mark_down(backend, describe(e))
+            certain = isinstance(e, ConnectError | RequestNotSent)
+            return _Failed(describe(e), replayable=certain or self._replayable())
+        finally:
+            if watch is not None and not superseded:
+                watch.cancel()
+        code = response.code
+        if self._committed:
+            assert self._resume is not None
+            why = self._resume.mismatch(code, response.headers, self._sent)
+            if why is not None:
+                backend.failures += 1
+                response.deliverBody(_Drop())
+                return _Failed(f"cannot resume: {why}")
+            self._counters.resumes += 1
+        elif self._write:
+            if code == 421 and not redirected:
+                named = _leader_named(await _small_body(response))
+                log.info("{method} {uri}: {backend} is not the leader; it names {named}",
+                         method=request.method.decode(), uri=self._uri.decode("latin-1"),
+                         backend=backend.describe(), named=named)
+                await self._view.refresh()
+                chosen = self._view.backend_at(named) if named else None
+                return _Redirect(chosen if chosen is not backend else None)
+        elif code >= 500:
+            backend.failures += 1
+            _discard(response)
+            return _Failed(f"answered {code}")
+        elif code == 404 and not fell_back and _RECORD_PATH.match(self._uri):
+            leader = self._view.leader()
+            if leader is not None and leader.url not in tried:
+                _discard(response)
+                return _Redirect(leader)
+        return await self._relay(backend, response)
+
+    async def _relay(self, backend: Backend, response: IResponse) -> object:
+        relay = _Relay(self, response, self._clock, self._config.stall_timeout)
+        response.deliverBody(relay)
+        reason = await relay.done
+        if reason is None:
+            if not self._committed:
+                self._commit(response)
+            if self._resume is not None and self._resume.remaining(self._sent) != 0:
+                self._abort(f"{backend.describe()} ended the body {self._sent} bytes in")
+            else:
+                self._finish()
+            return _DONE
+        backend.failures += 1
+        self._view.mark_down(backend, describe(reason))
+        if not self._committed:
+            return _Failed(describe(reason), replayable=self._replayable())
+        if self._resume is None:
+            self._abort(f"{backend.describe()} failed mid-body ({describe(reason)})"
+                        " and the response cannot be resumed")
+            return _DONE
+        if self._resume.remaining(self._sent) == 0:
+            self._finish()
+            return _DONE
+        return _Failed(describe(reason))
+
+    def _replayable(self) -> bool:
+        """May a write whose delivery is uncertain be sent again? Only if repeating is harmless."""
+        method = self._request.method
+        if method in READ_METHODS or method in (b"PUT", b"PATCH", b"DELETE"):
+            return True
+        if _REPLAYABLE_POST.match(self._uri):
+            return True
+        if self._uri.rstrip(b"/") == b"/playlists":
+            return "id" in _json_object(self._request.content)
+        return False
+
+    def _upstream_headers(self) -> Headers:
+        """The headers every attempt sends: the client's end-to-end ones plus X-Forwarded-*;
+        a resume asks for the missing bytes of the first response's ETag instead."""
+        if self._forwarded is None:
+            self._forwarded = _forwarded_headers(self._request)
+        if not self._committed:
+            return self._forwarded
+        assert self._resume is not None
+        headers = self._forwarded.copy()
+        for name in _CONDITIONS:
+            headers.removeHeader(name)
+        headers.setRawHeaders(b"Range", [self._resume.range_header(self._sent).encode()])
+        headers.setRawHeaders(b"If-Range", [self._resume.etag.encode()])
+        return headers
+
+    def _body(self) -> IBodyProducer | None:
+        content = self._request.content
+        if content is None:
+            return None
+        size = content.seek(0, os.SEEK_END)
+        if size == 0 and not self._write:
+            return None
+        content.seek(0)
+        return FileBodyProducer(_KeepOpen(content), cooperator=self._resource.cooperator)
+
+    # the client's side
+
+    def _deliver(self, relay: _Relay, response: IResponse, data: bytes) -> None:
+        if not self._committed:
+            self._commit(response)
+        if self._sink is None:
+            self._sink = _ClientSink(self._client_gone)
+            self._request.registerProducer(self._sink, True)
+            # HTTPChannel does not pause a producer registered while the client's buffer is
+            # already full; it would only hear of it once the buffer drained.
+            if getattr(self._request.channel, "_waitingForTransport", False):
+                self._sink.pauseProducing()
+        self._sink.attach(relay)
+        self._sent += len(data)
+        self._request.write(data)
+
+    def _detach(self, relay: _Relay) -> None:
+        if self._sink is not None:
+            self._sink.detach(relay)
+
+    def _commit(self, response: IResponse) -> None:
+        """Send the first replica's status and headers: from now on the response is the client's."""
+        request = self._request
+        request.setResponseCode(response.code, response.phrase)
+        date = request.responseHeaders.getRawHeaders(b"date")
+        # The Agent keeps connection headers (Connection, Content-Length, ...) out of these.
+        request.responseHeaders = _without_hop_by_hop(response.headers)
+        if date and not request.responseHeaders.hasHeader(b"date"):
+            request.responseHeaders.setRawHeaders(b"date", date)
+        length = _length(response)
+        if length is not None and request.method != b"HEAD" and response.code not in NO_BODY_CODES:
+            request.setHeader(b"Content-Length", str(length).encode())
+        self._resume = Resume.of(request.method, response.code, response.headers, length)
+        self._committed = True
+
+    def _finish(self) -> None:
+        if self._gone:
+            return
+        if self._sink is not None:
+            self._request.unregisterProducer()
+        self._request.finish()
+
+    def _abort(self, why: str) -> None:
+        """Tear the client's connection: it must not take a short body for the whole one."""
+        if self._gone:
+            return
+        log.warn("{method} {uri}: aborting the client's connection after {sent} bytes: {why}",
+                 method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                 sent=self._sent, why=why)
+        self._counters.aborted += 1
+        self._gone = True  # our doing, not the client's: nothing more is written to it
+        if self._sink is not None:
+            self._request.unregisterProducer()
+        transport = self._request.channel.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _give_up(self) -> None:
+        if self._gone:
+            return
+        if self._committed:
+            self._abort("; ".join(self._failures) or "no replica left")
+            return
+        self._counters.unavailable += 1
+        if self._write and not self._failures:
+            message = f"no leader elected within {self._config.write_hold:g} s; retry shortly"
+            self._answer_error(503, "no_leader", message)
+            return
+        detail = "; ".join(self._failures) or "no healthy replica"
+        self._answer_error(503, "unavailable", f"no replica could answer: {detail}")
+
+    def _answer_error(self, status: int, code: str, message: str) -> None:
+        if self._gone:
+            return
+        log.info("{method} {uri} -> {status} {code}: {message}",
+                 method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                 status=status, code=code, message=message)
+        body = json.dumps({"error": code, "message": message}).encode()
+        request = self._request
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        if status == 503:
+            request.setHeader(b"Retry-After", b"1")
+        request.write(body)
+        request.finish()
+
+    def _client_gone(self, reason: object = None) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        self._counters.client_gone += 1
+        if self._run is not None:
+            self._run.cancel()
+
+    def _crashed(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and self._gone:
+            return
+        log.failure("{method} {uri}: the proxy failed", failure,
+                    method=self._request.method.decode(), uri=self._uri.decode("latin-1"))
+        if self._committed:
+            self._abort("internal error")
+        elif not self._gone and not self._request.finished:
+            self._answer_error(502, "proxy_error", "the proxy failed to forward this request")
+
+
+@implementer(IPushProducer)
+class _ClientSink:
+    """The request's one producer: the client's pace, applied to whichever replica is sending."""
+
+    def __init__(self, on_stop: Any) -> None:
+        self._on_stop = on_stop
+        self._relay: _Relay | None = None
+        self.paused = False
+
+    def attach(self, relay: _Relay) -> None:
+        if self._relay is not relay:
+            self._relay = relay
+            if self.paused:
+                relay.pause()
+
+    def detach(self, relay: _Relay) -> None:
+        if self._relay is relay:
+            self._relay = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._relay is not None:
+            self._relay.pause()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._relay is not None:
+            self._relay.resume()
+
+    def stopProducing(self) -> None:
+        self._on_stop()
+
+
+class _Relay(Protocol):
+    """Receives one upstream body and hands it to the exchange; ``done`` fires with None after
+    ResponseDone, or with the exception of any other end (a loss, a stall): never errbacks."""
+
+    def __init__(
+        self, exchange: Exchange, response: IResponse, clock: IReactorTime, stall_timeout: float
+    ) -> None:
+        self._exchange = exchange
+        self._response = response
+        self._clock = clock
+        self._stall_timeout = stall_timeout
+        self._timer: IDelayedCall | None = None
+        self._paused = False
+        self._stalled = False
+        self.done: Deferred[BaseException | None] = Deferred(self._cancel)
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm()
+        self._exchange._deliver(self, self._response, data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disarm()
+        self._exchange._detach(self)
+        if self.done.called:
+            return
+        if self._stalled:
+            self.done.callback(UpstreamStalled(f"no data for {self._stall_timeout:g} s"))
+        else:
+            self.done.callback(None if reason.check(ResponseDone) else reason.value)
+
+    def pause(self) -> None:
+        self._paused = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        self._paused = False
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the stall timer; it runs only while the client is willing to read."""
+        if self._paused or self.done.called:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._stall_timeout)
+        else:
+            self._timer = self._clock.callLater(self._stall_timeout, self._stall)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _stall(self) -> None:
+        self._timer = None
+        self._stalled = True
+        self._stop()
+
+    def _cancel(self, d: Deferred[BaseException | None]) -> None:
+        self._disarm()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class _Drop(Protocol):
+    """Closes a response's connection without reading its body (a whole song, maybe)."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+class _Discard(Protocol):
+    """Reads an unwanted body to its end, so the connection can go back to the pool."""
+
+    def __init__(self) -> None:
+        self._left = MAX_SMALL_BODY
+
+    def dataReceived(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0 and self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+def _length(response: IResponse) -> int | None:
+    """The body length the replica declared (Content-Length), or None if it did not."""
+    length = response.length
+    return length if isinstance(length, int) else None
+
+
+def _discard(response: IResponse) -> None:
+    response.deliverBody(_Discard())
+
+
+class _Collect(Protocol):
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_SMALL_BODY:
+            if self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(b"".join(self.parts))
+
+
+async def _small_body(response: IResponse) -> bytes:
+    """A short JSON body (a 421's), whole or cut at MAX_SMALL_BODY; never fails."""
+    collect = _Collect()
+    response.deliverBody(collect)
+    return await collect.done
+
+
+def _leader_named(body: bytes) -> str | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    leader = value.get("leader_http") if isinstance(value, dict) else None
+    return leader.rstrip("/") if isinstance(leader, str) and leader else None
+
+
+def _json_object(content: IO[bytes] | None) -> dict[str, Any]:
+    if content is None:
+        return {}
+    content.seek(0)
+    data = content.read(MAX_SMALL_BODY + 1)
+    content.seek(0)
+    try:
+        value = json.loads(data) if len(data) <= MAX_SMALL_BODY else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class _KeepOpen:
+    """The spooled request body, readable again for a retry (FileBodyProducer closes files)."""
+
+    def __init__(self, content: IO[bytes]) -> None:
+        self._content = content
+
+    def read(self, size: int = -1) -> bytes:
+        return self._content.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._content.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._content.tell()
+
+    def close(self) -> None:
+        """Left open: the request owns the spool file and may need it for the next attempt."""

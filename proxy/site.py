@@ -1,0 +1,93 @@
+"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/sync/*`` refused,
+and everything else forwarded by ProxyResource.
+"""
+# test-case-name: tests.unit.test_proxy_resource
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import IResource, Resource
+from twisted.web.static import File
+
+log = Logger()
+
+# The replicas' API roots: forwarded even if the player ever ships a file of the same name.
+API_ROOTS = frozenset({b"status", b"songs", b"playlists"})
+
+
+def json_body(request: server.Request, status: int, value: Any) -> bytes:
+    body = json.dumps(value, indent=1).encode() + b"\n"
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+class JsonNotFound(Resource):
+    """``/sync/*`` belongs to the replicas among themselves: never reachable through here."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        return json_body(request, 404, {
+            "error": "not_found",
+            "message": "/sync/ is internal to the cluster and not served by the proxy",
+        })
+
+
+class ProxyStatus(Resource):
+    isLeaf = True
+
+    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._report = report
+
+    def render_GET(self, request: server.Request) -> bytes:
+        return json_body(request, 200, self._report())
+
+
+class ProxyRoot(Resource):
+    def __init__(self, forward: IResource, report: Callable[[], dict[str, Any]],
+                 web_dir: Path) -> None:
+        super().__init__()
+        self._forward = forward
+        self._web_dir = web_dir
+        self._web = File(str(web_dir)) if web_dir.is_dir() else None
+        proxy = Resource()
+        proxy.putChild(b"status", ProxyStatus(report))
+        self.putChild(b"proxy", proxy)
+        self.putChild(b"sync", JsonNotFound())
+
+    def getChild(self, path: bytes, request: server.Request) -> IResource:
+        if path not in API_ROOTS and self._web is not None and self._is_web_file(path):
+            return self._web.getChild(path, request)
+        return self._forward
+
+    def _is_web_file(self, path: bytes) -> bool:
+        if path == b"":
+            return True
+        name = path.decode("utf-8", "replace")
+        return not name.startswith(".") and (self._web_dir / name).exists()
+
+    def render(self, request: server.Request) -> Any:
+        return self._forward.render(request)
+
+
+class ProxySite(server.Site):
+    def __init__(self, resource: IResource, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def log(self, request: http.Request) -> None:
+        """Access lines only for the proxy's own failures; retries and resumes log themselves."""
+        if request.code >= 500:
+            log.info("{method} {uri} -> {code}", method=request.method.decode(),
+                     uri=request.uri.decode("utf-8", "replace"), code=request.code)

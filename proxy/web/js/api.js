@@ -1,0 +1,177 @@
+// The music API of the proxy (same origin, DESIGN section 3): JSON calls, uploads with
+// progress, and the replica that answered each one (X-Served-By).
+
+export const PAGE_MAX = 500; // the replicas' largest page of /songs
+
+// Fired with {node, path} after every answer that names the replica which served it.
+export const served = new EventTarget();
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status; // 0: the proxy could not be reached
+    this.code = code;
+  }
+
+  describe() {
+    return this.status ? `${this.message} (${this.status})` : this.message;
+  }
+}
+
+const RETRY_503_FOR_MS = 30_000;
+
+function noteServedBy(headerValue, path) {
+  if (headerValue) served.dispatchEvent(new CustomEvent("served", { detail: { node: headerValue, path } }));
+}
+
+async function errorFrom(response) {
+  let code = `http_${response.status}`;
+  let message = response.statusText || `HTTP ${response.status}`;
+  try {
+    const body = await response.json();
+    if (body && typeof body === "object") {
+      code = body.error || code;
+      message = body.message || body.error || message;
+    }
+  } catch {
+    // not JSON: keep the status line
+  }
+  return new ApiError(response.status, code, message);
+}
+
+export function retryDelayMs(retryAfter, attempt) {
+  const seconds = Number.parseFloat(retryAfter);
+  const base = Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : 500 * 2 ** attempt;
+  return Math.min(Math.max(base, 250), 5000);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// One API call; JSON in and out. A 503 on a write (no leader during an election) is retried
+// after Retry-After for up to 30 s, telling `onRetry` so the page can say why it waits.
+export async function call(path, { method = "GET", json, signal, onRetry } = {}) {
+  const init = { method, signal, headers: { Accept: "application/json" } };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["Content-Type"] = "application/json";
+  }
+  const started = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+      throw new ApiError(0, "network", "Cannot reach the Distpotify proxy");
+    }
+    noteServedBy(response.headers.get("X-Served-By"), path);
+    if (response.status === 503 && method !== "GET" && Date.now() - started < RETRY_503_FOR_MS) {
+      const error = await errorFrom(response);
+      onRetry?.(error, attempt);
+      await sleep(retryDelayMs(response.headers.get("Retry-After"), attempt));
+      continue;
+    }
+    if (!response.ok) throw await errorFrom(response);
+    if (response.status === 204) return null;
+    return response.json();
+  }
+}
+
+export const songs = {
+  search: ({ q, artist, album, limit = 100, offset = 0 } = {}, signal) => {
+    const query = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+    if (q) query.set("q", q);
+    if (artist) query.set("artist", artist);
+    if (album) query.set("album", album);
+    return call(`/songs?${query}`, { signal });
+  },
+  get: (id) => call(`/songs/${encodeURIComponent(id)}`),
+  streamUrl: (id) => `/songs/${encodeURIComponent(id)}/stream`,
+};
+
+// Every song matching `filter`, page after page (for sorting, artist and album views).
+export async function allSongs(filter = {}, signal) {
+  const found = [];
+  for (;;) {
+    const page = await songs.search({ ...filter, limit: PAGE_MAX, offset: found.length }, signal);
+    found.push(...page.songs);
+    if (page.songs.length < PAGE_MAX || found.length >= page.total) return found;
+  }
+}
+
+export const playlists = {
+  list: () => call("/playlists").then((body) => body.playlists),
+  get: (id) => call(`/playlists/${encodeURIComponent(id)}`).then((body) => body.playlist),
+  create: (name, onRetry) =>
+    // Our own id makes a create retried after a lost answer land once.
+    call("/playlists", { method: "POST", json: { id: crypto.randomUUID(), name }, onRetry })
+      .then((body) => body.playlist),
+  rename: (id, name, onRetry) =>
+    call(`/playlists/${encodeURIComponent(id)}`, { method: "PATCH", json: { name }, onRetry })
+      .then((body) => body.playlist),
+  remove: (id, onRetry) => call(`/playlists/${encodeURIComponent(id)}`, { method: "DELETE", onRetry }),
+  addItem: (id, songId, onRetry) =>
+    call(`/playlists/${encodeURIComponent(id)}/items`, { method: "POST", json: { song_id: songId }, onRetry })
+      .then((body) => body.item),
+  removeItem: (id, itemId, onRetry) =>
+    call(`/playlists/${encodeURIComponent(id)}/items/${encodeURIComponent(itemId)}`, { method: "DELETE", onRetry }),
+};
+
+export const cluster = {
+  proxy: () => call("/proxy/status"),
+  replica: () => call("/status"),
+};
+
+const AUDIO_TYPES = {
+  mp3: "audio/mpeg", ogg: "audio/ogg", oga: "audio/ogg", opus: "audio/ogg", flac: "audio/flac",
+  wav: "audio/wav", m4a: "audio/mp4", aac: "audio/aac",
+};
+
+export function audioTypeOf(file) {
+  if (file.type.startsWith("audio/")) return file.type;
+  const extension = file.name.split(".").pop().toLowerCase();
+  return AUDIO_TYPES[extension] || null;
+}
+
+// POST /songs with upload progress (fetch cannot report it). Audio goes as the raw body with
+// its type; anything else as multipart, so the replica itself says why it refuses it (415).
+// Resolves {song, duplicate}; rejects with ApiError. 503 (an election) is retried.
+export function upload(file, { onProgress, onRetry } = {}) {
+  const type = audioTypeOf(file);
+  const started = Date.now();
+  const attempt = (n) => new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", type ? `/songs?${new URLSearchParams({ filename: file.name })}` : "/songs");
+    xhr.responseType = "json";
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.onprogress = (event) => onProgress?.(event.loaded, event.lengthComputable ? event.total : file.size);
+    xhr.onload = () => {
+      noteServedBy(xhr.getResponseHeader("X-Served-By"), "/songs");
+      const body = xhr.response;
+      if (xhr.status === 200 || xhr.status === 201) {
+        resolve({ song: body.song, duplicate: xhr.status === 200 });
+        return;
+      }
+      const error = new ApiError(xhr.status, body?.error || `http_${xhr.status}`,
+        body?.message || xhr.statusText || `HTTP ${xhr.status}`);
+      if (xhr.status === 503 && Date.now() - started < RETRY_503_FOR_MS) {
+        onRetry?.(error, n);
+        setTimeout(() => attempt(n + 1).then(resolve, reject),
+          retryDelayMs(xhr.getResponseHeader("Retry-After"), n));
+        return;
+      }
+      reject(error);
+    };
+    xhr.onerror = () => reject(new ApiError(0, "network",
+      "The connection closed during the upload (the proxy is unreachable, or the file is too large)"));
+    if (type) {
+      xhr.setRequestHeader("Content-Type", type);
+      xhr.send(file);
+    } else {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      xhr.send(form);
+    }
+  });
+  return attempt(0);
+}

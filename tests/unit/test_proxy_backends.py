@@ -1,0 +1,335 @@
+"""The proxy's backend view with a Clock: who leads, who reads, health with a maximum age."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+
+from proxy.backends import Backend, BackendView
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Replicas:
+    """Scripted /status answers by URL; ``hang`` leaves a poll unanswered."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, dict[str, Any]] = {}
+        self.down: set[str] = set()
+        self.hang: set[str] = set()
+        self.asked: list[str] = []
+        self.hanging: list[Deferred[dict[str, Any]]] = []
+
+    def add(self, node_id: int, role: str = "follower", **fields: Any) -> str:
+        url = f"http://127.0.0.1:800{node_id}"
+        self.status[url] = {"node_id": node_id, "role": role, "state": "ACTIVE", "epoch": 1,
+                            "peers": [], **fields}
+        return url
+
+    def fetch(self, url: str) -> Deferred[dict[str, Any]]:
+        self.asked.append(url)
+        if url in self.hang:
+            d: Deferred[dict[str, Any]] = Deferred()
+            self.hanging.append(d)
+            return d
+        if url in self.down:
+            return fail(ConnectionRefusedError())
+        return succeed(dict(self.status[url]))
+
+
+@pytest.fixture
+def replicas() -> Replicas:
+    r = Replicas()
+    r.add(1)
+    r.add(2)
+    r.add(3, role="leader")
+    return r
+
+
+def make_view(replicas: Replicas, clock: Clock, urls: list[str] | None = None) -> BackendView:
+    view = BackendView(urls or list(replicas.status), replicas.fetch, clock,
+                       poll_interval=0.25, health_max_age=0.5, check_timeout=0.3)
+    view.poll_all()
+    return view
+
+
+def result(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
+
+
+def node(backend: Backend | None) -> int | None:
+    return None if backend is None else backend.node_id
+
+
+def test_the_leader_is_the_replica_that_says_so() -> None:
+    replicas, clock = Replicas(), Clock()
+    replicas.add(1, role="leader")
+    replicas.add(2)
+    view = make_view(replicas, clock)
+
+    assert node(view.leader()) == 1
+    assert [b.node_id for b in view.readers()] == [2]
+
+
+def test_of_two_claimed_leaders_the_highest_epoch_then_node_id_wins(replicas: Replicas) -> None:
+    replicas.status["http://127.0.0.1:8001"].update(role="leader", epoch=2)
+
+    view = make_view(replicas, Clock())
+
+    assert node(view.leader()) == 1
+    assert [b.node_id for b in view.readers()] == [2, 3]
+
+
+def test_equal_epochs_are_decided_by_node_id(replicas: Replicas) -> None:
+    replicas.status["http://127.0.0.1:8001"]["role"] = "leader"
+
+    assert node(make_view(replicas, Clock()).leader()) == 3
+
+
+def test_joining_and_unreachable_replicas_do_not_read(replicas: Replicas) -> None:
+    replicas.status["http://127.0.0.1:8001"]["state"] = "JOINING"
+    replicas.down.add("http://127.0.0.1:8002")
+
+    view = make_view(replicas, Clock())
+
+    assert view.readers() == []
+    assert node(result(view.choose_reader())) == 3
+
+
+def test_readers_take_turns(replicas: Replicas) -> None:
+    view = make_view(replicas, Clock())
+
+    chosen = [node(result(view.choose_reader())) for _ in range(4)]
+
+    assert chosen == [1, 2, 1, 2]
+
+
+def test_choosing_skips_excluded_replicas_and_falls_back_to_the_leader(
+    replicas: Replicas,
+) -> None:
+    view = make_view(replicas, Clock())
+    urls = sorted(replicas.status)
+
+    assert node(result(view.choose_reader({urls[0]}))) == 2
+    assert node(result(view.choose_reader({urls[0], urls[1]}))) == 3
+    assert result(view.choose_reader(set(urls))) is None
+
+
+def test_a_fresh_status_is_trusted_without_asking_again(replicas: Replicas) -> None:
+    clock = Clock()
+    view = make_view(replicas, clock)
+    clock.advance(0.4)
+    asked = len(replicas.asked)
+
+    result(view.choose_reader())
+
+    assert len(replicas.asked) == asked
+
+
+def test_a_stale_status_is_checked_before_the_replica_is_chosen(replicas: Replicas) -> None:
+    clock = Clock()
+    view = make_view(replicas, clock)
+    clock.advance(0.6)
+
+    chosen = result(view.choose_reader())
+
+    assert node(chosen) == 1
+    assert replicas.asked[-1] == "http://127.0.0.1:8001"
+
+
+def test_a_stale_replica_that_does_not_answer_its_check_in_time_is_passed_over(
+    replicas: Replicas,
+) -> None:
+    clock = Clock()
+    view = make_view(replicas, clock)
+    clock.advance(0.6)
+    replicas.hang.add("http://127.0.0.1:8001")
+
+    d = view.choose_reader()
+    assert not d.called
+    clock.advance(0.3)
+
+    assert node(result(d)) == 2
+
+
+def test_a_replica_marked_down_by_a_request_is_avoided_until_it_answers_again(
+    replicas: Replicas,
+) -> None:
+    clock = Clock()
+    view = make_view(replicas, clock)
+    first = view.backends["http://127.0.0.1:8001"]
+
+    view.mark_down(first, "connection refused")
+
+    assert [node(result(view.choose_reader())) for _ in range(3)] == [2, 2, 2]
+    view.poll_all()
+    assert first.healthy
+
+
+def test_an_answer_asked_before_a_failure_does_not_revive_the_replica(
+    replicas: Replicas,
+) -> None:
+    clock = Clock()
+    view = make_view(replicas, clock)
+    url = "http://127.0.0.1:8001"
+    replicas.hang.add(url)
+    view.poll(view.backends[url])
+    view.mark_down(view.backends[url], "reset")
+
+    replicas.hanging[0].callback(dict(replicas.status[url]))
+
+    assert not view.backends[url].healthy
+
+
+def test_polls_in_flight_are_shared(replicas: Replicas) -> None:
+    view = make_view(replicas, Clock())
+    replicas.hang.add("http://127.0.0.1:8001")
+    backend = view.backends["http://127.0.0.1:8001"]
+    asked = len(replicas.asked)
+
+    first, second = view.poll(backend), view.poll(backend)
+    replicas.hanging[0].callback(dict(replicas.status["http://127.0.0.1:8001"]))
+
+    assert len(replicas.asked) == asked + 1
+    assert result(first) is True and result(second) is True
+
+
+def test_polling_runs_every_interval_and_survives_failures(replicas: Replicas) -> None:
+    clock = Clock()
+    view = BackendView(list(replicas.status), replicas.fetch, clock, poll_interval=0.25)
+    view.start()
+    replicas.down.add("http://127.0.0.1:8002")
+    clock.pump([0.25] * 4)
+
+    assert replicas.asked.count("http://127.0.0.1:8001") == 5
+    assert not view.backends["http://127.0.0.1:8002"].healthy
+    view.stop()
+
+
+def test_an_unanswered_poll_times_out_and_marks_the_replica_unhealthy(
+    replicas: Replicas,
+) -> None:
+    clock = Clock()
+    view = make_view(replicas, clock)
+    url = "http://127.0.0.1:8003"
+    replicas.hang.add(url)
+
+    view.poll(view.backends[url])
+    clock.advance(0.3)
+
+    assert not view.backends[url].healthy
+    assert view.leader() is None
+    assert "Timeout" in (view.backends[url].last_error or "")
+
+
+def test_a_malformed_status_is_a_failed_poll(replicas: Replicas) -> None:
+    replicas.status["http://127.0.0.1:8001"] = {"hello": "world"}  # type: ignore[dict-item]
+
+    view = make_view(replicas, Clock())
+
+    assert not view.backends["http://127.0.0.1:8001"].healthy
+
+
+def test_peers_listed_by_a_replica_join_the_view(replicas: Replicas) -> None:
+    new = replicas.add(4)
+    replicas.status["http://127.0.0.1:8003"]["peers"] = [
+        {"node_id": 4, "http": new, "role": "follower", "state": "ACTIVE"},
+        {"node_id": 1, "http": "http://localhost:8001", "role": "follower", "state": "ACTIVE"},
+    ]
+
+    view = make_view(replicas, Clock(), urls=sorted(replicas.status)[:3])
+
+    assert new in view.backends and not view.backends[new].configured
+    assert view.backends[new].healthy
+    assert "http://localhost:8001" not in view.backends  # node 1 is known by another address
+    assert [b.node_id for b in view.readers()] == [1, 2, 4]
+
+
+def test_the_leader_a_follower_names_joins_the_view() -> None:
+    replicas, clock = Replicas(), Clock()
+    follower = replicas.add(1, leader_id=2, leader_http="http://127.0.0.1:8002")
+    replicas.add(2, role="leader")
+
+    view = make_view(replicas, clock, urls=[follower])
+
+    assert node(view.leader()) == 2
+
+
+def test_waiting_for_a_leader_ends_when_one_is_elected(replicas: Replicas) -> None:
+    clock = Clock()
+    replicas.status["http://127.0.0.1:8003"]["role"] = "candidate"
+    view = make_view(replicas, clock)
+    view.start()
+
+    d = view.leader_within(clock.seconds() + 5)
+    clock.advance(1.0)
+    assert not d.called
+    replicas.status["http://127.0.0.1:8002"].update(role="leader", epoch=2)
+    clock.advance(0.25)
+
+    assert node(result(d)) == 2
+    view.stop()
+
+
+def test_waiting_for_a_leader_gives_up_at_the_deadline(replicas: Replicas) -> None:
+    clock = Clock()
+    replicas.status["http://127.0.0.1:8003"]["role"] = "candidate"
+    view = make_view(replicas, clock)
+    view.start()
+
+    d = view.leader_within(clock.seconds() + 2)
+    clock.pump([0.25] * 7)
+    assert not d.called
+    clock.pump([0.25] * 2)
+
+    assert result(d) is None
+    view.stop()
+
+
+def test_cancelling_a_wait_for_a_leader_leaves_nothing_behind(replicas: Replicas) -> None:
+    clock = Clock()
+    replicas.status["http://127.0.0.1:8003"]["role"] = "candidate"
+    view = make_view(replicas, clock)
+
+    d = view.leader_within(clock.seconds() + 5)
+    d.addErrback(lambda _: None)
+    d.cancel()
+
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_new_leader_is_announced_to_whoever_waits_on_the_old_one(replicas: Replicas) -> None:
+    view = make_view(replicas, Clock())
+    old = view.backends["http://127.0.0.1:8003"]
+    replaced = view.leader_replaced(old)
+    view.poll_all()
+    assert not replaced.called
+
+    replicas.status["http://127.0.0.1:8002"].update(role="leader", epoch=2)
+    view.poll_all()
+
+    assert node(result(replaced)) == 2
+
+
+def test_snapshot_reports_every_backend(replicas: Replicas) -> None:
+    clock = Clock()
+    replicas.down.add("http://127.0.0.1:8002")
+    view = make_view(replicas, clock)
+    clock.advance(0.1)
+
+    snapshot = view.snapshot()
+
+    assert snapshot["leader"] == {"node_id": 3, "http": "http://127.0.0.1:8003", "epoch": 1}
+    assert snapshot["readers"] == ["http://127.0.0.1:8001"]
+    assert [b["node_id"] for b in snapshot["backends"]] == [1, 3, None]  # by node id
+    down = snapshot["backends"][2]
+    assert (down["http"], down["healthy"]) == ("http://127.0.0.1:8002", False)
+    assert "ConnectionRefused" in down["last_error"]
+    assert snapshot["backends"][0]["status_age_ms"] == 100

@@ -1,0 +1,521 @@
+"""The proxy resource in memory against fake replicas, with a Clock: routing, retries, resume,
+backpressure, and what a client sees when replicas fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers.proxy import FakeReplica, ProxyHarness
+
+pytestmark = pytest.mark.timeout(30)
+
+CONTENT = bytes(range(256)) * 1000  # 256,000 bytes, every offset distinguishable mod 256
+SONG = "/songs/0b0c8a4e-0000-4000-8000-000000000001/stream"
+
+
+def cluster(**leader: object) -> list[FakeReplica]:
+    """Followers 1 and 2 and leader 3, all serving CONTENT under ETag "e1"."""
+    nodes = [FakeReplica(1, content=CONTENT), FakeReplica(2, content=CONTENT),
+             FakeReplica(3, role="leader", content=CONTENT)]
+    for name, value in leader.items():
+        setattr(nodes[2], name, value)
+    for node in nodes:
+        node.leader_id, node.leader_http = 3, nodes[2].url
+    return nodes
+
+
+@pytest.fixture
+def nodes() -> list[FakeReplica]:
+    return cluster()
+
+
+@pytest.fixture
+def proxy(nodes: list[FakeReplica]) -> ProxyHarness:
+    return ProxyHarness(nodes)
+
+
+# reads
+
+
+def test_a_read_goes_to_a_follower_and_comes_back_whole_with_x_served_by(
+    proxy: ProxyHarness,
+) -> None:
+    answer = proxy.get(SONG).answer()
+
+    assert answer.status == 200 and answer.complete
+    assert answer.body == CONTENT
+    assert answer.headers["x-served-by"] in ("1", "2")
+    assert answer.headers["content-length"] == str(len(CONTENT))
+    assert answer.headers["etag"] == '"e1"'
+
+
+def test_reads_alternate_between_followers_and_never_reach_the_leader(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    served = [proxy.get("/songs").answer().headers["x-served-by"] for _ in range(6)]
+
+    assert sorted(served) == ["1", "1", "1", "2", "2", "2"]
+    assert served[0] != served[1]
+    assert nodes[2].received == []
+
+
+def test_reads_use_the_leader_only_when_no_follower_is_healthy(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].down = nodes[1].down = True
+    proxy.poll()
+
+    answer = proxy.get("/songs").answer()
+
+    assert answer.headers["x-served-by"] == "3"
+
+
+def test_headers_are_forwarded_end_to_end_only(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    conn = proxy.get("/songs?q=x", {
+        "Connection": "keep-alive, X-Secret", "X-Secret": "hop", "Keep-Alive": "timeout=5",
+        "TE": "trailers", "Proxy-Authorization": "Basic eA==", "Accept": "application/json",
+        "X-Forwarded-For": "198.51.100.1",
+    })
+    sent = next(s for node in nodes for s in node.received)
+    answer = conn.answer()
+
+    assert sent.path == b"/songs?q=x"
+    assert sent.header("Accept") == "application/json"
+    for hop in ("X-Secret", "Keep-Alive", "TE", "Proxy-Authorization", "Connection", "Host"):
+        assert sent.header(hop) is None, hop
+    assert sent.header("X-Forwarded-For") == "198.51.100.1, 192.0.2.7"
+    assert sent.header("X-Forwarded-Proto") == "http"
+    assert sent.header("X-Forwarded-Host") == "proxy.example"
+    assert "keep-alive" not in answer.headers
+    assert answer.headers.get("connection") != "keep-alive"
+
+
+# failures before the response starts
+
+
+def test_a_refused_replica_is_skipped_and_avoided_until_it_answers_status(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].down = True  # dies after the last poll: the view still thinks it healthy
+
+    answers = [proxy.get("/songs").answer() for _ in range(4)]
+
+    assert [a.status for a in answers] == [200] * 4
+    assert {a.headers["x-served-by"] for a in answers} == {"2"}
+    assert len(nodes[0].received) == 1
+    assert proxy.counters.retries == 1
+
+
+def test_a_5xx_before_the_body_goes_to_the_next_replica(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].status_code, nodes[1].status_code = 503, 503
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.status == 200 and answer.body == CONTENT
+    assert answer.headers["x-served-by"] == "3"
+
+
+def test_a_replica_that_does_not_answer_in_time_is_replaced(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].hang = nodes[1].hang = True
+
+    conn = proxy.get(SONG)
+    for _ in range(2):
+        proxy.clock.advance(proxy.config.response_timeout)
+        proxy.settle()
+
+    assert conn.answer().body == CONTENT
+    assert all(d.called for node in nodes[:2] for d in node.pending)
+
+
+def test_three_replicas_failing_before_any_byte_give_503_json(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    for node in nodes:
+        node.down = True
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "1"
+    assert answer.json()["error"] == "unavailable"
+    assert "node 1" in answer.json()["message"] and "node 3" in answer.json()["message"]
+    assert proxy.counters.unavailable == 1
+
+
+def test_no_healthy_replica_at_all_gives_503_without_trying(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    for node in nodes:
+        node.down = True
+    proxy.poll()
+
+    answer = proxy.get("/songs").answer()
+
+    assert answer.status == 503
+    assert all(node.received == [] for node in nodes)
+
+
+# failures mid-body: resume
+
+
+def test_a_cut_body_resumes_on_the_next_replica_at_the_exact_byte(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    cut = nodes[0]  # the first follower in turn
+    cut.cut_after = 10_000
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.status == 200 and answer.complete
+    assert answer.body == CONTENT
+    assert answer.headers["x-served-by"] == str(cut.node_id)  # the first replica's headers
+    resumed = [s for node in nodes if node is not cut for s in node.received
+               if s.path == SONG.encode()]
+    assert len(resumed) == 1
+    assert resumed[0].header("Range") == f"bytes=10000-{len(CONTENT) - 1}"
+    assert resumed[0].header("If-Range") == '"e1"'
+    assert proxy.counters.resumes == 1
+
+
+def test_a_resume_offsets_the_clients_own_range(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    for node in nodes:
+        node.cut_after = 5_000
+    nodes[2].cut_after = None
+
+    answer = proxy.get(SONG, {"Range": "bytes=1000-50000"}).answer()
+
+    assert answer.status == 206 and answer.complete
+    assert answer.headers["content-range"] == f"bytes 1000-50000/{len(CONTENT)}"
+    assert answer.body == CONTENT[1000:50001]
+    ranges = [s.header("Range") for node in nodes for s in node.received]
+    assert sorted(ranges) == ["bytes=1000-50000", "bytes=11000-50000", "bytes=6000-50000"]
+
+
+def test_a_resume_offsets_a_suffix_range(proxy: ProxyHarness, nodes: list[FakeReplica]) -> None:
+    nodes[0].cut_after = nodes[1].cut_after = 3_000
+
+    answer = proxy.get(SONG, {"Range": "bytes=-20000"}).answer()
+
+    start = len(CONTENT) - 20000
+    assert answer.status == 206 and answer.body == CONTENT[start:]
+    assert {s.header("Range") for s in nodes[2].received} == {
+        f"bytes={start + 6000}-{len(CONTENT) - 1}"}
+
+
+def test_a_different_etag_is_never_spliced_in(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].cut_after = nodes[1].cut_after = 10_000
+    nodes[1].etag = '"e2"'  # a different version: answers 200 to the If-Range
+    nodes[1].content = b"x" * len(CONTENT)
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.body == CONTENT and answer.complete
+    assert [(r.code, r.sent) for r in nodes[1].responses] == [(200, 0)]  # refused unread
+    assert nodes[2].received[0].header("Range") == f"bytes=10000-{len(CONTENT) - 1}"
+
+
+def test_a_200_to_a_resume_is_refused(proxy: ProxyHarness, nodes: list[FakeReplica]) -> None:
+    nodes[0].cut_after = nodes[1].cut_after = 10_000
+    nodes[1].ignore_range = True
+    nodes[0].ignore_range = True
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.body == CONTENT and answer.complete
+    assert len(nodes[2].received) == 1
+
+
+def test_a_content_range_that_does_not_continue_the_response_is_refused(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].cut_after = nodes[1].cut_after = 10_000
+    nodes[1].content = CONTENT + b"more"  # same ETag, another length: not the same bytes
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.body == CONTENT and answer.complete
+    assert [(r.code, r.closed) for r in nodes[1].responses] == [(206, True)]
+    assert len(nodes[2].received) == 1
+
+
+def test_three_replicas_failing_mid_body_tear_the_connection(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    for node in nodes:
+        node.cut_after = 8_000
+
+    conn = proxy.get(SONG)
+    answer = conn.answer()
+
+    assert conn.aborted
+    assert answer.status == 200 and not answer.complete
+    assert len(answer.body) == 8_000 * 3 and answer.body == CONTENT[:24_000]
+    assert proxy.counters.aborted == 1
+
+
+def test_a_body_without_etag_cannot_be_resumed_and_tears_the_connection(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    for node in nodes:
+        node.etag = ""
+        node.cut_after = 8_000
+
+    conn = proxy.get(SONG)
+
+    assert conn.aborted
+    assert sum(len(node.received) for node in nodes) == 1
+
+
+# backpressure, stalls, clients that leave
+
+
+def test_a_slow_client_pauses_the_replica_instead_of_filling_memory(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    conn = proxy.get(SONG, limit=16_384)
+    response = next(r for node in nodes for r in node.responses)
+
+    assert response.paused
+    assert response.sent <= 16_384 + 2 * 4096
+
+    answer = conn.read_all()
+    assert answer.body == CONTENT and answer.complete
+    assert conn.transport.pauses > 10
+
+
+def test_a_stalled_replica_is_replaced_while_the_client_reads(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    for node in nodes:
+        node.stall_after = 8_000
+    nodes[2].stall_after = None
+
+    conn = proxy.get(SONG)
+    proxy.clock.advance(proxy.config.stall_timeout)
+    proxy.settle()
+    proxy.clock.advance(proxy.config.stall_timeout)
+    proxy.settle()
+
+    assert conn.answer().body == CONTENT
+    assert proxy.counters.resumes == 2
+
+
+def test_a_slow_client_is_not_mistaken_for_a_stalled_replica(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    conn = proxy.get(SONG, limit=16_384)
+    proxy.clock.advance(60)
+    proxy.settle()
+
+    assert proxy.counters.resumes == 0
+    assert conn.read_all().body == CONTENT
+
+
+def test_a_client_that_goes_away_stops_the_replica_at_once(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    conn = proxy.get(SONG, limit=16_384)
+    response = next(r for node in nodes for r in node.responses)
+
+    conn.go_away()
+
+    assert response.closed and response.sent < len(CONTENT)
+    assert proxy.counters.client_gone == 1
+    assert sum(len(node.received) for node in nodes) == 1
+
+
+def test_a_client_that_goes_away_cancels_a_request_waiting_for_headers(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].hang = nodes[1].hang = True
+    conn = proxy.get(SONG)
+    pending = next(d for node in nodes for d in node.pending)
+
+    conn.go_away()
+
+    assert pending.called
+    assert sum(node.cancelled for node in nodes) == 1
+    proxy.clock.advance(10)
+    assert sum(len(node.received) for node in nodes) == 1
+    assert proxy.counters.retries == 0
+    assert all(b.healthy for b in proxy.view.backends.values())  # the client left, not them
+
+
+def test_a_404_from_a_follower_is_asked_again_of_the_leader(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].status_code = nodes[1].status_code = 404
+    nodes[0].status_body = nodes[1].status_body = b'{"error": "not_found"}'
+
+    answer = proxy.get(SONG).answer()
+
+    assert answer.status == 200 and answer.headers["x-served-by"] == "3"
+
+
+def test_a_404_for_a_path_that_names_no_record_stays_on_the_follower(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    nodes[0].status_code = nodes[1].status_code = 404
+
+    answer = proxy.get("/nothing-here").answer()
+
+    assert answer.status == 404 and nodes[2].received == []
+
+
+# writes
+
+
+def test_a_write_goes_to_the_leader_with_its_body() -> None:
+    nodes = cluster(status_code=201, status_body=b'{"song": {}}')
+    proxy = ProxyHarness(nodes)
+    body = bytes(range(256)) * 800  # over twisted.web's in-memory limit: spooled to a file
+
+    answer = proxy.post("/songs?title=x", body, "audio/mpeg").answer()
+
+    assert answer.status == 201 and answer.headers["x-served-by"] == "3"
+    assert [s.body for s in nodes[2].received] == [body]
+    assert nodes[2].received[0].path == b"/songs?title=x"
+    assert nodes[0].received == nodes[1].received == []
+
+
+def test_a_write_without_a_leader_waits_then_answers_503_with_retry_after() -> None:
+    nodes = cluster(role="follower")
+    proxy = ProxyHarness(nodes, write_hold=2.0)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    proxy.clock.advance(1.9)
+    proxy.settle()
+    assert conn.transport.value() == b""
+    for _ in range(3):
+        proxy.clock.advance(0.25)
+        proxy.settle()
+
+    answer = conn.answer()
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "1"
+    assert answer.json()["error"] == "no_leader"
+    assert all(node.received == [] for node in nodes)
+
+
+def test_a_write_during_an_election_goes_to_the_leader_that_wins() -> None:
+    nodes = cluster(role="candidate")
+    for node in nodes:
+        node.status_code = 201
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    proxy.clock.advance(0.3)
+    nodes[1].role, nodes[1].epoch = "leader", 2
+    proxy.poll()
+
+    assert conn.answer().status == 201
+    assert conn.answer().headers["x-served-by"] == "2"
+    assert proxy.counters.held_writes == 1
+
+
+def test_a_421_refreshes_the_view_and_retries_once_on_the_named_leader() -> None:
+    nodes = cluster()
+    nodes[2].status_code = 421
+    nodes[2].status_body = json.dumps(
+        {"error": "not_leader", "leader_id": 2, "leader_http": nodes[1].url}).encode()
+    nodes[1].status_code = 201
+    proxy = ProxyHarness(nodes)
+
+    answer = proxy.post("/playlists", b'{"name": "x"}').answer()
+
+    assert answer.status == 201 and answer.headers["x-served-by"] == "2"
+    assert len(nodes[2].received) == 1 and len(nodes[1].received) == 1
+
+
+def test_an_upload_is_sent_again_to_the_new_leader_after_the_old_one_died() -> None:
+    nodes = cluster()
+    for node in nodes:
+        node.status_code = 201
+    proxy = ProxyHarness(nodes)
+    nodes[2].down = True
+    body = b"ID3" + bytes(200_000)
+
+    conn = proxy.post("/songs", body, "audio/mpeg")
+    assert conn.transport.value() == b""  # held: no leader known any more
+    nodes[1].role, nodes[1].epoch = "leader", 2
+    proxy.poll()
+
+    assert conn.answer().status == 201 and conn.answer().headers["x-served-by"] == "2"
+    assert [s.body for s in nodes[1].received] == [body]
+
+
+def test_a_write_that_may_have_been_applied_is_not_repeated() -> None:
+    nodes = cluster(hang=True)
+    proxy = ProxyHarness(nodes, write_timeout=5.0)
+
+    conn = proxy.post("/playlists/0b0c8a4e-0000-4000-8000-000000000001/items",
+                      b'{"song_id": "x"}')
+    proxy.clock.advance(5.0)
+    proxy.settle()
+
+    answer = conn.answer()
+    assert answer.status == 502 and answer.json()["error"] == "upstream_failed"
+    assert len(nodes[2].received) == 1
+
+
+def test_a_write_held_by_a_paused_leader_moves_to_the_newly_elected_one() -> None:
+    nodes = cluster(hang=True)
+    nodes[1].status_code = 201
+    proxy = ProxyHarness(nodes)
+    body = b"ID3" + bytes(1000)
+
+    conn = proxy.post("/songs", body, "audio/mpeg")
+    nodes[1].role, nodes[1].epoch = "leader", 2
+    proxy.poll()
+
+    assert conn.answer().status == 201 and conn.answer().headers["x-served-by"] == "2"
+    assert nodes[2].cancelled == 1
+    assert [s.body for s in nodes[1].received] == [body]
+
+
+def test_a_write_held_by_a_replaced_leader_is_not_repeated_unless_harmless() -> None:
+    nodes = cluster(hang=True)
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "no id: a retry could make two"}')
+    nodes[1].role, nodes[1].epoch = "leader", 2
+    proxy.poll()
+
+    assert conn.answer().status == 502
+    assert nodes[1].received == []
+
+
+# the proxy's own paths
+
+
+def test_sync_paths_are_404_and_never_forwarded(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    answers = [proxy.get(path).answer() for path in ("/sync/snapshot", "/sync", "/sync/ops")]
+
+    assert {a.status for a in answers} == {404}
+    assert answers[0].json()["error"] == "not_found"
+    assert all(node.received == [] for node in nodes)
+
+
+def test_proxy_status_shows_the_leader_the_readers_and_every_backend(
+    proxy: ProxyHarness, nodes: list[FakeReplica]
+) -> None:
+    status = proxy.get("/proxy/status").answer().json()
+
+    assert status["leader"] == {"node_id": 3, "http": nodes[2].url, "epoch": 1}
+    assert status["readers"] == [nodes[0].url, nodes[1].url]
+    assert [b["node_id"] for b in status["backends"]] == [1, 2, 3]
+    assert all(b["healthy"] for b in status["backends"])
