@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.audio import make_wav
+from tests.helpers.proxy import ProxyProcess
 from tests.helpers.replica import Cluster, ReplicaProcess, send_json, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -143,3 +144,35 @@ def test_a_replica_whose_database_is_unreadable_bootstraps_again(library: Cluste
     assert len(verified_chunks(follower)) == CHUNKS
     assert list(follower.data_dir.glob("metadata.sqlite3.unreadable-*"))
     assert "is unreadable" in follower.log_path.read_text()
+
+
+def test_the_proxy_reads_from_a_new_replica_without_a_restart(
+    tmp_path: Path, replicas: list[ReplicaProcess]
+) -> None:
+    cluster = Cluster(tmp_path, replicas)
+    for node_id in (3, 4):
+        cluster.add(node_id)
+    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 4, timeout=15)
+    song = cluster.nodes[4].post("/songs", make_wav(tmp_path / "s.wav", 200_000).read_bytes(),
+                                 "audio/wav").json()["song"]
+    (tmp_path / "proxy").mkdir()
+    proxy = ProxyProcess(tmp_path / "proxy", [cluster.nodes[3], cluster.nodes[4]]).start()
+    try:
+        proxy.wait_view(lambda view: view["leader"] is not None)
+        newcomer = cluster.add(1)  # lower than the leader: it joins as a follower
+        newcomer.wait_ready(timeout=60)
+        served: set[str] = set()
+
+        def read_from_the_newcomer() -> bool:
+            answer = proxy.get(f"/songs/{song['id']}/stream")
+            assert answer.status == 200 and hashlib.sha256(answer.body).hexdigest() == song[
+                "sha256"]
+            served.add(answer.headers["x-served-by"])
+            return "1" in served
+
+        wait_until(read_from_the_newcomer, timeout=20, what="a read served by replica 1")
+    finally:
+        assert proxy.process is not None
+        proxy.process.kill()
+        proxy.process.wait(10)
+    assert "4" not in served  # the leader serves no read while followers are healthy
