@@ -317,7 +317,8 @@ class Lab:
             raise LabError("this lab was built without a proxy host (Lab(proxy=True))")
         backends = ",".join(f"{r.host.address}:{HTTP_PORT}" for r in self.replicas.values())
         command = [_twistd(), "-n", "--pidfile=", f"--logfile={self.dir / 'proxy.log'}",
-                   "distpotify-proxy", "--port", str(PROXY_PORT), "--backends", backends]
+                   "distpotify-proxy", "--host", "0.0.0.0", "--port", str(PROXY_PORT),
+                   "--backends", backends]
         self.proxy_process = self._spawn(self.proxy, command, self.dir / "proxy.out")
         deadline = time.monotonic() + self.ready_timeout
         client = self.client(self.proxy)
