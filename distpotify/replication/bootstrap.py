@@ -124,6 +124,47 @@ class SyncProgress:
         }
 
 
+RUN_CHUNKS = 64  # chunks per ranged request during a join (16 MiB of 256 KiB chunks)
+
+
+@attrs.frozen
+class ChunkRun:
+    """Consecutive chunks of one song, fetched with one ranged request of its stream."""
+
+    song_sha256: str
+    start: int
+    refs: tuple[ChunkRef, ...]
+
+
+def _runs_to_fetch(db: MetadataDB, missing: Sequence[str]) -> list[ChunkRun]:
+    """Group missing chunk names into runs of consecutive chunks per song (database thread)."""
+    wanted: dict[str, set[int]] = {}
+    for name in missing:
+        song_id, _, idx = name.rpartition("_")
+        wanted.setdefault(song_id, set()).add(int(idx))
+    runs = []
+    for song_id, indexes in sorted(wanted.items()):
+        song = db.get_row("songs", song_id)
+        song_sha = song.fields.get("sha256") if song is not None else None
+        offset, start = 0, 0
+        run: list[ChunkRef] = []
+        for chunk in db.chunks_of(song_id):
+            ref = ChunkRef(song_id, chunk["idx"], chunk["size"], chunk["sha256"])
+            if chunk["idx"] in indexes and len(run) < RUN_CHUNKS:
+                if not run:
+                    start = offset
+                run.append(ref)
+            else:
+                if run:
+                    runs.append(ChunkRun(str(song_sha), start, tuple(run)))
+                run = [ref] if chunk["idx"] in indexes else []
+                start = offset
+            offset += chunk["size"]
+        if run:
+            runs.append(ChunkRun(str(song_sha), start, tuple(run)))
+    return runs
+
+
 class Joiner:
     """The joining replica's side of the protocol, one phase at a time until DONE."""
 
@@ -241,11 +282,11 @@ class Joiner:
         missing = sorted(live - present)
         self.progress.chunks_total = len(live)
         self.progress.chunks_done = len(live) - len(missing)
-        refs = [ChunkRef(*row) for row in await self._store.run(MetadataDB.chunk_rows, missing)]
+        runs = await self._store.run(_runs_to_fetch, missing)
         sources = list(self._sources()) or [leader.http]
         results = await gatherResults([
-            Deferred.fromCoroutine(self._fetch_one(ref, sources, n))
-            for n, ref in enumerate(refs)
+            Deferred.fromCoroutine(self._fetch_run(run, sources, n))
+            for n, run in enumerate(runs)
         ])
         await self._fetcher.sync()
         if not all(results):
@@ -258,14 +299,24 @@ class Joiner:
         await self._blocking(self._chunks.clean, await self._store.run(MetadataDB.live_chunk_names))
         await self._advance()
 
-    async def _fetch_one(self, ref: ChunkRef, sources: list[str], n: int) -> bool:
-        # Spread the downloads over every ACTIVE replica, each chunk starting elsewhere.
+    async def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> bool:
+        """One ranged request for a run of chunks; chunk by chunk for what it missed."""
+        # Spread the downloads over every ACTIVE replica, each run starting elsewhere.
         rotated = sources[n % len(sources):] + sources[:n % len(sources)]
-        ok = await self._fetcher.fetch(ref, rotated)
-        if ok:
-            self.progress.chunks_done += 1
-            self.progress.bytes += ref.size
+        done = await self._fetcher.fetch_run(run.refs, run.start, run.song_sha256, rotated[0])
+        self._count(done)
+        ok = True
+        for ref in run.refs:
+            if ref not in done:
+                if await self._fetcher.fetch(ref, rotated):
+                    self._count([ref])
+                else:
+                    ok = False
         return ok
+
+    def _count(self, refs: Sequence[ChunkRef]) -> None:
+        self.progress.chunks_done += len(refs)
+        self.progress.bytes += sum(ref.size for ref in refs)
 
     def _report(self) -> None:
         state = self.progress.as_dict(self._clock.seconds())

@@ -153,6 +153,23 @@ class PeerClient:
             f"join done at {base}",
         )
 
+    async def stream_range(
+        self, base: str, song_id: str, start: int, end: int, song_sha256: str,
+        write: Callable[[bytes], None],
+    ) -> None:
+        """Stream bytes ``start..end`` (inclusive) of a song to ``write``; PeerError unless the
+        peer sends exactly that range of the song whose ETag is ``song_sha256``."""
+        headers: dict[str | bytes, str | bytes] = {
+            "Range": f"bytes={start}-{end}", "If-Range": f'"{song_sha256}"'}
+        d = self._http.get(f"{base}/songs/{song_id}/stream", headers=headers)
+        d.addTimeout(self.timeout, self._clock)
+        response = await d
+        content_range = response.headers.getRawHeaders(b"content-range", [b""])[0].decode()
+        if response.code != 206 or not content_range.startswith(f"bytes {start}-{end}/"):
+            response.deliverBody(_Discard())
+            raise PeerError(f"song {song_id} from {base}: HTTP {response.code} {content_range}")
+        await response.collect(write)
+
     async def chunk(
         self, base: str, song_id: str, idx: int, offset: int, sha256: str,
         write: Callable[[bytes], None],

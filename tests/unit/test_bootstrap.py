@@ -88,6 +88,7 @@ class FakePeers:
         self.done_calls: list[tuple[int, int]] = []
         self.joins: list[dict[str, Any]] = []
         self.leader: Peer | None = None
+        self.runs: list[tuple[int, list[int]]] = []
 
     async def snapshot(self, base: str, path: str, dest: Path) -> Version:
         self.snapshots += 1
@@ -102,6 +103,11 @@ class FakePeers:
 
     async def sync(self) -> None:
         pass
+
+    async def fetch_run(self, refs: list[ChunkRef], start: int, song_sha256: str,
+                        base: str) -> list[ChunkRef]:
+        self.runs.append((start, [ref.idx for ref in refs]))
+        return [ref for ref in refs if await self.fetch(ref, [base])]
 
     async def fetch(self, ref: ChunkRef, sources: list[str]) -> bool:
         self.chunks.write(ref.song_id, ref.idx, b"x" * ref.size)
@@ -152,6 +158,7 @@ def test_join_goes_through_every_phase_to_done(tmp_path: Path) -> None:
     assert db.get_meta("join_state") == DONE and db.get_meta("snapshots_fetched") == "1"
     assert db.song(SONG) is not None and db.head() == Version(1, 3, 2)
     assert fakes.done_calls == [(4, 0)]
+    assert fakes.runs == [(0, [0])]
     assert machine.progress.chunks_done == machine.progress.chunks_total == 1
     assert (tmp_path / "chunks" / f"{SONG}_0").exists()
 
