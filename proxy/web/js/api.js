@@ -45,7 +45,21 @@ export function retryDelayMs(retryAfter, attempt) {
   return Math.min(Math.max(base, 250), 5000);
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Reads go to followers, which apply a write a moment after the leader answered it: after a
+// write of ours, read again until `ok(answer)` (a 404 counts as not yet), for up to ~3 s.
+export async function eventually(load, ok = () => true, { tries = 12, ms = 250 } = {}) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const value = await load();
+      if (attempt >= tries || ok(value)) return value;
+    } catch (error) {
+      if (error.status !== 404 || attempt >= tries) throw error;
+    }
+    await sleep(ms);
+  }
+}
 
 // One API call; JSON in and out. A 503 on a write (no leader during an election) is retried
 // after Retry-After for up to 30 s, telling `onRetry` so the page can say why it waits.
@@ -99,12 +113,22 @@ export async function allSongs(filter = {}, signal) {
   }
 }
 
+// A random (v4) UUID. crypto.randomUUID exists only in secure contexts, and the player may be
+// opened over plain HTTP on another machine's address.
+export function uuid4() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 export const playlists = {
   list: () => call("/playlists").then((body) => body.playlists),
   get: (id) => call(`/playlists/${encodeURIComponent(id)}`).then((body) => body.playlist),
   create: (name, onRetry) =>
     // Our own id makes a create retried after a lost answer land once.
-    call("/playlists", { method: "POST", json: { id: crypto.randomUUID(), name }, onRetry })
+    call("/playlists", { method: "POST", json: { id: uuid4(), name }, onRetry })
       .then((body) => body.playlist),
   rename: (id, name, onRetry) =>
     call(`/playlists/${encodeURIComponent(id)}`, { method: "PATCH", json: { name }, onRetry })

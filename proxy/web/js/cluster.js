@@ -136,11 +136,14 @@ export class ClusterView {
       const heartbeat = self ? "answered /status" : peer ? (peer.up === false ? "silent" : `${peer.last_seen_ms} ms ago`) : "—";
       return el("tr", { class: backend.healthy ? "" : "down", dataset: { node: backend.node_id ?? "" } },
         el("th", { scope: "row" }, backend.node_id === null ? "?" : String(backend.node_id)),
-        el("td", {}, el("span", { class: `badge ${backend.role === "leader" ? "leader" : ""}` }, backend.role || "—")),
-        el("td", {}, backend.state || "—"),
+        // A replica that is down shows what it was when last heard from, and says so.
+        el("td", {}, backend.healthy
+          ? el("span", { class: `badge ${backend.role === "leader" ? "leader" : ""}` }, backend.role || "—")
+          : `was ${backend.role || "unknown"}`),
+        el("td", {}, backend.healthy ? backend.state || "—" : "—"),
         el("td", {}, backend.epoch ?? "—"),
         el("td", {}, health),
-        el("td", {}, lag(heads.get(backend.node_id), leaderHead) || "—"),
+        el("td", {}, backend.healthy ? lag(heads.get(backend.node_id), leaderHead) || "—" : "—"),
         el("td", {}, heartbeat),
         el("td", {}, `${backend.forwarded}${backend.failures ? ` (${backend.failures} failed)` : ""}`),
         el("td", { class: "muted" }, backend.http));

@@ -2,13 +2,13 @@
 // tens of thousands of songs (only the visible rows exist, pages load as they come into view),
 // client-side sort, and the artist and album views.
 
-import { allSongs, songs as songApi } from "./api.js";
+import { allSongs, eventually, songs as songApi } from "./api.js";
 import {
   $, debounce, el, errorText, fold, formatTime, plural, reportError, songAlbum, songArtist,
   songTitle,
 } from "./ui.js";
 
-const PAGE = 100;
+const PAGE = 100; // songs per request of the windowed list
 const OVERSCAN = 8;
 const GROUPS_FRESH_MS = 20_000;
 
@@ -202,6 +202,7 @@ export class Library {
     this.scope = { kind: "all", name: "" };
     this.generation = 0;
     this.groupsCache = null;
+    this.expected = new Set(); // ids of songs we uploaded that followers may not list yet
     const search = $("search");
     search.addEventListener("input", debounce(() => this.reload(), 250));
     search.addEventListener("keydown", (event) => { if (event.key === "Escape") { search.value = ""; this.reload(); } });
@@ -226,9 +227,10 @@ export class Library {
     if (changed || !this.loaded) this.reload();
   }
 
-  // Songs were added or removed: reload where we are.
-  invalidate() {
+  // A song was added (or removed): reload where we are, until a follower lists it.
+  invalidate(song) {
     this.groupsCache = null;
+    if (song) this.expected.add(song.id);
     if (this.loaded) this.reload({ keepScroll: true });
   }
 
@@ -239,12 +241,25 @@ export class Library {
     const sort = $("sort").value;
     const { kind, name } = this.scope;
     this.setCount("Loading…");
+    const listsExpected = (list) => q || kind !== "all" || [...this.expected].every((id) => list.some((song) => song.id === id));
     if (kind === "all" && sort === "newest") {
-      this.list.setSource(new PagedSource({ q }), { keepScroll });
+      try {
+        // The newest songs come first: ours, once the follower has them, are on this page.
+        const first = await eventually(() => songApi.search({ q, limit: PAGE }), (page) => listsExpected(page.songs));
+        if (generation !== this.generation) return;
+        this.expected.clear();
+        const source = new PagedSource({ q });
+        source.pages.set(0, remember(first.songs));
+        source.total = first.total;
+        this.list.setSource(source, { keepScroll });
+      } catch (error) {
+        if (generation === this.generation) this.setCount(`Could not load songs: ${errorText(error)}`);
+      }
       return;
     }
     try {
-      let list = remember(await allSongs(kind === "all" ? { q } : { [kind]: name }));
+      let list = remember(await eventually(() => allSongs(kind === "all" ? { q } : { [kind]: name }), listsExpected));
+      this.expected.clear();
       if (kind !== "all") {
         list = list.filter((song) => fold(song[kind]) === fold(name));
         if (q) list = list.filter((song) => [song.title, song.artist, song.album].some((text) => fold(text).includes(fold(q))));

@@ -6,7 +6,7 @@ import { $, el, errorText, formatTime, plural, songArtist, songTitle, toast } fr
 
 const STORE = "distpotify.player";
 const STALL_MS = 8000;
-const MAX_RECOVERIES = 6;
+const GIVE_UP_MS = 120_000; // a cluster that stays away longer is not coming back soon
 
 const PLAY_PATH = "M7 4v16l13-8z";
 const PAUSE_PATH = "M6 4h4v16H6zM14 4h4v16h-4z";
@@ -20,7 +20,8 @@ export class Player extends EventTarget {
     this.index = -1;
     this.wantPlaying = false;
     this.resumeAt = null;
-    this.recoveries = 0;
+    this.troubleSince = null; // when the current run of recoveries began
+    this.attempt = 0;
     this.lastProgress = { time: 0, at: Date.now() };
     this.seeking = false;
     this.lastRecoveredAt = 0;
@@ -101,7 +102,8 @@ export class Player extends EventTarget {
 
   start(position, play = true) {
     this.index = position;
-    this.recoveries = 0;
+    this.troubleSince = null;
+    this.attempt = 0;
     this.resumeAt = null;
     this.load(play);
     this.changed();
@@ -113,7 +115,7 @@ export class Player extends EventTarget {
     this.wantPlaying = play;
     this.lastProgress = { time: this.resumeAt ?? 0, at: Date.now() };
     this.audio.src = songApi.streamUrl(song.id);
-    if (play) this.play();
+    if (play) this.playAudio();
     this.renderNow();
     this.mediaSession();
   }
@@ -123,10 +125,14 @@ export class Player extends EventTarget {
       if (this.queue.length) this.start(0);
       return;
     }
-    if (!this.audio.currentSrc) {
+    if (!this.audio.getAttribute("src") || this.audio.error) {
       this.load(true);
       return;
     }
+    this.playAudio();
+  }
+
+  playAudio() {
     this.wantPlaying = true;
     this.audio.play().catch((error) => {
       // A superseded load rejects with AbortError: the newer load plays.
@@ -177,13 +183,16 @@ export class Player extends EventTarget {
     this.recovering = true;
     try {
       const at = this.resumeAt ?? this.audio.currentTime;
-      if (++this.recoveries > MAX_RECOVERIES) {
+      this.troubleSince ??= Date.now();
+      if (Date.now() - this.troubleSince > GIVE_UP_MS) {
         this.wantPlaying = false;
         this.status(`Playback stopped: ${reason}. Press play to try again.`);
-        this.recoveries = 0;
+        this.troubleSince = null;
+        this.attempt = 0;
         this.resumeAt = at;
         return;
       }
+      this.attempt += 1;
       const problem = await this.probe(song);
       if (song !== this.current) return;
       if (problem?.status === 404) {
@@ -196,7 +205,7 @@ export class Player extends EventTarget {
         this.next();
         return;
       }
-      const wait = Math.min(500 * 2 ** (this.recoveries - 1), 4000);
+      const wait = Math.min(500 * 2 ** (this.attempt - 1), 4000);
       this.status(`Reconnecting (${problem ? errorText(problem) : reason})…`);
       await new Promise((resolve) => setTimeout(resolve, wait));
       if (song !== this.current) return;
@@ -227,7 +236,10 @@ export class Player extends EventTarget {
     if (!this.wantPlaying || !this.current || audio.paused && audio.readyState >= 3) return;
     if (Math.abs(audio.currentTime - this.lastProgress.time) > 0.01) {
       this.lastProgress = { time: audio.currentTime, at: Date.now() };
-      if (this.recoveries && Date.now() - this.lastRecoveredAt > 5000) this.recoveries = 0;
+      if (this.troubleSince !== null && Date.now() - this.lastRecoveredAt > 5000) {
+        this.troubleSince = null;
+        this.attempt = 0;
+      }
       return;
     }
     if (Date.now() - this.lastProgress.at > STALL_MS) {

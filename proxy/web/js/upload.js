@@ -104,7 +104,7 @@ export class Uploader {
     } catch (error) {
       item.classList.add("failed");
       const reason = REASONS[error.status];
-      state.textContent = `Rejected: ${reason ? `${reason}. ` : ""}${errorText(error)}`;
+      state.textContent = `Rejected: ${errorText(error)}`;
       state.setAttribute("role", "alert");
       toast(`${file.name}: ${reason || errorText(error)}`, { error: true });
     }

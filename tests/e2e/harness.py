@@ -1,0 +1,220 @@
+"""What the browser tests stand on: a real cluster behind the real proxy, headless Chromium
+driven by Playwright, and a ``PlayerPage`` that speaks in the player's terms.
+
+Chromium is Debian's (``/usr/bin/chromium``, or ``$CHROMIUM``), launched by Playwright through
+``executable_path``: no browser is ever downloaded. Without Chromium or Playwright the tests
+skip, saying what to install; under CI=true that is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.helpers.audio import in_ci
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.replica import Cluster, ReplicaProcess, wait_until
+
+try:
+    from playwright.sync_api import ConsoleMessage, Page, Response
+except ImportError:  # reported by require_browser()
+    ConsoleMessage = Page = Response = Any  # type: ignore[misc, assignment]
+
+CHROMIUM_ARGS = (
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    # Without these Chromium keeps calling home, and there is no network here.
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required", "--mute-audio",
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def chromium_path() -> str | None:
+    return (os.environ.get("CHROMIUM") or shutil.which("chromium")
+            or shutil.which("chromium-browser"))
+
+
+def require_browser() -> str:
+    """The Chromium executable; skips without it (or without Playwright), fails in CI."""
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install playwright)")
+    path = chromium_path()
+    if path is None:
+        missing.append("Chromium (apt-get install chromium)")
+    if missing:
+        reason = "browser tests need " + " and ".join(missing)
+        if in_ci():
+            pytest.fail(f"{reason}, and CI must run them", pytrace=False)
+        pytest.skip(reason)
+    assert path is not None
+    return path
+
+
+def artifacts_dir() -> Path:
+    """Where screenshots go: $E2E_ARTIFACTS, else build/e2e/ (ignored by git)."""
+    directory = Path(os.environ.get("E2E_ARTIFACTS") or REPO / "build" / "e2e")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+@attrs.define
+class Stack:
+    """Three replicas (node 3 leads, as Bully elects the highest id) and the proxy."""
+
+    cluster: Cluster
+    proxy: ProxyProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}/"
+
+    def node(self, node_id: int) -> ReplicaProcess:
+        return self.cluster.nodes[node_id]
+
+    def upload(self, path: Path, content_type: str, **tags: str) -> dict[str, Any]:
+        """POST a file through the proxy (as a script would): the song's JSON."""
+        query = urllib.parse.urlencode(tags)
+        answer = self.proxy.post(f"/songs?{query}", path.read_bytes(), content_type, timeout=120)
+        assert answer.status in (200, 201), answer.body
+        return answer.json()["song"]  # type: ignore[no-any-return]
+
+    def wait_replicated(self, song: dict[str, Any], timeout: float = 30.0) -> None:
+        """Every running replica serves the song's last byte (its metadata and chunks)."""
+        last = song["size"] - 1
+
+        def everywhere() -> bool:
+            for node in self.cluster.running():
+                try:
+                    answer = node.get(f"/songs/{song['id']}/stream",
+                                      headers={"Range": f"bytes={last}-{last}"}, timeout=5)
+                except OSError:
+                    return False
+                if answer.status != 206:
+                    return False
+            return True
+
+        wait_until(everywhere, timeout, what=f"song {song['id']} on every replica")
+
+    def stop(self) -> None:
+        self.proxy.kill()
+        for node in self.cluster.nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                node.signal(signal.SIGCONT)
+            node.kill()
+
+
+def start_stack(root: Path, started: list[ReplicaProcess]) -> Stack:
+    cluster = Cluster(root, started)
+    for node_id in (1, 2, 3):
+        cluster.add(node_id)
+    # Bully settles on the highest id; an earlier agreement (on 2) may still be overturned.
+    wait_until(lambda: (s := cluster.agreed_leader()) is not None and s["node_id"] == 3,
+               timeout=30, what="three replicas to agree on node 3")
+    proxy = ProxyProcess(root, list(cluster.nodes.values())).start()
+    proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 3 and len(s["readers"]) == 2,
+                    timeout=30, what="the proxy to see a leader and two readers")
+    return Stack(cluster, proxy)
+
+
+# ---------------------------------------------------------------- the page
+
+
+@attrs.define(slots=False)  # Playwright keeps state on the objects of bound-method handlers
+class PlayerPage:
+    """One browser tab on the player, with what it logged and which replica served streams."""
+
+    page: Page
+    base_url: str
+    console_errors: list[str] = attrs.Factory(list)
+    page_errors: list[str] = attrs.Factory(list)
+    streams: list[tuple[str, int, str | None]] = attrs.Factory(list)  # (url, status, served by)
+
+    def __attrs_post_init__(self) -> None:
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        self.page.on("response", self._response)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(f"{message.text} ({message.location.get('url')})")
+
+    def _response(self, response: Response) -> None:
+        if re.search(r"/songs/[^/]+/stream$", response.url):
+            self.streams.append((response.url, response.status,
+                                 response.headers.get("x-served-by")))
+
+    # -- navigation
+
+    def open(self, route: str = "#/library") -> PlayerPage:
+        self.page.goto(self.base_url + route)
+        self.page.wait_for_function("document.querySelector('#cluster-pill').textContent.includes('leader')")
+        return self
+
+    def go(self, route: str) -> None:
+        self.page.evaluate("route => { location.hash = route; }", route)
+
+    def screenshot(self, name: str) -> Path:
+        path = artifacts_dir() / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    # -- library
+
+    def row(self, title: str) -> Any:
+        return self.page.locator("#song-list .row", has_text=title)
+
+    def upload(self, *files: Path) -> None:
+        self.go("#/upload")
+        self.page.locator("#file-input").set_input_files([str(f) for f in files])
+
+    def upload_state(self, name: str) -> Any:
+        return self.page.locator(f'#upload-list li[data-file="{name}"] .upload-state')
+
+    def search(self, text: str) -> None:
+        self.go("#/library")
+        self.page.locator("#search").fill(text)
+
+    def play(self, title: str) -> None:
+        self.row(title).get_by_role("button", name=re.compile(f"^Play {re.escape(title)}")).click()
+
+    # -- the audio element
+
+    def audio(self, expression: str) -> Any:
+        """``expression`` evaluated in the page, with ``audio`` the player's <audio>."""
+        return self.page.evaluate(
+            f"(() => {{ const audio = document.getElementById('audio'); return {expression}; }})()")
+
+    def current_time(self) -> float:
+        return float(self.audio("audio.currentTime"))
+
+    def wait_playing_past(self, seconds: float, timeout: float = 20.0) -> float:
+        """Wait until the audio element has played past ``seconds``; its currentTime then."""
+        self.page.wait_for_function(
+            "s => { const a = document.getElementById('audio');"
+            " return !a.paused && a.currentTime > s; }",
+            arg=seconds, timeout=timeout * 1000, polling=100)
+        return self.current_time()
+
+    def seek_bar(self, seconds: float) -> None:
+        """Drag the seek bar to ``seconds`` and let go, as a person would."""
+        self.page.locator("#seek").evaluate(
+            "(bar, to) => { bar.value = to; bar.dispatchEvent(new Event('input', {bubbles: true}));"
+            " bar.dispatchEvent(new Event('change', {bubbles: true})); }", seconds)
+
+    def served_streams(self) -> list[str]:
+        return [node for _, status, node in self.streams if node and status in (200, 206)]

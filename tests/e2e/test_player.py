@@ -1,0 +1,266 @@
+"""The web player in a real headless Chromium, served by the real proxy in front of three real
+replicas: load, upload (picker and drop), search, play and seek, playlists, refusals, a phone
+screen, and playback and the cluster view through the death of a replica."""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import PlayerPage, Stack
+from tests.helpers.audio import make_audio, make_wav, require_ffmpeg
+from tests.helpers.replica import wait_until
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the browser fixture skips (or fails in CI) before any test body runs
+    expect = None  # type: ignore[assignment]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+SONGS = {
+    # file name: (format, seconds, tags)
+    "aurora.mp3": ("mp3", 14.0, {"title": "Aurora Lattice", "artist": "The Test Tones",
+                                 "album": "Browser Sessions", "track": "1"}),
+    "first.mp3": ("mp3", 2.5, {"title": "Playlist First", "artist": "Order Keepers",
+                               "album": "In Sequence", "track": "1"}),
+    "second.ogg": ("ogg", 2.5, {"title": "Playlist Second", "artist": "Order Keepers",
+                                "album": "In Sequence", "track": "2"}),
+}
+CONTENT_TYPES = {"mp3": "audio/mpeg", "ogg": "audio/ogg"}
+
+
+@pytest.fixture(scope="module")
+def library(shared_stack: Stack, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, dict[str, Any]]]:
+    """The shared cluster's songs, uploaded as a script would, by title."""
+    require_ffmpeg()
+    directory = tmp_path_factory.mktemp("songs")
+    songs = {}
+    for name, (fmt, seconds, tags) in SONGS.items():
+        path = make_audio(directory / name, fmt, seconds, tags)
+        song = shared_stack.upload(path, CONTENT_TYPES[fmt])
+        shared_stack.wait_replicated(song)
+        songs[tags["title"]] = song
+    yield songs
+
+
+def test_the_page_loads_with_no_console_errors(player: PlayerPage,
+                                               library: dict[str, Any]) -> None:
+    player.open()
+
+    expect(player.row("Aurora Lattice")).to_be_visible()
+    expect(player.page.locator("#library-count")).to_contain_text("songs")
+    expect(player.page.get_by_test_id("cluster-pill")).to_have_text("leader 3 · 3/3 up")
+    expect(player.page.get_by_test_id("served-by")).to_contain_text(re.compile(r"node [12]"))
+    assert player.console_errors == []
+
+
+def test_a_file_chosen_in_the_picker_is_uploaded_and_listed_with_its_tags(
+    player: PlayerPage, tmp_path: Path
+) -> None:
+    require_ffmpeg()
+    file = make_audio(tmp_path / "dropped-signal.ogg", "ogg", 3.5, {
+        "title": "Picked Signal", "artist": "Page Uploader", "album": "Through The Page"})
+    player.open()
+
+    player.upload(file)
+
+    expect(player.upload_state(file.name)).to_contain_text("added: Picked Signal", timeout=30_000)
+    player.go("#/library")
+    row = player.row("Picked Signal")
+    expect(row).to_contain_text("Page Uploader")
+    expect(row).to_contain_text("Through The Page")
+    expect(row).to_contain_text("0:03")
+    assert player.console_errors == []
+
+
+def test_a_file_dropped_on_the_page_is_uploaded(player: PlayerPage, tmp_path: Path) -> None:
+    require_ffmpeg()
+    file = make_audio(tmp_path / "drop.mp3", "mp3", 1.5, {
+        "title": "Dropped Tone", "artist": "Drag And Drop"})
+    player.open()
+
+    transfer = player.page.evaluate_handle(
+        """([name, data]) => {
+             const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+             const transfer = new DataTransfer();
+             transfer.items.add(new File([bytes], name, {type: "audio/mpeg"}));
+             return transfer;
+           }""", [file.name, base64.b64encode(file.read_bytes()).decode()])
+    player.page.dispatch_event("#song-list", "dragenter", {"dataTransfer": transfer})
+    player.page.dispatch_event("#song-list", "drop", {"dataTransfer": transfer})
+
+    expect(player.upload_state(file.name)).to_contain_text("added: Dropped Tone", timeout=30_000)
+    expect(player.page.locator("#drop-overlay")).to_be_hidden()
+
+
+def test_search_finds_a_song_by_its_artist(player: PlayerPage, library: dict[str, Any]) -> None:
+    player.open()
+
+    player.search("TEST tones")
+
+    expect(player.page.locator("#library-count")).to_have_text("1 song matching “TEST tones”")
+    expect(player.page.locator("#song-list .row")).to_have_count(1)
+    expect(player.row("Aurora Lattice")).to_be_visible()
+    player.search("no song is called this")
+    expect(player.page.locator("#library-empty")).to_contain_text("No song matches")
+
+
+def test_a_song_plays_and_seeks(player: PlayerPage, library: dict[str, Any]) -> None:
+    player.open()
+
+    player.play("Aurora Lattice")
+    started = player.wait_playing_past(0.3)
+    advanced = player.wait_playing_past(started + 1.0)
+    player.seek_bar(9.0)
+    jumped = player.wait_playing_past(9.0, timeout=10)
+    player.page.keyboard.press("ArrowLeft")  # back 5 s
+
+    assert advanced > started
+    assert jumped >= 9.0
+    player.page.wait_for_function("document.getElementById('audio').currentTime < 7", timeout=5000)
+    expect(player.page.get_by_test_id("now-title")).to_have_text("Aurora Lattice")
+    song_id = library["Aurora Lattice"]["id"]
+    assert player.audio("audio.currentSrc").endswith(f"/songs/{song_id}/stream")
+    assert player.console_errors == []
+
+
+def test_a_playlist_is_built_plays_in_order_and_loses_an_item(
+    player: PlayerPage, library: dict[str, Any]
+) -> None:
+    name = f"Road trip {uuid.uuid4().hex[:6]}"
+    player.open("#/playlists")
+    player.page.get_by_label("New playlist name").fill(name)
+    player.page.get_by_role("button", name="Create", exact=True).click()
+    expect(player.page.get_by_test_id("playlist-title")).to_have_text(name)
+    playlist_route = player.page.evaluate("location.hash")
+
+    for title in ("Playlist First", "Playlist Second"):
+        player.go("#/library")
+        player.row(title).get_by_role("button", name=re.compile("to a playlist$")).click()
+        player.page.locator("#add-dialog-list").get_by_role("button", name=name).click()
+        expect(player.page.locator("#add-dialog")).to_be_hidden()
+    player.go(playlist_route)
+    items = player.page.locator("#playlist-items li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_contain_text("Playlist First")
+    expect(items.nth(1)).to_contain_text("Playlist Second")
+
+    player.page.locator("#playlist-play").click()
+    now = player.page.get_by_test_id("now-title")
+    expect(now).to_have_text("Playlist First")
+    expect(now).to_have_text("Playlist Second", timeout=15_000)  # the first ended, the next began
+    player.wait_playing_past(0.2)
+
+    items.nth(0).get_by_role("button", name=re.compile("^Remove")).click()
+    expect(items).to_have_count(1)
+    expect(items.nth(0)).to_contain_text("Playlist Second")
+    assert player.console_errors == []
+
+
+def test_a_file_that_is_not_audio_is_refused_with_the_reason(
+    player: PlayerPage, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are not the songs you are looking for\n" * 20)
+    player.open()
+
+    player.upload(notes)
+
+    state = player.upload_state("notes.txt")
+    expect(state).to_contain_text("Rejected: not an audio file", timeout=30_000)
+    expect(state).to_contain_text("(415)")
+    expect(player.page.locator(".toast.error")).to_contain_text("notes.txt")
+
+
+def test_the_library_fits_a_phone_screen(phone: PlayerPage, library: dict[str, Any]) -> None:
+    phone.open()
+
+    expect(phone.row("Aurora Lattice")).to_be_visible()
+    expect(phone.page.locator("#play")).to_be_visible()
+    expect(phone.page.locator("#seek")).to_be_visible()
+    overflow = phone.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+
+
+@pytest.mark.timeout(180)
+def test_playback_goes_on_when_the_replica_serving_it_is_killed(
+    own_player: PlayerPage, own_stack: Stack, tmp_path: Path
+) -> None:
+    # Six minutes of CD-quality WAV: far more than Chromium reads ahead or sockets hold.
+    wav = make_wav(tmp_path / "long.wav", 64 * 1024 * 1024, seed=8)
+    song = own_stack.upload(wav, "audio/wav", title="Long Noise", artist="Failover")
+    own_stack.wait_replicated(song, timeout=60)
+    own_player.open()
+    own_player.play("Long Noise")
+    own_player.wait_playing_past(0.5)
+    # At 16x the megabytes already in socket buffers when the replica dies are played in
+    # seconds rather than minutes, so the proxy's resume comes within the test's time.
+    own_player.audio("audio.playbackRate = 16")
+    serving = own_player.served_streams()[-1]
+    resumes_before = own_stack.proxy.status()["counters"]["resumes"]
+
+    own_stack.node(int(serving)).kill()
+    wait_until(lambda: own_stack.proxy.status()["counters"]["resumes"] > resumes_before,
+               timeout=60, what="the proxy to resume the stream from another replica")
+    resumed_at = own_player.current_time()
+    played_on = own_player.wait_playing_past(resumed_at + 30.0, timeout=30)
+
+    assert played_on > resumed_at + 30.0
+    assert played_on < song["duration"]
+    expect(own_player.page.locator("#player-status")).not_to_contain_text("stopped")
+    own_player.screenshot("playback-after-kill")
+
+
+@pytest.mark.timeout(180)
+def test_the_player_picks_up_where_it_was_when_the_cluster_comes_back(
+    own_player: PlayerPage, own_stack: Stack, tmp_path: Path
+) -> None:
+    wav = make_wav(tmp_path / "long.wav", 64 * 1024 * 1024, seed=9)
+    song = own_stack.upload(wav, "audio/wav", title="Patient Noise", artist="Failover")
+    own_stack.wait_replicated(song, timeout=60)
+    own_player.open()
+    own_player.play("Patient Noise")
+    own_player.wait_playing_past(0.5)
+    own_player.audio("audio.playbackRate = 16")  # drain what the sockets hold in seconds
+
+    for node in own_stack.cluster.nodes.values():
+        node.signal(signal.SIGSTOP)
+    status = own_player.page.locator("#player-status")
+    expect(status).to_contain_text("Reconnecting", timeout=60_000)
+    stopped_at = own_player.current_time()
+    for node in own_stack.cluster.nodes.values():
+        node.signal(signal.SIGCONT)
+    own_player.page.wait_for_function(
+        "() => { const a = document.getElementById('audio');"
+        " return !a.paused && a.readyState >= 3 && a.currentTime > 0"
+        " && document.getElementById('player-status').textContent === ''; }",
+        timeout=60_000, polling=100)
+    resumed_at = own_player.current_time()
+    played_on = own_player.wait_playing_past(resumed_at + 2.0, timeout=20)
+
+    assert resumed_at >= stopped_at - 1.0, "the player started the song over"
+    assert played_on > resumed_at
+
+
+@pytest.mark.timeout(120)
+def test_the_cluster_view_shows_the_new_leader_after_the_leader_is_killed(
+    own_player: PlayerPage, own_stack: Stack
+) -> None:
+    own_player.open("#/cluster")
+    leader = own_player.page.get_by_test_id("leader")
+    expect(leader).to_contain_text("leader: node 3")
+
+    own_stack.node(3).kill()
+
+    expect(leader).to_contain_text("leader: node 2", timeout=30_000)
+    expect(own_player.page.locator("#cluster-events")).to_contain_text("New leader: node 2")
+    expect(own_player.page.locator('#cluster-rows tr[data-node="3"]')).to_contain_text("down")
