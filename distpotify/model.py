@@ -62,7 +62,7 @@ class Entity:
             if name == "idx":
                 if not part.isdigit() or int(part) >= 2**31:
                     return False
-            elif not valid_uuid(part):
+            elif not (valid_uuid(part) or (self.name == "purges" and part == "tombstones")):
                 return False
         return True
 
@@ -95,6 +95,8 @@ ENTITIES: dict[str, Entity] = {
             ("playlist_id", "song_id", "position", "created_at", "deleted"),
         ),
         Entity("users", ("id",), ("username", "password_hash", "role", "deleted")),
+        # One row, key "tombstones": tombstones up to "through" are purged everywhere.
+        Entity("purges", ("id",), ("through",)),
     )
 }
 

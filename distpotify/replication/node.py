@@ -34,6 +34,7 @@ from distpotify.replication.bootstrap import (
 )
 from distpotify.replication.client import PeerClient, make_http_client
 from distpotify.replication.fetch import ChunkFetcher
+from distpotify.replication.purge import TombstonePurger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
@@ -71,6 +72,11 @@ class ReplicationNode:
             interval=config.anti_entropy_interval,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
+        self.purger = TombstonePurger(
+            store=store, pusher=self.pusher, membership=cluster.membership,
+            leading=lambda: cluster.election.is_leader, clock=reactor,
+            ttl=config.tombstone_ttl,
+        )
         self.desk = JoinDesk(node_id=config.node_id, leading=lambda: cluster.election.is_leader,
                              epoch=lambda: cluster.epoch, clock=reactor)
         self.progress = SyncProgress()
@@ -116,9 +122,10 @@ class ReplicationNode:
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
         cluster.activate()
-        self._active_at.start(ACTIVE_AT_EVERY)
+        self._active_at.start(min(ACTIVE_AT_EVERY, config.tombstone_ttl / 4))
         self.anti_entropy.start()
         self.scrubber.start()
+        self.purger.start()
 
     def _leader(self) -> Peer | None:
         leader = self._cluster.membership.current_leader()
@@ -139,6 +146,7 @@ class ReplicationNode:
         self.pusher.stop()
         self.anti_entropy.stop()
         self.scrubber.stop()
+        self.purger.stop()
         if self._active_at.running:
             self._active_at.stop()
 
@@ -161,4 +169,6 @@ class ReplicationNode:
             "repair": attrs.asdict(self.guard.counters),
             "fetch": attrs.asdict(self.fetcher.counters),
             "scrub": self.scrubber.status(),
+            "tombstones": await self._store.run(MetadataDB.tombstones),
+            "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
         }}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -85,7 +86,8 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
     "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
-    " key TEXT NOT NULL, body TEXT NOT NULL)",
+    " key TEXT NOT NULL, body TEXT NOT NULL, at REAL)",
+    "CREATE INDEX IF NOT EXISTS oplog_at ON oplog (at)",
     "CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 
@@ -93,8 +95,11 @@ SCHEMA = [
 class MetadataDB:
     """Synchronous access to the database; every method runs on the store's one thread."""
 
-    def __init__(self, path: Path, node_id: int) -> None:
+    def __init__(
+        self, path: Path, node_id: int, now: Callable[[], float] = time.time
+    ) -> None:
         self.node_id = node_id
+        self._now = now
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._conn.create_function("fold", 1, _fold, deterministic=True)
@@ -102,6 +107,9 @@ class MetadataDB:
         # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
         self._conn.execute("PRAGMA synchronous = FULL")
         with self._transaction():
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(oplog)")}
+            if columns and "at" not in columns:  # a database from before ops had a time
+                self._conn.execute("ALTER TABLE oplog ADD COLUMN at REAL")
             for statement in SCHEMA:
                 self._conn.execute(statement)
         self._epoch = 0
@@ -179,8 +187,8 @@ class MetadataDB:
         old = self._get_row(entity, op.key)
         row = merge(old, op)
         self._conn.execute(
-            "INSERT OR IGNORE INTO oplog (version, entity, key, body) VALUES (?, ?, ?, ?)",
-            (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields))),
+            "INSERT OR IGNORE INTO oplog (version, entity, key, body, at) VALUES (?, ?, ?, ?, ?)",
+            (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields)), self._now()),
         )
         if row is None:
             return False
@@ -198,6 +206,12 @@ class MetadataDB:
         change = _row_hash(op.entity, op.key, versions)
         if old is not None:
             change ^= _row_hash(op.entity, op.key, _versions_text(old))
+        self._xor_digest(bucket, change)
+        if op.entity == "purges" and "through" in won_fields(old, row):
+            self._purge_tombstones(Version.decode(str(row.fields["through"])))
+        return True
+
+    def _xor_digest(self, bucket: int, change: int) -> None:
         current = self._conn.execute("SELECT hash FROM digest WHERE bucket = ?", (bucket,))
         found = current.fetchone()
         combined = (int(found["hash"], 16) if found else 0) ^ change
@@ -205,7 +219,44 @@ class MetadataDB:
             "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
             (bucket, f"{combined:032x}"),
         )
-        return True
+
+    def _purge_tombstones(self, through: Version) -> int:
+        """Remove tombstoned rows deleted at or before ``through`` (every replica has them:
+        the leader's watermark), taking them out of the digests too."""
+        purged = 0
+        for entity in ENTITIES.values():
+            if "deleted" not in entity.fields:
+                continue
+            rows = self._conn.execute(
+                f"SELECT {', '.join(entity.keys)}, field_versions, bucket FROM {entity.name}"
+                " WHERE deleted = 1 AND json_extract(field_versions, '$.deleted') <= ?",
+                (through.encode(),),
+            ).fetchall()
+            for found in rows:
+                key = entity.key_of(found)
+                self._xor_digest(found["bucket"],
+                                 _row_hash(entity.name, key, found["field_versions"]))
+                where = " AND ".join(f"{k} = ?" for k in entity.keys)
+                self._conn.execute(f"DELETE FROM {entity.name} WHERE {where}",
+                                   tuple(entity.split_key(key).values()))
+            purged += len(rows)
+        return purged
+
+    def purge_watermark(self) -> Version:
+        row = self.get_row("purges", "tombstones")
+        return Version.decode(str(row.fields["through"])) if row is not None else Version(0, 0, 0)
+
+    def newest_version_before(self, at: float) -> Version | None:
+        """The newest op applied here before wall-clock time ``at``."""
+        row = self._conn.execute(
+            "SELECT max(version) AS v FROM oplog WHERE at < ?", (at,)).fetchone()
+        return Version.decode(row["v"]) if row["v"] else None
+
+    def tombstones(self) -> int:
+        return sum(
+            self._conn.execute(f"SELECT count(*) FROM {e.name} WHERE deleted = 1").fetchone()[0]
+            for e in ENTITIES.values() if "deleted" in e.fields
+        )
 
     # anti-entropy
 
@@ -437,6 +488,12 @@ class MetadataDB:
             (playlist_id,),
         ).fetchone()
         return float(row[0] or 0.0)
+
+
+def won_fields(old: Row | None, new: Row) -> set[str]:
+    """The fields whose version changed from ``old`` to ``new``."""
+    before = old.versions if old is not None else {}
+    return {name for name, version in new.versions.items() if before.get(name) != version}
 
 
 def row_ops(row: Row) -> list[Op]:

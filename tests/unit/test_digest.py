@@ -92,3 +92,21 @@ def test_ten_differing_rows_among_many_touch_only_their_buckets(tmp_path: Path) 
     assert 1 <= len(differing) <= 10
     assert pull(left, right) == 10
     assert left.digest() == right.digest()
+
+
+def test_a_purge_watermark_drops_old_tombstones_and_their_digest_share(tmp_path: Path) -> None:
+    purged, never = fresh(tmp_path, "purged"), fresh(tmp_path, "never")
+    keep = Op(Version(1, 1, 1), "playlists", KEYS[0], {"name": "keep", "deleted": 0})
+    old = [Op(Version(1, 1, 2), "playlists", KEYS[1], {"name": "old", "deleted": 0}),
+           Op(Version(1, 1, 3), "playlists", KEYS[1], {"deleted": 1})]
+    recent = [Op(Version(1, 1, 4), "playlists", KEYS[2], {"name": "recent", "deleted": 0}),
+              Op(Version(1, 1, 6), "playlists", KEYS[2], {"deleted": 1})]
+    watermark = Op(Version(1, 1, 7), "purges", "tombstones",
+                   {"through": Version(1, 1, 5).encode()})
+    purged.apply_ops([keep, *old, *recent, watermark])
+    never.apply_ops([keep, *recent, watermark])
+
+    assert purged.get_row("playlists", KEYS[1]) is None
+    assert purged.get_row("playlists", KEYS[2]) is not None  # deleted after the watermark
+    assert purged.digest() == never.digest()
+    assert purged.tombstones() == 1
