@@ -1,5 +1,5 @@
-"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/sync/*`` refused,
-and everything else forwarded by ProxyResource.
+"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
+``/sync/*`` refused, and everything else forwarded by ProxyResource.
 """
 # test-case-name: tests.unit.test_proxy_resource
 
@@ -14,6 +14,8 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
+
+from proxy.metrics import ProxyMetrics
 
 log = Logger()
 
@@ -63,6 +65,7 @@ class ProxyRoot(Resource):
         proxy = Resource()
         proxy.putChild(b"status", ProxyStatus(report))
         self.putChild(b"proxy", proxy)
+        self.putChild(b"metrics", ProxyMetrics(report))
         self.putChild(b"sync", JsonNotFound())
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:

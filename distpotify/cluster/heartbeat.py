@@ -353,11 +353,10 @@ class PeerAddresses:
             self._not_found(Failure(DNSLookupError(f"{host} gave {address!r}")), host, name)
             return
         if name.failing or address != name.address:
+            previously = "" if name.address in (None, address) else f" (was {name.address})"
             self.log.info(
-                "heartbeat peer {host} resolves to {address}{previously}", host=host,
-                address=address,
-                previously=f" (was {name.address})" if name.address not in (None, address)
-                else "",
+                "heartbeat peer {host} resolves to {address}{previously}",
+                host=host, address=address, previously=previously,
             )
         name.failing = False
         name.address = address

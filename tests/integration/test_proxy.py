@@ -161,6 +161,10 @@ def test_a_download_survives_sigkill_of_the_replica_serving_it(
     counters = cluster.proxy.status()["counters"]
     assert counters["resumes"] == 1 and counters["aborted"] == 0
     assert download.max_gap < 1.0, f"the listener waited {download.max_gap:.3f} s for bytes"
+    metrics = cluster.proxy.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert b"distpotify_proxy_resumes_total 1.0" in metrics.body
+    assert b"distpotify_proxy_leader_epoch" in metrics.body
 
 
 def test_a_resumed_download_keeps_the_clients_own_range(

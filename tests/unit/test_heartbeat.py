@@ -1,5 +1,6 @@
-"""Heartbeat codec, the receiving protocol against hostile datagrams, the sender loop, and
-the multicast / unicast listening helpers, all without a network."""
+"""Heartbeat codec, the receiving protocol against hostile datagrams, the sender loop and its
+cache of resolved peer names, and the multicast / unicast listening helpers, all without a
+network."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from zope.interface import implementer
 
 from distpotify.cluster.heartbeat import (
     MAX_DATAGRAM,
@@ -19,6 +23,7 @@ from distpotify.cluster.heartbeat import (
     HeartbeatProtocol,
     HeartbeatSender,
     MalformedHeartbeat,
+    PeerAddresses,
     decode,
     destinations,
     encode,
@@ -227,7 +232,9 @@ def test_failing_callback_is_counted_and_does_not_escape() -> None:
 
 
 class Sender:
-    def __init__(self, targets: tuple[tuple[str, int], ...] = (GROUP,)) -> None:
+    def __init__(
+        self, targets: tuple[tuple[str, int], ...] = (GROUP,), resolve: Any = None
+    ) -> None:
         self.clock = Clock()
         self.receiver = Receiver()
         self.announce: Any = heartbeat
@@ -237,6 +244,7 @@ class Sender:
             destinations=lambda: targets,
             interval=0.1,
             clock=self.clock,
+            resolve=resolve,
         )
 
     @property
@@ -393,3 +401,201 @@ def test_sender_logs_when_a_failing_destination_recovers() -> None:
         sender.clock.advance(0.1)
     assert [addr for _, addr in sender.written] == [peer, peer]
     assert sum("flow again" in (event.get("log_format") or "") for event in events) == 1
+
+
+# -- unicast peers given by name
+
+
+class FakeResolver:
+    """Answers from ``names`` (at once, or never for names in ``silent``); counts lookups."""
+
+    def __init__(self, **names: str) -> None:
+        self.names = {name.replace("_", "-"): address for name, address in names.items()}
+        self.silent: set[str] = set()
+        self.lookups: list[str] = []
+        self.unanswered: list[Deferred[str]] = []
+
+    def __call__(self, host: str) -> Deferred[str]:
+        self.lookups.append(host)
+        if host in self.silent:
+            d: Deferred[str] = Deferred()
+            self.unanswered.append(d)
+            return d
+        if host in self.names:
+            return succeed(self.names[host])
+        return fail(DNSLookupError(f"{host} not found"))
+
+
+def beats(sender: Sender, seconds: float) -> None:
+    for _ in range(round(seconds / 0.1)):
+        sender.clock.advance(0.1)
+
+
+def warnings_about(events: list[Any], host: str) -> int:
+    return sum(
+        "cannot resolve" in (event.get("log_format") or "") and event.get("host") == host
+        for event in events
+    )
+
+
+def test_peer_names_are_resolved_and_datagrams_go_to_their_addresses() -> None:
+    resolver = FakeResolver(backend2="10.0.0.2", backend3="10.0.0.3")
+    sender = Sender(targets=(("backend2", 7946), ("backend3", 7947)), resolve=resolver)
+    sender.sender.start()
+    assert [addr for _, addr in sender.written] == [("10.0.0.2", 7946), ("10.0.0.3", 7947)]
+
+
+def test_ip_literals_are_never_looked_up() -> None:
+    resolver = FakeResolver()
+    sender = Sender(targets=(("10.0.0.2", 7946), ("::1", 7946)), resolve=resolver)
+    sender.sender.start()
+    beats(sender, 1)
+    assert resolver.lookups == []
+    assert {addr for _, addr in sender.written} == {("10.0.0.2", 7946), ("::1", 7946)}
+
+
+def test_resolved_names_are_cached_between_refreshes() -> None:
+    resolver = FakeResolver(backend2="10.0.0.2")
+    sender = Sender(targets=(("backend2", 7946),), resolve=resolver)
+    sender.sender.start()
+    beats(sender, 4.9)
+    assert resolver.lookups == ["backend2"]
+    assert len(sender.written) == 50
+
+
+def test_a_replaced_peer_is_found_at_its_new_address_after_a_refresh() -> None:
+    resolver = FakeResolver(backend2="10.0.0.2")
+    sender = Sender(targets=(("backend2", 7946),), resolve=resolver)
+    with capturedLogs() as events:
+        sender.sender.start()
+        resolver.names["backend2"] = "10.0.0.9"
+        beats(sender, 5.1)
+    addresses = [addr for _, addr in sender.written]
+    assert addresses[0] == ("10.0.0.2", 7946)
+    assert addresses[-1] == ("10.0.0.9", 7946)
+    assert resolver.lookups == ["backend2", "backend2"]
+    assert any(event.get("previously") == " (was 10.0.0.2)" for event in events)
+
+
+def test_a_peer_that_does_not_resolve_yet_is_retried_and_logged_once() -> None:
+    resolver = FakeResolver(backend3="10.0.0.3")
+    sender = Sender(targets=(("backend2", 7946), ("backend3", 7946)), resolve=resolver)
+    with capturedLogs() as events:
+        sender.sender.start()
+        beats(sender, 3.3)
+    assert {addr for _, addr in sender.written} == {("10.0.0.3", 7946)}
+    # about once a second (33 beats), and one lookup for backend3 within its refresh
+    assert 3 <= resolver.lookups.count("backend2") <= 4
+    assert resolver.lookups.count("backend3") == 1
+    assert warnings_about(events, "backend2") == 1
+    assert sender.sender.running
+
+
+def test_a_peer_that_starts_later_gets_heartbeats_once_its_name_resolves() -> None:
+    resolver = FakeResolver()
+    sender = Sender(targets=(("backend2", 7946),), resolve=resolver)
+    with capturedLogs() as events:
+        sender.sender.start()
+        beats(sender, 2)
+        resolver.names["backend2"] = "10.0.0.2"
+        beats(sender, 1.05)
+    assert sender.written and {addr for _, addr in sender.written} == {("10.0.0.2", 7946)}
+    assert sum(event.get("address") == "10.0.0.2" and "resolves to" in event["log_format"]
+               for event in events) == 1
+
+
+def test_a_name_that_stops_resolving_keeps_its_last_address() -> None:
+    resolver = FakeResolver(backend2="10.0.0.2")
+    sender = Sender(targets=(("backend2", 7946),), resolve=resolver)
+    with capturedLogs() as events:
+        sender.sender.start()
+        del resolver.names["backend2"]
+        beats(sender, 8)
+    assert len(sender.written) == 81
+    assert {addr for _, addr in sender.written} == {("10.0.0.2", 7946)}
+    assert warnings_about(events, "backend2") == 1
+    assert any(event.get("meanwhile") == "still sending to 10.0.0.2" for event in events)
+
+
+def test_a_slow_lookup_never_delays_the_other_peers() -> None:
+    resolver = FakeResolver(backend3="10.0.0.3")
+    resolver.silent.add("backend2")
+    sender = Sender(targets=(("backend2", 7946), ("backend3", 7946)), resolve=resolver)
+    sender.sender.start()
+    beats(sender, 1)
+    assert [addr for _, addr in sender.written] == [("10.0.0.3", 7946)] * 11
+    assert resolver.lookups.count("backend2") == 1  # one lookup at a time per name
+
+    resolver.unanswered[0].callback("10.0.0.2")
+    sender.clock.advance(0.1)
+    assert ("10.0.0.2", 7946) in [addr for _, addr in sender.written[-2:]]
+
+
+def test_a_lookup_that_never_answers_times_out_and_is_retried() -> None:
+    resolver = FakeResolver()
+    resolver.silent.add("backend2")
+    sender = Sender(targets=(("backend2", 7946),), resolve=resolver)
+    with capturedLogs() as events:
+        sender.sender.start()
+        beats(sender, 10)
+        assert resolver.lookups == ["backend2"]
+        beats(sender, 1.2)
+    assert resolver.lookups == ["backend2", "backend2"]
+    assert [event["reason"] for event in events if "reason" in event] == ["no answer in 10.0s"]
+
+
+def test_a_resolver_that_raises_does_not_stop_the_sender() -> None:
+    def broken(host: str) -> Deferred[str]:
+        raise RuntimeError("resolver exploded")
+
+    sender = Sender(targets=(("backend2", 7946), ("10.0.0.3", 7946)), resolve=broken)
+    with capturedLogs() as events:
+        sender.sender.start()
+        beats(sender, 2)
+    assert sender.sender.running
+    assert [addr for _, addr in sender.written] == [("10.0.0.3", 7946)] * 21
+    assert warnings_about(events, "backend2") == 1
+
+
+def test_stopping_the_sender_abandons_lookups_silently() -> None:
+    resolver = FakeResolver()
+    resolver.silent.add("backend2")
+    sender = Sender(targets=(("backend2", 7946),), resolve=resolver)
+    with capturedLogs() as events:
+        sender.sender.start()
+        sender.sender.stop()
+    assert sender.clock.getDelayedCalls() == []
+    assert resolver.unanswered[0].called
+    assert warnings_about(events, "backend2") == 0
+
+
+def test_sender_resolves_with_the_reactor_when_it_is_given_one() -> None:
+    @implementer(IReactorCore)
+    class ResolvingClock(Clock):
+        def resolve(self, name: str, timeout: Any = (1, 3, 11, 45)) -> Deferred[str]:
+            return succeed({"backend2": "10.0.0.2"}[name])
+
+    receiver = Receiver()
+    sender = HeartbeatSender(
+        protocol=receiver.protocol, announcement=heartbeat,
+        destinations=lambda: [("backend2", 7946)], interval=0.1, clock=ResolvingClock(),
+    )
+    sender.start()
+    assert [addr for _, addr in receiver.transport.written] == [("10.0.0.2", 7946)]
+
+
+def test_without_a_resolver_names_are_reported_not_fatal() -> None:
+    sender = Sender(targets=(("backend2", 7946), GROUP))
+    with capturedLogs() as events:
+        sender.sender.start()
+        beats(sender, 1)
+    assert {addr for _, addr in sender.written} == {GROUP}
+    assert warnings_about(events, "backend2") == 1
+
+
+def test_an_answer_that_is_not_an_address_is_a_failed_lookup() -> None:
+    clock = Clock()
+    addresses = PeerAddresses(resolve=lambda host: succeed("not-an-ip"), clock=clock)
+    assert addresses.resolved(("backend2", 7946)) is None
+    clock.advance(1)
+    assert addresses.resolved(("backend2", 7946)) is None
