@@ -45,9 +45,9 @@ def _chunk_ref(key: str, fields: dict[str, object]) -> ChunkRef:
     return ChunkRef(song_id, int(idx), size, sha256)
 
 
-def _chunks_to_fetch(db: MetadataDB, ops: Sequence[Op], present: set[str]) -> list[ChunkRef]:
-    """Chunks whose newest 'deleted' write among ``ops`` and the local row is a creation and
-    whose file is not here (database thread)."""
+def _chunks_made_live(db: MetadataDB, ops: Sequence[Op]) -> list[ChunkRef]:
+    """Chunks whose newest 'deleted' write among ``ops`` and the local row is a creation
+    (database thread)."""
     newest: dict[str, Op] = {}
     for op in ops:
         is_newest = op.key not in newest or op.version > newest[op.key].version
@@ -60,8 +60,7 @@ def _chunks_to_fetch(db: MetadataDB, ops: Sequence[Op], present: set[str]) -> li
         local = db.get_row("chunks", key)
         if local is not None and local.versions.get("deleted", Version(0, 0, 0)) > op.version:
             continue
-        if key.replace("/", "_") not in present:
-            refs.append(_chunk_ref(key, dict(op.fields)))
+        refs.append(_chunk_ref(key, dict(op.fields)))
     return refs
 
 
@@ -83,8 +82,8 @@ class Receiver:
 
     async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
         """Fetch the chunks ``ops`` need, apply them durably; the new head."""
-        present: set[str] = await self._blocking(self._chunks.names)
-        refs = await self._store.run(_chunks_to_fetch, ops, present)
+        live = await self._store.run(_chunks_made_live, ops)
+        refs: list[ChunkRef] = await self._blocking(self._absent, live)
         if refs:
             sources = sources_for(source, self._peers)
             results = await gatherResults(
@@ -99,6 +98,10 @@ class Receiver:
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
         await self._drop_deleted_chunks(ops)
         return await self._store.run(MetadataDB.head)
+
+    def _absent(self, refs: list[ChunkRef]) -> list[ChunkRef]:
+        """The chunks whose files are not here (worker thread: one stat each)."""
+        return [ref for ref in refs if not self._chunks.path(ref.song_id, ref.idx).exists()]
 
     async def apply_rows(self, rows: Sequence[Row], source: str | None) -> Version:
         return await self.apply_ops([op for row in rows for op in row_ops(row)], source)
