@@ -25,71 +25,46 @@ Usage: ``.venv/bin/python bench/proxy.py [--duration 10] [--connections 32,256]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
-HOST = "127.0.0.1"
-KIB = 1024
-MIB = 1024 * KIB
+from common import (
+    HOST,
+    KIB,
+    LUA,
+    MIB,
+    REPO,
+    RESULTS,
+    BenchError,
+    Processes,
+    cpu_seconds,
+    environment,
+    free_port,
+    http_get,
+    make_wav,
+    run_wrk,
+    say,
+    terminate_on_sigterm,
+    twistd,
+    wait_until,
+)
+
 RATIO_TARGET = 0.70
 P99_TARGET_MS = 100.0
 STALL_TARGET_S = 1.0
-
-# wrk script: cycles over the paths listed in a file (after "--"); done() prints one JSON line.
-LUA = r"""
-local reqs = {}
-local n = 0
-local i = 0
-
-function init(args)
-  local f = assert(io.open(args[1], "r"))
-  for line in f:lines() do
-    if #line > 0 then
-      n = n + 1
-      reqs[n] = wrk.format("GET", line)
-    end
-  end
-  f:close()
-  i = math.random(n) - 1
-end
-
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
-    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
-    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
-    summary.duration, summary.requests, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
-end
-"""
 
 NGINX_CONF = """
 worker_processes 1;
@@ -125,94 +100,6 @@ http {{
 """
 
 
-class BenchError(Exception):
-    """Something the benchmark cannot go on without; the message says what."""
-
-
-def say(text: str) -> None:
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child started here, each in its own session; stop_all() ends them by pid."""
-
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
-        with open(log, "ab") as out:
-            child = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.children.append((name, child, log))
-        return child
-
-    def check_alive(self, child: subprocess.Popen[bytes]) -> None:
-        for name, c, log in self.children:
-            if c is child and child.poll() is not None:
-                raise BenchError(f"{name} exited with status {child.returncode}:\n{tail(log)}")
-
-    def stop(self, child: subprocess.Popen[bytes]) -> None:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=15)
-        self.children = [entry for entry in self.children if entry[1] is not child]
-
-    def stop_all(self) -> None:
-        for _, child, _ in reversed(list(self.children)):
-            with contextlib.suppress(Exception):
-                self.stop(child)
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"(no log: {e})"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def twistd() -> str:
-    return str(Path(sys.executable).with_name("twistd"))
-
-
-def wait_until(what: str, check: Callable[[], Any], deadline_s: float) -> Any:
-    deadline = time.monotonic() + deadline_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
-            last, result = e, None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last: {last!r})")
-
-
-def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
 def get_json(port: int, path: str) -> Any:
     status, _, body = http_get(port, path, timeout=2)
     return json.loads(body) if status == 200 else None
@@ -232,23 +119,6 @@ def upload(port: int, path: Path) -> dict[str, Any]:
         raise BenchError(f"upload of {path.name}: {response.status} {data[:300]!r}")
     song: dict[str, Any] = json.loads(data)["song"]
     return song
-
-
-def make_wav(path: Path, size_bytes: int, seed: int) -> Path:
-    """A valid 16-bit stereo 44.1 kHz PCM WAV of about ``size_bytes`` of non-repeating noise."""
-    rng = random.Random(seed)
-    frames = max(1, (size_bytes - 44) // 4)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(44100)
-        w.setnframes(frames)
-        left = frames
-        while left:
-            count = min(left, MIB // 4)
-            w.writeframesraw(rng.randbytes(count * 4))
-            left -= count
-    return path
 
 
 # ---------------------------------------------------------------- the cluster
@@ -272,7 +142,7 @@ class Cluster:
 
     def replica_argv(self, node: int, cluster: str | None = None) -> list[str]:
         return [
-            twistd(), "-n", "--pidfile=", "distpotify", "--node-id", str(node),
+            *twistd(), "-n", "--pidfile=", "distpotify", "--node-id", str(node),
             "--data-dir", str(self.work / f"node{node}"), "--host", HOST,
             "--advertise-host", HOST, "--http-port", str(self.http[node]),
             "--amp-port", str(self.amp[node]), "--cluster", cluster or self.name,
@@ -289,7 +159,8 @@ class Cluster:
             "role") == "leader", 60)
         songs = []
         for number, size in enumerate(sizes):
-            wav = make_wav(self.work / f"song{number}.wav", size, seed=100 + number)
+            wav = self.work / f"song{number}.wav"
+            make_wav(wav, size, seed=100 + number)
             songs.append(upload(self.http[1], wav))
             wav.unlink()
         self.procs.stop(child)
@@ -305,7 +176,7 @@ class Cluster:
         for node in (1, 2, 3):
             self.start_replica(node)
         self.proxy = self.procs.start("proxy", [
-            twistd(), "-n", "--pidfile=", "distpotify-proxy", "--port", str(self.proxy_port),
+            *twistd(), "-n", "--pidfile=", "distpotify-proxy", "--port", str(self.proxy_port),
             "--backends", ",".join(f"{HOST}:{port}" for port in self.http.values()),
         ], self.work / "proxy.log")
         view = self.wait_view(3, 60)
@@ -349,50 +220,6 @@ class Cluster:
 
 
 # ---------------------------------------------------------------- wrk
-
-
-def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: int
-            ) -> dict[str, Any]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
-            f"http://{HOST}:{port}/", "--", str(paths)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
-                          check=False)
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    figures = None
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH-JSON "):
-            figures = json.loads(line.removeprefix("BENCH-JSON "))
-    if figures is None:
-        raise BenchError(f"no figures in wrk's output:\n{done.stdout}\n{done.stderr}")
-    seconds = figures["duration_us"] / 1e6
-    non_2xx = 0
-    for line in done.stdout.splitlines():
-        if "Non-2xx or 3xx responses:" in line:
-            non_2xx = int(line.split(":")[1])
-    return {
-        "seconds": seconds,
-        "requests": figures["requests"],
-        "req_per_s": figures["requests"] / seconds,
-        "mib_per_s": figures["bytes"] / seconds / MIB,
-        "latency_ms": {k: v / 1000 for k, v in figures["latency_us"].items()},
-        "errors": figures["errors"],
-        "non_2xx": non_2xx,
-    }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children still running (nginx's worker)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def verify(port: int, chunks: list[dict[str, Any]]) -> None:
@@ -535,7 +362,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
                 run_wrk(port, paths, script, args.warmup, connections)
             cpu = cpu_seconds(child.pid)
             counters = cluster.view()["counters"]
-            result = run_wrk(port, paths, script, args.duration, connections)
+            result = run_wrk(port, paths, script, args.duration, connections).summary()
             procs.check_alive(child)
             if name == "proxy":
                 after = cluster.view()["counters"]
@@ -605,18 +432,9 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict[str, Any]:
-    import twisted
-
+def nginx_version() -> str:
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
-    return {
-        "python": platform.python_version(),
-        "twisted": twisted.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "nginx": (nginx.stderr or nginx.stdout).strip().removeprefix("nginx version: "),
-        "loadavg_at_end": os.getloadavg(),
-    }
+    return (nginx.stderr or nginx.stdout).strip().removeprefix("nginx version: ")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -640,18 +458,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="distpotify-bench-proxy-"))
@@ -669,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result["environment"] = environment()
+    result["environment"] = environment(nginx=nginx_version())
     print(report(result))
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)

@@ -31,173 +31,44 @@ Ctrl-C and SIGTERM), and its temp dir is removed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
-MIB = 1024 * 1024
-KIB = 1024
-HOST = "127.0.0.1"
+from common import (
+    HOST,
+    KIB,
+    LUA,
+    MIB,
+    REPO,
+    RESULTS,
+    BenchError,
+    Processes,
+    cpu_seconds,
+    environment,
+    free_port,
+    http_get,
+    make_wav,
+    run_wrk,
+    say,
+    terminate_on_sigterm,
+    twistd,
+    wait_until,
+)
+
 TARGET = 0.80
-
-# wrk script: cycles over the paths given on its command line (after "--"), one path per
-# request, requests pre-built in init(); done() prints exact figures as one JSON line.
-# No response() function, so wrk never copies bodies into Lua (that would slow wrk down).
-LUA = r"""
-local reqs = {}
-local n = 0
-local i = 0
-
-function init(args)
-  local f = assert(io.open(args[1], "r"))
-  for line in f:lines() do
-    if #line > 0 then
-      n = n + 1
-      reqs[n] = wrk.format("GET", line)
-    end
-  end
-  f:close()
-  i = math.random(n) - 1
-end
-
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
-    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
-    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
-    summary.duration, summary.requests, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
-end
-"""
-
-
-class BenchError(Exception):
-    """Something the benchmark cannot go on without; the message says what."""
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child started here; stop_all() ends them (SIGTERM, then SIGKILL) by pid."""
-
-    def __init__(self) -> None:
-        self._children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
-        with open(log, "wb") as out:
-            # Own session: a Ctrl-C in the terminal reaches only us; we stop the children.
-            child = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self._children.append((name, child, log))
-        return child
-
-    def check_alive(self, child: subprocess.Popen[bytes]) -> None:
-        if child.poll() is not None:
-            for name, c, log in self._children:
-                if c is child:
-                    raise BenchError(
-                        f"{name} exited with status {child.returncode}; log tail:\n"
-                        + tail(log)
-                    )
-
-    def stop(self, child: subprocess.Popen[bytes]) -> None:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=15)
-        self._children = [entry for entry in self._children if entry[1] is not child]
-
-    def stop_all(self) -> None:
-        for _, child, _ in reversed(list(self._children)):
-            with contextlib.suppress(Exception):
-                self.stop(child)
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"(no log: {e})"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def twistd() -> list[str]:
-    beside = Path(sys.executable).parent / "twistd"
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("twistd")
-    return [found] if found else [sys.executable, "-m", "twisted"]
-
-
-def wait_until(what: str, check: Any, deadline_s: float, procs: Processes,
-               child: subprocess.Popen[bytes]) -> Any:
-    """Poll ``check()`` until it returns something truthy, or fail after ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    last: object = None
-    while time.monotonic() < deadline:
-        procs.check_alive(child)
-        try:
-            result = check()
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            last, result = e, None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last: {last!r})")
-
-
-# ---------------------------------------------------------------- HTTP helpers
-
-
-def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
 
 def replica_leader(port: int) -> dict[str, Any] | None:
     status, _, body = http_get(port, "/status", timeout=2)
@@ -230,30 +101,6 @@ def upload(port: int, path: Path, timeout: float = 300) -> tuple[float, int, dic
 
 
 # ---------------------------------------------------------------- data
-
-
-def make_wav(path: Path, size_bytes: int, seed: int) -> str:
-    """A valid 16-bit stereo 44.1 kHz PCM WAV of about ``size_bytes``, non-repeating noise.
-
-    Streamed to disk one MiB at a time; returns the SHA-256 of the file.
-    """
-    rng = random.Random(seed)
-    frames_total = max(1, (size_bytes - 44) // 4)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(44100)
-        w.setnframes(frames_total)
-        left = frames_total
-        while left:
-            frames = min(left, MIB // 4)
-            w.writeframesraw(rng.randbytes(frames * 4))
-            left -= frames
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def copy_fsync(src: Path, dst: Path) -> float:
@@ -322,26 +169,13 @@ def verify_chunks(port: int, chunks: list[dict[str, Any]], key: str, etag: bool)
 # ---------------------------------------------------------------- wrk
 
 
-def run_wrk(port: int, paths_file: Path, script: Path, duration: int, connections: int,
+def measure(port: int, paths_file: Path, script: Path, duration: int, connections: int,
             chunk_size: int, prefix: list[str]) -> dict[str, Any]:
-    argv = [
-        *prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-        "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths_file),
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
-                          check=False)
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    figures: dict[str, Any] | None = None
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH-JSON "):
-            figures = json.loads(line.removeprefix("BENCH-JSON "))
-    if figures is None:
-        raise BenchError(f"no figures in wrk's output:\n{done.stdout}\n{done.stderr}")
-    seconds = figures["duration_us"] / 1e6
+    """One wrk run over full-size chunks, with the checks and figures the report needs."""
+    run = run_wrk(port, paths_file, script, duration, connections, prefix)
+    figures, argv = run.figures, run.argv
+    seconds = run.seconds
     requests = figures["requests"]
-    non_2xx = _non_2xx(done.stdout)
-    errors = figures["errors"]
     # bytes read include headers and the partial bodies in flight when the run stops.
     per_response = figures["bytes"] / requests if requests else 0.0
     size_ok = requests > 0 and (
@@ -356,19 +190,12 @@ def run_wrk(port: int, paths_file: Path, script: Path, duration: int, connection
         "mib_per_s": figures["bytes"] / seconds / MIB,
         "payload_mib_per_s": requests * chunk_size / seconds / MIB,
         "latency_ms": {k: v / 1000 for k, v in figures["latency_us"].items()},
-        "errors": errors,
-        "non_2xx": non_2xx,
+        "errors": figures["errors"],
+        "non_2xx": run.non_2xx,
         "bytes_per_response": round(per_response, 1),
         "sizes_ok": size_ok,
-        "stdout": done.stdout,
+        "stdout": run.stdout,
     }
-
-
-def _non_2xx(text: str) -> int:
-    for line in text.splitlines():
-        if "Non-2xx or 3xx responses:" in line:
-            return int(line.split(":")[1])
-    return 0
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -482,10 +309,10 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
             say(f"round {number + 1}/{args.rounds} {server.name}: warm-up {args.warmup:g} s,"
                 f" then {args.duration:g} s")
             if args.warmup > 0:
-                run_wrk(server.port, paths, script, args.warmup, args.connections, chunk_size,
+                measure(server.port, paths, script, args.warmup, args.connections, chunk_size,
                         wrk_prefix)
             cpu_before = cpu_seconds(server.child.pid)
-            result = run_wrk(server.port, paths, script, args.duration, args.connections,
+            result = measure(server.port, paths, script, args.duration, args.connections,
                              chunk_size, wrk_prefix)
             procs.check_alive(server.child)
             cpu = cpu_seconds(server.child.pid) - cpu_before
@@ -549,13 +376,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pin_cpus() -> tuple[str, str]:
     """(CPUs for wrk, CPUs for the servers): the last CPU serves, the others load."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -575,19 +395,9 @@ def redact(argv: list[str], work: Path) -> str:
     return " ".join(argv).replace(str(work), "$TMP")
 
 
-def environment() -> dict[str, Any]:
-    import twisted
-
+def wrk_version() -> str:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
-    return {
-        "python": platform.python_version(),
-        "twisted": twisted.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "wrk": " ".join((wrk.stdout or wrk.stderr or "wrk ?").split()[:2]),
-        "git_head": _git_head(),
-        "loadavg_at_end": os.getloadavg(),
-    }
+    return " ".join((wrk.stdout or wrk.stderr or "wrk ?").split()[:2])
 
 
 def _git_head() -> str | None:
@@ -690,10 +500,6 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def say(text: str) -> None:
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run [10]")
@@ -721,18 +527,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--duration, --connections, --upload-mib, --upload-runs and --rounds"
                 " must be positive")
     return args
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -764,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     result["timestamp"] = time.strftime("%Y%m%dT%H%M%S")
     result["wall_seconds"] = round(time.monotonic() - started, 1)
-    result["environment"] = {**environment(), "loadavg_at_start": load_at_start}
+    result["environment"] = {**environment(wrk=wrk_version(), git_head=_git_head()),
+                             "loadavg_at_start": load_at_start}
     result["ratios"] = ratios(result["chunk_get"])
     text = report(result)
     print(text, flush=True)

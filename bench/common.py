@@ -1,0 +1,299 @@
+"""What bench/proxy.py and bench/replica.py share: child processes, ports, HTTP and wrk helpers.
+Both run it as a script, so it is imported as ``common`` from the bench directory."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+HOST = "127.0.0.1"
+KIB = 1024
+MIB = 1024 * KIB
+
+# wrk script: cycles over the paths listed in a file (after "--"), one path per request,
+# requests pre-built in init(); done() prints exact figures as one JSON line. No response()
+# function, so wrk never copies bodies into Lua (that would slow wrk down).
+LUA = r"""
+local reqs = {}
+local n = 0
+local i = 0
+
+function init(args)
+  local f = assert(io.open(args[1], "r"))
+  for line in f:lines() do
+    if #line > 0 then
+      n = n + 1
+      reqs[n] = wrk.format("GET", line)
+    end
+  end
+  f:close()
+  i = math.random(n) - 1
+end
+
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
+    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+    summary.duration, summary.requests, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+
+
+class BenchError(Exception):
+    """Something the benchmark cannot go on without; the message says what."""
+
+
+def say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child started here; stop_all() ends them (SIGTERM, then SIGKILL) by pid."""
+
+    def __init__(self) -> None:
+        self._children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
+        # Appended to: a child restarted under the same name keeps its earlier log.
+        with open(log, "ab") as out:
+            # Own session: a Ctrl-C in the terminal reaches only us; we stop the children.
+            child = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._children.append((name, child, log))
+        return child
+
+    def check_alive(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is not None:
+            for name, c, log in self._children:
+                if c is child:
+                    raise BenchError(
+                        f"{name} exited with status {child.returncode}; log tail:\n"
+                        + tail(log)
+                    )
+
+    def stop(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=15)
+        self._children = [entry for entry in self._children if entry[1] is not child]
+
+    def stop_all(self) -> None:
+        for _, child, _ in reversed(list(self._children)):
+            with contextlib.suppress(Exception):
+                self.stop(child)
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def twistd() -> list[str]:
+    """The argv that starts twistd: the one beside this Python, else on PATH, else -m."""
+    beside = Path(sys.executable).parent / "twistd"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("twistd")
+    return [found] if found else [sys.executable, "-m", "twisted"]
+
+
+def wait_until(what: str, check: Callable[[], Any], deadline_s: float,
+               procs: Processes | None = None, child: subprocess.Popen[bytes] | None = None
+               ) -> Any:
+    """Poll ``check()`` until it returns something truthy, or fail after ``deadline_s``.
+
+    With ``procs`` and ``child``, fail as soon as that child has exited.
+    """
+    deadline = time.monotonic() + deadline_s
+    last: object = None
+    while time.monotonic() < deadline:
+        if procs is not None and child is not None:
+            procs.check_alive(child)
+        try:
+            result = check()
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
+            last, result = e, None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last: {last!r})")
+
+
+# ---------------------------------------------------------------- HTTP and data
+
+
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def make_wav(path: Path, size_bytes: int, seed: int) -> str:
+    """A valid 16-bit stereo 44.1 kHz PCM WAV of about ``size_bytes``, non-repeating noise.
+
+    Streamed to disk one MiB at a time; returns the SHA-256 of the file.
+    """
+    rng = random.Random(seed)
+    frames_total = max(1, (size_bytes - 44) // 4)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.setnframes(frames_total)
+        left = frames_total
+        while left:
+            frames = min(left, MIB // 4)
+            w.writeframesraw(rng.randbytes(frames * 4))
+            left -= frames
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- wrk and /proc
+
+
+@dataclasses.dataclass
+class WrkRun:
+    """One finished wrk run: its argv, its stdout, and the figures of its BENCH-JSON line."""
+
+    argv: list[str]
+    stdout: str
+    figures: dict[str, Any]
+
+    @property
+    def seconds(self) -> float:
+        return float(self.figures["duration_us"]) / 1e6
+
+    @property
+    def non_2xx(self) -> int:
+        for line in self.stdout.splitlines():
+            if "Non-2xx or 3xx responses:" in line:
+                return int(line.split(":")[1])
+        return 0
+
+    def summary(self) -> dict[str, Any]:
+        seconds = self.seconds
+        return {
+            "seconds": seconds,
+            "requests": self.figures["requests"],
+            "req_per_s": self.figures["requests"] / seconds,
+            "mib_per_s": self.figures["bytes"] / seconds / MIB,
+            "latency_ms": {k: v / 1000 for k, v in self.figures["latency_us"].items()},
+            "errors": self.figures["errors"],
+            "non_2xx": self.non_2xx,
+        }
+
+
+def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: int,
+            prefix: Sequence[str] = ()) -> WrkRun:
+    """``wrk -t1`` with ``script`` (LUA) cycling over the paths listed in ``paths``."""
+    argv = [
+        *prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+        "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    figures: dict[str, Any] | None = None
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH-JSON "):
+            figures = json.loads(line.removeprefix("BENCH-JSON "))
+    if figures is None:
+        raise BenchError(f"no figures in wrk's output:\n{done.stdout}\n{done.stderr}")
+    return WrkRun(argv, done.stdout, figures)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU (all threads, from /proc) of a process and its children still
+    running (nginx's worker)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def environment(**tools: Any) -> dict[str, Any]:
+    """Versions and load for the report; ``tools`` go in before the load average."""
+    import twisted
+
+    return {
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        **tools,
+        "loadavg_at_end": os.getloadavg(),
+    }
