@@ -209,6 +209,10 @@ class BullyElection:
             )
             return
         self._accept_leader(node_id, epoch, http)
+        if node_id < self._node_id:
+            # Bully: a lower id announced itself (both claimed at once, or we were not
+            # electable yet); the higher id answers with an election of its own.
+            self._clock.callLater(0, self.claim_if_higher)
 
     def election_requested(self, node_id: int, epoch: int) -> bool:
         """An Election message from a lower id: answer alive, and take part (Bully)."""

@@ -300,7 +300,15 @@ class Joiner:
         await self._advance()
 
     async def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> bool:
-        """One ranged request for a run of chunks; chunk by chunk for what it missed."""
+        """One ranged request for a run of chunks; chunk by chunk for what it missed. Never
+        raises: every run of an attempt ends before the attempt is judged."""
+        try:
+            return await self._fetch_run_once(run, sources, n)
+        except Exception as e:
+            log.warn("join: run of {n} chunks failed: {error!r}", n=len(run.refs), error=e)
+            return False
+
+    async def _fetch_run_once(self, run: ChunkRun, sources: list[str], n: int) -> bool:
         # Spread the downloads over every ACTIVE replica, each run starting elsewhere.
         rotated = sources[n % len(sources):] + sources[:n % len(sources)]
         done = await self._fetcher.fetch_run(run.refs, run.start, run.song_sha256, rotated[0])

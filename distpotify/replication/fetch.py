@@ -72,6 +72,9 @@ class ChunkFetcher:
         self._blocking = blocking
         self._limit = DeferredSemaphore(concurrency)
         self.counters = FetchCounters()
+        # One writer per part file: a chunk asked for again while it downloads (a join and a
+        # push, a retry) waits for the download in flight instead of writing beside it.
+        self._inflight: dict[tuple[str, int], Deferred[bool]] = {}
 
     async def fetch_durably(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """fetch, then make the chunk directory durable (one chunk: read repair)."""
@@ -86,18 +89,35 @@ class ChunkFetcher:
 
     async def fetch(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """Download ``ref`` from the first of ``sources`` that gives the right bytes."""
-        await self._limit.acquire()
+        key = (ref.song_id, ref.idx)
+        while key in self._inflight:
+            await _follow(self._inflight[key])
+            # Only verified downloads are renamed into place: the file is the answer.
+            if self._chunks.path(ref.song_id, ref.idx).exists():
+                return True
+        mine: Deferred[bool] = Deferred()
+        self._inflight[key] = mine
+        ok = False
         try:
-            for base in sources:
-                if await self._fetch_from(ref, base):
-                    self.counters.fetched += 1
-                    return True
-            self.counters.failed += 1
-            log.warn("chunk {song_id}/{idx} not available from {sources}",
-                     song_id=ref.song_id, idx=ref.idx, sources=list(sources))
-            return False
+            await self._limit.acquire()
+            try:
+                ok = await self._fetch_any(ref, sources)
+            finally:
+                self._limit.release()
         finally:
-            self._limit.release()
+            del self._inflight[key]
+            mine.callback(ok)
+        return ok
+
+    async def _fetch_any(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
+        for base in sources:
+            if await self._fetch_from(ref, base):
+                self.counters.fetched += 1
+                return True
+        self.counters.failed += 1
+        log.warn("chunk {song_id}/{idx} not available from {sources}",
+                 song_id=ref.song_id, idx=ref.idx, sources=list(sources))
+        return False
 
     async def fetch_run(
         self, refs: Sequence[ChunkRef], start: int, song_sha256: str, base: str
@@ -105,11 +125,25 @@ class ChunkFetcher:
         """Download consecutive chunks of one song with a single ranged request of its
         stream (bootstrap: one request per run instead of one per chunk), each chunk
         verified on its own; the chunks that arrived whole and right."""
-        await self._limit.acquire()
+        keys = [(ref.song_id, ref.idx) for ref in refs]
+        if any(key in self._inflight for key in keys):
+            return []  # the caller fetches chunk by chunk, joining the downloads in flight
+        mine: Deferred[bool] = Deferred()
+        for key in keys:
+            self._inflight[key] = mine
+        done: list[ChunkRef] = []
         try:
-            return await self._fetch_run(refs, start, song_sha256, base)
+            await self._limit.acquire()
+            try:
+                done = await self._fetch_run(refs, start, song_sha256, base)
+            finally:
+                self._limit.release()
         finally:
-            self._limit.release()
+            for key in keys:
+                del self._inflight[key]
+            # Those waiting on a chunk of this run look again, chunk by chunk.
+            mine.callback(False)
+        return done
 
     async def _fetch_run(
         self, refs: Sequence[ChunkRef], start: int, song_sha256: str, base: str
@@ -164,7 +198,7 @@ class ChunkFetcher:
         finally:
             if current:
                 current[1].close()
-        await gatherResults(finished)
+        await gatherResults(finished, consumeErrors=True).addErrback(lambda _: None)
         self.counters.fetched += len(done)
         self.counters.bad_bytes += len(finished) - len(done)
         return done
@@ -202,6 +236,18 @@ class ChunkFetcher:
             log.warn("chunk {song_id}/{idx} from {base} failed its SHA-256; discarded",
                      song_id=ref.song_id, idx=ref.idx, base=base)
         return done
+
+
+async def _follow(download: Deferred[bool]) -> None:
+    """Wait for a download another caller started, leaving its result to that caller."""
+    ended: Deferred[None] = Deferred()
+
+    def passed_on(result: object) -> object:
+        ended.callback(None)
+        return result
+
+    download.addBoth(passed_on)
+    await ended
 
 
 def sources_for(first: str | None, others: Callable[[], Sequence[str]]) -> list[str]:

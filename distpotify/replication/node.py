@@ -155,8 +155,10 @@ class ReplicationNode:
         self.pusher.wake()
 
     def _peer_event(self, event: PeerEvent) -> None:
-        # A replica that comes back (restart, healed partition) may hold writes we lack.
-        if isinstance(event, PeerUp) and event.peer.state == ACTIVE:
+        # A replica that comes back (restart, healed partition) may hold writes we lack. Not
+        # while this one is JOINING: the join owns its database and chunk files until DONE.
+        if (isinstance(event, PeerUp) and event.peer.state == ACTIVE
+                and self._cluster.state == ACTIVE):
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
     async def status(self) -> dict[str, Any]:

@@ -828,3 +828,26 @@ def test_election_over_amp_makes_the_highest_node_leader(starter: int) -> None:
     assert {n: (e.status.role, e.status.leader_id) for n, e in cluster.elections.items()} == {
         1: ("follower", 3), 2: ("follower", 3), 3: ("leader", 3),
     }
+
+
+def test_a_higher_node_claiming_when_a_lower_coordinator_arrives_takes_over() -> None:
+    node = Node(node_id=4, higher=(), hold_persist=True)
+    node.election.start(0)
+    node.clock.advance(0)  # claiming epoch 1: the persist has not finished yet
+
+    node.election.coordinator_received(3, 1, http(3))  # node 3 claimed epoch 1 at once
+    node.persisting[0].callback(None)  # our abandoned claim lands late: ignored
+    node.clock.advance(0)  # Bully: the higher id answers the lower coordinator
+    node.persisting[-1].callback(None)
+
+    assert node.status == ElectionStatus("leader", 4, http(4), 2)
+    assert node.persisted == [1, 2]
+
+
+def test_a_non_electable_higher_node_follows_a_lower_coordinator() -> None:
+    node = Node(node_id=4, higher=(), electable=False)
+
+    node.election.coordinator_received(3, 1, http(3))
+    node.clock.advance(0)
+
+    assert node.status == ElectionStatus("follower", 3, http(3), 1)

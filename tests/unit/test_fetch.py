@@ -1,0 +1,85 @@
+"""Chunk downloads: verified before they become visible, one writer per chunk."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+
+from distpotify.replication.client import PeerError
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.store.chunks import ChunkStore
+from tests.helpers.api import result_of, run_now
+
+SONG = "abcdef01-2345-4678-8abc-def012345678"
+DATA = b"the right bytes" * 100
+REF = ChunkRef(SONG, 0, len(DATA), hashlib.sha256(DATA).hexdigest())
+
+
+class SlowPeer:
+    """Answers chunk downloads only when the test says so; counts them."""
+
+    def __init__(self, body: bytes = DATA) -> None:
+        self.body = body
+        self.calls: list[Deferred[None]] = []
+
+    def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
+              write: Callable[[bytes], None]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        d.addCallback(lambda _: write(self.body[offset:]))
+        self.calls.append(d)
+        return d
+
+
+def fetcher(tmp_path: Path, peer: SlowPeer) -> tuple[ChunkFetcher, ChunkStore]:
+    chunks = ChunkStore(tmp_path / "chunks")
+    return ChunkFetcher(peer, chunks, run_now), chunks  # type: ignore[arg-type]
+
+
+def test_the_same_chunk_asked_twice_is_downloaded_once(tmp_path: Path) -> None:
+    peer = SlowPeer()
+    fetch, chunks = fetcher(tmp_path, peer)
+
+    first = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
+    second = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
+    peer.calls[0].callback(None)
+
+    assert result_of(first) is True and result_of(second) is True
+    assert len(peer.calls) == 1
+    assert chunks.read(SONG, 0) == DATA
+
+
+def test_wrong_bytes_never_become_the_chunk(tmp_path: Path) -> None:
+    peer = SlowPeer(body=b"x" * len(DATA))
+    fetch, chunks = fetcher(tmp_path, peer)
+
+    d = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
+    peer.calls[0].callback(None)
+
+    assert result_of(d) is False
+    assert not chunks.path(SONG, 0).exists()
+    assert fetch.counters.bad_bytes == 1
+
+
+def test_a_broken_download_resumes_from_the_next_source(tmp_path: Path) -> None:
+    class Breaking(SlowPeer):
+        def chunk(self, base, song_id, idx, offset, sha256, write):  # type: ignore[no-untyped-def]
+            d = super().chunk(base, song_id, idx, offset, sha256, write)
+            if base == "http://broken":
+                def cut(_: object) -> None:
+                    write(self.body[:100])
+                    raise PeerError("connection lost")
+                d = Deferred()
+                d.addCallback(cut)
+                self.calls[-1] = d
+            return d
+
+    peer = Breaking()
+    fetch, chunks = fetcher(tmp_path, peer)
+    d = Deferred.fromCoroutine(fetch.fetch(REF, ["http://broken", "http://good"]))
+    peer.calls[0].callback(None)
+    peer.calls[1].callback(None)
+
+    assert result_of(d) is True and chunks.read(SONG, 0) == DATA
