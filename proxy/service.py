@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -48,15 +49,7 @@ class ProxyService(service.MultiService):
         """/proxy/status: the proxy's view of the cluster and what it has done."""
         return {
             **self.view.snapshot(),
-            "counters": {
-                "requests": self.counters.requests,
-                "retries": self.counters.retries,
-                "resumes": self.counters.resumes,
-                "held_writes": self.counters.held_writes,
-                "unavailable": self.counters.unavailable,
-                "aborted": self.counters.aborted,
-                "client_gone": self.counters.client_gone,
-            },
+            "counters": attrs.asdict(self.counters),
             "config": {
                 "write_hold": self.config.write_hold,
                 "health_max_age": self.config.health_max_age,

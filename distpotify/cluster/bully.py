@@ -15,13 +15,12 @@ from automat import MethodicalMachine
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from distpotify.cluster._types import Clock, DelayedCall
 from distpotify.cluster.heartbeat import CANDIDATE, FOLLOWER, LEADER, split_address
 from distpotify.cluster.membership import Membership, PeerEvent
 
@@ -125,7 +124,7 @@ class BullyElection:
     ) -> None:
         self._node_id = node_id
         self._http = http
-        self._clock = cast(Clock, clock)
+        self._clock = clock
         self._network = network
         self._higher_peers = higher_peers
         self._persist_epoch = persist_epoch
@@ -140,7 +139,7 @@ class BullyElection:
         self._role = FOLLOWER
         self._leader: Leader | None = None
         self._claim_epoch: int | None = None
-        self._timer: DelayedCall | None = None
+        self._timer: IDelayedCall | None = None
         self._published: tuple[str, Leader | None] = (self._role, self._leader)
 
     # -- what the rest of the replica reads

@@ -24,13 +24,13 @@ from twisted.internet.interfaces import (
     IReactorMulticast,
     IReactorTime,
     IReactorUDP,
+    IUDPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from distpotify.cluster._types import DatagramTransport, MulticastReactor, UDPReactor
 from distpotify.config import ReplicaConfig
 from distpotify.model import Version
 
@@ -276,7 +276,7 @@ class HeartbeatProtocol(DatagramProtocol):
         """Write one datagram; raises if not listening or if the address is unusable."""
         if self.transport is None:
             raise RuntimeError("the heartbeat protocol is not listening")
-        cast(DatagramTransport, self.transport).write(datagram, address)
+        cast(IUDPTransport, self.transport).write(datagram, address)
         self.counters["sent"] += 1
 
 
@@ -491,9 +491,7 @@ def listen_multicast(
     Loopback stays on so replicas on one host hear each other; our own datagrams come
     back and are counted as ``own``.
     """
-    port = cast(MulticastReactor, reactor).listenMulticast(
-        config.multicast_port, protocol, listenMultiple=True
-    )
+    port = reactor.listenMulticast(config.multicast_port, protocol, listenMultiple=True)
     port.setTTL(config.multicast_ttl)
     port.setLoopbackMode(True)
 
@@ -504,7 +502,7 @@ def listen_multicast(
         port.stopListening()
         return failure
 
-    d = port.setOutgoingInterface(config.multicast_interface)
+    d: Deferred[Any] = port.setOutgoingInterface(config.multicast_interface)
     d.addCallback(lambda _: port.joinGroup(config.multicast_group, config.multicast_interface))
     d.addCallback(joined)
     d.addErrback(failed)
@@ -515,8 +513,9 @@ def listen_unicast(
     reactor: IReactorUDP, config: ReplicaConfig, protocol: HeartbeatProtocol
 ) -> IListeningPort:
     """Listen for unicast heartbeats on the heartbeat port (--multicast-port) of --host."""
-    port = cast(UDPReactor, reactor).listenUDP(
+    # IReactorUDP declares maxPacketSize without its default (8192) of the reactors.
+    port: IListeningPort = cast(Any, reactor).listenUDP(
         config.multicast_port, protocol, interface=config.host
     )
-    return cast(IListeningPort, port)
+    return port
 

@@ -7,13 +7,12 @@ Subscribers (the election, later replication) get PeerUp, PeerDown and PeerChang
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from distpotify.cluster._types import Clock, DelayedCall
 from distpotify.cluster.heartbeat import ACTIVE, LEADER, Heartbeat
 from distpotify.model import Version
 
@@ -73,10 +72,10 @@ class Membership:
 
     def __init__(self, *, node_id: int, clock: IReactorTime, failure_timeout: float) -> None:
         self._node_id = node_id
-        self._clock = cast(Clock, clock)
+        self._clock = clock
         self._failure_timeout = failure_timeout
         self._peers: dict[int, Peer] = {}
-        self._timers: dict[int, DelayedCall] = {}
+        self._timers: dict[int, IDelayedCall] = {}
         self._observers: list[Callable[[PeerEvent], object]] = []
 
     def subscribe(self, observer: Callable[[PeerEvent], object]) -> Callable[[], None]:
