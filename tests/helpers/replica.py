@@ -218,7 +218,12 @@ class Cluster:
         return found
 
     def agreed_leader(self, nodes: list[ReplicaProcess] | None = None) -> dict[str, Any] | None:
-        """The leader's /status once every given replica answers and names it; else None."""
+        """The leader's /status once every given replica answers and names it, and the
+        agreement is one Bully will keep; else None.
+
+        Bully overturns an agreement while a replica holds an election (role candidate) or
+        while a replica with a higher id than the leader is still JOINING: once ACTIVE it
+        takes leadership over. Writes sent in between would get 421."""
         nodes = nodes if nodes is not None else self.running()
         statuses = self.statuses(nodes)
         if len(statuses) != len(nodes):
@@ -226,5 +231,13 @@ class Cluster:
         leaders = {s["leader_id"] for s in statuses.values()}
         if len(leaders) != 1 or None in leaders:
             return None
-        leader = statuses.get(leaders.pop())
-        return leader if leader and leader["role"] == "leader" else None
+        leader_id = leaders.pop()
+        leader = statuses.get(leader_id)
+        if not leader or leader["role"] != "leader":
+            return None
+        for node_id, status in statuses.items():
+            if status["role"] == "candidate":
+                return None
+            if node_id > leader_id and status["state"] != "ACTIVE":
+                return None
+        return leader
