@@ -8,9 +8,12 @@ Everything runs on 127.0.0.1 in one run, so the ratios mean something:
 * ``twistd distpotify-proxy`` in front of the three, and nginx (``nginx-light``, installed with
   apt-get when missing) with one worker, an upstream of the two followers the proxy reads
   from, keepalive 64 and in-memory buffers;
+* ``bench/twisted_relay.py`` on the same followers: twisted.web's Site and an Agent over a
+  pool with backpressure and nothing else, the floor any proxy built as DESIGN section 8
+  asks stands on; the proxy's distance from it is the cost of its own logic;
 * ``wrk -t1 -c<N> -d<duration>s --latency`` cycling over every full 256 KiB chunk, for each
-  ``--connections`` value, nginx and the proxy taking turns after a warm-up each. Targets:
-  proxy >= 0.70 x nginx req/s, proxy p99 < 100 ms at 32 connections;
+  ``--connections`` value, nginx, the relay and the proxy taking turns after a warm-up each.
+  Targets: proxy >= 0.70 x nginx req/s, proxy p99 < 100 ms at 32 connections;
 * stall: ``--stall-rounds`` downloads of a long song through the proxy, read as fast as they
   come through a 64 KiB receive buffer; a few MiB in, the replica serving it gets SIGKILL.
   The longest wait between two reads after the kill is the stall (target < 1 s, aim 200 ms),
@@ -138,6 +141,7 @@ class Cluster:
         self.replicas: dict[int, subprocess.Popen[bytes]] = {}
         self.proxy_port = free_port()
         self.nginx_port = free_port()
+        self.relay_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
 
     def replica_argv(self, node: int, cluster: str | None = None) -> list[str]:
@@ -217,6 +221,16 @@ class Cluster:
         wait_until("nginx", lambda: http_get(self.nginx_port, "/status", timeout=2)[0] == 200,
                    30)
         return child, ", ".join(readers)
+
+    def start_relay(self) -> subprocess.Popen[bytes]:
+        """bench/twisted_relay.py on the same followers as nginx: the floor under the proxy."""
+        readers = self.view()["readers"]
+        child = self.procs.start("twisted relay", [
+            sys.executable, str(REPO / "bench" / "twisted_relay.py"), str(self.relay_port),
+            ",".join(readers)], self.work / "relay.log")
+        wait_until("twisted relay",
+                   lambda: http_get(self.relay_port, "/status", timeout=2)[0] == 200, 30)
+        return child
 
 
 # ---------------------------------------------------------------- wrk
@@ -342,11 +356,14 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
     random.Random(7).shuffle(chunks)
     nginx, upstream = cluster.start_nginx()
     assert cluster.proxy is not None
+    relay = cluster.start_relay()
     servers = {"nginx": (cluster.nginx_port, nginx),
+               "twisted": (cluster.relay_port, relay),
                "proxy": (cluster.proxy_port, cluster.proxy)}
     for port, _ in servers.values():
         verify(port, chunks)
-    say(f"verified all {len(chunks)} chunks through nginx and the proxy (status, SHA-256, ETag)")
+    say(f"verified all {len(chunks)} chunks through each of {', '.join(servers)}"
+        " (status, SHA-256, ETag)")
     script = work / "cycle.lua"
     script.write_text(LUA)
     paths = work / "paths.txt"
@@ -375,6 +392,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
                 f" {result['latency_ms']['p99']:.1f} ms, errors {result['errors']},"
                 f" non-2xx {result['non_2xx']} {result.get('proxy_counters', '')}")
     procs.stop(nginx)
+    procs.stop(relay)
     stall = stall_rounds(cluster, songs[-1], args.stall_rounds) if args.stall_rounds else None
     return {
         "settings": {
@@ -382,6 +400,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
             "connections": args.connections, "chunk_kib": args.chunk_kib,
             "chunks_in_set": len(chunks), "nginx_upstream": upstream,
             "nginx": "1 worker, keepalive 64, proxy_buffers 16 64k, no temp files",
+            "twisted": "bench/twisted_relay.py: Site + Agent + pool + backpressure, nothing else",
         },
         "chunk_get": {str(k): v for k, v in runs.items()},
         "stall": stall,
@@ -412,6 +431,10 @@ def report(result: dict[str, Any]) -> str:
         ratio = pair["proxy"]["req_per_s"] / pair["nginx"]["req_per_s"]
         verdict = "meets" if ratio >= RATIO_TARGET else "BELOW"
         line = f"  proxy / nginx at -c{connections}: {ratio:.2f} ({verdict} {RATIO_TARGET:.2f})"
+        if "twisted" in pair:
+            floor = pair["twisted"]["req_per_s"]
+            line += (f"; twisted relay / nginx {floor / pair['nginx']['req_per_s']:.2f},"
+                     f" proxy / twisted relay {pair['proxy']['req_per_s'] / floor:.2f}")
         if connections == "32":
             p99 = pair["proxy"]["latency_ms"]["p99"]
             line += (f"; proxy p99 {p99:.1f} ms"
