@@ -1,8 +1,11 @@
 """Anti-entropy: every interval (with jitter) compare digests with one peer, pull what differs.
 
 Only differing buckets are listed and only rows whose versions differ are fetched, so a round
-costs the 256 bucket hashes plus the difference. A round also fetches chunk files that the
-registry says should be here and are not.
+costs the 256 bucket hashes plus the difference. Some rounds also fetch chunk files that the
+registry says should be here and are not: the first, any that pulled rows, any after a round
+that left missing chunks for later, and every CHUNK_CHECK_EVERY-th. The check lists the whole
+registry and chunk directory, so it does not run every 10 s on a large library; pushes and
+pulled rows bring their chunks themselves, and reads repair what disappears in between.
 """
 # test-case-name: tests.integration.test_replication
 
@@ -28,6 +31,7 @@ log = Logger()
 
 KEYS_PER_REQUEST = 100
 CHUNKS_PER_ROUND = 256
+CHUNK_CHECK_EVERY = 30  # rounds: 5 minutes at the default interval
 
 
 class AntiEntropy:
@@ -61,7 +65,9 @@ class AntiEntropy:
         self.last: dict[str, Any] | None = None
         self.rows_repaired = 0
         self.chunks_repaired = 0
+        self.chunk_checks = 0
         self.errors = 0
+        self._chunks_left = False
 
     def start(self) -> None:
         self._schedule()
@@ -115,13 +121,14 @@ class AntiEntropy:
         for start in range(0, len(wanted), KEYS_PER_REQUEST):
             rows = await self._client.rows(peer, wanted[start:start + KEYS_PER_REQUEST])
             await self._receiver.apply_rows(rows, peer)
-        chunks = await self._repair_missing_chunks()
+        check = bool(wanted) or self._chunks_left or self.rounds % CHUNK_CHECK_EVERY == 0
+        chunks = await self._repair_missing_chunks() if check else 0
         self.rounds += 1
         self.rows_repaired += len(wanted)
         self.chunks_repaired += chunks
         self.last = {
             "peer": peer, "at": started, "buckets_differing": len(differing),
-            "rows_pulled": len(wanted), "chunks_fetched": chunks,
+            "rows_pulled": len(wanted), "chunks_checked": check, "chunks_fetched": chunks,
             "bytes_received": self._client.bytes_received - received,
             "seconds": round(self._clock.seconds() - started, 3),
         }
@@ -133,7 +140,9 @@ class AntiEntropy:
     async def _repair_missing_chunks(self) -> int:
         live = await self._store.run(MetadataDB.live_chunk_names)
         present = await self._blocking(self._chunks.names)
-        missing = sorted(live - present)[:CHUNKS_PER_ROUND]
+        self.chunk_checks += 1
+        absent = sorted(live - present)
+        missing, self._chunks_left = absent[:CHUNKS_PER_ROUND], len(absent) > CHUNKS_PER_ROUND
         if not missing:
             return 0
         rows = await self._store.run(MetadataDB.chunk_rows, missing)
@@ -145,7 +154,8 @@ class AntiEntropy:
     def status(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "errors": self.errors, "interval": self._interval,
                 "last": self.last,
-                "rows_repaired": self.rows_repaired, "chunks_repaired": self.chunks_repaired}
+                "rows_repaired": self.rows_repaired, "chunks_repaired": self.chunks_repaired,
+                "chunk_checks": self.chunk_checks}
 
 
 async def _none() -> None:

@@ -13,9 +13,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from distpotify.model import Op, Version
-from distpotify.replication.antientropy import AntiEntropy
+from distpotify.replication.antientropy import CHUNK_CHECK_EVERY, AntiEntropy
 from distpotify.replication.client import PeerClient, PeerError
+from distpotify.replication.fetch import ChunkRef
 from tests.helpers.api import InMemoryReplica, result_of, run_now
+from tests.helpers.audio import make_wav
 
 ROWS = 20_000
 
@@ -109,3 +111,37 @@ def test_a_peer_answering_garbage_is_skipped(tmp_path: Path) -> None:
     with pytest.raises(PeerError):
         run(d, stub)
     assert len(a.db.playlists()) == 3
+
+
+class RecordingGuard:
+    """Stands in for the ChunkGuard: records which chunks a round asks it to fetch."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def ensure(self, ref: ChunkRef) -> int:
+        self.asked.append(f"{ref.song_id}_{ref.idx}")
+        return 1
+
+
+def test_missing_chunk_files_are_checked_first_then_every_nth_round(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
+    song = replica.upload(wav.read_bytes()).json()["song"]
+    stub = StubTreq(replica.root)  # its own peer: digests are equal, no row is pulled
+    guard = RecordingGuard()
+    ae = anti_entropy(replica, stub)
+    ae._guard = guard  # type: ignore[assignment]
+    lost = f"{song['id']}_1"
+    (replica.chunks.root / lost).unlink()
+
+    run(ae.run_round("http://peer"), stub)  # the first round checks
+    assert guard.asked == [lost]
+    for _ in range(CHUNK_CHECK_EVERY - 1):
+        run(ae.run_round("http://peer"), stub)
+    assert guard.asked == [lost]  # rounds that pulled nothing leave the directory alone
+
+    run(ae.run_round("http://peer"), stub)
+
+    assert guard.asked == [lost, lost]
+    assert ae.status()["chunk_checks"] == 2
