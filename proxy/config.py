@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+MIB = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,13 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
+def parse_size(text: str) -> int:
+    """Bytes, with an optional K/M/G suffix (binary units): 256K, 512M, 1G."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": MIB, "G": 1024 * MIB}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"--{name} must be positive, got {value}")
@@ -52,6 +60,7 @@ class ProxyConfig:
     response_timeout: float = 2.0
     stall_timeout: float = 1.0
     write_timeout: float = 300.0
+    max_upload: int = 512 * MIB
     web_dir: Path = WEB_DIR
 
     def __attrs_post_init__(self) -> None:
@@ -64,5 +73,7 @@ class ProxyConfig:
             "response_timeout", "stall_timeout", "write_timeout",
         ):
             _positive(name.replace("_", "-"), getattr(self, name))
+        if self.max_upload <= 0:
+            raise ConfigError(f"--max-upload must be positive, got {self.max_upload}")
         if self.write_hold < 0:
             raise ConfigError(f"--write-hold must be 0 or more, got {self.write_hold}")

@@ -38,7 +38,8 @@ class ProxyService(service.MultiService):
         )
         self.counters = Counters()
         forward = ProxyResource(self.view, self.agent, reactor, config, self.counters)
-        self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir))
+        self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir),
+                              max_body=config.max_upload, clock=reactor)
         # Listeners arrive in bursts (a page of players, a benchmark): the default backlog of
         # 50 drops their SYNs, and each dropped one costs its client a second.
         self.http = internet.TCPServer(config.port, self.site, interface=config.host,
@@ -56,6 +57,7 @@ class ProxyService(service.MultiService):
                 "poll_interval": self.config.poll_interval,
                 "stall_timeout": self.config.stall_timeout,
                 "response_timeout": self.config.response_timeout,
+                "max_upload": self.config.max_upload,
             },
         }
 

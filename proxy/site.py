@@ -1,5 +1,7 @@
 """The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
-``/sync/*`` refused, and everything else forwarded by ProxyResource.
+``/sync/*`` refused, and everything else forwarded by ProxyResource; and its HTTP server,
+which refuses a request body over ``--max-upload`` before reading it (bodylimit.py, the one
+HTTP-only module the proxy shares with the replicas).
 """
 # test-case-name: tests.unit.test_proxy_resource
 
@@ -15,6 +17,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 
+from distpotify.bodylimit import LimitedRequest
 from proxy.metrics import ProxyMetrics
 
 log = Logger()
@@ -84,8 +87,17 @@ class ProxyRoot(Resource):
 
 
 class ProxySite(server.Site):
-    def __init__(self, resource: IResource, **kwargs: Any) -> None:
+    # Bodies are spooled whole (an upload is replayed on a new leader after a failover), so
+    # one over --max-upload is refused before it is read or stored.
+    requestFactory = LimitedRequest
+
+    def __init__(self, resource: IResource, *, max_body: int, clock: Any,
+                 **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
+        self.max_body = max_body
+        self.spool_dir: Path | None = None
+        self.clock = clock
+        self.served_by: str | None = None  # the proxy's own answer, from no replica
         self.displayTracebacks = False
         self.noisy = False
 

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from proxy.config import ConfigError, ProxyConfig, parse_backends
+from proxy.config import ConfigError, ProxyConfig, parse_backends, parse_size
 
 ENV_PREFIX = "DISTPOTIFY_"
 
@@ -34,6 +34,8 @@ OPTIONS: list[tuple[str, Any, str, Callable[[str], Any]]] = [
     ("stall-timeout", "1", "seconds without body bytes (while the client reads) before the"
      " download resumes on another replica", float),
     ("write-timeout", "300", "seconds a write waits for the leader's answer", float),
+    ("max-upload", "512M", "largest request body the proxy accepts (K/M/G suffixes); larger"
+     " ones get 413 before they are read. Keep it at the replicas' --max-upload", parse_size),
     ("web-dir", None, "directory of the web player's static files [default: proxy/web]",
      Path),
 ]

@@ -395,6 +395,7 @@ class ProxyHarness:
         self.resource = ProxyResource(self.view, self.agent, self.clock, self.config,
                                       self.counters, cooperator=cooperator)
         self.site = ProxySite(ProxyRoot(self.resource, self.view.snapshot, self.config.web_dir),
+                              max_body=self.config.max_upload, clock=self.clock,
                               reactor=self.clock)
         self.poll()
 

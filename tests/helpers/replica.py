@@ -5,6 +5,7 @@ Everything binds to 127.0.0.1 on free ports; waits poll with a deadline, never s
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -79,6 +80,21 @@ def request(
         )
     finally:
         conn.close()
+
+
+def raw_exchange(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send a request by hand; the answer up to its JSON body (or the connection's end)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        with contextlib.suppress(OSError):  # it may close once it has answered: read below
+            sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
 
 
 def send_json(port: int, method: str, path: str, value: Any) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import socket
 import subprocess
 import time
@@ -21,7 +22,7 @@ import pytest
 
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess, clone_data_dir, seed_data_dir
-from tests.helpers.replica import TWISTD, ReplicaProcess, wait_until
+from tests.helpers.replica import TWISTD, ReplicaProcess, raw_exchange, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -248,6 +249,36 @@ def test_an_upload_through_the_proxy_is_answered_by_the_leader(
     assert answer.status == 201, answer.body
     assert answer.headers["x-served-by"] == "3"
     assert answer.json()["song"]["sha256"] == sha256(audio)
+
+
+def test_an_oversized_upload_is_refused_by_the_proxy_before_it_is_stored(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    (tmp_path / "small").mkdir()
+    proxy = ProxyProcess(tmp_path / "small", list(cluster.nodes.values()),
+                         "--max-upload", "1M").start()
+    try:
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30, what="a leader")
+        declared = raw_exchange(proxy.port, (
+            "POST /songs HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+            f"Content-Length: {64 * MIB}\r\nExpect: 100-continue\r\n\r\n").encode())
+        streamed = raw_exchange(proxy.port, (
+            b"POST /songs HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"),
+            b"%x\r\n%s\r\n" % (MIB // 2, b"\0" * (MIB // 2)) * 6)
+        small = make_wav(tmp_path / "small.wav", MIB // 2, seed=5).read_bytes()
+        accepted = proxy.post("/songs", small, "audio/wav")
+    finally:
+        proxy.kill()
+
+    for answer in (declared, streamed):
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"x-served-by" not in answer.lower()  # the proxy's own answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "too_large"
+    assert b"100 Continue" not in declared
+    assert accepted.status == 201, accepted.body  # a body under the limit goes through
+    songs = cluster.nodes[3].get("/songs").json()
+    assert songs["total"] == 2  # the seeded song and the small one: nothing else arrived
 
 
 def test_a_bad_option_stops_the_proxy_with_one_clear_line() -> None:

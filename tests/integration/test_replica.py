@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -16,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.audio import make_audio, make_wav
-from tests.helpers.replica import TWISTD, ReplicaProcess, request, send_json, wait_until
+from tests.helpers.replica import (
+    TWISTD,
+    ReplicaProcess,
+    raw_exchange,
+    request,
+    send_json,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -120,25 +126,13 @@ def test_multipart_upload_takes_the_file_field_and_its_name(
     assert (song["title"], song["artist"], song["sha256"]) == ("Morning Song", "Me", sha256(audio))
 
 
-def _raw_exchange(port: int, head: bytes, body_part: bytes = b"") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head + body_part)
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-        return answer
-
-
 def test_oversized_upload_is_refused_before_its_body_is_sent(small_chunks: ReplicaProcess) -> None:
     head = (
         "POST /songs HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
         f"Content-Length: {64 * 1024 * 1024}\r\nExpect: 100-continue\r\n\r\n"
     ).encode()
 
-    answer = _raw_exchange(small_chunks.http_port, head)
+    answer = raw_exchange(small_chunks.http_port, head)
 
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"100 Continue" not in answer
@@ -152,7 +146,7 @@ def test_oversized_chunked_upload_is_refused_while_it_streams(
             b"Transfer-Encoding: chunked\r\n\r\n")
     block = b"%x\r\n%s\r\n" % (1024 * 1024, b"\0" * 1024 * 1024)
 
-    answer = _raw_exchange(small_chunks.http_port, head, block * 9)
+    answer = raw_exchange(small_chunks.http_port, head, block * 9)
 
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert small_chunks.get("/songs").json()["total"] == 0

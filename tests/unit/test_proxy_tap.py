@@ -26,6 +26,13 @@ def test_defaults_match_the_design() -> None:
     assert (config.port, config.host) == (8080, "127.0.0.1")
     assert (config.write_hold, config.health_max_age, config.poll_interval) == (5.0, 0.5, 0.25)
     assert config.web_dir == WEB_DIR and (WEB_DIR / "index.html").is_file()
+    assert config.max_upload == 512 * 1024 * 1024  # the replicas' default
+
+
+def test_max_upload_takes_binary_suffixes() -> None:
+    assert parse(["--backends", "a:1", "--max-upload", "1G"]).config.max_upload == 1 << 30
+    assert parse(["--backends", "a:1"], {"DISTPOTIFY_MAX_UPLOAD": "256K"}
+                 ).config.max_upload == 256 * 1024
 
 
 def test_environment_sets_options_and_the_command_line_wins() -> None:
@@ -57,6 +64,8 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
          "bad value for DISTPOTIFY_WRITE_HOLD"),
         (["--backends", "a:1", "--health-max-age", "0"], {}, "--health-max-age must be positive"),
         (["--backends", "a:1", "--write-hold", "-1"], {}, "--write-hold must be 0 or more"),
+        (["--backends", "a:1", "--max-upload", "lots"], {}, "bad value for --max-upload"),
+        (["--backends", "a:1", "--max-upload", "0"], {}, "--max-upload must be positive"),
     ],
 )
 def test_a_bad_value_is_one_clear_line(args: list[str], env: dict[str, str], message: str
