@@ -8,7 +8,7 @@ the player in Debian's Chromium driven by Playwright, measuring in page time:
 * DOM rows: how many rows exist (the list is windowed: it should stay near one screen);
 * jump to the end / the middle: scroll there until those rows are loaded;
 * search: typing a query until the count of matches shows (including the 250 ms debounce);
-* sort by title: every song loaded (pages of 500) and sorted, until the first row shows;
+* sort by title: the replicas sort (GET /songs?sort=title), until the first row shows;
 * artists view: every song loaded and grouped, until the list of artists shows;
 * the JS heap after all of it.
 

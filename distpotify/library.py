@@ -111,9 +111,11 @@ class Library:
         return song
 
     async def search(
-        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int
+        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int,
+        sort: str = "newest",
     ) -> tuple[list[dict[str, Any]], int]:
-        return await self.store.run(MetadataDB.search_songs, q, artist, album, limit, offset)
+        return await self.store.run(MetadataDB.search_songs, q, artist, album, limit, offset,
+                                    sort)
 
     async def chunk(self, song_id: str, idx: int) -> dict[str, Any]:
         found = self.store.cached_chunk(song_id, idx)

@@ -27,6 +27,7 @@ from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
+from distpotify.store.metadata import SONG_ORDERS
 
 log = Logger()
 
@@ -138,8 +139,11 @@ class PublicAPI:
         query = _query(request)
         limit = _int_arg(query, "limit", 50, 1, MAX_PAGE)
         offset = _int_arg(query, "offset", 0, 0, 2**62)
+        sort = query.get("sort") or "newest"
+        if sort not in SONG_ORDERS:
+            raise BadRequest(f"sort must be one of {', '.join(SONG_ORDERS)}")
         songs, total = await self._library.search(
-            query.get("q"), query.get("artist"), query.get("album"), limit, offset
+            query.get("q"), query.get("artist"), query.get("album"), limit, offset, sort
         )
         return json_response(request, 200, {"songs": songs, "total": total})
 

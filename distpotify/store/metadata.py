@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -35,6 +36,28 @@ SONG_COLUMNS = (
     "sha256", "chunk_size", "chunk_count", "created_at",
 )
 _VISIBLE_SONG = "deleted = 0 AND sha256 IS NOT NULL"
+
+
+def _by_text(column: str) -> str:
+    """Ignoring case and accents (Águila next to Aguila), empty last."""
+    return f"(coalesce({column}, '') = ''), sort_key({column})"
+
+
+def _by_number(column: str) -> str:
+    return f"({column} IS NULL), {column}"
+
+
+_NEWEST = "created_at DESC, version DESC"
+# GET /songs?sort=: the player's orders; every one ends in a total order, so pages never
+# overlap or skip a song.
+SONG_ORDERS = {
+    "newest": f"{_NEWEST}, id",
+    "title": f"{_by_text('title')}, {_by_text('artist')}, {_NEWEST}, id",
+    "artist": f"{_by_text('artist')}, {_by_text('album')}, {_by_number('track')},"
+              f" {_by_text('title')}, {_NEWEST}, id",
+    "album": f"{_by_text('album')}, {_by_number('track')}, {_by_text('title')}, {_NEWEST}, id",
+    "duration": f"{_by_number('duration')}, {_by_text('title')}, {_NEWEST}, id",
+}
 
 
 @attrs.frozen
@@ -103,6 +126,7 @@ class MetadataDB:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._conn.create_function("fold", 1, _fold, deterministic=True)
+        self._conn.create_function("sort_key", 1, _sort_key, deterministic=True)
         self._conn.execute("PRAGMA journal_mode = WAL")
         # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
         self._conn.execute("PRAGMA synchronous = FULL")
@@ -425,7 +449,8 @@ class MetadataDB:
         return None if row is None else _song(row)
 
     def search_songs(
-        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int
+        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int,
+        sort: str = "newest",
     ) -> tuple[list[dict[str, Any]], int]:
         where, params = [_VISIBLE_SONG], []
         if q:
@@ -440,8 +465,7 @@ class MetadataDB:
         clause = " AND ".join(where)
         total = self._conn.execute(f"SELECT count(*) FROM songs WHERE {clause}", params)
         rows = self._conn.execute(
-            f"SELECT * FROM songs WHERE {clause}"
-            " ORDER BY created_at DESC, version DESC LIMIT ? OFFSET ?",
+            f"SELECT * FROM songs WHERE {clause} ORDER BY {SONG_ORDERS[sort]} LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [_song(row) for row in rows], int(total.fetchone()[0])
@@ -540,6 +564,14 @@ def row_ops(row: Row) -> list[Op]:
 
 def _fold(text: str | None) -> str:
     return "" if text is None else text.casefold()
+
+
+def _sort_key(text: str | None) -> str:
+    """``text`` without case or accents, for ordering: "Águila" -> "aguila"."""
+    if not text:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def _song(row: sqlite3.Row) -> dict[str, Any]:

@@ -114,6 +114,30 @@ def test_search_finds_a_song_by_its_artist(player: PlayerPage, library: dict[str
     expect(player.page.locator("#library-empty")).to_contain_text("No song matches")
 
 
+def test_sorting_is_done_by_the_replicas_page_by_page(player: PlayerPage,
+                                                     library: dict[str, Any]) -> None:
+    player.open()
+    expect(player.row("Aurora Lattice")).to_be_visible()
+
+    for sort, key in (("title", "title"), ("artist", "artist")):
+        with player.page.expect_request(
+                lambda r, sort=sort: "/songs?" in r.url and f"sort={sort}" in r.url):
+            player.page.locator("#sort").select_option(sort)
+
+        def in_order(key: str = key) -> list[str] | None:
+            shown = player.page.evaluate("""() => [...document.querySelectorAll('#song-list .row')]
+                .filter((row) => !row.classList.contains('loading'))
+                .map((row) => [Number(row.getAttribute('aria-posinset')),
+                               row.querySelector('.cell-title .linkish').textContent,
+                               row.querySelector('.cell-artist').textContent])
+                .sort((a, b) => a[0] - b[0])""")
+            values = [(title if key == "title" else artist).casefold()
+                      for _, title, artist in shown]
+            return values if len(values) >= len(library) and values == sorted(values) else None
+
+        wait_until(in_order, timeout=10, what=f"the rows sorted by {sort}")
+
+
 def test_a_song_plays_and_seeks(player: PlayerPage, library: dict[str, Any]) -> None:
     player.open()
 

@@ -68,6 +68,17 @@ def test_search_finds_by_title_and_paginates(api: InMemoryReplica, wav_bytes: by
     assert [s["title"] for s in page["songs"] + rest["songs"]] == ["Track 2", "Track 1", "Track 0"]
 
 
+def test_search_sorts_on_the_server(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    for n, title in enumerate(["b", "C", "a"]):
+        api.upload(wav_bytes + bytes([n]) * 64, query=f"?title={title}")
+
+    titles = [s["title"] for s in api.get("/songs?sort=title").json()["songs"]]
+    second = api.get("/songs?sort=title&limit=1&offset=1").json()["songs"]
+
+    assert titles == ["a", "b", "C"]
+    assert [s["title"] for s in second] == ["b"]
+
+
 def test_patch_edits_fields_and_bumps_the_version(api: InMemoryReplica, song: dict) -> None:
     answer = api.send_json("PATCH", f"/songs/{song['id']}", {"artist": "New", "track": 7})
 
@@ -251,6 +262,13 @@ def test_bad_chunk_index_is_404(api: InMemoryReplica, song: dict, idx: str) -> N
 @pytest.mark.parametrize("limit", ["0", "-5", "abc", "100000"])
 def test_bad_pagination_is_400(api: InMemoryReplica, limit: str) -> None:
     assert_error(api.get(f"/songs?limit={limit}"), 400, "bad_request")
+
+
+def test_an_unknown_sort_is_400(api: InMemoryReplica) -> None:
+    answer = api.get("/songs?sort=loudness%20DESC")
+
+    assert_error(answer, 400, "bad_request")
+    assert "newest, title, artist, album, duration" in answer.json()["message"]
 
 
 def test_wrong_method_is_405(api: InMemoryReplica) -> None:

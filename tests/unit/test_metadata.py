@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from distpotify.model import Op, Version
-from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from distpotify.store.metadata import SONG_ORDERS, Change, MetadataDB, MetadataStore
 
 SONG = "11111111-1111-4111-8111-111111111111"
 
@@ -123,6 +123,33 @@ def test_search_is_case_insensitive_paginated_and_newest_first(db: MetadataDB) -
     assert [s["title"] for s in db.search_songs("ÁGUILA", None, None, 5, 0)[0]] == ["Águila"]
     assert db.search_songs(None, "zoë", None, 5, 1)[0][0]["title"] == "Águila"
     assert db.search_songs("%", None, None, 5, 0) == ([], 0)
+
+
+def test_every_sort_is_a_total_order_with_empty_values_last(db: MetadataDB) -> None:
+    rows = [  # title, artist, album, track, duration
+        ("beta", "Zoë", "B", 2, 30.0), ("Águila", "zoe", "B", 1, None),
+        ("", "Ann", "A", None, 10.0), ("alpha", "", "", 1, 20.0), ("alpha", "Ann", "A", 2, 20.0),
+    ]
+    for n, (title, artist, album, track, duration) in enumerate(rows):
+        db.write([Change("songs", f"{n}1111111-1111-4111-8111-111111111111", song_fields(
+            title=title, artist=artist, album=album, track=track, duration=duration,
+            sha256=f"{n}" * 64, created_at=f"2026-01-0{n + 1}T00:00:00.000Z"))])
+
+    def order(sort: str) -> list[int]:
+        found, total = db.search_songs(None, None, None, 10, 0, sort)
+        assert total == len(rows)
+        return [int(song["id"][0]) for song in found]
+
+    assert order("newest") == [4, 3, 2, 1, 0]
+    assert order("title") == [1, 4, 3, 0, 2]  # Águila as aguila; ties by artist; "" last
+    assert order("artist") == [4, 2, 1, 0, 3]  # Zoë = zoe, then album and track (none last)
+    assert order("album") == [4, 2, 1, 0, 3]
+    assert order("duration") == [2, 4, 3, 0, 1]
+    # pages of any sort are slices of one order: nothing repeats or goes missing
+    for sort in SONG_ORDERS:
+        paged = [song["id"] for offset in range(0, 5, 2)
+                 for song in db.search_songs(None, None, None, 2, offset, sort)[0]]
+        assert len(set(paged)) == 5
 
 
 def test_chunk_registry_lists_live_chunks_in_order(db: MetadataDB) -> None:

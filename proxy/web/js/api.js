@@ -92,9 +92,10 @@ export async function call(path, { method = "GET", json, signal, onRetry } = {})
 }
 
 export const songs = {
-  search: ({ q, artist, album, limit = 100, offset = 0 } = {}, signal) => {
+  search: ({ q, artist, album, sort, limit = 100, offset = 0 } = {}, signal) => {
     const query = new URLSearchParams({ limit: String(limit), offset: String(offset) });
     if (q) query.set("q", q);
+    if (sort && sort !== "newest") query.set("sort", sort);
     if (artist) query.set("artist", artist);
     if (album) query.set("album", album);
     return call(`/songs?${query}`, { signal });

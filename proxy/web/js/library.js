@@ -1,6 +1,6 @@
 // The library: server-side search as you type, a windowed song list that stays fast with
 // tens of thousands of songs (only the visible rows exist, pages load as they come into view),
-// client-side sort, and the artist and album views.
+// sorted by the replicas (GET /songs?sort=), and the artist and album views.
 
 import { allSongs, eventually, songs as songApi } from "./api.js";
 import {
@@ -25,7 +25,7 @@ export async function songById(id) {
   return known.get(id);
 }
 
-// Lazily paged /songs (newest first, as the replicas order it).
+// Lazily paged /songs, in the order the replicas sort it (filter.sort, newest by default).
 class PagedSource {
   constructor(filter) {
     this.filter = filter;
@@ -242,13 +242,15 @@ export class Library {
     const { kind, name } = this.scope;
     this.setCount("Loading…");
     const listsExpected = (list) => q || kind !== "all" || [...this.expected].every((id) => list.some((song) => song.id === id));
-    if (kind === "all" && sort === "newest") {
+    // The whole library pages in from the server in any order. Right after an upload, in an
+    // order where the new song may be anywhere, the full list is loaded instead, until the
+    // follower that answers lists it (the newest order finds it on the first page).
+    if (kind === "all" && (sort === "newest" || this.expected.size === 0)) {
       try {
-        // The newest songs come first: ours, once the follower has them, are on this page.
-        const first = await eventually(() => songApi.search({ q, limit: PAGE }), (page) => listsExpected(page.songs));
+        const first = await eventually(() => songApi.search({ q, sort, limit: PAGE }), (page) => listsExpected(page.songs));
         if (generation !== this.generation) return;
         this.expected.clear();
-        const source = new PagedSource({ q });
+        const source = new PagedSource({ q, sort });
         source.pages.set(0, remember(first.songs));
         source.total = first.total;
         this.list.setSource(source, { keepScroll });
