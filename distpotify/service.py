@@ -38,6 +38,10 @@ from distpotify.store.metadata import MetadataDB, MetadataStore
 
 log = Logger()
 
+# The proxy opens pooled connections in bursts (up to 256 per replica): the default backlog
+# of 50 drops their SYNs, and each dropped one waits a second for its retransmission.
+LISTEN_BACKLOG = 1024
+
 
 def prepare_data_dir(config: ReplicaConfig) -> None:
     """Create the data dir layout or fail with one clear line (ConfigError)."""
@@ -137,7 +141,8 @@ class ReplicaService(service.Service):
             node_id=config.node_id, max_body=config.max_upload,
             spool_dir=config.data_dir / "tmp", clock=self.reactor, metrics=metrics,
         )
-        self._http = self.reactor.listenTCP(config.http_port, site, interface=config.host)
+        self._http = self.reactor.listenTCP(config.http_port, site, interface=config.host,
+                                            backlog=LISTEN_BACKLOG)
         log.info("replica {node_id} serving HTTP on {host}:{port} as {url}",
                  node_id=config.node_id, host=config.host, port=config.http_port,
                  url=config.http_url)

@@ -188,6 +188,14 @@ def _swallow(call: Callable[[], object]) -> None:
         call()
 
 
+def test_the_http_port_queues_a_burst_of_connections(replica: ReplicaProcess) -> None:
+    """The listen backlog (ss shows it as Send-Q of a listening socket) is 1024, not 50."""
+    shown = subprocess.run(["ss", "-ltnH", f"sport = :{replica.http_port}"],
+                           capture_output=True, text=True, check=True, timeout=10).stdout
+
+    assert shown.split()[2] == "1024", shown
+
+
 def test_sigterm_stops_the_replica_cleanly(replica: ReplicaProcess) -> None:
     # twistd re-raises the signal after its orderly shutdown, so the status says SIGTERM.
     assert replica.stop() in (0, -signal.SIGTERM)
