@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from klein import Klein
@@ -191,14 +192,20 @@ class PublicAPI:
         chunks = song["chunks"]
         if len(chunks) != song["chunk_count"]:
             raise Unavailable(f"song {song_id} is not complete on this replica")
-        spans = [Span(self._library.chunks.path(song_id, c["idx"]), 0, c["size"]) for c in chunks]
         start, end = wanted_range(request, song["size"], song["sha256"]) or (0, song["size"] - 1)
-        position = 0
+        # The first chunk sent is verified (or repaired) before the answer starts, so a replica
+        # that cannot serve it answers 503 and the proxy asks another; each later one as the
+        # stream reaches it, so the first byte of a long song waits for one chunk, not all.
+        spans, position, first = [], 0, True
         for chunk in chunks:
+            ref = ChunkRef(song_id, chunk["idx"], chunk["size"], chunk["sha256"])
+            ready = None
             if position <= end and position + chunk["size"] > start:
-                ref = ChunkRef(song_id, chunk["idx"], chunk["size"], chunk["sha256"])
-                if not await self._guard.ensure(ref):
+                if first and not await self._guard.ensure(ref):
                     raise Unavailable(f"chunk {chunk['idx']} of song {song_id} is not available")
+                ready, first = None if first else partial(self._guard.ensure, ref), False
+            spans.append(Span(self._library.chunks.path(song_id, chunk["idx"]), 0, chunk["size"],
+                              ready))
             position += chunk["size"]
         return await serve(request, spans, etag=song["sha256"], content_type=song["mime"])
 

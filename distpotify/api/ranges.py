@@ -1,21 +1,25 @@
-"""Serving immutable bytes over HTTP: Range, If-Range, ETag, and a pull producer over files.
+"""Serving immutable bytes over HTTP: Range, If-Range, ETag, and a push producer over files.
 
 A resource is a list of spans (file, offset, length); a chunk is one span, a whole song is
 one span per chunk. Files are read 64 KiB at a time, only as fast as the client takes them.
+A span may carry a ``ready`` check (a song's chunk: verified, or repaired, before its bytes
+go out); the producer waits for it when it reaches that span, not before the first byte.
+A span whose check fails tears the connection: the headers promised its bytes.
 """
 # test-case-name: tests.unit.test_ranges
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -32,6 +36,8 @@ class Span:
     path: Path
     offset: int
     length: int
+    # Checked when the producer reaches this span; False (or an error) aborts the response.
+    ready: Callable[[], Coroutine[Any, Any, bool]] | None = attrs.field(default=None, eq=False)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -68,7 +74,7 @@ def slice_spans(spans: Sequence[Span], start: int, end: int) -> list[Span]:
     for span in spans:
         lo, hi = max(start, position), min(end + 1, position + span.length)
         if lo < hi:
-            out.append(Span(span.path, span.offset + lo - position, hi - lo))
+            out.append(Span(span.path, span.offset + lo - position, hi - lo, span.ready))
         position += span.length
     return out
 
@@ -134,6 +140,9 @@ class SpanProducer:
         self._left = 0
         self._paused = False
         self._finished = False
+        self._checking: Deferred[bool] | None = None  # the next span's ready check, running
+        self._checked: tuple[Span, object] | None = None  # its outcome, once known
+        self._reading = False
         self._done: Deferred[bytes] = Deferred(lambda d: self.stopProducing())
 
     def start(self) -> Deferred[bytes]:
@@ -143,19 +152,27 @@ class SpanProducer:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        while not self._paused and not self._finished:
+        while not self._paused and not self._finished and self._checking is None:
+            self._reading = True
             try:
                 block = self._read()
             except OSError as e:
-                log.warn("stream aborted: {error}", error=e)
-                self.stopProducing()
-                # Headers promised a length: a torn connection, never a short clean response.
-                self._request.channel.transport.abortConnection()  # type: ignore[union-attr]
+                self._abort(str(e))
                 return
+            finally:
+                self._reading = False
+            if block is None:
+                return  # a span's check runs; _check_done resumes
             if not block:
                 self._finish()
                 return
             self._request.write(block)
+
+    def _abort(self, why: str) -> None:
+        log.warn("stream aborted: {error}", error=why)
+        self.stopProducing()
+        # Headers promised a length: a torn connection, never a short clean response.
+        self._request.channel.transport.abortConnection()  # type: ignore[union-attr]
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -171,12 +188,23 @@ class SpanProducer:
         if not self._done.called:
             self._done.callback(b"")
 
-    def _read(self) -> bytes:
+    def _read(self) -> bytes | None:
+        """The next block; b"" at the end; None while the next span's check runs."""
         while self._left == 0:
             self._close()
             if not self._spans:
                 return b""
-            span = self._spans.pop()
+            span = self._spans[-1]
+            if span.ready is not None:
+                if self._checked is None or self._checked[0] is not span:
+                    self._checking = Deferred.fromCoroutine(span.ready())
+                    self._checking.addBoth(self._check_done, span)
+                    if self._checking is not None:
+                        return None
+                assert self._checked is not None
+                if self._checked[1] is not True:
+                    raise OSError(f"{span.path.name} is not available: {self._checked[1]}")
+            self._spans.pop()
             self._file = open(span.path, "rb")  # noqa: SIM115 - closed by _close
             self._file.seek(span.offset)
             self._left = span.length
@@ -186,6 +214,14 @@ class SpanProducer:
             raise OSError(f"{self._file.name} is shorter than its registry says")
         self._left -= len(block)
         return block
+
+    def _check_done(self, outcome: object, span: Span) -> None:
+        self._checking = None
+        self._checked = (span, outcome)
+        if isinstance(outcome, Failure):
+            self._checked = (span, outcome.getErrorMessage())
+        if not self._reading and not self._finished and not self._paused:
+            self.resumeProducing()  # the check finished later: go on from here
 
     def _close(self) -> None:
         if self._file is not None:

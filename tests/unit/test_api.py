@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.web.client import ResponseFailed
 
-from tests.helpers.api import InMemoryReplica, NoLeader
+from distpotify.replication.fetch import ChunkRef
+from tests.helpers.api import InMemoryReplica, NoLeader, result_of
 from tests.helpers.audio import make_audio
 
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -142,9 +145,48 @@ def test_unsatisfiable_range_is_416_with_the_size(api: InMemoryReplica, song: di
 def test_missing_chunk_file_is_503_so_the_proxy_tries_elsewhere(api: InMemoryReplica,
                                                                 song: dict) -> None:
     (api.chunks.root / f"{song['id']}_1").unlink()
+    from_chunk_1 = {"Range": f"bytes={api.chunk_size}-"}
 
     assert api.get(f"/songs/{song['id']}/chunks/1").status == 503
-    assert api.get(f"/songs/{song['id']}/stream").status == 503
+    # the first chunk a stream sends is checked before the answer starts
+    assert api.get(f"/songs/{song['id']}/stream", from_chunk_1).status == 503
+
+
+def test_a_stream_that_reaches_an_unavailable_chunk_is_torn_not_cut_short(
+    api: InMemoryReplica, song: dict
+) -> None:
+    (api.chunks.root / f"{song['id']}_1").unlink()
+
+    with pytest.raises(ResponseFailed):  # the proxy resumes it elsewhere with Range
+        api.get(f"/songs/{song['id']}/stream")
+    assert api.guard.counters.missing == 1
+
+
+def test_a_stream_starts_before_its_later_chunks_are_verified(
+    api: InMemoryReplica, song: dict, wav_bytes: bytes
+) -> None:
+    gate: Deferred[None] = Deferred()
+    checked: list[int] = []
+    verify = api.guard.ensure
+
+    async def slow_ensure(ref: ChunkRef, recheck: bool = False) -> bool:
+        checked.append(ref.idx)
+        if ref.idx >= 1:
+            await gate
+        return await verify(ref, recheck)
+
+    api.guard.ensure = slow_ensure  # type: ignore[method-assign]
+    d = api.treq.get(f"http://replica/songs/{song['id']}/stream")
+    api.treq.flush()
+    response = result_of(d)
+    body = api.treq.content(response)
+    api.treq.flush()
+
+    assert response.code == 200 and checked == [0, 1]  # answering while chunk 1 is checked
+    assert not body.called
+    gate.callback(None)
+    api.treq.flush()
+    assert result_of(body) == wav_bytes and checked == list(range(song["chunk_count"]))
 
 
 # playlists
