@@ -173,5 +173,4 @@ class ReplicationNode:
             "scrub": self.scrubber.status(),
             "tombstones": await self._store.run(MetadataDB.tombstones),
             "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
-            "oplog_ops": await self._store.run(MetadataDB.oplog_size),
         }}

@@ -1,10 +1,9 @@
-"""Purging: the leader moves a replicated watermark; every replica then drops the tombstones
-and the oplog entries at or below it.
+"""Tombstone purging: the leader moves a replicated watermark; every replica then drops the
+tombstones at or below it.
 
 The watermark is the newest version older than tombstone_ttl that every ACTIVE follower has
 acknowledged. A replica away longer than tombstone_ttl rejoins by snapshot (bootstrap.py),
-so no replica can bring a purged row back, and no push or hinted hand-off needs a purged op:
-the oplog holds what the last tombstone_ttl wrote, not the whole history.
+so no replica can bring a purged row back.
 """
 # test-case-name: tests.integration.test_purge
 
@@ -27,9 +26,6 @@ log = Logger()
 
 
 class TombstonePurger:
-    """On the leader, every ttl/4 (at most hourly): write the next watermark if it frees
-    anything."""
-
     def __init__(
         self,
         *,
@@ -69,7 +65,7 @@ class TombstonePurger:
             return
         horizon = await self._store.run(
             MetadataDB.newest_version_before, self._clock.seconds() - self._ttl)
-        if horizon is None:
+        if horizon is None or not await self._store.run(MetadataDB.tombstones):
             return
         followers = [p for p in self._membership.live_peers() if p.state == ACTIVE]
         cursors = [self._pusher.links[p.node_id].cursor if p.node_id in self._pusher.links
@@ -79,8 +75,6 @@ class TombstonePurger:
         through = min([horizon, *(c for c in cursors if c is not None)])
         if through <= await self._store.run(MetadataDB.purge_watermark):
             return
-        if not await self._store.run(MetadataDB.purgeable, through):
-            return  # only earlier watermarks below it: an idle cluster writes nothing
         await self._store.run(
             MetadataDB.write, [Change("purges", "tombstones", {"through": through.encode()})])
         self.watermarks += 1

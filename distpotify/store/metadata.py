@@ -175,10 +175,6 @@ class MetadataDB:
         ).fetchone()
         self._epoch = epoch
         self._seq = Version.decode(row["v"]).seq if row["v"] else 0
-        # Our older ops of this epoch may be compacted away; the watermark still counts them.
-        purged = self.purge_watermark()
-        if (purged.epoch, purged.leader_id) == (epoch, self.node_id):
-            self._seq = max(self._seq, purged.seq)
 
     def write(self, changes: Sequence[Change]) -> list[Op]:
         """Apply ``changes`` as this leader's next ops in one durable transaction."""
@@ -236,9 +232,7 @@ class MetadataDB:
             change ^= _row_hash(op.entity, op.key, _versions_text(old))
         self._xor_digest(bucket, change)
         if op.entity == "purges" and "through" in won_fields(old, row):
-            through = Version.decode(str(row.fields["through"]))
-            self._purge_tombstones(through)
-            self._compact_oplog(through)
+            self._purge_tombstones(Version.decode(str(row.fields["through"])))
         return True
 
     def _xor_digest(self, bucket: int, change: int) -> None:
@@ -271,32 +265,6 @@ class MetadataDB:
                                    tuple(entity.split_key(key).values()))
             purged += len(rows)
         return purged
-
-    def _compact_oplog(self, through: Version) -> None:
-        """Drop the ops at or below the watermark: every ACTIVE replica has acknowledged
-        them and a replica away longer than tombstone_ttl rejoins by snapshot, so no push
-        or hand-off can need them again. The newest op (the watermark's own) always stays."""
-        self._conn.execute("DELETE FROM oplog WHERE version <= ?", (through.encode(),))
-
-    def purgeable(self, through: Version) -> bool:
-        """Would a watermark at ``through`` free anything: an op other than an earlier
-        watermark, or a tombstone deleted at or before it?"""
-        if self._conn.execute(
-            "SELECT 1 FROM oplog WHERE version <= ? AND entity != 'purges' LIMIT 1",
-            (through.encode(),),
-        ).fetchone():
-            return True
-        return any(
-            self._conn.execute(
-                f"SELECT 1 FROM {entity.name} WHERE deleted = 1"
-                " AND json_extract(field_versions, '$.deleted') <= ? LIMIT 1",
-                (through.encode(),),
-            ).fetchone()
-            for entity in ENTITIES.values() if "deleted" in entity.fields
-        )
-
-    def oplog_size(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM oplog").fetchone()[0])
 
     def purge_watermark(self) -> Version:
         row = self.get_row("purges", "tombstones")

@@ -50,38 +50,6 @@ def test_numbering_continues_after_reopening(db: MetadataDB, tmp_path: Path) -> 
     assert reopened.write([Change("songs", SONG, {"title": "x"})])[0].version == Version(1, 2, 2)
 
 
-def test_a_watermark_compacts_the_oplog_up_to_it(db: MetadataDB) -> None:
-    old = db.write([Change("songs", SONG, song_fields()), Change("songs", SONG, {"title": "U"})])
-    recent = db.write([Change("songs", SONG, {"title": "V"})])
-    assert db.purgeable(old[-1].version)
-
-    mark = db.write([Change("purges", "tombstones", {"through": old[-1].version.encode()})])
-
-    assert db.ops_after(Version(0, 0, 0)) == [*recent, *mark]
-    assert db.oplog_size() == 2 and db.head() == mark[0].version
-    assert db.song(SONG)["title"] == "V"  # the rows stay; only their history goes
-    assert db.purgeable(recent[0].version)
-
-
-def test_an_idle_library_has_nothing_more_to_purge(db: MetadataDB) -> None:
-    old = db.write([Change("songs", SONG, song_fields())])
-    mark = db.write([Change("purges", "tombstones", {"through": old[0].version.encode()})])
-
-    assert not db.purgeable(mark[0].version)  # only the watermark itself is left
-
-
-def test_numbering_continues_past_compacted_ops(db: MetadataDB) -> None:
-    ops = db.write([Change("songs", SONG, song_fields()), Change("songs", SONG, {"title": "U"})])
-    # a later leader's watermark covers every op this leader wrote in epoch 1
-    db.apply_ops([Op(Version(2, 3, 1), "purges", "tombstones",
-                     {"through": ops[-1].version.encode()})])
-    assert db.ops_after(Version(0, 0, 0))[0].version == Version(2, 3, 1)
-
-    db.begin_leading(1)
-
-    assert db.write([Change("songs", SONG, {"title": "x"})])[0].version == Version(1, 2, 3)
-
-
 def test_failed_write_leaves_no_row_no_op_and_no_gap(db: MetadataDB) -> None:
     with pytest.raises(KeyError):
         db.write([Change("songs", SONG, song_fields()), Change("nope", "k", {})])
