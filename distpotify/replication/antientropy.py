@@ -142,13 +142,16 @@ class AntiEntropy:
         present = await self._blocking(self._chunks.names)
         self.chunk_checks += 1
         absent = sorted(live - present)
-        missing, self._chunks_left = absent[:CHUNKS_PER_ROUND], len(absent) > CHUNKS_PER_ROUND
-        if not missing:
+        # Anything not repaired this round (past the round's share, or no peer had it yet)
+        # is looked for again next round.
+        self._chunks_left = bool(absent)
+        if not absent:
             return 0
-        rows = await self._store.run(MetadataDB.chunk_rows, missing)
+        rows = await self._store.run(MetadataDB.chunk_rows, absent[:CHUNKS_PER_ROUND])
         repaired = 0
         for song_id, idx, size, sha256 in rows:
             repaired += await self._guard.ensure(ChunkRef(song_id, idx, size, sha256))
+        self._chunks_left = repaired < len(absent)
         return repaired
 
     def status(self) -> dict[str, Any]:

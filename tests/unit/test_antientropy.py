@@ -118,10 +118,11 @@ class RecordingGuard:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.repairs = True
 
     async def ensure(self, ref: ChunkRef) -> int:
         self.asked.append(f"{ref.song_id}_{ref.idx}")
-        return 1
+        return int(self.repairs)
 
 
 def test_missing_chunk_files_are_checked_first_then_every_nth_round(tmp_path: Path) -> None:
@@ -145,3 +146,21 @@ def test_missing_chunk_files_are_checked_first_then_every_nth_round(tmp_path: Pa
 
     assert guard.asked == [lost, lost]
     assert ae.status()["chunk_checks"] == 2
+
+
+def test_a_chunk_no_peer_could_give_is_looked_for_again_next_round(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
+    song = replica.upload(wav.read_bytes()).json()["song"]
+    stub = StubTreq(replica.root)
+    guard = RecordingGuard()
+    guard.repairs = False  # the peers are down for now
+    ae = anti_entropy(replica, stub)
+    ae._guard = guard  # type: ignore[assignment]
+    lost = f"{song['id']}_1"
+    (replica.chunks.root / lost).unlink()
+
+    run(ae.run_round("http://peer"), stub)
+    run(ae.run_round("http://peer"), stub)  # the repair failed: try again
+
+    assert guard.asked == [lost, lost]
