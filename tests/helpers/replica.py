@@ -82,6 +82,14 @@ def request(
         conn.close()
 
 
+def peak_memory(pid: int) -> int:
+    """The most resident memory process ``pid`` has ever had, in bytes (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
 def raw_exchange(port: int, head: bytes, body: bytes = b"") -> bytes:
     """Send a request by hand; the answer up to its JSON body (or the connection's end)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

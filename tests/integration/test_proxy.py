@@ -22,7 +22,13 @@ import pytest
 
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess, clone_data_dir, seed_data_dir
-from tests.helpers.replica import TWISTD, ReplicaProcess, raw_exchange, wait_until
+from tests.helpers.replica import (
+    TWISTD,
+    ReplicaProcess,
+    peak_memory,
+    raw_exchange,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -249,6 +255,30 @@ def test_an_upload_through_the_proxy_is_answered_by_the_leader(
     assert answer.status == 201, answer.body
     assert answer.headers["x-served-by"] == "3"
     assert answer.json()["song"]["sha256"] == sha256(audio)
+
+
+def test_a_multipart_upload_is_never_parsed_into_memory(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    audio = make_wav(tmp_path / "form.wav", 48 * MIB, seed=11).read_bytes()
+    boundary = "distpotify-form-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\";"
+            f" filename=\"form.wav\"\r\nContent-Type: audio/wav\r\n\r\n").encode()
+    body += audio + f"\r\n--{boundary}--\r\n".encode()
+    leader = cluster.nodes[3]
+    assert cluster.proxy.process is not None and leader.process is not None
+    before = {"proxy": peak_memory(cluster.proxy.process.pid),
+              "leader": peak_memory(leader.process.pid)}
+
+    answer = cluster.proxy.post("/songs", body, f"multipart/form-data; boundary={boundary}",
+                                timeout=120)
+
+    assert answer.status == 201, answer.body
+    assert answer.json()["song"]["sha256"] == sha256(audio)
+    growth = {"proxy": peak_memory(cluster.proxy.process.pid) - before["proxy"],
+              "leader": peak_memory(leader.process.pid) - before["leader"]}
+    # twisted.web's form parsing peaked at about 14 times the body (630 MiB for this one)
+    assert all(grown < 24 * MIB for grown in growth.values()), growth
 
 
 def test_an_oversized_upload_is_refused_by_the_proxy_before_it_is_stored(
