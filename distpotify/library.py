@@ -8,18 +8,29 @@ written before the ops that make them visible and removed only after the ops tha
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from distpotify.errors import BadRequest, Conflict, NotFound
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore, Runner
-from distpotify.upload import Body, Ingested, ingest, parse_body, song_fields, title_from_filename
+from distpotify.upload import (
+    Body,
+    Ingested,
+    encodable,
+    ingest,
+    parse_body,
+    song_fields,
+    title_from_filename,
+)
 
 log = Logger()
 P = ParamSpec("P")
@@ -61,17 +72,47 @@ class Library:
 
     # songs
 
-    async def upload(
+    def upload(
+        self, content: BinaryIO, content_type: str, query: Mapping[str, str]
+    ) -> Deferred[tuple[dict[str, Any], bool]]:
+        """Store an uploaded song; (song, created). The same bytes again return the first.
+
+        A client that goes away does not stop it: the body is already spooled, the chunk
+        files are being written by a thread that cannot be stopped, and an upload finished
+        (or undone) as a whole leaves no half behind. Cancelling the answer only drops it.
+        """
+        return _detached(Deferred.fromCoroutine(self._upload(content, content_type, query)))
+
+    async def _upload(
         self, content: BinaryIO, content_type: str, query: Mapping[str, str]
     ) -> tuple[dict[str, Any], bool]:
-        """Store an uploaded song; (song, created). The same bytes again return the first."""
         self.leadership.require_leader()
         body: Body = await self._blocking(parse_body, content, content_type, query)
-        overrides = song_fields({k: v for k, v in body.fields.items() if k in _OVERRIDABLE})
+        # An empty override (?title=) keeps what the file's tags say.
+        overrides = song_fields({k: v for k, v in body.fields.items()
+                                 if k in _OVERRIDABLE and v not in (None, "")})
         song_id = new_id()
         ingested: Ingested = await self._blocking(
             ingest, body, song_id, self.chunk_size, self.chunks
         )
+        try:
+            song, created = await self._record(body, song_id, ingested, overrides)
+        except Exception:
+            # Not recorded (a refused value, a failed write): its chunk files go too.
+            await self._blocking(
+                self.chunks.remove, [(song_id, idx) for idx, _, _ in ingested.chunks])
+            raise
+        log.info(
+            "upload {outcome} song={song_id} size={size} chunks={chunks}",
+            outcome="stored" if created else "duplicate", song_id=song["id"],
+            size=ingested.size, chunks=len(ingested.chunks),
+        )
+        return song, created
+
+    async def _record(
+        self, body: Body, song_id: str, ingested: Ingested, overrides: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Write the song and its chunk registry, unless the same bytes are stored already."""
         info = ingested.info
         fields = {
             "title": info.title or title_from_filename(body.filename) or "Untitled",
@@ -92,11 +133,6 @@ class Library:
             await self._blocking(
                 self.chunks.remove, [(song_id, idx) for idx, _, _ in ingested.chunks]
             )
-        log.info(
-            "upload {outcome} song={song_id} size={size} chunks={chunks}",
-            outcome="stored" if created else "duplicate", song_id=song["id"],
-            size=ingested.size, chunks=len(ingested.chunks),
-        )
         return song, created
 
     async def song(self, song_id: str) -> dict[str, Any]:
@@ -191,8 +227,9 @@ class Library:
         position = values.get("position")
         if position is None:
             position = await self.store.run(MetadataDB.last_position, playlist_id) + 1.0
-        elif isinstance(position, bool) or not isinstance(position, int | float):
-            raise BadRequest("position must be a number")
+        elif (isinstance(position, bool) or not isinstance(position, int | float)
+              or not _finite(position)):
+            raise BadRequest("position must be a finite number")
         item_id = values.get("id") or new_id()
         if not isinstance(item_id, str) or not valid_uuid(item_id):
             raise BadRequest("id must be a lowercase UUID")
@@ -227,10 +264,36 @@ def _only(values: Mapping[str, Any], allowed: set[str]) -> None:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
 
 
+def _detached(d: Deferred[T]) -> Deferred[T]:
+    """``d``'s result, in a Deferred whose cancellation leaves ``d`` running to its end."""
+    answer: Deferred[T] = Deferred()
+
+    def relay(result: Any) -> None:
+        if answer.called:  # cancelled: nobody waits for it any more
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                log.failure("an upload failed after its client went away", result)
+            return
+        if isinstance(result, Failure):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+
+    d.addBoth(relay)
+    return answer
+
+
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+    if (not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME
+            or not encodable(value)):
         raise BadRequest(f"name must be a non-empty string of at most {MAX_NAME} characters")
     return value.strip()
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 # Functions run on the database thread: each is one atomic decision plus its write.

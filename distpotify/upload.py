@@ -53,16 +53,25 @@ def song_fields(values: Mapping[str, Any]) -> dict[str, Any]:
         elif name in _INTEGER_FIELDS:
             try:
                 number = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999
                 raise BadRequest(f"{name} must be an integer, got {value!r}") from None
             if isinstance(value, bool) or not 0 <= number <= 100_000:
                 raise BadRequest(f"{name} is out of range: {value!r}")
             clean[name] = number
-        elif isinstance(value, str) and len(value) <= MAX_TEXT:
+        elif isinstance(value, str) and len(value) <= MAX_TEXT and encodable(value):
             clean[name] = value.strip()
         else:
             raise BadRequest(f"{name} must be a string of at most {MAX_TEXT} characters")
     return clean
+
+
+def encodable(text: str) -> bool:
+    """Text that can be stored and sent as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_body(content: BinaryIO, content_type: str, query: Mapping[str, str]) -> Body:
@@ -86,9 +95,13 @@ def _parse_multipart(content: BinaryIO, boundary: str, query: Mapping[str, str])
             if part.name == "file" and part.filename is not None:
                 audio = part
             elif part.name in EDITABLE:
+                if part.size > 4 * MAX_TEXT:  # at most 4 UTF-8 bytes a character
+                    raise BadRequest(f"{part.name} must be at most {MAX_TEXT} characters")
                 fields[part.name] = part.value
     except multipart.MultipartError as e:
         raise BadRequest(f"malformed multipart body: {e}") from None
+    except (LookupError, UnicodeError) as e:  # an unknown charset, or bytes not in it
+        raise BadRequest(f"a multipart text field cannot be decoded: {e}") from None
     if audio is None:
         raise BadRequest("multipart upload without a 'file' field")
     audio.file.seek(0)

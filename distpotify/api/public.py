@@ -54,9 +54,18 @@ def _int_arg(query: dict[str, str], name: str, default: int, low: int, high: int
     text = query.get(name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _decimal(text) or not low <= int(text) <= high:
         raise BadRequest(f"{name} must be an integer between {low} and {high}")
     return int(text)
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only (str.isdigit takes "²"), and few enough for int()."""
+    return text.isascii() and text.isdigit() and len(text) <= 19
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
@@ -65,9 +74,9 @@ def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
     if len(data) > limit:
         raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
     try:
-        body = json.loads(data or b"{}")
-    except ValueError as e:
-        raise BadRequest(f"body is not valid JSON: {e}") from None
+        body = json.loads(data or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting thousands deep
+        raise BadRequest(f"body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     return body
@@ -75,7 +84,7 @@ def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
 
 def _chunk_index(text: str) -> int:
     """Chunk indexes are plain decimal integers; anything else is a 404, like a missing one."""
-    if not text.isdigit() or int(text) >= MAX_INDEX:
+    if not _decimal(text) or int(text) >= MAX_INDEX:
         raise NotFound(f"no chunk {text!r}")
     return int(text)
 

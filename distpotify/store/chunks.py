@@ -35,11 +35,15 @@ class ChunkStore:
         """Store one chunk durably (except the directory entry: see sync_dir); its SHA-256."""
         final = self.path(song_id, idx)
         tmp = final.with_name(final.name + TMP_SUFFIX)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written temp file
+            raise
         return hashlib.sha256(data).hexdigest()
 
     def sync_dir(self) -> None:

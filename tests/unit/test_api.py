@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 from pathlib import Path
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.client import ResponseFailed
 
 from distpotify.replication.fetch import ChunkRef
@@ -259,7 +261,10 @@ def test_bad_override_is_400_and_stores_nothing(api: InMemoryReplica, wav_bytes:
     assert stored_files(api) == []
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b'{"name": NaN}', b'{"name": Infinity}',
+    b"[" * 100_000, b'{"name": "\\ud800"}',
+])
 def test_bad_json_is_400(api: InMemoryReplica, body: bytes) -> None:
     answer = api.call("POST", "/playlists", body, {"Content-Type": "application/json"})
 
@@ -280,6 +285,90 @@ def test_bad_song_patch_is_400_and_changes_nothing(api: InMemoryReplica, song: d
     assert api.get(f"/songs/{song['id']}").json()["title"] == "Tone"
 
 
+@pytest.mark.parametrize("values", [
+    {"title": "\ud800"}, {"track": 1e999}, {"year": -1e999},
+])
+def test_unstorable_song_values_are_400(api: InMemoryReplica, song: dict,
+                                        values: dict) -> None:
+    body = json.dumps(values).encode()  # "\ud800" and 1e999 travel as JSON text
+    answer = api.call("PATCH", f"/songs/{song['id']}", body,
+                      {"Content-Type": "application/json"})
+
+    assert_error(answer, 400, "bad_request")
+    assert api.get(f"/songs/{song['id']}").json()["title"] == "Tone"
+
+
+@pytest.mark.parametrize("position", ["1e999", "-1e999", "1" + "0" * 400])
+def test_a_position_that_is_not_a_finite_number_is_400(api: InMemoryReplica, song: dict,
+                                                       position: str) -> None:
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+    body = f'{{"song_id": "{song["id"]}", "position": {position}}}'.encode()
+
+    answer = api.call("POST", f"/playlists/{pid}/items", body,
+                      {"Content-Type": "application/json"})
+
+    assert_error(answer, 400, "bad_request")
+    assert api.get(f"/playlists/{pid}").json()["playlist"]["items"] == []
+
+
+def test_an_empty_override_keeps_the_files_tags(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    answer = api.upload(wav_bytes, query="?title=&artist=")
+
+    assert answer.status == 201, answer.body
+    assert (answer.json()["song"]["title"], answer.json()["song"]["artist"]) == ("Tone", "Osc")
+
+
+@pytest.mark.parametrize("part", [
+    b'Content-Disposition: form-data; name="title"\r\n\r\n' + b"x" * 10_000,
+    b'Content-Disposition: form-data; name="title"\r\nContent-Type: text/plain; charset=nope'
+    b"\r\n\r\nx",
+    b'Content-Disposition: form-data; name="title"\r\n\r\n\xff\xfe',
+])
+def test_a_bad_multipart_text_field_is_400_and_stores_nothing(
+    api: InMemoryReplica, wav_bytes: bytes, part: bytes
+) -> None:
+    body = (b"--b\r\n" + part + b"\r\n--b\r\nContent-Disposition: form-data; name=\"file\";"
+            b' filename="t.wav"\r\nContent-Type: audio/wav\r\n\r\n' + wav_bytes + b"\r\n--b--\r\n")
+
+    assert_error(api.upload(body, "multipart/form-data; boundary=b"), 400, "bad_request")
+    assert stored_files(api) == [] and api.db.head().seq == 0
+
+
+def test_an_upload_that_cannot_be_recorded_leaves_no_chunk_file(
+    api: InMemoryReplica, wav_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_write(*args: object) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(api.library, "_write", failing_write)
+
+    assert api.upload(wav_bytes).status == 500
+    assert stored_files(api) == [] and api.db.head().seq == 0
+
+
+def test_an_upload_whose_client_went_away_is_finished_whole(
+    api: InMemoryReplica, wav_bytes: bytes
+) -> None:
+    pending: list[tuple[object, tuple, dict]] = []
+
+    def later(f: object, *args: object, **kwargs: object) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        pending.append((f, args, kwargs, d))  # type: ignore[arg-type]
+        return d
+
+    api.library._blocking = later  # type: ignore[method-assign]
+    content = io.BytesIO(wav_bytes)
+    answer = api.library.upload(content, "audio/wav", {})
+    answer.addErrback(lambda f: f.trap(CancelledError))
+    answer.cancel()  # the client is gone while the body is parsed
+    while pending:
+        f, args, kwargs, d = pending.pop(0)  # type: ignore[misc]
+        d.callback(f(*args, **kwargs))  # type: ignore[operator]
+
+    assert api.get("/songs").json()["total"] == 1
+    assert len(stored_files(api)) == api.get("/songs").json()["songs"][0]["chunk_count"]
+
+
 def test_item_for_unknown_song_is_404(api: InMemoryReplica) -> None:
     pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
 
@@ -296,12 +385,13 @@ def test_unknown_or_malformed_ids_are_404(api: InMemoryReplica, path: str) -> No
     assert_error(api.get(path), 404, "not_found")
 
 
-@pytest.mark.parametrize("idx", ["-1", "1e3", "0x1", "99999999999999999999", "%2E%2E"])
+@pytest.mark.parametrize("idx", ["-1", "1e3", "0x1", "99999999999999999999", "%2E%2E",
+                                 "%C2%B2", "0" * 5000])
 def test_bad_chunk_index_is_404(api: InMemoryReplica, song: dict, idx: str) -> None:
     assert_error(api.get(f"/songs/{song['id']}/chunks/{idx}"), 404, "not_found")
 
 
-@pytest.mark.parametrize("limit", ["0", "-5", "abc", "100000"])
+@pytest.mark.parametrize("limit", ["0", "-5", "abc", "100000", "%C2%B2", "0" * 5000])
 def test_bad_pagination_is_400(api: InMemoryReplica, limit: str) -> None:
     assert_error(api.get(f"/songs?limit={limit}"), 400, "bad_request")
 

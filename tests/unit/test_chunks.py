@@ -48,3 +48,18 @@ def test_remove_ignores_missing_files(chunks: ChunkStore) -> None:
 
     assert chunks.remove([(SONG, 0), (SONG, 1)]) == 1
     assert os.listdir(chunks.root) == []
+
+
+def test_a_failed_chunk_write_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ChunkStore(tmp_path / "chunks")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        store.write("11111111-1111-4111-8111-111111111111", 0, b"x" * 1000)
+
+    assert os.listdir(tmp_path / "chunks") == []
