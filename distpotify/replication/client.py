@@ -17,7 +17,10 @@ from treq.client import HTTPClient
 from treq.response import _Response
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from distpotify.model import Op, Row, Version
@@ -131,13 +134,9 @@ class PeerClient:
             await response.content()
             raise PeerError(f"snapshot from {base}: HTTP {response.code}")
         with open(dest, "wb") as out:
-
-            def write(data: bytes) -> None:
-                out.write(data)
-
-            # No overall timeout: a large snapshot takes what it takes; a stalled one is cut
-            # by the connection's own loss.
-            await response.collect(write)
+            # No overall timeout: a large snapshot takes what it takes; one that stops
+            # coming (a paused or cut-off leader) is given up after `timeout` without data.
+            await self._collect(response, out.write, f"snapshot from {base}")
         self.bytes_received += dest.stat().st_size
         try:
             return Version.decode(tag)
@@ -168,7 +167,7 @@ class PeerClient:
         if response.code != 206 or not content_range.startswith(f"bytes {start}-{end}/"):
             response.deliverBody(_Discard())
             raise PeerError(f"song {song_id} from {base}: HTTP {response.code} {content_range}")
-        await response.collect(write)
+        await self._collect(response, write, f"song {song_id} from {base}")
 
     async def chunk(
         self, base: str, song_id: str, idx: int, offset: int, sha256: str,
@@ -190,10 +189,58 @@ class PeerClient:
         if offset:
             content_range = response.headers.getRawHeaders(b"content-range", [b""])[0]
             if not content_range.startswith(f"bytes {offset}-".encode()):
+                response.deliverBody(_Discard())
                 raise PeerError(f"chunk {song_id}/{idx} from {base}: range {content_range!r}")
-        body: Deferred[None] = response.collect(write)
-        body.addTimeout(self.timeout, self._clock)
-        await body
+        await self._collect(response, write, f"chunk {song_id}/{idx} from {base}")
+
+    def _collect(self, response: _Response, write: Callable[[bytes], object], what: str
+                 ) -> Deferred[None]:
+        """Hand the body to ``write``; PeerError once no data came for ``timeout`` (a paused
+        or cut-off peer holds a connection open without sending: never wait for it)."""
+        collector = _IdleCollector(write, self._clock, self.timeout, what)
+        response.deliverBody(collector)
+        return collector.done
+
+
+class _IdleCollector(Protocol):
+    def __init__(self, write: Callable[[bytes], object], clock: IReactorTime, idle: float,
+                 what: str) -> None:
+        self._write = write
+        self._idle = idle
+        self._what = what
+        self._timer = clock.callLater(idle, self._stalled)
+        self.done: Deferred[None] = Deferred(lambda _: self._abort())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._timer.reset(self._idle)
+        try:
+            self._write(data)
+        except Exception:
+            self._abort()
+            self.done.errback()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    def _stalled(self) -> None:
+        if not self.done.called:
+            self._abort()
+            self.done.errback(PeerError(f"{self._what}: no data for {self._idle:g} s"))
+
+    def _abort(self) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
 class _Discard:

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from distpotify.cluster.bully import Join
 from distpotify.cluster.heartbeat import ACTIVE
-from distpotify.cluster.membership import Peer, PeerEvent, PeerUp
+from distpotify.cluster.membership import Peer, PeerChanged, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
 from distpotify.model import Version
@@ -157,8 +157,11 @@ class ReplicationNode:
     def _peer_event(self, event: PeerEvent) -> None:
         # A replica that comes back (restart, healed partition) may hold writes we lack. Not
         # while this one is JOINING: the join owns its database and chunk files until DONE.
-        if (isinstance(event, PeerUp) and event.peer.state == ACTIVE
-                and self._cluster.state == ACTIVE):
+        # A restarted replica comes back JOINING and turns ACTIVE once caught up: that change
+        # counts as its return too.
+        back = isinstance(event, PeerUp) or (
+            isinstance(event, PeerChanged) and event.previous.state != ACTIVE)
+        if back and event.peer.state == ACTIVE and self._cluster.state == ACTIVE:
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
     async def status(self) -> dict[str, Any]:

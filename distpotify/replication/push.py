@@ -89,7 +89,7 @@ class FollowerLink:
                 if self.pending_since is None:
                     self.pending_since = pusher.clock.seconds()
                 try:
-                    acked = await pusher.client.push_ops(peer.http, pusher.source, ops)
+                    await pusher.client.push_ops(peer.http, pusher.source, ops)
                 except Exception as e:
                     self._failed(e)
                     return
@@ -97,9 +97,10 @@ class FollowerLink:
                 self._backoff = MIN_BACKOFF
                 self.last_error = None
                 self.last_ack = pusher.clock.seconds()
-                # The follower may hold more than we sent (from another leader): its word wins,
-                # but never move backwards past what it acknowledged.
-                self.cursor = max(acked, ops[-1].version)
+                # The batch is applied: the cursor moves to its last op. Not to the head the
+                # follower answers, which rows from anti-entropy or another leader can put
+                # past ops of ours it has never seen.
+                self.cursor = ops[-1].version
                 await pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
                                        self.cursor.encode())
         finally:

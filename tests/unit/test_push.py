@@ -25,12 +25,13 @@ class FakeClient:
     def __init__(self) -> None:
         self.batches: list[tuple[str, list[Op]]] = []
         self.down = False
+        self.answer: Version | None = None  # the head the follower answers, if not the batch's
 
     def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Deferred[Version]:
         if self.down:
             return fail(ConnectionRefusedError("refused"))
         self.batches.append((base, list(ops)))
-        return succeed(ops[-1].version)
+        return succeed(self.answer or ops[-1].version)
 
 
 @pytest.fixture
@@ -152,3 +153,16 @@ def test_no_push_while_not_leading(db: MetadataDB) -> None:
     pusher.wake()
 
     assert client.batches == []
+
+
+def test_a_follower_answering_a_higher_head_still_gets_every_batch(db: MetadataDB) -> None:
+    """Rows from anti-entropy or another leader can put a follower's head past ops of ours
+    it has never seen: the cursor follows what was sent, not the head it answers."""
+    pusher, client, membership, _ = setup(db)
+    client.answer = Version(9, 9, 9)
+    membership.heartbeat_received(heartbeat(1))
+    ops = write(db, 2 * BATCH + 5)
+
+    pusher.wake()
+
+    assert [op for _, batch in client.batches for op in batch] == ops

@@ -1,0 +1,70 @@
+"""PeerClient's body reading: a peer that stops sending mid-body is given up, never waited for."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from distpotify.replication.client import PeerError, _IdleCollector
+from tests.helpers.api import result_of
+
+
+class Transport:
+    stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+def collector(clock: Clock) -> tuple[_IdleCollector, list[bytes], Transport]:
+    received: list[bytes] = []
+    body = _IdleCollector(received.append, clock, 5.0, "snapshot from http://peer")
+    transport = Transport()
+    body.makeConnection(transport)  # type: ignore[arg-type]
+    return body, received, transport
+
+
+def test_a_body_that_keeps_coming_is_read_whatever_it_takes() -> None:
+    clock = Clock()
+    body, received, transport = collector(clock)
+
+    for _ in range(10):  # 40 s in all, never 5 s without data
+        clock.advance(4)
+        body.dataReceived(b"x")
+    body.connectionLost(Failure(ResponseDone()))
+
+    assert result_of(body.done) is None and received == [b"x"] * 10
+    assert not transport.stopped
+
+
+def test_a_body_that_stops_coming_fails_and_closes_the_connection() -> None:
+    clock = Clock()
+    body, _, transport = collector(clock)
+    body.dataReceived(b"x")
+
+    clock.advance(4.9)
+    assert not body.done.called
+    clock.advance(0.2)
+
+    with pytest.raises(PeerError, match="no data for 5 s"):
+        result_of(body.done)
+    assert transport.stopped
+    body.connectionLost(Failure(ResponseDone()))  # the loss that follows changes nothing
+
+
+def test_a_write_that_fails_stops_the_download() -> None:
+    clock = Clock()
+
+    def full(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    body = _IdleCollector(full, clock, 5.0, "chunk")
+    transport = Transport()
+    body.makeConnection(transport)  # type: ignore[arg-type]
+    body.dataReceived(b"x")
+
+    with pytest.raises(OSError):
+        result_of(body.done)
+    assert transport.stopped and not clock.getDelayedCalls()
