@@ -60,7 +60,9 @@ class Entity:
             return False
         for name, part in zip(self.keys, parts, strict=True):
             if name == "idx":
-                if not part.isdigit() or int(part) >= 2**31:
+                # canonical decimal only: "007" or "²" would name the same chunk differently
+                canonical = part.isascii() and part.isdigit() and str(int(part)) == part
+                if not canonical or int(part) >= 2**31:
                     return False
             elif not (valid_uuid(part) or (self.name == "purges" and part == "tombstones")):
                 return False

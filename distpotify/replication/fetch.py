@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
 
 from distpotify.replication.client import PeerClient, PeerError
@@ -198,7 +198,8 @@ class ChunkFetcher:
         finally:
             if current:
                 current[1].close()
-        await gatherResults(finished, consumeErrors=True).addErrback(lambda _: None)
+        # Every verify step, to its end: one failing must not leave others still writing.
+        await DeferredList(finished, consumeErrors=True)
         self.counters.fetched += len(done)
         self.counters.bad_bytes += len(finished) - len(done)
         return done

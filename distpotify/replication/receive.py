@@ -8,6 +8,7 @@ after the ops are durable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -20,6 +21,8 @@ from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner, row_ops
 
 log = Logger()
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def validate_op(op: Op) -> None:
@@ -36,6 +39,18 @@ def validate_op(op: Op) -> None:
     for name, value in op.fields.items():
         if value is not None and type(value) not in (str, int, float):
             raise ValueError(f"{op.entity}.{name} has a value of type {type(value).__name__}")
+    # The fields other code relies on: a chunk's size and digest, the purge watermark.
+    fields = op.fields
+    if op.entity == "chunks":
+        size, sha256 = fields.get("size"), fields.get("sha256")
+        if "size" in fields and (type(size) is not int or size < 0):
+            raise ValueError(f"chunks.size must be a non-negative integer, got {size!r}")
+        if "sha256" in fields and not (isinstance(sha256, str) and _SHA256.match(sha256)):
+            raise ValueError(f"chunks.sha256 must be 64 hex digits, got {sha256!r}")
+    if op.entity == "purges" and "through" in fields:
+        through = fields["through"]
+        if not isinstance(through, str) or Version.decode(through) >= op.version:
+            raise ValueError(f"purges.through must be a version older than its op: {through!r}")
 
 
 def _chunk_ref(key: str, fields: dict[str, object]) -> ChunkRef:

@@ -1,0 +1,42 @@
+"""validate_op: what a pushed op must be before any of its batch is applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from distpotify.model import Op, Version
+from distpotify.replication.receive import validate_op
+
+SONG = "11111111-1111-4111-8111-111111111111"
+V = Version(2, 1, 9)
+
+
+@pytest.mark.parametrize(("entity", "key", "fields"), [
+    ("chunks", f"{SONG}/0", {"size": 262144, "sha256": "ab" * 32, "deleted": 0}),
+    ("chunks", f"{SONG}/12", {"deleted": 1}),
+    ("purges", "tombstones", {"through": Version(2, 1, 3).encode()}),
+    ("playlists", SONG, {"name": "n", "deleted": 0}),
+])
+def test_well_formed_ops_pass(entity: str, key: str, fields: dict[str, Any]) -> None:
+    validate_op(Op(V, entity, key, fields))
+
+
+@pytest.mark.parametrize(("entity", "key", "fields"), [
+    ("chunks", f"{SONG}/007", {"deleted": 1}),  # one chunk, two names
+    ("chunks", f"{SONG}/²", {"deleted": 1}),
+    ("chunks", f"{SONG}/0", {"size": "big", "sha256": "ab" * 32}),
+    ("chunks", f"{SONG}/0", {"size": -1, "sha256": "ab" * 32}),
+    ("chunks", f"{SONG}/0", {"size": 1.5, "sha256": "ab" * 32}),
+    ("chunks", f"{SONG}/0", {"size": 1, "sha256": "../../etc/passwd"}),
+    ("chunks", f"{SONG}/0", {"size": 1, "sha256": 7}),
+    ("purges", "tombstones", {"through": "everything"}),
+    ("purges", "tombstones", {"through": Version(9, 9, 9).encode()}),  # past its own op
+    ("nope", SONG, {"name": "n"}),
+    ("playlists", SONG, {"colour": "red"}),
+    ("playlists", SONG, {"name": ["a", "list"]}),
+])
+def test_malformed_ops_are_refused(entity: str, key: str, fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        validate_op(Op(V, entity, key, fields))
