@@ -378,12 +378,16 @@ class CatchUp:
     async def run(self) -> None:
         self.progress.phase = CATCHING_UP
         target: Version | None = None
+        source: tuple[int, int] | None = None
         while True:
             leader = self._leader()
-            if target is None and leader is not None:
-                target = leader.head
-                log.info("rejoin: catching up from {mine} to the leader's {target}",
-                         mine=self._head().encode(), target=target.encode())
+            # A new leader may never reach the old one's head (its last writes died with it):
+            # the target is what the current leader held when it was first seen leading.
+            if leader is not None and leader.claim != source:
+                target, source = leader.head, leader.claim
+                log.info("rejoin: catching up from {mine} to leader {leader}'s {target}",
+                         mine=self._head().encode(), leader=leader.node_id,
+                         target=target.encode())
             if target is not None and self._head() >= target:
                 break
             await deferLater(self._clock, 0.05, lambda: None)

@@ -20,6 +20,7 @@ from distpotify.replication.bootstrap import (
     FOUND,
     JOIN,
     REJOIN,
+    CatchUp,
     JoinDesk,
     Joiner,
     SnapshotError,
@@ -218,3 +219,26 @@ def test_done_from_a_replica_that_lacks_chunks_is_refused(tmp_path: Path) -> Non
     assert accepted.status == 200 and api.desk.joined.keys() == {4}
     with pytest.raises(Conflict):
         api.desk.done(5, ZERO, 1)
+
+
+def _leader(node_id: int, epoch: int, head: Version) -> Peer:
+    return Peer(node_id=node_id, role="leader", state="ACTIVE", http=f"http://n{node_id}",
+                amp=f"n{node_id}:9000", epoch=epoch, head=head, last_seen=0.0, up=True)
+
+
+def test_a_rejoin_whose_leader_dies_catches_up_to_the_next_one() -> None:
+    clock = Clock()
+    mine = [Version(1, 3, 5)]
+    leader: list[Peer | None] = [_leader(3, 1, Version(1, 3, 9))]
+    catch_up = CatchUp(head=lambda: mine[0], leader=lambda: leader[0], clock=clock,
+                       progress=SyncProgress())
+    done = Deferred.fromCoroutine(catch_up.run())
+    clock.advance(1)
+    assert not done.called  # behind leader 3
+
+    leader[0] = None  # leader 3 dies with writes nobody else got
+    clock.advance(1)
+    leader[0] = _leader(2, 2, Version(1, 3, 5))  # node 2 leads, holding what we hold
+    clock.advance(1)
+
+    assert done.called and catch_up.progress.phase == DONE
