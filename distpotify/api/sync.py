@@ -18,7 +18,7 @@ from twisted.web.server import Request
 
 from distpotify.api.public import json_response, read_json
 from distpotify.api.ranges import Span, serve
-from distpotify.errors import ApiError, BadRequest, NotFound
+from distpotify.errors import ApiError, BadRequest, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk, pack_snapshot
 from distpotify.replication.client import op_from_json, row_to_json
@@ -64,6 +64,8 @@ class SyncAPI:
                 validate_op(op)
         except (KeyError, TypeError, ValueError) as e:
             raise BadRequest(f"malformed op in batch: {e}") from None
+        if not self._receiver.accepting():
+            raise Unavailable("taking a snapshot: pushes are taken again once it is installed")
         head = await self._receiver.apply_ops(ops, source)
         return json_response(request, 200, {"cursor": head.encode(), "applied": len(ops)})
 

@@ -23,9 +23,11 @@ from distpotify.config import ReplicaConfig
 from distpotify.model import Version
 from distpotify.replication.antientropy import AntiEntropy
 from distpotify.replication.bootstrap import (
+    ANNOUNCING,
     DONE,
     JOIN,
     REJOIN,
+    SNAPSHOT,
     CatchUp,
     JoinDesk,
     Joiner,
@@ -61,7 +63,10 @@ class ReplicationNode:
         self.client = PeerClient(make_http_client(reactor), reactor)
         self.fetcher = ChunkFetcher(self.client, chunks, deferToThread)
         self.guard = ChunkGuard(chunks, self.fetcher, deferToThread, self.peers)
-        self.receiver = Receiver(store, chunks, self.fetcher, deferToThread, self.peers)
+        self.receiver = Receiver(
+            store, chunks, self.fetcher, deferToThread, self.peers,
+            accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT))
+        self._planned = False  # until start-up decides between founding, rejoining and joining
         self.pusher = Pusher(
             store=store, client=self.client, membership=cluster.membership, clock=reactor,
             source=config.http_url, leading=lambda: cluster.election.is_leader,
@@ -108,6 +113,9 @@ class ReplicationNode:
         decision = plan(join_state, head, cluster.membership.live_peers(), away)
         log.info("replica {node_id} at head {head} will {decision} the cluster",
                  node_id=config.node_id, head=head.encode(), decision=decision)
+        if decision == JOIN:
+            self.progress.phase = ANNOUNCING  # no push until the snapshot is installed
+        self._planned = True
         if decision == JOIN:
             await Joiner(
                 node_id=config.node_id, http=config.http_url, amp=cluster.amp_address,

@@ -87,12 +87,16 @@ class Receiver:
         fetcher: ChunkFetcher,
         blocking: Runner,
         peers: Callable[[], Sequence[str]],
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._chunks = chunks
         self._fetcher = fetcher
         self._blocking = blocking
         self._peers = peers
+        # False while a join fetches or installs its snapshot: ops applied before the install
+        # would be wiped by it, yet the leader would count them as delivered.
+        self.accepting = accepting
         self.ops_applied = 0
 
     async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distpotify.model import Op, Version
 from distpotify.replication.receive import validate_op
+from tests.helpers.api import InMemoryReplica
 
 SONG = "11111111-1111-4111-8111-111111111111"
 V = Version(2, 1, 9)
@@ -40,3 +43,21 @@ def test_well_formed_ops_pass(entity: str, key: str, fields: dict[str, Any]) -> 
 def test_malformed_ops_are_refused(entity: str, key: str, fields: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         validate_op(Op(V, entity, key, fields))
+
+
+def test_a_push_while_the_snapshot_is_taken_is_refused_and_applies_nothing(
+    tmp_path: Path,
+) -> None:
+    """Ops applied before the snapshot is installed would be wiped by it, while the leader
+    counted them as delivered: the leader is told to try again (503) instead."""
+    replica = InMemoryReplica(tmp_path)
+    op = Op(Version(2, 3, 1), "playlists", SONG, {"name": "pushed", "deleted": 0})
+    batch = json.dumps({"source": None, "ops": [op.to_json()]}).encode()
+    replica.receiver.accepting = lambda: False
+
+    refused = replica.call("POST", "/sync/ops", batch, {"Content-Type": "application/json"})
+    replica.receiver.accepting = lambda: True
+    taken = replica.call("POST", "/sync/ops", batch, {"Content-Type": "application/json"})
+
+    assert refused.status == 503 and taken.status == 200
+    assert replica.db.get_row("playlists", SONG) is not None
