@@ -123,7 +123,14 @@ class Receiver:
         return [ref for ref in refs if not self._chunks.path(ref.song_id, ref.idx).exists()]
 
     async def apply_rows(self, rows: Sequence[Row], source: str | None) -> Version:
-        return await self.apply_ops([op for row in rows for op in row_ops(row)], source)
+        """Rows pulled by anti-entropy: checked like a pushed batch, and refused whole."""
+        ops = [op for row in rows for op in row_ops(row)]
+        for op in ops:
+            try:
+                validate_op(op)
+            except ValueError as e:
+                raise ValueError(f"malformed row from {source}: {e}") from None
+        return await self.apply_ops(ops, source)
 
     def _fetcher_deferred(self, ref: ChunkRef, sources: list[str]) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._fetcher.fetch(ref, sources))

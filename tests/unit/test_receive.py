@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
-from distpotify.model import Op, Version
+from distpotify.model import Op, Row, Version
 from distpotify.replication.receive import validate_op
-from tests.helpers.api import InMemoryReplica
+from tests.helpers.api import InMemoryReplica, result_of
 
 SONG = "11111111-1111-4111-8111-111111111111"
 V = Version(2, 1, 9)
@@ -61,3 +62,15 @@ def test_a_push_while_the_snapshot_is_taken_is_refused_and_applies_nothing(
 
     assert refused.status == 503 and taken.status == 200
     assert replica.db.get_row("playlists", SONG) is not None
+
+
+def test_rows_pulled_by_anti_entropy_are_checked_like_pushed_ops(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    good = Row("playlists", SONG, {"name": "ok", "deleted": 0}, {"name": V, "deleted": V})
+    bad = Row("chunks", f"{SONG}/0", {"size": -5, "sha256": "nope", "deleted": 0},
+              {"size": V, "sha256": V, "deleted": V})
+
+    with pytest.raises(ValueError, match="malformed row"):
+        result_of(Deferred.fromCoroutine(replica.receiver.apply_rows([good, bad], "http://peer")))
+
+    assert replica.db.get_row("playlists", SONG) is None  # refused whole
