@@ -165,8 +165,8 @@ class Library:
     async def patch_song(self, song_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
         self.leadership.require_leader()
         fields = song_fields(values)
-        await self.song(song_id)
-        await self._write(MetadataDB.write, [Change("songs", song_id, fields)])
+        if not await self._write(_edit_if_live, "songs", _checked_id(song_id, "song"), fields):
+            raise NotFound(f"no song {song_id}")
         return await self.song(song_id)
 
     async def delete_song(self, song_id: str) -> None:
@@ -203,39 +203,37 @@ class Library:
     async def patch_playlist(self, playlist_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
         self.leadership.require_leader()
         _only(values, {"name"})
-        await self.playlist(playlist_id)
-        change = Change("playlists", playlist_id, {"name": _name(values.get("name"))})
-        await self._write(MetadataDB.write, [change])
+        fields = {"name": _name(values.get("name"))}
+        if not await self._write(_edit_if_live, "playlists",
+                                 _checked_id(playlist_id, "playlist"), fields):
+            raise NotFound(f"no playlist {playlist_id}")
         return await self.playlist(playlist_id)
 
     async def delete_playlist(self, playlist_id: str) -> None:
         self.leadership.require_leader()
-        playlist = await self.playlist(playlist_id)
-        changes = [Change("playlist_items", item["id"], {"deleted": 1})
-                   for item in playlist["items"]]
-        changes.append(Change("playlists", playlist_id, {"deleted": 1}))
-        await self._write(MetadataDB.write, changes)
+        if not await self._write(_delete_playlist, _checked_id(playlist_id, "playlist")):
+            raise NotFound(f"no playlist {playlist_id}")
 
     async def add_item(self, playlist_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
         self.leadership.require_leader()
         _only(values, {"song_id", "position", "id"})
-        await self.playlist(playlist_id)
+        _checked_id(playlist_id, "playlist")
         song_id = values.get("song_id")
         if not isinstance(song_id, str):
             raise BadRequest("song_id is required")
-        await self.song(song_id)
+        _checked_id(song_id, "song")
         position = values.get("position")
-        if position is None:
-            position = await self.store.run(MetadataDB.last_position, playlist_id) + 1.0
-        elif (isinstance(position, bool) or not isinstance(position, int | float)
-              or not _finite(position)):
+        if position is not None and (isinstance(position, bool)
+                                     or not isinstance(position, int | float)
+                                     or not _finite(position)):
             raise BadRequest("position must be a finite number")
         item_id = values.get("id") or new_id()
         if not isinstance(item_id, str) or not valid_uuid(item_id):
             raise BadRequest("id must be a lowercase UUID")
-        fields = {"playlist_id": playlist_id, "song_id": song_id, "position": float(position),
+        fields = {"playlist_id": playlist_id, "song_id": song_id,
+                  "position": None if position is None else float(position),
                   "created_at": self._now(), "deleted": 0}
-        await self._write(_create_once, "playlist_items", item_id, fields)
+        await self._write(_add_item, item_id, fields)
         item = await self.store.run(MetadataDB.item, item_id)
         if item is None or item["playlist_id"] != playlist_id:
             raise Conflict(f"item {item_id} belongs to another playlist")
@@ -321,6 +319,38 @@ def _delete_song(db: MetadataDB, song_id: str) -> list[int] | None:
     changes.append(Change("songs", song_id, {"deleted": 1}))
     db.write(changes)
     return chunks
+
+
+def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) -> bool:
+    """Edit a song or playlist that is live now; False (a 404) if it is not."""
+    live = db.song(key) if entity == "songs" else db.playlist(key)
+    if live is None:
+        return False
+    db.write([Change(entity, key, fields)])
+    return True
+
+
+def _delete_playlist(db: MetadataDB, playlist_id: str) -> bool:
+    """Delete a playlist and every item it has now (an item added a moment ago too)."""
+    playlist = db.playlist(playlist_id)
+    if playlist is None:
+        return False
+    changes = [Change("playlist_items", item["id"], {"deleted": 1})
+               for item in playlist["items"]]
+    changes.append(Change("playlists", playlist_id, {"deleted": 1}))
+    db.write(changes)
+    return True
+
+
+def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any]) -> bool:
+    """Add an item if its playlist and song are both live now, at the end unless placed."""
+    if db.playlist(fields["playlist_id"]) is None:
+        raise NotFound(f"no playlist {fields['playlist_id']}")
+    if db.song(fields["song_id"]) is None:
+        raise NotFound(f"no song {fields['song_id']}")
+    if fields["position"] is None:
+        fields = {**fields, "position": db.last_position(fields["playlist_id"]) + 1.0}
+    return _create_once(db, "playlist_items", item_id, fields)
 
 
 def _create_once(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) -> bool:

@@ -7,13 +7,17 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.client import ResponseFailed
 
+from distpotify.errors import NotFound
+from distpotify.library import Library
 from distpotify.replication.fetch import ChunkRef
-from tests.helpers.api import InMemoryReplica, NoLeader, result_of
+from distpotify.store.metadata import MetadataStore
+from tests.helpers.api import InMemoryReplica, LoneLeader, NoLeader, result_of, run_now
 from tests.helpers.audio import make_audio
 
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -417,3 +421,39 @@ def test_write_to_a_non_leader_is_421_naming_no_leader(tmp_path: Path, wav_bytes
 def test_every_answer_names_the_replica(api: InMemoryReplica) -> None:
     assert api.get("/status").headers["x-served-by"] == "1"
     assert api.get("/nowhere").headers["x-served-by"] == "1"
+
+
+def test_an_item_added_as_its_song_is_deleted_never_outlives_the_song(
+    api: InMemoryReplica, song: dict
+) -> None:
+    """The database thread runs one call at a time, in order. A delete that arrives while an
+    add is under way must not leave an item pointing at the deleted song: the add checks the
+    song and writes the item in one call."""
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+    queue: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def queued(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        queue.append((lambda: f(*args, **kwargs), (), d))
+        return d
+
+    library = Library(MetadataStore(api.db, queued), api.chunks, run_now, api.clock,
+                      LoneLeader(), api.chunk_size)
+
+    def step() -> None:
+        call, _, d = queue.pop(0)
+        try:
+            d.callback(call())
+        except Exception:
+            d.errback()
+
+    adding = Deferred.fromCoroutine(library.add_item(pid, {"song_id": song["id"]}))
+    adding.addErrback(lambda f: f.trap(NotFound))
+    step()  # the add's first call has run: with separate checks, the song was seen live
+    deleting = Deferred.fromCoroutine(library.delete_song(song["id"]))
+    while queue:
+        step()
+
+    assert deleting.called and adding.called
+    items = api.get(f"/playlists/{pid}").json()["playlist"]["items"]
+    assert items == []
