@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from distpotify.replication.client import PeerError
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef
@@ -83,3 +83,19 @@ def test_a_broken_download_resumes_from_the_next_source(tmp_path: Path) -> None:
     peer.calls[1].callback(None)
 
     assert result_of(d) is True and chunks.read(SONG, 0) == DATA
+
+
+def test_a_cancelled_caller_leaves_the_download_in_flight_for_the_next(tmp_path: Path) -> None:
+    """A push that times out, or a reader who leaves, cancels its fetch: the download goes on,
+    and a retry meanwhile joins it instead of writing the same .part beside it."""
+    peer = SlowPeer()
+    fetch, chunks = fetcher(tmp_path, peer)
+
+    first = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
+    first.addErrback(lambda f: f.trap(CancelledError))
+    first.cancel()
+    retry = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
+    peer.calls[0].callback(None)
+
+    assert len(peer.calls) == 1  # one download, joined by the retry
+    assert result_of(retry) is True and chunks.read(SONG, 0) == DATA
