@@ -12,11 +12,11 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from distpotify.detach import detached
 from distpotify.errors import BadRequest, Conflict, NotFound
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
@@ -81,7 +81,8 @@ class Library:
         files are being written by a thread that cannot be stopped, and an upload finished
         (or undone) as a whole leaves no half behind. Cancelling the answer only drops it.
         """
-        return _detached(Deferred.fromCoroutine(self._upload(content, content_type, query)))
+        return detached(Deferred.fromCoroutine(self._upload(content, content_type, query)),
+                        "an upload")
 
     async def _upload(
         self, content: BinaryIO, content_type: str, query: Mapping[str, str]
@@ -260,24 +261,6 @@ def _only(values: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = set(values) - allowed
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-
-
-def _detached(d: Deferred[T]) -> Deferred[T]:
-    """``d``'s result, in a Deferred whose cancellation leaves ``d`` running to its end."""
-    answer: Deferred[T] = Deferred()
-
-    def relay(result: Any) -> None:
-        if answer.called:  # cancelled: nobody waits for it any more
-            if isinstance(result, Failure) and not result.check(CancelledError):
-                log.failure("an upload failed after its client went away", result)
-            return
-        if isinstance(result, Failure):
-            answer.errback(result)
-        else:
-            answer.callback(result)
-
-    d.addBoth(relay)
-    return answer
 
 
 def _name(value: Any) -> str:

@@ -35,13 +35,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def parse_size(text: str) -> int:
-    """Bytes, with an optional K/M/G suffix (binary units): 256K, 512M, 1G."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = {"K": 1024, "M": MIB, "G": 1024 * MIB}.get(text[-1:], 1)
-    return int(text.rstrip("KMG")) * scale
-
-
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"--{name} must be positive, got {value}")

@@ -6,20 +6,16 @@ Every option also reads ``DISTPOTIFY_<OPTION>`` from the environment; the comman
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from proxy.config import ConfigError, ProxyConfig, parse_backends, parse_size
-
-ENV_PREFIX = "DISTPOTIFY_"
+from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
+from proxy.config import ConfigError, ProxyConfig, parse_backends
 
 # (option, default, help, converter to the ProxyConfig field)
-OPTIONS: list[tuple[str, Any, str, Callable[[str], Any]]] = [
+OPTIONS: OptionList = [
     ("port", "8080", "port clients connect to", int),
     ("host", "127.0.0.1", "address the port binds to", str),
     ("backends", None, "replica HTTP addresses, HOST:PORT,... (required; more are learned from"
@@ -41,11 +37,7 @@ OPTIONS: list[tuple[str, Any, str, Callable[[str], Any]]] = [
 ]
 
 
-def env_name(option: str) -> str:
-    return ENV_PREFIX + option.upper().replace("-", "_")
-
-
-class Options(usage.Options):
+class Options(EnvOptions):
     synopsis = "--port 8080 --backends HOST:PORT,HOST:PORT,... [options]"
     longdesc = (
         "Run the Distpotify proxy: writes go to the leader, reads round-robin over the "
@@ -54,35 +46,14 @@ class Options(usage.Options):
         "(for example DISTPOTIFY_BACKENDS=127.0.0.1:8001,127.0.0.1:8002); the command line "
         "wins over the environment."
     )
-    optParameters = [
-        [name, None, default, f"{text} (env {env_name(name)})"]
-        for name, default, text, _ in OPTIONS
-    ]
-
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
-        self._from_env: set[str] = set()
-        environ = os.environ if environ is None else environ
-        for name, *_ in OPTIONS:
-            if env_name(name) in environ:
-                self[name] = environ[env_name(name)]
-                self._from_env.add(name)
+    optParameters = env_parameters(OPTIONS)
+    option_list = OPTIONS
+    required = "backends"
+    required_hint = ": HOST:PORT,..."
+    config_error = ConfigError
 
     def postOptions(self) -> None:
-        if not self["backends"]:
-            raise usage.UsageError(
-                f"--backends is required (or {env_name('backends')}): HOST:PORT,...")
-        values: dict[str, Any] = {}
-        for name, _, _, convert in OPTIONS:
-            raw = self[name]
-            if raw is None:
-                continue
-            try:
-                values[name.replace("-", "_")] = convert(raw)
-            except (ValueError, ConfigError) as e:
-                source = env_name(name) if name in self._from_env else f"--{name}"
-                detail = str(e) if isinstance(e, ConfigError) else f"got {raw!r}"
-                raise usage.UsageError(f"bad value for {source}: {detail}") from None
+        values = self.converted()
         try:
             self.config = ProxyConfig(**values)
         except ConfigError as e:

@@ -17,8 +17,8 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from distpotify.detach import detached
 from distpotify.replication.client import PeerClient, PeerError
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from distpotify.store.metadata import Runner
@@ -99,13 +99,8 @@ class ChunkFetcher:
         # The download runs to its end even if this caller is cancelled (a push timeout, a
         # client gone): its in-flight entry must outlive the caller, or a retry would write
         # the same .part while this one's verify step renames it.
-        outcome: list[Any] = []
-        download = Deferred.fromCoroutine(self._download(ref, sources, key))
-        download.addBoth(outcome.append)
-        await _follow(download)
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return bool(outcome[0])
+        return await detached(Deferred.fromCoroutine(self._download(ref, sources, key)),
+                              f"the download of chunk {ref.song_id}/{ref.idx}")
 
     async def _download(self, ref: ChunkRef, sources: Sequence[str],
                         key: tuple[str, int]) -> bool:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import defer
@@ -26,6 +25,7 @@ from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
+from tests.helpers.replica import Response
 
 T = TypeVar("T")
 
@@ -44,14 +44,8 @@ def result_of(d: Deferred[T]) -> T:
     return results[0]  # type: ignore[no-any-return]
 
 
-@attrs.frozen
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+# An in-memory replica answers as a real one does (tests/helpers/replica.py).
+Answer = Response
 
 
 class LoneLeader:

@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from distpotify import tap as replica_tap
+from distpotify.options import env_name
 from proxy import tap as proxy_tap
 from tests.helpers.replica import free_port, free_udp_port, request, wait_until
 
@@ -341,7 +342,7 @@ def parsed(options: Any, env: dict[str, str]) -> Any:
 
 
 def known_variables(tap: Any) -> set[str]:
-    return {tap.env_name(name) for name, *_ in tap.OPTIONS}
+    return {env_name(name) for name, *_ in tap.OPTIONS}
 
 
 @pytest.mark.parametrize("node_id", [1, 2, 3])

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from distpotify.options import env_name
 from proxy.config import WEB_DIR, ConfigError, parse_backends
-from proxy.tap import OPTIONS, Options, env_name
+from proxy.tap import OPTIONS, Options
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from distpotify.tap import OPTIONS, Options, env_name
+from distpotify.options import env_name
+from distpotify.tap import OPTIONS, Options
 
 
 def parse(args: list[str], env: dict[str, str] | None = None) -> Options:
