@@ -27,7 +27,6 @@ from distpotify import __version__
 from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
-from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
 from distpotify.library import Library
@@ -35,6 +34,7 @@ from distpotify.metrics import ReplicaMetrics
 from distpotify.replication.node import ReplicationNode
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.wire import ACTIVE
 
 log = Logger()
 

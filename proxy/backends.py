@@ -21,12 +21,10 @@ from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from distpotify.wire import ACTIVE, LEADER
 from proxy.config import ConfigError, parse_backends
 
 log = Logger()
-
-LEADER = "leader"
-ACTIVE = "ACTIVE"
 
 StatusFetcher = Callable[[str], "Deferred[dict[str, Any]]"]
 

@@ -1,13 +1,12 @@
 """The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
 ``/sync/*`` refused, and everything else forwarded by ProxyResource; and its HTTP server,
-which refuses a request body over ``--max-upload`` before reading it (bodylimit.py, the one
-HTTP-only module the proxy shares with the replicas).
+which refuses a request body over ``--max-upload`` before reading it (bodylimit.py). Its own
+answers are JSON written by wire.py, as the replicas write theirs.
 """
 # test-case-name: tests.unit.test_proxy_resource
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 
 from distpotify.bodylimit import LimitedRequest
+from distpotify.wire import json_error, json_response
 from proxy.metrics import ProxyMetrics
 
 log = Logger()
@@ -26,13 +26,8 @@ log = Logger()
 API_ROOTS = frozenset({b"status", b"songs", b"playlists"})
 
 
-def json_body(request: server.Request, status: int, value: Any) -> bytes:
-    body = json.dumps(value, indent=1).encode() + b"\n"
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    request.setHeader(b"Cache-Control", b"no-store")
-    return body
+# The proxy's own answers describe it now: a cache must not keep them.
+NO_STORE = (b"Cache-Control", b"no-store")
 
 
 class JsonNotFound(Resource):
@@ -41,10 +36,9 @@ class JsonNotFound(Resource):
     isLeaf = True
 
     def render(self, request: server.Request) -> bytes:
-        return json_body(request, 404, {
-            "error": "not_found",
-            "message": "/sync/ is internal to the cluster and not served by the proxy",
-        })
+        request.setHeader(*NO_STORE)
+        return json_error(request, 404, "not_found",
+                          "/sync/ is internal to the cluster and not served by the proxy")
 
 
 class ProxyStatus(Resource):
@@ -55,7 +49,8 @@ class ProxyStatus(Resource):
         self._report = report
 
     def render_GET(self, request: server.Request) -> bytes:
-        return json_body(request, 200, self._report())
+        request.setHeader(*NO_STORE)
+        return json_response(request, 200, self._report(), pretty=True)
 
 
 class ProxyRoot(Resource):

@@ -21,8 +21,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from distpotify.cluster.heartbeat import CANDIDATE, FOLLOWER, LEADER, split_address
+from distpotify.cluster.heartbeat import split_address
 from distpotify.cluster.membership import Membership, PeerEvent
+from distpotify.wire import CANDIDATE, FOLLOWER, LEADER
 
 
 class Election(amp.Command):

@@ -33,15 +33,7 @@ from twisted.python.failure import Failure
 
 from distpotify.config import ReplicaConfig
 from distpotify.model import Version
-
-LEADER = "leader"
-FOLLOWER = "follower"
-CANDIDATE = "candidate"
-ROLES = frozenset({LEADER, FOLLOWER, CANDIDATE})
-
-JOINING = "JOINING"
-ACTIVE = "ACTIVE"
-STATES = frozenset({JOINING, ACTIVE})
+from distpotify.wire import ROLES, STATES
 
 MAX_DATAGRAM = 1024
 # Version.encode() gives the leader id five digits and the epoch ten; larger values would

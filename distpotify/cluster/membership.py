@@ -13,8 +13,9 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from distpotify.cluster.heartbeat import ACTIVE, LEADER, Heartbeat
+from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.model import Version
+from distpotify.wire import ACTIVE, LEADER
 
 
 @attrs.frozen

@@ -26,9 +26,6 @@ from distpotify.cluster.bully import (
     tcp_connector,
 )
 from distpotify.cluster.heartbeat import (
-    ACTIVE,
-    JOINING,
-    LEADER,
     Address,
     Heartbeat,
     HeartbeatProtocol,
@@ -43,6 +40,7 @@ from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.model import Version
 from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.wire import ACTIVE, JOINING, LEADER
 
 log = Logger()
 

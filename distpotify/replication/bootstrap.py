@@ -25,7 +25,6 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import NotLeaderError
-from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.membership import Peer
 from distpotify.errors import Conflict, NotLeader
 from distpotify.model import ZERO, Version
@@ -33,6 +32,7 @@ from distpotify.replication.client import PeerClient, PeerError
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+from distpotify.wire import ACTIVE
 
 log = Logger()
 

@@ -16,7 +16,6 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import Join
-from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.membership import Peer, PeerChanged, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
@@ -42,6 +41,7 @@ from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.wire import ACTIVE
 
 log = Logger()
 

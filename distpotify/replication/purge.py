@@ -17,10 +17,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.membership import Membership
 from distpotify.replication.push import Pusher
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from distpotify.wire import ACTIVE
 
 log = Logger()
 

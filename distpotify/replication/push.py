@@ -16,11 +16,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from distpotify.cluster.heartbeat import ACTIVE
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
 from distpotify.model import ZERO, Version
 from distpotify.replication.client import PeerClient
 from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.wire import ACTIVE
 
 log = Logger()
 

@@ -1,0 +1,49 @@
+"""The strings of the contract between Distpotify's processes, and the one JSON answer writer.
+
+Replicas and the proxy both read these (heartbeats, /status, headers), so each is written once
+here; this module imports nothing from distpotify, which keeps the proxy off replica internals.
+"""
+# test-case-name: tests.unit.test_wire
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+# A replica's role in the election, as heartbeats and /status carry it.
+LEADER = "leader"
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+ROLES = frozenset({LEADER, FOLLOWER, CANDIDATE})
+
+# A replica's state: JOINING until it holds the library (bootstrap), then ACTIVE.
+JOINING = "JOINING"
+ACTIVE = "ACTIVE"
+STATES = frozenset({JOINING, ACTIVE})
+
+# Headers one process sets and another reads.
+SERVED_BY = b"X-Served-By"  # the node id of the replica that answered
+SNAPSHOT_VERSION = b"X-Snapshot-Version"  # the version a /sync/snapshot holds
+
+
+def json_response(request: IRequest, status: int, value: Any, *, pretty: bool = False) -> bytes:
+    """Set ``status`` and the JSON headers on ``request``; return ``value`` as the body.
+
+    Compact by default; ``pretty`` indents it and ends it with a newline, for answers a person
+    reads with curl.
+    """
+    if pretty:
+        data = json.dumps(value, indent=1).encode() + b"\n"
+    else:
+        data = json.dumps(value, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", str(len(data)).encode())
+    return data
+
+
+def json_error(request: IRequest, status: int, code: str, message: str, **extra: Any) -> bytes:
+    """The error shape every process answers: ``{"error": code, "message": ..., **extra}``."""
+    return json_response(request, status, {"error": code, "message": message, **extra})
