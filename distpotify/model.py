@@ -41,6 +41,8 @@ class Version:
 
 ZERO = Version(0, 0, 0)
 
+MAX_INDEX = 2**31  # chunk indexes are below it
+
 
 @attrs.frozen
 class Entity:
@@ -60,9 +62,7 @@ class Entity:
             return False
         for name, part in zip(self.keys, parts, strict=True):
             if name == "idx":
-                # canonical decimal only: "007" or "²" would name the same chunk differently
-                canonical = part.isascii() and part.isdigit() and str(int(part)) == part
-                if not canonical or int(part) >= 2**31:
+                if not valid_index(part):
                     return False
             elif not (valid_uuid(part) or (self.name == "purges" and part == "tombstones")):
                 return False
@@ -137,6 +137,15 @@ class Row:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def valid_index(text: str) -> bool:
+    """True only for a chunk index in canonical decimal below 2**31: "007", "+7" or "²" would
+    name a chunk differently (or not at all), and 10 digits keep int() cheap."""
+    return (
+        len(text) <= 10 and text.isascii() and text.isdigit() and str(int(text)) == text
+        and int(text) < MAX_INDEX
+    )
 
 
 def valid_uuid(text: str) -> bool:

@@ -3,7 +3,7 @@
 which refuses a request body over ``--max-upload`` before reading it (bodylimit.py). Its own
 answers are JSON written by wire.py, as the replicas write theirs.
 """
-# test-case-name: tests.unit.test_proxy_resource
+# test-case-name: tests.unit.test_proxy_site,tests.unit.test_proxy_resource
 
 from __future__ import annotations
 

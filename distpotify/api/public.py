@@ -1,13 +1,12 @@
 """The music API of a replica (DESIGN section 3): songs, chunks, streaming, playlists, status.
 
-A Klein app on a class; handlers parse and validate, Library decides, and every ApiError
-becomes the JSON error shape in one place (``_api_error``).
+A Klein app on a class; path segments arrive typed (parsing.py), handlers read the rest and
+Library decides, and every failure becomes the JSON error shape in one place (failures.py).
 """
 # test-case-name: tests.unit.test_api
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -15,82 +14,28 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from werkzeug.exceptions import HTTPException
 
+from distpotify.api.failures import answer_failure
+from distpotify.api.parsing import int_arg, query, read_json, typed_routes
 from distpotify.api.ranges import Span, serve, wanted_range
-from distpotify.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unavailable
+from distpotify.errors import BadRequest, NotFound, Unavailable
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
+from distpotify.model import valid_index, valid_uuid
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS
+from distpotify.wire import SERVED_BY, json_error, json_response
 
-log = Logger()
-
-MAX_JSON = 1024 * 1024
 MAX_PAGE = 500
-MAX_INDEX = 2**31
-
-
-def json_response(request: IRequest, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    data = json.dumps(body, separators=(",", ":")).encode()
-    request.setHeader(b"Content-Length", str(len(data)).encode())
-    return data
-
-
-def _query(request: Request) -> dict[str, str]:
-    args = request.args or {}
-    return {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace") for k, v in args.items()}
-
-
-def _int_arg(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = query.get(name)
-    if text is None or text == "":
-        return default
-    if not _decimal(text) or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be an integer between {low} and {high}")
-    return int(text)
-
-
-def _decimal(text: str) -> bool:
-    """ASCII digits only (str.isdigit takes "²"), and few enough for int()."""
-    return text.isascii() and text.isdigit() and len(text) <= 19
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
-    content = request.content
-    data = content.read(limit + 1) if content is not None else b""
-    if len(data) > limit:
-        raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-    try:
-        body = json.loads(data or b"{}", parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:  # RecursionError: nesting thousands deep
-        raise BadRequest(f"body is not valid JSON: {str(e)[:200]}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
-
-
-def _chunk_index(text: str) -> int:
-    """Chunk indexes are plain decimal integers; anything else is a 404, like a missing one."""
-    if not _decimal(text) or int(text) >= MAX_INDEX:
-        raise NotFound(f"no chunk {text!r}")
-    return int(text)
 
 
 class PublicAPI:
-    app = Klein()
+    app = typed_routes(Klein())
 
     def __init__(
         self,
@@ -104,30 +49,9 @@ class PublicAPI:
         self._status = status
         self._metrics = metrics
 
-    @app.handle_errors(ApiError)
-    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, ApiError)
-        for name, value in error.headers.items():
-            request.setHeader(name.encode(), value.encode())
-        return json_response(request, error.status, error.body())
-
-    @app.handle_errors(HTTPException)
-    def _http_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.code or 500, "http_error")
-        if error.code == 405:
-            allowed = error.get_response().headers.get("Allow", "")
-            request.setHeader(b"Allow", allowed.encode())
-        body = {"error": code, "message": error.description}
-        return json_response(request, error.code or 500, body)
-
     @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("unhandled error on {method} {uri}", failure,
-                    method=request.method, uri=request.uri)
-        return json_response(request, 500, {"error": "internal", "message": "internal error"})
+    def _failed(self, request: IRequest, failure: Failure) -> bytes:
+        return answer_failure(request, failure)
 
     # status
 
@@ -146,14 +70,14 @@ class PublicAPI:
 
     @app.route("/songs", methods=["GET"])
     async def search(self, request: Request) -> bytes:
-        query = _query(request)
-        limit = _int_arg(query, "limit", 50, 1, MAX_PAGE)
-        offset = _int_arg(query, "offset", 0, 0, 2**62)
-        sort = query.get("sort") or "newest"
+        args = query(request)
+        limit = int_arg(args, "limit", 50, 1, MAX_PAGE)
+        offset = int_arg(args, "offset", 0, 0, 2**62)
+        sort = args.get("sort") or "newest"
         if sort not in SONG_ORDERS:
             raise BadRequest(f"sort must be one of {', '.join(SONG_ORDERS)}")
         songs, total = await self._library.search(
-            query.get("q"), query.get("artist"), query.get("album"), limit, offset, sort
+            args.get("q"), args.get("artist"), args.get("album"), limit, offset, sort
         )
         return json_response(request, 200, {"songs": songs, "total": total})
 
@@ -162,29 +86,28 @@ class PublicAPI:
         content_type = request.getHeader(b"Content-Type") or b""
         assert request.content is not None
         song, created = await self._library.upload(
-            request.content, content_type.decode("latin-1"), _query(request)
+            request.content, content_type.decode("latin-1"), query(request)
         )
         return json_response(request, 201 if created else 200, {"song": song})
 
-    @app.route("/songs/<song_id>", methods=["GET"])
+    @app.route("/songs/<id:song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:
         return json_response(request, 200, await self._library.song_with_chunks(song_id))
 
-    @app.route("/songs/<song_id>", methods=["PATCH"])
+    @app.route("/songs/<id:song_id>", methods=["PATCH"])
     async def patch_song(self, request: Request, song_id: str) -> bytes:
         song = await self._library.patch_song(song_id, read_json(request))
         return json_response(request, 200, {"song": song})
 
-    @app.route("/songs/<song_id>", methods=["DELETE"])
+    @app.route("/songs/<id:song_id>", methods=["DELETE"])
     async def delete_song(self, request: Request, song_id: str) -> bytes:
         await self._library.delete_song(song_id)
         request.setResponseCode(204)
         return b""
 
-    @app.route("/songs/<song_id>/chunks/<idx>", methods=["GET"])
-    async def chunk(self, request: Request, song_id: str, idx: str) -> bytes:
+    @app.route("/songs/<id:song_id>/chunks/<index:index>", methods=["GET"])
+    async def chunk(self, request: Request, song_id: str, index: int) -> bytes:
         """Chunk bytes (also reached without Klein: ReplicaRoot's fast path)."""
-        index = _chunk_index(idx)
         chunk = await self._library.chunk(song_id, index)
         ref = ChunkRef(song_id, index, chunk["size"], chunk["sha256"])
         if not await self._guard.ensure(ref):
@@ -195,7 +118,7 @@ class PublicAPI:
             etag=chunk["sha256"], content_type="application/octet-stream",
         )
 
-    @app.route("/songs/<song_id>/stream", methods=["GET"])
+    @app.route("/songs/<id:song_id>/stream", methods=["GET"])
     async def stream(self, request: Request, song_id: str) -> bytes:
         song = await self._library.song_with_chunks(song_id)
         chunks = song["chunks"]
@@ -229,27 +152,27 @@ class PublicAPI:
         playlist, created = await self._library.create_playlist(read_json(request))
         return json_response(request, 201 if created else 200, {"playlist": playlist})
 
-    @app.route("/playlists/<playlist_id>", methods=["GET"])
+    @app.route("/playlists/<id:playlist_id>", methods=["GET"])
     async def playlist(self, request: Request, playlist_id: str) -> bytes:
         return json_response(request, 200, {"playlist": await self._library.playlist(playlist_id)})
 
-    @app.route("/playlists/<playlist_id>", methods=["PATCH"])
+    @app.route("/playlists/<id:playlist_id>", methods=["PATCH"])
     async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
         playlist = await self._library.patch_playlist(playlist_id, read_json(request))
         return json_response(request, 200, {"playlist": playlist})
 
-    @app.route("/playlists/<playlist_id>", methods=["DELETE"])
+    @app.route("/playlists/<id:playlist_id>", methods=["DELETE"])
     async def delete_playlist(self, request: Request, playlist_id: str) -> bytes:
         await self._library.delete_playlist(playlist_id)
         request.setResponseCode(204)
         return b""
 
-    @app.route("/playlists/<playlist_id>/items", methods=["POST"])
+    @app.route("/playlists/<id:playlist_id>/items", methods=["POST"])
     async def add_item(self, request: Request, playlist_id: str) -> bytes:
         item = await self._library.add_item(playlist_id, read_json(request))
         return json_response(request, 201, {"item": item})
 
-    @app.route("/playlists/<playlist_id>/items/<item_id>", methods=["DELETE"])
+    @app.route("/playlists/<id:playlist_id>/items/<id:item_id>", methods=["DELETE"])
     async def remove_item(self, request: Request, playlist_id: str, item_id: str) -> bytes:
         await self._library.remove_item(playlist_id, item_id)
         request.setResponseCode(204)
@@ -260,7 +183,9 @@ def authorize(request: Request) -> None:
     """The one authorization hook every request passes; users and roles plug in here."""
 
 
-_CHUNK_PATH = re.compile(rb"^/songs/([0-9a-f-]{36})/chunks/(\d{1,10})$")
+# The shape of a chunk path; whether its id and index are valid is model.py's to say, as for
+# the Klein route, and any path this does not take goes through Klein.
+_CHUNK_PATH = re.compile(rb"^/songs/([^/]+)/chunks/([^/]+)$")
 
 
 class ReplicaRoot(Resource):
@@ -285,23 +210,27 @@ class ReplicaRoot(Resource):
         self._serving = serving
 
     def render(self, request: Request) -> Any:
-        request.setHeader(b"X-Served-By", self._served_by)
+        request.setHeader(SERVED_BY, self._served_by)
         authorize(request)
+        if not _utf8(request.postpath):
+            # Klein would answer this itself, in text/html: every error here is JSON.
+            return json_error(request, 400, "bad_request", "the path is not UTF-8")
         first = (request.postpath or [b""])[0]
         if first == b"sync":
             return self._sync.render(request)
         reading = request.method in (b"GET", b"HEAD")
         if reading and first not in (b"status", b"metrics") and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
-            return json_response(request, 503, {
-                "error": "joining", "message": "this replica is still joining the cluster"})
+            return json_error(request, 503, "joining", "this replica is still joining the cluster")
         match = _CHUNK_PATH.match(request.path) if reading else None
         if match is not None:
-            return self._chunk(request, match[1].decode(), match[2].decode())
+            song_id, idx = match[1].decode("latin-1"), match[2].decode("latin-1")
+            if valid_uuid(song_id) and valid_index(idx):
+                return self._chunk(request, song_id, int(idx))
         return self._routes.render(request)
 
-    def _chunk(self, request: Request, song_id: str, idx: str) -> object:
-        d = Deferred.fromCoroutine(self._api.chunk(request, song_id, idx))
+    def _chunk(self, request: Request, song_id: str, index: int) -> object:
+        d = Deferred.fromCoroutine(self._api.chunk(request, song_id, index))
         request.notifyFinish().addErrback(lambda _: d.cancel())
 
         def done(body: bytes) -> None:
@@ -312,13 +241,18 @@ class ReplicaRoot(Resource):
         def failed(failure: Failure) -> None:
             if failure.check(CancelledError) or request.finished or request._disconnected:
                 return
-            if failure.check(ApiError):
-                body = self._api._api_error(request, failure)
-            else:
-                body = self._api._unexpected(request, failure)
-            request.write(body)
+            request.write(answer_failure(request, failure))
             request.finish()
 
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
 
+
+
+def _utf8(segments: list[bytes]) -> bool:
+    try:
+        for segment in segments:
+            segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

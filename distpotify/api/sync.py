@@ -1,8 +1,9 @@
 """The cluster-internal API under /sync/ (the proxy never forwards it): pushed ops in,
 digests and rows out for anti-entropy.
 
-Same shape as public.py: a Klein app on a class, errors mapped to JSON in one place. A batch
-that is malformed anywhere is refused whole (400) and nothing of it is applied.
+Same shape as public.py: a Klein app on a class, typed path segments (parsing.py), failures
+answered by failures.py. A batch that is malformed anywhere is refused whole (400) and nothing
+of it is applied.
 """
 # test-case-name: tests.unit.test_sync_api
 
@@ -16,21 +17,23 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
-from distpotify.api.public import json_response, read_json
+from distpotify.api.failures import answer_failure
+from distpotify.api.parsing import read_json, typed_routes
 from distpotify.api.ranges import Span, serve
-from distpotify.errors import ApiError, BadRequest, NotFound, Unavailable
+from distpotify.errors import BadRequest, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk, pack_snapshot
 from distpotify.replication.client import op_from_json, row_to_json
 from distpotify.replication.receive import Receiver, validate_op
-from distpotify.store.metadata import BUCKETS, MetadataDB, MetadataStore, Runner
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, json_response
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_KEYS = 1000
 
 
 class SyncAPI:
-    app = Klein()
+    app = typed_routes(Klein())
 
     def __init__(
         self,
@@ -46,11 +49,9 @@ class SyncAPI:
         self._blocking = blocking
         self._tmp = tmp_dir
 
-    @app.handle_errors(ApiError)
-    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, ApiError)
-        return json_response(request, error.status, error.body())
+    @app.handle_errors(Exception)
+    def _failed(self, request: IRequest, failure: Failure) -> bytes:
+        return answer_failure(request, failure)
 
     @app.route("/sync/ops", methods=["POST"])
     async def ops(self, request: Request) -> bytes:
@@ -74,11 +75,9 @@ class SyncAPI:
         buckets = await self._store.run(MetadataDB.digest)
         return json_response(request, 200, {"buckets": buckets})
 
-    @app.route("/sync/digest/<bucket>", methods=["GET"])
-    async def bucket(self, request: Request, bucket: str) -> bytes:
-        if not bucket.isdigit() or int(bucket) >= BUCKETS:
-            raise NotFound(f"no bucket {bucket!r}: buckets are 0-{BUCKETS - 1}")
-        rows = await self._store.run(MetadataDB.bucket_rows, int(bucket))
+    @app.route("/sync/digest/<bucket:bucket>", methods=["GET"])
+    async def bucket(self, request: Request, bucket: int) -> bytes:
+        rows = await self._store.run(MetadataDB.bucket_rows, bucket)
         return json_response(request, 200, {"rows": [list(row) for row in rows]})
 
     @app.route("/sync/rows", methods=["GET"])
@@ -103,7 +102,7 @@ class SyncAPI:
         try:
             version = await self._store.run(MetadataDB.backup_to, copy)
             await self._blocking(pack_snapshot, copy, packed)
-            request.setHeader(b"X-Snapshot-Version", version.encode().encode())
+            request.setHeader(SNAPSHOT_VERSION, version.encode().encode())
             return await serve(
                 request, [Span(packed, 0, packed.stat().st_size)],
                 etag=f"snapshot-{version.encode()}", content_type="application/gzip",
@@ -125,4 +124,4 @@ class SyncAPI:
         except ValueError:
             raise BadRequest(f"bad head {head!r}") from None
         self._desk.done(node_id, version, missing)
-        return json_response(request, 200, {"state": "ACTIVE"})
+        return json_response(request, 200, {"state": ACTIVE})

@@ -1,0 +1,110 @@
+"""What the handlers read from a request, typed and checked before a handler runs: path
+segments (werkzeug converters), query integers and JSON bodies.
+
+A path segment that is not a canonical id, chunk index or digest bucket matches no route, so
+it is a 404 like any unknown path; ReplicaRoot's chunk fast path applies the same rules.
+"""
+# test-case-name: tests.unit.test_api,tests.unit.test_sync_api
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.web.server import Request
+from werkzeug.routing import BaseConverter, ValidationError
+
+from distpotify.errors import BadRequest, PayloadTooLarge
+from distpotify.model import valid_index, valid_uuid
+from distpotify.store.metadata import BUCKETS
+
+MAX_JSON = 1024 * 1024
+
+# Each converter's regex spells its rule out and to_python checks it with model.py's own test
+# (they agree: tests.unit.test_api). The regex must not be looser: werkzeug answers 405, not
+# 404, when to_python refuses a segment of a path that a rule for another method matched.
+
+
+class IdConverter(BaseConverter):
+    """``<id:name>``: a canonical lowercase UUID (the ids this service hands out), as text."""
+
+    regex = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+    def to_python(self, value: str) -> str:
+        if not valid_uuid(value):
+            raise ValidationError()
+        return value
+
+
+class IndexConverter(BaseConverter):
+    """``<index:name>``: a chunk index in canonical decimal (model.valid_index), as an int."""
+
+    regex = "0|[1-9][0-9]{0,9}"
+
+    def to_python(self, value: str) -> int:
+        if not valid_index(value):
+            raise ValidationError()
+        return int(value)
+
+
+class BucketConverter(BaseConverter):
+    """``<bucket:name>``: an anti-entropy digest bucket, 0 to BUCKETS - 1 in canonical decimal."""
+
+    regex = "0|[1-9][0-9]{0,2}"
+
+    def to_python(self, value: str) -> int:
+        if not (valid_index(value) and int(value) < BUCKETS):
+            raise ValidationError()
+        return int(value)
+
+
+def typed_routes(app: Klein) -> Klein:
+    """Give ``app`` the converters above; call it before the app's first route.
+
+    Slashes are not merged: werkzeug would answer ``/songs//stream`` with a redirect that
+    goes nowhere useful, where an empty segment is simply no resource (404).
+    """
+    app.url_map.converters.update(id=IdConverter, index=IndexConverter, bucket=BucketConverter)
+    app.url_map.merge_slashes = False
+    return app
+
+
+def query(request: Request) -> dict[str, str]:
+    """The first value of each query argument, as text."""
+    args = request.args or {}
+    return {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace") for k, v in args.items()}
+
+
+def int_arg(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Query argument ``name`` as a decimal integer in [low, high], or ``default`` if absent."""
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    if not _decimal(text) or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be an integer between {low} and {high}")
+    return int(text)
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only (str.isdigit takes "²"), and few enough for int()."""
+    return text.isascii() and text.isdigit() and len(text) <= 19
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
+    """The request body as a JSON object, at most ``limit`` bytes; anything else is a 4xx."""
+    content = request.content
+    data = content.read(limit + 1) if content is not None else b""
+    if len(data) > limit:
+        raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
+    try:
+        body = json.loads(data or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting thousands deep
+        raise BadRequest(f"body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body

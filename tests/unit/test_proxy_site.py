@@ -1,0 +1,63 @@
+"""The proxy's own URL space, in memory: its answers in the JSON shape the replicas use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from proxy.site import ProxyRoot
+from tests.helpers.api import Answer, result_of
+
+
+class Forwarded(Resource):
+    """Stands in for ProxyResource: says which path it was asked to forward."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return b"forwarded " + request.path
+
+
+REPORT: dict[str, Any] = {"leader": None, "readers": [], "backends": []}
+
+
+@pytest.fixture
+def treq(tmp_path: Path) -> StubTreq:
+    return StubTreq(ProxyRoot(Forwarded(), lambda: REPORT, tmp_path / "no-web-dir"))
+
+
+def get(treq: StubTreq, path: str) -> Answer:
+    d = treq.get("http://proxy" + path)
+    treq.flush()
+    response = result_of(d)
+    body = treq.content(response)
+    treq.flush()
+    headers = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+    return Answer(response.code, headers, result_of(body))
+
+
+def test_the_proxy_status_is_readable_json_never_cached(treq: StubTreq) -> None:
+    answer = get(treq, "/proxy/status")
+
+    assert answer.status == 200 and answer.json() == REPORT
+    assert answer.body.endswith(b"}\n") and b'\n "leader": null' in answer.body
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/sync", "/sync/digest/0", "/sync/snapshot"])
+def test_sync_paths_are_a_json_404_never_cached(treq: StubTreq, path: str) -> None:
+    answer = get(treq, path)
+
+    assert answer.status == 404 and answer.json()["error"] == "not_found"
+    assert "internal to the cluster" in answer.json()["message"]
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_the_music_api_is_forwarded(treq: StubTreq) -> None:
+    assert get(treq, "/songs/x").body == b"forwarded /songs/x"
