@@ -212,7 +212,7 @@ class ReplicaRoot(Resource):
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
         authorize(request)
-        if not _utf8(request.postpath):
+        if not _utf8(request.postpath or []):
             # Klein would answer this itself, in text/html: every error here is JSON.
             return json_error(request, 400, "bad_request", "the path is not UTF-8")
         first = (request.postpath or [b""])[0]

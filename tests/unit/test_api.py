@@ -6,18 +6,25 @@ import hashlib
 import io
 import json
 import os
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from klein.resource import KleinResource
+from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.client import ResponseFailed
 
+from distpotify.api.parsing import IdConverter, IndexConverter
+from distpotify.api.public import PublicAPI
 from distpotify.errors import NotFound
 from distpotify.library import Library
+from distpotify.model import MAX_INDEX, valid_index, valid_uuid
 from distpotify.replication.fetch import ChunkRef
 from distpotify.store.metadata import MetadataStore
-from tests.helpers.api import InMemoryReplica, LoneLeader, NoLeader, result_of, run_now
+from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, NoLeader, result_of, run_now
 from tests.helpers.audio import make_audio
 
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -393,6 +400,187 @@ def test_unknown_or_malformed_ids_are_404(api: InMemoryReplica, path: str) -> No
                                  "%C2%B2", "0" * 5000])
 def test_bad_chunk_index_is_404(api: InMemoryReplica, song: dict, idx: str) -> None:
     assert_error(api.get(f"/songs/{song['id']}/chunks/{idx}"), 404, "not_found")
+
+
+# hostile path segments: refused before the handler runs, on every route with a parameter
+
+# Each route with its parameters; a hostile form replaces one parameter, the others are real.
+ROUTES = [
+    ("GET", "/songs/{song}"),
+    ("PATCH", "/songs/{song}"),
+    ("DELETE", "/songs/{song}"),
+    ("GET", "/songs/{song}/stream"),
+    ("GET", "/songs/{song}/chunks/{index}"),
+    ("GET", "/playlists/{playlist}"),
+    ("PATCH", "/playlists/{playlist}"),
+    ("DELETE", "/playlists/{playlist}"),
+    ("POST", "/playlists/{playlist}/items"),
+    ("DELETE", "/playlists/{playlist}/items/{item}"),
+]
+
+# Forms of a real id (as the URL carries them): a lenient parser would find the resource.
+HOSTILE_IDS: dict[str, Callable[[str], str]] = {
+    "uppercase": str.upper,
+    "no hyphens": lambda i: i.replace("-", ""),
+    "braces": lambda i: "{" + i + "}",
+    "urn": lambda i: "urn:uuid:" + i,
+    "one short": lambda i: i[:-1],
+    "one long": lambda i: i + "0",
+    "fullwidth digit": lambda i: "\uff10" + i[1:],
+    "leading space": lambda i: "%20" + i,
+    "encoded slash": lambda i: i[:8] + "%2F" + i[9:],
+    "nul": lambda i: i + "%00",
+    "empty": lambda i: "",
+    "dot": lambda i: ".",
+    "dots": lambda i: "..",
+    "encoded dots": lambda i: "%2E%2E",
+    "huge": lambda i: i * 200,
+    "not utf-8": lambda i: "%FF" + i[1:],
+}
+
+# Forms of chunk index 1.
+HOSTILE_INDEXES: dict[str, Callable[[str], str]] = {
+    "leading zero": lambda i: "0" + i,
+    "plus": lambda i: "+" + i,
+    "minus": lambda i: "-" + i,
+    "leading space": lambda i: "%20" + i,
+    "decimal point": lambda i: i + ".0",
+    "exponent": lambda i: i + "e0",
+    "hex": lambda i: "0x" + i,
+    "superscript": lambda i: "\u00b9",
+    "arabic-indic": lambda i: "\u0661",
+    "fullwidth": lambda i: "\uff11",
+    "encoded superscript": lambda i: "%C2%B9",
+    "2**31": lambda i: str(2**31),
+    "huge": lambda i: "9" * 30,
+    "thousands of zeros": lambda i: "0" * 5000 + i,
+    "empty": lambda i: "",
+    "dot": lambda i: ".",
+    "dots": lambda i: "..",
+    "encoded dots": lambda i: "%2E%2E",
+    "encoded slash": lambda i: i + "%2F0",
+    "not utf-8": lambda i: "%FF",
+}
+
+# A body each write would accept if its path were good.
+BODIES = {
+    ("PATCH", "/songs/{song}"): {"title": "Renamed"},
+    ("PATCH", "/playlists/{playlist}"): {"name": "Renamed"},
+    ("POST", "/playlists/{playlist}/items"): {"song_id": "{song}"},
+}
+
+
+def hostile_segments() -> Iterator[Any]:
+    for method, template in ROUTES:
+        for name in re.findall(r"{(\w+)}", template):
+            forms = HOSTILE_INDEXES if name == "index" else HOSTILE_IDS
+            for label, form in forms.items():
+                yield pytest.param(method, template, name, form,
+                                   id=f"{method} {template} {name}={label}")
+
+
+@pytest.fixture
+def real(api: InMemoryReplica, song: dict) -> dict[str, str]:
+    """The real parameters of every route: a song, its chunk 1, a playlist holding it."""
+    playlist = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+    item = api.send_json("POST", f"/playlists/{playlist}/items", {"song_id": song["id"]})
+    return {"song": song["id"], "index": "1", "playlist": playlist,
+            "item": item.json()["item"]["id"]}
+
+
+@pytest.mark.parametrize(("method", "template", "name", "form"), list(hostile_segments()))
+def test_a_hostile_path_segment_is_refused_and_changes_nothing(
+    api: InMemoryReplica, real: dict[str, str], method: str, template: str, name: str,
+    form: Callable[[str], str],
+) -> None:
+    values = dict(real, **{name: form(real[name])})
+    body = BODIES.get((method, template))
+    data = json.dumps(body).replace("{song}", real["song"]).encode() if body else None
+    before = (api.db.head(), stored_files(api))
+
+    answer = api.call(method, template.format(**values), data,
+                      {"Content-Type": "application/json"})
+
+    if "%FF" in values[name]:
+        assert_error(answer, 400, "bad_request")
+    else:
+        assert_error(answer, 404, "not_found")
+    assert (api.db.head(), stored_files(api)) == before
+
+
+@pytest.mark.parametrize("path", [
+    "/songs/{song}", "/songs/%{hex}{tail}", "/songs/{song}/chunks/%31", "/songs/{song}/chunks/1",
+])
+def test_a_percent_encoded_canonical_segment_names_the_same_resource(
+    api: InMemoryReplica, real: dict[str, str], path: str
+) -> None:
+    song = real["song"]
+    answer = api.get(path.format(song=song, hex=f"{ord(song[0]):02X}", tail=song[1:]))
+
+    assert answer.status == 200, answer.body
+
+
+def via_klein_alone(api: InMemoryReplica, path: str) -> Answer:
+    """``path`` served by PublicAPI's Klein routes, without ReplicaRoot's chunk fast path."""
+    klein = PublicAPI(api.library, api.guard, lambda: Deferred()).app.resource()
+    treq = StubTreq(klein)
+    d = treq.get("http://replica" + path)
+    treq.flush()
+    response = result_of(d)
+    body = treq.content(response)
+    treq.flush()
+    return Answer(response.code, {}, result_of(body))
+
+
+@pytest.mark.parametrize("form", [str, *HOSTILE_INDEXES.values()])
+def test_the_chunk_fast_path_takes_what_the_klein_route_takes(
+    api: InMemoryReplica, real: dict[str, str], form: Callable[[str], str]
+) -> None:
+    path = f"/songs/{real['song']}/chunks/{form('1')}"
+
+    fast, routed = api.get(path), via_klein_alone(api, path)
+
+    assert fast.status == routed.status
+    assert fast.status != 200 or fast.body == routed.body
+
+
+def test_a_canonical_chunk_path_is_served_without_klein(
+    api: InMemoryReplica, real: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def routed(self: KleinResource, request: object) -> None:
+        raise AssertionError(f"{request} went through Klein's routing")
+
+    monkeypatch.setattr(KleinResource, "render", routed)
+
+    assert api.get(f"/songs/{real['song']}/chunks/1").status == 200
+
+
+SEGMENTS = [
+    "0", "1", "7", "10", "255", "256", "2147483647", "2147483648", "9999999999", "99999999999",
+    "007", "00", "+1", "-1", " 1", "1 ", "1.0", "1e3", "0x1", "\u00b2", "\u0661", "\uff11", "",
+    "0" * 5000, MISSING, MISSING.upper(), MISSING.replace("-", ""), "{" + MISSING + "}",
+    "urn:uuid:" + MISSING, MISSING[:-1], MISSING + "0", "\uff10" + MISSING[1:], " " + MISSING,
+    MISSING + "\n", "not-a-uuid", ".", "..",
+]
+
+
+@pytest.mark.parametrize("text", SEGMENTS)
+def test_the_id_route_rule_is_the_model_rule(text: str) -> None:
+    matched = re.fullmatch(IdConverter.regex, text) is not None
+
+    assert matched == valid_uuid(text)
+    if matched:
+        assert IdConverter(None).to_python(text) == text  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", SEGMENTS)
+def test_the_index_route_rule_is_the_model_rule(text: str) -> None:
+    matched = re.fullmatch(IndexConverter.regex, text) is not None
+    valid = matched and int(text) < MAX_INDEX
+
+    assert valid == valid_index(text)
+    if valid:
+        assert IndexConverter(None).to_python(text) == int(text)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("limit", ["0", "-5", "abc", "100000", "%C2%B2", "0" * 5000])
