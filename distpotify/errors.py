@@ -1,6 +1,6 @@
 """The failures a caller can act on, each with the HTTP status and code the API answers.
 
-Handlers raise these; api/public.py turns them into the JSON error shape in one place.
+Handlers raise these; api/failures.py turns them into the JSON error shape in one place.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ class ApiError(Exception):
         self.message = message
         self.extra = extra
         self.headers: dict[str, str] = {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, **self.extra}
 
 
 class BadRequest(ApiError):
