@@ -2,13 +2,15 @@
 segments (werkzeug converters), query integers and JSON bodies.
 
 A path segment that is not a canonical id, chunk index or digest bucket matches no route, so
-it is a 404 like any unknown path; ReplicaRoot's chunk fast path applies the same rules.
+it is a 404 like any unknown path; ReplicaRoot's chunk fast path applies the same rules
+(``chunk_address``).
 """
 # test-case-name: tests.unit.test_api,tests.unit.test_sync_api
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from klein import Klein
@@ -16,14 +18,14 @@ from twisted.web.server import Request
 from werkzeug.routing import BaseConverter, ValidationError
 
 from distpotify.errors import BadRequest, PayloadTooLarge
-from distpotify.model import valid_index, valid_uuid
+from distpotify.model import MAX_INDEX
 from distpotify.store.metadata import BUCKETS
 
 MAX_JSON = 1024 * 1024
 
-# Each converter's regex spells its rule out and to_python checks it with model.py's own test
-# (they agree: tests.unit.test_api). The regex must not be looser: werkzeug answers 405, not
-# 404, when to_python refuses a segment of a path that a rule for another method matched.
+# Each converter's regex is its rule (the model's, tests.unit.test_api checks they agree);
+# to_python adds only an upper bound. The regex carries the rule because werkzeug answers 405,
+# not 404, when to_python refuses a segment of a path that a rule for another method matched.
 
 
 class IdConverter(BaseConverter):
@@ -31,21 +33,17 @@ class IdConverter(BaseConverter):
 
     regex = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
-    def to_python(self, value: str) -> str:
-        if not valid_uuid(value):
-            raise ValidationError()
-        return value
-
 
 class IndexConverter(BaseConverter):
-    """``<index:name>``: a chunk index in canonical decimal (model.valid_index), as an int."""
+    """``<index:name>``: a chunk index in canonical decimal, below MAX_INDEX, as an int."""
 
     regex = "0|[1-9][0-9]{0,9}"
 
     def to_python(self, value: str) -> int:
-        if not valid_index(value):
+        index = int(value)
+        if index >= MAX_INDEX:
             raise ValidationError()
-        return int(value)
+        return index
 
 
 class BucketConverter(BaseConverter):
@@ -54,9 +52,23 @@ class BucketConverter(BaseConverter):
     regex = "0|[1-9][0-9]{0,2}"
 
     def to_python(self, value: str) -> int:
-        if not (valid_index(value) and int(value) < BUCKETS):
+        bucket = int(value)
+        if bucket >= BUCKETS:
             raise ValidationError()
-        return int(value)
+        return bucket
+
+
+# /songs/<id:song_id>/chunks/<index:index> as ReplicaRoot's fast path sees it: the raw path.
+_CHUNK_PATH = re.compile(f"/songs/({IdConverter.regex})/chunks/({IndexConverter.regex})".encode())
+
+
+def chunk_address(path: bytes) -> tuple[str, int] | None:
+    """The song id and index of a chunk path written canonically, by the converters' rules;
+    None for any other path (percent-encoded ones included: Klein decodes and routes those)."""
+    match = _CHUNK_PATH.fullmatch(path)
+    if match is None or int(match[2]) >= MAX_INDEX:
+        return None
+    return match[1].decode(), int(match[2])
 
 
 def typed_routes(app: Klein) -> Klein:

@@ -7,7 +7,6 @@ Library decides, and every failure becomes the JSON error shape in one place (fa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -20,12 +19,11 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.api.failures import answer_failure
-from distpotify.api.parsing import int_arg, query, read_json, typed_routes
+from distpotify.api.parsing import chunk_address, int_arg, query, read_json, typed_routes
 from distpotify.api.ranges import Span, serve, wanted_range
 from distpotify.errors import BadRequest, NotFound, Unavailable
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
-from distpotify.model import valid_index, valid_uuid
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS
@@ -183,17 +181,13 @@ def authorize(request: Request) -> None:
     """The one authorization hook every request passes; users and roles plug in here."""
 
 
-# The shape of a chunk path; whether its id and index are valid is model.py's to say, as for
-# the Klein route, and any path this does not take goes through Klein.
-_CHUNK_PATH = re.compile(rb"^/songs/([^/]+)/chunks/([^/]+)$")
-
-
 class ReplicaRoot(Resource):
     """Root resource: tags every response with X-Served-By, authorizes every request, and
     sends /sync/* to the cluster-internal API.
 
     Chunk GETs, the hot path of every listener, skip Klein's routing (a third of their CPU
-    time): matched here, served by the same PublicAPI.chunk, errors in the same JSON shape.
+    time): matched here by the route's own converters (``chunk_address``), served by the same
+    PublicAPI.chunk, failures answered by the same handler; any other path goes to Klein.
     """
 
     isLeaf = True
@@ -222,11 +216,9 @@ class ReplicaRoot(Resource):
         if reading and first not in (b"status", b"metrics") and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
             return json_error(request, 503, "joining", "this replica is still joining the cluster")
-        match = _CHUNK_PATH.match(request.path) if reading else None
-        if match is not None:
-            song_id, idx = match[1].decode("latin-1"), match[2].decode("latin-1")
-            if valid_uuid(song_id) and valid_index(idx):
-                return self._chunk(request, song_id, int(idx))
+        address = chunk_address(request.path) if reading else None
+        if address is not None:
+            return self._chunk(request, *address)
         return self._routes.render(request)
 
     def _chunk(self, request: Request, song_id: str, index: int) -> object:

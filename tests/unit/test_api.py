@@ -17,7 +17,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.client import ResponseFailed
 
-from distpotify.api.parsing import IdConverter, IndexConverter
+from distpotify.api.parsing import IdConverter, IndexConverter, chunk_address
 from distpotify.api.public import PublicAPI
 from distpotify.errors import NotFound
 from distpotify.library import Library
@@ -555,12 +555,13 @@ def test_a_canonical_chunk_path_is_served_without_klein(
     assert api.get(f"/songs/{real['song']}/chunks/1").status == 200
 
 
+LETTERED = "5a5e1c8e-3c3b-4e6a-9d7e-2f0b8e1d4c11"
 SEGMENTS = [
     "0", "1", "7", "10", "255", "256", "2147483647", "2147483648", "9999999999", "99999999999",
     "007", "00", "+1", "-1", " 1", "1 ", "1.0", "1e3", "0x1", "\u00b2", "\u0661", "\uff11", "",
-    "0" * 5000, MISSING, MISSING.upper(), MISSING.replace("-", ""), "{" + MISSING + "}",
-    "urn:uuid:" + MISSING, MISSING[:-1], MISSING + "0", "\uff10" + MISSING[1:], " " + MISSING,
-    MISSING + "\n", "not-a-uuid", ".", "..",
+    "0" * 5000, MISSING, LETTERED, LETTERED.upper(), LETTERED.replace("-", ""),
+    "{" + LETTERED + "}", "urn:uuid:" + LETTERED, LETTERED[:-1], LETTERED + "0",
+    "\uff10" + LETTERED[1:], " " + LETTERED, LETTERED + "\n", "not-a-uuid", ".", "..",
 ]
 
 
@@ -571,6 +572,15 @@ def test_the_id_route_rule_is_the_model_rule(text: str) -> None:
     assert matched == valid_uuid(text)
     if matched:
         assert IdConverter(None).to_python(text) == text  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", SEGMENTS)
+def test_the_chunk_fast_path_takes_a_path_by_the_model_rules(text: str) -> None:
+    by_index = chunk_address(f"/songs/{MISSING}/chunks/{text}".encode())
+    by_id = chunk_address(f"/songs/{text}/chunks/0".encode())
+
+    assert by_index == ((MISSING, int(text)) if valid_index(text) else None)
+    assert by_id == ((text, 0) if valid_uuid(text) else None)
 
 
 @pytest.mark.parametrize("text", SEGMENTS)

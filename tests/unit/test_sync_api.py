@@ -4,11 +4,15 @@ its failures, answered in the same JSON shape as the public API's."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from distpotify.store.metadata import BUCKETS, MetadataDB
 from tests.helpers.api import Answer, InMemoryReplica
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+LETTERED = "5a5e1c8e-3c3b-4e6a-9d7e-2f0b8e1d4c11"
 
 
 @pytest.fixture
@@ -93,3 +97,16 @@ def test_an_unexpected_failure_is_a_json_500_without_details(
 
     assert_error(answer, 500, "internal")
     assert b"secret" not in answer.body
+
+
+@pytest.mark.parametrize("key", [
+    pytest.param(f"chunks:{MISSING}/" + "0" * 5000, id="index of 5000 digits"),  # was a 500
+    pytest.param(f"chunks:{MISSING}/\u00b2", id="superscript index"),
+    pytest.param(f"chunks:{MISSING}/007", id="leading zeros"),
+    pytest.param(f"chunks:{MISSING}/{2**31}", id="index 2**31"),
+    pytest.param(f"songs:{LETTERED.upper()}", id="uppercase id"),
+    pytest.param("songs:", id="empty id"),
+    pytest.param(f"nothing:{MISSING}", id="unknown entity"),
+])
+def test_a_hostile_row_key_is_400(api: InMemoryReplica, key: str) -> None:
+    assert_error(api.get(f"/sync/rows?key={quote(key)}"), 400, "bad_request")
