@@ -82,6 +82,16 @@ def typed_routes(app: Klein) -> Klein:
     return app
 
 
+def utf8_path(request: Request) -> bool:
+    """Whether the path's segments, percent-decoded, are UTF-8 text (Klein routes only those)."""
+    try:
+        for segment in request.postpath or []:
+            segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def query(request: Request) -> dict[str, str]:
     """The first value of each query argument, as text."""
     args = request.args or {}

@@ -19,7 +19,14 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.api.failures import answer_failure
-from distpotify.api.parsing import chunk_address, int_arg, query, read_json, typed_routes
+from distpotify.api.parsing import (
+    chunk_address,
+    int_arg,
+    query,
+    read_json,
+    typed_routes,
+    utf8_path,
+)
 from distpotify.api.ranges import Span, serve, wanted_range
 from distpotify.errors import BadRequest, NotFound, Unavailable
 from distpotify.library import Library
@@ -206,7 +213,7 @@ class ReplicaRoot(Resource):
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
         authorize(request)
-        if not _utf8(request.postpath or []):
+        if not utf8_path(request):
             # Klein would answer this itself, in text/html: every error here is JSON.
             return json_error(request, 400, "bad_request", "the path is not UTF-8")
         first = (request.postpath or [b""])[0]
@@ -238,13 +245,3 @@ class ReplicaRoot(Resource):
 
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
-
-
-
-def _utf8(segments: list[bytes]) -> bool:
-    try:
-        for segment in segments:
-            segment.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
