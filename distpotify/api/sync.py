@@ -4,7 +4,7 @@ digests and rows out for anti-entropy.
 Same shape as public.py: a Klein app on a class, errors mapped to JSON in one place. A batch
 that is malformed anywhere is refused whole (400) and nothing of it is applied.
 """
-# test-case-name: tests.unit.test_sync_api
+# test-case-name: tests.unit.test_receive, tests.unit.test_bootstrap
 
 from __future__ import annotations
 
