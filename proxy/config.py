@@ -1,4 +1,4 @@
-"""Every option of the proxy, its default, and its checks (DESIGN sections 8 and 9).
+"""Every option of the proxy, its default, and its checks (README "The proxy" lists them).
 
 ProxyConfig is built once (tap.py) from options and environment and passed down.
 """

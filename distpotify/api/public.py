@@ -1,4 +1,4 @@
-"""The music API of a replica (DESIGN section 3): songs, chunks, streaming, playlists, status.
+"""The music API of a replica (docs/architecture.md section 3.3): songs, chunks, streams, status.
 
 A Klein app on a class; handlers parse and validate, Library decides, and every ApiError
 becomes the JSON error shape in one place (``_api_error``).
