@@ -9,8 +9,9 @@ Everything runs on 127.0.0.1 in one run, so the ratios mean something:
   apt-get when missing) with one worker, an upstream of the two followers the proxy reads
   from, keepalive 64 and in-memory buffers;
 * ``bench/twisted_relay.py`` on the same followers: twisted.web's Site and an Agent over a
-  pool with backpressure and nothing else, the floor any proxy built as DESIGN section 8
-  asks stands on; the proxy's distance from it is the cost of its own logic;
+  pool with backpressure and nothing else, the floor any proxy built as
+  docs/architecture.md section 5.3 asks stands on; the proxy's distance from it is the cost
+  of its own logic;
 * ``wrk -t1 -c<N> -d<duration>s --latency`` cycling over every full 256 KiB chunk, for each
   ``--connections`` value, nginx, the relay and the proxy taking turns after a warm-up each.
   Targets: proxy >= 0.70 x nginx req/s, proxy p99 < 100 ms at 32 connections;

@@ -4,9 +4,9 @@ What it measures, all on 127.0.0.1 and all in one run so the ratios mean somethi
 
 * upload: wall time of ``POST /songs`` (a fresh, non-repeating PCM WAV of ``--upload-mib``
   MiB each run, until the 201), as MiB/s, next to two references on the same file: a plain
-  copy into a new file with one fsync, and a split into chunk files the way DESIGN section 2
-  stores them (temp file, fsync, rename each; fsync the directory), the floor for an upload
-  that keeps that promise;
+  copy into a new file with one fsync, and a split into chunk files the way
+  docs/architecture.md section 2.6 stores them (temp file, fsync, rename each; fsync the
+  directory), the floor for an upload that keeps that promise;
 * chunk GET: ``wrk -t1 -c<connections> -d<duration>s --latency`` cycling over the same set of
   full 256 KiB chunks against the replica (``/songs/<id>/chunks/<idx>``) and against
   ``twistd web --path <data-dir>/chunks`` (a ``twisted.web.static.File`` over the very same
@@ -15,8 +15,8 @@ What it measures, all on 127.0.0.1 and all in one run so the ratios mean somethi
   with ``--logfile /dev/null``: that is the like-for-like one. The servers take turns for
   ``--rounds`` rounds and medians are reported, with the server's CPU time per request (all
   its threads, from /proc), which the machine's other load disturbs much less than req/s.
-  Target: the replica reaches at least 80 % of static.File's request rate (DESIGN section 10:
-  printed, never a CI gate).
+  Target: the replica reaches at least 80 % of static.File's request rate
+  (docs/architecture.md section 9: printed, never a CI gate).
 
 Before timing, every chunk of the set is fetched once from every server and checked (200,
 length, SHA-256 of the registry, and the replica's ETag); wrk's error counters and its
@@ -117,7 +117,7 @@ def copy_fsync(src: Path, dst: Path) -> float:
 
 
 def split_fsync(src: Path, dst_dir: Path, chunk_size: int) -> float:
-    """Seconds to split ``src`` into chunk files the way DESIGN section 2 stores them.
+    """Seconds to split ``src`` into chunk files as docs/architecture.md section 2.6 says.
 
     Each chunk: written to a temp file, fsynced, renamed; then the directory is fsynced.
     This is the floor for an upload that keeps that durability promise (no HTTP, no hashing).

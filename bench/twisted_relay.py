@@ -2,10 +2,11 @@
 
 ``bench/proxy.py`` runs it next to nginx and the Distpotify proxy, on the same followers,
 to show how much of the proxy's CPU per request is its own (routing, health, resume) and
-how much is twisted.web and the Agent themselves. It has what DESIGN section 8 requires of
-any Twisted proxy and nothing else: a Site, an Agent over a persistent HTTPConnectionPool,
-round-robin over the upstreams, the body streamed with the upstream transport registered
-as the request's producer. No health checks, no retries, no resume, no header filtering.
+how much is twisted.web and the Agent themselves. It has what docs/architecture.md
+section 5.3 requires of any Twisted proxy and nothing else: a Site, an Agent over a
+persistent HTTPConnectionPool, round-robin over the upstreams, the body streamed with the
+upstream transport registered as the request's producer. No health checks, no retries, no
+resume, no header filtering.
 
 Usage: ``python bench/twisted_relay.py PORT http://HOST:PORT[,http://HOST:PORT...]``
 """

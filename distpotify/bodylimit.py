@@ -4,7 +4,7 @@ twisted.web reads a whole request body before the resource sees it. This request
 spools it to an anonymous temp file (a small one stays in memory) and answers 413 as soon as
 the declared, or received, length passes the site's limit, before the rest of the body is
 read or stored. The replicas and the proxy both use it: it is HTTP only, with no replica
-internals, which keeps the proxy independent of the replica (DESIGN section 1).
+internals, which keeps the proxy independent of the replica (docs/architecture.md section 8).
 
 The site provides ``max_body`` (bytes), ``spool_dir`` (None: the system's temp dir),
 ``clock``, and ``served_by`` (the X-Served-By of the 413, or None for none).

@@ -2,7 +2,7 @@
 
 ReplicaConfig is built once (tap.py) and passed down; nothing reads options from globals.
 """
-# test-case-name: tests.unit.test_config
+# test-case-name: tests.unit.test_tap
 
 from __future__ import annotations
 
@@ -11,23 +11,15 @@ from pathlib import Path
 
 import attrs
 
+from distpotify.options import ConfigError, check_positive
+
 KIB = 1024
 MIB = 1024 * KIB
-
-
-class ConfigError(ValueError):
-    """A bad option value; its message is the one line the operator sees."""
 
 
 def _port(name: str, value: int) -> int:
     if not 0 <= value <= 65535:
         raise ConfigError(f"--{name} must be a port number (0-65535), got {value}")
-    return value
-
-
-def _positive(name: str, value: float) -> float:
-    if value <= 0:
-        raise ConfigError(f"--{name} must be positive, got {value}")
     return value
 
 
@@ -80,7 +72,7 @@ class ReplicaConfig:
             raise ConfigError(
                 f"--chunk-size must be between 4 KiB and 64 MiB, got {self.chunk_size}"
             )
-        _positive("max-upload", self.max_upload)
+        check_positive("max-upload", self.max_upload)
         for name in (
             "heartbeat_interval",
             "failure_timeout",
@@ -89,7 +81,7 @@ class ReplicaConfig:
             "anti_entropy_interval",
             "tombstone_ttl",
         ):
-            _positive(name.replace("_", "-"), getattr(self, name))
+            check_positive(name.replace("_", "-"), getattr(self, name))
 
     @property
     def http_url(self) -> str:

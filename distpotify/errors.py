@@ -2,6 +2,7 @@
 
 Handlers raise these; api/failures.py turns them into the JSON error shape in one place.
 """
+# test-case-name: tests.unit.test_api
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 cluster/node.py's ClusterNode is the real one; tests use small stand-ins.
 """
-# test-case-name: tests.unit.test_library
+# test-case-name: tests.unit.test_api
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every write becomes ops through MetadataDB.write (one durable transaction); chunk files are
 written before the ops that make them visible and removed only after the ops that hide them.
 """
-# test-case-name: tests.unit.test_library
+# test-case-name: tests.unit.test_api
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ MAX_NAME = 200
 
 
 class Library:
+    """What each music API call reads and writes: songs, their chunks, and playlists.
+
+    Reads work on any replica. Every write first asks ``leadership.require_leader()`` (a
+    follower answers 421), checks its input (400 or 404 before anything changes), then runs
+    one function on the database thread that decides and writes in the same transaction, so
+    no other write comes between the check and the change; ``on_written`` then tells
+    replication that new ops exist. An upload's chunk files are durable before the song row
+    that makes them visible; a delete removes files only after its tombstones are written.
+    """
+
     def __init__(
         self,
         store: MetadataStore,

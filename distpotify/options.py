@@ -3,6 +3,7 @@
 Both commands (``twistd distpotify`` and ``twistd distpotify-proxy``) list their options
 as (name, default, help, converter); the command line wins over the environment, each value
 is converted once, and a bad one stops the process with one line naming where it came from.
+The replica's and the proxy's config checks share ConfigError and check_positive from here.
 """
 # test-case-name: tests.unit.test_tap
 
@@ -18,6 +19,16 @@ ENV_PREFIX = "DISTPOTIFY_"
 
 # (option, default, help, converter to the config field)
 OptionList = list[tuple[str, Any, str, Callable[[str], Any]]]
+
+
+class ConfigError(ValueError):
+    """A bad option value; its message is the one line the operator sees."""
+
+
+def check_positive(name: str, value: float) -> None:
+    """ConfigError unless ``value`` > 0 (so NaN, which compares false, is refused too)."""
+    if not value > 0:
+        raise ConfigError(f"--{name} must be positive, got {value}")
 
 
 def env_name(option: str) -> str:
@@ -41,7 +52,6 @@ class EnvOptions(usage.Options):
     option_list: ClassVar[OptionList]
     required: ClassVar[str]  # the one option without a default
     required_hint: ClassVar[str] = ""  # what follows "--X is required (or DISTPOTIFY_X)"
-    config_error: ClassVar[type[ValueError]]  # a converter's error whose text is the message
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
@@ -67,6 +77,7 @@ class EnvOptions(usage.Options):
                 values[name.replace("-", "_")] = convert(raw)
             except ValueError as e:
                 source = env_name(name) if name in self._from_env else f"--{name}"
-                detail = str(e) if isinstance(e, self.config_error) else f"got {raw!r}"
+                # a converter's ConfigError already says what is wrong; int() and float() do not
+                detail = str(e) if isinstance(e, ConfigError) else f"got {raw!r}"
                 raise usage.UsageError(f"bad value for {source}: {detail}") from None
         return values

@@ -53,7 +53,6 @@ class Options(EnvOptions):
     optParameters = env_parameters(OPTIONS)
     option_list = OPTIONS
     required = "node-id"
-    config_error = ConfigError
 
     def postOptions(self) -> None:
         values = self.converted()

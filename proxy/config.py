@@ -1,4 +1,4 @@
-"""Every option of the proxy, its default, and its checks (DESIGN sections 8 and 9).
+"""Every option of the proxy, its default, and its checks (README "The proxy" lists them).
 
 ProxyConfig is built once (tap.py) from options and environment and passed down.
 """
@@ -10,12 +10,10 @@ from pathlib import Path
 
 import attrs
 
+from distpotify.options import ConfigError, check_positive
+
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MIB = 1024 * 1024
-
-
-class ConfigError(ValueError):
-    """A bad option value; its message is the one line the operator sees."""
 
 
 def parse_backends(text: str) -> tuple[str, ...]:
@@ -33,11 +31,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
         if url not in urls:
             urls.append(url)
     return tuple(urls)
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"--{name} must be positive, got {value}")
 
 
 @attrs.frozen
@@ -65,8 +58,7 @@ class ProxyConfig:
             "health_max_age", "poll_interval", "check_timeout", "connect_timeout",
             "response_timeout", "stall_timeout", "write_timeout",
         ):
-            _positive(name.replace("_", "-"), getattr(self, name))
-        if self.max_upload <= 0:
-            raise ConfigError(f"--max-upload must be positive, got {self.max_upload}")
+            check_positive(name.replace("_", "-"), getattr(self, name))
+        check_positive("max-upload", self.max_upload)
         if self.write_hold < 0:
             raise ConfigError(f"--write-hold must be 0 or more, got {self.write_hold}")

@@ -37,7 +37,7 @@ STOP_TIMEOUT = 15.0
 
 @attrs.frozen
 class Layout:
-    """Where everything listens and lives; the defaults are DESIGN section 9's local cluster."""
+    """Where everything listens and lives; the defaults: docs/architecture.md section 1."""
 
     data: Path = Path("data")
     http_ports: tuple[int, ...] = (8001, 8002, 8003)

@@ -50,7 +50,6 @@ class Options(EnvOptions):
     option_list = OPTIONS
     required = "backends"
     required_hint = ": HOST:PORT,..."
-    config_error = ConfigError
 
     def postOptions(self) -> None:
         values = self.converted()

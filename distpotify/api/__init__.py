@@ -1,1 +1,1 @@
-"""HTTP faces of a replica: public.py (the music API) and, later, sync.py (/sync/*)."""
+"""HTTP faces of a replica: public.py (the music API) and sync.py (/sync/*, between replicas)."""

@@ -1,4 +1,4 @@
-"""The music API of a replica (DESIGN section 3): songs, chunks, streaming, playlists, status.
+"""The music API of a replica (docs/architecture.md section 3.3): songs, chunks, streams, status.
 
 A Klein app on a class; path segments arrive typed (parsing.py), handlers read the rest and
 Library decides, and every failure becomes the JSON error shape in one place (failures.py).

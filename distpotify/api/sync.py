@@ -5,7 +5,7 @@ Same shape as public.py: a Klein app on a class, typed path segments (parsing.py
 answered by failures.py. A batch that is malformed anywhere is refused whole (400) and nothing
 of it is applied.
 """
-# test-case-name: tests.unit.test_sync_api
+# test-case-name: tests.unit.test_receive, tests.unit.test_bootstrap
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bully election with epochs (DESIGN section 5): the state machine and its AMP adapter.
+"""Bully election with epochs (docs/architecture.md 5.1): the state machine and its AMP adapter.
 
 BullyElection decides and never touches the network; AmpPeers and BullyProtocol carry its
 messages, and follow_membership turns peer-table events into its inputs.
@@ -48,7 +48,7 @@ class NotLeaderError(Exception):
 
 
 class Join(amp.Command):
-    """A new replica asks the leader to join (DESIGN section 7; answered by bootstrap)."""
+    """A new replica asks the leader to join (docs/architecture.md 5.2; bootstrap answers)."""
 
     arguments = [
         (b"node_id", amp.Integer()),

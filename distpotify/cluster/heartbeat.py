@@ -1,4 +1,4 @@
-"""Heartbeats: the UDP datagram every replica sends every heartbeat_interval (DESIGN section 4).
+"""Heartbeats: the UDP datagram a replica sends each heartbeat_interval (docs/architecture.md 3.1).
 
 The codec, the receiving DatagramProtocol that drops and counts anything hostile, the
 sending LoopingCall that never dies (with the cache of unicast peers' resolved names), and

@@ -2,7 +2,7 @@
 
 At start-up every replica is JOINING. After one failure timeout of listening, ``plan`` picks:
 FOUND (nobody ACTIVE has data: this replica starts or restarts the cluster), REJOIN (it has
-data: it catches up by push and anti-entropy), or JOIN, the protocol of DESIGN section 7,
+data: it catches up by push and anti-entropy), or JOIN, the protocol of docs/architecture.md 5.2,
 driven by Joiner through ANNOUNCING -> SNAPSHOT -> CHUNKS -> DONE, each phase persisted in
 node_meta so a restart resumes where it stopped. JoinDesk is the leader's side.
 """

@@ -120,6 +120,16 @@ class FollowerLink:
 
 
 class Pusher:
+    """The leader's push to its followers: one FollowerLink per follower, woken by writes.
+
+    ``wake()`` runs after every acknowledged write and when this replica becomes leader; a
+    peer that comes up or changes state wakes the links too, and one that goes down stops
+    its link's retries. Nothing is sent unless ``leading()``; after a change of leader,
+    ``forget_cursors()`` makes each link start again from its durable cursor. The purger
+    reads the links' cursors to know what every follower has acknowledged, and ``status()``
+    is the ``replication.push`` part of /status.
+    """
+
     def __init__(
         self,
         *,

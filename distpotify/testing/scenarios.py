@@ -159,7 +159,7 @@ def follower_crash(ctx: Context) -> None:
 def partition_minority_leader(ctx: Context) -> None:
     """Cut the leader off alone; the majority elects another; on heal both sides merge.
 
-    Both sides may take writes (DESIGN section 6): one workload follows the leader, another
+    Both sides may take writes (docs/architecture.md 6.4): one workload follows the leader, another
     stays on the isolated old leader; every write either acknowledged must survive."""
     leader = ctx.await_leader("one leader agreed")
     majority = [n for n in ctx.lab.replicas if n != leader]

@@ -64,6 +64,8 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--backends", "a:1"], {"DISTPOTIFY_WRITE_HOLD": "soon"},
          "bad value for DISTPOTIFY_WRITE_HOLD"),
         (["--backends", "a:1", "--health-max-age", "0"], {}, "--health-max-age must be positive"),
+        (["--backends", "a:1", "--stall-timeout", "nan"], {},
+         "--stall-timeout must be positive, got nan"),
         (["--backends", "a:1", "--write-hold", "-1"], {}, "--write-hold must be 0 or more"),
         (["--backends", "a:1", "--max-upload", "lots"], {}, "bad value for --max-upload"),
         (["--backends", "a:1", "--max-upload", "0"], {}, "--max-upload must be positive"),

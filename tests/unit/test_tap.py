@@ -61,6 +61,8 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--node-id", "1", "--multicast-group", "10.0.0.1"], {}, "not a multicast address"),
         (["--node-id", "1", "--chunk-size", "1"], {}, "--chunk-size must be between"),
         (["--node-id", "1", "--failure-timeout", "-1"], {}, "--failure-timeout must be positive"),
+        (["--node-id", "1", "--heartbeat-interval", "nan"], {},
+         "--heartbeat-interval must be positive, got nan"),
     ],
 )
 def test_bad_values_are_one_clear_usage_error(args: list[str], env: dict[str, str],

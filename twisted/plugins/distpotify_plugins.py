@@ -1,4 +1,5 @@
 """twistd plugins: ``twistd distpotify`` (a replica) and ``twistd distpotify-proxy``."""
+# test-case-name: tests.integration.test_packaging
 
 from twisted.application.service import ServiceMaker
 

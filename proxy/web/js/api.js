@@ -1,4 +1,4 @@
-// The music API of the proxy (same origin, DESIGN section 3): JSON calls, uploads with
+// The music API of the proxy (same origin, docs/architecture.md 3.3): JSON calls, uploads with
 // progress, and the replica that answered each one (X-Served-By).
 
 export const PAGE_MAX = 500; // the replicas' largest page of /songs
