@@ -7,6 +7,7 @@ becomes the JSON error shape in one place (``_api_error``).
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
-from distpotify.api.ranges import Span, serve, wanted_range
+from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
 from distpotify.errors import ApiError, BadRequest, NotFound, PayloadTooLarge, Unavailable
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -35,6 +36,8 @@ log = Logger()
 MAX_JSON = 1024 * 1024
 MAX_PAGE = 500
 MAX_INDEX = 2**31
+# Songs whose Last-Modified the chunk path keeps (a date each; a song's never changes).
+MAX_MODIFIED = 4096
 
 
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
@@ -103,6 +106,7 @@ class PublicAPI:
         self._guard = guard
         self._status = status
         self._metrics = metrics
+        self._modified: dict[str, datetime.datetime] = {}
 
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -186,14 +190,33 @@ class PublicAPI:
         """Chunk bytes (also reached without Klein: ReplicaRoot's fast path)."""
         index = _chunk_index(idx)
         chunk = await self._library.chunk(song_id, index)
+        representation = Representation(chunk["size"], chunk["sha256"],
+                                        "application/octet-stream",
+                                        await self._song_modified(song_id))
+        decision = evaluate(request, representation)
         ref = ChunkRef(song_id, index, chunk["size"], chunk["sha256"])
-        if not await self._guard.ensure(ref):
+        # A 304 sends no byte: it does not need the chunk here.
+        if decision.status != 304 and not await self._guard.ensure(ref):
             raise Unavailable(f"chunk {index} of song {song_id} is not available here")
         path = self._library.chunks.path(song_id, index)
-        return await serve(
-            request, [Span(path, 0, chunk["size"])],
-            etag=chunk["sha256"], content_type="application/octet-stream",
-        )
+        return await serve(request, [Span(path, 0, chunk["size"])], representation, decision)
+
+    async def _song_modified(self, song_id: str) -> datetime.datetime | None:
+        """The song's creation time, the Last-Modified of its chunks as of the song; kept,
+        since it never changes. None while the song's row has not reached this replica."""
+        modified = self._modified.get(song_id)
+        if modified is None:
+            try:
+                song = await self._library.song(song_id)
+            except NotFound:
+                return None
+            modified = modified_at(song["created_at"])
+            if modified is None:
+                return None
+            if len(self._modified) >= MAX_MODIFIED:
+                self._modified.pop(next(iter(self._modified)))
+            self._modified[song_id] = modified
+        return modified
 
     @app.route("/songs/<song_id>/stream", methods=["GET"])
     async def stream(self, request: Request, song_id: str) -> bytes:
@@ -201,7 +224,10 @@ class PublicAPI:
         chunks = song["chunks"]
         if len(chunks) != song["chunk_count"]:
             raise Unavailable(f"song {song_id} is not complete on this replica")
-        start, end = wanted_range(request, song["size"], song["sha256"]) or (0, song["size"] - 1)
+        representation = Representation(song["size"], song["sha256"], song["mime"],
+                                        modified_at(song["created_at"]))
+        decision = evaluate(request, representation)
+        start, end = decision.first, decision.last  # a 304 sends no byte: no chunk is checked
         # The first chunk sent is verified (or repaired) before the answer starts, so a replica
         # that cannot serve it answers 503 and the proxy asks another; each later one as the
         # stream reaches it, so the first byte of a long song waits for one chunk, not all.
@@ -216,7 +242,7 @@ class PublicAPI:
             spans.append(Span(self._library.chunks.path(song_id, chunk["idx"]), 0, chunk["size"],
                               ready))
             position += chunk["size"]
-        return await serve(request, spans, etag=song["sha256"], content_type=song["mime"])
+        return await serve(request, spans, representation, decision)
 
     # playlists
 

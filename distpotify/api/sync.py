@@ -17,7 +17,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from distpotify.api.public import json_response, read_json
-from distpotify.api.ranges import Span, serve
+from distpotify.api.ranges import Representation, Span, serve
 from distpotify.errors import ApiError, BadRequest, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk, pack_snapshot
@@ -104,9 +104,10 @@ class SyncAPI:
             version = await self._store.run(MetadataDB.backup_to, copy)
             await self._blocking(pack_snapshot, copy, packed)
             request.setHeader(b"X-Snapshot-Version", version.encode().encode())
+            size = packed.stat().st_size
             return await serve(
-                request, [Span(packed, 0, packed.stat().st_size)],
-                etag=f"snapshot-{version.encode()}", content_type="application/gzip",
+                request, [Span(packed, 0, size)],
+                Representation(size, f"snapshot-{version.encode()}", "application/gzip"),
             )
         finally:
             copy.unlink(missing_ok=True)
