@@ -45,6 +45,13 @@ class UnsupportedMedia(ApiError):
     code = "unsupported_media"
 
 
+class PreconditionFailed(ApiError):
+    """An If-Match or If-Unmodified-Since that the current representation fails."""
+
+    status = 412
+    code = "precondition_failed"
+
+
 class RangeNotSatisfiable(ApiError):
     status = 416
     code = "range_not_satisfiable"

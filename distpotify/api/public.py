@@ -7,6 +7,7 @@ Library decides, and every failure becomes the JSON error shape in one place (fa
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -27,7 +28,7 @@ from distpotify.api.parsing import (
     typed_routes,
     utf8_path,
 )
-from distpotify.api.ranges import Span, serve, wanted_range
+from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
 from distpotify.errors import BadRequest, NotFound, Unavailable
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -37,6 +38,8 @@ from distpotify.store.metadata import SONG_ORDERS
 from distpotify.wire import SERVED_BY, json_error, json_response
 
 MAX_PAGE = 500
+# Songs whose Last-Modified the chunk path keeps (a date each; a song's never changes).
+MAX_MODIFIED = 4096
 
 
 class PublicAPI:
@@ -53,6 +56,7 @@ class PublicAPI:
         self._guard = guard
         self._status = status
         self._metrics = metrics
+        self._modified: dict[str, datetime.datetime] = {}
 
     @app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
@@ -114,14 +118,33 @@ class PublicAPI:
     async def chunk(self, request: Request, song_id: str, index: int) -> bytes:
         """Chunk bytes (also reached without Klein: ReplicaRoot's fast path)."""
         chunk = await self._library.chunk(song_id, index)
+        representation = Representation(chunk["size"], chunk["sha256"],
+                                        "application/octet-stream",
+                                        await self._song_modified(song_id))
+        decision = evaluate(request, representation)
         ref = ChunkRef(song_id, index, chunk["size"], chunk["sha256"])
-        if not await self._guard.ensure(ref):
+        # A 304 sends no byte: it does not need the chunk here.
+        if decision.status != 304 and not await self._guard.ensure(ref):
             raise Unavailable(f"chunk {index} of song {song_id} is not available here")
         path = self._library.chunks.path(song_id, index)
-        return await serve(
-            request, [Span(path, 0, chunk["size"])],
-            etag=chunk["sha256"], content_type="application/octet-stream",
-        )
+        return await serve(request, [Span(path, 0, chunk["size"])], representation, decision)
+
+    async def _song_modified(self, song_id: str) -> datetime.datetime | None:
+        """The song's creation time, the Last-Modified of its chunks as of the song; kept,
+        since it never changes. None while the song's row has not reached this replica."""
+        modified = self._modified.get(song_id)
+        if modified is None:
+            try:
+                song = await self._library.song(song_id)
+            except NotFound:
+                return None
+            modified = modified_at(song["created_at"])
+            if modified is None:
+                return None
+            if len(self._modified) >= MAX_MODIFIED:
+                self._modified.pop(next(iter(self._modified)))
+            self._modified[song_id] = modified
+        return modified
 
     @app.route("/songs/<id:song_id>/stream", methods=["GET"])
     async def stream(self, request: Request, song_id: str) -> bytes:
@@ -129,7 +152,10 @@ class PublicAPI:
         chunks = song["chunks"]
         if len(chunks) != song["chunk_count"]:
             raise Unavailable(f"song {song_id} is not complete on this replica")
-        start, end = wanted_range(request, song["size"], song["sha256"]) or (0, song["size"] - 1)
+        representation = Representation(song["size"], song["sha256"], song["mime"],
+                                        modified_at(song["created_at"]))
+        decision = evaluate(request, representation)
+        start, end = decision.first, decision.last  # a 304 sends no byte: no chunk is checked
         # The first chunk sent is verified (or repaired) before the answer starts, so a replica
         # that cannot serve it answers 503 and the proxy asks another; each later one as the
         # stream reaches it, so the first byte of a long song waits for one chunk, not all.
@@ -144,7 +170,7 @@ class PublicAPI:
             spans.append(Span(self._library.chunks.path(song_id, chunk["idx"]), 0, chunk["size"],
                               ready))
             position += chunk["size"]
-        return await serve(request, spans, etag=song["sha256"], content_type=song["mime"])
+        return await serve(request, spans, representation, decision)
 
     # playlists
 

@@ -1,15 +1,19 @@
-"""Serving immutable bytes over HTTP: Range, If-Range, ETag, and a push producer over files.
+"""Serving immutable bytes over HTTP: preconditions, Range, and a push producer over files.
 
-A resource is a list of spans (file, offset, length); a chunk is one span, a whole song is
-one span per chunk. Files are read 64 KiB at a time, only as fast as the client takes them.
-A span may carry a ``ready`` check (a song's chunk: verified, or repaired, before its bytes
-go out); the producer waits for it when it reaches that span, not before the first byte.
-A span whose check fails tears the connection: the headers promised its bytes.
+A request is decided once (``decide``), in RFC 9110 section 13.2.2's order: If-Match,
+If-Unmodified-Since, If-None-Match, If-Modified-Since, then Range with If-Range; werkzeug
+parses every one of those fields. A resource is a list of spans (file, offset, length); a
+chunk is one span, a whole song is one span per chunk. Files are read 64 KiB at a time, only
+as fast as the client takes them. A span may carry a ``ready`` check (a song's chunk:
+verified, or repaired, before its bytes go out); the producer waits for it when it reaches
+that span, not before the first byte. A span whose check fails tears the connection: the
+headers promised its bytes.
 """
-# test-case-name: tests.unit.test_ranges
+# test-case-name: tests.unit.test_ranges, tests.unit.test_conditional
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -20,15 +24,28 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
+from werkzeug.http import (
+    http_date,
+    parse_date,
+    parse_etags,
+    parse_if_range_header,
+    parse_range_header,
+    quote_etag,
+)
 from zope.interface import implementer
 
-from distpotify.errors import RangeNotSatisfiable
+from distpotify.errors import PreconditionFailed, RangeNotSatisfiable
 
 log = Logger()
 
 BLOCK = 64 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Songs and chunks never change under their ids: caches may keep them for good.
+IMMUTABLE = b"public, max-age=31536000, immutable"
+# More than any size a file can have (2**63 bytes), and few enough digits for int().
+_BEYOND_ANY_SIZE = "9" * 19
+_NUMBER = re.compile(r"[0-9]+")
 
 
 @attrs.frozen
@@ -40,32 +57,183 @@ class Span:
     ready: Callable[[], Coroutine[Any, Any, bool]] | None = attrs.field(default=None, eq=False)
 
 
+@attrs.frozen
+class Representation:
+    """What a GET selects: its length, validators and media type."""
+
+    size: int
+    etag: str  # the opaque tag, unquoted: the SHA-256 of the bytes, in hex
+    content_type: str
+    # Last-Modified, whole seconds; None when unknown (date conditions are then ignored).
+    modified: datetime.datetime | None = None
+
+
+@attrs.frozen
+class Decision:
+    """How a request is answered: 200 (all bytes), 206 (``first..last``) or 304 (none)."""
+
+    status: int
+    first: int
+    last: int  # inclusive; below ``first`` when no byte is sent
+    modified: datetime.datetime | None  # the Last-Modified to send
+
+
+def modified_at(created_at: str | None) -> datetime.datetime | None:
+    """A record's ``created_at`` (ISO 8601, UTC) as a Last-Modified: whole seconds, or None."""
+    try:
+        moment = datetime.datetime.fromisoformat(created_at or "")
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.replace(microsecond=0)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range asked for, or None for the whole resource.
 
-    Malformed headers and multiple ranges are ignored (RFC 9110 lets a server send 200);
-    a well-formed range that lies outside the resource raises RangeNotSatisfiable.
+    werkzeug parses the header; anything it refuses, another unit, and a satisfiable set of
+    several ranges are answered with the whole resource (RFC 9110 section 14.2 lets a server
+    ignore Range). A set none of whose ranges is satisfiable raises RangeNotSatisfiable.
     """
-    if header is None:
+    parsed = parse_range_header(_normalized(header)) if header else None
+    if parsed is None or parsed.units != "bytes":
         return None
-    match = _RANGE.match(header.strip())
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(size)
-        return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and int(last) < start:
-        return None
-    if start >= size:
+    satisfiable = [_bounds(begin, end, size) for begin, end in parsed.ranges]
+    if not any(satisfiable):
         raise RangeNotSatisfiable(size)
-    return start, min(end, size - 1)
+    return satisfiable[0] if len(satisfiable) == 1 else None
+
+
+def _normalized(header: str) -> str:
+    """``header`` with what werkzeug would wrongly refuse put in the form it takes.
+
+    Empty list elements go (RFC 9110 section 5.6.1.2: a recipient ignores them); a number
+    of more than 19 significant digits, past any size, becomes one of 19 nines, so Python's
+    4300-digit limit on int() never decides the answer; a suffix of zero bytes, valid but
+    unsatisfiable (14.1.1), becomes a first byte past any end, which is the same.
+    """
+    unit, equals, ranges = header.partition("=")
+    if not equals:
+        return header
+    elements = []
+    for element in ranges.split(","):
+        element = _NUMBER.sub(_bounded, element.strip(" \t"))
+        if element == "-0":
+            element = f"{_BEYOND_ANY_SIZE}-"
+        if element:
+            elements.append(element)
+    return f"{unit}={','.join(elements)}"
+
+
+def _bounded(number: re.Match[str]) -> str:
+    digits = number[0].lstrip("0") or "0"
+    return digits if len(digits) <= len(_BEYOND_ANY_SIZE) else _BEYOND_ANY_SIZE
+
+
+def _bounds(begin: int, end: int | None, size: int) -> tuple[int, int] | None:
+    """One range as werkzeug gives it (``end`` exclusive, a negative ``begin`` a suffix) as
+    inclusive byte positions within ``size``, or None if it is not satisfiable.
+
+    werkzeug's own Range.range_for_length refuses a suffix longer than the resource, which
+    RFC 9110 section 14.1.3 answers with all of it.
+    """
+    if begin < 0:
+        return (max(0, size + begin), size - 1) if size > 0 else None
+    if begin >= size:
+        return None
+    return begin, (size if end is None else min(end, size)) - 1
+
+
+def decide(
+    headers: Headers, representation: Representation, now: datetime.datetime | None = None
+) -> Decision:
+    """The answer to a GET or HEAD carrying ``headers``, by RFC 9110 section 13.2.2.
+
+    Raises PreconditionFailed (412) or RangeNotSatisfiable (416). ``now`` is the response's
+    Date: Last-Modified is never later (8.8.2.1), whatever another replica's clock said.
+    A HEAD is decided as a GET, Range included, so it answers what the GET would.
+    """
+    size, etag = representation.size, representation.etag
+    modified = representation.modified
+    if modified is not None and now is not None:
+        modified = min(modified, now)
+    if_match = _field(headers, b"If-Match")
+    if if_match is not None:
+        # Strong comparison (13.1.1); "*" matches the one current representation.
+        if not parse_etags(if_match).contains(etag):
+            raise PreconditionFailed("If-Match names no current representation of this resource")
+    else:
+        since = _date_field(headers, b"If-Unmodified-Since")
+        if since is not None and modified is not None and modified > since:
+            raise PreconditionFailed("the resource was modified after If-Unmodified-Since")
+    if_none_match = _field(headers, b"If-None-Match")
+    if if_none_match is not None:
+        if parse_etags(if_none_match).contains_weak(etag):  # weak comparison (13.1.2)
+            return Decision(304, 0, -1, modified)
+    else:
+        since = _date_field(headers, b"If-Modified-Since")
+        if since is not None and modified is not None and modified <= since:
+            return Decision(304, 0, -1, modified)
+    whole = Decision(200, 0, size - 1, modified)
+    wanted = _field(headers, b"Range")
+    if wanted is None or not _if_range_holds(_field(headers, b"If-Range"), etag, modified):
+        return whole
+    chosen = parse_range(wanted, size)
+    return whole if chosen is None else Decision(206, *chosen, modified)
+
+
+def _if_range_holds(value: str | None, etag: str, modified: datetime.datetime | None) -> bool:
+    """RFC 9110 section 13.1.5: true only for the exact ETag or the exact Last-Modified.
+
+    werkzeug's IfRange drops the weakness of a tag; a weak one (``W/``) must not match, so
+    the tag is compared as sent. A date is a strong validator here: the bytes never change.
+    """
+    if value is None:
+        return True
+    try:
+        date = parse_if_range_header(value).date if _one_date(value) else None
+    except OverflowError:  # werkzeug's parse_date lets it through for an enormous year
+        return False
+    if date is not None:
+        return date == modified
+    return value == quote_etag(etag)
+
+
+def _field(headers: Headers, name: bytes) -> str | None:
+    """A field's value, its lines combined as RFC 9110 section 5.3 says; None if absent."""
+    lines = headers.getRawHeaders(name)
+    if lines is None:
+        return None
+    return ", ".join(line.decode("latin-1").strip(" \t") for line in lines)
+
+
+def _date_field(headers: Headers, name: bytes) -> datetime.datetime | None:
+    """A date condition's date, or None when it must be ignored: absent, not a date, or a
+    list of dates (RFC 9110 sections 13.1.3 and 13.1.4)."""
+    value = _field(headers, name)
+    if value is None or len(headers.getRawHeaders(name, [])) > 1 or not _one_date(value):
+        return None
+    return _date(value)
+
+
+def _one_date(value: str) -> bool:
+    """No more commas than one HTTP-date has (IMF-fixdate and rfc850-date have one)."""
+    return value.count(",") <= 1
+
+
+def _date(value: str | None) -> datetime.datetime | None:
+    try:
+        return parse_date(value)
+    except OverflowError:  # werkzeug's parse_date lets it through for an enormous year
+        return None
+
+
+def evaluate(request: Request, representation: Representation) -> Decision:
+    """``decide`` for ``request``, its Last-Modified bounded by the Date it is answered with."""
+    date = request.responseHeaders.getRawHeaders(b"Date")
+    now = _date(date[-1].decode("latin-1")) if date else None
+    return decide(request.requestHeaders, representation, now)
 
 
 def slice_spans(spans: Sequence[Span], start: int, end: int) -> list[Span]:
@@ -82,51 +250,40 @@ def slice_spans(spans: Sequence[Span], start: int, end: int) -> list[Span]:
 def serve(
     request: Request,
     spans: Sequence[Span],
-    *,
-    etag: str,
-    content_type: str,
+    representation: Representation,
+    decision: Decision | None = None,
 ) -> Deferred[bytes]:
-    """Answer ``request`` with the bytes of ``spans``, honouring Range and If-Range.
+    """Answer ``request`` with the bytes of ``spans`` as ``decision`` (by default
+    ``evaluate``) says. Raises PreconditionFailed or RangeNotSatisfiable before any header
+    is set, so an error never carries the validators or caching of the resource.
 
     Fires (with b"") once the last byte is written; cancelling it stops reading.
     """
-    size = sum(span.length for span in spans)
-    quoted = f'"{etag}"'
-    request.setHeader(b"ETag", quoted.encode())
-    request.setHeader(b"Accept-Ranges", b"bytes")
-    request.setHeader(b"Cache-Control", b"public, max-age=31536000, immutable")
-    request.setHeader(b"Content-Type", content_type.encode())
-    if quoted in _header(request, b"If-None-Match").split(", "):
-        request.setResponseCode(304)
+    if decision is None:
+        decision = evaluate(request, representation)
+    request.setResponseCode(decision.status)
+    # RFC 9110 section 15.4.5: a 304 carries the ETag, Cache-Control and Last-Modified a
+    # 200 would, and no Content-Length (it would have to be the whole body's).
+    request.setHeader(b"ETag", quote_etag(representation.etag).encode())
+    if decision.modified is not None:
+        request.setHeader(b"Last-Modified", http_date(decision.modified).encode())
+    request.setHeader(b"Cache-Control", IMMUTABLE)
+    if decision.status == 304:
         return Deferred.fromCoroutine(_nothing())
-    chosen = wanted_range(request, size, etag)
-    if chosen is None:
-        start, end = 0, size - 1
-    else:
-        start, end = chosen
-        request.setResponseCode(206)
-        request.setHeader(b"Content-Range", f"bytes {start}-{end}/{size}".encode())
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    request.setHeader(b"Content-Type", representation.content_type.encode())
+    start, end = decision.first, decision.last
+    if decision.status == 206:
+        request.setHeader(b"Content-Range",
+                          f"bytes {start}-{end}/{representation.size}".encode())
     request.setHeader(b"Content-Length", str(end - start + 1).encode())
     if request.method == b"HEAD" or end < start:
         return Deferred.fromCoroutine(_nothing())
     return SpanProducer(request, slice_spans(spans, start, end)).start()
 
 
-def wanted_range(request: Request, size: int, etag: str) -> tuple[int, int] | None:
-    """The range the request asks for (None: all of it), with If-Range honoured."""
-    if_range = _header(request, b"If-Range")
-    if if_range and if_range != f'"{etag}"':
-        return None
-    return parse_range(_header(request, b"Range") or None, size)
-
-
 async def _nothing() -> bytes:
     return b""
-
-
-def _header(request: Request, name: bytes) -> str:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if isinstance(value, bytes) else (value or "")
 
 
 @implementer(IPushProducer)

@@ -19,7 +19,7 @@ from twisted.web.server import Request
 
 from distpotify.api.failures import answer_failure
 from distpotify.api.parsing import read_json, typed_routes
-from distpotify.api.ranges import Span, serve
+from distpotify.api.ranges import Representation, Span, serve
 from distpotify.errors import BadRequest, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk, pack_snapshot
@@ -103,9 +103,10 @@ class SyncAPI:
             version = await self._store.run(MetadataDB.backup_to, copy)
             await self._blocking(pack_snapshot, copy, packed)
             request.setHeader(SNAPSHOT_VERSION, version.encode().encode())
+            size = packed.stat().st_size
             return await serve(
-                request, [Span(packed, 0, packed.stat().st_size)],
-                etag=f"snapshot-{version.encode()}", content_type="application/gzip",
+                request, [Span(packed, 0, size)],
+                Representation(size, f"snapshot-{version.encode()}", "application/gzip"),
             )
         finally:
             copy.unlink(missing_ok=True)
