@@ -271,7 +271,9 @@ class Exchange:
                 d.cancel()
 
             watch = self._view.leader_replaced(backend)
-            watch.addCallback(supersede)
+            # Cancelled below once the answer is in: a CancelledError nobody consumed would
+            # be logged as "Unhandled error in Deferred" when the watch is collected.
+            watch.addCallbacks(supersede, lambda failure: failure.trap(CancelledError))
         try:
             response: IResponse = await d
         except Exception as e:  # the Agent wraps a cancellation in ResponseNeverReceived
