@@ -137,27 +137,34 @@ class UpstreamStalled(Exception):
 
 
 class ProxyResource(ReverseProxyResource):
-    """Forwards every request below it to a replica chosen per request by a BackendView.
+    """A ReverseProxyResource whose upstream is the cluster, one replica chosen per request.
 
-    A leaf: the request URI goes upstream exactly as the client sent it, query included.
-    The stock host, port and path of ReverseProxyResource are unused.
+    Kept from the parent: its place in the tree (every request below it is relayed to
+    another server: a leaf, and getChild answers with the subclass), ``path`` (the prefix of
+    the upstream path: empty, since a replica serves the proxy's own paths, so the URI goes
+    upstream as the client sent it, query included) and ``reactor`` (it times every request;
+    the Agent connects on the same one). Replaced: ``host`` and ``port`` (None: the
+    BackendView picks the replica, per request and per retry), and ``render`` with its
+    ``proxyClientFactoryClass``, which open an HTTP/1.0 connection per request, read the body
+    into memory, apply no backpressure and finish a cut response as if it were whole; an
+    Exchange over the pooled ``agent`` does the forwarding instead.
     """
 
     isLeaf = True
+    reactor: IReactorTime
 
     def __init__(
         self,
         view: BackendView,
         agent: IAgent,
-        clock: IReactorTime,
+        reactor: IReactorTime,
         config: ProxyConfig,
         counters: Counters | None = None,
         cooperator: Any = task,
     ) -> None:
-        super().__init__("", 0, b"", reactor=clock)
+        super().__init__(None, None, b"", reactor=reactor)
         self.view = view
         self.agent = agent
-        self.clock = clock
         self.config = config
         self.counters = counters if counters is not None else Counters()
         self.cooperator = cooperator
@@ -183,11 +190,11 @@ class Exchange:
         self._resource = resource
         self._request = request
         self._view = resource.view
-        self._clock = resource.clock
+        self._clock = resource.reactor
         self._config = resource.config
         self._counters = resource.counters
         self._write = request.method not in READ_METHODS
-        self._uri = request.uri
+        self._uri = resource.path + request.uri
         self._repeatable = repeatable(request.method, self._uri,
                                       lambda: _json_object(request.content))
         self._tried: set[str] = set()

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from twisted.logger import capturedLogs
+from twisted.web.proxy import ReverseProxyResource
 
 from tests.helpers.proxy import FakeReplica, ProxyHarness
 
@@ -36,6 +37,16 @@ def nodes() -> list[FakeReplica]:
 @pytest.fixture
 def proxy(nodes: list[FakeReplica]) -> ProxyHarness:
     return ProxyHarness(nodes)
+
+
+def test_the_proxy_is_a_leaf_reverse_proxy_resource_on_the_injected_reactor(
+    proxy: ProxyHarness,
+) -> None:
+    resource = proxy.resource
+
+    assert isinstance(resource, ReverseProxyResource) and resource.isLeaf
+    assert resource.getChild(b"songs", None) is resource
+    assert resource.reactor is proxy.clock
 
 
 # reads
