@@ -1,19 +1,20 @@
-"""The proxy's public face: a ReverseProxyResource that forwards over a pooled Agent.
+"""The proxy's public face, a ReverseProxyResource, and the transport that forwards for it.
 
 Each request becomes an Exchange: it picks a replica (writes: the leader, reads: round-robin
 over followers), streams the spooled request body, and relays the response with backpressure.
+What each answer or failure means (next replica, redirect, resume, give up) is decided by
+decision.py; the Exchange sends with the Agent, keeps the timeouts, and does what it says.
 When a replica fails before the first byte reaches the client the request goes to the next
 one; after that the download resumes elsewhere with Range + If-Range of the same ETag. After
 three failed replicas the client gets 503, or a torn connection if bytes were already sent:
 never a short response dressed up as complete.
 """
-# test-case-name: tests.unit.test_proxy_resource
+# test-case-name: tests.unit.test_proxy_resource, tests.unit.test_proxy_decision
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
@@ -35,12 +36,28 @@ from zope.interface import implementer
 
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
+from proxy.decision import (
+    MAX_FAILED,
+    READ_METHODS,
+    Abort,
+    Answer,
+    Answered,
+    BodyEnded,
+    Context,
+    Decision,
+    Finish,
+    NextReplica,
+    Redirect,
+    Relay,
+    Unanswered,
+    classify,
+    give_up,
+    repeatable,
+)
 from proxy.resume import Resume
 
 log = Logger()
 
-MAX_FAILED = 3
-READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 # RFC 9110 section 7.6.1: meant for the next hop only, never forwarded either way.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
@@ -53,10 +70,6 @@ _CONDITIONS = frozenset({
     b"range", b"if-range", b"if-none-match", b"if-modified-since", b"if-match",
     b"if-unmodified-since",
 })
-# Reads of one record that a lagging follower may not have yet (read-your-writes).
-_RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
-# POSTs that are safe to send twice: uploads deduplicate by content.
-_REPLAYABLE_POST = re.compile(rb"^/songs/?(\?|$)")
 MAX_SMALL_BODY = 64 * 1024
 
 
@@ -124,27 +137,34 @@ class UpstreamStalled(Exception):
 
 
 class ProxyResource(ReverseProxyResource):
-    """Forwards every request below it to a replica chosen per request by a BackendView.
+    """A ReverseProxyResource whose upstream is the cluster, one replica chosen per request.
 
-    A leaf: the request URI goes upstream exactly as the client sent it, query included.
-    The stock host, port and path of ReverseProxyResource are unused.
+    Kept from the parent: its place in the tree (every request below it is relayed to
+    another server: a leaf, and getChild answers with the subclass), ``path`` (the prefix of
+    the upstream path: empty, since a replica serves the proxy's own paths, so the URI goes
+    upstream as the client sent it, query included) and ``reactor`` (it times every request;
+    the Agent connects on the same one). Replaced: ``host`` and ``port`` (None: the
+    BackendView picks the replica, per request and per retry), and ``render`` with its
+    ``proxyClientFactoryClass``, which open an HTTP/1.0 connection per request, read the body
+    into memory, apply no backpressure and finish a cut response as if it were whole; an
+    Exchange over the pooled ``agent`` does the forwarding instead.
     """
 
     isLeaf = True
+    reactor: IReactorTime
 
     def __init__(
         self,
         view: BackendView,
         agent: IAgent,
-        clock: IReactorTime,
+        reactor: IReactorTime,
         config: ProxyConfig,
         counters: Counters | None = None,
         cooperator: Any = task,
     ) -> None:
-        super().__init__("", 0, b"", reactor=clock)
+        super().__init__(None, None, b"", reactor=reactor)
         self.view = view
         self.agent = agent
-        self.clock = clock
         self.config = config
         self.counters = counters if counters is not None else Counters()
         self.cooperator = cooperator
@@ -158,32 +178,28 @@ class ProxyResource(ReverseProxyResource):
         return NOT_DONE_YET
 
 
-@attrs.frozen
-class _Failed:
-    reason: str
-    replayable: bool = True
-
-
-@attrs.frozen
-class _Redirect:
-    backend: Backend | None
-
-
-_DONE = object()
-
-
 class Exchange:
-    """One client request, from choosing a replica to the last byte (or the torn connection)."""
+    """One client request, from choosing a replica to the last byte (or the torn connection).
+
+    The transport half of the proxy: it sends each attempt with the Agent under a timeout,
+    cancels a write's attempt when another replica is elected leader meanwhile, relays bodies,
+    and does what decision.classify says the end of each attempt means.
+    """
 
     def __init__(self, resource: ProxyResource, request: Request) -> None:
         self._resource = resource
         self._request = request
         self._view = resource.view
-        self._clock = resource.clock
+        self._clock = resource.reactor
         self._config = resource.config
         self._counters = resource.counters
         self._write = request.method not in READ_METHODS
-        self._uri = request.uri
+        self._uri = resource.path + request.uri
+        self._repeatable = repeatable(request.method, self._uri,
+                                      lambda: _json_object(request.content))
+        self._tried: set[str] = set()
+        self._redirected = False
+        self._fell_back = False
         self._failures: list[str] = []
         self._committed = False
         self._resume: Resume | None = None
@@ -202,9 +218,7 @@ class Exchange:
 
     async def _forward(self) -> None:
         deadline = self._clock.seconds() + self._config.write_hold
-        tried: set[str] = set()
         target: Backend | None = None
-        redirected = fell_back = False
         while len(self._failures) < MAX_FAILED and not self._gone:
             backend: Backend | None
             if target is not None:
@@ -212,35 +226,35 @@ class Exchange:
             elif self._write:
                 backend = await self._leader(deadline)
             else:
-                backend = self._view.fresh_reader(tried) or await self._view.choose_reader(tried)
+                backend = (self._view.fresh_reader(self._tried)
+                           or await self._view.choose_reader(self._tried))
             if backend is None:
                 break
-            tried.add(backend.url)
-            outcome = await self._attempt(backend, redirected, fell_back, tried)
-            if outcome is _DONE:
+            self._tried.add(backend.url)
+            decision = await self._attempt(backend)
+            if isinstance(decision, Redirect):
+                self._redirected = self._redirected or self._write
+                self._fell_back = self._fell_back or not self._write
+                # None: a write goes round again, to the leader the view knows by then
+                target = self._view.backend_at(decision.to) if decision.to else None
+            elif isinstance(decision, NextReplica):
+                self._failures.append(f"{backend.describe()}: {decision.reason}")
+                self._counters.retries += 1
+                log.info("{method} {uri}: {backend} failed ({reason}){action}",
+                         method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                         backend=backend.describe(), reason=decision.reason,
+                         action=f"; resuming at byte {self._sent}" if self._committed else "")
+            else:
+                assert not isinstance(decision, Relay)  # _attempt relays
+                self._end(decision)
                 return
-            if isinstance(outcome, _Redirect):
-                redirected = redirected or self._write
-                fell_back = fell_back or not self._write
-                target = outcome.backend
-                if target is None and self._write:
-                    target = await self._leader(deadline)
-                    if target is None:
-                        break
-                continue
-            assert isinstance(outcome, _Failed)
-            self._failures.append(f"{backend.describe()}: {outcome.reason}")
-            if not outcome.replayable:
-                self._answer_error(502, "upstream_failed", (
-                    f"the leader failed while handling this {self._request.method.decode()};"
-                    f" it may or may not have been applied: {outcome.reason}"))
-                return
-            self._counters.retries += 1
-            log.info("{method} {uri}: {backend} failed ({reason}){action}",
-                     method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
-                     backend=backend.describe(), reason=outcome.reason,
-                     action=f"; resuming at byte {self._sent}" if self._committed else "")
-        self._give_up()
+        if self._gone:
+            return
+        ending = give_up(write=self._write, committed=self._committed, failures=self._failures,
+                         write_hold=self._config.write_hold)
+        if isinstance(ending, Answer):
+            self._counters.unavailable += 1
+        self._end(ending)
 
     async def _leader(self, deadline: float) -> Backend | None:
         leader = self._view.leader()
@@ -249,13 +263,55 @@ class Exchange:
         self._counters.held_writes += 1
         return await self._view.leader_within(deadline)
 
+    def _context(self, backend: Backend) -> Context:
+        """What classify needs to know of this request, now that an attempt on ``backend``
+        has ended."""
+        leader = self._view.leader()
+        return Context(
+            self._request.method, self._uri, repeatable=self._repeatable,
+            committed=self._committed, sent=self._sent, redirected=self._redirected,
+            fell_back=self._fell_back, leader=None if leader is None else leader.url,
+            tried=frozenset(self._tried), replica=backend.describe(),
+        )
+
+    def _end(self, decision: Finish | Abort | Answer) -> None:
+        if isinstance(decision, Finish):
+            self._finish()
+        elif isinstance(decision, Abort):
+            self._abort(decision.why)
+        else:
+            self._answer_error(decision.status, decision.code, decision.message)
+
     # one replica
 
-    async def _attempt(
-        self, backend: Backend, redirected: bool, fell_back: bool, tried: set[str]
-    ) -> object:
-        request = self._request
+    async def _attempt(self, backend: Backend) -> Decision:
+        """Send the request to ``backend`` and do what its answer means; returns what the
+        exchange does next (never Relay: a relayed body has ended when this returns)."""
         backend.forwarded += 1
+        response = await self._send(backend)
+        if isinstance(response, Unanswered):
+            return classify(response, self._context(backend))
+        mismatch = None
+        if self._committed:
+            assert self._resume is not None
+            mismatch = self._resume.mismatch(response.code, response.headers, self._sent)
+        decision = classify(Answered(response.code, mismatch), self._context(backend))
+        if isinstance(decision, Relay):
+            if decision.resumed:
+                self._counters.resumes += 1
+            return await self._relay(backend, response)
+        if isinstance(decision, NextReplica):
+            backend.failures += 1
+            response.deliverBody(_Drop() if decision.close else _Discard())
+        elif isinstance(decision, Redirect):
+            if decision.to is None:
+                return Redirect(await self._named_leader(backend, response))
+            _discard(response)
+        return decision
+
+    async def _send(self, backend: Backend) -> IResponse | Unanswered:
+        """The request, sent once to ``backend``: its answer, or how it failed to come."""
+        request = self._request
         d = self._resource.agent.request(
             request.method, backend.url.encode() + self._uri, self._upstream_headers(),
             self._body(),
@@ -271,87 +327,47 @@ class Exchange:
                 d.cancel()
 
             watch = self._view.leader_replaced(backend)
-            watch.addCallback(supersede)
+            # Cancelled below once the answer is in: a CancelledError nobody consumed would
+            # be logged as "Unhandled error in Deferred" when the watch is collected.
+            watch.addCallbacks(supersede, lambda failure: failure.trap(CancelledError))
         try:
             response: IResponse = await d
         except Exception as e:  # the Agent wraps a cancellation in ResponseNeverReceived
             if self._gone:
                 raise CancelledError() from e
             if superseded:
-                return _Failed(f"{superseded[0].describe()} leads now",
-                               replayable=self._replayable())
+                return Unanswered(f"{superseded[0].describe()} leads now")
             # every other way of not getting an answer is this replica's failure
             backend.failures += 1
             self._view.mark_down(backend, describe(e))
-            certain = isinstance(e, ConnectError | RequestNotSent)
-            return _Failed(describe(e), replayable=certain or self._replayable())
+            return Unanswered(describe(e), unsent=isinstance(e, ConnectError | RequestNotSent))
         finally:
             if watch is not None and not superseded:
                 watch.cancel()
-        code = response.code
-        if self._committed:
-            assert self._resume is not None
-            why = self._resume.mismatch(code, response.headers, self._sent)
-            if why is not None:
-                backend.failures += 1
-                response.deliverBody(_Drop())
-                return _Failed(f"cannot resume: {why}")
-            self._counters.resumes += 1
-        elif self._write:
-            if code == 421 and not redirected:
-                named = _leader_named(await _small_body(response))
-                log.info("{method} {uri}: {backend} is not the leader; it names {named}",
-                         method=request.method.decode(), uri=self._uri.decode("latin-1"),
-                         backend=backend.describe(), named=named)
-                await self._view.refresh()
-                chosen = self._view.backend_at(named) if named else None
-                return _Redirect(chosen if chosen is not backend else None)
-        elif code >= 500:
-            backend.failures += 1
-            _discard(response)
-            return _Failed(f"answered {code}")
-        elif code == 404 and not fell_back and _RECORD_PATH.match(self._uri):
-            leader = self._view.leader()
-            if leader is not None and leader.url not in tried:
-                _discard(response)
-                return _Redirect(leader)
-        return await self._relay(backend, response)
+        return response
 
-    async def _relay(self, backend: Backend, response: IResponse) -> object:
+    async def _named_leader(self, backend: Backend, response: IResponse) -> str | None:
+        """The leader a 421 names, once the view is refreshed; None if it names no other."""
+        named = _leader_named(await _small_body(response))
+        log.info("{method} {uri}: {backend} is not the leader; it names {named}",
+                 method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                 backend=backend.describe(), named=named)
+        await self._view.refresh()
+        return named if named != backend.url else None
+
+    async def _relay(self, backend: Backend, response: IResponse) -> Decision:
         relay = _Relay(self, response, self._clock, self._config.stall_timeout)
         response.deliverBody(relay)
         reason = await relay.done
         if reason is None:
             if not self._committed:
-                self._commit(response)
-            if self._resume is not None and self._resume.remaining(self._sent) != 0:
-                self._abort(f"{backend.describe()} ended the body {self._sent} bytes in")
-            else:
-                self._finish()
-            return _DONE
-        backend.failures += 1
-        self._view.mark_down(backend, describe(reason))
-        if not self._committed:
-            return _Failed(describe(reason), replayable=self._replayable())
-        if self._resume is None:
-            self._abort(f"{backend.describe()} failed mid-body ({describe(reason)})"
-                        " and the response cannot be resumed")
-            return _DONE
-        if self._resume.remaining(self._sent) == 0:
-            self._finish()
-            return _DONE
-        return _Failed(describe(reason))
-
-    def _replayable(self) -> bool:
-        """May a write whose delivery is uncertain be sent again? Only if repeating is harmless."""
-        method = self._request.method
-        if method in READ_METHODS or method in (b"PUT", b"PATCH", b"DELETE"):
-            return True
-        if _REPLAYABLE_POST.match(self._uri):
-            return True
-        if self._uri.rstrip(b"/") == b"/playlists":
-            return "id" in _json_object(self._request.content)
-        return False
+                self._commit(response)  # an empty body: the status line is all there is
+        else:
+            backend.failures += 1
+            self._view.mark_down(backend, describe(reason))
+        remaining = self._resume.remaining(self._sent) if self._resume is not None else None
+        error = None if reason is None else describe(reason)
+        return classify(BodyEnded(error, remaining), self._context(backend))
 
     def _upstream_headers(self) -> Headers:
         """The headers every attempt sends: the client's end-to-end ones plus X-Forwarded-*;
@@ -434,20 +450,6 @@ class Exchange:
         transport = self._request.channel.transport
         if transport is not None:
             transport.abortConnection()  # type: ignore[attr-defined]
-
-    def _give_up(self) -> None:
-        if self._gone:
-            return
-        if self._committed:
-            self._abort("; ".join(self._failures) or "no replica left")
-            return
-        self._counters.unavailable += 1
-        if self._write and not self._failures:
-            message = f"no leader elected within {self._config.write_hold:g} s; retry shortly"
-            self._answer_error(503, "no_leader", message)
-            return
-        detail = "; ".join(self._failures) or "no healthy replica"
-        self._answer_error(503, "unavailable", f"no replica could answer: {detail}")
 
     def _answer_error(self, status: int, code: str, message: str) -> None:
         if self._gone:

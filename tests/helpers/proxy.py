@@ -2,8 +2,8 @@
 
 In memory (unit tests): ``ProxyHarness`` runs the real Site, root and ProxyResource on a
 ``StringTransport`` with a ``Clock``; ``FakeReplica`` answers ``/status`` and serves bytes with
-ETag/Range/If-Range, and can refuse, hang, answer a fixed status, cut or stall a body, ignore
-Range, or send another ETag. Real processes (integration tests): ``ProxyProcess`` runs
+ETag/Range/If-Range, and can refuse, drop, hang, answer a fixed status, cut or stall a body,
+ignore Range, or send another ETag. Real processes (integration tests): ``ProxyProcess`` runs
 ``twistd distpotify-proxy`` like ``ReplicaProcess`` runs a replica; ``seed_data_dir`` makes a
 replica data dir holding songs, to copy into several replicas so they hold the same ids.
 """
@@ -73,6 +73,7 @@ class FakeReplica:
     content: bytes = b""
     etag: str = '"e1"'
     down: bool = False
+    drop: bool = False
     hang: bool = False
     status_code: int | None = None
     status_body: bytes = b""
@@ -102,6 +103,8 @@ class FakeReplica:
         self.received.append(sent)
         if self.down:
             return fail(ConnectionRefusedError())
+        if self.drop:  # a pooled connection to a process that died: lost, the request sent
+            return fail(ResponseNeverReceived([Failure(ConnectionLost())]))
         if self.hang:
             d: Deferred[IResponse] = Deferred(self._cancelled)
             self.pending.append(d)

@@ -3,9 +3,12 @@ backpressure, and what a client sees when replicas fail."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
+from twisted.logger import capturedLogs
+from twisted.web.proxy import ReverseProxyResource
 
 from tests.helpers.proxy import FakeReplica, ProxyHarness
 
@@ -34,6 +37,16 @@ def nodes() -> list[FakeReplica]:
 @pytest.fixture
 def proxy(nodes: list[FakeReplica]) -> ProxyHarness:
     return ProxyHarness(nodes)
+
+
+def test_the_proxy_is_a_leaf_reverse_proxy_resource_on_the_injected_reactor(
+    proxy: ProxyHarness,
+) -> None:
+    resource = proxy.resource
+
+    assert isinstance(resource, ReverseProxyResource) and resource.isLeaf
+    assert resource.getChild(b"songs", None) is resource
+    assert resource.reactor is proxy.clock
 
 
 # reads
@@ -495,6 +508,22 @@ def test_a_write_held_by_a_replaced_leader_is_not_repeated_unless_harmless() -> 
 
     assert conn.answer().status == 502
     assert nodes[1].received == []
+
+
+@pytest.mark.parametrize("leader", [{"status_code": 201}, {"drop": True}, {"hang": True}],
+                         ids=["answered", "connection-lost", "replaced"])
+def test_a_write_leaves_no_unhandled_error_in_a_deferred(leader: dict[str, object]) -> None:
+    nodes = cluster(**leader)
+    proxy = ProxyHarness(nodes)
+
+    with capturedLogs() as events:
+        conn = proxy.post("/playlists", b'{"name": "x"}')
+        nodes[1].role, nodes[1].epoch = "leader", 2  # ends the "replaced" case's wait
+        proxy.poll()
+        assert conn.answer().status in (201, 502)
+        gc.collect()  # an unhandled failure is reported when its Deferred is collected
+
+    assert [e["log_format"] for e in events if e.get("isError")] == []
 
 
 # the proxy's own paths

@@ -1,0 +1,217 @@
+"""The proxy's rules as pure functions: what one replica's answer means for a client's request.
+
+``classify`` sees plain data (the request, what the client has already received, how the
+attempt ended) and returns a Decision; resource.py sends, waits, relays and acts on it.
+"""
+# test-case-name: tests.unit.test_proxy_decision
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+import attrs
+
+# After this many replicas failed one request the client gets its answer (DESIGN section 8).
+MAX_FAILED = 3
+READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+# Reads of one record that a lagging follower may not have yet (read-your-writes).
+_RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
+# POSTs that are safe to send twice: uploads deduplicate by content.
+_REPEATABLE_POST = re.compile(rb"^/songs/?(\?|$)")
+
+
+def repeatable(method: bytes, uri: bytes, body_fields: Callable[[], Mapping[str, object]]
+               ) -> bool:
+    """May a request whose delivery is uncertain be sent again? Only if repeating is harmless.
+
+    ``body_fields`` reads the request's JSON object; only a playlist create needs it (one that
+    names its own id is created once however often it is sent).
+    """
+    if method in READ_METHODS or method in (b"PUT", b"PATCH", b"DELETE"):
+        return True
+    if _REPEATABLE_POST.match(uri):
+        return True
+    if uri.rstrip(b"/") == b"/playlists":
+        return "id" in body_fields()
+    return False
+
+
+@attrs.frozen
+class Context:
+    """What the exchange knows of a request when one of its attempts ends."""
+
+    method: bytes
+    uri: bytes
+    # the request may be sent again even if this attempt may have reached the replica
+    repeatable: bool = True
+    # the client has the status line and headers: this attempt continues (resumes) a body
+    committed: bool = False
+    # body bytes the client has received so far
+    sent: int = 0
+    # a write already followed a 421 / a read already went to the leader after a 404
+    redirected: bool = False
+    fell_back: bool = False
+    # the leader's URL as the view knows it now, and the URLs this request has been sent to
+    leader: str | None = None
+    tried: Collection[str] = ()
+    # the replica of this attempt, as log lines and error messages name it
+    replica: str = ""
+
+    @property
+    def write(self) -> bool:
+        return self.method not in READ_METHODS
+
+
+# How an attempt ended: the input of classify.
+
+
+@attrs.frozen
+class Answered:
+    """The replica's status line and headers arrived; ``mismatch`` says why they cannot
+    continue the client's response (a resume only: Resume.mismatch), None when they can."""
+
+    code: int
+    mismatch: str | None = None
+
+
+@attrs.frozen
+class Unanswered:
+    """No answer came: refused, lost, timed out, or cancelled because another replica now
+    leads. ``unsent`` when the request certainly never reached the replica."""
+
+    reason: str
+    unsent: bool = False
+
+
+@attrs.frozen
+class BodyEnded:
+    """A relayed body ended: whole (``error`` None, the stream's ResponseDone) or not.
+
+    ``remaining`` is how many bytes of a resumable response the client still lacks, None
+    when the response cannot be resumed (or nothing reached the client yet).
+    """
+
+    error: str | None
+    remaining: int | None = None
+
+
+Outcome = Answered | Unanswered | BodyEnded
+
+
+# What to do: the output of classify.
+
+
+@attrs.frozen
+class Relay:
+    """Send this answer's body to the client: its status and headers first, unless
+    ``resumed`` (the body continues the one the client is already receiving)."""
+
+    resumed: bool = False
+
+
+@attrs.frozen
+class NextReplica:
+    """This replica failed the request; send it to another (the same request, or the rest of
+    the body). ``close``: close the answer's connection unread (a refused resume can be a whole
+    song), else read its small body so the connection goes back to the pool."""
+
+    reason: str
+    close: bool = False
+
+
+@attrs.frozen
+class Redirect:
+    """Ask another replica without counting a failure: the one at ``to``; None for the leader
+    that a 421 names in its body, or else whichever replica is elected next."""
+
+    to: str | None
+
+
+@attrs.frozen
+class Finish:
+    """The client has the whole response: end it."""
+
+
+@attrs.frozen
+class Abort:
+    """Tear the client's connection: it must not take the short body it has for the whole."""
+
+    why: str
+
+
+@attrs.frozen
+class Answer:
+    """Answer the client with the proxy's own JSON error."""
+
+    status: int
+    code: str
+    message: str
+
+
+Decision = Relay | NextReplica | Redirect | Finish | Abort | Answer
+
+
+def classify(outcome: Outcome, context: Context) -> Decision:
+    """What one attempt's end means for the request (DESIGN section 8, as a table)."""
+    if isinstance(outcome, Answered):
+        return _answered(outcome, context)
+    if isinstance(outcome, Unanswered):
+        return _failed(outcome.reason, context, certain=outcome.unsent)
+    return _body_ended(outcome, context)
+
+
+def _answered(answer: Answered, context: Context) -> Decision:
+    code = answer.code
+    if context.committed:
+        if answer.mismatch is not None:
+            return NextReplica(f"cannot resume: {answer.mismatch}", close=True)
+        return Relay(resumed=True)
+    if context.write:
+        # Only a 421 is the proxy's business; any other answer to a write is the leader's.
+        if code == 421 and not context.redirected:
+            return Redirect(None)
+        return Relay()
+    if code >= 500:
+        return NextReplica(f"answered {code}")
+    if (code == 404 and not context.fell_back and _RECORD_PATH.match(context.uri)
+            and context.leader is not None and context.leader not in context.tried):
+        return Redirect(context.leader)
+    return Relay()
+
+
+def _body_ended(end: BodyEnded, context: Context) -> Decision:
+    if end.error is None:
+        if end.remaining:
+            return Abort(f"{context.replica} ended the body {context.sent} bytes in")
+        return Finish()
+    if not context.committed:
+        return _failed(end.error, context, certain=False)
+    if end.remaining is None:
+        return Abort(f"{context.replica} failed mid-body ({end.error})"
+                     " and the response cannot be resumed")
+    if end.remaining == 0:
+        return Finish()
+    return NextReplica(end.error)
+
+
+def _failed(reason: str, context: Context, *, certain: bool) -> NextReplica | Answer:
+    """The request failed before its answer started: again elsewhere, unless it may have been
+    applied and a second copy would not be harmless."""
+    if certain or context.repeatable:
+        return NextReplica(reason)
+    return Answer(502, "upstream_failed", (
+        f"the leader failed while handling this {context.method.decode()};"
+        f" it may or may not have been applied: {reason}"))
+
+
+def give_up(*, write: bool, committed: bool, failures: Sequence[str], write_hold: float
+            ) -> Abort | Answer:
+    """No replica is left to try (or MAX_FAILED failed): what the client gets."""
+    if committed:
+        return Abort("; ".join(failures) or "no replica left")
+    if write and not failures:
+        return Answer(503, "no_leader",
+                      f"no leader elected within {write_hold:g} s; retry shortly")
+    detail = "; ".join(failures) or "no healthy replica"
+    return Answer(503, "unavailable", f"no replica could answer: {detail}")
