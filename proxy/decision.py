@@ -12,7 +12,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 import attrs
 
-# After this many replicas failed one request the client gets its answer (DESIGN section 8).
+# After this many replicas failed one request the client gets its answer
+# (docs/architecture.md section 5.3).
 MAX_FAILED = 3
 READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 # Reads of one record that a lagging follower may not have yet (read-your-writes).
@@ -153,7 +154,8 @@ Decision = Relay | NextReplica | Redirect | Finish | Abort | Answer
 
 
 def classify(outcome: Outcome, context: Context) -> Decision:
-    """What one attempt's end means for the request (DESIGN section 8, as a table)."""
+    """What one attempt's end means for the request (docs/architecture.md section 5.3, as a
+    table)."""
     if isinstance(outcome, Answered):
         return _answered(outcome, context)
     if isinstance(outcome, Unanswered):

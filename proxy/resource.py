@@ -34,6 +34,7 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from distpotify.wire import json_error
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
 from proxy.decision import (
@@ -457,11 +458,8 @@ class Exchange:
         log.info("{method} {uri} -> {status} {code}: {message}",
                  method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
                  status=status, code=code, message=message)
-        body = json.dumps({"error": code, "message": message}).encode()
         request = self._request
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", str(len(body)).encode())
+        body = json_error(request, status, code, message)
         if status == 503:
             request.setHeader(b"Retry-After", b"1")
         request.write(body)

@@ -1,7 +1,8 @@
 """The proxy's decisions as tables: each row is one request's situation and what the proxy does.
 
-No network and no clock: ``classify`` and ``give_up`` are pure, so every rule of DESIGN
-section 8 (421, 5xx, read-your-writes 404, resume, writes that may have been applied) is a row.
+No network and no clock: ``classify`` and ``give_up`` are pure, so every rule of
+docs/architecture.md section 5.3 (421, 5xx, read-your-writes 404, resume, writes that may
+have been applied) is a row.
 """
 
 from __future__ import annotations
