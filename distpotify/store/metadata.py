@@ -1,9 +1,9 @@
 """SQLite metadata of one replica: the replicated tables, the oplog and node_meta.
 
-MetadataDB is the synchronous core, one connection made of one part per concern (below);
-MetadataStore runs it on one dedicated thread so the reactor never blocks and writes are serialized.
+MetadataDB is the synchronous core: one connection (WAL, fsync on commit) shared by one part
+per concern; MetadataStore runs it on one dedicated thread so the reactor never blocks.
 """
-# test-case-name: tests.unit.test_metadata
+# test-case-name: tests.unit.test_metadata,tests.unit.test_chunkcache,tests.unit.test_snapshot
 
 from __future__ import annotations
 

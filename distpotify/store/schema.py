@@ -1,7 +1,5 @@
-"""The SQLite layout of a replica's metadata: tables, indexes, migration and connection setup.
-
-``Tables`` is the base of every part of MetadataDB: one connection, its transaction helper,
-and a replicated row read back as the model's Row.
+"""The SQLite layout of the metadata (tables, indexes, migration, connection setup) and Tables,
+the base of every part of MetadataDB: the one connection, transactions, a row read back.
 """
 # test-case-name: tests.unit.test_metadata
 
