@@ -8,7 +8,9 @@ Deletes are tombstones (``deleted = 1`` under a new version), never removed rows
 
 from __future__ import annotations
 
-from distpotify.model import ZERO, Op, Row
+from typing import Any
+
+from distpotify.model import ZERO, Op, Row, Version
 
 
 def merge(row: Row | None, op: Op) -> Row | None:
@@ -26,3 +28,19 @@ def merge(row: Row | None, op: Op) -> Row | None:
     fields = {**(row.fields if row is not None else {}), **won}
     versions = {**current, **dict.fromkeys(won, op.version)}
     return Row(op.entity, op.key, fields, versions)
+
+
+def won_fields(old: Row | None, new: Row) -> set[str]:
+    """The fields whose version changed from ``old`` to ``new``."""
+    before = old.versions if old is not None else {}
+    return {name for name, version in new.versions.items() if before.get(name) != version}
+
+
+def row_ops(row: Row) -> list[Op]:
+    """A row as the ops that would rebuild its fields, one per distinct version."""
+    by_version: dict[Version, dict[str, Any]] = {}
+    for name, version in row.versions.items():
+        by_version.setdefault(version, {})[name] = row.fields[name]
+    return [
+        Op(version, row.entity, row.key, fields) for version, fields in sorted(by_version.items())
+    ]

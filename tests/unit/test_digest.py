@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distpotify.model import Op, Version
+from distpotify.store.digest import row_hash
 from distpotify.store.metadata import BUCKETS, MetadataDB
 
 KEYS = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(6)]
@@ -65,6 +66,25 @@ def test_one_exchange_each_way_converges(ops: list[Op], data: st.DataObject) -> 
 
         assert left.digest() == right.digest()
         assert table(left) == table(right)
+
+
+@settings(max_examples=40, deadline=None)
+@given(all_ops, st.integers(0, 40))
+def test_each_bucket_digest_is_the_xor_of_its_rows_after_writes_and_a_purge(
+    ops: list[Op], through: int
+) -> None:
+    watermark = Op(Version(9, 9, 1), "purges", "tombstones",
+                   {"through": Version(2, 3, through).encode()})
+    with tempfile.TemporaryDirectory() as tmp:
+        db = fresh(Path(tmp), "db")
+        db.apply_ops(ops)
+        db.apply_ops([watermark])
+
+        for bucket, digest in enumerate(db.digest()):
+            expected = 0
+            for entity, key, versions in db.bucket_rows(bucket):
+                expected ^= row_hash(entity, key, versions)
+            assert int(digest, 16) == expected
 
 
 def test_same_ops_in_any_order_give_the_same_digest(tmp_path: Path) -> None:

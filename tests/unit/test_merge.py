@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from distpotify.model import Op, Row, Version
-from distpotify.store.merge import merge
+from distpotify.store.merge import merge, row_ops, won_fields
 
 FIELDS = ("title", "artist", "deleted")
 
@@ -89,6 +89,29 @@ def test_each_field_holds_the_value_of_its_newest_write(sequence: list[Op]) -> N
             newest = max(writes, key=lambda op: op.version)
             assert row is not None and row.fields[name] == newest.fields[name]
             assert row.versions[name] == newest.version
+
+
+@given(ops)
+def test_a_rows_ops_rebuild_it_field_by_field_with_their_versions(sequence: list[Op]) -> None:
+    row = apply_all(sequence)
+
+    if row is not None:
+        rebuilt = row_ops(row)
+        assert apply_all(rebuilt) == row
+        assert [op.version for op in rebuilt] == sorted({*row.versions.values()})
+
+
+@given(ops, ops)
+def test_won_fields_are_those_the_later_ops_wrote_newer(first: list[Op], later: list[Op]) -> None:
+    before = apply_all(first)
+    after = apply_all(later, before)
+
+    if after is not None:
+        current = before.versions if before is not None else {}
+        assert won_fields(before, after) == {
+            op_field for op in later for op_field in op.fields
+            if after.versions[op_field] != current.get(op_field)
+        }
 
 
 def test_version_text_sorts_like_the_tuple() -> None:

@@ -32,6 +32,23 @@ def test_database_runs_in_wal_mode(db: MetadataDB, tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_an_oplog_from_before_ops_had_a_time_is_migrated(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "old.sqlite3")
+    old.execute("CREATE TABLE oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
+                " key TEXT NOT NULL, body TEXT NOT NULL)")
+    old.execute("INSERT INTO oplog VALUES (?, 'songs', ?, '{}')", (Version(1, 2, 3).encode(), SONG))
+    old.commit()
+    old.close()
+
+    db = MetadataDB(tmp_path / "old.sqlite3", node_id=2, now=lambda: 100.0)
+    db.begin_leading(1)
+    written = db.write([Change("songs", SONG, song_fields())])[0].version
+
+    assert db.head() == written == Version(1, 2, 4)
+    assert db.newest_version_before(100.5) == written  # an op without a time is never "old"
+    assert db.newest_version_before(99.5) is None
+
+
 def test_writes_get_consecutive_versions_of_this_leader(db: MetadataDB) -> None:
     ops = db.write([Change("songs", SONG, song_fields()), Change("songs", SONG, {"title": "U"})])
 

@@ -1,0 +1,121 @@
+"""The SQLite layout of the metadata (tables, indexes, migration, connection setup) and Tables,
+the base of every part of MetadataDB: the one connection, transactions, a row read back.
+"""
+# test-case-name: tests.unit.test_metadata
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import unicodedata
+from pathlib import Path
+
+from distpotify.model import ENTITIES, Entity, Row, Version
+
+_TYPES = {
+    "track": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
+    "chunk_size": "INTEGER", "chunk_count": "INTEGER", "deleted": "INTEGER NOT NULL DEFAULT 0",
+    "idx": "INTEGER", "position": "REAL",
+}
+
+
+def _table_sql(entity: Entity) -> str:
+    columns = [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.keys]
+    columns += [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.fields]
+    columns += ["version TEXT NOT NULL", "field_versions TEXT NOT NULL",
+                "bucket INTEGER NOT NULL"]
+    key = ", ".join(entity.keys)
+    return f"CREATE TABLE IF NOT EXISTS {entity.name} ({', '.join(columns)}, PRIMARY KEY ({key}))"
+
+
+SCHEMA = [
+    *(_table_sql(entity) for entity in ENTITIES.values()),
+    *(f"CREATE INDEX IF NOT EXISTS {name}_bucket ON {name} (bucket)" for name in ENTITIES),
+    # Per bucket, the XOR of its rows' hashes: updated on every apply, so comparing two
+    # replicas costs BUCKETS hashes plus the rows of the buckets that differ (digest.py).
+    "CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
+    "CREATE INDEX IF NOT EXISTS songs_created ON songs (created_at)",
+    "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
+    "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
+    "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
+    " key TEXT NOT NULL, body TEXT NOT NULL, at REAL)",
+    "CREATE INDEX IF NOT EXISTS oplog_at ON oplog (at)",
+    "CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating or migrating) the database at ``path``: WAL, fsync on every commit."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.create_function("fold", 1, fold, deterministic=True)
+    conn.create_function("sort_key", 1, sort_key, deterministic=True)
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
+    conn.execute("PRAGMA synchronous = FULL")
+    with Transaction(conn):
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(oplog)")}
+        if columns and "at" not in columns:  # a database from before ops had a time
+            conn.execute("ALTER TABLE oplog ADD COLUMN at REAL")
+        for statement in SCHEMA:
+            conn.execute(statement)
+    return conn
+
+
+class Transaction:
+    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def fold(text: str | None) -> str:
+    """``text`` without case, for matching (SQL ``fold``)."""
+    return "" if text is None else text.casefold()
+
+
+def sort_key(text: str | None) -> str:
+    """``text`` without case or accents, for ordering (SQL ``sort_key``): "Águila" -> "aguila"."""
+    if not text:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def versions_text(row: Row) -> str:
+    """A row's ``field_versions`` column: what it stores, and what its digest hashes."""
+    return json.dumps({name: v.encode() for name, v in row.versions.items()}, sort_keys=True)
+
+
+class Tables:
+    """The replicated tables over one connection, which MetadataDB opens with ``connect``;
+    every part of MetadataDB derives from it and runs on the store's one thread."""
+
+    _conn: sqlite3.Connection
+
+    def _transaction(self) -> Transaction:
+        return Transaction(self._conn)
+
+    def get_row(self, entity_name: str, key: str) -> Row | None:
+        return self._get_row(ENTITIES[entity_name], key)
+
+    def _get_row(self, entity: Entity, key: str) -> Row | None:
+        where = " AND ".join(f"{k} = ?" for k in entity.keys)
+        found = self._conn.execute(
+            f"SELECT * FROM {entity.name} WHERE {where}", tuple(entity.split_key(key).values())
+        ).fetchone()
+        if found is None:
+            return None
+        versions = {
+            name: Version.decode(text) for name, text in json.loads(found["field_versions"]).items()
+        }
+        return Row(entity.name, key, {name: found[name] for name in versions}, versions)
