@@ -397,6 +397,7 @@ class BullyElection:
     # -- transitions, one state at a time: what moves it, then each input that can still
     # arrive there and is ignored, with why. Any other input cannot reach that state (the
     # public methods' guards and the one-timer rule keep it out) and would raise.
+    # docs/bully.svg draws it: automat-visualize -t svg -i DIR distpotify.cluster.bully
 
     follower.upon(_start, enter=candidate, outputs=[_ask_higher_peers])
     follower.upon(_challenged, enter=candidate, outputs=[_ask_higher_peers])
