@@ -102,7 +102,9 @@ class BullyElection:
     States: follower, candidate (asked the higher ids, waiting answer_timeout for an
     answer), waiting (a higher id answered; waiting coordinator_timeout for its
     Coordinator), claiming (nobody higher answered; persisting the new epoch) and leader.
-    The public methods check the guards (epochs, ids, electability) and feed the inputs.
+    The role we publish is the state's own: candidate, waiting and claiming all publish
+    "candidate". The public methods check the guards (epochs, ids, electability) and feed
+    the inputs; the leader we follow (or are) is kept beside the state.
     """
 
     m = MethodicalMachine()
@@ -137,11 +139,10 @@ class BullyElection:
         # The highest (epoch, node_id) leader claim accepted or held: a Coordinator or a
         # leader heartbeat below it is stale.
         self._floor = (0, 0)
-        self._role = FOLLOWER
         self._leader: Leader | None = None
         self._claim_epoch: int | None = None
         self._timer: IDelayedCall | None = None
-        self._published: tuple[str, Leader | None] = (self._role, self._leader)
+        self._published: tuple[str, Leader | None] = (self._role(), self._leader)
 
     # -- what the rest of the replica reads
 
@@ -149,7 +150,7 @@ class BullyElection:
     def status(self) -> ElectionStatus:
         leader = self._leader
         return ElectionStatus(
-            role=self._role,
+            role=self._role(),
             leader_id=leader.node_id if leader else None,
             leader_http=leader.http if leader else None,
             epoch=leader.epoch if leader else self._max_epoch,
@@ -161,7 +162,7 @@ class BullyElection:
 
     @property
     def is_leader(self) -> bool:
-        return self._role == LEADER
+        return self._role() == LEADER
 
     # -- what the rest of the replica tells us
 
@@ -260,27 +261,35 @@ class BullyElection:
         if epoch == self._claim_epoch:
             self._persist_failed()
 
-    # -- the machine: states
+    # -- the machine: states, each declaring the role it publishes (its serialized value)
 
-    @m.state(initial=True)
+    @m.state(initial=True, serialized=FOLLOWER)
     def follower(self) -> None:
         """Following a leader, or none known yet."""
 
-    @m.state()
+    @m.state(serialized=CANDIDATE)
     def candidate(self) -> None:
         """Asked every higher live id; waiting answer_timeout for one to answer."""
 
-    @m.state()
+    @m.state(serialized=CANDIDATE)
     def waiting(self) -> None:
         """A higher id answered; waiting coordinator_timeout for its Coordinator."""
 
-    @m.state()
+    @m.state(serialized=CANDIDATE)
     def claiming(self) -> None:
         """Nobody higher answered: persisting the new epoch before announcing it."""
 
-    @m.state()
+    @m.state(serialized=LEADER)
     def leader(self) -> None:
         """Leading; the only replica that accepts writes."""
+
+    @m.serializer()
+    def _role(self, role: str) -> str:
+        """The role of the current state: what /status and our heartbeats say we are.
+
+        Three states share "candidate", so there is no unserializer to go with this.
+        """
+        return role
 
     # -- inputs
 
@@ -298,7 +307,7 @@ class BullyElection:
 
     @m.input()
     def _answered(self) -> None:
-        """A higher id answered alive."""
+        """A higher id answered alive (to this election's question or an earlier one's)."""
 
     @m.input()
     def _answer_timed_out(self) -> None:
@@ -310,11 +319,11 @@ class BullyElection:
 
     @m.input()
     def _epoch_persisted(self) -> None:
-        """persist_epoch fired for the epoch we are claiming."""
+        """persist_epoch fired for the latest epoch we claimed."""
 
     @m.input()
     def _persist_failed(self) -> None:
-        """persist_epoch failed for the epoch we are claiming."""
+        """persist_epoch failed for the latest epoch we claimed."""
 
     @m.input()
     def _accept_leader(self, node_id: int, epoch: int, http: str) -> None:
@@ -322,14 +331,13 @@ class BullyElection:
 
     @m.input()
     def _forget_leader(self) -> None:
-        """The leader we followed is gone."""
+        """The leader we followed (another replica) is gone."""
 
     # -- outputs
 
     @m.output()
     def _ask_higher_peers(self) -> None:
         targets = sorted(self._higher_peers())
-        self._role = CANDIDATE
         self._publish()
         # The timer goes first: an answer may arrive synchronously. With nobody higher
         # alive the wait is zero and we win on the next turn of the reactor.
@@ -346,13 +354,15 @@ class BullyElection:
         self._set_timer(self._coordinator_timeout, self._coordinator_deadline)
 
     @m.output()
+    def _step_down(self) -> None:
+        # Our leadership ends with its epoch; _persist_next_epoch publishes the change.
+        self._leader = None
+
+    @m.output()
     def _persist_next_epoch(self) -> None:
         self._cancel_timer()
         epoch = self._max_epoch = self._max_epoch + 1
         self._claim_epoch = epoch
-        if self._role == LEADER:
-            self._leader = None
-        self._role = CANDIDATE
         self._publish()
         self.log.debug("claiming epoch {epoch}", epoch=epoch)
         d = maybeDeferred(self._persist_epoch, epoch)
@@ -366,7 +376,6 @@ class BullyElection:
         epoch = cast(int, self._claim_epoch)
         self._floor = (epoch, self._node_id)
         self._leader = Leader(self._node_id, epoch, self._http)
-        self._role = LEADER
         self._publish()
         self._send_coordinator()
 
@@ -379,7 +388,6 @@ class BullyElection:
         self._cancel_timer()
         self._floor = max(self._floor, (epoch, node_id))
         self._leader = Leader(node_id, epoch, http)
-        self._role = FOLLOWER
         self._publish()
 
     @m.output()
@@ -387,54 +395,53 @@ class BullyElection:
         self._leader = None
         self._publish()
 
-    # -- transitions, one state at a time; late answers and results are ignored
+    # -- transitions, one state at a time: what moves it, then each input that can still
+    # arrive there and is ignored, with why. Any other input cannot reach that state (the
+    # public methods' guards and the one-timer rule keep it out) and would raise.
+    # docs/bully.svg draws it: automat-visualize -t svg -i DIR distpotify.cluster.bully
 
     follower.upon(_start, enter=candidate, outputs=[_ask_higher_peers])
     follower.upon(_challenged, enter=candidate, outputs=[_ask_higher_peers])
     follower.upon(_outdated, enter=candidate, outputs=[_ask_higher_peers])
     follower.upon(_accept_leader, enter=follower, outputs=[_follow])
     follower.upon(_forget_leader, enter=follower, outputs=[_clear_leader])
-    follower.upon(_answered, enter=follower, outputs=[])
-    follower.upon(_epoch_persisted, enter=follower, outputs=[])
-    follower.upon(_persist_failed, enter=follower, outputs=[])
+    follower.upon(_answered, enter=follower, outputs=[])  # late: a leader ended that election
+    follower.upon(_epoch_persisted, enter=follower, outputs=[])  # late: a claim cut short
+    follower.upon(_persist_failed, enter=follower, outputs=[])  # late: a claim cut short
 
     candidate.upon(_answered, enter=waiting, outputs=[_wait_for_coordinator])
     candidate.upon(_answer_timed_out, enter=claiming, outputs=[_persist_next_epoch])
     candidate.upon(_accept_leader, enter=follower, outputs=[_follow])
     candidate.upon(_forget_leader, enter=candidate, outputs=[_clear_leader])
-    candidate.upon(_start, enter=candidate, outputs=[])
-    candidate.upon(_challenged, enter=candidate, outputs=[])
-    candidate.upon(_outdated, enter=candidate, outputs=[])
-    candidate.upon(_epoch_persisted, enter=candidate, outputs=[])
-    candidate.upon(_persist_failed, enter=candidate, outputs=[])
+    candidate.upon(_start, enter=candidate, outputs=[])  # already electing
+    candidate.upon(_challenged, enter=candidate, outputs=[])  # already electing
+    candidate.upon(_outdated, enter=candidate, outputs=[])  # already electing, above that epoch
+    candidate.upon(_epoch_persisted, enter=candidate, outputs=[])  # late: a claim cut short
+    candidate.upon(_persist_failed, enter=candidate, outputs=[])  # late: a claim cut short
 
     waiting.upon(_coordinator_timed_out, enter=candidate, outputs=[_ask_higher_peers])
     waiting.upon(_accept_leader, enter=follower, outputs=[_follow])
     waiting.upon(_forget_leader, enter=waiting, outputs=[_clear_leader])
-    waiting.upon(_start, enter=waiting, outputs=[])
-    waiting.upon(_challenged, enter=waiting, outputs=[])
-    waiting.upon(_outdated, enter=waiting, outputs=[])
-    waiting.upon(_answered, enter=waiting, outputs=[])
-    waiting.upon(_epoch_persisted, enter=waiting, outputs=[])
-    waiting.upon(_persist_failed, enter=waiting, outputs=[])
+    waiting.upon(_start, enter=waiting, outputs=[])  # already electing
+    waiting.upon(_challenged, enter=waiting, outputs=[])  # the higher id, asked too, will lead
+    waiting.upon(_outdated, enter=waiting, outputs=[])  # the higher id, asked too, will lead
+    waiting.upon(_answered, enter=waiting, outputs=[])  # a second higher id answers
+    waiting.upon(_epoch_persisted, enter=waiting, outputs=[])  # late: a claim cut short
+    waiting.upon(_persist_failed, enter=waiting, outputs=[])  # late: a claim cut short
 
     claiming.upon(_epoch_persisted, enter=leader, outputs=[_lead])
     claiming.upon(_persist_failed, enter=waiting, outputs=[_wait_for_coordinator])
     claiming.upon(_accept_leader, enter=follower, outputs=[_follow])
     claiming.upon(_forget_leader, enter=claiming, outputs=[_clear_leader])
-    claiming.upon(_start, enter=claiming, outputs=[])
-    claiming.upon(_challenged, enter=claiming, outputs=[])
-    claiming.upon(_outdated, enter=claiming, outputs=[])
-    claiming.upon(_answered, enter=claiming, outputs=[])
+    claiming.upon(_start, enter=claiming, outputs=[])  # already claiming
+    claiming.upon(_challenged, enter=claiming, outputs=[])  # already claiming
+    claiming.upon(_outdated, enter=claiming, outputs=[])  # already claiming
+    claiming.upon(_answered, enter=claiming, outputs=[])  # after answer_timeout: too late
 
-    leader.upon(_accept_leader, enter=follower, outputs=[_follow])
     leader.upon(_challenged, enter=leader, outputs=[_announce])
-    leader.upon(_outdated, enter=claiming, outputs=[_persist_next_epoch])
-    leader.upon(_start, enter=leader, outputs=[])
-    leader.upon(_answered, enter=leader, outputs=[])
-    leader.upon(_forget_leader, enter=leader, outputs=[])
-    leader.upon(_epoch_persisted, enter=leader, outputs=[])
-    leader.upon(_persist_failed, enter=leader, outputs=[])
+    leader.upon(_outdated, enter=claiming, outputs=[_step_down, _persist_next_epoch])
+    leader.upon(_accept_leader, enter=follower, outputs=[_follow])
+    leader.upon(_answered, enter=leader, outputs=[])  # late; that higher id elects itself
 
     # -- timers: one at a time (start-up wait, answer wait or coordinator wait)
 
@@ -467,9 +474,10 @@ class BullyElection:
 
     def _publish(self) -> None:
         """One log line and one on_change call per change of role or leader."""
-        if (self._role, self._leader) == self._published:
+        published = (self._role(), self._leader)
+        if published == self._published:
             return
-        self._published = (self._role, self._leader)
+        self._published = published
         status = self.status
         if status.role == LEADER:
             self.log.info("elected {node_id} epoch={epoch}", node_id=self._node_id,
