@@ -1,4 +1,5 @@
-"""Tools that test Distpotify as a system: the network-namespace lab and its parts.
+"""The network-namespace lab: Distpotify tested as a system, with real faults (root only).
 
-Start with ``lab.py`` (hosts, replicas, command line); the other modules are its pieces.
+Not part of the installed package: it runs from a checkout (``make lab``, ``python -m lab``,
+``tests/lab``). Start with ``lab.py`` (hosts, replicas); the other modules are its pieces.
 """
