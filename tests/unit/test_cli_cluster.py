@@ -1,47 +1,39 @@
-"""``distpotify-cluster``: the command lines it runs and the demo tracks it makes."""
+"""``distpotify-cluster``: the command lines it runs and the banner it prints."""
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import pytest
 
-from proxy.localcluster import DEMOS, Layout, banner, tone_wav
+from distpotify.cli.cluster import Layout, banner
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_replicas_keep_their_heartbeats_on_this_machine() -> None:
-    command = Layout().replica_command("twistd", 1)
+    command = Layout().replica_command(1)
 
     joined = " ".join(command)
+    assert command[1:3] == ["-n", "--pidfile="]
     assert "--node-id 2" in joined and "--data-dir data/node2" in joined
     assert "--http-port 8002" in joined and "--amp-port 9002" in joined
     assert "--multicast-interface 127.0.0.1" in joined and "--multicast-ttl 0" in joined
-    assert "--host 127.0.0.1" in joined and "--pidfile=" in command
+    assert "--host 127.0.0.1" in joined and "--advertise-host 127.0.0.1" in joined
+
+
+def test_each_process_logs_to_its_own_file_under_the_data_dir() -> None:
+    layout = Layout(data=Path("/srv/cluster"))
+
+    assert "--logfile=/srv/cluster/node3.log" in layout.replica_command(2)
+    assert "--logfile=/srv/cluster/proxy.log" in layout.proxy_command()
 
 
 def test_the_proxy_fronts_every_replica_on_8080() -> None:
-    joined = " ".join(Layout().proxy_command("twistd"))
+    joined = " ".join(Layout().proxy_command())
 
-    assert "--port 8080" in joined
+    assert "distpotify-proxy --host 127.0.0.1 --port 8080" in joined
     assert "--backends 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003" in joined
-
-
-def test_a_demo_tone_is_a_real_wav_of_the_asked_length(tmp_path: Path) -> None:
-    path = tone_wav(tmp_path / "tone.wav", (440.0, 660.0), seconds=2.0, rate=8000)
-
-    with wave.open(str(path)) as wav:
-        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 8000)
-        assert wav.getnframes() == 16000
-        frames = wav.readframes(16000)
-    assert frames[:2] == b"\x00\x00"  # faded in: no click
-    assert max(frames) > 0
-
-
-def test_demo_tracks_have_distinct_titles() -> None:
-    assert len({demo.title for demo in DEMOS}) == len(DEMOS) >= 3
 
 
 def test_the_banner_says_where_to_go() -> None:
