@@ -4,7 +4,7 @@ hold a lab; root only, since every lab builds network namespaces.
 The command line sits above both ``lab.py`` (hosts and replicas) and ``scenarios.py``
 (stories told on a lab, built on ``lab.py``), so ``lab.py`` never imports its own user.
 """
-# test-case-name: tests.lab.test_lab
+# test-case-name: tests.lab.test_command_line
 
 from __future__ import annotations
 
