@@ -1,5 +1,5 @@
 """``python -m lab`` (what ``make lab`` runs): run a scenario, list them, or check, clean or
-hold a lab; root only, since every lab builds network namespaces.
+hold a lab; all but ``list`` need root, since a lab is made of network namespaces.
 
 The command line sits above both ``lab.py`` (hosts and replicas) and ``scenarios.py``
 (stories told on a lab, built on ``lab.py``), so ``lab.py`` never imports its own user.
