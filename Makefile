@@ -23,7 +23,7 @@ run: venv
 	$(BIN)/distpotify-cluster
 
 lint: venv
-	$(BIN)/ruff check distpotify proxy tests bench twisted
+	$(BIN)/ruff check distpotify proxy lab tests bench twisted
 	$(BIN)/mypy
 
 bench: venv
@@ -39,5 +39,5 @@ LAB_ARGS ?=
 
 .PHONY: lab
 lab: venv
-	@if [ "$(SCENARIO)" = list ]; then $(BIN)/python -m distpotify.testing.lab list; \
-	else $(BIN)/python -m distpotify.testing.lab scenario $(SCENARIO) $(LAB_ARGS); fi
+	@if [ "$(SCENARIO)" = list ]; then $(BIN)/python -m lab list; \
+	else $(BIN)/python -m lab scenario $(SCENARIO) $(LAB_ARGS); fi

@@ -1,5 +1,6 @@
-"""What bench/proxy.py and bench/replica.py share: child processes, ports, HTTP and wrk helpers.
-Both run it as a script, so it is imported as ``common`` from the bench directory."""
+"""What bench/proxy.py and bench/replica.py share: ports, waits, HTTP and wrk helpers (their
+children are distpotify.cli.processes'). Both run it as a script, so it is imported as
+``common`` from the bench directory."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import json
 import os
 import platform
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import wave
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from distpotify.cli.processes import Supervisor, wait_ready
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -79,49 +80,6 @@ def say(text: str) -> None:
 # ---------------------------------------------------------------- processes
 
 
-class Processes:
-    """Every child started here; stop_all() ends them (SIGTERM, then SIGKILL) by pid."""
-
-    def __init__(self) -> None:
-        self._children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
-        # Appended to: a child restarted under the same name keeps its earlier log.
-        with open(log, "ab") as out:
-            # Own session: a Ctrl-C in the terminal reaches only us; we stop the children.
-            child = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self._children.append((name, child, log))
-        return child
-
-    def check_alive(self, child: subprocess.Popen[bytes]) -> None:
-        if child.poll() is not None:
-            for name, c, log in self._children:
-                if c is child:
-                    raise BenchError(
-                        f"{name} exited with status {child.returncode}; log tail:\n"
-                        + tail(log)
-                    )
-
-    def stop(self, child: subprocess.Popen[bytes]) -> None:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=15)
-        self._children = [entry for entry in self._children if entry[1] is not child]
-
-    def stop_all(self) -> None:
-        for _, child, _ in reversed(list(self._children)):
-            with contextlib.suppress(Exception):
-                self.stop(child)
-
-
 @contextlib.contextmanager
 def terminate_on_sigterm() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
@@ -134,48 +92,26 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"(no log: {e})"
-
-
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
 
-def twistd() -> list[str]:
-    """The argv that starts twistd: the one beside this Python, else on PATH, else -m."""
-    beside = Path(sys.executable).parent / "twistd"
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("twistd")
-    return [found] if found else [sys.executable, "-m", "twisted"]
-
-
 def wait_until(what: str, check: Callable[[], Any], deadline_s: float,
-               procs: Processes | None = None, child: subprocess.Popen[bytes] | None = None
+               procs: Supervisor | None = None, child: subprocess.Popen[bytes] | None = None
                ) -> Any:
     """Poll ``check()`` until it returns something truthy, or fail after ``deadline_s``.
 
     With ``procs`` and ``child``, fail as soon as that child has exited.
     """
-    deadline = time.monotonic() + deadline_s
-    last: object = None
-    while time.monotonic() < deadline:
+
+    def checked() -> Any:
         if procs is not None and child is not None:
-            procs.check_alive(child)
-        try:
-            result = check()
-        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
-            last, result = e, None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last: {last!r})")
+            procs.check(child)
+        return check()
+
+    return wait_ready(checked, what=what, timeout=deadline_s)
 
 
 # ---------------------------------------------------------------- HTTP and data

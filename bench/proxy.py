@@ -53,7 +53,6 @@ from common import (
     REPO,
     RESULTS,
     BenchError,
-    Processes,
     cpu_seconds,
     environment,
     free_port,
@@ -62,9 +61,10 @@ from common import (
     run_wrk,
     say,
     terminate_on_sigterm,
-    twistd,
     wait_until,
 )
+
+from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
 
 RATIO_TARGET = 0.70
 P99_TARGET_MS = 100.0
@@ -131,7 +131,7 @@ def upload(port: int, path: Path) -> dict[str, Any]:
 class Cluster:
     """Three replicas of one cluster, the proxy, and nginx, on free ports of 127.0.0.1."""
 
-    def __init__(self, procs: Processes, work: Path, chunk_kib: int) -> None:
+    def __init__(self, procs: Supervisor, work: Path, chunk_kib: int) -> None:
         self.procs = procs
         self.work = work
         self.chunk_kib = chunk_kib
@@ -146,20 +146,19 @@ class Cluster:
         self.proxy: subprocess.Popen[bytes] | None = None
 
     def replica_argv(self, node: int, cluster: str | None = None) -> list[str]:
-        return [
-            *twistd(), "-n", "--pidfile=", "distpotify", "--node-id", str(node),
-            "--data-dir", str(self.work / f"node{node}"), "--host", HOST,
-            "--advertise-host", HOST, "--http-port", str(self.http[node]),
-            "--amp-port", str(self.amp[node]), "--cluster", cluster or self.name,
-            "--multicast-port", str(self.heartbeat_port), "--multicast-interface", HOST,
-            "--multicast-ttl", "0", "--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G",
-        ]
+        return ReplicaCommand(
+            node_id=node, data_dir=self.work / f"node{node}", host=HOST, advertise_host=HOST,
+            http_port=self.http[node], amp_port=self.amp[node], cluster=cluster or self.name,
+            multicast_port=self.heartbeat_port, multicast_interface=HOST, multicast_ttl=0,
+            extra=["--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G"],
+        ).argv()
 
     def seed(self, sizes: list[int]) -> list[dict[str, Any]]:
         """Upload songs to replica 1 alone, stop it, and copy its data dir to 2 and 3."""
         say(f"seeding {len(sizes)} songs ({sum(sizes) // MIB} MiB) into one data dir")
-        child = self.procs.start("seed", self.replica_argv(1, f"{self.name}-seed"),
-                                 self.work / "seed.log")
+        log = self.work / "seed.log"
+        child = self.procs.start("seed", self.replica_argv(1, f"{self.name}-seed"), log,
+                                 output=log)
         wait_until("seed replica", lambda: (get_json(self.http[1], "/status") or {}).get(
             "role") == "leader", 60)
         songs = []
@@ -174,16 +173,18 @@ class Cluster:
         return songs
 
     def start_replica(self, node: int) -> None:
-        self.replicas[node] = self.procs.start(f"replica {node}", self.replica_argv(node),
-                                               self.work / f"node{node}.log")
+        log = self.work / f"node{node}.log"
+        self.replicas[node] = self.procs.start(f"replica {node}", self.replica_argv(node), log,
+                                               output=log)
 
     def start(self) -> None:
         for node in (1, 2, 3):
             self.start_replica(node)
-        self.proxy = self.procs.start("proxy", [
-            *twistd(), "-n", "--pidfile=", "distpotify-proxy", "--port", str(self.proxy_port),
-            "--backends", ",".join(f"{HOST}:{port}" for port in self.http.values()),
-        ], self.work / "proxy.log")
+        backends = [f"{HOST}:{port}" for port in self.http.values()]
+        log = self.work / "proxy.log"
+        self.proxy = self.procs.start(
+            "proxy", ProxyCommand(backends=backends, port=self.proxy_port).argv(), log,
+            output=log)
         view = self.wait_view(3, 60)
         say(f"cluster up: leader node {view['leader']['node_id']}, proxy on {self.proxy_port}")
 
@@ -194,7 +195,7 @@ class Cluster:
     def wait_view(self, healthy: int, deadline_s: float) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             assert self.proxy is not None
-            self.procs.check_alive(self.proxy)
+            self.procs.check(self.proxy)
             view = self.view()
             ok = view and view["leader"] and len(view["readers"]) == 2 and sum(
                 b["healthy"] for b in view["backends"]) == healthy
@@ -216,9 +217,9 @@ class Cluster:
         conf.write_text(NGINX_CONF.format(
             work=self.work, servers=servers, host=HOST, port=self.nginx_port,
             user="user root;" if os.geteuid() == 0 else ""))
+        log = self.work / "nginx.log"
         child = self.procs.start("nginx", [shutil.which("nginx") or "nginx", "-p",
-                                           str(self.work), "-c", str(conf)],
-                                 self.work / "nginx.log")
+                                           str(self.work), "-c", str(conf)], log, output=log)
         wait_until("nginx", lambda: http_get(self.nginx_port, "/status", timeout=2)[0] == 200,
                    30)
         return child, ", ".join(readers)
@@ -226,9 +227,10 @@ class Cluster:
     def start_relay(self) -> subprocess.Popen[bytes]:
         """bench/twisted_relay.py on the same followers as nginx: the floor under the proxy."""
         readers = self.view()["readers"]
+        log = self.work / "relay.log"
         child = self.procs.start("twisted relay", [
             sys.executable, str(REPO / "bench" / "twisted_relay.py"), str(self.relay_port),
-            ",".join(readers)], self.work / "relay.log")
+            ",".join(readers)], log, output=log)
         wait_until("twisted relay",
                    lambda: http_get(self.relay_port, "/status", timeout=2)[0] == 200, 30)
         return child
@@ -343,7 +345,7 @@ def stall_rounds(cluster: Cluster, song: dict[str, Any], rounds: int) -> dict[st
 # ---------------------------------------------------------------- the benchmark
 
 
-def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[str, Any]:
+def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[str, Any]:
     cluster = Cluster(procs, work, args.chunk_kib)
     sizes = [args.song_mib * MIB] * args.songs + [args.stall_mib * MIB]
     songs = cluster.seed(sizes)
@@ -381,7 +383,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
             cpu = cpu_seconds(child.pid)
             counters = cluster.view()["counters"]
             result = run_wrk(port, paths, script, args.duration, connections).summary()
-            procs.check_alive(child)
+            procs.check(child)
             if name == "proxy":
                 after = cluster.view()["counters"]
                 result["proxy_counters"] = {k: after[k] - counters[k] for k in after}
@@ -485,11 +487,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="distpotify-bench-proxy-"))
-    procs = Processes()
+    procs = Supervisor(cwd=REPO)
     try:
         with terminate_on_sigterm():
             result = benchmark(args, procs, work)
-    except BenchError as e:
+    except (BenchError, ChildError) as e:
         say(f"failed: {e}")
         return 1
     finally:

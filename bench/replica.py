@@ -55,7 +55,6 @@ from common import (
     REPO,
     RESULTS,
     BenchError,
-    Processes,
     cpu_seconds,
     environment,
     free_port,
@@ -64,9 +63,10 @@ from common import (
     run_wrk,
     say,
     terminate_on_sigterm,
-    twistd,
     wait_until,
 )
+
+from distpotify.cli.processes import ChildError, ReplicaCommand, Supervisor, twistd_command
 
 TARGET = 0.80
 
@@ -201,19 +201,18 @@ def measure(port: int, paths_file: Path, script: Path, duration: int, connection
 # ---------------------------------------------------------------- the benchmark
 
 
-def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[str, Any]:
+def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[str, Any]:
     chunk_size = args.chunk_kib * KIB
     data_dir = work / "node1"
     http_port, amp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
-    replica_argv = [
-        *twistd(), "-n", "--pidfile=", "distpotify", "--node-id", "1",
-        "--data-dir", str(data_dir), "--host", HOST, "--advertise-host", HOST,
-        "--http-port", str(http_port), "--amp-port", str(amp_port),
-        "--multicast-port", str(udp_port), "--cluster", f"bench-{os.getpid()}",
-        "--chunk-size", f"{args.chunk_kib}K", "--max-upload", "1G",
-    ]
+    replica_argv = ReplicaCommand(
+        node_id=1, data_dir=data_dir, host=HOST, advertise_host=HOST, http_port=http_port,
+        amp_port=amp_port, cluster=f"bench-{os.getpid()}", multicast_port=udp_port,
+        extra=["--chunk-size", f"{args.chunk_kib}K", "--max-upload", "1G"],
+    ).argv()
     say(f"starting replica on {HOST}:{http_port} (data dir {data_dir})")
-    replica = procs.start("replica", replica_argv, work / "replica.log")
+    log = work / "replica.log"
+    replica = procs.start("replica", replica_argv, log, output=log)
     wait_until("replica /status (leader)", lambda: replica_leader(http_port), 60, procs, replica)
 
     # uploads: fresh content each run, with copy+fsync of the same file as the reference
@@ -226,7 +225,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
         copy_s = copy_fsync(wav, work / "copy.tmp")
         split_s = split_fsync(wav, work / "split", chunk_size)
         seconds, status, body = upload(http_port, wav)
-        procs.check_alive(replica)
+        procs.check(replica)
         if status != 201:
             raise BenchError(f"upload {run}: status {status}: {body}")
         song = body["song"]
@@ -279,12 +278,11 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
         variants.append(("static.File -l null", ["--logfile", os.devnull]))
     for name, extra in variants:
         port = free_port()
-        argv = [
-            *twistd(), "-n", "--pidfile=", "web", "--path", str(data_dir / "chunks"),
-            "--listen", f"tcp:{port}:interface={HOST}", *extra,
-        ]
+        argv = twistd_command("web", "--path", str(data_dir / "chunks"),
+                              "--listen", f"tcp:{port}:interface={HOST}", *extra)
         say(f"starting {name} on {HOST}:{port}")
-        child = procs.start(name, argv, work / f"static-{len(servers)}.log")
+        log = work / f"static-{len(servers)}.log"
+        child = procs.start(name, argv, log, output=log)
         servers.append(Server(name, port, "static", child, argv))
     probe = chunks[0]["static"]
     for server in servers[1:]:
@@ -314,7 +312,7 @@ def benchmark(args: argparse.Namespace, procs: Processes, work: Path) -> dict[st
             cpu_before = cpu_seconds(server.child.pid)
             result = measure(server.port, paths, script, args.duration, args.connections,
                              chunk_size, wrk_prefix)
-            procs.check_alive(server.child)
+            procs.check(server.child)
             cpu = cpu_seconds(server.child.pid) - cpu_before
             # CPU per request (all threads of the server) is far less sensitive than req/s
             # to whatever else the machine is running.
@@ -534,14 +532,14 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
-    procs = Processes()
+    procs = Supervisor(cwd=REPO)
     work = Path(tempfile.mkdtemp(prefix="distpotify-bench-", dir=args.tmp_dir))
     started = time.monotonic()
     load_at_start = os.getloadavg()
     try:
         with terminate_on_sigterm():
             result = benchmark(args, procs, work)
-    except BenchError as e:
+    except (BenchError, ChildError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,10 +11,8 @@ replica data dir holding songs, to copy into several replicas so they hold the s
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +31,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from distpotify.cli import processes
+from distpotify.cli.processes import ProxyCommand
 from proxy.backends import BackendView
 from proxy.config import ProxyConfig
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
-from tests.helpers.replica import TWISTD, ReplicaProcess, Response, free_port, request, wait_until
+from tests.helpers.replica import ReplicaProcess, Response, free_port, request, wait_until
 
 CLIENT_IP = "192.0.2.7"
 
@@ -439,17 +439,13 @@ class ProxyProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [
-            str(TWISTD), "-n", "--pidfile=", f"--logfile={self.log_path}", "distpotify-proxy",
-            "--port", str(self.port), "--backends", self.backends, *self.extra,
-        ]
+        return ProxyCommand(backends=self.backends.split(","), port=self.port,
+                            extra=self.extra).argv(logfile=self.log_path)
 
     def start(self) -> ProxyProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
-        self.process = subprocess.Popen(
-            self.command(), env={**env, **(self.env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
+        # In the test run's own session, as ReplicaProcess: an interrupted run takes it along.
+        self.process = processes.spawn(self.command(), output=subprocess.PIPE, env=self.env,
+                                       own_session=False)
         return self
 
     def wait_view(self, predicate: Callable[[dict[str, Any]], bool],
@@ -486,16 +482,13 @@ class ProxyProcess:
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS in /proc/<pid>/status")
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 15.0) -> int | None:
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        return processes.stop(self.process, timeout)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        if self.process is not None:
+            processes.kill(self.process, 10)
 
     def log(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,6 +1,8 @@
 """Real replica processes for integration tests: start ``twistd distpotify``, talk HTTP, kill.
 
 Everything binds to 127.0.0.1 on free ports; waits poll with a deadline, never sleep blindly.
+The command line, the start, the wait and the stop come from distpotify.cli.processes,
+shared with every other place that runs replicas.
 """
 
 from __future__ import annotations
@@ -9,10 +11,8 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +20,11 @@ from typing import Any, TypeVar
 
 import attrs
 
-TWISTD = Path(sys.executable).with_name("twistd")
+from distpotify.cli import processes
+from distpotify.cli.processes import ReplicaCommand
+
+# The twistd script, for tests that run it by hand (with bad options, say).
+TWISTD = Path(processes.twistd()[0])
 T = TypeVar("T")
 
 
@@ -135,19 +139,16 @@ class ReplicaProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [
-            str(TWISTD), "-n", "--pidfile=", f"--logfile={self.log_path}", "distpotify",
-            "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
-            "--http-port", str(self.http_port), "--amp-port", str(self.amp_port),
-            "--cluster", self.cluster, "--multicast-port", str(self.heartbeat_port),
-            *self.extra,
-        ]
+        return ReplicaCommand(
+            node_id=self.node_id, data_dir=self.data_dir, http_port=self.http_port,
+            amp_port=self.amp_port, cluster=self.cluster, multicast_port=self.heartbeat_port,
+            extra=self.extra,
+        ).argv(logfile=self.log_path)
 
     def start(self, wait: bool = True) -> ReplicaProcess:
-        env = {**os.environ, **(self.env or {})}
-        self.process = subprocess.Popen(
-            self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        # In the test run's own session: an interrupted run takes its replicas with it.
+        self.process = processes.spawn(self.command(), output=subprocess.PIPE, env=self.env,
+                                       own_session=False)
         if wait:
             self.wait_ready()
         return self
@@ -173,7 +174,10 @@ class ReplicaProcess:
                 return status
             return None
 
-        return wait_until(ready, timeout, what=f"replica {self.node_id} to be ACTIVE")
+        assert self.process is not None
+        return processes.wait_ready(ready, what=f"replica {self.node_id} (ACTIVE, a leader known)",
+                                    timeout=timeout, child=self.process, logs=[self.log_path],
+                                    interval=0.02)
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
             ) -> Response:
@@ -188,16 +192,13 @@ class ReplicaProcess:
 
     def kill(self) -> None:
         """SIGKILL, the crash no code can intercept."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        if self.process is not None:
+            processes.kill(self.process, 10)
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait: a clean shutdown."""
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait: a clean shutdown (SIGKILL if it takes longer than TIMEOUT)."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        return processes.stop(self.process, timeout)
 
     def log(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

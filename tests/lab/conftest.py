@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from distpotify.testing.lab import Lab
-from distpotify.testing.netns import list_netns, unavailable_reason
+from lab.lab import Lab
+from lab.netns import list_netns, unavailable_reason
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distpotify.testing.checker import ReplicaView, converged, divergence, missing_writes
-from distpotify.testing.report import Check, Report
-from distpotify.testing.workload import Operation
+from lab.checker import ReplicaView, converged, divergence, missing_writes
+from lab.report import Check, Report
+from lab.workload import Operation
 
 SONG, OTHER, PLAYLIST = "song-a", "song-b", "playlist-a"
 

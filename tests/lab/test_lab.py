@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from distpotify.testing.lab import LAB_BASE, Lab, clean_stale_labs, twistd_plugins
-from distpotify.testing.nemesis import Nemesis
-from distpotify.testing.netns import list_netns, netns_inode, netns_pids
-from distpotify.testing.netns import processes_in_netns_inodes as processes_in
+from lab.lab import LAB_BASE, Lab, clean_stale_labs, twistd_plugins
+from lab.nemesis import Nemesis
+from lab.netns import list_netns, netns_inode, netns_pids
+from lab.netns import processes_in_netns_inodes as processes_in
 
 pytestmark = [pytest.mark.lab]
 
@@ -94,7 +94,7 @@ def test_a_lab_whose_owner_was_killed_is_removed_by_the_next_run(tmp_path: Path)
     owner = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import threading
-            from distpotify.testing.lab import Lab
+            from lab.lab import Lab
             lab = Lab(2, replica="standin", echo=lambda line: None).start()
             print(lab.prefix, flush=True)
             threading.Event().wait(60)

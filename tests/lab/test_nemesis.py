@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from distpotify.testing.lab import HTTP_PORT, Lab
-from distpotify.testing.nemesis import Nemesis
-from distpotify.testing.workload import make_wav
+from lab.lab import HTTP_PORT, Lab
+from lab.nemesis import Nemesis
+from lab.workload import make_wav
 
 pytestmark = [pytest.mark.lab]
 

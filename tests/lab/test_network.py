@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from distpotify.testing import probes
-from distpotify.testing.lab import HTTP_PORT, Lab
-from distpotify.testing.nemesis import Nemesis
-from distpotify.testing.network import Host
+from lab import probes
+from lab.lab import HTTP_PORT, Lab
+from lab.nemesis import Nemesis
+from lab.network import Host
 
 TEST_GROUP = probes.HEARTBEAT_GROUP
 TEST_PORT = 7947  # beside the replicas' 7946, so their heartbeats do not mix in

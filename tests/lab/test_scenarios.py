@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distpotify.testing import scenarios
+from lab import scenarios
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 

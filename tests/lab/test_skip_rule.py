@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from distpotify.testing import netns
+from lab import netns
 
 
 def test_without_root_the_reason_names_root(monkeypatch: pytest.MonkeyPatch) -> None:

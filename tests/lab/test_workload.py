@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from distpotify.testing import checker
-from distpotify.testing.lab import Lab
-from distpotify.testing.nemesis import Nemesis
-from distpotify.testing.workload import Workload
+from lab import checker
+from lab.lab import Lab
+from lab.nemesis import Nemesis
+from lab.workload import Workload
 
 pytestmark = [pytest.mark.lab]
 

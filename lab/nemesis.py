@@ -16,9 +16,9 @@ from typing import Any
 
 import attrs
 
-from distpotify.testing.lab import Lab
-from distpotify.testing.netns import LabError
-from distpotify.testing.network import LabNetwork
+from lab.lab import Lab
+from lab.netns import LabError
+from lab.network import LabNetwork
 
 PROXY = "proxy"
 

@@ -7,28 +7,22 @@ heartbeats 7946, TTL 1), and removes everything it made when closed, even after 
 a signal; ``clean_stale_labs`` (run by every new lab) removes what a SIGKILLed run left.
 The root namespace gets no interface, address or route: a client reaches a replica from
 inside some host's namespace (``Lab.client``; by hand ``ip netns exec <namespace> curl
-http://10.77.0.2:8000/status``). Faults are in ``nemesis.py``, scenarios in ``scenarios.py``.
-
-    python -m distpotify.testing.lab scenario follower-crash    # or: make lab SCENARIO=...
-    python -m distpotify.testing.lab list | check | clean | up
+http://10.77.0.2:8000/status``). Faults are in ``nemesis.py``, scenarios in ``scenarios.py``,
+the command line (``python -m lab``, ``make lab``) in ``__main__.py``.
 """
 # test-case-name: tests.lab.test_lab
 
 from __future__ import annotations
 
-import argparse
 import atexit
-import contextlib
 import functools
 import os
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,9 +30,11 @@ from typing import Any
 
 import attrs
 
-from distpotify.testing.client import LabClient
-from distpotify.testing.netns import LabError, list_netns, netns_exec, unavailable_reason
-from distpotify.testing.network import Host, LabNetwork, remove_namespaces
+from distpotify.cli import processes
+from distpotify.cli.processes import ProxyCommand, ReplicaCommand
+from lab.client import LabClient
+from lab.netns import LabError, list_netns, netns_exec
+from lab.network import Host, LabNetwork, remove_namespaces
 
 LAB_BASE = Path("/tmp/distpotify-lab")
 HTTP_PORT = 8000
@@ -85,15 +81,6 @@ def twistd_plugins() -> frozenset[str]:
         return frozenset(maker.tapname for maker in getPlugins(IServiceMaker))
     except Exception:  # a half-written plugin must not break the lab's other work
         return frozenset()
-
-
-def _twistd() -> str:
-    found = shutil.which("twistd", path=str(Path(sys.executable).parent)) or shutil.which(
-        "twistd"
-    )
-    if found is None:
-        raise LabError("twistd is not installed in this environment")
-    return found
 
 
 def _pid_alive(pid: int) -> bool:
@@ -224,18 +211,15 @@ class Lab:
     # -- replicas -------------------------------------------------------------------------
 
     def replica_command(self, replica: Replica) -> list[str]:
-        options = [
-            "--node-id", str(replica.node_id), "--data-dir", str(replica.data_dir),
-            "--host", "0.0.0.0", "--advertise-host", replica.host.address,
-            "--http-port", str(HTTP_PORT), "--amp-port", str(AMP_PORT),
-            "--cluster", self.prefix,
-            "--multicast-interface", replica.host.address, "--multicast-ttl", "1",
-            *self.replica_args,
-        ]
+        command = ReplicaCommand(
+            node_id=replica.node_id, data_dir=replica.data_dir, host="0.0.0.0",
+            advertise_host=replica.host.address, http_port=HTTP_PORT, amp_port=AMP_PORT,
+            cluster=self.prefix, multicast_interface=replica.host.address, multicast_ttl=1,
+            extra=self.replica_args,
+        )
         if self.replica_kind == "standin":
-            return [sys.executable, "-m", "distpotify.testing.standin", *options]
-        return [_twistd(), "-n", "--pidfile=", f"--logfile={replica.log}", "distpotify",
-                *options]
+            return [sys.executable, "-m", "lab.standin", *command.options()]
+        return command.argv(logfile=replica.log)
 
     def start_replica(self, node_id: int, wait: bool = True) -> None:
         replica = self.replicas[node_id]
@@ -252,13 +236,11 @@ class Lab:
     def stop_replica(self, node_id: int, graceful: bool = True) -> None:
         """SIGTERM (then SIGKILL after a deadline) or straight SIGKILL; reaps the process."""
         replica = self.replicas[node_id]
-        process = replica.process
-        if process is not None and process.poll() is None and graceful:
-            process.send_signal(signal.SIGTERM)
-            process.send_signal(signal.SIGCONT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=STOP_TIMEOUT)
-        _kill(process)
+        if replica.process is not None:
+            if graceful:
+                processes.stop(replica.process, STOP_TIMEOUT)
+            else:
+                processes.kill(replica.process, STOP_TIMEOUT)
         replica.process = None
         replica.paused = False
 
@@ -274,19 +256,15 @@ class Lab:
     def wait_ready(self, node_ids: Iterable[int], timeout: float | None = None) -> None:
         """Poll each replica's /status from its own host until it answers 200."""
         deadline = time.monotonic() + (timeout or self.ready_timeout)
-        waiting = set(node_ids)
-        while waiting:
-            for node_id in sorted(waiting):
-                replica = self.replicas[node_id]
-                if not replica.running:
-                    raise LabError(f"node {node_id} exited while starting:\n{self.tail(node_id)}")
-                if self.status(node_id, timeout=1.0) is not None:
-                    waiting.discard(node_id)
-            if waiting and time.monotonic() > deadline:
-                raise LabError(f"nodes {sorted(waiting)} did not answer /status in time:\n"
-                               + "\n".join(self.tail(n) for n in sorted(waiting)))
-            if waiting:
-                time.sleep(0.1)
+        for node_id in sorted(node_ids):
+            replica = self.replicas[node_id]
+            if replica.process is None:
+                raise LabError(f"node {node_id} is not running")
+            self._wait(
+                functools.partial(self.status, node_id, 1.0), f"node {node_id}",
+                deadline - time.monotonic(), replica.process,
+                [self.dir / f"node{node_id}.out", replica.log],
+            )
 
     def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any] | None:
         """The replica's /status, asked from its own host; None when it does not answer."""
@@ -303,134 +281,38 @@ class Lab:
             host = self.replicas[host].host
         return LabClient(host.netns, timeout)
 
-    def tail(self, node_id: int, lines: int = 15) -> str:
-        text = []
-        for path in (self.dir / f"node{node_id}.out", self.replicas[node_id].log):
-            if path.exists():
-                text += path.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(f"  node{node_id}| {line}" for line in text)
-
     # -- proxy ----------------------------------------------------------------------------
 
     def start_proxy(self) -> None:
         if self.proxy is None:
             raise LabError("this lab was built without a proxy host (Lab(proxy=True))")
-        backends = ",".join(f"{r.host.address}:{HTTP_PORT}" for r in self.replicas.values())
-        command = [_twistd(), "-n", "--pidfile=", f"--logfile={self.dir / 'proxy.log'}",
-                   "distpotify-proxy", "--host", "0.0.0.0", "--port", str(PROXY_PORT),
-                   "--backends", backends]
-        self.proxy_process = self._spawn(self.proxy, command, self.dir / "proxy.out")
-        deadline = time.monotonic() + self.ready_timeout
-        client = self.client(self.proxy)
-        while True:
-            if self.proxy_process.poll() is not None:
-                out = (self.dir / "proxy.out").read_text(errors="replace")
-                raise LabError(f"the proxy exited while starting:\n{out[-2000:]}")
-            try:
-                client.request("GET", self.proxy.address, PROXY_PORT, "/proxy/status",
-                               timeout=1.0)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise LabError("the proxy did not answer in time") from None
-                time.sleep(0.1)
+        proxy = self.proxy
+        backends = [f"{r.host.address}:{HTTP_PORT}" for r in self.replicas.values()]
+        command = ProxyCommand(backends=backends, host="0.0.0.0", port=PROXY_PORT)
+        self.proxy_process = self._spawn(proxy, command.argv(logfile=self.dir / "proxy.log"),
+                                         self.dir / "proxy.out")
+        client = self.client(proxy)
+
+        def answers() -> bool:
+            client.request("GET", proxy.address, PROXY_PORT, "/proxy/status", timeout=1.0)
+            return True
+
+        self._wait(answers, "the proxy", self.ready_timeout, self.proxy_process,
+                   [self.dir / "proxy.out", self.dir / "proxy.log"])
 
     def _spawn(self, host: Host, command: list[str], out: Path) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(out, "ab") as output:
-            return subprocess.Popen(
-                netns_exec(host.netns, *command),
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                cwd=self.dir, env=env, start_new_session=True,
-            )
+        return processes.spawn(netns_exec(host.netns, *command), output=out,
+                               env={"PYTHONUNBUFFERED": "1"}, cwd=self.dir)
+
+    def _wait(self, probe: Callable[[], object], what: str, timeout: float,
+              process: subprocess.Popen[bytes], logs: list[Path]) -> None:
+        try:
+            processes.wait_ready(probe, what=what, timeout=max(0.0, timeout), child=process,
+                                 logs=logs, interval=0.1)
+        except processes.ChildError as exc:
+            raise LabError(str(exc)) from None
 
 
 def _kill(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None:
-        return
-    if process.poll() is None:
-        process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_TIMEOUT)
-
-
-# -- command line -----------------------------------------------------------------------------
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from distpotify.testing import scenarios  # here: scenarios import this module
-
-    parser = argparse.ArgumentParser(
-        prog="python -m distpotify.testing.lab",
-        description="Run Distpotify replicas in network namespaces and inject faults.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("scenario", help="run a scenario and print its report")
-    run.add_argument("name", choices=sorted(scenarios.SCENARIOS))
-    run.add_argument("--nodes", type=int, default=3)
-    run.add_argument("--out", type=Path, help="where the report and logs go")
-    run.add_argument("--replica", choices=REPLICA_KINDS, default="twistd")
-    run.add_argument("--shaper", choices=("auto", "netem", "delayline"), default="auto")
-    run.add_argument("--entry", default="leader", help="leader, proxy or a node id")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--convergence-timeout", type=float, default=30.0,
-                     help="seconds the replicas get to agree once the faults end")
-    run.add_argument("--replica-args", default="",
-                     help='extra replica options, e.g. "--anti-entropy-interval 2"')
-    commands.add_parser("list", help="list the scenarios")
-    commands.add_parser("check", help="say whether the lab can run on this machine")
-    commands.add_parser("clean", help="remove labs left behind by killed runs")
-    up = commands.add_parser("up", help="start a lab and keep it until Ctrl-C")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--replica", choices=REPLICA_KINDS, default="auto")
-    up.add_argument("--hold", type=float, default=3600.0, help="seconds before it is removed")
-    args = parser.parse_args(argv)
-
-    if args.command == "list":
-        for name, scenario in sorted(scenarios.SCENARIOS.items()):
-            print(f"{name:28} {scenario.summary}")
-        return 0
-    reason = unavailable_reason()
-    if args.command == "check":
-        print(reason or "the lab can run here")
-        return 2 if reason else 0
-    if reason:
-        print(f"cannot run the lab: {reason}", file=sys.stderr)
-        return 2
-    # Whatever stops the command, the lab is removed on the way out (Lab.close in finally).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
-    if args.command == "clean":
-        removed = clean_stale_labs()
-        print(f"removed {len(removed)} stale lab(s)")
-        return 0
-    if args.command == "up":
-        with Lab(args.nodes, replica=args.replica) as lab:
-            for replica in lab.replicas.values():
-                print(f"node {replica.node_id}: ip netns exec {replica.host.netns} "
-                      f"curl http://{replica.host.address}:{HTTP_PORT}/status")
-            print(f"Ctrl-C (or {args.hold:.0f} s) removes the lab", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait(args.hold)
-        return 0
-    try:
-        report = scenarios.run(
-            args.name, nodes=args.nodes, out=args.out, replica=args.replica,
-            shaper=args.shaper, entry=args.entry, seed=args.seed,
-            replica_args=shlex.split(args.replica_args),
-            convergence_timeout=args.convergence_timeout,
-        )
-    except KeyboardInterrupt:
-        print("interrupted: the lab was removed, no report", file=sys.stderr)
-        return 130
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if process is not None:
+        processes.kill(process, STOP_TIMEOUT)

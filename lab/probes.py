@@ -10,8 +10,8 @@ import socket
 import statistics
 import time
 
-from distpotify.testing.netns import socket_in
-from distpotify.testing.network import Host
+from lab.netns import socket_in
+from lab.network import Host
 
 HEARTBEAT_GROUP = "239.255.77.77"
 

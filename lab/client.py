@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from distpotify.testing.netns import socket_in
+from lab.netns import socket_in
 
 DEFAULT_TIMEOUT = 5.0
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
-from distpotify.testing.lab import HTTP_PORT, Lab
-from distpotify.testing.workload import Operation
+from lab.lab import HTTP_PORT, Lab
+from lab.workload import Operation
 
 PAGE = 100
 MAX_PAGES = 200

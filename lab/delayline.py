@@ -2,7 +2,7 @@
 delaying (and optionally dropping) the frames a host sends, for kernels without sch_netem.
 
 Run by the lab inside the bridge namespace:
-``python -m distpotify.testing.delayline --host-side IF --bridge-side IF --delay S --loss P``.
+``python -m lab.delayline --host-side IF --bridge-side IF --delay S --loss P``.
 Frames keep their virtio-net header (PACKET_VNET_HDR), so checksum offload and GSO survive
 the trip through userspace. It prints ``ready`` once both sockets are bound, and exits with
 its parent.

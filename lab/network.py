@@ -21,7 +21,7 @@ from pathlib import Path
 
 import attrs
 
-from distpotify.testing.netns import LabError, ip, list_netns, netns_exec, netns_pids, run
+from lab.netns import LabError, ip, list_netns, netns_exec, netns_pids, run
 
 SUBNET = "10.77.0.0/24"
 MULTICAST_ROUTE = "239.0.0.0/8"
@@ -253,7 +253,7 @@ class LabNetwork:
         with log:
             process = subprocess.Popen(
                 netns_exec(
-                    self.bridge_netns, sys.executable, "-m", "distpotify.testing.delayline",
+                    self.bridge_netns, sys.executable, "-m", "lab.delayline",
                     "--host-side", host.port, "--bridge-side", line_side,
                     "--delay", repr(delay), "--loss", repr(loss),
                 ),

@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 
-from distpotify.testing.client import Answer
-from distpotify.testing.lab import HTTP_PORT, PROXY_PORT, Lab
+from lab.client import Answer
+from lab.lab import HTTP_PORT, PROXY_PORT, Lab
 
 WRITE_TIMEOUT = 5.0
 READ_TIMEOUT = 2.0

@@ -5,7 +5,7 @@ with TTL 0, so nothing leaves the machine), data and logs under ./data/, the pro
 It prints where to go, offers demo tracks (made here, never downloaded) while the library is
 empty, and stops every process it started on Ctrl-C.
 """
-# test-case-name: tests.unit.test_proxy_localcluster
+# test-case-name: tests.unit.test_cli_cluster, tests.integration.test_cli_cluster
 
 from __future__ import annotations
 
@@ -13,26 +13,22 @@ import argparse
 import contextlib
 import http.client
 import json
-import math
-import os
-import shutil
 import signal
 import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from distpotify.cli.demo import DEMOS, demo_file
+from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
+
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 
 
 @attrs.frozen
@@ -46,82 +42,25 @@ class Layout:
     cluster: str = "distpotify"
     multicast_port: int = 7946
 
-    def replica_command(self, twistd: str, index: int) -> list[str]:
+    def replica_log(self, index: int) -> Path:
+        return self.data / f"node{index + 1}.log"
+
+    def replica_command(self, index: int) -> list[str]:
         node_id = index + 1
-        return [
-            twistd, "-n", "--pidfile=", f"--logfile={self.data / f'node{node_id}.log'}",
-            "distpotify", "--node-id", str(node_id),
-            "--data-dir", str(self.data / f"node{node_id}"),
-            "--host", HOST, "--advertise-host", HOST,
-            "--http-port", str(self.http_ports[index]), "--amp-port", str(self.amp_ports[index]),
-            "--cluster", self.cluster, "--multicast-port", str(self.multicast_port),
-            "--multicast-interface", HOST, "--multicast-ttl", "0",
-        ]
+        return ReplicaCommand(
+            node_id=node_id, data_dir=self.data / f"node{node_id}", host=HOST,
+            advertise_host=HOST, http_port=self.http_ports[index],
+            amp_port=self.amp_ports[index], cluster=self.cluster,
+            multicast_port=self.multicast_port, multicast_interface=HOST, multicast_ttl=0,
+        ).argv(logfile=self.replica_log(index))
 
-    def proxy_command(self, twistd: str) -> list[str]:
-        backends = ",".join(f"{HOST}:{port}" for port in self.http_ports)
-        return [
-            twistd, "-n", "--pidfile=", f"--logfile={self.data / 'proxy.log'}",
-            "distpotify-proxy", "--host", HOST, "--port", str(self.proxy_port),
-            "--backends", backends,
-        ]
+    def proxy_log(self) -> Path:
+        return self.data / "proxy.log"
 
-
-# ---------------------------------------------------------------- demo tracks
-
-
-@attrs.frozen
-class Demo:
-    title: str
-    artist: str
-    album: str
-    notes: tuple[float, ...]  # Hz, played one after another, each for seconds / len(notes)
-    seconds: float
-
-
-DEMOS = (
-    Demo("A440", "The Oscillators", "Distpotify Demo", (440.0,), 20.0),
-    Demo("C Major Arpeggio", "The Oscillators", "Distpotify Demo",
-         (261.63, 329.63, 392.00, 523.25) * 8, 16.0),
-    Demo("Slow Descent", "The Oscillators", "Distpotify Demo",
-         tuple(440.0 * 2 ** (-n / 12) for n in range(12)), 24.0),
-)
-
-
-def tone_wav(path: Path, notes: Sequence[float], seconds: float, rate: int = 22050) -> Path:
-    """A mono 16-bit WAV playing ``notes`` in turn, each softly faded in and out (no clicks)."""
-    per_note = max(1, int(seconds * rate / len(notes)))
-    fade = max(1, min(per_note // 8, rate // 50))
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        for frequency in notes:
-            step = 2 * math.pi * frequency / rate
-            frames = bytearray()
-            for i in range(per_note):
-                envelope = min(1.0, i / fade, (per_note - i) / fade)
-                frames += struct.pack("<h", int(12000 * envelope * math.sin(step * i)))
-            out.writeframes(bytes(frames))
-    return path
-
-
-def demo_file(demo: Demo, directory: Path) -> tuple[Path, str]:
-    """The demo as MP3 when ffmpeg can encode one, else as WAV; (file, content type)."""
-    wav = tone_wav(directory / f"{demo.title}.wav", demo.notes, demo.seconds)
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is not None:
-        mp3 = directory / f"{demo.title}.mp3"
-        tags = ["-metadata", f"title={demo.title}", "-metadata", f"artist={demo.artist}",
-                "-metadata", f"album={demo.album}"]
-        done = subprocess.run(
-            [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav),
-             *tags, "-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3", str(mp3)],
-            capture_output=True, timeout=120, check=False,
-        )
-        if done.returncode == 0:
-            return mp3, "audio/mpeg"
-    return wav, "audio/wav"
+    def proxy_command(self) -> list[str]:
+        backends = [f"{HOST}:{port}" for port in self.http_ports]
+        return ProxyCommand(backends=backends, host=HOST, port=self.proxy_port).argv(
+            logfile=self.proxy_log())
 
 
 def add_demos(port: int, say: Any = print) -> int:
@@ -143,50 +82,7 @@ def add_demos(port: int, say: Any = print) -> int:
     return stored
 
 
-# ---------------------------------------------------------------- processes
-
-
-class Supervisor:
-    """The processes of the local cluster, each in its own session: Ctrl-C reaches only us,
-    and we stop them in order (the proxy first, then the replicas) by pid."""
-
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOTIFY_")}
-        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
-        self.children.append((name, child, log))
-        return child
-
-    def exited(self) -> Iterator[tuple[str, int, Path]]:
-        for name, child, log in list(self.children):
-            code = child.poll()
-            if code is not None:
-                self.children.remove((name, child, log))
-                yield name, code, log
-
-    def stop_all(self) -> None:
-        for _, child, _ in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for _, child, _ in reversed(self.children):
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(STOP_TIMEOUT)
-        self.children.clear()
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"(no log: {e.strerror})"
+# ---------------------------------------------------------------- the running cluster
 
 
 def _http(port: int, method: str, path: str, body: bytes | None = None,
@@ -270,7 +166,7 @@ def want_demos(choice: bool | None) -> bool:
     return answer.strip().lower() in ("", "y", "yes")
 
 
-def run(layout: Layout, demo: bool | None, twistd: str) -> int:
+def run(layout: Layout, demo: bool | None) -> int:
     busy = busy_ports(layout)
     if busy:
         print(f"distpotify-cluster: port(s) {', '.join(map(str, busy))} on {HOST} already in"
@@ -285,31 +181,26 @@ def run(layout: Layout, demo: bool | None, twistd: str) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for index in range(len(layout.http_ports)):
-            supervisor.start(f"replica {index + 1}", layout.replica_command(twistd, index),
-                             layout.data / f"node{index + 1}.log")
-        supervisor.start("proxy", layout.proxy_command(twistd), layout.data / "proxy.log")
+            supervisor.start(f"replica {index + 1}", layout.replica_command(index),
+                             layout.replica_log(index))
+        supervisor.start("proxy", layout.proxy_command(), layout.proxy_log())
         print(f"starting {len(layout.http_ports)} replicas and the proxy"
               f" (logs in {layout.data}/) ...")
-        deadline = time.monotonic() + READY_TIMEOUT
-        view = None
-        while view is None:
-            for name, code, log in supervisor.exited():
-                print(f"distpotify-cluster: {name} exited with status {code}:\n{tail(log)}",
-                      file=sys.stderr)
-                return 1
-            if time.monotonic() > deadline:
-                print(f"distpotify-cluster: no leader after {READY_TIMEOUT:.0f} s; see the"
-                      f" logs in {layout.data}/", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-            view = cluster_view(layout)
+        try:
+            view = supervisor.wait_ready(lambda: cluster_view(layout), timeout=READY_TIMEOUT,
+                                         what="the cluster (a leader, every replica)",
+                                         interval=0.2)
+        except ChildError as e:
+            print(f"distpotify-cluster: {e}\nsee the logs in {layout.data}/", file=sys.stderr)
+            return 1
         print(banner(layout, view))
         if library_size(layout) == 0 and want_demos(demo):
             print(f"added {add_demos(layout.proxy_port)} demo tracks")
         print("running; Ctrl-C stops everything", flush=True)
         while True:
-            for name, code, _ in supervisor.exited():
-                print(f"{name} exited (status {code}); the others go on", flush=True)
+            for child in supervisor.exited():
+                print(f"{child.name} exited (status {child.process.returncode}); the others"
+                      " go on", flush=True)
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0
@@ -351,8 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--http-ports and --amp-ports need the same number of ports")
     layout = Layout(args.data, args.http_ports, args.amp_ports, args.proxy_port, args.cluster,
                     args.multicast_port)
-    twistd = str(Path(sys.executable).with_name("twistd"))
-    return run(layout, args.demo, twistd)
+    return run(layout, args.demo)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from typing import Any
 
 import attrs
 
-from distpotify.testing import checker
-from distpotify.testing.lab import Echo, Lab, echo_stderr, twistd_plugins
-from distpotify.testing.nemesis import Nemesis
-from distpotify.testing.netns import LabError
-from distpotify.testing.report import Check, Report
-from distpotify.testing.workload import Operation, Workload
+from lab import checker
+from lab.lab import Echo, Lab, echo_stderr, twistd_plugins
+from lab.nemesis import Nemesis
+from lab.netns import LabError
+from lab.report import Check, Report
+from lab.workload import Operation, Workload
 
 RESULTS = Path("/tmp/distpotify-lab-results")
 LEADER_TIMEOUT = 10.0

@@ -1,0 +1,47 @@
+"""``distpotify-cluster``: the command lines it runs and the banner it prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distpotify.cli.cluster import Layout, banner
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_replicas_keep_their_heartbeats_on_this_machine() -> None:
+    command = Layout().replica_command(1)
+
+    joined = " ".join(command)
+    assert command[1:3] == ["-n", "--pidfile="]
+    assert "--node-id 2" in joined and "--data-dir data/node2" in joined
+    assert "--http-port 8002" in joined and "--amp-port 9002" in joined
+    assert "--multicast-interface 127.0.0.1" in joined and "--multicast-ttl 0" in joined
+    assert "--host 127.0.0.1" in joined and "--advertise-host 127.0.0.1" in joined
+
+
+def test_each_process_logs_to_its_own_file_under_the_data_dir() -> None:
+    layout = Layout(data=Path("/srv/cluster"))
+
+    assert "--logfile=/srv/cluster/node3.log" in layout.replica_command(2)
+    assert "--logfile=/srv/cluster/proxy.log" in layout.proxy_command()
+
+
+def test_the_proxy_fronts_every_replica_on_8080() -> None:
+    joined = " ".join(Layout().proxy_command())
+
+    assert "distpotify-proxy --host 127.0.0.1 --port 8080" in joined
+    assert "--backends 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003" in joined
+
+
+def test_the_banner_says_where_to_go() -> None:
+    view = {"backends": [
+        {"http": f"http://127.0.0.1:800{i}", "node_id": i,
+         "role": "leader" if i == 3 else "follower"} for i in (1, 2, 3)]}
+
+    text = banner(Layout(), view)
+
+    assert "http://127.0.0.1:8080/" in text and "/proxy/status" in text
+    assert "http://127.0.0.1:8003/status (leader)" in text

@@ -1,0 +1,103 @@
+"""The twistd command lines of a replica and the proxy, built in one place."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distpotify.cli.processes import (
+    ProxyCommand,
+    ReplicaCommand,
+    child_env,
+    twistd,
+    twistd_command,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def replica(**options: Any) -> ReplicaCommand:
+    return ReplicaCommand(node_id=2, data_dir=Path("d/node2"), http_port=8002, amp_port=9002,
+                          **options)
+
+
+def test_a_child_runs_in_the_foreground_without_a_pid_file() -> None:
+    argv = twistd_command("web", "--path", "/srv")
+
+    assert argv[len(twistd()):] == ["-n", "--pidfile=", "web", "--path", "/srv"]
+
+
+def test_a_logfile_goes_before_the_command() -> None:
+    argv = replica().argv(logfile=Path("/var/log/node2.log"))
+
+    rest = argv[len(twistd()):]
+    assert rest[:4] == ["-n", "--pidfile=", "--logfile=/var/log/node2.log", "distpotify"]
+
+
+def test_options_left_unset_keep_the_replicas_own_defaults() -> None:
+    assert replica().options() == [
+        "--node-id", "2", "--data-dir", "d/node2", "--http-port", "8002", "--amp-port", "9002",
+    ]
+
+
+def test_every_replica_option_set_is_passed() -> None:
+    options = replica(host="0.0.0.0", advertise_host="10.0.0.2", cluster="c",
+                      multicast_port=7946, multicast_interface="10.0.0.2",
+                      multicast_ttl=0).options()
+
+    assert options == [
+        "--node-id", "2", "--data-dir", "d/node2", "--host", "0.0.0.0",
+        "--advertise-host", "10.0.0.2", "--http-port", "8002", "--amp-port", "9002",
+        "--cluster", "c", "--multicast-port", "7946", "--multicast-interface", "10.0.0.2",
+        "--multicast-ttl", "0",
+    ]
+
+
+def test_extra_options_come_last_so_they_can_override() -> None:
+    options = replica(host="127.0.0.1", extra=["--chunk-size", "32K", "--host", "::1"]).options()
+
+    assert options[-4:] == ["--chunk-size", "32K", "--host", "::1"]
+
+
+def test_the_proxy_fronts_every_backend_given() -> None:
+    argv = ProxyCommand(backends=["a:1", "b:2"], port=8080, extra=["--write-hold", "1"]).argv()
+
+    assert argv[len(twistd()):] == [
+        "-n", "--pidfile=", "distpotify-proxy", "--port", "8080", "--backends", "a:1,b:2",
+        "--write-hold", "1",
+    ]
+
+
+def test_twistd_is_the_script_beside_this_python() -> None:
+    beside = Path(sys.executable).with_name("twistd")
+    if not beside.exists():
+        pytest.skip("no twistd beside this Python (not a virtualenv)")
+
+    assert twistd() == [str(beside)]
+
+
+def test_without_a_twistd_script_python_runs_twistds_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    argv = twistd()
+
+    assert argv[:2] == [str(tmp_path / "python"), "-c"]
+    assert "twisted.scripts.twistd" in argv[2]
+
+
+def test_a_child_is_not_configured_by_the_callers_distpotify_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISTPOTIFY_NODE_ID", "7")
+    monkeypatch.setenv("UNRELATED", "kept")
+
+    env = child_env({"DISTPOTIFY_CHUNK_SIZE": "32K"})
+
+    assert "DISTPOTIFY_NODE_ID" not in env
+    assert env["UNRELATED"] == "kept" and env["DISTPOTIFY_CHUNK_SIZE"] == "32K"
