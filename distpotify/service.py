@@ -233,14 +233,14 @@ def build_replica(
     *,
     run_db: Runner | None = None,
     blocking: Runner | None = None,
-    http: HTTPClient | None = None,
+    http_client: HTTPClient | None = None,
     leadership: Leadership | None = None,
 ) -> ReplicaService:
     """The replica ``config`` describes, its data dir opened and recovered, ready to start.
 
     The defaults are production's: SQLite on the database thread (``run_db``), blocking work
     such as hashing and chunk files on ``reactor``'s thread pool (``blocking``), a pooled
-    HTTP client to the other replicas, the cluster node as the ``leadership`` that decides
+    ``http_client`` to the other replicas, the cluster node as the ``leadership`` that decides
     who writes. The in-memory test replica gives runners that call at once, a StubTreq
     client, a Clock as ``reactor`` and a leadership stand-in, and never starts the service.
     Raises ConfigError when the data dir is not usable.
@@ -267,7 +267,7 @@ def build_replica(
     leadership = leadership or cluster
     replication = ReplicationNode(
         config, reactor, store, chunks, cluster, leadership,
-        PeerClient(http or make_http_client(reactor), reactor), blocking,
+        PeerClient(http_client or make_http_client(reactor), reactor), blocking,
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,
                       on_written=replication.written)

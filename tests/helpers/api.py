@@ -83,7 +83,7 @@ class InMemoryReplica:
         self.service = build_replica(
             ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size), self.clock,
             run_db=run_now, blocking=run_now,
-            http=HTTPClient(RequestTraversalAgent(Resource())),
+            http_client=HTTPClient(RequestTraversalAgent(Resource())),
             leadership=leadership or LoneLeader(),
         )
         self.db = self.service.db
