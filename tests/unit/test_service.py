@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from distpotify.config import ReplicaConfig
-from distpotify.service import ReplicaService, build_replica
+from distpotify.service import ReplicaService, build_replica, thread_runner
 from tests.helpers.api import LoneLeader, run_now
 
 FAILURE_TIMEOUT = 0.75
@@ -192,3 +192,34 @@ def test_build_replica_assembles_the_tree_in_start_up_order(tmp_path: Path) -> N
         "active-at record", "anti-entropy", "scrub", "tombstone purge"]
     replica.privilegedStartService()
     assert reactor.tcpServers == []  # no port is bound before its turn in startService
+
+
+class InlinePool:
+    """A thread pool that runs each call at once, recording it."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
+        self.calls.append(f)
+        on_result(True, f(*args, **kw))
+
+
+class PoolReactor:
+    def __init__(self) -> None:
+        self.pool = InlinePool()
+
+    def getThreadPool(self) -> InlinePool:
+        return self.pool
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def test_blocking_work_runs_on_the_given_reactors_thread_pool() -> None:
+    reactor = PoolReactor()
+
+    done = thread_runner(reactor)(sorted, [3, 1, 2])
+
+    assert reactor.pool.calls == [sorted]
+    assert done.result == [1, 2, 3]
