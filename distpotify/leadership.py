@@ -14,6 +14,10 @@ class Leadership(Protocol):
     def epoch(self) -> int:
         """The epoch this replica knows (its own while it leads)."""
 
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica leads now (it pushes, purges and answers joins)."""
+
     def require_leader(self) -> None:
         """Return if this replica may write now, else raise NotLeader naming the leader."""
 

@@ -1,10 +1,11 @@
-"""ReplicaService: one replica wired into one service on one reactor.
+"""A replica as a tree of services, and ``build_replica``, the one place its parts are wired.
 
-Start-up order: data dirs, database (recovering from any crash: temp and orphan chunk files
-removed), heartbeat and AMP ports, one failure timeout of listening (a duplicate node id stops
-us here), then the HTTP port; shutdown closes them in reverse.
+Built: data dirs, database (recovering from any crash: temp and orphan chunk files removed).
+Started: heartbeat and AMP ports, one failure timeout of listening (a duplicate node id stops
+us here), the HTTP port, founding, rejoining or joining the cluster, the periodic jobs.
+Stopped: the reverse, one part after the other, the database closed last.
 """
-# test-case-name: tests.integration.test_replica
+# test-case-name: tests.unit.test_service, tests.integration.test_replica
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application import service
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.application.internet import TCPServer
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -29,11 +33,14 @@ from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
+from distpotify.leadership import Leadership
 from distpotify.library import Library
 from distpotify.metrics import ReplicaMetrics
+from distpotify.model import Version
+from distpotify.replication.client import PeerClient, make_http_client
 from distpotify.replication.node import ReplicationNode
 from distpotify.store.chunks import ChunkStore
-from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
 
 log = Logger()
@@ -73,111 +80,214 @@ def open_database(config: ReplicaConfig) -> MetadataDB:
         return MetadataDB(path, config.node_id)
 
 
-class ReplicaService(service.Service):
-    def __init__(self, config: ReplicaConfig, reactor: Any) -> None:
-        self.config = config
-        self.reactor = reactor
-        self._db_pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite")
-        self.db: MetadataDB | None = None
-        self.library: Library | None = None
-        self.cluster: ClusterNode | None = None
-        self.replication: ReplicationNode | None = None
-        self._http: IListeningPort | None = None
+def thread_runner(reactor: Any) -> Runner:
+    """Blocking work (hashing, chunk files) on ``reactor``'s thread pool."""
+
+    def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
+    return run
+
+
+class DatabaseThread(service.Service):
+    """The one thread SQLite runs on. Stopping it closes the database, so it is the replica's
+    first child: the last to stop, once nothing uses the database any more."""
+
+    def __init__(self, db: MetadataDB, reactor: Any) -> None:
+        self.db = db
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite")
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """``f(*args, **kwargs)`` on the database thread."""
+        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
 
     def startService(self) -> None:
         super().startService()
-        config = self.config
-        prepare_data_dir(config)
-        shutil.rmtree(config.data_dir / "tmp", ignore_errors=True)
-        (config.data_dir / "tmp").mkdir()
-        # Start-up runs before the reactor does: the blocking recovery below delays nothing.
-        self.db = db = open_database(config)
-        epoch = int(db.get_meta("epoch") or 0)
-        chunks = ChunkStore(config.data_dir / "chunks")
-        temps, orphans = chunks.clean(db.live_chunk_names())
-        log.info(
-            "replica {node_id} starting: distpotify {version}, data dir {data_dir},"
-            " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files",
-            node_id=config.node_id, version=__version__, data_dir=str(config.data_dir),
-            epoch=epoch, head=db.head().encode(), temps=temps, orphans=orphans,
-        )
-        self._db_pool.start()
-        store = MetadataStore(db, lambda f, *a, **kw: deferToThreadPool(
-            self.reactor, self._db_pool, f, *a, **kw))
-        self.cluster = cluster = ClusterNode(config, self.reactor, store, db.cached_head, epoch)
-        self.replication = replication = ReplicationNode(
-            config, self.reactor, store, chunks, cluster
-        )
-        self.library = Library(
-            store, chunks, deferToThread, self.reactor, cluster, config.chunk_size,
-            on_written=replication.written,
-        )
-        Deferred.fromCoroutine(self._join_then_serve()).addErrback(self._fatal)
+        self._pool.start()
 
-    async def _join_then_serve(self) -> None:
-        assert self.cluster is not None and self.replication is not None
-        await self.cluster.listen(self.replication.desk)
+    def stopService(self) -> None:
+        super().stopService()
+        self._pool.stop()  # runs what is queued, then joins the thread
+        self.db.close()
+
+
+class ReplicaService(service.MultiService):
+    """One replica, from ``build_replica``: a MultiService whose children are, in start-up
+    order, the database thread, the AMP listener (the election's RPC), the cluster node
+    (heartbeats, peer table, election), the HTTP listener (API and /sync) and replication
+    (itself the MultiService of the periodic jobs).
+
+    startService runs the start-up in that order, waiting where the design says to (see the
+    module docstring); a failure stops the process with one line. stopService stops the
+    children in reverse, each once the one after it has stopped; a part that fails to stop
+    is logged and the others still stop.
+    """
+
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        reactor: Any,
+        *,
+        database: DatabaseThread,
+        amp: service.Service,
+        cluster: ClusterNode,
+        http: service.Service,
+        replication: ReplicationNode,
+        library: Library,
+        resource: ReplicaRoot,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.database = database
+        self.amp = amp
+        self.cluster = cluster
+        self.http = http
+        self.replication = replication
+        self.library = library
+        self.resource = resource
+        for name, child in (("database", database), ("amp", amp), ("cluster", cluster),
+                            ("http", http), ("replication", replication)):
+            child.setName(name)
+            child.setServiceParent(self)
+        self._starting: Deferred[None] | None = None
+
+    @property
+    def db(self) -> MetadataDB:
+        return self.database.db
+
+    def privilegedStartService(self) -> None:
+        # Not passed on: the children bind their ports in startService's order, not before.
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._fatal)
+
+    async def _start(self) -> None:
+        self.database.startService()
+        await self.cluster.listen()
+        self.amp.startService()
         self.cluster.startService()
         # One failure timeout of listening before serving: a replica that finds its node id
         # taken gives way without having answered a single request, and the peer table is
         # full enough to decide how to join.
         await deferLater(self.reactor, self.config.failure_timeout, lambda: None)
-        if not self.cluster.refused:
-            self._serve_http()
-            await self.replication.become_active()
-
-    def _serve_http(self) -> None:
-        config = self.config
-        assert self.library is not None and self.replication is not None
-        metrics = ReplicaMetrics(config.node_id)
-        api = PublicAPI(self.library, self.replication.guard, self.status, metrics)
-        sync = SyncAPI(self.library.store, self.replication.receiver, self.replication.desk,
-                       deferToThread, config.data_dir / "tmp")
-        cluster = self.cluster
-        assert cluster is not None
-        site = ReplicaSite(
-            ReplicaRoot(config.node_id, api, sync.app.resource(),
-                        serving=lambda: cluster.state == ACTIVE),
-            node_id=config.node_id, max_body=config.max_upload,
-            spool_dir=config.data_dir / "tmp", clock=self.reactor, metrics=metrics,
-        )
-        self._http = self.reactor.listenTCP(config.http_port, site, interface=config.host,
-                                            backlog=LISTEN_BACKLOG)
+        if self.cluster.refused:
+            return
+        self.http.startService()
         log.info("replica {node_id} serving HTTP on {host}:{port} as {url}",
-                 node_id=config.node_id, host=config.host, port=config.http_port,
-                 url=config.http_url)
+                 node_id=self.config.node_id, host=self.config.host, port=self.config.http_port,
+                 url=self.config.http_url)
+        await self.replication.become_active()
+        self.replication.startService()
 
     def _fatal(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and not self.running:
+            return  # stopped while starting
         log.critical("replica {node_id} cannot start: {error}",
                      node_id=self.config.node_id, error=failure.getErrorMessage())
         os.write(2, f"distpotify: cannot start: {failure.getErrorMessage()}\n".encode())
         stop_process(self.reactor, 1)
 
-    async def _stop(self) -> None:
-        if self._http is not None:
-            await maybeDeferred(self._http.stopListening)
-        if self.replication is not None:
-            self.replication.stop()
-        if self.cluster is not None and self.cluster.running:
-            await self.cluster.stopService()
-        self._db_pool.stop()
-        if self.db is not None:
-            self.db.close()
-        log.info("replica {node_id} stopped", node_id=self.config.node_id)
-
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        service.Service.stopService(self)
+        if self._starting is not None:
+            self._starting.cancel()  # whatever start-up step is under way
         return Deferred.fromCoroutine(self._stop())
 
-    async def status(self) -> dict[str, Any]:
-        assert self.cluster is not None and self.db is not None
-        assert self.replication is not None
-        return {
-            "node_id": self.config.node_id,
-            **self.cluster.status(),
-            "head": self.db.cached_head().as_list(),
-            "http": self.config.http_url,
-            **await self.replication.status(),
-            "version": __version__,
-            "pid": os.getpid(),
-        }
+    async def _stop(self) -> None:
+        failed = []
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                failed.append(child.name)
+                log.failure("replica {node_id}: stopping the {part} failed",
+                            node_id=self.config.node_id, part=child.name)
+        log.info("replica {node_id} stopped{failures}", node_id=self.config.node_id,
+                 failures=f" (but the {', '.join(failed)} failed to stop)" if failed else "")
+
+
+async def replica_status(
+    config: ReplicaConfig, cluster: ClusterNode, replication: ReplicationNode,
+    head: Callable[[], Version],
+) -> dict[str, Any]:
+    """What GET /status answers."""
+    return {
+        "node_id": config.node_id,
+        **cluster.status(),
+        "head": head().as_list(),
+        "http": config.http_url,
+        **await replication.status(),
+        "version": __version__,
+        "pid": os.getpid(),
+    }
+
+
+def build_replica(
+    config: ReplicaConfig,
+    reactor: Any,
+    *,
+    run_db: Runner | None = None,
+    blocking: Runner | None = None,
+    http_client: HTTPClient | None = None,
+    leadership: Leadership | None = None,
+) -> ReplicaService:
+    """The replica ``config`` describes, its data dir opened and recovered, ready to start.
+
+    The defaults are production's: SQLite on the database thread (``run_db``), blocking work
+    such as hashing and chunk files on ``reactor``'s thread pool (``blocking``), a pooled
+    ``http_client`` to the other replicas, the cluster node as the ``leadership`` that decides
+    who writes. The in-memory test replica gives runners that call at once, a StubTreq
+    client, a Clock as ``reactor`` and a leadership stand-in, and never starts the service.
+    Raises ConfigError when the data dir is not usable.
+    """
+    # Blocking, before the reactor runs: recovery delays nothing.
+    prepare_data_dir(config)
+    shutil.rmtree(config.data_dir / "tmp", ignore_errors=True)
+    (config.data_dir / "tmp").mkdir()
+    db = open_database(config)
+    epoch = int(db.get_meta("epoch") or 0)
+    chunks = ChunkStore(config.data_dir / "chunks")
+    temps, orphans = chunks.clean(db.live_chunk_names())
+    log.info(
+        "replica {node_id} starting: distpotify {version}, data dir {data_dir},"
+        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files",
+        node_id=config.node_id, version=__version__, data_dir=str(config.data_dir),
+        epoch=epoch, head=db.head().encode(), temps=temps, orphans=orphans,
+    )
+
+    database = DatabaseThread(db, reactor)
+    store = MetadataStore(db, run_db or database.run)
+    blocking = blocking or thread_runner(reactor)
+    cluster = ClusterNode(config, reactor, store, db.cached_head, epoch)
+    leadership = leadership or cluster
+    replication = ReplicationNode(
+        config, reactor, store, chunks, cluster, leadership,
+        PeerClient(http_client or make_http_client(reactor), reactor), blocking,
+    )
+    library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,
+                      on_written=replication.written)
+    metrics = ReplicaMetrics(config.node_id)
+    api = PublicAPI(library, replication.guard,
+                    partial(replica_status, config, cluster, replication, db.cached_head),
+                    metrics)
+    sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
+                   config.data_dir / "tmp")
+    resource = ReplicaRoot(config.node_id, api, sync.app.resource(),
+                           serving=lambda: cluster.state == ACTIVE)
+    site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
+                       spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics)
+    return ReplicaService(
+        config, reactor,
+        database=database,
+        amp=TCPServer(config.amp_port, cluster.amp_factory(replication.desk),
+                      interface=config.host, reactor=reactor),
+        cluster=cluster,
+        http=TCPServer(config.http_port, site, backlog=LISTEN_BACKLOG, interface=config.host,
+                       reactor=reactor),
+        replication=replication, library=library, resource=resource,
+    )

@@ -64,12 +64,13 @@ class Options(EnvOptions):
 
 
 def makeService(options: Options) -> IService:
+    # Imported here, not above: importing the replica (Klein) installs the default reactor,
+    # and twistd must be free to install the one it was asked for first.
     from twisted.internet import reactor
 
-    from distpotify.service import ReplicaService, prepare_data_dir
+    from distpotify.service import build_replica
 
     try:
-        prepare_data_dir(options.config)
+        return build_replica(options.config, reactor)
     except ConfigError as e:
         raise SystemExit(f"distpotify: {e}") from None
-    return ReplicaService(options.config, reactor)

@@ -14,13 +14,13 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from distpotify.periodic import Periodic
 from distpotify.wire import ACTIVE, LEADER
 from proxy.config import ConfigError, parse_backends
 
@@ -89,28 +89,23 @@ class BackendView:
         self._clock = clock
         self._turn = 0
         self._waiters: dict[Deferred[None], IDelayedCall] = {}
-        self._loop: LoopingCall | None = None
+        self._loop = Periodic(self._tick, poll_interval, clock, name="status polling", first=0)
         self._leader_seen: tuple[str, tuple[int, int]] | None = None
         self._leader_watchers: dict[Deferred[Backend], Backend] = {}
 
     # polling
 
     def start(self) -> None:
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.poll_interval, now=True)
+        if not self._loop.running:
+            self._loop.startService()
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        if self._loop.running:
+            self._loop.stopService()
 
     def _tick(self) -> None:
-        # An exception escaping a LoopingCall body stops the loop for good.
-        try:
-            self.poll_all()
-        except Exception:
-            log.failure("polling the replicas failed")
+        # Not waited for: one slow replica must not delay the polls of the others.
+        self.poll_all()
 
     def poll_all(self) -> Deferred[list[bool]]:
         """Ask every known replica's /status now; fires once all have answered or failed."""

@@ -1,7 +1,7 @@
 """Heartbeats: the UDP datagram a replica sends each heartbeat_interval (docs/architecture.md 3.1).
 
 The codec, the receiving DatagramProtocol that drops and counts anything hostile, the
-sending LoopingCall that never dies (with the cache of unicast peers' resolved names), and
+sending loop that never dies (with the cache of unicast peers' resolved names), and
 the multicast / unicast listening helpers.
 """
 # test-case-name: tests.unit.test_heartbeat
@@ -27,12 +27,12 @@ from twisted.internet.interfaces import (
     IUDPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.config import ReplicaConfig
 from distpotify.model import Version
+from distpotify.periodic import Periodic
 from distpotify.wire import ROLES, STATES
 
 MAX_DATAGRAM = 1024
@@ -386,11 +386,10 @@ def _no_resolver(host: str) -> Deferred[str]:
 class HeartbeatSender:
     """Sends ``announcement()`` to every ``destinations()`` address every ``interval``.
 
-    The loop body catches and logs everything: an exception escaping a LoopingCall stops
-    it for good, and a replica that stops heartbeating is declared dead by its peers.
-    A failure is logged when it starts and when it ends, not ten times a second.
-    Destinations given by host name go through PeerAddresses, with ``resolve`` (by default
-    the clock's own, when the clock is the reactor).
+    ``beat`` catches and logs everything itself, one failure per destination when it starts
+    and when it ends, not ten times a second: a replica that stops heartbeating is declared
+    dead by its peers. Destinations given by host name go through PeerAddresses, with
+    ``resolve`` (by default the clock's own, when the clock is the reactor).
     """
 
     log = Logger()
@@ -408,9 +407,7 @@ class HeartbeatSender:
         self._protocol = protocol
         self._announcement = announcement
         self._destinations = destinations
-        self._interval = interval
-        self._loop = LoopingCall(self.beat)
-        self._loop.clock = clock
+        self._loop = Periodic(self.beat, interval, clock, name="heartbeats", first=0)
         self._failing: set[Address | None] = set()
         if resolve is None:
             resolve = (
@@ -421,18 +418,16 @@ class HeartbeatSender:
 
     def start(self) -> None:
         if not self._loop.running:
-            self._loop.start(self._interval, now=True).addErrback(
-                lambda failure: self.log.failure("heartbeat loop stopped", failure)
-            )
+            self._loop.startService()
 
     def stop(self) -> None:
         if self._loop.running:
-            self._loop.stop()
+            self._loop.stopService()
         self.addresses.stop()
 
     @property
     def running(self) -> bool:
-        return self._loop.running
+        return bool(self._loop.running)
 
     def beat(self) -> None:
         """Send one heartbeat to every destination; never raises."""

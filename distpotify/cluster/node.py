@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import (
@@ -46,6 +47,15 @@ log = Logger()
 
 
 class ClusterNode(service.Service):
+    """This replica as a member of the cluster: its state (JOINING, then ACTIVE), its peer
+    table fed by heartbeats, its heartbeats out, and its part in the Bully election.
+
+    ``listen`` binds the heartbeat port; startService starts sending heartbeats and the
+    election's first wait; stopService stops them and closes the port. The AMP server of the
+    election is a sibling service (``amp_factory``), bound by the replica between the two.
+    Also the Leadership the library asks before every write.
+    """
+
     def __init__(
         self,
         config: ReplicaConfig,
@@ -64,13 +74,14 @@ class ClusterNode(service.Service):
         self.membership = Membership(
             node_id=config.node_id, clock=reactor, failure_timeout=config.failure_timeout
         )
-        self.peers = AmpPeers(
+        # Connections to the other replicas' AMP ports, reused and reconnected.
+        self.amp_pool = AmpPeers(
             node_id=config.node_id, http=config.http_url, membership=self.membership,
             clock=reactor, connect=tcp_connector(reactor, config.coordinator_timeout),
             timeout=config.coordinator_timeout,
         )
         self.election = BullyElection(
-            node_id=config.node_id, http=config.http_url, clock=reactor, network=self.peers,
+            node_id=config.node_id, http=config.http_url, clock=reactor, network=self.amp_pool,
             higher_peers=lambda: self.membership.electable_above(config.node_id),
             persist_epoch=self._persist_epoch, is_electable=lambda: self.state == ACTIVE,
             on_change=self._role_changed, answer_timeout=config.answer_timeout,
@@ -86,7 +97,7 @@ class ClusterNode(service.Service):
             destinations=lambda: destinations(config), interval=config.heartbeat_interval,
             clock=reactor,
         )
-        self._ports: list[IListeningPort] = []
+        self._port: IListeningPort | None = None  # the heartbeat port
         self._unsubscribe: Callable[[], None] | None = None
         self._started_at = 0.0
         self.elections_won = 0
@@ -101,6 +112,10 @@ class ClusterNode(service.Service):
     @property
     def epoch(self) -> int:
         return self.election.status.epoch
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election.is_leader
 
     def require_leader(self) -> None:
         if not self.election.is_leader:
@@ -128,19 +143,18 @@ class ClusterNode(service.Service):
     # lifecycle
 
     @inlineCallbacks
-    def listen(self, joins: JoinResponder | None = None) -> Any:
-        """Bind the heartbeat and AMP ports (before serving HTTP, so a bad one stops us)."""
+    def listen(self) -> Any:
+        """Bind the heartbeat port (before serving anything, so a bad one stops us)."""
         config = self.config
         if config.heartbeat == "multicast":
             port = yield listen_multicast(self._reactor, config, self.heartbeats)
         else:
             port = listen_unicast(self._reactor, config, self.heartbeats)
-        self._ports.append(port)
-        self._ports.append(
-            self._reactor.listenTCP(
-                config.amp_port, bully_factory(self.election, joins), interface=config.host
-            )
-        )
+        self._port = port
+
+    def amp_factory(self, joins: JoinResponder) -> Factory:
+        """The election's AMP server; ``joins`` answers the Join command (the leader's desk)."""
+        return bully_factory(self.election, joins)
 
     def startService(self) -> None:
         super().startService()
@@ -160,7 +174,8 @@ class ClusterNode(service.Service):
         returning higher id, it may now take leadership from a lower leader."""
         self.state = ACTIVE
         log.info("node {node_id} is ACTIVE", node_id=self.config.node_id)
-        self.election.claim_if_higher()
+        if self.running:  # a node stopped (or never started) holds no election
+            self.election.claim_if_higher()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -168,10 +183,11 @@ class ClusterNode(service.Service):
         self.election.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
+            self._unsubscribe = None
         self.membership.stop()
-        self.peers.disconnect()
-        ports, self._ports = self._ports, []
-        return Deferred.fromCoroutine(_stop_all(ports))
+        self.amp_pool.disconnect()
+        port, self._port = self._port, None
+        return (port.stopListening() if port is not None else None) or succeed(None)
 
     # callbacks of the parts
 
@@ -216,7 +232,3 @@ def stop_process(reactor: Any, code: int) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, code)
     reactor.stop()
 
-
-async def _stop_all(ports: list[IListeningPort]) -> None:
-    for port in ports:
-        await maybeDeferred(port.stopListening)

@@ -15,11 +15,12 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from distpotify.periodic import Periodic
 from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.receive import Receiver
@@ -59,7 +60,8 @@ class AntiEntropy:
         self._clock = clock
         self._interval = interval
         self._rng = rng or random.Random()
-        self._call: IDelayedCall | None = None
+        self.loop = Periodic(self._tick, interval, clock, name="anti-entropy", jitter=0.2,
+                             rng=self._rng)
         self._busy = False
         self.rounds = 0
         self.last: dict[str, Any] | None = None
@@ -69,22 +71,10 @@ class AntiEntropy:
         self.errors = 0
         self._chunks_left = False
 
-    def start(self) -> None:
-        self._schedule()
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-
-    def _schedule(self) -> None:
-        delay = self._interval * self._rng.uniform(0.8, 1.2)
-        self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
+    def _tick(self) -> Deferred[None]:
         peers = list(self._peers())
         d = self.run_round(self._rng.choice(peers)) if peers else Deferred.fromCoroutine(_none())
-        d.addErrback(self._failed)
-        d.addBoth(lambda _: self._schedule())
+        return d.addErrback(self._failed)
 
     def run_round(self, peer: str) -> Deferred[None]:
         """One exchange with ``peer`` now (also used when a peer comes back)."""
@@ -103,6 +93,8 @@ class AntiEntropy:
         self._clock.callLater(delay, lambda: self.run_round(peer).addErrback(self._failed))
 
     def _failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # stopped with the replica: not a failed round
         self.errors += 1
         log.info("anti-entropy round failed: {error}", error=failure.getErrorMessage())
 

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
 from distpotify.errors import Conflict, NotLeader
 from distpotify.model import ZERO, Version
+from distpotify.periodic import Periodic
 from distpotify.replication.client import PeerClient, PeerError
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef
 from distpotify.store.chunks import ChunkStore
@@ -211,9 +212,8 @@ class Joiner:
         progress.snapshots_fetched = int(
             await self._store.run(MetadataDB.get_meta, "snapshots_fetched") or 0)
         progress.started = self._clock.seconds()
-        reporter = LoopingCall(self._report)
-        reporter.clock = self._clock
-        reporter.start(PROGRESS_EVERY, now=False)
+        reporter = Periodic(self._report, PROGRESS_EVERY, self._clock, name="join progress")
+        reporter.startService()
         try:
             while progress.phase != DONE:
                 leader = self._leader()
@@ -226,6 +226,8 @@ class Joiner:
                 progress.waiting_for = None
                 try:
                     await self._steps[progress.phase](leader)
+                except CancelledError:
+                    raise  # the replica stops
                 except Exception as e:
                     # A join outlives any failure of its leader or network: it retries, with
                     # the leader of the moment, from the phase it reached.
@@ -233,7 +235,7 @@ class Joiner:
                              phase=progress.phase, leader=leader.node_id, error=e)
                     await deferLater(self._clock, RETRY, lambda: None)
         finally:
-            reporter.stop()
+            reporter.stopService()
         progress.finished = self._clock.seconds()
         log.info("join: done: {chunks} chunks, {snapshots} snapshot(s) fetched",
                  chunks=progress.chunks_total, snapshots=progress.snapshots_fetched)

@@ -10,16 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.application import service
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import Join
 from distpotify.cluster.membership import Peer, PeerChanged, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
+from distpotify.leadership import Leadership
 from distpotify.model import Version
+from distpotify.periodic import Periodic
 from distpotify.replication.antientropy import AntiEntropy
 from distpotify.replication.bootstrap import (
     ANNOUNCING,
@@ -33,14 +34,14 @@ from distpotify.replication.bootstrap import (
     SyncProgress,
     plan,
 )
-from distpotify.replication.client import PeerClient, make_http_client
+from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkFetcher
 from distpotify.replication.purge import TombstonePurger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
 from distpotify.store.chunks import ChunkStore
-from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
 
 log = Logger()
@@ -49,7 +50,16 @@ SCRUB_RATE = 8 * 1024 * 1024  # bytes/s of background re-hashing
 ACTIVE_AT_EVERY = 60.0  # seconds between records of being ACTIVE (for the tombstone TTL)
 
 
-class ReplicationNode:
+class ReplicationNode(service.MultiService):
+    """Everything that makes this replica hold what the cluster holds.
+
+    Built with the replica, it takes pushes (Receiver), pushes when it leads (Pusher),
+    guards and repairs chunks (ChunkGuard) and answers joins (JoinDesk) from the start;
+    ``become_active`` founds, rejoins or joins the cluster; its children, started after
+    that, are its periodic jobs: the record of being ACTIVE, anti-entropy, scrubbing and
+    tombstone purging. ``leadership`` says when this replica leads.
+    """
+
     def __init__(
         self,
         config: ReplicaConfig,
@@ -57,44 +67,51 @@ class ReplicationNode:
         store: MetadataStore,
         chunks: ChunkStore,
         cluster: ClusterNode,
+        leadership: Leadership,
+        client: PeerClient,
+        blocking: Runner,
     ) -> None:
+        super().__init__()
         self._cluster = cluster
+        self._leadership = leadership
         self._failure_timeout = config.failure_timeout
-        self.client = PeerClient(make_http_client(reactor), reactor)
-        self.fetcher = ChunkFetcher(self.client, chunks, deferToThread)
-        self.guard = ChunkGuard(chunks, self.fetcher, deferToThread, self.peers)
+        self.client = client
+        self.fetcher = ChunkFetcher(client, chunks, blocking)
+        self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
         self.receiver = Receiver(
-            store, chunks, self.fetcher, deferToThread, self.peers,
+            store, chunks, self.fetcher, blocking, self.peer_urls,
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT))
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.pusher = Pusher(
-            store=store, client=self.client, membership=cluster.membership, clock=reactor,
-            source=config.http_url, leading=lambda: cluster.election.is_leader,
+            store=store, client=client, membership=cluster.membership, clock=reactor,
+            source=config.http_url, leading=lambda: leadership.is_leader,
         )
         self.anti_entropy = AntiEntropy(
-            store=store, client=self.client, receiver=self.receiver, guard=self.guard,
-            chunks=chunks, blocking=deferToThread, peers=self.peers, clock=reactor,
+            store=store, client=client, receiver=self.receiver, guard=self.guard,
+            chunks=chunks, blocking=blocking, peers=self.peer_urls, clock=reactor,
             interval=config.anti_entropy_interval,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
         self.purger = TombstonePurger(
             store=store, pusher=self.pusher, membership=cluster.membership,
-            leading=lambda: cluster.election.is_leader, clock=reactor,
-            ttl=config.tombstone_ttl,
+            leading=lambda: leadership.is_leader, clock=reactor, ttl=config.tombstone_ttl,
         )
-        self.desk = JoinDesk(node_id=config.node_id, leading=lambda: cluster.election.is_leader,
-                             epoch=lambda: cluster.epoch, clock=reactor)
+        self.desk = JoinDesk(node_id=config.node_id, leading=lambda: leadership.is_leader,
+                             epoch=lambda: leadership.epoch, clock=reactor)
         self.progress = SyncProgress()
         self._config = config
         self._reactor = reactor
         self._store = store
         self._chunks = chunks
-        self._active_at = LoopingCall(self._still_active)
-        self._active_at.clock = reactor
+        self._blocking = blocking
+        active_at = Periodic(self._still_active, min(ACTIVE_AT_EVERY, config.tombstone_ttl / 4),
+                             reactor, name="active-at record", first=0)
+        for job in (active_at, self.anti_entropy.loop, self.scrubber.loop, self.purger.loop):
+            job.setServiceParent(self)
         self._unsubscribe = cluster.membership.subscribe(self._peer_event)
         cluster.role_observers.append(self._role_changed)
 
-    def peers(self) -> list[str]:
+    def peer_urls(self) -> list[str]:
         """Base URLs of the live ACTIVE replicas other than this one."""
         return [p.http for p in self._cluster.membership.live_peers() if p.state == ACTIVE]
 
@@ -103,7 +120,8 @@ class ReplicationNode:
         self.pusher.wake()
 
     async def become_active(self) -> None:
-        """Found, rejoin or join (replication/bootstrap.py), then serve as ACTIVE."""
+        """Found, rejoin or join (replication/bootstrap.py), then serve as ACTIVE; the periodic
+        jobs start with this service, after this."""
         config, store, cluster = self._config, self._store, self._cluster
         join_state = await store.run(MetadataDB.get_meta, "join_state")
         active_at = await store.run(MetadataDB.get_meta, "active_at")
@@ -120,8 +138,8 @@ class ReplicationNode:
             await Joiner(
                 node_id=config.node_id, http=config.http_url, amp=cluster.amp_address,
                 store=store, chunks=self._chunks, fetcher=self.fetcher, client=self.client,
-                join_rpc=self._join_rpc, leader=self._leader, sources=self.peers,
-                blocking=deferToThread, clock=self._reactor, tmp_dir=config.data_dir / "tmp",
+                join_rpc=self._join_rpc, leader=self._leader, sources=self.peer_urls,
+                blocking=self._blocking, clock=self._reactor, tmp_dir=config.data_dir / "tmp",
                 progress=self.progress,
             ).run()
         elif decision == REJOIN:
@@ -130,10 +148,6 @@ class ReplicationNode:
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
         cluster.activate()
-        self._active_at.start(min(ACTIVE_AT_EVERY, config.tombstone_ttl / 4))
-        self.anti_entropy.start()
-        self.scrubber.start()
-        self.purger.start()
 
     def _leader(self) -> Peer | None:
         leader = self._cluster.membership.current_leader()
@@ -143,20 +157,16 @@ class ReplicationNode:
         return self._cluster.head()
 
     def _join_rpc(self, leader: Peer, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self._cluster.peers.call(leader.amp, Join, **arguments)
+        return self._cluster.amp_pool.call(leader.amp, Join, **arguments)
 
     def _still_active(self) -> Deferred[None]:
-        d = self._store.run(MetadataDB.set_meta, "active_at", str(self._reactor.seconds()))
-        return d.addErrback(lambda f: log.failure("cannot record activity", f))
+        return self._store.run(MetadataDB.set_meta, "active_at", str(self._reactor.seconds()))
 
-    def stop(self) -> None:
+    def stopService(self) -> Deferred[Any]:
+        stopped: Deferred[Any] = super().stopService()
         self._unsubscribe()
         self.pusher.stop()
-        self.anti_entropy.stop()
-        self.scrubber.stop()
-        self.purger.stop()
-        if self._active_at.running:
-            self._active_at.stop()
+        return stopped
 
     def _role_changed(self, role: str) -> None:
         self.pusher.forget_cursors()
@@ -176,7 +186,7 @@ class ReplicationNode:
         """``sync`` (the join or rejoin, live or as a record) and ``replication``."""
         return {"sync": self.progress.as_dict(self._reactor.seconds()), "replication": {
             "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},
-            "push": await self.pusher.status() if self._cluster.election.is_leader else None,
+            "push": await self.pusher.status() if self._leadership.is_leader else None,
             "ops_received": self.receiver.ops_applied,
             "anti_entropy": self.anti_entropy.status(),
             "repair": attrs.asdict(self.guard.counters),

@@ -13,11 +13,10 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership
+from distpotify.periodic import Periodic
 from distpotify.replication.push import Pusher
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from distpotify.wire import ACTIVE
@@ -42,22 +41,10 @@ class TombstonePurger:
         self._leading = leading
         self._clock = clock
         self._ttl = ttl
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
+        # The service that moves the watermark every ttl/4, at most hourly.
+        self.loop = Periodic(lambda: Deferred.fromCoroutine(self.advance()),
+                             max(0.25, min(ttl / 4, 3600.0)), clock, name="tombstone purge")
         self.watermarks = 0
-
-    def start(self) -> None:
-        self._loop.start(max(0.25, min(self._ttl / 4, 3600.0)), now=False)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
-    def _tick(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.advance()).addErrback(self._failed)
-
-    def _failed(self, failure: Failure) -> None:
-        log.failure("tombstone purge failed", failure)
 
     async def advance(self) -> None:
         """Move the watermark if the leader may; the op replicates like any write."""

@@ -16,10 +16,10 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from distpotify.periodic import Periodic
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
@@ -102,33 +102,22 @@ class Scrubber:
     ) -> None:
         self._store = store
         self._guard = guard
-        self._clock = clock
         self._rate = rate
         self._page = page
         self._position: tuple[str, int] = ("", -1)
-        self._call: IDelayedCall | None = None
+        self._read = 0  # bytes the last step read: the pause after it keeps to ``rate``
         self.passes = 0
         self.checked = 0
+        # Starts at a random point so replicas restarted together do not scrub in lockstep.
+        self.loop = Periodic(
+            lambda: Deferred.fromCoroutine(self._scrub()),
+            lambda: max(1.0, self._read / self._rate), clock,
+            name="scrub", first=random.uniform(1.0, 5.0),
+        )
 
-    def start(self) -> None:
-        # Start at a random point so replicas restarted together do not scrub in lockstep.
-        self._schedule(random.uniform(1.0, 5.0))
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-
-    def _schedule(self, delay: float) -> None:
-        self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        d = Deferred.fromCoroutine(self.step())
-        d.addErrback(self._failed)
-        d.addCallback(lambda nbytes: self._schedule(max(1.0, nbytes / self._rate)))
-
-    def _failed(self, failure: Failure) -> int:
-        log.failure("scrub step failed", failure)
-        return 0
+    async def _scrub(self) -> None:
+        self._read = 0
+        self._read = await self.step()
 
     async def step(self) -> int:
         """Verify the next page of chunks; how many bytes were read."""

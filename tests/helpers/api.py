@@ -1,4 +1,5 @@
-"""An in-memory replica API for unit tests: StubTreq over the real resource, no threads."""
+"""An in-memory replica for unit tests: the graph build_replica wires for twistd, driven
+through StubTreq, on a Clock, with no thread and no port."""
 
 from __future__ import annotations
 
@@ -13,18 +14,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
-from distpotify.api.public import PublicAPI, ReplicaRoot
-from distpotify.api.sync import SyncAPI
+from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.leadership import Leadership
-from distpotify.library import Library
-from distpotify.replication.bootstrap import JoinDesk
-from distpotify.replication.client import PeerClient
-from distpotify.replication.fetch import ChunkFetcher
-from distpotify.replication.receive import Receiver
-from distpotify.replication.repair import ChunkGuard
-from distpotify.store.chunks import ChunkStore
-from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.service import build_replica
 from tests.helpers.replica import Response
 
 T = TypeVar("T")
@@ -52,6 +45,7 @@ class LoneLeader:
     """Always the leader of epoch 1."""
 
     epoch = 1
+    is_leader = True
 
     def require_leader(self) -> None:
         return None
@@ -65,6 +59,7 @@ class NoLeader:
     """A follower that knows no leader: every write is refused."""
 
     epoch = 0
+    is_leader = False
 
     def require_leader(self) -> None:
         raise NotLeader("no leader is known; retry shortly", leader_id=None, leader_http=None)
@@ -75,35 +70,32 @@ class NoLeader:
 
 
 class InMemoryReplica:
+    """A replica as build_replica makes it, never started: the store and blocking work run at
+    once on this thread, peers exist only as a StubTreq that answers 404 (so a missing or
+    corrupt chunk cannot be repaired here: 503), ``leadership`` (by default LoneLeader)
+    decides who writes, and it has founded its cluster, so it serves and takes pushes."""
+
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None
     ) -> None:
-        self.root = root
         self.chunk_size = chunk_size
-        self.leadership = leadership
         self.clock = Clock()
-        self.db = MetadataDB(self.root / "meta.sqlite3", node_id=1)
-        self.db.begin_leading(1)
-        self.chunks = ChunkStore(self.root / "chunks")
-        self.library = Library(
-            MetadataStore(self.db, run_now), self.chunks, run_now, self.clock,
-            self.leadership or LoneLeader(), self.chunk_size,
+        self.service = build_replica(
+            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size), self.clock,
+            run_db=run_now, blocking=run_now,
+            http_client=HTTPClient(RequestTraversalAgent(Resource())),
+            leadership=leadership or LoneLeader(),
         )
-        # No peers: a missing or corrupt chunk cannot be repaired here, so it is a 503.
-        client = PeerClient(HTTPClient(RequestTraversalAgent(Resource())), self.clock)
-        self.fetcher = ChunkFetcher(client, self.chunks, run_now)
-        self.guard = ChunkGuard(self.chunks, self.fetcher, run_now, lambda: [])
-        self.receiver = Receiver(self.library.store, self.chunks, self.fetcher, run_now,
-                                 lambda: [])
-        api = PublicAPI(self.library, self.guard, self._status)
-        self.desk = JoinDesk(node_id=1, leading=lambda: True, epoch=lambda: 1, clock=self.clock)
-        (root / "tmp").mkdir(exist_ok=True)
-        sync = SyncAPI(self.library.store, self.receiver, self.desk, run_now, root / "tmp")
-        self.root = ReplicaRoot(1, api, sync.app.resource())
+        self.db = self.service.db
+        self.db.begin_leading(1)
+        self.library = self.service.library
+        self.chunks = self.library.chunks
+        replication = self.service.replication
+        self.fetcher, self.guard = replication.fetcher, replication.guard
+        self.receiver, self.desk = replication.receiver, replication.desk
+        result_of(Deferred.fromCoroutine(replication.become_active()))
+        self.root = self.service.resource
         self.treq = StubTreq(self.root)
-
-    async def _status(self) -> dict[str, Any]:
-        return {"node_id": 1, "head": self.db.head().as_list()}
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> Answer:
