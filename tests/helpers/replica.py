@@ -27,6 +27,11 @@ from distpotify.cli.processes import ReplicaCommand
 TWISTD = Path(processes.twistd()[0])
 T = TypeVar("T")
 
+# Waits that include starting processes: a replica imports Twisted, Klein and treq in about
+# a second on an idle machine, but up to ten times that when the CPUs are busy (CI runs
+# beside other jobs). A longer deadline costs nothing when things work and still fails a hang.
+STARTUP = 45.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -164,7 +169,7 @@ class ReplicaProcess:
             return None
         return answer.json() if answer.status == 200 else None  # type: ignore[no-any-return]
 
-    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+    def wait_ready(self, timeout: float = STARTUP) -> dict[str, Any]:
         """Wait until the replica is ACTIVE (serves reads) and knows a leader (itself, when
         alone)."""
 

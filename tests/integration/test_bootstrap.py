@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import Cluster, ReplicaProcess, send_json, wait_until
+from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, send_json, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -25,7 +25,7 @@ def library(tmp_path: Path, replicas: list[ReplicaProcess]) -> Cluster:
     cluster = Cluster(tmp_path, replicas, "--chunk-size", "32K")
     for node_id in (1, 2, 3):
         cluster.add(node_id)
-    leader = wait_until(cluster.agreed_leader, timeout=15, what="a leader")
+    leader = wait_until(cluster.agreed_leader, timeout=STARTUP, what="a leader")
     boss = cluster.nodes[leader["node_id"]]
     wav = make_wav(tmp_path / "base.wav", 1024 * 1024)
     data = wav.read_bytes()
@@ -152,7 +152,7 @@ def test_the_proxy_reads_from_a_new_replica_without_a_restart(
     cluster = Cluster(tmp_path, replicas)
     for node_id in (3, 4):
         cluster.add(node_id)
-    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 4, timeout=15)
+    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 4, timeout=STARTUP)
     song = cluster.nodes[4].post("/songs", make_wav(tmp_path / "s.wav", 200_000).read_bytes(),
                                  "audio/wav").json()["song"]
     (tmp_path / "proxy").mkdir()

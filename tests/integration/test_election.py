@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.replica import (
+    STARTUP,
     Cluster,
     ReplicaProcess,
     free_udp_port,
@@ -18,7 +19,7 @@ from tests.helpers.replica import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 FAILURE_TIMEOUT = 0.75
 
@@ -41,14 +42,14 @@ def settled_on_3(cluster: Cluster) -> dict | None:
 def start_three(cluster: Cluster) -> dict:
     for node_id in (1, 2, 3):
         cluster.add(node_id)
-    return wait_until(lambda: settled_on_3(cluster), timeout=15, what="settling on node 3")
+    return wait_until(lambda: settled_on_3(cluster), timeout=STARTUP, what="settling on node 3")
 
 
 def test_three_replicas_started_together_settle_on_node_3_within_2s(cluster: Cluster) -> None:
     for node_id in (1, 2, 3):
         cluster.add(node_id)
     for node in cluster.nodes.values():
-        wait_until(lambda n=node: n.get("/status", timeout=0.5).status == 200, timeout=15,
+        wait_until(lambda n=node: n.get("/status", timeout=0.5).status == 200, timeout=STARTUP,
                    what=f"replica {node.node_id} to serve")
     serving = time.monotonic()
 
@@ -94,7 +95,7 @@ def test_restarted_old_leader_takes_leadership_back(cluster: Cluster) -> None:
 
     cluster.nodes[3].start(wait=False)
     third = wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 3 and s,
-                       timeout=15, what="node 3 to bully its way back")
+                       timeout=STARTUP, what="node 3 to bully its way back")
 
     assert third["epoch"] > second["epoch"]
 
@@ -178,7 +179,7 @@ def test_unicast_heartbeats_elect_a_leader_without_multicast(
         return leader if leader and leader["node_id"] == node_id else None
 
     # Bully ends on node 3 (another may lead for a moment while node 3 starts).
-    wait_until(lambda: led_by(3, nodes), timeout=15, what="node 3 to lead")
+    wait_until(lambda: led_by(3, nodes), timeout=STARTUP, what="node 3 to lead")
     nodes[2].kill()
     after = wait_until(lambda: led_by(2, nodes[:2]), timeout=10, what="failover to node 2")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.audio import make_audio, make_wav
-from tests.helpers.replica import Cluster, ReplicaProcess, request, send_json, wait_until
+from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, request, send_json, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -20,7 +20,7 @@ def cluster(tmp_path: Path, replicas: list[ReplicaProcess]) -> Cluster:
     cluster = Cluster(tmp_path, replicas, "--chunk-size", "16K", "--anti-entropy-interval", "1")
     for node_id in (1, 2, 3):
         cluster.add(node_id)
-    wait_until(cluster.agreed_leader, timeout=15, what="agreement")
+    wait_until(cluster.agreed_leader, timeout=STARTUP, what="agreement")
     return cluster
 
 
@@ -29,7 +29,7 @@ def sha(data: bytes) -> str:
 
 
 def leader(cluster: Cluster) -> ReplicaProcess:
-    status = wait_until(cluster.agreed_leader, timeout=15, what="a leader")
+    status = wait_until(cluster.agreed_leader, timeout=STARTUP, what="a leader")
     return cluster.nodes[status["node_id"]]
 
 
