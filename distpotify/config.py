@@ -46,6 +46,12 @@ class ReplicaConfig:
     coordinator_timeout: float = 1.0
     anti_entropy_interval: float = 10.0
     tombstone_ttl: float = 7 * 24 * 3600.0
+    # Semi-synchronous acknowledgement (docs/architecture.md 6.2): followers that must hold
+    # a write before its 2xx (0: asynchronous), and how long the leader waits for them.
+    sync_replicas: int = 1
+    sync_timeout: float = 0.25
+    # How long a new leader may spend pulling the writes it lacks before it takes writes.
+    catch_up_timeout: float = 2.0
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -73,6 +79,8 @@ class ReplicaConfig:
                 f"--chunk-size must be between 4 KiB and 64 MiB, got {self.chunk_size}"
             )
         check_positive("max-upload", self.max_upload)
+        if not 0 <= self.sync_replicas <= 99:
+            raise ConfigError(f"--sync-replicas must be 0-99, got {self.sync_replicas}")
         for name in (
             "heartbeat_interval",
             "failure_timeout",
@@ -80,6 +88,8 @@ class ReplicaConfig:
             "coordinator_timeout",
             "anti_entropy_interval",
             "tombstone_ttl",
+            "sync_timeout",
+            "catch_up_timeout",
         ):
             check_positive(name.replace("_", "-"), getattr(self, name))
 

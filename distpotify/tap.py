@@ -40,6 +40,12 @@ OPTIONS: OptionList = [
     ("coordinator-timeout", "1.0", "seconds to wait for the winner's Coordinator", float),
     ("anti-entropy-interval", "10", "seconds between anti-entropy rounds (+-20% jitter)", float),
     ("tombstone-ttl", "604800", "seconds before acknowledged tombstones may be purged", float),
+    ("sync-replicas", "1", "followers that must apply a write before the leader answers it"
+     " (0: asynchronous replication)", int),
+    ("sync-timeout", "0.25", "seconds the leader waits for --sync-replicas followers before"
+     " it answers anyway (a degraded acknowledgement)", float),
+    ("catch-up-timeout", "2.0", "seconds a new leader may spend pulling the writes it lacks"
+     " from its peers before it takes writes anyway", float),
 ]
 
 

@@ -28,6 +28,8 @@ def test_defaults_match_the_design() -> None:
     assert (config.heartbeat_interval, config.failure_timeout, config.answer_timeout) == (
         0.1, 0.75, 0.2)
     assert config.anti_entropy_interval == 10.0
+    assert (config.sync_replicas, config.sync_timeout, config.catch_up_timeout) == (
+        1, 0.25, 2.0)
 
 
 def test_environment_sets_options_and_the_command_line_wins() -> None:
@@ -63,12 +65,23 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--node-id", "1", "--failure-timeout", "-1"], {}, "--failure-timeout must be positive"),
         (["--node-id", "1", "--heartbeat-interval", "nan"], {},
          "--heartbeat-interval must be positive, got nan"),
+        (["--node-id", "1", "--sync-replicas", "-1"], {}, "--sync-replicas must be 0-99"),
+        (["--node-id", "1", "--sync-replicas", "one"], {}, "bad value for --sync-replicas"),
+        (["--node-id", "1", "--sync-timeout", "0"], {}, "--sync-timeout must be positive"),
+        (["--node-id", "1"], {"DISTPOTIFY_CATCH_UP_TIMEOUT": "-2"},
+         "--catch-up-timeout must be positive"),
     ],
 )
 def test_bad_values_are_one_clear_usage_error(args: list[str], env: dict[str, str],
                                               message: str) -> None:
     with pytest.raises(usage.UsageError, match=message.replace("-", r"\-")):
         parse(args, env)
+
+
+def test_sync_replicas_zero_is_asynchronous_replication() -> None:
+    config = parse(["--node-id", "1", "--sync-replicas", "0", "--sync-timeout", "0.5"]).config
+
+    assert (config.sync_replicas, config.sync_timeout) == (0, 0.5)
 
 
 def test_sizes_take_binary_suffixes() -> None:
