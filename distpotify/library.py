@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -46,8 +46,10 @@ class Library:
     follower answers 421), checks its input (400 or 404 before anything changes), then runs
     one function on the database thread that decides and writes in the same transaction, so
     no other write comes between the check and the change; ``on_written`` then tells
-    replication that new ops exist. An upload's chunk files are durable before the song row
-    that makes them visible; a delete removes files only after its tombstones are written.
+    replication that new ops exist, and the answer waits for ``acknowledged`` (semi-synchronous
+    replication: followers hold the write too). An upload's chunk files are durable before
+    the song row that makes them visible; a delete removes files only after its tombstones are
+    written.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Library:
         leadership: Leadership,
         chunk_size: int,
         on_written: Callable[[], object] = lambda: None,
+        acknowledged: Callable[[], Awaitable[object]] = lambda: succeed(None),
     ) -> None:
         self.store = store
         self.chunks = chunks
@@ -67,13 +70,16 @@ class Library:
         self.leadership = leadership
         self.chunk_size = chunk_size
         self._on_written = on_written
+        self._acknowledged = acknowledged
 
     async def _write(
         self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """A write on the database thread; then the replicas are told (push)."""
+        """A write on the database thread; then the replicas are told (push), and the answer
+        waits until enough of them hold it."""
         result = await self.store.run(method, *args, **kwargs)
         self._on_written()
+        await self._acknowledged()
         return result
 
     def _now(self) -> str:

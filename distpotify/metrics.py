@@ -78,6 +78,11 @@ class ReplicaMetrics:
                  ae["rows_repaired"])
         self.set("distpotify_anti_entropy_chunks_repaired", "Chunks fetched by anti-entropy",
                  ae["chunks_repaired"])
+        for outcome in ("replicated", "timeout", "alone"):
+            self.set("distpotify_write_acks", "Writes acknowledged: held by --sync-replicas"
+                     " followers (replicated), or degraded: not confirmed within"
+                     " --sync-timeout (timeout), too few followers up (alone)",
+                     replication["semi_sync"][outcome], outcome=outcome)
         for follower, link in ((replication.get("push") or {}).get("followers") or {}).items():
             self.set("distpotify_replication_lag_seconds", "How long the oldest unacknowledged"
                      " op has waited, per follower", link["lag_seconds"], follower=follower)

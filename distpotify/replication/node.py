@@ -40,6 +40,7 @@ from distpotify.replication.purge import TombstonePurger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
+from distpotify.replication.semisync import SemiSync
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
@@ -82,9 +83,14 @@ class ReplicationNode(service.MultiService):
             store, chunks, self.fetcher, blocking, self.peer_urls,
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT))
         self._planned = False  # until start-up decides between founding, rejoining and joining
+        self.semisync = SemiSync(
+            replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
+            head=cluster.head, membership=cluster.membership,
+        )
         self.pusher = Pusher(
             store=store, client=client, membership=cluster.membership, clock=reactor,
             source=config.http_url, leading=lambda: leadership.is_leader,
+            on_ack=self.semisync.follower_acked,
         )
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
@@ -116,8 +122,12 @@ class ReplicationNode(service.MultiService):
         return [p.http for p in self._cluster.membership.live_peers() if p.state == ACTIVE]
 
     def written(self) -> None:
-        """The library acknowledged a write: push it."""
+        """The library wrote: push it (the answer waits for ``acknowledged``)."""
         self.pusher.wake()
+
+    def acknowledged(self) -> Deferred[None]:
+        """Fires once the writes made so far may be acknowledged (semi-sync)."""
+        return self.semisync.acknowledged()
 
     async def become_active(self) -> None:
         """Found, rejoin or join (replication/bootstrap.py), then serve as ACTIVE; the periodic
@@ -166,6 +176,7 @@ class ReplicationNode(service.MultiService):
         stopped: Deferred[Any] = super().stopService()
         self._unsubscribe()
         self.pusher.stop()
+        self.semisync.stop()
         return stopped
 
     def _role_changed(self, role: str) -> None:
@@ -187,6 +198,7 @@ class ReplicationNode(service.MultiService):
         return {"sync": self.progress.as_dict(self._reactor.seconds()), "replication": {
             "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},
             "push": await self.pusher.status() if self._leadership.is_leader else None,
+            "semi_sync": self.semisync.status(),
             "ops_received": self.receiver.ops_applied,
             "anti_entropy": self.anti_entropy.status(),
             "repair": attrs.asdict(self.guard.counters),

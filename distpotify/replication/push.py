@@ -94,6 +94,7 @@ class FollowerLink:
                     self._failed(e)
                     return
                 self.batches += 1
+                pusher.on_ack(self.node_id, ops[-1].version)
                 self._backoff = MIN_BACKOFF
                 self.last_error = None
                 self.last_ack = pusher.clock.seconds()
@@ -125,9 +126,10 @@ class Pusher:
     ``wake()`` runs after every acknowledged write and when this replica becomes leader; a
     peer that comes up or changes state wakes the links too, and one that goes down stops
     its link's retries. Nothing is sent unless ``leading()``; after a change of leader,
-    ``forget_cursors()`` makes each link start again from its durable cursor. The purger
-    reads the links' cursors to know what every follower has acknowledged, and ``status()``
-    is the ``replication.push`` part of /status.
+    ``forget_cursors()`` makes each link start again from its durable cursor. Every batch a
+    follower applied is reported to ``on_ack`` (semi-synchronous acknowledgement waits on
+    it). The purger reads the links' cursors to know what every follower has acknowledged,
+    and ``status()`` is the ``replication.push`` part of /status.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class Pusher:
         clock: IReactorTime,
         source: str,
         leading: Callable[[], bool],
+        on_ack: Callable[[int, Version], object] = lambda node_id, version: None,
     ) -> None:
         self.store = store
         self.client = client
@@ -146,6 +149,7 @@ class Pusher:
         self.clock = clock
         self.source = source
         self.leading = leading
+        self.on_ack = on_ack
         self.links: dict[int, FollowerLink] = {}
         self._unsubscribe = membership.subscribe(self._peer_event)
 

@@ -655,3 +655,24 @@ def test_an_item_added_as_its_song_is_deleted_never_outlives_the_song(
     assert deleting.called and adding.called
     items = api.get(f"/playlists/{pid}").json()["playlist"]["items"]
     assert items == []
+
+
+def test_a_write_is_answered_once_it_is_acknowledged(api: InMemoryReplica) -> None:
+    """Semi-sync: the write is durable here at once, and answered only once ``acknowledged``
+    (followers holding it, or the timeout) fires."""
+    waiting: list[Deferred[None]] = []
+
+    def acknowledged() -> Deferred[None]:
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    library = Library(MetadataStore(api.db, run_now), api.chunks, run_now, api.clock,
+                      LoneLeader(), api.chunk_size, acknowledged=acknowledged)
+
+    creating = Deferred.fromCoroutine(library.create_playlist({"name": "held"}))
+
+    assert not creating.called and len(waiting) == 1
+    assert [p["name"] for p in api.get("/playlists").json()["playlists"]] == ["held"]
+    waiting[0].callback(None)
+    playlist, created = result_of(creating)
+    assert (playlist["name"], created) == ("held", True)
