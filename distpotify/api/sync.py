@@ -1,5 +1,5 @@
-"""The cluster-internal API under /sync/ (the proxy never forwards it): pushed ops in,
-digests and rows out for anti-entropy.
+"""The cluster-internal API under /sync/ (the proxy never forwards it): pushed ops in, ops
+out for a new leader's catch-up, digests and rows out for anti-entropy.
 
 Same shape as public.py: a Klein app on a class, typed path segments (parsing.py), failures
 answered by failures.py. A batch that is malformed anywhere is refused whole (400) and nothing
@@ -18,7 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from distpotify.api.failures import answer_failure
-from distpotify.api.parsing import read_json, typed_routes
+from distpotify.api.parsing import int_arg, query, read_json, typed_routes
 from distpotify.api.ranges import Representation, Span, serve
 from distpotify.errors import BadRequest, Unavailable
 from distpotify.model import ENTITIES, Version
@@ -30,6 +30,7 @@ from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, json_response
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_KEYS = 1000
+MAX_OPS = 1000  # ops per GET /sync/ops answer
 
 
 class SyncAPI:
@@ -69,6 +70,22 @@ class SyncAPI:
             raise Unavailable("taking a snapshot: pushes are taken again once it is installed")
         head = await self._receiver.apply_ops(ops, source)
         return json_response(request, 200, {"cursor": head.encode(), "applied": len(ops)})
+
+    @app.route("/sync/ops", methods=["GET"])
+    async def ops_after(self, request: Request) -> bytes:
+        """The ops this replica applied after version ``after``, oldest first, at most
+        ``limit``: what a new leader lacks (its oplog holds every op it applied, pushed by any
+        leader or written by itself)."""
+        args = query(request)
+        try:
+            after = Version.decode(args.get("after", ""))
+        except ValueError:
+            raise BadRequest("after must be a version (EEEEEEEEEE-NNNNN-SSSSSSSSSSSS)") from None
+        limit = int_arg(args, "limit", MAX_OPS, 1, MAX_OPS)
+        ops = await self._store.run(MetadataDB.ops_after, after, limit)
+        head = await self._store.run(MetadataDB.head)
+        return json_response(request, 200, {"ops": [op.to_json() for op in ops],
+                                            "head": head.encode()})
 
     @app.route("/sync/digest", methods=["GET"])
     async def digest(self, request: Request) -> bytes:

@@ -98,6 +98,19 @@ class PeerClient:
         except (KeyError, TypeError, ValueError):
             raise PeerError(f"push to {base}: no cursor in the answer") from None
 
+    async def ops_after(self, base: str, after: Version, limit: int) -> tuple[list[Op], Version]:
+        """The ops the peer applied after ``after`` (at most ``limit``, oldest first), and
+        its head; PeerError when the answer is not that."""
+        answer = await self._json(
+            self._http.get(f"{base}/sync/ops", params={"after": after.encode(),
+                                                       "limit": str(limit)}),
+            f"ops of {base}",
+        )
+        try:
+            return [op_from_json(value) for value in answer["ops"]], Version.decode(answer["head"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise PeerError(f"ops of {base}: malformed: {e}") from None
+
     async def digest(self, base: str) -> list[str]:
         answer = await self._json(self._http.get(f"{base}/sync/digest"), f"digest of {base}")
         buckets = answer.get("buckets") if isinstance(answer, dict) else None

@@ -7,9 +7,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
+from twisted.internet.defer import Deferred
 
+from distpotify.model import Version
+from distpotify.replication.client import PeerClient
 from distpotify.store.metadata import BUCKETS, MetadataDB
-from tests.helpers.api import Answer, InMemoryReplica
+from tests.helpers.api import Answer, InMemoryReplica, result_of
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 LETTERED = "5a5e1c8e-3c3b-4e6a-9d7e-2f0b8e1d4c11"
@@ -110,3 +115,46 @@ def test_an_unexpected_failure_is_a_json_500_without_details(
 ])
 def test_a_hostile_row_key_is_400(api: InMemoryReplica, key: str) -> None:
     assert_error(api.get(f"/sync/rows?key={quote(key)}"), 400, "bad_request")
+
+
+def test_ops_after_a_version_are_served_oldest_first_with_the_head(api: InMemoryReplica) -> None:
+    for name in ("a", "b", "c"):
+        api.send_json("POST", "/playlists", {"name": name})
+    ops = api.db.ops_after(Version(0, 0, 0))
+
+    answer = api.get(f"/sync/ops?after={ops[0].version.encode()}&limit=1")
+
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"ops": [ops[1].to_json()], "head": ops[-1].version.encode()}
+    everything = api.get(f"/sync/ops?after={Version(0, 0, 0).encode()}").json()["ops"]
+    assert [op["fields"].get("name") for op in everything] == ["a", "b", "c"]
+
+
+def test_ops_after_the_head_are_none(api: InMemoryReplica) -> None:
+    api.send_json("POST", "/playlists", {"name": "a"})
+    head = api.db.head().encode()
+
+    assert api.get(f"/sync/ops?after={head}").json() == {"ops": [], "head": head}
+
+
+@pytest.mark.parametrize("query", [
+    pytest.param("", id="no after"),
+    pytest.param("after=3", id="not a version"),
+    pytest.param("after=0000000001-00001-000000000001&limit=0", id="limit 0"),
+    pytest.param("after=0000000001-00001-000000000001&limit=1001", id="limit too large"),
+    pytest.param("after=0000000001-00001-000000000001&limit=%C2%B2", id="limit superscript"),
+])
+def test_a_bad_ops_query_is_400(api: InMemoryReplica, query: str) -> None:
+    assert_error(api.get(f"/sync/ops?{query}"), 400, "bad_request")
+
+
+def test_the_peer_client_reads_ops_after_a_version(api: InMemoryReplica) -> None:
+    api.send_json("POST", "/playlists", {"name": "a"})
+    agent = RequestTraversalAgent(api.root)
+    client = PeerClient(HTTPClient(agent), api.clock)
+
+    d = Deferred.fromCoroutine(client.ops_after("http://replica", Version(0, 0, 0), 10))
+    agent.flush()
+
+    ops, head = result_of(d)
+    assert ops == api.db.ops_after(Version(0, 0, 0)) and head == api.db.head()
