@@ -43,8 +43,9 @@ class Library:
     """What each music API call reads and writes: songs, their chunks, and playlists.
 
     Reads work on any replica. Every write first asks ``leadership.require_leader()`` (a
-    follower answers 421), checks its input (400 or 404 before anything changes), then runs
-    one function on the database thread that decides and writes in the same transaction, so
+    follower answers 421), checks its input (400 or 404 before anything changes), waits until
+    ``writable`` (a new leader first catches up with its peers), then runs one function on
+    the database thread that decides and writes in the same transaction, so
     no other write comes between the check and the change; ``on_written`` then tells
     replication that new ops exist, and the answer waits for ``acknowledged`` (semi-synchronous
     replication: followers hold the write too). An upload's chunk files are durable before
@@ -61,6 +62,7 @@ class Library:
         leadership: Leadership,
         chunk_size: int,
         on_written: Callable[[], object] = lambda: None,
+        writable: Callable[[], Awaitable[object]] = lambda: succeed(None),
         acknowledged: Callable[[], Awaitable[object]] = lambda: succeed(None),
     ) -> None:
         self.store = store
@@ -70,13 +72,15 @@ class Library:
         self.leadership = leadership
         self.chunk_size = chunk_size
         self._on_written = on_written
+        self._writable = writable
         self._acknowledged = acknowledged
 
     async def _write(
         self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """A write on the database thread; then the replicas are told (push), and the answer
-        waits until enough of them hold it."""
+        """A write on the database thread, once this leader may write; then the replicas are
+        told (push), and the answer waits until enough of them hold it."""
+        await self._writable()
         result = await self.store.run(method, *args, **kwargs)
         self._on_written()
         await self._acknowledged()

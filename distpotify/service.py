@@ -270,7 +270,8 @@ def build_replica(
         PeerClient(http_client or make_http_client(reactor), reactor), blocking,
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,
-                      on_written=replication.written, acknowledged=replication.acknowledged)
+                      on_written=replication.written, writable=replication.writable,
+                      acknowledged=replication.acknowledged)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head),

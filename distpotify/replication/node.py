@@ -41,6 +41,7 @@ from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
 from distpotify.replication.semisync import SemiSync
+from distpotify.replication.takeover import Takeover
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
@@ -92,6 +93,12 @@ class ReplicationNode(service.MultiService):
             source=config.http_url, leading=lambda: leadership.is_leader,
             on_ack=self.semisync.follower_acked,
         )
+        self.takeover = Takeover(
+            membership=cluster.membership, head=cluster.head, client=client,
+            receiver=self.receiver, leadership=leadership, clock=reactor,
+            timeout=config.catch_up_timeout, recheck=config.heartbeat_interval,
+            on_complete=self._took_over,
+        )
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
             chunks=chunks, blocking=blocking, peers=self.peer_urls, clock=reactor,
@@ -124,6 +131,11 @@ class ReplicationNode(service.MultiService):
     def written(self) -> None:
         """The library wrote: push it (the answer waits for ``acknowledged``)."""
         self.pusher.wake()
+
+    def writable(self) -> Deferred[None]:
+        """Fires when a write may start: at once, unless this replica just became leader and
+        is still catching up with its peers."""
+        return self.takeover.writable()
 
     def acknowledged(self) -> Deferred[None]:
         """Fires once the writes made so far may be acknowledged (semi-sync)."""
@@ -177,11 +189,19 @@ class ReplicationNode(service.MultiService):
         self._unsubscribe()
         self.pusher.stop()
         self.semisync.stop()
+        self.takeover.stop()
         return stopped
 
     def _role_changed(self, role: str) -> None:
+        self.takeover.role_changed(role)
         self.pusher.forget_cursors()
         self.pusher.wake()
+
+    def _took_over(self, peer: Peer | None) -> None:
+        # The pull brought ops after our head; what lies below it (another leader's writes
+        # in a partition, a write the old leader finished as it stepped down) is anti-entropy's.
+        if peer is not None:
+            self.anti_entropy.run_round_soon(peer.http, 0)
 
     def _peer_event(self, event: PeerEvent) -> None:
         # A replica that comes back (restart, healed partition) may hold writes we lack. Not
@@ -195,7 +215,8 @@ class ReplicationNode(service.MultiService):
 
     async def status(self) -> dict[str, Any]:
         """``sync`` (the join or rejoin, live or as a record) and ``replication``."""
-        return {"sync": self.progress.as_dict(self._reactor.seconds()), "replication": {
+        return {"sync": self.progress.as_dict(self._reactor.seconds()),
+                "takeover": self.takeover.status(), "replication": {
             "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},
             "push": await self.pusher.status() if self._leadership.is_leader else None,
             "semi_sync": self.semisync.status(),

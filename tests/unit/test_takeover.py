@@ -1,0 +1,221 @@
+"""A new leader's catch-up with a Clock: it pulls what peers hold beyond its head before its
+first write, holds the writes meanwhile, and gives up waiting after the catch-up timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from distpotify.cluster.heartbeat import Heartbeat
+from distpotify.cluster.membership import Membership, Peer
+from distpotify.errors import NotLeader
+from distpotify.model import ZERO, Op, Version
+from distpotify.replication.takeover import CATCHING_UP, COMPLETE, IDLE, Takeover
+from tests.helpers.api import result_of
+
+TIMEOUT = 2.0
+
+
+def op(version: Version) -> Op:
+    return Op(version, "playlists", f"{version.seq:08x}-0000-4000-8000-000000000000",
+              {"name": f"p{version.seq}"})
+
+
+def old_ops(n: int) -> list[Op]:
+    """Ops of the old leader (node 2, epoch 4)."""
+    return [op(Version(4, 2, seq)) for seq in range(1, n + 1)]
+
+
+class Replica:
+    """This replica's head and what it applies, the leadership, and its peers' oplogs."""
+
+    def __init__(self) -> None:
+        self.head = Version(3, 3, 7)
+        self.applied: list[tuple[str | None, list[Op]]] = []
+        self.oplogs: dict[str, list[Op]] = {}
+        self.asked: list[tuple[str, Version]] = []
+        self.silent: set[str] = set()  # peers whose answer never comes
+        self.leading = True
+        self.epoch = 5
+
+    # the client
+    def ops_after(self, base: str, after: Version, limit: int) -> Deferred[tuple[list[Op],
+                                                                                Version]]:
+        self.asked.append((base, after))
+        if base in self.silent:
+            return Deferred()
+        oplog = self.oplogs.get(base, [])
+        newer = [o for o in oplog if o.version > after][:limit]
+        return succeed((newer, max((o.version for o in oplog), default=ZERO)))
+
+    # the receiver
+    async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
+        self.applied.append((source, list(ops)))
+        self.head = max([self.head, *(o.version for o in ops)])
+        return self.head
+
+    # the leadership
+    @property
+    def is_leader(self) -> bool:
+        return self.leading
+
+    def require_leader(self) -> None:
+        if not self.leading:
+            raise NotLeader("this replica is not the leader", leader_id=2,
+                            leader_http="http://n2")
+
+
+def heartbeat(node: int, head: Version, role: str = "follower", state: str = "ACTIVE",
+              epoch: int = 5) -> Heartbeat:
+    return Heartbeat(cluster="c", node=node, epoch=epoch, role=role, state=state,
+                     http=f"http://n{node}", amp=f"n{node}:9000", head=head)
+
+
+def setup() -> tuple[Takeover, Replica, Membership, Clock, list[Peer | None]]:
+    clock = Clock()
+    membership = Membership(node_id=3, clock=clock, failure_timeout=0.75)
+    replica = Replica()
+    completed: list[Peer | None] = []
+    takeover = Takeover(
+        membership=membership, head=lambda: replica.head, client=replica,  # type: ignore[arg-type]
+        receiver=replica, leadership=replica, clock=clock,  # type: ignore[arg-type]
+        timeout=TIMEOUT, recheck=0.1, on_complete=completed.append,
+    )
+    return takeover, replica, membership, clock, completed
+
+
+def test_a_leader_nobody_is_ahead_of_is_complete_at_once() -> None:
+    takeover, replica, membership, _, completed = setup()
+    membership.heartbeat_received(heartbeat(1, Version(3, 3, 7)))
+
+    takeover.role_changed("leader")
+
+    assert takeover.phase == COMPLETE
+    assert result_of(takeover.writable()) is None
+    assert replica.asked == [] and completed == [None]
+    assert takeover.status()["timed_out"] is False
+
+
+def test_it_pulls_from_the_peer_with_the_highest_head_before_the_first_write() -> None:
+    takeover, replica, membership, _, completed = setup()
+    tail = old_ops(20)
+    replica.oplogs["http://n2"] = tail
+    replica.oplogs["http://n1"] = tail[:12]
+    membership.heartbeat_received(heartbeat(1, tail[11].version))
+    membership.heartbeat_received(heartbeat(2, tail[-1].version))
+
+    takeover.role_changed("leader")
+
+    assert replica.asked == [("http://n2", Version(3, 3, 7))]
+    assert replica.applied == [("http://n2", tail)]
+    assert takeover.phase == COMPLETE and replica.head == tail[-1].version
+    status = takeover.status()
+    assert (status["ops_pulled"], status["sources"], status["epoch"]) == (20, [2], 5)
+    assert completed[0] is not None and completed[0].node_id == 2
+
+
+def test_writes_wait_while_the_old_leader_still_claims_and_then_see_its_last_writes() -> None:
+    takeover, replica, membership, clock, completed = setup()
+    tail = old_ops(3)
+    replica.oplogs["http://n2"] = tail[:2]
+    membership.heartbeat_received(heartbeat(2, tail[1].version, role="leader", epoch=4))
+
+    takeover.role_changed("leader")
+    write = takeover.writable()
+    # The old leader acknowledges one more write before it hears our Coordinator.
+    replica.oplogs["http://n2"] = tail
+    clock.advance(0.1)
+    assert takeover.phase == CATCHING_UP and not write.called
+
+    membership.heartbeat_received(heartbeat(2, tail[2].version, role="follower"))
+    clock.advance(0.1)
+
+    assert takeover.phase == COMPLETE and result_of(write) is None
+    assert replica.head == tail[2].version
+    assert takeover.status()["held_writes"] == 1
+    assert completed[0] is not None and completed[0].node_id == 2
+
+
+def test_a_long_tail_is_pulled_batch_after_batch() -> None:
+    takeover, replica, membership, _, _ = setup()
+    tail = old_ops(2500)
+    replica.oplogs["http://n2"] = tail
+    membership.heartbeat_received(heartbeat(2, tail[-1].version))
+
+    takeover.role_changed("leader")
+
+    assert [len(ops) for _, ops in replica.applied] == [1000, 1000, 500]
+    assert takeover.phase == COMPLETE and replica.head == tail[-1].version
+
+
+def test_past_the_catch_up_timeout_writes_go_through_anyway() -> None:
+    takeover, replica, membership, clock, completed = setup()
+    replica.silent.add("http://n2")
+    membership.heartbeat_received(heartbeat(2, old_ops(1)[0].version))
+    takeover.role_changed("leader")
+    write = takeover.writable()
+
+    for _ in range(19):  # the peer stays up (heartbeats) but never answers
+        clock.advance(0.1)
+        membership.heartbeat_received(heartbeat(2, old_ops(1)[0].version))
+    assert not write.called
+    clock.advance(0.1)
+
+    assert result_of(write) is None
+    status = takeover.status()
+    assert (status["phase"], status["timed_out"], status["timeouts"]) == (COMPLETE, True, 1)
+    assert completed[0] is not None and completed[0].node_id == 2
+
+
+def test_held_writes_fail_with_not_leader_when_leadership_ends_first() -> None:
+    takeover, replica, membership, _, completed = setup()
+    membership.heartbeat_received(heartbeat(2, ZERO, role="leader", epoch=4))
+    takeover.role_changed("leader")
+    write = takeover.writable()
+
+    replica.leading = False
+    takeover.role_changed("follower")
+
+    with pytest.raises(NotLeader):
+        result_of(write)
+    assert takeover.phase == IDLE and completed == []
+    with pytest.raises(NotLeader):
+        takeover.writable()
+
+
+def test_a_peer_that_has_nothing_after_our_head_is_not_asked_again() -> None:
+    takeover, replica, membership, clock, _ = setup()
+    # Its heartbeat shows a head its oplog no longer holds (it was wiped and restarted).
+    membership.heartbeat_received(heartbeat(2, Version(4, 2, 1)))
+
+    takeover.role_changed("leader")
+    clock.advance(0.5)
+
+    assert replica.asked == [("http://n2", Version(3, 3, 7))]
+    assert takeover.phase == COMPLETE
+
+
+def test_a_joining_peer_is_not_pulled_from() -> None:
+    takeover, replica, membership, _, _ = setup()
+    replica.oplogs["http://n1"] = old_ops(2)
+    membership.heartbeat_received(heartbeat(1, old_ops(2)[1].version, state="JOINING"))
+
+    takeover.role_changed("leader")
+
+    assert replica.asked == [] and takeover.phase == COMPLETE
+
+
+def test_each_leadership_has_its_own_catch_up() -> None:
+    takeover, replica, membership, _, _ = setup()
+    takeover.role_changed("leader")
+    takeover.role_changed("candidate")
+    replica.oplogs["http://n2"] = old_ops(1)
+    membership.heartbeat_received(heartbeat(2, old_ops(1)[0].version))
+
+    takeover.role_changed("leader")
+
+    assert takeover.status()["takeovers"] == 2
+    assert takeover.status()["ops_pulled"] == 1
