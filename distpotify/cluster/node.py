@@ -37,6 +37,7 @@ from distpotify.cluster.heartbeat import (
     listen_unicast,
 )
 from distpotify.cluster.membership import Membership
+from distpotify.cluster.takeback import TakeBack
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.model import Version
@@ -86,6 +87,14 @@ class ClusterNode(service.Service):
             persist_epoch=self._persist_epoch, is_electable=lambda: self.state == ACTIVE,
             on_change=self._role_changed, answer_timeout=config.answer_timeout,
             coordinator_timeout=config.coordinator_timeout, epoch=epoch,
+        )
+        # Bully after any return (SIGCONT, a healed partition): a higher ACTIVE replica that
+        # follows a lower leader takes over once caught up.
+        self.takeback = TakeBack(
+            node_id=config.node_id, election=self.election, membership=self.membership,
+            head=head, electable=lambda: self.state == ACTIVE and bool(self.running),
+            clock=reactor, interval=config.heartbeat_interval,
+            patience=config.catch_up_timeout,
         )
         self.heartbeats = HeartbeatProtocol(
             cluster=config.cluster, node_id=config.node_id, http=config.http_url,
@@ -162,6 +171,7 @@ class ClusterNode(service.Service):
         self._unsubscribe = follow_membership(self.election, self.membership)
         self._sender.start()
         self.election.start(self.config.failure_timeout)
+        self.takeback.loop.startService()
         log.info(
             "node {node_id} joined cluster {cluster}: heartbeats {mode} every {interval}s,"
             " AMP on {amp}", node_id=self.config.node_id, cluster=self.config.cluster,
@@ -180,6 +190,7 @@ class ClusterNode(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._sender.stop()
+        self.takeback.loop.stopService()
         self.election.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
