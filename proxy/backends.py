@@ -45,6 +45,9 @@ class Backend:
     epoch: int = 0
     leader_id: int | None = None
     leader_http: str | None = None
+    # How many ACTIVE replicas its own /status shows up (itself included): of two claimed
+    # leaders, the one whose view holds more is the majority's.
+    active_view: int = 0
     healthy: bool = False
     checked_at: float | None = None
     last_error: str | None = None
@@ -57,8 +60,10 @@ class Backend:
     observers: list[Deferred[bool]] = attrs.field(factory=list, repr=False)
 
     @property
-    def rank(self) -> tuple[int, int]:
-        return (self.epoch, self.node_id or 0)
+    def rank(self) -> tuple[int, int, int]:
+        """What orders competing leaders: the larger view of ACTIVE replicas, then the
+        higher (epoch, node_id)."""
+        return (self.active_view, self.epoch, self.node_id or 0)
 
     def fresh(self, now: float, max_age: float) -> bool:
         """Healthy, by a /status answer at most ``max_age`` seconds old."""
@@ -161,6 +166,7 @@ class BackendView:
         backend.node_id, backend.role, backend.state, backend.epoch = node_id, role, state, epoch
         backend.leader_id = _optional_int(status.get("leader_id"))
         backend.leader_http = _optional_url(status.get("leader_http"))
+        backend.active_view = _active_view(status)
         backend.healthy = True
         backend.checked_at = self._clock.seconds()
         backend.last_error = None
@@ -207,13 +213,14 @@ class BackendView:
 
     def _note_leader(self) -> None:
         leader = self.leader()
-        seen = (leader.url, leader.rank) if leader is not None else None
+        seen = (leader.url, (leader.epoch, leader.node_id or 0)) if leader is not None else None
         if seen != self._leader_seen:
             if leader is None:
                 log.info("no leader known")
             else:
-                log.info("leader is node {node_id} at {url}, epoch {epoch}",
-                         node_id=leader.node_id, url=leader.url, epoch=leader.epoch)
+                log.info("leader is node {node_id} at {url}, epoch {epoch}, seeing {active}"
+                         " ACTIVE replicas", node_id=leader.node_id, url=leader.url,
+                         epoch=leader.epoch, active=leader.active_view)
             self._leader_seen = seen
         if leader is not None:
             for watcher, old in list(self._leader_watchers.items()):
@@ -234,10 +241,15 @@ class BackendView:
     # choosing
 
     def leader(self) -> Backend | None:
-        """The healthy ACTIVE replica that says it leads with the highest (epoch, node_id).
+        """The healthy ACTIVE replica that says it leads: of several, the one whose own
+        /status shows the most ACTIVE replicas up (the majority's), then the highest
+        (epoch, node_id).
 
         Two replicas may both claim leadership for a moment (a partition healing, an old
-        leader back from SIGSTOP); the lower one steps down as soon as it hears the higher.
+        leader back from SIGSTOP): the lower one steps down as soon as it hears the higher.
+        And while a partition lasts, a replica cut off from the others elects itself with a
+        higher epoch but lacks the records the majority acknowledged: writes go to the side
+        that sees more of the cluster (docs/architecture.md 5.3).
         """
         leaders = [
             b for b in self.backends.values()
@@ -358,6 +370,7 @@ class BackendView:
                     "role": b.role,
                     "state": b.state,
                     "epoch": b.epoch,
+                    "active_view": b.active_view,
                     "healthy": b.healthy,
                     "fresh": b.fresh(now, self.health_max_age),
                     "status_age_ms": None if b.checked_at is None
@@ -386,6 +399,14 @@ def _identity(status: Any) -> tuple[int, str, str, int]:
         raise StatusError(f"node_id {node_id!r}")
     return node_id, str(status.get("role")), str(status.get("state")), int(
         status.get("epoch") or 0)
+
+
+def _active_view(status: dict[str, Any]) -> int:
+    """ACTIVE replicas a /status shows up: the replica itself and its live peers."""
+    peers = status.get("peers")
+    up = [p for p in peers if isinstance(p, dict)] if isinstance(peers, list) else []
+    return (status.get("state") == ACTIVE) + sum(
+        p.get("up") is True and p.get("state") == ACTIVE for p in up)
 
 
 def _optional_int(value: Any) -> int | None:

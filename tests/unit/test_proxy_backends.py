@@ -333,3 +333,61 @@ def test_snapshot_reports_every_backend(replicas: Replicas) -> None:
     assert (down["http"], down["healthy"]) == ("http://127.0.0.1:8002", False)
     assert "ConnectionRefused" in down["last_error"]
     assert snapshot["backends"][0]["status_age_ms"] == 100
+
+
+def peers(*up_active: int, down: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """A /status peer list: the given node ids up and ACTIVE, ``down`` ones silent."""
+    return ([{"node_id": n, "up": True, "state": "ACTIVE"} for n in up_active]
+            + [{"node_id": n, "up": False, "state": "ACTIVE"} for n in down])
+
+
+def test_of_two_claimed_leaders_the_one_that_sees_the_majority_wins() -> None:
+    """Node 1, cut off from 2 and 3, elected itself with a higher epoch; the proxy, which
+    still reaches all three, follows node 3, whose view holds three ACTIVE replicas."""
+    replicas, clock = Replicas(), Clock()
+    replicas.add(1, role="leader", epoch=5, peers=peers(down=(2, 3)))
+    replicas.add(2, epoch=4, peers=peers(3, down=(1,)))
+    replicas.add(3, role="leader", epoch=4, peers=peers(2, down=(1,)))
+
+    view = make_view(replicas, clock)
+
+    assert node(view.leader()) == 3
+    assert {b["node_id"]: b["active_view"] for b in view.snapshot()["backends"]} == {
+        1: 1, 2: 2, 3: 2}
+
+
+def test_only_up_and_active_peers_count_in_a_leaders_view() -> None:
+    replicas, clock = Replicas(), Clock()
+    replicas.add(1, role="leader", epoch=5,
+                 peers=[{"node_id": 2, "up": True, "state": "JOINING"},
+                        {"node_id": 3, "up": "yes", "state": "ACTIVE"}, "garbage"])
+    replicas.add(2, role="leader", epoch=4, peers=peers(down=(1,)))
+
+    view = make_view(replicas, clock)
+
+    # Both see only themselves: the higher epoch decides.
+    assert node(view.leader()) == 1
+
+
+def test_leaders_with_equal_views_are_decided_by_epoch_then_node_id() -> None:
+    replicas, clock = Replicas(), Clock()
+    replicas.add(1, role="leader", epoch=6, peers=peers(3))
+    replicas.add(2, role="leader", epoch=6, peers=peers(3))
+    replicas.add(3, peers="not a list")
+
+    assert node(make_view(replicas, clock).leader()) == 2
+
+
+def test_a_leader_whose_view_grows_takes_the_writes() -> None:
+    """A partition heals: the replica that was cut off sees the others again."""
+    replicas, clock = Replicas(), Clock()
+    replicas.add(1, role="leader", epoch=5, peers=peers(down=(2, 3)))
+    replicas.add(3, role="leader", epoch=4, peers=peers(2, down=(1,)))
+    view = make_view(replicas, clock)
+    assert node(view.leader()) == 3
+    replaced = view.leader_replaced(view.leader())  # type: ignore[arg-type]
+
+    replicas.status["http://127.0.0.1:8001"]["peers"] = peers(2, 3)
+    view.poll_all()
+
+    assert node(view.leader()) == 1 and node(result(replaced)) == 1
