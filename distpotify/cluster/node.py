@@ -223,6 +223,7 @@ class ClusterNode(service.Service):
             role=status.role, epoch=status.epoch, leader_id=status.leader_id,
             leader_http=status.leader_http,
         )
+        self.takeback.leader_changed()
         for observer in self.role_observers:
             observer(status.role)
 

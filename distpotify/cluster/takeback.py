@@ -22,7 +22,8 @@ log = Logger()
 
 
 class TakeBack:
-    """Checks every ``interval`` (a heartbeat) whether this replica follows a lower id.
+    """Checks every ``interval`` (a heartbeat), and as soon as the leader it follows changes
+    (``leader_changed``), whether this replica follows a lower id.
 
     Bully makes the highest live id lead, but a higher replica may find itself following a
     lower leader: it was paused (SIGSTOP) or cut off while the others elected one, or it
@@ -31,7 +32,9 @@ class TakeBack:
     id; this covers every other return. The first check that sees a lower leader notes the
     head that leader announces (the target, which does not move with its later writes);
     once our head reaches it, or ``patience`` seconds later whatever push brought, we hold
-    an election. The new leader's catch-up (replication/takeover.py) pulls the rest.
+    an election. The new leader's catch-up (replication/takeover.py) pulls the rest. A
+    leader that steps down to a lower id's higher epoch (a minority's, as a partition heals)
+    is caught up already: it claims back at once, before the proxy sends that id a write.
     """
 
     def __init__(
@@ -59,6 +62,12 @@ class TakeBack:
         self._following: tuple[int, int] | None = None
         self._target = Version(0, 0, 0)
         self._since = 0.0
+
+    def leader_changed(self) -> None:
+        """The election changed role or leader: check on the next turn of the reactor (not
+        now: the election machine is still in its transition)."""
+        if self.loop.running:
+            self._clock.callLater(0, self.check)
 
     def check(self) -> None:
         status = self._election.status

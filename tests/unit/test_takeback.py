@@ -115,3 +115,27 @@ def test_a_leader_gone_silent_is_no_leader_to_take_over_from() -> None:
     returned.takeback.check()
 
     assert returned.takeback.claims == 0
+
+
+def test_a_leader_that_steps_down_to_a_lower_ids_higher_epoch_claims_back_at_once() -> None:
+    """A partition heals: node 1, cut off, led epoch 7; node 3, which led the majority in
+    epoch 6, hears it, steps down, and (holding more than node 1) takes over again."""
+    node = Node(node_id=3, higher=())
+    clock = node.clock
+    membership = Membership(node_id=3, clock=clock, failure_timeout=0.75)
+    takeback = TakeBack(node_id=3, election=node.election, membership=membership,
+                        head=lambda: Version(6, 3, 40), electable=lambda: True, clock=clock,
+                        interval=INTERVAL, patience=PATIENCE)
+    takeback.loop.startService()
+    node.election.start(0)
+    clock.advance(0)  # nobody else: it leads
+    assert node.election.status.role == "leader"
+    membership.heartbeat_received(heartbeat(1, epoch=7, role="leader", head=Version(5, 3, 9)))
+
+    node.election.leader_seen(1, 7, "http://127.0.0.1:8001")
+    takeback.leader_changed()
+    clock.advance(0)
+
+    assert takeback.claims == 1
+    clock.advance(0)
+    assert node.election.status.role == "leader" and node.election.status.epoch == 8
