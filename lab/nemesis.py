@@ -22,7 +22,7 @@ from lab.network import LabNetwork
 
 PROXY = "proxy"
 
-FAULTS = ("kill", "wipe", "pause", "partition", "slow")
+FAULTS = ("kill", "wipe", "pause", "partition", "cut", "slow")
 
 
 def ends(fault: Event, later: Event) -> bool:
@@ -34,6 +34,8 @@ def ends(fault: Event, later: Event) -> bool:
         return later.op in ("resume", "restart", "kill", "wipe") and same
     if fault.op == "partition":
         return later.op in ("heal", "partition")
+    if fault.op == "cut":
+        return later.op == "heal"
     if fault.op == "slow":
         return later.op == "heal" or (later.op in ("fast", "slow") and same)
     return False
@@ -125,8 +127,16 @@ class Nemesis:
         self._network.partition(named)
         self._record(began, "partition", [list(group) for group in groups])
 
+    def cut(self, node: int | str, others: Iterable[int | str]) -> None:
+        """NODE and each of OTHERS stop reaching each other; everyone else still reaches
+        both sides (``"proxy"`` names the proxy host)."""
+        began = self._begin()
+        others = list(others)
+        self._network.cut(self._host_name(node), [self._host_name(o) for o in others])
+        self._record(began, "cut", [node, others])
+
     def heal(self) -> None:
-        """Undo every partition and slowdown."""
+        """Undo every partition, cut and slowdown."""
         began = self._begin()
         self._network.heal()
         self._record(began, "heal", None)

@@ -3,8 +3,9 @@ lives in a namespace of its own, with addresses from one private /24 that exists
 
 The root namespace gets nothing (no interface, address or route): clients reach a host by
 opening their sockets inside its namespace (``netns.socket_in``). ``partition``/``heal`` move
-hosts' bridge ports between bridges; ``slow``/``fast`` add delay and loss to what a host sends,
-with ``tc netem`` or, where the kernel has no netem, the userspace delay line.
+hosts' bridge ports between bridges; ``cut`` separates chosen pairs of hosts while each still
+reaches every other host; ``slow``/``fast`` add delay and loss to what a host sends, with
+``tc netem`` or, where the kernel has no netem, the userspace delay line.
 """
 # test-case-name: tests.lab.test_network
 
@@ -68,6 +69,7 @@ class LabNetwork:
         self._group_of: dict[str, int] = {}
         self._bridges: set[int] = set()
         self._slow: dict[str, _Slowdown] = {}
+        self._cuts: set[tuple[str, str]] = set()  # (host, peer): host drops peer's traffic
         self._created: list[str] = []
 
     def netns_name(self, role: str) -> str:
@@ -133,8 +135,39 @@ class LabNetwork:
             self._move(name, wanted.get(name, 0))
         self._drop_unused_bridges()
 
+    def cut(self, name: str, others: Iterable[str]) -> None:
+        """Host NAME and each host of OTHERS stop reaching each other, unicast and multicast
+        alike; every other pair still can, so a third host (the proxy) reaches both sides,
+        which moving bridge ports cannot do. Each side gets a blackhole route to the other's
+        address and strict reverse-path filtering, which drops what arrives from an address
+        whose route is a blackhole (multicast heartbeats included)."""
+        others = list(others)
+        for host in (name, *others):
+            if host not in self.hosts:
+                raise LabError(f"no host {host!r} in the lab")
+        if name in others:
+            raise LabError(f"host {name!r} cannot be cut from itself")
+        for other in others:
+            for host, peer in ((name, other), (other, name)):
+                if (host, peer) in self._cuts:
+                    continue
+                here = self.hosts[host]
+                run(netns_exec(here.netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1",
+                               f"net.ipv4.conf.{here.ifname}.rp_filter=1"))
+                ip("-n", here.netns, "route", "add", "blackhole",
+                   f"{self.hosts[peer].address}/32")
+                self._cuts.add((host, peer))
+
+    def cuts(self) -> list[tuple[str, str]]:
+        """The pairs of hosts ``cut`` separated, each pair once."""
+        return sorted({tuple(sorted(pair)) for pair in self._cuts})  # type: ignore[misc]
+
     def heal(self) -> None:
-        """Every host back on the main bridge, with no delay or loss."""
+        """Every host back on the main bridge, with no delay, loss or cut."""
+        for host, peer in sorted(self._cuts):
+            ip("-n", self.hosts[host].netns, "route", "del", "blackhole",
+               f"{self.hosts[peer].address}/32")
+        self._cuts.clear()
         for name in list(self._slow):
             self.fast(name)
         for name in self.hosts:

@@ -270,7 +270,8 @@ def _restore(ctx: Context) -> None:
     """Whatever the story left broken is repaired before the check: network healed, every
     replica resumed or restarted on its data dir."""
     network = ctx.lab.network
-    if network is not None and (network.slowed() or len(network.groups()) > 1):
+    if network is not None and (network.slowed() or network.cuts()
+                                or len(network.groups()) > 1):
         ctx.nemesis.heal()
     for node_id, replica in ctx.lab.replicas.items():
         if replica.paused:

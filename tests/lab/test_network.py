@@ -1,5 +1,6 @@
-"""The lab's wiring: hosts reach each other over HTTP and multicast, partitions cut and heal
-restores, slow adds the delay and loss it says, and the root namespace is left alone."""
+"""The lab's wiring: hosts reach each other over HTTP and multicast, partitions and cuts
+separate and heal restores, slow adds the delay and loss it says, and the root namespace is
+left alone."""
 
 from __future__ import annotations
 
@@ -94,6 +95,34 @@ def test_partition_stops_traffic_between_groups_and_heal_restores_it(lab: Lab) -
         for sock in listeners.values():
             sock.close()
     assert [e.op for e in nemesis.events] == ["partition", "heal"]
+
+
+@pytest.mark.timeout(60)
+def test_a_cut_separates_two_hosts_that_a_third_still_reaches(lab: Lab) -> None:
+    nemesis = Nemesis(lab)
+    hosts = {n: r.host for n, r in lab.replicas.items()}
+    listeners = {n: probes.multicast_listener(hosts[n], TEST_GROUP, TEST_PORT) for n in (1, 3)}
+    try:
+        nemesis.cut(1, [2])
+
+        assert not _reaches(lab, 1, 2) and not _reaches(lab, 2, 1)
+        assert _reaches(lab, 3, 1) and _reaches(lab, 3, 2) and _reaches(lab, 1, 3)
+        # Node 3 hearing node 2's datagram proves it went out; node 1 must not have heard it.
+        assert _multicast_reaches(hosts[2], listeners, time.monotonic() + 10, {3}) == {3}
+        assert probes.drain(listeners[1]) == []
+        assert lab.network is not None and lab.network.cuts() == [("n1", "n2")]
+
+        nemesis.heal()
+
+        deadline = time.monotonic() + 10
+        while not (_reaches(lab, 1, 2) and _reaches(lab, 2, 1)):
+            assert time.monotonic() < deadline, "heal did not restore HTTP"
+            time.sleep(0.05)
+        assert _multicast_reaches(hosts[2], listeners, deadline, {1, 3}) == {1, 3}
+    finally:
+        for sock in listeners.values():
+            sock.close()
+    assert [e.op for e in nemesis.events] == ["cut", "heal"]
 
 
 @pytest.mark.timeout(60)
