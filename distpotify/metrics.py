@@ -78,6 +78,11 @@ class ReplicaMetrics:
                  ae["rows_repaired"])
         self.set("distpotify_anti_entropy_chunks_repaired", "Chunks fetched by anti-entropy",
                  ae["chunks_repaired"])
+        takeover = status["takeover"]
+        self.set("distpotify_takeover_seconds", "How long the last leadership's catch-up took"
+                 " before its first write", takeover["seconds"] or 0.0)
+        self.set("distpotify_takeover_timeouts", "Catch-ups that ended at --catch-up-timeout",
+                 takeover["timeouts"])
         for outcome in ("replicated", "timeout", "alone"):
             self.set("distpotify_write_acks", "Writes acknowledged: held by --sync-replicas"
                      " followers (replicated), or degraded: not confirmed within"

@@ -214,7 +214,8 @@ class ReplicationNode(service.MultiService):
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
     async def status(self) -> dict[str, Any]:
-        """``sync`` (the join or rejoin, live or as a record) and ``replication``."""
+        """``sync`` (the join or rejoin, live or as a record), ``takeover`` (the catch-up of
+        the current or last leadership) and ``replication``."""
         return {"sync": self.progress.as_dict(self._reactor.seconds()),
                 "takeover": self.takeover.status(), "replication": {
             "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},

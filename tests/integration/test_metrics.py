@@ -45,3 +45,7 @@ def test_metrics_count_requests_by_route_and_show_leadership(
     assert found[("distpotify_is_leader", ())] == 1.0
     assert found[("distpotify_epoch", ())] >= 1
     assert found[("distpotify_active", ())] == 1.0
+    # A lone replica has no follower to wait for: its write is acknowledged as degraded.
+    assert found[("distpotify_write_acks", (("outcome", "alone"),))] == 1
+    assert found[("distpotify_write_acks", (("outcome", "replicated"),))] == 0
+    assert found[("distpotify_takeover_timeouts", ())] == 0
