@@ -48,7 +48,7 @@ def settled(cluster: Cluster, leader_id: int | None = None) -> dict[str, Any] | 
 def start_cluster(cluster: Cluster) -> dict[str, Any]:
     for node_id in (1, 2, 3):
         cluster.add(node_id)
-    return wait_until(lambda: settled(cluster, 3), timeout=30, what="settling on node 3")
+    return wait_until(lambda: settled(cluster, 3), timeout=60, what="settling on node 3")
 
 
 def playlist(node: ReplicaProcess, playlist_id: str) -> int:
