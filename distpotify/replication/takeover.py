@@ -50,6 +50,8 @@ class TakeoverRecord:
         end = self.finished if self.finished is not None else now
         return {
             "phase": self.phase, "epoch": self.epoch,
+            # When this leadership began (the clock's time: Unix seconds), to line up with logs.
+            "started_at": None if self.started is None else round(self.started, 3),
             "seconds": None if self.started is None else round(end - self.started, 3),
             "ops_pulled": self.ops_pulled, "sources": self.sources,
             "timed_out": self.timed_out, "held_writes": self.held_writes,

@@ -100,7 +100,8 @@ def test_a_leader_nobody_is_ahead_of_is_complete_at_once() -> None:
 
 
 def test_it_pulls_from_the_peer_with_the_highest_head_before_the_first_write() -> None:
-    takeover, replica, membership, _, completed = setup()
+    takeover, replica, membership, clock, completed = setup()
+    clock.advance(100)
     tail = old_ops(20)
     replica.oplogs["http://n2"] = tail
     replica.oplogs["http://n1"] = tail[:12]
@@ -114,6 +115,7 @@ def test_it_pulls_from_the_peer_with_the_highest_head_before_the_first_write() -
     assert takeover.phase == COMPLETE and replica.head == tail[-1].version
     status = takeover.status()
     assert (status["ops_pulled"], status["sources"], status["epoch"]) == (20, [2], 5)
+    assert status["started_at"] == 100
     assert completed[0] is not None and completed[0].node_id == 2
 
 
