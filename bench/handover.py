@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.helpers.leaders import LeaderWatch
-from tests.helpers.replica import Cluster, ReplicaProcess, send_json, wait_until
+from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, send_json, wait_until
 
 RATES = (20, 100)
 TARGET_ADDED_P99_MS = 50.0
@@ -58,7 +58,9 @@ def start(root: Path, started: list[ReplicaProcess], sync_replicas: int) -> Clus
 
 
 def latencies(cluster: Cluster, rate: int, seconds: float) -> dict[str, Any]:
-    leader = cluster.nodes[wait_until(lambda: settled(cluster), timeout=30)["node_id"]]
+    # The first call waits for six replicas to start, which a busy host makes slow.
+    leader = cluster.nodes[wait_until(lambda: settled(cluster), timeout=2 * STARTUP,
+                                      what="node 3 to lead a settled cluster")["node_id"]]
     samples: list[float] = []
     errors: list[int] = []
     lock = threading.Lock()
