@@ -85,7 +85,7 @@ def latencies(cluster: Cluster, rate: int, seconds: float) -> dict[str, Any]:
                 time.sleep(delay)
             pool.submit(write, n)
     achieved = count / (time.monotonic() - begin)
-    status = cluster.statuses()[leader.node_id]["replication"]["semi_sync"]
+    status = wait_until(leader.status, timeout=30)["replication"]["semi_sync"]
     ms = [s * 1000 for s in samples]
     return {"rate": rate, "achieved": round(achieved, 1), "writes": len(ms),
             "errors": len(errors), "p50_ms": round(statistics.median(ms), 2),
