@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 
+from distpotify.httpchannel import DEFAULT_TIMEOUTS, Timeouts
 from distpotify.options import ConfigError, check_positive
 
 KIB = 1024
@@ -52,6 +53,9 @@ class ReplicaConfig:
     sync_timeout: float = 0.25
     # How long a new leader may spend pulling the writes it lacks before it takes writes.
     catch_up_timeout: float = 2.0
+    header_timeout: float = DEFAULT_TIMEOUTS.header
+    body_timeout: float = DEFAULT_TIMEOUTS.body
+    idle_timeout: float = DEFAULT_TIMEOUTS.idle
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -90,8 +94,16 @@ class ReplicaConfig:
             "tombstone_ttl",
             "sync_timeout",
             "catch_up_timeout",
+            "header_timeout",
+            "body_timeout",
+            "idle_timeout",
         ):
             check_positive(name.replace("_", "-"), getattr(self, name))
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The HTTP port's deadlines for a client's headers, body and idle keep-alive."""
+        return Timeouts(self.header_timeout, self.body_timeout, self.idle_timeout)
 
     @property
     def http_url(self) -> str:

@@ -36,6 +36,9 @@ class ReplicaMetrics:
         self.bytes_sent = Counter(
             "distpotify_http_sent_bytes", "Response body bytes sent", ["route"],
             registry=self.registry)
+        self.timeouts = Counter(
+            "distpotify_http_timeouts", "Connections closed by a timeout, by phase"
+            " (header, body, idle)", ["phase"], registry=self.registry)
         self._gauges: dict[str, Gauge] = {}
         self.node_id = node_id
 
@@ -43,6 +46,9 @@ class ReplicaMetrics:
         route = route_of(path)
         self.requests.labels(route, method, str(status)).inc()
         self.bytes_sent.labels(route).inc(sent)
+
+    def timed_out(self, phase: str) -> None:
+        self.timeouts.labels(phase).inc()
 
     def _gauge(self, name: str, text: str, labels: tuple[str, ...] = ()) -> Gauge:
         if name not in self._gauges:

@@ -281,7 +281,8 @@ def build_replica(
     resource = ReplicaRoot(config.node_id, api, sync.app.resource(),
                            serving=lambda: cluster.state == ACTIVE)
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
-                       spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics)
+                       spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
+                       timeouts=config.timeouts)
     return ReplicaService(
         config, reactor,
         database=database,

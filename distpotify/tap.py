@@ -12,6 +12,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from distpotify.config import ConfigError, ReplicaConfig, parse_peers
+from distpotify.httpchannel import TIMEOUT_OPTIONS
 from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
 
 # (option, default, help, converter to the ReplicaConfig field)
@@ -46,6 +47,7 @@ OPTIONS: OptionList = [
      " it answers anyway (a degraded acknowledgement)", float),
     ("catch-up-timeout", "2.0", "seconds a new leader may spend pulling the writes it lacks"
      " from its peers before it takes writes anyway", float),
+    *TIMEOUT_OPTIONS,
 ]
 
 

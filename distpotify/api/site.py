@@ -1,7 +1,7 @@
 """The HTTP server of a replica: request bodies spooled to the data dir, oversized ones refused
-(bodylimit.py), every request counted for /metrics.
+(bodylimit.py), stalled clients timed out (httpchannel.py), every request counted for /metrics.
 """
-# test-case-name: tests.integration.test_replica
+# test-case-name: tests.integration.test_replica, tests.integration.test_http_timeouts
 
 from __future__ import annotations
 
@@ -13,21 +13,25 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from distpotify.bodylimit import LimitedRequest
+from distpotify.httpchannel import Phase, TimedChannel, Timeouts
 from distpotify.metrics import ReplicaMetrics
 
 log = Logger()
 
 
 class ReplicaSite(server.Site):
+    protocol = TimedChannel  # type: ignore[assignment]
     requestFactory = LimitedRequest
 
     def __init__(
         self, resource: IResource, *, node_id: int, max_body: int, spool_dir: Path, clock: Any,
-        metrics: ReplicaMetrics | None = None,
+        metrics: ReplicaMetrics | None = None, timeouts: Timeouts | None = None,
     ) -> None:
         # Multipart bodies are parsed by upload.py from the spool file, never into memory:
         # twisted.web's own parsing held about 14 times a 48 MiB upload's size at its peak.
-        super().__init__(resource, parsePOSTFormSubmission=False)
+        # No twisted.web idle timeout: TimedChannel keeps its own, one per phase.
+        super().__init__(resource, parsePOSTFormSubmission=False, timeout=None)
+        self.timeouts = timeouts or Timeouts()
         self.metrics = metrics
         self.node_id = node_id
         self.max_body = max_body
@@ -36,6 +40,10 @@ class ReplicaSite(server.Site):
         self.served_by: str | None = str(node_id)
         self.displayTracebacks = False
         self.noisy = False
+
+    def timed_out(self, phase: Phase) -> None:
+        if self.metrics is not None:
+            self.metrics.timed_out(phase.value)
 
     def log(self, request: http.Request) -> None:
         """Every request is counted (/metrics); only errors get a log line."""

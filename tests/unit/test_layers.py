@@ -17,7 +17,10 @@ import pytest
 
 # Shared with the proxy (the layer at the bottom of the replica's), so it imports nothing else
 # of distpotify.
-SHARED = ["distpotify.wire", "distpotify.options", "distpotify.bodylimit", "distpotify.periodic"]
+SHARED = [
+    "distpotify.wire", "distpotify.options", "distpotify.bodylimit", "distpotify.periodic",
+    "distpotify.httpchannel",
+]
 
 # The replica's layers, top to bottom: a module may import its own layer and the layers below,
 # never one above. "pkg.*" names a package and everything in it; a plain name, one module.

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 
+from distpotify.httpchannel import Timeouts
 from distpotify.options import env_name
+from distpotify.service import build_replica
 from distpotify.tap import OPTIONS, Options
 
 
@@ -30,6 +33,7 @@ def test_defaults_match_the_design() -> None:
     assert config.anti_entropy_interval == 10.0
     assert (config.sync_replicas, config.sync_timeout, config.catch_up_timeout) == (
         1, 0.25, 2.0)
+    assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (30.0, 60.0, 75.0)
 
 
 def test_environment_sets_options_and_the_command_line_wins() -> None:
@@ -70,6 +74,9 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--node-id", "1", "--sync-timeout", "0"], {}, "--sync-timeout must be positive"),
         (["--node-id", "1"], {"DISTPOTIFY_CATCH_UP_TIMEOUT": "-2"},
          "--catch-up-timeout must be positive"),
+        (["--node-id", "1", "--header-timeout", "0"], {}, "--header-timeout must be positive"),
+        (["--node-id", "1"], {"DISTPOTIFY_IDLE_TIMEOUT": "soon"},
+         "bad value for DISTPOTIFY_IDLE_TIMEOUT"),
     ],
 )
 def test_bad_values_are_one_clear_usage_error(args: list[str], env: dict[str, str],
@@ -88,3 +95,14 @@ def test_sizes_take_binary_suffixes() -> None:
     config = parse(["--node-id", "1", "--chunk-size", "64K", "--max-upload", "2G"]).config
 
     assert (config.chunk_size, config.max_upload) == (64 * 1024, 2 * 1024**3)
+
+
+def test_the_http_timeouts_reach_the_replicas_site(tmp_path: Path) -> None:
+    config = parse(["--node-id", "1", "--data-dir", str(tmp_path / "node1"),
+                    "--header-timeout", "5", "--body-timeout", "6", "--idle-timeout", "7"]).config
+    replica = build_replica(config, Clock(), run_db=lambda f, *a, **k: f(*a, **k))
+    try:
+        site = replica.http.args[1]  # type: ignore[attr-defined]  # TCPServer(port, site)
+        assert site.timeouts == Timeouts(header=5, body=6, idle=7)
+    finally:
+        replica.db.close()
