@@ -10,7 +10,10 @@ from pathlib import Path
 
 import attrs
 
+from distpotify.httpchannel import DEFAULT_TIMEOUTS, Timeouts
 from distpotify.options import ConfigError, check_positive
+from proxy.forwarded import TrustedProxies
+from proxy.listen import tcp_description
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MIB = 1024 * 1024
@@ -48,6 +51,12 @@ class ProxyConfig:
     write_timeout: float = 300.0
     max_upload: int = 512 * MIB
     web_dir: Path = WEB_DIR
+    listen: tuple[str, ...] = ()  # endpoint descriptions; none: --host and --port
+    trusted_proxies: TrustedProxies = attrs.field(factory=TrustedProxies)
+    max_connections_per_client: int = 64  # 0: no cap per client
+    header_timeout: float = DEFAULT_TIMEOUTS.header
+    body_timeout: float = DEFAULT_TIMEOUTS.body
+    idle_timeout: float = DEFAULT_TIMEOUTS.idle
 
     def __attrs_post_init__(self) -> None:
         if not self.backends:
@@ -56,9 +65,23 @@ class ProxyConfig:
             raise ConfigError(f"--port must be a port number (0-65535), got {self.port}")
         for name in (
             "health_max_age", "poll_interval", "check_timeout", "connect_timeout",
-            "response_timeout", "stall_timeout", "write_timeout",
+            "response_timeout", "stall_timeout", "write_timeout", "header_timeout",
+            "body_timeout", "idle_timeout",
         ):
             check_positive(name.replace("_", "-"), getattr(self, name))
         check_positive("max-upload", self.max_upload)
         if self.write_hold < 0:
             raise ConfigError(f"--write-hold must be 0 or more, got {self.write_hold}")
+        if self.max_connections_per_client < 0:
+            raise ConfigError("--max-connections-per-client must be 0 (no cap) or more,"
+                              f" got {self.max_connections_per_client}")
+
+    @property
+    def listeners(self) -> tuple[str, ...]:
+        """The endpoint descriptions to listen on: --listen, else --host and --port."""
+        return self.listen or (tcp_description(self.host, self.port),)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The deadlines for a client's headers, body and idle keep-alive."""
+        return Timeouts(self.header_timeout, self.body_timeout, self.idle_timeout)

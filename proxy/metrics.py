@@ -1,6 +1,6 @@
-"""The proxy's /metrics, in the Prometheus text format: what /proxy/status counts, read at
-scrape time (requests, retries, resumes, ...), and per replica its health and traffic."""
-# test-case-name: tests.integration.test_proxy
+"""The proxy's /metrics, in the Prometheus text format, read at scrape time: what /proxy/status
+counts, per replica its health and traffic, and client connections (open, refused, timed out)."""
+# test-case-name: tests.integration.test_proxy, tests.unit.test_proxy_limits
 
 from __future__ import annotations
 
@@ -42,6 +42,33 @@ class _ReportCollector:
             forwarded.add_metric([backend["http"]], backend["forwarded"])
             failures.add_metric([backend["http"]], backend["failures"])
         yield from (healthy, forwarded, failures)
+        yield from _connection_metrics(report["connections"])
+
+
+def _connection_metrics(connections: dict[str, Any]) -> Iterator[Metric]:
+    """Client connections: how many are open, the cap, and the ones refused or timed out."""
+    open_now = GaugeMetricFamily("distpotify_proxy_connections_open",
+                                 "Client connections open now")
+    open_now.add_metric([], connections["open"])
+    yield open_now
+    if connections["max_total"] is not None:
+        cap = GaugeMetricFamily("distpotify_proxy_connections_max",
+                                "Most client connections held at once (from the open-files"
+                                " limit)")
+        cap.add_metric([], connections["max_total"])
+        yield cap
+    refused = CounterMetricFamily("distpotify_proxy_connections_refused",
+                                  "Client connections closed at once, over a cap",
+                                  labels=["cap"])
+    refused.add_metric(["per_client"], connections["refused_per_client"])
+    refused.add_metric(["total"], connections["refused_total"])
+    yield refused
+    timeouts = CounterMetricFamily("distpotify_proxy_connection_timeouts",
+                                   "Client connections closed by a timeout, by phase",
+                                   labels=["phase"])
+    for phase, count in connections["timed_out"].items():
+        timeouts.add_metric([phase], count)
+    yield timeouts
 
 
 class ProxyMetrics(Resource):

@@ -1,7 +1,8 @@
-"""ProxyService: the proxy wired into one MultiService: connection pool, backend view, site.
+"""ProxyService: the proxy wired into one MultiService: connection pool, backend view, site,
+and a listener per endpoint description (listen.py).
 
-Start-up: the view starts polling, then the port listens; shutdown stops polling and closes
-the pooled upstream connections.
+Start-up: the view starts polling, then the listeners listen; shutdown stops polling and
+closes the pooled upstream connections.
 """
 # test-case-name: tests.integration.test_proxy
 
@@ -17,15 +18,18 @@ from twisted.logger import Logger
 
 from proxy.backends import BackendView, status_fetcher
 from proxy.config import ProxyConfig
+from proxy.limits import ConnectionLimits, open_files_limit, total_cap
+from proxy.listen import endpoints
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
 from proxy.upstream import replica_agent
 
 log = Logger()
 
-LISTEN_BACKLOG = 1024
 
 class ProxyService(service.MultiService):
+    """Raises ConfigError when a listener cannot be made from its description."""
+
     def __init__(self, config: ProxyConfig, reactor: Any) -> None:
         super().__init__()
         self.config = config
@@ -37,20 +41,27 @@ class ProxyService(service.MultiService):
             check_timeout=config.check_timeout,
         )
         self.counters = Counters()
+        self.open_files = open_files_limit()
+        self.limits = ConnectionLimits(config.max_connections_per_client,
+                                       total_cap(self.open_files), config.trusted_proxies)
         forward = ProxyResource(self.view, self.agent, reactor, config, self.counters)
         self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir),
-                              max_body=config.max_upload, clock=reactor)
-        # Listeners arrive in bursts (a page of players, a benchmark): the default backlog of
-        # 50 drops their SYNs, and each dropped one costs its client a second.
-        self.http = internet.TCPServer(config.port, self.site, interface=config.host,
-                                       backlog=LISTEN_BACKLOG)
-        self.http.setServiceParent(self)
+                              max_body=config.max_upload, clock=reactor,
+                              timeouts=config.timeouts, limits=self.limits,
+                              trusted_proxies=config.trusted_proxies, reactor=reactor)
+        for description, endpoint in endpoints(reactor, config.listeners):
+            listener = internet.StreamServerEndpointService(endpoint, self.site)
+            listener._raiseSynchronously = True  # a busy port stops twistd, with its reason
+            listener.setName(description)
+            listener.setServiceParent(self)
 
     def report(self) -> dict[str, Any]:
         """/proxy/status: the proxy's view of the cluster and what it has done."""
         return {
             **self.view.snapshot(),
             "counters": attrs.asdict(self.counters),
+            "connections": {**self.limits.snapshot(),
+                            "timed_out": dict(self.site.timeouts_expired)},
             "config": {
                 "write_hold": self.config.write_hold,
                 "health_max_age": self.config.health_max_age,
@@ -58,6 +69,10 @@ class ProxyService(service.MultiService):
                 "stall_timeout": self.config.stall_timeout,
                 "response_timeout": self.config.response_timeout,
                 "max_upload": self.config.max_upload,
+                "header_timeout": self.config.header_timeout,
+                "body_timeout": self.config.body_timeout,
+                "idle_timeout": self.config.idle_timeout,
+                "trusted_proxies": str(self.config.trusted_proxies),
             },
         }
 
@@ -67,16 +82,22 @@ class ProxyService(service.MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             raise SystemExit(
-                f"distpotify-proxy: cannot listen on {self.config.host}:{self.config.port}:"
+                f"distpotify-proxy: cannot listen on {e.interface or '*'}:{e.port}:"
                 f" {e.socketError}"
             ) from None
 
     def startService(self) -> None:
         self.view.start()
         super().startService()
-        log.info("proxy listening on http://{host}:{port}/ in front of {backends}",
-                 host=self.config.host, port=self.config.port,
-                 backends=", ".join(self.config.backends))
+        timeouts = self.config.timeouts
+        log.info("proxy listening on {listeners} in front of {backends}", listeners=" and ".join(
+            self.config.listeners), backends=", ".join(self.config.backends))
+        log.info("connections: at most {total} in all (open-files limit {open_files}),"
+                 " {per_client} per client (0: no cap); timeouts: headers {header:g} s,"
+                 " body {body:g} s, idle {idle:g} s; trusted proxies: {trusted}",
+                 total=self.limits.total or "no cap", open_files=self.open_files or "none",
+                 per_client=self.limits.per_client, header=timeouts.header, body=timeouts.body,
+                 idle=timeouts.idle, trusted=self.config.trusted_proxies)
 
     def stopService(self) -> Deferred[None] | None:
         self.view.stop()

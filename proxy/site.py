@@ -1,7 +1,8 @@
 """The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
 ``/sync/*`` refused, and everything else forwarded by ProxyResource; and its HTTP server,
-which refuses a request body over ``--max-upload`` before reading it (bodylimit.py). Its own
-answers are JSON written by wire.py, as the replicas write theirs.
+which refuses a request body over ``--max-upload`` before reading it (bodylimit.py), times
+out stalled clients and caps connections (limits.py). Its own answers are JSON written by
+wire.py, as the replicas write theirs.
 """
 # test-case-name: tests.unit.test_proxy_site,tests.unit.test_proxy_resource
 
@@ -17,7 +18,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 
 from distpotify.bodylimit import LimitedRequest
+from distpotify.httpchannel import Phase, Timeouts
 from distpotify.wire import json_error, json_response
+from proxy.forwarded import TrustedProxies
+from proxy.limits import ConnectionLimits, LimitedChannel
 from proxy.metrics import ProxyMetrics
 
 log = Logger()
@@ -82,21 +86,31 @@ class ProxyRoot(Resource):
 
 
 class ProxySite(server.Site):
+    protocol = LimitedChannel  # type: ignore[assignment]
     # Bodies are spooled whole (an upload is replayed on a new leader after a failover), so
     # one over --max-upload is refused before it is read or stored.
     requestFactory = LimitedRequest
 
     def __init__(self, resource: IResource, *, max_body: int, clock: Any,
-                 **kwargs: Any) -> None:
+                 timeouts: Timeouts | None = None, limits: ConnectionLimits | None = None,
+                 trusted_proxies: TrustedProxies | None = None, **kwargs: Any) -> None:
         # Bodies are forwarded as they came: twisted.web must not parse a multipart upload
-        # into memory (about 14 times its size at the peak) on the way.
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        # into memory (about 14 times its size at the peak) on the way. No twisted.web idle
+        # timeout: the channel keeps its own, one per phase.
+        super().__init__(resource, parsePOSTFormSubmission=False, timeout=None, **kwargs)
+        self.timeouts = timeouts or Timeouts()
+        self.limits = limits or ConnectionLimits(per_client=0, total=None)
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.timeouts_expired = {phase.value: 0 for phase in Phase if phase is not Phase.BUSY}
         self.max_body = max_body
         self.spool_dir: Path | None = None
         self.clock = clock
         self.served_by: str | None = None  # the proxy's own answer, from no replica
         self.displayTracebacks = False
         self.noisy = False
+
+    def timed_out(self, phase: Phase) -> None:
+        self.timeouts_expired[phase.value] += 1
 
     def log(self, request: http.Request) -> None:
         """Access lines only for the proxy's own failures; retries and resumes log themselves."""

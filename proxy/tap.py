@@ -11,13 +11,24 @@ from pathlib import Path
 from twisted.application.service import IService
 from twisted.python import usage
 
+from distpotify.httpchannel import TIMEOUT_OPTIONS
 from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
 from proxy.config import ConfigError, ProxyConfig, parse_backends
+from proxy.forwarded import parse_trusted_proxies
+from proxy.listen import parse_listen
 
 # (option, default, help, converter to the ProxyConfig field)
 OPTIONS: OptionList = [
-    ("port", "8080", "port clients connect to", int),
-    ("host", "127.0.0.1", "address the port binds to", str),
+    ("port", "8080", "port clients connect to (without --listen)", int),
+    ("host", "127.0.0.1", "address the port binds to (without --listen)", str),
+    ("listen", None, "where to listen instead of --host/--port: Twisted endpoint descriptions,"
+     " comma-separated, such as tcp:8080 or ssl:8443:privateKey=key.pem:certKey=cert.pem",
+     parse_listen),
+    ("trusted-proxies", "", "addresses or CIDR networks of reverse proxies in front (Caddy,"
+     " Traefik) whose X-Forwarded-For and X-Forwarded-Proto are believed", parse_trusted_proxies),
+    ("max-connections-per-client", "64", "connections one client address may hold open; 0 for"
+     " no cap (trusted proxies are not counted)", int),
+    *TIMEOUT_OPTIONS,
     ("backends", None, "replica HTTP addresses, HOST:PORT,... (required; more are learned from"
      " their /status)", parse_backends),
     ("write-hold", "5", "seconds a write waits for a leader during an election", float),
@@ -64,4 +75,7 @@ def makeService(options: Options) -> IService:
 
     from proxy.service import ProxyService
 
-    return ProxyService(options.config, reactor)
+    try:
+        return ProxyService(options.config, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"distpotify-proxy: {e}") from None

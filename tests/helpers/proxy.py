@@ -35,6 +35,7 @@ from distpotify.cli import processes
 from distpotify.cli.processes import ProxyCommand
 from proxy.backends import BackendView
 from proxy.config import ProxyConfig
+from proxy.limits import ConnectionLimits
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
 from tests.helpers.replica import ReplicaProcess, Response, free_port, request, wait_until
@@ -397,9 +398,12 @@ class ProxyHarness:
         cooperator = Cooperator(scheduler=lambda f: self.clock.callLater(0, f))
         self.resource = ProxyResource(self.view, self.agent, self.clock, self.config,
                                       self.counters, cooperator=cooperator)
+        self.limits = ConnectionLimits(self.config.max_connections_per_client, None,
+                                       self.config.trusted_proxies)
         self.site = ProxySite(ProxyRoot(self.resource, self.view.snapshot, self.config.web_dir),
                               max_body=self.config.max_upload, clock=self.clock,
-                              reactor=self.clock)
+                              timeouts=self.config.timeouts, limits=self.limits,
+                              trusted_proxies=self.config.trusted_proxies, reactor=self.clock)
         self.poll()
 
     def poll(self) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from distpotify.httpchannel import Timeouts
 from distpotify.options import env_name
 from proxy.config import WEB_DIR, ConfigError, parse_backends
-from proxy.tap import OPTIONS, Options
+from proxy.listen import with_backlog
+from proxy.tap import OPTIONS, Options, makeService
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -28,6 +30,9 @@ def test_defaults_match_the_design() -> None:
     assert (config.write_hold, config.health_max_age, config.poll_interval) == (5.0, 0.5, 0.25)
     assert config.web_dir == WEB_DIR and (WEB_DIR / "index.html").is_file()
     assert config.max_upload == 512 * 1024 * 1024  # the replicas' default
+    assert config.listeners == ("tcp:8080:interface=127.0.0.1",)
+    assert not config.trusted_proxies and config.max_connections_per_client == 64
+    assert config.timeouts == Timeouts(header=30, body=60, idle=75)
 
 
 def test_max_upload_takes_binary_suffixes() -> None:
@@ -69,6 +74,14 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--backends", "a:1", "--write-hold", "-1"], {}, "--write-hold must be 0 or more"),
         (["--backends", "a:1", "--max-upload", "lots"], {}, "bad value for --max-upload"),
         (["--backends", "a:1", "--max-upload", "0"], {}, "--max-upload must be positive"),
+        (["--backends", "a:1", "--listen", "8080"], {}, "--listen entry must be an endpoint"),
+        (["--backends", "a:1", "--trusted-proxies", "caddy"], {},
+         "--trusted-proxies entry must be an address or CIDR network, got 'caddy'"),
+        (["--backends", "a:1", "--max-connections-per-client", "-1"], {},
+         "--max-connections-per-client must be 0 (no cap) or more"),
+        (["--backends", "a:1"], {"DISTPOTIFY_HEADER_TIMEOUT": "0"},
+         "--header-timeout must be positive"),
+        (["--backends", "a:1", "--idle-timeout", "soon"], {}, "bad value for --idle-timeout"),
     ],
 )
 def test_a_bad_value_is_one_clear_line(args: list[str], env: dict[str, str], message: str
@@ -84,3 +97,52 @@ def test_backends_accept_urls_ipv6_and_drop_duplicates() -> None:
     assert parse_backends(" http://h:1/, [::1]:2 ,h:1") == ("http://h:1", "http://[::1]:2")
     with pytest.raises(ConfigError):
         parse_backends("h:1/path")
+
+
+def test_listen_takes_several_descriptions_and_replaces_host_and_port() -> None:
+    listen = r"tcp:8080, ssl:8443:privateKey=/k\,ey.pem:certKey=/c.pem,tcp6:8080:interface=\:\:1"
+    config = parse(["--backends", "a:1", "--port", "9999", "--listen", listen]).config
+
+    assert config.listeners == ("tcp:8080", r"ssl:8443:privateKey=/k\,ey.pem:certKey=/c.pem",
+                                r"tcp6:8080:interface=\:\:1")
+
+
+def test_the_shorthand_escapes_an_ipv6_host() -> None:
+    config = parse(["--backends", "a:1", "--host", "::1", "--port", "8081"]).config
+
+    assert config.listeners == (r"tcp:8081:interface=\:\:1",)
+
+
+def test_trusted_proxies_and_caps_from_the_environment() -> None:
+    config = parse([], {"DISTPOTIFY_BACKENDS": "a:1", "DISTPOTIFY_TRUSTED_PROXIES": "10.0.0.0/8",
+                        "DISTPOTIFY_MAX_CONNECTIONS_PER_CLIENT": "0"}).config
+
+    assert "10.1.2.3" in config.trusted_proxies and "192.0.2.1" not in config.trusted_proxies
+    assert config.max_connections_per_client == 0
+
+
+@pytest.mark.parametrize(("description", "expected"), [
+    ("tcp:8080", "tcp:8080:backlog=1024"),
+    ("tcp:port=8080:backlog=5", "tcp:port=8080:backlog=5"),
+    ("ssl:8443:privateKey=k.pem", "ssl:8443:privateKey=k.pem:backlog=1024"),
+    ("unix:/run/distpotify.sock", "unix:/run/distpotify.sock"),
+])
+def test_tcp_and_ssl_listeners_get_a_deep_backlog(description: str, expected: str) -> None:
+    assert with_backlog(description) == expected
+
+
+@pytest.mark.parametrize(("description", "message"), [
+    ("carrier:8080", "--listen 'carrier:8080': ValueError"),
+    ("tcp:8080:colour=blue", "--listen 'tcp:8080:colour=blue': TypeError"),
+    ("ssl:8443:privateKey=/nonexistent/key.pem", "/nonexistent/key.pem"),
+])
+def test_a_description_that_cannot_be_made_stops_the_proxy_with_one_line(
+    description: str, message: str
+) -> None:
+    options = parse(["--backends", "a:1", "--listen", description])
+
+    with pytest.raises(SystemExit) as raised:
+        makeService(options)
+
+    assert str(raised.value).startswith("distpotify-proxy: --listen")
+    assert message in str(raised.value) and "\n" not in str(raised.value)
