@@ -55,6 +55,7 @@ from proxy.decision import (
     give_up,
     repeatable,
 )
+from proxy.forwarded import CLIENT_CLAIMS, client_origin
 from proxy.resume import Resume
 
 log = Logger()
@@ -96,17 +97,15 @@ def _without_hop_by_hop(headers: Headers) -> Headers:
 
 
 def _forwarded_headers(request: Request) -> Headers:
-    """The client's end-to-end request headers, plus X-Forwarded-For/-Proto/-Host."""
-    incoming = request.requestHeaders
-    headers = Headers(dict(end_to_end(incoming, _REQUEST_ONLY)))
-    client = getattr(request.getClientAddress(), "host", None)
-    if client:
-        chain = [*incoming.getRawHeaders(b"x-forwarded-for", []), str(client).encode()]
-        headers.setRawHeaders(b"X-Forwarded-For", [b", ".join(chain)])
-    headers.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
-    host = incoming.getRawHeaders(b"host")
-    if host:
-        headers.setRawHeaders(b"X-Forwarded-Host", host[-1:])
+    """The client's end-to-end request headers, plus X-Forwarded-For/-Proto/-Host as
+    client_origin vouches for them: the client's own claims are not passed on as truth."""
+    origin = client_origin(request)
+    headers = Headers(dict(end_to_end(request.requestHeaders, _REQUEST_ONLY | CLIENT_CLAIMS)))
+    if origin.chain:
+        headers.setRawHeaders(b"X-Forwarded-For", [", ".join(origin.chain).encode()])
+    headers.setRawHeaders(b"X-Forwarded-Proto", [origin.scheme.encode()])
+    if origin.host:
+        headers.setRawHeaders(b"X-Forwarded-Host", [origin.host])
     return headers
 
 

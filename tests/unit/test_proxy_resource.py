@@ -91,7 +91,8 @@ def test_headers_are_forwarded_end_to_end_only(
     conn = proxy.get("/songs?q=x", {
         "Connection": "keep-alive, X-Secret", "X-Secret": "hop", "Keep-Alive": "timeout=5",
         "TE": "trailers", "Proxy-Authorization": "Basic eA==", "Accept": "application/json",
-        "X-Forwarded-For": "198.51.100.1",
+        "X-Forwarded-For": "198.51.100.1", "X-Forwarded-Proto": "https",
+        "Forwarded": "for=198.51.100.1",
     })
     sent = next(s for node in nodes for s in node.received)
     answer = conn.answer()
@@ -100,8 +101,10 @@ def test_headers_are_forwarded_end_to_end_only(
     assert sent.header("Accept") == "application/json"
     for hop in ("X-Secret", "Keep-Alive", "TE", "Proxy-Authorization", "Connection", "Host"):
         assert sent.header(hop) is None, hop
-    assert sent.header("X-Forwarded-For") == "198.51.100.1, 192.0.2.7"
+    # The client is no trusted proxy: its claims about who it is are not passed on.
+    assert sent.header("X-Forwarded-For") == "192.0.2.7"
     assert sent.header("X-Forwarded-Proto") == "http"
+    assert sent.header("Forwarded") is None
     assert sent.header("X-Forwarded-Host") == "proxy.example"
     assert "keep-alive" not in answer.headers
     assert answer.headers.get("connection") != "keep-alive"
