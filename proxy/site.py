@@ -1,8 +1,8 @@
 """The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
 ``/sync/*`` refused, and everything else forwarded by ProxyResource; and its HTTP server,
 which refuses a request body over ``--max-upload`` before reading it (bodylimit.py), times
-out stalled clients and caps connections (limits.py). Its own answers are JSON written by
-wire.py, as the replicas write theirs.
+out stalled clients, caps connections (limits.py) and adds the browser security headers
+(security.py). Its own answers are JSON written by wire.py, as the replicas write theirs.
 """
 # test-case-name: tests.unit.test_proxy_site,tests.unit.test_proxy_resource
 
@@ -17,12 +17,12 @@ from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 
-from distpotify.bodylimit import LimitedRequest
 from distpotify.httpchannel import Phase, Timeouts
 from distpotify.wire import json_error, json_response
 from proxy.forwarded import TrustedProxies
 from proxy.limits import ConnectionLimits, LimitedChannel
 from proxy.metrics import ProxyMetrics
+from proxy.security import SecureRequest
 
 log = Logger()
 
@@ -89,7 +89,7 @@ class ProxySite(server.Site):
     protocol = LimitedChannel  # type: ignore[assignment]
     # Bodies are spooled whole (an upload is replayed on a new leader after a failover), so
     # one over --max-upload is refused before it is read or stored.
-    requestFactory = LimitedRequest
+    requestFactory = SecureRequest
 
     def __init__(self, resource: IResource, *, max_body: int, clock: Any,
                  timeouts: Timeouts | None = None, limits: ConnectionLimits | None = None,

@@ -173,7 +173,7 @@ class SongList {
   row(index, song, total) {
     const attributes = {
       class: "row", role: "listitem", "aria-setsize": total, "aria-posinset": index + 1,
-      style: `transform: translateY(${index * this.rowHeight}px)`, dataset: { id: song?.id ?? "" },
+      style: { transform: `translateY(${index * this.rowHeight}px)` }, dataset: { id: song?.id ?? "" },
     };
     if (!song) return el("div", { ...attributes, class: "row loading" }, el("span", { class: "idx" }, String(index + 1)), el("span", { class: "muted" }, "…"));
     const label = `${songTitle(song)} by ${songArtist(song)}`;

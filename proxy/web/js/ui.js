@@ -2,13 +2,15 @@
 
 export const $ = (id) => document.getElementById(id);
 
-// el("button", {class: "x", onclick: f, "aria-label": "y"}, "text", child...)
+// el("button", {class: "x", onclick: f, "aria-label": "y", style: {color: "red"}}, "text", child...)
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes)) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else if (name === "class") node.className = value;
+    // Through the CSSOM: the Content-Security-Policy refuses inline style attributes.
+    else if (name === "style") Object.assign(node.style, value);
     else if (name === "dataset") Object.assign(node.dataset, value);
     else if (value === true) node.setAttribute(name, "");
     else node.setAttribute(name, value);
