@@ -17,19 +17,17 @@ per connection closed by a timer (for /metrics).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from typing import Any, Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 
 from distpotify.options import OptionList, check_positive
-
-log = Logger()
 
 # (option, default, help, converter): the same three options on the replica and the proxy.
 TIMEOUT_OPTIONS: OptionList = [
@@ -74,6 +72,7 @@ class TimeoutSite(Protocol):
     def timed_out(self, phase: Phase) -> None: ...
 
 
+@functools.lru_cache(maxsize=64)  # a few answers, sent to thousands of stalled clients
 def raw_answer(status: int, reason: str, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 JSON error answer that closes the connection, for the moments no
     Request exists to write one."""
@@ -168,10 +167,8 @@ class TimedChannel(http.HTTPChannel):
             # The last response is still leaving, at the client's pace: not idle yet.
             self._arm(self.site.timeouts.idle)
             return
+        # Counted, not logged: under a slowloris attack a line each would flood the log.
         self.site.timed_out(phase)
-        log.debug("closing the connection of {peer}: {phase} timeout",
-                  peer=str(self.transport.getPeer()) if self.transport else "?",
-                  phase=phase.value)
         timeouts = self.site.timeouts
         if phase is Phase.IDLE or not self._begun:
             self._close(b"")

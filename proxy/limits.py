@@ -11,6 +11,7 @@ host usually holds whole.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import resource
 from typing import Any, Protocol
@@ -42,6 +43,16 @@ def total_cap(open_files: int | None) -> int | None:
     if open_files is None:
         return None
     return max(1, (open_files - RESERVED) // 2)
+
+
+@functools.lru_cache(maxsize=4096)  # parsing an address costs more than all else on accept
+def client_key(host: str, trusted: TrustedProxies) -> str | None:
+    ip = ip_of(host)
+    if ip is None or ip in trusted:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @attrs.define
@@ -98,12 +109,8 @@ class ConnectionLimits:
     def client_of(self, peer: Any) -> str | None:
         """The key ``peer`` counts under: its IPv4 address, its IPv6 /64, or None for a
         trusted proxy or a connection that is not IP (a Unix socket)."""
-        ip = ip_of(str(getattr(peer, "host", "")))
-        if ip is None or ip in self.trusted:
-            return None
-        if isinstance(ip, ipaddress.IPv6Address):
-            return str(ipaddress.IPv6Network((ip, 64), strict=False))
-        return str(ip)
+        host = getattr(peer, "host", None)
+        return client_key(host, self.trusted) if isinstance(host, str) else None
 
     def snapshot(self) -> dict[str, Any]:
         return {
