@@ -1,0 +1,444 @@
+"""The proxy and a replica facing clients that stall, as real processes on 127.0.0.1: 2,000
+half-requests closed within the header timeout while a listener streams and new requests are
+answered, a body that stalls cut, an idle keep-alive connection closed, a slow reader never
+cut; the per-client and total connection caps; bounded request lines and headers.
+
+The proxy under test runs with short timeouts (4 s, 2 s, 3 s) so the rules show in seconds;
+the caps are tested on proxies with the defaults. Client sockets bind distinct loopback
+addresses (127.0.0.2, ...), which Linux routes to lo, to be distinct clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import resource
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.helpers.audio import make_wav
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.replica import ReplicaProcess, request, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+MIB = 1024 * 1024
+HEADER, BODY, IDLE = 4.0, 2.0, 3.0
+TIMEOUTS = ("--header-timeout", str(HEADER), "--body-timeout", str(BODY),
+            "--idle-timeout", str(IDLE))
+SLACK = 1.0  # "within the timeout plus a second"
+STALLED = 2000
+PER_ADDRESS = 50  # stalled connections per source address: under the per-client cap of 64
+HALF_REQUEST = b"GET /songs HTTP/1.1\r\nHost: music.example\r\nAccept: appl"
+
+
+@attrs.frozen
+class Stack:
+    replica: ReplicaProcess
+    proxy: ProxyProcess
+    song: dict[str, Any]
+    audio: bytes
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One replica (leading itself) holding a 24 MiB song, and a proxy in front, both with
+    the short timeouts."""
+    root = tmp_path_factory.mktemp("timeouts")
+    audio = make_wav(root / "long.wav", 24 * MIB, seed=21).read_bytes()
+    replica = ReplicaProcess(1, root, *TIMEOUTS)
+    proxy = ProxyProcess(root, [replica], *TIMEOUTS)
+    try:
+        replica.start()
+        answer = request(replica.http_port, "POST", "/songs", audio,
+                         {"Content-Type": "audio/wav"}, timeout=120)
+        assert answer.status == 201, answer.body
+        proxy.start()
+        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 1, timeout=30)
+        yield Stack(replica, proxy, answer.json()["song"], audio, root)
+    finally:
+        proxy.kill()
+        replica.kill()
+
+
+def client_socket(port: int, source: str = "127.0.0.1", timeout: float = 10.0
+                  ) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 30.0) -> tuple[float, bytes]:
+    """Seconds until the server closes ``sock``, and what it sent before."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while data := sock.recv(65536):
+            received += data
+    return time.monotonic() - started, received
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_files(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def ensure_open_files(needed: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to ``needed`` (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+class Peak:
+    """The most descriptors and resident memory a process was seen holding."""
+
+    def __init__(self, proxy: ProxyProcess) -> None:
+        self.proxy = proxy
+        self.descriptors = 0
+        self.memory = 0
+
+    def sample(self) -> None:
+        assert self.proxy.process is not None
+        self.descriptors = max(self.descriptors, open_files(self.proxy.process.pid))
+        self.memory = max(self.memory, self.proxy.rss())
+
+
+class Listener(threading.Thread):
+    """A GET of the song through the proxy, read at a listener's pace (64 KiB every 20 ms)
+    until ``hurry`` is set, then as fast as it comes; records the longest wait for data."""
+
+    def __init__(self, port: int, path: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = client_socket(port, timeout=30)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        self.hurry = threading.Event()
+        self.received = bytearray()
+        self.longest_wait = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                waited = time.monotonic()
+                data = self.sock.recv(64 * 1024)
+                self.longest_wait = max(self.longest_wait, time.monotonic() - waited)
+                if not data:
+                    return
+                self.received += data
+                if not self.hurry.is_set():
+                    time.sleep(0.02)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.sock.close()
+
+    def body(self) -> bytes:
+        head, _, body = bytes(self.received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        return body
+
+
+# slowloris
+
+
+def test_2000_stalled_half_requests_are_closed_within_the_header_timeout(stack: Stack) -> None:
+    ensure_open_files(STALLED + 1000)
+    proxy = stack.proxy
+    assert proxy.process is not None
+    listener = Listener(proxy.port, f"/songs/{stack.song['id']}/stream")
+    listener.start()
+    wait_until(lambda: len(listener.received) > MIB, timeout=20, what="the listener to start")
+    descriptors_before = open_files(proxy.process.pid)
+
+    selector = selectors.DefaultSelector()
+    opened: dict[socket.socket, float] = {}
+    peak = Peak(proxy)
+    try:
+        for n in range(STALLED):
+            if n and n % PER_ADDRESS == 0:
+                # About 2,000 a second: a faster burst only waits longer in the kernel's
+                # accept queue, before the proxy (and any timer of it) knows of it.
+                time.sleep(0.02)
+            sock = client_socket(proxy.port, f"127.0.0.{2 + n // PER_ADDRESS}")
+            opened[sock] = time.monotonic()
+            sock.sendall(HALF_REQUEST)
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        connecting = time.monotonic() - min(opened.values())
+
+        # The proxy holds them all, and still answers.
+        asked = time.monotonic()
+        answer = proxy.get("/proxy/status", timeout=5)
+        answered_in = time.monotonic() - asked
+        assert answer.status == 200
+        connections = answer.json()["connections"]
+
+        closed: dict[socket.socket, float] = {}
+        answers: dict[socket.socket, bytes] = {}
+        deadline = time.monotonic() + HEADER + 30
+        while len(closed) < STALLED and time.monotonic() < deadline:
+            peak.sample()
+            for key, _ in selector.select(timeout=0.1):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                if data:
+                    answers[sock] = answers.get(sock, b"") + data
+                    continue
+                closed[sock] = time.monotonic() - opened[sock]
+                selector.unregister(sock)
+    finally:
+        selector.close()
+        for sock in opened:
+            sock.close()
+    listener.hurry.set()
+    listener.join(60)
+
+    assert connections["open"] >= STALLED, f"connecting took {connecting:.2f} s"
+    assert peak.descriptors >= descriptors_before + STALLED
+    assert len(closed) == STALLED, f"{STALLED - len(closed)} stalled connections still open"
+    slowest = max(closed.values())
+    assert slowest <= HEADER + SLACK, f"the slowest was closed after {slowest:.2f} s"
+    assert all(answer.startswith(b"HTTP/1.1 408 Request Timeout") for answer in answers.values())
+    assert answered_in < HEADER
+    assert listener.error is None and sha256(listener.body()) == sha256(stack.audio)
+    assert listener.longest_wait < HEADER
+    after = proxy.get("/proxy/status").json()["connections"]
+    assert after["timed_out"]["header"] >= STALLED
+    print(f"\n{STALLED} stalled (connected in {connecting:.2f} s): proxy held"
+          f" {peak.descriptors} descriptors ({descriptors_before} before),"
+          f" {peak.memory / MIB:.1f} MiB resident;"
+          f" slowest close {slowest:.2f} s; /proxy/status in {answered_in * 1000:.0f} ms;"
+          f" listener's longest wait {listener.longest_wait * 1000:.0f} ms")
+
+
+# bodies, idle connections, slow readers
+
+
+def test_a_body_that_stalls_longer_than_the_body_timeout_is_cut(stack: Stack) -> None:
+    sock = client_socket(stack.proxy.port)
+    sock.sendall(b"POST /playlists HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 200\r\n\r\n{")  # then one byte every 2 x BODY: too slow
+
+    elapsed, answer = read_until_closed(sock, timeout=4 * BODY)
+
+    assert BODY - 0.1 <= elapsed <= BODY + SLACK
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+    playlists = stack.proxy.get("/playlists").json()["playlists"]
+    assert playlists == []
+
+
+def test_a_body_that_trickles_but_keeps_coming_is_accepted(stack: Stack) -> None:
+    body = b'{"name": "slow but steady"}'
+    sock = client_socket(stack.proxy.port, timeout=30)
+    sock.sendall(b"POST /playlists HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    started = time.monotonic()
+    for byte in body:
+        sock.sendall(bytes([byte]))
+        time.sleep(BODY / 8)
+
+    _, answer = read_until_closed(sock)
+
+    assert time.monotonic() - started > 2 * BODY  # longer in all than the body timeout
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    assert b"slow but steady" in answer
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(stack: Stack) -> None:
+    sock = client_socket(stack.proxy.port)
+    sock.sendall(b"GET /proxy/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(65536)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    rest = head.partition(b"\r\n\r\n")[2]
+    while len(rest) < length:
+        rest += sock.recv(65536)
+
+    elapsed, more = read_until_closed(sock)
+
+    assert more == b""  # closed silently: no 408 to a connection with no request
+    assert IDLE - 0.1 <= elapsed <= IDLE + SLACK
+
+
+def test_a_slow_reader_of_a_long_song_is_not_cut(stack: Stack) -> None:
+    sock = client_socket(stack.proxy.port, timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET /songs/{stack.song['id']}/stream HTTP/1.1\r\nHost: x\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    received = sock.recv(MIB)
+    for _ in range(2):  # a paused listener: longer each time than every timeout
+        time.sleep(HEADER + BODY + IDLE)
+        received += sock.recv(MIB)
+
+    _, rest = read_until_closed(sock)
+
+    body = (received + rest).partition(b"\r\n\r\n")[2]
+    assert sha256(body) == sha256(stack.audio)
+
+
+def test_the_replica_times_out_a_stalled_request_too(stack: Stack) -> None:
+    stalled = client_socket(stack.replica.http_port)
+    stalled.sendall(HALF_REQUEST)
+    silent = client_socket(stack.replica.http_port)
+
+    for sock, answer in ((stalled, b"HTTP/1.1 408"), (silent, b"")):
+        elapsed, received = read_until_closed(sock)
+        assert elapsed <= HEADER + SLACK and received.startswith(answer)
+    metrics = stack.replica.get("/metrics").body
+    assert b'distpotify_http_timeouts_total{phase="header"}' in metrics
+
+
+# request line and header sizes
+
+
+def raw(port: int, data: bytes) -> bytes:
+    sock = client_socket(port)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(data)
+    return read_until_closed(sock)[1]
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    (b"GET /songs HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 17_000 + b"\r\n\r\n", b"431"),
+    (b"GET /songs HTTP/1.1\r\nHost: x\r\n"
+     + b"".join(b"X-%d: %s\r\n" % (n, b"a" * 1000) for n in range(17)) + b"\r\n", b"400"),
+    (b"GET /songs HTTP/1.1\r\nHost: x\r\n"
+     + b"".join(b"X-%d: a\r\n" % n for n in range(501)) + b"\r\n", b"400"),
+])
+def test_request_lines_and_headers_are_bounded(stack: Stack, head: bytes, status: bytes
+                                               ) -> None:
+    for port in (stack.proxy.port, stack.replica.http_port):
+        assert raw(port, head).startswith(b"HTTP/1.1 " + status), port
+
+
+def test_headers_within_the_bounds_reach_the_replica(stack: Stack) -> None:
+    answer = stack.proxy.get("/songs", headers={"Cookie": "a" * 12_000})
+
+    assert answer.status == 200 and answer.headers["x-served-by"] == "1"
+
+
+# connection caps
+
+
+def raw_from(port: int, source: str) -> bytes:
+    sock = client_socket(port, source)
+    sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    return read_until_closed(sock)[1]
+
+
+def test_the_65th_connection_from_one_address_is_refused_while_another_is_served(
+    stack: Stack, tmp_path: Path
+) -> None:
+    proxy = ProxyProcess(tmp_path, [stack.replica]).start()  # the defaults: 64 per client
+    held: list[socket.socket] = []
+    try:
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30)
+        held = [client_socket(proxy.port, "127.0.0.2") for _ in range(64)]
+
+        refused = client_socket(proxy.port, "127.0.0.2")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            refused.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        elapsed, answer = read_until_closed(refused, timeout=10)
+        other = raw_from(proxy.port, "127.0.0.3")
+
+        assert answer == b"" and elapsed < 2  # closed at once, unanswered
+        assert other.startswith(b"HTTP/1.1 200 OK")
+        assert proxy.status()["connections"]["open"] == 64 + 1  # and this request's own
+        metrics = proxy.get("/metrics").body
+        assert b'distpotify_proxy_connections_refused_total{cap="per_client"} 1.0' in metrics
+
+        held.pop().close()  # a slot comes free
+        wait_until(lambda: proxy.status()["connections"]["open"] == 63 + 1, timeout=10,
+                   what="the proxy to see the connection go")
+        assert raw_from(proxy.port, "127.0.0.2").startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in held:
+            sock.close()
+        proxy.kill()
+
+
+@contextlib.contextmanager
+def open_files_limit(soft: int) -> Iterator[None]:
+    """Children started inside get ``soft`` as their open-files limit."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (without waiting)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_the_total_cap_follows_the_open_files_limit(stack: Stack, tmp_path: Path) -> None:
+    with open_files_limit(200):
+        proxy = ProxyProcess(tmp_path, [stack.replica]).start()
+    sockets: list[socket.socket] = []
+    try:
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30)
+        cap = proxy.status()["connections"]["max_total"]
+        assert cap == (200 - 64) // 2
+        assert f"at most {cap} in all (open-files limit 200)" in proxy.log()
+
+        # Ten more than the cap, 20 per address (no per-client cap in the way).
+        sockets = [client_socket(proxy.port, f"127.0.0.{2 + n // 20}") for n in range(cap + 10)]
+        wait_until(lambda: sum(map(is_closed, sockets[cap - 1:])) >= 10, timeout=10,
+                   what="the connections over the cap to be closed")
+        refused = [sock for sock in sockets if is_closed(sock)]
+
+        # The last ones, in the order they came; one more if a /status connection of a
+        # moment ago was still counted.
+        assert refused == sockets[-len(refused):] and len(refused) in (10, 11)
+        for sock in sockets[:5]:
+            sock.close()
+        metrics = wait_until(lambda: metrics_if_answered(proxy), timeout=10,
+                             what="/metrics once below the cap")
+        assert f"distpotify_proxy_connections_max {cap}.0".encode() in metrics
+        assert (b'distpotify_proxy_connections_refused_total{cap="total"} %d.0' % len(refused)
+                in metrics)
+    finally:
+        for sock in sockets:
+            sock.close()
+        proxy.kill()
+
+
+def metrics_if_answered(proxy: ProxyProcess) -> bytes | None:
+    try:
+        answer = proxy.get("/metrics", timeout=2)
+    except OSError:
+        return None
+    return answer.body if answer.status == 200 else None
