@@ -12,9 +12,18 @@ Everything runs on 127.0.0.1 in one run, so the ratios mean something:
   pool with backpressure and nothing else, the floor any proxy built as
   docs/architecture.md section 5.3 asks stands on; the proxy's distance from it is the cost
   of its own logic;
+* ``bench/unguarded_proxy.py``: the same proxy without the guards of its internet face
+  (twisted.web's stock channel instead of per-phase timeouts and connection caps, no browser
+  security headers), so the cost of the guards shows as proxy / unguarded (target: within
+  noise, >= 0.95). Both proxies run with ``--max-connections-per-client 0``: wrk's
+  connections all come from one address, and the accounting runs all the same;
 * ``wrk -t1 -c<N> -d<duration>s --latency`` cycling over every full 256 KiB chunk, for each
-  ``--connections`` value, nginx, the relay and the proxy taking turns after a warm-up each.
-  Targets: proxy >= 0.70 x nginx req/s, proxy p99 < 100 ms at 32 connections;
+  ``--connections`` value, nginx, the relay and both proxies taking turns after a warm-up
+  each. Targets: proxy >= 0.70 x nginx req/s, proxy p99 < 100 ms at 32 connections;
+* stalled: ``--stalled`` connections (2,000) from 40 loopback addresses, each sending half a
+  request line and then nothing, held by the proxy and by nginx in turn: their resident
+  memory and open descriptors before and while holding them, and how long until the
+  proxy's header timeout (``--header-timeout``, 30 s by default) has closed them all;
 * stall: ``--stall-rounds`` downloads of a long song through the proxy, read as fast as they
   come through a 64 KiB receive buffer; a few MiB in, the replica serving it gets SIGKILL.
   The longest wait between two reads after the kill is the stall (target < 1 s, aim 200 ms),
@@ -22,7 +31,7 @@ Everything runs on 127.0.0.1 in one run, so the ratios mean something:
   the killed replica is restarted before the next round.
 
 Usage: ``.venv/bin/python bench/proxy.py [--duration 10] [--connections 32,256]
-[--stall-rounds 5] [--keep]``; prints a table and saves JSON to
+[--stall-rounds 5] [--stalled 2000] [--keep]``; prints a table and saves JSON to
 ``bench/results/proxy-<ts>.json``. Every process it starts is stopped (also on Ctrl-C).
 """
 
@@ -34,6 +43,8 @@ import http.client
 import json
 import os
 import random
+import resource
+import selectors
 import shutil
 import socket
 import statistics
@@ -67,8 +78,12 @@ from common import (
 from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
 
 RATIO_TARGET = 0.70
+GUARDS_TARGET = 0.95  # proxy / unguarded proxy: the guards cost no more than noise
 P99_TARGET_MS = 100.0
 STALL_TARGET_S = 1.0
+
+# wrk's connections all come from 127.0.0.1: no cap per client, its accounting all the same.
+PROXY_OPTIONS = ("--max-connections-per-client", "0")
 
 NGINX_CONF = """
 worker_processes 1;
@@ -143,6 +158,7 @@ class Cluster:
         self.proxy_port = free_port()
         self.nginx_port = free_port()
         self.relay_port = free_port()
+        self.unguarded_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
 
     def replica_argv(self, node: int, cluster: str | None = None) -> list[str]:
@@ -180,16 +196,18 @@ class Cluster:
     def start(self) -> None:
         for node in (1, 2, 3):
             self.start_replica(node)
-        backends = [f"{HOST}:{port}" for port in self.http.values()]
         log = self.work / "proxy.log"
         self.proxy = self.procs.start(
-            "proxy", ProxyCommand(backends=backends, port=self.proxy_port).argv(), log,
-            output=log)
+            "proxy", ProxyCommand(backends=self.backends(), port=self.proxy_port,
+                                  extra=PROXY_OPTIONS).argv(), log, output=log)
         view = self.wait_view(3, 60)
         say(f"cluster up: leader node {view['leader']['node_id']}, proxy on {self.proxy_port}")
 
-    def view(self) -> dict[str, Any]:
-        view: dict[str, Any] = get_json(self.proxy_port, "/proxy/status")
+    def backends(self) -> list[str]:
+        return [f"{HOST}:{port}" for port in self.http.values()]
+
+    def view(self, port: int | None = None) -> dict[str, Any]:
+        view: dict[str, Any] = get_json(port or self.proxy_port, "/proxy/status")
         return view
 
     def wait_view(self, healthy: int, deadline_s: float) -> dict[str, Any]:
@@ -223,6 +241,24 @@ class Cluster:
         wait_until("nginx", lambda: http_get(self.nginx_port, "/status", timeout=2)[0] == 200,
                    30)
         return child, ", ".join(readers)
+
+    def start_unguarded(self) -> subprocess.Popen[bytes]:
+        """The same proxy without timeouts, caps and security headers, for the ratio."""
+        log = self.work / "unguarded.log"
+        options = ProxyCommand(backends=self.backends(), port=self.unguarded_port,
+                               extra=PROXY_OPTIONS).options()
+        # -P: bench/ must not be on its path, where this file would shadow the proxy package.
+        child = self.procs.start("unguarded proxy", [
+            sys.executable, "-P", str(REPO / "bench" / "unguarded_proxy.py"), *options], log,
+            output=log)
+
+        def ready() -> bool:
+            self.procs.check(child)
+            view = self.view(self.unguarded_port)
+            return bool(view and view["leader"] and len(view["readers"]) == 2)
+
+        wait_until("the unguarded proxy's view of the cluster", ready, 60)
+        return child
 
     def start_relay(self) -> subprocess.Popen[bytes]:
         """bench/twisted_relay.py on the same followers as nginx: the floor under the proxy."""
@@ -342,6 +378,93 @@ def stall_rounds(cluster: Cluster, song: dict[str, Any], rounds: int) -> dict[st
     }
 
 
+# ---------------------------------------------------------------- stalled connections
+
+
+def raise_open_files(needed: int) -> None:
+    """This process's soft RLIMIT_NOFILE up to ``needed`` (or the hard limit); the servers it
+    starts inherit it, and the proxy's total cap follows from it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def server_pid(child: subprocess.Popen[bytes]) -> int:
+    """The process that holds the connections: nginx's one worker, or the child itself."""
+    children = Path(f"/proc/{child.pid}/task/{child.pid}/children")
+    workers = children.read_text().split() if children.exists() else []
+    return int(workers[0]) if workers else child.pid
+
+
+def hold_stalled(child: subprocess.Popen[bytes] | None, port: int, count: int,
+                 wait_closed: bool) -> dict[str, Any]:
+    """Open ``count`` connections that each send half a request line, measure the server
+    holding them, and (``wait_closed``) wait until it has closed them all."""
+    assert child is not None
+    pid = server_pid(child)
+    time.sleep(0.5)  # let the last benchmark's connections go
+    rss_before, fds_before = rss_mib(pid), descriptors(pid)
+    sockets: list[socket.socket] = []
+    selector = selectors.DefaultSelector()
+    try:
+        for n in range(count):
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{2 + n // 50}", 0))
+            sock.connect((HOST, port))
+            sock.sendall(b"GET /songs HTTP/1.1\r\nHost: bench\r\nAccept: app")
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+            sockets.append(sock)
+        last_opened = time.monotonic()
+        rss = fds = 0.0
+        for _ in range(10):  # the server may still be accepting: take the peak
+            rss, fds = max(rss, rss_mib(pid)), max(fds, descriptors(pid))
+            time.sleep(0.1)
+        result: dict[str, Any] = {
+            "connections": count, "rss_before_mib": rss_before, "rss_mib": rss,
+            "kib_per_connection": 1024 * (rss - rss_before) / count,
+            "fds_before": fds_before, "fds": int(fds),
+        }
+        if wait_closed:
+            open_ = set(sockets)
+            deadline = last_opened + 120
+            while open_ and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    sock = key.fileobj  # type: ignore[assignment]
+                    try:
+                        data = sock.recv(4096)
+                    except ConnectionResetError:
+                        data = b""
+                    if not data:
+                        selector.unregister(sock)
+                        open_.discard(sock)
+            if open_:
+                raise BenchError(f"{len(open_)} stalled connections still open after 120 s")
+            header_timeout = get_json(port, "/proxy/status")["config"]["header_timeout"]
+            result.update(closed_after_s=time.monotonic() - last_opened,
+                          header_timeout_s=header_timeout)
+        say(f"stalled: {count} held on port {port}: resident {rss_before:.1f} -> {rss:.1f} MiB,"
+            f" descriptors {fds_before} -> {int(fds)}"
+            + (f", all closed after {result['closed_after_s']:.1f} s" if wait_closed else ""))
+        return result
+    finally:
+        selector.close()
+        for sock in sockets:
+            sock.close()
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -360,8 +483,10 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
     nginx, upstream = cluster.start_nginx()
     assert cluster.proxy is not None
     relay = cluster.start_relay()
+    unguarded = cluster.start_unguarded()
     servers = {"nginx": (cluster.nginx_port, nginx),
                "twisted": (cluster.relay_port, relay),
+               "unguarded": (cluster.unguarded_port, unguarded),
                "proxy": (cluster.proxy_port, cluster.proxy)}
     for port, _ in servers.values():
         verify(port, chunks)
@@ -394,8 +519,15 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
                 f" p50 {result['latency_ms']['p50']:.1f} ms, p99"
                 f" {result['latency_ms']['p99']:.1f} ms, errors {result['errors']},"
                 f" non-2xx {result['non_2xx']} {result.get('proxy_counters', '')}")
-    procs.stop(nginx)
     procs.stop(relay)
+    procs.stop(unguarded)
+    stalled = {}
+    if args.stalled:
+        stalled = {"proxy": hold_stalled(cluster.proxy, cluster.proxy_port, args.stalled,
+                                         wait_closed=True),
+                   "nginx": hold_stalled(nginx, cluster.nginx_port, args.stalled,
+                                         wait_closed=False)}
+    procs.stop(nginx)
     stall = stall_rounds(cluster, songs[-1], args.stall_rounds) if args.stall_rounds else None
     return {
         "settings": {
@@ -406,6 +538,7 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
             "twisted": "bench/twisted_relay.py: Site + Agent + pool + backpressure, nothing else",
         },
         "chunk_get": {str(k): v for k, v in runs.items()},
+        "stalled": stalled,
         "stall": stall,
     }
 
@@ -438,11 +571,29 @@ def report(result: dict[str, Any]) -> str:
             floor = pair["twisted"]["req_per_s"]
             line += (f"; twisted relay / nginx {floor / pair['nginx']['req_per_s']:.2f},"
                      f" proxy / twisted relay {pair['proxy']['req_per_s'] / floor:.2f}")
+        if "unguarded" in pair:
+            guarded = pair["proxy"]["req_per_s"] / pair["unguarded"]["req_per_s"]
+            cpu = pair["proxy"]["cpu_ms_per_req"] / max(1e-9, pair["unguarded"]["cpu_ms_per_req"])
+            line += (f"; proxy / unguarded {guarded:.2f}"
+                     f" ({'within' if guarded >= GUARDS_TARGET else 'BELOW'} {GUARDS_TARGET:.2f}),"
+                     f" CPU per request x{cpu:.2f}")
         if connections == "32":
             p99 = pair["proxy"]["latency_ms"]["p99"]
             line += (f"; proxy p99 {p99:.1f} ms"
                      f" ({'meets' if p99 < P99_TARGET_MS else 'ABOVE'} {P99_TARGET_MS:.0f} ms)")
         lines.append(line)
+    stalled = result.get("stalled") or {}
+    if stalled:
+        lines += ["", f"Holding {stalled['proxy']['connections']} stalled half-requests (40"
+                  " loopback addresses, half a request line each, then nothing)"]
+        for name, held in stalled.items():
+            line = (f"  {name:10} resident {held['rss_before_mib']:.1f} -> {held['rss_mib']:.1f}"
+                    f" MiB ({held['kib_per_connection']:.1f} KiB each), descriptors"
+                    f" {held['fds_before']} -> {held['fds']}")
+            if held.get("closed_after_s") is not None:
+                line += (f"; all closed {held['closed_after_s']:.1f} s after the last was"
+                         f" opened (header timeout {held['header_timeout_s']:g} s)")
+            lines.append(line)
     stall = result["stall"]
     if stall:
         stalls = ", ".join(f"{r['stall_s'] * 1000:.0f}" for r in stall["rounds"])
@@ -475,6 +626,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stall-mib", type=int, default=48, help="size of the song killed under"
                    " its listener [48]")
     p.add_argument("--stall-rounds", type=int, default=5, help="kills measured, 0 for none [5]")
+    p.add_argument("--stalled", type=int, default=2000, help="stalled connections held by the"
+                   " proxy and by nginx, 0 for none [2000]")
     p.add_argument("--chunk-kib", type=int, default=256, help="replica --chunk-size [256]")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
@@ -486,6 +639,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.stalled:
+        raise_open_files(4 * args.stalled + 1024)  # children inherit it: the proxy's cap
     work = Path(tempfile.mkdtemp(prefix="distpotify-bench-proxy-"))
     procs = Supervisor(cwd=REPO)
     try:
