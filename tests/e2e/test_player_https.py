@@ -14,7 +14,7 @@ import pytest
 from tests.e2e.harness import PlayerPage, Stack
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import free_port
+from tests.helpers.replica import STARTUP, free_port
 from tests.helpers.tls import make_certificates
 
 try:
@@ -38,7 +38,7 @@ def https_url(shared_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> 
                                f"{certificates.ssl_description(port)}")
     try:
         proxy.start()
-        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 3, timeout=30)
+        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 3, timeout=STARTUP)
         yield f"https://localhost:{port}/"
     finally:
         proxy.kill()

@@ -26,7 +26,7 @@ import pytest
 
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import ReplicaProcess, request, wait_until
+from tests.helpers.replica import STARTUP, ReplicaProcess, request, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -63,7 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                          {"Content-Type": "audio/wav"}, timeout=120)
         assert answer.status == 201, answer.body
         proxy.start()
-        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 1, timeout=30)
+        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 1, timeout=STARTUP)
         yield Stack(replica, proxy, answer.json()["song"], audio, root)
     finally:
         proxy.kill()
@@ -357,7 +357,7 @@ def test_the_65th_connection_from_one_address_is_refused_while_another_is_served
     proxy = ProxyProcess(tmp_path, [stack.replica]).start()  # the defaults: 64 per client
     held: list[socket.socket] = []
     try:
-        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30)
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=STARTUP)
         held = [client_socket(proxy.port, "127.0.0.2") for _ in range(64)]
 
         refused = client_socket(proxy.port, "127.0.0.2")
@@ -409,7 +409,7 @@ def test_the_total_cap_follows_the_open_files_limit(stack: Stack, tmp_path: Path
         proxy = ProxyProcess(tmp_path, [stack.replica]).start()
     sockets: list[socket.socket] = []
     try:
-        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30)
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=STARTUP)
         cap = proxy.status()["connections"]["max_total"]
         assert cap == (200 - 64) // 2
         assert f"at most {cap} in all (open-files limit 200)" in proxy.log()

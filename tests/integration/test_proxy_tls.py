@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers.audio import in_ci, make_wav
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import ReplicaProcess, free_port, request
+from tests.helpers.replica import STARTUP, ReplicaProcess, free_port, request
 from tests.helpers.tls import Certificates, make_certificates
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -57,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                          {"Content-Type": "audio/wav"}, timeout=60)
         assert answer.status == 201, answer.body
         proxy.start()
-        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 1, timeout=30)
+        proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 1, timeout=STARTUP)
         yield Stack(proxy, https_port, certificates, answer.json()["song"], audio)
     finally:
         proxy.kill()
