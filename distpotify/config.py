@@ -7,15 +7,57 @@ ReplicaConfig is built once (tap.py) and passed down; nothing reads options from
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import attrs
 
+from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import DEFAULT_TIMEOUTS, Timeouts
 from distpotify.options import ConfigError, check_positive
 
 KIB = 1024
 MIB = 1024 * KIB
+
+# --oplog-retention units: each names the kind of bound as well as its scale.
+_RETENTION_UNITS = {
+    "ops": ("ops", 1), "s": ("age", 1), "m": ("age", 60), "h": ("age", 3600),
+    "d": ("age", 86400), "B": ("bytes", 1), "KiB": ("bytes", KIB), "MiB": ("bytes", MIB),
+    "GiB": ("bytes", 1024 * MIB),
+}
+_RETENTION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)\s*")
+
+
+@attrs.frozen
+class OplogRetention:
+    """How much of its oplog a replica keeps: the newest ``amount`` ops (``ops``), the ops
+    applied in the last ``amount`` seconds (``age``), or the newest ops whose bodies add up
+    to ``amount`` bytes (``bytes``). The newest op always stays."""
+
+    kind: str
+    amount: float
+
+    @classmethod
+    def parse(cls, text: str) -> OplogRetention:
+        """``100000ops``, ``36h``, ``2d``, ``512MiB``: a number and a unit naming the kind."""
+        match = _RETENTION.fullmatch(text)
+        unit = _RETENTION_UNITS.get(match[2]) if match else None
+        if match is None or unit is None:
+            raise ConfigError(
+                f"--oplog-retention must be a number and one of {', '.join(_RETENTION_UNITS)}"
+                f" (100000ops, 2d, 512MiB), got {text!r}")
+        kind, scale = unit
+        amount = float(match[1]) * scale
+        if kind != "age":
+            amount = float(int(amount))
+        if not amount >= 1:
+            raise ConfigError(f"--oplog-retention must keep something, got {text!r}")
+        return cls(kind, amount)
+
+    def __str__(self) -> str:
+        if self.kind == "age":
+            return f"{self.amount:g}s"
+        return f"{int(self.amount)}{'ops' if self.kind == 'ops' else 'B'}"
 
 
 def _port(name: str, value: int) -> int:
@@ -56,6 +98,11 @@ class ReplicaConfig:
     header_timeout: float = DEFAULT_TIMEOUTS.header
     body_timeout: float = DEFAULT_TIMEOUTS.body
     idle_timeout: float = DEFAULT_TIMEOUTS.idle
+    # Two days: a follower away for a day still catches up by cursor (docs/architecture.md
+    # section 2.5); one away longer takes a new snapshot.
+    oplog_retention: OplogRetention = OplogRetention("age", 2 * 86400.0)
+    # Test-only (DISTPOTIFY_FAILPOINTS), never an option: see failpoints.py.
+    failpoints: Failpoints = Failpoints()
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

@@ -6,12 +6,15 @@ Every option also reads ``DISTPOTIFY_<OPTION>`` from the environment; the comman
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from distpotify.config import ConfigError, ReplicaConfig, parse_peers
+from distpotify.config import ConfigError, OplogRetention, ReplicaConfig, parse_peers
+from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import TIMEOUT_OPTIONS
 from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
 
@@ -48,6 +51,8 @@ OPTIONS: OptionList = [
     ("catch-up-timeout", "2.0", "seconds a new leader may spend pulling the writes it lacks"
      " from its peers before it takes writes anyway", float),
     *TIMEOUT_OPTIONS,
+    ("oplog-retention", "2d", "oplog kept for followers catching up by cursor: newest N ops"
+     " (100000ops), an age (36h, 2d) or bytes (512MiB)", OplogRetention.parse),
 ]
 
 
@@ -62,10 +67,15 @@ class Options(EnvOptions):
     option_list = OPTIONS
     required = "node-id"
 
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(environ)
+        self._environ = os.environ if environ is None else environ
+
     def postOptions(self) -> None:
         values = self.converted()
         values.setdefault("data_dir", Path("data") / f"node{values['node_id']}")
         try:
+            values["failpoints"] = Failpoints.from_environ(self._environ)
             self.config = ReplicaConfig(**values)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None

@@ -106,3 +106,30 @@ def test_the_http_timeouts_reach_the_replicas_site(tmp_path: Path) -> None:
         assert site.timeouts == Timeouts(header=5, body=6, idle=7)
     finally:
         replica.db.close()
+
+
+def test_oplog_retention_takes_a_count_an_age_or_bytes() -> None:
+    def retention(text: str) -> tuple[str, float]:
+        config = parse(["--node-id", "1", "--oplog-retention", text]).config
+        return config.oplog_retention.kind, config.oplog_retention.amount
+
+    assert parse(["--node-id", "1"]).config.oplog_retention.amount == 2 * 86400
+    assert retention("100000ops") == ("ops", 100000)
+    assert retention("36h") == ("age", 36 * 3600)
+    assert retention("1.5d") == ("age", 1.5 * 86400)
+    assert retention("512MiB") == ("bytes", 512 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("text", ["", "2", "2x", "-1d", "0ops", "1M", "ops"])
+def test_a_bad_oplog_retention_is_refused_with_one_line(text: str) -> None:
+    with pytest.raises(usage.UsageError, match="--oplog-retention must"):
+        parse(["--node-id", "1", "--oplog-retention", text])
+
+
+def test_failpoints_come_from_the_environment_only() -> None:
+    env = {"DISTPOTIFY_FAILPOINTS": "upload.committed:crash"}
+
+    assert parse(["--node-id", "1"], env).config.failpoints.armed == {"upload.committed": "crash"}
+    assert parse(["--node-id", "1"]).config.failpoints.armed == {}
+    with pytest.raises(usage.UsageError, match="unknown failpoint"):
+        parse(["--node-id", "1"], {"DISTPOTIFY_FAILPOINTS": "nowhere:crash"})
