@@ -15,6 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from twisted.internet.defer import Deferred
 
 from distpotify.store.chunkcache import ChunkCache
+from distpotify.store.compaction import Compaction
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
@@ -34,13 +35,15 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class MetadataDB(Oplog, Digests, Tombstones, Snapshots, LibraryQueries, ChunkRegistry):
+class MetadataDB(
+    Oplog, Digests, Tombstones, Compaction, Snapshots, LibraryQueries, ChunkRegistry
+):
     """Synchronous access to the database; every method runs on the store's one thread.
 
     Its parts share the one connection (schema.py opens it) and this object's state:
     Oplog (oplog.py) the write path and the head; Digests (digest.py) what anti-entropy
-    compares; Tombstones (tombstones.py) the purge watermark; Snapshots (snapshot.py) backup
-    and install; LibraryQueries (queries.py) the API's reads; ChunkRegistry (registry.py) the
+    compares; Tombstones (tombstones.py) the purge watermark; Compaction (compaction.py) the
+    oplog's retention; Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads; ChunkRegistry (registry.py) the
     chunk registry and its in-memory cache (chunkcache.py).
     """
 
@@ -48,6 +51,7 @@ class MetadataDB(Oplog, Digests, Tombstones, Snapshots, LibraryQueries, ChunkReg
         self, path: Path, node_id: int, now: Callable[[], float] = time.time
     ) -> None:
         self.node_id = node_id
+        self.path = path
         self._now = now
         self._conn = connect(path)
         self._epoch = 0

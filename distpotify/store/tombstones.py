@@ -43,10 +43,17 @@ class Tombstones(Tables):
         return Version.decode(str(row.fields["through"])) if row is not None else Version(0, 0, 0)
 
     def newest_version_before(self, at: float) -> Version | None:
-        """The newest op applied here before wall-clock time ``at``."""
+        """The newest op applied here before wall-clock time ``at``, compacted ones included
+        (compaction keeps the newest it dropped and when: store/compaction.py)."""
         row = self._conn.execute(
             "SELECT max(version) AS v FROM oplog WHERE at < ?", (at,)).fetchone()
-        return Version.decode(row["v"]) if row["v"] else None
+        found = [Version.decode(row["v"])] if row["v"] else []
+        floor = self._conn.execute(
+            "SELECT (SELECT value FROM node_meta WHERE name = 'oplog_floor') AS v,"
+            " (SELECT value FROM node_meta WHERE name = 'oplog_floor_at') AS at").fetchone()
+        if floor["v"] is not None and floor["at"] is not None and float(floor["at"]) < at:
+            found.append(Version.decode(floor["v"]))
+        return max(found, default=None)
 
     def tombstones(self) -> int:
         return sum(

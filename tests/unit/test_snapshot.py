@@ -1,13 +1,18 @@
-"""Snapshots of the metadata: a backup is the replicated tables without node_meta, and
-installing one replaces every replicated table, keeps our node_meta and resets the head."""
+"""Snapshots of the metadata: a backup is the replicated tables without node_meta, read beside
+the writer, and installing one replaces every replicated table, keeps our node_meta and resets
+the head, in one step that a crash leaves whole or not at all."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from distpotify.model import Version
 from distpotify.store.metadata import Change, MetadataDB
+from distpotify.store.snapshot import backup_copy
 
 SONG = "11111111-1111-4111-8111-111111111111"
 OURS = "22222222-2222-4222-8222-222222222222"
@@ -74,3 +79,51 @@ def test_an_installed_snapshot_empties_the_chunk_cache(tmp_path: Path) -> None:
 
     assert db.cached_chunk(OURS, 0) is None
     assert db.live_chunk_names() == {f"{SONG}_0"}
+
+
+def test_an_install_writes_our_node_meta_and_its_own_in_the_same_step(tmp_path: Path) -> None:
+    leader(tmp_path).backup_to(tmp_path / "copy.sqlite3")
+    db = joiner(tmp_path)
+
+    db.install_snapshot(tmp_path / "copy.sqlite3", {"join_state": "CHUNKS", "snapshots": "1"})
+
+    assert not (tmp_path / "copy.sqlite3").exists()  # it became the database
+    on_disk = sqlite3.connect(tmp_path / "joiner.sqlite3")
+    assert dict(on_disk.execute("SELECT name, value FROM node_meta")) == {
+        "join_state": "CHUNKS", "snapshots": "1"}
+    assert on_disk.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_install_that_fails_before_the_rename_leaves_the_old_database_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader(tmp_path).backup_to(tmp_path / "copy.sqlite3")
+    db = joiner(tmp_path)
+    head = db.head()
+
+    def crash(*args: object) -> None:
+        raise OSError("the crash, just before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="just before the rename"):
+        db.install_snapshot(tmp_path / "copy.sqlite3", {"join_state": "CHUNKS"})
+    monkeypatch.undo()
+
+    assert db.head() == head and db.get_meta("join_state") == "snapshot"
+    assert db.get_row("playlists", OURS) is not None
+    reopened = MetadataDB(tmp_path / "joiner.sqlite3", node_id=1)
+    assert reopened.head() == head and reopened.get_meta("join_state") == "snapshot"
+
+
+def test_a_backup_reads_beside_a_write_in_progress(tmp_path: Path) -> None:
+    source = leader(tmp_path)
+    source._conn.execute("BEGIN IMMEDIATE")
+    source._conn.execute("DELETE FROM songs")  # not committed: the copy must not see it
+    try:
+        version = backup_copy(source.path, tmp_path / "copy.sqlite3")
+    finally:
+        source._conn.execute("ROLLBACK")
+
+    copy = sqlite3.connect(tmp_path / "copy.sqlite3")
+    assert version == Version(4, 3, 2)
+    assert copy.execute("SELECT title FROM songs").fetchall() == [("t",)]
