@@ -102,7 +102,7 @@ class ReplicaConfig:
     # section 2.5); one away longer takes a new snapshot.
     oplog_retention: OplogRetention = OplogRetention("age", 2 * 86400.0)
     # Test-only (DISTPOTIFY_FAILPOINTS), never an option: see failpoints.py.
-    failpoints: Failpoints = Failpoints()
+    failpoints: Failpoints = attrs.field(factory=Failpoints)
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

@@ -69,3 +69,16 @@ class Unavailable(ApiError):
 class Conflict(ApiError):
     status = 409
     code = "conflict"
+
+
+class SnapshotTooOld(Conflict):
+    """A joiner's snapshot is older than the leader's oplog floor: it must take a new one."""
+
+    code = "snapshot_too_old"
+
+
+class InsufficientStorage(ApiError):
+    """The disk is full: nothing was written; the same request may succeed once space returns."""
+
+    status = 507
+    code = "insufficient_storage"

@@ -277,7 +277,7 @@ def build_replica(
                     partial(replica_status, config, cluster, replication, db.cached_head),
                     metrics)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
-                   config.data_dir / "tmp")
+                   snapshots=replication.snapshots, resync=replication.resync_requested)
     resource = ReplicaRoot(config.node_id, api, sync.app.resource(),
                            serving=lambda: cluster.state == ACTIVE)
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,

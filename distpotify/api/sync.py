@@ -1,5 +1,6 @@
 """The cluster-internal API under /sync/ (the proxy never forwards it): pushed ops in, ops
-out for a new leader's catch-up, digests and rows out for anti-entropy.
+out for a new leader's catch-up, digests and rows out for anti-entropy, snapshots and the
+end of a join, and the leader's word to a follower that it must take a new snapshot.
 
 Same shape as public.py: a Klein app on a class, typed path segments (parsing.py), failures
 answered by failures.py. A batch that is malformed anywhere is refused whole (400) and nothing
@@ -9,8 +10,7 @@ of it is applied.
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from klein import Klein
 from twisted.python.failure import Failure
@@ -20,17 +20,21 @@ from twisted.web.server import Request
 from distpotify.api.failures import answer_failure
 from distpotify.api.parsing import int_arg, query, read_json, typed_routes
 from distpotify.api.ranges import Representation, Span, serve
-from distpotify.errors import BadRequest, Unavailable
+from distpotify.errors import BadRequest, Conflict, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
-from distpotify.replication.bootstrap import JoinDesk, pack_snapshot
+from distpotify.replication.bootstrap import JoinDesk
 from distpotify.replication.client import op_from_json, row_to_json
 from distpotify.replication.receive import Receiver, validate_op
+from distpotify.replication.snapshots import SnapshotBuilds
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, json_response
 
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_KEYS = 1000
 MAX_OPS = 1000  # ops per GET /sync/ops answer
+# How long a snapshot request waits for a build before 503 (the joiner asks again, and waits
+# for the same build): well inside a joiner's header timeout.
+BUILD_WAIT = 2.0
 
 
 class SyncAPI:
@@ -42,13 +46,15 @@ class SyncAPI:
         receiver: Receiver,
         desk: JoinDesk,
         blocking: Runner,
-        tmp_dir: Path,
+        snapshots: SnapshotBuilds | None = None,
+        resync: Callable[[str, Version], Awaitable[str]] | None = None,
     ) -> None:
         self._store = store
         self._receiver = receiver
         self._desk = desk
         self._blocking = blocking
-        self._tmp = tmp_dir
+        self._snapshots = snapshots
+        self._resync = resync
 
     @app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
@@ -74,8 +80,8 @@ class SyncAPI:
     @app.route("/sync/ops", methods=["GET"])
     async def ops_after(self, request: Request) -> bytes:
         """The ops this replica applied after version ``after``, oldest first, at most
-        ``limit``: what a new leader lacks (its oplog holds every op it applied, pushed by any
-        leader or written by itself)."""
+        ``limit``: what a new leader lacks (its oplog holds every op it applied above its
+        floor, pushed by any leader or written by itself; older ones are compacted away)."""
         args = query(request)
         try:
             after = Version.decode(args.get("after", ""))
@@ -112,22 +118,28 @@ class SyncAPI:
 
     @app.route("/sync/snapshot", methods=["GET"])
     async def snapshot(self, request: Request) -> bytes:
-        """A consistent copy of the database (SQLite online backup), gzip-compressed, built
-        on disk and streamed, tagged with the version it contains."""
-        copy = self._tmp / f"snapshot-{uuid.uuid4()}.sqlite3"
-        packed = copy.with_name(copy.name + ".gz")
+        """A consistent copy of the database (SQLite online backup), gzip-compressed, shared
+        by the joiners that ask while it is fresh, tagged with the version it contains."""
+        if self._snapshots is None:
+            raise NotFound("no snapshots here")
         try:
-            version = await self._store.run(MetadataDB.backup_to, copy)
-            await self._blocking(pack_snapshot, copy, packed)
-            request.setHeader(SNAPSHOT_VERSION, version.encode().encode())
-            size = packed.stat().st_size
+            build = await self._snapshots.acquire(BUILD_WAIT)
+        except RuntimeError as e:
+            raise Unavailable(str(e)) from None
+        if build is None:
+            error = Unavailable("a snapshot is being built; ask again shortly")
+            error.headers["Retry-After"] = "1"
+            raise error
+        try:
+            assert build.version is not None
+            request.setHeader(SNAPSHOT_VERSION, build.version.encode().encode())
             return await serve(
-                request, [Span(packed, 0, size)],
-                Representation(size, f"snapshot-{version.encode()}", "application/gzip"),
+                request, [Span(build.path, 0, build.size)],
+                Representation(build.size, f"snapshot-{build.version.encode()}",
+                               "application/gzip"),
             )
         finally:
-            copy.unlink(missing_ok=True)
-            packed.unlink(missing_ok=True)
+            self._snapshots.release(build)
 
     @app.route("/sync/done", methods=["POST"])
     async def done(self, request: Request) -> bytes:
@@ -141,5 +153,23 @@ class SyncAPI:
             version = Version.decode(head)
         except ValueError:
             raise BadRequest(f"bad head {head!r}") from None
-        self._desk.done(node_id, version, missing)
+        floor = await self._store.run(MetadataDB.oplog_floor)
+        self._desk.done(node_id, version, missing, floor)
         return json_response(request, 200, {"state": ACTIVE})
+
+    @app.route("/sync/resync", methods=["POST"])
+    async def resync(self, request: Request) -> bytes:
+        """The leader cannot catch this replica up by cursor any more: it takes a new
+        snapshot (docs/architecture.md section 5.2)."""
+        body = read_json(request)
+        source, cursor = body.get("source"), body.get("cursor")
+        if not isinstance(source, str) or not isinstance(cursor, str):
+            raise BadRequest("expected {\"source\": URL, \"cursor\": VERSION}")
+        try:
+            version = Version.decode(cursor)
+        except ValueError:
+            raise BadRequest(f"bad cursor {cursor!r}") from None
+        if self._resync is None:
+            raise Conflict("this replica takes no resync")
+        phase = await self._resync(source, version)
+        return json_response(request, 200, {"phase": phase})

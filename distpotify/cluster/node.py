@@ -187,6 +187,12 @@ class ClusterNode(service.Service):
         if self.running:  # a node stopped (or never started) holds no election
             self.election.claim_if_higher()
 
+    def deactivate(self) -> None:
+        """This replica must take a new snapshot: JOINING again, so it serves no read, is not
+        electable, and no peer pulls rows from it, until it is ACTIVE again."""
+        self.state = JOINING
+        log.info("node {node_id} is JOINING again", node_id=self.config.node_id)
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._sender.stop()

@@ -26,10 +26,11 @@ from twisted.logger import Logger
 
 from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
-from distpotify.errors import Conflict, NotLeader
+from distpotify.errors import Conflict, NotLeader, SnapshotTooOld
+from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Version
 from distpotify.periodic import Periodic
-from distpotify.replication.client import PeerClient, PeerError
+from distpotify.replication.client import PeerClient, PeerError, StaleSnapshot
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
@@ -186,6 +187,8 @@ class Joiner:
         clock: IReactorTime,
         tmp_dir: Path,
         progress: SyncProgress,
+        clean_up: Callable[[], Awaitable[object]],
+        failpoints: Failpoints = NONE,
     ) -> None:
         self._node_id = node_id
         self._http = http
@@ -201,6 +204,9 @@ class Joiner:
         self._clock = clock
         self._tmp = tmp_dir
         self.progress = progress
+        self._clean_up = clean_up
+        self._failpoints = failpoints
+        self._snapshot_again = False
         self._steps: dict[str, Callable[[Peer], Awaitable[None]]] = {
             ANNOUNCING: self._announce, SNAPSHOT: self._snapshot, CHUNKS: self._fetch_chunks,
         }
@@ -224,10 +230,16 @@ class Joiner:
                     await deferLater(self._clock, RETRY, lambda: None)
                     continue
                 progress.waiting_for = None
+                if self._snapshot_again and progress.phase == CHUNKS:
+                    await self._back_to_snapshot("the leader asked for a new snapshot")
+                    continue
                 try:
                     await self._steps[progress.phase](leader)
                 except CancelledError:
                     raise  # the replica stops
+                except StaleSnapshot:
+                    await self._back_to_snapshot(f"leader {leader.node_id} no longer holds"
+                                                 " the ops past this snapshot")
                 except Exception as e:
                     # A join outlives any failure of its leader or network: it retries, with
                     # the leader of the moment, from the phase it reached.
@@ -239,6 +251,17 @@ class Joiner:
         progress.finished = self._clock.seconds()
         log.info("join: done: {chunks} chunks, {snapshots} snapshot(s) fetched",
                  chunks=progress.chunks_total, snapshots=progress.snapshots_fetched)
+
+    def snapshot_again(self) -> None:
+        """The leader's oplog no longer reaches back to our snapshot: take a new one (at once
+        if the chunks of the old one are being fetched)."""
+        self._snapshot_again = True
+
+    async def _back_to_snapshot(self, why: str) -> None:
+        self._snapshot_again = False
+        await self._store.run(MetadataDB.set_meta, "join_state", SNAPSHOT)
+        log.info("join: back to phase {phase}: {why}", phase=SNAPSHOT, why=why)
+        self.progress.phase = SNAPSHOT
 
     async def _advance(self) -> None:
         phase = NEXT_PHASE[self.progress.phase]
@@ -260,6 +283,7 @@ class Joiner:
     async def _snapshot(self, leader: Peer) -> None:
         packed = self._tmp / "snapshot.sqlite3.gz"
         unpacked = self._tmp / "snapshot.sqlite3"
+        fetched = self.progress.snapshots_fetched + 1
         try:
             version = await self._client.snapshot(leader.http, SNAPSHOT_PATH, packed)
             try:
@@ -267,16 +291,23 @@ class Joiner:
             except SnapshotError:
                 self.progress.bad_snapshots += 1
                 raise
-            head = await self._store.run(MetadataDB.install_snapshot, unpacked)
+            self._failpoints.hit("snapshot.fetched")
+            # The tables, our node_meta and the next phase in one crash-safe step: a restart
+            # finds the old database in SNAPSHOT, or the new one in CHUNKS.
+            head = await self._store.run(MetadataDB.install_snapshot, unpacked, {
+                "join_state": CHUNKS, "snapshots_fetched": str(fetched),
+                "snapshot_at": repr(self._clock.seconds()),
+            })
         finally:
             packed.unlink(missing_ok=True)
             unpacked.unlink(missing_ok=True)
-        self.progress.snapshots_fetched += 1
-        await self._store.run(MetadataDB.set_meta, "snapshots_fetched",
-                              str(self.progress.snapshots_fetched))
+        self._failpoints.hit("snapshot.installed")
+        self.progress.snapshots_fetched = fetched
+        self._snapshot_again = False
         log.info("join: snapshot of version {version} installed (head {head})",
                  version=version.encode(), head=head.encode())
-        await self._advance()
+        log.info("join: phase {phase}", phase=CHUNKS)
+        self.progress.phase = CHUNKS
 
     async def _fetch_chunks(self, leader: Peer) -> None:
         live = await self._store.run(MetadataDB.live_chunk_names)
@@ -296,9 +327,11 @@ class Joiner:
         head = await self._store.run(MetadataDB.head)
         still = len(await self._store.run(MetadataDB.live_chunk_names)
                     - await self._blocking(self._chunks.names))
+        self._failpoints.hit("join.chunks_fetched")
         await self._client.done(leader.http, self._node_id, head, still)
-        # Files of chunks the snapshot no longer lists (a rejoin after a long absence).
-        await self._blocking(self._chunks.clean, await self._store.run(MetadataDB.live_chunk_names))
+        # Files of chunks the snapshot no longer lists (a rejoin after a long absence), but
+        # none that a push or anti-entropy is fetching now for ops it has yet to apply.
+        await self._clean_up()
         await self._advance()
 
     async def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> bool:
@@ -356,9 +389,16 @@ class JoinDesk:
         return {"leader_id": self._node_id, "epoch": self._epoch(),
                 "snapshot_path": SNAPSHOT_PATH}
 
-    def done(self, node_id: int, head: Version, missing: int) -> None:
+    def done(self, node_id: int, head: Version, missing: int, floor: Version = ZERO) -> None:
+        """A joiner holds every chunk of its snapshot. Refused while it misses chunks, and
+        when our oplog no longer reaches back to its snapshot (``floor``): the ops in
+        between are gone, so it must take a new one."""
         if not self._leading():
             raise NotLeader(f"replica {self._node_id} is not the leader")
+        if head < floor:
+            raise SnapshotTooOld(
+                f"replica {node_id}'s snapshot ({head.encode()}) is older than the oldest ops"
+                f" kept here (floor {floor.encode()}): it takes a new snapshot")
         if missing:
             raise Conflict(f"replica {node_id} still lacks {missing} chunks")
         self.joining.pop(node_id, None)
@@ -368,7 +408,8 @@ class JoinDesk:
 
 
 class CatchUp:
-    """A rejoining replica is caught up once it holds what the leader held when it came back."""
+    """A rejoining replica is caught up once it holds what the leader held when it came back,
+    unless the leader tells it (``abandon``) that it must take a new snapshot instead."""
 
     def __init__(self, *, head: Callable[[], Version], leader: Callable[[], Peer | None],
                  clock: IReactorTime, progress: SyncProgress) -> None:
@@ -376,12 +417,20 @@ class CatchUp:
         self._leader = leader
         self._clock = clock
         self.progress = progress
+        self._abandoned = False
 
-    async def run(self) -> None:
+    def abandon(self) -> None:
+        self._abandoned = True
+
+    async def run(self) -> bool:
+        """Wait until caught up (True), or abandoned (False)."""
         self.progress.phase = CATCHING_UP
         target: Version | None = None
         source: tuple[int, int] | None = None
         while True:
+            if self._abandoned:
+                log.info("rejoin: abandoned for a new snapshot")
+                return False
             leader = self._leader()
             # A new leader may never reach the old one's head (its last writes died with it):
             # the target is what the current leader held when it was first seen leading.
@@ -395,3 +444,4 @@ class CatchUp:
             await deferLater(self._clock, 0.05, lambda: None)
         self.progress.phase = DONE
         log.info("rejoin: caught up at {head}", head=self._head().encode())
+        return True

@@ -30,6 +30,10 @@ class PeerError(Exception):
     """A peer answered something we cannot use: wrong status, garbage, wrong bytes."""
 
 
+class StaleSnapshot(PeerError):
+    """The leader no longer holds the ops past our snapshot: a new snapshot is needed."""
+
+
 def op_from_json(value: Any) -> Op:
     """An op from its JSON form; ValueError (or KeyError/TypeError) when malformed."""
     if not isinstance(value, dict) or not isinstance(value.get("fields"), dict):
@@ -157,13 +161,33 @@ class PeerClient:
             raise PeerError(f"snapshot from {base}: no version tag") from None
 
     async def done(self, base: str, node_id: int, head: Version, missing: int) -> None:
-        """Tell the leader this replica holds everything (POST /sync/done)."""
+        """Tell the leader this replica holds everything (POST /sync/done); StaleSnapshot when
+        the leader's oplog no longer reaches back to ``head``."""
         body = json.dumps({"node_id": node_id, "head": head.encode(), "missing": missing})
-        await self._json(
-            self._http.post(f"{base}/sync/done", data=body.encode(),
+        try:
+            await self._json(
+                self._http.post(f"{base}/sync/done", data=body.encode(),
+                                headers=Headers({b"Content-Type": [b"application/json"]})),
+                f"join done at {base}",
+            )
+        except PeerError as e:
+            if "snapshot_too_old" in str(e):
+                raise StaleSnapshot(str(e)) from None
+            raise
+
+    async def resync(self, base: str, source: str, cursor: Version) -> str:
+        """Tell a follower whose cursor is below our oplog floor to take a new snapshot
+        (POST /sync/resync); the join phase it is in."""
+        body = json.dumps({"source": source, "cursor": cursor.encode()})
+        answer = await self._json(
+            self._http.post(f"{base}/sync/resync", data=body.encode(),
                             headers=Headers({b"Content-Type": [b"application/json"]})),
-            f"join done at {base}",
+            f"resync of {base}",
         )
+        phase = answer.get("phase") if isinstance(answer, dict) else None
+        if not isinstance(phase, str):
+            raise PeerError(f"resync of {base}: no phase in the answer")
+        return phase
 
     async def stream_range(
         self, base: str, song_id: str, start: int, end: int, song_sha256: str,

@@ -11,19 +11,21 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import Join
 from distpotify.cluster.membership import Peer, PeerChanged, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
+from distpotify.errors import Conflict, Unavailable
 from distpotify.leadership import Leadership
 from distpotify.model import Version
 from distpotify.periodic import Periodic
 from distpotify.replication.antientropy import AntiEntropy
 from distpotify.replication.bootstrap import (
     ANNOUNCING,
+    CHUNKS,
     DONE,
     JOIN,
     REJOIN,
@@ -40,7 +42,9 @@ from distpotify.replication.purge import TombstonePurger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
+from distpotify.replication.retention import OplogCompactor
 from distpotify.replication.semisync import SemiSync
+from distpotify.replication.snapshots import SnapshotBuilds
 from distpotify.replication.takeover import Takeover
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
@@ -56,10 +60,12 @@ class ReplicationNode(service.MultiService):
     """Everything that makes this replica hold what the cluster holds.
 
     Built with the replica, it takes pushes (Receiver), pushes when it leads (Pusher),
-    guards and repairs chunks (ChunkGuard) and answers joins (JoinDesk) from the start;
-    ``become_active`` founds, rejoins or joins the cluster; its children, started after
-    that, are its periodic jobs: the record of being ACTIVE, anti-entropy, scrubbing and
-    tombstone purging. ``leadership`` says when this replica leads.
+    guards and repairs chunks (ChunkGuard) and answers joins (JoinDesk, SnapshotBuilds) from
+    the start; ``become_active`` founds, rejoins or joins the cluster; its children, started
+    after that, are its periodic jobs: the record of being ACTIVE, anti-entropy, scrubbing,
+    tombstone purging and oplog compaction. ``leadership`` says when this replica leads.
+    ``resync_requested`` is the leader's word that this replica must take a new snapshot: it
+    turns JOINING again until it has.
     """
 
     def __init__(
@@ -78,11 +84,13 @@ class ReplicationNode(service.MultiService):
         self._leadership = leadership
         self._failure_timeout = config.failure_timeout
         self.client = client
+        failpoints = config.failpoints
         self.fetcher = ChunkFetcher(client, chunks, blocking)
         self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
         self.receiver = Receiver(
             store, chunks, self.fetcher, blocking, self.peer_urls,
-            accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT))
+            accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
+            failpoints=failpoints)
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -91,7 +99,7 @@ class ReplicationNode(service.MultiService):
         self.pusher = Pusher(
             store=store, client=client, membership=cluster.membership, clock=reactor,
             source=config.http_url, leading=lambda: leadership.is_leader,
-            on_ack=self.semisync.follower_acked,
+            on_ack=self.semisync.follower_acked, failpoints=failpoints,
         )
         self.takeover = Takeover(
             membership=cluster.membership, head=cluster.head, client=client,
@@ -101,25 +109,35 @@ class ReplicationNode(service.MultiService):
         )
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
-            chunks=chunks, blocking=blocking, peers=self.peer_urls, clock=reactor,
+            chunks=chunks, blocking=blocking, peers=self._anti_entropy_peers, clock=reactor,
             interval=config.anti_entropy_interval,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
         self.purger = TombstonePurger(
             store=store, pusher=self.pusher, membership=cluster.membership,
             leading=lambda: leadership.is_leader, clock=reactor, ttl=config.tombstone_ttl,
+            failpoints=failpoints,
         )
+        self.compactor = OplogCompactor(store=store, retention=config.oplog_retention,
+                                        clock=reactor, failpoints=failpoints)
         self.desk = JoinDesk(node_id=config.node_id, leading=lambda: leadership.is_leader,
                              epoch=lambda: leadership.epoch, clock=reactor)
+        self.snapshots = SnapshotBuilds(db_path=store.path, tmp_dir=config.data_dir / "tmp",
+                                        blocking=blocking, clock=reactor, head=cluster.head)
         self.progress = SyncProgress()
         self._config = config
         self._reactor = reactor
         self._store = store
         self._chunks = chunks
         self._blocking = blocking
+        # The join or catch-up under way, if any: a resync redirects it.
+        self._joiner: Joiner | None = None
+        self._catch_up: CatchUp | None = None
+        self._resyncing: Deferred[None] | None = None
         active_at = Periodic(self._still_active, min(ACTIVE_AT_EVERY, config.tombstone_ttl / 4),
                              reactor, name="active-at record", first=0)
-        for job in (active_at, self.anti_entropy.loop, self.scrubber.loop, self.purger.loop):
+        for job in (active_at, self.anti_entropy.loop, self.scrubber.loop, self.purger.loop,
+                    self.compactor.loop):
             job.setServiceParent(self)
         self._unsubscribe = cluster.membership.subscribe(self._peer_event)
         cluster.role_observers.append(self._role_changed)
@@ -127,6 +145,10 @@ class ReplicationNode(service.MultiService):
     def peer_urls(self) -> list[str]:
         """Base URLs of the live ACTIVE replicas other than this one."""
         return [p.http for p in self._cluster.membership.live_peers() if p.state == ACTIVE]
+
+    def _anti_entropy_peers(self) -> list[str]:
+        # A replica taking a new snapshot pulls no rows: the install would wipe them.
+        return self.peer_urls() if self._cluster.state == ACTIVE else []
 
     def written(self) -> None:
         """The library wrote: push it (the answer waits for ``acknowledged``)."""
@@ -146,30 +168,84 @@ class ReplicationNode(service.MultiService):
         jobs start with this service, after this."""
         config, store, cluster = self._config, self._store, self._cluster
         join_state = await store.run(MetadataDB.get_meta, "join_state")
-        active_at = await store.run(MetadataDB.get_meta, "active_at")
+        # Since when this replica may have missed writes: the last time it was ACTIVE, or
+        # the time it installed the snapshot of a join under way.
+        times = [await store.run(MetadataDB.get_meta, name) for name in ("active_at",
+                                                                         "snapshot_at")]
+        since = max((float(t) for t in times if t is not None), default=None)
         head = await store.run(MetadataDB.head)
-        away = active_at is not None and (
-            self._reactor.seconds() - float(active_at) > config.tombstone_ttl)
+        away = since is not None and self._reactor.seconds() - since > config.tombstone_ttl
         decision = plan(join_state, head, cluster.membership.live_peers(), away)
         log.info("replica {node_id} at head {head} will {decision} the cluster",
                  node_id=config.node_id, head=head.encode(), decision=decision)
         if decision == JOIN:
             self.progress.phase = ANNOUNCING  # no push until the snapshot is installed
+            if join_state == CHUNKS and away:
+                # Deletes newer than its snapshot may be purged everywhere by now.
+                log.info("join: the snapshot is older than the tombstone ttl: taking a new one")
+                await store.run(MetadataDB.set_meta, "join_state", SNAPSHOT)
         self._planned = True
+        await self._sync(decision)
+
+    async def _sync(self, decision: str) -> None:
+        """Join or catch up until this replica holds what the cluster holds, then ACTIVE. A
+        catch-up the leader can no longer serve (``resync_requested``) becomes a join."""
+        config, store = self._config, self._store
+        if decision == REJOIN:
+            self._catch_up = CatchUp(head=self._head, leader=self._leader, clock=self._reactor,
+                                     progress=self.progress)
+            try:
+                if not await self._catch_up.run():
+                    decision = JOIN
+            finally:
+                self._catch_up = None
         if decision == JOIN:
-            await Joiner(
-                node_id=config.node_id, http=config.http_url, amp=cluster.amp_address,
+            self._joiner = Joiner(
+                node_id=config.node_id, http=config.http_url, amp=self._cluster.amp_address,
                 store=store, chunks=self._chunks, fetcher=self.fetcher, client=self.client,
                 join_rpc=self._join_rpc, leader=self._leader, sources=self.peer_urls,
                 blocking=self._blocking, clock=self._reactor, tmp_dir=config.data_dir / "tmp",
-                progress=self.progress,
-            ).run()
-        elif decision == REJOIN:
-            await CatchUp(head=self._head, leader=self._leader, clock=self._reactor,
-                          progress=self.progress).run()
+                progress=self.progress, clean_up=self.receiver.clean_chunks,
+                failpoints=config.failpoints,
+            )
+            try:
+                await self._joiner.run()
+            finally:
+                self._joiner = None
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
-        cluster.activate()
+        self._cluster.activate()
+
+    async def resync_requested(self, source: str, cursor: Version) -> str:
+        """The leader (``source``) no longer holds the ops past our ``cursor``: take a new
+        snapshot. A join under way takes it next; a catch-up becomes a join; an ACTIVE replica
+        turns JOINING (no reads, not electable, nobody pulls its rows) until it has. The
+        phase this replica is in."""
+        if self._leadership.is_leader:
+            raise Conflict("the leader takes no snapshot")
+        if not self._planned:
+            raise Unavailable("still starting: ask again shortly")
+        if self._joiner is not None:
+            self._joiner.snapshot_again()
+            return self.progress.phase
+        log.warn("the leader ({source}) no longer holds the ops past {cursor}: taking a new"
+                 " snapshot", source=source, cursor=cursor.encode())
+        self.progress.phase = SNAPSHOT  # pushes are refused from now on
+        await self._store.run(MetadataDB.set_meta, "join_state", SNAPSHOT)
+        if self._catch_up is not None:
+            self._catch_up.abandon()
+        elif self._resyncing is None:
+            self._cluster.deactivate()
+            self._resyncing = Deferred.fromCoroutine(self._sync(JOIN))
+            self._resyncing.addErrback(self._resync_failed).addBoth(self._resynced)
+        return SNAPSHOT
+
+    def _resync_failed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("the new snapshot failed", failure)
+
+    def _resynced(self, _: object) -> None:
+        self._resyncing = None
 
     def _leader(self) -> Peer | None:
         leader = self._cluster.membership.current_leader()
@@ -181,7 +257,9 @@ class ReplicationNode(service.MultiService):
     def _join_rpc(self, leader: Peer, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self._cluster.amp_pool.call(leader.amp, Join, **arguments)
 
-    def _still_active(self) -> Deferred[None]:
+    def _still_active(self) -> Deferred[None] | None:
+        if self._cluster.state != ACTIVE:
+            return None  # taking a new snapshot: the record says when it last held everything
         return self._store.run(MetadataDB.set_meta, "active_at", str(self._reactor.seconds()))
 
     def stopService(self) -> Deferred[Any]:
@@ -190,6 +268,9 @@ class ReplicationNode(service.MultiService):
         self.pusher.stop()
         self.semisync.stop()
         self.takeover.stop()
+        self.snapshots.stop()
+        if self._resyncing is not None:
+            self._resyncing.cancel()
         return stopped
 
     def _role_changed(self, role: str) -> None:
@@ -228,4 +309,9 @@ class ReplicationNode(service.MultiService):
             "scrub": self.scrubber.status(),
             "tombstones": await self._store.run(MetadataDB.tombstones),
             "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
+            "purged_rows_refused": self.receiver.rows_fenced,
+            "oplog": {**await self._store.run(MetadataDB.oplog_stats),
+                      "retention": str(self._config.oplog_retention),
+                      "compacted": self.compactor.compacted},
+            "snapshots_built": self.snapshots.built,
         }}

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from distpotify.cluster.membership import Membership
+from distpotify.failpoints import NONE, Failpoints
 from distpotify.periodic import Periodic
 from distpotify.replication.push import Pusher
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
@@ -34,6 +35,7 @@ class TombstonePurger:
         leading: Callable[[], bool],
         clock: IReactorTime,
         ttl: float,
+        failpoints: Failpoints = NONE,
     ) -> None:
         self._store = store
         self._pusher = pusher
@@ -41,6 +43,7 @@ class TombstonePurger:
         self._leading = leading
         self._clock = clock
         self._ttl = ttl
+        self._failpoints = failpoints
         # The service that moves the watermark every ttl/4, at most hourly.
         self.loop = Periodic(lambda: Deferred.fromCoroutine(self.advance()),
                              max(0.25, min(ttl / 4, 3600.0)), clock, name="tombstone purge")
@@ -64,6 +67,7 @@ class TombstonePurger:
             return
         await self._store.run(
             MetadataDB.write, [Change("purges", "tombstones", {"through": through.encode()})])
+        self._failpoints.hit("purge.written")
         self.watermarks += 1
         log.info("tombstones purged through {through}", through=through.encode())
         self._pusher.wake()

@@ -3,7 +3,8 @@
 One FollowerLink per follower holds its acknowledged cursor (durable in node_meta, so it
 survives a leader restart); the ops past it are the hints. A link sends while there is
 something past the cursor and the follower is up, backs off on failure, and starts again as
-soon as the follower's heartbeat returns.
+soon as the follower's heartbeat returns. A cursor below the oplog floor cannot be caught up
+(the ops past it may be compacted away): the follower is told to take a new snapshot.
 """
 # test-case-name: tests.unit.test_push
 
@@ -17,7 +18,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
-from distpotify.model import ZERO, Version
+from distpotify.failpoints import NONE, Failpoints
+from distpotify.model import ZERO, Op, Version
 from distpotify.replication.client import PeerClient
 from distpotify.store.metadata import MetadataDB, MetadataStore
 from distpotify.wire import ACTIVE
@@ -26,6 +28,15 @@ log = Logger()
 
 BATCH = 500
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0
+RESYNC_CHECK = 1.0  # seconds between looks at a follower taking the snapshot it was told to
+
+
+def batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH) -> list[Op] | None:
+    """The ops past ``cursor``; None when some may be compacted away, the cursor being below
+    the oplog floor (database thread)."""
+    if cursor < db.oplog_floor():
+        return None
+    return db.ops_after(cursor, limit)
 
 
 def cursor_key(node_id: int) -> str:
@@ -53,6 +64,10 @@ class FollowerLink:
         self.last_ack: float | None = None
         self.last_error: str | None = None
         self.batches = 0
+        self.resyncs = 0
+        # The head the follower announced when told to take a snapshot: while it still
+        # announces it (and is not ACTIVE), it is taking that snapshot.
+        self._resynced_at: Version | None = None
 
     def kick(self) -> None:
         if self.running:
@@ -80,7 +95,10 @@ class FollowerLink:
                     return
                 if self.cursor is None:
                     self.cursor = await pusher.starting_cursor(peer)
-                ops = await pusher.store.run(MetadataDB.ops_after, self.cursor, BATCH)
+                ops = await pusher.store.run(batch_after, self.cursor)
+                if ops is None:
+                    await self._resync(peer)
+                    return
                 if not ops:
                     self.pending_since = None
                     if not self._again:
@@ -93,10 +111,12 @@ class FollowerLink:
                 except Exception as e:
                     self._failed(e)
                     return
+                pusher.failpoints.hit("push.acknowledged")
                 self.batches += 1
                 pusher.on_ack(self.node_id, ops[-1].version)
                 self._backoff = MIN_BACKOFF
                 self.last_error = None
+                self._resynced_at = None
                 self.last_ack = pusher.clock.seconds()
                 # The batch is applied: the cursor moves to its last op. Not to the head the
                 # follower answers, which rows from anti-entropy or another leader can put
@@ -106,6 +126,28 @@ class FollowerLink:
                                        self.cursor.encode())
         finally:
             self.running = False
+
+    async def _resync(self, peer: Peer) -> None:
+        """The ops past the cursor may be gone: the follower takes a new snapshot (once; while
+        it does, this link only looks in now and then) and is caught up from its head then."""
+        pusher = self._pusher
+        if peer.state != ACTIVE and peer.head == self._resynced_at:
+            self._retry = pusher.clock.callLater(RESYNC_CHECK, self._retried)
+            return
+        log.warn("follower {node_id} is at {cursor}, below the oplog floor: it takes a new"
+                 " snapshot", node_id=self.node_id, cursor=self.cursor.encode()
+                 if self.cursor else None)
+        try:
+            await pusher.client.resync(peer.http, pusher.source, self.cursor or ZERO)
+        except Exception as e:
+            self._failed(e)
+            return
+        self.resyncs += 1
+        self._resynced_at = peer.head
+        # From now on its cursor is the head it will announce with the snapshot installed.
+        await pusher.store.run(MetadataDB.delete_meta, cursor_key(self.node_id))
+        self.cursor = None
+        self._retry = pusher.clock.callLater(RESYNC_CHECK, self._retried)
 
     def _failed(self, error: Exception) -> None:
         if self.last_error is None:
@@ -142,8 +184,10 @@ class Pusher:
         source: str,
         leading: Callable[[], bool],
         on_ack: Callable[[int, Version], object] = lambda node_id, version: None,
+        failpoints: Failpoints = NONE,
     ) -> None:
         self.store = store
+        self.failpoints = failpoints
         self.client = client
         self.membership = membership
         self.clock = clock
@@ -209,6 +253,7 @@ class Pusher:
                 "last_ack_ms_ago": round((now - link.last_ack) * 1000)
                 if link.last_ack is not None else None,
                 "batches": link.batches,
+                "resyncs": link.resyncs,
                 "last_error": link.last_error,
             }
         return {"head": head.as_list(), "followers": followers}

@@ -2,25 +2,30 @@
 
 Chunk bytes come first: every chunk an op makes live is fetched and verified before the op is
 applied, so no replica lists a chunk it cannot serve; chunks the ops tombstone are deleted
-after the ops are durable.
+after the ops are durable. Pulled rows that were purged here are not taken back. The join's
+clean-up of unlisted chunk files waits for the applies in flight, whose chunk files have no
+row yet.
 """
 # test-case-name: tests.integration.test_replication
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from distpotify.errors import Unavailable
+from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ENTITIES, Op, Row, Version
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef, sources_for
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner, row_ops
 
 log = Logger()
+T = TypeVar("T")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -79,6 +84,52 @@ def _chunks_made_live(db: MetadataDB, ops: Sequence[Op]) -> list[ChunkRef]:
     return refs
 
 
+class ApplyGate:
+    """Applies share it; the chunk clean-up takes it alone, once no apply is in flight, and
+    the applies that arrive meanwhile wait for it to end."""
+
+    def __init__(self) -> None:
+        self._applying = 0
+        self._cleaning = False
+        self._applies_waiting: list[Deferred[None]] = []
+        self._clean_waiting: Deferred[None] | None = None
+
+    async def enter(self) -> None:
+        if self._cleaning:
+            waiting: Deferred[None] = Deferred()
+            self._applies_waiting.append(waiting)
+            await waiting
+        self._applying += 1
+
+    def leave(self) -> None:
+        self._applying -= 1
+        if not self._applying and self._clean_waiting is not None:
+            waiting, self._clean_waiting = self._clean_waiting, None
+            _wake(waiting)
+
+    async def alone(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` with no apply in flight."""
+        if self._cleaning:
+            raise RuntimeError("one clean-up at a time")
+        self._cleaning = True
+        try:
+            if self._applying:
+                self._clean_waiting = Deferred()
+                await self._clean_waiting
+            return await work()
+        finally:
+            self._cleaning = False
+            self._clean_waiting = None
+            waiting, self._applies_waiting = self._applies_waiting, []
+            for each in waiting:
+                _wake(each)
+
+
+def _wake(waiting: Deferred[None]) -> None:
+    if not waiting.called:  # a waiter cancelled with its request has gone
+        waiting.callback(None)
+
+
 class Receiver:
     def __init__(
         self,
@@ -88,6 +139,7 @@ class Receiver:
         blocking: Runner,
         peers: Callable[[], Sequence[str]],
         accepting: Callable[[], bool] = lambda: True,
+        failpoints: Failpoints = NONE,
     ) -> None:
         self._store = store
         self._chunks = chunks
@@ -97,10 +149,31 @@ class Receiver:
         # False while a join fetches or installs its snapshot: ops applied before the install
         # would be wiped by it, yet the leader would count them as delivered.
         self.accepting = accepting
+        self._failpoints = failpoints
+        self._gate = ApplyGate()
         self.ops_applied = 0
+        self.rows_fenced = 0
+
+    async def clean_chunks(self) -> tuple[int, int]:
+        """Remove temp files and chunk files that no live row names (the join's clean-up),
+        while no apply is in flight: its chunks are fetched before its rows are written."""
+
+        async def clean() -> tuple[int, int]:
+            live = await self._store.run(MetadataDB.live_chunk_names)
+            removed: tuple[int, int] = await self._blocking(self._chunks.clean, live)
+            return removed
+
+        return await self._gate.alone(clean)
 
     async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
         """Fetch the chunks ``ops`` need, apply them durably; the new head."""
+        await self._gate.enter()
+        try:
+            return await self._apply_ops(ops, source)
+        finally:
+            self._gate.leave()
+
+    async def _apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
         live = await self._store.run(_chunks_made_live, ops)
         refs: list[ChunkRef] = await self._blocking(self._absent, live)
         if refs:
@@ -114,8 +187,10 @@ class Receiver:
                     f"{len(missing)} of {len(refs)} chunks could not be fetched; nothing applied"
                 )
             await self._fetcher.sync()
+        self._failpoints.hit("apply.chunks_fetched")
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
         await self._drop_deleted_chunks(ops)
+        self._failpoints.hit("apply.committed")
         return await self._store.run(MetadataDB.head)
 
     def _absent(self, refs: list[ChunkRef]) -> list[ChunkRef]:
@@ -123,13 +198,20 @@ class Receiver:
         return [ref for ref in refs if not self._chunks.path(ref.song_id, ref.idx).exists()]
 
     async def apply_rows(self, rows: Sequence[Row], source: str | None) -> Version:
-        """Rows pulled by anti-entropy: checked like a pushed batch, and refused whole."""
-        ops = [op for row in rows for op in row_ops(row)]
-        for op in ops:
+        """Rows pulled by anti-entropy: checked like a pushed batch, and refused whole; rows
+        purged here stay purged (store/tombstones.py, ``purged_here``)."""
+        for op in (op for row in rows for op in row_ops(row)):
             try:
                 validate_op(op)
             except ValueError as e:
                 raise ValueError(f"malformed row from {source}: {e}") from None
+        purged = await self._store.run(MetadataDB.purged_here, rows)
+        if purged:
+            self.rows_fenced += len(purged)
+            log.warn("{n} rows from {source} were purged here; not taken back (such as"
+                     " {example})", n=len(purged), source=source, example="/".join(min(purged)))
+        ops = [op for row in rows if (row.entity, row.key) not in purged
+               for op in row_ops(row)]
         return await self.apply_ops(ops, source)
 
     def _fetcher_deferred(self, ref: ChunkRef, sources: list[str]) -> Deferred[bool]:

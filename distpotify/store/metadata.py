@@ -43,8 +43,9 @@ class MetadataDB(
     Its parts share the one connection (schema.py opens it) and this object's state:
     Oplog (oplog.py) the write path and the head; Digests (digest.py) what anti-entropy
     compares; Tombstones (tombstones.py) the purge watermark; Compaction (compaction.py) the
-    oplog's retention; Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads; ChunkRegistry (registry.py) the
-    chunk registry and its in-memory cache (chunkcache.py).
+    oplog's retention; Snapshots (snapshot.py) backup and install; LibraryQueries
+    (queries.py) the API's reads; ChunkRegistry (registry.py) the chunk registry and its
+    in-memory cache (chunkcache.py).
     """
 
     def __init__(
@@ -76,6 +77,10 @@ class MetadataDB(
                 (name, value),
             )
 
+    def delete_meta(self, name: str) -> None:
+        with self._transaction():
+            self._conn.execute("DELETE FROM node_meta WHERE name = ?", (name,))
+
 
 Runner = Callable[..., Deferred[Any]]
 
@@ -97,6 +102,11 @@ class MetadataStore:
     ) -> Deferred[T]:
         """Call ``MetadataDB.method(db, *args)`` on the database thread."""
         return self._run(method, self._db, *args, **kwargs)
+
+    @property
+    def path(self) -> Path:
+        """The database file (a snapshot is copied from it through a connection of its own)."""
+        return self._db.path
 
     def cached_chunk(self, song_id: str, idx: int) -> dict[str, Any] | None:
         """MetadataDB.cached_chunk, read on the calling thread."""

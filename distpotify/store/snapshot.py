@@ -69,12 +69,12 @@ class Snapshots(Tables):
         """backup_copy of this database (the leader's snapshot, tests)."""
         return backup_copy(self.path, path)
 
-    def install_snapshot(self, path: Path, meta: Mapping[str, str] = {}) -> Version:  # noqa: B006
+    def install_snapshot(self, path: Path, meta: Mapping[str, str] | None = None) -> Version:
         """Replace this database by the snapshot at ``path`` (which is consumed), keeping our
         node_meta with ``meta`` written over it, in one crash-safe step; the new head."""
         mine = {row["name"]: row["value"] for row in self._conn.execute(
             f"SELECT name, value FROM node_meta WHERE name NOT IN {_KEPT}")}
-        mine.update(meta)
+        mine.update(meta or {})
         incoming = sqlite3.connect(path)
         try:
             with incoming:  # one transaction; journal_mode DELETE commits with an fsync

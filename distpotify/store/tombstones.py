@@ -1,13 +1,15 @@
 """Tombstones and their purge: rows deleted at or before the leader's watermark (which every
-replica has acknowledged) are removed, and taken out of their bucket's digest.
+replica has acknowledged) are removed, and taken out of their bucket's digest; a purged row
+offered back by a replica that missed its delete is recognized and refused.
 """
 # test-case-name: tests.unit.test_digest,tests.unit.test_purge
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
-from distpotify.model import ENTITIES, Version
+from distpotify.model import ENTITIES, ZERO, Row, Version
 from distpotify.store.digest import row_hash, xor_digest
 from distpotify.store.schema import Tables
 
@@ -60,3 +62,21 @@ class Tombstones(Tables):
             self._conn.execute(f"SELECT count(*) FROM {e.name} WHERE deleted = 1").fetchone()[0]
             for e in ENTITIES.values() if "deleted" in e.fields
         )
+
+    def purged_here(self, rows: Sequence[Row]) -> set[tuple[str, str]]:
+        """Which of ``rows`` (pulled from a peer) were purged here: rows we do not hold
+        whose every field was written at or before our purge watermark.
+
+        Every live replica had acknowledged those versions when the watermark passed them, so
+        a row made only of them that we lack was deleted and purged here; the peer offering
+        it missed the delete (it was away, or its oplog was compacted past it), and taking
+        the row back would undo the delete (docs/architecture.md section 2.5).
+        """
+        watermark = self.purge_watermark()
+        if watermark == ZERO:
+            return set()
+        return {
+            (row.entity, row.key) for row in rows
+            if row.versions and max(row.versions.values()) <= watermark
+            and self.get_row(row.entity, row.key) is None
+        }

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 
 from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
-from distpotify.errors import Conflict
-from distpotify.model import ZERO, Version
+from distpotify.errors import Conflict, SnapshotTooOld
+from distpotify.model import ZERO, Op, Version
 from distpotify.replication.bootstrap import (
     CHUNKS,
     DONE,
@@ -29,10 +29,11 @@ from distpotify.replication.bootstrap import (
     plan,
     unpack_snapshot,
 )
+from distpotify.replication.client import StaleSnapshot
 from distpotify.replication.fetch import ChunkRef
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
-from tests.helpers.api import InMemoryReplica, run_now
+from tests.helpers.api import InMemoryReplica, NoLeader, run_now
 
 SONG = "abcdef01-2345-4678-8abc-def012345678"
 
@@ -131,6 +132,7 @@ def joiner(tmp_path: Path) -> tuple[Joiner, FakePeers, MetadataDB, Clock]:
         chunks=chunks, fetcher=fakes, client=fakes,  # type: ignore[arg-type]
         join_rpc=fakes.join_rpc, leader=lambda: fakes.leader, sources=lambda: ["http://n1"],
         blocking=run_now, clock=clock, tmp_dir=tmp_path / "tmp", progress=SyncProgress(),
+        clean_up=lambda: run_now(chunks.clean, db.live_chunk_names()),
     )
     return machine, fakes, db, clock
 
@@ -242,3 +244,109 @@ def test_a_rejoin_whose_leader_dies_catches_up_to_the_next_one() -> None:
     clock.advance(1)
 
     assert done.called and catch_up.progress.phase == DONE
+
+
+def test_done_from_a_joiner_whose_snapshot_is_older_than_the_floor_is_refused() -> None:
+    desk = JoinDesk(node_id=2, leading=lambda: True, epoch=lambda: 1, clock=Clock())
+
+    with pytest.raises(SnapshotTooOld, match="takes a new snapshot"):
+        desk.done(4, Version(1, 2, 5), 0, floor=Version(1, 2, 6))
+    desk.done(4, Version(1, 2, 6), 0, floor=Version(1, 2, 6))
+
+    assert desk.joined.keys() == {4}
+
+
+def test_a_snapshot_too_old_for_the_leader_is_taken_again(tmp_path: Path) -> None:
+    machine, fakes, db, clock = joiner(tmp_path)
+    refusals = [StaleSnapshot("HTTP 409 snapshot_too_old")]
+
+    async def done(base: str, node_id: int, head: Version, missing: int) -> None:
+        if refusals:
+            raise refusals.pop()
+        fakes.done_calls.append((node_id, missing))
+
+    fakes.done = done  # type: ignore[method-assign]
+    fakes.leader = peer(3, role="leader")
+
+    d = Deferred.fromCoroutine(machine.run())
+    clock.advance(2)
+
+    assert d.called and fakes.snapshots == 2 and fakes.done_calls == [(4, 0)]
+    assert db.get_meta("join_state") == DONE and db.get_meta("snapshots_fetched") == "2"
+
+
+def test_the_leader_may_send_a_join_in_its_chunk_phase_back_to_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    machine, fakes, db, clock = joiner(tmp_path)
+    db.install_snapshot(tmp_path / "copy.sqlite3", {"join_state": CHUNKS})
+    fakes.leader = None
+    d = Deferred.fromCoroutine(machine.run())
+    assert machine.progress.phase == CHUNKS
+
+    machine.snapshot_again()
+    fakes.leader = peer(3, role="leader")
+    clock.advance(1)
+
+    assert d.called and fakes.snapshots == 1
+
+
+def test_the_snapshot_is_installed_with_the_next_phase_in_one_step(tmp_path: Path) -> None:
+    machine, fakes, db, clock = joiner(tmp_path)
+    seen: list[tuple[str | None, str | None, str | None]] = []
+    fetch = fakes.fetch
+
+    async def fetching(ref: ChunkRef, sources: list[str]) -> bool:
+        seen.append((db.get_meta("join_state"), db.get_meta("snapshots_fetched"),
+                     db.get_meta("snapshot_at")))
+        return await fetch(ref, sources)
+
+    fakes.fetch = fetching  # type: ignore[method-assign]
+    fakes.leader = peer(3, role="leader")
+    clock.advance(7)
+
+    Deferred.fromCoroutine(machine.run())
+    clock.advance(1)
+
+    # What the install wrote into the database file it swapped in, nothing after it.
+    assert seen == [(CHUNKS, "1", "7.0")]
+
+
+def test_a_follower_told_to_take_a_new_snapshot_turns_joining(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path, leadership=NoLeader())
+    cluster = replica.service.cluster
+    assert cluster.state == "ACTIVE"
+
+    answer = replica.send_json("POST", "/sync/resync",
+                               {"source": "http://n3", "cursor": Version(1, 3, 1).encode()})
+
+    assert answer.status == 200 and answer.json() == {"phase": "SNAPSHOT"}
+    assert cluster.state == "JOINING" and replica.db.get_meta("join_state") == "SNAPSHOT"
+    assert replica.get("/songs").status == 503  # no reads until it has the snapshot
+    assert not replica.receiver.accepting()  # nor pushes, which the install would wipe
+    replica.service.replication.stopService()
+
+
+def test_the_leader_takes_no_resync_and_a_malformed_one_is_400(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+
+    refused = replica.send_json("POST", "/sync/resync",
+                                {"source": "http://n3", "cursor": Version(1, 3, 1).encode()})
+    malformed = replica.send_json("POST", "/sync/resync", {"source": "http://n3", "cursor": 7})
+
+    assert refused.status == 409 and malformed.status == 400
+    assert replica.service.cluster.state == "ACTIVE"
+
+
+def test_a_join_resumed_after_the_ttl_takes_a_new_snapshot(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path, leadership=NoLeader())
+    db, replication = replica.db, replica.service.replication
+    db.set_meta("join_state", CHUNKS)
+    db.set_meta("snapshot_at", "0")
+    db.apply_ops([Op(Version(1, 3, 1), "playlists", SONG, {"name": "x", "deleted": 0})])
+    replica.clock.advance(replica.service.config.tombstone_ttl + 1)
+
+    Deferred.fromCoroutine(replication.become_active())
+
+    assert db.get_meta("join_state") == "SNAPSHOT"
+    replication.stopService()

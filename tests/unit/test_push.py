@@ -166,3 +166,60 @@ def test_a_follower_answering_a_higher_head_still_gets_every_batch(db: MetadataD
     pusher.wake()
 
     assert [op for _, batch in client.batches for op in batch] == ops
+
+
+class ResyncClient(FakeClient):
+    """Also records the followers told to take a new snapshot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resyncs: list[tuple[str, Version]] = []
+
+    def resync(self, base: str, source: str, cursor: Version) -> Deferred[str]:
+        self.resyncs.append((base, cursor))
+        return succeed("SNAPSHOT")
+
+
+def joining(node: int, head: Version) -> Heartbeat:
+    return Heartbeat(cluster="c", node=node, epoch=2, role="follower", state="JOINING",
+                     http=f"http://n{node}", amp=f"n{node}:9000", head=head)
+
+
+def test_a_follower_below_the_oplog_floor_is_told_to_take_a_new_snapshot(
+    db: MetadataDB,
+) -> None:
+    pusher, _, membership, clock = setup(db)
+    client = pusher.client = ResyncClient()
+    ops = write(db, 10)
+    db.compact_oplog(ops[5].version)  # the ops up to ops[5] are gone
+    db.set_meta(cursor_key(1), ops[2].version.encode())
+
+    membership.heartbeat_received(heartbeat(1, ops[2].version))
+    pusher.wake()
+
+    assert client.resyncs == [("http://n1", ops[2].version)] and client.batches == []
+    assert db.get_meta(cursor_key(1)) is None  # its next cursor is its snapshot's head
+    assert pusher.links[1].resyncs == 1
+
+    # While it takes the snapshot (JOINING, the same head) it is only looked at.
+    membership.heartbeat_received(joining(1, ops[2].version))
+    clock.advance(5)
+    assert len(client.resyncs) == 1
+
+    # Installed: pushes resume from the snapshot's head.
+    membership.heartbeat_received(joining(1, ops[7].version))
+    clock.advance(1)
+    assert [op for _, batch in client.batches for op in batch] == ops[8:]
+
+
+def test_a_follower_at_the_floor_is_caught_up_by_cursor(db: MetadataDB) -> None:
+    pusher, _, membership, _ = setup(db)
+    client = pusher.client = ResyncClient()
+    ops = write(db, 10)
+    db.compact_oplog(ops[5].version)
+
+    membership.heartbeat_received(heartbeat(1, ops[5].version))
+    pusher.wake()
+
+    assert client.resyncs == []
+    assert [op for _, batch in client.batches for op in batch] == ops[6:]

@@ -1,4 +1,5 @@
-"""validate_op: what a pushed op must be before any of its batch is applied."""
+"""validate_op: what a pushed op must be before any of its batch is applied; pulled rows purged
+here stay purged; the join's chunk clean-up and the applies in flight."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from distpotify.model import Op, Row, Version
-from distpotify.replication.receive import validate_op
+from distpotify.replication.receive import ApplyGate, validate_op
 from tests.helpers.api import InMemoryReplica, result_of
 
 SONG = "11111111-1111-4111-8111-111111111111"
@@ -74,3 +75,66 @@ def test_rows_pulled_by_anti_entropy_are_checked_like_pushed_ops(tmp_path: Path)
         result_of(Deferred.fromCoroutine(replica.receiver.apply_rows([good, bad], "http://peer")))
 
     assert replica.db.get_row("playlists", SONG) is None  # refused whole
+
+
+OTHER = "22222222-2222-4222-8222-222222222222"
+
+
+def purge_through(replica: InMemoryReplica, through: Version) -> None:
+    replica.db.apply_ops([Op(Version(through.epoch, through.leader_id, through.seq + 100),
+                             "purges", "tombstones", {"through": through.encode()})])
+
+
+def test_a_row_purged_here_is_not_taken_back_from_a_replica_that_missed_its_delete(
+    tmp_path: Path,
+) -> None:
+    """A replica that was away still holds a row deleted and purged here: every field of it
+    is at or below the watermark, and taking it would undo the delete."""
+    replica = InMemoryReplica(tmp_path)
+    replica.db.apply_ops([Op(Version(2, 1, 1), "playlists", SONG, {"name": "x", "deleted": 0}),
+                          Op(Version(2, 1, 5), "playlists", SONG, {"deleted": 1})])
+    purge_through(replica, Version(2, 1, 5))
+    assert replica.db.get_row("playlists", SONG) is None  # purged
+    stale = Row("playlists", SONG, {"name": "x", "deleted": 0},
+                {"name": Version(2, 1, 1), "deleted": Version(2, 1, 1)})
+    newer = Row("playlists", OTHER, {"name": "new", "deleted": 0},
+                {"name": Version(2, 1, 1), "deleted": Version(2, 1, 200)})
+
+    result_of(Deferred.fromCoroutine(replica.receiver.apply_rows([stale, newer], "http://n2")))
+
+    assert replica.db.get_row("playlists", SONG) is None
+    assert replica.db.get_row("playlists", OTHER) is not None  # written after the watermark
+    assert replica.receiver.rows_fenced == 1
+
+
+def test_a_row_held_here_takes_a_pulled_update_below_the_watermark(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    replica.db.apply_ops([Op(Version(2, 1, 1), "playlists", SONG, {"name": "x", "deleted": 0})])
+    purge_through(replica, Version(2, 1, 9))
+    update = Row("playlists", SONG, {"name": "y", "deleted": 0},
+                 {"name": Version(2, 1, 3), "deleted": Version(2, 1, 1)})
+
+    result_of(Deferred.fromCoroutine(replica.receiver.apply_rows([update], "http://n2")))
+
+    row = replica.db.get_row("playlists", SONG)
+    assert row is not None and row.fields["name"] == "y"
+
+
+def test_the_chunk_clean_up_waits_for_an_apply_whose_chunks_have_no_row_yet() -> None:
+    gate = ApplyGate()
+    order: list[str] = []
+    applying = Deferred.fromCoroutine(gate.enter())
+    assert applying.called
+
+    async def clean() -> None:
+        order.append("clean")
+
+    cleaning = Deferred.fromCoroutine(gate.alone(clean))
+    late = Deferred.fromCoroutine(gate.enter())  # an apply that arrives during the wait
+    assert order == [] and not cleaning.called and not late.called
+
+    order.append("applied")
+    gate.leave()
+
+    assert order == ["applied", "clean"] and cleaning.called and late.called
+    gate.leave()
