@@ -1,8 +1,9 @@
 """Getting chunk bytes from other replicas: verified before they become visible.
 
-A download goes to ``<name>.part`` (resumed with Range after a crash or a failed peer), is
-hashed, fsynced and renamed into place only when its SHA-256 matches the registry; a wrong
-byte sends the fetch to the next replica. At most ``concurrency`` downloads run at once.
+A download goes to ``<name>.part`` (resumed with Range after a crash or a failed peer, alone
+or as the first chunk of a run), is hashed, fsynced and renamed into place only when its
+SHA-256 matches the registry; a wrong byte sends the fetch to the next replica. At most
+``concurrency`` downloads run at once.
 """
 # test-case-name: tests.unit.test_fetch
 
@@ -40,6 +41,20 @@ class FetchCounters:
     bytes: int = 0
     bad_bytes: int = 0
     failed: int = 0
+
+
+def _partial(final: Path, size: int) -> int:
+    """How many bytes of the chunk ``final`` its part file holds, if it holds fewer than all
+    (worker thread); a part file of the whole size or more is a failed one: removed."""
+    part = final.with_name(final.name + PART_SUFFIX)
+    try:
+        have = part.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if have >= size:
+        part.unlink()
+        return 0
+    return have
 
 
 def _finish_part(part: Path, final: Path, size: int, sha256: str) -> bool:
@@ -161,12 +176,17 @@ class ChunkFetcher:
         finished: list[Deferred[bool]] = []
         done: list[ChunkRef] = []
         current: list[Any] = []  # [ref, file, bytes still expected]
+        # What a download of the first chunk left before a crash or a failed peer: the run
+        # asks for the bytes after it and appends them.
+        resumed = await self._blocking(_partial, self._chunks.path(refs[0].song_id, refs[0].idx),
+                                       refs[0].size)
 
         def open_next() -> None:
             ref = pending.pop(0)
             final = self._chunks.path(ref.song_id, ref.idx)
-            current[:] = [ref, open(final.with_name(final.name + PART_SUFFIX), "wb"),  # noqa: SIM115
-                          ref.size]
+            have = resumed if ref is refs[0] else 0
+            current[:] = [ref, open(final.with_name(final.name + PART_SUFFIX),  # noqa: SIM115
+                                    "ab" if have else "wb"), ref.size - have]
 
         def close_current() -> None:
             ref, out, _ = current
@@ -199,8 +219,8 @@ class ChunkFetcher:
 
         end = start + sum(ref.size for ref in refs) - 1
         try:
-            await self._client.stream_range(base, refs[0].song_id, start, end, song_sha256,
-                                            write)
+            await self._client.stream_range(base, refs[0].song_id, start + resumed, end,
+                                            song_sha256, write)
         except Exception as e:
             log.info("run of {n} chunks of {song_id} from {base} failed: {error}",
                      n=len(refs), song_id=refs[0].song_id, base=base, error=e)

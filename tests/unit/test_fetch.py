@@ -99,3 +99,35 @@ def test_a_cancelled_caller_leaves_the_download_in_flight_for_the_next(tmp_path:
 
     assert len(peer.calls) == 1  # one download, joined by the retry
     assert result_of(retry) is True and chunks.read(SONG, 0) == DATA
+
+
+class Streamer:
+    """Serves ranges of a song's stream; records the ranges asked for."""
+
+    def __init__(self, song: bytes) -> None:
+        self.song = song
+        self.ranges: list[tuple[int, int]] = []
+
+    async def stream_range(self, base: str, song_id: str, start: int, end: int,
+                           song_sha256: str, write: Callable[[bytes], None]) -> None:
+        self.ranges.append((start, end))
+        write(self.song[start:end + 1])
+
+
+def test_a_run_resumes_the_part_file_its_first_chunk_left(tmp_path: Path) -> None:
+    pieces = [bytes([n]) * 1000 for n in range(3)]
+    refs = [ChunkRef(SONG, n, 1000, hashlib.sha256(p).hexdigest())
+            for n, p in enumerate(pieces)]
+    peer = Streamer(b"".join(pieces))
+    chunks = ChunkStore(tmp_path / "chunks")
+    fetch = ChunkFetcher(peer, chunks, run_now)  # type: ignore[arg-type]
+    # A crash left 400 bytes of chunk 1, the first one still missing.
+    part = chunks.path(SONG, 1).with_name(f"{SONG}_1.part")
+    part.write_bytes(pieces[1][:400])
+
+    done = result_of(Deferred.fromCoroutine(fetch.fetch_run(refs[1:], 1000, "ab" * 32, "x")))
+
+    assert peer.ranges == [(1400, 2999)]  # only the bytes still missing
+    assert done == refs[1:]
+    assert chunks.read(SONG, 1) == pieces[1] and chunks.read(SONG, 2) == pieces[2]
+    assert not part.exists()
