@@ -254,7 +254,8 @@ class Joiner:
 
     def snapshot_again(self) -> None:
         """The leader's oplog no longer reaches back to our snapshot: take a new one (at once
-        if the chunks of the old one are being fetched)."""
+        if the chunks of the old one are being fetched; a snapshot about to be installed is
+        new enough)."""
         self._snapshot_again = True
 
     async def _back_to_snapshot(self, why: str) -> None:
@@ -373,11 +374,14 @@ class JoinDesk:
     """The leader's side: answers Join, serves snapshots (api/sync.py), accepts /sync/done."""
 
     def __init__(self, *, node_id: int, leading: Callable[[], bool], epoch: Callable[[], int],
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, joining: Callable[[int], object] = lambda _: None) -> None:
         self._node_id = node_id
         self._leading = leading
         self._epoch = epoch
         self._clock = clock
+        # Told of each replica that starts a join: what it held before, and the cursor that
+        # said so, is about to be replaced by a snapshot.
+        self._on_joining = joining
         self.joining: dict[int, dict[str, Any]] = {}
         self.joined: dict[int, float] = {}
 
@@ -386,6 +390,7 @@ class JoinDesk:
             raise NotLeaderError(f"replica {self._node_id} is not the leader")
         self.joining[node_id] = {"http": http, "since": self._clock.seconds()}
         log.info("join: replica {node_id} ({http}) is joining", node_id=node_id, http=http)
+        self._on_joining(node_id)
         return {"leader_id": self._node_id, "epoch": self._epoch(),
                 "snapshot_path": SNAPSHOT_PATH}
 

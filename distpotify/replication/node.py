@@ -121,8 +121,9 @@ class ReplicationNode(service.MultiService):
         self.compactor = OplogCompactor(store=store, retention=config.oplog_retention,
                                         clock=reactor, failpoints=failpoints)
         self.desk = JoinDesk(node_id=config.node_id, leading=lambda: leadership.is_leader,
-                             epoch=lambda: leadership.epoch, clock=reactor)
-        self.snapshots = SnapshotBuilds(db_path=store.path, tmp_dir=config.data_dir / "tmp",
+                             epoch=lambda: leadership.epoch, clock=reactor,
+                             joining=self._forget_cursor)
+        self.snapshots = SnapshotBuilds(store=store, tmp_dir=config.data_dir / "tmp",
                                         blocking=blocking, clock=reactor, head=cluster.head)
         self.progress = SyncProgress()
         self._config = config
@@ -145,6 +146,11 @@ class ReplicationNode(service.MultiService):
     def peer_urls(self) -> list[str]:
         """Base URLs of the live ACTIVE replicas other than this one."""
         return [p.http for p in self._cluster.membership.live_peers() if p.state == ACTIVE]
+
+    def _forget_cursor(self, node_id: int) -> None:
+        self.pusher.forget_follower(node_id).addErrback(
+            lambda f: log.failure("forgetting the cursor of {node_id} failed", f,
+                                  node_id=node_id))
 
     def _anti_entropy_peers(self) -> list[str]:
         # A replica taking a new snapshot pulls no rows: the install would wipe them.

@@ -67,7 +67,7 @@ class FollowerLink:
         self.resyncs = 0
         # The head the follower announced when told to take a snapshot: while it still
         # announces it (and is not ACTIVE), it is taking that snapshot.
-        self._resynced_at: Version | None = None
+        self.resynced_at: Version | None = None
 
     def kick(self) -> None:
         if self.running:
@@ -116,7 +116,7 @@ class FollowerLink:
                 pusher.on_ack(self.node_id, ops[-1].version)
                 self._backoff = MIN_BACKOFF
                 self.last_error = None
-                self._resynced_at = None
+                self.resynced_at = None
                 self.last_ack = pusher.clock.seconds()
                 # The batch is applied: the cursor moves to its last op. Not to the head the
                 # follower answers, which rows from anti-entropy or another leader can put
@@ -131,7 +131,7 @@ class FollowerLink:
         """The ops past the cursor may be gone: the follower takes a new snapshot (once; while
         it does, this link only looks in now and then) and is caught up from its head then."""
         pusher = self._pusher
-        if peer.state != ACTIVE and peer.head == self._resynced_at:
+        if peer.state != ACTIVE and peer.head == self.resynced_at:
             self._retry = pusher.clock.callLater(RESYNC_CHECK, self._retried)
             return
         log.warn("follower {node_id} is at {cursor}, below the oplog floor: it takes a new"
@@ -143,7 +143,7 @@ class FollowerLink:
             self._failed(e)
             return
         self.resyncs += 1
-        self._resynced_at = peer.head
+        self.resynced_at = peer.head
         # From now on its cursor is the head it will announce with the snapshot installed.
         await pusher.store.run(MetadataDB.delete_meta, cursor_key(self.node_id))
         self.cursor = None
@@ -210,6 +210,14 @@ class Pusher:
         for link in self.links.values():
             link.stop()
             link.cursor = None
+
+    def forget_follower(self, node_id: int) -> Deferred[None]:
+        """``node_id`` starts a join: its cursor is the head of the snapshot it installs, not
+        what it acknowledged before, which the snapshot replaces."""
+        if node_id in self.links:
+            self.links[node_id].cursor = None
+            self.links[node_id].resynced_at = None
+        return self.store.run(MetadataDB.delete_meta, cursor_key(node_id))
 
     def stop(self) -> None:
         self._unsubscribe()

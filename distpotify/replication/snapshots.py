@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from distpotify.model import Version
 from distpotify.replication.bootstrap import pack_snapshot
-from distpotify.store.metadata import Runner
+from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.store.snapshot import backup_copy
 
 log = Logger()
@@ -43,9 +43,11 @@ class Build:
 
 
 class SnapshotBuilds:
-    def __init__(self, *, db_path: Path, tmp_dir: Path, blocking: Runner, clock: IReactorTime,
-                 head: Callable[[], Version], fresh_for: float = FRESH_FOR) -> None:
-        self._db_path = db_path
+    def __init__(self, *, store: MetadataStore, tmp_dir: Path, blocking: Runner,
+                 clock: IReactorTime, head: Callable[[], Version],
+                 fresh_for: float = FRESH_FOR) -> None:
+        self._store = store
+        self._db_path = store.path
         self._tmp = tmp_dir
         self._blocking = blocking
         self._clock = clock
@@ -59,7 +61,7 @@ class SnapshotBuilds:
         build it waits for is still running after ``wait`` seconds. Raises RuntimeError if
         the build failed (the next request starts another)."""
         build = self._current
-        if build is None or build.error is not None or self._stale(build):
+        if build is None or build.error is not None or await self._stale(build):
             build = self._start()
         if build.finished is None:
             waiting: Deferred[None] = Deferred()
@@ -80,11 +82,14 @@ class SnapshotBuilds:
         if build is not self._current and build.readers == 0:
             build.path.unlink(missing_ok=True)
 
-    def _stale(self, build: Build) -> bool:
-        if build.finished is None:
-            return False  # being built: whoever asks waits for it
-        return build.version != self._head() and (
-            self._clock.seconds() - build.finished > self._fresh_for)
+    async def _stale(self, build: Build) -> bool:
+        """A finished snapshot is handed out while it holds the head, or for a while after,
+        unless compaction has passed it: a joiner could not be caught up from it."""
+        if build.finished is None or build.version == self._head():
+            return False  # being built (whoever asks waits for it), or still the newest
+        assert build.version is not None
+        aged = self._clock.seconds() - build.finished > self._fresh_for
+        return aged or build.version < await self._store.run(MetadataDB.oplog_floor)
 
     def _start(self) -> Build:
         previous = self._current

@@ -195,6 +195,20 @@ class ReplicaProcess:
         assert self.process is not None
         self.process.send_signal(sig)
 
+    def arm(self, *points: str) -> None:
+        """Start next time with these failpoints armed to crash (none: disarmed)."""
+        armed = ",".join(f"{point}:crash" for point in points)
+        self.env = {**(self.env or {}), "DISTPOTIFY_FAILPOINTS": armed}
+
+    def wait_crashed(self, timeout: float = 30.0) -> None:
+        """Wait until an armed failpoint has killed the process (SIGKILL)."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"replica {self.node_id} did not crash: {self.log()}") from None
+        assert code == -9, f"replica {self.node_id} exited {code}, not by a failpoint"
+
     def kill(self) -> None:
         """SIGKILL, the crash no code can intercept."""
         if self.process is not None:

@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 
 from distpotify.model import Version
 from distpotify.replication.snapshots import Build, SnapshotBuilds
-from distpotify.store.metadata import Change, MetadataDB
-from tests.helpers.api import result_of
+from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from tests.helpers.api import result_of, run_now
 
 PLAYLIST = "11111111-1111-4111-8111-111111111111"
 
@@ -52,7 +52,7 @@ def db(tmp_path: Path) -> MetadataDB:
 
 def builds(db: MetadataDB, tmp_path: Path, blocking: Any = None) -> tuple[SnapshotBuilds, Clock]:
     clock = Clock()
-    return SnapshotBuilds(db_path=db.path, tmp_dir=tmp_path / "tmp",
+    return SnapshotBuilds(store=MetadataStore(db, run_now), tmp_dir=tmp_path / "tmp",
                           blocking=blocking or (lambda f, *a: defer.execute(f, *a)),
                           clock=clock, head=db.head), clock
 
@@ -107,6 +107,23 @@ def test_a_snapshot_is_handed_out_again_until_the_head_moves_and_it_ages(
 
     assert newer is not None and newer is not first and newer.version == db.head()
     assert not first.path.exists()  # superseded and nobody reads it
+
+
+def test_a_snapshot_passed_by_compaction_is_not_handed_out_again(
+    db: MetadataDB, tmp_path: Path
+) -> None:
+    shelf, clock = builds(db, tmp_path)
+    first = result_of(acquire(shelf))
+    assert first is not None
+    shelf.release(first)
+    ops = db.write([Change("playlists", PLAYLIST, {"name": "b"}),
+                    Change("playlists", PLAYLIST, {"name": "c"})])
+    db.compact_oplog(ops[0].version)
+    clock.advance(1)
+
+    newer = result_of(acquire(shelf))
+
+    assert newer is not first and newer is not None and newer.version == ops[-1].version
 
 
 def test_a_snapshot_being_read_stays_on_disk_until_its_last_reader_is_done(
