@@ -86,7 +86,7 @@ def test_a_paused_follower_back_below_the_floor_takes_a_snapshot_and_no_delete_c
     the ops compacted away, so nothing can hand it the delete. It comes back ACTIVE (it never
     restarted) holding the live row: the leader sends it to take a new snapshot, and nobody
     takes the row back from it meanwhile."""
-    cluster, leader, away, other = start(tmp_path, replicas, "--tombstone-ttl", "2")
+    _, leader, away, other = start(tmp_path, replicas, "--tombstone-ttl", "2")
     doomed = upload(leader, tmp_path, 1)
     kept = upload(leader, tmp_path, 2)
     nodes = [leader, away, other]
@@ -130,7 +130,7 @@ def test_a_restarted_follower_below_the_floor_catches_up_by_snapshot(
     """Away for less than the tombstone ttl, it starts to catch up by cursor; the leader no
     longer holds the ops past its cursor, so the catch-up becomes a join, and every write
     made while it was away, the delete included, is there once it is ACTIVE."""
-    cluster, leader, away, other = start(tmp_path, replicas)
+    _, leader, away, other = start(tmp_path, replicas)
     doomed = upload(leader, tmp_path, 1)
     nodes = [leader, away, other]
     wait_until(lambda: everywhere(nodes, doomed), timeout=20, what="the song everywhere")
