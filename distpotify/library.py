@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 
 from distpotify.detach import detached
 from distpotify.errors import BadRequest, Conflict, NotFound
+from distpotify.failpoints import NONE, Failpoints
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
@@ -64,6 +66,8 @@ class Library:
         on_written: Callable[[], object] = lambda: None,
         writable: Callable[[], Awaitable[object]] = lambda: succeed(None),
         acknowledged: Callable[[], Awaitable[object]] = lambda: succeed(None),
+        spool_dir: Path | None = None,
+        failpoints: Failpoints = NONE,
     ) -> None:
         self.store = store
         self.chunks = chunks
@@ -74,6 +78,8 @@ class Library:
         self._on_written = on_written
         self._writable = writable
         self._acknowledged = acknowledged
+        self._spool_dir = spool_dir  # where multipart file parts over 1 MiB are spooled
+        self._failpoints = failpoints
 
     async def _write(
         self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
@@ -108,13 +114,14 @@ class Library:
         self, content: BinaryIO, content_type: str, query: Mapping[str, str]
     ) -> tuple[dict[str, Any], bool]:
         self.leadership.require_leader()
-        body: Body = await self._blocking(parse_body, content, content_type, query)
+        body: Body = await self._blocking(parse_body, content, content_type, query,
+                                          self._spool_dir)
         # An empty override (?title=) keeps what the file's tags say.
         overrides = song_fields({k: v for k, v in body.fields.items()
                                  if k in _OVERRIDABLE and v not in (None, "")})
         song_id = new_id()
         ingested: Ingested = await self._blocking(
-            ingest, body, song_id, self.chunk_size, self.chunks
+            ingest, body, song_id, self.chunk_size, self.chunks, self._failpoints.hit
         )
         try:
             song, created = await self._record(body, song_id, ingested, overrides)
@@ -150,6 +157,7 @@ class Library:
         ]
         changes.append(Change("songs", song_id, fields))
         song, created = await self._write(_create_unless_duplicate, ingested.sha256, changes)
+        self._failpoints.hit("upload.committed")
         if not created:
             await self._blocking(
                 self.chunks.remove, [(song_id, idx) for idx, _, _ in ingested.chunks]

@@ -271,7 +271,8 @@ def build_replica(
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,
                       on_written=replication.written, writable=replication.writable,
-                      acknowledged=replication.acknowledged)
+                      acknowledged=replication.acknowledged, spool_dir=config.data_dir / "tmp",
+                      failpoints=config.failpoints)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head),

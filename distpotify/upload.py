@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import attrs
 import multipart
@@ -74,42 +76,73 @@ def encodable(text: str) -> bool:
     return True
 
 
-def parse_body(content: BinaryIO, content_type: str, query: Mapping[str, str]) -> Body:
-    """Find the audio in a raw ``audio/*`` body or in the multipart field ``file``."""
+def parse_body(content: BinaryIO, content_type: str, query: Mapping[str, str],
+               spool_dir: Path | None = None) -> Body:
+    """Find the audio in a raw ``audio/*`` body or in the multipart field ``file`` (spooled,
+    past SPOOL_PART bytes, to ``spool_dir``: the data dir's tmp/, not the system's)."""
     mime, options = multipart.parse_options_header(content_type or "")
     if mime == "multipart/form-data":
-        return _parse_multipart(content, options.get("boundary", ""), query)
+        return _parse_multipart(content, options.get("boundary", ""), query, spool_dir)
     if mime.startswith("audio/") or mime in ("application/octet-stream", "application/ogg", ""):
         return Body(content, query.get("filename"), dict(query))
     raise UnsupportedMedia(f"expected an audio/* body or multipart/form-data, got {mime!r}")
 
 
-def _parse_multipart(content: BinaryIO, boundary: str, query: Mapping[str, str]) -> Body:
+SPOOL_PART = 1 << 20  # a file part longer than this is spooled to disk
+READ_BLOCK = 1 << 16
+MAX_PARTS = 128
+MAX_FIELD_BYTES = 4 * MAX_TEXT  # at most 4 UTF-8 bytes a character
+
+
+def _parse_multipart(content: BinaryIO, boundary: str, query: Mapping[str, str],
+                     spool_dir: Path | None) -> Body:
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
     fields = dict(query)
-    audio = None
+    audio: BinaryIO | None = None
+    filename: str | None = None
+    part: multipart.MultipartSegment | None = None
+    sink: BinaryIO | bytearray | None = None  # where the current part's bytes go, if anywhere
     try:
-        # Parts over spool_limit go to an anonymous temp file, never whole into memory.
-        for part in multipart.MultipartParser(content, boundary, spool_limit=1 << 20):
-            if part.name == "file" and part.filename is not None:
-                audio = part
-            elif part.name in EDITABLE:
-                if part.size > 4 * MAX_TEXT:  # at most 4 UTF-8 bytes a character
-                    raise BadRequest(f"{part.name} must be at most {MAX_TEXT} characters")
-                fields[part.name] = part.value
+        with multipart.PushMultipartParser(boundary, max_segment_count=MAX_PARTS) as parser:
+            while not parser.closed:
+                for event in parser.parse(content.read(READ_BLOCK)):
+                    if isinstance(event, multipart.MultipartSegment):
+                        part, sink = event, None
+                        if part.name == "file" and part.filename is not None:
+                            if audio is not None:
+                                audio.close()  # the last file part is the one
+                            audio = cast(BinaryIO, tempfile.SpooledTemporaryFile(  # noqa: SIM115
+                                SPOOL_PART, dir=None if spool_dir is None else str(spool_dir)))
+                            sink, filename = audio, part.filename
+                        elif part.name in EDITABLE:
+                            sink = bytearray()
+                    elif event:
+                        if isinstance(sink, bytearray):
+                            sink += event
+                            if len(sink) > MAX_FIELD_BYTES:
+                                raise BadRequest(
+                                    f"{part.name if part else 'a field'} must be at most"
+                                    f" {MAX_TEXT} characters")
+                        elif sink is not None:
+                            sink.write(event)
+                    elif part is not None and isinstance(sink, bytearray):
+                        fields[str(part.name)] = bytes(sink).decode(part.charset or "utf8")
     except multipart.MultipartError as e:
         raise BadRequest(f"malformed multipart body: {e}") from None
     except (LookupError, UnicodeError) as e:  # an unknown charset, or bytes not in it
         raise BadRequest(f"a multipart text field cannot be decoded: {e}") from None
     if audio is None:
         raise BadRequest("multipart upload without a 'file' field")
-    audio.file.seek(0)
-    return Body(audio.file, audio.filename, fields)
+    audio.seek(0)
+    return Body(audio, filename, fields)
 
 
-def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore) -> Ingested:
-    """Read tags, then split the audio into durable chunk files, hashing as it goes."""
+def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
+           reached: Callable[[str], None] = lambda _: None) -> Ingested:
+    """Read tags, then split the audio into durable chunk files, hashing as it goes: all of
+    them written and fsynced together, then renamed, then the directory fsynced once; on any
+    failure none is left. ``reached`` is told each step (failpoints)."""
     try:
         info = read_audio_info(body.file)
     except NotAudio as e:
@@ -117,14 +150,13 @@ def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore) -> Ing
     body.file.seek(0)
     digest = hashlib.sha256()
     written: list[tuple[int, int, str]] = []
-    try:
+    with chunks.batch(song_id) as batch:
         while block := body.file.read(chunk_size):
             digest.update(block)
-            written.append((len(written), len(block), chunks.write(song_id, len(written), block)))
-        chunks.sync_dir()
-    except BaseException:
-        chunks.remove((song_id, idx) for idx, _, _ in written)
-        raise
+            written.append((len(written), len(block), batch.add(len(written), block)))
+        reached("upload.chunks_written")
+        batch.commit()
+    reached("upload.chunks_durable")
     size = sum(length for _, length, _ in written)
     return Ingested(size, digest.hexdigest(), tuple(written), info)
 

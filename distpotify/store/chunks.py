@@ -1,7 +1,10 @@
 """Chunk files of one replica: ``<data-dir>/chunks/<song-uuid>_<idx>``, immutable once renamed.
 
 A chunk is written to a temp file, fsynced, renamed into place and the directory fsynced, so a
-crash leaves either the whole verified chunk or a temp file that start-up removes.
+crash leaves either the whole verified chunk or a temp file that start-up removes. A song's
+chunks are written as a batch: each is fsynced by a small pool while the next is written
+(a filesystem commits concurrent fsyncs together), then all are renamed and the directory is
+fsynced once.
 """
 # test-case-name: tests.unit.test_chunks
 
@@ -10,12 +13,66 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from types import TracebackType
 
 from distpotify.model import valid_uuid
 
 TMP_SUFFIX = ".tmp"
 PART_SUFFIX = ".part"  # a download in progress (replication/fetch.py), resumed after a crash
+SYNC_THREADS = 8  # fsyncs in flight at once: several per journal commit, not one each
+
+
+def fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    """fsync the file (or, with O_DIRECTORY, the directory) at ``path``."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ChunkBatch:
+    """The new chunk files of one song: ``add`` writes each to a temp file and hands its
+    fsync to the pool; ``commit`` waits for them, renames them into place and fsyncs the
+    directory once. Leaving the ``with`` block on an error removes every file of the batch."""
+
+    def __init__(self, store: ChunkStore, song_id: str) -> None:
+        self._store = store
+        self._song_id = song_id
+        self._files: list[tuple[Path, Path]] = []  # (temp, final) of every chunk begun
+        self._syncs: list[Future[None]] = []
+
+    def add(self, idx: int, data: bytes) -> str:
+        """Write chunk ``idx``; its SHA-256."""
+        final = self._store.path(self._song_id, idx)
+        tmp = final.with_name(final.name + TMP_SUFFIX)
+        self._files.append((tmp, final))  # before the write: a half-written one goes too
+        with open(tmp, "wb") as f:
+            f.write(data)
+        self._syncs.append(self._store.pool().submit(fsync_path, tmp))
+        return hashlib.sha256(data).hexdigest()
+
+    def commit(self) -> None:
+        """Every chunk durable and in place, the directory entries too."""
+        for synced in self._syncs:
+            synced.result()  # an fsync that failed (a full disk) fails the batch
+        for tmp, final in self._files:
+            os.replace(tmp, final)
+        self._store.sync_dir()
+
+    def __enter__(self) -> ChunkBatch:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None:
+            return
+        wait(self._syncs)  # no fsync may still hold a file we remove
+        for tmp, final in self._files:
+            tmp.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
 
 
 class ChunkStore:
@@ -24,6 +81,16 @@ class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that fsync the chunks of batches, made on first use."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+        return self._pool
+
+    def batch(self, song_id: str) -> ChunkBatch:
+        return ChunkBatch(self, song_id)
 
     def path(self, song_id: str, idx: int) -> Path:
         """The file of a chunk; only validated ids and indexes ever become a path."""
@@ -31,28 +98,9 @@ class ChunkStore:
             raise ValueError(f"bad chunk name {song_id!r} {idx!r}")
         return self.root / f"{song_id}_{idx}"
 
-    def write(self, song_id: str, idx: int, data: bytes) -> str:
-        """Store one chunk durably (except the directory entry: see sync_dir); its SHA-256."""
-        final = self.path(song_id, idx)
-        tmp = final.with_name(final.name + TMP_SUFFIX)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written temp file
-            raise
-        return hashlib.sha256(data).hexdigest()
-
     def sync_dir(self) -> None:
         """Make renames in the chunk directory durable."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.root, os.O_RDONLY | os.O_DIRECTORY)
 
     def names(self) -> set[str]:
         """The names of the complete chunk files present."""

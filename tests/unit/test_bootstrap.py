@@ -112,7 +112,7 @@ class FakePeers:
         return [ref for ref in refs if await self.fetch(ref, [base])]
 
     async def fetch(self, ref: ChunkRef, sources: list[str]) -> bool:
-        self.chunks.write(ref.song_id, ref.idx, b"x" * ref.size)
+        self.chunks.path(ref.song_id, ref.idx).write_bytes(b"x" * ref.size)
         return True
 
     def join_rpc(self, leader: Peer, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Chunk files: atomic durable writes, names only from validated ids, crash recovery."""
+"""Chunk files: durable writes in batches, names only from validated ids, crash recovery."""
 
 from __future__ import annotations
 
@@ -18,13 +18,49 @@ def chunks(tmp_path: Path) -> ChunkStore:
     return ChunkStore(tmp_path / "chunks")
 
 
-def test_write_stores_the_bytes_and_returns_their_sha256(chunks: ChunkStore) -> None:
-    digest = chunks.write(SONG, 3, b"abc")
+def write(chunks: ChunkStore, idx: int, data: bytes) -> str:
+    with chunks.batch(SONG) as batch:
+        digest = batch.add(idx, data)
+        batch.commit()
+    return digest
+
+
+def test_a_batch_stores_the_bytes_and_returns_their_sha256(chunks: ChunkStore) -> None:
+    digest = write(chunks, 3, b"abc")
 
     assert digest == hashlib.sha256(b"abc").hexdigest()
     assert chunks.read(SONG, 3) == b"abc"
     assert os.listdir(chunks.root) == [f"{SONG}_3"]
     assert chunks.verify(SONG, 3, digest) and not chunks.verify(SONG, 3, "0" * 64)
+
+
+def test_a_batch_renames_its_chunks_into_place_only_once_all_are_durable(
+    chunks: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(
+        f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+
+    with chunks.batch(SONG) as batch:
+        for idx in range(5):
+            batch.add(idx, bytes([idx]) * 1000)
+        assert sorted(os.listdir(chunks.root)) == [f"{SONG}_{n}.tmp" for n in range(5)]
+        batch.commit()
+
+    assert sorted(os.listdir(chunks.root)) == [f"{SONG}_{n}" for n in range(5)]
+    # each chunk once, as its temp file, then the directory once
+    assert sorted(Path(p).name for p in synced[:-1]) == [f"{SONG}_{n}.tmp" for n in range(5)]
+    assert synced[-1] == str(chunks.root)
+
+
+def test_a_batch_that_fails_leaves_none_of_its_files(chunks: ChunkStore) -> None:
+    with pytest.raises(OSError, match="disk went away"), chunks.batch(SONG) as batch:
+        batch.add(0, b"a" * 100)
+        batch.add(1, b"b" * 100)
+        raise OSError("disk went away")
+
+    assert os.listdir(chunks.root) == []
 
 
 @pytest.mark.parametrize(("song_id", "idx"), [("../../etc/passwd", 0), (SONG.upper(), 0),
@@ -35,8 +71,8 @@ def test_only_validated_names_become_paths(chunks: ChunkStore, song_id: str, idx
 
 
 def test_clean_removes_temp_and_orphan_files_only(chunks: ChunkStore) -> None:
-    chunks.write(SONG, 0, b"live")
-    chunks.write(SONG, 1, b"orphan")
+    write(chunks, 0, b"live")
+    write(chunks, 1, b"orphan")
     (chunks.root / f"{SONG}_2.tmp").write_bytes(b"half")
 
     assert chunks.clean({f"{SONG}_0"}) == (1, 1)
@@ -44,13 +80,13 @@ def test_clean_removes_temp_and_orphan_files_only(chunks: ChunkStore) -> None:
 
 
 def test_remove_ignores_missing_files(chunks: ChunkStore) -> None:
-    chunks.write(SONG, 0, b"x")
+    write(chunks, 0, b"x")
 
     assert chunks.remove([(SONG, 0), (SONG, 1)]) == 1
     assert os.listdir(chunks.root) == []
 
 
-def test_a_failed_chunk_write_leaves_no_temp_file(
+def test_a_batch_whose_fsync_fails_on_a_full_disk_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ChunkStore(tmp_path / "chunks")
@@ -59,7 +95,8 @@ def test_a_failed_chunk_write_leaves_no_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError):
-        store.write("11111111-1111-4111-8111-111111111111", 0, b"x" * 1000)
+    with pytest.raises(OSError), store.batch(SONG) as batch:
+        batch.add(0, b"x" * 1000)
+        batch.commit()
 
     assert os.listdir(tmp_path / "chunks") == []

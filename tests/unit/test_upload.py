@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,34 @@ def test_ingest_failure_removes_the_chunks_it_wrote(tmp_path: Path) -> None:
         ingest(Body(FailingFile(audio), None, {}), SONG, 8192, chunks)
 
     assert os.listdir(chunks.root) == []
+
+
+def multipart_body(audio: bytes, **fields: str) -> bytes:
+    parts = [f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts.append(b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                 b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n")
+    return b"".join(parts) + b"--b--\r\n"
+
+
+def test_a_multipart_file_over_a_mebibyte_is_spooled_to_the_given_dir(tmp_path: Path) -> None:
+    audio = os.urandom(3 << 20)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    body = parse_body(io.BytesIO(multipart_body(audio, title="Hi")),
+                      "multipart/form-data; boundary=b", {}, spool)
+
+    where = os.readlink(f"/proc/self/fd/{body.file.fileno()}")
+    assert where.startswith(str(spool))
+    assert body.file.read() == audio and body.fields == {"title": "Hi"}
+    assert body.filename == "a.wav"
+
+
+def test_a_small_multipart_file_stays_in_memory(tmp_path: Path) -> None:
+    body = parse_body(io.BytesIO(multipart_body(b"RIFF" * 100)),
+                      "multipart/form-data; boundary=b", {}, tmp_path)
+
+    assert body.file.read() == b"RIFF" * 100
+    assert isinstance(body.file, tempfile.SpooledTemporaryFile)
+    assert isinstance(body.file._file, io.BytesIO)  # never touched the disk
