@@ -276,7 +276,7 @@ def build_replica(
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head),
-                    metrics)
+                    blocking, metrics)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
                    snapshots=replication.snapshots, resync=replication.resync_requested)
     resource = ReplicaRoot(config.node_id, api, sync.app.resource(),

@@ -1,5 +1,6 @@
 """What the handlers read from a request, typed and checked before a handler runs: path
-segments (werkzeug converters), query integers and JSON bodies.
+segments (werkzeug converters), query integers and JSON bodies (read and parsed off the
+reactor thread when they were spooled to disk).
 
 A path segment that is not a canonical id, chunk index or digest bucket matches no route, so
 it is a 404 like any unknown path; ReplicaRoot's chunk fast path applies the same rules
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from io import BytesIO
 from typing import Any
 
 from klein import Klein
@@ -19,7 +21,7 @@ from werkzeug.routing import BaseConverter, ValidationError
 
 from distpotify.errors import BadRequest, PayloadTooLarge
 from distpotify.model import MAX_INDEX
-from distpotify.store.metadata import BUCKETS
+from distpotify.store.metadata import BUCKETS, Runner
 
 MAX_JSON = 1024 * 1024
 
@@ -129,4 +131,13 @@ def read_json(request: Request, limit: int = MAX_JSON) -> dict[str, Any]:
         raise BadRequest(f"body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
+    return body
+
+
+async def json_body(request: Request, blocking: Runner, limit: int = MAX_JSON) -> dict[str, Any]:
+    """read_json, by ``blocking`` (a worker thread) when the body was spooled to a file: a
+    large body is neither read nor parsed on the reactor thread. One in memory is parsed here."""
+    if request.content is None or isinstance(request.content, BytesIO):
+        return read_json(request, limit)
+    body: dict[str, Any] = await blocking(read_json, request, limit)
     return body

@@ -23,8 +23,8 @@ from distpotify.api.failures import answer_failure
 from distpotify.api.parsing import (
     chunk_address,
     int_arg,
+    json_body,
     query,
-    read_json,
     typed_routes,
     utf8_path,
 )
@@ -34,7 +34,7 @@ from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
-from distpotify.store.metadata import SONG_ORDERS
+from distpotify.store.metadata import SONG_ORDERS, Runner
 from distpotify.wire import SERVED_BY, json_error, json_response
 
 MAX_PAGE = 500
@@ -50,17 +50,22 @@ class PublicAPI:
         library: Library,
         guard: ChunkGuard,
         status: Callable[[], Awaitable[dict[str, Any]]],
+        blocking: Runner,
         metrics: ReplicaMetrics | None = None,
     ) -> None:
         self._library = library
         self._guard = guard
         self._status = status
         self._metrics = metrics
+        self._blocking = blocking  # reads and parses spooled JSON bodies
         self._modified: dict[str, datetime.datetime] = {}
 
     @app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
         return answer_failure(request, failure)
+
+    def _json(self, request: Request) -> Awaitable[dict[str, Any]]:
+        return json_body(request, self._blocking)
 
     # status
 
@@ -105,7 +110,7 @@ class PublicAPI:
 
     @app.route("/songs/<id:song_id>", methods=["PATCH"])
     async def patch_song(self, request: Request, song_id: str) -> bytes:
-        song = await self._library.patch_song(song_id, read_json(request))
+        song = await self._library.patch_song(song_id, await self._json(request))
         return json_response(request, 200, {"song": song})
 
     @app.route("/songs/<id:song_id>", methods=["DELETE"])
@@ -180,7 +185,7 @@ class PublicAPI:
 
     @app.route("/playlists", methods=["POST"])
     async def create_playlist(self, request: Request) -> bytes:
-        playlist, created = await self._library.create_playlist(read_json(request))
+        playlist, created = await self._library.create_playlist(await self._json(request))
         return json_response(request, 201 if created else 200, {"playlist": playlist})
 
     @app.route("/playlists/<id:playlist_id>", methods=["GET"])
@@ -189,7 +194,7 @@ class PublicAPI:
 
     @app.route("/playlists/<id:playlist_id>", methods=["PATCH"])
     async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
-        playlist = await self._library.patch_playlist(playlist_id, read_json(request))
+        playlist = await self._library.patch_playlist(playlist_id, await self._json(request))
         return json_response(request, 200, {"playlist": playlist})
 
     @app.route("/playlists/<id:playlist_id>", methods=["DELETE"])
@@ -200,7 +205,7 @@ class PublicAPI:
 
     @app.route("/playlists/<id:playlist_id>/items", methods=["POST"])
     async def add_item(self, request: Request, playlist_id: str) -> bytes:
-        item = await self._library.add_item(playlist_id, read_json(request))
+        item = await self._library.add_item(playlist_id, await self._json(request))
         return json_response(request, 201, {"item": item})
 
     @app.route("/playlists/<id:playlist_id>/items/<id:item_id>", methods=["DELETE"])

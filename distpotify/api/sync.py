@@ -18,7 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from distpotify.api.failures import answer_failure
-from distpotify.api.parsing import int_arg, query, read_json, typed_routes
+from distpotify.api.parsing import int_arg, json_body, query, typed_routes
 from distpotify.api.ranges import Representation, Span, serve
 from distpotify.errors import BadRequest, Conflict, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
@@ -62,7 +62,7 @@ class SyncAPI:
 
     @app.route("/sync/ops", methods=["POST"])
     async def ops(self, request: Request) -> bytes:
-        body = read_json(request, MAX_BATCH_BYTES)
+        body = await json_body(request, self._blocking, MAX_BATCH_BYTES)
         source, raw = body.get("source"), body.get("ops")
         if not isinstance(raw, list) or (source is not None and not isinstance(source, str)):
             raise BadRequest("a batch is {\"source\": URL, \"ops\": [op, ...]}")
@@ -143,7 +143,7 @@ class SyncAPI:
 
     @app.route("/sync/done", methods=["POST"])
     async def done(self, request: Request) -> bytes:
-        body = read_json(request)
+        body = await json_body(request, self._blocking)
         node_id, head, missing = body.get("node_id"), body.get("head"), body.get("missing")
         if not isinstance(node_id, int) or not isinstance(missing, int) or not isinstance(
             head, str
@@ -161,7 +161,7 @@ class SyncAPI:
     async def resync(self, request: Request) -> bytes:
         """The leader cannot catch this replica up by cursor any more: it takes a new
         snapshot (docs/architecture.md section 5.2)."""
-        body = read_json(request)
+        body = await json_body(request, self._blocking)
         source, cursor = body.get("source"), body.get("cursor")
         if not isinstance(source, str) or not isinstance(cursor, str):
             raise BadRequest("expected {\"source\": URL, \"cursor\": VERSION}")

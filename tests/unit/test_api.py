@@ -522,7 +522,7 @@ def test_a_percent_encoded_canonical_segment_names_the_same_resource(
 
 def via_klein_alone(api: InMemoryReplica, path: str) -> Answer:
     """``path`` served by PublicAPI's Klein routes, without ReplicaRoot's chunk fast path."""
-    klein = PublicAPI(api.library, api.guard, lambda: Deferred()).app.resource()
+    klein = PublicAPI(api.library, api.guard, lambda: Deferred(), run_now).app.resource()
     treq = StubTreq(klein)
     d = treq.get("http://replica" + path)
     treq.flush()
