@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from distpotify.errors import ApiError
+from distpotify.errors import ApiError, disk_full
 from distpotify.wire import json_error
 
 log = Logger()
@@ -21,8 +21,14 @@ _ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 def answer_failure(request: IRequest, failure: Failure) -> bytes:
     """The answer to ``failure``: an ApiError as it says, a routing error (no route, wrong
-    method) in the same shape, and anything else a 500 whose details go to the log only."""
+    method) in the same shape, a write that found the disk full a 507 (any route: an upload,
+    an edit, a follower's apply), and anything else a 500 whose details go to the log only."""
     error = failure.value
+    full = disk_full(error)
+    if full is not None:
+        log.error("{method} {uri} refused: {error}", method=request.method, uri=request.uri,
+                  error=error)
+        error = full
     if isinstance(error, ApiError):
         for name, value in error.headers.items():
             request.setHeader(name.encode(), value.encode())

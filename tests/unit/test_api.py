@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from distpotify.errors import NotFound
 from distpotify.library import Library
 from distpotify.model import MAX_INDEX, valid_index, valid_uuid
 from distpotify.replication.fetch import ChunkRef
+from distpotify.store.chunks import ChunkBatch
 from distpotify.store.metadata import MetadataStore
 from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, NoLeader, result_of, run_now
 from tests.helpers.audio import make_audio
@@ -354,6 +357,32 @@ def test_an_upload_that_cannot_be_recorded_leaves_no_chunk_file(
     monkeypatch.setattr(api.library, "_write", failing_write)
 
     assert api.upload(wav_bytes).status == 500
+    assert stored_files(api) == [] and api.db.head().seq == 0
+
+
+def full_database() -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize("where", ["chunks", "row"])
+def test_an_upload_that_finds_the_disk_full_is_507_and_leaves_nothing(
+    api: InMemoryReplica, wav_bytes: bytes, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    if where == "chunks":
+        def full(self: object, idx: int, data: bytes) -> str:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(ChunkBatch, "add", full)
+    else:
+        async def failing_write(*args: object) -> None:
+            raise full_database()
+        monkeypatch.setattr(api.library, "_write", failing_write)
+
+    answer = api.upload(wav_bytes)
+
+    assert_error(answer, 507, "insufficient_storage")
+    assert "disk is full" in answer.json()["message"]
     assert stored_files(api) == [] and api.db.head().seq == 0
 
 
