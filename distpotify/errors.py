@@ -90,7 +90,7 @@ class InsufficientStorage(ApiError):
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def disk_full(error: BaseException) -> InsufficientStorage | None:
+def disk_full(error: object) -> InsufficientStorage | None:
     """The 507 to answer when ``error`` is a write that found the disk full; else None."""
     if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
         what = "a file"
