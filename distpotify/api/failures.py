@@ -26,8 +26,8 @@ def answer_failure(request: IRequest, failure: Failure) -> bytes:
     error = failure.value
     full = disk_full(error)
     if full is not None:
-        log.error("{method} {uri} refused: {error}", method=request.method, uri=request.uri,
-                  error=error)
+        log.error("{method} {uri} refused: {error}", method=request.method.decode("latin-1"),
+                  uri=request.uri.decode("latin-1"), error=error)
         error = full
     if isinstance(error, ApiError):
         for name, value in error.headers.items():

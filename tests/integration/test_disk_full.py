@@ -97,6 +97,7 @@ def test_a_full_disk_answers_507_keeps_serving_and_recovers_by_itself(
         assert answer.json()["error"] == "insufficient_storage"
         assert "disk is full" in answer.json()["message"]
     assert files(leader) == before  # no chunk of either, not even a temp file
+    assert "POST /songs refused: [Errno 28] No space left on device" in leader.log_path.read_text()
     assert leader.get("/songs").json()["total"] == 1
     streamed = leader.get(f"/songs/{song['id']}/stream")
     assert streamed.status == 200 and streamed.body == song_bytes(tmp_path, 1)
