@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.audio import make_wav
-from tests.helpers.replica import Cluster, ReplicaProcess, wait_until
+from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -76,7 +76,7 @@ def test_a_full_disk_answers_507_keeps_serving_and_recovers_by_itself(
     cluster = Cluster(tmp_path, replicas, "--chunk-size", "256K")
     follower, leader = cluster.add(1), cluster.add(2)
     assert leader.data_dir == small_disk
-    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 2, timeout=45,
+    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 2, timeout=STARTUP,
                what="replica 2 leading")
     stored = upload(leader, song_bytes(tmp_path, 1))
     assert stored.status == 201, stored.body
@@ -122,7 +122,7 @@ def test_a_follower_whose_disk_fills_catches_up_once_space_returns(
     cluster = Cluster(tmp_path, replicas, "--chunk-size", "256K")
     nodes = [cluster.add(node_id) for node_id in (1, 2, 3)]
     full, leader = nodes[1], nodes[2]
-    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 3, timeout=45,
+    wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == 3, timeout=STARTUP,
                what="replica 3 leading")
     filler = fill(small_disk, leave=SONG // 2)
 

@@ -12,9 +12,16 @@ from typing import Any
 import pytest
 
 from tests.helpers.audio import make_wav
-from tests.helpers.replica import Cluster, ReplicaProcess, request, send_json, wait_until
+from tests.helpers.replica import (
+    STARTUP,
+    Cluster,
+    ReplicaProcess,
+    request,
+    send_json,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 CHUNKS = ("--chunk-size", "64K")
 
@@ -63,7 +70,7 @@ def settled(cluster: Cluster, leader_id: int) -> list[ReplicaProcess]:
     nodes = list(cluster.nodes.values())
     wait_until(lambda: (s := cluster.agreed_leader()) and s["node_id"] == leader_id
                and all((n.status() or {}).get("state") == "ACTIVE" for n in nodes),
-               timeout=60, what=f"replica {leader_id} leading, every replica ACTIVE")
+               timeout=STARTUP + 30, what=f"replica {leader_id} leading, every replica ACTIVE")
     wait_until(lambda: converged(nodes), timeout=30, what="equal digests everywhere")
     return nodes
 
@@ -157,7 +164,7 @@ def test_a_joiner_killed_at_each_step_of_its_join_joins_whole_on_restart(
     joiner = cluster.add(1, start=False)
     joiner.arm(point)
     joiner.start(wait=False)
-    joiner.wait_crashed(timeout=60)
+    joiner.wait_crashed(timeout=STARTUP + 30)
     joiner.arm()
     joiner.start(wait=False)
 

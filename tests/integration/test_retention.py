@@ -13,9 +13,16 @@ import pytest
 
 from distpotify.model import Version
 from tests.helpers.audio import make_wav
-from tests.helpers.replica import Cluster, ReplicaProcess, request, send_json, wait_until
+from tests.helpers.replica import (
+    STARTUP,
+    Cluster,
+    ReplicaProcess,
+    request,
+    send_json,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 RETENTION = "5ops"  # a handful of writes pass any cursor
 
@@ -74,7 +81,7 @@ def start(tmp_path: Path, replicas: list[ReplicaProcess], *extra: str
                       *extra)
     for node_id in (1, 2, 3):
         cluster.add(node_id)
-    leader = cluster.nodes[wait_until(cluster.agreed_leader, timeout=30)["node_id"]]
+    leader = cluster.nodes[wait_until(cluster.agreed_leader, timeout=STARTUP)["node_id"]]
     followers = [n for n in cluster.nodes.values() if n is not leader]
     return cluster, leader, followers[0], followers[1]
 
@@ -143,7 +150,7 @@ def test_a_restarted_follower_below_the_floor_catches_up_by_snapshot(
                what="the leader's oplog compacted past the follower's cursor")
     away.start(wait=False)
 
-    status = away.wait_ready(timeout=60)
+    status = away.wait_ready(timeout=STARTUP + 30)
     assert status["sync"]["snapshots_fetched"] == 1
     assert "takes a new snapshot" in leader.log_path.read_text()
     wait_until(lambda: converged(nodes), timeout=30, what="equal digests everywhere")
@@ -163,7 +170,7 @@ def test_a_joiner_back_in_its_chunk_phase_below_the_floor_takes_a_new_snapshot(
     joiner = cluster.add(4, start=False)
     joiner.arm("snapshot.installed")
     joiner.start(wait=False)
-    joiner.wait_crashed(timeout=60)
+    joiner.wait_crashed(timeout=STARTUP + 30)
     joiner.arm()
     snapshot = query(joiner, "SELECT max(version) FROM oplog")[0][0]
     doomed = songs[0]
