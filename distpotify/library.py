@@ -21,7 +21,14 @@ from distpotify.errors import BadRequest, Conflict, NotFound
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
-from distpotify.store.metadata import Change, MetadataDB, MetadataStore, Runner
+from distpotify.store.metadata import (
+    Change,
+    MetadataDB,
+    MetadataStore,
+    Runner,
+    SongPage,
+    SongSearch,
+)
 from distpotify.upload import (
     Body,
     Ingested,
@@ -167,12 +174,8 @@ class Library:
         song["chunks"] = await self.store.run(MetadataDB.chunks_of, song_id)
         return song
 
-    async def search(
-        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int,
-        sort: str = "newest",
-    ) -> tuple[list[dict[str, Any]], int]:
-        return await self.store.run(MetadataDB.search_songs, q, artist, album, limit, offset,
-                                    sort)
+    async def search(self, search: SongSearch) -> SongPage:
+        return await self.store.run(MetadataDB.search_songs, search)
 
     async def chunk(self, song_id: str, idx: int) -> dict[str, Any]:
         found = self.store.cached_chunk(song_id, idx)

@@ -18,7 +18,7 @@ from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
-from distpotify.store.queries import SONG_ORDERS, LibraryQueries
+from distpotify.store.queries import SONG_ORDERS, LibraryQueries, SongPage, SongSearch
 from distpotify.store.registry import ChunkRegistry
 from distpotify.store.schema import connect
 from distpotify.store.snapshot import Snapshots
@@ -26,8 +26,8 @@ from distpotify.store.tombstones import Tombstones
 
 # Callers import these from here, whichever part of the store they belong to.
 __all__ = [
-    "BUCKETS", "SONG_ORDERS", "Change", "MetadataDB", "MetadataStore", "Runner", "bucket_of",
-    "row_ops", "won_fields",
+    "BUCKETS", "SONG_ORDERS", "Change", "MetadataDB", "MetadataStore", "Runner", "SongPage",
+    "SongSearch", "bucket_of", "row_ops", "won_fields",
 ]
 
 P = ParamSpec("P")

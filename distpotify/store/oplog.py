@@ -17,6 +17,8 @@ from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
 from distpotify.store.schema import Tables, versions_text
+from distpotify.store.songindex import row_applied
+from distpotify.store.songorder import sort_keys
 from distpotify.store.tombstones import purge_tombstones
 
 
@@ -123,17 +125,21 @@ class Oplog(Tables):
         )
         if row is None:
             return False
-        values = {**entity.split_key(op.key), **row.fields}
-        columns = [*entity.keys, *values.keys() - set(entity.keys),
-                   "version", "field_versions", "bucket"]
         bucket = bucket_of(op.entity, op.key)
         versions = versions_text(row)
-        params = [values[c] for c in columns[:-3]] + [row.version.encode(), versions, bucket]
+        values = {**entity.split_key(op.key), **row.fields,
+                  **(sort_keys(row.fields) if op.entity == "songs" else {}),
+                  "version": row.version.encode(), "field_versions": versions, "bucket": bucket}
+        # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which the search index
+        # refers to (songindex.py).
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in entity.keys)
         self._conn.execute(
-            f"INSERT OR REPLACE INTO {entity.name} ({', '.join(columns)})"
-            f" VALUES ({', '.join('?' * len(columns))})",
-            params,
+            f"INSERT INTO {entity.name} ({', '.join(values)})"
+            f" VALUES ({', '.join('?' * len(values))})"
+            f" ON CONFLICT ({', '.join(entity.keys)}) DO UPDATE SET {updates}",
+            list(values.values()),
         )
+        row_applied(self._conn, op.entity, op.key, old.fields if old else None, row.fields)
         change = row_hash(op.entity, op.key, versions)
         if old is not None:
             change ^= row_hash(op.entity, op.key, versions_text(old))

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from distpotify.model import Version
+from distpotify.store import songindex
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.oplog import head_of
 from distpotify.store.schema import Tables
@@ -48,6 +49,8 @@ class Snapshots(Tables):
             self._conn.execute("DELETE FROM node_meta")
             self._conn.executemany("INSERT INTO node_meta (name, value) VALUES (?, ?)",
                                    [tuple(row) for row in mine])
+            # The snapshot carries the search index; one from another version is rebuilt.
+            songindex.ensure(self._conn)
         self._head = head_of(self._conn)
         self._chunk_cache.clear()
         return self._head
