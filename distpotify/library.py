@@ -85,10 +85,11 @@ class Library:
     async def _write(
         self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """A write on the database thread, once this leader may write; then the replicas are
-        told (push), and the answer waits until enough of them hold it."""
+        """A write on the database thread, once this leader may write, committed with the
+        writes queued beside it (one fsync for all); then the replicas are told (push), and the
+        answer waits until it is durable here and enough of them hold it."""
         await self._writable()
-        result = await self.store.run(method, *args, **kwargs)
+        result = await self.store.write(method, *args, **kwargs)
         self._on_written()
         await self._acknowledged()
         return result

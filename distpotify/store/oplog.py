@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
+from twisted.python.failure import Failure
 
 from distpotify.model import ENTITIES, Op, Row, Version
 from distpotify.store.chunkcache import ChunkCache
@@ -46,6 +47,7 @@ class Oplog(Tables):
     _epoch: int  # the epoch this node leads in, 0 until begin_leading
     _seq: int  # the last sequence number this node wrote in _epoch
     _head: Version  # head(), kept in memory for readers on other threads
+    _unpublished: list[Version]  # written, not committed yet (write_together): not in _head
     _chunk_cache: ChunkCache
 
     def begin_leading(self, epoch: int) -> None:
@@ -73,6 +75,34 @@ class Oplog(Tables):
         self._seq += len(ops)
         self._advance_head(ops)
         return ops
+
+    def write_together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run ``calls`` (each a whole write: its checks, then ``write``) in one transaction,
+        each in a savepoint of its own, and commit once: one fsync for all of them.
+
+        Each call's outcome is its result, or the Failure it raised; a call that raises is
+        undone alone (its rows, ops and versions), the others stand. If the commit itself
+        fails, nothing was written and this raises.
+        """
+        outcomes: list[Any] = []
+        seq = self._seq
+        try:
+            with self._transaction():
+                for call in calls:
+                    mark = self._seq, len(self._unpublished)
+                    try:
+                        with self._transaction():  # a savepoint inside the outer one
+                            outcomes.append(call())
+                    except Exception:
+                        self._seq = mark[0]
+                        del self._unpublished[mark[1]:]
+                        outcomes.append(Failure())
+        except BaseException:
+            self._seq = seq
+            self._unpublished.clear()
+            raise
+        self._publish_head()
+        return outcomes
 
     def apply_ops(self, ops: Iterable[Op]) -> int:
         """Apply ops written elsewhere (replication); returns how many changed a row."""
@@ -110,7 +140,14 @@ class Oplog(Tables):
         return int(row[0])
 
     def _advance_head(self, ops: list[Op]) -> None:
-        self._head = max([self._head, *(op.version for op in ops)])
+        """The head moves once the ops are committed: inside write_together, at its commit."""
+        self._unpublished += [op.version for op in ops]
+        if not self._conn.in_transaction:
+            self._publish_head()
+
+    def _publish_head(self) -> None:
+        self._head = max([self._head, *self._unpublished])
+        self._unpublished.clear()
 
     def _apply(self, op: Op) -> bool:
         entity = ENTITIES[op.entity]

@@ -63,17 +63,28 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class Transaction:
-    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception)."""
+    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception).
+
+    Inside a transaction already open (writes committed together: MetadataDB.write_together)
+    it is a SAVEPOINT instead, so a failure undoes this block and nothing else.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._nested = self._conn.in_transaction
+        self._conn.execute("SAVEPOINT nested" if self._nested else "BEGIN IMMEDIATE")
         return self._conn
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        if not self._nested:
+            self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+            return
+        if kind is not None:
+            self._conn.execute("ROLLBACK TO nested")
+        self._conn.execute("RELEASE nested")
 
 
 def versions_text(row: Row) -> str:
