@@ -212,8 +212,15 @@ class Stack:
 
     def wait_converged(self, size: int) -> None:
         def equal() -> bool:
-            heads = {tuple(node.status()["head"]) for node in self.nodes}  # type: ignore[index]
-            return len(heads) == 1 and set(self.totals()) == {size}
+            statuses = [node.status() for node in self.nodes]
+            if any(status is None for status in statuses):  # slow to answer: loaded machine
+                return False
+            if len({tuple(status["head"]) for status in statuses if status}) != 1:
+                return False
+            try:
+                return set(self.totals()) == {size}
+            except (OSError, http.client.HTTPException):
+                return False
 
         wait_until(equal, timeout=max(120.0, size / 200), interval=0.5,
                    what=f"every replica to hold {size} songs")
