@@ -23,7 +23,14 @@ from distpotify.failpoints import NONE, Failpoints
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
-from distpotify.store.metadata import Change, MetadataDB, MetadataStore, Runner
+from distpotify.store.metadata import (
+    Change,
+    MetadataDB,
+    MetadataStore,
+    Runner,
+    SongPage,
+    SongSearch,
+)
 from distpotify.upload import (
     Body,
     Ingested,
@@ -84,10 +91,11 @@ class Library:
     async def _write(
         self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """A write on the database thread, once this leader may write; then the replicas are
-        told (push), and the answer waits until enough of them hold it."""
+        """A write on the database thread, once this leader may write, committed with the
+        writes queued beside it (one fsync for all); then the replicas are told (push), and the
+        answer waits until it is durable here and enough of them hold it."""
         await self._writable()
-        result = await self.store.run(method, *args, **kwargs)
+        result = await self.store.write(method, *args, **kwargs)
         self._on_written()
         await self._acknowledged()
         return result
@@ -175,12 +183,8 @@ class Library:
         song["chunks"] = await self.store.run(MetadataDB.chunks_of, song_id)
         return song
 
-    async def search(
-        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int,
-        sort: str = "newest",
-    ) -> tuple[list[dict[str, Any]], int]:
-        return await self.store.run(MetadataDB.search_songs, q, artist, album, limit, offset,
-                                    sort)
+    async def search(self, search: SongSearch) -> SongPage:
+        return await self.store.run(MetadataDB.search_songs, search)
 
     async def chunk(self, song_id: str, idx: int) -> dict[str, Any]:
         found = self.store.cached_chunk(song_id, idx)

@@ -213,7 +213,7 @@ class ReplicaService(service.MultiService):
 
 async def replica_status(
     config: ReplicaConfig, cluster: ClusterNode, replication: ReplicationNode,
-    head: Callable[[], Version],
+    head: Callable[[], Version], store: MetadataStore,
 ) -> dict[str, Any]:
     """What GET /status answers."""
     return {
@@ -222,6 +222,7 @@ async def replica_status(
         "head": head().as_list(),
         "http": config.http_url,
         **await replication.status(),
+        "writes": {"committed": store.writes, "commits": store.commits},
         "version": __version__,
         "pid": os.getpid(),
     }
@@ -275,7 +276,8 @@ def build_replica(
                       failpoints=config.failpoints)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
-                    partial(replica_status, config, cluster, replication, db.cached_head),
+                    partial(replica_status, config, cluster, replication, db.cached_head,
+                            store),
                     blocking, metrics)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
                    snapshots=replication.snapshots, resync=replication.resync_requested)

@@ -34,7 +34,7 @@ from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
-from distpotify.store.metadata import SONG_ORDERS, Runner
+from distpotify.store.metadata import SONG_ORDERS, Runner, SongSearch
 from distpotify.wire import SERVED_BY, json_error, json_response
 
 MAX_PAGE = 500
@@ -90,10 +90,17 @@ class PublicAPI:
         sort = args.get("sort") or "newest"
         if sort not in SONG_ORDERS:
             raise BadRequest(f"sort must be one of {', '.join(SONG_ORDERS)}")
-        songs, total = await self._library.search(
-            args.get("q"), args.get("artist"), args.get("album"), limit, offset, sort
-        )
-        return json_response(request, 200, {"songs": songs, "total": total})
+        after = None
+        if args.get("after"):
+            try:
+                after = SONG_ORDERS[sort].parse_cursor(args["after"])
+            except ValueError as e:
+                raise BadRequest(f"after: {e}") from None
+        page = await self._library.search(SongSearch(
+            q=args.get("q"), artist=args.get("artist"), album=args.get("album"),
+            genre=args.get("genre"), sort=sort, limit=limit, offset=offset, after=after))
+        return json_response(request, 200,
+                             {"songs": page.songs, "total": page.total, "next": page.next})
 
     @app.route("/songs", methods=["POST"])
     async def upload(self, request: Request) -> bytes:

@@ -1,11 +1,11 @@
 """Anti-entropy: every interval (with jitter) compare digests with one peer, pull what differs.
 
 Only differing buckets are listed and only rows whose versions differ are fetched, so a round
-costs the 256 bucket hashes plus the difference. Some rounds also fetch chunk files that the
-registry says should be here and are not: the first, any that pulled rows, any after a round
-that left missing chunks for later, and every CHUNK_CHECK_EVERY-th. The check lists the whole
-registry and chunk directory, so it does not run every 10 s on a large library; pushes and
-pulled rows bring their chunks themselves, and reads repair what disappears in between.
+costs the 256 bucket hashes plus the difference. Each round also looks for chunk files the
+registry says should be here and are not: the first compares the whole registry with the
+chunk directory, every later one the next CHUNK_PAGE registry rows, so a round's cost does not
+grow with the library (pulled rows bring their chunks themselves, reads repair what
+disappears in between, and the scrubber walks every chunk too).
 """
 # test-case-name: tests.integration.test_replication
 
@@ -31,8 +31,8 @@ from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 log = Logger()
 
 KEYS_PER_REQUEST = 100
-CHUNKS_PER_ROUND = 256
-CHUNK_CHECK_EVERY = 30  # rounds: 5 minutes at the default interval
+CHUNKS_PER_ROUND = 256  # missing chunks fetched at most per round; the rest wait for the next
+CHUNK_PAGE = 2048  # registry rows a round looks for (a stat each): 200,000 in 16 minutes
 
 
 class AntiEntropy:
@@ -49,6 +49,7 @@ class AntiEntropy:
         clock: IReactorTime,
         interval: float,
         rng: random.Random | None = None,
+        chunk_page: int = CHUNK_PAGE,
     ) -> None:
         self._store = store
         self._client = client
@@ -67,9 +68,12 @@ class AntiEntropy:
         self.last: dict[str, Any] | None = None
         self.rows_repaired = 0
         self.chunks_repaired = 0
-        self.chunk_checks = 0
+        self.chunk_checks = 0  # rounds that looked for missing chunk files
+        self.chunk_passes = 0  # times the whole registry was looked through
         self.errors = 0
-        self._chunks_left = False
+        self._chunk_page = chunk_page
+        self._position: tuple[str, int] | None = None  # None: the first, whole check is due
+        self._missing: list[ChunkRef] = []  # found missing, not repaired yet
 
     def _tick(self) -> Deferred[None]:
         peers = list(self._peers())
@@ -113,14 +117,14 @@ class AntiEntropy:
         for start in range(0, len(wanted), KEYS_PER_REQUEST):
             rows = await self._client.rows(peer, wanted[start:start + KEYS_PER_REQUEST])
             await self._receiver.apply_rows(rows, peer)
-        check = bool(wanted) or self._chunks_left or self.rounds % CHUNK_CHECK_EVERY == 0
-        chunks = await self._repair_missing_chunks() if check else 0
+        checked = await self._look_for_missing_chunks()
+        chunks = await self._repair_missing_chunks()
         self.rounds += 1
         self.rows_repaired += len(wanted)
         self.chunks_repaired += chunks
         self.last = {
             "peer": peer, "at": started, "buckets_differing": len(differing),
-            "rows_pulled": len(wanted), "chunks_checked": check, "chunks_fetched": chunks,
+            "rows_pulled": len(wanted), "chunks_checked": checked, "chunks_fetched": chunks,
             "bytes_received": self._client.bytes_received - received,
             "seconds": round(self._clock.seconds() - started, 3),
         }
@@ -129,28 +133,60 @@ class AntiEntropy:
                      " fetched {chunks} chunks", peer=peer, buckets=len(differing),
                      rows=len(wanted), chunks=chunks)
 
-    async def _repair_missing_chunks(self) -> int:
-        live = await self._store.run(MetadataDB.live_chunk_names)
-        present = await self._blocking(self._chunks.names)
+    async def _look_for_missing_chunks(self) -> int:
+        """Add the live chunks whose files are absent to those to repair: the whole registry
+        at the first round, then CHUNK_PAGE rows a round, round and round; how many rows were
+        looked at."""
         self.chunk_checks += 1
-        absent = sorted(live - present)
-        # Anything not repaired this round (past the round's share, or no peer had it yet)
-        # is looked for again next round.
-        self._chunks_left = bool(absent)
-        if not absent:
-            return 0
-        rows = await self._store.run(MetadataDB.chunk_rows, absent[:CHUNKS_PER_ROUND])
+        if self._position is None:
+            live = await self._store.run(MetadataDB.live_chunk_names)
+            present = await self._blocking(self._chunks.names)
+            rows = await self._store.run(MetadataDB.chunk_rows, sorted(live - present))
+            self._position = ("", -1)
+            self.chunk_passes += 1
+            self._remember_missing(rows)
+            return len(live)
+        rows = await self._store.run(MetadataDB.registry_after, *self._position,
+                                     self._chunk_page)
+        if len(rows) < self._chunk_page:
+            self._position = ("", -1)
+            self.chunk_passes += 1
+        else:
+            self._position = (rows[-1][0], rows[-1][1])
+        self._remember_missing(await self._blocking(self._absent, rows))
+        return len(rows)
+
+    def _absent(self, rows: list[tuple[str, int, int, str]]) -> list[tuple[str, int, int, str]]:
+        """The rows whose chunk files are not here (worker thread: one stat each)."""
+        return [row for row in rows if not self._chunks.path(row[0], row[1]).exists()]
+
+    def _remember_missing(self, rows: list[tuple[str, int, int, str]]) -> None:
+        known = set(self._missing)
+        self._missing += [ref for row in rows if (ref := ChunkRef(*row)) not in known]
+
+    async def _repair_missing_chunks(self) -> int:
+        """Fetch up to CHUNKS_PER_ROUND of the missing chunks; any not repaired (past the
+        round's share, or no peer had it yet) is tried again next round."""
         repaired = 0
-        for song_id, idx, size, sha256 in rows:
-            repaired += await self._guard.ensure(ChunkRef(song_id, idx, size, sha256))
-        self._chunks_left = repaired < len(absent)
+        trying, self._missing = self._missing[:CHUNKS_PER_ROUND], self._missing[CHUNKS_PER_ROUND:]
+        if not trying:
+            return 0
+        # Only those still live: a chunk deleted meanwhile is no longer wanted anywhere.
+        rows = await self._store.run(MetadataDB.chunk_rows,
+                                     [f"{ref.song_id}_{ref.idx}" for ref in trying])
+        for ref in (ChunkRef(*row) for row in rows):
+            if await self._guard.ensure(ref):
+                repaired += 1
+            else:
+                self._missing.append(ref)
         return repaired
 
     def status(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "errors": self.errors, "interval": self._interval,
                 "last": self.last,
                 "rows_repaired": self.rows_repaired, "chunks_repaired": self.chunks_repaired,
-                "chunk_checks": self.chunk_checks}
+                "chunk_checks": self.chunk_checks, "chunk_passes": self.chunk_passes,
+                "chunks_missing": len(self._missing)}
 
 
 async def _none() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 
 log = Logger()
+
+VERIFIED_MAX = 16_384  # files remembered as verified (about 3 MB): a played song's chunks stay
 
 
 @attrs.define
@@ -56,7 +59,9 @@ class ChunkGuard:
         self._fetcher = fetcher
         self._blocking = blocking
         self._peers = peers
-        self._verified: dict[str, tuple[int, int, int]] = {}
+        # Recently verified files, the most recent last; bounded, since the scrubber verifies
+        # every chunk in turn and a library may hold millions.
+        self._verified: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self.counters = RepairCounters()
 
     async def ensure(self, ref: ChunkRef, recheck: bool = False) -> bool:
@@ -64,13 +69,14 @@ class ChunkGuard:
         path = self._chunks.path(ref.song_id, ref.idx)
         identity = _file_identity(path)
         if not recheck and identity is not None and self._verified.get(path.name) == identity:
+            self._verified.move_to_end(path.name)
             return True
         if identity is not None and identity[2] == ref.size:
             good: bool = await self._blocking(self._chunks.verify, ref.song_id, ref.idx,
                                               ref.sha256)
             if good:
                 self.counters.verified += 1
-                self._verified[path.name] = identity
+                self._remember(path.name, identity)
                 return True
         self._verified.pop(path.name, None)
         if identity is None:
@@ -83,10 +89,16 @@ class ChunkGuard:
         if await self._fetcher.fetch_durably(ref, self._peers()):
             self.counters.repaired += 1
             if (fetched := _file_identity(path)) is not None:
-                self._verified[path.name] = fetched
+                self._remember(path.name, fetched)
             return True
         self.counters.unrepairable += 1
         return False
+
+    def _remember(self, name: str, identity: tuple[int, int, int]) -> None:
+        self._verified[name] = identity
+        self._verified.move_to_end(name)
+        if len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
 
     def forget(self, names: Sequence[str]) -> None:
         for name in names:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
-from distpotify.store.queries import SONG_ORDERS, LibraryQueries
+from distpotify.store.queries import SONG_ORDERS, LibraryQueries, SongPage, SongSearch
 from distpotify.store.registry import ChunkRegistry
 from distpotify.store.schema import connect
 from distpotify.store.snapshot import Snapshots
@@ -27,8 +29,8 @@ from distpotify.store.tombstones import Tombstones
 
 # Callers import these from here, whichever part of the store they belong to.
 __all__ = [
-    "BUCKETS", "SONG_ORDERS", "Change", "MetadataDB", "MetadataStore", "Runner", "bucket_of",
-    "row_ops", "won_fields",
+    "BUCKETS", "SONG_ORDERS", "Change", "MetadataDB", "MetadataStore", "Runner", "SongPage",
+    "SongSearch", "bucket_of", "row_ops", "won_fields",
 ]
 
 P = ParamSpec("P")
@@ -58,6 +60,7 @@ class MetadataDB(
         self._epoch = 0
         self._seq = 0
         self._head = self.head()
+        self._unpublished = []
         self._chunk_cache = ChunkCache()
 
     def close(self) -> None:
@@ -85,12 +88,24 @@ class MetadataDB(
 Runner = Callable[..., Deferred[Any]]
 
 
+GROUP_MAX = 64  # writes committed together at most: bounds how long one commit takes
+
+
 class MetadataStore:
-    """The database behind one thread: every call returns a Deferred and never blocks."""
+    """The database behind one thread: every call returns a Deferred and never blocks.
+
+    Writes commit in groups (``write``): while one group's transaction runs on the database
+    thread, the writes that arrive wait, and go together in the next transaction, so
+    concurrent writers share fsyncs instead of queueing for one each.
+    """
 
     def __init__(self, db: MetadataDB, runner: Runner) -> None:
         self._db = db
         self._run = runner
+        self._queued: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self._committing = False
+        self.commits = 0  # group transactions committed
+        self.writes = 0  # writes in them
 
     @classmethod
     def open(cls, path: Path, node_id: int, runner: Runner) -> Deferred[MetadataStore]:
@@ -107,6 +122,41 @@ class MetadataStore:
     def path(self) -> Path:
         """The database file (a snapshot is copied from it through a connection of its own)."""
         return self._db.path
+
+    def write(
+        self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Deferred[T]:
+        """``MetadataDB.method(db, *args)``, a write (it decides and calls ``db.write``), in
+        a transaction it may share with other writes; fires once that has committed (the
+        write is durable), or with the write's own failure (it alone was undone)."""
+        done: Deferred[T] = Deferred()
+        self._queued.append((partial(method, self._db, *args, **kwargs), done))
+        if not self._committing:
+            self._commit_next()
+        return done
+
+    def _commit_next(self) -> None:
+        group, self._queued = self._queued[:GROUP_MAX], self._queued[GROUP_MAX:]
+        self._committing = True
+        committed: Deferred[list[Any]] = self._run(
+            MetadataDB.write_together, self._db, [call for call, _ in group])
+
+        def answer(outcomes: list[Any] | Failure) -> None:
+            self._committing = False
+            if self._queued:
+                self._commit_next()  # the database thread goes on while we answer
+            if isinstance(outcomes, Failure):  # the commit failed: every write did
+                outcomes = [outcomes] * len(group)
+            else:
+                self.commits += 1
+                self.writes += len(group)
+            for (_, done), outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, Failure):
+                    done.errback(outcome)
+                else:
+                    done.callback(outcome)
+
+        committed.addBoth(answer)
 
     def cached_chunk(self, song_id: str, idx: int) -> dict[str, Any] | None:
         """MetadataDB.cached_chunk, read on the calling thread."""

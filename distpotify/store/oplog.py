@@ -11,12 +11,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
+from twisted.python.failure import Failure
 
 from distpotify.model import ENTITIES, Op, Row, Version
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
 from distpotify.store.schema import Tables, versions_text
+from distpotify.store.songindex import row_applied
+from distpotify.store.songorder import sort_keys
 from distpotify.store.tombstones import purge_tombstones
 
 
@@ -44,6 +47,7 @@ class Oplog(Tables):
     _epoch: int  # the epoch this node leads in, 0 until begin_leading
     _seq: int  # the last sequence number this node wrote in _epoch
     _head: Version  # head(), kept in memory for readers on other threads
+    _unpublished: list[Version]  # written, not committed yet (write_together): not in _head
     _chunk_cache: ChunkCache
 
     def begin_leading(self, epoch: int) -> None:
@@ -71,6 +75,34 @@ class Oplog(Tables):
         self._seq += len(ops)
         self._advance_head(ops)
         return ops
+
+    def write_together(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run ``calls`` (each a whole write: its checks, then ``write``) in one transaction,
+        each in a savepoint of its own, and commit once: one fsync for all of them.
+
+        Each call's outcome is its result, or the Failure it raised; a call that raises is
+        undone alone (its rows, ops and versions), the others stand. If the commit itself
+        fails, nothing was written and this raises.
+        """
+        outcomes: list[Any] = []
+        seq = self._seq
+        try:
+            with self._transaction():
+                for call in calls:
+                    mark = self._seq, len(self._unpublished)
+                    try:
+                        with self._transaction():  # a savepoint inside the outer one
+                            outcomes.append(call())
+                    except Exception:
+                        self._seq = mark[0]
+                        del self._unpublished[mark[1]:]
+                        outcomes.append(Failure())
+        except BaseException:
+            self._seq = seq
+            self._unpublished.clear()
+            raise
+        self._publish_head()
+        return outcomes
 
     def apply_ops(self, ops: Iterable[Op]) -> int:
         """Apply ops written elsewhere (replication); returns how many changed a row."""
@@ -108,7 +140,14 @@ class Oplog(Tables):
         return int(row[0])
 
     def _advance_head(self, ops: list[Op]) -> None:
-        self._head = max([self._head, *(op.version for op in ops)])
+        """The head moves once the ops are committed: inside write_together, at its commit."""
+        self._unpublished += [op.version for op in ops]
+        if not self._conn.in_transaction:
+            self._publish_head()
+
+    def _publish_head(self) -> None:
+        self._head = max([self._head, *self._unpublished])
+        self._unpublished.clear()
 
     def _apply(self, op: Op) -> bool:
         entity = ENTITIES[op.entity]
@@ -123,17 +162,21 @@ class Oplog(Tables):
         )
         if row is None:
             return False
-        values = {**entity.split_key(op.key), **row.fields}
-        columns = [*entity.keys, *values.keys() - set(entity.keys),
-                   "version", "field_versions", "bucket"]
         bucket = bucket_of(op.entity, op.key)
         versions = versions_text(row)
-        params = [values[c] for c in columns[:-3]] + [row.version.encode(), versions, bucket]
+        values = {**entity.split_key(op.key), **row.fields,
+                  **(sort_keys(row.fields) if op.entity == "songs" else {}),
+                  "version": row.version.encode(), "field_versions": versions, "bucket": bucket}
+        # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which the search index
+        # refers to (songindex.py).
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in entity.keys)
         self._conn.execute(
-            f"INSERT OR REPLACE INTO {entity.name} ({', '.join(columns)})"
-            f" VALUES ({', '.join('?' * len(columns))})",
-            params,
+            f"INSERT INTO {entity.name} ({', '.join(values)})"
+            f" VALUES ({', '.join('?' * len(values))})"
+            f" ON CONFLICT ({', '.join(entity.keys)}) DO UPDATE SET {updates}",
+            list(values.values()),
         )
+        row_applied(self._conn, op.entity, op.key, old.fields if old else None, row.fields)
         change = row_hash(op.entity, op.key, versions)
         if old is not None:
             change ^= row_hash(op.entity, op.key, versions_text(old))

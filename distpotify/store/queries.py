@@ -1,5 +1,6 @@
-"""The library's reads for the API: songs (by id, by checksum, searched in the player's sort
-orders), playlists and their items; never a tombstone, nor a row its creating op has not reached.
+"""The library's reads for the API: songs (by id, by checksum, searched and paged in the
+player's sort orders), playlists and their items; never a tombstone, nor a row its creating op
+has not reached.
 """
 # test-case-name: tests.unit.test_metadata,tests.unit.test_api
 
@@ -8,36 +9,64 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import attrs
+
 from distpotify.model import Version
-from distpotify.store.schema import Tables, fold
+from distpotify.store.schema import Tables
+from distpotify.store.songindex import SEARCHED, SONGS, tally
+from distpotify.store.songorder import SONG_ORDERS, VISIBLE_SONG, Order, fold
+
+__all__ = ["SONG_ORDERS", "LibraryQueries", "SongPage", "SongSearch"]
 
 SONG_COLUMNS = (
     "id", "title", "artist", "album", "track", "year", "genre", "duration", "mime", "size",
     "sha256", "chunk_size", "chunk_count", "created_at",
 )
-_VISIBLE_SONG = "deleted = 0 AND sha256 IS NOT NULL"
+Q_COLUMNS = ("title", "artist", "album")  # what q searches; artist=, album=, genre= one each
+TRIGRAM = 3  # a filter shorter than this (folded) cannot use the trigram index: it scans
+# Column weights of the relevance rank, in SEARCHED's order: a match in the title counts most.
+WEIGHTS = {"title": 4.0, "artist": 2.0, "album": 1.0, "genre": 1.0}
+RANK = f"bm25(song_search, {', '.join(str(WEIGHTS[c]) for c in SEARCHED)})"
 
 
-def _by_text(column: str) -> str:
-    """Ignoring case and accents (Águila next to Aguila), empty last."""
-    return f"(coalesce({column}, '') = ''), sort_key({column})"
+@attrs.frozen
+class SongSearch:
+    """GET /songs: substring filters (case and accents ignored), an order, and where the page
+    starts: ``offset`` songs in, counted from the start or from past the ``after`` cursor (its
+    sort keys, as Order.parse_cursor read them)."""
+
+    q: str | None = None
+    artist: str | None = None
+    album: str | None = None
+    genre: str | None = None
+    sort: str = "newest"
+    limit: int = 50
+    offset: int = 0
+    after: list[Any] | None = None
 
 
-def _by_number(column: str) -> str:
-    return f"({column} IS NULL), {column}"
+@attrs.frozen
+class SongPage:
+    songs: list[dict[str, Any]]
+    total: int  # every song matching, not only this page's
+    next: str | None  # the cursor of the page after this one; None on the last page
 
 
-_NEWEST = "created_at DESC, version DESC"
-# GET /songs?sort=: the player's orders; every one ends in a total order, so pages never
-# overlap or skip a song.
-SONG_ORDERS = {
-    "newest": f"{_NEWEST}, id",
-    "title": f"{_by_text('title')}, {_by_text('artist')}, {_NEWEST}, id",
-    "artist": f"{_by_text('artist')}, {_by_text('album')}, {_by_number('track')},"
-              f" {_by_text('title')}, {_NEWEST}, id",
-    "album": f"{_by_text('album')}, {_by_number('track')}, {_by_text('title')}, {_NEWEST}, id",
-    "duration": f"{_by_number('duration')}, {_by_text('title')}, {_NEWEST}, id",
-}
+@attrs.frozen
+class _Filter:
+    columns: tuple[str, ...]
+    text: str  # folded
+
+    def phrase(self) -> str:
+        """FTS5 query syntax: the folded text as one phrase (trigrams in a row) in the
+        columns; in a string only a double quote is special."""
+        quoted = self.text.replace('"', '""')
+        return f"{{{' '.join(self.columns)}}} : \"{quoted}\""
+
+    def scan(self) -> tuple[str, list[str]]:
+        """SQL over song_search for a filter too short for the index."""
+        found = " OR ".join(f"instr(song_search.{c}, ?) > 0" for c in self.columns)
+        return f"({found})", [self.text] * len(self.columns)
 
 
 class LibraryQueries(Tables):
@@ -45,39 +74,74 @@ class LibraryQueries(Tables):
 
     def song(self, song_id: str) -> dict[str, Any] | None:
         row = self._conn.execute(
-            f"SELECT * FROM songs WHERE id = ? AND {_VISIBLE_SONG}", (song_id,)
+            f"SELECT * FROM songs WHERE id = ? AND {VISIBLE_SONG}", (song_id,)
         ).fetchone()
         return None if row is None else _song(row)
 
     def song_by_sha256(self, sha256: str) -> dict[str, Any] | None:
         row = self._conn.execute(
-            f"SELECT * FROM songs WHERE sha256 = ? AND {_VISIBLE_SONG}"
+            f"SELECT * FROM songs WHERE sha256 = ? AND {VISIBLE_SONG}"
             " ORDER BY created_at LIMIT 1",
             (sha256,),
         ).fetchone()
         return None if row is None else _song(row)
 
-    def search_songs(
-        self, q: str | None, artist: str | None, album: str | None, limit: int, offset: int,
-        sort: str = "newest",
-    ) -> tuple[list[dict[str, Any]], int]:
-        where, params = [_VISIBLE_SONG], []
-        if q:
-            where.append(
-                "(instr(fold(title), ?) OR instr(fold(artist), ?) OR instr(fold(album), ?))"
-            )
-            params += [fold(q)] * 3
-        for column, value in (("artist", artist), ("album", album)):
-            if value:
-                where.append(f"instr(fold({column}), ?)")
-                params.append(fold(value))
-        clause = " AND ".join(where)
-        total = self._conn.execute(f"SELECT count(*) FROM songs WHERE {clause}", params)
-        rows = self._conn.execute(
-            f"SELECT * FROM songs WHERE {clause} ORDER BY {SONG_ORDERS[sort]} LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        )
-        return [_song(row) for row in rows], int(total.fetchone()[0])
+    def search_songs(self, search: SongSearch) -> SongPage:
+        """One page of songs: a walk down the order's index when nothing filters them (its
+        cost does not grow with the library), else the search index's matches, ordered by
+        whichever costs less for their number (docs/architecture.md section 2.7)."""
+        order, after = SONG_ORDERS[search.sort], search.after
+        filters = [f for f in _filters(search) if f.text]  # "" is in every text
+        indexed = [f for f in filters if len(f.text) >= TRIGRAM]
+        walked = order
+        if not order.indexed and not indexed:
+            # Relevance with nothing to rank by: every song ranks 0.0, so newest first.
+            walked, after = SONG_ORDERS["newest"], after[1:] if after is not None else None
+        where, past = self._past(walked, after)
+        limit = search.limit + 1  # one more: is there a next page?
+        if not filters:
+            total = tally(self._conn, SONGS)
+            rows = self._conn.execute(
+                f"SELECT *, 0.0 AS relevance FROM songs INDEXED BY {walked.index}"
+                f" WHERE {VISIBLE_SONG}{where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
+                [*past, limit, search.offset]).fetchall()
+            return _page(order, rows, search.limit, total)
+        clauses, params = [], []
+        if indexed:
+            clauses.append("song_search MATCH ?")
+            params.append(" AND ".join(f.phrase() for f in indexed))
+        for f in filters:
+            if len(f.text) < TRIGRAM:
+                sql, values = f.scan()
+                clauses.append(sql)
+                params += values
+        matching = " AND ".join(clauses)
+        total = self._conn.execute(
+            f"SELECT count(*) FROM song_search WHERE {matching}", params).fetchone()[0]
+        if not total:
+            return SongPage([], 0, None)
+        if walked.indexed and _walk_costs_less(total, tally(self._conn, SONGS),
+                                               search.offset + limit):
+            rows = self._conn.execute(
+                f"SELECT *, 0.0 AS relevance FROM songs INDEXED BY {walked.index}"
+                f" WHERE {VISIBLE_SONG} AND rowid IN (SELECT rowid FROM song_search"
+                f" WHERE {matching}){where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
+                [*params, *past, limit, search.offset]).fetchall()
+        else:
+            # CROSS JOIN: the matches drive, each song found by its rowid.
+            rows = self._conn.execute(
+                f"SELECT songs.*, {RANK if indexed else '0.0'} AS relevance"
+                f" FROM song_search CROSS JOIN songs ON songs.rowid = song_search.rowid"
+                f" WHERE {matching}{where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
+                [*params, *past, limit, search.offset]).fetchall()
+        return _page(order, rows, search.limit, total)
+
+    @staticmethod
+    def _past(order: Order, after: list[Any] | None) -> tuple[str, list[Any]]:
+        if after is None:
+            return "", []
+        sql, params = order.after(after)
+        return f" AND {sql}", params
 
     def playlists(self) -> list[dict[str, Any]]:
         rows = self._conn.execute(
@@ -121,6 +185,28 @@ class LibraryQueries(Tables):
             (playlist_id,),
         ).fetchone()
         return float(row[0] or 0.0)
+
+
+def _filters(search: SongSearch) -> list[_Filter]:
+    found = [_Filter(Q_COLUMNS, fold(search.q))] if search.q else []
+    found += [_Filter((name,), fold(value))
+              for name, value in (("artist", search.artist), ("album", search.album),
+                                  ("genre", search.genre)) if value]
+    return found
+
+
+def _walk_costs_less(matches: int, songs: int, wanted: int) -> bool:
+    """Walking the order's index, testing each song, finds ``wanted`` matches after about
+    wanted * songs / matches steps (plus the list of matches to test against); ordering the
+    matches costs a lookup of each, about three steps."""
+    return matches + wanted * songs / matches < 3 * matches
+
+
+def _page(order: Order, rows: list[sqlite3.Row], limit: int, total: int) -> SongPage:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return SongPage([_song(row) for row in rows], int(total),
+                    order.cursor(rows[-1]) if more else None)
 
 
 def _song(row: sqlite3.Row) -> dict[str, Any]:

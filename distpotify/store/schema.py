@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import unicodedata
 from pathlib import Path
 
 from distpotify.model import ENTITIES, Entity, Row, Version
+from distpotify.store import songindex
 
 _TYPES = {
     "track": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
@@ -35,7 +35,6 @@ SCHEMA = [
     # replicas costs BUCKETS hashes plus the rows of the buckets that differ (digest.py).
     "CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
-    "CREATE INDEX IF NOT EXISTS songs_created ON songs (created_at)",
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
@@ -50,8 +49,6 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open (creating or migrating) the database at ``path``: WAL, fsync on every commit."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.create_function("fold", 1, fold, deterministic=True)
-    conn.create_function("sort_key", 1, sort_key, deterministic=True)
     conn.execute("PRAGMA journal_mode = WAL")
     # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
     conn.execute("PRAGMA synchronous = FULL")
@@ -61,34 +58,33 @@ def connect(path: Path) -> sqlite3.Connection:
             conn.execute("ALTER TABLE oplog ADD COLUMN at REAL")
         for statement in SCHEMA:
             conn.execute(statement)
+        songindex.ensure(conn)  # the search index, sort keys and tallies (a migration)
     return conn
 
 
 class Transaction:
-    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception)."""
+    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception).
+
+    Inside a transaction already open (writes committed together: MetadataDB.write_together)
+    it is a SAVEPOINT instead, so a failure undoes this block and nothing else.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._nested = self._conn.in_transaction
+        self._conn.execute("SAVEPOINT nested" if self._nested else "BEGIN IMMEDIATE")
         return self._conn
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def fold(text: str | None) -> str:
-    """``text`` without case, for matching (SQL ``fold``)."""
-    return "" if text is None else text.casefold()
-
-
-def sort_key(text: str | None) -> str:
-    """``text`` without case or accents, for ordering (SQL ``sort_key``): "Águila" -> "aguila"."""
-    if not text:
-        return ""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+        if not self._nested:
+            self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+            return
+        if kind is not None:
+            self._conn.execute("ROLLBACK TO nested")
+        self._conn.execute("RELEASE nested")
 
 
 def versions_text(row: Row) -> str:

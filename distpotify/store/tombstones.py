@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from distpotify.model import ENTITIES, ZERO, Row, Version
 from distpotify.store.digest import row_hash, xor_digest
 from distpotify.store.schema import Tables
+from distpotify.store.songindex import TOMBSTONES, rows_purged, tally
 
 
 def purge_tombstones(conn: sqlite3.Connection, through: Version) -> int:
@@ -33,6 +34,7 @@ def purge_tombstones(conn: sqlite3.Connection, through: Version) -> int:
             conn.execute(f"DELETE FROM {entity.name} WHERE {where}",
                          tuple(entity.split_key(key).values()))
         purged += len(rows)
+    rows_purged(conn, purged)
     return purged
 
 
@@ -58,10 +60,9 @@ class Tombstones(Tables):
         return max(found, default=None)
 
     def tombstones(self) -> int:
-        return sum(
-            self._conn.execute(f"SELECT count(*) FROM {e.name} WHERE deleted = 1").fetchone()[0]
-            for e in ENTITIES.values() if "deleted" in e.fields
-        )
+        """How many rows are tombstones now: a tally the apply path keeps, so /status (which
+        the proxy polls four times a second) never counts them."""
+        return tally(self._conn, TOMBSTONES)
 
     def purged_here(self, rows: Sequence[Row]) -> set[tuple[str, str]]:
         """Which of ``rows`` (pulled from a peer) were purged here: rows we do not hold

@@ -13,9 +13,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from distpotify.model import Op, Version
-from distpotify.replication.antientropy import CHUNK_CHECK_EVERY, AntiEntropy
+from distpotify.replication.antientropy import AntiEntropy
 from distpotify.replication.client import PeerClient, PeerError
 from distpotify.replication.fetch import ChunkRef
+from distpotify.replication.repair import VERIFIED_MAX
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 from tests.helpers.audio import make_wav
 
@@ -50,11 +51,11 @@ def playlists(n: int, version: int, name: str) -> list[Op]:
                {"name": name, "deleted": 0}) for i in range(n)]
 
 
-def anti_entropy(into: InMemoryReplica, stub: StubTreq) -> AntiEntropy:
+def anti_entropy(into: InMemoryReplica, stub: StubTreq, chunk_page: int = 2048) -> AntiEntropy:
     return AntiEntropy(
         store=into.library.store, client=PeerClient(stub, into.clock), receiver=into.receiver,
         guard=into.guard, chunks=into.chunks, blocking=run_now, peers=lambda: ["http://peer"],
-        clock=into.clock, interval=10, rng=random.Random(1),
+        clock=into.clock, interval=10, rng=random.Random(1), chunk_page=chunk_page,
     )
 
 
@@ -125,27 +126,30 @@ class RecordingGuard:
         return int(self.repairs)
 
 
-def test_missing_chunk_files_are_checked_first_then_every_nth_round(tmp_path: Path) -> None:
+def test_the_first_round_checks_every_chunk_and_later_ones_a_page_each(tmp_path: Path) -> None:
     replica = InMemoryReplica(tmp_path)
     wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
     song = replica.upload(wav.read_bytes()).json()["song"]
+    chunks = song["chunk_count"]
     stub = StubTreq(replica.root)  # its own peer: digests are equal, no row is pulled
     guard = RecordingGuard()
-    ae = anti_entropy(replica, stub)
+    ae = anti_entropy(replica, stub, chunk_page=2)
     ae._guard = guard  # type: ignore[assignment]
     lost = f"{song['id']}_1"
     (replica.chunks.root / lost).unlink()
 
-    run(ae.run_round("http://peer"), stub)  # the first round checks
-    assert guard.asked == [lost]
-    for _ in range(CHUNK_CHECK_EVERY - 1):
+    run(ae.run_round("http://peer"), stub)  # the first round checks the whole registry
+    assert guard.asked == [lost] and ae.last is not None
+    assert ae.last["chunks_checked"] == chunks
+
+    checked = []
+    for _ in range(-(-chunks // 2)):  # then two registry rows a round, round and round
         run(ae.run_round("http://peer"), stub)
-    assert guard.asked == [lost]  # rounds that pulled nothing leave the directory alone
+        checked.append(ae.last["chunks_checked"])
 
-    run(ae.run_round("http://peer"), stub)
-
-    assert guard.asked == [lost, lost]
-    assert ae.status()["chunk_checks"] == 2
+    assert guard.asked == [lost, lost]  # found again on the page that holds it
+    assert max(checked) == 2 and sum(checked) == chunks
+    assert ae.status()["chunk_passes"] == 2
 
 
 def test_a_chunk_no_peer_could_give_is_looked_for_again_next_round(tmp_path: Path) -> None:
@@ -164,3 +168,13 @@ def test_a_chunk_no_peer_could_give_is_looked_for_again_next_round(tmp_path: Pat
     run(ae.run_round("http://peer"), stub)  # the repair failed: try again
 
     assert guard.asked == [lost, lost]
+
+
+def test_the_guard_remembers_a_bounded_number_of_verified_files(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    guard = replica.guard
+    for n in range(VERIFIED_MAX + 10):
+        guard._remember(f"chunk-{n}", (n, n, n))
+
+    assert len(guard._verified) == VERIFIED_MAX
+    assert "chunk-0" not in guard._verified and f"chunk-{VERIFIED_MAX + 9}" in guard._verified

@@ -98,6 +98,46 @@ def test_search_sorts_on_the_server(api: InMemoryReplica, wav_bytes: bytes) -> N
     assert [s["title"] for s in second] == ["b"]
 
 
+def test_pages_follow_the_next_cursor_to_the_end(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    for n, title in enumerate(["b", "C", "a", "d", "B"]):
+        api.upload(wav_bytes + bytes([n]) * 64, query=f"?title={title}")
+
+    titles, path = [], "/songs?sort=title&limit=2"
+    while path:
+        page = api.get(path).json()
+        assert page["total"] == 5
+        titles += [s["title"] for s in page["songs"]]
+        path = page["next"] and f"/songs?sort=title&limit=2&after={page['next']}"
+
+    assert titles == ["a", "B", "b", "C", "d"]  # "B" and "b" tie: the newer first
+
+
+def test_search_by_genre_ignores_case_and_accents(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    for n, genre in enumerate(["Música Popular", "Rock"]):
+        api.upload(wav_bytes + bytes([n]) * 64, query=f"?title=T{n}&genre={genre}")
+
+    page = api.get("/songs?genre=MUSICA").json()
+
+    assert [s["genre"] for s in page["songs"]] == ["Música Popular"] and page["next"] is None
+
+
+def test_relevance_ranks_a_title_match_first(api: InMemoryReplica, wav_bytes: bytes) -> None:
+    for n, (title, album) in enumerate([("Other", "Blue Train Sessions"), ("Blue Train", "")]):
+        api.upload(wav_bytes + bytes([n]) * 64, query=f"?title={title}&album={album}")
+
+    page = api.get("/songs?q=blue%20train&sort=relevance").json()
+
+    assert [s["title"] for s in page["songs"]] == ["Blue Train", "Other"]
+
+
+@pytest.mark.parametrize("after", ["garbage", "eyJhIjoxfQ", "WyJ0aXRsZSJd"])
+def test_a_cursor_this_api_did_not_give_is_400(api: InMemoryReplica, after: str) -> None:
+    answer = api.get(f"/songs?sort=newest&after={after}")
+
+    assert_error(answer, 400, "bad_request")
+    assert answer.json()["message"].startswith("after:")
+
+
 def test_patch_edits_fields_and_bumps_the_version(api: InMemoryReplica, song: dict) -> None:
     answer = api.send_json("PATCH", f"/songs/{song['id']}", {"artist": "New", "track": 7})
 

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from distpotify.model import Op, Version
-from distpotify.store.metadata import SONG_ORDERS, Change, MetadataDB, MetadataStore
+from distpotify.store.metadata import SONG_ORDERS, Change, MetadataDB, MetadataStore, SongSearch
 
 SONG = "11111111-1111-4111-8111-111111111111"
 
@@ -92,7 +92,7 @@ def test_tombstoned_song_is_invisible(db: MetadataDB) -> None:
     db.write([Change("songs", SONG, {"deleted": 1})])
 
     assert db.song(SONG) is None
-    assert db.search_songs(None, None, None, 10, 0) == ([], 0)
+    assert db.search_songs(SongSearch(limit=10)).total == 0
     row = db.get_row("songs", SONG)
     assert row is not None and row.fields["deleted"] == 1
 
@@ -103,11 +103,11 @@ def test_search_is_case_insensitive_paginated_and_newest_first(db: MetadataDB) -
                          song_fields(title=title, artist=artist, sha256=f"{n}" * 64,
                                      created_at=f"2026-01-0{n + 1}T00:00:00.000Z"))])
 
-    found, total = db.search_songs("zoë", None, None, 1, 0)
-    assert total == 2 and [s["title"] for s in found] == ["Beta"]
-    assert [s["title"] for s in db.search_songs("ÁGUILA", None, None, 5, 0)[0]] == ["Águila"]
-    assert db.search_songs(None, "zoë", None, 5, 1)[0][0]["title"] == "Águila"
-    assert db.search_songs("%", None, None, 5, 0) == ([], 0)
+    page = db.search_songs(SongSearch(q="zoë", limit=1))
+    assert page.total == 2 and [s["title"] for s in page.songs] == ["Beta"]
+    assert [s["title"] for s in db.search_songs(SongSearch(q="ÁGUILA")).songs] == ["Águila"]
+    assert db.search_songs(SongSearch(artist="zoë", offset=1)).songs[0]["title"] == "Águila"
+    assert db.search_songs(SongSearch(q="%")).total == 0
 
 
 def test_every_sort_is_a_total_order_with_empty_values_last(db: MetadataDB) -> None:
@@ -121,9 +121,9 @@ def test_every_sort_is_a_total_order_with_empty_values_last(db: MetadataDB) -> N
             sha256=f"{n}" * 64, created_at=f"2026-01-0{n + 1}T00:00:00.000Z"))])
 
     def order(sort: str) -> list[int]:
-        found, total = db.search_songs(None, None, None, 10, 0, sort)
-        assert total == len(rows)
-        return [int(song["id"][0]) for song in found]
+        page = db.search_songs(SongSearch(sort=sort, limit=10))
+        assert page.total == len(rows)
+        return [int(song["id"][0]) for song in page.songs]
 
     assert order("newest") == [4, 3, 2, 1, 0]
     assert order("title") == [1, 4, 3, 0, 2]  # Águila as aguila; ties by artist; "" last
@@ -133,7 +133,7 @@ def test_every_sort_is_a_total_order_with_empty_values_last(db: MetadataDB) -> N
     # pages of any sort are slices of one order: nothing repeats or goes missing
     for sort in SONG_ORDERS:
         paged = [song["id"] for offset in range(0, 5, 2)
-                 for song in db.search_songs(None, None, None, 2, offset, sort)[0]]
+                 for song in db.search_songs(SongSearch(sort=sort, limit=2, offset=offset)).songs]
         assert len(set(paged)) == 5
 
 

@@ -1,0 +1,549 @@
+"""A collector's library: query latency, idle cost, small writes and a join at two sizes.
+
+Three replicas and the proxy on 127.0.0.1. For each ``--sizes`` (20,000 and 200,000 by
+default, smallest first, in one run) the library is grown to that many tiny distinct WAV songs
+uploaded through the proxy by ``--clients`` clients (the seed is cached on disk between runs:
+the replicas' data dirs, copied after a clean stop), then:
+
+* **queries** through the proxy, one at a time, ``--rounds`` each: p50 and p99 of searches
+  of several shapes (whole words, a prefix as typed, a substring, accents and case, a field
+  filter) that match the same songs at every size, and of every sort order's first page and
+  the page at 90 % depth (by ``offset`` and by the ``after`` cursor);
+* **idle** CPU and RSS of each replica over ``--idle`` seconds, the proxy polling them;
+* **small writes**: ``POST /playlists`` by ``--clients`` clients straight to the leader for
+  ``--write-seconds``; each answer comes once the write is durable. Beside it, the same-run
+  reference: one SQLite commit (one fsync) per write on the same disk, the bound of a replica
+  that fsyncs each write on its own;
+* **join**: a fourth replica with an empty data dir joins; the time until its metadata
+  snapshot is fetched and installed, and until it is ACTIVE (its chunks fetched too).
+
+Targets (printed, never asserted): at the largest size every query p99 under 50 ms and within
+x2 of the smallest size's; idle CPU under 2 % per replica; RSS under 200 MiB; at least 1,000
+small writes per second.
+
+    .venv/bin/python bench/library.py [--sizes 20000,200000] [--rounds 100] [--idle 60]
+
+Prints a table and saves JSON to ``bench/results/library-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.proxy import ProxyProcess  # noqa: E402
+from tests.helpers.replica import Cluster, ReplicaProcess, wait_until  # noqa: E402
+
+# Bump when the seeded songs change, so an old cache is not taken for the new seed.
+SEED_FORMAT = 1
+NODES = (1, 2, 3)
+JOINER = 4
+PAGE = 50
+TARGET_P99_MS = 50.0
+TARGET_GROWTH = 2.0
+TARGET_IDLE_CPU = 2.0
+TARGET_RSS_MIB = 200.0
+TARGET_WRITES = 1000.0
+SORTS = ("newest", "title", "artist", "album", "duration")
+# Query shapes; each matches the same songs at every size of at least 2,000.
+SEARCHES = {
+    "words": "q=Song 001",  # 1,000 songs: Song 001000 to Song 001999
+    "prefix as typed": "q=song 0012",  # 100 songs, the last word unfinished
+    "substring": "q=ong 00123",  # 10 songs, starting inside a word
+    "accents and case": "q=SÓNG 00042",  # 10 songs
+    "artist filter": "artist=Ártist 00042",  # 10 songs
+    "artist filter + q": "artist=artist 0004&q=song",  # 100 songs
+    "words, by title": "q=Song 001&sort=title",  # 1,000 songs, sorted
+}
+
+
+def say(text: str) -> None:
+    print(f"[library] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the library
+
+
+def tiny_wav(n: int) -> bytes:
+    """50 ms of 8 kHz mono noise: distinct bytes for each n, so no upload is a duplicate."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(n.to_bytes(8, "big") * 100)
+    return out.getvalue()
+
+
+def song_query(n: int) -> str:
+    """Song n's tags: ten songs per artist, a hundred per album, accents in some names."""
+    artist = f"{'Ártist' if n // 10 % 2 else 'Artist'} {n // 10:05d}"
+    return urllib.parse.urlencode({
+        "title": f"Song {n:06d}", "artist": artist, "album": f"Album {n // 100:04d}",
+        "track": str(n % 10 + 1), "genre": ("Rock", "Música", "Jazz", "Électro")[n % 4],
+    })
+
+
+class Client:
+    """One persistent HTTP/1.1 connection, reopened when the server closes it."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self._port = port
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self._port,
+                                                        timeout=self._timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                answer = self._conn.getresponse()
+                return answer.status, answer.read()
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def upload(port: int, first: int, last: int, clients: int) -> float:
+    """Songs first..last-1 through the proxy by ``clients`` clients; uploads per second."""
+    local = threading.local()
+    done = [0]
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = Client(port)
+        for _ in range(20):  # an election under load answers 503: retry (uploads dedupe)
+            status, body = local.client.call("POST", f"/songs?{song_query(n)}", tiny_wav(n),
+                                             {"Content-Type": "audio/wav"})
+            if status in (200, 201):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"upload {n} answered {status}: {body[:200]!r}")
+        with lock:
+            done[0] += 1
+            if done[0] % 5000 == 0:
+                say(f"  uploaded {first + done[0]}/{last}")
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(first, last)))
+    return (last - first) / (time.monotonic() - started)
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+class Stack:
+    """Three replicas and the proxy, started on data dirs that may come from the cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[ReplicaProcess] = []
+        self.cluster = Cluster(root, self.started)
+        self.nodes = [self.cluster.add(n, start=False) for n in NODES]
+        self.proxy: ProxyProcess | None = None
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_ready(timeout=600)
+        wait_until(self.cluster.agreed_leader, timeout=60, what="a leader")
+        self.proxy = ProxyProcess(self.root, self.nodes).start()
+        self.proxy.wait_view(lambda view: view.get("leader") is not None, timeout=30,
+                             what="the proxy to know the leader")
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        for node in self.started:
+            if node.process is not None and node.process.poll() is None:
+                node.stop(timeout=60)
+
+    def kill(self) -> None:
+        if self.proxy is not None:
+            self.proxy.kill()
+        for node in self.started:
+            node.kill()
+
+    @property
+    def port(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.port
+
+    def leader(self) -> ReplicaProcess:
+        status = wait_until(self.cluster.agreed_leader, timeout=60, what="a leader")
+        return self.cluster.nodes[status["node_id"]]
+
+    def totals(self) -> list[int]:
+        return [node.get("/songs?limit=1").json()["total"] for node in self.nodes]
+
+    def wait_converged(self, size: int) -> None:
+        """Every replica at one head, holding the same songs, at least ``size`` of them. More
+        is possible: an upload retried after a failover (elections happen on a loaded
+        machine) may be stored twice, by two leaders that each had not seen the other's."""
+        seen: list[Any] = []
+
+        def equal() -> bool:
+            statuses = [node.status() for node in self.nodes]
+            if any(status is None for status in statuses):  # slow to answer: loaded machine
+                return False
+            try:
+                totals = self.totals()
+            except (OSError, http.client.HTTPException):
+                return False
+            heads = {tuple(status["head"]) for status in statuses if status}
+            seen[:] = [sorted(heads), totals]
+            return len(heads) == 1 and len(set(totals)) == 1 and totals[0] >= size
+
+        try:
+            wait_until(equal, timeout=max(300.0, size / 100), interval=0.5,
+                       what=f"every replica to hold {size} songs")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last seen heads and totals: {seen}") from None
+
+
+def cache_path(cache: Path, size: int) -> Path:
+    return cache / f"v{SEED_FORMAT}-{size}"
+
+
+def save_seed(stack: Stack, cache: Path, size: int) -> None:
+    """The replicas' data dirs, copied after a clean stop (a partial copy is never used)."""
+    stack.stop()
+    target = cache_path(cache, size)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for node in stack.nodes:
+        shutil.copytree(node.data_dir, partial / node.data_dir.name)
+    partial.rename(target)
+    stack.start()
+
+
+def restore_seed(stack: Stack, cache: Path, size: int) -> None:
+    stack.stop()
+    for node in stack.nodes:
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        shutil.copytree(cache_path(cache, size) / node.data_dir.name, node.data_dir)
+    stack.start()
+
+
+def grow(stack: Stack, cache: Path, size: int, have: int, clients: int) -> dict[str, Any]:
+    """Bring the library to ``size`` songs: from the cache, else by uploading the rest."""
+    if cache_path(cache, size).is_dir():
+        say(f"{size} songs: restoring the cached seed")
+        restore_seed(stack, cache, size)
+        stack.wait_converged(size)
+        return {"seeded_from": "cache"}
+    say(f"{size} songs: uploading {size - have} through the proxy with {clients} clients")
+    rate = upload(stack.port, have, size, clients)
+    stack.wait_converged(size)
+    say(f"{size} songs: saving the seed in {cache_path(cache, size)}")
+    save_seed(stack, cache, size)
+    stack.wait_converged(size)
+    return {"seeded_from": "uploads", "uploads_per_s": round(rate, 1)}
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def timed(client: Client, path: str, rounds: int) -> dict[str, Any]:
+    """p50 and p99 of ``rounds`` answers to GET ``path``. A 503 (the proxy found no healthy
+    replica: on a loaded machine /status polls time out) is counted and asked again, untimed."""
+    times: list[float] = []
+    unavailable = 0
+    warm_up = 3  # connections, caches
+    while len(times) < rounds:
+        started = time.perf_counter()
+        status, body = client.call("GET", path)
+        elapsed = (time.perf_counter() - started) * 1000
+        if status == 503 and unavailable < 100:
+            unavailable += 1
+            time.sleep(0.2)  # the proxy's view refreshes every 0.25 s
+            continue
+        if status != 200:
+            raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+        if warm_up:
+            warm_up -= 1
+        else:
+            times.append(elapsed)
+    answer = json.loads(body)
+    return {"path": path, "p50_ms": round(statistics.median(times), 2),
+            "p99_ms": round(percentile(times, 0.99), 2), "total": answer["total"],
+            "unavailable": unavailable}
+
+
+def cursor_at(client: Client, sort: str, position: int) -> str | None:
+    """The ``after`` cursor of the song at ``position`` (0-based), or None without cursors."""
+    status, body = client.call("GET", f"/songs?sort={sort}&limit=1&offset={position - 1}")
+    if status != 200:
+        raise RuntimeError(f"cursor for {sort} answered {status}")
+    cursor: str | None = json.loads(body).get("next")
+    return cursor
+
+
+def measure_queries(stack: Stack, size: int, rounds: int) -> dict[str, Any]:
+    client = Client(stack.port)
+    found: dict[str, Any] = {}
+    for name, query in SEARCHES.items():
+        path = "/songs?" + urllib.parse.quote(query, safe="=&") + f"&limit={PAGE}"
+        found[f"search: {name}"] = timed(client, path, rounds)
+    deep = int(size * 0.9)
+    for sort in SORTS:
+        found[f"sort {sort}: first page"] = timed(client, f"/songs?sort={sort}&limit={PAGE}",
+                                                  rounds)
+        found[f"sort {sort}: 90 % by offset"] = timed(
+            client, f"/songs?sort={sort}&limit={PAGE}&offset={deep}", rounds)
+        cursor = cursor_at(client, sort, deep)
+        if cursor is not None:
+            found[f"sort {sort}: 90 % by cursor"] = timed(
+                client, f"/songs?sort={sort}&limit={PAGE}&after={urllib.parse.quote(cursor)}",
+                rounds)
+    client.close()
+    return found
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def measure_idle(stack: Stack, seconds: float) -> dict[str, Any]:
+    pids = {f"replica {n.node_id}": n.process.pid for n in stack.nodes if n.process}
+    if stack.proxy is not None and stack.proxy.process is not None:
+        pids["proxy"] = stack.proxy.process.pid
+    before = {name: proc_cpu(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    time.sleep(seconds)  # the measurement itself: nothing to poll
+    elapsed = time.monotonic() - started
+    return {name: {"cpu_percent": round((proc_cpu(pid) - before[name]) / elapsed * 100, 2),
+                   "rss_mib": round(proc_rss_mib(pid), 1)} for name, pid in pids.items()}
+
+
+def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
+    leader = stack.leader()
+    stop_at = time.monotonic() + seconds
+    counts = [0] * clients
+    errors: list[str] = []
+
+    def writer(i: int) -> None:
+        client = Client(leader.http_port)
+        n = 0
+        while time.monotonic() < stop_at:
+            body = json.dumps({"name": f"bench {i}-{n}"}).encode()
+            status, answer = client.call("POST", "/playlists", body,
+                                         {"Content-Type": "application/json"})
+            if status != 201:
+                errors.append(f"{status} {answer[:100]!r}")
+                return
+            n += 1
+        counts[i] = n
+        client.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    if errors:
+        raise RuntimeError(f"playlist writes failed: {errors[:3]}")
+    return {"writes": sum(counts), "per_s": round(sum(counts) / elapsed, 1),
+            "fsync_per_write_reference_per_s": fsync_reference(stack.root, seconds=3.0)}
+
+
+def fsync_reference(directory: Path, seconds: float) -> float:
+    """Commits per second with one commit (one WAL fsync) per write, as the replicas open
+    SQLite: the bound of a replica that makes each write durable on its own."""
+    path = directory / "fsync-reference.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE t (n INTEGER)")
+        n = 0
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?)", (n,))
+            conn.execute("COMMIT")
+            n += 1
+        return round(n / (time.monotonic() - started), 1)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def measure_join(stack: Stack, timeout: float) -> dict[str, Any]:
+    """A fourth replica joins with an empty data dir: snapshot installed, then ACTIVE."""
+    joiner = stack.cluster.add(JOINER)
+    started = time.monotonic()
+    installed: float | None = None
+    phases: list[str] = []
+    try:
+        while time.monotonic() - started < timeout:
+            status = joiner.status()
+            if status is not None:
+                phase = status["sync"]["phase"]
+                if not phases or phases[-1] != phase:
+                    phases.append(phase)
+                if installed is None and phase not in ("ANNOUNCING", "SNAPSHOT") and \
+                        "SNAPSHOT" in phases:
+                    installed = time.monotonic() - started
+                if status["state"] == "ACTIVE":
+                    return {"snapshot_installed_s": round(installed or 0.0, 2),
+                            "active_s": round(time.monotonic() - started, 2),
+                            "phases": phases}
+            time.sleep(0.1)  # polling /status with a deadline (the loop's condition)
+        return {"snapshot_installed_s": installed and round(installed, 2),
+                "active_s": None, "phases": phases, "timed_out_after_s": timeout}
+    finally:
+        joiner.kill()
+        stack.cluster.nodes.pop(JOINER)
+        stack.started.remove(joiner)
+        shutil.rmtree(joiner.data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdicts(sizes: list[int], results: dict[int, dict[str, Any]]) -> list[str]:
+    small, large = results[sizes[0]], results[sizes[-1]]
+    lines = []
+    for name, figures in large["queries"].items():
+        base = small["queries"].get(name)
+        growth = figures["p99_ms"] / base["p99_ms"] if base else float("nan")
+        ok = figures["p99_ms"] < TARGET_P99_MS and growth <= TARGET_GROWTH
+        lines.append(f"{name:34s} p99 {base['p99_ms'] if base else '-':>8} ->"
+                     f" {figures['p99_ms']:>8} ms  x{growth:5.2f}  {'ok' if ok else 'MISSED'}")
+    for size in sizes:
+        for name, idle in results[size]["idle"].items():
+            if name.startswith("replica"):
+                ok = idle["cpu_percent"] < TARGET_IDLE_CPU and idle["rss_mib"] < TARGET_RSS_MIB
+                lines.append(f"idle at {size:>7}: {name}: {idle['cpu_percent']:5.2f} % CPU,"
+                             f" {idle['rss_mib']:6.1f} MiB  {'ok' if ok else 'MISSED'}")
+        writes = results[size]["writes"]
+        ok = writes["per_s"] >= TARGET_WRITES
+        lines.append(f"writes at {size:>7}: {writes['per_s']} /s (one fsync per write:"
+                     f" {writes['fsync_per_write_reference_per_s']} /s)"
+                     f"  {'ok' if ok else 'MISSED'}")
+        join = results[size].get("join")
+        if join:
+            lines.append(f"join at {size:>7}: snapshot installed {join['snapshot_installed_s']} s,"
+                         f" ACTIVE {join['active_s']} s")
+    return lines
+
+
+def table(sizes: list[int], results: dict[int, dict[str, Any]]) -> Iterator[str]:
+    names = list(results[sizes[0]]["queries"])
+    yield f"{'through the proxy (p50 / p99 ms)':40s}" + "".join(f"{s:>20,}" for s in sizes)
+    for name in names:
+        cells = []
+        for size in sizes:
+            q = results[size]["queries"].get(name)
+            cells.append(f"{q['p50_ms']:>8} / {q['p99_ms']:<8}" if q else f"{'-':>20}")
+        yield f"{name:40s}" + "".join(f"{c:>20}" for c in cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="20000,200000",
+                        help="library sizes, comma-separated (smallest first)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=100, help="timed requests per query")
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle measurement")
+    parser.add_argument("--write-seconds", type=float, default=10.0)
+    parser.add_argument("--join-timeout", type=float, default=1800.0)
+    parser.add_argument("--no-join", action="store_true", help="skip the join measurement")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                        / "distpotify-bench" / "library",
+                        help="where seeded libraries are kept between runs")
+    args = parser.parse_args(argv)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if sizes[0] < 2000:
+        parser.error("the query shapes need at least 2,000 songs")
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="distpotify-bench-library-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            stack.start()
+            have = 0
+            for size in sizes:
+                seeded = grow(stack, args.cache, size, have, args.clients)
+                have = size
+                say(f"{size} songs: idle for {args.idle:g} s")
+                idle = measure_idle(stack, args.idle)
+                say(f"{size} songs: queries")
+                queries = measure_queries(stack, size, args.rounds)
+                say(f"{size} songs: small writes")
+                writes = measure_writes(stack, args.clients, args.write_seconds)
+                join = None if args.no_join else measure_join(stack, args.join_timeout)
+                results[size] = {"seed": seeded, "idle": idle, "queries": queries,
+                                 "writes": writes, "join": join}
+        finally:
+            stack.kill()
+
+    print("\n".join(table(sizes, results)))
+    print()
+    print("\n".join(verdicts(sizes, results)))
+    report = {"sizes": sizes, "results": results, "loadavg_at_end": os.getloadavg(),
+              "targets": {"p99_ms": TARGET_P99_MS, "growth": TARGET_GROWTH,
+                          "idle_cpu_percent": TARGET_IDLE_CPU, "rss_mib": TARGET_RSS_MIB,
+                          "writes_per_s": TARGET_WRITES}}
+    out = REPO / "bench" / "results" / f"library-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"saved {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""What the store derives from the replicated rows and keeps beside them: the songs' search
+index (FTS5), their stored sort keys, and tallies (visible songs, tombstones).
+
+Kept in the transaction of every apply (a leader's write, a push, an anti-entropy merge, a
+purge), carried by snapshots, and rebuilt whole when a database lacks it or was built by
+another version of this index (``ensure``).
+"""
+# test-case-name: tests.unit.test_songindex
+
+from __future__ import annotations
+
+import sqlite3
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from distpotify.model import ENTITIES
+from distpotify.store.songorder import SONG_ORDERS, SORT_KEYS, fold, sort_keys
+
+# The search index: each song's folded text, one FTS5 column per field. The trigram
+# tokenizer indexes every three-character run, so a query of three characters or more finds
+# any substring (not only whole words or their prefixes); folding is ours (``fold``), done on
+# both sides, hence case_sensitive 1 (the tokenizer must not fold differently).
+SEARCHED = ("title", "artist", "album", "genre")
+SEARCH_TABLE = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS song_search USING fts5({', '.join(SEARCHED)},"
+    " tokenize = 'trigram case_sensitive 1')"
+)
+# Tallies and the index's format, in one small table that snapshots copy with the rest.
+DERIVED_TABLE = "CREATE TABLE IF NOT EXISTS derived (name TEXT PRIMARY KEY, value)"
+# A new format (or Unicode tables that fold differently) rebuilds the index at start-up.
+FORMAT = f"songindex 1, unicode {unicodedata.unidata_version}"
+# Partial indexes of the tombstones: what a purge looks for and the tally counts.
+TOMBSTONE_INDEXES = [
+    f"CREATE INDEX IF NOT EXISTS {name}_tombstones ON {name} (bucket) WHERE deleted = 1"
+    for name, entity in ENTITIES.items() if "deleted" in entity.fields
+]
+# Columns of the songs table beyond the entity's: the stored sort keys. Untyped, so a number
+# key stays a number and an empty one stays text.
+SONG_KEY_COLUMNS = tuple(SORT_KEYS)
+
+SONGS = "songs"  # tally: visible songs
+TOMBSTONES = "tombstones"  # tally: tombstoned rows of every entity
+
+
+def visible(fields: Mapping[str, Any] | None) -> bool:
+    """A song the API shows: not tombstoned, its bytes known (its creating op arrived)."""
+    return fields is not None and fields.get("deleted", 0) == 0 and fields.get("sha256") is not None
+
+
+def dead(fields: Mapping[str, Any] | None) -> bool:
+    return fields is not None and fields.get("deleted", 0) == 1
+
+
+def search_text(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(fold(fields.get(name)) for name in SEARCHED)
+
+
+def tally(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT value FROM derived WHERE name = ?", (name,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def add_to_tally(conn: sqlite3.Connection, name: str, delta: int) -> None:
+    if delta:
+        conn.execute(
+            "INSERT INTO derived (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, delta))
+
+
+def row_applied(
+    conn: sqlite3.Connection, entity: str, key: str, old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+) -> None:
+    """Bring the index up to date with one row's change (old fields -> new), inside the
+    apply's transaction. The stored sort keys are written with the row itself (oplog.py)."""
+    if "deleted" in ENTITIES[entity].fields:
+        add_to_tally(conn, TOMBSTONES, dead(new) - dead(old))
+    if entity != "songs":
+        return
+    was, now = visible(old), visible(new)
+    if was == now and (not now or search_text(old or {}) == search_text(new)):
+        return
+    add_to_tally(conn, SONGS, now - was)
+    rowid = conn.execute("SELECT rowid FROM songs WHERE id = ?", (key,)).fetchone()[0]
+    if was:
+        conn.execute("DELETE FROM song_search WHERE rowid = ?", (rowid,))
+    if now:
+        conn.execute(
+            f"INSERT INTO song_search (rowid, {', '.join(SEARCHED)})"
+            f" VALUES (?{', ?' * len(SEARCHED)})", (rowid, *search_text(new)))
+
+
+def rows_purged(conn: sqlite3.Connection, count: int) -> None:
+    """Tombstones removed by a purge (never visible songs: nothing else changes)."""
+    add_to_tally(conn, TOMBSTONES, -count)
+
+
+def ensure(conn: sqlite3.Connection) -> bool:
+    """Create what is missing, and rebuild the index unless it is of this FORMAT (a database
+    from before it, or a snapshot from another version); whether it was rebuilt. Runs inside
+    the caller's transaction."""
+    existing = {row[1] for row in conn.execute("PRAGMA table_info(songs)")}
+    for column in SONG_KEY_COLUMNS:
+        if column not in existing:
+            conn.execute(f"ALTER TABLE songs ADD COLUMN {column}")
+    conn.execute(SEARCH_TABLE)
+    conn.execute(DERIVED_TABLE)
+    found = conn.execute("SELECT value FROM derived WHERE name = 'format'").fetchone()
+    rebuilt = found is None or found[0] != FORMAT
+    if rebuilt:
+        _rebuild(conn)
+    # After a rebuild: filling indexed columns row by row costs more than indexing once.
+    conn.execute("DROP INDEX IF EXISTS songs_created")  # the newest order before its index
+    for order in SONG_ORDERS.values():
+        if order.indexed:
+            conn.execute(order.index_sql())
+    for statement in TOMBSTONE_INDEXES:
+        conn.execute(statement)
+    return rebuilt
+
+
+def _rebuild(conn: sqlite3.Connection) -> None:
+    assignments = ", ".join(f"{column} = ?" for column in SONG_KEY_COLUMNS)
+    songs = [dict(row) for row in conn.execute("SELECT rowid, * FROM songs")]
+    conn.executemany(
+        f"UPDATE songs SET {assignments} WHERE rowid = ?",
+        [(*sort_keys(row).values(), row["rowid"]) for row in songs])
+    conn.execute("DELETE FROM song_search")
+    live = [row for row in songs if visible(row)]
+    conn.executemany(
+        f"INSERT INTO song_search (rowid, {', '.join(SEARCHED)})"
+        f" VALUES (?{', ?' * len(SEARCHED)})",
+        [(row["rowid"], *search_text(row)) for row in live])
+    tombstones = sum(
+        conn.execute(f"SELECT count(*) FROM {name} WHERE deleted = 1").fetchone()[0]
+        for name, entity in ENTITIES.items() if "deleted" in entity.fields)
+    conn.execute("DELETE FROM derived")
+    conn.executemany("INSERT INTO derived (name, value) VALUES (?, ?)",
+                     [("format", FORMAT), (SONGS, len(live)), (TOMBSTONES, tombstones)])
