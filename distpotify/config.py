@@ -12,6 +12,7 @@ from pathlib import Path
 import attrs
 
 from distpotify.httpchannel import DEFAULT_TIMEOUTS, Timeouts
+from distpotify.keys import ClusterKeys
 from distpotify.options import ConfigError, check_positive
 
 KIB = 1024
@@ -56,6 +57,9 @@ class ReplicaConfig:
     header_timeout: float = DEFAULT_TIMEOUTS.header
     body_timeout: float = DEFAULT_TIMEOUTS.body
     idle_timeout: float = DEFAULT_TIMEOUTS.idle
+    # Read from --cluster-key-file, which twistd requires. The default, a fresh random key,
+    # proves nothing to anyone: a replica built without a key file trusts nobody.
+    cluster_keys: ClusterKeys = attrs.field(factory=ClusterKeys.generate)
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

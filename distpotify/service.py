@@ -255,9 +255,11 @@ def build_replica(
     temps, orphans = chunks.clean(db.live_chunk_names())
     log.info(
         "replica {node_id} starting: distpotify {version}, data dir {data_dir},"
-        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files",
+        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files,"
+        " cluster key {key_ids}",
         node_id=config.node_id, version=__version__, data_dir=str(config.data_dir),
         epoch=epoch, head=db.head().encode(), temps=temps, orphans=orphans,
+        key_ids=" + ".join(config.cluster_keys.key_ids),
     )
 
     database = DatabaseThread(db, reactor)

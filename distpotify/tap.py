@@ -8,12 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
 from distpotify.config import ConfigError, ReplicaConfig, parse_peers
 from distpotify.httpchannel import TIMEOUT_OPTIONS
-from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
+from distpotify.keys import KEYGEN, ClusterKeys, KeyFileError
+from distpotify.options import EnvOptions, OptionList, env_name, env_parameters, parse_size
+
+
+def load_keys(path: str) -> ClusterKeys:
+    """The --cluster-key-file option: its keys, or the one line saying what is wrong."""
+    try:
+        return ClusterKeys.load(Path(path))
+    except KeyFileError as e:
+        raise ConfigError(str(e)) from None
+
+
+NO_KEY = (
+    f"--cluster-key-file is required (or {env_name('cluster-key-file')}): replicas prove to"
+    f" each other that they hold the cluster key; make one with `{KEYGEN} > cluster.key` and"
+    " give every replica the same file"
+)
 
 # (option, default, help, converter to the ReplicaConfig field)
 OPTIONS: OptionList = [
@@ -48,6 +65,8 @@ OPTIONS: OptionList = [
     ("catch-up-timeout", "2.0", "seconds a new leader may spend pulling the writes it lacks"
      " from its peers before it takes writes anyway", float),
     *TIMEOUT_OPTIONS,
+    ("cluster-key-file", None, f"file holding the cluster key, the same on every replica"
+     f" (required; `{KEYGEN} > cluster.key` makes one)", load_keys),
 ]
 
 
@@ -65,10 +84,15 @@ class Options(EnvOptions):
     def postOptions(self) -> None:
         values = self.converted()
         values.setdefault("data_dir", Path("data") / f"node{values['node_id']}")
+        keys = values.pop("cluster_key_file", None)
         try:
-            self.config = ReplicaConfig(**values)
+            config = ReplicaConfig(**values)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        # Checked last, so a bad value of another option is named first.
+        if keys is None:
+            raise usage.UsageError(NO_KEY)
+        self.config = attrs.evolve(config, cluster_keys=keys)
 
 
 def makeService(options: Options) -> IService:

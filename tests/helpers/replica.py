@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from distpotify.cli import processes
+from distpotify.cli.keygen import key_file_text
 from distpotify.cli.processes import ReplicaCommand
 
 # The twistd script, for tests that run it by hand (with bad options, say).
@@ -43,6 +44,20 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_key_file(path: Path) -> Path:
+    """A new cluster key file at PATH (owner-only), unless there is one already."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key_file_text())
+        path.chmod(0o600)
+    return path
+
+
+def key_lines(path: Path) -> list[str]:
+    """The keys of a key file, without its comments: to build another one (a rotation)."""
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
 def wait_until(
@@ -120,7 +135,12 @@ def send_json(port: int, method: str, path: str, value: Any) -> Response:
 
 
 class ReplicaProcess:
-    """One ``twistd -n distpotify`` process with its own data dir and log file."""
+    """One ``twistd -n distpotify`` process with its own data dir and log file.
+
+    Its cluster key is ``key_file``; by default the file of its cluster name under ROOT, made
+    on first use, so replicas of one cluster name under one root share a key. Set
+    ``key_file`` to None to start it without the option (a tree from before the key).
+    """
 
     def __init__(
         self,
@@ -130,6 +150,7 @@ class ReplicaProcess:
         env: dict[str, str] | None = None,
         cluster: str | None = None,
         heartbeat_port: int | None = None,
+        key_file: Path | None = None,
     ):
         self.node_id = node_id
         self.data_dir = root / f"node{node_id}"
@@ -139,6 +160,7 @@ class ReplicaProcess:
         # A lone replica gets a cluster (and heartbeat port) of its own.
         self.cluster = cluster or f"test-{os.getpid()}-{self.http_port}"
         self.heartbeat_port = heartbeat_port or free_udp_port()
+        self.key_file: Path | None = key_file or make_key_file(root / f"{self.cluster}.key")
         self.extra = extra
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -147,7 +169,7 @@ class ReplicaProcess:
         return ReplicaCommand(
             node_id=self.node_id, data_dir=self.data_dir, http_port=self.http_port,
             amp_port=self.amp_port, cluster=self.cluster, multicast_port=self.heartbeat_port,
-            extra=self.extra,
+            cluster_key_file=self.key_file, extra=self.extra,
         ).argv(logfile=self.log_path)
 
     def start(self, wait: bool = True) -> ReplicaProcess:
@@ -213,19 +235,25 @@ class ReplicaProcess:
 
 
 class Cluster:
-    """Replicas of one cluster on 127.0.0.1: one cluster name, one heartbeat port."""
+    """Replicas of one cluster on 127.0.0.1: one cluster name, one heartbeat port, one key
+    file (``key_file``), unless a replica is given another."""
 
     def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str) -> None:
         self.root = root
         self.name = f"test-{os.getpid()}-{free_port()}"
         self.heartbeat_port = free_udp_port()
+        self.key_file = make_key_file(root / f"{self.name}.key")
         self.extra = extra
         self._started = started
         self.nodes: dict[int, ReplicaProcess] = {}
 
-    def add(self, node_id: int, *extra: str, start: bool = True) -> ReplicaProcess:
+    def add(self, node_id: int, *extra: str, start: bool = True, key_file: Path | None = None
+            ) -> ReplicaProcess:
+        """Replica NODE_ID of this cluster, with the cluster's key file unless KEY_FILE (a
+        wrong key, two keys) is given."""
         node = ReplicaProcess(node_id, self.root, *self.extra, *extra, cluster=self.name,
-                              heartbeat_port=self.heartbeat_port)
+                              heartbeat_port=self.heartbeat_port,
+                              key_file=key_file or self.key_file)
         self.nodes[node_id] = node
         self._started.append(node)
         if start:
