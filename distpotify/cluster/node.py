@@ -38,6 +38,8 @@ from distpotify.cluster.heartbeat import (
 )
 from distpotify.cluster.membership import Membership
 from distpotify.cluster.takeback import TakeBack
+from distpotify.cluster.seal import ReplayGuard, Sealer
+from distpotify.cluster.trust import AuthFailures
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.model import Version
@@ -96,13 +98,17 @@ class ClusterNode(service.Service):
             clock=reactor, interval=config.heartbeat_interval,
             patience=config.catch_up_timeout,
         )
+        # Failures to prove the cluster key, by peer: heartbeats, AMP and /sync report here.
+        self.trust = AuthFailures()
+        sealer = Sealer(config.cluster_keys, reactor)
         self.heartbeats = HeartbeatProtocol(
             cluster=config.cluster, node_id=config.node_id, http=config.http_url,
-            amp=self.amp_address, on_heartbeat=self.membership.heartbeat_received,
+            amp=self.amp_address, sealer=sealer, guard=ReplayGuard(reactor),
+            failures=self.trust, on_heartbeat=self.membership.heartbeat_received,
             on_duplicate_node=self._duplicate_node,
         )
         self._sender = HeartbeatSender(
-            protocol=self.heartbeats, announcement=self._announcement,
+            protocol=self.heartbeats, announcement=self._announcement, seal=sealer.seal,
             destinations=lambda: destinations(config), interval=config.heartbeat_interval,
             clock=reactor,
         )
@@ -147,6 +153,8 @@ class ClusterNode(service.Service):
             "peers": self.membership.snapshot(),
             "heartbeats": dict(self.heartbeats.counters),
             "elections_won": self.elections_won,
+            "trust": {"key_ids": list(self.config.cluster_keys.key_ids),
+                      "failures": self.trust.snapshot()},
         }
 
     # lifecycle
