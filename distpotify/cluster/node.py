@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from distpotify.cluster.ampauth import Handshake
 from distpotify.cluster.bully import (
     AmpPeers,
     BullyElection,
@@ -77,11 +78,16 @@ class ClusterNode(service.Service):
         self.membership = Membership(
             node_id=config.node_id, clock=reactor, failure_timeout=config.failure_timeout
         )
+        # Failures to prove the cluster key, by peer: heartbeats, AMP and /sync report here.
+        self.trust = AuthFailures()
+        # Every AMP connection, ours or a peer's, proves the key both ways before a command.
+        self._handshake = Handshake(config.cluster_keys, self.trust, reactor,
+                                    config.coordinator_timeout)
         # Connections to the other replicas' AMP ports, reused and reconnected.
         self.amp_pool = AmpPeers(
             node_id=config.node_id, http=config.http_url, membership=self.membership,
             clock=reactor, connect=tcp_connector(reactor, config.coordinator_timeout),
-            timeout=config.coordinator_timeout,
+            timeout=config.coordinator_timeout, handshake=self._handshake,
         )
         self.election = BullyElection(
             node_id=config.node_id, http=config.http_url, clock=reactor, network=self.amp_pool,
@@ -98,8 +104,6 @@ class ClusterNode(service.Service):
             clock=reactor, interval=config.heartbeat_interval,
             patience=config.catch_up_timeout,
         )
-        # Failures to prove the cluster key, by peer: heartbeats, AMP and /sync report here.
-        self.trust = AuthFailures()
         sealer = Sealer(config.cluster_keys, reactor)
         self.heartbeats = HeartbeatProtocol(
             cluster=config.cluster, node_id=config.node_id, http=config.http_url,
@@ -171,7 +175,7 @@ class ClusterNode(service.Service):
 
     def amp_factory(self, joins: JoinResponder) -> Factory:
         """The election's AMP server; ``joins`` answers the Join command (the leader's desk)."""
-        return bully_factory(self.election, joins)
+        return bully_factory(self.election, joins, self._handshake)
 
     def startService(self) -> None:
         super().startService()
