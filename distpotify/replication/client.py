@@ -1,7 +1,8 @@
 """The HTTP client replicas use to talk to each other: /sync/* and chunk bytes.
 
-One persistent connection pool; every request and every body read is bounded by a timeout,
-so a dead or paused peer costs a timeout, never a hang.
+One persistent connection pool; every request is signed with the cluster key (signing.py)
+and never follows a redirect, and every request and every body read is bounded by a
+timeout, so a dead or paused peer costs a timeout, never a hang.
 """
 # test-case-name: tests.integration.test_replication
 
@@ -23,7 +24,9 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
+from distpotify.keys import ClusterKeys
 from distpotify.model import Op, Row, Version
+from distpotify.signing import body_sha256, request_target, sign
 
 
 class PeerError(Exception):
@@ -63,13 +66,27 @@ def make_http_client(reactor: Any) -> HTTPClient:
 
 
 class PeerClient:
-    """Calls to another replica's HTTP API, given its base URL (``http://host:port``)."""
+    """Calls to another replica's HTTP API, given its base URL (``http://host:port``), each
+    signed with ``keys``."""
 
-    def __init__(self, http: HTTPClient, clock: IReactorTime, timeout: float = 5.0) -> None:
+    def __init__(self, http: HTTPClient, clock: IReactorTime, keys: ClusterKeys,
+                 timeout: float = 5.0) -> None:
         self._http = http
         self._clock = clock
+        self._keys = keys
         self.timeout = timeout
         self.bytes_received = 0
+
+    def _request(self, method: str, url: str, body: bytes = b"",
+                 headers: dict[bytes, bytes] | None = None) -> Deferred[_Response]:
+        """``method url``, signed. No redirect is followed: a peer cannot send our signed
+        request, or our fetch, anywhere else."""
+        signed = sign(self._keys, method.encode("ascii"), request_target(url),
+                      body_sha256(body), self._clock.seconds())
+        all_headers = Headers({name: [value] for name, value in {**(headers or {}),
+                                                                 **signed}.items()})
+        return self._http.request(method, url, data=body or None, headers=all_headers,
+                                  allow_redirects=False)
 
     async def _json(self, d: Deferred[_Response], what: str) -> Any:
         d.addTimeout(self.timeout, self._clock)
@@ -89,8 +106,7 @@ class PeerClient:
         """Send ops to a follower; its cursor (newest version it holds) after applying."""
         body = json.dumps({"source": source, "ops": [op.to_json() for op in ops]}).encode()
         answer = await self._json(
-            self._http.post(f"{base}/sync/ops", data=body,
-                            headers=Headers({b"Content-Type": [b"application/json"]})),
+            self._request("POST", f"{base}/sync/ops", body, {b"Content-Type": b"application/json"}),
             f"push to {base}",
         )
         try:
@@ -112,14 +128,15 @@ class PeerClient:
             raise PeerError(f"ops of {base}: malformed: {e}") from None
 
     async def digest(self, base: str) -> list[str]:
-        answer = await self._json(self._http.get(f"{base}/sync/digest"), f"digest of {base}")
+        answer = await self._json(self._request("GET", f"{base}/sync/digest"),
+                                  f"digest of {base}")
         buckets = answer.get("buckets") if isinstance(answer, dict) else None
         if not isinstance(buckets, list) or not all(isinstance(b, str) for b in buckets):
             raise PeerError(f"digest of {base}: malformed")
         return buckets
 
     async def bucket(self, base: str, bucket: int) -> list[tuple[str, str, str]]:
-        answer = await self._json(self._http.get(f"{base}/sync/digest/{bucket}"),
+        answer = await self._json(self._request("GET", f"{base}/sync/digest/{bucket}"),
                                   f"bucket {bucket} of {base}")
         rows = answer.get("rows") if isinstance(answer, dict) else None
         if not isinstance(rows, list) or not all(
@@ -131,7 +148,8 @@ class PeerClient:
 
     async def rows(self, base: str, keys: Iterable[tuple[str, str]]) -> list[Row]:
         query = "&".join(f"key={quote(f'{entity}:{key}', safe='')}" for entity, key in keys)
-        answer = await self._json(self._http.get(f"{base}/sync/rows?{query}"), f"rows of {base}")
+        answer = await self._json(self._request("GET", f"{base}/sync/rows?{query}"),
+                                  f"rows of {base}")
         try:
             return [row_from_json(value) for value in answer["rows"]]
         except (KeyError, TypeError, ValueError) as e:
@@ -139,7 +157,7 @@ class PeerClient:
 
     async def snapshot(self, base: str, path: str, dest: Path) -> Version:
         """Stream the peer's snapshot to ``dest``; the version it contains."""
-        d = self._http.get(f"{base}{path}")
+        d = self._request("GET", f"{base}{path}")
         d.addTimeout(self.timeout, self._clock)
         response = await d
         tag = response.headers.getRawHeaders(b"x-snapshot-version", [b""])[0].decode()
@@ -160,8 +178,8 @@ class PeerClient:
         """Tell the leader this replica holds everything (POST /sync/done)."""
         body = json.dumps({"node_id": node_id, "head": head.encode(), "missing": missing})
         await self._json(
-            self._http.post(f"{base}/sync/done", data=body.encode(),
-                            headers=Headers({b"Content-Type": [b"application/json"]})),
+            self._request("POST", f"{base}/sync/done", body.encode(),
+                          {b"Content-Type": b"application/json"}),
             f"join done at {base}",
         )
 
@@ -171,9 +189,9 @@ class PeerClient:
     ) -> None:
         """Stream bytes ``start..end`` (inclusive) of a song to ``write``; PeerError unless the
         peer sends exactly that range of the song whose ETag is ``song_sha256``."""
-        headers: dict[str | bytes, str | bytes] = {
-            "Range": f"bytes={start}-{end}", "If-Range": f'"{song_sha256}"'}
-        d = self._http.get(f"{base}/songs/{song_id}/stream", headers=headers)
+        headers = {b"Range": f"bytes={start}-{end}".encode(),
+                   b"If-Range": f'"{song_sha256}"'.encode()}
+        d = self._request("GET", f"{base}/songs/{song_id}/stream", headers=headers)
         d.addTimeout(self.timeout, self._clock)
         response = await d
         content_range = response.headers.getRawHeaders(b"content-range", [b""])[0].decode()
@@ -188,10 +206,10 @@ class PeerClient:
     ) -> None:
         """Stream chunk bytes from ``offset`` to ``write``; PeerError unless the peer sends
         exactly that part of the chunk whose ETag is ``sha256``."""
-        headers: dict[str | bytes, str | bytes] = {"If-Range": f'"{sha256}"'}
+        headers = {b"If-Range": f'"{sha256}"'.encode()}
         if offset:
-            headers["Range"] = f"bytes={offset}-"
-        d = self._http.get(f"{base}/songs/{song_id}/chunks/{idx}", headers=headers)
+            headers[b"Range"] = f"bytes={offset}-".encode()
+        d = self._request("GET", f"{base}/songs/{song_id}/chunks/{idx}", headers=headers)
         d.addTimeout(self.timeout, self._clock)
         response = await d
         etag = response.headers.getRawHeaders(b"etag", [b""])[0].decode("latin-1")

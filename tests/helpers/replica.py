@@ -23,6 +23,8 @@ import attrs
 from distpotify.cli import processes
 from distpotify.cli.keygen import key_file_text
 from distpotify.cli.processes import ReplicaCommand
+from distpotify.keys import ClusterKeys
+from distpotify.signing import body_sha256, sign
 
 # The twistd script, for tests that run it by hand (with bad options, say).
 TWISTD = Path(processes.twistd()[0])
@@ -129,6 +131,15 @@ def raw_exchange(port: int, head: bytes, body: bytes = b"") -> bytes:
         return answer
 
 
+def signed_request(port: int, key_file: Path, method: str, path: str, body: bytes = b"",
+                   headers: dict[str, str] | None = None, timeout: float = 30.0) -> Response:
+    """``request``, signed with the cluster key in KEY_FILE as a replica signs (now)."""
+    signature = sign(ClusterKeys.load(key_file), method.encode(), path.encode(),
+                     body_sha256(body), time.time())
+    signed = {**(headers or {}), **{k.decode(): v.decode() for k, v in signature.items()}}
+    return request(port, method, path, body or None, signed, timeout)
+
+
 def send_json(port: int, method: str, path: str, value: Any) -> Response:
     return request(port, method, path, json.dumps(value).encode(),
                    {"Content-Type": "application/json"})
@@ -212,6 +223,12 @@ class ReplicaProcess:
 
     def post(self, path: str, body: bytes, content_type: str) -> Response:
         return request(self.http_port, "POST", path, body, {"Content-Type": content_type})
+
+    def signed(self, method: str, path: str, body: bytes = b"",
+               headers: dict[str, str] | None = None) -> Response:
+        """A request signed with this replica's cluster key, as another replica sends it."""
+        assert self.key_file is not None
+        return signed_request(self.http_port, self.key_file, method, path, body, headers)
 
     def signal(self, sig: int) -> None:
         assert self.process is not None

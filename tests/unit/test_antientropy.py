@@ -52,9 +52,9 @@ def playlists(n: int, version: int, name: str) -> list[Op]:
 
 def anti_entropy(into: InMemoryReplica, stub: StubTreq) -> AntiEntropy:
     return AntiEntropy(
-        store=into.library.store, client=PeerClient(stub, into.clock), receiver=into.receiver,
-        guard=into.guard, chunks=into.chunks, blocking=run_now, peers=lambda: ["http://peer"],
-        clock=into.clock, interval=10, rng=random.Random(1),
+        store=into.library.store, client=PeerClient(stub, into.clock, into.keys),
+        receiver=into.receiver, guard=into.guard, chunks=into.chunks, blocking=run_now,
+        peers=lambda: ["http://peer"], clock=into.clock, interval=10, rng=random.Random(1),
     )
 
 

@@ -40,10 +40,12 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("store", ["distpotify.store.*"]),
     # Records and small leaves that import no other layer: the data model and errors, the
     # frozen configuration, the Protocol a library's leader check satisfies, audio probing,
-    # /metrics rendering, the detach helper, and the package itself (its version).
+    # /metrics rendering, the detach helper, signed replica-to-replica requests (made by
+    # replication's client, checked by the api), and the package itself (its version).
     ("model", [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
-        "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify",
+        "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.signing",
+        "distpotify",
     ]),
     ("shared", SHARED),
 ]
