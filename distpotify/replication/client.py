@@ -28,6 +28,13 @@ from distpotify.keys import ClusterKeys
 from distpotify.model import Op, Row, Version
 from distpotify.signing import body_sha256, request_target, sign
 
+# The largest push batch a follower takes. Its JSON is parsed on the reactor thread, and in
+# CPython a worker thread would not help (the C parser holds the GIL throughout): 1 MiB parses
+# in about 25 ms of CPU at most, far inside a heartbeat's failure timeout, so a batch cannot
+# stall heartbeats or requests (it could at 32 MiB, about a second). The leader cuts its
+# batches to fit (push.py).
+MAX_BATCH_BYTES = 1024 * 1024
+
 
 class PeerError(Exception):
     """A peer answered something we cannot use: wrong status, garbage, wrong bytes."""
@@ -39,6 +46,12 @@ def op_from_json(value: Any) -> Op:
         raise ValueError("an op is an object with version, entity, key and fields")
     return Op(Version.decode(value["version"]), str(value["entity"]), str(value["key"]),
               value["fields"])
+
+
+def batch_body(source: str, ops: Sequence[Op]) -> bytes:
+    """A push batch as sent: compact JSON, so push.fit_batch can count its bytes exactly."""
+    return json.dumps({"source": source, "ops": [op.to_json() for op in ops]},
+                      separators=(",", ":")).encode()
 
 
 def row_to_json(row: Row) -> dict[str, Any]:
@@ -104,7 +117,7 @@ class PeerClient:
 
     async def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Version:
         """Send ops to a follower; its cursor (newest version it holds) after applying."""
-        body = json.dumps({"source": source, "ops": [op.to_json() for op in ops]}).encode()
+        body = batch_body(source, ops)
         answer = await self._json(
             self._request("POST", f"{base}/sync/ops", body, {b"Content-Type": b"application/json"}),
             f"push to {base}",

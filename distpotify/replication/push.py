@@ -9,7 +9,8 @@ soon as the follower's heartbeat returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,8 +18,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
-from distpotify.model import ZERO, Version
-from distpotify.replication.client import PeerClient
+from distpotify.model import ZERO, Op, Version
+from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body
 from distpotify.store.metadata import MetadataDB, MetadataStore
 from distpotify.wire import ACTIVE
 
@@ -30,6 +31,17 @@ MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 
 def cursor_key(node_id: int) -> str:
     return f"cursor:{node_id}"
+
+
+def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES) -> list[Op]:
+    """The longest run of ``ops`` from the first whose batch is at most ``limit`` bytes, and
+    at least the first op (one op larger than that alone is sent alone, and refused)."""
+    size = len(batch_body(source, []))
+    for n, op in enumerate(ops):
+        size += len(json.dumps(op.to_json(), separators=(",", ":"))) + (1 if n else 0)
+        if size > limit and n:
+            return list(ops[:n])
+    return list(ops)
 
 
 def pushable(peer: Peer) -> bool:
@@ -80,7 +92,8 @@ class FollowerLink:
                     return
                 if self.cursor is None:
                     self.cursor = await pusher.starting_cursor(peer)
-                ops = await pusher.store.run(MetadataDB.ops_after, self.cursor, BATCH)
+                ops = fit_batch(await pusher.store.run(MetadataDB.ops_after, self.cursor, BATCH),
+                                pusher.source)
                 if not ops:
                     self.pending_since = None
                     if not self._again:

@@ -9,7 +9,7 @@ from pathlib import Path
 from twisted.internet.defer import CancelledError, Deferred
 
 from distpotify.replication.client import PeerError
-from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, sources_for
 from distpotify.store.chunks import ChunkStore
 from tests.helpers.api import result_of, run_now
 
@@ -99,3 +99,16 @@ def test_a_cancelled_caller_leaves_the_download_in_flight_for_the_next(tmp_path:
 
     assert len(peer.calls) == 1  # one download, joined by the retry
     assert result_of(retry) is True and chunks.read(SONG, 0) == DATA
+
+
+def test_the_sender_of_a_batch_is_asked_first_when_it_is_a_known_peer() -> None:
+    peers = ["http://a:8000", "http://leader:8000", "http://b:8000"]
+    assert sources_for("http://leader:8000", lambda: peers) == [
+        "http://leader:8000", "http://a:8000", "http://b:8000"]
+
+
+def test_a_source_that_is_no_known_peer_is_never_fetched_from() -> None:
+    peers = ["http://a:8000", "http://b:8000"]
+    assert sources_for("http://169.254.169.254/latest", lambda: peers) == peers
+    assert sources_for(None, lambda: peers) == peers
+    assert sources_for("http://evil:1", lambda: []) == []
