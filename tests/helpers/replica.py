@@ -8,6 +8,7 @@ shared with every other place that runs replicas.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -259,10 +260,14 @@ class Cluster:
         self.root = root
         self.name = f"test-{os.getpid()}-{free_port()}"
         self.heartbeat_port = free_udp_port()
-        self.key_file = make_key_file(root / f"{self.name}.key")
         self.extra = extra
         self._started = started
         self.nodes: dict[int, ReplicaProcess] = {}
+
+    @functools.cached_property
+    def key_file(self) -> Path:
+        # Made when first needed: a Cluster built only to read statuses leaves no file.
+        return make_key_file(self.root / f"{self.name}.key")
 
     def add(self, node_id: int, *extra: str, start: bool = True, key_file: Path | None = None
             ) -> ReplicaProcess:
