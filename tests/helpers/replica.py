@@ -150,8 +150,9 @@ class ReplicaProcess:
     """One ``twistd -n distpotify`` process with its own data dir and log file.
 
     Its cluster key is ``key_file``; by default the file of its cluster name under ROOT, made
-    on first use, so replicas of one cluster name under one root share a key. Set
-    ``key_file`` to None to start it without the option (a tree from before the key).
+    on first use, so replicas of one cluster name under one root share a key. Setting the
+    attribute to None before ``start`` leaves the option out (bench/keyless.py runs a tree
+    from before the key so).
     """
 
     def __init__(
