@@ -142,8 +142,10 @@ def main() -> None:
                 for node_id in (1, 2, 3):
                     node = cluster.add(node_id, start=False)
                     (keyless.run_from(node, tree) if tree else node).start(wait=False)
-                lag[variant] = [measure_lag(cluster, rate, args.seconds, rate * 100_000)
-                                for rate in (20, 100)]
+                lag[variant] = []
+                for rate in (20, 100):
+                    lag[variant].append(measure_lag(cluster, rate, args.seconds, rate * 100_000))
+                    print(f"{variant}: {lag[variant][-1]}", flush=True)
                 for node in started:
                     node.kill()
             results["lag"] = lag
