@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from treq.client import HTTPClient
 from treq.response import _Response
@@ -130,11 +130,9 @@ class PeerClient:
     async def ops_after(self, base: str, after: Version, limit: int) -> tuple[list[Op], Version]:
         """The ops the peer applied after ``after`` (at most ``limit``, oldest first), and
         its head; PeerError when the answer is not that."""
-        answer = await self._json(
-            self._http.get(f"{base}/sync/ops", params={"after": after.encode(),
-                                                       "limit": str(limit)}),
-            f"ops of {base}",
-        )
+        query = urlencode({"after": after.encode(), "limit": str(limit)})
+        answer = await self._json(self._request("GET", f"{base}/sync/ops?{query}"),
+                                  f"ops of {base}")
         try:
             return [op_from_json(value) for value in answer["ops"]], Version.decode(answer["head"])
         except (KeyError, TypeError, ValueError) as e:
