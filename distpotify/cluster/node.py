@@ -38,8 +38,8 @@ from distpotify.cluster.heartbeat import (
     listen_unicast,
 )
 from distpotify.cluster.membership import Membership
-from distpotify.cluster.takeback import TakeBack
 from distpotify.cluster.seal import ReplayGuard, Sealer
+from distpotify.cluster.takeback import TakeBack
 from distpotify.cluster.trust import AuthFailures
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
