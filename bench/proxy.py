@@ -75,6 +75,7 @@ from common import (
     wait_until,
 )
 
+from distpotify.cli.cluster import ensure_key_file
 from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
 
 RATIO_TARGET = 0.70
@@ -160,12 +161,15 @@ class Cluster:
         self.relay_port = free_port()
         self.unguarded_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
+        self.key_file = work / "cluster.key"
+        ensure_key_file(self.key_file)
 
     def replica_argv(self, node: int, cluster: str | None = None) -> list[str]:
         return ReplicaCommand(
             node_id=node, data_dir=self.work / f"node{node}", host=HOST, advertise_host=HOST,
             http_port=self.http[node], amp_port=self.amp[node], cluster=cluster or self.name,
             multicast_port=self.heartbeat_port, multicast_interface=HOST, multicast_ttl=0,
+            cluster_key_file=self.key_file,
             extra=["--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G"],
         ).argv()
 

@@ -67,6 +67,7 @@ from common import (
     wait_until,
 )
 
+from distpotify.cli.cluster import ensure_key_file
 from distpotify.cli.processes import ChildError, ReplicaCommand, Supervisor, twistd_command
 
 TARGET = 0.80
@@ -207,9 +208,11 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
     chunk_size = args.chunk_kib * KIB
     data_dir = work / "node1"
     http_port, amp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    ensure_key_file(work / "cluster.key")
     replica_argv = ReplicaCommand(
         node_id=1, data_dir=data_dir, host=HOST, advertise_host=HOST, http_port=http_port,
         amp_port=amp_port, cluster=f"bench-{os.getpid()}", multicast_port=udp_port,
+        cluster_key_file=work / "cluster.key",
         extra=["--chunk-size", f"{args.chunk_kib}K", "--max-upload", "1G"],
     ).argv()
     say(f"starting replica on {HOST}:{http_port} (data dir {data_dir})")

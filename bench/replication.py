@@ -2,14 +2,16 @@
 
 1. Lag: three replicas; small songs uploaded to the leader at 20 and 100 writes/s (bounded
    runs); for each, the time from the leader's 201 to the song being served by both followers.
-   Target: p99 under 100 ms at 20 writes/s.
+   Target: p99 under 100 ms at 20 writes/s. With --without-keys TREE (a checkout from
+   before cluster keys, see bench/keyless.py) the same runs are made on that code too, and
+   the p99s compared.
 2. Repair: two replicas share a library of 20,000 song rows (written into their databases
    while stopped); node 1 holds 10 newer rows, which node 2 (the leader, so nothing is
    pushed to it) lacks; started with a 1 s anti-entropy interval, node 2's first round
    pulls the difference. Reports the round's time and bytes next to the
    size of a full copy of the rows. Target: under 1 s.
 
-    .venv/bin/python bench/replication.py [--seconds 10]
+    .venv/bin/python bench/replication.py [--seconds 10] [--without-keys /tmp/dp-keyless]
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import keyless
+
 from distpotify.model import Op, Version
 from distpotify.store.metadata import MetadataDB
-from tests.helpers.replica import Cluster, ReplicaProcess, request, wait_until
+from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, request, wait_until
 
 LIBRARY = 20_000
 
@@ -52,7 +56,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_lag(cluster: Cluster, rate: int, seconds: float, offset: int) -> dict[str, float]:
-    leader_id = wait_until(cluster.agreed_leader, timeout=15)["node_id"]
+    leader_id = wait_until(cluster.agreed_leader, timeout=4 * STARTUP, what="agreement")["node_id"]
     leader = cluster.nodes[leader_id]
     followers = [n for n in cluster.nodes.values() if n is not leader]
     lags: list[float] = []
@@ -114,7 +118,7 @@ def measure_repair(root: Path, started: list[ReplicaProcess]) -> dict[str, float
         last = status and status["replication"]["anti_entropy"]["last"]
         return last if last and last["rows_pulled"] else None
 
-    last = wait_until(repaired, timeout=30, what="the first anti-entropy round")
+    last = wait_until(repaired, timeout=STARTUP, what="the first anti-entropy round")
     full = len(json.dumps([op.to_json() for op in shared]).encode())
     return {"rows": LIBRARY, "divergent": 10, "rows_pulled": last["rows_pulled"],
             "round_seconds": last["seconds"], "bytes_received": last["bytes_received"],
@@ -125,27 +129,43 @@ def measure_repair(root: Path, started: list[ReplicaProcess]) -> dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--without-keys", type=Path, metavar="TREE",
+                        help="also measure the lag on a checkout from before cluster keys")
     args = parser.parse_args()
     results: dict[str, object] = {}
+    lag: dict[str, list[dict[str, float]]] = {}
     started: list[ReplicaProcess] = []
     try:
         with tempfile.TemporaryDirectory(prefix="dp-repl-") as tmp:
-            cluster = Cluster(Path(tmp) / "lag", started)
-            for node_id in (1, 2, 3):
-                cluster.add(node_id)
-            results["lag"] = [measure_lag(cluster, rate, args.seconds, rate * 100_000)
-                              for rate in (20, 100)]
-            for node in started:
-                node.kill()
+            for variant, tree in keyless.variants(args.without_keys):
+                cluster = Cluster(Path(tmp) / f"lag-{tree is None}", started)
+                for node_id in (1, 2, 3):
+                    node = cluster.add(node_id, start=False)
+                    (keyless.run_from(node, tree) if tree else node).start(wait=False)
+                lag[variant] = []
+                for rate in (20, 100):
+                    lag[variant].append(measure_lag(cluster, rate, args.seconds, rate * 100_000))
+                    print(f"{variant}: {lag[variant][-1]}", flush=True)
+                for node in started:
+                    node.kill()
+            results["lag"] = lag
             results["repair"] = measure_repair(Path(tmp) / "repair", started)
     finally:
         for node in started:
             node.kill()
-    print("\nreplication lag: leader's 201 -> served by both followers (target p99 < 100 ms @20/s)")
-    print(f"{'rate':>6} {'achieved':>9} {'writes':>7} {'median':>9} {'p99':>9} {'max':>9}")
-    for row in results["lag"]:  # type: ignore[attr-defined]
-        print(f"{row['target_rate']:>5}/s {row['achieved_rate']:>8}/s {row['writes']:>7}"
-              f" {row['median_ms']:>7}ms {row['p99_ms']:>7}ms {row['max_ms']:>7}ms")
+    print("\nreplication lag: leader's 201 -> served by both followers (target with keys:"
+          " p99 < 100 ms @20/s)")
+    print(f"{'':8} {'rate':>6} {'achieved':>9} {'writes':>7} {'median':>9} {'p99':>9} {'max':>9}")
+    for variant, rows in lag.items():
+        for row in rows:
+            print(f"{variant:8} {row['target_rate']:>5}/s {row['achieved_rate']:>8}/s"
+                  f" {row['writes']:>7} {row['median_ms']:>7}ms {row['p99_ms']:>7}ms"
+                  f" {row['max_ms']:>7}ms")
+    if keyless.WITHOUT_KEYS in lag:
+        for row, reference in zip(lag[keyless.WITH_KEYS], lag[keyless.WITHOUT_KEYS],
+                                  strict=True):
+            print(f"{row['target_rate']}/s: p99 with keys / without ="
+                  f" {row['p99_ms'] / max(reference['p99_ms'], 0.1):.2f}")
     repair = results["repair"]
     print(f"\nanti-entropy: {repair['divergent']} divergent rows among {repair['rows']:,}"  # type: ignore[index]
           f" repaired in {repair['round_seconds']} s, {repair['bytes_received']:,} bytes"  # type: ignore[index]

@@ -14,6 +14,7 @@ import attrs
 
 from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import DEFAULT_TIMEOUTS, Timeouts
+from distpotify.keys import ClusterKeys
 from distpotify.options import ConfigError, check_positive
 
 KIB = 1024
@@ -103,6 +104,9 @@ class ReplicaConfig:
     oplog_retention: OplogRetention = OplogRetention("age", 2 * 86400.0)
     # Test-only (DISTPOTIFY_FAILPOINTS), never an option: see failpoints.py.
     failpoints: Failpoints = attrs.field(factory=Failpoints)
+    # Read from --cluster-key-file, which twistd requires. The default, a fresh random key,
+    # proves nothing to anyone: a replica built without a key file trusts nobody.
+    cluster_keys: ClusterKeys = attrs.field(factory=ClusterKeys.generate)
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

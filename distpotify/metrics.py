@@ -94,6 +94,10 @@ class ReplicaMetrics:
                      " followers (replicated), or degraded: not confirmed within"
                      " --sync-timeout (timeout), too few followers up (alone)",
                      replication["semi_sync"][outcome], outcome=outcome)
+        for peer, kinds in status["trust"]["failures"].items():
+            for kind, count in kinds.items():
+                self.set("distpotify_auth_failures", "Messages that did not prove the cluster"
+                         " key, by peer address and kind", count, peer=peer, kind=kind)
         for follower, link in ((replication.get("push") or {}).get("followers") or {}).items():
             self.set("distpotify_replication_lag_seconds", "How long the oldest unacknowledged"
                      " op has waited, per follower", link["lag_seconds"], follower=follower)

@@ -31,6 +31,7 @@ from distpotify import __version__
 from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
+from distpotify.api.trusted import ClusterOnly
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
 from distpotify.leadership import Leadership
@@ -39,6 +40,7 @@ from distpotify.metrics import ReplicaMetrics
 from distpotify.model import Version
 from distpotify.replication.client import PeerClient, make_http_client
 from distpotify.replication.node import ReplicationNode
+from distpotify.signing import RequestVerifier
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
@@ -256,9 +258,11 @@ def build_replica(
     temps, orphans = chunks.clean(db.live_chunk_names())
     log.info(
         "replica {node_id} starting: distpotify {version}, data dir {data_dir},"
-        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files",
+        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files,"
+        " cluster key {key_ids}",
         node_id=config.node_id, version=__version__, data_dir=str(config.data_dir),
         epoch=epoch, head=db.head().encode(), temps=temps, orphans=orphans,
+        key_ids=" + ".join(config.cluster_keys.key_ids),
     )
 
     database = DatabaseThread(db, reactor)
@@ -268,7 +272,8 @@ def build_replica(
     leadership = leadership or cluster
     replication = ReplicationNode(
         config, reactor, store, chunks, cluster, leadership,
-        PeerClient(http_client or make_http_client(reactor), reactor), blocking,
+        PeerClient(http_client or make_http_client(reactor), reactor, config.cluster_keys),
+        blocking,
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,
                       on_written=replication.written, writable=replication.writable,
@@ -281,7 +286,10 @@ def build_replica(
                     blocking, metrics)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
                    snapshots=replication.snapshots, resync=replication.resync_requested)
-    resource = ReplicaRoot(config.node_id, api, sync.app.resource(),
+    # /sync/* answers signed requests only: the other replicas (api/trusted.py).
+    signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
+                              cluster.trust, blocking)
+    resource = ReplicaRoot(config.node_id, api, signed_only,
                            serving=lambda: cluster.state == ACTIVE)
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,

@@ -10,13 +10,30 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
 from distpotify.config import ConfigError, OplogRetention, ReplicaConfig, parse_peers
 from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import TIMEOUT_OPTIONS
-from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
+from distpotify.keys import KEYGEN, ClusterKeys, KeyFileError
+from distpotify.options import EnvOptions, OptionList, env_name, env_parameters, parse_size
+
+
+def load_keys(path: str) -> ClusterKeys:
+    """The --cluster-key-file option: its keys, or the one line saying what is wrong."""
+    try:
+        return ClusterKeys.load(Path(path))
+    except KeyFileError as e:
+        raise ConfigError(str(e)) from None
+
+
+NO_KEY = (
+    f"--cluster-key-file is required (or {env_name('cluster-key-file')}): replicas prove to"
+    f" each other that they hold the cluster key; make one with `{KEYGEN} > cluster.key` and"
+    " give every replica the same file"
+)
 
 # (option, default, help, converter to the ReplicaConfig field)
 OPTIONS: OptionList = [
@@ -53,6 +70,8 @@ OPTIONS: OptionList = [
     *TIMEOUT_OPTIONS,
     ("oplog-retention", "2d", "oplog kept for followers catching up by cursor: newest N ops"
      " (100000ops), an age (36h, 2d) or bytes (512MiB)", OplogRetention.parse),
+    ("cluster-key-file", None, f"file holding the cluster key, the same on every replica"
+     f" (required; `{KEYGEN} > cluster.key` makes one)", load_keys),
 ]
 
 
@@ -74,11 +93,16 @@ class Options(EnvOptions):
     def postOptions(self) -> None:
         values = self.converted()
         values.setdefault("data_dir", Path("data") / f"node{values['node_id']}")
+        keys = values.pop("cluster_key_file", None)
         try:
             values["failpoints"] = Failpoints.from_environ(self._environ)
-            self.config = ReplicaConfig(**values)
+            config = ReplicaConfig(**values)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        # Checked last, so a bad value of another option is named first.
+        if keys is None:
+            raise usage.UsageError(NO_KEY)
+        self.config = attrs.evolve(config, cluster_keys=keys)
 
 
 def makeService(options: Options) -> IService:

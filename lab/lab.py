@@ -3,8 +3,9 @@
 A ``Lab`` builds a namespace per replica (``n1``, ``n2``, ...; ``px`` for the proxy) on the
 private 10.77.0.0/24 of ``network.py`` (node N is 10.77.0.N, the proxy 10.77.0.200), starts
 ``twistd distpotify`` in each with the same ports as in containers (HTTP 8000, AMP 9000,
-heartbeats 7946, TTL 1), and removes everything it made when closed, even after a failure or
-a signal; ``clean_stale_labs`` (run by every new lab) removes what a SIGKILLed run left.
+heartbeats 7946, TTL 1) and one cluster key (``cluster.key`` in its dir), and removes
+everything it made when closed, even after a failure or a signal; ``clean_stale_labs`` (run
+by every new lab) removes what a SIGKILLed run left.
 The root namespace gets no interface, address or route: a client reaches a replica from
 inside some host's namespace (``Lab.client``; by hand ``ip netns exec <namespace> curl
 http://10.77.0.2:8000/status``). Faults are in ``nemesis.py``, scenarios in ``scenarios.py``,
@@ -31,6 +32,7 @@ from typing import Any
 import attrs
 
 from distpotify.cli import processes
+from distpotify.cli.cluster import ensure_key_file
 from distpotify.cli.processes import ProxyCommand, ReplicaCommand
 from lab.client import LabClient
 from lab.netns import LabError, list_netns, netns_exec
@@ -161,6 +163,7 @@ class Lab:
                            if p not in taken)
         self.dir = self.base_dir / f"{self.prefix}-{os.getpid()}"
         self.dir.mkdir(parents=True)
+        ensure_key_file(self.key_file)
         atexit.register(self.close)
         try:
             self.network = LabNetwork(self.prefix, self.dir, shaper=self.shaper)
@@ -210,12 +213,17 @@ class Lab:
 
     # -- replicas -------------------------------------------------------------------------
 
+    @property
+    def key_file(self) -> Path:
+        """The cluster key every replica of the lab holds."""
+        return self.dir / "cluster.key"
+
     def replica_command(self, replica: Replica) -> list[str]:
         command = ReplicaCommand(
             node_id=replica.node_id, data_dir=replica.data_dir, host="0.0.0.0",
             advertise_host=replica.host.address, http_port=HTTP_PORT, amp_port=AMP_PORT,
             cluster=self.prefix, multicast_interface=replica.host.address, multicast_ttl=1,
-            extra=self.replica_args,
+            cluster_key_file=self.key_file, extra=self.replica_args,
         )
         if self.replica_kind == "standin":
             return [sys.executable, "-m", "lab.standin", *command.options()]

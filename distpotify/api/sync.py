@@ -3,8 +3,9 @@ out for a new leader's catch-up, digests and rows out for anti-entropy, snapshot
 end of a join, and the leader's word to a follower that it must take a new snapshot.
 
 Same shape as public.py: a Klein app on a class, typed path segments (parsing.py), failures
-answered by failures.py. A batch that is malformed anywhere is refused whole (400) and nothing
-of it is applied.
+answered by failures.py. Only signed requests reach it (trusted.py). A batch that is malformed
+anywhere is refused whole (400), one larger than MAX_BATCH_BYTES too (413), and nothing of it
+is applied.
 """
 # test-case-name: tests.unit.test_receive, tests.unit.test_bootstrap
 
@@ -23,13 +24,12 @@ from distpotify.api.ranges import Representation, Span, serve
 from distpotify.errors import BadRequest, Conflict, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk
-from distpotify.replication.client import op_from_json, row_to_json
+from distpotify.replication.client import MAX_BATCH_BYTES, op_from_json, row_to_json
 from distpotify.replication.receive import Receiver, validate_op
 from distpotify.replication.snapshots import SnapshotBuilds
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, json_response
 
-MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_KEYS = 1000
 MAX_OPS = 1000  # ops per GET /sync/ops answer
 # How long a snapshot request waits for a build before 503 (the joiner asks again, and waits

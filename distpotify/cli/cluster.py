@@ -2,7 +2,8 @@
 
 Replicas 1-3 on 127.0.0.1 (HTTP 8001-8003, AMP 9001-9003, heartbeats on interface 127.0.0.1
 with TTL 0, so nothing leaves the machine), data and logs under ./data/, the proxy on 8080.
-It prints where to go, offers demo tracks (made here, never downloaded) while the library is
+The replicas share the cluster key ./data/cluster.key, made (owner-only) on first use. It
+prints where to go, offers demo tracks (made here, never downloaded) while the library is
 empty, and stops every process it started on Ctrl-C.
 """
 # test-case-name: tests.unit.test_cli_cluster, tests.integration.test_cli_cluster
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import sys
@@ -25,6 +27,7 @@ from typing import Any
 import attrs
 
 from distpotify.cli.demo import DEMOS, demo_file
+from distpotify.cli.keygen import key_file_text
 from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
 
 HOST = "127.0.0.1"
@@ -42,6 +45,10 @@ class Layout:
     cluster: str = "distpotify"
     multicast_port: int = 7946
 
+    @property
+    def key_file(self) -> Path:
+        return self.data / "cluster.key"
+
     def replica_log(self, index: int) -> Path:
         return self.data / f"node{index + 1}.log"
 
@@ -52,6 +59,7 @@ class Layout:
             advertise_host=HOST, http_port=self.http_ports[index],
             amp_port=self.amp_ports[index], cluster=self.cluster,
             multicast_port=self.multicast_port, multicast_interface=HOST, multicast_ttl=0,
+            cluster_key_file=self.key_file,
         ).argv(logfile=self.replica_log(index))
 
     def proxy_log(self) -> Path:
@@ -61,6 +69,18 @@ class Layout:
         backends = [f"{HOST}:{port}" for port in self.http_ports]
         return ProxyCommand(backends=backends, host=HOST, port=self.proxy_port).argv(
             logfile=self.proxy_log())
+
+
+def ensure_key_file(path: Path) -> bool:
+    """Make a new cluster key file at PATH, readable by its owner only, unless there is one;
+    whether it was made."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(key_file_text())
+    return True
 
 
 def add_demos(port: int, say: Any = print) -> int:
@@ -173,6 +193,8 @@ def run(layout: Layout, demo: bool | None) -> int:
               " use (another cluster running?)", file=sys.stderr)
         return 1
     layout.data.mkdir(parents=True, exist_ok=True)
+    if ensure_key_file(layout.key_file):
+        print(f"made the cluster key {layout.key_file} (every replica of this cluster uses it)")
     supervisor = Supervisor()
 
     def on_signal(signum: int, frame: object) -> None:

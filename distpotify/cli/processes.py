@@ -87,6 +87,7 @@ class ReplicaCommand:
     multicast_port: int | None = None
     multicast_interface: str | None = None
     multicast_ttl: int | None = None
+    cluster_key_file: Path | None = None
     extra: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
     def options(self) -> list[str]:

@@ -1,7 +1,8 @@
 """Bully election with epochs (docs/architecture.md 5.1): the state machine and its AMP adapter.
 
 BullyElection decides and never touches the network; AmpPeers and BullyProtocol carry its
-messages, and follow_membership turns peer-table events into its inputs.
+messages over connections that prove the cluster key first (ampauth.py), and
+follow_membership turns peer-table events into its inputs.
 """
 # test-case-name: tests.unit.test_bully
 
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from distpotify.cluster.ampauth import Handshake, ProvingAMP, Unproven
 from distpotify.cluster.heartbeat import split_address
 from distpotify.cluster.membership import Membership, PeerEvent
 from distpotify.wire import CANDIDATE, FOLLOWER, LEADER
@@ -31,6 +33,8 @@ class Election(amp.Command):
 
     arguments = [(b"node_id", amp.Integer()), (b"epoch", amp.Integer())]
     response = [(b"alive", amp.Boolean())]
+    # Each command's answer on a connection that has not proved the cluster key (ampauth.py).
+    fatalErrors = {Unproven: b"UNPROVEN"}
 
 
 class Coordinator(amp.Command):
@@ -41,6 +45,7 @@ class Coordinator(amp.Command):
         (b"epoch", amp.Integer()),
         (b"http", amp.Unicode()),
     ]
+    fatalErrors = {Unproven: b"UNPROVEN"}
 
 
 class NotLeaderError(Exception):
@@ -62,6 +67,7 @@ class Join(amp.Command):
         (b"snapshot_path", amp.Unicode()),
     ]
     errors = {NotLeaderError: b"NOT_LEADER"}
+    fatalErrors = {Unproven: b"UNPROVEN"}
 
 
 @attrs.frozen
@@ -527,12 +533,13 @@ class JoinResponder(Protocol):
     def join_requested(self, node_id: int, http: str, amp: str, head: str) -> dict[str, Any]: ...
 
 
-class BullyProtocol(amp.AMP):
-    """The AMP port's server side: hands Election and Coordinator to the election, Join to
-    the leader's join desk."""
+class BullyProtocol(ProvingAMP):
+    """The AMP port's server side: once the connector has proved the cluster key, hands
+    Election and Coordinator to the election, Join to the leader's join desk."""
 
-    def __init__(self, election: ElectionResponder, joins: JoinResponder | None = None) -> None:
-        super().__init__()
+    def __init__(self, election: ElectionResponder, joins: JoinResponder | None = None, *,
+                 handshake: Handshake) -> None:
+        super().__init__(handshake)
         self._election = election
         self._joins = joins
 
@@ -552,9 +559,10 @@ class BullyProtocol(amp.AMP):
         return self._joins.join_requested(node_id, http, amp, head)
 
 
-def bully_factory(election: ElectionResponder, joins: JoinResponder | None = None) -> Factory:
+def bully_factory(election: ElectionResponder, joins: JoinResponder | None, handshake: Handshake
+                  ) -> Factory:
     """The factory to listen with on --amp-port."""
-    return Factory.forProtocol(lambda: BullyProtocol(election, joins))
+    return Factory.forProtocol(lambda: BullyProtocol(election, joins, handshake=handshake))
 
 
 class PeerConnection(amp.AMP):
@@ -586,8 +594,9 @@ def tcp_connector(reactor: Any, timeout: float) -> Connector:
 
 class AmpPeers:
     """AMP calls to peers (and the election's network): one reused connection per peer
-    address, opened on first use, forgotten when lost or when a call times out, so the
-    next call reconnects. Every call is bounded by ``timeout`` on ``clock``."""
+    address, opened on first use and proven (``handshake``) before its first call,
+    forgotten when lost or when a call times out, so the next call reconnects. Every call is
+    bounded by ``timeout`` on ``clock``."""
 
     log = Logger()
 
@@ -600,6 +609,7 @@ class AmpPeers:
         clock: IReactorTime,
         connect: Connector,
         timeout: float,
+        handshake: Handshake,
     ) -> None:
         self._node_id = node_id
         self._http = http
@@ -607,6 +617,7 @@ class AmpPeers:
         self._clock = clock
         self._connect = connect
         self._timeout = timeout
+        self._handshake = handshake
         self._connections: dict[str, PeerConnection] = {}
         self._waiters: dict[str, list[Deferred[PeerConnection]]] = {}
 
@@ -650,11 +661,24 @@ class AmpPeers:
             waiters.append(waiter)
             return waiter
         self._waiters[address] = [waiter]
-        d = maybeDeferred(lambda: self._connect(*split_address(address)))
+        host, port = split_address(address)
+        d = maybeDeferred(self._connect, host, port)
+        d.addCallback(self._prove, host)
         d.addCallbacks(
             self._connected, self._not_connected, callbackArgs=(address,), errbackArgs=(address,)
         )
         return waiter
+
+    def _prove(self, connection: PeerConnection, host: str) -> Deferred[PeerConnection]:
+        """The connection, once both sides have proved the key; closed if they cannot."""
+
+        def refused(failure: Failure) -> Failure:
+            if connection.transport is not None:
+                cast(Any, connection.transport).abortConnection()
+            return failure
+
+        d = Deferred.fromCoroutine(self._handshake.prove(connection, host))
+        return d.addCallbacks(lambda _: connection, refused)
 
     def _connected(self, connection: PeerConnection, address: str) -> None:
         connection.on_lost = lambda: self._lost(address, connection)

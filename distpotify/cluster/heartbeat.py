@@ -1,8 +1,9 @@
 """Heartbeats: the UDP datagram a replica sends each heartbeat_interval (docs/architecture.md 3.1).
 
-The codec, the receiving DatagramProtocol that drops and counts anything hostile, the
-sending loop that never dies (with the cache of unicast peers' resolved names), and
-the multicast / unicast listening helpers.
+The codec of the JSON body (sealed with the cluster key by seal.py), the receiving
+DatagramProtocol that drops and counts anything hostile or unauthentic, the sending loop that
+never dies (with the cache of unicast peers' resolved names), and the multicast / unicast
+listening helpers.
 """
 # test-case-name: tests.unit.test_heartbeat
 
@@ -30,12 +31,17 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from distpotify.cluster.seal import FRESH, OVERHEAD, STALE, Forged, NotSealed, ReplayGuard, Sealer
+from distpotify.cluster.trust import AuthFailures
 from distpotify.config import ReplicaConfig
 from distpotify.model import Version
 from distpotify.periodic import Periodic
 from distpotify.wire import ROLES, STATES
 
-MAX_DATAGRAM = 1024
+# The JSON body, and the whole sealed datagram: well under the 1472 bytes a UDP payload may
+# have on an Ethernet MTU (1452 over IPv6), so a heartbeat is never fragmented.
+MAX_BODY = 1024
+MAX_DATAGRAM = MAX_BODY + OVERHEAD
 # Version.encode() gives the leader id five digits and the epoch ten; larger values would
 # break the string order of versions, so they are not valid on the wire either.
 MAX_NODE_ID = 99_999
@@ -82,7 +88,7 @@ def format_address(host: str, port: int) -> str:
 
 
 def encode(heartbeat: Heartbeat) -> bytes:
-    """Compact JSON; MalformedHeartbeat if it would not fit in MAX_DATAGRAM bytes."""
+    """The body: compact JSON; MalformedHeartbeat if it would not fit in MAX_BODY bytes."""
     datagram = json.dumps(
         {
             "cluster": heartbeat.cluster,
@@ -96,18 +102,18 @@ def encode(heartbeat: Heartbeat) -> bytes:
         },
         separators=(",", ":"),
     ).encode("ascii")
-    if len(datagram) > MAX_DATAGRAM:
-        raise MalformedHeartbeat(f"heartbeat of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
+    if len(datagram) > MAX_BODY:
+        raise MalformedHeartbeat(f"heartbeat of {len(datagram)} bytes exceeds {MAX_BODY}")
     return datagram
 
 
 def decode(datagram: bytes) -> Heartbeat:
-    """Parse and validate one datagram; every way it can be wrong raises MalformedHeartbeat.
+    """Parse and validate one body; every way it can be wrong raises MalformedHeartbeat.
 
     Unknown keys are ignored, so a newer replica may add fields without being dropped.
     """
-    if len(datagram) > MAX_DATAGRAM:
-        raise MalformedHeartbeat(f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
+    if len(datagram) > MAX_BODY:
+        raise MalformedHeartbeat(f"body of {len(datagram)} bytes exceeds {MAX_BODY}")
     try:
         text = datagram.decode("utf-8")
     except UnicodeDecodeError:
@@ -182,11 +188,14 @@ def _choice(body: dict[str, Any], name: str, allowed: frozenset[str]) -> str:
 
 
 class HeartbeatProtocol(DatagramProtocol):
-    """Receives heartbeats: hands valid ones from other nodes to ``on_heartbeat``.
+    """Receives heartbeats: hands authentic, fresh, valid ones from other nodes to
+    ``on_heartbeat``.
 
-    Everything else is counted in ``counters`` (shown by /status) and dropped; no datagram
-    can make this raise. A datagram naming our node id from another address goes to
-    ``on_duplicate_node``: two processes share an id, which the operator must fix.
+    The seal is checked first (``sealer``), then the body is parsed, then ``guard`` refuses
+    replays. Everything else is counted in ``counters`` (shown by /status) and dropped; a
+    forged, replayed or stale one is also reported to ``failures`` under its source address.
+    No datagram can make this raise. A datagram naming our node id from another address goes
+    to ``on_duplicate_node``: two processes share an id, which the operator must fix.
     """
 
     log = Logger()
@@ -198,6 +207,9 @@ class HeartbeatProtocol(DatagramProtocol):
         node_id: int,
         http: str,
         amp: str,
+        sealer: Sealer,
+        guard: ReplayGuard,
+        failures: AuthFailures,
         on_heartbeat: Callable[[Heartbeat], object],
         on_duplicate_node: Callable[[Heartbeat, Address], object],
     ) -> None:
@@ -205,6 +217,9 @@ class HeartbeatProtocol(DatagramProtocol):
         self._node_id = node_id
         self._http = http
         self._amp = amp
+        self._sealer = sealer
+        self._guard = guard
+        self._failures = failures
         self._on_heartbeat = on_heartbeat
         self._on_duplicate_node = on_duplicate_node
         self._duplicates_logged: set[tuple[str, str]] = set()
@@ -215,6 +230,9 @@ class HeartbeatProtocol(DatagramProtocol):
                 "own",
                 "malformed",
                 "oversized",
+                "forged",
+                "replayed",
+                "stale",
                 "foreign",
                 "duplicate_node",
                 "errors",
@@ -237,15 +255,30 @@ class HeartbeatProtocol(DatagramProtocol):
             self.counters["oversized"] += 1
             return
         try:
-            heartbeat = decode(datagram)
+            envelope = self._sealer.open(datagram)
+        except NotSealed:
+            self.counters["malformed"] += 1
+            return
+        except Forged:
+            self.counters["forged"] += 1
+            self._failures.record(addr[0], "heartbeat_forged")
+            return
+        try:
+            heartbeat = decode(envelope.body)
         except MalformedHeartbeat:
             self.counters["malformed"] += 1
             return
         if heartbeat.cluster != self._cluster:
             self.counters["foreign"] += 1
         elif heartbeat.node != self._node_id:
-            self.counters["accepted"] += 1
-            self._on_heartbeat(heartbeat)
+            verdict = self._guard.check(heartbeat.node, envelope)
+            if verdict == FRESH:
+                self.counters["accepted"] += 1
+                self._on_heartbeat(heartbeat)
+            else:
+                self.counters[verdict] += 1
+                skew = f"{self._guard.skew(envelope):+.1f}s" if verdict == STALE else ""
+                self._failures.record(addr[0], f"heartbeat_{verdict}", skew)
         elif (heartbeat.http, heartbeat.amp) == (self._http, self._amp):
             # Our own datagram, looped back by multicast (or listed in --peers).
             self.counters["own"] += 1
@@ -384,7 +417,8 @@ def _no_resolver(host: str) -> Deferred[str]:
 
 
 class HeartbeatSender:
-    """Sends ``announcement()`` to every ``destinations()`` address every ``interval``.
+    """Sends ``announcement()``, sealed by ``seal``, to every ``destinations()`` address every
+    ``interval`` (one datagram, one counter, for all of them).
 
     ``beat`` catches and logs everything itself, one failure per destination when it starts
     and when it ends, not ten times a second: a replica that stops heartbeating is declared
@@ -399,6 +433,7 @@ class HeartbeatSender:
         *,
         protocol: HeartbeatProtocol,
         announcement: Callable[[], Heartbeat],
+        seal: Callable[[bytes], bytes],
         destinations: Callable[[], Iterable[Address]],
         interval: float,
         clock: IReactorTime,
@@ -406,6 +441,7 @@ class HeartbeatSender:
     ) -> None:
         self._protocol = protocol
         self._announcement = announcement
+        self._seal = seal
         self._destinations = destinations
         self._loop = Periodic(self.beat, interval, clock, name="heartbeats", first=0)
         self._failing: set[Address | None] = set()
@@ -432,7 +468,7 @@ class HeartbeatSender:
     def beat(self) -> None:
         """Send one heartbeat to every destination; never raises."""
         try:
-            datagram = encode(self._announcement())
+            datagram = self._seal(encode(self._announcement()))
             destinations = [
                 resolved for address in self._destinations()
                 if (resolved := self.addresses.resolved(address)) is not None

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from distpotify.cluster.ampauth import Handshake
 from distpotify.cluster.bully import (
     AmpPeers,
     BullyElection,
@@ -37,7 +38,9 @@ from distpotify.cluster.heartbeat import (
     listen_unicast,
 )
 from distpotify.cluster.membership import Membership
+from distpotify.cluster.seal import ReplayGuard, Sealer
 from distpotify.cluster.takeback import TakeBack
+from distpotify.cluster.trust import AuthFailures
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.model import Version
@@ -75,11 +78,16 @@ class ClusterNode(service.Service):
         self.membership = Membership(
             node_id=config.node_id, clock=reactor, failure_timeout=config.failure_timeout
         )
+        # Failures to prove the cluster key, by peer: heartbeats, AMP and /sync report here.
+        self.trust = AuthFailures()
+        # Every AMP connection, ours or a peer's, proves the key both ways before a command.
+        self._handshake = Handshake(config.cluster_keys, self.trust, reactor,
+                                    config.coordinator_timeout)
         # Connections to the other replicas' AMP ports, reused and reconnected.
         self.amp_pool = AmpPeers(
             node_id=config.node_id, http=config.http_url, membership=self.membership,
             clock=reactor, connect=tcp_connector(reactor, config.coordinator_timeout),
-            timeout=config.coordinator_timeout,
+            timeout=config.coordinator_timeout, handshake=self._handshake,
         )
         self.election = BullyElection(
             node_id=config.node_id, http=config.http_url, clock=reactor, network=self.amp_pool,
@@ -96,13 +104,15 @@ class ClusterNode(service.Service):
             clock=reactor, interval=config.heartbeat_interval,
             patience=config.catch_up_timeout,
         )
+        sealer = Sealer(config.cluster_keys, reactor)
         self.heartbeats = HeartbeatProtocol(
             cluster=config.cluster, node_id=config.node_id, http=config.http_url,
-            amp=self.amp_address, on_heartbeat=self.membership.heartbeat_received,
+            amp=self.amp_address, sealer=sealer, guard=ReplayGuard(reactor),
+            failures=self.trust, on_heartbeat=self.membership.heartbeat_received,
             on_duplicate_node=self._duplicate_node,
         )
         self._sender = HeartbeatSender(
-            protocol=self.heartbeats, announcement=self._announcement,
+            protocol=self.heartbeats, announcement=self._announcement, seal=sealer.seal,
             destinations=lambda: destinations(config), interval=config.heartbeat_interval,
             clock=reactor,
         )
@@ -147,6 +157,8 @@ class ClusterNode(service.Service):
             "peers": self.membership.snapshot(),
             "heartbeats": dict(self.heartbeats.counters),
             "elections_won": self.elections_won,
+            "trust": {"key_ids": list(self.config.cluster_keys.key_ids),
+                      "failures": self.trust.snapshot()},
         }
 
     # lifecycle
@@ -163,7 +175,7 @@ class ClusterNode(service.Service):
 
     def amp_factory(self, joins: JoinResponder) -> Factory:
         """The election's AMP server; ``joins`` answers the Join command (the leader's desk)."""
-        return bully_factory(self.election, joins)
+        return bully_factory(self.election, joins, self._handshake)
 
     def startService(self) -> None:
         super().startService()

@@ -1,7 +1,8 @@
 """The HTTP client replicas use to talk to each other: /sync/* and chunk bytes.
 
-One persistent connection pool; every request and every body read is bounded by a timeout,
-so a dead or paused peer costs a timeout, never a hang.
+One persistent connection pool; every request is signed with the cluster key (signing.py)
+and never follows a redirect, and every request and every body read is bounded by a
+timeout, so a dead or paused peer costs a timeout, never a hang.
 """
 # test-case-name: tests.integration.test_replication
 
@@ -11,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from treq.client import HTTPClient
 from treq.response import _Response
@@ -23,7 +24,16 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
+from distpotify.keys import ClusterKeys
 from distpotify.model import Op, Row, Version
+from distpotify.signing import body_sha256, request_target, sign
+
+# The largest push batch a follower takes. Its JSON is parsed on the reactor thread, and in
+# CPython a worker thread would not help (the C parser holds the GIL throughout): 1 MiB parses
+# in about 25 ms of CPU at most, far inside a heartbeat's failure timeout, so a batch cannot
+# stall heartbeats or requests (it could at 32 MiB, about a second). The leader cuts its
+# batches to fit (push.py).
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 class PeerError(Exception):
@@ -40,6 +50,12 @@ def op_from_json(value: Any) -> Op:
         raise ValueError("an op is an object with version, entity, key and fields")
     return Op(Version.decode(value["version"]), str(value["entity"]), str(value["key"]),
               value["fields"])
+
+
+def batch_body(source: str, ops: Sequence[Op]) -> bytes:
+    """A push batch as sent: compact JSON, so push.fit_batch can count its bytes exactly."""
+    return json.dumps({"source": source, "ops": [op.to_json() for op in ops]},
+                      separators=(",", ":")).encode()
 
 
 def row_to_json(row: Row) -> dict[str, Any]:
@@ -67,13 +83,27 @@ def make_http_client(reactor: Any) -> HTTPClient:
 
 
 class PeerClient:
-    """Calls to another replica's HTTP API, given its base URL (``http://host:port``)."""
+    """Calls to another replica's HTTP API, given its base URL (``http://host:port``), each
+    signed with ``keys``."""
 
-    def __init__(self, http: HTTPClient, clock: IReactorTime, timeout: float = 5.0) -> None:
+    def __init__(self, http: HTTPClient, clock: IReactorTime, keys: ClusterKeys,
+                 timeout: float = 5.0) -> None:
         self._http = http
         self._clock = clock
+        self._keys = keys
         self.timeout = timeout
         self.bytes_received = 0
+
+    def _request(self, method: str, url: str, body: bytes = b"",
+                 headers: dict[bytes, bytes] | None = None) -> Deferred[_Response]:
+        """``method url``, signed. No redirect is followed: a peer cannot send our signed
+        request, or our fetch, anywhere else."""
+        signed = sign(self._keys, method.encode("ascii"), request_target(url),
+                      body_sha256(body), self._clock.seconds())
+        all_headers = Headers({name: [value] for name, value in {**(headers or {}),
+                                                                 **signed}.items()})
+        return self._http.request(method, url, data=body or None, headers=all_headers,
+                                  allow_redirects=False)
 
     async def _json(self, d: Deferred[_Response], what: str) -> Any:
         d.addTimeout(self.timeout, self._clock)
@@ -91,10 +121,9 @@ class PeerClient:
 
     async def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Version:
         """Send ops to a follower; its cursor (newest version it holds) after applying."""
-        body = json.dumps({"source": source, "ops": [op.to_json() for op in ops]}).encode()
+        body = batch_body(source, ops)
         answer = await self._json(
-            self._http.post(f"{base}/sync/ops", data=body,
-                            headers=Headers({b"Content-Type": [b"application/json"]})),
+            self._request("POST", f"{base}/sync/ops", body, {b"Content-Type": b"application/json"}),
             f"push to {base}",
         )
         try:
@@ -105,25 +134,24 @@ class PeerClient:
     async def ops_after(self, base: str, after: Version, limit: int) -> tuple[list[Op], Version]:
         """The ops the peer applied after ``after`` (at most ``limit``, oldest first), and
         its head; PeerError when the answer is not that."""
-        answer = await self._json(
-            self._http.get(f"{base}/sync/ops", params={"after": after.encode(),
-                                                       "limit": str(limit)}),
-            f"ops of {base}",
-        )
+        query = urlencode({"after": after.encode(), "limit": str(limit)})
+        answer = await self._json(self._request("GET", f"{base}/sync/ops?{query}"),
+                                  f"ops of {base}")
         try:
             return [op_from_json(value) for value in answer["ops"]], Version.decode(answer["head"])
         except (KeyError, TypeError, ValueError) as e:
             raise PeerError(f"ops of {base}: malformed: {e}") from None
 
     async def digest(self, base: str) -> list[str]:
-        answer = await self._json(self._http.get(f"{base}/sync/digest"), f"digest of {base}")
+        answer = await self._json(self._request("GET", f"{base}/sync/digest"),
+                                  f"digest of {base}")
         buckets = answer.get("buckets") if isinstance(answer, dict) else None
         if not isinstance(buckets, list) or not all(isinstance(b, str) for b in buckets):
             raise PeerError(f"digest of {base}: malformed")
         return buckets
 
     async def bucket(self, base: str, bucket: int) -> list[tuple[str, str, str]]:
-        answer = await self._json(self._http.get(f"{base}/sync/digest/{bucket}"),
+        answer = await self._json(self._request("GET", f"{base}/sync/digest/{bucket}"),
                                   f"bucket {bucket} of {base}")
         rows = answer.get("rows") if isinstance(answer, dict) else None
         if not isinstance(rows, list) or not all(
@@ -135,7 +163,8 @@ class PeerClient:
 
     async def rows(self, base: str, keys: Iterable[tuple[str, str]]) -> list[Row]:
         query = "&".join(f"key={quote(f'{entity}:{key}', safe='')}" for entity, key in keys)
-        answer = await self._json(self._http.get(f"{base}/sync/rows?{query}"), f"rows of {base}")
+        answer = await self._json(self._request("GET", f"{base}/sync/rows?{query}"),
+                                  f"rows of {base}")
         try:
             return [row_from_json(value) for value in answer["rows"]]
         except (KeyError, TypeError, ValueError) as e:
@@ -143,7 +172,7 @@ class PeerClient:
 
     async def snapshot(self, base: str, path: str, dest: Path) -> Version:
         """Stream the peer's snapshot to ``dest``; the version it contains."""
-        d = self._http.get(f"{base}{path}")
+        d = self._request("GET", f"{base}{path}")
         d.addTimeout(self.timeout, self._clock)
         response = await d
         tag = response.headers.getRawHeaders(b"x-snapshot-version", [b""])[0].decode()
@@ -166,8 +195,8 @@ class PeerClient:
         body = json.dumps({"node_id": node_id, "head": head.encode(), "missing": missing})
         try:
             await self._json(
-                self._http.post(f"{base}/sync/done", data=body.encode(),
-                                headers=Headers({b"Content-Type": [b"application/json"]})),
+                self._request("POST", f"{base}/sync/done", body.encode(),
+                              {b"Content-Type": b"application/json"}),
                 f"join done at {base}",
             )
         except PeerError as e:
@@ -180,8 +209,8 @@ class PeerClient:
         (POST /sync/resync); the join phase it is in."""
         body = json.dumps({"source": source, "cursor": cursor.encode()})
         answer = await self._json(
-            self._http.post(f"{base}/sync/resync", data=body.encode(),
-                            headers=Headers({b"Content-Type": [b"application/json"]})),
+            self._request("POST", f"{base}/sync/resync", body.encode(),
+                          {b"Content-Type": b"application/json"}),
             f"resync of {base}",
         )
         phase = answer.get("phase") if isinstance(answer, dict) else None
@@ -195,9 +224,9 @@ class PeerClient:
     ) -> None:
         """Stream bytes ``start..end`` (inclusive) of a song to ``write``; PeerError unless the
         peer sends exactly that range of the song whose ETag is ``song_sha256``."""
-        headers: dict[str | bytes, str | bytes] = {
-            "Range": f"bytes={start}-{end}", "If-Range": f'"{song_sha256}"'}
-        d = self._http.get(f"{base}/songs/{song_id}/stream", headers=headers)
+        headers = {b"Range": f"bytes={start}-{end}".encode(),
+                   b"If-Range": f'"{song_sha256}"'.encode()}
+        d = self._request("GET", f"{base}/songs/{song_id}/stream", headers=headers)
         d.addTimeout(self.timeout, self._clock)
         response = await d
         content_range = response.headers.getRawHeaders(b"content-range", [b""])[0].decode()
@@ -212,10 +241,10 @@ class PeerClient:
     ) -> None:
         """Stream chunk bytes from ``offset`` to ``write``; PeerError unless the peer sends
         exactly that part of the chunk whose ETag is ``sha256``."""
-        headers: dict[str | bytes, str | bytes] = {"If-Range": f'"{sha256}"'}
+        headers = {b"If-Range": f'"{sha256}"'.encode()}
         if offset:
-            headers["Range"] = f"bytes={offset}-"
-        d = self._http.get(f"{base}/songs/{song_id}/chunks/{idx}", headers=headers)
+            headers[b"Range"] = f"bytes={offset}-".encode()
+        d = self._request("GET", f"{base}/songs/{song_id}/chunks/{idx}", headers=headers)
         d.addTimeout(self.timeout, self._clock)
         response = await d
         etag = response.headers.getRawHeaders(b"etag", [b""])[0].decode("latin-1")

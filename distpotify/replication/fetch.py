@@ -281,7 +281,11 @@ async def _follow(download: Deferred[bool]) -> None:
 
 
 def sources_for(first: str | None, others: Callable[[], Sequence[str]]) -> list[str]:
-    """``first`` (the sender of the ops), then every other live replica."""
-    rest = [base for base in others() if base != first]
-    return [first, *rest] if first else rest
+    """The known live replicas (``others``), ``first`` (the sender of the ops) first if it is
+    one of them. Any other ``first`` is ignored: a batch can never make us fetch from an
+    address that is not a peer's advertised one."""
+    known = list(others())
+    if first in known:
+        return [first, *(base for base in known if base != first)]
+    return known
 

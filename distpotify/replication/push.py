@@ -10,7 +10,8 @@ soon as the follower's heartbeat returns. A cursor below the oplog floor cannot 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -20,7 +21,7 @@ from twisted.logger import Logger
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Op, Version
-from distpotify.replication.client import PeerClient
+from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body
 from distpotify.store.metadata import MetadataDB, MetadataStore
 from distpotify.wire import ACTIVE
 
@@ -41,6 +42,17 @@ def batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH) -> list[Op]
 
 def cursor_key(node_id: int) -> str:
     return f"cursor:{node_id}"
+
+
+def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES) -> list[Op]:
+    """The longest run of ``ops`` from the first whose batch is at most ``limit`` bytes, and
+    at least the first op (one op larger than that alone is sent alone, and refused)."""
+    size = len(batch_body(source, []))
+    for n, op in enumerate(ops):
+        size += len(json.dumps(op.to_json(), separators=(",", ":"))) + (1 if n else 0)
+        if size > limit and n:
+            return list(ops[:n])
+    return list(ops)
 
 
 def pushable(peer: Peer) -> bool:
@@ -99,6 +111,7 @@ class FollowerLink:
                 if ops is None:
                     await self._resync(peer)
                     return
+                ops = fit_batch(ops, pusher.source)
                 if not ops:
                     self.pending_since = None
                     if not self._again:

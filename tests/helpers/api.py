@@ -16,9 +16,14 @@ from twisted.web.resource import Resource
 
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
+from distpotify.keys import ClusterKeys
 from distpotify.leadership import Leadership
 from distpotify.service import build_replica
+from distpotify.signing import body_sha256, request_target, sign
 from tests.helpers.replica import Response
+
+# The cluster key of every in-memory replica unless it is given another: one cluster.
+CLUSTER_KEYS = ClusterKeys.generate()
 
 T = TypeVar("T")
 
@@ -73,15 +78,20 @@ class InMemoryReplica:
     """A replica as build_replica makes it, never started: the store and blocking work run at
     once on this thread, peers exist only as a StubTreq that answers 404 (so a missing or
     corrupt chunk cannot be repaired here: 503), ``leadership`` (by default LoneLeader)
-    decides who writes, and it has founded its cluster, so it serves and takes pushes."""
+    decides who writes, and it has founded its cluster, so it serves and takes pushes. Its
+    cluster key is ``keys`` (CLUSTER_KEYS by default); ``call`` signs with it unless told not
+    to, as another replica of the cluster would."""
 
     def __init__(
-        self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None
+        self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None,
+        keys: ClusterKeys = CLUSTER_KEYS,
     ) -> None:
         self.chunk_size = chunk_size
         self.clock = Clock()
+        self.keys = keys
         self.service = build_replica(
-            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size), self.clock,
+            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys),
+            self.clock,
             run_db=run_now, blocking=run_now,
             http_client=HTTPClient(RequestTraversalAgent(Resource())),
             leadership=leadership or LoneLeader(),
@@ -98,9 +108,16 @@ class InMemoryReplica:
         self.treq = StubTreq(self.root)
 
     def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> Answer:
+             headers: dict[str, str] | None = None, signed: bool = True) -> Answer:
+        """``method path`` answered by the replica; signed with its cluster key unless
+        ``signed`` is false (a stranger's request)."""
         url = "http://replica" + path
-        d = self.treq.request(method, url, data=body, headers=headers or {})
+        headers = dict(headers or {})
+        if signed:
+            signature = sign(self.keys, method.encode(), request_target(url),
+                             body_sha256(body or b""), self.clock.seconds())
+            headers.update({k.decode(): v.decode() for k, v in signature.items()})
+        d = self.treq.request(method, url, data=body, headers=headers)
         self.treq.flush()
         response = result_of(d)
         content = self.treq.content(response)

@@ -8,6 +8,7 @@ shared with every other place that runs replicas.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -21,7 +22,10 @@ from typing import Any, TypeVar
 import attrs
 
 from distpotify.cli import processes
+from distpotify.cli.keygen import key_file_text
 from distpotify.cli.processes import ReplicaCommand
+from distpotify.keys import ClusterKeys
+from distpotify.signing import body_sha256, sign
 
 # The twistd script, for tests that run it by hand (with bad options, say).
 TWISTD = Path(processes.twistd()[0])
@@ -43,6 +47,20 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_key_file(path: Path) -> Path:
+    """A new cluster key file at PATH (owner-only), unless there is one already."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key_file_text())
+        path.chmod(0o600)
+    return path
+
+
+def key_lines(path: Path) -> list[str]:
+    """The keys of a key file, without its comments: to build another one (a rotation)."""
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
 def wait_until(
@@ -114,13 +132,28 @@ def raw_exchange(port: int, head: bytes, body: bytes = b"") -> bytes:
         return answer
 
 
+def signed_request(port: int, key_file: Path, method: str, path: str, body: bytes = b"",
+                   headers: dict[str, str] | None = None, timeout: float = 30.0) -> Response:
+    """``request``, signed with the cluster key in KEY_FILE as a replica signs (now)."""
+    signature = sign(ClusterKeys.load(key_file), method.encode(), path.encode(),
+                     body_sha256(body), time.time())
+    signed = {**(headers or {}), **{k.decode(): v.decode() for k, v in signature.items()}}
+    return request(port, method, path, body or None, signed, timeout)
+
+
 def send_json(port: int, method: str, path: str, value: Any) -> Response:
     return request(port, method, path, json.dumps(value).encode(),
                    {"Content-Type": "application/json"})
 
 
 class ReplicaProcess:
-    """One ``twistd -n distpotify`` process with its own data dir and log file."""
+    """One ``twistd -n distpotify`` process with its own data dir and log file.
+
+    Its cluster key is ``key_file``; by default the file of its cluster name under ROOT, made
+    on first use, so replicas of one cluster name under one root share a key. Setting the
+    attribute to None before ``start`` leaves the option out (bench/keyless.py runs a tree
+    from before the key so).
+    """
 
     def __init__(
         self,
@@ -130,6 +163,7 @@ class ReplicaProcess:
         env: dict[str, str] | None = None,
         cluster: str | None = None,
         heartbeat_port: int | None = None,
+        key_file: Path | None = None,
     ):
         self.node_id = node_id
         self.data_dir = root / f"node{node_id}"
@@ -139,6 +173,7 @@ class ReplicaProcess:
         # A lone replica gets a cluster (and heartbeat port) of its own.
         self.cluster = cluster or f"test-{os.getpid()}-{self.http_port}"
         self.heartbeat_port = heartbeat_port or free_udp_port()
+        self.key_file: Path | None = key_file or make_key_file(root / f"{self.cluster}.key")
         self.extra = extra
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -147,7 +182,7 @@ class ReplicaProcess:
         return ReplicaCommand(
             node_id=self.node_id, data_dir=self.data_dir, http_port=self.http_port,
             amp_port=self.amp_port, cluster=self.cluster, multicast_port=self.heartbeat_port,
-            extra=self.extra,
+            cluster_key_file=self.key_file, extra=self.extra,
         ).argv(logfile=self.log_path)
 
     def start(self, wait: bool = True) -> ReplicaProcess:
@@ -191,6 +226,12 @@ class ReplicaProcess:
     def post(self, path: str, body: bytes, content_type: str) -> Response:
         return request(self.http_port, "POST", path, body, {"Content-Type": content_type})
 
+    def signed(self, method: str, path: str, body: bytes = b"",
+               headers: dict[str, str] | None = None) -> Response:
+        """A request signed with this replica's cluster key, as another replica sends it."""
+        assert self.key_file is not None
+        return signed_request(self.http_port, self.key_file, method, path, body, headers)
+
     def signal(self, sig: int) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
@@ -227,7 +268,8 @@ class ReplicaProcess:
 
 
 class Cluster:
-    """Replicas of one cluster on 127.0.0.1: one cluster name, one heartbeat port."""
+    """Replicas of one cluster on 127.0.0.1: one cluster name, one heartbeat port, one key
+    file (``key_file``), unless a replica is given another."""
 
     def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str) -> None:
         self.root = root
@@ -237,9 +279,18 @@ class Cluster:
         self._started = started
         self.nodes: dict[int, ReplicaProcess] = {}
 
-    def add(self, node_id: int, *extra: str, start: bool = True) -> ReplicaProcess:
+    @functools.cached_property
+    def key_file(self) -> Path:
+        # Made when first needed: a Cluster built only to read statuses leaves no file.
+        return make_key_file(self.root / f"{self.name}.key")
+
+    def add(self, node_id: int, *extra: str, start: bool = True, key_file: Path | None = None
+            ) -> ReplicaProcess:
+        """Replica NODE_ID of this cluster, with the cluster's key file unless KEY_FILE (a
+        wrong key, two keys) is given."""
         node = ReplicaProcess(node_id, self.root, *self.extra, *extra, cluster=self.name,
-                              heartbeat_port=self.heartbeat_port)
+                              heartbeat_port=self.heartbeat_port,
+                              key_file=key_file or self.key_file)
         self.nodes[node_id] = node
         self._started.append(node)
         if start:

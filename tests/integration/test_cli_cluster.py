@@ -50,6 +50,8 @@ def test_the_local_cluster_starts_offers_demo_tracks_and_stops_on_ctrl_c(
             process.wait(10)
 
     assert f"http://127.0.0.1:{proxy_port}/" in text and "added 3 demo tracks" in text
+    assert f"made the cluster key {tmp_path / 'data' / 'cluster.key'}" in text
+    assert (tmp_path / "data" / "cluster.key").stat().st_mode & 0o777 == 0o600
     assert view["leader"] is not None and len(view["backends"]) == 3
     assert {song["album"] for song in songs["songs"]} == {"Distpotify Demo"}
     assert code == 0 and output.read_text().rstrip().endswith("stopped")

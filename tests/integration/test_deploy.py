@@ -35,6 +35,8 @@ import pytest
 import yaml
 
 from distpotify import tap as replica_tap
+from distpotify.cli.keygen import key_file_text
+from distpotify.keys import ClusterKeys
 from distpotify.options import env_name
 from proxy import tap as proxy_tap
 from tests.helpers.replica import free_port, free_udp_port, request, wait_until
@@ -319,17 +321,39 @@ def test_every_service_restarts_and_has_a_healthcheck(compose: dict[str, Any]) -
         assert f"http://127.0.0.1:{port}{path}" in test[3], name
 
 
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.swarm.yaml"])
+def test_every_backend_reads_the_cluster_key_from_a_secret(file: str) -> None:
+    document = load_yaml(file)
+    for name in BACKENDS:
+        service = document["services"][name]
+        mounted = [s if isinstance(s, str) else s["target"] for s in service["secrets"]]
+        assert mounted == ["cluster_key"], name
+        assert service["environment"]["DISTPOTIFY_CLUSTER_KEY_FILE"] \
+            == "/run/secrets/cluster_key", name
+    assert "secrets" not in document["services"]["proxy"]
+    assert document["secrets"] == {"cluster_key": {"file": "./cluster.key"}}
+
+
 def test_the_proxy_starts_once_every_backend_is_healthy(compose: dict[str, Any]) -> None:
     depends = compose["services"]["proxy"]["depends_on"]
     assert depends == {name: {"condition": "service_healthy"} for name in BACKENDS}
 
 
-def service_environment(document: dict[str, Any], name: str,
-                        dockerfile: list[Instruction]) -> dict[str, str]:
-    """What the process sees: the image's ENV, the service's environment, and the address
-    the entry point adds for a multicast replica."""
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stands for /run/secrets: the cluster key that compose mounts there."""
+    root = tmp_path_factory.mktemp("secrets")
+    (root / "cluster_key").write_text(key_file_text())
+    return root
+
+
+def service_environment(document: dict[str, Any], name: str, dockerfile: list[Instruction],
+                        secrets: Path) -> dict[str, str]:
+    """What the process sees: the image's ENV, the service's environment (with /run/secrets
+    standing at ``secrets``), and the address the entry point adds for a multicast replica."""
     env = {k: v for k, v in env_of(dockerfile).items() if k.startswith("DISTPOTIFY_")}
-    env.update({k: str(v) for k, v in document["services"][name]["environment"].items()})
+    env.update({k: str(v).replace("/run/secrets/", f"{secrets}/")
+                for k, v in document["services"][name]["environment"].items()})
     if name != "proxy" and env.get("DISTPOTIFY_HEARTBEAT", "multicast") == "multicast":
         env.setdefault("DISTPOTIFY_MULTICAST_INTERFACE", "172.18.0.2")
     return env
@@ -347,10 +371,10 @@ def known_variables(tap: Any) -> set[str]:
 
 @pytest.mark.parametrize("node_id", [1, 2, 3])
 def test_each_backend_environment_configures_a_multicast_replica(
-    compose: dict[str, Any], dockerfile: list[Instruction], node_id: int
+    compose: dict[str, Any], dockerfile: list[Instruction], node_id: int, secrets_dir: Path
 ) -> None:
     name = f"backend{node_id}"
-    env = service_environment(compose, name, dockerfile)
+    env = service_environment(compose, name, dockerfile, secrets_dir)
     config = parsed(replica_tap.Options, env)
 
     assert set(env) <= known_variables(replica_tap)
@@ -358,12 +382,13 @@ def test_each_backend_environment_configures_a_multicast_replica(
     assert config.http_url == f"http://{name}:8000"
     assert (config.heartbeat, config.multicast_ttl) == ("multicast", 1)
     assert (config.host, config.data_dir) == ("0.0.0.0", Path("/data"))
+    assert config.cluster_keys == ClusterKeys.load(secrets_dir / "cluster_key")
 
 
 def test_proxy_environment_names_every_backend(
-    compose: dict[str, Any], dockerfile: list[Instruction]
+    compose: dict[str, Any], dockerfile: list[Instruction], secrets_dir: Path
 ) -> None:
-    env = service_environment(compose, "proxy", dockerfile)
+    env = service_environment(compose, "proxy", dockerfile, secrets_dir)
     config = parsed(proxy_tap.Options, env)
 
     assert set(env) - {"DISTPOTIFY_DATA_DIR", "DISTPOTIFY_HTTP_PORT", "DISTPOTIFY_AMP_PORT"} \
@@ -399,10 +424,11 @@ def test_the_schemas_reject_what_docker_would_reject(
 
 @pytest.mark.parametrize("node_id", [1, 2, 3])
 def test_swarm_backends_send_unicast_heartbeats_to_every_service_name(
-    swarm: dict[str, Any], dockerfile: list[Instruction], node_id: int
+    swarm: dict[str, Any], dockerfile: list[Instruction], node_id: int, secrets_dir: Path
 ) -> None:
     name = f"backend{node_id}"
-    config = parsed(replica_tap.Options, service_environment(swarm, name, dockerfile))
+    config = parsed(replica_tap.Options,
+                    service_environment(swarm, name, dockerfile, secrets_dir))
 
     assert config.heartbeat == "unicast"
     assert {(backend, config.multicast_port) for backend in BACKENDS} <= set(config.peers)
@@ -533,10 +559,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def replica_container(image: Image) -> Iterator[Running]:
+def replica_container(image: Image, secrets_dir: Path) -> Iterator[Running]:
     port = free_port()
     process = image.run(
-        *image.command, DISTPOTIFY_NODE_ID="1", DISTPOTIFY_HTTP_PORT=str(port),
+        *image.command, DISTPOTIFY_CLUSTER_KEY_FILE=str(secrets_dir / "cluster_key"),
+        DISTPOTIFY_NODE_ID="1", DISTPOTIFY_HTTP_PORT=str(port),
         DISTPOTIFY_AMP_PORT=str(free_port()), DISTPOTIFY_MULTICAST_PORT=str(free_udp_port()),
         DISTPOTIFY_CLUSTER=f"deploy-{port}", DISTPOTIFY_MULTICAST_INTERFACE="127.0.0.1",
     )

@@ -49,3 +49,12 @@ def test_metrics_count_requests_by_route_and_show_leadership(
     assert found[("distpotify_write_acks", (("outcome", "alone"),))] == 1
     assert found[("distpotify_write_acks", (("outcome", "replicated"),))] == 0
     assert found[("distpotify_takeover_timeouts", ())] == 0
+
+
+def test_metrics_count_failures_to_prove_the_cluster_key(replica: ReplicaProcess) -> None:
+    assert replica.get("/sync/digest").status == 401
+
+    found = samples(replica)
+
+    labels = (("kind", "http_unsigned"), ("peer", "127.0.0.1"))
+    assert found[("distpotify_auth_failures", labels)] == 1

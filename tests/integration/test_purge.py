@@ -40,7 +40,7 @@ def test_tombstones_are_purged_on_every_replica_after_the_ttl(
     wait_until(lambda: all(tombstones(n) == 0 for n in nodes), timeout=30,
                what="the tombstones purged everywhere")
 
-    digests = [n.get("/sync/digest").json()["buckets"] for n in nodes]
+    digests = [n.signed("GET", "/sync/digest").json()["buckets"] for n in nodes]
     assert digests[0] == digests[1] == digests[2]
     for node in nodes:
         assert node.get(f"/songs/{song['id']}").status == 404

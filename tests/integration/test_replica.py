@@ -18,6 +18,7 @@ from tests.helpers.audio import make_audio, make_wav
 from tests.helpers.replica import (
     TWISTD,
     ReplicaProcess,
+    make_key_file,
     raw_exchange,
     request,
     send_json,
@@ -224,6 +225,10 @@ def test_data_survives_a_restart(replicas: list[ReplicaProcess], tmp_path: Path)
         (["--http-port", "70000"], "--http-port must be a port number"),
         (["--http-port", "eighty"], "bad value for --http-port"),
         (["--max-upload", "lots"], "bad value for --max-upload"),
+        ([], "--cluster-key-file is required"),
+        (["--cluster-key-file", "/nonexistent/cluster.key"],
+         "cannot read cluster key file /nonexistent/cluster.key: No such file or directory;"
+         " make a key with `distpotify-keygen > /nonexistent/cluster.key`"),
     ],
 )
 def test_bad_option_stops_with_one_clear_line(
@@ -246,7 +251,7 @@ def test_unusable_data_dir_stops_with_one_clear_line(tmp_path: Path) -> None:
 
     run = subprocess.run(
         [str(TWISTD), "-n", "--pidfile=", "distpotify", "--node-id", "1",
-         "--data-dir", str(blocker)],
+         "--data-dir", str(blocker), "--cluster-key-file", str(make_key_file(tmp_path / "k"))],
         capture_output=True, text=True, timeout=30,
     )
 

@@ -34,7 +34,7 @@ def leader(cluster: Cluster) -> ReplicaProcess:
 
 
 def digest(node: ReplicaProcess) -> list[str]:
-    return node.get("/sync/digest").json()["buckets"]  # type: ignore[no-any-return]
+    return node.signed("GET", "/sync/digest").json()["buckets"]  # type: ignore[no-any-return]
 
 
 def converged(nodes: list[ReplicaProcess]) -> bool:
@@ -149,9 +149,9 @@ def test_sync_refuses_malformed_batches_whole(cluster: Cluster) -> None:
     for bad in ({**good, "entity": "passwords"}, {**good, "key": "../../etc"},
                 {**good, "version": "yesterday"}, {**good, "fields": {"name": ["x"]}},
                 {**good, "fields": {"colour": "red"}}, "not an op"):
-        answer = request(node.http_port, "POST", "/sync/ops",
-                         json.dumps({"source": None, "ops": [good, bad]}).encode(),
-                         {"Content-Type": "application/json"})
+        answer = node.signed("POST", "/sync/ops",
+                             json.dumps({"source": None, "ops": [good, bad]}).encode(),
+                             {"Content-Type": "application/json"})
         assert answer.status == 400, bad
         assert answer.json()["error"] == "bad_request"
     assert digest(node) == before

@@ -131,7 +131,7 @@ def test_a_replaced_replica_with_an_empty_disk_rejoins_under_its_name(
 
     # The same name and ports, a new process and a new, empty data dir: a new host.
     new = ReplicaProcess(2, tmp_path / "new-host", *old.extra, cluster=old.cluster,
-                         heartbeat_port=old.heartbeat_port)
+                         heartbeat_port=old.heartbeat_port, key_file=old.key_file)
     new.http_port, new.amp_port = old.http_port, old.amp_port
     nodes[2] = new
     replicas.append(new.start(wait=False))

@@ -53,9 +53,10 @@ def playlists(n: int, version: int, name: str) -> list[Op]:
 
 def anti_entropy(into: InMemoryReplica, stub: StubTreq, chunk_page: int = 2048) -> AntiEntropy:
     return AntiEntropy(
-        store=into.library.store, client=PeerClient(stub, into.clock), receiver=into.receiver,
-        guard=into.guard, chunks=into.chunks, blocking=run_now, peers=lambda: ["http://peer"],
-        clock=into.clock, interval=10, rng=random.Random(1), chunk_page=chunk_page,
+        store=into.library.store, client=PeerClient(stub, into.clock, into.keys),
+        receiver=into.receiver, guard=into.guard, chunks=into.chunks, blocking=run_now,
+        peers=lambda: ["http://peer"], clock=into.clock, interval=10, rng=random.Random(1),
+        chunk_page=chunk_page,
     )
 
 

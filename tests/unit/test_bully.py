@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 
+from distpotify.cluster.ampauth import Handshake
 from distpotify.cluster.bully import (
     AmpPeers,
     BullyElection,
@@ -28,6 +29,8 @@ from distpotify.cluster.bully import (
 )
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
+from distpotify.cluster.trust import AuthFailures
+from distpotify.keys import ClusterKeys
 from distpotify.model import Version
 
 ANSWER_TIMEOUT = 0.2
@@ -67,6 +70,14 @@ def failure_of(d: Deferred[Any]) -> Failure:
     d.addBoth(results.append)
     assert results and isinstance(results[0], Failure), f"expected a failure, got {results}"
     return results[0]
+
+
+KEYS = ClusterKeys.generate()
+
+
+def handshake(clock: Clock | None = None) -> Handshake:
+    """Our side of the AMP proofs, with the cluster key every node of these tests holds."""
+    return Handshake(KEYS, AuthFailures(), clock or Clock(), COORDINATOR_TIMEOUT)
 
 
 def transport_of(connection: PeerConnection) -> Any:
@@ -805,8 +816,14 @@ class FakeResponder:
         self.calls.append(("coordinator", node_id, epoch, http))
 
 
-def amp_pair(responder: Any) -> tuple[PeerConnection, IOPump]:
-    client, _, pump = connectedServerAndClient(lambda: BullyProtocol(responder), PeerConnection)
+def amp_pair(responder: Any, proven: bool = True) -> tuple[PeerConnection, IOPump]:
+    """A client connected to a BullyProtocol for ``responder``; proven unless told not to."""
+    client, _, pump = connectedServerAndClient(
+        lambda: BullyProtocol(responder, handshake=handshake()), PeerConnection)
+    if proven:
+        d = Deferred.fromCoroutine(handshake().prove(client, "127.0.0.1"))
+        pump.flush()
+        result_of(d)
     return client, pump
 
 
@@ -835,8 +852,11 @@ def test_join_command_carries_its_typed_fields() -> None:
             return {"leader_id": 3, "epoch": 7, "snapshot_path": f"/sync/snapshot?for={node_id}"}
 
     client, _, pump = connectedServerAndClient(
-        lambda: JoinAnsweringProtocol(FakeResponder()), PeerConnection
+        lambda: JoinAnsweringProtocol(FakeResponder(), handshake=handshake()), PeerConnection
     )
+    proven = Deferred.fromCoroutine(handshake().prove(client, "127.0.0.1"))
+    pump.flush()
+    result_of(proven)
     d = client.callRemote(
         Join, node_id=4, http=http(4), amp=amp_address(4), head=Version(7, 3, 1).encode()
     )
@@ -859,12 +879,13 @@ class Pool:
         self.hold: Deferred[None] | None = None
         self.peers = AmpPeers(
             node_id=1, http=http(1), membership=self.membership, clock=self.clock,
-            connect=self.connect, timeout=timeout,
+            connect=self.connect, timeout=timeout, handshake=handshake(self.clock),
         )
 
     def connect(self, host: str, port: int) -> Deferred[PeerConnection]:
         self.connects.append((host, port))
-        client, pump = amp_pair(self.responders[f"{host}:{port}"])
+        # Unproven: AmpPeers proves every connection it opens.
+        client, pump = amp_pair(self.responders[f"{host}:{port}"], proven=False)
         self.pumps.append(pump)
         self.clients.append(client)
         if self.hold is not None:
@@ -988,6 +1009,7 @@ class AmpCluster:
             peers = AmpPeers(
                 node_id=node_id, http=http(node_id), membership=membership, clock=self.clock,
                 connect=self.connect, timeout=COORDINATOR_TIMEOUT,
+                handshake=handshake(self.clock),
             )
             self.memberships[node_id] = membership
             self.elections[node_id] = BullyElection(
@@ -1000,7 +1022,8 @@ class AmpCluster:
 
     def connect(self, host: str, port: int) -> Deferred[PeerConnection]:
         target = self.elections[port - 9000]
-        client, _, pump = connectedServerAndClient(lambda: BullyProtocol(target), PeerConnection)
+        client, _, pump = connectedServerAndClient(
+            lambda: BullyProtocol(target, handshake=handshake(self.clock)), PeerConnection)
         self.pumps.append(pump)
         return succeed(client)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from distpotify.cli.cluster import Layout, banner
+from distpotify.cli.cluster import Layout, banner, ensure_key_file
+from distpotify.keys import ClusterKeys
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,6 +21,27 @@ def test_replicas_keep_their_heartbeats_on_this_machine() -> None:
     assert "--http-port 8002" in joined and "--amp-port 9002" in joined
     assert "--multicast-interface 127.0.0.1" in joined and "--multicast-ttl 0" in joined
     assert "--host 127.0.0.1" in joined and "--advertise-host 127.0.0.1" in joined
+
+
+def test_every_replica_gets_the_key_under_the_data_dir() -> None:
+    layout = Layout(data=Path("/srv/cluster"))
+
+    for index in range(3):
+        assert "--cluster-key-file /srv/cluster/cluster.key" in " ".join(
+            layout.replica_command(index))
+
+
+def test_the_key_is_made_once_and_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.key"
+
+    made = ensure_key_file(path)
+    first = path.read_text()
+    again = ensure_key_file(path)
+
+    assert (made, again) == (True, False)
+    assert path.read_text() == first
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(ClusterKeys.load(path).key_ids) == 1
 
 
 def test_each_process_logs_to_its_own_file_under_the_data_dir() -> None:

@@ -46,13 +46,13 @@ def test_options_left_unset_keep_the_replicas_own_defaults() -> None:
 def test_every_replica_option_set_is_passed() -> None:
     options = replica(host="0.0.0.0", advertise_host="10.0.0.2", cluster="c",
                       multicast_port=7946, multicast_interface="10.0.0.2",
-                      multicast_ttl=0).options()
+                      multicast_ttl=0, cluster_key_file=Path("/run/secrets/k")).options()
 
     assert options == [
         "--node-id", "2", "--data-dir", "d/node2", "--host", "0.0.0.0",
         "--advertise-host", "10.0.0.2", "--http-port", "8002", "--amp-port", "9002",
         "--cluster", "c", "--multicast-port", "7946", "--multicast-interface", "10.0.0.2",
-        "--multicast-ttl", "0",
+        "--multicast-ttl", "0", "--cluster-key-file", "/run/secrets/k",
     ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from twisted.internet.defer import CancelledError, Deferred
 
 from distpotify.replication.client import PeerError
-from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, sources_for
 from distpotify.store.chunks import ChunkStore
 from tests.helpers.api import result_of, run_now
 
@@ -131,3 +131,16 @@ def test_a_run_resumes_the_part_file_its_first_chunk_left(tmp_path: Path) -> Non
     assert done == refs[1:]
     assert chunks.read(SONG, 1) == pieces[1] and chunks.read(SONG, 2) == pieces[2]
     assert not part.exists()
+
+
+def test_the_sender_of_a_batch_is_asked_first_when_it_is_a_known_peer() -> None:
+    peers = ["http://a:8000", "http://leader:8000", "http://b:8000"]
+    assert sources_for("http://leader:8000", lambda: peers) == [
+        "http://leader:8000", "http://a:8000", "http://b:8000"]
+
+
+def test_a_source_that_is_no_known_peer_is_never_fetched_from() -> None:
+    peers = ["http://a:8000", "http://b:8000"]
+    assert sources_for("http://169.254.169.254/latest", lambda: peers) == peers
+    assert sources_for(None, lambda: peers) == peers
+    assert sources_for("http://evil:1", lambda: []) == []

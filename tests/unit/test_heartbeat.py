@@ -1,6 +1,6 @@
-"""Heartbeat codec, the receiving protocol against hostile datagrams, the sender loop and its
-cache of resolved peer names, and the multicast / unicast listening helpers, all without a
-network."""
+"""Heartbeat codec, the receiving protocol against hostile, forged and replayed datagrams, the
+sender loop and its cache of resolved peer names, and the multicast / unicast listening
+helpers, all without a network."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from twisted.logger import capturedLogs
 from zope.interface import implementer
 
 from distpotify.cluster.heartbeat import (
+    MAX_BODY,
     MAX_DATAGRAM,
+    MAX_EPOCH,
+    MAX_NODE_ID,
     Heartbeat,
     HeartbeatProtocol,
     HeartbeatSender,
@@ -32,11 +35,17 @@ from distpotify.cluster.heartbeat import (
     listen_unicast,
     split_address,
 )
+from distpotify.cluster.seal import OVERHEAD, ReplayGuard, Sealer
+from distpotify.cluster.trust import AuthFailures
 from distpotify.config import ReplicaConfig
+from distpotify.keys import ClusterKeys
 from distpotify.model import Version
 
 CLUSTER = "test-cluster"
 GROUP = ("239.255.77.77", 7946)
+KEYS = ClusterKeys.generate()
+# A UDP payload that an Ethernet MTU carries unfragmented over IPv6 (1500 - 40 - 8).
+MTU_PAYLOAD = 1452
 
 
 def heartbeat(**changes: Any) -> Heartbeat:
@@ -77,24 +86,40 @@ class FakeDatagramTransport:
 
 
 class Receiver:
-    """A listening HeartbeatProtocol for node 1 and what reached its callbacks."""
+    """A listening HeartbeatProtocol for node 1 and what reached its callbacks; ``peer``
+    seals like another replica of the cluster (node 2's process) does."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self.heard: list[Heartbeat] = []
         self.duplicates: list[tuple[Heartbeat, Any]] = []
+        self.failures = AuthFailures()
         self.protocol = HeartbeatProtocol(
             cluster=CLUSTER,
             node_id=1,
             http="http://127.0.0.1:8001",
             amp="127.0.0.1:9001",
+            sealer=Sealer(KEYS, self.clock),
+            guard=ReplayGuard(self.clock),
+            failures=self.failures,
             on_heartbeat=self.heard.append,
             on_duplicate_node=lambda hb, addr: self.duplicates.append((hb, addr)),
         )
         self.transport = FakeDatagramTransport()
         self.protocol.makeConnection(self.transport)  # type: ignore[arg-type]
+        self.peer = Sealer(KEYS, self.clock)
 
     def receive(self, data: bytes) -> None:
+        """A datagram exactly as given."""
         self.protocol.datagramReceived(data, ("127.0.0.1", 7946))
+
+    def receive_body(self, body: bytes) -> None:
+        """A body sealed by ``peer``, as a replica of the cluster sends it."""
+        self.receive(self.peer.seal(body))
+
+
+def opened(datagram: bytes) -> Heartbeat:
+    return decode(Sealer(KEYS, Clock()).open(datagram).body)
 
 
 # -- codec
@@ -121,6 +146,20 @@ def test_decode_ignores_unknown_fields_from_newer_replicas() -> None:
 def test_encode_refuses_a_heartbeat_larger_than_a_datagram() -> None:
     with pytest.raises(MalformedHeartbeat):
         encode(heartbeat(http="http://" + "h" * MAX_DATAGRAM))
+
+
+def test_the_largest_legal_heartbeat_stays_well_under_one_mtu() -> None:
+    name = ".".join(["h" * 63] * 3) + "." + "d" * 61  # a 253-character host name
+    largest = heartbeat(
+        cluster="c" * 64, node=MAX_NODE_ID, epoch=MAX_EPOCH, role="candidate", state="JOINING",
+        http=f"https://{name}:65535", amp=f"{name}:65535",
+        head=Version(MAX_EPOCH, MAX_NODE_ID, 999_999_999_999),
+    )
+
+    sealed = Sealer(KEYS, Clock()).seal(encode(largest))
+
+    assert len(sealed) <= MAX_DATAGRAM == MAX_BODY + OVERHEAD
+    assert MAX_DATAGRAM <= MTU_PAYLOAD - 300
 
 
 HOSTILE = {
@@ -172,7 +211,7 @@ def test_split_and_format_address_handle_ipv6() -> None:
 
 def test_valid_heartbeat_from_another_node_reaches_the_callback() -> None:
     receiver = Receiver()
-    receiver.receive(encode(heartbeat()))
+    receiver.receive_body(encode(heartbeat()))
     assert receiver.heard == [heartbeat()]
     assert receiver.protocol.counters["accepted"] == 1
 
@@ -187,6 +226,126 @@ def test_hostile_datagram_is_counted_and_dropped_without_raising(data: bytes) ->
     assert counters["errors"] == 0
 
 
+@pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_hostile_body_sealed_with_the_cluster_key_is_still_dropped(data: bytes) -> None:
+    receiver = Receiver()
+    receiver.receive_body(data)
+    counters = receiver.protocol.counters
+    assert receiver.heard == []
+    assert counters["malformed"] + counters["oversized"] == 1
+    assert counters["errors"] == 0
+
+
+# -- authenticity: forged, truncated, altered and replayed datagrams
+
+
+def test_a_datagram_sealed_with_another_key_is_forged_and_reported_once() -> None:
+    receiver = Receiver()
+    outsider = Sealer(ClusterKeys.generate(), receiver.clock)
+    with capturedLogs() as events:
+        for _ in range(3):
+            receiver.receive(outsider.seal(encode(heartbeat(role="leader", epoch=99))))
+
+    assert receiver.heard == []
+    assert receiver.protocol.counters["forged"] == 3
+    assert receiver.failures.snapshot() == {"127.0.0.1": {"heartbeat_forged": 3}}
+    lines = [e["log_format"] for e in events if "cluster key mismatch" in e["log_format"]]
+    assert len(lines) == 1
+
+
+def test_an_unsealed_heartbeat_of_the_old_format_is_malformed() -> None:
+    receiver = Receiver()
+    receiver.receive(encode(heartbeat()))
+    assert receiver.heard == []
+    assert receiver.protocol.counters["malformed"] == 1
+
+
+@pytest.mark.parametrize("cut", [1, 7, 32, 33, MAX_BODY])
+def test_a_truncated_datagram_is_dropped(cut: int) -> None:
+    receiver = Receiver()
+    sealed = receiver.peer.seal(encode(heartbeat()))
+    receiver.receive(sealed[:-cut])
+    counters = receiver.protocol.counters
+    assert receiver.heard == []
+    assert counters["forged"] + counters["malformed"] == 1
+
+
+def test_every_altered_byte_makes_the_datagram_forged() -> None:
+    receiver = Receiver()
+    sealed = receiver.peer.seal(encode(heartbeat()))
+    # Past the 4-byte magic (changing which makes it "not ours": malformed).
+    for index in range(4, len(sealed)):
+        altered = bytearray(sealed)
+        altered[index] ^= 0x01
+        receiver.receive(bytes(altered))
+    assert receiver.heard == []
+    assert receiver.protocol.counters["forged"] == len(sealed) - 4
+
+
+def test_a_body_moved_to_another_envelope_is_forged() -> None:
+    receiver = Receiver()
+    honest = receiver.peer.seal(encode(heartbeat()))
+    other = receiver.peer.seal(encode(heartbeat(role="leader", epoch=99)))
+    receiver.receive(honest[:36] + other[36:])
+    assert receiver.protocol.counters["forged"] == 1
+
+
+def test_the_same_datagram_twice_is_a_replay() -> None:
+    receiver = Receiver()
+    sealed = receiver.peer.seal(encode(heartbeat()))
+    receiver.receive(sealed)
+    receiver.receive(sealed)
+    assert receiver.heard == [heartbeat()]
+    assert receiver.protocol.counters["replayed"] == 1
+    assert receiver.failures.snapshot() == {"127.0.0.1": {"heartbeat_replayed": 1}}
+
+
+def test_an_older_counter_of_the_same_boot_is_a_replay() -> None:
+    receiver = Receiver()
+    old = receiver.peer.seal(encode(heartbeat(role="leader", epoch=7)))
+    new = receiver.peer.seal(encode(heartbeat()))
+    receiver.receive(new)
+    receiver.receive(old)
+    assert receiver.heard == [heartbeat()]
+    assert receiver.protocol.counters["replayed"] == 1
+
+
+def test_a_restarted_node_is_heard_and_its_previous_boot_is_a_replay() -> None:
+    receiver = Receiver()
+    before = receiver.peer.seal(encode(heartbeat(role="leader", epoch=7)))
+    receiver.receive(before)
+    receiver.clock.advance(2)
+    restarted = Sealer(KEYS, receiver.clock)
+    receiver.receive(restarted.seal(encode(heartbeat())))
+    receiver.receive(before)  # recorded before the restart, sent again
+    receiver.receive(receiver.peer.seal(encode(heartbeat(role="leader", epoch=7))))
+
+    assert receiver.heard == [heartbeat(role="leader", epoch=7), heartbeat()]
+    assert receiver.protocol.counters["replayed"] == 2
+
+
+@pytest.mark.parametrize("skew", [-31.0, 31.0])
+def test_a_datagram_sent_too_far_from_our_time_is_stale(skew: float) -> None:
+    receiver = Receiver()
+    receiver.clock.advance(1000)
+    elsewhere = Clock()
+    elsewhere.advance(1000 + skew)
+    sender = Sealer(KEYS, elsewhere)
+    with capturedLogs() as events:
+        receiver.receive(sender.seal(encode(heartbeat())))
+    assert receiver.heard == []
+    assert receiver.protocol.counters["stale"] == 1
+    assert any(f"{skew:+.1f}s" in str(e.get("detail")) for e in events)
+
+
+def test_a_datagram_delayed_within_the_window_is_accepted() -> None:
+    receiver = Receiver()
+    sealed = receiver.peer.seal(encode(heartbeat()))
+    receiver.clock.advance(29)
+    receiver.receive(sealed)
+    assert receiver.heard == [heartbeat()]
+
+
 def test_oversized_datagram_is_counted_apart_from_malformed_ones() -> None:
     receiver = Receiver()
     receiver.receive(b" " * (MAX_DATAGRAM + 1))
@@ -196,14 +355,15 @@ def test_oversized_datagram_is_counted_apart_from_malformed_ones() -> None:
 
 def test_heartbeat_from_another_cluster_is_counted_and_ignored() -> None:
     receiver = Receiver()
-    receiver.receive(encode(heartbeat(cluster="someone-else")))
+    receiver.receive_body(encode(heartbeat(cluster="someone-else")))
     assert receiver.heard == []
     assert receiver.protocol.counters["foreign"] == 1
 
 
 def test_own_looped_back_heartbeat_is_ignored() -> None:
     receiver = Receiver()
-    receiver.receive(encode(heartbeat(node=1, http="http://127.0.0.1:8001", amp="127.0.0.1:9001")))
+    receiver.receive_body(
+        encode(heartbeat(node=1, http="http://127.0.0.1:8001", amp="127.0.0.1:9001")))
     assert receiver.heard == []
     assert receiver.duplicates == []
     assert receiver.protocol.counters["own"] == 1
@@ -213,8 +373,8 @@ def test_another_process_with_our_node_id_is_reported_as_duplicate() -> None:
     receiver = Receiver()
     intruder = heartbeat(node=1, http="http://10.0.0.9:8001", amp="10.0.0.9:9001")
     with capturedLogs() as events:
-        receiver.receive(encode(intruder))
-        receiver.receive(encode(intruder))
+        receiver.receive_body(encode(intruder))
+        receiver.receive_body(encode(intruder))
     assert [hb for hb, _ in receiver.duplicates] == [intruder, intruder]
     assert receiver.heard == []
     assert receiver.protocol.counters["duplicate_node"] == 2
@@ -224,7 +384,7 @@ def test_another_process_with_our_node_id_is_reported_as_duplicate() -> None:
 def test_failing_callback_is_counted_and_does_not_escape() -> None:
     receiver = Receiver()
     receiver.protocol._on_heartbeat = lambda hb: 1 / 0
-    receiver.receive(encode(heartbeat()))
+    receiver.receive_body(encode(heartbeat()))
     assert receiver.protocol.counters["errors"] == 1
 
 
@@ -238,9 +398,11 @@ class Sender:
         self.clock = Clock()
         self.receiver = Receiver()
         self.announce: Any = heartbeat
+        self.sealer = Sealer(KEYS, self.clock)
         self.sender = HeartbeatSender(
             protocol=self.receiver.protocol,
             announcement=lambda: self.announce(),
+            seal=self.sealer.seal,
             destinations=lambda: targets,
             interval=0.1,
             clock=self.clock,
@@ -255,11 +417,23 @@ class Sender:
 def test_sender_sends_at_once_and_every_interval() -> None:
     sender = Sender()
     sender.sender.start()
-    assert sender.written == [(encode(heartbeat()), GROUP)]
+    assert [(opened(data), addr) for data, addr in sender.written] == [(heartbeat(), GROUP)]
     sender.clock.advance(0.1)
     sender.clock.advance(0.1)
     assert len(sender.written) == 3
     assert sender.receiver.protocol.counters["sent"] == 3
+
+
+def test_each_beat_is_one_sealed_datagram_with_the_next_counter_for_every_peer() -> None:
+    peers = (("10.0.0.2", 7946), ("10.0.0.3", 7946))
+    sender = Sender(targets=peers)
+    sender.sender.start()
+    sender.clock.advance(0.1)
+    opener = Sealer(KEYS, Clock())
+    envelopes = [opener.open(data) for data, _ in sender.written]
+    assert [e.counter for e in envelopes] == [1, 1, 2, 2]
+    assert {e.boot for e in envelopes} == {sender.sealer.boot}
+    assert envelopes[2].sent == pytest.approx(0.1)
 
 
 def test_sender_loop_survives_an_exception_in_the_announcement() -> None:
@@ -577,7 +751,7 @@ def test_sender_resolves_with_the_reactor_when_it_is_given_one() -> None:
 
     receiver = Receiver()
     sender = HeartbeatSender(
-        protocol=receiver.protocol, announcement=heartbeat,
+        protocol=receiver.protocol, announcement=heartbeat, seal=receiver.peer.seal,
         destinations=lambda: [("backend2", 7946)], interval=0.1, clock=ResolvingClock(),
     )
     sender.start()

@@ -20,6 +20,8 @@ import pytest
 SHARED = [
     "distpotify.wire", "distpotify.options", "distpotify.bodylimit", "distpotify.periodic",
     "distpotify.httpchannel",
+    # the cluster key and the keys derived from it: the proxy checks user tokens (issue 17)
+    "distpotify.keys",
 ]
 
 # The replica's layers, top to bottom: a module may import its own layer and the layers below,
@@ -39,10 +41,12 @@ LAYERS: list[tuple[str, list[str]]] = [
     # Records and small leaves that import no other layer: the data model and errors, the
     # frozen configuration, the Protocol a library's leader check satisfies, audio probing,
     # /metrics rendering, the detach helper, the test-only failpoints (part of the
-    # configuration, hit from every layer above), and the package itself (its version).
+    # configuration, hit from every layer above), signed replica-to-replica requests (made by
+    # replication's client, checked by the api), and the package itself (its version).
     ("model", [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
         "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.failpoints",
+        "distpotify.signing",
         "distpotify",
     ]),
     ("shared", SHARED),

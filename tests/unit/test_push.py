@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
 from distpotify.model import Op, Version
-from distpotify.replication.push import BATCH, Pusher, cursor_key
+from distpotify.replication.client import MAX_BATCH_BYTES, batch_body
+from distpotify.replication.push import BATCH, Pusher, cursor_key, fit_batch
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from tests.helpers.api import run_now
 
@@ -223,3 +224,27 @@ def test_a_follower_at_the_floor_is_caught_up_by_cursor(db: MetadataDB) -> None:
 
     assert client.resyncs == []
     assert [op for _, batch in client.batches for op in batch] == ops[6:]
+
+
+def test_batches_are_cut_to_what_a_follower_takes(db: MetadataDB) -> None:
+    pusher, client, membership, _ = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    ops = db.write([Change("playlists", f"{i:08x}-0000-4000-8000-000000000000",
+                           {"name": str(i) * 20_000}) for i in range(120)])
+
+    pusher.wake()
+
+    sizes = [len(batch_body("http://n3", batch)) for _, batch in client.batches]
+    assert [op for _, batch in client.batches for op in batch] == ops
+    assert len(sizes) > 1 and max(sizes) <= MAX_BATCH_BYTES
+
+
+def test_fit_batch_keeps_the_longest_run_that_fits_exactly() -> None:
+    ops = [Op(Version(1, 1, n), "playlists", f"{n:08x}-0000-4000-8000-000000000000",
+              {"name": "x" * 100}) for n in range(1, 11)]
+    limit = len(batch_body("s", ops[:4]))
+
+    assert fit_batch(ops, "s", limit) == ops[:4]
+    assert fit_batch(ops, "s", limit - 1) == ops[:3]
+    assert fit_batch(ops, "s", 10) == ops[:1]  # one op too large is sent alone
+    assert fit_batch(ops, "s") == ops

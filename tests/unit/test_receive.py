@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 
+from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.model import Op, Row, Version
 from distpotify.replication.receive import ApplyGate, validate_op
 from tests.helpers.api import InMemoryReplica, result_of
@@ -63,6 +64,31 @@ def test_a_push_while_the_snapshot_is_taken_is_refused_and_applies_nothing(
 
     assert refused.status == 503 and taken.status == 200
     assert replica.db.get_row("playlists", SONG) is not None
+
+
+def test_a_pushed_batch_fetches_its_chunks_from_known_peers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica = InMemoryReplica(tmp_path)
+    asked: list[list[str]] = []
+
+    async def fetch(ref: object, sources: list[str]) -> bool:
+        asked.append(list(sources))
+        return False
+
+    monkeypatch.setattr(replica.fetcher, "fetch", fetch)
+    replica.service.cluster.membership.heartbeat_received(Heartbeat(
+        cluster="c", node=2, epoch=1, role="leader", state="ACTIVE", http="http://peer:8000",
+        amp="peer:9000", head=V))
+    chunk = Op(V, "chunks", f"{SONG}/0", {"size": 4, "sha256": "ab" * 32, "deleted": 0})
+    batch = json.dumps({"source": "http://10.9.9.9:80/anywhere",
+                        "ops": [chunk.to_json()]}).encode()
+
+    answer = replica.call("POST", "/sync/ops", batch, {"Content-Type": "application/json"})
+
+    assert asked == [["http://peer:8000"]]
+    assert answer.status == 503  # the chunk could not be fetched: nothing applied
+    assert replica.db.get_row("chunks", f"{SONG}/0") is None
 
 
 def test_rows_pulled_by_anti_entropy_are_checked_like_pushed_ops(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ its failures, answered in the same JSON shape as the public API's."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -11,8 +13,9 @@ from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
 
-from distpotify.model import Version
-from distpotify.replication.client import PeerClient
+from distpotify.model import Op, Version
+from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body
+from distpotify.replication.push import fit_batch
 from distpotify.store.metadata import BUCKETS, MetadataDB
 from tests.helpers.api import Answer, InMemoryReplica, result_of
 
@@ -151,10 +154,40 @@ def test_a_bad_ops_query_is_400(api: InMemoryReplica, query: str) -> None:
 def test_the_peer_client_reads_ops_after_a_version(api: InMemoryReplica) -> None:
     api.send_json("POST", "/playlists", {"name": "a"})
     agent = RequestTraversalAgent(api.root)
-    client = PeerClient(HTTPClient(agent), api.clock)
+    client = PeerClient(HTTPClient(agent), api.clock, api.keys)
 
     d = Deferred.fromCoroutine(client.ops_after("http://replica", Version(0, 0, 0), 10))
     agent.flush()
 
     ops, head = result_of(d)
     assert ops == api.db.ops_after(Version(0, 0, 0)) and head == api.db.head()
+
+
+def playlist_ops(n: int) -> list[Op]:
+    return [Op(Version(4, 2, i + 1), "playlists", f"{i:08x}-0000-4000-8000-000000000000",
+               {"name": f"p{i}", "deleted": 0}) for i in range(n)]
+
+
+SOURCE = "http://leader:8000"
+
+
+def test_a_batch_larger_than_the_limit_is_413_and_applies_nothing(api: InMemoryReplica) -> None:
+    body = batch_body(SOURCE, playlist_ops(20_000))
+    assert len(body) > MAX_BATCH_BYTES
+
+    answer = api.call("POST", "/sync/ops", body, {"Content-Type": "application/json"})
+
+    assert_error(answer, 413, "too_large")
+    assert api.db.head() == Version(0, 0, 0)
+
+
+def test_the_largest_batch_taken_parses_in_a_fraction_of_a_failure_timeout() -> None:
+    """Why the cap is the answer to a batch stalling the reactor: parsing on a worker thread
+    would not help, since CPython's JSON parser holds the GIL throughout."""
+    body = batch_body(SOURCE, fit_batch(playlist_ops(20_000), SOURCE))
+    assert MAX_BATCH_BYTES - 200 < len(body) <= MAX_BATCH_BYTES
+    started = time.process_time()
+
+    json.loads(body)
+
+    assert time.process_time() - started < 0.2

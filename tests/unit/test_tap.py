@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
+from distpotify.cli.keygen import key_file_text
 from distpotify.httpchannel import Timeouts
+from distpotify.keys import ClusterKeys
 from distpotify.options import env_name
 from distpotify.service import build_replica
 from distpotify.tap import OPTIONS, Options
 
 
-def parse(args: list[str], env: dict[str, str] | None = None) -> Options:
-    options = Options(environ=env or {})
+@pytest.fixture(autouse=True)
+def key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A usable key file, given to every parse through the environment."""
+    path = tmp_path / "cluster.key"
+    path.write_text(key_file_text())
+    monkeypatch.setenv("TEST_KEY_FILE", str(path))
+    return path
+
+
+def parse(args: list[str], env: dict[str, str] | None = None, key: bool = True) -> Options:
+    """Options parsed from ARGS and ENV, with the test's key file unless KEY is false."""
+    environ = {"DISTPOTIFY_CLUSTER_KEY_FILE": os.environ["TEST_KEY_FILE"]} if key else {}
+    options = Options(environ={**environ, **(env or {})})
     options.parseOptions(args)
     return options
 
@@ -44,6 +58,47 @@ def test_environment_sets_options_and_the_command_line_wins() -> None:
 
     assert (config.node_id, config.http_port) == (3, 9999)
     assert config.peers == (("a", 7946), ("::1", 7000))
+
+
+def test_the_cluster_key_file_is_read_into_the_config(key_file: Path) -> None:
+    config = parse(["--node-id", "1", "--cluster-key-file", str(key_file)], key=False).config
+
+    assert config.cluster_keys == ClusterKeys.load(key_file)
+
+
+def test_a_replica_without_a_cluster_key_does_not_start() -> None:
+    with pytest.raises(usage.UsageError) as raised:
+        parse(["--node-id", "1"], key=False)
+
+    message = str(raised.value)
+    assert message.startswith("--cluster-key-file is required (or DISTPOTIFY_CLUSTER_KEY_FILE)")
+    assert "`distpotify-keygen > cluster.key`" in message
+
+
+def test_another_bad_option_is_named_before_the_missing_key() -> None:
+    with pytest.raises(usage.UsageError, match="--heartbeat must be"):
+        parse(["--node-id", "1", "--heartbeat", "pigeon"], key=False)
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "No such file or directory"),
+    ("", "holds no key"),
+    ("c2hvcnQ=", "holds a key of 5 bytes"),
+])
+def test_an_unusable_key_file_is_one_clear_usage_error(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    path = tmp_path / "bad.key"
+    if content is not None:
+        path.write_text(content)
+
+    with pytest.raises(usage.UsageError) as raised:
+        parse(["--node-id", "1", "--cluster-key-file", str(path)], key=False)
+
+    message = str(raised.value)
+    assert message.startswith("bad value for --cluster-key-file: cannot read cluster key file"
+                              if content is None else "bad value for --cluster-key-file: cluster")
+    assert problem in message and f"`distpotify-keygen > {path}`" in message
 
 
 def test_every_option_has_an_environment_variable_in_its_help() -> None:
