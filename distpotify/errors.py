@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from distpotify.wire import BEHIND
+
 
 class ApiError(Exception):
     status = 500
@@ -69,3 +71,17 @@ class Unavailable(ApiError):
 class Conflict(ApiError):
     status = 409
     code = "conflict"
+
+
+class KeyReused(ApiError):
+    """An Idempotency-Key sent again with a different request (the IETF draft's 422)."""
+
+    status = 422
+    code = "key_reused"
+
+
+class Behind(ApiError):
+    """A read whose X-Distpotify-Min-Version this replica has not applied within the wait."""
+
+    status = 409
+    code = BEHIND

@@ -48,6 +48,9 @@ OPTIONS: OptionList = [
     ("catch-up-timeout", "2.0", "seconds a new leader may spend pulling the writes it lacks"
      " from its peers before it takes writes anyway", float),
     *TIMEOUT_OPTIONS,
+    ("idempotency-ttl", "86400", "seconds an Idempotency-Key's stored outcome is kept", float),
+    ("read-wait", "0.25", "seconds a read with X-Distpotify-Min-Version waits for that version"
+     " before answering 409 behind", float),
 ]
 
 

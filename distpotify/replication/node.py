@@ -36,7 +36,7 @@ from distpotify.replication.bootstrap import (
 )
 from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkFetcher
-from distpotify.replication.purge import TombstonePurger
+from distpotify.replication.purge import Purger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
@@ -59,7 +59,7 @@ class ReplicationNode(service.MultiService):
     guards and repairs chunks (ChunkGuard) and answers joins (JoinDesk) from the start;
     ``become_active`` founds, rejoins or joins the cluster; its children, started after
     that, are its periodic jobs: the record of being ACTIVE, anti-entropy, scrubbing and
-    tombstone purging. ``leadership`` says when this replica leads.
+    purging (tombstones, expired idempotency keys). ``leadership`` says when it leads.
     """
 
     def __init__(
@@ -105,9 +105,10 @@ class ReplicationNode(service.MultiService):
             interval=config.anti_entropy_interval,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
-        self.purger = TombstonePurger(
+        self.purger = Purger(
             store=store, pusher=self.pusher, membership=cluster.membership,
             leading=lambda: leadership.is_leader, clock=reactor, ttl=config.tombstone_ttl,
+            key_ttl=config.idempotency_ttl,
         )
         self.desk = JoinDesk(node_id=config.node_id, leading=lambda: leadership.is_leader,
                              epoch=lambda: leadership.epoch, clock=reactor)
@@ -228,4 +229,6 @@ class ReplicationNode(service.MultiService):
             "scrub": self.scrubber.status(),
             "tombstones": await self._store.run(MetadataDB.tombstones),
             "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
+            "idempotency_keys": await self._store.run(MetadataDB.idempotency_keys),
+            "keys_expired_through": (await self._store.run(MetadataDB.key_watermark)).as_list(),
         }}

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
+from distpotify.store.keys import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
 from distpotify.store.queries import SONG_ORDERS, LibraryQueries
@@ -34,14 +35,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class MetadataDB(Oplog, Digests, Tombstones, Snapshots, LibraryQueries, ChunkRegistry):
+class MetadataDB(Oplog, Digests, Tombstones, IdempotencyKeys, Snapshots, LibraryQueries,
+                 ChunkRegistry):
     """Synchronous access to the database; every method runs on the store's one thread.
 
     Its parts share the one connection (schema.py opens it) and this object's state:
     Oplog (oplog.py) the write path and the head; Digests (digest.py) what anti-entropy
-    compares; Tombstones (tombstones.py) the purge watermark; Snapshots (snapshot.py) backup
-    and install; LibraryQueries (queries.py) the API's reads; ChunkRegistry (registry.py) the
-    chunk registry and its in-memory cache (chunkcache.py).
+    compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (keys.py) the
+    stored outcomes of keyed writes; Snapshots (snapshot.py) backup and install;
+    LibraryQueries (queries.py) the API's reads; ChunkRegistry (registry.py) the chunk
+    registry and its in-memory cache (chunkcache.py).
     """
 
     def __init__(

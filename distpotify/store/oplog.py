@@ -5,14 +5,16 @@ and the oplog in one transaction, and the head (the newest version applied).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
-from distpotify.model import ENTITIES, Op, Row, Version
+from distpotify.model import ENTITIES, TOMBSTONES, Op, Row, Version
+from distpotify.store import keys
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
@@ -55,6 +57,23 @@ class Oplog(Tables):
         ).fetchone()
         self._epoch = epoch
         self._seq = Version.decode(row["v"]).seq if row["v"] else 0
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction around several writes and the reads that decide them: writes
+        inside join it, and after an exception nothing of it stays, this leader's numbering
+        and head included."""
+        seq, head = self._seq, self._head
+        try:
+            with self._transaction():
+                yield
+        except BaseException:
+            self._seq, self._head = seq, head
+            raise
+
+    def written(self) -> Version:
+        """The version of this leader's newest write (seq 0 before its first in the epoch)."""
+        return Version(self._epoch, self.node_id, self._seq)
 
     def write(self, changes: Sequence[Change]) -> list[Op]:
         """Apply ``changes`` as this leader's next ops in one durable transaction."""
@@ -121,8 +140,9 @@ class Oplog(Tables):
             "INSERT OR IGNORE INTO oplog (version, entity, key, body, at) VALUES (?, ?, ?, ?, ?)",
             (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields)), self._now()),
         )
-        if row is None:
-            return False
+        if row is None or (op.entity == keys.ENTITY
+                           and op.version <= keys.key_watermark(self._conn)):
+            return False  # old, repeated, or a key expired everywhere: it must not come back
         values = {**entity.split_key(op.key), **row.fields}
         columns = [*entity.keys, *values.keys() - set(entity.keys),
                    "version", "field_versions", "bucket"]
@@ -139,5 +159,9 @@ class Oplog(Tables):
             change ^= row_hash(op.entity, op.key, versions_text(old))
         xor_digest(self._conn, bucket, change)
         if op.entity == "purges" and "through" in won_fields(old, row):
-            purge_tombstones(self._conn, Version.decode(str(row.fields["through"])))
+            through = Version.decode(str(row.fields["through"]))
+            if op.key == TOMBSTONES:
+                purge_tombstones(self._conn, through)
+            else:
+                keys.purge_keys(self._conn, through)
         return True

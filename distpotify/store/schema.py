@@ -39,6 +39,8 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
+    # The key watermark drops idempotency rows by version (store/keys.py).
+    "CREATE INDEX IF NOT EXISTS idempotency_version ON idempotency (version)",
     "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
     " key TEXT NOT NULL, body TEXT NOT NULL, at REAL)",
     "CREATE INDEX IF NOT EXISTS oplog_at ON oplog (at)",
@@ -65,17 +67,22 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class Transaction:
-    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception)."""
+    """``with`` block around BEGIN IMMEDIATE / COMMIT (ROLLBACK on any exception). Inside a
+    transaction already open it joins that one: the outer block commits or rolls back."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._joined = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._joined = self._conn.in_transaction
+        if not self._joined:
+            self._conn.execute("BEGIN IMMEDIATE")
         return self._conn
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        if not self._joined:
+            self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def fold(text: str | None) -> str:

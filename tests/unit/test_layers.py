@@ -38,10 +38,12 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("store", ["distpotify.store.*"]),
     # Records and small leaves that import no other layer: the data model and errors, the
     # frozen configuration, the Protocol a library's leader check satisfies, audio probing,
-    # /metrics rendering, the detach helper, and the package itself (its version).
+    # /metrics rendering, the detach helper, idempotency keys and outcomes (records the
+    # store keeps and the API answers), and the package itself (its version).
     ("model", [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
-        "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify",
+        "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.idempotency",
+        "distpotify",
     ]),
     ("shared", SHARED),
 ]
