@@ -30,12 +30,20 @@ from distpotify.api.parsing import (
 )
 from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
 from distpotify.errors import BadRequest, NotFound, Unavailable
+from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS
-from distpotify.wire import SERVED_BY, json_error, json_response
+from distpotify.wire import (
+    IDEMPOTENCY_KEY,
+    REPLAYED,
+    SERVED_BY,
+    VERSION,
+    json_error,
+    json_response,
+)
 
 MAX_PAGE = 500
 # Songs whose Last-Modified the chunk path keeps (a date each; a song's never changes).
@@ -61,6 +69,30 @@ class PublicAPI:
     @app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
         return answer_failure(request, failure)
+
+    # writes: an optional Idempotency-Key in, an Outcome and its version out
+
+    async def _key(self, request: Request) -> IdempotencyKey | None:
+        """The request's Idempotency-Key (400 if malformed), with its request's digest."""
+        header = request.getHeader(IDEMPOTENCY_KEY)
+        if header is None:
+            return None
+        text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
+        return await self._library.request_key(text, request.method, request.uri,
+                                               request.content)
+
+    @staticmethod
+    def _answer(request: Request, outcome: Outcome) -> bytes:
+        """A write's answer: its status and body, the version it made, and whether a key's
+        stored outcome answered it again."""
+        assert outcome.version is not None
+        request.setHeader(VERSION, outcome.version.encode().encode())
+        if outcome.replayed:
+            request.setHeader(REPLAYED, b"true")
+        if outcome.body is None:
+            request.setResponseCode(outcome.status)
+            return b""
+        return json_response(request, outcome.status, outcome.body)
 
     # status
 
@@ -94,10 +126,9 @@ class PublicAPI:
     async def upload(self, request: Request) -> bytes:
         content_type = request.getHeader(b"Content-Type") or b""
         assert request.content is not None
-        song, created = await self._library.upload(
-            request.content, content_type.decode("latin-1"), query(request)
-        )
-        return json_response(request, 201 if created else 200, {"song": song})
+        key = await self._key(request)
+        return self._answer(request, await self._library.upload(
+            request.content, content_type.decode("latin-1"), query(request), key))
 
     @app.route("/songs/<id:song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:
@@ -105,14 +136,14 @@ class PublicAPI:
 
     @app.route("/songs/<id:song_id>", methods=["PATCH"])
     async def patch_song(self, request: Request, song_id: str) -> bytes:
-        song = await self._library.patch_song(song_id, read_json(request))
-        return json_response(request, 200, {"song": song})
+        key = await self._key(request)
+        return self._answer(request, await self._library.patch_song(
+            song_id, read_json(request), key))
 
     @app.route("/songs/<id:song_id>", methods=["DELETE"])
     async def delete_song(self, request: Request, song_id: str) -> bytes:
-        await self._library.delete_song(song_id)
-        request.setResponseCode(204)
-        return b""
+        key = await self._key(request)
+        return self._answer(request, await self._library.delete_song(song_id, key))
 
     @app.route("/songs/<id:song_id>/chunks/<index:index>", methods=["GET"])
     async def chunk(self, request: Request, song_id: str, index: int) -> bytes:
@@ -180,8 +211,9 @@ class PublicAPI:
 
     @app.route("/playlists", methods=["POST"])
     async def create_playlist(self, request: Request) -> bytes:
-        playlist, created = await self._library.create_playlist(read_json(request))
-        return json_response(request, 201 if created else 200, {"playlist": playlist})
+        key = await self._key(request)
+        return self._answer(request, await self._library.create_playlist(
+            read_json(request), key))
 
     @app.route("/playlists/<id:playlist_id>", methods=["GET"])
     async def playlist(self, request: Request, playlist_id: str) -> bytes:
@@ -189,25 +221,25 @@ class PublicAPI:
 
     @app.route("/playlists/<id:playlist_id>", methods=["PATCH"])
     async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
-        playlist = await self._library.patch_playlist(playlist_id, read_json(request))
-        return json_response(request, 200, {"playlist": playlist})
+        key = await self._key(request)
+        return self._answer(request, await self._library.patch_playlist(
+            playlist_id, read_json(request), key))
 
     @app.route("/playlists/<id:playlist_id>", methods=["DELETE"])
     async def delete_playlist(self, request: Request, playlist_id: str) -> bytes:
-        await self._library.delete_playlist(playlist_id)
-        request.setResponseCode(204)
-        return b""
+        key = await self._key(request)
+        return self._answer(request, await self._library.delete_playlist(playlist_id, key))
 
     @app.route("/playlists/<id:playlist_id>/items", methods=["POST"])
     async def add_item(self, request: Request, playlist_id: str) -> bytes:
-        item = await self._library.add_item(playlist_id, read_json(request))
-        return json_response(request, 201, {"item": item})
+        key = await self._key(request)
+        return self._answer(request, await self._library.add_item(
+            playlist_id, read_json(request), key))
 
     @app.route("/playlists/<id:playlist_id>/items/<id:item_id>", methods=["DELETE"])
     async def remove_item(self, request: Request, playlist_id: str, item_id: str) -> bytes:
-        await self._library.remove_item(playlist_id, item_id)
-        request.setResponseCode(204)
-        return b""
+        key = await self._key(request)
+        return self._answer(request, await self._library.remove_item(playlist_id, item_id, key))
 
 
 def authorize(request: Request) -> None:

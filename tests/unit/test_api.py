@@ -348,10 +348,10 @@ def test_a_bad_multipart_text_field_is_400_and_stores_nothing(
 def test_an_upload_that_cannot_be_recorded_leaves_no_chunk_file(
     api: InMemoryReplica, wav_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def failing_write(*args: object) -> None:
+    async def failing_record(*args: object) -> None:
         raise OSError("disk I/O error")
 
-    monkeypatch.setattr(api.library, "_write", failing_write)
+    monkeypatch.setattr(api.library, "_record", failing_record)
 
     assert api.upload(wav_bytes).status == 500
     assert stored_files(api) == [] and api.db.head().seq == 0
