@@ -279,7 +279,9 @@ def build_replica(
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
                    config.data_dir / "tmp")
     resource = ReplicaRoot(config.node_id, api, sync.app.resource(),
-                           serving=lambda: cluster.state == ACTIVE)
+                           serving=lambda: cluster.state == ACTIVE,
+                           wait_for=lambda v: Deferred.fromCoroutine(
+                               replication.applied.wait_for(v)))
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
                        timeouts=config.timeouts)

@@ -29,15 +29,17 @@ from distpotify.api.parsing import (
     utf8_path,
 )
 from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
-from distpotify.errors import BadRequest, NotFound, Unavailable
+from distpotify.errors import BadRequest, Behind, NotFound, Unavailable
 from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
+from distpotify.model import Version
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS
 from distpotify.wire import (
     IDEMPOTENCY_KEY,
+    MIN_VERSION,
     REPLAYED,
     SERVED_BY,
     VERSION,
@@ -247,8 +249,10 @@ def authorize(request: Request) -> None:
 
 
 class ReplicaRoot(Resource):
-    """Root resource: tags every response with X-Served-By, authorizes every request, and
-    sends /sync/* to the cluster-internal API.
+    """Root resource: tags every response with X-Served-By, authorizes every request, sends
+    /sync/* to the cluster-internal API, and holds a read that carries
+    X-Distpotify-Min-Version until that version is applied here (``wait_for``), or answers
+    it 409 behind.
 
     Chunk GETs, the hot path of every listener, skip Klein's routing (a third of their CPU
     time): matched here by the route's own converters (``chunk_address``), served by the same
@@ -260,6 +264,7 @@ class ReplicaRoot(Resource):
     def __init__(
         self, node_id: int, api: PublicAPI, sync: IResource,
         serving: Callable[[], bool] = lambda: True,
+        wait_for: Callable[[Version], Deferred[bool]] | None = None,
     ) -> None:
         super().__init__()
         self._served_by = str(node_id).encode()
@@ -267,6 +272,7 @@ class ReplicaRoot(Resource):
         self._routes = api.app.resource()
         self._sync = sync
         self._serving = serving
+        self._wait_for = wait_for
 
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
@@ -278,13 +284,56 @@ class ReplicaRoot(Resource):
         if first == b"sync":
             return self._sync.render(request)
         reading = request.method in (b"GET", b"HEAD")
-        if reading and first not in (b"status", b"metrics") and not self._serving():
+        library_read = reading and first not in (b"status", b"metrics")
+        if library_read and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
             return json_error(request, 503, "joining", "this replica is still joining the cluster")
+        wanted = request.getHeader(MIN_VERSION) if library_read else None
+        if wanted is not None and self._wait_for is not None:
+            return self._when_applied(request, wanted)
+        return self._serve(request, reading)
+
+    def _serve(self, request: Request, reading: bool) -> Any:
         address = chunk_address(request.path) if reading else None
         if address is not None:
             return self._chunk(request, *address)
         return self._routes.render(request)
+
+    def _when_applied(self, request: Request, wanted: str | bytes) -> Any:
+        """Serve the read once the version it names is applied here, else 409 behind."""
+        text = wanted.decode("latin-1") if isinstance(wanted, bytes) else wanted
+        try:
+            version = Version.decode(text.strip())
+        except ValueError:
+            return json_error(request, 400, "bad_request",
+                              f"{MIN_VERSION.decode()} must be a version such as"
+                              f" 0000000003-00003-000000000001, got {text[:64]!r}")
+        assert self._wait_for is not None
+        d = self._wait_for(version)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def go(applied: bool) -> None:
+            if request.finished or request._disconnected:
+                return
+            if not applied:
+                behind = Behind(f"this replica has not applied version {version.encode()} yet;"
+                                " ask the leader")
+                request.write(answer_failure(request, Failure(behind)))
+                request.finish()
+                return
+            body = self._serve(request, reading=True)
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            if failure.check(CancelledError) or request.finished or request._disconnected:
+                return
+            request.write(answer_failure(request, failure))
+            request.finish()
+
+        d.addCallback(go).addErrback(failed)
+        return NOT_DONE_YET
 
     def _chunk(self, request: Request, song_id: str, index: int) -> object:
         d = Deferred.fromCoroutine(self._api.chunk(request, song_id, index))

@@ -22,6 +22,7 @@ from distpotify.leadership import Leadership
 from distpotify.model import Version
 from distpotify.periodic import Periodic
 from distpotify.replication.antientropy import AntiEntropy
+from distpotify.replication.applied import AppliedOps
 from distpotify.replication.bootstrap import (
     ANNOUNCING,
     DONE,
@@ -56,7 +57,8 @@ class ReplicationNode(service.MultiService):
     """Everything that makes this replica hold what the cluster holds.
 
     Built with the replica, it takes pushes (Receiver), pushes when it leads (Pusher),
-    guards and repairs chunks (ChunkGuard) and answers joins (JoinDesk) from the start;
+    guards and repairs chunks (ChunkGuard), answers joins (JoinDesk) and wakes reads waiting
+    for a version (AppliedOps) from the start;
     ``become_active`` founds, rejoins or joins the cluster; its children, started after
     that, are its periodic jobs: the record of being ACTIVE, anti-entropy, scrubbing and
     purging (tombstones, expired idempotency keys). ``leadership`` says when it leads.
@@ -80,9 +82,11 @@ class ReplicationNode(service.MultiService):
         self.client = client
         self.fetcher = ChunkFetcher(client, chunks, blocking)
         self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
+        self.applied = AppliedOps(store, reactor, config.read_wait, cluster.head)
         self.receiver = Receiver(
             store, chunks, self.fetcher, blocking, self.peer_urls,
-            accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT))
+            accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
+            on_applied=self.applied.applied)
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -223,6 +227,7 @@ class ReplicationNode(service.MultiService):
             "push": await self.pusher.status() if self._leadership.is_leader else None,
             "semi_sync": self.semisync.status(),
             "ops_received": self.receiver.ops_applied,
+            "read_wait": self.applied.status(),
             "anti_entropy": self.anti_entropy.status(),
             "repair": attrs.asdict(self.guard.counters),
             "fetch": attrs.asdict(self.fetcher.counters),

@@ -88,6 +88,7 @@ class Receiver:
         blocking: Runner,
         peers: Callable[[], Sequence[str]],
         accepting: Callable[[], bool] = lambda: True,
+        on_applied: Callable[[Sequence[Op]], object] = lambda ops: None,
     ) -> None:
         self._store = store
         self._chunks = chunks
@@ -97,6 +98,8 @@ class Receiver:
         # False while a join fetches or installs its snapshot: ops applied before the install
         # would be wiped by it, yet the leader would count them as delivered.
         self.accepting = accepting
+        # Told of every batch once it is durable: reads waiting for a version (applied.py).
+        self._on_applied = on_applied
         self.ops_applied = 0
 
     async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
@@ -115,6 +118,7 @@ class Receiver:
                 )
             await self._fetcher.sync()
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
+        self._on_applied(ops)
         await self._drop_deleted_chunks(ops)
         return await self._store.run(MetadataDB.head)
 

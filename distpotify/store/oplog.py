@@ -106,6 +106,13 @@ class Oplog(Tables):
     def head(self) -> Version:
         return head_of(self._conn)
 
+    def has_op(self, version: Version) -> bool:
+        """Whether the op of exactly ``version`` has been applied here (a newer head from
+        another leader does not count: it need not include that op)."""
+        found = self._conn.execute(
+            "SELECT 1 FROM oplog WHERE version = ?", (version.encode(),)).fetchone()
+        return found is not None
+
     def cached_head(self) -> Version:
         """The newest version applied, without a query: safe to read from any thread."""
         return self._head
