@@ -176,10 +176,13 @@ def _answered(answer: Answered, context: Context) -> Decision:
         return _write_answered(answer, context)
     if code >= 500:
         return NextReplica(f"answered {code}")
-    if (code == 409 and context.min_version and not context.fell_back
-            and context.leader is not None and context.leader not in context.tried):
-        # A follower that has not applied the client's write yet: the leader has it.
-        return Redirect(context.leader)
+    if code == 409 and context.min_version and not context.fell_back:
+        # A follower that has not applied the client's write yet: the leader has it; with
+        # no leader known (an election, or its /status late), another replica may have it.
+        if context.leader is None:
+            return NextReplica("answered 409 behind, and no leader is known")
+        if context.leader not in context.tried:
+            return Redirect(context.leader)
     if (code == 404 and not context.fell_back and _RECORD_PATH.match(context.uri)
             and context.leader is not None and context.leader not in context.tried):
         return Redirect(context.leader)

@@ -107,8 +107,9 @@ def rows(*table: tuple[str, Outcome, Context, Decision]) -> Any:
      context(min_version=True, tried=frozenset({LEADER})), Relay()),
     ("409 behind after falling back relayed", Answered(409),
      context(min_version=True, fell_back=True, tried=frozenset({HERE, LEADER})), Relay()),
-    ("409 behind with no leader known relayed", Answered(409),
-     context(min_version=True, leader=None), Relay()),
+    ("409 behind with no leader known next", Answered(409),
+     context(min_version=True, leader=None),
+     NextReplica("answered 409 behind, and no leader is known")),
     ("409 without a min version relayed", Answered(409), context(), Relay()),
     # writes: the leader's answer is the outcome, but for a 421, a 5xx not its own, and a
     # 404 from a new leader for a write whose outcome is unknown on the old one
