@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import Cluster, ReplicaProcess, Response, request, wait_until
+from tests.helpers.replica import (
+    STARTUP,
+    Cluster,
+    ReplicaProcess,
+    Response,
+    request,
+    wait_until,
+)
 
 
 class Client:
@@ -60,13 +67,13 @@ class Fronted:
     def nodes(self) -> list[ReplicaProcess]:
         return list(self.cluster.nodes.values())
 
-    def settled(self, timeout: float = 30.0) -> dict[str, Any]:
+    def settled(self, timeout: float = STARTUP) -> dict[str, Any]:
         """The leader's /status once every replica agrees on one Bully will keep."""
         leader: dict[str, Any] = wait_until(self.cluster.agreed_leader, timeout=timeout,
                                             what="the replicas to agree on a leader")
         return leader
 
-    def proxy_follows(self, timeout: float = 30.0) -> int:
+    def proxy_follows(self, timeout: float = STARTUP) -> int:
         """The leader's node id once the proxy writes to the agreed leader and reads from
         the two others."""
         leader = self.settled(timeout)["node_id"]
