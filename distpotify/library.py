@@ -26,7 +26,7 @@ from distpotify.idempotency import IdempotencyKey, Outcome, request_digest
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
-from distpotify.store.keys import ENTITY as KEYS_ENTITY
+from distpotify.store.idempotency import ENTITY as KEYS_ENTITY
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore, Runner
 from distpotify.upload import (
     Body,

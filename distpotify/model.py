@@ -45,8 +45,8 @@ MAX_INDEX = 2**31  # chunk indexes are below it
 
 # The keys of the purges entity: the tombstone watermark and the idempotency key watermark.
 TOMBSTONES = "tombstones"
-KEYS = "idempotency"
-PURGES = (TOMBSTONES, KEYS)
+IDEMPOTENCY_KEYS = "idempotency"
+PURGES = (TOMBSTONES, IDEMPOTENCY_KEYS)
 
 
 @attrs.frozen

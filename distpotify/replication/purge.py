@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from distpotify.cluster.membership import Membership
-from distpotify.model import KEYS, TOMBSTONES, Version
+from distpotify.model import IDEMPOTENCY_KEYS, TOMBSTONES, Version
 from distpotify.periodic import Periodic
 from distpotify.replication.push import Pusher
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
@@ -82,7 +82,7 @@ class Purger:
             MetadataDB.newest_version_before, self._clock.seconds() - self._key_ttl)
         if through is None or not await self._store.run(MetadataDB.idempotency_keys):
             return
-        if await self._move(KEYS, through, MetadataDB.key_watermark):
+        if await self._move(IDEMPOTENCY_KEYS, through, MetadataDB.key_watermark):
             self.key_watermarks += 1
             log.info("idempotency keys expired through {through}", through=through.encode())
 

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
-from distpotify.store.keys import IdempotencyKeys
+from distpotify.store.idempotency import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
 from distpotify.store.queries import SONG_ORDERS, LibraryQueries
@@ -41,7 +41,7 @@ class MetadataDB(Oplog, Digests, Tombstones, IdempotencyKeys, Snapshots, Library
 
     Its parts share the one connection (schema.py opens it) and this object's state:
     Oplog (oplog.py) the write path and the head; Digests (digest.py) what anti-entropy
-    compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (keys.py) the
+    compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (idempotency.py) the
     stored outcomes of keyed writes; Snapshots (snapshot.py) backup and install;
     LibraryQueries (queries.py) the API's reads; ChunkRegistry (registry.py) the chunk
     registry and its in-memory cache (chunkcache.py).

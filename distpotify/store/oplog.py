@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from distpotify.model import ENTITIES, TOMBSTONES, Op, Row, Version
-from distpotify.store import keys
+from distpotify.store import idempotency
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
@@ -147,8 +147,8 @@ class Oplog(Tables):
             "INSERT OR IGNORE INTO oplog (version, entity, key, body, at) VALUES (?, ?, ?, ?, ?)",
             (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields)), self._now()),
         )
-        if row is None or (op.entity == keys.ENTITY
-                           and op.version <= keys.key_watermark(self._conn)):
+        if row is None or (op.entity == idempotency.ENTITY
+                           and op.version <= idempotency.key_watermark(self._conn)):
             return False  # old, repeated, or a key expired everywhere: it must not come back
         values = {**entity.split_key(op.key), **row.fields}
         columns = [*entity.keys, *values.keys() - set(entity.keys),
@@ -170,5 +170,5 @@ class Oplog(Tables):
             if op.key == TOMBSTONES:
                 purge_tombstones(self._conn, through)
             else:
-                keys.purge_keys(self._conn, through)
+                idempotency.purge_keys(self._conn, through)
         return True

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from distpotify.errors import BadRequest
 from distpotify.idempotency import IdempotencyKey, parse_key, request_digest
 from distpotify.library import Library
-from distpotify.model import KEYS, ZERO, Op, Version
+from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Op, Version
 from distpotify.store.metadata import MetadataDB, MetadataStore
 from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, run_now
 from tests.helpers.audio import make_audio
@@ -324,7 +324,8 @@ def test_the_key_watermark_drops_older_keys_everywhere_and_they_never_come_back(
     db = MetadataDB(tmp_path / "m.sqlite3", node_id=1)
     old, young = IdempotencyKey("old", "a" * 64), IdempotencyKey("young", "b" * 64)
     db.apply_ops([key_op(Version(1, 1, 1), old), key_op(Version(1, 1, 3), young)])
-    watermark = Op(Version(1, 1, 4), "purges", KEYS, {"through": Version(1, 1, 2).encode()})
+    watermark = Op(Version(1, 1, 4), "purges", IDEMPOTENCY_KEYS,
+                   {"through": Version(1, 1, 2).encode()})
 
     db.apply_ops([watermark])
     db.apply_ops([key_op(Version(1, 1, 1), old)])  # the same row, pulled from a lagging peer

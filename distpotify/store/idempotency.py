@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 
 from distpotify.idempotency import IdempotencyKey, Outcome
-from distpotify.model import KEYS, ZERO, Version
+from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Version
 from distpotify.store.digest import row_hash, xor_digest
 from distpotify.store.schema import Tables
 
@@ -17,7 +17,7 @@ ENTITY = "idempotency"
 
 def key_watermark(conn: sqlite3.Connection) -> Version:
     """The key watermark: idempotency rows written at or below it are gone everywhere."""
-    row = conn.execute("SELECT through FROM purges WHERE id = ?", (KEYS,)).fetchone()
+    row = conn.execute("SELECT through FROM purges WHERE id = ?", (IDEMPOTENCY_KEYS,)).fetchone()
     return Version.decode(row["through"]) if row is not None and row["through"] else ZERO
 
 
