@@ -34,6 +34,15 @@ MIN_VERSION = b"X-Distpotify-Min-Version"  # on a read: answer once this version
 BEHIND = "behind"  # the 409 error code of a read whose min version is not applied here
 
 
+def version_writer(version: bytes) -> int | None:
+    """The node id of the leader that made ``version`` (its middle field: the text is
+    ``<epoch>-<node id>-<seq>``, model.Version), or None if it is not a version's text."""
+    parts = version.split(b"-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[1])
+
+
 def json_response(request: IRequest, status: int, value: Any, *, pretty: bool = False) -> bytes:
     """Set ``status`` and the JSON headers on ``request``; return ``value`` as the body.
 

@@ -43,8 +43,10 @@ class Context:
     url: str = ""
     # a write: the replicas where an earlier attempt ended with its outcome unknown
     unknown_on: Collection[str] = ()
-    # a read: it carries X-Distpotify-Min-Version (the proxy's, or the client's own)
+    # a read: it carries X-Distpotify-Min-Version (the proxy's, or the client's own), and
+    # the URL of the replica that made that version, when the view knows it
     min_version: bool = False
+    writer: str | None = None
 
     @property
     def write(self) -> bool:
@@ -177,12 +179,14 @@ def _answered(answer: Answered, context: Context) -> Decision:
     if code >= 500:
         return NextReplica(f"answered {code}")
     if code == 409 and context.min_version and not context.fell_back:
-        # A follower that has not applied the client's write yet: the leader has it; with
-        # no leader known (an election, or its /status late), another replica may have it.
+        # A follower that has not applied the client's write yet: the leader has it, and so
+        # does the replica that made it (the same one, unless the view knows no leader for a
+        # moment: an election, or its /status late under load); else another replica may.
+        for holder in (context.leader, context.writer):
+            if holder is not None and holder not in context.tried:
+                return Redirect(holder)
         if context.leader is None:
             return NextReplica("answered 409 behind, and no leader is known")
-        if context.leader not in context.tried:
-            return Redirect(context.leader)
     if (code == 404 and not context.fell_back and _RECORD_PATH.match(context.uri)
             and context.leader is not None and context.leader not in context.tried):
         return Redirect(context.leader)

@@ -39,7 +39,14 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from distpotify.wire import IDEMPOTENCY_KEY, MIN_VERSION, SERVED_BY, VERSION, json_error
+from distpotify.wire import (
+    IDEMPOTENCY_KEY,
+    MIN_VERSION,
+    SERVED_BY,
+    VERSION,
+    json_error,
+    version_writer,
+)
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
 from proxy.decision import (
@@ -308,15 +315,24 @@ class Exchange:
         """What classify needs to know of this request, now that an attempt on ``backend``
         has ended."""
         leader = self._view.leader()
+        waits_for = self._waits_for or self._request.requestHeaders.getRawHeaders(
+            MIN_VERSION, [None])[-1]
         return Context(
             self._request.method, self._uri,
             committed=self._committed, sent=self._sent, redirected=self._redirected,
             fell_back=self._fell_back, leader=None if leader is None else leader.url,
             tried=frozenset(self._tried), replica=backend.describe(), url=backend.url,
             unknown_on=frozenset(self._unknown_on),
-            min_version=self._waits_for is not None
-            or self._request.requestHeaders.hasHeader(MIN_VERSION),
+            min_version=waits_for is not None,
+            writer=None if waits_for is None else self._writer_of(waits_for),
         )
+
+    def _writer_of(self, version: bytes) -> str | None:
+        """The URL of the replica that made ``version``, whatever the view thinks of its
+        health: it has applied its own write."""
+        node_id = version_writer(version)
+        return next((b.url for b in self._view.backends.values()
+                     if node_id is not None and b.node_id == node_id), None)
 
     def _end(self, decision: Finish | Abort | Answer) -> None:
         if isinstance(decision, Finish):

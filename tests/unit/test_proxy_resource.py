@@ -738,6 +738,22 @@ def test_a_follower_behind_the_clients_write_hands_the_read_to_the_leader() -> N
     assert proxy.counters.behind == 1
 
 
+def test_a_follower_behind_with_no_leader_known_hands_the_read_to_the_writes_replica() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"].split(";")[0]
+    for node in nodes[:2]:
+        node.status_code, node.status_body = 409, b'{"error": "behind", "message": "m"}'
+    nodes[2].status_code, nodes[2].status_body = None, b""
+    nodes[2].role = "candidate"  # an election, or the leader's /status late: no leader known
+    proxy.poll()
+
+    read = proxy.get(SONG, {"Cookie": cookie}).answer()
+
+    assert read.status == 200 and read.headers["x-served-by"] == "3"  # VERSION's node
+    assert len([s for node in nodes[:2] for s in node.received]) == 1
+    assert proxy.counters.behind == 1
+
+
 def test_a_409_to_a_read_without_a_min_version_is_the_answer() -> None:
     nodes = cluster()
     for node in nodes[:2]:
