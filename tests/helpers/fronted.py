@@ -49,13 +49,15 @@ class Client:
 
 
 class Fronted:
-    """A cluster of replicas 1-3 and a proxy in front of them, started and agreed."""
+    """A cluster of replicas 1-3 and a proxy in front of them, started and agreed.
+    ``extra``: the replicas' options; ``proxy_args``: the proxy's."""
 
-    def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str) -> None:
+    def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str,
+                 proxy_args: tuple[str, ...] = ()) -> None:
         self.cluster = Cluster(root, started, *extra)
         for node_id in (1, 2, 3):
             self.cluster.add(node_id)
-        self.proxy = ProxyProcess(root, list(self.cluster.nodes.values()))
+        self.proxy = ProxyProcess(root, list(self.cluster.nodes.values()), *proxy_args)
 
     def start(self) -> Fronted:
         self.settled()

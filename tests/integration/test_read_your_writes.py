@@ -20,7 +20,11 @@ ROUNDS = 200
 
 @pytest.fixture
 def fronted(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
-    running = Fronted(tmp_path, replicas, "--chunk-size", "16K")
+    # A fresh /status check may take seconds when the machine is loaded (CI beside other
+    # jobs): with the default 0.5 s the proxy could find no healthy replica for a read,
+    # which is not what this test is about.
+    running = Fronted(tmp_path, replicas, "--chunk-size", "16K",
+                      proxy_args=("--check-timeout", "3"))
     try:
         yield running.start()
     finally:
@@ -55,7 +59,9 @@ def test_a_client_reads_its_own_writes_while_others_read_from_followers(
         theirs.append(other.get("/songs?limit=1").headers["x-served-by"])
 
     assert missed == []
-    assert leader not in theirs and len(set(theirs)) == 2
+    # Only followers (which of the two depends on how the round-robin interleaves the two
+    # clients' reads).
+    assert set(theirs) <= {str(n.node_id) for n in fronted.nodes} - {leader}
     assert set(mine) - {leader}  # the writer's reads are served by followers too
     assert "distpotify_client" in me.cookies and other.cookies == {}
     # The reads did wait for their versions: on a follower, or by going to the leader.
