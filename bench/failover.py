@@ -44,6 +44,7 @@ from tests.helpers.fronted import Client, Fronted
 from tests.helpers.replica import Cluster, ReplicaProcess, request, send_json, wait_until
 
 ROUND_LIMIT = 20.0  # seconds: a round that takes longer is a failure, not a wait
+STARTUP_LIMIT = 180.0  # seconds to start the cluster and proxy (imports are slow when busy)
 MODES = ("direct", "proxy", "keys", "ryw")
 KINDS = ("create", "add", "rename", "delete", "upload")
 SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
@@ -362,7 +363,7 @@ def main() -> None:
         fronted = Fronted(Path(tmp), started, "--anti-entropy-interval", "2",
                           "--chunk-size", "16K")
         try:
-            fronted.start()
+            fronted.start(timeout=STARTUP_LIMIT)
             if "keys" in modes:
                 results["keys"] = run_keys(fronted, args.writes, args.threads, args.blocks)
             if "ryw" in modes:

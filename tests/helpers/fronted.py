@@ -59,10 +59,10 @@ class Fronted:
             self.cluster.add(node_id)
         self.proxy = ProxyProcess(root, list(self.cluster.nodes.values()), *proxy_args)
 
-    def start(self) -> Fronted:
-        self.settled()
+    def start(self, timeout: float = STARTUP) -> Fronted:
+        self.settled(timeout)
         self.proxy.start()
-        self.proxy_follows()
+        self.proxy_follows(timeout)
         return self
 
     @property
@@ -71,8 +71,9 @@ class Fronted:
 
     def settled(self, timeout: float = STARTUP) -> dict[str, Any]:
         """The leader's /status once every replica agrees on one Bully will keep."""
-        leader: dict[str, Any] = wait_until(self.cluster.agreed_leader, timeout=timeout,
-                                            what="the replicas to agree on a leader")
+        leader = wait_until(self.cluster.agreed_leader, timeout=timeout,
+                            what="the replicas to agree on a leader")
+        assert leader is not None  # wait_until returns the first truthy answer
         return leader
 
     def proxy_follows(self, timeout: float = STARTUP) -> int:
