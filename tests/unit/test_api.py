@@ -674,5 +674,5 @@ def test_a_write_is_answered_once_it_is_acknowledged(api: InMemoryReplica) -> No
     assert not creating.called and len(waiting) == 1
     assert [p["name"] for p in api.get("/playlists").json()["playlists"]] == ["held"]
     waiting[0].callback(None)
-    playlist, created = result_of(creating)
-    assert (playlist["name"], created) == ("held", True)
+    outcome = result_of(creating)
+    assert (outcome.body["playlist"]["name"], outcome.status) == ("held", 201)
