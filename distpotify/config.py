@@ -107,6 +107,8 @@ class ReplicaConfig:
     # Read from --cluster-key-file, which twistd requires. The default, a fresh random key,
     # proves nothing to anyone: a replica built without a key file trusts nobody.
     cluster_keys: ClusterKeys = attrs.field(factory=ClusterKeys.generate)
+    idempotency_ttl: float = 24 * 3600.0
+    read_wait: float = 0.25
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:
@@ -148,8 +150,11 @@ class ReplicaConfig:
             "header_timeout",
             "body_timeout",
             "idle_timeout",
+            "idempotency_ttl",
         ):
             check_positive(name.replace("_", "-"), getattr(self, name))
+        if not self.read_wait >= 0:  # nan too
+            raise ConfigError(f"--read-wait must be 0 or more, got {self.read_wait}")
 
     @property
     def timeouts(self) -> Timeouts:

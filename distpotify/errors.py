@@ -10,6 +10,8 @@ import errno
 import sqlite3
 from typing import Any
 
+from distpotify.wire import BEHIND
+
 
 class ApiError(Exception):
     status = 500
@@ -101,3 +103,17 @@ def disk_full(error: object) -> InsufficientStorage | None:
         return None
     return InsufficientStorage(f"the disk is full: {what} could not be written; nothing was"
                                " changed (retry once space is freed)")
+
+
+class KeyReused(ApiError):
+    """An Idempotency-Key sent again with a different request (the IETF draft's 422)."""
+
+    status = 422
+    code = "key_reused"
+
+
+class Behind(ApiError):
+    """A read whose X-Distpotify-Min-Version this replica has not applied within the wait."""
+
+    status = 409
+    code = BEHIND

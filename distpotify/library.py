@@ -1,28 +1,34 @@
 """The music library's operations: what each API call reads and writes, on the leader.
 
-Every write becomes ops through MetadataDB.write (one durable transaction); chunk files are
-written before the ops that make them visible and removed only after the ops that hide them.
+Every write is one durable transaction on the database thread that decides, writes its ops,
+builds its answer and (for a keyed write) stores that answer under its Idempotency-Key; chunk
+files are written before the ops that make them visible and removed only after the ops that
+hide them.
 """
 # test-case-name: tests.unit.test_api
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from distpotify.detach import detached
 from distpotify.errors import BadRequest, Conflict, NotFound
 from distpotify.failpoints import NONE, Failpoints
+from distpotify.idempotency import IdempotencyKey, Outcome, request_digest
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.idempotency import ENTITY as KEYS_ENTITY
 from distpotify.store.metadata import (
     Change,
     MetadataDB,
@@ -60,6 +66,11 @@ class Library:
     replication: followers hold the write too). An upload's chunk files are durable before
     the song row that makes them visible; a delete removes files only after its tombstones are
     written.
+
+    A write answers an Outcome (status, body, the version it made). With an IdempotencyKey
+    the same transaction first looks the key up (a stored outcome is answered again, a key
+    stored for another request is 422) and last stores the outcome under it; the records it
+    creates take ids derived from the key. Writes with one key run one at a time here.
     """
 
     def __init__(
@@ -87,18 +98,46 @@ class Library:
         self._acknowledged = acknowledged
         self._spool_dir = spool_dir  # where multipart file parts over 1 MiB are spooled
         self._failpoints = failpoints
+        self._keys_busy: dict[str, DeferredLock] = {}
 
     async def _write(
-        self, method: Callable[Concatenate[MetadataDB, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """A write on the database thread, once this leader may write, committed with the
-        writes queued beside it (one fsync for all); then the replicas are told (push), and the
-        answer waits until it is durable here and enough of them hold it."""
+        self, key: IdempotencyKey | None,
+        action: Callable[Concatenate[MetadataDB, P], Outcome], *args: P.args, **kwargs: P.kwargs
+    ) -> Outcome:
+        """``action`` as one keyed write on the database thread, once this leader may write,
+        committed with the writes queued beside it (one fsync for all); then the replicas are
+        told (push), and the answer waits until enough of them hold it (a stored outcome
+        answered again too: the first answer may not have been)."""
         await self._writable()
-        result = await self.store.write(method, *args, **kwargs)
-        self._on_written()
+        async with self._one_at_a_time(key):
+            outcome = await self.store.write(_keyed, key, action, *args, **kwargs)
+        if not outcome.replayed:
+            self._on_written()
         await self._acknowledged()
-        return result
+        return outcome
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, key: IdempotencyKey | None) -> AsyncIterator[None]:
+        """Writes with the same key one after the other: a request sent again while the first
+        is still being applied (a proxy's retry) waits, then gets the first one's outcome."""
+        if key is None:
+            yield
+            return
+        lock = self._keys_busy.setdefault(key.id, DeferredLock())
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            if not lock.locked:
+                self._keys_busy.pop(key.id, None)
+
+    def request_key(self, text: str, method: bytes, uri: bytes, body: IO[bytes] | None
+                    ) -> Deferred[IdempotencyKey]:
+        """The IdempotencyKey of a request that sent key ``text``: its request is hashed on a
+        worker thread (an upload body can be large)."""
+        digest: Deferred[str] = self._blocking(request_digest, method, uri, body)
+        return digest.addCallback(lambda request: IdempotencyKey(text, request))
 
     def _now(self) -> str:
         moment = datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
@@ -107,47 +146,74 @@ class Library:
     # songs
 
     def upload(
-        self, content: BinaryIO, content_type: str, query: Mapping[str, str]
-    ) -> Deferred[tuple[dict[str, Any], bool]]:
-        """Store an uploaded song; (song, created). The same bytes again return the first.
+        self, content: BinaryIO, content_type: str, query: Mapping[str, str],
+        key: IdempotencyKey | None = None,
+    ) -> Deferred[Outcome]:
+        """Store an uploaded song: 201 ``{"song"}``; the same bytes again: 200 and the first.
 
         A client that goes away does not stop it: the body is already spooled, the chunk
         files are being written by a thread that cannot be stopped, and an upload finished
         (or undone) as a whole leaves no half behind. Cancelling the answer only drops it.
         """
-        return detached(Deferred.fromCoroutine(self._upload(content, content_type, query)),
+        return detached(Deferred.fromCoroutine(self._upload(content, content_type, query, key)),
                         "an upload")
 
     async def _upload(
-        self, content: BinaryIO, content_type: str, query: Mapping[str, str]
-    ) -> tuple[dict[str, Any], bool]:
+        self, content: BinaryIO, content_type: str, query: Mapping[str, str],
+        key: IdempotencyKey | None,
+    ) -> Outcome:
         self.leadership.require_leader()
+        await self._writable()  # a new leader's catch-up may bring this key's stored outcome
+        async with self._one_at_a_time(key):
+            stored = None
+            if key is not None:
+                # Before the body is read and split: a stored outcome costs no chunk file.
+                stored = await self.store.run(MetadataDB.stored_outcome, key)
+            outcome = (stored if stored is not None
+                       else await self._store_upload(content, content_type, query, key))
+        if not outcome.replayed:
+            self._on_written()
+        await self._acknowledged()
+        return outcome
+
+    async def _store_upload(
+        self, content: BinaryIO, content_type: str, query: Mapping[str, str],
+        key: IdempotencyKey | None,
+    ) -> Outcome:
         body: Body = await self._blocking(parse_body, content, content_type, query,
                                           self._spool_dir)
         # An empty override (?title=) keeps what the file's tags say.
         overrides = song_fields({k: v for k, v in body.fields.items()
                                  if k in _OVERRIDABLE and v not in (None, "")})
-        song_id = new_id()
+        song_id = key.record_id() if key is not None else new_id()
         ingested: Ingested = await self._blocking(
             ingest, body, song_id, self.chunk_size, self.chunks, self._failpoints.hit
         )
+        names = [(song_id, idx) for idx, _, _ in ingested.chunks]
         try:
-            song, created = await self._record(body, song_id, ingested, overrides)
+            outcome = await self._record(body, song_id, ingested, overrides, key)
         except Exception:
-            # Not recorded (a refused value, a failed write): its chunk files go too.
-            await self._blocking(
-                self.chunks.remove, [(song_id, idx) for idx, _, _ in ingested.chunks])
+            # Not recorded (a refused value, a failed write): its chunk files go too, unless
+            # a song of this id lives (this key's, applied before its key row expired).
+            if await self.store.run(MetadataDB.song, song_id) is None:
+                await self._blocking(self.chunks.remove, names)
             raise
+        assert outcome.body is not None
+        song = outcome.body["song"]
+        if song["id"] != song_id:
+            # The same bytes were stored already, as another song: ours are not needed.
+            await self._blocking(self.chunks.remove, names)
         log.info(
             "upload {outcome} song={song_id} size={size} chunks={chunks}",
-            outcome="stored" if created else "duplicate", song_id=song["id"],
+            outcome="stored" if outcome.status == 201 else "duplicate", song_id=song["id"],
             size=ingested.size, chunks=len(ingested.chunks),
         )
-        return song, created
+        return outcome
 
     async def _record(
-        self, body: Body, song_id: str, ingested: Ingested, overrides: dict[str, Any]
-    ) -> tuple[dict[str, Any], bool]:
+        self, body: Body, song_id: str, ingested: Ingested, overrides: dict[str, Any],
+        key: IdempotencyKey | None,
+    ) -> Outcome:
         """Write the song and its chunk registry, unless the same bytes are stored already."""
         info = ingested.info
         fields = {
@@ -164,13 +230,10 @@ class Library:
             for idx, size, sha in ingested.chunks
         ]
         changes.append(Change("songs", song_id, fields))
-        song, created = await self._write(_create_unless_duplicate, ingested.sha256, changes)
+        outcome = await self.store.write(_keyed, key, _create_unless_duplicate, ingested.sha256,
+                                         changes)
         self._failpoints.hit("upload.committed")
-        if not created:
-            await self._blocking(
-                self.chunks.remove, [(song_id, idx) for idx, _, _ in ingested.chunks]
-            )
-        return song, created
+        return outcome
 
     async def song(self, song_id: str) -> dict[str, Any]:
         song = await self.store.run(MetadataDB.song, _checked_id(song_id, "song"))
@@ -195,20 +258,25 @@ class Library:
             raise NotFound(f"no chunk {idx} of song {song_id}")
         return found
 
-    async def patch_song(self, song_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_song(self, song_id: str, values: Mapping[str, Any],
+                         key: IdempotencyKey | None = None) -> Outcome:
+        """200 ``{"song"}`` as edited."""
         self.leadership.require_leader()
         fields = song_fields(values)
-        if not await self._write(_edit_if_live, "songs", _checked_id(song_id, "song"), fields):
-            raise NotFound(f"no song {song_id}")
-        return await self.song(song_id)
+        return await self._write(key, _edit_if_live, "songs", _checked_id(song_id, "song"),
+                                 fields)
 
-    async def delete_song(self, song_id: str) -> None:
+    async def delete_song(self, song_id: str, key: IdempotencyKey | None = None) -> Outcome:
+        """204; the song's chunk files go once its tombstones are durable."""
         self.leadership.require_leader()
-        removed = await self._write(_delete_song, _checked_id(song_id, "song"))
-        if removed is None:
-            raise NotFound(f"no song {song_id}")
-        await self._blocking(self.chunks.remove, [(song_id, idx) for idx in removed])
-        log.info("deleted song={song_id} chunks={chunks}", song_id=song_id, chunks=len(removed))
+        # A song's chunks never change after its upload: listed before, removed after.
+        chunks = await self.store.run(MetadataDB.chunks_of, _checked_id(song_id, "song"))
+        outcome = await self._write(key, _delete_song, song_id)
+        if not outcome.replayed:
+            await self._blocking(self.chunks.remove, [(song_id, c["idx"]) for c in chunks])
+            log.info("deleted song={song_id} chunks={chunks}", song_id=song_id,
+                     chunks=len(chunks))
+        return outcome
 
     # playlists
 
@@ -221,33 +289,37 @@ class Library:
             raise NotFound(f"no playlist {playlist_id}")
         return found
 
-    async def create_playlist(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create a playlist; a client-chosen ``id`` makes a retried create idempotent."""
+    async def create_playlist(self, values: Mapping[str, Any],
+                              key: IdempotencyKey | None = None) -> Outcome:
+        """201 ``{"playlist"}``; 200 if a client-chosen ``id`` (which makes a retried create
+        idempotent without a key) exists already."""
         self.leadership.require_leader()
         _only(values, {"name", "id"})
-        playlist_id = values.get("id") or new_id()
+        playlist_id = values.get("id") or _record_id(key)
         if not isinstance(playlist_id, str) or not valid_uuid(playlist_id):
             raise BadRequest("id must be a lowercase UUID")
         fields = {"name": _name(values.get("name")), "owner": None,
                   "created_at": self._now(), "deleted": 0}
-        created = await self._write(_create_once, "playlists", playlist_id, fields)
-        return await self.playlist(playlist_id), created
+        return await self._write(key, _create_playlist, playlist_id, fields)
 
-    async def patch_playlist(self, playlist_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_playlist(self, playlist_id: str, values: Mapping[str, Any],
+                             key: IdempotencyKey | None = None) -> Outcome:
+        """200 ``{"playlist"}`` as renamed."""
         self.leadership.require_leader()
         _only(values, {"name"})
         fields = {"name": _name(values.get("name"))}
-        if not await self._write(_edit_if_live, "playlists",
-                                 _checked_id(playlist_id, "playlist"), fields):
-            raise NotFound(f"no playlist {playlist_id}")
-        return await self.playlist(playlist_id)
+        return await self._write(key, _edit_if_live, "playlists",
+                                 _checked_id(playlist_id, "playlist"), fields)
 
-    async def delete_playlist(self, playlist_id: str) -> None:
+    async def delete_playlist(self, playlist_id: str, key: IdempotencyKey | None = None
+                              ) -> Outcome:
+        """204, the playlist and its items tombstoned."""
         self.leadership.require_leader()
-        if not await self._write(_delete_playlist, _checked_id(playlist_id, "playlist")):
-            raise NotFound(f"no playlist {playlist_id}")
+        return await self._write(key, _delete_playlist, _checked_id(playlist_id, "playlist"))
 
-    async def add_item(self, playlist_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    async def add_item(self, playlist_id: str, values: Mapping[str, Any],
+                       key: IdempotencyKey | None = None) -> Outcome:
+        """201 ``{"item"}``."""
         self.leadership.require_leader()
         _only(values, {"song_id", "position", "id"})
         _checked_id(playlist_id, "playlist")
@@ -260,27 +332,29 @@ class Library:
                                      or not isinstance(position, int | float)
                                      or not _finite(position)):
             raise BadRequest("position must be a finite number")
-        item_id = values.get("id") or new_id()
+        item_id = values.get("id") or _record_id(key)
         if not isinstance(item_id, str) or not valid_uuid(item_id):
             raise BadRequest("id must be a lowercase UUID")
         fields = {"playlist_id": playlist_id, "song_id": song_id,
                   "position": None if position is None else float(position),
                   "created_at": self._now(), "deleted": 0}
-        await self._write(_add_item, item_id, fields)
-        item = await self.store.run(MetadataDB.item, item_id)
-        if item is None or item["playlist_id"] != playlist_id:
-            raise Conflict(f"item {item_id} belongs to another playlist")
-        return item
+        return await self._write(key, _add_item, item_id, fields)
 
-    async def remove_item(self, playlist_id: str, item_id: str) -> None:
+    async def remove_item(self, playlist_id: str, item_id: str,
+                          key: IdempotencyKey | None = None) -> Outcome:
+        """204."""
         self.leadership.require_leader()
-        item = await self.store.run(MetadataDB.item, _checked_id(item_id, "item"))
-        if item is None or item["playlist_id"] != _checked_id(playlist_id, "playlist"):
-            raise NotFound(f"no item {item_id} in playlist {playlist_id}")
-        await self._write(MetadataDB.write, [Change("playlist_items", item_id, {"deleted": 1})])
+        return await self._write(key, _remove_item, _checked_id(playlist_id, "playlist"),
+                                 _checked_id(item_id, "item"))
 
 
 _OVERRIDABLE = ("title", "artist", "album", "track", "year", "genre")
+
+
+def _record_id(key: IdempotencyKey | None) -> str:
+    """The id of a record a write creates: derived from its key, so every leader that applies
+    the write creates the same record; a fresh one without a key."""
+    return key.record_id() if key is not None else new_id()
 
 
 def _checked_id(text: str, kind: str) -> str:
@@ -309,55 +383,82 @@ def _finite(number: int | float) -> bool:
         return False
 
 
-# Functions run on the database thread: each is one atomic decision plus its write.
+# Functions run on the database thread: each is one atomic decision plus its write, and
+# answers the Outcome the client gets.
 
 
-def _create_unless_duplicate(
-    db: MetadataDB, sha256: str, changes: list[Change]
-) -> tuple[dict[str, Any], bool]:
+def _keyed(
+    db: MetadataDB, key: IdempotencyKey | None,
+    action: Callable[Concatenate[MetadataDB, P], Outcome], *args: P.args, **kwargs: P.kwargs
+) -> Outcome:
+    """``action`` in one transaction with its key: a stored outcome is answered instead (422
+    if stored for another request); a new one gets the version the write made and is stored
+    under the key. An error (4xx) is not stored: it changed nothing, so trying again is
+    harmless."""
+    with db.atomic():
+        if key is not None:
+            stored = db.stored_outcome(key)
+            if stored is not None:
+                return stored
+        before = db.written()
+        outcome = action(db, *args, **kwargs)
+        made = db.written()
+        outcome = attrs.evolve(outcome, version=made if made != before else db.cached_head())
+        if key is not None:
+            db.write([Change(KEYS_ENTITY, key.id, outcome.fields(key))])
+    return outcome
+
+
+def _create_unless_duplicate(db: MetadataDB, sha256: str, changes: list[Change]) -> Outcome:
     existing = db.song_by_sha256(sha256)
     if existing is not None:
-        return existing, False
+        return Outcome(200, {"song": existing})
     db.write(changes)
     song = db.song(changes[-1].key)
     assert song is not None
-    return song, True
+    return Outcome(201, {"song": song})
 
 
-def _delete_song(db: MetadataDB, song_id: str) -> list[int] | None:
+def _delete_song(db: MetadataDB, song_id: str) -> Outcome:
     if db.song(song_id) is None:
-        return None
+        raise NotFound(f"no song {song_id}")
     chunks = [chunk["idx"] for chunk in db.chunks_of(song_id)]
     changes = [Change("chunks", f"{song_id}/{idx}", {"deleted": 1}) for idx in chunks]
     changes += [Change("playlist_items", item, {"deleted": 1})
                 for item in db.item_ids_of_song(song_id)]
     changes.append(Change("songs", song_id, {"deleted": 1}))
     db.write(changes)
-    return chunks
+    return Outcome(204)
 
 
-def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) -> bool:
-    """Edit a song or playlist that is live now; False (a 404) if it is not."""
-    live = db.song(key) if entity == "songs" else db.playlist(key)
-    if live is None:
-        return False
+def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) -> Outcome:
+    """Edit a song or playlist that is live now (else 404); 200 with it as edited."""
+    name = "song" if entity == "songs" else "playlist"
+    read = db.song if entity == "songs" else db.playlist
+    if read(key) is None:
+        raise NotFound(f"no {name} {key}")
     db.write([Change(entity, key, fields)])
-    return True
+    return Outcome(200, {name: read(key)})
 
 
-def _delete_playlist(db: MetadataDB, playlist_id: str) -> bool:
+def _delete_playlist(db: MetadataDB, playlist_id: str) -> Outcome:
     """Delete a playlist and every item it has now (an item added a moment ago too)."""
     playlist = db.playlist(playlist_id)
     if playlist is None:
-        return False
+        raise NotFound(f"no playlist {playlist_id}")
     changes = [Change("playlist_items", item["id"], {"deleted": 1})
                for item in playlist["items"]]
     changes.append(Change("playlists", playlist_id, {"deleted": 1}))
     db.write(changes)
-    return True
+    return Outcome(204)
 
 
-def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any]) -> bool:
+def _create_playlist(db: MetadataDB, playlist_id: str, fields: dict[str, Any]) -> Outcome:
+    created = _create_once(db, "playlists", playlist_id, fields)
+    return Outcome(201 if created else 200, {"playlist": db.playlist(playlist_id)})
+
+
+def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any]) -> Outcome:
     """Add an item if its playlist and song are both live now, at the end unless placed."""
     if db.playlist(fields["playlist_id"]) is None:
         raise NotFound(f"no playlist {fields['playlist_id']}")
@@ -365,7 +466,19 @@ def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any]) -> bool:
         raise NotFound(f"no song {fields['song_id']}")
     if fields["position"] is None:
         fields = {**fields, "position": db.last_position(fields["playlist_id"]) + 1.0}
-    return _create_once(db, "playlist_items", item_id, fields)
+    _create_once(db, "playlist_items", item_id, fields)
+    item = db.item(item_id)
+    if item is None or item["playlist_id"] != fields["playlist_id"]:
+        raise Conflict(f"item {item_id} belongs to another playlist")
+    return Outcome(201, {"item": item})
+
+
+def _remove_item(db: MetadataDB, playlist_id: str, item_id: str) -> Outcome:
+    item = db.item(item_id)
+    if item is None or item["playlist_id"] != playlist_id:
+        raise NotFound(f"no item {item_id} in playlist {playlist_id}")
+    db.write([Change("playlist_items", item_id, {"deleted": 1})])
+    return Outcome(204)
 
 
 def _create_once(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) -> bool:

@@ -43,6 +43,11 @@ ZERO = Version(0, 0, 0)
 
 MAX_INDEX = 2**31  # chunk indexes are below it
 
+# The keys of the purges entity: the tombstone watermark and the idempotency key watermark.
+TOMBSTONES = "tombstones"
+IDEMPOTENCY_KEYS = "idempotency"
+PURGES = (TOMBSTONES, IDEMPOTENCY_KEYS)
+
 
 @attrs.frozen
 class Entity:
@@ -64,7 +69,7 @@ class Entity:
             if name == "idx":
                 if not valid_index(part):
                     return False
-            elif not (valid_uuid(part) or (self.name == "purges" and part == "tombstones")):
+            elif not (valid_uuid(part) or (self.name == "purges" and part in PURGES)):
                 return False
         return True
 
@@ -97,7 +102,11 @@ ENTITIES: dict[str, Entity] = {
             ("playlist_id", "song_id", "position", "created_at", "deleted"),
         ),
         Entity("users", ("id",), ("username", "password_hash", "role", "deleted")),
-        # One row, key "tombstones": tombstones up to "through" are purged everywhere.
+        # The stored outcome of a keyed write (idempotency.py): its key's id is a UUIDv5 of
+        # the client's key text; "request" hashes the request, "written" is the version
+        # the write answered with.
+        Entity("idempotency", ("id",), ("request", "status", "body", "written")),
+        # One row per watermark (PURGES): what is at or below "through" is purged everywhere.
         Entity("purges", ("id",), ("through",)),
     )
 }

@@ -290,7 +290,9 @@ def build_replica(
     signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
                               cluster.trust, blocking)
     resource = ReplicaRoot(config.node_id, api, signed_only,
-                           serving=lambda: cluster.state == ACTIVE)
+                           serving=lambda: cluster.state == ACTIVE,
+                           wait_for=lambda v: Deferred.fromCoroutine(
+                               replication.applied.wait_for(v)))
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
                        timeouts=config.timeouts)

@@ -72,6 +72,9 @@ OPTIONS: OptionList = [
      " (100000ops), an age (36h, 2d) or bytes (512MiB)", OplogRetention.parse),
     ("cluster-key-file", None, f"file holding the cluster key, the same on every replica"
      f" (required; `{KEYGEN} > cluster.key` makes one)", load_keys),
+    ("idempotency-ttl", "86400", "seconds an Idempotency-Key's stored outcome is kept", float),
+    ("read-wait", "0.25", "seconds a read with X-Distpotify-Min-Version waits for that version"
+     " before answering 409 behind", float),
 ]
 
 

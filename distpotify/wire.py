@@ -26,6 +26,21 @@ STATES = frozenset({JOINING, ACTIVE})
 # Headers one process sets and another reads.
 SERVED_BY = b"X-Served-By"  # the node id of the replica that answered
 SNAPSHOT_VERSION = b"X-Snapshot-Version"  # the version a /sync/snapshot holds
+# Exactly once and read-your-writes (docs/architecture.md sections 3.5, 4).
+IDEMPOTENCY_KEY = b"Idempotency-Key"  # a write's key: the same key is applied once
+REPLAYED = b"Idempotent-Replayed"  # "true" on an answer a key's stored outcome gave again
+VERSION = b"X-Distpotify-Version"  # on every write answer: the version that write made
+MIN_VERSION = b"X-Distpotify-Min-Version"  # on a read: answer once this version is applied
+BEHIND = "behind"  # the 409 error code of a read whose min version is not applied here
+
+
+def version_writer(version: bytes) -> int | None:
+    """The node id of the leader that made ``version`` (its middle field: the text is
+    ``<epoch>-<node id>-<seq>``, model.Version), or None if it is not a version's text."""
+    parts = version.split(b"-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[1])
 
 
 def json_response(request: IRequest, status: int, value: Any, *, pretty: bool = False) -> bytes:

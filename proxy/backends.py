@@ -115,7 +115,9 @@ class BackendView:
     def poll_all(self) -> Deferred[list[bool]]:
         """Ask every known replica's /status now; fires once all have answered or failed."""
         polls = [self.poll(backend) for backend in list(self.backends.values())]
-        return gatherResults(polls)
+        # consumeErrors: a cancelled gathering (refresh's timeout, a client gone) cancels each
+        # poll's observer; their CancelledErrors are the gathering's, not unhandled ones.
+        return gatherResults(polls, consumeErrors=True)
 
     def refresh(self) -> Deferred[list[bool]]:
         """poll_all, bounded by the check timeout: for a request that needs a current view."""

@@ -49,6 +49,7 @@ class ProxyConfig:
     response_timeout: float = 2.0
     stall_timeout: float = 1.0
     write_timeout: float = 300.0
+    session_memory: float = 5.0
     max_upload: int = 512 * MIB
     web_dir: Path = WEB_DIR
     listen: tuple[str, ...] = ()  # endpoint descriptions; none: --host and --port
@@ -70,8 +71,10 @@ class ProxyConfig:
         ):
             check_positive(name.replace("_", "-"), getattr(self, name))
         check_positive("max-upload", self.max_upload)
-        if self.write_hold < 0:
-            raise ConfigError(f"--write-hold must be 0 or more, got {self.write_hold}")
+        for name in ("write_hold", "session_memory"):
+            if not getattr(self, name) >= 0:  # nan too
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more,"
+                                  f" got {getattr(self, name)}")
         if self.max_connections_per_client < 0:
             raise ConfigError("--max-connections-per-client must be 0 (no cap) or more,"
                               f" got {self.max_connections_per_client}")

@@ -2,40 +2,24 @@
 
 ``classify`` sees plain data (the request, what the client has already received, how the
 attempt ended) and returns a Decision; resource.py sends, waits, relays and acts on it.
+Every write carries an Idempotency-Key, so a write whose outcome is unknown is sent again
+(Again), never answered "it may or may not have been applied".
 """
 # test-case-name: tests.unit.test_proxy_decision
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 
-# After this many replicas failed one request the client gets its answer
-# (docs/architecture.md section 5.3).
+# After this many replicas failed one read the client gets its answer; a write is tried
+# until --write-hold passes (docs/architecture.md section 5.3).
 MAX_FAILED = 3
 READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 # Reads of one record that a lagging follower may not have yet (read-your-writes).
 _RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
-# POSTs that are safe to send twice: uploads deduplicate by content.
-_REPEATABLE_POST = re.compile(rb"^/songs/?(\?|$)")
-
-
-def repeatable(method: bytes, uri: bytes, body_fields: Callable[[], Mapping[str, object]]
-               ) -> bool:
-    """May a request whose delivery is uncertain be sent again? Only if repeating is harmless.
-
-    ``body_fields`` reads the request's JSON object; only a playlist create needs it (one that
-    names its own id is created once however often it is sent).
-    """
-    if method in READ_METHODS or method in (b"PUT", b"PATCH", b"DELETE"):
-        return True
-    if _REPEATABLE_POST.match(uri):
-        return True
-    if uri.rstrip(b"/") == b"/playlists":
-        return "id" in body_fields()
-    return False
 
 
 @attrs.frozen
@@ -44,8 +28,6 @@ class Context:
 
     method: bytes
     uri: bytes
-    # the request may be sent again even if this attempt may have reached the replica
-    repeatable: bool = True
     # the client has the status line and headers: this attempt continues (resumes) a body
     committed: bool = False
     # body bytes the client has received so far
@@ -56,8 +38,15 @@ class Context:
     # the leader's URL as the view knows it now, and the URLs this request has been sent to
     leader: str | None = None
     tried: Collection[str] = ()
-    # the replica of this attempt, as log lines and error messages name it
+    # the replica of this attempt, as log lines and error messages name it, and its URL
     replica: str = ""
+    url: str = ""
+    # a write: the replicas where an earlier attempt ended with its outcome unknown
+    unknown_on: Collection[str] = ()
+    # a read: it carries X-Distpotify-Min-Version (the proxy's, or the client's own), and
+    # the URL of the replica that made that version, when the view knows it
+    min_version: bool = False
+    writer: str | None = None
 
     @property
     def write(self) -> bool:
@@ -70,10 +59,13 @@ class Context:
 @attrs.frozen
 class Answered:
     """The replica's status line and headers arrived; ``mismatch`` says why they cannot
-    continue the client's response (a resume only: Resume.mismatch), None when they can."""
+    continue the client's response (a resume only: Resume.mismatch), None when they can.
+    ``from_app``: the answer is the replica's own (X-Served-By and a JSON body), not one made
+    by something between (or an error page): a 5xx without it leaves a write's fate unknown."""
 
     code: int
     mismatch: str | None = None
+    from_app: bool = True
 
 
 @attrs.frozen
@@ -122,6 +114,19 @@ class NextReplica:
 
 
 @attrs.frozen
+class Again:
+    """A write the leader has not answered with its real outcome: send it again, with the
+    same Idempotency-Key, to whichever replica leads, while --write-hold lasts. ``unknown``:
+    this attempt may have been applied (the replica is remembered, for the 404 rule);
+    ``pause``: the replica that answered may still be the one the view says leads, so wait
+    a moment before asking again."""
+
+    reason: str
+    unknown: bool = False
+    pause: bool = False
+
+
+@attrs.frozen
 class Redirect:
     """Ask another replica without counting a failure: the one at ``to``; None for the leader
     that a 421 names in its body, or else whichever replica is elected next."""
@@ -150,7 +155,7 @@ class Answer:
     message: str
 
 
-Decision = Relay | NextReplica | Redirect | Finish | Abort | Answer
+Decision = Relay | NextReplica | Again | Redirect | Finish | Abort | Answer
 
 
 def classify(outcome: Outcome, context: Context) -> Decision:
@@ -170,15 +175,41 @@ def _answered(answer: Answered, context: Context) -> Decision:
             return NextReplica(f"cannot resume: {answer.mismatch}", close=True)
         return Relay(resumed=True)
     if context.write:
-        # Only a 421 is the proxy's business; any other answer to a write is the leader's.
-        if code == 421 and not context.redirected:
-            return Redirect(None)
-        return Relay()
+        return _write_answered(answer, context)
     if code >= 500:
         return NextReplica(f"answered {code}")
+    if code == 409 and context.min_version and not context.fell_back:
+        # A follower that has not applied the client's write yet: the leader has it, and so
+        # does the replica that made it (the same one, unless the view knows no leader for a
+        # moment: an election, or its /status late under load); else another replica may.
+        for holder in (context.leader, context.writer):
+            if holder is not None and holder not in context.tried:
+                return Redirect(holder)
+        if context.leader is None:
+            return NextReplica("answered 409 behind, and no leader is known")
     if (code == 404 and not context.fell_back and _RECORD_PATH.match(context.uri)
             and context.leader is not None and context.leader not in context.tried):
         return Redirect(context.leader)
+    return Relay()
+
+
+def _write_answered(answer: Answered, context: Context) -> Decision:
+    """The leader's answer is the write's outcome, but for these: a 421 (follow it once, then
+    wait for the view to name the leader), a 5xx that is not the replica's own answer (its
+    fate is unknown), and a 404 from a new leader for a write whose fate is unknown on the
+    old one (the old leader may have applied it, and earlier writes it depends on, which the
+    new leader has not received: a 404 there is no definite answer)."""
+    code = answer.code
+    if code == 421:
+        if not context.redirected:
+            return Redirect(None)
+        return Again(f"{context.replica} does not lead either", pause=True)
+    if code >= 500 and not answer.from_app:
+        return Again(f"{context.replica} answered {code} without the replica's own answer",
+                     unknown=True, pause=True)
+    if code == 404 and context.unknown_on and context.url not in context.unknown_on:
+        return Again(f"{context.replica} answered 404 to a write that may have been applied"
+                     " elsewhere", pause=True)
     return Relay()
 
 
@@ -197,23 +228,25 @@ def _body_ended(end: BodyEnded, context: Context) -> Decision:
     return NextReplica(end.error)
 
 
-def _failed(reason: str, context: Context, *, certain: bool) -> NextReplica | Answer:
-    """The request failed before its answer started: again elsewhere, unless it may have been
-    applied and a second copy would not be harmless."""
-    if certain or context.repeatable:
-        return NextReplica(reason)
-    return Answer(502, "upstream_failed", (
-        f"the leader failed while handling this {context.method.decode()};"
-        f" it may or may not have been applied: {reason}"))
+def _failed(reason: str, context: Context, *, certain: bool) -> NextReplica | Again:
+    """The request failed before its answer started: a read goes to the next replica; a
+    write goes again to the leader under its key (applied once however often it is sent)."""
+    if context.write:
+        return Again(reason, unknown=not certain)
+    return NextReplica(reason)
 
 
 def give_up(*, write: bool, committed: bool, failures: Sequence[str], write_hold: float
             ) -> Abort | Answer:
-    """No replica is left to try (or MAX_FAILED failed): what the client gets."""
+    """No replica is left to try (MAX_FAILED failed a read, or --write-hold passed for a
+    write): what the client gets."""
     if committed:
         return Abort("; ".join(failures) or "no replica left")
     if write and not failures:
         return Answer(503, "no_leader",
                       f"no leader elected within {write_hold:g} s; retry shortly")
     detail = "; ".join(failures) or "no healthy replica"
+    if write:
+        return Answer(503, "unavailable", f"no leader confirmed this write within"
+                      f" {write_hold:g} s ({detail}); retry shortly")
     return Answer(503, "unavailable", f"no replica could answer: {detail}")

@@ -31,6 +31,11 @@ class _ReportCollector:
                                   "Epoch of the leader the proxy writes to (0: none)")
         epoch.add_metric([], leader["epoch"] if leader else 0)
         yield epoch
+        remembered = GaugeMetricFamily(
+            "distpotify_proxy_remembered_clients",
+            "Clients whose last write the proxy remembers for their reads (read your writes)")
+        remembered.add_metric([], report.get("remembered_clients", 0))
+        yield remembered
         healthy = GaugeMetricFamily("distpotify_proxy_backend_healthy",
                                     "1 while a replica answers its health checks", labels=["http"])
         forwarded = CounterMetricFamily("distpotify_proxy_backend_forwarded",

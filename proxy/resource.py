@@ -2,12 +2,15 @@
 
 Each request becomes an Exchange: it picks a replica (writes: the leader, reads: round-robin
 over followers), streams the spooled request body, and relays the response with backpressure.
-What each answer or failure means (next replica, redirect, resume, give up) is decided by
-decision.py; the Exchange sends with the Agent, keeps the timeouts, and does what it says.
-When a replica fails before the first byte reaches the client the request goes to the next
-one; after that the download resumes elsewhere with Range + If-Range of the same ETag. After
-three failed replicas the client gets 503, or a torn connection if bytes were already sent:
-never a short response dressed up as complete.
+What each answer or failure means (next replica, send again, redirect, resume, give up) is
+decided by decision.py; the Exchange sends with the Agent, keeps the timeouts, and does what
+it says. When a replica fails a read before the first byte reaches the client the request
+goes to the next one; after that the download resumes elsewhere with Range + If-Range of the
+same ETag. After three failed replicas the client gets 503, or a torn connection if bytes
+were already sent: never a short response dressed up as complete. Every write carries an
+Idempotency-Key (the client's or one made here) and is sent again under it, to whichever
+replica leads, until the leader answers or --write-hold passes (503). A write's answer tells
+its client's later reads which version to wait for (sessions.py).
 """
 # test-case-name: tests.unit.test_proxy_resource, tests.unit.test_proxy_decision
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
@@ -24,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, RequestNotSent, ResponseDone
@@ -34,13 +39,21 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from distpotify.wire import json_error
+from distpotify.wire import (
+    IDEMPOTENCY_KEY,
+    MIN_VERSION,
+    SERVED_BY,
+    VERSION,
+    json_error,
+    version_writer,
+)
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
 from proxy.decision import (
     MAX_FAILED,
     READ_METHODS,
     Abort,
+    Again,
     Answer,
     Answered,
     BodyEnded,
@@ -53,10 +66,10 @@ from proxy.decision import (
     Unanswered,
     classify,
     give_up,
-    repeatable,
 )
 from proxy.forwarded import CLIENT_CLAIMS, client_origin
 from proxy.resume import Resume
+from proxy.sessions import Sessions
 
 log = Logger()
 
@@ -125,6 +138,8 @@ class Counters:
 
     requests: int = 0
     retries: int = 0
+    write_retries: int = 0
+    behind: int = 0
     resumes: int = 0
     held_writes: int = 0
     unavailable: int = 0
@@ -161,6 +176,7 @@ class ProxyResource(ReverseProxyResource):
         config: ProxyConfig,
         counters: Counters | None = None,
         cooperator: Any = task,
+        sessions: Sessions | None = None,
     ) -> None:
         super().__init__(None, None, b"", reactor=reactor)
         self.view = view
@@ -168,6 +184,7 @@ class ProxyResource(ReverseProxyResource):
         self.config = config
         self.counters = counters if counters is not None else Counters()
         self.cooperator = cooperator
+        self.sessions = sessions or Sessions(reactor, config.session_memory)
 
     def getChild(self, path: bytes, request: Any) -> ProxyResource:
         return self
@@ -183,7 +200,9 @@ class Exchange:
 
     The transport half of the proxy: it sends each attempt with the Agent under a timeout,
     cancels a write's attempt when another replica is elected leader meanwhile, relays bodies,
-    and does what decision.classify says the end of each attempt means.
+    and does what decision.classify says the end of each attempt means. A write goes out
+    under one Idempotency-Key however often it is sent; a read of a client that wrote a
+    moment ago names that write's version (X-Distpotify-Min-Version).
     """
 
     def __init__(self, resource: ProxyResource, request: Request) -> None:
@@ -195,8 +214,18 @@ class Exchange:
         self._counters = resource.counters
         self._write = request.method not in READ_METHODS
         self._uri = resource.path + request.uri
-        self._repeatable = repeatable(request.method, self._uri,
-                                      lambda: _json_object(request.content))
+        self._sessions = resource.sessions
+        # A write keeps the client's key; one made here is an RFC 8941 string, as the
+        # Idempotency-Key draft writes it.
+        self._key: bytes | None = None
+        self._waits_for: bytes | None = None
+        if self._write:
+            sent = request.requestHeaders.getRawHeaders(IDEMPOTENCY_KEY)
+            self._key = sent[-1] if sent else f'"{uuid.uuid4()}"'.encode()
+        elif not request.requestHeaders.hasHeader(MIN_VERSION):
+            self._waits_for = self._sessions.recall(request)
+        self._unknown_on: set[str] = set()
+        self._attempts = 0
         self._tried: set[str] = set()
         self._redirected = False
         self._fell_back = False
@@ -219,7 +248,12 @@ class Exchange:
     async def _forward(self) -> None:
         deadline = self._clock.seconds() + self._config.write_hold
         target: Backend | None = None
-        while len(self._failures) < MAX_FAILED and not self._gone:
+        while not self._gone:
+            if self._write:
+                if self._attempts and self._clock.seconds() >= deadline:
+                    break
+            elif len(self._failures) >= MAX_FAILED:
+                break
             backend: Backend | None
             if target is not None:
                 backend, target = target, None
@@ -231,6 +265,7 @@ class Exchange:
             if backend is None:
                 break
             self._tried.add(backend.url)
+            self._attempts += 1
             decision = await self._attempt(backend)
             if isinstance(decision, Redirect):
                 self._redirected = self._redirected or self._write
@@ -244,6 +279,19 @@ class Exchange:
                          method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
                          backend=backend.describe(), reason=decision.reason,
                          action=f"; resuming at byte {self._sent}" if self._committed else "")
+            elif isinstance(decision, Again):
+                self._failures.append(f"{backend.describe()}: {decision.reason}")
+                self._counters.write_retries += 1
+                if decision.unknown:
+                    self._unknown_on.add(backend.url)
+                log.info("{method} {uri}: {reason}; sending it again under its key {key}",
+                         method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                         reason=decision.reason, key=(self._key or b"").decode("latin-1"))
+                left = deadline - self._clock.seconds()
+                if decision.pause and left > 0:
+                    # The view may still name that replica: ask again after its next poll.
+                    await deferLater(self._clock, min(self._config.poll_interval, left),
+                                     lambda: None)
             else:
                 assert not isinstance(decision, Relay)  # _attempt relays
                 self._end(decision)
@@ -267,12 +315,24 @@ class Exchange:
         """What classify needs to know of this request, now that an attempt on ``backend``
         has ended."""
         leader = self._view.leader()
+        waits_for = self._waits_for or self._request.requestHeaders.getRawHeaders(
+            MIN_VERSION, [None])[-1]
         return Context(
-            self._request.method, self._uri, repeatable=self._repeatable,
+            self._request.method, self._uri,
             committed=self._committed, sent=self._sent, redirected=self._redirected,
             fell_back=self._fell_back, leader=None if leader is None else leader.url,
-            tried=frozenset(self._tried), replica=backend.describe(),
+            tried=frozenset(self._tried), replica=backend.describe(), url=backend.url,
+            unknown_on=frozenset(self._unknown_on),
+            min_version=waits_for is not None,
+            writer=None if waits_for is None else self._writer_of(waits_for),
         )
+
+    def _writer_of(self, version: bytes) -> str | None:
+        """The URL of the replica that made ``version``, whatever the view thinks of its
+        health: it has applied its own write."""
+        node_id = version_writer(version)
+        return next((b.url for b in self._view.backends.values()
+                     if node_id is not None and b.node_id == node_id), None)
 
     def _end(self, decision: Finish | Abort | Answer) -> None:
         if isinstance(decision, Finish):
@@ -295,17 +355,22 @@ class Exchange:
         if self._committed:
             assert self._resume is not None
             mismatch = self._resume.mismatch(response.code, response.headers, self._sent)
-        decision = classify(Answered(response.code, mismatch), self._context(backend))
+        answered = Answered(response.code, mismatch, from_app=_from_app(response))
+        decision = classify(answered, self._context(backend))
         if isinstance(decision, Relay):
             if decision.resumed:
                 self._counters.resumes += 1
             return await self._relay(backend, response)
+        if response.code == 409 and not self._committed:
+            self._counters.behind += 1  # a replica behind the client's write: not relayed
         if isinstance(decision, NextReplica):
             backend.failures += 1
             response.deliverBody(_Drop() if decision.close else _Discard())
         elif isinstance(decision, Redirect):
             if decision.to is None:
                 return Redirect(await self._named_leader(backend, response))
+            _discard(response)
+        else:
             _discard(response)
         return decision
 
@@ -374,6 +439,10 @@ class Exchange:
         a resume asks for the missing bytes of the first response's ETag instead."""
         if self._forwarded is None:
             self._forwarded = _forwarded_headers(self._request)
+            if self._key is not None:
+                self._forwarded.setRawHeaders(IDEMPOTENCY_KEY, [self._key])
+            if self._waits_for is not None:
+                self._forwarded.setRawHeaders(MIN_VERSION, [self._waits_for])
         if not self._committed:
             return self._forwarded
         assert self._resume is not None
@@ -428,6 +497,9 @@ class Exchange:
             request.setHeader(b"Content-Length", str(length).encode())
         self._resume = Resume.of(request.method, response.code, response.headers, length)
         self._committed = True
+        version = response.headers.getRawHeaders(VERSION)
+        if self._write and version and 200 <= response.code < 300:
+            self._sessions.remember(request, version[-1])
 
     def _finish(self) -> None:
         if self._gone:
@@ -608,6 +680,14 @@ class _Discard(Protocol):
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
+def _from_app(response: IResponse) -> bool:
+    """Whether an answer is the replica's own: it names the replica and is JSON (every error
+    a replica makes is), not a page made by something between."""
+    content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[-1]
+    return (response.headers.hasHeader(SERVED_BY)
+            and content_type.split(b";")[0].strip().lower() == b"application/json")
+
+
 def _length(response: IResponse) -> int | None:
     """The body length the replica declared (Content-Length), or None if it did not."""
     length = response.length
@@ -650,19 +730,6 @@ def _leader_named(body: bytes) -> str | None:
         return None
     leader = value.get("leader_http") if isinstance(value, dict) else None
     return leader.rstrip("/") if isinstance(leader, str) and leader else None
-
-
-def _json_object(content: IO[bytes] | None) -> dict[str, Any]:
-    if content is None:
-        return {}
-    content.seek(0)
-    data = content.read(MAX_SMALL_BODY + 1)
-    content.seek(0)
-    try:
-        value = json.loads(data) if len(data) <= MAX_SMALL_BODY else None
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class _KeepOpen:

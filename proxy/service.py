@@ -21,6 +21,7 @@ from proxy.config import ProxyConfig
 from proxy.limits import ConnectionLimits, open_files_limit, total_cap
 from proxy.listen import endpoints
 from proxy.resource import Counters, ProxyResource
+from proxy.sessions import Sessions
 from proxy.site import ProxyRoot, ProxySite
 from proxy.upstream import replica_agent
 
@@ -44,7 +45,9 @@ class ProxyService(service.MultiService):
         self.open_files = open_files_limit()
         self.limits = ConnectionLimits(config.max_connections_per_client,
                                        total_cap(self.open_files), config.trusted_proxies)
-        forward = ProxyResource(self.view, self.agent, reactor, config, self.counters)
+        self.sessions = Sessions(reactor, config.session_memory)
+        forward = ProxyResource(self.view, self.agent, reactor, config, self.counters,
+                                sessions=self.sessions)
         self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir),
                               max_body=config.max_upload, clock=reactor,
                               timeouts=config.timeouts, limits=self.limits,
@@ -62,12 +65,14 @@ class ProxyService(service.MultiService):
             "counters": attrs.asdict(self.counters),
             "connections": {**self.limits.snapshot(),
                             "timed_out": dict(self.site.timeouts_expired)},
+            "remembered_clients": len(self.sessions),
             "config": {
                 "write_hold": self.config.write_hold,
                 "health_max_age": self.config.health_max_age,
                 "poll_interval": self.config.poll_interval,
                 "stall_timeout": self.config.stall_timeout,
                 "response_timeout": self.config.response_timeout,
+                "session_memory": self.config.session_memory,
                 "max_upload": self.config.max_upload,
                 "header_timeout": self.config.header_timeout,
                 "body_timeout": self.config.body_timeout,

@@ -41,6 +41,8 @@ OPTIONS: OptionList = [
     ("stall-timeout", "1", "seconds without body bytes (while the client reads) before the"
      " download resumes on another replica", float),
     ("write-timeout", "300", "seconds a write waits for the leader's answer", float),
+    ("session-memory", "5", "seconds the proxy remembers a client's last write, so that"
+     " client's reads wait for it (read your writes); 0 turns it off", float),
     ("max-upload", "512M", "largest request body the proxy accepts (K/M/G suffixes); larger"
      " ones get 413 before they are read. Keep it at the replicas' --max-upload", parse_size),
     ("web-dir", None, "directory of the web player's static files [default: proxy/web]",

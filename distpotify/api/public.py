@@ -29,13 +29,23 @@ from distpotify.api.parsing import (
     utf8_path,
 )
 from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
-from distpotify.errors import BadRequest, NotFound, Unavailable
+from distpotify.errors import BadRequest, Behind, NotFound, Unavailable
+from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
+from distpotify.model import Version
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS, Runner, SongSearch
-from distpotify.wire import SERVED_BY, json_error, json_response
+from distpotify.wire import (
+    IDEMPOTENCY_KEY,
+    MIN_VERSION,
+    REPLAYED,
+    SERVED_BY,
+    VERSION,
+    json_error,
+    json_response,
+)
 
 MAX_PAGE = 500
 # Songs whose Last-Modified the chunk path keeps (a date each; a song's never changes).
@@ -66,6 +76,30 @@ class PublicAPI:
 
     def _json(self, request: Request) -> Awaitable[dict[str, Any]]:
         return json_body(request, self._blocking)
+
+    # writes: an optional Idempotency-Key in, an Outcome and its version out
+
+    async def _key(self, request: Request) -> IdempotencyKey | None:
+        """The request's Idempotency-Key (400 if malformed), with its request's digest."""
+        header = request.getHeader(IDEMPOTENCY_KEY)
+        if header is None:
+            return None
+        text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
+        return await self._library.request_key(text, request.method, request.uri,
+                                               request.content)
+
+    @staticmethod
+    def _answer(request: Request, outcome: Outcome) -> bytes:
+        """A write's answer: its status and body, the version it made, and whether a key's
+        stored outcome answered it again."""
+        assert outcome.version is not None
+        request.setHeader(VERSION, outcome.version.encode().encode())
+        if outcome.replayed:
+            request.setHeader(REPLAYED, b"true")
+        if outcome.body is None:
+            request.setResponseCode(outcome.status)
+            return b""
+        return json_response(request, outcome.status, outcome.body)
 
     # status
 
@@ -106,10 +140,9 @@ class PublicAPI:
     async def upload(self, request: Request) -> bytes:
         content_type = request.getHeader(b"Content-Type") or b""
         assert request.content is not None
-        song, created = await self._library.upload(
-            request.content, content_type.decode("latin-1"), query(request)
-        )
-        return json_response(request, 201 if created else 200, {"song": song})
+        key = await self._key(request)
+        return self._answer(request, await self._library.upload(
+            request.content, content_type.decode("latin-1"), query(request), key))
 
     @app.route("/songs/<id:song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:
@@ -117,14 +150,14 @@ class PublicAPI:
 
     @app.route("/songs/<id:song_id>", methods=["PATCH"])
     async def patch_song(self, request: Request, song_id: str) -> bytes:
-        song = await self._library.patch_song(song_id, await self._json(request))
-        return json_response(request, 200, {"song": song})
+        key = await self._key(request)
+        return self._answer(request, await self._library.patch_song(
+            song_id, await self._json(request), key))
 
     @app.route("/songs/<id:song_id>", methods=["DELETE"])
     async def delete_song(self, request: Request, song_id: str) -> bytes:
-        await self._library.delete_song(song_id)
-        request.setResponseCode(204)
-        return b""
+        key = await self._key(request)
+        return self._answer(request, await self._library.delete_song(song_id, key))
 
     @app.route("/songs/<id:song_id>/chunks/<index:index>", methods=["GET"])
     async def chunk(self, request: Request, song_id: str, index: int) -> bytes:
@@ -192,8 +225,9 @@ class PublicAPI:
 
     @app.route("/playlists", methods=["POST"])
     async def create_playlist(self, request: Request) -> bytes:
-        playlist, created = await self._library.create_playlist(await self._json(request))
-        return json_response(request, 201 if created else 200, {"playlist": playlist})
+        key = await self._key(request)
+        return self._answer(request, await self._library.create_playlist(
+            await self._json(request), key))
 
     @app.route("/playlists/<id:playlist_id>", methods=["GET"])
     async def playlist(self, request: Request, playlist_id: str) -> bytes:
@@ -201,25 +235,25 @@ class PublicAPI:
 
     @app.route("/playlists/<id:playlist_id>", methods=["PATCH"])
     async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
-        playlist = await self._library.patch_playlist(playlist_id, await self._json(request))
-        return json_response(request, 200, {"playlist": playlist})
+        key = await self._key(request)
+        return self._answer(request, await self._library.patch_playlist(
+            playlist_id, await self._json(request), key))
 
     @app.route("/playlists/<id:playlist_id>", methods=["DELETE"])
     async def delete_playlist(self, request: Request, playlist_id: str) -> bytes:
-        await self._library.delete_playlist(playlist_id)
-        request.setResponseCode(204)
-        return b""
+        key = await self._key(request)
+        return self._answer(request, await self._library.delete_playlist(playlist_id, key))
 
     @app.route("/playlists/<id:playlist_id>/items", methods=["POST"])
     async def add_item(self, request: Request, playlist_id: str) -> bytes:
-        item = await self._library.add_item(playlist_id, await self._json(request))
-        return json_response(request, 201, {"item": item})
+        key = await self._key(request)
+        return self._answer(request, await self._library.add_item(
+            playlist_id, await self._json(request), key))
 
     @app.route("/playlists/<id:playlist_id>/items/<id:item_id>", methods=["DELETE"])
     async def remove_item(self, request: Request, playlist_id: str, item_id: str) -> bytes:
-        await self._library.remove_item(playlist_id, item_id)
-        request.setResponseCode(204)
-        return b""
+        key = await self._key(request)
+        return self._answer(request, await self._library.remove_item(playlist_id, item_id, key))
 
 
 def authorize(request: Request) -> None:
@@ -227,8 +261,10 @@ def authorize(request: Request) -> None:
 
 
 class ReplicaRoot(Resource):
-    """Root resource: tags every response with X-Served-By, authorizes every request, and
-    sends /sync/* to the cluster-internal API.
+    """Root resource: tags every response with X-Served-By, authorizes every request, sends
+    /sync/* to the cluster-internal API, and holds a read that carries
+    X-Distpotify-Min-Version until that version is applied here (``wait_for``), or answers
+    it 409 behind.
 
     Chunk GETs, the hot path of every listener, skip Klein's routing (a third of their CPU
     time): matched here by the route's own converters (``chunk_address``), served by the same
@@ -240,6 +276,7 @@ class ReplicaRoot(Resource):
     def __init__(
         self, node_id: int, api: PublicAPI, sync: IResource,
         serving: Callable[[], bool] = lambda: True,
+        wait_for: Callable[[Version], Deferred[bool]] | None = None,
     ) -> None:
         super().__init__()
         self._served_by = str(node_id).encode()
@@ -247,6 +284,7 @@ class ReplicaRoot(Resource):
         self._routes = api.app.resource()
         self._sync = sync
         self._serving = serving
+        self._wait_for = wait_for
 
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
@@ -258,13 +296,56 @@ class ReplicaRoot(Resource):
         if first == b"sync":
             return self._sync.render(request)
         reading = request.method in (b"GET", b"HEAD")
-        if reading and first not in (b"status", b"metrics") and not self._serving():
+        library_read = reading and first not in (b"status", b"metrics")
+        if library_read and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
             return json_error(request, 503, "joining", "this replica is still joining the cluster")
+        wanted = request.getHeader(MIN_VERSION) if library_read else None
+        if wanted is not None and self._wait_for is not None:
+            return self._when_applied(request, wanted)
+        return self._serve(request, reading)
+
+    def _serve(self, request: Request, reading: bool) -> Any:
         address = chunk_address(request.path) if reading else None
         if address is not None:
             return self._chunk(request, *address)
         return self._routes.render(request)
+
+    def _when_applied(self, request: Request, wanted: str | bytes) -> Any:
+        """Serve the read once the version it names is applied here, else 409 behind."""
+        text = wanted.decode("latin-1") if isinstance(wanted, bytes) else wanted
+        try:
+            version = Version.decode(text.strip())
+        except ValueError:
+            return json_error(request, 400, "bad_request",
+                              f"{MIN_VERSION.decode()} must be a version such as"
+                              f" 0000000003-00003-000000000001, got {text[:64]!r}")
+        assert self._wait_for is not None
+        d = self._wait_for(version)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+
+        def go(applied: bool) -> None:
+            if request.finished or request._disconnected:
+                return
+            if not applied:
+                behind = Behind(f"this replica has not applied version {version.encode()} yet;"
+                                " ask the leader")
+                request.write(answer_failure(request, Failure(behind)))
+                request.finish()
+                return
+            body = self._serve(request, reading=True)
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            if failure.check(CancelledError) or request.finished or request._disconnected:
+                return
+            request.write(answer_failure(request, failure))
+            request.finish()
+
+        d.addCallback(go).addErrback(failed)
+        return NOT_DONE_YET
 
     def _chunk(self, request: Request, song_id: str, index: int) -> object:
         d = Deferred.fromCoroutine(self._api.chunk(request, song_id, index))

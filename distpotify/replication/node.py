@@ -23,6 +23,7 @@ from distpotify.leadership import Leadership
 from distpotify.model import Version
 from distpotify.periodic import Periodic
 from distpotify.replication.antientropy import AntiEntropy
+from distpotify.replication.applied import AppliedOps
 from distpotify.replication.bootstrap import (
     ANNOUNCING,
     CHUNKS,
@@ -38,7 +39,7 @@ from distpotify.replication.bootstrap import (
 )
 from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkFetcher
-from distpotify.replication.purge import TombstonePurger
+from distpotify.replication.purge import Purger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard, Scrubber
@@ -60,10 +61,11 @@ class ReplicationNode(service.MultiService):
     """Everything that makes this replica hold what the cluster holds.
 
     Built with the replica, it takes pushes (Receiver), pushes when it leads (Pusher),
-    guards and repairs chunks (ChunkGuard) and answers joins (JoinDesk, SnapshotBuilds) from
-    the start; ``become_active`` founds, rejoins or joins the cluster; its children, started
-    after that, are its periodic jobs: the record of being ACTIVE, anti-entropy, scrubbing,
-    tombstone purging and oplog compaction. ``leadership`` says when this replica leads.
+    guards and repairs chunks (ChunkGuard), answers joins (JoinDesk, SnapshotBuilds) and wakes
+    reads waiting for a version (AppliedOps) from the start; ``become_active`` founds, rejoins
+    or joins the cluster; its children, started after that, are its periodic jobs: the record
+    of being ACTIVE, anti-entropy, scrubbing, purging (tombstones, expired idempotency keys)
+    and oplog compaction. ``leadership`` says when this replica leads.
     ``resync_requested`` is the leader's word that this replica must take a new snapshot: it
     turns JOINING again until it has.
     """
@@ -87,10 +89,12 @@ class ReplicationNode(service.MultiService):
         failpoints = config.failpoints
         self.fetcher = ChunkFetcher(client, chunks, blocking)
         self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
+        self.applied = AppliedOps(store, reactor, config.read_wait, cluster.head)
         self.receiver = Receiver(
             store, chunks, self.fetcher, blocking, self.peer_urls,
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
-            failpoints=failpoints)
+            failpoints=failpoints,
+            on_applied=self.applied.applied)
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -113,10 +117,11 @@ class ReplicationNode(service.MultiService):
             interval=config.anti_entropy_interval,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
-        self.purger = TombstonePurger(
+        self.purger = Purger(
             store=store, pusher=self.pusher, membership=cluster.membership,
             leading=lambda: leadership.is_leader, clock=reactor, ttl=config.tombstone_ttl,
             failpoints=failpoints,
+            key_ttl=config.idempotency_ttl,
         )
         self.compactor = OplogCompactor(store=store, retention=config.oplog_retention,
                                         clock=reactor, failpoints=failpoints)
@@ -309,6 +314,7 @@ class ReplicationNode(service.MultiService):
             "push": await self.pusher.status() if self._leadership.is_leader else None,
             "semi_sync": self.semisync.status(),
             "ops_received": self.receiver.ops_applied,
+            "read_wait": self.applied.status(),
             "anti_entropy": self.anti_entropy.status(),
             "repair": attrs.asdict(self.guard.counters),
             "fetch": attrs.asdict(self.fetcher.counters),
@@ -320,4 +326,6 @@ class ReplicationNode(service.MultiService):
                       "retention": str(self._config.oplog_retention),
                       "compacted": self.compactor.compacted},
             "snapshots_built": self.snapshots.built,
+            "idempotency_keys": await self._store.run(MetadataDB.idempotency_keys),
+            "keys_expired_through": (await self._store.run(MetadataDB.key_watermark)).as_list(),
         }}

@@ -140,6 +140,7 @@ class Receiver:
         peers: Callable[[], Sequence[str]],
         accepting: Callable[[], bool] = lambda: True,
         failpoints: Failpoints = NONE,
+        on_applied: Callable[[Sequence[Op]], object] = lambda ops: None,
     ) -> None:
         self._store = store
         self._chunks = chunks
@@ -151,6 +152,8 @@ class Receiver:
         self.accepting = accepting
         self._failpoints = failpoints
         self._gate = ApplyGate()
+        # Told of every batch once it is durable: reads waiting for a version (applied.py).
+        self._on_applied = on_applied
         self.ops_applied = 0
         self.rows_fenced = 0
 
@@ -189,6 +192,7 @@ class Receiver:
             await self._fetcher.sync()
         self._failpoints.hit("apply.chunks_fetched")
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
+        self._on_applied(ops)
         await self._drop_deleted_chunks(ops)
         self._failpoints.hit("apply.committed")
         return await self._store.run(MetadataDB.head)

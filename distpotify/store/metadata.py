@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
+from distpotify.store.idempotency import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
 from distpotify.store.queries import SONG_ORDERS, LibraryQueries, SongPage, SongSearch
@@ -38,16 +39,17 @@ T = TypeVar("T")
 
 
 class MetadataDB(
-    Oplog, Digests, Tombstones, Compaction, Snapshots, LibraryQueries, ChunkRegistry
+    Oplog, Digests, Tombstones, IdempotencyKeys, Compaction, Snapshots, LibraryQueries,
+    ChunkRegistry,
 ):
     """Synchronous access to the database; every method runs on the store's one thread.
 
     Its parts share the one connection (schema.py opens it) and this object's state:
     Oplog (oplog.py) the write path and the head; Digests (digest.py) what anti-entropy
-    compares; Tombstones (tombstones.py) the purge watermark; Compaction (compaction.py) the
-    oplog's retention; Snapshots (snapshot.py) backup and install; LibraryQueries
-    (queries.py) the API's reads; ChunkRegistry (registry.py) the chunk registry and its
-    in-memory cache (chunkcache.py).
+    compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (idempotency.py)
+    the stored outcomes of keyed writes; Compaction (compaction.py) the oplog's retention;
+    Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads;
+    ChunkRegistry (registry.py) the chunk registry and its in-memory cache (chunkcache.py).
     """
 
     def __init__(

@@ -5,15 +5,17 @@ and the oplog in one transaction, and the head (the newest version applied).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
 from twisted.python.failure import Failure
 
-from distpotify.model import ENTITIES, Op, Row, Version
+from distpotify.model import ENTITIES, TOMBSTONES, Op, Row, Version
+from distpotify.store import idempotency
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
@@ -59,6 +61,26 @@ class Oplog(Tables):
         ).fetchone()
         self._epoch = epoch
         self._seq = Version.decode(row["v"]).seq if row["v"] else 0
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction around several writes and the reads that decide them: writes
+        inside join it (savepoints), and after an exception nothing of it stays, this
+        leader's numbering included; the head moves once the outermost transaction commits."""
+        mark = self._seq, len(self._unpublished)
+        try:
+            with self._transaction():
+                yield
+        except BaseException:
+            self._seq = mark[0]
+            del self._unpublished[mark[1]:]
+            raise
+        if not self._conn.in_transaction:
+            self._publish_head()
+
+    def written(self) -> Version:
+        """The version of this leader's newest write (seq 0 before its first in the epoch)."""
+        return Version(self._epoch, self.node_id, self._seq)
 
     def write(self, changes: Sequence[Change]) -> list[Op]:
         """Apply ``changes`` as this leader's next ops in one durable transaction."""
@@ -119,6 +141,13 @@ class Oplog(Tables):
     def head(self) -> Version:
         return head_of(self._conn)
 
+    def has_op(self, version: Version) -> bool:
+        """Whether the op of exactly ``version`` has been applied here (a newer head from
+        another leader does not count: it need not include that op)."""
+        found = self._conn.execute(
+            "SELECT 1 FROM oplog WHERE version = ?", (version.encode(),)).fetchone()
+        return found is not None
+
     def cached_head(self) -> Version:
         """The newest version applied, without a query: safe to read from any thread."""
         return self._head
@@ -160,8 +189,9 @@ class Oplog(Tables):
             "INSERT OR IGNORE INTO oplog (version, entity, key, body, at) VALUES (?, ?, ?, ?, ?)",
             (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields)), self._now()),
         )
-        if row is None:
-            return False
+        if row is None or (op.entity == idempotency.ENTITY
+                           and op.version <= idempotency.key_watermark(self._conn)):
+            return False  # old, repeated, or a key expired everywhere: it must not come back
         bucket = bucket_of(op.entity, op.key)
         versions = versions_text(row)
         values = {**entity.split_key(op.key), **row.fields,
@@ -182,5 +212,9 @@ class Oplog(Tables):
             change ^= row_hash(op.entity, op.key, versions_text(old))
         xor_digest(self._conn, bucket, change)
         if op.entity == "purges" and "through" in won_fields(old, row):
-            purge_tombstones(self._conn, Version.decode(str(row.fields["through"])))
+            through = Version.decode(str(row.fields["through"]))
+            if op.key == TOMBSTONES:
+                purge_tombstones(self._conn, through)
+            else:
+                idempotency.purge_keys(self._conn, through)
         return True

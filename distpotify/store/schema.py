@@ -38,6 +38,8 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
+    # The key watermark drops idempotency rows by version (store/idempotency.py).
+    "CREATE INDEX IF NOT EXISTS idempotency_version ON idempotency (version)",
     "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
     " key TEXT NOT NULL, body TEXT NOT NULL, at REAL)",
     "CREATE INDEX IF NOT EXISTS oplog_at ON oplog (at)",

@@ -2,10 +2,12 @@
 
 In memory (unit tests): ``ProxyHarness`` runs the real Site, root and ProxyResource on a
 ``StringTransport`` with a ``Clock``; ``FakeReplica`` answers ``/status`` and serves bytes with
-ETag/Range/If-Range, and can refuse, drop, hang, answer a fixed status, cut or stall a body,
-ignore Range, or send another ETag. Real processes (integration tests): ``ProxyProcess`` runs
-``twistd distpotify-proxy`` like ``ReplicaProcess`` runs a replica; ``seed_data_dir`` makes a
-replica data dir holding songs, to copy into several replicas so they hold the same ids.
+ETag/Range/If-Range, and can refuse, drop, hang, answer a fixed status (with extra headers,
+or as a bare page without X-Served-By, as something in front of a replica would), cut or
+stall a body, ignore Range, or send another ETag. Real processes (integration tests):
+``ProxyProcess`` runs ``twistd distpotify-proxy`` like ``ReplicaProcess`` runs a replica;
+``seed_data_dir`` makes a replica data dir holding songs, to copy into several replicas so
+they hold the same ids.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class FakeReplica:
     hang: bool = False
     status_code: int | None = None
     status_body: bytes = b""
+    headers: dict[str, str] = attrs.Factory(dict)
+    bare: bool = False
     cut_after: int | None = None
     stall_after: int | None = None
     ignore_range: bool = False
@@ -111,8 +115,9 @@ class FakeReplica:
             self.pending.append(d)
             return d
         if self.status_code is not None:
-            response = FakeResponse(self, self.status_code, {"Content-Type": "application/json"},
-                                    self.status_body)
+            headers = {"Content-Type": "text/html" if self.bare else "application/json",
+                       **self.headers}
+            response = FakeResponse(self, self.status_code, headers, self.status_body)
         else:
             response = self._serve(sent)
         self.responses.append(response)
@@ -154,8 +159,9 @@ class FakeResponse:
         self.replica = replica
         self.code = code
         self.phrase = {200: b"OK", 206: b"Partial Content"}.get(code, b"Status")
-        all_headers = {"X-Served-By": str(replica.node_id), "Connection": "keep-alive",
-                       "Keep-Alive": "timeout=5", **headers}
+        all_headers = {"Connection": "keep-alive", "Keep-Alive": "timeout=5", **headers}
+        if not replica.bare:
+            all_headers["X-Served-By"] = str(replica.node_id)
         self.headers = Headers({k.encode(): [v.encode()] for k, v in all_headers.items()})
         self.length = len(body)
         self.body = body
@@ -421,9 +427,10 @@ class ProxyHarness:
             ) -> ClientConnection:
         return self.connect(limit).send("GET", path, headers)
 
-    def post(self, path: str, body: bytes, content_type: str = "application/json"
-             ) -> ClientConnection:
-        return self.connect().send("POST", path, {"Content-Type": content_type}, body)
+    def post(self, path: str, body: bytes, content_type: str = "application/json",
+             headers: dict[str, str] | None = None) -> ClientConnection:
+        return self.connect().send("POST", path, {"Content-Type": content_type, **(headers or {})},
+                                   body)
 
 
 # ---------------------------------------------------------------- real processes

@@ -391,10 +391,10 @@ def test_a_bad_multipart_text_field_is_400_and_stores_nothing(
 def test_an_upload_that_cannot_be_recorded_leaves_no_chunk_file(
     api: InMemoryReplica, wav_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def failing_write(*args: object) -> None:
+    async def failing_record(*args: object) -> None:
         raise OSError("disk I/O error")
 
-    monkeypatch.setattr(api.library, "_write", failing_write)
+    monkeypatch.setattr(api.library, "_record", failing_record)
 
     assert api.upload(wav_bytes).status == 500
     assert stored_files(api) == [] and api.db.head().seq == 0
@@ -417,7 +417,7 @@ def test_an_upload_that_finds_the_disk_full_is_507_and_leaves_nothing(
     else:
         async def failing_write(*args: object) -> None:
             raise full_database()
-        monkeypatch.setattr(api.library, "_write", failing_write)
+        monkeypatch.setattr(api.library.store, "write", failing_write)
 
     answer = api.upload(wav_bytes)
 
@@ -743,5 +743,5 @@ def test_a_write_is_answered_once_it_is_acknowledged(api: InMemoryReplica) -> No
     assert not creating.called and len(waiting) == 1
     assert [p["name"] for p in api.get("/playlists").json()["playlists"]] == ["held"]
     waiting[0].callback(None)
-    playlist, created = result_of(creating)
-    assert (playlist["name"], created) == ("held", True)
+    outcome = result_of(creating)
+    assert (outcome.body["playlist"]["name"], outcome.status) == ("held", 201)

@@ -42,11 +42,12 @@ LAYERS: list[tuple[str, list[str]]] = [
     # frozen configuration, the Protocol a library's leader check satisfies, audio probing,
     # /metrics rendering, the detach helper, the test-only failpoints (part of the
     # configuration, hit from every layer above), signed replica-to-replica requests (made by
-    # replication's client, checked by the api), and the package itself (its version).
+    # replication's client, checked by the api), idempotency keys and outcomes (records the
+    # store keeps and the API answers), and the package itself (its version).
     ("model", [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
         "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.failpoints",
-        "distpotify.signing",
+        "distpotify.signing", "distpotify.idempotency",
         "distpotify",
     ]),
     ("shared", SHARED),

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gc
 import json
+import re
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.web.proxy import ReverseProxyResource
 
@@ -472,61 +475,293 @@ def test_an_upload_is_sent_again_to_the_new_leader_after_the_old_one_died() -> N
     assert [s.body for s in nodes[1].received] == [body]
 
 
-def test_a_write_that_may_have_been_applied_is_not_repeated() -> None:
-    nodes = cluster(hang=True)
-    proxy = ProxyHarness(nodes, write_timeout=5.0)
+def test_every_write_carries_an_idempotency_key_and_a_clients_own_is_kept() -> None:
+    nodes = cluster(status_code=201)
+    proxy = ProxyHarness(nodes)
+
+    proxy.post("/playlists", b'{"name": "a"}').answer()
+    proxy.post("/playlists", b'{"name": "b"}').answer()
+    proxy.post("/playlists", b'{"name": "c"}', headers={"Idempotency-Key": '"mine"'}).answer()
+
+    keys = [sent.header("Idempotency-Key") for sent in nodes[2].received]
+    assert keys[2] == '"mine"'
+    assert keys[0] != keys[1] and all(re.fullmatch(r'"[0-9a-f-]{36}"', k) for k in keys[:2])
+
+
+def test_a_write_whose_leader_times_out_is_sent_again_under_the_same_key() -> None:
+    nodes = cluster(hang=True, status_code=201)
+    proxy = ProxyHarness(nodes, write_timeout=1.0)
 
     conn = proxy.post("/playlists/0b0c8a4e-0000-4000-8000-000000000001/items",
                       b'{"song_id": "x"}')
-    proxy.clock.advance(5.0)
+    nodes[2].hang = False  # it answers the next time
+    proxy.clock.advance(1.0)
     proxy.settle()
+    proxy.poll()  # its /status answers again: the view names it leader again
 
     answer = conn.answer()
-    assert answer.status == 502 and answer.json()["error"] == "upstream_failed"
-    assert len(nodes[2].received) == 1
+    assert answer.status == 201 and answer.headers["x-served-by"] == "3"
+    keys = {sent.header("Idempotency-Key") for sent in nodes[2].received}
+    assert len(nodes[2].received) == 2 and len(keys) == 1
+    assert proxy.counters.write_retries == 1
 
 
-def test_a_write_held_by_a_paused_leader_moves_to_the_newly_elected_one() -> None:
+def test_a_write_held_by_a_replaced_leader_goes_to_the_new_one_under_the_same_key() -> None:
     nodes = cluster(hang=True)
     nodes[1].status_code = 201
     proxy = ProxyHarness(nodes)
-    body = b"ID3" + bytes(1000)
 
-    conn = proxy.post("/songs", body, "audio/mpeg")
+    conn = proxy.post("/playlists", b'{"name": "no id: the key makes the retry safe"}')
     nodes[1].role, nodes[1].epoch = "leader", 2
     proxy.poll()
 
     assert conn.answer().status == 201 and conn.answer().headers["x-served-by"] == "2"
     assert nodes[2].cancelled == 1
-    assert [s.body for s in nodes[1].received] == [body]
+    assert nodes[1].received[0].header("Idempotency-Key") == nodes[2].received[0].header(
+        "Idempotency-Key")
 
 
-def test_a_write_held_by_a_replaced_leader_is_not_repeated_unless_harmless() -> None:
-    nodes = cluster(hang=True)
+def test_a_write_lost_with_its_leader_gets_the_new_leaders_answer() -> None:
+    nodes = cluster(drop=True)
+    nodes[1].status_code = 201
+    nodes[1].status_body = b'{"playlist": {"name": "x"}}'
     proxy = ProxyHarness(nodes)
 
-    conn = proxy.post("/playlists", b'{"name": "no id: a retry could make two"}')
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    assert conn.transport.value() == b""  # held: the leader is down, none elected yet
     nodes[1].role, nodes[1].epoch = "leader", 2
     proxy.poll()
 
-    assert conn.answer().status == 502
-    assert nodes[1].received == []
+    answer = conn.answer()
+    assert answer.status == 201 and answer.json() == {"playlist": {"name": "x"}}
+
+
+def test_a_5xx_that_is_not_the_replicas_own_answer_is_sent_again() -> None:
+    nodes = cluster(status_code=502, bare=True, status_body=b"<html>bad gateway</html>")
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    nodes[2].bare, nodes[2].status_code = False, 201
+    proxy.clock.advance(proxy.config.poll_interval)
+    proxy.settle()
+
+    assert conn.answer().status == 201
+    assert len(nodes[2].received) == 2
+
+
+def test_a_5xx_that_is_the_replicas_own_answer_is_the_outcome() -> None:
+    nodes = cluster(status_code=500, status_body=b'{"error": "internal", "message": "m"}')
+    proxy = ProxyHarness(nodes)
+
+    answer = proxy.post("/playlists", b'{"name": "x"}').answer()
+
+    assert answer.status == 500 and answer.json()["error"] == "internal"
+    assert len(nodes[2].received) == 1
+
+
+def test_a_write_no_leader_confirms_within_the_hold_is_503_never_502() -> None:
+    nodes = cluster(status_code=502, bare=True)
+    proxy = ProxyHarness(nodes, write_hold=1.0)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    for _ in range(8):
+        proxy.clock.advance(proxy.config.poll_interval)
+        proxy.settle()
+
+    answer = conn.answer()
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json()["error"] == "unavailable"
+    assert "no leader confirmed this write within 1 s" in answer.json()["message"]
+    assert 2 <= len(nodes[2].received) <= 5  # paced by the poll interval, not a busy loop
+
+
+def test_a_404_from_a_new_leader_for_a_write_that_may_have_been_applied_is_not_final() -> None:
+    """The old leader may have applied the write and the ones before it; the new leader,
+    which has not received them, cannot know better than 'not found'."""
+    nodes = cluster(drop=True)
+    nodes[1].status_code, nodes[1].status_body = 404, b'{"error": "not_found", "message": "m"}'
+    proxy = ProxyHarness(nodes, write_hold=2.0)
+
+    conn = proxy.connect().send("DELETE", "/playlists/0b0c8a4e-0000-4000-8000-000000000001")
+    nodes[1].role, nodes[1].epoch = "leader", 2
+    proxy.poll()
+    assert conn.transport.value() == b""  # not answered 404: asked again after a pause
+    nodes[1].status_code, nodes[1].status_body = 204, b""  # the old leader's ops arrived
+    proxy.clock.advance(proxy.config.poll_interval)
+    proxy.settle()
+
+    assert conn.answer().status == 204
+
+
+def test_a_404_from_the_same_leader_is_the_answer() -> None:
+    nodes = cluster(status_code=404, status_body=b'{"error": "not_found", "message": "m"}')
+    proxy = ProxyHarness(nodes)
+
+    answer = proxy.connect().send("DELETE", "/playlists/0b0c8a4e-0000-4000-8000-000000000001"
+                                  ).answer()
+
+    assert answer.status == 404 and len(nodes[2].received) == 1
+
+
+def test_a_second_421_waits_for_the_view_to_name_the_leader() -> None:
+    nodes = cluster(status_code=421, status_body=b'{"error": "not_leader", "leader_id": null}')
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    assert conn.transport.value() == b""
+    nodes[2].role = "follower"
+    nodes[1].role, nodes[1].epoch, nodes[1].status_code = "leader", 2, 201
+    proxy.poll()
+    proxy.clock.advance(proxy.config.poll_interval)
+    proxy.settle()
+
+    assert conn.answer().status == 201 and conn.answer().headers["x-served-by"] == "2"
 
 
 @pytest.mark.parametrize("leader", [{"status_code": 201}, {"drop": True}, {"hang": True}],
                          ids=["answered", "connection-lost", "replaced"])
 def test_a_write_leaves_no_unhandled_error_in_a_deferred(leader: dict[str, object]) -> None:
     nodes = cluster(**leader)
+    nodes[1].status_code = 201
     proxy = ProxyHarness(nodes)
 
     with capturedLogs() as events:
         conn = proxy.post("/playlists", b'{"name": "x"}')
         nodes[1].role, nodes[1].epoch = "leader", 2  # ends the "replaced" case's wait
         proxy.poll()
-        assert conn.answer().status in (201, 502)
+        assert conn.answer().status == 201
         gc.collect()  # an unhandled failure is reported when its Deferred is collected
 
     assert [e["log_format"] for e in events if e.get("isError")] == []
+
+
+def test_a_client_gone_while_a_421_refreshes_the_view_leaves_no_unhandled_error() -> None:
+    nodes = cluster(status_code=421, status_body=b'{"error": "not_leader", "leader_id": null}')
+    proxy = ProxyHarness(nodes)
+    hung: list[Deferred[dict[str, object]]] = []
+    proxy.view._fetch = lambda url: hung.append(Deferred()) or hung[-1]  # type: ignore[func-returns-value]
+
+    with capturedLogs() as events:
+        conn = proxy.post("/playlists", b'{"name": "x"}')
+        assert hung  # the 421 made the view ask every replica's /status
+        conn.go_away()
+        proxy.clock.advance(proxy.config.check_timeout)
+        proxy.settle()
+        del conn, hung[:]
+        gc.collect()
+
+    assert [e["log_format"] for e in events if e.get("isError")] == []
+
+
+# read your writes
+
+
+VERSION = "0000000002-00003-000000000007"
+
+
+def written(**leader: object) -> tuple[ProxyHarness, list[FakeReplica], Any]:
+    """A cluster whose leader answers writes 201 with X-Distpotify-Version, and a client's
+    first write through it."""
+    nodes = cluster(status_code=201, headers={"X-Distpotify-Version": VERSION}, **leader)
+    proxy = ProxyHarness(nodes)
+    return proxy, nodes, proxy.post("/playlists", b'{"name": "x"}').answer()
+
+
+def test_a_write_sets_the_session_cookie_and_that_clients_reads_wait_for_its_version() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"]
+    value = cookie.split(";")[0]
+
+    mine = proxy.get("/songs", {"Cookie": value}).answer()
+    theirs = proxy.get("/songs").answer()
+
+    assert value.startswith("distpotify_client=")
+    assert {part.strip().lower() for part in cookie.split(";")[1:]} >= {
+        "httponly", "samesite=lax", "path=/"}
+    assert answer.headers["x-distpotify-version"] == VERSION
+    reads = {(s.header("Cookie") is not None, s.header("X-Distpotify-Min-Version"))
+             for node in nodes[:2] for s in node.received}
+    assert reads == {(True, VERSION), (False, None)}
+    assert mine.status == theirs.status == 200
+    assert nodes[2].received[0].header("X-Distpotify-Min-Version") is None  # not on writes
+
+
+def test_a_client_with_a_token_is_known_by_its_token_and_gets_no_cookie() -> None:
+    nodes = cluster(status_code=201, headers={"X-Distpotify-Version": VERSION})
+    proxy = ProxyHarness(nodes)
+
+    answer = proxy.post("/playlists", b"{}", headers={"Authorization": "Bearer t0ken"}).answer()
+    proxy.get("/songs", {"Authorization": "Bearer t0ken"}).answer()
+    proxy.get("/songs", {"Authorization": "Bearer other"}).answer()
+
+    assert "set-cookie" not in answer.headers
+    sent = sorted((s.header("Authorization"), s.header("X-Distpotify-Min-Version"))
+                  for node in nodes[:2] for s in node.received)
+    assert sent == [("Bearer other", None), ("Bearer t0ken", VERSION)]
+    assert not any("t0ken" in key for key in proxy.resource.sessions._last)
+
+
+def test_a_clients_own_min_version_passes_through() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"].split(";")[0]
+
+    proxy.get("/songs", {"Cookie": cookie, "X-Distpotify-Min-Version": "0000000001-00001-"
+                         "000000000001"}).answer()
+
+    read = next(s for node in nodes[:2] for s in node.received)
+    assert read.header("X-Distpotify-Min-Version") == "0000000001-00001-000000000001"
+
+
+def test_a_write_is_remembered_only_for_the_session_memory() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"].split(";")[0]
+
+    proxy.clock.advance(proxy.config.session_memory + 0.1)
+    proxy.poll()
+    proxy.get("/songs", {"Cookie": cookie}).answer()
+
+    read = next(s for node in nodes[:2] for s in node.received)
+    assert read.header("X-Distpotify-Min-Version") is None
+
+
+def test_a_follower_behind_the_clients_write_hands_the_read_to_the_leader() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"].split(";")[0]
+    for node in nodes[:2]:
+        node.status_code, node.status_body = 409, b'{"error": "behind", "message": "m"}'
+    nodes[2].status_code, nodes[2].status_body = None, b""
+
+    read = proxy.get(SONG, {"Cookie": cookie}).answer()
+
+    assert read.status == 200 and read.headers["x-served-by"] == "3"
+    assert nodes[2].received[-1].header("X-Distpotify-Min-Version") == VERSION
+    assert proxy.counters.behind == 1
+
+
+def test_a_follower_behind_with_no_leader_known_hands_the_read_to_the_writes_replica() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"].split(";")[0]
+    for node in nodes[:2]:
+        node.status_code, node.status_body = 409, b'{"error": "behind", "message": "m"}'
+    nodes[2].status_code, nodes[2].status_body = None, b""
+    nodes[2].role = "candidate"  # an election, or the leader's /status late: no leader known
+    proxy.poll()
+
+    read = proxy.get(SONG, {"Cookie": cookie}).answer()
+
+    assert read.status == 200 and read.headers["x-served-by"] == "3"  # VERSION's node
+    assert len([s for node in nodes[:2] for s in node.received]) == 1
+    assert proxy.counters.behind == 1
+
+
+def test_a_409_to_a_read_without_a_min_version_is_the_answer() -> None:
+    nodes = cluster()
+    for node in nodes[:2]:
+        node.status_code = 409
+    proxy = ProxyHarness(nodes)
+
+    assert proxy.get("/songs").answer().status == 409
+    assert nodes[2].received == []
 
 
 # the proxy's own paths

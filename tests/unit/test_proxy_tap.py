@@ -28,6 +28,7 @@ def test_defaults_match_the_design() -> None:
     assert config.backends == ("http://127.0.0.1:8001", "http://127.0.0.1:8002")
     assert (config.port, config.host) == (8080, "127.0.0.1")
     assert (config.write_hold, config.health_max_age, config.poll_interval) == (5.0, 0.5, 0.25)
+    assert config.session_memory == 5.0
     assert config.web_dir == WEB_DIR and (WEB_DIR / "index.html").is_file()
     assert config.max_upload == 512 * 1024 * 1024  # the replicas' default
     assert config.listeners == ("tcp:8080:interface=127.0.0.1",)
@@ -72,6 +73,8 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--backends", "a:1", "--stall-timeout", "nan"], {},
          "--stall-timeout must be positive, got nan"),
         (["--backends", "a:1", "--write-hold", "-1"], {}, "--write-hold must be 0 or more"),
+        (["--backends", "a:1", "--session-memory", "nan"], {},
+         "--session-memory must be 0 or more"),
         (["--backends", "a:1", "--max-upload", "lots"], {}, "bad value for --max-upload"),
         (["--backends", "a:1", "--max-upload", "0"], {}, "--max-upload must be positive"),
         (["--backends", "a:1", "--listen", "8080"], {}, "--listen entry must be an endpoint"),

@@ -9,13 +9,15 @@ import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
+from distpotify.idempotency import IdempotencyKey, Outcome
 from distpotify.model import Op, Version
-from distpotify.replication.purge import TombstonePurger
+from distpotify.replication.purge import Purger
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from tests.helpers.api import run_now
 from tests.unit.test_push import FakeClient, heartbeat, setup, write
 
 TTL = 60.0
+KEY_TTL = 30.0
 
 
 @pytest.fixture
@@ -38,13 +40,14 @@ class Refusing(FakeClient):
 
 def purger_for(
     db: MetadataDB,
-) -> tuple[TombstonePurger, Refusing, Clock, Callable[..., None]]:
+) -> tuple[Purger, Refusing, Clock, Callable[..., None]]:
     pusher, _, membership, clock = setup(db)
     client = pusher.client = Refusing()
     db._now = clock.seconds  # the oplog's times on the test's clock
     db.begin_leading(2)
-    purger = TombstonePurger(store=MetadataStore(db, run_now), pusher=pusher,
-                             membership=membership, leading=lambda: True, clock=clock, ttl=TTL)
+    purger = Purger(store=MetadataStore(db, run_now), pusher=pusher,
+                             membership=membership, leading=lambda: True, clock=clock, ttl=TTL,
+                    key_ttl=KEY_TTL)
 
     def followers_at(*heads: Version) -> None:
         for node, head in enumerate(heads, start=1):
@@ -60,7 +63,7 @@ def write_and_delete(db: MetadataDB, n: int) -> list[Op]:
     return made + db.write([Change("playlists", op.key, {"deleted": 1}) for op in made])
 
 
-def advance(purger: TombstonePurger) -> None:
+def advance(purger: Purger) -> None:
     done = Deferred.fromCoroutine(purger.advance())
     assert done.called
 
@@ -102,3 +105,27 @@ def test_a_lagging_follower_holds_the_watermark_back(db: MetadataDB) -> None:
 
     assert db.purge_watermark() == early[-1].version
     assert db.tombstones() == 2  # the late deletes follower 2 has not acknowledged stay
+
+
+def keyed_writes(db: MetadataDB, n: int) -> list[Op]:
+    """``n`` stored outcomes of keyed writes."""
+    keys = [IdempotencyKey(f"k{i}", f"{i:064x}") for i in range(n)]
+    return db.write([Change("idempotency", key.id,
+                            Outcome(204, version=Version(2, 3, 1)).fields(key)) for key in keys])
+
+
+def test_keys_older_than_their_ttl_expire_without_waiting_for_followers(db: MetadataDB) -> None:
+    purger, client, clock, followers_at = purger_for(db)
+    client.refusing.update({"http://n1", "http://n2"})  # no follower acknowledges anything
+    followers_at(Version(0, 0, 0), Version(0, 0, 0))
+    old = keyed_writes(db, 2)
+    clock.advance(KEY_TTL + 1)
+    keyed_writes(db, 1)
+
+    advance(purger)
+
+    assert purger.key_watermarks == 1 and db.idempotency_keys() == 1
+    assert db.key_watermark() == old[-1].version
+    assert purger.watermarks == 0  # no tombstone watermark moved with it
+    advance(purger)
+    assert purger.key_watermarks == 1  # nothing new expired: no second op

@@ -48,6 +48,7 @@ def test_defaults_match_the_design() -> None:
     assert (config.sync_replicas, config.sync_timeout, config.catch_up_timeout) == (
         1, 0.25, 2.0)
     assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (30.0, 60.0, 75.0)
+    assert (config.idempotency_ttl, config.read_wait) == (86400.0, 0.25)
 
 
 def test_environment_sets_options_and_the_command_line_wins() -> None:
@@ -132,6 +133,9 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--node-id", "1", "--header-timeout", "0"], {}, "--header-timeout must be positive"),
         (["--node-id", "1"], {"DISTPOTIFY_IDLE_TIMEOUT": "soon"},
          "bad value for DISTPOTIFY_IDLE_TIMEOUT"),
+        (["--node-id", "1", "--idempotency-ttl", "0"], {}, "--idempotency-ttl must be positive"),
+        (["--node-id", "1", "--read-wait", "-0.1"], {}, "--read-wait must be 0 or more"),
+        (["--node-id", "1", "--read-wait", "nan"], {}, "--read-wait must be 0 or more"),
     ],
 )
 def test_bad_values_are_one_clear_usage_error(args: list[str], env: dict[str, str],

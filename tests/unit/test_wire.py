@@ -1,4 +1,5 @@
-"""The wire contract's JSON writers: the shape and headers every process answers with."""
+"""The wire contract's JSON writers (the shape and headers every process answers with) and
+its version text."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from distpotify.wire import (
     STATES,
     json_error,
     json_response,
+    version_writer,
 )
 
 
@@ -53,6 +55,12 @@ def test_an_error_carries_its_code_message_and_extra_fields() -> None:
     assert request.responseCode == 421
     assert json.loads(body) == {"error": "not_leader", "message": "write to the leader",
                                 "leader_id": 3}
+
+
+def test_a_versions_writer_is_its_middle_field_and_other_text_has_none() -> None:
+    assert version_writer(b"0000000002-00003-000000000007") == 3
+    for text in (b"", b"3", b"0000000002-00003", b"a-b-c", b"1-2-3-4", b"1--3"):
+        assert version_writer(text) is None, text
 
 
 def test_the_roles_and_states_are_the_strings_on_the_wire() -> None:

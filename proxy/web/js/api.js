@@ -47,24 +47,17 @@ export function retryDelayMs(retryAfter, attempt) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// Reads go to followers, which apply a write a moment after the leader answered it: after a
-// write of ours, read again until `ok(answer)` (a 404 counts as not yet), for up to ~3 s.
-export async function eventually(load, ok = () => true, { tries = 12, ms = 250 } = {}) {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      const value = await load();
-      if (attempt >= tries || ok(value)) return value;
-    } catch (error) {
-      if (error.status !== 404 || attempt >= tries) throw error;
-    }
-    await sleep(ms);
-  }
-}
+// A write's Idempotency-Key (an RFC 8941 string, as the IETF draft writes it): one per write,
+// the same on each of its retries, so a write sent again after a lost answer lands once.
+const idempotencyKey = () => `"${uuid4()}"`;
 
 // One API call; JSON in and out. A 503 on a write (no leader during an election) is retried
-// after Retry-After for up to 30 s, telling `onRetry` so the page can say why it waits.
+// under the same Idempotency-Key after Retry-After for up to 30 s, telling `onRetry` so the
+// page can say why it waits. Reads need no re-reading after our own writes: the proxy's
+// session cookie makes them wait for those writes (read your writes).
 export async function call(path, { method = "GET", json, signal, onRetry } = {}) {
   const init = { method, signal, headers: { Accept: "application/json" } };
+  if (method !== "GET") init.headers["Idempotency-Key"] = idempotencyKey();
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["Content-Type"] = "application/json";
@@ -128,9 +121,7 @@ export const playlists = {
   list: () => call("/playlists").then((body) => body.playlists),
   get: (id) => call(`/playlists/${encodeURIComponent(id)}`).then((body) => body.playlist),
   create: (name, onRetry) =>
-    // Our own id makes a create retried after a lost answer land once.
-    call("/playlists", { method: "POST", json: { id: uuid4(), name }, onRetry })
-      .then((body) => body.playlist),
+    call("/playlists", { method: "POST", json: { name }, onRetry }).then((body) => body.playlist),
   rename: (id, name, onRetry) =>
     call(`/playlists/${encodeURIComponent(id)}`, { method: "PATCH", json: { name }, onRetry })
       .then((body) => body.playlist),
@@ -160,15 +151,18 @@ export function audioTypeOf(file) {
 
 // POST /songs with upload progress (fetch cannot report it). Audio goes as the raw body with
 // its type; anything else as multipart, so the replica itself says why it refuses it (415).
-// Resolves {song, duplicate}; rejects with ApiError. 503 (an election) is retried.
+// Resolves {song, duplicate}; rejects with ApiError. 503 (an election) is retried, under the
+// same Idempotency-Key.
 export function upload(file, { onProgress, onRetry } = {}) {
   const type = audioTypeOf(file);
   const started = Date.now();
+  const key = idempotencyKey();
   const attempt = (n) => new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", type ? `/songs?${new URLSearchParams({ filename: file.name })}` : "/songs");
     xhr.responseType = "json";
     xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Idempotency-Key", key);
     xhr.upload.onprogress = (event) => onProgress?.(event.loaded, event.lengthComputable ? event.total : file.size);
     xhr.onload = () => {
       noteServedBy(xhr.getResponseHeader("X-Served-By"), "/songs");

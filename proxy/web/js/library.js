@@ -2,7 +2,7 @@
 // tens of thousands of songs (only the visible rows exist, pages load as they come into view),
 // sorted by the replicas (GET /songs?sort=), and the artist and album views.
 
-import { allSongs, eventually, songs as songApi } from "./api.js";
+import { allSongs, songs as songApi } from "./api.js";
 import {
   $, debounce, el, errorText, fold, formatTime, plural, reportError, songAlbum, songArtist,
   songTitle,
@@ -202,7 +202,6 @@ export class Library {
     this.scope = { kind: "all", name: "" };
     this.generation = 0;
     this.groupsCache = null;
-    this.expected = new Set(); // ids of songs we uploaded that followers may not list yet
     const search = $("search");
     search.addEventListener("input", debounce(() => this.reload(), 250));
     search.addEventListener("keydown", (event) => { if (event.key === "Escape") { search.value = ""; this.reload(); } });
@@ -227,10 +226,10 @@ export class Library {
     if (changed || !this.loaded) this.reload();
   }
 
-  // A song was added (or removed): reload where we are, until a follower lists it.
-  invalidate(song) {
+  // A song was added (or removed): reload where we are. The reload sees it: the proxy makes
+  // our reads wait for our own writes.
+  invalidate() {
     this.groupsCache = null;
-    if (song) this.expected.add(song.id);
     if (this.loaded) this.reload({ keepScroll: true });
   }
 
@@ -241,15 +240,11 @@ export class Library {
     const sort = $("sort").value;
     const { kind, name } = this.scope;
     this.setCount("Loading…");
-    const listsExpected = (list) => q || kind !== "all" || [...this.expected].every((id) => list.some((song) => song.id === id));
-    // The whole library pages in from the server in any order. Right after an upload, in an
-    // order where the new song may be anywhere, the full list is loaded instead, until the
-    // follower that answers lists it (the newest order finds it on the first page).
-    if (kind === "all" && (sort === "newest" || this.expected.size === 0)) {
+    // The whole library pages in from the server, in the server's order.
+    if (kind === "all") {
       try {
-        const first = await eventually(() => songApi.search({ q, sort, limit: PAGE }), (page) => listsExpected(page.songs));
+        const first = await songApi.search({ q, sort, limit: PAGE });
         if (generation !== this.generation) return;
-        this.expected.clear();
         const source = new PagedSource({ q, sort });
         source.pages.set(0, remember(first.songs));
         source.total = first.total;
@@ -260,12 +255,8 @@ export class Library {
       return;
     }
     try {
-      let list = remember(await eventually(() => allSongs(kind === "all" ? { q } : { [kind]: name }), listsExpected));
-      this.expected.clear();
-      if (kind !== "all") {
-        list = list.filter((song) => fold(song[kind]) === fold(name));
-        if (q) list = list.filter((song) => [song.title, song.artist, song.album].some((text) => fold(text).includes(fold(q))));
-      }
+      let list = remember(await allSongs({ [kind]: name })).filter((song) => fold(song[kind]) === fold(name));
+      if (q) list = list.filter((song) => [song.title, song.artist, song.album].some((text) => fold(text).includes(fold(q))));
       if (SORTS[sort]) list = [...list].sort(SORTS[sort]);
       if (generation === this.generation) this.list.setSource(new ArraySource(list), { keepScroll });
     } catch (error) {

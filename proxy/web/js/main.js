@@ -18,7 +18,7 @@ const library = new Library({
   playAll: (list) => player.playAll(list),
 });
 const clusterView = new ClusterView();
-new Uploader({ onUploaded: (song) => { remember([song]); library.invalidate(song); } });
+new Uploader({ onUploaded: (song) => { remember([song]); library.invalidate(); } });
 
 served.addEventListener("served", (event) => {
   const pill = $("served-pill");

@@ -1,7 +1,7 @@
 // Playlists: the list, one playlist (play it in order, rename, delete, remove items), and the
 // "add to playlist" dialog used from the library and the queue.
 
-import { eventually, playlists as api } from "./api.js";
+import { playlists as api } from "./api.js";
 import { songById } from "./library.js";
 import { $, el, errorText, formatTime, plural, reportError, songArtist, songTitle, toast } from "./ui.js";
 
@@ -20,17 +20,12 @@ export class Playlists {
     this.player = player;
     this.current = null;
     this.deleteArmed = false;
-    // What our own last writes must show once a follower has them: by playlist id, and for
-    // the list of playlists.
-    this.expected = new Map();
-    this.expectedList = null;
     $("new-playlist").addEventListener("submit", (event) => {
       event.preventDefault();
       const input = $("new-playlist-name");
       const name = input.value.trim();
       if (!name) return;
       api.create(name, electionNotice()).then((playlist) => {
-        this.created(playlist);
         input.value = "";
         toast(`Created “${playlist.name}”`);
         location.hash = `#/playlists/${playlist.id}`;
@@ -51,22 +46,11 @@ export class Playlists {
       if (!name || !this.current) return;
       api.rename(this.current.id, name, electionNotice()).then(() => {
         $("rename-form").hidden = true;
-        this.expect(this.current.id, (playlist) => playlist.name === name);
         this.open(this.current.id);
       }).catch(reportError("Renaming failed"));
     });
     $("playlist-delete").addEventListener("click", () => this.deleteClicked());
     this.wireDialog();
-  }
-
-  expect(id, check) {
-    const prior = this.expected.get(id);
-    this.expected.set(id, prior ? (playlist) => prior(playlist) && check(playlist) : check);
-  }
-
-  created(playlist) {
-    this.expect(playlist.id, () => true);
-    this.expectedList = (all) => all.some((p) => p.id === playlist.id);
   }
 
   async showAll() {
@@ -87,9 +71,7 @@ export class Playlists {
     $("rename-form").hidden = true;
     let playlist;
     try {
-      const ok = this.expected.get(id);
-      playlist = await eventually(() => api.get(id), ok, { tries: ok ? 12 : 1 });
-      this.expected.delete(id);
+      playlist = await api.get(id);
       playlist.songs = await Promise.all(playlist.items.map((item) =>
         songById(item.song_id).catch(() => ({ id: item.song_id, title: "(song no longer available)", missing: true }))));
     } catch (error) {
@@ -119,10 +101,8 @@ export class Playlists {
           el("button", { type: "button", class: "icon", "aria-label": `Add ${label} to the queue`, title: "Add to queue", disabled: song.missing,
             onclick: () => this.player.enqueue(song) }, "⤓"),
           el("button", { type: "button", class: "icon", "aria-label": `Remove ${label} from the playlist`, title: "Remove from playlist",
-            onclick: () => api.removeItem(playlist.id, item.id, electionNotice()).then(() => {
-              this.expect(playlist.id, (p) => !p.items.some((i) => i.id === item.id));
-              return this.open(playlist.id);
-            }).catch(reportError("Removing failed")) }, "×")));
+            onclick: () => api.removeItem(playlist.id, item.id, electionNotice())
+              .then(() => this.open(playlist.id)).catch(reportError("Removing failed")) }, "×")));
     }));
   }
 
@@ -138,7 +118,6 @@ export class Playlists {
     const { id, name } = this.current;
     this.deleteDisarm();
     api.remove(id, electionNotice()).then(() => {
-      this.expectedList = (all) => !all.some((p) => p.id === id);
       toast(`Deleted “${name}”`);
       location.hash = "#/playlists";
     }).catch(reportError("Deleting failed"));
@@ -150,11 +129,8 @@ export class Playlists {
     $("playlist-delete").textContent = "Delete";
   }
 
-  async readList() {
-    const ok = this.expectedList;
-    const all = await eventually(() => api.list(), ok, { tries: ok ? 12 : 1 });
-    this.expectedList = null;
-    return all;
+  readList() {
+    return api.list();
   }
 
   // ---- the "add to playlist" dialog
@@ -168,7 +144,7 @@ export class Playlists {
         return;
       }
       api.create(name, electionNotice())
-        .then((playlist) => { this.created(playlist); return this.addTo(playlist); })
+        .then((playlist) => this.addTo(playlist))
         .catch(reportError("Creating the playlist failed"));
     });
     $("add-dialog-new").addEventListener("keydown", (event) => {
@@ -200,8 +176,7 @@ export class Playlists {
     const song = this.adding;
     if (!song) return;
     try {
-      const item = await api.addItem(playlist.id, song.id, electionNotice());
-      this.expect(playlist.id, (p) => p.items.some((i) => i.id === item.id));
+      await api.addItem(playlist.id, song.id, electionNotice());
     } catch (error) {
       reportError("Adding to the playlist failed")(error);
       return;

@@ -1,0 +1,111 @@
+"""Idempotency keys (the IETF Idempotency-Key header) and the outcome a keyed write stores.
+
+A key's row and the records its write creates take ids derived from the key (UUIDv5), so two
+leaders that apply the same keyed write make the same records, which merge into one.
+"""
+# test-case-name: tests.unit.test_idempotency
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import IO, Any
+
+import attrs
+
+from distpotify.errors import BadRequest, KeyReused
+from distpotify.model import Version
+
+# Fixed for good: every derived id depends on it, and replicas must derive the same ones.
+NAMESPACE = uuid.UUID("5d0b7a5e-6c1f-4f7e-9a57-2f3c8d4b1e90")
+MAX_KEY = 255
+_BLOCK = 1024 * 1024
+
+
+def parse_key(value: bytes) -> str:
+    """The key an ``Idempotency-Key`` header carries: a Structured Field string (``"..."``,
+    the draft's form) or the bare text many clients send; 1-255 visible ASCII characters."""
+    text = value.decode("latin-1").strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = _sf_string(text[1:-1])
+    if not 0 < len(text) <= MAX_KEY or not all(" " <= c <= "~" for c in text):
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters")
+    return text
+
+
+def _sf_string(inner: str) -> str:
+    """The content of an sf-string (RFC 8941 section 3.3.3): backslash escapes only \\ and "."""
+    out, chars = [], iter(inner)
+    for c in chars:
+        if c == "\\":
+            c = next(chars, "")
+            if c not in ('"', "\\"):
+                raise BadRequest("Idempotency-Key is not a valid string: bad escape")
+        elif c == '"':
+            raise BadRequest("Idempotency-Key is not a valid string: unescaped quote")
+        out.append(c)
+    return "".join(out)
+
+
+def request_digest(method: bytes, uri: bytes, body: IO[bytes] | None) -> str:
+    """SHA-256 over the method, the URI (path and query) and the body, read in blocks (a
+    worker thread's job for an upload); the body is left at its start."""
+    digest = hashlib.sha256()
+    for part in (method, uri):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    if body is not None:
+        body.seek(0)
+        while block := body.read(_BLOCK):
+            digest.update(block)
+        body.seek(0)
+    return digest.hexdigest()
+
+
+@attrs.frozen
+class IdempotencyKey:
+    """A keyed write: the client's key and the digest of its request."""
+
+    text: str
+    request: str
+
+    @property
+    def id(self) -> str:
+        """The key's row in the replicated idempotency table."""
+        return str(uuid.uuid5(NAMESPACE, self.text))
+
+    def record_id(self) -> str:
+        """The id of the record this write creates: the same on every leader that applies
+        it, and another for the same key sent with another request."""
+        return str(uuid.uuid5(NAMESPACE, f"{self.text}\n{self.request}"))
+
+
+@attrs.frozen
+class Outcome:
+    """What a write answers: status and JSON body (None: no body, a 204) and the version it
+    made (the newest one of its ops, or the head if it changed nothing). ``replayed`` when a
+    stored outcome is given again."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    version: Version | None = None
+    replayed: bool = False
+
+    def fields(self, key: IdempotencyKey) -> dict[str, Any]:
+        """The idempotency row that stores this outcome under ``key``."""
+        assert self.version is not None, "an outcome is stored once its version is known"
+        return {
+            "request": key.request, "status": self.status,
+            "body": None if self.body is None else json.dumps(self.body, separators=(",", ":")),
+            "written": self.version.encode(),
+        }
+
+    @classmethod
+    def stored(cls, key: IdempotencyKey, fields: dict[str, Any]) -> Outcome:
+        """The outcome a row stores for ``key``; KeyReused if it was stored for another
+        request."""
+        if fields.get("request") != key.request:
+            raise KeyReused("this Idempotency-Key was used with a different request")
+        body = fields.get("body")
+        return cls(int(fields["status"]), None if body is None else json.loads(body),
+                   Version.decode(str(fields["written"])), replayed=True)

@@ -1,0 +1,108 @@
+"""Three real replicas of one cluster behind the real proxy, for tests of what clients see
+through it: a client that keeps the proxy's cookie, agreement waits, and convergence."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.proxy import ProxyProcess
+from tests.helpers.replica import (
+    STARTUP,
+    Cluster,
+    ReplicaProcess,
+    Response,
+    request,
+    wait_until,
+)
+
+
+class Client:
+    """An HTTP client of the proxy that keeps the cookies it is given, as a browser would."""
+
+    def __init__(self, proxy: ProxyProcess, headers: dict[str, str] | None = None) -> None:
+        self.proxy = proxy
+        self.headers = dict(headers or {})
+        self.cookies: dict[str, str] = {}
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None, timeout: float = 30.0) -> Response:
+        sent = {**self.headers, **(headers or {})}
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        answer = request(self.proxy.port, method, path, body, sent, timeout=timeout)
+        cookie = answer.headers.get("set-cookie")
+        if cookie:
+            name, _, value = cookie.split(";")[0].partition("=")
+            self.cookies[name.strip()] = value.strip()
+        return answer
+
+    def send_json(self, method: str, path: str, value: Any,
+                  headers: dict[str, str] | None = None) -> Response:
+        return self.call(method, path, json.dumps(value).encode(),
+                         {"Content-Type": "application/json", **(headers or {})})
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        return self.call("GET", path, headers=headers)
+
+
+class Fronted:
+    """A cluster of replicas 1-3 and a proxy in front of them, started and agreed.
+    ``extra``: the replicas' options; ``proxy_args``: the proxy's."""
+
+    def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str,
+                 proxy_args: tuple[str, ...] = ()) -> None:
+        self.cluster = Cluster(root, started, *extra)
+        for node_id in (1, 2, 3):
+            self.cluster.add(node_id)
+        self.proxy = ProxyProcess(root, list(self.cluster.nodes.values()), *proxy_args)
+
+    def start(self, timeout: float = STARTUP) -> Fronted:
+        self.settled(timeout)
+        self.proxy.start()
+        self.proxy_follows(timeout)
+        return self
+
+    @property
+    def nodes(self) -> list[ReplicaProcess]:
+        return list(self.cluster.nodes.values())
+
+    def settled(self, timeout: float = STARTUP) -> dict[str, Any]:
+        """The leader's /status once every replica agrees on one Bully will keep."""
+        leader = wait_until(self.cluster.agreed_leader, timeout=timeout,
+                            what="the replicas to agree on a leader")
+        assert leader is not None  # wait_until returns the first truthy answer
+        return leader
+
+    def proxy_follows(self, timeout: float = STARTUP) -> int:
+        """The leader's node id once the proxy writes to the agreed leader and reads from
+        the two others."""
+        leader = self.settled(timeout)["node_id"]
+        self.proxy.wait_view(
+            lambda s: (s["leader"] or {}).get("node_id") == leader and len(s["readers"]) == 2,
+            timeout=timeout, what=f"the proxy to follow leader {leader}")
+        return int(leader)
+
+    def restore(self, node: ReplicaProcess, how: signal.Signals) -> None:
+        """Bring back a replica that was SIGKILLed (restart on its data dir) or SIGSTOPped."""
+        if how == signal.SIGKILL:
+            node.start(wait=False)
+        else:
+            node.signal(signal.SIGCONT)
+
+    def converged(self, timeout: float = 90.0) -> None:
+        """Wait until every replica holds the same rows (equal anti-entropy digests)."""
+
+        def equal() -> bool:
+            digests = [n.get("/sync/digest", timeout=5).json()["buckets"] for n in self.nodes]
+            return all(d == digests[0] for d in digests)
+
+        wait_until(equal, timeout=timeout, interval=0.5, what="the replicas to converge")
+
+    def stop_all(self) -> None:
+        self.proxy.kill()
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.signal(signal.SIGCONT)

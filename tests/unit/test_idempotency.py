@@ -1,0 +1,339 @@
+"""Idempotency keys through the real API in memory: a key is applied once and answered again,
+a key reused for another request is 422, records take ids derived from the key (so two
+leaders applying one write merge into one record), and keys expire by the replicated
+watermark, never to come back."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+
+from distpotify.errors import BadRequest
+from distpotify.idempotency import IdempotencyKey, parse_key, request_digest
+from distpotify.library import Library
+from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Op, Version
+from distpotify.store.metadata import MetadataDB, MetadataStore
+from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, run_now
+from tests.helpers.audio import make_audio
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def wav_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    return make_audio(path, "wav", seconds=1, tags={"title": "Tone"}).read_bytes()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> InMemoryReplica:
+    return InMemoryReplica(tmp_path / "a")
+
+
+def keyed(api: InMemoryReplica, method: str, path: str, value: Any, key: str) -> Answer:
+    return api.call(method, path, json.dumps(value).encode(),
+                    {"Content-Type": "application/json", "Idempotency-Key": key})
+
+
+def rows(db: MetadataDB, table: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in db._conn.execute(f"SELECT * FROM {table}")]
+
+
+# the header
+
+
+@pytest.mark.parametrize(("header", "key"), [
+    (b'"8e03978e-40d5-43e8-bc93-6894a57f9324"', "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+    (b"8e03978e-40d5-43e8-bc93-6894a57f9324", "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+    (b'"a \\"quoted\\" key \\\\"', 'a "quoted" key \\'),
+    (b"  spaced  ", "spaced"),
+    (b"x" * 255, "x" * 255),
+])
+def test_a_key_is_an_sf_string_or_bare_text(header: bytes, key: str) -> None:
+    assert parse_key(header) == key
+
+
+@pytest.mark.parametrize("header", [
+    b"", b'""', b"x" * 256, b'"' + b"x" * 256 + b'"', "clé".encode(), b"a\x01b",
+    b'"a\\nb"', b'"a"b"',
+])
+def test_a_malformed_key_is_refused(header: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_key(header)
+
+
+def test_a_key_names_its_row_and_its_request_names_its_records() -> None:
+    body = io.BytesIO(b'{"name": "x"}')
+    one = IdempotencyKey("k", request_digest(b"POST", b"/playlists", body))
+    other = IdempotencyKey("k", request_digest(b"POST", b"/playlists", io.BytesIO(b"{}")))
+    moved = IdempotencyKey("k", request_digest(b"POST", b"/playlists/x", body))
+
+    assert body.tell() == 0  # left where a handler reads it
+    assert one.id == other.id == moved.id
+    assert len({one.record_id(), other.record_id(), moved.record_id()}) == 3
+    assert one.record_id() == IdempotencyKey("k", one.request).record_id()
+
+
+# one key, one effect
+
+
+def test_a_keyed_create_sent_again_is_answered_again_and_applied_once(
+    api: InMemoryReplica,
+) -> None:
+    first = keyed(api, "POST", "/playlists", {"name": "Morning"}, "k1")
+    head = api.db.head()
+
+    again = keyed(api, "POST", "/playlists", {"name": "Morning"}, "k1")
+
+    assert first.status == again.status == 201
+    assert again.json() == first.json()
+    assert again.headers["x-distpotify-version"] == first.headers["x-distpotify-version"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert api.db.head() == head  # nothing written the second time
+    assert len(api.get("/playlists").json()["playlists"]) == 1
+
+
+def test_a_key_sent_with_another_request_is_422_and_changes_nothing(
+    api: InMemoryReplica,
+) -> None:
+    keyed(api, "POST", "/playlists", {"name": "Morning"}, "k1")
+    head = api.db.head()
+
+    other_body = keyed(api, "POST", "/playlists", {"name": "Evening"}, "k1")
+    other_path = keyed(api, "PATCH", f"/playlists/{MISSING}", {"name": "Morning"}, "k1")
+
+    for answer in (other_body, other_path):
+        assert answer.status == 422 and answer.json()["error"] == "key_reused", answer.body
+    assert api.db.head() == head
+    assert [p["name"] for p in api.get("/playlists").json()["playlists"]] == ["Morning"]
+
+
+def test_a_replayed_delete_answers_204_again_not_404(api: InMemoryReplica) -> None:
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+
+    first = api.call("DELETE", f"/playlists/{pid}", headers={"Idempotency-Key": "d"})
+    again = api.call("DELETE", f"/playlists/{pid}", headers={"Idempotency-Key": "d"})
+    unkeyed = api.call("DELETE", f"/playlists/{pid}")
+
+    assert (first.status, again.status, unkeyed.status) == (204, 204, 404)
+    assert again.body == b"" and again.headers["idempotent-replayed"] == "true"
+
+
+def test_an_error_is_not_stored_so_the_same_key_may_succeed_later(
+    api: InMemoryReplica, wav_bytes: bytes
+) -> None:
+    song = api.upload(wav_bytes).json()["song"]
+    path = f"/playlists/{MISSING}/items"
+
+    refused = keyed(api, "POST", path, {"song_id": song["id"]}, "add")
+    api.send_json("POST", "/playlists", {"name": "late", "id": MISSING})
+    added = keyed(api, "POST", path, {"song_id": song["id"]}, "add")
+
+    assert refused.status == 404
+    assert added.status == 201 and "idempotent-replayed" not in added.headers
+
+
+def test_a_failed_keyed_write_leaves_no_op_and_no_key(api: InMemoryReplica) -> None:
+    head = api.db.head()
+
+    answer = keyed(api, "POST", f"/playlists/{MISSING}/items", {"song_id": MISSING}, "k")
+
+    assert answer.status == 404
+    assert api.db.head() == head and api.db.written().seq == head.seq
+    assert rows(api.db, "idempotency") == []
+
+
+def test_a_malformed_key_is_400_and_changes_nothing(api: InMemoryReplica) -> None:
+    answer = keyed(api, "POST", "/playlists", {"name": "x"}, "clé")
+
+    assert answer.status == 400 and answer.json()["error"] == "bad_request"
+    assert api.db.head() == ZERO
+
+
+# versions
+
+
+def test_every_write_answer_carries_the_version_it_made(api: InMemoryReplica) -> None:
+    created = api.send_json("POST", "/playlists", {"name": "p"})
+    playlist = created.json()["playlist"]
+    renamed = api.send_json("PATCH", f"/playlists/{playlist['id']}", {"name": "q"})
+    deleted = api.call("DELETE", f"/playlists/{playlist['id']}")
+
+    versions = [Version.decode(a.headers["x-distpotify-version"])
+                for a in (created, renamed, deleted)]
+    assert versions[0].encode() == playlist["version"]
+    assert versions[1].encode() == renamed.json()["playlist"]["version"]
+    assert versions[0] < versions[1] < versions[2] == api.db.head()
+
+
+def test_a_write_that_changes_nothing_answers_the_head(
+    api: InMemoryReplica, wav_bytes: bytes
+) -> None:
+    first = api.upload(wav_bytes)
+    api.send_json("POST", "/playlists", {"name": "later"})
+
+    duplicate = api.upload(wav_bytes)
+
+    assert duplicate.status == 200
+    assert duplicate.headers["x-distpotify-version"] == api.db.head().encode()
+    assert first.headers["x-distpotify-version"] < duplicate.headers["x-distpotify-version"]
+
+
+# two leaders, one write
+
+
+def other_leader(tmp_path: Path) -> InMemoryReplica:
+    """A second leader, of a later epoch: what the proxy retries on after a failover."""
+    replica = InMemoryReplica(tmp_path / "b")
+    replica.db.begin_leading(2)
+    return replica
+
+
+def merge_into(target: InMemoryReplica, source: InMemoryReplica) -> None:
+    target.db.apply_ops(source.db.ops_after(ZERO))
+
+
+def test_one_keyed_create_applied_by_two_leaders_merges_into_one_record(
+    api: InMemoryReplica, tmp_path: Path
+) -> None:
+    second = other_leader(tmp_path)
+
+    on_first = keyed(api, "POST", "/playlists", {"name": "M"}, "once").json()["playlist"]
+    on_second = keyed(second, "POST", "/playlists", {"name": "M"}, "once").json()["playlist"]
+    merge_into(api, second)
+    merge_into(second, api)
+
+    assert on_first["id"] == on_second["id"]
+    for replica in (api, second):
+        assert [p["id"] for p in replica.get("/playlists").json()["playlists"]] == [
+            on_first["id"]]
+        assert len(rows(replica.db, "idempotency")) == 1
+    assert api.get("/sync/digest").json() == second.get("/sync/digest").json()
+
+
+def test_one_keyed_item_add_applied_by_two_leaders_is_one_item(
+    api: InMemoryReplica, tmp_path: Path, wav_bytes: bytes
+) -> None:
+    second = other_leader(tmp_path)
+    song = api.upload(wav_bytes).json()["song"]
+    api.send_json("POST", "/playlists", {"name": "p", "id": MISSING})
+    merge_into(second, api)
+    path = f"/playlists/{MISSING}/items"
+
+    first = keyed(api, "POST", path, {"song_id": song["id"]}, "add").json()["item"]
+    again = keyed(second, "POST", path, {"song_id": song["id"]}, "add").json()["item"]
+    merge_into(api, second)
+
+    assert first["id"] == again["id"]
+    assert [i["id"] for i in api.get(f"/playlists/{MISSING}").json()["playlist"]["items"]] == [
+        first["id"]]
+
+
+def test_one_keyed_upload_applied_by_two_leaders_is_one_song(
+    api: InMemoryReplica, tmp_path: Path, wav_bytes: bytes
+) -> None:
+    second = other_leader(tmp_path)
+    headers = {"Content-Type": "audio/wav", "Idempotency-Key": "up"}
+
+    first = api.call("POST", "/songs?title=T", wav_bytes, headers).json()["song"]
+    again = second.call("POST", "/songs?title=T", wav_bytes, headers).json()["song"]
+    merge_into(api, second)
+
+    assert first["id"] == again["id"]
+    assert [s["id"] for s in api.get("/songs").json()["songs"]] == [first["id"]]
+
+
+def test_a_replayed_upload_writes_no_chunk_file(
+    api: InMemoryReplica, wav_bytes: bytes
+) -> None:
+    headers = {"Content-Type": "audio/wav", "Idempotency-Key": "up"}
+    first = api.call("POST", "/songs", wav_bytes, headers)
+    files = sorted(p.name for p in api.chunks.root.iterdir())
+    ingested: list[object] = []
+    api.library._blocking = lambda f, *a, **k: (  # type: ignore[method-assign]
+        ingested.append(f), run_now(f, *a, **k))[1]
+
+    again = api.call("POST", "/songs", wav_bytes, headers)
+
+    assert again.status == 201 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert sorted(p.name for p in api.chunks.root.iterdir()) == files
+    assert [f.__name__ for f in ingested] == ["request_digest"]  # type: ignore[attr-defined]
+
+
+def test_a_keyed_upload_of_bytes_stored_before_answers_the_first_song(
+    api: InMemoryReplica, wav_bytes: bytes
+) -> None:
+    stored = api.upload(wav_bytes).json()["song"]
+    files = sorted(p.name for p in api.chunks.root.iterdir())
+
+    again = api.call("POST", "/songs", wav_bytes,
+                     {"Content-Type": "audio/wav", "Idempotency-Key": "k"})
+
+    assert again.status == 200 and again.json()["song"]["id"] == stored["id"]
+    assert sorted(p.name for p in api.chunks.root.iterdir()) == files
+
+
+# one key at a time
+
+
+def test_a_key_sent_again_while_its_first_write_runs_waits_for_its_outcome(
+    api: InMemoryReplica,
+) -> None:
+    queue: list[tuple[Any, Deferred[Any]]] = []
+
+    def queued(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        queue.append((lambda: f(*args, **kwargs), d))
+        return d
+
+    library = Library(MetadataStore(api.db, queued), api.chunks, run_now, api.clock,
+                      LoneLeader(), api.chunk_size)
+    key = IdempotencyKey("same", "r" * 64)
+    first = Deferred.fromCoroutine(library.create_playlist({"name": "x"}, key))
+    second = Deferred.fromCoroutine(library.create_playlist({"name": "x"}, key))
+    assert len(queue) == 1  # the second waits for the first before it reads anything
+    while queue:
+        call, d = queue.pop(0)
+        d.callback(call())
+
+    outcomes = [first.result, second.result]
+    assert [o.replayed for o in outcomes] == [False, True]
+    assert outcomes[0].body == outcomes[1].body
+    assert library._keys_busy == {}
+
+
+# expiry
+
+
+def key_op(version: Version, key: IdempotencyKey) -> Op:
+    return Op(version, "idempotency", key.id,
+              {"request": key.request, "status": 201, "body": "{}",
+               "written": version.encode()})
+
+
+def test_the_key_watermark_drops_older_keys_everywhere_and_they_never_come_back(
+    tmp_path: Path,
+) -> None:
+    db = MetadataDB(tmp_path / "m.sqlite3", node_id=1)
+    old, young = IdempotencyKey("old", "a" * 64), IdempotencyKey("young", "b" * 64)
+    db.apply_ops([key_op(Version(1, 1, 1), old), key_op(Version(1, 1, 3), young)])
+    watermark = Op(Version(1, 1, 4), "purges", IDEMPOTENCY_KEYS,
+                   {"through": Version(1, 1, 2).encode()})
+
+    db.apply_ops([watermark])
+    db.apply_ops([key_op(Version(1, 1, 1), old)])  # the same row, pulled from a lagging peer
+
+    assert db.stored_outcome(old) is None and db.stored_outcome(young) is not None
+    assert db.key_watermark() == Version(1, 1, 2) and db.idempotency_keys() == 1
+    # The same digest as a replica that got the watermark before the old key's row.
+    other = MetadataDB(tmp_path / "n.sqlite3", node_id=2)
+    other.apply_ops([watermark, key_op(Version(1, 1, 3), young), key_op(Version(1, 1, 1), old)])
+    assert db.digest() == other.digest()
+    assert db.purge_watermark() == ZERO  # the tombstone watermark is another one
