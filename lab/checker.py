@@ -6,17 +6,24 @@ workload saw acknowledged, down to the chunk bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
+from distpotify.model import ENTITIES
+from lab.invariants import LibraryView
 from lab.lab import HTTP_PORT, Lab
 from lab.workload import Operation
 
 PAGE = 100
+LIBRARY_PAGE = 500
+DATABASE = "metadata.sqlite3"
 MAX_PAGES = 200
 POLL_INTERVAL = 0.25
 READ_TIMEOUT = 3.0
@@ -202,3 +209,174 @@ def await_convergence(
         if now >= deadline:
             return Convergence(views, None, round(now - started, 3))
         time.sleep(min(POLL_INTERVAL, max(deadline - now, 0.0)))
+
+
+# -- the randomized run: whole libraries, and the rows as stored -----------------------------
+
+
+def read_library(lab: Lab, node_id: int) -> LibraryView:
+    """Every song (with its fields) and every playlist (with its items) NODE_ID serves."""
+    host = lab.replicas[node_id].host
+    client = lab.client(host, READ_TIMEOUT)
+    songs: dict[str, dict[str, Any]] = {}
+    playlists: dict[str, dict[str, Any]] = {}
+    try:
+        for page in range(MAX_PAGES):
+            body = client.get_json(host.address, HTTP_PORT,
+                                   f"/songs?limit={LIBRARY_PAGE}&offset={page * LIBRARY_PAGE}")
+            batch = body.get("songs") or []
+            songs.update((song["id"], {field: song.get(field) for field in SONG_FIELDS})
+                         for song in batch)
+            if len(batch) < LIBRARY_PAGE:
+                break
+        listing = client.get_json(host.address, HTTP_PORT, "/playlists").get("playlists") or []
+        for entry in listing:
+            answer = client.request("GET", host.address, HTTP_PORT, f"/playlists/{entry['id']}")
+            if answer.status == 404:
+                continue  # deleted between the listing and now
+            if answer.status != 200:
+                raise OSError(f"GET /playlists/{entry['id']} answered {answer.status}")
+            playlist = answer.json()["playlist"]
+            playlists[playlist["id"]] = {
+                "name": playlist.get("name"),
+                "items": {item["id"]: item["song_id"] for item in playlist.get("items") or []},
+            }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return LibraryView(node_id, error=f"{type(exc).__name__}: {exc}")
+    return LibraryView(node_id, songs, playlists)
+
+
+SONG_FIELDS = ("sha256", "size", "chunk_count", "title", "artist", "album", "genre")
+
+
+@contextlib.contextmanager
+def _database(data_dir: Path) -> Any:
+    """A read-only connection to a replica's database (it may be running: WAL readers do not
+    block it), or None when there is none."""
+    path = data_dir / DATABASE
+    if not path.exists():
+        yield None
+        return
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def stored_digest(data_dir: Path) -> tuple[tuple[int, str], ...] | None:
+    """The replica's 256 anti-entropy bucket hashes as stored: equal digests, equal rows."""
+    try:
+        with _database(data_dir) as db:
+            if db is None:
+                return None
+            return tuple(db.execute("SELECT bucket, hash FROM digest ORDER BY bucket"))
+    except sqlite3.Error:
+        return None
+
+
+def stored_rows(data_dir: Path) -> dict[str, list[tuple[Any, ...]]] | None:
+    """Every row of every replicated table (tombstones and field versions included)."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    try:
+        with _database(data_dir) as db:
+            if db is None:
+                return None
+            for name, entity in ENTITIES.items():
+                keys = ", ".join(entity.keys)
+                # The key columns first, so a row's first len(keys) values are its key.
+                rows[name] = list(db.execute(f"SELECT {keys}, * FROM {name} ORDER BY {keys}"))
+    except sqlite3.Error:
+        return None
+    return rows
+
+
+def row_divergence(lab: Lab, nodes: Iterable[int]) -> list[dict[str, Any]]:
+    """Rows, as the replicas store them, that differ between replicas: (table, key, nodes)."""
+    stored = {n: stored_rows(lab.replicas[n].data_dir) for n in sorted(nodes)}
+    problems: list[dict[str, Any]] = [{"node": n, "table": None, "key": None,
+                                       "detail": "database unreadable"}
+                                      for n, rows in stored.items() if rows is None]
+    readable = {n: rows for n, rows in stored.items() if rows is not None}
+    if len(readable) < 2:
+        return problems
+    for name, entity in ENTITIES.items():
+        width = len(entity.keys)
+        tables = {n: {row[:width]: row for row in rows[name]} for n, rows in readable.items()}
+        for key in sorted(set().union(*tables.values()), key=repr):
+            copies = {n: table.get(key) for n, table in tables.items()}
+            if len({repr(copy) for copy in copies.values()}) > 1:
+                problems.append({"table": name, "key": "/".join(map(str, key)),
+                                 "nodes": {n: copy for n, copy in copies.items()}})
+    return problems
+
+
+def stream_divergence(lab: Lab, views: dict[int, LibraryView],
+                      uploaded: dict[str, str]) -> list[dict[str, Any]]:
+    """Songs whose whole stream, as each replica serves it, is not the bytes uploaded."""
+    problems = []
+    for node_id, view in sorted(views.items()):
+        host = lab.replicas[node_id].host
+        client = lab.client(host, READ_TIMEOUT)
+        for song_id, song in sorted(view.songs.items()):
+            want = uploaded.get(song_id) or song.get("sha256")
+            try:
+                answer = client.request("GET", host.address, HTTP_PORT,
+                                        f"/songs/{song_id}/stream")
+            except OSError as exc:
+                problems.append({"node": node_id, "song": song_id, "reasons": [str(exc)]})
+                continue
+            if answer.status != 200:
+                problems.append({"node": node_id, "song": song_id,
+                                 "reasons": [f"stream answered {answer.status}"]})
+            elif hashlib.sha256(answer.body).hexdigest() != want:
+                problems.append({"node": node_id, "song": song_id, "reasons": [
+                    f"served {len(answer.body)} bytes that are not the {want} uploaded"]})
+    return problems
+
+
+def chunk_file_problems(lab: Lab, nodes: Iterable[int]) -> list[dict[str, Any]]:
+    """Live chunk registry rows whose file is missing or does not hash to the row's sha256."""
+    problems = []
+    for node_id in sorted(nodes):
+        data_dir = lab.replicas[node_id].data_dir
+        try:
+            with _database(data_dir) as db:
+                rows = [] if db is None else list(db.execute(
+                    "SELECT song_id, idx, sha256 FROM chunks WHERE deleted = 0"))
+        except sqlite3.Error as exc:
+            problems.append({"node": node_id, "song": None, "reasons": [str(exc)]})
+            continue
+        for song_id, idx, digest in rows:
+            path = data_dir / "chunks" / f"{song_id}_{idx}"
+            try:
+                actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError as exc:
+                problems.append({"node": node_id, "song": song_id,
+                                 "reasons": [f"chunk {idx}: {exc.strerror}"]})
+                continue
+            if actual != digest:
+                problems.append({"node": node_id, "song": song_id,
+                                 "reasons": [f"chunk {idx} on disk fails its sha256"]})
+    return problems
+
+
+ERROR_MARKS = ("Traceback (most recent call last)", "Unhandled error", "Unhandled Error")
+
+
+def log_errors(logs: Iterable[Path]) -> list[str]:
+    """One line per log holding tracebacks or unhandled errors: how many, and the first."""
+    lines = []
+    for path in logs:
+        try:
+            text = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        marked = [n for n, line in enumerate(text) if any(m in line for m in ERROR_MARKS)]
+        if marked:
+            first = next((line.strip() for line in text[marked[0] + 1:marked[0] + 40]
+                          if line and not line.startswith((" ", "\t", "Traceback"))),
+                         text[marked[0]].strip())
+            lines.append(f"{path.name}: {len(marked)} error(s) logged; first at "
+                         f"{text[marked[0]][:32].strip()}: {first[:300]}")
+    return lines
