@@ -177,6 +177,7 @@ class Soak:
         self.proxy_port = free_port()
         self.processes: dict[str, Any] = {}
         self.songs: dict[str, str] = {}  # id -> sha256
+        self.seeded: dict[str, str] = {}  # the songs listeners stream, never deleted
         self.samples: list[Sample] = []
         self.kills: list[dict[str, Any]] = []
         self.counters = Counters()
@@ -238,6 +239,7 @@ class Soak:
     def seed(self) -> None:
         for number, size in enumerate(SONG_SIZES):
             self.upload(f"seed-{number}", size, seed=number)
+        self.seeded = dict(self.songs)
         say(f"{len(self.songs)} songs to stream ({sum(SONG_SIZES) // MIB} MiB)")
 
     def upload(self, tag: str, size: int, seed: int) -> str | None:
@@ -257,9 +259,8 @@ class Soak:
 
     def listener(self, number: int) -> None:
         rng = random.Random(number)
-        seeded = dict(self.songs)
         while not self.stop.is_set():
-            song, digest = rng.choice(sorted(seeded.items()))
+            song, digest = rng.choice(sorted(self.seeded.items()))
             try:
                 status, body = request(self.proxy_port, "GET", f"/songs/{song}/stream")
             except (OSError, http.client.HTTPException) as exc:
@@ -284,7 +285,8 @@ class Soak:
                     status, body = self.json("POST", "/playlists", {"name": f"soak-{number}"})
                     playlist = json.loads(body)["playlist"]["id"] if status == 201 else None
                 elif index % 3 == 0:
-                    song = rng.choice(sorted(self.songs))
+                    # A seeded song: another writer may be deleting one of its own just now.
+                    song = rng.choice(sorted(self.seeded))
                     status, _ = self.json("POST", f"/playlists/{playlist}/items",
                                           {"song_id": song})
                 else:
