@@ -63,10 +63,16 @@ class World:
 
 def choose(rng: random.Random, world: World, kinds: Sequence[str] = FAULT_KINDS) -> Action:
     """The next thing to do: end a standing fault (more likely the more there are), or
-    start a new one that the world allows. At least one replica always runs unpaused."""
+    start a new one that the world allows. At least one replica always runs unpaused.
+
+    Every decision takes the same draws from RNG whatever the world, so two runs of one seed
+    stay in step although their worlds differ now and then (a leader elected elsewhere, a
+    replica slower to come back): they differ in that decision, not in every one after it."""
+    end_u, kind_u, target_u, leader_u, first_u, second_u = (rng.random() for _ in range(6))
+    split = random.Random(rng.getrandbits(64))
     ends = world.faults
-    if ends and (rng.random() < 0.25 + 0.15 * len(ends)):
-        return rng.choice(ends)
+    if ends and end_u < 0.25 + 0.15 * len(ends):
+        return _pick(ends, target_u)
     up = [n for n in world.nodes if n not in world.down and n not in world.paused]
     # Pick a kind first, then a target: every kind stays as likely as the others.
     allowed = {
@@ -78,26 +84,30 @@ def choose(rng: random.Random, world: World, kinds: Sequence[str] = FAULT_KINDS)
     }
     possible = [kind for kind in kinds if allowed[kind]]
     if not possible:
-        return rng.choice(ends) if ends else Action("heal")
-    kind = rng.choice(possible)
+        return _pick(ends, target_u) if ends else Action("heal")
+    kind = _pick(possible, kind_u)
     if kind in ("kill", "pause", "restart"):
         # The leader half the time: failover is where most bugs live.
-        if world.leader in up and rng.random() < 0.5:
+        if world.leader in up and leader_u < 0.5:
             return Action(kind, world.leader)
-        return Action(kind, rng.choice(up))
+        return Action(kind, _pick(up, target_u))
     if kind == "wipe":
         followers = [n for n in up if n != world.leader]
-        return Action(kind, rng.choice(followers or up))
+        return Action(kind, _pick(followers or up, target_u))
     if kind == "partition":
-        return Action(kind, _split(rng, _hosts(world)))
-    if kind == "slow":
-        host = rng.choice([h for h in _hosts(world) if h not in world.slowed])
-        return Action(kind, host, {"delay": round(rng.uniform(0.02, 0.3), 3), "loss": 0.0})
-    if kind == "lossy":
-        host = rng.choice([h for h in _hosts(world) if h not in world.slowed])
-        return Action("slow", host, {"delay": round(rng.uniform(0.0, 0.02), 3),
-                                     "loss": round(rng.uniform(0.05, 0.4), 2)})
-    return Action(kind, rng.choice(sorted(set(world.nodes) - world.full)))
+        return Action(kind, _split(split, _hosts(world)))
+    if kind in ("slow", "lossy"):
+        host = _pick([h for h in _hosts(world) if h not in world.slowed], target_u)
+        if kind == "slow":
+            return Action(kind, host, {"delay": round(0.02 + 0.28 * first_u, 3), "loss": 0.0})
+        return Action("slow", host, {"delay": round(0.02 * first_u, 3),
+                                     "loss": round(0.05 + 0.35 * second_u, 2)})
+    return Action(kind, _pick(sorted(set(world.nodes) - world.full), target_u))
+
+
+def _pick(choices: Sequence[Any], u: float) -> Any:
+    """The element of CHOICES that U (uniform in [0, 1)) falls on."""
+    return choices[min(int(u * len(choices)), len(choices) - 1)]
 
 
 def _hosts(world: World) -> list[int | str]:

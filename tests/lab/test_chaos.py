@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 from lab.chaos import FAULT_KINDS, Action, World, choose
 from lab.nemesis import PROXY
@@ -45,7 +46,7 @@ def _after(world: World, action: Action) -> World:
     return world
 
 
-def _fields(world: World) -> dict[str, object]:
+def _fields(world: World) -> dict[str, Any]:
     return {name: getattr(world, name) for name in (
         "nodes", "proxy", "disks", "down", "paused", "full", "partitioned", "slowed", "leader")}
 
@@ -113,3 +114,17 @@ def test_kills_and_pauses_often_hit_the_leader() -> None:
     targets = Counter(choose(rng, world, kinds=("kill", "pause")).target for _ in range(600))
 
     assert targets[2] > targets[1] + targets[3] - 100  # about half, plus its fair third
+
+
+def test_every_decision_takes_the_same_draws_whatever_the_world() -> None:
+    worlds = [World(NODES, proxy=True, disks=True, leader=3),
+              World(NODES, proxy=True, disks=True, down=frozenset({1}), leader=2),
+              World(NODES, paused=frozenset({1, 2}), partitioned=True),
+              World(NODES, proxy=True, full=frozenset(NODES), slowed=frozenset({PROXY}))]
+    for seed in range(50):
+        states = set()
+        for world in worlds:
+            rng = random.Random(seed)
+            choose(rng, world)
+            states.add(repr(rng.getstate()))
+        assert len(states) == 1, seed
