@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -361,22 +364,63 @@ def chunk_file_problems(lab: Lab, nodes: Iterable[int]) -> list[dict[str, Any]]:
     return problems
 
 
-ERROR_MARKS = ("Traceback (most recent call last)", "Unhandled error", "Unhandled Error")
+def replication_state(lab: Lab) -> tuple[dict[int, str], list[str]]:
+    """Why replicas may not have converged: each one's state (ACTIVE, JOINING; None when it
+    does not answer /status), and a line for each follower whose push from the leader is
+    failing, with the error it last met and the ops waiting for it."""
+    statuses = {n: lab.status(n, timeout=READ_TIMEOUT) for n in sorted(lab.replicas)}
+    states = {n: str(s.get("state")) if s else "unreachable" for n, s in statuses.items()}
+    lines = []
+    for leader, status in statuses.items():
+        push = ((status or {}).get("replication") or {}).get("push") or {}
+        for follower, link in sorted((push.get("followers") or {}).items()):
+            if isinstance(link, dict) and link.get("last_error"):
+                lines.append(f"leader {leader}'s push to node {follower} is failing "
+                             f"({link.get('hints_pending')} ops waiting, {link.get('batches')} "
+                             f"batches sent): {str(link['last_error'])[:300]}")
+    return states, lines
+
+
+ERROR_EVENT = re.compile(r"#(error|critical)\]|Unhandled [Ee]rror")
+TRACEBACK = "Traceback (most recent call last)"
+ERROR_KINDS = 3  # distinct errors named per log
 
 
 def log_errors(logs: Iterable[Path]) -> list[str]:
-    """One line per log holding tracebacks or unhandled errors: how many, and the first."""
+    """One line per log holding error events (an ``#error`` or ``#critical`` line, an
+    unhandled error, a traceback): how many, and the commonest kinds by their exception."""
     lines = []
     for path in logs:
         try:
             text = path.read_text(errors="replace").splitlines()
         except OSError:
             continue
-        marked = [n for n, line in enumerate(text) if any(m in line for m in ERROR_MARKS)]
-        if marked:
-            first = next((line.strip() for line in text[marked[0] + 1:marked[0] + 40]
-                          if line and not line.startswith((" ", "\t", "Traceback"))),
-                         text[marked[0]].strip())
-            lines.append(f"{path.name}: {len(marked)} error(s) logged; first at "
-                         f"{text[marked[0]][:32].strip()}: {first[:300]}")
+        kinds: Counter[str] = Counter()
+        for number, line in enumerate(text):
+            if not line or line[0].isspace():
+                continue
+            block = list(itertools.takewhile(lambda more: more[:1].isspace(),
+                                             text[number + 1:]))
+            if TRACEBACK in line:  # a bare Python traceback: its exception line ends it
+                after = number + 1 + len(block)
+                kinds[text[after].strip()[:200] if after < len(text) else line] += 1
+            elif ERROR_EVENT.search(line) or any(TRACEBACK in more for more in block):
+                kinds[_error_kind(line, block)] += 1
+        if kinds:
+            named = "; ".join(f"{count} x {kind}"
+                              for kind, count in kinds.most_common(ERROR_KINDS))
+            others = len(kinds) - ERROR_KINDS
+            lines.append(f"{path.name}: {sum(kinds.values())} error(s) logged: {named}"
+                         + (f"; and {others} other kind(s)" if others > 0 else ""))
     return lines
+
+
+def _error_kind(line: str, block: list[str]) -> str:
+    """The exception a logged error ends in (the first line after the traceback's frames,
+    which are indented twice), else the event's own message."""
+    after = next((n for n, more in enumerate(block) if TRACEBACK in more), None)
+    if after is not None:
+        for more in block[after + 1:]:
+            if more.strip() and not more[1:2].isspace():
+                return more.strip()[:200]
+    return line.split("] ", 1)[-1].strip()[:200]

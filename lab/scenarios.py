@@ -386,6 +386,7 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
     report.convergence_seconds = round(time.monotonic() - started, 3) if agreed else None
     lab.echo(f"convergence: {report.convergence_seconds} s" if agreed else
              f"no convergence within {timeout:.0f} s")
+    states, stuck = checker.replication_state(lab)
     reachable = [n for n, v in views.items() if v.reachable]
     violations = invariants.check(history, views)
     rows = checker.row_divergence(lab, reachable)
@@ -399,7 +400,7 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
     report.chunk_problems = (served + stored)[:checker.EXAMPLES * 4]
     report.operations = invariants.summary(history)
     report.events = [attrs.asdict(event) for event in ctx.nemesis.events]
-    report.replicas = [{"node": n, "state": "up" if v.reachable else "unreachable",
+    report.replicas = [{"node": n, "state": states[n],
                         "songs": len(v.songs) if v.reachable else None,
                         "playlists": len(v.playlists) if v.reachable else None,
                         "acked_missing": sum(n in x.nodes for x in violations
@@ -410,6 +411,7 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
                   "duration": ctx.duration, "disk_size": lab.disk_size}
     if ctx.chaos is not None:
         ctx.notes += [f"nemesis skipped: {line}" for line in ctx.chaos.skipped]
+    ctx.notes += stuck
     ctx.notes += checker.log_errors(sorted(lab.dir.glob("*.log")))
     ctx.check("replicas answer", all(v.reachable for v in views.values()),
               "; ".join(f"node {v.node_id}: {v.error}" for v in views.values()

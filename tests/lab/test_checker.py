@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lab.checker import ReplicaView, converged, divergence, missing_writes
+from lab.checker import ReplicaView, converged, divergence, log_errors, missing_writes
 from lab.report import Check, Report
 from lab.workload import Operation
 
@@ -74,3 +74,38 @@ def test_the_report_is_a_table_and_json_and_fails_when_one_check_fails(tmp_path:
     table = report.table()
     assert "follower-crash | FAIL" in table and "FAIL  converged: no" in table
     assert (tmp_path / "report.txt").read_text().strip() == table
+
+
+UNHANDLED = """\
+2026-12-02T15:51:34+0000 [distpotify.api.site#info] GET /songs/a/stream -> 404
+2026-12-02T15:51:34+0000 [_GenericHTTPChannelProtocol,203,10.77.0.1] Unhandled Error
+\tTraceback (most recent call last):
+\t  File "/x/twisted/web/http.py", line 1848, in dataReceived
+\t    self.dataCallback(data)
+\tbuiltins.OSError: [Errno 28] No space left on device
+\t
+2026-12-02T15:51:34+0000 [distpotify.api.site#info] GET /songs/b/stream -> 404
+"""
+CRITICAL = """\
+2026-12-02T15:51:35+0000 [distpotify.api.failures#critical] unhandled error on b'POST'
+\tTraceback (most recent call last):
+\t  File "/x/distpotify/api/sync.py", line 70, in ops
+\t    head = await self._receiver.apply_ops(ops, source)
+\ttwisted.internet.defer.FirstError: FirstError[#4, [Failure instance: OSError]]
+\t/x/fetch.py:102:fetch
+\t]]
+2026-12-02T15:51:36+0000 [distpotify.leadership#error] no quorum for the write
+"""
+
+
+def test_log_errors_counts_each_logged_error_once_by_the_exception_it_ends_in(
+        tmp_path: Path) -> None:
+    quiet, noisy = tmp_path / "node1.log", tmp_path / "node2.log"
+    quiet.write_text("2026-12-02T15:51:34+0000 [distpotify.api.site#info] GET / -> 200\n")
+    noisy.write_text(UNHANDLED + UNHANDLED + CRITICAL)
+
+    assert log_errors([quiet, noisy]) == [
+        "node2.log: 4 error(s) logged: "
+        "2 x builtins.OSError: [Errno 28] No space left on device; "
+        "1 x twisted.internet.defer.FirstError: FirstError[#4, [Failure instance: OSError]]; "
+        "1 x no quorum for the write"]
