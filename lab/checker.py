@@ -6,6 +6,7 @@ workload saw acknowledged, down to the chunk bytes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import itertools
@@ -316,25 +317,33 @@ def row_divergence(lab: Lab, nodes: Iterable[int]) -> list[dict[str, Any]]:
 
 def stream_divergence(lab: Lab, views: dict[int, LibraryView],
                       uploaded: dict[str, str]) -> list[dict[str, Any]]:
-    """Songs whose whole stream, as each replica serves it, is not the bytes uploaded."""
+    """Songs whose whole stream, as each replica serves it, is not the bytes uploaded (the
+    replicas are read at the same time, one thread each)."""
+    with concurrent.futures.ThreadPoolExecutor(max(len(views), 1)) as pool:
+        found = pool.map(lambda view: _stream_problems(lab, view, uploaded),
+                         [view for _, view in sorted(views.items())])
+        return [problem for problems in found for problem in problems]
+
+
+def _stream_problems(lab: Lab, view: LibraryView,
+                     uploaded: dict[str, str]) -> list[dict[str, Any]]:
     problems = []
-    for node_id, view in sorted(views.items()):
-        host = lab.replicas[node_id].host
-        client = lab.client(host, READ_TIMEOUT)
-        for song_id, song in sorted(view.songs.items()):
-            want = uploaded.get(song_id) or song.get("sha256")
-            try:
-                answer = client.request("GET", host.address, HTTP_PORT,
-                                        f"/songs/{song_id}/stream")
-            except OSError as exc:
-                problems.append({"node": node_id, "song": song_id, "reasons": [str(exc)]})
-                continue
-            if answer.status != 200:
-                problems.append({"node": node_id, "song": song_id,
-                                 "reasons": [f"stream answered {answer.status}"]})
-            elif hashlib.sha256(answer.body).hexdigest() != want:
-                problems.append({"node": node_id, "song": song_id, "reasons": [
-                    f"served {len(answer.body)} bytes that are not the {want} uploaded"]})
+    node_id = view.node_id
+    host = lab.replicas[node_id].host
+    client = lab.client(host, READ_TIMEOUT)
+    for song_id, song in sorted(view.songs.items()):
+        want = uploaded.get(song_id) or song.get("sha256")
+        try:
+            answer = client.request("GET", host.address, HTTP_PORT, f"/songs/{song_id}/stream")
+        except OSError as exc:
+            problems.append({"node": node_id, "song": song_id, "reasons": [str(exc)]})
+            continue
+        if answer.status != 200:
+            problems.append({"node": node_id, "song": song_id,
+                             "reasons": [f"stream answered {answer.status}"]})
+        elif hashlib.sha256(answer.body).hexdigest() != want:
+            problems.append({"node": node_id, "song": song_id, "reasons": [
+                f"served {len(answer.body)} bytes that are not the {want} uploaded"]})
     return problems
 
 

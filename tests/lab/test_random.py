@@ -44,7 +44,7 @@ def test_two_minutes_of_random_faults_keep_every_invariant(tmp_path: Path) -> No
     report = scenarios.run(
         "random", seed=SEED, duration=DURATION, out=tmp_path / "report",
         base_dir=tmp_path / "lab", replica_args=["--anti-entropy-interval", "2"],
-        convergence_timeout=60,
+        convergence_timeout=90,
     )
 
     if not report.ok and (stuck := only_the_known_bug(report)):
