@@ -290,7 +290,10 @@ class Soak:
                     status, _ = self.json("POST", f"/playlists/{playlist}/items",
                                           {"song_id": song})
                 else:
-                    song = self.upload(f"w{number}-{index}", 64 * 1024, seed=10_000 + index)
+                    # Bytes of its own per writer: equal bytes are one song (uploads dedupe),
+                    # which the other writer could delete under it.
+                    song = self.upload(f"w{number}-{index}", 64 * 1024,
+                                       seed=10_000 + 1_000_000 * number + index)
                     status = 201
                     if index % 4 == 0 and song:
                         status, _ = request(self.proxy_port, "DELETE", f"/songs/{song}",
