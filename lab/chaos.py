@@ -27,7 +27,7 @@ from lab.workload import find_leader
 FAULT_KINDS = ("kill", "pause", "restart", "wipe", "partition", "slow", "lossy", "disk_full")
 MIN_GAP, MAX_GAP = 1.0, 5.0  # seconds between two decisions
 MAX_FAULT = 20.0  # a fault older than this is ended, so the cluster gets to work again
-WIPE_AGREEMENT = 8.0  # how long a wipe waits for the replicas to hold the same rows
+WIPE_AGREEMENT = 8.0  # how long a wipe waits for the others to hold all the target has
 
 
 @attrs.frozen
@@ -206,9 +206,9 @@ class Chaos:
         elif action.op == "restart":
             nemesis.restart(target, wait=False)
         elif action.op == "wipe":
-            if not self._agreed(target):
-                self.skipped.append(f"wipe {target}: the replicas did not agree in time; "
-                                    "killed instead")
+            if not self._covered(target):
+                self.skipped.append(f"wipe {target}: other replicas did not hold all it "
+                                    "stores in time; killed instead")
                 nemesis.kill(target)
             else:
                 nemesis.wipe(target)
@@ -235,18 +235,21 @@ class Chaos:
             if name not in standing:
                 del self.since[name]
 
-    def _agreed(self, target: int) -> bool:
-        """Whether every replica holds the same rows (so wiping TARGET loses no write that
-        only it holds): the replicas' digests, read from their databases, all equal, and
-        TARGET not the leader (whose newest writes may not have reached the others yet)."""
+    def _covered(self, target: int) -> bool:
+        """Whether wiping TARGET loses no write: every replica runs, TARGET does not lead,
+        and every field version TARGET stores is held, as new or newer, by another replica
+        (read from their databases). A follower merely behind the leader is covered at
+        once; one holding writes only it has waits for anti-entropy, or is not wiped."""
         deadline = time.monotonic() + WIPE_AGREEMENT
         while time.monotonic() < deadline:
             if any(not r.running or r.paused for r in self.lab.replicas.values()):
                 return False
-            digests = {n: checker.stored_digest(r.data_dir)
-                       for n, r in self.lab.replicas.items()}
-            if (None not in digests.values() and len(set(digests.values())) == 1
-                    and find_leader(self.lab) != target):
+            versions = {n: checker.stored_versions(r.data_dir)
+                        for n, r in self.lab.replicas.items()}
+            mine = versions.pop(target)
+            others = [v for v in versions.values() if v is not None]
+            if (mine is not None and len(others) == len(versions)
+                    and find_leader(self.lab) != target and checker.covered(mine, others)):
                 return True
             time.sleep(0.25)
         return False

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import itertools
+import json
 import re
 import sqlite3
 import time
@@ -277,6 +278,31 @@ def stored_digest(data_dir: Path) -> tuple[tuple[int, str], ...] | None:
             return tuple(db.execute("SELECT bucket, hash FROM digest ORDER BY bucket"))
     except sqlite3.Error:
         return None
+
+
+def stored_versions(data_dir: Path) -> dict[tuple[str, str], dict[str, str]] | None:
+    """Every replicated row's field versions as stored: (table, key) -> field -> version
+    (encoded versions compare as strings); None when the database cannot be read."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    try:
+        with _database(data_dir) as db:
+            if db is None:
+                return None
+            for name, entity in ENTITIES.items():
+                keys = ", ".join(entity.keys)
+                for row in db.execute(f"SELECT {keys}, field_versions FROM {name}"):
+                    found[(name, "/".join(map(str, row[:-1])))] = json.loads(row[-1])
+    except (sqlite3.Error, ValueError):
+        return None
+    return found
+
+
+def covered(mine: dict[tuple[str, str], dict[str, str]],
+            others: Sequence[dict[tuple[str, str], dict[str, str]]]) -> bool:
+    """Whether every field version in MINE is held, as new or newer, by one of OTHERS: a
+    replica storing MINE can be wiped without losing a write."""
+    return all(any(other.get(row, {}).get(field, "") >= version for other in others)
+               for row, fields in mine.items() for field, version in fields.items())
 
 
 def stored_rows(data_dir: Path) -> dict[str, list[tuple[Any, ...]]] | None:

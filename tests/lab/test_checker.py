@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-from lab.checker import ReplicaView, converged, divergence, log_errors, missing_writes
+from distpotify.store.schema import SCHEMA
+from lab.checker import (
+    DATABASE,
+    ReplicaView,
+    converged,
+    covered,
+    divergence,
+    log_errors,
+    missing_writes,
+    stored_versions,
+)
 from lab.report import Check, Report
 from lab.workload import Operation
 
@@ -109,3 +120,30 @@ def test_log_errors_counts_each_logged_error_once_by_the_exception_it_ends_in(
         "2 x builtins.OSError: [Errno 28] No space left on device; "
         "1 x twisted.internet.defer.FirstError: FirstError[#4, [Failure instance: OSError]]; "
         "1 x no quorum for the write"]
+
+
+def test_a_replica_is_covered_when_others_hold_each_field_as_new_or_newer() -> None:
+    song = ("songs", "song-a")
+    mine = {song: {"title": "0000000002-00001-000000000005",
+                   "album": "0000000002-00001-000000000003"}}
+    newer_title = {song: {"title": "0000000003-00002-000000000001"}}
+    same_album = {song: {"album": "0000000002-00001-000000000003"}}
+    older_album = {song: {"album": "0000000001-00001-000000000009"}}
+
+    assert covered(mine, [newer_title, same_album])
+    assert not covered(mine, [newer_title, older_album])
+    assert not covered(mine, [same_album, {}])
+    assert covered({}, [])
+
+
+def test_stored_versions_reads_every_rows_field_versions(tmp_path: Path) -> None:
+    database = sqlite3.connect(tmp_path / DATABASE)
+    for statement in SCHEMA:
+        database.execute(statement)
+    database.execute("INSERT INTO playlists (id, name, version, field_versions, bucket) "
+                     "VALUES ('p1', 'n', 'v', ?, 0)", (json.dumps({"name": "v"}),))
+    database.commit()
+    database.close()
+
+    assert stored_versions(tmp_path) == {("playlists", "p1"): {"name": "v"}}
+    assert stored_versions(tmp_path / "missing") is None
