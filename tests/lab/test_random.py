@@ -49,6 +49,11 @@ def known_bugs(report: Report) -> list[str]:
     if stuck and silent <= stuck & joining:
         found.append(f"node(s) {sorted(stuck)} stuck behind the push (test_found_by_random_run)")
         failed -= A_STUCK_FOLLOWER_FAILS
+        # A song whose only chunk copy is on the stuck follower is listed (its row came by
+        # anti-entropy) but answers 503 elsewhere; wrong bytes are never excused.
+        if all(problem["reasons"] == ["stream answered 503"]
+               for problem in report.chunk_problems):
+            failed.discard("chunks served and stored match their sha256")
     retried = [v for v in report.violations if v["invariant"] in RETRIED]
     if retried and all(_retried_on_a_leader_fault(report, v) for v in retried):
         found.append(f"{len(retried)} write(s) retried by the proxy across a leader fault")
