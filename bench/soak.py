@@ -46,6 +46,7 @@ from common import (
     terminate_on_sigterm,
 )
 
+from distpotify.cli.cluster import ensure_key_file
 from distpotify.cli.processes import ProxyCommand, ReplicaCommand, Supervisor
 
 NODES = (1, 2, 3)
@@ -193,10 +194,12 @@ class Soak:
 
     def start_replica(self, node: int) -> None:
         log = self.work / f"node{node}.log"
+        ensure_key_file(self.work / "cluster.key")  # the replicas' shared secret
         argv = ReplicaCommand(
             node_id=node, data_dir=self.work / f"node{node}", host=HOST, advertise_host=HOST,
             http_port=self.http[node], amp_port=self.amp[node], cluster=self.name,
             multicast_port=self.heartbeat_port, multicast_interface=HOST, multicast_ttl=0,
+            cluster_key_file=self.work / "cluster.key",
         ).argv(logfile=log)
         self.processes[f"replica {node}"] = self.procs.start(f"replica {node}", argv, log)
 
