@@ -33,11 +33,15 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # The network-namespace lab (root only): a scenario in 3 replicas, its report printed and
-# saved under /tmp/distpotify-lab-results/. `make lab SCENARIO=list` lists the scenarios.
+# saved under /tmp/distpotify-lab-results/. `make lab SCENARIO=list` lists the scenarios;
+# `make lab SCENARIO=random SEED=7 DURATION=1800` runs 30 minutes of random faults.
 SCENARIO ?= follower-crash
+SEED ?= 0
+DURATION ?= 120
 LAB_ARGS ?=
 
 .PHONY: lab
 lab: venv
 	@if [ "$(SCENARIO)" = list ]; then $(BIN)/python -m lab list; \
-	else $(BIN)/python -m lab scenario $(SCENARIO) $(LAB_ARGS); fi
+	else $(BIN)/python -m lab scenario $(SCENARIO) --seed $(SEED) --duration $(DURATION) \
+	    $(LAB_ARGS); fi

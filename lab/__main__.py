@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--replica", choices=REPLICA_KINDS, default="twistd")
     run.add_argument("--shaper", choices=("auto", "netem", "delayline"), default="auto")
     run.add_argument("--entry", default="leader", help="leader, proxy or a node id")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0,
+                     help="seeds the workload's and the random nemesis's choices: "
+                          "the same seed replays the same run")
+    run.add_argument("--duration", type=float, default=scenarios.RANDOM_DURATION,
+                     help="seconds of faults (the random scenario)")
     run.add_argument("--convergence-timeout", type=float, default=30.0,
                      help="seconds the replicas get to agree once the faults end")
     run.add_argument("--replica-args", default="",
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             args.name, nodes=args.nodes, out=args.out, replica=args.replica,
             shaper=args.shaper, entry=args.entry, seed=args.seed,
             replica_args=shlex.split(args.replica_args),
-            convergence_timeout=args.convergence_timeout,
+            convergence_timeout=args.convergence_timeout, duration=args.duration,
         )
     except KeyboardInterrupt:
         print("interrupted: the lab was removed, no report", file=sys.stderr)

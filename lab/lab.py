@@ -35,6 +35,7 @@ from distpotify.cli import processes
 from distpotify.cli.cluster import ensure_key_file
 from distpotify.cli.processes import ProxyCommand, ReplicaCommand
 from lab.client import LabClient
+from lab.disk import Disk, unmount_under
 from lab.netns import LabError, list_netns, netns_exec
 from lab.network import Host, LabNetwork, remove_namespaces
 
@@ -67,6 +68,7 @@ class Replica:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    disk: Disk | None = None  # the replica's own small tmpfs, when the lab gives it one
 
     @property
     def running(self) -> bool:
@@ -103,6 +105,7 @@ def clean_stale_labs(echo: Echo = echo_stderr, base: Path = LAB_BASE) -> list[st
         for entry in base.iterdir():
             match = _DIR_NAME.match(entry.name)
             if match and not _pid_alive(int(match.group(2))):
+                unmount_under(entry)
                 shutil.rmtree(entry, ignore_errors=True)
     return sorted(stale)
 
@@ -122,6 +125,7 @@ class Lab:
         keep_files: bool = False,
         echo: Echo = echo_stderr,
         ready_timeout: float = READY_TIMEOUT,
+        disk_size: int | None = None,
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} replicas, not {nodes}")
@@ -136,6 +140,7 @@ class Lab:
         self.keep_files = keep_files
         self.echo = echo
         self.ready_timeout = ready_timeout
+        self.disk_size = disk_size  # bytes of tmpfs per replica (the disk-full fault); None: none
         self.prefix = ""
         self.dir = Path()
         self.network: LabNetwork | None = None
@@ -172,8 +177,13 @@ class Lab:
                 self.replica_kind = "twistd" if "distpotify" in twistd_plugins() else "standin"
             for node_id in range(1, self.node_count + 1):
                 host = self.network.add_host(f"n{node_id}", node_id)
+                disk = None
+                if self.disk_size is not None:
+                    disk = Disk(self.dir / f"node{node_id}.disk", self.disk_size)
+                    disk.create()
                 self.replicas[node_id] = Replica(
-                    node_id, host, self.dir / f"node{node_id}", self.dir / f"node{node_id}.log"
+                    node_id, host, disk.data_dir if disk else self.dir / f"node{node_id}",
+                    self.dir / f"node{node_id}.log", disk=disk,
                 )
             if self.want_proxy:
                 self.proxy = self.network.add_host("px", PROXY_INDEX)
@@ -203,6 +213,9 @@ class Lab:
         _kill(self.proxy_process)
         if self.network is not None:
             self.network.destroy()
+        for replica in self.replicas.values():
+            if replica.disk is not None:
+                replica.disk.destroy()
         if not self.keep_files and self.dir != Path():
             shutil.rmtree(self.dir, ignore_errors=True)
         self.echo(f"lab {self.prefix}: removed")

@@ -1,4 +1,5 @@
-"""Faults on a running lab: crash, pause, restart and wipe replicas; cut, heal and slow links.
+"""Faults on a running lab: crash, pause, restart and wipe replicas; cut, heal and slow links;
+fill and free a replica's disk.
 
 Every operation is recorded as an ``Event`` (lab time, wall time, what, on whom) and echoed,
 so a report can lay the faults next to the workload's failures.
@@ -16,13 +17,14 @@ from typing import Any
 
 import attrs
 
+from lab.disk import Disk
 from lab.lab import Lab
 from lab.netns import LabError
 from lab.network import LabNetwork
 
 PROXY = "proxy"
 
-FAULTS = ("kill", "wipe", "pause", "partition", "cut", "slow")
+FAULTS = ("kill", "wipe", "pause", "partition", "cut", "slow", "disk_full")
 
 
 def ends(fault: Event, later: Event) -> bool:
@@ -38,6 +40,8 @@ def ends(fault: Event, later: Event) -> bool:
         return later.op == "heal"
     if fault.op == "slow":
         return later.op == "heal" or (later.op in ("fast", "slow") and same)
+    if fault.op == "disk_full":
+        return later.op == "disk_free" and same
     return False
 
 
@@ -116,6 +120,31 @@ class Nemesis:
         self.lab.stop_replica(node, graceful=False)
         shutil.rmtree(self.lab.replicas[node].data_dir, ignore_errors=True)
         self._record(began, "wipe", node)
+
+    def note_exit(self, node: int, status: int | None) -> None:
+        """Record that NODE's process ended by itself (nobody here stopped it)."""
+        began = self._begin()
+        self.lab.replicas[node].process = None
+        self._record(began, "exited", node, status=status)
+
+    # -- disks ----------------------------------------------------------------------------
+
+    def disk_full(self, node: int) -> None:
+        """Fill the replica's own tmpfs: its next write of any kind gets ENOSPC."""
+        began = self._begin()
+        filler = self._disk(node).fill()
+        self._record(began, "disk_full", node, filler=filler)
+
+    def disk_free(self, node: int) -> None:
+        began = self._begin()
+        self._disk(node).release()
+        self._record(began, "disk_free", node)
+
+    def _disk(self, node: int) -> Disk:
+        disk = self.lab.replicas[node].disk
+        if disk is None:
+            raise LabError(f"node {node} has no disk of its own (Lab(disk_size=...))")
+        return disk
 
     # -- network --------------------------------------------------------------------------
 

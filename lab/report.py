@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+VIOLATION_LINES = 12
+
 
 @attrs.frozen
 class Check:
@@ -38,6 +40,9 @@ class Report:
     notes: list[str] = attrs.field(factory=list)
     duration: float = 0.0
     path: str | None = None
+    seed: int = 0  # replays the scenario's choices: `make lab SCENARIO=... SEED=N`
+    operations: dict[str, dict[str, int]] = attrs.field(factory=dict)  # kind -> outcome -> n
+    violations: list[dict[str, Any]] = attrs.field(factory=list)  # invariants.Violation
 
     @property
     def ok(self) -> bool:
@@ -61,7 +66,7 @@ class Report:
         lines = [
             f"distpotify lab | {self.scenario} | {'PASS' if self.ok else 'FAIL'} | "
             f"{lab.get('nodes', '?')} x {lab.get('replica', '?')} replica, "
-            f"slow via {lab.get('shaper', '?')}, {self.duration:.1f} s",
+            f"slow via {lab.get('shaper', '?')}, {self.duration:.1f} s, seed {self.seed}",
             "",
             f"{'node':>4}  {'state':11} {'songs':>6} {'playlists':>9} {'acked missing':>13}"
             f"  differs",
@@ -82,6 +87,10 @@ class Report:
                 f"{work.get('longest_ack_gap_from', 0):.1f} s); "
                 f"{work['reads']} reads, {work['failed_reads']} failed"
             )
+        if self.operations:
+            lines.append("operations: " + "; ".join(
+                f"{kind} " + " ".join(f"{n} {outcome}" for outcome, n in outcomes.items())
+                for kind, outcomes in self.operations.items()))
         if self.failed_reads:
             lines.append(
                 f"failed reads: {self.failed_reads.get('during_faults', 0)} during faults, "
@@ -95,6 +104,11 @@ class Report:
         if self.events:
             lines.append("faults:")
             lines += [_event_line(event) for event in self.events]
+        if self.violations:
+            lines.append(f"violations ({len(self.violations)}):")
+            lines += [f"  {v['invariant']}: {v['record']}"
+                      + (f" on {v['nodes']}" if v.get("nodes") else "") + f": {v['detail']}"
+                      for v in self.violations[:VIOLATION_LINES]]
         lines.append("checks:")
         lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}" + (f": {c.detail}" if c.detail
                                                                   else "")

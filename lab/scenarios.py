@@ -20,11 +20,14 @@ from typing import Any
 
 import attrs
 
-from lab import checker
+from lab import checker, invariants
+from lab.chaos import Chaos
+from lab.disk import DEFAULT_SIZE
 from lab.lab import Echo, Lab, echo_stderr, twistd_plugins
 from lab.nemesis import Nemesis
 from lab.netns import LabError
 from lab.report import Check, Report
+from lab.traffic import Traffic
 from lab.workload import Operation, Workload
 
 RESULTS = Path("/tmp/distpotify-lab-results")
@@ -32,6 +35,7 @@ LEADER_TIMEOUT = 10.0
 PROGRESS_TIMEOUT = 10.0
 CONVERGENCE_TIMEOUT = 30.0  # three anti-entropy rounds at the default 10 s
 STATUS_TIMEOUT = 0.5
+RANDOM_DURATION = 120.0
 
 
 class Blocked(Exception):
@@ -41,12 +45,16 @@ class Blocked(Exception):
 class Context:
     """What a scenario body works with: the lab, the nemesis, workloads and its checks."""
 
-    def __init__(self, lab: Lab, entry: str | int, seed: int) -> None:
+    def __init__(self, lab: Lab, entry: str | int, seed: int,
+                 duration: float = RANDOM_DURATION) -> None:
         self.lab = lab
         self.nemesis = Nemesis(lab)
         self.entry = entry
         self.seed = seed
+        self.duration = duration
         self.workloads: list[Workload] = []
+        self.traffic: Traffic | None = None
+        self.chaos: Chaos | None = None
         self.checks: list[Check] = []
         self.notes: list[str] = []
         self._hold = threading.Event()
@@ -198,10 +206,35 @@ def flapping_link(ctx: Context) -> None:
     ctx.progress(workload, 3, "writes go on once the link settles")
 
 
+def randomized(ctx: Context) -> None:
+    """Random faults from --seed for --duration s under a mixed workload; then every invariant.
+
+    The nemesis (chaos.py) kills, pauses, restarts and wipes replicas, partitions any split of
+    the hosts (the proxy's included), slows or loses a host's frames and fills a replica's
+    disk, at random intervals; writers upload, edit, delete and build playlists through the
+    proxy and straight to replicas, and listeners stream (traffic.py). Once the faults are
+    repaired the replicas must converge and pass invariants.py."""
+    ctx.await_leader("one leader agreed")
+    ctx.traffic = Traffic(ctx.lab, ctx.seed).start()
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while ctx.traffic.acknowledged() < 5:
+        if time.monotonic() > deadline:
+            ctx.check("writes acknowledged before the faults", False,
+                      f"fewer than 5 in {PROGRESS_TIMEOUT:.0f} s")
+            raise Blocked("the workload made no progress before any fault")
+        time.sleep(0.1)
+    ctx.chaos = Chaos(ctx.lab, ctx.nemesis, ctx.seed)
+    ctx.lab.echo(f"random run: seed {ctx.seed}, {ctx.duration:.0f} s of faults")
+    ctx.chaos.run(ctx.duration)
+
+
 @attrs.frozen
 class Scenario:
     name: str
     body: Callable[[Context], None]
+    proxy: bool = False  # the lab gets the proxy whatever the entry
+    disk_size: int | None = None  # each replica's data dir on a tmpfs of this size
+    conclude: Callable[[Context, Report, float], None] | None = None
 
     @property
     def summary(self) -> str:
@@ -213,6 +246,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("follower-crash", follower_crash),
     Scenario("partition-minority-leader", partition_minority_leader),
     Scenario("flapping-link", flapping_link),
+    Scenario("random", randomized, proxy=True, disk_size=DEFAULT_SIZE,
+             conclude=lambda ctx, report, timeout: _conclude_random(ctx, report, timeout)),
 )}
 
 
@@ -232,6 +267,7 @@ def run(
     replica_args: Iterable[str] = (),
     convergence_timeout: float = CONVERGENCE_TIMEOUT,
     echo: Echo = echo_stderr,
+    duration: float = RANDOM_DURATION,
 ) -> Report:
     """Run scenario NAME in a fresh lab, print its report table and save it under OUT."""
     scenario = SCENARIOS[name]
@@ -239,15 +275,16 @@ def run(
     stamp = datetime.datetime.now(datetime.UTC)
     out = out or RESULTS / f"{name}-{stamp:%Y%m%d-%H%M%S}"
     report = Report(scenario=name, started_at=stamp.isoformat(timespec="seconds"),
-                    convergence_timeout=convergence_timeout)
+                    convergence_timeout=convergence_timeout, seed=seed)
     if isinstance(entry, str) and entry.isdigit():
         entry = int(entry)
     try:
         if replica == "twistd" and "distpotify" not in twistd_plugins():
             raise LabError("`twistd distpotify` is not available yet (the replica foundation)")
-        with Lab(nodes, replica=replica, shaper=shaper, proxy=entry == "proxy",
-                 base_dir=base_dir, replica_args=replica_args, echo=echo) as lab:
-            ctx = Context(lab, entry, seed)
+        with Lab(nodes, replica=replica, shaper=shaper, proxy=scenario.proxy or entry == "proxy",
+                 base_dir=base_dir, replica_args=replica_args, echo=echo,
+                 disk_size=scenario.disk_size) as lab:
+            ctx = Context(lab, entry, seed, duration)
             try:
                 scenario.body(ctx)
             except Blocked as exc:
@@ -255,8 +292,10 @@ def run(
             finally:
                 for workload in ctx.workloads:
                     workload.stop()
+                if ctx.traffic is not None:
+                    ctx.traffic.stop()
             _restore(ctx)
-            _conclude(ctx, report, convergence_timeout)
+            (scenario.conclude or _conclude)(ctx, report, convergence_timeout)
             _copy_logs(lab, out)
     except LabError as exc:
         report.checks.append(Check("the lab starts", False, str(exc)))
@@ -274,9 +313,13 @@ def _restore(ctx: Context) -> None:
                                 or len(network.groups()) > 1):
         ctx.nemesis.heal()
     for node_id, replica in ctx.lab.replicas.items():
+        if replica.disk is not None and replica.disk.full:
+            ctx.nemesis.disk_free(node_id)
         if replica.paused:
             ctx.nemesis.resume(node_id)
         elif not replica.running:
+            if replica.process is not None:  # it ended by itself: say so before restarting
+                ctx.nemesis.note_exit(node_id, replica.process.returncode)
             ctx.nemesis.restart(node_id)
 
 
@@ -321,6 +364,71 @@ def _conclude(ctx: Context, report: Report, timeout: float) -> None:
               f"{len(report.chunk_problems)} song copies differ")
     ctx.check("converged", result.seconds is not None,
               f"not within {timeout:.0f} s")
+    report.checks = ctx.checks
+    report.notes = ctx.notes
+
+
+def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
+    """Wait until every replica answers with the same library and the same stored digest,
+    then check the invariants, the stored rows and every chunk, served and on disk."""
+    lab = ctx.lab
+    history = ctx.traffic.history() if ctx.traffic is not None else []
+    started = time.monotonic()
+    while True:
+        views = {n: checker.read_library(lab, n) for n in sorted(lab.replicas)}
+        digests = {checker.stored_digest(r.data_dir) for r in lab.replicas.values()}
+        agreed = (all(v.reachable for v in views.values()) and None not in digests
+                  and len(digests) == 1 and len({repr(v.comparable()) for v in views.values()})
+                  == 1)
+        if agreed or time.monotonic() - started > timeout:
+            break
+        time.sleep(0.5)
+    report.convergence_seconds = round(time.monotonic() - started, 3) if agreed else None
+    lab.echo(f"convergence: {report.convergence_seconds} s" if agreed else
+             f"no convergence within {timeout:.0f} s")
+    states, stuck = checker.replication_state(lab)
+    reachable = [n for n, v in views.items() if v.reachable]
+    violations = invariants.check(history, views)
+    rows = checker.row_divergence(lab, reachable)
+    uploaded = {op.result["id"]: op.args["sha256"] for op in history
+                if op.kind == "upload" and op.outcome == "ok" and op.result.get("id")}
+    served = checker.stream_divergence(lab, {n: views[n] for n in reachable}, uploaded)
+    stored = checker.chunk_file_problems(lab, reachable)
+    exits = [e for e in ctx.nemesis.events if e.op == "exited"]
+    report.violations = [attrs.asdict(v) for v in violations]
+    report.divergent = rows[:checker.EXAMPLES * 4]
+    report.chunk_problems = (served + stored)[:checker.EXAMPLES * 4]
+    report.operations = invariants.summary(history)
+    report.events = [attrs.asdict(event) for event in ctx.nemesis.events]
+    report.replicas = [{"node": n, "state": states[n],
+                        "songs": len(v.songs) if v.reachable else None,
+                        "playlists": len(v.playlists) if v.reachable else None,
+                        "acked_missing": sum(n in x.nodes for x in violations
+                                             if x.invariant == "no acknowledged write lost"),
+                        "differs": "", "error": v.error} for n, v in sorted(views.items())]
+    report.lab = {"prefix": lab.prefix, "nodes": len(lab.replicas), "replica": lab.replica_kind,
+                  "shaper": lab.network.shaper if lab.network else None,
+                  "duration": ctx.duration, "disk_size": lab.disk_size}
+    if ctx.chaos is not None:
+        ctx.notes += [f"nemesis skipped: {line}" for line in ctx.chaos.skipped]
+    ctx.notes += stuck
+    ctx.notes += checker.log_errors(sorted(lab.dir.glob("*.log")))
+    ctx.check("replicas answer", all(v.reachable for v in views.values()),
+              "; ".join(f"node {v.node_id}: {v.error}" for v in views.values()
+                        if not v.reachable))
+    ctx.check("writes acknowledged", any(op.outcome == "ok" and op.kind != "stream"
+                                         for op in history), "none")
+    ctx.check("converged", agreed, f"not within {timeout:.0f} s")
+    for invariant in invariants.INVARIANTS:
+        broken = [v for v in violations if v.invariant == invariant]
+        ctx.check(invariant, not broken, f"{len(broken)} violation(s); first: "
+                  + (broken[0].line() if broken else ""))
+    ctx.check("replicas store the same rows", not rows, f"{len(rows)} rows differ")
+    ctx.check("chunks served and stored match their sha256", not served and not stored,
+              f"{len(served)} served, {len(stored)} stored problems")
+    ctx.check("no replica exits by itself", not exits,
+              "; ".join(f"node {e.target} at {e.at:.1f} s (status {e.detail.get('status')})"
+                        for e in exits))
     report.checks = ctx.checks
     report.notes = ctx.notes
 

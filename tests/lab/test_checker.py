@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-from lab.checker import ReplicaView, converged, divergence, missing_writes
+from distpotify.store.schema import SCHEMA
+from lab.checker import (
+    DATABASE,
+    ReplicaView,
+    converged,
+    covered,
+    divergence,
+    log_errors,
+    missing_writes,
+    stored_versions,
+)
 from lab.report import Check, Report
 from lab.workload import Operation
 
@@ -74,3 +85,65 @@ def test_the_report_is_a_table_and_json_and_fails_when_one_check_fails(tmp_path:
     table = report.table()
     assert "follower-crash | FAIL" in table and "FAIL  converged: no" in table
     assert (tmp_path / "report.txt").read_text().strip() == table
+
+
+UNHANDLED = """\
+2026-12-02T15:51:34+0000 [distpotify.api.site#info] GET /songs/a/stream -> 404
+2026-12-02T15:51:34+0000 [_GenericHTTPChannelProtocol,203,10.77.0.1] Unhandled Error
+\tTraceback (most recent call last):
+\t  File "/x/twisted/web/http.py", line 1848, in dataReceived
+\t    self.dataCallback(data)
+\tbuiltins.OSError: [Errno 28] No space left on device
+\t
+2026-12-02T15:51:34+0000 [distpotify.api.site#info] GET /songs/b/stream -> 404
+"""
+CRITICAL = """\
+2026-12-02T15:51:35+0000 [distpotify.api.failures#critical] unhandled error on b'POST'
+\tTraceback (most recent call last):
+\t  File "/x/distpotify/api/sync.py", line 70, in ops
+\t    head = await self._receiver.apply_ops(ops, source)
+\ttwisted.internet.defer.FirstError: FirstError[#4, [Failure instance: OSError]]
+\t/x/fetch.py:102:fetch
+\t]]
+2026-12-02T15:51:36+0000 [distpotify.leadership#error] no quorum for the write
+"""
+
+
+def test_log_errors_counts_each_logged_error_once_by_the_exception_it_ends_in(
+        tmp_path: Path) -> None:
+    quiet, noisy = tmp_path / "node1.log", tmp_path / "node2.log"
+    quiet.write_text("2026-12-02T15:51:34+0000 [distpotify.api.site#info] GET / -> 200\n")
+    noisy.write_text(UNHANDLED + UNHANDLED + CRITICAL)
+
+    assert log_errors([quiet, noisy]) == [
+        "node2.log: 4 error(s) logged: "
+        "2 x builtins.OSError: [Errno 28] No space left on device; "
+        "1 x twisted.internet.defer.FirstError: FirstError[#4, [Failure instance: OSError]]; "
+        "1 x no quorum for the write"]
+
+
+def test_a_replica_is_covered_when_others_hold_each_field_as_new_or_newer() -> None:
+    song = ("songs", "song-a")
+    mine = {song: {"title": "0000000002-00001-000000000005",
+                   "album": "0000000002-00001-000000000003"}}
+    newer_title = {song: {"title": "0000000003-00002-000000000001"}}
+    same_album = {song: {"album": "0000000002-00001-000000000003"}}
+    older_album = {song: {"album": "0000000001-00001-000000000009"}}
+
+    assert covered(mine, [newer_title, same_album])
+    assert not covered(mine, [newer_title, older_album])
+    assert not covered(mine, [same_album, {}])
+    assert covered({}, [])
+
+
+def test_stored_versions_reads_every_rows_field_versions(tmp_path: Path) -> None:
+    database = sqlite3.connect(tmp_path / DATABASE)
+    for statement in SCHEMA:
+        database.execute(statement)
+    database.execute("INSERT INTO playlists (id, name, version, field_versions, bucket) "
+                     "VALUES ('p1', 'n', 'v', ?, 0)", (json.dumps({"name": "v"}),))
+    database.commit()
+    database.close()
+
+    assert stored_versions(tmp_path) == {("playlists", "p1"): {"name": "v"}}
+    assert stored_versions(tmp_path / "missing") is None

@@ -1,0 +1,86 @@
+"""A replica's own small disk: the lab fills it and frees it, and the replica on it refuses
+writes while it is full, keeps serving reads, and takes writes again once it is freed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.disk import Disk
+from lab.lab import HTTP_PORT, Lab
+from lab.nemesis import Nemesis
+from lab.netns import LabError
+from lab.workload import make_wav
+
+pytestmark = [pytest.mark.lab]
+
+SIZE = 64 * 1024 * 1024
+
+
+@pytest.fixture
+def lone_on_disk(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(1, base_dir=tmp_path, keep_files=True, echo=print, disk_size=SIZE) as running:
+        if running.replica_kind != "twistd":
+            pytest.skip("needs `twistd distpotify` (the replica foundation)")
+        deadline = time.monotonic() + 15
+        while (running.status(1) or {}).get("role") != "leader":
+            assert time.monotonic() < deadline, f"node 1 never led: {running.status(1)}"
+            time.sleep(0.05)
+        yield running
+
+
+def _upload(lab: Lab, tag: str) -> int:
+    host = lab.replicas[1].host
+    return lab.client(1, timeout=15).request(
+        "POST", host.address, HTTP_PORT, "/songs", make_wav(tag, 40_000),
+        {"Content-Type": "audio/wav"}).status
+
+
+@pytest.mark.timeout(90)
+def test_a_full_disk_refuses_writes_keeps_reads_and_recovers_when_freed(
+        lone_on_disk: Lab) -> None:
+    lab = lone_on_disk
+    replica = lab.replicas[1]
+    disk = replica.disk
+    assert disk is not None and replica.data_dir == disk.data_dir
+    assert _upload(lab, "before") == 201
+
+    Nemesis(lab).disk_full(1)
+
+    assert disk.full and disk.free_bytes() == 0
+    assert not 200 <= _upload(lab, "while-full") < 300
+    host = replica.host
+    assert lab.client(1).request("GET", host.address, HTTP_PORT, "/songs").status == 200
+    assert replica.running
+
+    Nemesis(lab).disk_free(1)
+
+    assert not disk.full and disk.free_bytes() > SIZE // 2
+    deadline = time.monotonic() + 30
+    while (status := _upload(lab, "after")) != 201:  # the replica recovers by itself
+        assert time.monotonic() < deadline, f"uploads still answer {status} after the free"
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_disk_is_a_mount_of_its_own_that_a_wipe_keeps_and_close_removes(
+        tmp_path: Path) -> None:
+    lab = Lab(1, base_dir=tmp_path, echo=print, disk_size=SIZE, replica="standin").start()
+    try:
+        disk = lab.replicas[1].disk
+        assert disk is not None
+        assert str(disk.mount) in Path("/proc/self/mounts").read_text()
+        Nemesis(lab).wipe(1)
+        assert not disk.data_dir.exists()
+        assert str(disk.mount) in Path("/proc/self/mounts").read_text()
+    finally:
+        lab.close()
+    assert str(disk.mount) not in Path("/proc/self/mounts").read_text()
+
+
+def test_a_disk_smaller_than_a_mebibyte_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="at least 1 MiB"):
+        Disk(tmp_path / "d", 1000)
