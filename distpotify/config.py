@@ -107,6 +107,8 @@ class ReplicaConfig:
     # Read from --cluster-key-file, which twistd requires. The default, a fresh random key,
     # proves nothing to anyone: a replica built without a key file trusts nobody.
     cluster_keys: ClusterKeys = attrs.field(factory=ClusterKeys.generate)
+    # chunk bodies on plain TCP connections go out with sendfile(2) (api/sendfile.py)
+    sendfile: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

@@ -18,7 +18,14 @@ from distpotify.config import ConfigError, OplogRetention, ReplicaConfig, parse_
 from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import TIMEOUT_OPTIONS
 from distpotify.keys import KEYGEN, ClusterKeys, KeyFileError
-from distpotify.options import EnvOptions, OptionList, env_name, env_parameters, parse_size
+from distpotify.options import (
+    EnvOptions,
+    OptionList,
+    env_name,
+    env_parameters,
+    parse_size,
+    parse_switch,
+)
 
 
 def load_keys(path: str) -> ClusterKeys:
@@ -72,6 +79,8 @@ OPTIONS: OptionList = [
      " (100000ops), an age (36h, 2d) or bytes (512MiB)", OplogRetention.parse),
     ("cluster-key-file", None, f"file holding the cluster key, the same on every replica"
      f" (required; `{KEYGEN} > cluster.key` makes one)", load_keys),
+    ("sendfile", "on", "send chunk bytes with sendfile(2) on plain TCP connections: on or off",
+     parse_switch),
 ]
 
 

@@ -36,7 +36,9 @@ from werkzeug.http import (
 )
 from zope.interface import implementer
 
+from distpotify.api.sendfile import send_spans
 from distpotify.errors import PreconditionFailed, RangeNotSatisfiable
+from distpotify.zerocopy import plain_socket
 
 log = Logger()
 
@@ -252,10 +254,15 @@ def serve(
     spans: Sequence[Span],
     representation: Representation,
     decision: Decision | None = None,
+    *,
+    sendfile: bool = False,
 ) -> Deferred[bytes]:
     """Answer ``request`` with the bytes of ``spans`` as ``decision`` (by default
     ``evaluate``) says. Raises PreconditionFailed or RangeNotSatisfiable before any header
     is set, so an error never carries the validators or caching of the resource.
+
+    With ``sendfile``, a body going out on a plain TCP socket is sent with sendfile(2)
+    (sendfile.py); over TLS, or without it, SpanProducer reads and writes it.
 
     Fires (with b"") once the last byte is written; cancelling it stops reading.
     """
@@ -279,7 +286,11 @@ def serve(
     request.setHeader(b"Content-Length", str(end - start + 1).encode())
     if request.method == b"HEAD" or end < start:
         return Deferred.fromCoroutine(_nothing())
-    return SpanProducer(request, slice_spans(spans, start, end)).start()
+    sliced = slice_spans(spans, start, end)
+    sock = plain_socket(request.channel.transport) if sendfile else None
+    if sock is not None:
+        return send_spans(request, sliced, sock)
+    return SpanProducer(request, sliced).start()
 
 
 async def _nothing() -> bytes:
