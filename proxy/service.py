@@ -22,7 +22,7 @@ from proxy.limits import ConnectionLimits, open_files_limit, total_cap
 from proxy.listen import endpoints
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
-from proxy.upstream import replica_agent
+from proxy.upstream import read_agent, replica_agent
 
 log = Logger()
 
@@ -44,7 +44,12 @@ class ProxyService(service.MultiService):
         self.open_files = open_files_limit()
         self.limits = ConnectionLimits(config.max_connections_per_client,
                                        total_cap(self.open_files), config.trusted_proxies)
-        forward = ProxyResource(self.view, self.agent, reactor, config, self.counters)
+        # With splicing, reads take the lean client (whose bodies can be spliced); off, every
+        # request takes the Agent.
+        self.reads = read_agent(reactor, config.connect_timeout, self.agent) if config.splice \
+            else None
+        forward = ProxyResource(self.view, self.reads or self.agent, reactor, config,
+                                self.counters)
         self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir),
                               max_body=config.max_upload, clock=reactor,
                               timeouts=config.timeouts, limits=self.limits,
@@ -73,6 +78,7 @@ class ProxyService(service.MultiService):
                 "body_timeout": self.config.body_timeout,
                 "idle_timeout": self.config.idle_timeout,
                 "trusted_proxies": str(self.config.trusted_proxies),
+                "splice": self.config.splice,
             },
         }
 
@@ -102,6 +108,8 @@ class ProxyService(service.MultiService):
     def stopService(self) -> Deferred[None] | None:
         self.view.stop()
         d = super().stopService()
+        if self.reads is not None:
+            self.reads.pool.close()
         closing = self.pool.closeCachedConnections()
         if d is None:
             return closing

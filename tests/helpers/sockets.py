@@ -27,6 +27,8 @@ class Loop:
 
     def __init__(self) -> None:
         self.reactor = EPollReactor()
+        # Running, though never run(): its thread pool (name resolution) works.
+        self.reactor.startRunning(installSignalHandlers=False)
         self.ports: list[IListeningPort] = []
 
     def listen(self, factory: Any) -> int:
@@ -75,6 +77,7 @@ class Loop:
         for port in self.ports:
             port.stopListening()
         self.reactor.disconnectAll()
+        self.reactor.stop()
         self.settle()
         self.reactor._poller.close()
 
