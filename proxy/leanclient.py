@@ -3,7 +3,8 @@ connections, parsed by httptools (llhttp, in C); any other request goes to the A
 
 Its responses are IResponse like the Agent's, so the exchange relays them the same way; a body
 of known length may instead be taken whole by the splice relay (``LeanResponse.take_body``),
-which moves it in the kernel and then hands the connection back (docs/architecture.md 5.3).
+which moves it in the kernel and then hands the connection back (docs/architecture.md
+section 5.3).
 The pool keeps the Agent's rules: persistent connections, at most ``per_host`` idle per
 replica, closed after ``idle`` seconds; a pooled connection found closed is retried once.
 """
@@ -33,6 +34,11 @@ from distpotify.zerocopy import plain_socket
 log = Logger()
 
 LEAN_METHODS = frozenset({b"GET", b"HEAD"})
+# Bytes read at once while the answer's headers are awaited: a replica's headers fit, and the
+# body bytes that come with them (read through Python) stay few when the rest is spliced.
+HEAD_READ = 4096
+# ... and once a body is read here: the transport's usual size.
+BODY_READ = 65536
 # Kept out of the response's headers, as the Agent keeps them (they describe this connection).
 CONNECTION_HEADERS = frozenset({
     b"content-length", b"connection", b"keep-alive", b"te", b"trailers", b"transfer-encoding",
@@ -164,6 +170,7 @@ class LeanResponse:
 
     def deliverBody(self, protocol: Any) -> None:
         self._protocol = protocol
+        self._connection.reading_body()
         protocol.makeConnection(_BodyControl(self._connection))
         received, self._received = self._received, []
         for data in received:
@@ -264,6 +271,7 @@ class LeanConnection(Protocol):
         self._raw, self._phrase, self._complete, self._keep_alive = [], b"", False, False
         self._got_bytes, self._response, self.chunked = False, None, False
         self._answer = Deferred(self._cancelled)
+        self.transport.bufferSize = HEAD_READ  # type: ignore[attr-defined]
         self.transport.write(head)
         self.resume()
         return self._answer
@@ -302,6 +310,11 @@ class LeanConnection(Protocol):
         self._pool.drop(self)
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def reading_body(self) -> None:
+        """The body is read here, through Python: in the transport's usual blocks."""
+        if self.transport is not None:
+            self.transport.bufferSize = BODY_READ  # type: ignore[attr-defined]
 
     def hand_over(self) -> None:
         """The splice relay reads the rest of this body from the socket: stop reading it."""
