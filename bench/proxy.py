@@ -539,7 +539,7 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
                 say(f"round {number + 1}/{args.rounds} {kind} {name}, {connections}"
                     f" connections: warm-up {args.warmup} s, then {args.duration} s")
                 result = measure(cluster, procs, name, port, child, paths, script, args,
-                                 connections)
+                                 connections, kind)
                 runs.setdefault(kind, {}).setdefault(connections, {}).setdefault(
                     name, []).append(result)
     procs.stop(relay)
@@ -572,13 +572,14 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
 
 def measure(cluster: Cluster, procs: Supervisor, name: str, port: int,
             child: subprocess.Popen[bytes], paths: Path, script: Path, args: argparse.Namespace,
-            connections: int) -> dict[str, Any]:
+            connections: int, kind: str) -> dict[str, Any]:
     """One wrk run (after its warm-up) with the server's CPU per request and per MiB."""
+    timeout = 60 if kind == "stream" else 2  # a whole song can take seconds
     if args.warmup:
-        run_wrk(port, paths, script, args.warmup, connections)
+        run_wrk(port, paths, script, args.warmup, connections, timeout=timeout)
     cpu = cpu_seconds(child.pid)
     counters = cluster.view()["counters"] if name == "proxy" else None
-    run = run_wrk(port, paths, script, args.duration, connections)
+    run = run_wrk(port, paths, script, args.duration, connections, timeout=timeout)
     result = run.summary()
     procs.check(child)
     used = cpu_seconds(child.pid) - cpu
