@@ -74,15 +74,17 @@ class Pipes:
 class _Readable:
     """The replica's socket, registered with the reactor while the relay waits to read it."""
 
-    def __init__(self, fileno: Callable[[], int], wake: Callable[[], None]) -> None:
+    def __init__(self, fileno: Callable[[], int], wake: Callable[[], None],
+                 lost: Callable[[], None]) -> None:
         self.fileno = fileno
         self._wake = wake
+        self._lost = lost
 
     def doRead(self) -> None:
         self._wake()
 
     def connectionLost(self, reason: Failure) -> None:
-        self._wake()  # a hang-up: the next splice says what happened
+        self._lost()  # a hang-up (the reactor dropped us): the next splice says what happened
 
     def logPrefix(self) -> str:
         return "splice"
@@ -108,7 +110,8 @@ class SpliceRelay:
         self._deliver = deliver
         self._spliced = spliced
         self._reactor = source.transport.reactor
-        self._readable = _Readable(source.socket.fileno, self._upstream_ready)
+        self._readable = _Readable(source.socket.fileno, self._upstream_ready,
+                                   self._upstream_lost)
         self._reading = False
         self._waiting = ""  # "client", "replica", "end" (the exchange cancels), or ""
         self._wake: Deferred[None] | None = None
@@ -191,6 +194,8 @@ class SpliceRelay:
         # Without read interest meanwhile: a readable replica would wake the reactor for
         # nothing while the pipe is full.
         self._stop_reading()
+        if self._client.disconnected:
+            raise CancelledError("the client's connection is gone")
         self._waiting = "client"
         self._wake = Deferred()
         resume_when_drained(self._client)
@@ -209,6 +214,10 @@ class SpliceRelay:
         self._waiting = "end"
         self._wake = Deferred()
         return self._wake
+
+    def _upstream_lost(self) -> None:
+        self._reading = False  # the reactor removed the reader itself
+        self._upstream_ready()
 
     def _upstream_ready(self) -> None:
         if self._waiting == "replica":

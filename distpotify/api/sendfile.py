@@ -103,6 +103,8 @@ class _Sender:
 
     def _writable(self) -> Deferred[None]:
         """Fires once the transport has written out its buffer and the socket takes more."""
+        if self._transport.disconnected:  # type: ignore[union-attr]
+            raise CancelledError("the connection is gone")
         self._wake = Deferred()
         if not self._stopped:  # else only the connection's loss ends the wait, cancelling it
             resume_when_drained(self._transport)  # type: ignore[arg-type]
