@@ -286,8 +286,10 @@ class LeanConnection(Protocol):
         self._idle_timer = None
 
     def idle(self, timeout: float) -> None:
+        """In the pool: reading only to notice a close, and closed after ``timeout``."""
         self._state = "idle"
         self._idle_timer = self._reactor.callLater(timeout, self.close)
+        self.resume()
 
     # the transport's pace
 
@@ -328,8 +330,6 @@ class LeanConnection(Protocol):
         if self._state == "closed":
             return
         if self._keep_alive:
-            self._state = "done"
-            self.resume()
             self._pool.put(self)
         else:
             self.close()
