@@ -75,11 +75,20 @@ class LeanPool:
         self._per_host = per_host
         self._idle_timeout = idle
         self._idle: dict[tuple[bytes, int], list[LeanConnection]] = {}
+        # base URL -> its parsed form and Host value: parsed once per replica, not per request
+        self._bases: dict[bytes, tuple[URI, bytes]] = {}
 
     async def request(self, method: bytes, uri: bytes, headers: Headers) -> IResponse:
-        parsed = URI.fromBytes(uri)
+        slash = uri.find(b"/", len(b"http://"))
+        base, target = (uri, b"/") if slash < 0 else (uri[:slash], uri[slash:])
+        known = self._bases.get(base)
+        if known is None:
+            parsed = URI.fromBytes(base)
+            host = parsed.host if parsed.port == 80 else b"%s:%d" % (parsed.host, parsed.port)
+            known = self._bases[base] = (parsed, host)
+        parsed, host = known
         key = (parsed.host, parsed.port)
-        head = _request_head(method, parsed, headers)
+        head = _request_head(method, target, host, headers)
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
@@ -116,9 +125,8 @@ class LeanPool:
         self._idle.clear()
 
 
-def _request_head(method: bytes, uri: URI, headers: Headers) -> bytes:
-    host = uri.host if uri.port == 80 else b"%s:%d" % (uri.host, uri.port)
-    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, uri.originForm, host)]
+def _request_head(method: bytes, target: bytes, host: bytes, headers: Headers) -> bytes:
+    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
     for name, values in headers.getAllRawHeaders():
         lines.extend(b"%s: %s\r\n" % (name, value) for value in values)
     lines.append(b"\r\n")

@@ -11,11 +11,15 @@ import random
 import socket
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -23,9 +27,10 @@ from distpotify.api.failures import answer_failure
 from distpotify.api.ranges import Representation, Span, evaluate, serve
 from proxy.backends import BackendView, status_fetcher
 from proxy.config import ProxyConfig
+from proxy.leanclient import LeanPool, ReadAgent
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
-from proxy.upstream import read_agent, replica_agent
+from proxy.upstream import ReplicaEndpoints, read_agent, replica_agent
 from tests.helpers.sockets import Client, Loop, buffered, connect, read_head, read_to_end
 
 pytestmark = pytest.mark.timeout(90)
@@ -350,3 +355,34 @@ def test_the_lean_client_drops_a_pooled_connection_the_replica_closed(
 
     assert [a[2] for a in answers] == [data[:10]] * 4
     assert proxy.counters.retries == 0
+
+
+class _Fallback:
+    def __init__(self) -> None:
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                bodyProducer: Any = None) -> Deferred[None]:
+        self.requests.append((method, uri))
+        return Deferred()
+
+
+@pytest.mark.parametrize(("method", "uri", "body", "lean"), [
+    (b"GET", b"http://127.0.0.1:1/songs", False, True),
+    (b"HEAD", b"http://127.0.0.1:1/songs", False, True),
+    (b"GET", b"http://127.0.0.1:1/songs", True, False),
+    (b"POST", b"http://127.0.0.1:1/songs", True, False),
+    (b"DELETE", b"http://127.0.0.1:1/songs/x", False, False),
+    (b"GET", b"https://127.0.0.1:1/songs", False, False),
+])
+def test_only_bodiless_reads_take_the_lean_client(
+    loop: Loop, method: bytes, uri: bytes, body: bool, lean: bool,
+) -> None:
+    fallback = _Fallback()
+    agent = ReadAgent(LeanPool(loop.reactor, ReplicaEndpoints(loop.reactor, 1.0), 4, 1.0),
+                      fallback)  # type: ignore[arg-type]
+
+    d = agent.request(method, uri, Headers(), FileBodyProducer(BytesIO(b"x")) if body else None)
+    d.addErrback(lambda _: None)  # the lean attempt connects to a closed port
+
+    assert fallback.requests == ([] if lean else [(method, uri)])
