@@ -3,8 +3,9 @@
 A request is decided once (``decide``), in RFC 9110 section 13.2.2's order: If-Match,
 If-Unmodified-Since, If-None-Match, If-Modified-Since, then Range with If-Range; werkzeug
 parses every one of those fields. A resource is a list of spans (file, offset, length); a
-chunk is one span, a whole song is one span per chunk. Files are read 64 KiB at a time, only
-as fast as the client takes them. A span may carry a ``ready`` check (a song's chunk:
+chunk is one span, a whole song is one span per chunk. On a plain TCP connection the spans go
+out with sendfile(2) (sendfile.py); otherwise files are read 64 KiB at a time; either way
+only as fast as the client takes them. A span may carry a ``ready`` check (a song's chunk:
 verified, or repaired, before its bytes go out); the producer waits for it when it reaches
 that span, not before the first byte. A span whose check fails tears the connection: the
 headers promised its bytes.
