@@ -38,6 +38,8 @@ PIPE_SIZE = 256 * 1024
 MIN_SPLICE = 16 * 1024
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _MAX_IDLE_PIPES = 64
+# Bytes moved in one reactor turn at most, so one fast listener does not hold the reactor.
+TURN = 1024 * 1024
 
 
 class UpstreamStalled(Exception):
@@ -117,6 +119,7 @@ class SpliceRelay:
         self._wake: Deferred[None] | None = None
         self._timer: IDelayedCall | None = None
         self._in_pipe = 0
+        self._turn = 0  # bytes moved since the reactor last ran
         self.moved = 0
 
     def start(self) -> Deferred[BaseException | None]:
@@ -157,6 +160,8 @@ class SpliceRelay:
         failure: Exception | None = None
         await self._client_writable()  # the headers and the leftover go first
         while (remaining and failure is None) or self._in_pipe:
+            if self._turn >= TURN:
+                await self._client_writable()
             if remaining and failure is None and self._in_pipe < capacity:
                 try:
                     n = os.splice(upstream.fileno(), write_end,
@@ -183,6 +188,7 @@ class SpliceRelay:
                     self._client.abortConnection()
                     await self._until_cancelled()
                 self._in_pipe -= n
+                self._turn += n
                 self.moved += n
                 self._spliced(n)
         if failure is not None:
@@ -193,6 +199,7 @@ class SpliceRelay:
     def _client_writable(self) -> Deferred[None]:
         # Without read interest meanwhile: a readable replica would wake the reactor for
         # nothing while the pipe is full.
+        self._turn = 0
         self._stop_reading()
         if self._client.disconnected:
             raise CancelledError("the client's connection is gone")
@@ -202,6 +209,7 @@ class SpliceRelay:
         return self._wake
 
     def _upstream_readable(self) -> Deferred[None]:
+        self._turn = 0
         if not self._reading:
             self._reading = True
             self._reactor.addReader(self._readable)

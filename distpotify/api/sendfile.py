@@ -29,6 +29,10 @@ from distpotify.zerocopy import resume_when_drained
 
 log = Logger()
 
+# Bytes sent in one reactor turn at most: a reader as fast as loopback may never fill the
+# socket, and the sender must not hold the reactor (heartbeats, other clients) for a song.
+TURN = 1024 * 1024
+
 
 class Span(Protocol):
     """Bytes ``offset .. offset + length`` of a file, checked by ``ready`` first (ranges.Span)."""
@@ -64,6 +68,7 @@ class _Sender:
         self._transport = request.channel.transport
         self._wake: Deferred[None] | None = None
         self._stopped = False
+        self._turn = 0  # bytes sent since the reactor last ran
 
     async def send(self, spans: Sequence[Span]) -> bytes:
         try:
@@ -90,8 +95,11 @@ class _Sender:
         with open(span.path, "rb") as file:
             offset, left = span.offset, span.length
             while left:
+                if self._turn >= TURN:
+                    await self._writable()
                 try:
-                    sent = os.sendfile(self._socket.fileno(), file.fileno(), offset, left)
+                    sent = os.sendfile(self._socket.fileno(), file.fileno(), offset,
+                                       min(left, TURN))
                 except BlockingIOError:
                     await self._writable()
                     continue
@@ -99,12 +107,14 @@ class _Sender:
                     raise OSError(f"{span.path.name} is shorter than its registry says")
                 offset += sent
                 left -= sent
+                self._turn += sent
                 self._request.sentLength += sent
 
     def _writable(self) -> Deferred[None]:
         """Fires once the transport has written out its buffer and the socket takes more."""
         if self._transport.disconnected:  # type: ignore[union-attr]
             raise CancelledError("the connection is gone")
+        self._turn = 0
         self._wake = Deferred()
         if not self._stopped:  # else only the connection's loss ends the wait, cancelling it
             resume_when_drained(self._transport)  # type: ignore[arg-type]
