@@ -15,6 +15,7 @@ headers promised its bytes.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -225,6 +226,9 @@ def _one_date(value: str) -> bool:
     return value.count(",") <= 1
 
 
+# The response's Date changes once a second and a song's Last-Modified never: parsed and
+# formatted once each, not for every chunk served (email.utils is slow on the hot path).
+@functools.lru_cache(maxsize=256)
 def _date(value: str | None) -> datetime.datetime | None:
     try:
         return parse_date(value)
@@ -274,7 +278,7 @@ def serve(
     # 200 would, and no Content-Length (it would have to be the whole body's).
     request.setHeader(b"ETag", quote_etag(representation.etag).encode())
     if decision.modified is not None:
-        request.setHeader(b"Last-Modified", http_date(decision.modified).encode())
+        request.setHeader(b"Last-Modified", _http_date(decision.modified))
     request.setHeader(b"Cache-Control", IMMUTABLE)
     if decision.status == 304:
         return Deferred.fromCoroutine(_nothing())
@@ -292,6 +296,11 @@ def serve(
     if sock is not None:
         return send_spans(request, sliced, sock)
     return SpanProducer(request, sliced).start()
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(moment: datetime.datetime) -> bytes:
+    return http_date(moment).encode()
 
 
 async def _nothing() -> bytes:
