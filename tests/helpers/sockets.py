@@ -2,21 +2,30 @@
 
 Each test gets a private epoll reactor that it turns by hand (``Loop.until``, always with a
 deadline), so nothing depends on the global reactor; clients are blocking sockets run in a
-thread (``Loop.run``) while the reactor turns in the test's thread.
+thread (``Loop.run``) while the reactor turns in the test's thread. ``tls_options`` makes a
+throwaway certificate for a TLS listener, where the kernel paths must step aside.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import PrivateCertificate
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -35,6 +44,11 @@ class Loop:
         port = self.reactor.listenTCP(0, factory, interface=HOST)
         self.ports.append(port)
         return int(port.getHost().port)
+
+    def listen_tls(self, factory: Any) -> int:
+        """``listen`` behind TLS (a self-signed certificate: clients do not verify it). As
+        listenSSL does, but flushing its writes on this reactor's clock, not the global one."""
+        return self.listen(TLSMemoryBIOFactory(tls_options(), False, factory, self.reactor))
 
     def until(self, check: Callable[[], object], timeout: float = 20.0, what: str = "",
               each: Callable[[], None] | None = None) -> None:
@@ -87,21 +101,46 @@ def buffered(transport: FileDescriptor) -> int:
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
-def connect(port: int, rcvbuf: int | None = None, timeout: float = 20.0) -> socket.socket:
+def tls_options() -> IOpenSSLServerConnectionCreator:
+    """A server's TLS options with a fresh self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    options: IOpenSSLServerConnectionCreator = PrivateCertificate.loadPEM(pem).options()
+    return options
+
+
+def connect(port: int, rcvbuf: int | None = None, timeout: float = 20.0, tls: bool = False
+            ) -> socket.socket:
     sock = socket.socket()
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(timeout)
     sock.connect((HOST, port))
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the test's own throwaway certificate
+        return context.wrap_socket(sock)
     return sock
 
 
 class Client:
     """One keep-alive HTTP/1.1 connection (http.client), for use inside ``Loop.run``."""
 
-    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+    def __init__(self, port: int, rcvbuf: int | None = None, tls: bool = False) -> None:
         self.conn = http.client.HTTPConnection(HOST, port, timeout=20)
-        self.conn.sock = connect(port, rcvbuf)
+        self.conn.sock = connect(port, rcvbuf, tls=tls)
 
     def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET"
             ) -> tuple[int, dict[str, str], bytes]:
@@ -128,7 +167,8 @@ def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
 
 def read_to_end(sock: socket.socket, limit: int | None = None) -> tuple[bytes, str]:
     """Read until EOF, a reset, or ``limit`` bytes: (bytes, "eof" | "reset" | "limit")."""
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while limit is None or size < limit:
         try:
             more = sock.recv(65536 if limit is None else min(65536, limit - size))

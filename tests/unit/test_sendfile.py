@@ -88,12 +88,12 @@ def loop() -> Iterator[Loop]:
     loop.close()
 
 
-def serving(loop: Loop, tmp_path: Path, data: bytes, sendfile: bool = True
+def serving(loop: Loop, tmp_path: Path, data: bytes, sendfile: bool = True, tls: bool = False
             ) -> tuple[ChunkFile, int]:
     path = tmp_path / "song"
     path.write_bytes(data)
     resource = ChunkFile(path, len(data), sendfile)
-    return resource, loop.listen(Site(resource))
+    return resource, (loop.listen_tls if tls else loop.listen)(Site(resource))
 
 
 SIZES = [1, 1000, 65536, CHUNK, CHUNK + 1, 3 * CHUNK + 12345]
@@ -160,6 +160,24 @@ def test_the_body_goes_out_with_sendfile_on_a_tcp_socket(
 
 def test_without_sendfile_or_a_socket_the_span_producer_serves() -> None:
     assert plain_socket(StringTransport()) is None
+
+
+def test_over_tls_the_span_producer_serves_the_same_bytes(
+    loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(ranges, "send_spans", lambda *args: calls.append(1))
+    data = content(3 * CHUNK + 99)
+    resource, port = serving(loop, tmp_path, data, tls=True)
+    client = loop.run(lambda: Client(port, tls=True))  # the handshake needs the reactor
+
+    answers = loop.run(lambda: [client.get("/"), client.get("/", {"Range": "bytes=1000-"})])
+    client.close()
+
+    assert [(status, body) for status, _, body in answers] == [(200, data), (206, data[1000:])]
+    assert calls == [] and plain_socket(resource.transports[0]) is None
+    assert len({id(t) for t in resource.transports}) == 1  # one kept-alive TLS connection
+    assert resource.outcomes == ["done", "done"]
 
 
 def test_a_slow_reader_is_the_backpressure_and_nothing_is_buffered(
@@ -248,6 +266,7 @@ def test_a_file_shorter_than_its_registry_tears_the_connection(
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         _, body = read_head(sock)
         rest, end = read_to_end(sock)
+        sock.close()
         return body + rest, end
 
     body, end = loop.run(fetch)

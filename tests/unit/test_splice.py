@@ -1,7 +1,8 @@
 """The proxy's kernel data path over real sockets: the lean client fetches a replica's answer
 and the splice relay moves its body to the client. Exact bytes for many sizes and ranges, a
 slow client, a client that leaves, a replica that dies mid-body (resumed at the exact byte),
-keep-alive reuse on both sides, HEAD, 304 and 416, and the same answers with splicing off."""
+keep-alive reuse on both sides, HEAD, 304 and 416, and the same answers through Python with
+splicing off, to a TLS client, and from a chunked answer."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from distpotify.api.failures import answer_failure
 from distpotify.api.ranges import Representation, Span, evaluate, serve
 from proxy.backends import BackendView, status_fetcher
 from proxy.config import ProxyConfig
-from proxy.leanclient import LeanPool, ReadAgent
+from proxy.leanclient import HEAD_READ, LeanPool, ReadAgent
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
+from proxy.splice import MIN_SPLICE
 from proxy.upstream import ReplicaEndpoints, read_agent, replica_agent
 from tests.helpers.sockets import Client, Loop, buffered, connect, read_head, read_to_end
 
@@ -72,6 +74,11 @@ class SocketReplica(Resource):
             }).encode()
         self.channels.append(request.channel)
         self.served += 1
+        if b"chunked" in request.args:  # no Content-Length: HTTP/1.1 chunked coding
+            for offset in range(0, self.size, SPAN):
+                request.write(self.path.read_bytes()[offset:offset + SPAN])
+            request.finish()
+            return NOT_DONE_YET
         spans = [Span(self.path, offset, min(SPAN, self.size - offset), self._ready(offset))
                  for offset in range(0, self.size, SPAN)]
         representation = Representation(self.size, ETAG, "audio/mpeg")
@@ -99,7 +106,8 @@ class SocketReplica(Resource):
 class Harness:
     """Three SocketReplicas (followers 1 and 2, leader 3) and the proxy in front of them."""
 
-    def __init__(self, loop: Loop, tmp_path: Path, data: bytes, splice: bool = True) -> None:
+    def __init__(self, loop: Loop, tmp_path: Path, data: bytes, splice: bool = True,
+                 tls: bool = False) -> None:
         self.loop = loop
         self.sndbuf: int | None = None  # the send buffer of the proxy's client sockets
         path = tmp_path / "song"
@@ -140,7 +148,7 @@ class Harness:
             return protocol
 
         site.buildProtocol = watched  # type: ignore[method-assign]
-        self.port = loop.listen(site)
+        self.port = (loop.listen_tls if tls else loop.listen)(site)
         self.view.start()
         loop.until(lambda: len(self.view.readers()) == 2 and self.view.leader() is not None,
                    what="the proxy's view")
@@ -158,8 +166,9 @@ def loop() -> Iterator[Loop]:
     loop.close()
 
 
-def harness(loop: Loop, tmp_path: Path, data: bytes, splice: bool = True) -> Iterator[Harness]:
-    h = Harness(loop, tmp_path, data, splice)
+def harness(loop: Loop, tmp_path: Path, data: bytes, splice: bool = True, tls: bool = False
+            ) -> Iterator[Harness]:
+    h = Harness(loop, tmp_path, data, splice, tls)
     yield h
     h.close()
 
@@ -214,6 +223,10 @@ def test_bodies_of_many_sizes(loop: Loop, tmp_path: Path, size: int) -> None:
         status, _, body = loop.run(lambda: client.get(SONG))  # noqa: B023
         client.close()
         assert status == 200 and body == data
+        # What is left after the headers' read is spliced only when it is worth a pipe.
+        spliced = size - HEAD_READ >= MIN_SPLICE
+        assert h.counters.spliced_bytes + h.counters.relayed_bytes == size
+        assert (h.counters.spliced_bytes > 0) == spliced, h.counters
 
 
 def test_keep_alive_connections_are_reused_on_both_sides_after_spliced_bodies(
@@ -301,6 +314,11 @@ def test_a_replica_that_dies_mid_body_is_resumed_elsewhere_at_the_exact_byte(
     assert status == 200 and headers["content-length"] == str(len(data))
     assert len(body) == len(data) and sha(body) == sha(data)
     assert proxy.counters.resumes >= 1 and proxy.counters.aborted == 0
+    # The resumed bodies were spliced too: only what came with each answer's headers was
+    # read through Python, and every byte was counted once, by one path.
+    answers = 1 + proxy.counters.resumes
+    assert proxy.counters.relayed_bytes < answers * HEAD_READ
+    assert proxy.counters.spliced_bytes + proxy.counters.relayed_bytes == len(data)
 
 
 def test_head_304_and_416_carry_no_body_and_keep_the_connection(
@@ -338,6 +356,35 @@ def test_with_splicing_off_the_agent_relays_the_same_bytes(
         assert [a[0] for a in answers] == [200, 206]
         assert answers[0][2] == data and answers[1][2] == data[5:]
         assert h.counters.spliced_bytes == 0 and h.counters.relayed_bytes >= 2 * len(data) - 5
+
+
+def test_a_tls_client_connection_takes_the_relay_through_python(
+    loop: Loop, tmp_path: Path, data: bytes,
+) -> None:
+    for h in harness(loop, tmp_path, data, tls=True):
+        h.replicas[0].failing = {9}
+        client = loop.run(lambda: Client(h.port, tls=True))  # noqa: B023 - handshake
+        answers = loop.run(lambda: [client.get(SONG), client.get(SONG, {"Range": "bytes=5-"})])  # noqa: B023
+        client.close()
+        assert [(a[0], a[2]) for a in answers] == [(200, data), (206, data[5:])]
+        assert h.counters.resumes >= 1 and h.counters.aborted == 0
+        assert h.counters.spliced_bytes == 0
+        assert h.counters.relayed_bytes == 2 * len(data) - 5
+        assert len(h.transports) == 1  # the TLS connection was kept alive
+
+
+def test_a_chunked_answer_takes_the_relay_through_python(
+    proxy: Harness, loop: Loop, data: bytes,
+) -> None:
+    client = Client(proxy.port)
+
+    answers = loop.run(lambda: [client.get(SONG + "?chunked=1"), client.get(SONG)])
+    client.close()
+
+    assert [(a[0], a[2]) for a in answers] == [(200, data), (200, data)]
+    assert proxy.counters.relayed_bytes >= len(data)  # the chunked body, decoded in Python
+    assert proxy.counters.spliced_bytes >= len(data) - HEAD_READ  # the next one, spliced
+    assert proxy.counters.relayed_bytes + proxy.counters.spliced_bytes == 2 * len(data)
 
 
 def test_the_lean_client_drops_a_pooled_connection_the_replica_closed(
