@@ -123,7 +123,10 @@ class Harness:
         urls = tuple(r.url for r in self.replicas)
         self.view = BackendView(urls, status_fetcher(agent), reactor, poll_interval=0.25,
                                 health_max_age=30.0, check_timeout=2.0)
-        config = ProxyConfig(backends=urls, splice=splice, stall_timeout=2.0)
+        # Generous timers: on a loaded machine the process may not run for seconds, and then
+        # runs its timers before its sockets; these tests are about bytes, not timing.
+        config = ProxyConfig(backends=urls, splice=splice, stall_timeout=10.0,
+                             response_timeout=10.0)
         self.counters = Counters()
         self.reads = read_agent(reactor, 2.0, agent)
         self.resource = ProxyResource(self.view, self.reads if splice else agent, reactor,
