@@ -278,8 +278,8 @@ class Cluster:
         backends = [f"{HOST}:{port}" for port in self.http.values()]
         log = self.work / "proxy-plain.log"
         child = self.procs.start("proxy --splice off", ProxyCommand(
-            backends=backends, port=self.plain_port, extra=[*PROXY_OPTIONS, "--splice", "off"]).argv(), log,
-            output=log)
+            backends=backends, port=self.plain_port,
+            extra=[*PROXY_OPTIONS, "--splice", "off"]).argv(), log, output=log)
         wait_until("proxy --splice off", lambda: (get_json(self.plain_port, "/proxy/status")
                                                   or {}).get("readers"), 60)
         return child
