@@ -187,10 +187,12 @@ class WrkRun:
 
 
 def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: int,
-            prefix: Sequence[str] = ()) -> WrkRun:
-    """``wrk -t1`` with ``script`` (LUA) cycling over the paths listed in ``paths``."""
+            prefix: Sequence[str] = (), timeout: int = 2) -> WrkRun:
+    """``wrk -t1`` with ``script`` (LUA) cycling over the paths listed in ``paths``;
+    ``timeout`` seconds for one response (whole songs need more than wrk's default 2)."""
     argv = [
         *prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+        f"--timeout={timeout}s",
         "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,

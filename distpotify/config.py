@@ -109,6 +109,8 @@ class ReplicaConfig:
     cluster_keys: ClusterKeys = attrs.field(factory=ClusterKeys.generate)
     idempotency_ttl: float = 24 * 3600.0
     read_wait: float = 0.25
+    # chunk bodies on plain TCP connections go out with sendfile(2) (api/sendfile.py)
+    sendfile: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

@@ -42,6 +42,16 @@ def parse_size(text: str) -> int:
     return int(text.rstrip("KMG")) * scale
 
 
+def parse_switch(text: str) -> bool:
+    """``on`` or ``off`` (also yes/no, true/false, 1/0) as a bool."""
+    value = text.strip().lower()
+    if value in ("on", "yes", "true", "1"):
+        return True
+    if value in ("off", "no", "false", "0"):
+        return False
+    raise ConfigError(f"must be on or off, got {text!r}")
+
+
 def env_parameters(options: OptionList) -> list[list[Any]]:
     """usage.Options.optParameters for ``options``, each help naming its variable."""
     return [[name, None, default, f"{text} (env {env_name(name)})"]

@@ -283,7 +283,7 @@ def build_replica(
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head,
                             store),
-                    blocking, metrics)
+                    blocking, metrics, sendfile=config.sendfile)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
                    snapshots=replication.snapshots, resync=replication.resync_requested)
     # /sync/* answers signed requests only: the other replicas (api/trusted.py).

@@ -18,7 +18,14 @@ from distpotify.config import ConfigError, OplogRetention, ReplicaConfig, parse_
 from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import TIMEOUT_OPTIONS
 from distpotify.keys import KEYGEN, ClusterKeys, KeyFileError
-from distpotify.options import EnvOptions, OptionList, env_name, env_parameters, parse_size
+from distpotify.options import (
+    EnvOptions,
+    OptionList,
+    env_name,
+    env_parameters,
+    parse_size,
+    parse_switch,
+)
 
 
 def load_keys(path: str) -> ClusterKeys:
@@ -75,6 +82,8 @@ OPTIONS: OptionList = [
     ("idempotency-ttl", "86400", "seconds an Idempotency-Key's stored outcome is kept", float),
     ("read-wait", "0.25", "seconds a read with X-Distpotify-Min-Version waits for that version"
      " before answering 409 behind", float),
+    ("sendfile", "on", "send chunk bytes with sendfile(2) on plain TCP connections: on or off",
+     parse_switch),
 ]
 
 

@@ -58,6 +58,8 @@ class ProxyConfig:
     header_timeout: float = DEFAULT_TIMEOUTS.header
     body_timeout: float = DEFAULT_TIMEOUTS.body
     idle_timeout: float = DEFAULT_TIMEOUTS.idle
+    # GET bodies relayed with splice(2), reads sent by the lean client (splice.py, leanclient.py)
+    splice: bool = True
 
     def __attrs_post_init__(self) -> None:
         if not self.backends:

@@ -13,6 +13,11 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# The counters of bytes, not requests, say what they count.
+_HELP = {
+    "relayed_bytes": "Response body bytes sent to clients through Python (request.write)",
+    "spliced_bytes": "Response body bytes moved to clients with splice(2), around Python",
+}
 
 
 class _ReportCollector:
@@ -22,8 +27,8 @@ class _ReportCollector:
     def collect(self) -> Iterator[Metric]:
         report = self._report()
         for name, value in report["counters"].items():
-            counter = CounterMetricFamily(f"distpotify_proxy_{name}",
-                                          f"Proxy requests counted as {name}")
+            counter = CounterMetricFamily(
+                f"distpotify_proxy_{name}", _HELP.get(name, f"Proxy requests counted as {name}"))
             counter.add_metric([], value)
             yield counter
         leader = report["leader"]

@@ -47,6 +47,7 @@ from distpotify.wire import (
     json_error,
     version_writer,
 )
+from distpotify.zerocopy import plain_socket
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
 from proxy.decision import (
@@ -68,8 +69,10 @@ from proxy.decision import (
     give_up,
 )
 from proxy.forwarded import CLIENT_CLAIMS, client_origin
+from proxy.leanclient import LeanResponse
 from proxy.resume import Resume
 from proxy.sessions import Sessions
+from proxy.splice import AVAILABLE, MIN_SPLICE, Pipes, SpliceRelay, UpstreamStalled
 
 log = Logger()
 
@@ -145,10 +148,9 @@ class Counters:
     unavailable: int = 0
     aborted: int = 0
     client_gone: int = 0
-
-
-class UpstreamStalled(Exception):
-    """A replica sent no byte of a body for ``stall_timeout`` while the client was reading."""
+    # body bytes sent to clients through Python (request.write), and around it (splice.py)
+    relayed_bytes: int = 0
+    spliced_bytes: int = 0
 
 
 class ProxyResource(ReverseProxyResource):
@@ -185,6 +187,8 @@ class ProxyResource(ReverseProxyResource):
         self.counters = counters if counters is not None else Counters()
         self.cooperator = cooperator
         self.sessions = sessions or Sessions(reactor, config.session_memory)
+        # GET bodies from the lean client go around Python when both sockets allow it.
+        self.pipes = Pipes() if config.splice and AVAILABLE else None
 
     def getChild(self, path: bytes, request: Any) -> ProxyResource:
         return self
@@ -421,9 +425,14 @@ class Exchange:
         return named if named != backend.url else None
 
     async def _relay(self, backend: Backend, response: IResponse) -> Decision:
-        relay = _Relay(self, response, self._clock, self._config.stall_timeout)
-        response.deliverBody(relay)
-        reason = await relay.done
+        splice = self._splice_relay(response)
+        if splice is not None:
+            reason = await splice.start()
+            self._detach(splice)
+        else:
+            relay = _Relay(self, response, self._clock, self._config.stall_timeout)
+            response.deliverBody(relay)
+            reason = await relay.done
         if reason is None:
             if not self._committed:
                 self._commit(response)  # an empty body: the status line is all there is
@@ -433,6 +442,25 @@ class Exchange:
         remaining = self._resume.remaining(self._sent) if self._resume is not None else None
         error = None if reason is None else describe(reason)
         return classify(BodyEnded(error, remaining), self._context(backend))
+
+    def _splice_relay(self, response: IResponse) -> SpliceRelay | None:
+        """The relay of a GET body of known length from the lean client when both sockets
+        are plain: moved in the kernel (splice.py). None: read through Python (_Relay)."""
+        pipes = self._resource.pipes
+        request = self._request
+        if pipes is None or request.method != b"GET" or not isinstance(response, LeanResponse):
+            return None
+        transport = request.channel.transport
+        client = plain_socket(transport)
+        if client is None or request.chunked:
+            return None
+        source = response.take_body(MIN_SPLICE)
+        if source is None:
+            return None
+        relay = SpliceRelay(
+            source, transport, client, pipes, self._clock, self._config.stall_timeout,
+            deliver=lambda data: self._deliver(relay, response, data), spliced=self._spliced)
+        return relay
 
     def _upstream_headers(self) -> Headers:
         """The headers every attempt sends: the client's end-to-end ones plus X-Forwarded-*;
@@ -465,7 +493,7 @@ class Exchange:
 
     # the client's side
 
-    def _deliver(self, relay: _Relay, response: IResponse, data: bytes) -> None:
+    def _deliver(self, relay: _Relay | SpliceRelay, response: IResponse, data: bytes) -> None:
         if not self._committed:
             self._commit(response)
         if self._sink is None:
@@ -477,9 +505,17 @@ class Exchange:
                 self._sink.pauseProducing()
         self._sink.attach(relay)
         self._sent += len(data)
+        self._counters.relayed_bytes += len(data)
         self._request.write(data)
 
-    def _detach(self, relay: _Relay) -> None:
+    def _spliced(self, size: int) -> None:
+        """``size`` body bytes went to the client around request.write: count them where
+        twisted.web and the resume count what it writes."""
+        self._sent += size
+        self._request.sentLength += size
+        self._counters.spliced_bytes += size
+
+    def _detach(self, relay: _Relay | SpliceRelay) -> None:
         if self._sink is not None:
             self._sink.detach(relay)
 
@@ -561,16 +597,16 @@ class _ClientSink:
 
     def __init__(self, on_stop: Any) -> None:
         self._on_stop = on_stop
-        self._relay: _Relay | None = None
+        self._relay: _Relay | SpliceRelay | None = None
         self.paused = False
 
-    def attach(self, relay: _Relay) -> None:
+    def attach(self, relay: _Relay | SpliceRelay) -> None:
         if self._relay is not relay:
             self._relay = relay
             if self.paused:
                 relay.pause()
 
-    def detach(self, relay: _Relay) -> None:
+    def detach(self, relay: _Relay | SpliceRelay) -> None:
         if self._relay is relay:
             self._relay = None
 

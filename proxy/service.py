@@ -23,7 +23,7 @@ from proxy.listen import endpoints
 from proxy.resource import Counters, ProxyResource
 from proxy.sessions import Sessions
 from proxy.site import ProxyRoot, ProxySite
-from proxy.upstream import replica_agent
+from proxy.upstream import read_agent, replica_agent
 
 log = Logger()
 
@@ -46,8 +46,12 @@ class ProxyService(service.MultiService):
         self.limits = ConnectionLimits(config.max_connections_per_client,
                                        total_cap(self.open_files), config.trusted_proxies)
         self.sessions = Sessions(reactor, config.session_memory)
-        forward = ProxyResource(self.view, self.agent, reactor, config, self.counters,
-                                sessions=self.sessions)
+        # With splicing, reads take the lean client (whose bodies can be spliced); off, every
+        # request takes the Agent.
+        self.reads = read_agent(reactor, config.connect_timeout, self.agent) if config.splice \
+            else None
+        forward = ProxyResource(self.view, self.reads or self.agent, reactor, config,
+                                self.counters, sessions=self.sessions)
         self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir),
                               max_body=config.max_upload, clock=reactor,
                               timeouts=config.timeouts, limits=self.limits,
@@ -78,6 +82,7 @@ class ProxyService(service.MultiService):
                 "body_timeout": self.config.body_timeout,
                 "idle_timeout": self.config.idle_timeout,
                 "trusted_proxies": str(self.config.trusted_proxies),
+                "splice": self.config.splice,
             },
         }
 
@@ -107,6 +112,8 @@ class ProxyService(service.MultiService):
     def stopService(self) -> Deferred[None] | None:
         self.view.stop()
         d = super().stopService()
+        if self.reads is not None:
+            self.reads.pool.close()
         closing = self.pool.closeCachedConnections()
         if d is None:
             return closing

@@ -12,7 +12,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from distpotify.httpchannel import TIMEOUT_OPTIONS
-from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size
+from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size, parse_switch
 from proxy.config import ConfigError, ProxyConfig, parse_backends
 from proxy.forwarded import parse_trusted_proxies
 from proxy.listen import parse_listen
@@ -45,6 +45,9 @@ OPTIONS: OptionList = [
      " client's reads wait for it (read your writes); 0 turns it off", float),
     ("max-upload", "512M", "largest request body the proxy accepts (K/M/G suffixes); larger"
      " ones get 413 before they are read. Keep it at the replicas' --max-upload", parse_size),
+    ("splice", "on", "relay GET bodies with splice(2) between plain sockets (Linux) and send"
+     " reads with the lean HTTP/1.1 client: on or off (off: the Agent for everything)",
+     parse_switch),
     ("web-dir", None, "directory of the web player's static files [default: proxy/web]",
      Path),
 ]

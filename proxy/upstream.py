@@ -1,4 +1,5 @@
-"""The proxy's HTTP client to the replicas: one Agent over a persistent connection pool.
+"""The proxy's HTTP client to the replicas: one Agent over a persistent connection pool, and
+in front of it for reads the lean client (leanclient.py) under the same pool rules.
 
 Endpoints are made once per replica: the stock Agent builds (and IDNA-checks) one per request.
 """
@@ -13,6 +14,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import URI, Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from proxy.leanclient import LeanPool, ReadAgent
 
 # Idle connections kept per replica: as many as clients may read from one replica at once
 # (when the others are down), so a busy proxy does not open and close connections per request.
@@ -55,3 +58,10 @@ def replica_agent(reactor: Any, connect_timeout: float) -> tuple[Agent, HTTPConn
     agent = Agent.usingEndpointFactory(reactor, ReplicaEndpoints(reactor, connect_timeout),
                                        pool=pool)
     return agent, pool
+
+
+def read_agent(reactor: Any, connect_timeout: float, fallback: Agent) -> ReadAgent:
+    """GETs and HEADs through the lean client's own pool, the rest through ``fallback``."""
+    pool = LeanPool(reactor, ReplicaEndpoints(reactor, connect_timeout), POOL_PER_HOST,
+                    POOL_IDLE)
+    return ReadAgent(pool, fallback)

@@ -62,8 +62,10 @@ class PublicAPI:
         status: Callable[[], Awaitable[dict[str, Any]]],
         blocking: Runner,
         metrics: ReplicaMetrics | None = None,
+        sendfile: bool = True,
     ) -> None:
         self._library = library
+        self._sendfile = sendfile
         self._guard = guard
         self._status = status
         self._metrics = metrics
@@ -172,7 +174,8 @@ class PublicAPI:
         if decision.status != 304 and not await self._guard.ensure(ref):
             raise Unavailable(f"chunk {index} of song {song_id} is not available here")
         path = self._library.chunks.path(song_id, index)
-        return await serve(request, [Span(path, 0, chunk["size"])], representation, decision)
+        return await serve(request, [Span(path, 0, chunk["size"])], representation, decision,
+                           sendfile=self._sendfile)
 
     async def _song_modified(self, song_id: str) -> datetime.datetime | None:
         """The song's creation time, the Last-Modified of its chunks as of the song; kept,
@@ -215,7 +218,7 @@ class PublicAPI:
             spans.append(Span(self._library.chunks.path(song_id, chunk["idx"]), 0, chunk["size"],
                               ready))
             position += chunk["size"]
-        return await serve(request, spans, representation, decision)
+        return await serve(request, spans, representation, decision, sendfile=self._sendfile)
 
     # playlists
 

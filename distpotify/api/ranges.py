@@ -3,8 +3,9 @@
 A request is decided once (``decide``), in RFC 9110 section 13.2.2's order: If-Match,
 If-Unmodified-Since, If-None-Match, If-Modified-Since, then Range with If-Range; werkzeug
 parses every one of those fields. A resource is a list of spans (file, offset, length); a
-chunk is one span, a whole song is one span per chunk. Files are read 64 KiB at a time, only
-as fast as the client takes them. A span may carry a ``ready`` check (a song's chunk:
+chunk is one span, a whole song is one span per chunk. On a plain TCP connection the spans go
+out with sendfile(2) (sendfile.py); otherwise files are read 64 KiB at a time; either way
+only as fast as the client takes them. A span may carry a ``ready`` check (a song's chunk:
 verified, or repaired, before its bytes go out); the producer waits for it when it reaches
 that span, not before the first byte. A span whose check fails tears the connection: the
 headers promised its bytes.
@@ -14,6 +15,7 @@ headers promised its bytes.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -36,7 +38,9 @@ from werkzeug.http import (
 )
 from zope.interface import implementer
 
+from distpotify.api.sendfile import send_spans
 from distpotify.errors import PreconditionFailed, RangeNotSatisfiable
+from distpotify.zerocopy import plain_socket
 
 log = Logger()
 
@@ -222,6 +226,9 @@ def _one_date(value: str) -> bool:
     return value.count(",") <= 1
 
 
+# The response's Date changes once a second and a song's Last-Modified never: parsed and
+# formatted once each, not for every chunk served (email.utils is slow on the hot path).
+@functools.lru_cache(maxsize=256)
 def _date(value: str | None) -> datetime.datetime | None:
     try:
         return parse_date(value)
@@ -252,10 +259,15 @@ def serve(
     spans: Sequence[Span],
     representation: Representation,
     decision: Decision | None = None,
+    *,
+    sendfile: bool = False,
 ) -> Deferred[bytes]:
     """Answer ``request`` with the bytes of ``spans`` as ``decision`` (by default
     ``evaluate``) says. Raises PreconditionFailed or RangeNotSatisfiable before any header
     is set, so an error never carries the validators or caching of the resource.
+
+    With ``sendfile``, a body going out on a plain TCP socket is sent with sendfile(2)
+    (sendfile.py); over TLS, or without it, SpanProducer reads and writes it.
 
     Fires (with b"") once the last byte is written; cancelling it stops reading.
     """
@@ -266,7 +278,7 @@ def serve(
     # 200 would, and no Content-Length (it would have to be the whole body's).
     request.setHeader(b"ETag", quote_etag(representation.etag).encode())
     if decision.modified is not None:
-        request.setHeader(b"Last-Modified", http_date(decision.modified).encode())
+        request.setHeader(b"Last-Modified", _http_date(decision.modified))
     request.setHeader(b"Cache-Control", IMMUTABLE)
     if decision.status == 304:
         return Deferred.fromCoroutine(_nothing())
@@ -279,7 +291,16 @@ def serve(
     request.setHeader(b"Content-Length", str(end - start + 1).encode())
     if request.method == b"HEAD" or end < start:
         return Deferred.fromCoroutine(_nothing())
-    return SpanProducer(request, slice_spans(spans, start, end)).start()
+    sliced = slice_spans(spans, start, end)
+    sock = plain_socket(request.channel.transport) if sendfile else None
+    if sock is not None:
+        return send_spans(request, sliced, sock)
+    return SpanProducer(request, sliced).start()
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(moment: datetime.datetime) -> bytes:
+    return http_date(moment).encode()
 
 
 async def _nothing() -> bytes:

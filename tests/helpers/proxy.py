@@ -40,7 +40,14 @@ from proxy.config import ProxyConfig
 from proxy.limits import ConnectionLimits
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
-from tests.helpers.replica import ReplicaProcess, Response, free_port, request, wait_until
+from tests.helpers.replica import (
+    ReplicaProcess,
+    Response,
+    free_port,
+    kernel_switches,
+    request,
+    wait_until,
+)
 
 CLIENT_IP = "192.0.2.7"
 
@@ -446,7 +453,7 @@ class ProxyProcess:
         self.log_path = root / "proxy.log"
         self.backends = ",".join(f"127.0.0.1:{replica.http_port}" for replica in replicas)
         self.extra = extra
-        self.env = env
+        self.env = {**kernel_switches("splice"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:

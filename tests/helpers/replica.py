@@ -146,6 +146,15 @@ def send_json(port: int, method: str, path: str, value: Any) -> Response:
                    {"Content-Type": "application/json"})
 
 
+def kernel_switches(*names: str) -> dict[str, str]:
+    """``DISTPOTIFY_TEST_<NAME>`` of this test run as the children's ``DISTPOTIFY_<NAME>``:
+    ``DISTPOTIFY_TEST_SPLICE=off make test`` runs every proxy without splicing, and
+    ``DISTPOTIFY_TEST_SENDFILE=off`` every replica without sendfile (children get no other
+    ``DISTPOTIFY_*`` of the run's environment)."""
+    return {f"DISTPOTIFY_{name.upper()}": os.environ[f"DISTPOTIFY_TEST_{name.upper()}"]
+            for name in names if f"DISTPOTIFY_TEST_{name.upper()}" in os.environ}
+
+
 class ReplicaProcess:
     """One ``twistd -n distpotify`` process with its own data dir and log file.
 
@@ -175,7 +184,7 @@ class ReplicaProcess:
         self.heartbeat_port = heartbeat_port or free_udp_port()
         self.key_file: Path | None = key_file or make_key_file(root / f"{self.cluster}.key")
         self.extra = extra
-        self.env = env
+        self.env = {**kernel_switches("sendfile"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:

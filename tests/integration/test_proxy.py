@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import socket
 import subprocess
 import time
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import attrs
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from distpotify.options import parse_switch
+from proxy.leanclient import HEAD_READ
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess, clone_data_dir, seed_data_dir
 from tests.helpers.replica import (
@@ -35,6 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 MIB = 1024 * 1024
 BIG = 64 * MIB  # far more than every socket buffer between a replica and the client
 BLOCK = 64 * 1024
+# The proxies here splice GET bodies unless the run says otherwise (tests/helpers/proxy.py).
+SPLICING = parse_switch(os.environ.get("DISTPOTIFY_TEST_SPLICE", "on"))
 
 
 @attrs.frozen
@@ -125,6 +131,24 @@ def served_by(download: Download, cluster: Cluster) -> ReplicaProcess:
     return cluster.nodes[int(download.header("X-Served-By") or 0)]
 
 
+def assert_bytes_by_path(proxy: ProxyProcess, total: int, answers: int) -> None:
+    """/proxy/status and /metrics count ``total`` body bytes, each by the path that moved it:
+    spliced but for what came with each of ``answers`` answers' headers, or (splicing off)
+    all through Python."""
+    counters = proxy.status()["counters"]
+    relayed, spliced = counters["relayed_bytes"], counters["spliced_bytes"]
+    assert relayed + spliced == total
+    if SPLICING:
+        assert relayed < answers * HEAD_READ, counters
+    else:
+        assert spliced == 0, counters
+    metrics = {sample.name: sample.value
+               for family in text_string_to_metric_families(proxy.get("/metrics").body.decode())
+               for sample in family.samples}
+    assert metrics["distpotify_proxy_relayed_bytes_total"] == relayed
+    assert metrics["distpotify_proxy_spliced_bytes_total"] == spliced
+
+
 def test_reads_take_turns_over_the_followers_and_never_reach_the_leader(
     cluster: Cluster, library: Library
 ) -> None:
@@ -150,6 +174,7 @@ def test_a_song_streams_through_the_proxy_whole_and_by_range(
     assert part.status == 206
     assert part.headers["content-range"] == f"bytes 1000000-1999999/{len(library.audio)}"
     assert part.body == library.audio[1000000:2000000]
+    assert_bytes_by_path(cluster.proxy, len(library.audio) + 1000000, answers=2)
 
 
 def test_a_download_survives_sigkill_of_the_replica_serving_it(
@@ -172,6 +197,8 @@ def test_a_download_survives_sigkill_of_the_replica_serving_it(
     assert metrics.headers["content-type"].startswith("text/plain")
     assert b"distpotify_proxy_resumes_total 1.0" in metrics.body
     assert b"distpotify_proxy_leader_epoch" in metrics.body
+    # The resumed body took the same path as the first: spliced, with splicing on.
+    assert_bytes_by_path(cluster.proxy, len(library.audio), answers=2)
 
 
 def test_a_resumed_download_keeps_the_clients_own_range(
@@ -190,6 +217,7 @@ def test_a_resumed_download_keeps_the_clients_own_range(
         f"bytes {start}-{len(library.audio) - 1}/{len(library.audio)}")
     assert body == library.audio[start:]
     assert cluster.proxy.status()["counters"]["resumes"] == 1
+    assert_bytes_by_path(cluster.proxy, len(library.audio) - start, answers=2)
 
 
 def test_a_slow_listener_leaves_the_proxy_memory_flat(

@@ -17,11 +17,14 @@ import pytest
 
 # Shared with the proxy (the layer at the bottom of the replica's), so it imports nothing else
 # of distpotify.
+# zerocopy: the replica's sendfile sender and the proxy's splice relay both write to a
+# twisted.web connection's socket directly, and need the same plain-socket test and drain wake.
 SHARED = [
     "distpotify.wire", "distpotify.options", "distpotify.bodylimit", "distpotify.periodic",
     "distpotify.httpchannel",
     # the cluster key and the keys derived from it: the proxy checks user tokens (issue 17)
     "distpotify.keys",
+    "distpotify.zerocopy",
 ]
 
 # The replica's layers, top to bottom: a module may import its own layer and the layers below,

@@ -34,6 +34,7 @@ def test_defaults_match_the_design() -> None:
     assert config.listeners == ("tcp:8080:interface=127.0.0.1",)
     assert not config.trusted_proxies and config.max_connections_per_client == 64
     assert config.timeouts == Timeouts(header=30, body=60, idle=75)
+    assert config.splice is True
 
 
 def test_max_upload_takes_binary_suffixes() -> None:
@@ -50,6 +51,17 @@ def test_environment_sets_options_and_the_command_line_wins() -> None:
 
     assert config.backends == ("http://a:1", "http://b:2")
     assert (config.port, config.write_hold, config.web_dir) == (9999, 2.5, Path("/srv/player"))
+
+
+@pytest.mark.parametrize(("args", "env", "splice"), [
+    (["--splice", "off"], {}, False),
+    ([], {"DISTPOTIFY_SPLICE": "no"}, False),
+    (["--splice", "ON"], {"DISTPOTIFY_SPLICE": "off"}, True),
+])
+def test_splicing_is_switched_by_option_or_environment(
+    args: list[str], env: dict[str, str], splice: bool,
+) -> None:
+    assert parse(["--backends", "a:1", *args], env).config.splice is splice
 
 
 def test_every_option_has_an_environment_variable_in_its_help() -> None:
@@ -85,6 +97,8 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--backends", "a:1"], {"DISTPOTIFY_HEADER_TIMEOUT": "0"},
          "--header-timeout must be positive"),
         (["--backends", "a:1", "--idle-timeout", "soon"], {}, "bad value for --idle-timeout"),
+        (["--backends", "a:1", "--splice", "maybe"], {},
+         "bad value for --splice: must be on or off, got 'maybe'"),
     ],
 )
 def test_a_bad_value_is_one_clear_line(args: list[str], env: dict[str, str], message: str

@@ -49,6 +49,7 @@ def test_defaults_match_the_design() -> None:
         1, 0.25, 2.0)
     assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (30.0, 60.0, 75.0)
     assert (config.idempotency_ttl, config.read_wait) == (86400.0, 0.25)
+    assert config.sendfile is True
 
 
 def test_environment_sets_options_and_the_command_line_wins() -> None:
@@ -136,6 +137,8 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--node-id", "1", "--idempotency-ttl", "0"], {}, "--idempotency-ttl must be positive"),
         (["--node-id", "1", "--read-wait", "-0.1"], {}, "--read-wait must be 0 or more"),
         (["--node-id", "1", "--read-wait", "nan"], {}, "--read-wait must be 0 or more"),
+        (["--node-id", "1"], {"DISTPOTIFY_SENDFILE": "sometimes"},
+         "bad value for DISTPOTIFY_SENDFILE: must be on or off"),
     ],
 )
 def test_bad_values_are_one_clear_usage_error(args: list[str], env: dict[str, str],
@@ -148,6 +151,12 @@ def test_sync_replicas_zero_is_asynchronous_replication() -> None:
     config = parse(["--node-id", "1", "--sync-replicas", "0", "--sync-timeout", "0.5"]).config
 
     assert (config.sync_replicas, config.sync_timeout) == (0, 0.5)
+
+
+def test_sendfile_is_switched_off_by_option_or_environment() -> None:
+    assert parse(["--node-id", "1", "--sendfile", "off"]).config.sendfile is False
+    assert parse(["--node-id", "1"], {"DISTPOTIFY_SENDFILE": "0"}).config.sendfile is False
+    assert parse(["--node-id", "1", "--sendfile", "yes"]).config.sendfile is True
 
 
 def test_sizes_take_binary_suffixes() -> None:
