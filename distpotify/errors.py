@@ -81,6 +81,13 @@ class SnapshotTooOld(Conflict):
     code = "snapshot_too_old"
 
 
+class BelowFloor(Conflict):
+    """Ops after a version below this replica's oplog floor were asked for: some of them are
+    compacted away, so no answer by ops would be whole (the asker reconciles by rows)."""
+
+    code = "below_floor"
+
+
 class InsufficientStorage(ApiError):
     """The disk is full: nothing was written; the same request may succeed once space returns."""
 

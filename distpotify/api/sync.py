@@ -7,7 +7,7 @@ answered by failures.py. Only signed requests reach it (trusted.py). A batch tha
 anywhere is refused whole (400), one larger than MAX_BATCH_BYTES too (413), and nothing of it
 is applied.
 """
-# test-case-name: tests.unit.test_receive, tests.unit.test_bootstrap
+# test-case-name: tests.unit.test_receive, tests.unit.test_bootstrap, tests.unit.test_sync_api
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from twisted.web.server import Request
 from distpotify.api.failures import answer_failure
 from distpotify.api.parsing import int_arg, json_body, query, typed_routes
 from distpotify.api.ranges import Representation, Span, serve
-from distpotify.errors import BadRequest, Conflict, NotFound, Unavailable
+from distpotify.errors import BadRequest, BelowFloor, Conflict, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk
 from distpotify.replication.client import MAX_BATCH_BYTES, op_from_json, row_to_json
@@ -81,7 +81,9 @@ class SyncAPI:
     async def ops_after(self, request: Request) -> bytes:
         """The ops this replica applied after version ``after``, oldest first, at most
         ``limit``: what a new leader lacks (its oplog holds every op it applied above its
-        floor, pushed by any leader or written by itself; older ones are compacted away)."""
+        floor, pushed by any leader or written by itself; older ones are compacted away, so
+        ``after`` below the floor is refused, 409 ``below_floor``, rather than answered with
+        a gap)."""
         args = query(request)
         try:
             after = Version.decode(args.get("after", ""))
@@ -89,6 +91,14 @@ class SyncAPI:
             raise BadRequest("after must be a version (EEEEEEEEEE-NNNNN-SSSSSSSSSSSS)") from None
         limit = int_arg(args, "limit", MAX_OPS, 1, MAX_OPS)
         ops = await self._store.run(MetadataDB.ops_after, after, limit)
+        # Read after the ops: compaction only ever raises the floor, so a floor still at or
+        # below ``after`` now was so when the ops were read, and none past ``after`` was gone.
+        floor = await self._store.run(MetadataDB.oplog_floor)
+        if after < floor:
+            raise BelowFloor(
+                f"the ops after {after.encode()} are no longer all kept here (oplog floor"
+                f" {floor.encode()}): reconcile by anti-entropy instead",
+                after=after.encode(), floor=floor.encode())
         head = await self._store.run(MetadataDB.head)
         return json_response(request, 200, {"ops": [op.to_json() for op in ops],
                                             "head": head.encode()})

@@ -37,7 +37,23 @@ MAX_BATCH_BYTES = 1024 * 1024
 
 
 class PeerError(Exception):
-    """A peer answered something we cannot use: wrong status, garbage, wrong bytes."""
+    """A peer answered something we cannot use: wrong status, garbage, wrong bytes.
+
+    ``answer`` is the JSON body of an error the peer answered (its ``error`` code), if any.
+    """
+
+    def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer or {}
+
+
+class BelowFloor(PeerError):
+    """The peer's oplog no longer reaches back to the version we asked after (409
+    ``below_floor``): its ops cannot bring us up to date, only a reconciliation by rows can."""
+
+    def __init__(self, message: str, floor: Version) -> None:
+        super().__init__(message)
+        self.floor = floor
 
 
 class StaleSnapshot(PeerError):
@@ -73,6 +89,15 @@ def row_from_json(value: Any) -> Row:
         raise ValueError("a row's fields and versions must name the same fields")
     return Row(str(value["entity"]), str(value["key"]), fields,
                {name: Version.decode(text) for name, text in versions.items()})
+
+
+def _error_body(data: bytes) -> dict[str, Any] | None:
+    """The JSON error shape a peer answered (``{"error": code, ...}``), or None."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def make_http_client(reactor: Any) -> HTTPClient:
@@ -113,7 +138,7 @@ class PeerClient:
         data = await body
         self.bytes_received += len(data)
         if response.code != 200:
-            raise PeerError(f"{what}: HTTP {response.code}: {data[:200]!r}")
+            raise PeerError(f"{what}: HTTP {response.code}: {data[:200]!r}", _error_body(data))
         try:
             return json.loads(data)
         except ValueError:
@@ -133,10 +158,21 @@ class PeerClient:
 
     async def ops_after(self, base: str, after: Version, limit: int) -> tuple[list[Op], Version]:
         """The ops the peer applied after ``after`` (at most ``limit``, oldest first), and
-        its head; PeerError when the answer is not that."""
+        its head; BelowFloor when ``after`` is below the peer's oplog floor, PeerError when
+        the answer is anything else."""
         query = urlencode({"after": after.encode(), "limit": str(limit)})
-        answer = await self._json(self._request("GET", f"{base}/sync/ops?{query}"),
-                                  f"ops of {base}")
+        try:
+            answer = await self._json(self._request("GET", f"{base}/sync/ops?{query}"),
+                                      f"ops of {base}")
+        except PeerError as e:
+            if e.answer.get("error") != "below_floor":
+                raise
+            try:
+                floor = Version.decode(e.answer["floor"])
+            except (KeyError, TypeError, ValueError):
+                raise PeerError(f"ops of {base}: below_floor without a floor") from None
+            raise BelowFloor(f"ops of {base}: {after.encode()} is below its oplog floor"
+                             f" {floor.encode()}", floor) from None
         try:
             return [op_from_json(value) for value in answer["ops"]], Version.decode(answer["head"])
         except (KeyError, TypeError, ValueError) as e:

@@ -14,7 +14,7 @@ from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
 
 from distpotify.model import Op, Version
-from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body
+from distpotify.replication.client import MAX_BATCH_BYTES, BelowFloor, PeerClient, batch_body
 from distpotify.replication.push import fit_batch
 from distpotify.store.metadata import BUCKETS, MetadataDB
 from tests.helpers.api import Answer, InMemoryReplica, result_of
@@ -140,6 +140,41 @@ def test_ops_after_the_head_are_none(api: InMemoryReplica) -> None:
     assert api.get(f"/sync/ops?after={head}").json() == {"ops": [], "head": head}
 
 
+def test_ops_after_a_version_below_the_oplog_floor_are_refused_with_the_floor(
+    api: InMemoryReplica,
+) -> None:
+    for name in ("a", "b", "c", "d"):
+        api.send_json("POST", "/playlists", {"name": name})
+    ops = api.db.ops_after(Version(0, 0, 0))
+    api.db.compact_oplog(ops[1].version)  # the floor: the second op, the newest dropped
+    digest = api.db.digest()
+
+    answer = api.get(f"/sync/ops?after={ops[0].version.encode()}")
+
+    assert_error(answer, 409, "below_floor")
+    assert answer.json()["floor"] == ops[1].version.encode()
+    assert answer.json()["after"] == ops[0].version.encode()
+    assert api.db.oplog_floor() == ops[1].version and api.db.digest() == digest
+    assert api.db.ops_after(Version(0, 0, 0)) == ops[2:]
+
+
+def test_ops_after_a_version_at_or_above_the_oplog_floor_are_served(
+    api: InMemoryReplica,
+) -> None:
+    for name in ("a", "b", "c", "d"):
+        api.send_json("POST", "/playlists", {"name": name})
+    ops = api.db.ops_after(Version(0, 0, 0))
+    api.db.compact_oplog(ops[1].version)
+
+    at_floor = api.get(f"/sync/ops?after={ops[1].version.encode()}")
+    above = api.get(f"/sync/ops?after={ops[2].version.encode()}")
+
+    assert at_floor.status == 200, at_floor.body
+    assert at_floor.json()["ops"] == [op.to_json() for op in ops[2:]]
+    assert above.status == 200, above.body
+    assert above.json()["ops"] == [ops[3].to_json()]
+
+
 @pytest.mark.parametrize("query", [
     pytest.param("", id="no after"),
     pytest.param("after=3", id="not a version"),
@@ -161,6 +196,24 @@ def test_the_peer_client_reads_ops_after_a_version(api: InMemoryReplica) -> None
 
     ops, head = result_of(d)
     assert ops == api.db.ops_after(Version(0, 0, 0)) and head == api.db.head()
+
+
+def test_the_peer_client_says_when_the_version_is_below_the_peers_oplog_floor(
+    api: InMemoryReplica,
+) -> None:
+    for name in ("a", "b", "c"):
+        api.send_json("POST", "/playlists", {"name": name})
+    ops = api.db.ops_after(Version(0, 0, 0))
+    api.db.compact_oplog(ops[1].version)
+    agent = RequestTraversalAgent(api.root)
+    client = PeerClient(HTTPClient(agent), api.clock, api.keys)
+
+    d = Deferred.fromCoroutine(client.ops_after("http://replica", ops[0].version, 10))
+    agent.flush()
+
+    with pytest.raises(BelowFloor) as refused:
+        result_of(d)
+    assert refused.value.floor == ops[1].version
 
 
 def playlist_ops(n: int) -> list[Op]:
