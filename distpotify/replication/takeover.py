@@ -1,7 +1,8 @@
 """A new leader's catch-up: before its first write it pulls the ops it lacks from its peers.
 
 Writes that arrive meanwhile wait (``writable``) instead of being refused, for at most
---catch-up-timeout; anti-entropy then mends whatever the pull could not reach.
+--catch-up-timeout; anti-entropy then mends whatever the pull could not reach, such as the
+ops a peer compacted away below its oplog floor.
 """
 # test-case-name: tests.unit.test_takeover
 
@@ -20,8 +21,8 @@ from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer
 from distpotify.leadership import Leadership
-from distpotify.model import Version
-from distpotify.replication.client import PeerClient
+from distpotify.model import ZERO, Version
+from distpotify.replication.client import BelowFloor, PeerClient
 from distpotify.replication.receive import Receiver
 from distpotify.wire import ACTIVE, LEADER
 
@@ -45,6 +46,8 @@ class TakeoverRecord:
     sources: list[int] = attrs.field(factory=list)
     timed_out: bool = False
     held_writes: int = 0
+    # The peers that could not be pulled from by ops: our head was below their oplog floor.
+    below_floor: list[dict[str, Any]] = attrs.field(factory=list)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         end = self.finished if self.finished is not None else now
@@ -55,6 +58,7 @@ class TakeoverRecord:
             "seconds": None if self.started is None else round(end - self.started, 3),
             "ops_pulled": self.ops_pulled, "sources": self.sources,
             "timed_out": self.timed_out, "held_writes": self.held_writes,
+            "below_floor": self.below_floor,
         }
 
 
@@ -66,11 +70,13 @@ class Takeover:
     peer still claims leadership (the old leader has heard our Coordinator, so what it
     holds is final) and, meanwhile and after, pulls ``GET /sync/ops?after=<our head>`` from
     the live ACTIVE peer with the highest head, as long as some peer's head is above ours;
-    then COMPLETE. Past ``timeout`` it is COMPLETE anyway (``timed_out``). Either way
-    ``on_complete`` gets the peer to reconcile with (the old leader, else the last peer
-    pulled from, else None), so anti-entropy can mend what ops after our head do not cover:
-    ops of another leader below it (a partition), a write the old leader finished as it
-    stepped down.
+    then COMPLETE. A peer whose oplog floor is above our head (409 ``below_floor``: the ops
+    between are compacted away there) is not pulled from again until our head reaches that
+    floor. Past ``timeout`` it is COMPLETE anyway (``timed_out``). Either way
+    ``on_complete`` gets the peers to reconcile with (the old leader, else the last peer
+    pulled from; then every peer that answered ``below_floor``), so anti-entropy can mend
+    what ops after our head do not cover: ops of another leader below it (a partition), a
+    write the old leader finished as it stepped down, ops compacted away below a floor.
 
     ``writable()`` is what the library awaits before each write: it fires at once while
     COMPLETE (or IDLE with a leadership that never told us, as in tests), waits while
@@ -88,7 +94,7 @@ class Takeover:
         clock: IReactorTime,
         timeout: float,
         recheck: float,
-        on_complete: Callable[[Peer | None], object] = lambda peer: None,
+        on_complete: Callable[[list[Peer]], object] = lambda peers: None,
     ) -> None:
         self._membership = membership
         self._head = head
@@ -109,6 +115,10 @@ class Takeover:
         # Peers that answered "nothing after your head", with the head their heartbeat
         # showed then: not asked again until they announce another (a stale heartbeat).
         self._nothing_from: dict[int, Version] = {}
+        # Peers that answered "below my oplog floor", with that floor: not asked again while
+        # our head is below it; anti-entropy reconciles with them once the catch-up ends.
+        self._floors: dict[int, Version] = {}
+        self._below_floor: list[Peer] = []
 
     @property
     def phase(self) -> str:
@@ -145,6 +155,8 @@ class Takeover:
         self.takeovers += 1
         self._old_leader = self._pulled_from = None
         self._nothing_from = {}
+        self._floors = {}
+        self._below_floor = []
         self.record = TakeoverRecord(phase=CATCHING_UP, epoch=self._leadership.epoch,
                                      started=self._clock.seconds())
         log.info("takeover: leading epoch {epoch} from head {head}; catching up before the"
@@ -175,8 +187,12 @@ class Takeover:
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(None)
+        first = self._old_leader or self._pulled_from
+        peers = [] if first is None else [first]
+        peers += [p for p in self._below_floor
+                  if p.node_id not in {q.node_id for q in peers}]
         try:
-            self._on_complete(self._old_leader or self._pulled_from)
+            self._on_complete(peers)
         except Exception:
             log.failure("takeover: on_complete failed")
 
@@ -207,7 +223,8 @@ class Takeover:
                 self._old_leader = claiming[0]
             mine = self._head()
             ahead = max((p for p in peers if p.head > mine
-                         and self._nothing_from.get(p.node_id) != p.head),
+                         and self._nothing_from.get(p.node_id) != p.head
+                         and mine >= self._floors.get(p.node_id, ZERO)),
                         key=lambda p: p.head, default=None)
             if ahead is not None and await self._pull(ahead, mine):
                 continue
@@ -216,7 +233,8 @@ class Takeover:
             await deferLater(self._clock, self._recheck, lambda: None)
 
     async def _pull(self, peer: Peer, mine: Version) -> bool:
-        """One batch of the ops ``peer`` applied after ``mine``; whether any came."""
+        """One batch of the ops ``peer`` applied after ``mine``; whether to look again at
+        once: some came, or ``peer`` cannot be pulled from by ops (another peer may be)."""
         self._pulled_from = peer
         try:
             ops, _ = await self._client.ops_after(peer.http, mine, BATCH)
@@ -224,6 +242,9 @@ class Takeover:
                 await self._receiver.apply_ops(ops, peer.http)
         except CancelledError:
             raise
+        except BelowFloor as e:
+            self._cannot_pull(peer, mine, e.floor)
+            return True
         except Exception as e:
             log.info("takeover: pulling from {node_id} failed: {error}", node_id=peer.node_id,
                      error=e)
@@ -236,3 +257,16 @@ class Takeover:
         if peer.node_id not in record.sources:
             record.sources.append(peer.node_id)
         return True
+
+    def _cannot_pull(self, peer: Peer, mine: Version, floor: Version) -> None:
+        """``peer`` compacted away ops after our head: none of its ops is pulled until our
+        head reaches its floor (another peer may bring it there), and anti-entropy with it
+        mends the gap when the catch-up ends."""
+        self._floors[peer.node_id] = floor
+        if all(p.node_id != peer.node_id for p in self._below_floor):
+            self._below_floor.append(peer)
+        self.record.below_floor.append({"node_id": peer.node_id, "after": mine.encode(),
+                                        "floor": floor.encode()})
+        log.warn("takeover: cannot pull ops from {node_id}: our head {head} is below its oplog"
+                 " floor {floor}; anti-entropy with it when the catch-up ends",
+                 node_id=peer.node_id, head=mine.encode(), floor=floor.encode())

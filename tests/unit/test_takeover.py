@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership, Peer
 from distpotify.errors import NotLeader
 from distpotify.model import ZERO, Op, Version
+from distpotify.replication import takeover as takeover_module
+from distpotify.replication.client import BelowFloor
 from distpotify.replication.takeover import CATCHING_UP, COMPLETE, IDLE, Takeover
 from tests.helpers.api import result_of
 
@@ -38,6 +41,7 @@ class Replica:
         self.oplogs: dict[str, list[Op]] = {}
         self.asked: list[tuple[str, Version]] = []
         self.silent: set[str] = set()  # peers whose answer never comes
+        self.floors: dict[str, Version] = {}  # peers' oplog floors (compacted below)
         self.leading = True
         self.epoch = 5
 
@@ -47,6 +51,9 @@ class Replica:
         self.asked.append((base, after))
         if base in self.silent:
             return Deferred()
+        floor = self.floors.get(base, ZERO)
+        if after < floor:
+            return fail(BelowFloor(f"ops of {base}: below its floor", floor))
         oplog = self.oplogs.get(base, [])
         newer = [o for o in oplog if o.version > after][:limit]
         return succeed((newer, max((o.version for o in oplog), default=ZERO)))
@@ -74,11 +81,11 @@ def heartbeat(node: int, head: Version, role: str = "follower", state: str = "AC
                      http=f"http://n{node}", amp=f"n{node}:9000", head=head)
 
 
-def setup() -> tuple[Takeover, Replica, Membership, Clock, list[Peer | None]]:
+def setup() -> tuple[Takeover, Replica, Membership, Clock, list[list[Peer]]]:
     clock = Clock()
     membership = Membership(node_id=3, clock=clock, failure_timeout=0.75)
     replica = Replica()
-    completed: list[Peer | None] = []
+    completed: list[list[Peer]] = []
     takeover = Takeover(
         membership=membership, head=lambda: replica.head, client=replica,  # type: ignore[arg-type]
         receiver=replica, leadership=replica, clock=clock,  # type: ignore[arg-type]
@@ -95,7 +102,7 @@ def test_a_leader_nobody_is_ahead_of_is_complete_at_once() -> None:
 
     assert takeover.phase == COMPLETE
     assert result_of(takeover.writable()) is None
-    assert replica.asked == [] and completed == [None]
+    assert replica.asked == [] and completed == [[]]
     assert takeover.status()["timed_out"] is False
 
 
@@ -116,7 +123,7 @@ def test_it_pulls_from_the_peer_with_the_highest_head_before_the_first_write() -
     status = takeover.status()
     assert (status["ops_pulled"], status["sources"], status["epoch"]) == (20, [2], 5)
     assert status["started_at"] == 100
-    assert completed[0] is not None and completed[0].node_id == 2
+    assert [peer.node_id for peer in completed[0]] == [2]
 
 
 def test_writes_wait_while_the_old_leader_still_claims_and_then_see_its_last_writes() -> None:
@@ -138,7 +145,7 @@ def test_writes_wait_while_the_old_leader_still_claims_and_then_see_its_last_wri
     assert takeover.phase == COMPLETE and result_of(write) is None
     assert replica.head == tail[2].version
     assert takeover.status()["held_writes"] == 1
-    assert completed[0] is not None and completed[0].node_id == 2
+    assert [peer.node_id for peer in completed[0]] == [2]
 
 
 def test_a_long_tail_is_pulled_batch_after_batch() -> None:
@@ -169,7 +176,7 @@ def test_past_the_catch_up_timeout_writes_go_through_anyway() -> None:
     assert result_of(write) is None
     status = takeover.status()
     assert (status["phase"], status["timed_out"], status["timeouts"]) == (COMPLETE, True, 1)
-    assert completed[0] is not None and completed[0].node_id == 2
+    assert [peer.node_id for peer in completed[0]] == [2]
 
 
 def test_held_writes_fail_with_not_leader_when_leadership_ends_first() -> None:
@@ -221,3 +228,65 @@ def test_each_leadership_has_its_own_catch_up() -> None:
 
     assert takeover.status()["takeovers"] == 2
     assert takeover.status()["ops_pulled"] == 1
+
+
+def test_a_peer_whose_oplog_floor_is_above_our_head_is_left_to_anti_entropy_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[dict[str, object]] = []
+    monkeypatch.setattr(takeover_module, "log", Logger(observer=events.append))
+    takeover, replica, membership, clock, completed = setup()
+    tail = old_ops(20)
+    replica.oplogs["http://n2"] = tail
+    replica.floors["http://n2"] = tail[9].version  # it compacted the first ten away
+    membership.heartbeat_received(heartbeat(2, tail[-1].version))
+
+    takeover.role_changed("leader")
+
+    assert takeover.phase == COMPLETE and result_of(takeover.writable()) is None
+    assert replica.asked == [("http://n2", Version(3, 3, 7))] and replica.applied == []
+    status = takeover.status()
+    assert status["timed_out"] is False and status["ops_pulled"] == 0
+    assert status["below_floor"] == [{"node_id": 2, "after": Version(3, 3, 7).encode(),
+                                      "floor": tail[9].version.encode()}]
+    assert [peer.node_id for peer in completed[0]] == [2]
+    [line] = [e for e in events if "oplog floor" in e["log_format"]]  # type: ignore[operator]
+    assert (line["node_id"], line["head"], line["floor"]) == (
+        2, Version(3, 3, 7).encode(), tail[9].version.encode())
+    clock.advance(1)
+    assert len(replica.asked) == 1
+
+
+def test_a_peer_below_whose_floor_we_were_is_pulled_from_once_another_brings_us_there() -> None:
+    takeover, replica, membership, _, completed = setup()
+    tail = old_ops(20)
+    replica.oplogs["http://n2"] = tail
+    replica.floors["http://n2"] = tail[9].version
+    replica.oplogs["http://n1"] = tail[:12]
+    membership.heartbeat_received(heartbeat(1, tail[11].version))
+    membership.heartbeat_received(heartbeat(2, tail[-1].version))
+
+    takeover.role_changed("leader")
+
+    assert replica.asked == [("http://n2", Version(3, 3, 7)), ("http://n1", Version(3, 3, 7)),
+                             ("http://n2", tail[11].version)]
+    assert replica.applied == [("http://n1", tail[:12]), ("http://n2", tail[12:])]
+    assert takeover.phase == COMPLETE and replica.head == tail[-1].version
+    assert takeover.status()["sources"] == [1, 2]
+    assert [peer.node_id for peer in completed[0]] == [2]
+
+
+def test_the_old_leader_and_a_peer_below_whose_floor_we_are_are_both_reconciled() -> None:
+    takeover, replica, membership, clock, completed = setup()
+    tail = old_ops(20)
+    replica.oplogs["http://n1"] = tail
+    replica.floors["http://n1"] = tail[9].version
+    membership.heartbeat_received(heartbeat(1, tail[-1].version))
+    membership.heartbeat_received(heartbeat(2, Version(4, 2, 0), role="leader", epoch=4))
+
+    takeover.role_changed("leader")
+    membership.heartbeat_received(heartbeat(2, Version(4, 2, 0)))
+    clock.advance(0.1)
+
+    assert takeover.phase == COMPLETE and takeover.status()["timed_out"] is False
+    assert [peer.node_id for peer in completed[0]] == [2, 1]
