@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,7 +63,7 @@ class AntiEntropy:
         self._rng = rng or random.Random()
         self.loop = Periodic(self._tick, interval, clock, name="anti-entropy", jitter=0.2,
                              rng=self._rng)
-        self._busy = False
+        self._lock = DeferredLock()  # one round at a time
         self.rounds = 0
         self.last: dict[str, Any] | None = None
         self.rows_repaired = 0
@@ -81,16 +81,24 @@ class AntiEntropy:
         return d.addErrback(self._failed)
 
     def run_round(self, peer: str) -> Deferred[None]:
-        """One exchange with ``peer`` now (also used when a peer comes back)."""
-        if self._busy:
+        """One exchange with ``peer`` now (also used when a peer comes back); none if a round
+        is under way."""
+        if self._lock.locked:
             return Deferred.fromCoroutine(_none())
-        self._busy = True
+        return self._lock.run(self._round, peer)
 
-        def done(result: object) -> object:
-            self._busy = False
-            return result
+    def reconcile(self, peers: Sequence[str]) -> Deferred[None]:
+        """A round with each of ``peers`` in turn, each once the round under way is over: a
+        new leader relies on these to mend what its catch-up could not pull (section 5.1),
+        so none is skipped as a tick is while busy. Failures are counted and logged."""
+        return Deferred.fromCoroutine(self._reconcile(list(peers)))
 
-        return Deferred.fromCoroutine(self._round(peer)).addBoth(done)
+    async def _reconcile(self, peers: list[str]) -> None:
+        for peer in peers:
+            try:
+                await self._lock.run(self._round, peer)
+            except Exception:
+                self._failed(Failure())
 
     def run_round_soon(self, peer: str, delay: float) -> None:
         """A round with ``peer`` after ``delay`` (a peer just heard again may not serve yet)."""

@@ -289,11 +289,11 @@ class ReplicationNode(service.MultiService):
         self.pusher.forget_cursors()
         self.pusher.wake()
 
-    def _took_over(self, peer: Peer | None) -> None:
+    def _took_over(self, peers: list[Peer]) -> None:
         # The pull brought ops after our head; what lies below it (another leader's writes
-        # in a partition, a write the old leader finished as it stepped down) is anti-entropy's.
-        if peer is not None:
-            self.anti_entropy.run_round_soon(peer.http, 0)
+        # in a partition, a write the old leader finished as it stepped down) and what a
+        # peer compacted away below its oplog floor are anti-entropy's.
+        self.anti_entropy.reconcile([peer.http for peer in peers])
 
     def _peer_event(self, event: PeerEvent) -> None:
         # A replica that comes back (restart, healed partition) may hold writes we lack. Not

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.model import Op, Version
 from distpotify.replication.antientropy import AntiEntropy
@@ -61,8 +62,11 @@ def anti_entropy(into: InMemoryReplica, stub: StubTreq, chunk_page: int = 2048) 
 
 
 def run(d: Deferred[Any], stub: StubTreq) -> Any:
+    # Not d.called: a Deferred waiting on another (a round queued behind a lock) is called.
+    fired: list[bool] = []
+    d.addBoth(lambda result: fired.append(True) or result)
     for _ in range(10_000):
-        if d.called:
+        if fired:
             break
         stub.flush()
     return result_of(d)
@@ -179,3 +183,61 @@ def test_the_guard_remembers_a_bounded_number_of_verified_files(tmp_path: Path) 
 
     assert len(guard._verified) == VERIFIED_MAX
     assert "chunk-0" not in guard._verified and f"chunk-{VERIFIED_MAX + 9}" in guard._verified
+
+
+def test_rounds_a_new_leader_asks_for_wait_for_a_round_under_way_instead_of_being_skipped(
+    tmp_path: Path,
+) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    a, b, c = (InMemoryReplica(tmp_path / name) for name in ("a", "b", "c"))
+    b.db.apply_ops(playlists(2, 1, "from b"))
+    c.db.apply_ops(playlists(3, 2, "from c")[2:])
+    held = _Held()
+    stub = StubTreq(_ByHost({"held": held, "b": b.root, "c": c.root}))
+    ae = anti_entropy(a, stub)
+    under_way = ae.run_round("http://held")  # a periodic round, say, waiting for its peer
+    stub.flush()
+
+    skipped = ae.run_round("http://c")
+    reconciled = ae.reconcile(["http://b", "http://c"])
+    stub.flush()
+    assert skipped.called and not reconciled.called and ae.status()["rounds"] == 0
+    held.answer(json.dumps({"buckets": a.db.digest()}).encode())
+    run(under_way, stub)
+    run(reconciled, stub)
+
+    assert ae.status()["rounds"] == 3
+    assert sorted(p["name"] for p in a.db.playlists()) == ["from b", "from b", "from c"]
+
+
+class _Held(Resource):
+    """A peer whose answers wait until the test gives them."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+    def answer(self, body: bytes) -> None:
+        request = self.requests.pop(0)
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
+
+
+class _ByHost(Resource):
+    """Routes each request to the peer its host names."""
+
+    def __init__(self, roots: dict[str, Resource]) -> None:
+        super().__init__()
+        self._roots = roots
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        request.postpath.insert(0, request.prepath.pop())
+        return self._roots[request.getRequestHostname().decode()]
