@@ -71,7 +71,7 @@ def upload(node: ReplicaProcess, tmp_path: Path, n: int) -> dict[str, Any]:
 
 
 def converged(nodes: list[ReplicaProcess]) -> bool:
-    digests = [n.get("/sync/digest").json()["buckets"] for n in nodes]
+    digests = [n.signed("GET", "/sync/digest").json()["buckets"] for n in nodes]
     return all(d == digests[0] for d in digests)
 
 
