@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from distpotify.keys import ClusterKeys
+from distpotify.signing import body_sha256, sign
 from lab.netns import socket_in
 
 DEFAULT_TIMEOUT = 5.0
@@ -89,9 +91,14 @@ class LabClient:
             elapsed=time.monotonic() - started,
         )
 
-    def get_json(self, host: str, port: int, path: str, timeout: float | None = None) -> Any:
-        """GET PATH and decode JSON; OSError unless the answer is 200 with a JSON body."""
-        answer = self.request("GET", host, port, path, timeout=timeout)
+    def get_json(self, host: str, port: int, path: str, timeout: float | None = None,
+                 keys: ClusterKeys | None = None) -> Any:
+        """GET PATH and decode JSON; OSError unless the answer is 200 with a JSON body. With
+        ``keys``, the request is signed as a replica signs it (what /sync/* requires)."""
+        headers = ({k.decode(): v.decode() for k, v in sign(
+            keys, b"GET", path.encode(), body_sha256(b""), time.time()).items()}
+            if keys is not None else None)
+        answer = self.request("GET", host, port, path, headers=headers, timeout=timeout)
         if answer.status != 200:
             raise OSError(f"GET {path} on {host}:{port} answered {answer.status}")
         try:

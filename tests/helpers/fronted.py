@@ -96,7 +96,7 @@ class Fronted:
         """Wait until every replica holds the same rows (equal anti-entropy digests)."""
 
         def equal() -> bool:
-            digests = [n.get("/sync/digest", timeout=5).json()["buckets"] for n in self.nodes]
+            digests = [n.signed("GET", "/sync/digest").json()["buckets"] for n in self.nodes]
             return all(d == digests[0] for d in digests)
 
         wait_until(equal, timeout=timeout, interval=0.5, what="the replicas to converge")

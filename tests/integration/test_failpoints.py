@@ -49,7 +49,7 @@ def whole(node: ReplicaProcess, song: dict[str, Any], data: bytes) -> bool:
 
 
 def converged(nodes: list[ReplicaProcess]) -> bool:
-    digests = [n.get("/sync/digest").json()["buckets"] for n in nodes]
+    digests = [n.signed("GET", "/sync/digest").json()["buckets"] for n in nodes]
     return all(d == digests[0] for d in digests)
 
 

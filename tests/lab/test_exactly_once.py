@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from distpotify.keys import ClusterKeys
 from lab.client import Answer
 from lab.lab import HTTP_PORT, PROXY_PORT, Lab
 from lab.nemesis import PROXY, Nemesis
@@ -95,8 +96,10 @@ def test_a_write_applied_by_a_leader_cut_off_before_replicating_merges_into_one(
 
     within("one record on every replica after the heal", one_record_everywhere, timeout=60)
     assert {playlists_named(lab, n)[0]["id"] for n in (1, 2, 3)} == {on_old[0]["id"]}
+    keys = ClusterKeys.load(lab.key_file)  # /sync/* answers signed requests only
     digests = within("equal digests", lambda: (
         found := [lab.client(n).get_json(lab.replicas[n].host.address, HTTP_PORT,
-                                         "/sync/digest")["buckets"] for n in (1, 2, 3)]
+                                         "/sync/digest", keys=keys)["buckets"]
+                  for n in (1, 2, 3)]
     ) and found[0] == found[1] == found[2] and found, timeout=60)
     assert digests
