@@ -129,8 +129,10 @@ def test_a_leader_killed_before_it_stores_a_follower_ack_loses_no_op(
     tmp_path: Path, replicas: list[ReplicaProcess]
 ) -> None:
     """The follower applied the batch; the leader dies before its cursor moves, comes back,
-    takes the lead again and pushes the batch again: applied once, nothing lost."""
-    cluster = Cluster(tmp_path, replicas, *CHUNKS)
+    takes the lead again and pushes the batch again: applied once, nothing lost.
+    Asynchronous (--sync-replicas 0), so the upload is answered before the push: with a
+    semi-synchronous ack the leader would die before answering it."""
+    cluster = Cluster(tmp_path, replicas, *CHUNKS, "--sync-replicas", "0")
     follower = cluster.add(1)
     leader = cluster.add(2, start=False)
     leader.arm("push.acknowledged")
