@@ -162,7 +162,10 @@ class PlayerPage:
 
     def open(self, route: str = "#/library") -> PlayerPage:
         self.page.goto(self.base_url + route)
-        self.page.wait_for_function("document.querySelector('#cluster-pill').textContent.includes('leader')")
+        # A function, not an expression: Playwright evals expression strings in the page,
+        # which the player's CSP (no 'unsafe-eval') refuses.
+        self.page.wait_for_function(
+            "() => document.querySelector('#cluster-pill').textContent.includes('leader')")
         return self
 
     def go(self, route: str) -> None:
