@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.periodic import Periodic
-from distpotify.replication.client import PeerClient
+from distpotify.replication.client import KEYS_PER_REQUEST, PeerClient
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.receive import Receiver
 from distpotify.replication.repair import ChunkGuard
@@ -30,7 +30,6 @@ from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 
 log = Logger()
 
-KEYS_PER_REQUEST = 100
 CHUNKS_PER_ROUND = 256  # missing chunks fetched at most per round; the rest wait for the next
 CHUNK_PAGE = 2048  # registry rows a round looks for (a stat each): 200,000 in 16 minutes
 

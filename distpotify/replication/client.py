@@ -35,6 +35,10 @@ from distpotify.signing import body_sha256, request_target, sign
 # batches to fit (push.py).
 MAX_BATCH_BYTES = 1024 * 1024
 
+# Row keys per GET /sync/rows: about 60 bytes each in its URL, so the request line stays far
+# below the server's limit.
+KEYS_PER_REQUEST = 100
+
 
 class PeerError(Exception):
     """A peer answered something we cannot use: wrong status, garbage, wrong bytes.
@@ -54,6 +58,11 @@ class BelowFloor(PeerError):
     def __init__(self, message: str, floor: Version) -> None:
         super().__init__(message)
         self.floor = floor
+
+
+class NotHeld(PeerError):
+    """The peer answered 404: it does not hold what was asked (for a chunk, the chunk's
+    registry row is not live there: never received, or deleted)."""
 
 
 class StaleSnapshot(PeerError):
@@ -276,13 +285,17 @@ class PeerClient:
         write: Callable[[bytes], None],
     ) -> None:
         """Stream chunk bytes from ``offset`` to ``write``; PeerError unless the peer sends
-        exactly that part of the chunk whose ETag is ``sha256``."""
+        exactly that part of the chunk whose ETag is ``sha256`` (NotHeld when it answers that
+        it does not hold the chunk)."""
         headers = {b"If-Range": f'"{sha256}"'.encode()}
         if offset:
             headers[b"Range"] = f"bytes={offset}-".encode()
         d = self._request("GET", f"{base}/songs/{song_id}/chunks/{idx}", headers=headers)
         d.addTimeout(self.timeout, self._clock)
         response = await d
+        if response.code == 404:
+            response.deliverBody(_Discard())
+            raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
         etag = response.headers.getRawHeaders(b"etag", [b""])[0].decode("latin-1")
         expected = 206 if offset else 200
         if response.code != expected or etag != f'"{sha256}"':

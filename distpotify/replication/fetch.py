@@ -3,12 +3,14 @@
 A download goes to ``<name>.part`` (resumed with Range after a crash or a failed peer, alone
 or as the first chunk of a run), is hashed, fsynced and renamed into place only when its
 SHA-256 matches the registry; a wrong byte sends the fetch to the next replica. At most
-``concurrency`` downloads run at once.
+``concurrency`` downloads run at once. A fetch that fails tells a chunk the replicas say they
+do not hold (404) from one they could not give (unreachable, an error, wrong bytes).
 """
 # test-case-name: tests.unit.test_fetch
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -20,7 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
 
 from distpotify.detach import detached
-from distpotify.replication.client import PeerClient, PeerError
+from distpotify.replication.client import NotHeld, PeerClient, PeerError
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from distpotify.store.metadata import Runner
 
@@ -33,6 +35,16 @@ class ChunkRef:
     idx: int
     size: int
     sha256: str
+
+
+class Fetched(enum.Enum):
+    """How a chunk's fetch ended."""
+
+    DONE = "done"  # verified and in place
+    # No source gave it, and one at least answered 404: its registry row is not live there
+    # (deleted since, or not received yet), as opposed to a source that could not answer.
+    NOT_HELD = "not held"
+    FAILED = "failed"  # no source gave it: unreachable, an error, wrong bytes
 
 
 @attrs.define
@@ -105,12 +117,17 @@ class ChunkFetcher:
 
     async def fetch(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """Download ``ref`` from the first of ``sources`` that gives the right bytes."""
+        return await self.fetch_outcome(ref, sources) is Fetched.DONE
+
+    async def fetch_outcome(self, ref: ChunkRef, sources: Sequence[str]) -> Fetched:
+        """fetch, saying why it failed: NOT_HELD when a source answered that it does not
+        hold the chunk."""
         key = (ref.song_id, ref.idx)
         while key in self._inflight:
             await _follow(self._inflight[key])
             # Only verified downloads are renamed into place: the file is the answer.
             if self._chunks.path(ref.song_id, ref.idx).exists():
-                return True
+                return Fetched.DONE
         # The download runs to its end even if this caller is cancelled (a push timeout, a
         # client gone): its in-flight entry must outlive the caller, or a retry would write
         # the same .part while this one's verify step renames it.
@@ -118,30 +135,34 @@ class ChunkFetcher:
                               f"the download of chunk {ref.song_id}/{ref.idx}")
 
     async def _download(self, ref: ChunkRef, sources: Sequence[str],
-                        key: tuple[str, int]) -> bool:
+                        key: tuple[str, int]) -> Fetched:
         mine: Deferred[bool] = Deferred()
         self._inflight[key] = mine
-        ok = False
+        outcome = Fetched.FAILED
         try:
             await self._limit.acquire()
             try:
-                ok = await self._fetch_any(ref, sources)
+                outcome = await self._fetch_any(ref, sources)
             finally:
                 self._limit.release()
         finally:
             del self._inflight[key]
-            mine.callback(ok)
-        return ok
+            mine.callback(outcome is Fetched.DONE)
+        return outcome
 
-    async def _fetch_any(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
+    async def _fetch_any(self, ref: ChunkRef, sources: Sequence[str]) -> Fetched:
+        not_held = False
         for base in sources:
-            if await self._fetch_from(ref, base):
+            outcome = await self._fetch_from(ref, base)
+            if outcome is Fetched.DONE:
                 self.counters.fetched += 1
-                return True
+                return outcome
+            not_held = not_held or outcome is Fetched.NOT_HELD
         self.counters.failed += 1
-        log.warn("chunk {song_id}/{idx} not available from {sources}",
-                 song_id=ref.song_id, idx=ref.idx, sources=list(sources))
-        return False
+        log.warn("chunk {song_id}/{idx} not available from {sources}{why}",
+                 song_id=ref.song_id, idx=ref.idx, sources=list(sources),
+                 why=" (not held: 404)" if not_held else "")
+        return Fetched.NOT_HELD if not_held else Fetched.FAILED
 
     async def fetch_run(
         self, refs: Sequence[ChunkRef], start: int, song_sha256: str, base: str
@@ -233,7 +254,7 @@ class ChunkFetcher:
         self.counters.bad_bytes += len(finished) - len(done)
         return done
 
-    async def _fetch_from(self, ref: ChunkRef, base: str) -> bool:
+    async def _fetch_from(self, ref: ChunkRef, base: str) -> Fetched:
         final = self._chunks.path(ref.song_id, ref.idx)
         part = final.with_name(final.name + PART_SUFFIX)
         offset = part.stat().st_size if part.exists() else 0
@@ -256,7 +277,7 @@ class ChunkFetcher:
                 # What arrived stays in the part file: the next source resumes after it.
                 log.info("chunk {song_id}/{idx} from {base} failed after {n} bytes: {error}",
                          song_id=ref.song_id, idx=ref.idx, base=base, n=received, error=e)
-                return False
+                return Fetched.NOT_HELD if isinstance(e, NotHeld) else Fetched.FAILED
         self.counters.bytes += received
         done: bool = await self._blocking(
             _finish_part, part, final, ref.size, ref.sha256
@@ -265,7 +286,8 @@ class ChunkFetcher:
             self.counters.bad_bytes += 1
             log.warn("chunk {song_id}/{idx} from {base} failed its SHA-256; discarded",
                      song_id=ref.song_id, idx=ref.idx, base=base)
-        return done
+            return Fetched.FAILED
+        return Fetched.DONE
 
 
 async def _follow(download: Deferred[bool]) -> None:
