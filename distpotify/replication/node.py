@@ -91,7 +91,7 @@ class ReplicationNode(service.MultiService):
         self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
         self.applied = AppliedOps(store, reactor, config.read_wait, cluster.head)
         self.receiver = Receiver(
-            store, chunks, self.fetcher, blocking, self.peer_urls,
+            store, chunks, self.fetcher, client, blocking, self.peer_urls,
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
             failpoints=failpoints,
             on_applied=self.applied.applied)

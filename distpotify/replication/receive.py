@@ -2,9 +2,10 @@
 
 Chunk bytes come first: every chunk an op makes live is fetched and verified before the op is
 applied, so no replica lists a chunk it cannot serve; chunks the ops tombstone are deleted
-after the ops are durable. Pulled rows that were purged here are not taken back. The join's
-clean-up of unlisted chunk files waits for the applies in flight, whose chunk files have no
-row yet.
+after the ops are durable. Chunks the peers say they do not hold (deleted since the ops were
+written) are settled by the source's current rows, merged into the same apply. Pulled rows
+that were purged here are not taken back. The join's clean-up of unlisted chunk files waits
+for the applies in flight, whose chunk files have no row yet.
 """
 # test-case-name: tests.integration.test_replication
 
@@ -20,7 +21,8 @@ from twisted.logger import Logger
 from distpotify.errors import Unavailable
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ENTITIES, Op, Row, Version
-from distpotify.replication.fetch import ChunkFetcher, ChunkRef, sources_for
+from distpotify.replication.client import KEYS_PER_REQUEST, PeerClient, PeerError
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched, sources_for
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner, row_ops
 
@@ -136,6 +138,7 @@ class Receiver:
         store: MetadataStore,
         chunks: ChunkStore,
         fetcher: ChunkFetcher,
+        client: PeerClient,
         blocking: Runner,
         peers: Callable[[], Sequence[str]],
         accepting: Callable[[], bool] = lambda: True,
@@ -145,6 +148,7 @@ class Receiver:
         self._store = store
         self._chunks = chunks
         self._fetcher = fetcher
+        self._client = client
         self._blocking = blocking
         self._peers = peers
         # False while a join fetches or installs its snapshot: ops applied before the install
@@ -177,25 +181,73 @@ class Receiver:
             self._gate.leave()
 
     async def _apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
-        live = await self._store.run(_chunks_made_live, ops)
-        refs: list[ChunkRef] = await self._blocking(self._absent, live)
-        if refs:
-            sources = sources_for(source, self._peers)
-            results = await gatherResults(
-                [self._fetcher_deferred(ref, sources) for ref in refs], consumeErrors=True
-            )
-            missing = [ref for ref, ok in zip(refs, results, strict=True) if not ok]
-            if missing:
-                raise Unavailable(
-                    f"{len(missing)} of {len(refs)} chunks could not be fetched; nothing applied"
-                )
-            await self._fetcher.sync()
+        ops = list(ops)
+        sources = sources_for(source, self._peers)
+        needed, unfetched = await self._fetch_chunks(ops, sources, {})
+        if Fetched.NOT_HELD in unfetched.values():
+            # The chunks were deleted since these ops were written (the delete is in a later
+            # batch), or the peers have not received them yet: the source's current rows
+            # tell which. Merged with the ops, in any order, they give the rows as they are
+            # now (docs/architecture.md 2.4): chunks deleted since need no bytes.
+            newer = await self._current_rows(unfetched, ops, source)
+            if newer:
+                ops += newer
+                needed, unfetched = await self._fetch_chunks(ops, sources, unfetched)
+        if unfetched:
+            raise Unavailable(
+                f"{len(unfetched)} of {needed} chunks could not be fetched; nothing applied")
         self._failpoints.hit("apply.chunks_fetched")
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
         self._on_applied(ops)
         await self._drop_deleted_chunks(ops)
         self._failpoints.hit("apply.committed")
         return await self._store.run(MetadataDB.head)
+
+    async def _fetch_chunks(self, ops: Sequence[Op], sources: list[str],
+                            tried: dict[ChunkRef, Fetched]) -> tuple[int, dict[ChunkRef, Fetched]]:
+        """Fetch the chunks ``ops`` make live that are not here, except those ``tried``
+        already in this apply (they count as failed again); how many were needed, and the
+        outcome of each that is still not here."""
+        live = await self._store.run(_chunks_made_live, ops)
+        refs: list[ChunkRef] = await self._blocking(self._absent, live)
+        unfetched = {ref: tried[ref] for ref in refs if ref in tried}
+        todo = [ref for ref in refs if ref not in tried]
+        if todo:
+            outcomes = await gatherResults(
+                [self._fetcher_deferred(ref, sources) for ref in todo], consumeErrors=True)
+            unfetched.update((ref, outcome) for ref, outcome in zip(todo, outcomes, strict=True)
+                             if outcome is not Fetched.DONE)
+            if len(unfetched) < len(refs):
+                await self._fetcher.sync()
+        return len(refs), unfetched
+
+    async def _current_rows(self, unfetched: dict[ChunkRef, Fetched], ops: Sequence[Op],
+                            source: str | None) -> list[Op]:
+        """The source's current rows of the songs with a chunk no peer holds, and of those
+        songs' chunks among ``ops``, as ops; none when the source cannot say (it is not a
+        known peer, it cannot be reached, or its answer is malformed)."""
+        if source is None or source not in self._peers():
+            return []
+        songs = {ref.song_id for ref, outcome in unfetched.items()
+                 if outcome is Fetched.NOT_HELD}
+        keys = [("songs", song_id) for song_id in sorted(songs)]
+        keys += sorted({("chunks", op.key) for op in ops
+                        if op.entity == "chunks" and op.key.split("/")[0] in songs})
+        asked = set(keys)
+        rows: list[Row] = []
+        try:
+            for start in range(0, len(keys), KEYS_PER_REQUEST):
+                found = await self._client.rows(source, keys[start:start + KEYS_PER_REQUEST])
+                rows += [row for row in found if (row.entity, row.key) in asked]
+            newer = await self._checked_ops(rows, source)
+        except (PeerError, ValueError) as e:
+            log.info("the current rows of {n} song(s) from {source} could not be had: {error}",
+                     n=len(songs), source=source, error=e)
+            return []
+        log.info("{n} chunk(s) not fetched, some held by no peer: merging {source}'s current"
+                 " rows of {songs} song(s) into the apply", n=len(unfetched), source=source,
+                 songs=len(songs))
+        return newer
 
     def _absent(self, refs: list[ChunkRef]) -> list[ChunkRef]:
         """The chunks whose files are not here (worker thread: one stat each)."""
@@ -204,6 +256,11 @@ class Receiver:
     async def apply_rows(self, rows: Sequence[Row], source: str | None) -> Version:
         """Rows pulled by anti-entropy: checked like a pushed batch, and refused whole; rows
         purged here stay purged (store/tombstones.py, ``purged_here``)."""
+        return await self.apply_ops(await self._checked_ops(rows, source), source)
+
+    async def _checked_ops(self, rows: Sequence[Row], source: str | None) -> list[Op]:
+        """The ops of rows pulled from ``source``, but for the rows purged here; ValueError
+        if one is malformed."""
         for op in (op for row in rows for op in row_ops(row)):
             try:
                 validate_op(op)
@@ -214,12 +271,11 @@ class Receiver:
             self.rows_fenced += len(purged)
             log.warn("{n} rows from {source} were purged here; not taken back (such as"
                      " {example})", n=len(purged), source=source, example="/".join(min(purged)))
-        ops = [op for row in rows if (row.entity, row.key) not in purged
-               for op in row_ops(row)]
-        return await self.apply_ops(ops, source)
+        return [op for row in rows if (row.entity, row.key) not in purged
+                for op in row_ops(row)]
 
-    def _fetcher_deferred(self, ref: ChunkRef, sources: list[str]) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._fetcher.fetch(ref, sources))
+    def _fetcher_deferred(self, ref: ChunkRef, sources: list[str]) -> Deferred[Fetched]:
+        return Deferred.fromCoroutine(self._fetcher.fetch_outcome(ref, sources))
 
     async def _drop_deleted_chunks(self, ops: Sequence[Op]) -> None:
         keys = {op.key for op in ops if op.entity == "chunks" and op.fields.get("deleted")}

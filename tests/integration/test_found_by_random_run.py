@@ -17,11 +17,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 PUSH_BATCH = 500  # ops per POST /sync/ops (distpotify/replication/push.py BATCH)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a follower more than one push batch behind can never apply a batch that makes live a "
-    "chunk a later batch deletes: every replica answers 404 for that chunk, the batch is "
-    "refused with 503 forever, and a rejoining follower never leaves CATCHING_UP (found by "
-    "the random run, seeds 1 and 20)"))
 def test_a_follower_behind_a_song_uploaded_then_deleted_catches_up(
         tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
     cluster = Cluster(tmp_path, replicas)

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.model import Op, Row, Version
+from distpotify.replication.fetch import Fetched
 from distpotify.replication.receive import ApplyGate, validate_op
 from tests.helpers.api import InMemoryReplica, result_of
 
@@ -72,11 +73,11 @@ def test_a_pushed_batch_fetches_its_chunks_from_known_peers_only(
     replica = InMemoryReplica(tmp_path)
     asked: list[list[str]] = []
 
-    async def fetch(ref: object, sources: list[str]) -> bool:
+    async def fetch(ref: object, sources: list[str]) -> Fetched:
         asked.append(list(sources))
-        return False
+        return Fetched.FAILED
 
-    monkeypatch.setattr(replica.fetcher, "fetch", fetch)
+    monkeypatch.setattr(replica.fetcher, "fetch_outcome", fetch)
     replica.service.cluster.membership.heartbeat_received(Heartbeat(
         cluster="c", node=2, epoch=1, role="leader", state="ACTIVE", http="http://peer:8000",
         amp="peer:9000", head=V))
