@@ -6,10 +6,11 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from distpotify.replication.client import PeerError
-from distpotify.replication.fetch import ChunkFetcher, ChunkRef, sources_for
+from distpotify.replication.client import NotHeld, PeerError
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched, sources_for
 from distpotify.store.chunks import ChunkStore
 from tests.helpers.api import result_of, run_now
 
@@ -144,3 +145,36 @@ def test_a_source_that_is_no_known_peer_is_never_fetched_from() -> None:
     assert sources_for("http://169.254.169.254/latest", lambda: peers) == peers
     assert sources_for(None, lambda: peers) == peers
     assert sources_for("http://evil:1", lambda: []) == []
+
+
+class Answering:
+    """Each source answers as told: "404" (NotHeld), "down" (another PeerError), or the
+    chunk's bytes."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    async def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
+                    write: Callable[[bytes], None]) -> None:
+        if self.answers[base] == "404":
+            raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
+        if self.answers[base] == "down":
+            raise PeerError("connection refused")
+        write(DATA[offset:])
+
+
+@pytest.mark.parametrize(("answers", "outcome"), [
+    ({"http://a": "404", "http://b": "404"}, Fetched.NOT_HELD),
+    ({"http://a": "down", "http://b": "404"}, Fetched.NOT_HELD),
+    ({"http://a": "down", "http://b": "down"}, Fetched.FAILED),
+    ({"http://a": "404", "http://b": "bytes"}, Fetched.DONE),
+])
+def test_a_fetch_tells_a_chunk_not_held_from_one_not_reachable(
+    tmp_path: Path, answers: dict[str, str], outcome: Fetched,
+) -> None:
+    fetch = ChunkFetcher(Answering(answers), ChunkStore(tmp_path / "chunks"),  # type: ignore[arg-type]
+                         run_now)
+
+    d = Deferred.fromCoroutine(fetch.fetch_outcome(REF, ["http://a", "http://b"]))
+
+    assert result_of(d) is outcome

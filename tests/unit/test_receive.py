@@ -1,5 +1,6 @@
 """validate_op: what a pushed op must be before any of its batch is applied; pulled rows purged
-here stay purged; the join's chunk clean-up and the applies in flight."""
+here stay purged; chunks no peer holds are settled by the source's current rows; the join's
+chunk clean-up and the applies in flight."""
 
 from __future__ import annotations
 
@@ -8,13 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from treq.client import HTTPClient
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from zope.interface import implementer
 
 from distpotify.cluster.heartbeat import Heartbeat
-from distpotify.model import Op, Row, Version
-from distpotify.replication.fetch import Fetched
-from distpotify.replication.receive import ApplyGate, validate_op
-from tests.helpers.api import InMemoryReplica, result_of
+from distpotify.errors import Unavailable
+from distpotify.model import ZERO, Op, Row, Version
+from distpotify.replication.client import PeerClient
+from distpotify.replication.fetch import ChunkFetcher, Fetched
+from distpotify.replication.receive import ApplyGate, Receiver, validate_op
+from tests.helpers.api import InMemoryReplica, result_of, run_now
+from tests.helpers.audio import make_wav
 
 SONG = "11111111-1111-4111-8111-111111111111"
 V = Version(2, 1, 9)
@@ -165,3 +176,122 @@ def test_the_chunk_clean_up_waits_for_an_apply_whose_chunks_have_no_row_yet() ->
 
     assert order == ["applied", "clean"] and cleaning.called and late.called
     gate.leave()
+
+
+# Chunks the peers no longer hold: a follower behind receives an upload whose song was
+# deleted since (the delete travels in a later batch).
+
+LEADER = "http://leader"
+
+
+class Recording(Resource):
+    """Answers as ``inner`` does (404 to everything without one), and records the paths
+    asked."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.paths: list[str] = []
+
+    def render(self, request: Request) -> Any:
+        self.paths.append(request.path.decode())
+        if self.inner is not None:
+            return self.inner.render(request)
+        request.setResponseCode(404)
+        return b"not here"
+
+
+@implementer(IAgent)
+class Unreachable:
+    """Every connection is refused."""
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                bodyProducer: Any = None) -> Deferred[Any]:
+        return fail(ConnectionRefusedError("refused"))
+
+
+class Receiving:
+    """A follower's Receiver whose chunk downloads go to ``chunks_from`` and whose questions
+    about rows go to ``rows_from``, the batch's source (LEADER, a known peer)."""
+
+    def __init__(self, follower: InMemoryReplica, chunks_from: HTTPClient | StubTreq,
+                 rows_from: StubTreq) -> None:
+        self.stubs = [stub for stub in (chunks_from, rows_from) if isinstance(stub, StubTreq)]
+        fetcher = ChunkFetcher(PeerClient(chunks_from, follower.clock, follower.keys),  # type: ignore[arg-type]
+                               follower.chunks, run_now)
+        self.receiver = Receiver(
+            follower.library.store, follower.chunks, fetcher,
+            PeerClient(rows_from, follower.clock, follower.keys),  # type: ignore[arg-type]
+            run_now, lambda: [LEADER])
+
+    def apply(self, ops: list[Op]) -> Version:
+        d = Deferred.fromCoroutine(self.receiver.apply_ops(ops, LEADER))
+        for _ in range(10_000):
+            if d.called:
+                break
+            for stub in self.stubs:
+                stub.flush()
+        return result_of(d)
+
+
+def uploaded(leader: InMemoryReplica, tmp_path: Path) -> tuple[str, list[Op]]:
+    """A song of three chunks uploaded on ``leader``: its id and the upload's ops."""
+    wav = make_wav(tmp_path / "song.wav", 3 * leader.chunk_size)
+    answer = leader.upload(wav.read_bytes())
+    assert answer.status == 201
+    return answer.json()["song"]["id"], leader.db.ops_after(ZERO)
+
+
+def test_chunks_no_peer_holds_deleted_at_the_source_apply_without_their_bytes(
+    tmp_path: Path,
+) -> None:
+    leader = InMemoryReplica(tmp_path / "leader")
+    song, upload = uploaded(leader, tmp_path)
+    assert leader.call("DELETE", f"/songs/{song}").status == 204
+    follower = InMemoryReplica(tmp_path / "follower")
+    source = Recording(leader.root)
+
+    Receiving(follower, StubTreq(source), StubTreq(source)).apply(upload)
+
+    assert any(path.startswith(f"/songs/{song}/chunks/") for path in source.paths)  # all 404
+    assert "/sync/rows" in source.paths
+    assert follower.db.get_row("songs", song).fields["deleted"] == 1  # type: ignore[union-attr]
+    chunk_rows = [follower.db.get_row("chunks", op.key) for op in upload
+                  if op.entity == "chunks"]
+    assert len(chunk_rows) == 3 and all(row and row.fields["deleted"] for row in chunk_rows)
+    assert follower.get(f"/songs/{song}").status == 404
+    assert follower.db.has_op(upload[-1].version)  # the batch itself is applied
+
+
+def test_chunks_no_peer_holds_still_live_at_the_source_refuse_the_batch(
+    tmp_path: Path,
+) -> None:
+    leader = InMemoryReplica(tmp_path / "leader")
+    song, upload = uploaded(leader, tmp_path)
+    follower = InMemoryReplica(tmp_path / "follower")
+    rows = Recording(leader.root)
+
+    with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
+        Receiving(follower, StubTreq(Recording()), StubTreq(rows)).apply(upload)
+
+    assert rows.paths == ["/sync/rows"]  # asked, and the song is still live there
+    assert follower.db.get_row("songs", song) is None
+    assert not follower.db.has_op(upload[0].version)
+
+
+def test_chunks_from_unreachable_peers_refuse_the_batch_without_asking_for_rows(
+    tmp_path: Path,
+) -> None:
+    leader = InMemoryReplica(tmp_path / "leader")
+    song, upload = uploaded(leader, tmp_path)
+    assert leader.call("DELETE", f"/songs/{song}").status == 204
+    follower = InMemoryReplica(tmp_path / "follower")
+    rows = Recording(leader.root)
+
+    with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
+        Receiving(follower, HTTPClient(Unreachable()), StubTreq(rows)).apply(upload)
+
+    assert rows.paths == []  # unreachable is not "not held": nothing to settle
+    assert follower.db.get_row("songs", song) is None
