@@ -4,7 +4,6 @@ mixed workload, and every invariant must hold (the report names the seed that re
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ DURATION = float(os.environ.get("DISTPOTIFY_LAB_DURATION", "120"))
 # The failures known today. Each is an expected failure while it explains every failed
 # check; anything else fails the test.
 #
-# A stuck follower, reproduced by tests/integration/test_found_by_random_run.py: a follower
-# more than one push batch behind is refused a batch whose chunks a later batch deletes,
-# forever. It shows as the leader's push to that follower failing on chunks that "could not
-# be fetched", the follower never leaving JOINING (so it answers no reads), and the others
-# lacking the acknowledged writes only that follower holds.
-STUCK = re.compile(r"push to node (\d+) is failing .*could not be fetched")
-A_STUCK_FOLLOWER_FAILS = {"converged", "replicas answer", "no acknowledged write lost",
-                          "no acknowledged delete undone", "replicas serve the same rows",
-                          "replicas store the same rows"}
 # The proxy's retry on a new leader after the leader it wrote to was killed or paused mid
 # request (issue 13's write path): an upload then takes effect twice (two songs of the same
 # bytes), or a write the first leader applied is answered 404 by the next, which lacks it.
@@ -43,17 +33,6 @@ def known_bugs(report: Report) -> list[str]:
     check failed for another reason, or none did)."""
     failed = {check.name for check in report.checks if not check.ok}
     found = []
-    stuck = {int(match.group(1)) for note in report.notes if (match := STUCK.search(note))}
-    silent = {row["node"] for row in report.replicas if row.get("error")}
-    joining = {row["node"] for row in report.replicas if row.get("state") == "JOINING"}
-    if stuck and silent <= stuck & joining:
-        found.append(f"node(s) {sorted(stuck)} stuck behind the push (test_found_by_random_run)")
-        failed -= A_STUCK_FOLLOWER_FAILS
-        # A song whose only chunk copy is on the stuck follower is listed (its row came by
-        # anti-entropy) but answers 503 elsewhere; wrong bytes are never excused.
-        if all(problem["reasons"] == ["stream answered 503"]
-               for problem in report.chunk_problems):
-            failed.discard("chunks served and stored match their sha256")
     retried = [v for v in report.violations if v["invariant"] in RETRIED]
     if retried and all(_retried_on_a_leader_fault(report, v) for v in retried):
         found.append(f"{len(retried)} write(s) retried by the proxy across a leader fault")
