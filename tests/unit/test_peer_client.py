@@ -1,14 +1,19 @@
-"""PeerClient's body reading: a peer that stops sending mid-body is given up, never waited for."""
+"""PeerClient's body reading: a peer that stops sending mid-body is given up, never waited for;
+a chunk the peer does not hold (404) is told from one it cannot give."""
 
 from __future__ import annotations
 
 import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
-from distpotify.replication.client import PeerError, _IdleCollector
-from tests.helpers.api import result_of
+from distpotify.replication.client import NotHeld, PeerClient, PeerError, _IdleCollector
+from tests.helpers.api import CLUSTER_KEYS, result_of
 
 
 class Transport:
@@ -68,3 +73,27 @@ def test_a_write_that_fails_stops_the_download() -> None:
     with pytest.raises(OSError):
         result_of(body.done)
     assert transport.stopped and not clock.getDelayedCalls()
+
+
+class Answers(Resource):
+    isLeaf = True
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(self.code)
+        return b"{}"
+
+
+@pytest.mark.parametrize(("code", "not_held"), [(404, True), (503, False)])
+def test_a_chunk_answered_404_is_not_held_there(code: int, not_held: bool) -> None:
+    stub = StubTreq(Answers(code))
+    client = PeerClient(stub, Clock(), CLUSTER_KEYS)  # type: ignore[arg-type]
+    d = Deferred.fromCoroutine(client.chunk("http://peer", "s", 0, 0, "ab" * 32, lambda _: None))
+    stub.flush()
+
+    with pytest.raises(PeerError) as raised:
+        result_of(d)
+    assert isinstance(raised.value, NotHeld) is not_held
