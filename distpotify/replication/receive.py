@@ -15,13 +15,13 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.logger import Logger
 
 from distpotify.errors import Unavailable
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ENTITIES, Op, Row, Version
-from distpotify.replication.client import KEYS_PER_REQUEST, PeerClient, PeerError
+from distpotify.replication.client import KEYS_PER_REQUEST, PeerClient
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched, sources_for
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner, row_ops
@@ -240,7 +240,9 @@ class Receiver:
                 found = await self._client.rows(source, keys[start:start + KEYS_PER_REQUEST])
                 rows += [row for row in found if (row.entity, row.key) in asked]
             newer = await self._checked_ops(rows, source)
-        except (PeerError, ValueError) as e:
+        except CancelledError:
+            raise
+        except Exception as e:  # unreachable, timed out, an error answer, malformed rows
             log.info("the current rows of {n} song(s) from {source} could not be had: {error}",
                      n=len(songs), source=source, error=e)
             return []

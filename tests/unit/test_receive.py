@@ -217,7 +217,7 @@ class Receiving:
     about rows go to ``rows_from``, the batch's source (LEADER, a known peer)."""
 
     def __init__(self, follower: InMemoryReplica, chunks_from: HTTPClient | StubTreq,
-                 rows_from: StubTreq) -> None:
+                 rows_from: HTTPClient | StubTreq) -> None:
         self.stubs = [stub for stub in (chunks_from, rows_from) if isinstance(stub, StubTreq)]
         fetcher = ChunkFetcher(PeerClient(chunks_from, follower.clock, follower.keys),  # type: ignore[arg-type]
                                follower.chunks, run_now)
@@ -294,4 +294,17 @@ def test_chunks_from_unreachable_peers_refuse_the_batch_without_asking_for_rows(
         Receiving(follower, HTTPClient(Unreachable()), StubTreq(rows)).apply(upload)
 
     assert rows.paths == []  # unreachable is not "not held": nothing to settle
+    assert follower.db.get_row("songs", song) is None
+
+
+def test_chunks_no_peer_holds_and_a_source_that_cannot_say_refuse_the_batch(
+    tmp_path: Path,
+) -> None:
+    leader = InMemoryReplica(tmp_path / "leader")
+    song, upload = uploaded(leader, tmp_path)
+    follower = InMemoryReplica(tmp_path / "follower")
+
+    with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
+        Receiving(follower, StubTreq(Recording()), HTTPClient(Unreachable())).apply(upload)
+
     assert follower.db.get_row("songs", song) is None
