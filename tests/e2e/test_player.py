@@ -150,7 +150,8 @@ def test_a_song_plays_and_seeks(player: PlayerPage, library: dict[str, Any]) -> 
 
     assert advanced > started
     assert jumped >= 9.0
-    player.page.wait_for_function("() => document.getElementById('audio').currentTime < 7", timeout=5000)
+    player.page.wait_for_function("() => document.getElementById('audio').currentTime < 7",
+                                  timeout=5000)
     expect(player.page.get_by_test_id("now-title")).to_have_text("Aurora Lattice")
     song_id = library["Aurora Lattice"]["id"]
     assert player.audio("audio.currentSrc").endswith(f"/songs/{song_id}/stream")
