@@ -26,7 +26,7 @@ import attrs
 
 from lab.client import Answer
 from lab.lab import HTTP_PORT, PROXY_PORT, Lab
-from lab.workload import find_leader, make_wav
+from lab.workload import find_leader, json_object, make_wav, target_label
 
 WRITE_TIMEOUT = 10.0  # above the proxy's --write-hold, so its verdict reaches us
 READ_TIMEOUT = 5.0
@@ -323,13 +323,13 @@ class Traffic:
             answer = self._send(target, "GET", f"/songs/{song}/stream", None, {},
                                 READ_TIMEOUT)
         except OSError as exc:
-            return Op(name, index, "stream", _label(target), "", started, self.lab.clock(),
+            return Op(name, index, "stream", target_label(target), "", started, self.lab.clock(),
                       outcome_of(None, _sent(exc)), error=_describe(exc), args=args)
         result = {}
         if answer.status == 200:
             result = {"sha256": hashlib.sha256(answer.body).hexdigest(),
                       "bytes": len(answer.body)}
-        return Op(name, index, "stream", _label(target), "", started, self.lab.clock(),
+        return Op(name, index, "stream", target_label(target), "", started, self.lab.clock(),
                   outcome_of(answer.status, True), answer.status,
                   None if answer.status == 200 else _error_text(answer), answer.served_by,
                   args, result)
@@ -358,21 +358,21 @@ class Traffic:
         try:
             answer = self._send(target, method, path, body, headers, WRITE_TIMEOUT)
             if answer.status == 421 and target != "proxy":
-                named = _json(answer).get("leader_id")
+                named = json_object(answer).get("leader_id")
                 if isinstance(named, int) and named in self.lab.replicas:
                     self._leader = target = named
                     answer = self._send(target, method, path, body, headers, WRITE_TIMEOUT)
         except OSError as exc:
             if entry == "leader":
                 self._leader = None
-            return Op(name, index, kind, _label(target), key, started, self.lab.clock(),
+            return Op(name, index, kind, target_label(target), key, started, self.lab.clock(),
                       outcome_of(None, _sent(exc)), error=_describe(exc), args=args)
         outcome = outcome_of(answer.status, True)
         if outcome != "ok" and entry == "leader":
             self._leader = None
-        return Op(name, index, kind, _label(target), key, started, self.lab.clock(), outcome,
+        return Op(name, index, kind, target_label(target), key, started, self.lab.clock(), outcome,
                   answer.status, None if outcome == "ok" else _error_text(answer),
-                  answer.served_by, args, _json(answer) if outcome == "ok" else {})
+                  answer.served_by, args, json_object(answer) if outcome == "ok" else {})
 
     def _target(self, entry: str, rng: random.Random) -> int | str | None:
         if entry == "proxy":
@@ -402,20 +402,8 @@ def _sent(exc: OSError) -> bool:
         101, 113)  # ENETUNREACH, EHOSTUNREACH: no connection was ever made
 
 
-def _label(target: int | str) -> str:
-    return "proxy" if target == "proxy" else f"node {target}"
-
-
-def _json(answer: Answer) -> dict[str, Any]:
-    try:
-        value = answer.json()
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _error_text(answer: Answer) -> str:
-    code = _json(answer).get("error")
+    code = json_object(answer).get("error")
     return f"HTTP {answer.status}" + (f" {code}" if code else "")
 
 

@@ -226,21 +226,21 @@ class Workload:
         try:
             answer = self._send(target, path, body, headers)
             if answer.status == 421 and self.entry == "leader":
-                named = _json(answer).get("leader_id")
+                named = json_object(answer).get("leader_id")
                 if isinstance(named, int) and named in self.lab.replicas:
                     self._leader = target = named
                     answer = self._send(target, path, body, headers)
         except OSError as exc:
             self._leader = None
-            return Operation(self.name, index, kind, _label(target), started, self.lab.clock(),
-                             False, error=_describe(exc)), {}
+            return Operation(self.name, index, kind, target_label(target), started,
+                             self.lab.clock(), False, error=_describe(exc)), {}
         ok = 200 <= answer.status < 300
         if not ok:
             self._leader = None
         return Operation(
-            self.name, index, kind, _label(target), started, self.lab.clock(), ok,
+            self.name, index, kind, target_label(target), started, self.lab.clock(), ok,
             answer.status, answer.served_by, None if ok else _error_text(answer),
-        ), _json(answer) if ok else {}
+        ), json_object(answer) if ok else {}
 
     def _target(self) -> int | str | None:
         if self.entry != "leader":
@@ -264,11 +264,13 @@ class Workload:
             self.operations.append(op)
 
 
-def _label(target: int | str) -> str:
+def target_label(target: int | str) -> str:
+    """How a report names a request's target: "proxy" or "node N"."""
     return "proxy" if target == "proxy" else f"node {target}"
 
 
-def _json(answer: Answer) -> dict[str, Any]:
+def json_object(answer: Answer) -> dict[str, Any]:
+    """The answer's body as a JSON object; {} when it is not one."""
     try:
         value = answer.json()
     except ValueError:
@@ -282,7 +284,7 @@ def _member(body: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _error_text(answer: Answer) -> str:
-    code = _json(answer).get("error")
+    code = json_object(answer).get("error")
     return f"HTTP {answer.status}" + (f" {code}" if code else "")
 
 
