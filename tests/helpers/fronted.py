@@ -77,13 +77,22 @@ class Fronted:
         return leader
 
     def proxy_follows(self, timeout: float = STARTUP) -> int:
-        """The leader's node id once the proxy writes to the agreed leader and reads from
-        the two others."""
-        leader = self.settled(timeout)["node_id"]
-        self.proxy.wait_view(
-            lambda s: (s["leader"] or {}).get("node_id") == leader and len(s["readers"]) == 2,
-            timeout=timeout, what=f"the proxy to follow leader {leader}")
-        return int(leader)
+        """The leader's node id once the replicas agree on it and the proxy writes to it and
+        reads from the two others. The agreement is asked again at every poll: a replica
+        back from a pause takes the lead back meanwhile (issue 14's take-back), and waiting
+        for the proxy to follow the leader it replaced would never end."""
+
+        def following() -> int | None:
+            agreed = self.cluster.agreed_leader()
+            if agreed is None:
+                return None
+            view = self.proxy.status()
+            leader = int(agreed["node_id"])
+            if (view["leader"] or {}).get("node_id") == leader and len(view["readers"]) == 2:
+                return leader
+            return None
+
+        return wait_until(following, timeout, what="the proxy to follow the replicas' leader")
 
     def restore(self, node: ReplicaProcess, how: signal.Signals) -> None:
         """Bring back a replica that was SIGKILLed (restart on its data dir) or SIGSTOPped."""
