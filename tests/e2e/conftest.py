@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import CHROMIUM_ARGS, PlayerPage, Stack, require_browser, start_stack
+from tests.e2e.harness import (
+    CHROMIUM_ARGS,
+    PlayerPage,
+    Stack,
+    player_page,
+    require_browser,
+    start_stack,
+)
 from tests.helpers.replica import ReplicaProcess
 
 
@@ -55,34 +62,19 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
     yield from _stack(tmp_path / "stack")
 
 
-def _page(browser: Any, stack: Stack, request: pytest.FixtureRequest,
-          viewport: dict[str, int]) -> Iterator[PlayerPage]:
-    context = browser.new_context(viewport=viewport)
-    context.set_default_timeout(15_000)
-    page = PlayerPage(context.new_page(), stack.url)
-    try:
-        yield page
-    finally:
-        try:
-            page.screenshot(request.node.name)
-        finally:
-            context.close()
-    assert page.page_errors == [], f"uncaught errors in the page: {page.page_errors}"
-
-
 @pytest.fixture
 def player(browser: Any, shared_stack: Stack, request: pytest.FixtureRequest
            ) -> Iterator[PlayerPage]:
-    yield from _page(browser, shared_stack, request, {"width": 1280, "height": 800})
+    yield from player_page(browser, shared_stack.url, request, {"width": 1280, "height": 800})
 
 
 @pytest.fixture
 def phone(browser: Any, shared_stack: Stack, request: pytest.FixtureRequest
           ) -> Iterator[PlayerPage]:
-    yield from _page(browser, shared_stack, request, {"width": 390, "height": 800})
+    yield from player_page(browser, shared_stack.url, request, {"width": 390, "height": 800})
 
 
 @pytest.fixture
 def own_player(browser: Any, own_stack: Stack, request: pytest.FixtureRequest
                ) -> Iterator[PlayerPage]:
-    yield from _page(browser, own_stack, request, {"width": 1280, "height": 800})
+    yield from player_page(browser, own_stack.url, request, {"width": 1280, "height": 800})

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,20 @@ class PlayerPage:
 
     def served_streams(self) -> list[str]:
         return [node for _, status, node in self.streams if node and status in (200, 206)]
+
+
+def player_page(browser: Any, url: str, request: pytest.FixtureRequest,
+                viewport: dict[str, int], **options: Any) -> Iterator[PlayerPage]:
+    """A fresh browser context on the player at ``url`` (``options`` go to the context); a
+    screenshot named after the test when it ends, and no uncaught error in the page."""
+    context = browser.new_context(viewport=viewport, **options)
+    context.set_default_timeout(15_000)
+    page = PlayerPage(context.new_page(), url)
+    try:
+        yield page
+    finally:
+        try:
+            page.screenshot(request.node.name)
+        finally:
+            context.close()
+    assert page.page_errors == [], f"uncaught errors in the page: {page.page_errors}"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import PlayerPage, Stack
+from tests.e2e.harness import PlayerPage, Stack, player_page
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess
 from tests.helpers.replica import STARTUP, free_port
@@ -56,18 +56,8 @@ def song(shared_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[
 @pytest.fixture
 def secure_player(browser: Any, https_url: str, request: pytest.FixtureRequest
                   ) -> Iterator[PlayerPage]:
-    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280,
-                                                                      "height": 800})
-    context.set_default_timeout(15_000)
-    page = PlayerPage(context.new_page(), https_url)
-    try:
-        yield page
-    finally:
-        try:
-            page.screenshot(request.node.name)
-        finally:
-            context.close()
-    assert page.page_errors == [], f"uncaught errors in the page: {page.page_errors}"
+    yield from player_page(browser, https_url, request, {"width": 1280, "height": 800},
+                           ignore_https_errors=True)
 
 
 def test_the_player_is_served_over_https_with_its_security_headers(
