@@ -18,6 +18,10 @@ import attrs
 # until --write-hold passes (docs/architecture.md section 5.3).
 MAX_FAILED = 3
 READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+# A new leader's refusals that depend on what it holds, not on the request: a record it
+# lacks (404) or a disk it cannot write (507). After an attempt whose fate is unknown on
+# another replica they are no answer: that replica may have applied the write.
+_NOT_HERE_YET = frozenset({404, 507})
 # Reads of one record that a lagging follower may not have yet (read-your-writes).
 _RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
 
@@ -196,9 +200,10 @@ def _answered(answer: Answered, context: Context) -> Decision:
 def _write_answered(answer: Answered, context: Context) -> Decision:
     """The leader's answer is the write's outcome, but for these: a 421 (follow it once, then
     wait for the view to name the leader), a 5xx that is not the replica's own answer (its
-    fate is unknown), and a 404 from a new leader for a write whose fate is unknown on the
-    old one (the old leader may have applied it, and earlier writes it depends on, which the
-    new leader has not received: a 404 there is no definite answer)."""
+    fate is unknown), and a 404 or 507 from a new leader for a write whose fate is unknown
+    on the old one (the old leader may have applied it, and earlier writes it depends on,
+    which the new leader has not received; a new leader whose disk is full cannot tell
+    either: neither is a definite answer)."""
     code = answer.code
     if code == 421:
         if not context.redirected:
@@ -207,9 +212,10 @@ def _write_answered(answer: Answered, context: Context) -> Decision:
     if code >= 500 and not answer.from_app:
         return Again(f"{context.replica} answered {code} without the replica's own answer",
                      unknown=True, pause=True)
-    if code == 404 and context.unknown_on and context.url not in context.unknown_on:
-        return Again(f"{context.replica} answered 404 to a write that may have been applied"
-                     " elsewhere", pause=True)
+    if (code in _NOT_HERE_YET and context.unknown_on
+            and context.url not in context.unknown_on):
+        return Again(f"{context.replica} answered {code} to a write that may have been"
+                     " applied elsewhere", pause=True)
     return Relay()
 
 

@@ -120,7 +120,7 @@ def rows(*table: tuple[str, Outcome, Context, Decision]) -> Any:
      NextReplica("answered 409 behind, and no leader is known")),
     ("409 without a min version relayed", Answered(409), context(), Relay()),
     # writes: the leader's answer is the outcome, but for a 421, a 5xx not its own, and a
-    # 404 from a new leader for a write whose outcome is unknown on the old one
+    # 404 or 507 from a new leader for a write whose outcome is unknown on the old one
     ("write 201 relayed", Answered(201), context(b"POST", b"/playlists"), Relay()),
     ("write 204 relayed", Answered(204), context(b"DELETE", PLAYLIST), Relay()),
     ("write 404 relayed", Answered(404), context(b"PATCH", SONG), Relay()),
@@ -149,6 +149,13 @@ def rows(*table: tuple[str, Outcome, Context, Decision]) -> Any:
            pause=True)),
     ("write 404 from the leader of the unknown outcome relayed", Answered(404),
      again_on_new_leader(url=OLD_LEADER), Relay()),
+    ("write 507 from a new leader after an unknown outcome again later", Answered(507),
+     again_on_new_leader(),
+     Again("node 2 (new) answered 507 to a write that may have been applied elsewhere",
+           pause=True)),
+    ("write 507 from the leader of the unknown outcome relayed", Answered(507),
+     again_on_new_leader(url=OLD_LEADER), Relay()),
+    ("write 507 relayed", Answered(507), context(b"POST", b"/songs"), Relay()),
     ("write 204 from a new leader after an unknown outcome relayed", Answered(204),
      again_on_new_leader(), Relay()),
     ("write 409 from a new leader after an unknown outcome relayed", Answered(409),
