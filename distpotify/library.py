@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -135,7 +136,10 @@ class Library:
     def request_key(self, text: str, method: bytes, uri: bytes, body: IO[bytes] | None
                     ) -> Deferred[IdempotencyKey]:
         """The IdempotencyKey of a request that sent key ``text``: its request is hashed on a
-        worker thread (an upload body can be large)."""
+        worker thread when its body was spooled to a file (an upload can be large), here when
+        it is in memory (a JSON body: a thread hop would cost more than the hash)."""
+        if body is None or isinstance(body, io.BytesIO):
+            return succeed(IdempotencyKey(text, request_digest(method, uri, body)))
         digest: Deferred[str] = self._blocking(request_digest, method, uri, body)
         return digest.addCallback(lambda request: IdempotencyKey(text, request))
 

@@ -264,7 +264,28 @@ def test_a_replayed_upload_writes_no_chunk_file(
     assert again.status == 201 and again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     assert sorted(p.name for p in api.chunks.root.iterdir()) == files
-    assert [f.__name__ for f in ingested] == ["request_digest"]  # type: ignore[attr-defined]
+    assert {"parse_body", "ingest"}.isdisjoint(
+        f.__name__ for f in ingested)  # type: ignore[attr-defined]
+
+
+def test_a_body_in_memory_is_hashed_here_and_a_spooled_one_on_a_worker_thread(
+    api: InMemoryReplica, tmp_path: Path
+) -> None:
+    hashed: list[object] = []
+    api.library._blocking = lambda f, *a, **k: (  # type: ignore[method-assign]
+        hashed.append(f), run_now(f, *a, **k))[1]
+    spooled = (tmp_path / "body").open("w+b")
+    spooled.write(b'{"name": "p"}')
+
+    in_memory = api.library.request_key("k", b"POST", b"/playlists", io.BytesIO(b'{"name": "p"}'))
+    from_file = api.library.request_key("k", b"POST", b"/playlists", spooled)
+
+    keys: list[IdempotencyKey] = []
+    in_memory.addCallback(keys.append)
+    from_file.addCallback(keys.append)
+
+    assert hashed == [request_digest]
+    assert len(keys) == 2 and keys[0] == keys[1]
 
 
 def test_a_keyed_upload_of_bytes_stored_before_answers_the_first_song(
