@@ -170,7 +170,13 @@ class ProxyWrites:
         kind, number = KINDS[self.number % len(KINDS)], self.number
         self.number += 1
         leader = self.fronted.cluster.nodes[self.fronted.proxy_follows(timeout=STARTUP_LIMIT)]
-        target = self.client.send_json("POST", "/playlists", {"name": f"target {number}"})
+        # The previous round's failed leader may still be coming back: the target is made
+        # once the proxy writes again (its key makes a retry safe), not counted as a result.
+        key = {"Idempotency-Key": f"target-{number}-{uuid.uuid4()}"}
+        target = wait_until(
+            lambda: (answer := self.client.send_json(
+                "POST", "/playlists", {"name": f"target {number}"}, key)).status in (200, 201)
+            and answer, timeout=ROUND_LIMIT, what=f"target playlist {number}")
         target_id = target.json()["playlist"]["id"]
         self.everywhere(f"/playlists/{target_id}")  # and the pool holds a connection to it
         if how == signal.SIGKILL:
