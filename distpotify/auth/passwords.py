@@ -41,8 +41,8 @@ class HashParams:
     The defaults are RFC 9106's second recommendation (64 MiB, 3 passes) with one lane: a
     lane per hash keeps a burst of logins on one core each, leaving the other core of a
     small machine to the reactor, and costs the same CPU time as four lanes. Measured with
-    ``bench/hashcost.py`` on the 2-core development machine: 141 ms per verify (neighbours:
-    2 passes 94 ms, 4 passes 187 ms); bench/README.md has the run.
+    ``bench/hashcost.py`` on the 2-core development machine: 137 ms per verify (neighbours:
+    2 passes 99 ms, 4 passes 183 ms), in the middle of 50-250 ms; bench/README.md has the run.
     """
 
     time_cost: int = RFC_9106_LOW_MEMORY.time_cost
