@@ -12,6 +12,7 @@ from distpotify.auth.passwords import (
     MAX_LENGTH,
     HashParams,
     Passwords,
+    PasswordsBusy,
     WeakPassword,
     check_new_password,
 )
@@ -121,6 +122,46 @@ def test_at_most_concurrency_hashes_run_at_once() -> None:
 
     assert waiting == 2
     assert all(result_of(d).startswith("$argon2id$") for d in pending)
+
+
+def test_one_check_runs_at_a_time_by_default() -> None:
+    runner = QueuedRunner()
+    hasher = Passwords(runner, CHEAP)
+
+    for n in range(3):
+        hasher.hash(f"password number {n}")
+
+    assert len(runner.queued) == 1
+
+
+def test_past_max_waiting_a_check_is_refused_at_once_as_busy() -> None:
+    runner = QueuedRunner()
+    hasher = Passwords(runner, CHEAP, concurrency=1, max_waiting=2)
+    hashed = stored("correct horse battery")
+    accepted = [hasher.verify(hashed, "correct horse battery") for _ in range(3)]
+
+    refused = hasher.verify(hashed, "correct horse battery")
+
+    with pytest.raises(PasswordsBusy):
+        result_of(refused)
+    while runner.queued:
+        runner.run_one()
+    assert [result_of(d) for d in accepted] == [True, True, True]
+
+
+def test_once_the_queue_drains_checks_are_taken_again() -> None:
+    runner = QueuedRunner()
+    hasher = Passwords(runner, CHEAP, concurrency=1, max_waiting=0)
+    hashed = stored("correct horse battery")
+    first = hasher.verify(hashed, "correct horse battery")
+    with pytest.raises(PasswordsBusy):
+        result_of(hasher.verify(hashed, "correct horse battery"))
+
+    runner.run_one()
+    later = hasher.verify(hashed, "correct horse battery")
+    runner.run_one()
+
+    assert (result_of(first), result_of(later)) == (True, True)
 
 
 # -- rehashing
