@@ -24,6 +24,9 @@ SHARED = [
     "distpotify.httpchannel",
     # the cluster key and the keys derived from it: the proxy checks user tokens (issue 17)
     "distpotify.keys",
+    # accounts: password hashes, session tokens, the login limit and the user directory, for
+    # the proxy as for the replica (issue 17)
+    "distpotify.auth.*",
     "distpotify.zerocopy",
 ]
 
