@@ -55,6 +55,7 @@ log = Logger()
 
 SCRUB_RATE = 8 * 1024 * 1024  # bytes/s of background re-hashing
 ACTIVE_AT_EVERY = 60.0  # seconds between records of being ACTIVE (for the tombstone TTL)
+COUNTS_MAX_AGE = 5.0  # seconds a /status table count is shown before it is counted again
 
 
 class ReplicationNode(service.MultiService):
@@ -95,6 +96,7 @@ class ReplicationNode(service.MultiService):
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
             failpoints=failpoints,
             on_applied=self.applied.applied)
+        self._counts: tuple[float, dict[str, Any]] | None = None  # (when, what) _table_counts
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -305,9 +307,22 @@ class ReplicationNode(service.MultiService):
         if back and event.peer.state == ACTIVE and self._cluster.state == ACTIVE:
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
+    async def _table_counts(self) -> dict[str, Any]:
+        """The oplog's and the key table's sizes for /status, counted at most once every
+        COUNTS_MAX_AGE seconds: a count is a scan of a table that grows with the history,
+        and the proxy polls /status four times a second."""
+        now = self._reactor.seconds()
+        if self._counts is None or now - self._counts[0] >= COUNTS_MAX_AGE:
+            self._counts = (now, {
+                "oplog": await self._store.run(MetadataDB.oplog_stats),
+                "idempotency_keys": await self._store.run(MetadataDB.idempotency_keys),
+            })
+        return self._counts[1]
+
     async def status(self) -> dict[str, Any]:
         """``sync`` (the join or rejoin, live or as a record), ``takeover`` (the catch-up of
         the current or last leadership) and ``replication``."""
+        counts = await self._table_counts()
         return {"sync": self.progress.as_dict(self._reactor.seconds()),
                 "takeover": self.takeover.status(), "replication": {
             "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},
@@ -322,10 +337,10 @@ class ReplicationNode(service.MultiService):
             "tombstones": await self._store.run(MetadataDB.tombstones),
             "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
             "purged_rows_refused": self.receiver.rows_fenced,
-            "oplog": {**await self._store.run(MetadataDB.oplog_stats),
+            "oplog": {**counts["oplog"],
                       "retention": str(self._config.oplog_retention),
                       "compacted": self.compactor.compacted},
             "snapshots_built": self.snapshots.built,
-            "idempotency_keys": await self._store.run(MetadataDB.idempotency_keys),
+            "idempotency_keys": counts["idempotency_keys"],
             "keys_expired_through": (await self._store.run(MetadataDB.key_watermark)).as_list(),
         }}

@@ -9,7 +9,9 @@ import pytest
 
 from distpotify.config import OplogRetention
 from distpotify.model import ZERO, Op, Version
+from distpotify.replication.node import COUNTS_MAX_AGE
 from distpotify.store.metadata import Change, MetadataDB
+from tests.helpers.api import InMemoryReplica
 
 PLAYLIST = "11111111-1111-4111-8111-111111111111"
 
@@ -157,3 +159,16 @@ def test_the_oplog_stats(db: MetadataDB) -> None:
 
     assert db.oplog_stats() == {"ops": 2, "oldest": ops[2].version.as_list(),
                                 "floor": ops[1].version.as_list()}
+
+
+def test_status_counts_the_oplog_at_most_once_every_few_seconds(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    replica.send_json("POST", "/playlists", {"name": "one"})
+    first = replica.get("/status").json()["replication"]["oplog"]["ops"]
+
+    replica.send_json("POST", "/playlists", {"name": "two"})
+    unchanged = replica.get("/status").json()["replication"]["oplog"]["ops"]
+    replica.clock.advance(COUNTS_MAX_AGE)
+    recounted = replica.get("/status").json()["replication"]["oplog"]["ops"]
+
+    assert unchanged == first and recounted == first + 1
