@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
+from distpotify.auth.passwords import HashParams
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.keys import ClusterKeys
@@ -24,6 +25,8 @@ from tests.helpers.replica import Response
 
 # The cluster key of every in-memory replica unless it is given another: one cluster.
 CLUSTER_KEYS = ClusterKeys.generate()
+# argon2id at its cheapest: a login costs microseconds, not the production 137 ms.
+CHEAP_HASHES = HashParams(time_cost=1, memory_cost=8, parallelism=1)
 
 T = TypeVar("T")
 
@@ -80,21 +83,24 @@ class InMemoryReplica:
     corrupt chunk cannot be repaired here: 503), ``leadership`` (by default LoneLeader)
     decides who writes, and it has founded its cluster, so it serves and takes pushes. Its
     cluster key is ``keys`` (CLUSTER_KEYS by default); ``call`` signs with it unless told not
-    to, as another replica of the cluster would."""
+    to, as another replica of the cluster would. ``auth`` is its ``--auth`` (accounts
+    enforced); its password hashes are cheap (CHEAP_HASHES)."""
 
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None,
-        keys: ClusterKeys = CLUSTER_KEYS,
+        keys: ClusterKeys = CLUSTER_KEYS, auth: bool = False, metrics_token: str | None = None,
     ) -> None:
         self.chunk_size = chunk_size
         self.clock = Clock()
         self.keys = keys
         self.service = build_replica(
-            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys),
+            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys,
+                          auth=auth, metrics_token=metrics_token),
             self.clock,
             run_db=run_now, blocking=run_now,
             http_client=HTTPClient(RequestTraversalAgent(Resource())),
             leadership=leadership or LoneLeader(),
+            password_params=CHEAP_HASHES,
         )
         self.db = self.service.db
         self.db.begin_leading(1)
@@ -104,6 +110,9 @@ class InMemoryReplica:
         self.fetcher, self.guard = replication.fetcher, replication.guard
         self.receiver, self.desk = replication.receiver, replication.desk
         result_of(Deferred.fromCoroutine(replication.become_active()))
+        self.accounts = self.service.accounts
+        assert self.accounts is not None
+        result_of(Deferred.fromCoroutine(self.accounts.started()))
         self.root = self.service.resource
         self.treq = StubTreq(self.root)
 
