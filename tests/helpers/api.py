@@ -117,20 +117,23 @@ class InMemoryReplica:
         self.treq = StubTreq(self.root)
 
     def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None, signed: bool = True) -> Answer:
+             headers: dict[str, str] | None = None, signed: bool = True,
+             cookies: bool = True) -> Answer:
         """``method path`` answered by the replica; signed with its cluster key unless
-        ``signed`` is false (a stranger's request)."""
+        ``signed`` is false (a stranger's request). Without ``cookies``, by a client that
+        sends none of the cookies earlier answers set (only those in ``headers``)."""
         url = "http://replica" + path
         headers = dict(headers or {})
         if signed:
             signature = sign(self.keys, method.encode(), request_target(url),
                              body_sha256(body or b""), self.clock.seconds())
             headers.update({k.decode(): v.decode() for k, v in signature.items()})
-        d = self.treq.request(method, url, data=body, headers=headers)
-        self.treq.flush()
+        client = self.treq if cookies else StubTreq(self.root)
+        d = client.request(method, url, data=body, headers=headers)
+        client.flush()
         response = result_of(d)
-        content = self.treq.content(response)
-        self.treq.flush()
+        content = client.content(response)
+        client.flush()
         return Answer(
             response.code,
             {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()},
