@@ -2,8 +2,8 @@
 parameters of distpotify/auth/passwords.py and the two settings either side of them.
 
 docs/architecture.md ("Accounts") asks for 50-250 ms per check: slow enough that a stolen
-hash is costly to guess, quick enough that a login does not feel slow and a burst of them does not starve
-the machine. Each setting makes one hash and times ``--verifies`` verifies of it (wall clock
+hash is costly to guess, quick enough that a login does not feel slow and a burst of them
+does not starve the machine. Each setting makes one hash and times ``--verifies`` verifies of it (wall clock
 and this process's CPU time), so a run is a few dozen hashes: a few seconds. The neighbours
 are one pass fewer and one more over the same memory, the knob that moves the cost in
 steps without changing the memory a check takes. The target is judged on the CPU time: on
