@@ -118,6 +118,8 @@ class Accounts:
                 continue
             clashes += directory.put(user)
         self.directory = directory
+        if len(directory) and self._setup_code is not None:
+            self._forget_setup_code()  # the first admin was made (on the leader)
         for clash in clashes:
             log.warn("two accounts hold the name {name}: {keeper} (older) keeps it, {renamed}"
                      " becomes {new_name}", name=clash.keeper.username, keeper=clash.keeper.id,
@@ -167,6 +169,10 @@ class Accounts:
         log.info("no account exists yet: create the first admin with POST /auth/setup and the"
                  " setup code {code} (also in {path}; the leader's code is the one that counts)",
                  code=self._setup_code, path=str(path))
+
+    def _forget_setup_code(self) -> None:
+        self._setup_code = None
+        (self._data_dir / SETUP_CODE_FILE).unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self._admin_check is not None and self._admin_check.running:
@@ -254,8 +260,7 @@ class Accounts:
                             f" dir's {SETUP_CODE_FILE})")
         outcome = await self._create(values.get("username"), values.get("password"), ADMIN,
                                      first=True)
-        self._setup_code = None
-        (self._data_dir / SETUP_CODE_FILE).unlink(missing_ok=True)
+        self._forget_setup_code()
         log.info("first admin created by setup")
         return outcome
 
