@@ -41,7 +41,14 @@ from distpotify.auth.users import (
     check_username,
     name_key,
 )
-from distpotify.errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
+from distpotify.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from distpotify.idempotency import Outcome
 from distpotify.library import Library
 from distpotify.model import Op, new_id, valid_uuid
@@ -137,6 +144,10 @@ class Accounts:
         if any(op.entity == "users" for op in ops):
             _background(self.reload(), "reloading the accounts")
 
+    def synced(self) -> None:
+        """A join, rejoin or resync has ended: a snapshot may have replaced the accounts."""
+        _background(self.reload(), "reloading the accounts")
+
     async def _write_renames(self, clashes: list[Clash]) -> None:
         for clash in clashes:
             renamed = clash.renamed
@@ -215,8 +226,9 @@ class Accounts:
         return user
 
     async def login(self, username: Any, password: Any) -> tuple[str, User]:
-        """A new session token for ``username``; Unauthorized-worthy InvalidToken on a wrong
-        name or password, TooManyRequests while the name must wait, PasswordsBusy."""
+        """A new session token for ``username`` and its account; Unauthorized for a wrong
+        name or password (or a disabled account), TooManyRequests while the name must wait,
+        PasswordsBusy when too many checks are queued."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password are required strings")
         key = name_key(username)[:256]
@@ -233,7 +245,7 @@ class Accounts:
             self.login_failures += 1
             self.limiter.failed(key)
             log.info("login refused for {name}", name=repr(username[:64]))
-            raise InvalidToken("wrong username or password")
+            raise Unauthorized("wrong username or password")
         self.limiter.succeeded(key)
         self.logins += 1
         if self.passwords.needs_rehash(user.password_hash) and self._library.leadership.is_leader:

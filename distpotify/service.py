@@ -299,6 +299,7 @@ def build_replica(
                         admin_password=config.admin_password)
     accounts.load(db.users())
     replication.on_applied.append(accounts.ops_applied)
+    replication.on_synced.append(accounts.synced)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head,

@@ -38,7 +38,7 @@ def actor_of(request: Request) -> Actor:
     return actor
 
 
-def user_of(request: Request) -> User | None:
+def session_user(request: Request) -> User | None:
     """The account whose session ``request`` carried, if the gate checked one."""
     user: User | None = getattr(request, _USER, None)
     return user
@@ -64,10 +64,9 @@ class Gate:
         """Return if ``request`` may reach its handler (who it is left on it); raise
         Unauthorized (401) or Forbidden (403) otherwise."""
         segments = [s for s in (request.postpath or []) if s] or [b""]
+        if not self.enforce and segments[0] not in (b"auth", b"users"):
+            return  # the chunk path's cost stays what it was before accounts
         need = need_of(request.method, segments)
-        account_route = segments[0] in (b"auth", b"users")
-        if not self.enforce and not account_route:
-            return
         if need is Need.NOTHING:
             setattr(request, _ACTOR, Actor(None, admin=False))
             return

@@ -99,6 +99,9 @@ class ReplicationNode(service.MultiService):
         # Told of every batch applied here from elsewhere, after the reads waiting for it
         # (the accounts reload when user records are among them).
         self.on_applied: list[Callable[[Sequence[Op]], object]] = []
+        # Told when a join, rejoin or resync has made this replica ACTIVE: a snapshot may
+        # have replaced every row without an op.
+        self.on_synced: list[Callable[[], object]] = []
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -235,6 +238,8 @@ class ReplicationNode(service.MultiService):
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
         self._cluster.activate()
+        for observer in self.on_synced:
+            observer()
 
     async def resync_requested(self, source: str, cursor: Version) -> str:
         """The leader (``source``) no longer holds the ops past our ``cursor``: take a new

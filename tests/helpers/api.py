@@ -89,13 +89,15 @@ class InMemoryReplica:
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None,
         keys: ClusterKeys = CLUSTER_KEYS, auth: bool = False, metrics_token: str | None = None,
+        admin_password: str | None = None,
     ) -> None:
         self.chunk_size = chunk_size
         self.clock = Clock()
         self.keys = keys
         self.service = build_replica(
             ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys,
-                          auth=auth, metrics_token=metrics_token),
+                          auth=auth, metrics_token=metrics_token,
+                          admin_password=admin_password),
             self.clock,
             run_db=run_now, blocking=run_now,
             http_client=HTTPClient(RequestTraversalAgent(Resource())),
@@ -118,11 +120,12 @@ class InMemoryReplica:
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None, signed: bool = True,
-             cookies: bool = True) -> Answer:
+             cookies: bool = True, tls: bool = False) -> Answer:
         """``method path`` answered by the replica; signed with its cluster key unless
         ``signed`` is false (a stranger's request). Without ``cookies``, by a client that
-        sends none of the cookies earlier answers set (only those in ``headers``)."""
-        url = "http://replica" + path
+        sends none of the cookies earlier answers set (only those in ``headers``); with
+        ``tls``, over https."""
+        url = ("https" if tls else "http") + "://replica" + path
         headers = dict(headers or {})
         if signed:
             signature = sign(self.keys, method.encode(), request_target(url),

@@ -12,10 +12,13 @@ from pathlib import Path
 import jwt
 import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python import usage
 
 from distpotify.accounts import SETUP_CODE_FILE
 from distpotify.auth.tokens import TokenSigner
+from distpotify.cli.keygen import key_file_text
 from distpotify.keys import ClusterKeys
+from distpotify.tap import Options
 from tests.helpers.accounts import (
     ADMIN_PASSWORD,
     LISTENER_PASSWORD,
@@ -107,6 +110,16 @@ def test_login_answers_a_token_the_user_and_a_session_cookie(replica: InMemoryRe
     me = call(replica, "GET", "/auth/me", headers={"Authorization": "Bearer "
                                                    + answer.json()["token"]})
     assert me.json()["user"]["id"] == admin.id
+
+
+def test_the_session_cookie_is_secure_over_tls(replica: InMemoryReplica,
+                                               admin: Session) -> None:
+    body = json.dumps({"username": "root", "password": ADMIN_PASSWORD}).encode()
+    answer = replica.call("POST", "/auth/login", body, {"Content-Type": "application/json"},
+                          signed=False, cookies=False, tls=True)
+
+    assert answer.status == 200
+    assert "Secure" in answer.headers["set-cookie"].split("; ")
 
 
 def test_the_session_cookie_authenticates_reads(replica: InMemoryReplica,
@@ -288,6 +301,51 @@ def test_the_last_admin_is_not_demoted(replica: InMemoryReplica, admin: Session)
     answer = call(replica, "PATCH", f"/users/{admin.id}", {"role": "listener"}, admin.bearer)
 
     assert answer.status == 409
+
+
+def test_the_admin_password_from_the_environment_makes_admin_instead_of_a_setup_code(
+        tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path, auth=True, admin_password=ADMIN_PASSWORD)
+
+    session = login(replica, "admin", ADMIN_PASSWORD)
+
+    assert not (tmp_path / SETUP_CODE_FILE).exists()
+    assert call(replica, "GET", "/users", headers=session.bearer).status == 200
+    assert call(replica, "POST", "/auth/setup",
+                {"username": "root", "password": ADMIN_PASSWORD, "setup_code": "x"}
+                ).status == 409
+
+
+# options
+
+
+def options(tmp_path: Path, args: list[str], env: dict[str, str] | None = None) -> Options:
+    key = tmp_path / "cluster.key"
+    key.write_text(key_file_text())
+    parsed = Options(environ={"DISTPOTIFY_CLUSTER_KEY_FILE": str(key), **(env or {})})
+    parsed.parseOptions(["--node-id", "1", *args])
+    return parsed
+
+
+def test_auth_is_off_by_default_and_switched_on_by_option_or_environment(tmp_path: Path
+                                                                          ) -> None:
+    assert options(tmp_path, []).config.auth is False
+    assert options(tmp_path, ["--auth", "on"]).config.auth is True
+    assert options(tmp_path, [], {"DISTPOTIFY_AUTH": "on"}).config.auth is True
+
+
+def test_secrets_of_the_options_stay_out_of_the_configs_repr(tmp_path: Path) -> None:
+    config = options(tmp_path, ["--metrics-token", "scrape-secret"],
+                     {"DISTPOTIFY_ADMIN_PASSWORD": "admin-secret-1"}).config
+
+    assert (config.metrics_token, config.admin_password) == ("scrape-secret", "admin-secret-1")
+    assert "scrape-secret" not in repr(config) and "admin-secret-1" not in repr(config)
+
+
+def test_a_weak_admin_password_is_one_clear_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="DISTPOTIFY_ADMIN_PASSWORD: a password has at"
+                                               " least 8 characters"):
+        options(tmp_path, [], {"DISTPOTIFY_ADMIN_PASSWORD": "short"})
 
 
 # --auth off, /status and /metrics
