@@ -18,7 +18,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -49,7 +49,7 @@ from distpotify.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from distpotify.idempotency import Outcome
+from distpotify.idempotency import IdempotencyKey, Outcome
 from distpotify.library import Library
 from distpotify.model import Op, new_id, valid_uuid
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
@@ -151,7 +151,7 @@ class Accounts:
     async def _write_renames(self, clashes: list[Clash]) -> None:
         for clash in clashes:
             renamed = clash.renamed
-            await self._library.write(_rename, renamed.id, renamed.username)
+            await self._library.write(None, _rename, renamed.id, renamed.username)
             log.info("renamed account {id} to {name} (name clash)", id=renamed.id,
                      name=renamed.username)
         await self.reload()
@@ -254,7 +254,7 @@ class Accounts:
 
     async def _rehash(self, user: User, password: str) -> None:
         new_hash = await self.passwords.hash(password)
-        await self._library.write(_update_user, user.id, {"password_hash": new_hash}, False)
+        await self._library.write(None, _update_user, user.id, {"password_hash": new_hash}, False)
         await self.reload()
 
     # writes (the leader's)
@@ -276,21 +276,29 @@ class Accounts:
         log.info("first admin created by setup")
         return outcome
 
-    async def create(self, values: Mapping[str, Any]) -> Outcome:
-        """An account made by an admin: 201 ``{"user"}``, 409 if the name is taken."""
+    def request_key(self, text: str, method: bytes, uri: bytes, body: IO[bytes] | None
+                    ) -> Deferred[IdempotencyKey]:
+        return self._library.request_key(text, method, uri, body)
+
+    async def create(self, values: Mapping[str, Any], key: IdempotencyKey | None = None
+                     ) -> Outcome:
+        """An account made by an admin: 201 ``{"user"}``, 409 if the name is taken. With an
+        Idempotency-Key (the proxy sends one with every write) a retry answers the first
+        outcome again, and the account's id derives from the key."""
         self._library.leadership.require_leader()
         _only(values, {"username", "password", "role"})
         return await self._create(values.get("username"), values.get("password"),
-                                  _role(values.get("role", LISTENER)))
+                                  _role(values.get("role", LISTENER)), key=key)
 
-    async def _create(self, username: Any, password: Any, role: str, first: bool = False
-                      ) -> Outcome:
+    async def _create(self, username: Any, password: Any, role: str, first: bool = False,
+                      key: IdempotencyKey | None = None) -> Outcome:
         name = _username(username)
         password_hash = await self.passwords.hash(_new_password(password))
         fields = {"username": name, "name_key": name_key(name), "password_hash": password_hash,
                   "role": role, "generation": 0, "created_at": self._now(), "disabled": 0,
                   "deleted": 0}
-        outcome = await self._library.write(_create_user, new_id(), fields, first)
+        user_id = key.record_id() if key is not None else new_id()
+        outcome = await self._library.write(key, _create_user, user_id, fields, first)
         await self.reload()
         return outcome
 
@@ -311,7 +319,7 @@ class Accounts:
                 _new_password(values["password"]))
         if not fields:
             raise BadRequest("nothing to change: give role, disabled or password")
-        outcome = await self._library.write(_update_user, _user_id(user_id), fields, bump)
+        outcome = await self._library.write(None, _update_user, _user_id(user_id), fields, bump)
         await self.reload()
         return outcome
 
@@ -319,14 +327,14 @@ class Accounts:
         self._library.leadership.require_leader()
         if user_id == actor.user_id:
             raise Conflict("an admin cannot delete their own account")
-        outcome = await self._library.write(_delete_user, _user_id(user_id))
+        outcome = await self._library.write(None, _delete_user, _user_id(user_id))
         await self.reload()
         return outcome
 
     async def logout_all(self, user: User) -> Outcome:
         """End every session of ``user`` on every replica (once the bump replicates)."""
         self._library.leadership.require_leader()
-        outcome = await self._library.write(_update_user, user.id, {}, True)
+        outcome = await self._library.write(None, _update_user, user.id, {}, True)
         await self.reload()
         return outcome
 
@@ -342,7 +350,7 @@ class Accounts:
             self.login_failures += 1
             raise Forbidden("the old password is wrong")
         password_hash = await self.passwords.hash(new)
-        outcome = await self._library.write(_update_user, user.id,
+        outcome = await self._library.write(None, _update_user, user.id,
                                             {"password_hash": password_hash}, True)
         await self.reload()
         return attrs.evolve(outcome, status=204, body=None)

@@ -119,13 +119,13 @@ class Library:
         return outcome
 
     async def write(
-        self, action: Callable[Concatenate[MetadataDB, P], Outcome], *args: P.args,
-        **kwargs: P.kwargs
+        self, key: IdempotencyKey | None, action: Callable[Concatenate[MetadataDB, P], Outcome],
+        *args: P.args, **kwargs: P.kwargs
     ) -> Outcome:
         """A write of another part (the accounts) on the same path as the library's own:
-        only on the leader, once it may write, acknowledged as the others are."""
+        only on the leader, once it may write, keyed, acknowledged as the others are."""
         self.leadership.require_leader()
-        return await self._write(None, action, *args, **kwargs)
+        return await self._write(key, action, *args, **kwargs)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, key: IdempotencyKey | None) -> AsyncIterator[None]:

@@ -24,9 +24,9 @@ from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.tokens import DEFAULT_TTL
 from distpotify.auth.users import User
 from distpotify.errors import NotFound, Unauthorized, Unavailable
-from distpotify.idempotency import Outcome
+from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.store.metadata import Runner
-from distpotify.wire import VERSION, json_response
+from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, json_response
 
 
 def session_cookie(request: Request, token: str, max_age: int = DEFAULT_TTL) -> bytes:
@@ -57,10 +57,21 @@ class AuthAPI:
     async def _json(self, request: Request) -> dict[str, Any]:
         return await json_body(request, self._blocking)
 
+    async def _key(self, request: Request) -> IdempotencyKey | None:
+        """The request's Idempotency-Key (400 if malformed), with its request's digest."""
+        header = request.getHeader(IDEMPOTENCY_KEY)
+        if header is None:
+            return None
+        text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
+        return await self._accounts.request_key(text, request.method, request.uri,
+                                                request.content)
+
     @staticmethod
     def _answer(request: Request, outcome: Outcome) -> bytes:
         if outcome.version is not None:
             request.setHeader(VERSION, outcome.version.encode().encode())
+        if outcome.replayed:
+            request.setHeader(REPLAYED, b"true")
         if outcome.body is None:
             request.setResponseCode(outcome.status)
             return b""
@@ -121,7 +132,9 @@ class AuthAPI:
 
     @app.route("/users", methods=["POST"])
     async def create_user(self, request: Request) -> bytes:
-        return self._answer(request, await self._accounts.create(await self._json(request)))
+        key = await self._key(request)
+        return self._answer(request, await self._accounts.create(await self._json(request),
+                                                                 key))
 
     @app.route("/users/<id:user_id>", methods=["GET"])
     def user(self, request: Request, user_id: str) -> bytes:

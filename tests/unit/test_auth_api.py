@@ -286,6 +286,19 @@ def test_an_admin_creates_lists_changes_and_deletes_accounts(replica: InMemoryRe
                 {"username": "bob", "password": LISTENER_PASSWORD}).status == 401
 
 
+def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryReplica,
+                                                             admin: Session) -> None:
+    body = {"username": "carol", "password": LISTENER_PASSWORD}
+    headers = {**admin.bearer, "Idempotency-Key": '"make-carol"'}
+
+    first = call(replica, "POST", "/users", body, headers)
+    again = call(replica, "POST", "/users", body, headers)
+
+    assert (first.status, again.status) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+
 def test_a_password_reset_by_an_admin_ends_the_users_sessions(replica: InMemoryReplica,
                                                               admin: Session,
                                                               alice: Session) -> None:
