@@ -69,6 +69,10 @@ class Library:
     the song row that makes them visible; a delete removes files only after its tombstones are
     written.
 
+    Edits and deletes are allowed to the ``actor`` (auth/access.py) the gate found: checked
+    against the record's owner (``uploaded_by``, a playlist's ``owner``) in the write's own
+    transaction (403); without one, everything is (UNRESTRICTED, ``--auth off``).
+
     A write answers an Outcome (status, body, the version it made). With an IdempotencyKey
     the same transaction first looks the key up (a stored outcome is answered again, a key
     stored for another request is 422) and last stores the outcome under it; the records it

@@ -4,7 +4,8 @@ before routing): who the request is, from a session token (``Authorization: Bear
 
 Unsafe methods authenticated by the cookie alone need an Origin naming this host (CSRF). With
 ``--auth off`` (the transitional default) the library, /status and /metrics are open to
-anyone as before; /auth/* and /users/* check sessions either way.
+anyone as before (a valid session still names who acts, so records get their owner);
+/auth/* and /users/* check sessions either way.
 """
 # test-case-name: tests.unit.test_auth_api
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hmac
 from urllib.parse import urlsplit
 
-from twisted.logger import Logger
 from twisted.web.server import Request
 
 from distpotify.accounts import Accounts
@@ -22,8 +22,6 @@ from distpotify.auth.tokens import InvalidToken
 from distpotify.auth.users import ADMIN, User
 from distpotify.errors import Forbidden, Unauthorized
 from distpotify.signing import HEADERS, Refused, RequestVerifier, file_sha256
-
-log = Logger()
 
 COOKIE = b"distpotify_session"
 _SAFE = (b"GET", b"HEAD", b"OPTIONS")
@@ -65,7 +63,8 @@ class Gate:
         Unauthorized (401) or Forbidden (403) otherwise."""
         segments = [s for s in (request.postpath or []) if s] or [b""]
         if not self.enforce and segments[0] not in (b"auth", b"users"):
-            return  # the chunk path's cost stays what it was before accounts
+            self._unenforced(request)
+            return
         need = need_of(request.method, segments)
         if need is Need.NOTHING:
             setattr(request, _ACTOR, Actor(None, admin=False))
@@ -78,6 +77,22 @@ class Gate:
         setattr(request, _ACTOR, actor)
         if need in (Need.ADMIN, Need.MONITOR) and user.role != ADMIN:
             raise Forbidden("only an admin may do this")
+
+    def _unenforced(self, request: Request) -> None:
+        """Everything is allowed; a request that carries a valid session still acts as its
+        account (an admin's powers for all), so what it creates records its owner."""
+        token = _bearer(request)
+        if token is None:
+            cookie = request.getCookie(COOKIE)
+            if not cookie:
+                return  # no token: the chunk path costs what it did before accounts
+            token = cookie.decode("latin-1")
+        try:
+            user = self._accounts.session(token)
+        except InvalidToken:
+            return
+        setattr(request, _USER, user)
+        setattr(request, _ACTOR, Actor(user.id, admin=True))
 
     def _monitor(self, request: Request) -> bool:
         """Whether a /status or /metrics request is the cluster's own or Prometheus's."""

@@ -374,6 +374,18 @@ def test_with_auth_off_the_library_is_open_but_sessions_are_still_checked(tmp_pa
     assert call(replica, "GET", "/users").status == 401
 
 
+def test_with_auth_off_a_session_still_names_the_owner_of_what_it_creates(tmp_path: Path
+                                                                          ) -> None:
+    replica = InMemoryReplica(tmp_path, auth=False)
+    alice = listener(replica, first_admin(replica, tmp_path), "alice")
+
+    made = call(replica, "POST", "/playlists", {"name": "Mine"}, alice.bearer)
+    anonymous = call(replica, "POST", "/playlists", {"name": "Nobody's"})
+
+    assert made.json()["playlist"]["owner"] == alice.id
+    assert anonymous.json()["playlist"]["owner"] is None
+
+
 @pytest.mark.parametrize("path", ["/status", "/metrics"])
 def test_status_and_metrics_answer_the_cluster_admins_and_the_metrics_token(
         tmp_path: Path, path: str) -> None:
