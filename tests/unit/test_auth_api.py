@@ -11,10 +11,12 @@ from pathlib import Path
 
 import jwt
 import pytest
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from distpotify.accounts import SETUP_CODE_FILE
+from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.tokens import TokenSigner
 from distpotify.cli.keygen import key_file_text
 from distpotify.keys import ClusterKeys
@@ -154,6 +156,26 @@ def test_failed_logins_of_a_name_wait_429_then_the_limit_resets(replica: InMemor
     assert int(limited.headers["retry-after"]) >= 1
     replica.clock.advance(int(limited.headers["retry-after"]))
     assert login(replica, "alice", LISTENER_PASSWORD).id == alice.id
+
+
+@pytest.mark.parametrize("body", [{}, {"username": "alice"}, {"username": 1, "password": "x"}])
+def test_a_login_without_a_name_and_password_is_400(replica: InMemoryReplica,
+                                                    body: dict[str, object]) -> None:
+    assert call(replica, "POST", "/auth/login", body).status == 400
+
+
+def test_a_login_when_too_many_checks_wait_is_503_with_retry_after(
+        replica: InMemoryReplica, alice: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(stored: str | None, password: str) -> Deferred[bool]:
+        return fail(PasswordsBusy("busy"))
+
+    monkeypatch.setattr(replica.accounts.passwords, "verify", busy)
+    answer = call(replica, "POST", "/auth/login",
+                  {"username": "alice", "password": LISTENER_PASSWORD})
+
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "1"
+    assert replica.accounts.status()["login_failures"] == 0
 
 
 def test_logout_clears_the_cookie(replica: InMemoryReplica, alice: Session) -> None:
@@ -308,6 +330,30 @@ def test_a_password_reset_by_an_admin_ends_the_users_sessions(replica: InMemoryR
     assert reset.status == 200
     assert call(replica, "GET", "/auth/me", headers=alice.bearer).status == 401
     assert login(replica, "alice", "reset-password").id == alice.id
+
+
+@pytest.mark.parametrize("body", [
+    {"username": "b o b", "password": LISTENER_PASSWORD},
+    {"username": "bob", "password": "short"},
+    {"username": "bob", "password": LISTENER_PASSWORD, "role": "king"},
+    {"username": "bob", "password": LISTENER_PASSWORD, "extra": 1},
+])
+def test_an_account_with_a_bad_field_is_400(replica: InMemoryReplica, admin: Session,
+                                            body: dict[str, object]) -> None:
+    assert call(replica, "POST", "/users", body, admin.bearer).status == 400
+
+
+def test_changing_an_unknown_account_is_404(replica: InMemoryReplica, admin: Session) -> None:
+    missing = "00000000-0000-4000-8000-000000000000"
+
+    assert call(replica, "PATCH", f"/users/{missing}", {"role": "admin"},
+                admin.bearer).status == 404
+    assert call(replica, "DELETE", f"/users/{missing}", headers=admin.bearer).status == 404
+
+
+def test_an_admin_does_not_delete_their_own_account(replica: InMemoryReplica,
+                                                    admin: Session) -> None:
+    assert call(replica, "DELETE", f"/users/{admin.id}", headers=admin.bearer).status == 409
 
 
 def test_the_last_admin_is_not_demoted(replica: InMemoryReplica, admin: Session) -> None:
