@@ -175,6 +175,7 @@ class Accounts:
             return
         self._setup_code = secrets.token_urlsafe(12)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an earlier start keeps its mode otherwise
         with os.fdopen(fd, "w") as f:
             f.write(self._setup_code + "\n")
         log.info("no account exists yet: create the first admin with POST /auth/setup and the"
@@ -232,11 +233,7 @@ class Accounts:
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password are required strings")
         key = name_key(username)[:256]
-        wait = self.limiter.wait(key)
-        if wait > 0:
-            self.logins_limited += 1
-            raise TooManyRequests("too many failed logins for this username; wait",
-                                  retry_after=wait)
+        self._refuse_while_waiting(key)
         user = self.directory.by_name(username)
         usable = user is not None and not user.disabled
         stored = user.password_hash if usable and user is not None else None
@@ -251,6 +248,13 @@ class Accounts:
         if self.passwords.needs_rehash(user.password_hash) and self._library.leadership.is_leader:
             _background(self._rehash(user, password), "storing a new hash of a password")
         return self.signer.issue(user.id, user.generation), user
+
+    def _refuse_while_waiting(self, key: str) -> None:
+        wait = self.limiter.wait(key)
+        if wait > 0:
+            self.logins_limited += 1
+            raise TooManyRequests("too many failed password checks for this username lately;"
+                                  " wait", retry_after=wait)
 
     async def _rehash(self, user: User, password: str) -> None:
         new_hash = await self.passwords.hash(password)
@@ -346,9 +350,14 @@ class Accounts:
         if not isinstance(old, str):
             raise BadRequest("old_password is required")
         new = _new_password(values.get("password"))
+        # A stolen session must not make guessing the password cheaper than a login does.
+        key = user.key
+        self._refuse_while_waiting(key)
         if not await self.passwords.verify(user.password_hash, old):
             self.login_failures += 1
+            self.limiter.failed(key)
             raise Forbidden("the old password is wrong")
+        self.limiter.succeeded(key)
         password_hash = await self.passwords.hash(new)
         outcome = await self._library.write(None, _update_user, user.id,
                                             {"password_hash": password_hash}, True)

@@ -211,6 +211,15 @@ def test_changing_the_password_needs_the_old_one_and_ends_sessions(
     assert login(replica, "alice", "a-new-password").id == alice.id
 
 
+def test_guessing_the_old_password_is_limited_like_a_login(replica: InMemoryReplica,
+                                                           alice: Session) -> None:
+    wrong = {"old_password": "wrong-password", "password": "a-new-password"}
+    statuses = [call(replica, "PUT", "/auth/password", wrong, alice.bearer).status
+                for _ in range(7)]
+
+    assert statuses == [403] * 6 + [429]
+
+
 def test_login_works_on_a_follower_but_account_writes_are_421(tmp_path: Path) -> None:
     leader = InMemoryReplica(tmp_path / "leader", auth=True)
     admin = first_admin(leader, tmp_path / "leader")
