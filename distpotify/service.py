@@ -2,7 +2,8 @@
 
 Built: data dirs, database (recovering from any crash: temp and orphan chunk files removed).
 Started: heartbeat and AMP ports, one failure timeout of listening (a duplicate node id stops
-us here), the HTTP port, founding, rejoining or joining the cluster, the periodic jobs.
+us here), the HTTP port, founding, rejoining or joining the cluster, the accounts (with none
+yet, the setup code), the periodic jobs.
 Stopped: the reverse, one part after the other, the database closed last.
 """
 # test-case-name: tests.unit.test_service, tests.integration.test_replica
@@ -143,7 +144,7 @@ class ReplicaService(service.MultiService):
         replication: ReplicationNode,
         library: Library,
         resource: ReplicaRoot,
-        accounts: Accounts | None = None,
+        accounts: Accounts | None = None,  # None: tests of the start-up order alone
     ) -> None:
         super().__init__()
         self.config = config
