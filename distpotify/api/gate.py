@@ -102,7 +102,9 @@ class Gate:
                                                request.requestHeaders)
                 assert request.content is not None
                 request.content.seek(0)
-                self._verifier.check_body(claimed, file_sha256(request.content))
+                actual = file_sha256(request.content)
+                request.content.seek(0)
+                self._verifier.check_body(claimed, actual)
             except Refused as refused:
                 raise Unauthorized(str(refused)) from None
             return True
