@@ -1,15 +1,15 @@
 """The cost of one password check (argon2id verify) on this machine, for the default
 parameters of distpotify/auth/passwords.py and the two settings either side of them.
 
-DESIGN.md section 11 asks for 50-250 ms per check: slow enough that a stolen hash is costly
-to guess, quick enough that a login does not feel slow and a burst of them does not starve
-the machine. Each setting makes one hash and times ``--verifies`` verifies of it (wall clock
-and this process's CPU time), so a run is a few dozen hashes: a few seconds. The neighbours
-are one pass fewer and one more over the same memory, the knob that moves the cost in
-steps without changing the memory a check takes. The target is judged on the CPU time: on
-a shared machine the wall time moves with whatever else runs (the load average is printed
-beside the figures), the CPU time hardly does, and on a quiet machine the two are equal (one
-lane, one thread).
+docs/architecture.md ("Accounts") asks for 50-250 ms per check: slow enough that a stolen
+hash is costly to guess, quick enough that a login does not feel slow and a burst of them
+does not starve the machine. Each setting makes one hash and times ``--verifies`` verifies
+of it (wall clock and this process's CPU time), so a run is a few dozen hashes: a few
+seconds. The neighbours are one pass fewer and one more over the same memory, the knob that
+moves the cost in steps without changing the memory a check takes. The target is judged on
+the CPU time: on a shared machine the wall time moves with whatever else runs (the load
+average is printed beside the figures), the CPU time hardly does, and on a quiet machine the
+two are equal (one lane, one thread).
 """
 
 from __future__ import annotations

@@ -111,6 +111,13 @@ class ReplicaConfig:
     read_wait: float = 0.25
     # chunk bodies on plain TCP connections go out with sendfile(2) (api/sendfile.py)
     sendfile: bool = True
+    # Transitional (issue 17): whether the library, /status and /metrics need a session.
+    # Off, they are open as before accounts; /auth/* and /users/* check sessions either way.
+    auth: bool = False
+    # A bearer Prometheus may send to /metrics (and /status) instead of an admin's session.
+    metrics_token: str | None = attrs.field(default=None, repr=False)
+    # DISTPOTIFY_ADMIN_PASSWORD: the password of the "admin" made on a cluster with none.
+    admin_password: str | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

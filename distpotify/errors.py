@@ -7,6 +7,7 @@ Handlers raise these; api/failures.py turns them into the JSON error shape in on
 from __future__ import annotations
 
 import errno
+import math
 import sqlite3
 from typing import Any
 
@@ -124,3 +125,33 @@ class Behind(ApiError):
 
     status = 409
     code = BEHIND
+
+
+class Unauthorized(ApiError):
+    """No valid session: anonymous, or a token that proves nothing."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="distpotify"'
+
+
+class Forbidden(ApiError):
+    """A known user whose role or ownership does not allow this; or a cookie without a
+    matching Origin (CSRF)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(ApiError):
+    """Too many failed logins for one username lately: wait ``retry_after`` seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))

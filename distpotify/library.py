@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from distpotify.auth.access import UNRESTRICTED, Actor
 from distpotify.detach import detached
-from distpotify.errors import BadRequest, Conflict, NotFound
+from distpotify.errors import BadRequest, Conflict, Forbidden, NotFound
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.idempotency import IdempotencyKey, Outcome, request_digest
 from distpotify.leadership import Leadership
@@ -67,6 +68,10 @@ class Library:
     replication: followers hold the write too). An upload's chunk files are durable before
     the song row that makes them visible; a delete removes files only after its tombstones are
     written.
+
+    Edits and deletes are allowed to the ``actor`` (auth/access.py) the gate found: checked
+    against the record's owner (``uploaded_by``, a playlist's ``owner``) in the write's own
+    transaction (403); without one, everything is (UNRESTRICTED, ``--auth off``).
 
     A write answers an Outcome (status, body, the version it made). With an IdempotencyKey
     the same transaction first looks the key up (a stored outcome is answered again, a key
@@ -117,6 +122,15 @@ class Library:
         await self._acknowledged()
         return outcome
 
+    async def write(
+        self, key: IdempotencyKey | None, action: Callable[Concatenate[MetadataDB, P], Outcome],
+        *args: P.args, **kwargs: P.kwargs
+    ) -> Outcome:
+        """A write of another part (the accounts) on the same path as the library's own:
+        only on the leader, once it may write, keyed, acknowledged as the others are."""
+        self.leadership.require_leader()
+        return await self._write(key, action, *args, **kwargs)
+
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, key: IdempotencyKey | None) -> AsyncIterator[None]:
         """Writes with the same key one after the other: a request sent again while the first
@@ -151,7 +165,7 @@ class Library:
 
     def upload(
         self, content: BinaryIO, content_type: str, query: Mapping[str, str],
-        key: IdempotencyKey | None = None,
+        key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED,
     ) -> Deferred[Outcome]:
         """Store an uploaded song: 201 ``{"song"}``; the same bytes again: 200 and the first.
 
@@ -159,12 +173,13 @@ class Library:
         files are being written by a thread that cannot be stopped, and an upload finished
         (or undone) as a whole leaves no half behind. Cancelling the answer only drops it.
         """
-        return detached(Deferred.fromCoroutine(self._upload(content, content_type, query, key)),
+        return detached(Deferred.fromCoroutine(self._upload(content, content_type, query, key,
+                                                            actor)),
                         "an upload")
 
     async def _upload(
         self, content: BinaryIO, content_type: str, query: Mapping[str, str],
-        key: IdempotencyKey | None,
+        key: IdempotencyKey | None, actor: Actor,
     ) -> Outcome:
         self.leadership.require_leader()
         await self._writable()  # a new leader's catch-up may bring this key's stored outcome
@@ -174,7 +189,8 @@ class Library:
                 # Before the body is read and split: a stored outcome costs no chunk file.
                 stored = await self.store.run(MetadataDB.stored_outcome, key)
             outcome = (stored if stored is not None
-                       else await self._store_upload(content, content_type, query, key))
+                       else await self._store_upload(content, content_type, query, key,
+                                                     actor))
         if not outcome.replayed:
             self._on_written()
         await self._acknowledged()
@@ -182,7 +198,7 @@ class Library:
 
     async def _store_upload(
         self, content: BinaryIO, content_type: str, query: Mapping[str, str],
-        key: IdempotencyKey | None,
+        key: IdempotencyKey | None, actor: Actor,
     ) -> Outcome:
         body: Body = await self._blocking(parse_body, content, content_type, query,
                                           self._spool_dir)
@@ -195,7 +211,7 @@ class Library:
         )
         names = [(song_id, idx) for idx, _, _ in ingested.chunks]
         try:
-            outcome = await self._record(body, song_id, ingested, overrides, key)
+            outcome = await self._record(body, song_id, ingested, overrides, key, actor)
         except Exception:
             # Not recorded (a refused value, a failed write): its chunk files go too, unless
             # a song of this id lives (this key's, applied before its key row expired).
@@ -216,7 +232,7 @@ class Library:
 
     async def _record(
         self, body: Body, song_id: str, ingested: Ingested, overrides: dict[str, Any],
-        key: IdempotencyKey | None,
+        key: IdempotencyKey | None, actor: Actor,
     ) -> Outcome:
         """Write the song and its chunk registry, unless the same bytes are stored already."""
         info = ingested.info
@@ -228,6 +244,7 @@ class Library:
             "duration": info.duration, "mime": info.mime, "size": ingested.size,
             "sha256": ingested.sha256, "chunk_size": self.chunk_size,
             "chunk_count": len(ingested.chunks), "created_at": self._now(), "deleted": 0,
+            "uploaded_by": actor.user_id,
         }
         changes = [
             Change("chunks", f"{song_id}/{idx}", {"size": size, "sha256": sha, "deleted": 0})
@@ -263,19 +280,21 @@ class Library:
         return found
 
     async def patch_song(self, song_id: str, values: Mapping[str, Any],
-                         key: IdempotencyKey | None = None) -> Outcome:
-        """200 ``{"song"}`` as edited."""
+                         key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
+                         ) -> Outcome:
+        """200 ``{"song"}`` as edited; 403 unless ``actor`` uploaded it or is an admin."""
         self.leadership.require_leader()
         fields = song_fields(values)
         return await self._write(key, _edit_if_live, "songs", _checked_id(song_id, "song"),
-                                 fields)
+                                 fields, actor)
 
-    async def delete_song(self, song_id: str, key: IdempotencyKey | None = None) -> Outcome:
+    async def delete_song(self, song_id: str, key: IdempotencyKey | None = None,
+                          actor: Actor = UNRESTRICTED) -> Outcome:
         """204; the song's chunk files go once its tombstones are durable."""
         self.leadership.require_leader()
         # A song's chunks never change after its upload: listed before, removed after.
         chunks = await self.store.run(MetadataDB.chunks_of, _checked_id(song_id, "song"))
-        outcome = await self._write(key, _delete_song, song_id)
+        outcome = await self._write(key, _delete_song, song_id, actor)
         if not outcome.replayed:
             await self._blocking(self.chunks.remove, [(song_id, c["idx"]) for c in chunks])
             log.info("deleted song={song_id} chunks={chunks}", song_id=song_id,
@@ -284,45 +303,59 @@ class Library:
 
     # playlists
 
-    async def playlists(self) -> list[dict[str, Any]]:
-        return await self.store.run(MetadataDB.playlists)
+    async def playlists(self, actor: Actor = UNRESTRICTED) -> list[dict[str, Any]]:
+        """The playlists ``actor`` may read: its own and the public ones (an admin: all)."""
+        found = await self.store.run(MetadataDB.playlists)
+        return [p for p in found if actor.may_read_playlist(p["owner"], p["public"])]
 
-    async def playlist(self, playlist_id: str) -> dict[str, Any]:
+    async def playlist(self, playlist_id: str, actor: Actor = UNRESTRICTED) -> dict[str, Any]:
         found = await self.store.run(MetadataDB.playlist, _checked_id(playlist_id, "playlist"))
         if found is None:
             raise NotFound(f"no playlist {playlist_id}")
+        if not actor.may_read_playlist(found["owner"], found["public"]):
+            raise Forbidden(f"playlist {playlist_id} is private")
         return found
 
     async def create_playlist(self, values: Mapping[str, Any],
-                              key: IdempotencyKey | None = None) -> Outcome:
-        """201 ``{"playlist"}``; 200 if a client-chosen ``id`` (which makes a retried create
-        idempotent without a key) exists already."""
+                              key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
+                              ) -> Outcome:
+        """201 ``{"playlist"}`` owned by ``actor``; 200 if a client-chosen ``id`` (which
+        makes a retried create idempotent without a key) exists already."""
         self.leadership.require_leader()
-        _only(values, {"name", "id"})
+        _only(values, {"name", "id", "public"})
         playlist_id = values.get("id") or _record_id(key)
         if not isinstance(playlist_id, str) or not valid_uuid(playlist_id):
             raise BadRequest("id must be a lowercase UUID")
-        fields = {"name": _name(values.get("name")), "owner": None,
-                  "created_at": self._now(), "deleted": 0}
+        fields = {"name": _name(values.get("name")), "owner": actor.user_id,
+                  "created_at": self._now(), "deleted": 0,
+                  "public": _public(values.get("public", False))}
         return await self._write(key, _create_playlist, playlist_id, fields)
 
     async def patch_playlist(self, playlist_id: str, values: Mapping[str, Any],
-                             key: IdempotencyKey | None = None) -> Outcome:
-        """200 ``{"playlist"}`` as renamed."""
+                             key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
+                             ) -> Outcome:
+        """200 ``{"playlist"}`` as renamed or made public or private (by its owner or an
+        admin, else 403)."""
         self.leadership.require_leader()
-        _only(values, {"name"})
-        fields = {"name": _name(values.get("name"))}
+        _only(values, {"name", "public"})
+        fields: dict[str, Any] = {}
+        if "public" in values:
+            fields["public"] = _public(values["public"])
+        if "name" in values or not fields:
+            fields["name"] = _name(values.get("name"))
         return await self._write(key, _edit_if_live, "playlists",
-                                 _checked_id(playlist_id, "playlist"), fields)
+                                 _checked_id(playlist_id, "playlist"), fields, actor)
 
-    async def delete_playlist(self, playlist_id: str, key: IdempotencyKey | None = None
-                              ) -> Outcome:
+    async def delete_playlist(self, playlist_id: str, key: IdempotencyKey | None = None,
+                              actor: Actor = UNRESTRICTED) -> Outcome:
         """204, the playlist and its items tombstoned."""
         self.leadership.require_leader()
-        return await self._write(key, _delete_playlist, _checked_id(playlist_id, "playlist"))
+        return await self._write(key, _delete_playlist, _checked_id(playlist_id, "playlist"),
+                                 actor)
 
     async def add_item(self, playlist_id: str, values: Mapping[str, Any],
-                       key: IdempotencyKey | None = None) -> Outcome:
+                       key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
+                       ) -> Outcome:
         """201 ``{"item"}``."""
         self.leadership.require_leader()
         _only(values, {"song_id", "position", "id"})
@@ -342,14 +375,15 @@ class Library:
         fields = {"playlist_id": playlist_id, "song_id": song_id,
                   "position": None if position is None else float(position),
                   "created_at": self._now(), "deleted": 0}
-        return await self._write(key, _add_item, item_id, fields)
+        return await self._write(key, _add_item, item_id, fields, actor)
 
     async def remove_item(self, playlist_id: str, item_id: str,
-                          key: IdempotencyKey | None = None) -> Outcome:
+                          key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
+                          ) -> Outcome:
         """204."""
         self.leadership.require_leader()
         return await self._write(key, _remove_item, _checked_id(playlist_id, "playlist"),
-                                 _checked_id(item_id, "item"))
+                                 _checked_id(item_id, "item"), actor)
 
 
 _OVERRIDABLE = ("title", "artist", "album", "track", "year", "genre")
@@ -378,6 +412,18 @@ def _name(value: Any) -> str:
             or not encodable(value)):
         raise BadRequest(f"name must be a non-empty string of at most {MAX_NAME} characters")
     return value.strip()
+
+
+def _public(value: Any) -> int:
+    if not isinstance(value, bool):
+        raise BadRequest("public must be true or false")
+    return int(value)
+
+
+def _owned(owner: str | None, actor: Actor, what: str) -> None:
+    """403 unless ``actor`` may change a record ``owner`` made."""
+    if not actor.may_change(owner):
+        raise Forbidden(f"{what} belongs to another user")
 
 
 def _finite(number: int | float) -> bool:
@@ -423,9 +469,11 @@ def _create_unless_duplicate(db: MetadataDB, sha256: str, changes: list[Change])
     return Outcome(201, {"song": song})
 
 
-def _delete_song(db: MetadataDB, song_id: str) -> Outcome:
-    if db.song(song_id) is None:
+def _delete_song(db: MetadataDB, song_id: str, actor: Actor) -> Outcome:
+    song = db.song(song_id)
+    if song is None:
         raise NotFound(f"no song {song_id}")
+    _owned(song["uploaded_by"], actor, f"song {song_id}")
     chunks = [chunk["idx"] for chunk in db.chunks_of(song_id)]
     changes = [Change("chunks", f"{song_id}/{idx}", {"deleted": 1}) for idx in chunks]
     changes += [Change("playlist_items", item, {"deleted": 1})
@@ -435,21 +483,26 @@ def _delete_song(db: MetadataDB, song_id: str) -> Outcome:
     return Outcome(204)
 
 
-def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) -> Outcome:
-    """Edit a song or playlist that is live now (else 404); 200 with it as edited."""
+def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any],
+                  actor: Actor) -> Outcome:
+    """Edit a song or playlist that is live now (else 404) and ``actor``'s to edit (else
+    403); 200 with it as edited."""
     name = "song" if entity == "songs" else "playlist"
     read = db.song if entity == "songs" else db.playlist
-    if read(key) is None:
+    record = read(key)
+    if record is None:
         raise NotFound(f"no {name} {key}")
+    _owned(record["uploaded_by" if entity == "songs" else "owner"], actor, f"{name} {key}")
     db.write([Change(entity, key, fields)])
     return Outcome(200, {name: read(key)})
 
 
-def _delete_playlist(db: MetadataDB, playlist_id: str) -> Outcome:
+def _delete_playlist(db: MetadataDB, playlist_id: str, actor: Actor) -> Outcome:
     """Delete a playlist and every item it has now (an item added a moment ago too)."""
     playlist = db.playlist(playlist_id)
     if playlist is None:
         raise NotFound(f"no playlist {playlist_id}")
+    _owned(playlist["owner"], actor, f"playlist {playlist_id}")
     changes = [Change("playlist_items", item["id"], {"deleted": 1})
                for item in playlist["items"]]
     changes.append(Change("playlists", playlist_id, {"deleted": 1}))
@@ -462,10 +515,12 @@ def _create_playlist(db: MetadataDB, playlist_id: str, fields: dict[str, Any]) -
     return Outcome(201 if created else 200, {"playlist": db.playlist(playlist_id)})
 
 
-def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any]) -> Outcome:
+def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any], actor: Actor) -> Outcome:
     """Add an item if its playlist and song are both live now, at the end unless placed."""
-    if db.playlist(fields["playlist_id"]) is None:
+    playlist = db.playlist(fields["playlist_id"])
+    if playlist is None:
         raise NotFound(f"no playlist {fields['playlist_id']}")
+    _owned(playlist["owner"], actor, f"playlist {fields['playlist_id']}")
     if db.song(fields["song_id"]) is None:
         raise NotFound(f"no song {fields['song_id']}")
     if fields["position"] is None:
@@ -477,7 +532,10 @@ def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any]) -> Outcome:
     return Outcome(201, {"item": item})
 
 
-def _remove_item(db: MetadataDB, playlist_id: str, item_id: str) -> Outcome:
+def _remove_item(db: MetadataDB, playlist_id: str, item_id: str, actor: Actor) -> Outcome:
+    playlist = db.playlist(playlist_id)
+    if playlist is not None:
+        _owned(playlist["owner"], actor, f"playlist {playlist_id}")
     item = db.item(item_id)
     if item is None or item["playlist_id"] != playlist_id:
         raise NotFound(f"no item {item_id} in playlist {playlist_id}")

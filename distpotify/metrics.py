@@ -23,7 +23,7 @@ def route_of(path: str) -> str:
     """A path with ids and numbers replaced, so labels stay few: /songs/{id}/chunks/{n}."""
     path = path.split("?", 1)[0]
     route = _NUMBERS.sub("/{n}", _IDS.sub("{id}", path))
-    known = ("/status", "/metrics", "/songs", "/playlists", "/sync")
+    known = ("/status", "/metrics", "/songs", "/playlists", "/sync", "/auth", "/users")
     return route if route.startswith(known) else "other"
 
 
@@ -94,6 +94,13 @@ class ReplicaMetrics:
                      " followers (replicated), or degraded: not confirmed within"
                      " --sync-timeout (timeout), too few followers up (alone)",
                      replication["semi_sync"][outcome], outcome=outcome)
+        accounts = status["accounts"]
+        self.set("distpotify_logins", "Logins that succeeded here", accounts["logins"])
+        self.set("distpotify_login_failures", "Logins refused here for a wrong username or"
+                 " password", accounts["login_failures"])
+        self.set("distpotify_logins_limited", "Logins refused here without a check: too many"
+                 " failures for the username lately (429)", accounts["logins_limited"])
+        self.set("distpotify_users", "Accounts this replica knows", accounts["users"])
         for peer, kinds in status["trust"]["failures"].items():
             for kind, count in kinds.items():
                 self.set("distpotify_auth_failures", "Messages that did not prove the cluster"

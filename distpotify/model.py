@@ -92,16 +92,25 @@ ENTITIES: dict[str, Entity] = {
             (
                 "title", "artist", "album", "track", "year", "genre", "duration", "mime",
                 "size", "sha256", "chunk_size", "chunk_count", "created_at", "deleted",
+                "uploaded_by",
             ),
         ),
         Entity("chunks", ("song_id", "idx"), ("size", "sha256", "deleted")),
-        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted")),
+        # "owner" is the id of the account that made it (None: from before accounts).
+        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted", "public")),
         Entity(
             "playlist_items",
             ("id",),
             ("playlist_id", "song_id", "position", "created_at", "deleted"),
         ),
-        Entity("users", ("id",), ("username", "password_hash", "role", "deleted")),
+        # Accounts (auth/users.py): no unique index on names, the leader refuses a taken one
+        # and a clash that arrives by merge is renamed by auth/users.resolve_clash.
+        Entity(
+            "users",
+            ("id",),
+            ("username", "name_key", "password_hash", "role", "generation", "created_at",
+             "disabled", "deleted"),
+        ),
         # The stored outcome of a keyed write (idempotency.py): its key's id is a UUIDv5 of
         # the client's key text; "request" hashes the request, "written" is the version
         # the write answered with.

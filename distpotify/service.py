@@ -2,7 +2,8 @@
 
 Built: data dirs, database (recovering from any crash: temp and orphan chunk files removed).
 Started: heartbeat and AMP ports, one failure timeout of listening (a duplicate node id stops
-us here), the HTTP port, founding, rejoining or joining the cluster, the periodic jobs.
+us here), the HTTP port, founding, rejoining or joining the cluster, the accounts (with none
+yet, the setup code), the periodic jobs.
 Stopped: the reverse, one part after the other, the database closed last.
 """
 # test-case-name: tests.unit.test_service, tests.integration.test_replica
@@ -28,10 +29,15 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from distpotify import __version__
+from distpotify.accounts import Accounts
+from distpotify.api.auth import AuthAPI
+from distpotify.api.gate import Gate
 from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
 from distpotify.api.trusted import ClusterOnly
+from distpotify.auth.passwords import HashParams, Passwords
+from distpotify.auth.tokens import TokenSigner
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
 from distpotify.leadership import Leadership
@@ -138,6 +144,7 @@ class ReplicaService(service.MultiService):
         replication: ReplicationNode,
         library: Library,
         resource: ReplicaRoot,
+        accounts: Accounts | None = None,  # None: tests of the start-up order alone
     ) -> None:
         super().__init__()
         self.config = config
@@ -149,6 +156,7 @@ class ReplicaService(service.MultiService):
         self.replication = replication
         self.library = library
         self.resource = resource
+        self.accounts = accounts
         for name, child in (("database", database), ("amp", amp), ("cluster", cluster),
                             ("http", http), ("replication", replication)):
             child.setName(name)
@@ -184,6 +192,8 @@ class ReplicaService(service.MultiService):
                  node_id=self.config.node_id, host=self.config.host, port=self.config.http_port,
                  url=self.config.http_url)
         await self.replication.become_active()
+        if self.accounts is not None:
+            await self.accounts.started()
         self.replication.startService()
 
     def _fatal(self, failure: Failure) -> None:
@@ -198,6 +208,8 @@ class ReplicaService(service.MultiService):
         service.Service.stopService(self)
         if self._starting is not None:
             self._starting.cancel()  # whatever start-up step is under way
+        if self.accounts is not None:
+            self.accounts.stop()
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
@@ -215,7 +227,7 @@ class ReplicaService(service.MultiService):
 
 async def replica_status(
     config: ReplicaConfig, cluster: ClusterNode, replication: ReplicationNode,
-    head: Callable[[], Version], store: MetadataStore,
+    head: Callable[[], Version], store: MetadataStore, accounts: Accounts,
 ) -> dict[str, Any]:
     """What GET /status answers."""
     return {
@@ -225,6 +237,7 @@ async def replica_status(
         "http": config.http_url,
         **await replication.status(),
         "writes": {"committed": store.writes, "commits": store.commits},
+        "accounts": accounts.status(),
         "version": __version__,
         "pid": os.getpid(),
     }
@@ -238,6 +251,7 @@ def build_replica(
     blocking: Runner | None = None,
     http_client: HTTPClient | None = None,
     leadership: Leadership | None = None,
+    password_params: HashParams | None = None,
 ) -> ReplicaService:
     """The replica ``config`` describes, its data dir opened and recovered, ready to start.
 
@@ -246,7 +260,8 @@ def build_replica(
     ``http_client`` to the other replicas, the cluster node as the ``leadership`` that decides
     who writes. The in-memory test replica gives runners that call at once, a StubTreq
     client, a Clock as ``reactor`` and a leadership stand-in, and never starts the service.
-    Raises ConfigError when the data dir is not usable.
+    ``password_params`` are argon2id's costs (cheaper ones in tests). Raises ConfigError when
+    the data dir is not usable.
     """
     # Blocking, before the reactor runs: recovery delays nothing.
     prepare_data_dir(config)
@@ -279,20 +294,31 @@ def build_replica(
                       on_written=replication.written, writable=replication.writable,
                       acknowledged=replication.acknowledged, spool_dir=config.data_dir / "tmp",
                       failpoints=config.failpoints)
+    # Password hashes on the worker threads, never the database's one thread.
+    accounts = Accounts(store, library, reactor, Passwords(blocking, password_params),
+                        TokenSigner(config.cluster_keys, reactor), config.data_dir,
+                        admin_password=config.admin_password)
+    accounts.load(db.users())
+    replication.on_applied.append(accounts.ops_applied)
+    replication.on_synced.append(accounts.synced)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head,
-                            store),
+                            store, accounts),
                     blocking, metrics, sendfile=config.sendfile)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
                    snapshots=replication.snapshots, resync=replication.resync_requested)
     # /sync/* answers signed requests only: the other replicas (api/trusted.py).
     signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
                               cluster.trust, blocking)
+    gate = Gate(accounts, RequestVerifier(config.cluster_keys, reactor), enforce=config.auth,
+                metrics_token=config.metrics_token)
     resource = ReplicaRoot(config.node_id, api, signed_only,
                            serving=lambda: cluster.state == ACTIVE,
                            wait_for=lambda v: Deferred.fromCoroutine(
-                               replication.applied.wait_for(v)))
+                               replication.applied.wait_for(v)),
+                           accounts=AuthAPI(accounts, blocking).app.resource(),
+                           authorize=gate.authorize)
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
                        timeouts=config.timeouts)
@@ -304,5 +330,5 @@ def build_replica(
         cluster=cluster,
         http=TCPServer(config.http_port, site, backlog=LISTEN_BACKLOG, interface=config.host,
                        reactor=reactor),
-        replication=replication, library=library, resource=resource,
+        replication=replication, library=library, resource=resource, accounts=accounts,
     )

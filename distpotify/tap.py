@@ -14,6 +14,7 @@ import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
+from distpotify.auth.passwords import WeakPassword, check_new_password
 from distpotify.config import ConfigError, OplogRetention, ReplicaConfig, parse_peers
 from distpotify.failpoints import Failpoints
 from distpotify.httpchannel import TIMEOUT_OPTIONS
@@ -84,7 +85,14 @@ OPTIONS: OptionList = [
      " before answering 409 behind", float),
     ("sendfile", "on", "send chunk bytes with sendfile(2) on plain TCP connections: on or off",
      parse_switch),
+    ("auth", "off", "transitional: on makes the library, /status and /metrics need a session"
+     " (accounts, docs/architecture.md); off leaves them open as before", parse_switch),
+    ("metrics-token", None, "a bearer token that may read /metrics and /status (Prometheus)",
+     str),
 ]
+
+# Read from the environment only: a password on a command line is visible to every user.
+ADMIN_PASSWORD = "DISTPOTIFY_ADMIN_PASSWORD"
 
 
 class Options(EnvOptions):
@@ -108,7 +116,13 @@ class Options(EnvOptions):
         keys = values.pop("cluster_key_file", None)
         try:
             values["failpoints"] = Failpoints.from_environ(self._environ)
-            config = ReplicaConfig(**values)
+            admin_password = self._environ.get(ADMIN_PASSWORD) or None
+            if admin_password is not None:
+                try:
+                    check_new_password(admin_password)
+                except WeakPassword as e:
+                    raise ConfigError(f"{ADMIN_PASSWORD}: {e}") from None
+            config = ReplicaConfig(**values, admin_password=admin_password)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         # Checked last, so a bad value of another option is named first.

@@ -20,6 +20,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.api.failures import answer_failure
+from distpotify.api.gate import actor_of, open_gate
 from distpotify.api.parsing import (
     chunk_address,
     int_arg,
@@ -29,7 +30,7 @@ from distpotify.api.parsing import (
     utf8_path,
 )
 from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
-from distpotify.errors import BadRequest, Behind, NotFound, Unavailable
+from distpotify.errors import ApiError, BadRequest, Behind, NotFound, Unavailable
 from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -144,7 +145,8 @@ class PublicAPI:
         assert request.content is not None
         key = await self._key(request)
         return self._answer(request, await self._library.upload(
-            request.content, content_type.decode("latin-1"), query(request), key))
+            request.content, content_type.decode("latin-1"), query(request), key,
+            actor_of(request)))
 
     @app.route("/songs/<id:song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:
@@ -154,12 +156,13 @@ class PublicAPI:
     async def patch_song(self, request: Request, song_id: str) -> bytes:
         key = await self._key(request)
         return self._answer(request, await self._library.patch_song(
-            song_id, await self._json(request), key))
+            song_id, await self._json(request), key, actor_of(request)))
 
     @app.route("/songs/<id:song_id>", methods=["DELETE"])
     async def delete_song(self, request: Request, song_id: str) -> bytes:
         key = await self._key(request)
-        return self._answer(request, await self._library.delete_song(song_id, key))
+        return self._answer(request, await self._library.delete_song(song_id, key,
+                                                                     actor_of(request)))
 
     @app.route("/songs/<id:song_id>/chunks/<index:index>", methods=["GET"])
     async def chunk(self, request: Request, song_id: str, index: int) -> bytes:
@@ -224,50 +227,51 @@ class PublicAPI:
 
     @app.route("/playlists", methods=["GET"])
     async def playlists(self, request: Request) -> bytes:
-        return json_response(request, 200, {"playlists": await self._library.playlists()})
+        return json_response(request, 200, {"playlists": await self._library.playlists(
+            actor_of(request))})
 
     @app.route("/playlists", methods=["POST"])
     async def create_playlist(self, request: Request) -> bytes:
         key = await self._key(request)
         return self._answer(request, await self._library.create_playlist(
-            await self._json(request), key))
+            await self._json(request), key, actor_of(request)))
 
     @app.route("/playlists/<id:playlist_id>", methods=["GET"])
     async def playlist(self, request: Request, playlist_id: str) -> bytes:
-        return json_response(request, 200, {"playlist": await self._library.playlist(playlist_id)})
+        return json_response(request, 200, {"playlist": await self._library.playlist(
+            playlist_id, actor_of(request))})
 
     @app.route("/playlists/<id:playlist_id>", methods=["PATCH"])
     async def patch_playlist(self, request: Request, playlist_id: str) -> bytes:
         key = await self._key(request)
         return self._answer(request, await self._library.patch_playlist(
-            playlist_id, await self._json(request), key))
+            playlist_id, await self._json(request), key, actor_of(request)))
 
     @app.route("/playlists/<id:playlist_id>", methods=["DELETE"])
     async def delete_playlist(self, request: Request, playlist_id: str) -> bytes:
         key = await self._key(request)
-        return self._answer(request, await self._library.delete_playlist(playlist_id, key))
+        return self._answer(request, await self._library.delete_playlist(
+            playlist_id, key, actor_of(request)))
 
     @app.route("/playlists/<id:playlist_id>/items", methods=["POST"])
     async def add_item(self, request: Request, playlist_id: str) -> bytes:
         key = await self._key(request)
         return self._answer(request, await self._library.add_item(
-            playlist_id, await self._json(request), key))
+            playlist_id, await self._json(request), key, actor_of(request)))
 
     @app.route("/playlists/<id:playlist_id>/items/<id:item_id>", methods=["DELETE"])
     async def remove_item(self, request: Request, playlist_id: str, item_id: str) -> bytes:
         key = await self._key(request)
-        return self._answer(request, await self._library.remove_item(playlist_id, item_id, key))
-
-
-def authorize(request: Request) -> None:
-    """The one authorization hook every request passes; users and roles plug in here."""
+        return self._answer(request, await self._library.remove_item(
+            playlist_id, item_id, key, actor_of(request)))
 
 
 class ReplicaRoot(Resource):
-    """Root resource: tags every response with X-Served-By, authorizes every request, sends
-    /sync/* to the cluster-internal API, and holds a read that carries
-    X-Distpotify-Min-Version until that version is applied here (``wait_for``), or answers
-    it 409 behind.
+    """Root resource: tags every response with X-Served-By, sends /sync/* to the
+    cluster-internal API, authorizes every other request (``authorize``, api/gate.py: it
+    raises the 401 or 403), sends /auth/* and /users/* to the account API, and holds a read
+    that carries X-Distpotify-Min-Version until that version is applied here (``wait_for``),
+    or answers it 409 behind.
 
     Chunk GETs, the hot path of every listener, skip Klein's routing (a third of their CPU
     time): matched here by the route's own converters (``chunk_address``), served by the same
@@ -280,24 +284,33 @@ class ReplicaRoot(Resource):
         self, node_id: int, api: PublicAPI, sync: IResource,
         serving: Callable[[], bool] = lambda: True,
         wait_for: Callable[[Version], Deferred[bool]] | None = None,
+        accounts: IResource | None = None,
+        authorize: Callable[[Request], None] = open_gate,
     ) -> None:
         super().__init__()
         self._served_by = str(node_id).encode()
         self._api = api
         self._routes = api.app.resource()
         self._sync = sync
+        self._accounts = accounts
+        self._authorize = authorize
         self._serving = serving
         self._wait_for = wait_for
 
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
-        authorize(request)
         if not utf8_path(request):
             # Klein would answer this itself, in text/html: every error here is JSON.
             return json_error(request, 400, "bad_request", "the path is not UTF-8")
         first = (request.postpath or [b""])[0]
         if first == b"sync":
             return self._sync.render(request)
+        try:
+            self._authorize(request)
+        except ApiError as refused:
+            return answer_failure(request, Failure(refused))
+        if first in (b"auth", b"users") and self._accounts is not None:
+            return self._accounts.render(request)
         reading = request.method in (b"GET", b"HEAD")
         library_read = reading and first not in (b"status", b"metrics")
         if library_read and not self._serving():

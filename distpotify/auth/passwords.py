@@ -1,8 +1,8 @@
 """Passwords of user accounts: argon2id hashes made and checked off the reactor thread, and
 the rule a new password must meet.
 
-Hashing is meant to be slow (50-250 ms per check, DESIGN.md section 11), so every hash and
-verify runs through an injected ``run_blocking`` (a thread pool on a replica, a synchronous
+Hashing is meant to be slow (50-250 ms per check, docs/architecture.md "Accounts"), so every
+hash and verify runs through an injected ``run_blocking`` (a thread pool on a replica, a synchronous
 call in tests), and at most ``concurrency`` of them at once (one, by default), which bounds
 the memory (``memory_cost`` each) and the cores they take whatever the size of that pool,
 so a burst of logins cannot slow streaming; past ``max_waiting`` queued behind those, more

@@ -7,6 +7,7 @@ them may give chunk bytes or rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
 from distpotify.errors import Conflict, Unavailable
 from distpotify.leadership import Leadership
-from distpotify.model import Version
+from distpotify.model import Op, Version
 from distpotify.periodic import Periodic
 from distpotify.replication.antientropy import AntiEntropy
 from distpotify.replication.applied import AppliedOps
@@ -95,7 +96,13 @@ class ReplicationNode(service.MultiService):
             store, chunks, self.fetcher, client, blocking, self.peer_urls,
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
             failpoints=failpoints,
-            on_applied=self.applied.applied)
+            on_applied=self._ops_applied)
+        # Told of every batch applied here from elsewhere, after the reads waiting for it
+        # (the accounts reload when user records are among them).
+        self.on_applied: list[Callable[[Sequence[Op]], object]] = []
+        # Told when a join, rejoin or resync has made this replica ACTIVE: a snapshot may
+        # have replaced every row without an op.
+        self.on_synced: list[Callable[[], object]] = []
         self._counts: tuple[float, dict[str, Any]] | None = None  # (when, what) _table_counts
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
@@ -176,6 +183,11 @@ class ReplicationNode(service.MultiService):
         """Fires once the writes made so far may be acknowledged (semi-sync)."""
         return self.semisync.acknowledged()
 
+    def _ops_applied(self, ops: Sequence[Op]) -> None:
+        self.applied.applied(ops)
+        for observer in self.on_applied:
+            observer(ops)
+
     async def become_active(self) -> None:
         """Found, rejoin or join (replication/bootstrap.py), then serve as ACTIVE; the periodic
         jobs start with this service, after this."""
@@ -228,6 +240,8 @@ class ReplicationNode(service.MultiService):
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
         self._cluster.activate()
+        for observer in self.on_synced:
+            observer()
 
     async def resync_requested(self, source: str, cursor: Version) -> str:
         """The leader (``source``) no longer holds the ops past our ``cursor``: take a new

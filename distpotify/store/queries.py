@@ -20,7 +20,7 @@ __all__ = ["SONG_ORDERS", "LibraryQueries", "SongPage", "SongSearch"]
 
 SONG_COLUMNS = (
     "id", "title", "artist", "album", "track", "year", "genre", "duration", "mime", "size",
-    "sha256", "chunk_size", "chunk_count", "created_at",
+    "sha256", "chunk_size", "chunk_count", "created_at", "uploaded_by",
 )
 Q_COLUMNS = ("title", "artist", "album")  # what q searches; artist=, album=, genre= one each
 TRIGRAM = 3  # a filter shorter than this (folded) cannot use the trigram index: it scans
@@ -145,14 +145,14 @@ class LibraryQueries(Tables):
 
     def playlists(self) -> list[dict[str, Any]]:
         rows = self._conn.execute(
-            "SELECT id, name, owner, created_at, version FROM playlists"
+            "SELECT id, name, owner, public, created_at, version FROM playlists"
             " WHERE deleted = 0 AND name IS NOT NULL ORDER BY created_at DESC, version DESC"
         )
-        return [dict(row) for row in rows]
+        return [_playlist(row) for row in rows]
 
     def playlist(self, playlist_id: str) -> dict[str, Any] | None:
         row = self._conn.execute(
-            "SELECT id, name, owner, created_at, version FROM playlists"
+            "SELECT id, name, owner, public, created_at, version FROM playlists"
             " WHERE id = ? AND deleted = 0 AND name IS NOT NULL",
             (playlist_id,),
         ).fetchone()
@@ -163,7 +163,7 @@ class LibraryQueries(Tables):
             " AND deleted = 0 AND song_id IS NOT NULL ORDER BY position, id",
             (playlist_id,),
         )
-        return {**dict(row), "items": [dict(item) for item in items]}
+        return {**_playlist(row), "items": [dict(item) for item in items]}
 
     def item_ids_of_song(self, song_id: str) -> list[str]:
         rows = self._conn.execute(
@@ -178,6 +178,27 @@ class LibraryQueries(Tables):
             (item_id,),
         ).fetchone()
         return None if row is None else dict(row)
+
+    # accounts (auth/users.py); users are few, read whole
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every live account's record, password hash included: for the in-memory directory."""
+        rows = self._conn.execute(
+            "SELECT id, username, password_hash, role, generation, created_at, disabled, version"
+            " FROM users WHERE deleted = 0 AND username IS NOT NULL")
+        return [dict(row) for row in rows]
+
+    def user_named(self, name_key: str) -> str | None:
+        """The id of a live account holding the folded name ``name_key``, if any."""
+        row = self._conn.execute(
+            "SELECT id FROM users WHERE name_key = ? AND deleted = 0 LIMIT 1", (name_key,)
+        ).fetchone()
+        return None if row is None else str(row["id"])
+
+    def user_count(self) -> int:
+        return int(self._conn.execute(
+            "SELECT count(*) FROM users WHERE deleted = 0 AND username IS NOT NULL"
+        ).fetchone()[0])
 
     def last_position(self, playlist_id: str) -> float:
         row = self._conn.execute(
@@ -207,6 +228,10 @@ def _page(order: Order, rows: list[sqlite3.Row], limit: int, total: int) -> Song
     rows = rows[:limit]
     return SongPage([_song(row) for row in rows], int(total),
                     order.cursor(rows[-1]) if more else None)
+
+
+def _playlist(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "public": bool(row["public"])}
 
 
 def _song(row: sqlite3.Row) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from distpotify.store import songindex
 _TYPES = {
     "track": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
     "chunk_size": "INTEGER", "chunk_count": "INTEGER", "deleted": "INTEGER NOT NULL DEFAULT 0",
-    "idx": "INTEGER", "position": "REAL",
+    "idx": "INTEGER", "position": "REAL", "generation": "INTEGER",
+    "disabled": "INTEGER NOT NULL DEFAULT 0", "public": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -37,7 +38,8 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS users_name ON users (username) WHERE deleted = 0",
+    # Not unique: two sides of a partition may each give a name away; auth/users.py resolves it.
+    "CREATE INDEX IF NOT EXISTS users_name_key ON users (name_key)",
     # The key watermark drops idempotency rows by version (store/idempotency.py).
     "CREATE INDEX IF NOT EXISTS idempotency_version ON idempotency (version)",
     "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
@@ -58,10 +60,27 @@ def connect(path: Path) -> sqlite3.Connection:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(oplog)")}
         if columns and "at" not in columns:  # a database from before ops had a time
             conn.execute("ALTER TABLE oplog ADD COLUMN at REAL")
+        _add_new_fields(conn)
+        # Names were unique per raw text before accounts: a clash arriving by merge would
+        # have stopped replication.
+        conn.execute("DROP INDEX IF EXISTS users_name")
         for statement in SCHEMA:
             conn.execute(statement)
         songindex.ensure(conn)  # the search index, sort keys and tallies (a migration)
     return conn
+
+
+def _add_new_fields(conn: sqlite3.Connection) -> None:
+    """Add the columns of fields an entity gained (songs.uploaded_by, playlists.public, the
+    users' account fields) to a database made before them; their rows read NULL (or 0)."""
+    for entity in ENTITIES.values():
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info({entity.name})")}
+        if not columns:
+            continue  # a new table: SCHEMA creates it whole
+        for name in entity.fields:
+            if name not in columns:
+                conn.execute(f"ALTER TABLE {entity.name} ADD COLUMN {name}"
+                             f" {_TYPES.get(name, 'TEXT')}")
 
 
 class Transaction:

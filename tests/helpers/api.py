@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
+from distpotify.auth.passwords import HashParams
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
 from distpotify.keys import ClusterKeys
@@ -24,6 +25,8 @@ from tests.helpers.replica import Response
 
 # The cluster key of every in-memory replica unless it is given another: one cluster.
 CLUSTER_KEYS = ClusterKeys.generate()
+# argon2id at its cheapest: a login costs microseconds, not the production 137 ms.
+CHEAP_HASHES = HashParams(time_cost=1, memory_cost=8, parallelism=1)
 
 T = TypeVar("T")
 
@@ -80,21 +83,26 @@ class InMemoryReplica:
     corrupt chunk cannot be repaired here: 503), ``leadership`` (by default LoneLeader)
     decides who writes, and it has founded its cluster, so it serves and takes pushes. Its
     cluster key is ``keys`` (CLUSTER_KEYS by default); ``call`` signs with it unless told not
-    to, as another replica of the cluster would."""
+    to, as another replica of the cluster would. ``auth`` is its ``--auth`` (accounts
+    enforced); its password hashes are cheap (CHEAP_HASHES)."""
 
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None,
-        keys: ClusterKeys = CLUSTER_KEYS,
+        keys: ClusterKeys = CLUSTER_KEYS, auth: bool = False, metrics_token: str | None = None,
+        admin_password: str | None = None,
     ) -> None:
         self.chunk_size = chunk_size
         self.clock = Clock()
         self.keys = keys
         self.service = build_replica(
-            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys),
+            ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys,
+                          auth=auth, metrics_token=metrics_token,
+                          admin_password=admin_password),
             self.clock,
             run_db=run_now, blocking=run_now,
             http_client=HTTPClient(RequestTraversalAgent(Resource())),
             leadership=leadership or LoneLeader(),
+            password_params=CHEAP_HASHES,
         )
         self.db = self.service.db
         self.db.begin_leading(1)
@@ -104,24 +112,31 @@ class InMemoryReplica:
         self.fetcher, self.guard = replication.fetcher, replication.guard
         self.receiver, self.desk = replication.receiver, replication.desk
         result_of(Deferred.fromCoroutine(replication.become_active()))
+        self.accounts = self.service.accounts
+        assert self.accounts is not None
+        result_of(Deferred.fromCoroutine(self.accounts.started()))
         self.root = self.service.resource
         self.treq = StubTreq(self.root)
 
     def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None, signed: bool = True) -> Answer:
+             headers: dict[str, str] | None = None, signed: bool = True,
+             cookies: bool = True, tls: bool = False) -> Answer:
         """``method path`` answered by the replica; signed with its cluster key unless
-        ``signed`` is false (a stranger's request)."""
-        url = "http://replica" + path
+        ``signed`` is false (a stranger's request). Without ``cookies``, by a client that
+        sends none of the cookies earlier answers set (only those in ``headers``); with
+        ``tls``, over https."""
+        url = ("https" if tls else "http") + "://replica" + path
         headers = dict(headers or {})
         if signed:
             signature = sign(self.keys, method.encode(), request_target(url),
                              body_sha256(body or b""), self.clock.seconds())
             headers.update({k.decode(): v.decode() for k, v in signature.items()})
-        d = self.treq.request(method, url, data=body, headers=headers)
-        self.treq.flush()
+        client = self.treq if cookies else StubTreq(self.root)
+        d = client.request(method, url, data=body, headers=headers)
+        client.flush()
         response = result_of(d)
-        content = self.treq.content(response)
-        self.treq.flush()
+        content = client.content(response)
+        client.flush()
         return Answer(
             response.code,
             {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()},

@@ -186,6 +186,8 @@ class ReplicaProcess:
         self.extra = extra
         self.env = {**kernel_switches("sendfile"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        # Sent with every /status the helpers read: a --metrics-token bearer under --auth on.
+        self.status_headers: dict[str, str] = {}
 
     def command(self) -> list[str]:
         return ReplicaCommand(
@@ -208,7 +210,7 @@ class ReplicaProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"replica exited {self.process.returncode}: {self.log()}")
         try:
-            answer = self.get("/status", timeout=1.0)
+            answer = self.get("/status", headers=self.status_headers, timeout=1.0)
         except (OSError, http.client.HTTPException):
             return None
         return answer.json() if answer.status == 200 else None  # type: ignore[no-any-return]
@@ -287,6 +289,7 @@ class Cluster:
         self.extra = extra
         self._started = started
         self.nodes: dict[int, ReplicaProcess] = {}
+        self.status_headers: dict[str, str] = {}  # given to every replica added
 
     @functools.cached_property
     def key_file(self) -> Path:
@@ -300,6 +303,7 @@ class Cluster:
         node = ReplicaProcess(node_id, self.root, *self.extra, *extra, cluster=self.name,
                               heartbeat_port=self.heartbeat_port,
                               key_file=key_file or self.key_file)
+        node.status_headers = self.status_headers
         self.nodes[node_id] = node
         self._started.append(node)
         if start:
@@ -314,7 +318,7 @@ class Cluster:
         found = {}
         for node in nodes if nodes is not None else self.running():
             try:
-                answer = node.get("/status", timeout=0.5)
+                answer = node.get("/status", headers=node.status_headers, timeout=0.5)
             except (OSError, http.client.HTTPException):
                 continue
             if answer.status == 200:

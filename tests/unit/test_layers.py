@@ -38,10 +38,11 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("tap", ["distpotify.tap"]),
     ("service", ["distpotify.service"]),
     ("api", ["distpotify.api.*"]),
-    # What a replica does: the election, replication, and the library (with its upload path).
+    # What a replica does: the election, replication, the library (with its upload path) and
+    # the accounts (issue 17).
     ("domain", [
         "distpotify.cluster.*", "distpotify.replication.*", "distpotify.library",
-        "distpotify.upload",
+        "distpotify.upload", "distpotify.accounts",
     ]),
     ("store", ["distpotify.store.*"]),
     # Records and small leaves that import no other layer: the data model and errors, the

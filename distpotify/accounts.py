@@ -1,0 +1,474 @@
+"""A replica's accounts: the directory of users kept in memory as user records apply, and what
+the auth API does with it (first setup, login, sessions, account writes through the leader).
+
+Users are replicated records like songs (model.py's ``users``). Every replica holds all of them
+in a Directory (auth/users.py), rebuilt from its database whenever ops touching users apply
+here, so a session token is checked without a database read. Names are unique folded: the
+leader refuses a taken one (409) in the write's own transaction, and a clash made on two
+sides of a partition is resolved by ``resolve_clash`` on every replica alike, the leader
+writing the rename so the records agree too.
+"""
+# test-case-name: tests.unit.test_auth_api
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from distpotify.auth.access import Actor
+from distpotify.auth.passwords import Passwords, WeakPassword, check_new_password
+from distpotify.auth.ratelimit import LoginLimiter
+from distpotify.auth.tokens import InvalidToken, TokenSigner
+from distpotify.auth.users import (
+    ADMIN,
+    LISTENER,
+    ROLES,
+    Clash,
+    Directory,
+    InvalidUsername,
+    User,
+    check_username,
+    name_key,
+)
+from distpotify.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from distpotify.idempotency import IdempotencyKey, Outcome
+from distpotify.library import Library
+from distpotify.model import Op, new_id, valid_uuid
+from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+
+log = Logger()
+
+SETUP_CODE_FILE = "setup-code"
+# The account DISTPOTIFY_ADMIN_PASSWORD makes on a cluster with none.
+FIRST_ADMIN = "admin"
+# How often a replica given DISTPOTIFY_ADMIN_PASSWORD checks whether it leads a cluster with
+# no account yet, until one exists.
+ADMIN_CHECK_INTERVAL = 1.0
+
+
+def user_of(row: Mapping[str, Any]) -> User | None:
+    """The User a ``users`` row holds; None for a row that is not a whole account."""
+    try:
+        return User(id=str(row["id"]), username=str(row["username"]), role=row["role"],
+                    password_hash=str(row["password_hash"] or ""),
+                    generation=int(row["generation"] or 0),
+                    created_at=str(row["created_at"] or ""), disabled=bool(row["disabled"]),
+                    version=str(row.get("version") or ""))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def public(user: User) -> dict[str, Any]:
+    """What the API shows of an account: never its password hash."""
+    return {"id": user.id, "username": user.username, "role": user.role,
+            "disabled": user.disabled, "created_at": user.created_at}
+
+
+class Accounts:
+    """Every account of the cluster as this replica knows it, and the operations on them.
+
+    Reads (login, token checks) work on any replica; writes go through
+    ``library.write``, so a follower answers 421 like any write. ``passwords`` runs its
+    hashes on worker threads; ``limiter`` counts failed logins per folded username.
+    """
+
+    def __init__(
+        self, store: MetadataStore, library: Library, clock: IReactorTime,
+        passwords: Passwords, signer: TokenSigner, data_dir: Path,
+        admin_password: str | None = None,
+    ) -> None:
+        self._store = store
+        self._library = library
+        self._clock = clock
+        self.passwords = passwords
+        self.signer = signer
+        self._data_dir = data_dir
+        self._admin_password = admin_password
+        self.directory = Directory()
+        self.limiter = LoginLimiter(clock)
+        self.logins = 0
+        self.login_failures = 0
+        self.logins_limited = 0
+        self._setup_code: str | None = None
+        self._admin_check: LoopingCall | None = None
+        self._creating_admin = False
+
+    # the directory
+
+    def load(self, rows: Iterable[Mapping[str, Any]]) -> list[Clash]:
+        """Rebuild the directory from ``rows`` (MetadataDB.users); the clashes it resolved,
+        logged, and on the leader written as renames."""
+        directory = Directory()
+        clashes: list[Clash] = []
+        for row in rows:
+            user = user_of(row)
+            if user is None:
+                log.warn("user record {id} is not a whole account; ignored", id=row.get("id"))
+                continue
+            clashes += directory.put(user)
+        self.directory = directory
+        if len(directory) and self._setup_code is not None:
+            self._forget_setup_code()  # the first admin was made (on the leader)
+        for clash in clashes:
+            log.warn("two accounts hold the name {name}: {keeper} (older) keeps it, {renamed}"
+                     " becomes {new_name}", name=clash.keeper.username, keeper=clash.keeper.id,
+                     renamed=clash.renamed.id, new_name=clash.renamed.username)
+        if clashes and self._library.leadership.is_leader:
+            _background(self._write_renames(clashes), "writing the renames of a name clash")
+        return clashes
+
+    async def reload(self) -> None:
+        """Read every account again (after ops touching users applied here)."""
+        self.load(await self._store.run(MetadataDB.users))
+
+    def ops_applied(self, ops: Iterable[Op]) -> None:
+        """Ops applied here from elsewhere: reload if any of them is an account's."""
+        if any(op.entity == "users" for op in ops):
+            _background(self.reload(), "reloading the accounts")
+
+    def synced(self) -> None:
+        """A join, rejoin or resync has ended: a snapshot may have replaced the accounts."""
+        _background(self.reload(), "reloading the accounts")
+
+    async def _write_renames(self, clashes: list[Clash]) -> None:
+        for clash in clashes:
+            renamed = clash.renamed
+            await self._library.write(None, _rename, renamed.id, renamed.username)
+            log.info("renamed account {id} to {name} (name clash)", id=renamed.id,
+                     name=renamed.username)
+        await self.reload()
+
+    # start-up
+
+    async def started(self) -> None:
+        """Once the replica is ACTIVE: load the accounts it now holds; while there are none,
+        make the one-time setup code (logged, and written owner-only to the data dir), and
+        with DISTPOTIFY_ADMIN_PASSWORD create ``admin`` as soon as this replica leads."""
+        await self.reload()
+        path = self._data_dir / SETUP_CODE_FILE
+        if len(self.directory):
+            path.unlink(missing_ok=True)
+            return
+        if self._admin_password is not None:
+            self._admin_check = LoopingCall(self._ensure_admin)
+            self._admin_check.clock = self._clock
+            self._admin_check.start(ADMIN_CHECK_INTERVAL).addErrback(
+                lambda f: log.failure("creating the first admin failed", f))
+            return
+        self._setup_code = secrets.token_urlsafe(12)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an earlier start keeps its mode otherwise
+        with os.fdopen(fd, "w") as f:
+            f.write(self._setup_code + "\n")
+        log.info("no account exists yet: create the first admin with POST /auth/setup and the"
+                 " setup code {code} (also in {path}; the leader's code is the one that counts)",
+                 code=self._setup_code, path=str(path))
+
+    def _forget_setup_code(self) -> None:
+        self._setup_code = None
+        (self._data_dir / SETUP_CODE_FILE).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self._admin_check is not None and self._admin_check.running:
+            self._admin_check.stop()
+
+    def _ensure_admin(self) -> Deferred[None] | None:
+        if len(self.directory):
+            self.stop()
+            return None
+        if self._creating_admin or not self._library.leadership.is_leader:
+            return None
+        self._creating_admin = True
+
+        async def create() -> None:
+            assert self._admin_password is not None
+            try:
+                await self._create(FIRST_ADMIN, self._admin_password, ADMIN, first=True)
+                log.info("created the first admin {name} (DISTPOTIFY_ADMIN_PASSWORD)",
+                         name=FIRST_ADMIN)
+            except Exception as e:
+                log.warn("could not create the first admin yet: {error}", error=str(e))
+            finally:
+                self._creating_admin = False
+
+        return Deferred.fromCoroutine(create())
+
+    # sessions
+
+    def session(self, token: str) -> User:
+        """The account a session token proves; InvalidToken if it proves none now."""
+        claims = self.signer.check(token)
+        user = self.directory.by_id(claims.user_id)
+        if user is None:
+            raise InvalidToken("no such account")
+        if user.disabled:
+            raise InvalidToken("the account is disabled")
+        if user.generation != claims.generation:
+            raise InvalidToken("the session was ended (logged out everywhere, or a new"
+                               " password)")
+        return user
+
+    async def login(self, username: Any, password: Any) -> tuple[str, User]:
+        """A new session token for ``username`` and its account; Unauthorized for a wrong
+        name or password (or a disabled account), TooManyRequests while the name must wait,
+        PasswordsBusy when too many checks are queued."""
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise BadRequest("username and password are required strings")
+        key = name_key(username)[:256]
+        self._refuse_while_waiting(key)
+        user = self.directory.by_name(username)
+        usable = user is not None and not user.disabled
+        stored = user.password_hash if usable and user is not None else None
+        matched = await self.passwords.verify(stored, password)
+        if not matched or user is None:
+            self.login_failures += 1
+            self.limiter.failed(key)
+            log.info("login refused for {name}", name=repr(username[:64]))
+            raise Unauthorized("wrong username or password")
+        self.limiter.succeeded(key)
+        self.logins += 1
+        if self.passwords.needs_rehash(user.password_hash) and self._library.leadership.is_leader:
+            _background(self._rehash(user, password), "storing a new hash of a password")
+        return self.signer.issue(user.id, user.generation), user
+
+    def _refuse_while_waiting(self, key: str) -> None:
+        wait = self.limiter.wait(key)
+        if wait > 0:
+            self.logins_limited += 1
+            raise TooManyRequests("too many failed password checks for this username lately;"
+                                  " wait", retry_after=wait)
+
+    async def _rehash(self, user: User, password: str) -> None:
+        new_hash = await self.passwords.hash(password)
+        await self._library.write(None, _update_user, user.id, {"password_hash": new_hash}, False)
+        await self.reload()
+
+    # writes (the leader's)
+
+    async def setup(self, values: Mapping[str, Any]) -> Outcome:
+        """The first admin, once: 409 once any account exists, 403 with a wrong code."""
+        self._library.leadership.require_leader()
+        _only(values, {"username", "password", "setup_code"})
+        if len(self.directory):
+            raise Conflict("setup is done: the cluster has accounts")
+        code = values.get("setup_code")
+        if (self._setup_code is None or not isinstance(code, str)
+                or not hmac.compare_digest(code.encode(), self._setup_code.encode())):
+            raise Forbidden("wrong setup code (the leader logs it, and writes it to its data"
+                            f" dir's {SETUP_CODE_FILE})")
+        outcome = await self._create(values.get("username"), values.get("password"), ADMIN,
+                                     first=True)
+        self._forget_setup_code()
+        log.info("first admin created by setup")
+        return outcome
+
+    def request_key(self, text: str, method: bytes, uri: bytes, body: IO[bytes] | None
+                    ) -> Deferred[IdempotencyKey]:
+        return self._library.request_key(text, method, uri, body)
+
+    async def create(self, values: Mapping[str, Any], key: IdempotencyKey | None = None
+                     ) -> Outcome:
+        """An account made by an admin: 201 ``{"user"}``, 409 if the name is taken. With an
+        Idempotency-Key (the proxy sends one with every write) a retry answers the first
+        outcome again, and the account's id derives from the key."""
+        self._library.leadership.require_leader()
+        _only(values, {"username", "password", "role"})
+        return await self._create(values.get("username"), values.get("password"),
+                                  _role(values.get("role", LISTENER)), key=key)
+
+    async def _create(self, username: Any, password: Any, role: str, first: bool = False,
+                      key: IdempotencyKey | None = None) -> Outcome:
+        name = _username(username)
+        password_hash = await self.passwords.hash(_new_password(password))
+        fields = {"username": name, "name_key": name_key(name), "password_hash": password_hash,
+                  "role": role, "generation": 0, "created_at": self._now(), "disabled": 0,
+                  "deleted": 0}
+        user_id = key.record_id() if key is not None else new_id()
+        outcome = await self._library.write(key, _create_user, user_id, fields, first)
+        await self.reload()
+        return outcome
+
+    async def update(self, user_id: str, values: Mapping[str, Any]) -> Outcome:
+        """An admin's change: role, disabled, a new password (which ends every session)."""
+        self._library.leadership.require_leader()
+        _only(values, {"role", "disabled", "password"})
+        fields: dict[str, Any] = {}
+        if "role" in values:
+            fields["role"] = _role(values["role"])
+        if "disabled" in values:
+            if not isinstance(values["disabled"], bool):
+                raise BadRequest("disabled must be true or false")
+            fields["disabled"] = int(values["disabled"])
+        bump = "password" in values
+        if bump:
+            fields["password_hash"] = await self.passwords.hash(
+                _new_password(values["password"]))
+        if not fields:
+            raise BadRequest("nothing to change: give role, disabled or password")
+        outcome = await self._library.write(None, _update_user, _user_id(user_id), fields, bump)
+        await self.reload()
+        return outcome
+
+    async def delete(self, user_id: str, actor: Actor) -> Outcome:
+        self._library.leadership.require_leader()
+        if user_id == actor.user_id:
+            raise Conflict("an admin cannot delete their own account")
+        outcome = await self._library.write(None, _delete_user, _user_id(user_id))
+        await self.reload()
+        return outcome
+
+    async def logout_all(self, user: User) -> Outcome:
+        """End every session of ``user`` on every replica (once the bump replicates)."""
+        self._library.leadership.require_leader()
+        outcome = await self._library.write(None, _update_user, user.id, {}, True)
+        await self.reload()
+        return outcome
+
+    async def change_password(self, user: User, values: Mapping[str, Any]) -> Outcome:
+        """The user's own change: the old password proves it is them; every session ends."""
+        self._library.leadership.require_leader()
+        _only(values, {"old_password", "password"})
+        old = values.get("old_password")
+        if not isinstance(old, str):
+            raise BadRequest("old_password is required")
+        new = _new_password(values.get("password"))
+        # A stolen session must not make guessing the password cheaper than a login does.
+        key = user.key
+        self._refuse_while_waiting(key)
+        if not await self.passwords.verify(user.password_hash, old):
+            self.login_failures += 1
+            self.limiter.failed(key)
+            raise Forbidden("the old password is wrong")
+        self.limiter.succeeded(key)
+        password_hash = await self.passwords.hash(new)
+        outcome = await self._library.write(None, _update_user, user.id,
+                                            {"password_hash": password_hash}, True)
+        await self.reload()
+        return attrs.evolve(outcome, status=204, body=None)
+
+    def status(self) -> dict[str, int]:
+        return {"users": len(self.directory), "logins": self.logins,
+                "login_failures": self.login_failures, "logins_limited": self.logins_limited}
+
+    def _now(self) -> str:
+        moment = datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _background(coroutine: Any, what: str) -> None:
+    d = Deferred.fromCoroutine(coroutine)
+    d.addErrback(lambda f: log.failure("{what} failed", f, what=what))
+
+
+def _only(values: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(values) - allowed
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+def _username(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest("username is a required string")
+    try:
+        return check_username(value)
+    except InvalidUsername as e:
+        raise BadRequest(str(e)) from None
+
+
+def _new_password(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest("password is a required string")
+    try:
+        check_new_password(value)
+    except WeakPassword as e:
+        raise BadRequest(str(e)) from None
+    return value
+
+
+def _role(value: Any) -> str:
+    if value not in ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+    return str(value)
+
+
+def _user_id(text: str) -> str:
+    if not valid_uuid(text):
+        raise NotFound(f"no user {text}")
+    return text
+
+
+# On the database thread: each decides and writes in one transaction.
+
+
+def _live(db: MetadataDB, user_id: str) -> dict[str, Any]:
+    row = db.get_row("users", user_id)
+    if row is None or row.fields.get("deleted") or row.fields.get("username") is None:
+        raise NotFound(f"no user {user_id}")
+    return {"id": user_id, **row.fields}
+
+
+def _shown(fields: Mapping[str, Any]) -> dict[str, Any]:
+    user = user_of(fields)
+    assert user is not None
+    return public(user)
+
+
+def _create_user(db: MetadataDB, user_id: str, fields: dict[str, Any], first: bool) -> Outcome:
+    if first and db.user_count():
+        raise Conflict("setup is done: the cluster has accounts")
+    if db.user_named(fields["name_key"]) is not None:
+        raise Conflict(f"the username {fields['username']} is taken")
+    db.write([Change("users", user_id, fields)])
+    return Outcome(201, {"user": _shown({"id": user_id, **fields})})
+
+
+def _other_admins(db: MetadataDB, user_id: str) -> int:
+    return sum(1 for u in db.users()
+               if u["id"] != user_id and u["role"] == ADMIN and not u["disabled"])
+
+
+def _update_user(db: MetadataDB, user_id: str, fields: dict[str, Any], bump: bool) -> Outcome:
+    """Change an account; ``bump`` ends its sessions (a new generation). The last enabled
+    admin is not demoted or disabled: nobody could manage the accounts any more."""
+    current = _live(db, user_id)
+    demoted = fields.get("role", ADMIN) != ADMIN or fields.get("disabled")
+    if current["role"] == ADMIN and demoted and not _other_admins(db, user_id):
+        raise Conflict("this is the last admin: make another one first")
+    changes = dict(fields)
+    if bump:
+        changes["generation"] = int(current["generation"] or 0) + 1
+    if changes:
+        db.write([Change("users", user_id, changes)])
+    return Outcome(200, {"user": _shown({**current, **changes})})
+
+
+def _delete_user(db: MetadataDB, user_id: str) -> Outcome:
+    current = _live(db, user_id)
+    if current["role"] == ADMIN and not current["disabled"] and not _other_admins(db, user_id):
+        raise Conflict("this is the last admin: make another one first")
+    db.write([Change("users", user_id, {"deleted": 1})])
+    return Outcome(204)
+
+
+def _rename(db: MetadataDB, user_id: str, username: str) -> Outcome:
+    _live(db, user_id)
+    db.write([Change("users", user_id, {"username": username, "name_key": name_key(username)})])
+    return Outcome(200)

@@ -1,0 +1,153 @@
+"""The account API of a replica: first setup, login and sessions (/auth/*), and the admin's
+accounts (/users/*); a Klein app like public.py's, failures in the same JSON shape.
+
+Who may call what is the gate's decision (api/gate.py) before a handler runs; handlers find
+the caller's account with ``user_of``. Writes go through the leader (421 on a follower).
+"""
+# test-case-name: tests.unit.test_auth_api
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+from distpotify.accounts import Accounts, public
+from distpotify.api.failures import answer_failure
+from distpotify.api.gate import COOKIE, actor_of, session_user
+from distpotify.api.parsing import json_body, typed_routes
+from distpotify.auth.passwords import PasswordsBusy
+from distpotify.auth.tokens import DEFAULT_TTL
+from distpotify.auth.users import User
+from distpotify.errors import NotFound, Unauthorized, Unavailable
+from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
+from distpotify.store.metadata import Runner
+from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, json_response
+
+
+def session_cookie(request: Request, token: str, max_age: int = DEFAULT_TTL) -> bytes:
+    """The Set-Cookie value of a session (an empty one with ``max_age`` 0 ends it): HttpOnly,
+    SameSite=Lax, for the whole site, Secure when the request came over TLS."""
+    parts = [COOKIE + b"=" + token.encode("ascii"), b"Path=/", b"HttpOnly", b"SameSite=Lax",
+             b"Max-Age=" + str(max_age).encode()]
+    if request.isSecure():
+        parts.append(b"Secure")
+    return b"; ".join(parts)
+
+
+class AuthAPI:
+    app = typed_routes(Klein())
+
+    def __init__(self, accounts: Accounts, blocking: Runner) -> None:
+        self._accounts = accounts
+        self._blocking = blocking
+
+    @app.handle_errors(Exception)
+    def _failed(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(PasswordsBusy):
+            busy = Unavailable("too many password checks at once; try again shortly")
+            busy.headers["Retry-After"] = "1"
+            return answer_failure(request, Failure(busy))
+        return answer_failure(request, failure)
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        return await json_body(request, self._blocking)
+
+    async def _key(self, request: Request) -> IdempotencyKey | None:
+        """The request's Idempotency-Key (400 if malformed), with its request's digest."""
+        header = request.getHeader(IDEMPOTENCY_KEY)
+        if header is None:
+            return None
+        text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
+        return await self._accounts.request_key(text, request.method, request.uri,
+                                                request.content)
+
+    @staticmethod
+    def _answer(request: Request, outcome: Outcome) -> bytes:
+        if outcome.version is not None:
+            request.setHeader(VERSION, outcome.version.encode().encode())
+        if outcome.replayed:
+            request.setHeader(REPLAYED, b"true")
+        if outcome.body is None:
+            request.setResponseCode(outcome.status)
+            return b""
+        return json_response(request, outcome.status, outcome.body)
+
+    @staticmethod
+    def _user(request: Request) -> User:
+        user = session_user(request)
+        if user is None:  # the gate lets no anonymous request here; kept as a guard
+            raise Unauthorized("log in first (POST /auth/login)")
+        return user
+
+    # sessions
+
+    @app.route("/auth/setup", methods=["POST"])
+    async def setup(self, request: Request) -> bytes:
+        return self._answer(request, await self._accounts.setup(await self._json(request)))
+
+    @app.route("/auth/login", methods=["POST"])
+    async def login(self, request: Request) -> bytes:
+        values = await self._json(request)
+        token, user = await self._accounts.login(values.get("username"), values.get("password"))
+        request.setHeader(b"Set-Cookie", session_cookie(request, token))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json_response(request, 200, {"token": token, "user": public(user)})
+
+    @app.route("/auth/logout", methods=["POST"])
+    def logout(self, request: Request) -> bytes:
+        """Forget this session here: the cookie is cleared (a bearer simply drops its token;
+        /auth/logout-all ends every session for good)."""
+        request.setHeader(b"Set-Cookie", session_cookie(request, "", max_age=0))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/auth/logout-all", methods=["POST"])
+    async def logout_all(self, request: Request) -> bytes:
+        outcome = await self._accounts.logout_all(self._user(request))
+        request.setHeader(b"Set-Cookie", session_cookie(request, "", max_age=0))
+        return self._answer(request, attrs.evolve(outcome, status=204, body=None))
+
+    @app.route("/auth/me", methods=["GET"])
+    def me(self, request: Request) -> bytes:
+        return json_response(request, 200, {"user": public(self._user(request))})
+
+    @app.route("/auth/password", methods=["PUT"])
+    async def password(self, request: Request) -> bytes:
+        outcome = await self._accounts.change_password(self._user(request),
+                                                       await self._json(request))
+        request.setHeader(b"Set-Cookie", session_cookie(request, "", max_age=0))
+        return self._answer(request, outcome)
+
+    # accounts (admins only: the gate's rule)
+
+    @app.route("/users", methods=["GET"])
+    def users(self, request: Request) -> bytes:
+        found = sorted(self._accounts.directory, key=lambda u: (u.created_at, u.id))
+        return json_response(request, 200, {"users": [public(u) for u in found]})
+
+    @app.route("/users", methods=["POST"])
+    async def create_user(self, request: Request) -> bytes:
+        key = await self._key(request)
+        return self._answer(request, await self._accounts.create(await self._json(request),
+                                                                 key))
+
+    @app.route("/users/<id:user_id>", methods=["GET"])
+    def user(self, request: Request, user_id: str) -> bytes:
+        found = self._accounts.directory.by_id(user_id)
+        if found is None:
+            raise NotFound(f"no user {user_id}")
+        return json_response(request, 200, {"user": public(found)})
+
+    @app.route("/users/<id:user_id>", methods=["PATCH"])
+    async def patch_user(self, request: Request, user_id: str) -> bytes:
+        return self._answer(request, await self._accounts.update(user_id,
+                                                                 await self._json(request)))
+
+    @app.route("/users/<id:user_id>", methods=["DELETE"])
+    async def delete_user(self, request: Request, user_id: str) -> bytes:
+        return self._answer(request, await self._accounts.delete(user_id, actor_of(request)))

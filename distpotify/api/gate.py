@@ -1,0 +1,155 @@
+"""The one authorization hook in front of every public route (ReplicaRoot calls ``authorize``
+before routing): who the request is, from a session token (``Authorization: Bearer`` or the
+``distpotify_session`` cookie), and whether the route table of auth/access.py lets them in.
+
+Unsafe methods authenticated by the cookie alone need an Origin naming this host (CSRF). With
+``--auth off`` (the transitional default) the library, /status and /metrics are open to
+anyone as before (a valid session still names who acts, so records get their owner);
+/auth/* and /users/* check sessions either way.
+"""
+# test-case-name: tests.unit.test_auth_api
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlsplit
+
+from twisted.web.server import Request
+
+from distpotify.accounts import Accounts
+from distpotify.auth.access import UNRESTRICTED, Actor, Need, need_of
+from distpotify.auth.tokens import InvalidToken
+from distpotify.auth.users import ADMIN, User
+from distpotify.errors import Forbidden, Unauthorized
+from distpotify.signing import HEADERS, Refused, RequestVerifier, file_sha256
+
+COOKIE = b"distpotify_session"
+_SAFE = (b"GET", b"HEAD", b"OPTIONS")
+# What the gate leaves on a request for the handlers: who acts, and the account if any.
+_ACTOR = "_distpotify_actor"
+_USER = "_distpotify_user"
+
+
+def actor_of(request: Request) -> Actor:
+    """Who ``request`` acts as (set by the gate; UNRESTRICTED where nothing is enforced)."""
+    actor: Actor = getattr(request, _ACTOR, UNRESTRICTED)
+    return actor
+
+
+def session_user(request: Request) -> User | None:
+    """The account whose session ``request`` carried, if the gate checked one."""
+    user: User | None = getattr(request, _USER, None)
+    return user
+
+
+def open_gate(request: Request) -> None:
+    """The hook when nothing is enforced and there are no accounts (tests of other parts)."""
+
+
+class Gate:
+    """Authorizes requests against ``accounts`` (sessions), ``verifier`` (a cluster-signed
+    /status or /metrics), ``metrics_token`` (a Prometheus bearer for /metrics and /status);
+    ``enforce`` is ``--auth``."""
+
+    def __init__(self, accounts: Accounts, verifier: RequestVerifier, *, enforce: bool,
+                 metrics_token: str | None = None) -> None:
+        self._accounts = accounts
+        self._verifier = verifier
+        self.enforce = enforce
+        self._metrics_token = metrics_token
+
+    def authorize(self, request: Request) -> None:
+        """Return if ``request`` may reach its handler (who it is left on it); raise
+        Unauthorized (401) or Forbidden (403) otherwise."""
+        segments = [s for s in (request.postpath or []) if s] or [b""]
+        if not self.enforce and segments[0] not in (b"auth", b"users"):
+            self._unenforced(request)
+            return
+        need = need_of(request.method, segments)
+        if need is Need.NOTHING:
+            setattr(request, _ACTOR, Actor(None, admin=False))
+            return
+        if need is Need.MONITOR and self._monitor(request):
+            return
+        user = self._session(request)
+        actor = Actor.of(user)
+        setattr(request, _USER, user)
+        setattr(request, _ACTOR, actor)
+        if need in (Need.ADMIN, Need.MONITOR) and user.role != ADMIN:
+            raise Forbidden("only an admin may do this")
+
+    def _unenforced(self, request: Request) -> None:
+        """Everything is allowed; a request that carries a valid session still acts as its
+        account (an admin's powers for all), so what it creates records its owner."""
+        token = _bearer(request)
+        if token is None:
+            cookie = request.getCookie(COOKIE)
+            if not cookie:
+                return  # no token: the chunk path costs what it did before accounts
+            token = cookie.decode("latin-1")
+        try:
+            user = self._accounts.session(token)
+        except InvalidToken:
+            return
+        setattr(request, _USER, user)
+        setattr(request, _ACTOR, Actor(user.id, admin=True))
+
+    def _monitor(self, request: Request) -> bool:
+        """Whether a /status or /metrics request is the cluster's own or Prometheus's."""
+        if any(request.requestHeaders.hasHeader(name) for name in HEADERS):
+            try:
+                claimed = self._verifier.check(request.method, request.uri,
+                                               request.requestHeaders)
+                assert request.content is not None
+                request.content.seek(0)
+                actual = file_sha256(request.content)
+                request.content.seek(0)
+                self._verifier.check_body(claimed, actual)
+            except Refused as refused:
+                raise Unauthorized(str(refused)) from None
+            return True
+        token = _bearer(request)
+        return (token is not None and self._metrics_token is not None
+                and hmac.compare_digest(token.encode(), self._metrics_token.encode()))
+
+    def _session(self, request: Request) -> User:
+        token = _bearer(request)
+        by_cookie = False
+        if token is None:
+            cookie = request.getCookie(COOKIE)
+            if cookie:
+                token, by_cookie = cookie.decode("latin-1"), True
+        if token is None:
+            raise Unauthorized("log in first (POST /auth/login)")
+        try:
+            user = self._accounts.session(token)
+        except InvalidToken as e:
+            raise Unauthorized(f"the session is not valid: {e}") from None
+        if by_cookie and request.method not in _SAFE and not _same_origin(request):
+            raise Forbidden("a request authenticated by cookie must come from this site"
+                            " (its Origin does not match the host)")
+        return user
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.getHeader("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether the Origin header names the host the request was sent to (its Host, or the
+    X-Forwarded-Host the proxy sets: a page of another site cannot send that header without
+    a CORS preflight, which no replica answers)."""
+    origin = request.getHeader("Origin")
+    if not origin or origin == "null":
+        return False
+    netloc = urlsplit(origin).netloc.lower()
+    hosts = {h.decode("latin-1").strip().lower()
+             for name in (b"Host", b"X-Forwarded-Host")
+             for h in request.requestHeaders.getRawHeaders(name, [])}
+    return bool(netloc) and netloc in hosts

@@ -1,0 +1,72 @@
+"""Accounts across three real replicas with --auth on: the first admin made by setup on the
+leader, a session from one replica accepted by the other two, and logout-all ending it on
+all three once the new generation replicates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distpotify.accounts import SETUP_CODE_FILE
+from tests.helpers.replica import (
+    STARTUP,
+    Cluster,
+    ReplicaProcess,
+    Response,
+    request,
+    send_json,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+METRICS_TOKEN = "integration-metrics-token"
+PASSWORD = "integration-password"
+
+
+def me(node: ReplicaProcess, token: str) -> Response:
+    return node.get("/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+
+
+def test_a_session_made_on_one_replica_works_on_all_until_logout_all(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    cluster = Cluster(tmp_path, replicas, "--auth", "on", "--metrics-token", METRICS_TOKEN)
+    cluster.status_headers.update({"Authorization": f"Bearer {METRICS_TOKEN}"})
+    for node_id in (1, 2, 3):
+        cluster.add(node_id)
+    status = wait_until(cluster.agreed_leader, timeout=STARTUP, what="agreement")
+    leader = cluster.nodes[status["node_id"]]
+    followers = [n for n in cluster.nodes.values() if n is not leader]
+    code = (leader.data_dir / SETUP_CODE_FILE).read_text().strip()
+
+    assert leader.get("/songs").status == 401
+    made = send_json(leader.http_port, "POST", "/auth/setup",
+                     {"username": "root", "password": PASSWORD, "setup_code": code})
+    assert made.status == 201, made.body
+    wait_until(lambda: all(knows_one_account(n) for n in followers), timeout=10,
+               what="the account on every follower")
+    login = send_json(followers[0].http_port, "POST", "/auth/login",
+                      {"username": "root", "password": PASSWORD})
+    assert login.status == 200, login.body
+    token = login.json()["token"]
+
+    for node in cluster.nodes.values():
+        assert me(node, token).status == 200
+        assert node.get("/songs", headers={"Authorization": f"Bearer {token}"}).status == 200
+
+    ended = request(leader.http_port, "POST", "/auth/logout-all",
+                    headers={"Authorization": f"Bearer {token}"})
+    assert ended.status == 204, ended.body
+    wait_until(lambda: all(me(n, token).status == 401 for n in cluster.nodes.values()),
+               timeout=10, what="the session ended on every replica")
+    for node in cluster.nodes.values():
+        assert PASSWORD not in node.log()
+        assert PASSWORD not in json.dumps(node.get("/status", cluster.status_headers).json())
+
+
+def knows_one_account(node: ReplicaProcess) -> bool:
+    """Whether ``node`` knows the account: its /status counts one user."""
+    answer = node.get("/status", node.status_headers, timeout=5)
+    return answer.status == 200 and answer.json()["accounts"]["users"] == 1

@@ -1,0 +1,499 @@
+"""Accounts on a replica with --auth on, in memory: setup, login, sessions and their tokens,
+the admin's accounts, CSRF, the login limit, and passwords kept out of every answer and log."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python import usage
+
+from distpotify.accounts import SETUP_CODE_FILE
+from distpotify.auth.passwords import PasswordsBusy
+from distpotify.auth.tokens import TokenSigner
+from distpotify.cli.keygen import key_file_text
+from distpotify.keys import ClusterKeys
+from distpotify.tap import Options
+from tests.helpers.accounts import (
+    ADMIN_PASSWORD,
+    LISTENER_PASSWORD,
+    Session,
+    call,
+    first_admin,
+    listener,
+    login,
+    setup_code,
+)
+from tests.helpers.api import InMemoryReplica, NoLeader
+
+DAY = 24 * 3600.0
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> InMemoryReplica:
+    return InMemoryReplica(tmp_path, auth=True)
+
+
+@pytest.fixture
+def admin(replica: InMemoryReplica, tmp_path: Path) -> Session:
+    return first_admin(replica, tmp_path)
+
+
+@pytest.fixture
+def alice(replica: InMemoryReplica, admin: Session) -> Session:
+    return listener(replica, admin, "alice")
+
+
+# first setup
+
+
+def test_setup_code_is_written_owner_only_while_no_account_exists(tmp_path: Path,
+                                                                   replica: InMemoryReplica
+                                                                   ) -> None:
+    mode = stat.S_IMODE(os.stat(tmp_path / SETUP_CODE_FILE).st_mode)
+
+    assert mode == 0o600
+    assert len(setup_code(tmp_path)) >= 16
+
+
+def test_setup_makes_the_first_admin_once(replica: InMemoryReplica, tmp_path: Path) -> None:
+    code = setup_code(tmp_path)
+    first = call(replica, "POST", "/auth/setup",
+                 {"username": "root", "password": ADMIN_PASSWORD, "setup_code": code})
+    again = call(replica, "POST", "/auth/setup",
+                 {"username": "other", "password": ADMIN_PASSWORD, "setup_code": code})
+
+    assert first.status == 201
+    assert first.json()["user"]["role"] == "admin"
+    assert again.status == 409
+    assert not (tmp_path / SETUP_CODE_FILE).exists()
+
+
+def test_setup_with_a_wrong_code_is_403(replica: InMemoryReplica) -> None:
+    answer = call(replica, "POST", "/auth/setup",
+                  {"username": "root", "password": ADMIN_PASSWORD, "setup_code": "guess"})
+
+    assert answer.status == 403
+    assert call(replica, "GET", "/users").status == 401  # still nobody
+
+
+def test_setup_on_a_follower_is_421(tmp_path: Path) -> None:
+    follower = InMemoryReplica(tmp_path, auth=True, leadership=NoLeader())
+
+    answer = call(follower, "POST", "/auth/setup",
+                  {"username": "root", "password": ADMIN_PASSWORD,
+                   "setup_code": setup_code(tmp_path)})
+
+    assert answer.status == 421
+
+
+# login and sessions
+
+
+def test_login_answers_a_token_the_user_and_a_session_cookie(replica: InMemoryReplica,
+                                                             admin: Session) -> None:
+    answer = call(replica, "POST", "/auth/login",
+                  {"username": "ROOT", "password": ADMIN_PASSWORD})
+
+    assert answer.status == 200
+    assert answer.json()["user"] == {**answer.json()["user"], "username": "root",
+                                     "role": "admin"}
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"distpotify_session={answer.json()['token']};")
+    assert {"HttpOnly", "SameSite=Lax", "Path=/"} <= set(cookie.split("; "))
+    assert "Secure" not in cookie  # plain HTTP, no trusted proxy
+    me = call(replica, "GET", "/auth/me", headers={"Authorization": "Bearer "
+                                                   + answer.json()["token"]})
+    assert me.json()["user"]["id"] == admin.id
+
+
+def test_the_session_cookie_is_secure_over_tls(replica: InMemoryReplica,
+                                               admin: Session) -> None:
+    body = json.dumps({"username": "root", "password": ADMIN_PASSWORD}).encode()
+    answer = replica.call("POST", "/auth/login", body, {"Content-Type": "application/json"},
+                          signed=False, cookies=False, tls=True)
+
+    assert answer.status == 200
+    assert "Secure" in answer.headers["set-cookie"].split("; ")
+
+
+def test_the_session_cookie_authenticates_reads(replica: InMemoryReplica,
+                                                alice: Session) -> None:
+    assert call(replica, "GET", "/songs", headers=alice.cookie).status == 200
+
+
+def test_a_wrong_password_is_401_and_counted(replica: InMemoryReplica, alice: Session) -> None:
+    answer = call(replica, "POST", "/auth/login",
+                  {"username": "alice", "password": "not-the-password"})
+    unknown = call(replica, "POST", "/auth/login",
+                   {"username": "nobody", "password": "not-the-password"})
+
+    assert answer.status == unknown.status == 401
+    assert answer.json()["error"] == "unauthorized"
+    assert replica.accounts.status()["login_failures"] == 2
+    metrics = call(replica, "GET", "/metrics", headers={}).status
+    assert metrics == 401  # anonymous
+    scraped = replica.call("GET", "/metrics")  # signed by the cluster
+    assert b"distpotify_login_failures 2.0" in scraped.body
+
+
+def test_failed_logins_of_a_name_wait_429_then_the_limit_resets(replica: InMemoryReplica,
+                                                                alice: Session) -> None:
+    wrong = {"username": "alice", "password": "not-the-password"}
+    statuses = [call(replica, "POST", "/auth/login", wrong).status for _ in range(6)]
+    limited = call(replica, "POST", "/auth/login",
+                   {"username": "ALICE", "password": LISTENER_PASSWORD})
+
+    assert statuses == [401] * 6  # the sixth failure starts the wait
+    assert limited.status == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    replica.clock.advance(int(limited.headers["retry-after"]))
+    assert login(replica, "alice", LISTENER_PASSWORD).id == alice.id
+
+
+@pytest.mark.parametrize("body", [{}, {"username": "alice"}, {"username": 1, "password": "x"}])
+def test_a_login_without_a_name_and_password_is_400(replica: InMemoryReplica,
+                                                    body: dict[str, object]) -> None:
+    assert call(replica, "POST", "/auth/login", body).status == 400
+
+
+def test_a_login_when_too_many_checks_wait_is_503_with_retry_after(
+        replica: InMemoryReplica, alice: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(stored: str | None, password: str) -> Deferred[bool]:
+        return fail(PasswordsBusy("busy"))
+
+    monkeypatch.setattr(replica.accounts.passwords, "verify", busy)
+    answer = call(replica, "POST", "/auth/login",
+                  {"username": "alice", "password": LISTENER_PASSWORD})
+
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "1"
+    assert replica.accounts.status()["login_failures"] == 0
+
+
+def test_logout_clears_the_cookie(replica: InMemoryReplica, alice: Session) -> None:
+    answer = call(replica, "POST", "/auth/logout", headers=alice.bearer)
+
+    assert answer.status == 204
+    assert answer.headers["set-cookie"].startswith("distpotify_session=;")
+    assert "Max-Age=0" in answer.headers["set-cookie"]
+
+
+def test_logout_all_ends_every_session(replica: InMemoryReplica, alice: Session) -> None:
+    second = login(replica, "alice", LISTENER_PASSWORD)
+
+    assert call(replica, "POST", "/auth/logout-all", headers=alice.bearer).status == 204
+    assert call(replica, "GET", "/auth/me", headers=alice.bearer).status == 401
+    assert call(replica, "GET", "/auth/me", headers=second.bearer).status == 401
+    assert call(replica, "GET", "/auth/me",
+                headers=login(replica, "alice", LISTENER_PASSWORD).bearer).status == 200
+
+
+def test_changing_the_password_needs_the_old_one_and_ends_sessions(
+        replica: InMemoryReplica, alice: Session) -> None:
+    wrong = call(replica, "PUT", "/auth/password",
+                 {"old_password": "wrong-password", "password": "a-new-password"},
+                 alice.bearer)
+    right = call(replica, "PUT", "/auth/password",
+                 {"old_password": LISTENER_PASSWORD, "password": "a-new-password"},
+                 alice.bearer)
+
+    assert wrong.status == 403
+    assert right.status == 204
+    assert call(replica, "GET", "/auth/me", headers=alice.bearer).status == 401
+    assert login(replica, "alice", "a-new-password").id == alice.id
+
+
+def test_guessing_the_old_password_is_limited_like_a_login(replica: InMemoryReplica,
+                                                           alice: Session) -> None:
+    wrong = {"old_password": "wrong-password", "password": "a-new-password"}
+    statuses = [call(replica, "PUT", "/auth/password", wrong, alice.bearer).status
+                for _ in range(7)]
+
+    assert statuses == [403] * 6 + [429]
+
+
+def test_login_works_on_a_follower_but_account_writes_are_421(tmp_path: Path) -> None:
+    leader = InMemoryReplica(tmp_path / "leader", auth=True)
+    admin = first_admin(leader, tmp_path / "leader")
+    follower = InMemoryReplica(tmp_path / "follower", auth=True, leadership=NoLeader())
+    follower.accounts.load(leader.db.users())
+
+    session = login(follower, "root", ADMIN_PASSWORD)
+
+    assert session.id == admin.id
+    assert call(follower, "POST", "/auth/logout-all", headers=session.bearer).status == 421
+
+
+# tokens
+
+
+def test_an_expired_token_is_401(replica: InMemoryReplica, alice: Session) -> None:
+    replica.clock.advance(31 * DAY)
+
+    answer = call(replica, "GET", "/songs", headers=alice.bearer)
+
+    assert answer.status == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_tampered_token_is_401(replica: InMemoryReplica, alice: Session,
+                                 admin: Session) -> None:
+    header, payload, signature = alice.token.split(".")
+    claims = json.loads(jwt.utils.base64url_decode(payload))
+    forged = jwt.utils.base64url_encode(json.dumps({**claims, "sub": admin.id}).encode())
+    token = f"{header}.{forged.decode()}.{signature}"
+
+    assert call(replica, "GET", "/users", headers={"Authorization": f"Bearer {token}"}
+                ).status == 401
+
+
+def test_a_token_with_alg_none_is_401(replica: InMemoryReplica, admin: Session) -> None:
+    claims = jwt.decode(admin.token, options={"verify_signature": False})
+    token = jwt.encode(claims, None, algorithm="none")
+
+    assert call(replica, "GET", "/users", headers={"Authorization": f"Bearer {token}"}
+                ).status == 401
+
+
+def test_a_token_of_another_cluster_is_401(replica: InMemoryReplica, admin: Session) -> None:
+    token = TokenSigner(ClusterKeys.generate(), replica.clock).issue(admin.id, 0)
+
+    assert call(replica, "GET", "/users", headers={"Authorization": f"Bearer {token}"}
+                ).status == 401
+
+
+def test_a_disabled_users_token_is_401(replica: InMemoryReplica, admin: Session,
+                                       alice: Session) -> None:
+    disabled = call(replica, "PATCH", f"/users/{alice.id}", {"disabled": True}, admin.bearer)
+
+    assert disabled.status == 200
+    assert call(replica, "GET", "/songs", headers=alice.bearer).status == 401
+    assert call(replica, "POST", "/auth/login",
+                {"username": "alice", "password": LISTENER_PASSWORD}).status == 401
+
+
+# CSRF
+
+
+def test_an_unsafe_request_by_cookie_needs_a_matching_origin(replica: InMemoryReplica,
+                                                             alice: Session) -> None:
+    body = {"name": "Mine"}
+    without = call(replica, "POST", "/playlists", body, alice.cookie)
+    foreign = call(replica, "POST", "/playlists", body,
+                   {**alice.cookie, "Origin": "https://evil.example"})
+    same = call(replica, "POST", "/playlists", body, {**alice.cookie, "Origin": "http://replica"})
+    by_bearer = call(replica, "POST", "/playlists", body, alice.bearer)
+
+    assert (without.status, foreign.status) == (403, 403)
+    assert (same.status, by_bearer.status) == (201, 201)
+
+
+# the admin's accounts
+
+
+def test_an_admin_creates_lists_changes_and_deletes_accounts(replica: InMemoryReplica,
+                                                             admin: Session) -> None:
+    made = call(replica, "POST", "/users",
+                {"username": "Bob", "password": LISTENER_PASSWORD}, admin.bearer)
+    taken = call(replica, "POST", "/users",
+                 {"username": "BOB", "password": LISTENER_PASSWORD}, admin.bearer)
+    bob = made.json()["user"]["id"]
+    promoted = call(replica, "PATCH", f"/users/{bob}", {"role": "admin"}, admin.bearer)
+    listed = call(replica, "GET", "/users", headers=admin.bearer)
+    deleted = call(replica, "DELETE", f"/users/{bob}", headers=admin.bearer)
+
+    assert (made.status, taken.status, promoted.status, deleted.status) == (201, 409, 200, 204)
+    assert promoted.json()["user"]["role"] == "admin"
+    assert {u["username"] for u in listed.json()["users"]} == {"root", "Bob"}
+    assert call(replica, "POST", "/auth/login",
+                {"username": "bob", "password": LISTENER_PASSWORD}).status == 401
+
+
+def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryReplica,
+                                                             admin: Session) -> None:
+    body = {"username": "carol", "password": LISTENER_PASSWORD}
+    headers = {**admin.bearer, "Idempotency-Key": '"make-carol"'}
+
+    first = call(replica, "POST", "/users", body, headers)
+    again = call(replica, "POST", "/users", body, headers)
+
+    assert (first.status, again.status) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+
+def test_a_password_reset_by_an_admin_ends_the_users_sessions(replica: InMemoryReplica,
+                                                              admin: Session,
+                                                              alice: Session) -> None:
+    reset = call(replica, "PATCH", f"/users/{alice.id}", {"password": "reset-password"},
+                 admin.bearer)
+
+    assert reset.status == 200
+    assert call(replica, "GET", "/auth/me", headers=alice.bearer).status == 401
+    assert login(replica, "alice", "reset-password").id == alice.id
+
+
+@pytest.mark.parametrize("body", [
+    {"username": "b o b", "password": LISTENER_PASSWORD},
+    {"username": "bob", "password": "short"},
+    {"username": "bob", "password": LISTENER_PASSWORD, "role": "king"},
+    {"username": "bob", "password": LISTENER_PASSWORD, "extra": 1},
+])
+def test_an_account_with_a_bad_field_is_400(replica: InMemoryReplica, admin: Session,
+                                            body: dict[str, object]) -> None:
+    assert call(replica, "POST", "/users", body, admin.bearer).status == 400
+
+
+def test_changing_an_unknown_account_is_404(replica: InMemoryReplica, admin: Session) -> None:
+    missing = "00000000-0000-4000-8000-000000000000"
+
+    assert call(replica, "PATCH", f"/users/{missing}", {"role": "admin"},
+                admin.bearer).status == 404
+    assert call(replica, "DELETE", f"/users/{missing}", headers=admin.bearer).status == 404
+
+
+def test_an_admin_does_not_delete_their_own_account(replica: InMemoryReplica,
+                                                    admin: Session) -> None:
+    assert call(replica, "DELETE", f"/users/{admin.id}", headers=admin.bearer).status == 409
+
+
+def test_the_last_admin_is_not_demoted(replica: InMemoryReplica, admin: Session) -> None:
+    answer = call(replica, "PATCH", f"/users/{admin.id}", {"role": "listener"}, admin.bearer)
+
+    assert answer.status == 409
+
+
+def test_the_admin_password_from_the_environment_makes_admin_instead_of_a_setup_code(
+        tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path, auth=True, admin_password=ADMIN_PASSWORD)
+
+    session = login(replica, "admin", ADMIN_PASSWORD)
+
+    assert not (tmp_path / SETUP_CODE_FILE).exists()
+    assert call(replica, "GET", "/users", headers=session.bearer).status == 200
+    assert call(replica, "POST", "/auth/setup",
+                {"username": "root", "password": ADMIN_PASSWORD, "setup_code": "x"}
+                ).status == 409
+
+
+# options
+
+
+def options(tmp_path: Path, args: list[str], env: dict[str, str] | None = None) -> Options:
+    key = tmp_path / "cluster.key"
+    key.write_text(key_file_text())
+    parsed = Options(environ={"DISTPOTIFY_CLUSTER_KEY_FILE": str(key), **(env or {})})
+    parsed.parseOptions(["--node-id", "1", *args])
+    return parsed
+
+
+def test_auth_is_off_by_default_and_switched_on_by_option_or_environment(tmp_path: Path
+                                                                          ) -> None:
+    assert options(tmp_path, []).config.auth is False
+    assert options(tmp_path, ["--auth", "on"]).config.auth is True
+    assert options(tmp_path, [], {"DISTPOTIFY_AUTH": "on"}).config.auth is True
+
+
+def test_secrets_of_the_options_stay_out_of_the_configs_repr(tmp_path: Path) -> None:
+    config = options(tmp_path, ["--metrics-token", "scrape-secret"],
+                     {"DISTPOTIFY_ADMIN_PASSWORD": "admin-secret-1"}).config
+
+    assert (config.metrics_token, config.admin_password) == ("scrape-secret", "admin-secret-1")
+    assert "scrape-secret" not in repr(config) and "admin-secret-1" not in repr(config)
+
+
+def test_a_weak_admin_password_is_one_clear_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="DISTPOTIFY_ADMIN_PASSWORD: a password has at"
+                                               " least 8 characters"):
+        options(tmp_path, [], {"DISTPOTIFY_ADMIN_PASSWORD": "short"})
+
+
+# --auth off, /status and /metrics
+
+
+def test_with_auth_off_the_library_is_open_but_sessions_are_still_checked(tmp_path: Path
+                                                                          ) -> None:
+    replica = InMemoryReplica(tmp_path, auth=False)
+
+    assert call(replica, "GET", "/songs").status == 200
+    assert call(replica, "GET", "/status").status == 200
+    assert call(replica, "GET", "/auth/me").status == 401
+    assert call(replica, "GET", "/users").status == 401
+
+
+def test_with_auth_off_a_session_still_names_the_owner_of_what_it_creates(tmp_path: Path
+                                                                          ) -> None:
+    replica = InMemoryReplica(tmp_path, auth=False)
+    alice = listener(replica, first_admin(replica, tmp_path), "alice")
+
+    made = call(replica, "POST", "/playlists", {"name": "Mine"}, alice.bearer)
+    anonymous = call(replica, "POST", "/playlists", {"name": "Nobody's"})
+
+    assert made.json()["playlist"]["owner"] == alice.id
+    assert anonymous.json()["playlist"]["owner"] is None
+
+
+@pytest.mark.parametrize("path", ["/status", "/metrics"])
+def test_status_and_metrics_answer_the_cluster_admins_and_the_metrics_token(
+        tmp_path: Path, path: str) -> None:
+    replica = InMemoryReplica(tmp_path, auth=True, metrics_token="scrape-me")
+    admin = first_admin(replica, tmp_path)
+    alice = listener(replica, admin, "alice")
+
+    assert call(replica, "GET", path).status == 401
+    assert call(replica, "GET", path, headers=alice.bearer).status == 403
+    assert call(replica, "GET", path, headers=admin.bearer).status == 200
+    assert replica.call("GET", path).status == 200  # cluster-signed
+    assert call(replica, "GET", path, headers={"Authorization": "Bearer scrape-me"}
+                ).status == 200
+    assert call(replica, "GET", path, headers={"Authorization": "Bearer scrape-you"}
+                ).status == 401
+
+
+# passwords stay secret
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event) or "")
+        lines.append(repr(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_passwords_never_appear_in_logs_status_errors_or_reprs(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    secret = "Sekrit-Passw0rd-xyzzy"
+    replica = InMemoryReplica(tmp_path, auth=True)
+    answers = [call(replica, "POST", "/auth/setup",
+                    {"username": "root", "password": secret,
+                     "setup_code": setup_code(tmp_path)})]
+    answers.append(call(replica, "POST", "/auth/login", {"username": "root", "password": "x"}))
+    answers.append(call(replica, "POST", "/auth/login", {"username": "root", "password": secret}))
+    admin = answers[-1].json()
+    answers.append(call(replica, "POST", "/users", {"username": "bad", "password": secret,
+                                                    "role": "king"},
+                        {"Authorization": f"Bearer {admin['token']}"}))
+    answers.append(call(replica, "POST", "/users", {"username": "b a d", "password": secret},
+                        {"Authorization": f"Bearer {admin['token']}"}))
+    answers.append(replica.call("GET", "/status"))
+    users = replica.accounts.directory
+    stored = next(iter(users)).password_hash
+
+    texts = [a.body.decode() for a in answers] + log_lines + [repr(u) for u in users]
+    texts.append(repr(replica.service.config))
+    assert [a.status for a in answers] == [201, 401, 200, 400, 400, 200]
+    assert not [t for t in texts if secret in t or stored in t]
