@@ -19,14 +19,15 @@ from twisted.web.server import Request
 from distpotify.accounts import Accounts, public
 from distpotify.api.failures import answer_failure
 from distpotify.api.gate import COOKIE, actor_of, session_user
+from distpotify.api.outcomes import answer, request_key
 from distpotify.api.parsing import json_body, typed_routes
 from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.tokens import DEFAULT_TTL
 from distpotify.auth.users import User
 from distpotify.errors import NotFound, Unauthorized, Unavailable
-from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
+from distpotify.idempotency import IdempotencyKey
 from distpotify.store.metadata import Runner
-from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, json_response
+from distpotify.wire import json_response
 
 
 def session_cookie(request: Request, token: str, max_age: int = DEFAULT_TTL) -> bytes:
@@ -58,24 +59,9 @@ class AuthAPI:
         return await json_body(request, self._blocking)
 
     async def _key(self, request: Request) -> IdempotencyKey | None:
-        """The request's Idempotency-Key (400 if malformed), with its request's digest."""
-        header = request.getHeader(IDEMPOTENCY_KEY)
-        if header is None:
-            return None
-        text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
-        return await self._accounts.request_key(text, request.method, request.uri,
-                                                request.content)
+        return await request_key(request, self._accounts.request_key)
 
-    @staticmethod
-    def _answer(request: Request, outcome: Outcome) -> bytes:
-        if outcome.version is not None:
-            request.setHeader(VERSION, outcome.version.encode().encode())
-        if outcome.replayed:
-            request.setHeader(REPLAYED, b"true")
-        if outcome.body is None:
-            request.setResponseCode(outcome.status)
-            return b""
-        return json_response(request, outcome.status, outcome.body)
+    _answer = staticmethod(answer)
 
     @staticmethod
     def _user(request: Request) -> User:

@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.api.failures import answer_failure
 from distpotify.api.gate import actor_of, open_gate
+from distpotify.api.outcomes import answer, request_key
 from distpotify.api.parsing import (
     chunk_address,
     int_arg,
@@ -31,7 +32,7 @@ from distpotify.api.parsing import (
 )
 from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
 from distpotify.errors import ApiError, BadRequest, Behind, NotFound, Unavailable
-from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
+from distpotify.idempotency import IdempotencyKey
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.model import Version
@@ -39,11 +40,8 @@ from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS, Runner, SongSearch
 from distpotify.wire import (
-    IDEMPOTENCY_KEY,
     MIN_VERSION,
-    REPLAYED,
     SERVED_BY,
-    VERSION,
     json_error,
     json_response,
 )
@@ -83,26 +81,9 @@ class PublicAPI:
     # writes: an optional Idempotency-Key in, an Outcome and its version out
 
     async def _key(self, request: Request) -> IdempotencyKey | None:
-        """The request's Idempotency-Key (400 if malformed), with its request's digest."""
-        header = request.getHeader(IDEMPOTENCY_KEY)
-        if header is None:
-            return None
-        text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
-        return await self._library.request_key(text, request.method, request.uri,
-                                               request.content)
+        return await request_key(request, self._library.request_key)
 
-    @staticmethod
-    def _answer(request: Request, outcome: Outcome) -> bytes:
-        """A write's answer: its status and body, the version it made, and whether a key's
-        stored outcome answered it again."""
-        assert outcome.version is not None
-        request.setHeader(VERSION, outcome.version.encode().encode())
-        if outcome.replayed:
-            request.setHeader(REPLAYED, b"true")
-        if outcome.body is None:
-            request.setResponseCode(outcome.status)
-            return b""
-        return json_response(request, outcome.status, outcome.body)
+    _answer = staticmethod(answer)
 
     # status
 

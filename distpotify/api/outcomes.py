@@ -1,0 +1,40 @@
+"""A write over HTTP: the Idempotency-Key a request carries in, the Outcome it answers out
+(status, JSON body, the version it made, whether a stored outcome answered it again). Shared
+by every API that writes (the library's and the accounts')."""
+# test-case-name: tests.unit.test_idempotency
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+
+from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
+from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, json_response
+
+KeyOf = Callable[[str, bytes, bytes, "IO[bytes] | None"], Deferred[IdempotencyKey]]
+
+
+async def request_key(request: Request, key_of: KeyOf) -> IdempotencyKey | None:
+    """The request's Idempotency-Key (400 if malformed), with its request's digest as
+    ``key_of`` (Library.request_key) makes it; None if it sent none."""
+    header = request.getHeader(IDEMPOTENCY_KEY)
+    if header is None:
+        return None
+    text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
+    return await key_of(text, request.method, request.uri, request.content)
+
+
+def answer(request: Request, outcome: Outcome) -> bytes:
+    """A write's answer: its status and body, the version it made, and whether a key's
+    stored outcome answered it again."""
+    if outcome.version is not None:
+        request.setHeader(VERSION, outcome.version.encode().encode())
+    if outcome.replayed:
+        request.setHeader(REPLAYED, b"true")
+    if outcome.body is None:
+        request.setResponseCode(outcome.status)
+        return b""
+    return json_response(request, outcome.status, outcome.body)
