@@ -119,10 +119,18 @@ class Stack:
             node.kill()
 
 
-def start_stack(root: Path, started: list[ReplicaProcess]) -> Stack:
-    cluster = Cluster(root, started)
+def start_stack(root: Path, started: list[ReplicaProcess], *replica_args: str,
+                env: dict[str, str] | None = None,
+                status_headers: dict[str, str] | None = None) -> Stack:
+    """Three replicas (given ``replica_args`` and ``env``: ``--auth on``,
+    DISTPOTIFY_ADMIN_PASSWORD) and the proxy; ``status_headers`` go with the helpers' own
+    /status reads (a ``--metrics-token`` bearer)."""
+    cluster = Cluster(root, started, *replica_args)
+    cluster.status_headers.update(status_headers or {})
     for node_id in (1, 2, 3):
-        cluster.add(node_id)
+        node = cluster.add(node_id, start=False)
+        node.env = {**node.env, **(env or {})}
+        node.start(wait=False)
     # Bully settles on the highest id; an earlier agreement (on 2) may still be overturned.
     wait_until(lambda: (s := cluster.agreed_leader()) is not None and s["node_id"] == 3,
                timeout=30, what="three replicas to agree on node 3")
