@@ -196,7 +196,7 @@ class SongList {
   }
 
   deleteButton(song, label) {
-    const button = el("button", { type: "button", class: "icon danger", "aria-label": `Delete ${label}`, title: "Delete" }, "🗑");
+    const button = el("button", { type: "button", class: "icon danger", "aria-label": `Delete ${label}`, title: "Delete" }, "✕");
     button.addEventListener("click", () => {
       // Two presses: no accidental delete, and no blocking confirm() box.
       if (!button.classList.contains("armed")) {
