@@ -18,8 +18,10 @@ export class Account extends EventTarget {
     sessions.addEventListener("unauthorized", () => {
       // A session that ended (expired, logout-all, a password change elsewhere) or none where
       // one is needed: ask again; whatever plays keeps playing.
+      // Anonymous and refused: the server requires accounts. A session refused is one that
+      // ended; whether anonymous reads are allowed stays as found at start.
       const hadUser = this.user !== null;
-      this.required = true;
+      if (!hadUser) this.required = true;
       if (hadUser) this.setUser(null);
       this.askLogin(hadUser ? "Your session has ended: log in again. Playback goes on meanwhile." : null);
     });
