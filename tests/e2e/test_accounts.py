@@ -161,6 +161,9 @@ def test_an_admin_creates_a_listener_who_logs_in_and_sees_no_admin_page(
     song = accounts_stack.upload(make_audio(tmp_path / "old.ogg", "ogg", 2.5, {
         "title": "Older Than Accounts", "artist": "Nobody In Particular"}), "audio/ogg")
     accounts_stack.wait_replicated(song)
+    status, body = api(accounts_stack, "POST", "/playlists",
+                       {"name": "Admin Public", "public": True}, admin_token(accounts_stack))
+    assert status == 201, body
     page.open()
     log_in(page, "admin", ADMIN_PASSWORD)
     expect(who(page)).to_have_text("admin (admin)")
@@ -187,6 +190,16 @@ def test_an_admin_creates_a_listener_who_logs_in_and_sees_no_admin_page(
     row = page.row("Older Than Accounts")
     expect(row).to_be_visible()
     expect(row.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
+    # An admin's public playlist is hers to play, not to change.
+    page.go("#/playlists")
+    card = page.page.locator("#playlist-list li", has_text="Admin Public")
+    expect(card).to_contain_text("public")
+    expect(card).to_contain_text("read-only")
+    card.get_by_role("link").click()
+    expect(page.page.get_by_test_id("playlist-title")).to_have_text("Admin Public")
+    expect(page.page.locator("#playlist-delete")).to_be_hidden()
+    expect(page.page.locator("#playlist-rename")).to_be_hidden()
+    expect(page.page.locator("#playlist-public-label")).to_be_hidden()
     # Her own playlist is hers to change.
     page.go("#/playlists")
     page.page.locator("#new-playlist-name").fill("Lena's Mix")
