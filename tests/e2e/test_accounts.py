@@ -277,6 +277,59 @@ def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
     assert unexpected_errors(page) == []
 
 
+def test_where_a_login_is_required_it_comes_first_and_a_401_later_asks_again_over_the_music(
+    page: PlayerPage, accounts_stack: Stack, tmp_path: Path
+) -> None:
+    """What ``--auth on`` will do to the page, with the library's 401s played by Playwright's
+    router (the proxy cannot run in front of ``--auth on`` replicas yet): the login and the
+    rest of the session are the real cluster's."""
+    require_ffmpeg()
+    song = accounts_stack.upload(make_audio(tmp_path / "required.mp3", "mp3", 30.0, {
+        "title": "Required Listening", "artist": "The Gatekeepers"}), "audio/mpeg")
+    accounts_stack.wait_replicated(song)
+    refusing = True
+
+    def library(route: Any) -> None:
+        if refusing:
+            route.fulfill(status=401, content_type="application/json",
+                          headers={"WWW-Authenticate": "Bearer"},
+                          body='{"error": "unauthorized", "message": "log in first"}')
+        else:
+            route.continue_()
+
+    # The library's reads only, never the <audio> element's stream.
+    page.page.route(lambda url: "/songs?" in url or url.endswith("/playlists"), library)
+    page.open()
+
+    dialog = page.page.locator("#login-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.page.locator("#login-cancel")).to_be_hidden()
+    page.page.keyboard.press("Escape")
+    expect(dialog).to_be_visible()
+
+    refusing = False
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    page.play("Required Listening")
+    page.wait_playing_past(0.5)
+
+    refusing = True  # the session ends (expired, logout-all elsewhere)
+    page.go("#/playlists")
+
+    expect(dialog).to_be_visible()
+    expect(page.page.locator("#login-reason")).to_contain_text("session has ended")
+    expect(who(page)).to_be_hidden()
+    playing_at = page.current_time()
+    assert page.audio("audio.paused") is False
+    refusing = False
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    expect(page.page.locator("#view-playlists")).to_be_visible()
+    expect(page.page.locator("#playlist-list")).not_to_contain_text("Could not load")
+    page.wait_playing_past(playing_at + 0.5)
+    assert unexpected_errors(page) == []
+
+
 def test_a_wrong_login_says_so_and_too_many_say_how_long_to_wait(page: PlayerPage) -> None:
     # Last in the module: it leaves the name "mallory" waiting.
     page.open()

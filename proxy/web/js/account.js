@@ -22,8 +22,8 @@ export class Account extends EventTarget {
       // ended; whether anonymous reads are allowed stays as found at start.
       const hadUser = this.user !== null;
       if (!hadUser) this.required = true;
-      if (hadUser) this.setUser(null);
       this.askLogin(hadUser ? "Your session has ended: log in again. Playback goes on meanwhile." : null);
+      if (hadUser) this.setUser(null);
     });
   }
 
@@ -76,8 +76,11 @@ export class Account extends EventTarget {
 
   askLogin(reason = null) {
     const dialog = $("login-dialog");
-    $("login-reason").hidden = !reason;
-    $("login-reason").textContent = reason || "";
+    // More 401s follow the first one (the views read again): they keep its reason.
+    if (reason || !dialog.open) {
+      $("login-reason").hidden = !reason;
+      $("login-reason").textContent = reason || "";
+    }
     $("login-cancel").hidden = this.required;
     if (!dialog.open) {
       $("login-error").hidden = true;

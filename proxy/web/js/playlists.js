@@ -77,8 +77,9 @@ export class Playlists {
     $("playlists-empty").hidden = all.length > 0;
     $("playlist-list").replaceChildren(...all.map((playlist) => el("li", {},
       el("a", { href: `#/playlists/${playlist.id}` }, el("strong", {}, playlist.name),
-        playlist.public ? el("span", { class: "badge" }, "public") : null,
-        this.mine(playlist) ? null : el("span", { class: "badge" }, "read-only")))));
+        el("span", { class: "badges" },
+          playlist.public ? el("span", { class: "badge" }, "public") : null,
+          this.mine(playlist) ? null : el("span", { class: "badge" }, "read-only"))))));
   }
 
   async open(id) {
