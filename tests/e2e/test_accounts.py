@@ -190,6 +190,19 @@ def test_an_admin_creates_a_listener_who_logs_in_and_sees_no_admin_page(
     row = page.row("Older Than Accounts")
     expect(row).to_be_visible()
     expect(row.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
+    # What she uploads is hers (uploaded_by): she may delete it.
+    mine = make_audio(tmp_path / "lena.ogg", "ogg", 2.5, {
+        "title": "Lena Uploaded This", "artist": "Lena"})
+    page.upload(mine)
+    expect(page.upload_state(mine.name)).to_contain_text("added: Lena Uploaded This",
+                                                         timeout=30_000)
+    page.go("#/library")
+    own = page.row("Lena Uploaded This")
+    expect(own.get_by_role("button", name=re.compile("^Delete Lena Uploaded This"))).to_be_visible()
+    expect(row.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
+    own.get_by_role("button", name=re.compile("^Delete Lena Uploaded This")).click()
+    own.get_by_role("button", name=re.compile("^Really delete Lena Uploaded This")).click()
+    expect(own).to_have_count(0)
     # An admin's public playlist is hers to play, not to change.
     page.go("#/playlists")
     card = page.page.locator("#playlist-list li", has_text="Admin Public")
