@@ -86,7 +86,7 @@ export class Account extends EventTarget {
       $("login-error").hidden = true;
       $("login-password").value = "";
       dialog.showModal();
-      $(this.user || !$("login-username").value ? "login-username" : "login-password").focus();
+      $($("login-username").value ? "login-password" : "login-username").focus();
     }
   }
 
@@ -171,7 +171,7 @@ export class Account extends EventTarget {
 }
 
 function waitText(seconds) {
-  if (!Number.isFinite(seconds) || seconds === null) return "a while";
+  if (!Number.isFinite(seconds)) return "a while";
   return seconds < 90 ? `${seconds} s` : `${Math.ceil(seconds / 60)} min`;
 }
 
