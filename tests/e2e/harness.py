@@ -119,10 +119,18 @@ class Stack:
             node.kill()
 
 
-def start_stack(root: Path, started: list[ReplicaProcess]) -> Stack:
-    cluster = Cluster(root, started)
+def start_stack(root: Path, started: list[ReplicaProcess], *replica_args: str,
+                env: dict[str, str] | None = None,
+                status_headers: dict[str, str] | None = None) -> Stack:
+    """Three replicas (given ``replica_args`` and ``env``: ``--auth on``,
+    DISTPOTIFY_ADMIN_PASSWORD) and the proxy; ``status_headers`` go with the helpers' own
+    /status reads (a ``--metrics-token`` bearer)."""
+    cluster = Cluster(root, started, *replica_args)
+    cluster.status_headers.update(status_headers or {})
     for node_id in (1, 2, 3):
-        cluster.add(node_id)
+        node = cluster.add(node_id, start=False)
+        node.env = {**node.env, **(env or {})}
+        node.start(wait=False)
     # Bully settles on the highest id; an earlier agreement (on 2) may still be overturned.
     wait_until(lambda: (s := cluster.agreed_leader()) is not None and s["node_id"] == 3,
                timeout=30, what="three replicas to agree on node 3")
@@ -151,8 +159,13 @@ class PlayerPage:
         self.page.on("response", self._response)
 
     def _console(self, message: ConsoleMessage) -> None:
+        url = message.location.get("url") or ""
+        # The player's first question, GET /auth/me, is answered 401 when nobody is logged
+        # in; Chromium logs every 4xx a fetch gets. That one is an answer, not an error.
+        if "status of 401" in message.text and url.endswith("/auth/me"):
+            return
         if message.type == "error":
-            self.console_errors.append(f"{message.text} ({message.location.get('url')})")
+            self.console_errors.append(f"{message.text} ({url})")
 
     def _response(self, response: Response) -> None:
         if re.search(r"/songs/[^/]+/stream$", response.url):

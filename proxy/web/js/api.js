@@ -6,11 +6,23 @@ export const PAGE_MAX = 500; // the replicas' largest page of /songs
 // Fired with {node, path} after every answer that names the replica which served it.
 export const served = new EventTarget();
 
+// Fired ("unauthorized", {path}) when a call outside /auth/ is answered 401: the session is
+// missing, expired or ended (a password change, logout-all). The page asks for a login and
+// leaves the <audio> element alone.
+export const sessions = new EventTarget();
+
+function noteUnauthorized(status, path) {
+  if (status === 401 && !path.startsWith("/auth/")) {
+    sessions.dispatchEvent(new CustomEvent("unauthorized", { detail: { path } }));
+  }
+}
+
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter = null) {
     super(message);
     this.status = status; // 0: the proxy could not be reached
     this.code = code;
+    this.retryAfter = retryAfter; // seconds, from Retry-After (a 429 or 503)
   }
 
   describe() {
@@ -36,7 +48,8 @@ async function errorFrom(response) {
   } catch {
     // not JSON: keep the status line
   }
-  return new ApiError(response.status, code, message);
+  const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+  return new ApiError(response.status, code, message, Number.isFinite(retryAfter) ? retryAfter : null);
 }
 
 export function retryDelayMs(retryAfter, attempt) {
@@ -54,9 +67,12 @@ const idempotencyKey = () => `"${uuid4()}"`;
 // One API call; JSON in and out. A 503 on a write (no leader during an election) is retried
 // under the same Idempotency-Key after Retry-After for up to 30 s, telling `onRetry` so the
 // page can say why it waits. Reads need no re-reading after our own writes: the proxy's
-// session cookie makes them wait for those writes (read your writes).
+// session cookie makes them wait for those writes (read your writes). The account's session
+// is the distpotify_session cookie (HttpOnly, set by POST /auth/login): sent with every
+// same-origin request, <audio> streams included; no Authorization header is ever added (a
+// write authenticated by cookie passes the replicas' CSRF rule by the Origin Chromium sends).
 export async function call(path, { method = "GET", json, signal, onRetry } = {}) {
-  const init = { method, signal, headers: { Accept: "application/json" } };
+  const init = { method, signal, credentials: "same-origin", headers: { Accept: "application/json" } };
   if (method !== "GET") init.headers["Idempotency-Key"] = idempotencyKey();
   if (json !== undefined) {
     init.body = JSON.stringify(json);
@@ -78,6 +94,7 @@ export async function call(path, { method = "GET", json, signal, onRetry } = {})
       await sleep(retryDelayMs(response.headers.get("Retry-After"), attempt));
       continue;
     }
+    noteUnauthorized(response.status, path);
     if (!response.ok) throw await errorFrom(response);
     if (response.status === 204) return null;
     return response.json();
@@ -94,6 +111,7 @@ export const songs = {
     return call(`/songs?${query}`, { signal });
   },
   get: (id) => call(`/songs/${encodeURIComponent(id)}`),
+  remove: (id, onRetry) => call(`/songs/${encodeURIComponent(id)}`, { method: "DELETE", onRetry }),
   streamUrl: (id) => `/songs/${encodeURIComponent(id)}/stream`,
 };
 
@@ -125,12 +143,38 @@ export const playlists = {
   rename: (id, name, onRetry) =>
     call(`/playlists/${encodeURIComponent(id)}`, { method: "PATCH", json: { name }, onRetry })
       .then((body) => body.playlist),
+  setPublic: (id, isPublic, onRetry) =>
+    call(`/playlists/${encodeURIComponent(id)}`, { method: "PATCH", json: { public: isPublic }, onRetry })
+      .then((body) => body.playlist),
   remove: (id, onRetry) => call(`/playlists/${encodeURIComponent(id)}`, { method: "DELETE", onRetry }),
   addItem: (id, songId, onRetry) =>
     call(`/playlists/${encodeURIComponent(id)}/items`, { method: "POST", json: { song_id: songId }, onRetry })
       .then((body) => body.item),
   removeItem: (id, itemId, onRetry) =>
     call(`/playlists/${encodeURIComponent(id)}/items/${encodeURIComponent(itemId)}`, { method: "DELETE", onRetry }),
+};
+
+// Accounts (docs/architecture.md 3.7). me() resolves the user, or null for no session (401).
+export const auth = {
+  me: () => call("/auth/me").then((body) => body.user, (error) => {
+    if (error.status === 401) return null;
+    throw error;
+  }),
+  login: (username, password) =>
+    call("/auth/login", { method: "POST", json: { username, password } }).then((body) => body.user),
+  logout: () => call("/auth/logout", { method: "POST" }),
+  changePassword: (oldPassword, password) =>
+    call("/auth/password", { method: "PUT", json: { old_password: oldPassword, password } }),
+};
+
+// Admins only: the cluster's accounts.
+export const users = {
+  list: () => call("/users").then((body) => body.users),
+  create: (username, password, role, onRetry) =>
+    call("/users", { method: "POST", json: { username, password, role }, onRetry }).then((body) => body.user),
+  update: (id, changes, onRetry) =>
+    call(`/users/${encodeURIComponent(id)}`, { method: "PATCH", json: changes, onRetry }),
+  remove: (id, onRetry) => call(`/users/${encodeURIComponent(id)}`, { method: "DELETE", onRetry }),
 };
 
 export const cluster = {
@@ -166,6 +210,7 @@ export function upload(file, { onProgress, onRetry } = {}) {
     xhr.upload.onprogress = (event) => onProgress?.(event.loaded, event.lengthComputable ? event.total : file.size);
     xhr.onload = () => {
       noteServedBy(xhr.getResponseHeader("X-Served-By"), "/songs");
+      noteUnauthorized(xhr.status, "/songs");
       const body = xhr.response;
       if (xhr.status === 200 || xhr.status === 201) {
         resolve({ song: body.song, duplicate: xhr.status === 200 });

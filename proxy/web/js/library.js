@@ -5,7 +5,7 @@
 import { allSongs, songs as songApi } from "./api.js";
 import {
   $, debounce, el, errorText, fold, formatTime, plural, reportError, songAlbum, songArtist,
-  songTitle,
+  songTitle, toast,
 } from "./ui.js";
 
 const PAGE = 100; // songs per request of the windowed list
@@ -190,14 +190,40 @@ class SongList {
         el("button", { type: "button", class: "icon", "aria-label": `Add ${label} to the queue`, title: "Add to queue",
           onclick: () => this.actions.enqueue(song) }, "⤓"),
         el("button", { type: "button", class: "icon", "aria-label": `Add ${label} to a playlist`, title: "Add to playlist",
-          onclick: () => this.actions.addToPlaylist(song) }, "+")));
+          onclick: () => this.actions.addToPlaylist(song) }, "+"),
+        // Only on the songs this account may delete (its own uploads; any, for an admin).
+        this.actions.mayEdit?.(song) ? this.deleteButton(song, label) : null));
+  }
+
+  deleteButton(song, label) {
+    const button = el("button", { type: "button", class: "icon danger", "aria-label": `Delete ${label}`, title: "Delete" }, "✕");
+    button.addEventListener("click", () => {
+      // Two presses: no accidental delete, and no blocking confirm() box.
+      if (!button.classList.contains("armed")) {
+        button.classList.add("armed");
+        button.title = "Press again to delete";
+        button.setAttribute("aria-label", `Really delete ${label}?`);
+        setTimeout(() => {
+          button.classList.remove("armed");
+          button.title = "Delete";
+          button.setAttribute("aria-label", `Delete ${label}`);
+        }, 4000);
+        return;
+      }
+      songApi.remove(song.id).then(() => {
+        known.delete(song.id);
+        toast(`Deleted “${songTitle(song)}”`);
+        this.actions.deleted?.(song);
+      }).catch(reportError("Deleting the song failed"));
+    });
+    return button;
   }
 }
 
 export class Library {
   constructor(actions) {
     this.actions = actions;
-    this.list = new SongList($("song-list"), actions);
+    this.list = new SongList($("song-list"), { ...actions, deleted: () => this.invalidate() });
     this.list.onrender = () => this.showCount();
     this.scope = { kind: "all", name: "" };
     this.generation = 0;

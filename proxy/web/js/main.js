@@ -1,5 +1,6 @@
 // The web player's entry point: builds the views, routes #/... to them, keyboard shortcuts.
 
+import { Account } from "./account.js";
 import { served } from "./api.js";
 import { ClusterView } from "./cluster.js";
 import { Library, remember } from "./library.js";
@@ -7,17 +8,21 @@ import { Player } from "./player.js";
 import { Playlists } from "./playlists.js";
 import { $, isTyping } from "./ui.js";
 import { Uploader } from "./upload.js";
+import { UsersView } from "./users.js";
 
+const account = new Account();
 let playlists;
 const player = new Player({ addToPlaylist: (song) => playlists.chooseFor(song) });
-playlists = new Playlists(player);
+playlists = new Playlists(player, account);
 const library = new Library({
   play: (song) => player.playNow(song),
   enqueue: (song) => player.enqueue(song),
   addToPlaylist: (song) => playlists.chooseFor(song),
   playAll: (list) => player.playAll(list),
+  mayEdit: (song) => account.mayEdit(song.uploaded_by),
 });
 const clusterView = new ClusterView();
+const usersView = new UsersView(account);
 new Uploader({ onUploaded: (song) => { remember([song]); library.invalidate(); } });
 
 served.addEventListener("served", (event) => {
@@ -26,7 +31,8 @@ served.addEventListener("served", (event) => {
   pill.title = `The replica that answered ${event.detail.path} (X-Served-By)`;
 });
 
-// #/library, #/artists[/NAME], #/albums[/NAME], #/playlists[/ID], #/queue, #/upload, #/cluster
+// #/library, #/artists[/NAME], #/albums[/NAME], #/playlists[/ID], #/queue, #/upload, #/cluster,
+// #/users (admins)
 function route() {
   const [name = "library", ...rest] = location.hash.replace(/^#\/?/, "").split("/");
   const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
@@ -53,6 +59,12 @@ function route() {
     case "queue":
     case "upload":
     case "cluster":
+      break;
+    case "users":
+      if (!account.isAdmin) {
+        view = nav = "library";
+        library.show();
+      } else usersView.show();
       break;
     default:
       view = nav = "library";
@@ -95,5 +107,13 @@ document.addEventListener("keydown", (event) => {
   event.preventDefault();
 });
 
-route();
-clusterView.start();
+// Someone logged in or out: what the views show depends on who (and the session they read
+// with), so the current view is read again. The <audio> element is left alone.
+account.start().then(() => {
+  account.addEventListener("change", () => {
+    library.invalidate();
+    route();
+  });
+  route();
+  clusterView.start();
+});

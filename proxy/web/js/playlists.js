@@ -1,5 +1,6 @@
-// Playlists: the list, one playlist (play it in order, rename, delete, remove items), and the
-// "add to playlist" dialog used from the library and the queue.
+// Playlists: the list, one playlist (play it in order, rename, make public, delete, remove
+// items), and the "add to playlist" dialog used from the library and the queue. What changes a
+// playlist shows only to its owner and to admins (a public one is read-only to others).
 
 import { playlists as api } from "./api.js";
 import { songById } from "./library.js";
@@ -16,8 +17,9 @@ const electionNotice = () => {
 const playable = (songs) => songs.filter((song) => !song.missing);
 
 export class Playlists {
-  constructor(player) {
+  constructor(player, account) {
     this.player = player;
+    this.account = account;
     this.current = null;
     this.deleteArmed = false;
     $("new-playlist").addEventListener("submit", (event) => {
@@ -50,6 +52,17 @@ export class Playlists {
       }).catch(reportError("Renaming failed"));
     });
     $("playlist-delete").addEventListener("click", () => this.deleteClicked());
+    $("playlist-public").addEventListener("change", () => {
+      if (!this.current) return;
+      const wanted = $("playlist-public").checked;
+      api.setPublic(this.current.id, wanted, electionNotice()).then(() => {
+        this.current.public = wanted;
+        toast(wanted ? `“${this.current.name}” is public: everyone may play it` : `“${this.current.name}” is private`);
+      }).catch((error) => {
+        $("playlist-public").checked = !wanted;
+        reportError("Changing the playlist failed")(error);
+      });
+    });
     this.wireDialog();
   }
 
@@ -63,7 +76,10 @@ export class Playlists {
     }
     $("playlists-empty").hidden = all.length > 0;
     $("playlist-list").replaceChildren(...all.map((playlist) => el("li", {},
-      el("a", { href: `#/playlists/${playlist.id}` }, el("strong", {}, playlist.name)))));
+      el("a", { href: `#/playlists/${playlist.id}` }, el("strong", {}, playlist.name),
+        el("span", { class: "badges" },
+          playlist.public ? el("span", { class: "badge" }, "public") : null,
+          this.mine(playlist) ? null : el("span", { class: "badge" }, "read-only"))))));
   }
 
   async open(id) {
@@ -82,6 +98,11 @@ export class Playlists {
       return;
     }
     this.current = playlist;
+    const mine = this.mine(playlist);
+    $("playlist-rename").hidden = !mine;
+    $("playlist-delete").hidden = !mine;
+    $("playlist-public-label").hidden = !mine || playlist.public === undefined;
+    $("playlist-public").checked = Boolean(playlist.public);
     $("playlist-title").textContent = playlist.name;
     const seconds = playlist.songs.reduce((sum, song) => sum + (song.duration || 0), 0);
     $("playlist-count").textContent = `${plural(playlist.songs.length, "song")} · ${formatTime(seconds)}`;
@@ -100,9 +121,9 @@ export class Playlists {
         el("span", { class: "actions" },
           el("button", { type: "button", class: "icon", "aria-label": `Add ${label} to the queue`, title: "Add to queue", disabled: song.missing,
             onclick: () => this.player.enqueue(song) }, "⤓"),
-          el("button", { type: "button", class: "icon", "aria-label": `Remove ${label} from the playlist`, title: "Remove from playlist",
+          mine ? el("button", { type: "button", class: "icon", "aria-label": `Remove ${label} from the playlist`, title: "Remove from playlist",
             onclick: () => api.removeItem(playlist.id, item.id, electionNotice())
-              .then(() => this.open(playlist.id)).catch(reportError("Removing failed")) }, "×")));
+              .then(() => this.open(playlist.id)).catch(reportError("Removing failed")) }, "×") : null));
     }));
   }
 
@@ -131,6 +152,12 @@ export class Playlists {
 
   readList() {
     return api.list();
+  }
+
+  // May this account change the playlist? (Its owner, or an admin; anyone with --auth off and
+  // nobody logged in, as before accounts.)
+  mine(playlist) {
+    return this.account.mayEdit(playlist.owner);
   }
 
   // ---- the "add to playlist" dialog
@@ -163,7 +190,7 @@ export class Playlists {
     $("add-dialog-list").replaceChildren(el("li", { class: "muted" }, "Loading playlists…"));
     $("add-dialog").showModal();
     try {
-      const all = await this.readList();
+      const all = (await this.readList()).filter((playlist) => this.mine(playlist));
       $("add-dialog-list").replaceChildren(...all.map((playlist) => el("li", {},
         el("button", { type: "button", onclick: () => this.addTo(playlist) }, playlist.name))));
       if (!all.length) $("add-dialog-list").replaceChildren(el("li", { class: "muted" }, "No playlists yet: name a new one below."));

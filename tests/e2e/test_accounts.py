@@ -1,0 +1,362 @@
+"""Accounts in the web player, in a real headless Chromium behind the real proxy: the login
+dialog and its errors, who is logged in, log out, what a role may not do hidden, the admin's
+users page, a listener an admin created logging in, and playback going on across a re-login.
+
+The replicas run with ``--auth off`` and an admin made by DISTPOTIFY_ADMIN_PASSWORD: the
+proxy polls the replicas' /status unsigned, which ``--auth on`` refuses (401), so behind
+``--auth on`` the proxy finds no replica to send anything to yet. Sessions work the same
+either way (``/auth/*`` and ``/users`` check them, and a request with a session acts as its
+account), so everything here but "anonymous is refused" runs as it will with ``--auth on``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import PlayerPage, Stack, player_page, start_stack
+from tests.helpers.audio import make_audio, require_ffmpeg
+from tests.helpers.replica import ReplicaProcess
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the browser fixture skips (or fails in CI) before any test body runs
+    expect = None  # type: ignore[assignment]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+ADMIN_PASSWORD = "admin-e2e-Pa55word"
+
+# What Chromium logs for an answer it was told to expect: the 401 of GET /auth/me with no
+# session, of a wrong login, and the 429 of too many. Anything else (a CSP refusal, an
+# uncaught error) is a failure.
+EXPECTED_REFUSAL = re.compile(
+    r"Failed to load resource: the server responded with a status of (401|429)")
+
+
+def unexpected_errors(player: PlayerPage) -> list[str]:
+    return [line for line in player.console_errors if not EXPECTED_REFUSAL.search(line)]
+
+
+@pytest.fixture(scope="module")
+def accounts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Three replicas with an admin (``admin`` / ADMIN_PASSWORD) behind the proxy."""
+    started: list[ReplicaProcess] = []
+    try:
+        stack = start_stack(tmp_path_factory.mktemp("accounts"), started,
+                            env={"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    except BaseException:
+        for node in started:
+            node.kill()
+        raise
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def page(browser: Any, accounts_stack: Stack, request: pytest.FixtureRequest
+         ) -> Iterator[PlayerPage]:
+    yield from player_page(browser, accounts_stack.url, request, {"width": 1280, "height": 800})
+
+
+def api(stack: Stack, method: str, path: str, value: Any = None,
+        token: str | None = None) -> tuple[int, Any]:
+    """A JSON call through the proxy, as a script would make it (a bearer token, if given)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None if value is None else json.dumps(value).encode()
+    req = urllib.request.Request(stack.url.rstrip("/") + path, body, headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        return error.code, json.loads(raw) if raw else None
+
+
+def admin_token(stack: Stack) -> str:
+    status, body = api(stack, "POST", "/auth/login",
+                       {"username": "admin", "password": ADMIN_PASSWORD})
+    assert status == 200, body
+    return body["token"]
+
+
+def log_in(player: PlayerPage, username: str, password: str) -> None:
+    dialog = player.page.locator("#login-dialog")
+    if not dialog.is_visible():
+        player.page.locator("#account-login").click()
+    expect(dialog).to_be_visible()
+    player.page.locator("#login-username").fill(username)
+    player.page.locator("#login-password").fill(password)
+    player.page.locator("#login-submit").click()
+
+
+def log_out(player: PlayerPage) -> None:
+    player.page.locator("#account-logout").click()
+    expect(player.page.get_by_test_id("account")).to_be_hidden()
+    expect(player.page.locator("#account-login")).to_be_visible()
+
+
+def who(player: PlayerPage) -> Any:
+    return player.page.get_by_test_id("account")
+
+
+def test_an_admin_logs_in_uploads_plays_makes_a_playlist_and_logs_out(
+    page: PlayerPage, tmp_path: Path
+) -> None:
+    require_ffmpeg()
+    file = make_audio(tmp_path / "admin-upload.mp3", "mp3", 6.0, {
+        "title": "Admin Anthem", "artist": "The Accounts", "album": "Logged In"})
+    page.open()
+    # Not required here (--auth off): nobody is logged in, the library answers, a login is
+    # offered rather than forced.
+    expect(page.page.locator("#account-login")).to_be_visible()
+    expect(page.page.locator("#nav-users")).to_be_hidden()
+
+    log_in(page, "admin", ADMIN_PASSWORD)
+
+    expect(who(page)).to_have_text("admin (admin)")
+    expect(page.page.locator("#login-dialog")).to_be_hidden()
+    expect(page.page.locator("#nav-users")).to_be_visible()
+    page.upload(file)
+    expect(page.upload_state(file.name)).to_contain_text("added: Admin Anthem", timeout=30_000)
+    page.go("#/library")
+    row = page.row("Admin Anthem")
+    expect(row.get_by_role("button", name=re.compile("^Delete Admin Anthem"))).to_be_visible()
+    page.play("Admin Anthem")
+    page.wait_playing_past(0.5)
+    row.get_by_role("button", name=re.compile("to a playlist$")).click()
+    page.page.locator("#add-dialog-new").fill("Admin Picks")
+    page.page.locator("#add-dialog-create").click()
+    expect(page.page.locator("#add-dialog")).to_be_hidden()
+    page.go("#/playlists")
+    page.page.get_by_role("link", name=re.compile("^Admin Picks")).click()
+    expect(page.page.get_by_test_id("playlist-title")).to_have_text("Admin Picks")
+    expect(page.page.locator("#playlist-items .row")).to_contain_text("Admin Anthem")
+    expect(page.page.locator("#playlist-public-label")).to_be_visible()
+    page.page.locator("#playlist-public").check()
+    expect(page.page.locator("#toasts")).to_contain_text("is public")
+
+    log_out(page)
+
+    expect(page.page.locator("#nav-users")).to_be_hidden()
+    assert unexpected_errors(page) == []
+
+
+def test_an_admin_creates_a_listener_who_logs_in_and_sees_no_admin_page(
+    page: PlayerPage, accounts_stack: Stack, tmp_path: Path
+) -> None:
+    require_ffmpeg()
+    # A song from before accounts (uploaded with no session): admins' only.
+    song = accounts_stack.upload(make_audio(tmp_path / "old.ogg", "ogg", 2.5, {
+        "title": "Older Than Accounts", "artist": "Nobody In Particular"}), "audio/ogg")
+    accounts_stack.wait_replicated(song)
+    status, body = api(accounts_stack, "POST", "/playlists",
+                       {"name": "Admin Public", "public": True}, admin_token(accounts_stack))
+    assert status == 201, body
+    page.open()
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    page.page.get_by_role("link", name="Users").click()
+    expect(page.page.locator("#users-rows tr[data-username='admin']")).to_contain_text("admin")
+
+    page.page.locator("#new-user-name").fill("lena")
+    page.page.locator("#new-user-password").fill("lena-listens-1")
+    page.page.locator("#new-user-role").select_option("listener")
+    page.page.get_by_role("button", name="Create user").click()
+
+    lena = page.page.locator("#users-rows tr[data-username='lena']")
+    expect(lena.locator(".user-role")).to_have_text("listener")
+    expect(lena.locator(".user-state")).to_have_text("enabled")
+    log_out(page)
+
+    log_in(page, "lena", "lena-listens-1")
+
+    expect(who(page)).to_have_text("lena (listener)")
+    expect(page.page.locator("#nav-users")).to_be_hidden()
+    page.go("#/users")  # typed by hand: the library instead
+    expect(page.page.locator("#view-users")).to_be_hidden()
+    expect(page.page.locator("#view-library")).to_be_visible()
+    row = page.row("Older Than Accounts")
+    expect(row).to_be_visible()
+    expect(row.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
+    # What she uploads is hers (uploaded_by): she may delete it.
+    mine = make_audio(tmp_path / "lena.ogg", "ogg", 2.5, {
+        "title": "Lena Uploaded This", "artist": "Lena"})
+    page.upload(mine)
+    expect(page.upload_state(mine.name)).to_contain_text("added: Lena Uploaded This",
+                                                         timeout=30_000)
+    page.go("#/library")
+    own = page.row("Lena Uploaded This")
+    expect(own.get_by_role("button", name=re.compile("^Delete Lena Uploaded This"))).to_be_visible()
+    expect(row.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
+    own.get_by_role("button", name=re.compile("^Delete Lena Uploaded This")).click()
+    own.get_by_role("button", name=re.compile("^Really delete Lena Uploaded This")).click()
+    expect(own).to_have_count(0)
+    # An admin's public playlist is hers to play, not to change.
+    page.go("#/playlists")
+    card = page.page.locator("#playlist-list li", has_text="Admin Public")
+    expect(card).to_contain_text("public")
+    expect(card).to_contain_text("read-only")
+    card.get_by_role("link").click()
+    expect(page.page.get_by_test_id("playlist-title")).to_have_text("Admin Public")
+    expect(page.page.locator("#playlist-delete")).to_be_hidden()
+    expect(page.page.locator("#playlist-rename")).to_be_hidden()
+    expect(page.page.locator("#playlist-public-label")).to_be_hidden()
+    # Her own playlist is hers to change.
+    page.go("#/playlists")
+    page.page.locator("#new-playlist-name").fill("Lena's Mix")
+    page.page.locator("#new-playlist button[type=submit]").click()
+    expect(page.page.get_by_test_id("playlist-title")).to_have_text("Lena's Mix")
+    expect(page.page.locator("#playlist-delete")).to_be_visible()
+    expect(page.page.locator("#playlist-public-label")).to_be_visible()
+    assert unexpected_errors(page) == []
+
+
+def test_the_admin_page_disables_resets_and_deletes_an_account(
+    page: PlayerPage, accounts_stack: Stack
+) -> None:
+    token = admin_token(accounts_stack)
+    status, body = api(accounts_stack, "POST", "/users",
+                       {"username": "otto", "password": "otto-first-1", "role": "listener"},
+                       token)
+    assert status == 201, body
+    page.open()
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    page.go("#/users")
+    otto = page.page.locator("#users-rows tr[data-username='otto']")
+
+    otto.get_by_role("button", name="Disable otto").click()
+    expect(otto.locator(".user-state")).to_have_text("disabled")
+    assert api(accounts_stack, "POST", "/auth/login",
+               {"username": "otto", "password": "otto-first-1"})[0] == 401
+    otto.get_by_role("button", name="Enable otto").click()
+    expect(otto.locator(".user-state")).to_have_text("enabled")
+
+    otto.get_by_role("button", name="Reset the password of otto").click()
+    page.page.locator("#reset-password").fill("otto-second-2")
+    page.page.locator("#reset-form button[type=submit]").click()
+    expect(page.page.locator("#reset-dialog")).to_be_hidden()
+    assert api(accounts_stack, "POST", "/auth/login",
+               {"username": "otto", "password": "otto-second-2"})[0] == 200
+
+    otto.get_by_role("button", name="Delete otto").click()
+    otto.get_by_role("button", name="Delete otto").click()
+    expect(otto).to_have_count(0)
+    assert unexpected_errors(page) == []
+
+
+def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
+    page: PlayerPage, accounts_stack: Stack, tmp_path: Path
+) -> None:
+    require_ffmpeg()
+    token = admin_token(accounts_stack)
+    status, body = api(accounts_stack, "POST", "/users",
+                       {"username": "pia", "password": "pia-before-1"}, token)
+    assert status == 201, body
+    song = accounts_stack.upload(make_audio(tmp_path / "long.mp3", "mp3", 30.0, {
+        "title": "Long Enough", "artist": "The Sessions"}), "audio/mpeg")
+    accounts_stack.wait_replicated(song)
+    page.open()
+    log_in(page, "pia", "pia-before-1")
+    expect(who(page)).to_have_text("pia (listener)")
+    page.play("Long Enough")
+    page.wait_playing_past(0.5)
+
+    page.page.locator("#account-password").click()
+    page.page.locator("#password-old").fill("pia-before-1")
+    page.page.locator("#password-new").fill("pia-after-2")
+    page.page.locator("#password-repeat").fill("pia-after-2")
+    page.page.locator("#password-form button[type=submit]").click()
+
+    # The session ended with the change: the login dialog, over music that goes on.
+    expect(page.page.locator("#login-dialog")).to_be_visible()
+    expect(page.page.locator("#login-reason")).to_contain_text("password was changed")
+    playing_at = page.current_time()
+    log_in(page, "pia", "pia-after-2")
+    expect(who(page)).to_have_text("pia (listener)")
+    page.wait_playing_past(playing_at + 0.5)
+    assert unexpected_errors(page) == []
+
+
+def test_where_a_login_is_required_it_comes_first_and_a_401_later_asks_again_over_the_music(
+    page: PlayerPage, accounts_stack: Stack, tmp_path: Path
+) -> None:
+    """What ``--auth on`` will do to the page, with the library's 401s played by Playwright's
+    router (the proxy cannot run in front of ``--auth on`` replicas yet): the login and the
+    rest of the session are the real cluster's."""
+    require_ffmpeg()
+    song = accounts_stack.upload(make_audio(tmp_path / "required.mp3", "mp3", 30.0, {
+        "title": "Required Listening", "artist": "The Gatekeepers"}), "audio/mpeg")
+    accounts_stack.wait_replicated(song)
+    refusing = True
+
+    def library(route: Any) -> None:
+        if refusing:
+            route.fulfill(status=401, content_type="application/json",
+                          headers={"WWW-Authenticate": "Bearer"},
+                          body='{"error": "unauthorized", "message": "log in first"}')
+        else:
+            route.continue_()
+
+    # The library's reads only, never the <audio> element's stream.
+    page.page.route(lambda url: "/songs?" in url or url.endswith("/playlists"), library)
+    page.open()
+
+    dialog = page.page.locator("#login-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.page.locator("#login-cancel")).to_be_hidden()
+    page.page.keyboard.press("Escape")
+    expect(dialog).to_be_visible()
+
+    refusing = False
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    page.play("Required Listening")
+    page.wait_playing_past(0.5)
+
+    refusing = True  # the session ends (expired, logout-all elsewhere)
+    page.go("#/playlists")
+
+    expect(dialog).to_be_visible()
+    expect(page.page.locator("#login-reason")).to_contain_text("session has ended")
+    expect(who(page)).to_be_hidden()
+    playing_at = page.current_time()
+    assert page.audio("audio.paused") is False
+    refusing = False
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    expect(page.page.locator("#view-playlists")).to_be_visible()
+    expect(page.page.locator("#playlist-list")).not_to_contain_text("Could not load")
+    page.wait_playing_past(playing_at + 0.5)
+    assert unexpected_errors(page) == []
+
+
+def test_a_wrong_login_says_so_and_too_many_say_how_long_to_wait(page: PlayerPage) -> None:
+    # Last in the module: it leaves the name "mallory" waiting.
+    page.open()
+
+    log_in(page, "mallory", "not-the-password")
+
+    error = page.page.locator("#login-error")
+    expect(error).to_have_text("Wrong username or password.")
+    expect(who(page)).to_be_hidden()
+    for _ in range(10):
+        with page.page.expect_response(lambda answer: answer.url.endswith("/auth/login")):
+            page.page.locator("#login-submit").click()
+        expect(page.page.locator("#login-submit")).to_be_enabled()
+        if "Too many" in (error.text_content() or ""):
+            break
+    expect(error).to_have_text(re.compile(r"^Too many failed logins: try again in \d+ (s|min)\.$"))
+    assert unexpected_errors(page) == []
