@@ -1,8 +1,9 @@
-"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
-``/sync/*`` refused, and everything else forwarded by ProxyResource; and its HTTP server,
-which refuses a request body over ``--max-upload`` before reading it (bodylimit.py), times
-out stalled clients, caps connections (limits.py) and adds the browser security headers
-(security.py). Its own answers are JSON written by wire.py, as the replicas write theirs.
+"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``, the API's
+description at ``/openapi.json`` (openapi.py), ``/sync/*`` refused, and everything else
+forwarded by ProxyResource; and its HTTP server, which refuses a request body over
+``--max-upload`` before reading it (bodylimit.py), times out stalled clients, caps
+connections (limits.py) and adds the browser security headers (security.py). Its own answers
+are JSON written by wire.py, as the replicas write theirs.
 """
 # test-case-name: tests.unit.test_proxy_site,tests.unit.test_proxy_resource
 
@@ -57,9 +58,26 @@ class ProxyStatus(Resource):
         return json_response(request, 200, self._report(), pretty=True)
 
 
+class OpenApiDocument(Resource):
+    """The API's description as JSON, converted from its YAML once, when the proxy started."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body = body
+
+    def render_GET(self, request: server.Request) -> bytes:
+        # It changes only with the proxy's version: a client may keep it, if it asks again.
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", str(len(self._body)).encode())
+        return self._body
+
+
 class ProxyRoot(Resource):
     def __init__(self, forward: IResource, report: Callable[[], dict[str, Any]],
-                 web_dir: Path) -> None:
+                 web_dir: Path, openapi: bytes | None = None) -> None:
         super().__init__()
         self._forward = forward
         self._web_dir = web_dir
@@ -69,6 +87,8 @@ class ProxyRoot(Resource):
         self.putChild(b"proxy", proxy)
         self.putChild(b"metrics", ProxyMetrics(report))
         self.putChild(b"sync", JsonNotFound())
+        if openapi is not None:
+            self.putChild(b"openapi.json", OpenApiDocument(openapi))
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:
         if path not in API_ROOTS and self._web is not None and self._is_web_file(path):

@@ -10,6 +10,7 @@ from treq.testing import StubTreq
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from proxy.openapi import description_json
 from proxy.site import ProxyRoot
 from tests.helpers.api import Answer, result_of
 
@@ -61,3 +62,20 @@ def test_sync_paths_are_a_json_404_never_cached(treq: StubTreq, path: str) -> No
 
 def test_the_music_api_is_forwarded(treq: StubTreq) -> None:
     assert get(treq, "/songs/x").body == b"forwarded /songs/x"
+
+
+def test_the_api_description_is_served_as_json(tmp_path: Path) -> None:
+    description = description_json()
+    treq = StubTreq(ProxyRoot(Forwarded(), lambda: REPORT, tmp_path / "no-web-dir",
+                              description))
+
+    answer = get(treq, "/openapi.json")
+
+    assert answer.status == 200 and answer.body == description
+    assert answer.json()["openapi"].startswith("3.1.") and "/songs" in answer.json()["paths"]
+    assert answer.headers["content-type"] == "application/json"
+    assert "x-served-by" not in answer.headers
+
+
+def test_without_a_description_the_path_is_forwarded(treq: StubTreq) -> None:
+    assert get(treq, "/openapi.json").body == b"forwarded /openapi.json"
