@@ -20,6 +20,7 @@ from proxy.backends import BackendView, status_fetcher
 from proxy.config import ProxyConfig
 from proxy.limits import ConnectionLimits, open_files_limit, total_cap
 from proxy.listen import endpoints
+from proxy.openapi import description_json
 from proxy.resource import Counters, ProxyResource
 from proxy.sessions import Sessions
 from proxy.site import ProxyRoot, ProxySite
@@ -52,7 +53,8 @@ class ProxyService(service.MultiService):
             else None
         forward = ProxyResource(self.view, self.reads or self.agent, reactor, config,
                                 self.counters, sessions=self.sessions)
-        self.site = ProxySite(ProxyRoot(forward, self.report, config.web_dir),
+        root = ProxyRoot(forward, self.report, config.web_dir, description_json())
+        self.site = ProxySite(root,
                               max_body=config.max_upload, clock=reactor,
                               timeouts=config.timeouts, limits=self.limits,
                               trusted_proxies=config.trusted_proxies, reactor=reactor)

@@ -1,8 +1,9 @@
-"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``,
-``/sync/*`` refused, and everything else forwarded by ProxyResource; and its HTTP server,
-which refuses a request body over ``--max-upload`` before reading it (bodylimit.py), times
-out stalled clients, caps connections (limits.py) and adds the browser security headers
-(security.py). Its own answers are JSON written by wire.py, as the replicas write theirs.
+"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``, the API's
+description at ``/openapi.json`` (openapi.py), ``/sync/*`` refused, and everything else
+forwarded by ProxyResource; and its HTTP server, which refuses a request body over
+``--max-upload`` before reading it (bodylimit.py), times out stalled clients, caps
+connections (limits.py) and adds the browser security headers (security.py). Its own answers
+are JSON written by wire.py, as the replicas write theirs.
 """
 # test-case-name: tests.unit.test_proxy_site,tests.unit.test_proxy_resource
 
@@ -14,8 +15,10 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import http, server
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
+from zope.interface import implementer
 
 from distpotify.httpchannel import Phase, Timeouts
 from distpotify.wire import json_error, json_response
@@ -57,9 +60,26 @@ class ProxyStatus(Resource):
         return json_response(request, 200, self._report(), pretty=True)
 
 
+class OpenApiDocument(Resource):
+    """The API's description as JSON, converted from its YAML once, when the proxy started."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body = body
+
+    def render_GET(self, request: server.Request) -> bytes:
+        # It changes only with the proxy's version: a client may keep it, if it asks again.
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", str(len(self._body)).encode())
+        return self._body
+
+
 class ProxyRoot(Resource):
     def __init__(self, forward: IResource, report: Callable[[], dict[str, Any]],
-                 web_dir: Path) -> None:
+                 web_dir: Path, openapi: bytes | None = None) -> None:
         super().__init__()
         self._forward = forward
         self._web_dir = web_dir
@@ -69,6 +89,8 @@ class ProxyRoot(Resource):
         self.putChild(b"proxy", proxy)
         self.putChild(b"metrics", ProxyMetrics(report))
         self.putChild(b"sync", JsonNotFound())
+        if openapi is not None:
+            self.putChild(b"openapi.json", OpenApiDocument(openapi))
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:
         if path not in API_ROOTS and self._web is not None and self._is_web_file(path):
@@ -85,11 +107,51 @@ class ProxyRoot(Resource):
         return self._forward.render(request)
 
 
+@implementer(IResource)
+class _JsonMethods:
+    """Renders ``resource``, answering a method it does not take (a PUT of /proxy/status, a
+    DELETE of a player's file) 405 in the JSON error shape with its Allow: twisted.web would
+    answer in HTML, 501 for any method but GET, HEAD and POST. A HEAD of a resource that
+    takes GET is still twisted.web's (the GET's headers, no body)."""
+
+    isLeaf = True
+
+    def __init__(self, resource: IResource) -> None:
+        self._resource = resource
+
+    def render(self, request: server.Request) -> Any:
+        try:
+            return self._resource.render(request)
+        except UnsupportedMethod as e:
+            allowed: list[bytes] = list(e.allowedMethods)
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise
+            request.setHeader(b"Allow", b", ".join(allowed))
+            request.setHeader(*NO_STORE)
+            method = request.method.decode("latin-1")
+            return json_error(request, 405, "method_not_allowed",
+                              f"{method} is not allowed here")
+
+    def getChildWithDefault(self, name: bytes, request: server.Request) -> IResource:
+        return self._resource.getChildWithDefault(name, request)
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        self._resource.putChild(path, child)
+
+
+class ProxyRequest(SecureRequest):
+    """The proxy site's request (security.py's, with its body limit and browser headers),
+    whose own answers are all JSON, a refused method's included."""
+
+    def render(self, resrc: IResource) -> None:
+        super().render(_JsonMethods(resrc))
+
+
 class ProxySite(server.Site):
     protocol = LimitedChannel  # type: ignore[assignment]
     # Bodies are spooled whole (an upload is replayed on a new leader after a failover), so
     # one over --max-upload is refused before it is read or stored.
-    requestFactory = SecureRequest
+    requestFactory = ProxyRequest
 
     def __init__(self, resource: IResource, *, max_body: int, clock: Any,
                  timeouts: Timeouts | None = None, limits: ConnectionLimits | None = None,

@@ -44,6 +44,7 @@ def test_wheel_holds_the_packages_and_the_plugin_drop_in(wheel: Path) -> None:
     assert "twisted/plugins/distpotify_plugins.py" in names
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert {"distpotify/tap.py", "distpotify/store/metadata.py", "proxy/tap.py"} <= names
+    assert "proxy/openapi.yaml" in names  # what the proxy serves at /openapi.json
 
 
 def test_wheel_carries_no_lab_tests_or_benchmarks(wheel: Path) -> None:

@@ -121,6 +121,26 @@ def test_search_by_genre_ignores_case_and_accents(api: InMemoryReplica, wav_byte
     assert [s["genre"] for s in page["songs"]] == ["Música Popular"] and page["next"] is None
 
 
+@pytest.mark.parametrize("query", ["q=a%00b", "artist=%00abc", "album=abc%00", "genre=x%00yz",
+                                   "q=a%00b&sort=relevance", "title%00=x", "limit=1%00"])
+def test_a_query_argument_holding_nul_is_refused(
+        api: InMemoryReplica, wav_bytes: bytes, query: str) -> None:
+    api.upload(wav_bytes, query="?title=abc&artist=abc&album=abc&genre=xyz")
+
+    answer = api.get(f"/songs?{query}")
+
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"] == "bad_request" and "NUL" in answer.json()["message"]
+
+
+def test_an_upload_whose_tags_hold_nul_is_refused_and_keeps_nothing(
+        api: InMemoryReplica, wav_bytes: bytes) -> None:
+    answer = api.upload(wav_bytes, query="?title=a%00b")
+
+    assert answer.status == 400, answer.body
+    assert api.get("/songs").json()["total"] == 0 and stored_files(api) == []
+
+
 def test_relevance_ranks_a_title_match_first(api: InMemoryReplica, wav_bytes: bytes) -> None:
     for n, (title, album) in enumerate([("Other", "Blue Train Sessions"), ("Blue Train", "")]):
         api.upload(wav_bytes + bytes([n]) * 64, query=f"?title={title}&album={album}")

@@ -7,10 +7,14 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from proxy.site import ProxyRoot
+from proxy.openapi import description_json
+from proxy.site import ProxyRoot, ProxySite
 from tests.helpers.api import Answer, result_of
 
 
@@ -61,3 +65,56 @@ def test_sync_paths_are_a_json_404_never_cached(treq: StubTreq, path: str) -> No
 
 def test_the_music_api_is_forwarded(treq: StubTreq) -> None:
     assert get(treq, "/songs/x").body == b"forwarded /songs/x"
+
+
+def test_the_api_description_is_served_as_json(tmp_path: Path) -> None:
+    description = description_json()
+    treq = StubTreq(ProxyRoot(Forwarded(), lambda: REPORT, tmp_path / "no-web-dir",
+                              description))
+
+    answer = get(treq, "/openapi.json")
+
+    assert answer.status == 200 and answer.body == description
+    assert answer.json()["openapi"].startswith("3.1.") and "/songs" in answer.json()["paths"]
+    assert answer.headers["content-type"] == "application/json"
+    assert "x-served-by" not in answer.headers
+
+
+def test_without_a_description_the_path_is_forwarded(treq: StubTreq) -> None:
+    assert get(treq, "/openapi.json").body == b"forwarded /openapi.json"
+
+
+def send(method: str, path: str, tmp_path: Path) -> Answer:
+    """``method`` on ``path`` of a real ProxySite (its request renders the proxy's own
+    answers), in memory."""
+    site = ProxySite(ProxyRoot(Forwarded(), lambda: REPORT, tmp_path / "no-web-dir",
+                               b"{}"), max_body=1024, clock=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1234))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(f"{method} {path} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    fields = [line.split(": ", 1) for line in lines[1:]]
+    headers = {name.lower(): value for name, value in fields}
+    channel.connectionLost(None)
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "TRACE", "OPTIONS"])
+@pytest.mark.parametrize("path", ["/proxy/status", "/metrics", "/openapi.json"])
+def test_a_method_the_proxy_does_not_take_is_a_json_405(
+        method: str, path: str, tmp_path: Path) -> None:
+    answer = send(method, path, tmp_path)
+
+    assert answer.status == 405, answer
+    assert answer.json()["error"] == "method_not_allowed"
+    assert answer.headers["content-type"] == "application/json"
+    assert set(answer.headers["allow"].split(", ")) >= {"GET", "HEAD"}
+
+
+def test_a_head_of_the_proxys_own_answer_is_the_gets_without_a_body(tmp_path: Path) -> None:
+    answer = send("HEAD", "/proxy/status", tmp_path)
+
+    assert answer.status == 200 and answer.body == b""
+    assert answer.headers["content-type"] == "application/json"

@@ -1,0 +1,216 @@
+"""schemathesis against a real cluster behind the proxy, from docs/openapi.yaml: generated
+requests, valid and invalid, to every operation that is answered today (the account routes
+are not built yet). Checked for each answer: no 5xx; its status, content type, headers and
+body as described; and a write that was refused left the library as it was.
+
+Bounded: MAX_EXAMPLES generated examples per operation (plus schemathesis's coverage cases,
+a deterministic few dozen: each boundary and each kind of invalid value once), and a
+timeout per test. Repeatable: Hypothesis is derandomized (no example database), and which
+real records a case is pointed at is drawn from random.Random(SEED).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import Case, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.transport import SerializationContext
+from schemathesis.transport.serialization import serialize_binary
+
+from proxy.openapi import load_description
+from tests.helpers.audio import make_wav
+from tests.helpers.fronted import Fronted
+from tests.helpers.replica import ReplicaProcess, request
+
+# The timeout is per test: the first (the cluster starts) takes about 15 s, each operation
+# a few seconds; the whole module about a minute on 2 loaded cores.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+# More for a deeper run by hand: DISTPOTIFY_OPENAPI_EXAMPLES=200 pytest tests/integration/...
+MAX_EXAMPLES = int(os.environ.get("DISTPOTIFY_OPENAPI_EXAMPLES", "12"))
+SEED = 17
+
+# A request with invalid data must be refused: by the application (400, 404, 405, 409, 415,
+# 422), or, a too long one, by the HTTP channel before it (413, 414, 431).
+CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
+    "expected-statuses": [400, 404, 405, 409, 413, 414, 415, 422, 431, "5xx"]}}})
+
+SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=CONFIG).exclude(
+    # issue 17: the account routes are described as designed, and answered 404 until built
+    tag="accounts",
+)
+
+# (operation, status) of every answer, for the summary at the end.
+ANSWERS: Counter[tuple[str, int]] = Counter()
+
+
+@schemathesis.serializer("audio/*", "application/ogg")
+def raw_audio(context: SerializationContext, body: Any) -> dict[str, Any]:
+    """An upload's raw body, sent as the bytes it is (schemathesis knows octet-stream's)."""
+    return {"data": serialize_binary(body)}
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+
+class Library:
+    """The cluster under test, its library seeded, seen through the leader directly."""
+
+    def __init__(self, fronted: Fronted) -> None:
+        self.fronted = fronted
+        self.base_url = f"http://127.0.0.1:{fronted.proxy.port}"
+        self.choices = random.Random(SEED)
+        leader_id = fronted.proxy_follows()
+        self.leader = fronted.cluster.nodes[leader_id]
+        self.uploads = 0
+        self.applied = ""  # a version every replica applied
+        self.replenish()
+
+    def _send(self, method: str, path: str, body: bytes, content_type: str) -> Any:
+        answer = request(self.fronted.proxy.port, method, path, body,
+                         {"Content-Type": content_type})
+        assert answer.status in (200, 201), (method, path, answer.status, answer.body)
+        self.applied = answer.headers["x-distpotify-version"]
+        return answer.json()
+
+    def replenish(self) -> dict[str, Any]:
+        """The listing, once it holds two songs and a playlist with an item again (the
+        generated deletes take them away); uploads a song and makes a playlist if not."""
+        listing = self.listing()
+        while len(listing["songs"]["songs"]) < 2:
+            self.uploads += 1
+            wav = make_wav(self.fronted.cluster.root / "seed.wav", 40 * 1024,
+                           seed=1000 + self.uploads)
+            self._send("POST", f"/songs?title=seed%20{self.uploads}", wav.read_bytes(),
+                       "audio/wav")
+            listing = self.listing()
+        if not any(playlist["items"] for playlist in listing["playlists"]):
+            playlist = self._send("POST", "/playlists", b'{"name": "seeded"}',
+                                  "application/json")["playlist"]["id"]
+            song = listing["songs"]["songs"][0]["id"]
+            self._send("POST", f"/playlists/{playlist}/items",
+                       f'{{"song_id": "{song}"}}'.encode(), "application/json")
+            listing = self.listing()
+        return listing
+
+    def _get(self, path: str) -> Any:
+        answer = request(self.leader.http_port, "GET", path)
+        assert answer.status == 200, (path, answer.status, answer.body)
+        return answer.json()
+
+    def listing(self) -> dict[str, Any]:
+        """Every song, and every playlist with its items, as the leader holds them now."""
+        songs = self._get("/songs?limit=500")
+        playlists = [self._get(f"/playlists/{p['id']}")["playlist"]
+                     for p in self._get("/playlists")["playlists"]]
+        return {"songs": songs, "playlists": playlists}
+
+    def aim(self, case: Case) -> None:
+        """Point about half of the valid cases that name a record at one that exists (random
+        UUIDs alone would only ever find 404s), and half of the valid uploads at real audio
+        (random bytes are all 415s), by the module's seeded choices."""
+        if case.meta is not None and case.meta.generation.mode is not GenerationMode.POSITIVE:
+            return
+        if case.operation.path == "/songs" and case.method.upper() == "POST":
+            if self.choices.random() < 0.5:
+                seed = self.choices.randrange(4)  # now and then the same bytes again: 200
+                wav = make_wav(self.fronted.cluster.root / "upload.wav", 20 * 1024, seed=seed)
+                if isinstance(case.body, dict):
+                    case.body["file"] = wav.read_bytes()
+                else:
+                    case.body = wav.read_bytes()
+            return
+        headers = case.headers or {}
+        if "X-Distpotify-Min-Version" in headers and self.choices.random() < 0.5:
+            headers["X-Distpotify-Min-Version"] = self.applied  # a valid one: served
+        names = set(case.path_parameters or {})
+        if not names or self.choices.random() < 0.5:
+            return
+        listing = self.replenish()
+        songs = [song["id"] for song in listing["songs"]["songs"]]
+        lists = [p for p in listing["playlists"] if p["items"]] or listing["playlists"]
+        assert case.path_parameters is not None
+        if "song_id" in names and songs:
+            case.path_parameters["song_id"] = self.choices.choice(songs)
+            if "index" in names:
+                case.path_parameters["index"] = self.choices.choice([0, 1, 2, 3])
+        if "playlist_id" in names and lists:
+            chosen = self.choices.choice(lists)
+            case.path_parameters["playlist_id"] = chosen["id"]
+            if "item_id" in names and chosen["items"]:
+                case.path_parameters["item_id"] = self.choices.choice(chosen["items"])["id"]
+        if isinstance(case.body, dict) and "song_id" in case.body and songs:
+            case.body["song_id"] = self.choices.choice(songs)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
+    root = tmp_path_factory.mktemp("openapi")
+    started: list[ReplicaProcess] = []
+    fronted = Fronted(root, started, "--chunk-size", "16K",
+                      proxy_args=("--check-timeout", "3"))
+    try:
+        fronted.start()
+        yield Library(fronted)
+    finally:
+        fronted.stop_all()
+        for replica in started:
+            replica.kill()
+
+
+def test_the_proxy_serves_the_description(library: Library) -> None:
+    answer = request(library.fronted.proxy.port, "GET", "/openapi.json")
+
+    assert answer.status == 200
+    assert answer.json() == load_description(ROOT / "docs" / "openapi.yaml")
+
+
+@SCHEMA.parametrize()
+@settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+          suppress_health_check=list(HealthCheck))
+def test_every_answer_is_as_described_and_refusals_change_nothing(
+        case: Case, library: Library) -> None:
+    library.aim(case)
+    write = case.method.upper() not in ("GET", "HEAD")
+    before = library.listing() if write else None
+
+    response = case.call(base_url=library.base_url, timeout=30)
+    ANSWERS[f"{case.method.upper()} {case.operation.path}", response.status_code] += 1
+    case.validate_response(response, checks=CHECKS)
+
+    if write and response.status_code >= 400:
+        assert library.listing() == before, f"{case.method} {case.path} was refused" \
+            f" ({response.status_code}) but changed the library"
+
+
+def test_summary() -> None:
+    """What the run above answered, operation by operation (shown with -s)."""
+    operations: dict[str, list[str]] = {}
+    for (operation, status), count in sorted(ANSWERS.items()):
+        operations.setdefault(operation, []).append(f"{status}x{count}")
+    for operation, statuses in operations.items():
+        print(f"{operation:45} {' '.join(statuses)}")
