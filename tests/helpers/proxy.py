@@ -482,6 +482,8 @@ class ProxyProcess:
         self.extra = extra
         self.env = {**kernel_switches("splice"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        # Sent with every /proxy/status the helpers read: a --metrics-token under --auth on.
+        self.status_headers: dict[str, str] = {}
 
     def command(self) -> list[str]:
         return ProxyCommand(backends=self.backends.split(","), port=self.port,
@@ -501,14 +503,15 @@ class ProxyProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"proxy exited {self.process.returncode}: {self.log()}")
-            answer = self.get("/proxy/status", timeout=2.0)
+            answer = self.get("/proxy/status", self.status_headers, timeout=2.0)
             status = answer.json() if answer.status == 200 else None
             return status if status is not None and predicate(status) else None
 
         return wait_until(ready, timeout, what=what)
 
     def status(self) -> dict[str, Any]:
-        return self.get("/proxy/status", timeout=5.0).json()  # type: ignore[no-any-return]
+        return self.get("/proxy/status", self.status_headers,  # type: ignore[no-any-return]
+                        timeout=5.0).json()
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
             ) -> Response:
