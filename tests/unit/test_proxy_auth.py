@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
+from zope.interface import directlyProvides
 
 from distpotify.auth.tokens import TokenSigner
 from distpotify.keys import ClusterKeys
@@ -252,6 +254,28 @@ def test_the_session_cookie_gets_secure_when_the_client_came_over_https() -> Non
     answer = proxy.post(LOGIN, b"{}", headers={"X-Forwarded-Proto": "https"}).read_all()
 
     assert answer.headers["set-cookie"] == SESSION_COOKIE + "; Secure"
+
+
+def test_the_session_cookie_gets_secure_on_a_tls_listener() -> None:
+    nodes = cluster(**{"_auth_login": (200, {"Set-Cookie": SESSION_COOKIE}, {"token": "abc"})})
+    proxy = ProxyHarness(nodes)
+    connection = proxy.connect()
+    directlyProvides(connection.transport, ISSLTransport)  # as an ssl: endpoint's would
+
+    answer = connection.send("POST", LOGIN, {"Content-Type": "application/json"}, b"{}"
+                             ).read_all()
+
+    assert answer.headers["set-cookie"] == SESSION_COOKIE + "; Secure"
+
+
+def test_a_cookie_already_secure_is_left_alone() -> None:
+    cookie = SESSION_COOKIE + "; Secure"
+    nodes = cluster(**{"_auth_login": (200, {"Set-Cookie": cookie}, {"token": "abc"})})
+    proxy = ProxyHarness(nodes, trusted_proxies=parse_trusted_proxies(CLIENT_IP))
+
+    answer = proxy.post(LOGIN, b"{}", headers={"X-Forwarded-Proto": "https"}).read_all()
+
+    assert answer.headers["set-cookie"] == cookie
 
 
 def test_the_session_cookie_stays_as_it_was_over_plain_http() -> None:
