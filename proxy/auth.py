@@ -188,14 +188,22 @@ class AdminOnly(Resource):
         self._inner = inner
         self._check = check
 
-    def render(self, request: Request) -> int:
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return self._inner.render(request)  # its 405, before any session is checked
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
 
         def allowed(_: object) -> None:
-            if not gone:
-                request.write(self._inner.render(request))
-                request.finish()
+            if gone:
+                return
+            try:
+                body = self._inner.render(request)
+            except Exception:
+                log.failure("rendering {uri} failed", uri=request.uri.decode("latin-1"))
+                body = json_error(request, 500, "internal", "the proxy failed to answer")
+            request.write(body)
+            request.finish()
 
         def refused(failure: Failure) -> None:
             if gone:

@@ -159,6 +159,12 @@ def test_the_role_is_asked_once_per_token_for_a_few_seconds() -> None:
     assert (first, asked()) == (1, 2)
 
 
+def test_another_method_on_the_proxy_status_is_405() -> None:
+    proxy = harness(cluster())
+
+    assert proxy.post("/proxy/status", b"{}").read_all().status == 405
+
+
 def test_auth_off_leaves_the_proxy_views_open() -> None:
     proxy = ProxyHarness(cluster())
 
