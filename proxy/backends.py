@@ -20,7 +20,9 @@ from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from distpotify.keys import ClusterKeys
 from distpotify.periodic import Periodic
+from distpotify.signing import EMPTY_SHA256, sign
 from distpotify.wire import ACTIVE, LEADER
 from proxy.config import ConfigError, parse_backends
 
@@ -431,13 +433,20 @@ def _describe(failure: Failure) -> str:
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 
-def status_fetcher(agent: IAgent) -> StatusFetcher:
-    """GET ``<url>/status`` with ``agent`` and parse its JSON (the view adds the timeout)."""
+def status_fetcher(agent: IAgent, keys: ClusterKeys | None = None,
+                   clock: IReactorTime | None = None) -> StatusFetcher:
+    """GET ``<url>/status`` with ``agent`` and parse its JSON (the view adds the timeout);
+    signed with the cluster ``keys`` when given (a replica with ``--auth on`` answers an
+    unsigned one 401), dated by ``clock``."""
 
     async def fetch(url: str) -> dict[str, Any]:
-        response = await agent.request(
-            b"GET", url.encode() + b"/status", Headers({b"Accept": [b"application/json"]})
-        )
+        headers = Headers({b"Accept": [b"application/json"]})
+        if keys is not None:
+            assert clock is not None
+            for name, value in sign(keys, b"GET", b"/status", EMPTY_SHA256,
+                                    clock.seconds()).items():
+                headers.setRawHeaders(name, [value])
+        response = await agent.request(b"GET", url.encode() + b"/status", headers)
         body = await readBody(response)
         if response.code != 200:
             raise StatusError(f"/status answered {response.code}")

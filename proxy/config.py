@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 from distpotify.httpchannel import DEFAULT_TIMEOUTS, Timeouts
+from distpotify.keys import ClusterKeys
 from distpotify.options import ConfigError, check_positive
 from proxy.forwarded import TrustedProxies
 from proxy.listen import tcp_description
@@ -34,6 +35,12 @@ def parse_backends(text: str) -> tuple[str, ...]:
         if url not in urls:
             urls.append(url)
     return tuple(urls)
+
+
+NO_KEY = (
+    "--auth on needs --cluster-key-file (or DISTPOTIFY_CLUSTER_KEY_FILE): the replicas'"
+    " cluster key, with which the proxy signs its /status polls and checks session tokens"
+)
 
 
 @attrs.frozen
@@ -60,6 +67,12 @@ class ProxyConfig:
     idle_timeout: float = DEFAULT_TIMEOUTS.idle
     # GET bodies relayed with splice(2), reads sent by the lean client (splice.py, leanclient.py)
     splice: bool = True
+    # The replicas' cluster key: the proxy signs its /status polls with it (required with
+    # --auth on, where replicas answer unsigned ones 401).
+    cluster_keys: ClusterKeys | None = attrs.field(default=None, repr=False)
+    # --auth: on, /proxy/status and the proxy's /metrics answer admins and --metrics-token
+    auth: bool = False
+    metrics_token: str | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.backends:
@@ -80,6 +93,9 @@ class ProxyConfig:
         if self.max_connections_per_client < 0:
             raise ConfigError("--max-connections-per-client must be 0 (no cap) or more,"
                               f" got {self.max_connections_per_client}")
+        if self.auth and self.cluster_keys is None:
+            raise ConfigError(NO_KEY)
+
 
     @property
     def listeners(self) -> tuple[str, ...]:

@@ -17,6 +17,9 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _HELP = {
     "relayed_bytes": "Response body bytes sent to clients through Python (request.write)",
     "spliced_bytes": "Response body bytes moved to clients with splice(2), around Python",
+    "login_failures": "Logins through the proxy that a replica refused (wrong name or password)",
+    "login_refused": "Logins refused by the proxy with 429: too many failures from the address"
+                     " or for the username lately",
 }
 
 

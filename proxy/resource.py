@@ -71,6 +71,7 @@ from proxy.decision import (
 from proxy.forwarded import CLIENT_CLAIMS, client_origin
 from proxy.leanclient import LeanResponse
 from proxy.resume import Resume
+from proxy.security import secure_session_cookies
 from proxy.sessions import Sessions
 from proxy.splice import AVAILABLE, MIN_SPLICE, Pipes, SpliceRelay, UpstreamStalled
 
@@ -151,6 +152,12 @@ class Counters:
     # body bytes sent to clients through Python (request.write), and around it (splice.py)
     relayed_bytes: int = 0
     spliced_bytes: int = 0
+    # POST /auth/login: answered 401 by a replica, and refused here with 429 (auth.py)
+    login_failures: int = 0
+    login_refused: int = 0
+
+    def count(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
 
 
 class ProxyResource(ReverseProxyResource):
@@ -526,6 +533,8 @@ class Exchange:
         date = request.responseHeaders.getRawHeaders(b"date")
         # The Agent keeps connection headers (Connection, Content-Length, ...) out of these.
         request.responseHeaders = _without_hop_by_hop(response.headers)
+        if client_origin(request).https:
+            secure_session_cookies(request.responseHeaders)
         if date and not request.responseHeaders.hasHeader(b"date"):
             request.responseHeaders.setRawHeaders(b"date", date)
         length = _length(response)

@@ -16,6 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from distpotify.auth.ratelimit import LoginLimiter
+from proxy.auth import AdminCheck, LoginLimit
 from proxy.backends import BackendView, status_fetcher
 from proxy.config import ProxyConfig
 from proxy.limits import ConnectionLimits, open_files_limit, total_cap
@@ -38,7 +40,7 @@ class ProxyService(service.MultiService):
         self.reactor = reactor
         self.agent, self.pool = replica_agent(reactor, config.connect_timeout)
         self.view = BackendView(
-            config.backends, status_fetcher(self.agent), reactor,
+            config.backends, status_fetcher(self.agent, config.cluster_keys, reactor), reactor,
             poll_interval=config.poll_interval, health_max_age=config.health_max_age,
             check_timeout=config.check_timeout,
         )
@@ -53,7 +55,15 @@ class ProxyService(service.MultiService):
             else None
         forward = ProxyResource(self.view, self.reads or self.agent, reactor, config,
                                 self.counters, sessions=self.sessions)
-        root = ProxyRoot(forward, self.report, config.web_dir, description_json())
+        admin_check = None
+        if config.auth:
+            assert config.cluster_keys is not None  # ProxyConfig's check
+            admin_check = AdminCheck(self.view, self.agent, reactor, config.cluster_keys,
+                                     config.metrics_token)
+        self.logins = LoginLimiter(reactor)
+        login = LoginLimit(forward, self.logins, self.counters.count)
+        root = ProxyRoot(forward, self.report, config.web_dir, description_json(),
+                         admin_check=admin_check, login=login)
         self.site = ProxySite(root,
                               max_body=config.max_upload, clock=reactor,
                               timeouts=config.timeouts, limits=self.limits,
@@ -85,6 +95,8 @@ class ProxyService(service.MultiService):
                 "idle_timeout": self.config.idle_timeout,
                 "trusted_proxies": str(self.config.trusted_proxies),
                 "splice": self.config.splice,
+                "auth": self.config.auth,
+                "signed_polls": self.config.cluster_keys is not None,
             },
         }
 
@@ -110,6 +122,12 @@ class ProxyService(service.MultiService):
                  total=self.limits.total or "no cap", open_files=self.open_files or "none",
                  per_client=self.limits.per_client, header=timeouts.header, body=timeouts.body,
                  idle=timeouts.idle, trusted=self.config.trusted_proxies)
+        log.info("accounts: --auth {auth} (/proxy/status and /metrics {who}); /status polls"
+                 " {signed}; failed logins limited per address and per username",
+                 auth="on" if self.config.auth else "off",
+                 who="for admins and --metrics-token" if self.config.auth else "open to all",
+                 signed="signed with the cluster key" if self.config.cluster_keys is not None
+                 else "unsigned (no --cluster-key-file)")
 
     def stopService(self) -> Deferred[None] | None:
         self.view.stop()

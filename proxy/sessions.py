@@ -17,6 +17,8 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
+from proxy.forwarded import client_origin
+
 COOKIE = b"distpotify_client"
 MAX_CLIENTS = 50_000
 # What this proxy hands out (token_urlsafe(18): 24 characters); anything else is not ours.
@@ -44,7 +46,7 @@ class Sessions:
         if client is None:
             value = secrets.token_urlsafe(18).encode()
             request.addCookie(COOKIE, value, path=b"/", httpOnly=True, sameSite=b"lax",
-                              secure=request.isSecure())
+                              secure=client_origin(request).https)
             client = _cookie_client(value)
         self._last.pop(client, None)
         self._last[client] = (version, self._clock.seconds() + self._memory)

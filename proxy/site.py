@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from distpotify.httpchannel import Phase, Timeouts
 from distpotify.wire import json_error, json_response
+from proxy.auth import AdminCheck, AdminOnly
 from proxy.forwarded import TrustedProxies
 from proxy.limits import ConnectionLimits, LimitedChannel
 from proxy.metrics import ProxyMetrics
@@ -78,21 +79,33 @@ class OpenApiDocument(Resource):
 
 
 class ProxyRoot(Resource):
+    """``admin_check`` (--auth on) guards /proxy/status and /metrics; ``login`` (auth.py's
+    LoginLimit) takes ``/auth/login`` in front of ``forward``."""
+
     def __init__(self, forward: IResource, report: Callable[[], dict[str, Any]],
-                 web_dir: Path, openapi: bytes | None = None) -> None:
+                 web_dir: Path, openapi: bytes | None = None, *,
+                 admin_check: AdminCheck | None = None, login: IResource | None = None) -> None:
         super().__init__()
         self._forward = forward
+        self._login = login
         self._web_dir = web_dir
         self._web = File(str(web_dir)) if web_dir.is_dir() else None
+
+        def guarded(view: IResource) -> IResource:
+            return view if admin_check is None else AdminOnly(view, admin_check)
+
         proxy = Resource()
-        proxy.putChild(b"status", ProxyStatus(report))
+        proxy.putChild(b"status", guarded(ProxyStatus(report)))
         self.putChild(b"proxy", proxy)
-        self.putChild(b"metrics", ProxyMetrics(report))
+        self.putChild(b"metrics", guarded(ProxyMetrics(report)))
         self.putChild(b"sync", JsonNotFound())
         if openapi is not None:
             self.putChild(b"openapi.json", OpenApiDocument(openapi))
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:
+        if (path == b"auth" and self._login is not None
+                and [s for s in request.postpath or [] if s] == [b"login"]):
+            return self._login
         if path not in API_ROOTS and self._web is not None and self._is_web_file(path):
             return self._web.getChild(path, request)
         return self._forward

@@ -12,10 +12,20 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from distpotify.httpchannel import TIMEOUT_OPTIONS
+from distpotify.keys import KEYGEN, ClusterKeys, KeyFileError
 from distpotify.options import EnvOptions, OptionList, env_parameters, parse_size, parse_switch
 from proxy.config import ConfigError, ProxyConfig, parse_backends
 from proxy.forwarded import parse_trusted_proxies
 from proxy.listen import parse_listen
+
+
+def load_keys(path: str) -> ClusterKeys:
+    """The --cluster-key-file option: its keys, or the one line saying what is wrong."""
+    try:
+        return ClusterKeys.load(Path(path))
+    except KeyFileError as e:
+        raise ConfigError(str(e)) from None
+
 
 # (option, default, help, converter to the ProxyConfig field)
 OPTIONS: OptionList = [
@@ -50,6 +60,13 @@ OPTIONS: OptionList = [
      parse_switch),
     ("web-dir", None, "directory of the web player's static files [default: proxy/web]",
      Path),
+    ("cluster-key-file", None, "the replicas' cluster key file: /status polls are signed with"
+     f" it (required with --auth on; `{KEYGEN} > cluster.key` makes one)", load_keys),
+    ("auth", "off", "transitional, as on the replicas: on makes /proxy/status and /metrics"
+     " answer admins (and --metrics-token) only; other requests the replicas decide",
+     parse_switch),
+    ("metrics-token", None, "a bearer token that may read /metrics and /proxy/status"
+     " (Prometheus)", str),
 ]
 
 
@@ -69,6 +86,8 @@ class Options(EnvOptions):
 
     def postOptions(self) -> None:
         values = self.converted()
+        if "cluster_key_file" in values:
+            values["cluster_keys"] = values.pop("cluster_key_file")
         try:
             self.config = ProxyConfig(**values)
         except ConfigError as e:

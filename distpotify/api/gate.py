@@ -69,7 +69,9 @@ class Gate:
         if need is Need.NOTHING:
             setattr(request, _ACTOR, Actor(None, admin=False))
             return
-        if need is Need.MONITOR and self._monitor(request):
+        if self._signed(request):
+            return  # the cluster itself (a follower fetching chunks, the proxy's polls)
+        if need is Need.MONITOR and self._metrics_bearer(request):
             return
         user = self._session(request)
         actor = Actor.of(user)
@@ -94,20 +96,25 @@ class Gate:
         setattr(request, _USER, user)
         setattr(request, _ACTOR, Actor(user.id, admin=True))
 
-    def _monitor(self, request: Request) -> bool:
-        """Whether a /status or /metrics request is the cluster's own or Prometheus's."""
-        if any(request.requestHeaders.hasHeader(name) for name in HEADERS):
-            try:
-                claimed = self._verifier.check(request.method, request.uri,
-                                               request.requestHeaders)
-                assert request.content is not None
-                request.content.seek(0)
-                actual = file_sha256(request.content)
-                request.content.seek(0)
-                self._verifier.check_body(claimed, actual)
-            except Refused as refused:
-                raise Unauthorized(str(refused)) from None
-            return True
+    def _signed(self, request: Request) -> bool:
+        """Whether ``request`` is cluster-signed: it then acts as the cluster, on any route
+        (followers fetch chunks with /songs/<id>/chunks/<n>). Unauthorized if it carries
+        signature headers that do not verify."""
+        if not any(request.requestHeaders.hasHeader(name) for name in HEADERS):
+            return False
+        try:
+            claimed = self._verifier.check(request.method, request.uri, request.requestHeaders)
+            assert request.content is not None
+            request.content.seek(0)
+            actual = file_sha256(request.content)
+            request.content.seek(0)
+            self._verifier.check_body(claimed, actual)
+        except Refused as refused:
+            raise Unauthorized(str(refused)) from None
+        return True
+
+    def _metrics_bearer(self, request: Request) -> bool:
+        """Whether a /status or /metrics request carries the --metrics-token (Prometheus)."""
         token = _bearer(request)
         return (token is not None and self._metrics_token is not None
                 and hmac.compare_digest(token.encode(), self._metrics_token.encode()))

@@ -2,9 +2,11 @@
 
 Replicas 1-3 on 127.0.0.1 (HTTP 8001-8003, AMP 9001-9003, heartbeats on interface 127.0.0.1
 with TTL 0, so nothing leaves the machine), data and logs under ./data/, the proxy on 8080.
-The replicas share the cluster key ./data/cluster.key, made (owner-only) on first use. It
-prints where to go, offers demo tracks (made here, never downloaded) while the library is
-empty, and stops every process it started on Ctrl-C.
+The replicas share the cluster key ./data/cluster.key, made (owner-only) on first use. The
+first start also makes the first admin: a random password, saved owner-only in
+./data/admin.password, handed to the replicas as DISTPOTIFY_ADMIN_PASSWORD. It prints where
+to go and how to log in, offers demo tracks (made here, never downloaded) while the library
+is empty, and stops every process it started on Ctrl-C.
 """
 # test-case-name: tests.unit.test_cli_cluster, tests.integration.test_cli_cluster
 
@@ -15,6 +17,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -32,6 +35,10 @@ from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, S
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
+ADMIN = "admin"  # the first admin's name (distpotify/accounts.py FIRST_ADMIN)
+ADMIN_PASSWORD = "DISTPOTIFY_ADMIN_PASSWORD"
+METRICS_TOKEN = "DISTPOTIFY_METRICS_TOKEN"
+LOGIN_TIMEOUT = 30.0
 
 
 @attrs.frozen
@@ -44,10 +51,19 @@ class Layout:
     proxy_port: int = 8080
     cluster: str = "distpotify"
     multicast_port: int = 7946
+    auth: bool = False  # --auth on every process
 
     @property
     def key_file(self) -> Path:
         return self.data / "cluster.key"
+
+    @property
+    def password_file(self) -> Path:
+        return self.data / "admin.password"
+
+    @property
+    def auth_flag(self) -> tuple[str, str]:
+        return ("--auth", "on" if self.auth else "off")
 
     def replica_log(self, index: int) -> Path:
         return self.data / f"node{index + 1}.log"
@@ -59,7 +75,7 @@ class Layout:
             advertise_host=HOST, http_port=self.http_ports[index],
             amp_port=self.amp_ports[index], cluster=self.cluster,
             multicast_port=self.multicast_port, multicast_interface=HOST, multicast_ttl=0,
-            cluster_key_file=self.key_file,
+            cluster_key_file=self.key_file, extra=self.auth_flag,
         ).argv(logfile=self.replica_log(index))
 
     def proxy_log(self) -> Path:
@@ -67,8 +83,9 @@ class Layout:
 
     def proxy_command(self) -> list[str]:
         backends = [f"{HOST}:{port}" for port in self.http_ports]
-        return ProxyCommand(backends=backends, host=HOST, port=self.proxy_port).argv(
-            logfile=self.proxy_log())
+        return ProxyCommand(backends=backends, host=HOST, port=self.proxy_port,
+                            extra=("--cluster-key-file", str(self.key_file), *self.auth_flag)
+                            ).argv(logfile=self.proxy_log())
 
 
 def ensure_key_file(path: Path) -> bool:
@@ -83,7 +100,44 @@ def ensure_key_file(path: Path) -> bool:
     return True
 
 
-def add_demos(port: int, say: Any = print) -> int:
+def make_admin_password(path: Path) -> str:
+    """A new random password for the first admin, saved at PATH readable by its owner only."""
+    password = secrets.token_urlsafe(15)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an earlier try keeps its mode otherwise
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
+def read_admin_password(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def log_in(port: int, password: str, timeout: float = LOGIN_TIMEOUT) -> str | None:
+    """A session token of the first admin, once the leader has made it; None if the password
+    is refused for ``timeout`` seconds (changed since, or never made)."""
+    body = json.dumps({"username": ADMIN, "password": password}).encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, answer = _http(port, "POST", "/auth/login", body,
+                                   {"Content-Type": "application/json"}, timeout=5)
+        except (OSError, http.client.HTTPException):
+            status, answer = 0, b""
+        if status == 200:
+            token: str = json.loads(answer)["token"]
+            return token
+        # 401 before the leader has made the account; 429 once the proxy counts too many
+        if status == 429 or time.monotonic() >= deadline:
+            return None
+        time.sleep(1.0)
+
+
+def add_demos(port: int, say: Any = print, token: str | None = None) -> int:
     """Make and upload the demo tracks through the proxy; how many were stored."""
     stored = 0
     with tempfile.TemporaryDirectory(prefix="distpotify-demo-") as tmp:
@@ -93,7 +147,8 @@ def add_demos(port: int, say: Any = print) -> int:
                              (("title", demo.title), ("artist", demo.artist),
                               ("album", demo.album)))
             status, body = _http(port, "POST", f"/songs?{query}", path.read_bytes(),
-                                 {"Content-Type": content_type}, timeout=120)
+                                 {"Content-Type": content_type, **_bearer(token)},
+                                 timeout=120)
             if status in (200, 201):
                 stored += 1
                 say(f"  added {demo.title!r} ({content_type}, {path.stat().st_size} bytes)")
@@ -116,6 +171,10 @@ def _http(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def busy_ports(layout: Layout) -> list[int]:
     busy = []
     for port in (*layout.http_ports, *layout.amp_ports, layout.proxy_port):
@@ -128,10 +187,11 @@ def busy_ports(layout: Layout) -> list[int]:
     return busy
 
 
-def cluster_view(layout: Layout) -> dict[str, Any] | None:
-    """The proxy's /proxy/status once it knows a leader and every replica, else None."""
+def cluster_view(layout: Layout, token: str | None = None) -> dict[str, Any] | None:
+    """The proxy's /proxy/status once it knows a leader and every replica, else None;
+    ``token``: the --metrics-token this tool gave the proxy (--auth on)."""
     try:
-        status, body = _http(layout.proxy_port, "GET", "/proxy/status")
+        status, body = _http(layout.proxy_port, "GET", "/proxy/status", headers=_bearer(token))
     except (OSError, http.client.HTTPException):
         return None
     if status != 200:
@@ -142,22 +202,24 @@ def cluster_view(layout: Layout) -> dict[str, Any] | None:
     return view if ready else None
 
 
-def library_size(layout: Layout) -> int | None:
+def library_size(layout: Layout, token: str | None = None) -> int | None:
     try:
-        status, body = _http(layout.proxy_port, "GET", "/songs?limit=1")
+        status, body = _http(layout.proxy_port, "GET", "/songs?limit=1", headers=_bearer(token))
     except (OSError, http.client.HTTPException):
         return None
     return int(json.loads(body)["total"]) if status == 200 else None
 
 
-def banner(layout: Layout, view: dict[str, Any]) -> str:
+def banner(layout: Layout, view: dict[str, Any], new_password: str | None = None) -> str:
+    """What to open, and how to log in: ``new_password`` is the first admin's, made by this
+    start (printed once); on later starts the banner names its file."""
     proxy = f"http://{HOST}:{layout.proxy_port}"
     roles = {b["http"]: (b["node_id"], b["role"]) for b in view["backends"]}
     lines = [
         "",
         f"Distpotify is running: {len(layout.http_ports)} replicas and the proxy.",
         f"  web player     {proxy}/",
-        f"  cluster view   {proxy}/proxy/status",
+        f"  cluster view   {proxy}/proxy/status" + (" (admins)" if layout.auth else ""),
         f"  upload         curl -X POST -H 'Content-Type: audio/mpeg'"
         f" --data-binary @song.mp3 {proxy}/songs",
         f"  play           ffplay {proxy}/songs/<id>/stream",
@@ -165,7 +227,15 @@ def banner(layout: Layout, view: dict[str, Any]) -> str:
     for port in layout.http_ports:
         node_id, role = roles.get(f"http://{HOST}:{port}", ("?", "?"))
         lines.append(f"  replica {node_id}      http://{HOST}:{port}/status ({role})")
+    if new_password is not None:
+        lines.append(f"  log in         user {ADMIN}, password {new_password} at {proxy}/ (saved"
+                     f" in {layout.password_file})")
+    else:
+        lines.append(f"  log in         user {ADMIN}, the password in {layout.password_file}"
+                     " (made on the first start)")
     lines += [
+        f"  accounts       --auth {'on' if layout.auth else 'off'}"
+        + ("" if layout.auth else ": the library is open to anyone; --auth on needs a login"),
         f"  logs           {layout.data}/node<N>.log, {layout.data}/proxy.log",
         "Kill any replica while a song plays: the proxy carries on. Ctrl-C stops everything.",
         "",
@@ -192,9 +262,17 @@ def run(layout: Layout, demo: bool | None) -> int:
         print(f"distpotify-cluster: port(s) {', '.join(map(str, busy))} on {HOST} already in"
               " use (another cluster running?)", file=sys.stderr)
         return 1
+    first = not layout.data.exists()
     layout.data.mkdir(parents=True, exist_ok=True)
     if ensure_key_file(layout.key_file):
         print(f"made the cluster key {layout.key_file} (every replica of this cluster uses it)")
+    # Only a new cluster gets the password: later starts find the admin in the replicas' data.
+    new_password = make_admin_password(layout.password_file) if first else None
+    # This run's own key to the cluster views it waits on, whatever --auth says; in the
+    # environment, not on command lines every user of the machine can read.
+    metrics_token = secrets.token_urlsafe(24)
+    env = {METRICS_TOKEN: metrics_token}
+    replica_env = {**env, ADMIN_PASSWORD: new_password} if new_password else env
     supervisor = Supervisor()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -204,20 +282,25 @@ def run(layout: Layout, demo: bool | None) -> int:
     try:
         for index in range(len(layout.http_ports)):
             supervisor.start(f"replica {index + 1}", layout.replica_command(index),
-                             layout.replica_log(index))
-        supervisor.start("proxy", layout.proxy_command(), layout.proxy_log())
+                             layout.replica_log(index), env=replica_env)
+        supervisor.start("proxy", layout.proxy_command(), layout.proxy_log(), env=env)
         print(f"starting {len(layout.http_ports)} replicas and the proxy"
               f" (logs in {layout.data}/) ...")
         try:
-            view = supervisor.wait_ready(lambda: cluster_view(layout), timeout=READY_TIMEOUT,
+            view = supervisor.wait_ready(lambda: cluster_view(layout, metrics_token),
+                                         timeout=READY_TIMEOUT,
                                          what="the cluster (a leader, every replica)",
                                          interval=0.2)
         except ChildError as e:
             print(f"distpotify-cluster: {e}\nsee the logs in {layout.data}/", file=sys.stderr)
             return 1
-        print(banner(layout, view))
-        if library_size(layout) == 0 and want_demos(demo):
-            print(f"added {add_demos(layout.proxy_port)} demo tracks")
+        print(banner(layout, view, new_password), flush=True)
+        token = None
+        if layout.auth:  # the library needs a session: the first admin's, if it still logs in
+            password = read_admin_password(layout.password_file)
+            token = log_in(layout.proxy_port, password) if password else None
+        if library_size(layout, token) == 0 and want_demos(demo):
+            print(f"added {add_demos(layout.proxy_port, token=token)} demo tracks")
         print("running; Ctrl-C stops everything", flush=True)
         while True:
             for child in supervisor.exited():
@@ -254,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cluster", default=default.cluster, help="cluster name")
     parser.add_argument("--multicast-port", type=int, default=default.multicast_port,
                         help="heartbeat UDP port [default: 7946]")
+    parser.add_argument("--auth", choices=("on", "off"), default="off",
+                        help="passed to every replica and the proxy: on, the library and the"
+                             " cluster views need a login [default: off, for now]")
     demo = parser.add_mutually_exclusive_group()
     demo.add_argument("--demo", action="store_true", default=None,
                       help="add demo tracks to an empty library without asking")
@@ -263,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.http_ports) != len(args.amp_ports) or not args.http_ports:
         parser.error("--http-ports and --amp-ports need the same number of ports")
     layout = Layout(args.data, args.http_ports, args.amp_ports, args.proxy_port, args.cluster,
-                    args.multicast_port)
+                    args.multicast_port, auth=args.auth == "on")
     return run(layout, args.demo)
 
 

@@ -255,8 +255,10 @@ class Supervisor:
         self.children: list[Child] = []
 
     def start(self, name: str, argv: Sequence[str], log: Path,
-              output: Output = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-        process = spawn(argv, output=output, cwd=self.cwd)
+              output: Output = subprocess.DEVNULL, env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as the child ``name``, with ``env`` added to its environment."""
+        process = spawn(argv, output=output, cwd=self.cwd, env=env)
         self.children.append(Child(name, process, log))
         return process
 

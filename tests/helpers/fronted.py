@@ -1,5 +1,6 @@
 """Three real replicas of one cluster behind the real proxy, for tests of what clients see
-through it: a client that keeps the proxy's cookie, agreement waits, and convergence."""
+through it: a client that keeps the proxy's cookie, agreement waits, and convergence; with
+``auth=True``, every process runs ``--auth on`` and the first admin is made at start."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from tests.helpers.replica import (
     request,
     wait_until,
 )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class Client:
@@ -48,16 +53,54 @@ class Client:
         return self.call("GET", path, headers=headers)
 
 
+# With auth=True: the helpers read /status and /proxy/status with this bearer, and the
+# replicas make the first admin, ADMIN_NAME, with this password.
+METRICS_TOKEN = "fronted-metrics-token-0123456789"
+ADMIN_NAME = "admin"
+ADMIN_PASSWORD = "fronted-admin-password"
+
+
 class Fronted:
     """A cluster of replicas 1-3 and a proxy in front of them, started and agreed.
-    ``extra``: the replicas' options; ``proxy_args``: the proxy's."""
+    ``extra``: the replicas' options; ``proxy_args``: the proxy's. ``auth``: every process
+    with --auth on (the proxy with the cluster key) and the first admin made."""
 
     def __init__(self, root: Path, started: list[ReplicaProcess], *extra: str,
-                 proxy_args: tuple[str, ...] = ()) -> None:
-        self.cluster = Cluster(root, started, *extra)
+                 proxy_args: tuple[str, ...] = (), auth: bool = False) -> None:
+        monitor = ("--auth", "on", "--metrics-token", METRICS_TOKEN) if auth else ()
+        self.cluster = Cluster(root, started, *extra, *monitor)
+        if auth:
+            self.cluster.status_headers.update(bearer(METRICS_TOKEN))
         for node_id in (1, 2, 3):
-            self.cluster.add(node_id)
+            node = self.cluster.add(node_id, start=False)
+            if auth:
+                node.env = {**node.env, "DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD}
+            node.start(wait=False)
+        if auth:
+            proxy_args = ("--cluster-key-file", str(self.cluster.key_file), *monitor,
+                          *proxy_args)
         self.proxy = ProxyProcess(root, list(self.cluster.nodes.values()), *proxy_args)
+        if auth:
+            self.proxy.status_headers = bearer(METRICS_TOKEN)
+
+    def log_in(self, username: str, password: str, timeout: float = STARTUP) -> Client:
+        """A client sending the session token of ``username`` as a bearer. Tried every two
+        seconds while it is refused (the leader makes the first admin a moment after it
+        leads): the proxy lets an address fail five times a minute before it waits."""
+        client = Client(self.proxy)
+
+        def token() -> str | None:
+            answer = client.send_json("POST", "/auth/login",
+                                      {"username": username, "password": password})
+            return answer.json()["token"] if answer.status == 200 else None
+
+        found = wait_until(token, timeout, interval=2.0, what=f"{username} to log in")
+        client.headers.update(bearer(found))
+        return client
+
+    def admin(self, timeout: float = STARTUP) -> Client:
+        """A client of the first admin's session (``auth=True``)."""
+        return self.log_in(ADMIN_NAME, ADMIN_PASSWORD, timeout)
 
     def start(self, timeout: float = STARTUP) -> Fronted:
         self.settled(timeout)

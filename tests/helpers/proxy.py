@@ -33,8 +33,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from distpotify.auth.ratelimit import LoginLimiter
 from distpotify.cli import processes
 from distpotify.cli.processes import ProxyCommand
+from proxy.auth import AdminCheck, LoginLimit
 from proxy.backends import BackendView
 from proxy.config import ProxyConfig
 from proxy.limits import ConnectionLimits
@@ -97,6 +99,8 @@ class FakeReplica:
     responses: list[FakeResponse] = attrs.Factory(list)
     pending: list[Deferred[IResponse]] = attrs.Factory(list)
     cancelled: int = 0
+    # path -> (status, headers, JSON body): fixed answers for some paths (/auth/me, ...)
+    paths: dict[str, tuple[int, dict[str, str], Any]] = attrs.Factory(dict)
 
     @property
     def url(self) -> str:
@@ -121,6 +125,14 @@ class FakeReplica:
             d: Deferred[IResponse] = Deferred(self._cancelled)
             self.pending.append(d)
             return d
+        fixed = self.paths.get(sent.path.decode().partition("?")[0])
+        if fixed is not None:
+            code, extra, value = fixed
+            response = FakeResponse(self, code, {"Content-Type": "application/json",
+                                                 **extra},
+                                    json.dumps(value).encode())
+            self.responses.append(response)
+            return succeed(response)
         if self.status_code is not None:
             headers = {"Content-Type": "text/html" if self.bare else "application/json",
                        **self.headers}
@@ -413,11 +425,26 @@ class ProxyHarness:
                                       self.counters, cooperator=cooperator)
         self.limits = ConnectionLimits(self.config.max_connections_per_client, None,
                                        self.config.trusted_proxies)
-        self.site = ProxySite(ProxyRoot(self.resource, self.view.snapshot, self.config.web_dir),
+        admin_check = None
+        if self.config.auth:
+            assert self.config.cluster_keys is not None
+            admin_check = AdminCheck(self.view, self.agent, self.clock, self.config.cluster_keys,
+                                     self.config.metrics_token)
+        self.logins = LoginLimiter(self.clock)
+        login = LoginLimit(self.resource, self.logins, self.counters.count)
+        root = ProxyRoot(self.resource, self.report, self.config.web_dir,
+                         admin_check=admin_check, login=login)
+        self.site = ProxySite(root,
                               max_body=self.config.max_upload, clock=self.clock,
                               timeouts=self.config.timeouts, limits=self.limits,
                               trusted_proxies=self.config.trusted_proxies, reactor=self.clock)
         self.poll()
+
+    def report(self) -> dict[str, Any]:
+        """What ProxyService.report gives /proxy/status and /metrics, less its config."""
+        return {**self.view.snapshot(), "counters": attrs.asdict(self.counters),
+                "connections": {**self.limits.snapshot(),
+                                "timed_out": dict(self.site.timeouts_expired)}}
 
     def poll(self) -> None:
         self.view.poll_all()
@@ -455,6 +482,8 @@ class ProxyProcess:
         self.extra = extra
         self.env = {**kernel_switches("splice"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        # Sent with every /proxy/status the helpers read: a --metrics-token under --auth on.
+        self.status_headers: dict[str, str] = {}
 
     def command(self) -> list[str]:
         return ProxyCommand(backends=self.backends.split(","), port=self.port,
@@ -474,14 +503,15 @@ class ProxyProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"proxy exited {self.process.returncode}: {self.log()}")
-            answer = self.get("/proxy/status", timeout=2.0)
+            answer = self.get("/proxy/status", self.status_headers, timeout=2.0)
             status = answer.json() if answer.status == 200 else None
             return status if status is not None and predicate(status) else None
 
         return wait_until(ready, timeout, what=what)
 
     def status(self) -> dict[str, Any]:
-        return self.get("/proxy/status", timeout=5.0).json()  # type: ignore[no-any-return]
+        return self.get("/proxy/status", self.status_headers,  # type: ignore[no-any-return]
+                        timeout=5.0).json()
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 30.0
             ) -> Response:

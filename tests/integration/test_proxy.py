@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from distpotify.options import parse_switch
 from proxy.leanclient import HEAD_READ
 from tests.helpers.audio import make_wav
+from tests.helpers.fronted import Fronted
 from tests.helpers.proxy import ProxyProcess, clone_data_dir, seed_data_dir
 from tests.helpers.replica import (
     TWISTD,
@@ -339,6 +340,37 @@ def test_an_oversized_upload_is_refused_by_the_proxy_before_it_is_stored(
     assert songs["total"] == 2  # the seeded song and the small one: nothing else arrived
 
 
+@pytest.fixture
+def guarded(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
+    running = Fronted(tmp_path, replicas, auth=True, proxy_args=("--check-timeout", "3"))
+    try:
+        yield running.start()
+    finally:
+        running.stop_all()
+
+
+def test_with_auth_on_the_proxy_follows_the_leader_by_signed_polls(guarded: Fronted) -> None:
+    view = guarded.proxy.status()  # Fronted.start waited for it to follow the leader
+
+    assert view["config"]["auth"] and view["config"]["signed_polls"]
+    assert all(b["healthy"] and b["poll_failures"] == 0 for b in view["backends"])
+
+
+def test_with_auth_on_the_proxy_views_answer_admins_only(guarded: Fronted) -> None:
+    admin = guarded.admin()
+    made = admin.send_json("POST", "/users", {"username": "lee", "password": "listener-pw-1",
+                                              "role": "listener"})
+    assert made.status == 201, made.body
+    listener = guarded.log_in("lee", "listener-pw-1")
+
+    assert guarded.proxy.get("/proxy/status").status == 401
+    assert guarded.proxy.get("/metrics").status == 401
+    assert listener.get("/proxy/status").status == 403
+    assert admin.get("/proxy/status").json()["leader"] is not None
+    assert admin.get("/metrics").status == 200
+    assert listener.get("/songs").status == 200  # the replicas decide the rest
+
+
 def test_a_bad_option_stops_the_proxy_with_one_clear_line() -> None:
     done = subprocess.run(
         [str(TWISTD), "-n", "--pidfile=", "distpotify-proxy", "--backends", "127.0.0.1:1",
@@ -366,6 +398,19 @@ def test_a_busy_port_stops_the_proxy_with_one_clear_line(tmp_path: Path) -> None
     assert done.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in (tmp_path / "p.log").read_text()
     assert "Traceback" not in (tmp_path / "p.log").read_text()
+
+
+def test_auth_on_without_the_cluster_key_stops_the_proxy_with_one_clear_line() -> None:
+    done = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", "distpotify-proxy", "--backends", "127.0.0.1:1",
+         "--auth", "on"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "--auth on needs --cluster-key-file" in output.strip().splitlines()[-1]
+    assert "Traceback" not in output
 
 
 def test_sigterm_stops_the_proxy_cleanly(cluster: Cluster) -> None:

@@ -497,3 +497,21 @@ def test_passwords_never_appear_in_logs_status_errors_or_reprs(
     texts.append(repr(replica.service.config))
     assert [a.status for a in answers] == [201, 401, 200, 400, 400, 200]
     assert not [t for t in texts if secret in t or stored in t]
+
+
+def test_a_cluster_signed_request_reads_the_library_as_the_cluster(
+        replica: InMemoryReplica, admin: Session) -> None:
+    # followers fetch the chunks of new songs from the leader so, with --auth on too
+    assert replica.call("GET", "/songs", signed=True, cookies=False).status == 200
+    assert replica.call("GET", "/songs", signed=False, cookies=False).status == 401
+
+
+def test_a_request_with_a_forged_signature_is_401(replica: InMemoryReplica,
+                                                 admin: Session) -> None:
+    forged = {"X-Distpotify-Time": "1", "X-Distpotify-Nonce": "0" * 32,
+              "X-Distpotify-Content-SHA256": "0" * 64, "X-Distpotify-Signature": "0" * 64}
+
+    answer = replica.call("GET", "/songs", headers={**admin.bearer, **forged}, signed=False,
+                          cookies=False)
+
+    assert answer.status == 401

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distpotify.cli.cluster import Layout, banner, ensure_key_file
+from distpotify.cli.cluster import Layout, banner, ensure_key_file, make_admin_password
 from distpotify.keys import ClusterKeys
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,3 +67,46 @@ def test_the_banner_says_where_to_go() -> None:
 
     assert "http://127.0.0.1:8080/" in text and "/proxy/status" in text
     assert "http://127.0.0.1:8003/status (leader)" in text
+
+
+def test_the_proxy_signs_its_polls_with_the_cluster_key() -> None:
+    joined = " ".join(Layout(data=Path("/srv/cluster")).proxy_command())
+
+    assert "--cluster-key-file /srv/cluster/cluster.key" in joined
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_every_process_gets_the_auth_switch(auth: bool) -> None:
+    layout = Layout(auth=auth)
+    flag = f"--auth {'on' if auth else 'off'}"
+
+    assert flag in " ".join(layout.proxy_command())
+    for index in range(3):
+        assert flag in " ".join(layout.replica_command(index))
+
+
+def test_the_admin_password_is_random_and_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "admin.password"
+
+    first = make_admin_password(path)
+    second = make_admin_password(tmp_path / "other")
+
+    assert path.read_text() == first + "\n" and len(first) >= 16 and first != second
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+VIEW = {"backends": [{"http": f"http://127.0.0.1:800{i}", "node_id": i, "role": "follower"}
+                     for i in (1, 2, 3)]}
+
+
+def test_the_first_banner_prints_the_admin_login() -> None:
+    text = banner(Layout(data=Path("/srv/cluster")), VIEW, new_password="s3cret-password")
+
+    assert "user admin, password s3cret-password at http://127.0.0.1:8080/" in text
+    assert "/srv/cluster/admin.password" in text
+
+
+def test_later_banners_name_the_password_file_only() -> None:
+    text = banner(Layout(data=Path("/srv/cluster")), VIEW)
+
+    assert "user admin, the password in /srv/cluster/admin.password" in text

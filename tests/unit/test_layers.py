@@ -27,6 +27,8 @@ SHARED = [
     # accounts: password hashes, session tokens, the login limit and the user directory, for
     # the proxy as for the replica (issue 17)
     "distpotify.auth.*",
+    # signed requests: replicas sign to each other, the proxy signs its /status polls (issue 17)
+    "distpotify.signing",
     "distpotify.zerocopy",
 ]
 
@@ -54,7 +56,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model", [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
         "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.failpoints",
-        "distpotify.signing", "distpotify.idempotency",
+        "distpotify.idempotency",
         "distpotify",
     ]),
     ("shared", SHARED),
