@@ -8,6 +8,7 @@ here; this module imports nothing from distpotify, which keeps the proxy off rep
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -43,6 +44,15 @@ def version_writer(version: bytes) -> int | None:
     return int(parts[1])
 
 
+def _reason(status: int) -> bytes | None:
+    """The status line's reason phrase, from Python's table: twisted.web's lacks some we
+    send (429 would read "Unknown Status"); None leaves twisted.web's own."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return None
+
+
 def json_response(request: IRequest, status: int, value: Any, *, pretty: bool = False) -> bytes:
     """Set ``status`` and the JSON headers on ``request``; return ``value`` as the body.
 
@@ -53,7 +63,7 @@ def json_response(request: IRequest, status: int, value: Any, *, pretty: bool = 
         data = json.dumps(value, indent=1).encode() + b"\n"
     else:
         data = json.dumps(value, separators=(",", ":")).encode()
-    request.setResponseCode(status)
+    request.setResponseCode(status, _reason(status))
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", str(len(data)).encode())
     return data

@@ -68,3 +68,11 @@ def test_the_roles_and_states_are_the_strings_on_the_wire() -> None:
     assert {LEADER, FOLLOWER, CANDIDATE} == ROLES
     assert (JOINING, ACTIVE) == ("JOINING", "ACTIVE")
     assert {JOINING, ACTIVE} == STATES
+
+
+def test_a_json_answer_names_its_status_even_where_twisted_web_has_no_phrase() -> None:
+    request = DummyRequest([b""])
+
+    json_response(request, 429, {"error": "too_many_requests"})
+
+    assert (request.responseCode, request.responseMessage) == (429, b"Too Many Requests")
