@@ -12,11 +12,12 @@ writing the rename so the records agree too.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hmac
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -233,11 +234,11 @@ class Accounts:
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password are required strings")
         key = name_key(username)[:256]
-        self._refuse_while_waiting(key)
         user = self.directory.by_name(username)
         usable = user is not None and not user.disabled
         stored = user.password_hash if usable and user is not None else None
-        matched = await self.passwords.verify(stored, password)
+        with self._attempt(key):
+            matched = await self.passwords.verify(stored, password)
         if not matched or user is None:
             self.login_failures += 1
             self.limiter.failed(key)
@@ -249,12 +250,20 @@ class Accounts:
             _background(self._rehash(user, password), "storing a new hash of a password")
         return self.signer.issue(user.id, user.generation), user
 
-    def _refuse_while_waiting(self, key: str) -> None:
+    @contextlib.contextmanager
+    def _attempt(self, key: str) -> Iterator[None]:
+        """One password check for ``key``: TooManyRequests while the key must wait, or while
+        as many checks of it are under way as it has failures left (guesses sent at once
+        are not all checked before the first failure counts)."""
         wait = self.limiter.wait(key)
-        if wait > 0:
+        if wait > 0 or not self.limiter.begin(key):
             self.logins_limited += 1
             raise TooManyRequests("too many failed password checks for this username lately;"
-                                  " wait", retry_after=wait)
+                                  " wait", retry_after=max(wait, 1.0))
+        try:
+            yield
+        finally:
+            self.limiter.end(key)
 
     async def _rehash(self, user: User, password: str) -> None:
         new_hash = await self.passwords.hash(password)
@@ -317,8 +326,10 @@ class Accounts:
             if not isinstance(values["disabled"], bool):
                 raise BadRequest("disabled must be true or false")
             fields["disabled"] = int(values["disabled"])
-        bump = "password" in values
-        if bump:
+        # Disabling ends every session for good: enabling again must not revive a token
+        # (perhaps the stolen one the account was disabled for).
+        bump = "password" in values or values.get("disabled") is True
+        if "password" in values:
             fields["password_hash"] = await self.passwords.hash(
                 _new_password(values["password"]))
         if not fields:
@@ -352,8 +363,9 @@ class Accounts:
         new = _new_password(values.get("password"))
         # A stolen session must not make guessing the password cheaper than a login does.
         key = user.key
-        self._refuse_while_waiting(key)
-        if not await self.passwords.verify(user.password_hash, old):
+        with self._attempt(key):
+            matched = await self.passwords.verify(user.password_hash, old)
+        if not matched:
             self.login_failures += 1
             self.limiter.failed(key)
             raise Forbidden("the old password is wrong")

@@ -329,7 +329,7 @@ class Library:
         fields = {"name": _name(values.get("name")), "owner": actor.user_id,
                   "created_at": self._now(), "deleted": 0,
                   "public": _public(values.get("public", False))}
-        return await self._write(key, _create_playlist, playlist_id, fields)
+        return await self._write(key, _create_playlist, playlist_id, fields, actor)
 
     async def patch_playlist(self, playlist_id: str, values: Mapping[str, Any],
                              key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
@@ -510,9 +510,16 @@ def _delete_playlist(db: MetadataDB, playlist_id: str, actor: Actor) -> Outcome:
     return Outcome(204)
 
 
-def _create_playlist(db: MetadataDB, playlist_id: str, fields: dict[str, Any]) -> Outcome:
+def _create_playlist(db: MetadataDB, playlist_id: str, fields: dict[str, Any],
+                     actor: Actor) -> Outcome:
+    """201 and the new playlist; 200 and the playlist if ``actor``'s create of this id was
+    applied before; 409, with nothing of it, if the id is another user's playlist."""
     created = _create_once(db, "playlists", playlist_id, fields)
-    return Outcome(201 if created else 200, {"playlist": db.playlist(playlist_id)})
+    playlist = db.playlist(playlist_id)
+    assert playlist is not None, "live: just made, or _create_once found it live"
+    if not created and not actor.may_change(playlist["owner"]):
+        raise Conflict(f"playlist id {playlist_id} is taken; create it with a new id")
+    return Outcome(201 if created else 200, {"playlist": playlist})
 
 
 def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any], actor: Actor) -> Outcome:

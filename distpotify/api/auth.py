@@ -24,7 +24,7 @@ from distpotify.api.parsing import json_body, typed_routes
 from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.tokens import DEFAULT_TTL
 from distpotify.auth.users import User
-from distpotify.errors import NotFound, Unauthorized, Unavailable
+from distpotify.errors import BadRequest, NotFound, Unauthorized, Unavailable
 from distpotify.idempotency import IdempotencyKey
 from distpotify.store.metadata import Runner
 from distpotify.wire import json_response
@@ -79,6 +79,9 @@ class AuthAPI:
     @app.route("/auth/login", methods=["POST"])
     async def login(self, request: Request) -> bytes:
         values = await self._json(request)
+        if set(values) - {"username", "password"}:
+            # Nothing else: padding could hide the name from the proxy's per-name limit.
+            raise BadRequest("a login is {\"username\", \"password\"} and nothing else")
         token, user = await self._accounts.login(values.get("username"), values.get("password"))
         request.setHeader(b"Set-Cookie", session_cookie(request, token))
         request.setHeader(b"Cache-Control", b"no-store")

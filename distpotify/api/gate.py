@@ -67,6 +67,13 @@ class Gate:
             return
         need = need_of(request.method, segments)
         if need is Need.NOTHING:
+            if (request.method not in _SAFE and request.getHeader("Origin") is not None
+                    and not _same_origin(request)):
+                # Login CSRF: a page of another site must not log a browser into an account
+                # of its choosing (a text/plain form needs no preflight). A browser always
+                # sends Origin on such a POST; curl and apps send none.
+                raise Forbidden("a login from another site's page is refused (its Origin"
+                                " does not match the host)")
             setattr(request, _ACTOR, Actor(None, admin=False))
             return
         if self._signed(request):

@@ -69,6 +69,10 @@ def check_new_password(password: str) -> None:
         raise WeakPassword(f"a password has at most {MAX_LENGTH} characters")
     if password.isspace():
         raise WeakPassword("a password is not only spaces")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON's \ud800): no text, no hash
+        raise WeakPassword("a password is valid Unicode text") from None
 
 
 class PasswordsBusy(Exception):

@@ -58,6 +58,7 @@ class LoginLimiter:
         self._max_keys = max_keys
         # Ordered by last failure, oldest first: expiry and eviction both take from the front.
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._checking: dict[str, int] = {}  # attempts begun and not yet ended, per key
 
     def __len__(self) -> int:
         return len(self._records)
@@ -67,6 +68,34 @@ class LoginLimiter:
         now = self._clock.seconds()
         record = self._current(key, now)
         return 0.0 if record is None else max(0.0, record.blocked_until - now)
+
+    def begin(self, key: str) -> bool:
+        """Whether one more attempt of ``key`` may be checked now (call after ``wait`` says
+        0): its failures lately plus the attempts still being checked stay within the free
+        ones, one at a time once those are used up. Without this, guesses sent at once
+        would all be checked before the first failure is counted. True counts the attempt
+        until ``end``."""
+        record = self._current(key, self._clock.seconds())
+        if record is None:
+            allowed = self._free
+        elif record.excess:
+            allowed = 1
+        else:
+            allowed = max(1, self._free - len(record.recent))
+        checking = self._checking.get(key, 0)
+        if checking >= allowed:
+            return False
+        self._checking[key] = checking + 1
+        return True
+
+    def end(self, key: str) -> None:
+        """An attempt ``begin`` let through is decided (report ``failed`` or ``succeeded``
+        too)."""
+        left = self._checking.get(key, 0) - 1
+        if left > 0:
+            self._checking[key] = left
+        else:
+            self._checking.pop(key, None)
 
     def failed(self, key: str) -> float:
         """Count a failed attempt of ``key``; the wait it must now observe (0: none yet)."""

@@ -6,6 +6,7 @@ migration of a database from before accounts."""
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import Any
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 
 from distpotify.auth.access import Need, need_of
+from distpotify.auth.passwords import Passwords
 from distpotify.model import Op, Version
 from distpotify.store.schema import connect
-from tests.helpers.accounts import Session, call, first_admin, listener
-from tests.helpers.api import Answer, InMemoryReplica
+from tests.helpers.accounts import LISTENER_PASSWORD, Session, call, first_admin, listener
+from tests.helpers.api import CHEAP_HASHES, Answer, InMemoryReplica
 from tests.helpers.audio import make_wav
 
 _seeds = itertools.count(1)
@@ -227,3 +230,67 @@ def test_a_database_from_before_accounts_is_migrated(tmp_path: Path) -> None:
     assert "users_name" not in indexes
     assert conn.execute("SELECT public FROM playlists").fetchone()[0] == 0
     assert "uploaded_by" in {r[1] for r in conn.execute("PRAGMA table_info(songs)")}
+
+
+def test_creating_a_playlist_with_another_users_id_reveals_nothing(world: World) -> None:
+    taken = call(world.replica, "POST", "/playlists", {"name": "x", "id": world.private},
+                 world.bob.bearer)
+    again = call(world.replica, "POST", "/playlists", {"name": "Mine", "id": world.private},
+                 world.alice.bearer)
+
+    assert taken.status == 409 and "items" not in taken.body.decode()
+    assert "Mine" not in taken.body.decode()
+    assert again.status == 200 and again.json()["playlist"]["owner"] == world.alice.id
+
+
+def test_disabling_an_account_ends_its_sessions_for_good(world: World) -> None:
+    path = f"/users/{world.bob.id}"
+    call(world.replica, "PATCH", path, {"disabled": True}, world.admin.bearer)
+    call(world.replica, "PATCH", path, {"disabled": False}, world.admin.bearer)
+
+    old_token = call(world.replica, "GET", "/songs", headers=world.bob.bearer)
+
+    assert old_token.status == 401
+
+
+def test_guesses_sent_at_once_are_limited_like_guesses_in_turn(world: World) -> None:
+    checks: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        checks.append((d, f, args))
+        return d
+
+    accounts = world.replica.accounts
+    accounts.passwords = Passwords(later, CHEAP_HASHES, max_waiting=100)
+    answers: list[str] = []
+    for i in range(30):
+        d = Deferred.fromCoroutine(accounts.login("bob", f"wrong guess {i}"))
+        d.addErrback(lambda f: answers.append(type(f.value).__name__))
+    while checks:
+        d, f, args = checks.pop(0)
+        d.callback(f(*args))
+
+    assert answers.count("Unauthorized") == 5 and accounts.login_failures == 5
+    assert answers.count("TooManyRequests") == 25
+
+
+def test_a_password_that_is_not_unicode_text_is_refused_and_stores_nothing(
+    world: World
+) -> None:
+    body = b'{"username": "carol", "password": "abcdefgh\\ud800"}'
+    created = world.replica.call("POST", "/users", body, {"Content-Type": "application/json",
+                                                         **world.admin.bearer},
+                                 signed=False, cookies=False)
+    users = call(world.replica, "GET", "/users", headers=world.admin.bearer).json()["users"]
+
+    assert created.status == 400 and "carol" not in {u["username"] for u in users}
+
+
+def test_a_login_from_another_sites_page_is_refused(world: World) -> None:
+    body = json.dumps({"username": "bob", "password": LISTENER_PASSWORD}).encode()
+    answer = world.replica.call("POST", "/auth/login", body,
+                                {"Content-Type": "text/plain", "Origin": "http://evil.example"},
+                                signed=False, cookies=False)
+
+    assert answer.status == 403 and "set-cookie" not in answer.headers

@@ -175,3 +175,20 @@ def test_asking_to_wait_keeps_no_key() -> None:
 def test_nonsense_settings_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         limiter(**kwargs)
+
+
+def test_guesses_sent_at_once_are_not_all_checked_before_the_first_fails() -> None:
+    limiter = LoginLimiter(Clock())
+    begun = [limiter.begin("ana") for _ in range(8)]
+
+    assert begun == [True] * 5 + [False] * 3
+
+
+def test_an_attempt_that_failed_leaves_one_free_attempt_fewer_to_run_at_once() -> None:
+    limiter = LoginLimiter(Clock())
+    for _ in range(3):
+        assert limiter.begin("ana")
+    limiter.end("ana")
+    limiter.failed("ana")
+
+    assert [limiter.begin("ana") for _ in range(3)] == [True, True, False]
