@@ -236,23 +236,29 @@ class LoginLimit(Resource):
         if request.method != b"POST":
             return self._forward.render(request)
         address = client_origin(request).address or "unknown"
-        keys = [f"address:{address}"]
         name = _username(request)
-        if name is not None:
-            keys.append(f"name:{name_key(name)}")
+        if name is None:  # the per-name limit needs the name: no login without one
+            return answer_error(request, Refusal(
+                400, "bad_request", f"a login is a JSON object of at most {MAX_LOGIN_BODY}"
+                " bytes with a \"username\" string"))
+        keys = [f"address:{address}", f"name:{name_key(name)}"]
         wait = max(self._limiter.wait(key) for key in keys)
-        if wait > 0:
+        begun = [key for key in keys if wait == 0 and self._limiter.begin(key)]
+        if wait > 0 or len(begun) < len(keys):
+            for key in begun:
+                self._limiter.end(key)
             self._counted("login_refused")
             log.info("login from {address} refused for {wait:.0f} s: too many failures",
-                     address=address, wait=wait)
+                     address=address, wait=max(wait, 1.0))
             return answer_error(request, too_many_logins(
                 "too many failed logins lately from this address or for this username; wait",
-                retry_after=wait))
-        request.notifyFinish().addCallbacks(lambda _: self._outcome(request, keys, address),
-                                            lambda _: None)
+                retry_after=max(wait, 1.0)))
+        request.notifyFinish().addBoth(lambda _: self._outcome(request, keys, address))
         return self._forward.render(request)
 
     def _outcome(self, request: Request, keys: list[str], address: str) -> None:
+        for key in keys:
+            self._limiter.end(key)
         if request.code == 401:
             self._counted("login_failures")
             for key in keys:
@@ -275,6 +281,6 @@ def _username(request: Request) -> str | None:
         return None
     try:
         name = json.loads(data).get("username")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return name if isinstance(name, str) and name else None

@@ -114,7 +114,11 @@ class ProxyRoot(Resource):
         if path == b"":
             return True
         name = path.decode("utf-8", "replace")
-        return not name.startswith(".") and (self._web_dir / name).exists()
+        # One name in the web dir: a segment holding a separator (%2F) or a NUL would reach
+        # elsewhere, and telling its 404 from a replica's would say what exists on this host.
+        if name.startswith(".") or any(c in name for c in "/\\\0"):
+            return False
+        return (self._web_dir / name).exists()
 
     def render(self, request: server.Request) -> Any:
         return self._forward.render(request)

@@ -30,6 +30,7 @@ KEYS = ClusterKeys.generate()
 METRICS_TOKEN = "prometheus-bearer-0123456789"
 ME = "/auth/me"
 LOGIN = "/auth/login"
+A_LOGIN = b'{"username": "ana", "password": "a password"}'
 
 
 def me(role: str, disabled: bool = False) -> tuple[int, dict[str, str], Any]:
@@ -257,7 +258,7 @@ def test_the_session_cookie_gets_secure_when_the_client_came_over_https() -> Non
     nodes = cluster(**{"_auth_login": (200, {"Set-Cookie": SESSION_COOKIE}, {"token": "abc"})})
     proxy = ProxyHarness(nodes, trusted_proxies=parse_trusted_proxies(CLIENT_IP))
 
-    answer = proxy.post(LOGIN, b"{}", headers={"X-Forwarded-Proto": "https"}).read_all()
+    answer = proxy.post(LOGIN, A_LOGIN, headers={"X-Forwarded-Proto": "https"}).read_all()
 
     assert answer.headers["set-cookie"] == SESSION_COOKIE + "; Secure"
 
@@ -268,7 +269,7 @@ def test_the_session_cookie_gets_secure_on_a_tls_listener() -> None:
     connection = proxy.connect()
     directlyProvides(connection.transport, ISSLTransport)  # as an ssl: endpoint's would
 
-    answer = connection.send("POST", LOGIN, {"Content-Type": "application/json"}, b"{}"
+    answer = connection.send("POST", LOGIN, {"Content-Type": "application/json"}, A_LOGIN
                              ).read_all()
 
     assert answer.headers["set-cookie"] == SESSION_COOKIE + "; Secure"
@@ -279,7 +280,7 @@ def test_a_cookie_already_secure_is_left_alone() -> None:
     nodes = cluster(**{"_auth_login": (200, {"Set-Cookie": cookie}, {"token": "abc"})})
     proxy = ProxyHarness(nodes, trusted_proxies=parse_trusted_proxies(CLIENT_IP))
 
-    answer = proxy.post(LOGIN, b"{}", headers={"X-Forwarded-Proto": "https"}).read_all()
+    answer = proxy.post(LOGIN, A_LOGIN, headers={"X-Forwarded-Proto": "https"}).read_all()
 
     assert answer.headers["set-cookie"] == cookie
 
@@ -289,7 +290,7 @@ def test_the_session_cookie_stays_as_it_was_over_plain_http() -> None:
     proxy = ProxyHarness(nodes)
 
     # an untrusted client's claim of https is not believed
-    answer = proxy.post(LOGIN, b"{}", headers={"X-Forwarded-Proto": "https"}).read_all()
+    answer = proxy.post(LOGIN, A_LOGIN, headers={"X-Forwarded-Proto": "https"}).read_all()
 
     assert answer.headers["set-cookie"] == SESSION_COOKIE
 
@@ -321,4 +322,18 @@ class _Status:
     def deliverBody(self, protocol: Any) -> None:
         protocol.dataReceived(b'{"node_id": 1}')
         protocol.connectionLost(Failure(ResponseDone()))
+
+
+
+@pytest.mark.parametrize("body", [
+    b"{}", b"[1]", b"not json", b'{"username": "ana", "pad": "' + b"x" * 9000 + b'"}',
+    b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}",
+], ids=["no name", "not an object", "not json", "padded past the limit", "deeply nested"])
+def test_a_login_whose_name_cannot_be_read_is_refused_here(body: bytes) -> None:
+    nodes = cluster(**{"_auth_login": (401, {}, {"error": "unauthorized"})})
+    proxy = ProxyHarness(nodes)
+
+    answer = proxy.post(LOGIN, body).read_all()
+
+    assert answer.status == 400 and json.loads(answer.body)["error"] == "bad_request"
 

@@ -118,3 +118,19 @@ def test_a_head_of_the_proxys_own_answer_is_the_gets_without_a_body(tmp_path: Pa
 
     assert answer.status == 200 and answer.body == b""
     assert answer.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("path", ["/%2Fetc%2Fpasswd", "/..%2F..%2Fetc%2Fhostname",
+                                  "/%5Cetc", "/.hidden"])
+def test_a_segment_reaching_outside_the_web_dir_is_forwarded_like_any_unknown_path(
+    tmp_path: Path, path: str
+) -> None:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<p>player</p>")
+    (web / ".hidden").write_text("secret")
+    treq = StubTreq(ProxyRoot(Forwarded(), lambda: REPORT, web))
+
+    answer = get(treq, path)
+
+    assert answer.body.startswith(b"forwarded ")
