@@ -49,7 +49,7 @@ from tests.helpers.fronted import ADMIN_NAME, Fronted, bearer
 from tests.helpers.replica import ReplicaProcess, request
 
 # The timeout is per test: the first (the cluster starts) takes about 15 s, each operation
-# a few seconds; the whole module about a minute on 2 loaded cores.
+# a few seconds; the whole module about two minutes on 2 loaded cores.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
