@@ -323,7 +323,7 @@ class Library:
         makes a retried create idempotent without a key) exists already."""
         self.leadership.require_leader()
         _only(values, {"name", "id", "public"})
-        playlist_id = values.get("id") or _record_id(key)
+        playlist_id = _given_id(values, key)
         if not isinstance(playlist_id, str) or not valid_uuid(playlist_id):
             raise BadRequest("id must be a lowercase UUID")
         fields = {"name": _name(values.get("name")), "owner": actor.user_id,
@@ -369,7 +369,7 @@ class Library:
                                      or not isinstance(position, int | float)
                                      or not _finite(position)):
             raise BadRequest("position must be a finite number")
-        item_id = values.get("id") or _record_id(key)
+        item_id = _given_id(values, key)
         if not isinstance(item_id, str) or not valid_uuid(item_id):
             raise BadRequest("id must be a lowercase UUID")
         fields = {"playlist_id": playlist_id, "song_id": song_id,
@@ -393,6 +393,13 @@ def _record_id(key: IdempotencyKey | None) -> str:
     """The id of a record a write creates: derived from its key, so every leader that applies
     the write creates the same record; a fresh one without a key."""
     return key.record_id() if key is not None else new_id()
+
+
+def _given_id(values: Mapping[str, Any], key: IdempotencyKey | None) -> Any:
+    """The client-chosen ``id`` of a record to create, as given (checked by the caller): a
+    given one is used even if falsy ("", null, 0 are refused, not taken for none); else
+    ``_record_id``."""
+    return values["id"] if "id" in values else _record_id(key)
 
 
 def _checked_id(text: str, kind: str) -> str:

@@ -1,7 +1,16 @@
 """schemathesis against a real cluster behind the proxy, from docs/openapi.yaml: generated
-requests, valid and invalid, to every operation that is answered today (the account routes
-are not built yet). Checked for each answer: no 5xx; its status, content type, headers and
-body as described; and a write that was refused left the library as it was.
+requests, valid and invalid, to every operation, the account routes included. The cluster
+runs --auth on, its first admin made by DISTPOTIFY_ADMIN_PASSWORD (tests/helpers/fronted.py);
+most cases carry that admin's bearer token, a seeded few none (401). Checked for each answer:
+no 5xx; its status, content type, headers and body as described; and a write that was
+refused left the library and the accounts as they were.
+
+The admin the test uses stays usable: no generated request is aimed at its account (PATCH and
+DELETE /users/{id} are pointed at other accounts only; random ids name none), and the two
+operations that end the caller's own sessions (POST /auth/logout-all, PUT /auth/password)
+are sent with the token of a throwaway listener made for the case. A wrong old password
+counts against that listener's name only. The login limiter answers 429 once the test's
+address failed a few logins: a described answer like any other.
 
 Bounded: MAX_EXAMPLES generated examples per operation (plus schemathesis's coverage cases,
 a deterministic few dozen: each boundary and each kind of invalid value once), and a
@@ -21,6 +30,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from requests.structures import CaseInsensitiveDict
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -35,11 +45,11 @@ from schemathesis.transport.serialization import serialize_binary
 
 from proxy.openapi import load_description
 from tests.helpers.audio import make_wav
-from tests.helpers.fronted import Fronted
+from tests.helpers.fronted import ADMIN_NAME, Fronted, bearer
 from tests.helpers.replica import ReplicaProcess, request
 
 # The timeout is per test: the first (the cluster starts) takes about 15 s, each operation
-# a few seconds; the whole module about a minute on 2 loaded cores.
+# a few seconds; the whole module about two minutes on 2 loaded cores.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,14 +58,19 @@ MAX_EXAMPLES = int(os.environ.get("DISTPOTIFY_OPENAPI_EXAMPLES", "12"))
 SEED = 17
 
 # A request with invalid data must be refused: by the application (400, 404, 405, 409, 415,
-# 422), or, a too long one, by the HTTP channel before it (413, 414, 431).
+# 422), or, a too long one, by the HTTP channel before it (413, 414, 431); or before its data
+# is looked at: a case sent without a token (401), the setup code checked before the body's
+# fields (403), a login from an address that must wait (429).
 CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": [400, 404, 405, 409, 413, 414, 415, 422, 431, "5xx"]}}})
+    "expected-statuses": [400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, 431,
+                          "5xx"]}}})
 
-SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=CONFIG).exclude(
-    # issue 17: the account routes are described as designed, and answered 404 until built
-    tag="accounts",
-)
+SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=CONFIG)
+# The operations that end every session of their caller: sent as a throwaway listener.
+ENDS_OWN_SESSIONS = {("POST", "/auth/logout-all"), ("PUT", "/auth/password")}
+THROWAWAY_PASSWORD = "throwaway-password"
+# The share of cases sent without a token.
+ANONYMOUS = 0.15
 
 # (operation, status) of every answer, for the summary at the end.
 ANSWERS: Counter[tuple[str, int]] = Counter()
@@ -84,15 +99,24 @@ class Library:
         self.fronted = fronted
         self.base_url = f"http://127.0.0.1:{fronted.proxy.port}"
         self.choices = random.Random(SEED)
+        self.token = fronted.admin().headers["Authorization"].removeprefix("Bearer ")
+        self.admin_id = self._json_of(request(fronted.proxy.port, "GET", "/auth/me", None,
+                                              bearer(self.token)))["user"]["id"]
         leader_id = fronted.proxy_follows()
         self.leader = fronted.cluster.nodes[leader_id]
         self.uploads = 0
+        self.throwaways = 0
         self.applied = ""  # a version every replica applied
         self.replenish()
 
+    @staticmethod
+    def _json_of(answer: Any) -> Any:
+        assert answer.status == 200, (answer.status, answer.body)
+        return answer.json()
+
     def _send(self, method: str, path: str, body: bytes, content_type: str) -> Any:
         answer = request(self.fronted.proxy.port, method, path, body,
-                         {"Content-Type": content_type})
+                         {"Content-Type": content_type, **bearer(self.token)})
         assert answer.status in (200, 201), (method, path, answer.status, answer.body)
         self.applied = answer.headers["x-distpotify-version"]
         return answer.json()
@@ -118,16 +142,44 @@ class Library:
         return listing
 
     def _get(self, path: str) -> Any:
-        answer = request(self.leader.http_port, "GET", path)
+        answer = request(self.leader.http_port, "GET", path, None, bearer(self.token))
         assert answer.status == 200, (path, answer.status, answer.body)
         return answer.json()
 
     def listing(self) -> dict[str, Any]:
-        """Every song, and every playlist with its items, as the leader holds them now."""
+        """Every song, every playlist with its items, and every account, as the leader
+        holds them now."""
         songs = self._get("/songs?limit=500")
         playlists = [self._get(f"/playlists/{p['id']}")["playlist"]
                      for p in self._get("/playlists")["playlists"]]
-        return {"songs": songs, "playlists": playlists}
+        return {"songs": songs, "playlists": playlists, "users": self._get("/users")["users"]}
+
+    def throwaway(self) -> str:
+        """The session token of a new listener, made and logged in at the leader directly
+        (the proxy's login limit counts the test's address)."""
+        self.throwaways += 1
+        name = f"throwaway{self.throwaways}"
+        made = request(self.leader.http_port, "POST", "/users",
+                       f'{{"username": "{name}", "password": "{THROWAWAY_PASSWORD}"}}'.encode(),
+                       {"Content-Type": "application/json", **bearer(self.token)})
+        assert made.status == 201, (made.status, made.body)
+        login = request(self.leader.http_port, "POST", "/auth/login",
+                        f'{{"username": "{name}", "password": "{THROWAWAY_PASSWORD}"}}'.encode(),
+                        {"Content-Type": "application/json"})
+        token: str = self._json_of(login)["token"]
+        return token
+
+    def authorize(self, case: Case) -> None:
+        """The case's credentials: none for a seeded few, a throwaway listener's for the
+        operations that end the caller's sessions, else the test's admin's."""
+        if case.headers is None:
+            case.headers = CaseInsensitiveDict()
+        case.headers.pop("Authorization", None)
+        if self.choices.random() < ANONYMOUS:
+            return
+        operation = (case.method.upper(), case.operation.path)
+        token = self.throwaway() if operation in ENDS_OWN_SESSIONS else self.token
+        case.headers["Authorization"] = f"Bearer {token}"
 
     def aim(self, case: Case) -> None:
         """Point about half of the valid cases that name a record at one that exists (random
@@ -143,6 +195,12 @@ class Library:
                     case.body["file"] = wav.read_bytes()
                 else:
                     case.body = wav.read_bytes()
+            return
+        if case.operation.path == "/auth/login" and isinstance(case.body, dict):
+            if self.choices.random() < 0.5:  # a real account's name and password: 200
+                self.throwaway()
+                case.body.update(username=f"throwaway{self.throwaways}",
+                                 password=THROWAWAY_PASSWORD)
             return
         headers = case.headers or {}
         if "X-Distpotify-Min-Version" in headers and self.choices.random() < 0.5:
@@ -165,6 +223,11 @@ class Library:
                 case.path_parameters["item_id"] = self.choices.choice(chosen["items"])["id"]
         if isinstance(case.body, dict) and "song_id" in case.body and songs:
             case.body["song_id"] = self.choices.choice(songs)
+        # Never the test's admin (see the module's docstring): another account, or none.
+        others = [u["id"] for u in listing["users"] if u["id"] != self.admin_id]
+        if "user_id" in names:
+            case.path_parameters["user_id"] = (self.choices.choice(others) if others
+                                               else "00000000-0000-4000-8000-000000000000")
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +235,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
     root = tmp_path_factory.mktemp("openapi")
     started: list[ReplicaProcess] = []
     fronted = Fronted(root, started, "--chunk-size", "16K",
-                      proxy_args=("--check-timeout", "3"))
+                      proxy_args=("--check-timeout", "3"), auth=True)
     try:
         fronted.start()
         yield Library(fronted)
@@ -195,6 +258,7 @@ def test_the_proxy_serves_the_description(library: Library) -> None:
 def test_every_answer_is_as_described_and_refusals_change_nothing(
         case: Case, library: Library) -> None:
     library.aim(case)
+    library.authorize(case)
     write = case.method.upper() not in ("GET", "HEAD")
     before = library.listing() if write else None
 
@@ -204,7 +268,10 @@ def test_every_answer_is_as_described_and_refusals_change_nothing(
 
     if write and response.status_code >= 400:
         assert library.listing() == before, f"{case.method} {case.path} was refused" \
-            f" ({response.status_code}) but changed the library"
+            f" ({response.status_code}) but changed the library or the accounts"
+    assert request(library.fronted.proxy.port, "GET", "/auth/me", None,
+                   bearer(library.token)).json()["user"]["username"] == ADMIN_NAME, \
+        "the test's admin is no longer usable"
 
 
 def test_summary() -> None:

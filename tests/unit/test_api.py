@@ -347,9 +347,24 @@ def test_bad_json_is_400(api: InMemoryReplica, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("body", [{"name": ""}, {"name": 5}, {"name": "x" * 201},
-                                  {"name": "ok", "colour": "red"}, {"name": "ok", "id": "nope"}])
+                                  {"name": "ok", "colour": "red"}, {"name": "ok", "id": "nope"},
+                                  {"name": "ok", "id": None}, {"name": "ok", "id": ""},
+                                  {"name": "ok", "id": 0}])
 def test_bad_playlist_fields_are_400(api: InMemoryReplica, body: dict) -> None:
     assert_error(api.send_json("POST", "/playlists", body), 400, "bad_request")
+    assert api.get("/playlists").json()["playlists"] == []
+
+
+@pytest.mark.parametrize("item_id", [None, "", 0, False])
+def test_an_item_id_given_must_be_a_uuid(api: InMemoryReplica, song: dict,
+                                         item_id: object) -> None:
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+
+    answer = api.send_json("POST", f"/playlists/{pid}/items",
+                           {"song_id": song["id"], "id": item_id})
+
+    assert_error(answer, 400, "bad_request")
+    assert api.get(f"/playlists/{pid}").json()["playlist"]["items"] == []
 
 
 def test_bad_song_patch_is_400_and_changes_nothing(api: InMemoryReplica, song: dict) -> None:

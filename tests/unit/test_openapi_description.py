@@ -1,5 +1,6 @@
 """docs/openapi.yaml: a valid OpenAPI 3.1 description that describes every route of the
-replica's public API (a new route must be described), and that the proxy serves as written.
+replica's public API and of its account API (a new route must be described), and that the
+proxy serves as written.
 
 tests/integration/test_openapi.py checks it against a real cluster behind the proxy.
 """
@@ -18,6 +19,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
+from distpotify.api.auth import AuthAPI
 from distpotify.api.parsing import IdConverter, IndexConverter
 from distpotify.api.public import PublicAPI
 from distpotify.model import MAX_INDEX
@@ -37,21 +39,23 @@ def description() -> dict[str, Any]:
     return loaded
 
 
-def operations(description: dict[str, Any], planned: bool | None = None) -> set[tuple[str, str]]:
-    """(path, method) of each operation; ``planned``: only those marked planned, or not."""
+def operations(description: dict[str, Any], tag: str | None = None) -> set[tuple[str, str]]:
+    """(path, method) of each operation; ``tag``: only those with that tag."""
     return {
         (path, method)
         for path, item in description["paths"].items()
         for method, operation in item.items()
-        if method in HTTP_METHODS
-        and (planned is None or bool(operation.get("x-distpotify-planned")) == planned)
+        if method in HTTP_METHODS and (tag is None or tag in operation.get("tags", ()))
     }
 
 
-def klein_routes() -> set[tuple[str, str]]:
-    """(path, method) of every route of PublicAPI, the path written as OpenAPI writes it."""
+def klein_routes(*apps: Any) -> set[tuple[str, str]]:
+    """(path, method) of every route of the Klein classes ``apps`` (PublicAPI and AuthAPI by
+    default), the path written as OpenAPI writes it."""
     routes = set()
-    for rule in PublicAPI.app.url_map.iter_rules():
+    rules = [rule for api in (apps or (PublicAPI, AuthAPI))
+             for rule in api.app.url_map.iter_rules()]
+    for rule in rules:
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         routes |= {(path, method.lower()) for method in rule.methods or ()
                    if method not in ("HEAD", "OPTIONS")}
@@ -78,33 +82,40 @@ def test_the_validation_would_catch_a_broken_description(description: dict[str, 
     assert list(Draft202012Validator(OPENAPI_31).iter_errors(broken))
 
 
-def test_every_route_of_the_public_api_is_described(description: dict[str, Any]) -> None:
-    described = operations(description, planned=False)
-
-    assert klein_routes() - described == set(), "describe the new route in docs/openapi.yaml"
+def test_every_route_of_the_public_and_account_apis_is_described(
+        description: dict[str, Any]) -> None:
+    assert klein_routes() - operations(description) == set(), \
+        "describe the new route in docs/openapi.yaml"
 
 
 def test_nothing_is_described_that_nothing_answers(description: dict[str, Any]) -> None:
-    assert operations(description, planned=False) - klein_routes() == PROXY_PATHS
+    assert operations(description) - klein_routes() == PROXY_PATHS
 
 
-def test_the_account_routes_are_described_and_marked_as_being_built(
+def test_the_account_routes_are_the_account_apps_and_tagged_accounts(
         description: dict[str, Any]) -> None:
-    planned = operations(description, planned=True)
+    accounts = operations(description, tag="accounts")
 
-    assert planned == {
-        ("/auth/setup", "post"), ("/auth/login", "post"), ("/auth/logout", "post"),
-        ("/auth/logout-all", "post"), ("/auth/password", "put"), ("/auth/me", "get"),
-        ("/users", "get"), ("/users", "post"), ("/users/{user_id}", "patch"),
-        ("/users/{user_id}", "delete"),
-    }
+    assert accounts == klein_routes(AuthAPI)
+    assert {("/auth/login", "post"), ("/users/{user_id}", "delete")} <= accounts
     assert all(description["paths"][path][method]["tags"] == ["accounts"]
-               for path, method in planned)
+               for path, method in accounts)
+    assert not any("x-distpotify-planned" in operation
+                   for item in description["paths"].values() for operation in item.values()
+                   if isinstance(operation, dict))
     schemes = description["components"]["securitySchemes"]
     assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer",
                                  "bearerFormat": "JWT"}
     assert schemes["session"] == {**schemes["session"], "type": "apiKey", "in": "cookie",
                                   "name": "distpotify_session"}
+
+
+def test_the_open_account_routes_need_no_session(description: dict[str, Any]) -> None:
+    open_routes = {(path, method) for path, method in operations(description, tag="accounts")
+                   if description["paths"][path][method].get("security") == [{}]}
+
+    assert open_routes == {("/auth/setup", "post"), ("/auth/login", "post"),
+                           ("/auth/logout", "post")}
 
 
 def test_path_parameters_follow_the_routes_converters(description: dict[str, Any]) -> None:
