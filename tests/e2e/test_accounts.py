@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.harness import PlayerPage, Stack, player_page, start_stack
 from tests.helpers.audio import make_audio, require_ffmpeg
-from tests.helpers.replica import ReplicaProcess
+from tests.helpers.replica import ReplicaProcess, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -56,6 +56,10 @@ def accounts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             node.kill()
         raise
     try:
+        # The leader makes the admin once it leads (an asynchronous write): log in only when
+        # every replica holds it, whichever one the login reaches.
+        wait_until(lambda: [s["accounts"]["users"] for s in stack.cluster.statuses().values()]
+                   == [1, 1, 1], timeout=30, what="the first admin on every replica")
         yield stack
     finally:
         stack.stop()
