@@ -20,6 +20,12 @@ FLOOR, FLOOR_AT = "oplog_floor", "oplog_floor_at"
 # node_meta entries that travel with a snapshot: the oplog it carries starts above them.
 SNAPSHOT_META = (FLOOR, FLOOR_AT)
 BATCH = 10_000  # ops deleted per transaction, so the database thread is never held long
+# The newest version among the ops applied before a time. ``+version`` keeps SQLite from
+# answering max() by walking the primary key down from the head until an old enough op turns
+# up: with none that old (a young oplog) that walks all of it, 175 ms at 600,000 ops, every
+# compaction round. Through the index on ``at`` it costs the ops that old: none, or the few a
+# round then drops.
+OLDEST_OPS_NEWEST_VERSION = "SELECT max(+version) AS v FROM oplog WHERE at < ?"
 
 
 class Compaction(Tables):
@@ -42,8 +48,7 @@ class Compaction(Tables):
             row = conn.execute("SELECT version AS v FROM oplog ORDER BY version DESC"
                                " LIMIT 1 OFFSET ?", (int(retention.amount),)).fetchone()
         elif retention.kind == "age":
-            row = conn.execute("SELECT max(version) AS v FROM oplog WHERE at < ?",
-                               (now - retention.amount,)).fetchone()
+            row = conn.execute(OLDEST_OPS_NEWEST_VERSION, (now - retention.amount,)).fetchone()
         else:
             row = conn.execute(
                 "SELECT version AS v FROM (SELECT version, sum(length(body) + length(key))"

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from distpotify.model import ENTITIES, ZERO, Row, Version
+from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION
 from distpotify.store.digest import row_hash, xor_digest
 from distpotify.store.schema import Tables
 from distpotify.store.songindex import TOMBSTONES, rows_purged, tally
@@ -49,8 +50,7 @@ class Tombstones(Tables):
     def newest_version_before(self, at: float) -> Version | None:
         """The newest op applied here before wall-clock time ``at``, compacted ones included
         (compaction keeps the newest it dropped and when: store/compaction.py)."""
-        row = self._conn.execute(
-            "SELECT max(version) AS v FROM oplog WHERE at < ?", (at,)).fetchone()
+        row = self._conn.execute(OLDEST_OPS_NEWEST_VERSION, (at,)).fetchone()
         found = [Version.decode(row["v"])] if row["v"] else []
         floor = self._conn.execute(
             "SELECT (SELECT value FROM node_meta WHERE name = 'oplog_floor') AS v,"

@@ -10,6 +10,7 @@ import pytest
 from distpotify.config import OplogRetention
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication.node import COUNTS_MAX_AGE
+from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION
 from distpotify.store.metadata import Change, MetadataDB
 from tests.helpers.api import InMemoryReplica
 
@@ -172,3 +173,21 @@ def test_status_counts_the_oplog_at_most_once_every_few_seconds(tmp_path: Path) 
     recounted = replica.get("/status").json()["replication"]["oplog"]["ops"]
 
     assert unchanged == first and recounted == first + 1
+
+
+def test_the_ops_older_than_a_time_are_found_through_the_index_on_their_time(
+        db: MetadataDB, now: Now) -> None:
+    """The age cut and the purge horizon read only the ops old enough: with none that old
+    (a young oplog, the usual case), max(version) must not walk the whole oplog down from
+    the head, which at 600,000 ops took 175 ms every compaction round."""
+    ops = write(db, 50, now, step=1.0)
+
+    plan = " ".join(str(row[3]) for row in db._conn.execute(
+        "EXPLAIN QUERY PLAN " + OLDEST_OPS_NEWEST_VERSION, (now.t - 100,)))
+
+    assert "oplog_at" in plan, plan
+    # and the answers are the ones max(version) gives
+    assert db.newest_version_before(now.t - 100) is None
+    assert db.newest_version_before(now.t - 20.5) == max(
+        op.version for op in ops if op.version <= ops[-21].version)
+    assert db.compaction_cut(OplogRetention("age", 20.5), now.t) == ops[-21].version
