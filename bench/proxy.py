@@ -83,7 +83,13 @@ from common import (
 )
 
 from distpotify.cli.cluster import ensure_key_file
-from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
+from distpotify.cli.processes import (
+    AUTH_OFF,
+    ChildError,
+    ProxyCommand,
+    ReplicaCommand,
+    Supervisor,
+)
 
 CHUNK_TARGET = 0.60
 STREAM_TARGET = 0.90
@@ -92,7 +98,7 @@ P99_TARGET_MS = 100.0
 STALL_TARGET_S = 0.2
 
 # wrk's connections all come from 127.0.0.1: no cap per client, its accounting all the same.
-PROXY_OPTIONS = ("--max-connections-per-client", "0")
+PROXY_OPTIONS = (*AUTH_OFF, "--max-connections-per-client", "0")
 
 NGINX_CONF = """
 worker_processes 1;
@@ -179,7 +185,7 @@ class Cluster:
             http_port=self.http[node], amp_port=self.amp[node], cluster=cluster or self.name,
             multicast_port=self.heartbeat_port, multicast_interface=HOST, multicast_ttl=0,
             cluster_key_file=self.key_file,
-            extra=["--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G"],
+            extra=[*AUTH_OFF, "--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G"],
         ).argv()
 
     def seed(self, sizes: list[int]) -> list[dict[str, Any]]:

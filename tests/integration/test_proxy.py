@@ -391,7 +391,8 @@ def test_a_busy_port_stops_the_proxy_with_one_clear_line(tmp_path: Path) -> None
         port = taken.getsockname()[1]
         done = subprocess.run(
             [str(TWISTD), "-n", "--pidfile=", f"--logfile={tmp_path / 'p.log'}",
-             "distpotify-proxy", "--backends", "127.0.0.1:1", "--port", str(port)],
+             "distpotify-proxy", "--backends", "127.0.0.1:1", "--port", str(port),
+             "--auth", "off"],
             capture_output=True, text=True, timeout=60, check=False,
         )
 
