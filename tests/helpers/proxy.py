@@ -481,8 +481,10 @@ class ProxyProcess:
         self.port = free_port()
         self.log_path = root / "proxy.log"
         self.backends = ",".join(f"127.0.0.1:{replica.http_port}" for replica in replicas)
-        # --auth off unless EXTRA says --auth, as ReplicaProcess (processes.AUTH_OFF)
-        self.extra = (*processes.auth_off_unless_given(extra), *extra)
+        self.extra = extra
+        # --auth off unless EXTRA says --auth, as ReplicaProcess (processes.AUTH_OFF); ()
+        # leaves the option out (the proxy's default)
+        self.auth = processes.auth_off_unless_given(extra)
         self.env = {**kernel_switches("splice"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         # Sent with every /proxy/status the helpers read: a --metrics-token under --auth on.
@@ -490,7 +492,7 @@ class ProxyProcess:
 
     def command(self) -> list[str]:
         return ProxyCommand(backends=self.backends.split(","), port=self.port,
-                            extra=self.extra).argv(logfile=self.log_path)
+                            extra=(*self.auth, *self.extra)).argv(logfile=self.log_path)
 
     def start(self) -> ProxyProcess:
         # In the test run's own session, as ReplicaProcess: an interrupted run takes it along.

@@ -185,7 +185,8 @@ class ReplicaProcess:
         self.key_file: Path | None = key_file or make_key_file(root / f"{self.cluster}.key")
         self.extra = extra
         # --auth off unless EXTRA says --auth (processes.AUTH_OFF: most tests are not about
-        # accounts); () leaves the option out (bench/keyless.py's tree from before accounts).
+        # accounts); () leaves the option out (the replica's default; bench/keyless.py's
+        # tree from before accounts).
         self.auth = processes.auth_off_unless_given(extra)
         self.env = {**kernel_switches("sendfile"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
