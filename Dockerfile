@@ -5,8 +5,11 @@
 #   a replica (the default):  docker run -e DISTPOTIFY_NODE_ID=1 -v node1:/data distpotify
 #   the proxy (by command):   docker run -e DISTPOTIFY_BACKENDS=backend1:8000 -p 8080:8080 \
 #                                 distpotify distpotify-proxy
+#   (each also needs the cluster key file, DISTPOTIFY_CLUSTER_KEY_FILE, as compose.yaml
+#   gives it: the proxy signs its /status polls with it)
 #
-# The HEALTHCHECK below probes a replica's /status; compose.yaml gives the proxy its own.
+# The HEALTHCHECK below probes a replica's /health, the one path open to anyone that says
+# only "up" (accounts are on by default); compose.yaml points the proxy's at its port 8080.
 # docs/operations.md tells how to deploy, scale, back up and upgrade.
 FROM python:3.11-slim
 
@@ -52,7 +55,7 @@ USER 10001:10001
 EXPOSE 8000 9000 7946/udp 8080
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DISTPOTIFY_HTTP_PORT', '8000') + '/status', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DISTPOTIFY_HTTP_PORT', '8000') + '/health', timeout=2)"]
 
 # --pidfile= : a pid file left in a volume by a killed container would stop the next start.
 ENTRYPOINT ["distpotify-entrypoint", "twistd", "-n", "--pidfile="]

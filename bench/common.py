@@ -117,10 +117,11 @@ def wait_until(what: str, check: Callable[[], Any], deadline_s: float,
 # ---------------------------------------------------------------- HTTP and data
 
 
-def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def http_get(port: int, path: str, timeout: float = 10, headers: dict[str, str] | None = None
+             ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -187,12 +188,14 @@ class WrkRun:
 
 
 def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: int,
-            prefix: Sequence[str] = (), timeout: int = 2) -> WrkRun:
+            prefix: Sequence[str] = (), timeout: int = 2, headers: Sequence[str] = ()
+            ) -> WrkRun:
     """``wrk -t1`` with ``script`` (LUA) cycling over the paths listed in ``paths``;
-    ``timeout`` seconds for one response (whole songs need more than wrk's default 2)."""
+    ``timeout`` seconds for one response (whole songs need more than wrk's default 2);
+    ``headers`` (``Name: value``) sent with every request."""
     argv = [
         *prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-        f"--timeout={timeout}s",
+        f"--timeout={timeout}s", *(f"--header={header}" for header in headers),
         "-s", str(script), f"http://{HOST}:{port}/", "--", str(paths),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,

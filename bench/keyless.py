@@ -31,6 +31,7 @@ def checkout(tree: Path) -> Path:
 def run_from(node: ReplicaProcess, tree: Path) -> ReplicaProcess:
     """Make NODE (not started) run the code of TREE, without a key file."""
     node.key_file = None
+    node.auth = ()  # no --auth option either: that tree has no accounts
     node.env = {**(node.env or {}), "PYTHONPATH": str(tree)}
     return node
 

@@ -36,10 +36,17 @@ Everything runs on 127.0.0.1 in one run, so the ratios mean something:
   next to the longest wait of an undisturbed download; the bytes are checked by SHA-256 and
   the killed replica is restarted before the next round.
 
+With ``--auth`` it measures what accounts cost instead (issue 17): chunk GETs through the
+proxy in front of replicas that all run ``--auth on``, every request carrying the first
+admin's bearer token (the replicas check it from memory; the proxy keys read-your-writes
+by it), next to the same GETs through a second stack of three replicas and a proxy with
+``--auth off`` and no token, in alternating rounds of the same run: req/s of both, the
+ratio (target: on / off >= 0.95) and the CPU per request of each proxy and of its replicas.
+
 Usage: ``.venv/bin/python bench/proxy.py [--duration 10] [--connections 32,256]
-[--stream-connections 32] [--rounds 3] [--stall-rounds 5] [--stalled 2000] [--keep]``;
-prints a table and saves JSON to ``bench/results/proxy-<ts>.json``. Every process it starts
-is stopped (also on Ctrl-C).
+[--stream-connections 32] [--rounds 3] [--stall-rounds 5] [--stalled 2000] [--auth]
+[--keep]``; prints a table and saves JSON to ``bench/results/proxy-<ts>.json`` (with
+``--auth``: ``proxy-auth-<ts>.json``). Every process it starts is stopped (also on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -83,16 +90,27 @@ from common import (
 )
 
 from distpotify.cli.cluster import ensure_key_file
-from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
+from distpotify.cli.processes import (
+    AUTH_OFF,
+    ChildError,
+    ProxyCommand,
+    ReplicaCommand,
+    Supervisor,
+)
 
 CHUNK_TARGET = 0.60
 STREAM_TARGET = 0.90
 GUARDS_TARGET = 0.95  # proxy / unguarded proxy: the guards cost no more than noise
 P99_TARGET_MS = 100.0
 STALL_TARGET_S = 0.2
+AUTH_TARGET = 0.95  # --auth on with a bearer / --auth off: accounts cost no more than 5 %
+# --auth: the first admin of the stack with accounts on, and its --metrics-token (for the
+# bench's own reads of /status and /proxy/status).
+ADMIN_PASSWORD = "bench-admin-password"
+METRICS_TOKEN = "bench-metrics-token-0123456789"
 
 # wrk's connections all come from 127.0.0.1: no cap per client, its accounting all the same.
-PROXY_OPTIONS = ("--max-connections-per-client", "0")
+PROXY_OPTIONS = (*AUTH_OFF, "--max-connections-per-client", "0")
 
 NGINX_CONF = """
 worker_processes 1;
@@ -128,8 +146,8 @@ http {{
 """
 
 
-def get_json(port: int, path: str) -> Any:
-    status, _, body = http_get(port, path, timeout=2)
+def get_json(port: int, path: str, headers: dict[str, str] | None = None) -> Any:
+    status, _, body = http_get(port, path, timeout=2, headers=headers)
     return json.loads(body) if status == 200 else None
 
 
@@ -153,13 +171,21 @@ def upload(port: int, path: Path) -> dict[str, Any]:
 
 
 class Cluster:
-    """Three replicas of one cluster, the proxy, and nginx, on free ports of 127.0.0.1."""
+    """Three replicas of one cluster, the proxy, and nginx, on free ports of 127.0.0.1.
+    ``auth``: every process with --auth on (the replicas make the first admin, and every
+    process takes METRICS_TOKEN), else --auth off."""
 
-    def __init__(self, procs: Supervisor, work: Path, chunk_kib: int) -> None:
+    def __init__(self, procs: Supervisor, work: Path, chunk_kib: int, auth: bool = False
+                 ) -> None:
         self.procs = procs
+        work.mkdir(parents=True, exist_ok=True)
         self.work = work
         self.chunk_kib = chunk_kib
-        self.name = f"bench-proxy-{os.getpid()}"
+        self.auth = auth
+        self.auth_options = ("--auth", "on", "--metrics-token", METRICS_TOKEN) if auth \
+            else AUTH_OFF
+        self.monitor = {"Authorization": f"Bearer {METRICS_TOKEN}"} if auth else {}
+        self.name = f"bench-proxy-{os.getpid()}" + ("-auth" if auth else "")
         self.heartbeat_port = free_port(socket.SOCK_DGRAM)
         self.http = {node: free_port() for node in (1, 2, 3)}
         self.amp = {node: free_port() for node in (1, 2, 3)}
@@ -179,7 +205,8 @@ class Cluster:
             http_port=self.http[node], amp_port=self.amp[node], cluster=cluster or self.name,
             multicast_port=self.heartbeat_port, multicast_interface=HOST, multicast_ttl=0,
             cluster_key_file=self.key_file,
-            extra=["--chunk-size", f"{self.chunk_kib}K", "--max-upload", "1G"],
+            extra=[*self.auth_options, "--chunk-size", f"{self.chunk_kib}K",
+                   "--max-upload", "1G"],
         ).argv()
 
     def seed(self, sizes: list[int]) -> list[dict[str, Any]]:
@@ -201,18 +228,28 @@ class Cluster:
             shutil.copytree(self.work / "node1", self.work / f"node{node}")
         return songs
 
+    def copy_data(self, other: Cluster) -> None:
+        """Start from copies of OTHER's data dirs (seeded, not started yet)."""
+        for node in (1, 2, 3):
+            shutil.copytree(other.work / f"node{node}", self.work / f"node{node}")
+
     def start_replica(self, node: int) -> None:
         log = self.work / f"node{node}.log"
+        env = {"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD} if self.auth else None
         self.replicas[node] = self.procs.start(f"replica {node}", self.replica_argv(node), log,
-                                               output=log)
+                                               output=log, env=env)
 
     def start(self) -> None:
         for node in (1, 2, 3):
             self.start_replica(node)
         log = self.work / "proxy.log"
+        options = PROXY_OPTIONS
+        if self.auth:  # the key signs its /status polls; the last --auth given wins
+            options = (*PROXY_OPTIONS, "--cluster-key-file", str(self.key_file),
+                       *self.auth_options)
         self.proxy = self.procs.start(
             "proxy", ProxyCommand(backends=self.backends(), port=self.proxy_port,
-                                  extra=PROXY_OPTIONS).argv(), log, output=log)
+                                  extra=options).argv(), log, output=log)
         view = self.wait_view(3, 60)
         say(f"cluster up: leader node {view['leader']['node_id']}, proxy on {self.proxy_port}")
 
@@ -220,8 +257,27 @@ class Cluster:
         return [f"{HOST}:{port}" for port in self.http.values()]
 
     def view(self, port: int | None = None) -> dict[str, Any]:
-        view: dict[str, Any] = get_json(port or self.proxy_port, "/proxy/status")
+        view: dict[str, Any] = get_json(port or self.proxy_port, "/proxy/status", self.monitor)
         return view
+
+    def log_in(self) -> str:
+        """A session token of the first admin (--auth on), once the leader has made it."""
+        # Not by trying to log in: the proxy makes an address wait after five failures.
+        wait_until("the first admin on every replica", lambda: all(
+            ((get_json(port, "/status", self.monitor) or {}).get("accounts") or {}).get("users")
+            for port in self.http.values()), 60)
+        body = json.dumps({"username": "admin", "password": ADMIN_PASSWORD}).encode()
+        conn = http.client.HTTPConnection(HOST, self.proxy_port, timeout=10)
+        try:
+            conn.request("POST", "/auth/login", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise BenchError(f"the first admin's login: {response.status} {answer[:200]!r}")
+        token: str = json.loads(answer)["token"]
+        return token
 
     def wait_view(self, healthy: int, deadline_s: float) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
@@ -299,11 +355,12 @@ class Cluster:
 # ---------------------------------------------------------------- wrk
 
 
-def verify(port: int, chunks: list[dict[str, Any]]) -> None:
+def verify(port: int, chunks: list[dict[str, Any]], headers: dict[str, str] | None = None
+           ) -> None:
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     try:
         for chunk in chunks:
-            conn.request("GET", chunk["path"])
+            conn.request("GET", chunk["path"], headers=headers or {})
             response = conn.getresponse()
             body = response.read()
             if response.status != 200 or hashlib.sha256(body).hexdigest() != chunk["sha256"]:
@@ -572,20 +629,27 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
 
 def measure(cluster: Cluster, procs: Supervisor, name: str, port: int,
             child: subprocess.Popen[bytes], paths: Path, script: Path, args: argparse.Namespace,
-            connections: int, kind: str) -> dict[str, Any]:
-    """One wrk run (after its warm-up) with the server's CPU per request and per MiB."""
+            connections: int, kind: str, headers: tuple[str, ...] = (),
+            replicas: list[subprocess.Popen[bytes]] | None = None) -> dict[str, Any]:
+    """One wrk run (after its warm-up) with the server's CPU per request and per MiB;
+    ``headers`` go with every request; with ``replicas``, their CPU per request too."""
     timeout = 60 if kind == "stream" else 2  # a whole song can take seconds
     if args.warmup:
-        run_wrk(port, paths, script, args.warmup, connections, timeout=timeout)
+        run_wrk(port, paths, script, args.warmup, connections, timeout=timeout, headers=headers)
     cpu = cpu_seconds(child.pid)
+    replicas_cpu = sum(cpu_seconds(r.pid) for r in replicas or [])
     counters = cluster.view()["counters"] if name == "proxy" else None
-    run = run_wrk(port, paths, script, args.duration, connections, timeout=timeout)
+    run = run_wrk(port, paths, script, args.duration, connections, timeout=timeout,
+                  headers=headers)
     result = run.summary()
     procs.check(child)
     used = cpu_seconds(child.pid) - cpu
     result["cpu_s"] = used
     result["cpu_ms_per_req"] = 1000 * used / max(1, result["requests"])
     result["cpu_ms_per_mib"] = 1000 * used / max(1e-9, run.figures["bytes"] / MIB)
+    if replicas:
+        replicas_used = sum(cpu_seconds(r.pid) for r in replicas) - replicas_cpu
+        result["replicas_cpu_ms_per_req"] = 1000 * replicas_used / max(1, result["requests"])
     if counters is not None:
         after = cluster.view()["counters"]
         result["proxy_counters"] = {k: after[k] - counters[k] for k in after}
@@ -612,6 +676,96 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "non_2xx": sum(r["non_2xx"] for r in results),
         "runs": results,
     }
+
+
+def benchmark_auth(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[str, Any]:
+    """Chunk GETs through a proxy and replicas with --auth on, a bearer on every request, next
+    to a second stack with --auth off and no token, in alternating rounds."""
+    off = Cluster(procs, work / "auth-off", args.chunk_kib)
+    on = Cluster(procs, work / "auth-on", args.chunk_kib, auth=True)
+    songs = off.seed([args.song_mib * MIB] * args.songs)
+    on.copy_data(off)
+    off.start()
+    on.start()
+    token = on.log_in()
+    bearer = {"Authorization": f"Bearer {token}"}
+    chunk_size = args.chunk_kib * KIB
+    chunks: list[dict[str, Any]] = []
+    for song in songs:
+        meta = get_json(off.http[1], f"/songs/{song['id']}")
+        chunks += [{**c, "path": f"/songs/{song['id']}/chunks/{c['idx']}"}
+                   for c in meta["chunks"] if c["size"] == chunk_size]
+    random.Random(7).shuffle(chunks)
+    assert off.proxy is not None and on.proxy is not None
+    verify(off.proxy_port, chunks)
+    verify(on.proxy_port, chunks, bearer)
+    status, _, _ = http_get(on.proxy_port, chunks[0]["path"])
+    if status != 401:
+        raise BenchError(f"an anonymous chunk GET through the --auth on stack answered {status}")
+    say(f"verified all {len(chunks)} chunks through both proxies (status, SHA-256, ETag);"
+        " without the token the --auth on stack answers 401")
+    script = work / "cycle.lua"
+    script.write_text(LUA)
+    chunk_paths = work / "paths.txt"
+    chunk_paths.write_text("".join(c["path"] + "\n" for c in chunks))
+    contenders = {
+        "auth off": (off, (), off.proxy),
+        "auth on + bearer": (on, (f"Authorization: Bearer {token}",), on.proxy),
+    }
+    runs: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for number in range(args.rounds):
+        for connections in args.connections:
+            for name, (cluster, headers, child) in contenders.items():
+                say(f"round {number + 1}/{args.rounds} chunk {name}, {connections}"
+                    f" connections: warm-up {args.warmup} s, then {args.duration} s")
+                result = measure(cluster, procs, name, cluster.proxy_port, child, chunk_paths,
+                                 script, args, connections, "chunk", headers=headers,
+                                 replicas=list(cluster.replicas.values()))
+                if result["non_2xx"]:
+                    raise BenchError(f"{name}: {result['non_2xx']} answers were not 2xx")
+                runs.setdefault(connections, {}).setdefault(name, []).append(result)
+    return {
+        "settings": {
+            "mode": "auth", "duration_s": args.duration, "warmup_s": args.warmup,
+            "connections": args.connections, "chunk_kib": args.chunk_kib,
+            "chunks_in_set": len(chunks), "rounds": args.rounds,
+        },
+        "workloads": {"chunk": {str(n): {name: summarize(results)
+                                         for name, results in by.items()}
+                                for n, by in runs.items()}},
+    }
+
+
+def report_auth(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    env = result["environment"]
+    lines = [
+        f"Distpotify proxy benchmark, accounts (--auth) - {result['timestamp']}",
+        f"  {env['cpus']} CPUs, Python {env['python']}, Twisted {env['twisted']}; load average"
+        f" {env['loadavg_at_start'][0]:.2f} at start, {env['loadavg_at_end'][0]:.2f} at end",
+        f"  wrk -t1 -d{s['duration_s']}s after {s['warmup_s']} s warm-up, {s['rounds']}"
+        " alternating rounds, medians; two stacks of three replicas and a proxy: --auth off"
+        " (no token) and --auth on (the first admin's bearer on every request)",
+        "",
+        f"Chunk GET ({s['chunk_kib']} KiB chunks, {s['chunks_in_set']} in the set)",
+        f"  {'':28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU':>11}{'replicas':>10}",
+        f"  {'':28}{'':>9}{'':>9}{'':>9}{'ms/req':>11}{'ms/req':>10}",
+    ]
+    for connections, by in result["workloads"]["chunk"].items():
+        for name, r in by.items():
+            replicas = statistics.median(x["replicas_cpu_ms_per_req"] for x in r["runs"])
+            lines.append(
+                f"  {name + ' -c' + connections:28}{r['req_per_s']:9.0f}"
+                f"{r['latency_ms']['p50']:9.1f}{r['latency_ms']['p99']:9.1f}"
+                f"{r['cpu_ms_per_req']:11.3f}{replicas:10.3f}")
+        on, off = by["auth on + bearer"], by["auth off"]
+        rounds = [a["req_per_s"] / b["req_per_s"]
+                  for a, b in zip(on["runs"], off["runs"], strict=True)]
+        ratio = statistics.median(rounds)
+        lines.append(f"  on / off at -c{connections}: req/s {ratio:.3f}"
+                     f" [{', '.join(f'{x:.3f}' for x in rounds)}]"
+                     f" ({'within' if ratio >= AUTH_TARGET else 'BELOW'} {AUTH_TARGET:.2f})")
+    return "\n".join(lines)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -722,6 +876,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stalled", type=int, default=2000, help="stalled connections held by the"
                    " proxy and by nginx, 0 for none [2000]")
     p.add_argument("--chunk-kib", type=int, default=256, help="replica --chunk-size [256]")
+    p.add_argument("--auth", action="store_true", help="measure accounts instead: chunk GETs"
+                   " with --auth on and a bearer next to --auth off (--connections,"
+                   " --rounds, --songs apply; nothing else runs)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = p.parse_args(argv)
@@ -732,14 +889,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.stalled:
+    if args.stalled and not args.auth:
         raise_open_files(4 * args.stalled + 1024)  # children inherit it: the proxy's cap
     work = Path(tempfile.mkdtemp(prefix="distpotify-bench-proxy-"))
     procs = Supervisor(cwd=REPO)
     load_at_start = os.getloadavg()
     try:
         with terminate_on_sigterm():
-            result = benchmark(args, procs, work)
+            result = (benchmark_auth if args.auth else benchmark)(args, procs, work)
     except (BenchError, ChildError) as e:
         say(f"failed: {e}")
         return 1
@@ -750,12 +907,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result["environment"] = {**environment(nginx=nginx_version()),
-                             "loadavg_at_start": load_at_start}
-    print(report(result))
+    tools = {} if args.auth else {"nginx": nginx_version()}
+    result["environment"] = {**environment(**tools), "loadavg_at_start": load_at_start}
+    print(report_auth(result) if args.auth else report(result))
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"proxy-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        out = RESULTS / f"proxy{'-auth' if args.auth else ''}-{time.strftime('%Y%m%dT%H%M%S')}.json"
         out.write_text(json.dumps(result, indent=1))
         say(f"saved {out.relative_to(REPO)}")
     return 0

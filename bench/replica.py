@@ -69,7 +69,13 @@ from common import (
 )
 
 from distpotify.cli.cluster import ensure_key_file
-from distpotify.cli.processes import ChildError, ReplicaCommand, Supervisor, twistd_command
+from distpotify.cli.processes import (
+    AUTH_OFF,
+    ChildError,
+    ReplicaCommand,
+    Supervisor,
+    twistd_command,
+)
 
 TARGET = 1.50
 
@@ -214,7 +220,7 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
         node_id=1, data_dir=data_dir, host=HOST, advertise_host=HOST, http_port=http_port,
         amp_port=amp_port, cluster=f"bench-{os.getpid()}", multicast_port=udp_port,
         cluster_key_file=work / "cluster.key",
-        extra=["--chunk-size", f"{args.chunk_kib}K", "--max-upload", "1G",
+        extra=[*AUTH_OFF, "--chunk-size", f"{args.chunk_kib}K", "--max-upload", "1G",
                "--sendfile", "off" if args.no_sendfile else "on"],
     ).argv()
     say(f"starting replica on {HOST}:{http_port} (data dir {data_dir})")

@@ -47,7 +47,7 @@ from common import (
 )
 
 from distpotify.cli.cluster import ensure_key_file
-from distpotify.cli.processes import ProxyCommand, ReplicaCommand, Supervisor
+from distpotify.cli.processes import AUTH_OFF, ProxyCommand, ReplicaCommand, Supervisor
 
 NODES = (1, 2, 3)
 TIMEOUT = 15.0
@@ -199,7 +199,7 @@ class Soak:
             node_id=node, data_dir=self.work / f"node{node}", host=HOST, advertise_host=HOST,
             http_port=self.http[node], amp_port=self.amp[node], cluster=self.name,
             multicast_port=self.heartbeat_port, multicast_interface=HOST, multicast_ttl=0,
-            cluster_key_file=self.work / "cluster.key",
+            cluster_key_file=self.work / "cluster.key", extra=AUTH_OFF,
         ).argv(logfile=log)
         self.processes[f"replica {node}"] = self.procs.start(f"replica {node}", argv, log)
 
@@ -209,7 +209,8 @@ class Soak:
         backends = [f"{HOST}:{port}" for port in self.http.values()]
         log = self.work / "proxy.log"
         self.processes["proxy"] = self.procs.start(
-            "proxy", ProxyCommand(backends=backends, port=self.proxy_port).argv(logfile=log),
+            "proxy", ProxyCommand(backends=backends, port=self.proxy_port,
+                                  extra=AUTH_OFF).argv(logfile=log),
             log)
         self.wait_healthy(3, 90)
 

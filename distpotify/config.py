@@ -111,9 +111,10 @@ class ReplicaConfig:
     read_wait: float = 0.25
     # chunk bodies on plain TCP connections go out with sendfile(2) (api/sendfile.py)
     sendfile: bool = True
-    # Transitional (issue 17): whether the library, /status and /metrics need a session.
-    # Off, they are open as before accounts; /auth/* and /users/* check sessions either way.
-    auth: bool = False
+    # --auth: whether the library, /status and /metrics need a session (on, the default).
+    # Off, for a trusted network, they are open to anyone; /auth/* and /users/* check
+    # sessions either way.
+    auth: bool = True
     # A bearer Prometheus may send to /metrics (and /status) instead of an admin's session.
     metrics_token: str | None = attrs.field(default=None, repr=False)
     # DISTPOTIFY_ADMIN_PASSWORD: the password of the "admin" made on a cluster with none.

@@ -85,8 +85,9 @@ OPTIONS: OptionList = [
      " before answering 409 behind", float),
     ("sendfile", "on", "send chunk bytes with sendfile(2) on plain TCP connections: on or off",
      parse_switch),
-    ("auth", "off", "transitional: on makes the library, /status and /metrics need a session"
-     " (accounts, docs/architecture.md); off leaves them open as before", parse_switch),
+    ("auth", "on", "on: the library, /status and /metrics need a session, each account within"
+     " its role (docs/architecture.md section 3.7); off: open to anyone who reaches this"
+     " replica, for a trusted network only", parse_switch),
     ("metrics-token", None, "a bearer token that may read /metrics and /status (Prometheus)",
      str),
 ]

@@ -33,7 +33,12 @@ import attrs
 
 from distpotify.cli import processes
 from distpotify.cli.cluster import ensure_key_file
-from distpotify.cli.processes import ProxyCommand, ReplicaCommand
+from distpotify.cli.processes import (
+    AUTH_OFF,
+    ProxyCommand,
+    ReplicaCommand,
+    auth_off_unless_given,
+)
 from lab.client import LabClient
 from lab.disk import Disk, unmount_under
 from lab.netns import LabError, list_netns, netns_exec
@@ -236,7 +241,8 @@ class Lab:
             node_id=replica.node_id, data_dir=replica.data_dir, host="0.0.0.0",
             advertise_host=replica.host.address, http_port=HTTP_PORT, amp_port=AMP_PORT,
             cluster=self.prefix, multicast_interface=replica.host.address, multicast_ttl=1,
-            cluster_key_file=self.key_file, extra=self.replica_args,
+            cluster_key_file=self.key_file,
+            extra=(*auth_off_unless_given(self.replica_args), *self.replica_args),
         )
         if self.replica_kind == "standin":
             return [sys.executable, "-m", "lab.standin", *command.options()]
@@ -309,7 +315,8 @@ class Lab:
             raise LabError("this lab was built without a proxy host (Lab(proxy=True))")
         proxy = self.proxy
         backends = [f"{r.host.address}:{HTTP_PORT}" for r in self.replicas.values()]
-        command = ProxyCommand(backends=backends, host="0.0.0.0", port=PROXY_PORT)
+        command = ProxyCommand(backends=backends, host="0.0.0.0", port=PROXY_PORT,
+                               extra=AUTH_OFF)
         self.proxy_process = self._spawn(proxy, command.argv(logfile=self.dir / "proxy.log"),
                                          self.dir / "proxy.out")
         client = self.client(proxy)

@@ -38,8 +38,9 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 
 NO_KEY = (
-    "--auth on needs --cluster-key-file (or DISTPOTIFY_CLUSTER_KEY_FILE): the replicas'"
-    " cluster key, with which the proxy signs its /status polls and checks session tokens"
+    "--cluster-key-file is required (or DISTPOTIFY_CLUSTER_KEY_FILE): the replicas' cluster"
+    " key file, with which the proxy signs its /status polls and checks session tokens"
+    " (with --auth on, the default; --auth off, for a trusted network only, needs none)"
 )
 
 
@@ -70,8 +71,9 @@ class ProxyConfig:
     # The replicas' cluster key: the proxy signs its /status polls with it (required with
     # --auth on, where replicas answer unsigned ones 401).
     cluster_keys: ClusterKeys | None = attrs.field(default=None, repr=False)
-    # --auth: on, /proxy/status and the proxy's /metrics answer admins and --metrics-token
-    auth: bool = False
+    # --auth: on (the default), /proxy/status and the proxy's /metrics answer admins and
+    # --metrics-token; off, for a trusted network, anyone
+    auth: bool = True
     metrics_token: str | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:

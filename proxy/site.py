@@ -1,5 +1,5 @@
-"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``, the API's
-description at ``/openapi.json`` (openapi.py), ``/sync/*`` refused, and everything else
+"""The proxy's URL space: the web player at ``/``, ``/proxy/status``, ``/metrics``, ``/health``,
+the API's description at ``/openapi.json`` (openapi.py), ``/sync/*`` refused, and everything else
 forwarded by ProxyResource; and its HTTP server, which refuses a request body over
 ``--max-upload`` before reading it (bodylimit.py), times out stalled clients, caps
 connections (limits.py) and adds the browser security headers (security.py). Its own answers
@@ -61,6 +61,17 @@ class ProxyStatus(Resource):
         return json_response(request, 200, self._report(), pretty=True)
 
 
+class ProxyHealth(Resource):
+    """Liveness, open to anyone (container health checks hold no secret): the proxy answers
+    ``{"status": "up"}`` itself, and says nothing of the replicas."""
+
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(*NO_STORE)
+        return json_response(request, 200, {"status": "up"})
+
+
 class OpenApiDocument(Resource):
     """The API's description as JSON, converted from its YAML once, when the proxy started."""
 
@@ -79,8 +90,8 @@ class OpenApiDocument(Resource):
 
 
 class ProxyRoot(Resource):
-    """``admin_check`` (--auth on) guards /proxy/status and /metrics; ``login`` (auth.py's
-    LoginLimit) takes ``/auth/login`` in front of ``forward``."""
+    """``admin_check`` (--auth on) guards /proxy/status and /metrics (``/health`` is open to
+    anyone); ``login`` (auth.py's LoginLimit) takes ``/auth/login`` in front of ``forward``."""
 
     def __init__(self, forward: IResource, report: Callable[[], dict[str, Any]],
                  web_dir: Path, openapi: bytes | None = None, *,
@@ -98,6 +109,7 @@ class ProxyRoot(Resource):
         proxy.putChild(b"status", guarded(ProxyStatus(report)))
         self.putChild(b"proxy", proxy)
         self.putChild(b"metrics", guarded(ProxyMetrics(report)))
+        self.putChild(b"health", ProxyHealth())
         self.putChild(b"sync", JsonNotFound())
         if openapi is not None:
             self.putChild(b"openapi.json", OpenApiDocument(openapi))

@@ -61,10 +61,11 @@ OPTIONS: OptionList = [
     ("web-dir", None, "directory of the web player's static files [default: proxy/web]",
      Path),
     ("cluster-key-file", None, "the replicas' cluster key file: /status polls are signed with"
-     f" it (required with --auth on; `{KEYGEN} > cluster.key` makes one)", load_keys),
-    ("auth", "off", "transitional, as on the replicas: on makes /proxy/status and /metrics"
-     " answer admins (and --metrics-token) only; other requests the replicas decide",
-     parse_switch),
+     f" it (required with --auth on, the default; `{KEYGEN} > cluster.key` makes one)",
+     load_keys),
+    ("auth", "on", "on, as on the replicas: /proxy/status and /metrics answer admins (and"
+     " --metrics-token) only, other requests the replicas decide; off: open to anyone who"
+     " reaches the proxy, for a trusted network only", parse_switch),
     ("metrics-token", None, "a bearer token that may read /metrics and /proxy/status"
      " (Prometheus)", str),
 ]

@@ -3,8 +3,8 @@ before routing): who the request is, from a session token (``Authorization: Bear
 ``distpotify_session`` cookie), and whether the route table of auth/access.py lets them in.
 
 Unsafe methods authenticated by the cookie alone need an Origin naming this host (CSRF). With
-``--auth off`` (the transitional default) the library, /status and /metrics are open to
-anyone as before (a valid session still names who acts, so records get their owner);
+``--auth off`` (for a trusted network; on is the default) the library, /status and /metrics
+are open to anyone (a valid session still names who acts, so records get their owner);
 /auth/* and /users/* check sessions either way.
 """
 # test-case-name: tests.unit.test_auth_api

@@ -91,6 +91,12 @@ class PublicAPI:
     async def status(self, request: Request) -> bytes:
         return json_response(request, 200, await self._status())
 
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Request) -> bytes:
+        """Liveness, open to anyone (container health checks): nothing but "up"."""
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json_response(request, 200, {"status": "up"})
+
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: Request) -> bytes:
         if self._metrics is None:
@@ -293,7 +299,7 @@ class ReplicaRoot(Resource):
         if first in (b"auth", b"users") and self._accounts is not None:
             return self._accounts.render(request)
         reading = request.method in (b"GET", b"HEAD")
-        library_read = reading and first not in (b"status", b"metrics")
+        library_read = reading and first not in (b"status", b"metrics", b"health")
         if library_read and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
             return json_error(request, 503, "joining", "this replica is still joining the cluster")

@@ -19,13 +19,14 @@ from distpotify.auth.users import ADMIN, User
 class Need(enum.Enum):
     """What a request must prove before its handler runs."""
 
-    NOTHING = "anyone"  # login, setup, logout
+    NOTHING = "anyone"  # login, setup, logout, /health
     USER = "user"  # any account: the library (ownership checked later), /auth/me
     ADMIN = "admin"  # the accounts of others
     MONITOR = "monitor"  # /status, /metrics: a cluster signature, an admin or --metrics-token
 
 
 _OPEN_AUTH = {b"login", b"setup", b"logout"}
+_SAFE = (b"GET", b"HEAD")
 
 
 def need_of(method: bytes, segments: list[bytes]) -> Need:
@@ -39,6 +40,9 @@ def need_of(method: bytes, segments: list[bytes]) -> Need:
         return Need.ADMIN
     if first in (b"status", b"metrics") and len(segments) == 1:
         return Need.MONITOR
+    if first == b"health" and len(segments) == 1 and method in _SAFE:
+        # Liveness for container health checks, which hold no secret: it says "up", no more.
+        return Need.NOTHING
     return Need.USER
 
 

@@ -51,7 +51,7 @@ class Layout:
     proxy_port: int = 8080
     cluster: str = "distpotify"
     multicast_port: int = 7946
-    auth: bool = False  # --auth on every process
+    auth: bool = True  # --auth on every process
 
     @property
     def key_file(self) -> Path:
@@ -215,27 +215,41 @@ def banner(layout: Layout, view: dict[str, Any], new_password: str | None = None
     start (printed once); on later starts the banner names its file."""
     proxy = f"http://{HOST}:{layout.proxy_port}"
     roles = {b["http"]: (b["node_id"], b["role"]) for b in view["backends"]}
+    if new_password is not None:
+        login = (f"user {ADMIN}, password {new_password} at {proxy}/ (saved in"
+                 f" {layout.password_file})")
+    else:
+        login = f"user {ADMIN}, the password in {layout.password_file} (made on the first start)"
     lines = [
         "",
         f"Distpotify is running: {len(layout.http_ports)} replicas and the proxy.",
         f"  web player     {proxy}/",
+        f"  log in         {login}",
         f"  cluster view   {proxy}/proxy/status" + (" (admins)" if layout.auth else ""),
-        f"  upload         curl -X POST -H 'Content-Type: audio/mpeg'"
-        f" --data-binary @song.mp3 {proxy}/songs",
-        f"  play           ffplay {proxy}/songs/<id>/stream",
+    ]
+    # With accounts, scripts log in first and send the admin's token with every request.
+    bearer = ""
+    if layout.auth:
+        body = (f'{{\\"username\\": \\"{ADMIN}\\",'
+                f' \\"password\\": \\"$(cat {layout.password_file})\\"}}')
+        lines.append(
+            f"  token          TOKEN=$(curl -s -H 'Content-Type: application/json' -d \"{body}\""
+            f" {proxy}/auth/login"
+            " | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"token\"])')")
+        bearer = '"Authorization: Bearer $TOKEN"'
+    lines += [
+        "  upload         curl -X POST" + (f" -H {bearer}" if bearer else "")
+        + f" -H 'Content-Type: audio/mpeg' --data-binary @song.mp3 {proxy}/songs",
+        "  play           ffplay" + (f" -headers {bearer}" if bearer else "")
+        + f" {proxy}/songs/<id>/stream",
     ]
     for port in layout.http_ports:
         node_id, role = roles.get(f"http://{HOST}:{port}", ("?", "?"))
         lines.append(f"  replica {node_id}      http://{HOST}:{port}/status ({role})")
-    if new_password is not None:
-        lines.append(f"  log in         user {ADMIN}, password {new_password} at {proxy}/ (saved"
-                     f" in {layout.password_file})")
-    else:
-        lines.append(f"  log in         user {ADMIN}, the password in {layout.password_file}"
-                     " (made on the first start)")
     lines += [
-        f"  accounts       --auth {'on' if layout.auth else 'off'}"
-        + ("" if layout.auth else ": the library is open to anyone; --auth on needs a login"),
+        "  accounts       "
+        + ("--auth on: the library needs a login" if layout.auth else
+           "--auth off: the library is open to anyone who reaches this machine's ports"),
         f"  logs           {layout.data}/node<N>.log, {layout.data}/proxy.log",
         "Kill any replica while a song plays: the proxy carries on. Ctrl-C stops everything.",
         "",
@@ -337,9 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cluster", default=default.cluster, help="cluster name")
     parser.add_argument("--multicast-port", type=int, default=default.multicast_port,
                         help="heartbeat UDP port [default: 7946]")
-    parser.add_argument("--auth", choices=("on", "off"), default="off",
+    parser.add_argument("--auth", choices=("on", "off"), default="on",
                         help="passed to every replica and the proxy: on, the library and the"
-                             " cluster views need a login [default: off, for now]")
+                             " cluster views need a login; off opens them to anyone who"
+                             " reaches this machine's ports, for a trusted machine only"
+                             " [default: on]")
     demo = parser.add_mutually_exclusive_group()
     demo.add_argument("--demo", action="store_true", default=None,
                       help="add demo tracks to an empty library without asking")

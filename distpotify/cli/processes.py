@@ -69,6 +69,18 @@ def _strings(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+# What the test helpers, the benchmarks and the lab give every replica and proxy they start
+# unless its options name --auth themselves (the tests of accounts say on): they are not about
+# accounts, and their clients do not log in, as on a trusted network (docs/operations.md).
+AUTH_OFF = ("--auth", "off")
+
+
+def auth_off_unless_given(options: Iterable[str]) -> tuple[str, ...]:
+    """AUTH_OFF, or nothing if OPTIONS set --auth already."""
+    given = any(o == "--auth" or o.startswith("--auth=") for o in options)
+    return () if given else AUTH_OFF
+
+
 @attrs.frozen(kw_only=True)
 class ReplicaCommand:
     """``twistd distpotify`` for one replica, its options in the order of these fields.

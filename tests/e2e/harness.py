@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers.audio import in_ci
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import Cluster, ReplicaProcess, wait_until
+from tests.helpers.replica import Cluster, ReplicaProcess, request, wait_until
 
 try:
     from playwright.sync_api import ConsoleMessage, Page, Response
@@ -75,10 +75,13 @@ def artifacts_dir() -> Path:
 
 @attrs.define
 class Stack:
-    """Three replicas (node 3 leads, as Bully elects the highest id) and the proxy."""
+    """Three replicas (node 3 leads, as Bully elects the highest id) and the proxy.
+    ``headers`` go with the stack's own calls (``upload``, ``wait_replicated``): a session's
+    bearer where accounts are on."""
 
     cluster: Cluster
     proxy: ProxyProcess
+    headers: dict[str, str] = attrs.Factory(dict)
 
     @property
     def url(self) -> str:
@@ -90,7 +93,8 @@ class Stack:
     def upload(self, path: Path, content_type: str, **tags: str) -> dict[str, Any]:
         """POST a file through the proxy (as a script would): the song's JSON."""
         query = urllib.parse.urlencode(tags)
-        answer = self.proxy.post(f"/songs?{query}", path.read_bytes(), content_type, timeout=120)
+        answer = request(self.proxy.port, "POST", f"/songs?{query}", path.read_bytes(),
+                         {"Content-Type": content_type, **self.headers}, timeout=120)
         assert answer.status in (200, 201), answer.body
         return answer.json()["song"]  # type: ignore[no-any-return]
 
@@ -102,7 +106,8 @@ class Stack:
             for node in self.cluster.running():
                 try:
                     answer = node.get(f"/songs/{song['id']}/stream",
-                                      headers={"Range": f"bytes={last}-{last}"}, timeout=5)
+                                      headers={"Range": f"bytes={last}-{last}", **self.headers},
+                                      timeout=5)
                 except OSError:
                     return False
                 if answer.status != 206:
@@ -119,22 +124,36 @@ class Stack:
             node.kill()
 
 
+# With accounts: the --metrics-token with which the helpers read /status and /proxy/status.
+METRICS_TOKEN = "e2e-metrics-token-0123456789"
+
+
 def start_stack(root: Path, started: list[ReplicaProcess], *replica_args: str,
-                env: dict[str, str] | None = None,
-                status_headers: dict[str, str] | None = None) -> Stack:
-    """Three replicas (given ``replica_args`` and ``env``: ``--auth on``,
-    DISTPOTIFY_ADMIN_PASSWORD) and the proxy; ``status_headers`` go with the helpers' own
-    /status reads (a ``--metrics-token`` bearer)."""
-    cluster = Cluster(root, started, *replica_args)
-    cluster.status_headers.update(status_headers or {})
+                env: dict[str, str] | None = None, accounts: bool = False) -> Stack:
+    """Three replicas (given ``replica_args`` and ``env``, such as DISTPOTIFY_ADMIN_PASSWORD)
+    and the proxy. Every process runs ``--auth off`` (processes.AUTH_OFF), unless
+    ``accounts``: then none is given an ``--auth`` option, so accounts are on as by default,
+    the proxy signs its /status polls with the cluster key, and the helpers read /status and
+    /proxy/status with METRICS_TOKEN."""
+    monitor = ("--metrics-token", METRICS_TOKEN) if accounts else ()
+    cluster = Cluster(root, started, *replica_args, *monitor)
+    if accounts:
+        cluster.status_headers.update({"Authorization": f"Bearer {METRICS_TOKEN}"})
     for node_id in (1, 2, 3):
         node = cluster.add(node_id, start=False)
+        if accounts:
+            node.auth = ()
         node.env = {**node.env, **(env or {})}
         node.start(wait=False)
     # Bully settles on the highest id; an earlier agreement (on 2) may still be overturned.
     wait_until(lambda: (s := cluster.agreed_leader()) is not None and s["node_id"] == 3,
                timeout=30, what="three replicas to agree on node 3")
-    proxy = ProxyProcess(root, list(cluster.nodes.values())).start()
+    key = ("--cluster-key-file", str(cluster.key_file)) if accounts else ()
+    proxy = ProxyProcess(root, list(cluster.nodes.values()), *key, *monitor)
+    if accounts:
+        proxy.auth = ()
+        proxy.status_headers = dict(cluster.status_headers)
+    proxy.start()
     proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 3 and len(s["readers"]) == 2,
                     timeout=30, what="the proxy to see a leader and two readers")
     return Stack(cluster, proxy)
@@ -174,12 +193,16 @@ class PlayerPage:
 
     # -- navigation
 
-    def open(self, route: str = "#/library") -> PlayerPage:
+    def open(self, route: str = "#/library", cluster: bool = True) -> PlayerPage:
+        """Load the page at ``route``; with ``cluster``, wait until its cluster pill names
+        the leader (not where accounts are on and nobody or a listener is logged in: the
+        cluster view is for admins)."""
         self.page.goto(self.base_url + route)
-        # A function, not an expression: Playwright evals expression strings in the page,
-        # which the player's CSP (no 'unsafe-eval') refuses.
-        self.page.wait_for_function(
-            "() => document.querySelector('#cluster-pill').textContent.includes('leader')")
+        if cluster:
+            # A function, not an expression: Playwright evals expression strings in the
+            # page, which the player's CSP (no 'unsafe-eval') refuses.
+            self.page.wait_for_function(
+                "() => document.querySelector('#cluster-pill').textContent.includes('leader')")
         return self
 
     def go(self, route: str) -> None:

@@ -1,12 +1,11 @@
 """Accounts in the web player, in a real headless Chromium behind the real proxy: the login
-dialog and its errors, who is logged in, log out, what a role may not do hidden, the admin's
-users page, a listener an admin created logging in, and playback going on across a re-login.
+first and nothing of the library before it, its errors, who is logged in, log out, what a
+role may not do hidden, the admin's users page, a listener an admin created logging in, and
+playback going on across a re-login.
 
-The replicas run with ``--auth off`` and an admin made by DISTPOTIFY_ADMIN_PASSWORD: the
-proxy polls the replicas' /status unsigned, which ``--auth on`` refuses (401), so behind
-``--auth on`` the proxy finds no replica to send anything to yet. Sessions work the same
-either way (``/auth/*`` and ``/users`` check them, and a request with a session acts as its
-account), so everything here but "anonymous is refused" runs as it will with ``--auth on``.
+The replicas and the proxy run with accounts on, their default (no ``--auth`` option), and an
+admin made by DISTPOTIFY_ADMIN_PASSWORD; the proxy signs its /status polls with the cluster
+key (``start_stack(accounts=True)``).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pytest
 
 from tests.e2e.harness import PlayerPage, Stack, player_page, start_stack
 from tests.helpers.audio import make_audio, require_ffmpeg
-from tests.helpers.replica import ReplicaProcess, wait_until
+from tests.helpers.replica import ReplicaProcess, request, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -46,11 +45,12 @@ def unexpected_errors(player: PlayerPage) -> list[str]:
 
 @pytest.fixture(scope="module")
 def accounts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Three replicas with an admin (``admin`` / ADMIN_PASSWORD) behind the proxy."""
+    """Three replicas with accounts on and an admin (``admin`` / ADMIN_PASSWORD) behind the
+    proxy; the stack's own uploads carry the admin's session."""
     started: list[ReplicaProcess] = []
     try:
         stack = start_stack(tmp_path_factory.mktemp("accounts"), started,
-                            env={"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD})
+                            env={"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD}, accounts=True)
     except BaseException:
         for node in started:
             node.kill()
@@ -60,6 +60,7 @@ def accounts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # every replica holds it, whichever one the login reaches.
         wait_until(lambda: [s["accounts"]["users"] for s in stack.cluster.statuses().values()]
                    == [1, 1, 1], timeout=30, what="the first admin on every replica")
+        stack.headers = bearer(admin_token(stack))
         yield stack
     finally:
         stack.stop()
@@ -88,11 +89,18 @@ def api(stack: Stack, method: str, path: str, value: Any = None,
         return error.code, json.loads(raw) if raw else None
 
 
-def admin_token(stack: Stack) -> str:
-    status, body = api(stack, "POST", "/auth/login",
-                       {"username": "admin", "password": ADMIN_PASSWORD})
+def token_of(stack: Stack, username: str, password: str) -> str:
+    status, body = api(stack, "POST", "/auth/login", {"username": username, "password": password})
     assert status == 200, body
     return body["token"]
+
+
+def admin_token(stack: Stack) -> str:
+    return token_of(stack, "admin", ADMIN_PASSWORD)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def log_in(player: PlayerPage, username: str, password: str) -> None:
@@ -115,17 +123,40 @@ def who(player: PlayerPage) -> Any:
     return player.page.get_by_test_id("account")
 
 
+def test_the_login_comes_first_and_nothing_of_the_library_shows_before_it(
+    page: PlayerPage, accounts_stack: Stack, tmp_path: Path
+) -> None:
+    require_ffmpeg()
+    song = accounts_stack.upload(make_audio(tmp_path / "first.ogg", "ogg", 2.5, {
+        "title": "Behind The Login", "artist": "The Gatekeepers"}), "audio/ogg")
+    accounts_stack.wait_replicated(song)
+
+    page.open(cluster=False)
+
+    dialog = page.page.locator("#login-dialog")
+    expect(dialog).to_be_visible()
+    expect(page.page.locator("#login-cancel")).to_be_hidden()
+    page.page.keyboard.press("Escape")
+    expect(dialog).to_be_visible()
+    expect(page.row("Behind The Login")).to_have_count(0)
+    expect(page.page.locator("#song-list .row")).to_have_count(0)
+    expect(page.page.locator("#nav-users")).to_be_hidden()
+    expect(page.page.get_by_test_id("cluster-pill")).to_have_text("cluster: admins")
+    assert [r for r in page.streams if song["id"] in r[0]] == []
+    log_in(page, "admin", ADMIN_PASSWORD)
+    expect(who(page)).to_have_text("admin (admin)")
+    expect(page.row("Behind The Login")).to_be_visible()
+    expect(page.page.get_by_test_id("cluster-pill")).to_contain_text("leader 3")
+    assert unexpected_errors(page) == []
+
+
 def test_an_admin_logs_in_uploads_plays_makes_a_playlist_and_logs_out(
     page: PlayerPage, tmp_path: Path
 ) -> None:
     require_ffmpeg()
     file = make_audio(tmp_path / "admin-upload.mp3", "mp3", 6.0, {
         "title": "Admin Anthem", "artist": "The Accounts", "album": "Logged In"})
-    page.open()
-    # Not required here (--auth off): nobody is logged in, the library answers, a login is
-    # offered rather than forced.
-    expect(page.page.locator("#account-login")).to_be_visible()
-    expect(page.page.locator("#nav-users")).to_be_hidden()
+    page.open(cluster=False)
 
     log_in(page, "admin", ADMIN_PASSWORD)
 
@@ -154,6 +185,7 @@ def test_an_admin_logs_in_uploads_plays_makes_a_playlist_and_logs_out(
     log_out(page)
 
     expect(page.page.locator("#nav-users")).to_be_hidden()
+    expect(page.page.locator("#login-dialog")).to_be_visible()  # accounts are required
     assert unexpected_errors(page) == []
 
 
@@ -161,14 +193,14 @@ def test_an_admin_creates_a_listener_who_logs_in_and_sees_no_admin_page(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
     require_ffmpeg()
-    # A song from before accounts (uploaded with no session): admins' only.
+    # A song the admin uploaded (the stack's uploads carry the admin's session): not hers.
     song = accounts_stack.upload(make_audio(tmp_path / "old.ogg", "ogg", 2.5, {
-        "title": "Older Than Accounts", "artist": "Nobody In Particular"}), "audio/ogg")
+        "title": "Uploaded By The Admin", "artist": "Nobody In Particular"}), "audio/ogg")
     accounts_stack.wait_replicated(song)
     status, body = api(accounts_stack, "POST", "/playlists",
                        {"name": "Admin Public", "public": True}, admin_token(accounts_stack))
     assert status == 201, body
-    page.open()
+    page.open(cluster=False)
     log_in(page, "admin", ADMIN_PASSWORD)
     expect(who(page)).to_have_text("admin (admin)")
     page.page.get_by_role("link", name="Users").click()
@@ -191,7 +223,8 @@ def test_an_admin_creates_a_listener_who_logs_in_and_sees_no_admin_page(
     page.go("#/users")  # typed by hand: the library instead
     expect(page.page.locator("#view-users")).to_be_hidden()
     expect(page.page.locator("#view-library")).to_be_visible()
-    row = page.row("Older Than Accounts")
+    expect(page.page.get_by_test_id("cluster-pill")).to_have_text("cluster: admins")
+    row = page.row("Uploaded By The Admin")
     expect(row).to_be_visible()
     expect(row.get_by_role("button", name=re.compile("^Delete"))).to_have_count(0)
     # What she uploads is hers (uploaded_by): she may delete it.
@@ -235,7 +268,7 @@ def test_the_admin_page_disables_resets_and_deletes_an_account(
                        {"username": "otto", "password": "otto-first-1", "role": "listener"},
                        token)
     assert status == 201, body
-    page.open()
+    page.open(cluster=False)
     log_in(page, "admin", ADMIN_PASSWORD)
     expect(who(page)).to_have_text("admin (admin)")
     page.go("#/users")
@@ -272,7 +305,7 @@ def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
     song = accounts_stack.upload(make_audio(tmp_path / "long.mp3", "mp3", 30.0, {
         "title": "Long Enough", "artist": "The Sessions"}), "audio/mpeg")
     accounts_stack.wait_replicated(song)
-    page.open()
+    page.open(cluster=False)
     log_in(page, "pia", "pia-before-1")
     expect(who(page)).to_have_text("pia (listener)")
     page.play("Long Enough")
@@ -294,53 +327,39 @@ def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
     assert unexpected_errors(page) == []
 
 
-def test_where_a_login_is_required_it_comes_first_and_a_401_later_asks_again_over_the_music(
+def test_a_session_ended_elsewhere_asks_for_a_login_again_over_the_music(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
-    """What ``--auth on`` will do to the page, with the library's 401s played by Playwright's
-    router (the proxy cannot run in front of ``--auth on`` replicas yet): the login and the
-    rest of the session are the real cluster's."""
     require_ffmpeg()
+    status, body = api(accounts_stack, "POST", "/users",
+                       {"username": "rita", "password": "rita-listens-1"},
+                       admin_token(accounts_stack))
+    assert status == 201, body
     song = accounts_stack.upload(make_audio(tmp_path / "required.mp3", "mp3", 30.0, {
         "title": "Required Listening", "artist": "The Gatekeepers"}), "audio/mpeg")
     accounts_stack.wait_replicated(song)
-    refusing = True
-
-    def library(route: Any) -> None:
-        if refusing:
-            route.fulfill(status=401, content_type="application/json",
-                          headers={"WWW-Authenticate": "Bearer"},
-                          body='{"error": "unauthorized", "message": "log in first"}')
-        else:
-            route.continue_()
-
-    # The library's reads only, never the <audio> element's stream.
-    page.page.route(lambda url: "/songs?" in url or url.endswith("/playlists"), library)
-    page.open()
-
-    dialog = page.page.locator("#login-dialog")
-    expect(dialog).to_be_visible()
-    expect(page.page.locator("#login-cancel")).to_be_hidden()
-    page.page.keyboard.press("Escape")
-    expect(dialog).to_be_visible()
-
-    refusing = False
-    log_in(page, "admin", ADMIN_PASSWORD)
-    expect(who(page)).to_have_text("admin (admin)")
+    page.open(cluster=False)
+    log_in(page, "rita", "rita-listens-1")
+    expect(who(page)).to_have_text("rita (listener)")
     page.play("Required Listening")
     page.wait_playing_past(0.5)
 
-    refusing = True  # the session ends (expired, logout-all elsewhere)
+    # Every session of rita's ends elsewhere (her logout-all from a script), on every replica.
+    elsewhere = token_of(accounts_stack, "rita", "rita-listens-1")
+    assert api(accounts_stack, "POST", "/auth/logout-all", token=elsewhere)[0] == 204
+    wait_until(lambda: all(request(node.http_port, "GET", "/auth/me", headers=bearer(elsewhere))
+                           .status == 401 for node in accounts_stack.cluster.running()),
+               timeout=10, what="the sessions ended on every replica")
     page.go("#/playlists")
 
+    dialog = page.page.locator("#login-dialog")
     expect(dialog).to_be_visible()
     expect(page.page.locator("#login-reason")).to_contain_text("session has ended")
     expect(who(page)).to_be_hidden()
     playing_at = page.current_time()
     assert page.audio("audio.paused") is False
-    refusing = False
-    log_in(page, "admin", ADMIN_PASSWORD)
-    expect(who(page)).to_have_text("admin (admin)")
+    log_in(page, "rita", "rita-listens-1")
+    expect(who(page)).to_have_text("rita (listener)")
     expect(page.page.locator("#view-playlists")).to_be_visible()
     expect(page.page.locator("#playlist-list")).not_to_contain_text("Could not load")
     page.wait_playing_past(playing_at + 0.5)
@@ -349,7 +368,7 @@ def test_where_a_login_is_required_it_comes_first_and_a_401_later_asks_again_ove
 
 def test_a_wrong_login_says_so_and_too_many_say_how_long_to_wait(page: PlayerPage) -> None:
     # Last in the module: it leaves the name "mallory" waiting.
-    page.open()
+    page.open(cluster=False)
 
     log_in(page, "mallory", "not-the-password")
 

@@ -84,7 +84,9 @@ class InMemoryReplica:
     decides who writes, and it has founded its cluster, so it serves and takes pushes. Its
     cluster key is ``keys`` (CLUSTER_KEYS by default); ``call`` signs with it unless told not
     to, as another replica of the cluster would. ``auth`` is its ``--auth`` (accounts
-    enforced); its password hashes are cheap (CHEAP_HASHES)."""
+    enforced): off unless a test of accounts says on, since most tests are about other
+    things (as processes.AUTH_OFF for real processes); its password hashes are cheap
+    (CHEAP_HASHES)."""
 
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None,

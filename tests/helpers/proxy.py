@@ -406,12 +406,14 @@ def parse_response(raw: bytes) -> Answer:
 class ProxyHarness:
     """The proxy's Site, root and resource over fake replicas, driven by a Clock."""
 
-    def __init__(self, replicas: list[FakeReplica], **options: Any) -> None:
+    def __init__(self, replicas: list[FakeReplica], *, auth: bool = False, **options: Any
+                 ) -> None:
         self.clock = Clock()
         self.replicas = replicas
         self.agent = FakeAgent(replicas, self.clock)
         urls = tuple(replica.url for replica in replicas)
-        self.config = ProxyConfig(backends=urls, **options)
+        # --auth off unless a test of accounts says on (it then gives cluster_keys too)
+        self.config = ProxyConfig(backends=urls, auth=auth, **options)
         by_url = {replica.url: replica for replica in replicas}
         self.view = BackendView(
             urls, lambda url: by_url[url].status(), self.clock,
@@ -480,6 +482,9 @@ class ProxyProcess:
         self.log_path = root / "proxy.log"
         self.backends = ",".join(f"127.0.0.1:{replica.http_port}" for replica in replicas)
         self.extra = extra
+        # --auth off unless EXTRA says --auth, as ReplicaProcess (processes.AUTH_OFF); ()
+        # leaves the option out (the proxy's default)
+        self.auth = processes.auth_off_unless_given(extra)
         self.env = {**kernel_switches("splice"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         # Sent with every /proxy/status the helpers read: a --metrics-token under --auth on.
@@ -487,7 +492,7 @@ class ProxyProcess:
 
     def command(self) -> list[str]:
         return ProxyCommand(backends=self.backends.split(","), port=self.port,
-                            extra=self.extra).argv(logfile=self.log_path)
+                            extra=(*self.auth, *self.extra)).argv(logfile=self.log_path)
 
     def start(self) -> ProxyProcess:
         # In the test run's own session, as ReplicaProcess: an interrupted run takes it along.

@@ -184,6 +184,10 @@ class ReplicaProcess:
         self.heartbeat_port = heartbeat_port or free_udp_port()
         self.key_file: Path | None = key_file or make_key_file(root / f"{self.cluster}.key")
         self.extra = extra
+        # --auth off unless EXTRA says --auth (processes.AUTH_OFF: most tests are not about
+        # accounts); () leaves the option out (the replica's default; bench/keyless.py's
+        # tree from before accounts).
+        self.auth = processes.auth_off_unless_given(extra)
         self.env = {**kernel_switches("sendfile"), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         # Sent with every /status the helpers read: a --metrics-token bearer under --auth on.
@@ -193,7 +197,7 @@ class ReplicaProcess:
         return ReplicaCommand(
             node_id=self.node_id, data_dir=self.data_dir, http_port=self.http_port,
             amp_port=self.amp_port, cluster=self.cluster, multicast_port=self.heartbeat_port,
-            cluster_key_file=self.key_file, extra=self.extra,
+            cluster_key_file=self.key_file, extra=(*self.auth, *self.extra),
         ).argv(logfile=self.log_path)
 
     def start(self, wait: bool = True) -> ReplicaProcess:

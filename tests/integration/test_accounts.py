@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from distpotify.accounts import SETUP_CODE_FILE
+from tests.helpers.audio import make_wav
+from tests.helpers.proxy import ProxyProcess
 from tests.helpers.replica import (
     STARTUP,
     Cluster,
@@ -24,6 +26,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 METRICS_TOKEN = "integration-metrics-token"
 PASSWORD = "integration-password"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def me(node: ReplicaProcess, token: str) -> Response:
@@ -70,3 +76,58 @@ def knows_one_account(node: ReplicaProcess) -> bool:
     """Whether ``node`` knows the account: its /status counts one user."""
     answer = node.get("/status", node.status_headers, timeout=5)
     return answer.status == 200 and answer.json()["accounts"]["users"] == 1
+
+
+def test_replicas_and_a_proxy_given_no_auth_option_refuse_anonymous_and_take_a_session(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    cluster = Cluster(tmp_path, replicas, "--metrics-token", METRICS_TOKEN)
+    cluster.status_headers.update(bearer(METRICS_TOKEN))
+    for node_id in (1, 2, 3):
+        node = cluster.add(node_id, start=False)
+        node.auth = ()  # no --auth option: the default
+        node.env = {**node.env, "DISTPOTIFY_ADMIN_PASSWORD": PASSWORD}
+        node.start(wait=False)
+    nodes = list(cluster.nodes.values())
+    wait_until(cluster.agreed_leader, timeout=STARTUP, what="agreement")
+    wait_until(lambda: all(knows_one_account(n) for n in nodes), timeout=STARTUP,
+               what="the first admin on every replica")
+    proxy = ProxyProcess(tmp_path, nodes, "--cluster-key-file", str(cluster.key_file),
+                         "--metrics-token", METRICS_TOKEN)
+    proxy.auth = ()
+    proxy.status_headers = bearer(METRICS_TOKEN)
+    try:
+        proxy.start()
+        # Its /status polls are signed, or it would find no replica to send anything to.
+        proxy.wait_view(lambda view: view["leader"] is not None and len(view["readers"]) == 2,
+                        timeout=STARTUP, what="the proxy to see the leader and two readers")
+        wav = make_wav(tmp_path / "a.wav", 8192).read_bytes()
+        ports = [proxy.port, *(n.http_port for n in nodes)]
+
+        refused = [
+            answer for port in ports for answer in (
+                request(port, "GET", "/songs"),
+                request(port, "POST", "/songs", wav, {"Content-Type": "audio/wav"}),
+                send_json(port, "POST", "/playlists", {"name": "Mine"}),
+            )]
+        token = send_json(proxy.port, "POST", "/auth/login",
+                          {"username": "admin", "password": PASSWORD}).json()["token"]
+        session = bearer(token)
+        libraries = [request(port, "GET", "/songs", headers=session) for port in ports]
+        playlists = [request(port, "GET", "/playlists", headers=session) for port in ports]
+        uploaded = request(proxy.port, "POST", "/songs", wav,
+                           {"Content-Type": "audio/wav", **session})
+    finally:
+        proxy.kill()
+
+    assert all("--auth" not in " ".join(n.command()) for n in nodes)
+    assert "--auth" not in " ".join(proxy.command())
+    assert [answer.status for answer in refused] == [401] * len(refused)
+    assert all(answer.json()["error"] == "unauthorized" and "www-authenticate" in answer.headers
+               for answer in refused)
+    # nothing was stored, on the leader or anywhere else
+    assert [(a.status, a.json()["total"]) for a in libraries] == [(200, 0)] * len(ports)
+    assert [(a.status, a.json()["playlists"]) for a in playlists] == [(200, [])] * len(ports)
+    assert uploaded.status == 201, uploaded.body
+    for node in nodes:
+        assert wait_until(lambda node=node: node.get("/songs", headers=session).json()["total"]
+                          == 1, timeout=10, what=f"the song on replica {node.node_id}")

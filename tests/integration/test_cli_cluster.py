@@ -71,7 +71,8 @@ def log_in(port: int, password: str) -> Response:
 def test_the_local_cluster_starts_offers_demo_tracks_and_stops_on_ctrl_c(
     tmp_path: Path,
 ) -> None:
-    process, output, http_ports, proxy_port = start(tmp_path, "--demo")
+    # --auth off, as on a trusted machine: the library and the views are open to anyone
+    process, output, http_ports, proxy_port = start(tmp_path, "--auth", "off", "--demo")
     try:
         text = wait_running(process, output)
         view = request(proxy_port, "GET", "/proxy/status").json()
@@ -84,6 +85,7 @@ def test_the_local_cluster_starts_offers_demo_tracks_and_stops_on_ctrl_c(
         code = stop(process)
 
     assert f"http://127.0.0.1:{proxy_port}/" in text and "added 3 demo tracks" in text
+    assert "--auth off: the library is open" in text
     assert f"made the cluster key {tmp_path / 'data' / 'cluster.key'}" in text
     assert (tmp_path / "data" / "cluster.key").stat().st_mode & 0o777 == 0o600
     assert view["leader"] is not None and len(view["backends"]) == 3
@@ -98,13 +100,16 @@ def test_the_local_cluster_starts_offers_demo_tracks_and_stops_on_ctrl_c(
             request(port, "GET", "/status", timeout=2)
 
 
-def test_with_auth_on_the_cluster_prints_a_working_admin_login_and_guards_its_views(
+def test_the_default_cluster_needs_a_login_and_prints_a_working_admin_login(
     tmp_path: Path,
 ) -> None:
-    process, output, _, proxy_port = start(tmp_path, "--auth", "on", "--demo")
+    process, output, http_ports, proxy_port = start(tmp_path, "--demo")
     try:
         text = wait_running(process, output)
         anonymous = request(proxy_port, "GET", "/proxy/status")
+        anonymous_reads = [request(port, "GET", "/songs") for port in [proxy_port, *http_ports]]
+        anonymous_write = request(proxy_port, "POST", "/playlists", b'{"name": "Mine"}',
+                                  {"Content-Type": "application/json"})
         token = log_in(proxy_port, printed_password(text)).json()["token"]
         admin = {"Authorization": f"Bearer {token}"}
         view = request(proxy_port, "GET", "/proxy/status", headers=admin)
@@ -112,9 +117,10 @@ def test_with_auth_on_the_cluster_prints_a_working_admin_login_and_guards_its_vi
             lambda: (answer := request(proxy_port, "GET", "/songs", headers=admin)).status
             == 200 and answer.json()["total"] == 3,
             timeout=20, what="the demo tracks on the followers")
+        playlists = request(proxy_port, "GET", "/playlists", headers=admin).json()
     finally:
         code = stop(process)
-    process, output, _, proxy_port = start(tmp_path, "--auth", "on", "--no-demo")
+    process, output, _, proxy_port = start(tmp_path, "--no-demo")
     try:
         again = wait_running(process, output)
         still = log_in(proxy_port, printed_password(text))
@@ -122,6 +128,9 @@ def test_with_auth_on_the_cluster_prints_a_working_admin_login_and_guards_its_vi
         stop(process)
 
     assert anonymous.status == 401 and view.status == 200 and code == 0
+    assert [answer.status for answer in anonymous_reads] == [401] * 4
+    assert anonymous_write.status == 401 and playlists["playlists"] == []
+    assert "--auth on: the library needs a login" in text
     assert "added 3 demo tracks" in text and songs
     assert "the password in" in again and printed_password(text) not in again
     assert still.status == 200

@@ -39,7 +39,13 @@ from distpotify.cli.keygen import key_file_text
 from distpotify.keys import ClusterKeys
 from distpotify.options import env_name
 from proxy import tap as proxy_tap
-from tests.helpers.replica import free_port, free_udp_port, request, wait_until
+from tests.helpers.replica import (
+    free_port,
+    free_udp_port,
+    request,
+    signed_request,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -157,13 +163,14 @@ def test_data_is_a_volume_and_the_replica_keeps_its_data_there(
     assert env_of(dockerfile)["DISTPOTIFY_DATA_DIR"] == "/data"
 
 
-def test_healthcheck_asks_the_replica_status_with_python_alone(
+def test_healthcheck_asks_the_replicas_open_health_path_with_python_alone(
     dockerfile: list[Instruction],
 ) -> None:
     command = healthcheck_command(dockerfile)
 
     assert command[:2] == ["python", "-c"]
-    assert "urllib.request.urlopen" in command[2] and "/status" in command[2]
+    # /health: the one path a replica answers without a session or token (--auth on)
+    assert "urllib.request.urlopen" in command[2] and "'/health'" in command[2]
     assert "--interval=" in only(dockerfile, "HEALTHCHECK").arguments
 
 
@@ -313,25 +320,44 @@ def test_every_service_is_on_the_internal_network(compose: dict[str, Any]) -> No
 
 def test_every_service_restarts_and_has_a_healthcheck(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
-        path = "/proxy/status" if name == "proxy" else "/status"
-        port = 8080 if name == "proxy" else 8000
         assert service["restart"] == "unless-stopped", name
-        test = service["healthcheck"]["test"]
-        assert test[:3] == ["CMD", "python", "-c"], name
-        assert f"http://127.0.0.1:{port}{path}" in test[3], name
+        assert service["healthcheck"]["test"][:3] == ["CMD", "python", "-c"], name
 
 
 @pytest.mark.parametrize("file", ["compose.yaml", "compose.swarm.yaml"])
-def test_every_backend_reads_the_cluster_key_from_a_secret(file: str) -> None:
+def test_every_healthcheck_asks_the_open_health_path(file: str) -> None:
+    # With --auth on (the default) /status and /proxy/status need a session or a token,
+    # which a health check must not hold; /health answers anyone.
+    for name, service in load_yaml(file)["services"].items():
+        port = 8080 if name == "proxy" else 8000
+        test = service["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], name
+        assert f"'http://127.0.0.1:{port}/health'" in test[3], name
+
+
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.swarm.yaml"])
+def test_every_service_reads_the_cluster_key_from_a_secret(file: str) -> None:
     document = load_yaml(file)
-    for name in BACKENDS:
+    for name in [*BACKENDS, "proxy"]:  # the proxy signs its /status polls with it
         service = document["services"][name]
         mounted = [s if isinstance(s, str) else s["target"] for s in service["secrets"]]
         assert mounted == ["cluster_key"], name
         assert service["environment"]["DISTPOTIFY_CLUSTER_KEY_FILE"] \
             == "/run/secrets/cluster_key", name
-    assert "secrets" not in document["services"]["proxy"]
     assert document["secrets"] == {"cluster_key": {"file": "./cluster.key"}}
+
+
+def test_swarm_gives_the_key_to_the_image_user_only(swarm: dict[str, Any]) -> None:
+    for name in [*BACKENDS, "proxy"]:
+        (secret,) = swarm["services"][name]["secrets"]
+        assert (secret["uid"], secret["gid"], secret["mode"]) == ("10001", "10001", 0o400), name
+
+
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.swarm.yaml"])
+def test_no_service_turns_accounts_off(file: str) -> None:
+    for name, service in load_yaml(file)["services"].items():
+        assert "DISTPOTIFY_AUTH" not in service.get("environment", {}), name
+        assert "--auth" not in " ".join(service.get("command", [])), name
 
 
 def test_the_proxy_starts_once_every_backend_is_healthy(compose: dict[str, Any]) -> None:
@@ -383,18 +409,22 @@ def test_each_backend_environment_configures_a_multicast_replica(
     assert (config.heartbeat, config.multicast_ttl) == ("multicast", 1)
     assert (config.host, config.data_dir) == ("0.0.0.0", Path("/data"))
     assert config.cluster_keys == ClusterKeys.load(secrets_dir / "cluster_key")
+    assert config.auth is True
 
 
-def test_proxy_environment_names_every_backend(
-    compose: dict[str, Any], dockerfile: list[Instruction], secrets_dir: Path
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.swarm.yaml"])
+def test_proxy_environment_names_every_backend_and_signs_with_the_key(
+    file: str, dockerfile: list[Instruction], secrets_dir: Path
 ) -> None:
-    env = service_environment(compose, "proxy", dockerfile, secrets_dir)
+    env = service_environment(load_yaml(file), "proxy", dockerfile, secrets_dir)
     config = parsed(proxy_tap.Options, env)
 
     assert set(env) - {"DISTPOTIFY_DATA_DIR", "DISTPOTIFY_HTTP_PORT", "DISTPOTIFY_AMP_PORT"} \
         <= known_variables(proxy_tap)
     assert config.backends == tuple(f"http://{name}:8000" for name in BACKENDS)
     assert (config.host, config.port) == ("0.0.0.0", 8080)
+    assert config.auth is True
+    assert config.cluster_keys == ClusterKeys.load(secrets_dir / "cluster_key")
 
 
 # -- compose.swarm.yaml
@@ -558,6 +588,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
+# The first admin of the replica below (accounts are on, the image's default).
+ADMIN_PASSWORD = "deploy-admin-password"
+
+
+def replica_status(port: int, secrets: Path) -> Any:
+    """A replica's /status, asked as the cluster asks it (signed with the cluster key)."""
+    return signed_request(port, secrets / "cluster_key", "GET", "/status", timeout=2).json()
+
+
 @pytest.fixture(scope="module")
 def replica_container(image: Image, secrets_dir: Path) -> Iterator[Running]:
     port = free_port()
@@ -566,10 +605,12 @@ def replica_container(image: Image, secrets_dir: Path) -> Iterator[Running]:
         DISTPOTIFY_NODE_ID="1", DISTPOTIFY_HTTP_PORT=str(port),
         DISTPOTIFY_AMP_PORT=str(free_port()), DISTPOTIFY_MULTICAST_PORT=str(free_udp_port()),
         DISTPOTIFY_CLUSTER=f"deploy-{port}", DISTPOTIFY_MULTICAST_INTERFACE="127.0.0.1",
+        DISTPOTIFY_ADMIN_PASSWORD=ADMIN_PASSWORD,
     )
     try:
-        wait_until(lambda: process.poll() is None and request(port, "GET", "/status", timeout=1)
-                   .json()["state"] == "ACTIVE", timeout=30, what="the replica to be ACTIVE")
+        wait_until(lambda: process.poll() is None
+                   and replica_status(port, secrets_dir)["state"] == "ACTIVE",
+                   timeout=30, what="the replica to be ACTIVE")
         yield Running(process, port)
     finally:
         stop(process)
@@ -593,12 +634,20 @@ def test_the_image_runs_the_installed_package_not_a_checkout(image: Image) -> No
 
 @pytest.mark.timeout(900)
 def test_the_default_command_runs_a_replica_that_keeps_its_data_in_the_volume(
-    image: Image, replica_container: Running
+    image: Image, replica_container: Running, secrets_dir: Path
 ) -> None:
-    status = request(replica_container.port, "GET", "/status").json()
+    status = replica_status(replica_container.port, secrets_dir)
 
     assert (status["node_id"], status["role"]) == (1, "leader")
     assert (image.path("/data") / "metadata.sqlite3").exists()
+
+
+@pytest.mark.timeout(900)
+def test_the_image_runs_a_replica_with_accounts_on(replica_container: Running) -> None:
+    for path in ("/songs", "/status"):
+        answer = request(replica_container.port, "GET", path)
+        assert answer.status == 401, path
+        assert answer.json()["error"] == "unauthorized", path
 
 
 @pytest.mark.timeout(900)
@@ -635,19 +684,28 @@ def test_the_healthcheck_fails_when_nothing_answers(image: Image) -> None:
 
 @pytest.mark.timeout(900)
 def test_the_proxy_command_serves_the_replica_through_the_same_image(
-    image: Image, replica_container: Running, compose: dict[str, Any]
+    image: Image, replica_container: Running, compose: dict[str, Any], secrets_dir: Path
 ) -> None:
     port = free_port()
+    environment = compose["services"]["proxy"]["environment"]
     process = image.run(
         *compose["services"]["proxy"]["command"], DISTPOTIFY_PORT=str(port),
         DISTPOTIFY_BACKENDS=f"127.0.0.1:{replica_container.port}",
+        DISTPOTIFY_CLUSTER_KEY_FILE=environment["DISTPOTIFY_CLUSTER_KEY_FILE"].replace(
+            "/run/secrets/", f"{secrets_dir}/"),
     )
+    login = json.dumps({"username": "admin", "password": ADMIN_PASSWORD}).encode()
     try:
-        # Its first poll of the replica may still be under way: 503 until then.
-        through = wait_until(
+        # Its first signed poll of the replica may still be under way: 503 until then.
+        anonymous = wait_until(
             lambda: process.poll() is None
-            and (answer := request(port, "GET", "/status", timeout=2)).status == 200 and answer,
-            timeout=30, what="the proxy to serve the replica")
+            and (answer := request(port, "GET", "/songs", timeout=2)).status != 503 and answer,
+            timeout=30, what="the proxy to reach the replica")
+        token = wait_until(
+            lambda: (answer := request(port, "POST", "/auth/login", login,
+                                       {"Content-Type": "application/json"})).status == 200
+            and answer.json()["token"], timeout=30, interval=1.0, what="the admin's login")
+        through = request(port, "GET", "/status", headers={"Authorization": f"Bearer {token}"})
         # compose.yaml's healthcheck for the proxy, pointed at this port
         test = compose["services"]["proxy"]["healthcheck"]["test"]
         check = subprocess.run([*test[1:3], test[3].replace(":8080/", f":{port}/")],
@@ -655,6 +713,7 @@ def test_the_proxy_command_serves_the_replica_through_the_same_image(
     finally:
         stop(process)
 
-    assert through.json()["node_id"] == 1
+    assert anonymous.status == 401 and anonymous.headers["x-served-by"] == "1"
+    assert through.status == 200 and through.json()["node_id"] == 1
     assert through.headers["x-served-by"] == "1"
     assert check.returncode == 0, check.stderr

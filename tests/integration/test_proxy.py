@@ -391,7 +391,8 @@ def test_a_busy_port_stops_the_proxy_with_one_clear_line(tmp_path: Path) -> None
         port = taken.getsockname()[1]
         done = subprocess.run(
             [str(TWISTD), "-n", "--pidfile=", f"--logfile={tmp_path / 'p.log'}",
-             "distpotify-proxy", "--backends", "127.0.0.1:1", "--port", str(port)],
+             "distpotify-proxy", "--backends", "127.0.0.1:1", "--port", str(port),
+             "--auth", "off"],
             capture_output=True, text=True, timeout=60, check=False,
         )
 
@@ -400,16 +401,20 @@ def test_a_busy_port_stops_the_proxy_with_one_clear_line(tmp_path: Path) -> None
     assert "Traceback" not in (tmp_path / "p.log").read_text()
 
 
-def test_auth_on_without_the_cluster_key_stops_the_proxy_with_one_clear_line() -> None:
+@pytest.mark.parametrize("auth", [[], ["--auth", "on"]], ids=["default", "auth-on"])
+def test_auth_on_without_the_cluster_key_stops_the_proxy_with_one_clear_line(
+        auth: list[str]) -> None:
     done = subprocess.run(
         [str(TWISTD), "-n", "--pidfile=", "distpotify-proxy", "--backends", "127.0.0.1:1",
-         "--auth", "on"],
+         *auth],
         capture_output=True, text=True, timeout=60, check=False,
     )
 
     output = done.stdout + done.stderr
+    last = output.strip().splitlines()[-1]
     assert done.returncode != 0
-    assert "--auth on needs --cluster-key-file" in output.strip().splitlines()[-1]
+    assert "--cluster-key-file is required (or DISTPOTIFY_CLUSTER_KEY_FILE)" in last
+    assert "--auth off" in last
     assert "Traceback" not in output
 
 

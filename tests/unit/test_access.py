@@ -115,6 +115,9 @@ ROUTES = [
     Route("DELETE", "/users/{bob}", (401, 403, 403, 204)),
     Route("GET", "/status", (401, 403, 403, 200)),
     Route("GET", "/metrics", (401, 403, 403, 200)),
+    Route("GET", "/health", (200, 200, 200, 200)),
+    Route("HEAD", "/health", (200, 200, 200, 200)),
+    Route("POST", "/health", (401, 405, 405, 405)),
     Route("GET", "/nowhere", (401, 404, 404, 404)),
 ]
 
@@ -139,6 +142,14 @@ def test_route_answers_each_kind_of_caller(world: World, route: Route, who: str)
     if answer.status == 401:
         assert answer.json()["error"] == "unauthorized"
         assert "www-authenticate" in answer.headers
+
+
+def test_health_tells_anyone_that_the_replica_is_up_and_nothing_more(world: World) -> None:
+    answer = call(world.replica, "GET", "/health")
+
+    assert (answer.status, answer.json()) == (200, {"status": "up"})
+    assert answer.headers["cache-control"] == "no-store"
+    assert need_of(b"GET", [b"health", b"more"]) is Need.USER
 
 
 def test_login_and_setup_are_open_to_anyone() -> None:

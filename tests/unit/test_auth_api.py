@@ -395,11 +395,12 @@ def options(tmp_path: Path, args: list[str], env: dict[str, str] | None = None) 
     return parsed
 
 
-def test_auth_is_off_by_default_and_switched_on_by_option_or_environment(tmp_path: Path
+def test_auth_is_on_by_default_and_switched_off_by_option_or_environment(tmp_path: Path
                                                                           ) -> None:
-    assert options(tmp_path, []).config.auth is False
-    assert options(tmp_path, ["--auth", "on"]).config.auth is True
-    assert options(tmp_path, [], {"DISTPOTIFY_AUTH": "on"}).config.auth is True
+    assert options(tmp_path, []).config.auth is True
+    assert options(tmp_path, ["--auth", "off"]).config.auth is False
+    assert options(tmp_path, [], {"DISTPOTIFY_AUTH": "off"}).config.auth is False
+    assert options(tmp_path, ["--auth", "on"], {"DISTPOTIFY_AUTH": "off"}).config.auth is True
 
 
 def test_secrets_of_the_options_stay_out_of_the_configs_repr(tmp_path: Path) -> None:

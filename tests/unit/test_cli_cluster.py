@@ -85,6 +85,25 @@ def test_every_process_gets_the_auth_switch(auth: bool) -> None:
         assert flag in " ".join(layout.replica_command(index))
 
 
+def test_accounts_are_on_by_default() -> None:
+    layout = Layout()
+
+    assert layout.auth is True
+    assert "--auth on" in " ".join(layout.proxy_command())
+
+
+def test_with_accounts_the_banner_shows_scripts_how_to_send_the_admins_token() -> None:
+    view = {"backends": []}
+
+    text = banner(Layout(data=Path("/srv/cluster")), view)
+    open_text = banner(Layout(auth=False), view)
+
+    assert "TOKEN=$(curl" in text and "/srv/cluster/admin.password" in text
+    assert 'curl -X POST -H "Authorization: Bearer $TOKEN"' in text
+    assert "--auth on: the library needs a login" in text
+    assert "TOKEN" not in open_text and "--auth off: the library is open" in open_text
+
+
 def test_the_admin_password_is_random_and_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "admin.password"
 

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from distpotify.cli.processes import (
+    AUTH_OFF,
     ProxyCommand,
     ReplicaCommand,
+    auth_off_unless_given,
     child_env,
     twistd,
     twistd_command,
@@ -101,3 +103,9 @@ def test_a_child_is_not_configured_by_the_callers_distpotify_variables(
 
     assert "DISTPOTIFY_NODE_ID" not in env
     assert env["UNRELATED"] == "kept" and env["DISTPOTIFY_CHUNK_SIZE"] == "32K"
+
+
+def test_tools_run_without_accounts_unless_their_options_name_auth() -> None:
+    assert auth_off_unless_given(["--chunk-size", "64K"]) == AUTH_OFF == ("--auth", "off")
+    assert auth_off_unless_given(["--auth", "on", "--metrics-token", "t"]) == ()
+    assert auth_off_unless_given(["--auth=on"]) == ()

@@ -83,6 +83,17 @@ def test_an_anonymous_request_for_the_proxy_views_is_401(path: str) -> None:
     assert answer.headers["www-authenticate"].startswith("Bearer")
 
 
+def test_health_answers_anyone_without_asking_a_replica() -> None:
+    nodes = cluster()
+    proxy = harness(nodes)
+    asked = [len(node.received) for node in nodes]
+
+    answer = proxy.get("/health").read_all()
+
+    assert (answer.status, answer.json()) == (200, {"status": "up"})
+    assert [len(node.received) for node in nodes] == asked
+
+
 def test_a_listener_is_refused_the_proxy_status_with_403() -> None:
     proxy = harness(cluster(**{"_auth_me": me("listener")}))
 

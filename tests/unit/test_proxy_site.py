@@ -54,6 +54,14 @@ def test_the_proxy_status_is_readable_json_never_cached(treq: StubTreq) -> None:
     assert answer.headers["cache-control"] == "no-store"
 
 
+def test_health_is_the_proxys_own_answer_saying_only_up(treq: StubTreq) -> None:
+    answer = get(treq, "/health")
+
+    assert (answer.status, answer.json()) == (200, {"status": "up"})
+    assert answer.headers["cache-control"] == "no-store"
+    assert "x-served-by" not in answer.headers
+
+
 @pytest.mark.parametrize("path", ["/sync", "/sync/digest/0", "/sync/snapshot"])
 def test_sync_paths_are_a_json_404_never_cached(treq: StubTreq, path: str) -> None:
     answer = get(treq, path)
@@ -102,7 +110,7 @@ def send(method: str, path: str, tmp_path: Path) -> Answer:
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "TRACE", "OPTIONS"])
-@pytest.mark.parametrize("path", ["/proxy/status", "/metrics", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/proxy/status", "/metrics", "/openapi.json", "/health"])
 def test_a_method_the_proxy_does_not_take_is_a_json_405(
         method: str, path: str, tmp_path: Path) -> None:
     answer = send(method, path, tmp_path)

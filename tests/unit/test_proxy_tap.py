@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from distpotify.cli.keygen import key_file_text
 from distpotify.httpchannel import Timeouts
+from distpotify.keys import ClusterKeys
 from distpotify.options import env_name
 from proxy.config import WEB_DIR, ConfigError, parse_backends
 from proxy.listen import with_backlog
@@ -17,9 +19,43 @@ pytestmark = pytest.mark.timeout(10)
 
 
 def parse(args: list[str], env: dict[str, str] | None = None) -> Options:
-    options = Options(environ=env or {})
+    """Options parsed from ARGS and ENV, with --auth off (from the environment, so ARGS may
+    still say on) unless ENV names it: these tests are about the other options, which
+    need no cluster key."""
+    options = Options(environ={"DISTPOTIFY_AUTH": "off", **(env or {})})
     options.parseOptions(args)
     return options
+
+
+def test_auth_is_on_by_default_with_the_cluster_key(tmp_path: Path) -> None:
+    key = tmp_path / "cluster.key"
+    key.write_text(key_file_text())
+
+    options = Options(environ={})
+    options.parseOptions(["--backends", "a:1", "--cluster-key-file", str(key)])
+    config = options.config
+
+    assert config.auth is True and config.cluster_keys == ClusterKeys.load(key)
+
+
+@pytest.mark.parametrize("env", [{}, {"DISTPOTIFY_AUTH": "on"}])
+def test_without_the_cluster_key_auth_on_is_one_line_naming_the_fix(env: dict[str, str]
+                                                                    ) -> None:
+    options = Options(environ=env)
+
+    with pytest.raises(usage.UsageError) as raised:
+        options.parseOptions(["--backends", "a:1"])
+
+    message = str(raised.value)
+    assert message.startswith("--cluster-key-file is required (or DISTPOTIFY_CLUSTER_KEY_FILE)")
+    assert "--auth off" in message and "\n" not in message
+
+
+def test_auth_off_needs_no_cluster_key() -> None:
+    options = Options(environ={})
+    options.parseOptions(["--backends", "a:1", "--auth", "off"])
+
+    assert (options.config.auth, options.config.cluster_keys) == (False, None)
 
 
 def test_defaults_match_the_design() -> None:

@@ -126,7 +126,7 @@ class Harness:
         # Generous timers: on a loaded machine the process may not run for seconds, and then
         # runs its timers before its sockets; these tests are about bytes, not timing.
         config = ProxyConfig(backends=urls, splice=splice, stall_timeout=10.0,
-                             response_timeout=10.0)
+                             response_timeout=10.0, auth=False)
         self.counters = Counters()
         self.reads = read_agent(reactor, 2.0, agent)
         self.resource = ProxyResource(self.view, self.reads if splice else agent, reactor,

@@ -20,16 +20,24 @@ function lag(head, leaderHead) {
 }
 
 export class ClusterView {
-  constructor() {
+  constructor(account) {
+    this.account = account;
     this.visible = false;
     this.proxy = null;
     this.replica = null;
     this.events = [];
     this.timer = 0;
+    this.turns = 0;
   }
 
   start() {
     this.poll();
+  }
+
+  // Where accounts are required (--auth on), /proxy/status answers admins only: nobody else
+  // asks it (a refusal every few seconds), and the pill says so rather than "unreachable".
+  get allowed() {
+    return !this.account.required || this.account.isAdmin;
   }
 
   setVisible(visible) {
@@ -43,16 +51,25 @@ export class ClusterView {
 
   async poll() {
     clearTimeout(this.timer);
+    const turn = ++this.turns; // a poll started meanwhile (a login, the view shown) goes on
+    if (!this.allowed) {
+      this.proxy = this.replica = this.error = null;
+      this.renderPill();
+      if (this.visible) this.render();
+      return; // until the account changes (main.js starts this again)
+    }
     try {
       const [proxy, replica] = await Promise.all([
         api.proxy(),
         this.visible ? api.replica().catch(() => null) : Promise.resolve(this.replica),
       ]);
+      if (turn !== this.turns) return;
       this.note(this.proxy, proxy);
       this.proxy = proxy;
       this.replica = replica;
       this.error = null;
     } catch (error) {
+      if (turn !== this.turns) return;
       if (!this.error) this.log(`The proxy does not answer: ${errorText(error)}`, "bad");
       this.error = error;
     }
@@ -99,6 +116,11 @@ export class ClusterView {
 
   renderPill() {
     const pill = $("cluster-pill");
+    if (!this.allowed) {
+      pill.textContent = "cluster: admins";
+      pill.className = "pill";
+      return;
+    }
     if (this.error || !this.proxy) {
       pill.textContent = "proxy unreachable";
       pill.className = "pill bad";
@@ -113,7 +135,8 @@ export class ClusterView {
   render() {
     const proxy = this.proxy;
     if (!proxy) {
-      $("cluster-leader").textContent = this.error ? `The proxy does not answer: ${errorText(this.error)}` : "leader: …";
+      $("cluster-leader").textContent = !this.allowed ? "The cluster view is for admins."
+        : this.error ? `The proxy does not answer: ${errorText(this.error)}` : "leader: …";
       return;
     }
     $("cluster-leader").textContent = proxy.leader

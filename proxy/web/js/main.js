@@ -21,7 +21,7 @@ const library = new Library({
   playAll: (list) => player.playAll(list),
   mayEdit: (song) => account.mayEdit(song.uploaded_by),
 });
-const clusterView = new ClusterView();
+const clusterView = new ClusterView(account);
 const usersView = new UsersView(account);
 new Uploader({ onUploaded: (song) => { remember([song]); library.invalidate(); } });
 
@@ -113,6 +113,7 @@ account.start().then(() => {
   account.addEventListener("change", () => {
     library.invalidate();
     route();
+    clusterView.start();
   });
   route();
   clusterView.start();
