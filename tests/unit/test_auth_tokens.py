@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+import distpotify.auth.tokens as tokens_module
 from distpotify.auth.tokens import (
     AUDIENCE,
     DEFAULT_TTL,
@@ -283,3 +284,39 @@ def test_the_refusal_never_shows_the_token_or_its_claims() -> None:
 
     assert USER not in message
     assert token.split(".")[1] not in message
+
+
+# -- verified tokens remembered
+
+
+def test_a_token_is_verified_once_then_its_claims_are_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens, clock = signer()
+    token = tokens.issue(USER, 3, ttl=600)
+    decoded = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+
+    first, second = tokens.check(token), tokens.check(token)
+
+    assert first == second and first.generation == 3
+    assert len(decoded) == 1
+    clock.advance(600 + LEEWAY)  # remembered claims still expire
+    assert refusal(tokens, token) == "token expired"
+
+
+def test_refused_tokens_are_not_remembered_and_the_memory_is_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens_module, "VERIFIED_MAX", 3)
+    tokens, _ = signer()
+    other, _ = signer(ClusterKeys((NEW,)))
+    foreign = other.issue(USER, 0)
+
+    for _ in range(2):
+        assert refusal(tokens, foreign) == (
+            "token signature does not verify under any cluster key")
+    issued = [tokens.issue(f"user-{n}", 0) for n in range(5)]
+    for token in issued:
+        tokens.check(token)
+
+    assert list(tokens._verified_claims) == issued[-3:]
