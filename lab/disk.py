@@ -4,8 +4,9 @@ disk and free it again (the "disk full" fault) without touching the machine's re
 A ``Disk`` is a tmpfs mounted at ``<lab dir>/node<N>.disk`` with the data dir inside it
 (``data/``), so wiping the data dir leaves the mount. ``fill`` lowers the mount's size to
 what is used and writes a filler file into the last free pages: every later write of the
-replica gets ENOSPC; ``free`` removes the filler and gives the size back. tmpfs costs memory
-only for what is written, so the size is a ceiling, not a reservation.
+replica gets ENOSPC; ``free`` removes the filler and gives the size back (more, if the data
+outgrew it). tmpfs costs memory only for what is written, so the size is a ceiling, not a
+reservation.
 """
 # test-case-name: tests.lab.test_disk
 
@@ -104,10 +105,14 @@ class Disk:
         return written
 
     def release(self) -> None:
-        """Undo ``fill``: remove the filler and give the mount its size back."""
+        """Undo ``fill``: remove the filler and give the mount its size back, or more, as an
+        operator freeing a disk would: at least a quarter of the size free. A long run's
+        library outgrows the size (30 minutes of uploads fill 512 MiB), and the mount cannot
+        shrink below what is used: given back only its size, it would stay full for good."""
         with contextlib.suppress(FileNotFoundError):
             self.filler.unlink()
-        self._resize(self.size)
+        room = -(-(self.used() + self.size // 4) // _PAGE) * _PAGE
+        self._resize(max(self.size, room))
         self.full = False
 
     def _resize(self, size: int) -> None:

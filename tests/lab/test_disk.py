@@ -84,3 +84,22 @@ def test_a_disk_is_a_mount_of_its_own_that_a_wipe_keeps_and_close_removes(
 def test_a_disk_smaller_than_a_mebibyte_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="at least 1 MiB"):
         Disk(tmp_path / "d", 1000)
+
+
+def test_freeing_a_disk_its_data_has_outgrown_leaves_a_quarter_of_it_free(
+        tmp_path: Path) -> None:
+    """A long run's library can fill the whole disk by itself: freeing it must give room
+    back, not the old size (the mount cannot shrink below what is used)."""
+    disk = Disk(tmp_path / "d", 4 * 1024 * 1024)
+    disk.create()
+    try:
+        (disk.data_dir / "library").write_bytes(b"\1" * (4 * 1024 * 1024 - 64 * 1024))
+        disk.fill()
+        assert disk.free_bytes() == 0
+
+        disk.release()
+
+        assert not disk.full and disk.free_bytes() >= disk.size // 4
+        (disk.data_dir / "more").write_bytes(b"\2" * (disk.size // 8))
+    finally:
+        disk.destroy()
