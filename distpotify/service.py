@@ -225,6 +225,17 @@ class ReplicaService(service.MultiService):
                  failures=f" (but the {', '.join(failed)} failed to stop)" if failed else "")
 
 
+async def accounts_applied(replication: ReplicationNode, accounts: Accounts,
+                           version: Version) -> bool:
+    """Whether ``version`` is applied here (waiting up to --read-wait), with the accounts in
+    memory read again after it: they reload in the background as ops apply, so a read of
+    /users/* right after an admin's change could otherwise miss it."""
+    if not await replication.applied.wait_for(version):
+        return False
+    await accounts.reload()
+    return True
+
+
 async def replica_status(
     config: ReplicaConfig, cluster: ClusterNode, replication: ReplicationNode,
     head: Callable[[], Version], store: MetadataStore, accounts: Accounts,
@@ -318,7 +329,9 @@ def build_replica(
                            wait_for=lambda v: Deferred.fromCoroutine(
                                replication.applied.wait_for(v)),
                            accounts=AuthAPI(accounts, blocking).app.resource(),
-                           authorize=gate.authorize)
+                           authorize=gate.authorize,
+                           accounts_wait_for=lambda v: Deferred.fromCoroutine(
+                               accounts_applied(replication, accounts, v)))
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
                        timeouts=config.timeouts)

@@ -273,6 +273,7 @@ class ReplicaRoot(Resource):
         wait_for: Callable[[Version], Deferred[bool]] | None = None,
         accounts: IResource | None = None,
         authorize: Callable[[Request], None] = open_gate,
+        accounts_wait_for: Callable[[Version], Deferred[bool]] | None = None,
     ) -> None:
         super().__init__()
         self._served_by = str(node_id).encode()
@@ -283,6 +284,9 @@ class ReplicaRoot(Resource):
         self._authorize = authorize
         self._serving = serving
         self._wait_for = wait_for
+        # For reads of /auth/* and /users/*: the version applied and the accounts in memory
+        # read again after it (they are reloaded in the background as ops apply).
+        self._accounts_wait_for = accounts_wait_for
 
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
@@ -296,16 +300,21 @@ class ReplicaRoot(Resource):
             self._authorize(request)
         except ApiError as refused:
             return answer_failure(request, Failure(refused))
-        if first in (b"auth", b"users") and self._accounts is not None:
-            return self._accounts.render(request)
         reading = request.method in (b"GET", b"HEAD")
+        if first in (b"auth", b"users") and self._accounts is not None:
+            wanted = request.getHeader(MIN_VERSION) if reading else None
+            if wanted is not None and self._accounts_wait_for is not None:
+                return self._when_applied(request, wanted, self._accounts_wait_for,
+                                          self._accounts.render)
+            return self._accounts.render(request)
         library_read = reading and first not in (b"status", b"metrics", b"health")
         if library_read and not self._serving():
             # A JOINING replica may lack rows and chunks: its reads would be wrong, not slow.
             return json_error(request, 503, "joining", "this replica is still joining the cluster")
         wanted = request.getHeader(MIN_VERSION) if library_read else None
         if wanted is not None and self._wait_for is not None:
-            return self._when_applied(request, wanted)
+            return self._when_applied(request, wanted, self._wait_for,
+                                      partial(self._serve, reading=True))
         return self._serve(request, reading)
 
     def _serve(self, request: Request, reading: bool) -> Any:
@@ -314,8 +323,11 @@ class ReplicaRoot(Resource):
             return self._chunk(request, *address)
         return self._routes.render(request)
 
-    def _when_applied(self, request: Request, wanted: str | bytes) -> Any:
-        """Serve the read once the version it names is applied here, else 409 behind."""
+    def _when_applied(self, request: Request, wanted: str | bytes,
+                      wait_for: Callable[[Version], Deferred[bool]],
+                      serve: Callable[[Request], Any]) -> Any:
+        """``serve`` the read once ``wait_for`` says the version it names is applied here,
+        else answer 409 behind."""
         text = wanted.decode("latin-1") if isinstance(wanted, bytes) else wanted
         try:
             version = Version.decode(text.strip())
@@ -323,8 +335,7 @@ class ReplicaRoot(Resource):
             return json_error(request, 400, "bad_request",
                               f"{MIN_VERSION.decode()} must be a version such as"
                               f" 0000000003-00003-000000000001, got {text[:64]!r}")
-        assert self._wait_for is not None
-        d = self._wait_for(version)
+        d = wait_for(version)
         request.notifyFinish().addErrback(lambda _: d.cancel())
 
         def go(applied: bool) -> None:
@@ -336,7 +347,7 @@ class ReplicaRoot(Resource):
                 request.write(answer_failure(request, Failure(behind)))
                 request.finish()
                 return
-            body = self._serve(request, reading=True)
+            body = serve(request)
             if body is not NOT_DONE_YET:
                 request.write(body)
                 request.finish()

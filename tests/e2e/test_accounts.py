@@ -105,6 +105,10 @@ def bearer(token: str) -> dict[str, str]:
 
 def log_in(player: PlayerPage, username: str, password: str) -> None:
     dialog = player.page.locator("#login-dialog")
+    # The player first learns who is logged in (body[data-role] once it knows); nobody, with
+    # accounts on, and it opens the dialog itself in the same step. Deciding before that
+    # raced it: a click on "Log in" that the dialog, opening meanwhile, then covered.
+    expect(player.page.locator("body[data-role]")).to_be_attached()
     if not dialog.is_visible():
         player.page.locator("#account-login").click()
     expect(dialog).to_be_visible()

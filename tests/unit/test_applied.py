@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication.applied import AppliedOps
 from distpotify.store.metadata import MetadataDB, MetadataStore
-from tests.helpers.api import Answer, InMemoryReplica, result_of, run_now
+from tests.helpers.accounts import call, first_admin
+from tests.helpers.api import Answer, InMemoryReplica, NoLeader, result_of, run_now
 
 WAIT = 0.25
 
@@ -210,3 +211,30 @@ def test_a_write_is_pushed_in_a_batch_that_wakes_its_readers(tmp_path: Path) -> 
         follower.receiver.apply_ops(leader.db.ops_after(ZERO), "http://leader")))
 
     assert [p["name"] for p in finish(follower, reading).json()["playlists"]] == ["p"]
+
+
+def test_a_read_of_the_accounts_waits_for_its_version_and_the_accounts_read_again(
+        tmp_path: Path) -> None:
+    """The admin page reads /users right after a change (through the proxy, with the
+    version of that change): a follower that has not applied it yet waits for it, and
+    answers from the accounts as they are after it, not as its memory held them."""
+    leader = InMemoryReplica(tmp_path / "leader", auth=True)
+    admin = first_admin(leader, tmp_path / "leader")
+    follower = InMemoryReplica(tmp_path / "follower", auth=True, leadership=NoLeader())
+    result_of(Deferred.fromCoroutine(
+        follower.receiver.apply_ops(leader.db.ops_after(ZERO), "http://leader")))
+    result_of(Deferred.fromCoroutine(follower.accounts.reload()))
+    head = leader.db.head()
+    created = call(leader, "POST", "/users", {"username": "otto", "password": "otto-first-1",
+                                              "role": "listener"}, admin.bearer)
+    assert created.status == 201, created.body
+    version = created.headers["x-distpotify-version"]
+
+    reading = start_get(follower, "/users",
+                        {"X-Distpotify-Min-Version": version, **admin.bearer})
+    assert follower.service.replication.applied.status()["waiting"] == 1
+    result_of(Deferred.fromCoroutine(
+        follower.receiver.apply_ops(leader.db.ops_after(head), "http://leader")))
+
+    names = [user["username"] for user in finish(follower, reading).json()["users"]]
+    assert sorted(names) == ["otto", "root"]
