@@ -66,6 +66,9 @@ ZERO = Version(0, 0, 0)
 
 MAX_INDEX = 2**31  # chunk indexes are below it
 
+# The entity of keyed writes' stored outcomes (idempotency.py), one row per key.
+KEY_ROWS = "idempotency"
+
 # The keys of the purges entity: the tombstone watermark and the idempotency key watermark.
 TOMBSTONES = "tombstones"
 IDEMPOTENCY_KEYS = "idempotency"
@@ -152,14 +155,29 @@ class Op:
     entity: str
     key: str
     fields: Mapping[str, Any]
+    # A keyed write's stored outcome, carried by the write's last op: the id and fields of
+    # its idempotency row, written under this op's version wherever the op is applied. The
+    # key row rides in the op instead of being an op (a version, an oplog entry, a push
+    # item) of its own.
+    outcome: tuple[str, Mapping[str, Any]] | None = None
+
+    def outcome_op(self) -> Op | None:
+        """The idempotency row this op carries, as the op that writes it."""
+        if self.outcome is None:
+            return None
+        key, fields = self.outcome
+        return Op(self.version, KEY_ROWS, key, fields)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value = {
             "version": self.version.encode(),
             "entity": self.entity,
             "key": self.key,
             "fields": dict(self.fields),
         }
+        if self.outcome is not None:
+            value["outcome"] = {"key": self.outcome[0], "fields": dict(self.outcome[1])}
+        return value
 
 
 @attrs.frozen
