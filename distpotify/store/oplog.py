@@ -182,11 +182,14 @@ class Oplog(Tables):
     def write_outcome(self, key: str, fields: dict[str, Any]) -> None:
         """Store a keyed write's outcome, the idempotency row ``key``, in the write's last op
         (this leader's newest): written under its version, carried by it in the oplog, so
-        every replica that applies the op stores the key with it."""
+        every replica that applies the op stores the key with it. Only once the key was
+        looked up in the same transaction and had no row (Library's _keyed)."""
         version = self.written()
         self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
                            (_outcome_text(key, fields), version.encode()))
-        self._merge(Op(version, idempotency.ENTITY, key, fields))
+        # The caller looked the key up in this transaction and found no row, and a version
+        # this leader just took is newer than any watermark: neither is read again.
+        self._merge(Op(version, idempotency.ENTITY, key, fields), absent=True)
 
     def _apply(self, op: Op) -> bool:
         self._log(op)
@@ -226,16 +229,17 @@ class Oplog(Tables):
                 "UPDATE oplog SET entity = ?, key = ?, body = ?, outcome = ? WHERE version = ?",
                 (op.entity, op.key, json.dumps(dict(op.fields)), carried, version))
 
-    def _merge(self, op: Op) -> bool:
+    def _merge(self, op: Op, absent: bool = False) -> bool:
         """Merge ``op`` into its row, the row's bucket digest and what derives from it;
-        whether it changed the row."""
+        whether it changed the row. ``absent``: the row is known not to exist, and the op's
+        version to be above every watermark."""
         entity = ENTITIES[op.entity]
         if op.entity == "chunks":
             song_id, _, idx = op.key.partition("/")
             self._chunk_cache.forget(song_id, int(idx))
-        old = self._get_row(entity, op.key)
+        old = None if absent else self._get_row(entity, op.key)
         row = merge(old, op)
-        if row is None or (op.entity == idempotency.ENTITY
+        if row is None or (op.entity == idempotency.ENTITY and not absent
                            and op.version <= idempotency.key_watermark(self._conn)):
             return False  # old, repeated, or a key expired everywhere: it must not come back
         bucket = bucket_of(op.entity, op.key)
