@@ -220,11 +220,13 @@ class Oplog(Tables):
             "SELECT entity, key, body, outcome FROM oplog WHERE version = ?", (version,)
         ).fetchone()
         alone = idempotency.ENTITY
-        if op.entity == alone and logged["entity"] != alone and logged["outcome"] is None:
-            self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
-                               (_outcome_text(op.key, op.fields), version))
-        elif op.entity != alone and logged["entity"] == alone:
-            carried = outcome or _outcome_text(logged["key"], json.loads(logged["body"]))
+        carried = outcome if op.entity != alone else _outcome_text(op.key, op.fields)
+        if logged["entity"] != alone:  # the record's op: it gains the key row it lacks
+            if carried is not None and logged["outcome"] is None:
+                self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
+                                   (carried, version))
+        elif op.entity != alone:  # the key row alone: it becomes the op that carries it
+            carried = carried or _outcome_text(logged["key"], json.loads(logged["body"]))
             self._conn.execute(
                 "UPDATE oplog SET entity = ?, key = ?, body = ?, outcome = ? WHERE version = ?",
                 (op.entity, op.key, json.dumps(dict(op.fields)), carried, version))

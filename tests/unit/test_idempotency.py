@@ -387,19 +387,23 @@ def test_a_keyed_write_is_one_op_that_carries_its_key_row(
     assert follower.get("/sync/digest").json() == api.get("/sync/digest").json()
 
 
-@pytest.mark.parametrize("key_row_first", [True, False])
+@pytest.mark.parametrize("arrivals", [
+    ("key row", "record row"), ("record row", "key row"),
+    ("key row", "pushed op"), ("record row", "pushed op"),
+])
 def test_a_key_row_pulled_alone_joins_the_op_that_carries_it(
-    api: InMemoryReplica, tmp_path: Path, key_row_first: bool
+    api: InMemoryReplica, tmp_path: Path, arrivals: tuple[str, str]
 ) -> None:
     keyed(api, "POST", "/playlists", {"name": "M"}, "pulled")
     [carrying] = api.db.ops_after(ZERO)
     record, key_row = (op for row in api.db.rows([
         ("playlists", carrying.key), ("idempotency", carrying.outcome[0])  # type: ignore[index]
     ]) for op in row_ops(row))
+    ops = {"key row": key_row, "record row": record, "pushed op": carrying}
     other = MetadataDB(tmp_path / "o.sqlite3", node_id=2)
 
-    for op in ([key_row, record] if key_row_first else [record, key_row]):
-        other.apply_ops([op])  # each as anti-entropy pulls its row
+    for arrival in arrivals:  # a row as anti-entropy pulls it, the op as a push sends it
+        other.apply_ops([ops[arrival]])
 
     [logged] = other.ops_after(ZERO)
     assert attrs.evolve(logged, outcome=None) == attrs.evolve(carrying, outcome=None)
