@@ -68,11 +68,10 @@ class IdempotencyKey:
 
     text: str
     request: str
-
-    @property
-    def id(self) -> str:
-        """The key's row in the replicated idempotency table."""
-        return str(uuid.uuid5(NAMESPACE, self.text))
+    # The key's row in the replicated idempotency table; computed once (a keyed write reads
+    # it for its lock, its lookup and its stored row).
+    id: str = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: str(uuid.uuid5(NAMESPACE, self.text)), takes_self=True))
 
     def record_id(self) -> str:
         """The id of the record this write creates: the same on every leader that applies

@@ -451,7 +451,11 @@ def _keyed(
     """``action`` in one transaction with its key: a stored outcome is answered instead (422
     if stored for another request); a new one gets the version the write made and is stored
     under the key. An error (4xx) is not stored: it changed nothing, so trying again is
-    harmless."""
+    harmless.
+
+    The key's row rides in the write's last op (MetadataDB.write_outcome): no version, oplog
+    entry or push item of its own, which made a keyed write cost two replicated ops. A write
+    that made no op (a duplicate upload) stores it as an op of its own."""
     with db.atomic():
         if key is not None:
             stored = db.stored_outcome(key)
@@ -461,7 +465,9 @@ def _keyed(
         outcome = action(db, *args, **kwargs)
         made = db.written()
         outcome = attrs.evolve(outcome, version=made if made != before else db.cached_head())
-        if key is not None:
+        if key is not None and made != before:
+            db.write_outcome(key.id, outcome.fields(key))
+        elif key is not None:
             db.write([Change(KEYS_ENTITY, key.id, outcome.fields(key))])
     return outcome
 

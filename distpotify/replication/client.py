@@ -73,8 +73,14 @@ def op_from_json(value: Any) -> Op:
     """An op from its JSON form; ValueError (or KeyError/TypeError) when malformed."""
     if not isinstance(value, dict) or not isinstance(value.get("fields"), dict):
         raise ValueError("an op is an object with version, entity, key and fields")
+    carried = value.get("outcome")
+    if carried is not None and not (
+        isinstance(carried, dict) and isinstance(carried.get("key"), str)
+        and isinstance(carried.get("fields"), dict)
+    ):
+        raise ValueError("an op's outcome is an object with key and fields")
     return Op(Version.decode(value["version"]), str(value["entity"]), str(value["key"]),
-              value["fields"])
+              value["fields"], None if carried is None else (carried["key"], carried["fields"]))
 
 
 def batch_body(source: str, ops: Sequence[Op]) -> bytes:

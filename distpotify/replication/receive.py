@@ -58,6 +58,11 @@ def validate_op(op: Op) -> None:
         through = fields["through"]
         if not isinstance(through, str) or Version.decode(through) >= op.version:
             raise ValueError(f"purges.through must be a version older than its op: {through!r}")
+    carried = op.outcome_op()
+    if carried is not None:  # a keyed write's key row: checked as the op it would be
+        if op.entity == carried.entity:
+            raise ValueError("an idempotency op carries no outcome")
+        validate_op(carried)
 
 
 def _chunk_ref(key: str, fields: dict[str, object]) -> ChunkRef:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import sqlite3
 
 from distpotify.idempotency import IdempotencyKey, Outcome
-from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Version
+from distpotify.model import IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Version
 from distpotify.store.digest import row_hash, xor_digest
 from distpotify.store.schema import Tables
 
-ENTITY = "idempotency"
+ENTITY = KEY_ROWS
 
 
 def key_watermark(conn: sqlite3.Connection) -> Version:

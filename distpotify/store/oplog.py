@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -158,7 +158,8 @@ class Oplog(Tables):
             (version.encode(), limit),
         )
         return [
-            Op(Version.decode(r["version"]), r["entity"], r["key"], json.loads(r["body"]))
+            Op(Version.decode(r["version"]), r["entity"], r["key"], json.loads(r["body"]),
+               None if r["outcome"] is None else _outcome_from_text(r["outcome"]))
             for r in rows
         ]
 
@@ -178,18 +179,69 @@ class Oplog(Tables):
         self._head = max([self._head, *self._unpublished])
         self._unpublished.clear()
 
+    def write_outcome(self, key: str, fields: dict[str, Any]) -> None:
+        """Store a keyed write's outcome, the idempotency row ``key``, in the write's last op
+        (this leader's newest): written under its version, carried by it in the oplog, so
+        every replica that applies the op stores the key with it. Only once the key was
+        looked up in the same transaction and had no row (Library's _keyed)."""
+        version = self.written()
+        self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
+                           (_outcome_text(key, fields), version.encode()))
+        # The caller looked the key up in this transaction and found no row, and a version
+        # this leader just took is newer than any watermark: neither is read again.
+        self._merge(Op(version, idempotency.ENTITY, key, fields), absent=True)
+
     def _apply(self, op: Op) -> bool:
+        self._log(op)
+        changed = self._merge(op)
+        carried = op.outcome_op()
+        if carried is not None:
+            changed = self._merge(carried) or changed
+        return changed
+
+    def _log(self, op: Op) -> None:
+        """Append ``op`` to the oplog, or, when its version is there already, keep the union.
+
+        A version is logged once, and usually comes back as the same op (pushed again, or
+        its row pulled). But a keyed write's op carries its key row: pulled by anti-entropy,
+        that row arrives alone, as an idempotency op of that version, before or after the
+        op that carries it. Whichever comes first, the entry ends as the op carrying it, so
+        this replica's oplog gives followers and a takeover both rows."""
+        outcome = None if op.outcome is None else _outcome_text(*op.outcome)
+        version = op.version.encode()
+        added = self._conn.execute(
+            "INSERT OR IGNORE INTO oplog (version, entity, key, body, at, outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (version, op.entity, op.key, json.dumps(dict(op.fields)), self._now(), outcome),
+        )
+        if added.rowcount:
+            return
+        logged = self._conn.execute(
+            "SELECT entity, key, body, outcome FROM oplog WHERE version = ?", (version,)
+        ).fetchone()
+        alone = idempotency.ENTITY
+        carried = outcome if op.entity != alone else _outcome_text(op.key, op.fields)
+        if logged["entity"] != alone:  # the record's op: it gains the key row it lacks
+            if carried is not None and logged["outcome"] is None:
+                self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
+                                   (carried, version))
+        elif op.entity != alone:  # the key row alone: it becomes the op that carries it
+            carried = carried or _outcome_text(logged["key"], json.loads(logged["body"]))
+            self._conn.execute(
+                "UPDATE oplog SET entity = ?, key = ?, body = ?, outcome = ? WHERE version = ?",
+                (op.entity, op.key, json.dumps(dict(op.fields)), carried, version))
+
+    def _merge(self, op: Op, absent: bool = False) -> bool:
+        """Merge ``op`` into its row, the row's bucket digest and what derives from it;
+        whether it changed the row. ``absent``: the row is known not to exist, and the op's
+        version to be above every watermark."""
         entity = ENTITIES[op.entity]
         if op.entity == "chunks":
             song_id, _, idx = op.key.partition("/")
             self._chunk_cache.forget(song_id, int(idx))
-        old = self._get_row(entity, op.key)
+        old = None if absent else self._get_row(entity, op.key)
         row = merge(old, op)
-        self._conn.execute(
-            "INSERT OR IGNORE INTO oplog (version, entity, key, body, at) VALUES (?, ?, ?, ?, ?)",
-            (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields)), self._now()),
-        )
-        if row is None or (op.entity == idempotency.ENTITY
+        if row is None or (op.entity == idempotency.ENTITY and not absent
                            and op.version <= idempotency.key_watermark(self._conn)):
             return False  # old, repeated, or a key expired everywhere: it must not come back
         bucket = bucket_of(op.entity, op.key)
@@ -218,3 +270,13 @@ class Oplog(Tables):
             else:
                 idempotency.purge_keys(self._conn, through)
         return True
+
+
+def _outcome_text(key: str, fields: Mapping[str, Any]) -> str:
+    """An oplog entry's ``outcome`` column: the idempotency row its op carries."""
+    return json.dumps({"key": key, "fields": dict(fields)})
+
+
+def _outcome_from_text(text: str) -> tuple[str, dict[str, Any]]:
+    carried = json.loads(text)
+    return str(carried["key"]), carried["fields"]

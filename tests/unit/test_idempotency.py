@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet.defer import Deferred
 
@@ -17,7 +19,9 @@ from distpotify.errors import BadRequest
 from distpotify.idempotency import IdempotencyKey, parse_key, request_digest
 from distpotify.library import Library
 from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Op, Version
-from distpotify.store.metadata import MetadataDB, MetadataStore
+from distpotify.replication.client import op_from_json
+from distpotify.replication.receive import validate_op
+from distpotify.store.metadata import MetadataDB, MetadataStore, row_ops
 from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, run_now
 from tests.helpers.audio import make_audio
 
@@ -358,3 +362,86 @@ def test_the_key_watermark_drops_older_keys_everywhere_and_they_never_come_back(
     other.apply_ops([watermark, key_op(Version(1, 1, 3), young), key_op(Version(1, 1, 1), old)])
     assert db.digest() == other.digest()
     assert db.purge_watermark() == ZERO  # the tombstone watermark is another one
+
+
+# the key row rides in its write's op
+
+
+def test_a_keyed_write_is_one_op_that_carries_its_key_row(
+    api: InMemoryReplica, tmp_path: Path
+) -> None:
+    follower = InMemoryReplica(tmp_path / "f")
+
+    created = keyed(api, "POST", "/playlists", {"name": "M"}, "one")
+    ops = api.db.ops_after(ZERO)
+    follower.db.apply_ops(op_from_json(op.to_json()) for op in ops)  # as a push sends them
+
+    version = Version.decode(created.headers["x-distpotify-version"])
+    assert [op.version for op in ops] == [version] == [api.db.head()]
+    assert ops[0].entity == "playlists" and ops[0].outcome is not None
+    key = IdempotencyKey("one", rows(api.db, "idempotency")[0]["request"])
+    for replica in (api, follower):
+        stored = replica.db.stored_outcome(key)
+        assert stored is not None and stored.version == version
+        assert stored.body == created.json()
+    assert follower.get("/sync/digest").json() == api.get("/sync/digest").json()
+
+
+@pytest.mark.parametrize("arrivals", [
+    ("key row", "record row"), ("record row", "key row"),
+    ("key row", "pushed op"), ("record row", "pushed op"),
+])
+def test_a_key_row_pulled_alone_joins_the_op_that_carries_it(
+    api: InMemoryReplica, tmp_path: Path, arrivals: tuple[str, str]
+) -> None:
+    keyed(api, "POST", "/playlists", {"name": "M"}, "pulled")
+    [carrying] = api.db.ops_after(ZERO)
+    record, key_row = (op for row in api.db.rows([
+        ("playlists", carrying.key), ("idempotency", carrying.outcome[0])  # type: ignore[index]
+    ]) for op in row_ops(row))
+    ops = {"key row": key_row, "record row": record, "pushed op": carrying}
+    other = MetadataDB(tmp_path / "o.sqlite3", node_id=2)
+
+    for arrival in arrivals:  # a row as anti-entropy pulls it, the op as a push sends it
+        other.apply_ops([ops[arrival]])
+
+    [logged] = other.ops_after(ZERO)
+    assert attrs.evolve(logged, outcome=None) == attrs.evolve(carrying, outcome=None)
+    assert logged.outcome is not None and carrying.outcome is not None
+    key, fields = logged.outcome
+    # The row read back has its status as stored (text), which Outcome.stored reads alike.
+    assert (key, {**fields, "status": int(fields["status"])}) == carrying.outcome
+    assert other.digest() == api.db.digest()
+
+
+def test_an_op_carrying_a_malformed_key_row_is_refused() -> None:
+    good = Op(Version(1, 1, 1), "playlists", MISSING, {"name": "p"},
+              (IdempotencyKey("k", "a" * 64).id, {"status": 201}))
+    validate_op(good)
+    for outcome in ((MISSING, {"colour": "red"}), ("not-a-uuid", {"status": 201}),
+                    (MISSING, {})):
+        with pytest.raises(ValueError):
+            validate_op(attrs.evolve(good, outcome=outcome))
+    with pytest.raises(ValueError):
+        validate_op(attrs.evolve(good, entity="idempotency", key=MISSING))
+    with pytest.raises(ValueError):
+        op_from_json({**good.to_json(), "outcome": {"key": MISSING, "fields": "{}"}})
+
+
+def test_an_oplog_from_before_carried_key_rows_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
+                " key TEXT NOT NULL, body TEXT NOT NULL, at REAL)")
+    key = IdempotencyKey("old", "a" * 64)
+    op = key_op(Version(1, 1, 1), key)
+    old.execute("INSERT INTO oplog VALUES (?, ?, ?, ?, ?)",
+                (op.version.encode(), op.entity, op.key, json.dumps(dict(op.fields)), 0.0))
+    old.commit()
+    old.close()
+
+    db = MetadataDB(path, node_id=1)
+
+    assert db.ops_after(ZERO) == [op]  # a key row of its own, as it was written then
+    db.apply_ops([op])
+    assert db.stored_outcome(key) is not None

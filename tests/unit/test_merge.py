@@ -24,6 +24,15 @@ ops = st.lists(
 )
 
 
+@given(versions, versions)
+def test_versions_compare_as_their_tuples_and_their_text(a: Version, b: Version) -> None:
+    as_tuples = (a.epoch, a.leader_id, a.seq), (b.epoch, b.leader_id, b.seq)
+    for compare in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__"):
+        expected = getattr(as_tuples[0], compare)(as_tuples[1])
+        assert getattr(a, compare)(b) == expected
+        assert getattr(a.encode(), compare)(b.encode()) == expected
+
+
 def apply_all(sequence: list[Op], row: Row | None = None) -> Row | None:
     for op in sequence:
         row = merge(row, op) or row
