@@ -56,7 +56,8 @@ log = Logger()
 
 SCRUB_RATE = 8 * 1024 * 1024  # bytes/s of background re-hashing
 ACTIVE_AT_EVERY = 60.0  # seconds between records of being ACTIVE (for the tombstone TTL)
-COUNTS_MAX_AGE = 5.0  # seconds a /status table count is shown before it is counted again
+COUNTS_MAX_AGE = 5.0  # seconds a /status table count is shown before it is counted again,
+COUNTS_SHARE = 0.005  # or longer: counting takes at most this share of the time
 
 
 class ReplicationNode(service.MultiService):
@@ -104,6 +105,7 @@ class ReplicationNode(service.MultiService):
         # have replaced every row without an op.
         self.on_synced: list[Callable[[], object]] = []
         self._counts: tuple[float, dict[str, Any]] | None = None  # (when, what) _table_counts
+        self._counts_age = COUNTS_MAX_AGE  # how long they are shown: longer if slow to take
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -323,14 +325,19 @@ class ReplicationNode(service.MultiService):
 
     async def _table_counts(self) -> dict[str, Any]:
         """The oplog's and the key table's sizes for /status, counted at most once every
-        COUNTS_MAX_AGE seconds: a count is a scan of a table that grows with the history,
-        and the proxy polls /status four times a second."""
+        COUNTS_MAX_AGE seconds, and less often when counting is slow (at most COUNTS_SHARE of
+        the time): a count is a scan of a table that grows with the history, and the proxy
+        polls /status four times a second."""
         now = self._reactor.seconds()
-        if self._counts is None or now - self._counts[0] >= COUNTS_MAX_AGE:
+        if self._counts is None or now - self._counts[0] >= self._counts_age:
             self._counts = (now, {
                 "oplog": await self._store.run(MetadataDB.oplog_stats),
                 "idempotency_keys": await self._store.run(MetadataDB.idempotency_keys),
             })
+            # 600,000 ops (a 200,000-song library) take 30-100 ms to count: every 5 s that
+            # was a quarter of an idle replica's CPU time.
+            took = self._reactor.seconds() - now
+            self._counts_age = max(COUNTS_MAX_AGE, took / COUNTS_SHARE)
         return self._counts[1]
 
     async def status(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from distpotify.config import OplogRetention
 from distpotify.model import ZERO, Op, Version
-from distpotify.replication.node import COUNTS_MAX_AGE
+from distpotify.replication.node import COUNTS_MAX_AGE, COUNTS_SHARE
 from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION
 from distpotify.store.metadata import Change, MetadataDB
 from tests.helpers.api import InMemoryReplica
@@ -191,3 +191,25 @@ def test_the_ops_older_than_a_time_are_found_through_the_index_on_their_time(
     assert db.newest_version_before(now.t - 20.5) == max(
         op.version for op in ops if op.version <= ops[-21].version)
     assert db.compaction_cut(OplogRetention("age", 20.5), now.t) == ops[-21].version
+
+
+def test_a_slow_count_is_taken_less_often(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count that takes 0.1 s (600,000 ops do) is shown 20 s, not 5: counting an idle
+    replica's oplog must not cost it more than COUNTS_SHARE of its time."""
+    replica = InMemoryReplica(tmp_path)
+    counted = MetadataDB.oplog_stats
+
+    def slow(db: MetadataDB) -> dict[str, object]:
+        replica.clock.advance(0.1)
+        return counted(db)
+
+    monkeypatch.setattr(MetadataDB, "oplog_stats", slow)
+    replica.send_json("POST", "/playlists", {"name": "one"})
+    first = replica.get("/status").json()["replication"]["oplog"]["ops"]
+    replica.send_json("POST", "/playlists", {"name": "two"})
+
+    replica.clock.advance(COUNTS_MAX_AGE)
+    assert replica.get("/status").json()["replication"]["oplog"]["ops"] == first
+    replica.clock.advance(0.1 / COUNTS_SHARE - COUNTS_MAX_AGE)
+    assert replica.get("/status").json()["replication"]["oplog"]["ops"] == first + 1
