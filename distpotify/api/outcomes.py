@@ -11,6 +11,7 @@ from typing import IO
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
+from distpotify.api.gate import session_user
 from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, json_response
 
@@ -24,7 +25,11 @@ async def request_key(request: Request, key_of: KeyOf) -> IdempotencyKey | None:
     if header is None:
         return None
     text = parse_key(header.encode("latin-1") if isinstance(header, str) else header)
-    return await key_of(text, request.method, request.uri, request.content)
+    # Keys are the account's own (as Stripe scopes them): another account sending the same
+    # key makes its own write, and never receives this account's stored answer.
+    user = session_user(request)
+    scoped = text if user is None else f"{user.id} {text}"
+    return await key_of(scoped, request.method, request.uri, request.content)
 
 
 def answer(request: Request, outcome: Outcome) -> bytes:

@@ -330,6 +330,28 @@ def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryR
     assert again.json() == first.json()
 
 
+def test_an_idempotency_key_is_the_accounts_own(replica: InMemoryReplica, admin: Session,
+                                                 alice: Session) -> None:
+    """Two accounts that send the same key and the same body each make their own playlist:
+    neither gets the other's stored answer (nor a 422 for the other's body)."""
+    bob = listener(replica, admin, "bob")
+    body = {"name": "Road trip"}
+    key = {"Idempotency-Key": '"1"'}
+
+    made = [call(replica, "POST", "/playlists", body, {**who.bearer, **key})
+            for who in (alice, bob, alice)]
+    other = call(replica, "POST", "/playlists", {"name": "Else"}, {**bob.bearer, **key})
+
+    assert [answer.status for answer in made] == [201, 201, 201]
+    assert made[0].json()["playlist"]["id"] != made[1].json()["playlist"]["id"]
+    assert made[2].headers.get("idempotent-replayed") == "true"
+    assert made[2].json() == made[0].json()
+    assert "idempotent-replayed" not in made[1].headers
+    assert other.status == 422  # bob's own key, reused with another body
+    mine = call(replica, "GET", "/playlists", headers=bob.bearer).json()["playlists"]
+    assert [p["owner"] for p in mine if p["name"] == "Road trip"] == [bob.id]
+
+
 def test_a_password_reset_by_an_admin_ends_the_users_sessions(replica: InMemoryReplica,
                                                               admin: Session,
                                                               alice: Session) -> None:
