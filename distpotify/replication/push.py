@@ -30,6 +30,7 @@ log = Logger()
 BATCH = 500
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 RESYNC_CHECK = 1.0  # seconds between looks at a follower taking the snapshot it was told to
+CURSOR_EVERY = 1.0  # seconds between durable writes of a follower's cursor (FollowerLink)
 
 
 def batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH) -> list[Op] | None:
@@ -80,6 +81,8 @@ class FollowerLink:
         # The head the follower announced when told to take a snapshot: while it still
         # announces it (and is not ACTIVE), it is taking that snapshot.
         self.resynced_at: Version | None = None
+        self._keeping: IDelayedCall | None = None  # the cursor's pending durable write
+        self._kept_at = -CURSOR_EVERY  # when it was last written
 
     def kick(self) -> None:
         if self.running:
@@ -96,6 +99,36 @@ class FollowerLink:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+
+    def close(self) -> None:
+        """The leader stops: no more retries, and no cursor write left pending."""
+        self.stop()
+        if self._keeping is not None and self._keeping.active():
+            self._keeping.cancel()
+        self._keeping = None
+
+    def _keep_cursor(self) -> None:
+        """Make the cursor durable, at most once every CURSOR_EVERY seconds: one committed
+        (fsynced) transaction per follower per batch was two of every write's three commits
+        under load. A durable cursor only says where a leader restarted on this disk starts
+        pushing (starting_cursor: never past the follower's own head); one left behind by a
+        crash sends ops again, which apply as no-ops."""
+        if self._keeping is not None and self._keeping.active():
+            return  # the pending write takes the cursor as it is then
+        wait = self._kept_at + CURSOR_EVERY - self._pusher.clock.seconds()
+        if wait <= 0:
+            self._write_cursor()
+        else:
+            self._keeping = self._pusher.clock.callLater(wait, self._write_cursor)
+
+    def _write_cursor(self) -> None:
+        self._keeping = None
+        if self.cursor is None:  # forgotten meanwhile (leadership changed, or a resync)
+            return
+        self._kept_at = self._pusher.clock.seconds()
+        self._pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
+                               self.cursor.encode()).addErrback(
+            lambda f: log.failure("storing the cursor of {node_id}", f, node_id=self.node_id))
 
     async def _run(self) -> None:
         pusher = self._pusher
@@ -135,8 +168,7 @@ class FollowerLink:
                 # follower answers, which rows from anti-entropy or another leader can put
                 # past ops of ours it has never seen.
                 self.cursor = ops[-1].version
-                await pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
-                                       self.cursor.encode())
+                self._keep_cursor()
         finally:
             self.running = False
 
@@ -235,7 +267,7 @@ class Pusher:
     def stop(self) -> None:
         self._unsubscribe()
         for link in self.links.values():
-            link.stop()
+            link.close()
 
     async def starting_cursor(self, peer: Peer) -> Version:
         """Resume from the durable cursor, or the follower's announced head if it is behind."""

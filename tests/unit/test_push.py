@@ -13,7 +13,7 @@ from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
 from distpotify.model import Op, Version
 from distpotify.replication.client import MAX_BATCH_BYTES, batch_body
-from distpotify.replication.push import BATCH, Pusher, cursor_key, fit_batch
+from distpotify.replication.push import BATCH, CURSOR_EVERY, Pusher, cursor_key, fit_batch
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from tests.helpers.api import run_now
 
@@ -63,7 +63,7 @@ def write(db: MetadataDB, n: int) -> list[Op]:
 
 
 def test_ops_go_to_every_active_follower_in_version_order_and_batches(db: MetadataDB) -> None:
-    pusher, client, membership, _ = setup(db)
+    pusher, client, membership, clock = setup(db)
     membership.heartbeat_received(heartbeat(1))
     membership.heartbeat_received(heartbeat(2))
     ops = write(db, BATCH + 20)
@@ -74,7 +74,12 @@ def test_ops_go_to_every_active_follower_in_version_order_and_batches(db: Metada
         sent = [op for b, batch in client.batches if b == base for op in batch]
         assert sent == ops
         assert [len(batch) for b, batch in client.batches if b == base] == [BATCH, 20]
+    # The cursor is made durable at once, then at most once every CURSOR_EVERY seconds
+    # (one fsynced commit per follower per batch cost two of a write's three commits).
+    assert db.get_meta(cursor_key(1)) == ops[BATCH - 1].version.encode()
+    clock.advance(CURSOR_EVERY)
     assert db.get_meta(cursor_key(1)) == ops[-1].version.encode()
+    assert db.get_meta(cursor_key(2)) == ops[-1].version.encode()
 
 
 def test_a_joining_replica_with_data_gets_pushes(db: MetadataDB) -> None:
