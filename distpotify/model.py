@@ -119,6 +119,10 @@ ENTITIES: dict[str, Entity] = {
                 "title", "artist", "album", "track", "year", "genre", "duration", "mime",
                 "size", "sha256", "chunk_size", "chunk_count", "created_at", "deleted",
                 "uploaded_by",
+                # Subsonic (issue 18): the album's artist (media.py: the file's album artist
+                # tag, VARIOUS for a compilation), the disc number, and the SHA-256 of the
+                # song's cover picture (content-addressed, replicated like chunks).
+                "album_artist", "disc", "cover_sha256",
             ),
         ),
         Entity("chunks", ("song_id", "idx"), ("size", "sha256", "deleted")),

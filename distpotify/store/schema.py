@@ -13,7 +13,7 @@ from distpotify.model import ENTITIES, Entity, Row, Version
 from distpotify.store import songindex
 
 _TYPES = {
-    "track": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
+    "track": "INTEGER", "disc": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
     "chunk_size": "INTEGER", "chunk_count": "INTEGER", "deleted": "INTEGER NOT NULL DEFAULT 0",
     "idx": "INTEGER", "position": "REAL", "generation": "INTEGER",
     "disabled": "INTEGER NOT NULL DEFAULT 0", "public": "INTEGER NOT NULL DEFAULT 0",

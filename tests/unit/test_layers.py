@@ -30,6 +30,8 @@ SHARED = [
     # signed requests: replicas sign to each other, the proxy signs its /status polls (issue 17)
     "distpotify.signing",
     "distpotify.zerocopy",
+    # the Subsonic methods that write: the proxy sends them to the leader (issue 18)
+    "distpotify.subsonicmethods",
 ]
 
 # The replica's layers, top to bottom: a module may import its own layer and the layers below,
@@ -39,14 +41,16 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("tools", ["distpotify.cli.*"]),
     ("tap", ["distpotify.tap"]),
     ("service", ["distpotify.service"]),
-    ("api", ["distpotify.api.*"]),
+    # The replica's HTTP APIs: its own, and the Subsonic API at /rest (issue 18).
+    ("api", ["distpotify.api.*", "distpotify.subsonic.*"]),
     # What a replica does: the election, replication, the library (with its upload path) and
     # the accounts (issue 17).
     ("domain", [
         "distpotify.cluster.*", "distpotify.replication.*", "distpotify.library",
         "distpotify.upload", "distpotify.accounts",
     ]),
-    ("store", ["distpotify.store.*"]),
+    # The store, and the catalog's derived artist and album ids (stored beside each song).
+    ("store", ["distpotify.store.*", "distpotify.catalog"]),
     # Records and small leaves that import no other layer: the data model and errors, the
     # frozen configuration, the Protocol a library's leader check satisfies, audio probing,
     # /metrics rendering, the detach helper, the test-only failpoints (part of the

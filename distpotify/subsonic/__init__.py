@@ -1,0 +1,1 @@
+"""The Subsonic / OpenSubsonic API at /rest (issue 18; docs/architecture.md, "Subsonic")."""
