@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
+from distpotify.api.site import loggable
 from distpotify.subsonic.call import METHODS, method
 from distpotify.subsonicmethods import WRITES
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
@@ -422,3 +423,8 @@ def test_stream_and_download_serve_the_original_bytes_with_range(
 def test_cover_art_is_not_found_without_covers(replica: InMemoryReplica) -> None:
     if replica.service.subsonic.covers is None:
         assert error_code(rest(replica, "getCoverArt", id="a" * 64, **USER)) == 70
+
+
+def test_secrets_in_a_logged_uri_are_hidden() -> None:
+    assert loggable("/rest/ping.view?u=ann&p=enc:41&t=ab&s=cd&apiKey=k&f=json") == \
+        "/rest/ping.view?u=ann&p=***&t=***&s=***&apiKey=***&f=json"
