@@ -50,6 +50,8 @@ from distpotify.replication.node import ReplicationNode
 from distpotify.signing import RequestVerifier
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+from distpotify.subsonic.api import Server, SubsonicAPI
+from distpotify.subsonic.auth import Authenticator
 from distpotify.userstate import UserState
 from distpotify.wire import ACTIVE
 
@@ -147,9 +149,11 @@ class ReplicaService(service.MultiService):
         library: Library,
         resource: ReplicaRoot,
         accounts: Accounts | None = None,  # None: tests of the start-up order alone
+        subsonic: Server | None = None,
         userstate: UserState | None = None,
     ) -> None:
         super().__init__()
+        self.subsonic = subsonic  # the Subsonic API's services (covers and state filled later)
         self.config = config
         self.reactor = reactor
         self.database = database
@@ -329,6 +333,10 @@ def build_replica(
     # /sync/* answers signed requests only: the other replicas (api/trusted.py).
     signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
                               cluster.trust, blocking)
+    subsonic = SubsonicAPI(Server(
+        library, accounts, store, blocking,
+        Authenticator(accounts, token_auth=config.subsonic_token_auth),
+        api.stream, serving=lambda: cluster.state == ACTIVE, state=userstate))
     gate = Gate(accounts, RequestVerifier(config.cluster_keys, reactor), enforce=config.auth,
                 metrics_token=config.metrics_token)
     resource = ReplicaRoot(config.node_id, api, signed_only,
@@ -338,7 +346,8 @@ def build_replica(
                            accounts=AuthAPI(accounts, blocking).app.resource(),
                            authorize=gate.authorize,
                            accounts_wait_for=lambda v: Deferred.fromCoroutine(
-                               accounts_applied(replication, accounts, v)))
+                               accounts_applied(replication, accounts, v)),
+                           subsonic=subsonic)
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
                        timeouts=config.timeouts)
@@ -351,5 +360,5 @@ def build_replica(
         http=TCPServer(config.http_port, site, backlog=LISTEN_BACKLOG, interface=config.host,
                        reactor=reactor),
         replication=replication, library=library, resource=resource, accounts=accounts,
-        userstate=userstate,
+        subsonic=subsonic.services, userstate=userstate,
     )

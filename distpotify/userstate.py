@@ -119,6 +119,9 @@ class UserState:
     async def starred(self, user_id: str, kind: str) -> list[tuple[str, str]]:
         return await self._store.run(MetadataDB.starred, user_id, kind)
 
+    async def highest_rated(self, user_id: str, kind: str) -> list[tuple[str, int]]:
+        return await self._store.run(MetadataDB.highest_rated, user_id, kind)
+
     async def album_plays(self, user_id: str) -> dict[str, tuple[int, str]]:
         """(play count, last played) by album, of the albums with a live song."""
         return await self._store.run(MetadataDB.album_plays, user_id)

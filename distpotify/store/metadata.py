@@ -16,6 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from distpotify.store.catalog import CatalogQueries
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 class MetadataDB(
     Oplog, Digests, Tombstones, IdempotencyKeys, Compaction, Snapshots, LibraryQueries,
-    ChunkRegistry, UserStateQueries,
+    UserStateQueries, CatalogQueries, ChunkRegistry,
 ):
     """Synchronous access to the database; every method runs on the store's one thread.
 
@@ -50,8 +51,9 @@ class MetadataDB(
     compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (idempotency.py)
     the stored outcomes of keyed writes; Compaction (compaction.py) the oplog's retention;
     Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads;
-    ChunkRegistry (registry.py) the chunk registry and its in-memory cache (chunkcache.py);
-    UserStateQueries (userstate.py) the per-user state and API keys.
+    UserStateQueries (userstate.py) the per-user state and API keys; CatalogQueries
+    (catalog.py) the Subsonic API's albums, artists and genres; ChunkRegistry (registry.py)
+    the chunk registry and its in-memory cache (chunkcache.py).
     """
 
     def __init__(

@@ -12,8 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from distpotify import catalog
-from distpotify.store.schema import Tables
+from distpotify.store.catalog import CatalogQueries
 from distpotify.store.songorder import VISIBLE_SONG
 
 # Fixed for good: star and rating ids derive from it, the same on every replica.
@@ -48,8 +47,9 @@ def _marks(items: Sequence[Any]) -> str:
     return ", ".join("?" * len(items))
 
 
-class UserStateQueries(Tables):
-    """Reads of the per-user records (a part of MetadataDB)."""
+class UserStateQueries(CatalogQueries):
+    """Reads of the per-user records (a part of MetadataDB); albums and artists are the
+    catalog's (CatalogQueries)."""
 
     # API keys (accounts.py keeps the live ones' hashes in memory)
 
@@ -101,27 +101,33 @@ class UserStateQueries(Tables):
                     found.setdefault(row["song_id"], {}).update(
                         play_count=row["n"], played=row["last"])
         elif kind == "album":
-            wanted = set(items)
-            for album, (count, last) in self.album_plays(user_id).items():
-                if album in wanted:
+            for batch in _batches(items):
+                for album, (count, last) in self._album_plays(user_id, batch).items():
                     found.setdefault(album, {}).update(play_count=count, played=last)
         return found
 
     def album_plays(self, user_id: str) -> dict[str, tuple[int, str]]:
-        """``user_id``'s plays by album (catalog.song_album_id of each song played that is
-        live): (count, last played). One pass over the distinct songs they played."""
+        """``user_id``'s plays by album (the album of each live song they played):
+        (count, last played)."""
+        return self._album_plays(user_id, None)
+
+    def _album_plays(self, user_id: str, albums: Sequence[str] | None
+                     ) -> dict[str, tuple[int, str]]:
+        only = "" if albums is None else f" AND s.album_id IN ({_marks(albums)})"
         rows = self._conn.execute(
-            "SELECT s.album_artist, s.artist, s.album, s.year, p.n, p.last FROM"
-            " (SELECT song_id, count(*) AS n, max(played_at) AS last FROM plays"
-            "  WHERE user_id = ? GROUP BY song_id) AS p"
-            " JOIN songs AS s ON s.id = p.song_id WHERE s.deleted = 0 AND s.sha256 IS NOT NULL",
-            (user_id,))
-        albums: dict[str, tuple[int, str]] = {}
-        for row in rows:
-            album = catalog.song_album_id(dict(row))
-            count, last = albums.get(album, (0, ""))
-            albums[album] = (count + int(row["n"]), max(last, str(row["last"])))
-        return albums
+            "SELECT s.album_id, count(*) AS n, max(p.played_at) AS last FROM plays AS p"
+            " JOIN songs AS s ON s.id = p.song_id WHERE p.user_id = ?"
+            f" AND s.deleted = 0 AND s.sha256 IS NOT NULL{only} GROUP BY s.album_id",
+            (user_id, *(albums or ())))
+        return {row["album_id"]: (int(row["n"]), str(row["last"])) for row in rows}
+
+    def highest_rated(self, user_id: str, kind: str) -> list[tuple[str, int]]:
+        """``user_id``'s rated items of ``kind``: (item id, rating), highest first, then the
+        most recently rated."""
+        rows = self._conn.execute(
+            "SELECT item_id, rating FROM ratings WHERE user_id = ? AND kind = ? AND deleted = 0"
+            " AND rating > 0 ORDER BY rating DESC, rated_at DESC, item_id", (user_id, kind))
+        return [(row["item_id"], int(row["rating"])) for row in rows]
 
     def starred(self, user_id: str, kind: str) -> list[tuple[str, str]]:
         """``user_id``'s starred items of ``kind``: (item id, starred at), newest first."""
@@ -144,18 +150,10 @@ class UserStateQueries(Tables):
     # the catalog's ids, to tell what an id names
 
     def catalog_ids(self) -> tuple[set[str], set[str]]:
-        """Every album id and artist id of the live songs (catalog.py derives them from
-        tags): one pass over the songs' distinct tags."""
-        rows = self._conn.execute(
-            "SELECT DISTINCT album_artist, artist, album, year FROM songs"
-            f" WHERE {VISIBLE_SONG}")
-        albums: set[str] = set()
-        artists: set[str] = set()
-        for row in rows:
-            fields = dict(row)
-            albums.add(catalog.song_album_id(fields))
-            artists.add(catalog.song_artist_id(fields))
-        return albums, artists
+        """Every album id and artist id of the live songs (the catalog's summaries, kept
+        until a song changes)."""
+        found = self.catalog()
+        return set(found.album_by_id), set(found.artist_by_id)
 
     def live_song_ids(self, song_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()

@@ -3,7 +3,7 @@ rated, played), filled in with one read per answer; the album lists built from i
 frequent, recent); and what the per-user write methods share (their Idempotency-Key, the
 version their answer carries, the library's refusals as the spec's error codes).
 
-The per-user state itself is userstate.py's: ``call.server.userstate``.
+The per-user state itself is userstate.py's: ``call.server.state``.
 """
 # test-case-name: tests.unit.test_subsonic_user
 
@@ -19,11 +19,11 @@ from distpotify.subsonic.call import GENERIC, NOT_AUTHORIZED, NOT_FOUND, Call, S
 from distpotify.userstate import UserState
 from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION
 
-ALBUM_LISTS = ("starred", "frequent", "recent")
+ALBUM_LISTS = ("starred", "frequent", "recent", "highest")
 
 
 def userstate(call: Call) -> UserState:
-    state: UserState = call.server.userstate
+    state: UserState = call.server.state
     return state
 
 
@@ -51,15 +51,16 @@ async def annotate(call: Call, kind: str, elements: Sequence[dict[str, Any]]) ->
 
 async def album_ids(call: Call, kind: str, size: int, offset: int) -> list[str]:
     """The catalog album ids of getAlbumList(2) ``type`` ``kind``, one page: ``starred``
-    (newest star first), ``frequent`` (most played first) or ``recent`` (last played
-    first), the caller's own."""
+    (newest star first), ``frequent`` (most played first), ``recent`` (last played first)
+    or ``highest`` (highest rated first), the caller's own; albums with a live song only."""
     if kind not in ALBUM_LISTS:
         raise ValueError(f"no album list {kind!r}")
     state = userstate(call)
-    if kind == "starred":
+    if kind in ("starred", "highest"):
         live = await state.live_albums()
-        ordered = [album for album, _ in await state.starred(call.user.id, "album")
-                   if album in live]
+        found = (await state.starred(call.user.id, "album") if kind == "starred"
+                 else await state.highest_rated(call.user.id, "album"))
+        ordered = [album for album, _ in found if album in live]
     else:
         plays = await state.album_plays(call.user.id)  # albums with a live song only
         if kind == "frequent":

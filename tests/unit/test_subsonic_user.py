@@ -70,7 +70,7 @@ def make_call(replica: InMemoryReplica, user: User = ALICE,
               headers: dict[str, str] | None = None, **params: Any) -> Call:
     values = {name: value if isinstance(value, list) else [str(value)]
               for name, value in params.items()}
-    server = types.SimpleNamespace(userstate=replica.service.userstate,
+    server = types.SimpleNamespace(state=replica.service.userstate,
                                    library=replica.library, accounts=replica.accounts,
                                    store=replica.library.store)
     return Call(FakeRequest(headers), Params(values), user, server)
