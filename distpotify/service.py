@@ -36,6 +36,7 @@ from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
 from distpotify.api.trusted import ClusterOnly
+from distpotify.auth.box import PasswordBox
 from distpotify.auth.passwords import HashParams, Passwords
 from distpotify.auth.tokens import TokenSigner
 from distpotify.cluster.node import ClusterNode, stop_process
@@ -51,6 +52,7 @@ from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.subsonic.api import Server, SubsonicAPI
 from distpotify.subsonic.auth import Authenticator
+from distpotify.userstate import UserState
 from distpotify.wire import ACTIVE
 
 log = Logger()
@@ -148,6 +150,7 @@ class ReplicaService(service.MultiService):
         resource: ReplicaRoot,
         accounts: Accounts | None = None,  # None: tests of the start-up order alone
         subsonic: Server | None = None,
+        userstate: UserState | None = None,
     ) -> None:
         super().__init__()
         self.subsonic = subsonic  # the Subsonic API's services (covers and state filled later)
@@ -161,6 +164,7 @@ class ReplicaService(service.MultiService):
         self.library = library
         self.resource = resource
         self.accounts = accounts
+        self.userstate = userstate
         for name, child in (("database", database), ("amp", amp), ("cluster", cluster),
                             ("http", http), ("replication", replication)):
             child.setName(name)
@@ -312,8 +316,11 @@ def build_replica(
     # Password hashes on the worker threads, never the database's one thread.
     accounts = Accounts(store, library, reactor, Passwords(blocking, password_params),
                         TokenSigner(config.cluster_keys, reactor), config.data_dir,
-                        admin_password=config.admin_password)
-    accounts.load(db.users())
+                        admin_password=config.admin_password,
+                        box=PasswordBox(config.cluster_keys) if config.subsonic_token_auth
+                        else None)
+    accounts.load(db.users(), db.api_keys())
+    userstate = UserState(store, library, reactor)
     replication.on_applied.append(accounts.ops_applied)
     replication.on_synced.append(accounts.synced)
     metrics = ReplicaMetrics(config.node_id)
@@ -328,8 +335,8 @@ def build_replica(
                               cluster.trust, blocking)
     subsonic = SubsonicAPI(Server(
         library, accounts, store, blocking,
-        Authenticator(accounts, token_auth=getattr(config, "subsonic_token_auth", True)),
-        api.stream, serving=lambda: cluster.state == ACTIVE))
+        Authenticator(accounts, token_auth=config.subsonic_token_auth),
+        api.stream, serving=lambda: cluster.state == ACTIVE, state=userstate))
     gate = Gate(accounts, RequestVerifier(config.cluster_keys, reactor), enforce=config.auth,
                 metrics_token=config.metrics_token)
     resource = ReplicaRoot(config.node_id, api, signed_only,
@@ -353,5 +360,5 @@ def build_replica(
         http=TCPServer(config.http_port, site, backlog=LISTEN_BACKLOG, interface=config.host,
                        reactor=reactor),
         replication=replication, library=library, resource=resource, accounts=accounts,
-        subsonic=subsonic.services,
+        subsonic=subsonic.services, userstate=userstate,
     )

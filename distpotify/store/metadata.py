@@ -28,6 +28,7 @@ from distpotify.store.registry import ChunkRegistry
 from distpotify.store.schema import connect
 from distpotify.store.snapshot import Snapshots
 from distpotify.store.tombstones import Tombstones
+from distpotify.store.userstate import UserStateQueries
 
 # Callers import these from here, whichever part of the store they belong to.
 __all__ = [
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 class MetadataDB(
     Oplog, Digests, Tombstones, IdempotencyKeys, Compaction, Snapshots, LibraryQueries,
-    CatalogQueries, ChunkRegistry,
+    UserStateQueries, CatalogQueries, ChunkRegistry,
 ):
     """Synchronous access to the database; every method runs on the store's one thread.
 
@@ -50,8 +51,9 @@ class MetadataDB(
     compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (idempotency.py)
     the stored outcomes of keyed writes; Compaction (compaction.py) the oplog's retention;
     Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads;
-    CatalogQueries (catalog.py) the Subsonic API's albums, artists and genres;
-    ChunkRegistry (registry.py) the chunk registry and its in-memory cache (chunkcache.py).
+    UserStateQueries (userstate.py) the per-user state and API keys; CatalogQueries
+    (catalog.py) the Subsonic API's albums, artists and genres; ChunkRegistry (registry.py)
+    the chunk registry and its in-memory cache (chunkcache.py).
     """
 
     def __init__(

@@ -184,8 +184,8 @@ class LibraryQueries(Tables):
     def users(self) -> list[dict[str, Any]]:
         """Every live account's record, password hash included: for the in-memory directory."""
         rows = self._conn.execute(
-            "SELECT id, username, password_hash, role, generation, created_at, disabled, version"
-            " FROM users WHERE deleted = 0 AND username IS NOT NULL")
+            "SELECT id, username, password_hash, role, generation, created_at, disabled, version,"
+            " subsonic_box FROM users WHERE deleted = 0 AND username IS NOT NULL")
         return [dict(row) for row in rows]
 
     def user_named(self, name_key: str) -> str | None:

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     # the accounts (issue 17).
     ("domain", [
         "distpotify.cluster.*", "distpotify.replication.*", "distpotify.library",
-        "distpotify.upload", "distpotify.accounts",
+        "distpotify.upload", "distpotify.accounts", "distpotify.userstate",
     ]),
     # The store, and the catalog's derived artist and album ids (stored beside each song).
     ("store", ["distpotify.store.*", "distpotify.catalog"]),
