@@ -125,52 +125,36 @@ def test_refused_credentials_get_the_spec_codes(replica: InMemoryReplica,
     assert error_code(rest(replica, "ping", **params)) == code
 
 
-def test_token_auth_and_api_keys_fail_closed_until_their_credentials_exist(
-        replica: InMemoryReplica) -> None:
-    accounts = replica.accounts
-    salt = "c19b2d"
-    token = hashlib.md5((ADMIN_PASSWORD + salt).encode(), usedforsecurity=False).hexdigest()
-    if not hasattr(accounts, "subsonic_password"):
-        assert error_code(rest(replica, "ping", u="root", t=token, s=salt)) == 42
-    if not hasattr(accounts, "user_by_api_key"):
-        assert error_code(rest(replica, "ping", apiKey="some-key")) == 42
+def token_of(password: str, salt: str) -> str:
+    return hashlib.md5((password + salt).encode(), usedforsecurity=False).hexdigest()
+
+
+def test_token_auth_with_the_kept_password(replica: InMemoryReplica) -> None:
+    ok_xml(rest(replica, "ping", u="root", t=token_of(ADMIN_PASSWORD, "c19b2d"), s="c19b2d"))
+    ok_xml(rest(replica, "ping", u="root", t=token_of(ADMIN_PASSWORD, "x").upper(), s="x"))
+    assert error_code(rest(replica, "ping", u="root", t=token_of(ADMIN_PASSWORD, "a"),
+                           s="b")) == 40
+    assert error_code(rest(replica, "ping", u="nobody", t=token_of(ADMIN_PASSWORD, "a"),
+                           s="a")) == 40
 
 
 def test_token_auth_turned_off_is_41(replica: InMemoryReplica) -> None:
     replica.service.subsonic.auth.token_auth = False
-    assert error_code(rest(replica, "ping", u="root", t="a" * 32, s="salt")) == 41
+    assert error_code(rest(replica, "ping", u="root", t=token_of(ADMIN_PASSWORD, "s"),
+                           s="s")) == 41
 
 
-class _Recovering:
-    """Accounts that keep a recoverable password, as the accounts' credential storage does."""
-
-    def __init__(self, accounts: Any, passwords: dict[str, str], keys: dict[str, Any]) -> None:
-        self._accounts = accounts
-        self._passwords = passwords
-        self._keys = keys
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._accounts, name)
-
-    def subsonic_password(self, user: Any) -> str | None:
-        return self._passwords.get(user.username)
-
-    def user_by_api_key(self, key: str) -> Any:
-        return self._keys.get(key)
-
-
-def test_token_and_api_key_auth_with_recoverable_credentials(replica: InMemoryReplica) -> None:
-    auth = replica.service.subsonic.auth
-    root = replica.accounts.directory.by_name("root")
-    auth._accounts = _Recovering(replica.accounts, {"root": ADMIN_PASSWORD}, {"good": root})
-    salt = "c19b2d"
-    token = hashlib.md5((ADMIN_PASSWORD + salt).encode(), usedforsecurity=False).hexdigest()
-    ok_xml(rest(replica, "ping", u="root", t=token, s=salt))
-    ok_xml(rest(replica, "ping", u="root", t=token.upper(), s=salt))
-    assert error_code(rest(replica, "ping", u="root", t=token, s="other")) == 40
-    ok_xml(rest(replica, "ping", apiKey="good"))
-    assert error_code(rest(replica, "ping", apiKey="bad")) == 44
-    assert error_code(rest(replica, "ping", apiKey="good", p="x")) == 43
+def test_an_api_key_alone_authenticates(replica: InMemoryReplica) -> None:
+    session = login(replica, "root", ADMIN_PASSWORD)
+    made = call(replica, "POST", "/auth/apikeys", {"name": "phone"}, session.bearer)
+    assert made.status == 201, made.body
+    key = made.json()["apiKey"]
+    ok_xml(rest(replica, "ping", apiKey=key))
+    assert json_of(rest(replica, "getArtists", apiKey=key, f="json"))["status"] == "ok"
+    assert error_code(rest(replica, "ping", apiKey=key + "x")) == 44
+    assert error_code(rest(replica, "ping", apiKey=key, u="root")) == 43
+    names = [e.get("name") for e in ok_xml(rest(replica, "getOpenSubsonicExtensions"))]
+    assert "apiKeyAuthentication" in names
 
 
 def test_failed_attempts_are_limited_like_logins(replica: InMemoryReplica) -> None:
