@@ -120,7 +120,7 @@ def test_each_way_to_authenticate(fronted: Fronted) -> None:
         by_key.cleanup()
     wrong = libsonic.Connection("http://127.0.0.1", ADMIN_NAME, "wrong-password", port=port,
                                 legacyAuth=True)
-    with pytest.raises(Exception, match="40|Wrong"):
+    with pytest.raises(Exception, match=r"40|Wrong"):
         wrong.ping()
 
 
