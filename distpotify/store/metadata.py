@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
+from distpotify.store.coverrefs import CoverQueries
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
 from distpotify.store.idempotency import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
@@ -40,7 +41,7 @@ T = TypeVar("T")
 
 class MetadataDB(
     Oplog, Digests, Tombstones, IdempotencyKeys, Compaction, Snapshots, LibraryQueries,
-    ChunkRegistry,
+    ChunkRegistry, CoverQueries,
 ):
     """Synchronous access to the database; every method runs on the store's one thread.
 
@@ -49,7 +50,8 @@ class MetadataDB(
     compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (idempotency.py)
     the stored outcomes of keyed writes; Compaction (compaction.py) the oplog's retention;
     Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads;
-    ChunkRegistry (registry.py) the chunk registry and its in-memory cache (chunkcache.py).
+    ChunkRegistry (registry.py) the chunk registry and its in-memory cache (chunkcache.py);
+    CoverQueries (coverrefs.py) the cover pictures the rows name.
     """
 
     def __init__(
