@@ -6,6 +6,8 @@ way: a Klein app on a class, typed path segments, failures answered by failures.
 
 from __future__ import annotations
 
+import re
+
 from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -27,12 +29,15 @@ class Sha256Converter(BaseConverter):
     regex = "[0-9a-f]{64}"
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,30}")
+
+
 def size_arg(text: str | None) -> int | None:
-    """``?size=``: absent or empty is None (the original); a decimal integer is clamped to
-    16..2048; anything else is a 400."""
+    """``?size=``: absent or empty is None (the original); any decimal integer is clamped
+    to 16..2048 (clients ask for what their screen wants); anything else is a 400."""
     if text is None or text == "":
         return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+    if not _INTEGER.fullmatch(text):
         raise BadRequest(f"size must be a whole number of pixels, got {text[:20]!r}")
     return clamp_size(int(text))
 

@@ -114,7 +114,8 @@ def test_a_client_holding_the_cover_gets_304(api: InMemoryReplica,
     assert answer.status == 304 and answer.body == b""
 
 
-@pytest.mark.parametrize(("asked", "box"), [("60", 60), ("1", 16), ("5000", 2048)])
+@pytest.mark.parametrize(("asked", "box"), [("60", 60), ("1", 16), ("-7", 16),
+                                             ("5000", 2048), ("9" * 30, 2048)])
 def test_a_size_gives_a_resized_copy_that_fits(api: InMemoryReplica, clips: dict[str, bytes],
                                                asked: str, box: int) -> None:
     upload(api, clips["covered"])
@@ -149,7 +150,7 @@ def test_unknown_or_hostile_cover_ids_are_404(api: InMemoryReplica, path: str) -
     assert api.get(path).status == 404
 
 
-@pytest.mark.parametrize("size", ["abc", "-5", "1e3", "9" * 30])
+@pytest.mark.parametrize("size", ["abc", "1e3", "9" * 31, "12px", " 5"])
 def test_a_malformed_size_is_400(api: InMemoryReplica, clips: dict[str, bytes],
                                  size: str) -> None:
     upload(api, clips["covered"])
