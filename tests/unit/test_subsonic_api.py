@@ -17,6 +17,8 @@ from distpotify.subsonic.call import METHODS, method
 from distpotify.subsonicmethods import WRITES
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
 from tests.helpers.api import InMemoryReplica, NoLeader
+from tests.helpers.audio import require_ffmpeg
+from tests.helpers.covers import album_tags, audio_with_cover, picture
 from tests.helpers.subsonic import (
     NS,
     error_code,
@@ -405,10 +407,43 @@ def test_stream_and_download_serve_the_original_bytes_with_range(
 
 
 def test_cover_art_is_not_found_without_covers(replica: InMemoryReplica) -> None:
-    if replica.service.subsonic.covers is None:
-        assert error_code(rest(replica, "getCoverArt", id="a" * 64, **USER)) == 70
+    replica.service.subsonic.covers = None
+    assert error_code(rest(replica, "getCoverArt", id="a" * 64, **USER)) == 70
 
 
 def test_secrets_in_a_logged_uri_are_hidden() -> None:
     assert loggable("/rest/ping.view?u=ann&p=enc:41&t=ab&s=cd&apiKey=k&f=json") == \
         "/rest/ping.view?u=ann&p=***&t=***&s=***&apiKey=***&f=json"
+
+
+# albums from real files: discs, compilations, covers
+
+
+def test_a_two_disc_compilation_with_a_cover(replica: InMemoryReplica, tmp_path: Path) -> None:
+    require_ffmpeg()
+    cover = picture("PNG", (64, 64))
+    made = []
+    for n, (disc, track, artist, with_cover) in enumerate(
+            [("2/2", "1", "Zed", True), ("1/2", "2", "Amy", False), ("1/2", "1", "Bob", False)]):
+        clip = tmp_path / f"hit{n}.mp3"
+        audio_with_cover(clip, "mp3", cover if with_cover else None, seconds=1.0 + n / 10,
+                         tags={"title": f"hit {n}", "artist": artist, "album": "Hits",
+                               "track": track, "date": "2020"})
+        album_tags(clip, "mp3", disc=disc, compilation=True)
+        answer = replica.upload(clip.read_bytes(), "audio/mpeg")
+        assert answer.status == 201, answer.body
+        made.append(answer.json()["song"])
+    search = json_of(rest(replica, "search3", query="hits", f="json", **USER))["searchResult3"]
+    [album] = search["album"]
+    assert album["artist"] == "Various Artists" and album["songCount"] == 3
+    assert album["coverArt"] == hashlib.sha256(cover).hexdigest()
+    found = json_of(rest(replica, "getAlbum", id=album["id"], f="json", **USER))["album"]
+    ok_xml(rest(replica, "getAlbum", id=album["id"], **USER))
+    assert [(s["discNumber"], s["track"], s["artist"]) for s in found["song"]] == \
+        [(1, 1, "Bob"), (1, 2, "Amy"), (2, 1, "Zed")]
+    assert {s["displayAlbumArtist"] for s in found["song"]} == {"Various Artists"}
+    whole = rest(replica, "getCoverArt", id=album["coverArt"], **USER)
+    assert whole.status == 200 and whole.body == cover
+    small = rest(replica, "getCoverArt", id=album["coverArt"], size=32, **USER)
+    assert small.status == 200 and small.body != cover
+    assert error_code(rest(replica, "getCoverArt", id="f" * 64, **USER)) == 70
