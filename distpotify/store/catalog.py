@@ -115,6 +115,18 @@ class CatalogQueries(Tables):
             f"SELECT * FROM songs WHERE id = ? AND {VISIBLE_SONG}", (song_id,)).fetchone()
         return None if row is None else _row(row)
 
+    def catalog_songs(self, song_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The visible songs among ``song_ids``, by id, in one read (a playlist's entries,
+        a user's starred songs): rows for elements.song."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(song_ids), 500):  # SQLite's bound on parameters
+            part = song_ids[start:start + 500]
+            rows = self._conn.execute(
+                f"SELECT * FROM songs WHERE id IN ({', '.join('?' * len(part))})"
+                f" AND {VISIBLE_SONG}", part)
+            found.update((row["id"], _row(row)) for row in rows)
+        return found
+
     def album_songs(self, album_id: str) -> list[dict[str, Any]]:
         """An album's songs by disc, track and title."""
         rows = self._conn.execute(

@@ -167,6 +167,8 @@ def test_an_empty_search_lists_every_song_and_new_songs_come_last(tmp_path: Path
     assert first + rest == [song_id(n) for n in range(10) if n != 3]
     assert after == first + rest + [song_id(99)]
     assert [s["title"] for s in db.search_catalog_songs("SONG 7", 10, 0)] == ["song 7"]
+    wanted = [song_id(n) for n in (1, 3, 5, 777)]
+    assert set(db.catalog_songs(wanted)) == {song_id(1), song_id(5)}
     assert {s["title"] for s in db.search_catalog_songs("g 1", 10, 0)} == {"song 1"}
 
 

@@ -6,6 +6,7 @@ answers kept for the proxy (421 for a write on a follower, 503 while joining).""
 from __future__ import annotations
 
 import hashlib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from distpotify.api.site import loggable
 from distpotify.subsonic.call import METHODS, method
 from distpotify.subsonicmethods import WRITES
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
-from tests.helpers.api import InMemoryReplica, NoLeader
+from distpotify.model import Version
+from tests.helpers.api import InMemoryReplica, NoLeader, result_of
 from tests.helpers.audio import require_ffmpeg
 from tests.helpers.covers import album_tags, audio_with_cover, picture
 from tests.helpers.subsonic import (
@@ -27,6 +29,7 @@ from tests.helpers.subsonic import (
     path,
     rest,
     upload_song,
+    valid_xml,
 )
 
 USER = {"u": "root", "p": ADMIN_PASSWORD}
@@ -447,3 +450,60 @@ def test_a_two_disc_compilation_with_a_cover(replica: InMemoryReplica, tmp_path:
     small = rest(replica, "getCoverArt", id=album["coverArt"], size=32, **USER)
     assert small.status == 200 and small.body != cover
     assert error_code(rest(replica, "getCoverArt", id="f" * 64, **USER)) == 70
+
+
+def test_a_read_of_a_version_not_applied_here_is_409_behind(replica: InMemoryReplica) -> None:
+    future = Version(replica.db.head().epoch + 5, 1, 1).encode()
+    d = replica.treq.request("GET", "http://replica" + path("getArtists", **USER),
+                             headers={"X-Distpotify-Min-Version": future})
+    replica.treq.flush()
+    replica.clock.advance(5)
+    replica.treq.flush()
+    assert result_of(d).code == 409
+
+
+def xml_shape(element: ET.Element) -> Any:
+    """An XML element as the JSON rendering would hold it: attributes as text, children by
+    name (a list when the JSON has one), text as "value"."""
+    found: dict[str, Any] = dict(element.attrib)
+    for child in element:
+        found.setdefault(child.tag.removeprefix(NS), []).append(xml_shape(child))
+    if element.text and element.text.strip():
+        found["value"] = element.text
+    return found
+
+
+def json_shape(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: json_shape(v) if isinstance(v, dict | list) else _text(v)
+                for k, v in node.items()}
+    return [json_shape(item) if isinstance(item, dict | list) else {"value": _text(item)}
+            for item in node]
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _lists(node: Any) -> Any:
+    """Every child as a list (a JSON object child is one element); empty lists left out."""
+    if isinstance(node, list):
+        return [_lists(item) for item in node]
+    return {k: _lists(v if isinstance(v, list) else [v]) if isinstance(v, dict | list) else v
+            for k, v in node.items() if v != []}
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("ping", {}), ("getLicense", {}), ("getMusicFolders", {}), ("getIndexes", {}),
+    ("getArtists", {}), ("getGenres", {}), ("getAlbumList", {"type": "newest"}),
+    ("getAlbumList2", {"type": "alphabeticalByName"}), ("search2", {"query": ""}),
+    ("search3", {"query": "the"}), ("getSongsByGenre", {"genre": "Rock"}),
+    ("getTopSongs", {"artist": "x"}), ("getAlbum", {"id": "00000000-0000-4000-8000-0"}),
+    ("getOpenSubsonicExtensions", {}),
+])
+def test_json_answers_hold_what_the_xml_answers_hold(
+        replica: InMemoryReplica, library: dict[str, Any], name: str, params: dict[str, Any]
+) -> None:
+    root = valid_xml(rest(replica, name, **params, **USER))
+    found = json_of(rest(replica, name, f="json", **params, **USER))
+    assert _lists(xml_shape(root)) == _lists(json_shape(found))
