@@ -14,10 +14,10 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from distpotify.api.site import loggable
+from distpotify.model import Version
 from distpotify.subsonic.call import METHODS, method
 from distpotify.subsonicmethods import WRITES
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
-from distpotify.model import Version
 from tests.helpers.api import InMemoryReplica, NoLeader, result_of
 from tests.helpers.audio import require_ffmpeg
 from tests.helpers.covers import album_tags, audio_with_cover, picture
