@@ -49,6 +49,22 @@ class Catalog:
     album_by_id: dict[str, dict[str, Any]]
     artist_by_id: dict[str, dict[str, Any]]
     albums_of: dict[str, list[dict[str, Any]]]  # an artist's albums, by year then name
+    # The albums in the orders asked for so far, sorted once per catalog.
+    _sorted: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict, eq=False)
+
+    def _in_order(self, kind: str) -> list[dict[str, Any]]:
+        found = self._sorted.get(kind)
+        if found is None:
+            if kind == "newest":
+                found = sorted(self.albums, key=lambda a: (a["created"], a["id"]), reverse=True)
+            elif kind == "alphabeticalByArtist":
+                found = sorted(self.albums, key=lambda a: (a["artist_key"], a["name_key"],
+                                                           a["id"]))
+            else:
+                found = sorted((a for a in self.albums if a["year"] is not None),
+                               key=lambda a: (a["year"], a["name_key"], a["id"]))
+            self._sorted[kind] = found
+        return found
 
     def album_list(self, kind: str, size: int, offset: int, *, from_year: int | None = None,
                    to_year: int | None = None, genre: str | None = None,
@@ -58,18 +74,14 @@ class Catalog:
         if kind == "random":
             chosen = (rng or random.Random()).sample(albums, min(size, len(albums)))
             return chosen
-        if kind == "newest":
-            albums = sorted(albums, key=lambda a: (a["created"], a["id"]), reverse=True)
-        elif kind == "alphabeticalByArtist":
-            albums = sorted(albums, key=lambda a: (_sort_text(a["artist"]), _sort_text(a["name"]),
-                                                   a["id"]))
+        if kind in ("newest", "alphabeticalByArtist"):
+            albums = self._in_order(kind)
         elif kind == "byYear":
             assert from_year is not None and to_year is not None
             low, high = min(from_year, to_year), max(from_year, to_year)
-            albums = sorted((a for a in albums if a["year"] is not None
-                             and low <= a["year"] <= high),
-                            key=lambda a: (a["year"], _sort_text(a["name"]), a["id"]),
-                            reverse=from_year > to_year)
+            albums = [a for a in self._in_order("byYear") if low <= a["year"] <= high]
+            if from_year > to_year:
+                albums.reverse()
         elif kind == "byGenre":
             wanted = fold(genre)
             albums = [a for a in albums if a["genre_key"] == wanted]
@@ -83,10 +95,6 @@ class Catalog:
         albums = [a for a in self.albums if wanted in a["name_key"]] if wanted else self.albums
         return (artists[artist_offset:artist_offset + artist_count],
                 albums[album_offset:album_offset + album_count])
-
-
-def _sort_text(text: str | None) -> str:
-    return fold(text or "")
 
 
 class CatalogQueries(Tables):
@@ -222,7 +230,8 @@ def _summed_up(key: tuple[Any, ...], rows: Iterable[sqlite3.Row],
                 "id": row["album_id"], "name": name, "artist": row["catalog_artist"],
                 "artist_id": row["artist_id"], "year": row["year"], "genre": None,
                 "song_count": 0, "duration": 0.0, "created": row["created_at"],
-                "cover": None, "name_key": fold(name), "genre_key": ""}
+                "cover": None, "name_key": fold(name), "genre_key": "",
+                "artist_key": fold(row["catalog_artist"])}
         album["song_count"] += 1
         duration = row["duration"]
         if isinstance(duration, int | float) and duration > 0:
@@ -255,7 +264,7 @@ def _summed_up(key: tuple[Any, ...], rows: Iterable[sqlite3.Row],
         albums_of.setdefault(album["artist_id"], []).append(album)
     for listed in albums_of.values():
         listed.sort(key=lambda a: (a["year"] is None, a["year"] or 0, a["name_key"], a["id"]))
-    by_name = sorted(albums.values(), key=lambda a: (a["name_key"], fold(a["artist"]), a["id"]))
+    by_name = sorted(albums.values(), key=lambda a: (a["name_key"], a["artist_key"], a["id"]))
     return Catalog(
         key=key, albums=by_name,
         artists=sorted(artists.values(), key=lambda a: (a["name_key"], a["id"])),
