@@ -149,6 +149,9 @@ ENTITIES: dict[str, Entity] = {
         # the client's key text; "request" hashes the request, "written" is the version
         # the write answered with.
         Entity("idempotency", ("id",), ("request", "status", "body", "written")),
+        # A cover set on an album by a user (PUT /albums/{id}/cover, covers.py): keyed by the
+        # album's derived id (catalog.py); the picture is a cover file like a song's.
+        Entity("album_covers", ("id",), ("cover_sha256", "set_by", "deleted")),
         # One row per watermark (PURGES): what is at or below "through" is purged everywhere.
         Entity("purges", ("id",), ("through",)),
         # Per-user state (issue 18; userstate.py). OpenSubsonic API keys, stored hashed.

@@ -277,6 +277,7 @@ class ReplicaRoot(Resource):
         authorize: Callable[[Request], None] = open_gate,
         accounts_wait_for: Callable[[Version], Deferred[bool]] | None = None,
         subsonic: IResource | None = None,
+        covers: IResource | None = None,
     ) -> None:
         super().__init__()
         self._subsonic = subsonic  # /rest/*: the Subsonic API, which checks its own credentials
@@ -291,6 +292,7 @@ class ReplicaRoot(Resource):
         # For reads of /auth/* and /users/*: the version applied and the accounts in memory
         # read again after it (they are reloaded in the background as ops apply).
         self._accounts_wait_for = accounts_wait_for
+        self._covers = covers  # /covers/* and /albums/*/cover (api/covers.py)
 
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
@@ -336,6 +338,9 @@ class ReplicaRoot(Resource):
         address = chunk_address(request.path) if reading else None
         if address is not None:
             return self._chunk(request, *address)
+        first = (request.postpath or [b""])[0]
+        if first in (b"covers", b"albums") and self._covers is not None:
+            return self._covers.render(request)
         return self._routes.render(request)
 
     def _when_applied(self, request: Request, wanted: str | bytes,

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,15 @@ from distpotify.httpchannel import Phase, TimedChannel, Timeouts
 from distpotify.metrics import ReplicaMetrics
 
 log = Logger()
+
+# Query parameters that carry secrets: the Subsonic API's password, token, salt and API key
+# (/rest/ping?u=ann&p=...). Their values never reach a log line.
+_SECRETS = re.compile(r"([?&](?:p|t|s|apiKey|password|token)=)[^&]*", re.IGNORECASE)
+
+
+def loggable(uri: str) -> str:
+    """``uri`` with the values of secret-bearing query parameters replaced by "***"."""
+    return _SECRETS.sub(r"\1***", uri)
 
 
 class ReplicaSite(server.Site):
@@ -55,5 +65,5 @@ class ReplicaSite(server.Site):
         if request.code >= 400:
             log.info(
                 "{method} {uri} -> {code}", method=request.method.decode(),
-                uri=request.uri.decode("utf-8", "replace"), code=request.code,
+                uri=loggable(request.uri.decode("utf-8", "replace")), code=request.code,
             )

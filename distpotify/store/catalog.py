@@ -37,12 +37,12 @@ class Catalog:
     """Every album and artist of the visible songs, summed up once per change of the songs.
 
     An album is ``{"id", "name", "artist", "artist_id", "year", "genre", "song_count",
-    "duration", "created", "cover"}`` (``cover``: the cover of its first song, by disc and
-    track, that has one); an artist ``{"id", "name", "album_count", "song_count", "cover"}``;
-    a genre ``{"name", "song_count", "album_count"}``.
+    "duration", "created", "cover"}`` (``cover``: the one a user set, else the cover of its
+    first song, by disc and track, that has one); an artist ``{"id", "name", "album_count",
+    "song_count", "cover"}``; a genre ``{"name", "song_count", "album_count"}``.
     """
 
-    key: tuple[int, int, int]
+    key: tuple[Any, ...]
     albums: list[dict[str, Any]]  # by name, then artist, then id
     artists: list[dict[str, Any]]  # by name, then id
     genres: list[dict[str, Any]]  # by name
@@ -95,13 +95,19 @@ class CatalogQueries(Tables):
     _catalog: Catalog | None = None
 
     def catalog(self) -> Catalog:
-        """The summaries, made again when a song changed since they were made."""
-        key = (id(self._conn), tally(self._conn, SONG_CHANGES), tally(self._conn, SONGS))
+        """The summaries, made again when a song, or a cover a user set on an album, changed
+        since they were made (the album covers are few: their newest version is one step)."""
+        set_covers = self._conn.execute(
+            "SELECT count(*), max(version) FROM album_covers").fetchone()
+        key = (id(self._conn), tally(self._conn, SONG_CHANGES), tally(self._conn, SONGS),
+               int(set_covers[0]), str(set_covers[1]))
         if self._catalog is None or self._catalog.key != key:
             self._catalog = _summed_up(key, self._conn.execute(
                 "SELECT id, album_id, artist_id, catalog_artist, album, year, genre, duration,"
                 " created_at, cover_sha256 FROM songs INDEXED BY songs_by_album_id"
-                f" WHERE {VISIBLE_SONG} ORDER BY album_id, {_SONG_ORDER}"))
+                f" WHERE {VISIBLE_SONG} ORDER BY album_id, {_SONG_ORDER}"),
+                self._conn.execute("SELECT id, cover_sha256 FROM album_covers"
+                                   " WHERE deleted = 0 AND cover_sha256 IS NOT NULL"))
         return self._catalog
 
     def catalog_song(self, song_id: str) -> dict[str, Any] | None:
@@ -192,7 +198,8 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     return {k: row[k] for k in row.keys() if k not in _INTERNAL}  # noqa: SIM118
 
 
-def _summed_up(key: tuple[int, int, int], rows: Iterable[sqlite3.Row]) -> Catalog:
+def _summed_up(key: tuple[Any, ...], rows: Iterable[sqlite3.Row],
+               set_covers: Iterable[sqlite3.Row]) -> Catalog:
     albums: dict[str, dict[str, Any]] = {}
     genres: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -219,6 +226,9 @@ def _summed_up(key: tuple[int, int, int], rows: Iterable[sqlite3.Row]) -> Catalo
                                                      "albums": set()})
             genre["song_count"] += 1
             genre["albums"].add(row["album_id"])
+    for album_id, cover in set_covers:  # a cover a user set wins over the songs' own
+        if album_id in albums:
+            albums[album_id]["cover"] = cover
     artists: dict[str, dict[str, Any]] = {}
     albums_of: dict[str, list[dict[str, Any]]] = {}
     for album in albums.values():

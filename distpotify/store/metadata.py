@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from distpotify.store.catalog import CatalogQueries
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
+from distpotify.store.coverrefs import CoverQueries
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
 from distpotify.store.idempotency import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
@@ -42,7 +43,7 @@ T = TypeVar("T")
 
 class MetadataDB(
     Oplog, Digests, Tombstones, IdempotencyKeys, Compaction, Snapshots, LibraryQueries,
-    UserStateQueries, CatalogQueries, ChunkRegistry,
+    UserStateQueries, CatalogQueries, ChunkRegistry, CoverQueries,
 ):
     """Synchronous access to the database; every method runs on the store's one thread.
 
@@ -53,7 +54,8 @@ class MetadataDB(
     Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads;
     UserStateQueries (userstate.py) the per-user state and API keys; CatalogQueries
     (catalog.py) the Subsonic API's albums, artists and genres; ChunkRegistry (registry.py)
-    the chunk registry and its in-memory cache (chunkcache.py).
+    the chunk registry and its in-memory cache (chunkcache.py); CoverQueries (coverrefs.py)
+    the cover pictures the rows name.
     """
 
     def __init__(

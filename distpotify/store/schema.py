@@ -37,6 +37,8 @@ SCHEMA = [
     # replicas costs BUCKETS hashes plus the rows of the buckets that differ (digest.py).
     "CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
+    # Serving a cover asks whether a live song names it (store/coverrefs.py).
+    "CREATE INDEX IF NOT EXISTS songs_cover ON songs (cover_sha256)",
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
     # Not unique: two sides of a partition may each give a name away; auth/users.py resolves it.

@@ -79,7 +79,7 @@ def album(summary: Mapping[str, Any]) -> dict[str, Any]:
         "created": summary["created"], "year": _int(summary.get("year")),
         "genre": summary.get("genre") or None,
         # OpenSubsonic
-        "displayArtist": summary["artist"], "mediaType": "album",
+        "displayArtist": summary["artist"],
     }
 
 
