@@ -30,6 +30,8 @@ from tests.helpers.accounts import (
     login,
 )
 from tests.helpers.api import InMemoryReplica, result_of
+from tests.helpers.subsonic import error_code, ok_xml
+from tests.helpers.subsonic import rest as subsonic_rest
 
 ALICE = User(id="6a8d4c1e-2b7f-4e3a-9c5d-0f1e2d3c4b5a", username="alice", role="listener",
              password_hash="", generation=0, created_at=iso(0))
@@ -499,3 +501,46 @@ def test_an_api_key_made_on_the_account_api_works_for_rest(rest: Rest) -> None:
                                signed=False, cookies=False)
 
     assert answer.json()["subsonic-response"]["user"]["username"] == "alice"
+
+
+# every answer as the schema says (XML, validated against tests/data/subsonic-1.16.1.xsd)
+
+
+def test_every_per_user_answer_is_valid_xml(rest: Rest) -> None:
+    who = {"u": "alice", "p": LISTENER_PASSWORD, "v": "1.16.1", "c": "phone"}
+    admin = {**who, "u": "root", "p": ADMIN_PASSWORD}
+    rest.ok("star", id=[SONG, ALBUM, ARTIST])
+    rest.ok("setRating", id=SONG, rating=3)
+    rest.ok("scrobble", id=SONG)
+    rest.ok("scrobble", id=OTHER_SONG, submission="false", c="car")
+    playlist = rest.ok("createPlaylist", name="Mix", songId=[SONG, THIRD_SONG])["playlist"]
+    rest.ok("updatePlaylist", playlistId=playlist["id"], comment="<&\">")
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("getStarred", who), ("getStarred2", who), ("getNowPlaying", who),
+        ("getPlaylists", who), ("getPlaylist", {**who, "id": playlist["id"]}),
+        ("createPlaylist", {**who, "name": "Other", "songId": OTHER_SONG}),
+        ("updatePlaylist", {**who, "playlistId": playlist["id"], "name": "Renamed"}),
+        ("star", {**who, "albumId": ALBUM}), ("unstar", {**who, "id": SONG}),
+        ("setRating", {**who, "id": ALBUM, "rating": 5}), ("scrobble", {**who, "id": SONG}),
+        ("getUser", {**who, "username": "alice"}), ("getUsers", admin),
+        ("getAlbumList2", {**who, "type": "frequent"}),
+        ("getAlbumList", {**who, "type": "starred"}),
+        ("deletePlaylist", {**who, "id": playlist["id"]}),
+        ("changePassword", {**who, "username": "alice", "password": LISTENER_PASSWORD}),
+    ]
+
+    for method, params in calls:
+        ok_xml(subsonic_rest(rest.replica, method, **params))
+
+
+@pytest.mark.parametrize(("method", "params", "code"), [
+    ("star", {}, 10), ("star", {"id": UNKNOWN}, 70), ("getUsers", {}, 50),
+    ("getPlaylist", {"id": UNKNOWN}, 70), ("changePassword", {"username": "bob",
+                                                              "password": "long-enough"}, 50),
+])
+def test_refusals_are_valid_xml_errors(rest: Rest, method: str, params: dict[str, Any],
+                                       code: int) -> None:
+    answer = subsonic_rest(rest.replica, method, u="alice", p=LISTENER_PASSWORD, v="1.16.1",
+                           c="x", **params)
+
+    assert error_code(answer) == code
