@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+import libopensonic
+import libsonic
 import pytest
 
 from tests.helpers.audio import make_wav
@@ -175,3 +177,46 @@ def test_a_write_sent_to_a_follower_is_421_for_the_proxy_to_redirect(cluster: Cl
 
     assert answer.status == 421
 
+
+
+def test_real_clients_star_rate_scrobble_and_edit_playlists(cluster: Cluster) -> None:
+    """py-sonic (token auth: t + s, from the password box) writing on the leader directly
+    (the proxy does not send Subsonic writes to the leader yet), and py-opensonic reading
+    the same state, parsed into its types, on a follower."""
+    first, second = cluster.songs
+    writer = libsonic.Connection("http://127.0.0.1", "alice", PASSWORD,
+                                 port=cluster.leader.http_port)
+    before = writer.getSong(first)["song"]
+    album, plays = before["albumId"], before.get("playCount", 0)
+
+    writer.star(sids=[first], albumIds=[album])
+    writer.setRating(second, 5)
+    writer.scrobble(first, submission=True, listenTime=1_700_000_000)
+    writer.scrobble(second, submission=False)
+    made = writer.createPlaylist(name="Road", songIds=[first, second])["playlist"]
+    writer.updatePlaylist(made["id"], name="Road trip", comment="for the car",
+                          songIdsToAdd=[first], songIndexesToRemove=[0])
+
+    reader = libopensonic.Connection("http://127.0.0.1", "alice", PASSWORD,
+                                     port=cluster.followers[0].http_port, use_get=True)
+
+    def replicated() -> bool:
+        starred = reader.get_starred2()
+        playlists = reader.get_playlists()
+        return bool([s.id for s in starred.song or []] == [first]
+                    and [a.id for a in starred.album or []] == [album]
+                    and any(p.name == "Road trip" for p in playlists)
+                    and any(e.id == second for e in reader.get_now_playing()))
+
+    wait_until(replicated, timeout=REPLICATED, interval=0.2, what="alice's state on a follower")
+    playlist = next(p for p in reader.get_playlists() if p.name == "Road trip")
+    shown = reader.get_playlist(playlist.id)
+    assert [e.id for e in shown.entry or []] == [second, first]
+    assert shown.comment == "for the car" and shown.song_count == 2
+    song = reader.get_song(first)
+    assert song.play_count == plays + 1 and song.starred is not None
+    assert reader.get_user("alice").username == "alice"
+
+    writer.unstar(sids=[first], albumIds=[album])
+    writer.deletePlaylist(made["id"])
+    assert writer.getStarred2()["starred2"].get("song", []) == []
