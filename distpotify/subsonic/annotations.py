@@ -16,7 +16,7 @@ from typing import Any
 
 from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.store.metadata import MetadataDB
-from distpotify.subsonic import elements
+from distpotify.subsonic import elements as shapes
 from distpotify.subsonic.call import (
     GENERIC,
     MISSING_PARAMETER,
@@ -153,12 +153,12 @@ async def _starred(call: Call, id3: bool) -> dict[str, Any]:
     album_ids = [i for i, _ in await state.starred(user, "album")]
     song_ids = [i for i, _ in await state.starred(user, "song")]
     found = await state.songs(song_ids)
-    to_artist = elements.artist if id3 else elements.artist_index
-    to_album = elements.album if id3 else elements.album_child
+    to_artist = shapes.artist if id3 else shapes.artist_index
+    to_album = shapes.album if id3 else shapes.album_child
     artists = [to_artist(catalog.artist_by_id[i]) for i in artist_ids
                if i in catalog.artist_by_id]
     albums = [to_album(catalog.album_by_id[i]) for i in album_ids if i in catalog.album_by_id]
-    songs = [elements.song(found[i]) for i in song_ids if i in found]
+    songs = [shapes.song(found[i]) for i in song_ids if i in found]
     await annotate(call, "artist", artists)
     await annotate(call, "album", albums)
     await annotate(call, "song", songs)
@@ -211,7 +211,7 @@ async def get_now_playing(call: Call) -> dict[str, Any]:
         account = call.server.accounts.directory.by_id(entry["user_id"])
         if song is None or account is None:
             continue
-        entries.append({**elements.song(song), "username": account.username,
+        entries.append({**shapes.song(song), "username": account.username,
                         "minutesAgo": entry["minutes_ago"],
                         "playerId": zlib.crc32(entry["client"].encode()) & 0x7FFFFFFF,
                         "playerName": entry["client"]})
