@@ -126,8 +126,10 @@ ENTITIES: dict[str, Entity] = {
             ),
         ),
         Entity("chunks", ("song_id", "idx"), ("size", "sha256", "deleted")),
-        # "owner" is the id of the account that made it (None: from before accounts).
-        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted", "public")),
+        # "owner" is the id of the account that made it (None: from before accounts);
+        # "comment" is the Subsonic API's (issue 18).
+        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted", "public",
+                                      "comment")),
         Entity(
             "playlist_items",
             ("id",),

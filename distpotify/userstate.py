@@ -11,15 +11,17 @@ own that nothing changes, so plays made on both sides all stay, and a play count
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from distpotify.errors import BadRequest, NotFound
+from distpotify.auth.access import Actor
+from distpotify.errors import BadRequest, Forbidden, NotFound
 from distpotify.idempotency import IdempotencyKey, Outcome
-from distpotify.library import Library
-from distpotify.model import valid_uuid
+from distpotify.library import MAX_NAME, Library
+from distpotify.model import new_id, valid_uuid
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from distpotify.store.userstate import (
     KINDS,
@@ -33,6 +35,10 @@ NOW_PLAYING_WINDOW = 10 * 60.0
 MAX_RATING = 5
 MAX_ITEMS = 500  # ids in one star, unstar or scrobble call
 MAX_CLIENT = 200  # characters of a client's name kept for now playing
+MAX_COMMENT = 1000  # characters of a playlist's comment
+# The items a Subsonic playlist write makes take ids derived from the write's own (its key's
+# record id): a leader that applies a keyed write again makes the same items.
+_ITEMS = uuid.UUID("8c4f2a61-0d3b-4e7a-b5c9-3e1f6a2d8b47")
 # A scrobble's time, if given, between 2000 and a day ahead of the leader's clock.
 _EARLIEST_PLAY = 946684800.0
 _LATEST_AHEAD = 86400.0
@@ -106,6 +112,49 @@ class UserState:
             return await self._library.write(key, _play, user_id, list(song_ids), moments)
         return await self._library.write(key, _playing, user_id, song_ids[-1],
                                          client[:MAX_CLIENT], iso(now))
+
+    # Subsonic's playlist edits: the library's playlists and items, several changes in one
+    # write (a playlist and its songs; songs added and removed), owner's or admin's only
+
+    async def create_playlist(self, actor: Actor, name: str, song_ids: Sequence[str],
+                              key: IdempotencyKey | None = None) -> Outcome:
+        """201 ``{"playlist": {"id"}}``: a new playlist of ``actor`` holding the songs."""
+        fields = {"name": _playlist_name(name), "owner": actor.user_id,
+                  "created_at": iso(self._clock.seconds()), "deleted": 0, "public": 0}
+        base = key.record_id() if key is not None else new_id()
+        return await self._library.write(key, _create_playlist, base, fields,
+                                         _song_ids(song_ids), iso(self._clock.seconds()))
+
+    async def edit_playlist(self, actor: Actor, playlist_id: str, *, fields: dict[str, Any],
+                            add: Sequence[str] = (), remove: Sequence[int] = (),
+                            replace: bool = False, key: IdempotencyKey | None = None
+                            ) -> Outcome:
+        """200 ``{"playlist": {"id"}}``: set ``fields`` (name, comment, public), remove the
+        songs at the indexes ``remove`` (of the songs it shows), add ``add`` at the end;
+        ``replace``: remove every song first."""
+        checked: dict[str, Any] = {}
+        if "name" in fields:
+            checked["name"] = _playlist_name(fields["name"])
+        if "comment" in fields:
+            comment = fields["comment"]
+            if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+                raise BadRequest(f"a comment has at most {MAX_COMMENT} characters")
+            checked["comment"] = comment
+        if "public" in fields:
+            checked["public"] = int(bool(fields["public"]))
+        if not valid_uuid(playlist_id):
+            raise NotFound(f"no playlist {playlist_id}")
+        base = key.record_id() if key is not None else new_id()
+        return await self._library.write(key, _edit_playlist, playlist_id, actor, checked,
+                                         _song_ids(add), sorted(set(remove)), replace, base,
+                                         iso(self._clock.seconds()))
+
+    async def playlist_summaries(self) -> dict[str, dict[str, Any]]:
+        return await self._store.run(MetadataDB.playlist_summaries)
+
+    async def songs(self, song_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The live songs among ``song_ids``, by id (the catalog's columns)."""
+        return await self._store.run(MetadataDB.songs_by_ids, list(song_ids))
 
     # reads
 
@@ -237,3 +286,70 @@ def _playing(db: MetadataDB, user_id: str, song_id: str, client: str, at: str) -
     db.write([Change("now_playing", now_playing_id(user_id, client),
                      {"user_id": user_id, "client": client, "song_id": song_id, "at": at})])
     return Outcome(200, {})
+
+
+def _playlist_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+        raise BadRequest(f"a playlist's name has 1 to {MAX_NAME} characters")
+    return value.strip()
+
+
+def _song_ids(song_ids: Sequence[str]) -> list[str]:
+    if len(song_ids) > MAX_ITEMS:
+        raise BadRequest(f"at most {MAX_ITEMS} songs at once")
+    for song_id in song_ids:
+        if not valid_uuid(song_id):
+            raise NotFound(f"no song {song_id}")
+    return list(song_ids)
+
+
+def _item_changes(db: MetadataDB, playlist_id: str, song_ids: list[str], base: str, at: str
+                  ) -> list[Change]:
+    """Items of ``song_ids`` at the end of the playlist (NotFound for a song not live)."""
+    missing = set(song_ids) - db.live_song_ids(song_ids)
+    if missing:
+        raise NotFound(f"no song {sorted(missing)[0]}")
+    last = db.last_position(playlist_id)
+    return [Change("playlist_items", str(uuid.uuid5(_ITEMS, f"{base}\n{n}")),
+                   {"playlist_id": playlist_id, "song_id": song_id,
+                    "position": last + 1.0 + n, "created_at": at, "deleted": 0})
+            for n, song_id in enumerate(song_ids)]
+
+
+def _create_playlist(db: MetadataDB, playlist_id: str, fields: dict[str, Any],
+                     song_ids: list[str], at: str) -> Outcome:
+    if db.get_row("playlists", playlist_id) is not None:
+        raise BadRequest(f"playlist id {playlist_id} is taken")
+    items = _item_changes(db, playlist_id, song_ids, playlist_id, at)
+    db.write([Change("playlists", playlist_id, fields), *items])
+    return Outcome(201, {"playlist": {"id": playlist_id}})
+
+
+def shown_items(db: MetadataDB, playlist: dict[str, Any]) -> list[dict[str, Any]]:
+    """A playlist's items whose song is live: what getPlaylist shows, in order, and what a
+    song index of updatePlaylist counts."""
+    live = db.live_song_ids([item["song_id"] for item in playlist["items"]])
+    return [item for item in playlist["items"] if item["song_id"] in live]
+
+
+def _edit_playlist(db: MetadataDB, playlist_id: str, actor: Actor, fields: dict[str, Any],
+                   add: list[str], remove: list[int], replace: bool, base: str, at: str
+                   ) -> Outcome:
+    playlist = db.playlist(playlist_id)
+    if playlist is None:
+        raise NotFound(f"no playlist {playlist_id}")
+    if not actor.may_change(playlist["owner"]):
+        raise Forbidden(f"playlist {playlist_id} belongs to another user")
+    items = playlist["items"] if replace else shown_items(db, playlist)
+    if any(not 0 <= index < len(items) for index in remove):
+        raise BadRequest(f"the playlist shows {len(items)} songs: no such index")
+    gone = items if replace else [items[index] for index in remove]
+    changes = [Change("playlist_items", item["id"], {"deleted": 1}) for item in gone]
+    if fields:
+        changes.append(Change("playlists", playlist_id, fields))
+    if changes:
+        db.write(changes)  # before the new items: their positions follow what is left
+    added = _item_changes(db, playlist_id, add, base, at)
+    if added:
+        db.write(added)
+    return Outcome(200, {"playlist": {"id": playlist_id}})

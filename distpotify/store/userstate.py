@@ -20,6 +20,7 @@ NAMESPACE = uuid.UUID("1b1f0d3c-7e0a-4c55-8a43-6a2f5b9e0c71")
 KINDS = ("song", "album", "artist")
 # Bound variables per IN (...): well under SQLite's limit, whatever page a caller reads.
 _BATCH = 500
+_INTERNAL = ("field_versions", "bucket", "version")  # the store's, not the song's
 
 
 def item_record_id(entity: str, user_id: str, kind: str, item_id: str) -> str:
@@ -146,6 +147,38 @@ class UserStateQueries(CatalogQueries):
             "SELECT user_id, client, song_id, at FROM now_playing WHERE at >= ?"
             " AND song_id IS NOT NULL AND user_id IS NOT NULL ORDER BY at DESC", (since,))
         return [dict(row) for row in rows]
+
+    # songs and playlists as the Subsonic API shows them
+
+    def songs_by_ids(self, song_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The live songs among ``song_ids``, by id, with every column the catalog keeps
+        (subsonic/elements.py's ``song`` takes them)."""
+        found: dict[str, dict[str, Any]] = {}
+        for batch in _batches(list(dict.fromkeys(song_ids))):
+            rows = self._conn.execute(
+                f"SELECT * FROM songs WHERE id IN ({_marks(batch)}) AND {VISIBLE_SONG}",
+                tuple(batch))
+            for row in rows:
+                found[row["id"]] = {k: row[k] for k in row.keys()  # noqa: SIM118
+                                    if k not in _INTERNAL}
+        return found
+
+    def playlist_summaries(self) -> dict[str, dict[str, Any]]:
+        """Every live playlist's Subsonic summary, by id: ``comment``, ``song_count`` and
+        ``duration`` of its live songs, and ``changed`` (its newest item's time, or its own)."""
+        rows = self._conn.execute(
+            "SELECT p.id, p.comment, p.created_at, count(s.id) AS song_count,"
+            " coalesce(sum(s.duration), 0) AS duration, max(i.created_at) AS last_item"
+            " FROM playlists AS p"
+            " LEFT JOIN playlist_items AS i ON i.playlist_id = p.id AND i.deleted = 0"
+            " LEFT JOIN songs AS s ON s.id = i.song_id AND s.deleted = 0"
+            " AND s.sha256 IS NOT NULL"
+            " WHERE p.deleted = 0 AND p.name IS NOT NULL GROUP BY p.id")
+        return {row["id"]: {"comment": row["comment"], "song_count": int(row["song_count"]),
+                            "duration": float(row["duration"] or 0),
+                            "changed": max(str(row["created_at"] or ""),
+                                           str(row["last_item"] or ""))}
+                for row in rows}
 
     # the catalog's ids, to tell what an id names
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
 from distpotify import catalog
@@ -292,3 +294,57 @@ def test_album_plays_count_the_plays_of_the_albums_songs(replica: InMemoryReplic
     assert plays == {ALBUM: (3, iso(5)), debut: (1, iso(0))}
     assert replica.db.annotations(ALICE, "album", [ALBUM, debut]) == {
         ALBUM: {"play_count": 3, "played": iso(5)}, debut: {"play_count": 1, "played": iso(0)}}
+
+
+# any partition, any order (hypothesis)
+
+ACTIONS = st.lists(st.tuples(
+    st.sampled_from(["star", "unstar", "rate", "play"]),
+    st.sampled_from([ALICE, BOB]),
+    st.sampled_from([SONG, OTHER_SONG]),
+    st.integers(0, 5),
+), max_size=8)
+
+
+def act(db: MetadataDB, actions: list[tuple[str, str, str, int]], start: int) -> None:
+    for n, (action, user, song, value) in enumerate(actions):
+        at = iso(start + n)
+        if action == "star":
+            _star(db, user, [("song", song)], at, True)
+        elif action == "unstar":
+            _star(db, user, [("song", song)], at, False)
+        elif action == "rate":
+            _rate(db, user, song, value, at)
+        else:
+            _play(db, user, [song], [at])
+
+
+@settings(max_examples=40, deadline=None)
+@given(side_a=ACTIONS, side_b=ACTIONS, seed=st.integers(0, 2**16))
+def test_both_sides_merge_to_one_state_whatever_the_order(
+        side_a: list[tuple[str, str, str, int]], side_b: list[tuple[str, str, str, int]],
+        seed: int) -> None:
+    memory = Path(":memory:")
+    first = leader(memory, 1, 1)
+    first.write([song_change(SONG), song_change(OTHER_SONG)])
+    common = first.ops_after(ZERO)
+    sides = [leader(memory, 1, 2), leader(memory, 2, 2)]
+    for side, actions, start in zip(sides, (side_a, side_b), (100, 200), strict=True):
+        side.apply_ops(common)
+        act(side, actions, start)
+    written = [op for side in sides for op in side.ops_after(first.head())]
+
+    in_order, shuffled = MetadataDB(memory, 3), MetadataDB(memory, 3)
+    in_order.apply_ops(common + written)
+    mixed = common + written + written[: len(written) // 2]
+    random.Random(seed).shuffle(mixed)
+    for op in mixed:
+        shuffled.apply_ops([op])
+
+    assert state_of(in_order) == state_of(shuffled)
+    plays = sum(1 for action, *_ in side_a + side_b if action == "play")
+    assert in_order.play_count(ALICE) + in_order.play_count(BOB) == plays  # none lost
+    stars = in_order._conn.execute("SELECT count(*) FROM stars").fetchone()[0]
+    starred = {(user, song) for action, user, song, _ in side_a + side_b
+               if action in ("star", "unstar")}
+    assert stars <= len(starred)  # one record per user and song, however often starred
