@@ -154,7 +154,7 @@ class UserState:
 
     async def songs(self, song_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The live songs among ``song_ids``, by id (the catalog's columns)."""
-        return await self._store.run(MetadataDB.songs_by_ids, list(song_ids))
+        return await self._store.run(MetadataDB.catalog_songs, list(dict.fromkeys(song_ids)))
 
     # reads
 

@@ -20,7 +20,6 @@ NAMESPACE = uuid.UUID("1b1f0d3c-7e0a-4c55-8a43-6a2f5b9e0c71")
 KINDS = ("song", "album", "artist")
 # Bound variables per IN (...): well under SQLite's limit, whatever page a caller reads.
 _BATCH = 500
-_INTERNAL = ("field_versions", "bucket", "version")  # the store's, not the song's
 
 
 def item_record_id(entity: str, user_id: str, kind: str, item_id: str) -> str:
@@ -148,20 +147,7 @@ class UserStateQueries(CatalogQueries):
             " AND song_id IS NOT NULL AND user_id IS NOT NULL ORDER BY at DESC", (since,))
         return [dict(row) for row in rows]
 
-    # songs and playlists as the Subsonic API shows them
-
-    def songs_by_ids(self, song_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The live songs among ``song_ids``, by id, with every column the catalog keeps
-        (subsonic/elements.py's ``song`` takes them)."""
-        found: dict[str, dict[str, Any]] = {}
-        for batch in _batches(list(dict.fromkeys(song_ids))):
-            rows = self._conn.execute(
-                f"SELECT * FROM songs WHERE id IN ({_marks(batch)}) AND {VISIBLE_SONG}",
-                tuple(batch))
-            for row in rows:
-                found[row["id"]] = {k: row[k] for k in row.keys()  # noqa: SIM118
-                                    if k not in _INTERNAL}
-        return found
+    # playlists as the Subsonic API shows them
 
     def playlist_summaries(self) -> dict[str, dict[str, Any]]:
         """Every live playlist's Subsonic summary, by id: ``comment``, ``song_count`` and
