@@ -275,8 +275,8 @@ class Accounts:
         if self.passwords.needs_rehash(user.password_hash) and leader:
             _background(self._rehash(user, password), "storing a new hash of a password")
         if (leader and self._box is not None
-                and not self._box.sealed_current(user.id, user.subsonic_box)):
-            # An account from before the box (or sealed under a key rotated out): its
+                and not self._box.holds(user.id, user.subsonic_box, password)):
+            # An account from before the box, or a box sealed under a key rotated out: its
             # password is known now, once.
             _background(self._seal(user, password), "sealing a password for Subsonic")
         return self.signer.issue(user.id, user.generation), user
@@ -302,10 +302,13 @@ class Accounts:
         await self.reload()
 
     async def _seal(self, user: User, password: str) -> None:
-        await self._library.write(None, _update_user, user.id, self._sealed(user.id, password),
-                                  False)
+        """Store ``password``, just proven by a login, in ``user``'s box: unless its password
+        changed since (a new one, with its own box, may have been set meanwhile)."""
+        sealed = await self._library.write(None, _seal_unless_changed, user.id,
+                                           user.password_hash, self._sealed(user.id, password))
         await self.reload()
-        log.info("sealed the Subsonic password of {name}", name=user.username)
+        if sealed.status == 200:
+            log.info("sealed the Subsonic password of {name}", name=user.username)
 
     def _sealed(self, user_id: str, password: str) -> dict[str, Any]:
         """The fields that store ``password`` for Subsonic token auth: none when it is off."""
@@ -583,6 +586,17 @@ def _update_user(db: MetadataDB, user_id: str, fields: dict[str, Any], bump: boo
     if changes:
         db.write([Change("users", user_id, changes)])
     return Outcome(200, {"user": _shown({**current, **changes})})
+
+
+def _seal_unless_changed(db: MetadataDB, user_id: str, password_hash: str,
+                         fields: dict[str, Any]) -> Outcome:
+    """Write a box sealed at a login, if the account still has the password the login
+    proved (204 and nothing written otherwise)."""
+    current = _live(db, user_id)
+    if current["password_hash"] != password_hash or not fields:
+        return Outcome(204)
+    db.write([Change("users", user_id, fields)])
+    return Outcome(200)
 
 
 def _delete_user(db: MetadataDB, user_id: str) -> Outcome:

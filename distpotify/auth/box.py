@@ -60,6 +60,12 @@ class PasswordBox:
         found = self._open(user_id, box)
         return found is not None and found[1] == 0
 
+    def holds(self, user_id: str, box: str | None, password: str) -> bool:
+        """Whether ``box`` is ``password`` sealed under the key in use: nothing to seal again
+        at a login with it."""
+        found = self._open(user_id, box)
+        return found is not None and found[1] == 0 and found[0] == password
+
     def _open(self, user_id: str, box: str | None) -> tuple[str, int] | None:
         if not isinstance(box, str) or not box.startswith(_PREFIX) or len(box) > MAX_BOX:
             return None

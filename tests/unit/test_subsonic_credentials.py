@@ -164,6 +164,30 @@ def test_an_account_from_before_the_box_gets_one_at_its_next_login(
     assert replica.accounts.subsonic_password(account(replica, alice)) == LISTENER_PASSWORD
 
 
+def test_a_box_holding_another_password_is_sealed_anew_at_a_login(
+        replica: InMemoryReplica, alice: Session) -> None:
+    stale = PasswordBox(replica.keys).seal(alice.id, "an-old-password")
+    replica.db.write([Change("users", alice.id, {"subsonic_box": stale})])
+    result_of(Deferred.fromCoroutine(replica.accounts.reload()))
+
+    login(replica, "alice", LISTENER_PASSWORD)
+
+    assert replica.accounts.subsonic_password(account(replica, alice)) == LISTENER_PASSWORD
+
+
+def test_a_logins_seal_does_not_undo_a_password_changed_meanwhile(
+        replica: InMemoryReplica, alice: Session) -> None:
+    before = account(replica, alice)  # what a login proved, its seal not written yet
+    call(replica, "PUT", "/auth/password",
+         {"old_password": LISTENER_PASSWORD, "password": "a-new-password"}, alice.bearer)
+    head = replica.db.head()
+
+    result_of(Deferred.fromCoroutine(replica.accounts._seal(before, LISTENER_PASSWORD)))
+
+    assert replica.db.head() == head
+    assert replica.accounts.subsonic_password(account(replica, alice)) == "a-new-password"
+
+
 def test_the_password_and_box_appear_in_no_answer(replica: InMemoryReplica, admin: Session,
                                                   alice: Session) -> None:
     box = account(replica, alice).subsonic_box
