@@ -40,6 +40,7 @@ from distpotify.keys import ClusterKeys
 from distpotify.wire import json_error
 from proxy.backends import BackendView
 from proxy.forwarded import client_origin
+from proxy.logsafe import loggable_uri
 
 log = Logger()
 
@@ -200,7 +201,7 @@ class AdminOnly(Resource):
             try:
                 body = self._inner.render(request)
             except Exception:
-                log.failure("rendering {uri} failed", uri=request.uri.decode("latin-1"))
+                log.failure("rendering {uri} failed", uri=loggable_uri(request.uri))
                 body = json_error(request, 500, "internal", "the proxy failed to answer")
             request.write(body)
             request.finish()

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from urllib.parse import unquote_to_bytes
 
 import attrs
+
+from distpotify import subsonicmethods
 
 # After this many replicas failed one read the client gets its answer; a write is tried
 # until --write-hold passes (docs/architecture.md section 5.3).
@@ -24,6 +27,17 @@ READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _NOT_HERE_YET = frozenset({404, 507})
 # Reads of one record that a lagging follower may not have yet (read-your-writes).
 _RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
+
+
+def is_write(method: bytes, uri: bytes) -> bool:
+    """Whether a request writes, and so goes to the leader: any method but GET, HEAD and
+    OPTIONS, and a GET or HEAD of a Subsonic method that writes (``/rest/star.view?id=..``:
+    Subsonic clients send most writes as GETs)."""
+    if method not in READ_METHODS:
+        return True
+    # The replica's router unquotes the path: "/%72est/star" is a star too.
+    path = unquote_to_bytes(uri.partition(b"?")[0])
+    return method != b"OPTIONS" and subsonicmethods.writes(path)
 
 
 @attrs.frozen
@@ -54,7 +68,7 @@ class Context:
 
     @property
     def write(self) -> bool:
-        return self.method not in READ_METHODS
+        return is_write(self.method, self.uri)
 
 
 # How an attempt ended: the input of classify.

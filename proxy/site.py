@@ -25,6 +25,7 @@ from distpotify.wire import json_error, json_response
 from proxy.auth import AdminCheck, AdminOnly
 from proxy.forwarded import TrustedProxies
 from proxy.limits import ConnectionLimits, LimitedChannel
+from proxy.logsafe import loggable_uri
 from proxy.metrics import ProxyMetrics
 from proxy.security import SecureRequest
 
@@ -207,4 +208,4 @@ class ProxySite(server.Site):
         """Access lines only for the proxy's own failures; retries and resumes log themselves."""
         if request.code >= 500:
             log.info("{method} {uri} -> {code}", method=request.method.decode(),
-                     uri=request.uri.decode("utf-8", "replace"), code=request.code)
+                     uri=loggable_uri(request.uri), code=request.code)
