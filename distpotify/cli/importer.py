@@ -339,9 +339,9 @@ def refusal(status: int, value: Any) -> str:
     elif status in (400, 415):
         kind = "not audio"
     elif status == 0:
-        kind = "no answer"
+        return f"no answer: {message}" if message else "no answer"
     else:
-        kind = f"answered {status}"
+        return f"answered {status}: {message}" if message else f"answered {status}"
     return f"{kind} ({status}): {message}" if message else f"{kind} ({status})"
 
 
