@@ -37,10 +37,9 @@ from distpotify.auth.ratelimit import LoginLimiter
 from distpotify.auth.tokens import InvalidToken, TokenSigner
 from distpotify.auth.users import ADMIN, name_key
 from distpotify.keys import ClusterKeys
-from distpotify.wire import json_error
+from distpotify.wire import json_error, loggable_uri
 from proxy.backends import BackendView
 from proxy.forwarded import client_origin
-from proxy.logsafe import loggable_uri
 
 log = Logger()
 

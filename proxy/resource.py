@@ -45,6 +45,7 @@ from distpotify.wire import (
     SERVED_BY,
     VERSION,
     json_error,
+    loggable_uri,
     version_writer,
 )
 from distpotify.zerocopy import plain_socket
@@ -71,7 +72,6 @@ from proxy.decision import (
 )
 from proxy.forwarded import CLIENT_CLAIMS, client_origin
 from proxy.leanclient import LeanResponse
-from proxy.logsafe import loggable_uri
 from proxy.resume import Resume
 from proxy.security import secure_session_cookies
 from proxy.sessions import Sessions

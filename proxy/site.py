@@ -21,11 +21,10 @@ from twisted.web.static import File
 from zope.interface import implementer
 
 from distpotify.httpchannel import Phase, Timeouts
-from distpotify.wire import json_error, json_response
+from distpotify.wire import json_error, json_response, loggable_uri
 from proxy.auth import AdminCheck, AdminOnly
 from proxy.forwarded import TrustedProxies
 from proxy.limits import ConnectionLimits, LimitedChannel
-from proxy.logsafe import loggable_uri
 from proxy.metrics import ProxyMetrics
 from proxy.security import SecureRequest
 

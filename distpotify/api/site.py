@@ -15,6 +15,7 @@ from twisted.web.resource import IResource
 from distpotify.bodylimit import LimitedRequest
 from distpotify.httpchannel import Phase, TimedChannel, Timeouts
 from distpotify.metrics import ReplicaMetrics
+from distpotify.wire import loggable_uri
 
 log = Logger()
 
@@ -55,5 +56,5 @@ class ReplicaSite(server.Site):
         if request.code >= 400:
             log.info(
                 "{method} {uri} -> {code}", method=request.method.decode(),
-                uri=request.uri.decode("utf-8", "replace"), code=request.code,
+                uri=loggable_uri(request.uri), code=request.code,
             )

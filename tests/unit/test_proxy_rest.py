@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
+from distpotify.wire import loggable_uri
 from proxy.decision import Again, Context, NextReplica, Unanswered, classify, is_write
-from proxy.logsafe import loggable_uri
 from tests.helpers.proxy import FakeReplica, ProxyHarness
 
 pytestmark = pytest.mark.timeout(30)
