@@ -30,14 +30,15 @@ _RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
 
 
 def is_write(method: bytes, uri: bytes) -> bool:
-    """Whether a request writes, and so goes to the leader: any method but GET, HEAD and
-    OPTIONS, and a GET or HEAD of a Subsonic method that writes (``/rest/star.view?id=..``:
-    Subsonic clients send most writes as GETs)."""
-    if method not in READ_METHODS:
-        return True
-    # The replica's router unquotes the path: "/%72est/star" is a star too.
+    """Whether a request writes, and so goes to the leader. A Subsonic call (``/rest/...``)
+    writes by its method's name, whatever its HTTP method: clients send writes as GETs
+    (``/rest/star.view?id=..``) and, with the formPost extension, reads as POSTs; OPTIONS
+    never writes. Anything else: every method but GET, HEAD and OPTIONS."""
+    # The replica's router unquotes the path: "/%73tar" is a star too.
     path = unquote_to_bytes(uri.partition(b"?")[0])
-    return method != b"OPTIONS" and subsonicmethods.writes(path)
+    if method != b"OPTIONS" and subsonicmethods.method_name(path) is not None:
+        return subsonicmethods.writes(path)
+    return method not in READ_METHODS
 
 
 @attrs.frozen

@@ -58,7 +58,9 @@ def logged() -> Iterator[list[str]]:
     (b"GET", b"/rest/STAR.view", True),
     (b"HEAD", b"/rest/scrobble", True),
     (b"GET", b"/rest/%73tar.view?id=1", True),  # the replica unquotes the path
-    (b"POST", b"/rest/getAlbum.view", True),  # any POST goes to the leader, a form's too
+    (b"POST", b"/rest/star.view", True),
+    (b"POST", b"/rest/getAlbum.view", False),  # formPost: reads sent as POSTs
+    (b"POST", b"/rest/", True),  # no Subsonic method: the HTTP method decides
     (b"GET", b"/rest/getAlbum.view?id=1", False),
     (b"GET", b"/rest/search3?query=star", False),
     (b"GET", b"/rest/ping.view", False),
@@ -104,6 +106,20 @@ def test_subsonic_reads_go_to_the_followers() -> None:
               .answer().headers["x-served-by"] for _ in range(4)]
 
     assert sorted(served) == ["1", "1", "2", "2"]
+    assert nodes[2].received == []
+
+
+def test_a_subsonic_read_sent_as_a_form_post_goes_to_a_follower_with_its_body() -> None:
+    nodes = cluster()
+    proxy = ProxyHarness(nodes)
+    form = f"u=alice&p={SECRET}&id=al-1&f=json".encode()
+
+    answer = proxy.post("/rest/getAlbum.view", form, "application/x-www-form-urlencoded").answer()
+
+    assert answer.status == 200 and answer.headers["x-served-by"] in ("1", "2")
+    (sent,) = [s for node in nodes[:2] for s in node.received]
+    assert sent.method == b"POST" and sent.body == form
+    assert sent.header("Idempotency-Key") is None
     assert nodes[2].received == []
 
 
