@@ -233,6 +233,8 @@ class Server:
         for start in range(0, len(hashes), LOOKUP_BATCH):
             batch = hashes[start:start + LOOKUP_BATCH]
             status, value = self._retried("GET", "/songs?sha256=" + ",".join(batch))
+            if status == 401:
+                raise ImportFailed(f"{self.url} wants a login: give --user NAME (or --token)")
             if status != 200 or not isinstance(value, dict):
                 raise ImportFailed(f"the library lookup by checksum failed: {status}"
                                    f" {_message(value)}")
