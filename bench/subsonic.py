@@ -385,9 +385,11 @@ def measure_subsonic(port: int, songs: int, albums: int, rounds: int) -> dict[st
     }
     for kind, extra in lists.items():
         say(f"getAlbumList2 type={kind}")
+        # A filtered list holds a fraction of the albums: its first pages, not empty ones.
+        offsets = range(0, 150, 50) if extra else pages
         results[f"getAlbumList2 {kind}"] = api.timed(
             [api.path("getAlbumList2", type=kind, size=50, offset=o, f="json", **extra)
-             for o in pages], rounds, check="ok")
+             for o in offsets], rounds, check="ok")
     say("getAlbum")
     results["getAlbum"] = api.timed([api.path("getAlbum", id=a["id"], f="json") for a in found],
                                     rounds, check="ok")

@@ -35,6 +35,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_JOBS = 4
 # GET /songs?sha256= takes at most this many checksums (api/parsing.py MAX_SHA256).
 LOOKUP_BATCH = 100
+BATCH_BYTES = 64 << 20  # ... or fewer files, when they are big: hashed before the lookup
 BLOCK = 256 * 1024  # read, hashed and sent this much at a time
 # An upload that fails without the server's answer (connection lost, 502/503/504) is sent
 # again under the same Idempotency-Key, so the server applies it once.
@@ -350,6 +351,19 @@ def refusal(status: int, value: Any) -> str:
 # ---------------------------------------------------------------- the run
 
 
+def _batch(pending: list[FileEntry], start: int) -> list[FileEntry]:
+    """The files from ``start`` hashed and looked up together: LOOKUP_BATCH of them, or
+    fewer once they hold BATCH_BYTES, so uploads start after little hashing (big files)."""
+    batch: list[FileEntry] = []
+    size = 0
+    for entry in pending[start:start + LOOKUP_BATCH]:
+        if batch and size + entry.size > BATCH_BYTES:
+            break
+        batch.append(entry)
+        size += entry.size
+    return batch
+
+
 @attrs.define
 class Progress:
     """The bar (rich), or nothing when stderr is not a terminal or --no-progress."""
@@ -453,7 +467,7 @@ class Run:
         seen: dict[str, str] = {}  # checksum -> the file of this folder that has it
         index = 0
         while index < len(pending) and not self.stopped.is_set():
-            batch = pending[index:index + LOOKUP_BATCH]
+            batch = _batch(pending, index)
             index += len(batch)
             hashes = self._hashes(batch, hashers, in_flight, progress)
             if hashes is None:

@@ -20,6 +20,7 @@ from distpotify.cli.importer import (
     Result,
     Server,
     State,
+    _batch,
     file_sha256,
     idempotency_key,
     refusal,
@@ -144,3 +145,12 @@ def test_an_upload_whose_answer_is_lost_is_sent_again_under_the_same_key(
     assert [h["Idempotency-Key"] for h in seen] == [idempotency_key(sha, "run")] * 2
     assert all(h["Authorization"] == "Bearer t0k" for h in seen)
     assert sum(counted) == 5003  # the lost attempt's bytes taken back from the progress
+
+
+def test_a_lookup_batch_ends_at_its_count_or_once_its_files_are_big(tmp_path: Path) -> None:
+    small = [FileEntry(tmp_path / f"{n}", f"{n}", 1000, 0) for n in range(250)]
+    big = [FileEntry(tmp_path / f"b{n}", f"b{n}", 30 << 20, 0) for n in range(5)]
+
+    assert [len(_batch(small, start)) for start in (0, 100, 200)] == [100, 100, 50]
+    assert [len(_batch(big, start)) for start in (0, 2, 4)] == [2, 2, 1]
+    assert len(_batch([FileEntry(tmp_path / "huge", "huge", 1 << 33, 0)], 0)) == 1
