@@ -378,21 +378,14 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.enabled:
+            # Imported only to draw: --no-progress and --json runs need none of it.
+            from rich import progress
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-            from rich.progress import (
-                Progress as Bar,
-            )
-            self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(),
-                            TextColumn("{task.fields[files]}"), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True))
+            self._bar = progress.Progress(
+                progress.TextColumn("[bold]{task.description}"), progress.BarColumn(),
+                progress.TextColumn("{task.fields[files]}"), progress.DownloadColumn(),
+                progress.TransferSpeedColumn(), progress.TimeRemainingColumn(),
+                console=Console(stderr=True))
             self._bar.__enter__()
             self._task = self._bar.add_task("importing", total=self.total_bytes,
                                             files=self._files_text())
