@@ -424,8 +424,10 @@ def make_files(folder: Path, mib: int, first_seed: int) -> int:
     return count
 
 
-def upload_loop(port: int, token: str, folder: Path, jobs: int) -> dict[str, Any]:
-    """The reference: every file of ``folder`` as one POST /songs, ``jobs`` at a time."""
+def upload_loop(port: int, token: str, folder: Path, jobs: int, multipart: bool = False
+                ) -> dict[str, Any]:
+    """The reference: every file of ``folder`` as one POST /songs, ``jobs`` at a time: the
+    raw body, or (``multipart``) the form field ``file``, as the importer sends it."""
     files = sorted(folder.rglob("*.wav"))
     local = threading.local()
 
@@ -433,7 +435,13 @@ def upload_loop(port: int, token: str, folder: Path, jobs: int) -> dict[str, Any
         if not hasattr(local, "client"):
             local.client = Client(port, {"Authorization": f"Bearer {token}"}, timeout=300)
         data = path.read_bytes()
-        status, body = local.client.call("POST", "/songs", data, {"Content-Type": "audio/wav"})
+        kind = "audio/wav"
+        if multipart:
+            head = (f"--b0undary\r\nContent-Disposition: form-data; name=\"file\";"
+                    f" filename=\"{path.name}\"\r\nContent-Type: audio/wav\r\n\r\n").encode()
+            data, kind = head + data + b"\r\n--b0undary--\r\n", \
+                "multipart/form-data; boundary=b0undary"
+        status, body = local.client.call("POST", "/songs", data, {"Content-Type": kind})
         if status != 201:
             raise RuntimeError(f"upload of {path.name} answered {status}: {body[:200]!r}")
         return len(data)
@@ -465,20 +473,26 @@ def run_importer(port: int, folder: Path, state: Path, jobs: int) -> dict[str, A
 
 
 def measure_import(port: int, token: str, work: Path, mib: int, jobs: int) -> dict[str, Any]:
-    say(f"making 2 x {mib} MiB of WAV files")
-    reference, imported = work / "reference", work / "import"
+    say(f"making 3 x {mib} MiB of WAV files")
+    reference, form, imported = work / "reference", work / "form", work / "import"
     make_files(reference, mib, first_seed=1_000_000)
+    make_files(form, mib, first_seed=3_000_000)
     make_files(imported, mib, first_seed=2_000_000)
     say(f"the reference: a plain upload loop of {jobs} threads")
     loop = upload_loop(port, token, reference, jobs)
+    say("the same loop, multipart")
+    form_loop = upload_loop(port, token, form, jobs, multipart=True)
     say(f"distpotify-import --jobs {jobs}")
     importer = run_importer(port, imported, work / "import-state.jsonl", jobs)
     again_started = time.monotonic()
     rerun = run_importer(port, imported, work / "import-state.jsonl", jobs)
-    return {"jobs": jobs, "upload_loop": loop, "importer": importer,
+    return {"jobs": jobs, "upload_loop": loop, "multipart_loop": form_loop,
+            "importer": importer,
             "rerun_seconds": round(time.monotonic() - again_started, 2),
             "rerun_uploaded": rerun["files"],
-            "ratio_mib_per_s": round(importer["mib_per_s"] / loop["mib_per_s"], 2)}
+            "ratio_mib_per_s": round(importer["mib_per_s"] / loop["mib_per_s"], 2),
+            "ratio_to_multipart_loop": round(importer["mib_per_s"] / form_loop["mib_per_s"],
+                                             2)}
 
 
 # ---------------------------------------------------------------- the report
@@ -503,10 +517,14 @@ def table(result: dict[str, Any]) -> Iterator[str]:
         yield (f"upload loop ({imported['jobs']} threads): {loop['mib']} MiB, {loop['files']}"
                f" files in {loop['seconds']} s: {loop['mib_per_s']} MiB/s,"
                f" {loop['files_per_s']} files/s")
+        form = imported["multipart_loop"]
+        yield (f"the same loop, multipart: {form['mib']} MiB in {form['seconds']} s:"
+               f" {form['mib_per_s']} MiB/s, {form['files_per_s']} files/s")
         yield (f"distpotify-import --jobs {imported['jobs']}: {importer['mib']} MiB,"
                f" {importer['files']} files in {importer['seconds']} s:"
                f" {importer['mib_per_s']} MiB/s, {importer['files_per_s']} files/s"
-               f" (x{imported['ratio_mib_per_s']} of the loop)")
+               f" (x{imported['ratio_mib_per_s']} of the loop,"
+               f" x{imported['ratio_to_multipart_loop']} of the multipart loop)")
         yield (f"the same import again: {imported['rerun_uploaded']} uploaded, in"
                f" {imported['rerun_seconds']} s")
 
