@@ -383,7 +383,8 @@ class Progress:
             from rich.console import Console
             self._bar = progress.Progress(
                 progress.TextColumn("[bold]{task.description}"), progress.BarColumn(),
-                progress.TextColumn("{task.fields[files]}"), progress.DownloadColumn(),
+                progress.TextColumn("{task.fields[files]}"),
+                progress.DownloadColumn(binary_units=True),
                 progress.TransferSpeedColumn(), progress.TimeRemainingColumn(),
                 console=Console(stderr=True))
             self._bar.__enter__()
