@@ -195,7 +195,10 @@ class ProxyResource(ReverseProxyResource):
         self.config = config
         self.counters = counters if counters is not None else Counters()
         self.cooperator = cooperator
-        self.sessions = sessions or Sessions(reactor, config.session_memory)
+        # Not ``sessions or ...``: an empty Sessions is falsy (it has a length), and the
+        # service's report (/proxy/status, /metrics) counts the one it passed.
+        self.sessions = sessions if sessions is not None else Sessions(
+            reactor, config.session_memory)
         # GET bodies from the lean client go around Python when both sockets allow it.
         self.pipes = Pipes() if config.splice and AVAILABLE else None
 

@@ -13,6 +13,8 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from distpotify.wire import loggable_uri
 from proxy.decision import Again, Context, NextReplica, Unanswered, classify, is_write
+from proxy.resource import ProxyResource
+from proxy.sessions import Sessions
 from tests.helpers.proxy import FakeReplica, ProxyHarness
 
 pytestmark = pytest.mark.timeout(30)
@@ -213,6 +215,15 @@ def test_an_api_key_client_reads_its_write_and_a_form_post_counts_as_its_credent
     assert sent == [("/rest/getSong.view?apiKey=k-123&id=1", VERSION),
                     ("/rest/getSong.view?apiKey=k-999&id=1", None)]
     assert not any("k-123" in key for key in proxy.resource.sessions._last)
+
+
+def test_the_resource_remembers_in_the_sessions_it_is_given_which_the_report_counts() -> None:
+    harness = ProxyHarness(cluster())
+    sessions = Sessions(harness.clock, 5.0)
+    resource = ProxyResource(harness.view, harness.agent, harness.clock, harness.config,
+                             sessions=sessions)
+
+    assert resource.sessions is sessions  # though empty, and so falsy
 
 
 def test_a_subsonic_error_without_a_version_is_not_remembered() -> None:
