@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import hmac
 import os
 import secrets
@@ -28,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from distpotify.auth.access import Actor
+from distpotify.auth.box import PasswordBox
 from distpotify.auth.passwords import Passwords, WeakPassword, check_new_password
 from distpotify.auth.ratelimit import LoginLimiter
 from distpotify.auth.tokens import InvalidToken, TokenSigner
@@ -51,7 +53,7 @@ from distpotify.errors import (
     Unauthorized,
 )
 from distpotify.idempotency import IdempotencyKey, Outcome
-from distpotify.library import Library
+from distpotify.library import MAX_NAME, Library
 from distpotify.model import Op, new_id, valid_uuid
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 
@@ -63,6 +65,10 @@ FIRST_ADMIN = "admin"
 # How often a replica given DISTPOTIFY_ADMIN_PASSWORD checks whether it leads a cluster with
 # no account yet, until one exists.
 ADMIN_CHECK_INTERVAL = 1.0
+# OpenSubsonic API keys a user may hold at once (all of them are kept in memory).
+MAX_API_KEYS = 50
+# The entities whose ops make a replica read its accounts again.
+_ACCOUNT_ENTITIES = ("users", "api_keys")
 
 
 def user_of(row: Mapping[str, Any]) -> User | None:
@@ -72,13 +78,22 @@ def user_of(row: Mapping[str, Any]) -> User | None:
                     password_hash=str(row["password_hash"] or ""),
                     generation=int(row["generation"] or 0),
                     created_at=str(row["created_at"] or ""), disabled=bool(row["disabled"]),
-                    version=str(row.get("version") or ""))
+                    version=str(row.get("version") or ""),
+                    subsonic_box=row.get("subsonic_box") or None)
     except (KeyError, TypeError, ValueError):
         return None
 
 
+def api_key_hash(key: str) -> str:
+    """What is stored of an API key: its SHA-256. The key is 32 random bytes, so no guess
+    finds one, and a slow password hash (argon2id, 137 ms) would only make every Subsonic
+    request that slow; a plain hash also lets the key be found by its hash, in constant
+    time, without comparing it against every stored one."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def public(user: User) -> dict[str, Any]:
-    """What the API shows of an account: never its password hash."""
+    """What the API shows of an account: never its password hash (nor its box)."""
     return {"id": user.id, "username": user.username, "role": user.role,
             "disabled": user.disabled, "created_at": user.created_at}
 
@@ -89,12 +104,15 @@ class Accounts:
     Reads (login, token checks) work on any replica; writes go through
     ``library.write``, so a follower answers 421 like any write. ``passwords`` runs its
     hashes on worker threads; ``limiter`` counts failed logins per folded username.
+    ``box`` seals each password set for Subsonic token auth (None: --subsonic-token-auth
+    off, nothing sealed or opened). The live API keys' hashes are kept in memory with the
+    accounts.
     """
 
     def __init__(
         self, store: MetadataStore, library: Library, clock: IReactorTime,
         passwords: Passwords, signer: TokenSigner, data_dir: Path,
-        admin_password: str | None = None,
+        admin_password: str | None = None, box: PasswordBox | None = None,
     ) -> None:
         self._store = store
         self._library = library
@@ -103,7 +121,9 @@ class Accounts:
         self.signer = signer
         self._data_dir = data_dir
         self._admin_password = admin_password
+        self._box = box
         self.directory = Directory()
+        self._api_keys: dict[str, str] = {}  # a live key's hash -> its user's id
         self.limiter = LoginLimiter(clock)
         self.logins = 0
         self.login_failures = 0
@@ -114,9 +134,13 @@ class Accounts:
 
     # the directory
 
-    def load(self, rows: Iterable[Mapping[str, Any]]) -> list[Clash]:
-        """Rebuild the directory from ``rows`` (MetadataDB.users); the clashes it resolved,
-        logged, and on the leader written as renames."""
+    def load(self, rows: Iterable[Mapping[str, Any]],
+             api_keys: Iterable[Mapping[str, Any]] | None = None) -> list[Clash]:
+        """Rebuild the directory from ``rows`` (MetadataDB.users), and the API keys from
+        ``api_keys`` (MetadataDB.api_keys) if given; the clashes it resolved, logged, and on
+        the leader written as renames."""
+        if api_keys is not None:
+            self._api_keys = {str(k["key_hash"]): str(k["user_id"]) for k in api_keys}
         directory = Directory()
         clashes: list[Clash] = []
         for row in rows:
@@ -137,12 +161,13 @@ class Accounts:
         return clashes
 
     async def reload(self) -> None:
-        """Read every account again (after ops touching users applied here)."""
-        self.load(await self._store.run(MetadataDB.users))
+        """Read every account and API key again (after ops touching them applied here)."""
+        users = await self._store.run(MetadataDB.users)
+        self.load(users, await self._store.run(MetadataDB.api_keys))
 
     def ops_applied(self, ops: Iterable[Op]) -> None:
-        """Ops applied here from elsewhere: reload if any of them is an account's."""
-        if any(op.entity == "users" for op in ops):
+        """Ops applied here from elsewhere: reload if any of them is an account's or a key's."""
+        if any(op.entity in _ACCOUNT_ENTITIES for op in ops):
             _background(self.reload(), "reloading the accounts")
 
     def synced(self) -> None:
@@ -246,8 +271,14 @@ class Accounts:
             raise Unauthorized("wrong username or password")
         self.limiter.succeeded(key)
         self.logins += 1
-        if self.passwords.needs_rehash(user.password_hash) and self._library.leadership.is_leader:
+        leader = self._library.leadership.is_leader
+        if self.passwords.needs_rehash(user.password_hash) and leader:
             _background(self._rehash(user, password), "storing a new hash of a password")
+        if (leader and self._box is not None
+                and not self._box.sealed_current(user.id, user.subsonic_box)):
+            # An account from before the box (or sealed under a key rotated out): its
+            # password is known now, once.
+            _background(self._seal(user, password), "sealing a password for Subsonic")
         return self.signer.issue(user.id, user.generation), user
 
     @contextlib.contextmanager
@@ -269,6 +300,77 @@ class Accounts:
         new_hash = await self.passwords.hash(password)
         await self._library.write(None, _update_user, user.id, {"password_hash": new_hash}, False)
         await self.reload()
+
+    async def _seal(self, user: User, password: str) -> None:
+        await self._library.write(None, _update_user, user.id, self._sealed(user.id, password),
+                                  False)
+        await self.reload()
+        log.info("sealed the Subsonic password of {name}", name=user.username)
+
+    def _sealed(self, user_id: str, password: str) -> dict[str, Any]:
+        """The fields that store ``password`` for Subsonic token auth: none when it is off."""
+        if self._box is None:
+            return {}
+        return {"subsonic_box": self._box.seal(user_id, password)}
+
+    # Subsonic credentials (issue 18)
+
+    def subsonic_password(self, user: User) -> str | None:
+        """``user``'s password, for Subsonic token auth (``t = md5(password + s)``); None
+        with --subsonic-token-auth off, before a box was stored (an account from before it,
+        until its next login on the leader), or when the box does not open."""
+        if self._box is None:
+            return None
+        current = self.directory.by_id(user.id) or user
+        return self._box.open(user.id, current.subsonic_box)
+
+    def user_by_api_key(self, key: str) -> User | None:
+        """The account an OpenSubsonic API key belongs to; None for an unknown or revoked
+        key, or a disabled or deleted account. Found by the key's hash (a dict lookup: no
+        comparison against other keys' secrets to time)."""
+        if not isinstance(key, str) or not key or len(key) > 256:
+            return None
+        user_id = self._api_keys.get(api_key_hash(key))
+        user = None if user_id is None else self.directory.by_id(user_id)
+        if user is None or user.disabled:
+            return None
+        return user
+
+    async def api_keys_of(self, user: User) -> list[dict[str, Any]]:
+        """``user``'s keys as the API shows them: id, name, created_at (never a secret)."""
+        return await self._store.run(MetadataDB.api_keys_of, user.id)
+
+    async def create_api_key(self, user: User, values: Mapping[str, Any]) -> Outcome:
+        """201 ``{"key", "apiKey"}``: a new key of ``user``, its secret shown this once.
+
+        No Idempotency-Key: the stored outcome would keep the secret in every replica's
+        database for a day. A create retried by the proxy after a leader died may so make a
+        second key, which the user sees in the list and may revoke."""
+        self._library.leadership.require_leader()
+        _only(values, {"name"})
+        name = values.get("name")
+        if (not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME
+                or not _encodable(name)):
+            raise BadRequest(f"name must be a non-empty string of at most {MAX_NAME}"
+                             " characters")
+        secret = secrets.token_urlsafe(32)
+        fields = {"user_id": user.id, "name": name.strip(), "key_hash": api_key_hash(secret),
+                  "created_at": self._now(), "deleted": 0}
+        outcome = await self._library.write(None, _create_api_key, new_id(), fields)
+        await self.reload()
+        assert outcome.body is not None
+        log.info("API key {id} made for {name}", id=outcome.body["key"]["id"],
+                 name=user.username)
+        return attrs.evolve(outcome, body={**outcome.body, "apiKey": secret})
+
+    async def delete_api_key(self, key_id: str, actor: Actor) -> Outcome:
+        """200 ``{"key"}``: revoked; the owner's or an admin's (else 403), 404 if unknown."""
+        self._library.leadership.require_leader()
+        if not valid_uuid(key_id):
+            raise NotFound(f"no API key {key_id}")
+        outcome = await self._library.write(None, _delete_api_key, key_id, actor)
+        await self.reload()
+        return outcome
 
     # writes (the leader's)
 
@@ -311,6 +413,7 @@ class Accounts:
                   "role": role, "generation": 0, "created_at": self._now(), "disabled": 0,
                   "deleted": 0}
         user_id = key.record_id() if key is not None else new_id()
+        fields.update(self._sealed(user_id, password))
         outcome = await self._library.write(key, _create_user, user_id, fields, first)
         await self.reload()
         return outcome
@@ -332,6 +435,7 @@ class Accounts:
         if "password" in values:
             fields["password_hash"] = await self.passwords.hash(
                 _new_password(values["password"]))
+            fields.update(self._sealed(_user_id(user_id), values["password"]))
         if not fields:
             raise BadRequest("nothing to change: give role, disabled or password")
         outcome = await self._library.write(None, _update_user, _user_id(user_id), fields, bump)
@@ -372,7 +476,8 @@ class Accounts:
         self.limiter.succeeded(key)
         password_hash = await self.passwords.hash(new)
         outcome = await self._library.write(None, _update_user, user.id,
-                                            {"password_hash": password_hash}, True)
+                                            {"password_hash": password_hash,
+                                             **self._sealed(user.id, new)}, True)
         await self.reload()
         return attrs.evolve(outcome, status=204, body=None)
 
@@ -388,6 +493,14 @@ class Accounts:
 def _background(coroutine: Any, what: str) -> None:
     d = Deferred.fromCoroutine(coroutine)
     d.addErrback(lambda f: log.failure("{what} failed", f, what=what))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _only(values: Mapping[str, Any], allowed: set[str]) -> None:
@@ -476,7 +589,9 @@ def _delete_user(db: MetadataDB, user_id: str) -> Outcome:
     current = _live(db, user_id)
     if current["role"] == ADMIN and not current["disabled"] and not _other_admins(db, user_id):
         raise Conflict("this is the last admin: make another one first")
-    db.write([Change("users", user_id, {"deleted": 1})])
+    # Its API keys go with it (they stopped working with the account already).
+    changes = [Change("api_keys", k["id"], {"deleted": 1}) for k in db.api_keys_of(user_id)]
+    db.write([*changes, Change("users", user_id, {"deleted": 1})])
     return Outcome(204)
 
 
@@ -484,3 +599,23 @@ def _rename(db: MetadataDB, user_id: str, username: str) -> Outcome:
     _live(db, user_id)
     db.write([Change("users", user_id, {"username": username, "name_key": name_key(username)})])
     return Outcome(200)
+
+
+def _create_api_key(db: MetadataDB, key_id: str, fields: dict[str, Any]) -> Outcome:
+    _live(db, fields["user_id"])
+    if len(db.api_keys_of(fields["user_id"])) >= MAX_API_KEYS:
+        raise Conflict(f"a user holds at most {MAX_API_KEYS} API keys: revoke one first")
+    db.write([Change("api_keys", key_id, fields)])
+    return Outcome(201, {"key": {"id": key_id, "name": fields["name"],
+                                 "created_at": fields["created_at"]}})
+
+
+def _delete_api_key(db: MetadataDB, key_id: str, actor: Actor) -> Outcome:
+    found = db.api_key(key_id)
+    if found is None:
+        raise NotFound(f"no API key {key_id}")
+    if not actor.may_change(found["user_id"]):
+        raise Forbidden("this API key belongs to another user")
+    db.write([Change("api_keys", key_id, {"deleted": 1})])
+    return Outcome(200, {"key": {"id": key_id, "name": found["name"],
+                                 "created_at": found["created_at"]}})

@@ -55,3 +55,14 @@ def song_album_id(fields: Mapping[str, Any]) -> str:
 def song_artist_id(fields: Mapping[str, Any]) -> str:
     """The artist a song's album is filed under (the album artist)."""
     return artist_id(album_artist_of(fields))
+
+
+# What the store keeps beside each song (store/songindex.py), so albums and artists are
+# found through an index rather than by reading every song's tags.
+COLUMNS = ("album_id", "artist_id", "catalog_artist")
+
+
+def stored_columns(fields: Mapping[str, Any]) -> dict[str, str]:
+    """A song's album id, artist id and the name its album is filed under."""
+    return {"album_id": song_album_id(fields), "artist_id": song_artist_id(fields),
+            "catalog_artist": album_artist_of(fields)}

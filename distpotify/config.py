@@ -119,6 +119,9 @@ class ReplicaConfig:
     metrics_token: str | None = attrs.field(default=None, repr=False)
     # DISTPOTIFY_ADMIN_PASSWORD: the password of the "admin" made on a cluster with none.
     admin_password: str | None = attrs.field(default=None, repr=False)
+    # --subsonic-token-auth: whether passwords are kept sealed (auth/box.py) for Subsonic's
+    # token auth (t + s); off, none is sealed or opened, and clients use p= or an API key.
+    subsonic_token_auth: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.node_id < 1:

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from distpotify.auth.access import UNRESTRICTED, Actor
+from distpotify.catalog import VARIOUS
 from distpotify.detach import detached
 from distpotify.errors import BadRequest, Conflict, Forbidden, NotFound
 from distpotify.failpoints import NONE, Failpoints
@@ -30,6 +31,7 @@ from distpotify.idempotency import IdempotencyKey, Outcome, request_digest
 from distpotify.leadership import Leadership
 from distpotify.model import new_id, valid_uuid
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.covers import CoverStore
 from distpotify.store.idempotency import ENTITY as KEYS_ENTITY
 from distpotify.store.metadata import (
     Change,
@@ -92,8 +94,10 @@ class Library:
         acknowledged: Callable[[], Awaitable[object]] = lambda: succeed(None),
         spool_dir: Path | None = None,
         failpoints: Failpoints = NONE,
+        covers: CoverStore | None = None,
     ) -> None:
         self.store = store
+        self.covers = covers  # embedded cover pictures, written with the chunks
         self.chunks = chunks
         self._blocking = blocking
         self._clock = clock
@@ -207,7 +211,8 @@ class Library:
                                  if k in _OVERRIDABLE and v not in (None, "")})
         song_id = key.record_id() if key is not None else new_id()
         ingested: Ingested = await self._blocking(
-            ingest, body, song_id, self.chunk_size, self.chunks, self._failpoints.hit
+            ingest, body, song_id, self.chunk_size, self.chunks, self._failpoints.hit,
+            self.covers,
         )
         names = [(song_id, idx) for idx, _, _ in ingested.chunks]
         try:
@@ -245,6 +250,9 @@ class Library:
             "sha256": ingested.sha256, "chunk_size": self.chunk_size,
             "chunk_count": len(ingested.chunks), "created_at": self._now(), "deleted": 0,
             "uploaded_by": actor.user_id,
+            # A compilation without an album artist is filed under VARIOUS (catalog.py).
+            "album_artist": info.album_artist or (VARIOUS if info.compilation else None),
+            "disc": info.disc, "cover_sha256": ingested.cover_sha256,
         }
         changes = [
             Change("chunks", f"{song_id}/{idx}", {"size": size, "sha256": sha, "deleted": 0})

@@ -1,11 +1,15 @@
 """What an uploaded audio file says about itself: canonical MIME type, duration and tags.
 
-The upload path calls read_audio_info in a worker thread; NotAudio becomes an HTTP 415.
+The upload path calls read_audio_info in a worker thread; NotAudio becomes an HTTP 415. The
+embedded cover picture (ID3 APIC, FLAC pictures, Vorbis METADATA_BLOCK_PICTURE, MP4 covr) comes
+with the tags when it is an image we keep (images.py); a corrupt or oversized one is ignored.
 """
 # test-case-name: tests.unit.test_media
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import math
 import re
@@ -23,11 +27,13 @@ from mutagen.apev2 import APEBinaryValue, APEExtValue, APETextValue, APEv2
 from mutagen.asf import ASF, ASFTags
 from mutagen.dsdiff import DSDIFF
 from mutagen.dsf import DSF
-from mutagen.flac import FLAC
-from mutagen.id3 import ID3, TCON, TextFrame
+from mutagen.easyid3 import EasyID3
+from mutagen.easymp4 import EasyMP4Tags
+from mutagen.flac import FLAC, Picture
+from mutagen.id3 import APIC, ID3, TCON, TextFrame
 from mutagen.monkeysaudio import MonkeysAudio
 from mutagen.mp3 import MP3
-from mutagen.mp4 import MP4
+from mutagen.mp4 import MP4, MP4Tags
 from mutagen.musepack import Musepack
 from mutagen.oggflac import OggFLAC
 from mutagen.oggopus import OggOpus
@@ -38,6 +44,8 @@ from mutagen.tak import TAK
 from mutagen.trueaudio import TrueAudio
 from mutagen.wave import WAVE
 from mutagen.wavpack import WavPack
+
+from distpotify.images import MAX_COVER_BYTES, NotImage, image_mime
 
 
 @attrs.frozen
@@ -52,6 +60,10 @@ class AudioInfo:
     track: int | None
     year: int | None
     genre: str | None
+    album_artist: str | None = None
+    disc: int | None = None
+    compilation: bool = False
+    cover: bytes | None = None  # the embedded front cover, checked to be an image we keep
 
 
 class NotAudio(Exception):
@@ -85,7 +97,8 @@ _MIME_BY_FORMAT: Mapping[type[mutagen.FileType], str] = {
     DSDIFF: "audio/x-dff",
 }
 
-_FIELDS = ("title", "artist", "album", "track", "year", "genre")
+_FIELDS = ("title", "artist", "album", "track", "year", "genre", "album_artist", "disc",
+           "compilation")
 _TagKeys = Mapping[str, tuple[str, ...]]
 
 # Where each field lives in each tag system, best key first.
@@ -96,6 +109,9 @@ _EASY_KEYS: _TagKeys = {  # EasyID3, EasyMP4, Vorbis comments (Ogg, FLAC)
     "track": ("tracknumber",),
     "year": ("date", "originaldate", "year"),
     "genre": ("genre",),
+    "album_artist": ("albumartist",),
+    "disc": ("discnumber",),
+    "compilation": ("compilation",),  # EasyMP4 has none: its "cpil" is read raw (_mp4_flag)
 }
 _ID3_KEYS: _TagKeys = {  # ID3 inside WAV, AIFF, DSF, DSDIFF, which have no easy variant
     "title": ("TIT2",),
@@ -104,6 +120,9 @@ _ID3_KEYS: _TagKeys = {  # ID3 inside WAV, AIFF, DSF, DSDIFF, which have no easy
     "track": ("TRCK",),
     "year": ("TDRC", "TDOR"),
     "genre": ("TCON",),
+    "album_artist": ("TPE2",),
+    "disc": ("TPOS",),
+    "compilation": ("TCMP",),
 }
 _APE_KEYS: _TagKeys = {  # keys are case-insensitive
     "title": ("Title",),
@@ -112,6 +131,9 @@ _APE_KEYS: _TagKeys = {  # keys are case-insensitive
     "track": ("Track",),
     "year": ("Year",),
     "genre": ("Genre",),
+    "album_artist": ("Album Artist", "AlbumArtist"),
+    "disc": ("Disc",),
+    "compilation": ("Compilation",),
 }
 _ASF_KEYS: _TagKeys = {
     "title": ("Title",),
@@ -120,6 +142,9 @@ _ASF_KEYS: _TagKeys = {
     "track": ("WM/TrackNumber", "WM/Track"),
     "year": ("WM/Year",),
     "genre": ("WM/Genre",),
+    "album_artist": ("WM/AlbumArtist",),
+    "disc": ("WM/PartOfSet",),
+    "compilation": ("WM/IsCompilation",),
 }
 # mutagen reads only ID3 from WAV; ffmpeg, sox and most editors write a LIST/INFO chunk.
 _RIFF_INFO_KEYS: _TagKeys = {
@@ -129,6 +154,9 @@ _RIFF_INFO_KEYS: _TagKeys = {
     "track": ("ITRK", "IPRT"),
     "year": ("ICRD",),
     "genre": ("IGNR",),
+    "album_artist": (),
+    "disc": (),
+    "compilation": (),
 }
 # An INFO list is a few hundred bytes; the caps stop a hostile header from making us buffer
 # a huge chunk or walk millions of tiny ones.
@@ -144,6 +172,8 @@ _BLANK = string.whitespace + "\x00"
 _LEADING_NUMBER = re.compile(r"\s*([0-9]{1,9})(?![0-9])")
 _LEADING_YEAR = re.compile(r"\s*([0-9]{4})")
 _ANY_YEAR = re.compile(r"(?<![0-9])([0-9]{4})(?![0-9])")
+_TRUE = ("1", "true", "yes")
+_FRONT_COVER = 3  # the picture type of a front cover (ID3v2 APIC, FLAC PICTURE)
 
 
 def read_audio_info(fileobj: typing.BinaryIO) -> AudioInfo:
@@ -192,6 +222,7 @@ def _read(fileobj: typing.BinaryIO, size: int) -> AudioInfo:
         for field, text in _tag_fields(_riff_info(fileobj), _RIFF_INFO_KEYS).items():
             fields.setdefault(field, text)
 
+    compilation = (fields.get("compilation") or "").lower() in _TRUE or _mp4_flag(audio.tags)
     return AudioInfo(
         mime=mime,
         duration=_duration(audio, size),
@@ -201,7 +232,63 @@ def _read(fileobj: typing.BinaryIO, size: int) -> AudioInfo:
         track=_track_number(fields.get("track")),
         year=_year(fields.get("year")),
         genre=fields.get("genre"),
+        album_artist=fields.get("album_artist"),
+        disc=_track_number(fields.get("disc")),
+        compilation=compilation,
+        cover=_cover(audio),
     )
+
+
+def _raw_tags(tags: object) -> object:
+    """The tag container under mutagen's "easy" wrappers (EasyID3, EasyMP4Tags), which keep
+    it in a private attribute and expose no pictures; any other container as it is."""
+    if isinstance(tags, EasyID3):
+        return getattr(tags, "_EasyID3__id3", None)
+    if isinstance(tags, EasyMP4Tags):
+        return getattr(tags, "_EasyMP4Tags__mp4", None)
+    return tags
+
+
+def _mp4_flag(tags: object) -> bool:
+    raw = _raw_tags(tags)
+    return isinstance(raw, MP4Tags) and bool(raw.get("cpil"))
+
+
+def _cover(audio: mutagen.FileType) -> bytes | None:
+    """The embedded picture to keep as the song's cover: the front cover if one is marked,
+    else the first; None when there is none, or it is not an image we keep."""
+    for data in _pictures(audio):
+        if len(data) > MAX_COVER_BYTES:
+            continue
+        try:
+            image_mime(data)
+        except NotImage:
+            continue  # a corrupt picture costs the song its cover, never its upload
+        return data
+    return None
+
+
+def _pictures(audio: mutagen.FileType) -> list[bytes]:
+    """The embedded pictures' bytes, front covers first."""
+    found: list[tuple[int, bytes]] = []  # (picture type, data)
+    raw = _raw_tags(audio.tags)
+    if isinstance(raw, ID3):
+        # type and data are declared through APIC's _framespec, unseen by mypy
+        found += [(getattr(frame, "type", 0), bytes(getattr(frame, "data", b"")))
+                  for frame in raw.getall("APIC") if isinstance(frame, APIC)]
+    elif isinstance(raw, MP4Tags):
+        found += [(_FRONT_COVER, bytes(cover)) for cover in raw.get("covr", [])]
+    elif raw is not None and not isinstance(raw, APEv2 | ASFTags):
+        for text in _values(raw, "metadata_block_picture"):  # Vorbis comments (Ogg, FLAC)
+            try:
+                picture = Picture(base64.b64decode(str(text), validate=True))
+            except (binascii.Error, ValueError, mutagen.MutagenError, struct.error, EOFError):
+                continue
+            found.append((picture.type, bytes(picture.data)))
+    if isinstance(audio, FLAC):
+        found += [(picture.type, bytes(picture.data)) for picture in audio.pictures]
+    found.sort(key=lambda item: item[0] != _FRONT_COVER)  # stable: the file's order otherwise
+    return [data for _, data in found]
 
 
 def _identify(reader: _BudgetedReader) -> mutagen.FileType | None:

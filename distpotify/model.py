@@ -126,8 +126,10 @@ ENTITIES: dict[str, Entity] = {
             ),
         ),
         Entity("chunks", ("song_id", "idx"), ("size", "sha256", "deleted")),
-        # "owner" is the id of the account that made it (None: from before accounts).
-        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted", "public")),
+        # "owner" is the id of the account that made it (None: from before accounts);
+        # "comment" is the Subsonic API's (issue 18).
+        Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted", "public",
+                                      "comment")),
         Entity(
             "playlist_items",
             ("id",),
@@ -139,14 +141,33 @@ ENTITIES: dict[str, Entity] = {
             "users",
             ("id",),
             ("username", "name_key", "password_hash", "role", "generation", "created_at",
-             "disabled", "deleted"),
+             "disabled", "deleted",
+             # The password sealed for Subsonic token auth (auth/box.py), or None.
+             "subsonic_box"),
         ),
         # The stored outcome of a keyed write (idempotency.py): its key's id is a UUIDv5 of
         # the client's key text; "request" hashes the request, "written" is the version
         # the write answered with.
         Entity("idempotency", ("id",), ("request", "status", "body", "written")),
+        # A cover set on an album by a user (PUT /albums/{id}/cover, covers.py): keyed by the
+        # album's derived id (catalog.py); the picture is a cover file like a song's.
+        Entity("album_covers", ("id",), ("cover_sha256", "set_by", "deleted")),
         # One row per watermark (PURGES): what is at or below "through" is purged everywhere.
         Entity("purges", ("id",), ("through",)),
+        # Per-user state (issue 18; userstate.py). OpenSubsonic API keys, stored hashed.
+        Entity("api_keys", ("id",), ("user_id", "name", "key_hash", "created_at", "deleted")),
+        # A star and a rating of one item (kind song/album/artist) by one user: its id is a
+        # UUIDv5 of user, kind and item, so the same star made twice (on two sides of a
+        # partition) is one record. Unstarring and a rating of 0 are tombstones.
+        Entity("stars", ("id",), ("user_id", "kind", "item_id", "starred_at", "deleted")),
+        Entity("ratings", ("id",), ("user_id", "kind", "item_id", "rating", "rated_at",
+                                    "deleted")),
+        # One record per play, never changed: records only add, so no play is lost in a
+        # partition, and a play count is a count of records.
+        Entity("plays", ("id",), ("user_id", "song_id", "played_at")),
+        # What a user's client plays now (scrobble submission=false), one record per user and
+        # client; shown while "at" is recent.
+        Entity("now_playing", ("id",), ("user_id", "client", "song_id", "at")),
     )
 }
 

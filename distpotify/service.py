@@ -31,15 +31,18 @@ from twisted.python.threadpool import ThreadPool
 from distpotify import __version__
 from distpotify.accounts import Accounts
 from distpotify.api.auth import AuthAPI
+from distpotify.api.covers import CoversAPI
 from distpotify.api.gate import Gate
 from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
 from distpotify.api.trusted import ClusterOnly
+from distpotify.auth.box import PasswordBox
 from distpotify.auth.passwords import HashParams, Passwords
 from distpotify.auth.tokens import TokenSigner
 from distpotify.cluster.node import ClusterNode, stop_process
 from distpotify.config import ConfigError, ReplicaConfig
+from distpotify.covers import COVER_CACHE_BYTES, Covers
 from distpotify.leadership import Leadership
 from distpotify.library import Library
 from distpotify.metrics import ReplicaMetrics
@@ -48,7 +51,11 @@ from distpotify.replication.client import PeerClient, make_http_client
 from distpotify.replication.node import ReplicationNode
 from distpotify.signing import RequestVerifier
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.covers import CoverCache, CoverStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
+from distpotify.subsonic.api import Server, SubsonicAPI
+from distpotify.subsonic.auth import Authenticator
+from distpotify.userstate import UserState
 from distpotify.wire import ACTIVE
 
 log = Logger()
@@ -145,8 +152,12 @@ class ReplicaService(service.MultiService):
         library: Library,
         resource: ReplicaRoot,
         accounts: Accounts | None = None,  # None: tests of the start-up order alone
+        subsonic: Server | None = None,
+        userstate: UserState | None = None,
+        covers: Covers | None = None,
     ) -> None:
         super().__init__()
+        self.subsonic = subsonic  # the Subsonic API's services
         self.config = config
         self.reactor = reactor
         self.database = database
@@ -157,6 +168,8 @@ class ReplicaService(service.MultiService):
         self.library = library
         self.resource = resource
         self.accounts = accounts
+        self.userstate = userstate
+        self.covers = covers  # cover art: what the Subsonic API's getCoverArt calls
         for name, child in (("database", database), ("amp", amp), ("cluster", cluster),
                             ("http", http), ("replication", replication)):
             child.setName(name)
@@ -282,6 +295,12 @@ def build_replica(
     epoch = int(db.get_meta("epoch") or 0)
     chunks = ChunkStore(config.data_dir / "chunks")
     temps, orphans = chunks.clean(db.live_chunk_names())
+    # Covers no live song or album names any more are collected here, at start-up only: at
+    # run time a cover is written before the row that names it, and could be taken for one.
+    cover_files = CoverStore(config.data_dir / "covers")
+    cover_files.clean(db.live_cover_names())
+    cover_cache = CoverCache(config.data_dir / "cover-cache", COVER_CACHE_BYTES)
+    cover_cache.clear_temps()
     log.info(
         "replica {node_id} starting: distpotify {version}, data dir {data_dir},"
         " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files,"
@@ -299,17 +318,22 @@ def build_replica(
     replication = ReplicationNode(
         config, reactor, store, chunks, cluster, leadership,
         PeerClient(http_client or make_http_client(reactor), reactor, config.cluster_keys),
-        blocking,
+        blocking, covers=cover_files,
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,
                       on_written=replication.written, writable=replication.writable,
                       acknowledged=replication.acknowledged, spool_dir=config.data_dir / "tmp",
-                      failpoints=config.failpoints)
+                      failpoints=config.failpoints, covers=cover_files)
+    covers = Covers(store, cover_files, cover_cache, blocking, library, db.cached_head,
+                    replication.covers, replication.peer_urls)
     # Password hashes on the worker threads, never the database's one thread.
     accounts = Accounts(store, library, reactor, Passwords(blocking, password_params),
                         TokenSigner(config.cluster_keys, reactor), config.data_dir,
-                        admin_password=config.admin_password)
-    accounts.load(db.users())
+                        admin_password=config.admin_password,
+                        box=PasswordBox(config.cluster_keys) if config.subsonic_token_auth
+                        else None)
+    accounts.load(db.users(), db.api_keys())
+    userstate = UserState(store, library, reactor)
     replication.on_applied.append(accounts.ops_applied)
     replication.on_synced.append(accounts.synced)
     metrics = ReplicaMetrics(config.node_id)
@@ -318,10 +342,15 @@ def build_replica(
                             store, accounts),
                     blocking, metrics, sendfile=config.sendfile)
     sync = SyncAPI(store, replication.receiver, replication.desk, blocking,
-                   snapshots=replication.snapshots, resync=replication.resync_requested)
+                   snapshots=replication.snapshots, resync=replication.resync_requested,
+                   covers=cover_files)
     # /sync/* answers signed requests only: the other replicas (api/trusted.py).
     signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
                               cluster.trust, blocking)
+    subsonic = SubsonicAPI(Server(
+        library, accounts, store, blocking,
+        Authenticator(accounts, token_auth=config.subsonic_token_auth),
+        api.stream, serving=lambda: cluster.state == ACTIVE, state=userstate, covers=covers))
     gate = Gate(accounts, RequestVerifier(config.cluster_keys, reactor), enforce=config.auth,
                 metrics_token=config.metrics_token)
     resource = ReplicaRoot(config.node_id, api, signed_only,
@@ -331,7 +360,9 @@ def build_replica(
                            accounts=AuthAPI(accounts, blocking).app.resource(),
                            authorize=gate.authorize,
                            accounts_wait_for=lambda v: Deferred.fromCoroutine(
-                               accounts_applied(replication, accounts, v)))
+                               accounts_applied(replication, accounts, v)),
+                           subsonic=subsonic,
+                           covers=CoversAPI(covers).app.resource())
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
                        timeouts=config.timeouts)
@@ -344,4 +375,5 @@ def build_replica(
         http=TCPServer(config.http_port, site, backlog=LISTEN_BACKLOG, interface=config.host,
                        reactor=reactor),
         replication=replication, library=library, resource=resource, accounts=accounts,
+        subsonic=subsonic.services, userstate=userstate, covers=covers,
     )

@@ -90,6 +90,10 @@ OPTIONS: OptionList = [
      " replica, for a trusted network only", parse_switch),
     ("metrics-token", None, "a bearer token that may read /metrics and /status (Prometheus)",
      str),
+    ("subsonic-token-auth", "on", "on: each password set is also kept encrypted under a key"
+     " derived from the cluster key, for Subsonic clients' token auth (u, t, s); off: none"
+     " is kept or used, and Subsonic clients log in with p= or an API key"
+     " (docs/architecture.md, \"Per-user state and Subsonic credentials\")", parse_switch),
 ]
 
 # Read from the environment only: a password on a command line is visible to every user.

@@ -20,6 +20,7 @@ import multipart
 from distpotify.errors import BadRequest, UnsupportedMedia
 from distpotify.media import AudioInfo, NotAudio, read_audio_info
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.covers import CoverStore
 
 EDITABLE = ("title", "artist", "album", "track", "year", "genre")
 _INTEGER_FIELDS = ("track", "year")
@@ -41,6 +42,7 @@ class Ingested:
     sha256: str
     chunks: tuple[tuple[int, int, str], ...]  # (idx, size, sha256)
     info: AudioInfo
+    cover_sha256: str | None = None  # the embedded cover, stored durably beside the chunks
 
 
 def song_fields(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,10 +141,13 @@ def _parse_multipart(content: BinaryIO, boundary: str, query: Mapping[str, str],
 
 
 def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
-           reached: Callable[[str], None] = lambda _: None) -> Ingested:
+           reached: Callable[[str], None] = lambda _: None,
+           covers: CoverStore | None = None) -> Ingested:
     """Read tags, then split the audio into durable chunk files, hashing as it goes: all of
     them written and fsynced together, then renamed, then the directory fsynced once; on any
-    failure none is left. ``reached`` is told each step (failpoints)."""
+    failure none is left. The embedded cover, if any, is made durable in ``covers`` too (a
+    content-addressed file, perhaps shared with other songs: never removed here). ``reached``
+    is told each step (failpoints)."""
     try:
         info = read_audio_info(body.file)
     except NotAudio as e:
@@ -157,8 +162,11 @@ def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
         reached("upload.chunks_written")
         batch.commit()
     reached("upload.chunks_durable")
+    cover = None
+    if covers is not None and info.cover is not None:
+        cover = covers.put(info.cover)
     size = sum(length for _, length, _ in written)
-    return Ingested(size, digest.hexdigest(), tuple(written), info)
+    return Ingested(size, digest.hexdigest(), tuple(written), info, cover)
 
 
 def title_from_filename(filename: str | None) -> str | None:

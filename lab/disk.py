@@ -20,9 +20,19 @@ from pathlib import Path
 from lab.netns import LabError, run
 
 DEFAULT_SIZE = 512 * 1024 * 1024
+# What a randomized run's library grows by on each replica, at most, per second of run (a
+# 30-minute run wrote about 0.3 MiB/s, plus the snapshots a rejoin builds): the disks of a
+# long run are sized from it, so that only the nemesis's "disk full" fills one.
+GROWTH_PER_SECOND = 1024 * 1024
 FILLER = "lab-filler"
 _PAGE = 4096
 _SHRINK_TRIES = 20
+
+
+def size_for(duration: float) -> int:
+    """The tmpfs size of each replica for a run of ``duration`` seconds."""
+    wanted = max(DEFAULT_SIZE, int(duration * GROWTH_PER_SECOND))
+    return -(-wanted // _PAGE) * _PAGE
 
 
 def _mounted_paths() -> list[str]:
@@ -111,9 +121,18 @@ class Disk:
         shrink below what is used: given back only its size, it would stay full for good."""
         with contextlib.suppress(FileNotFoundError):
             self.filler.unlink()
-        room = -(-(self.used() + self.size // 4) // _PAGE) * _PAGE
-        self._resize(max(self.size, room))
+        self.make_room()
         self.full = False
+
+    def make_room(self) -> bool:
+        """Grow the mount until a quarter of its size is free (never shrink it); whether it
+        had to grow. A disk the library itself filled is as full as one the nemesis filled."""
+        room = -(-(self.used() + self.size // 4) // _PAGE) * _PAGE
+        current = os.statvfs(self.mount)
+        if current.f_blocks * current.f_frsize >= max(self.size, room):
+            return False
+        self._resize(max(self.size, room))
+        return True
 
     def _resize(self, size: int) -> None:
         run(["mount", "-o", f"remount,size={size}", str(self.mount)])

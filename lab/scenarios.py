@@ -22,7 +22,7 @@ import attrs
 
 from lab import checker, invariants
 from lab.chaos import Chaos
-from lab.disk import DEFAULT_SIZE
+from lab.disk import DEFAULT_SIZE, size_for
 from lab.lab import Echo, Lab, echo_stderr, twistd_plugins
 from lab.nemesis import Nemesis
 from lab.netns import LabError
@@ -283,7 +283,8 @@ def run(
             raise LabError("`twistd distpotify` is not available yet (the replica foundation)")
         with Lab(nodes, replica=replica, shaper=shaper, proxy=scenario.proxy or entry == "proxy",
                  base_dir=base_dir, replica_args=replica_args, echo=echo,
-                 disk_size=scenario.disk_size) as lab:
+                 disk_size=None if scenario.disk_size is None
+                 else max(scenario.disk_size, size_for(duration))) as lab:
             ctx = Context(lab, entry, seed, duration)
             try:
                 scenario.body(ctx)
@@ -315,6 +316,11 @@ def _restore(ctx: Context) -> None:
     for node_id, replica in ctx.lab.replicas.items():
         if replica.disk is not None and replica.disk.full:
             ctx.nemesis.disk_free(node_id)
+        elif replica.disk is not None and replica.disk.make_room():
+            # Filled by the library itself, not the nemesis: a leader that cannot write a
+            # snapshot keeps every joiner waiting, which an operator would see and fix.
+            ctx.lab.echo(f"node {node_id}: its disk was full of data; grown, as an operator"
+                         " would")
         if replica.paused:
             ctx.nemesis.resume(node_id)
         elif not replica.running:

@@ -21,6 +21,7 @@ from distpotify.api.failures import answer_failure
 from distpotify.api.gate import COOKIE, actor_of, session_user
 from distpotify.api.outcomes import answer, request_key
 from distpotify.api.parsing import json_body, typed_routes
+from distpotify.auth.access import Actor
 from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.tokens import DEFAULT_TTL
 from distpotify.auth.users import User
@@ -111,6 +112,25 @@ class AuthAPI:
                                                        await self._json(request))
         request.setHeader(b"Set-Cookie", session_cookie(request, "", max_age=0))
         return self._answer(request, outcome)
+
+    # OpenSubsonic API keys (issue 18): each user's own; an admin may revoke anyone's
+
+    @app.route("/auth/apikeys", methods=["GET"])
+    async def api_keys(self, request: Request) -> bytes:
+        keys = await self._accounts.api_keys_of(self._user(request))
+        return json_response(request, 200, {"keys": keys})
+
+    @app.route("/auth/apikeys", methods=["POST"])
+    async def create_api_key(self, request: Request) -> bytes:
+        outcome = await self._accounts.create_api_key(self._user(request),
+                                                      await self._json(request))
+        request.setHeader(b"Cache-Control", b"no-store")  # the secret, shown this once
+        return self._answer(request, outcome)
+
+    @app.route("/auth/apikeys/<id:key_id>", methods=["DELETE"])
+    async def delete_api_key(self, request: Request, key_id: str) -> bytes:
+        return self._answer(request, await self._accounts.delete_api_key(
+            key_id, Actor.of(self._user(request))))
 
     # accounts (admins only: the gate's rule)
 

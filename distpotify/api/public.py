@@ -40,6 +40,7 @@ from distpotify.model import Version
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import ChunkGuard
 from distpotify.store.metadata import SONG_ORDERS, Runner, SongSearch
+from distpotify.subsonicmethods import writes
 from distpotify.wire import (
     MIN_VERSION,
     SERVED_BY,
@@ -268,7 +269,8 @@ class PublicAPI:
 
 class ReplicaRoot(Resource):
     """Root resource: tags every response with X-Served-By, sends /sync/* to the
-    cluster-internal API, authorizes every other request (``authorize``, api/gate.py: it
+    cluster-internal API and /rest/* to the Subsonic API (subsonic/api.py: its own
+    credentials, the same read wait), authorizes every other request (``authorize``, api/gate.py: it
     raises the 401 or 403), sends /auth/* and /users/* to the account API, and holds a read
     that carries X-Distpotify-Min-Version until that version is applied here (``wait_for``),
     or answers it 409 behind.
@@ -287,8 +289,11 @@ class ReplicaRoot(Resource):
         accounts: IResource | None = None,
         authorize: Callable[[Request], None] = open_gate,
         accounts_wait_for: Callable[[Version], Deferred[bool]] | None = None,
+        subsonic: IResource | None = None,
+        covers: IResource | None = None,
     ) -> None:
         super().__init__()
+        self._subsonic = subsonic  # /rest/*: the Subsonic API, which checks its own credentials
         self._served_by = str(node_id).encode()
         self._api = api
         self._routes = api.app.resource()
@@ -300,6 +305,7 @@ class ReplicaRoot(Resource):
         # For reads of /auth/* and /users/*: the version applied and the accounts in memory
         # read again after it (they are reloaded in the background as ops apply).
         self._accounts_wait_for = accounts_wait_for
+        self._covers = covers  # /covers/* and /albums/*/cover (api/covers.py)
 
     def render(self, request: Request) -> Any:
         request.setHeader(SERVED_BY, self._served_by)
@@ -309,6 +315,8 @@ class ReplicaRoot(Resource):
         first = (request.postpath or [b""])[0]
         if first == b"sync":
             return self._sync.render(request)
+        if first == b"rest" and self._subsonic is not None:
+            return self._rest(request, self._subsonic)
         try:
             self._authorize(request)
         except ApiError as refused:
@@ -330,10 +338,22 @@ class ReplicaRoot(Resource):
                                       partial(self._serve, reading=True))
         return self._serve(request, reading)
 
+    def _rest(self, request: Request, subsonic: IResource) -> Any:
+        """/rest/*: its own credentials (u and p, a token, an API key) rather than the
+        gate's session; a read (any method not in subsonicmethods.WRITES, GET or POST) waits
+        for X-Distpotify-Min-Version like the library's."""
+        wanted = None if writes(request.path) else request.getHeader(MIN_VERSION)
+        if wanted is not None and self._wait_for is not None:
+            return self._when_applied(request, wanted, self._wait_for, subsonic.render)
+        return subsonic.render(request)
+
     def _serve(self, request: Request, reading: bool) -> Any:
         address = chunk_address(request.path) if reading else None
         if address is not None:
             return self._chunk(request, *address)
+        first = (request.postpath or [b""])[0]
+        if first in (b"covers", b"albums") and self._covers is not None:
+            return self._covers.render(request)
         return self._routes.render(request)
 
     def _when_applied(self, request: Request, wanted: str | bytes,

@@ -19,7 +19,6 @@ from distpotify.wire import loggable_uri
 
 log = Logger()
 
-
 class ReplicaSite(server.Site):
     protocol = TimedChannel  # type: ignore[assignment]
     requestFactory = LimitedRequest

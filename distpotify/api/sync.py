@@ -27,6 +27,7 @@ from distpotify.replication.bootstrap import JoinDesk
 from distpotify.replication.client import MAX_BATCH_BYTES, op_from_json, row_to_json
 from distpotify.replication.receive import Receiver, validate_op
 from distpotify.replication.snapshots import SnapshotBuilds
+from distpotify.store.covers import CoverStore, valid_sha256
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, json_response
 
@@ -48,6 +49,7 @@ class SyncAPI:
         blocking: Runner,
         snapshots: SnapshotBuilds | None = None,
         resync: Callable[[str, Version], Awaitable[str]] | None = None,
+        covers: CoverStore | None = None,
     ) -> None:
         self._store = store
         self._receiver = receiver
@@ -55,6 +57,7 @@ class SyncAPI:
         self._blocking = blocking
         self._snapshots = snapshots
         self._resync = resync
+        self._covers = covers
 
     @app.handle_errors(Exception)
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
@@ -150,6 +153,18 @@ class SyncAPI:
             )
         finally:
             self._snapshots.release(build)
+
+    @app.route("/sync/covers/<sha256>", methods=["GET"])
+    async def cover(self, request: Request, sha256: str) -> bytes:
+        """A cover picture's bytes, for a replica that lacks them (replication/covers.py);
+        404 unless it is here and whole. The fetcher checks the SHA-256 again."""
+        if self._covers is None or not valid_sha256(sha256):
+            raise NotFound(f"no cover {sha256[:64]}")
+        data = await self._blocking(self._covers.read, sha256)
+        if data is None:
+            raise NotFound(f"no cover {sha256}")
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        return bytes(data)
 
     @app.route("/sync/done", methods=["POST"])
     async def done(self, request: Request) -> bytes:

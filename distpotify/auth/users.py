@@ -51,7 +51,7 @@ def check_username(username: str) -> str:
 class User:
     """One account as its record holds it. ``created_at`` is the record's fixed-width UTC
     timestamp text ("2026-12-02T22:04:34.000Z"), so text order is time order; ``version`` the
-    encoded version of its last write. Its repr leaves the password hash out."""
+    encoded version of its last write. Its repr leaves the password hash and box out."""
 
     id: str
     username: str
@@ -61,6 +61,8 @@ class User:
     created_at: str
     disabled: bool = False
     version: str = ""
+    # The password sealed for Subsonic token auth (auth/box.py); None before one was stored.
+    subsonic_box: str | None = attrs.field(default=None, repr=False)
 
     @property
     def key(self) -> str:

@@ -314,6 +314,27 @@ class PeerClient:
                 raise PeerError(f"chunk {song_id}/{idx} from {base}: range {content_range!r}")
         await self._collect(response, write, f"chunk {song_id}/{idx} from {base}")
 
+    async def cover(self, base: str, sha256: str, limit: int) -> bytes:
+        """The bytes of cover ``sha256`` (GET /sync/covers/<sha256>), at most ``limit`` of
+        them; NotHeld when the peer answers 404. The caller verifies their SHA-256."""
+        d = self._request("GET", f"{base}/sync/covers/{sha256}")
+        d.addTimeout(self.timeout, self._clock)
+        response = await d
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            kind = NotHeld if response.code == 404 else PeerError
+            raise kind(f"cover {sha256} from {base}: HTTP {response.code}")
+        received = bytearray()
+
+        def write(data: bytes) -> None:
+            received.extend(data)
+            if len(received) > limit:
+                raise PeerError(f"cover {sha256} from {base}: more than {limit} bytes")
+
+        await self._collect(response, write, f"cover {sha256} from {base}")
+        self.bytes_received += len(received)
+        return bytes(received)
+
     def _collect(self, response: _Response, write: Callable[[bytes], object], what: str
                  ) -> Deferred[None]:
         """Hand the body to ``write``; PeerError once no data came for ``timeout`` (a paused

@@ -39,6 +39,7 @@ from distpotify.replication.bootstrap import (
     plan,
 )
 from distpotify.replication.client import PeerClient
+from distpotify.replication.covers import CoverFetcher
 from distpotify.replication.fetch import ChunkFetcher
 from distpotify.replication.purge import Purger
 from distpotify.replication.push import Pusher
@@ -49,6 +50,7 @@ from distpotify.replication.semisync import SemiSync
 from distpotify.replication.snapshots import SnapshotBuilds
 from distpotify.replication.takeover import Takeover
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.covers import CoverStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
 
@@ -83,6 +85,7 @@ class ReplicationNode(service.MultiService):
         leadership: Leadership,
         client: PeerClient,
         blocking: Runner,
+        covers: CoverStore | None = None,
     ) -> None:
         super().__init__()
         self._cluster = cluster
@@ -93,11 +96,16 @@ class ReplicationNode(service.MultiService):
         self.fetcher = ChunkFetcher(client, chunks, blocking)
         self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
         self.applied = AppliedOps(store, reactor, config.read_wait, cluster.head)
+        # Cover pictures: fetched with the batches that name them, repaired by a sweep.
+        self.covers = None if covers is None else CoverFetcher(
+            client, covers, blocking, store, self.peer_urls, reactor,
+            config.anti_entropy_interval)
         self.receiver = Receiver(
             store, chunks, self.fetcher, client, blocking, self.peer_urls,
             accepting=lambda: self._planned and self.progress.phase not in (ANNOUNCING, SNAPSHOT),
             failpoints=failpoints,
-            on_applied=self._ops_applied)
+            on_applied=self._ops_applied,
+            covers=None if self.covers is None else self.covers.for_ops)
         # Told of every batch applied here from elsewhere, after the reads waiting for it
         # (the accounts reload when user records are among them).
         self.on_applied: list[Callable[[Sequence[Op]], object]] = []
@@ -156,12 +164,22 @@ class ReplicationNode(service.MultiService):
         for job in (active_at, self.anti_entropy.loop, self.scrubber.loop, self.purger.loop,
                     self.compactor.loop):
             job.setServiceParent(self)
+        if self.covers is not None:
+            self.covers.loop.setServiceParent(self)
+            # A snapshot brings rows naming covers that are not here: fetch them at once.
+            self.on_synced.append(self._sweep_covers)
         self._unsubscribe = cluster.membership.subscribe(self._peer_event)
         cluster.role_observers.append(self._role_changed)
 
     def peer_urls(self) -> list[str]:
         """Base URLs of the live ACTIVE replicas other than this one."""
         return [p.http for p in self._cluster.membership.live_peers() if p.state == ACTIVE]
+
+    def _sweep_covers(self) -> None:
+        if self.covers is not None:
+            Deferred.fromCoroutine(self.covers.sweep()).addErrback(
+                lambda f: log.info("cover repair after a join failed: {error}",
+                                   error=f.getErrorMessage()))
 
     def _forget_cursor(self, node_id: int) -> None:
         self.pusher.forget_follower(node_id).addErrback(
@@ -355,6 +373,7 @@ class ReplicationNode(service.MultiService):
             "repair": attrs.asdict(self.guard.counters),
             "fetch": attrs.asdict(self.fetcher.counters),
             "scrub": self.scrubber.status(),
+            "covers": None if self.covers is None else self.covers.status(),
             "tombstones": await self._store.run(MetadataDB.tombstones),
             "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
             "purged_rows_refused": self.receiver.rows_fenced,

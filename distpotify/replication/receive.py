@@ -54,6 +54,10 @@ def validate_op(op: Op) -> None:
             raise ValueError(f"chunks.size must be a non-negative integer, got {size!r}")
         if "sha256" in fields and not (isinstance(sha256, str) and _SHA256.match(sha256)):
             raise ValueError(f"chunks.sha256 must be 64 hex digits, got {sha256!r}")
+    if "cover_sha256" in fields:  # becomes a file name (store/covers.py)
+        cover = fields["cover_sha256"]
+        if cover is not None and not (isinstance(cover, str) and _SHA256.fullmatch(cover)):
+            raise ValueError(f"{op.entity}.cover_sha256 must be 64 hex digits, got {cover!r}")
     if op.entity == "purges" and "through" in fields:
         through = fields["through"]
         if not isinstance(through, str) or Version.decode(through) >= op.version:
@@ -149,6 +153,7 @@ class Receiver:
         accepting: Callable[[], bool] = lambda: True,
         failpoints: Failpoints = NONE,
         on_applied: Callable[[Sequence[Op]], object] = lambda ops: None,
+        covers: Callable[[Sequence[Op], Sequence[str]], Awaitable[object]] | None = None,
     ) -> None:
         self._store = store
         self._chunks = chunks
@@ -163,6 +168,9 @@ class Receiver:
         self._gate = ApplyGate()
         # Told of every batch once it is durable: reads waiting for a version (applied.py).
         self._on_applied = on_applied
+        # Fetches the cover pictures a batch names before it is applied (replication/
+        # covers.py); unlike a chunk, a cover it cannot get does not hold the batch back.
+        self._covers = covers
         self.ops_applied = 0
         self.rows_fenced = 0
 
@@ -202,6 +210,8 @@ class Receiver:
             raise Unavailable(
                 f"{len(unfetched)} of {needed} chunks could not be fetched; nothing applied")
         self._failpoints.hit("apply.chunks_fetched")
+        if self._covers is not None:
+            await self._covers(ops, sources)
         self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
         self._on_applied(ops)
         await self._drop_deleted_chunks(ops)

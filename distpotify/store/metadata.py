@@ -16,8 +16,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from distpotify.store.catalog import CatalogQueries
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
+from distpotify.store.coverrefs import CoverQueries
 from distpotify.store.digest import BUCKETS, Digests, bucket_of
 from distpotify.store.idempotency import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
@@ -27,6 +29,7 @@ from distpotify.store.registry import ChunkRegistry
 from distpotify.store.schema import connect
 from distpotify.store.snapshot import Snapshots
 from distpotify.store.tombstones import Tombstones
+from distpotify.store.userstate import UserStateQueries
 
 # Callers import these from here, whichever part of the store they belong to.
 __all__ = [
@@ -40,7 +43,7 @@ T = TypeVar("T")
 
 class MetadataDB(
     Oplog, Digests, Tombstones, IdempotencyKeys, Compaction, Snapshots, LibraryQueries,
-    ChunkRegistry,
+    UserStateQueries, CatalogQueries, ChunkRegistry, CoverQueries,
 ):
     """Synchronous access to the database; every method runs on the store's one thread.
 
@@ -49,7 +52,10 @@ class MetadataDB(
     compares; Tombstones (tombstones.py) the purge watermark; IdempotencyKeys (idempotency.py)
     the stored outcomes of keyed writes; Compaction (compaction.py) the oplog's retention;
     Snapshots (snapshot.py) backup and install; LibraryQueries (queries.py) the API's reads;
-    ChunkRegistry (registry.py) the chunk registry and its in-memory cache (chunkcache.py).
+    UserStateQueries (userstate.py) the per-user state and API keys; CatalogQueries
+    (catalog.py) the Subsonic API's albums, artists and genres; ChunkRegistry (registry.py)
+    the chunk registry and its in-memory cache (chunkcache.py); CoverQueries (coverrefs.py)
+    the cover pictures the rows name.
     """
 
     def __init__(

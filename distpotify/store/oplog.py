@@ -20,8 +20,7 @@ from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
 from distpotify.store.schema import Tables, versions_text
-from distpotify.store.songindex import row_applied
-from distpotify.store.songorder import sort_keys
+from distpotify.store.songindex import derived_columns, row_applied
 from distpotify.store.tombstones import purge_tombstones
 
 
@@ -247,7 +246,7 @@ class Oplog(Tables):
         bucket = bucket_of(op.entity, op.key)
         versions = versions_text(row)
         values = {**entity.split_key(op.key), **row.fields,
-                  **(sort_keys(row.fields) if op.entity == "songs" else {}),
+                  **(derived_columns(row.fields) if op.entity == "songs" else {}),
                   "version": row.version.encode(), "field_versions": versions, "bucket": bucket}
         # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which the search index
         # refers to (songindex.py).

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from distpotify.catalog import song_album_id
 from distpotify.model import Version
 from distpotify.store.schema import Tables
 from distpotify.store.songindex import SEARCHED, SONGS, tally
@@ -21,6 +22,7 @@ __all__ = ["SONG_ORDERS", "LibraryQueries", "SongPage", "SongSearch"]
 SONG_COLUMNS = (
     "id", "title", "artist", "album", "track", "year", "genre", "duration", "mime", "size",
     "sha256", "chunk_size", "chunk_count", "created_at", "uploaded_by",
+    "album_artist", "disc", "cover_sha256",
 )
 Q_COLUMNS = ("title", "artist", "album")  # what q searches; artist=, album=, genre= one each
 TRIGRAM = 3  # a filter shorter than this (folded) cannot use the trigram index: it scans
@@ -196,8 +198,8 @@ class LibraryQueries(Tables):
     def users(self) -> list[dict[str, Any]]:
         """Every live account's record, password hash included: for the in-memory directory."""
         rows = self._conn.execute(
-            "SELECT id, username, password_hash, role, generation, created_at, disabled, version"
-            " FROM users WHERE deleted = 0 AND username IS NOT NULL")
+            "SELECT id, username, password_hash, role, generation, created_at, disabled, version,"
+            " subsonic_box FROM users WHERE deleted = 0 AND username IS NOT NULL")
         return [dict(row) for row in rows]
 
     def user_named(self, name_key: str) -> str | None:
@@ -249,4 +251,6 @@ def _playlist(row: sqlite3.Row) -> dict[str, Any]:
 def _song(row: sqlite3.Row) -> dict[str, Any]:
     song = {name: row[name] for name in SONG_COLUMNS}
     song["version"] = Version.decode(row["version"]).as_list()
+    # Its album's derived id (catalog.py): where its album's cover is, /albums/{id}/cover.
+    song["album_id"] = song_album_id(song)
     return song

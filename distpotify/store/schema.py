@@ -17,6 +17,7 @@ _TYPES = {
     "chunk_size": "INTEGER", "chunk_count": "INTEGER", "deleted": "INTEGER NOT NULL DEFAULT 0",
     "idx": "INTEGER", "position": "REAL", "generation": "INTEGER",
     "disabled": "INTEGER NOT NULL DEFAULT 0", "public": "INTEGER NOT NULL DEFAULT 0",
+    "rating": "INTEGER",
 }
 
 
@@ -36,10 +37,18 @@ SCHEMA = [
     # replicas costs BUCKETS hashes plus the rows of the buckets that differ (digest.py).
     "CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS songs_sha256 ON songs (sha256)",
+    # Serving a cover asks whether a live song names it (store/coverrefs.py).
+    "CREATE INDEX IF NOT EXISTS songs_cover ON songs (cover_sha256)",
     "CREATE INDEX IF NOT EXISTS items_playlist ON playlist_items (playlist_id)",
     "CREATE INDEX IF NOT EXISTS items_song ON playlist_items (song_id)",
     # Not unique: two sides of a partition may each give a name away; auth/users.py resolves it.
     "CREATE INDEX IF NOT EXISTS users_name_key ON users (name_key)",
+    # Per-user state (store/userstate.py): every read names its user.
+    "CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys (user_id)",
+    "CREATE INDEX IF NOT EXISTS stars_user ON stars (user_id, kind, starred_at)",
+    "CREATE INDEX IF NOT EXISTS ratings_user ON ratings (user_id, kind)",
+    "CREATE INDEX IF NOT EXISTS plays_user_song ON plays (user_id, song_id)",
+    "CREATE INDEX IF NOT EXISTS now_playing_at ON now_playing (at)",
     # The key watermark drops idempotency rows by version (store/idempotency.py).
     "CREATE INDEX IF NOT EXISTS idempotency_version ON idempotency (version)",
     # "outcome": the idempotency row a keyed write's last op carries (model.Op.outcome), as

@@ -14,8 +14,9 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
+from distpotify import catalog
 from distpotify.model import ENTITIES
-from distpotify.store.songorder import SONG_ORDERS, SORT_KEYS, fold, sort_keys
+from distpotify.store.songorder import SONG_ORDERS, SORT_KEYS, VISIBLE_SONG, fold, sort_keys
 
 # The search index: each song's folded text, one FTS5 column per field. The trigram
 # tokenizer indexes every three-character run, so a query of three characters or more finds
@@ -29,18 +30,34 @@ SEARCH_TABLE = (
 # Tallies and the index's format, in one small table that snapshots copy with the rest.
 DERIVED_TABLE = "CREATE TABLE IF NOT EXISTS derived (name TEXT PRIMARY KEY, value)"
 # A new format (or Unicode tables that fold differently) rebuilds the index at start-up.
-FORMAT = f"songindex 1, unicode {unicodedata.unidata_version}"
+FORMAT = f"songindex 2, unicode {unicodedata.unidata_version}"
 # Partial indexes of the tombstones: what a purge looks for and the tally counts.
 TOMBSTONE_INDEXES = [
     f"CREATE INDEX IF NOT EXISTS {name}_tombstones ON {name} (bucket) WHERE deleted = 1"
     for name, entity in ENTITIES.items() if "deleted" in entity.fields
 ]
-# Columns of the songs table beyond the entity's: the stored sort keys. Untyped, so a number
-# key stays a number and an empty one stays text.
-SONG_KEY_COLUMNS = tuple(SORT_KEYS)
+# Columns of the songs table beyond the entity's: the stored sort keys, and the catalog's
+# album and artist of each song (catalog.py). Untyped, so a number key stays a number and an
+# empty one stays text.
+SONG_KEY_COLUMNS = (*SORT_KEYS, *catalog.COLUMNS)
+# The Subsonic API's browsing (store/catalog.py): an album's songs in order, an artist's
+# songs, a genre's songs.
+CATALOG_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS songs_by_album_id ON songs"
+    f" (album_id, disc, track_key, title_key) WHERE {VISIBLE_SONG}",
+    f"CREATE INDEX IF NOT EXISTS songs_by_artist_id ON songs (artist_id) WHERE {VISIBLE_SONG}",
+    f"CREATE INDEX IF NOT EXISTS songs_by_genre ON songs (genre) WHERE {VISIBLE_SONG}",
+]
 
 SONGS = "songs"  # tally: visible songs
 TOMBSTONES = "tombstones"  # tally: tombstoned rows of every entity
+# tally: changes to songs, counted so the catalog's summaries know when to be made again
+SONG_CHANGES = "song_changes"
+
+
+def derived_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What the songs table keeps beside a song's fields: its sort keys and catalog ids."""
+    return {**sort_keys(fields), **catalog.stored_columns(fields)}
 
 
 def visible(fields: Mapping[str, Any] | None) -> bool:
@@ -78,6 +95,7 @@ def row_applied(
         add_to_tally(conn, TOMBSTONES, dead(new) - dead(old))
     if entity != "songs":
         return
+    add_to_tally(conn, SONG_CHANGES, 1)
     was, now = visible(old), visible(new)
     if was == now and (not now or search_text(old or {}) == search_text(new)):
         return
@@ -115,7 +133,7 @@ def ensure(conn: sqlite3.Connection) -> bool:
     for order in SONG_ORDERS.values():
         if order.indexed:
             conn.execute(order.index_sql())
-    for statement in TOMBSTONE_INDEXES:
+    for statement in (*TOMBSTONE_INDEXES, *CATALOG_INDEXES):
         conn.execute(statement)
     return rebuilt
 
@@ -125,7 +143,7 @@ def _rebuild(conn: sqlite3.Connection) -> None:
     songs = [dict(row) for row in conn.execute("SELECT rowid, * FROM songs")]
     conn.executemany(
         f"UPDATE songs SET {assignments} WHERE rowid = ?",
-        [(*sort_keys(row).values(), row["rowid"]) for row in songs])
+        [(*derived_columns(row).values(), row["rowid"]) for row in songs])
     conn.execute("DELETE FROM song_search")
     live = [row for row in songs if visible(row)]
     conn.executemany(

@@ -4,9 +4,14 @@ authenticated user, the replica's services) and the spec's error codes.
 A handler is ``async def handler(call: Call) -> dict``: the payload inside
 ``subsonic-response`` (``{"album": {...}}``), as a neutral tree that respond.py renders as XML
 or JSON: a scalar value is an XML attribute (a JSON member), a dict is one child element, a
-list of dicts is repeated child elements (a JSON array, even of one), and the key "value" is an
-element's text content. Handlers register with ``@method("getAlbum")`` (``writes=True`` for
-those in subsonicmethods.WRITES). An error is ``raise SubsonicError(code, message)``.
+list of dicts is repeated child elements (a JSON array, even of one), a list of scalars is
+repeated child elements holding each as text (a JSON array of the scalars: the OpenSubsonic
+extensions' ``versions``), and the key "value" is an element's text content. None is left
+out. Handlers register with ``@method("getAlbum")`` (``writes=True`` for those in
+subsonicmethods.WRITES). An error is ``raise SubsonicError(code, message)``.
+
+A handler that answers with bytes of its own (stream, download, getCoverArt) writes them on
+``call.request`` (headers and body) and returns SENT instead of a tree.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class Params:
         if text is None or text == "":
             return default
         try:
+            if not text.lstrip("-").isascii() or len(text) > 20:
+                raise ValueError(text)
             number = int(text, 10)
         except ValueError:
             raise SubsonicError(GENERIC, f"Parameter {name} must be an integer") from None
@@ -77,6 +84,17 @@ class Params:
     def __contains__(self, name: str) -> bool:
         return name in self._values
 
+    def boolean(self, name: str, default: bool) -> bool:
+        """``name`` as true/false (the spec's booleans); ``default`` when absent."""
+        text = self.get(name)
+        if text is None or text == "":
+            return default
+        if text.lower() in ("true", "1"):
+            return True
+        if text.lower() in ("false", "0"):
+            return False
+        raise SubsonicError(GENERIC, f"Parameter {name} must be true or false")
+
 
 @attrs.frozen
 class Call:
@@ -85,11 +103,20 @@ class Call:
 
     request: Any  # twisted.web Request
     params: Params
-    user: Any  # auth.users.User
+    user: Any  # auth.users.User (None for a public method)
     server: Any
 
 
-Handler = Callable[[Call], Awaitable[dict[str, Any]]]
+class Sent:
+    """What a handler returns once it has written its answer itself (audio, pictures)."""
+
+    def __repr__(self) -> str:
+        return "SENT"
+
+
+SENT = Sent()
+
+Handler = Callable[[Call], Awaitable["dict[str, Any] | Sent"]]
 
 
 @attrs.frozen
@@ -97,14 +124,16 @@ class Method:
     name: str
     handler: Handler
     writes: bool
+    public: bool = False  # answered without credentials (getOpenSubsonicExtensions); user None
 
 
 # Every method, by lower-case name (clients vary in case: "getalbum" is "getAlbum").
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, *, writes: bool = False) -> Callable[[Handler], Handler]:
+def method(name: str, *, writes: bool = False, public: bool = False
+           ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        METHODS[name.lower()] = Method(name, handler, writes)
+        METHODS[name.lower()] = Method(name, handler, writes, public)
         return handler
     return register

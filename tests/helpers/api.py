@@ -91,7 +91,7 @@ class InMemoryReplica:
     def __init__(
         self, root: Path, chunk_size: int = 16 * 1024, leadership: Leadership | None = None,
         keys: ClusterKeys = CLUSTER_KEYS, auth: bool = False, metrics_token: str | None = None,
-        admin_password: str | None = None,
+        admin_password: str | None = None, subsonic_token_auth: bool = True,
     ) -> None:
         self.chunk_size = chunk_size
         self.clock = Clock()
@@ -99,7 +99,8 @@ class InMemoryReplica:
         self.service = build_replica(
             ReplicaConfig(node_id=1, data_dir=root, chunk_size=chunk_size, cluster_keys=keys,
                           auth=auth, metrics_token=metrics_token,
-                          admin_password=admin_password),
+                          admin_password=admin_password,
+                          subsonic_token_auth=subsonic_token_auth),
             self.clock,
             run_db=run_now, blocking=run_now,
             http_client=HTTPClient(RequestTraversalAgent(Resource())),

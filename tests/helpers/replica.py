@@ -37,16 +37,49 @@ T = TypeVar("T")
 STARTUP = 45.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out for outgoing connections and bind(0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports for test processes to listen on come from below the kernel's ephemeral range. A port
+# bind(0) returned and that was closed again is also the kernel's next pick for an outgoing
+# connection: between free_port() and the replica's listen, another process's connect took
+# one once in a full run ("Address already in use"). Below the range, only listeners compete,
+# and this process never hands out a port twice.
+_LISTEN_FLOOR = 10000
+_handed_out: set[int] = set()
+
+
+def _free(kind: socket.SocketKind) -> int:
+    ceiling = _ephemeral_low()
+    if ceiling - _LISTEN_FLOOR >= 1000:
+        for _ in range(200):
+            port = _LISTEN_FLOOR + int.from_bytes(os.urandom(4), "big") % (
+                ceiling - _LISTEN_FLOOR)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, kind) as s:  # no room below the range: the kernel's
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port() -> int:
+    return _free(socket.SOCK_STREAM)
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free(socket.SOCK_DGRAM)
 
 
 def make_key_file(path: Path) -> Path:

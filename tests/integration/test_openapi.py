@@ -20,6 +20,7 @@ real records a case is pointed at is drawn from random.Random(SEED).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections import Counter
@@ -45,6 +46,7 @@ from schemathesis.transport.serialization import serialize_binary
 
 from proxy.openapi import load_description
 from tests.helpers.audio import make_wav
+from tests.helpers.covers import picture
 from tests.helpers.fronted import ADMIN_NAME, Fronted, bearer
 from tests.helpers.replica import ReplicaProcess, request
 
@@ -76,10 +78,14 @@ ANONYMOUS = 0.15
 ANSWERS: Counter[tuple[str, int]] = Counter()
 
 
-@schemathesis.serializer("audio/*", "application/ogg")
+@schemathesis.serializer("audio/*", "application/ogg", "image/*")
 def raw_audio(context: SerializationContext, body: Any) -> dict[str, Any]:
     """An upload's raw body, sent as the bytes it is (schemathesis knows octet-stream's)."""
     return {"data": serialize_binary(body)}
+
+
+# The picture aimed album cover cases set (then named by an album: /covers/<its sha256>).
+COVER = picture("PNG", size=(40, 40), color=(1, 120, 200))
 
 
 CHECKS = [
@@ -202,6 +208,9 @@ class Library:
                 case.body.update(username=f"throwaway{self.throwaways}",
                                  password=THROWAWAY_PASSWORD)
             return
+        if (case.operation.path == "/albums/{album_id}/cover" and case.method.upper() == "PUT"
+                and self.choices.random() < 0.5):
+            case.body = COVER  # a real picture: 200 when aimed at a real album below
         headers = case.headers or {}
         if "X-Distpotify-Min-Version" in headers and self.choices.random() < 0.5:
             headers["X-Distpotify-Min-Version"] = self.applied  # a valid one: served
@@ -212,6 +221,11 @@ class Library:
         songs = [song["id"] for song in listing["songs"]["songs"]]
         lists = [p for p in listing["playlists"] if p["items"]] or listing["playlists"]
         assert case.path_parameters is not None
+        if "album_id" in names and songs:
+            case.path_parameters["album_id"] = self.choices.choice(
+                listing["songs"]["songs"])["album_id"]
+        if "sha256" in names:
+            case.path_parameters["sha256"] = hashlib.sha256(COVER).hexdigest()
         if "song_id" in names and songs:
             case.path_parameters["song_id"] = self.choices.choice(songs)
             if "index" in names:

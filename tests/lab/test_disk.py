@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.disk import Disk
+from lab.disk import DEFAULT_SIZE, Disk, size_for
 from lab.lab import HTTP_PORT, Lab
 from lab.nemesis import Nemesis
 from lab.netns import LabError
@@ -103,3 +103,30 @@ def test_freeing_a_disk_its_data_has_outgrown_leaves_a_quarter_of_it_free(
         (disk.data_dir / "more").write_bytes(b"\2" * (disk.size // 8))
     finally:
         disk.destroy()
+
+
+def test_a_disk_the_library_filled_by_itself_gets_room_and_a_roomy_one_is_left_alone(
+        tmp_path: Path) -> None:
+    """The heal before the checks makes room on a disk the data filled without the nemesis
+    (a leader that cannot write a snapshot would keep joiners waiting), and leaves a disk with
+    room as it is."""
+    disk = Disk(tmp_path / "d", 4 * 1024 * 1024)
+    disk.create()
+    try:
+        assert not disk.make_room()
+        with pytest.raises(OSError), open(disk.data_dir / "library", "wb") as library:
+            library.write(b"\1" * (5 * 1024 * 1024))
+        assert disk.free_bytes() < disk.size // 4
+
+        assert disk.make_room()
+
+        assert disk.free_bytes() >= disk.size // 4
+        assert not disk.make_room()
+    finally:
+        disk.destroy()
+
+
+def test_a_long_run_gets_disks_sized_for_its_length() -> None:
+    assert size_for(120) == DEFAULT_SIZE
+    assert size_for(1800) >= 1800 * 1024 * 1024
+    assert size_for(1800) % 4096 == 0

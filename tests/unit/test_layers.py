@@ -47,7 +47,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     # the accounts (issue 17).
     ("domain", [
         "distpotify.cluster.*", "distpotify.replication.*", "distpotify.library",
-        "distpotify.upload", "distpotify.accounts",
+        "distpotify.upload", "distpotify.accounts", "distpotify.userstate",
+        # cover art: which picture, its bytes resized, the covers users set (issue 18)
+        "distpotify.covers",
     ]),
     # The store, and the catalog's derived artist and album ids (stored beside each song).
     ("store", ["distpotify.store.*", "distpotify.catalog"]),
@@ -61,6 +63,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
         "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.failpoints",
         "distpotify.idempotency",
+        # Pillow: is it a picture we keep, and a resized copy (media.py at upload, covers.py)
+        "distpotify.images",
         "distpotify",
     ]),
     ("shared", SHARED),

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from distpotify.api.auth import AuthAPI
+from distpotify.api.covers import CoversAPI
 from distpotify.api.parsing import IdConverter, IndexConverter
 from distpotify.api.public import PublicAPI
 from distpotify.model import MAX_INDEX
@@ -51,9 +52,9 @@ def operations(description: dict[str, Any], tag: str | None = None) -> set[tuple
 
 def klein_routes(*apps: Any) -> set[tuple[str, str]]:
     """(path, method) of every route of the Klein classes ``apps`` (PublicAPI and AuthAPI by
-    default), the path written as OpenAPI writes it."""
+    and CoversAPI by default), the path written as OpenAPI writes it."""
     routes = set()
-    rules = [rule for api in (apps or (PublicAPI, AuthAPI))
+    rules = [rule for api in (apps or (PublicAPI, AuthAPI, CoversAPI))
              for rule in api.app.url_map.iter_rules()]
     for rule in rules:
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)

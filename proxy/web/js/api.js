@@ -177,6 +177,24 @@ export const users = {
   remove: (id, onRetry) => call(`/users/${encodeURIComponent(id)}`, { method: "DELETE", onRetry }),
 };
 
+// Cover art (issue 18): an album's cover, resized by the replicas to fit size x size. Only
+// asked for songs that carry a cover of their own (cover_sha256), so their album has one:
+// a missing picture would be a 404 in the console on every row.
+export const covers = {
+  albumUrl: (song, size) => (song?.album_id && song?.cover_sha256
+    ? `/albums/${encodeURIComponent(song.album_id)}/cover?size=${size}` : null),
+};
+
+// The account's Subsonic API keys (OpenSubsonic apiKey), for the apps on phones and desktops.
+// A key's secret is answered once, by the create; the list has names and dates only.
+export const apiKeys = {
+  list: () => call("/auth/apikeys").then((body) => body.keys),
+  create: (name, onRetry) =>
+    call("/auth/apikeys", { method: "POST", json: { name }, onRetry }),
+  revoke: (id, onRetry) =>
+    call(`/auth/apikeys/${encodeURIComponent(id)}`, { method: "DELETE", onRetry }),
+};
+
 export const cluster = {
   proxy: () => call("/proxy/status"),
   replica: () => call("/status"),

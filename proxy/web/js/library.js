@@ -2,11 +2,13 @@
 // tens of thousands of songs (only the visible rows exist, pages load as they come into view),
 // sorted by the replicas (GET /songs?sort=), and the artist and album views.
 
-import { allSongs, songs as songApi } from "./api.js";
+import { allSongs, covers, songs as songApi } from "./api.js";
 import {
-  $, debounce, el, errorText, fold, formatTime, plural, reportError, songAlbum, songArtist,
-  songTitle, toast,
+  $, coverArt, debounce, el, errorText, fold, formatTime, plural, reportError, songAlbum,
+  songArtist, songTitle, toast,
 } from "./ui.js";
+
+const COVER_PX = 36; // a row's album cover
 
 const PAGE = 100; // songs per request of the windowed list
 const OVERSCAN = 8;
@@ -180,9 +182,11 @@ class SongList {
     return el("div", attributes,
       el("span", { class: "idx" }, String(index + 1)),
       el("span", { class: "cell-title" },
-        el("button", { type: "button", class: "linkish", "aria-label": `Play ${label}`, title: "Play",
-          onclick: () => this.actions.play(song) }, songTitle(song)),
-        el("span", { class: "sub" }, songArtist(song))),
+        coverArt(song, COVER_PX, covers.albumUrl),
+        el("span", { class: "title-text" },
+          el("button", { type: "button", class: "linkish", "aria-label": `Play ${label}`, title: "Play",
+            onclick: () => this.actions.play(song) }, songTitle(song)),
+          el("span", { class: "sub" }, songArtist(song)))),
       el("span", { class: "cell-artist" }, el("a", { href: `#/artists/${encodeURIComponent(song.artist || "")}` }, songArtist(song))),
       el("span", { class: "cell-album col-album" }, song.album ? el("a", { href: `#/albums/${encodeURIComponent(song.album)}` }, songAlbum(song)) : ""),
       el("span", { class: "col-time time" }, formatTime(song.duration)),

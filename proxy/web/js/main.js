@@ -2,6 +2,7 @@
 
 import { Account } from "./account.js";
 import { served } from "./api.js";
+import { ApiKeys } from "./apikeys.js";
 import { ClusterView } from "./cluster.js";
 import { Library, remember } from "./library.js";
 import { Player } from "./player.js";
@@ -11,6 +12,7 @@ import { Uploader } from "./upload.js";
 import { UsersView } from "./users.js";
 
 const account = new Account();
+new ApiKeys(account);
 let playlists;
 const player = new Player({ addToPlaylist: (song) => playlists.chooseFor(song) });
 playlists = new Playlists(player, account);

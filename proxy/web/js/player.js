@@ -1,12 +1,16 @@
 // The player: one <audio> on /songs/{id}/stream (Range, so seeking works), the play queue,
 // Media Session, and recovery: a stream that fails or stalls is reloaded at its position.
 
-import { ApiError, songs as songApi } from "./api.js";
-import { $, el, errorText, formatTime, plural, songArtist, songTitle, toast } from "./ui.js";
+import { ApiError, covers, songs as songApi } from "./api.js";
+import { $, coverArt, el, errorText, formatTime, plural, songArtist, songTitle, toast } from "./ui.js";
 
 const STORE = "distpotify.player";
 const STALL_MS = 8000;
 const GIVE_UP_MS = 120_000; // a cluster that stays away longer is not coming back soon
+
+const NOW_COVER_PX = 48;
+// The artwork sizes offered to the Media Session (lock screens, notifications, watches).
+const ARTWORK_SIZES = [96, 256, 512];
 
 const PLAY_PATH = "M7 4v16l13-8z";
 const PAUSE_PATH = "M6 4h4v16H6zM14 4h4v16h-4z";
@@ -298,8 +302,12 @@ export class Player extends EventTarget {
   mediaSession() {
     if (!("mediaSession" in navigator)) return;
     const song = this.current;
+    // Artwork by absolute URL: the Media Session may fetch it outside this page.
+    const artwork = ARTWORK_SIZES.map((size) => covers.albumUrl(song, size))
+      .map((url, i) => url && { src: new URL(url, location.href).href, sizes: `${ARTWORK_SIZES[i]}x${ARTWORK_SIZES[i]}` })
+      .filter(Boolean);
     navigator.mediaSession.metadata = song
-      ? new MediaMetadata({ title: songTitle(song), artist: song.artist || "", album: song.album || "" })
+      ? new MediaMetadata({ title: songTitle(song), artist: song.artist || "", album: song.album || "", artwork })
       : null;
     if (this.sessionWired) return;
     this.sessionWired = true;
@@ -338,6 +346,12 @@ export class Player extends EventTarget {
     const song = this.current;
     $("now-title").textContent = song ? songTitle(song) : "Nothing playing";
     $("now-artist").textContent = song ? [songArtist(song), song.album].filter(Boolean).join(" — ") : "";
+    const cover = $("now-cover");
+    const src = covers.albumUrl(song, NOW_COVER_PX * 2);
+    if (cover.dataset.src !== (src || "")) {
+      cover.dataset.src = src || "";
+      cover.replaceChildren(...coverArt(song, NOW_COVER_PX, covers.albumUrl).childNodes);
+    }
     document.title = song ? `${songTitle(song)} · Distpotify` : "Distpotify";
     $("prev").disabled = !song;
     $("next").disabled = this.index + 1 >= this.queue.length;
@@ -383,8 +397,10 @@ export class Player extends EventTarget {
       return el("li", { class: position === this.index ? "row current" : "row", "aria-current": position === this.index ? "true" : null },
         el("span", { class: "idx" }, position === this.index ? "▶" : String(position + 1)),
         el("span", { class: "cell-title" },
-          el("button", { type: "button", class: "linkish", "aria-label": `Play ${label}`, onclick: () => this.start(position) }, songTitle(song)),
-          el("span", { class: "sub" }, songArtist(song))),
+          coverArt(song, 36, covers.albumUrl),
+          el("span", { class: "title-text" },
+            el("button", { type: "button", class: "linkish", "aria-label": `Play ${label}`, onclick: () => this.start(position) }, songTitle(song)),
+            el("span", { class: "sub" }, songArtist(song)))),
         el("span", { class: "col-time time" }, formatTime(song.duration)),
         el("span", { class: "actions" },
           el("button", { type: "button", class: "icon", "data-move": "-1", "aria-label": `Move ${label} up`, title: "Move up", disabled: position === 0, onclick: () => this.move(position, -1) }, "↑"),
@@ -420,6 +436,6 @@ export class Player extends EventTarget {
 
 // What the queue keeps of a song (and stores across reloads).
 function slim(song) {
-  const { id, title, artist, album, duration, track, mime } = song;
-  return { id, title, artist, album, duration, track, mime };
+  const { id, title, artist, album, duration, track, mime, album_id, cover_sha256 } = song;
+  return { id, title, artist, album, duration, track, mime, album_id, cover_sha256 };
 }

@@ -2,9 +2,11 @@
 // items), and the "add to playlist" dialog used from the library and the queue. What changes a
 // playlist shows only to its owner and to admins (a public one is read-only to others).
 
-import { playlists as api } from "./api.js";
+import { playlists as api, covers } from "./api.js";
 import { songById } from "./library.js";
-import { $, el, errorText, formatTime, plural, reportError, songArtist, songTitle, toast } from "./ui.js";
+import {
+  $, coverArt, el, errorText, formatTime, plural, reportError, songArtist, songTitle, toast,
+} from "./ui.js";
 
 // Writes go to the leader; during an election the proxy answers 503 and we retry: say so.
 const electionNotice = () => {
@@ -114,9 +116,11 @@ export class Playlists {
       return el("li", { class: "row" },
         el("span", { class: "idx" }, String(position + 1)),
         el("span", { class: "cell-title" },
-          el("button", { type: "button", class: "linkish", disabled: song.missing, "aria-label": `Play ${label} and the rest of the playlist`,
-            onclick: () => this.player.playAll(playable(playlist.songs), playable(playlist.songs.slice(0, position)).length) }, songTitle(song)),
-          el("span", { class: "sub" }, songArtist(song))),
+          coverArt(song, 36, covers.albumUrl),
+          el("span", { class: "title-text" },
+            el("button", { type: "button", class: "linkish", disabled: song.missing, "aria-label": `Play ${label} and the rest of the playlist`,
+              onclick: () => this.player.playAll(playable(playlist.songs), playable(playlist.songs.slice(0, position)).length) }, songTitle(song)),
+            el("span", { class: "sub" }, songArtist(song)))),
         el("span", { class: "col-time time" }, formatTime(song.duration)),
         el("span", { class: "actions" },
           el("button", { type: "button", class: "icon", "aria-label": `Add ${label} to the queue`, title: "Add to queue", disabled: song.missing,

@@ -34,6 +34,19 @@ export const songTitle = (song) => song.title || "Untitled";
 export const songArtist = (song) => song.artist || "Unknown artist";
 export const songAlbum = (song) => song.album || "";
 
+// A song's album cover, `size` CSS pixels square (fetched at twice that for sharp screens),
+// or an empty placeholder the stylesheet draws a note in. Decorative: the title says it all.
+export function coverArt(song, size, url, className = "") {
+  const holder = el("span", { class: `cover ${className}`.trim(), "aria-hidden": "true" });
+  const src = url(song, size * 2);
+  if (src) {
+    const image = el("img", { src, alt: "", width: size, height: size, loading: "lazy", decoding: "async" });
+    image.addEventListener("error", () => image.remove());
+    holder.append(image);
+  }
+  return holder;
+}
+
 export function plural(count, one, many = `${one}s`) {
   return `${count.toLocaleString()} ${count === 1 ? one : many}`;
 }

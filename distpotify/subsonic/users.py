@@ -1,0 +1,83 @@
+"""The Subsonic user methods: getUser (one's own; an admin, anyone's), getUsers (admins) and
+changePassword (one's own; an admin, anyone's), on the accounts of accounts.py.
+
+Roles map onto ours: every account may stream, download, upload, make playlists and scrobble;
+only an admin has ``adminRole`` and ``settingsRole``. What the server does not offer (podcasts,
+jukebox, shares, video, comments) is false for all.
+"""
+# test-case-name: tests.unit.test_subsonic_user
+
+from __future__ import annotations
+
+import binascii
+from typing import Any
+
+from distpotify.auth.users import ADMIN, User
+from distpotify.subsonic.annotations import written
+from distpotify.subsonic.call import (
+    GENERIC,
+    NOT_AUTHORIZED,
+    NOT_FOUND,
+    Call,
+    SubsonicError,
+    method,
+)
+from distpotify.subsonic.system import MUSIC_FOLDER
+
+
+def _element(user: User) -> dict[str, Any]:
+    """An account as the spec's ``User``."""
+    admin = user.role == ADMIN
+    return {
+        "username": user.username, "scrobblingEnabled": True, "adminRole": admin,
+        "settingsRole": admin, "downloadRole": True, "uploadRole": True,
+        "playlistRole": True, "coverArtRole": admin, "commentRole": False,
+        "podcastRole": False, "streamRole": True, "jukeboxRole": False, "shareRole": False,
+        "videoConversionRole": False, "folder": [MUSIC_FOLDER["id"]],
+    }
+
+
+def _named(call: Call, username: str) -> User:
+    """The account ``username`` names, if the caller may act on it: their own, or any for an
+    admin (error 50 otherwise, before saying whether it exists; 70 if it does not)."""
+    own = call.server.accounts.directory.by_id(call.user.id) or call.user
+    found: User | None = call.server.accounts.directory.by_name(username)
+    if found is not None and found.id == own.id:
+        return own
+    if own.role != ADMIN:
+        raise SubsonicError(NOT_AUTHORIZED, "Only an admin may act on another user")
+    if found is None:
+        raise SubsonicError(NOT_FOUND, f"No user {username[:64]!r}")
+    return found
+
+
+@method("getUser")
+async def get_user(call: Call) -> dict[str, Any]:
+    return {"user": _element(_named(call, call.params.required("username")))}
+
+
+@method("getUsers")
+async def get_users(call: Call) -> dict[str, Any]:
+    if call.user.role != ADMIN:
+        raise SubsonicError(NOT_AUTHORIZED, "Only an admin may list the users")
+    found = sorted(call.server.accounts.directory, key=lambda u: (u.created_at, u.id))
+    return {"users": {"user": [_element(user) for user in found]}}
+
+
+@method("changePassword", writes=True)
+async def change_password(call: Call) -> dict[str, Any]:
+    """A new password (``password``, plain or ``enc:`` and its UTF-8 in hex) for
+    ``username``: every session of the account ends, as with any new password, and its
+    Subsonic box is sealed anew."""
+    user = _named(call, call.params.required("username"))
+    password = _decoded(call.params.required("password"))
+    return written(call, await call.server.accounts.update(user.id, {"password": password}))
+
+
+def _decoded(password: str) -> str:
+    if not password.startswith("enc:"):
+        return password
+    try:
+        return binascii.unhexlify(password[4:]).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise SubsonicError(GENERIC, "The enc: password is not hex-encoded UTF-8") from None
