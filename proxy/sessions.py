@@ -99,21 +99,26 @@ def _subsonic_client(request: Request) -> str | None:
     if subsonicmethods.method_name(path) is None:
         return None
     params = _subsonic_params(request)
-    api_key = params.get(b"apiKey")
+    api_key = params.get("apiKey")
     if api_key:
-        return "subsonic-key:" + hashlib.sha256(api_key).hexdigest()
-    user = params.get(b"u")
+        return "subsonic-key:" + _digest(api_key)
+    user = params.get("u")
     if not user:
         return None
-    password = params.get(b"p")
-    secret = b"p\0" + password if password else b"t"
-    return "subsonic:" + hashlib.sha256(b"u\0" + user + b"\0" + secret).hexdigest()
+    password = params.get("p")
+    secret = "p\0" + password if password else "t"
+    return "subsonic:" + _digest("u\0" + user + "\0" + secret)
 
 
-def _subsonic_params(request: Request) -> dict[bytes, bytes]:
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _subsonic_params(request: Request) -> dict[str, str]:
     """The first value of each parameter, from the query and from a form body (a spooled
-    ``application/x-www-form-urlencoded`` POST of at most MAX_FORM bytes)."""
-    found: dict[bytes, bytes] = {}
+    ``application/x-www-form-urlencoded`` POST of at most MAX_FORM bytes). Any bytes at all:
+    %-escapes are read as UTF-8, what is not UTF-8 replaced (the replica refuses it)."""
+    found: dict[str, str] = {}
     content_type = request.getHeader(b"content-type") or b""
     content = request.content
     if (request.method == b"POST" and content is not None
@@ -123,10 +128,15 @@ def _subsonic_params(request: Request) -> dict[bytes, bytes]:
         body = content.read(MAX_FORM + 1)
         content.seek(0)
         if len(body) <= MAX_FORM:
-            found.update((k, v[0]) for k, v in parse_qs(body).items())
-    query = request.uri.partition(b"?")[2]
-    found.update((k, v[0]) for k, v in parse_qs(query).items())
+            found.update(_first_values(body))
+    found.update(_first_values(request.uri.partition(b"?")[2]))
     return found
+
+
+def _first_values(encoded: bytes) -> dict[str, str]:
+    # As text: parse_qs of bytes encodes what it decoded back to ASCII, and fails on "%C3%84".
+    parsed = parse_qs(encoded.decode("latin-1"), errors="replace")
+    return {name: values[0] for name, values in parsed.items()}
 
 
 def _cookie_client(value: bytes) -> str:

@@ -226,6 +226,18 @@ def test_the_resource_remembers_in_the_sessions_it_is_given_which_the_report_cou
     assert resource.sessions is sessions  # though empty, and so falsy
 
 
+@pytest.mark.parametrize("query", [
+    "query=%C3%84my", "query=%FF%FE", "u=%C3%A4nn&p=%C3%A4", "u=a&p", "&&=&u=", "%"])
+def test_a_subsonic_read_with_any_query_is_relayed(query: str) -> None:
+    nodes = cluster()
+    proxy = ProxyHarness(nodes)
+    proxy.get(CREATE).answer()  # something remembered: the read's client is looked up
+
+    answer = proxy.get(f"/rest/search3.view?{query}").answer()
+
+    assert answer.status == 200 and answer.headers["x-served-by"] in ("1", "2")
+
+
 def test_a_subsonic_error_without_a_version_is_not_remembered() -> None:
     nodes = cluster(headers={})  # error 40 (wrong password): a 200 without a version
     proxy = ProxyHarness(nodes)
