@@ -1,9 +1,7 @@
 """The Subsonic API through the real proxy in front of three real replicas (accounts on): a
 method that writes reaches the leader although clients send it as a GET (a follower would
 refuse it, 421), the others are spread over the followers, and no process logs the
-password a Subsonic client sends in every query string.
-
-Needs the replicas' /rest (the subsonic-api branch)."""
+password a Subsonic client sends in every query string."""
 
 from __future__ import annotations
 
