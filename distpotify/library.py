@@ -278,6 +278,9 @@ class Library:
     async def search(self, search: SongSearch) -> SongPage:
         return await self.store.run(MetadataDB.search_songs, search)
 
+    async def songs_by_sha256(self, hashes: list[str]) -> list[dict[str, Any]]:
+        return await self.store.run(MetadataDB.songs_by_sha256, hashes)
+
     async def chunk(self, song_id: str, idx: int) -> dict[str, Any]:
         found = self.store.cached_chunk(song_id, idx)
         if found is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
@@ -33,6 +34,23 @@ REPLAYED = b"Idempotent-Replayed"  # "true" on an answer a key's stored outcome 
 VERSION = b"X-Distpotify-Version"  # on every write answer: the version that write made
 MIN_VERSION = b"X-Distpotify-Min-Version"  # on a read: answer once this version is applied
 BEHIND = "behind"  # the 409 error code of a read whose min version is not applied here
+
+
+# What a log line shows instead of a /rest query string.
+HIDDEN_QUERY = "?<hidden>"
+
+
+def loggable_uri(uri: bytes) -> str:
+    """A request's URI as a log line may show it. A Subsonic request (/rest/...) carries its
+    client's password, token and salt, or API key, in the query on every call: its query is
+    cut, whatever the case or the slashes or %-escapes before "rest" (a replica's router
+    unquotes the path). Other URIs are shown whole."""
+    path, mark, _ = uri.partition(b"?")
+    text = path.decode("utf-8", "replace")
+    plain = unquote_to_bytes(path).decode("utf-8", "replace")
+    if mark and plain.lstrip("/").lower().startswith("rest"):
+        return text + HIDDEN_QUERY
+    return uri.decode("utf-8", "replace")
 
 
 def version_writer(version: bytes) -> int | None:

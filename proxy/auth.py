@@ -37,7 +37,7 @@ from distpotify.auth.ratelimit import LoginLimiter
 from distpotify.auth.tokens import InvalidToken, TokenSigner
 from distpotify.auth.users import ADMIN, name_key
 from distpotify.keys import ClusterKeys
-from distpotify.wire import json_error
+from distpotify.wire import json_error, loggable_uri
 from proxy.backends import BackendView
 from proxy.forwarded import client_origin
 
@@ -200,7 +200,7 @@ class AdminOnly(Resource):
             try:
                 body = self._inner.render(request)
             except Exception:
-                log.failure("rendering {uri} failed", uri=request.uri.decode("latin-1"))
+                log.failure("rendering {uri} failed", uri=loggable_uri(request.uri))
                 body = json_error(request, 500, "internal", "the proxy failed to answer")
             request.write(body)
             request.finish()

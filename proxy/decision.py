@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from urllib.parse import unquote_to_bytes
 
 import attrs
+
+from distpotify import subsonicmethods
 
 # After this many replicas failed one read the client gets its answer; a write is tried
 # until --write-hold passes (docs/architecture.md section 5.3).
@@ -24,6 +27,18 @@ READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _NOT_HERE_YET = frozenset({404, 507})
 # Reads of one record that a lagging follower may not have yet (read-your-writes).
 _RECORD_PATH = re.compile(rb"^/(songs|playlists)/[0-9a-f-]{36}(/|\?|$)")
+
+
+def is_write(method: bytes, uri: bytes) -> bool:
+    """Whether a request writes, and so goes to the leader. A Subsonic call (``/rest/...``)
+    writes by its method's name, whatever its HTTP method: clients send writes as GETs
+    (``/rest/star.view?id=..``) and, with the formPost extension, reads as POSTs; OPTIONS
+    never writes. Anything else: every method but GET, HEAD and OPTIONS."""
+    # The replica's router unquotes the path: "/%73tar" is a star too.
+    path = unquote_to_bytes(uri.partition(b"?")[0])
+    if method != b"OPTIONS" and subsonicmethods.method_name(path) is not None:
+        return subsonicmethods.writes(path)
+    return method not in READ_METHODS
 
 
 @attrs.frozen
@@ -54,7 +69,7 @@ class Context:
 
     @property
     def write(self) -> bool:
-        return self.method not in READ_METHODS
+        return is_write(self.method, self.uri)
 
 
 # How an attempt ended: the input of classify.

@@ -45,6 +45,7 @@ from distpotify.wire import (
     SERVED_BY,
     VERSION,
     json_error,
+    loggable_uri,
     version_writer,
 )
 from distpotify.zerocopy import plain_socket
@@ -67,6 +68,7 @@ from proxy.decision import (
     Unanswered,
     classify,
     give_up,
+    is_write,
 )
 from proxy.forwarded import CLIENT_CLAIMS, client_origin
 from proxy.leanclient import LeanResponse
@@ -193,7 +195,10 @@ class ProxyResource(ReverseProxyResource):
         self.config = config
         self.counters = counters if counters is not None else Counters()
         self.cooperator = cooperator
-        self.sessions = sessions or Sessions(reactor, config.session_memory)
+        # Not ``sessions or ...``: an empty Sessions is falsy (it has a length), and the
+        # service's report (/proxy/status, /metrics) counts the one it passed.
+        self.sessions = sessions if sessions is not None else Sessions(
+            reactor, config.session_memory)
         # GET bodies from the lean client go around Python when both sockets allow it.
         self.pipes = Pipes() if config.splice and AVAILABLE else None
 
@@ -223,8 +228,9 @@ class Exchange:
         self._clock = resource.reactor
         self._config = resource.config
         self._counters = resource.counters
-        self._write = request.method not in READ_METHODS
+        self._write = is_write(request.method, request.uri)
         self._uri = resource.path + request.uri
+        self._shown = loggable_uri(self._uri)  # in log lines: a /rest query holds passwords
         self._sessions = resource.sessions
         # A write keeps the client's key; one made here is an RFC 8941 string, as the
         # Idempotency-Key draft writes it.
@@ -287,7 +293,7 @@ class Exchange:
                 self._failures.append(f"{backend.describe()}: {decision.reason}")
                 self._counters.retries += 1
                 log.info("{method} {uri}: {backend} failed ({reason}){action}",
-                         method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                         method=self._request.method.decode(), uri=self._shown,
                          backend=backend.describe(), reason=decision.reason,
                          action=f"; resuming at byte {self._sent}" if self._committed else "")
             elif isinstance(decision, Again):
@@ -296,7 +302,7 @@ class Exchange:
                 if decision.unknown:
                     self._unknown_on.add(backend.url)
                 log.info("{method} {uri}: {reason}; sending it again under its key {key}",
-                         method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                         method=self._request.method.decode(), uri=self._shown,
                          reason=decision.reason, key=(self._key or b"").decode("latin-1"))
                 left = deadline - self._clock.seconds()
                 if decision.pause and left > 0:
@@ -426,7 +432,7 @@ class Exchange:
         """The leader a 421 names, once the view is refreshed; None if it names no other."""
         named = _leader_named(await _small_body(response))
         log.info("{method} {uri}: {backend} is not the leader; it names {named}",
-                 method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                 method=self._request.method.decode(), uri=self._shown,
                  backend=backend.describe(), named=named)
         await self._view.refresh()
         return named if named != backend.url else None
@@ -493,8 +499,8 @@ class Exchange:
         if content is None:
             return None
         size = content.seek(0, os.SEEK_END)
-        if size == 0 and not self._write:
-            return None
+        if size == 0 and self._request.method in READ_METHODS:
+            return None  # a GET, even a Subsonic write's, sends no body
         content.seek(0)
         return FileBodyProducer(_KeepOpen(content), cooperator=self._resource.cooperator)
 
@@ -558,7 +564,7 @@ class Exchange:
         if self._gone:
             return
         log.warn("{method} {uri}: aborting the client's connection after {sent} bytes: {why}",
-                 method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                 method=self._request.method.decode(), uri=self._shown,
                  sent=self._sent, why=why)
         self._counters.aborted += 1
         self._gone = True  # our doing, not the client's: nothing more is written to it
@@ -572,7 +578,7 @@ class Exchange:
         if self._gone:
             return
         log.info("{method} {uri} -> {status} {code}: {message}",
-                 method=self._request.method.decode(), uri=self._uri.decode("latin-1"),
+                 method=self._request.method.decode(), uri=self._shown,
                  status=status, code=code, message=message)
         request = self._request
         body = json_error(request, status, code, message)
@@ -593,7 +599,7 @@ class Exchange:
         if failure.check(CancelledError) and self._gone:
             return
         log.failure("{method} {uri}: the proxy failed", failure,
-                    method=self._request.method.decode(), uri=self._uri.decode("latin-1"))
+                    method=self._request.method.decode(), uri=self._shown)
         if self._committed:
             self._abort("internal error")
         elif not self._gone and not self._request.finished:

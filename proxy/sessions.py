@@ -2,8 +2,10 @@
 so that client's reads can ask a follower to wait for it (X-Distpotify-Min-Version).
 
 A client is the Authorization header it sends (by the header's SHA-256: the token itself is
-never kept), else the proxy's own session cookie, which the answer to its first write sets.
-Bounded: past MAX_CLIENTS the client that wrote least recently is forgotten first.
+never kept); else, for the Subsonic API (/rest), the credentials every one of its requests
+carries (by their SHA-256 too); else the proxy's own session cookie, which the answer to its
+first write sets. Bounded: past MAX_CLIENTS the client that wrote least recently is forgotten
+first.
 """
 # test-case-name: tests.unit.test_proxy_sessions
 
@@ -13,13 +15,18 @@ import hashlib
 import re
 import secrets
 from collections import OrderedDict
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
+from distpotify import subsonicmethods
 from proxy.forwarded import client_origin
 
 COOKIE = b"distpotify_client"
+# A Subsonic form POST (the formPost extension) carries its credentials in the body: one
+# larger than this is not read for them.
+MAX_FORM = 64 * 1024
 MAX_CLIENTS = 50_000
 # What this proxy hands out (token_urlsafe(18): 24 characters); anything else is not ours.
 _OURS = re.compile(rb"^[A-Za-z0-9_-]{24}$")
@@ -72,10 +79,64 @@ def _client(request: Request) -> str | None:
     if authorization:
         token = authorization.encode("latin-1") if isinstance(authorization, str) else authorization
         return "token:" + hashlib.sha256(token).hexdigest()
+    subsonic = _subsonic_client(request)
+    if subsonic is not None:
+        return subsonic
     cookie = request.getCookie(COOKIE)
     if cookie is not None and _OURS.match(cookie):
         return _cookie_client(cookie)
     return None
+
+
+def _subsonic_client(request: Request) -> str | None:
+    """A Subsonic client, by a hash of the credentials it sends with every call: its
+    ``apiKey``; else its user ``u`` with its password ``p``; else (token auth, ``t`` and
+    ``s``) its user alone, since clients such as DSub and py-sonic make a new salt, so a new
+    token, for every call. Only a write the replica accepted is remembered, so a stranger
+    naming that user gains nothing but a wait for that user's version. None outside /rest
+    or without credentials."""
+    path = unquote_to_bytes(request.uri.partition(b"?")[0])
+    if subsonicmethods.method_name(path) is None:
+        return None
+    params = _subsonic_params(request)
+    api_key = params.get("apiKey")
+    if api_key:
+        return "subsonic-key:" + _digest(api_key)
+    user = params.get("u")
+    if not user:
+        return None
+    password = params.get("p")
+    secret = "p\0" + password if password else "t"
+    return "subsonic:" + _digest("u\0" + user + "\0" + secret)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _subsonic_params(request: Request) -> dict[str, str]:
+    """The first value of each parameter, from the query and from a form body (a spooled
+    ``application/x-www-form-urlencoded`` POST of at most MAX_FORM bytes). Any bytes at all:
+    %-escapes are read as UTF-8, what is not UTF-8 replaced (the replica refuses it)."""
+    found: dict[str, str] = {}
+    content_type = request.getHeader(b"content-type") or b""
+    content = request.content
+    if (request.method == b"POST" and content is not None
+            and content_type.split(b";")[0].strip().lower()
+            == b"application/x-www-form-urlencoded"):
+        content.seek(0)
+        body = content.read(MAX_FORM + 1)
+        content.seek(0)
+        if len(body) <= MAX_FORM:
+            found.update(_first_values(body))
+    found.update(_first_values(request.uri.partition(b"?")[2]))
+    return found
+
+
+def _first_values(encoded: bytes) -> dict[str, str]:
+    # As text: parse_qs of bytes encodes what it decoded back to ASCII, and fails on "%C3%84".
+    parsed = parse_qs(encoded.decode("latin-1"), errors="replace")
+    return {name: values[0] for name, values in parsed.items()}
 
 
 def _cookie_client(value: bytes) -> str:

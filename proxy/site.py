@@ -21,7 +21,7 @@ from twisted.web.static import File
 from zope.interface import implementer
 
 from distpotify.httpchannel import Phase, Timeouts
-from distpotify.wire import json_error, json_response
+from distpotify.wire import json_error, json_response, loggable_uri
 from proxy.auth import AdminCheck, AdminOnly
 from proxy.forwarded import TrustedProxies
 from proxy.limits import ConnectionLimits, LimitedChannel
@@ -207,4 +207,4 @@ class ProxySite(server.Site):
         """Access lines only for the proxy's own failures; retries and resumes log themselves."""
         if request.code >= 500:
             log.info("{method} {uri} -> {code}", method=request.method.decode(),
-                     uri=request.uri.decode("utf-8", "replace"), code=request.code)
+                     uri=loggable_uri(request.uri), code=request.code)

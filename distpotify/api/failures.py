@@ -11,7 +11,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from distpotify.errors import ApiError, disk_full
-from distpotify.wire import json_error
+from distpotify.wire import json_error, loggable_uri
 
 log = Logger()
 
@@ -27,7 +27,7 @@ def answer_failure(request: IRequest, failure: Failure) -> bytes:
     full = disk_full(error)
     if full is not None:
         log.error("{method} {uri} refused: {error}", method=request.method.decode("latin-1"),
-                  uri=request.uri.decode("latin-1"), error=error)
+                  uri=loggable_uri(request.uri), error=error)
         error = full
     if isinstance(error, ApiError):
         for name, value in error.headers.items():
@@ -41,5 +41,5 @@ def answer_failure(request: IRequest, failure: Failure) -> bytes:
         code = _ROUTING_CODES.get(status, "http_error")
         return json_error(request, status, code, error.description or code)
     log.failure("unhandled error on {method} {uri}", failure,
-                method=request.method, uri=request.uri)
+                method=request.method, uri=loggable_uri(request.uri))
     return json_error(request, 500, "internal", "internal error")

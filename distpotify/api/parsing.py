@@ -110,6 +110,21 @@ def query(request: Request) -> dict[str, str]:
     return found
 
 
+# GET /songs?sha256=: checksums asked at once (65 characters each in the request line).
+MAX_SHA256 = 100
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_arg(text: str) -> list[str]:
+    """``sha256=<hex>[,<hex>...]``: 1 to MAX_SHA256 SHA-256 checksums (any case), lower-case
+    and without repeats; BadRequest otherwise."""
+    hashes = list(dict.fromkeys(part.strip().lower() for part in text.split(",")))
+    if not 1 <= len(hashes) <= MAX_SHA256 or not all(_SHA256.match(h) for h in hashes):
+        raise BadRequest(f"sha256 must be 1 to {MAX_SHA256} SHA-256 checksums (64 hex"
+                         " digits each), separated by commas")
+    return hashes
+
+
 def int_arg(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     """Query argument ``name`` as a decimal integer in [low, high], or ``default`` if absent."""
     text = query.get(name)

@@ -27,6 +27,7 @@ from distpotify.api.parsing import (
     int_arg,
     json_body,
     query,
+    sha256_arg,
     typed_routes,
     utf8_path,
 )
@@ -110,6 +111,8 @@ class PublicAPI:
     @app.route("/songs", methods=["GET"])
     async def search(self, request: Request) -> bytes:
         args = query(request)
+        if "sha256" in args:
+            return await self._by_sha256(request, args)
         limit = int_arg(args, "limit", 50, 1, MAX_PAGE)
         offset = int_arg(args, "offset", 0, 0, 2**62)
         sort = args.get("sort") or "newest"
@@ -126,6 +129,16 @@ class PublicAPI:
             genre=args.get("genre"), sort=sort, limit=limit, offset=offset, after=after))
         return json_response(request, 200,
                              {"songs": page.songs, "total": page.total, "next": page.next})
+
+    async def _by_sha256(self, request: Request, args: dict[str, str]) -> bytes:
+        """``?sha256=``: the songs holding these bytes, so a client (distpotify-import) can
+        skip a file the library has without uploading it. An exact lookup: no other filter,
+        order or page applies."""
+        mixed = sorted(set(args) & {"q", "artist", "album", "genre", "sort", "after", "offset"})
+        if mixed:
+            raise BadRequest(f"sha256 cannot be combined with {', '.join(mixed)}")
+        songs = await self._library.songs_by_sha256(sha256_arg(args["sha256"]))
+        return json_response(request, 200, {"songs": songs, "total": len(songs), "next": None})
 
     @app.route("/songs", methods=["POST"])
     async def upload(self, request: Request) -> bytes:

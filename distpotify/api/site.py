@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,9 @@ from twisted.web.resource import IResource
 from distpotify.bodylimit import LimitedRequest
 from distpotify.httpchannel import Phase, TimedChannel, Timeouts
 from distpotify.metrics import ReplicaMetrics
+from distpotify.wire import loggable_uri
 
 log = Logger()
-
-# Query parameters that carry secrets: the Subsonic API's password, token, salt and API key
-# (/rest/ping?u=ann&p=...). Their values never reach a log line.
-_SECRETS = re.compile(r"([?&](?:p|t|s|apiKey|password|token)=)[^&]*", re.IGNORECASE)
-
-
-def loggable(uri: str) -> str:
-    """``uri`` with the values of secret-bearing query parameters replaced by "***"."""
-    return _SECRETS.sub(r"\1***", uri)
-
 
 class ReplicaSite(server.Site):
     protocol = TimedChannel  # type: ignore[assignment]
@@ -65,5 +55,5 @@ class ReplicaSite(server.Site):
         if request.code >= 400:
             log.info(
                 "{method} {uri} -> {code}", method=request.method.decode(),
-                uri=loggable(request.uri.decode("utf-8", "replace")), code=request.code,
+                uri=loggable_uri(request.uri), code=request.code,
             )

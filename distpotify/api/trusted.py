@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from distpotify.cluster.trust import AuthFailures
 from distpotify.signing import Refused, RequestVerifier, file_sha256
 from distpotify.store.metadata import Runner
-from distpotify.wire import json_error
+from distpotify.wire import json_error, loggable_uri
 
 log = Logger()
 
@@ -80,7 +80,7 @@ class ClusterOnly(Resource):
 
     def _failed(self, failure: Failure, request: Request) -> None:
         log.failure("checking the body of {uri} failed", failure,
-                    uri=request.uri.decode("latin-1"))
+                    uri=loggable_uri(request.uri))
         self._finish(request, json_error(request, 500, "internal", "the body could not be read"))
 
 

@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -242,6 +243,10 @@ def banner(layout: Layout, view: dict[str, Any], new_password: str | None = None
         + f" -H 'Content-Type: audio/mpeg' --data-binary @song.mp3 {proxy}/songs",
         "  play           ffplay" + (f" -headers {bearer}" if bearer else "")
         + f" {proxy}/songs/<id>/stream",
+        "  import folder  "
+        + (f'DISTPOTIFY_PASSWORD="$(cat {layout.password_file})" ' if layout.auth else "")
+        + f"{script('distpotify-import')} ~/Music --server {proxy}"
+        + (f" --user {ADMIN}" if layout.auth else ""),
     ]
     for port in layout.http_ports:
         node_id, role = roles.get(f"http://{HOST}:{port}", ("?", "?"))
@@ -255,6 +260,18 @@ def banner(layout: Layout, view: dict[str, Any], new_password: str | None = None
         "",
     ]
     return "\n".join(lines)
+
+
+def script(name: str) -> str:
+    """How to run one of this package's commands from here: its name when the shell finds
+    it, else its path beside this Python (``.venv/bin/...`` under ``make run``)."""
+    if shutil.which(name):
+        return name
+    path = Path(sys.executable).with_name(name)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def want_demos(choice: bool | None) -> bool:

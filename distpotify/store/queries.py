@@ -88,6 +88,18 @@ class LibraryQueries(Tables):
         ).fetchone()
         return None if row is None else _song(row)
 
+    def songs_by_sha256(self, hashes: list[str]) -> list[dict[str, Any]]:
+        """The songs holding these checksums (lower-case hex), one per checksum (the first
+        stored: the same bytes uploaded on both sides of a partition make two), by age."""
+        marks = ", ".join("?" * len(hashes))
+        rows = self._conn.execute(
+            f"SELECT * FROM songs WHERE sha256 IN ({marks}) AND {VISIBLE_SONG}"
+            " ORDER BY created_at, id", hashes).fetchall()
+        found: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            found.setdefault(row["sha256"], _song(row))
+        return list(found.values())
+
     def search_songs(self, search: SongSearch) -> SongPage:
         """One page of songs: a walk down the order's index when nothing filters them (its
         cost does not grow with the library), else the search index's matches, ordered by

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from mutagen import id3
+from mutagen.oggvorbis import OggVorbis
 
 FFMPEG = shutil.which("ffmpeg")
 FFMPEG_AVAILABLE = FFMPEG is not None
@@ -115,4 +117,30 @@ def make_wav(
             count = min(left, frames_per_block)
             out.writeframesraw(rng.randbytes(count * frame_size))
             left -= count
+    return path
+
+
+def tagged_copy(base: Path, path: Path, tags: dict[str, str],
+                cover: bytes | None = None) -> Path:
+    """A copy of the MP3 or Ogg Vorbis file ``base`` at ``path`` with these tags (title,
+    artist, album, albumartist, date, tracknumber, discnumber, genre) in place of its own, and
+    ``cover`` (JPEG bytes) embedded as the front cover of an MP3: distinct tags make distinct
+    bytes, so one ffmpeg run makes any number of distinct songs."""
+    shutil.copyfile(base, path)
+    if base.suffix == ".ogg":
+        vorbis = OggVorbis(path)
+        vorbis.delete()
+        for name, value in tags.items():
+            vorbis[name] = [value]
+        vorbis.save()
+        return path
+    frames = {"title": id3.TIT2, "artist": id3.TPE1, "album": id3.TALB, "albumartist": id3.TPE2,
+              "date": id3.TDRC, "tracknumber": id3.TRCK, "discnumber": id3.TPOS,
+              "genre": id3.TCON}
+    tag = id3.ID3()
+    for name, value in tags.items():
+        tag.add(frames[name](encoding=3, text=[value]))
+    if cover is not None:
+        tag.add(id3.APIC(encoding=3, mime="image/jpeg", type=3, desc="cover", data=cover))
+    tag.save(path)
     return path

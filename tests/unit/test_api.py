@@ -87,6 +87,33 @@ def test_search_finds_by_title_and_paginates(api: InMemoryReplica, wav_bytes: by
     assert [s["title"] for s in page["songs"] + rest["songs"]] == ["Track 2", "Track 1", "Track 0"]
 
 
+def test_search_by_sha256_finds_the_songs_holding_those_bytes(
+        api: InMemoryReplica, wav_bytes: bytes) -> None:
+    stored = [wav_bytes + bytes([n]) * 64 for n in range(3)]
+    for data in stored:
+        api.upload(data)
+    absent = hashlib.sha256(b"never uploaded").hexdigest()
+    asked = [hashlib.sha256(data).hexdigest() for data in stored[:2]]
+
+    one = api.get(f"/songs?sha256={asked[0].upper()}").json()
+    two = api.get(f"/songs?sha256={asked[0]},{absent},{asked[1]},{asked[0]}").json()
+    none = api.get(f"/songs?sha256={absent}").json()
+
+    assert [s["sha256"] for s in one["songs"]] == [asked[0]] and one["total"] == 1
+    assert sorted(s["sha256"] for s in two["songs"]) == sorted(asked) and two["total"] == 2
+    assert none == {"songs": [], "total": 0, "next": None}
+
+
+@pytest.mark.parametrize("query", [
+    "sha256=", "sha256=abc", "sha256=" + "g" * 64, "sha256=" + "a" * 65,
+    "sha256=" + ",".join(f"{n:064x}" for n in range(101)),
+    "sha256=" + "a" * 64 + "&q=x", "sha256=" + "a" * 64 + "&offset=1",
+])
+def test_search_by_sha256_refuses_what_is_not_a_checksum_list(
+        api: InMemoryReplica, query: str) -> None:
+    assert_error(api.get(f"/songs?{query}"), 400, "bad_request")
+
+
 def test_search_sorts_on_the_server(api: InMemoryReplica, wav_bytes: bytes) -> None:
     for n, title in enumerate(["b", "C", "a"]):
         api.upload(wav_bytes + bytes([n]) * 64, query=f"?title={title}")

@@ -104,6 +104,17 @@ def test_with_accounts_the_banner_shows_scripts_how_to_send_the_admins_token() -
     assert "TOKEN" not in open_text and "--auth off: the library is open" in open_text
 
 
+def test_the_banner_suggests_importing_a_music_folder() -> None:
+    text = banner(Layout(data=Path("/srv/cluster")), VIEW)
+    open_text = banner(Layout(auth=False), VIEW)
+
+    line = next(line for line in text.splitlines() if "distpotify-import" in line)
+    assert 'DISTPOTIFY_PASSWORD="$(cat /srv/cluster/admin.password)"' in line
+    assert line.endswith("~/Music --server http://127.0.0.1:8080 --user admin")
+    assert "--user" not in next(line for line in open_text.splitlines()
+                                if "distpotify-import" in line)
+
+
 def test_the_admin_password_is_random_and_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "admin.password"
 
