@@ -8,7 +8,7 @@ changes. Token auth and API keys need the credentials the accounts keep for them
 (``Accounts.subsonic_password``, ``Accounts.user_by_api_key``); without those the mechanism
 answers error 42, and ``--subsonic-token-auth off`` answers t + s with error 41.
 """
-# test-case-name: tests.unit.test_subsonic_auth
+# test-case-name: tests.unit.test_subsonic_api
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Everything is read from the store's catalog (store/catalog.py); per-user values 
 rating, plays) are added by annotations.py where it exists, which also provides the album
 lists of the per-user types (starred, frequent, recent, highest).
 """
-# test-case-name: tests.unit.test_subsonic_browse
+# test-case-name: tests.unit.test_subsonic_api
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Songs come as the store's catalog rows (store/catalog.py: a song's fields with i
 ``album_id``, ``artist_id`` and ``catalog_artist``); albums and artists as its summaries.
 Every other part that shows songs (playlists, favourites, now playing) builds them here.
 """
-# test-case-name: tests.unit.test_subsonic_elements
+# test-case-name: tests.unit.test_subsonic_api
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The ``subsonic-response`` envelope: a handler's neutral tree (call.py) rendered as the spec's
 XML (the default), JSON (``f=json``) or JSONP (``f=jsonp&callback=name``), ok or failed.
 """
-# test-case-name: tests.unit.test_subsonic_respond
+# test-case-name: tests.unit.test_subsonic_api
 
 from __future__ import annotations
 
