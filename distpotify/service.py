@@ -316,7 +316,7 @@ def build_replica(
                       on_written=replication.written, writable=replication.writable,
                       acknowledged=replication.acknowledged, spool_dir=config.data_dir / "tmp",
                       failpoints=config.failpoints, covers=cover_files)
-    covers = Covers(store, cover_files, cover_cache, blocking, library, db.cached_head,
+    covers = Covers(store, cover_files, cover_cache, blocking, library, db.cached_head, reactor,
                     replication.covers, replication.peer_urls)
     # Password hashes on the worker threads, never the database's one thread.
     accounts = Accounts(store, library, reactor, Passwords(blocking, password_params),
