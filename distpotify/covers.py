@@ -14,6 +14,7 @@ from typing import IO, Any, BinaryIO
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 from werkzeug.http import parse_etags, quote_etag
 
@@ -32,6 +33,10 @@ IMMUTABLE = b"public, max-age=31536000, immutable"
 # An album's or a song's cover may change (a user sets one): kept, but asked for again.
 REVALIDATE = b"private, no-cache"
 MIME_MEMORY = 4096  # covers whose MIME type is remembered
+# How long the albums' covers from their songs are used once the head moved, for an album
+# they list: a busy leader's writes must not make every cover read scan the songs again. An
+# album not listed yet (its songs just arrived) makes them be read again at once.
+FROM_SONGS_MAX_AGE = 5.0
 # The resized copies kept on disk (<data-dir>/cover-cache/): about 10,000 covers at 300 px.
 COVER_CACHE_BYTES = 256 << 20
 
@@ -55,6 +60,7 @@ class Covers:
         blocking: Runner,
         library: Library,
         head: Callable[[], Version],
+        clock: IReactorTime,
         fetcher: CoverFetcher | None = None,
         peers: Callable[[], Sequence[str]] = lambda: (),
     ) -> None:
@@ -64,11 +70,12 @@ class Covers:
         self._blocking = blocking
         self._library = library
         self._head = head
+        self._clock = clock
         self._fetcher = fetcher
         self._peers = peers
         self._mimes: dict[str, str] = {}
-        # Each album's cover from its first song, as of a head: built again once it moves.
-        self._from_songs: tuple[Version, dict[str, str]] | None = None
+        # Each album's cover from its first song, as of a head and a time (FROM_SONGS_MAX_AGE).
+        self._from_songs: tuple[Version, float, dict[str, str]] | None = None
 
     # which cover
 
@@ -81,10 +88,14 @@ class Covers:
         chosen: str | None = await self._store.run(MetadataDB.album_cover_set, album_id)
         if chosen is not None:
             return chosen
-        head = self._head()
-        if self._from_songs is None or self._from_songs[0] != head:
-            self._from_songs = (head, await self._store.run(MetadataDB.first_song_covers))
-        return self._from_songs[1].get(album_id)
+        head, now = self._head(), self._clock.seconds()
+        known = self._from_songs
+        stale = known is not None and known[0] != head and (
+            album_id not in known[2] or now - known[1] > FROM_SONGS_MAX_AGE)
+        if known is None or stale:
+            known = self._from_songs = (
+                head, now, await self._store.run(MetadataDB.first_song_covers))
+        return known[2].get(album_id)
 
     async def resolve(self, cover_id: str) -> str:
         """The cover a cover id names: a cover's SHA-256 (named by a live song or album), an

@@ -298,15 +298,16 @@ def build_replica(
     # Covers no live song or album names any more are collected here, at start-up only: at
     # run time a cover is written before the row that names it, and could be taken for one.
     cover_files = CoverStore(config.data_dir / "covers")
-    cover_files.clean(db.live_cover_names())
+    cover_temps, cover_orphans = cover_files.clean(db.live_cover_names())
     cover_cache = CoverCache(config.data_dir / "cover-cache", COVER_CACHE_BYTES)
     cover_cache.clear_temps()
     log.info(
         "replica {node_id} starting: distpotify {version}, data dir {data_dir},"
-        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files,"
-        " cluster key {key_ids}",
+        " epoch {epoch}, head {head}, removed {temps} temp and {orphans} orphan chunk files"
+        " and {cover_temps} temp and {cover_orphans} unnamed cover files, cluster key {key_ids}",
         node_id=config.node_id, version=__version__, data_dir=str(config.data_dir),
         epoch=epoch, head=db.head().encode(), temps=temps, orphans=orphans,
+        cover_temps=cover_temps, cover_orphans=cover_orphans,
         key_ids=" + ".join(config.cluster_keys.key_ids),
     )
 
@@ -324,7 +325,7 @@ def build_replica(
                       on_written=replication.written, writable=replication.writable,
                       acknowledged=replication.acknowledged, spool_dir=config.data_dir / "tmp",
                       failpoints=config.failpoints, covers=cover_files)
-    covers = Covers(store, cover_files, cover_cache, blocking, library, db.cached_head,
+    covers = Covers(store, cover_files, cover_cache, blocking, library, db.cached_head, reactor,
                     replication.covers, replication.peer_urls)
     # Password hashes on the worker threads, never the database's one thread.
     accounts = Accounts(store, library, reactor, Passwords(blocking, password_params),

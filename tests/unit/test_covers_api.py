@@ -265,3 +265,27 @@ def test_a_follower_sends_album_covers_to_the_leader(tmp_path: Path) -> None:
 
     assert answer.status == 421
     assert cover_files(follower) == []
+
+
+def test_covers_no_song_names_are_collected_at_the_next_start(tmp_path: Path,
+                                                              clips: dict[str, bytes]) -> None:
+    api = InMemoryReplica(tmp_path)
+    song = upload(api, clips["covered"])
+    assert api.call("DELETE", f"/songs/{song['id']}").status == 204
+    assert cover_files(api) == [sha(COVER)]  # left while running: see store/covers.py
+    api.service.db.close()
+
+    restarted = InMemoryReplica(tmp_path)
+
+    assert cover_files(restarted) == []
+
+
+def test_a_named_cover_survives_a_restart(tmp_path: Path, clips: dict[str, bytes]) -> None:
+    api = InMemoryReplica(tmp_path)
+    upload(api, clips["covered"])
+    api.service.db.close()
+
+    restarted = InMemoryReplica(tmp_path)
+
+    assert cover_files(restarted) == [sha(COVER)]
+    assert restarted.get(f"/covers/{sha(COVER)}").body == COVER

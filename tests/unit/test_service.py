@@ -189,7 +189,8 @@ def test_build_replica_assembles_the_tree_in_start_up_order(tmp_path: Path) -> N
     assert [part.name for part in replica] == ["database", "amp", "cluster", "http",
                                               "replication"]
     assert [job.name for job in replica.replication] == [
-        "active-at record", "anti-entropy", "scrub", "purge", "oplog compaction"]
+        "active-at record", "anti-entropy", "scrub", "purge", "oplog compaction",
+        "cover repair"]
     replica.privilegedStartService()
     assert reactor.tcpServers == []  # no port is bound before its turn in startService
 
