@@ -12,7 +12,6 @@ answers error 42, and ``--subsonic-token-auth off`` answers t + s with error 41.
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -35,6 +34,7 @@ from distpotify.subsonic.call import (
     WRONG_CREDENTIALS,
     Params,
     SubsonicError,
+    decoded_password,
 )
 
 log = Logger()
@@ -72,7 +72,8 @@ class Authenticator:
         if password is not None and (token is not None or salt is not None):
             raise SubsonicError(MULTIPLE_AUTH, "Give either p, or t and s, not both")
         if password is not None:
-            return await self._by_password(username, _decoded(password))
+            return await self._by_password(
+                username, decoded_password(password, WRONG_CREDENTIALS))
         if token is not None or salt is not None:
             if not token or not salt:
                 raise SubsonicError(MISSING_PARAMETER,
@@ -187,16 +188,6 @@ class Authenticator:
             raise SubsonicError(NOT_AUTHORIZED, "The account is disabled")
         return user
 
-
-def _decoded(password: str) -> str:
-    """``p`` as sent: plain, or "enc:" and the UTF-8 bytes in hex."""
-    if not password.startswith("enc:"):
-        return password
-    try:
-        return binascii.unhexlify(password[4:]).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise SubsonicError(WRONG_CREDENTIALS, "The enc: password is not hex-encoded UTF-8"
-                            ) from None
 
 
 def _too_many(wait: float) -> SubsonicError:

@@ -16,6 +16,7 @@ A handler that answers with bytes of its own (stream, download, getCoverArt) wri
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,6 +44,17 @@ class SubsonicError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def decoded_password(text: str, code: int) -> str:
+    """A password as a client sends it (``p``, changePassword's ``password``): plain, or
+    "enc:" and its UTF-8 bytes in hex; a bad "enc:" is error ``code``."""
+    if not text.startswith("enc:"):
+        return text
+    try:
+        return binascii.unhexlify(text[4:]).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise SubsonicError(code, "The enc: password is not hex-encoded UTF-8") from None
 
 
 class Params:

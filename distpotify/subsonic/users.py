@@ -9,7 +9,6 @@ jukebox, shares, video, comments) is false for all.
 
 from __future__ import annotations
 
-import binascii
 from typing import Any
 
 from distpotify.auth.users import ADMIN, User
@@ -20,6 +19,7 @@ from distpotify.subsonic.call import (
     NOT_FOUND,
     Call,
     SubsonicError,
+    decoded_password,
     method,
 )
 from distpotify.subsonic.system import MUSIC_FOLDER
@@ -70,14 +70,6 @@ async def change_password(call: Call) -> dict[str, Any]:
     ``username``: every session of the account ends, as with any new password, and its
     Subsonic box is sealed anew."""
     user = _named(call, call.params.required("username"))
-    password = _decoded(call.params.required("password"))
+    password = decoded_password(call.params.required("password"), GENERIC)
     return written(call, await call.server.accounts.update(user.id, {"password": password}))
 
-
-def _decoded(password: str) -> str:
-    if not password.startswith("enc:"):
-        return password
-    try:
-        return binascii.unhexlify(password[4:]).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise SubsonicError(GENERIC, "The enc: password is not hex-encoded UTF-8") from None
