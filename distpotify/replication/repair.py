@@ -105,31 +105,49 @@ class ChunkGuard:
             self._verified.pop(name, None)
 
 
+# Chunk files re-hashed per second at most: as many as the byte rate's worth of chunks of the
+# default size (8 MiB/s of 256 KiB chunks), so full-size chunks keep the byte rate. With tiny
+# songs the byte rate alone never paused more than the one second between pages: 64 files
+# opened and hashed every second, for ever, on an idle replica (issue 22).
+SCRUB_FILES_PER_SECOND = 32
+
+
 class Scrubber:
-    """Re-hashes every stored chunk in turn, at most ``rate`` bytes per second."""
+    """Re-hashes every stored chunk in turn, at most ``rate`` bytes and ``files_rate`` files
+    per second."""
 
     def __init__(
         self, store: MetadataStore, guard: ChunkGuard, clock: IReactorTime, rate: float,
-        page: int = 64,
+        page: int = 64, files_rate: float = SCRUB_FILES_PER_SECOND,
     ) -> None:
         self._store = store
         self._guard = guard
         self._rate = rate
+        self._files_rate = files_rate
         self._page = page
         self._position: tuple[str, int] = ("", -1)
-        self._read = 0  # bytes the last step read: the pause after it keeps to ``rate``
+        # What the last step read: the pause after it keeps to both rates.
+        self._read = 0
+        self._files = 0
         self.passes = 0
         self.checked = 0
         # Starts at a random point so replicas restarted together do not scrub in lockstep.
         self.loop = Periodic(
             lambda: Deferred.fromCoroutine(self._scrub()),
-            lambda: max(1.0, self._read / self._rate), clock,
+            self.pause, clock,
             name="scrub", first=random.uniform(1.0, 5.0),
         )
 
+    def pause(self) -> float:
+        """Seconds until the next page: at least one, and what keeps the last page's bytes and
+        files to their rates."""
+        return max(1.0, self._read / self._rate, self._files / self._files_rate)
+
     async def _scrub(self) -> None:
-        self._read = 0
+        self._read = self._files = 0
+        before = self.checked
         self._read = await self.step()
+        self._files = self.checked - before
 
     async def step(self) -> int:
         """Verify the next page of chunks; how many bytes were read."""
@@ -148,4 +166,4 @@ class Scrubber:
 
     def status(self) -> dict[str, Any]:
         return {"passes": self.passes, "checked": self.checked,
-                "rate_bytes_per_s": self._rate}
+                "rate_bytes_per_s": self._rate, "rate_files_per_s": self._files_rate}
