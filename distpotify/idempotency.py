@@ -25,8 +25,12 @@ _BLOCK = 1024 * 1024
 
 def parse_key(value: bytes) -> str:
     """The key an ``Idempotency-Key`` header carries: a Structured Field string (``"..."``,
-    the draft's form) or the bare text many clients send; 1-255 visible ASCII characters."""
+    the draft's form) or the bare text many clients send. The header's value, quotes and
+    escapes included, is 1-255 visible ASCII characters (as docs/openapi.yaml describes it),
+    and so is the key it carries."""
     text = value.decode("latin-1").strip()
+    if len(text) > MAX_KEY:  # the value as sent: a quoted key of 254 is 256 characters
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters")
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = _sf_string(text[1:-1])
     if not 0 < len(text) <= MAX_KEY or not all(" " <= c <= "~" for c in text):
