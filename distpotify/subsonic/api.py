@@ -154,6 +154,9 @@ class SubsonicAPI(Resource):
                 raise SubsonicError(GENERIC, "joining: this replica is still joining the"
                                     " cluster; ask another")
             result = await self._call(handler, request, params)
+            # Rendered here, so that a tree it cannot render is error 0 like any failure
+            # (after the try, it would drop the connection).
+            answer = None if result is SENT else render(fmt, _tree(result))
         except SubsonicError as e:
             return _send(request, *error(fmt, e.code, e.message))
         except ApiError as e:
@@ -166,12 +169,11 @@ class SubsonicAPI(Resource):
         except Exception:
             log.failure("subsonic {method} failed", method=name[:64])
             return _send(request, *error(fmt, GENERIC, "Internal error"))
-        if result is SENT:
+        if answer is None:
             if not request.finished and not request._disconnected:
                 request.finish()
             return None
-        assert isinstance(result, dict)
-        return _send(request, *render(fmt, result))
+        return _send(request, *answer)
 
     async def _call(self, found: Method, request: Request, params: Params) -> Any:
         user = None if found.public else await self.services.auth.user(params)
@@ -203,6 +205,12 @@ class SubsonicAPI(Resource):
             if "\0" in name or any("\0" in text for text in texts):
                 raise SubsonicError(GENERIC, f"Parameter {name[:64]!r} holds a NUL character")
         return found
+
+
+def _tree(result: Any) -> dict[str, Any]:
+    if not isinstance(result, dict):
+        raise TypeError(f"a handler answered {type(result).__name__}, not a tree")
+    return result
 
 
 def _is_form(request: Request) -> bool:

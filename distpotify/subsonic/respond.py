@@ -6,6 +6,7 @@ XML (the default), JSON (``f=json``) or JSONP (``f=jsonp&callback=name``), ok or
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -58,8 +59,9 @@ def render(fmt: Format, payload: Mapping[str, Any], status: str = "ok") -> tuple
     tree = {**envelope(status), **payload}
     if fmt.name == "xml":
         return _xml(tree), XML_TYPE
+    # allow_nan=False: NaN and Infinity are no JSON a client could parse (ValueError instead).
     text = json.dumps({"subsonic-response": _json(tree)}, ensure_ascii=False,
-                      separators=(",", ":"))
+                      separators=(",", ":"), allow_nan=False)
     if fmt.name == "jsonp" and fmt.callback:
         return f"{fmt.callback}({text});".encode("utf-8", "replace"), JSONP_TYPE
     return text.encode("utf-8", "replace"), JSON_TYPE
@@ -106,7 +108,11 @@ def _element(parts: list[str], name: str, node: Mapping[str, Any], head: str = "
             text = _scalar(value)
         elif kind is str:
             attributes.append(f' {key}="{_attribute(value)}"')
-        elif kind is int or kind is float:
+        elif kind is int:
+            attributes.append(f' {key}="{value}"')
+        elif kind is float:
+            if not math.isfinite(value):  # "nan" is no xs:double; an error 0 instead
+                raise ValueError(f"{key} is not a finite number")
             attributes.append(f' {key}="{value}"')
         elif kind is dict or kind is list or isinstance(value, Mapping):
             children.append((key, value))

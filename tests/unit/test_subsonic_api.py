@@ -258,6 +258,26 @@ def test_an_unexpected_failure_is_error_0_not_a_500(replica: InMemoryReplica) ->
         del METHODS["distpotifytestbroken"]
 
 
+@pytest.mark.parametrize(("fmt", "tree"), [
+    ("xml", {"song": {"id": "x", "averageRating": float("nan")}}),
+    ("json", {"song": {"id": "x", "averageRating": float("inf")}}),
+    ("json", {"song": {"id": object()}}), ("xml", None), ("json", None),
+])
+def test_an_answer_that_cannot_be_rendered_is_error_0_not_a_dropped_connection(
+        replica: InMemoryReplica, fmt: str, tree: Any) -> None:
+    @method("distpotifyTestUnrenderable")
+    async def unrenderable(call: Any) -> Any:
+        return tree
+    try:
+        answer = rest(replica, "distpotifyTestUnrenderable", f=fmt, **USER)
+    finally:
+        del METHODS["distpotifytestunrenderable"]
+    if fmt == "xml":
+        assert error_code(answer) == 0
+    else:
+        assert json_of(answer)["error"]["code"] == 0
+
+
 # writes, followers, joining
 
 
