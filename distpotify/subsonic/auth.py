@@ -63,7 +63,7 @@ class Authenticator:
         username, password = params.get("u"), params.get("p")
         token, salt, api_key = params.get("t"), params.get("s"), params.get("apiKey")
         if api_key is not None:
-            if username is not None or password is not None or token is not None:
+            if any(value is not None for value in (username, password, token, salt)):
                 raise SubsonicError(MULTIPLE_AUTH, "Give either apiKey, or u with p or t and s,"
                                     " not both")
             return self._by_api_key(api_key)

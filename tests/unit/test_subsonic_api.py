@@ -122,9 +122,13 @@ def test_a_hex_encoded_password_works(replica: InMemoryReplica) -> None:
     ({"u": "root", "p": "enc:ff"}, 40),
     ({"u": "root", "p": ADMIN_PASSWORD, "t": "a" * 32, "s": "salt"}, 43),
     ({"u": "root", "apiKey": "key"}, 43),
+    ({"apiKey": "key", "p": ADMIN_PASSWORD}, 43),
+    ({"apiKey": "key", "t": "a" * 32}, 43),
+    ({"apiKey": "key", "s": "salt"}, 43),
     ({"u": "root", "t": "a" * 32}, 10),
 ], ids=["nothing", "no-password", "no-user", "wrong", "unknown-user", "bad-hex",
-        "not-utf8-hex", "p-and-token", "key-and-user", "token-without-salt"])
+        "not-utf8-hex", "p-and-token", "key-and-user", "key-and-p", "key-and-token",
+        "key-and-salt", "token-without-salt"])
 def test_refused_credentials_get_the_spec_codes(replica: InMemoryReplica,
                                                 params: dict[str, str], code: int) -> None:
     assert error_code(rest(replica, "ping", **params)) == code
