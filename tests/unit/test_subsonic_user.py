@@ -503,6 +503,77 @@ def test_an_api_key_made_on_the_account_api_works_for_rest(rest: Rest) -> None:
     assert answer.json()["subsonic-response"]["user"]["username"] == "alice"
 
 
+def test_a_disabled_users_api_key_and_password_are_refused_and_change_nothing(
+        rest: Rest) -> None:
+    session = login(rest.replica, "alice", LISTENER_PASSWORD)
+    made = call(rest.replica, "POST", "/auth/apikeys", {"name": "phone"}, session.bearer)
+    assert made.status == 201, made.body
+    key = made.json()["apiKey"]
+    rest.ok("star", id=SONG)  # u + p proven once: remembered by the authenticator
+    assert rest.ok("getStarred2")["starred2"]["song"][0]["id"] == SONG
+
+    admin = login(rest.replica, "root", ADMIN_PASSWORD)  # the clock moved on since
+    disabled = call(rest.replica, "PATCH", f"/users/{rest.alice.id}", {"disabled": True},
+                    admin.bearer)
+    assert disabled.status == 200, disabled.body
+
+    head = rest.replica.db.head()
+    for method, params in (("star", {"id": OTHER_SONG}), ("unstar", {"id": SONG}),
+                           ("getStarred2", {}), ("ping", {})):
+        query = urlencode({"apiKey": key, "f": "json", "c": "x", **params})
+        found = rest.replica.call("GET", f"/rest/{method}.view?{query}", signed=False,
+                                  cookies=False).json()["subsonic-response"]
+        assert found["status"] == "failed" and found["error"]["code"] in (44, 50), found
+        rest.refused(method, 40, **params)
+    assert rest.replica.db.head() == head
+
+
+def test_another_users_stars_ratings_and_plays_are_never_shown(rest: Rest) -> None:
+    rest.ok("star", id=[SONG, ALBUM, ARTIST])
+    rest.ok("setRating", id=SONG, rating=5)
+    rest.ok("setRating", id=ALBUM, rating=4)
+    rest.ok("scrobble", id=SONG)
+
+    assert rest.ok("getStarred", "bob")["starred"] == {"artist": [], "album": [], "song": []}
+    assert rest.ok("getStarred2", "bob")["starred2"] == {"artist": [], "album": [],
+                                                         "song": []}
+    for kind in ("starred", "highest", "frequent", "recent"):
+        assert rest.ok("getAlbumList2", "bob", type=kind)["albumList2"] == {"album": []}
+        assert rest.ok("getAlbumList", "bob", type=kind)["albumList"] == {"album": []}
+    shown = [rest.ok("getSong", "bob", id=SONG)["song"], rest.ok("getAlbum", "bob", id=ALBUM)[
+        "album"], rest.ok("getArtist", "bob", id=ARTIST)["artist"]]
+    shown += rest.ok("getAlbum", "bob", id=ALBUM)["album"]["song"]
+    shown += rest.ok("search3", "bob", query="")["searchResult3"]["song"]
+    for element in shown:
+        assert not {"starred", "userRating", "playCount", "played"} & set(element), element
+    # bob's unstar and rating of the same items are his own: alice's stay
+    rest.ok("unstar", "bob", id=SONG, albumId=ALBUM, artistId=ARTIST)
+    rest.ok("setRating", "bob", id=SONG, rating=0)
+    song = rest.ok("getSong", id=SONG)["song"]
+    assert (song["starred"], song["userRating"], song["playCount"]) == (
+        iso(1_800_000_000), 5, 1)
+    assert ids(rest.ok("getStarred2")["starred2"]["album"]) == [ALBUM]
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("getPlaylist", {}), ("updatePlaylist", {"name": "taken over"}),
+    ("updatePlaylist", {"public": "true"}), ("updatePlaylist", {"songIndexToRemove": 0}),
+    ("updatePlaylist", {"songIdToAdd": OTHER_SONG}), ("createPlaylist", {"songId": OTHER_SONG}),
+    ("createPlaylist", {"name": "x"}), ("deletePlaylist", {}),
+])
+def test_another_users_private_playlist_is_refused_and_unchanged(
+        rest: Rest, method: str, params: dict[str, Any]) -> None:
+    private = rest.ok("createPlaylist", name="Private", songId=SONG)["playlist"]
+    key = "id" if method in ("getPlaylist", "deletePlaylist") else "playlistId"
+
+    found = rest.call(method, "bob", **{key: private["id"], **params})
+
+    assert found["status"] == "failed" and found["error"]["code"] in (50, 70), found
+    assert "playlist" not in found
+    assert rest.ok("getPlaylist", id=private["id"])["playlist"] == private
+    assert rest.ok("getPlaylists", "bob")["playlists"].get("playlist", []) == []
+
+
 # every answer as the schema says (XML, validated against tests/data/subsonic-1.16.1.xsd)
 
 
