@@ -182,22 +182,22 @@ class SubsonicAPI(Resource):
         return await found.handler(Call(request, params, user, self.services))
 
     async def _params(self, request: Request) -> dict[str, list[str]]:
-        """The query's parameters and a form POST's (formPost), as UTF-8 text."""
-        raw: dict[bytes, list[bytes]] = {k: list(v) for k, v in (request.args or {}).items()}
+        """The query's parameters and a form POST's (formPost), as UTF-8 text. Both read here,
+        from the URI and the body: ``request.args`` holds the form's too when the Site parses
+        form bodies (twisted.web's default, though not our Sites'), and a form's values would
+        count twice (a song scrobbled, or added to a playlist, twice)."""
+        raw = _pairs(request.uri.partition(b"?")[2])
         if request.method == b"POST" and _is_form(request):
             content = request.content
             if content is not None and not isinstance(content, io.BytesIO):
                 body: bytes = await self.services.blocking(_read_form, content)
             else:
                 body = _read_form(content)
-            try:
-                form = parse_qs(body, keep_blank_values=True, max_num_fields=MAX_FIELDS)
-            except ValueError:
-                raise SubsonicError(GENERIC, f"At most {MAX_FIELDS} parameters") from None
-            for key, values in form.items():
+            for key, values in _pairs(body).items():
                 raw.setdefault(key, []).extend(values)
         try:
-            found = {k.decode("utf-8"): [v.decode("utf-8") for v in values]
+            found = {k.encode("latin-1").decode("utf-8"):
+                     [v.encode("latin-1").decode("utf-8") for v in values]
                      for k, values in raw.items()}
         except UnicodeDecodeError:
             raise SubsonicError(GENERIC, "Parameters must be UTF-8 text") from None
@@ -205,6 +205,17 @@ class SubsonicAPI(Resource):
             if "\0" in name or any("\0" in text for text in texts):
                 raise SubsonicError(GENERIC, f"Parameter {name[:64]!r} holds a NUL character")
         return found
+
+
+def _pairs(encoded: bytes) -> dict[str, list[str]]:
+    """A query string's or form body's parameters, each character one byte (Latin-1) of the
+    name or value, %-escapes undone: parse_qs of bytes fails on any byte past ASCII, %-escaped
+    or not ("q=Bj%C3%B6rk")."""
+    try:
+        return parse_qs(encoded.decode("latin-1"), keep_blank_values=True,
+                        max_num_fields=MAX_FIELDS, encoding="latin-1")
+    except ValueError:
+        raise SubsonicError(GENERIC, f"At most {MAX_FIELDS} parameters") from None
 
 
 def _tree(result: Any) -> dict[str, Any]:

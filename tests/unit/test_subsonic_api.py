@@ -9,6 +9,7 @@ import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
@@ -249,6 +250,26 @@ def test_parameters_may_come_as_a_form_post(replica: InMemoryReplica) -> None:
                           {"Content-Type": "application/x-www-form-urlencoded"},
                           signed=False, cookies=False)
     assert error_code(answer) == 0
+
+
+def test_parameters_past_ascii_are_utf_8_in_the_query_and_in_a_form(
+        replica: InMemoryReplica, library: dict[str, Any]) -> None:
+    query = {"query": "Ämy", "f": "json", **USER}
+    found = json_of(rest(replica, "search3", **query))["searchResult3"]
+    assert [a["name"] for a in found["artist"]] == ["Ämy"]
+    form = json_of(replica.call("POST", "/rest/search3.view?f=json",
+                                urlencode({"query": "Ämy", **USER}).encode(),
+                                {"Content-Type": "application/x-www-form-urlencoded"},
+                                signed=False, cookies=False))
+    assert form["searchResult3"] == found
+    made = json_of(replica.call("POST", "/rest/createPlaylist.view?f=json&name=Caf%C3%A9",
+                                urlencode({"songId": library["a"]["id"], **USER}).encode(),
+                                {"Content-Type": "application/x-www-form-urlencoded"},
+                                signed=False, cookies=False))
+    assert made["playlist"]["name"] == "Café", made
+    bad = replica.call("GET", "/rest/search3.view?query=%ff&u=root&p=" + ADMIN_PASSWORD,
+                       signed=False, cookies=False)
+    assert error_code(bad) == 0 and b"UTF-8" in bad.body
 
 
 def test_an_unexpected_failure_is_error_0_not_a_500(replica: InMemoryReplica) -> None:

@@ -574,6 +574,20 @@ def test_another_users_private_playlist_is_refused_and_unchanged(
     assert rest.ok("getPlaylists", "bob")["playlists"].get("playlist", []) == []
 
 
+def test_a_form_posts_values_count_once(rest: Rest) -> None:
+    # twisted.web parses a form body into request.args itself unless its Site says not to
+    # (this test's stub does): the dispatcher reads the query and the body on its own.
+    body = urlencode({"u": "alice", "p": LISTENER_PASSWORD, "name": "Form",
+                      "songId": SONG}).encode()
+    answer = rest.replica.call("POST", "/rest/createPlaylist.view?f=json", body,
+                               {"Content-Type": "application/x-www-form-urlencoded"},
+                               signed=False, cookies=False)
+    made = answer.json()["subsonic-response"]
+
+    assert made["status"] == "ok", made
+    assert ids(made["playlist"]["entry"]) == [SONG]
+
+
 # every answer as the schema says (XML, validated against tests/data/subsonic-1.16.1.xsd)
 
 
