@@ -13,6 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
 from distpotify.store.metadata import MetadataDB
@@ -28,6 +29,8 @@ from distpotify.userstate import MAX_RATING, UserState
 from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION
 
 ALBUM_LISTS = ("starred", "frequent", "recent", "highest")
+# The parameters that prove who calls: left out of what a write's key is checked against.
+CREDENTIALS = frozenset({"u", "p", "t", "s", "apiKey"})
 
 
 def userstate(call: Call) -> UserState:
@@ -90,8 +93,21 @@ async def write_key(call: Call) -> IdempotencyKey | None:
     raw = header.encode("latin-1") if isinstance(header, str) else header
     text = parse_key(raw)  # a BadRequest: error 0
     key: IdempotencyKey = await call.server.library.request_key(
-        f"{call.user.id} {text}", call.request.method, call.request.uri, call.request.content)
+        f"{call.user.id} {text}", b"SUBSONIC", _identity(call), None)
     return key
+
+
+def _identity(call: Call) -> bytes:
+    """What a write's key is checked against (its digest is stored with the outcome, in every
+    replica's database, for a day): the path and every parameter, from the query and a form
+    body alike (GET or POST: the same call), but the credentials. The URI and body as sent
+    would put an unsalted SHA-256 of the caller's password (``p``) there, open to a
+    dictionary; and the key is the caller's own already."""
+    path = call.request.uri.partition(b"?")[0]
+    params = call.params
+    kept = [(name, value) for name in sorted(params.names()) if name not in CREDENTIALS
+            for value in params.all(name)]
+    return path + b"?" + urlencode(kept).encode("ascii")
 
 
 def written(call: Call, outcome: Outcome) -> dict[str, Any]:

@@ -96,6 +96,9 @@ class Params:
     def __contains__(self, name: str) -> bool:
         return name in self._values
 
+    def names(self) -> list[str]:
+        return list(self._values)
+
     def boolean(self, name: str, default: bool) -> bool:
         """``name`` as true/false (the spec's booleans); ``default`` when absent."""
         text = self.get(name)

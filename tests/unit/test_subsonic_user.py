@@ -5,6 +5,7 @@ the spec's error code and nothing changed."""
 
 from __future__ import annotations
 
+import hashlib
 import types
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from twisted.internet.defer import Deferred
 
 from distpotify import catalog
 from distpotify.auth.users import User
+from distpotify.idempotency import IdempotencyKey, request_digest
+from distpotify.store.idempotency import ENTITY
 from distpotify.store.metadata import Change
 from distpotify.subsonic import annotations
 from distpotify.subsonic.call import Call, Params
@@ -586,6 +589,46 @@ def test_a_form_posts_values_count_once(rest: Rest) -> None:
 
     assert made["status"] == "ok", made
     assert ids(made["playlist"]["entry"]) == [SONG]
+
+
+def test_a_keyed_write_is_known_by_what_it_does_not_by_the_credentials_it_carries(
+        rest: Rest) -> None:
+    """The digest a key's outcome is stored with leaves the credentials out: the same write
+    sent with a password, a token or in a form body is the same write, and no SHA-256 of
+    the password lands in every replica's idempotency table."""
+    key = {"Idempotency-Key": '"star-once"'}
+
+    def star(query: str, body: bytes | None = None) -> Any:
+        headers = dict(key)
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        answer = rest.replica.call("POST" if body is not None else "GET",
+                                   f"/rest/star.view?{query}", body, headers, signed=False,
+                                   cookies=False)
+        return answer.json()["subsonic-response"], answer.headers
+
+    first, headers = star(urlencode({"u": "alice", "p": LISTENER_PASSWORD, "id": SONG,
+                                     "f": "json"}))
+    assert first["status"] == "ok" and "idempotent-replayed" not in headers
+    salt = "a1b2c3"
+    token = hashlib.md5((LISTENER_PASSWORD + salt).encode(), usedforsecurity=False).hexdigest()
+    again, headers = star(urlencode({"u": "alice", "t": token, "s": salt, "id": SONG,
+                                     "f": "json"}))
+    assert again["status"] == "ok" and headers.get("idempotent-replayed") == "true"
+    form, headers = star("f=json", urlencode({"u": "alice", "p": LISTENER_PASSWORD,
+                                              "id": SONG}).encode())
+    assert form["status"] == "ok" and headers.get("idempotent-replayed") == "true", form["error"]
+
+    other, _ = star(urlencode({"u": "alice", "p": LISTENER_PASSWORD, "id": OTHER_SONG,
+                               "f": "json"}))
+    assert other["status"] == "failed" and other["error"]["code"] == 0  # another write
+    row = rest.replica.db.get_row(ENTITY, IdempotencyKey(f"{rest.alice.id} star-once", "").id)
+    assert row is not None
+    sent = "/rest/star.view?" + urlencode({"u": "alice", "p": LISTENER_PASSWORD, "id": SONG,
+                                           "f": "json"})
+    kept = "/rest/star.view?" + urlencode({"f": "json", "id": SONG})
+    assert row.fields["request"] == request_digest(b"SUBSONIC", kept.encode(), None)
+    assert row.fields["request"] != request_digest(b"GET", sent.encode(), None)
 
 
 # every answer as the schema says (XML, validated against tests/data/subsonic-1.16.1.xsd)
