@@ -44,11 +44,13 @@ def loggable_uri(uri: bytes) -> str:
     """A request's URI as a log line may show it. A Subsonic request (/rest/...) carries its
     client's password, token and salt, or API key, in the query on every call: its query is
     cut, whatever the case or the slashes or %-escapes before "rest" (a replica's router
-    unquotes the path). Other URIs are shown whole."""
+    unquotes the path), and wherever a segment "rest..." stands in the path: an
+    absolute-form target ("http://host/rest/ping?p=...") or one with a "." or ".." segment
+    is refused with a 4xx, which is logged. Other URIs are shown whole."""
     path, mark, _ = uri.partition(b"?")
     text = path.decode("utf-8", "replace")
     plain = unquote_to_bytes(path).decode("utf-8", "replace")
-    if mark and plain.lstrip("/").lower().startswith("rest"):
+    if mark and any(part.lower().startswith("rest") for part in plain.split("/")):
         return text + HIDDEN_QUERY
     return uri.decode("utf-8", "replace")
 

@@ -277,6 +277,9 @@ def test_no_log_line_shows_a_rest_query_string(logged: list[str]) -> None:
     (b"/%72est/ping?p=secret", "/%72est/ping?<hidden>"),
     (b"/rest/ping.view", "/rest/ping.view"),
     (b"/songs?q=rest", "/songs?q=rest"),
+    (b"http://host/rest/ping.view?u=a&p=secret", "http://host/rest/ping.view?<hidden>"),
+    (b"/./rest/ping?p=secret", "/./rest/ping?<hidden>"),
+    (b"/x/..%2frest/ping?p=secret", "/x/..%2frest/ping?<hidden>"),
 ])
 def test_a_loggable_uri_keeps_everything_but_a_rest_query(uri: bytes, shown: str) -> None:
     assert loggable_uri(uri) == shown
