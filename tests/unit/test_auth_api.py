@@ -3,6 +3,7 @@ the admin's accounts, CSRF, the login limit, and passwords kept out of every ans
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -19,6 +20,7 @@ from distpotify.accounts import SETUP_CODE_FILE
 from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.tokens import TokenSigner
 from distpotify.cli.keygen import key_file_text
+from distpotify.idempotency import request_digest
 from distpotify.keys import ClusterKeys
 from distpotify.tap import Options
 from tests.helpers.accounts import (
@@ -328,6 +330,31 @@ def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryR
     assert (first.status, again.status) == (201, 201)
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
+
+
+def test_a_keyed_account_write_stores_no_digest_of_its_password(replica: InMemoryReplica,
+                                                                 admin: Session) -> None:
+    """The request digest a key stores (in every replica, for a day) leaves the password out:
+    a SHA-256 over a body holding one would be open to a dictionary. The key still refuses
+    another account under it (422), and nothing is made by the refusal."""
+    body = {"username": "carol", "password": LISTENER_PASSWORD}
+    headers = {**admin.bearer, "Idempotency-Key": '"make-carol-2"'}
+
+    made = call(replica, "POST", "/users", body, headers)
+    other = call(replica, "POST", "/users", {"username": "dave", "password": LISTENER_PASSWORD},
+                 headers)
+
+    stored = [row["request"] for row in replica.db._conn.execute("SELECT request FROM idempotency")]
+    raw = json.dumps(body).encode()
+    as_sent = {request_digest(b"POST", b"/users", io.BytesIO(raw)),
+               request_digest(b"POST", b"/users", io.BytesIO(json.dumps(body, sort_keys=True,
+                                                               separators=(",", ":")).encode()))}
+    without = request_digest(b"POST", b"/users", io.BytesIO(b'{"username":"carol"}'))
+    assert (made.status, other.status) == (201, 422)
+    assert without in stored and not as_sent & set(stored)
+    names = {u["username"] for u in call(replica, "GET", "/users", headers=admin.bearer).json()[
+        "users"]}
+    assert "dave" not in names and "carol" in names
 
 
 def test_an_idempotency_key_is_the_accounts_own(replica: InMemoryReplica, admin: Session,
