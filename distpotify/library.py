@@ -354,6 +354,7 @@ class Library:
             fields["public"] = _public(values["public"])
         if "name" in values or not fields:
             fields["name"] = _name(values.get("name"))
+        fields["changed_at"] = self._now()
         return await self._write(key, _edit_if_live, "playlists",
                                  _checked_id(playlist_id, "playlist"), fields, actor)
 
@@ -394,7 +395,7 @@ class Library:
         """204."""
         self.leadership.require_leader()
         return await self._write(key, _remove_item, _checked_id(playlist_id, "playlist"),
-                                 _checked_id(item_id, "item"), actor)
+                                 _checked_id(item_id, "item"), actor, self._now())
 
 
 _OVERRIDABLE = ("title", "artist", "album", "track", "year", "genre")
@@ -556,21 +557,26 @@ def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any], actor: Actor
         raise NotFound(f"no song {fields['song_id']}")
     if fields["position"] is None:
         fields = {**fields, "position": db.last_position(fields["playlist_id"]) + 1.0}
-    _create_once(db, "playlist_items", item_id, fields)
+    if _create_once(db, "playlist_items", item_id, fields):
+        db.write([Change("playlists", fields["playlist_id"], {"changed_at": fields["created_at"]})])
     item = db.item(item_id)
     if item is None or item["playlist_id"] != fields["playlist_id"]:
         raise Conflict(f"item {item_id} belongs to another playlist")
     return Outcome(201, {"item": item})
 
 
-def _remove_item(db: MetadataDB, playlist_id: str, item_id: str, actor: Actor) -> Outcome:
+def _remove_item(db: MetadataDB, playlist_id: str, item_id: str, actor: Actor, at: str
+                 ) -> Outcome:
     playlist = db.playlist(playlist_id)
     if playlist is not None:
         _owned(playlist["owner"], actor, f"playlist {playlist_id}")
     item = db.item(item_id)
     if item is None or item["playlist_id"] != playlist_id:
         raise NotFound(f"no item {item_id} in playlist {playlist_id}")
-    db.write([Change("playlist_items", item_id, {"deleted": 1})])
+    changes = [Change("playlist_items", item_id, {"deleted": 1})]
+    if playlist is not None:
+        changes.append(Change("playlists", playlist_id, {"changed_at": at}))
+    db.write(changes)
     return Outcome(204)
 
 

@@ -128,8 +128,10 @@ ENTITIES: dict[str, Entity] = {
         Entity("chunks", ("song_id", "idx"), ("size", "sha256", "deleted")),
         # "owner" is the id of the account that made it (None: from before accounts);
         # "comment" is the Subsonic API's (issue 18).
+        # "changed_at": the time of its last edit, of itself or of its items (Subsonic's
+        # "changed", by which clients re-sync playlists).
         Entity("playlists", ("id",), ("name", "owner", "created_at", "deleted", "public",
-                                      "comment")),
+                                      "comment", "changed_at")),
         Entity(
             "playlist_items",
             ("id",),

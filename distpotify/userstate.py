@@ -345,8 +345,8 @@ def _edit_playlist(db: MetadataDB, playlist_id: str, actor: Actor, fields: dict[
         raise BadRequest(f"the playlist shows {len(items)} songs: no such index")
     gone = items if replace else [items[index] for index in remove]
     changes = [Change("playlist_items", item["id"], {"deleted": 1}) for item in gone]
-    if fields:
-        changes.append(Change("playlists", playlist_id, fields))
+    if fields or gone or add:
+        changes.append(Change("playlists", playlist_id, {**fields, "changed_at": at}))
     if changes:
         db.write(changes)  # before the new items: their positions follow what is left
     added = _item_changes(db, playlist_id, add, base, at)

@@ -151,9 +151,9 @@ class UserStateQueries(CatalogQueries):
 
     def playlist_summaries(self) -> dict[str, dict[str, Any]]:
         """Every live playlist's Subsonic summary, by id: ``comment``, ``song_count`` and
-        ``duration`` of its live songs, and ``changed`` (its newest item's time, or its own)."""
+        ``duration`` of its live songs, and ``changed`` (its last edit, of itself or its items)."""
         rows = self._conn.execute(
-            "SELECT p.id, p.comment, p.created_at, count(s.id) AS song_count,"
+            "SELECT p.id, p.comment, p.created_at, p.changed_at, count(s.id) AS song_count,"
             " coalesce(sum(s.duration), 0) AS duration, max(i.created_at) AS last_item"
             " FROM playlists AS p"
             " LEFT JOIN playlist_items AS i ON i.playlist_id = p.id AND i.deleted = 0"
@@ -163,6 +163,7 @@ class UserStateQueries(CatalogQueries):
         return {row["id"]: {"comment": row["comment"], "song_count": int(row["song_count"]),
                             "duration": float(row["duration"] or 0),
                             "changed": max(str(row["created_at"] or ""),
+                                           str(row["changed_at"] or ""),
                                            str(row["last_item"] or ""))}
                 for row in rows}
 

@@ -385,6 +385,29 @@ def test_create_get_update_and_delete_a_playlist(rest: Rest) -> None:
     assert rest.ok("getPlaylists")["playlists"].get("playlist", []) == []
 
 
+def test_a_playlists_changed_moves_with_every_edit(rest: Rest) -> None:
+    """Clients re-sync a playlist when its ``changed`` moves: a rename, a removal (through
+    Subsonic or the JSON API) and an addition each move it forward, never back."""
+    made = rest.ok("createPlaylist", name="Mix", songId=[SONG, OTHER_SONG])["playlist"]
+    seen = [made["changed"]]
+
+    def edited(edit: Any) -> None:
+        rest.replica.clock.advance(60)
+        edit()
+        changed = rest.ok("getPlaylist", id=made["id"])["playlist"]["changed"]
+        assert changed > seen[-1], (changed, seen)
+        seen.append(changed)
+
+    edited(lambda: rest.ok("updatePlaylist", playlistId=made["id"], name="Renamed"))
+    edited(lambda: rest.ok("updatePlaylist", playlistId=made["id"], songIndexToRemove=1))
+    item = rest.replica.get(f"/playlists/{made['id']}").json()["playlist"]["items"][0]["id"]
+    edited(lambda: rest.replica.call("DELETE", f"/playlists/{made['id']}/items/{item}"))
+    edited(lambda: rest.replica.call("PATCH", f"/playlists/{made['id']}",
+                                     b'{"public": true}', {"Content-Type": "application/json"}))
+    edited(lambda: rest.ok("updatePlaylist", playlistId=made["id"], songIdToAdd=THIRD_SONG))
+    assert rest.ok("getPlaylists")["playlists"]["playlist"][0]["changed"] == seen[-1]
+
+
 def test_create_with_a_playlist_id_replaces_its_songs(rest: Rest) -> None:
     made = rest.ok("createPlaylist", name="Mix", songId=[SONG, OTHER_SONG])["playlist"]
 
