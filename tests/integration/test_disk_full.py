@@ -44,10 +44,11 @@ def free(path: Path) -> int:
 def fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` with one file until at most ``leave`` bytes are free; that file."""
     filler = disk / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):  # ENOSPC: it is full
+    # Unbuffered: a buffered file's close would flush what ENOSPC left in its buffer, and
+    # raise ENOSPC again outside the suppress.
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # ENOSPC: full
         while True:
             f.write(b"\0" * BLOCK)
-            f.flush()
     with open(filler, "r+b") as f:
         f.truncate(max(0, os.path.getsize(filler) - leave))
     return filler
