@@ -1,11 +1,13 @@
 """Real Subsonic clients (py-sonic's libsonic, py-opensonic) against three real replicas behind
 the real proxy with accounts on: ping, browse artist -> album -> song, search with a query and
 without, every album list type, and stream with the bytes compared with the upload's, through
-the proxy and from a replica; then the same browsing while a follower is SIGKILLed."""
+the proxy and from a replica, and the cover art an upload carried, resized; then the same
+browsing while a follower is SIGKILLed."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,10 @@ from typing import Any
 import libopensonic
 import libsonic
 import pytest
+from PIL import Image
 
 from tests.helpers.audio import make_audio, require_ffmpeg
+from tests.helpers.covers import embed, picture
 from tests.helpers.fronted import ADMIN_NAME, ADMIN_PASSWORD, Client, Fronted
 from tests.helpers.replica import ReplicaProcess, request, wait_until
 
@@ -29,6 +33,8 @@ SONGS = [
     {"title": "Elsewhere", "artist": "Ämy Ünder", "album": "Far", "track": "1",
      "date": "2011", "genre": "Pop"},
 ]
+# The front cover embedded in the first song (and so its album's).
+COVER = picture("PNG", (120, 90), (20, 120, 200))
 
 
 @pytest.fixture
@@ -46,7 +52,10 @@ def upload(admin: Client, tmp_path: Path) -> dict[str, str]:
     """The songs uploaded through the proxy: the SHA-256 of each file, by title."""
     digests = {}
     for n, tags in enumerate(SONGS):
-        data = make_audio(tmp_path / f"{n}.mp3", "mp3", seconds=2 + n, tags=tags).read_bytes()
+        path = make_audio(tmp_path / f"{n}.mp3", "mp3", seconds=2 + n, tags=tags)
+        if n == 0:
+            embed(path, "mp3", COVER)
+        data = path.read_bytes()
         answer = admin.call("POST", "/songs", data, {"Content-Type": "audio/mpeg"})
         assert answer.status == 201, answer.body
         digests[tags["title"]] = hashlib.sha256(data).hexdigest()
@@ -161,6 +170,13 @@ def test_real_clients_browse_search_and_stream(fronted: Fronted, tmp_path: Path)
         assert [a.name for a in searched.artist] == ["Ämy Ünder"]
     finally:
         other.cleanup()
+
+    album = client.getAlbum(client.getSong(song_id)["song"]["albumId"])["album"]
+    cover = album["coverArt"]
+    original = eventually(lambda: client.getCoverArt(cover).read(), "the cover")
+    assert original == COVER
+    small = Image.open(io.BytesIO(client.getCoverArt(cover, size=40).read()))
+    assert max(small.size) == 40 and small.size == (40, 30)
 
     streamed = client.stream(song_id).read()
     assert hashlib.sha256(streamed).hexdigest() == digests["Opening"]
