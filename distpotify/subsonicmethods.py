@@ -5,6 +5,8 @@ method, and read-your-writes follows them like any write.
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 # Lower-case method names (a client's "/rest/createPlaylist.view" matches "createplaylist").
 WRITES = frozenset(name.lower() for name in (
     "createPlaylist", "updatePlaylist", "deletePlaylist",
@@ -28,6 +30,18 @@ def method_name(path: bytes | str) -> str | None:
     if name.endswith(".view"):
         name = name[: -len(".view")]
     return name.lower() if name and "/" not in name else None
+
+
+def method_of_uri(uri: bytes) -> str | None:
+    """The method a request's raw URI names, its path unquoted as the replica's router
+    unquotes it ("/%72est/star" is a star); None outside /rest. Asked of every request the
+    proxy forwards: a path without "%" outside /rest is answered without unquoting."""
+    path = uri.partition(b"?")[0]
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    elif not path.startswith(b"/rest/"):
+        return None
+    return method_name(path)
 
 
 def writes(path: bytes | str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from urllib.parse import unquote_to_bytes
 
 import attrs
 
@@ -34,10 +33,9 @@ def is_write(method: bytes, uri: bytes) -> bool:
     writes by its method's name, whatever its HTTP method: clients send writes as GETs
     (``/rest/star.view?id=..``) and, with the formPost extension, reads as POSTs; OPTIONS
     never writes. Anything else: every method but GET, HEAD and OPTIONS."""
-    # The replica's router unquotes the path: "/%73tar" is a star too.
-    path = unquote_to_bytes(uri.partition(b"?")[0])
-    if method != b"OPTIONS" and subsonicmethods.method_name(path) is not None:
-        return subsonicmethods.writes(path)
+    name = None if method == b"OPTIONS" else subsonicmethods.method_of_uri(uri)
+    if name is not None:
+        return name in subsonicmethods.WRITES
     return method not in READ_METHODS
 
 

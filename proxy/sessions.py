@@ -15,7 +15,7 @@ import hashlib
 import re
 import secrets
 from collections import OrderedDict
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
@@ -95,8 +95,7 @@ def _subsonic_client(request: Request) -> str | None:
     token, for every call. Only a write the replica accepted is remembered, so a stranger
     naming that user gains nothing but a wait for that user's version. None outside /rest
     or without credentials."""
-    path = unquote_to_bytes(request.uri.partition(b"?")[0])
-    if subsonicmethods.method_name(path) is None:
+    if subsonicmethods.method_of_uri(request.uri) is None:
         return None
     params = _subsonic_params(request)
     api_key = params.get("apiKey")
