@@ -154,19 +154,21 @@ def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
         raise UnsupportedMedia(f"not an audio file this service can read: {e}") from None
     body.file.seek(0)
     digest = hashlib.sha256()
-    written: list[tuple[int, int, str]] = []
+    sizes: list[int] = []
     with chunks.batch(song_id) as batch:
         while block := body.file.read(chunk_size):
+            batch.add(len(sizes), block)  # written and hashed by the pool meanwhile
             digest.update(block)
-            written.append((len(written), len(block), batch.add(len(written), block)))
+            sizes.append(len(block))
+        hashes = batch.written()
         reached("upload.chunks_written")
         batch.commit()
     reached("upload.chunks_durable")
     cover = None
     if covers is not None and info.cover is not None:
         cover = covers.put(info.cover)
-    size = sum(length for _, length, _ in written)
-    return Ingested(size, digest.hexdigest(), tuple(written), info, cover)
+    written = tuple(zip(range(len(sizes)), sizes, hashes, strict=True))
+    return Ingested(sum(sizes), digest.hexdigest(), written, info, cover)
 
 
 def title_from_filename(filename: str | None) -> str | None:

@@ -2,9 +2,9 @@
 
 A chunk is written to a temp file, fsynced, renamed into place and the directory fsynced, so a
 crash leaves either the whole verified chunk or a temp file that start-up removes. A song's
-chunks are written as a batch: each is fsynced by a small pool while the next is written
-(a filesystem commits concurrent fsyncs together), then all are renamed and the directory is
-fsynced once.
+chunks are written as a batch: a small pool writes, hashes and fsyncs them side by side (a
+filesystem commits concurrent fsyncs together) while the next are read, then all are renamed
+and the directory is fsynced once.
 """
 # test-case-name: tests.unit.test_chunks
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -22,6 +23,17 @@ from distpotify.model import valid_uuid
 TMP_SUFFIX = ".tmp"
 PART_SUFFIX = ".part"  # a download in progress (replication/fetch.py), resumed after a crash
 SYNC_THREADS = 8  # fsyncs in flight at once: several per journal commit, not one each
+IN_FLIGHT = 2 * SYNC_THREADS  # chunks of one batch handed to the pool and not yet durable
+
+
+def _write_durably(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new file at ``path`` and fsync it (a pool thread); its SHA-256."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        digest = hashlib.sha256(data).hexdigest()  # while the page cache takes the write
+        os.fsync(f.fileno())
+    return digest
 
 
 def fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
@@ -34,30 +46,56 @@ def fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
 
 
 class ChunkBatch:
-    """The new chunk files of one song: ``add`` writes each to a temp file and hands its
-    fsync to the pool; ``commit`` waits for them, renames them into place and fsyncs the
-    directory once. Leaving the ``with`` block on an error removes every file of the batch."""
+    """The new chunk files of one song: ``add`` hands each to the pool, which writes it to a
+    temp file, hashes and fsyncs it (the chunks of a song are written, hashed and synced side
+    by side, and a filesystem commits concurrent fsyncs together); ``commit`` waits for them,
+    renames them into place and fsyncs the directory once. Leaving the ``with`` block on an
+    error removes every file of the batch."""
 
     def __init__(self, store: ChunkStore, song_id: str) -> None:
         self._store = store
         self._song_id = song_id
         self._files: list[tuple[Path, Path]] = []  # (temp, final) of every chunk begun
-        self._syncs: list[Future[None]] = []
+        self._writes: list[Future[str]] = []
+        self._room = threading.BoundedSemaphore(IN_FLIGHT)
+        self._failed: BaseException | None = None
 
-    def add(self, idx: int, data: bytes) -> str:
-        """Write chunk ``idx``; its SHA-256."""
+    def add(self, idx: int, data: bytes) -> Future[str]:
+        """Begin chunk ``idx``: its SHA-256 once it is written and durable as a temp file.
+        Waits while IN_FLIGHT chunks are being written (their bytes are held until then);
+        raises at once if one of the batch already failed (a full disk)."""
+        if self._failed is not None:
+            raise self._failed
         final = self._store.path(self._song_id, idx)
         tmp = final.with_name(final.name + TMP_SUFFIX)
         self._files.append((tmp, final))  # before the write: a half-written one goes too
-        with open(tmp, "wb") as f:
-            f.write(data)
-        self._syncs.append(self._store.pool().submit(fsync_path, tmp))
-        return hashlib.sha256(data).hexdigest()
+        self._room.acquire()
+        try:
+            written = self._store.pool().submit(_write_durably, tmp, data)
+        except BaseException:
+            self._room.release()
+            raise
+        written.add_done_callback(self._done)
+        self._writes.append(written)
+        return written
+
+    def _done(self, written: Future[str]) -> None:
+        self._room.release()
+        if self._failed is None and written.exception() is not None:
+            self._failed = written.exception()
+
+    def written(self) -> list[str]:
+        """Wait until every chunk added is durable as its temp file; their SHA-256s in order.
+        Raises the first failure (a full disk fails the batch)."""
+        try:
+            return [written.result() for written in self._writes]
+        except BaseException as e:
+            self._failed = self._failed or e
+            raise
 
     def commit(self) -> None:
         """Every chunk durable and in place, the directory entries too."""
-        for synced in self._syncs:
-            synced.result()  # an fsync that failed (a full disk) fails the batch
+        self.written()
         for tmp, final in self._files:
             os.replace(tmp, final)
         self._store.sync_dir()
@@ -69,7 +107,7 @@ class ChunkBatch:
                  tb: TracebackType | None) -> None:
         if kind is None:
             return
-        wait(self._syncs)  # no fsync may still hold a file we remove
+        wait(self._writes)  # no write or fsync may still hold a file we remove
         for tmp, final in self._files:
             tmp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)

@@ -20,9 +20,9 @@ def chunks(tmp_path: Path) -> ChunkStore:
 
 def write(chunks: ChunkStore, idx: int, data: bytes) -> str:
     with chunks.batch(SONG) as batch:
-        digest = batch.add(idx, data)
+        written = batch.add(idx, data)
         batch.commit()
-    return digest
+    return written.result()
 
 
 def test_a_batch_stores_the_bytes_and_returns_their_sha256(chunks: ChunkStore) -> None:
@@ -45,6 +45,7 @@ def test_a_batch_renames_its_chunks_into_place_only_once_all_are_durable(
     with chunks.batch(SONG) as batch:
         for idx in range(5):
             batch.add(idx, bytes([idx]) * 1000)
+        batch.written()
         assert sorted(os.listdir(chunks.root)) == [f"{SONG}_{n}.tmp" for n in range(5)]
         batch.commit()
 
@@ -100,3 +101,28 @@ def test_a_batch_whose_fsync_fails_on_a_full_disk_leaves_no_file(
         batch.commit()
 
     assert os.listdir(tmp_path / "chunks") == []
+
+
+def test_a_batch_hashes_its_chunks_in_order_and_stops_at_the_first_failure(
+    chunks: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = [bytes([n]) * 5000 for n in range(40)]  # more than the pool holds at once
+    with chunks.batch(SONG) as batch:
+        for idx, block in enumerate(blocks):
+            batch.add(idx, block)
+        assert batch.written() == [hashlib.sha256(b).hexdigest() for b in blocks]
+        batch.commit()
+    assert [chunks.read(SONG, n) for n in range(40)] == blocks
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    other = "abcdef33-3333-4333-8333-333333333333"
+    with pytest.raises(OSError, match="No space"), chunks.batch(other) as batch:
+        batch.add(0, b"x")
+        with pytest.raises(OSError, match="No space"):
+            batch.written()
+        batch.add(1, b"y")  # raises: nothing more is written once the batch failed
+        raise AssertionError("add went on after a failed write")
+    assert sorted(os.listdir(chunks.root)) == sorted(f"{SONG}_{n}" for n in range(40))
