@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, RequestNotSent, ResponseDone
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -394,10 +394,9 @@ class Exchange:
     async def _send(self, backend: Backend) -> IResponse | Unanswered:
         """The request, sent once to ``backend``: its answer, or how it failed to come."""
         request = self._request
+        body = self._body()
         d = self._resource.agent.request(
-            request.method, backend.url.encode() + self._uri, self._upstream_headers(),
-            self._body(),
-        )
+            request.method, backend.url.encode() + self._uri, self._upstream_headers(), body)
         timeout = self._config.write_timeout if self._write else self._config.response_timeout
         d.addTimeout(timeout, self._clock)
         superseded: list[Backend] = []
@@ -426,6 +425,8 @@ class Exchange:
         finally:
             if watch is not None and not superseded:
                 watch.cancel()
+            if body is not None:
+                body.stop()  # an answer can come before all of the body went (_SpooledBody)
         return response
 
     async def _named_leader(self, backend: Backend, response: IResponse) -> str | None:
@@ -494,7 +495,7 @@ class Exchange:
         headers.setRawHeaders(b"If-Range", [self._resume.etag.encode()])
         return headers
 
-    def _body(self) -> IBodyProducer | None:
+    def _body(self) -> _SpooledBody | None:
         content = self._request.content
         if content is None:
             return None
@@ -502,7 +503,7 @@ class Exchange:
         if size == 0 and self._request.method in READ_METHODS:
             return None  # a GET, even a Subsonic write's, sends no body
         content.seek(0)
-        return FileBodyProducer(_KeepOpen(content), cooperator=self._resource.cooperator)
+        return _SpooledBody(content, self._resource.cooperator)
 
     # the client's side
 
@@ -781,6 +782,30 @@ def _leader_named(body: bytes) -> str | None:
         return None
     leader = value.get("leader_http") if isinstance(value, dict) else None
     return leader.rstrip("/") if isinstance(leader, str) and leader else None
+
+
+class _SpooledBody(FileBodyProducer):
+    """The spooled request body, sent to one replica; ``stop`` ends the sending wherever it is.
+
+    The Agent stops a body's producer when its request is cancelled or its connection lost,
+    but not when the whole answer arrives first: a replica refuses a body it cannot take
+    (413, or 507 for a full disk) before reading it. Left running, the producer would read on
+    after the client's request ended and closed the spool ("read of closed file", logged as
+    critical), or, under the next attempt's producer, from the same file at once.
+    """
+
+    def __init__(self, content: IO[bytes], cooperator: Any) -> None:
+        super().__init__(_KeepOpen(content), cooperator=cooperator)
+        self._started = False
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._started = True
+        return super().startProducing(consumer)
+
+    def stop(self) -> None:
+        """Send nothing more; a no-op once everything was sent, or if nothing was to be."""
+        if self._started:
+            self.stopProducing()
 
 
 class _KeepOpen:
