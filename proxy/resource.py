@@ -76,6 +76,7 @@ from proxy.resume import Resume
 from proxy.security import secure_session_cookies
 from proxy.sessions import Sessions
 from proxy.splice import AVAILABLE, MIN_SPLICE, Pipes, SpliceRelay, UpstreamStalled
+from proxy.upstream import read_body
 
 log = Logger()
 
@@ -750,29 +751,15 @@ def _discard(response: IResponse) -> None:
     response.deliverBody(_Discard())
 
 
-class _Collect(Protocol):
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.done: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > MAX_SMALL_BODY:
-            if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.done.callback(b"".join(self.parts))
-
-
 async def _small_body(response: IResponse) -> bytes:
-    """A short JSON body (a 421's), whole or cut at MAX_SMALL_BODY; never fails."""
-    collect = _Collect()
-    response.deliverBody(collect)
-    return await collect.done
+    """A short JSON body (a 421's), or b"" if it is longer than MAX_SMALL_BODY or cut.
+    Cancelled (the client went away), it closes the answer's connection."""
+    try:
+        return await read_body(response, MAX_SMALL_BODY)
+    except CancelledError:
+        raise
+    except Exception:
+        return b""
 
 
 def _leader_named(body: bytes) -> str | None:

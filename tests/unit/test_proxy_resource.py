@@ -670,6 +670,20 @@ def test_a_client_gone_while_a_421_refreshes_the_view_leaves_no_unhandled_error(
     assert [e["log_format"] for e in events if e.get("isError")] == []
 
 
+def test_a_client_gone_while_a_421s_body_is_read_closes_that_answer() -> None:
+    """The 421's body was read by a Deferred without a canceller: the connection stayed
+    open until the replica sent the rest, if it ever did."""
+    nodes = cluster(status_code=421, stall_after=0,
+                    status_body=b'{"error": "not_leader", "leader_id": null}')
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    answer = nodes[2].responses[-1]
+    conn.go_away()
+
+    assert answer.closed and proxy.counters.client_gone == 1
+
+
 # read your writes
 
 
