@@ -6,11 +6,12 @@ What each answer or failure means (next replica, send again, redirect, resume, g
 decided by decision.py; the Exchange sends with the Agent, keeps the timeouts, and does what
 it says. When a replica fails a read before the first byte reaches the client the request
 goes to the next one; after that the download resumes elsewhere with Range + If-Range of the
-same ETag. After three failed replicas the client gets 503, or a torn connection if bytes
-were already sent: never a short response dressed up as complete. Every write carries an
-Idempotency-Key (the client's or one made here) and is sent again under it, to whichever
-replica leads, until the leader answers or --write-hold passes (503). A write's answer tells
-its client's later reads which version to wait for (sessions.py).
+same ETag. After three failed replicas the client gets 503 (a Subsonic client: the spec's
+error, subsonic.py), or a torn connection if bytes were already sent: never a short response
+dressed up as complete. Every write carries an Idempotency-Key (the client's or one made
+here) and is sent again under it, to whichever replica leads, until the leader answers or
+--write-hold passes (503). A write's answer tells its client's later reads which version to
+wait for (sessions.py).
 """
 # test-case-name: tests.unit.test_proxy_resource, tests.unit.test_proxy_decision
 
@@ -49,6 +50,7 @@ from distpotify.wire import (
     version_writer,
 )
 from distpotify.zerocopy import plain_socket
+from proxy import subsonic
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
 from proxy.decision import (
@@ -577,13 +579,20 @@ class Exchange:
             transport.abortConnection()  # type: ignore[attr-defined]
 
     def _answer_error(self, status: int, code: str, message: str) -> None:
+        """The proxy's own answer: its JSON error, or for a Subsonic client the spec's error 0
+        in a 200 (what every Subsonic client reads), the status only in the log line."""
         if self._gone:
             return
-        log.info("{method} {uri} -> {status} {code}: {message}",
-                 method=self._request.method.decode(), uri=self._shown,
-                 status=status, code=code, message=message)
         request = self._request
-        body = json_error(request, status, code, message)
+        as_subsonic = subsonic.is_subsonic(request)
+        log.info("{method} {uri} -> {status} {code}{shape}: {message}",
+                 method=self._request.method.decode(), uri=self._shown,
+                 status=status, code=code, message=message,
+                 shape=" (as Subsonic error 0)" if as_subsonic else "")
+        if as_subsonic:
+            body = subsonic.failed(request, message)
+        else:
+            body = json_error(request, status, code, message)
         if status == 503:
             request.setHeader(b"Retry-After", b"1")
         request.write(body)
