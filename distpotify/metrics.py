@@ -3,7 +3,7 @@
 Counters are fed where things happen (the HTTP access log); everything else is read from the
 replica's parts when Prometheus scrapes, so no number is kept twice.
 """
-# test-case-name: tests.integration.test_metrics
+# test-case-name: tests.unit.test_metrics, tests.integration.test_metrics
 
 from __future__ import annotations
 
@@ -13,15 +13,23 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from distpotify import subsonicmethods
+
 _IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NUMBERS = re.compile(r"/\d+(?=/|$)")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+# Every call of the Subsonic API: its method names are whatever a client sends.
+SUBSONIC_ROUTE = "/rest/{method}"
+
+
 def route_of(path: str) -> str:
     """A path with ids and numbers replaced, so labels stay few: /songs/{id}/chunks/{n}."""
     path = path.split("?", 1)[0]
+    if subsonicmethods.method_name(path) is not None:
+        return SUBSONIC_ROUTE
     route = _NUMBERS.sub("/{n}", _IDS.sub("{id}", path))
     known = ("/status", "/metrics", "/songs", "/playlists", "/sync", "/auth", "/users")
     return route if route.startswith(known) else "other"

@@ -16,7 +16,6 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults, mayb
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
@@ -25,6 +24,7 @@ from distpotify.periodic import Periodic
 from distpotify.signing import EMPTY_SHA256, sign
 from distpotify.wire import ACTIVE, LEADER
 from proxy.config import ConfigError, parse_backends
+from proxy.upstream import read_body
 
 log = Logger()
 
@@ -447,7 +447,7 @@ def status_fetcher(agent: IAgent, keys: ClusterKeys | None = None,
                                     clock.seconds()).items():
                 headers.setRawHeaders(name, [value])
         response = await agent.request(b"GET", url.encode() + b"/status", headers)
-        body = await readBody(response)
+        body = await read_body(response)
         if response.code != 200:
             raise StatusError(f"/status answered {response.code}")
         value = json.loads(body)

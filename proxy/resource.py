@@ -6,11 +6,12 @@ What each answer or failure means (next replica, send again, redirect, resume, g
 decided by decision.py; the Exchange sends with the Agent, keeps the timeouts, and does what
 it says. When a replica fails a read before the first byte reaches the client the request
 goes to the next one; after that the download resumes elsewhere with Range + If-Range of the
-same ETag. After three failed replicas the client gets 503, or a torn connection if bytes
-were already sent: never a short response dressed up as complete. Every write carries an
-Idempotency-Key (the client's or one made here) and is sent again under it, to whichever
-replica leads, until the leader answers or --write-hold passes (503). A write's answer tells
-its client's later reads which version to wait for (sessions.py).
+same ETag. After three failed replicas the client gets 503 (a Subsonic client: the spec's
+error, subsonic.py), or a torn connection if bytes were already sent: never a short response
+dressed up as complete. Every write carries an Idempotency-Key (the client's or one made
+here) and is sent again under it, to whichever replica leads, until the leader answers or
+--write-hold passes (503). A write's answer tells its client's later reads which version to
+wait for (sessions.py).
 """
 # test-case-name: tests.unit.test_proxy_resource, tests.unit.test_proxy_decision
 
@@ -34,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, RequestNotSent, ResponseDone
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IResponse
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -49,6 +50,7 @@ from distpotify.wire import (
     version_writer,
 )
 from distpotify.zerocopy import plain_socket
+from proxy import subsonic
 from proxy.backends import Backend, BackendView
 from proxy.config import ProxyConfig
 from proxy.decision import (
@@ -76,6 +78,7 @@ from proxy.resume import Resume
 from proxy.security import secure_session_cookies
 from proxy.sessions import Sessions
 from proxy.splice import AVAILABLE, MIN_SPLICE, Pipes, SpliceRelay, UpstreamStalled
+from proxy.upstream import read_body
 
 log = Logger()
 
@@ -394,10 +397,9 @@ class Exchange:
     async def _send(self, backend: Backend) -> IResponse | Unanswered:
         """The request, sent once to ``backend``: its answer, or how it failed to come."""
         request = self._request
+        body = self._body()
         d = self._resource.agent.request(
-            request.method, backend.url.encode() + self._uri, self._upstream_headers(),
-            self._body(),
-        )
+            request.method, backend.url.encode() + self._uri, self._upstream_headers(), body)
         timeout = self._config.write_timeout if self._write else self._config.response_timeout
         d.addTimeout(timeout, self._clock)
         superseded: list[Backend] = []
@@ -426,6 +428,8 @@ class Exchange:
         finally:
             if watch is not None and not superseded:
                 watch.cancel()
+            if body is not None:
+                body.stop()  # an answer can come before all of the body went (_SpooledBody)
         return response
 
     async def _named_leader(self, backend: Backend, response: IResponse) -> str | None:
@@ -494,7 +498,7 @@ class Exchange:
         headers.setRawHeaders(b"If-Range", [self._resume.etag.encode()])
         return headers
 
-    def _body(self) -> IBodyProducer | None:
+    def _body(self) -> _SpooledBody | None:
         content = self._request.content
         if content is None:
             return None
@@ -502,7 +506,7 @@ class Exchange:
         if size == 0 and self._request.method in READ_METHODS:
             return None  # a GET, even a Subsonic write's, sends no body
         content.seek(0)
-        return FileBodyProducer(_KeepOpen(content), cooperator=self._resource.cooperator)
+        return _SpooledBody(content, self._resource.cooperator)
 
     # the client's side
 
@@ -575,13 +579,20 @@ class Exchange:
             transport.abortConnection()  # type: ignore[attr-defined]
 
     def _answer_error(self, status: int, code: str, message: str) -> None:
+        """The proxy's own answer: its JSON error, or for a Subsonic client the spec's error 0
+        in a 200 (what every Subsonic client reads), the status only in the log line."""
         if self._gone:
             return
-        log.info("{method} {uri} -> {status} {code}: {message}",
-                 method=self._request.method.decode(), uri=self._shown,
-                 status=status, code=code, message=message)
         request = self._request
-        body = json_error(request, status, code, message)
+        as_subsonic = subsonic.is_subsonic(request)
+        log.info("{method} {uri} -> {status} {code}{shape}: {message}",
+                 method=self._request.method.decode(), uri=self._shown,
+                 status=status, code=code, message=message,
+                 shape=" (as Subsonic error 0)" if as_subsonic else "")
+        if as_subsonic:
+            body = subsonic.failed(request, message)
+        else:
+            body = json_error(request, status, code, message)
         if status == 503:
             request.setHeader(b"Retry-After", b"1")
         request.write(body)
@@ -749,29 +760,15 @@ def _discard(response: IResponse) -> None:
     response.deliverBody(_Discard())
 
 
-class _Collect(Protocol):
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.done: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > MAX_SMALL_BODY:
-            if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.done.callback(b"".join(self.parts))
-
-
 async def _small_body(response: IResponse) -> bytes:
-    """A short JSON body (a 421's), whole or cut at MAX_SMALL_BODY; never fails."""
-    collect = _Collect()
-    response.deliverBody(collect)
-    return await collect.done
+    """A short JSON body (a 421's), or b"" if it is longer than MAX_SMALL_BODY or cut.
+    Cancelled (the client went away), it closes the answer's connection."""
+    try:
+        return await read_body(response, MAX_SMALL_BODY)
+    except CancelledError:
+        raise
+    except Exception:
+        return b""
 
 
 def _leader_named(body: bytes) -> str | None:
@@ -781,6 +778,30 @@ def _leader_named(body: bytes) -> str | None:
         return None
     leader = value.get("leader_http") if isinstance(value, dict) else None
     return leader.rstrip("/") if isinstance(leader, str) and leader else None
+
+
+class _SpooledBody(FileBodyProducer):
+    """The spooled request body, sent to one replica; ``stop`` ends the sending wherever it is.
+
+    The Agent stops a body's producer when its request is cancelled or its connection lost,
+    but not when the whole answer arrives first: a replica refuses a body it cannot take
+    (413, or 507 for a full disk) before reading it. Left running, the producer would read on
+    after the client's request ended and closed the spool ("read of closed file", logged as
+    critical), or, under the next attempt's producer, from the same file at once.
+    """
+
+    def __init__(self, content: IO[bytes], cooperator: Any) -> None:
+        super().__init__(_KeepOpen(content), cooperator=cooperator)
+        self._started = False
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._started = True
+        return super().startProducing(consumer)
+
+    def stop(self) -> None:
+        """Send nothing more; a no-op once everything was sent, or if nothing was to be."""
+        if self._started:
+            self.stopProducing()
 
 
 class _KeepOpen:

@@ -15,18 +15,14 @@ import hashlib
 import re
 import secrets
 from collections import OrderedDict
-from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from distpotify import subsonicmethods
+from proxy import subsonic
 from proxy.forwarded import client_origin
 
 COOKIE = b"distpotify_client"
-# A Subsonic form POST (the formPost extension) carries its credentials in the body: one
-# larger than this is not read for them.
-MAX_FORM = 64 * 1024
 MAX_CLIENTS = 50_000
 # What this proxy hands out (token_urlsafe(18): 24 characters); anything else is not ours.
 _OURS = re.compile(rb"^[A-Za-z0-9_-]{24}$")
@@ -95,9 +91,9 @@ def _subsonic_client(request: Request) -> str | None:
     token, for every call. Only a write the replica accepted is remembered, so a stranger
     naming that user gains nothing but a wait for that user's version. None outside /rest
     or without credentials."""
-    if subsonicmethods.method_of_uri(request.uri) is None:
+    if not subsonic.is_subsonic(request):
         return None
-    params = _subsonic_params(request)
+    params = subsonic.params(request)
     api_key = params.get("apiKey")
     if api_key:
         return "subsonic-key:" + _digest(api_key)
@@ -111,31 +107,6 @@ def _subsonic_client(request: Request) -> str | None:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _subsonic_params(request: Request) -> dict[str, str]:
-    """The first value of each parameter, from the query and from a form body (a spooled
-    ``application/x-www-form-urlencoded`` POST of at most MAX_FORM bytes). Any bytes at all:
-    %-escapes are read as UTF-8, what is not UTF-8 replaced (the replica refuses it)."""
-    found: dict[str, str] = {}
-    content_type = request.getHeader(b"content-type") or b""
-    content = request.content
-    if (request.method == b"POST" and content is not None
-            and content_type.split(b";")[0].strip().lower()
-            == b"application/x-www-form-urlencoded"):
-        content.seek(0)
-        body = content.read(MAX_FORM + 1)
-        content.seek(0)
-        if len(body) <= MAX_FORM:
-            found.update(_first_values(body))
-    found.update(_first_values(request.uri.partition(b"?")[2]))
-    return found
-
-
-def _first_values(encoded: bytes) -> dict[str, str]:
-    # As text: parse_qs of bytes encodes what it decoded back to ASCII, and fails on "%C3%84".
-    parsed = parse_qs(encoded.decode("latin-1"), errors="replace")
-    return {name: values[0] for name, values in parsed.items()}
 
 
 def _cookie_client(value: bytes) -> str:

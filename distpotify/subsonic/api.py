@@ -1,6 +1,6 @@
 """The /rest resource of a replica: finds the method a path names (``/rest/getAlbum`` or
 ``/rest/getAlbum.view``, any case), reads the parameters (query string and form POST), checks
-the credentials (auth.py), runs the handler and renders its answer (respond.py).
+the credentials (auth.py), runs the handler and renders its answer (subsonicresponse.py).
 
 The spec answers failures with HTTP 200 and an error element, as clients expect. Three
 answers stay HTTP ones, for the proxy to act on: a write on a replica that does not lead
@@ -51,8 +51,8 @@ from distpotify.subsonic.call import (
     SubsonicError,
     method,
 )
-from distpotify.subsonic.respond import XML, Format, error, format_of, render
 from distpotify.subsonicmethods import WRITES, method_name
+from distpotify.subsonicresponse import XML, Format, error, format_of, render
 
 log = Logger()
 

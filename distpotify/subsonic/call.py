@@ -2,12 +2,12 @@
 authenticated user, the replica's services) and the spec's error codes.
 
 A handler is ``async def handler(call: Call) -> dict``: the payload inside
-``subsonic-response`` (``{"album": {...}}``), as a neutral tree that respond.py renders as XML
-or JSON: a scalar value is an XML attribute (a JSON member), a dict is one child element, a
-list of dicts is repeated child elements (a JSON array, even of one), a list of scalars is
-repeated child elements holding each as text (a JSON array of the scalars: the OpenSubsonic
-extensions' ``versions``), and the key "value" is an element's text content. None is left
-out. Handlers register with ``@method("getAlbum")`` (``writes=True`` for those in
+``subsonic-response`` (``{"album": {...}}``), as a neutral tree that subsonicresponse.py
+renders as XML or JSON: a scalar value is an XML attribute (a JSON member), a dict is one
+child element, a list of dicts is repeated child elements (a JSON array, even of one), a list
+of scalars is repeated child elements holding each as text (a JSON array of the scalars: the
+OpenSubsonic extensions' ``versions``), and the key "value" is an element's text content.
+None is left out. Handlers register with ``@method("getAlbum")`` (``writes=True`` for those in
 subsonicmethods.WRITES). An error is ``raise SubsonicError(code, message)``.
 
 A handler that answers with bytes of its own (stream, download, getCoverArt) writes them on

@@ -3,11 +3,11 @@
 In memory (unit tests): ``ProxyHarness`` runs the real Site, root and ProxyResource on a
 ``StringTransport`` with a ``Clock``; ``FakeReplica`` answers ``/status`` and serves bytes with
 ETag/Range/If-Range, and can refuse, drop, hang, answer a fixed status (with extra headers,
-or as a bare page without X-Served-By, as something in front of a replica would), cut or
-stall a body, ignore Range, or send another ETag. Real processes (integration tests):
-``ProxyProcess`` runs ``twistd distpotify-proxy`` like ``ReplicaProcess`` runs a replica;
-``seed_data_dir`` makes a replica data dir holding songs, to copy into several replicas so
-they hold the same ids.
+or as a bare page without X-Served-By, as something in front of a replica would), answer
+before it has read the request body, cut or stall a body, ignore Range, or send another
+ETag. Real processes (integration tests): ``ProxyProcess`` runs ``twistd distpotify-proxy``
+like ``ReplicaProcess`` runs a replica; ``seed_data_dir`` makes a replica data dir holding
+songs, to copy into several replicas so they hold the same ids.
 """
 
 from __future__ import annotations
@@ -95,6 +95,12 @@ class FakeReplica:
     stall_after: int | None = None
     ignore_range: bool = False
     block: int = 4096
+    # Answer once this many request body bytes arrived, as a replica refusing a body it cannot
+    # store (413, 507) does: the Agent then leaves the body's producer running. ``body_read``
+    # counts what it wrote, ``body_failures`` how it failed (the Agent logs them as critical).
+    answer_after: int | None = None
+    body_read: int = 0
+    body_failures: list[Failure] = attrs.Factory(list)
     received: list[Sent] = attrs.Factory(list)
     responses: list[FakeResponse] = attrs.Factory(list)
     pending: list[Deferred[IResponse]] = attrs.Factory(list)
@@ -257,26 +263,39 @@ class FakeAgent:
         match = re.match(rb"^(http://[^/]+)(/.*)$", uri)
         assert match is not None, uri
         replica = self.replicas[match.group(1).decode()]
-        body = self._read(bodyProducer)
+        body = self._read(bodyProducer, replica)
         return replica.handle(Sent(method, match.group(2), headers or Headers(), body))
 
-    def _read(self, producer: IBodyProducer | None) -> bytes | None:
+    def _read(self, producer: IBodyProducer | None, replica: FakeReplica) -> bytes | None:
+        """The request body, whole; or its first ``answer_after`` bytes, the producer then
+        left running (it reads on at the next turns of the clock), as the Agent leaves it
+        after an early answer."""
         if producer is None:
             return None
-        consumer = _Collector()
+        consumer = _Collector(replica, producer)
         done = producer.startProducing(consumer)
+        done.addErrback(replica.body_failures.append)
         for _ in range(10_000):
-            if done.called:
+            if done.called or consumer.paused:
                 break
             self.clock.advance(0)
-        assert done.called, "the request body producer never finished"
+        assert done.called or consumer.paused, "the request body producer never finished"
+        if consumer.paused:
+            producer.resumeProducing()
         return b"".join(consumer.parts)
 
 
 @implementer(IConsumer)
 class _Collector:
-    def __init__(self) -> None:
+    """Takes a request body for ``replica``; pauses its producer once ``answer_after`` bytes
+    arrived, as a full socket buffer would, so that the answer comes before the rest."""
+
+    def __init__(self, replica: FakeReplica, producer: IBodyProducer) -> None:
+        self.replica = replica
+        self.producer = producer
         self.parts: list[bytes] = []
+        self.size = 0
+        self.paused = False
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         pass
@@ -285,7 +304,13 @@ class _Collector:
         pass
 
     def write(self, data: bytes) -> None:
+        self.replica.body_read += len(data)
         self.parts.append(data)
+        self.size += len(data)
+        limit = self.replica.answer_after
+        if limit is not None and self.size >= limit and not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
 
 
 # ---------------------------------------------------------------- the proxy in memory

@@ -340,6 +340,32 @@ def test_an_oversized_upload_is_refused_by_the_proxy_before_it_is_stored(
     assert songs["total"] == 2  # the seeded song and the small one: nothing else arrived
 
 
+def test_an_upload_the_leader_refuses_unread_is_relayed_and_its_sending_stopped(
+    tmp_path: Path, replicas: list[ReplicaProcess]
+) -> None:
+    """The leader refuses a body over its --max-upload (413) as soon as it reads the length,
+    as it refuses one its full disk cannot hold (507), while the proxy is still sending it:
+    the client gets the refusal, and the proxy stops sending before the request's end closes
+    the spooled body (it read on, and logged "read of closed file" as critical)."""
+    leader = ReplicaProcess(1, tmp_path, "--max-upload", "1M")
+    replicas.append(leader)
+    leader.start()
+    proxy = ProxyProcess(tmp_path, [leader]).start()
+    try:
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30, what="a leader")
+        answer = proxy.post("/songs", bytes(32 * MIB), "audio/wav")
+        # Another request: the reactor turns the sending of the first one would have failed at.
+        assert proxy.status()["counters"]["requests"] == 1
+        assert proxy.stop() in (0, -15)  # the whole log written
+    finally:
+        proxy.kill()
+
+    assert answer.status == 413 and answer.headers["x-served-by"] == "1", answer.body
+    assert answer.json()["error"] == "too_large"
+    log = proxy.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "critical" not in log, log[-3000:]
+
+
 @pytest.fixture
 def guarded(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
     running = Fronted(tmp_path, replicas, auth=True, proxy_args=("--check-timeout", "3"))

@@ -1,7 +1,8 @@
 """The Subsonic API through the real proxy in front of three real replicas (accounts on): a
 method that writes reaches the leader although clients send it as a GET (a follower would
 refuse it, 421), the others are spread over the followers, and no process logs the
-password a Subsonic client sends in every query string."""
+password a Subsonic client sends in every query string. With every replica gone, what the
+proxy answers a Subsonic client itself is the spec's error, in XML or JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.helpers.fronted import ADMIN_NAME, ADMIN_PASSWORD, Client, Fronted
+from tests.helpers.proxy import ProxyProcess
 from tests.helpers.replica import ReplicaProcess, request
+from tests.helpers.subsonic import NS, json_of, path, valid_xml
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -65,3 +68,44 @@ def test_no_process_logs_a_subsonic_clients_password(fronted: Fronted) -> None:
                                           *(n.log_path for n in fronted.nodes))]
     assert "/rest/star.view?<hidden> -> 421" in logs[follower.node_id]
     assert all(ADMIN_PASSWORD not in text for text in logs)
+
+
+@pytest.fixture
+def orphaned(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[ProxyProcess]:
+    """A proxy whose one replica was SIGKILLed once the proxy had seen it lead."""
+    node = ReplicaProcess(1, tmp_path)
+    replicas.append(node)
+    node.start()
+    proxy = ProxyProcess(tmp_path, [node], "--write-hold", "1").start()
+    try:
+        proxy.wait_view(lambda s: s["leader"] is not None, timeout=30, what="a leader")
+        node.kill()
+        yield proxy
+    finally:
+        proxy.kill()
+
+
+CLIENT = {"u": "alice", "p": "secret", "v": "1.16.1", "c": "test"}
+
+
+def test_with_every_replica_gone_a_subsonic_read_gets_error_0_in_xml(
+        orphaned: ProxyProcess) -> None:
+    answer = orphaned.get(path("getAlbumList2", type="newest", **CLIENT))
+
+    root = valid_xml(answer)  # a 200 the schema accepts
+    error = root.find(f"{NS}error")
+    assert root.get("status") == "failed" and error is not None
+    assert error.get("code") == "0"
+    assert (error.get("message") or "").startswith("no replica could answer")
+    assert answer.headers["retry-after"] == "1"
+
+
+def test_with_every_replica_gone_a_subsonic_write_gets_error_0_in_json(
+        orphaned: ProxyProcess) -> None:
+    answer = orphaned.get(path("star", id="x", f="json", **CLIENT))
+
+    envelope = json_of(answer)
+    assert envelope["status"] == "failed" and envelope["error"]["code"] == 0
+    assert envelope["error"]["message"].startswith("no leader")
+    assert envelope["type"] == "distpotify" and envelope["openSubsonic"] is True
+    assert answer.headers["retry-after"] == "1"

@@ -32,6 +32,9 @@ SHARED = [
     "distpotify.zerocopy",
     # the Subsonic methods that write: the proxy sends them to the leader (issue 18)
     "distpotify.subsonicmethods",
+    # the subsonic-response envelope: the proxy answers a Subsonic client in it when no
+    # replica can; and the package itself, whose version the envelope names (serverVersion)
+    "distpotify.subsonicresponse", "distpotify",
 ]
 
 # The replica's layers, top to bottom: a module may import its own layer and the layers below,
@@ -57,15 +60,14 @@ LAYERS: list[tuple[str, list[str]]] = [
     # frozen configuration, the Protocol a library's leader check satisfies, audio probing,
     # /metrics rendering, the detach helper, the test-only failpoints (part of the
     # configuration, hit from every layer above), signed replica-to-replica requests (made by
-    # replication's client, checked by the api), idempotency keys and outcomes (records the
-    # store keeps and the API answers), and the package itself (its version).
+    # replication's client, checked by the api), and idempotency keys and outcomes (records
+    # the store keeps and the API answers).
     ("model", [
         "distpotify.model", "distpotify.errors", "distpotify.config", "distpotify.leadership",
         "distpotify.media", "distpotify.metrics", "distpotify.detach", "distpotify.failpoints",
         "distpotify.idempotency",
         # Pillow: is it a picture we keep, and a resized copy (media.py at upload, covers.py)
         "distpotify.images",
-        "distpotify",
     ]),
     ("shared", SHARED),
 ]

@@ -409,6 +409,23 @@ def test_a_write_goes_to_the_leader_with_its_body() -> None:
     assert nodes[0].received == nodes[1].received == []
 
 
+def test_an_answer_before_the_whole_upload_was_sent_stops_sending_the_rest() -> None:
+    """A leader whose disk is full answers 507 after a few bytes of an upload; the proxy
+    relays it and stops sending the body, before the request's end closes the spooled body
+    (read on, it failed with "read of closed file", logged as critical by the Agent)."""
+    nodes = cluster(status_code=507, answer_after=64 * 1024,
+                    status_body=b'{"error": "insufficient_storage", "message": "m"}')
+    proxy = ProxyHarness(nodes)
+    body = bytes(4 << 20)
+
+    answer = proxy.post("/songs", body, "audio/mpeg").answer()
+    proxy.settle()
+
+    assert answer.status == 507 and answer.headers["x-served-by"] == "3"
+    assert nodes[2].body_failures == []
+    assert nodes[2].body_read < len(body)
+
+
 def test_a_write_without_a_leader_waits_then_answers_503_with_retry_after() -> None:
     nodes = cluster(role="follower")
     proxy = ProxyHarness(nodes, write_hold=2.0)
@@ -651,6 +668,20 @@ def test_a_client_gone_while_a_421_refreshes_the_view_leaves_no_unhandled_error(
         gc.collect()
 
     assert [e["log_format"] for e in events if e.get("isError")] == []
+
+
+def test_a_client_gone_while_a_421s_body_is_read_closes_that_answer() -> None:
+    """The 421's body was read by a Deferred without a canceller: the connection stayed
+    open until the replica sent the rest, if it ever did."""
+    nodes = cluster(status_code=421, stall_after=0,
+                    status_body=b'{"error": "not_leader", "leader_id": null}')
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    answer = nodes[2].responses[-1]
+    conn.go_away()
+
+    assert answer.closed and proxy.counters.client_gone == 1
 
 
 # read your writes

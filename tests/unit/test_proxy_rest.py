@@ -1,8 +1,9 @@
 """The proxy and the Subsonic API (/rest), in memory against fake replicas with a Clock: the
 methods that write go to the leader whatever their HTTP method, with the guarantees of any
-write (a key, sent again while the outcome is unknown, 503 without a leader); the others go
-to followers; a client known by its Subsonic credentials reads its writes; and no log line
-ever shows a /rest query string, where those credentials travel."""
+write (a key, sent again while the outcome is unknown, an answer without a leader); the
+others go to followers; what the proxy answers itself is the spec's error 0 in the format
+the client asked for; a client known by its Subsonic credentials reads its writes; and no log
+line ever shows a /rest query string, where those credentials travel."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from distpotify.wire import loggable_uri
 from proxy.decision import Again, Context, NextReplica, Unanswered, classify, is_write
 from proxy.resource import ProxyResource
 from proxy.sessions import Sessions
-from tests.helpers.proxy import FakeReplica, ProxyHarness
+from tests.helpers.proxy import Answer, FakeReplica, ProxyHarness
+from tests.helpers.subsonic import NS, json_of, valid_xml
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -142,19 +144,91 @@ def test_a_subsonic_write_whose_leader_times_out_is_sent_again_under_the_same_ke
     assert proxy.counters.write_retries == 1
 
 
-def test_a_subsonic_write_without_a_leader_waits_then_answers_503_with_retry_after() -> None:
+def test_a_subsonic_write_without_a_leader_waits_then_answers_error_0_with_retry_after(
+) -> None:
     nodes = cluster(role="follower", status_code=None)
     proxy = ProxyHarness(nodes, write_hold=2.0)
 
-    conn = proxy.get("/rest/scrobble.view?u=alice&p=x&id=1")
+    conn = proxy.get("/rest/scrobble.view?u=alice&p=x&id=1&f=json")
     for _ in range(10):
         proxy.clock.advance(0.25)
         proxy.settle()
 
     answer = conn.answer()
-    assert answer.status == 503 and answer.headers["retry-after"] == "1"
-    assert answer.json()["error"] == "no_leader"
+    error = json_of(answer)["error"]
+    assert error["code"] == 0 and error["message"].startswith("no leader elected within 2 s")
+    assert answer.headers["retry-after"] == "1"
     assert all(node.received == [] for node in nodes)
+
+
+# the proxy's own answers
+
+
+def everyone_down() -> ProxyHarness:
+    """A proxy whose replicas have all stopped answering."""
+    nodes = cluster()
+    proxy = ProxyHarness(nodes)
+    for node in nodes:
+        node.down = True
+    proxy.poll()
+    return proxy
+
+
+def failed_xml(answer: Answer) -> dict[str, str]:
+    """The error element of a failed answer in XML, checked against the schema."""
+    root = valid_xml(answer)
+    error = root.find(f"{NS}error")
+    assert root.get("status") == "failed" and error is not None, answer.body
+    return dict(error.attrib)
+
+
+def test_with_no_replica_a_subsonic_client_gets_error_0_in_xml_in_a_200() -> None:
+    answer = everyone_down().get("/rest/getAlbumList2.view?u=alice&p=x&type=newest").answer()
+
+    assert failed_xml(answer) == {
+        "code": "0", "message": "no replica could answer: no healthy replica"}
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_with_no_replica_a_subsonic_client_gets_the_replicas_json_envelope() -> None:
+    answer = everyone_down().get("/rest/getAlbumList2.view?u=alice&p=x&f=json").answer()
+
+    envelope = json_of(answer)
+    assert envelope["status"] == "failed"
+    assert envelope["error"] == {"code": 0,
+                                 "message": "no replica could answer: no healthy replica"}
+    assert envelope["type"] == "distpotify" and envelope["openSubsonic"] is True
+    assert envelope["version"] == "1.16.1"
+    assert answer.headers["retry-after"] == "1"
+
+
+def test_with_no_replica_a_jsonp_client_gets_its_callback() -> None:
+    answer = everyone_down().get("/rest/ping.view?f=jsonp&callback=app.done").answer()
+
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("application/javascript")
+    assert answer.body.startswith(b'app.done({"subsonic-response":{"status":"failed"')
+
+
+@pytest.mark.parametrize("query", ["f=yaml", "f=jsonp", "f=jsonp&callback=alert(1)"])
+def test_a_format_the_replica_would_not_render_is_answered_in_xml(query: str) -> None:
+    answer = everyone_down().get(f"/rest/ping.view?{query}").answer()
+
+    assert failed_xml(answer)["code"] == "0"
+
+
+def test_a_form_post_asks_for_its_format_in_its_body() -> None:
+    answer = everyone_down().post("/rest/getAlbum.view", b"u=alice&p=x&id=1&f=json",
+                                  "application/x-www-form-urlencoded").answer()
+
+    assert json_of(answer)["error"]["code"] == 0
+
+
+def test_outside_rest_the_proxy_still_answers_its_json_error() -> None:
+    answer = everyone_down().get("/restart/ping.view?f=xml").answer()
+
+    assert answer.status == 503 and answer.json()["error"] == "unavailable"
 
 
 # read your writes
@@ -264,7 +338,7 @@ def test_no_log_line_shows_a_rest_query_string(logged: list[str]) -> None:
         proxy.clock.advance(0.25)
         proxy.settle()
 
-    assert read.answer().status == write.answer().status == form.answer().status == 503
+    assert [failed_xml(conn.answer())["code"] for conn in (read, write, form)] == ["0"] * 3
     text = "\n".join(logged)
     assert "/rest/star.view?<hidden>" in text  # the lines are there, without their query
     assert "/rest/getAlbum.view?<hidden>" in text

@@ -1,7 +1,8 @@
-"""The ``subsonic-response`` envelope: a handler's neutral tree (call.py) rendered as the spec's
-XML (the default), JSON (``f=json``) or JSONP (``f=jsonp&callback=name``), ok or failed.
+"""The ``subsonic-response`` envelope: a handler's neutral tree (subsonic/call.py) rendered as
+the spec's XML (the default), JSON (``f=json``) or JSONP (``f=jsonp&callback=name``), ok or
+failed. Shared with the proxy, which answers a Subsonic client in it when no replica can.
 """
-# test-case-name: tests.unit.test_subsonic_api
+# test-case-name: tests.unit.test_subsonic_api, tests.unit.test_proxy_rest
 
 from __future__ import annotations
 
