@@ -15,7 +15,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -313,6 +313,18 @@ class ReplicaProcess:
         if self.process is not None and self.process.stdout and self.process.poll() is not None:
             text += self.process.stdout.read().decode(errors="replace")
         return text[-4000:]
+
+
+@contextlib.contextmanager
+def killed_at_end() -> Iterator[list[ReplicaProcess]]:
+    """A list to put started replicas in; each is SIGKILLed when the block ends, whatever
+    happened (the ``replicas`` fixture's, for fixtures of a wider scope)."""
+    started: list[ReplicaProcess] = []
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.kill()
 
 
 class Cluster:
