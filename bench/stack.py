@@ -166,8 +166,7 @@ class Stack:
         return self.proxy.port
 
     def leader(self) -> ReplicaProcess:
-        status = wait_until(self.cluster.agreed_leader, timeout=60, what="a leader")
-        return self.cluster.nodes[status["node_id"]]
+        return self.cluster.leader(timeout=60)
 
     def totals(self, headers: dict[str, str] | None = None) -> list[int]:
         return [node.get("/songs?limit=1", headers).json()["total"] for node in self.nodes]
