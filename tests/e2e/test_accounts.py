@@ -65,6 +65,24 @@ def who(player: PlayerPage) -> Any:
     return player.page.get_by_test_id("account")
 
 
+def listening(page: PlayerPage, stack: Stack, tmp_path: Path, username: str, password: str,
+              tags: dict[str, str]) -> None:
+    """``username``, a listener the admin makes with ``password``, logged in on ``page`` and
+    playing a song of 30 s (``tags``) uploaded for it."""
+    require_ffmpeg()
+    status, body = api(stack, "POST", "/users", {"username": username, "password": password},
+                       admin_token(stack))
+    assert status == 201, body
+    song = stack.upload(make_audio(tmp_path / f"{username}.mp3", "mp3", 30.0, tags),
+                        "audio/mpeg")
+    stack.wait_replicated(song)
+    page.open(cluster=False)
+    log_in(page, username, password)
+    expect(who(page)).to_have_text(f"{username} (listener)")
+    page.play(tags["title"])
+    page.wait_playing_past(0.5)
+
+
 def test_the_login_comes_first_and_nothing_of_the_library_shows_before_it(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
@@ -239,19 +257,8 @@ def test_the_admin_page_disables_resets_and_deletes_an_account(
 def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
-    require_ffmpeg()
-    token = admin_token(accounts_stack)
-    status, body = api(accounts_stack, "POST", "/users",
-                       {"username": "pia", "password": "pia-before-1"}, token)
-    assert status == 201, body
-    song = accounts_stack.upload(make_audio(tmp_path / "long.mp3", "mp3", 30.0, {
-        "title": "Long Enough", "artist": "The Sessions"}), "audio/mpeg")
-    accounts_stack.wait_replicated(song)
-    page.open(cluster=False)
-    log_in(page, "pia", "pia-before-1")
-    expect(who(page)).to_have_text("pia (listener)")
-    page.play("Long Enough")
-    page.wait_playing_past(0.5)
+    listening(page, accounts_stack, tmp_path, "pia", "pia-before-1",
+              {"title": "Long Enough", "artist": "The Sessions"})
 
     page.page.locator("#account-password").click()
     page.page.locator("#password-old").fill("pia-before-1")
@@ -272,19 +279,8 @@ def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
 def test_a_session_ended_elsewhere_asks_for_a_login_again_over_the_music(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
-    require_ffmpeg()
-    status, body = api(accounts_stack, "POST", "/users",
-                       {"username": "rita", "password": "rita-listens-1"},
-                       admin_token(accounts_stack))
-    assert status == 201, body
-    song = accounts_stack.upload(make_audio(tmp_path / "required.mp3", "mp3", 30.0, {
-        "title": "Required Listening", "artist": "The Gatekeepers"}), "audio/mpeg")
-    accounts_stack.wait_replicated(song)
-    page.open(cluster=False)
-    log_in(page, "rita", "rita-listens-1")
-    expect(who(page)).to_have_text("rita (listener)")
-    page.play("Required Listening")
-    page.wait_playing_past(0.5)
+    listening(page, accounts_stack, tmp_path, "rita", "rita-listens-1",
+              {"title": "Required Listening", "artist": "The Gatekeepers"})
 
     # Every session of rita's ends elsewhere (her logout-all from a script), on every replica.
     elsewhere = token_of(accounts_stack, "rita", "rita-listens-1")
