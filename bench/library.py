@@ -29,8 +29,6 @@ Prints a table and saves JSON to ``bench/results/library-<time>.json``.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import http.client
 import io
 import json
 import os
@@ -50,12 +48,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.proxy import ProxyProcess  # noqa: E402
-from tests.helpers.replica import Cluster, ReplicaProcess, wait_until  # noqa: E402
+from stack import Client, Stack, percentile, say, upload  # noqa: E402
 
 # Bump when the seeded songs change, so an old cache is not taken for the new seed.
 SEED_FORMAT = 1
-NODES = (1, 2, 3)
 JOINER = 4
 PAGE = 50
 TARGET_P99_MS = 50.0
@@ -74,10 +70,6 @@ SEARCHES = {
     "artist filter + q": "artist=artist 0004&q=song",  # 100 songs
     "words, by title": "q=Song 001&sort=title",  # 1,000 songs, sorted
 }
-
-
-def say(text: str) -> None:
-    print(f"[library] {text}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the library
@@ -103,184 +95,31 @@ def song_query(n: int) -> str:
     })
 
 
-class Client:
-    """One persistent HTTP/1.1 connection, reopened when the server closes it."""
-
-    def __init__(self, port: int, timeout: float = 60.0) -> None:
-        self._port = port
-        self._timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self._port,
-                                                        timeout=self._timeout)
-            try:
-                self._conn.request(method, path, body=body, headers=headers or {})
-                answer = self._conn.getresponse()
-                return answer.status, answer.read()
-            except (OSError, http.client.HTTPException):
-                self._conn.close()
-                self._conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
-def upload(port: int, first: int, last: int, clients: int) -> float:
-    """Songs first..last-1 through the proxy by ``clients`` clients; uploads per second."""
-    local = threading.local()
-    done = [0]
-    lock = threading.Lock()
-
-    def one(n: int) -> None:
-        if not hasattr(local, "client"):
-            local.client = Client(port)
-        for _ in range(20):  # an election under load answers 503: retry (uploads dedupe)
-            status, body = local.client.call("POST", f"/songs?{song_query(n)}", tiny_wav(n),
-                                             {"Content-Type": "audio/wav"})
-            if status in (200, 201):
-                break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"upload {n} answered {status}: {body[:200]!r}")
-        with lock:
-            done[0] += 1
-            if done[0] % 5000 == 0:
-                say(f"  uploaded {first + done[0]}/{last}")
-
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(first, last)))
-    return (last - first) / (time.monotonic() - started)
-
-
-# ---------------------------------------------------------------- the cluster
-
-
-class Stack:
-    """Three replicas and the proxy, started on data dirs that may come from the cache."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.started: list[ReplicaProcess] = []
-        self.cluster = Cluster(root, self.started)
-        self.nodes = [self.cluster.add(n, start=False) for n in NODES]
-        self.proxy: ProxyProcess | None = None
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start(wait=False)
-        for node in self.nodes:
-            node.wait_ready(timeout=600)
-        wait_until(self.cluster.agreed_leader, timeout=60, what="a leader")
-        self.proxy = ProxyProcess(self.root, self.nodes).start()
-        self.proxy.wait_view(lambda view: view.get("leader") is not None, timeout=30,
-                             what="the proxy to know the leader")
-
-    def stop(self) -> None:
-        if self.proxy is not None:
-            self.proxy.stop()
-            self.proxy = None
-        for node in self.started:
-            if node.process is not None and node.process.poll() is None:
-                node.stop(timeout=60)
-
-    def kill(self) -> None:
-        if self.proxy is not None:
-            self.proxy.kill()
-        for node in self.started:
-            node.kill()
-
-    @property
-    def port(self) -> int:
-        assert self.proxy is not None
-        return self.proxy.port
-
-    def leader(self) -> ReplicaProcess:
-        status = wait_until(self.cluster.agreed_leader, timeout=60, what="a leader")
-        return self.cluster.nodes[status["node_id"]]
-
-    def totals(self) -> list[int]:
-        return [node.get("/songs?limit=1").json()["total"] for node in self.nodes]
-
-    def wait_converged(self, size: int) -> None:
-        """Every replica at one head, holding the same songs, at least ``size`` of them. More
-        is possible: an upload retried after a failover (elections happen on a loaded
-        machine) may be stored twice, by two leaders that each had not seen the other's."""
-        seen: list[Any] = []
-
-        def equal() -> bool:
-            statuses = [node.status() for node in self.nodes]
-            if any(status is None for status in statuses):  # slow to answer: loaded machine
-                return False
-            try:
-                totals = self.totals()
-            except (OSError, http.client.HTTPException):
-                return False
-            heads = {tuple(status["head"]) for status in statuses if status}
-            seen[:] = [sorted(heads), totals]
-            return len(heads) == 1 and len(set(totals)) == 1 and totals[0] >= size
-
-        try:
-            wait_until(equal, timeout=max(300.0, size / 100), interval=0.5,
-                       what=f"every replica to hold {size} songs")
-        except AssertionError as e:
-            raise AssertionError(f"{e}; last seen heads and totals: {seen}") from None
+def song(n: int) -> tuple[str, bytes, str]:
+    return f"/songs?{song_query(n)}", tiny_wav(n), "audio/wav"
 
 
 def cache_path(cache: Path, size: int) -> Path:
     return cache / f"v{SEED_FORMAT}-{size}"
 
 
-def save_seed(stack: Stack, cache: Path, size: int) -> None:
-    """The replicas' data dirs, copied after a clean stop (a partial copy is never used)."""
-    stack.stop()
-    target = cache_path(cache, size)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for node in stack.nodes:
-        shutil.copytree(node.data_dir, partial / node.data_dir.name)
-    partial.rename(target)
-    stack.start()
-
-
-def restore_seed(stack: Stack, cache: Path, size: int) -> None:
-    stack.stop()
-    for node in stack.nodes:
-        shutil.rmtree(node.data_dir, ignore_errors=True)
-        shutil.copytree(cache_path(cache, size) / node.data_dir.name, node.data_dir)
-    stack.start()
-
-
 def grow(stack: Stack, cache: Path, size: int, have: int, clients: int) -> dict[str, Any]:
     """Bring the library to ``size`` songs: from the cache, else by uploading the rest."""
     if cache_path(cache, size).is_dir():
         say(f"{size} songs: restoring the cached seed")
-        restore_seed(stack, cache, size)
+        stack.restore(cache_path(cache, size))
         stack.wait_converged(size)
         return {"seeded_from": "cache"}
     say(f"{size} songs: uploading {size - have} through the proxy with {clients} clients")
-    rate = upload(stack.port, have, size, clients)
+    rate = upload(stack.port, range(have, size), song, clients)
     stack.wait_converged(size)
     say(f"{size} songs: saving the seed in {cache_path(cache, size)}")
-    save_seed(stack, cache, size)
+    stack.save(cache_path(cache, size))
     stack.wait_converged(size)
     return {"seeded_from": "uploads", "uploads_per_s": round(rate, 1)}
 
 
 # ---------------------------------------------------------------- measurements
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def timed(client: Client, path: str, rounds: int) -> dict[str, Any]:

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,13 +48,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stack import Accounts, Client, Stack, percentile, say, upload  # noqa: E402
+
 from tests.helpers.audio import make_audio, make_wav, run_ffmpeg, tagged_copy  # noqa: E402
-from tests.helpers.proxy import ProxyProcess  # noqa: E402
-from tests.helpers.replica import Cluster, ReplicaProcess, wait_until  # noqa: E402
+from tests.helpers.replica import wait_until  # noqa: E402
 
 # Bump when the seeded songs change, so an old cache is not taken for the new seed.
 SEED_FORMAT = 1
-NODES = (1, 2, 3)
 ADMIN = "admin"
 PASSWORD = "bench-admin-password"
 METRICS_TOKEN = "bench-subsonic-metrics-token-0123"
@@ -67,11 +65,9 @@ GENRES = ("Rock", "Jazz", "Électro", "Folk", "Hip-Hop", "Classical")
 SYNC_PAGE = 500  # search3 songCount of an empty-query sync page
 COVER_SIZE = 300
 IMPORT_FILE_MIB = 4
+# How many songs a second the replicas take in at the least while seeding (tagged MP3s).
+SEED_SONGS_PER_S = 50
 IMPORTER = Path(sys.executable).with_name("distpotify-import")
-
-
-def say(text: str) -> None:
-    print(f"[subsonic] {text}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the library
@@ -114,39 +110,6 @@ def make_covers(work: Path, albums: int) -> dict[int, bytes]:
     return covers
 
 
-class Client:
-    """One persistent HTTP/1.1 connection to the proxy, reopened when it is closed."""
-
-    def __init__(self, port: int, headers: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> None:
-        self._port = port
-        self._headers = headers or {}
-        self._timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self._port,
-                                                        timeout=self._timeout)
-            try:
-                self._conn.request(method, path, body=body,
-                                   headers={**self._headers, **(headers or {})})
-                answer = self._conn.getresponse()
-                return answer.status, answer.read()
-            except (OSError, http.client.HTTPException):
-                self._conn.close()
-                self._conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
 def log_in(port: int) -> str:
     def token() -> str | None:
         status, body = Client(port).call(
@@ -157,107 +120,29 @@ def log_in(port: int) -> str:
     return wait_until(token, timeout=120, interval=2.0, what="the admin to log in")
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def upload_seed(port: int, token: str, work: Path, songs: int, albums: int,
                 clients: int) -> float:
     """Every song through the proxy; uploads per second."""
     base = make_audio(work / "base.mp3", "mp3", seconds=0.2)
     covers = make_covers(work, albums)
     local = threading.local()
-    done = [0]
-    lock = threading.Lock()
 
-    def one(n: int) -> None:
-        if not hasattr(local, "client"):
-            local.client = Client(port, {"Authorization": f"Bearer {token}"})
+    def song(n: int) -> tuple[str, bytes, str]:
+        if not hasattr(local, "dir"):
             local.dir = Path(tempfile.mkdtemp(dir=work))
         album = album_of(n, songs, albums)
         path = tagged_copy(base, local.dir / "song.mp3", song_tags(n, songs, albums),
                            covers.get(album))
-        data = path.read_bytes()
-        for _ in range(20):  # an election under load answers 503: retry (same bytes dedupe)
-            status, body = local.client.call("POST", "/songs", data,
-                                             {"Content-Type": "audio/mpeg"})
-            if status in (200, 201):
-                break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"upload {n} answered {status}: {body[:200]!r}")
-        with lock:
-            done[0] += 1
-            if done[0] % 2000 == 0:
-                say(f"  uploaded {done[0]}/{songs}")
+        return "/songs", path.read_bytes(), "audio/mpeg"
 
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(songs)))
-    return songs / (time.monotonic() - started)
+    return upload(port, range(songs), song, clients, bearer(token), every=2000)
 
 
-# ---------------------------------------------------------------- the cluster
-
-
-class Stack:
-    """Three replicas (accounts on, the first admin made at start) and the proxy."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.started: list[ReplicaProcess] = []
-        monitor = ("--auth", "on", "--metrics-token", METRICS_TOKEN)
-        self.cluster = Cluster(root, self.started, *monitor)
-        self.cluster.status_headers.update({"Authorization": f"Bearer {METRICS_TOKEN}"})
-        self.nodes = [self.cluster.add(n, start=False) for n in NODES]
-        for node in self.nodes:
-            node.env = {**node.env, "DISTPOTIFY_ADMIN_PASSWORD": PASSWORD}
-        self.monitor = monitor
-        self.proxy: ProxyProcess | None = None
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start(wait=False)
-        for node in self.nodes:
-            node.wait_ready(timeout=600)
-        wait_until(self.cluster.agreed_leader, timeout=60, what="a leader")
-        self.proxy = ProxyProcess(self.root, self.nodes, "--cluster-key-file",
-                                  str(self.cluster.key_file), *self.monitor)
-        self.proxy.status_headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-        self.proxy.start()
-        self.proxy.wait_view(lambda view: view.get("leader") is not None
-                             and len(view.get("readers", ())) == 2, timeout=60,
-                             what="the proxy to know the leader and two readers")
-
-    def stop(self) -> None:
-        if self.proxy is not None:
-            self.proxy.stop()
-            self.proxy = None
-        for node in self.started:
-            if node.process is not None and node.process.poll() is None:
-                node.stop(timeout=60)
-
-    def kill(self) -> None:
-        if self.proxy is not None:
-            self.proxy.kill()
-        for node in self.started:
-            node.kill()
-
-    @property
-    def port(self) -> int:
-        assert self.proxy is not None
-        return self.proxy.port
-
-    def wait_converged(self, token: str, size: int) -> None:
-        """Every replica at one head, holding at least ``size`` songs."""
-        bearer = {"Authorization": f"Bearer {token}"}
-
-        def equal() -> bool:
-            statuses = [node.status() for node in self.nodes]
-            if any(status is None for status in statuses):
-                return False
-            totals = [node.get("/songs?limit=1", bearer).json()["total"] for node in self.nodes]
-            heads = {tuple(status["head"]) for status in statuses if status}
-            return len(heads) == 1 and len(set(totals)) == 1 and totals[0] >= size
-
-        wait_until(equal, timeout=max(300.0, size / 50), interval=0.5,
-                   what=f"every replica to hold {size} songs")
+# ---------------------------------------------------------------- the seed
 
 
 def seed(stack: Stack, cache: Path, work: Path, songs: int, albums: int,
@@ -266,35 +151,21 @@ def seed(stack: Stack, cache: Path, work: Path, songs: int, albums: int,
     target = cache / f"v{SEED_FORMAT}-{songs}-{albums}"
     if target.is_dir():
         say(f"restoring the cached seed {target}")
-        for node in stack.nodes:
-            shutil.rmtree(node.data_dir, ignore_errors=True)
-            shutil.copytree(target / node.data_dir.name, node.data_dir)
-        stack.start()
-        stack.wait_converged(log_in(stack.port), songs)
+        stack.restore(target)
+        stack.wait_converged(songs, bearer(log_in(stack.port)), SEED_SONGS_PER_S)
         return {"seeded_from": "cache"}
     stack.start()
     token = log_in(stack.port)
     say(f"uploading {songs} songs in {albums} albums with {clients} clients")
     rate = upload_seed(stack.port, token, work, songs, albums, clients)
-    stack.wait_converged(token, songs)
+    stack.wait_converged(songs, bearer(token), SEED_SONGS_PER_S)
     say(f"saving the seed in {target}")
-    stack.stop()
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for node in stack.nodes:
-        shutil.copytree(node.data_dir, partial / node.data_dir.name)
-    partial.rename(target)
-    stack.start()
-    stack.wait_converged(log_in(stack.port), songs)
+    stack.save(target)
+    stack.wait_converged(songs, bearer(log_in(stack.port)), SEED_SONGS_PER_S)
     return {"seeded_from": "uploads", "uploads_per_s": round(rate, 1)}
 
 
 # ---------------------------------------------------------------- Subsonic
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Subsonic:
@@ -433,7 +304,7 @@ def upload_loop(port: int, token: str, folder: Path, jobs: int, multipart: bool 
 
     def one(path: Path) -> int:
         if not hasattr(local, "client"):
-            local.client = Client(port, {"Authorization": f"Bearer {token}"}, timeout=300)
+            local.client = Client(port, bearer(token), timeout=300)
         data = path.read_bytes()
         kind = "audio/wav"
         if multipart:
@@ -552,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="distpotify-bench-subsonic-") as tmp:
         root = Path(tmp)
         (root / "work").mkdir()
-        stack = Stack(root / "cluster")
+        stack = Stack(root / "cluster", Accounts(PASSWORD, METRICS_TOKEN))
         try:
             if not args.no_subsonic:
                 result["seed"] = seed(stack, args.cache, root / "work", args.songs,

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.replica import ReplicaProcess
+from tests.helpers.replica import ReplicaProcess, killed_at_end
 
 
 @pytest.fixture
 def replicas(tmp_path: Path) -> Iterator[list[ReplicaProcess]]:
     """A list to put started replicas in; each is SIGKILLed at the end whatever happened."""
-    started: list[ReplicaProcess] = []
-    yield started
-    for replica in started:
-        replica.kill()
+    with killed_at_end() as started:
+        yield started
 
 
 @pytest.fixture

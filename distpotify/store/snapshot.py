@@ -17,6 +17,7 @@ from pathlib import Path
 
 from distpotify.model import Version
 from distpotify.store.chunkcache import ChunkCache
+from distpotify.store.chunks import fsync_path
 from distpotify.store.compaction import SNAPSHOT_META
 from distpotify.store.oplog import head_of
 from distpotify.store.schema import Tables, connect
@@ -48,14 +49,6 @@ def backup_copy(source: Path, dest: Path) -> Version:
         src.close()
 
 
-def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Snapshots(Tables):
     """node_meta is this node's own (its epoch, cursors, join state): never copied, always
     kept, except the oplog floor, which belongs to the oplog a snapshot carries."""
@@ -83,7 +76,7 @@ class Snapshots(Tables):
                                      list(mine.items()))
         finally:
             incoming.close()
-        _fsync(path)
+        fsync_path(path)
         # Everything of ours in the main file, the WAL empty: nothing of the old database may
         # be replayed into the new one, and a crash before the rename leaves the old one whole.
         busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -94,7 +87,7 @@ class Snapshots(Tables):
             for suffix in ("-wal", "-shm"):
                 self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
             os.replace(path, self.path)
-            _fsync(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            fsync_path(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         finally:
             self._conn = connect(self.path)
         self._head = head_of(self._conn)

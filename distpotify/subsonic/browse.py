@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -275,8 +276,12 @@ def _query(text: str | None) -> str:
     return query.rstrip("*").strip()
 
 
-async def _search(call: Call) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                        list[dict[str, Any]]]:
+Element = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+async def _search(call: Call, answer: str, artist: Element, album: Element) -> dict[str, Any]:
+    """The artists, albums and songs matching the ``query`` parameter, each in its page, under
+    ``answer``; artists and albums shown by ``artist`` and ``album``."""
     params = call.params
     query = _query(params.get("query"))
     counts = [_number(call, name, 20, MAX_SEARCH)
@@ -285,28 +290,23 @@ async def _search(call: Call) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                for name in ("artistOffset", "albumOffset", "songOffset")]
     catalog = await catalog_of(call)
     artists, albums = catalog.matching(query, counts[0], offsets[0], counts[1], offsets[1])
-    songs = await call.server.store.run(MetadataDB.search_catalog_songs, query, counts[2],
-                                        offsets[2]) if counts[2] else []
-    return artists, albums, songs
+    rows = await call.server.store.run(MetadataDB.search_catalog_songs, query, counts[2],
+                                       offsets[2]) if counts[2] else []
+    shown_artists = [artist(a) for a in artists]
+    shown_albums = [album(a) for a in albums]
+    await annotate(call, "artist", shown_artists)
+    await annotate(call, "album", shown_albums)
+    return {answer: {"artist": shown_artists, "album": shown_albums,
+                     "song": await _songs(call, rows)}}
 
 
 @method("search2")
 async def search2(call: Call) -> dict[str, Any]:
-    artists, albums, rows = await _search(call)
-    shown_artists = [elements.artist_index(a) for a in artists]
-    shown_albums = [elements.album_child(a) for a in albums]
-    await annotate(call, "artist", shown_artists)
-    await annotate(call, "album", shown_albums)
-    return {"searchResult2": {"artist": shown_artists, "album": shown_albums,
-                              "song": await _songs(call, rows)}}
+    """By folders: artists as getIndexes lists them, albums as directory children."""
+    return await _search(call, "searchResult2", elements.artist_index, elements.album_child)
 
 
 @method("search3")
 async def search3(call: Call) -> dict[str, Any]:
-    artists, albums, rows = await _search(call)
-    shown_artists = [elements.artist(a) for a in artists]
-    shown_albums = [elements.album(a) for a in albums]
-    await annotate(call, "artist", shown_artists)
-    await annotate(call, "album", shown_albums)
-    return {"searchResult3": {"artist": shown_artists, "album": shown_albums,
-                              "song": await _songs(call, rows)}}
+    """By ID3 tags: artists and albums as getArtists and getAlbum show them."""
+    return await _search(call, "searchResult3", elements.artist, elements.album)

@@ -1,6 +1,7 @@
 """Fixtures of the browser tests: one Chromium for the session, a fresh tab per test (its
 screenshot saved at the end, pass or fail), and clusters behind the proxy: one shared by the
-tests that leave it whole, a fresh one for each test that kills a replica."""
+tests that leave it whole, a fresh one for each test that kills a replica, and one with
+accounts on and an admin for the tests of accounts."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import (
+    ADMIN_PASSWORD,
     CHROMIUM_ARGS,
     PlayerPage,
     Stack,
+    admin_token,
     player_page,
     require_browser,
-    start_stack,
+    running_stack,
 )
-from tests.helpers.replica import ReplicaProcess
+from tests.helpers.fronted import bearer
+from tests.helpers.replica import wait_until
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,30 +40,33 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def _stack(root: Path) -> Iterator[Stack]:
-    started: list[ReplicaProcess] = []
-    try:
-        stack = start_stack(root, started)
-    except BaseException:
-        for node in started:
-            node.kill()
-        raise
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture(scope="module")
 def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A cluster for the tests that keep every replica running."""
-    yield from _stack(tmp_path_factory.mktemp("stack"))
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @pytest.fixture
 def own_stack(tmp_path: Path) -> Iterator[Stack]:
     """A cluster of this test's own, for the tests that kill a replica."""
-    yield from _stack(tmp_path / "stack")
+    with running_stack(tmp_path / "stack") as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def accounts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A cluster with accounts on and an admin (``admin`` / ADMIN_PASSWORD), for the tests of
+    accounts; the stack's own uploads carry the admin's session."""
+    with running_stack(tmp_path_factory.mktemp("accounts"),
+                       env={"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD},
+                       accounts=True) as stack:
+        # The leader makes the admin once it leads (an asynchronous write): log in only when
+        # every replica holds it, whichever one the login reaches.
+        wait_until(lambda: [s["accounts"]["users"] for s in stack.cluster.statuses().values()]
+                   == [1, 1, 1], timeout=30, what="the first admin on every replica")
+        stack.headers = bearer(admin_token(stack))
+        yield stack
 
 
 @pytest.fixture

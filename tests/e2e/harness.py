@@ -1,5 +1,6 @@
-"""What the browser tests stand on: a real cluster behind the real proxy, headless Chromium
-driven by Playwright, and a ``PlayerPage`` that speaks in the player's terms.
+"""What the browser tests stand on: a real cluster behind the real proxy (with accounts on,
+an admin and the steps of a login), headless Chromium driven by Playwright, and a
+``PlayerPage`` that speaks in the player's terms.
 
 Chromium is Debian's (``/usr/bin/chromium``, or ``$CHROMIUM``), launched by Playwright through
 ``executable_path``: no browser is ever downloaded. Without Chromium or Playwright the tests
@@ -8,11 +9,15 @@ skip, saying what to install; under CI=true that is an error.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,13 @@ import pytest
 
 from tests.helpers.audio import in_ci
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import Cluster, ReplicaProcess, request, wait_until
+from tests.helpers.replica import Cluster, ReplicaProcess, killed_at_end, request, wait_until
 
 try:
-    from playwright.sync_api import ConsoleMessage, Page, Response
+    from playwright.sync_api import ConsoleMessage, Page, Response, expect
 except ImportError:  # reported by require_browser()
     ConsoleMessage = Page = Response = Any  # type: ignore[misc, assignment]
+    expect = None  # type: ignore[assignment]
 
 CHROMIUM_ARGS = (
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -126,6 +132,9 @@ class Stack:
 
 # With accounts: the --metrics-token with which the helpers read /status and /proxy/status.
 METRICS_TOKEN = "e2e-metrics-token-0123456789"
+# The first admin where accounts are on (the accounts_stack fixture): ``admin`` with this
+# password.
+ADMIN_PASSWORD = "admin-e2e-Pa55word"
 
 
 def start_stack(root: Path, started: list[ReplicaProcess], *replica_args: str,
@@ -157,6 +166,46 @@ def start_stack(root: Path, started: list[ReplicaProcess], *replica_args: str,
     proxy.wait_view(lambda s: (s["leader"] or {}).get("node_id") == 3 and len(s["readers"]) == 2,
                     timeout=30, what="the proxy to see a leader and two readers")
     return Stack(cluster, proxy)
+
+
+@contextlib.contextmanager
+def running_stack(root: Path, *replica_args: str, env: dict[str, str] | None = None,
+                  accounts: bool = False) -> Iterator[Stack]:
+    """``start_stack``'s stack, stopped when the block ends; its replicas killed if it does
+    not start."""
+    with killed_at_end() as started:
+        stack = start_stack(root, started, *replica_args, env=env, accounts=accounts)
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+def api(stack: Stack, method: str, path: str, value: Any = None,
+        token: str | None = None) -> tuple[int, Any]:
+    """A JSON call through the proxy, as a script would make it (a bearer token, if given)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None if value is None else json.dumps(value).encode()
+    req = urllib.request.Request(stack.url.rstrip("/") + path, body, headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        return error.code, json.loads(raw) if raw else None
+
+
+def token_of(stack: Stack, username: str, password: str) -> str:
+    status, body = api(stack, "POST", "/auth/login", {"username": username, "password": password})
+    assert status == 200, body
+    return body["token"]
+
+
+def admin_token(stack: Stack) -> str:
+    return token_of(stack, "admin", ADMIN_PASSWORD)
 
 
 # ---------------------------------------------------------------- the page
@@ -258,6 +307,21 @@ class PlayerPage:
 
     def served_streams(self) -> list[str]:
         return [node for _, status, node in self.streams if node and status in (200, 206)]
+
+
+def log_in(player: PlayerPage, username: str, password: str) -> None:
+    """Log in through the player's login dialog, opening it if the player has not."""
+    dialog = player.page.locator("#login-dialog")
+    # The player first learns who is logged in (body[data-role] once it knows); nobody, with
+    # accounts on, and it opens the dialog itself in the same step. Deciding before that
+    # raced it: a click on "Log in" that the dialog, opening meanwhile, then covered.
+    expect(player.page.locator("body[data-role]")).to_be_attached()
+    if not dialog.is_visible():
+        player.page.locator("#account-login").click()
+    expect(dialog).to_be_visible()
+    player.page.locator("#login-username").fill(username)
+    player.page.locator("#login-password").fill(password)
+    player.page.locator("#login-submit").click()
 
 
 def player_page(browser: Any, url: str, request: pytest.FixtureRequest,

@@ -5,23 +5,31 @@ playback going on across a re-login.
 
 The replicas and the proxy run with accounts on, their default (no ``--auth`` option), and an
 admin made by DISTPOTIFY_ADMIN_PASSWORD; the proxy signs its /status polls with the cluster
-key (``start_stack(accounts=True)``).
+key (``start_stack(accounts=True)``, in the ``accounts_stack`` fixture of conftest.py).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import PlayerPage, Stack, player_page, start_stack
+from tests.e2e.harness import (
+    ADMIN_PASSWORD,
+    PlayerPage,
+    Stack,
+    admin_token,
+    api,
+    log_in,
+    player_page,
+    token_of,
+)
 from tests.helpers.audio import make_audio, require_ffmpeg
-from tests.helpers.replica import ReplicaProcess, request, wait_until
+from tests.helpers.fronted import bearer
+from tests.helpers.replica import request, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -29,8 +37,6 @@ except ImportError:  # the browser fixture skips (or fails in CI) before any tes
     expect = None  # type: ignore[assignment]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-ADMIN_PASSWORD = "admin-e2e-Pa55word"
 
 # What Chromium logs for an answer it was told to expect: the 401 of GET /auth/me with no
 # session, of a wrong login, and the 429 of too many. Anything else (a CSP refusal, an
@@ -43,78 +49,10 @@ def unexpected_errors(player: PlayerPage) -> list[str]:
     return [line for line in player.console_errors if not EXPECTED_REFUSAL.search(line)]
 
 
-@pytest.fixture(scope="module")
-def accounts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Three replicas with accounts on and an admin (``admin`` / ADMIN_PASSWORD) behind the
-    proxy; the stack's own uploads carry the admin's session."""
-    started: list[ReplicaProcess] = []
-    try:
-        stack = start_stack(tmp_path_factory.mktemp("accounts"), started,
-                            env={"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD}, accounts=True)
-    except BaseException:
-        for node in started:
-            node.kill()
-        raise
-    try:
-        # The leader makes the admin once it leads (an asynchronous write): log in only when
-        # every replica holds it, whichever one the login reaches.
-        wait_until(lambda: [s["accounts"]["users"] for s in stack.cluster.statuses().values()]
-                   == [1, 1, 1], timeout=30, what="the first admin on every replica")
-        stack.headers = bearer(admin_token(stack))
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture
 def page(browser: Any, accounts_stack: Stack, request: pytest.FixtureRequest
          ) -> Iterator[PlayerPage]:
     yield from player_page(browser, accounts_stack.url, request, {"width": 1280, "height": 800})
-
-
-def api(stack: Stack, method: str, path: str, value: Any = None,
-        token: str | None = None) -> tuple[int, Any]:
-    """A JSON call through the proxy, as a script would make it (a bearer token, if given)."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    body = None if value is None else json.dumps(value).encode()
-    req = urllib.request.Request(stack.url.rstrip("/") + path, body, headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as answer:
-            raw = answer.read()
-            return answer.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        return error.code, json.loads(raw) if raw else None
-
-
-def token_of(stack: Stack, username: str, password: str) -> str:
-    status, body = api(stack, "POST", "/auth/login", {"username": username, "password": password})
-    assert status == 200, body
-    return body["token"]
-
-
-def admin_token(stack: Stack) -> str:
-    return token_of(stack, "admin", ADMIN_PASSWORD)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def log_in(player: PlayerPage, username: str, password: str) -> None:
-    dialog = player.page.locator("#login-dialog")
-    # The player first learns who is logged in (body[data-role] once it knows); nobody, with
-    # accounts on, and it opens the dialog itself in the same step. Deciding before that
-    # raced it: a click on "Log in" that the dialog, opening meanwhile, then covered.
-    expect(player.page.locator("body[data-role]")).to_be_attached()
-    if not dialog.is_visible():
-        player.page.locator("#account-login").click()
-    expect(dialog).to_be_visible()
-    player.page.locator("#login-username").fill(username)
-    player.page.locator("#login-password").fill(password)
-    player.page.locator("#login-submit").click()
 
 
 def log_out(player: PlayerPage) -> None:
@@ -125,6 +63,24 @@ def log_out(player: PlayerPage) -> None:
 
 def who(player: PlayerPage) -> Any:
     return player.page.get_by_test_id("account")
+
+
+def listening(page: PlayerPage, stack: Stack, tmp_path: Path, username: str, password: str,
+              tags: dict[str, str]) -> None:
+    """``username``, a listener the admin makes with ``password``, logged in on ``page`` and
+    playing a song of 30 s (``tags``) uploaded for it."""
+    require_ffmpeg()
+    status, body = api(stack, "POST", "/users", {"username": username, "password": password},
+                       admin_token(stack))
+    assert status == 201, body
+    song = stack.upload(make_audio(tmp_path / f"{username}.mp3", "mp3", 30.0, tags),
+                        "audio/mpeg")
+    stack.wait_replicated(song)
+    page.open(cluster=False)
+    log_in(page, username, password)
+    expect(who(page)).to_have_text(f"{username} (listener)")
+    page.play(tags["title"])
+    page.wait_playing_past(0.5)
 
 
 def test_the_login_comes_first_and_nothing_of_the_library_shows_before_it(
@@ -301,19 +257,8 @@ def test_the_admin_page_disables_resets_and_deletes_an_account(
 def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
-    require_ffmpeg()
-    token = admin_token(accounts_stack)
-    status, body = api(accounts_stack, "POST", "/users",
-                       {"username": "pia", "password": "pia-before-1"}, token)
-    assert status == 201, body
-    song = accounts_stack.upload(make_audio(tmp_path / "long.mp3", "mp3", 30.0, {
-        "title": "Long Enough", "artist": "The Sessions"}), "audio/mpeg")
-    accounts_stack.wait_replicated(song)
-    page.open(cluster=False)
-    log_in(page, "pia", "pia-before-1")
-    expect(who(page)).to_have_text("pia (listener)")
-    page.play("Long Enough")
-    page.wait_playing_past(0.5)
+    listening(page, accounts_stack, tmp_path, "pia", "pia-before-1",
+              {"title": "Long Enough", "artist": "The Sessions"})
 
     page.page.locator("#account-password").click()
     page.page.locator("#password-old").fill("pia-before-1")
@@ -334,19 +279,8 @@ def test_a_password_change_asks_for_a_login_and_the_music_plays_on(
 def test_a_session_ended_elsewhere_asks_for_a_login_again_over_the_music(
     page: PlayerPage, accounts_stack: Stack, tmp_path: Path
 ) -> None:
-    require_ffmpeg()
-    status, body = api(accounts_stack, "POST", "/users",
-                       {"username": "rita", "password": "rita-listens-1"},
-                       admin_token(accounts_stack))
-    assert status == 201, body
-    song = accounts_stack.upload(make_audio(tmp_path / "required.mp3", "mp3", 30.0, {
-        "title": "Required Listening", "artist": "The Gatekeepers"}), "audio/mpeg")
-    accounts_stack.wait_replicated(song)
-    page.open(cluster=False)
-    log_in(page, "rita", "rita-listens-1")
-    expect(who(page)).to_have_text("rita (listener)")
-    page.play("Required Listening")
-    page.wait_playing_past(0.5)
+    listening(page, accounts_stack, tmp_path, "rita", "rita-listens-1",
+              {"title": "Required Listening", "artist": "The Gatekeepers"})
 
     # Every session of rita's ends elsewhere (her logout-all from a script), on every replica.
     elsewhere = token_of(accounts_stack, "rita", "rita-listens-1")

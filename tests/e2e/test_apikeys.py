@@ -14,9 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import PlayerPage, Stack, player_page, start_stack
-from tests.e2e.test_accounts import ADMIN_PASSWORD, admin_token, api, bearer, log_in
-from tests.helpers.replica import ReplicaProcess, wait_until
+from tests.e2e.harness import (
+    ADMIN_PASSWORD,
+    PlayerPage,
+    Stack,
+    admin_token,
+    api,
+    log_in,
+    player_page,
+)
 
 try:
     from playwright.sync_api import expect
@@ -26,30 +32,10 @@ except ImportError:  # the browser fixture skips (or fails in CI) before any tes
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
-@pytest.fixture(scope="module")
-def keys_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Three replicas with accounts on and an admin, behind the proxy."""
-    started: list[ReplicaProcess] = []
-    try:
-        stack = start_stack(tmp_path_factory.mktemp("apikeys"), started,
-                            env={"DISTPOTIFY_ADMIN_PASSWORD": ADMIN_PASSWORD}, accounts=True)
-    except BaseException:
-        for node in started:
-            node.kill()
-        raise
-    try:
-        wait_until(lambda: [s["accounts"]["users"] for s in stack.cluster.statuses().values()]
-                   == [1, 1, 1], timeout=30, what="the first admin on every replica")
-        stack.headers = bearer(admin_token(stack))
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture
-def page(browser: Any, keys_stack: Stack, request: pytest.FixtureRequest
+def page(browser: Any, accounts_stack: Stack, request: pytest.FixtureRequest
          ) -> Iterator[PlayerPage]:
-    yield from player_page(browser, keys_stack.url, request, {"width": 1280, "height": 800},
+    yield from player_page(browser, accounts_stack.url, request, {"width": 1280, "height": 800},
                            permissions=["clipboard-read", "clipboard-write"])
 
 
@@ -60,7 +46,7 @@ def listed(stack: Stack) -> list[dict[str, Any]]:
 
 
 def test_a_key_is_created_shown_once_copied_and_revoked(page: PlayerPage,
-                                                        keys_stack: Stack) -> None:
+                                                        accounts_stack: Stack) -> None:
     page.open(cluster=False)
     log_in(page, "admin", ADMIN_PASSWORD)
     dialog = page.page.locator("#apikeys-dialog")
@@ -80,7 +66,7 @@ def test_a_key_is_created_shown_once_copied_and_revoked(page: PlayerPage,
     assert page.page.evaluate("() => navigator.clipboard.readText()") == secret
     expect(page.page.locator("#apikeys-list li")).to_have_count(1)
     expect(page.page.locator("#apikeys-list li")).to_contain_text("phone")
-    keys = listed(keys_stack)
+    keys = listed(accounts_stack)
     assert [key["name"] for key in keys] == ["phone"]
     assert secret not in json.dumps(keys), "the list must never give a secret again"
 
@@ -94,4 +80,4 @@ def test_a_key_is_created_shown_once_copied_and_revoked(page: PlayerPage,
     revoke.click()
     expect(page.page.locator("#apikeys-list li")).to_have_count(0)
     expect(page.page.locator("#apikeys-status")).to_have_text("No API keys yet.")
-    assert listed(keys_stack) == []
+    assert listed(accounts_stack) == []

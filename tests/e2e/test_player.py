@@ -216,20 +216,27 @@ def test_the_library_fits_a_phone_screen(phone: PlayerPage, library: dict[str, A
     assert overflow <= 0
 
 
+def playing_fast(player: PlayerPage, stack: Stack, tmp_path: Path, title: str, seed: int
+                 ) -> dict[str, Any]:
+    """A long song (``title``) uploaded and playing at 16x; the song's JSON."""
+    # Six minutes of CD-quality WAV: far more than Chromium reads ahead or sockets hold.
+    wav = make_wav(tmp_path / "long.wav", 64 * 1024 * 1024, seed=seed)
+    song = stack.upload(wav, "audio/wav", title=title, artist="Failover")
+    stack.wait_replicated(song, timeout=60)
+    player.open()
+    player.play(title)
+    player.wait_playing_past(0.5)
+    # At 16x the megabytes already in socket buffers when the cluster fails are played in
+    # seconds rather than minutes, so what the test waits for comes within its time.
+    player.audio("audio.playbackRate = 16")
+    return song
+
+
 @pytest.mark.timeout(180)
 def test_playback_goes_on_when_the_replica_serving_it_is_killed(
     own_player: PlayerPage, own_stack: Stack, tmp_path: Path
 ) -> None:
-    # Six minutes of CD-quality WAV: far more than Chromium reads ahead or sockets hold.
-    wav = make_wav(tmp_path / "long.wav", 64 * 1024 * 1024, seed=8)
-    song = own_stack.upload(wav, "audio/wav", title="Long Noise", artist="Failover")
-    own_stack.wait_replicated(song, timeout=60)
-    own_player.open()
-    own_player.play("Long Noise")
-    own_player.wait_playing_past(0.5)
-    # At 16x the megabytes already in socket buffers when the replica dies are played in
-    # seconds rather than minutes, so the proxy's resume comes within the test's time.
-    own_player.audio("audio.playbackRate = 16")
+    song = playing_fast(own_player, own_stack, tmp_path, "Long Noise", seed=8)
     serving = own_player.served_streams()[-1]
     resumes_before = own_stack.proxy.status()["counters"]["resumes"]
 
@@ -249,13 +256,7 @@ def test_playback_goes_on_when_the_replica_serving_it_is_killed(
 def test_the_player_picks_up_where_it_was_when_the_cluster_comes_back(
     own_player: PlayerPage, own_stack: Stack, tmp_path: Path
 ) -> None:
-    wav = make_wav(tmp_path / "long.wav", 64 * 1024 * 1024, seed=9)
-    song = own_stack.upload(wav, "audio/wav", title="Patient Noise", artist="Failover")
-    own_stack.wait_replicated(song, timeout=60)
-    own_player.open()
-    own_player.play("Patient Noise")
-    own_player.wait_playing_past(0.5)
-    own_player.audio("audio.playbackRate = 16")  # drain what the sockets hold in seconds
+    playing_fast(own_player, own_stack, tmp_path, "Patient Noise", seed=9)
 
     for node in own_stack.cluster.nodes.values():
         node.signal(signal.SIGSTOP)

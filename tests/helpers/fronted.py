@@ -108,6 +108,18 @@ class Fronted:
         self.proxy_follows(timeout)
         return self
 
+    def __enter__(self) -> Fronted:
+        """Started; its processes stopped (``stop_all``) when the block ends, or at once if
+        it does not start."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop_all()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
+
     @property
     def nodes(self) -> list[ReplicaProcess]:
         return list(self.cluster.nodes.values())

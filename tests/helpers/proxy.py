@@ -5,9 +5,10 @@ In memory (unit tests): ``ProxyHarness`` runs the real Site, root and ProxyResou
 ETag/Range/If-Range, and can refuse, drop, hang, answer a fixed status (with extra headers,
 or as a bare page without X-Served-By, as something in front of a replica would), answer
 before it has read the request body, cut or stall a body, ignore Range, or send another
-ETag. Real processes (integration tests): ``ProxyProcess`` runs ``twistd distpotify-proxy``
-like ``ReplicaProcess`` runs a replica; ``seed_data_dir`` makes a replica data dir holding
-songs, to copy into several replicas so they hold the same ids.
+ETag; ``three_replicas`` makes followers 1 and 2 and leader 3 of them. Real processes
+(integration tests): ``ProxyProcess`` runs ``twistd distpotify-proxy`` like ``ReplicaProcess``
+runs a replica; ``seed_data_dir`` makes a replica data dir holding songs, to copy into several
+replicas so they hold the same ids.
 """
 
 from __future__ import annotations
@@ -169,6 +170,16 @@ class FakeReplica:
             last = min(int(last_text), size - 1) if last_text else size - 1
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         return FakeResponse(self, 206, headers, self.content[first:last + 1])
+
+
+def three_replicas(content: bytes = b"", /, **leader: Any) -> list[FakeReplica]:
+    """Followers 1 and 2 and leader 3, all serving ``content`` and naming 3 their leader;
+    ``leader``: the leader's attributes that differ (its ``content`` too)."""
+    nodes = [FakeReplica(1, content=content), FakeReplica(2, content=content),
+             FakeReplica(3, **{"role": "leader", "content": content, **leader})]
+    for node in nodes:
+        node.leader_id, node.leader_http = 3, nodes[2].url
+    return nodes
 
 
 @implementer(IResponse)

@@ -15,7 +15,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -315,6 +315,18 @@ class ReplicaProcess:
         return text[-4000:]
 
 
+@contextlib.contextmanager
+def killed_at_end() -> Iterator[list[ReplicaProcess]]:
+    """A list to put started replicas in; each is SIGKILLed when the block ends, whatever
+    happened (the ``replicas`` fixture's, for fixtures of a wider scope)."""
+    started: list[ReplicaProcess] = []
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.kill()
+
+
 class Cluster:
     """Replicas of one cluster on 127.0.0.1: one cluster name, one heartbeat port, one key
     file (``key_file``), unless a replica is given another."""
@@ -349,6 +361,11 @@ class Cluster:
 
     def running(self) -> list[ReplicaProcess]:
         return [n for n in self.nodes.values() if n.process and n.process.poll() is None]
+
+    def leader(self, timeout: float = STARTUP) -> ReplicaProcess:
+        """The replica the running ones agree leads (``agreed_leader``), once they do."""
+        status = wait_until(self.agreed_leader, timeout=timeout, what="a leader")
+        return self.nodes[status["node_id"]]
 
     def statuses(self, nodes: list[ReplicaProcess] | None = None) -> dict[int, dict[str, Any]]:
         """/status of every answering replica (a stopped or paused one is left out)."""
@@ -386,3 +403,12 @@ class Cluster:
             if node_id > leader_id and status["state"] != "ACTIVE":
                 return None
         return leader
+
+
+def agreed_cluster(root: Path, started: list[ReplicaProcess], *extra: str) -> Cluster:
+    """Replicas 1, 2 and 3 of one cluster, given EXTRA, started and agreed on a leader."""
+    cluster = Cluster(root, started, *extra)
+    for node_id in (1, 2, 3):
+        cluster.add(node_id)
+    cluster.leader()
+    return cluster

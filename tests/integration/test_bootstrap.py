@@ -10,7 +10,14 @@ import pytest
 
 from tests.helpers.audio import make_wav
 from tests.helpers.proxy import ProxyProcess
-from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, send_json, wait_until
+from tests.helpers.replica import (
+    STARTUP,
+    Cluster,
+    ReplicaProcess,
+    agreed_cluster,
+    send_json,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -22,11 +29,8 @@ CHUNKS = SONGS * 32
 def library(tmp_path: Path, replicas: list[ReplicaProcess]) -> Cluster:
     """Three replicas holding 50 songs of 1 MiB in 32 KiB chunks (1,600 chunk files), fully
     replicated."""
-    cluster = Cluster(tmp_path, replicas, "--chunk-size", "32K")
-    for node_id in (1, 2, 3):
-        cluster.add(node_id)
-    leader = wait_until(cluster.agreed_leader, timeout=STARTUP, what="a leader")
-    boss = cluster.nodes[leader["node_id"]]
+    cluster = agreed_cluster(tmp_path, replicas, "--chunk-size", "32K")
+    boss = cluster.leader()
     wav = make_wav(tmp_path / "base.wav", 1024 * 1024)
     data = wav.read_bytes()
     for n in range(SONGS):

@@ -14,7 +14,13 @@ import pytest
 from PIL import Image
 
 from tests.helpers.covers import audio_with_cover, picture
-from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, request, wait_until
+from tests.helpers.replica import (
+    Cluster,
+    ReplicaProcess,
+    agreed_cluster,
+    request,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -27,16 +33,11 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture
 def cluster(tmp_path: Path, replicas: list[ReplicaProcess]) -> Cluster:
-    cluster = Cluster(tmp_path, replicas, "--chunk-size", "16K", "--anti-entropy-interval", "1")
-    for node_id in (1, 2, 3):
-        cluster.add(node_id)
-    wait_until(cluster.agreed_leader, timeout=STARTUP, what="agreement")
-    return cluster
+    return agreed_cluster(tmp_path, replicas, "--chunk-size", "16K", "--anti-entropy-interval", "1")
 
 
 def roles(cluster: Cluster) -> tuple[ReplicaProcess, list[ReplicaProcess]]:
-    status = wait_until(cluster.agreed_leader, timeout=STARTUP, what="a leader")
-    leader = cluster.nodes[status["node_id"]]
+    leader = cluster.leader()
     return leader, [n for n in cluster.nodes.values() if n is not leader]
 
 

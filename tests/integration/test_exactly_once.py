@@ -32,12 +32,9 @@ WRITE_HOLD = 5.0
 @pytest.fixture
 def fronted(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
     # A short anti-entropy interval: the check waits for convergence after the last round.
-    running = Fronted(tmp_path, replicas, "--chunk-size", "16K",
-                      "--anti-entropy-interval", "2")
-    try:
-        yield running.start()
-    finally:
-        running.stop_all()
+    with Fronted(tmp_path, replicas, "--chunk-size", "16K",
+                 "--anti-entropy-interval", "2") as running:
+        yield running
 
 
 @attrs.define

@@ -31,12 +31,9 @@ IMPORTER = Path(sys.executable).with_name("distpotify-import")
 
 @pytest.fixture
 def fronted(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
-    running = Fronted(tmp_path, replicas, "--max-upload", MAX_UPLOAD, auth=True,
-                      proxy_args=("--max-upload", MAX_UPLOAD, "--check-timeout", "3"))
-    try:
-        yield running.start()
-    finally:
-        running.stop_all()
+    with Fronted(tmp_path, replicas, "--max-upload", MAX_UPLOAD, auth=True,
+                 proxy_args=("--max-upload", MAX_UPLOAD, "--check-timeout", "3")) as running:
+        yield running
 
 
 def music_folder(root: Path) -> tuple[Path, set[str]]:

@@ -48,7 +48,7 @@ from proxy.openapi import load_description
 from tests.helpers.audio import make_wav
 from tests.helpers.covers import picture
 from tests.helpers.fronted import ADMIN_NAME, Fronted, bearer
-from tests.helpers.replica import ReplicaProcess, request
+from tests.helpers.replica import killed_at_end, request
 
 # The timeout is per test: the first (the cluster starts) takes about 15 s, each operation
 # a few seconds; the whole module about two minutes on 2 loaded cores.
@@ -262,16 +262,12 @@ def _valid_throughout(case: Case) -> bool:
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
     root = tmp_path_factory.mktemp("openapi")
-    started: list[ReplicaProcess] = []
-    fronted = Fronted(root, started, "--chunk-size", "16K",
-                      proxy_args=("--check-timeout", "3"), auth=True)
-    try:
-        fronted.start()
+    with (
+        killed_at_end() as started,
+        Fronted(root, started, "--chunk-size", "16K", proxy_args=("--check-timeout", "3"),
+                auth=True) as fronted,
+    ):
         yield Library(fronted)
-    finally:
-        fronted.stop_all()
-        for replica in started:
-            replica.kill()
 
 
 def test_the_proxy_serves_the_description(library: Library) -> None:

@@ -368,11 +368,8 @@ def test_an_upload_the_leader_refuses_unread_is_relayed_and_its_sending_stopped(
 
 @pytest.fixture
 def guarded(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
-    running = Fronted(tmp_path, replicas, auth=True, proxy_args=("--check-timeout", "3"))
-    try:
-        yield running.start()
-    finally:
-        running.stop_all()
+    with Fronted(tmp_path, replicas, auth=True, proxy_args=("--check-timeout", "3")) as running:
+        yield running
 
 
 def test_with_auth_on_the_proxy_follows_the_leader_by_signed_polls(guarded: Fronted) -> None:

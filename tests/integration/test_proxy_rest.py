@@ -24,11 +24,8 @@ ROUNDS = 10
 
 @pytest.fixture
 def fronted(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
-    running = Fronted(tmp_path, replicas, auth=True, proxy_args=("--check-timeout", "3"))
-    try:
-        yield running.start()
-    finally:
-        running.stop_all()
+    with Fronted(tmp_path, replicas, auth=True, proxy_args=("--check-timeout", "3")) as running:
+        yield running
 
 
 def rest(method: str, **params: str) -> str:

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.audio import make_audio
-from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, request, send_json, wait_until
+from tests.helpers.replica import (
+    ReplicaProcess,
+    agreed_cluster,
+    request,
+    send_json,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -25,10 +31,8 @@ def tombstones(node: ReplicaProcess) -> int:
 def test_tombstones_are_purged_on_every_replica_after_the_ttl(
     tmp_path: Path, replicas: list[ReplicaProcess]
 ) -> None:
-    cluster = Cluster(tmp_path, replicas, "--tombstone-ttl", "2", "--chunk-size", "16K")
-    for node_id in (1, 2, 3):
-        cluster.add(node_id)
-    leader = cluster.nodes[wait_until(cluster.agreed_leader, timeout=STARTUP)["node_id"]]
+    cluster = agreed_cluster(tmp_path, replicas, "--tombstone-ttl", "2", "--chunk-size", "16K")
+    leader = cluster.leader()
     song = leader.post("/songs", make_audio(tmp_path / "a.wav", "wav", seconds=1).read_bytes(),
                        "audio/wav").json()["song"]
     kept = send_json(leader.http_port, "POST", "/playlists", {"name": "kept"}).json()

@@ -23,12 +23,9 @@ def fronted(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]
     # A fresh /status check may take seconds when the machine is loaded (CI beside other
     # jobs): with the default 0.5 s the proxy could find no healthy replica for a read,
     # which is not what this test is about.
-    running = Fronted(tmp_path, replicas, "--chunk-size", "16K",
-                      proxy_args=("--check-timeout", "3"))
-    try:
-        yield running.start()
-    finally:
-        running.stop_all()
+    with Fronted(tmp_path, replicas, "--chunk-size", "16K",
+                 proxy_args=("--check-timeout", "3")) as running:
+        yield running
 
 
 def test_a_client_reads_its_own_writes_while_others_read_from_followers(

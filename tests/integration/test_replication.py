@@ -10,27 +10,25 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.audio import make_audio, make_wav
-from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, request, send_json, wait_until
+from tests.helpers.replica import (
+    Cluster,
+    ReplicaProcess,
+    agreed_cluster,
+    request,
+    send_json,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, replicas: list[ReplicaProcess]) -> Cluster:
-    cluster = Cluster(tmp_path, replicas, "--chunk-size", "16K", "--anti-entropy-interval", "1")
-    for node_id in (1, 2, 3):
-        cluster.add(node_id)
-    wait_until(cluster.agreed_leader, timeout=STARTUP, what="agreement")
-    return cluster
+    return agreed_cluster(tmp_path, replicas, "--chunk-size", "16K", "--anti-entropy-interval", "1")
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def leader(cluster: Cluster) -> ReplicaProcess:
-    status = wait_until(cluster.agreed_leader, timeout=STARTUP, what="a leader")
-    return cluster.nodes[status["node_id"]]
 
 
 def digest(node: ReplicaProcess) -> list[str]:
@@ -53,7 +51,7 @@ def test_write_on_the_leader_reads_back_byte_for_byte_from_each_follower(
 ) -> None:
     audio = make_audio(tmp_path / "a.mp3", "mp3", seconds=6, tags={"title": "Everywhere"})
     data = audio.read_bytes()
-    song = upload(leader(cluster), data, "audio/mpeg")
+    song = upload(cluster.leader(), data, "audio/mpeg")
 
     for node in cluster.nodes.values():
         def visible(node: ReplicaProcess = node) -> bool:
@@ -70,7 +68,7 @@ def test_write_on_the_leader_reads_back_byte_for_byte_from_each_follower(
 def test_a_follower_that_was_down_catches_up_on_fifty_writes(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    boss = leader(cluster)
+    boss = cluster.leader()
     follower = next(n for n in cluster.nodes.values() if n is not boss)
     base = make_audio(tmp_path / "b.wav", "wav", seconds=1).read_bytes()
     keep = upload(boss, base)
@@ -101,7 +99,7 @@ def test_missing_and_corrupt_chunk_files_are_repaired_on_read(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     data = make_audio(tmp_path / "c.wav", "wav", seconds=2).read_bytes()
-    boss = leader(cluster)
+    boss = cluster.leader()
     song = upload(boss, data)
     follower = next(n for n in cluster.nodes.values() if n is not boss)
     wait_until(lambda: follower.get(f"/songs/{song['id']}").status == 200, timeout=5)
@@ -122,7 +120,7 @@ def test_missing_and_corrupt_chunk_files_are_repaired_on_read(
 
 
 def test_writes_survive_the_leader_dying_mid_batch(cluster: Cluster, tmp_path: Path) -> None:
-    boss = leader(cluster)
+    boss = cluster.leader()
     wav = make_wav(tmp_path / "big.wav", 6 * 1024 * 1024)
     song = upload(boss, wav.read_bytes())
     acked = [send_json(boss.http_port, "POST", "/playlists", {"name": f"n{n}"}).json()

@@ -17,6 +17,7 @@ from tests.helpers.replica import (
     STARTUP,
     Cluster,
     ReplicaProcess,
+    agreed_cluster,
     request,
     send_json,
     wait_until,
@@ -77,11 +78,9 @@ def converged(nodes: list[ReplicaProcess]) -> bool:
 
 def start(tmp_path: Path, replicas: list[ReplicaProcess], *extra: str
           ) -> tuple[Cluster, ReplicaProcess, ReplicaProcess, ReplicaProcess]:
-    cluster = Cluster(tmp_path, replicas, "--oplog-retention", RETENTION, "--chunk-size", "64K",
-                      *extra)
-    for node_id in (1, 2, 3):
-        cluster.add(node_id)
-    leader = cluster.nodes[wait_until(cluster.agreed_leader, timeout=STARTUP)["node_id"]]
+    cluster = agreed_cluster(tmp_path, replicas, "--oplog-retention", RETENTION,
+                             "--chunk-size", "64K", *extra)
+    leader = cluster.leader()
     followers = [n for n in cluster.nodes.values() if n is not leader]
     return cluster, leader, followers[0], followers[1]
 

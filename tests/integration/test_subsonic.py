@@ -40,12 +40,9 @@ COVER = picture("PNG", (120, 90), (20, 120, 200))
 @pytest.fixture
 def fronted(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fronted]:
     require_ffmpeg()
-    running = Fronted(tmp_path, replicas, "--chunk-size", "16K",
-                      proxy_args=("--check-timeout", "3"), auth=True)
-    try:
-        yield running.start()
-    finally:
-        running.stop_all()
+    with Fronted(tmp_path, replicas, "--chunk-size", "16K",
+                 proxy_args=("--check-timeout", "3"), auth=True) as running:
+        yield running
 
 
 def upload(admin: Client, tmp_path: Path) -> dict[str, str]:

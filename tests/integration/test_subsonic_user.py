@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers.audio import make_wav
 from tests.helpers.fronted import Client, Fronted
-from tests.helpers.replica import ReplicaProcess, request, wait_until
+from tests.helpers.replica import ReplicaProcess, killed_at_end, request, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -70,15 +70,11 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("subsonic-user")
-    started: list[ReplicaProcess] = []
-    fronted = Fronted(root, started, "--chunk-size", "16K", auth=True)
-    try:
-        fronted.start()
+    with (
+        killed_at_end() as started,
+        Fronted(root, started, "--chunk-size", "16K", auth=True) as fronted,
+    ):
         yield Cluster(fronted)
-    finally:
-        fronted.stop_all()
-        for replica in started:
-            replica.kill()
 
 
 def test_an_api_key_made_through_the_proxy_works_on_every_replica_until_revoked(

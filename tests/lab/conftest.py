@@ -5,7 +5,6 @@ that skip is an error, since CI runs as root and must exercise the lab."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from lab.lab import Lab
 from lab.netns import list_netns, unavailable_reason
+from tests.helpers.lab import lone_lab
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +44,5 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 @pytest.fixture
 def lone(tmp_path: Path) -> Iterator[Lab]:
     """One real replica, once it leads (alone, it elects itself): it takes writes directly."""
-    with Lab(1, base_dir=tmp_path, keep_files=True, echo=print) as running:
-        if running.replica_kind != "twistd":
-            pytest.skip("needs `twistd distpotify` (the replica foundation)")
-        deadline = time.monotonic() + 10
-        while (running.status(1) or {}).get("role") != "leader":
-            assert time.monotonic() < deadline, f"node 1 never led: {running.status(1)}"
-            time.sleep(0.05)
+    with lone_lab(tmp_path, timeout=10) as running:
         yield running

@@ -14,6 +14,7 @@ from lab.lab import HTTP_PORT, Lab
 from lab.nemesis import Nemesis
 from lab.netns import LabError
 from lab.workload import make_wav
+from tests.helpers.lab import lone_lab
 
 pytestmark = [pytest.mark.lab]
 
@@ -22,13 +23,8 @@ SIZE = 64 * 1024 * 1024
 
 @pytest.fixture
 def lone_on_disk(tmp_path: Path) -> Iterator[Lab]:
-    with Lab(1, base_dir=tmp_path, keep_files=True, echo=print, disk_size=SIZE) as running:
-        if running.replica_kind != "twistd":
-            pytest.skip("needs `twistd distpotify` (the replica foundation)")
-        deadline = time.monotonic() + 15
-        while (running.status(1) or {}).get("role") != "leader":
-            assert time.monotonic() < deadline, f"node 1 never led: {running.status(1)}"
-            time.sleep(0.05)
+    """One real replica on a disk of SIZE, once it leads."""
+    with lone_lab(tmp_path, timeout=15, disk_size=SIZE) as running:
         yield running
 
 

@@ -22,7 +22,7 @@ from distpotify.signing import RequestVerifier
 from proxy.backends import status_fetcher
 from proxy.config import ConfigError, ProxyConfig
 from proxy.forwarded import parse_trusted_proxies
-from tests.helpers.proxy import CLIENT_IP, FakeReplica, ProxyHarness
+from tests.helpers.proxy import CLIENT_IP, FakeReplica, ProxyHarness, three_replicas
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,9 +39,8 @@ def me(role: str, disabled: bool = False) -> tuple[int, dict[str, str], Any]:
 
 
 def cluster(**paths: tuple[int, dict[str, str], Any]) -> list[FakeReplica]:
-    nodes = [FakeReplica(1), FakeReplica(2), FakeReplica(3, role="leader")]
+    nodes = three_replicas()
     for node in nodes:
-        node.leader_id, node.leader_http = 3, nodes[2].url
         node.paths = {path.replace("_", "/"): answer for path, answer in paths.items()}
     return nodes
 

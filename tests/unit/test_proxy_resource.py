@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.web.proxy import ReverseProxyResource
 
-from tests.helpers.proxy import FakeReplica, ProxyHarness
+from tests.helpers.proxy import FakeReplica, ProxyHarness, three_replicas
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,13 +23,7 @@ SONG = "/songs/0b0c8a4e-0000-4000-8000-000000000001/stream"
 
 def cluster(**leader: object) -> list[FakeReplica]:
     """Followers 1 and 2 and leader 3, all serving CONTENT under ETag "e1"."""
-    nodes = [FakeReplica(1, content=CONTENT), FakeReplica(2, content=CONTENT),
-             FakeReplica(3, role="leader", content=CONTENT)]
-    for name, value in leader.items():
-        setattr(nodes[2], name, value)
-    for node in nodes:
-        node.leader_id, node.leader_http = 3, nodes[2].url
-    return nodes
+    return three_replicas(CONTENT, **leader)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from distpotify.wire import loggable_uri
 from proxy.decision import Again, Context, NextReplica, Unanswered, classify, is_write
 from proxy.resource import ProxyResource
 from proxy.sessions import Sessions
-from tests.helpers.proxy import Answer, FakeReplica, ProxyHarness
+from tests.helpers.proxy import Answer, FakeReplica, ProxyHarness, three_replicas
 from tests.helpers.subsonic import NS, json_of, valid_xml
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,15 +28,9 @@ CREATE = f"/rest/createPlaylist.view?u=alice&p={SECRET}&v=1.16.1&c=test&name=Roa
 
 def cluster(**leader: object) -> list[FakeReplica]:
     """Followers 1 and 2 and leader 3; the leader answers every request 200 with a version."""
-    nodes = [FakeReplica(1, content=b"<subsonic-response/>"),
-             FakeReplica(2, content=b"<subsonic-response/>"),
-             FakeReplica(3, role="leader", status_code=200, status_body=b"{}",
-                         headers={"X-Distpotify-Version": VERSION})]
-    for name, value in leader.items():
-        setattr(nodes[2], name, value)
-    for node in nodes:
-        node.leader_id, node.leader_http = 3, nodes[2].url
-    return nodes
+    answers = {"content": b"", "status_code": 200, "status_body": b"{}",
+               "headers": {"X-Distpotify-Version": VERSION}}
+    return three_replicas(b"<subsonic-response/>", **{**answers, **leader})
 
 
 @pytest.fixture
