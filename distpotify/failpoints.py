@@ -20,7 +20,7 @@ ENV = "DISTPOTIFY_FAILPOINTS"
 # Every point the code hits, in the order a write meets them. A name not listed here stops
 # the start-up, so a test cannot silently arm a point that no longer exists.
 POINTS = {
-    "upload.chunks_written": "an upload's chunks are written and fsynced as temp files, not renamed",
+    "upload.chunks_written": "an upload's chunks are fsynced temp files, not renamed",
     "upload.chunks_durable": "an upload's chunks are fsynced and renamed, its row not written",
     "upload.committed": "an upload's rows are committed, the client not yet answered",
     "apply.chunks_fetched": "a follower has a pushed batch's chunks, the ops not applied",
