@@ -11,8 +11,9 @@ use it: it is HTTP only, with no replica internals, which keeps the proxy indepe
 replica (docs/architecture.md section 8).
 
 The site provides ``max_body`` (bytes), ``spool_dir`` (None: the system's temp dir),
-``clock`` (the reactor: its thread pool writes the spool; a test's Clock has none, and the
-spool is written at once), and ``served_by`` (the X-Served-By of a refusal, or None).
+``spool_file`` (a file of its own for a request's body, or None for a temp file), ``clock``
+(the reactor: its thread pool writes the spool; a test's Clock has none, and the spool is
+written at once), and ``served_by`` (the X-Served-By of a refusal, or None).
 """
 # test-case-name: tests.unit.test_bodylimit,tests.integration.test_replica
 
@@ -47,6 +48,10 @@ class Limits(Protocol):
     spool_dir: Path | None
     clock: Any
     served_by: str | None
+
+    def spool_file(self, request: LimitedRequest) -> IO[bytes] | None:
+        """Where this request's body goes instead of a temp file (a replica spools a raw
+        upload straight into chunk files: store/chunkspool.py), or None."""
 
 
 class Spool:
@@ -149,13 +154,20 @@ class LimitedRequest(server.Request):
         elif length is not None and length < SPOOL_THRESHOLD:
             self.content = BytesIO()
         else:
-            self.content = tempfile.TemporaryFile(dir=limits.spool_dir)  # noqa: SIM115
+            self.content = (limits.spool_file(self)
+                            or tempfile.TemporaryFile(dir=limits.spool_dir))  # noqa: SIM115
             if hasattr(limits.clock, "getThreadPool"):
                 transport = self._transport()
                 self._spool = Spool(
                     self.content, limits.clock, pause=transport.pauseProducing,
                     resume=transport.resumeProducing,
                     failed=lambda error: self._refuse_unwritable(self._limits, error))
+
+    def request_line(self) -> tuple[bytes, bytes]:
+        """The method and target of a request whose body is arriving: twisted.web sets
+        ``method`` and ``uri`` only once the body is whole, its channel knows them before."""
+        channel = self.channel
+        return getattr(channel, "_command", b""), getattr(channel, "_path", b"")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:

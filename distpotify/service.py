@@ -51,6 +51,7 @@ from distpotify.replication.client import PeerClient, make_http_client
 from distpotify.replication.node import ReplicationNode
 from distpotify.signing import RequestVerifier
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.chunkspool import ChunkSpool
 from distpotify.store.covers import CoverCache, CoverStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.subsonic.api import Server, SubsonicAPI
@@ -366,7 +367,8 @@ def build_replica(
                            covers=CoversAPI(covers).app.resource())
     site = ReplicaSite(resource, node_id=config.node_id, max_body=config.max_upload,
                        spool_dir=config.data_dir / "tmp", clock=reactor, metrics=metrics,
-                       timeouts=config.timeouts)
+                       timeouts=config.timeouts,
+                       upload_spool=partial(ChunkSpool, chunks, config.chunk_size))
     return ReplicaService(
         config, reactor,
         database=database,

@@ -20,6 +20,7 @@ import multipart
 from distpotify.errors import BadRequest, UnsupportedMedia
 from distpotify.media import AudioInfo, NotAudio, read_audio_info
 from distpotify.store.chunks import ChunkStore
+from distpotify.store.chunkspool import ChunkSpool
 from distpotify.store.covers import CoverStore
 
 EDITABLE = ("title", "artist", "album", "track", "year", "genre")
@@ -78,6 +79,12 @@ def encodable(text: str) -> bool:
     return True
 
 
+def raw_audio(content_type: str) -> bool:
+    """Whether a body of this Content-Type is the audio itself (not multipart)."""
+    mime, _ = multipart.parse_options_header(content_type or "")
+    return mime.startswith("audio/") or mime in ("application/octet-stream", "application/ogg", "")
+
+
 def parse_body(content: BinaryIO, content_type: str, query: Mapping[str, str],
                spool_dir: Path | None = None) -> Body:
     """Find the audio in a raw ``audio/*`` body or in the multipart field ``file`` (spooled,
@@ -85,7 +92,7 @@ def parse_body(content: BinaryIO, content_type: str, query: Mapping[str, str],
     mime, options = multipart.parse_options_header(content_type or "")
     if mime == "multipart/form-data":
         return _parse_multipart(content, options.get("boundary", ""), query, spool_dir)
-    if mime.startswith("audio/") or mime in ("application/octet-stream", "application/ogg", ""):
+    if raw_audio(content_type):
         return Body(content, query.get("filename"), dict(query))
     raise UnsupportedMedia(f"expected an audio/* body or multipart/form-data, got {mime!r}")
 
@@ -152,6 +159,8 @@ def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
         info = read_audio_info(body.file)
     except NotAudio as e:
         raise UnsupportedMedia(f"not an audio file this service can read: {e}") from None
+    if isinstance(body.file, ChunkSpool) and body.file.chunk_size == chunk_size:
+        return _adopt(body.file, info, song_id, reached, covers)
     body.file.seek(0)
     digest = hashlib.sha256()
     sizes: list[int] = []
@@ -169,6 +178,17 @@ def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
         cover = covers.put(info.cover)
     written = tuple(zip(range(len(sizes)), sizes, hashes, strict=True))
     return Ingested(sum(sizes), digest.hexdigest(), written, info, cover)
+
+
+def _adopt(spool: ChunkSpool, info: AudioInfo, song_id: str, reached: Callable[[str], None],
+           covers: CoverStore | None) -> Ingested:
+    """The chunks of a body spooled into chunk files as it arrived: made the song's."""
+    written = tuple(spool.written())
+    reached("upload.chunks_written")
+    spool.adopt(song_id)
+    reached("upload.chunks_durable")
+    cover = covers.put(info.cover) if covers is not None and info.cover is not None else None
+    return Ingested(spool.size, spool.sha256(), written, info, cover)
 
 
 def title_from_filename(filename: str | None) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -20,6 +20,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 from zope.interface import implementer
 
+from distpotify.bodylimit import LimitedRequest
 from distpotify.httpchannel import Phase, Timeouts
 from distpotify.wire import json_error, json_response, loggable_uri
 from proxy.auth import AdminCheck, AdminOnly
@@ -199,6 +200,9 @@ class ProxySite(server.Site):
         self.served_by: str | None = None  # the proxy's own answer, from no replica
         self.displayTracebacks = False
         self.noisy = False
+
+    def spool_file(self, request: LimitedRequest) -> IO[bytes] | None:
+        return None  # every body the proxy holds goes to a temp file, relayed as it is
 
     def timed_out(self, phase: Phase) -> None:
         self.timeouts_expired[phase.value] += 1

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -15,6 +17,7 @@ from twisted.web.resource import IResource
 from distpotify.bodylimit import LimitedRequest
 from distpotify.httpchannel import Phase, TimedChannel, Timeouts
 from distpotify.metrics import ReplicaMetrics
+from distpotify.upload import raw_audio
 from distpotify.wire import loggable_uri
 
 log = Logger()
@@ -26,6 +29,7 @@ class ReplicaSite(server.Site):
     def __init__(
         self, resource: IResource, *, node_id: int, max_body: int, spool_dir: Path, clock: Any,
         metrics: ReplicaMetrics | None = None, timeouts: Timeouts | None = None,
+        upload_spool: Callable[[], io.RawIOBase] | None = None,
     ) -> None:
         # Multipart bodies are parsed by upload.py from the spool file, never into memory:
         # twisted.web's own parsing held about 14 times a 48 MiB upload's size at its peak.
@@ -38,8 +42,21 @@ class ReplicaSite(server.Site):
         self.spool_dir: Path | None = spool_dir
         self.clock = clock
         self.served_by: str | None = str(node_id)
+        self._upload_spool = upload_spool
         self.displayTracebacks = False
         self.noisy = False
+
+    def spool_file(self, request: LimitedRequest) -> IO[bytes] | None:
+        """A raw audio upload (``POST /songs``, not multipart) goes straight into chunk files
+        as it arrives (store/chunkspool.py); every other body to a temp file."""
+        if self._upload_spool is None:
+            return None
+        method, target = request.request_line()
+        content_type = request.getHeader(b"content-type") or b""
+        if (method != b"POST" or target.split(b"?", 1)[0] != b"/songs"
+                or not raw_audio(content_type.decode("latin-1"))):
+            return None
+        return cast(IO[bytes], self._upload_spool())
 
     def timed_out(self, phase: Phase) -> None:
         if self.metrics is not None:

@@ -67,12 +67,19 @@ def upload(node: ReplicaProcess, data: bytes) -> Any:
     return node.post("/songs", data, "audio/wav")
 
 
+def upload_multipart(node: ReplicaProcess, data: bytes) -> Any:
+    head = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n")
+    return node.post("/songs", head + data + b"\r\n--b--\r\n", "multipart/form-data; boundary=b")
+
+
 def test_a_full_disk_answers_507_keeps_serving_and_recovers_by_itself(
     tmp_path: Path, small_disk: Path, replicas: list[ReplicaProcess]
 ) -> None:
-    """Replica 2 (the leader: the highest id) fills its disk: an upload whose body cannot be
-    spooled, and one whose body fits but whose chunks do not, both get 507 and leave no
-    file; the stored song still streams from it, its follower still sees it up and leading;
+    """Replica 2 (the leader: the highest id) fills its disk: a raw upload whose body (spooled
+    straight into chunk files) cannot be stored from its first byte or from its middle, and a
+    multipart one whose body fits but whose chunks do not, all get 507 and leave no file;
+    the stored song still streams from it, its follower still sees it up and leading;
     once the filler goes, uploads work again and reach the follower."""
     cluster = Cluster(tmp_path, replicas, "--chunk-size", "256K")
     follower, leader = cluster.add(1), cluster.add(2)
@@ -88,16 +95,20 @@ def test_a_full_disk_answers_507_keeps_serving_and_recovers_by_itself(
 
     filler = fill(small_disk, leave=0)
     no_spool = upload(leader, song_bytes(tmp_path, 2))
+    fill(small_disk, leave=SONG // 2)  # half of the body's chunks fit
+    half_spooled = upload(leader, song_bytes(tmp_path, 2))
     fill(small_disk, leave=SONG + SONG // 2)  # room for the spooled body, not its chunks too
-    no_chunks = upload(leader, song_bytes(tmp_path, 3))
+    no_chunks = upload_multipart(leader, song_bytes(tmp_path, 3))
 
     assert "request body could not be stored" in no_spool.json()["message"]
+    assert "request body could not be stored" in half_spooled.json()["message"]
     assert "a file could not be written" in no_chunks.json()["message"]  # a chunk
-    for answer in (no_spool, no_chunks):
+    for answer in (no_spool, half_spooled, no_chunks):
         assert answer.status == 507, answer.body
         assert answer.json()["error"] == "insufficient_storage"
         assert "disk is full" in answer.json()["message"]
-    assert files(leader) == before  # no chunk of either, not even a temp file
+    # No chunk of any, not even a temp file (a refused spool's pieces go once it has stopped).
+    wait_until(lambda: files(leader) == before, timeout=10, what="no file of the refused")
     assert "POST /songs refused: [Errno 28] No space left on device" in leader.log_path.read_text()
     assert leader.get("/songs").json()["total"] == 1
     streamed = leader.get(f"/songs/{song['id']}/stream")

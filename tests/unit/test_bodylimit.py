@@ -7,7 +7,7 @@ import errno
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -75,6 +75,9 @@ class LimitedSite(server.Site):
         self.spool_dir: Path | None = spool_dir
         self.clock = reactor
         self.served_by: str | None = "7"
+
+    def spool_file(self, request: LimitedRequest) -> IO[bytes] | None:
+        return None
 
 
 def connect(site: LimitedSite) -> tuple[Any, StringTransport]:

@@ -1,0 +1,207 @@
+"""A raw upload's body spooled straight into chunk files while it arrives.
+
+The request's spool (bodylimit.py) writes the body of ``POST /songs`` with an audio body into
+temp files of ``chunk_size`` bytes in the chunk directory, named after a fresh spool id
+(``<spool-id>_<idx>.tmp``); each full piece is hashed back by the chunk store's pool while the
+rest arrives, and the song's SHA-256 follows the bytes as they are written. So an upload's
+chunks are written while it is received, not split from a spool file afterwards. They are
+fsynced together once the body is whole (fsyncs during the receive would hold up the
+creation of the next pieces: a file's creation waits for the journal commit they force).
+
+Once the whole body is in, the spool reads like one file (the tags are read from it, a keyed
+request is hashed from it), and ``adopt(song_id)`` (the id is known only then) renames the
+pieces to the song's chunk names and fsyncs the directory once: the crash rule of a batch
+(store/chunks.py) holds, temp files until every piece is durable. A spool not adopted removes
+its pieces when it is closed; after a crash, start-up removes them as any temp file.
+"""
+# test-case-name: tests.unit.test_chunkspool
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from distpotify.store.chunks import TMP_SUFFIX, ChunkStore, fsync_path
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+_READ = 1 << 20
+
+
+def _hash(path: Path) -> str:
+    """Hash a piece written by the spool back from the page cache (a pool thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_READ):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+class ChunkSpool(io.RawIOBase):
+    """Written once, in order, by the spool's thread; then read (seekable) and adopted or
+    closed by the upload."""
+
+    def __init__(self, store: ChunkStore, chunk_size: int) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size
+        self._store = store
+        self._id = str(uuid.uuid4())
+        self._paths: list[Path] = []  # every piece begun
+        self._sizes: list[int] = []
+        self._hashes: list[Future[str]] = []
+        self._open: io.BufferedWriter | None = None  # the piece being written
+        self._song = hashlib.sha256()
+        self._size = 0
+        self._sealed = False
+        self._pos = 0
+        self._reading: tuple[int, io.BufferedReader] | None = None
+        self._lock = threading.Lock()  # adopt (a worker thread) against close (the reactor)
+        self._adopted = False
+
+    # written by the spool
+
+    def writable(self) -> bool:
+        return not self._sealed
+
+    def write(self, data: ReadableBuffer) -> int:
+        if self.closed:
+            raise ValueError("the upload's body was closed while it was written")
+        if self._sealed:
+            raise ValueError("the body is complete: nothing more is written")
+        view = memoryview(data).cast("B")
+        self._song.update(view)
+        written = len(view)
+        while view:
+            piece = self._open or self._begin_piece()
+            part = view[:self.chunk_size - self._sizes[-1]]
+            piece.write(part)
+            self._sizes[-1] += len(part)
+            view = view[len(part):]
+            if self._sizes[-1] == self.chunk_size:
+                self._finish_piece()
+        self._size += written
+        return written
+
+    def _begin_piece(self) -> io.BufferedWriter:
+        with self._lock:  # a client gone closes the spool while it is written
+            if self.closed:
+                raise ValueError("the upload's body was closed while it was written")
+            path = self._store.root / f"{self._id}_{len(self._paths)}{TMP_SUFFIX}"
+            self._paths.append(path)  # before the write: a half-written one goes too
+            self._sizes.append(0)
+            self._open = open(path, "wb")  # noqa: SIM115 (closed when full, or by close)
+            return self._open
+
+    def _finish_piece(self) -> None:
+        assert self._open is not None
+        self._open.close()  # in the page cache: the pool hashes it back and fsyncs it
+        self._open = None
+        self._hashes.append(self._store.pool().submit(_hash, self._paths[-1]))
+
+    def _seal(self) -> None:
+        if not self._sealed:
+            self._sealed = True
+            if self._open is not None:
+                self._finish_piece()
+
+    # read by the upload, once the body is complete (twisted.web seeks to 0 before the
+    # resource sees it, which seals the last piece)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._seal()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Fill ``buffer`` from the pieces (a read never stops short at a piece's end)."""
+        self._seal()
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view) and self._pos < self._size:
+            index, offset = divmod(self._pos, self.chunk_size)
+            if self._reading is None or self._reading[0] != index:
+                if self._reading is not None:
+                    self._reading[1].close()
+                self._reading = (index, open(self._paths[index], "rb"))  # noqa: SIM115
+            piece = self._reading[1]
+            piece.seek(offset)
+            got = piece.readinto(view[filled:filled + self.chunk_size - offset])
+            if not got:
+                raise OSError(f"piece {index} of an upload's body is shorter than written")
+            self._pos += got
+            filled += got
+        return filled
+
+    # the upload's decision
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def sha256(self) -> str:
+        """The SHA-256 of the whole body."""
+        return self._song.hexdigest()
+
+    def written(self) -> list[tuple[int, int, str]]:
+        """Wait until every piece is hashed, then fsync them side by side on the pool:
+        (index, size, SHA-256) of each, all durable as temp files. Raises the first failure
+        (a full disk)."""
+        self._seal()
+        hashes = [piece.result() for piece in self._hashes]
+        pool = self._store.pool()
+        for synced in [pool.submit(fsync_path, path) for path in self._paths]:
+            synced.result()
+        return list(zip(range(len(hashes)), self._sizes, hashes, strict=True))
+
+    def adopt(self, song_id: str) -> None:
+        """Rename the pieces to the chunks of ``song_id`` and fsync the directory: from now
+        on they are the song's, and closing the spool leaves them."""
+        if self.closed:
+            raise ValueError("the upload's body was closed before it was stored")
+        self.written()
+        with self._lock:
+            if self.closed:
+                raise ValueError("the upload's body was closed before it was stored")
+            self._adopted = True
+        for idx, path in enumerate(self._paths):
+            os.replace(path, self._store.path(song_id, idx))
+        self._store.sync_dir()
+
+    def close(self) -> None:
+        """Close the files; a spool not adopted removes its pieces (on the pool: closing is
+        the reactor's, which must not wait for the disk)."""
+        with self._lock:
+            if self.closed:
+                return
+            super().close()
+            adopted = self._adopted
+        for piece in (self._open, self._reading[1] if self._reading else None):
+            if piece is not None:
+                piece.close()
+        self._open = self._reading = None
+        if not adopted and self._paths:
+            self._store.pool().submit(_remove, list(self._paths))
