@@ -3,8 +3,9 @@ with a progress bar; files the library already holds are found by their SHA-256 
 sent, and a run stopped with Ctrl-C goes on where it stopped when run again.
 
 A client of the public API like any other (POST /auth/login, GET /songs?sha256=, POST /songs
-multipart), over http.client in worker threads: a command-line tool, not a service, so it
-does not run a reactor. What it has done is appended to a state file (JSON lines), so a
+with the file as the raw body, which a replica writes into chunk files as it arrives), over
+http.client in worker threads: a command-line tool, not a service, so it does not run a
+reactor. What it has done is appended to a state file (JSON lines), so a
 rerun neither hashes unchanged files again nor asks about files it has imported.
 """
 # test-case-name: tests.unit.test_cli_importer, tests.integration.test_importer
@@ -257,29 +258,24 @@ class Server:
 
     def upload(self, entry: FileEntry, sha256: str, key: str, stopped: threading.Event,
                sent: Callable[[int], None]) -> tuple[int, Any, int]:
-        """POST /songs with the file as the multipart field ``file``, streamed from disk
-        under ``key``: (status, JSON body, body bytes sent). Sent again on an unknown outcome,
-        with the same key; ``sent`` hears of every block (progress), less any block sent
-        again."""
-        boundary = "distpotify-import-" + secrets.token_hex(12)
-        filename = entry.path.name.replace('"', "%22").replace("\r", "").replace("\n", "")
-        mime = mimetypes.guess_type(entry.path.name)[0] or "application/octet-stream"
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\";"
-                f" filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n").encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-        length = len(head) + entry.size + len(tail)
-        headers = {**self.headers(), "Content-Type": f"multipart/form-data; boundary={boundary}",
-                   "Content-Length": str(length), "Idempotency-Key": key}
+        """POST /songs with the file as the raw body (its name in ``?filename=``), streamed
+        from disk under ``key``: (status, JSON body, body bytes sent). Sent again on an unknown
+        outcome, with the same key; ``sent`` hears of every block (progress), less any block
+        sent again."""
+        mime = mimetypes.guess_type(entry.path.name)[0] or ""
+        raw = mime if mime.startswith("audio/") else "application/octet-stream"
+        headers = {**self.headers(), "Content-Type": raw,
+                   "Content-Length": str(entry.size), "Idempotency-Key": key}
+        target = f"{self._base}/songs?{urllib.parse.urlencode({'filename': entry.path.name})}"
         for attempt in range(ATTEMPTS):
             counted = 0
             conn = self.connection()
             try:
-                conn.putrequest("POST", self._base + "/songs", skip_accept_encoding=True)
+                conn.putrequest("POST", target, skip_accept_encoding=True)
                 for name, text in headers.items():
                     conn.putheader(name, text)
                 conn.endheaders()
                 try:
-                    conn.send(head)
                     with open(entry.path, "rb") as f:
                         while block := f.read(BLOCK):
                             if stopped.is_set():
@@ -287,7 +283,6 @@ class Server:
                             conn.send(block)
                             counted += len(block)
                             sent(len(block))
-                    conn.send(tail)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # refused early (413): its answer may be waiting to be read
                 response = conn.getresponse()
