@@ -5,6 +5,7 @@ sync.py) and ReplicaRoot's chunk fast path, always in the JSON error shape of wi
 
 from __future__ import annotations
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -22,8 +23,14 @@ _ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
 def answer_failure(request: IRequest, failure: Failure) -> bytes:
     """The answer to ``failure``: an ApiError as it says, a routing error (no route, wrong
     method) in the same shape, a write that found the disk full a 507 (any route: an upload,
-    an edit, a follower's apply), and anything else a 500 whose details go to the log only."""
+    an edit, a follower's apply), a cancellation nothing (the client went away: the answer
+    has nobody to go to, and a stream's headers are out already), and anything else a 500
+    whose details go to the log only."""
     error = failure.value
+    if isinstance(error, CancelledError):  # the client went away: nobody reads an answer
+        log.info("{method} {uri}: cancelled, the client went away",
+                 method=request.method.decode("latin-1"), uri=loggable_uri(request.uri))
+        return b""
     full = disk_full(error)
     if full is not None:
         log.error("{method} {uri} refused: {error}", method=request.method.decode("latin-1"),

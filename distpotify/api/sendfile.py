@@ -77,6 +77,10 @@ class _Sender:
             for span in spans:
                 await self._send_span(span)
         except CancelledError:
+            # The client went away: nothing more goes out, and the request (finished by
+            # whoever gets the cancellation) must not keep this producer.
+            if self._request.channel is not None:
+                self._request.unregisterProducer()
             raise
         except Exception as e:
             log.warn("stream aborted: {error}", error=str(e) or type(e).__name__)

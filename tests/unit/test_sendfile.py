@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.test.requesthelper import DummyChannel
 
 from distpotify.api import ranges
 from distpotify.api.failures import answer_failure
@@ -226,6 +228,7 @@ def test_a_reader_that_leaves_mid_body_stops_the_sender(loop: Loop, tmp_path: Pa
 
     assert isinstance(resource.outcomes[0], CancelledError)
     assert resource.requests[0].sentLength < len(data)
+    assert resource.requests[0].producer is None  # finishing it later raises nothing
     client = Client(port)
     assert loop.run(lambda: client.get("/", {"Range": "bytes=0-9"}))[2] == data[:10]
     client.close()
@@ -308,3 +311,15 @@ def test_the_userspace_path_serves_the_same_bytes(loop: Loop, tmp_path: Path) ->
     client.close()
 
     assert status == 206 and body == data[100:]
+
+
+def test_a_cancelled_stream_is_answered_with_nothing_and_logged_as_a_client_gone() -> None:
+    request = Request(DummyChannel(), False)
+    request.method, request.uri = b"GET", b"/songs/x/stream"
+
+    with capturedLogs() as events:
+        body = answer_failure(request, Failure(CancelledError("the connection is gone")))
+
+    assert body == b"" and request.code == 200  # no status or body written for nobody
+    assert [e["log_level"] for e in events] == [LogLevel.info]
+    assert "the client went away" in formatEvent(events[0])
