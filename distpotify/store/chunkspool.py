@@ -25,12 +25,9 @@ import threading
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from distpotify.store.chunks import TMP_SUFFIX, ChunkStore, fsync_path
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
 
 _READ = 1 << 20
 
@@ -75,7 +72,7 @@ class ChunkSpool(io.RawIOBase):
     def writable(self) -> bool:
         return not self._sealed
 
-    def write(self, data: ReadableBuffer) -> int:
+    def write(self, data: Any) -> int:  # any buffer: bytes, bytearray, memoryview
         if self.closed:
             raise ValueError("the upload's body was closed while it was written")
         if self._sealed:
@@ -136,7 +133,7 @@ class ChunkSpool(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def readinto(self, buffer: WriteableBuffer) -> int:
+    def readinto(self, buffer: Any) -> int:  # any writable buffer
         """Fill ``buffer`` from the pieces (a read never stops short at a piece's end)."""
         self._seal()
         view = memoryview(buffer).cast("B")
