@@ -40,7 +40,7 @@ from distpotify.replication.bootstrap import (
 )
 from distpotify.replication.client import PeerClient
 from distpotify.replication.covers import CoverFetcher
-from distpotify.replication.fetch import ChunkFetcher
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef
 from distpotify.replication.figures import StoredFigures
 from distpotify.replication.purge import Purger
 from distpotify.replication.push import Pusher
@@ -71,7 +71,8 @@ class ReplicationNode(service.MultiService):
     of being ACTIVE, anti-entropy, scrubbing, purging (tombstones, expired idempotency keys)
     and oplog compaction. ``leadership`` says when this replica leads.
     ``resync_requested`` is the leader's word that this replica must take a new snapshot: it
-    turns JOINING again until it has.
+    turns JOINING again until it has. ``missing_chunks`` are the live chunks start-up found
+    without a file, for anti-entropy to fetch.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class ReplicationNode(service.MultiService):
         client: PeerClient,
         blocking: Runner,
         covers: CoverStore | None = None,
+        missing_chunks: Sequence[ChunkRef] | None = None,
     ) -> None:
         super().__init__()
         self._cluster = cluster
@@ -131,7 +133,7 @@ class ReplicationNode(service.MultiService):
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
             chunks=chunks, blocking=blocking, peers=self._anti_entropy_peers, clock=reactor,
-            interval=config.anti_entropy_interval,
+            interval=config.anti_entropy_interval, missing_at_start=missing_chunks,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
         self.purger = Purger(
