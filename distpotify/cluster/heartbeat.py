@@ -46,6 +46,9 @@ MAX_DATAGRAM = MAX_BODY + OVERHEAD
 # break the string order of versions, so they are not valid on the wire either.
 MAX_NODE_ID = 99_999
 MAX_EPOCH = 9_999_999_999
+# Authentic bodies remembered with what they decode to: a replica's heartbeat says the same
+# thing ten times a second until its head, role or state changes, so most are not parsed.
+KNOWN_BODIES = 32
 
 Address = tuple[str, int]
 # A host name to one IPv4 address, as IReactorCore.resolve does it (without blocking).
@@ -191,9 +194,11 @@ class HeartbeatProtocol(DatagramProtocol):
     """Receives heartbeats: hands authentic, fresh, valid ones from other nodes to
     ``on_heartbeat``.
 
-    The seal is checked first (``sealer``), then the body is parsed, then ``guard`` refuses
-    replays. Everything else is counted in ``counters`` (shown by /status) and dropped; a
-    forged, replayed or stale one is also reported to ``failures`` under its source address.
+    The seal is checked first (``sealer``), then the body is parsed (or, the same as one
+    parsed lately, looked up), then ``guard`` refuses replays. The very datagram this
+    protocol sent last (looped back by multicast) is ours without a look at it. Everything
+    else is counted in ``counters`` (shown by /status) and dropped; a forged, replayed or
+    stale one is also reported to ``failures`` under its source address.
     No datagram can make this raise. A datagram naming our node id from another address goes
     to ``on_duplicate_node``: two processes share an id, which the operator must fix.
     """
@@ -223,6 +228,8 @@ class HeartbeatProtocol(DatagramProtocol):
         self._on_heartbeat = on_heartbeat
         self._on_duplicate_node = on_duplicate_node
         self._duplicates_logged: set[tuple[str, str]] = set()
+        self._sent: bytes | None = None  # the last datagram sent
+        self._known: dict[bytes, Heartbeat] = {}  # authentic bodies and their heartbeats
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "received",
@@ -251,6 +258,11 @@ class HeartbeatProtocol(DatagramProtocol):
             self.log.failure("heartbeat from {addr} not handled", addr=addr)
 
     def _received(self, datagram: bytes, addr: Address) -> None:
+        if datagram == self._sent:
+            # Our own, looped back: only we (or someone replaying it, to the same effect)
+            # could send these bytes, which the full check below would call ours too.
+            self.counters["own"] += 1
+            return
         if len(datagram) > MAX_DATAGRAM:
             self.counters["oversized"] += 1
             return
@@ -264,7 +276,7 @@ class HeartbeatProtocol(DatagramProtocol):
             self._failures.record(addr[0], "heartbeat_forged")
             return
         try:
-            heartbeat = decode(envelope.body)
+            heartbeat = self._decode(envelope.body)
         except MalformedHeartbeat:
             self.counters["malformed"] += 1
             return
@@ -297,11 +309,22 @@ class HeartbeatProtocol(DatagramProtocol):
                 )
             self._on_duplicate_node(heartbeat, addr)
 
+    def _decode(self, body: bytes) -> Heartbeat:
+        """``decode``, for an authentic body; one seen lately is not parsed again."""
+        heartbeat = self._known.get(body)
+        if heartbeat is None:
+            heartbeat = decode(body)
+            if len(self._known) >= KNOWN_BODIES:
+                self._known.clear()
+            self._known[body] = heartbeat
+        return heartbeat
+
     def send(self, datagram: bytes, address: Address) -> None:
         """Write one datagram; raises if not listening or if the address is unusable."""
         if self.transport is None:
             raise RuntimeError("the heartbeat protocol is not listening")
         cast(IUDPTransport, self.transport).write(datagram, address)
+        self._sent = datagram
         self.counters["sent"] += 1
 
 
@@ -343,6 +366,7 @@ class PeerAddresses:
         self._retry = retry
         self._timeout = timeout
         self._names: dict[str, _Name] = {}
+        self._literals: dict[str, bool] = {}  # host -> whether it is an IP address
 
     def resolved(self, address: Address) -> Address | None:
         """``address`` with its host as an IP address; None while the name is unresolved.
@@ -350,7 +374,10 @@ class PeerAddresses:
         Starts a lookup when the cached answer is due for a refresh; never waits for it.
         """
         host, port = address
-        if _is_ip_literal(host):
+        literal = self._literals.get(host)
+        if literal is None:
+            literal = self._literals[host] = _is_ip_literal(host)
+        if literal:
             return address
         name = self._names.setdefault(host, _Name())
         if name.pending is None and self._clock.seconds() >= name.next_lookup:
@@ -445,6 +472,7 @@ class HeartbeatSender:
         self._destinations = destinations
         self._loop = Periodic(self.beat, interval, clock, name="heartbeats", first=0)
         self._failing: set[Address | None] = set()
+        self._encoded: tuple[Heartbeat | None, bytes] = (None, b"")  # the last body made
         if resolve is None:
             resolve = (
                 cast(IReactorCore, clock).resolve if IReactorCore.providedBy(clock)
@@ -468,7 +496,7 @@ class HeartbeatSender:
     def beat(self) -> None:
         """Send one heartbeat to every destination; never raises."""
         try:
-            datagram = self._seal(encode(self._announcement()))
+            datagram = self._seal(self._body(self._announcement()))
             destinations = [
                 resolved for address in self._destinations()
                 if (resolved := self.addresses.resolved(address)) is not None
@@ -485,6 +513,12 @@ class HeartbeatSender:
                 self._failed(address, "cannot send the heartbeat to {address}")
             else:
                 self._recovered(address)
+
+    def _body(self, announcement: Heartbeat) -> bytes:
+        """``encode``, made again only when the announcement changes (its head, a role)."""
+        if announcement != self._encoded[0]:
+            self._encoded = (announcement, encode(announcement))
+        return self._encoded[1]
 
     def _failed(self, key: Address | None, message: str) -> None:
         if key not in self._failing:

@@ -183,7 +183,7 @@ class ClusterNode(service.Service):
         self._unsubscribe = follow_membership(self.election, self.membership)
         self._sender.start()
         self.election.start(self.config.failure_timeout)
-        self.takeback.loop.startService()
+        self.takeback.start()
         log.info(
             "node {node_id} joined cluster {cluster}: heartbeats {mode} every {interval}s,"
             " AMP on {amp}", node_id=self.config.node_id, cluster=self.config.cluster,
@@ -208,7 +208,7 @@ class ClusterNode(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._sender.stop()
-        self.takeback.loop.stopService()
+        self.takeback.stop()
         self.election.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import BullyElection
@@ -22,8 +22,9 @@ log = Logger()
 
 
 class TakeBack:
-    """Checks every ``interval`` (a heartbeat), and as soon as the leader it follows changes
-    (``leader_changed``), whether this replica follows a lower id.
+    """Checks, as soon as the leader it follows changes (``leader_changed``) or a peer comes,
+    goes or changes, whether this replica follows a lower id, and then every ``interval``
+    (a heartbeat) while it does.
 
     Bully makes the highest live id lead, but a higher replica may find itself following a
     lower leader: it was paused (SIGSTOP) or cut off while the others elected one, or it
@@ -35,6 +36,11 @@ class TakeBack:
     an election. The new leader's catch-up (replication/takeover.py) pulls the rest. A
     leader that steps down to a lower id's higher epoch (a minority's, as a partition heals)
     is caught up already: it claims back at once, before the proxy sends that id a write.
+
+    Following a higher leader (the usual case) there is nothing to watch, and the checks
+    pause: only a change of role or leader, or a peer's coming, going or change, can make
+    this replica follow a lower one, and each of those brings a check. An idle replica is
+    not woken ten times a second for nothing.
     """
 
     def __init__(
@@ -57,23 +63,52 @@ class TakeBack:
         self._clock = clock
         self._patience = patience
         self.loop = Periodic(self.check, interval, clock, name="bully take-back")
+        self._started = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._soon: IDelayedCall | None = None  # the check an event asked for
         self.claims = 0
         # (epoch, node_id) of the lower leader followed, our target head, and since when.
         self._following: tuple[int, int] | None = None
         self._target = Version(0, 0, 0)
         self._since = 0.0
 
-    def leader_changed(self) -> None:
-        """The election changed role or leader: check on the next turn of the reactor (not
-        now: the election machine is still in its transition)."""
+    def start(self) -> None:
+        """Check from now on: first one interval from now, then as described above."""
+        self._started = True
+        if self._unsubscribe is None:
+            self._unsubscribe = self._membership.subscribe(lambda _: self.leader_changed())
+        if not self.loop.running:
+            self.loop.startService()
+
+    def stop(self) -> None:
+        self._started = False
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self.loop.running:
-            self._clock.callLater(0, self.check)
+            self.loop.stopService()
+
+    def leader_changed(self) -> None:
+        """The election changed role or leader (or a peer changed): check on the next turn
+        of the reactor (not now: the election machine is still in its transition), once
+        for all the changes of this turn."""
+        if self._started and (self._soon is None or not self._soon.active()):
+            self._soon = self._clock.callLater(0, self.check)
 
     def check(self) -> None:
         status = self._election.status
         leader = self._membership.get(status.leader_id) if status.leader_id is not None else None
         if (status.role != FOLLOWER or leader is None or not leader.up
-                or leader.node_id > self._node_id or not self._electable()):
+                or leader.node_id > self._node_id):
+            self._following = None
+            if self.loop.running:
+                self.loop.stopService()  # nothing to watch until an event brings a check
+            return
+        if self._started and not self.loop.running:
+            self.loop.startService()
+        if not self._electable():
             self._following = None
             return
         now = self._clock.seconds()

@@ -3,9 +3,12 @@
 Only differing buckets are listed and only rows whose versions differ are fetched, so a round
 costs the 256 bucket hashes plus the difference. Each round also looks for chunk files the
 registry says should be here and are not: the first compares the whole registry with the
-chunk directory, every later one the next CHUNK_PAGE registry rows, so a round's cost does not
-grow with the library (pulled rows bring their chunks themselves, reads repair what
-disappears in between, and the scrubber walks every chunk too).
+chunk directory (or takes what start-up found doing the same: ``missing_at_start``), every
+later one the next CHUNK_PAGE registry rows, so a round's cost does not grow with the library.
+What changes needs no more: rows arriving from elsewhere, pushed or pulled, are applied only
+once their chunk files are here (receive.py), and a leader writes a song's files before its
+rows. The sweep is for files lost since; reads repair those too, and the scrubber walks every
+chunk as well.
 """
 # test-case-name: tests.integration.test_replication
 
@@ -31,7 +34,7 @@ from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 log = Logger()
 
 CHUNKS_PER_ROUND = 256  # missing chunks fetched at most per round; the rest wait for the next
-CHUNK_PAGE = 2048  # registry rows a round looks for (a stat each): 200,000 in 16 minutes
+CHUNK_PAGE = 256  # registry rows a round looks for (a stat each): 200,000 in about 2 hours
 
 
 class AntiEntropy:
@@ -49,6 +52,7 @@ class AntiEntropy:
         interval: float,
         rng: random.Random | None = None,
         chunk_page: int = CHUNK_PAGE,
+        missing_at_start: Sequence[ChunkRef] | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -73,6 +77,10 @@ class AntiEntropy:
         self._chunk_page = chunk_page
         self._position: tuple[str, int] | None = None  # None: the first, whole check is due
         self._missing: list[ChunkRef] = []  # found missing, not repaired yet
+        if missing_at_start is not None:  # start-up made the whole check
+            self._position = ("", -1)
+            self.chunk_passes = 1
+            self._missing = list(missing_at_start)
 
     def _tick(self) -> Deferred[None]:
         peers = list(self._peers())
@@ -178,10 +186,11 @@ class AntiEntropy:
         trying, self._missing = self._missing[:CHUNKS_PER_ROUND], self._missing[CHUNKS_PER_ROUND:]
         if not trying:
             return 0
-        # Only those still live: a chunk deleted meanwhile is no longer wanted anywhere.
+        # Only those still live and still absent: a chunk deleted meanwhile is no longer
+        # wanted anywhere, and one found at start-up may have come with a snapshot since.
         rows = await self._store.run(MetadataDB.chunk_rows,
                                      [f"{ref.song_id}_{ref.idx}" for ref in trying])
-        for ref in (ChunkRef(*row) for row in rows):
+        for ref in (ChunkRef(*row) for row in await self._blocking(self._absent, rows)):
             if await self._guard.ensure(ref):
                 repaired += 1
             else:

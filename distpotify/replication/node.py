@@ -40,7 +40,8 @@ from distpotify.replication.bootstrap import (
 )
 from distpotify.replication.client import PeerClient
 from distpotify.replication.covers import CoverFetcher
-from distpotify.replication.fetch import ChunkFetcher
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.replication.figures import StoredFigures
 from distpotify.replication.purge import Purger
 from distpotify.replication.push import Pusher
 from distpotify.replication.receive import Receiver
@@ -58,8 +59,6 @@ log = Logger()
 
 SCRUB_RATE = 8 * 1024 * 1024  # bytes/s of background re-hashing
 ACTIVE_AT_EVERY = 60.0  # seconds between records of being ACTIVE (for the tombstone TTL)
-COUNTS_MAX_AGE = 5.0  # seconds a /status table count is shown before it is counted again,
-COUNTS_SHARE = 0.005  # or longer: counting takes at most this share of the time
 
 
 class ReplicationNode(service.MultiService):
@@ -72,7 +71,8 @@ class ReplicationNode(service.MultiService):
     of being ACTIVE, anti-entropy, scrubbing, purging (tombstones, expired idempotency keys)
     and oplog compaction. ``leadership`` says when this replica leads.
     ``resync_requested`` is the leader's word that this replica must take a new snapshot: it
-    turns JOINING again until it has.
+    turns JOINING again until it has. ``missing_chunks`` are the live chunks start-up found
+    without a file, for anti-entropy to fetch.
     """
 
     def __init__(
@@ -86,6 +86,7 @@ class ReplicationNode(service.MultiService):
         client: PeerClient,
         blocking: Runner,
         covers: CoverStore | None = None,
+        missing_chunks: Sequence[ChunkRef] | None = None,
     ) -> None:
         super().__init__()
         self._cluster = cluster
@@ -112,8 +113,7 @@ class ReplicationNode(service.MultiService):
         # Told when a join, rejoin or resync has made this replica ACTIVE: a snapshot may
         # have replaced every row without an op.
         self.on_synced: list[Callable[[], object]] = []
-        self._counts: tuple[float, dict[str, Any]] | None = None  # (when, what) _table_counts
-        self._counts_age = COUNTS_MAX_AGE  # how long they are shown: longer if slow to take
+        self._figures = StoredFigures(store, reactor)  # what /status reads from the tables
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,
@@ -133,7 +133,7 @@ class ReplicationNode(service.MultiService):
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
             chunks=chunks, blocking=blocking, peers=self._anti_entropy_peers, clock=reactor,
-            interval=config.anti_entropy_interval,
+            interval=config.anti_entropy_interval, missing_at_start=missing_chunks,
         )
         self.scrubber = Scrubber(store, self.guard, reactor, SCRUB_RATE)
         self.purger = Purger(
@@ -341,31 +341,18 @@ class ReplicationNode(service.MultiService):
         if back and event.peer.state == ACTIVE and self._cluster.state == ACTIVE:
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
-    async def _table_counts(self) -> dict[str, Any]:
-        """The oplog's and the key table's sizes for /status, counted at most once every
-        COUNTS_MAX_AGE seconds, and less often when counting is slow (at most COUNTS_SHARE of
-        the time): a count is a scan of a table that grows with the history, and the proxy
-        polls /status four times a second."""
-        now = self._reactor.seconds()
-        if self._counts is None or now - self._counts[0] >= self._counts_age:
-            self._counts = (now, {
-                "oplog": await self._store.run(MetadataDB.oplog_stats),
-                "idempotency_keys": await self._store.run(MetadataDB.idempotency_keys),
-            })
-            # 600,000 ops (a 200,000-song library) take 30-100 ms to count: every 5 s that
-            # was a quarter of an idle replica's CPU time.
-            took = self._reactor.seconds() - now
-            self._counts_age = max(COUNTS_MAX_AGE, took / COUNTS_SHARE)
-        return self._counts[1]
-
     async def status(self) -> dict[str, Any]:
         """``sync`` (the join or rejoin, live or as a record), ``takeover`` (the catch-up of
         the current or last leadership) and ``replication``."""
-        counts = await self._table_counts()
+        leading = self._leadership.is_leader
+        counts = await self._figures.counts()
+        # Last: the hints are the ops past the cursors the pusher has now.
+        figures = await self._figures.figures(self.pusher.cursors() if leading else ())
         return {"sync": self.progress.as_dict(self._reactor.seconds()),
                 "takeover": self.takeover.status(), "replication": {
             "joins": {"joining": sorted(self.desk.joining), "joined": sorted(self.desk.joined)},
-            "push": await self.pusher.status() if self._leadership.is_leader else None,
+            "push": self.pusher.status(figures["head"], figures["ops_after"]) if leading
+            else None,
             "semi_sync": self.semisync.status(),
             "ops_received": self.receiver.ops_applied,
             "read_wait": self.applied.status(),
@@ -374,13 +361,13 @@ class ReplicationNode(service.MultiService):
             "fetch": attrs.asdict(self.fetcher.counters),
             "scrub": self.scrubber.status(),
             "covers": None if self.covers is None else self.covers.status(),
-            "tombstones": await self._store.run(MetadataDB.tombstones),
-            "purged_through": (await self._store.run(MetadataDB.purge_watermark)).as_list(),
+            "tombstones": figures["tombstones"],
+            "purged_through": figures["purged_through"].as_list(),
             "purged_rows_refused": self.receiver.rows_fenced,
             "oplog": {**counts["oplog"],
                       "retention": str(self._config.oplog_retention),
                       "compacted": self.compactor.compacted},
             "snapshots_built": self.snapshots.built,
             "idempotency_keys": counts["idempotency_keys"],
-            "keys_expired_through": (await self._store.run(MetadataDB.key_watermark)).as_list(),
+            "keys_expired_through": figures["keys_expired_through"].as_list(),
         }}

@@ -11,7 +11,7 @@ soon as the follower's heartbeat returns. A cursor below the oplog floor cannot 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -288,16 +288,17 @@ class Pusher:
         else:
             self.wake()
 
-    async def status(self) -> dict[str, Any]:
-        """Per follower: cursor, ops past it (the hints), how long they have waited."""
+    def cursors(self) -> list[Version]:
+        """The followers' known cursors: ``status`` shows the ops past each."""
+        return [link.cursor for link in self.links.values() if link.cursor is not None]
+
+    def status(self, head: Version, ops_after: Mapping[Version, int]) -> dict[str, Any]:
+        """Per follower: cursor, ops past it (the hints: ``ops_after`` its cursor, read with
+        ``head`` for /status), how long they have waited."""
         now = self.clock.seconds()
-        head = await self.store.run(MetadataDB.head)
         followers = {}
         for node_id, link in sorted(self.links.items()):
-            pending = (
-                await self.store.run(MetadataDB.count_ops_after, link.cursor)
-                if link.cursor is not None else None
-            )
+            pending = ops_after.get(link.cursor) if link.cursor is not None else None
             followers[str(node_id)] = {
                 "cursor": link.cursor.as_list() if link.cursor else None,
                 "hints_pending": pending,

@@ -94,6 +94,28 @@ class ChunkGuard:
         self.counters.unrepairable += 1
         return False
 
+    async def scrub(self, refs: Sequence[ChunkRef]) -> None:
+        """Re-hash the files of ``refs`` on one worker thread, then repair those that are
+        missing or corrupt one by one (``ensure``): a page of scrubbing costs one hand-off to
+        a thread, not one per file."""
+        identities = await self._blocking(self._hash_all, refs)
+        for ref, identity in zip(refs, identities, strict=True):
+            if identity is None:
+                await self.ensure(ref, recheck=True)
+            else:
+                self.counters.verified += 1
+                self._remember(f"{ref.song_id}_{ref.idx}", identity)
+
+    def _hash_all(self, refs: Sequence[ChunkRef]) -> list[tuple[int, int, int] | None]:
+        """Each file's identity if it holds its registered bytes, else None (worker thread)."""
+        found: list[tuple[int, int, int] | None] = []
+        for ref in refs:
+            identity = _file_identity(self._chunks.path(ref.song_id, ref.idx))
+            good = identity is not None and identity[2] == ref.size and self._chunks.verify(
+                ref.song_id, ref.idx, ref.sha256)
+            found.append(identity if good else None)
+        return found
+
     def _remember(self, name: str, identity: tuple[int, int, int]) -> None:
         self._verified[name] = identity
         self._verified.move_to_end(name)
@@ -156,13 +178,11 @@ class Scrubber:
             self._position = ("", -1)
             self.passes += 1
             return 0
-        total = 0
-        for song_id, idx, size, sha256 in rows:
-            await self._guard.ensure(ChunkRef(song_id, idx, size, sha256), recheck=True)
-            total += size
-            self.checked += 1
+        refs = [ChunkRef(*row) for row in rows]
+        await self._guard.scrub(refs)
+        self.checked += len(refs)
         self._position = (rows[-1][0], rows[-1][1])
-        return total
+        return sum(ref.size for ref in refs)
 
     def status(self) -> dict[str, Any]:
         return {"passes": self.passes, "checked": self.checked,

@@ -102,13 +102,18 @@ class CatalogQueries(Tables):
 
     _catalog: Catalog | None = None
 
-    def catalog(self) -> Catalog:
-        """The summaries, made again when a song, or a cover a user set on an album, changed
-        since they were made (the album covers are few: their newest version is one step)."""
+    def catalog_key(self) -> tuple[object, ...]:
+        """Moves when a song, or a cover a user set on an album, changes (the album covers
+        are few: their newest version is one step): what the catalog's summaries and the
+        covers live rows name (covers.py's sweep) are made from."""
         set_covers = self._conn.execute(
             "SELECT count(*), max(version) FROM album_covers").fetchone()
-        key = (id(self._conn), tally(self._conn, SONG_CHANGES), tally(self._conn, SONGS),
-               int(set_covers[0]), str(set_covers[1]))
+        return (id(self._conn), tally(self._conn, SONG_CHANGES), tally(self._conn, SONGS),
+                int(set_covers[0]), str(set_covers[1]))
+
+    def catalog(self) -> Catalog:
+        """The summaries, made again when ``catalog_key`` has moved since they were made."""
+        key = self.catalog_key()
         if self._catalog is None or self._catalog.key != key:
             self._catalog = _summed_up(key, self._conn.execute(
                 "SELECT id, album_id, artist_id, catalog_artist, album, year, genre, duration,"

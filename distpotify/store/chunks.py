@@ -178,7 +178,14 @@ class ChunkStore:
 
         Partial downloads of live chunks stay, to be resumed.
         """
+        temps, orphans, _ = self.clean_and_list(live)
+        return temps, orphans
+
+    def clean_and_list(self, live: set[str]) -> tuple[int, int, set[str]]:
+        """``clean``, and the names of the complete chunk files that stay (all live): what
+        start-up hands to anti-entropy, so the directory is listed once."""
         temps = orphans = 0
+        kept = set()
         for entry in os.scandir(self.root):
             if entry.name.endswith(TMP_SUFFIX):
                 os.unlink(entry.path)
@@ -186,6 +193,8 @@ class ChunkStore:
             elif entry.name.removesuffix(PART_SUFFIX) not in live:
                 os.unlink(entry.path)
                 orphans += 1
+            elif not entry.name.endswith(PART_SUFFIX):
+                kept.add(entry.name)
         if temps or orphans:
             self.sync_dir()
-        return temps, orphans
+        return temps, orphans, kept

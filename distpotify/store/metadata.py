@@ -7,8 +7,9 @@ per concern; MetadataStore runs it on one dedicated thread so the reactor never 
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from distpotify.model import Version
 from distpotify.store.catalog import CatalogQueries
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
@@ -73,6 +75,32 @@ class MetadataDB(
 
     def close(self) -> None:
         self._conn.close()
+
+    def changes(self) -> tuple[object, int]:
+        """A token that moves whenever anything is written here: the connection (a snapshot
+        install opens another) and the rows it has changed. What was read may be kept until
+        it moves. Safe to read from any thread."""
+        conn = self._conn
+        try:
+            return conn, conn.total_changes
+        except sqlite3.ProgrammingError:  # closed by a snapshot install, reopened at once
+            return conn, -1
+
+    def status_figures(self, cursors: Iterable[Version]) -> dict[str, Any]:
+        """What /status shows from the tables, in one call: the head, the tombstones, both
+        watermarks, and the ops past each of ``cursors`` (the leader's hints)."""
+        return {
+            "head": self.head(),
+            "tombstones": self.tombstones(),
+            "purged_through": self.purge_watermark(),
+            "keys_expired_through": self.key_watermark(),
+            "ops_after": {cursor: self.count_ops_after(cursor) for cursor in cursors},
+        }
+
+    def table_counts(self) -> dict[str, Any]:
+        """The oplog's and the key table's sizes for /status: scans of tables that grow with
+        the history (replication/figures.py takes them seldom)."""
+        return {"oplog": self.oplog_stats(), "idempotency_keys": self.idempotency_keys()}
 
     # node_meta: this node's own values (epoch, cursors, join state), never replicated
 
@@ -169,6 +197,10 @@ class MetadataStore:
     def cached_chunk(self, song_id: str, idx: int) -> dict[str, Any] | None:
         """MetadataDB.cached_chunk, read on the calling thread."""
         return self._db.cached_chunk(song_id, idx)
+
+    def changes(self) -> tuple[object, int]:
+        """MetadataDB.changes, read on the calling thread."""
+        return self._db.changes()
 
     def close(self) -> Deferred[None]:
         return self._run(self._db.close)

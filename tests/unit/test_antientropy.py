@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from distpotify.config import ReplicaConfig
 from distpotify.model import Op, Version
 from distpotify.replication.antientropy import AntiEntropy
 from distpotify.replication.client import PeerClient, PeerError
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import VERIFIED_MAX
+from distpotify.service import build_replica
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 from tests.helpers.audio import make_wav
 
@@ -155,6 +158,83 @@ def test_the_first_round_checks_every_chunk_and_later_ones_a_page_each(tmp_path:
     assert guard.asked == [lost, lost]  # found again on the page that holds it
     assert max(checked) == 2 and sum(checked) == chunks
     assert ae.status()["chunk_passes"] == 2
+
+
+def test_a_round_with_equal_digests_asks_for_the_digest_alone_and_checks_a_page(
+    tmp_path: Path,
+) -> None:
+    """20,000 rows and a song, equal on both sides: one request (the 256 bucket hashes), no
+    bucket or row pulled, and no more chunk rows looked at than a page."""
+    replica = InMemoryReplica(tmp_path)
+    replica.db.apply_ops(playlists(ROWS, 7, "same"))
+    replica.upload(make_wav(tmp_path / "song.wav", 3 * replica.chunk_size).read_bytes())
+    root = CountingRoot(replica.root)
+    stub = StubTreq(root)  # its own peer: the digests are equal
+    ae = AntiEntropy(
+        store=replica.library.store, client=PeerClient(stub, replica.clock, replica.keys),
+        receiver=replica.receiver, guard=replica.guard, chunks=replica.chunks,
+        blocking=run_now, peers=lambda: ["http://peer"], clock=replica.clock, interval=10,
+        chunk_page=2, missing_at_start=[],
+    )
+
+    run(ae.run_round("http://peer"), stub)
+
+    assert root.requests == 1
+    assert ae.last is not None and ae.last["rows_pulled"] == 0
+    assert ae.last["chunks_checked"] == 2 and ae.status()["chunk_passes"] == 1
+
+
+def test_what_start_up_found_missing_replaces_the_first_whole_check(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
+    song = replica.upload(wav.read_bytes()).json()["song"]
+    stub = StubTreq(replica.root)
+    lost, back = (ChunkRef(*row) for row in replica.db.chunk_rows(
+        [f"{song['id']}_0", f"{song['id']}_1"]))
+    (replica.chunks.root / f"{song['id']}_0").unlink()  # still missing at the first round
+    guard = RecordingGuard()
+    ae = AntiEntropy(
+        store=replica.library.store, client=PeerClient(stub, replica.clock, replica.keys),
+        receiver=replica.receiver, guard=guard, chunks=replica.chunks,  # type: ignore[arg-type]
+        blocking=run_now, peers=lambda: ["http://peer"], clock=replica.clock, interval=10,
+        chunk_page=1, missing_at_start=[lost, back],  # chunk 1 came back meanwhile
+    )
+
+    run(ae.run_round("http://peer"), stub)
+
+    assert guard.asked == [f"{song['id']}_0"]
+    assert ae.last is not None and ae.last["chunks_checked"] == 1
+
+
+def test_start_up_hands_the_chunks_it_found_missing_to_anti_entropy(tmp_path: Path) -> None:
+    replica = InMemoryReplica(tmp_path)
+    song = replica.upload(make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
+                          .read_bytes()).json()["song"]
+    (replica.chunks.root / f"{song['id']}_1").unlink()
+    replica.db.close()
+
+    restarted = InMemoryReplica(tmp_path)
+
+    status = restarted.service.replication.anti_entropy.status()
+    assert status["chunks_missing"] == 1 and status["chunk_passes"] == 1
+
+
+def test_a_join_under_way_keeps_its_missing_chunks_to_itself(tmp_path: Path) -> None:
+    """Restarted in the middle of a join: the chunks not here yet are the join's to fetch."""
+    replica = InMemoryReplica(tmp_path)
+    song = replica.upload(make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
+                          .read_bytes()).json()["song"]
+    (replica.chunks.root / f"{song['id']}_1").unlink()
+    replica.db.set_meta("join_state", "CHUNKS")
+    replica.db.close()
+
+    restarted = build_replica(ReplicaConfig(node_id=1, data_dir=tmp_path,
+                                            cluster_keys=replica.keys),
+                              Clock(), run_db=run_now, blocking=run_now)
+
+    status = restarted.replication.anti_entropy.status()
+    assert status["chunks_missing"] == 0 and status["chunk_passes"] == 0
+    restarted.db.close()
 
 
 def test_a_chunk_no_peer_could_give_is_looked_for_again_next_round(tmp_path: Path) -> None:

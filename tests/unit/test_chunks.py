@@ -80,6 +80,18 @@ def test_clean_removes_temp_and_orphan_files_only(chunks: ChunkStore) -> None:
     assert os.listdir(chunks.root) == [f"{SONG}_0"]
 
 
+def test_clean_and_list_names_the_complete_live_files_that_stay(chunks: ChunkStore) -> None:
+    write(chunks, 0, b"live")
+    write(chunks, 1, b"orphan")
+    (chunks.root / f"{SONG}_2.part").write_bytes(b"half of a live one")
+    (chunks.root / f"{SONG}_3.tmp").write_bytes(b"half")
+
+    temps, orphans, kept = chunks.clean_and_list({f"{SONG}_0", f"{SONG}_2"})
+
+    assert (temps, orphans, kept) == (1, 1, {f"{SONG}_0"})
+    assert sorted(os.listdir(chunks.root)) == [f"{SONG}_0", f"{SONG}_2.part"]
+
+
 def test_remove_ignores_missing_files(chunks: ChunkStore) -> None:
     write(chunks, 0, b"x")
 

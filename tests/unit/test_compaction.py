@@ -9,7 +9,7 @@ import pytest
 
 from distpotify.config import OplogRetention
 from distpotify.model import ZERO, Op, Version
-from distpotify.replication.node import COUNTS_MAX_AGE, COUNTS_SHARE
+from distpotify.replication.figures import COUNTS_MAX_AGE, COUNTS_SHARE
 from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION
 from distpotify.store.metadata import Change, MetadataDB
 from tests.helpers.api import InMemoryReplica

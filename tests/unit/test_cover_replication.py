@@ -14,10 +14,10 @@ from twisted.internet.task import Clock
 
 from distpotify.model import Op, Version
 from distpotify.replication.client import NotHeld, PeerError
-from distpotify.replication.covers import CoverFetcher, covers_named
+from distpotify.replication.covers import FULL_SWEEP_EVERY, CoverFetcher, covers_named
 from distpotify.replication.receive import validate_op
 from distpotify.store.covers import CoverStore
-from distpotify.store.metadata import MetadataStore
+from distpotify.store.metadata import MetadataDB, MetadataStore
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 from tests.helpers.covers import audio_with_cover, picture
 
@@ -135,3 +135,85 @@ def test_the_sweep_fetches_covers_live_rows_name_and_lack(tmp_path: Path) -> Non
 
     assert result_of(Deferred.fromCoroutine(covers.sweep())) == 1
     assert files.read(sha) == cover and covers.counters.missing == 0
+
+
+class Sweeps:
+    """A replica with a covered song and its cover repair, counting the sweeps that read
+    the covers live rows name; ``intervals`` runs what the loop runs each interval."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.replica = InMemoryReplica(tmp_path / "replica")
+        self.cover = picture("PNG")
+        song = self.replica.upload(audio_with_cover(tmp_path / "a.mp3", "mp3", self.cover),
+                                   "audio/mpeg")
+        assert song.status == 201, song.body
+        self.song = song.json()["song"]
+        self.files = CoverStore(tmp_path / "replica" / "covers")
+        self.sha = hashlib.sha256(self.cover).hexdigest()
+        self.peers = FakePeers({"http://a": self.cover})
+        self.covers = CoverFetcher(
+            self.peers, self.files, run_now,  # type: ignore[arg-type]
+            MetadataStore(self.replica.db, run_now), lambda: ["http://a"], Clock(), 10.0)
+        self.reads = 0
+        named = MetadataDB.live_cover_names
+
+        def counted(db: MetadataDB) -> set[str]:
+            self.reads += 1
+            return named(db)
+
+        monkeypatch.setattr(MetadataDB, "live_cover_names", counted)
+
+    def intervals(self, n: int) -> None:
+        for _ in range(n):
+            result_of(Deferred.fromCoroutine(self.covers.sweep_if_due()))
+
+
+def test_the_sweep_reads_nothing_more_while_no_song_or_album_cover_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sweeps = Sweeps(tmp_path, monkeypatch)
+
+    sweeps.intervals(20)
+
+    assert sweeps.reads == 1 and sweeps.covers.counters.sweeps == 1
+
+
+def test_a_changed_song_brings_a_sweep_at_the_next_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sweeps = Sweeps(tmp_path, monkeypatch)
+    sweeps.intervals(3)
+    sweeps.files.path(sweeps.sha).unlink()  # lost, and the song edited: a sweep finds it
+
+    assert sweeps.replica.send_json("PATCH", f"/songs/{sweeps.song['id']}",
+                                    {"title": "Renamed"}).status == 200
+    sweeps.intervals(1)
+
+    assert sweeps.reads == 2 and sweeps.files.read(sweeps.sha) == sweeps.cover
+
+
+def test_covers_still_missing_are_swept_for_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sweeps = Sweeps(tmp_path, monkeypatch)
+    sweeps.files.path(sweeps.sha).unlink()
+    sweeps.peers.answers.clear()  # nobody has it now
+    sweeps.replica.send_json("PATCH", f"/songs/{sweeps.song['id']}", {"title": "Renamed"})
+    sweeps.intervals(1)
+    assert sweeps.covers.counters.missing == 1
+
+    sweeps.intervals(3)
+
+    assert sweeps.reads == 4
+
+
+def test_a_whole_sweep_comes_every_so_often_whatever_happened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sweeps = Sweeps(tmp_path, monkeypatch)
+    sweeps.intervals(FULL_SWEEP_EVERY)
+    assert sweeps.reads == 1
+
+    sweeps.intervals(1)
+
+    assert sweeps.reads == 2

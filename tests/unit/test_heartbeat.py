@@ -89,7 +89,7 @@ class Receiver:
     """A listening HeartbeatProtocol for node 1 and what reached its callbacks; ``peer``
     seals like another replica of the cluster (node 2's process) does."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, sealer: Sealer | None = None) -> None:
         self.clock = clock or Clock()
         self.heard: list[Heartbeat] = []
         self.duplicates: list[tuple[Heartbeat, Any]] = []
@@ -99,7 +99,7 @@ class Receiver:
             node_id=1,
             http="http://127.0.0.1:8001",
             amp="127.0.0.1:9001",
-            sealer=Sealer(KEYS, self.clock),
+            sealer=sealer or Sealer(KEYS, self.clock),
             guard=ReplayGuard(self.clock),
             failures=self.failures,
             on_heartbeat=self.heard.append,
@@ -369,6 +369,52 @@ def test_own_looped_back_heartbeat_is_ignored() -> None:
     assert receiver.protocol.counters["own"] == 1
 
 
+class CountingSealer(Sealer):
+    opened = 0
+
+    def open(self, datagram: bytes) -> Any:
+        self.opened += 1
+        return super().open(datagram)
+
+
+def test_the_datagram_we_sent_last_looped_back_is_ours_unopened() -> None:
+    sealer = CountingSealer(KEYS, Clock())
+    receiver = Receiver(sealer=sealer)
+    ours = sealer.seal(encode(heartbeat(node=1, http="http://127.0.0.1:8001",
+                                        amp="127.0.0.1:9001")))
+    receiver.protocol.send(ours, GROUP)
+
+    receiver.receive(ours)
+    receiver.receive(ours)
+
+    assert receiver.protocol.counters["own"] == 2 and sealer.opened == 0
+    assert receiver.heard == [] and receiver.duplicates == []
+
+
+def test_a_body_heard_before_is_not_parsed_again_but_still_sealed_and_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's heartbeat says the same thing ten times a second: parsed once, while each
+    datagram's seal and counter are checked as ever."""
+    receiver = Receiver()
+    parsed = []
+    monkeypatch.setattr("distpotify.cluster.heartbeat.decode",
+                        lambda body: parsed.append(body) or decode(body))
+    body = encode(heartbeat())
+    first = receiver.peer.seal(body)
+
+    receiver.receive(first)
+    receiver.receive_body(body)
+    receiver.receive(first)  # a replay of the first: the same body, refused all the same
+    receiver.receive(Sealer(ClusterKeys.generate(), receiver.clock).seal(body))  # forged
+    receiver.receive_body(encode(heartbeat(head=Version(4, 3, 18))))
+
+    assert receiver.heard == [heartbeat(), heartbeat(), heartbeat(head=Version(4, 3, 18))]
+    assert len(parsed) == 2
+    counters = receiver.protocol.counters
+    assert counters["replayed"] == 1 and counters["forged"] == 1 and counters["accepted"] == 3
+
+
 def test_another_process_with_our_node_id_is_reported_as_duplicate() -> None:
     receiver = Receiver()
     intruder = heartbeat(node=1, http="http://10.0.0.9:8001", amp="10.0.0.9:9001")
@@ -453,6 +499,24 @@ def test_sender_loop_survives_an_exception_in_the_announcement() -> None:
     assert sender.sender.running
     assert len(calls) == 3
     assert len(sender.written) == 2
+
+
+def test_the_body_is_encoded_again_only_when_the_announcement_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender = Sender()
+    encoded = []
+    monkeypatch.setattr("distpotify.cluster.heartbeat.encode",
+                        lambda hb: encoded.append(hb) or encode(hb))
+    sender.sender.start()
+    sender.clock.pump([0.1] * 4)
+    sender.announce = lambda: heartbeat(head=Version(4, 3, 18))
+    sender.clock.pump([0.1] * 4)
+
+    assert encoded == [heartbeat(), heartbeat(head=Version(4, 3, 18))]
+    assert [opened(data) for data, _ in sender.written] == [heartbeat()] * 5 + [
+        heartbeat(head=Version(4, 3, 18))] * 4
+    assert len({data for data, _ in sender.written}) == 9  # each sealed anew
 
 
 def test_sender_keeps_sending_to_other_peers_when_one_fails() -> None:

@@ -33,7 +33,7 @@ class Returned:
         self.hear_leader()
         self.membership.heartbeat_received(heartbeat(1, epoch=6))
         self.node.election.leader_seen(2, 6, "http://127.0.0.1:8002")
-        self.takeback.loop.startService()
+        self.takeback.start()
 
     def hear_leader(self, head: Version = LEADER_HEAD) -> None:
         self.membership.heartbeat_received(heartbeat(2, epoch=6, role="leader", head=head))
@@ -109,7 +109,7 @@ def test_a_replica_that_is_not_electable_waits() -> None:
 
 def test_a_leader_gone_silent_is_no_leader_to_take_over_from() -> None:
     returned = Returned(head=LEADER_HEAD)
-    returned.takeback.loop.stopService()
+    returned.takeback.stop()
     returned.clock.advance(1.0)  # node 2 silent: down (the election's own timers handle it)
 
     returned.takeback.check()
@@ -126,7 +126,7 @@ def test_a_leader_that_steps_down_to_a_lower_ids_higher_epoch_claims_back_at_onc
     takeback = TakeBack(node_id=3, election=node.election, membership=membership,
                         head=lambda: Version(6, 3, 40), electable=lambda: True, clock=clock,
                         interval=INTERVAL, patience=PATIENCE)
-    takeback.loop.startService()
+    takeback.start()
     node.election.start(0)
     clock.advance(0)  # nobody else: it leads
     assert node.election.status.role == "leader"
@@ -139,3 +139,89 @@ def test_a_leader_that_steps_down_to_a_lower_ids_higher_epoch_claims_back_at_onc
     assert takeback.claims == 1
     clock.advance(0)
     assert node.election.status.role == "leader" and node.election.status.epoch == 8
+
+
+class CountingTakeBack(TakeBack):
+    checks = 0
+
+    def check(self) -> None:
+        self.checks += 1
+        super().check()
+
+
+class Following:
+    """Node 2 following node 3 (epoch 6), the takeback started: the usual, idle case."""
+
+    def __init__(self) -> None:
+        self.node = Node(node_id=2, higher=(3,))
+        self.clock: Clock = self.node.clock
+        self.membership = Membership(node_id=2, clock=self.clock, failure_timeout=0.75)
+        self.takeback = CountingTakeBack(
+            node_id=2, election=self.node.election, membership=self.membership,
+            head=lambda: LEADER_HEAD, electable=lambda: True, clock=self.clock,
+            interval=INTERVAL, patience=PATIENCE,
+        )
+        self.membership.heartbeat_received(heartbeat(3, epoch=6, role="leader"))
+        self.node.election.leader_seen(3, 6, "http://127.0.0.1:8003")
+        self.takeback.start()
+
+    def tick(self, seconds: float, *nodes: int) -> None:
+        for _ in range(round(seconds / INTERVAL)):
+            self.clock.advance(INTERVAL)
+            for node_id in nodes:
+                role = "leader" if node_id == self.node.election.leader_id else "follower"
+                self.membership.heartbeat_received(heartbeat(node_id, epoch=6, role=role))
+
+
+def test_following_a_higher_leader_the_checks_pause() -> None:
+    following = Following()
+
+    following.tick(10.0, 3)
+
+    assert following.takeback.checks == 1  # the first, one interval after the start
+    assert not following.takeback.loop.running
+    assert following.takeback.claims == 0
+
+
+def test_a_lower_leader_followed_after_a_pause_is_watched_again() -> None:
+    """Node 3 dies; node 1, then the only other, leads: node 2 is the higher id, and the
+    election's change of leader brings a check that resumes the watch."""
+    following = Following()
+    following.tick(1.0, 3)
+    assert not following.takeback.loop.running
+
+    following.membership.heartbeat_received(heartbeat(1, epoch=7, role="leader",
+                                                      head=LEADER_HEAD))
+    following.node.election.leader_seen(1, 7, "http://127.0.0.1:8001")
+    following.takeback.leader_changed()
+    following.clock.advance(0)
+
+    assert following.takeback.claims == 1  # caught up at once: its head is the target
+
+
+def test_a_leader_known_before_its_first_heartbeat_is_checked_once_heard() -> None:
+    """A Coordinator names the leader before its heartbeats reach the peer table: the check
+    then finds no leader to compare with, and the leader's first heartbeat brings another."""
+    following = Following()
+    following.tick(1.0, 3)
+    following.node.election.leader_seen(1, 7, "http://127.0.0.1:8001")
+    following.takeback.leader_changed()
+    following.clock.advance(0)
+    assert following.takeback.claims == 0 and not following.takeback.loop.running
+
+    following.membership.heartbeat_received(heartbeat(1, epoch=7, role="leader",
+                                                      head=LEADER_HEAD))
+    following.clock.advance(0)
+
+    assert following.takeback.claims == 1
+
+
+def test_a_stopped_takeback_checks_nothing_more() -> None:
+    following = Following()
+    following.takeback.stop()
+
+    following.membership.heartbeat_received(heartbeat(1, epoch=7, role="leader"))
+    following.takeback.leader_changed()
+    following.tick(1.0, 1)
+
+    assert following.takeback.checks == 0
