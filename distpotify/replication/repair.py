@@ -27,7 +27,7 @@ from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 
 log = Logger()
 
-VERIFIED_MAX = 16_384  # files remembered as verified (about 3 MB): a played song's chunks stay
+VERIFIED_MAX = 16_384  # files remembered as verified (about 5 MB): a played song's chunks stay
 
 
 @attrs.define
