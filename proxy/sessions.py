@@ -51,9 +51,13 @@ class Sessions:
             request.addCookie(COOKIE, value, path=b"/", httpOnly=True, sameSite=b"lax",
                               secure=client_origin(request).https)
             client = _cookie_client(value)
+        now = self._clock.seconds()
         self._last.pop(client, None)
-        self._last[client] = (version, self._clock.seconds() + self._memory)
-        while len(self._last) > self._limit:
+        self._last[client] = (version, now + self._memory)
+        # Every entry lives as long, so the oldest are first: those past their time go now
+        # (a client that never sends our cookie back makes a new one with each write).
+        while self._last and (len(self._last) > self._limit
+                              or next(iter(self._last.values()))[1] < now):
             self._last.popitem(last=False)
 
     def recall(self, request: Request) -> bytes | None:

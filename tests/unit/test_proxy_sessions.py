@@ -88,6 +88,16 @@ def test_the_memory_is_bounded_forgetting_the_least_recent_writer() -> None:
     assert sessions.recall(request(authorization=b"3")) == V1
 
 
+def test_writes_of_clients_that_never_come_back_are_forgotten_as_they_expire() -> None:
+    clock = Clock()
+    sessions = Sessions(clock, 5.0)
+    for _ in range(1000):  # a client that never sends its cookie back: a new one each write
+        sessions.remember(request(), V1)
+        clock.advance(0.1)
+
+    assert len(sessions) <= 51  # the last 5 s of them, not the 1,000
+
+
 def test_a_memory_of_zero_keeps_nothing_and_sets_no_cookie() -> None:
     sessions = Sessions(Clock(), 0.0)
     write = request()
