@@ -155,6 +155,8 @@ def ingest(body: Body, song_id: str, chunk_size: int, chunks: ChunkStore,
     failure none is left. The embedded cover, if any, is made durable in ``covers`` too (a
     content-addressed file, perhaps shared with other songs: never removed here). ``reached``
     is told each step (failpoints)."""
+    if isinstance(body.file, ChunkSpool):
+        body.file.hashes()  # a piece that could not be written fails here, not as "not audio"
     try:
         info = read_audio_info(body.file)
     except NotAudio as e:

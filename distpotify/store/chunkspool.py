@@ -2,11 +2,14 @@
 
 The request's spool (bodylimit.py) writes the body of ``POST /songs`` with an audio body into
 temp files of ``chunk_size`` bytes in the chunk directory, named after a fresh spool id
-(``<spool-id>_<idx>.tmp``); each full piece is hashed back by the chunk store's pool while the
-rest arrives, and the song's SHA-256 follows the bytes as they are written. So an upload's
-chunks are written while it is received, not split from a spool file afterwards. They are
-fsynced together once the body is whole (fsyncs during the receive would hold up the
-creation of the next pieces: a file's creation waits for the journal commit they force).
+(``<spool-id>_<idx>.tmp``): each full piece is handed to the chunk store's pool, which creates,
+writes and hashes it while the rest arrives (at most IN_FLIGHT at once; file creations run
+side by side, as each may wait for a journal commit), and the song's SHA-256 follows the
+bytes as they come. So an upload's chunks are written while it is received, not split from
+a spool file afterwards. They are fsynced together once the body is whole (fsyncs during the
+receive would hold up the creation of the next pieces: a creation waits for the journal
+commit they force). A piece that cannot be written (a full disk) fails the next write, so
+the spool refuses the request (507) before the rest is stored.
 
 Once the whole body is in, the spool reads like one file (the tags are read from it, a keyed
 request is hashed from it), and ``adopt(song_id)`` (the id is known only then) renames the
@@ -32,18 +35,7 @@ from distpotify.store.chunks import TMP_SUFFIX, ChunkStore, fsync_path
 _READ = 1 << 20
 
 
-def _hash(path: Path) -> str:
-    """Hash a piece written by the spool back from the page cache (a pool thread)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_READ):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+IN_FLIGHT = 16  # pieces handed to the pool and not yet written: their bytes are held
 
 
 class ChunkSpool(io.RawIOBase):
@@ -55,17 +47,19 @@ class ChunkSpool(io.RawIOBase):
         self.chunk_size = chunk_size
         self._store = store
         self._id = str(uuid.uuid4())
-        self._paths: list[Path] = []  # every piece begun
+        self._paths: list[Path] = []  # every piece handed to the pool
         self._sizes: list[int] = []
-        self._hashes: list[Future[str]] = []
-        self._open: io.BufferedWriter | None = None  # the piece being written
+        self._hashes: list[Future[str]] = []  # each piece's write: its SHA-256
+        self._filling = bytearray()  # the piece being received
+        self._room = threading.Semaphore(IN_FLIGHT)
         self._song = hashlib.sha256()
         self._size = 0
         self._sealed = False
         self._pos = 0
         self._reading: tuple[int, io.BufferedReader] | None = None
-        self._lock = threading.Lock()  # adopt (a worker thread) against close (the reactor)
+        self._lock = threading.Lock()  # the pool's writes and adopt against close
         self._adopted = False
+        self._failed: BaseException | None = None  # the first piece that could not be written
 
     # written by the spool
 
@@ -77,41 +71,51 @@ class ChunkSpool(io.RawIOBase):
             raise ValueError("the upload's body was closed while it was written")
         if self._sealed:
             raise ValueError("the body is complete: nothing more is written")
+        if self._failed is not None:
+            raise self._failed
         view = memoryview(data).cast("B")
         self._song.update(view)
         written = len(view)
         while view:
-            piece = self._open or self._begin_piece()
-            part = view[:self.chunk_size - self._sizes[-1]]
-            piece.write(part)
-            self._sizes[-1] += len(part)
+            part = view[:self.chunk_size - len(self._filling)]
+            self._filling += part
             view = view[len(part):]
-            if self._sizes[-1] == self.chunk_size:
-                self._finish_piece()
+            if len(self._filling) == self.chunk_size:
+                self._room.acquire()  # the spool's thread waits: the client is paused
+                self._hand_over()
         self._size += written
         return written
 
-    def _begin_piece(self) -> io.BufferedWriter:
-        with self._lock:  # a client gone closes the spool while it is written
-            if self.closed:
-                raise ValueError("the upload's body was closed while it was written")
-            path = self._store.root / f"{self._id}_{len(self._paths)}{TMP_SUFFIX}"
-            self._paths.append(path)  # before the write: a half-written one goes too
-            self._sizes.append(0)
-            self._open = open(path, "wb")  # noqa: SIM115 (closed when full, or by close)
-            return self._open
+    def _hand_over(self) -> None:
+        """The pool creates, writes and hashes the piece: file creations run side by side
+        (each may wait for a journal commit that another process's fsync forces)."""
+        path = self._store.root / f"{self._id}_{len(self._paths)}{TMP_SUFFIX}"
+        self._paths.append(path)
+        self._sizes.append(len(self._filling))
+        data, self._filling = bytes(self._filling), bytearray()
+        self._hashes.append(self._store.pool().submit(self._write_piece, path, data))
 
-    def _finish_piece(self) -> None:
-        assert self._open is not None
-        self._open.close()  # in the page cache: the pool hashes it back and fsyncs it
-        self._open = None
-        self._hashes.append(self._store.pool().submit(_hash, self._paths[-1]))
+    def _write_piece(self, path: Path, data: bytes) -> str:
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+            return hashlib.sha256(data).hexdigest()
+        except BaseException as e:
+            self._failed = self._failed or e
+            raise
+        finally:
+            self._room.release()
+            with self._lock:
+                if self.closed and not self._adopted:  # written after close's clean-up
+                    path.unlink(missing_ok=True)
 
     def _seal(self) -> None:
+        """The body is whole: its last piece goes to the pool (on the reactor: no wait)."""
         if not self._sealed:
             self._sealed = True
-            if self._open is not None:
-                self._finish_piece()
+            if self._filling:
+                self._room.acquire(blocking=False)  # may be overdrawn by one: never waits
+                self._hand_over()
 
     # read by the upload, once the body is complete (twisted.web seeks to 0 before the
     # resource sees it, which seals the last piece)
@@ -141,6 +145,7 @@ class ChunkSpool(io.RawIOBase):
         while filled < len(view) and self._pos < self._size:
             index, offset = divmod(self._pos, self.chunk_size)
             if self._reading is None or self._reading[0] != index:
+                self._hashes[index].result()  # written (a worker thread waits, never the reactor)
                 if self._reading is not None:
                     self._reading[1].close()
                 self._reading = (index, open(self._paths[index], "rb"))  # noqa: SIM115
@@ -163,12 +168,17 @@ class ChunkSpool(io.RawIOBase):
         """The SHA-256 of the whole body."""
         return self._song.hexdigest()
 
+    def hashes(self) -> list[str]:
+        """Wait until every piece is written: their SHA-256s. Raises the first failure (a
+        full disk), which a reader of the spool would otherwise meet as a short file."""
+        self._seal()
+        return [piece.result() for piece in self._hashes]
+
     def written(self) -> list[tuple[int, int, str]]:
         """Wait until every piece is hashed, then fsync them side by side on the pool:
         (index, size, SHA-256) of each, all durable as temp files. Raises the first failure
         (a full disk)."""
-        self._seal()
-        hashes = [piece.result() for piece in self._hashes]
+        hashes = self.hashes()
         pool = self._store.pool()
         for synced in [pool.submit(fsync_path, path) for path in self._paths]:
             synced.result()
@@ -190,15 +200,21 @@ class ChunkSpool(io.RawIOBase):
 
     def close(self) -> None:
         """Close the files; a spool not adopted removes its pieces (on the pool: closing is
-        the reactor's, which must not wait for the disk)."""
+        the reactor's, which must not wait for the disk; a piece written after this removes
+        itself)."""
         with self._lock:
             if self.closed:
                 return
             super().close()
             adopted = self._adopted
-        for piece in (self._open, self._reading[1] if self._reading else None):
-            if piece is not None:
-                piece.close()
-        self._open = self._reading = None
+        if self._reading is not None:
+            self._reading[1].close()
+            self._reading = None
+        self._filling = bytearray()
         if not adopted and self._paths:
             self._store.pool().submit(_remove, list(self._paths))
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

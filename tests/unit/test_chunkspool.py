@@ -108,6 +108,24 @@ def test_a_piece_whose_fsync_fails_fails_the_spool_and_leaves_nothing(
     assert gone(chunks)
 
 
+def test_a_piece_that_cannot_be_written_fails_the_next_write_and_leaves_nothing(
+    chunks: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(path: object, mode: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("distpotify.store.chunkspool.open", disk_full, raising=False)
+    spool = ChunkSpool(chunks, CHUNK)
+    spool.write(b"a" * CHUNK)  # handed to the pool, which fails it
+    end = time.monotonic() + 5
+    with pytest.raises(OSError, match="No space"):
+        while time.monotonic() < end:
+            spool.write(b"b")
+            time.sleep(0.01)
+    spool.close()
+    assert gone(chunks)
+
+
 def test_ingest_of_a_spooled_upload_equals_ingest_of_the_same_file(
     tmp_path: Path, chunks: ChunkStore
 ) -> None:
