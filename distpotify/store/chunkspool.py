@@ -3,13 +3,12 @@
 The request's spool (bodylimit.py) writes the body of ``POST /songs`` with an audio body into
 temp files of ``chunk_size`` bytes in the chunk directory, named after a fresh spool id
 (``<spool-id>_<idx>.tmp``): each full piece is handed to the chunk store's pool, which creates,
-writes and hashes it while the rest arrives (at most IN_FLIGHT at once; file creations run
-side by side, as each may wait for a journal commit), and the song's SHA-256 follows the
-bytes as they come. So an upload's chunks are written while it is received, not split from
-a spool file afterwards. They are fsynced together once the body is whole (fsyncs during the
-receive would hold up the creation of the next pieces: a creation waits for the journal
-commit they force). A piece that cannot be written (a full disk) fails the next write, so
-the spool refuses the request (507) before the rest is stored.
+writes, hashes and fsyncs it while the rest arrives (at most IN_FLIGHT at once, side by side:
+a creation may wait for the journal commit another fsync forces, so one thread creating them
+in turn would be the bottleneck), and the song's SHA-256 follows the bytes as they come. So
+an upload's chunks are written and made durable while it is received, not split from a spool
+file afterwards. A piece that cannot be written (a full disk) fails the next write, so the
+spool refuses the request (507) before the rest is stored.
 
 Once the whole body is in, the spool reads like one file (the tags are read from it, a keyed
 request is hashed from it), and ``adopt(song_id)`` (the id is known only then) renames the
@@ -30,7 +29,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from distpotify.store.chunks import TMP_SUFFIX, ChunkStore, fsync_path
+from distpotify.store.chunks import TMP_SUFFIX, ChunkStore
 
 _READ = 1 << 20
 
@@ -99,7 +98,10 @@ class ChunkSpool(io.RawIOBase):
         try:
             with open(path, "wb") as f:
                 f.write(data)
-            return hashlib.sha256(data).hexdigest()
+                f.flush()
+                digest = hashlib.sha256(data).hexdigest()  # while the page cache takes it
+                os.fsync(f.fileno())
+            return digest
         except BaseException as e:
             self._failed = self._failed or e
             raise
@@ -169,19 +171,16 @@ class ChunkSpool(io.RawIOBase):
         return self._song.hexdigest()
 
     def hashes(self) -> list[str]:
-        """Wait until every piece is written: their SHA-256s. Raises the first failure (a
-        full disk), which a reader of the spool would otherwise meet as a short file."""
+        """Wait until every piece is written and fsynced: their SHA-256s. Raises the first
+        failure (a full disk), which a reader of the spool would otherwise meet as a short
+        file."""
         self._seal()
         return [piece.result() for piece in self._hashes]
 
     def written(self) -> list[tuple[int, int, str]]:
-        """Wait until every piece is hashed, then fsync them side by side on the pool:
-        (index, size, SHA-256) of each, all durable as temp files. Raises the first failure
-        (a full disk)."""
+        """Wait until every piece is durable as its temp file: (index, size, SHA-256) of
+        each. Raises the first failure (a full disk)."""
         hashes = self.hashes()
-        pool = self._store.pool()
-        for synced in [pool.submit(fsync_path, path) for path in self._paths]:
-            synced.result()
         return list(zip(range(len(hashes)), self._sizes, hashes, strict=True))
 
     def adopt(self, song_id: str) -> None:
