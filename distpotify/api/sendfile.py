@@ -72,24 +72,32 @@ class _Sender:
 
     async def send(self, spans: Sequence[Span]) -> bytes:
         try:
-            # The headers are in the transport's buffer: they go first.
-            await self._writable()
-            for span in spans:
-                await self._send_span(span)
+            await self._send_all(spans)
         except CancelledError:
             # The client went away: nothing more goes out, and the request (finished by
             # whoever gets the cancellation) must not keep this producer.
             if self._request.channel is not None:
                 self._request.unregisterProducer()
+            else:  # the connection's loss took the channel, and its producer, already
+                self._request.producer = None
+            raise
+        self._request.unregisterProducer()
+        return b""
+
+    async def _send_all(self, spans: Sequence[Span]) -> None:
+        try:
+            # The headers are in the transport's buffer: they go first.
+            await self._writable()
+            for span in spans:
+                await self._send_span(span)
+        except CancelledError:
             raise
         except Exception as e:
             log.warn("stream aborted: {error}", error=str(e) or type(e).__name__)
             self._stopped = True
             # Headers promised a length: a torn connection, never a short clean response.
             self._request.channel.transport.abortConnection()  # type: ignore[union-attr]
-            await self._writable()
-        self._request.unregisterProducer()
-        return b""
+            await self._writable()  # only the connection's loss ends it: a cancellation
 
     async def _send_span(self, span: Span) -> None:
         if span.ready is not None:
