@@ -51,8 +51,7 @@ class Compaction(Tables):
             row = conn.execute(OLDEST_OPS_NEWEST_VERSION, (now - retention.amount,)).fetchone()
         else:
             row = conn.execute(
-                "SELECT version AS v FROM (SELECT version, sum(length(body) + length(key)"
-                " + coalesce(length(outcome), 0))"
+                "SELECT version AS v FROM (SELECT version, sum(length(body) + length(key))"
                 " OVER (ORDER BY version DESC) AS total FROM oplog) WHERE total > ?"
                 " ORDER BY version DESC LIMIT 1", (int(retention.amount),)).fetchone()
         if row is None or row["v"] is None:

@@ -6,19 +6,40 @@ the replicated key watermark (rows at or below it are dropped and never come bac
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
 from distpotify.idempotency import IdempotencyKey, Outcome
-from distpotify.model import IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Version
-from distpotify.store.digest import row_hash, xor_digest
-from distpotify.store.schema import Tables
+from distpotify.model import ENTITIES, IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Row, Version
+from distpotify.store.digest import bucket_of, row_hash, xor_digest
+from distpotify.store.schema import Tables, versions_text
 
 ENTITY = KEY_ROWS
+FIELDS = frozenset(ENTITIES[ENTITY].fields)  # a key row is written whole, by one write
+_INSERT = (f"INSERT INTO {ENTITY} (id, {', '.join(sorted(FIELDS))}, version, field_versions,"
+           f" bucket) VALUES (?, {', '.join('?' * len(FIELDS))}, ?, ?, ?)")
 
 
 def key_watermark(conn: sqlite3.Connection) -> Version:
     """The key watermark: idempotency rows written at or below it are gone everywhere."""
     row = conn.execute("SELECT through FROM purges WHERE id = ?", (IDEMPOTENCY_KEYS,)).fetchone()
     return Version.decode(row["through"]) if row is not None and row["through"] else ZERO
+
+
+def add_key_row(conn: sqlite3.Connection, version: Version, key: str,
+                fields: Mapping[str, Any], absent: bool = False) -> bool:
+    """Store the key row ``key`` written whole by ``version``, with its bucket's digest,
+    unless a row for that key exists (False: the caller merges the two). ``absent``: the
+    caller knows there is none. What merge.py would make of it, without reading the row."""
+    versions = versions_text(Row(ENTITY, key, fields, dict.fromkeys(fields, version)))
+    bucket = bucket_of(ENTITY, key)
+    added = conn.execute(
+        _INSERT if absent else f"{_INSERT} ON CONFLICT (id) DO NOTHING",
+        (key, *(fields[name] for name in sorted(FIELDS)), version.encode(), versions, bucket),
+    ).rowcount
+    if added:
+        xor_digest(conn, bucket, row_hash(ENTITY, key, versions))
+    return bool(added)
 
 
 def purge_keys(conn: sqlite3.Connection, through: Version) -> int:

@@ -152,13 +152,23 @@ class Oplog(Tables):
         return self._head
 
     def ops_after(self, version: Version, limit: int = 1000) -> list[Op]:
+        """The ops logged after ``version``, each with the key row it wrote (its outcome):
+        the idempotency row whose version is the op's own, joined on the key table's version
+        index. An old op whose key row was written again since (by another leader) or has
+        expired carries none."""
         rows = self._conn.execute(
-            "SELECT * FROM oplog WHERE version > ? ORDER BY version LIMIT ?",
+            "SELECT o.version, o.entity, o.key, o.body, k.id AS k_id, k.request, k.status,"
+            " k.body AS k_body, k.written FROM oplog o"
+            f" LEFT JOIN {idempotency.ENTITY} k ON k.version = o.version"
+            f" AND o.entity != '{idempotency.ENTITY}'"
+            " WHERE o.version > ? ORDER BY o.version LIMIT ?",
             (version.encode(), limit),
         )
         return [
             Op(Version.decode(r["version"]), r["entity"], r["key"], json.loads(r["body"]),
-               None if r["outcome"] is None else _outcome_from_text(r["outcome"]))
+               None if r["k_id"] is None else (r["k_id"], {
+                   "request": r["request"], "status": r["status"], "body": r["k_body"],
+                   "written": r["written"]}))
             for r in rows
         ]
 
@@ -179,56 +189,48 @@ class Oplog(Tables):
         self._unpublished.clear()
 
     def write_outcome(self, key: str, fields: dict[str, Any]) -> None:
-        """Store a keyed write's outcome, the idempotency row ``key``, in the write's last op
-        (this leader's newest): written under its version, carried by it in the oplog, so
-        every replica that applies the op stores the key with it. Only once the key was
-        looked up in the same transaction and had no row (Library's _keyed)."""
-        version = self.written()
-        self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
-                           (_outcome_text(key, fields), version.encode()))
-        # The caller looked the key up in this transaction and found no row, and a version
-        # this leader just took is newer than any watermark: neither is read again.
-        self._merge(Op(version, idempotency.ENTITY, key, fields), absent=True)
+        """Store a keyed write's outcome, the idempotency row ``key``, under the version of
+        the write's last op (this leader's newest): the op carries it wherever it goes
+        (ops_after joins the row by version), so every replica that applies the op stores
+        the key with it. Only once the key was looked up in the same transaction and had no
+        row (Library's _keyed), with a version newer than any watermark."""
+        idempotency.add_key_row(self._conn, self.written(), key, fields, absent=True)
 
     def _apply(self, op: Op) -> bool:
         self._log(op)
         changed = self._merge(op)
         carried = op.outcome_op()
         if carried is not None:
-            changed = self._merge(carried) or changed
+            changed = self._merge_key_row(carried) or changed
         return changed
 
+    def _merge_key_row(self, op: Op) -> bool:
+        """The key row an op carries: stored as it is when this replica has no row for the
+        key (nearly always: a key is written once), else merged like any row."""
+        if (op.fields.keys() == idempotency.FIELDS
+                and op.version > idempotency.key_watermark(self._conn)
+                and idempotency.add_key_row(self._conn, op.version, op.key, op.fields)):
+            return True
+        return self._merge(op)
+
     def _log(self, op: Op) -> None:
-        """Append ``op`` to the oplog, or, when its version is there already, keep the union.
+        """Append ``op`` to the oplog, unless its version is there already.
 
         A version is logged once, and usually comes back as the same op (pushed again, or
         its row pulled). But a keyed write's op carries its key row: pulled by anti-entropy,
-        that row arrives alone, as an idempotency op of that version, before or after the
-        op that carries it. Whichever comes first, the entry ends as the op carrying it, so
-        this replica's oplog gives followers and a takeover both rows."""
-        outcome = None if op.outcome is None else _outcome_text(*op.outcome)
+        that row arrives alone, as an idempotency op of that version, maybe before the op
+        that carries it. The entry then becomes that op, which carries the key row again
+        (ops_after), so this replica's oplog gives followers and a takeover both rows."""
         version = op.version.encode()
+        body = json.dumps(dict(op.fields))
         added = self._conn.execute(
-            "INSERT OR IGNORE INTO oplog (version, entity, key, body, at, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (version, op.entity, op.key, json.dumps(dict(op.fields)), self._now(), outcome),
+            "INSERT OR IGNORE INTO oplog (version, entity, key, body, at) VALUES (?, ?, ?, ?, ?)",
+            (version, op.entity, op.key, body, self._now()),
         )
-        if added.rowcount:
-            return
-        logged = self._conn.execute(
-            "SELECT entity, key, body, outcome FROM oplog WHERE version = ?", (version,)
-        ).fetchone()
-        alone = idempotency.ENTITY
-        carried = outcome if op.entity != alone else _outcome_text(op.key, op.fields)
-        if logged["entity"] != alone:  # the record's op: it gains the key row it lacks
-            if carried is not None and logged["outcome"] is None:
-                self._conn.execute("UPDATE oplog SET outcome = ? WHERE version = ?",
-                                   (carried, version))
-        elif op.entity != alone:  # the key row alone: it becomes the op that carries it
-            carried = carried or _outcome_text(logged["key"], json.loads(logged["body"]))
+        if not added.rowcount and op.entity != idempotency.ENTITY:
             self._conn.execute(
-                "UPDATE oplog SET entity = ?, key = ?, body = ?, outcome = ? WHERE version = ?",
-                (op.entity, op.key, json.dumps(dict(op.fields)), carried, version))
+                "UPDATE oplog SET entity = ?, key = ?, body = ? WHERE version = ? AND entity = ?",
+                (op.entity, op.key, body, version, idempotency.ENTITY))
 
     def _merge(self, op: Op, absent: bool = False) -> bool:
         """Merge ``op`` into its row, the row's bucket digest and what derives from it;
@@ -270,12 +272,3 @@ class Oplog(Tables):
                 idempotency.purge_keys(self._conn, through)
         return True
 
-
-def _outcome_text(key: str, fields: Mapping[str, Any]) -> str:
-    """An oplog entry's ``outcome`` column: the idempotency row its op carries."""
-    return json.dumps({"key": key, "fields": dict(fields)})
-
-
-def _outcome_from_text(text: str) -> tuple[str, dict[str, Any]]:
-    carried = json.loads(text)
-    return str(carried["key"]), carried["fields"]

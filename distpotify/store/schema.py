@@ -51,10 +51,11 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS now_playing_at ON now_playing (at)",
     # The key watermark drops idempotency rows by version (store/idempotency.py).
     "CREATE INDEX IF NOT EXISTS idempotency_version ON idempotency (version)",
-    # "outcome": the idempotency row a keyed write's last op carries (model.Op.outcome), as
-    # JSON {"key", "fields"}; NULL for every other op.
+    # The key row a keyed write's last op carries (model.Op.outcome) is not in its entry: it
+    # is the idempotency row of the op's version (Oplog.ops_after joins it). Databases from
+    # before that keep a column "outcome" nothing reads.
     "CREATE TABLE IF NOT EXISTS oplog (version TEXT PRIMARY KEY, entity TEXT NOT NULL,"
-    " key TEXT NOT NULL, body TEXT NOT NULL, at REAL, outcome TEXT)",
+    " key TEXT NOT NULL, body TEXT NOT NULL, at REAL)",
     "CREATE INDEX IF NOT EXISTS oplog_at ON oplog (at)",
     "CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
@@ -71,10 +72,6 @@ def connect(path: Path) -> sqlite3.Connection:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(oplog)")}
         if columns and "at" not in columns:  # a database from before ops had a time
             conn.execute("ALTER TABLE oplog ADD COLUMN at REAL")
-        # From before key rows rode in their write's op: its key rows are ops of their own,
-        # which stay valid as they are.
-        if columns and "outcome" not in columns:
-            conn.execute("ALTER TABLE oplog ADD COLUMN outcome TEXT")
         _add_new_fields(conn)
         # Names were unique per raw text before accounts: a clash arriving by merge would
         # have stopped replication.
