@@ -28,13 +28,12 @@ def row_hash(entity: str, key: str, versions_text: str) -> int:
 
 def xor_digest(conn: sqlite3.Connection, bucket: int, change: int) -> None:
     """Fold ``change`` into ``bucket``'s digest: a row's hash in when it is written, out when
-    it is replaced or removed (XOR is its own inverse, so order never matters)."""
-    current = conn.execute("SELECT hash FROM digest WHERE bucket = ?", (bucket,))
-    found = current.fetchone()
-    combined = (int(found["hash"], 16) if found else 0) ^ change
+    it is replaced or removed (XOR is its own inverse, so order never matters). One
+    statement: the XOR is the SQL function xor_hex (schema.connect)."""
     conn.execute(
-        "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
-        (bucket, f"{combined:032x}"),
+        "INSERT INTO digest (bucket, hash) VALUES (?, ?)"
+        " ON CONFLICT (bucket) DO UPDATE SET hash = xor_hex(hash, excluded.hash)",
+        (bucket, f"{change:032x}"),
     )
 
 

@@ -65,6 +65,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open (creating or migrating) the database at ``path``: WAL, fsync on every commit."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
+    conn.create_function("xor_hex", 2, xor_hex, deterministic=True)
     conn.execute("PRAGMA journal_mode = WAL")
     # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
     conn.execute("PRAGMA synchronous = FULL")
@@ -93,6 +94,11 @@ def _add_new_fields(conn: sqlite3.Connection) -> None:
             if name not in columns:
                 conn.execute(f"ALTER TABLE {entity.name} ADD COLUMN {name}"
                              f" {_TYPES.get(name, 'TEXT')}")
+
+
+def xor_hex(a: str, b: str) -> str:
+    """The XOR of two 128-bit digests in hex (digest.xor_digest's SQL function)."""
+    return f"{int(a, 16) ^ int(b, 16):032x}"
 
 
 class Transaction:
