@@ -83,10 +83,16 @@ def op_from_json(value: Any) -> Op:
               value["fields"], None if carried is None else (carried["key"], carried["fields"]))
 
 
-def batch_body(source: str, ops: Sequence[Op]) -> bytes:
-    """A push batch as sent: compact JSON, so push.fit_batch can count its bytes exactly."""
-    return json.dumps({"source": source, "ops": [op.to_json() for op in ops]},
-                      separators=(",", ":")).encode()
+def op_text(op: Op) -> str:
+    """An op as a push batch carries it: compact JSON."""
+    return json.dumps(op.to_json(), separators=(",", ":"))
+
+
+def batch_body(source: str, ops: Sequence[Op], texts: Sequence[str] | None = None) -> bytes:
+    """A push batch as sent: compact JSON, so push.fit_batch can count its bytes exactly.
+    ``texts``: the ops already encoded (op_text), as the leader reads them for every link."""
+    texts = [op_text(op) for op in ops] if texts is None else texts
+    return f'{{"source":{json.dumps(source)},"ops":[{",".join(texts)}]}}'.encode()
 
 
 def row_to_json(row: Row) -> dict[str, Any]:
@@ -159,9 +165,11 @@ class PeerClient:
         except ValueError:
             raise PeerError(f"{what}: not JSON") from None
 
-    async def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Version:
-        """Send ops to a follower; its cursor (newest version it holds) after applying."""
-        body = batch_body(source, ops)
+    async def push_ops(self, base: str, source: str, ops: Sequence[Op],
+                       texts: Sequence[str] | None = None) -> Version:
+        """Send ops to a follower (``texts``: already encoded); its cursor (newest version it
+        holds) after applying."""
+        body = batch_body(source, ops, texts)
         answer = await self._json(
             self._request("POST", f"{base}/sync/ops", body, {b"Content-Type": b"application/json"}),
             f"push to {base}",

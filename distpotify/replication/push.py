@@ -10,18 +10,18 @@ soon as the follower's heartbeat returns. A cursor below the oplog floor cannot 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Op, Version
-from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body
+from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body, op_text
 from distpotify.store.metadata import MetadataDB, MetadataStore
 from distpotify.wire import ACTIVE
 
@@ -45,12 +45,21 @@ def cursor_key(node_id: int) -> str:
     return f"cursor:{node_id}"
 
 
-def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES) -> list[Op]:
+def encoded_batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH
+                        ) -> tuple[list[Op], list[str]] | None:
+    """batch_after, each op with its text as a batch carries it (database thread)."""
+    ops = batch_after(db, cursor, limit)
+    return None if ops is None else (ops, [op_text(op) for op in ops])
+
+
+def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES,
+              texts: Sequence[str] | None = None) -> list[Op]:
     """The longest run of ``ops`` from the first whose batch is at most ``limit`` bytes, and
-    at least the first op (one op larger than that alone is sent alone, and refused)."""
+    at least the first op (one op larger than that alone is sent alone, and refused).
+    ``texts``: the ops already encoded (op_text)."""
     size = len(batch_body(source, []))
     for n, op in enumerate(ops):
-        size += len(json.dumps(op.to_json(), separators=(",", ":"))) + (1 if n else 0)
+        size += len(op_text(op) if texts is None else texts[n]) + (1 if n else 0)
         if size > limit and n:
             return list(ops[:n])
     return list(ops)
@@ -140,11 +149,11 @@ class FollowerLink:
                     return
                 if self.cursor is None:
                     self.cursor = await pusher.starting_cursor(peer)
-                ops = await pusher.store.run(batch_after, self.cursor)
-                if ops is None:
+                batch = await pusher.batch(self.cursor)
+                if batch is None:
                     await self._resync(peer)
                     return
-                ops = fit_batch(ops, pusher.source)
+                ops = fit_batch(batch[0], pusher.source, texts=batch[1])
                 if not ops:
                     self.pending_since = None
                     if not self._again:
@@ -153,7 +162,8 @@ class FollowerLink:
                 if self.pending_since is None:
                     self.pending_since = pusher.clock.seconds()
                 try:
-                    await pusher.client.push_ops(peer.http, pusher.source, ops)
+                    await pusher.client.push_ops(peer.http, pusher.source, ops,
+                                                 batch[1][:len(ops)])
                 except Exception as e:
                     self._failed(e)
                     return
@@ -240,7 +250,29 @@ class Pusher:
         self.leading = leading
         self.on_ack = on_ack
         self.links: dict[int, FollowerLink] = {}
+        # Reads of the ops past a cursor in flight, and the links waiting for each: links at
+        # the same cursor (every follower keeping up) share one read and its encoding.
+        self._reading: dict[Version, list[Deferred[Any]]] = {}
         self._unsubscribe = membership.subscribe(self._peer_event)
+
+    def batch(self, cursor: Version) -> Deferred[tuple[list[Op], list[str]] | None]:
+        """encoded_batch_after(cursor) on the database thread, or the same read already in
+        flight for another link. Its lists are shared: links slice them, never change them."""
+        waiting: Deferred[tuple[list[Op], list[str]] | None] = Deferred()
+        if cursor in self._reading:
+            self._reading[cursor].append(waiting)
+            return waiting
+        self._reading[cursor] = [waiting]
+
+        def share(result: Any) -> None:
+            for each in self._reading.pop(cursor):
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        self.store.run(encoded_batch_after, cursor).addBoth(share)
+        return waiting
 
     def wake(self) -> None:
         """New ops exist (a write, or this replica just became leader): push them."""

@@ -95,6 +95,11 @@ def _chunks_made_live(db: MetadataDB, ops: Sequence[Op]) -> list[ChunkRef]:
     return refs
 
 
+def _apply_with_head(db: MetadataDB, ops: Sequence[Op]) -> tuple[int, Version]:
+    """Apply ``ops`` durably (database thread): how many changed a row, and the new head."""
+    return db.apply_ops(ops), db.head()
+
+
 class ApplyGate:
     """Applies share it; the chunk clean-up takes it alone, once no apply is in flight, and
     the applies that arrive meanwhile wait for it to end."""
@@ -212,19 +217,22 @@ class Receiver:
         self._failpoints.hit("apply.chunks_fetched")
         if self._covers is not None:
             await self._covers(ops, sources)
-        self.ops_applied += await self._store.run(MetadataDB.apply_ops, ops)
+        changed, head = await self._store.run(_apply_with_head, ops)
+        self.ops_applied += changed
         self._on_applied(ops)
         await self._drop_deleted_chunks(ops)
         self._failpoints.hit("apply.committed")
-        return await self._store.run(MetadataDB.head)
+        return head
 
     async def _fetch_chunks(self, ops: Sequence[Op], sources: list[str],
                             tried: dict[ChunkRef, Fetched]) -> tuple[int, dict[ChunkRef, Fetched]]:
         """Fetch the chunks ``ops`` make live that are not here, except those ``tried``
         already in this apply (they count as failed again); how many were needed, and the
         outcome of each that is still not here."""
-        live = await self._store.run(_chunks_made_live, ops)
-        refs: list[ChunkRef] = await self._blocking(self._absent, live)
+        # Most batches make no chunk live (playlists, edits): no thread is asked then.
+        creates = any(op.entity == "chunks" and "deleted" in op.fields for op in ops)
+        live = await self._store.run(_chunks_made_live, ops) if creates else []
+        refs: list[ChunkRef] = await self._blocking(self._absent, live) if live else []
         unfetched = {ref: tried[ref] for ref in refs if ref in tried}
         todo = [ref for ref in refs if ref not in tried]
         if todo:

@@ -32,10 +32,11 @@ class Refusing(FakeClient):
         super().__init__()
         self.refusing: set[str] = set()
 
-    def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Deferred[Version]:
+    def push_ops(self, base: str, source: str, ops: Sequence[Op],
+                 texts: Sequence[str] | None = None) -> Deferred[Version]:
         if base in self.refusing:
             return fail(ConnectionRefusedError("refused"))
-        return super().push_ops(base, source, ops)
+        return super().push_ops(base, source, ops, texts)
 
 
 def purger_for(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
@@ -12,7 +14,7 @@ from twisted.internet.task import Clock
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
 from distpotify.model import Op, Version
-from distpotify.replication.client import MAX_BATCH_BYTES, batch_body
+from distpotify.replication.client import MAX_BATCH_BYTES, batch_body, op_text
 from distpotify.replication.push import BATCH, CURSOR_EVERY, Pusher, cursor_key, fit_batch
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from tests.helpers.api import run_now
@@ -28,9 +30,12 @@ class FakeClient:
         self.down = False
         self.answer: Version | None = None  # the head the follower answers, if not the batch's
 
-    def push_ops(self, base: str, source: str, ops: Sequence[Op]) -> Deferred[Version]:
+    def push_ops(self, base: str, source: str, ops: Sequence[Op],
+                 texts: Sequence[str] | None = None) -> Deferred[Version]:
         if self.down:
             return fail(ConnectionRefusedError("refused"))
+        # The texts the leader encoded once for every link are the ops as sent.
+        assert texts is None or list(texts) == [op_text(op) for op in ops]
         self.batches.append((base, list(ops)))
         return succeed(self.answer or ops[-1].version)
 
@@ -253,3 +258,41 @@ def test_fit_batch_keeps_the_longest_run_that_fits_exactly() -> None:
     assert fit_batch(ops, "s", limit - 1) == ops[:3]
     assert fit_batch(ops, "s", 10) == ops[:1]  # one op too large is sent alone
     assert fit_batch(ops, "s") == ops
+
+
+def test_links_at_one_cursor_share_one_read_of_the_ops(db: MetadataDB) -> None:
+    """Every follower keeping up waits at the same cursor: one read (and one encoding) of
+    the ops past it serves all their links, while it is in flight."""
+    reads: list[tuple[Any, ...]] = []
+    held: list[Deferred[Any]] = []
+
+    def runner(method: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        reads.append((method.__name__, *args[1:]))
+        held.append(Deferred())
+        held[-1].addCallback(lambda _: method(*args))
+        return held[-1]
+
+    pusher, client, membership, _ = setup(db)
+    pusher.store = MetadataStore(db, runner)
+    membership.heartbeat_received(heartbeat(1))
+    membership.heartbeat_received(heartbeat(2))
+    ops = write(db, 3)
+    while any(name == "get_meta" for name, *_ in reads):  # each link's durable cursor: none
+        at = next(i for i, (name, *_) in enumerate(reads) if name == "get_meta")
+        del reads[at]
+        held.pop(at).callback(None)
+
+    assert reads == [("encoded_batch_after", ZERO)]
+    held.pop().callback(None)
+
+    assert client.batches == [("http://n1", ops), ("http://n2", ops)]
+
+
+def test_a_batch_body_from_encoded_ops_is_the_json_of_the_batch() -> None:
+    ops = [Op(Version(1, 1, n), "playlists", f"{n:08x}-0000-4000-8000-000000000000",
+              {"name": "é\"x"}) for n in range(1, 4)]
+    expected = json.dumps({"source": "http://é", "ops": [op.to_json() for op in ops]},
+                          separators=(",", ":")).encode()
+
+    assert batch_body("http://é", ops, [op_text(op) for op in ops]) == expected
+    assert batch_body("http://é", ops) == expected
