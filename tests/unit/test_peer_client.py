@@ -6,13 +6,22 @@ from __future__ import annotations
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import URI, ResponseDone
+from twisted.web.error import SchemeNotSupported
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from distpotify.replication.client import NotHeld, PeerClient, PeerError, _IdleCollector
+from distpotify.replication.client import (
+    NotHeld,
+    PeerClient,
+    PeerEndpoints,
+    PeerError,
+    _IdleCollector,
+)
 from tests.helpers.api import CLUSTER_KEYS, result_of
 
 
@@ -97,3 +106,17 @@ def test_a_chunk_answered_404_is_not_held_there(code: int, not_held: bool) -> No
     with pytest.raises(PeerError) as raised:
         result_of(d)
     assert isinstance(raised.value, NotHeld) is not_held
+
+
+def test_peer_endpoints_are_made_once_per_address_and_only_for_http() -> None:
+    reactor = MemoryReactorClock()
+    endpoints = PeerEndpoints(reactor, connect_timeout=2.0)
+    first = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8001/sync/ops"))
+
+    assert endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8001/sync/digest")) is first
+    assert endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8002/sync/ops")) is not first
+    with pytest.raises(SchemeNotSupported):
+        endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:8001/sync/ops"))
+    first.connect(Factory.forProtocol(Protocol))
+    host, port, _, timeout, _ = reactor.tcpClients[0]
+    assert (host, port, timeout) == ("127.0.0.1", 8001, 2.0)
