@@ -26,8 +26,9 @@ SYNC_THREADS = 8  # fsyncs in flight at once: several per journal commit, not on
 IN_FLIGHT = 2 * SYNC_THREADS  # chunks of one batch handed to the pool and not yet durable
 
 
-def _write_durably(path: Path, data: bytes) -> str:
-    """Write ``data`` to a new file at ``path`` and fsync it (a pool thread); its SHA-256."""
+def write_durably(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new file at ``path`` and fsync it (a pool thread); its SHA-256:
+    every new chunk file, a batch's or an upload spool's (chunkspool.py)."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -71,7 +72,7 @@ class ChunkBatch:
         self._files.append((tmp, final))  # before the write: a half-written one goes too
         self._room.acquire()
         try:
-            written = self._store.pool().submit(_write_durably, tmp, data)
+            written = self._store.pool().submit(write_durably, tmp, data)
         except BaseException:
             self._room.release()
             raise

@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from distpotify.store.chunks import TMP_SUFFIX, ChunkStore
+from distpotify.store.chunks import TMP_SUFFIX, ChunkStore, write_durably
 
 _READ = 1 << 20
 
@@ -96,12 +96,7 @@ class ChunkSpool(io.RawIOBase):
 
     def _write_piece(self, path: Path, data: bytes) -> str:
         try:
-            with open(path, "wb") as f:
-                f.write(data)
-                f.flush()
-                digest = hashlib.sha256(data).hexdigest()  # while the page cache takes it
-                os.fsync(f.fileno())
-            return digest
+            return write_durably(path, data)
         except BaseException as e:
             self._failed = self._failed or e
             raise

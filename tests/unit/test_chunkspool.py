@@ -114,7 +114,7 @@ def test_a_piece_that_cannot_be_written_fails_the_next_write_and_leaves_nothing(
     def disk_full(path: object, mode: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("distpotify.store.chunkspool.open", disk_full, raising=False)
+    monkeypatch.setattr("distpotify.store.chunks.open", disk_full, raising=False)
     spool = ChunkSpool(chunks, CHUNK)
     spool.write(b"a" * CHUNK)  # handed to the pool, which fails it
     end = time.monotonic() + 5
