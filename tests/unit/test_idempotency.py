@@ -448,3 +448,27 @@ def test_an_oplog_from_before_carried_key_rows_is_migrated(tmp_path: Path) -> No
     assert db.ops_after(ZERO) == [op]  # a key row of its own, as it was written then
     db.apply_ops([op])
     assert db.stored_outcome(key) is not None
+
+
+def test_an_op_carries_the_key_row_of_its_own_version_only(
+    api: InMemoryReplica, tmp_path: Path
+) -> None:
+    """The oplog keeps no copy of the outcome: an op carries the key row written under its
+    version, so none once another leader wrote the key again, or the key expired."""
+    keyed(api, "POST", "/playlists", {"name": "A"}, "again")
+    keyed(api, "POST", "/playlists", {"name": "B"}, "expires")
+    first, second = api.db.ops_after(ZERO)
+    assert first.outcome is not None and second.outcome is not None
+    newer = Op(Version(9, 2, 1), "idempotency", first.outcome[0], first.outcome[1])
+
+    watermark = Op(Version(9, 2, 2), "purges", IDEMPOTENCY_KEYS,
+                   {"through": second.version.encode()})
+
+    api.db.apply_ops([newer])  # the same key applied again by a later leader
+    api.db.apply_ops([watermark])  # and the second key expired everywhere
+
+    old, expired, rewritten, _ = api.db.ops_after(ZERO)
+    assert (old.version, old.outcome) == (first.version, None)
+    assert (expired.version, expired.outcome) == (second.version, None)
+    assert rewritten.entity == "idempotency" and rewritten.outcome is None  # itself the row
+    assert api.db.get_row("idempotency", first.outcome[0]).version == newer.version
