@@ -33,7 +33,8 @@ def parse_key(value: bytes) -> str:
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters")
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = _sf_string(text[1:-1])
-    if not 0 < len(text) <= MAX_KEY or not all(" " <= c <= "~" for c in text):
+    # Printable ASCII is exactly " " to "~".
+    if not 0 < len(text) <= MAX_KEY or not (text.isascii() and text.isprintable()):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters")
     return text
 

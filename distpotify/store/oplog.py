@@ -49,6 +49,9 @@ class Oplog(Tables):
     _seq: int  # the last sequence number this node wrote in _epoch
     _head: Version  # head(), kept in memory for readers on other threads
     _unpublished: list[Version]  # written, not committed yet (write_together): not in _head
+    # The key watermark as one apply_ops read it; None outside an apply, and once a purge
+    # row is merged (it may have moved).
+    _key_mark: Version | None = None
     _chunk_cache: ChunkCache
 
     def begin_leading(self, epoch: int) -> None:
@@ -128,8 +131,11 @@ class Oplog(Tables):
     def apply_ops(self, ops: Iterable[Op]) -> int:
         """Apply ops written elsewhere (replication); returns how many changed a row."""
         ops = list(ops)
-        with self._transaction():
-            changed = sum(self._apply(op) for op in ops)
+        try:
+            with self._transaction():
+                changed = sum(self._apply(op) for op in ops)
+        finally:
+            self._key_mark = None
         self._advance_head(ops)
         return changed
 
@@ -207,8 +213,9 @@ class Oplog(Tables):
     def _merge_key_row(self, op: Op) -> bool:
         """The key row an op carries: stored as it is when this replica has no row for the
         key (nearly always: a key is written once), else merged like any row."""
-        if (op.fields.keys() == idempotency.FIELDS
-                and op.version > idempotency.key_watermark(self._conn)
+        if self._key_mark is None:  # read once per apply, again after a purge's merge
+            self._key_mark = idempotency.key_watermark(self._conn)
+        if (op.fields.keys() == idempotency.FIELDS and op.version > self._key_mark
                 and idempotency.add_key_row(self._conn, op.version, op.key, op.fields)):
             return True
         return self._merge(op)
@@ -265,6 +272,7 @@ class Oplog(Tables):
             change ^= row_hash(op.entity, op.key, versions_text(old))
         xor_digest(self._conn, bucket, change)
         if op.entity == "purges" and "through" in won_fields(old, row):
+            self._key_mark = None
             through = Version.decode(str(row.fields["through"]))
             if op.key == TOMBSTONES:
                 purge_tombstones(self._conn, through)

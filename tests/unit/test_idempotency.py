@@ -472,3 +472,25 @@ def test_an_op_carries_the_key_row_of_its_own_version_only(
     assert (expired.version, expired.outcome) == (second.version, None)
     assert rewritten.entity == "idempotency" and rewritten.outcome is None  # itself the row
     assert api.db.get_row("idempotency", first.outcome[0]).version == newer.version
+
+
+def test_a_key_row_carried_after_a_watermark_in_the_same_batch_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """The watermark is read once per applied batch, and again once a purge row merges."""
+    db = MetadataDB(tmp_path / "m.sqlite3", node_id=2)
+
+    def carrying(seq: int, key: IdempotencyKey) -> Op:
+        version = Version(1, 1, seq)
+        fields = {"request": key.request, "status": 201, "body": None,
+                  "written": version.encode()}
+        return Op(version, "playlists", key.record_id(), {"name": "p"}, (key.id, fields))
+
+    first, late = IdempotencyKey("first", "a" * 64), IdempotencyKey("late", "b" * 64)
+    watermark = Op(Version(1, 1, 5), "purges", IDEMPOTENCY_KEYS,
+                   {"through": Version(1, 1, 3).encode()})
+
+    db.apply_ops([carrying(1, first), watermark, carrying(2, late)])
+
+    assert db.stored_outcome(first) is None and db.stored_outcome(late) is None
+    assert db.idempotency_keys() == 0
