@@ -127,6 +127,9 @@ class SyncProgress:
 
 
 RUN_CHUNKS = 64  # chunks per ranged request during a join (16 MiB of 256 KiB chunks)
+# Runs fetched at once: the fetcher downloads 8 at a time, and a run being written or
+# verified is not downloading.
+JOIN_WORKERS = 16
 
 
 @attrs.frozen
@@ -318,10 +321,7 @@ class Joiner:
         self.progress.chunks_done = len(live) - len(missing)
         runs = await self._store.run(_runs_to_fetch, missing)
         sources = list(self._sources()) or [leader.http]
-        results = await gatherResults([
-            Deferred.fromCoroutine(self._fetch_run(run, sources, n))
-            for n, run in enumerate(runs)
-        ])
+        results = await self._fetch_runs(runs, sources)
         await self._fetcher.sync()
         if not all(results):
             raise PeerError(f"{results.count(False)} chunks could not be fetched yet")
@@ -334,6 +334,20 @@ class Joiner:
         # none that a push or anti-entropy is fetching now for ops it has yet to apply.
         await self._clean_up()
         await self._advance()
+
+    async def _fetch_runs(self, runs: Sequence[ChunkRun], sources: list[str]) -> list[bool]:
+        """Every run fetched by JOIN_WORKERS workers, each taking the next run when it is
+        done: whether each run was. (A coroutine per run, all waiting for the fetcher's few
+        slots, held a joiner of a 200,000-song library at 943 MiB.)"""
+        results = [False] * len(runs)
+        todo = iter(enumerate(runs))
+
+        async def worker() -> None:
+            for n, run in todo:
+                results[n] = await self._fetch_run(run, sources, n)
+
+        await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(JOIN_WORKERS)])
+        return results
 
     async def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> bool:
         """One ranged request for a run of chunks; chunk by chunk for what it missed. Never

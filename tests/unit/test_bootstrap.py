@@ -19,8 +19,10 @@ from distpotify.replication.bootstrap import (
     DONE,
     FOUND,
     JOIN,
+    JOIN_WORKERS,
     REJOIN,
     CatchUp,
+    ChunkRun,
     JoinDesk,
     Joiner,
     SnapshotError,
@@ -350,3 +352,26 @@ def test_a_join_resumed_after_the_ttl_takes_a_new_snapshot(tmp_path: Path) -> No
 
     assert db.get_meta("join_state") == "SNAPSHOT"
     replication.stopService()
+
+
+def test_a_join_fetches_its_runs_with_a_few_workers_not_a_coroutine_each() -> None:
+    """200,000 runs (a library of tiny songs) were 200,000 coroutines waiting at once: a
+    joiner at 943 MiB. JOIN_WORKERS take the runs in turn; a failed run fails only itself."""
+    runs = [ChunkRun("s" * 64, 0, (ChunkRef(f"{n:08x}-0000-4000-8000-000000000000", 0, 1,
+                                            "a" * 64),)) for n in range(100)]
+    waiting: list[tuple[int, Deferred[bool]]] = []
+    most = [0]
+
+    class Runs:
+        def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> Deferred[bool]:
+            waiting.append((n, Deferred()))
+            most[0] = max(most[0], len(waiting))
+            return waiting[-1][1]
+
+    fetched = Deferred.fromCoroutine(Joiner._fetch_runs(Runs(), runs, ["http://a"]))  # type: ignore[arg-type]
+    while waiting:
+        n, done = waiting.pop(0)
+        done.callback(n != 7)
+
+    assert most[0] == JOIN_WORKERS
+    assert fetched.result == [n != 7 for n in range(100)]
