@@ -50,6 +50,8 @@ sys.path.insert(0, str(REPO))
 
 from stack import Client, Stack, percentile, say, upload  # noqa: E402
 
+from tests.helpers.replica import peak_memory  # noqa: E402
+
 # Bump when the seeded songs change, so an old cache is not taken for the new seed.
 SEED_FORMAT = 1
 JOINER = 4
@@ -277,15 +279,21 @@ def measure_join(stack: Stack, timeout: float) -> dict[str, Any]:
                 if status["state"] == "ACTIVE":
                     return {"snapshot_installed_s": round(installed or 0.0, 2),
                             "active_s": round(time.monotonic() - started, 2),
-                            "phases": phases}
+                            "phases": phases, "peak_rss_mib": joiner_peak(joiner)}
             time.sleep(0.1)  # polling /status with a deadline (the loop's condition)
         return {"snapshot_installed_s": installed and round(installed, 2),
-                "active_s": None, "phases": phases, "timed_out_after_s": timeout}
+                "active_s": None, "phases": phases, "timed_out_after_s": timeout,
+                "peak_rss_mib": joiner_peak(joiner)}
     finally:
         joiner.kill()
         stack.cluster.nodes.pop(JOINER)
         stack.started.remove(joiner)
         shutil.rmtree(joiner.data_dir, ignore_errors=True)
+
+
+def joiner_peak(joiner: Any) -> float:
+    """The joiner's most resident memory so far, MiB."""
+    return round(peak_memory(joiner.process.pid) / 2**20, 1)
 
 
 # ---------------------------------------------------------------- report
@@ -314,7 +322,7 @@ def verdicts(sizes: list[int], results: dict[int, dict[str, Any]]) -> list[str]:
         join = results[size].get("join")
         if join:
             lines.append(f"join at {size:>7}: snapshot installed {join['snapshot_installed_s']} s,"
-                         f" ACTIVE {join['active_s']} s")
+                         f" ACTIVE {join['active_s']} s, peak RSS {join.get('peak_rss_mib')} MiB")
     return lines
 
 
