@@ -130,6 +130,7 @@ RUN_CHUNKS = 64  # chunks per ranged request during a join (16 MiB of 256 KiB ch
 # Runs fetched at once: the fetcher downloads 8 at a time, and a run being written or
 # verified is not downloading.
 JOIN_WORKERS = 16
+RUNS_PAGE = 4096  # missing chunks whose runs are made at once
 
 
 @attrs.frozen
@@ -319,12 +320,17 @@ class Joiner:
         missing = sorted(live - present)
         self.progress.chunks_total = len(live)
         self.progress.chunks_done = len(live) - len(missing)
-        runs = await self._store.run(_runs_to_fetch, missing)
+        del live, present
         sources = list(self._sources()) or [leader.http]
-        results = await self._fetch_runs(runs, sources)
+        failed = 0
+        # The runs of a page of the missing chunks at a time: those of 200,000 tiny songs,
+        # made at once, were some 200 MiB of a joiner's memory.
+        for start in range(0, len(missing), RUNS_PAGE):
+            runs = await self._store.run(_runs_to_fetch, missing[start:start + RUNS_PAGE])
+            failed += (await self._fetch_runs(runs, sources, start)).count(False)
         await self._fetcher.sync()
-        if not all(results):
-            raise PeerError(f"{results.count(False)} chunks could not be fetched yet")
+        if failed:
+            raise PeerError(f"{failed} runs of chunks could not be fetched yet")
         head = await self._store.run(MetadataDB.head)
         still = len(await self._store.run(MetadataDB.live_chunk_names)
                     - await self._blocking(self._chunks.names))
@@ -335,16 +341,18 @@ class Joiner:
         await self._clean_up()
         await self._advance()
 
-    async def _fetch_runs(self, runs: Sequence[ChunkRun], sources: list[str]) -> list[bool]:
+    async def _fetch_runs(self, runs: Sequence[ChunkRun], sources: list[str], first: int = 0
+                          ) -> list[bool]:
         """Every run fetched by JOIN_WORKERS workers, each taking the next run when it is
         done: whether each run was. (A coroutine per run, all waiting for the fetcher's few
-        slots, held a joiner of a 200,000-song library at 943 MiB.)"""
+        slots, held a joiner of a 200,000-song library at 943 MiB.) Run ``n`` of them is the
+        ``first + n``-th of the join (its first source is chosen by that)."""
         results = [False] * len(runs)
         todo = iter(enumerate(runs))
 
         async def worker() -> None:
             for n, run in todo:
-                results[n] = await self._fetch_run(run, sources, n)
+                results[n] = await self._fetch_run(run, sources, first + n)
 
         await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(JOIN_WORKERS)])
         return results

@@ -68,14 +68,16 @@ def test_plan(join_state: str | None, head: Version, peers: list[Peer], away: bo
     assert plan(join_state, head, peers, away) == decision
 
 
-def leader_snapshot(tmp_path: Path) -> Path:
-    """A real snapshot, as the leader packs it: one song of one chunk."""
+def leader_snapshot(tmp_path: Path, chunk_count: int = 1) -> Path:
+    """A real snapshot, as the leader packs it: one song of ``chunk_count`` chunks."""
     source = MetadataDB(tmp_path / "leader.sqlite3", node_id=3)
     source.begin_leading(1)
     source.set_meta("epoch", "1")
     source.write([
-        Change("chunks", f"{SONG}/0", {"size": 5, "sha256": "a" * 64, "deleted": 0}),
-        Change("songs", SONG, {"title": "t", "sha256": "b" * 64, "size": 5, "chunk_count": 1,
+        *(Change("chunks", f"{SONG}/{idx}", {"size": 5, "sha256": "a" * 64, "deleted": 0})
+          for idx in range(chunk_count)),
+        Change("songs", SONG, {"title": "t", "sha256": "b" * 64, "size": 5 * chunk_count,
+                               "chunk_count": chunk_count,
                                "created_at": "2026-01-01T00:00:00.000Z", "deleted": 0}),
     ])
     source.backup_to(tmp_path / "copy.sqlite3")
@@ -123,11 +125,11 @@ class FakePeers:
                         "snapshot_path": "/sync/snapshot"})
 
 
-def joiner(tmp_path: Path) -> tuple[Joiner, FakePeers, MetadataDB, Clock]:
+def joiner(tmp_path: Path, chunk_count: int = 1) -> tuple[Joiner, FakePeers, MetadataDB, Clock]:
     (tmp_path / "tmp").mkdir()
     db = MetadataDB(tmp_path / "me.sqlite3", node_id=4)
     chunks = ChunkStore(tmp_path / "chunks")
-    fakes = FakePeers(leader_snapshot(tmp_path), chunks)
+    fakes = FakePeers(leader_snapshot(tmp_path, chunk_count), chunks)
     clock = Clock()
     machine = Joiner(
         node_id=4, http="http://n4", amp="n4:9000", store=MetadataStore(db, run_now),
@@ -375,3 +377,19 @@ def test_a_join_fetches_its_runs_with_a_few_workers_not_a_coroutine_each() -> No
 
     assert most[0] == JOIN_WORKERS
     assert fetched.result == [n != 7 for n in range(100)]
+
+
+def test_a_join_makes_the_runs_of_a_page_of_missing_chunks_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("distpotify.replication.bootstrap.RUNS_PAGE", 2)
+    machine, fakes, db, clock = joiner(tmp_path, chunk_count=5)
+    d = Deferred.fromCoroutine(machine.run())
+    fakes.leader = peer(3, role="leader")
+    clock.advance(1)
+
+    assert d.called and db.get_meta("join_state") == DONE
+    # A run never spans two pages: chunks 0-1, 2-3 and 4, each at its byte offset.
+    assert fakes.runs == [(0, [0, 1]), (10, [2, 3]), (20, [4])]
+    assert fakes.done_calls == [(4, 0)]
+    assert all((tmp_path / "chunks" / f"{SONG}_{idx}").exists() for idx in range(5))
