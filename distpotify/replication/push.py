@@ -33,23 +33,18 @@ RESYNC_CHECK = 1.0  # seconds between looks at a follower taking the snapshot it
 CURSOR_EVERY = 1.0  # seconds between durable writes of a follower's cursor (FollowerLink)
 
 
-def batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH) -> list[Op] | None:
-    """The ops past ``cursor``; None when some may be compacted away, the cursor being below
-    the oplog floor (database thread)."""
-    if cursor < db.oplog_floor():
-        return None
-    return db.ops_after(cursor, limit)
-
-
 def cursor_key(node_id: int) -> str:
     return f"cursor:{node_id}"
 
 
 def encoded_batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH
                         ) -> tuple[list[Op], list[str]] | None:
-    """batch_after, each op with its text as a batch carries it (database thread)."""
-    ops = batch_after(db, cursor, limit)
-    return None if ops is None else (ops, [op_text(op) for op in ops])
+    """The ops past ``cursor``, each with its text as a batch carries it; None when some
+    may be compacted away, the cursor being below the oplog floor (database thread)."""
+    if cursor < db.oplog_floor():
+        return None
+    ops = db.ops_after(cursor, limit)
+    return ops, [op_text(op) for op in ops]
 
 
 def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES,

@@ -29,12 +29,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from distpotify.store.chunks import TMP_SUFFIX, ChunkStore, write_durably
-
-_READ = 1 << 20
-
-
-IN_FLIGHT = 16  # pieces handed to the pool and not yet written: their bytes are held
+# IN_FLIGHT: pieces handed to the pool and not yet written (their bytes are held), as many
+# as a batch's chunks.
+from distpotify.store.chunks import IN_FLIGHT, TMP_SUFFIX, ChunkStore, write_durably
 
 
 class ChunkSpool(io.RawIOBase):
