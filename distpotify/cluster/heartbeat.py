@@ -493,6 +493,13 @@ class HeartbeatSender:
     def running(self) -> bool:
         return bool(self._loop.running)
 
+    def changed(self) -> None:
+        """The announcement changed in what peers act on (our state, our role): say so now,
+        not up to an interval later. A leader deciding whether a follower can hold a write
+        (semi-sync, the push) must not see it JOINING after it said ACTIVE to a client."""
+        if self.running:
+            self.beat()
+
     def beat(self) -> None:
         """Send one heartbeat to every destination; never raises."""
         try:

@@ -196,6 +196,7 @@ class ClusterNode(service.Service):
         returning higher id, it may now take leadership from a lower leader."""
         self.state = ACTIVE
         log.info("node {node_id} is ACTIVE", node_id=self.config.node_id)
+        self._sender.changed()
         if self.running:  # a node stopped (or never started) holds no election
             self.election.claim_if_higher()
 
@@ -204,6 +205,7 @@ class ClusterNode(service.Service):
         electable, and no peer pulls rows from it, until it is ACTIVE again."""
         self.state = JOINING
         log.info("node {node_id} is JOINING again", node_id=self.config.node_id)
+        self._sender.changed()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -242,6 +244,7 @@ class ClusterNode(service.Service):
             leader_http=status.leader_http,
         )
         self.takeback.leader_changed()
+        self._sender.changed()
         for observer in self.role_observers:
             observer(status.role)
 

@@ -81,6 +81,11 @@ class SemiSync:
         up = sum(pushable(peer) for peer in self._membership.live_peers())
         if up < self.replicas:
             self.counters.alone += 1
+            if self.counters.alone == 1 or self.counters.alone % 100 == 0:
+                log.warn("write {version} acknowledged with {up} of {needed} followers up:"
+                         " answered at once (degraded acknowledgements, too few followers:"
+                         " {count})", version=version.encode(), up=up, needed=self.replicas,
+                         count=self.counters.alone)
             return succeed(None)
         waiter = _Waiter(version, Deferred(lambda _: self._forget(waiter)))
         waiter.holders = {node for node, acked in self._acked.items() if acked >= version}

@@ -42,6 +42,11 @@ def settled(cluster: Cluster, leader_id: int | None = None) -> dict[str, Any] | 
     statuses = cluster.statuses()
     if any(s["state"] != "ACTIVE" for s in statuses.values()):
         return None
+    # ... and the leader knows it from their heartbeats: until then it would answer a write
+    # with --sync-replicas as if alone (no follower up it could wait for).
+    seen = {p["node_id"] for p in leader["peers"] if p["up"] and p["state"] == "ACTIVE"}
+    if seen != {node.node_id for node in cluster.running()} - {leader["node_id"]}:
+        return None
     return leader if leader["takeover"]["phase"] == "COMPLETE" else None
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
@@ -117,8 +118,13 @@ def test_a_lone_survivor_answers_at_once_as_degraded() -> None:
     assert membership.live_peers() == []
     head.version = V1
 
-    assert fired(semisync.acknowledged())
-    assert (semisync.counters.alone, semisync.status()["waiting"]) == (1, 0)
+    with capturedLogs() as events:
+        for _ in range(100):
+            assert fired(semisync.acknowledged())
+    assert (semisync.counters.alone, semisync.status()["waiting"]) == (100, 0)
+    # The operator hears of it, the first time and every hundredth, as of timeouts.
+    warned = [e["count"] for e in events if "too few followers" in e.get("log_format", "")]
+    assert warned == [1, 100]
 
 
 def test_an_empty_joiner_is_no_follower_to_wait_for() -> None:
