@@ -19,9 +19,10 @@ from typing import Any
 import attrs
 
 from distpotify.catalog import UNKNOWN_ALBUM
+from distpotify.store.bookmarks import Bookmarks
 from distpotify.store.queries import Q_COLUMNS, TRIGRAM, _Filter
 from distpotify.store.schema import Tables
-from distpotify.store.songindex import SONG_CHANGES, SONGS, tally
+from distpotify.store.songindex import SONGS, songs_version, tally
 from distpotify.store.songorder import VISIBLE_SONG, fold
 
 # What album lists may be ordered by (getAlbumList2 type=...), and the state-free ones.
@@ -101,6 +102,7 @@ class CatalogQueries(Tables):
     """Reads of the catalog; every method runs on the store's thread like the others."""
 
     _catalog: Catalog | None = None
+    _sync_bookmarks: Bookmarks | None = None
 
     def catalog_key(self) -> tuple[object, ...]:
         """Moves when a song, or a cover a user set on an album, changes (the album covers
@@ -108,8 +110,7 @@ class CatalogQueries(Tables):
         covers live rows name (covers.py's sweep) are made from."""
         set_covers = self._conn.execute(
             "SELECT count(*), max(version) FROM album_covers").fetchone()
-        return (id(self._conn), tally(self._conn, SONG_CHANGES), tally(self._conn, SONGS),
-                int(set_covers[0]), str(set_covers[1]))
+        return (*songs_version(self._conn), int(set_covers[0]), str(set_covers[1]))
 
     def catalog(self) -> Catalog:
         """The summaries, made again when ``catalog_key`` has moved since they were made."""
@@ -122,6 +123,13 @@ class CatalogQueries(Tables):
                 self._conn.execute("SELECT id, cover_sha256 FROM album_covers"
                                    " WHERE deleted = 0 AND cover_sha256 IS NOT NULL"))
         return self._catalog
+
+    def _rowid_at(self, after: list[Any] | None, skip: int) -> list[Any] | None:
+        """Bookmarks.start's NextMark for the songs by rowid (search3's sync order)."""
+        row = self._conn.execute(
+            f"SELECT rowid FROM songs WHERE {VISIBLE_SONG} AND rowid > ? ORDER BY rowid"
+            " LIMIT 1 OFFSET ?", (after[0] if after else 0, skip)).fetchone()
+        return None if row is None else [row[0]]
 
     def catalog_song(self, song_id: str) -> dict[str, Any] | None:
         row = self._conn.execute(
@@ -198,10 +206,14 @@ class CatalogQueries(Tables):
         (the search index, as GET /songs?q= uses it); "" lists every song, oldest first, in
         an order that new songs only extend (clients page through it to sync)."""
         wanted = fold(query)
-        if not wanted:
+        if not wanted:  # a deep page starts at its bookmark (bookmarks.py)
+            if self._sync_bookmarks is None:
+                self._sync_bookmarks = Bookmarks()
+            after, offset = self._sync_bookmarks.start(
+                "rowid", songs_version(self._conn), offset, self._rowid_at)
             rows = self._conn.execute(
-                f"SELECT * FROM songs WHERE {VISIBLE_SONG} ORDER BY rowid LIMIT ? OFFSET ?",
-                (count, offset))
+                f"SELECT * FROM songs WHERE {VISIBLE_SONG} AND rowid > ? ORDER BY rowid"
+                " LIMIT ? OFFSET ?", (after[0] if after else 0, count, offset))
             return [_row(row) for row in rows]
         found = _Filter(Q_COLUMNS, wanted)
         if len(wanted) >= TRIGRAM:

@@ -13,8 +13,9 @@ import attrs
 
 from distpotify.catalog import song_album_id
 from distpotify.model import Version
+from distpotify.store.bookmarks import Bookmarks
 from distpotify.store.schema import Tables
-from distpotify.store.songindex import SEARCHED, SONGS, tally
+from distpotify.store.songindex import SEARCHED, SONGS, songs_version, tally
 from distpotify.store.songorder import SONG_ORDERS, VISIBLE_SONG, Order, fold
 
 __all__ = ["SONG_ORDERS", "LibraryQueries", "SongPage", "SongSearch"]
@@ -74,6 +75,8 @@ class _Filter:
 class LibraryQueries(Tables):
     """Songs come back as the API shows them (``_song``); playlists and items as dicts."""
 
+    _song_bookmarks: Bookmarks | None = None
+
     def song(self, song_id: str) -> dict[str, Any] | None:
         row = self._conn.execute(
             f"SELECT * FROM songs WHERE id = ? AND {VISIBLE_SONG}", (song_id,)
@@ -111,15 +114,20 @@ class LibraryQueries(Tables):
         if not order.indexed and not indexed:
             # Relevance with nothing to rank by: every song ranks 0.0, so newest first.
             walked, after = SONG_ORDERS["newest"], after[1:] if after is not None else None
-        where, past = self._past(walked, after)
         limit = search.limit + 1  # one more: is there a next page?
         if not filters:
-            total = tally(self._conn, SONGS)
+            total, offset = tally(self._conn, SONGS), search.offset
+            if after is None:  # a deep page starts at its bookmark (bookmarks.py)
+                after, offset = self._bookmarks().start(
+                    walked.name, songs_version(self._conn), offset,
+                    lambda keys, skip: self._song_keys_at(walked, keys, skip))
+            where, past = self._past(walked, after)
             rows = self._conn.execute(
                 f"SELECT *, 0.0 AS relevance FROM songs INDEXED BY {walked.index}"
                 f" WHERE {VISIBLE_SONG}{where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
-                [*past, limit, search.offset]).fetchall()
+                [*past, limit, offset]).fetchall()
             return _page(order, rows, search.limit, total)
+        where, past = self._past(walked, after)
         clauses, params = [], []
         if indexed:
             clauses.append("song_search MATCH ?")
@@ -149,6 +157,21 @@ class LibraryQueries(Tables):
                 f" WHERE {matching}{where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
                 [*params, *past, limit, search.offset]).fetchall()
         return _page(order, rows, search.limit, total)
+
+    def _bookmarks(self) -> Bookmarks:
+        if self._song_bookmarks is None:
+            self._song_bookmarks = Bookmarks()
+        return self._song_bookmarks
+
+    def _song_keys_at(self, order: Order, after: list[Any] | None, skip: int
+                      ) -> list[Any] | None:
+        """Bookmarks.start's NextMark for ``order``: one step of an index-only walk."""
+        where, past = self._past(order, after)
+        row = self._conn.execute(
+            f"SELECT {', '.join(k.column for k in order.keys)} FROM songs"
+            f" INDEXED BY {order.index} WHERE {VISIBLE_SONG}{where}"
+            f" ORDER BY {order.order_by()} LIMIT 1 OFFSET ?", [*past, skip]).fetchone()
+        return None if row is None else list(row)
 
     @staticmethod
     def _past(order: Order, after: list[Any] | None) -> tuple[str, list[Any]]:

@@ -78,6 +78,12 @@ def tally(conn: sqlite3.Connection, name: str) -> int:
     return 0 if row is None else int(row[0])
 
 
+def songs_version(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """Moves whenever a song is added, changed or removed, and with another connection (a
+    snapshot installed): what a cache of the songs' order is good for."""
+    return id(conn), tally(conn, SONG_CHANGES), tally(conn, SONGS)
+
+
 def add_to_tally(conn: sqlite3.Connection, name: str, delta: int) -> None:
     if delta:
         conn.execute(

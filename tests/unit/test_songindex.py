@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from distpotify.model import Op, Row, Version
 from distpotify.store import songindex
+from distpotify.store.bookmarks import Bookmarks
 from distpotify.store.metadata import SONG_ORDERS, Change, MetadataDB, SongSearch
 from distpotify.store.songorder import fold
 
@@ -203,6 +204,33 @@ def test_every_query_answers_what_a_scan_of_the_rows_answers(
 
         check_index(db)
         for search in [*searches, *stored_queries(db)]:
+            check(db, search)
+
+
+deep_pages = st.builds(
+    SongSearch, sort=st.sampled_from(list(SONG_ORDERS)), limit=st.integers(1, 4),
+    offset=st.integers(0, len(IDS) + 2),
+)
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(actions, max_size=25), st.lists(actions, min_size=1, max_size=8),
+       st.lists(deep_pages, min_size=1, max_size=6))
+def test_pages_by_offset_from_bookmarks_answer_what_a_scan_answers_through_changes(
+    history: list[tuple[str, str, Any]], changes: list[tuple[str, str, Any]],
+    searches: list[SongSearch],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = fresh(Path(tmp) / "meta.sqlite3")
+        db._song_bookmarks = Bookmarks(every=2)  # a bookmark every other song
+        play(db, history)
+        for search in searches:
+            check(db, search)
+
+        play(db, changes)  # bookmarks made before no longer hold
+
+        for search in searches:
             check(db, search)
 
 

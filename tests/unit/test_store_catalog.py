@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distpotify import catalog as ids
+from distpotify.store.bookmarks import Bookmarks
 from distpotify.store.catalog import ALBUM_ORDERS
 from distpotify.store.metadata import Change, MetadataDB
 from distpotify.store.songorder import fold
@@ -170,6 +171,24 @@ def test_an_empty_search_lists_every_song_and_new_songs_come_last(tmp_path: Path
     wanted = [song_id(n) for n in (1, 3, 5, 777)]
     assert set(db.catalog_songs(wanted)) == {song_id(1), song_id(5)}
     assert {s["title"] for s in db.search_catalog_songs("g 1", 10, 0)} == {"song 1"}
+
+
+def test_sync_pages_by_offset_from_bookmarks_follow_adds_and_deletes(tmp_path: Path) -> None:
+    db = fresh(tmp_path / "db.sqlite")
+    db._sync_bookmarks = Bookmarks(every=3)
+    fields = {"artist": "A", "album": "B", "album_artist": None, "year": None, "genre": None,
+              "disc": None, "track": None, "duration": 1.0, "cover_sha256": None,
+              "created_at": "2026-01-01T00:00:00.000Z"}
+    store(db, [{**fields, "title": f"song {n}"} for n in range(20)], {3, 11})
+
+    def paged(count: int) -> list[str]:
+        return [s["id"] for offset in range(0, 24, count)
+                for s in db.search_catalog_songs("", count, offset)]
+
+    assert paged(2) == paged(5) == [song_id(n) for n in range(20) if n not in (3, 11)]
+    db.write([Change("songs", song_id(5), {"deleted": 1}), Change("songs", song_id(0), {
+        "deleted": 1})])
+    assert paged(4) == [song_id(n) for n in range(20) if n not in (0, 3, 5, 11)]
 
 
 def test_browsing_stays_fast_at_ten_thousand_songs(tmp_path: Path) -> None:
