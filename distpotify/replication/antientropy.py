@@ -75,10 +75,11 @@ class AntiEntropy:
         self.chunk_passes = 0  # times the whole registry was looked through
         self.errors = 0
         self._chunk_page = chunk_page
-        self._position: tuple[str, int] | None = None  # None: the first, whole check is due
+        # The registry's rowid looked at last; None: the first, whole check is due.
+        self._position: int | None = None
         self._missing: list[ChunkRef] = []  # found missing, not repaired yet
         if missing_at_start is not None:  # start-up made the whole check
-            self._position = ("", -1)
+            self._position = 0
             self.chunk_passes = 1
             self._missing = list(missing_at_start)
 
@@ -157,17 +158,18 @@ class AntiEntropy:
             live = await self._store.run(MetadataDB.live_chunk_names)
             present = await self._blocking(self._chunks.names)
             rows = await self._store.run(MetadataDB.chunk_rows, sorted(live - present))
-            self._position = ("", -1)
+            self._position = 0
             self.chunk_passes += 1
             self._remember_missing(rows)
             return len(live)
-        rows = await self._store.run(MetadataDB.registry_after, *self._position,
+        page = await self._store.run(MetadataDB.registry_after, self._position,
                                      self._chunk_page)
-        if len(rows) < self._chunk_page:
-            self._position = ("", -1)
+        if len(page) < self._chunk_page:
+            self._position = 0
             self.chunk_passes += 1
         else:
-            self._position = (rows[-1][0], rows[-1][1])
+            self._position = page[-1][0]
+        rows = [row[1:] for row in page]
         self._remember_missing(await self._blocking(self._absent, rows))
         return len(rows)
 

@@ -147,7 +147,7 @@ class Scrubber:
         self._rate = rate
         self._files_rate = files_rate
         self._page = page
-        self._position: tuple[str, int] = ("", -1)
+        self._position = 0  # the registry's rowid scrubbed last
         # What the last step read: the pause after it keeps to both rates.
         self._read = 0
         self._files = 0
@@ -173,15 +173,15 @@ class Scrubber:
 
     async def step(self) -> int:
         """Verify the next page of chunks; how many bytes were read."""
-        rows = await self._store.run(MetadataDB.registry_after, *self._position, self._page)
+        rows = await self._store.run(MetadataDB.registry_after, self._position, self._page)
         if not rows:
-            self._position = ("", -1)
+            self._position = 0
             self.passes += 1
             return 0
-        refs = [ChunkRef(*row) for row in rows]
+        refs = [ChunkRef(*row[1:]) for row in rows]
         await self._guard.scrub(refs)
         self.checked += len(refs)
-        self._position = (rows[-1][0], rows[-1][1])
+        self._position = rows[-1][0]
         return sum(ref.size for ref in refs)
 
     def status(self) -> dict[str, Any]:

@@ -147,6 +147,21 @@ def test_chunk_registry_lists_live_chunks_in_order(db: MetadataDB) -> None:
     assert db.live_chunk_names() == {f"{SONG}_0"}
 
 
+def test_the_registry_is_paged_in_table_order_each_live_chunk_once(db: MetadataDB) -> None:
+    songs = [f"{n}1111111-1111-4111-8111-111111111111" for n in (9, 3, 5, 1, 7)]
+    db.write([Change("chunks", f"{song}/0", {"size": 5, "sha256": "c" * 64, "deleted": 0})
+              for song in songs])
+    db.write([Change("chunks", f"{songs[2]}/0", {"deleted": 1})])
+
+    pages, position = [], 0
+    while page := db.registry_after(position, 2):
+        pages.append([(song_id, idx) for _, song_id, idx, _, _ in page])
+        position = page[-1][0]
+
+    # As written (the table's order, not the ids'), the deleted one left out, two a page.
+    assert pages == [[(songs[0], 0), (songs[1], 0)], [(songs[3], 0), (songs[4], 0)]]
+
+
 def test_store_runs_every_call_on_its_runner(db: MetadataDB) -> None:
     threads: list[str] = []
 

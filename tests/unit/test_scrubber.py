@@ -21,12 +21,11 @@ class Registry:
     """``MetadataStore.run(MetadataDB.registry_after, ...)`` over ``count`` chunks of ``size``."""
 
     def __init__(self, count: int, size: int) -> None:
-        self.rows = [(f"{n:08d}-0000-4000-8000-000000000000", 0, size, "0" * 64)
+        self.rows = [(n + 1, f"{n:08d}-0000-4000-8000-000000000000", 0, size, "0" * 64)
                      for n in range(count)]
 
-    def run(self, method: Any, song_id: str, idx: int, limit: int) -> Any:
-        after = [row for row in self.rows if (row[0], row[1]) > (song_id, idx)]
-        return succeed(after[:limit])
+    def run(self, method: Any, rowid: int, limit: int) -> Any:
+        return succeed([row for row in self.rows if row[0] > rowid][:limit])
 
 
 class Guard:
