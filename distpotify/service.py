@@ -158,9 +158,12 @@ class ReplicaService(service.MultiService):
         subsonic: Server | None = None,
         userstate: UserState | None = None,
         covers: Covers | None = None,
+        freeze: Callable[[], int] | None = None,
     ) -> None:
         super().__init__()
         self.subsonic = subsonic  # the Subsonic API's services
+        # Once started, what lives as long as the process leaves full GCs (gcfreeze.py).
+        self._freeze = freeze
         self.config = config
         self.reactor = reactor
         self.database = database
@@ -211,6 +214,9 @@ class ReplicaService(service.MultiService):
         if self.accounts is not None:
             await self.accounts.started()
         self.replication.startService()
+        if self._freeze is not None:
+            log.info("froze {count} start-up objects out of full garbage collections",
+                     count=self._freeze())
 
     def _fatal(self, failure: Failure) -> None:
         if failure.check(CancelledError) and not self.running:
@@ -279,6 +285,7 @@ def build_replica(
     http_client: HTTPClient | None = None,
     leadership: Leadership | None = None,
     password_params: HashParams | None = None,
+    freeze: Callable[[], int] | None = None,
 ) -> ReplicaService:
     """The replica ``config`` describes, its data dir opened and recovered, ready to start.
 
@@ -287,7 +294,9 @@ def build_replica(
     ``http_client`` to the other replicas, the cluster node as the ``leadership`` that decides
     who writes. The in-memory test replica gives runners that call at once, a StubTreq
     client, a Clock as ``reactor`` and a leadership stand-in, and never starts the service.
-    ``password_params`` are argon2id's costs (cheaper ones in tests). Raises ConfigError when
+    ``password_params`` are argon2id's costs (cheaper ones in tests); ``freeze`` runs once the
+    replica has started (twistd's: gcfreeze.freeze_startup_objects; a test process keeps its
+    collector as it is). Raises ConfigError when
     the data dir is not usable.
     """
     # Blocking, before the reactor runs: recovery delays nothing.
@@ -389,4 +398,5 @@ def build_replica(
                        reactor=reactor),
         replication=replication, library=library, resource=resource, accounts=accounts,
         subsonic=subsonic.services, userstate=userstate, covers=covers,
+        freeze=freeze,
     )

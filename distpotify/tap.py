@@ -141,9 +141,10 @@ def makeService(options: Options) -> IService:
     # and twistd must be free to install the one it was asked for first.
     from twisted.internet import reactor
 
+    from distpotify.gcfreeze import freeze_startup_objects
     from distpotify.service import build_replica
 
     try:
-        return build_replica(options.config, reactor)
+        return build_replica(options.config, reactor, freeze=freeze_startup_objects)
     except ConfigError as e:
         raise SystemExit(f"distpotify: {e}") from None

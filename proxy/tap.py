@@ -98,9 +98,10 @@ class Options(EnvOptions):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from distpotify.gcfreeze import freeze_startup_objects
     from proxy.service import ProxyService
 
     try:
-        return ProxyService(options.config, reactor)
+        return ProxyService(options.config, reactor, freeze=freeze_startup_objects)
     except ConfigError as e:
         raise SystemExit(f"distpotify-proxy: {e}") from None

@@ -113,7 +113,7 @@ class ReplicationNode(service.MultiService):
         # Told when a join, rejoin or resync has made this replica ACTIVE: a snapshot may
         # have replaced every row without an op.
         self.on_synced: list[Callable[[], object]] = []
-        self._figures = StoredFigures(store, reactor)  # what /status reads from the tables
+        self._figures = StoredFigures(store, reactor, blocking)  # what /status reads
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
             replicas=config.sync_replicas, timeout=config.sync_timeout, clock=reactor,

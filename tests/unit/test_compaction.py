@@ -10,7 +10,7 @@ import pytest
 from distpotify.config import OplogRetention
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication.figures import COUNTS_MAX_AGE, COUNTS_SHARE
-from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION
+from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION, Compaction
 from distpotify.store.metadata import Change, MetadataDB
 from tests.helpers.api import InMemoryReplica
 
@@ -198,13 +198,13 @@ def test_a_slow_count_is_taken_less_often(tmp_path: Path,
     """A count that takes 0.1 s (600,000 ops do) is shown 20 s, not 5: counting an idle
     replica's oplog must not cost it more than COUNTS_SHARE of its time."""
     replica = InMemoryReplica(tmp_path)
-    counted = MetadataDB.oplog_stats
+    counted = Compaction.oplog_stats  # what the count, on its own connection, calls
 
-    def slow(db: MetadataDB) -> dict[str, object]:
+    def slow(db: Compaction) -> dict[str, object]:
         replica.clock.advance(0.1)
         return counted(db)
 
-    monkeypatch.setattr(MetadataDB, "oplog_stats", slow)
+    monkeypatch.setattr(Compaction, "oplog_stats", slow)
     replica.send_json("POST", "/playlists", {"name": "one"})
     first = replica.get("/status").json()["replication"]["oplog"]["ops"]
     replica.send_json("POST", "/playlists", {"name": "two"})

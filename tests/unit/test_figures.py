@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from distpotify.model import Version
 from distpotify.replication.figures import COUNTS_MAX_AGE, StoredFigures
-from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from distpotify.store.metadata import Change, MetadataDB, MetadataStore, count_tables
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 
 PLAYLIST = "11111111-1111-4111-8111-111111111111"
@@ -71,7 +71,7 @@ def test_changes_move_when_a_snapshot_replaces_the_database(
 
 def test_figures_are_read_once_while_the_database_does_not_change(db: MetadataDB) -> None:
     head = rename(db, "one")
-    stored = StoredFigures(MetadataStore(db, run_now), Clock())
+    stored = StoredFigures(MetadataStore(db, run_now), Clock(), run_now)
 
     first = figures(stored)
     again = [figures(stored) for _ in range(10)]
@@ -82,7 +82,7 @@ def test_figures_are_read_once_while_the_database_does_not_change(db: MetadataDB
 
 def test_a_write_makes_the_figures_read_again(db: MetadataDB) -> None:
     rename(db, "one")
-    stored = StoredFigures(MetadataStore(db, run_now), Clock())
+    stored = StoredFigures(MetadataStore(db, run_now), Clock(), run_now)
     figures(stored)
 
     head = rename(db, "two")
@@ -92,7 +92,7 @@ def test_a_write_makes_the_figures_read_again(db: MetadataDB) -> None:
 
 def test_other_cursors_are_read_again(db: MetadataDB) -> None:
     first, second = rename(db, "one"), rename(db, "two")
-    stored = StoredFigures(MetadataStore(db, run_now), Clock())
+    stored = StoredFigures(MetadataStore(db, run_now), Clock(), run_now)
     assert figures(stored, first)["ops_after"] == {first: 1}
 
     assert figures(stored, first, second)["ops_after"] == {first: 1, second: 0}
@@ -104,7 +104,7 @@ def test_the_tables_are_not_counted_again_while_the_database_does_not_change(
 ) -> None:
     rename(db, "one")
     clock = Clock()
-    stored = StoredFigures(MetadataStore(db, run_now), clock)
+    stored = StoredFigures(MetadataStore(db, run_now), clock, run_now)
     assert counts(stored)["oplog"]["ops"] == 1
 
     clock.advance(COUNTS_MAX_AGE * 100)
@@ -133,3 +133,54 @@ def test_status_polled_on_an_idle_replica_reads_nothing_from_the_database(
         assert replica.get("/status").json()["replication"] == first["replication"]
 
     assert reads == []
+
+
+class Runs:
+    """A runner that records what it was given, then runs it at once."""
+
+    def __init__(self) -> None:
+        self.called: list[str] = []
+
+    def __call__(self, f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        self.called.append(f.__name__)
+        return run_now(f, *args, **kwargs)
+
+
+def test_the_tables_are_counted_on_a_worker_thread_not_the_database_thread(
+    db: MetadataDB,
+) -> None:
+    """Counting 600,000 ops takes up to 130 ms: on the database thread, every query waited
+    behind it (a p99 of 140 ms at 200,000 songs)."""
+    rename(db, "one")
+    database, worker = Runs(), Runs()
+    stored = StoredFigures(MetadataStore(db, database), Clock(), worker)
+
+    found = counts(stored)
+
+    assert (database.called, worker.called) == ([], ["count_tables"])
+    assert found == db.table_counts() and found["oplog"]["ops"] == 1
+
+
+def test_the_count_reads_beside_a_write_under_way(db: MetadataDB) -> None:
+    rename(db, "one")
+    db._conn.execute("BEGIN IMMEDIATE")
+    db._conn.execute("DELETE FROM oplog")  # not committed: the count does not see it
+
+    assert count_tables(db.path)["oplog"]["ops"] == 1
+    db._conn.execute("ROLLBACK")
+
+
+def test_a_database_that_cannot_be_opened_is_counted_on_the_database_thread(
+    db: MetadataDB, tmp_path: Path,
+) -> None:
+    rename(db, "one")
+    database, worker = Runs(), Runs()
+
+    def gone(f: Any, *args: Any) -> Deferred[Any]:
+        worker.called.append(f.__name__)
+        return run_now(f, tmp_path / "replaced-meanwhile.sqlite3")
+
+    stored = StoredFigures(MetadataStore(db, database), Clock(), gone)
+
+    assert counts(stored)["oplog"]["ops"] == 1
+    assert (worker.called, database.called) == (["count_tables"], ["table_counts"])

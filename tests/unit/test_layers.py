@@ -35,6 +35,8 @@ SHARED = [
     # the subsonic-response envelope: the proxy answers a Subsonic client in it when no
     # replica can; and the package itself, whose version the envelope names (serverVersion)
     "distpotify.subsonicresponse", "distpotify",
+    # start-up objects frozen out of full garbage collections, by both twistd plugins
+    "distpotify.gcfreeze",
 ]
 
 # The replica's layers, top to bottom: a module may import its own layer and the layers below,

@@ -66,6 +66,11 @@ class Replication(Part):
 class Replica:
     def __init__(self, tmp_path: Path) -> None:
         self.events: list[str] = []
+
+        def freeze() -> int:
+            self.events.append("freeze")
+            return 1
+
         self.reactor = MemoryReactorClock()
         self.parts = {name: Part(self.events, name) for name in ("database", "amp", "http")}
         self.cluster = Cluster(self.events)
@@ -76,6 +81,7 @@ class Replica:
             amp=self.parts["amp"], cluster=self.cluster,  # type: ignore[arg-type]
             http=self.parts["http"], replication=self.replication,  # type: ignore[arg-type]
             library=None, resource=None,  # type: ignore[arg-type]
+            freeze=freeze,
         )
 
     def started(self) -> Replica:
@@ -105,7 +111,8 @@ def test_start_up_binds_listens_for_one_failure_timeout_then_serves_and_joins(
     assert replica.events[4:] == ["start http", "become active"]
     replica.replication.joined.callback(None)
 
-    assert replica.events[6:] == ["start replication"]
+    # Started, what lives as long as the process leaves full garbage collections.
+    assert replica.events[6:] == ["start replication", "freeze"]
 
 
 def test_a_replica_whose_node_id_is_taken_never_serves(tmp_path: Path) -> None:
