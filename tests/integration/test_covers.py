@@ -85,7 +85,10 @@ def test_a_lost_cover_file_is_fetched_again_on_read(cluster: Cluster, covered: b
     leader, followers = roles(cluster)
     upload(leader, covered)
     node = followers[0]
-    wait_until(lambda: cover_file(node, sha(COVER)).exists(), timeout=10, what="the cover")
+    # Served, not only on disk: a follower fetches a cover before it applies the rows that
+    # name it, and serves none that no live song names (404 in between).
+    wait_until(lambda: served(node, f"/covers/{sha(COVER)}") == COVER, timeout=10,
+               what="the cover")
     cover_file(node, sha(COVER)).write_bytes(b"corrupted on disk")
 
     answer = node.get(f"/covers/{sha(COVER)}")
