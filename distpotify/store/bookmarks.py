@@ -61,6 +61,3 @@ class Bookmarks:
         if used == 0:
             return None, offset
         return marks.keys[used - 1], offset - used * self.every
-
-    def forget(self) -> None:
-        self._orders.clear()
