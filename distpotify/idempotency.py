@@ -7,6 +7,7 @@ leaders that apply the same keyed write make the same records, which merge into 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -100,9 +101,14 @@ class Outcome:
         assert self.version is not None, "an outcome is stored once its version is known"
         return {
             "request": key.request, "status": self.status,
-            "body": None if self.body is None else json.dumps(self.body, separators=(",", ":")),
+            "body": self.body_text,
             "written": self.version.encode(),
         }
+
+    @functools.cached_property
+    def body_text(self) -> str | None:
+        """The body as compact JSON: encoded once for both the key row and the answer."""
+        return None if self.body is None else json.dumps(self.body, separators=(",", ":"))
 
     @classmethod
     def stored(cls, key: IdempotencyKey, fields: dict[str, Any]) -> Outcome:

@@ -83,6 +83,11 @@ def json_response(request: IRequest, status: int, value: Any, *, pretty: bool = 
         data = json.dumps(value, indent=1).encode() + b"\n"
     else:
         data = json.dumps(value, separators=(",", ":")).encode()
+    return encoded_json_response(request, status, data)
+
+
+def encoded_json_response(request: IRequest, status: int, data: bytes) -> bytes:
+    """json_response for a body already encoded as JSON."""
     request.setResponseCode(status, _reason(status))
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", str(len(data)).encode())

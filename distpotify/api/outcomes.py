@@ -13,7 +13,7 @@ from twisted.web.server import Request
 
 from distpotify.api.gate import session_user
 from distpotify.idempotency import IdempotencyKey, Outcome, parse_key
-from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, json_response
+from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, encoded_json_response
 
 KeyOf = Callable[[str, bytes, bytes, "IO[bytes] | None"], Deferred[IdempotencyKey]]
 
@@ -39,7 +39,8 @@ def answer(request: Request, outcome: Outcome) -> bytes:
         request.setHeader(VERSION, outcome.version.encode().encode())
     if outcome.replayed:
         request.setHeader(REPLAYED, b"true")
-    if outcome.body is None:
+    text = outcome.body_text
+    if text is None:
         request.setResponseCode(outcome.status)
         return b""
-    return json_response(request, outcome.status, outcome.body)
+    return encoded_json_response(request, outcome.status, text.encode())

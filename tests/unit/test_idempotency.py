@@ -105,6 +105,9 @@ def test_a_keyed_create_sent_again_is_answered_again_and_applied_once(
     assert "idempotent-replayed" not in first.headers
     assert api.db.head() == head  # nothing written the second time
     assert len(api.get("/playlists").json()["playlists"]) == 1
+    # The answer's body is the text the key row stores, byte for byte, both times.
+    [stored] = rows(api.db, "idempotency")
+    assert first.body == again.body == stored["body"].encode()
 
 
 def test_a_key_sent_with_another_request_is_422_and_changes_nothing(
