@@ -173,13 +173,15 @@ class PeerClient:
     def _request(self, method: str, url: str, body: bytes = b"",
                  headers: dict[bytes, bytes] | None = None) -> Deferred[_Response]:
         """``method url``, signed. No redirect is followed: a peer cannot send our signed
-        request, or our fetch, anywhere else."""
+        request, or our fetch, anywhere else. Unbuffered: each body is read once, as it
+        comes (treq's default keeps a copy of all of it as long as the response lives: a
+        joiner held its whole snapshot, 200 MiB at 200,000 songs, in memory)."""
         signed = sign(self._keys, method.encode("ascii"), request_target(url),
                       body_sha256(body), self._clock.seconds())
         all_headers = Headers({name: [value] for name, value in {**(headers or {}),
                                                                  **signed}.items()})
         return self._http.request(method, url, data=body or None, headers=all_headers,
-                                  allow_redirects=False)
+                                  allow_redirects=False, unbuffered=True)
 
     async def _json(self, d: Deferred[_Response], what: str) -> Any:
         d.addTimeout(self.timeout, self._clock)

@@ -1,20 +1,30 @@
 """PeerClient's body reading: a peer that stops sending mid-body is given up, never waited for;
-a chunk the peer does not hold (404) is told from one it cannot give."""
+a chunk the peer does not hold (404) is told from one it cannot give; a download keeps in
+memory what is being written, never the body so far."""
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+from pathlib import Path
+
 import pytest
+from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.client import URI, ResponseDone
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from zope.interface import implementer
 
+from distpotify.model import ZERO
 from distpotify.replication.client import (
     NotHeld,
     PeerClient,
@@ -120,3 +130,59 @@ def test_peer_endpoints_are_made_once_per_address_and_only_for_http() -> None:
     first.connect(Factory.forProtocol(Protocol))
     host, port, _, timeout, _ = reactor.tcpClients[0]
     assert (host, port, timeout) == ("127.0.0.1", 8001, 2.0)
+
+
+# a download holds what is being written, not the body so far
+
+
+@implementer(IResponse)
+class ComingResponse:
+    """A 200 response whose body the test sends a segment at a time."""
+
+    version = (b"HTTP", 1, 1)
+    code, phrase, length = 200, b"OK", UNKNOWN_LENGTH
+    request = previousResponse = None
+
+    def __init__(self) -> None:
+        self.headers = Headers({b"X-Snapshot-Version": [ZERO.encode().encode()]})
+        self.body: Protocol | None = None
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        self.body = protocol
+        protocol.makeConnection(Transport())  # type: ignore[arg-type]
+
+    def setPreviousResponse(self, response: object) -> None:
+        pass
+
+
+@implementer(IAgent)
+class OneResponseAgent:
+    def __init__(self, response: ComingResponse) -> None:
+        self.response = response
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: object = None) -> Deferred[ComingResponse]:
+        return succeed(self.response)
+
+
+def test_a_snapshot_being_downloaded_is_not_kept_in_memory(tmp_path: Path) -> None:
+    response = ComingResponse()
+    client = PeerClient(HTTPClient(OneResponseAgent(response)), Clock(), CLUSTER_KEYS)
+    d = Deferred.fromCoroutine(client.snapshot("http://peer", "/sync/snapshot",
+                                               tmp_path / "snapshot.gz"))
+    assert response.body is not None
+    segment = 1 << 20
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(32):
+            response.body.dataReceived(os.urandom(segment))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    response.body.connectionLost(Failure(ResponseDone()))
+
+    assert result_of(d) == ZERO
+    assert (tmp_path / "snapshot.gz").stat().st_size == 32 * segment
+    # treq's default buffering kept every segment: 32 MiB held at the end of the download.
+    assert held - before < 4 * segment
