@@ -18,7 +18,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.application import service
 from twisted.application.internet import TCPServer
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -27,6 +26,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IAgent
 
 from distpotify import __version__
 from distpotify.accounts import Accounts
@@ -48,7 +48,7 @@ from distpotify.library import Library
 from distpotify.metrics import ReplicaMetrics
 from distpotify.model import Version
 from distpotify.replication.bootstrap import CHUNKS, SNAPSHOT
-from distpotify.replication.client import PeerClient, make_http_client
+from distpotify.replication.client import PeerClient, make_agent
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.node import ReplicationNode
 from distpotify.signing import RequestVerifier
@@ -282,7 +282,7 @@ def build_replica(
     *,
     run_db: Runner | None = None,
     blocking: Runner | None = None,
-    http_client: HTTPClient | None = None,
+    agent: IAgent | None = None,
     leadership: Leadership | None = None,
     password_params: HashParams | None = None,
     freeze: Callable[[], int] | None = None,
@@ -291,9 +291,10 @@ def build_replica(
 
     The defaults are production's: SQLite on the database thread (``run_db``), blocking work
     such as hashing and chunk files on ``reactor``'s thread pool (``blocking``), a pooled
-    ``http_client`` to the other replicas, the cluster node as the ``leadership`` that decides
-    who writes. The in-memory test replica gives runners that call at once, a StubTreq
-    client, a Clock as ``reactor`` and a leadership stand-in, and never starts the service.
+    ``agent`` to the other replicas, the cluster node as the ``leadership`` that decides who
+    writes. The in-memory test replica gives runners that call at once, an agent that answers
+    in memory (treq.testing's RequestTraversalAgent), a Clock as ``reactor`` and a
+    leadership stand-in, and never starts the service.
     ``password_params`` are argon2id's costs (cheaper ones in tests); ``freeze`` runs once the
     replica has started (twistd's: gcfreeze.freeze_startup_objects; a test process keeps its
     collector as it is). Raises ConfigError when
@@ -338,7 +339,7 @@ def build_replica(
     leadership = leadership or cluster
     replication = ReplicationNode(
         config, reactor, store, chunks, cluster, leadership,
-        PeerClient(http_client or make_http_client(reactor), reactor, config.cluster_keys),
+        PeerClient(agent or make_agent(reactor), reactor, config.cluster_keys),
         blocking, covers=cover_files, missing_chunks=missing,
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,

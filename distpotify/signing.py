@@ -10,16 +10,13 @@ A request is accepted within WINDOW seconds of our clock's time and once: its no
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
 import re
 import secrets
 from typing import IO
 
-from hyperlink import EncodedURL
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 
 from distpotify.keys import REQUEST, ClusterKeys
@@ -47,17 +44,6 @@ class Refused(Exception):
         super().__init__(message)
         self.kind = kind
         self.detail = detail
-
-
-@functools.lru_cache(maxsize=1024)
-def request_target(url: str) -> bytes:
-    """What goes on the request line for ``url`` when treq sends it: treq normalises a URL
-    with hyperlink, and the Agent sends its path and query (``URI.originForm``). Kept for
-    the URLs asked most (every push is ``<peer>/sync/ops``): the normalisation's IDNA check
-    of the host costs tens of microseconds."""
-    normalised = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
-    target: bytes = URI.fromBytes(normalised).originForm
-    return target
 
 
 def body_sha256(body: bytes) -> str:

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from treq.client import HTTPClient
+from hyperlink import EncodedURL
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.web.client import URI
 from twisted.web.resource import Resource
 
 from distpotify.auth.passwords import HashParams
@@ -20,7 +21,7 @@ from distpotify.errors import NotLeader
 from distpotify.keys import ClusterKeys
 from distpotify.leadership import Leadership
 from distpotify.service import build_replica
-from distpotify.signing import body_sha256, request_target, sign
+from distpotify.signing import body_sha256, sign
 from tests.helpers.replica import Response
 
 # The cluster key of every in-memory replica unless it is given another: one cluster.
@@ -30,6 +31,14 @@ CHEAP_HASHES = HashParams(time_cost=1, memory_cost=8, parallelism=1)
 
 T = TypeVar("T")
 
+
+
+def request_target(url: str) -> bytes:
+    """What goes on the request line for ``url`` when treq sends it (StubTreq here): treq
+    normalises a URL with hyperlink, and the Agent sends its path and query."""
+    normalised = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+    target: bytes = URI.fromBytes(normalised).originForm
+    return target
 
 def run_now(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
     """A runner that calls at once on this thread: the store and file work become synchronous."""
@@ -79,7 +88,7 @@ class NoLeader:
 
 class InMemoryReplica:
     """A replica as build_replica makes it, never started: the store and blocking work run at
-    once on this thread, peers exist only as a StubTreq that answers 404 (so a missing or
+    once on this thread, peers exist only as an in-memory agent that answers 404 (so a missing or
     corrupt chunk cannot be repaired here: 503), ``leadership`` (by default LoneLeader)
     decides who writes, and it has founded its cluster, so it serves and takes pushes. Its
     cluster key is ``keys`` (CLUSTER_KEYS by default); ``call`` signs with it unless told not
@@ -103,7 +112,7 @@ class InMemoryReplica:
                           subsonic_token_auth=subsonic_token_auth),
             self.clock,
             run_db=run_now, blocking=run_now,
-            http_client=HTTPClient(RequestTraversalAgent(Resource())),
+            agent=RequestTraversalAgent(Resource()),
             leadership=leadership or LoneLeader(),
             password_params=CHEAP_HASHES,
         )

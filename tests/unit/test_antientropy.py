@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
@@ -55,7 +55,8 @@ def playlists(n: int, version: int, name: str) -> list[Op]:
                {"name": name, "deleted": 0}) for i in range(n)]
 
 
-def anti_entropy(into: InMemoryReplica, stub: StubTreq, chunk_page: int = 2048) -> AntiEntropy:
+def anti_entropy(into: InMemoryReplica, stub: RequestTraversalAgent, chunk_page: int = 2048
+                 ) -> AntiEntropy:
     return AntiEntropy(
         store=into.library.store, client=PeerClient(stub, into.clock, into.keys),
         receiver=into.receiver, guard=into.guard, chunks=into.chunks, blocking=run_now,
@@ -64,7 +65,7 @@ def anti_entropy(into: InMemoryReplica, stub: StubTreq, chunk_page: int = 2048) 
     )
 
 
-def run(d: Deferred[Any], stub: StubTreq) -> Any:
+def run(d: Deferred[Any], stub: RequestTraversalAgent) -> Any:
     # Not d.called: a Deferred waiting on another (a round queued behind a lock) is called.
     fired: list[bool] = []
     d.addBoth(lambda result: fired.append(True) or result)
@@ -90,7 +91,7 @@ def test_ten_differing_rows_among_20000_cost_a_fraction_of_a_full_copy(
     b.db.apply_ops(library)
     b.db.apply_ops(playlists(10, 2, "newer"))
     root = CountingRoot(b.root)
-    stub = StubTreq(root)
+    stub = RequestTraversalAgent(root)
 
     run(anti_entropy(a, stub).run_round("http://peer"), stub)
     difference = root.bytes
@@ -114,7 +115,7 @@ def test_a_peer_answering_garbage_is_skipped(tmp_path: Path) -> None:
         def render(self, request: Request) -> bytes:
             return b'{"buckets": "not a list"}'
 
-    stub = StubTreq(Garbage())
+    stub = RequestTraversalAgent(Garbage())
     d = anti_entropy(a, stub).run_round("http://peer")
 
     with pytest.raises(PeerError):
@@ -139,7 +140,7 @@ def test_the_first_round_checks_every_chunk_and_later_ones_a_page_each(tmp_path:
     wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
     song = replica.upload(wav.read_bytes()).json()["song"]
     chunks = song["chunk_count"]
-    stub = StubTreq(replica.root)  # its own peer: digests are equal, no row is pulled
+    stub = RequestTraversalAgent(replica.root)  # its own peer: digests are equal, no row is pulled
     guard = RecordingGuard()
     ae = anti_entropy(replica, stub, chunk_page=2)
     ae._guard = guard  # type: ignore[assignment]
@@ -169,7 +170,7 @@ def test_a_round_with_equal_digests_asks_for_the_digest_alone_and_checks_a_page(
     replica.db.apply_ops(playlists(ROWS, 7, "same"))
     replica.upload(make_wav(tmp_path / "song.wav", 3 * replica.chunk_size).read_bytes())
     root = CountingRoot(replica.root)
-    stub = StubTreq(root)  # its own peer: the digests are equal
+    stub = RequestTraversalAgent(root)  # its own peer: the digests are equal
     ae = AntiEntropy(
         store=replica.library.store, client=PeerClient(stub, replica.clock, replica.keys),
         receiver=replica.receiver, guard=replica.guard, chunks=replica.chunks,
@@ -188,7 +189,7 @@ def test_what_start_up_found_missing_replaces_the_first_whole_check(tmp_path: Pa
     replica = InMemoryReplica(tmp_path)
     wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
     song = replica.upload(wav.read_bytes()).json()["song"]
-    stub = StubTreq(replica.root)
+    stub = RequestTraversalAgent(replica.root)
     lost, back = (ChunkRef(*row) for row in replica.db.chunk_rows(
         [f"{song['id']}_0", f"{song['id']}_1"]))
     (replica.chunks.root / f"{song['id']}_0").unlink()  # still missing at the first round
@@ -241,7 +242,7 @@ def test_a_chunk_no_peer_could_give_is_looked_for_again_next_round(tmp_path: Pat
     replica = InMemoryReplica(tmp_path)
     wav = make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
     song = replica.upload(wav.read_bytes()).json()["song"]
-    stub = StubTreq(replica.root)
+    stub = RequestTraversalAgent(replica.root)
     guard = RecordingGuard()
     guard.repairs = False  # the peers are down for now
     ae = anti_entropy(replica, stub)
@@ -274,7 +275,7 @@ def test_rounds_a_new_leader_asks_for_wait_for_a_round_under_way_instead_of_bein
     b.db.apply_ops(playlists(2, 1, "from b"))
     c.db.apply_ops(playlists(3, 2, "from c")[2:])
     held = _Held()
-    stub = StubTreq(_ByHost({"held": held, "b": b.root, "c": c.root}))
+    stub = RequestTraversalAgent(_ByHost({"held": held, "b": b.root, "c": c.root}))
     ae = anti_entropy(a, stub)
     under_way = ae.run_round("http://held")  # a periodic round, say, waiting for its peer
     stub.flush()

@@ -9,8 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from treq.client import HTTPClient
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -108,8 +107,8 @@ class Answers(Resource):
 
 @pytest.mark.parametrize(("code", "not_held"), [(404, True), (503, False)])
 def test_a_chunk_answered_404_is_not_held_there(code: int, not_held: bool) -> None:
-    stub = StubTreq(Answers(code))
-    client = PeerClient(stub, Clock(), CLUSTER_KEYS)  # type: ignore[arg-type]
+    stub = RequestTraversalAgent(Answers(code))
+    client = PeerClient(stub, Clock(), CLUSTER_KEYS)
     d = Deferred.fromCoroutine(client.chunk("http://peer", "s", 0, 0, "ab" * 32, lambda _: None))
     stub.flush()
 
@@ -146,10 +145,11 @@ class ComingResponse:
     def __init__(self) -> None:
         self.headers = Headers({b"X-Snapshot-Version": [ZERO.encode().encode()]})
         self.body: Protocol | None = None
+        self.transport = Transport()
 
     def deliverBody(self, protocol: Protocol) -> None:
         self.body = protocol
-        protocol.makeConnection(Transport())  # type: ignore[arg-type]
+        protocol.makeConnection(self.transport)  # type: ignore[arg-type]
 
     def setPreviousResponse(self, response: object) -> None:
         pass
@@ -167,7 +167,7 @@ class OneResponseAgent:
 
 def test_a_snapshot_being_downloaded_is_not_kept_in_memory(tmp_path: Path) -> None:
     response = ComingResponse()
-    client = PeerClient(HTTPClient(OneResponseAgent(response)), Clock(), CLUSTER_KEYS)
+    client = PeerClient(OneResponseAgent(response), Clock(), CLUSTER_KEYS)
     d = Deferred.fromCoroutine(client.snapshot("http://peer", "/sync/snapshot",
                                                tmp_path / "snapshot.gz"))
     assert response.body is not None
@@ -186,3 +186,43 @@ def test_a_snapshot_being_downloaded_is_not_kept_in_memory(tmp_path: Path) -> No
     assert (tmp_path / "snapshot.gz").stat().st_size == 32 * segment
     # treq's default buffering kept every segment: 32 MiB held at the end of the download.
     assert held - before < 4 * segment
+
+
+def test_a_snapshot_refused_is_an_error_at_once_not_a_wait_for_its_body(
+    tmp_path: Path,
+) -> None:
+    response = ComingResponse()
+    response.code = 503
+    client = PeerClient(OneResponseAgent(response), Clock(), CLUSTER_KEYS)
+    d = Deferred.fromCoroutine(client.snapshot("http://peer", "/sync/snapshot",
+                                               tmp_path / "snapshot.gz"))
+
+    # The peer sends no body (paused): the answer is not waited for, the body is dropped.
+    with pytest.raises(PeerError, match="HTTP 503"):
+        result_of(d)
+    assert response.transport.stopped
+    assert not (tmp_path / "snapshot.gz").exists()
+
+
+class Redirects(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        self.paths.append(request.path)
+        request.redirect(b"http://peer/sync/elsewhere")
+        return b""
+
+
+def test_a_peer_that_redirects_is_not_followed() -> None:
+    peer = Redirects()
+    agent = RequestTraversalAgent(peer)
+    d = Deferred.fromCoroutine(PeerClient(agent, Clock(), CLUSTER_KEYS).digest("http://peer"))
+    agent.flush()
+
+    with pytest.raises(PeerError, match="HTTP 302"):
+        result_of(d)
+    assert peer.paths == [b"/sync/digest"]  # our signed request went nowhere else

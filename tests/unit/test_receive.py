@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treq.client import HTTPClient
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent as InMemoryAgent
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.iweb import IAgent
@@ -216,14 +215,14 @@ class Receiving:
     """A follower's Receiver whose chunk downloads go to ``chunks_from`` and whose questions
     about rows go to ``rows_from``, the batch's source (LEADER, a known peer)."""
 
-    def __init__(self, follower: InMemoryReplica, chunks_from: HTTPClient | StubTreq,
-                 rows_from: HTTPClient | StubTreq) -> None:
-        self.stubs = [stub for stub in (chunks_from, rows_from) if isinstance(stub, StubTreq)]
-        fetcher = ChunkFetcher(PeerClient(chunks_from, follower.clock, follower.keys),  # type: ignore[arg-type]
+    def __init__(self, follower: InMemoryReplica, chunks_from: IAgent,
+                 rows_from: IAgent) -> None:
+        self.stubs = [a for a in (chunks_from, rows_from) if isinstance(a, InMemoryAgent)]
+        fetcher = ChunkFetcher(PeerClient(chunks_from, follower.clock, follower.keys),
                                follower.chunks, run_now)
         self.receiver = Receiver(
             follower.library.store, follower.chunks, fetcher,
-            PeerClient(rows_from, follower.clock, follower.keys),  # type: ignore[arg-type]
+            PeerClient(rows_from, follower.clock, follower.keys),
             run_now, lambda: [LEADER])
 
     def apply(self, ops: list[Op]) -> Version:
@@ -253,7 +252,7 @@ def test_chunks_no_peer_holds_deleted_at_the_source_apply_without_their_bytes(
     follower = InMemoryReplica(tmp_path / "follower")
     source = Recording(leader.root)
 
-    Receiving(follower, StubTreq(source), StubTreq(source)).apply(upload)
+    Receiving(follower, InMemoryAgent(source), InMemoryAgent(source)).apply(upload)
 
     assert any(path.startswith(f"/songs/{song}/chunks/") for path in source.paths)  # all 404
     assert "/sync/rows" in source.paths
@@ -274,7 +273,7 @@ def test_chunks_no_peer_holds_still_live_at_the_source_refuse_the_batch(
     rows = Recording(leader.root)
 
     with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
-        Receiving(follower, StubTreq(Recording()), StubTreq(rows)).apply(upload)
+        Receiving(follower, InMemoryAgent(Recording()), InMemoryAgent(rows)).apply(upload)
 
     assert rows.paths == ["/sync/rows"]  # asked, and the song is still live there
     assert follower.db.get_row("songs", song) is None
@@ -291,7 +290,7 @@ def test_chunks_from_unreachable_peers_refuse_the_batch_without_asking_for_rows(
     rows = Recording(leader.root)
 
     with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
-        Receiving(follower, HTTPClient(Unreachable()), StubTreq(rows)).apply(upload)
+        Receiving(follower, Unreachable(), InMemoryAgent(rows)).apply(upload)
 
     assert rows.paths == []  # unreachable is not "not held": nothing to settle
     assert follower.db.get_row("songs", song) is None
@@ -305,6 +304,6 @@ def test_chunks_no_peer_holds_and_a_source_that_cannot_say_refuse_the_batch(
     follower = InMemoryReplica(tmp_path / "follower")
 
     with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
-        Receiving(follower, StubTreq(Recording()), HTTPClient(Unreachable())).apply(upload)
+        Receiving(follower, InMemoryAgent(Recording()), Unreachable()).apply(upload)
 
     assert follower.db.get_row("songs", song) is None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
@@ -30,10 +30,9 @@ from distpotify.signing import (
     Refused,
     RequestVerifier,
     body_sha256,
-    request_target,
     sign,
 )
-from tests.helpers.api import Answer, InMemoryReplica, result_of
+from tests.helpers.api import Answer, InMemoryReplica, request_target, result_of
 
 PLAYLIST = "22222222-2222-4222-8222-222222222222"
 JSON = {"Content-Type": "application/json"}
@@ -269,7 +268,7 @@ def test_signed_headers_are_the_four_documented_ones() -> None:
     assert headers[TIME] == b"1234" and headers[CONTENT_SHA256] == body_sha256(b"{}").encode()
 
 
-def test_the_signed_target_is_the_request_line_treq_sends() -> None:
+def test_the_signed_target_of_a_test_request_is_the_request_line_treq_sends() -> None:
     assert request_target("http://h:1/sync/rows?key=playlists%3Aab&key=x") == (
         b"/sync/rows?key=playlists%3Aab&key=x")
     assert request_target("http://h:1/songs/x/chunks/0") == b"/songs/x/chunks/0"
@@ -300,7 +299,7 @@ class Recorder(Resource):
 def test_the_client_signs_what_it_sends_so_that_a_verifier_accepts_it() -> None:
     keys, clock = ClusterKeys.generate(), Clock()
     peer = Recorder(200)
-    stub = StubTreq(peer)
+    stub = RequestTraversalAgent(peer)
     d = Deferred.fromCoroutine(PeerClient(stub, clock, keys).digest("http://peer:8000"))
     stub.flush()
 
@@ -311,7 +310,7 @@ def test_the_client_signs_what_it_sends_so_that_a_verifier_accepts_it() -> None:
 
 def test_the_client_follows_no_redirect() -> None:
     peer = Recorder(302, {b"Location": b"http://elsewhere:1/sync/digest"})
-    stub = StubTreq(peer)
+    stub = RequestTraversalAgent(peer)
     d = Deferred.fromCoroutine(
         PeerClient(stub, Clock(), ClusterKeys.generate()).digest("http://peer:8000"))
     stub.flush()

@@ -10,7 +10,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
 
@@ -190,7 +189,7 @@ def test_a_bad_ops_query_is_400(api: InMemoryReplica, query: str) -> None:
 def test_the_peer_client_reads_ops_after_a_version(api: InMemoryReplica) -> None:
     api.send_json("POST", "/playlists", {"name": "a"})
     agent = RequestTraversalAgent(api.root)
-    client = PeerClient(HTTPClient(agent), api.clock, api.keys)
+    client = PeerClient(agent, api.clock, api.keys)
 
     d = Deferred.fromCoroutine(client.ops_after("http://replica", Version(0, 0, 0), 10))
     agent.flush()
@@ -207,7 +206,7 @@ def test_the_peer_client_says_when_the_version_is_below_the_peers_oplog_floor(
     ops = api.db.ops_after(Version(0, 0, 0))
     api.db.compact_oplog(ops[1].version)
     agent = RequestTraversalAgent(api.root)
-    client = PeerClient(HTTPClient(agent), api.clock, api.keys)
+    client = PeerClient(agent, api.clock, api.keys)
 
     d = Deferred.fromCoroutine(client.ops_after("http://replica", ops[0].version, 10))
     agent.flush()
