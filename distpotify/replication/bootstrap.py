@@ -328,12 +328,14 @@ class Joiner:
         for start in range(0, len(missing), RUNS_PAGE):
             runs = await self._store.run(_runs_to_fetch, missing[start:start + RUNS_PAGE])
             failed += (await self._fetch_runs(runs, sources, start)).count(False)
+        del missing  # names of every chunk of a new library: tens of MiB
         await self._fetcher.sync()
         if failed:
             raise PeerError(f"{failed} runs of chunks could not be fetched yet")
         head = await self._store.run(MetadataDB.head)
-        still = len(await self._store.run(MetadataDB.live_chunk_names)
-                    - await self._blocking(self._chunks.names))
+        present = await self._blocking(self._chunks.names)
+        still = await self._store.run(MetadataDB.count_missing_chunks, present)
+        del present
         self._failpoints.hit("join.chunks_fetched")
         await self._client.done(leader.http, self._node_id, head, still)
         # Files of chunks the snapshot no longer lists (a rejoin after a long absence), but

@@ -179,14 +179,19 @@ class ChunkStore:
 
         Partial downloads of live chunks stay, to be resumed.
         """
-        temps, orphans, _ = self.clean_and_list(live)
-        return temps, orphans
+        return self._clean(live, None)
 
     def clean_and_list(self, live: set[str]) -> tuple[int, int, set[str]]:
         """``clean``, and the names of the complete chunk files that stay (all live): what
         start-up hands to anti-entropy, so the directory is listed once."""
+        kept: set[str] = set()
+        temps, orphans = self._clean(live, kept)
+        return temps, orphans, kept
+
+    def _clean(self, live: set[str], kept: set[str] | None) -> tuple[int, int]:
+        """``clean``, adding the names kept to ``kept`` if given (a join's clean-up does not
+        need a second set of every chunk name beside ``live``)."""
         temps = orphans = 0
-        kept = set()
         for entry in os.scandir(self.root):
             if entry.name.endswith(TMP_SUFFIX):
                 os.unlink(entry.path)
@@ -194,8 +199,8 @@ class ChunkStore:
             elif entry.name.removesuffix(PART_SUFFIX) not in live:
                 os.unlink(entry.path)
                 orphans += 1
-            elif not entry.name.endswith(PART_SUFFIX):
+            elif kept is not None and not entry.name.endswith(PART_SUFFIX):
                 kept.add(entry.name)
         if temps or orphans:
             self.sync_dir()
-        return temps, orphans, kept
+        return temps, orphans

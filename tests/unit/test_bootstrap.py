@@ -141,6 +141,23 @@ def joiner(tmp_path: Path, chunk_count: int = 1) -> tuple[Joiner, FakePeers, Met
     return machine, fakes, db, clock
 
 
+def test_the_join_tells_the_leader_how_many_chunk_files_are_still_missing(
+    tmp_path: Path,
+) -> None:
+    machine, fakes, _, clock = joiner(tmp_path, chunk_count=3)
+
+    async def fetch_but_lose_the_second(ref: ChunkRef, sources: list[str]) -> bool:
+        if ref.idx != 1:
+            fakes.chunks.path(ref.song_id, ref.idx).write_bytes(b"x" * ref.size)
+        return True
+    fakes.fetch = fetch_but_lose_the_second  # type: ignore[method-assign]
+    fakes.leader = peer(3, role="leader")
+    Deferred.fromCoroutine(machine.run())
+    clock.advance(1)
+
+    assert fakes.done_calls[0] == (4, 1)  # the leader refuses it (409) while one is missing
+
+
 def test_without_a_leader_the_joiner_waits_and_says_so(tmp_path: Path) -> None:
     machine, fakes, _, clock = joiner(tmp_path)
 

@@ -145,6 +145,10 @@ def test_chunk_registry_lists_live_chunks_in_order(db: MetadataDB) -> None:
     assert [c["idx"] for c in db.chunks_of(SONG)] == [0]
     assert db.chunk(SONG, 1) is None
     assert db.live_chunk_names() == {f"{SONG}_0"}
+    # The files missing for the live chunks, counted: deleted chunks and stray files do not count.
+    assert db.count_missing_chunks(set()) == 1
+    assert db.count_missing_chunks({f"{SONG}_0", f"{SONG}_1", "stray_3"}) == 0
+    assert db.count_missing_chunks({f"{SONG}_1"}) == 1
 
 
 def test_the_registry_is_paged_in_table_order_each_live_chunk_once(db: MetadataDB) -> None:
