@@ -219,8 +219,13 @@ def test_the_library_fits_a_phone_screen(phone: PlayerPage, library: dict[str, A
 def playing_fast(player: PlayerPage, stack: Stack, tmp_path: Path, title: str, seed: int
                  ) -> dict[str, Any]:
     """A long song (``title``) uploaded and playing at 16x; the song's JSON."""
-    # Six minutes of CD-quality WAV: far more than Chromium reads ahead or sockets hold.
-    wav = make_wav(tmp_path / "long.wav", 64 * 1024 * 1024, seed=seed)
+    # Twelve minutes of CD-quality WAV: far more than Chromium reads ahead and sockets hold.
+    # At 16x Chromium reads some 10 s of playing ahead (28 MB) and the sockets between hold
+    # several more: with six minutes (64 MiB), a loaded machine's seconds between the rate
+    # change and the test's kill let the whole song arrive first, and a stream already
+    # complete has nothing to resume (one full run failed so; 10 s there fail every time
+    # with 64 MiB, pass with 128).
+    wav = make_wav(tmp_path / "long.wav", 128 * 1024 * 1024, seed=seed)
     song = stack.upload(wav, "audio/wav", title=title, artist="Failover")
     stack.wait_replicated(song, timeout=60)
     player.open()
