@@ -20,7 +20,7 @@ import attrs
 
 from distpotify.catalog import UNKNOWN_ALBUM
 from distpotify.store.bookmarks import Bookmarks
-from distpotify.store.queries import Q_COLUMNS, TRIGRAM, _Filter
+from distpotify.store.queries import Q_COLUMNS, RANK, TRIGRAM, _Filter, songs_by_rowid
 from distpotify.store.schema import Tables
 from distpotify.store.songindex import SONGS, songs_version, tally
 from distpotify.store.songorder import VISIBLE_SONG, fold
@@ -218,17 +218,18 @@ class CatalogQueries(Tables):
         found = _Filter(Q_COLUMNS, wanted)
         if len(wanted) >= TRIGRAM:
             matching, params = "song_search MATCH ?", [found.phrase()]
-            order = "bm25(song_search, 4.0, 2.0, 1.0, 1.0), songs.rowid"
+            order = f"{RANK}, rowid"
         else:
             matching, params = found.scan()
-            order = "songs.rowid"
-        rows = self._conn.execute(
-            "SELECT songs.* FROM song_search CROSS JOIN songs ON songs.rowid = song_search.rowid"
-            f" WHERE {matching} ORDER BY {order} LIMIT ? OFFSET ?", (*params, count, offset))
-        return [_row(row) for row in rows]
+            order = "rowid"
+        # The index alone orders the matches (every one of them); the page's songs are read
+        # after. Every song in the index is visible.
+        top = self._conn.execute(f"SELECT rowid FROM song_search WHERE {matching}"
+                                 f" ORDER BY {order} LIMIT ? OFFSET ?", (*params, count, offset))
+        return [_row(row) for row in songs_by_rowid(self._conn, [rowid for rowid, in top])]
 
 
-_INTERNAL = ("field_versions", "bucket", "version")
+_INTERNAL = ("field_versions", "bucket", "version", "rowid")
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from distpotify.catalog import song_album_id
 from distpotify.model import Version
 from distpotify.store.bookmarks import Bookmarks
 from distpotify.store.schema import Tables
-from distpotify.store.songindex import SEARCHED, SONGS, songs_version, tally
+from distpotify.store.songindex import SEARCHED, SONGS, average_tokens, songs_version, tally
 from distpotify.store.songorder import SONG_ORDERS, VISIBLE_SONG, Order, fold
 
 __all__ = ["SONG_ORDERS", "LibraryQueries", "SongPage", "SongSearch"]
@@ -30,6 +30,7 @@ TRIGRAM = 3  # a filter shorter than this (folded) cannot use the trigram index:
 # Column weights of the relevance rank, in SEARCHED's order: a match in the title counts most.
 WEIGHTS = {"title": 4.0, "artist": 2.0, "album": 1.0, "genre": 1.0}
 RANK = f"bm25(song_search, {', '.join(str(WEIGHTS[c]) for c in SEARCHED)})"
+K1, B = 1.2, 0.75  # the constants of FTS5's bm25
 
 
 @attrs.frozen
@@ -59,6 +60,7 @@ class SongPage:
 class _Filter:
     columns: tuple[str, ...]
     text: str  # folded
+    ranks: bool = False  # q's filter: relevance is how well it matches (the others narrow)
 
     def phrase(self) -> str:
         """FTS5 query syntax: the folded text as one phrase (trigrams in a row) in the
@@ -110,8 +112,9 @@ class LibraryQueries(Tables):
         order, after = SONG_ORDERS[search.sort], search.after
         filters = [f for f in _filters(search) if f.text]  # "" is in every text
         indexed = [f for f in filters if len(f.text) >= TRIGRAM]
+        ranked = next((f for f in indexed if f.ranks), None) if not order.indexed else None
         walked = order
-        if not order.indexed and not indexed:
+        if not order.indexed and ranked is None:
             # Relevance with nothing to rank by: every song ranks 0.0, so newest first.
             walked, after = SONG_ORDERS["newest"], after[1:] if after is not None else None
         limit = search.limit + 1  # one more: is there a next page?
@@ -150,13 +153,45 @@ class LibraryQueries(Tables):
                 f" WHERE {matching}){where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
                 [*params, *past, limit, search.offset]).fetchall()
         else:
-            # CROSS JOIN: the matches drive, each song found by its rowid.
-            rows = self._conn.execute(
-                f"SELECT songs.*, {RANK if indexed else '0.0'} AS relevance"
+            # CROSS JOIN: the matches drive, each song found by its rowid. Only the order's
+            # keys go through the sort (every match); the page's songs are read after.
+            rank, ranking = self._rank(ranked, only=filters == [ranked])
+            top = self._conn.execute(
+                f"SELECT songs.rowid, {rank} AS relevance"
                 f" FROM song_search CROSS JOIN songs ON songs.rowid = song_search.rowid"
                 f" WHERE {matching}{where} ORDER BY {walked.order_by()} LIMIT ? OFFSET ?",
-                [*params, *past, limit, search.offset]).fetchall()
+                [*ranking, *params, *past, limit, search.offset]).fetchall()
+            found = songs_by_rowid(self._conn, [rowid for rowid, _ in top])
+            rows = [{**dict(song), "relevance": relevance}
+                    for song, (_, relevance) in zip(found, top, strict=True)]
         return _page(order, rows, search.limit, total)
+
+    def _rank(self, q: _Filter | None, only: bool) -> tuple[str, list[Any]]:
+        """The relevance column: 0.0 when nothing ranks (another order, or no q the index
+        can match); FTS5's bm25 when q is the only filter; else the same score in SQL.
+
+        Relevance is bm25 over q's one phrase. bm25 multiplies by the phrase's IDF, which
+        FTS5 works out by counting every song holding it (a word in every title is a walk of
+        the whole index); for one phrase the IDF is the same for every song, so the order
+        does not need it. With other filters the matches are usually few, and bm25's own
+        term (the phrase's weighted count in each column, against the song's length in
+        tokens and the library's mean) ranks them alike at a cost that follows their number,
+        not the library's (docs/architecture.md section 2.7)."""
+        if q is None:
+            return "0.0", []
+        if only:
+            return RANK, []
+        counted, params = [], []
+        for column in q.columns:  # q's columns hold its instances; the length is every column
+            sql, values = _occurrences(f"song_search.{column}", q.text)
+            counted.append(f"{sql} * {WEIGHTS[column]}")
+            params += values
+        found = f"({' + '.join(counted)})"
+        tokens = " + ".join(f"max(length(song_search.{c}) - 2, 0)" for c in SEARCHED)
+        # FTS5's expression, term for term: f(k1 + 1) / (f + k1 (1 - b + b D / avgdl)).
+        score = (f"({found} * ({K1} + 1.0)) / ({found} + {K1} * (1 - {B} + {B} * ({tokens})"
+                 f" / ?))")
+        return f"-{score}", [*params, *params, average_tokens(self._conn) or 1.0]
 
     def _bookmarks(self) -> Bookmarks:
         if self._song_bookmarks is None:
@@ -245,12 +280,29 @@ class LibraryQueries(Tables):
         return float(row[0] or 0.0)
 
 
+def songs_by_rowid(conn: sqlite3.Connection, rowids: list[int]) -> list[sqlite3.Row]:
+    """The songs at ``rowids``, in that order (a page, read once its order is known)."""
+    found = {row["rowid"]: row for row in conn.execute(
+        f"SELECT rowid, * FROM songs WHERE rowid IN ({', '.join('?' * len(rowids))})", rowids)}
+    return [found[rowid] for rowid in rowids]
+
+
 def _filters(search: SongSearch) -> list[_Filter]:
-    found = [_Filter(Q_COLUMNS, fold(search.q))] if search.q else []
+    found = [_Filter(Q_COLUMNS, fold(search.q), ranks=True)] if search.q else []
     found += [_Filter((name,), fold(value))
               for name, value in (("artist", search.artist), ("album", search.album),
                                   ("genre", search.genre)) if value]
     return found
+
+
+def _occurrences(column: str, text: str) -> tuple[str, list[Any]]:
+    """SQL counting the places ``text`` starts in ``column``, as FTS5 counts a phrase's
+    instances (trigram tokens: every substring match, overlapping ones too). By replace()
+    unless the text overlaps itself ("aaa" twice in "aaaa"), where replace() would count
+    one: then by the connection's ``occurrences`` function (schema.connect)."""
+    if any(text[:n] == text[-n:] for n in range(1, len(text))):
+        return f"occurrences({column}, ?)", [text]
+    return f"((length({column}) - length(replace({column}, ?, ''))) / {len(text)})", [text]
 
 
 def _walk_costs_less(matches: int, songs: int, wanted: int) -> bool:
@@ -260,7 +312,8 @@ def _walk_costs_less(matches: int, songs: int, wanted: int) -> bool:
     return matches + wanted * songs / matches < 3 * matches
 
 
-def _page(order: Order, rows: list[sqlite3.Row], limit: int, total: int) -> SongPage:
+def _page(order: Order, rows: list[sqlite3.Row] | list[dict[str, Any]], limit: int, total: int
+          ) -> SongPage:
     more = len(rows) > limit
     rows = rows[:limit]
     return SongPage([_song(row) for row in rows], int(total),
@@ -271,7 +324,7 @@ def _playlist(row: sqlite3.Row) -> dict[str, Any]:
     return {**dict(row), "public": bool(row["public"])}
 
 
-def _song(row: sqlite3.Row) -> dict[str, Any]:
+def _song(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     song = {name: row[name] for name in SONG_COLUMNS}
     song["version"] = Version.decode(row["version"]).as_list()
     # Its album's derived id (catalog.py): where its album's cover is, /albums/{id}/cover.

@@ -66,6 +66,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.create_function("xor_hex", 2, xor_hex, deterministic=True)
+    conn.create_function("occurrences", 2, occurrences, deterministic=True)
     conn.execute("PRAGMA journal_mode = WAL")
     # FULL: the WAL is fsynced at every commit, so a write is durable before it is acked.
     conn.execute("PRAGMA synchronous = FULL")
@@ -99,6 +100,16 @@ def _add_new_fields(conn: sqlite3.Connection) -> None:
 def xor_hex(a: str, b: str) -> str:
     """The XOR of two 128-bit digests in hex (digest.xor_digest's SQL function)."""
     return f"{int(a, 16) ^ int(b, 16):032x}"
+
+
+def occurrences(text: str | None, part: str) -> int:
+    """How many places ``part`` starts in ``text``, overlapping ones counted (the search's
+    rank, store/queries.py)."""
+    found, at = 0, (text or "").find(part)
+    while at >= 0:
+        found += 1
+        at = text.find(part, at + 1)  # type: ignore[union-attr]
+    return found
 
 
 class Transaction:

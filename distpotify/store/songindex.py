@@ -84,6 +84,37 @@ def songs_version(conn: sqlite3.Connection) -> tuple[int, int, int]:
     return id(conn), tally(conn, SONG_CHANGES), tally(conn, SONGS)
 
 
+def average_tokens(conn: sqlite3.Connection) -> float:
+    """The mean number of tokens of an indexed song, its columns together: what FTS5's bm25
+    calls avgdl, read where FTS5 keeps its totals (row 1 of ``song_search_data``, its
+    "averages" record: the row count, then each column's token total, as SQLite varints);
+    0.0 for an empty index."""
+    row = conn.execute("SELECT block FROM song_search_data WHERE id = 1").fetchone()
+    if row is None:
+        return 0.0
+    count, *totals = _varints(row[0])
+    return sum(totals) / count if count else 0.0
+
+
+def _varints(data: bytes) -> list[int]:
+    """SQLite's variable-length integers: big-endian groups of 7 bits, each byte's high bit
+    set when another follows; a 9th byte gives all 8 of its bits."""
+    found, at = [], 0
+    while at < len(data):
+        value = 0
+        for length in range(9):
+            byte = data[at]
+            at += 1
+            if length == 8:
+                value = value << 8 | byte
+                break
+            value = value << 7 | byte & 0x7F
+            if not byte & 0x80:
+                break
+        found.append(value)
+    return found
+
+
 def add_to_tally(conn: sqlite3.Connection, name: str, delta: int) -> None:
     if delta:
         conn.execute(
