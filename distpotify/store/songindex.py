@@ -90,7 +90,7 @@ def average_tokens(conn: sqlite3.Connection) -> float:
     "averages" record: the row count, then each column's token total, as SQLite varints);
     0.0 for an empty index."""
     row = conn.execute("SELECT block FROM song_search_data WHERE id = 1").fetchone()
-    if row is None:
+    if row is None or not row[0]:  # a new index's record is empty
         return 0.0
     count, *totals = _varints(row[0])
     return sum(totals) / count if count else 0.0

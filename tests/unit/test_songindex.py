@@ -359,6 +359,17 @@ def test_a_filter_narrows_the_relevance_order_without_changing_it(db: MetadataDB
         check(db, search)
 
 
+def test_the_mean_length_is_read_from_fts5s_own_totals(db: MetadataDB) -> None:
+    assert songindex.average_tokens(db._conn) == 0.0
+    db.write([song(0, title="Águila", artist="ab"), song(1, title="x" * 300, genre="rock"),
+              song(2, title="gone")])
+    db.write([Change("songs", IDS[2], {"deleted": 1})])
+
+    # Trigrams: len - 2 per column of three characters or more (folded: "aguila" is 6).
+    assert songindex.average_tokens(db._conn) == (4 + (298 + 2)) / 2
+    assert songindex._varints(bytes([0x82, 0x2C, 0x05])) == [300, 5]
+
+
 def test_relevance_without_a_q_to_rank_by_is_newest_first(db: MetadataDB) -> None:
     db.write([song(n, title=title, album=album, artist=artist)
               for n, (title, album, artist) in enumerate(RANKED)])
