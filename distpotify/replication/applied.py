@@ -27,12 +27,14 @@ class AppliedOps:
         self._read_wait = read_wait
         self._head = head
         self._waiting: dict[Version, dict[Deferred[bool], IDelayedCall]] = {}
-        self.waited = 0
-        self.behind = 0
+        self.asked = 0  # reads that named a version
+        self.waited = 0  # of those, the ones that found it not applied yet
+        self.behind = 0  # and the ones answered 409: not applied within the read wait
 
     async def wait_for(self, version: Version) -> bool:
         """True once the op of ``version`` is applied here; False if it is not within the
         read wait."""
+        self.asked += 1
         head = self._head()
         if version == head:
             return True
@@ -79,5 +81,5 @@ class AppliedOps:
         return waiter
 
     def status(self) -> dict[str, int]:
-        return {"waited": self.waited, "behind": self.behind,
+        return {"asked": self.asked, "waited": self.waited, "behind": self.behind,
                 "waiting": sum(len(w) for w in self._waiting.values())}

@@ -58,6 +58,7 @@ def test_the_head_and_any_op_in_the_oplog_count_as_applied(db: MetadataDB) -> No
 
     assert result_of(wait(applied, ops[-1].version)) is True
     assert result_of(wait(applied, ops[0].version)) is True
+    assert applied.status() == {"asked": 2, "waited": 0, "behind": 0, "waiting": 0}
 
 
 def test_a_version_above_the_head_waits_and_is_woken_by_the_batch_that_applies_it(
@@ -73,6 +74,7 @@ def test_a_version_above_the_head_waits_and_is_woken_by_the_batch_that_applies_i
     applied.applied(ops)
 
     assert result_of(waiting) is True
+    assert applied.status() == {"asked": 1, "waited": 1, "behind": 0, "waiting": 0}
     assert runner.calls == 0  # never asked the database: woken by the apply
     assert clock.getDelayedCalls() == []
 
@@ -89,7 +91,7 @@ def test_a_newer_head_from_another_leader_is_not_the_op_asked_for(db: MetadataDB
     clock.advance(WAIT)
 
     assert result_of(waiting) is False
-    assert applied.status() == {"waited": 1, "behind": 1, "waiting": 0}
+    assert applied.status() == {"asked": 1, "waited": 1, "behind": 1, "waiting": 0}
 
 
 def test_a_version_never_applied_answers_false_after_the_read_wait(db: MetadataDB) -> None:
