@@ -4,7 +4,7 @@ has a deadline, so a client that stalls cannot hold a connection open (slowloris
 A request's line and headers must arrive within ``header`` seconds of its first byte (of the
 connection, for the first request); its body must make progress at least every ``body``
 seconds; a keep-alive connection idle between requests closes after ``idle`` seconds. While
-a request is handled and its response written no timer runs: a listener that reads slowly,
+a request is handled and its response written no deadline runs: a listener that reads slowly,
 or pauses, is never cut here. Lines and headers keep twisted.web's bounds (16 KiB per line,
 16 KiB of request line and headers in all, 500 headers); a line over its bound is answered
 414 (the request line) or 431 (a header), the others 400 by twisted.web itself.
@@ -57,7 +57,7 @@ DEFAULT_TIMEOUTS = Timeouts()
 
 
 class Phase(enum.Enum):
-    """Where a connection is between two requests; each phase but BUSY has its timer."""
+    """Where a connection is between two requests; each phase but BUSY has its deadline."""
 
     HEADERS = "header"  # the request line and headers arrive: one deadline for them all
     BODY = "body"  # the body arrives: every read restarts the timer
@@ -84,13 +84,14 @@ def raw_answer(status: int, reason: str, code: str, message: str) -> bytes:
 
 
 class TimedChannel(http.HTTPChannel):
-    """An HTTPChannel whose one timer follows the phase (twisted.web's own idle timer, reset
-    by every read, is off: a client trickling one byte at a time would keep it alive)."""
+    """An HTTPChannel whose one deadline follows the phase (twisted.web's own idle timer,
+    reset by every read, is off: a client trickling one byte at a time would keep it alive)."""
 
     timeOut = None
     site: TimeoutSite
     _phase = Phase.HEADERS
     _timer: IDelayedCall | None = None
+    _deadline: float | None = None  # when the current phase's time is up (None: BUSY)
     _begun = False  # some byte of the current request has arrived
 
     def connectionMade(self) -> None:
@@ -135,6 +136,12 @@ class TimedChannel(http.HTTPChannel):
                                    f"the request line is over {self.MAX_LENGTH} bytes"))
 
     # the timer
+    #
+    # One deadline, and one timer that may fire before it: a deadline moved later (the body's
+    # next read, the next phase) only changes ``_deadline``, and the timer, on firing early,
+    # waits the rest. Only a deadline sooner than the timer reschedules it. A connection
+    # serving request after request touches the reactor's timer heap once in a header
+    # timeout, not three times a request (resetting a timer sooner searches the whole heap).
 
     def _enter(self, phase: Phase) -> None:
         self._phase = phase
@@ -147,21 +154,36 @@ class TimedChannel(http.HTTPChannel):
             self._begun = False
             self._arm(timeouts.idle)
         else:
-            self._disarm()
+            self._deadline = None  # BUSY: a timer that fires now finds nothing to do
 
     def _arm(self, seconds: float) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self.site.clock.callLater(seconds, self._expired)
+        clock = self.site.clock
+        self._deadline = deadline = clock.seconds() + seconds
+        timer = self._timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        self._timer = clock.callLater(seconds, self._fired)
 
     def _disarm(self) -> None:
+        self._deadline = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _expired(self) -> None:
+    def _fired(self) -> None:
         self._timer = None
+        if self._deadline is None:
+            return
+        left = self._deadline - self.site.clock.seconds()
+        if left > 0:
+            self._timer = self.site.clock.callLater(left, self._fired)
+        else:
+            self._expired()
+
+    def _expired(self) -> None:
+        self._deadline = None
         phase = self._phase
         if phase is Phase.IDLE and self._waitingForTransport:
             # The last response is still leaving, at the client's pace: not idle yet.

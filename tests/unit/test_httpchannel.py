@@ -1,5 +1,5 @@
 """The HTTP channel's deadlines, in memory with a Clock: a request's headers within the header
-timeout, its body making progress, an idle keep-alive connection closed, and no timer at all
+timeout, its body making progress, an idle keep-alive connection closed, and no deadline at all
 while a request is answered, however slowly the client reads; bounded lines and headers."""
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class Answer(Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         return b"ok"
+
+    render_POST = render_GET
 
 
 class Hold(Resource):
@@ -220,6 +222,35 @@ def test_a_pipelined_request_behind_a_busy_one_is_timed_only_once_it_starts(
     client.wait(0.2)
 
     assert client.closed and site.expired == ["header"]
+
+
+class CountingClock(Clock):
+    """A Clock that counts the timers scheduled on it."""
+
+    scheduled = 0
+
+    def callLater(self, delay: float, *args: Any, **kw: Any) -> Any:
+        self.scheduled += 1
+        return super().callLater(delay, *args, **kw)
+
+
+def test_a_stream_of_requests_schedules_one_timer_not_several_a_request() -> None:
+    clock = CountingClock()
+    site = TimedSite(clock)
+    client = Client(site)
+    for _ in range(100):
+        client.send(b"POST /answer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        client.wait(0.001)
+        client.send(b"body")
+        client.wait(0.001)
+
+    assert client.received().count(b"200 OK") == 100
+    assert clock.scheduled == 1 and len(clock.getDelayedCalls()) == 1
+    # The deadlines are still each phase's own: idle 75 s after the last answer.
+    client.wait(74.9)
+    assert not client.closed
+    client.wait(0.2)
+    assert client.closed and site.expired == ["idle"]
 
 
 def test_a_request_line_over_16_kib_is_414(client: Client) -> None:
