@@ -30,6 +30,21 @@ HOST = "127.0.0.1"
 KIB = 1024
 MIB = 1024 * KIB
 
+# wrk's report as one JSON line (run_wrk reads it), the end of every script given to wrk.
+LUA_DONE = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
+    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+    summary.duration, summary.requests, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+
 # wrk script: cycles over the paths listed in a file (after "--"), one path per request,
 # requests pre-built in init(); done() prints exact figures as one JSON line. No response()
 # function, so wrk never copies bodies into Lua (that would slow wrk down).
@@ -54,19 +69,7 @@ function request()
   i = i % n + 1
   return reqs[i]
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH-JSON {"duration_us": %d, "requests": %d, "bytes": %d, '
-    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
-    .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
-    summary.duration, summary.requests, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
-end
-"""
+""" + LUA_DONE
 
 
 class BenchError(Exception):

@@ -10,10 +10,12 @@ the replicas' data dirs, copied after a clean stop), then:
   filter) that match the same songs at every size, and of every sort order's first page and
   the page at 90 % depth (by ``offset`` and by the ``after`` cursor);
 * **idle** CPU and RSS of each replica over ``--idle`` seconds, the proxy polling them;
-* **small writes**: ``POST /playlists`` by ``--clients`` clients straight to the leader for
-  ``--write-seconds``; each answer comes once the write is durable. Beside it, the same-run
-  reference: one SQLite commit (one fsync) per write on the same disk, the bound of a replica
-  that fsyncs each write on its own;
+* **small writes**: ``POST /playlists`` by ``--clients`` connections of ``wrk`` straight to
+  the leader for ``--write-seconds``; each answer comes once the write is durable. Then the
+  CPU per write of each replica, the same writes by as many Python threads (the client the
+  figure came from before 2026-12-04, whose own CPU competed with the replicas), and the
+  same-run reference: one SQLite commit (one fsync) per write on the same disk, the bound of
+  a replica that fsyncs each write on its own;
 * **join**: a fourth replica with an empty data dir joins; the time until its metadata
   snapshot is fetched and installed, and until it is ACTIVE (its chunks fetched too).
 
@@ -48,6 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import LUA_DONE, run_wrk  # noqa: E402
 from stack import Client, Stack, percentile, say, upload  # noqa: E402
 
 from tests.helpers.replica import peak_memory  # noqa: E402
@@ -207,7 +210,47 @@ def measure_idle(stack: Stack, seconds: float) -> dict[str, Any]:
                    "rss_mib": round(proc_rss_mib(pid), 1)} for name, pid in pids.items()}
 
 
+# Each request a new playlist, its name numbered by the connection's thread and the request.
+WRITE_LUA = r"""
+local n = 0
+
+function request()
+  n = n + 1
+  return wrk.format("POST", "/playlists", {["Content-Type"] = "application/json"},
+                    string.format('{"name": "bench %d"}', n))
+end
+""" + LUA_DONE
+
+
 def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
+    """Playlists created straight at the leader by ``clients`` connections of wrk (a C client:
+    the Python client's own CPU, a fifth of a write's, competed with the replicas for the two
+    cores of the machine the figures come from), and then by as many Python threads, each
+    with its connection (the figure earlier runs reported)."""
+    leader = stack.leader()
+    pids = {("leader" if n is leader else f"replica {n.node_id}"): n.process.pid
+            for n in stack.nodes if n.process}
+    before = {name: proc_cpu(pid) for name, pid in pids.items()}
+    with tempfile.TemporaryDirectory(prefix="distpotify-bench-writes-") as tmp:
+        script = Path(tmp) / "write.lua"
+        script.write_text(WRITE_LUA)
+        unused = Path(tmp) / "paths.txt"
+        unused.write_text("/\n")
+        run = run_wrk(leader.http_port, unused, script, max(1, round(seconds)), clients)
+    summary = run.summary()
+    if run.non_2xx or any(summary["errors"].values()):
+        raise RuntimeError(f"playlist writes failed: {run.non_2xx} not 2xx,"
+                           f" errors {summary['errors']}")
+    cpu_ms = {name: round((proc_cpu(pid) - before[name]) * 1000 / summary["requests"], 3)
+              for name, pid in pids.items()}
+    return {"writes": summary["requests"], "per_s": round(summary["req_per_s"], 1),
+            "latency_ms": summary["latency_ms"], "cpu_ms_per_write": cpu_ms,
+            "python_clients_per_s": python_writes(stack, clients, seconds),
+            "fsync_per_write_reference_per_s": fsync_reference(stack.root, seconds=3.0)}
+
+
+def python_writes(stack: Stack, clients: int, seconds: float) -> float:
+    """Writes per second of ``clients`` Python threads, each its own keep-alive connection."""
     leader = stack.leader()
     stop_at = time.monotonic() + seconds
     counts = [0] * clients
@@ -236,8 +279,7 @@ def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]
     elapsed = time.monotonic() - started
     if errors:
         raise RuntimeError(f"playlist writes failed: {errors[:3]}")
-    return {"writes": sum(counts), "per_s": round(sum(counts) / elapsed, 1),
-            "fsync_per_write_reference_per_s": fsync_reference(stack.root, seconds=3.0)}
+    return round(sum(counts) / elapsed, 1)
 
 
 def fsync_reference(directory: Path, seconds: float) -> float:
@@ -320,7 +362,10 @@ def verdicts(sizes: list[int], results: dict[int, dict[str, Any]]) -> list[str]:
                              f" {idle['rss_mib']:6.1f} MiB  {'ok' if ok else 'MISSED'}")
         writes = results[size]["writes"]
         ok = writes["per_s"] >= TARGET_WRITES
-        lines.append(f"writes at {size:>7}: {writes['per_s']} /s (one fsync per write:"
+        lines.append(f"writes at {size:>7}: {writes['per_s']} /s, p50"
+                     f" {writes['latency_ms']['p50']} ms, CPU ms per write"
+                     f" {writes['cpu_ms_per_write']} (Python clients:"
+                     f" {writes['python_clients_per_s']} /s; one fsync per write:"
                      f" {writes['fsync_per_write_reference_per_s']} /s)"
                      f"  {'ok' if ok else 'MISSED'}")
         join = results[size].get("join")
