@@ -105,10 +105,11 @@ def xor_hex(a: str, b: str) -> str:
 def occurrences(text: str | None, part: str) -> int:
     """How many places ``part`` starts in ``text``, overlapping ones counted (the search's
     rank, store/queries.py)."""
-    found, at = 0, (text or "").find(part)
+    whole = text or ""
+    found, at = 0, whole.find(part)
     while at >= 0:
         found += 1
-        at = text.find(part, at + 1)  # type: ignore[union-attr]
+        at = whole.find(part, at + 1)
     return found
 
 
