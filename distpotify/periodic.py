@@ -30,6 +30,8 @@ class Periodic(service.Service):
     reactor spaces the runs out rather than running them back to back. The first run comes
     after ``first`` seconds (0: at once, within startService), by default after one wait.
 
+    ``run_early`` brings a run that is nearly due forward to now.
+
     stopService cancels the pending run and the run under way, and fires once that run has
     ended; a stopped Periodic can be started again.
     """
@@ -83,6 +85,18 @@ class Periodic(service.Service):
         self._ended.append(ended)
         self._run.cancel()
         return ended
+
+    def run_early(self, within: float) -> bool:
+        """Run now if the next run is due within ``within`` seconds (and none is under way);
+        the waits start again from now. Whether it ran."""
+        call = self._call
+        now = self._clock.seconds()
+        if call is None or not call.active() or call.getTime() - now > within:
+            return False
+        call.cancel()
+        self._due = now
+        self._go()
+        return True
 
     def _wait(self) -> float:
         interval = self._interval() if callable(self._interval) else self._interval

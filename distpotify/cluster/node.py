@@ -108,7 +108,7 @@ class ClusterNode(service.Service):
         self.heartbeats = HeartbeatProtocol(
             cluster=config.cluster, node_id=config.node_id, http=config.http_url,
             amp=self.amp_address, sealer=sealer, guard=ReplayGuard(reactor),
-            failures=self.trust, on_heartbeat=self.membership.heartbeat_received,
+            failures=self.trust, on_heartbeat=self._peer_beat,
             on_duplicate_node=self._duplicate_node,
         )
         self._sender = HeartbeatSender(
@@ -247,6 +247,11 @@ class ClusterNode(service.Service):
         self._sender.changed()
         for observer in self.role_observers:
             observer(status.role)
+
+    def _peer_beat(self, heartbeat: Heartbeat) -> None:
+        """A peer's heartbeat: into the peer table, and ours goes with it if nearly due."""
+        self.membership.heartbeat_received(heartbeat)
+        self._sender.peer_beat()
 
     def _duplicate_node(self, heartbeat: Heartbeat, address: Address) -> None:
         """Two processes with one node id: the newcomer (us, if just started) gives way."""

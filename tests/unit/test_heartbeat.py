@@ -501,6 +501,70 @@ def test_sender_loop_survives_an_exception_in_the_announcement() -> None:
     assert len(sender.written) == 2
 
 
+def sent_times(sender: Sender) -> list[float]:
+    opener = Sealer(KEYS, Clock())
+    return [opener.open(data).sent for data, _ in sender.written]
+
+
+def run_until(clock: Clock, end: float) -> None:
+    """Advance ``clock`` from one delayed call to the next (each at its exact time) to ``end``."""
+    while True:
+        due = min((call.getTime() for call in clock.getDelayedCalls()), default=end)
+        if due > end:
+            clock.advance(end - clock.seconds())
+            return
+        clock.advance(due - clock.seconds())
+
+
+def test_a_peer_beat_brings_a_nearly_due_beat_forward_and_the_next_counts_from_it() -> None:
+    sender = Sender()
+    sender.sender.start()
+    sender.clock.advance(0.06)
+
+    sender.sender.peer_beat()  # ours was due in 0.04 s: within half an interval
+    run_until(sender.clock, 0.3)
+
+    assert sent_times(sender) == pytest.approx([0.0, 0.06, 0.16, 0.26])
+
+
+def test_a_peer_beat_long_before_ours_is_due_changes_nothing() -> None:
+    sender = Sender()
+    sender.sender.start()
+    sender.clock.advance(0.04)
+
+    sender.sender.peer_beat()  # ours is due in 0.06 s
+    run_until(sender.clock, 0.25)
+
+    assert sent_times(sender) == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_two_replicas_fall_into_step_and_each_still_beats_once_an_interval() -> None:
+    first, second = Sender(), Sender()
+    second.clock = first.clock
+    second.sender = HeartbeatSender(
+        protocol=second.receiver.protocol, announcement=heartbeat, seal=second.sealer.seal,
+        destinations=lambda: (GROUP,), interval=0.1, clock=first.clock)
+    second.sealer._clock = first.clock
+    for me, peer in ((first, second), (second, first)):
+        send = me.receiver.protocol.send
+
+        def delivered(data: bytes, address: Any, send: Any = send, peer: Sender = peer) -> None:
+            send(data, address)
+            peer.sender.peer_beat()  # the peer hears it at once (the wiring of ClusterNode)
+
+        me.receiver.protocol.send = delivered  # type: ignore[method-assign,assignment]
+    first.sender.start()
+    first.clock.advance(0.03)
+    second.sender.start()  # its first beat at 0.03, the next due at 0.13: out of step
+
+    run_until(first.clock, 1.0)
+
+    # At 0.1 the second's beat, due 0.03 s later, goes with the first's; from then on both
+    # beat together, once an interval each.
+    assert sent_times(first) == pytest.approx([0.1 * n for n in range(11)])
+    assert sent_times(second) == pytest.approx([0.03] + [0.1 * n for n in range(1, 11)])
+
+
 def test_the_body_is_encoded_again_only_when_the_announcement_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -223,3 +223,39 @@ def test_a_body_failing_at_once_still_gets_its_next_run() -> None:
         clock.advance(1.0)
 
     assert body.times == [0.0, 1.0]
+
+
+def test_run_early_runs_a_nearly_due_run_now_and_counts_the_next_from_now() -> None:
+    task, body, clock = periodic()
+    task.startService()
+    clock.advance(0.7)
+
+    assert task.run_early(0.35)
+    clock.pump([1.0, 1.0])
+
+    assert body.times == pytest.approx([0.7, 1.7, 2.7])
+
+
+def test_run_early_leaves_a_run_due_later_than_asked() -> None:
+    task, body, clock = periodic()
+    task.startService()
+    clock.advance(0.6)
+
+    assert not task.run_early(0.35)
+    clock.pump([0.4, 1.0, 1.0])
+
+    assert body.times == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_run_early_never_overlaps_a_run_under_way_and_does_nothing_stopped() -> None:
+    task, body, _ = periodic(first=0)
+    pending: Deferred[None] = Deferred()
+    body.answers.append(pending)
+    task.startService()
+
+    assert not task.run_early(10.0)  # the first run has not ended
+    pending.callback(None)
+    task.stopService()
+
+    assert not task.run_early(10.0)
+    assert body.times == [0.0]
