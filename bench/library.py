@@ -13,7 +13,7 @@ the replicas' data dirs, copied after a clean stop), then:
 * **small writes**: ``POST /playlists`` by ``--clients`` connections of ``wrk`` straight to
   the leader for ``--write-seconds``; each answer comes once the write is durable. Then the
   CPU per write of each replica, the same writes by as many Python threads (the client the
-  figure came from before 2026-12-04, whose own CPU competed with the replicas), and the
+  figure came from until 2026-12-04 14:42, whose own CPU competed with the replicas), and the
   same-run reference: one SQLite commit (one fsync) per write on the same disk, the bound of
   a replica that fsyncs each write on its own;
 * **join**: a fourth replica with an empty data dir joins; the time until its metadata
@@ -210,7 +210,7 @@ def measure_idle(stack: Stack, seconds: float) -> dict[str, Any]:
                    "rss_mib": round(proc_rss_mib(pid), 1)} for name, pid in pids.items()}
 
 
-# Each request a new playlist, its name numbered by the connection's thread and the request.
+# Each request a new playlist, its name numbered by the request.
 WRITE_LUA = r"""
 local n = 0
 
@@ -238,7 +238,7 @@ def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]
         unused.write_text("/\n")
         run = run_wrk(leader.http_port, unused, script, max(1, round(seconds)), clients)
     summary = run.summary()
-    if run.non_2xx or any(summary["errors"].values()):
+    if run.non_2xx or any(summary["errors"].values()) or not summary["requests"]:
         raise RuntimeError(f"playlist writes failed: {run.non_2xx} not 2xx,"
                            f" errors {summary['errors']}")
     cpu_ms = {name: round((proc_cpu(pid) - before[name]) * 1000 / summary["requests"], 3)
@@ -401,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                         / "distpotify-bench" / "library",
                         help="where seeded libraries are kept between runs")
     args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if sizes[0] < 2000:
         parser.error("the query shapes need at least 2,000 songs")

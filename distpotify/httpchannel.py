@@ -140,7 +140,7 @@ class TimedChannel(http.HTTPChannel):
     # One deadline, and one timer that may fire before it: a deadline moved later (the body's
     # next read, the next phase) only changes ``_deadline``, and the timer, on firing early,
     # waits the rest. Only a deadline sooner than the timer reschedules it. A connection
-    # serving request after request touches the reactor's timer heap once in a header
+    # serving request after request touches the reactor's timer heap a few times in a header
     # timeout, not three times a request (resetting a timer sooner searches the whole heap).
 
     def _enter(self, phase: Phase) -> None:

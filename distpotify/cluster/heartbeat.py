@@ -501,9 +501,10 @@ class HeartbeatSender:
         """A peer's heartbeat just arrived: if ours is due within half an interval, it goes
         now, and the next one an interval from now. The replicas' beats fall into step this
         way (the first due sends, the others answer at once, and all count from there), so
-        a replica wakes about once an interval for every heartbeat, its own and its peers',
-        instead of once for each: an idle replica's CPU time is mostly those wake-ups. A beat
-        is never later than its interval, and at most half an interval early."""
+        a replica wakes about twice an interval (the first beat, then the answers) instead
+        of three times (its own timer and once per peer, at unrelated moments): an idle
+        replica's CPU time is mostly those wake-ups. A beat is never later than its
+        interval, and at most half an interval early."""
         if self.running:
             self._loop.run_early(self._interval * IN_STEP)
 
