@@ -439,9 +439,10 @@ def test_failing_callback_is_counted_and_does_not_escape() -> None:
 
 class Sender:
     def __init__(
-        self, targets: tuple[tuple[str, int], ...] = (GROUP,), resolve: Any = None
+        self, targets: tuple[tuple[str, int], ...] = (GROUP,), resolve: Any = None,
+        clock: Clock | None = None,
     ) -> None:
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.receiver = Receiver()
         self.announce: Any = heartbeat
         self.sealer = Sealer(KEYS, self.clock)
@@ -539,12 +540,8 @@ def test_a_peer_beat_long_before_ours_is_due_changes_nothing() -> None:
 
 
 def test_two_replicas_fall_into_step_and_each_still_beats_once_an_interval() -> None:
-    first, second = Sender(), Sender()
-    second.clock = first.clock
-    second.sender = HeartbeatSender(
-        protocol=second.receiver.protocol, announcement=heartbeat, seal=second.sealer.seal,
-        destinations=lambda: (GROUP,), interval=0.1, clock=first.clock)
-    second.sealer._clock = first.clock
+    first = Sender()
+    second = Sender(clock=first.clock)
     for me, peer in ((first, second), (second, first)):
         send = me.receiver.protocol.send
 
