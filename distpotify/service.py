@@ -48,7 +48,7 @@ from distpotify.library import Library
 from distpotify.metrics import ReplicaMetrics
 from distpotify.model import Version
 from distpotify.replication.bootstrap import CHUNKS, SNAPSHOT
-from distpotify.replication.client import PeerClient, make_agent
+from distpotify.replication.client import PeerClient, make_agent, make_push_pool
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.node import ReplicationNode
 from distpotify.signing import RequestVerifier
@@ -339,7 +339,8 @@ def build_replica(
     leadership = leadership or cluster
     replication = ReplicationNode(
         config, reactor, store, chunks, cluster, leadership,
-        PeerClient(agent or make_agent(reactor), reactor, config.cluster_keys),
+        PeerClient(agent or make_agent(reactor), reactor, config.cluster_keys,
+                   pushes=None if agent else make_push_pool(reactor)),
         blocking, covers=cover_files, missing_chunks=missing,
     )
     library = Library(store, chunks, blocking, reactor, leadership, config.chunk_size,

@@ -40,6 +40,7 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from distpotify.leanclient import LeanResponse
 from distpotify.wire import (
     IDEMPOTENCY_KEY,
     MIN_VERSION,
@@ -73,7 +74,6 @@ from proxy.decision import (
     is_write,
 )
 from proxy.forwarded import CLIENT_CLAIMS, client_origin
-from proxy.leanclient import LeanResponse
 from proxy.resume import Resume
 from proxy.security import secure_session_cookies
 from proxy.sessions import Sessions

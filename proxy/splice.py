@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from distpotify.leanclient import BodySource
 from distpotify.zerocopy import resume_when_drained
-from proxy.leanclient import BodySource
 
 log = Logger()
 

@@ -19,7 +19,7 @@ from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone, _HT
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from proxy.leanclient import LeanPool, ReadAgent
+from distpotify.leanclient import LeanPool, ReadAgent
 
 # Idle connections kept per replica: as many as clients may read from one replica at once
 # (when the others are down), so a busy proxy does not open and close connections per request.

@@ -22,8 +22,8 @@ import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from distpotify.leanclient import HEAD_READ
 from distpotify.options import parse_switch
-from proxy.leanclient import HEAD_READ
 from tests.helpers.audio import make_wav
 from tests.helpers.fronted import Fronted
 from tests.helpers.proxy import ProxyProcess, clone_data_dir, seed_data_dir

@@ -30,6 +30,8 @@ SHARED = [
     # signed requests: replicas sign to each other, the proxy signs its /status polls (issue 17)
     "distpotify.signing",
     "distpotify.zerocopy",
+    # the lean HTTP/1.1 client: the proxy's reads, the leader's pushes to its followers
+    "distpotify.leanclient",
     # the Subsonic methods that write: the proxy sends them to the leader (issue 18)
     "distpotify.subsonicmethods",
     # the subsonic-response envelope: the proxy answers a Subsonic client in it when no

@@ -26,9 +26,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from distpotify.api.failures import answer_failure
 from distpotify.api.ranges import Representation, Span, evaluate, serve
+from distpotify.leanclient import HEAD_READ, LeanPool, ReadAgent
 from proxy.backends import BackendView, status_fetcher
 from proxy.config import ProxyConfig
-from proxy.leanclient import HEAD_READ, LeanPool, ReadAgent
 from proxy.resource import Counters, ProxyResource
 from proxy.site import ProxyRoot, ProxySite
 from proxy.splice import MIN_SPLICE

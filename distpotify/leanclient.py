@@ -1,12 +1,16 @@
-"""A lean HTTP/1.1 client for the proxy's reads: GET and HEAD to the replicas over persistent
-connections, parsed by httptools (llhttp, in C); any other request goes to the Agent it wraps.
+"""A lean HTTP/1.1 client to the replicas over persistent connections, its answers parsed by
+httptools (llhttp, in C): the proxy's reads (GET and HEAD; any other request goes to the Agent
+``ReadAgent`` wraps), and the leader's pushes to its followers (a POST whose body is in
+memory: replication/client.py).
 
 Its responses are IResponse like the Agent's, so the exchange relays them the same way; a body
 of known length may instead be taken whole by the splice relay (``LeanResponse.take_body``),
 which moves it in the kernel and then hands the connection back (docs/architecture.md
 section 5.3).
 The pool keeps the Agent's rules: persistent connections, at most ``per_host`` idle per
-replica, closed after ``idle`` seconds; a pooled connection found closed is retried once.
+replica, closed after ``idle`` seconds; a pooled connection found closed before any byte of
+an answer came is retried once on a new one (a POST too: a push's ops apply once however
+often they are sent).
 """
 # test-case-name: tests.unit.test_splice
 
@@ -78,7 +82,10 @@ class LeanPool:
         # base URL -> its parsed form and Host value: parsed once per replica, not per request
         self._bases: dict[bytes, tuple[URI, bytes]] = {}
 
-    async def request(self, method: bytes, uri: bytes, headers: Headers) -> IResponse:
+    async def request(self, method: bytes, uri: bytes, headers: Headers,
+                      body: bytes | None = None) -> IResponse:
+        """``method uri`` with ``headers`` and, if not None, ``body`` (its Content-Length
+        added here)."""
         slash = uri.find(b"/", len(b"http://"))
         base, target = (uri, b"/") if slash < 0 else (uri[:slash], uri[slash:])
         known = self._bases.get(base)
@@ -88,19 +95,19 @@ class LeanPool:
             known = self._bases[base] = (parsed, host)
         parsed, host = known
         key = (parsed.host, parsed.port)
-        head = _request_head(method, target, host, headers)
+        sent = _request_bytes(method, target, host, headers, body)
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
             connection.taken()
             try:
-                return await connection.send(head, method == b"HEAD")
+                return await connection.send(sent, method == b"HEAD")
             except _Stale:
                 continue
         endpoint = self._endpoints.endpointForURI(parsed)
         connection = await connectProtocol(endpoint, LeanConnection(self, key, self._reactor))
         try:
-            return await connection.send(head, method == b"HEAD")
+            return await connection.send(sent, method == b"HEAD")
         except _Stale as e:
             raise ResponseNeverReceived([Failure(ConnectionLost(str(e)))]) from None
 
@@ -125,11 +132,17 @@ class LeanPool:
         self._idle.clear()
 
 
-def _request_head(method: bytes, target: bytes, host: bytes, headers: Headers) -> bytes:
+def _request_bytes(method: bytes, target: bytes, host: bytes, headers: Headers,
+                  body: bytes | None = None) -> bytes:
+    """The request as sent: its head, and its body if it has one."""
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
     for name, values in headers.getAllRawHeaders():
         lines.extend(b"%s: %s\r\n" % (name, value) for value in values)
-    lines.append(b"\r\n")
+    if body is None:
+        lines.append(b"\r\n")
+    else:
+        lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        lines.append(body)
     return b"".join(lines)
 
 
@@ -271,7 +284,9 @@ class LeanConnection(Protocol):
         """The whole answer has been read (and parsed) here."""
         return self._complete
 
-    def send(self, head: bytes, head_only: bool) -> Deferred[IResponse]:
+    def send(self, request: bytes, head_only: bool) -> Deferred[IResponse]:
+        """Send ``request`` (all its bytes); its answer, once its status and headers came
+        (``head_only``: an answer to HEAD, with no body)."""
         assert self.transport is not None
         self._state = "waiting"
         self._parser = httptools.HttpResponseParser(self)
@@ -280,7 +295,7 @@ class LeanConnection(Protocol):
         self._got_bytes, self._response, self.chunked = False, None, False
         self._answer = Deferred(self._cancelled)
         self.transport.bufferSize = HEAD_READ  # type: ignore[attr-defined]
-        self.transport.write(head)
+        self.transport.write(request)
         self.resume()
         return self._answer
 
