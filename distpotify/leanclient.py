@@ -9,8 +9,10 @@ which moves it in the kernel and then hands the connection back (docs/architectu
 section 5.3).
 The pool keeps the Agent's rules: persistent connections, at most ``per_host`` idle per
 replica, closed after ``idle`` seconds; a pooled connection found closed before any byte of
-an answer came is retried once on a new one (a POST too: a push's ops apply once however
-often they are sent).
+an answer came is retried once on a new one. Unlike the Agent, a POST too: a push found its
+kept connection closed by the follower's idle timeout, which never read it. Had the follower
+read it and closed without answering, the copy sent again (same nonce) is refused as a replay,
+and the leader's link pushes the batch again, signed anew, after its backoff.
 """
 # test-case-name: tests.unit.test_splice
 
@@ -91,7 +93,7 @@ class LeanPool:
         known = self._bases.get(base)
         if known is None:
             parsed = URI.fromBytes(base)
-            host = parsed.host if parsed.port == 80 else b"%s:%d" % (parsed.host, parsed.port)
+            host = host_header(parsed)
             known = self._bases[base] = (parsed, host)
         parsed, host = known
         key = (parsed.host, parsed.port)
@@ -130,6 +132,12 @@ class LeanPool:
             for connection in list(idle):
                 connection.close()
         self._idle.clear()
+
+
+def host_header(uri: URI) -> bytes:
+    """The Host header for ``uri``, an IPv6 address in brackets (as the Agent sends it)."""
+    name = b"[%s]" % uri.host if b":" in uri.host else uri.host
+    return name if uri.port == 80 else b"%s:%d" % (name, uri.port)
 
 
 def _request_bytes(method: bytes, target: bytes, host: bytes, headers: Headers,

@@ -10,7 +10,7 @@ some 70 us of the reactor's time per request, on every push of every write, for 
 peers never use. treq still reads the JSON bodies (treq.content). The leader's pushes, a
 batch for every few writes to each follower, go through the lean client instead
 (leanclient.py, ``make_push_pool``): the Agent's request and answer parsing were about a
-twelfth of a small write's CPU at the leader.
+seventh of a small write's CPU at the leader (1.18 ms a write with it, 1.00 without).
 """
 # test-case-name: tests.integration.test_replication
 

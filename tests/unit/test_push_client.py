@@ -13,9 +13,11 @@ import pytest
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.client import URI
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from distpotify.leanclient import host_header
 from distpotify.model import Op, Version
 from distpotify.replication.client import PeerClient, PeerError, batch_body, make_push_pool
 from distpotify.signing import RequestVerifier, body_sha256
@@ -173,3 +175,12 @@ def test_a_follower_that_never_answers_is_given_up_after_the_timeout(
 
     assert push(loop, client, base, ops(3)) == Version(2, 1, 3)  # on a new connection
     assert len(follower.peers) == 2
+
+
+@pytest.mark.parametrize(("url", "host"), [
+    (b"http://10.0.0.2:8001/sync/ops", b"10.0.0.2:8001"),
+    (b"http://[::1]:8001/sync/ops", b"[::1]:8001"),
+    (b"http://replica-2/sync/ops", b"replica-2"),
+])
+def test_the_host_header_names_the_peer_as_the_agent_does(url: bytes, host: bytes) -> None:
+    assert host_header(URI.fromBytes(url)) == host
