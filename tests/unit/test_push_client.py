@@ -44,7 +44,7 @@ class Follower(Resource):
         super().__init__()
         self.verifier = RequestVerifier(CLUSTER_KEYS, loop.reactor)
         self.batches: list[dict[str, Any]] = []
-        self.peers: set[str] = set()
+        self.client_ports: set[int] = set()  # one per connection the pushes came on
         self.channels: list[Any] = []
         self.code = 200
         self.answer: bytes | None = None
@@ -55,7 +55,7 @@ class Follower(Resource):
         body = request.content.read()  # type: ignore[union-attr]
         claimed = self.verifier.check(b"POST", request.uri, request.requestHeaders)
         self.verifier.check_body(claimed, body_sha256(body))
-        self.peers.add(str(request.getClientAddress().port))  # type: ignore[attr-defined]
+        self.client_ports.add(request.getClientAddress().port)  # type: ignore[attr-defined]
         self.channels.append(request.channel)
         self.batches.append(json.loads(body))
         if self.silent:
@@ -119,7 +119,7 @@ def test_pushes_are_signed_posts_of_the_batch_on_one_kept_connection(
 
     assert cursors == [Version(2, 1, 2), Version(2, 1, 4), Version(2, 1, 6)]
     assert follower.batches == [json.loads(batch_body(SOURCE, ops(n, n + 1))) for n in (1, 3, 5)]
-    assert len(follower.peers) == 1  # every push on the same connection
+    assert len(follower.client_ports) == 1  # every push on the same connection
 
 
 def test_a_follower_error_is_a_peer_error_with_its_answer(loop: Loop, follower: Follower) -> None:
@@ -148,7 +148,7 @@ def test_a_follower_that_closed_the_kept_connection_gets_the_next_push_on_a_new_
     loop.settle()
 
     assert push(loop, client, base, ops(2)) == Version(2, 1, 2)
-    assert len(follower.peers) == 2
+    assert len(follower.client_ports) == 2
 
 
 def test_a_dead_follower_is_an_error_not_a_wait(loop: Loop, follower: Follower) -> None:
@@ -174,7 +174,7 @@ def test_a_follower_that_never_answers_is_given_up_after_the_timeout(
     follower.silent = False
 
     assert push(loop, client, base, ops(3)) == Version(2, 1, 3)  # on a new connection
-    assert len(follower.peers) == 2
+    assert len(follower.client_ports) == 2
 
 
 @pytest.mark.parametrize(("url", "host"), [
