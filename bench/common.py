@@ -45,6 +45,24 @@ function done(summary, latency, requests)
 end
 """
 
+def playlist_write_lua(key_prefix: str | None = None) -> str:
+    """wrk script: every request creates a playlist (POST /playlists); with ``key_prefix``,
+    each carries its own Idempotency-Key (the prefix, then a count: a new prefix per run, so
+    no request replays an earlier run's key)."""
+    headers = '{["Content-Type"] = "application/json"}'
+    if key_prefix is not None:
+        headers = ('{["Content-Type"] = "application/json",'
+                   f' ["Idempotency-Key"] = "{key_prefix}-" .. n}}')
+    return (
+        "local n = 0\n\n"
+        "function request()\n"
+        "  n = n + 1\n"
+        f'  return wrk.format("POST", "/playlists", {headers},\n'
+        """                    string.format('{"name": "bench %d"}', n))\n"""
+        "end\n"
+    ) + LUA_DONE
+
+
 # wrk script: cycles over the paths listed in a file (after "--"), one path per request,
 # requests pre-built in init(); done() prints exact figures as one JSON line. No response()
 # function, so wrk never copies bodies into Lua (that would slow wrk down).

@@ -50,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import LUA_DONE, run_wrk  # noqa: E402
+from common import playlist_write_lua, run_wrk  # noqa: E402
 from stack import Client, Stack, percentile, say, upload  # noqa: E402
 
 from tests.helpers.replica import peak_memory  # noqa: E402
@@ -210,18 +210,6 @@ def measure_idle(stack: Stack, seconds: float) -> dict[str, Any]:
                    "rss_mib": round(proc_rss_mib(pid), 1)} for name, pid in pids.items()}
 
 
-# Each request a new playlist, its name numbered by the request.
-WRITE_LUA = r"""
-local n = 0
-
-function request()
-  n = n + 1
-  return wrk.format("POST", "/playlists", {["Content-Type"] = "application/json"},
-                    string.format('{"name": "bench %d"}', n))
-end
-""" + LUA_DONE
-
-
 def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
     """Playlists created straight at the leader by ``clients`` connections of wrk (a C client:
     the Python client's own CPU, a fifth of a write's, competed with the replicas for the two
@@ -233,7 +221,7 @@ def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]
     before = {name: proc_cpu(pid) for name, pid in pids.items()}
     with tempfile.TemporaryDirectory(prefix="distpotify-bench-writes-") as tmp:
         script = Path(tmp) / "write.lua"
-        script.write_text(WRITE_LUA)
+        script.write_text(playlist_write_lua())
         unused = Path(tmp) / "paths.txt"
         unused.write_text("/\n")
         run = run_wrk(leader.http_port, unused, script, max(1, round(seconds)), clients)
