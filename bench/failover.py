@@ -339,16 +339,31 @@ def run_keys_by_wrk(port: int, connections: int, blocks: int) -> dict[str, Any]:
 
 def wrk_rate(port: int, keyed: bool, connections: int) -> float:
     """Writes/s of POST /playlists at ``port`` by wrk in one block of WRK_BLOCK seconds."""
+    prefix = uuid.uuid4().hex if keyed else None
     with tempfile.TemporaryDirectory(prefix="distpotify-bench-keys-") as tmp:
         script = Path(tmp) / "write.lua"
-        script.write_text(playlist_write_lua(uuid.uuid4().hex if keyed else None))
+        script.write_text(playlist_write_lua(prefix))
         unused = Path(tmp) / "paths.txt"
         unused.write_text("/\n")
         run = run_wrk(port, unused, script, WRK_BLOCK, connections)
     summary = run.summary()
     if run.non_2xx or any(summary["errors"].values()) or not summary["requests"]:
         raise RuntimeError(f"writes failed: {run.non_2xx} not 2xx, errors {summary['errors']}")
+    if prefix is not None and not replayed(port, prefix):
+        raise RuntimeError("the keyed block stored no key: its writes were not keyed")
     return float(summary["req_per_s"])
+
+
+def replayed(port: int, prefix: str) -> bool:
+    """Whether one of a keyed block's first writes, sent again, gets its key's stored answer
+    (wrk calls the script once to check it before the run, so the first sent may be the
+    second made)."""
+    for n in (1, 2, 3):
+        again = request(port, "POST", "/playlists", f'{{"name": "bench {n}"}}'.encode(),
+                        {"Content-Type": "application/json", "Idempotency-Key": f"{prefix}-{n}"})
+        if again.status == 201 and again.headers.get("idempotent-replayed") == "true":
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- read your writes
