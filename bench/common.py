@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import wave
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,10 +46,9 @@ function done(summary, latency, requests)
 end
 """
 
-def playlist_write_lua(key_prefix: str | None = None) -> str:
+def _playlist_write_lua(key_prefix: str | None) -> str:
     """wrk script: every request creates a playlist (POST /playlists); with ``key_prefix``,
-    each carries its own Idempotency-Key (the prefix, then a count: a new prefix per run, so
-    no request replays an earlier run's key)."""
+    each carries its own Idempotency-Key (the prefix, then a count)."""
     headers = '{["Content-Type"] = "application/json"}'
     if key_prefix is not None:
         headers = ('{["Content-Type"] = "application/json",'
@@ -230,6 +230,25 @@ def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: in
     if figures is None:
         raise BenchError(f"no figures in wrk's output:\n{done.stdout}\n{done.stderr}")
     return WrkRun(argv, done.stdout, figures)
+
+
+def playlist_writes(port: int, seconds: int, connections: int,
+                    key_prefix: str | None = None) -> dict[str, Any]:
+    """wrk's summary of ``seconds`` of playlist creates at ``port`` by ``connections``
+    keep-alive connections, each write with its own Idempotency-Key when ``key_prefix`` is
+    given (a new prefix per run, so no request replays an earlier run's key). BenchError if
+    any write failed."""
+    with tempfile.TemporaryDirectory(prefix="distpotify-bench-writes-") as tmp:
+        script = Path(tmp) / "write.lua"
+        script.write_text(_playlist_write_lua(key_prefix))
+        unused = Path(tmp) / "paths.txt"  # run_wrk's path list: these scripts make their own
+        unused.write_text("/\n")
+        run = run_wrk(port, unused, script, seconds, connections)
+    summary = run.summary()
+    if run.non_2xx or any(summary["errors"].values()) or not summary["requests"]:
+        raise BenchError(f"playlist writes failed: {run.non_2xx} not 2xx,"
+                         f" errors {summary['errors']}")
+    return summary
 
 
 def cpu_seconds(pid: int) -> float:

@@ -48,7 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keyless
-from common import playlist_write_lua, run_wrk
+from common import playlist_writes
 
 from tests.helpers.audio import make_wav
 from tests.helpers.fronted import Client, Fronted
@@ -340,15 +340,7 @@ def run_keys_by_wrk(port: int, connections: int, blocks: int) -> dict[str, Any]:
 def wrk_rate(port: int, keyed: bool, connections: int) -> float:
     """Writes/s of POST /playlists at ``port`` by wrk in one block of WRK_BLOCK seconds."""
     prefix = uuid.uuid4().hex if keyed else None
-    with tempfile.TemporaryDirectory(prefix="distpotify-bench-keys-") as tmp:
-        script = Path(tmp) / "write.lua"
-        script.write_text(playlist_write_lua(prefix))
-        unused = Path(tmp) / "paths.txt"
-        unused.write_text("/\n")
-        run = run_wrk(port, unused, script, WRK_BLOCK, connections)
-    summary = run.summary()
-    if run.non_2xx or any(summary["errors"].values()) or not summary["requests"]:
-        raise RuntimeError(f"writes failed: {run.non_2xx} not 2xx, errors {summary['errors']}")
+    summary = playlist_writes(port, WRK_BLOCK, connections, prefix)
     if prefix is not None and not replayed(port, prefix):
         raise RuntimeError("the keyed block stored no key: its writes were not keyed")
     return float(summary["req_per_s"])

@@ -50,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import playlist_write_lua, run_wrk  # noqa: E402
+from common import playlist_writes  # noqa: E402
 from stack import Client, Stack, percentile, say, upload  # noqa: E402
 
 from tests.helpers.replica import peak_memory  # noqa: E402
@@ -219,16 +219,7 @@ def measure_writes(stack: Stack, clients: int, seconds: float) -> dict[str, Any]
     pids = {("leader" if n is leader else f"replica {n.node_id}"): n.process.pid
             for n in stack.nodes if n.process}
     before = {name: proc_cpu(pid) for name, pid in pids.items()}
-    with tempfile.TemporaryDirectory(prefix="distpotify-bench-writes-") as tmp:
-        script = Path(tmp) / "write.lua"
-        script.write_text(playlist_write_lua())
-        unused = Path(tmp) / "paths.txt"
-        unused.write_text("/\n")
-        run = run_wrk(leader.http_port, unused, script, max(1, round(seconds)), clients)
-    summary = run.summary()
-    if run.non_2xx or any(summary["errors"].values()) or not summary["requests"]:
-        raise RuntimeError(f"playlist writes failed: {run.non_2xx} not 2xx,"
-                           f" errors {summary['errors']}")
+    summary = playlist_writes(leader.http_port, max(1, round(seconds)), clients)
     cpu_ms = {name: round((proc_cpu(pid) - before[name]) * 1000 / summary["requests"], 3)
               for name, pid in pids.items()}
     return {"writes": summary["requests"], "per_s": round(summary["req_per_s"], 1),
