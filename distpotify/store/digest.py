@@ -10,14 +10,9 @@ import sqlite3
 from collections.abc import Iterable
 
 from distpotify.model import ENTITIES, Row
-from distpotify.store.schema import Tables
+from distpotify.store.schema import BUCKETS, Tables, bucket_of
 
-BUCKETS = 256
-
-
-def bucket_of(entity: str, key: str) -> int:
-    """The anti-entropy bucket of a row: a stable hash of its identity."""
-    return hashlib.sha256(f"{entity}/{key}".encode()).digest()[0] % BUCKETS
+__all__ = ["BUCKETS", "Digests", "bucket_of", "row_hash", "xor_digest"]
 
 
 def row_hash(entity: str, key: str, versions_text: str) -> int:

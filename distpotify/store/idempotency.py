@@ -12,12 +12,13 @@ from typing import Any
 from distpotify.idempotency import IdempotencyKey, Outcome
 from distpotify.model import ENTITIES, IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Row, Version
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
-from distpotify.store.schema import Tables, versions_text
+from distpotify.store.schema import Tables, identity, versions_text
 
 ENTITY = KEY_ROWS
 FIELDS = frozenset(ENTITIES[ENTITY].fields)  # a key row is written whole, by one write
 _INSERT = (f"INSERT INTO {ENTITY} (id, {', '.join(sorted(FIELDS))}, version, field_versions,"
            f" bucket) VALUES (?, {', '.join('?' * len(FIELDS))}, ?, ?, ?)")
+_UNLESS_STORED = f" ON CONFLICT ({', '.join(identity(ENTITIES[ENTITY]))}) DO NOTHING"
 
 
 def key_watermark(conn: sqlite3.Connection) -> Version:
@@ -34,7 +35,7 @@ def add_key_row(conn: sqlite3.Connection, version: Version, key: str,
     versions = versions_text(Row(ENTITY, key, fields, dict.fromkeys(fields, version)))
     bucket = bucket_of(ENTITY, key)
     added = conn.execute(
-        _INSERT if absent else f"{_INSERT} ON CONFLICT (id) DO NOTHING",
+        _INSERT if absent else _INSERT + _UNLESS_STORED,
         (key, *(fields[name] for name in sorted(FIELDS)), version.encode(), versions, bucket),
     ).rowcount
     if added:

@@ -19,7 +19,7 @@ from distpotify.store import idempotency
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
-from distpotify.store.schema import Tables, versions_text
+from distpotify.store.schema import Tables, identity, savepoints_in_memory, versions_text
 from distpotify.store.songindex import derived_columns, row_applied
 from distpotify.store.tombstones import purge_tombstones
 
@@ -111,7 +111,7 @@ class Oplog(Tables):
         outcomes: list[Any] = []
         seq = self._seq
         try:
-            with self._transaction():
+            with savepoints_in_memory(self._conn), self._transaction():
                 for call in calls:
                     mark = self._seq, len(self._unpublished)
                     try:
@@ -259,11 +259,12 @@ class Oplog(Tables):
                   "version": row.version.encode(), "field_versions": versions, "bucket": bucket}
         # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which the search index
         # refers to (songindex.py).
-        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in entity.keys)
+        target = identity(entity)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in target)
         self._conn.execute(
             f"INSERT INTO {entity.name} ({', '.join(values)})"
             f" VALUES ({', '.join('?' * len(values))})"
-            f" ON CONFLICT ({', '.join(entity.keys)}) DO UPDATE SET {updates}",
+            f" ON CONFLICT ({', '.join(target)}) DO UPDATE SET {updates}",
             list(values.values()),
         )
         row_applied(self._conn, op.entity, op.key, old.fields if old else None, row.fields)

@@ -5,12 +5,25 @@ the base of every part of MetadataDB: the one connection, transactions, a row re
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from distpotify.model import ENTITIES, Entity, Row, Version
+from distpotify.model import ENTITIES, KEY_ROWS, Entity, Row, Version
 from distpotify.store import songindex
+
+BUCKETS = 256
+
+# Tables whose primary key starts with the row's anti-entropy bucket: (bucket, id) serves a
+# row's lookup (the bucket derives from the id) and a bucket's read alike, where the other
+# tables keep an index on bucket beside their key. The key table's ids are random (UUIDv5 of
+# a client's key), so each index costs a keyed write a page of its own to write: this way
+# one, not two.
+BUCKET_FIRST = frozenset({KEY_ROWS})
 
 _TYPES = {
     "track": "INTEGER", "disc": "INTEGER", "year": "INTEGER", "duration": "REAL", "size": "INTEGER",
@@ -21,18 +34,37 @@ _TYPES = {
 }
 
 
-def _table_sql(entity: Entity) -> str:
+def bucket_of(entity: str, key: str) -> int:
+    """The anti-entropy bucket of a row (digest.py): a stable hash of its identity."""
+    return hashlib.sha256(f"{entity}/{key}".encode()).digest()[0] % BUCKETS
+
+
+def identity(entity: Entity) -> tuple[str, ...]:
+    """The columns of ``entity``'s primary key: its key columns, after the bucket for the
+    BUCKET_FIRST tables."""
+    return ("bucket", *entity.keys) if entity.name in BUCKET_FIRST else entity.keys
+
+
+def identity_values(entity: Entity, key: str) -> tuple[Any, ...]:
+    """The values of ``identity(entity)`` for the row ``key``."""
+    values = tuple(entity.split_key(key).values())
+    return (bucket_of(entity.name, key), *values) if entity.name in BUCKET_FIRST else values
+
+
+def _table_sql(entity: Entity, table: str | None = None) -> str:
     columns = [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.keys]
     columns += [f"{name} {_TYPES.get(name, 'TEXT')}" for name in entity.fields]
     columns += ["version TEXT NOT NULL", "field_versions TEXT NOT NULL",
                 "bucket INTEGER NOT NULL"]
-    key = ", ".join(entity.keys)
-    return f"CREATE TABLE IF NOT EXISTS {entity.name} ({', '.join(columns)}, PRIMARY KEY ({key}))"
+    key = ", ".join(identity(entity))
+    return (f"CREATE TABLE IF NOT EXISTS {table or entity.name} ({', '.join(columns)},"
+            f" PRIMARY KEY ({key}))")
 
 
 SCHEMA = [
     *(_table_sql(entity) for entity in ENTITIES.values()),
-    *(f"CREATE INDEX IF NOT EXISTS {name}_bucket ON {name} (bucket)" for name in ENTITIES),
+    *(f"CREATE INDEX IF NOT EXISTS {name}_bucket ON {name} (bucket)" for name in ENTITIES
+      if name not in BUCKET_FIRST),
     # Per bucket, the XOR of its rows' hashes: updated on every apply, so comparing two
     # replicas costs BUCKETS hashes plus the rows of the buckets that differ (digest.py).
     "CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
@@ -78,6 +110,7 @@ def connect(path: Path) -> sqlite3.Connection:
         # Names were unique per raw text before accounts: a clash arriving by merge would
         # have stopped replication.
         conn.execute("DROP INDEX IF EXISTS users_name")
+        _bucket_first(conn)
         for statement in SCHEMA:
             conn.execute(statement)
         songindex.ensure(conn)  # the search index, sort keys and tallies (a migration)
@@ -97,6 +130,21 @@ def _add_new_fields(conn: sqlite3.Connection) -> None:
                              f" {_TYPES.get(name, 'TEXT')}")
 
 
+def _bucket_first(conn: sqlite3.Connection) -> None:
+    """Rebuild a BUCKET_FIRST table made before its key began with the bucket (keyed by id,
+    with an index on bucket beside it): same rows, same buckets, so its digests stand. SCHEMA
+    then makes its other indexes again."""
+    for name in BUCKET_FIRST:
+        key = {r["name"]: r["pk"] for r in conn.execute(f"PRAGMA table_info({name})")}
+        if not key or key.get("bucket"):
+            continue  # a new database (SCHEMA makes the table), or one made this way
+        columns = ", ".join(key)
+        conn.execute(_table_sql(ENTITIES[name], f"{name}_rebuilt"))
+        conn.execute(f"INSERT INTO {name}_rebuilt ({columns}) SELECT {columns} FROM {name}")
+        conn.execute(f"DROP TABLE {name}")  # and its indexes
+        conn.execute(f"ALTER TABLE {name}_rebuilt RENAME TO {name}")
+
+
 def xor_hex(a: str, b: str) -> str:
     """The XOR of two 128-bit digests in hex (digest.xor_digest's SQL function)."""
     return f"{int(a, 16) ^ int(b, 16):032x}"
@@ -111,6 +159,21 @@ def occurrences(text: str | None, part: str) -> int:
         found += 1
         at = whole.find(part, at + 1)
     return found
+
+
+@contextlib.contextmanager
+def savepoints_in_memory(conn: sqlite3.Connection) -> Iterator[None]:
+    """Around a transaction of many savepoints (Oplog.write_together). SQLite copies each
+    page a savepoint changes into a statement journal, which spills to a temporary file past
+    64 KiB: a group of keyed writes did, one commit in four (a file created, written and
+    deleted inside the commit). A transaction begun with temp_store MEMORY keeps that journal
+    in memory (SQLite fixes where when the transaction begins); the setting is put back
+    after, so the reads' large sorts still spill to disk."""
+    conn.execute("PRAGMA temp_store = MEMORY")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA temp_store = DEFAULT")
 
 
 class Transaction:
@@ -156,9 +219,9 @@ class Tables:
         return self._get_row(ENTITIES[entity_name], key)
 
     def _get_row(self, entity: Entity, key: str) -> Row | None:
-        where = " AND ".join(f"{k} = ?" for k in entity.keys)
+        where = " AND ".join(f"{k} = ?" for k in identity(entity))
         found = self._conn.execute(
-            f"SELECT * FROM {entity.name} WHERE {where}", tuple(entity.split_key(key).values())
+            f"SELECT * FROM {entity.name} WHERE {where}", identity_values(entity, key)
         ).fetchone()
         if found is None:
             return None

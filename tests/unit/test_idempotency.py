@@ -21,7 +21,7 @@ from distpotify.library import Library
 from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Op, Version
 from distpotify.replication.client import op_from_json
 from distpotify.replication.receive import validate_op
-from distpotify.store.metadata import MetadataDB, MetadataStore, row_ops
+from distpotify.store.metadata import MetadataDB, MetadataStore, bucket_of, row_ops
 from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, run_now
 from tests.helpers.audio import make_audio
 
@@ -451,6 +451,48 @@ def test_an_oplog_from_before_carried_key_rows_is_migrated(tmp_path: Path) -> No
     assert db.ops_after(ZERO) == [op]  # a key row of its own, as it was written then
     db.apply_ops([op])
     assert db.stored_outcome(key) is not None
+
+
+def test_a_key_table_keyed_by_id_alone_is_rebuilt_bucket_first(tmp_path: Path) -> None:
+    """A database from before the key table's primary key began with the bucket: rebuilt on
+    open with the same rows, so digests and stored outcomes stand, and keys are found, and
+    buckets read, through that one key; the bucket index beside it is gone."""
+    path = tmp_path / "m.sqlite3"
+    keys = [IdempotencyKey(f"key {n}", f"{n:064x}") for n in range(40)]
+    db = MetadataDB(path, node_id=1)
+    db.apply_ops([key_op(Version(1, 1, n + 1), key) for n, key in enumerate(keys)])
+    before = rows(db, "idempotency"), db.digest()
+    db.close()
+    old = sqlite3.connect(path)  # the layout as it was: keyed by id, an index on bucket
+    columns = ", ".join(r[1] for r in old.execute("PRAGMA table_info(idempotency)"))
+    old.executescript(
+        f"CREATE TABLE was ({columns}, PRIMARY KEY (id));"
+        f" INSERT INTO was SELECT {columns} FROM idempotency; DROP TABLE idempotency;"
+        " ALTER TABLE was RENAME TO idempotency;"
+        " CREATE INDEX idempotency_bucket ON idempotency (bucket);"
+        " CREATE INDEX idempotency_version ON idempotency (version);")
+    old.close()
+
+    db = MetadataDB(path, node_id=1)
+
+    key_columns = {r["name"]: r["pk"] for r in db._conn.execute(
+        "PRAGMA table_info(idempotency)")}
+    assert (key_columns["bucket"], key_columns["id"]) == (1, 2)
+    assert {r["name"] for r in db._conn.execute("PRAGMA index_list(idempotency)")} == {
+        "sqlite_autoindex_idempotency_1", "idempotency_version"}
+    assert (rows(db, "idempotency"), db.digest()) == before
+    assert all(db.stored_outcome(key) is not None for key in keys)
+    found = {key for _, key, _ in db.bucket_rows(bucket_of("idempotency", keys[0].id))}
+    assert keys[0].id in found
+    plan = " ".join(r["detail"] for r in db._conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM idempotency WHERE bucket = ? AND id = ?", (0, "")))
+    assert "sqlite_autoindex_idempotency_1 (bucket=? AND id=?)" in plan
+    db.apply_ops([key_op(Version(1, 1, 99), keys[0])])  # written again later: merged into it
+    assert db.get_row("idempotency", keys[0].id).version == Version(1, 1, 99)
+    assert db.idempotency_keys() == len(keys)
+    db.close()
+    again = MetadataDB(path, node_id=1)  # opened again: nothing to redo
+    assert again.idempotency_keys() == len(keys) and again.stored_outcome(keys[1]) is not None
 
 
 def test_an_op_carries_the_key_row_of_its_own_version_only(
