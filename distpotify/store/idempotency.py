@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from distpotify.idempotency import IdempotencyKey, Outcome
-from distpotify.model import ENTITIES, IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Row, Version
+from distpotify.model import ENTITIES, IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Version
 from distpotify.store.digest import bucket_of, row_hash, xor_digest
-from distpotify.store.schema import Tables, identity, versions_text
+from distpotify.store.schema import Tables, identity, written_whole
 
 ENTITY = KEY_ROWS
 FIELDS = frozenset(ENTITIES[ENTITY].fields)  # a key row is written whole, by one write
@@ -32,7 +32,7 @@ def add_key_row(conn: sqlite3.Connection, version: Version, key: str,
     """Store the key row ``key`` written whole by ``version``, with its bucket's digest,
     unless a row for that key exists (False: the caller merges the two). ``absent``: the
     caller knows there is none. What merge.py would make of it, without reading the row."""
-    versions = versions_text(Row(ENTITY, key, fields, dict.fromkeys(fields, version)))
+    versions = written_whole(fields, version)
     bucket = bucket_of(ENTITY, key)
     added = conn.execute(
         _INSERT if absent else _INSERT + _UNLESS_STORED,

@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,12 @@ class Transaction:
 def versions_text(row: Row) -> str:
     """A row's ``field_versions`` column: what it stores, and what its digest hashes."""
     return json.dumps({name: v.encode() for name, v in row.versions.items()}, sort_keys=True)
+
+
+def written_whole(fields: Iterable[str], version: Version) -> str:
+    """``versions_text`` of a row whose every field ``version`` wrote (a key row), without
+    the row: the same text, the version encoded once."""
+    return json.dumps(dict.fromkeys(sorted(fields), version.encode()))
 
 
 class Tables:

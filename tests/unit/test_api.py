@@ -9,11 +9,14 @@ import json
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from klein.resource import KleinResource
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
@@ -703,6 +706,19 @@ def test_the_id_route_rule_is_the_model_rule(text: str) -> None:
     assert matched == valid_uuid(text)
     if matched:
         assert IdConverter(None).to_python(text) == text  # type: ignore[arg-type]
+
+
+@given(st.one_of(
+    st.uuids().map(str), st.uuids().map(lambda u: u.hex), st.uuids().map(lambda u: str(u).upper()),
+    st.text(alphabet="0123456789abcdefABCDEF-{}:urnid \n\uff10", max_size=46), st.text(max_size=40),
+))
+def test_a_valid_uuid_is_the_text_the_uuid_module_prints_for_it(text: str) -> None:
+    try:
+        canonical = str(uuid.UUID(text)) == text
+    except ValueError:
+        canonical = False
+
+    assert valid_uuid(text) == canonical
 
 
 @pytest.mark.parametrize("text", SEGMENTS)

@@ -10,9 +10,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpotify.model import Op, Version
+from distpotify.model import ENTITIES, KEY_ROWS, Op, Row, Version
 from distpotify.store.digest import row_hash
 from distpotify.store.metadata import BUCKETS, MetadataDB
+from distpotify.store.schema import versions_text, written_whole
 
 KEYS = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(6)]
 
@@ -130,3 +131,15 @@ def test_a_purge_watermark_drops_old_tombstones_and_their_digest_share(tmp_path:
     assert purged.get_row("playlists", KEYS[2]) is not None  # deleted after the watermark
     assert purged.digest() == never.digest()
     assert purged.tombstones() == 1
+
+
+@given(st.sets(st.sampled_from(ENTITIES[KEY_ROWS].fields), min_size=1),
+       st.builds(Version, st.integers(0, 10**9), st.integers(0, 99999), st.integers(0, 10**11)))
+def test_a_row_written_whole_has_the_versions_text_of_that_row(
+    fields: set[str], version: Version
+) -> None:
+    """A key row's field versions are written without building its Row (written_whole): the
+    text must be the very one versions_text gives, or its digest would differ."""
+    row = Row(KEY_ROWS, "k", dict.fromkeys(fields, 1), dict.fromkeys(fields, version))
+
+    assert written_whole(fields, version) == versions_text(row)
