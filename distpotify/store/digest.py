@@ -10,9 +10,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from distpotify.model import ENTITIES, Row
-from distpotify.store.schema import BUCKETS, Tables, bucket_of
-
-__all__ = ["BUCKETS", "Digests", "bucket_of", "row_hash", "xor_digest"]
+from distpotify.store.schema import BUCKETS, Tables
 
 
 def row_hash(entity: str, key: str, versions_text: str) -> int:

@@ -11,8 +11,8 @@ from typing import Any
 
 from distpotify.idempotency import IdempotencyKey, Outcome
 from distpotify.model import ENTITIES, IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Version
-from distpotify.store.digest import bucket_of, row_hash, xor_digest
-from distpotify.store.schema import Tables, identity, written_whole
+from distpotify.store.digest import row_hash, xor_digest
+from distpotify.store.schema import Tables, bucket_of, identity, written_whole
 
 ENTITY = KEY_ROWS
 FIELDS = frozenset(ENTITIES[ENTITY].fields)  # a key row is written whole, by one write

@@ -22,13 +22,13 @@ from distpotify.store.catalog import CatalogQueries
 from distpotify.store.chunkcache import ChunkCache
 from distpotify.store.compaction import Compaction
 from distpotify.store.coverrefs import CoverQueries
-from distpotify.store.digest import BUCKETS, Digests, bucket_of
+from distpotify.store.digest import Digests
 from distpotify.store.idempotency import IdempotencyKeys
 from distpotify.store.merge import row_ops, won_fields
 from distpotify.store.oplog import Change, Oplog
 from distpotify.store.queries import SONG_ORDERS, LibraryQueries, SongPage, SongSearch
 from distpotify.store.registry import ChunkRegistry
-from distpotify.store.schema import connect
+from distpotify.store.schema import BUCKETS, bucket_of, connect
 from distpotify.store.snapshot import Snapshots
 from distpotify.store.tombstones import Tombstones
 from distpotify.store.userstate import UserStateQueries
