@@ -139,8 +139,11 @@ def _bucket_first(conn: sqlite3.Connection) -> None:
         if not key or key.get("bucket"):
             continue  # a new database (SCHEMA makes the table), or one made this way
         columns = ", ".join(key)
+        conn.execute(f"DROP TABLE IF EXISTS {name}_rebuilt")
         conn.execute(_table_sql(ENTITIES[name], f"{name}_rebuilt"))
-        conn.execute(f"INSERT INTO {name}_rebuilt ({columns}) SELECT {columns} FROM {name}")
+        # In the new key's order: each insert then lands beside the last one.
+        conn.execute(f"INSERT INTO {name}_rebuilt ({columns})"
+                     f" SELECT {columns} FROM {name} ORDER BY bucket, id")
         conn.execute(f"DROP TABLE {name}")  # and its indexes
         conn.execute(f"ALTER TABLE {name}_rebuilt RENAME TO {name}")
 
@@ -169,11 +172,13 @@ def savepoints_in_memory(conn: sqlite3.Connection) -> Iterator[None]:
     deleted inside the commit). A transaction begun with temp_store MEMORY keeps that journal
     in memory (SQLite fixes where when the transaction begins); the setting is put back
     after, so the reads' large sorts still spill to disk."""
+    assert not conn.in_transaction, "the journal's place is fixed when a transaction begins"
+    was = conn.execute("PRAGMA temp_store").fetchone()[0]
     conn.execute("PRAGMA temp_store = MEMORY")
     try:
         yield
     finally:
-        conn.execute("PRAGMA temp_store = DEFAULT")
+        conn.execute(f"PRAGMA temp_store = {int(was)}")
 
 
 class Transaction:

@@ -4,6 +4,7 @@ fsync); each is answered once that has committed, and a failing one is undone al
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,30 @@ def test_a_failed_commit_fails_every_write_of_its_group(db: MetadataDB) -> None:
     assert db.playlists() == [] and db.cached_head() == Version(0, 0, 0)
     assert db.write([Change("playlists", IDS[4], {"name": "next", "deleted": 0})]
                     )[0].version == Version(1, 2, 1)
+
+
+def test_a_group_keeps_its_savepoint_journals_in_memory_then_the_setting_it_found(
+    db: MetadataDB,
+) -> None:
+    """A group's transaction begins with temp_store MEMORY, so each write's savepoint journal
+    (a copy of every page it changes, which SQLite spills to a file past 64 KiB) stays in
+    memory; afterwards the connection's own setting is back, and a write that changed more
+    than that is still undone alone."""
+    db._conn.execute("PRAGMA temp_store = FILE")
+    seen: list[int] = []
+    failing = [str(uuid.uuid4()) for _ in range(40)]
+    kept = [str(uuid.uuid4()) for _ in range(40)]
+
+    def many(ids: list[str], fail: bool) -> None:
+        seen.append(db._conn.execute("PRAGMA temp_store").fetchone()[0])
+        db.write([Change("playlists", i, {"name": "x" * 2000, "deleted": 0}) for i in ids])
+        if fail:  # after some 80 KiB of pages
+            raise ValueError("changed its mind")
+
+    outcomes = db.write_together([lambda: many(failing, True), lambda: many(kept, False)])
+
+    assert seen == [2, 2]  # MEMORY
+    assert outcomes[0].check(ValueError) and outcomes[1] is None
+    assert all(db.get_row("playlists", i) is None for i in failing)
+    assert all(db.get_row("playlists", i) is not None for i in kept)
+    assert db._conn.execute("PRAGMA temp_store").fetchone()[0] == 1  # FILE, as it was

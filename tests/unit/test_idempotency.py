@@ -461,7 +461,7 @@ def test_a_key_table_keyed_by_id_alone_is_rebuilt_bucket_first(tmp_path: Path) -
     keys = [IdempotencyKey(f"key {n}", f"{n:064x}") for n in range(40)]
     db = MetadataDB(path, node_id=1)
     db.apply_ops([key_op(Version(1, 1, n + 1), key) for n, key in enumerate(keys)])
-    before = rows(db, "idempotency"), db.digest()
+    before = sorted(rows(db, "idempotency"), key=lambda r: r["id"]), db.digest()
     db.close()
     old = sqlite3.connect(path)  # the layout as it was: keyed by id, an index on bucket
     columns = ", ".join(r[1] for r in old.execute("PRAGMA table_info(idempotency)"))
@@ -480,7 +480,7 @@ def test_a_key_table_keyed_by_id_alone_is_rebuilt_bucket_first(tmp_path: Path) -
     assert (key_columns["bucket"], key_columns["id"]) == (1, 2)
     assert {r["name"] for r in db._conn.execute("PRAGMA index_list(idempotency)")} == {
         "sqlite_autoindex_idempotency_1", "idempotency_version"}
-    assert (rows(db, "idempotency"), db.digest()) == before
+    assert (sorted(rows(db, "idempotency"), key=lambda r: r["id"]), db.digest()) == before
     assert all(db.stored_outcome(key) is not None for key in keys)
     found = {key for _, key, _ in db.bucket_rows(bucket_of("idempotency", keys[0].id))}
     assert keys[0].id in found
