@@ -6,7 +6,8 @@ of a few per cent to the keyed path shows only over many runs. Here two clusters
 once, this tree's and TREE's (make one with ``git worktree add /tmp/dp-before COMMIT``; its
 replicas run on this venv's Python with the checkout first on PYTHONPATH, so only the code
 differs). Each round writes one 2-s wrk block without keys and one with on each cluster, back
-to back (the orders rotate), so both trees meet the same minutes of the VM. Reported: each
+to back (the orders rotate), so both trees meet the same minutes of the VM; a keyed block
+proves its writes stored their keys (failover.wrk_rate). Reported: each
 tree's median pair ratio (keyed writes/s over unkeyed, target >= 0.90), and TREE's writes/s
 over this tree's for each kind, round by round.
 
@@ -23,17 +24,16 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, playlist_writes
+from common import RESULTS
+from failover import WRK_BLOCK, wrk_rate
 from stack import Stack, say
 
-BLOCK = 2  # seconds of wrk per block
 CONNECTIONS = 8
 TREES = ("this", "other")
 
@@ -55,26 +55,21 @@ def cluster(root: Path, tree: Path | None) -> Stack:
     return stack
 
 
-def rate(port: int, keyed: bool) -> float:
-    summary = playlist_writes(port, BLOCK, CONNECTIONS, uuid.uuid4().hex if keyed else None)
-    return float(summary["req_per_s"])
-
-
 def measure(ports: dict[str, int], rounds: int) -> dict[str, Any]:
     for port in ports.values():  # warm both paths of both clusters up
-        rate(port, True)
-        rate(port, False)
+        wrk_rate(port, True, CONNECTIONS)
+        wrk_rate(port, False, CONNECTIONS)
     rates: dict[str, dict[bool, list[float]]] = {t: {False: [], True: []} for t in TREES}
     for n in range(rounds):
         trees = TREES if n % 2 == 0 else TREES[::-1]
         kinds = (False, True) if (n // 2) % 2 == 0 else (True, False)
         for tree in trees:
             for keyed in kinds:
-                rates[tree][keyed].append(rate(ports[tree], keyed))
+                rates[tree][keyed].append(wrk_rate(ports[tree], keyed, CONNECTIONS))
         say(f"round {n}: " + "  ".join(
             f"{tree} {rates[tree][False][-1]:.0f} / {rates[tree][True][-1]:.0f} writes/s"
             f" ({rates[tree][True][-1] / rates[tree][False][-1]:.3f})" for tree in TREES))
-    result: dict[str, Any] = {"rounds": rounds, "block_s": BLOCK, "rates": {
+    result: dict[str, Any] = {"rounds": rounds, "block_s": WRK_BLOCK, "rates": {
         tree: {"without_keys": rates[tree][False], "with_keys": rates[tree][True]}
         for tree in TREES}}
     for tree in TREES:

@@ -135,15 +135,15 @@ def _bucket_first(conn: sqlite3.Connection) -> None:
     with an index on bucket beside it): same rows, same buckets, so its digests stand. SCHEMA
     then makes its other indexes again."""
     for name in BUCKET_FIRST:
-        key = {r["name"]: r["pk"] for r in conn.execute(f"PRAGMA table_info({name})")}
-        if not key or key.get("bucket"):
+        in_key = {r["name"]: r["pk"] for r in conn.execute(f"PRAGMA table_info({name})")}
+        if not in_key or in_key.get("bucket"):
             continue  # a new database (SCHEMA makes the table), or one made this way
-        columns = ", ".join(key)
+        columns = ", ".join(in_key)
         conn.execute(f"DROP TABLE IF EXISTS {name}_rebuilt")
         conn.execute(_table_sql(ENTITIES[name], f"{name}_rebuilt"))
         # In the new key's order: each insert then lands beside the last one.
-        conn.execute(f"INSERT INTO {name}_rebuilt ({columns})"
-                     f" SELECT {columns} FROM {name} ORDER BY bucket, id")
+        conn.execute(f"INSERT INTO {name}_rebuilt ({columns}) SELECT {columns} FROM {name}"
+                     f" ORDER BY {', '.join(identity(ENTITIES[name]))}")
         conn.execute(f"DROP TABLE {name}")  # and its indexes
         conn.execute(f"ALTER TABLE {name}_rebuilt RENAME TO {name}")
 
