@@ -1,0 +1,138 @@
+"""Pages a write adds to the WAL, by table and index: a playlist create with and without an
+Idempotency-Key, on a leader's database, in this process.
+
+A commit writes each page it changed to the WAL whole (4 KiB), fsyncs it, and a checkpoint
+later writes the page again into the database file, so the pages a write dirties are most of
+what it costs the disk (docs/architecture.md section 2.8). Unlike writes/s, the count does
+not move with the machine's load, so a change to the schema or the write path shows here
+exactly, run after run. (Time is not measured: with checkpoints off the WAL grows, which
+makes every commit slower than in a replica.)
+
+Each kind of write runs on a fresh database (``MetadataDB``, as a leader's store thread runs
+it): ``--warm`` writes first (so the tables are past the size where a group's rows share
+index pages), then ``--writes`` writes with checkpoints off, ``--group`` writes per commit
+(the group commit; 2.6-4 with 8 writers on this machine, 10 with 32). The WAL's frame
+headers then name each page written, and SQLite's dbstat table names the table or index each
+page belongs to. The unkeyed write is the reference: the keyed write's extra pages are what
+its key row costs on every replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import REPO, RESULTS, environment, say
+
+from distpotify.auth.access import UNRESTRICTED
+from distpotify.idempotency import IdempotencyKey, request_digest
+from distpotify.library import _create_playlist, _keyed
+from distpotify.store.metadata import MetadataDB
+
+WAL_HEADER = 32
+FRAME_HEADER = 24
+
+
+def playlist_create(db: MetadataDB, n: int, keyed: bool) -> Callable[[], Any]:
+    """The database call of ``POST /playlists {"name": "bench n"}``, with a key or without,
+    as the library's store thread makes it (Library._write)."""
+    key = None
+    if keyed:
+        body = json.dumps({"name": f"bench {n}"}).encode()
+        key = IdempotencyKey(f"bench-{n}", request_digest(b"POST", b"/playlists",
+                                                          io.BytesIO(body)))
+    playlist_id = key.record_id() if key is not None else str(uuid.uuid4())
+    fields = {"name": f"bench {n}", "owner": None, "created_at": "2026-12-05T00:00:00.000Z",
+              "deleted": 0, "public": 0}
+    return lambda: _keyed(db, key, _create_playlist, playlist_id, fields, UNRESTRICTED)
+
+
+def write(db: MetadataDB, start: int, count: int, group: int, keyed: bool) -> None:
+    for first in range(start, start + count, group):
+        db.write_together([playlist_create(db, n, keyed)
+                           for n in range(first, min(first + group, start + count))])
+
+
+def wal_pages(wal: Path) -> list[int]:
+    """The page number of every frame in the WAL file ``wal``, in the order written."""
+    data = wal.read_bytes()
+    page_size = struct.unpack(">I", data[8:12])[0]
+    return [struct.unpack(">I", data[at:at + 4])[0]
+            for at in range(WAL_HEADER, len(data) - FRAME_HEADER - page_size + 1,
+                            FRAME_HEADER + page_size)]
+
+
+def measure(keyed: bool, warm: int, writes: int, group: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="distpotify-bench-pages-") as tmp:
+        path = Path(tmp) / "metadata.db"
+        db = MetadataDB(path, node_id=1)
+        try:
+            db.begin_leading(1)
+            write(db, 0, warm, group, keyed)
+            conn = db._conn
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL from empty
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            write(db, warm, writes, group, keyed)
+            pages = wal_pages(path.with_name(path.name + "-wal"))
+            names = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
+        finally:
+            db.close()
+    counts = collections.Counter(names.get(page, "(page freed since)") for page in pages)
+    return {
+        "frames_per_write": len(pages) / writes,
+        "by_btree": {name: n / writes for name, n in counts.most_common()},
+    }
+
+
+def report(plain: dict[str, Any], keyed: dict[str, Any], group: int) -> str:
+    names = list(dict.fromkeys([*keyed["by_btree"], *plain["by_btree"]]))
+    lines = [f"WAL pages per write, {group} writes a commit (4 KiB each; a checkpoint writes"
+             " them again)",
+             f"{'table or index':<34} {'unkeyed':>8} {'keyed':>8} {'extra':>8}"]
+    for name in names:
+        a, b = plain["by_btree"].get(name, 0.0), keyed["by_btree"].get(name, 0.0)
+        lines.append(f"{name:<34} {a:8.2f} {b:8.2f} {b - a:+8.2f}")
+    a, b = plain["frames_per_write"], keyed["frames_per_write"]
+    lines.append(f"{'all':<34} {a:8.2f} {b:8.2f} {b - a:+8.2f}   keyed / unkeyed x{b / a:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--warm", type=int, default=20000, help="writes before the measured ones")
+    p.add_argument("--writes", type=int, default=2000, help="writes measured")
+    p.add_argument("--group", type=int, default=4, help="writes a commit")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = p.parse_args(argv)
+    if not (0 <= args.warm <= 500_000 and 1 <= args.writes <= 50_000
+            and 1 <= args.group <= 64):
+        p.error("--warm 0-500000, --writes 1-50000, --group 1-64 (the group commit's most)")
+    runs = {}
+    for keyed in (False, True):
+        say(f"{'keyed' if keyed else 'unkeyed'}: {args.warm} writes, then {args.writes}"
+            " measured")
+        runs["keyed" if keyed else "unkeyed"] = measure(keyed, args.warm, args.writes,
+                                                        args.group)
+    print(report(runs["unkeyed"], runs["keyed"], args.group))
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"pages-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.write_text(json.dumps({"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                   "args": vars(args), **runs,
+                                   "environment": environment()}, indent=1))
+        say(f"saved {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
