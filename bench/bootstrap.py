@@ -11,7 +11,6 @@ syncing it to disk. Targets: at least 150 MiB/s, and at least a third of the cop
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import save_result
 
 from tests.helpers.audio import make_wav
 from tests.helpers.replica import Cluster, ReplicaProcess, wait_until
@@ -88,11 +89,7 @@ def main() -> None:
     print(f"{'join':18} {result['join_seconds']:>8} {result['join_mib_per_s']:>8}")
     print(f"{'cp -r + sync':18} {result['copy_seconds']:>8} {result['copy_mib_per_s']:>8}")
     print(f"ratio join/copy: {result['ratio']}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"bootstrap-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"saved {path}")
+    save_result("bootstrap", result)
 
 
 if __name__ == "__main__":

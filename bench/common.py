@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import wave
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -96,6 +97,15 @@ class BenchError(Exception):
 
 def say(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def save_result(name: str, result: Any) -> Path:
+    """``result`` as JSON in bench/results/NAME-<date>-<time>.json (git-ignored); says where."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    say(f"saved {path.relative_to(REPO)}")
+    return path
 
 
 # ---------------------------------------------------------------- processes

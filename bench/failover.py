@@ -31,7 +31,6 @@ Prints each figure next to its same-run reference and saves JSON under bench/res
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import signal
@@ -48,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keyless
-from common import playlist_writes
+from common import playlist_writes, save_result
 
 from tests.helpers.audio import make_wav
 from tests.helpers.fronted import Client, Fronted
@@ -482,11 +481,7 @@ def main() -> None:
         tree = keyless.checkout(args.without_keys)
         results["direct_without_keys"] = run_direct_without_keys(tree, args.rounds)
     report(results)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"failover-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    say(f"saved {path}")
+    save_result("failover", results)
 
 
 if __name__ == "__main__":

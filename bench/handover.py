@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import signal
 import statistics
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import save_result
 
 from tests.helpers.leaders import LeaderWatch
 from tests.helpers.replica import STARTUP, Cluster, ReplicaProcess, send_json, wait_until
@@ -183,11 +184,7 @@ def main() -> None:
           f" SIGCONT to its first acknowledged write median {statistics.median(firsts):.3f} s,"
           f" max {max(firsts):.3f} s (two failure timeouts: 1.5 s); longest two-leader window"
           f" {max(windows):.3f} s (one failure timeout: 0.75 s)")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"handover-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"saved {path}")
+    save_result("handover", results)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ two are equal (one lane, one thread).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ import time
 from typing import Any
 
 import attrs
-from common import REPO, RESULTS, environment, say
+from common import environment, save_result, say
 
 from distpotify.auth.passwords import HashParams
 
@@ -89,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         result = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "settings": dict(rows), "environment": environment()}
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"hashcost-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        out.write_text(json.dumps(result, indent=1))
-        say(f"saved {out.relative_to(REPO)}")
+        save_result("hashcost", result)
     return 0
 
 

@@ -19,18 +19,16 @@ Needs wrk (apt-get install wrk). Saves JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS
+from common import save_result
 from failover import WRK_BLOCK, wrk_rate
 from stack import Stack, say
 
@@ -100,10 +98,7 @@ def main() -> None:
         f" {other} {result['other_pair_ratio']:.3f} (target >= 0.90)")
     say(f"{other} over this tree: unkeyed writes/s x{result['other_over_this_without_keys']:.3f},"
         f" keyed x{result['other_over_this_with_keys']:.3f}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"keys-against-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    say(f"saved {path}")
+    save_result("keys-against", result)
 
 
 if __name__ == "__main__":

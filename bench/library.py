@@ -50,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import playlist_writes  # noqa: E402
+from common import playlist_writes, save_result  # noqa: E402
 from stack import Client, Stack, percentile, say, upload  # noqa: E402
 
 from tests.helpers.replica import peak_memory  # noqa: E402
@@ -416,10 +416,7 @@ def main(argv: list[str] | None = None) -> int:
               "targets": {"p99_ms": TARGET_P99_MS, "growth": TARGET_GROWTH,
                           "idle_cpu_percent": TARGET_IDLE_CPU, "rss_mib": TARGET_RSS_MIB,
                           "writes_per_s": TARGET_WRITES}}
-    out = REPO / "bench" / "results" / f"library-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"saved {out.relative_to(REPO)}")
+    save_result("library", report)
     return 0
 
 

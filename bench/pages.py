@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import REPO, RESULTS, environment, say
+from common import environment, save_result, say
 
 from distpotify.auth.access import UNRESTRICTED
 from distpotify.idempotency import IdempotencyKey, request_digest
@@ -125,12 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         args.group)
     print(report(runs["unkeyed"], runs["keyed"], args.group))
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"pages-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps({"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                   "args": vars(args), **runs,
-                                   "environment": environment()}, indent=1))
-        say(f"saved {out.relative_to(REPO)}")
+        save_result("pages", {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "args": vars(args), **runs, "environment": environment()})
     return 0
 
 

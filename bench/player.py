@@ -39,6 +39,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import save_result  # noqa: E402
+
 from tests.e2e.harness import CHROMIUM_ARGS, chromium_path, start_stack  # noqa: E402
 from tests.helpers.replica import ReplicaProcess  # noqa: E402
 
@@ -191,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         target = TARGETS_MS.get(name)
         verdict = "" if target is None else ("  ok" if value < target else f"  OVER {target}")
         print(f"{name:<{width}}  {value}{verdict}")
-    out = REPO / "bench" / "results" / f"player-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"saved {out.relative_to(REPO)}")
+    save_result("player", report)
     return 0
 
 

@@ -76,7 +76,6 @@ from common import (
     LUA,
     MIB,
     REPO,
-    RESULTS,
     BenchError,
     cpu_seconds,
     environment,
@@ -84,6 +83,7 @@ from common import (
     http_get,
     make_wav,
     run_wrk,
+    save_result,
     say,
     terminate_on_sigterm,
     wait_until,
@@ -911,10 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     result["environment"] = {**environment(**tools), "loadavg_at_start": load_at_start}
     print(report_auth(result) if args.auth else report(result))
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"proxy{'-auth' if args.auth else ''}-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        out.write_text(json.dumps(result, indent=1))
-        say(f"saved {out.relative_to(REPO)}")
+        save_result("proxy-auth" if args.auth else "proxy", result)
     return 0
 
 

@@ -55,7 +55,6 @@ from common import (
     LUA,
     MIB,
     REPO,
-    RESULTS,
     BenchError,
     cpu_seconds,
     environment,
@@ -63,6 +62,7 @@ from common import (
     http_get,
     make_wav,
     run_wrk,
+    save_result,
     say,
     terminate_on_sigterm,
     wait_until,
@@ -580,11 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(result)
     print(text, flush=True)
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"replica-{result['timestamp']}.json"
         result["table"] = text
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"saved {out.relative_to(REPO)}")
+        save_result("replica", result)
     return 0
 
 

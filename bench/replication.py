@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keyless
+from common import save_result
 
 from distpotify.model import Op, Version
 from distpotify.store.metadata import MetadataDB
@@ -171,11 +172,7 @@ def main() -> None:
           f" repaired in {repair['round_seconds']} s, {repair['bytes_received']:,} bytes"  # type: ignore[index]
           f" received (a full copy of the rows: {repair['full_copy_bytes']:,} bytes,"  # type: ignore[index]
           f" ratio {repair['ratio']}) (target < 1 s)")  # type: ignore[index]
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"replication-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"saved {path}")
+    save_result("replication", results)
 
 
 if __name__ == "__main__":

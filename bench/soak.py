@@ -37,11 +37,11 @@ import attrs
 from common import (
     HOST,
     MIB,
-    RESULTS,
     BenchError,
     environment,
     free_port,
     make_wav,
+    save_result,
     say,
     terminate_on_sigterm,
 )
@@ -460,11 +460,10 @@ def main(argv: Iterable[str] | None = None) -> None:
             results = Soak(args, procs, work).run()
     finally:
         procs.stop_all()
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    save_result("soak", results)
     print(table(results))
-    print(f"saved {path}" + (f"; logs in {work}" if args.keep else ""))
+    if args.keep:
+        print(f"logs in {work}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -48,6 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import save_result  # noqa: E402
 from stack import Accounts, Client, Stack, percentile, say, upload  # noqa: E402
 
 from tests.helpers.audio import make_audio, make_wav, run_ffmpeg, tagged_copy  # noqa: E402
@@ -443,10 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.kill()
     result["loadavg_at_end"] = os.getloadavg()
     print("\n".join(table(result)))
-    out = REPO / "bench" / "results" / f"subsonic-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"saved {out.relative_to(REPO)}")
+    save_result("subsonic", result)
     return 0
 
 
