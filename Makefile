@@ -25,6 +25,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check distpotify proxy lab tests bench twisted
 	$(BIN)/mypy
+	$(BIN)/mypy bench  # on its own: bench/proxy.py would shadow the proxy package
 
 bench: venv
 	$(BIN)/python bench/replica.py

@@ -146,7 +146,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dp-handover-") as tmp:
             clusters = {mode: start(Path(tmp) / f"sync{mode}", started, mode) for mode in (0, 1)}
             for rate in RATES:
-                row = {"rate": rate}
+                row: dict[str, Any] = {"rate": rate}
                 for mode, cluster in clusters.items():
                     row[f"sync{mode}"] = latencies(cluster, rate, args.seconds)
                     print(f"[bench] {rate}/s --sync-replicas {mode}: {row[f'sync{mode}']}",

@@ -52,6 +52,7 @@ Usage: ``.venv/bin/python bench/proxy.py [--duration 10] [--connections 32,256]
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import http.client
 import json
@@ -661,6 +662,10 @@ def measure(cluster: Cluster, procs: Supervisor, name: str, port: int,
     return result
 
 
+def _latency(quantile: str, run: dict[str, Any]) -> float:
+    return float(run["latency_ms"][quantile])
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds, each figure on its own, and every run."""
     def med(get: Callable[[dict[str, Any]], float]) -> float:
@@ -671,7 +676,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "mib_per_s": med(lambda r: r["mib_per_s"]),
         "cpu_ms_per_req": med(lambda r: r["cpu_ms_per_req"]),
         "cpu_ms_per_mib": med(lambda r: r["cpu_ms_per_mib"]),
-        "latency_ms": {q: med(lambda r, q=q: r["latency_ms"][q]) for q in ("p50", "p99")},
+        "latency_ms": {q: med(functools.partial(_latency, q)) for q in ("p50", "p99")},
         "errors": {k: sum(r["errors"][k] for r in results) for k in results[0]["errors"]},
         "non_2xx": sum(r["non_2xx"] for r in results),
         "runs": results,

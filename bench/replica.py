@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import http.client
 import json
@@ -154,6 +155,10 @@ def split_fsync(src: Path, dst_dir: Path, chunk_size: int) -> float:
     return elapsed
 
 
+def _serves(port: int, path: str) -> bool:
+    return http_get(port, path, timeout=2)[0] == 200
+
+
 def verify_chunks(port: int, chunks: list[dict[str, Any]], key: str, etag: bool) -> int:
     """GET every chunk once over one keep-alive connection; raise on any wrong answer."""
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
@@ -255,22 +260,22 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
             f"= {size / MIB / seconds:.1f} MiB/s (copy+fsync {size / MIB / copy_s:.1f},"
             f" split+fsync {size / MIB / split_s:.1f} MiB/s)")
         wav.unlink()
-    for extra in range(args.extra_songs):
-        wav = work / f"bench-extra-{extra}.wav"
-        make_wav(wav, args.extra_mib * MIB, seed=2000 + extra)
-        _, status, body = upload(http_port, wav)
+    for number in range(args.extra_songs):
+        wav = work / f"bench-extra-{number}.wav"
+        make_wav(wav, args.extra_mib * MIB, seed=2000 + number)
+        _, status, uploaded = upload(http_port, wav)
         if status != 201:
-            raise BenchError(f"extra upload {extra}: status {status}: {body}")
-        songs.append(body["song"]["id"])
+            raise BenchError(f"extra upload {number}: status {status}: {uploaded}")
+        songs.append(uploaded["song"]["id"])
         wav.unlink()
 
     # the chunk set: every full-size chunk of every song, same order for both servers
     chunks: list[dict[str, Any]] = []
     for song_id in songs:
-        status, _, body = http_get(http_port, f"/songs/{song_id}")
+        status, _, raw = http_get(http_port, f"/songs/{song_id}")
         if status != 200:
             raise BenchError(f"GET /songs/{song_id}: status {status}")
-        for chunk in json.loads(body)["chunks"]:
+        for chunk in json.loads(raw)["chunks"]:
             if chunk["size"] == chunk_size:
                 chunks.append({
                     **chunk,
@@ -286,7 +291,7 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
     # access logged to the twistd log) and with its access log sent to /dev/null (the replica
     # logs only errors, so this one is the like-for-like comparison)
     servers = [Server("replica", http_port, "replica", replica, replica_argv)]
-    variants = [("static.File", [])]
+    variants: list[tuple[str, list[str]]] = [("static.File", [])]
     if not args.no_quiet_static:
         variants.append(("static.File -l null", ["--logfile", os.devnull]))
     for name, extra in variants:
@@ -299,8 +304,8 @@ def benchmark(args: argparse.Namespace, procs: Supervisor, work: Path) -> dict[s
         servers.append(Server(name, port, "static", child, argv))
     probe = chunks[0]["static"]
     for server in servers[1:]:
-        wait_until(server.name, lambda s=server: http_get(s.port, probe, timeout=2)[0] == 200,
-                   60, procs, server.child)
+        wait_until(server.name, functools.partial(_serves, server.port, probe), 60, procs,
+                   server.child)
     for server in servers:
         verify_chunks(server.port, chunks, server.key, etag=server.key == "replica")
     say(f"verified all {len(chunks)} chunks on every server (status, length, SHA-256)")

@@ -296,14 +296,14 @@ class Soak:
                 else:
                     # Bytes of its own per writer: equal bytes are one song (uploads dedupe),
                     # which the other writer could delete under it.
-                    song = self.upload(f"w{number}-{index}", 64 * 1024,
+                    mine = self.upload(f"w{number}-{index}", 64 * 1024,
                                        seed=10_000 + 1_000_000 * number + index)
                     status = 201
-                    if index % 4 == 0 and song:
-                        status, _ = request(self.proxy_port, "DELETE", f"/songs/{song}",
+                    if index % 4 == 0 and mine:
+                        status, _ = request(self.proxy_port, "DELETE", f"/songs/{mine}",
                                             headers={"Idempotency-Key": str(uuid.uuid4())})
                         with self.lock:
-                            self.songs.pop(song, None)
+                            self.songs.pop(mine, None)
                 ok = 200 <= status < 300
                 self.count(writes=1, write_errors=0 if ok else 1,
                            error=None if ok else f"write answered {status}")

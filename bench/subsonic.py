@@ -250,7 +250,7 @@ def measure_subsonic(port: int, songs: int, albums: int, rounds: int) -> dict[st
                % COVER_EVERY == 0]
     results: dict[str, Any] = {"albums_listed": len(found), "albums_with_covers": len(covered)}
     pages = range(0, albums, 50)
-    lists = {
+    lists: dict[str, dict[str, Any]] = {
         "newest": {}, "random": {}, "alphabeticalByName": {}, "alphabeticalByArtist": {},
         "frequent": {}, "recent": {}, "starred": {},
         "byYear": {"fromYear": 1970, "toYear": 1989}, "byGenre": {"genre": "Jazz"},

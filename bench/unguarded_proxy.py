@@ -22,8 +22,9 @@ from proxy import service, site
 
 
 class UnguardedSite(site.ProxySite):
-    protocol = http.HTTPFactory.protocol
-    requestFactory = LimitedRequest
+    # twisted.web's own channel and a request without the proxy's guards: on purpose.
+    protocol = http.HTTPFactory.protocol  # type: ignore[assignment]
+    requestFactory = LimitedRequest  # type: ignore[assignment]
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

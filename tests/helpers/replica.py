@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -97,9 +97,11 @@ def key_lines(path: Path) -> list[str]:
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T | Literal[False] | None], timeout: float = 10.0,
+    interval: float = 0.02, what: str = ""
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy (which is returned: never the
+    None or False it returned meanwhile); fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
