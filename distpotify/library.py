@@ -476,7 +476,9 @@ def _keyed(
         before = db.written()
         outcome = action(db, *args, **kwargs)
         made = db.written()
-        outcome = attrs.evolve(outcome, version=made if made != before else db.cached_head())
+        # A write that changed nothing answers the newest version it saw, which may be an
+        # earlier write of its own commit group (one that made the record it answers).
+        outcome = attrs.evolve(outcome, version=made if made != before else db.newest())
         if key is not None and made != before:
             db.write_outcome(key.id, outcome.fields(key))
         elif key is not None:

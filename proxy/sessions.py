@@ -52,7 +52,12 @@ class Sessions:
                               secure=client_origin(request).https)
             client = _cookie_client(value)
         now = self._clock.seconds()
-        self._last.pop(client, None)
+        kept = self._last.pop(client, None)
+        if kept is not None and kept[1] >= now and kept[0] > version:
+            # An earlier write's answer, replayed under its key or overtaken by a later
+            # write's: the reads still wait for the later one. (Versions are fixed-width
+            # text whose order is theirs: epoch, then writer, then sequence.)
+            version = kept[0]
         self._last[client] = (version, now + self._memory)
         # Every entry lives as long, so the oldest are first: those past their time go now
         # (a client that never sends our cookie back makes a new one with each write).

@@ -50,6 +50,19 @@ class JsonNotFound(Resource):
                           "/sync/ is internal to the cluster and not served by the proxy")
 
 
+class NotAPath(Resource):
+    """A request target that is not a path (``GET @host/``, an absolute URL, ``*``): the
+    proxy forwards paths only. Put after a replica's URL, such a target would name another
+    host or port, and the failure to reach it would count against the replica."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        request.setHeader(*NO_STORE)
+        return json_error(request, 400, "bad_request",
+                          "the request target must be a path beginning with /")
+
+
 class ProxyStatus(Resource):
     isLeaf = True
 
@@ -174,6 +187,8 @@ class ProxyRequest(SecureRequest):
     whose own answers are all JSON, a refused method's included."""
 
     def render(self, resrc: IResource) -> None:
+        if not self.uri.startswith(b"/"):
+            resrc = NotAPath()
         super().render(_JsonMethods(resrc))
 
 

@@ -163,6 +163,12 @@ class Oplog(Tables):
         """The newest version applied, without a query: safe to read from any thread."""
         return self._head
 
+    def newest(self) -> Version:
+        """The newest version applied here, or written by this transaction (a group commit's
+        earlier writes, not yet in the cached head): what a write that changed nothing has
+        seen. On the database thread."""
+        return max([self._head, *self._unpublished])
+
     def ops_after(self, version: Version, limit: int = 1000) -> list[Op]:
         """The ops logged after ``version``, each with the key row it wrote (its outcome):
         the idempotency row whose version is the op's own, joined on the key table's version

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from distpotify.auth.access import UNRESTRICTED
 from distpotify.errors import NotFound
+from distpotify.idempotency import IdempotencyKey
+from distpotify.library import _create_playlist, _keyed
 from distpotify.model import Version
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 
@@ -195,3 +198,23 @@ def test_a_group_keeps_its_savepoint_journals_in_memory_then_the_setting_it_foun
     assert all(db.get_row("playlists", i) is None for i in failing)
     assert all(db.get_row("playlists", i) is not None for i in kept)
     assert db._conn.execute("PRAGMA temp_store").fetchone()[0] == 1  # FILE, as it was
+
+
+def test_a_write_that_changes_nothing_answers_the_version_its_group_made(
+        db: MetadataDB) -> None:
+    """Two keyed creates of one record in one group: the second changes nothing (200), and
+    answers the version of the record the first made in the same, uncommitted, transaction,
+    not the head before the group, which a follower may have applied without that record
+    (the client's next read, waiting for that version, would not see it)."""
+    fields = {"name": "n", "owner": None, "created_at": "x", "deleted": 0, "public": 0}
+    first, second = IdempotencyKey("k1", "a" * 64), IdempotencyKey("k2", "b" * 64)
+
+    made, seen = db.write_together([
+        lambda: _keyed(db, first, _create_playlist, IDS[0], fields, UNRESTRICTED),
+        lambda: _keyed(db, second, _create_playlist, IDS[0], fields, UNRESTRICTED)])
+
+    row = db.get_row("playlists", IDS[0])
+    assert row is not None
+    assert (made.status, seen.status) == (201, 200)
+    assert made.version == seen.version == row.version == Version(1, 2, 1)
+    assert db.stored_outcome(second).version == row.version  # a replay says so too

@@ -105,3 +105,19 @@ def test_a_memory_of_zero_keeps_nothing_and_sets_no_cookie() -> None:
     sessions.remember(write, V1)
 
     assert write.cookies == [] and len(sessions) == 0
+
+
+def test_an_earlier_writes_answer_coming_later_does_not_take_the_version_back() -> None:
+    """A replayed answer (the same key sent again) or two writes answered out of order: the
+    client's reads still wait for its latest write."""
+    clock = Clock()
+    sessions = Sessions(clock, 5.0)
+    token = b"Bearer s3cret"
+
+    sessions.remember(request(authorization=token), V2)
+    sessions.remember(request(authorization=token), V1)
+    assert sessions.recall(request(authorization=token)) == V2
+
+    clock.advance(6)  # V2 forgotten: an older version is remembered again
+    sessions.remember(request(authorization=token), V1)
+    assert sessions.recall(request(authorization=token)) == V1

@@ -142,3 +142,38 @@ def test_a_segment_reaching_outside_the_web_dir_is_forwarded_like_any_unknown_pa
     answer = get(treq, path)
 
     assert answer.body.startswith(b"forwarded ")
+
+
+class Counting(Forwarded):
+    """Forwarded, counting what reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+
+    def render(self, request: Request) -> bytes:
+        self.seen.append(request.uri)
+        return super().render(request)
+
+
+# ("*" never reaches a resource: twisted.web answers OPTIONS * itself, 405 to the others.)
+@pytest.mark.parametrize("target", ["@evil.example/", "00/admin", "http://evil.example/songs",
+                                    "songs"])
+@pytest.mark.parametrize("method", ["GET", "POST", "OPTIONS"])
+def test_a_request_target_that_is_not_a_path_is_a_400_and_never_forwarded(
+        target: str, method: str, tmp_path: Path) -> None:
+    """Appended to a replica's URL, ``@evil.example/`` would name another host (and the
+    failure to reach it would mark the replica down for every client)."""
+    forward = Counting()
+    site = ProxySite(ProxyRoot(forward, lambda: REPORT, tmp_path / "no-web-dir"),
+                     max_body=1024, clock=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1234))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(f"{method} {target} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    channel.connectionLost(None)
+
+    assert head.split(b"\r\n")[0].split()[1] == b"400", head
+    assert b'"error":"bad_request"' in body.replace(b" ", b"")
+    assert forward.seen == []
