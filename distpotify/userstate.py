@@ -26,6 +26,7 @@ from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from distpotify.store.userstate import (
     KINDS,
     item_record_id,
+    keyed_play_id,
     now_playing_id,
     play_record_id,
 )
@@ -103,13 +104,16 @@ class UserState:
             raise BadRequest("id is required")
         if len(times) not in (0, len(song_ids)):
             raise BadRequest("give a time for every id, or none")
-        moments = []
-        for given in times or [None] * len(song_ids):
+        moments, ids = [], []
+        for index, (song_id, given) in enumerate(
+                zip(song_ids, times or [None] * len(song_ids), strict=True)):
             if given is not None and not _EARLIEST_PLAY <= given <= now + _LATEST_AHEAD:
                 raise BadRequest("time is not a plausible moment (milliseconds since 1970)")
             moments.append(iso(now if given is None else given))
+            ids.append(keyed_play_id(key.record_id(), index) if given is None and key is not None
+                       else play_record_id(user_id, song_id, moments[-1]))
         if submission:
-            return await self._library.write(key, _play, user_id, list(song_ids), moments)
+            return await self._library.write(key, _play, user_id, list(song_ids), moments, ids)
         return await self._library.write(key, _playing, user_id, song_ids[-1],
                                          client[:MAX_CLIENT], iso(now))
 
@@ -272,11 +276,15 @@ def _rate(db: MetadataDB, user_id: str, item_id: str, rating: int, at: str) -> O
     return Outcome(200, {})
 
 
-def _play(db: MetadataDB, user_id: str, song_ids: list[str], moments: list[str]) -> Outcome:
+def _play(db: MetadataDB, user_id: str, song_ids: list[str], moments: list[str],
+          ids: list[str] | None = None) -> Outcome:
+    """One play of each song at its moment; ``ids``: the plays' (UserState.scrobble's),
+    else each from its user, song and moment."""
     _resolve(db, [("song", song_id) for song_id in song_ids])
-    changes = [Change("plays", play_record_id(user_id, song_id, at),
-                      {"user_id": user_id, "song_id": song_id, "played_at": at})
-               for song_id, at in zip(song_ids, moments, strict=True)]
+    ids = ids or [play_record_id(user_id, song_id, at)
+                  for song_id, at in zip(song_ids, moments, strict=True)]
+    changes = [Change("plays", record, {"user_id": user_id, "song_id": song_id, "played_at": at})
+               for record, song_id, at in zip(ids, song_ids, moments, strict=True)]
     db.write(changes)
     return Outcome(200, {})
 

@@ -34,6 +34,14 @@ def play_record_id(user_id: str, song_id: str, played_at: str) -> str:
     return str(uuid.uuid5(NAMESPACE, "\x00".join(("play", user_id, song_id, played_at))))
 
 
+def keyed_play_id(record_id: str, index: int) -> str:
+    """The id of the ``index``-th play of a keyed scrobble that gave no time: the leader's
+    clock times it, and two leaders applying the write (the second one the proxy sent it to
+    again) read theirs at different moments, so its id comes from the write's key
+    (IdempotencyKey.record_id) instead, and the two merge into one play."""
+    return str(uuid.uuid5(NAMESPACE, "\x00".join(("play", record_id, str(index)))))
+
+
 def now_playing_id(user_id: str, client: str) -> str:
     return str(uuid.uuid5(NAMESPACE, "\x00".join(("now", user_id, client))))
 

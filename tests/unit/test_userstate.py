@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from distpotify import catalog
 from distpotify.errors import BadRequest, NotFound, NotLeader
+from distpotify.idempotency import IdempotencyKey
 from distpotify.model import ZERO, Op
 from distpotify.store.metadata import Change, MetadataDB
 from distpotify.store.userstate import item_record_id
@@ -160,6 +161,33 @@ def state(replica: InMemoryReplica) -> UserState:
 
 def run(coroutine: Any) -> Any:
     return result_of(Deferred.fromCoroutine(coroutine))
+
+
+def test_a_keyed_scrobble_without_a_time_applied_by_two_leaders_is_one_play(
+        tmp_path: Path) -> None:
+    """The old leader applies it and dies before replicating; the proxy sends it again, under
+    its key, to the next leader, whose clock says another moment. Merged, one play."""
+    old = InMemoryReplica(tmp_path / "old")
+    old.db.write([song_change(SONG), song_change(OTHER_SONG)])
+    new = InMemoryReplica(tmp_path / "new")
+    new.db.apply_ops(old.db.ops_after(ZERO))
+    new.db.begin_leading(2)
+    old.clock.advance(1_700_000_000)
+    new.clock.advance(1_700_000_003)  # the retry lands 3 s later
+    key = IdempotencyKey(f"{ALICE} k1", "d" * 64)
+    head = old.db.head()
+
+    for side in (old, new):
+        answer = run(state(side).scrobble(ALICE, [SONG, OTHER_SONG], [], True, "c", key))
+        assert (answer.status, answer.replayed) == (200, False)
+    for one, other in ((old, new), (new, old)):
+        one.db.apply_ops(other.db.ops_after(head))
+
+    for side in (old, new):
+        plays = side.db._conn.execute("SELECT song_id, played_at FROM plays").fetchall()
+        assert sorted(song for song, _ in plays) == sorted([SONG, OTHER_SONG])
+        assert {at for _, at in plays} == {iso(1_700_000_003)}  # the later leader's moment
+    assert rows_of(old.db)["plays"] == rows_of(new.db)["plays"]
 
 
 def test_starring_by_id_finds_a_song_an_album_or_an_artist(replica: InMemoryReplica) -> None:
