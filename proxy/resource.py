@@ -95,6 +95,9 @@ _CONDITIONS = frozenset({
     b"if-unmodified-since",
 })
 MAX_SMALL_BODY = 64 * 1024
+# A write's answer up to this long (a playlist of 50,000 items is about 5 MiB) is held whole
+# before the client gets any of it (Exchange._relay); a longer one is relayed as it comes.
+MAX_HELD_ANSWER = 16 * 1024 * 1024
 
 
 def end_to_end(
@@ -254,6 +257,7 @@ class Exchange:
         self._resume: Resume | None = None
         self._sent = 0
         self._sink: _ClientSink | None = None
+        self._held: list[bytes] | None = None  # a write's answer, while it is held (_relay)
         self._gone = False
         self._run: Deferred[None] | None = None
         self._forwarded: Headers | None = None
@@ -442,6 +446,14 @@ class Exchange:
         return named if named != backend.url else None
 
     async def _relay(self, backend: Backend, response: IResponse) -> Decision:
+        """The answer's body to the client as it comes; a write's, held whole first when its
+        length is known and at most MAX_HELD_ANSWER: a write's answer cannot be resumed, so
+        once the client had part of it a body cut or stalled midway could only tear the
+        client's connection, leaving the write's outcome unknown to it. Held, nothing has
+        been sent yet, and the write goes again under its key: its stored outcome answers."""
+        length = _length(response)
+        if self._write and length is not None and length <= MAX_HELD_ANSWER:
+            self._held = []
         splice = self._splice_relay(response)
         if splice is not None:
             reason = await splice.start()
@@ -450,9 +462,12 @@ class Exchange:
             relay = _Relay(self, response, self._clock, self._config.stall_timeout)
             response.deliverBody(relay)
             reason = await relay.done
+        held, self._held = self._held, None
         if reason is None:
             if not self._committed:
-                self._commit(response)  # an empty body: the status line is all there is
+                self._commit(response)  # a held body, or an empty one: none went yet
+            if held:
+                self._send_held(b"".join(held))
         else:
             backend.failures += 1
             self._view.mark_down(backend, describe(reason))
@@ -511,6 +526,9 @@ class Exchange:
     # the client's side
 
     def _deliver(self, relay: _Relay | SpliceRelay, response: IResponse, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
         if not self._committed:
             self._commit(response)
         if self._sink is None:
@@ -524,6 +542,11 @@ class Exchange:
         self._sent += len(data)
         self._counters.relayed_bytes += len(data)
         self._request.write(data)
+
+    def _send_held(self, body: bytes) -> None:
+        self._sent += len(body)
+        self._counters.relayed_bytes += len(body)
+        self._request.write(body)
 
     def _spliced(self, size: int) -> None:
         """``size`` body bytes went to the client around request.write: count them where

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.web.proxy import ReverseProxyResource
 
+from proxy import resource
 from tests.helpers.proxy import FakeReplica, ProxyHarness, three_replicas
 
 pytestmark = pytest.mark.timeout(30)
@@ -545,6 +546,50 @@ def test_a_write_lost_with_its_leader_gets_the_new_leaders_answer() -> None:
 
     answer = conn.answer()
     assert answer.status == 201 and answer.json() == {"playlist": {"name": "x"}}
+
+
+ANSWER = json.dumps({"playlist": {"name": "x" * 20_000, "items": []}}).encode()
+
+
+@pytest.mark.parametrize("broken", ["cut_after", "stall_after"])
+def test_a_write_answer_broken_midway_is_sent_again_and_the_client_gets_it_whole(
+        broken: str) -> None:
+    """A write's answer is held whole before the client gets any of it: cut (the leader
+    died) or stalled (SIGSTOP) midway, nothing went to the client yet, so the write goes
+    again under its key (the stored outcome answers) instead of a torn connection."""
+    nodes = cluster(status_code=201, status_body=ANSWER, **{broken: 4096})
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    proxy.clock.advance(proxy.config.stall_timeout)
+    proxy.settle()
+    assert conn.transport.value() == b"" and not conn.aborted
+    setattr(nodes[2], broken, None)  # it answers whole the next time
+    for _ in range(3):
+        proxy.poll()
+
+    answer = conn.answer()
+    assert answer.status == 201 and answer.body == ANSWER
+    assert answer.headers["content-length"] == str(len(ANSWER))
+    assert not conn.aborted
+    keys = {sent.header("Idempotency-Key") for sent in nodes[2].received}
+    assert len(nodes[2].received) == 2 and len(keys) == 1
+    assert proxy.counters.write_retries == 1 and proxy.counters.aborted == 0
+
+
+def test_a_write_answer_longer_than_what_is_held_is_relayed_as_it_comes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_HELD_ANSWER the answer goes to the client as it arrives; cut midway, the
+    client's connection is torn, as for any answer that cannot be resumed."""
+    monkeypatch.setattr(resource, "MAX_HELD_ANSWER", 8192)
+    nodes = cluster(status_code=201, status_body=ANSWER, cut_after=12_288)
+    proxy = ProxyHarness(nodes)
+
+    conn = proxy.post("/playlists", b'{"name": "x"}')
+    proxy.settle()
+
+    assert conn.aborted and b"201" in conn.transport.value().split(b"\r\n")[0]
+    assert len(nodes[2].received) == 1
 
 
 def test_a_5xx_that_is_not_the_replicas_own_answer_is_sent_again() -> None:
