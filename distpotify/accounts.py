@@ -371,12 +371,13 @@ class Accounts:
                  name=user.username)
         return attrs.evolve(outcome, body={**outcome.body, "apiKey": secret})
 
-    async def delete_api_key(self, key_id: str, actor: Actor) -> Outcome:
+    async def delete_api_key(self, key_id: str, actor: Actor,
+                             key: IdempotencyKey | None = None) -> Outcome:
         """200 ``{"key"}``: revoked; the owner's or an admin's (else 403), 404 if unknown."""
         self._library.leadership.require_leader()
         if not valid_uuid(key_id):
             raise NotFound(f"no API key {key_id}")
-        outcome = await self._library.write(None, _delete_api_key, key_id, actor)
+        outcome = await self._library.write(key, _delete_api_key, key_id, actor)
         await self.reload()
         return outcome
 
@@ -430,7 +431,8 @@ class Accounts:
         await self.reload()
         return outcome
 
-    async def update(self, user_id: str, values: Mapping[str, Any]) -> Outcome:
+    async def update(self, user_id: str, values: Mapping[str, Any],
+                     key: IdempotencyKey | None = None) -> Outcome:
         """An admin's change: role, disabled, a new password (which ends every session)."""
         self._library.leadership.require_leader()
         _only(values, {"role", "disabled", "password"})
@@ -450,26 +452,28 @@ class Accounts:
             fields.update(self._sealed(_user_id(user_id), values["password"]))
         if not fields:
             raise BadRequest("nothing to change: give role, disabled or password")
-        outcome = await self._library.write(None, _update_user, _user_id(user_id), fields, bump)
+        outcome = await self._library.write(key, _update_user, _user_id(user_id), fields, bump)
         await self.reload()
         return outcome
 
-    async def delete(self, user_id: str, actor: Actor) -> Outcome:
+    async def delete(self, user_id: str, actor: Actor, key: IdempotencyKey | None = None
+                     ) -> Outcome:
         self._library.leadership.require_leader()
         if user_id == actor.user_id:
             raise Conflict("an admin cannot delete their own account")
-        outcome = await self._library.write(None, _delete_user, _user_id(user_id))
+        outcome = await self._library.write(key, _delete_user, _user_id(user_id))
         await self.reload()
         return outcome
 
-    async def logout_all(self, user: User) -> Outcome:
+    async def logout_all(self, user: User, key: IdempotencyKey | None = None) -> Outcome:
         """End every session of ``user`` on every replica (once the bump replicates)."""
         self._library.leadership.require_leader()
-        outcome = await self._library.write(None, _update_user, user.id, {}, True)
+        outcome = await self._library.write(key, _update_user, user.id, {}, True)
         await self.reload()
         return outcome
 
-    async def change_password(self, user: User, values: Mapping[str, Any]) -> Outcome:
+    async def change_password(self, user: User, values: Mapping[str, Any],
+                              key: IdempotencyKey | None = None) -> Outcome:
         """The user's own change: the old password proves it is them; every session ends."""
         self._library.leadership.require_leader()
         _only(values, {"old_password", "password"})
@@ -478,16 +482,16 @@ class Accounts:
             raise BadRequest("old_password is required")
         new = _new_password(values.get("password"))
         # A stolen session must not make guessing the password cheaper than a login does.
-        key = user.key
-        with self._attempt(key):
+        limited = user.key
+        with self._attempt(limited):
             matched = await self.passwords.verify(user.password_hash, old)
         if not matched:
             self.login_failures += 1
-            self.limiter.failed(key)
+            self.limiter.failed(limited)
             raise Forbidden("the old password is wrong")
-        self.limiter.succeeded(key)
+        self.limiter.succeeded(limited)
         password_hash = await self.passwords.hash(new)
-        outcome = await self._library.write(None, _update_user, user.id,
+        outcome = await self._library.write(key, _update_user, user.id,
                                             {"password_hash": password_hash,
                                              **self._sealed(user.id, new)}, True)
         await self.reload()
@@ -515,9 +519,13 @@ def _encodable(text: str) -> bool:
     return True
 
 
+_PASSWORDS = ("password", "old_password")
+
+
 def _without_password(body: IO[bytes] | None) -> IO[bytes] | None:
-    """A JSON object body with its "password" member left out (its other members in a
-    canonical order); any other body as it is (refused before any write is keyed)."""
+    """A JSON object body with its "password" and "old_password" members left out (its
+    other members in a canonical order); any other body as it is (refused before any write
+    is keyed)."""
     if body is None:
         return None
     body.seek(0)
@@ -527,9 +535,9 @@ def _without_password(body: IO[bytes] | None) -> IO[bytes] | None:
         values = json.loads(raw) if len(raw) <= MAX_ACCOUNT_BODY else None
     except ValueError:
         values = None
-    if not isinstance(values, dict) or "password" not in values:
+    if not isinstance(values, dict) or not any(name in values for name in _PASSWORDS):
         return body
-    kept = {name: value for name, value in values.items() if name != "password"}
+    kept = {name: value for name, value in values.items() if name not in _PASSWORDS}
     return io.BytesIO(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode())
 
 

@@ -98,7 +98,7 @@ class AuthAPI:
 
     @app.route("/auth/logout-all", methods=["POST"])
     async def logout_all(self, request: Request) -> bytes:
-        outcome = await self._accounts.logout_all(self._user(request))
+        outcome = await self._accounts.logout_all(self._user(request), await self._key(request))
         request.setHeader(b"Set-Cookie", session_cookie(request, "", max_age=0))
         return self._answer(request, attrs.evolve(outcome, status=204, body=None))
 
@@ -108,8 +108,9 @@ class AuthAPI:
 
     @app.route("/auth/password", methods=["PUT"])
     async def password(self, request: Request) -> bytes:
+        key = await self._key(request)
         outcome = await self._accounts.change_password(self._user(request),
-                                                       await self._json(request))
+                                                       await self._json(request), key)
         request.setHeader(b"Set-Cookie", session_cookie(request, "", max_age=0))
         return self._answer(request, outcome)
 
@@ -130,7 +131,7 @@ class AuthAPI:
     @app.route("/auth/apikeys/<id:key_id>", methods=["DELETE"])
     async def delete_api_key(self, request: Request, key_id: str) -> bytes:
         return self._answer(request, await self._accounts.delete_api_key(
-            key_id, Actor.of(self._user(request))))
+            key_id, Actor.of(self._user(request)), await self._key(request)))
 
     # accounts (admins only: the gate's rule)
 
@@ -154,9 +155,11 @@ class AuthAPI:
 
     @app.route("/users/<id:user_id>", methods=["PATCH"])
     async def patch_user(self, request: Request, user_id: str) -> bytes:
-        return self._answer(request, await self._accounts.update(user_id,
-                                                                 await self._json(request)))
+        key = await self._key(request)
+        return self._answer(request, await self._accounts.update(
+            user_id, await self._json(request), key))
 
     @app.route("/users/<id:user_id>", methods=["DELETE"])
     async def delete_user(self, request: Request, user_id: str) -> bytes:
-        return self._answer(request, await self._accounts.delete(user_id, actor_of(request)))
+        return self._answer(request, await self._accounts.delete(
+            user_id, actor_of(request), await self._key(request)))

@@ -332,6 +332,47 @@ def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryR
     assert again.json() == first.json()
 
 
+def test_keyed_account_changes_sent_again_answer_their_first_outcome(
+        replica: InMemoryReplica, admin: Session) -> None:
+    """The proxy sends a write again, under its key, when its outcome is unknown; the first
+    may have been applied and replicated (its answer lost with the leader). A revocation, a
+    change and a deletion sent again answer their first outcome (not a 404 the proxy would
+    take for a leader that lacks the write, holding the client until its 503), once."""
+    bob = listener(replica, admin, "bob")
+    key_id = call(replica, "POST", "/auth/apikeys", {"name": "phone"},
+                  bob.bearer).json()["key"]["id"]
+    change = {"role": "admin", "password": "a new long passphrase"}
+
+    revoked = [call(replica, "DELETE", f"/auth/apikeys/{key_id}",
+                    headers={**bob.bearer, "Idempotency-Key": '"revoke-1"'}) for _ in range(2)]
+    changed = [call(replica, "PATCH", f"/users/{bob.id}", change,
+                    {**admin.bearer, "Idempotency-Key": '"change-1"'}) for _ in range(2)]
+    generation = replica.db.get_row("users", bob.id).fields["generation"]
+    deleted = [call(replica, "DELETE", f"/users/{bob.id}",
+                    headers={**admin.bearer, "Idempotency-Key": '"delete-1"'}) for _ in range(2)]
+
+    for first, again in (revoked, changed, deleted):
+        assert first.status in (200, 204) and again.status == first.status, again.body
+        assert "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true" and again.body == first.body
+    assert changed[0].json()["user"]["role"] == "admin"
+    assert generation == 1  # the password changed once: the sessions ended once
+
+
+def test_a_keyed_password_change_stores_no_digest_of_either_password(
+        replica: InMemoryReplica, alice: Session) -> None:
+    body = {"old_password": LISTENER_PASSWORD, "password": "a new long passphrase"}
+
+    changed = call(replica, "PUT", "/auth/password", body,
+                   {**alice.bearer, "Idempotency-Key": '"new-password"'})
+
+    stored = {row["request"] for row in replica.db._conn.execute("SELECT request FROM idempotency")}
+    assert changed.status == 204
+    assert request_digest(b"PUT", b"/auth/password", io.BytesIO(b"{}")) in stored
+    assert request_digest(b"PUT", b"/auth/password",
+                          io.BytesIO(json.dumps(body).encode())) not in stored
+
+
 def test_a_keyed_account_write_stores_no_digest_of_its_password(replica: InMemoryReplica,
                                                                  admin: Session) -> None:
     """The request digest a key stores (in every replica, for a day) leaves the password out:
