@@ -1,16 +1,24 @@
 """The one rule for applying an op to a row, used by the leader and by every replica.
 
-A field takes the op's value only if the op is newer than the version that wrote the field,
-so applying is idempotent and commutative: replicas converge whatever order ops arrive in.
+A field takes the op's value only if the op is newer than the version that wrote the field
+(a purge watermark: only if its value is larger, FORWARD_ONLY), so applying is idempotent
+and commutative: replicas converge whatever order ops arrive in.
 Deletes are tombstones (``deleted = 1`` under a new version), never removed rows.
 """
 # test-case-name: tests.unit.test_merge
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from distpotify.model import ZERO, Op, Row, Version
+
+# Fields that only move forward: the larger value wins whatever version wrote it (ties by
+# version). A purge watermark (a version, as fixed-width text) written higher by a leader that
+# died before replicating it must not be taken back by the next leader's lower mark, newer by
+# version: the rows the higher one purged would come back from replicas that kept them.
+FORWARD_ONLY = frozenset({("purges", "through")})
 
 
 def merge(row: Row | None, op: Op) -> Row | None:
@@ -21,13 +29,20 @@ def merge(row: Row | None, op: Op) -> Row | None:
     won = {
         name: value
         for name, value in op.fields.items()
-        if op.version > current.get(name, ZERO)
+        if _wins(op, name, value, row, current)
     }
     if not won:
         return None
     fields = {**(row.fields if row is not None else {}), **won}
     versions = {**current, **dict.fromkeys(won, op.version)}
     return Row(op.entity, op.key, fields, versions)
+
+
+def _wins(op: Op, name: str, value: Any, row: Row | None, current: Mapping[str, Version]
+          ) -> bool:
+    if (op.entity, name) in FORWARD_ONLY and row is not None and name in current:
+        return (str(value), op.version) > (str(row.fields[name]), current[name])
+    return op.version > current.get(name, ZERO)
 
 
 def won_fields(old: Row | None, new: Row) -> set[str]:

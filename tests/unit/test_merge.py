@@ -80,6 +80,25 @@ def test_any_order_converges_to_the_same_row(sequence: list[Op], rng) -> None:  
     assert apply_all(sequence) == apply_all(shuffled)
 
 
+watermarks = st.lists(
+    st.builds(lambda version, through: Op(version, "purges", "idempotency",
+                                          {"through": through.encode()}), versions, versions),
+    unique_by=lambda op: op.version, min_size=1, max_size=8,
+)
+
+
+@given(watermarks, st.randoms(use_true_random=False))
+def test_a_purge_watermark_only_moves_forward_in_any_order(sequence: list[Op], rng) -> None:  # type: ignore[no-untyped-def]
+    """A leader's lower mark, newer by version (written before it saw a dead leader's higher
+    one), does not take the watermark back: the largest ``through`` wins, in any order."""
+    shuffled = list(sequence)
+    rng.shuffle(shuffled)
+    row = apply_all(shuffled)
+
+    assert row == apply_all(sequence)
+    assert row.fields["through"] == max(op.fields["through"] for op in sequence)
+
+
 @given(ops)
 def test_applying_again_changes_nothing(sequence: list[Op]) -> None:
     once = apply_all(sequence)

@@ -130,3 +130,30 @@ def test_keys_older_than_their_ttl_expire_without_waiting_for_followers(db: Meta
     assert purger.watermarks == 0  # no tombstone watermark moved with it
     advance(purger)
     assert purger.key_watermarks == 1  # nothing new expired: no second op
+
+
+def test_a_key_watermark_never_goes_back_so_an_expired_key_stays_gone(tmp_path: Path) -> None:
+    """An old leader moved the key watermark past a key and died before replicating that; the
+    next leader, not knowing it, wrote a lower mark under a newer version. Both marks meet on
+    every replica: the higher stands, the key stays purged where it was, goes where it was
+    not, and anti-entropy does not bring it back."""
+    key = IdempotencyKey("k", "a" * 64)
+    row = Op(Version(5, 1, 10), "idempotency", key.id,
+             {"request": key.request, "status": 201, "body": None, "written": "x"})
+    higher = Op(Version(5, 1, 20), "purges", "idempotency",
+                {"through": Version(5, 1, 15).encode()})
+    lower = Op(Version(6, 2, 3), "purges", "idempotency", {"through": Version(5, 1, 8).encode()})
+    saw_higher = MetadataDB(tmp_path / "x.sqlite3", node_id=3)
+    saw_lower = MetadataDB(tmp_path / "y.sqlite3", node_id=4)
+    saw_higher.apply_ops([row, higher])
+    saw_lower.apply_ops([row, lower])
+    assert (saw_higher.idempotency_keys(), saw_lower.idempotency_keys()) == (0, 1)
+
+    saw_higher.apply_ops([lower])
+    saw_lower.apply_ops([higher])
+    saw_higher.apply_rows(saw_lower.rows([("idempotency", key.id)]))  # anti-entropy's pull
+
+    for db in (saw_higher, saw_lower):
+        assert db.key_watermark() == Version(5, 1, 15)
+        assert db.idempotency_keys() == 0
+    assert saw_higher.digest() == saw_lower.digest()
