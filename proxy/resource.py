@@ -477,10 +477,13 @@ class Exchange:
 
     def _splice_relay(self, response: IResponse) -> SpliceRelay | None:
         """The relay of a GET body of known length from the lean client when both sockets
-        are plain: moved in the kernel (splice.py). None: read through Python (_Relay)."""
+        are plain: moved in the kernel (splice.py). None: read through Python (_Relay), as a
+        held answer is (a Subsonic write is a GET: spliced, its body would reach the client
+        before the status line it is held behind)."""
         pipes = self._resource.pipes
         request = self._request
-        if pipes is None or request.method != b"GET" or not isinstance(response, LeanResponse):
+        if (pipes is None or request.method != b"GET" or self._held is not None
+                or not isinstance(response, LeanResponse)):
             return None
         transport = request.channel.transport
         client = plain_socket(transport)

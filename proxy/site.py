@@ -186,10 +186,25 @@ class ProxyRequest(SecureRequest):
     """The proxy site's request (security.py's, with its body limit and browser headers),
     whose own answers are all JSON, a refused method's included."""
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        super().requestReceived(command, origin_form(path), version)
+
     def render(self, resrc: IResource) -> None:
         if not self.uri.startswith(b"/"):
             resrc = NotAPath()
         super().render(_JsonMethods(resrc))
+
+
+def origin_form(target: bytes) -> bytes:
+    """An absolute-form request target (``http://host/path?query``, which RFC 9112 3.2.2
+    says a server must accept) as the path and query it names on this proxy; any other
+    target as it is."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target
+    at = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    tail = rest[at:]
+    return tail if tail.startswith(b"/") else b"/" + tail
 
 
 class ProxySite(server.Site):

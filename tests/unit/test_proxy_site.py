@@ -157,8 +157,8 @@ class Counting(Forwarded):
 
 
 # ("*" never reaches a resource: twisted.web answers OPTIONS * itself, 405 to the others.)
-@pytest.mark.parametrize("target", ["@evil.example/", "00/admin", "http://evil.example/songs",
-                                    "songs"])
+@pytest.mark.parametrize("target", ["@evil.example/", "00/admin", "songs", "ftp://host/songs",
+                                    "http:/songs"])
 @pytest.mark.parametrize("method", ["GET", "POST", "OPTIONS"])
 def test_a_request_target_that_is_not_a_path_is_a_400_and_never_forwarded(
         target: str, method: str, tmp_path: Path) -> None:
@@ -177,3 +177,23 @@ def test_a_request_target_that_is_not_a_path_is_a_400_and_never_forwarded(
     assert head.split(b"\r\n")[0].split()[1] == b"400", head
     assert b'"error":"bad_request"' in body.replace(b" ", b"")
     assert forward.seen == []
+
+
+@pytest.mark.parametrize(("target", "forwarded"), [
+    ("http://proxy.example/songs?q=a", b"/songs?q=a"), ("HTTPS://proxy.example/", b"/"),
+    ("http://proxy.example", b"/"), ("http://proxy.example?q=a", b"/?q=a"),
+    ("http://user@evil.example:81/songs/x", b"/songs/x"),
+])
+def test_an_absolute_form_target_is_forwarded_as_its_path(
+        target: str, forwarded: bytes, tmp_path: Path) -> None:
+    """RFC 9112 3.2.2: a server accepts the absolute form; the proxy forwards its path and
+    query, never its authority."""
+    forward = Counting()
+    site = ProxySite(ProxyRoot(forward, lambda: REPORT, tmp_path / "no-web-dir"),
+                     max_body=1024, clock=Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1234))
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(f"GET {target} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
+    channel.connectionLost(None)
+
+    assert forward.seen == [forwarded]

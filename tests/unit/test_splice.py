@@ -232,6 +232,27 @@ def test_bodies_of_many_sizes(loop: Loop, tmp_path: Path, size: int) -> None:
         assert (h.counters.spliced_bytes > 0) == spliced, h.counters
 
 
+def test_a_write_sent_as_a_get_has_its_answer_held_whole_never_spliced(
+    proxy: Harness, loop: Loop, data: bytes,
+) -> None:
+    """A Subsonic write is a GET (createPlaylist of hundreds of songs answers them all): its
+    answer is held whole before the client gets any of it, so it goes through Python; a
+    spliced body would reach the client ahead of the status line it is held behind."""
+    client = Client(proxy.port)
+
+    status, headers, body = loop.run(
+        lambda: client.get("/rest/createPlaylist.view?name=x&u=a&p=b&v=1.16.1&c=t"))
+    spliced, relayed = proxy.counters.spliced_bytes, proxy.counters.relayed_bytes
+    again = loop.run(lambda: client.get(SONG))  # the connection is still in step
+    client.close()
+
+    assert status == 200 and headers["content-length"] == str(len(data))
+    assert sha(body) == sha(data)
+    assert (spliced, relayed) == (0, len(data))
+    assert proxy.replicas[2].served == 1  # the write went to the leader
+    assert again[0] == 200 and sha(again[2]) == sha(data)
+
+
 def test_keep_alive_connections_are_reused_on_both_sides_after_spliced_bodies(
     proxy: Harness, loop: Loop, data: bytes,
 ) -> None:
