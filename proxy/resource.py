@@ -467,7 +467,7 @@ class Exchange:
             if not self._committed:
                 self._commit(response)  # a held body, or an empty one: none went yet
             if held:
-                self._send_held(b"".join(held))
+                self._write_body(b"".join(held))
         else:
             backend.failures += 1
             self._view.mark_down(backend, describe(reason))
@@ -542,14 +542,12 @@ class Exchange:
             if getattr(self._request.channel, "_waitingForTransport", False):
                 self._sink.pauseProducing()
         self._sink.attach(relay)
+        self._write_body(data)
+
+    def _write_body(self, data: bytes) -> None:
         self._sent += len(data)
         self._counters.relayed_bytes += len(data)
         self._request.write(data)
-
-    def _send_held(self, body: bytes) -> None:
-        self._sent += len(body)
-        self._counters.relayed_bytes += len(body)
-        self._request.write(body)
 
     def _spliced(self, size: int) -> None:
         """``size`` body bytes went to the client around request.write: count them where

@@ -51,9 +51,10 @@ class JsonNotFound(Resource):
 
 
 class NotAPath(Resource):
-    """A request target that is not a path (``GET @host/``, an absolute URL, ``*``): the
-    proxy forwards paths only. Put after a replica's URL, such a target would name another
-    host or port, and the failure to reach it would count against the replica."""
+    """A request target that is not a path (``GET @host/``; an absolute URL is taken as its
+    path first, origin_form): the proxy forwards paths only. Put after a replica's URL, such
+    a target would name another host or port, and the failure to reach it would count
+    against the replica."""
 
     isLeaf = True
 

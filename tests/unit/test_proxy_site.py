@@ -92,11 +92,11 @@ def test_without_a_description_the_path_is_forwarded(treq: StubTreq) -> None:
     assert get(treq, "/openapi.json").body == b"forwarded /openapi.json"
 
 
-def send(method: str, path: str, tmp_path: Path) -> Answer:
+def send(method: str, path: str, tmp_path: Path, forward: Resource | None = None) -> Answer:
     """``method`` on ``path`` of a real ProxySite (its request renders the proxy's own
-    answers), in memory."""
-    site = ProxySite(ProxyRoot(Forwarded(), lambda: REPORT, tmp_path / "no-web-dir",
-                               b"{}"), max_body=1024, clock=Clock())
+    answers), in memory; ``forward`` stands in for ProxyResource (Forwarded)."""
+    site = ProxySite(ProxyRoot(forward or Forwarded(), lambda: REPORT,
+                               tmp_path / "no-web-dir", b"{}"), max_body=1024, clock=Clock())
     channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1234))
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -165,17 +165,11 @@ def test_a_request_target_that_is_not_a_path_is_a_400_and_never_forwarded(
     """Appended to a replica's URL, ``@evil.example/`` would name another host (and the
     failure to reach it would mark the replica down for every client)."""
     forward = Counting()
-    site = ProxySite(ProxyRoot(forward, lambda: REPORT, tmp_path / "no-web-dir"),
-                     max_body=1024, clock=Clock())
-    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1234))
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(f"{method} {target} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
-    head, _, body = transport.value().partition(b"\r\n\r\n")
-    channel.connectionLost(None)
 
-    assert head.split(b"\r\n")[0].split()[1] == b"400", head
-    assert b'"error":"bad_request"' in body.replace(b" ", b"")
+    answer = send(method, target, tmp_path, forward)
+
+    assert answer.status == 400, answer
+    assert answer.json()["error"] == "bad_request"
     assert forward.seen == []
 
 
@@ -189,11 +183,7 @@ def test_an_absolute_form_target_is_forwarded_as_its_path(
     """RFC 9112 3.2.2: a server accepts the absolute form; the proxy forwards its path and
     query, never its authority."""
     forward = Counting()
-    site = ProxySite(ProxyRoot(forward, lambda: REPORT, tmp_path / "no-web-dir"),
-                     max_body=1024, clock=Clock())
-    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1234))
-    channel.makeConnection(StringTransport())
-    channel.dataReceived(f"GET {target} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
-    channel.connectionLost(None)
+
+    send("GET", target, tmp_path, forward)
 
     assert forward.seen == [forwarded]
