@@ -84,20 +84,22 @@ async def album_ids(call: Call, kind: str, size: int, offset: int) -> list[str]:
 # shared by the per-user write methods
 
 
-async def write_key(call: Call) -> IdempotencyKey | None:
+async def write_key(call: Call, secret: str | None = None) -> IdempotencyKey | None:
     """The request's Idempotency-Key (the proxy sends one with every write it forwards),
-    scoped to the caller as the account API scopes keys; None if it sent none."""
+    scoped to the caller as the account API scopes keys; None if it sent none. ``secret``:
+    a parameter the digest leaves out as it leaves the credentials out (changePassword's
+    new password)."""
     header = call.request.getHeader(IDEMPOTENCY_KEY)
     if header is None:
         return None
     raw = header.encode("latin-1") if isinstance(header, str) else header
     text = parse_key(raw)  # a BadRequest: error 0
     key: IdempotencyKey = await call.server.library.request_key(
-        f"{call.user.id} {text}", b"SUBSONIC", _identity(call), None)
+        f"{call.user.id} {text}", b"SUBSONIC", _identity(call, secret), None)
     return key
 
 
-def _identity(call: Call) -> bytes:
+def _identity(call: Call, secret: str | None) -> bytes:
     """What a write's key is checked against (its digest is stored with the outcome, in every
     replica's database, for a day): the path and every parameter, from the query and a form
     body alike (GET or POST: the same call), but the credentials. The URI and body as sent
@@ -105,8 +107,8 @@ def _identity(call: Call) -> bytes:
     dictionary; and the key is the caller's own already."""
     path = call.request.uri.partition(b"?")[0]
     params = call.params
-    kept = [(name, value) for name in sorted(params.names()) if name not in CREDENTIALS
-            for value in params.all(name)]
+    kept = [(name, value) for name in sorted(params.names())
+            if name not in CREDENTIALS and name != secret for value in params.all(name)]
     return path + b"?" + urlencode(kept).encode("ascii")
 
 

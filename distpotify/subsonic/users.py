@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from distpotify.auth.users import ADMIN, User
-from distpotify.subsonic.annotations import written
+from distpotify.subsonic.annotations import write_key, written
 from distpotify.subsonic.call import (
     GENERIC,
     NOT_AUTHORIZED,
@@ -68,8 +68,11 @@ async def get_users(call: Call) -> dict[str, Any]:
 async def change_password(call: Call) -> dict[str, Any]:
     """A new password (``password``, plain or ``enc:`` and its UTF-8 in hex) for
     ``username``: every session of the account ends, as with any new password, and its
-    Subsonic box is sealed anew."""
+    Subsonic box is sealed anew. Keyed as the account API's password change is: the
+    digest leaves the new password out, so one key sent again with another password is
+    answered the first outcome."""
     user = _named(call, call.params.required("username"))
     password = decoded_password(call.params.required("password"), GENERIC)
-    return written(call, await call.server.accounts.update(user.id, {"password": password}))
+    key = await write_key(call, secret="password")
+    return written(call, await call.server.accounts.update(user.id, {"password": password}, key))
 

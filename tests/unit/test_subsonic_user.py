@@ -517,6 +517,44 @@ def test_change_password_refusals(rest: Rest, who: str, params: dict[str, Any],
     rest.refused("changePassword", code, who, **params)
 
 
+
+def test_a_keyed_password_change_sent_again_is_answered_its_first_outcome(rest: Rest) -> None:
+    """An admin's changePassword under one key, sent again (the proxy's retry after an
+    unknown outcome): the stored outcome answers, the sessions end once, nothing is written;
+    the digest leaves the new password out, so the same key with another password is the
+    same write, and no SHA-256 of a password is kept."""
+    key_header = {"Idempotency-Key": '"bobs-password"'}
+
+    def change(password: str) -> tuple[dict[str, Any], dict[str, str]]:
+        query = urlencode({"u": "root", "p": ADMIN_PASSWORD, "v": "1.16.1", "c": "test",
+                           "f": "json", "username": "bob", "password": password})
+        answer = rest.replica.call("GET", f"/rest/changePassword.view?{query}", None,
+                                   key_header, signed=False, cookies=False)
+        return answer.json()["subsonic-response"], answer.headers
+
+    def bob() -> User:
+        found = rest.replica.accounts.directory.by_name("bob")
+        assert found is not None
+        return found
+
+    generation = bob().generation
+    first, headers = change("bobs-new-password")
+    assert first["status"] == "ok" and "idempotent-replayed" not in headers
+    assert bob().generation == generation + 1
+    head = rest.replica.db.head()
+
+    for password in ("bobs-new-password", "another-password"):
+        again, headers = change(password)
+        assert again["status"] == "ok" and headers.get("idempotent-replayed") == "true"
+        assert rest.replica.db.head() == head and bob().generation == generation + 1
+    assert rest.call("ping", "bob", secret="bobs-new-password")["status"] == "ok"
+    assert rest.call("ping", "bob", secret="another-password")["error"]["code"] == 40
+    row = rest.replica.db.get_row(ENTITY, IdempotencyKey(f"{rest.admin.id} bobs-password", "").id)
+    assert row is not None
+    kept = "/rest/changePassword.view?" + urlencode({"c": "test", "f": "json",
+                                                     "username": "bob", "v": "1.16.1"})
+    assert row.fields["request"] == request_digest(b"SUBSONIC", kept.encode(), None)
+
 def test_an_api_key_made_on_the_account_api_works_for_rest(rest: Rest) -> None:
     session = login(rest.replica, "alice", LISTENER_PASSWORD)  # the clock moved on since
     made = call(rest.replica, "POST", "/auth/apikeys", {"name": "phone"}, session.bearer)
