@@ -98,9 +98,7 @@ class BackendView:
         self._waiters: dict[Deferred[None], IDelayedCall] = {}
         self._loop = Periodic(self._tick, poll_interval, clock, name="status polling", first=0)
         self._leader_seen: tuple[str, tuple[int, int]] | None = None
-        # A write's watch: the replica it went to, and the leader and epoch the view knew then.
-        self._leader_watchers: dict[
-            Deferred[Backend], tuple[Backend, tuple[Backend, int] | None]] = {}
+        self._leader_watchers: dict[Deferred[Backend], Backend] = {}
 
     # polling
 
@@ -229,24 +227,19 @@ class BackendView:
                          epoch=leader.epoch, active=leader.active_view)
             self._leader_seen = seen
         if leader is not None:
-            now = (leader, leader.epoch)
-            for watcher, (sent_to, known) in list(self._leader_watchers.items()):
-                if leader is not sent_to and now != known:
+            for watcher, old in list(self._leader_watchers.items()):
+                if old is not leader:
                     del self._leader_watchers[watcher]
                     watcher.callback(leader)
 
     def leader_replaced(self, backend: Backend) -> Deferred[Backend]:
-        """Fires with the new leader once a replica other than ``backend`` leads, unless it
-        is the one this view says leads now, in the same epoch: a write sent to the leader a
-        421 named, before this view learnt of it, is not taken back while the view catches
-        up (it was, at every poll, and sent again)."""
+        """Fires with the new leader once a replica other than ``backend`` leads."""
 
         def forget(d: Deferred[Backend]) -> None:
             self._leader_watchers.pop(d, None)
 
         watcher: Deferred[Backend] = Deferred(forget)
-        seen = self.leader()
-        self._leader_watchers[watcher] = (backend, None if seen is None else (seen, seen.epoch))
+        self._leader_watchers[watcher] = backend
         return watcher
 
     # choosing

@@ -318,38 +318,6 @@ def test_a_new_leader_is_announced_to_whoever_waits_on_the_old_one(replicas: Rep
     assert node(result(replaced)) == 2
 
 
-def test_a_write_sent_where_a_421_pointed_is_not_taken_back_as_the_view_catches_up(
-        replicas: Replicas) -> None:
-    """The view says node 3 leads; a write went to node 2, which a 421 named. Polls that
-    still show node 3, then node 2 leading, do not supersede it (each did, and the write was
-    sent again); node 3 leading in a newer epoch, or node 1, does."""
-    view = make_view(replicas, Clock())
-    to_node_2 = view.leader_replaced(view.backends["http://127.0.0.1:8002"])
-    view.poll_all()
-    assert not to_node_2.called
-
-    replicas.status["http://127.0.0.1:8003"]["role"] = "follower"
-    replicas.status["http://127.0.0.1:8002"].update(role="leader", epoch=2)
-    view.poll_all()
-    assert node(view.leader()) == 2 and not to_node_2.called
-
-    replicas.status["http://127.0.0.1:8002"]["role"] = "follower"
-    replicas.status["http://127.0.0.1:8001"].update(role="leader", epoch=3)
-    view.poll_all()
-    assert node(result(to_node_2)) == 1
-
-
-def test_the_same_leader_in_a_newer_epoch_supersedes_a_write_sent_elsewhere(
-        replicas: Replicas) -> None:
-    view = make_view(replicas, Clock())
-    to_node_2 = view.leader_replaced(view.backends["http://127.0.0.1:8002"])
-
-    replicas.status["http://127.0.0.1:8003"]["epoch"] = 2
-    view.poll_all()
-
-    assert node(result(to_node_2)) == 3
-
-
 def test_snapshot_reports_every_backend(replicas: Replicas) -> None:
     clock = Clock()
     replicas.down.add("http://127.0.0.1:8002")
