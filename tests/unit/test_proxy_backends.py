@@ -318,6 +318,20 @@ def test_a_new_leader_is_announced_to_whoever_waits_on_the_old_one(replicas: Rep
     assert node(result(replaced)) == 2
 
 
+def test_a_write_sent_where_a_421_pointed_goes_to_the_leader_once_that_replica_stops(
+        replicas: Replicas) -> None:
+    """The view says node 3 leads; the write went to node 2, which a 421 named, and node 2
+    stops answering: the write goes to node 3 at the next poll, not after the write
+    timeout."""
+    view = make_view(replicas, Clock())
+    to_node_2 = view.leader_replaced(view.backends["http://127.0.0.1:8002"])
+
+    replicas.down.add("http://127.0.0.1:8002")
+    view.poll_all()
+
+    assert node(result(to_node_2)) == 3
+
+
 def test_snapshot_reports_every_backend(replicas: Replicas) -> None:
     clock = Clock()
     replicas.down.add("http://127.0.0.1:8002")

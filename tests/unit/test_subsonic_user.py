@@ -525,9 +525,9 @@ def test_a_keyed_password_change_sent_again_is_answered_its_first_outcome(rest: 
     same write, and no SHA-256 of a password is kept."""
     key_header = {"Idempotency-Key": '"bobs-password"'}
 
-    def change(password: str) -> tuple[dict[str, Any], dict[str, str]]:
+    def change(password: str, username: str = "bob") -> tuple[dict[str, Any], dict[str, str]]:
         query = urlencode({"u": "root", "p": ADMIN_PASSWORD, "v": "1.16.1", "c": "test",
-                           "f": "json", "username": "bob", "password": password})
+                           "f": "json", "username": username, "password": password})
         answer = rest.replica.call("GET", f"/rest/changePassword.view?{query}", None,
                                    key_header, signed=False, cookies=False)
         return answer.json()["subsonic-response"], answer.headers
@@ -549,6 +549,14 @@ def test_a_keyed_password_change_sent_again_is_answered_its_first_outcome(rest: 
         assert rest.replica.db.head() == head and bob().generation == generation + 1
     assert rest.call("ping", "bob", secret="bobs-new-password")["status"] == "ok"
     assert rest.call("ping", "bob", secret="another-password")["error"]["code"] == 40
+    # The same key for another account is another write: refused (the API's 422), alice
+    # untouched.
+    other, _ = change("alices-new-password", "alice")
+    assert other["status"] == "failed" and other["error"]["code"] == 0, other
+    assert "different request" in other["error"]["message"]
+    assert rest.replica.db.head() == head
+    assert rest.call("ping", "alice", secret="alices-new-password")["error"]["code"] == 40
+    assert rest.call("ping", "alice")["status"] == "ok"
     row = rest.replica.db.get_row(ENTITY, IdempotencyKey(f"{rest.admin.id} bobs-password", "").id)
     assert row is not None
     kept = "/rest/changePassword.view?" + urlencode({"c": "test", "f": "json",
