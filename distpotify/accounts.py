@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import hmac
 import io
 import json
@@ -31,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from distpotify.auth.access import Actor
+from distpotify.auth.apikeys import ApiKeySecrets, api_key_hash
 from distpotify.auth.box import PasswordBox
 from distpotify.auth.passwords import Passwords, WeakPassword, check_new_password
 from distpotify.auth.ratelimit import LoginLimiter
@@ -89,14 +89,6 @@ def user_of(row: Mapping[str, Any]) -> User | None:
         return None
 
 
-def api_key_hash(key: str) -> str:
-    """What is stored of an API key: its SHA-256. The key is 32 random bytes, so no guess
-    finds one, and a slow password hash (argon2id, 137 ms) would only make every Subsonic
-    request that slow; a plain hash also lets the key be found by its hash, in constant
-    time, without comparing it against every stored one."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def public(user: User) -> dict[str, Any]:
     """What the API shows of an account: never its password hash (nor its box)."""
     return {"id": user.id, "username": user.username, "role": user.role,
@@ -117,7 +109,8 @@ class Accounts:
     def __init__(
         self, store: MetadataStore, library: Library, clock: IReactorTime,
         passwords: Passwords, signer: TokenSigner, data_dir: Path,
-        admin_password: str | None = None, box: PasswordBox | None = None,
+        key_secrets: ApiKeySecrets, admin_password: str | None = None,
+        box: PasswordBox | None = None,
     ) -> None:
         self._store = store
         self._library = library
@@ -127,6 +120,7 @@ class Accounts:
         self._data_dir = data_dir
         self._admin_password = admin_password
         self._box = box
+        self._key_secrets = key_secrets
         self.directory = Directory()
         self._api_keys: dict[str, str] = {}  # a live key's hash -> its user's id
         self.limiter = LoginLimiter(clock)
@@ -348,12 +342,14 @@ class Accounts:
         """``user``'s keys as the API shows them: id, name, created_at (never a secret)."""
         return await self._store.run(MetadataDB.api_keys_of, user.id)
 
-    async def create_api_key(self, user: User, values: Mapping[str, Any]) -> Outcome:
-        """201 ``{"key", "apiKey"}``: a new key of ``user``, its secret shown this once.
+    async def create_api_key(self, user: User, values: Mapping[str, Any],
+                             key: IdempotencyKey | None = None) -> Outcome:
+        """201 ``{"key", "apiKey"}``: a new key of ``user``, its secret shown in this answer.
 
-        No Idempotency-Key: the stored outcome would keep the secret in every replica's
-        database for a day. A create retried by the proxy after a leader died may so make a
-        second key, which the user sees in the list and may revoke."""
+        With an Idempotency-Key (the proxy sends one with every write) the key's id derives
+        from it and its secret from the id (auth/apikeys.py), so a create applied on two
+        leaders is one key, and a retry answers the same key and secret again: the stored
+        outcome holds neither the secret nor its hash."""
         self._library.leadership.require_leader()
         _only(values, {"name"})
         name = values.get("name")
@@ -361,15 +357,26 @@ class Accounts:
                 or not _encodable(name)):
             raise BadRequest(f"name must be a non-empty string of at most {MAX_NAME}"
                              " characters")
-        secret = secrets.token_urlsafe(32)
-        fields = {"user_id": user.id, "name": name.strip(), "key_hash": api_key_hash(secret),
+        key_id = key.record_id() if key is not None else new_id()
+        fields = {"user_id": user.id, "name": name.strip(),
+                  "key_hash": api_key_hash(self._key_secrets.secret(key_id)),
                   "created_at": self._now(), "deleted": 0}
-        outcome = await self._library.write(None, _create_api_key, new_id(), fields)
+        outcome = await self._library.write(key, _create_api_key, key_id, fields)
         await self.reload()
         assert outcome.body is not None
-        log.info("API key {id} made for {name}", id=outcome.body["key"]["id"],
-                 name=user.username)
-        return attrs.evolve(outcome, body={**outcome.body, "apiKey": secret})
+        made = outcome.body["key"]["id"]
+        if not outcome.replayed:
+            log.info("API key {id} made for {name}", id=made, name=user.username)
+        return attrs.evolve(outcome, body={**outcome.body, "apiKey": self._secret_of(made)})
+
+    def _secret_of(self, key_id: str) -> str:
+        """The secret of the key ``key_id``: under the cluster key it was made with, when that
+        is still accepted and the key is live (a replay across a rotation), else the key in
+        use's."""
+        for secret in self._key_secrets.candidates(key_id):
+            if api_key_hash(secret) in self._api_keys:
+                return secret
+        return self._key_secrets.secret(key_id)
 
     async def delete_api_key(self, key_id: str, actor: Actor,
                              key: IdempotencyKey | None = None) -> Outcome:
@@ -652,11 +659,21 @@ def _rename(db: MetadataDB, user_id: str, username: str) -> Outcome:
 
 def _create_api_key(db: MetadataDB, key_id: str, fields: dict[str, Any]) -> Outcome:
     _live(db, fields["user_id"])
-    if len(db.api_keys_of(fields["user_id"])) >= MAX_API_KEYS:
+    found = db.get_row("api_keys", key_id)
+    if found is not None and found.fields.get("deleted"):
+        # Its Idempotency-Key made it, and it was revoked; the key has expired since (else
+        # its outcome would answer). Made again, the revoked secret would work again.
+        raise Conflict("this Idempotency-Key made an API key that was revoked: send the"
+                       " create with a new key")
+    made: Mapping[str, Any] = fields
+    if found is not None:  # made by this key already (its key row not here yet): the same
+        made = found.fields  # key and secret
+    elif len(db.api_keys_of(fields["user_id"])) >= MAX_API_KEYS:
         raise Conflict(f"a user holds at most {MAX_API_KEYS} API keys: revoke one first")
-    db.write([Change("api_keys", key_id, fields)])
-    return Outcome(201, {"key": {"id": key_id, "name": fields["name"],
-                                 "created_at": fields["created_at"]}})
+    else:
+        db.write([Change("api_keys", key_id, fields)])
+    return Outcome(201, {"key": {"id": key_id, "name": made["name"],
+                                 "created_at": made["created_at"]}})
 
 
 def _delete_api_key(db: MetadataDB, key_id: str, actor: Actor) -> Outcome:

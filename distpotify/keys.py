@@ -28,7 +28,8 @@ AMP = b"distpotify amp v1"
 REQUEST = b"distpotify request v1"
 TOKEN = b"distpotify token v1"
 SUBSONIC_BOX = b"distpotify subsonic-box v1"
-PURPOSES = (HEARTBEAT, AMP, REQUEST, TOKEN, SUBSONIC_BOX)
+API_KEY = b"distpotify api-key v1"
+PURPOSES = (HEARTBEAT, AMP, REQUEST, TOKEN, SUBSONIC_BOX, API_KEY)
 # A short public name for a key, shown in /status so operators can compare replicas' keys
 # during a rotation; one-way, and derived apart from every purpose's key.
 _KEY_ID = b"distpotify key id v1"

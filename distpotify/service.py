@@ -37,6 +37,7 @@ from distpotify.api.public import PublicAPI, ReplicaRoot
 from distpotify.api.site import ReplicaSite
 from distpotify.api.sync import SyncAPI
 from distpotify.api.trusted import ClusterOnly
+from distpotify.auth.apikeys import ApiKeySecrets
 from distpotify.auth.box import PasswordBox
 from distpotify.auth.passwords import HashParams, Passwords
 from distpotify.auth.tokens import TokenSigner
@@ -352,7 +353,7 @@ def build_replica(
     # Password hashes on the worker threads, never the database's one thread.
     accounts = Accounts(store, library, reactor, Passwords(blocking, password_params),
                         TokenSigner(config.cluster_keys, reactor), config.data_dir,
-                        admin_password=config.admin_password,
+                        ApiKeySecrets(config.cluster_keys), admin_password=config.admin_password,
                         box=PasswordBox(config.cluster_keys) if config.subsonic_token_auth
                         else None)
     accounts.load(db.users(), db.api_keys())

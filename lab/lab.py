@@ -39,6 +39,7 @@ from distpotify.cli.processes import (
     ReplicaCommand,
     auth_off_unless_given,
 )
+from distpotify.keys import ClusterKeys
 from lab.client import LabClient
 from lab.disk import Disk, unmount_under
 from lab.netns import LabError, list_netns, netns_exec
@@ -131,6 +132,7 @@ class Lab:
         echo: Echo = echo_stderr,
         ready_timeout: float = READY_TIMEOUT,
         disk_size: int | None = None,
+        auth: bool = False,
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} replicas, not {nodes}")
@@ -146,6 +148,7 @@ class Lab:
         self.echo = echo
         self.ready_timeout = ready_timeout
         self.disk_size = disk_size  # bytes of tmpfs per replica (the disk-full fault); None: none
+        self.auth = auth  # --auth on for the replicas and the proxy (accounts enforced)
         self.prefix = ""
         self.dir = Path()
         self.network: LabNetwork | None = None
@@ -242,7 +245,8 @@ class Lab:
             advertise_host=replica.host.address, http_port=HTTP_PORT, amp_port=AMP_PORT,
             cluster=self.prefix, multicast_interface=replica.host.address, multicast_ttl=1,
             cluster_key_file=self.key_file,
-            extra=(*auth_off_unless_given(self.replica_args), *self.replica_args),
+            extra=(*(("--auth", "on") if self.auth else auth_off_unless_given(self.replica_args)),
+                   *self.replica_args),
         )
         if self.replica_kind == "standin":
             return [sys.executable, "-m", "lab.standin", *command.options()]
@@ -296,8 +300,11 @@ class Lab:
     def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any] | None:
         """The replica's /status, asked from its own host; None when it does not answer."""
         host = self.replicas[node_id].host
+        # With --auth on only a cluster-signed request may read /status.
+        keys = ClusterKeys.load(self.key_file) if self.auth else None
         try:
-            answer = self.client(host).get_json(host.address, HTTP_PORT, "/status", timeout)
+            answer = self.client(host).get_json(host.address, HTTP_PORT, "/status", timeout,
+                                                keys=keys)
         except (OSError, ValueError):
             return None
         return answer if isinstance(answer, dict) else None
@@ -316,7 +323,8 @@ class Lab:
         proxy = self.proxy
         backends = [f"{r.host.address}:{HTTP_PORT}" for r in self.replicas.values()]
         command = ProxyCommand(backends=backends, host="0.0.0.0", port=PROXY_PORT,
-                               extra=AUTH_OFF)
+                               extra=("--auth", "on", "--cluster-key-file", str(self.key_file))
+                               if self.auth else AUTH_OFF)
         self.proxy_process = self._spawn(proxy, command.argv(logfile=self.dir / "proxy.log"),
                                          self.dir / "proxy.out")
         client = self.client(proxy)

@@ -123,9 +123,10 @@ class AuthAPI:
 
     @app.route("/auth/apikeys", methods=["POST"])
     async def create_api_key(self, request: Request) -> bytes:
+        key = await self._key(request)
         outcome = await self._accounts.create_api_key(self._user(request),
-                                                      await self._json(request))
-        request.setHeader(b"Cache-Control", b"no-store")  # the secret, shown this once
+                                                      await self._json(request), key)
+        request.setHeader(b"Cache-Control", b"no-store")  # the secret: never kept by a cache
         return self._answer(request, outcome)
 
     @app.route("/auth/apikeys/<id:key_id>", methods=["DELETE"])

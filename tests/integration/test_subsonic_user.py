@@ -102,6 +102,27 @@ def test_an_api_key_made_through_the_proxy_works_on_every_replica_until_revoked(
                    what=f"the key revoked on {node.node_id}")
 
 
+def test_a_key_made_under_an_idempotency_key_is_made_once_and_answered_again(
+        cluster: Cluster) -> None:
+    """A client's create sent again under its key (as after a lost answer) gets the same key
+    and secret, served from the stored outcome, which holds neither."""
+    sent = json.dumps({"name": "tablet"}).encode()
+    headers = {"Content-Type": "application/json", "Idempotency-Key": '"tablet-1"'}
+
+    first = cluster.alice.call("POST", "/auth/apikeys", sent, headers)
+    again = cluster.alice.call("POST", "/auth/apikeys", sent, headers)
+
+    assert (first.status, again.status) == (201, 201), again.body
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == first.json()
+    listed = cluster.alice.get("/auth/apikeys").json()["keys"]
+    assert [k["id"] for k in listed if k["name"] == "tablet"] == [first.json()["key"]["id"]]
+    for node in cluster.fronted.nodes:
+        wait_until(lambda node=node: cluster.rest(
+            node, "ping", apiKey=first.json()["apiKey"])["status"] == "ok",
+            timeout=REPLICATED, interval=0.1, what=f"the key on {node.node_id}")
+
+
 def test_another_users_key_cannot_be_revoked_through_the_proxy(cluster: Cluster) -> None:
     admin = cluster.fronted.admin()
     made = admin.send_json("POST", "/auth/apikeys", {"name": "admin's"})

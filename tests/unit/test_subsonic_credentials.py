@@ -12,11 +12,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
-from distpotify.accounts import api_key_hash
+from distpotify.auth.apikeys import ApiKeySecrets, api_key_hash
 from distpotify.auth.box import PasswordBox
 from distpotify.auth.users import User
 from distpotify.keys import ClusterKeys
-from distpotify.model import ZERO
+from distpotify.model import IDEMPOTENCY_KEYS, ZERO
 from distpotify.store.metadata import Change, MetadataDB
 from tests.helpers.accounts import (
     ADMIN_PASSWORD,
@@ -27,7 +27,7 @@ from tests.helpers.accounts import (
     listener,
     login,
 )
-from tests.helpers.api import InMemoryReplica, result_of
+from tests.helpers.api import Answer, InMemoryReplica, result_of
 from tests.unit.test_auth_api import options
 
 USER = "6a8d4c1e-2b7f-4e3a-9c5d-0f1e2d3c4b5a"
@@ -255,7 +255,7 @@ def test_a_new_api_key_is_shown_once_and_finds_its_user(replica: InMemoryReplica
     assert set(made) == {"key", "apiKey"}
     assert set(made["key"]) == {"id", "name", "created_at"}
     assert made["key"]["name"] == "phone"
-    assert len(made["apiKey"]) >= 43  # 32 random bytes
+    assert len(made["apiKey"]) == 43  # a 256-bit MAC, base64url
     user = replica.accounts.user_by_api_key(made["apiKey"])
     assert user is not None and user.id == alice.id
 
@@ -386,6 +386,130 @@ def test_a_user_holds_a_bounded_number_of_keys(replica: InMemoryReplica, alice: 
     make_key(replica, alice)
 
     assert call(replica, "POST", "/auth/apikeys", {"name": "third"}, alice.bearer).status == 409
+
+
+# keyed creates: the proxy's retry after a leader failed
+
+
+def keyed_key(replica: InMemoryReplica, session: Session, key: str, name: str = "phone"
+              ) -> Answer:
+    return call(replica, "POST", "/auth/apikeys", {"name": name},
+                {**session.bearer, "Idempotency-Key": f'"{key}"'})
+
+
+def test_a_secret_derives_from_the_keys_id_under_the_cluster_key() -> None:
+    keys, other = ClusterKeys.generate(), ClusterKeys.generate()
+
+    secret = ApiKeySecrets(keys).secret(USER)
+
+    assert secret == ApiKeySecrets(keys).secret(USER)  # the same on every replica
+    assert len(secret) == 43 and secret.isascii() and "=" not in secret
+    assert secret != ApiKeySecrets(keys).secret(OTHER)
+    assert secret != ApiKeySecrets(other).secret(USER)
+    assert USER not in repr(ApiKeySecrets(keys)) and secret not in repr(ApiKeySecrets(keys))
+
+
+def test_a_keyed_create_sent_again_answers_the_same_key_and_secret_and_makes_one(
+        replica: InMemoryReplica, alice: Session) -> None:
+    first = keyed_key(replica, alice, "phone-1")
+    again = keyed_key(replica, alice, "phone-1")
+
+    assert (first.status, again.status) == (201, 201)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["cache-control"] == "no-store"
+    assert again.json() == first.json()
+    secret = first.json()["apiKey"]
+    assert [k["id"] for k in replica.db.api_keys_of(alice.id)] == [first.json()["key"]["id"]]
+    user = replica.accounts.user_by_api_key(secret)
+    assert user is not None and user.id == alice.id
+    # The stored outcome holds neither the secret nor its hash: only the api_keys row has
+    # the hash.
+    [stored] = replica.db._conn.execute("SELECT body FROM idempotency").fetchall()
+    assert secret not in stored["body"] and api_key_hash(secret) not in stored["body"]
+    assert secret not in "\n".join(replica.db._conn.iterdump())
+
+
+def test_a_keyed_create_applied_by_two_leaders_is_one_key_with_one_secret(
+        replica: InMemoryReplica, alice: Session, tmp_path: Path) -> None:
+    """The leader applies the create and dies before replicating it; the proxy sends it
+    again under its key to the next leader (a later epoch), which makes it too. The client
+    holds the second answer's secret: after the two merge it is the one key's, everywhere."""
+    second = InMemoryReplica(tmp_path / "second", auth=True)
+    before = replica.db.ops_after(ZERO)
+    second.db.apply_ops(before)
+    second.accounts.ops_applied(before)
+    second.db.begin_leading(2)
+
+    on_first = keyed_key(replica, alice, "phone-2")
+    on_second = keyed_key(second, alice, "phone-2")
+    for target, source in ((replica, second), (second, replica)):
+        ops = source.db.ops_after(ZERO)
+        target.db.apply_ops(ops)
+        target.accounts.ops_applied(ops)
+
+    assert (on_first.status, on_second.status) == (201, 201)
+    assert on_first.json()["key"]["id"] == on_second.json()["key"]["id"]
+    secret = on_second.json()["apiKey"]
+    assert secret == on_first.json()["apiKey"]
+    for one in (replica, second):
+        assert [k["key_hash"] for k in one.db.api_keys() if k["user_id"] == alice.id] == [
+            api_key_hash(secret)]
+        user = one.accounts.user_by_api_key(secret)
+        assert user is not None and user.id == alice.id
+    assert replica.get("/sync/digest").json() == second.get("/sync/digest").json()
+
+
+def test_a_revoked_keys_create_sent_after_its_key_expired_is_409_and_it_stays_revoked(
+        replica: InMemoryReplica, alice: Session) -> None:
+    made = keyed_key(replica, alice, "phone-3").json()
+    call(replica, "DELETE", f"/auth/apikeys/{made['key']['id']}", headers=alice.bearer)
+    replica.db.write([Change("purges", IDEMPOTENCY_KEYS,
+                             {"through": replica.db.head().encode()})])  # the key expires
+    head = replica.db.head()
+
+    again = keyed_key(replica, alice, "phone-3")
+
+    assert again.status == 409, again.body
+    assert made["apiKey"] not in again.body.decode()
+    assert replica.db.head() == head
+    assert replica.accounts.user_by_api_key(made["apiKey"]) is None
+    assert replica.db.api_keys_of(alice.id) == []
+
+
+def test_a_create_whose_key_row_has_not_arrived_answers_the_key_its_op_made(
+        replica: InMemoryReplica, alice: Session) -> None:
+    """Anti-entropy may bring the key itself before its Idempotency-Key's row: the create
+    sent again answers the same key and secret, and writes nothing new."""
+    made = keyed_key(replica, alice, "phone-4").json()
+    replica.db._conn.execute("DELETE FROM idempotency")  # as on a replica that lacks the row
+    row = replica.db.get_row("api_keys", made["key"]["id"])
+    replica.clock.advance(5)
+
+    again = keyed_key(replica, alice, "phone-4")
+
+    assert again.status == 201
+    assert again.json() == made
+    assert replica.db.get_row("api_keys", made["key"]["id"]) == row
+
+
+def test_a_replay_after_a_rotation_answers_the_secret_the_key_was_made_with(
+        tmp_path: Path) -> None:
+    old, new = ClusterKeys.generate(), ClusterKeys.generate()
+    before = InMemoryReplica(tmp_path / "before", keys=old, auth=True)
+    alice = listener(before, first_admin(before, tmp_path / "before"), "alice")
+    made = keyed_key(before, alice, "phone-5").json()
+    rotated = ClusterKeys((new._secrets[0], old._secrets[0]))  # the new key first
+    before.accounts._key_secrets = ApiKeySecrets(rotated)
+
+    again = keyed_key(before, alice, "phone-5")
+    fresh = keyed_key(before, alice, "phone-6").json()
+
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == made
+    assert fresh["apiKey"] == ApiKeySecrets(ClusterKeys((new._secrets[0],))).secret(
+        fresh["key"]["id"])
+    for secret in (made["apiKey"], fresh["apiKey"]):
+        assert before.accounts.user_by_api_key(secret) is not None
 
 
 @pytest.fixture
