@@ -367,16 +367,22 @@ class Accounts:
         made = outcome.body["key"]["id"]
         if not outcome.replayed:
             log.info("API key {id} made for {name}", id=made, name=user.username)
-        return attrs.evolve(outcome, body={**outcome.body, "apiKey": self._secret_of(made)})
+        secret = await self._secret_of(made)
+        return attrs.evolve(outcome, body={**outcome.body, "apiKey": secret})
 
-    def _secret_of(self, key_id: str) -> str:
-        """The secret of the key ``key_id``: under the cluster key it was made with, when that
-        is still accepted and the key is live (a replay across a rotation), else the key in
-        use's."""
+    async def _secret_of(self, key_id: str) -> str:
+        """The secret of the key ``key_id``: the one, under an accepted cluster key, whose
+        hash its record holds (made under the key in use, or before a rotation: a replay
+        answers the secret the key was made with)."""
+        row = await self._store.run(MetadataDB.get_row, "api_keys", key_id)
+        if row is None:  # its key row came first (anti-entropy): made under the key in use
+            return self._key_secrets.secret(key_id)
+        stored = row.fields.get("key_hash")
         for secret in self._key_secrets.candidates(key_id):
-            if api_key_hash(secret) in self._api_keys:
+            if api_key_hash(secret) == stored:
                 return secret
-        return self._key_secrets.secret(key_id)
+        raise Conflict("this API key was made under a cluster key no longer in use, so its"
+                       " secret cannot be shown again (the key works until revoked)")
 
     async def delete_api_key(self, key_id: str, actor: Actor,
                              key: IdempotencyKey | None = None) -> Outcome:
@@ -660,9 +666,12 @@ def _rename(db: MetadataDB, user_id: str, username: str) -> Outcome:
 def _create_api_key(db: MetadataDB, key_id: str, fields: dict[str, Any]) -> Outcome:
     _live(db, fields["user_id"])
     found = db.get_row("api_keys", key_id)
-    if found is not None and found.fields.get("deleted"):
+    if found is not None and (found.fields.get("deleted")
+                              or found.fields.get("user_id") != fields["user_id"]):
         # Its Idempotency-Key made it, and it was revoked; the key has expired since (else
-        # its outcome would answer). Made again, the revoked secret would work again.
+        # its outcome would answer). Made again, the revoked secret would work again: its
+        # tombstone is kept for good (model.py). (Another account's key cannot share an id:
+        # the key is scoped to the account; refused all the same.)
         raise Conflict("this Idempotency-Key made an API key that was revoked: send the"
                        " create with a new key")
     made: Mapping[str, Any] = fields

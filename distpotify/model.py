@@ -82,6 +82,9 @@ class Entity:
     name: str
     keys: tuple[str, ...]
     fields: tuple[str, ...]
+    # True: its tombstones are never purged (store/tombstones.py), so a deleted record's id
+    # can never be made live again by a write that derives it.
+    tombstones_kept: bool = False
 
     def key_of(self, values: Mapping[str, Any]) -> str:
         return "/".join(str(values[k]) for k in self.keys)
@@ -156,8 +159,12 @@ ENTITIES: dict[str, Entity] = {
         Entity("album_covers", ("id",), ("cover_sha256", "set_by", "deleted")),
         # One row per watermark (PURGES): what is at or below "through" is purged everywhere.
         Entity("purges", ("id",), ("through",)),
-        # Per-user state (issue 18; userstate.py). OpenSubsonic API keys, stored hashed.
-        Entity("api_keys", ("id",), ("user_id", "name", "key_hash", "created_at", "deleted")),
+        # Per-user state (issue 18; userstate.py). OpenSubsonic API keys, stored hashed. A
+        # key's secret derives from its id (auth/apikeys.py), and its id from the create's
+        # Idempotency-Key: a revoked key's tombstone stays, or the same create sent again
+        # once it was purged would make the revoked secret work again.
+        Entity("api_keys", ("id",), ("user_id", "name", "key_hash", "created_at", "deleted"),
+               tombstones_kept=True),
         # A star and a rating of one item (kind song/album/artist) by one user: its id is a
         # UUIDv5 of user, kind and item, so the same star made twice (on two sides of a
         # partition) is one record. Unstarring and a rating of 0 are tombstones.

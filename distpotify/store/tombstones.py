@@ -21,7 +21,7 @@ def purge_tombstones(conn: sqlite3.Connection, through: Version) -> int:
     the leader's watermark), taking them out of the digests too."""
     purged = 0
     for entity in ENTITIES.values():
-        if "deleted" not in entity.fields:
+        if "deleted" not in entity.fields or entity.tombstones_kept:
             continue
         rows = conn.execute(
             f"SELECT {', '.join(entity.keys)}, field_versions, bucket FROM {entity.name}"

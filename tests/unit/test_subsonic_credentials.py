@@ -12,11 +12,13 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
+from distpotify.accounts import _create_api_key
 from distpotify.auth.apikeys import ApiKeySecrets, api_key_hash
 from distpotify.auth.box import PasswordBox
 from distpotify.auth.users import User
+from distpotify.errors import Conflict
 from distpotify.keys import ClusterKeys
-from distpotify.model import IDEMPOTENCY_KEYS, ZERO
+from distpotify.model import IDEMPOTENCY_KEYS, TOMBSTONES, ZERO
 from distpotify.store.metadata import Change, MetadataDB
 from tests.helpers.accounts import (
     ADMIN_PASSWORD,
@@ -462,10 +464,17 @@ def test_a_keyed_create_applied_by_two_leaders_is_one_key_with_one_secret(
 
 def test_a_revoked_keys_create_sent_after_its_key_expired_is_409_and_it_stays_revoked(
         replica: InMemoryReplica, alice: Session) -> None:
+    """Long after: its Idempotency-Key has expired and the tombstones of its time were
+    purged, but not the key's own (kept for good), so its id still names a revoked key."""
     made = keyed_key(replica, alice, "phone-3").json()
     call(replica, "DELETE", f"/auth/apikeys/{made['key']['id']}", headers=alice.bearer)
-    replica.db.write([Change("purges", IDEMPOTENCY_KEYS,
-                             {"through": replica.db.head().encode()})])  # the key expires
+    playlist = call(replica, "POST", "/playlists", {"name": "gone"}, alice.bearer).json()
+    call(replica, "DELETE", f"/playlists/{playlist['playlist']['id']}", headers=alice.bearer)
+    through = replica.db.head().encode()
+    replica.db.write([Change("purges", IDEMPOTENCY_KEYS, {"through": through}),
+                      Change("purges", TOMBSTONES, {"through": through})])
+    assert replica.db.get_row("playlists", playlist["playlist"]["id"]) is None  # purged
+    assert replica.db.get_row("api_keys", made["key"]["id"]) is not None  # kept
     head = replica.db.head()
 
     again = keyed_key(replica, alice, "phone-3")
@@ -475,6 +484,22 @@ def test_a_revoked_keys_create_sent_after_its_key_expired_is_409_and_it_stays_re
     assert replica.db.head() == head
     assert replica.accounts.user_by_api_key(made["apiKey"]) is None
     assert replica.db.api_keys_of(alice.id) == []
+
+
+def test_a_key_id_of_another_account_is_never_made_again_for_this_one(
+        replica: InMemoryReplica, admin: Session, alice: Session) -> None:
+    """Unreachable through the API (a key is scoped to its account, so another account's
+    create derives another id); refused all the same, before anything is written."""
+    made = keyed_key(replica, alice, "phone-7").json()
+    fields = {"user_id": admin.id, "name": "mine", "key_hash": "0" * 64,
+              "created_at": "2026-12-05T00:00:00.000Z", "deleted": 0}
+    head = replica.db.head()
+
+    with pytest.raises(Conflict):
+        _create_api_key(replica.db, made["key"]["id"], fields)
+
+    assert replica.db.head() == head
+    assert replica.db.get_row("api_keys", made["key"]["id"]).fields["user_id"] == alice.id
 
 
 def test_a_create_whose_key_row_has_not_arrived_answers_the_key_its_op_made(
@@ -510,6 +535,21 @@ def test_a_replay_after_a_rotation_answers_the_secret_the_key_was_made_with(
         fresh["key"]["id"])
     for secret in (made["apiKey"], fresh["apiKey"]):
         assert before.accounts.user_by_api_key(secret) is not None
+
+
+def test_a_replay_once_its_cluster_key_is_gone_is_409_not_a_wrong_secret(
+        tmp_path: Path) -> None:
+    old, new = ClusterKeys.generate(), ClusterKeys.generate()
+    before = InMemoryReplica(tmp_path / "before", keys=old, auth=True)
+    alice = listener(before, first_admin(before, tmp_path / "before"), "alice")
+    made = keyed_key(before, alice, "phone-8").json()
+    before.accounts._key_secrets = ApiKeySecrets(new)  # the rotation's last step: old dropped
+
+    again = keyed_key(before, alice, "phone-8")
+
+    assert again.status == 409
+    assert "cannot be shown again" in again.json()["message"]
+    assert before.accounts.user_by_api_key(made["apiKey"]) is not None  # the key works
 
 
 @pytest.fixture
