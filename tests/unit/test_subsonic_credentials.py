@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -518,34 +519,39 @@ def test_a_create_whose_key_row_has_not_arrived_answers_the_key_its_op_made(
     assert replica.db.get_row("api_keys", made["key"]["id"]) == row
 
 
-def test_a_replay_after_a_rotation_answers_the_secret_the_key_was_made_with(
-        tmp_path: Path) -> None:
+@pytest.fixture
+def made_before_rotation(tmp_path: Path
+                         ) -> tuple[InMemoryReplica, Session, dict[str, Any], bytes, bytes]:
+    """A replica whose alice made a key under the cluster key ``old``; ``new`` comes next."""
     old, new = ClusterKeys.generate(), ClusterKeys.generate()
     before = InMemoryReplica(tmp_path / "before", keys=old, auth=True)
     alice = listener(before, first_admin(before, tmp_path / "before"), "alice")
-    made = keyed_key(before, alice, "phone-5").json()
-    rotated = ClusterKeys((new._secrets[0], old._secrets[0]))  # the new key first
-    before.accounts._key_secrets = ApiKeySecrets(rotated)
+    made = keyed_key(before, alice, "made-before").json()
+    return before, alice, made, old._secrets[0], new._secrets[0]
 
-    again = keyed_key(before, alice, "phone-5")
-    fresh = keyed_key(before, alice, "phone-6").json()
+
+def test_a_replay_after_a_rotation_answers_the_secret_the_key_was_made_with(
+        made_before_rotation: tuple[InMemoryReplica, Session, dict[str, Any], bytes, bytes],
+) -> None:
+    before, alice, made, old, new = made_before_rotation
+    before.accounts._key_secrets = ApiKeySecrets(ClusterKeys((new, old)))  # the new key first
+
+    again = keyed_key(before, alice, "made-before")
+    fresh = keyed_key(before, alice, "made-after").json()
 
     assert again.headers["idempotent-replayed"] == "true" and again.json() == made
-    assert fresh["apiKey"] == ApiKeySecrets(ClusterKeys((new._secrets[0],))).secret(
-        fresh["key"]["id"])
+    assert fresh["apiKey"] == ApiKeySecrets(ClusterKeys((new,))).secret(fresh["key"]["id"])
     for secret in (made["apiKey"], fresh["apiKey"]):
         assert before.accounts.user_by_api_key(secret) is not None
 
 
 def test_a_replay_once_its_cluster_key_is_gone_is_409_not_a_wrong_secret(
-        tmp_path: Path) -> None:
-    old, new = ClusterKeys.generate(), ClusterKeys.generate()
-    before = InMemoryReplica(tmp_path / "before", keys=old, auth=True)
-    alice = listener(before, first_admin(before, tmp_path / "before"), "alice")
-    made = keyed_key(before, alice, "phone-8").json()
-    before.accounts._key_secrets = ApiKeySecrets(new)  # the rotation's last step: old dropped
+        made_before_rotation: tuple[InMemoryReplica, Session, dict[str, Any], bytes, bytes],
+) -> None:
+    before, alice, made, _, new = made_before_rotation
+    before.accounts._key_secrets = ApiKeySecrets(ClusterKeys((new,)))  # the old key dropped
 
-    again = keyed_key(before, alice, "phone-8")
+    again = keyed_key(before, alice, "made-before")
 
     assert again.status == 409
     assert "cannot be shown again" in again.json()["message"]
