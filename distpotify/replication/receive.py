@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
 from distpotify.errors import Unavailable
@@ -236,8 +236,14 @@ class Receiver:
         unfetched = {ref: tried[ref] for ref in refs if ref in tried}
         todo = [ref for ref in refs if ref not in tried]
         if todo:
-            outcomes = await gatherResults(
-                [self._fetcher_deferred(ref, sources) for ref in todo], consumeErrors=True)
+            try:
+                outcomes = await gatherResults(
+                    [self._fetcher_deferred(ref, sources) for ref in todo], consumeErrors=True)
+            except FirstError as e:
+                # The fetch's own error, not gatherResults' wrapper, which api/failures.py
+                # would answer 500 with a traceback: a full disk is a 507, a cancelled push
+                # (its sender gone) a cancellation.
+                e.subFailure.raiseException()
             unfetched.update((ref, outcome) for ref, outcome in zip(todo, outcomes, strict=True)
                              if outcome is not Fetched.DONE)
             if len(unfetched) < len(refs):

@@ -4,6 +4,7 @@ chunk clean-up and the applies in flight."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,32 @@ def test_a_pushed_batch_fetches_its_chunks_from_known_peers_only(
 
     assert asked == [["http://peer:8000"]]
     assert answer.status == 503  # the chunk could not be fetched: nothing applied
+    assert replica.db.get_row("chunks", f"{SONG}/0") is None
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (OSError(errno.ENOSPC, "No space left on device"), 507),
+    (RuntimeError("a bug"), 500),
+])
+def test_a_chunk_fetch_that_fails_answers_its_own_error_and_applies_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int,
+) -> None:
+    """A full disk found while storing a fetched chunk is the 507 any write gets (the chaos
+    lab's disk fault once made it a 500: the fetches' gathering wrapped it in FirstError)."""
+    replica = InMemoryReplica(tmp_path)
+
+    async def fetch(ref: object, sources: list[str]) -> Fetched:
+        raise error
+
+    monkeypatch.setattr(replica.fetcher, "fetch_outcome", fetch)
+    chunks = [Op(V, "chunks", f"{SONG}/{n}", {"size": 4, "sha256": "ab" * 32, "deleted": 0})
+              for n in range(2)]
+    batch = json.dumps({"source": None, "ops": [op.to_json() for op in chunks]}).encode()
+
+    answer = replica.call("POST", "/sync/ops", batch, {"Content-Type": "application/json"})
+
+    assert answer.status == status
+    assert answer.json()["error"] == {507: "insufficient_storage", 500: "internal"}[status]
     assert replica.db.get_row("chunks", f"{SONG}/0") is None
 
 
