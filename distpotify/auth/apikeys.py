@@ -8,9 +8,10 @@ A secret is HMAC-SHA256 under the key derived for API keys (keys.API_KEY) of the
 base64url: 43 characters, as unguessable as 32 random bytes to anyone without the cluster
 key. What is stored is only its SHA-256 (``api_key_hash``). The trade-off
 (docs/architecture.md section 2.9): whoever holds the cluster key can make the secret of
-every key from its id, where before only the keys' holders knew them; the cluster key gives
-its holder the whole database already (a joiner's snapshot) and every session (the token
-key), so it protects nothing more than before.
+every key from its id, where before only the keys' holders knew them. The cluster key gives
+its holder every session (the token key) and the whole database (a joiner's snapshot)
+already; what changes is that after a leak the keys made before the rotation must be
+revoked too (docs/operations.md).
 """
 # test-case-name: tests.unit.test_subsonic_credentials
 
