@@ -277,6 +277,16 @@ async def replica_status(
     }
 
 
+def starting_epoch(db: MetadataDB) -> int:
+    """The epoch a replica starts from, the next it claims being above it: the last it
+    claimed itself, or the newest it holds writes of, whichever is later. A replica that
+    only ever followed has claimed none, or an old one; restarted cut off from the others,
+    it leads alone, and in an epoch below its own head its writes would carry versions older
+    than those of the records they change: every edit and delete it acknowledged would lose
+    the merge to the write it replaced (found by the random lab run)."""
+    return max(int(db.get_meta("epoch") or 0), db.head().epoch)
+
+
 def build_replica(
     config: ReplicaConfig,
     reactor: Any,
@@ -306,7 +316,7 @@ def build_replica(
     shutil.rmtree(config.data_dir / "tmp", ignore_errors=True)
     (config.data_dir / "tmp").mkdir()
     db = open_database(config)
-    epoch = int(db.get_meta("epoch") or 0)
+    epoch = starting_epoch(db)
     chunks = ChunkStore(config.data_dir / "chunks")
     live = db.live_chunk_names()
     temps, orphans, kept = chunks.clean_and_list(live)

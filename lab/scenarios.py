@@ -418,7 +418,7 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
     if ctx.chaos is not None:
         ctx.notes += [f"nemesis skipped: {line}" for line in ctx.chaos.skipped]
     ctx.notes += stuck
-    ctx.notes += checker.log_errors(sorted(lab.dir.glob("*.log")))
+    ctx.notes += checker.log_errors(_logs(lab))
     ctx.check("replicas answer", all(v.reachable for v in views.values()),
               "; ".join(f"node {v.node_id}: {v.error}" for v in views.values()
                         if not v.reachable))
@@ -476,7 +476,13 @@ def _rows(views: dict[int, checker.ReplicaView], report: Report) -> list[dict[st
     return rows
 
 
+def _logs(lab: Lab) -> list[Path]:
+    """Every log of the lab, those twistd rotated away (``node1.log.1``, at each megabyte)
+    with the current ones: a long run's first errors are in them."""
+    return sorted(lab.dir.glob("*.log")) + sorted(lab.dir.glob("*.log.[0-9]*"))
+
+
 def _copy_logs(lab: Lab, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(lab.dir.glob("*.log")) + sorted(lab.dir.glob("*.out")):
+    for path in _logs(lab) + sorted(lab.dir.glob("*.out")):
         shutil.copy2(path, out / path.name)

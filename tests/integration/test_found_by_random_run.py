@@ -46,3 +46,39 @@ def test_a_follower_behind_a_song_uploaded_then_deleted_catches_up(
             f"{(leader.status() or {}).get('head')}")
         time.sleep(0.5)
     assert follower.get(f"/songs/{song}").status == 404
+
+
+def test_a_replica_that_only_followed_leads_alone_above_the_epoch_of_its_data(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    """Node 1 followed node 2 and never led in node 2's epoch; restarted alone, it leads,
+    and the edit it acknowledges then must survive node 2's return. It claimed the epoch
+    after the last one it had claimed itself, no later than the song's upload: its edit
+    carried a version older than the upload's and lost the merge on every replica, its own
+    included (the random run's acknowledged edits and deletes undone)."""
+    cluster = Cluster(tmp_path, replicas)
+    follower, leader = cluster.add(1), cluster.add(2)
+    follower.wait_ready()
+    leader.wait_ready()
+    wait_until(lambda: (cluster.agreed_leader() or {}).get("node_id") == 2, timeout=STARTUP)
+    # A new leadership of node 2, so the song is written in an epoch node 1 never claimed.
+    leader.kill()
+    leader.start()
+    wait_until(lambda: (cluster.agreed_leader() or {}).get("node_id") == 2, timeout=STARTUP)
+    song = leader.post("/songs", make_wav("alone", 20_000), "audio/wav").json()["song"]
+    upload_epoch = int(leader.status()["epoch"])  # type: ignore[index]
+    wait_until(lambda: follower.get(f"/songs/{song['id']}").status == 200, timeout=20)
+    follower.kill()
+    leader.kill()
+
+    follower.start()
+    wait_until(lambda: (follower.status() or {}).get("role") == "leader", timeout=STARTUP)
+    assert int(follower.status()["epoch"]) > upload_epoch  # type: ignore[index]
+    edited = send_json(follower.http_port, "PATCH", f"/songs/{song['id']}",
+                       {"album": "edited alone"})
+    assert edited.status == 200, edited.body
+    leader.start(wait=False)
+
+    for node in (follower, leader):
+        wait_until(lambda node=node: (answer := node.get(f"/songs/{song['id']}")).status == 200
+                   and answer.json()["album"] == "edited alone", timeout=60,
+                   what=f"the edit on node {node.node_id}")

@@ -14,8 +14,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from distpotify.config import ReplicaConfig
-from distpotify.service import ReplicaService, build_replica, thread_runner
+from distpotify.model import Op, Version
+from distpotify.service import ReplicaService, build_replica, starting_epoch, thread_runner
+from distpotify.store.metadata import MetadataDB
 from tests.helpers.api import LoneLeader, run_now
+
+SONG = "11111111-1111-4111-8111-111111111111"
 
 FAILURE_TIMEOUT = 0.75
 
@@ -231,3 +235,17 @@ def test_blocking_work_runs_on_the_given_reactors_thread_pool() -> None:
 
     assert reactor.pool.calls == [sorted]
     assert done.result == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("claimed", "expected"), [(None, 71), ("3", 71), ("80", 80)])
+def test_a_replica_starts_from_its_last_claim_or_the_epoch_of_its_head_whichever_is_later(
+    tmp_path: Path, claimed: str | None, expected: int,
+) -> None:
+    """A follower of leaders it never was holds writes of epochs it never claimed: its next
+    claim must be above them (tests/integration/test_found_by_random_run.py)."""
+    db = MetadataDB(tmp_path / "m.sqlite3", node_id=1)
+    db.apply_ops([Op(Version(71, 2, 649), "playlists", SONG, {"name": "n", "deleted": 0})])
+    if claimed is not None:
+        db.set_meta("epoch", claimed)
+
+    assert starting_epoch(db) == expected
