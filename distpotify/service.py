@@ -81,13 +81,23 @@ def prepare_data_dir(config: ReplicaConfig) -> None:
         raise ConfigError(f"data dir {config.data_dir} is not usable: {e.strerror or e}") from None
 
 
+# What an unreadable database fails with: damaged pages, or a file that is no database.
+_UNREADABLE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def open_database(config: ReplicaConfig) -> MetadataDB:
     """The replica's database; an unreadable one is moved aside, and the replica, now empty,
-    bootstraps from the cluster (its chunk files, orphaned, are removed and fetched again)."""
+    bootstraps from the cluster (its chunk files, orphaned, are removed and fetched again).
+    Any other failure (a full disk, an I/O error, a locked file) is ConfigError: the
+    database may be whole, and set aside it would be lost with the writes only it holds
+    (a replica restarted on a full disk did so, found by the random lab run)."""
     path = config.data_dir / "metadata.sqlite3"
     try:
         return MetadataDB(path, config.node_id)
     except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF not in _UNREADABLE:
+            raise ConfigError(f"cannot open the database {path}: {e}; nothing was changed"
+                              " (free space, or fix the cause, and start again)") from None
         aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
         for suffix in ("", "-wal", "-shm"):
             source = path.with_name(path.name + suffix)

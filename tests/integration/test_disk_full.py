@@ -154,3 +154,32 @@ def test_a_follower_whose_disk_fills_catches_up_once_space_returns(
                timeout=60, what="the songs on the follower whose disk was full")
     for n, song in enumerate(songs):
         assert full.get(f"/songs/{song['id']}/stream").body == song_bytes(tmp_path, n)
+
+
+def test_a_replica_restarted_on_a_full_disk_refuses_to_start_and_keeps_its_database(
+    tmp_path: Path, small_disk: Path, replicas: list[ReplicaProcess]
+) -> None:
+    """Its database cannot be opened while the disk is full: the replica says so and exits,
+    the database untouched, and starts with it once space returns. It took the failure for
+    an unreadable database before: moved it aside, and, once space returned, started empty
+    (the random lab run: the writes only it held were lost)."""
+    cluster = Cluster(tmp_path, replicas)
+    alone = cluster.add(2)  # on the small disk; alone, it leads and holds the only copy
+    wait_until(lambda: (alone.status() or {}).get("role") == "leader", timeout=STARTUP,
+               what="replica 2 leading alone")
+    stored = upload(alone, song_bytes(tmp_path, 1))
+    assert stored.status == 201, stored.body
+    song = stored.json()["song"]["id"]
+    alone.stop()  # a clean stop: SQLite removes its WAL and shared-memory files
+    filler = fill(small_disk, leave=0)
+
+    alone.start(wait=False)
+    assert alone.process is not None
+    assert alone.process.wait(timeout=STARTUP) == 1
+    assert not list(small_disk.glob("metadata.sqlite3.unreadable-*"))  # not set aside
+    assert "distpotify: cannot open the database" in alone.log()  # one line, no traceback
+
+    filler.unlink()
+    alone.start()
+    assert alone.get(f"/songs/{song}").status == 200
+    assert alone.get(f"/songs/{song}/stream").body == song_bytes(tmp_path, 1)
