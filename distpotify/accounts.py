@@ -199,10 +199,15 @@ class Accounts:
                 lambda f: log.failure("creating the first admin failed", f))
             return
         self._setup_code = secrets.token_urlsafe(12)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a file left by an earlier start keeps its mode otherwise
-        with os.fdopen(fd, "w") as f:
-            f.write(self._setup_code + "\n")
+        try:
+            _write_private(path, self._setup_code + "\n")
+        except OSError as e:
+            # A full disk must not stop the replica (it serves reads, and writes once space
+            # returns); the code is in the log line below.
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            log.warn("could not write the setup code to {path}: {error}", path=str(path),
+                     error=e.strerror or e)
         log.info("no account exists yet: create the first admin with POST /auth/setup and the"
                  " setup code {code} (also in {path}; the leader's code is the one that counts)",
                  code=self._setup_code, path=str(path))
@@ -517,6 +522,14 @@ class Accounts:
     def _now(self) -> str:
         moment = datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an earlier start keeps its mode otherwise
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _background(coroutine: Any, what: str) -> None:

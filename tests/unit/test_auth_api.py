@@ -3,6 +3,7 @@ the admin's accounts, CSRF, the login limit, and passwords kept out of every ans
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import jwt
 import pytest
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, capturedLogs, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from distpotify.accounts import SETUP_CODE_FILE
@@ -63,6 +64,28 @@ def test_setup_code_is_written_owner_only_while_no_account_exists(tmp_path: Path
 
     assert mode == 0o600
     assert len(setup_code(tmp_path)) >= 16
+
+
+def test_a_setup_code_that_cannot_be_written_does_not_stop_the_replica(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that starts on a full disk serves (the random lab run: it exited, "cannot
+    start: No space left on device"); the code is in its log, and setup takes it."""
+    def full(path: Path, text: str) -> None:
+        path.write_text(text[:3])  # what a write cut short leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("distpotify.accounts._write_private", full)
+    with capturedLogs() as events:
+        started = InMemoryReplica(tmp_path, auth=True)
+
+    text = "\n".join(formatEvent(e) or "" for e in events)
+    assert "could not write the setup code" in text and "No space left" in text
+    assert not (tmp_path / SETUP_CODE_FILE).exists()
+    code = started.accounts._setup_code
+    assert code is not None and code in text
+    made = call(started, "POST", "/auth/setup", {"username": "root", "password": ADMIN_PASSWORD,
+                                                 "setup_code": code})
+    assert made.status == 201, made.body
 
 
 def test_setup_makes_the_first_admin_once(replica: InMemoryReplica, tmp_path: Path) -> None:
