@@ -122,10 +122,13 @@ class Nemesis:
         self._record(began, "wipe", node)
 
     def note_exit(self, node: int, status: int | None) -> None:
-        """Record that NODE's process ended by itself (nobody here stopped it)."""
+        """Record that NODE's process ended by itself (nobody here stopped it), and whether
+        the disk the nemesis filled was full then (a start refused on a full disk)."""
         began = self._begin()
         self.lab.replicas[node].process = None
-        self._record(began, "exited", node, status=status)
+        disk = self.lab.replicas[node].disk
+        self._record(began, "exited", node, status=status,
+                     disk_full=disk is not None and disk.full)
 
     # -- disks ----------------------------------------------------------------------------
 

@@ -400,7 +400,12 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
                 if op.kind == "upload" and op.outcome == "ok" and op.result.get("id")}
     served = checker.stream_divergence(lab, {n: views[n] for n in reachable}, uploaded)
     stored = checker.chunk_file_problems(lab, reachable)
-    exits = [e for e in ctx.nemesis.events if e.op == "exited"]
+    exited = [e for e in ctx.nemesis.events if e.op == "exited"]
+    # A replica (re)started while the nemesis had filled its disk may stop, saying so
+    # ("distpotify: cannot start" or "cannot open the database"): not a crash.
+    exits = [e for e in exited if not e.detail.get("disk_full")]
+    ctx.notes += [f"node {e.target} stopped at {e.at:.1f} s (status {e.detail.get('status')})"
+                  " while its disk was full" for e in exited if e.detail.get("disk_full")]
     report.violations = [attrs.asdict(v) for v in violations]
     report.divergent = rows[:checker.EXAMPLES * 4]
     report.chunk_problems = (served + stored)[:checker.EXAMPLES * 4]

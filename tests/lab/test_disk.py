@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.chaos import Chaos
 from lab.disk import DEFAULT_SIZE, Disk, size_for
 from lab.lab import HTTP_PORT, Lab
 from lab.nemesis import Nemesis
@@ -126,3 +127,33 @@ def test_a_long_run_gets_disks_sized_for_its_length() -> None:
     assert size_for(120) == DEFAULT_SIZE
     assert size_for(1800) >= 1800 * 1024 * 1024
     assert size_for(1800) % 4096 == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_replica_started_on_its_full_disk_stops_whole_and_the_run_notes_it(
+        lone_on_disk: Lab) -> None:
+    """Stopped cleanly (SQLite removes its WAL), then started while the nemesis holds its
+    disk full: the replica cannot open its database, says so and stops, the database left
+    as it is; the random run records that stop as one on a full disk, not a crash."""
+    lab = lone_on_disk
+    replica = lab.replicas[1]
+    assert _upload(lab, "kept") == 201
+    assert replica.process is not None
+    replica.process.terminate()
+    replica.process.wait(30)
+    nemesis = Nemesis(lab)
+    nemesis.disk_full(1)
+
+    lab.start_replica(1, wait=False)
+    assert replica.process is not None
+    assert replica.process.wait(30) == 1
+    Chaos(lab, nemesis, seed=1).notice_exits()
+
+    [exited] = [e for e in nemesis.events if e.op == "exited"]
+    assert exited.target == 1 and exited.detail == {"status": 1, "disk_full": True}
+    assert not list(replica.data_dir.glob("metadata.sqlite3.unreadable-*"))
+    nemesis.disk_free(1)
+    lab.start_replica(1)
+    host = replica.host
+    songs = lab.client(1).get_json(host.address, HTTP_PORT, "/songs")
+    assert songs["total"] == 1  # the song it held alone
