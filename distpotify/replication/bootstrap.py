@@ -131,6 +131,7 @@ RUN_CHUNKS = 64  # chunks per ranged request during a join (16 MiB of 256 KiB ch
 # verified is not downloading.
 JOIN_WORKERS = 16
 RUNS_PAGE = 4096  # missing chunks whose runs are made at once
+SETTLE_CHUNKS = 1000  # missing chunks whose current rows a failed try asks the leader for
 
 
 @attrs.frozen
@@ -192,6 +193,7 @@ class Joiner:
         tmp_dir: Path,
         progress: SyncProgress,
         clean_up: Callable[[], Awaitable[object]],
+        settle: Callable[[Sequence[str], str], Awaitable[object]],
         failpoints: Failpoints = NONE,
     ) -> None:
         self._node_id = node_id
@@ -209,6 +211,7 @@ class Joiner:
         self._tmp = tmp_dir
         self.progress = progress
         self._clean_up = clean_up
+        self._settle = settle
         self._failpoints = failpoints
         self._snapshot_again = False
         self._steps: dict[str, Callable[[Peer], Awaitable[None]]] = {
@@ -331,6 +334,7 @@ class Joiner:
         del missing  # names of every chunk of a new library: tens of MiB
         await self._fetcher.sync()
         if failed:
+            await self._settle_missing(leader)
             raise PeerError(f"{failed} runs of chunks could not be fetched yet")
         head = await self._store.run(MetadataDB.head)
         present = await self._blocking(self._chunks.names)
@@ -342,6 +346,22 @@ class Joiner:
         # none that a push or anti-entropy is fetching now for ops it has yet to apply.
         await self._clean_up()
         await self._advance()
+
+    async def _settle_missing(self, leader: Peer) -> None:
+        """The leader's current rows of (some of) the chunks still missing, merged: those
+        deleted since the snapshot are then no longer wanted (Receiver.settle). A chunk
+        that failed for another reason (a peer down) is merged unchanged, and fetched again
+        at the next try."""
+        live = await self._store.run(MetadataDB.live_chunk_names)
+        present: set[str] = await self._blocking(self._chunks.names)
+        missing = sorted(live - present)[:SETTLE_CHUNKS]
+        del live, present
+        if not missing:
+            return
+        rows = await self._settle(missing, leader.http)
+        log.info("join: {n} chunk(s) not fetched: merged {rows} current row(s) of them and"
+                 " their songs from leader {leader}", n=len(missing), rows=rows,
+                 leader=leader.node_id)
 
     async def _fetch_runs(self, runs: Sequence[ChunkRun], sources: list[str], first: int = 0
                           ) -> list[bool]:

@@ -251,7 +251,7 @@ class ReplicationNode(service.MultiService):
                 join_rpc=self._join_rpc, leader=self._leader, sources=self.peer_urls,
                 blocking=self._blocking, clock=self._reactor, tmp_dir=config.data_dir / "tmp",
                 progress=self.progress, clean_up=self.receiver.clean_chunks,
-                failpoints=config.failpoints,
+                settle=self.receiver.settle, failpoints=config.failpoints,
             )
             try:
                 await self._joiner.run()

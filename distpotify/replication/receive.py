@@ -280,6 +280,28 @@ class Receiver:
                  songs=len(songs))
         return newer
 
+    async def settle(self, names: Sequence[str], source: str) -> int:
+        """Merge ``source``'s current rows of the chunks ``names`` (``<song id>_<idx>``, the
+        chunk files' names) and of their songs: what a join does with chunks of its snapshot
+        that no peer serves. Deleted since the snapshot was taken, they need no bytes; and
+        the op that deleted them may be older than the snapshot's head (written by a leader
+        that died before replicating it, and brought back after by anti-entropy), so no push
+        will bring it to the joiner, and its own anti-entropy waits for the join to end.
+        How many rows ``source`` gave."""
+        chunks = sorted({(song_id, idx) for song_id, _, idx in
+                         (name.rpartition("_") for name in names)})
+        keys = [("songs", song_id) for song_id in sorted({song for song, _ in chunks})]
+        keys += [("chunks", f"{song_id}/{idx}") for song_id, idx in chunks]
+        asked = set(keys)
+        rows: list[Row] = []
+        for start in range(0, len(keys), KEYS_PER_REQUEST):
+            found = await self._client.rows(source, keys[start:start + KEYS_PER_REQUEST])
+            rows += [row for row in found if (row.entity, row.key) in asked]
+        ops = await self._checked_ops(rows, source)
+        if ops:
+            await self.apply_ops(ops, source)
+        return len(rows)
+
     def _absent(self, refs: list[ChunkRef]) -> list[ChunkRef]:
         """The chunks whose files are not here (worker thread: one stat each)."""
         return [ref for ref in refs if not self._chunks.path(ref.song_id, ref.idx).exists()]

@@ -334,3 +334,36 @@ def test_chunks_no_peer_holds_and_a_source_that_cannot_say_refuse_the_batch(
         Receiving(follower, InMemoryAgent(Recording()), Unreachable()).apply(upload)
 
     assert follower.db.get_row("songs", song) is None
+
+
+def test_settle_merges_the_sources_current_rows_of_chunks_and_their_songs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a join does with chunks no peer serves: the leader's rows say the song was
+    deleted since, so they are wanted no more; rows not asked for are not taken."""
+    replica = InMemoryReplica(tmp_path)
+    made = Version(1, 3, 1)
+    replica.db.apply_ops([
+        Op(made, "songs", SONG, {"title": "t", "deleted": 0}),
+        Op(made, "chunks", f"{SONG}/0", {"size": 4, "sha256": "ab" * 32, "deleted": 0}),
+    ])
+    deleted = {"deleted": Version(2, 1, 5)}
+    asked: list[list[tuple[str, str]]] = []
+
+    async def rows(base: str, keys: list[tuple[str, str]]) -> list[Row]:
+        asked.append(keys)
+        return [Row("songs", SONG, {"title": "t", "deleted": 1}, {"title": made, **deleted}),
+                Row("chunks", f"{SONG}/0", {"size": 4, "sha256": "ab" * 32, "deleted": 1},
+                    {"size": made, "sha256": made, **deleted}),
+                Row("playlists", OTHER, {"name": "not asked", "deleted": 0},
+                    {"name": made, "deleted": made})]
+
+    monkeypatch.setattr(replica.receiver._client, "rows", rows)
+
+    merged = result_of(Deferred.fromCoroutine(
+        replica.receiver.settle([f"{SONG}_0"], "http://peer:8000")))
+
+    assert asked == [[("songs", SONG), ("chunks", f"{SONG}/0")]]
+    assert merged == 2
+    assert replica.db.live_chunk_names() == set() and replica.db.song(SONG) is None
+    assert replica.db.get_row("playlists", OTHER) is None
