@@ -183,6 +183,22 @@ class BullyElection:
         """Any epoch announced by anyone: the next epoch we claim must exceed it."""
         self._max_epoch = max(self._max_epoch, epoch)
 
+    def data_seen(self, epoch: int, leader_id: int) -> None:
+        """Writes a leader ``leader_id`` numbered in ``epoch`` are held here now (pushed,
+        pulled by anti-entropy or a takeover). The next epoch we claim must exceed it; and
+        if we lead in an epoch at or below it, we claim a new one above before writing
+        again: numbered in ours, our writes would be older than the records they change,
+        and lose every merge to them (a lone leader that later pulls a newer replica's rows:
+        the acknowledged edit lost, found by a second reader)."""
+        self.observe_epoch(epoch)
+        leader = self._leader
+        if (leader is not None and leader.node_id == self._node_id
+                and (epoch, leader_id) > (leader.epoch, self._node_id)):
+            self.log.info("data of epoch {epoch} (leader {leader_id}) is above ours ({ours}):"
+                          " leading on in a new epoch", epoch=epoch, leader_id=leader_id,
+                          ours=leader.epoch)
+            self._outdated()
+
     def leader_seen(self, node_id: int, epoch: int, http: str) -> None:
         """A heartbeat from ``node_id`` announcing itself leader of ``epoch``."""
         self.observe_epoch(epoch)

@@ -8,7 +8,7 @@ leader writes, with versions of the epoch it persisted before announcing itself.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -43,7 +43,7 @@ from distpotify.cluster.takeback import TakeBack
 from distpotify.cluster.trust import AuthFailures
 from distpotify.config import ReplicaConfig
 from distpotify.errors import NotLeader
-from distpotify.model import Version
+from distpotify.model import Op, Version
 from distpotify.store.metadata import MetadataDB, MetadataStore
 from distpotify.wire import ACTIVE, JOINING, LEADER
 
@@ -125,6 +125,12 @@ class ClusterNode(service.Service):
 
     def head(self) -> Version:
         return self._head()
+
+    def ops_applied(self, ops: Sequence[Op]) -> None:
+        """Ops from elsewhere applied here: the election sees the newest one's epoch."""
+        if ops:
+            newest = max(op.version for op in ops)
+            self.election.data_seen(newest.epoch, newest.leader_id)
 
     # the Leadership the library asks
 

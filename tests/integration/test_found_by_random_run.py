@@ -82,3 +82,46 @@ def test_a_replica_that_only_followed_leads_alone_above_the_epoch_of_its_data(
         wait_until(lambda node=node: (answer := node.get(f"/songs/{song['id']}")).status == 200
                    and answer.json()["album"] == "edited alone", timeout=60,
                    what=f"the edit on node {node.node_id}")
+
+
+def album(node: ReplicaProcess, song: str) -> str | None:
+    answer = node.get(f"/songs/{song}")
+    return answer.json().get("album") if answer.status == 200 else None
+
+
+def test_a_lone_leader_that_pulls_newer_rows_leads_on_above_them(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    """Node 2 leads alone in an epoch above its own data, but below an edit node 3 made
+    while it was away; node 1 returns with that edit, which node 2 pulls by anti-entropy.
+    Node 2's next edit must be the newer one: numbered in its epoch, it lost to the row it
+    changed, on node 2 itself too, though it was acknowledged (a second reader found it)."""
+    cluster = Cluster(tmp_path, replicas, "--anti-entropy-interval", "1")
+    one, two, three = cluster.add(1), cluster.add(2), cluster.add(3)
+    for node in (one, two, three):
+        node.wait_ready()
+    wait_until(lambda: (cluster.agreed_leader() or {}).get("node_id") == 3, timeout=STARTUP)
+    song = three.post("/songs", make_wav("pulled", 20_000), "audio/wav").json()["song"]["id"]
+    for node in (one, two):
+        wait_until(lambda node=node: node.get(f"/songs/{song}").status == 200, timeout=30)
+    two.kill()
+    three.kill()
+    three.start()  # a new epoch of node 3's, which node 2 never sees
+    wait_until(lambda: (cluster.agreed_leader() or {}).get("node_id") == 3, timeout=STARTUP)
+    assert send_json(three.http_port, "PATCH", f"/songs/{song}",
+                     {"album": "three"}).status == 200
+    wait_until(lambda: album(one, song) == "three", timeout=30)
+    one.kill()
+    three.kill()
+
+    two.start()
+    wait_until(lambda: (two.status() or {}).get("role") == "leader", timeout=STARTUP)
+    one.start(wait=False)
+    wait_until(lambda: album(two, song) == "three", timeout=60, what="node 1's row on node 2")
+    edited = wait_until(lambda: (answer := send_json(two.http_port, "PATCH", f"/songs/{song}",
+                                                      {"album": "two"})).status == 200
+                        and answer, timeout=STARTUP, what="node 2 taking the edit")
+
+    assert edited.json()["song"]["album"] == "two"
+    for node in (two, one):
+        wait_until(lambda node=node: album(node, song) == "two", timeout=30,
+                   what=f"the edit on node {node.node_id}")

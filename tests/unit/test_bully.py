@@ -323,6 +323,55 @@ def test_leader_steps_down_on_higher_epoch() -> None:
     assert [change.role for change in node.changes] == ["candidate", "leader", "follower"]
 
 
+def test_a_leader_holding_data_of_a_later_claim_leads_on_in_an_epoch_above_it() -> None:
+    """Pulled from a replica that was away (anti-entropy, a takeover's catch-up): numbered
+    in its own epoch, the leader's next writes would be older than those rows."""
+    node = Node(node_id=2, epoch=1)
+    node.become_leader()
+    assert node.status.epoch == 2
+
+    node.election.data_seen(3, 3)
+
+    assert node.status == ElectionStatus("leader", 2, http(2), 4)
+    assert node.persisted == [2, 4]
+    assert [change.role for change in node.changes] == ["candidate", "leader", "candidate",
+                                                        "leader"]
+
+
+@pytest.mark.parametrize(("epoch", "leader_id"), [(2, 2), (2, 1), (1, 3)])
+def test_a_leader_holding_data_of_its_own_claim_or_older_ones_goes_on(
+        epoch: int, leader_id: int) -> None:
+    node = Node(node_id=2, epoch=1)
+    node.become_leader()
+
+    node.election.data_seen(epoch, leader_id)
+
+    assert node.status == ElectionStatus("leader", 2, http(2), 2)
+    assert node.persisted == [2]
+
+
+def test_the_same_epoch_of_a_higher_id_is_above_a_leaders_own() -> None:
+    node = Node(node_id=2, epoch=1)
+    node.become_leader()
+
+    node.election.data_seen(2, 3)  # two leaders claimed epoch 2 on two sides of a partition
+
+    assert node.status == ElectionStatus("leader", 2, http(2), 3)
+
+
+def test_a_follower_holding_data_of_a_later_epoch_claims_above_it_next_time() -> None:
+    node = Node(node_id=2)
+    node.election.leader_seen(3, 1, http(3))
+
+    node.election.data_seen(7, 1)
+
+    assert node.status.role == "follower" and node.persisted == []
+    node.election.leader_lost(3)
+    node.higher = []
+    node.clock.advance(ANSWER_TIMEOUT)
+    assert node.status == ElectionStatus("leader", 2, http(2), 8)
+
+
 def test_leader_ignores_a_leader_with_a_lower_epoch() -> None:
     node = Node(node_id=2, epoch=4)
     node.become_leader()
