@@ -378,8 +378,8 @@ def build_replica(
                         else None)
     accounts.load(db.users(), db.api_keys())
     userstate = UserState(store, library, reactor)
-    replication.on_applied.append(cluster.ops_applied)
     replication.on_applied.append(accounts.ops_applied)
+    replication.on_applied.append(cluster.ops_applied)
     replication.on_synced.append(accounts.synced)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 from twisted.python.failure import Failure
 
+from distpotify.errors import NotLeader
 from distpotify.model import ENTITIES, TOMBSTONES, Op, Row, Version
 from distpotify.store import idempotency
 from distpotify.store.chunkcache import ChunkCache
@@ -95,6 +96,13 @@ class Oplog(Tables):
         if self._epoch == 0:
             raise RuntimeError("write before begin_leading")
         first = self._seq + 1
+        if Version(self._epoch, self.node_id, first) <= self._head:
+            # Writes of a later claim were applied here since this leadership began: ours,
+            # numbered below them, would lose the merge to the records they change. The
+            # election claims a new epoch (BullyElection.data_seen); until it has, no write.
+            raise NotLeader(f"replica {self.node_id} holds writes newer than its epoch"
+                            f" {self._epoch} and is claiming a new one; retry shortly",
+                            leader_id=None, leader_http=None)
         ops = [
             Op(Version(self._epoch, self.node_id, seq), change.entity, change.key, change.fields)
             for seq, change in enumerate(changes, start=first)

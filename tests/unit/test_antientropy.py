@@ -168,6 +168,7 @@ def test_a_round_with_equal_digests_asks_for_the_digest_alone_and_checks_a_page(
     bucket or row pulled, and no more chunk rows looked at than a page."""
     replica = InMemoryReplica(tmp_path)
     replica.db.apply_ops(playlists(ROWS, 7, "same"))
+    replica.db.begin_leading(8)  # above them, as the election has it claim (data_seen)
     replica.upload(make_wav(tmp_path / "song.wav", 3 * replica.chunk_size).read_bytes())
     root = CountingRoot(replica.root)
     stub = RequestTraversalAgent(root)  # its own peer: the digests are equal

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
+from distpotify.errors import NotLeader
 from distpotify.model import Op, Version
 from distpotify.store.metadata import SONG_ORDERS, Change, MetadataDB, MetadataStore, SongSearch
 
@@ -179,3 +180,19 @@ def test_store_runs_every_call_on_its_runner(db: MetadataDB) -> None:
     d.addCallback(result.append)
 
     assert result == [Version(0, 0, 0)] and len(threads) == 1
+
+
+def test_a_leader_holding_writes_of_a_later_claim_writes_nothing_until_it_claims_above(
+        db: MetadataDB) -> None:
+    """Its writes, numbered below those rows, would lose the merge to them: 421, nothing
+    written, until the election's new epoch (BullyElection.data_seen)."""
+    db.write([Change("songs", SONG, song_fields())])
+    db.apply_ops([Op(Version(1, 3, 4), "songs", SONG, {"title": "of leader 3"})])
+
+    with pytest.raises(NotLeader, match="claiming a new one"):
+        db.write([Change("songs", SONG, {"title": "ours"})])
+
+    assert db.head() == Version(1, 3, 4) and db.song(SONG)["title"] == "of leader 3"
+    db.begin_leading(2)
+    assert db.write([Change("songs", SONG, {"title": "ours"})])[0].version == Version(2, 2, 1)
+    assert db.song(SONG)["title"] == "ours"

@@ -168,6 +168,10 @@ actions = st.one_of(
 def play(db: MetadataDB, history: list[tuple[str, str, Any]]) -> None:
     remote_seq = itertools.count(1)
     for action, song_id, value in history:
+        if action in ("create", "edit", "delete", "purge") and db.head() > db.written():
+            # Ops of a newer leader arrived: the election claims an epoch above them before
+            # this leader writes again (BullyElection.data_seen).
+            db.begin_leading(db.head().epoch + 1)
         live = action == "edit" and value and db.song(song_id) is not None
         if action == "create" or live:
             db.write([Change("songs", song_id, value)])
