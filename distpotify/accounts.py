@@ -199,6 +199,7 @@ class Accounts:
                 lambda f: log.failure("creating the first admin failed", f))
             return
         self._setup_code = secrets.token_urlsafe(12)
+        where = f"also in {path}"
         try:
             _write_private(path, self._setup_code + "\n")
         except OSError as e:
@@ -206,11 +207,10 @@ class Accounts:
             # returns); the code is in the log line below.
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
-            log.warn("could not write the setup code to {path}: {error}", path=str(path),
-                     error=e.strerror or e)
+            where = f"not in {path}: it could not be written: {e.strerror or e}"
         log.info("no account exists yet: create the first admin with POST /auth/setup and the"
-                 " setup code {code} (also in {path}; the leader's code is the one that counts)",
-                 code=self._setup_code, path=str(path))
+                 " setup code {code} ({where}; the leader's code is the one that counts)",
+                 code=self._setup_code, where=where)
 
     def _forget_setup_code(self) -> None:
         self._setup_code = None
@@ -527,8 +527,8 @@ class Accounts:
 def _write_private(path: Path, text: str) -> None:
     """``text`` into ``path``, readable by this user only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file left by an earlier start keeps its mode otherwise
     with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a file left by an earlier start keeps its mode otherwise
         f.write(text)
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -123,12 +124,16 @@ class Nemesis:
 
     def note_exit(self, node: int, status: int | None) -> None:
         """Record that NODE's process ended by itself (nobody here stopped it), and whether
-        the disk the nemesis filled was full then (a start refused on a full disk)."""
+        it refused to start for lack of space (``disk_full``: its last words say it could
+        not start, for lack of space or while its disk is still full), a refused start on a
+        disk the nemesis filled, not a crash."""
         began = self._begin()
         self.lab.replicas[node].process = None
         disk = self.lab.replicas[node].disk
+        refused = _refused_start(self.lab.dir / f"node{node}.out")
         self._record(began, "exited", node, status=status,
-                     disk_full=disk is not None and disk.full)
+                     disk_full=disk is not None and status == 1 and refused is not None
+                     and (disk.full or any(words in refused for words in _NO_SPACE)))
 
     # -- disks ----------------------------------------------------------------------------
 
@@ -204,3 +209,21 @@ class Nemesis:
             end = next((e.done for e in self.events[number + 1:] if ends(event, e)), until)
             windows.append((event.at, end, f"{event.op} {event.target}"))
         return windows
+
+
+# What a replica's refused start says of a full disk (distpotify/service.py, tap.py); SQLite
+# may say "disk I/O error" instead, hence the disk's own state too.
+_NO_SPACE = ("No space left on device", "database or disk is full")
+
+
+def _refused_start(out: Path) -> str | None:
+    """The last line of the replica's output if it is a refused start ("distpotify: cannot
+    ...": one line, no traceback), else None."""
+    try:
+        with open(out, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    last = lines[-1] if lines else ""
+    return last if last.startswith("distpotify: cannot") else None
