@@ -198,8 +198,21 @@ class Transaction:
         return self._conn
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
+        # SQLite may have rolled the whole transaction back already (a full disk, an I/O
+        # error): rolling back again would raise "no transaction is active" and hide the
+        # error that says why (the 507 of a full disk became a 500).
+        if not self._conn.in_transaction:
+            return
         if not self._nested:
-            self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+            if kind is not None:
+                self._conn.execute("ROLLBACK")
+                return
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # a failed commit leaves it open
+                    self._conn.execute("ROLLBACK")
+                raise
             return
         if kind is not None:
             self._conn.execute("ROLLBACK TO nested")

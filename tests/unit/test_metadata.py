@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from distpotify.errors import NotLeader
 from distpotify.model import Op, Version
 from distpotify.store.metadata import SONG_ORDERS, Change, MetadataDB, MetadataStore, SongSearch
+from distpotify.store.schema import Transaction
 
 SONG = "11111111-1111-4111-8111-111111111111"
 
@@ -196,3 +197,37 @@ def test_a_leader_holding_writes_of_a_later_claim_writes_nothing_until_it_claims
     db.begin_leading(2)
     assert db.write([Change("songs", SONG, {"title": "ours"})])[0].version == Version(2, 2, 1)
     assert db.song(SONG)["title"] == "ours"
+
+
+def test_a_transaction_sqlite_rolled_back_itself_raises_the_error_that_said_why() -> None:
+    """On a full disk SQLite may roll the transaction back itself: the disk-full error is
+    what reaches the caller (a 507), not "cannot rollback - no transaction is active" (a
+    500 with a traceback: the random lab run)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+
+    with (pytest.raises(sqlite3.OperationalError, match="database or disk is full"),
+          Transaction(conn)):
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    assert not conn.in_transaction
+    with Transaction(conn):
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert conn.execute("SELECT x FROM t").fetchall() == [(2,)]
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(
+        "PRAGMA foreign_keys = ON; CREATE TABLE parent (id PRIMARY KEY);"
+        " CREATE TABLE child (p REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);")
+
+    with pytest.raises(sqlite3.IntegrityError), Transaction(conn):
+        conn.execute("INSERT INTO child VALUES (1)")  # refused at COMMIT only
+
+    assert not conn.in_transaction
+    with Transaction(conn):
+        conn.execute("INSERT INTO parent VALUES (1)")
+    assert conn.execute("SELECT count(*) FROM child").fetchone() == (0,)
