@@ -19,6 +19,7 @@ written at once), and ``served_by`` (the X-Served-By of a refusal, or None).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import tempfile
@@ -131,6 +132,16 @@ class Spool:
 
 def _write_all(file: IO[bytes], data: bytes) -> None:
     file.write(data)
+    # A buffered file (a temp file) keeps the tail: flushed here, a full disk is met on this
+    # thread as a failed write (507), not by the reactor's seek before the resource is called.
+    file.flush()
+
+
+def _discard(content: IO[bytes]) -> None:
+    """Close a refused body's file. A buffered one flushes its tail first, which fails again
+    on a full disk: the file is closed all the same, and the body is not wanted."""
+    with contextlib.suppress(OSError):
+        content.close()
 
 
 class LimitedRequest(server.Request):
@@ -225,9 +236,9 @@ class LimitedRequest(server.Request):
         if self._spool is not None:
             self._spool.stop()
             if content is not None:
-                self._spool.drained().addCallback(lambda _: content.close())
+                self._spool.drained().addCallback(lambda _: _discard(content))
         elif content is not None:
-            content.close()
+            _discard(content)
         # No "100 Continue" after a final answer: the client need not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
         body = json.dumps({"error": code, "message": message}).encode()

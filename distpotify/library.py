@@ -176,10 +176,10 @@ class Library:
         A client that goes away does not stop it: the body is already spooled, the chunk
         files are being written by a thread that cannot be stopped, and an upload finished
         (or undone) as a whole leaves no half behind. Cancelling the answer only drops it.
+        The upload owns ``content``, and closes it once finished.
         """
-        return detached(Deferred.fromCoroutine(self._upload(content, content_type, query, key,
-                                                            actor)),
-                        "an upload")
+        work = Deferred.fromCoroutine(self._upload(content, content_type, query, key, actor))
+        return detached(work.addBoth(_closing, content), "an upload")
 
     async def _upload(
         self, content: BinaryIO, content_type: str, query: Mapping[str, str],
@@ -590,3 +590,10 @@ def _create_once(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) 
         return False
     db.write([Change(entity, key, fields)])
     return True
+
+
+def _closing(result: T, content: BinaryIO) -> T:
+    """``result``, once ``content`` is closed (a raw upload's spool removes the pieces it did not
+    hand over as chunks)."""
+    content.close()
+    return result

@@ -18,9 +18,11 @@ from distpotify.wire import IDEMPOTENCY_KEY, REPLAYED, VERSION, encoded_json_res
 KeyOf = Callable[[str, bytes, bytes, "IO[bytes] | None"], Deferred[IdempotencyKey]]
 
 
-async def request_key(request: Request, key_of: KeyOf) -> IdempotencyKey | None:
+async def request_key(request: Request, key_of: KeyOf,
+                      body: IO[bytes] | None = None) -> IdempotencyKey | None:
     """The request's Idempotency-Key (400 if malformed), with its request's digest as
-    ``key_of`` (Library.request_key) makes it; None if it sent none."""
+    ``key_of`` (Library.request_key) makes it; None if it sent none. ``body`` is the request's
+    body when the handler took it from the request (an upload)."""
     header = request.getHeader(IDEMPOTENCY_KEY)
     if header is None:
         return None
@@ -29,7 +31,8 @@ async def request_key(request: Request, key_of: KeyOf) -> IdempotencyKey | None:
     # key makes its own write, and never receives this account's stored answer.
     user = session_user(request)
     scoped = text if user is None else f"{user.id} {text}"
-    return await key_of(scoped, request.method, request.uri, request.content)
+    return await key_of(scoped, request.method, request.uri,
+                        request.content if body is None else body)
 
 
 def answer(request: Request, outcome: Outcome) -> bytes:

@@ -8,6 +8,7 @@ Library decides, and every failure becomes the JSON error shape in one place (fa
 from __future__ import annotations
 
 import datetime
+import io
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -143,11 +144,17 @@ class PublicAPI:
     @app.route("/songs", methods=["POST"])
     async def upload(self, request: Request) -> bytes:
         content_type = request.getHeader(b"Content-Type") or b""
-        assert request.content is not None
-        key = await self._key(request)
+        # The body is the upload's from here: twisted.web closes a request's body when its
+        # client goes away, and the upload, which goes on, would find it closed.
+        content, request.content = request.content, io.BytesIO()
+        assert content is not None
+        try:
+            key = await request_key(request, self._library.request_key, content)
+        except BaseException:
+            content.close()
+            raise
         return self._answer(request, await self._library.upload(
-            request.content, content_type.decode("latin-1"), query(request), key,
-            actor_of(request)))
+            content, content_type.decode("latin-1"), query(request), key, actor_of(request)))
 
     @app.route("/songs/<id:song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:

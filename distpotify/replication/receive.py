@@ -262,13 +262,8 @@ class Receiver:
         keys = [("songs", song_id) for song_id in sorted(songs)]
         keys += sorted({("chunks", op.key) for op in ops
                         if op.entity == "chunks" and op.key.split("/")[0] in songs})
-        asked = set(keys)
-        rows: list[Row] = []
         try:
-            for start in range(0, len(keys), KEYS_PER_REQUEST):
-                found = await self._client.rows(source, keys[start:start + KEYS_PER_REQUEST])
-                rows += [row for row in found if (row.entity, row.key) in asked]
-            newer = await self._checked_ops(rows, source)
+            newer = await self._checked_ops(await self._rows_of(source, keys), source)
         except CancelledError:
             raise
         except Exception as e:  # unreachable, timed out, an error answer, malformed rows
@@ -292,15 +287,21 @@ class Receiver:
                          (name.rpartition("_") for name in names)})
         keys = [("songs", song_id) for song_id in sorted({song for song, _ in chunks})]
         keys += [("chunks", f"{song_id}/{idx}") for song_id, idx in chunks]
+        rows = await self._rows_of(source, keys)
+        ops = await self._checked_ops(rows, source)
+        if ops:
+            await self.apply_ops(ops, source)
+        return len(rows)
+
+    async def _rows_of(self, source: str, keys: Sequence[tuple[str, str]]) -> list[Row]:
+        """``source``'s current rows of ``keys`` (entity, key), asked KEYS_PER_REQUEST at a
+        time; a row it sends unasked is dropped."""
         asked = set(keys)
         rows: list[Row] = []
         for start in range(0, len(keys), KEYS_PER_REQUEST):
             found = await self._client.rows(source, keys[start:start + KEYS_PER_REQUEST])
             rows += [row for row in found if (row.entity, row.key) in asked]
-        ops = await self._checked_ops(rows, source)
-        if ops:
-            await self.apply_ops(ops, source)
-        return len(rows)
+        return rows
 
     def _absent(self, refs: list[ChunkRef]) -> list[ChunkRef]:
         """The chunks whose files are not here (worker thread: one stat each)."""

@@ -19,7 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from klein.resource import KleinResource
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web import server
 from twisted.web.client import ResponseFailed
 
 from distpotify.api.parsing import IdConverter, IndexConverter, chunk_address
@@ -509,6 +514,36 @@ def test_an_upload_whose_client_went_away_is_finished_whole(
     while pending:
         f, args, kwargs, d = pending.pop(0)  # type: ignore[misc]
         d.callback(f(*args, **kwargs))  # type: ignore[operator]
+
+    assert api.get("/songs").json()["total"] == 1
+    assert len(stored_files(api)) == api.get("/songs").json()["songs"][0]["chunk_count"]
+
+
+@pytest.mark.parametrize("key", [b"", b'Idempotency-Key: "u-1"\r\n'])
+def test_an_upload_whose_connection_is_lost_while_it_is_parsed_is_finished_whole(
+    api: InMemoryReplica, wav_bytes: bytes, key: bytes
+) -> None:
+    """twisted.web closes a request's body when its connection is lost: the upload owns the
+    body it was handed, so the body it is still reading stays open, and the song is stored
+    (it failed with "I/O operation on closed file", found by the random lab run)."""
+    pending: list[tuple[Any, tuple[Any, ...], dict[str, Any], Deferred[object]]] = []
+
+    def later(f: Any, *args: Any, **kwargs: Any) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        pending.append((f, args, kwargs, d))
+        return d
+
+    api.library._blocking = later  # type: ignore[method-assign]
+    channel = server.Site(api.root).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST /songs HTTP/1.1\r\nHost: replica\r\nContent-Type: audio/wav\r\n"
+                         b"Content-Length: %d\r\n%s\r\n" % (len(wav_bytes), key) + wav_bytes)
+    assert pending  # the body is being hashed (keyed) or parsed, off the reactor
+    channel.connectionLost(Failure(ConnectionDone()))
+    while pending:
+        f, args, kwargs, d = pending.pop(0)
+        d.callback(f(*args, **kwargs))
 
     assert api.get("/songs").json()["total"] == 1
     assert len(stored_files(api)) == api.get("/songs").json()["songs"][0]["chunk_count"]

@@ -4,6 +4,7 @@ paused while too much waits, the resource called once all is written, 507 on a f
 from __future__ import annotations
 
 import errno
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -156,3 +157,45 @@ def test_a_small_body_stays_in_memory_and_is_seen_at_once(tmp_path: Path) -> Non
     channel.dataReceived(post_head(5) + b"hello")
 
     assert echo.bodies == [b"hello"] and reactor.pool.queued == []
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a full disk: every write that reaches it fails."""
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return 0
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_met_by_a_buffered_write_is_507_not_an_unhandled_error(
+    tmp_path: Path,
+) -> None:
+    """A buffered spool (a temp file) keeps a body's tail in memory until it is flushed: the
+    flush, not the write, meets the full disk. It happens on the pool, where a failed write is
+    a 507, and not in the reactor's seek before the resource is called."""
+    reactor, echo = Reactor(), Echo()
+    site = LimitedSite(echo, reactor, tmp_path)
+    spool = io.BufferedRandom(FullDisk(), buffer_size=1 << 20)
+    site.spool_file = lambda request: spool  # type: ignore[method-assign]
+    channel, transport = connect(site)
+    body = b"z" * 300_000  # all of it fits in the buffer
+
+    channel.dataReceived(post_head(len(body)) + body)
+    while reactor.pool.queued:
+        reactor.pool.run_one()
+
+    head, _, answer = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 507 Insufficient Storage")
+    assert json.loads(answer)["error"] == "insufficient_storage"
+    assert echo.bodies == []
