@@ -172,7 +172,7 @@ class LimitedRequest(server.Request):
                 self._spool = Spool(
                     self.content, limits.clock, pause=transport.pauseProducing,
                     resume=transport.resumeProducing,
-                    failed=lambda error: self._refuse_unwritable(self._limits, error))
+                    failed=self._spool_failed)
 
     def request_line(self) -> tuple[bytes, bytes]:
         """The method and target of a request whose body is arriving: twisted.web sets
@@ -212,6 +212,13 @@ class LimitedRequest(server.Request):
         if self._disconnected:
             return  # the client went away while the spool was written
         super().requestReceived(command, path, version)
+
+    def _spool_failed(self, error: BaseException) -> None:
+        if self._disconnected:
+            # The client went away, and twisted.web closed the body under the write: nobody
+            # is there to refuse (and the channel is gone).
+            return
+        self._refuse_unwritable(self._limits, error)
 
     def _refuse_too_large(self, limits: Limits, length: int) -> None:
         self._refuse(limits, 413, "Content Too Large", "too_large",

@@ -594,6 +594,8 @@ def _create_once(db: MetadataDB, entity: str, key: str, fields: dict[str, Any]) 
 
 def _closing(result: T, content: BinaryIO) -> T:
     """``result``, once ``content`` is closed (a raw upload's spool removes the pieces it did not
-    hand over as chunks)."""
-    content.close()
+    hand over as chunks). A buffered file's last flush may fail (a full disk): the upload's
+    outcome stands, and the file is closed all the same."""
+    with contextlib.suppress(OSError):
+        content.close()
     return result

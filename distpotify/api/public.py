@@ -11,7 +11,7 @@ import datetime
 import io
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
@@ -33,8 +33,10 @@ from distpotify.api.parsing import (
     utf8_path,
 )
 from distpotify.api.ranges import Representation, Span, evaluate, modified_at, serve
+from distpotify.auth.access import Actor
+from distpotify.detach import detached
 from distpotify.errors import ApiError, BadRequest, Behind, NotFound, Unavailable
-from distpotify.idempotency import IdempotencyKey
+from distpotify.idempotency import IdempotencyKey, Outcome
 from distpotify.library import Library
 from distpotify.metrics import CONTENT_TYPE, ReplicaMetrics
 from distpotify.model import Version
@@ -143,18 +145,24 @@ class PublicAPI:
 
     @app.route("/songs", methods=["POST"])
     async def upload(self, request: Request) -> bytes:
-        content_type = request.getHeader(b"Content-Type") or b""
-        # The body is the upload's from here: twisted.web closes a request's body when its
-        # client goes away, and the upload, which goes on, would find it closed.
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
+        fields, actor = query(request), actor_of(request)
+        # The body is the upload's from here, hashed for its key and stored even if the client
+        # goes away meanwhile: twisted.web closes a request's body when its client goes away.
         content, request.content = request.content, io.BytesIO()
         assert content is not None
+        keying = request_key(request, self._library.request_key, content)
+        return self._answer(request, await detached(Deferred.fromCoroutine(
+            self._upload(keying, content, content_type, fields, actor)), "an upload"))
+
+    async def _upload(self, keying: Awaitable[IdempotencyKey | None], content: BinaryIO,
+                      content_type: str, fields: dict[str, str], actor: Actor) -> Outcome:
         try:
-            key = await request_key(request, self._library.request_key, content)
+            key = await keying
         except BaseException:
-            content.close()
+            content.close()  # a malformed key: not an upload, and nothing reads the body
             raise
-        return self._answer(request, await self._library.upload(
-            content, content_type.decode("latin-1"), query(request), key, actor_of(request)))
+        return await self._library.upload(content, content_type, fields, key, actor)
 
     @app.route("/songs/<id:song_id>", methods=["GET"])
     async def song(self, request: Request, song_id: str) -> bytes:

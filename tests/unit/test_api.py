@@ -521,11 +521,14 @@ def test_an_upload_whose_client_went_away_is_finished_whole(
 
 @pytest.mark.parametrize("key", [b"", b'Idempotency-Key: "u-1"\r\n'])
 def test_an_upload_whose_connection_is_lost_while_it_is_parsed_is_finished_whole(
-    api: InMemoryReplica, wav_bytes: bytes, key: bytes
+    api: InMemoryReplica, tmp_path: Path, key: bytes
 ) -> None:
     """twisted.web closes a request's body when its connection is lost: the upload owns the
-    body it was handed, so the body it is still reading stays open, and the song is stored
-    (it failed with "I/O operation on closed file", found by the random lab run)."""
+    body it was handed, so the body it is still hashing (for its key) or parsing stays open,
+    and the song is stored (it failed with "I/O operation on closed file", found by the
+    random lab run). Two seconds of WAV: a body twisted.web spools to a temp file."""
+    wav_bytes = make_audio(tmp_path / "long.wav", "wav", seconds=2).read_bytes()
+    assert len(wav_bytes) > 100_000
     pending: list[tuple[Any, tuple[Any, ...], dict[str, Any], Deferred[object]]] = []
 
     def later(f: Any, *args: Any, **kwargs: Any) -> Deferred[object]:

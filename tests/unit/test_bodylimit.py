@@ -4,6 +4,7 @@ paused while too much waits, the resource called once all is written, 507 on a f
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import json
 from collections.abc import Callable
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -34,7 +38,6 @@ class HeldPool:
         try:
             result = f(*args)
         except Exception as e:
-            from twisted.python.failure import Failure
             done(False, Failure(e))
         else:
             done(True, result)
@@ -199,3 +202,32 @@ def test_a_full_disk_met_by_a_buffered_write_is_507_not_an_unhandled_error(
     assert head.startswith(b"HTTP/1.1 507 Insufficient Storage")
     assert json.loads(answer)["error"] == "insufficient_storage"
     assert echo.bodies == []
+
+
+def test_a_client_gone_while_its_body_is_written_leaves_no_unhandled_error(
+    tmp_path: Path,
+) -> None:
+    """twisted.web closes the body when the connection is lost, under the pool's write: that
+    write fails, and nobody is left to refuse (the channel is gone)."""
+    failures: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    reactor, echo = Reactor(), Echo()
+    channel, transport = connect(LimitedSite(echo, reactor, tmp_path))
+    body = b"w" * 300_000
+    channel.dataReceived(post_head(len(body)) + body[:150_000])
+    channel.connectionLost(Failure(ConnectionDone()))
+    globalLogPublisher.addObserver(observe)
+    try:
+        while reactor.pool.queued:
+            reactor.pool.run_one()
+        del channel
+        gc.collect()  # a Deferred that ends in a failure logs it once collected
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+    assert failures == []
+    assert transport.value() == b"" and echo.bodies == []
