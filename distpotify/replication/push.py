@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
+from distpotify.errors import disk_full
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body, op_text
@@ -131,8 +132,15 @@ class FollowerLink:
             return
         self._kept_at = self._pusher.clock.seconds()
         self._pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
-                               self.cursor.encode()).addErrback(
-            lambda f: log.failure("storing the cursor of {node_id}", f, node_id=self.node_id))
+                               self.cursor.encode()).addErrback(self._not_kept)
+
+    def _not_kept(self, failure: Failure) -> None:
+        if disk_full(failure.value) is None:
+            log.failure("storing the cursor of {node_id}", failure, node_id=self.node_id)
+            return
+        # Pushing goes on from the cursor in memory; the next batch stores it again.
+        log.warn("the cursor of follower {node_id} was not stored: the disk is full",
+                 node_id=self.node_id)
 
     async def _run(self) -> None:
         pusher = self._pusher

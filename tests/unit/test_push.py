@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
@@ -296,3 +298,38 @@ def test_a_batch_body_from_encoded_ops_is_the_json_of_the_batch() -> None:
 
     assert batch_body("http://é", ops, [op_text(op) for op in ops]) == expected
     assert batch_body("http://é", ops) == expected
+
+
+def test_a_cursor_not_stored_for_a_full_disk_is_one_warning_and_is_stored_later(
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk is an operator's condition, not a bug: one line without a traceback, the
+    pushes go on, and a later batch stores the cursor once there is room."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    pusher, client, membership, clock = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    store_meta = MetadataDB.set_meta
+
+    def full(self: MetadataDB, name: str, value: str) -> None:
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise error
+
+    try:
+        monkeypatch.setattr(MetadataDB, "set_meta", full)
+        first = write(db, 3)
+        pusher.wake()
+        monkeypatch.setattr(MetadataDB, "set_meta", store_meta)
+        clock.advance(CURSOR_EVERY)
+        membership.heartbeat_received(heartbeat(1, first[-1].version))  # still up
+        more = write(db, 2)
+        pusher.wake()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+    assert [op for _, batch in client.batches for op in batch] == first + more
+    assert not [e for e in events if "log_failure" in e]
+    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warned) == 1 and "the disk is full" in warned[0]
+    assert db.get_meta(cursor_key(1)) == more[-1].version.encode()
