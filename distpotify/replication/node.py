@@ -182,9 +182,7 @@ class ReplicationNode(service.MultiService):
                                    error=f.getErrorMessage()))
 
     def _forget_cursor(self, node_id: int) -> None:
-        self.pusher.forget_follower(node_id).addErrback(
-            lambda f: log.failure("forgetting the cursor of {node_id} failed", f,
-                                  node_id=node_id))
+        self.pusher.forget_follower(node_id)  # a failure to store it is logged there
 
     def _anti_entropy_peers(self) -> list[str]:
         # A replica taking a new snapshot pulls no rows: the install would wipe them.

@@ -48,6 +48,17 @@ def encoded_batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH
     return ops, [op_text(op) for op in ops]
 
 
+def _not_stored(failure: Failure, node_id: int, what: str) -> None:
+    """A durable cursor not written: a full disk is the operator's to mend (one line); any
+    other failure is logged whole."""
+    if disk_full(failure.value) is None:
+        log.failure("the cursor of follower {node_id} was not {what}", failure,
+                    node_id=node_id, what=what)
+    else:
+        log.warn("the cursor of follower {node_id} was not {what}: the disk is full",
+                 node_id=node_id, what=what)
+
+
 def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES,
               texts: Sequence[str] | None = None) -> list[Op]:
     """The longest run of ``ops`` from the first whose batch is at most ``limit`` bytes, and
@@ -131,16 +142,10 @@ class FollowerLink:
         if self.cursor is None:  # forgotten meanwhile (leadership changed, or a resync)
             return
         self._kept_at = self._pusher.clock.seconds()
-        self._pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
-                               self.cursor.encode()).addErrback(self._not_kept)
-
-    def _not_kept(self, failure: Failure) -> None:
-        if disk_full(failure.value) is None:
-            log.failure("storing the cursor of {node_id}", failure, node_id=self.node_id)
-            return
         # Pushing goes on from the cursor in memory; the next batch stores it again.
-        log.warn("the cursor of follower {node_id} was not stored: the disk is full",
-                 node_id=self.node_id)
+        self._pusher.store.run(MetadataDB.set_meta, cursor_key(self.node_id),
+                               self.cursor.encode()).addErrback(_not_stored, self.node_id,
+                                                                "stored")
 
     async def _run(self) -> None:
         pusher = self._pusher
@@ -297,7 +302,10 @@ class Pusher:
         if node_id in self.links:
             self.links[node_id].cursor = None
             self.links[node_id].resynced_at = None
-        return self.store.run(MetadataDB.delete_meta, cursor_key(node_id))
+        # One left behind is older than the snapshot: the ops between are sent again, and
+        # apply as no-ops.
+        return self.store.run(MetadataDB.delete_meta, cursor_key(node_id)).addErrback(
+            _not_stored, node_id, "forgotten")
 
     def stop(self) -> None:
         self._unsubscribe()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,36 +300,64 @@ def test_a_batch_body_from_encoded_ops_is_the_json_of_the_batch() -> None:
     assert batch_body("http://é", ops) == expected
 
 
-def test_a_cursor_not_stored_for_a_full_disk_is_one_warning_and_is_stored_later(
-    db: MetadataDB, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk is an operator's condition, not a bug: one line without a traceback, the
-    pushes go on, and a later batch stores the cursor once there is room."""
+def full_disk() -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def one_full_disk_warning(events: list[dict[str, Any]], what: str) -> bool:
+    """A full disk is an operator's condition, not a bug: one line, without a traceback."""
+    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    return (not [e for e in events if "log_failure" in e] and len(warned) == 1
+            and f"was not {what}: the disk is full" in warned[0])
+
+
+def test_a_cursor_not_stored_for_a_full_disk_is_one_warning_and_is_stored_later(
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    """The pushes go on, and a later batch stores the cursor once there is room."""
     pusher, client, membership, clock = setup(db)
     membership.heartbeat_received(heartbeat(1))
     store_meta = MetadataDB.set_meta
 
     def full(self: MetadataDB, name: str, value: str) -> None:
-        error = sqlite3.OperationalError("database or disk is full")
-        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-        raise error
+        raise full_disk()
 
-    try:
-        monkeypatch.setattr(MetadataDB, "set_meta", full)
-        first = write(db, 3)
-        pusher.wake()
-        monkeypatch.setattr(MetadataDB, "set_meta", store_meta)
-        clock.advance(CURSOR_EVERY)
-        membership.heartbeat_received(heartbeat(1, first[-1].version))  # still up
-        more = write(db, 2)
-        pusher.wake()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    monkeypatch.setattr(MetadataDB, "set_meta", full)
+    first = write(db, 3)
+    pusher.wake()
+    monkeypatch.setattr(MetadataDB, "set_meta", store_meta)
+    clock.advance(CURSOR_EVERY)
+    membership.heartbeat_received(heartbeat(1, first[-1].version))  # still up
+    more = write(db, 2)
+    pusher.wake()
 
     assert [op for _, batch in client.batches for op in batch] == first + more
-    assert not [e for e in events if "log_failure" in e]
-    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
-    assert len(warned) == 1 and "the disk is full" in warned[0]
+    assert one_full_disk_warning(logged, "stored")
     assert db.get_meta(cursor_key(1)) == more[-1].version.encode()
+
+
+def test_a_cursor_not_forgotten_for_a_full_disk_is_one_warning(
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    """A joiner's old cursor left behind is older than its snapshot: harmless."""
+    pusher, _, _, _ = setup(db)
+    db.set_meta(cursor_key(1), write(db, 1)[0].version.encode())
+
+    def full(self: MetadataDB, name: str) -> None:
+        raise full_disk()
+
+    monkeypatch.setattr(MetadataDB, "delete_meta", full)
+    forgotten = pusher.forget_follower(1)
+
+    assert forgotten.called and forgotten.result is None
+    assert one_full_disk_warning(logged, "forgotten")
