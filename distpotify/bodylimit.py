@@ -20,7 +20,6 @@ written at once), and ``served_by`` (the X-Served-By of a refusal, or None).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import tempfile
 from collections.abc import Callable
@@ -34,14 +33,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from distpotify.diskfull import what_is_full
+
 log = Logger()
 
 SPOOL_THRESHOLD = 100_000  # bodies declared shorter stay in memory
 LINGER = 5.0  # seconds a refused client may keep sending before its connection closes
 HIGH_WATER = 4 << 20  # bytes waiting for the spool's thread before the client is paused
 LOW_WATER = 1 << 20  # ... and resumed
-# What a full disk looks like to a write: no space, or over a quota.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Limits(Protocol):
@@ -227,7 +226,7 @@ class LimitedRequest(server.Request):
                  length=length, limit=limits.max_body)
 
     def _refuse_unwritable(self, limits: Limits, error: BaseException) -> None:
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
+        if what_is_full(error) is not None:
             self._refuse(limits, 507, "Insufficient Storage", "insufficient_storage",
                          "the disk is full: the request body could not be stored; nothing"
                          " was changed (retry once space is freed)")

@@ -15,6 +15,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from distpotify.diskfull import log_failure
+from distpotify.errors import ApiError
+
 log = Logger()
 
 T = TypeVar("T")
@@ -28,7 +31,7 @@ def detached(work: Deferred[T], what: str) -> Deferred[T]:
     def relay(result: Any) -> None:
         if answer.called:  # cancelled: nobody waits for it any more
             if isinstance(result, Failure) and not result.check(CancelledError):
-                log.failure("{what} failed after its caller went away", result, what=what)
+                _gone_failed(result, what)
             return
         if isinstance(result, Failure):
             answer.errback(result)
@@ -37,3 +40,13 @@ def detached(work: Deferred[T], what: str) -> Deferred[T]:
 
     work.addBoth(relay)
     return answer
+
+
+def _gone_failed(failure: Failure, what: str) -> None:
+    """A failure nobody is told of any more: a refusal (the answer the caller would have had)
+    is one line, a full disk one warning, and anything else logged whole."""
+    if isinstance(failure.value, ApiError):
+        log.info("{what} failed after its caller went away: {status} {error}", what=what,
+                 status=failure.value.status, error=failure.value.message)
+    else:
+        log_failure(log, failure, "{what} failed after its caller went away", what=what)

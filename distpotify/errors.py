@@ -6,11 +6,10 @@ Handlers raise these; api/failures.py turns them into the JSON error shape in on
 
 from __future__ import annotations
 
-import errno
 import math
-import sqlite3
 from typing import Any
 
+from distpotify.diskfull import what_is_full
 from distpotify.wire import BEHIND
 
 
@@ -96,18 +95,10 @@ class InsufficientStorage(ApiError):
     code = "insufficient_storage"
 
 
-# What a full disk looks like to a write: no space, or over a quota (files), and SQLITE_FULL.
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
 def disk_full(error: object) -> InsufficientStorage | None:
     """The 507 to answer when ``error`` is a write that found the disk full; else None."""
-    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
-        what = "a file"
-    elif (isinstance(error, sqlite3.OperationalError)
-          and getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL):
-        what = "the database"
-    else:
+    what = what_is_full(error)
+    if what is None:
         return None
     return InsufficientStorage(f"the disk is full: {what} could not be written; nothing was"
                                " changed (retry once space is freed)")

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from distpotify.diskfull import log_failure
+
 
 class Periodic(service.Service):
     """Runs ``body`` every ``interval`` seconds from start to stop.
@@ -118,7 +120,7 @@ class Periodic(service.Service):
     def _failed(self, failure: Failure) -> None:
         if failure.check(CancelledError) and not self.running:
             return  # cancelled by stopService
-        self.log.failure("{task} failed", failure, task=self.name)
+        log_failure(self.log, failure, "{task} failed", task=self.name)
 
     def _ran(self, _: object) -> None:
         self._run = None

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from distpotify.cluster.ampauth import Handshake, ProvingAMP, Unproven
 from distpotify.cluster.heartbeat import split_address
 from distpotify.cluster.membership import Membership, PeerEvent
+from distpotify.diskfull import log_failure
 from distpotify.wire import CANDIDATE, FOLLOWER, LEADER
 
 
@@ -279,7 +280,7 @@ class BullyElection:
             self._epoch_persisted()
 
     def _persist_error(self, failure: Failure, epoch: int) -> None:
-        self.log.failure("cannot persist epoch {epoch}", failure, epoch=epoch)
+        log_failure(self.log, failure, "cannot persist epoch {epoch}", epoch=epoch)
         if epoch == self._claim_epoch:
             self._persist_failed()
 

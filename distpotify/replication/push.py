@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
-from distpotify.errors import disk_full
+from distpotify.diskfull import log_failure
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication.client import MAX_BATCH_BYTES, PeerClient, batch_body, op_text
@@ -49,14 +49,9 @@ def encoded_batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH
 
 
 def _not_stored(failure: Failure, node_id: int, what: str) -> None:
-    """A durable cursor not written: a full disk is the operator's to mend (one line); any
-    other failure is logged whole."""
-    if disk_full(failure.value) is None:
-        log.failure("the cursor of follower {node_id} was not {what}", failure,
-                    node_id=node_id, what=what)
-    else:
-        log.warn("the cursor of follower {node_id} was not {what}: the disk is full",
-                 node_id=node_id, what=what)
+    """A durable cursor not written (harmless, see the callers), logged."""
+    log_failure(log, failure, "the cursor of follower {node_id} was not {what}",
+                node_id=node_id, what=what)
 
 
 def fit_batch(ops: Sequence[Op], source: str, limit: int = MAX_BATCH_BYTES,

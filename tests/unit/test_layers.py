@@ -22,6 +22,8 @@ import pytest
 SHARED = [
     "distpotify.wire", "distpotify.options", "distpotify.bodylimit", "distpotify.periodic",
     "distpotify.httpchannel",
+    # a full disk, as a write meets it: the replica's store and both spools of request bodies
+    "distpotify.diskfull",
     # the cluster key and the keys derived from it: the proxy checks user tokens (issue 17)
     "distpotify.keys",
     # accounts: password hashes, session tokens, the login limit and the user directory, for

@@ -3,13 +3,14 @@ loop, and stopping (also in the middle of a run) and starting again."""
 
 from __future__ import annotations
 
+import errno
 import random
 from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from distpotify.periodic import Periodic
 
@@ -78,6 +79,21 @@ def test_a_body_that_raises_is_logged_and_the_loop_goes_on() -> None:
     assert len(failures) == 1
     assert failures[0]["task"] == "test task"
     assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def test_a_body_that_finds_the_disk_full_is_one_warning_line() -> None:
+    """A full disk is the operator's to mend, not a bug: no traceback, every run."""
+    task, body, clock = periodic(first=0)
+    body.answers = [OSError(errno.ENOSPC, "No space left on device")]
+
+    with capturedLogs() as events:
+        task.startService()
+        clock.pump([1.0])
+
+    assert body.times == [0.0, 1.0]
+    assert [e for e in events if e.get("log_failure") is not None] == []
+    warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warned == ["test task failed: the disk is full (a file could not be written)"]
 
 
 def test_a_body_that_fails_later_is_logged_and_the_loop_goes_on() -> None:
