@@ -5,7 +5,7 @@ make the work lose track of itself (its in-flight entry freed, its files left ha
 ``detached`` gives the caller the work's result through a Deferred of its own, so cancelling
 the caller drops the answer and leaves the work running to its end.
 """
-# test-case-name: tests.unit.test_api
+# test-case-name: tests.unit.test_api,tests.unit.test_diskfull
 
 from __future__ import annotations
 

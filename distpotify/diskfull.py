@@ -33,7 +33,8 @@ def what_is_full(error: object) -> str | None:
 
 def log_failure(log: Logger, failure: Failure, format: str, **fields: Any) -> None:
     """``log.failure(format, failure, **fields)``; for a full disk, one warning line instead:
-    ``format``, then what could not be written."""
+    ``format``, then what could not be written (the field ``disk_full``, which ``fields``
+    must not name)."""
     full = what_is_full(failure.value)
     if full is None:
         log.failure(format, failure, **fields)

@@ -49,7 +49,7 @@ def encoded_batch_after(db: MetadataDB, cursor: Version, limit: int = BATCH
 
 
 def _not_stored(failure: Failure, node_id: int, what: str) -> None:
-    """A durable cursor not written (harmless, see the callers), logged."""
+    """A durable cursor not written (harmless: see its writers), logged."""
     log_failure(log, failure, "the cursor of follower {node_id} was not {what}",
                 node_id=node_id, what=what)
 
@@ -203,7 +203,7 @@ class FollowerLink:
         self.resyncs += 1
         self.resynced_at = peer.head
         # From now on its cursor is the head it will announce with the snapshot installed.
-        await pusher.store.run(MetadataDB.delete_meta, cursor_key(self.node_id))
+        await pusher.forget_stored_cursor(self.node_id)
         self.cursor = None
         self._retry = pusher.clock.callLater(RESYNC_CHECK, self._retried)
 
@@ -297,8 +297,13 @@ class Pusher:
         if node_id in self.links:
             self.links[node_id].cursor = None
             self.links[node_id].resynced_at = None
-        # One left behind is older than the snapshot: the ops between are sent again, and
-        # apply as no-ops.
+        return self.forget_stored_cursor(node_id)
+
+    def forget_stored_cursor(self, node_id: int) -> Deferred[None]:
+        """Delete ``node_id``'s durable cursor: it takes a snapshot. One left behind (a full
+        disk) is older than the snapshot: the ops between are sent again and apply as no-ops,
+        or, if it is below the oplog floor, the follower is told to take a snapshot again,
+        until the disk has room to forget it."""
         return self.store.run(MetadataDB.delete_meta, cursor_key(node_id)).addErrback(
             _not_stored, node_id, "forgotten")
 

@@ -316,7 +316,9 @@ def logged() -> Iterator[list[dict[str, Any]]]:
 
 def one_full_disk_warning(events: list[dict[str, Any]], what: str) -> bool:
     """A full disk is an operator's condition, not a bug: one line, without a traceback."""
-    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    warned = [text for text in (formatEvent(e) for e in events
+                                if e.get("log_level") == LogLevel.warn)
+              if "the disk is full" in text]
     return (not [e for e in events if "log_failure" in e] and len(warned) == 1
             and f"was not {what}: the disk is full" in warned[0])
 
@@ -360,4 +362,28 @@ def test_a_cursor_not_forgotten_for_a_full_disk_is_one_warning(
     forgotten = pusher.forget_follower(1)
 
     assert forgotten.called and forgotten.result is None
+    assert one_full_disk_warning(logged, "forgotten")
+
+
+def test_a_resync_whose_cursor_cannot_be_forgotten_for_a_full_disk_goes_on(
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    """The follower below the oplog floor is told to take a snapshot all the same, and the
+    link looks in later: no crash of the link, one warning."""
+    pusher, _, membership, _ = setup(db)
+    client = pusher.client = ResyncClient()
+    ops = write(db, 10)
+    db.compact_oplog(ops[5].version)
+    db.set_meta(cursor_key(1), ops[2].version.encode())
+
+    def full(self: MetadataDB, name: str) -> None:
+        raise full_disk()
+
+    monkeypatch.setattr(MetadataDB, "delete_meta", full)
+    membership.heartbeat_received(heartbeat(1, ops[2].version))
+    pusher.wake()
+
+    assert client.resyncs == [("http://n1", ops[2].version)]
+    link = pusher.links[1]
+    assert link.resyncs == 1 and link.cursor is None and link._retry is not None
     assert one_full_disk_warning(logged, "forgotten")
