@@ -21,16 +21,25 @@ import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import treq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    URI,
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -41,6 +50,8 @@ from distpotify.keys import ClusterKeys
 from distpotify.leanclient import LeanPool
 from distpotify.model import Op, Row, Version
 from distpotify.signing import body_sha256, sign
+
+T = TypeVar("T")
 
 # The largest push batch a follower takes. Its JSON is parsed on the reactor thread, and in
 # CPython a worker thread would not help (the C parser holds the GIL throughout): 1 MiB parses
@@ -63,6 +74,10 @@ class PeerError(Exception):
     def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.answer = answer or {}
+
+
+class PeerTimeout(PeerError, defer.TimeoutError):
+    """The peer sent no answer within the client's timeout."""
 
 
 class BelowFloor(PeerError):
@@ -239,12 +254,29 @@ class PeerClient:
         return verb, uri, Headers({name: [value] for name, value in {**(headers or {}),
                                                                     **signed}.items()})
 
+    def _bounded(self, d: Deferred[T], what: str) -> Deferred[T]:
+        """``d``, failing with PeerTimeout if it has not fired within ``timeout``, and with
+        CancelledError when its caller cancels it. The Agent and the lean pool wrap a
+        cancellation in ResponseNeverReceived (or RequestTransmissionFailed, ResponseFailed):
+        unwrapped, a handler whose client went away (Klein cancels it) fails as cancelled,
+        which nobody logs, instead of as an unreachable peer, and a timeout says so."""
+
+        def timed_out(result: T | Failure, timeout: float) -> T | Failure:
+            if isinstance(result, Failure) and _cancelled(result):
+                raise PeerTimeout(f"{what}: no answer in {timeout:g} s")
+            return result
+
+        def unwrapped(failure: Failure) -> Failure:
+            if _cancelled(failure) and not failure.check(CancelledError):
+                raise CancelledError(f"{what}: cancelled")
+            return failure
+
+        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=timed_out)
+        return d.addErrback(unwrapped)
+
     async def _json(self, d: Deferred[IResponse], what: str) -> Any:
-        d.addTimeout(self.timeout, self._clock)
-        response = await d
-        body: Deferred[bytes] = treq.content(response)
-        body.addTimeout(self.timeout, self._clock)
-        data = await body
+        response = await self._bounded(d, what)
+        data = await self._bounded(treq.content(response), what)
         self.bytes_received += len(data)
         if response.code != 200:
             raise PeerError(f"{what}: HTTP {response.code}: {data[:200]!r}", _error_body(data))
@@ -322,9 +354,8 @@ class PeerClient:
 
     async def snapshot(self, base: str, path: str, dest: Path) -> Version:
         """Stream the peer's snapshot to ``dest``; the version it contains."""
-        d = self._request("GET", f"{base}{path}")
-        d.addTimeout(self.timeout, self._clock)
-        response = await d
+        response = await self._bounded(self._request("GET", f"{base}{path}"),
+                                       f"snapshot from {base}")
         tag = response.headers.getRawHeaders(b"x-snapshot-version", [b""])[0].decode()
         if response.code != 200:
             response.deliverBody(_Discard())
@@ -376,9 +407,9 @@ class PeerClient:
         peer sends exactly that range of the song whose ETag is ``song_sha256``."""
         headers = {b"Range": f"bytes={start}-{end}".encode(),
                    b"If-Range": f'"{song_sha256}"'.encode()}
-        d = self._request("GET", f"{base}/songs/{song_id}/stream", headers=headers)
-        d.addTimeout(self.timeout, self._clock)
-        response = await d
+        response = await self._bounded(
+            self._request("GET", f"{base}/songs/{song_id}/stream", headers=headers),
+            f"song {song_id} from {base}")
         content_range = response.headers.getRawHeaders(b"content-range", [b""])[0].decode()
         if response.code != 206 or not content_range.startswith(f"bytes {start}-{end}/"):
             response.deliverBody(_Discard())
@@ -395,9 +426,9 @@ class PeerClient:
         headers = {b"If-Range": f'"{sha256}"'.encode()}
         if offset:
             headers[b"Range"] = f"bytes={offset}-".encode()
-        d = self._request("GET", f"{base}/songs/{song_id}/chunks/{idx}", headers=headers)
-        d.addTimeout(self.timeout, self._clock)
-        response = await d
+        response = await self._bounded(
+            self._request("GET", f"{base}/songs/{song_id}/chunks/{idx}", headers=headers),
+            f"chunk {song_id}/{idx} from {base}")
         if response.code == 404:
             response.deliverBody(_Discard())
             raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
@@ -416,9 +447,8 @@ class PeerClient:
     async def cover(self, base: str, sha256: str, limit: int) -> bytes:
         """The bytes of cover ``sha256`` (GET /sync/covers/<sha256>), at most ``limit`` of
         them; NotHeld when the peer answers 404. The caller verifies their SHA-256."""
-        d = self._request("GET", f"{base}/sync/covers/{sha256}")
-        d.addTimeout(self.timeout, self._clock)
-        response = await d
+        response = await self._bounded(self._request("GET", f"{base}/sync/covers/{sha256}"),
+                                       f"cover {sha256} from {base}")
         if response.code != 200:
             response.deliverBody(_Discard())
             kind = NotHeld if response.code == 404 else PeerError
@@ -441,6 +471,16 @@ class PeerClient:
         collector = _IdleCollector(write, self._clock, self.timeout, what)
         response.deliverBody(collector)
         return collector.done
+
+
+def _cancelled(failure: Failure) -> bool:
+    """Whether ``failure`` is a cancellation, as it is or as the HTTP clients wrap it."""
+    error = failure.value
+    if isinstance(error, CancelledError):
+        return True
+    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed)):
+        return any(reason.check(CancelledError) for reason in error.reasons)
+    return False
 
 
 class _IdleCollector(Protocol):

@@ -1,6 +1,7 @@
 """PeerClient's body reading: a peer that stops sending mid-body is given up, never waited for;
 a chunk the peer does not hold (404) is told from one it cannot give; a download keeps in
-memory what is being written, never the body so far."""
+memory what is being written, never the body so far; a call its caller cancels fails as
+cancelled, and one never answered as timed out."""
 
 from __future__ import annotations
 
@@ -10,25 +11,28 @@ from pathlib import Path
 
 import pytest
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.web.client import URI, ResponseDone
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from distpotify.leanclient import LeanPool
 from distpotify.model import ZERO
 from distpotify.replication.client import (
     NotHeld,
     PeerClient,
     PeerEndpoints,
     PeerError,
+    PeerTimeout,
     _IdleCollector,
 )
 from tests.helpers.api import CLUSTER_KEYS, result_of
@@ -226,3 +230,69 @@ def test_a_peer_that_redirects_is_not_followed() -> None:
     with pytest.raises(PeerError, match="HTTP 302"):
         result_of(d)
     assert peer.paths == [b"/sync/digest"]  # our signed request went nowhere else
+
+
+# a call waiting for its answer: cancelled, it is cancelled; unanswered, it times out
+
+
+@implementer(IAgentEndpointFactory)
+class SilentPeers:
+    """Endpoints whose connections are made at once and never answer (a paused peer)."""
+
+    def __init__(self) -> None:
+        self.transports: list[StringTransport] = []
+
+    def endpointForURI(self, uri: URI) -> SilentPeers:
+        return self
+
+    def connect(self, factory: Factory) -> Deferred[Protocol]:
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8001))
+        transport = StringTransport()
+        self.transports.append(transport)
+        protocol.makeConnection(transport)
+        return succeed(protocol)
+
+
+def silent_client(through: str) -> tuple[PeerClient, Clock, SilentPeers]:
+    """A client whose calls go through the Agent or (pushes) the lean pool, to a silent peer."""
+    clock, peers = MemoryReactorClock(), SilentPeers()
+    agent = Agent.usingEndpointFactory(clock, peers, HTTPConnectionPool(clock, persistent=False))
+    pushes = LeanPool(clock, peers, per_host=4, idle=30) if through == "lean pool" else None
+    return PeerClient(agent, clock, CLUSTER_KEYS, timeout=5.0, pushes=pushes), clock, peers
+
+
+CALLS = {
+    "agent": lambda client: client.digest("http://peer"),
+    "lean pool": lambda client: client.push_ops("http://peer", "http://leader", []),
+}
+
+
+@pytest.mark.parametrize("through", CALLS)
+def test_a_call_cancelled_by_its_caller_fails_as_cancelled_not_as_an_unreachable_peer(
+    through: str,
+) -> None:
+    client, _, peers = silent_client(through)
+    d = Deferred.fromCoroutine(CALLS[through](client))
+    assert peers.transports and peers.transports[0].value()  # the request went out
+    assert not d.called
+
+    d.cancel()  # as Klein does when the handler's own client goes away
+
+    # The HTTP clients wrap the cancellation (ResponseNeverReceived([CancelledError])): a
+    # handler catching "any peer failure" took it for an unreachable peer and failed with
+    # its own error after its client was gone, which Klein logged as an unhandled error.
+    with pytest.raises(CancelledError):
+        result_of(d)
+
+
+@pytest.mark.parametrize("through", CALLS)
+def test_a_call_the_peer_never_answers_times_out_saying_so(through: str) -> None:
+    client, clock, _ = silent_client(through)
+    d = Deferred.fromCoroutine(CALLS[through](client))
+
+    clock.advance(4.9)
+    assert not d.called
+    clock.advance(0.2)
+
+    with pytest.raises(PeerTimeout, match=r"(digest of|push to) http://peer: no answer in 5 s"):
+        result_of(d)
