@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from distpotify.store.chunks import ChunkBatch
 from distpotify.store.metadata import MetadataStore
 from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, NoLeader, result_of, run_now
 from tests.helpers.audio import make_audio
+from tests.helpers.sqlite import full_database
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -468,12 +468,6 @@ def test_an_upload_that_cannot_be_recorded_leaves_no_chunk_file(
 
     assert api.upload(wav_bytes).status == 500
     assert stored_files(api) == [] and api.db.head().seq == 0
-
-
-def full_database() -> sqlite3.OperationalError:
-    error = sqlite3.OperationalError("database or disk is full")
-    error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-    return error
 
 
 @pytest.mark.parametrize("where", ["chunks", "row"])

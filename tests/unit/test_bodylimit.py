@@ -15,7 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
@@ -209,25 +209,16 @@ def test_a_client_gone_while_its_body_is_written_leaves_no_unhandled_error(
 ) -> None:
     """twisted.web closes the body when the connection is lost, under the pool's write: that
     write fails, and nobody is left to refuse (the channel is gone)."""
-    failures: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            failures.append(event)
-
     reactor, echo = Reactor(), Echo()
     channel, transport = connect(LimitedSite(echo, reactor, tmp_path))
     body = b"w" * 300_000
     channel.dataReceived(post_head(len(body)) + body[:150_000])
     channel.connectionLost(Failure(ConnectionDone()))
-    globalLogPublisher.addObserver(observe)
-    try:
+    with capturedLogs() as events:
         while reactor.pool.queued:
             reactor.pool.run_one()
         del channel
         gc.collect()  # a Deferred that ends in a failure logs it once collected
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
-    assert failures == []
+    assert [event for event in events if "log_failure" in event] == []
     assert transport.value() == b"" and echo.bodies == []

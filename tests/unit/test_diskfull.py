@@ -14,12 +14,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from distpotify.detach import detached
 from distpotify.diskfull import what_is_full
 from distpotify.errors import Conflict
-
-
-def sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
-    error = sqlite3.OperationalError(message)
-    error.sqlite_errorcode = code  # type: ignore[attr-defined]
-    return error
+from tests.helpers.sqlite import sqlite_error
 
 
 @pytest.mark.parametrize(("error", "full"), [

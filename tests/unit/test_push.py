@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership
@@ -20,6 +19,7 @@ from distpotify.replication.client import MAX_BATCH_BYTES, batch_body, op_text
 from distpotify.replication.push import BATCH, CURSOR_EVERY, Pusher, cursor_key, fit_batch
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from tests.helpers.api import run_now
+from tests.helpers.sqlite import full_database
 
 ZERO = Version(0, 0, 0)
 
@@ -300,21 +300,13 @@ def test_a_batch_body_from_encoded_ops_is_the_json_of_the_batch() -> None:
     assert batch_body("http://é", ops) == expected
 
 
-def full_disk() -> sqlite3.OperationalError:
-    error = sqlite3.OperationalError("database or disk is full")
-    error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-    return error
-
-
 @pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
+def logged() -> Iterator[Sequence[LogEvent]]:
+    with capturedLogs() as events:
+        yield events
 
 
-def one_full_disk_warning(events: list[dict[str, Any]], what: str) -> bool:
+def one_full_disk_warning(events: Sequence[LogEvent], what: str) -> bool:
     """A full disk is an operator's condition, not a bug: one line, without a traceback."""
     warned = [text for text in (formatEvent(e) for e in events
                                 if e.get("log_level") == LogLevel.warn)
@@ -324,7 +316,7 @@ def one_full_disk_warning(events: list[dict[str, Any]], what: str) -> bool:
 
 
 def test_a_cursor_not_stored_for_a_full_disk_is_one_warning_and_is_stored_later(
-    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: Sequence[LogEvent]
 ) -> None:
     """The pushes go on, and a later batch stores the cursor once there is room."""
     pusher, client, membership, clock = setup(db)
@@ -332,7 +324,7 @@ def test_a_cursor_not_stored_for_a_full_disk_is_one_warning_and_is_stored_later(
     store_meta = MetadataDB.set_meta
 
     def full(self: MetadataDB, name: str, value: str) -> None:
-        raise full_disk()
+        raise full_database()
 
     monkeypatch.setattr(MetadataDB, "set_meta", full)
     first = write(db, 3)
@@ -349,14 +341,14 @@ def test_a_cursor_not_stored_for_a_full_disk_is_one_warning_and_is_stored_later(
 
 
 def test_a_cursor_not_forgotten_for_a_full_disk_is_one_warning(
-    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: Sequence[LogEvent]
 ) -> None:
     """A joiner's old cursor left behind is older than its snapshot: harmless."""
     pusher, _, _, _ = setup(db)
     db.set_meta(cursor_key(1), write(db, 1)[0].version.encode())
 
     def full(self: MetadataDB, name: str) -> None:
-        raise full_disk()
+        raise full_database()
 
     monkeypatch.setattr(MetadataDB, "delete_meta", full)
     forgotten = pusher.forget_follower(1)
@@ -366,7 +358,7 @@ def test_a_cursor_not_forgotten_for_a_full_disk_is_one_warning(
 
 
 def test_a_resync_whose_cursor_cannot_be_forgotten_for_a_full_disk_goes_on(
-    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+    db: MetadataDB, monkeypatch: pytest.MonkeyPatch, logged: Sequence[LogEvent]
 ) -> None:
     """The follower below the oplog floor is told to take a snapshot all the same, and the
     link looks in later: no crash of the link, one warning."""
@@ -377,7 +369,7 @@ def test_a_resync_whose_cursor_cannot_be_forgotten_for_a_full_disk_goes_on(
     db.set_meta(cursor_key(1), ops[2].version.encode())
 
     def full(self: MetadataDB, name: str) -> None:
-        raise full_disk()
+        raise full_database()
 
     monkeypatch.setattr(MetadataDB, "delete_meta", full)
     membership.heartbeat_received(heartbeat(1, ops[2].version))
