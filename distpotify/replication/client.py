@@ -259,7 +259,9 @@ class PeerClient:
         CancelledError when its caller cancels it. The Agent and the lean pool wrap a
         cancellation in ResponseNeverReceived (or RequestTransmissionFailed, ResponseFailed):
         unwrapped, a handler whose client went away (Klein cancels it) fails as cancelled,
-        which nobody logs, instead of as an unreachable peer, and a timeout says so."""
+        which nobody logs, instead of as an unreachable peer, and a timeout says so. Any other
+        such wrapper is a PeerError that says what failed, in words, not as a list of
+        Failure reprs."""
 
         def timed_out(result: T | Failure, timeout: float) -> T | Failure:
             if isinstance(result, Failure) and _cancelled(result):
@@ -267,8 +269,15 @@ class PeerClient:
             return result
 
         def unwrapped(failure: Failure) -> Failure:
-            if _cancelled(failure) and not failure.check(CancelledError):
-                raise CancelledError(f"{what}: cancelled")
+            error = failure.value
+            if _cancelled(failure):
+                if not isinstance(error, CancelledError):
+                    raise CancelledError(f"{what}: cancelled")
+            elif isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed,
+                                    ResponseFailed)):
+                reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)
+                meaning = next(text for kind, text in _WRAPPERS.items() if isinstance(error, kind))
+                raise PeerError(f"{what}: {meaning}: {reasons}")
             return failure
 
         d.addTimeout(self.timeout, self._clock, onTimeoutCancel=timed_out)
@@ -471,6 +480,15 @@ class PeerClient:
         collector = _IdleCollector(write, self._clock, self.timeout, what)
         response.deliverBody(collector)
         return collector.done
+
+
+# The HTTP clients' wrappers of the failures under a request, and what each means (the first
+# that fits: ResponseNeverReceived is a ResponseFailed).
+_WRAPPERS = {
+    ResponseNeverReceived: "the connection ended before an answer",
+    RequestTransmissionFailed: "the request could not be sent",
+    ResponseFailed: "the answer was cut short",
+}
 
 
 def _cancelled(failure: Failure) -> bool:

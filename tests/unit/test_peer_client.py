@@ -13,6 +13,7 @@ import pytest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -241,6 +242,7 @@ class SilentPeers:
 
     def __init__(self) -> None:
         self.transports: list[StringTransport] = []
+        self.protocols: list[Protocol] = []
 
     def endpointForURI(self, uri: URI) -> SilentPeers:
         return self
@@ -249,6 +251,7 @@ class SilentPeers:
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8001))
         transport = StringTransport()
         self.transports.append(transport)
+        self.protocols.append(protocol)
         protocol.makeConnection(transport)
         return succeed(protocol)
 
@@ -295,4 +298,18 @@ def test_a_call_the_peer_never_answers_times_out_saying_so(through: str) -> None
     clock.advance(0.2)
 
     with pytest.raises(PeerTimeout, match=r"(digest of|push to) http://peer: no answer in 5 s"):
+        result_of(d)
+
+
+@pytest.mark.parametrize("through", CALLS)
+def test_a_connection_lost_before_the_answer_is_said_in_words(through: str) -> None:
+    client, _, peers = silent_client(through)
+    d = Deferred.fromCoroutine(CALLS[through](client))
+
+    peers.protocols[0].connectionLost(Failure(ConnectionLost("the peer was killed")))
+
+    # Not "[<twisted.python.failure.Failure twisted.internet.error.ConnectionLost: ...>]",
+    # the list of Failure reprs the HTTP clients' wrapper prints as.
+    with pytest.raises(PeerError, match=r"(digest of|push to) http://peer: the connection ended"
+                                        r" before an answer: .*the peer was killed"):
         result_of(d)
