@@ -306,7 +306,20 @@ class PlayerPage:
             " bar.dispatchEvent(new Event('change', {bubbles: true})); }", seconds)
 
     def served_streams(self) -> list[str]:
+        """The X-Served-By of each stream response, oldest first. Those the browser has
+        heard of by the last Playwright call (the sync API hands events over only during one);
+        and a response Chromium assembled from its HTTP cache carries the headers it cached,
+        naming the replica of the request that filled the cache, not of the one in flight."""
         return [node for _, status, node in self.streams if node and status in (200, 206)]
+
+    def throttle(self, bytes_per_second: float) -> None:
+        """Let the page download at most ``bytes_per_second``, as over a slow link (Chromium's
+        DevTools throttling: the page reads its sockets no faster)."""
+        self._cdp = self.page.context.new_cdp_session(self.page)
+        self._cdp.send("Network.enable")
+        self._cdp.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "uploadThroughput": -1,
+            "downloadThroughput": bytes_per_second})
 
 
 def log_in(player: PlayerPage, username: str, password: str) -> None:
