@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -376,14 +376,23 @@ class Joiner:
             for n, run in todo:
                 results[n] = await self._fetch_run(run, sources, first + n)
 
-        await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(JOIN_WORKERS)])
+        try:
+            await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(JOIN_WORKERS)],
+                                consumeErrors=True)
+        except FirstError as e:
+            # A worker's own error, not gatherResults' wrapper: a join cancelled (the replica
+            # stops) fails as cancelled, which the join's loop lets through.
+            e.subFailure.raiseException()
         return results
 
     async def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> bool:
         """One ranged request for a run of chunks; chunk by chunk for what it missed. Never
-        raises: every run of an attempt ends before the attempt is judged."""
+        raises but CancelledError: every run of an attempt ends before the attempt is
+        judged."""
         try:
             return await self._fetch_run_once(run, sources, n)
+        except CancelledError:
+            raise  # the join is cancelled: no run after this one
         except Exception as e:
             log.warn("join: run of {n} chunks failed: {error!r}", n=len(run.refs), error=e)
             return False

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
@@ -36,7 +38,7 @@ from distpotify.replication.client import StaleSnapshot
 from distpotify.replication.fetch import ChunkRef
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
-from tests.helpers.api import InMemoryReplica, NoLeader, run_now
+from tests.helpers.api import InMemoryReplica, NoLeader, result_of, run_now
 
 SONG = "abcdef01-2345-4678-8abc-def012345678"
 
@@ -472,3 +474,32 @@ def test_a_join_makes_the_runs_of_a_page_of_missing_chunks_at_a_time(
     assert fakes.runs == [(0, [0, 1]), (10, [2, 3]), (20, [4])]
     assert fakes.done_calls == [(4, 0)]
     assert all((tmp_path / "chunks" / f"{SONG}_{idx}").exists() for idx in range(5))
+
+
+def test_a_join_cancelled_while_fetching_chunks_stops_there(tmp_path: Path) -> None:
+    """As when the replica stops: the cancellation goes through the fetch workers, none of
+    which takes another run or logs its run as failed, and the join is not retried."""
+    machine, fakes, _, clock = joiner(tmp_path)
+    pending: list[Deferred[list[ChunkRef]]] = []
+
+    async def fetch_run(refs: list[ChunkRef], start: int, song_sha256: str,
+                        base: str) -> list[ChunkRef]:
+        fakes.runs.append((start, [ref.idx for ref in refs]))
+        pending.append(Deferred())
+        return await pending[-1]
+    fakes.fetch_run = fetch_run  # type: ignore[method-assign]
+    fakes.leader = peer(3, role="leader")
+    d = Deferred.fromCoroutine(machine.run())
+    clock.advance(1)
+    assert machine.progress.phase == CHUNKS and len(pending) == 1
+
+    with capturedLogs() as events:
+        d.cancel()
+        clock.advance(60)
+        with pytest.raises(CancelledError):
+            result_of(d)
+        gc.collect()  # a Deferred that ends in a failure nobody handled logs it once collected
+
+    assert [e for e in events if "log_failure" in e] == []
+    assert fakes.runs == [(0, [0])] and fakes.done_calls == []
+    assert [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn] == []
