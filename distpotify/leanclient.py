@@ -70,6 +70,10 @@ class ReadAgent:
 class _Stale(Exception):
     """A pooled connection was closed before any byte of the answer came: try a new one."""
 
+    def __init__(self, reason: Failure) -> None:
+        super().__init__(reason.getErrorMessage())
+        self.reason = reason
+
 
 class LeanPool:
     """Persistent connections to the replicas, by (host, port)."""
@@ -111,7 +115,7 @@ class LeanPool:
         try:
             return await connection.send(sent, method == b"HEAD")
         except _Stale as e:
-            raise ResponseNeverReceived([Failure(ConnectionLost(str(e)))]) from None
+            raise ResponseNeverReceived([e.reason]) from None
 
     def put(self, connection: LeanConnection) -> None:
         """``connection`` finished an answer and may carry the next request."""
@@ -447,7 +451,7 @@ class LeanConnection(Protocol):
         answer, self._answer = self._answer, None
         if answer is not None:
             if not self._got_bytes and not reason.check(CancelledError):
-                answer.errback(_Stale(reason.getErrorMessage()))
+                answer.errback(_Stale(reason))
             else:
                 answer.errback(ResponseNeverReceived([reason]))
         response, self._response = self._response, None

@@ -28,6 +28,7 @@ import treq
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -77,7 +78,8 @@ class PeerError(Exception):
 
 
 class PeerTimeout(PeerError, defer.TimeoutError):
-    """The peer sent no answer within the client's timeout."""
+    """The peer's answer did not come within the client's timeout (a TimeoutError too, as
+    the failure of a Deferred that timed out is)."""
 
 
 class BelowFloor(PeerError):
@@ -256,29 +258,23 @@ class PeerClient:
 
     def _bounded(self, d: Deferred[T], what: str) -> Deferred[T]:
         """``d``, failing with PeerTimeout if it has not fired within ``timeout``, and with
-        CancelledError when its caller cancels it. The Agent and the lean pool wrap a
-        cancellation in ResponseNeverReceived (or RequestTransmissionFailed, ResponseFailed):
-        unwrapped, a handler whose client went away (Klein cancels it) fails as cancelled,
-        which nobody logs, instead of as an unreachable peer, and a timeout says so. Any other
-        such wrapper is a PeerError that says what failed, in words, not as a list of
-        Failure reprs."""
+        CancelledError when its caller cancels it. The Agent wraps a cancellation in
+        ResponseNeverReceived (or RequestTransmissionFailed), and one made while connecting
+        is a ConnectingCancelledError: unwrapped, a handler whose client went away (Klein
+        cancels it) fails as cancelled, which nobody logs, instead of as an unreachable peer,
+        and a timeout says so. Any other wrapped failure is a PeerError in words."""
 
         def timed_out(result: T | Failure, timeout: float) -> T | Failure:
             if isinstance(result, Failure) and _cancelled(result):
-                raise PeerTimeout(f"{what}: no answer in {timeout:g} s")
+                raise PeerTimeout(f"{what}: no complete answer in {timeout:g} s")
             return result
 
         def unwrapped(failure: Failure) -> Failure:
-            error = failure.value
             if _cancelled(failure):
-                if not isinstance(error, CancelledError):
+                if not failure.check(CancelledError):
                     raise CancelledError(f"{what}: cancelled")
-            elif isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed,
-                                    ResponseFailed)):
-                reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)
-                meaning = next(text for kind, text in _WRAPPERS.items() if isinstance(error, kind))
-                raise PeerError(f"{what}: {meaning}: {reasons}")
-            return failure
+                return failure
+            return _in_words(failure, what)
 
         d.addTimeout(self.timeout, self._clock, onTimeoutCancel=timed_out)
         return d.addErrback(unwrapped)
@@ -489,16 +485,29 @@ _WRAPPERS = {
     RequestTransmissionFailed: "the request could not be sent",
     ResponseFailed: "the answer was cut short",
 }
+_WRAPPED = (ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed)
+_CANCELLED = (CancelledError, ConnectingCancelledError)
 
 
 def _cancelled(failure: Failure) -> bool:
     """Whether ``failure`` is a cancellation, as it is or as the HTTP clients wrap it."""
     error = failure.value
-    if isinstance(error, CancelledError):
+    if isinstance(error, _CANCELLED):
         return True
-    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed)):
-        return any(reason.check(CancelledError) for reason in error.reasons)
+    if isinstance(error, _WRAPPED):
+        return any(reason.check(*_CANCELLED) for reason in error.reasons)
     return False
+
+
+def _in_words(failure: Failure, what: str) -> Failure:
+    """``failure``, unless the HTTP clients wrapped it: then a PeerError that says what
+    failed in words, where the wrapper prints as a list of Failure reprs."""
+    error = failure.value
+    if not isinstance(error, _WRAPPED):
+        return failure
+    meaning = next(text for kind, text in _WRAPPERS.items() if isinstance(error, kind))
+    reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)
+    return Failure(PeerError(f"{what}: {meaning}: {reasons}"))
 
 
 class _IdleCollector(Protocol):
@@ -528,7 +537,7 @@ class _IdleCollector(Protocol):
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
-            self.done.errback(reason)
+            self.done.errback(_in_words(reason, self._what))
 
     def _stalled(self) -> None:
         if not self.done.called:

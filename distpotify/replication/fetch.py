@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
 
 from distpotify.detach import detached
@@ -239,9 +239,12 @@ class ChunkFetcher:
                     close_current()
 
         end = start + sum(ref.size for ref in refs) - 1
+        cancelled = False
         try:
             await self._client.stream_range(base, refs[0].song_id, start + resumed, end,
                                             song_sha256, write)
+        except CancelledError:
+            cancelled = True  # its caller stops (a join cancelled): after the verify steps
         except Exception as e:
             log.info("run of {n} chunks of {song_id} from {base} failed: {error}",
                      n=len(refs), song_id=refs[0].song_id, base=base, error=e)
@@ -252,6 +255,8 @@ class ChunkFetcher:
         await DeferredList(finished, consumeErrors=True)
         self.counters.fetched += len(done)
         self.counters.bad_bytes += len(finished) - len(done)
+        if cancelled:
+            raise CancelledError(f"the run of {len(refs)} chunks of {refs[0].song_id}")
         return done
 
     async def _fetch_from(self, ref: ChunkRef, base: str) -> Fetched:

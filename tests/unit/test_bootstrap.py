@@ -17,6 +17,7 @@ from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
 from distpotify.errors import Conflict, SnapshotTooOld
 from distpotify.model import ZERO, Op, Version
+from distpotify.replication import bootstrap
 from distpotify.replication.bootstrap import (
     CHUNKS,
     DONE,
@@ -24,6 +25,7 @@ from distpotify.replication.bootstrap import (
     JOIN,
     JOIN_WORKERS,
     REJOIN,
+    RUN_CHUNKS,
     CatchUp,
     ChunkRun,
     JoinDesk,
@@ -476,10 +478,13 @@ def test_a_join_makes_the_runs_of_a_page_of_missing_chunks_at_a_time(
     assert all((tmp_path / "chunks" / f"{SONG}_{idx}").exists() for idx in range(5))
 
 
-def test_a_join_cancelled_while_fetching_chunks_stops_there(tmp_path: Path) -> None:
+def test_a_join_cancelled_while_fetching_chunks_stops_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """As when the replica stops: the cancellation goes through the fetch workers, none of
     which takes another run or logs its run as failed, and the join is not retried."""
-    machine, fakes, _, clock = joiner(tmp_path)
+    monkeypatch.setattr(bootstrap, "JOIN_WORKERS", 1)  # one worker, two runs to take
+    machine, fakes, _, clock = joiner(tmp_path, chunk_count=RUN_CHUNKS + 1)
     pending: list[Deferred[list[ChunkRef]]] = []
 
     async def fetch_run(refs: list[ChunkRef], start: int, song_sha256: str,
@@ -501,5 +506,5 @@ def test_a_join_cancelled_while_fetching_chunks_stops_there(tmp_path: Path) -> N
         gc.collect()  # a Deferred that ends in a failure nobody handled logs it once collected
 
     assert [e for e in events if "log_failure" in e] == []
-    assert fakes.runs == [(0, [0])] and fakes.done_calls == []
+    assert fakes.runs == [(0, list(range(RUN_CHUNKS)))] and fakes.done_calls == []
     assert [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn] == []

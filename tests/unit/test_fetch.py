@@ -178,3 +178,34 @@ def test_a_fetch_tells_a_chunk_not_held_from_one_not_reachable(
     d = Deferred.fromCoroutine(fetch.fetch_outcome(REF, ["http://a", "http://b"]))
 
     assert result_of(d) is outcome
+
+
+class Stalling(Streamer):
+    """Sends the first chunk of a run, then nothing until its caller cancels it."""
+
+    async def stream_range(self, base: str, song_id: str, start: int, end: int,
+                           song_sha256: str, write: Callable[[bytes], None]) -> None:
+        self.ranges.append((start, end))
+        write(self.song[start:start + 1000])
+        await Deferred()
+
+
+def test_a_run_whose_caller_is_cancelled_ends_cancelled_with_what_it_verified(
+    tmp_path: Path,
+) -> None:
+    """A join cancelled (its replica stopping) must not take the run for merely failed: its
+    caller would go on to the next one."""
+    pieces = [bytes([n]) * 1000 for n in range(2)]
+    refs = [ChunkRef(SONG, n, 1000, hashlib.sha256(p).hexdigest())
+            for n, p in enumerate(pieces)]
+    chunks = ChunkStore(tmp_path / "chunks")
+    fetch = ChunkFetcher(Stalling(b"".join(pieces)), chunks, run_now)  # type: ignore[arg-type]
+    d = Deferred.fromCoroutine(fetch.fetch_run(refs, 0, "ab" * 32, "x"))
+    assert not d.called
+
+    d.cancel()
+
+    with pytest.raises(CancelledError):
+        result_of(d)
+    assert chunks.read(SONG, 0) == pieces[0]  # verified before the cancellation, kept
+    assert not chunks.path(SONG, 1).exists() and fetch.counters.fetched == 1
