@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import wave
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,16 +48,48 @@ function done(summary, latency, requests)
 end
 """
 
-def _playlist_write_lua(key_prefix: str | None) -> str:
-    """wrk script: every request creates a playlist (POST /playlists); with ``key_prefix``,
-    each carries its own Idempotency-Key (the prefix, then a count)."""
+class BlockKeys:
+    """The Idempotency-Keys of one block of writes, in the proxy's form: UUIDv7 (RFC 9562),
+    the time in milliseconds first, so their rows are stored in time order as the proxy's
+    are (distpotify/idempotency.py). Each key ends with its write's count and a tag of the
+    block, so no write replays another's; the first three carry the block's start time, so
+    they can be made again here (``key``) to check that the block's writes were keyed. wrk's
+    Lua has the time in seconds: the others carry it, plus their count modulo 1000."""
+
+    def __init__(self) -> None:
+        self.tag = uuid.uuid4().hex[:6]
+        self.start = time.time_ns() // 1_000_000
+
+    def key(self, n: int) -> str:
+        """The key of the block's write ``n`` (1-3)."""
+        assert 1 <= n <= 3
+        return self._form(self.start >> 16, self.start & 0xFFFF, n)
+
+    def _form(self, high: int, low: int, n: int) -> str:
+        return f"{high:08x}-{low:04x}-7{self.tag[:3]}-8{self.tag[3:]}-{n:012x}"
+
+    def lua(self) -> str:
+        """The Lua function ``key(n)`` wrk's script calls for each write."""
+        return (
+            "function key(n)\n"
+            f"  local ms = {self.start}\n"
+            "  if n > 3 then ms = os.time() * 1000 + n % 1000 end\n"
+            f"  return string.format('%08x-%04x-7{self.tag[:3]}-8{self.tag[3:]}-%012x',\n"
+            "                       math.floor(ms / 65536), ms % 65536, n)\n"
+            "end\n\n"
+        )
+
+
+def _playlist_write_lua(keys: BlockKeys | None) -> str:
+    """wrk script: every request creates a playlist (POST /playlists); with ``keys``, each
+    carries its own Idempotency-Key."""
     headers = '{["Content-Type"] = "application/json"}'
-    if key_prefix is not None:
-        headers = ('{["Content-Type"] = "application/json",'
-                   f' ["Idempotency-Key"] = "{key_prefix}-" .. n}}')
+    if keys is not None:
+        headers = '{["Content-Type"] = "application/json", ["Idempotency-Key"] = key(n)}'
     return (
         "local n = 0\n\n"
-        "function request()\n"
+        + (keys.lua() if keys is not None else "")
+        + "function request()\n"
         "  n = n + 1\n"
         f'  return wrk.format("POST", "/playlists", {headers},\n'
         """                    string.format('{"name": "bench %d"}', n))\n"""
@@ -243,14 +276,14 @@ def run_wrk(port: int, paths: Path, script: Path, duration: int, connections: in
 
 
 def playlist_writes(port: int, seconds: int, connections: int,
-                    key_prefix: str | None = None) -> dict[str, Any]:
+                    keys: BlockKeys | None = None) -> dict[str, Any]:
     """wrk's summary of ``seconds`` of playlist creates at ``port`` by ``connections``
-    keep-alive connections, each write with its own Idempotency-Key when ``key_prefix`` is
-    given (a new prefix per run, so no request replays an earlier run's key). BenchError if
+    keep-alive connections, each write with its own Idempotency-Key of ``keys`` when given
+    (new ones for each run, so no request replays an earlier run's key). BenchError if
     any write failed."""
     with tempfile.TemporaryDirectory(prefix="distpotify-bench-writes-") as tmp:
         script = Path(tmp) / "write.lua"
-        script.write_text(_playlist_write_lua(key_prefix))
+        script.write_text(_playlist_write_lua(keys))
         unused = Path(tmp) / "paths.txt"  # run_wrk's path list: these scripts make their own
         unused.write_text("/\n")
         run = run_wrk(port, unused, script, seconds, connections)

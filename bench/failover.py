@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keyless
-from common import playlist_writes, save_result
+from common import BlockKeys, playlist_writes, save_result
 
 from tests.helpers.audio import make_wav
 from tests.helpers.fronted import Client, Fronted
@@ -338,20 +338,20 @@ def run_keys_by_wrk(port: int, connections: int, blocks: int) -> dict[str, Any]:
 
 def wrk_rate(port: int, keyed: bool, connections: int) -> float:
     """Writes/s of POST /playlists at ``port`` by wrk in one block of WRK_BLOCK seconds."""
-    prefix = uuid.uuid4().hex if keyed else None
-    summary = playlist_writes(port, WRK_BLOCK, connections, prefix)
-    if prefix is not None and not replayed(port, prefix):
+    keys = BlockKeys() if keyed else None
+    summary = playlist_writes(port, WRK_BLOCK, connections, keys)
+    if keys is not None and not replayed(port, keys):
         raise RuntimeError("the keyed block stored no key: its writes were not keyed")
     return float(summary["req_per_s"])
 
 
-def replayed(port: int, prefix: str) -> bool:
+def replayed(port: int, keys: BlockKeys) -> bool:
     """Whether one of a keyed block's first writes, sent again, gets its key's stored answer
     (wrk calls the script once to check it before the run, so the first sent may be the
     second made)."""
     for n in (1, 2, 3):
         again = request(port, "POST", "/playlists", f'{{"name": "bench {n}"}}'.encode(),
-                        {"Content-Type": "application/json", "Idempotency-Key": f"{prefix}-{n}"})
+                        {"Content-Type": "application/json", "Idempotency-Key": keys.key(n)})
         if again.status == 201 and again.headers.get("idempotent-replayed") == "true":
             return True
     return False

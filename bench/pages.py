@@ -1,5 +1,6 @@
 """Pages a write adds to the WAL, by table and index: a playlist create with and without an
-Idempotency-Key, on a leader's database, in this process.
+Idempotency-Key (the proxy's, a UUIDv7, or a client's own of no order), on a leader's
+database, in this process.
 
 A commit writes each page it changed to the WAL whole (4 KiB), fsyncs it, and a checkpoint
 later writes the page again into the database file, so the pages a write dirties are most of
@@ -13,8 +14,10 @@ it): ``--warm`` writes first (so the tables are past the size where a group's ro
 index pages), then ``--writes`` writes with checkpoints off, ``--group`` writes per commit
 (the group commit; 2.6-4 with 8 writers on this machine, 10 with 32). The WAL's frame
 headers then name each page written, and SQLite's dbstat table names the table or index each
-page belongs to. The unkeyed write is the reference: the keyed write's extra pages are what
-its key row costs on every replica.
+page belongs to. The unkeyed write is the reference: a keyed write's extra pages are what
+its key row costs on every replica. The proxy's keys carry their time, here one millisecond
+a write (1,000 writes/s), and their rows are stored in that order; a client's own keys here
+are ``bench-N``, whose rows fall anywhere in their index, as any random key's do.
 """
 
 from __future__ import annotations
@@ -43,23 +46,38 @@ WAL_HEADER = 32
 FRAME_HEADER = 24
 
 
-def playlist_create(db: MetadataDB, n: int, keyed: bool) -> Callable[[], Any]:
-    """The database call of ``POST /playlists {"name": "bench n"}``, with a key or without,
-    as the library's store thread makes it (Library._write)."""
+KINDS = ("unkeyed", "proxy keys", "client keys")
+START_MS = 1_796_500_000_000  # the proxy's keys' time: 2026-12-05, one millisecond a write
+
+
+def key_text(kind: str, n: int) -> str | None:
+    """The Idempotency-Key of write ``n`` of ``kind``."""
+    if kind == "unkeyed":
+        return None
+    if kind == "client keys":
+        return f"bench-{n}"
+    ms = START_MS + n
+    tail = uuid.UUID(int=n).hex[-15:]
+    return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{tail[:3]}-8{tail[3:6]}-{tail[6:]}000"
+
+
+def playlist_create(db: MetadataDB, n: int, kind: str) -> Callable[[], Any]:
+    """The database call of ``POST /playlists {"name": "bench n"}``, with a key of ``kind``
+    or without, as the library's store thread makes it (Library._write)."""
     key = None
-    if keyed:
+    text = key_text(kind, n)
+    if text is not None:
         body = json.dumps({"name": f"bench {n}"}).encode()
-        key = IdempotencyKey(f"bench-{n}", request_digest(b"POST", b"/playlists",
-                                                          io.BytesIO(body)))
+        key = IdempotencyKey(text, request_digest(b"POST", b"/playlists", io.BytesIO(body)))
     playlist_id = key.record_id() if key is not None else str(uuid.uuid4())
     fields = {"name": f"bench {n}", "owner": None, "created_at": "2026-12-05T00:00:00.000Z",
               "deleted": 0, "public": 0}
     return lambda: _keyed(db, key, _create_playlist, playlist_id, fields, UNRESTRICTED)
 
 
-def write(db: MetadataDB, start: int, count: int, group: int, keyed: bool) -> None:
+def write(db: MetadataDB, start: int, count: int, group: int, kind: str) -> None:
     for first in range(start, start + count, group):
-        db.write_together([playlist_create(db, n, keyed)
+        db.write_together([playlist_create(db, n, kind)
                            for n in range(first, min(first + group, start + count))])
 
 
@@ -72,17 +90,17 @@ def wal_pages(wal: Path) -> list[int]:
                             FRAME_HEADER + page_size)]
 
 
-def measure(keyed: bool, warm: int, writes: int, group: int) -> dict[str, Any]:
+def measure(kind: str, warm: int, writes: int, group: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="distpotify-bench-pages-") as tmp:
         path = Path(tmp) / "metadata.db"
         db = MetadataDB(path, node_id=1)
         try:
             db.begin_leading(1)
-            write(db, 0, warm, group, keyed)
+            write(db, 0, warm, group, kind)
             conn = db._conn
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL from empty
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-            write(db, warm, writes, group, keyed)
+            write(db, warm, writes, group, kind)
             pages = wal_pages(path.with_name(path.name + "-wal"))
             names = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
         finally:
@@ -94,16 +112,20 @@ def measure(keyed: bool, warm: int, writes: int, group: int) -> dict[str, Any]:
     }
 
 
-def report(plain: dict[str, Any], keyed: dict[str, Any], group: int) -> str:
-    names = list(dict.fromkeys([*keyed["by_btree"], *plain["by_btree"]]))
+def report(runs: dict[str, dict[str, Any]], group: int) -> str:
+    plain = runs["unkeyed"]
+    names = list(dict.fromkeys(name for run in runs.values() for name in run["by_btree"]))
     lines = [f"WAL pages per write, {group} writes a commit (4 KiB each; a checkpoint writes"
              " them again)",
-             f"{'table or index':<34} {'unkeyed':>8} {'keyed':>8} {'extra':>8}"]
+             f"{'table or index':<34} " + " ".join(f"{kind:>12}" for kind in runs)]
     for name in names:
-        a, b = plain["by_btree"].get(name, 0.0), keyed["by_btree"].get(name, 0.0)
-        lines.append(f"{name:<34} {a:8.2f} {b:8.2f} {b - a:+8.2f}")
-    a, b = plain["frames_per_write"], keyed["frames_per_write"]
-    lines.append(f"{'all':<34} {a:8.2f} {b:8.2f} {b - a:+8.2f}   keyed / unkeyed x{b / a:.2f}")
+        lines.append(f"{name:<34} " + " ".join(
+            f"{run['by_btree'].get(name, 0.0):12.2f}" for run in runs.values()))
+    lines.append(f"{'all':<34} " + " ".join(
+        f"{run['frames_per_write']:12.2f}" for run in runs.values()))
+    lines.append(f"{'over unkeyed':<34} " + " ".join(
+        f"{'x' + format(run['frames_per_write'] / plain['frames_per_write'], '.2f'):>12}"
+        for run in runs.values()))
     return "\n".join(lines)
 
 
@@ -118,12 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             and 1 <= args.group <= 64):
         p.error("--warm 0-500000, --writes 1-50000, --group 1-64 (the group commit's most)")
     runs = {}
-    for keyed in (False, True):
-        say(f"{'keyed' if keyed else 'unkeyed'}: {args.warm} writes, then {args.writes}"
-            " measured")
-        runs["keyed" if keyed else "unkeyed"] = measure(keyed, args.warm, args.writes,
-                                                        args.group)
-    print(report(runs["unkeyed"], runs["keyed"], args.group))
+    for kind in KINDS:
+        say(f"{kind}: {args.warm} writes, then {args.writes} measured")
+        runs[kind] = measure(kind, args.warm, args.writes, args.group)
+    print(report(runs, args.group))
     if not args.no_save:
         save_result("pages", {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "args": vars(args), **runs, "environment": environment()})

@@ -1,7 +1,9 @@
 """Idempotency keys (the IETF Idempotency-Key header) and the outcome a keyed write stores.
 
 A key's row and the records its write creates take ids derived from the key (UUIDv5), so two
-leaders that apply the same keyed write make the same records, which merge into one.
+leaders that apply the same keyed write make the same records, which merge into one. The
+row of a UUIDv7 key (the proxy's, keytime.py) keeps the key's time in front of its id, so
+such rows are stored in the order they were written (``key_row_id``).
 """
 # test-case-name: tests.unit.test_idempotency
 
@@ -16,12 +18,41 @@ from typing import IO, Any
 import attrs
 
 from distpotify.errors import BadRequest, KeyReused
+from distpotify.keytime import RFC_VARIANT, TIME_BITS, VARIANT, VERSION, key_time
 from distpotify.model import Version
 
 # Fixed for good: every derived id depends on it, and replicas must derive the same ones.
 NAMESPACE = uuid.UUID("5d0b7a5e-6c1f-4f7e-9a57-2f3c8d4b1e90")
 MAX_KEY = 255
 _BLOCK = 1024 * 1024
+
+_HASH_BITS = 128 - TIME_BITS
+_VERSION_8 = 0x8 << 76  # RFC 9562's version 8 (a layout of one's own)
+
+
+def key_row_id(text: str) -> str:
+    """The id of the row of key ``text`` (scoped: the client's key is its last word): a
+    UUIDv5 of it, or, for a UUIDv7 key, a UUIDv8 that begins with the key's 48-bit time and
+    goes on with the UUIDv5's bits. Rows of such keys are then stored in the order written
+    (their index's new entries at its end, as its bucket follows the time too:
+    ``key_row_time``), where a random id cost a keyed write a random page of the index."""
+    hashed = uuid.uuid5(NAMESPACE, text)
+    sent = key_time(text.rpartition(" ")[2])
+    if sent is None:
+        return str(hashed)
+    timed = sent << _HASH_BITS | hashed.int & ((1 << _HASH_BITS) - 1)
+    return str(uuid.UUID(int=(timed & ~(VERSION | VARIANT)) | _VERSION_8 | RFC_VARIANT))
+
+
+def key_row_time(row_id: str) -> int | None:
+    """The time (Unix milliseconds) that begins a key row's id made from a UUIDv7 key, or
+    None for a UUIDv5 one."""
+    if len(row_id) != 36 or row_id[14] != "8":
+        return None
+    try:
+        return int(row_id[:8] + row_id[9:13], 16)
+    except ValueError:  # not a canonical UUID: replication refuses it (model.valid_key)
+        return None
 
 
 def parse_key(value: bytes) -> str:
@@ -77,7 +108,7 @@ class IdempotencyKey:
     # The key's row in the replicated idempotency table; computed once (a keyed write reads
     # it for its lock, its lookup and its stored row).
     id: str = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
-        lambda self: str(uuid.uuid5(NAMESPACE, self.text)), takes_self=True))
+        lambda self: key_row_id(self.text), takes_self=True))
 
     def record_id(self) -> str:
         """The id of the record this write creates: the same on every leader that applies

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
@@ -40,6 +39,7 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from distpotify.keytime import new_key
 from distpotify.leanclient import LeanResponse
 from distpotify.wire import (
     IDEMPOTENCY_KEY,
@@ -238,13 +238,14 @@ class Exchange:
         self._uri = resource.path + request.uri
         self._shown = loggable_uri(self._uri)  # in log lines: a /rest query holds passwords
         self._sessions = resource.sessions
-        # A write keeps the client's key; one made here is an RFC 8941 string, as the
+        # A write keeps the client's key; one made here is a UUIDv7 (its row is stored in
+        # time order: distpotify/keytime.py) in an RFC 8941 string, as the
         # Idempotency-Key draft writes it.
         self._key: bytes | None = None
         self._waits_for: bytes | None = None
         if self._write:
             sent = request.requestHeaders.getRawHeaders(IDEMPOTENCY_KEY)
-            self._key = sent[-1] if sent else f'"{uuid.uuid4()}"'.encode()
+            self._key = sent[-1] if sent else f'"{new_key()}"'.encode()
         elif not request.requestHeaders.hasHeader(MIN_VERSION):
             self._waits_for = self._sessions.recall(request)
         self._unknown_on: set[str] = set()

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from distpotify.idempotency import key_row_time
 from distpotify.model import ENTITIES, KEY_ROWS, Entity, Row, Version
 from distpotify.store import songindex
 
@@ -20,9 +21,10 @@ BUCKETS = 256
 
 # Tables whose primary key starts with the row's anti-entropy bucket: (bucket, id) serves a
 # row's lookup (the bucket derives from the id) and a bucket's read alike, where the other
-# tables keep an index on bucket beside their key. The key table's ids are random (UUIDv5 of
-# a client's key), so each index costs a keyed write a page of its own to write: this way
-# one, not two.
+# tables keep an index on bucket beside their key. A key row's id is random (a UUIDv5 of a
+# client's key) or begins with its key's time (a UUIDv7, as the proxy makes them, whose
+# bucket is its second): random, each index costs a keyed write a page of its own to write,
+# so this way one, not two; in time order, the index grows at its bucket's end.
 BUCKET_FIRST = frozenset({KEY_ROWS})
 
 _TYPES = {
@@ -35,7 +37,12 @@ _TYPES = {
 
 
 def bucket_of(entity: str, key: str) -> int:
-    """The anti-entropy bucket of a row (digest.py): a stable hash of its identity."""
+    """The anti-entropy bucket of a row (digest.py): a stable hash of its identity, or for
+    the row of a UUIDv7 key (the proxy's) the second of the key's time, modulo BUCKETS.
+    Such rows spread over the buckets like the others over a day, and the rows of one
+    second share a bucket, so their index (bucket first) grows at one end at a time."""
+    if entity == KEY_ROWS and (written := key_row_time(key)) is not None:
+        return written // 1000 % BUCKETS
     return hashlib.sha256(f"{entity}/{key}".encode()).digest()[0] % BUCKETS
 
 

@@ -5,9 +5,13 @@ watermark, never to come back."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import sqlite3
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,15 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from distpotify.errors import BadRequest
-from distpotify.idempotency import IdempotencyKey, parse_key, request_digest
+from distpotify.idempotency import (
+    NAMESPACE,
+    IdempotencyKey,
+    key_row_id,
+    key_row_time,
+    parse_key,
+    request_digest,
+)
+from distpotify.keytime import new_key
 from distpotify.library import Library
 from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Op, Version
 from distpotify.replication.client import op_from_json
@@ -87,16 +99,80 @@ def test_a_key_names_its_row_and_its_request_names_its_records() -> None:
     assert one.record_id() == IdempotencyKey("k", one.request).record_id()
 
 
+# The proxy's keys: UUIDv7, stored in time order
+
+PROXY_KEY = "01a24825-6cd5-7833-bff3-96c59b52c16b"  # a UUIDv7 of 2026-12-05 21:39:01.973
+V7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def test_a_key_the_proxy_makes_is_a_uuid7_of_the_time_it_was_made() -> None:
+    before = time.time_ns() // 1_000_000
+    keys = [new_key() for _ in range(100)]
+    after = time.time_ns() // 1_000_000
+
+    assert len(set(keys)) == 100
+    for key in keys:
+        assert V7.fullmatch(key), key
+        made = uuid.UUID(key)
+        assert made.version == 7 and made.variant == uuid.RFC_4122
+        assert before <= made.int >> 80 <= after
+
+
+def test_the_row_of_a_uuid7_key_begins_with_the_keys_time() -> None:
+    row = key_row_id(PROXY_KEY)
+    scoped = key_row_id(f"user-1 {PROXY_KEY}")
+
+    assert uuid.UUID(row).version == 8 and uuid.UUID(row).variant == uuid.RFC_4122
+    assert row[:13] == scoped[:13] == PROXY_KEY[:13]  # the key's 48 bits of time
+    assert key_row_time(row) == key_row_time(scoped) == 1796506741973
+    # Derived, not drawn: the same on every leader, another for another account.
+    assert key_row_id(PROXY_KEY) == row == IdempotencyKey(PROXY_KEY, "r").id
+    assert scoped != row and key_row_id(f"user-2 {PROXY_KEY}") != scoped
+    assert key_row_id(PROXY_KEY.upper()) != row and key_row_id(PROXY_KEY.upper())[:13] == row[:13]
+
+
+def test_rows_of_later_keys_sort_after_and_a_seconds_rows_share_a_bucket() -> None:
+    times = [1796506741973, 1796506741974, 1796506741999, 1796506742000, 1796506742999]
+    ids = [key_row_id(f"u {uuid7_of(ms)}") for ms in times]
+
+    assert ids == sorted(ids) and [key_row_time(i) for i in ids] == times
+    buckets = [bucket_of("idempotency", i) for i in ids]
+    assert buckets[:3] == [1796506741 % 256] * 3 and buckets[3:] == [1796506742 % 256] * 2
+
+
+def uuid7_of(ms: int) -> str:
+    return str(uuid.UUID(int=ms << 80 | 0x7ABC << 64 | 0x8DEF << 48 | 0x123456789ABC))
+
+
+@pytest.mark.parametrize("key", [
+    "k", "user-1 k", "0b7b1d1e-5c2f-4e4a-9f3b-6d1c2b3a4f5e",  # a UUIDv4: no time in it
+    "01a24825-6cd5-7833-bff3-96c59b52c16",  # one digit short
+    f"{PROXY_KEY} trailing",
+])
+def test_a_key_with_no_time_keeps_the_uuid5_row_and_hashed_bucket_it_had(key: str) -> None:
+    row = key_row_id(key)
+
+    assert row == str(uuid.uuid5(NAMESPACE, key)) and key_row_time(row) is None
+    assert bucket_of("idempotency", row) == hashlib.sha256(
+        f"idempotency/{row}".encode()).digest()[0] % 256
+
+
+def test_a_malformed_row_id_has_no_time() -> None:
+    assert key_row_time("zzzzzzzz-zzzz-8zzz-8zzz-zzzzzzzzzzzz") is None
+    assert key_row_time("01a24825-6cd5-8833") is None
+
+
 # one key, one effect
 
 
+@pytest.mark.parametrize("key", ["k1", PROXY_KEY])
 def test_a_keyed_create_sent_again_is_answered_again_and_applied_once(
-    api: InMemoryReplica,
+    api: InMemoryReplica, key: str
 ) -> None:
-    first = keyed(api, "POST", "/playlists", {"name": "Morning"}, "k1")
+    first = keyed(api, "POST", "/playlists", {"name": "Morning"}, key)
     head = api.db.head()
 
-    again = keyed(api, "POST", "/playlists", {"name": "Morning"}, "k1")
+    again = keyed(api, "POST", "/playlists", {"name": "Morning"}, key)
 
     assert first.status == again.status == 201
     assert again.json() == first.json()
@@ -210,13 +286,14 @@ def merge_into(target: InMemoryReplica, source: InMemoryReplica) -> None:
     target.db.apply_ops(source.db.ops_after(ZERO))
 
 
+@pytest.mark.parametrize("key", ["once", PROXY_KEY])
 def test_one_keyed_create_applied_by_two_leaders_merges_into_one_record(
-    api: InMemoryReplica, tmp_path: Path
+    api: InMemoryReplica, tmp_path: Path, key: str
 ) -> None:
     second = other_leader(tmp_path)
 
-    on_first = keyed(api, "POST", "/playlists", {"name": "M"}, "once").json()["playlist"]
-    on_second = keyed(second, "POST", "/playlists", {"name": "M"}, "once").json()["playlist"]
+    on_first = keyed(api, "POST", "/playlists", {"name": "M"}, key).json()["playlist"]
+    on_second = keyed(second, "POST", "/playlists", {"name": "M"}, key).json()["playlist"]
     merge_into(api, second)
     merge_into(second, api)
 

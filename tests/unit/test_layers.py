@@ -26,6 +26,8 @@ SHARED = [
     "distpotify.diskfull",
     # the cluster key and the keys derived from it: the proxy checks user tokens (issue 17)
     "distpotify.keys",
+    # the Idempotency-Keys the proxy makes (UUIDv7), whose time the replica stores them by
+    "distpotify.keytime",
     # accounts: password hashes, session tokens, the login limit and the user directory, for
     # the proxy as for the replica (issue 17)
     "distpotify.auth.*",
