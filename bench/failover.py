@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keyless
 from common import BlockKeys, playlist_writes, save_result
 
+from distpotify.keytime import new_key
 from tests.helpers.audio import make_wav
 from tests.helpers.fronted import Client, Fronted
 from tests.helpers.replica import Cluster, ReplicaProcess, request, send_json, wait_until
@@ -270,9 +271,9 @@ def write_rate(port: int, keyed: bool, writes: int, threads: int) -> float:
     def client() -> None:
         # Made before the clock starts: the figure is the replicas' cost, not the client's.
         sent = [{"Content-Type": "application/json"} for _ in range(per_thread)]
-        if keyed:
+        if keyed:  # in the proxy's form (a UUIDv7: its row is stored in time order)
             for headers in sent:
-                headers["Idempotency-Key"] = f'"{uuid.uuid4()}"'
+                headers["Idempotency-Key"] = f'"{new_key()}"'
         ready.wait()
         for headers in sent:
             answer = request(port, "POST", "/playlists", b'{"name": "rate"}', headers)

@@ -36,12 +36,18 @@ def key_row_id(text: str) -> str:
     goes on with the UUIDv5's bits. Rows of such keys are then stored in the order written
     (their index's new entries at its end, as its bucket follows the time too:
     ``key_row_time``), where a random id cost a keyed write a random page of the index."""
+    return key_row_ids(text)[0]
+
+
+def key_row_ids(text: str) -> tuple[str, str | None]:
+    """``key_row_id(text)``, and for a UUIDv7 key the UUIDv5 older code gave its row."""
     hashed = uuid.uuid5(NAMESPACE, text)
     sent = key_time(text.rpartition(" ")[2])
     if sent is None:
-        return str(hashed)
+        return str(hashed), None
     timed = sent << _HASH_BITS | hashed.int & ((1 << _HASH_BITS) - 1)
-    return str(uuid.UUID(int=(timed & ~(VERSION | VARIANT)) | _VERSION_8 | RFC_VARIANT))
+    in_time = uuid.UUID(int=(timed & ~(VERSION | VARIANT)) | _VERSION_8 | RFC_VARIANT)
+    return str(in_time), str(hashed)
 
 
 def key_row_time(row_id: str) -> int | None:
@@ -105,10 +111,16 @@ class IdempotencyKey:
 
     text: str
     request: str
-    # The key's row in the replicated idempotency table; computed once (a keyed write reads
-    # it for its lock, its lookup and its stored row).
-    id: str = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
-        lambda self: key_row_id(self.text), takes_self=True))
+    # The key's row in the replicated idempotency table, and for a UUIDv7 key the UUIDv5
+    # row older code stored it under (looked up too, so a key sent again across an upgrade
+    # is still one write); computed once (a keyed write reads them for its lock, its lookup
+    # and its stored row).
+    ids: tuple[str, str | None] = attrs.field(init=False, eq=False, repr=False, default=(
+        attrs.Factory(lambda self: key_row_ids(self.text), takes_self=True)))
+
+    @property
+    def id(self) -> str:
+        return self.ids[0]
 
     def record_id(self) -> str:
         """The id of the record this write creates: the same on every leader that applies

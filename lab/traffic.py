@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import attrs
 
+from distpotify.keytime import new_key
 from lab.client import Answer
 from lab.lab import HTTP_PORT, PROXY_PORT, Lab
 from lab.workload import find_leader, json_object, make_wav, target_label
@@ -346,7 +347,7 @@ class Traffic:
                rng: random.Random) -> Op:
         """Send one write with a new Idempotency-Key; a 421 from a replica is followed once
         to the leader it names. RESULT holds the JSON answer of a 2xx."""
-        key = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        key = _new_key(rng)
         headers = {"Idempotency-Key": key}
         if content_type:
             headers["Content-Type"] = content_type
@@ -409,3 +410,11 @@ def _error_text(answer: Answer) -> str:
 
 def _describe(exc: OSError) -> str:
     return type(exc).__name__ + (f": {exc.strerror}" if exc.strerror else f": {exc}")
+
+
+def _new_key(rng: random.Random) -> str:
+    """A write's Idempotency-Key: one in two a UUIDv4, as a client may make its own (its row
+    hashed to a bucket), the other a UUIDv7 as the proxy makes them (its row in time order,
+    its time the wall clock's: not drawn from ``rng``, which draws the same either way)."""
+    bits = rng.getrandbits(128)
+    return str(uuid.UUID(int=bits, version=4)) if bits & 1 else new_key()

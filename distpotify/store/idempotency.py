@@ -11,8 +11,14 @@ from typing import Any
 
 from distpotify.idempotency import IdempotencyKey, Outcome
 from distpotify.model import ENTITIES, IDEMPOTENCY_KEYS, KEY_ROWS, ZERO, Version
-from distpotify.store.digest import row_hash, xor_digest
-from distpotify.store.schema import Tables, bucket_of, identity, written_whole
+from distpotify.store.schema import (
+    Tables,
+    bucket_of,
+    identity,
+    row_hash,
+    written_whole,
+    xor_digest,
+)
 
 ENTITY = KEY_ROWS
 FIELDS = frozenset(ENTITIES[ENTITY].fields)  # a key row is written whole, by one write
@@ -60,10 +66,19 @@ class IdempotencyKeys(Tables):
     """What a keyed write reads in its own transaction, and what the purger reads."""
 
     def stored_outcome(self, key: IdempotencyKey) -> Outcome | None:
-        """The outcome stored under ``key``, or None; KeyReused if it was stored for another
-        request."""
-        row = self.get_row(ENTITY, key.id)
-        return None if row is None else Outcome.stored(key, dict(row.fields))
+        """The outcome stored under ``key`` (under either of its rows: ``key.ids``), or None;
+        KeyReused if it was stored for another request. One statement, one probe of the
+        key's index a row."""
+        ids = [name for name in key.ids if name is not None]
+        found = self._conn.execute(
+            f"SELECT id, {', '.join(sorted(FIELDS))} FROM {ENTITY} WHERE "
+            + " OR ".join(["(bucket = ? AND id = ?)"] * len(ids)),
+            [value for name in ids for value in (bucket_of(ENTITY, name), name)],
+        ).fetchall()
+        if not found:
+            return None
+        row = min(found, key=lambda row: row["id"] != key.id)  # the row of this code first
+        return Outcome.stored(key, {name: row[name] for name in FIELDS})
 
     def key_watermark(self) -> Version:
         return key_watermark(self._conn)

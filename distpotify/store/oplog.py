@@ -18,14 +18,15 @@ from distpotify.errors import NotLeader
 from distpotify.model import ENTITIES, TOMBSTONES, Op, Row, Version
 from distpotify.store import idempotency
 from distpotify.store.chunkcache import ChunkCache
-from distpotify.store.digest import row_hash, xor_digest
 from distpotify.store.merge import merge, row_ops, won_fields
 from distpotify.store.schema import (
     Tables,
     bucket_of,
     identity,
+    row_hash,
     savepoints_in_memory,
     versions_text,
+    xor_digest,
 )
 from distpotify.store.songindex import derived_columns, row_applied
 from distpotify.store.tombstones import purge_tombstones

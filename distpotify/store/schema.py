@@ -120,6 +120,7 @@ def connect(path: Path) -> sqlite3.Connection:
         _bucket_first(conn)
         for statement in SCHEMA:
             conn.execute(statement)
+        _time_buckets(conn)
         songindex.ensure(conn)  # the search index, sort keys and tallies (a migration)
     return conn
 
@@ -153,6 +154,46 @@ def _bucket_first(conn: sqlite3.Connection) -> None:
                      f" ORDER BY {', '.join(identity(ENTITIES[name]))}")
         conn.execute(f"DROP TABLE {name}")  # and its indexes
         conn.execute(f"ALTER TABLE {name}_rebuilt RENAME TO {name}")
+
+
+def row_hash(entity: str, key: str, versions_text: str) -> int:
+    """What a row contributes to its bucket's digest: its identity and every field version."""
+    digest = hashlib.sha256(f"{entity}/{key}/{versions_text}".encode()).digest()
+    return int.from_bytes(digest[:16], "big")
+
+
+def xor_digest(conn: sqlite3.Connection, bucket: int, change: int) -> None:
+    """Fold ``change`` into ``bucket``'s digest: a row's hash in when it is written, out when
+    it is replaced or removed (XOR is its own inverse, so order never matters). One
+    statement: the XOR is the SQL function xor_hex (schema.connect)."""
+    conn.execute(
+        "INSERT INTO digest (bucket, hash) VALUES (?, ?)"
+        " ON CONFLICT (bucket) DO UPDATE SET hash = xor_hex(hash, excluded.hash)",
+        (bucket, f"{change:032x}"),
+    )
+
+
+def _time_buckets(conn: sqlite3.Connection) -> None:
+    """Move the rows of UUIDv7 keys that older code stored (it hashed their bucket, and
+    stores so what it gets from a newer leader during a rolling upgrade) to the bucket of
+    their key's second (bucket_of), their hash with them from one digest to the other. A
+    row already there (the same key row) is kept and the moved one dropped. A scan of the
+    key table's ids at every open: none of them is moved once a replica runs this code."""
+    stale = [(row["bucket"], row["id"], row["field_versions"], right)
+             for row in conn.execute(f"SELECT bucket, id, field_versions FROM {KEY_ROWS}"
+                                     " WHERE substr(id, 15, 1) = '8'")
+             if (right := bucket_of(KEY_ROWS, row["id"])) != row["bucket"]]
+    for bucket, key, versions, right in stale:
+        change = row_hash(KEY_ROWS, key, versions)
+        xor_digest(conn, bucket, change)
+        there = conn.execute(f"SELECT field_versions FROM {KEY_ROWS} WHERE bucket = ? AND id = ?",
+                             (right, key)).fetchone()
+        if there is None:
+            conn.execute(f"UPDATE {KEY_ROWS} SET bucket = ? WHERE bucket = ? AND id = ?",
+                         (right, bucket, key))
+            xor_digest(conn, right, change)
+        else:
+            conn.execute(f"DELETE FROM {KEY_ROWS} WHERE bucket = ? AND id = ?", (bucket, key))
 
 
 def xor_hex(a: str, b: str) -> str:

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 from distpotify.model import ENTITIES, ZERO, Row, Version
 from distpotify.store.compaction import OLDEST_OPS_NEWEST_VERSION
-from distpotify.store.digest import row_hash, xor_digest
-from distpotify.store.schema import Tables
+from distpotify.store.schema import Tables, row_hash, xor_digest
 from distpotify.store.songindex import TOMBSTONES, rows_purged, tally
 
 

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distpotify.model import ENTITIES, KEY_ROWS, Op, Row, Version
-from distpotify.store.digest import row_hash
 from distpotify.store.metadata import BUCKETS, MetadataDB
-from distpotify.store.schema import versions_text, written_whole
+from distpotify.store.schema import row_hash, versions_text, written_whole
 
 KEYS = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(6)]
 

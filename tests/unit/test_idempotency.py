@@ -34,6 +34,7 @@ from distpotify.model import IDEMPOTENCY_KEYS, ZERO, Op, Version
 from distpotify.replication.client import op_from_json
 from distpotify.replication.receive import validate_op
 from distpotify.store.metadata import MetadataDB, MetadataStore, bucket_of, row_ops
+from distpotify.store.schema import row_hash, xor_digest
 from tests.helpers.api import Answer, InMemoryReplica, LoneLeader, run_now
 from tests.helpers.audio import make_audio
 
@@ -147,6 +148,7 @@ def uuid7_of(ms: int) -> str:
 @pytest.mark.parametrize("key", [
     "k", "user-1 k", "0b7b1d1e-5c2f-4e4a-9f3b-6d1c2b3a4f5e",  # a UUIDv4: no time in it
     "01a24825-6cd5-7833-bff3-96c59b52c16",  # one digit short
+    "01a24825-6cd5-7833-cff3-96c59b52c16b",  # version 7, but not RFC 9562's variant
     f"{PROXY_KEY} trailing",
 ])
 def test_a_key_with_no_time_keeps_the_uuid5_row_and_hashed_bucket_it_had(key: str) -> None:
@@ -155,6 +157,53 @@ def test_a_key_with_no_time_keeps_the_uuid5_row_and_hashed_bucket_it_had(key: st
     assert row == str(uuid.uuid5(NAMESPACE, key)) and key_row_time(row) is None
     assert bucket_of("idempotency", row) == hashlib.sha256(
         f"idempotency/{row}".encode()).digest()[0] % 256
+
+
+def test_a_key_stored_by_older_code_is_still_one_write_when_sent_again(
+    api: InMemoryReplica,
+) -> None:
+    # Older code stored a UUIDv7 key's row under the key's UUIDv5, in its hashed bucket.
+    first = keyed(api, "POST", "/playlists", {"name": "Morning"}, PROXY_KEY)
+    [row] = rows(api.db, "idempotency")
+    legacy = str(uuid.uuid5(NAMESPACE, PROXY_KEY))
+    api.db._conn.execute("UPDATE idempotency SET id = ?, bucket = ?",
+                         (legacy, bucket_of("idempotency", legacy)))
+    head = api.db.head()
+
+    again = keyed(api, "POST", "/playlists", {"name": "Morning"}, PROXY_KEY)
+    other = keyed(api, "POST", "/playlists", {"name": "Evening"}, PROXY_KEY)
+
+    assert again.status == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.body == first.body and other.status == 422
+    assert api.db.head() == head and [r["id"] for r in rows(api.db, "idempotency")] == [legacy]
+    assert row["id"] == key_row_id(PROXY_KEY) != legacy
+
+
+def test_a_row_older_code_hashed_to_a_bucket_moves_to_its_seconds_on_open(
+    api: InMemoryReplica, tmp_path: Path
+) -> None:
+    keyed(api, "POST", "/playlists", {"name": "Morning"}, PROXY_KEY)
+    path = tmp_path / "follower.sqlite3"
+    follower = MetadataDB(path, node_id=3)
+    follower.apply_ops(api.db.ops_after(ZERO))
+    # What a follower of older code made of the same op: the row, and its hash, in the
+    # bucket its id hashes to.
+    [row] = rows(follower, "idempotency")
+    hashed = hashlib.sha256(f"idempotency/{row['id']}".encode()).digest()[0] % 256
+    change = row_hash("idempotency", row["id"], row["field_versions"])
+    xor_digest(follower._conn, row["bucket"], change)
+    xor_digest(follower._conn, hashed, change)
+    follower._conn.execute("UPDATE idempotency SET bucket = ?", (hashed,))
+    assert hashed != row["bucket"] and follower.digest() != api.db.digest()
+    follower.close()
+
+    upgraded = MetadataDB(path, node_id=3)
+    upgraded.apply_ops(api.db.ops_after(ZERO))  # pushed again, or pulled by anti-entropy
+
+    assert [r["bucket"] for r in rows(upgraded, "idempotency")] == [row["bucket"]]
+    assert upgraded.digest() == api.db.digest()
+    assert upgraded.ops_after(ZERO) == api.db.ops_after(ZERO)  # each op once, with its key
+    upgraded.close()
 
 
 def test_a_malformed_row_id_has_no_time() -> None:
