@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -19,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
+from distpotify.httpfailures import cancelled, in_words
 from distpotify.keys import ClusterKeys
 from distpotify.periodic import Periodic
 from distpotify.signing import EMPTY_SHA256, sign
@@ -180,7 +182,7 @@ class BackendView:
     def _unanswered(self, failure: Failure, backend: Backend) -> None:
         backend.polls += 1
         backend.poll_failures += 1
-        reason = _describe(failure)
+        reason = _describe(failure, self.check_timeout)
         if backend.healthy or backend.last_error is None:
             log.info("{backend} is unreachable: {reason}", backend=backend.describe(),
                      reason=reason)
@@ -427,9 +429,14 @@ def _optional_url(value: Any) -> str | None:
     return urls[0] if len(urls) == 1 else None
 
 
-def _describe(failure: Failure) -> str:
+def _describe(failure: Failure, timeout: float) -> str:
+    """Why a poll failed, in words: a poll is cancelled only when it timed out (the Agent
+    wraps that cancellation when no answer had begun), and the HTTP clients' other wrappers
+    print as lists of Failure reprs (httpfailures.in_words)."""
+    if failure.check(defer.TimeoutError) or cancelled(failure):
+        return f"TimeoutError: no answer to /status in {timeout:g} s"
     value = failure.value
-    text = str(value).strip()
+    text = in_words(failure) or str(value).strip()
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 

@@ -28,7 +28,6 @@ import treq
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -36,10 +35,7 @@ from twisted.web.client import (
     URI,
     Agent,
     HTTPConnectionPool,
-    RequestTransmissionFailed,
     ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
@@ -47,6 +43,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from distpotify.httpfailures import cancelled, in_words
 from distpotify.keys import ClusterKeys
 from distpotify.leanclient import LeanPool
 from distpotify.model import Op, Row, Version
@@ -265,12 +262,12 @@ class PeerClient:
         and a timeout says so. Any other wrapped failure is a PeerError in words."""
 
         def timed_out(result: T | Failure, timeout: float) -> T | Failure:
-            if isinstance(result, Failure) and _cancelled(result):
+            if isinstance(result, Failure) and cancelled(result):
                 raise PeerTimeout(f"{what}: no complete answer in {timeout:g} s")
             return result
 
         def unwrapped(failure: Failure) -> Failure:
-            if _cancelled(failure):
+            if cancelled(failure):
                 if not failure.check(CancelledError):
                     raise CancelledError(f"{what}: cancelled")
                 return failure
@@ -478,36 +475,12 @@ class PeerClient:
         return collector.done
 
 
-# The HTTP clients' wrappers of the failures under a request, and what each means (the first
-# that fits: ResponseNeverReceived is a ResponseFailed).
-_WRAPPERS = {
-    ResponseNeverReceived: "the connection ended before an answer",
-    RequestTransmissionFailed: "the request could not be sent",
-    ResponseFailed: "the answer was cut short",
-}
-_WRAPPED = (ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed)
-_CANCELLED = (CancelledError, ConnectingCancelledError)
-
-
-def _cancelled(failure: Failure) -> bool:
-    """Whether ``failure`` is a cancellation, as it is or as the HTTP clients wrap it."""
-    error = failure.value
-    if isinstance(error, _CANCELLED):
-        return True
-    if isinstance(error, _WRAPPED):
-        return any(reason.check(*_CANCELLED) for reason in error.reasons)
-    return False
-
-
 def _in_words(failure: Failure, what: str) -> Failure:
     """``failure``, unless the HTTP clients wrapped it: then a PeerError that says what
-    failed in words, where the wrapper prints as a list of Failure reprs."""
-    error = failure.value
-    if not isinstance(error, _WRAPPED):
-        return failure
-    meaning = next(text for kind, text in _WRAPPERS.items() if isinstance(error, kind))
-    reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)
-    return Failure(PeerError(f"{what}: {meaning}: {reasons}"))
+    failed in words (httpfailures.in_words), where the wrapper prints as a list of Failure
+    reprs."""
+    words = in_words(failure)
+    return failure if words is None else Failure(PeerError(f"{what}: {words}"))
 
 
 class _IdleCollector(Protocol):

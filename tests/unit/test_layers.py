@@ -28,6 +28,8 @@ SHARED = [
     "distpotify.keys",
     # the Idempotency-Keys the proxy makes (UUIDv7), whose time the replica stores them by
     "distpotify.keytime",
+    # a failure under an HTTP request in words: the peer client's, the proxy's /status polls
+    "distpotify.httpfailures",
     # accounts: password hashes, session tokens, the login limit and the user directory, for
     # the proxy as for the replica (issue 17)
     "distpotify.auth.*",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 
 from proxy.backends import Backend, BackendView
 
@@ -227,6 +231,45 @@ def test_an_unanswered_poll_times_out_and_marks_the_replica_unhealthy(
     assert not view.backends[url].healthy
     assert view.leader() is None
     assert "Timeout" in (view.backends[url].last_error or "")
+
+
+def agent_wrapped(*reasons: Exception) -> Callable[[Deferred[Any]], None]:
+    """A canceller that fails as the Agent does when no answer had begun: the cancellation
+    wrapped in ResponseNeverReceived."""
+    return lambda d: d.errback(ResponseNeverReceived([Failure(r) for r in reasons]))
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_a_poll_that_timed_out_says_so_in_words(replicas: Replicas, wrapped: bool) -> None:
+    clock = Clock()
+    url = "http://127.0.0.1:8003"
+    asked: list[Deferred[Any]] = []
+
+    def fetch(_: str) -> Deferred[Any]:
+        asked.append(Deferred(agent_wrapped(CancelledError()) if wrapped else None))
+        return asked[-1]
+
+    view = BackendView([url], fetch, clock, check_timeout=0.3)
+    with capturedLogs() as events:
+        view.poll_all()
+        clock.advance(0.3)
+
+    assert view.backends[url].last_error == "TimeoutError: no answer to /status in 0.3 s"
+    assert [formatEvent(e) for e in events] == [
+        "http://127.0.0.1:8003 is unreachable: TimeoutError: no answer to /status in 0.3 s"]
+
+
+def test_a_poll_the_http_client_failed_says_why_in_words(replicas: Replicas) -> None:
+    clock = Clock()
+    url = "http://127.0.0.1:8003"
+    lost = ResponseNeverReceived([Failure(ConnectionLost("the other side closed it"))])
+    view = BackendView([url], lambda _: fail(lost), clock, check_timeout=0.3)
+
+    view.poll_all()
+
+    assert view.backends[url].last_error == (
+        "ResponseNeverReceived: the connection ended before an answer: Connection to the"
+        " other side was lost in a non-clean fashion: the other side closed it.")
 
 
 def test_a_malformed_status_is_a_failed_poll(replicas: Replicas) -> None:
