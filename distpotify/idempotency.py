@@ -3,7 +3,7 @@
 A key's row and the records its write creates take ids derived from the key (UUIDv5), so two
 leaders that apply the same keyed write make the same records, which merge into one. The
 row of a UUIDv7 key (the proxy's, keytime.py) keeps the key's time in front of its id, so
-such rows are stored in the order they were written (``key_row_id``).
+such rows are stored in the order they were written (``key_row_ids``).
 """
 # test-case-name: tests.unit.test_idempotency
 
@@ -30,17 +30,13 @@ _HASH_BITS = 128 - TIME_BITS
 _VERSION_8 = 0x8 << 76  # RFC 9562's version 8 (a layout of one's own)
 
 
-def key_row_id(text: str) -> str:
-    """The id of the row of key ``text`` (scoped: the client's key is its last word): a
-    UUIDv5 of it, or, for a UUIDv7 key, a UUIDv8 that begins with the key's 48-bit time and
-    goes on with the UUIDv5's bits. Rows of such keys are then stored in the order written
-    (their index's new entries at its end, as its bucket follows the time too:
-    ``key_row_time``), where a random id cost a keyed write a random page of the index."""
-    return key_row_ids(text)[0]
-
-
 def key_row_ids(text: str) -> tuple[str, str | None]:
-    """``key_row_id(text)``, and for a UUIDv7 key the UUIDv5 older code gave its row."""
+    """The id of the row of key ``text`` (scoped: the client's key is its last word), and
+    for a UUIDv7 key the UUIDv5 older code gave its row. The id is a UUIDv5 of the key, or,
+    for a UUIDv7 key, a UUIDv8 that begins with the key's 48-bit time and goes on with the
+    UUIDv5's bits. Rows of such keys are then stored in the order written (their index's new
+    entries at its end, as its bucket follows the time too: ``key_row_time``), where a
+    random id cost a keyed write a random page of the index."""
     hashed = uuid.uuid5(NAMESPACE, text)
     sent = key_time(text.rpartition(" ")[2])
     if sent is None:

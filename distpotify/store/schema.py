@@ -186,7 +186,7 @@ def _time_buckets(conn: sqlite3.Connection) -> None:
     for bucket, key, versions, right in stale:
         change = row_hash(KEY_ROWS, key, versions)
         xor_digest(conn, bucket, change)
-        there = conn.execute(f"SELECT field_versions FROM {KEY_ROWS} WHERE bucket = ? AND id = ?",
+        there = conn.execute(f"SELECT 1 FROM {KEY_ROWS} WHERE bucket = ? AND id = ?",
                              (right, key)).fetchone()
         if there is None:
             conn.execute(f"UPDATE {KEY_ROWS} SET bucket = ? WHERE bucket = ? AND id = ?",
