@@ -35,7 +35,10 @@ from twisted.web.client import (
     URI,
     Agent,
     HTTPConnectionPool,
+    RequestNotSent,
+    RequestTransmissionFailed,
     ResponseDone,
+    ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
@@ -175,16 +178,24 @@ class PeerEndpoints:
 
 
 PER_HOST = 16  # idle connections kept per peer
+READS = ("GET", "HEAD")  # sent again once if their connection fails before an answer
+UNANSWERED = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
 IDLE = 30  # seconds an idle connection is kept
 CONNECT_TIMEOUT = 2.0
 
 
-def make_agent(reactor: Any) -> Agent:
+def make_agent(reactor: Any, endpoints: IAgentEndpointFactory | None = None) -> Agent:
+    """The Agent of a replica's calls to its peers (pushes excepted: make_push_pool), on
+    ``endpoints`` (PeerEndpoints by default)."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = PER_HOST
     pool.cachedConnectionTimeout = IDLE
+    # The pool would send a read that failed on a kept-alive connection again as it was,
+    # nonce and all: a peer that had received it refuses the copy as a replay (401).
+    # PeerClient sends such a read again itself, signed anew (_request).
+    pool.retryAutomatically = False
     return Agent.usingEndpointFactory(
-        reactor, PeerEndpoints(reactor, connect_timeout=CONNECT_TIMEOUT), pool=pool)
+        reactor, endpoints or PeerEndpoints(reactor, connect_timeout=CONNECT_TIMEOUT), pool=pool)
 
 
 def make_push_pool(reactor: Any) -> LeanPool:
@@ -243,8 +254,25 @@ class PeerClient:
         is followed: a peer cannot send our signed request, or our fetch, anywhere else.
         Each body is read once, as it comes, and kept nowhere (treq's default buffering
         had a joiner hold its whole snapshot, 200 MiB at 200,000 songs, in memory)."""
+        sent = self._send(method, url, body, headers)
+        if method in READS:
+            sent.addErrback(self._send_again, method, url, headers)
+        return sent
+
+    def _send(self, method: str, url: str, body: bytes, headers: dict[bytes, bytes] | None
+              ) -> Deferred[IResponse]:
         verb, uri, all_headers = self._signed(method, url, body, headers)
         return self._agent.request(verb, uri, all_headers, _Body(body) if body else None)
+
+    def _send_again(self, failure: Failure, method: str, url: str,
+                    headers: dict[bytes, bytes] | None) -> Deferred[IResponse] | Failure:
+        """A read that was not answered because its connection failed before the answer
+        (most often a kept-alive one the peer had closed) is sent once more, on a new
+        connection and signed anew; a cancelled one (its caller's, or a timeout's) is not.
+        A write is never sent again here: it may have been applied."""
+        if not failure.check(*UNANSWERED) or cancelled(failure):
+            return failure
+        return self._send(method, url, b"", headers)
 
     def _signed(self, method: str, url: str, body: bytes, headers: dict[bytes, bytes] | None
                 ) -> tuple[bytes, bytes, Headers]:
