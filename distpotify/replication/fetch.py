@@ -22,6 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, Defer
 from twisted.logger import Logger
 
 from distpotify.detach import detached
+from distpotify.diskfull import what_is_full
 from distpotify.replication.client import NotHeld, PeerClient, PeerError
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from distpotify.store.metadata import Runner
@@ -45,6 +46,9 @@ class Fetched(enum.Enum):
     # (deleted since, or not received yet), as opposed to a source that could not answer.
     NOT_HELD = "not held"
     FAILED = "failed"  # no source gave it: unreachable, an error, wrong bytes
+    # This replica's disk is full: the bytes came but could not be stored. No other source
+    # is asked (their bytes would not fit either).
+    NO_ROOM = "no room"
 
 
 @attrs.define
@@ -157,6 +161,11 @@ class ChunkFetcher:
             if outcome is Fetched.DONE:
                 self.counters.fetched += 1
                 return outcome
+            if outcome is Fetched.NO_ROOM:
+                self.counters.failed += 1
+                log.warn("chunk {song_id}/{idx} could not be stored: the disk is full",
+                         song_id=ref.song_id, idx=ref.idx)
+                return outcome
             not_held = not_held or outcome is Fetched.NOT_HELD
         self.counters.failed += 1
         log.warn("chunk {song_id}/{idx} not available from {sources}{why}",
@@ -267,22 +276,33 @@ class ChunkFetcher:
             offset = 0
             part.unlink()
         received = 0
-        with open(part, "ab") as out:
 
-            def write(data: bytes) -> None:
-                nonlocal received
-                received += len(data)
-                if offset + received > ref.size:
-                    raise PeerError(f"more than {ref.size} bytes for chunk {ref.idx}")
-                out.write(data)
+        def write(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if offset + received > ref.size:
+                raise PeerError(f"more than {ref.size} bytes for chunk {ref.idx}")
+            out.write(data)
 
-            try:
-                await self._client.chunk(base, ref.song_id, ref.idx, offset, ref.sha256, write)
-            except Exception as e:
-                # What arrived stays in the part file: the next source resumes after it.
-                log.info("chunk {song_id}/{idx} from {base} failed after {n} bytes: {error}",
-                         song_id=ref.song_id, idx=ref.idx, base=base, n=received, error=e)
-                return Fetched.NOT_HELD if isinstance(e, NotHeld) else Fetched.FAILED
+        try:
+            with open(part, "ab") as out:
+                try:
+                    await self._client.chunk(base, ref.song_id, ref.idx, offset, ref.sha256,
+                                             write)
+                except Exception as e:
+                    if what_is_full(e) is not None:
+                        raise  # a write of ours, not the source's failure (below)
+                    # What arrived stays in the part file: the next source resumes after it.
+                    log.info("chunk {song_id}/{idx} from {base} failed after {n} bytes:"
+                             " {error}", song_id=ref.song_id, idx=ref.idx, base=base,
+                             n=received, error=e)
+                    return Fetched.NOT_HELD if isinstance(e, NotHeld) else Fetched.FAILED
+        except OSError as e:
+            # The part file could not be opened, written or flushed (a small chunk's bytes
+            # meet the disk only as the file closes).
+            if what_is_full(e) is None:
+                raise
+            return Fetched.NO_ROOM
         self.counters.bytes += received
         done: bool = await self._blocking(
             _finish_part, part, final, ref.size, ref.sha256

@@ -18,7 +18,7 @@ from typing import TypeVar
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
-from distpotify.errors import Unavailable
+from distpotify.errors import InsufficientStorage, Unavailable
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ENTITIES, Op, Row, Version
 from distpotify.replication.client import KEYS_PER_REQUEST, PeerClient
@@ -211,6 +211,10 @@ class Receiver:
             if newer:
                 ops += newer
                 needed, unfetched = await self._fetch_chunks(ops, sources, unfetched)
+        if Fetched.NO_ROOM in unfetched.values():
+            raise InsufficientStorage(
+                f"the disk is full: {len(unfetched)} of {needed} chunks could not be fetched"
+                " and stored; nothing applied")
         if unfetched:
             raise Unavailable(
                 f"{len(unfetched)} of {needed} chunks could not be fetched; nothing applied")

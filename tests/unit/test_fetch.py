@@ -11,7 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from distpotify.replication.client import NotHeld, PeerError
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched, sources_for
-from distpotify.store.chunks import ChunkStore
+from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from tests.helpers.api import result_of, run_now
 
 SONG = "abcdef01-2345-4678-8abc-def012345678"
@@ -151,8 +151,9 @@ class Answering:
     """Each source answers as told: "404" (NotHeld), "down" (another PeerError), or the
     chunk's bytes."""
 
-    def __init__(self, answers: dict[str, str]) -> None:
+    def __init__(self, answers: dict[str, str], data: bytes = DATA) -> None:
         self.answers = answers
+        self.data = data
 
     async def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
                     write: Callable[[bytes], None]) -> None:
@@ -160,7 +161,7 @@ class Answering:
             raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
         if self.answers[base] == "down":
             raise PeerError("connection refused")
-        write(DATA[offset:])
+        write(self.data[offset:])
 
 
 @pytest.mark.parametrize(("answers", "outcome"), [
@@ -209,3 +210,39 @@ def test_a_run_whose_caller_is_cancelled_ends_cancelled_with_what_it_verified(
         result_of(d)
     assert chunks.read(SONG, 0) == pieces[0]  # verified before the cancellation, kept
     assert not chunks.path(SONG, 1).exists() and fetch.counters.fetched == 1
+
+
+class Counting(Answering):
+    def __init__(self, answers: dict[str, str], data: bytes) -> None:
+        super().__init__(answers, data)
+        self.asked: list[str] = []
+
+    async def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
+                    write: Callable[[bytes], None]) -> None:
+        self.asked.append(base)
+        await super().chunk(base, song_id, idx, offset, sha256, write)
+
+
+@pytest.mark.parametrize("size", [len(DATA), 64 * 1024])
+def test_a_chunk_that_finds_the_disk_full_is_no_room_and_asks_no_other_source(
+    tmp_path: Path, size: int,
+) -> None:
+    """Its part file is /dev/full, whose every write fails ENOSPC: a chunk larger than the
+    file's buffer fails as it is written, a small one as its file closes. Before, the first
+    was 'not available from' every source in turn (each sending the bytes again: a random
+    lab run logged 4,744 such warnings), the second an error out of the fetch."""
+    data = (DATA * (size // len(DATA) + 1))[:size]
+    ref = ChunkRef(SONG, 0, size, hashlib.sha256(data).hexdigest())
+    chunks = ChunkStore(tmp_path / "chunks")
+    final = chunks.path(SONG, 0)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.with_name(final.name + PART_SUFFIX).symlink_to("/dev/full")
+    peer = Counting({"http://a": "bytes", "http://b": "bytes"}, data)
+    fetch = ChunkFetcher(peer, chunks, run_now)  # type: ignore[arg-type]
+
+    d = Deferred.fromCoroutine(fetch.fetch_outcome(ref, ["http://a", "http://b"]))
+
+    assert result_of(d) is Fetched.NO_ROOM
+    assert peer.asked == ["http://a"]
+    assert not final.exists()
+    assert fetch.counters.failed == 1 and fetch.counters.fetched == 0

@@ -19,11 +19,12 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from distpotify.cluster.heartbeat import Heartbeat
-from distpotify.errors import Unavailable
+from distpotify.errors import InsufficientStorage, Unavailable
 from distpotify.model import ZERO, Op, Row, Version
 from distpotify.replication.client import PeerClient
 from distpotify.replication.fetch import ChunkFetcher, Fetched
 from distpotify.replication.receive import ApplyGate, Receiver, validate_op
+from distpotify.store.chunks import PART_SUFFIX
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 from tests.helpers.audio import make_wav
 
@@ -333,6 +334,30 @@ def test_chunks_no_peer_holds_and_a_source_that_cannot_say_refuse_the_batch(
     with pytest.raises(Unavailable, match="3 of 3 chunks could not be fetched; nothing applied"):
         Receiving(follower, InMemoryAgent(Recording()), Unreachable()).apply(upload)
 
+    assert follower.db.get_row("songs", song) is None
+
+
+def test_chunks_that_find_the_disk_full_refuse_the_batch_as_a_full_disk(
+    tmp_path: Path,
+) -> None:
+    """507 to the pusher (its link retries; its log says why), not the 503 of chunks no peer
+    could give: they came, and this replica had no room for them."""
+    leader = InMemoryReplica(tmp_path / "leader")
+    song, upload = uploaded(leader, tmp_path)
+    follower = InMemoryReplica(tmp_path / "follower")
+    for op in upload:
+        if op.entity == "chunks":
+            final = follower.chunks.path(song, int(op.key.split("/")[1]))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            final.with_name(final.name + PART_SUFFIX).symlink_to("/dev/full")  # ENOSPC
+    source = Recording(leader.root)
+
+    with pytest.raises(InsufficientStorage, match="the disk is full: 3 of 3 chunks could not be"
+                                                  " fetched and stored; nothing applied"):
+        Receiving(follower, InMemoryAgent(source), InMemoryAgent(source)).apply(upload)
+
+    assert len([path for path in source.paths if "/chunks/" in path]) == 3  # once each
+    assert "/sync/rows" not in source.paths
     assert follower.db.get_row("songs", song) is None
 
 
