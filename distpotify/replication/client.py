@@ -178,10 +178,10 @@ class PeerEndpoints:
 
 
 PER_HOST = 16  # idle connections kept per peer
-READS = ("GET", "HEAD")  # sent again once if their connection fails before an answer
-UNANSWERED = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
 IDLE = 30  # seconds an idle connection is kept
 CONNECT_TIMEOUT = 2.0
+READS = ("GET", "HEAD")  # sent again once if their connection fails before an answer
+UNANSWERED = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
 
 
 def make_agent(reactor: Any, endpoints: IAgentEndpointFactory | None = None) -> Agent:
