@@ -26,12 +26,13 @@ from twisted.logger import Logger
 
 from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
-from distpotify.errors import Conflict, NotLeader, SnapshotTooOld
+from distpotify.diskfull import what_is_full
+from distpotify.errors import Conflict, InsufficientStorage, NotLeader, SnapshotTooOld
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Version
 from distpotify.periodic import Periodic
 from distpotify.replication.client import PeerClient, PeerError, StaleSnapshot
-from distpotify.replication.fetch import ChunkFetcher, ChunkRef
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 from distpotify.wire import ACTIVE
@@ -45,6 +46,9 @@ NEXT_PHASE = {ANNOUNCING: SNAPSHOT, SNAPSHOT: CHUNKS, CHUNKS: DONE}
 FOUND, REJOIN, JOIN = "found", "rejoin", "join"
 SNAPSHOT_PATH = "/sync/snapshot"
 RETRY = 0.5
+# A full disk waits for its operator: the join looks again this often, where every try of
+# RETRY fetched the snapshot or each missing chunk again from the peers, to fail to store it.
+DISK_FULL_RETRY = 5.0
 PROGRESS_EVERY = 3.0
 
 
@@ -250,14 +254,24 @@ class Joiner:
                 except Exception as e:
                     # A join outlives any failure of its leader or network: it retries, with
                     # the leader of the moment, from the phase it reached.
-                    log.warn("join: {phase} with leader {leader} failed: {error!r}; retrying",
-                             phase=progress.phase, leader=leader.node_id, error=e)
-                    await deferLater(self._clock, RETRY, lambda: None)
+                    await deferLater(self._clock, self._failed(progress.phase, leader, e),
+                                     lambda: None)
         finally:
             reporter.stopService()
         progress.finished = self._clock.seconds()
         log.info("join: done: {chunks} chunks, {snapshots} snapshot(s) fetched",
                  chunks=progress.chunks_total, snapshots=progress.snapshots_fetched)
+
+    @staticmethod
+    def _failed(phase: str, leader: Peer, error: Exception) -> float:
+        """Log a failed try of ``phase``; how long to wait before the next."""
+        if isinstance(error, InsufficientStorage) or what_is_full(error) is not None:
+            log.warn("join: {phase} stopped: this replica's disk is full ({error}); trying"
+                     " again in {delay:g} s", phase=phase, error=error, delay=DISK_FULL_RETRY)
+            return DISK_FULL_RETRY
+        log.warn("join: {phase} with leader {leader} failed: {error!r}; retrying",
+                 phase=phase, leader=leader.node_id, error=error)
+        return RETRY
 
     def snapshot_again(self) -> None:
         """The leader's oplog no longer reaches back to our snapshot: take a new one (at once
@@ -368,13 +382,22 @@ class Joiner:
         """Every run fetched by JOIN_WORKERS workers, each taking the next run when it is
         done: whether each run was. (A coroutine per run, all waiting for the fetcher's few
         slots, held a joiner of a 200,000-song library at 943 MiB.) Run ``n`` of them is the
-        ``first + n``-th of the join (its first source is chosen by that)."""
+        ``first + n``-th of the join (its first source is chosen by that). A run that found
+        this replica's disk full ends the fetch: no worker takes another run (each would
+        fail alike, its bytes sent for nothing), and once all have stopped this raises
+        InsufficientStorage."""
         results = [False] * len(runs)
         todo = iter(enumerate(runs))
+        full: list[InsufficientStorage] = []
 
         async def worker() -> None:
             for n, run in todo:
-                results[n] = await self._fetch_run(run, sources, first + n)
+                try:
+                    results[n] = await self._fetch_run(run, sources, first + n)
+                except InsufficientStorage as e:
+                    full.append(e)
+                if full:
+                    return
 
         try:
             await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(JOIN_WORKERS)],
@@ -383,17 +406,22 @@ class Joiner:
             # A worker's own error, not gatherResults' wrapper: a join cancelled (the replica
             # stops) fails as cancelled, which the join's loop lets through.
             e.subFailure.raiseException()
+        if full:
+            raise full[0]
         return results
 
     async def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> bool:
         """One ranged request for a run of chunks; chunk by chunk for what it missed. Never
-        raises but CancelledError: every run of an attempt ends before the attempt is
-        judged."""
+        raises but CancelledError, and InsufficientStorage when the disk is full: every run
+        of an attempt ends before the attempt is judged."""
         try:
             return await self._fetch_run_once(run, sources, n)
-        except CancelledError:
-            raise  # the join is cancelled: no run after this one
+        except (CancelledError, InsufficientStorage):
+            raise  # the join is cancelled, or the disk full: no run after this one
         except Exception as e:
+            if what_is_full(e) is not None:  # a chunk's part file, as the run wrote it
+                raise InsufficientStorage(f"a run of {len(run.refs)} chunks could not be"
+                                          f" stored: {e}") from e
             log.warn("join: run of {n} chunks failed: {error!r}", n=len(run.refs), error=e)
             return False
 
@@ -405,8 +433,12 @@ class Joiner:
         ok = True
         for ref in run.refs:
             if ref not in done:
-                if await self._fetcher.fetch(ref, rotated):
+                fetched = await self._fetcher.fetch_outcome(ref, rotated)
+                if fetched is Fetched.DONE:
                     self._count([ref])
+                elif fetched is Fetched.NO_ROOM:
+                    raise InsufficientStorage(f"chunk {ref.song_id}/{ref.idx} could not be"
+                                              " stored")
                 else:
                     ok = False
         return ok

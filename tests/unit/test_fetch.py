@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from distpotify.replication.client import NotHeld, PeerError
 from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched, sources_for
@@ -246,3 +247,21 @@ def test_a_chunk_that_finds_the_disk_full_is_no_room_and_asks_no_other_source(
     assert peer.asked == ["http://a"]
     assert not final.exists()
     assert fetch.counters.failed == 1 and fetch.counters.fetched == 0
+
+
+def test_a_fetch_with_no_peer_to_ask_fails_at_info_and_names_no_empty_list(
+    tmp_path: Path,
+) -> None:
+    """With every peer down there is nobody to ask: the fetch fails at once and says so at
+    info, where it warned 'not available from []' (100 times in one random lab run)."""
+    peer = SlowPeer()
+    fetch, chunks = fetcher(tmp_path, peer)
+
+    with capturedLogs() as events:
+        d = Deferred.fromCoroutine(fetch.fetch_outcome(REF, []))
+
+    assert result_of(d) is Fetched.FAILED
+    assert peer.calls == [] and not chunks.path(SONG, 0).exists()
+    assert fetch.counters.failed == 1
+    said = [(e["log_level"], formatEvent(e)) for e in events]
+    assert said == [(LogLevel.info, f"chunk {SONG}/0 not fetched: no peer to ask")]
