@@ -82,7 +82,8 @@ def pack_snapshot(db_copy: Path, out: Path) -> None:
 
 
 def unpack_snapshot(packed: Path, out: Path) -> None:
-    """Decompress and check a snapshot; SnapshotError (and nothing left behind) if bad."""
+    """Decompress and check a snapshot; SnapshotError (and nothing left behind) if bad, the
+    OSError itself (nothing left behind either) if this replica's disk is full."""
     try:
         with gzip.open(packed, "rb") as source, open(out, "wb") as target:
             shutil.copyfileobj(source, target, 1 << 20)
@@ -96,6 +97,8 @@ def unpack_snapshot(packed: Path, out: Path) -> None:
             conn.close()
     except (OSError, EOFError, gzip.BadGzipFile, sqlite3.DatabaseError) as e:
         out.unlink(missing_ok=True)
+        if what_is_full(e) is not None:
+            raise  # this replica's disk, not the snapshot: the join waits for space
         raise SnapshotError(f"snapshot unusable: {e}") from None
     if verdict != "ok":
         out.unlink(missing_ok=True)

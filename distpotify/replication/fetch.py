@@ -264,7 +264,11 @@ class ChunkFetcher:
                      n=len(refs), song_id=refs[0].song_id, base=base, error=e)
         finally:
             if current:
-                current[1].close()
+                try:
+                    current[1].close()
+                except OSError as e:  # its last bytes met a full disk as they were flushed
+                    log.info("run of {n} chunks of {song_id}: chunk {idx} cut short: {error}",
+                             n=len(refs), song_id=refs[0].song_id, idx=current[0].idx, error=e)
         # Every verify step, to its end: one failing must not leave others still writing.
         await DeferredList(finished, consumeErrors=True)
         self.counters.fetched += len(done)

@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from distpotify.cluster.bully import NotLeaderError
 from distpotify.cluster.membership import Peer
-from distpotify.errors import Conflict, SnapshotTooOld
+from distpotify.errors import Conflict, InsufficientStorage, SnapshotTooOld
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication import bootstrap
 from distpotify.replication.bootstrap import (
@@ -468,6 +468,31 @@ def test_a_join_fetches_its_runs_with_a_few_workers_not_a_coroutine_each() -> No
     assert fetched.result == [n != 7 for n in range(100)]
 
 
+def test_a_full_disk_ends_the_fetch_once_the_runs_in_flight_have_ended() -> None:
+    """Every run of an attempt ends before the attempt is judged: the worker whose run found
+    the disk full takes no other, the others finish theirs and take none, and only then is
+    the fetch failed with InsufficientStorage."""
+    runs = [ChunkRun("s" * 64, 0, (ChunkRef(f"{n:08x}-0000-4000-8000-000000000000", 0, 1,
+                                            "a" * 64),)) for n in range(100)]
+    waiting: dict[int, Deferred[bool]] = {}
+
+    class Runs:
+        def _fetch_run(self, run: ChunkRun, sources: list[str], n: int) -> Deferred[bool]:
+            waiting[n] = Deferred()
+            return waiting[n]
+
+    fetched = Deferred.fromCoroutine(Joiner._fetch_runs(Runs(), runs, ["http://a"]))  # type: ignore[arg-type]
+    assert sorted(waiting) == list(range(JOIN_WORKERS))
+    waiting[3].errback(InsufficientStorage("chunk x/0 could not be stored"))
+    for n in range(JOIN_WORKERS - 1):
+        assert not fetched.called
+        waiting[n if n < 3 else n + 1].callback(True)
+
+    assert len(waiting) == JOIN_WORKERS  # no run taken after the disk was found full
+    with pytest.raises(InsufficientStorage):
+        result_of(fetched)
+
+
 def test_a_join_makes_the_runs_of_a_page_of_missing_chunks_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -523,7 +548,8 @@ def test_a_join_that_finds_its_disk_full_stops_fetching_and_tries_again_later(
     """A join with a full disk asked every peer for every missing chunk, each try of RETRY,
     for bytes it could not store: 1,131 'could not be stored' lines in one random lab run.
     The first chunk that finds the disk full ends the try (no worker takes another run), the
-    join says so once, and tries again after DISK_FULL_RETRY; once space is freed it ends."""
+    join says so in a line of its own, and tries again after DISK_FULL_RETRY; once space is
+    freed it ends."""
     monkeypatch.setattr(bootstrap, "JOIN_WORKERS", 1)  # one worker, two runs to take
     machine, fakes, db, clock = joiner(tmp_path, chunk_count=RUN_CHUNKS + 1)
     full = [True]
@@ -563,22 +589,46 @@ def test_a_join_that_finds_its_disk_full_stops_fetching_and_tries_again_later(
     assert len(fakes.runs) == 3 and fakes.done_calls == [(4, 0)]
 
 
-def test_a_snapshot_that_finds_the_disk_full_is_fetched_again_later(tmp_path: Path) -> None:
-    """Every RETRY, the leader sent the whole snapshot again for nothing."""
+@pytest.mark.parametrize("where", ["downloaded", "unpacked"])
+def test_a_snapshot_that_finds_the_disk_full_is_fetched_again_later(
+    tmp_path: Path, where: str,
+) -> None:
+    """Every RETRY, the leader sent the whole snapshot again for nothing; one that filled the
+    disk as it was decompressed was counted a bad snapshot besides."""
     machine, fakes, db, clock = joiner(tmp_path)
     fetched = fakes.snapshot
 
     async def no_room_for_it(base: str, path: str, dest: Path) -> Version:
         fakes.snapshots += 1
         raise OSError(errno.ENOSPC, "No space left on device")
-    fakes.snapshot = no_room_for_it  # type: ignore[method-assign]
+    if where == "downloaded":
+        fakes.snapshot = no_room_for_it  # type: ignore[method-assign]
+    else:  # the decompressed database is written to a device with no room
+        (tmp_path / "tmp" / "snapshot.sqlite3").symlink_to("/dev/full")
     fakes.leader = peer(3, role="leader")
     d = Deferred.fromCoroutine(machine.run())
     clock.advance(DISK_FULL_RETRY - RETRY)
     assert fakes.snapshots == 1 and machine.progress.phase == bootstrap.SNAPSHOT
+    assert machine.progress.bad_snapshots == 0
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing left behind
 
     fakes.snapshot = fetched  # type: ignore[method-assign]
     clock.advance(RETRY)
     clock.advance(1)
 
     assert fakes.snapshots == 2 and d.called and db.get_meta("join_state") == DONE
+    assert machine.progress.bad_snapshots == 0
+
+
+def test_unpack_into_a_full_disk_raises_the_full_disk_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """Not SnapshotError: the snapshot is good, this replica's disk is not."""
+    out = tmp_path / "out.sqlite3"
+    out.symlink_to("/dev/full")
+
+    with pytest.raises(OSError) as raised:
+        unpack_snapshot(leader_snapshot(tmp_path), out)
+
+    assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, SnapshotError)
+    assert not out.exists() and not out.is_symlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
@@ -265,3 +266,42 @@ def test_a_fetch_with_no_peer_to_ask_fails_at_info_and_names_no_empty_list(
     assert fetch.counters.failed == 1
     said = [(e["log_level"], formatEvent(e)) for e in events]
     assert said == [(LogLevel.info, f"chunk {SONG}/0 not fetched: no peer to ask")]
+
+
+def test_a_run_whose_last_part_file_meets_a_full_disk_as_it_closes_still_waits_its_checks(
+    tmp_path: Path,
+) -> None:
+    """A stream cut inside a chunk leaves that chunk's bytes in its file's buffer, which meet
+    the full disk as the file closes: that error skipped the wait for the chunks already
+    being checked, so the run failed with the OSError while their checks still ran (and
+    their in-flight entries were gone), and a join judged its attempt too early."""
+    pieces = [bytes([n]) * 1000 for n in range(2)]
+    refs = [ChunkRef(SONG, n, 1000, hashlib.sha256(p).hexdigest())
+            for n, p in enumerate(pieces)]
+
+    class CutInChunkOne(Streamer):
+        async def stream_range(self, base: str, song_id: str, start: int, end: int,
+                               song_sha256: str, write: Callable[[bytes], None]) -> None:
+            write(self.song[:1100])
+            raise PeerError("connection lost")
+
+    checks: list[Deferred[Any]] = []
+
+    def blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        checks.append(Deferred())
+        return checks[-1].addCallback(lambda _: f(*args))
+
+    chunks = ChunkStore(tmp_path / "chunks")
+    part = chunks.path(SONG, 1).with_name(f"{SONG}_1{PART_SUFFIX}")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.symlink_to("/dev/full")
+    fetch = ChunkFetcher(CutInChunkOne(b"".join(pieces)), chunks, blocking)  # type: ignore[arg-type]
+    d = Deferred.fromCoroutine(fetch.fetch_run(refs, 0, "ab" * 32, "x"))
+    checks.pop(0).callback(None)  # what the first chunk's part file held before
+
+    assert not d.called and len(checks) == 1  # chunk 0 is being checked
+    checks.pop(0).callback(None)
+
+    assert result_of(d) == refs[:1]
+    assert chunks.read(SONG, 0) == pieces[0] and not chunks.path(SONG, 1).exists()
+    assert fetch.counters.fetched == 1
