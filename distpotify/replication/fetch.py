@@ -155,7 +155,7 @@ class ChunkFetcher:
         return outcome
 
     async def _fetch_any(self, ref: ChunkRef, sources: Sequence[str]) -> Fetched:
-        if not sources:  # no live peer to ask (all down, or cut off): said once, calmly
+        if not sources:  # no live peer to ask (all down, or cut off): an info line, no warning
             self.counters.failed += 1
             log.info("chunk {song_id}/{idx} not fetched: no peer to ask", song_id=ref.song_id,
                      idx=ref.idx)
