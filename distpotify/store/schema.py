@@ -100,9 +100,21 @@ SCHEMA = [
 ]
 
 
+class StoreConnection(sqlite3.Connection):
+    """A store's connection (``connect``). Inside a Transaction it also holds the digest
+    changes written so far, folded per bucket (``xor_digest``); the Transaction writes them
+    as it commits, one statement for every bucket touched. A group commit or a replicated
+    batch then updates each digest row once, where it updated one for every row written:
+    a keyed write's key row (the key rows of one second share a bucket) cost a second
+    statement a write, and the first touch of the digest page in each savepoint."""
+
+    pending_digests: dict[int, int] | None = None
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating or migrating) the database at ``path``: WAL, fsync on every commit."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           factory=StoreConnection)
     conn.row_factory = sqlite3.Row
     conn.create_function("xor_hex", 2, xor_hex, deterministic=True)
     conn.create_function("occurrences", 2, occurrences, deterministic=True)
@@ -164,12 +176,24 @@ def row_hash(entity: str, key: str, versions_text: str) -> int:
 
 def xor_digest(conn: sqlite3.Connection, bucket: int, change: int) -> None:
     """Fold ``change`` into ``bucket``'s digest: a row's hash in when it is written, out when
-    it is replaced or removed (XOR is its own inverse, so order never matters). One
-    statement: the XOR is the SQL function xor_hex (schema.connect)."""
-    conn.execute(
+    it is replaced or removed (XOR is its own inverse, so order never matters). Inside a
+    Transaction of a store's connection the change waits for the commit, folded with the
+    others of its bucket (StoreConnection): the digest table is read between transactions
+    (the store thread runs one call at a time), never inside one."""
+    if isinstance(conn, StoreConnection) and conn.pending_digests is not None:
+        pending = conn.pending_digests
+        pending[bucket] = pending.get(bucket, 0) ^ change
+    else:
+        _write_digests(conn, {bucket: change})
+
+
+def _write_digests(conn: sqlite3.Connection, changes: dict[int, int]) -> None:
+    """XOR each bucket's change into its digest row: one statement, the XOR the SQL function
+    xor_hex (connect). A change of 0 (a row written, then put back) changes nothing."""
+    conn.executemany(
         "INSERT INTO digest (bucket, hash) VALUES (?, ?)"
         " ON CONFLICT (bucket) DO UPDATE SET hash = xor_hex(hash, excluded.hash)",
-        (bucket, f"{change:032x}"),
+        [(bucket, f"{change:032x}") for bucket, change in changes.items() if change],
     )
 
 
@@ -234,15 +258,25 @@ class Transaction:
 
     Inside a transaction already open (writes committed together: MetadataDB.write_together)
     it is a SAVEPOINT instead, so a failure undoes this block and nothing else.
+
+    On a store's connection it keeps the digest changes the transaction makes
+    (StoreConnection) and writes them just before COMMIT; a savepoint rolled back puts back
+    the changes it found, a transaction rolled back drops them all.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._nested = False
+        self._digests_before: dict[int, int] | None = None
 
     def __enter__(self) -> sqlite3.Connection:
         self._nested = self._conn.in_transaction
         self._conn.execute("SAVEPOINT nested" if self._nested else "BEGIN IMMEDIATE")
+        if isinstance(self._conn, StoreConnection):
+            if not self._nested:
+                self._conn.pending_digests = {}
+            elif self._conn.pending_digests is not None:
+                self._digests_before = dict(self._conn.pending_digests)
         return self._conn
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
@@ -250,21 +284,35 @@ class Transaction:
         # error): rolling back again would raise "no transaction is active" and hide the
         # error that says why (the 507 of a full disk became a 500).
         if not self._conn.in_transaction:
+            self._set_pending(None)
             return
         if not self._nested:
-            if kind is not None:
-                self._conn.execute("ROLLBACK")
-                return
             try:
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:  # a failed commit leaves it open
+                if kind is not None:
                     self._conn.execute("ROLLBACK")
-                raise
+                    return
+                self._commit()
+            finally:
+                self._set_pending(None)
             return
         if kind is not None:
             self._conn.execute("ROLLBACK TO nested")
+            self._set_pending(self._digests_before)
         self._conn.execute("RELEASE nested")
+
+    def _commit(self) -> None:
+        try:
+            if isinstance(self._conn, StoreConnection) and self._conn.pending_digests:
+                _write_digests(self._conn, self._conn.pending_digests)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # a failed commit leaves it open
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def _set_pending(self, digests: dict[int, int] | None) -> None:
+        if isinstance(self._conn, StoreConnection):
+            self._conn.pending_digests = digests
 
 
 def versions_text(row: Row) -> str:

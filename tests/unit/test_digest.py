@@ -4,15 +4,21 @@ each direction makes any two replicas equal."""
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import tempfile
+import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distpotify.auth.access import UNRESTRICTED
+from distpotify.idempotency import IdempotencyKey
+from distpotify.library import _create_playlist, _keyed
 from distpotify.model import ENTITIES, KEY_ROWS, Op, Row, Version
-from distpotify.store.metadata import BUCKETS, MetadataDB
-from distpotify.store.schema import row_hash, versions_text, written_whole
+from distpotify.store.metadata import BUCKETS, Change, MetadataDB
+from distpotify.store.schema import Transaction, row_hash, versions_text, written_whole
 
 KEYS = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(6)]
 
@@ -44,6 +50,17 @@ def pull(into: MetadataDB, peer: MetadataDB) -> int:
         moved += len(wanted)
         into.apply_rows(peer.rows(wanted))
     return moved
+
+
+def digest_of_rows(db: MetadataDB) -> list[str]:
+    """The digest computed from the rows themselves, as digest() should give it."""
+    hashes = []
+    for bucket in range(BUCKETS):
+        expected = 0
+        for entity, key, versions in db.bucket_rows(bucket):
+            expected ^= row_hash(entity, key, versions)
+        hashes.append(f"{expected:032x}")
+    return hashes
 
 
 def table(db: MetadataDB) -> list[tuple]:
@@ -80,11 +97,7 @@ def test_each_bucket_digest_is_the_xor_of_its_rows_after_writes_and_a_purge(
         db.apply_ops(ops)
         db.apply_ops([watermark])
 
-        for bucket, digest in enumerate(db.digest()):
-            expected = 0
-            for entity, key, versions in db.bucket_rows(bucket):
-                expected ^= row_hash(entity, key, versions)
-            assert int(digest, 16) == expected
+        assert db.digest() == digest_of_rows(db)
 
 
 def test_same_ops_in_any_order_give_the_same_digest(tmp_path: Path) -> None:
@@ -142,3 +155,88 @@ def test_a_row_written_whole_has_the_versions_text_of_that_row(
     row = Row(KEY_ROWS, "k", dict.fromkeys(fields, 1), dict.fromkeys(fields, version))
 
     assert written_whole(fields, version) == versions_text(row)
+
+
+def proxy_key(n: int) -> IdempotencyKey:
+    """The proxy's key of write ``n``: a UUIDv7 of one same second (their rows share a bucket)."""
+    ms = 1_796_500_000_000 + n
+    return IdempotencyKey(f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7abc-8def-{n:012x}", f"{n:064x}")
+
+
+def keyed_creates(db: MetadataDB, count: int, first: int = 0) -> list:
+    fields = {"name": "p", "owner": None, "created_at": "x", "deleted": 0, "public": 0}
+    return [lambda n=n: _keyed(db, proxy_key(n), _create_playlist, str(uuid.UUID(int=n + 1)),
+                               fields, UNRESTRICTED) for n in range(first, first + count)]
+
+
+def test_a_group_of_writes_updates_each_digest_row_it_touches_once_as_it_commits(
+        tmp_path: Path) -> None:
+    """Four keyed creates committed together: their four key rows share a bucket (the
+    second of their keys), so the group writes five digest rows, not eight, each once and
+    after every row, just before its COMMIT; and the digests are the rows'."""
+    db = fresh(tmp_path, "db")
+    db.begin_leading(1)
+    statements: list[str] = []
+    db._conn.set_trace_callback(statements.append)
+
+    outcomes = db.write_together(keyed_creates(db, 4))
+
+    db._conn.set_trace_callback(None)
+    assert [o.status for o in outcomes] == [201] * 4
+    touched = {bucket for bucket, digest in enumerate(db.digest()) if int(digest, 16)}
+    updates = [n for n, sql in enumerate(statements) if sql.startswith("INSERT INTO digest")]
+    assert len(touched) == len(updates) == 5
+    assert updates == list(range(updates[0], updates[0] + 5))
+    assert statements[updates[0] - 1] == "RELEASE nested"  # the last write's savepoint
+    assert statements[updates[-1] + 1] == "COMMIT"
+    assert db.digest() == digest_of_rows(db)
+
+
+def test_a_write_undone_in_its_group_takes_its_digest_changes_back(tmp_path: Path) -> None:
+    """A write that wrote rows, then failed, is rolled back to its savepoint: the changes to
+    the digests it made go with its rows, and those of the writes around it stay."""
+    db = fresh(tmp_path, "db")
+    db.begin_leading(1)
+    before, after = keyed_creates(db, 2), keyed_creates(db, 2, first=10)
+
+    def write_then_fail() -> None:
+        db.write([Change("playlists", KEYS[n], {"name": "half", "deleted": 0})
+                  for n in range(6)])
+        raise ValueError("changed its mind")
+
+    outcomes = db.write_together([*before, write_then_fail, *after])
+
+    assert outcomes[2].check(ValueError)
+    assert all(db.get_row("playlists", key) is None for key in KEYS)
+    assert len(db.playlists()) == 4
+    assert db.digest() == digest_of_rows(db)
+
+
+def test_a_transaction_rolled_back_or_failing_as_it_commits_leaves_the_digests_unchanged(
+        tmp_path: Path) -> None:
+    """Nothing of a transaction rolled back reaches the digests, nor the next transaction's:
+    one that raises, and one whose digest rows cannot be written as it commits (SQLite
+    refusing, as a full disk makes it)."""
+    db = fresh(tmp_path, "db")
+    db.begin_leading(1)
+    db.write_together(keyed_creates(db, 2))
+    digests = db.digest()
+
+    def fails() -> None:
+        with Transaction(db._conn):
+            db.apply_ops([Op(Version(5, 1, 1), "playlists", KEYS[0], {"name": "x"})])
+            raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        fails()
+    db._conn.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON digest"
+                     " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="disk is full"):
+        db.apply_ops([Op(Version(5, 1, 2), "playlists", KEYS[1], {"name": "y"}),
+                      Op(Version(5, 1, 3), "playlists", KEYS[2], {"name": "z"})])
+    db._conn.execute("DROP TRIGGER full")
+
+    assert db.digest() == digests == digest_of_rows(db)
+    assert not db._conn.in_transaction
+    db.apply_ops([Op(Version(5, 1, 4), "playlists", KEYS[3], {"name": "w"})])
+    assert db.digest() == digest_of_rows(db) != digests
