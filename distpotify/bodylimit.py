@@ -20,7 +20,6 @@ written at once), and ``served_by`` (the X-Served-By of a refusal, or None).
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from collections.abc import Callable
 from io import BytesIO
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from distpotify.diskfull import what_is_full
+from distpotify.wire import error_json
 
 log = Logger()
 
@@ -247,7 +247,7 @@ class LimitedRequest(server.Request):
             _discard(content)
         # No "100 Continue" after a final answer: the client need not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
-        body = json.dumps({"error": code, "message": message}).encode()
+        body = error_json(code, message)
         served_by = f"X-Served-By: {limits.served_by}\r\n" if limits.served_by else ""
         head = (
             f"HTTP/1.1 {status} {reason}\r\n"

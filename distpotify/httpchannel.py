@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 from typing import Any, Protocol
 
 import attrs
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 
 from distpotify.options import OptionList, check_positive
+from distpotify.wire import error_json
 
 # (option, default, help, converter): the same three options on the replica and the proxy.
 TIMEOUT_OPTIONS: OptionList = [
@@ -76,7 +76,7 @@ class TimeoutSite(Protocol):
 def raw_answer(status: int, reason: str, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 JSON error answer that closes the connection, for the moments no
     Request exists to write one."""
-    body = json.dumps({"error": code, "message": message}).encode()
+    body = error_json(code, message)
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -94,6 +94,12 @@ def encoded_json_response(request: IRequest, status: int, data: bytes) -> bytes:
     return data
 
 
+def error_json(code: str, message: str) -> bytes:
+    """json_error's body, for the answers written without a Request (a body refused as it
+    arrives, a client too slow to send its request)."""
+    return json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
+
+
 def json_error(request: IRequest, status: int, code: str, message: str, **extra: Any) -> bytes:
     """The error shape every process answers: ``{"error": code, "message": ..., **extra}``."""
     return json_response(request, status, {"error": code, "message": message, **extra})
