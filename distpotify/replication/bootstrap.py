@@ -429,8 +429,10 @@ class Joiner:
             return False
 
     async def _fetch_run_once(self, run: ChunkRun, sources: list[str], n: int) -> bool:
-        # Spread the downloads over every ACTIVE replica, each run starting elsewhere.
-        rotated = sources[n % len(sources):] + sources[:n % len(sources)]
+        # Spread the downloads over every ACTIVE replica, each run starting elsewhere (but
+        # not at one that has just answered 503: it is joining too).
+        rotated = self._fetcher.by_readiness(sources[n % len(sources):]
+                                             + sources[:n % len(sources)])
         done = await self._fetcher.fetch_run(run.refs, run.start, run.song_sha256, rotated[0])
         self._count(done)
         ok = True

@@ -96,6 +96,12 @@ class NotHeld(PeerError):
     registry row is not live there: never received, or deleted)."""
 
 
+class Unavailable(PeerError):
+    """The peer answered 503: it cannot serve this now. A replica joining the cluster
+    answers its library's reads so, while our view of it may still say it is ACTIVE (the
+    heartbeat that says otherwise not heard yet)."""
+
+
 class StaleSnapshot(PeerError):
     """The leader no longer holds the ops past our snapshot: a new snapshot is needed."""
 
@@ -440,6 +446,9 @@ class PeerClient:
         response = await self._bounded(
             self._request("GET", f"{base}/songs/{song_id}/stream", headers=headers),
             f"song {song_id} from {base}")
+        if response.code == 503:
+            response.deliverBody(_Discard())
+            raise Unavailable(f"song {song_id} from {base}: HTTP 503")
         content_range = response.headers.getRawHeaders(b"content-range", [b""])[0].decode()
         if response.code != 206 or not content_range.startswith(f"bytes {start}-{end}/"):
             response.deliverBody(_Discard())
@@ -462,6 +471,9 @@ class PeerClient:
         if response.code == 404:
             response.deliverBody(_Discard())
             raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
+        if response.code == 503:
+            response.deliverBody(_Discard())
+            raise Unavailable(f"chunk {song_id}/{idx} from {base}: HTTP 503")
         etag = response.headers.getRawHeaders(b"etag", [b""])[0].decode("latin-1")
         expected = 206 if offset else 200
         if response.code != expected or etag != f'"{sha256}"':

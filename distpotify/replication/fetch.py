@@ -19,15 +19,21 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from distpotify.detach import detached
 from distpotify.diskfull import what_is_full
-from distpotify.replication.client import NotHeld, PeerClient, PeerError
+from distpotify.replication.client import NotHeld, PeerClient, PeerError, Unavailable
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from distpotify.store.metadata import Runner
 
 log = Logger()
+
+# A peer that answered 503 (joining the cluster itself, while our view of it still said
+# ACTIVE) is asked after the others for this long: each chunk asked of it first cost a
+# request and a log line (4,116 of them in a random lab run), until a heartbeat told us.
+UNAVAILABLE_FOR = 2.0
 
 
 @attrs.frozen
@@ -97,16 +103,30 @@ class ChunkFetcher:
         client: PeerClient,
         chunks: ChunkStore,
         blocking: Runner,
+        clock: IReactorTime,
         concurrency: int = 8,
     ) -> None:
         self._client = client
         self._chunks = chunks
         self._blocking = blocking
+        self._clock = clock
+        # Each peer that answered 503, and until when it is asked last (UNAVAILABLE_FOR).
+        self._unavailable: dict[str, float] = {}
         self._limit = DeferredSemaphore(concurrency)
         self.counters = FetchCounters()
         # One writer per part file: a chunk asked for again while it downloads (a join and a
         # push, a retry) waits for the download in flight instead of writing beside it.
         self._inflight: dict[tuple[str, int], Deferred[bool]] = {}
+
+    def by_readiness(self, sources: Sequence[str]) -> list[str]:
+        """``sources`` in their order, but those that answered 503 in the last
+        UNAVAILABLE_FOR seconds after the others (still asked, if all the others fail)."""
+        now = self._clock.seconds()
+        return sorted(sources, key=lambda base: self._unavailable.get(base, now) > now)
+
+    def _answered(self, base: str, error: Exception) -> None:
+        if isinstance(error, Unavailable):
+            self._unavailable[base] = self._clock.seconds() + UNAVAILABLE_FOR
 
     async def fetch_durably(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """fetch, then make the chunk directory durable (one chunk: read repair)."""
@@ -161,7 +181,7 @@ class ChunkFetcher:
                      idx=ref.idx)
             return Fetched.FAILED
         not_held = False
-        for base in sources:
+        for base in self.by_readiness(sources):
             outcome = await self._fetch_from(ref, base)
             if outcome is Fetched.DONE:
                 self.counters.fetched += 1
@@ -260,6 +280,7 @@ class ChunkFetcher:
         except CancelledError:
             cancelled = True  # its caller stops (a join cancelled): after the verify steps
         except Exception as e:
+            self._answered(base, e)
             log.info("run of {n} chunks of {song_id} from {base} failed: {error}",
                      n=len(refs), song_id=refs[0].song_id, base=base, error=e)
         finally:
@@ -301,6 +322,7 @@ class ChunkFetcher:
                 except Exception as e:
                     if what_is_full(e) is not None:
                         raise  # a write of ours, not the source's failure (below)
+                    self._answered(base, e)
                     # What arrived stays in the part file: the next source resumes after it.
                     log.info("chunk {song_id}/{idx} from {base} failed after {n} bytes:"
                              " {error}", song_id=ref.song_id, idx=ref.idx, base=base,

@@ -94,7 +94,7 @@ class ReplicationNode(service.MultiService):
         self._failure_timeout = config.failure_timeout
         self.client = client
         failpoints = config.failpoints
-        self.fetcher = ChunkFetcher(client, chunks, blocking)
+        self.fetcher = ChunkFetcher(client, chunks, blocking, reactor)
         self.guard = ChunkGuard(chunks, self.fetcher, blocking, self.peer_urls)
         self.applied = AppliedOps(store, reactor, config.read_wait, cluster.head)
         # Cover pictures: fetched with the batches that name them, repaired by a sweep.

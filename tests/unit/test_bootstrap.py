@@ -107,6 +107,7 @@ class FakePeers:
         self.runs: list[tuple[int, list[int]]] = []
         self.settled: list[tuple[list[str], str]] = []
         self.deleted_since = False  # the leader deleted the song after its snapshot
+        self.unavailable: set[str] = set()  # peers that answered 503 (the fetcher's memory)
 
     async def settle(self, names: Sequence[str], source: str) -> int:
         """As Receiver.settle: the leader's current rows merged (here: the song's delete,
@@ -134,6 +135,10 @@ class FakePeers:
     async def sync(self) -> None:
         pass
 
+    def by_readiness(self, sources: Sequence[str]) -> list[str]:
+        return [base for base in sources if base not in self.unavailable] + [
+            base for base in sources if base in self.unavailable]
+
     async def fetch_run(self, refs: list[ChunkRef], start: int, song_sha256: str,
                         base: str) -> list[ChunkRef]:
         self.runs.append((start, [ref.idx for ref in refs]))
@@ -154,7 +159,8 @@ class FakePeers:
                         "snapshot_path": "/sync/snapshot"})
 
 
-def joiner(tmp_path: Path, chunk_count: int = 1) -> tuple[Joiner, FakePeers, MetadataDB, Clock]:
+def joiner(tmp_path: Path, chunk_count: int = 1, sources: Sequence[str] = ("http://n1",)
+           ) -> tuple[Joiner, FakePeers, MetadataDB, Clock]:
     (tmp_path / "tmp").mkdir()
     db = MetadataDB(tmp_path / "me.sqlite3", node_id=4)
     chunks = ChunkStore(tmp_path / "chunks")
@@ -164,7 +170,7 @@ def joiner(tmp_path: Path, chunk_count: int = 1) -> tuple[Joiner, FakePeers, Met
     machine = Joiner(
         node_id=4, http="http://n4", amp="n4:9000", store=MetadataStore(db, run_now),
         chunks=chunks, fetcher=fakes, client=fakes,  # type: ignore[arg-type]
-        join_rpc=fakes.join_rpc, leader=lambda: fakes.leader, sources=lambda: ["http://n1"],
+        join_rpc=fakes.join_rpc, leader=lambda: fakes.leader, sources=lambda: list(sources),
         blocking=run_now, clock=clock, tmp_dir=tmp_path / "tmp", progress=SyncProgress(),
         clean_up=lambda: run_now(chunks.clean, db.live_chunk_names()), settle=fakes.settle,
     )
@@ -507,6 +513,29 @@ def test_a_join_makes_the_runs_of_a_page_of_missing_chunks_at_a_time(
     assert fakes.runs == [(0, [0, 1]), (10, [2, 3]), (20, [4])]
     assert fakes.done_calls == [(4, 0)]
     assert all((tmp_path / "chunks" / f"{SONG}_{idx}").exists() for idx in range(5))
+
+
+def test_the_runs_start_at_the_peers_that_did_not_just_answer_503(tmp_path: Path) -> None:
+    """Each run's ranged request starts at another ACTIVE replica in turn, but not at one
+    the fetcher heard answer 503 (joining itself, though our view still says ACTIVE): every
+    run sent there failed, then each of its chunks asked it first again."""
+    machine, fakes, _, clock = joiner(tmp_path, chunk_count=3 * RUN_CHUNKS,
+                                      sources=["http://n1", "http://n2"])
+    bases: list[str] = []
+    real = fakes.fetch_run
+
+    async def fetch_run(refs: list[ChunkRef], start: int, song_sha256: str,
+                        base: str) -> list[ChunkRef]:
+        bases.append(base)
+        return await real(refs, start, song_sha256, base)
+    fakes.fetch_run = fetch_run  # type: ignore[method-assign]
+    fakes.unavailable = {"http://n1"}
+    fakes.leader = peer(3, role="leader")
+
+    Deferred.fromCoroutine(machine.run())
+    clock.advance(1)
+
+    assert bases == ["http://n2"] * 3
 
 
 def test_a_join_cancelled_while_fetching_chunks_stops_there(

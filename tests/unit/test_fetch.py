@@ -9,10 +9,17 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from distpotify.replication.client import NotHeld, PeerError
-from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched, sources_for
+from distpotify.replication.client import NotHeld, PeerError, Unavailable
+from distpotify.replication.fetch import (
+    UNAVAILABLE_FOR,
+    ChunkFetcher,
+    ChunkRef,
+    Fetched,
+    sources_for,
+)
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from tests.helpers.api import result_of, run_now
 
@@ -38,7 +45,7 @@ class SlowPeer:
 
 def fetcher(tmp_path: Path, peer: SlowPeer) -> tuple[ChunkFetcher, ChunkStore]:
     chunks = ChunkStore(tmp_path / "chunks")
-    return ChunkFetcher(peer, chunks, run_now), chunks  # type: ignore[arg-type]
+    return ChunkFetcher(peer, chunks, run_now, Clock()), chunks  # type: ignore[arg-type]
 
 
 def test_the_same_chunk_asked_twice_is_downloaded_once(tmp_path: Path) -> None:
@@ -123,7 +130,7 @@ def test_a_run_resumes_the_part_file_its_first_chunk_left(tmp_path: Path) -> Non
             for n, p in enumerate(pieces)]
     peer = Streamer(b"".join(pieces))
     chunks = ChunkStore(tmp_path / "chunks")
-    fetch = ChunkFetcher(peer, chunks, run_now)  # type: ignore[arg-type]
+    fetch = ChunkFetcher(peer, chunks, run_now, Clock())  # type: ignore[arg-type]
     # A crash left 400 bytes of chunk 1, the first one still missing.
     part = chunks.path(SONG, 1).with_name(f"{SONG}_1.part")
     part.write_bytes(pieces[1][:400])
@@ -150,15 +157,19 @@ def test_a_source_that_is_no_known_peer_is_never_fetched_from() -> None:
 
 
 class Answering:
-    """Each source answers as told: "404" (NotHeld), "down" (another PeerError), or the
-    chunk's bytes."""
+    """Each source answers as told: "404" (NotHeld), "503" (Unavailable: joining), "down"
+    (another PeerError), or the chunk's bytes; records the sources asked, in order."""
 
     def __init__(self, answers: dict[str, str], data: bytes = DATA) -> None:
         self.answers = answers
         self.data = data
+        self.asked: list[str] = []
 
     async def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
                     write: Callable[[bytes], None]) -> None:
+        self.asked.append(base)
+        if self.answers[base] == "503":
+            raise Unavailable(f"chunk {song_id}/{idx} from {base}: HTTP 503")
         if self.answers[base] == "404":
             raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
         if self.answers[base] == "down":
@@ -176,11 +187,57 @@ def test_a_fetch_tells_a_chunk_not_held_from_one_not_reachable(
     tmp_path: Path, answers: dict[str, str], outcome: Fetched,
 ) -> None:
     fetch = ChunkFetcher(Answering(answers), ChunkStore(tmp_path / "chunks"),  # type: ignore[arg-type]
-                         run_now)
+                         run_now, Clock())
 
     d = Deferred.fromCoroutine(fetch.fetch_outcome(REF, ["http://a", "http://b"]))
 
     assert result_of(d) is outcome
+
+
+def test_a_peer_that_answered_503_is_asked_after_the_others_for_a_while(
+        tmp_path: Path) -> None:
+    """A peer joining the cluster itself answers 503 while our view of it still says ACTIVE:
+    each chunk asked of it first cost a request and a log line. For UNAVAILABLE_FOR seconds
+    the others are asked first, and it only when they fail; then it is asked first again."""
+    peer = Answering({"http://a": "503", "http://b": "bytes", "http://c": "down"})
+    clock = Clock()
+    fetch = ChunkFetcher(peer, ChunkStore(tmp_path / "chunks"), run_now, clock)  # type: ignore[arg-type]
+    refs = [ChunkRef(SONG, n, len(DATA), REF.sha256) for n in range(4)]
+
+    def fetched(ref: ChunkRef, sources: list[str]) -> tuple[Fetched, list[str]]:
+        peer.asked.clear()
+        return result_of(Deferred.fromCoroutine(fetch.fetch_outcome(ref, sources))), peer.asked
+
+    assert fetched(refs[0], ["http://a", "http://b"]) == (Fetched.DONE, ["http://a", "http://b"])
+    clock.advance(UNAVAILABLE_FOR - 0.1)
+    assert fetched(refs[1], ["http://a", "http://b"]) == (Fetched.DONE, ["http://b"])
+    assert fetched(refs[2], ["http://a", "http://c"]) == (Fetched.FAILED,
+                                                           ["http://c", "http://a"])
+    assert fetch.by_readiness(["http://a", "http://c", "http://b"]) == [
+        "http://c", "http://b", "http://a"]
+    clock.advance(UNAVAILABLE_FOR)
+    assert fetched(refs[3], ["http://a", "http://b"]) == (Fetched.DONE, ["http://a", "http://b"])
+
+
+class Refusing(Streamer):
+    """Answers a ranged request 503, as a replica still joining does."""
+
+    async def stream_range(self, base: str, song_id: str, start: int, end: int,
+                           song_sha256: str, write: Callable[[bytes], None]) -> None:
+        self.ranges.append((start, end))
+        raise Unavailable(f"song {song_id} from {base}: HTTP 503")
+
+
+def test_a_run_answered_503_puts_its_peer_after_the_others(tmp_path: Path) -> None:
+    clock = Clock()
+    fetch = ChunkFetcher(Refusing(DATA), ChunkStore(tmp_path / "chunks"), run_now, clock)  # type: ignore[arg-type]
+
+    done = result_of(Deferred.fromCoroutine(fetch.fetch_run([REF], 0, "ab" * 32, "http://a")))
+
+    assert done == []
+    assert fetch.by_readiness(["http://a", "http://b"]) == ["http://b", "http://a"]
+    clock.advance(UNAVAILABLE_FOR)
+    assert fetch.by_readiness(["http://a", "http://b"]) == ["http://a", "http://b"]
 
 
 class Stalling(Streamer):
@@ -202,7 +259,7 @@ def test_a_run_whose_caller_is_cancelled_ends_cancelled_with_what_it_verified(
     refs = [ChunkRef(SONG, n, 1000, hashlib.sha256(p).hexdigest())
             for n, p in enumerate(pieces)]
     chunks = ChunkStore(tmp_path / "chunks")
-    fetch = ChunkFetcher(Stalling(b"".join(pieces)), chunks, run_now)  # type: ignore[arg-type]
+    fetch = ChunkFetcher(Stalling(b"".join(pieces)), chunks, run_now, Clock())  # type: ignore[arg-type]
     d = Deferred.fromCoroutine(fetch.fetch_run(refs, 0, "ab" * 32, "x"))
     assert not d.called
 
@@ -212,17 +269,6 @@ def test_a_run_whose_caller_is_cancelled_ends_cancelled_with_what_it_verified(
         result_of(d)
     assert chunks.read(SONG, 0) == pieces[0]  # verified before the cancellation, kept
     assert not chunks.path(SONG, 1).exists() and fetch.counters.fetched == 1
-
-
-class Counting(Answering):
-    def __init__(self, answers: dict[str, str], data: bytes) -> None:
-        super().__init__(answers, data)
-        self.asked: list[str] = []
-
-    async def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
-                    write: Callable[[bytes], None]) -> None:
-        self.asked.append(base)
-        await super().chunk(base, song_id, idx, offset, sha256, write)
 
 
 @pytest.mark.parametrize("size", [len(DATA), 64 * 1024])
@@ -239,8 +285,8 @@ def test_a_chunk_that_finds_the_disk_full_is_no_room_and_asks_no_other_source(
     final = chunks.path(SONG, 0)
     final.parent.mkdir(parents=True, exist_ok=True)
     final.with_name(final.name + PART_SUFFIX).symlink_to("/dev/full")
-    peer = Counting({"http://a": "bytes", "http://b": "bytes"}, data)
-    fetch = ChunkFetcher(peer, chunks, run_now)  # type: ignore[arg-type]
+    peer = Answering({"http://a": "bytes", "http://b": "bytes"}, data)
+    fetch = ChunkFetcher(peer, chunks, run_now, Clock())  # type: ignore[arg-type]
 
     d = Deferred.fromCoroutine(fetch.fetch_outcome(ref, ["http://a", "http://b"]))
 
@@ -295,7 +341,7 @@ def test_a_run_whose_last_part_file_meets_a_full_disk_as_it_closes_still_waits_i
     part = chunks.path(SONG, 1).with_name(f"{SONG}_1{PART_SUFFIX}")
     part.parent.mkdir(parents=True, exist_ok=True)
     part.symlink_to("/dev/full")
-    fetch = ChunkFetcher(CutInChunkOne(b"".join(pieces)), chunks, blocking)  # type: ignore[arg-type]
+    fetch = ChunkFetcher(CutInChunkOne(b"".join(pieces)), chunks, blocking, Clock())  # type: ignore[arg-type]
     d = Deferred.fromCoroutine(fetch.fetch_run(refs, 0, "ab" * 32, "x"))
     checks.pop(0).callback(None)  # what the first chunk's part file held before
 

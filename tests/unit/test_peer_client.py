@@ -36,6 +36,7 @@ from distpotify.replication.client import (
     PeerEndpoints,
     PeerError,
     PeerTimeout,
+    Unavailable,
     _IdleCollector,
     make_agent,
 )
@@ -113,8 +114,10 @@ class Answers(Resource):
         return b"{}"
 
 
-@pytest.mark.parametrize(("code", "not_held"), [(404, True), (503, False)])
-def test_a_chunk_answered_404_is_not_held_there(code: int, not_held: bool) -> None:
+@pytest.mark.parametrize(("code", "kind"), [(404, NotHeld), (503, Unavailable),
+                                            (500, PeerError)])
+def test_a_chunk_answered_404_is_not_held_there_and_503_unavailable(
+        code: int, kind: type[PeerError]) -> None:
     stub = RequestTraversalAgent(Answers(code))
     client = PeerClient(stub, Clock(), CLUSTER_KEYS)
     d = Deferred.fromCoroutine(client.chunk("http://peer", "s", 0, 0, "ab" * 32, lambda _: None))
@@ -122,7 +125,20 @@ def test_a_chunk_answered_404_is_not_held_there(code: int, not_held: bool) -> No
 
     with pytest.raises(PeerError) as raised:
         result_of(d)
-    assert isinstance(raised.value, NotHeld) is not_held
+    assert type(raised.value) is kind
+
+
+@pytest.mark.parametrize(("code", "kind"), [(503, Unavailable), (200, PeerError)])
+def test_a_ranged_stream_answered_503_is_unavailable(code: int, kind: type[PeerError]) -> None:
+    stub = RequestTraversalAgent(Answers(code))
+    client = PeerClient(stub, Clock(), CLUSTER_KEYS)
+    d = Deferred.fromCoroutine(client.stream_range("http://peer", "s", 0, 9, "ab" * 32,
+                                                   lambda _: None))
+    stub.flush()
+
+    with pytest.raises(PeerError) as raised:
+        result_of(d)
+    assert type(raised.value) is kind
 
 
 def test_peer_endpoints_are_made_once_per_address_and_only_for_http() -> None:

@@ -247,7 +247,7 @@ class Receiving:
                  rows_from: IAgent) -> None:
         self.stubs = [a for a in (chunks_from, rows_from) if isinstance(a, InMemoryAgent)]
         fetcher = ChunkFetcher(PeerClient(chunks_from, follower.clock, follower.keys),
-                               follower.chunks, run_now)
+                               follower.chunks, run_now, follower.clock)
         self.receiver = Receiver(
             follower.library.store, follower.chunks, fetcher,
             PeerClient(rows_from, follower.clock, follower.keys),
