@@ -22,8 +22,8 @@ from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.errors import InsufficientStorage, Unavailable
 from distpotify.model import ZERO, Op, Row, Version
 from distpotify.replication.client import PeerClient
-from distpotify.replication.fetch import ChunkFetcher, Fetched
-from distpotify.replication.receive import ApplyGate, Receiver, validate_op
+from distpotify.replication.fetch import ChunkFetcher, ChunkRef, Fetched
+from distpotify.replication.receive import FETCH_WORKERS, ApplyGate, Receiver, validate_op
 from distpotify.store.chunks import PART_SUFFIX
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 from tests.helpers.audio import make_wav
@@ -341,7 +341,11 @@ def test_chunks_that_find_the_disk_full_refuse_the_batch_as_a_full_disk(
     tmp_path: Path,
 ) -> None:
     """507 to the pusher (its link retries; its log says why), not the 503 of chunks no peer
-    could give: they came, and this replica had no room for them."""
+    could give: they came, and this replica had no room for them. The first chunk that
+    found the disk full is the last asked for (here the peer answers at once, so no other
+    was in flight): the others' bytes would not fit either, and each try of a push or a
+    catch-up asked for all of them again (368 'could not be stored' lines in 2 s of a random
+    lab run)."""
     leader = InMemoryReplica(tmp_path / "leader")
     song, upload = uploaded(leader, tmp_path)
     follower = InMemoryReplica(tmp_path / "follower")
@@ -356,9 +360,48 @@ def test_chunks_that_find_the_disk_full_refuse_the_batch_as_a_full_disk(
                                                   " fetched and stored; nothing applied"):
         Receiving(follower, InMemoryAgent(source), InMemoryAgent(source)).apply(upload)
 
-    assert len([path for path in source.paths if "/chunks/" in path]) == 3  # once each
+    assert [path for path in source.paths if "/chunks/" in path] == [
+        f"/songs/{song}/chunks/0"]
     assert "/sync/rows" not in source.paths
     assert follower.db.get_row("songs", song) is None
+
+
+class HeldFetches:
+    """Stands in for the ChunkFetcher: each fetch waits until the test ends it."""
+
+    def __init__(self) -> None:
+        self.asked: list[ChunkRef] = []
+        self.pending: list[Deferred[Fetched]] = []
+
+    def fetch_outcome(self, ref: ChunkRef, sources: list[str]) -> Deferred[Fetched]:
+        self.asked.append(ref)
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+
+def test_an_apply_keeps_eight_chunk_downloads_going_and_starts_none_once_the_disk_is_full(
+    tmp_path: Path,
+) -> None:
+    replica = InMemoryReplica(tmp_path)
+    fetches = HeldFetches()
+    receiver = Receiver(replica.library.store, replica.chunks, fetches,  # type: ignore[arg-type]
+                        PeerClient(Unreachable(), replica.clock, replica.keys), run_now,
+                        lambda: [LEADER])
+    refs = [ChunkRef(SONG, n, 4, "ab" * 32) for n in range(20)]
+
+    d = Deferred.fromCoroutine(receiver._fetch_each(refs, [LEADER]))
+    assert fetches.asked == refs[:FETCH_WORKERS]
+    fetches.pending[0].callback(Fetched.DONE)
+    assert fetches.asked == refs[:FETCH_WORKERS + 1]  # the next, as one ended
+    fetches.pending[1].callback(Fetched.NO_ROOM)
+    for held in fetches.pending[2:]:
+        held.callback(Fetched.DONE)  # those in flight end as they end
+
+    assert fetches.asked == refs[:FETCH_WORKERS + 1]  # none started after the full disk
+    outcomes = result_of(d)
+    assert [outcomes[ref] for ref in refs] == (
+        [Fetched.DONE, Fetched.NO_ROOM] + [Fetched.DONE] * (FETCH_WORKERS - 1)
+        + [Fetched.NO_ROOM] * (20 - FETCH_WORKERS - 1))
 
 
 def test_settle_merges_the_sources_current_rows_of_chunks_and_their_songs(

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Membership, Peer
-from distpotify.errors import NotLeader
+from distpotify.errors import InsufficientStorage, NotLeader
 from distpotify.model import ZERO, Op, Version
 from distpotify.replication import takeover as takeover_module
 from distpotify.replication.client import BelowFloor
@@ -44,6 +44,7 @@ class Replica:
         self.floors: dict[str, Version] = {}  # peers' oplog floors (compacted below)
         self.leading = True
         self.epoch = 5
+        self.disk_full = False  # apply_ops refuses every batch as a full disk
 
     # the client
     def ops_after(self, base: str, after: Version, limit: int) -> Deferred[tuple[list[Op],
@@ -60,6 +61,9 @@ class Replica:
 
     # the receiver
     async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
+        if self.disk_full:
+            raise InsufficientStorage("the disk is full: 3 of 3 chunks could not be fetched"
+                                      " and stored; nothing applied")
         self.applied.append((source, list(ops)))
         self.head = max([self.head, *(o.version for o in ops)])
         return self.head
@@ -177,6 +181,33 @@ def test_past_the_catch_up_timeout_writes_go_through_anyway() -> None:
     status = takeover.status()
     assert (status["phase"], status["timed_out"], status["timeouts"]) == (COMPLETE, True, 1)
     assert [peer.node_id for peer in completed[0]] == [2]
+
+
+def test_a_pull_this_replica_had_no_room_to_apply_is_tried_again_after_a_pause() -> None:
+    """Each pull of a catch-up on a full disk fetched the batch's chunks again (every 0.1 s,
+    a recheck): the next waits DISK_FULL_PAUSE, and once there is room the ops are applied
+    and the catch-up completes."""
+    takeover, replica, membership, clock, _ = setup()
+    replica.oplogs["http://n2"] = old_ops(3)
+    replica.disk_full = True
+    membership.heartbeat_received(heartbeat(2, old_ops(3)[-1].version))
+    takeover.role_changed("leader")
+    write = takeover.writable()
+    assert len(replica.asked) == 1
+
+    pause = round(takeover_module.DISK_FULL_PAUSE / 0.1)
+    for _ in range(pause - 1):  # the peer heartbeats on; each recheck would have pulled again
+        clock.advance(0.1)
+        membership.heartbeat_received(heartbeat(2, old_ops(3)[-1].version))
+    assert len(replica.asked) == 1
+    replica.disk_full = False  # room again
+    for _ in range(3):  # the pause ends, then a recheck
+        clock.advance(0.1)
+        membership.heartbeat_received(heartbeat(2, old_ops(3)[-1].version))
+
+    assert len(replica.asked) == 2 and replica.applied == [("http://n2", old_ops(3))]
+    assert result_of(write) is None
+    assert takeover.status()["phase"] == COMPLETE and not takeover.status()["timed_out"]
 
 
 def test_held_writes_fail_with_not_leader_when_leadership_ends_first() -> None:
