@@ -21,7 +21,7 @@ import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, urlencode
 
 import treq
@@ -96,10 +96,11 @@ class NotHeld(PeerError):
     registry row is not live there: never received, or deleted)."""
 
 
-class Unavailable(PeerError):
-    """The peer answered 503: it cannot serve this now. A replica joining the cluster
-    answers its library's reads so, while our view of it may still say it is ACTIVE (the
-    heartbeat that says otherwise not heard yet)."""
+class Joining(PeerError):
+    """The peer answered 503 ``joining``: it is joining the cluster and serves no library
+    reads until it is done, though our view of it may still say it is ACTIVE (the heartbeat
+    that says otherwise not heard yet). Another 503 (a chunk or song this peer cannot serve
+    now) is a plain PeerError: it says nothing of the peer's other chunks."""
 
 
 class StaleSnapshot(PeerError):
@@ -447,13 +448,20 @@ class PeerClient:
             self._request("GET", f"{base}/songs/{song_id}/stream", headers=headers),
             f"song {song_id} from {base}")
         if response.code == 503:
-            response.deliverBody(_Discard())
-            raise Unavailable(f"song {song_id} from {base}: HTTP 503")
+            await self._refused(response, f"song {song_id} from {base}")
         content_range = response.headers.getRawHeaders(b"content-range", [b""])[0].decode()
         if response.code != 206 or not content_range.startswith(f"bytes {start}-{end}/"):
             response.deliverBody(_Discard())
             raise PeerError(f"song {song_id} from {base}: HTTP {response.code} {content_range}")
         await self._collect(response, write, f"song {song_id} from {base}")
+
+    async def _refused(self, response: IResponse, what: str) -> NoReturn:
+        """Raise for a 503: Joining when its error says the peer is joining, else PeerError
+        (its small JSON body read whole, within the client's timeout)."""
+        data = await self._bounded(treq.content(response), what)
+        answer = _error_body(data) or {}
+        kind = Joining if answer.get("error") == "joining" else PeerError
+        raise kind(f"{what}: HTTP 503 {answer.get('error', '')}".rstrip(), answer)
 
     async def chunk(
         self, base: str, song_id: str, idx: int, offset: int, sha256: str,
@@ -472,8 +480,7 @@ class PeerClient:
             response.deliverBody(_Discard())
             raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
         if response.code == 503:
-            response.deliverBody(_Discard())
-            raise Unavailable(f"chunk {song_id}/{idx} from {base}: HTTP 503")
+            await self._refused(response, f"chunk {song_id}/{idx} from {base}")
         etag = response.headers.getRawHeaders(b"etag", [b""])[0].decode("latin-1")
         expected = 206 if offset else 200
         if response.code != expected or etag != f'"{sha256}"':

@@ -24,14 +24,14 @@ from twisted.logger import Logger
 
 from distpotify.detach import detached
 from distpotify.diskfull import what_is_full
-from distpotify.replication.client import NotHeld, PeerClient, PeerError, Unavailable
+from distpotify.replication.client import Joining, NotHeld, PeerClient, PeerError
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from distpotify.store.metadata import Runner
 
 log = Logger()
 
-# A peer that answered 503 (joining the cluster itself, while our view of it still said
-# ACTIVE) is asked after the others for this long: each chunk asked of it first cost a
+# A peer that answered 503 joining (joining the cluster itself, while our view of it still
+# said ACTIVE) is asked after the others for this long: each chunk asked of it first cost a
 # request and a log line (4,116 of them in a random lab run), until a heartbeat told us.
 UNAVAILABLE_FOR = 2.0
 
@@ -110,7 +110,8 @@ class ChunkFetcher:
         self._chunks = chunks
         self._blocking = blocking
         self._clock = clock
-        # Each peer that answered 503, and until when it is asked last (UNAVAILABLE_FOR).
+        # Each peer that answered 503 joining, and until when it is asked last
+        # (UNAVAILABLE_FOR).
         self._unavailable: dict[str, float] = {}
         self._limit = DeferredSemaphore(concurrency)
         self.counters = FetchCounters()
@@ -119,13 +120,13 @@ class ChunkFetcher:
         self._inflight: dict[tuple[str, int], Deferred[bool]] = {}
 
     def by_readiness(self, sources: Sequence[str]) -> list[str]:
-        """``sources`` in their order, but those that answered 503 in the last
+        """``sources`` in their order, but those that answered 503 joining in the last
         UNAVAILABLE_FOR seconds after the others (still asked, if all the others fail)."""
         now = self._clock.seconds()
         return sorted(sources, key=lambda base: self._unavailable.get(base, now) > now)
 
     def _answered(self, base: str, error: Exception) -> None:
-        if isinstance(error, Unavailable):
+        if isinstance(error, Joining):
             self._unavailable[base] = self._clock.seconds() + UNAVAILABLE_FOR
 
     async def fetch_durably(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
@@ -335,9 +336,12 @@ class ChunkFetcher:
                 raise
             return Fetched.NO_ROOM
         self.counters.bytes += received
-        done: bool = await self._blocking(
-            _finish_part, part, final, ref.size, ref.sha256
-        )
+        try:
+            done: bool = await self._blocking(_finish_part, part, final, ref.size, ref.sha256)
+        except OSError as e:  # its fsync found the disk full (the blocks allocated then)
+            if what_is_full(e) is None:
+                raise
+            return Fetched.NO_ROOM
         if not done:
             self.counters.bad_bytes += 1
             log.warn("chunk {song_id}/{idx} from {base} failed its SHA-256; discarded",

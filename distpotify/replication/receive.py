@@ -338,14 +338,20 @@ class Receiver:
         (every 0.1 s: 368 'could not be stored' lines in 2 s of a random lab run)."""
         outcomes: dict[ChunkRef, Fetched] = {}
         todo = iter(refs)
-        full = False
+        full = failed = False
 
         async def worker() -> None:
-            nonlocal full
+            nonlocal full, failed
             for ref in todo:
+                if failed:
+                    return  # the apply has failed: nothing more is asked for it
                 outcome = Fetched.NO_ROOM
                 if not full:
-                    outcome = await self._fetcher.fetch_outcome(ref, sources)
+                    try:
+                        outcome = await self._fetcher.fetch_outcome(ref, sources)
+                    except BaseException:
+                        failed = True
+                        raise
                     full = outcome is Fetched.NO_ROOM or full
                 outcomes[ref] = outcome
 

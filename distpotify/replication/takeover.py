@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer
+from distpotify.diskfull import what_is_full
 from distpotify.errors import InsufficientStorage
 from distpotify.leadership import Leadership
 from distpotify.model import ZERO, Version
@@ -253,7 +254,7 @@ class Takeover:
         except Exception as e:
             log.info("takeover: pulling from {node_id} failed: {error}", node_id=peer.node_id,
                      error=e)
-            if isinstance(e, InsufficientStorage):
+            if isinstance(e, InsufficientStorage) or what_is_full(e) is not None:
                 await deferLater(self._clock, DISK_FULL_PAUSE, lambda: None)
             return False
         if not ops:

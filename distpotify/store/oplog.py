@@ -133,6 +133,13 @@ class Oplog(Tables):
                         with self._transaction():  # a savepoint inside the outer one
                             outcomes.append(call())
                     except Exception:
+                        if not self._conn.in_transaction:
+                            # SQLite rolled the whole group back (a full disk, an I/O error):
+                            # the writes before this one are gone too, so every write of the
+                            # group fails (below), as when its commit fails. Going on, the
+                            # next write would have begun and committed a transaction of its
+                            # own, and those before been answered as written.
+                            raise
                         self._seq = mark[0]
                         del self._unpublished[mark[1]:]
                         outcomes.append(Failure())

@@ -285,6 +285,12 @@ class Transaction:
         # error that says why (the 507 of a full disk became a 500).
         if not self._conn.in_transaction:
             self._set_pending(None)
+            if kind is None:
+                # Nothing raised, yet the transaction is gone: SQLite rolled it back on an
+                # error someone caught. What it wrote is not there, so it must not pass for
+                # committed (a group's later write would begin and commit one of its own).
+                raise sqlite3.OperationalError("the transaction was rolled back before its"
+                                               " commit")
             return
         if not self._nested:
             try:

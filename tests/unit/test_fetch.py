@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from distpotify.replication.client import NotHeld, PeerError, Unavailable
+from distpotify.replication.client import Joining, NotHeld, PeerError
 from distpotify.replication.fetch import (
     UNAVAILABLE_FOR,
     ChunkFetcher,
@@ -157,8 +158,9 @@ def test_a_source_that_is_no_known_peer_is_never_fetched_from() -> None:
 
 
 class Answering:
-    """Each source answers as told: "404" (NotHeld), "503" (Unavailable: joining), "down"
-    (another PeerError), or the chunk's bytes; records the sources asked, in order."""
+    """Each source answers as told: "404" (NotHeld), "503" (Joining: a replica still
+    joining), "down" (another PeerError), or the chunk's bytes; records the sources asked,
+    in order."""
 
     def __init__(self, answers: dict[str, str], data: bytes = DATA) -> None:
         self.answers = answers
@@ -169,7 +171,7 @@ class Answering:
                     write: Callable[[bytes], None]) -> None:
         self.asked.append(base)
         if self.answers[base] == "503":
-            raise Unavailable(f"chunk {song_id}/{idx} from {base}: HTTP 503")
+            raise Joining(f"chunk {song_id}/{idx} from {base}: HTTP 503 joining")
         if self.answers[base] == "404":
             raise NotHeld(f"chunk {song_id}/{idx} from {base}: HTTP 404")
         if self.answers[base] == "down":
@@ -196,9 +198,9 @@ def test_a_fetch_tells_a_chunk_not_held_from_one_not_reachable(
 
 def test_a_peer_that_answered_503_is_asked_after_the_others_for_a_while(
         tmp_path: Path) -> None:
-    """A peer joining the cluster itself answers 503 while our view of it still says ACTIVE:
-    each chunk asked of it first cost a request and a log line. For UNAVAILABLE_FOR seconds
-    the others are asked first, and it only when they fail; then it is asked first again."""
+    """A peer joining the cluster itself answers 503 joining while our view of it still says
+    ACTIVE: each chunk asked of it first cost a request and a log line. For UNAVAILABLE_FOR
+    seconds the others are asked first, and it only when they fail; then it is first again."""
     peer = Answering({"http://a": "503", "http://b": "bytes", "http://c": "down"})
     clock = Clock()
     fetch = ChunkFetcher(peer, ChunkStore(tmp_path / "chunks"), run_now, clock)  # type: ignore[arg-type]
@@ -225,7 +227,7 @@ class Refusing(Streamer):
     async def stream_range(self, base: str, song_id: str, start: int, end: int,
                            song_sha256: str, write: Callable[[bytes], None]) -> None:
         self.ranges.append((start, end))
-        raise Unavailable(f"song {song_id} from {base}: HTTP 503")
+        raise Joining(f"song {song_id} from {base}: HTTP 503 joining")
 
 
 def test_a_run_answered_503_puts_its_peer_after_the_others(tmp_path: Path) -> None:
@@ -294,6 +296,26 @@ def test_a_chunk_that_finds_the_disk_full_is_no_room_and_asks_no_other_source(
     assert peer.asked == ["http://a"]
     assert not final.exists()
     assert fetch.counters.failed == 1 and fetch.counters.fetched == 0
+
+
+def test_a_chunk_whose_fsync_finds_the_disk_full_is_no_room_and_asks_no_other_source(
+    tmp_path: Path,
+) -> None:
+    """The bytes were written, but the fsync before the rename found no room (the blocks
+    allocated only then): NO_ROOM as when the write failed, not an error out of the fetch
+    that the apply would not take for a full disk."""
+    def blocking(f: Any, *args: Any) -> Deferred[Any]:
+        if f.__name__ == "_finish_part":
+            return fail(OSError(errno.ENOSPC, "No space left on device"))
+        return run_now(f, *args)
+
+    peer = Answering({"http://a": "bytes", "http://b": "bytes"})
+    fetch = ChunkFetcher(peer, ChunkStore(tmp_path / "chunks"), blocking, Clock())  # type: ignore[arg-type]
+
+    d = Deferred.fromCoroutine(fetch.fetch_outcome(REF, ["http://a", "http://b"]))
+
+    assert result_of(d) is Fetched.NO_ROOM
+    assert peer.asked == ["http://a"]
 
 
 def test_a_fetch_with_no_peer_to_ask_fails_at_info_and_names_no_empty_list(

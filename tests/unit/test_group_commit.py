@@ -18,6 +18,7 @@ from distpotify.idempotency import IdempotencyKey
 from distpotify.library import _create_playlist, _keyed
 from distpotify.model import Version
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
+from tests.unit.test_digest import digest_of_rows
 
 IDS = [f"{n}1111111-1111-4111-8111-11111111111{n}" for n in range(8)]
 
@@ -136,6 +137,30 @@ def test_a_write_undone_after_writing_takes_its_versions_back(db: MetadataDB) ->
     assert db.get_row("playlists", IDS[2]) is None
     assert [op.version for op in db.ops_after(Version(0, 0, 0))] == [Version(1, 2, 1)]
     assert db.cached_head() == Version(1, 2, 1)
+
+
+@pytest.mark.parametrize("then", ["raises", "returns"])
+def test_a_group_sqlite_rolled_back_in_one_write_fails_every_write_of_it(
+        db: MetadataDB, then: str) -> None:
+    """On a full disk SQLite may roll the whole transaction back inside one write's savepoint:
+    the writes before it are gone too. Every write of the group fails, as when its commit
+    fails; before, that one write failed alone, the next began and committed a transaction
+    of its own, and the first was answered as written, its row gone."""
+    def rolled_back(db: MetadataDB) -> None:
+        db.write([Change("playlists", IDS[1], {"name": "b", "deleted": 0})])
+        db._conn.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL
+        if then == "raises":
+            raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(sqlite3.OperationalError):
+        db.write_together([lambda: playlist(db, IDS[0], "a"), lambda: rolled_back(db),
+                           lambda: playlist(db, IDS[2], "c")])
+
+    assert db.playlists() == [] and not db._conn.in_transaction
+    assert db.ops_after(Version(0, 0, 0)) == [] and db.cached_head() == Version(0, 0, 0)
+    assert db.write([Change("playlists", IDS[3], {"name": "next", "deleted": 0})]
+                    )[0].version == Version(1, 2, 1)
+    assert db.digest() == digest_of_rows(db)
 
 
 class FailingCommit:

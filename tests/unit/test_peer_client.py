@@ -31,12 +31,12 @@ from zope.interface import implementer
 from distpotify.leanclient import LeanPool
 from distpotify.model import ZERO
 from distpotify.replication.client import (
+    Joining,
     NotHeld,
     PeerClient,
     PeerEndpoints,
     PeerError,
     PeerTimeout,
-    Unavailable,
     _IdleCollector,
     make_agent,
 )
@@ -105,20 +105,28 @@ def test_a_write_that_fails_stops_the_download() -> None:
 class Answers(Resource):
     isLeaf = True
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, body: bytes = b"{}") -> None:
         super().__init__()
         self.code = code
+        self.body = body
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(self.code)
-        return b"{}"
+        return self.body
 
 
-@pytest.mark.parametrize(("code", "kind"), [(404, NotHeld), (503, Unavailable),
-                                            (500, PeerError)])
-def test_a_chunk_answered_404_is_not_held_there_and_503_unavailable(
-        code: int, kind: type[PeerError]) -> None:
-    stub = RequestTraversalAgent(Answers(code))
+JOINING = b'{"error":"joining","message":"this replica is still joining the cluster"}'
+UNSERVABLE = b'{"error":"unavailable","message":"chunk 0 of song s cannot be served here"}'
+
+
+@pytest.mark.parametrize(("code", "body", "kind"), [
+    (404, b"{}", NotHeld), (503, JOINING, Joining), (503, UNSERVABLE, PeerError),
+    (503, b"<html>", PeerError), (500, b"{}", PeerError)])
+def test_a_chunk_answered_404_is_not_held_there_and_503_joining_is_a_joining_peer(
+        code: int, body: bytes, kind: type[PeerError]) -> None:
+    """Only a 503 that says the peer is joining is Joining (the fetcher asks that peer
+    last for a while); one that says a chunk cannot be served there is about that chunk."""
+    stub = RequestTraversalAgent(Answers(code, body))
     client = PeerClient(stub, Clock(), CLUSTER_KEYS)
     d = Deferred.fromCoroutine(client.chunk("http://peer", "s", 0, 0, "ab" * 32, lambda _: None))
     stub.flush()
@@ -128,9 +136,11 @@ def test_a_chunk_answered_404_is_not_held_there_and_503_unavailable(
     assert type(raised.value) is kind
 
 
-@pytest.mark.parametrize(("code", "kind"), [(503, Unavailable), (200, PeerError)])
-def test_a_ranged_stream_answered_503_is_unavailable(code: int, kind: type[PeerError]) -> None:
-    stub = RequestTraversalAgent(Answers(code))
+@pytest.mark.parametrize(("code", "body", "kind"), [
+    (503, JOINING, Joining), (503, UNSERVABLE, PeerError), (200, b"{}", PeerError)])
+def test_a_ranged_stream_answered_503_joining_is_a_joining_peer(
+        code: int, body: bytes, kind: type[PeerError]) -> None:
+    stub = RequestTraversalAgent(Answers(code, body))
     client = PeerClient(stub, Clock(), CLUSTER_KEYS)
     d = Deferred.fromCoroutine(client.stream_range("http://peer", "s", 0, 9, "ab" * 32,
                                                    lambda _: None))

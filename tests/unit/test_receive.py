@@ -379,15 +379,20 @@ class HeldFetches:
         return self.pending[-1]
 
 
-def test_an_apply_keeps_eight_chunk_downloads_going_and_starts_none_once_the_disk_is_full(
-    tmp_path: Path,
-) -> None:
+def held_fetches(tmp_path: Path) -> tuple[Receiver, HeldFetches, list[ChunkRef]]:
+    """A Receiver whose chunk downloads wait for the test, and 20 chunks to fetch."""
     replica = InMemoryReplica(tmp_path)
     fetches = HeldFetches()
     receiver = Receiver(replica.library.store, replica.chunks, fetches,  # type: ignore[arg-type]
                         PeerClient(Unreachable(), replica.clock, replica.keys), run_now,
                         lambda: [LEADER])
-    refs = [ChunkRef(SONG, n, 4, "ab" * 32) for n in range(20)]
+    return receiver, fetches, [ChunkRef(SONG, n, 4, "ab" * 32) for n in range(20)]
+
+
+def test_an_apply_keeps_eight_chunk_downloads_going_and_starts_none_once_the_disk_is_full(
+    tmp_path: Path,
+) -> None:
+    receiver, fetches, refs = held_fetches(tmp_path)
 
     d = Deferred.fromCoroutine(receiver._fetch_each(refs, [LEADER]))
     assert fetches.asked == refs[:FETCH_WORKERS]
@@ -402,6 +407,21 @@ def test_an_apply_keeps_eight_chunk_downloads_going_and_starts_none_once_the_dis
     assert [outcomes[ref] for ref in refs] == (
         [Fetched.DONE, Fetched.NO_ROOM] + [Fetched.DONE] * (FETCH_WORKERS - 1)
         + [Fetched.NO_ROOM] * (20 - FETCH_WORKERS - 1))
+
+
+def test_an_apply_whose_chunk_fetch_fails_asks_for_no_other_chunk(tmp_path: Path) -> None:
+    """The apply fails at the first error; its workers still in flight end, and none asks for
+    another chunk for an apply that has already answered."""
+    receiver, fetches, refs = held_fetches(tmp_path)
+
+    d = Deferred.fromCoroutine(receiver._fetch_each(refs, [LEADER]))
+    fetches.pending[0].errback(OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(OSError, match="Input/output error"):
+        result_of(d)
+    for held in fetches.pending[1:]:
+        held.callback(Fetched.DONE)
+
+    assert fetches.asked == refs[:FETCH_WORKERS]
 
 
 def test_settle_merges_the_sources_current_rows_of_chunks_and_their_songs(

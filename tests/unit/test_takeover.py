@@ -18,6 +18,7 @@ from distpotify.replication import takeover as takeover_module
 from distpotify.replication.client import BelowFloor
 from distpotify.replication.takeover import CATCHING_UP, COMPLETE, IDLE, Takeover
 from tests.helpers.api import result_of
+from tests.helpers.sqlite import full_database
 
 TIMEOUT = 2.0
 
@@ -44,7 +45,7 @@ class Replica:
         self.floors: dict[str, Version] = {}  # peers' oplog floors (compacted below)
         self.leading = True
         self.epoch = 5
-        self.disk_full = False  # apply_ops refuses every batch as a full disk
+        self.disk_full: Exception | None = None  # apply_ops refuses every batch with it
 
     # the client
     def ops_after(self, base: str, after: Version, limit: int) -> Deferred[tuple[list[Op],
@@ -61,9 +62,8 @@ class Replica:
 
     # the receiver
     async def apply_ops(self, ops: Sequence[Op], source: str | None) -> Version:
-        if self.disk_full:
-            raise InsufficientStorage("the disk is full: 3 of 3 chunks could not be fetched"
-                                      " and stored; nothing applied")
+        if self.disk_full is not None:
+            raise self.disk_full
         self.applied.append((source, list(ops)))
         self.head = max([self.head, *(o.version for o in ops)])
         return self.head
@@ -183,13 +183,19 @@ def test_past_the_catch_up_timeout_writes_go_through_anyway() -> None:
     assert [peer.node_id for peer in completed[0]] == [2]
 
 
-def test_a_pull_this_replica_had_no_room_to_apply_is_tried_again_after_a_pause() -> None:
+@pytest.mark.parametrize("full", [
+    InsufficientStorage("the disk is full: 3 of 3 chunks could not be fetched and stored;"
+                        " nothing applied"),
+    full_database(),
+], ids=["the chunks", "the database"])
+def test_a_pull_this_replica_had_no_room_to_apply_is_tried_again_after_a_pause(
+        full: Exception) -> None:
     """Each pull of a catch-up on a full disk fetched the batch's chunks again (every 0.1 s,
     a recheck): the next waits DISK_FULL_PAUSE, and once there is room the ops are applied
     and the catch-up completes."""
     takeover, replica, membership, clock, _ = setup()
     replica.oplogs["http://n2"] = old_ops(3)
-    replica.disk_full = True
+    replica.disk_full = full
     membership.heartbeat_received(heartbeat(2, old_ops(3)[-1].version))
     takeover.role_changed("leader")
     write = takeover.writable()
@@ -200,7 +206,7 @@ def test_a_pull_this_replica_had_no_room_to_apply_is_tried_again_after_a_pause()
         clock.advance(0.1)
         membership.heartbeat_received(heartbeat(2, old_ops(3)[-1].version))
     assert len(replica.asked) == 1
-    replica.disk_full = False  # room again
+    replica.disk_full = None  # room again
     for _ in range(3):  # the pause ends, then a recheck
         clock.advance(0.1)
         membership.heartbeat_received(heartbeat(2, old_ops(3)[-1].version))
