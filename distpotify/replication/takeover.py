@@ -74,7 +74,8 @@ class Takeover:
     ``role_changed`` (from the election) starts one: IDLE -> CATCHING_UP when this replica
     leads, back to IDLE when it stops. While CATCHING_UP it waits until no live ACTIVE
     peer still claims leadership (the old leader has heard our Coordinator, so what it
-    holds is final) and, meanwhile and after, pulls ``GET /sync/ops?after=<our head>`` from
+    holds is final) or was last heard from before the epoch we claimed ours above, and,
+    meanwhile and after, pulls ``GET /sync/ops?after=<our head>`` from
     the live ACTIVE peer with the highest head, as long as some peer's head is above ours;
     then COMPLETE. A peer whose oplog floor is above our head (409 ``below_floor``: the ops
     between are compacted away there) is not pulled from again until our head reaches that
@@ -227,6 +228,12 @@ class Takeover:
             claiming = [p for p in peers if p.role == LEADER]
             if claiming:
                 self._old_leader = claiming[0]
+            # Heard last from before the highest epoch we knew when we claimed ours (ours
+            # minus one): such a peer may have led that epoch since. A replica resumed after
+            # SIGSTOP reads the heartbeats queued while it was paused; the old leader's may
+            # be a follower's from before it led. It is heard again as soon as our
+            # Coordinator reaches it (a role change is announced at once).
+            stale = [p for p in peers if p.epoch < self._leadership.epoch - 1]
             mine = self._head()
             ahead = max((p for p in peers if p.head > mine
                          and self._nothing_from.get(p.node_id) != p.head
@@ -234,7 +241,7 @@ class Takeover:
                         key=lambda p: p.head, default=None)
             if ahead is not None and await self._pull(ahead, mine):
                 continue
-            if not claiming and ahead is None:
+            if not claiming and not stale and ahead is None:
                 return
             await deferLater(self._clock, self._recheck, lambda: None)
 

@@ -152,6 +152,42 @@ def test_writes_wait_while_the_old_leader_still_claims_and_then_see_its_last_wri
     assert [peer.node_id for peer in completed[0]] == [2]
 
 
+def test_a_peer_heard_last_before_the_epoch_ahead_of_ours_is_waited_for_as_if_it_led() -> None:
+    """Ours is epoch 5, claimed above 4, which node 2 led. Node 2 was last heard as a
+    follower of epoch 3, from before it led (heartbeats queued while this replica was
+    paused): what it wrote meanwhile is pulled before our first write."""
+    takeover, replica, membership, clock, completed = setup()
+    tail = old_ops(20)
+    replica.oplogs["http://n1"] = tail[:12]
+    replica.oplogs["http://n2"] = tail
+    membership.heartbeat_received(heartbeat(1, tail[11].version, epoch=4))
+    membership.heartbeat_received(heartbeat(2, Version(3, 3, 7), epoch=3))
+
+    takeover.role_changed("leader")
+    write = takeover.writable()
+    clock.advance(0.5)
+    assert replica.applied == [("http://n1", tail[:12])]
+    assert takeover.phase == CATCHING_UP and not write.called
+
+    # Node 2 hears our Coordinator and says so at once: a follower of ours, head 20.
+    membership.heartbeat_received(heartbeat(2, tail[-1].version, epoch=5))
+    clock.advance(0.1)
+
+    assert takeover.phase == COMPLETE and result_of(write) is None
+    assert replica.applied[1:] == [("http://n2", tail[12:])]
+    assert takeover.status()["sources"] == [1, 2]
+    assert [peer.node_id for peer in completed[0]] == [2]
+
+
+def test_a_follower_of_the_epoch_before_ours_holds_nothing() -> None:
+    takeover, replica, membership, _, _ = setup()
+    membership.heartbeat_received(heartbeat(1, Version(3, 3, 7), epoch=4))
+
+    takeover.role_changed("leader")
+
+    assert takeover.phase == COMPLETE and replica.asked == []
+
+
 def test_a_long_tail_is_pulled_batch_after_batch() -> None:
     takeover, replica, membership, _, _ = setup()
     tail = old_ops(2500)
