@@ -33,7 +33,7 @@ log = Logger()
 # A peer that answered 503 joining (joining the cluster itself, while our view of it still
 # said ACTIVE) is asked after the others for this long: each chunk asked of it first cost a
 # request and a log line (4,116 of them in a random lab run), until a heartbeat told us.
-UNAVAILABLE_FOR = 2.0
+JOINING_FOR = 2.0
 
 
 @attrs.frozen
@@ -110,9 +110,8 @@ class ChunkFetcher:
         self._chunks = chunks
         self._blocking = blocking
         self._clock = clock
-        # Each peer that answered 503 joining, and until when it is asked last
-        # (UNAVAILABLE_FOR).
-        self._unavailable: dict[str, float] = {}
+        # Each peer that answered 503 joining, and until when it is asked last (JOINING_FOR).
+        self._joining_until: dict[str, float] = {}
         self._limit = DeferredSemaphore(concurrency)
         self.counters = FetchCounters()
         # One writer per part file: a chunk asked for again while it downloads (a join and a
@@ -121,13 +120,13 @@ class ChunkFetcher:
 
     def by_readiness(self, sources: Sequence[str]) -> list[str]:
         """``sources`` in their order, but those that answered 503 joining in the last
-        UNAVAILABLE_FOR seconds after the others (still asked, if all the others fail)."""
+        JOINING_FOR seconds after the others (still asked, if all the others fail)."""
         now = self._clock.seconds()
-        return sorted(sources, key=lambda base: self._unavailable.get(base, now) > now)
+        return sorted(sources, key=lambda base: self._joining_until.get(base, now) > now)
 
     def _answered(self, base: str, error: Exception) -> None:
         if isinstance(error, Joining):
-            self._unavailable[base] = self._clock.seconds() + UNAVAILABLE_FOR
+            self._joining_until[base] = self._clock.seconds() + JOINING_FOR
 
     async def fetch_durably(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """fetch, then make the chunk directory durable (one chunk: read repair)."""

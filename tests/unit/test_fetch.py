@@ -15,7 +15,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from distpotify.replication.client import Joining, NotHeld, PeerError
 from distpotify.replication.fetch import (
-    UNAVAILABLE_FOR,
+    JOINING_FOR,
     ChunkFetcher,
     ChunkRef,
     Fetched,
@@ -199,7 +199,7 @@ def test_a_fetch_tells_a_chunk_not_held_from_one_not_reachable(
 def test_a_peer_that_answered_503_is_asked_after_the_others_for_a_while(
         tmp_path: Path) -> None:
     """A peer joining the cluster itself answers 503 joining while our view of it still says
-    ACTIVE: each chunk asked of it first cost a request and a log line. For UNAVAILABLE_FOR
+    ACTIVE: each chunk asked of it first cost a request and a log line. For JOINING_FOR
     seconds the others are asked first, and it only when they fail; then it is first again."""
     peer = Answering({"http://a": "503", "http://b": "bytes", "http://c": "down"})
     clock = Clock()
@@ -211,13 +211,13 @@ def test_a_peer_that_answered_503_is_asked_after_the_others_for_a_while(
         return result_of(Deferred.fromCoroutine(fetch.fetch_outcome(ref, sources))), peer.asked
 
     assert fetched(refs[0], ["http://a", "http://b"]) == (Fetched.DONE, ["http://a", "http://b"])
-    clock.advance(UNAVAILABLE_FOR - 0.1)
+    clock.advance(JOINING_FOR - 0.1)
     assert fetched(refs[1], ["http://a", "http://b"]) == (Fetched.DONE, ["http://b"])
     assert fetched(refs[2], ["http://a", "http://c"]) == (Fetched.FAILED,
                                                            ["http://c", "http://a"])
     assert fetch.by_readiness(["http://a", "http://c", "http://b"]) == [
         "http://c", "http://b", "http://a"]
-    clock.advance(UNAVAILABLE_FOR)
+    clock.advance(JOINING_FOR)
     assert fetched(refs[3], ["http://a", "http://b"]) == (Fetched.DONE, ["http://a", "http://b"])
 
 
@@ -238,7 +238,7 @@ def test_a_run_answered_503_puts_its_peer_after_the_others(tmp_path: Path) -> No
 
     assert done == []
     assert fetch.by_readiness(["http://a", "http://b"]) == ["http://b", "http://a"]
-    clock.advance(UNAVAILABLE_FOR)
+    clock.advance(JOINING_FOR)
     assert fetch.by_readiness(["http://a", "http://b"]) == ["http://a", "http://b"]
 
 
