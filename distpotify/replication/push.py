@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent
+from distpotify.cluster.membership import Membership, Peer, PeerDown, PeerEvent, PeerUp
 from distpotify.diskfull import log_failure
 from distpotify.failpoints import NONE, Failpoints
 from distpotify.model import ZERO, Op, Version
@@ -118,6 +118,18 @@ class FollowerLink:
             self._keeping.cancel()
         self._keeping = None
 
+    def rewind(self, head: Version) -> None:
+        """The follower is heard again, announcing ``head``: below our cursor, it came back
+        with less than it acknowledged (its data directory lost or restored from a backup,
+        then founded or rejoined alone), and pushing on from the cursor would leave out
+        every op between, for anti-entropy to find much later. It goes on from its head."""
+        if self.cursor is None or head >= self.cursor:
+            return
+        log.warn("follower {node_id} is back at head {head}, below the {cursor} it"
+                 " acknowledged: pushing from its head", node_id=self.node_id,
+                 head=head.encode(), cursor=self.cursor.encode())
+        self.cursor = head
+
     def _keep_cursor(self) -> None:
         """Make the cursor durable, at most once every CURSOR_EVERY seconds: one committed
         (fsynced) transaction per follower per batch was two of every write's three commits
@@ -164,6 +176,7 @@ class FollowerLink:
                     continue
                 if self.pending_since is None:
                     self.pending_since = pusher.clock.seconds()
+                sent_from = self.cursor
                 try:
                     await pusher.client.push_ops(peer.http, pusher.source, ops,
                                                  batch[1][:len(ops)])
@@ -179,9 +192,12 @@ class FollowerLink:
                 self.last_ack = pusher.clock.seconds()
                 # The batch is applied: the cursor moves to its last op. Not to the head the
                 # follower answers, which rows from anti-entropy or another leader can put
-                # past ops of ours it has never seen.
-                self.cursor = ops[-1].version
-                self._keep_cursor()
+                # past ops of ours it has never seen. Unless the cursor was moved while the
+                # batch was on its way (rewound, or forgotten): the ops before it are not
+                # known to be there.
+                if self.cursor == sent_from:
+                    self.cursor = ops[-1].version
+                    self._keep_cursor()
         finally:
             self.running = False
 
@@ -224,8 +240,9 @@ class Pusher:
     """The leader's push to its followers: one FollowerLink per follower, woken by writes.
 
     ``wake()`` runs after every acknowledged write and when this replica becomes leader; a
-    peer that comes up or changes state wakes the links too, and one that goes down stops
-    its link's retries. Nothing is sent unless ``leading()``; after a change of leader,
+    peer that comes up or changes state wakes the links too (one heard again below its
+    cursor is pushed from the head it announces: FollowerLink.rewind), and one that goes
+    down stops its link's retries. Nothing is sent unless ``leading()``; after a change of leader,
     ``forget_cursors()`` makes each link start again from its durable cursor. Every batch a
     follower applied is reported to ``on_ack`` (semi-synchronous acknowledgement waits on
     it). The purger reads the links' cursors to know what every follower has acknowledged,
@@ -325,11 +342,14 @@ class Pusher:
         return self.links[node_id]
 
     def _peer_event(self, event: PeerEvent) -> None:
+        link = self.links.get(event.peer.node_id)
         if isinstance(event, PeerDown):
-            if event.peer.node_id in self.links:
-                self.links[event.peer.node_id].stop()
-        else:
-            self.wake()
+            if link is not None:
+                link.stop()
+            return
+        if isinstance(event, PeerUp) and link is not None:
+            link.rewind(event.peer.head)
+        self.wake()
 
     def cursors(self) -> list[Version]:
         """The followers' known cursors: ``status`` shows the ops past each."""

@@ -379,3 +379,70 @@ def test_a_resync_whose_cursor_cannot_be_forgotten_for_a_full_disk_goes_on(
     link = pusher.links[1]
     assert link.resyncs == 1 and link.cursor is None and link._retry is not None
     assert one_full_disk_warning(logged, "forgotten")
+
+
+def test_a_follower_back_below_its_cursor_is_pushed_from_its_head(db: MetadataDB) -> None:
+    """Found by the random lab run: a follower whose data directory was lost came back (it
+    founded a cluster alone, then met ours) announcing a head below the cursor the leader
+    kept for it. Pushing on from that cursor left out every op between, for anti-entropy
+    to find minutes later."""
+    pusher, client, membership, clock = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    first = write(db, 3)
+    pusher.wake()
+    assert pusher.links[1].cursor == first[-1].version
+    clock.advance(1.0)  # silent: DOWN
+    more = write(db, 2)
+    client.batches.clear()
+
+    with capturedLogs() as events:
+        membership.heartbeat_received(heartbeat(1, head=first[0].version))
+
+    assert [op for _, b in client.batches for op in b] == first[1:] + more
+    assert pusher.links[1].cursor == more[-1].version
+    assert any("is back at head" in formatEvent(e) and e["log_level"] == LogLevel.warn
+               for e in events)
+
+
+def test_a_cursor_rewound_while_a_batch_is_on_its_way_stays_rewound(db: MetadataDB) -> None:
+    """The acknowledgement of a batch sent before the follower came back lower must not
+    move the cursor past the ops it lacks."""
+    pusher, client, membership, _ = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    first = write(db, 3)
+    pusher.wake()
+    answers: list[Deferred[Version]] = []
+    sent: list[list[Op]] = []
+
+    def push_ops(base: str, source: str, ops: Sequence[Op], texts: Any = None
+                 ) -> Deferred[Version]:
+        sent.append(list(ops))
+        answers.append(Deferred())
+        return answers[-1]
+
+    client.push_ops = push_ops  # type: ignore[method-assign]
+    more = write(db, 2)
+    pusher.wake()  # the batch of ``more`` is on its way
+    assert sent == [more]
+
+    pusher.links[1].rewind(first[0].version)
+    answers[0].callback(more[-1].version)
+
+    # Acknowledged, the batch does not move the cursor past the ops the follower lacks:
+    # the next batch starts from the head it came back with.
+    assert sent[1:] == [first[1:] + more]
+    assert pusher.links[1].cursor == first[0].version
+
+
+def test_a_follower_heard_again_at_or_past_its_cursor_keeps_it(db: MetadataDB) -> None:
+    pusher, client, membership, clock = setup(db)
+    membership.heartbeat_received(heartbeat(1))
+    first = write(db, 3)
+    pusher.wake()
+    clock.advance(1.0)  # DOWN
+    client.batches.clear()
+
+    membership.heartbeat_received(heartbeat(1, head=first[-1].version))
+
+    assert client.batches == []
+    assert pusher.links[1].cursor == first[-1].version
