@@ -78,6 +78,9 @@ class ReplicaConfig:
     cluster: str = "distpotify"
     heartbeat: str = "multicast"
     peers: tuple[tuple[str, int], ...] = ()
+    # Replicas in the cluster: an empty replica founds a new cluster only once it hears a
+    # majority of them, none with data (replication/bootstrap.py plan). 1: it founds alone.
+    cluster_size: int = 1
     multicast_group: str = "239.255.77.77"
     multicast_port: int = 7946
     multicast_interface: str = "127.0.0.1"
@@ -149,6 +152,8 @@ class ReplicaConfig:
                 f"--chunk-size must be between 4 KiB and 64 MiB, got {self.chunk_size}"
             )
         check_positive("max-upload", self.max_upload)
+        if not 1 <= self.cluster_size <= 999:
+            raise ConfigError(f"--cluster-size must be 1-999, got {self.cluster_size}")
         if not 0 <= self.sync_replicas <= 99:
             raise ConfigError(f"--sync-replicas must be 0-99, got {self.sync_replicas}")
         for name in (

@@ -54,6 +54,9 @@ OPTIONS: OptionList = [
     ("http-port", "8000", "HTTP port of the music API and /sync", int),
     ("amp-port", "9000", "AMP port of the Bully election", int),
     ("cluster", "distpotify", "cluster name; heartbeats of other clusters are ignored", str),
+    ("cluster-size", "1", "replicas in the cluster (set it to their number): an empty replica"
+     " founds a new cluster only once it hears a majority of them, itself included, and"
+     " none holds data", int),
     ("heartbeat", "multicast", "heartbeat transport: multicast or unicast", str),
     ("peers", "", "unicast heartbeat peers, HOST:UDPPORT,...", parse_peers),
     ("multicast-group", "239.255.77.77", "heartbeat multicast group", str),

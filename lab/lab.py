@@ -243,7 +243,8 @@ class Lab:
         command = ReplicaCommand(
             node_id=replica.node_id, data_dir=replica.data_dir, host="0.0.0.0",
             advertise_host=replica.host.address, http_port=HTTP_PORT, amp_port=AMP_PORT,
-            cluster=self.prefix, multicast_interface=replica.host.address, multicast_ttl=1,
+            cluster=self.prefix, cluster_size=self.node_count,
+            multicast_interface=replica.host.address, multicast_ttl=1,
             cluster_key_file=self.key_file,
             extra=(*(("--auth", "on") if self.auth else auth_off_unless_given(self.replica_args)),
                    *self.replica_args),

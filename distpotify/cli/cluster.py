@@ -75,7 +75,8 @@ class Layout:
             node_id=node_id, data_dir=self.data / f"node{node_id}", host=HOST,
             advertise_host=HOST, http_port=self.http_ports[index],
             amp_port=self.amp_ports[index], cluster=self.cluster,
-            multicast_port=self.multicast_port, multicast_interface=HOST, multicast_ttl=0,
+            cluster_size=len(self.http_ports), multicast_port=self.multicast_port,
+            multicast_interface=HOST, multicast_ttl=0,
             cluster_key_file=self.key_file, extra=self.auth_flag,
         ).argv(logfile=self.replica_log(index))
 

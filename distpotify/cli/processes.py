@@ -96,6 +96,7 @@ class ReplicaCommand:
     http_port: int
     amp_port: int
     cluster: str | None = None
+    cluster_size: int | None = None
     multicast_port: int | None = None
     multicast_interface: str | None = None
     multicast_ttl: int | None = None

@@ -1,7 +1,8 @@
 """How a replica comes to hold what the cluster holds: founding, rejoining, or joining.
 
 At start-up every replica is JOINING. After one failure timeout of listening, ``plan`` picks:
-FOUND (nobody ACTIVE has data: this replica starts or restarts the cluster), REJOIN (it has
+FOUND (nobody ACTIVE has data: this replica starts or restarts the cluster; an empty one
+only once it hears a majority of --cluster-size, else WAIT), REJOIN (it has
 data: it catches up by push and anti-entropy), or JOIN, the protocol of docs/architecture.md 5.2,
 driven by Joiner through ANNOUNCING -> SNAPSHOT -> CHUNKS -> DONE, each phase persisted in
 node_meta so a restart resumes where it stopped. JoinDesk is the leader's side.
@@ -43,7 +44,7 @@ ANNOUNCING, SNAPSHOT, CHUNKS, DONE = "ANNOUNCING", "SNAPSHOT", "CHUNKS", "DONE"
 CATCHING_UP = "CATCHING_UP"
 # The join protocol's transitions: each phase, when it succeeds, leads to the next.
 NEXT_PHASE = {ANNOUNCING: SNAPSHOT, SNAPSHOT: CHUNKS, CHUNKS: DONE}
-FOUND, REJOIN, JOIN = "found", "rejoin", "join"
+FOUND, REJOIN, JOIN, WAIT = "found", "rejoin", "join", "wait"
 SNAPSHOT_PATH = "/sync/snapshot"
 RETRY = 0.5
 # A full disk waits for its operator: the join looks again this often, where every try of
@@ -57,19 +58,31 @@ class SnapshotError(Exception):
 
 
 def plan(
-    join_state: str | None, head: Version, peers: Sequence[Peer], away_too_long: bool = False
+    join_state: str | None, head: Version, peers: Sequence[Peer], away_too_long: bool = False,
+    cluster_size: int = 1,
 ) -> str:
-    """Found, rejoin or join, from what this replica holds and which peers it hears.
+    """Found, rejoin or join, from what this replica holds and which peers it hears; or wait.
 
     Nobody ACTIVE with data to copy: found (or refound) the cluster. An interrupted join goes
     on. An empty replica joins; one with data rejoins, unless it was away longer than the
     tombstone TTL, when merging could bring deleted data back: it joins by snapshot.
+
+    An empty replica founds only once it hears a majority of the ``cluster_size`` replicas,
+    itself included. Hearing fewer, it cannot tell a new cluster from one it is cut off from:
+    one whose disk was lost, restarted in a partition, founded an empty cluster there, led
+    it, and answered the clients the proxy sent it 404 for the whole library (found by the
+    random lab run). It waits (WAIT): not electable, and planning again as peers are heard.
     """
-    active = [p for p in peers if p.up and p.state == ACTIVE]
+    live = [p for p in peers if p.up]
+    active = [p for p in live if p.state == ACTIVE]
     if join_state in (SNAPSHOT, CHUNKS):
         return JOIN
     if head == ZERO or away_too_long:
-        return JOIN if any(p.head > ZERO for p in active) else FOUND
+        if any(p.head > ZERO for p in active):
+            return JOIN
+        if head == ZERO and len(live) + 1 <= cluster_size // 2:
+            return WAIT
+        return FOUND
     return REJOIN if active else FOUND
 
 

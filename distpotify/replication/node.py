@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from distpotify.cluster.bully import Join
@@ -32,6 +33,7 @@ from distpotify.replication.bootstrap import (
     JOIN,
     REJOIN,
     SNAPSHOT,
+    WAIT,
     CatchUp,
     JoinDesk,
     Joiner,
@@ -218,7 +220,23 @@ class ReplicationNode(service.MultiService):
         since = max((float(t) for t in times if t is not None), default=None)
         head = await store.run(MetadataDB.head)
         away = since is not None and self._reactor.seconds() - since > config.tombstone_ttl
-        decision = plan(join_state, head, cluster.membership.live_peers(), away)
+
+        def decide() -> str:
+            return plan(join_state, head, cluster.membership.live_peers(), away,
+                        config.cluster_size)
+
+        decision = decide()
+        if decision == WAIT:
+            log.warn("replica {node_id} is empty and hears {heard} of the {size} replicas of"
+                     " --cluster-size: it founds no cluster until it hears a majority of them,"
+                     " and joins one that holds data as soon as it hears it",
+                     node_id=config.node_id, heard=len(cluster.membership.live_peers()) + 1,
+                     size=config.cluster_size)
+            self.progress.waiting_for = "peers"
+            while decision == WAIT:
+                await deferLater(self._reactor, config.heartbeat_interval, lambda: None)
+                decision = decide()
+            self.progress.waiting_for = None
         log.info("replica {node_id} at head {head} will {decision} the cluster",
                  node_id=config.node_id, head=head.encode(), decision=decision)
         if decision == JOIN:

@@ -4,6 +4,8 @@ the code path's owner fixes it: a fix makes the test pass, and the mark must the
 
 from __future__ import annotations
 
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -125,3 +127,54 @@ def test_a_lone_leader_that_pulls_newer_rows_leads_on_above_them(
     for node in (two, one):
         wait_until(lambda node=node: album(node, song) == "two", timeout=30,
                    what=f"the edit on node {node.node_id}")
+
+
+def test_a_replica_whose_disk_was_lost_founds_nothing_cut_off_and_joins_the_others(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    """Random run of seed 7373 (four replicas): node 3's data directory was lost, and it
+    restarted cut off from the other replicas. Hearing nobody, it founded a cluster of its
+    own, led it, answered 404 for the whole library to the clients the proxy sent it, and
+    took writes; once the partition healed, the leader pushed to it from the cursor it had
+    acknowledged before, and the rest of the library reached it only by anti-entropy,
+    minutes later. With --cluster-size 3 an empty replica founds nothing until it hears a
+    majority of three, and joins the cluster that holds data as soon as it hears it."""
+    cluster = Cluster(tmp_path, replicas, "--cluster-size", "3")
+    nodes = [cluster.add(node_id) for node_id in (1, 2, 3)]
+    leader = cluster.leader()
+    created = send_json(leader.http_port, "POST", "/playlists", {"name": "kept"})
+    assert created.status == 201
+    playlist = created.json()["playlist"]["id"]
+    lost = next(node for node in nodes if node is not leader)
+    wait_until(lambda: lost.get(f"/playlists/{playlist}").status == 200, timeout=20)
+    lost.kill()
+    shutil.rmtree(lost.data_dir)
+    others = [node for node in nodes if node is not lost]
+    for node in others:  # cut off: the lost replica hears nobody
+        node.signal(signal.SIGSTOP)
+    before = len(lost.log_path.read_bytes())
+    try:
+        lost.start(wait=False)
+        wait_until(lambda: b"it founds no cluster until it hears a majority"
+                   in lost.log_path.read_bytes()[before:],
+                   timeout=STARTUP, what="the lost replica to wait for the others")
+        # Three heartbeat intervals' worth of planning again: still waiting, no leader, and
+        # nothing served or taken.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            status = lost.status()
+            assert status is not None
+            assert (status["state"], status["role"]) == ("JOINING", "follower"), status
+            assert status["sync"]["waiting_for"] == "peers"
+            time.sleep(0.1)
+        assert lost.get(f"/playlists/{playlist}").status == 503
+        refused = send_json(lost.http_port, "POST", "/playlists", {"name": "alone"})
+        assert refused.status in (421, 503), refused.body
+    finally:
+        for node in others:
+            node.signal(signal.SIGCONT)
+
+    lost.wait_ready()
+    assert lost.get(f"/playlists/{playlist}").status == 200
+    assert b"will join the cluster" in lost.log_path.read_bytes()[before:]
+    names = [p["name"] for p in leader.get("/playlists").json()["playlists"]]
+    assert names == ["kept"]

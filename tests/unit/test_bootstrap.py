@@ -29,6 +29,8 @@ from distpotify.replication.bootstrap import (
     REJOIN,
     RETRY,
     RUN_CHUNKS,
+    SNAPSHOT,
+    WAIT,
     CatchUp,
     ChunkRun,
     JoinDesk,
@@ -52,9 +54,9 @@ HELD = Version(1, 3, 9)
 
 
 def peer(node_id: int, state: str = "ACTIVE", head: Version = HELD,
-         role: str = "follower") -> Peer:
+         role: str = "follower", up: bool = True) -> Peer:
     return Peer(node_id=node_id, role=role, state=state, http=f"http://n{node_id}",
-                amp=f"n{node_id}:9000", epoch=1, head=head, last_seen=0.0, up=True)
+                amp=f"n{node_id}:9000", epoch=1, head=head, last_seen=0.0, up=up)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,34 @@ def peer(node_id: int, state: str = "ACTIVE", head: Version = HELD,
 def test_plan(join_state: str | None, head: Version, peers: list[Peer], away: bool,
               decision: str) -> None:
     assert plan(join_state, head, peers, away) == decision
+
+
+@pytest.mark.parametrize(
+    ("join_state", "head", "peers", "size", "decision"),
+    [
+        # Empty, it founds only once it hears a majority of --cluster-size, itself included.
+        (None, ZERO, [], 3, WAIT),
+        (None, ZERO, [peer(1, head=ZERO)], 3, FOUND),
+        (None, ZERO, [peer(1, "JOINING"), peer(2, "JOINING")], 3, FOUND),
+        (None, ZERO, [peer(1, head=ZERO)], 4, WAIT),
+        (None, ZERO, [peer(1, head=ZERO), peer(2, "JOINING")], 4, FOUND),
+        (None, ZERO, [], 2, WAIT),
+        (None, ZERO, [], 1, FOUND),
+        # A peer heard no more counts for nothing.
+        (None, ZERO, [peer(1, head=ZERO, up=False)], 3, WAIT),
+        # One ACTIVE peer with data is enough to join, whatever the size.
+        (None, ZERO, [peer(1)], 5, JOIN),
+        (DONE, ZERO, [peer(1)], 5, JOIN),
+        # A replica with data, or a join under way, never waits for the others.
+        (DONE, Version(1, 3, 9), [], 3, FOUND),
+        (CHUNKS, Version(1, 3, 9), [], 3, JOIN),
+        (SNAPSHOT, ZERO, [], 3, JOIN),
+    ],
+)
+def test_an_empty_replica_founds_only_once_it_hears_a_majority(
+        join_state: str | None, head: Version, peers: list[Peer], size: int,
+        decision: str) -> None:
+    assert plan(join_state, head, peers, cluster_size=size) == decision
 
 
 def leader_snapshot(tmp_path: Path, chunk_count: int = 1) -> Path:

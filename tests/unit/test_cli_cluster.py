@@ -23,6 +23,14 @@ def test_replicas_keep_their_heartbeats_on_this_machine() -> None:
     assert "--host 127.0.0.1" in joined and "--advertise-host 127.0.0.1" in joined
 
 
+def test_every_replica_knows_how_many_replicas_found_the_cluster() -> None:
+    layout = Layout()
+
+    for index in range(len(layout.http_ports)):
+        assert f"--cluster-size {len(layout.http_ports)}" in " ".join(
+            layout.replica_command(index))
+
+
 def test_every_replica_gets_the_key_under_the_data_dir() -> None:
     layout = Layout(data=Path("/srv/cluster"))
 

@@ -126,6 +126,9 @@ def test_every_option_has_an_environment_variable_in_its_help() -> None:
         (["--node-id", "1", "--failure-timeout", "-1"], {}, "--failure-timeout must be positive"),
         (["--node-id", "1", "--heartbeat-interval", "nan"], {},
          "--heartbeat-interval must be positive, got nan"),
+        (["--node-id", "1", "--cluster-size", "0"], {}, "--cluster-size must be 1-999"),
+        (["--node-id", "1"], {"DISTPOTIFY_CLUSTER_SIZE": "three"},
+         "bad value for DISTPOTIFY_CLUSTER_SIZE"),
         (["--node-id", "1", "--sync-replicas", "-1"], {}, "--sync-replicas must be 0-99"),
         (["--node-id", "1", "--sync-replicas", "one"], {}, "bad value for --sync-replicas"),
         (["--node-id", "1", "--sync-timeout", "0"], {}, "--sync-timeout must be positive"),
@@ -145,6 +148,12 @@ def test_bad_values_are_one_clear_usage_error(args: list[str], env: dict[str, st
                                               message: str) -> None:
     with pytest.raises(usage.UsageError, match=message.replace("-", r"\-")):
         parse(args, env)
+
+
+def test_cluster_size_is_one_unless_given() -> None:
+    assert parse(["--node-id", "1"]).config.cluster_size == 1
+    assert parse(["--node-id", "1"], {"DISTPOTIFY_CLUSTER_SIZE": "3"}).config.cluster_size == 3
+    assert parse(["--node-id", "1", "--cluster-size", "5"]).config.cluster_size == 5
 
 
 def test_sync_replicas_zero_is_asynchronous_replication() -> None:
