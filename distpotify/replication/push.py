@@ -126,8 +126,9 @@ class FollowerLink:
         if self.cursor is None or head >= self.cursor:
             return
         log.warn("follower {node_id} is back at head {head}, below the {cursor} it"
-                 " acknowledged: pushing from its head", node_id=self.node_id,
-                 head=head.encode(), cursor=self.cursor.encode())
+                 " acknowledged: what it lacks is pushed from that head (an empty one joins"
+                 " by snapshot first)", node_id=self.node_id, head=head.encode(),
+                 cursor=self.cursor.encode())
         self.cursor = head
 
     def _keep_cursor(self) -> None:
