@@ -157,8 +157,8 @@ def test_a_replica_whose_disk_was_lost_founds_nothing_cut_off_and_joins_the_othe
         wait_until(lambda: b"it founds no cluster until it hears a majority"
                    in lost.log_path.read_bytes()[before:],
                    timeout=STARTUP, what="the lost replica to wait for the others")
-        # Three heartbeat intervals' worth of planning again: still waiting, no leader, and
-        # nothing served or taken.
+        # Two seconds (twenty heartbeat intervals) of planning again: still waiting, no
+        # leader, and nothing served or taken.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             status = lost.status()
