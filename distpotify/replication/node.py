@@ -276,6 +276,10 @@ class ReplicationNode(service.MultiService):
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
         self._cluster.activate()
+        # The push and the catch-up carry ops above the head this replica synced to; writes
+        # below it that reached the leader late (another leader's, made cut off) are
+        # anti-entropy's, and the peers heard while JOINING got no round: one each now.
+        self.anti_entropy.reconcile(self.peer_urls())
         for observer in self.on_synced:
             observer()
 

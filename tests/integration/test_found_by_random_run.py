@@ -4,6 +4,7 @@ the code path's owner fixes it: a fix makes the test pass, and the mark must the
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import signal
 import time
@@ -178,3 +179,42 @@ def test_a_replica_whose_disk_was_lost_founds_nothing_cut_off_and_joins_the_othe
     assert b"will join the cluster" in lost.log_path.read_bytes()[before:]
     names = [p["name"] for p in leader.get("/playlists").json()["playlists"]]
     assert names == ["kept"]
+
+
+def test_a_replica_back_after_another_leader_wrote_below_its_head_gets_those_writes_at_once(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    """Random run of seed 7373 (four replicas), after the two fixes above: a replica synced
+    (a join, a catch-up) from a leader whose oplog held writes below the head it synced to,
+    writes another leader made cut off that reached this one by anti-entropy later: no push
+    carries them. The replica heard its peers while it was still JOINING (no round for
+    those), and its first round came with its anti-entropy tick: past the lab's 30 s, here
+    an hour away. A replica that has just synced runs a round with each live peer at once."""
+    cluster = Cluster(tmp_path, replicas, "--anti-entropy-interval", "3600")
+    one, two = cluster.add(1), cluster.add(2)
+    three = cluster.add(3, start=False)
+    three.arm("upload.committed")  # dies with the song committed, before any push
+    three.start(wait=False)
+    wait_until(lambda: (cluster.agreed_leader() or {}).get("node_id") == 3, timeout=STARTUP)
+    with pytest.raises((OSError, http.client.HTTPException)):
+        three.post("/songs", make_wav("below", 20_000), "audio/wav")
+    three.wait_crashed()
+    wait_until(lambda: (cluster.agreed_leader([one, two]) or {}).get("node_id") == 2,
+               timeout=STARTUP)
+    later = send_json(two.http_port, "POST", "/playlists", {"name": "later"})
+    assert later.status == 201, later.body
+    playlist = later.json()["playlist"]["id"]
+    wait_until(lambda: one.get(f"/playlists/{playlist}").status == 200, timeout=20)
+    # Node 1 is away while node 3 returns (and leads again): node 2 pulls the song by the
+    # round it runs with a peer heard again; node 3's oplog holds it at its first epoch.
+    one.kill()
+    three.arm()
+    three.start(wait=False)
+    song = wait_until(lambda: two.get("/songs").json()["songs"], timeout=30,
+                      what="node 3's song on node 2")[0]["id"]
+    before = len(one.log_path.read_bytes())
+
+    one.start()
+
+    wait_until(lambda: one.get(f"/songs/{song}").status == 200, timeout=10,
+               what="node 3's song on node 1, back at a head above it")
+    assert b"will rejoin the cluster" in one.log_path.read_bytes()[before:]
