@@ -1,6 +1,6 @@
 """Failures the randomized lab run (``make lab SCENARIO=random``) found, each reduced to its
-smallest reproduction with real processes on 127.0.0.1. Each is marked xfail (strict) until
-the code path's owner fixes it: a fix makes the test pass, and the mark must then go."""
+smallest reproduction with real processes on 127.0.0.1. Each failed on the code before its
+fix (the commit that added it says so), and guards that fix from now on."""
 
 from __future__ import annotations
 
