@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="seconds the replicas get to agree once the faults end")
     run.add_argument("--replica-args", default="",
                      help='extra replica options, e.g. "--anti-entropy-interval 2"')
+    run.add_argument("--auth", action="store_true",
+                     help="replicas and proxy with --auth on (as deployed): the leader makes"
+                          " an admin, and every request of the workload and the checker"
+                          " carries its session")
     commands.add_parser("list", help="list the scenarios")
     commands.add_parser("check", help="say whether the lab can run on this machine")
     commands.add_parser("clean", help="remove labs left behind by killed runs")
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             shaper=args.shaper, entry=args.entry, seed=args.seed,
             replica_args=shlex.split(args.replica_args),
             convergence_timeout=args.convergence_timeout, duration=args.duration,
+            auth=args.auth,
         )
     except KeyboardInterrupt:
         print("interrupted: the lab was removed, no report", file=sys.stderr)

@@ -57,11 +57,14 @@ class _NetnsConnection(http.client.HTTPConnection):
 
 class LabClient:
     """HTTP from inside NETNS to any lab address; one connection per request, so a killed or
-    partitioned server is noticed at once instead of on a stale keep-alive connection."""
+    partitioned server is noticed at once instead of on a stale keep-alive connection.
+    ``credentials`` (an ``Authorization`` header) go with every request that names none."""
 
-    def __init__(self, netns: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, netns: str, timeout: float = DEFAULT_TIMEOUT,
+                 credentials: Mapping[str, str] | None = None) -> None:
         self.netns = netns
         self.timeout = timeout
+        self.credentials = dict(credentials or {})
 
     def request(
         self,
@@ -77,7 +80,8 @@ class LabClient:
         started = time.monotonic()
         connection = _NetnsConnection(self.netns, host, port, timeout or self.timeout)
         try:
-            connection.request(method, path, body=body, headers=dict(headers or {}))
+            connection.request(method, path, body=body,
+                               headers={**self.credentials, **(headers or {})})
             response = connection.getresponse()
             data = response.read()
         except http.client.HTTPException as exc:

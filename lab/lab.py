@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import re
 import secrets
@@ -31,8 +32,9 @@ from typing import Any
 
 import attrs
 
+from distpotify.accounts import FIRST_ADMIN as ADMIN_NAME
 from distpotify.cli import processes
-from distpotify.cli.cluster import ensure_key_file
+from distpotify.cli.cluster import ADMIN_PASSWORD, ensure_key_file
 from distpotify.cli.processes import (
     AUTH_OFF,
     ProxyCommand,
@@ -133,6 +135,7 @@ class Lab:
         ready_timeout: float = READY_TIMEOUT,
         disk_size: int | None = None,
         auth: bool = False,
+        admin_password: str | None = None,
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} replicas, not {nodes}")
@@ -149,6 +152,11 @@ class Lab:
         self.ready_timeout = ready_timeout
         self.disk_size = disk_size  # bytes of tmpfs per replica (the disk-full fault); None: none
         self.auth = auth  # --auth on for the replicas and the proxy (accounts enforced)
+        # Given, the leader makes the first admin with it (DISTPOTIFY_ADMIN_PASSWORD, as the
+        # Compose file does), the lab logs in as that admin once started, and every client
+        # it makes sends that session (``credentials``).
+        self.admin_password = admin_password
+        self.credentials: dict[str, str] = {}
         self.prefix = ""
         self.dir = Path()
         self.network: LabNetwork | None = None
@@ -205,6 +213,8 @@ class Lab:
             self.wait_ready(self.replicas)
             if self.want_proxy:
                 self.start_proxy()
+            if self.admin_password is not None:
+                self._sign_in(self.admin_password)
         except BaseException:
             self.close()
             raise
@@ -259,8 +269,9 @@ class Lab:
             raise LabError(f"node {node_id} is already running")
         _kill(replica.process)
         replica.data_dir.mkdir(parents=True, exist_ok=True)
-        replica.process = self._spawn(replica.host, self.replica_command(replica),
-                                      self.dir / f"node{node_id}.out")
+        replica.process = self._spawn(
+            replica.host, self.replica_command(replica), self.dir / f"node{node_id}.out",
+            {} if self.admin_password is None else {ADMIN_PASSWORD: self.admin_password})
         replica.paused = False
         if wait:
             self.wait_ready([node_id])
@@ -314,7 +325,32 @@ class Lab:
         """An HTTP client on HOST (a Host or a node id): as if running on that machine."""
         if isinstance(host, int):
             host = self.replicas[host].host
-        return LabClient(host.netns, timeout)
+        return LabClient(host.netns, timeout, self.credentials)
+
+    def _sign_in(self, password: str) -> None:
+        """Log in as the first admin (through the proxy when there is one) once the leader
+        has made it: the session every client of the lab sends from then on."""
+        via, port = ((self.proxy, PROXY_PORT) if self.proxy is not None
+                     else (self.replicas[max(self.replicas)].host, HTTP_PORT))
+        body = json.dumps({"username": ADMIN_NAME, "password": password}).encode()
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            try:
+                answer = self.client(via).request(
+                    "POST", via.address, port, "/auth/login", body,
+                    {"Content-Type": "application/json"}, timeout=2.0)
+            except OSError as exc:
+                refused = f"{type(exc).__name__}: {exc}"
+            else:
+                if answer.status == 200:
+                    self.credentials = {"Authorization": f"Bearer {answer.json()['token']}"}
+                    self.echo(f"lab {self.prefix}: logged in as {ADMIN_NAME}")
+                    return
+                refused = f"HTTP {answer.status}"  # 401 until the leader has made the admin
+            if time.monotonic() > deadline:
+                raise LabError(f"no login as {ADMIN_NAME} within {self.ready_timeout:.0f} s:"
+                               f" {refused}")
+            time.sleep(0.2)
 
     # -- proxy ----------------------------------------------------------------------------
 
@@ -337,9 +373,10 @@ class Lab:
         self._wait(answers, "the proxy", self.ready_timeout, self.proxy_process,
                    [self.dir / "proxy.out", self.dir / "proxy.log"])
 
-    def _spawn(self, host: Host, command: list[str], out: Path) -> subprocess.Popen[bytes]:
+    def _spawn(self, host: Host, command: list[str], out: Path,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return processes.spawn(netns_exec(host.netns, *command), output=out,
-                               env={"PYTHONUNBUFFERED": "1"}, cwd=self.dir)
+                               env={"PYTHONUNBUFFERED": "1", **(env or {})}, cwd=self.dir)
 
     def _wait(self, probe: Callable[[], object], what: str, timeout: float,
               process: subprocess.Popen[bytes], logs: list[Path]) -> None:

@@ -11,6 +11,7 @@ what was missing, never with a made-up result.
 from __future__ import annotations
 
 import datetime
+import secrets
 import shutil
 import threading
 import time
@@ -268,8 +269,11 @@ def run(
     convergence_timeout: float = CONVERGENCE_TIMEOUT,
     echo: Echo = echo_stderr,
     duration: float = RANDOM_DURATION,
+    auth: bool = False,
 ) -> Report:
-    """Run scenario NAME in a fresh lab, print its report table and save it under OUT."""
+    """Run scenario NAME in a fresh lab, print its report table and save it under OUT. With
+    ``auth`` the replicas and the proxy run ``--auth on`` and every request the scenario and
+    the checker send carries the session of the admin the leader made."""
     scenario = SCENARIOS[name]
     started = time.monotonic()
     stamp = datetime.datetime.now(datetime.UTC)
@@ -282,7 +286,8 @@ def run(
         if replica == "twistd" and "distpotify" not in twistd_plugins():
             raise LabError("`twistd distpotify` is not available yet (the replica foundation)")
         with Lab(nodes, replica=replica, shaper=shaper, proxy=scenario.proxy or entry == "proxy",
-                 base_dir=base_dir, replica_args=replica_args, echo=echo,
+                 base_dir=base_dir, replica_args=replica_args, echo=echo, auth=auth,
+                 admin_password=secrets.token_urlsafe(18) if auth else None,
                  disk_size=None if scenario.disk_size is None
                  else max(scenario.disk_size, size_for(duration))) as lab:
             ctx = Context(lab, entry, seed, duration)
@@ -419,7 +424,7 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
                         "differs": "", "error": v.error} for n, v in sorted(views.items())]
     report.lab = {"prefix": lab.prefix, "nodes": len(lab.replicas), "replica": lab.replica_kind,
                   "shaper": lab.network.shaper if lab.network else None,
-                  "duration": ctx.duration, "disk_size": lab.disk_size}
+                  "duration": ctx.duration, "disk_size": lab.disk_size, "auth": lab.auth}
     if ctx.chaos is not None:
         ctx.notes += [f"nemesis skipped: {line}" for line in ctx.chaos.skipped]
     ctx.notes += stuck
@@ -437,6 +442,14 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
     ctx.check("replicas store the same rows", not rows, f"{len(rows)} rows differ")
     ctx.check("chunks served and stored match their sha256", not served and not stored,
               f"{len(served)} served, {len(stored)} stored problems")
+    if lab.auth:
+        # The session was made before the first fault, so every replica the proxy sends a
+        # request to holds it (a wiped one gets it in the snapshot it joins from): a refusal
+        # is a session lost or a check gone wrong. (A request sent straight to a replica
+        # that is still empty is refused rightly: it knows no session yet.)
+        refused = [op for op in history if op.via == "proxy" and op.status in (401, 403)]
+        ctx.check("no request through the proxy refused its session", not refused,
+                  f"{len(refused)} refused; first: {refused[0].brief() if refused else ''}")
     ctx.check("no replica exits by itself", not exits,
               "; ".join(f"node {e.target} at {e.at:.1f} s (status {e.detail.get('status')})"
                         for e in exits))
