@@ -328,25 +328,29 @@ class Lab:
         return LabClient(host.netns, timeout, self.credentials)
 
     def _sign_in(self, password: str) -> None:
-        """Log in as the first admin (through the proxy when there is one) once the leader
-        has made it: the session every client of the lab sends from then on."""
-        via, port = ((self.proxy, PROXY_PORT) if self.proxy is not None
-                     else (self.replicas[max(self.replicas)].host, HTTP_PORT))
+        """Log in as the first admin once the leader has made it (through the proxy when there
+        is one, else at each replica in turn: a login is a write, which only the leader
+        takes): the session every client of the lab sends from then on."""
+        entries = ([(self.proxy, PROXY_PORT)] if self.proxy is not None else
+                   [(self.replicas[n].host, HTTP_PORT)
+                    for n in sorted(self.replicas, reverse=True)])
         body = json.dumps({"username": ADMIN_NAME, "password": password}).encode()
         deadline = time.monotonic() + self.ready_timeout
         while True:
-            try:
-                answer = self.client(via).request(
-                    "POST", via.address, port, "/auth/login", body,
-                    {"Content-Type": "application/json"}, timeout=2.0)
-            except OSError as exc:
-                refused = f"{type(exc).__name__}: {exc}"
-            else:
+            for host, port in entries:
+                try:
+                    answer = self.client(host).request(
+                        "POST", host.address, port, "/auth/login", body,
+                        {"Content-Type": "application/json"}, timeout=2.0)
+                except OSError as exc:
+                    refused = f"{type(exc).__name__}: {exc}"
+                    continue
                 if answer.status == 200:
                     self.credentials = {"Authorization": f"Bearer {answer.json()['token']}"}
                     self.echo(f"lab {self.prefix}: logged in as {ADMIN_NAME}")
                     return
-                refused = f"HTTP {answer.status}"  # 401 until the leader has made the admin
+                # 401 until the leader has made the admin; 421 from a follower
+                refused = f"HTTP {answer.status}"
             if time.monotonic() > deadline:
                 raise LabError(f"no login as {ADMIN_NAME} within {self.ready_timeout:.0f} s:"
                                f" {refused}")
