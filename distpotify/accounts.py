@@ -34,7 +34,7 @@ from distpotify.auth.apikeys import ApiKeySecrets, api_key_hash
 from distpotify.auth.box import PasswordBox
 from distpotify.auth.passwords import Passwords, WeakPassword, check_new_password
 from distpotify.auth.ratelimit import LoginLimiter
-from distpotify.auth.tokens import InvalidToken, TokenSigner
+from distpotify.auth.tokens import InvalidToken, NotKnownYet, TokenSigner
 from distpotify.auth.users import (
     ADMIN,
     LISTENER,
@@ -169,10 +169,6 @@ class Accounts:
         if any(op.entity in _ACCOUNT_ENTITIES for op in ops):
             _background(self.reload(), "reloading the accounts")
 
-    def synced(self) -> None:
-        """A join, rejoin or resync has ended: a snapshot may have replaced the accounts."""
-        _background(self.reload(), "reloading the accounts")
-
     async def _write_renames(self, clashes: list[Clash]) -> None:
         for clash in clashes:
             renamed = clash.renamed
@@ -244,13 +240,17 @@ class Accounts:
     # sessions
 
     def session(self, token: str) -> User:
-        """The account a session token proves; InvalidToken if it proves none now."""
+        """The account a session token proves; InvalidToken if it proves none now,
+        NotKnownYet if the token is genuine but names an account, or a session generation,
+        this replica has not applied (on the leader that means deleted, or ended)."""
         claims = self.signer.check(token)
         user = self.directory.by_id(claims.user_id)
         if user is None:
-            raise InvalidToken("no such account")
+            raise NotKnownYet("no such account here")
         if user.disabled:
             raise InvalidToken("the account is disabled")
+        if claims.generation > user.generation:
+            raise NotKnownYet("the session is newer than this replica's copy of the account")
         if user.generation != claims.generation:
             raise InvalidToken("the session was ended (logged out everywhere, or a new"
                                " password)")

@@ -70,6 +70,12 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
+class Joining(Unavailable):
+    """A replica still joining the cluster: it may lack rows, chunks and accounts."""
+
+    code = "joining"
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

@@ -380,7 +380,7 @@ def build_replica(
     userstate = UserState(store, library, reactor)
     replication.on_applied.append(accounts.ops_applied)
     replication.on_applied.append(cluster.ops_applied)
-    replication.on_synced.append(accounts.synced)
+    replication.before_active.append(accounts.reload)
     metrics = ReplicaMetrics(config.node_id)
     api = PublicAPI(library, replication.guard,
                     partial(replica_status, config, cluster, replication, db.cached_head,
@@ -397,7 +397,8 @@ def build_replica(
         Authenticator(accounts, token_auth=config.subsonic_token_auth),
         api.stream, serving=lambda: cluster.state == ACTIVE, state=userstate, covers=covers))
     gate = Gate(accounts, RequestVerifier(config.cluster_keys, reactor), enforce=config.auth,
-                metrics_token=config.metrics_token)
+                metrics_token=config.metrics_token, serving=lambda: cluster.state == ACTIVE,
+                leading=lambda: leadership.is_leader)
     resource = ReplicaRoot(config.node_id, api, signed_only,
                            serving=lambda: cluster.state == ACTIVE,
                            wait_for=lambda v: Deferred.fromCoroutine(

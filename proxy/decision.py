@@ -195,10 +195,12 @@ def _answered(answer: Answered, context: Context) -> Decision:
         return _write_answered(answer, context)
     if code >= 500:
         return NextReplica(f"answered {code}")
-    if code == 409 and context.min_version and not context.fell_back:
-        # A follower that has not applied the client's write yet: the leader has it, and so
-        # does the replica that made it (the same one, unless the view knows no leader for a
-        # moment: an election, or its /status late under load); else another replica may.
+    if code == 409 and not context.fell_back:
+        # A follower behind: it has not applied the client's write yet (the version the read
+        # carries), or the account, or the newest session generation, of the client's session
+        # (a genuine session it cannot check yet: the gate). The leader has it, and so does
+        # the replica that made the write (the same one, unless the view knows no leader for
+        # a moment: an election, or its /status late under load); else another replica may.
         for holder in (context.leader, context.writer):
             if holder is not None and holder not in context.tried:
                 return Redirect(holder)

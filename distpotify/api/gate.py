@@ -2,6 +2,10 @@
 before routing): who the request is, from a session token (``Authorization: Bearer`` or the
 ``distpotify_session`` cookie), and whether the route table of auth/access.py lets them in.
 
+A genuine session this replica cannot check yet (its account, or its newest generation, not
+applied here) is not refused as invalid: a follower answers 409 ``behind`` (the proxy asks
+the leader), a joining replica 503 ``joining``; only the leader says 401.
+
 Unsafe methods authenticated by the cookie alone need an Origin naming this host (CSRF). With
 ``--auth off`` (for a trusted network; on is the default) the library, /status and /metrics
 are open to anyone (a valid session still names who acts, so records get their owner);
@@ -12,15 +16,16 @@ are open to anyone (a valid session still names who acts, so records get their o
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from twisted.web.server import Request
 
 from distpotify.accounts import Accounts
 from distpotify.auth.access import UNRESTRICTED, Actor, Need, need_of
-from distpotify.auth.tokens import InvalidToken
+from distpotify.auth.tokens import InvalidToken, NotKnownYet
 from distpotify.auth.users import ADMIN, User
-from distpotify.errors import Forbidden, Unauthorized
+from distpotify.errors import ApiError, Behind, Forbidden, Joining, Unauthorized
 from distpotify.signing import HEADERS, Refused, RequestVerifier, file_sha256
 
 COOKIE = b"distpotify_session"
@@ -49,14 +54,19 @@ def open_gate(request: Request) -> None:
 class Gate:
     """Authorizes requests against ``accounts`` (sessions), ``verifier`` (a cluster-signed
     /status or /metrics), ``metrics_token`` (a Prometheus bearer for /metrics and /status);
-    ``enforce`` is ``--auth``."""
+    ``enforce`` is ``--auth``; ``serving`` says whether this replica is ACTIVE and
+    ``leading`` whether it leads (who may say that a genuine session is over)."""
 
     def __init__(self, accounts: Accounts, verifier: RequestVerifier, *, enforce: bool,
-                 metrics_token: str | None = None) -> None:
+                 metrics_token: str | None = None,
+                 serving: Callable[[], bool] = lambda: True,
+                 leading: Callable[[], bool] = lambda: True) -> None:
         self._accounts = accounts
         self._verifier = verifier
         self.enforce = enforce
         self._metrics_token = metrics_token
+        self._serving = serving
+        self._leading = leading
 
     def authorize(self, request: Request) -> None:
         """Return if ``request`` may reach its handler (who it is left on it); raise
@@ -137,12 +147,29 @@ class Gate:
             raise Unauthorized("log in first (POST /auth/login)")
         try:
             user = self._accounts.session(token)
+        except NotKnownYet as e:
+            raise self._not_known_yet(e) from None
         except InvalidToken as e:
             raise Unauthorized(f"the session is not valid: {e}") from None
         if by_cookie and request.method not in _SAFE and not _same_origin(request):
             raise Forbidden("a request authenticated by cookie must come from this site"
                             " (its Origin does not match the host)")
         return user
+
+
+    def _not_known_yet(self, reason: NotKnownYet) -> ApiError:
+        """A genuine token whose account (or newest generation) is not applied here. The
+        leader holds every account write, so to it the account is gone or the session over:
+        401. A follower is behind the write that made it, and a joining replica has not
+        received its accounts yet: a 401 would send the client to log in again, where it
+        need only ask another replica."""
+        if self._leading():
+            return Unauthorized(f"the session is not valid: {reason}")
+        if not self._serving():
+            return Joining("this replica is still joining the cluster and does not know this"
+                           " session's account yet; ask another replica")
+        return Behind("this replica has not applied this session's account yet; ask the"
+                      " leader")
 
 
 def _bearer(request: Request) -> str | None:

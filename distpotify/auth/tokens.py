@@ -41,6 +41,13 @@ class InvalidToken(Exception):
     else. The message says which, in words fit for a log line; it never holds the token."""
 
 
+class NotKnownYet(InvalidToken):
+    """A genuine token (the cluster signed it, it has not expired) naming an account, or a
+    session generation, that this replica has not applied yet: the account was made, or its
+    sessions renewed, on the leader a moment ago (or this replica is joining). Nothing here
+    proves it; the leader may."""
+
+
 @attrs.frozen
 class TokenClaims:
     """What a valid token says. The caller still compares ``generation`` with the user's."""

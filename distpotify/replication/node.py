@@ -7,7 +7,7 @@ them may give chunk bytes or rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -115,6 +115,10 @@ class ReplicationNode(service.MultiService):
         # Told when a join, rejoin or resync has made this replica ACTIVE: a snapshot may
         # have replaced every row without an op.
         self.on_synced: list[Callable[[], object]] = []
+        # Awaited, in turn, once a join, rejoin or resync has ended and before this replica
+        # turns ACTIVE: what it holds in memory from its rows (the accounts its sessions are
+        # checked against) must be true of them by the time it answers as ACTIVE.
+        self.before_active: list[Callable[[], Awaitable[object]]] = []
         self._figures = StoredFigures(store, reactor, blocking)  # what /status reads
         self._planned = False  # until start-up decides between founding, rejoining and joining
         self.semisync = SemiSync(
@@ -275,6 +279,11 @@ class ReplicationNode(service.MultiService):
                 self._joiner = None
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
+        for prepare in self.before_active:
+            try:
+                await prepare()
+            except Exception:
+                log.failure("before turning ACTIVE")  # its own reload retries later
         self._cluster.activate()
         # The push and the catch-up carry ops above the head this replica synced to; writes
         # below it that reached the leader late (another leader's, made cut off) are

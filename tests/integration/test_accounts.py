@@ -5,6 +5,8 @@ all three once the new generation replicates."""
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,56 @@ def test_replicas_and_a_proxy_given_no_auth_option_refuse_anonymous_and_take_a_s
     for node in nodes:
         assert wait_until(lambda node=node: node.get("/songs", headers=session).json()["total"]
                           == 1, timeout=10, what=f"the song on replica {node.node_id}")
+
+
+def test_a_replica_joining_after_losing_its_disk_never_refuses_a_valid_session(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    """Found by the random lab run under --auth on: a replica whose disk was lost answered a
+    valid session 401 while it joined (it held no account yet), and once more just after it
+    turned ACTIVE (its accounts were read again only then). A 401 sends the client to log
+    in again; the replica need only say it cannot serve yet. While it joins it answers 503
+    joining, and from the moment it is ACTIVE it knows the session."""
+    cluster = Cluster(tmp_path, replicas, "--auth", "on", "--metrics-token", METRICS_TOKEN)
+    cluster.status_headers.update(bearer(METRICS_TOKEN))
+    for node_id in (1, 2, 3):
+        node = cluster.add(node_id, start=False)
+        node.env = {**node.env, "DISTPOTIFY_ADMIN_PASSWORD": PASSWORD}
+        node.start(wait=False)
+    nodes = list(cluster.nodes.values())
+    leader = cluster.nodes[wait_until(cluster.agreed_leader, timeout=STARTUP,
+                                      what="agreement")["node_id"]]
+    wait_until(lambda: all(knows_one_account(n) for n in nodes), timeout=STARTUP,
+               what="the first admin on every replica")
+    session = bearer(send_json(leader.http_port, "POST", "/auth/login",
+                               {"username": "admin", "password": PASSWORD}).json()["token"])
+    for number in range(12):  # a library, so that the join takes a moment
+        wav = make_wav(tmp_path / f"{number}.wav", 64 * 1024, seed=number).read_bytes()
+        stored = request(leader.http_port, "POST", "/songs", wav,
+                         {"Content-Type": "audio/wav", **session})
+        assert stored.status == 201, stored.body
+    lost = next(node for node in nodes if node is not leader)
+    wait_until(lambda: lost.get("/songs?limit=1", session).json().get("total") == 12,
+               timeout=20, what="the library on the follower")
+    lost.kill()
+    shutil.rmtree(lost.data_dir)
+
+    lost.start(wait=False)
+    statuses: list[int] = []
+    deadline = time.monotonic() + STARTUP
+    while statuses[-20:] != [200] * 20:
+        assert time.monotonic() < deadline, f"no steady 200 yet: {statuses[-40:]}"
+        try:
+            answer = request(lost.http_port, "GET", "/songs?limit=1", headers=session,
+                             timeout=5)
+        except OSError:  # not listening yet
+            time.sleep(0.02)
+            continue
+        statuses.append(answer.status)
+        if answer.status != 200:
+            assert answer.json()["error"] == "joining", answer.body
+        time.sleep(0.01)
+
+    assert 503 in statuses, "the replica was never seen joining: the test proves nothing"
+    first_served = statuses.index(200)
+    assert set(statuses[:first_served]) == {503} and set(statuses[first_served:]) == {200}, (
+        statuses)

@@ -24,6 +24,7 @@ from distpotify.cli.keygen import key_file_text
 from distpotify.idempotency import request_digest
 from distpotify.keys import ClusterKeys
 from distpotify.tap import Options
+from distpotify.wire import JOINING
 from tests.helpers.accounts import (
     ADMIN_PASSWORD,
     LISTENER_PASSWORD,
@@ -255,6 +256,63 @@ def test_login_works_on_a_follower_but_account_writes_are_421(tmp_path: Path) ->
 
     assert session.id == admin.id
     assert call(follower, "POST", "/auth/logout-all", headers=session.bearer).status == 421
+
+
+# a genuine session a replica cannot check yet
+
+
+@pytest.fixture
+def follower(tmp_path: Path) -> InMemoryReplica:
+    """A follower of the same cluster (its key signs the same tokens) that has applied no
+    account yet."""
+    return InMemoryReplica(tmp_path / "follower", auth=True, leadership=NoLeader())
+
+
+def test_a_follower_behind_a_sessions_account_answers_409_behind_not_401(
+        replica: InMemoryReplica, alice: Session, follower: InMemoryReplica) -> None:
+    behind = call(follower, "GET", "/songs", headers=alice.bearer)
+
+    assert behind.status == 409 and behind.json()["error"] == "behind"  # the proxy asks the leader
+    follower.accounts.load(replica.db.users())  # the account's creation applied there
+    assert call(follower, "GET", "/songs", headers=alice.bearer).status == 200
+
+
+def test_a_session_newer_than_a_followers_copy_of_its_account_is_behind_not_ended(
+        replica: InMemoryReplica, alice: Session, follower: InMemoryReplica) -> None:
+    follower.accounts.load(replica.db.users())
+    assert call(replica, "POST", "/auth/logout-all", headers=alice.bearer).status == 204
+    renewed = login(replica, "alice", LISTENER_PASSWORD)  # the next generation's session
+
+    assert call(follower, "GET", "/songs", headers=renewed.bearer).status == 409
+    follower.accounts.load(replica.db.users())  # the logout-all applied there
+    assert call(follower, "GET", "/songs", headers=renewed.bearer).status == 200
+    assert call(follower, "GET", "/songs", headers=alice.bearer).status == 401  # ended
+
+
+def test_a_joining_replica_answers_a_session_it_does_not_know_503_joining(
+        alice: Session, follower: InMemoryReplica) -> None:
+    follower.service.cluster.state = JOINING
+
+    answer = call(follower, "GET", "/songs", headers=alice.bearer)
+
+    assert answer.status == 503 and answer.json()["error"] == "joining"
+
+
+def test_the_leader_refuses_a_session_of_an_account_it_does_not_hold_401(
+        replica: InMemoryReplica, admin: Session, alice: Session) -> None:
+    assert call(replica, "DELETE", f"/users/{alice.id}", headers=admin.bearer).status == 204
+
+    answer = call(replica, "GET", "/songs", headers=alice.bearer)
+
+    assert answer.status == 401 and "no such account" in answer.json()["message"]
+
+
+def test_a_forged_session_is_401_on_a_follower_too(follower: InMemoryReplica) -> None:
+    forged = TokenSigner(ClusterKeys.generate(), follower.clock).issue("someone", 0)
+
+    answer = call(follower, "GET", "/songs", headers={"Authorization": f"Bearer {forged}"})
+
+    assert answer.status == 401
 
 
 # tokens

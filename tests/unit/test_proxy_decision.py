@@ -68,7 +68,6 @@ def rows(*table: tuple[str, Outcome, Context, Decision]) -> Any:
     ("read 206 relayed", Answered(206), context(), Relay()),
     ("read 304 relayed", Answered(304), context(), Relay()),
     ("read 400 relayed", Answered(400), context(), Relay()),
-    ("read 409 relayed", Answered(409), context(), Relay()),
     ("read 416 relayed", Answered(416), context(), Relay()),
     ("read 421 relayed", Answered(421), context(), Relay()),
     ("read 499 relayed", Answered(499), context(), Relay()),
@@ -118,7 +117,13 @@ def rows(*table: tuple[str, Outcome, Context, Decision]) -> Any:
     ("409 behind with no leader or writer known next", Answered(409),
      context(min_version=True, leader=None),
      NextReplica("answered 409 behind, and no leader is known")),
-    ("409 without a min version relayed", Answered(409), context(), Relay()),
+    # a follower behind the account of the client's session (the gate's 409 behind)
+    ("409 behind the session's account to leader", Answered(409), context(),
+     Redirect(LEADER)),
+    ("409 without a min version from the leader relayed", Answered(409),
+     context(tried=frozenset({LEADER})), Relay()),
+    ("409 without a min version after falling back relayed", Answered(409),
+     context(fell_back=True, tried=frozenset({HERE, LEADER})), Relay()),
     # writes: the leader's answer is the outcome, but for a 421, a 5xx not its own, and a
     # 404 or 507 from a new leader for a write whose outcome is unknown on the old one
     ("write 201 relayed", Answered(201), context(b"POST", b"/playlists"), Relay()),

@@ -826,14 +826,29 @@ def test_a_follower_behind_with_no_leader_known_hands_the_read_to_the_writes_rep
     assert proxy.counters.behind == 1
 
 
-def test_a_409_to_a_read_without_a_min_version_is_the_answer() -> None:
+def test_a_follower_behind_the_sessions_account_hands_the_read_to_the_leader() -> None:
     nodes = cluster()
-    for node in nodes[:2]:
-        node.status_code = 409
+    for node in nodes[:2]:  # a genuine session they cannot check yet (the gate's 409)
+        node.status_code, node.status_body = 409, b'{"error": "behind", "message": "m"}'
     proxy = ProxyHarness(nodes)
 
-    assert proxy.get("/songs").answer().status == 409
-    assert nodes[2].received == []
+    read = proxy.get(SONG, {"Authorization": "Bearer t"}).answer()
+
+    assert read.status == 200 and read.headers["x-served-by"] == "3"
+    assert len([s for node in nodes[:2] for s in node.received]) == 1
+    assert proxy.counters.behind == 1
+
+
+def test_a_409_from_the_leader_itself_is_the_answer() -> None:
+    nodes = cluster()
+    for node in nodes:
+        node.status_code, node.status_body = 409, b'{"error": "behind", "message": "m"}'
+    proxy = ProxyHarness(nodes)
+
+    read = proxy.get(SONG).answer()
+
+    assert read.status == 409 and read.headers["x-served-by"] == "3"
+    assert len(nodes[2].received) == 1  # asked once, not again
 
 
 # the proxy's own paths
