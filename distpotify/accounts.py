@@ -123,6 +123,8 @@ class Accounts:
         self._key_secrets = key_secrets
         self.directory = Directory()
         self._api_keys: dict[str, str] = {}  # a live key's hash -> its user's id
+        # Accounts deleted here: a session of one is over, not merely unknown (NotKnownYet).
+        self._deleted: frozenset[str] = frozenset()
         self.limiter = LoginLimiter(clock)
         self.logins = 0
         self.login_failures = 0
@@ -134,12 +136,16 @@ class Accounts:
     # the directory
 
     def load(self, rows: Iterable[Mapping[str, Any]],
-             api_keys: Iterable[Mapping[str, Any]] | None = None) -> list[Clash]:
-        """Rebuild the directory from ``rows`` (MetadataDB.users), and the API keys from
-        ``api_keys`` (MetadataDB.api_keys) if given; the clashes it resolved, logged, and on
-        the leader written as renames."""
+             api_keys: Iterable[Mapping[str, Any]] | None = None,
+             deleted: Iterable[str] | None = None) -> list[Clash]:
+        """Rebuild the directory from ``rows`` (MetadataDB.users), the API keys from
+        ``api_keys`` (MetadataDB.api_keys) and the deleted accounts from ``deleted``
+        (MetadataDB.deleted_user_ids) if given; the clashes it resolved, logged, and on the
+        leader written as renames."""
         if api_keys is not None:
             self._api_keys = {str(k["key_hash"]): str(k["user_id"]) for k in api_keys}
+        if deleted is not None:
+            self._deleted = frozenset(deleted)
         directory = Directory()
         clashes: list[Clash] = []
         for row in rows:
@@ -162,7 +168,8 @@ class Accounts:
     async def reload(self) -> None:
         """Read every account and API key again (after ops touching them applied here)."""
         users = await self._store.run(MetadataDB.users)
-        self.load(users, await self._store.run(MetadataDB.api_keys))
+        self.load(users, await self._store.run(MetadataDB.api_keys),
+                  await self._store.run(MetadataDB.deleted_user_ids))
 
     def ops_applied(self, ops: Iterable[Op]) -> None:
         """Ops applied here from elsewhere: reload if any of them is an account's or a key's."""
@@ -245,6 +252,8 @@ class Accounts:
         this replica has not applied (on the leader that means deleted, or ended)."""
         claims = self.signer.check(token)
         user = self.directory.by_id(claims.user_id)
+        if user is None and claims.user_id in self._deleted:
+            raise InvalidToken("the account was deleted")
         if user is None:
             raise NotKnownYet("no such account here")
         if user.disabled:

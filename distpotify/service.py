@@ -376,7 +376,7 @@ def build_replica(
                         ApiKeySecrets(config.cluster_keys), admin_password=config.admin_password,
                         box=PasswordBox(config.cluster_keys) if config.subsonic_token_auth
                         else None)
-    accounts.load(db.users(), db.api_keys())
+    accounts.load(db.users(), db.api_keys(), db.deleted_user_ids())
     userstate = UserState(store, library, reactor)
     replication.on_applied.append(accounts.ops_applied)
     replication.on_applied.append(cluster.ops_applied)

@@ -156,7 +156,6 @@ class Gate:
                             " (its Origin does not match the host)")
         return user
 
-
     def _not_known_yet(self, reason: NotKnownYet) -> ApiError:
         """A genuine token whose account (or newest generation) is not applied here. The
         leader holds every account write, so to it the account is gone or the session over:

@@ -260,6 +260,11 @@ class LibraryQueries(Tables):
             " subsonic_box FROM users WHERE deleted = 0 AND username IS NOT NULL")
         return [dict(row) for row in rows]
 
+    def deleted_user_ids(self) -> list[str]:
+        """The ids of the accounts deleted here (until their tombstones are purged)."""
+        return [str(row["id"]) for row in self._conn.execute(
+            "SELECT id FROM users WHERE deleted = 1")]
+
     def user_named(self, name_key: str) -> str | None:
         """The id of a live account holding the folded name ``name_key``, if any."""
         row = self._conn.execute(

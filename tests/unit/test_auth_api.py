@@ -8,6 +8,7 @@ import io
 import json
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -298,13 +299,35 @@ def test_a_joining_replica_answers_a_session_it_does_not_know_503_joining(
     assert answer.status == 503 and answer.json()["error"] == "joining"
 
 
-def test_the_leader_refuses_a_session_of_an_account_it_does_not_hold_401(
+def test_the_leader_refuses_a_session_of_a_deleted_account_401(
         replica: InMemoryReplica, admin: Session, alice: Session) -> None:
     assert call(replica, "DELETE", f"/users/{alice.id}", headers=admin.bearer).status == 204
 
     answer = call(replica, "GET", "/songs", headers=alice.bearer)
 
+    assert answer.status == 401 and "deleted" in answer.json()["message"]
+
+
+def test_the_leader_refuses_a_genuine_session_of_an_account_it_never_held_401(
+        replica: InMemoryReplica, admin: Session) -> None:
+    # Signed with the cluster's key: the leader holds every account write, so it is no
+    # account (its tombstone purged since, say), not one it has yet to apply.
+    token = TokenSigner(replica.keys, replica.clock).issue(str(uuid.uuid4()), 0)
+
+    answer = call(replica, "GET", "/songs", headers={"Authorization": f"Bearer {token}"})
+
     assert answer.status == 401 and "no such account" in answer.json()["message"]
+
+
+def test_a_follower_that_applied_an_accounts_deletion_refuses_its_session_401(
+        replica: InMemoryReplica, admin: Session, alice: Session,
+        follower: InMemoryReplica) -> None:
+    assert call(replica, "DELETE", f"/users/{alice.id}", headers=admin.bearer).status == 204
+    follower.accounts.load(replica.db.users(), deleted=replica.db.deleted_user_ids())
+
+    answer = call(follower, "GET", "/songs", headers=alice.bearer)
+
+    assert answer.status == 401 and "deleted" in answer.json()["message"]
 
 
 def test_a_forged_session_is_401_on_a_follower_too(follower: InMemoryReplica) -> None:
