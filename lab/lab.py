@@ -329,8 +329,9 @@ class Lab:
 
     def _sign_in(self, password: str) -> None:
         """Log in as the first admin once the leader has made it (through the proxy when there
-        is one, else at each replica in turn: a login is a write, which only the leader
-        takes): the session every client of the lab sends from then on."""
+        is one, else at each replica in turn, the highest id first: any replica that holds
+        the account takes a login): the session every client of the lab sends from then
+        on."""
         entries = ([(self.proxy, PROXY_PORT)] if self.proxy is not None else
                    [(self.replicas[n].host, HTTP_PORT)
                     for n in sorted(self.replicas, reverse=True)])
@@ -349,8 +350,7 @@ class Lab:
                     self.credentials = {"Authorization": f"Bearer {answer.json()['token']}"}
                     self.echo(f"lab {self.prefix}: logged in as {ADMIN_NAME}")
                     return
-                # 401 until the leader has made the admin; 421 from a follower
-                refused = f"HTTP {answer.status}"
+                refused = f"HTTP {answer.status}"  # 401 until the admin is made and replicated
             if time.monotonic() > deadline:
                 raise LabError(f"no login as {ADMIN_NAME} within {self.ready_timeout:.0f} s:"
                                f" {refused}")

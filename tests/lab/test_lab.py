@@ -125,7 +125,7 @@ def test_a_lab_whose_owner_was_killed_is_removed_by_the_next_run(tmp_path: Path)
 @pytest.mark.timeout(90)
 def test_a_lab_given_an_admin_password_signs_in_and_its_clients_carry_the_session(
         tmp_path: Path) -> None:
-    # No proxy: the lab logs in at the replicas, the leader taking the login.
+    # No proxy: the lab logs in at the replicas, the highest id first.
     with Lab(3, base_dir=tmp_path, keep_files=True, echo=print, auth=True,
              admin_password="lab-admin-password") as lab:
         if lab.replica_kind != "twistd":
@@ -133,8 +133,8 @@ def test_a_lab_given_an_admin_password_signs_in_and_its_clients_carry_the_sessio
         assert lab.credentials["Authorization"].startswith("Bearer ")
         for node_id, replica in lab.replicas.items():
             address = replica.host.address
-            # The login was answered once one follower held the session; the other may
-            # apply it a moment later.
+            # The admin the leader made reaches the followers a moment apart; one that has
+            # not applied it yet answers the session 409 behind.
             deadline = time.monotonic() + 15
             while (signed_in := lab.client(node_id).request(
                     "GET", address, HTTP_PORT, "/songs")).status != 200:
