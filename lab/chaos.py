@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -27,6 +27,8 @@ from lab.workload import find_leader
 FAULT_KINDS = ("kill", "pause", "restart", "wipe", "partition", "slow", "lossy", "disk_full")
 MIN_GAP, MAX_GAP = 1.0, 5.0  # seconds between two decisions
 MAX_FAULT = 20.0  # a fault older than this is ended, so the cluster gets to work again
+# A replica's stored field versions: (table, key) -> field -> version (checker.stored_versions).
+Versions = dict[tuple[str, str], dict[str, str]]
 WIPE_AGREEMENT = 8.0  # how long a wipe waits for the others to hold all the target has
 
 
@@ -236,23 +238,35 @@ class Chaos:
                 del self.since[name]
 
     def _covered(self, target: int) -> bool:
-        """Whether wiping TARGET loses no write: every replica runs, TARGET does not lead,
-        and every field version TARGET stores is held, as new or newer, by another replica
-        (read from their databases). A follower merely behind the leader is covered at
-        once; one holding writes only it has waits for anti-entropy, or is not wiped."""
+        """Whether TARGET may be wiped now (``may_wipe``), waiting up to WIPE_AGREEMENT for
+        the others to hold what it holds; every replica must run."""
         deadline = time.monotonic() + WIPE_AGREEMENT
         while time.monotonic() < deadline:
             if any(not r.running or r.paused for r in self.lab.replicas.values()):
                 return False
             versions = {n: checker.stored_versions(r.data_dir)
                         for n, r in self.lab.replicas.items()}
-            mine = versions.pop(target)
-            others = [v for v in versions.values() if v is not None]
-            if (mine is not None and len(others) == len(versions)
-                    and find_leader(self.lab) != target and checker.covered(mine, others)):
+            if may_wipe(target, versions, find_leader(self.lab)):
                 return True
             time.sleep(0.25)
         return False
+
+
+def may_wipe(target: int, versions: Mapping[int, Versions | None], leader: int | None) -> bool:
+    """Whether wiping TARGET loses no write: TARGET does not lead, and every field version
+    it stores is held, as new or newer, by another replica (``versions``: each replica's,
+    read from its database; None if unreadable). A follower merely behind the leader is
+    covered at once; one holding writes only it has waits for anti-entropy, or is not wiped.
+
+    Nor is a replica wiped while another holds nothing yet (a lost disk still fetching its
+    snapshot): two replicas without data that hear each other, cut off from the rest,
+    cannot tell a cluster they lost from a new one, and with --cluster-size 3 they found
+    one (docs/architecture.md 5.2). One that has installed its snapshot holds data, and the
+    others wait for it (the case of seed 5353)."""
+    mine = versions.get(target)
+    others = [v for node, v in versions.items() if node != target]
+    return (mine is not None and leader != target and all(others)
+            and checker.covered(mine, [v for v in others if v]))
 
 
 def _name(end: Action) -> str:

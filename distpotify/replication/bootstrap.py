@@ -2,10 +2,11 @@
 
 At start-up every replica is JOINING. After one failure timeout of listening, ``plan`` picks:
 FOUND (nobody ACTIVE has data: this replica starts or restarts the cluster; an empty one
-only once it hears a majority of --cluster-size, else WAIT), REJOIN (it has
-data: it catches up by push and anti-entropy), or JOIN, the protocol of docs/architecture.md 5.2,
-driven by Joiner through ANNOUNCING -> SNAPSHOT -> CHUNKS -> DONE, each phase persisted in
-node_meta so a restart resumes where it stopped. JoinDesk is the leader's side.
+only once it hears a majority of --cluster-size and has heard no replica holding data,
+else WAIT), REJOIN (it has data: it catches up by push and anti-entropy), or JOIN, the
+protocol of docs/architecture.md 5.2, driven by Joiner through ANNOUNCING -> SNAPSHOT ->
+CHUNKS -> DONE, each phase persisted in node_meta so a restart resumes where it stopped.
+JoinDesk is the leader's side.
 """
 # test-case-name: tests.unit.test_bootstrap
 
@@ -72,6 +73,15 @@ def plan(
     one whose disk was lost, restarted in a partition, founded an empty cluster there, led
     it, and answered the clients the proxy sent it 404 for the whole library (found by the
     random lab run). It waits (WAIT): not electable, and planning again as peers are heard.
+
+    Nor does it found while it has heard (``peers`` holds every replica heard since this one
+    started, live or not) a replica that holds data, ACTIVE or not: the cluster exists, and
+    this replica joins it once a holder is ACTIVE. Two replicas of three whose disks were
+    lost, one still joining (its snapshot installed, its chunks not all fetched) when the
+    other restarted, while the third was cut off from both, were a majority of empty
+    replicas: the second founded an empty cluster beside the one that held the library, and
+    clients whose session named an account of that library were refused (lab run, seed
+    5353).
     """
     live = [p for p in peers if p.up]
     active = [p for p in live if p.state == ACTIVE]
@@ -80,10 +90,15 @@ def plan(
     if head == ZERO or away_too_long:
         if any(p.head > ZERO for p in active):
             return JOIN
-        if head == ZERO and len(live) + 1 <= cluster_size // 2:
+        if head == ZERO and (holders(peers) or len(live) + 1 <= cluster_size // 2):
             return WAIT
         return FOUND
     return REJOIN if active else FOUND
+
+
+def holders(peers: Sequence[Peer]) -> list[int]:
+    """The ids of the replicas in ``peers`` that were heard holding data."""
+    return [p.node_id for p in peers if p.head > ZERO]
 
 
 # snapshot files (worker threads)

@@ -38,6 +38,7 @@ from distpotify.replication.bootstrap import (
     JoinDesk,
     Joiner,
     SyncProgress,
+    holders,
     plan,
 )
 from distpotify.replication.client import PeerClient
@@ -226,16 +227,23 @@ class ReplicationNode(service.MultiService):
         away = since is not None and self._reactor.seconds() - since > config.tombstone_ttl
 
         def decide() -> str:
-            return plan(join_state, head, cluster.membership.live_peers(), away,
+            return plan(join_state, head, cluster.membership.peers(), away,
                         config.cluster_size)
 
         decision = decide()
         if decision == WAIT:
-            log.warn("replica {node_id} is empty and hears {heard} of the {size} replicas of"
-                     " --cluster-size: it founds no cluster until it hears a majority of them,"
-                     " and joins one that holds data as soon as it hears it",
-                     node_id=config.node_id, heard=len(cluster.membership.live_peers()) + 1,
-                     size=config.cluster_size)
+            waited = holders(cluster.membership.peers())
+            if waited:
+                log.warn("replica {node_id} is empty and has heard replica(s) {holders} holding"
+                         " data, none of them ACTIVE: it founds no cluster beside theirs, and"
+                         " joins it once one of them is ACTIVE",
+                         node_id=config.node_id, holders=", ".join(map(str, waited)))
+            else:
+                log.warn("replica {node_id} is empty and hears {heard} of the {size} replicas"
+                         " of --cluster-size: it founds no cluster until it hears a majority of"
+                         " them, and joins one that holds data as soon as it hears it",
+                         node_id=config.node_id, heard=len(cluster.membership.live_peers()) + 1,
+                         size=config.cluster_size)
             self.progress.waiting_for = "peers"
             while decision == WAIT:
                 await deferLater(self._reactor, config.heartbeat_interval, lambda: None)

@@ -181,6 +181,70 @@ def test_a_replica_whose_disk_was_lost_founds_nothing_cut_off_and_joins_the_othe
     assert names == ["kept"]
 
 
+def test_two_lost_disks_found_no_empty_cluster_beside_a_replica_still_joining(
+        tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
+    """Random run of seed 5353 (three replicas, --auth on): one replica's disk was lost and,
+    while it joined again (its snapshot installed, its chunks not all fetched), a second's;
+    then the third, the one that held the whole library, was cut off from both. The two
+    empty replicas were a majority of --cluster-size 3, so the second founded an empty
+    cluster and led it; the library's sessions were refused there (its first admin was
+    not), and the two histories had not merged 30 s after the faults. A replica heard
+    holding data, ACTIVE or not, means the cluster exists: the empty one waits for it."""
+    cluster = Cluster(tmp_path, replicas, "--cluster-size", "3")
+    nodes = [cluster.add(node_id) for node_id in (1, 2, 3)]
+    leader = cluster.leader()
+    created = send_json(leader.http_port, "POST", "/playlists", {"name": "kept"})
+    assert created.status == 201
+    playlist = created.json()["playlist"]["id"]
+    joining, empty = [node for node in nodes if node is not leader]
+    for node in (joining, empty):
+        wait_until(lambda node=node: node.get(f"/playlists/{playlist}").status == 200,
+                   timeout=20, what=f"the playlist on replica {node.node_id}")
+        node.kill()
+        shutil.rmtree(node.data_dir)
+    joining.arm("snapshot.installed")  # dies with the snapshot installed, no chunk fetched
+    joining.start(wait=False)
+    joining.wait_crashed()
+    joining.arm()
+    leader.signal(signal.SIGSTOP)  # the library, cut off from both
+    try:
+        joining.start(wait=False)  # holds the snapshot: data, but JOINING until it ends
+        before = len(empty.log_path.read_bytes()) if empty.log_path.exists() else 0
+        empty.start(wait=False)
+
+        def planned() -> bytes | None:  # the empty replica's plan: to wait, or to act
+            text = empty.log_path.read_bytes()[before:]
+            return text if b"it founds no cluster beside theirs" in text or b" will " in text \
+                else None
+
+        log = wait_until(planned, timeout=STARTUP, what="the empty replica's plan")
+        assert b" will " not in log, "the empty replica decided without the library's holder"
+        wait_until(lambda: joining.status() is not None and empty.status() is not None,
+                   timeout=STARTUP, what="both to answer /status")
+        # Two seconds (twenty heartbeat intervals) of planning again: neither founds, nobody
+        # leads, nothing is served.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for node in (joining, empty):
+                status = node.status()
+                assert status is not None
+                assert (status["state"], status["role"]) == ("JOINING", "follower"), status
+            assert empty.status()["sync"]["waiting_for"] == "peers"
+            time.sleep(0.1)
+        assert empty.get(f"/playlists/{playlist}").status == 503
+    finally:
+        leader.signal(signal.SIGCONT)
+
+    for node in (joining, empty):
+        node.wait_ready()
+        assert node.get(f"/playlists/{playlist}").status == 200
+    log = empty.log_path.read_bytes()[before:]
+    assert b"will join the cluster" in log and b"will found" not in log, log[-3000:]
+    assert cluster.agreed_leader()["node_id"] == leader.node_id
+    names = [p["name"] for p in leader.get("/playlists").json()["playlists"]]
+    assert names == ["kept"]
+
+
 def test_a_replica_back_after_another_leader_wrote_below_its_head_gets_those_writes_at_once(
         tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
     """Random run of seed 7373 (four replicas), after the two fixes above: a replica synced

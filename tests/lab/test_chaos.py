@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from lab.chaos import FAULT_KINDS, Action, World, choose
+from lab.chaos import FAULT_KINDS, Action, World, choose, may_wipe
 from lab.nemesis import PROXY
 
 NODES = (1, 2, 3)
@@ -128,3 +128,24 @@ def test_every_decision_takes_the_same_draws_whatever_the_world() -> None:
             choose(rng, world)
             states.add(repr(rng.getstate()))
         assert len(states) == 1, seed
+
+
+OLD, NEW = "0000000001-00001-000000000001", "0000000002-00001-000000000001"
+
+
+def test_a_replica_is_wiped_only_when_another_holds_what_it_holds() -> None:
+    song = {("songs", "s"): {"title": NEW}}
+    older = {("songs", "s"): {"title": OLD}}
+    assert may_wipe(1, {1: song, 2: song, 3: older}, leader=3)
+    assert not may_wipe(1, {1: song, 2: older, 3: older}, leader=3)
+    assert not may_wipe(3, {1: song, 2: song, 3: song}, leader=3), "the leader"
+    assert not may_wipe(1, {1: None, 2: song, 3: song}, leader=3), "its database unreadable"
+
+
+def test_no_replica_is_wiped_while_another_holds_nothing_yet() -> None:
+    """Seed 5353: a second lost disk while the first still fetches its snapshot leaves two
+    empty replicas, a majority of three that cannot tell a lost cluster from a new one."""
+    song = {("songs", "s"): {"title": NEW}}
+    assert not may_wipe(1, {1: song, 2: {}, 3: song}, leader=3)
+    assert not may_wipe(1, {1: song, 2: None, 3: song}, leader=3)
+    assert may_wipe(1, {1: song, 2: song, 3: song}, leader=3)

@@ -63,9 +63,9 @@ def peer(node_id: int, state: str = "ACTIVE", head: Version = HELD,
     ("join_state", "head", "peers", "away", "decision"),
     [
         (None, ZERO, [], False, FOUND),
-        (None, ZERO, [peer(1, head=ZERO), peer(2, "JOINING")], False, FOUND),
+        (None, ZERO, [peer(1, head=ZERO), peer(2, "JOINING", head=ZERO)], False, FOUND),
         (None, ZERO, [peer(1)], False, JOIN),
-        (None, ZERO, [peer(1, "JOINING")], False, FOUND),
+        (None, ZERO, [peer(1, "JOINING", head=ZERO)], False, FOUND),
         (CHUNKS, Version(1, 3, 9), [], False, JOIN),
         (DONE, Version(1, 3, 9), [peer(1)], False, REJOIN),
         (DONE, Version(1, 3, 9), [peer(1, "JOINING")], False, FOUND),
@@ -84,9 +84,9 @@ def test_plan(join_state: str | None, head: Version, peers: list[Peer], away: bo
         # Empty, it founds only once it hears a majority of --cluster-size, itself included.
         (None, ZERO, [], 3, WAIT),
         (None, ZERO, [peer(1, head=ZERO)], 3, FOUND),
-        (None, ZERO, [peer(1, "JOINING"), peer(2, "JOINING")], 3, FOUND),
+        (None, ZERO, [peer(1, "JOINING", head=ZERO), peer(2, "JOINING", head=ZERO)], 3, FOUND),
         (None, ZERO, [peer(1, head=ZERO)], 4, WAIT),
-        (None, ZERO, [peer(1, head=ZERO), peer(2, "JOINING")], 4, FOUND),
+        (None, ZERO, [peer(1, head=ZERO), peer(2, "JOINING", head=ZERO)], 4, FOUND),
         (None, ZERO, [], 2, WAIT),
         (None, ZERO, [], 1, FOUND),
         # A peer heard no more counts for nothing.
@@ -94,7 +94,17 @@ def test_plan(join_state: str | None, head: Version, peers: list[Peer], away: bo
         # One ACTIVE peer with data is enough to join, whatever the size.
         (None, ZERO, [peer(1)], 5, JOIN),
         (DONE, ZERO, [peer(1)], 5, JOIN),
+        # Nor while it has heard a replica holding data that is not ACTIVE: a majority of
+        # empty replicas beside one still joining (its snapshot installed) is no new cluster.
+        (None, ZERO, [peer(1, "JOINING"), peer(2, "JOINING", head=ZERO)], 3, WAIT),
+        (None, ZERO, [peer(1, "JOINING"), peer(2, head=ZERO)], 3, WAIT),
+        (DONE, ZERO, [peer(1, "JOINING"), peer(2, head=ZERO)], 3, WAIT),
+        # ... or that it heard holding data and hears no more.
+        (None, ZERO, [peer(1, up=False), peer(2, head=ZERO)], 3, WAIT),
+        # Once one holder is ACTIVE it joins it.
+        (None, ZERO, [peer(1), peer(2, "JOINING")], 3, JOIN),
         # A replica with data, or a join under way, never waits for the others.
+        (DONE, Version(1, 3, 9), [peer(1, "JOINING")], 3, FOUND),
         (DONE, Version(1, 3, 9), [], 3, FOUND),
         (CHUNKS, Version(1, 3, 9), [], 3, JOIN),
         (SNAPSHOT, ZERO, [], 3, JOIN),
