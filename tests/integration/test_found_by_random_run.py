@@ -130,6 +130,17 @@ def test_a_lone_leader_that_pulls_newer_rows_leads_on_above_them(
                    what=f"the edit on node {node.node_id}")
 
 
+def three_with_a_playlist(tmp_path: Path, replicas: list[ReplicaProcess]) -> tuple[
+        Cluster, list[ReplicaProcess], ReplicaProcess, str]:
+    """Three replicas of --cluster-size 3, their leader, and the id of a playlist it made."""
+    cluster = Cluster(tmp_path, replicas, "--cluster-size", "3")
+    nodes = [cluster.add(node_id) for node_id in (1, 2, 3)]
+    leader = cluster.leader()
+    created = send_json(leader.http_port, "POST", "/playlists", {"name": "kept"})
+    assert created.status == 201
+    return cluster, nodes, leader, created.json()["playlist"]["id"]
+
+
 def test_a_replica_whose_disk_was_lost_founds_nothing_cut_off_and_joins_the_others(
         tmp_path: Path, replicas: list[ReplicaProcess]) -> None:
     """Random run of seed 7373 (four replicas): node 3's data directory was lost, and it
@@ -139,12 +150,7 @@ def test_a_replica_whose_disk_was_lost_founds_nothing_cut_off_and_joins_the_othe
     acknowledged before, and the rest of the library reached it only by anti-entropy,
     minutes later. With --cluster-size 3 an empty replica founds nothing until it hears a
     majority of three, and joins the cluster that holds data as soon as it hears it."""
-    cluster = Cluster(tmp_path, replicas, "--cluster-size", "3")
-    nodes = [cluster.add(node_id) for node_id in (1, 2, 3)]
-    leader = cluster.leader()
-    created = send_json(leader.http_port, "POST", "/playlists", {"name": "kept"})
-    assert created.status == 201
-    playlist = created.json()["playlist"]["id"]
+    _, nodes, leader, playlist = three_with_a_playlist(tmp_path, replicas)
     lost = next(node for node in nodes if node is not leader)
     wait_until(lambda: lost.get(f"/playlists/{playlist}").status == 200, timeout=20)
     lost.kill()
@@ -190,12 +196,7 @@ def test_two_lost_disks_found_no_empty_cluster_beside_a_replica_still_joining(
     cluster and led it; the library's sessions were refused there (its first admin was
     not), and the two histories had not merged 30 s after the faults. A replica heard
     holding data, ACTIVE or not, means the cluster exists: the empty one waits for it."""
-    cluster = Cluster(tmp_path, replicas, "--cluster-size", "3")
-    nodes = [cluster.add(node_id) for node_id in (1, 2, 3)]
-    leader = cluster.leader()
-    created = send_json(leader.http_port, "POST", "/playlists", {"name": "kept"})
-    assert created.status == 201
-    playlist = created.json()["playlist"]["id"]
+    cluster, nodes, leader, playlist = three_with_a_playlist(tmp_path, replicas)
     joining, empty = [node for node in nodes if node is not leader]
     for node in (joining, empty):
         wait_until(lambda node=node: node.get(f"/playlists/{playlist}").status == 200,
