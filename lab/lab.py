@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from distpotify.cli.processes import (
     auth_off_unless_given,
 )
 from distpotify.keys import ClusterKeys
-from lab.client import LabClient
+from lab.client import Answer, LabClient
 from lab.disk import Disk, unmount_under
 from lab.netns import LabError, list_netns, netns_exec
 from lab.network import Host, LabNetwork, remove_namespaces
@@ -56,6 +57,7 @@ MAX_NODES = 9
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 REPLICA_KINDS = ("auto", "twistd", "standin")
+LISTENER_NAME = "lab-listener"  # the account the lab makes beside the first admin
 _NAME = re.compile(r"^(dpl[0-9a-f]{4})-(\d+)-([a-z0-9]+)$")
 _DIR_NAME = re.compile(r"^(dpl[0-9a-f]{4})-(\d+)$")
 
@@ -157,6 +159,9 @@ class Lab:
         # it makes sends that session (``credentials``).
         self.admin_password = admin_password
         self.credentials: dict[str, str] = {}
+        # With an admin, the lab also makes a listener account (LISTENER_NAME, a random
+        # password) and logs in as it: one writer of the random run works as that account.
+        self.listener_credentials: dict[str, str] = {}
         self.prefix = ""
         self.dir = Path()
         self.network: LabNetwork | None = None
@@ -214,7 +219,10 @@ class Lab:
             if self.want_proxy:
                 self.start_proxy()
             if self.admin_password is not None:
-                self._sign_in(self.admin_password)
+                self.credentials = self._sign_in(ADMIN_NAME, self.admin_password)
+                password = secrets.token_urlsafe(18)
+                self._make_listener(password)
+                self.listener_credentials = self._sign_in(LISTENER_NAME, password)
         except BaseException:
             self.close()
             raise
@@ -327,34 +335,50 @@ class Lab:
             host = self.replicas[host].host
         return LabClient(host.netns, timeout, self.credentials)
 
-    def _sign_in(self, password: str) -> None:
-        """Log in as the first admin once the leader has made it (through the proxy when there
-        is one, else at each replica in turn, the highest id first: any replica that holds
-        the account takes a login): the session every client of the lab sends from then
-        on."""
-        entries = ([(self.proxy, PROXY_PORT)] if self.proxy is not None else
-                   [(self.replicas[n].host, HTTP_PORT)
-                    for n in sorted(self.replicas, reverse=True)])
-        body = json.dumps({"username": ADMIN_NAME, "password": password}).encode()
+    def _entries(self) -> list[tuple[Host, int]]:
+        """Where the lab's own requests go: the proxy when there is one, else each replica in
+        turn, the highest id first (the leader, once the cluster has settled)."""
+        if self.proxy is not None:
+            return [(self.proxy, PROXY_PORT)]
+        return [(self.replicas[n].host, HTTP_PORT) for n in sorted(self.replicas, reverse=True)]
+
+    def _until(self, what: str, attempt: Callable[[Host, int], Answer]) -> Answer:
+        """``attempt`` at each entry in turn until one answers 2xx (a login refused until the
+        account is made and replicated, a write a follower sends to the leader with 421),
+        for up to ``ready_timeout``."""
         deadline = time.monotonic() + self.ready_timeout
         while True:
-            for host, port in entries:
+            for host, port in self._entries():
                 try:
-                    answer = self.client(host).request(
-                        "POST", host.address, port, "/auth/login", body,
-                        {"Content-Type": "application/json"}, timeout=2.0)
+                    answer = attempt(host, port)
                 except OSError as exc:
                     refused = f"{type(exc).__name__}: {exc}"
                     continue
-                if answer.status == 200:
-                    self.credentials = {"Authorization": f"Bearer {answer.json()['token']}"}
-                    self.echo(f"lab {self.prefix}: logged in as {ADMIN_NAME}")
-                    return
-                refused = f"HTTP {answer.status}"  # 401 until the admin is made and replicated
+                if 200 <= answer.status < 300:
+                    return answer
+                refused = f"HTTP {answer.status}"
             if time.monotonic() > deadline:
-                raise LabError(f"no login as {ADMIN_NAME} within {self.ready_timeout:.0f} s:"
-                               f" {refused}")
+                raise LabError(f"{what} not done within {self.ready_timeout:.0f} s: {refused}")
             time.sleep(0.2)
+
+    def _sign_in(self, username: str, password: str) -> dict[str, str]:
+        """Log in as USERNAME once the replica asked holds the account (any replica that
+        holds it takes a login): the ``Authorization`` header of that session."""
+        body = json.dumps({"username": username, "password": password}).encode()
+        answer = self._until(f"a login as {username}", lambda host, port: self.client(
+            host).request("POST", host.address, port, "/auth/login", body,
+                          {"Content-Type": "application/json"}, timeout=2.0))
+        self.echo(f"lab {self.prefix}: logged in as {username}")
+        return {"Authorization": f"Bearer {answer.json()['token']}"}
+
+    def _make_listener(self, password: str) -> None:
+        """The admin makes the listener account, under one Idempotency-Key however often it
+        is sent."""
+        body = json.dumps({"username": LISTENER_NAME, "password": password,
+                           "role": "listener"}).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+        self._until(f"the account {LISTENER_NAME}", lambda host, port: self.client(
+            host).request("POST", host.address, port, "/users", body, headers, timeout=5.0))
 
     # -- proxy ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ WEIGHTS = {
     "remove_item": 9,
 }
 EDITABLE = ("title", "album", "genre")
+LISTENER_WRITER = 1  # a writer through the proxy (with the default entries)
 WRITES = tuple(WEIGHTS)
 
 
@@ -151,7 +152,15 @@ class Traffic:
         self.entries = tuple(entries)
         self.listener_count = listeners
         self.pause = pause
+        # The writer LISTENER_WRITER works as the lab's listener account when the lab has
+        # one (``Lab.listener_credentials``): its own uploads and playlists, in a catalog of
+        # its own, so that each of its writes is one a listener may make. The others, and
+        # the stream readers, send the lab's session (the first admin's).
         self.catalog = Catalog()
+        self._accounts: dict[str, tuple[Catalog, dict[str, str]]] = {}
+        if lab.listener_credentials and len(self.entries) > LISTENER_WRITER:
+            name = f"w{LISTENER_WRITER}-{self.entries[LISTENER_WRITER]}"
+            self._accounts[name] = (Catalog(), dict(lab.listener_credentials))
         self._history: list[Op] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -201,11 +210,19 @@ class Traffic:
                 index += 1
             self._stop.wait(rng.expovariate(1 / self.pause) if self.pause else 0)
 
+    def _catalog(self, writer: str) -> Catalog:
+        return self._accounts[writer][0] if writer in self._accounts else self.catalog
+
+    def _catalogs(self) -> list[Catalog]:
+        return [self.catalog, *(catalog for catalog, _ in self._accounts.values())]
+
     def _listener(self, name: str) -> None:
         rng = random.Random(f"{self.seed}-{name}")
         index = 0
         while not self._stop.is_set():
-            song = self.catalog.pick(rng, "songs")
+            catalogs = self._catalogs()
+            catalog = catalogs[0] if len(catalogs) == 1 else rng.choice(catalogs)
+            song = catalog.pick(rng, "songs")
             if song is None:
                 self._stop.wait(0.2)
                 continue
@@ -217,6 +234,7 @@ class Traffic:
     # -- writes ---------------------------------------------------------------------------
 
     def _upload(self, name: str, index: int, entry: str, rng: random.Random) -> Op:
+        catalog = self._catalog(name)
         tag = f"{self.seed}-{name}-{index}"
         audio = make_wav(tag, LARGE_SONG if rng.random() < 0.1 else SMALL_SONG)
         sha = hashlib.sha256(audio).hexdigest()
@@ -228,11 +246,12 @@ class Traffic:
         song = op.result.get("song") or {}
         result = {"id": song.get("id"), "sha256": song.get("sha256")}
         if op.outcome == "ok" and isinstance(song.get("id"), str):
-            self.catalog.add("songs", song["id"], sha)
+            catalog.add("songs", song["id"], sha)
         return attrs.evolve(op, result=result)
 
     def _edit_song(self, name: str, index: int, entry: str, rng: random.Random) -> Op | None:
-        song = self.catalog.pick(rng, "songs")
+        catalog = self._catalog(name)
+        song = catalog.pick(rng, "songs")
         if song is None:
             return None
         field = rng.choice(EDITABLE)
@@ -241,16 +260,18 @@ class Traffic:
                           {field: value}, {"song": song, "field": field, "value": value}, rng)
 
     def _delete_song(self, name: str, index: int, entry: str, rng: random.Random) -> Op | None:
-        song = self.catalog.pick(rng, "songs")
+        catalog = self._catalog(name)
+        song = catalog.pick(rng, "songs")
         if song is None:
             return None
         op = self._write(name, index, entry, "delete_song", "DELETE", f"/songs/{song}", b"",
                          None, {"song": song}, rng)
         if op.outcome != "fail" or op.status == 404:
-            self.catalog.forget("songs", song)
+            catalog.forget("songs", song)
         return op
 
     def _create_playlist(self, name: str, index: int, entry: str, rng: random.Random) -> Op:
+        catalog = self._catalog(name)
         playlist_name = f"p-{self.seed}-{name}-{index}"
         body: dict[str, Any] = {"name": playlist_name}
         if rng.random() < 0.5:  # half with a client-chosen id, half with the server's
@@ -260,12 +281,13 @@ class Traffic:
         playlist = op.result.get("playlist") or {}
         result = {"id": playlist.get("id")}
         if op.outcome == "ok" and isinstance(playlist.get("id"), str):
-            self.catalog.add("playlists", playlist["id"])
+            catalog.add("playlists", playlist["id"])
         return attrs.evolve(op, result=result)
 
     def _rename_playlist(self, name: str, index: int, entry: str, rng: random.Random
                          ) -> Op | None:
-        playlist = self.catalog.pick(rng, "playlists")
+        catalog = self._catalog(name)
+        playlist = catalog.pick(rng, "playlists")
         if playlist is None:
             return None
         value = f"p-{self.seed}-{name}-{index}-rename"
@@ -275,17 +297,19 @@ class Traffic:
 
     def _delete_playlist(self, name: str, index: int, entry: str, rng: random.Random
                          ) -> Op | None:
-        playlist = self.catalog.pick(rng, "playlists")
+        catalog = self._catalog(name)
+        playlist = catalog.pick(rng, "playlists")
         if playlist is None:
             return None
         op = self._write(name, index, entry, "delete_playlist", "DELETE",
                          f"/playlists/{playlist}", b"", None, {"playlist": playlist}, rng)
         if op.outcome != "fail" or op.status == 404:
-            self.catalog.forget("playlists", playlist)
+            catalog.forget("playlists", playlist)
         return op
 
     def _add_item(self, name: str, index: int, entry: str, rng: random.Random) -> Op | None:
-        pair = self.catalog.new_pair(rng)
+        catalog = self._catalog(name)
+        pair = catalog.new_pair(rng)
         if pair is None:
             return None
         playlist, song = pair
@@ -294,20 +318,21 @@ class Traffic:
         item = op.result.get("item") or {}
         result = {"id": item.get("id")}
         if op.outcome == "ok" and isinstance(item.get("id"), str):
-            self.catalog.add("items", item["id"], pair)
+            catalog.add("items", item["id"], pair)
         return attrs.evolve(op, result=result)
 
     def _remove_item(self, name: str, index: int, entry: str, rng: random.Random
                      ) -> Op | None:
-        item = self.catalog.pick(rng, "items")
+        catalog = self._catalog(name)
+        item = catalog.pick(rng, "items")
         if item is None:
             return None
-        playlist, song = self.catalog.items.get(item, ("", ""))
+        playlist, song = catalog.items.get(item, ("", ""))
         op = self._write(name, index, entry, "remove_item", "DELETE",
                          f"/playlists/{playlist}/items/{item}", b"", None,
                          {"item": item, "playlist": playlist, "song": song}, rng)
         if op.outcome != "fail" or op.status == 404:
-            self.catalog.forget("items", item)
+            catalog.forget("items", item)
         return op
 
     # -- reads ----------------------------------------------------------------------------
@@ -316,7 +341,8 @@ class Traffic:
         """GET the whole song; the result holds the SHA-256 of the bytes served."""
         started = self.lab.clock()
         target = self._target(entry, rng)
-        args = {"song": song, "sha256": self.catalog.songs.get(song)}
+        args = {"song": song, "sha256": next(
+            (c.songs[song] for c in self._catalogs() if song in c.songs), None)}
         if target is None:
             return Op(name, index, "stream", "none", "", started, self.lab.clock(), "fail",
                       error="no replica known", args=args)
@@ -348,7 +374,8 @@ class Traffic:
         """Send one write with a new Idempotency-Key; a 421 from a replica is followed once
         to the leader it names. RESULT holds the JSON answer of a 2xx."""
         key = _new_key(rng)
-        headers = {"Idempotency-Key": key}
+        headers = {"Idempotency-Key": key, **(self._accounts[name][1] if name in self._accounts
+                                               else {})}
         if content_type:
             headers["Content-Type"] = content_type
         started = self.lab.clock()

@@ -9,14 +9,24 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lab.client import LabClient
-from lab.lab import HTTP_PORT, LAB_BASE, Lab, clean_stale_labs, twistd_plugins
+from lab.lab import (
+    HTTP_PORT,
+    LAB_BASE,
+    LISTENER_NAME,
+    PROXY_PORT,
+    Lab,
+    clean_stale_labs,
+    twistd_plugins,
+)
 from lab.nemesis import Nemesis
 from lab.netns import list_netns, netns_inode, netns_pids
 from lab.netns import processes_in_netns_inodes as processes_in
+from lab.traffic import Traffic
 
 pytestmark = [pytest.mark.lab]
 
@@ -147,3 +157,60 @@ def test_a_lab_given_an_admin_password_signs_in_and_its_clients_carry_the_sessio
         other = lab.client(1).request("GET", lab.replicas[1].host.address, HTTP_PORT, "/songs",
                                       headers={"Authorization": "Bearer not-a-session"})
         assert other.status == 401
+        # The lab also made a listener account and holds its session: the random run's
+        # writer that works as it is refused what only an admin may do.
+        address = lab.replicas[3].host.address
+        me = lab.client(3).request("GET", address, HTTP_PORT, "/auth/me",
+                                   headers=lab.listener_credentials)
+        assert me.status == 200 and me.json()["user"]["username"] == LISTENER_NAME
+        assert me.json()["user"]["role"] == "listener"
+        users = lab.client(3).request("GET", address, HTTP_PORT, "/users",
+                                      headers=lab.listener_credentials)
+        assert users.status == 403
+        assert lab.client(3).request("GET", address, HTTP_PORT, "/users").status == 200
+
+
+@pytest.mark.timeout(120)
+def test_the_random_runs_listener_writer_works_as_the_listener_account(tmp_path: Path) -> None:
+    """One writer of the random run sends the listener account's session: what it creates
+    is that account's, it is never refused, and the admin's private playlists stay hidden
+    from it (it fails if the writer sent the admin's session, or none)."""
+    with Lab(3, base_dir=tmp_path, echo=print, auth=True, proxy=True,
+             admin_password="lab-admin-password") as lab:
+        if lab.replica_kind != "twistd":
+            pytest.skip("needs `twistd distpotify` (the replica foundation)")
+        traffic = Traffic(lab, seed=5, pause=0.01).start()
+        deadline = time.monotonic() + 60
+        while not {"upload", "create_playlist"} <= {
+                op.kind for op in traffic.history()
+                if op.worker.startswith("w1-") and op.outcome == "ok"}:
+            assert time.monotonic() < deadline, "the listener writer made nothing"
+            time.sleep(0.2)
+        traffic.stop()
+        history = traffic.history()
+
+        def get(path: str, credentials: dict[str, str] | None = None) -> Any:
+            assert lab.proxy is not None
+            return lab.client(lab.proxy).request("GET", lab.proxy.address, PROXY_PORT, path,
+                                                 headers=credentials)
+
+        listener = get("/auth/me", lab.listener_credentials).json()["user"]["id"]
+        admin = get("/auth/me").json()["user"]["id"]
+        mine = [op for op in history if op.worker.startswith("w1-") and op.outcome == "ok"]
+        assert not [op for op in history if op.status in (401, 403)]
+        owners = []
+        for op in mine:
+            if op.kind == "upload":
+                song = get(f"/songs/{op.result['id']}")
+                owners += [("song", song.json()["uploaded_by"])] if song.status == 200 else []
+            if op.kind == "create_playlist":
+                playlist = get(f"/playlists/{op.result['id']}")
+                owners += ([("playlist", playlist.json()["playlist"]["owner"])]
+                           if playlist.status == 200 else [])
+        assert {kind for kind, _ in owners} == {"song", "playlist"}, owners
+        assert {owner for _, owner in owners} == {listener}, (owners, admin)
+        theirs = [op.result["id"] for op in history if op.kind == "create_playlist"
+                  and op.outcome == "ok" and not op.worker.startswith("w1-")]
+        assert theirs and all(get(f"/playlists/{p}").status in (200, 404) for p in theirs)
+        hidden = get(f"/playlists/{theirs[0]}", lab.listener_credentials)
+        assert hidden.status in (403, 404), hidden.status
