@@ -76,6 +76,13 @@ MAX_API_KEYS = 50
 _ACCOUNT_ENTITIES = ("users", "api_keys")
 
 
+def account_rows(db: MetadataDB) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                           list[str]]:
+    """What ``Accounts.load`` takes, read in one call on the database's thread: the live
+    accounts, the API keys and the deleted accounts' ids, with no write between them."""
+    return db.users(), db.api_keys(), db.deleted_user_ids()
+
+
 def user_of(row: Mapping[str, Any]) -> User | None:
     """The User a ``users`` row holds; None for a row that is not a whole account."""
     try:
@@ -167,9 +174,7 @@ class Accounts:
 
     async def reload(self) -> None:
         """Read every account and API key again (after ops touching them applied here)."""
-        users = await self._store.run(MetadataDB.users)
-        self.load(users, await self._store.run(MetadataDB.api_keys),
-                  await self._store.run(MetadataDB.deleted_user_ids))
+        self.load(*await self._store.run(account_rows))
 
     def ops_applied(self, ops: Iterable[Op]) -> None:
         """Ops applied here from elsewhere: reload if any of them is an account's or a key's."""

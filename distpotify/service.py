@@ -29,7 +29,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IAgent
 
 from distpotify import __version__
-from distpotify.accounts import Accounts
+from distpotify.accounts import Accounts, account_rows
 from distpotify.api.auth import AuthAPI
 from distpotify.api.covers import CoversAPI
 from distpotify.api.gate import Gate
@@ -376,7 +376,7 @@ def build_replica(
                         ApiKeySecrets(config.cluster_keys), admin_password=config.admin_password,
                         box=PasswordBox(config.cluster_keys) if config.subsonic_token_auth
                         else None)
-    accounts.load(db.users(), db.api_keys(), db.deleted_user_ids())
+    accounts.load(*account_rows(db))
     userstate = UserState(store, library, reactor)
     replication.on_applied.append(accounts.ops_applied)
     replication.on_applied.append(cluster.ops_applied)
@@ -392,15 +392,18 @@ def build_replica(
     # /sync/* answers signed requests only: the other replicas (api/trusted.py).
     signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
                               cluster.trust, blocking)
+    def serving() -> bool:  # reads and sessions are answered by an ACTIVE replica only
+        return cluster.state == ACTIVE
+
     subsonic = SubsonicAPI(Server(
         library, accounts, store, blocking,
         Authenticator(accounts, token_auth=config.subsonic_token_auth),
-        api.stream, serving=lambda: cluster.state == ACTIVE, state=userstate, covers=covers))
+        api.stream, serving=serving, state=userstate, covers=covers))
     gate = Gate(accounts, RequestVerifier(config.cluster_keys, reactor), enforce=config.auth,
-                metrics_token=config.metrics_token, serving=lambda: cluster.state == ACTIVE,
+                metrics_token=config.metrics_token, serving=serving,
                 leading=lambda: leadership.is_leader)
     resource = ReplicaRoot(config.node_id, api, signed_only,
-                           serving=lambda: cluster.state == ACTIVE,
+                           serving=serving,
                            wait_for=lambda v: Deferred.fromCoroutine(
                                replication.applied.wait_for(v)),
                            accounts=AuthAPI(accounts, blocking).app.resource(),

@@ -445,8 +445,8 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
     if lab.auth:
         # The session was made before the first fault, so every replica the proxy sends a
         # request to holds it (a wiped one gets it in the snapshot it joins from): a refusal
-        # is a session lost or a check gone wrong. (A request sent straight to a replica
-        # that is still empty is refused rightly: it knows no session yet.)
+        # is a session lost or a check gone wrong. (A replica still joining answers a
+        # request sent straight to it 503 joining, not 401: it cannot check the session yet.)
         refused = [op for op in history if op.via == "proxy" and op.status in (401, 403)]
         ctx.check("no request through the proxy refused its session", not refused,
                   f"{len(refused)} refused; first: {refused[0].brief() if refused else ''}")
