@@ -336,8 +336,7 @@ def run(layout: Layout, demo: bool | None) -> int:
         print("running; Ctrl-C stops everything", flush=True)
         while True:
             for child in supervisor.exited():
-                print(f"{child.name} exited (status {child.process.returncode}); the others"
-                      " go on", flush=True)
+                print(child.exit_message(), flush=True)
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -254,6 +255,13 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    argv: tuple[str, ...] = ()
+
+    def exit_message(self) -> str:
+        """What to tell the user once it has exited: its status, and the command line that
+        starts it again (its secrets are in files, never on it)."""
+        return (f"{self.name} exited (status {self.process.returncode}); the others go on."
+                f" To start it again, in another terminal: {shlex.join(self.argv)}")
 
 
 class Supervisor:
@@ -272,7 +280,7 @@ class Supervisor:
               ) -> subprocess.Popen[bytes]:
         """Start ``argv`` as the child ``name``, with ``env`` added to its environment."""
         process = spawn(argv, output=output, cwd=self.cwd, env=env)
-        self.children.append(Child(name, process, log))
+        self.children.append(Child(name, process, log, tuple(argv)))
         return process
 
     def check(self, process: subprocess.Popen[bytes]) -> None:

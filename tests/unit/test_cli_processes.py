@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from distpotify.cli.processes import (
     AUTH_OFF,
     ProxyCommand,
     ReplicaCommand,
+    Supervisor,
     auth_off_unless_given,
     child_env,
     twistd,
@@ -109,3 +111,17 @@ def test_tools_run_without_accounts_unless_their_options_name_auth() -> None:
     assert auth_off_unless_given(["--chunk-size", "64K"]) == AUTH_OFF == ("--auth", "off")
     assert auth_off_unless_given(["--auth", "on", "--metrics-token", "t"]) == ()
     assert auth_off_unless_given(["--auth=on"]) == ()
+
+
+def test_a_child_that_exits_is_reported_with_the_command_that_starts_it_again(
+        tmp_path: Path) -> None:
+    supervisor = Supervisor()
+    argv = [sys.executable, "-c", "raise SystemExit(3)", "--data-dir", "my data"]
+    process = supervisor.start("replica 1", argv, tmp_path / "node1.log")
+    process.wait(30)
+    [child] = supervisor.exited()
+    message = child.exit_message()
+    assert message.startswith("replica 1 exited (status 3); the others go on."), message
+    assert message.endswith(
+        f"{shlex.quote(sys.executable)} -c 'raise SystemExit(3)' --data-dir 'my data'")
+    assert list(supervisor.exited()) == [], "reported once"
