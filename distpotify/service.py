@@ -392,6 +392,7 @@ def build_replica(
     # /sync/* answers signed requests only: the other replicas (api/trusted.py).
     signed_only = ClusterOnly(sync.app.resource(), RequestVerifier(config.cluster_keys, reactor),
                               cluster.trust, blocking)
+
     def serving() -> bool:  # reads and sessions are answered by an ACTIVE replica only
         return cluster.state == ACTIVE
 

@@ -261,7 +261,8 @@ class Child:
         """What to tell the user once it has exited: its status, and the command line that
         starts it again (its secrets are in files, never on it)."""
         return (f"{self.name} exited (status {self.process.returncode}); the others go on."
-                f" To start it again, in another terminal: {shlex.join(self.argv)}")
+                " To start it again, in another terminal in this directory:"
+                f" {shlex.join(self.argv)}")
 
 
 class Supervisor:
