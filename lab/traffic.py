@@ -119,6 +119,10 @@ class Catalog:
             table = getattr(self, what)
             table.discard(key) if isinstance(table, set) else table.pop(key, None)
 
+    def sha256_of(self, song: str) -> str | None:
+        with self._lock:
+            return self.songs.get(song)
+
     def new_pair(self, rng: random.Random) -> tuple[str, str] | None:
         with self._lock:
             playlists, songs = sorted(self.playlists), sorted(self.songs)
@@ -342,7 +346,7 @@ class Traffic:
         started = self.lab.clock()
         target = self._target(entry, rng)
         args = {"song": song, "sha256": next(
-            (c.songs[song] for c in self._catalogs() if song in c.songs), None)}
+            filter(None, (c.sha256_of(song) for c in self._catalogs())), None)}
         if target is None:
             return Op(name, index, "stream", "none", "", started, self.lab.clock(), "fail",
                       error="no replica known", args=args)

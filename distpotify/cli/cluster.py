@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -26,13 +27,19 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
 from distpotify.cli.demo import DEMOS, demo_file
 from distpotify.cli.keygen import key_file_text
-from distpotify.cli.processes import ChildError, ProxyCommand, ReplicaCommand, Supervisor
+from distpotify.cli.processes import (
+    Child,
+    ChildError,
+    ProxyCommand,
+    ReplicaCommand,
+    Supervisor,
+)
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
@@ -40,6 +47,7 @@ ADMIN = "admin"  # the first admin's name (distpotify/accounts.py FIRST_ADMIN)
 ADMIN_PASSWORD = "DISTPOTIFY_ADMIN_PASSWORD"
 METRICS_TOKEN = "DISTPOTIFY_METRICS_TOKEN"
 LOGIN_TIMEOUT = 30.0
+WATCH_INTERVAL = 0.5  # how often the running launcher looks at its children (and the terminal)
 
 
 @attrs.frozen
@@ -334,10 +342,25 @@ def run(layout: Layout, demo: bool | None) -> int:
         if library_size(layout, token) == 0 and want_demos(demo):
             print(f"added {add_demos(layout.proxy_port, token=token)} demo tracks")
         print("running; Ctrl-C stops everything", flush=True)
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+        down: list[Child] = []
         while True:
             for child in supervisor.exited():
-                print(child.exit_message(), flush=True)
-            time.sleep(0.5)
+                down.append(child)
+                print(child.exit_message(restartable=interactive), flush=True)
+            if not (down and interactive):
+                time.sleep(WATCH_INTERVAL)
+                continue
+            line = typed(sys.stdin, WATCH_INTERVAL)
+            if line is None:  # the terminal is gone: say how to start them by hand
+                interactive = False
+                for child in down:
+                    print(child.exit_message(), flush=True)
+            elif line:
+                for child in down:
+                    supervisor.restart(child)
+                    print(f"starting {child.name} again (log {child.log})", flush=True)
+                down.clear()
     except KeyboardInterrupt:
         return 0
     finally:
@@ -346,6 +369,14 @@ def run(layout: Layout, demo: bool | None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("stopped", flush=True)
+
+
+def typed(stream: IO[str], timeout: float) -> str | None:
+    """The line typed on STREAM within TIMEOUT seconds ("" if none was); None once STREAM has
+    ended."""
+    if not select.select([stream], [], [], timeout)[0]:
+        return ""
+    return stream.readline() or None
 
 
 def _ports(text: str) -> tuple[int, ...]:

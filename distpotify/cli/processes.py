@@ -256,13 +256,17 @@ class Child:
     process: subprocess.Popen[bytes]
     log: Path
     argv: tuple[str, ...] = ()
+    output: Output = subprocess.DEVNULL
+    env: Mapping[str, str] | None = None
 
-    def exit_message(self) -> str:
-        """What to tell the user once it has exited: its status, and the command line that
-        starts it again (its secrets are in files, never on it)."""
-        return (f"{self.name} exited (status {self.process.returncode}); the others go on."
-                " To start it again, in another terminal in this directory:"
-                f" {shlex.join(self.argv)}")
+    def exit_message(self, restartable: bool = False) -> str:
+        """What to tell the user once it has exited: its status, and how to start it again:
+        Enter, when its supervisor reads a terminal (``restartable``), else the command line
+        (from a shell, without the variables its supervisor set, and unsupervised)."""
+        how = ("Press Enter to start it again." if restartable else
+               "To start it again, in another terminal in this directory:"
+               f" {shlex.join(self.argv)}")
+        return f"{self.name} exited (status {self.process.returncode}); the others go on. {how}"
 
 
 class Supervisor:
@@ -281,8 +285,13 @@ class Supervisor:
               ) -> subprocess.Popen[bytes]:
         """Start ``argv`` as the child ``name``, with ``env`` added to its environment."""
         process = spawn(argv, output=output, cwd=self.cwd, env=env)
-        self.children.append(Child(name, process, log, tuple(argv)))
+        self.children.append(Child(name, process, log, tuple(argv), output, env))
         return process
+
+    def restart(self, child: Child) -> subprocess.Popen[bytes]:
+        """Start an exited CHILD again as it was started: its name, command, log and
+        environment; supervised again from now on."""
+        return self.start(child.name, child.argv, child.log, child.output, child.env)
 
     def check(self, process: subprocess.Popen[bytes]) -> None:
         """ChildError, with the end of its log, if our child PROCESS has exited."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from distpotify.cli.cluster import Layout, banner, ensure_key_file, make_admin_password
+from distpotify.cli.cluster import Layout, banner, ensure_key_file, make_admin_password, typed
 from distpotify.keys import ClusterKeys
 
 pytestmark = pytest.mark.timeout(60)
@@ -148,3 +149,13 @@ def test_later_banners_name_the_password_file_only() -> None:
     text = banner(Layout(data=Path("/srv/cluster")), VIEW)
 
     assert "user admin, the password in /srv/cluster/admin.password" in text
+
+
+def test_a_line_typed_is_read_nothing_typed_is_empty_and_an_ended_input_is_none() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as stream:
+        assert typed(stream, 0.05) == ""
+        os.write(write_end, b"\n")
+        assert typed(stream, 5) == "\n"
+        os.close(write_end)
+        assert typed(stream, 5) is None

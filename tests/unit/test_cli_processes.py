@@ -125,3 +125,22 @@ def test_a_child_that_exits_is_reported_with_the_command_that_starts_it_again(
     assert message.endswith(
         f"{shlex.quote(sys.executable)} -c 'raise SystemExit(3)' --data-dir 'my data'")
     assert list(supervisor.exited()) == [], "reported once"
+    assert child.exit_message(restartable=True).endswith(
+        "the others go on. Press Enter to start it again.")
+
+
+def test_an_exited_child_starts_again_as_it_was_started(tmp_path: Path) -> None:
+    supervisor = Supervisor()
+    record = tmp_path / "runs"
+    argv = [sys.executable, "-c",
+            "import os, sys; open(sys.argv[1], 'a').write(os.environ['LAB_MARK'] + chr(10))",
+            str(record)]
+    supervisor.start("replica 2", argv, tmp_path / "node2.log", env={"LAB_MARK": "marked"})
+    supervisor.children[0].process.wait(30)
+    [child] = supervisor.exited()
+
+    again = supervisor.restart(child)
+    again.wait(30)
+
+    assert record.read_text() == "marked\nmarked\n"  # the same command, the same variables
+    assert [c.name for c in supervisor.exited()] == ["replica 2"], "supervised again"
