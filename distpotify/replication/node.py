@@ -231,24 +231,15 @@ class ReplicationNode(service.MultiService):
                         config.cluster_size)
 
         decision = decide()
-        if decision == WAIT:
+        said: list[int] | None = None
+        while decision == WAIT:  # said again whenever the replicas it waits on change
             waited = holders(cluster.membership.peers())
-            if waited:
-                log.warn("replica {node_id} is empty and has heard replica(s) {holders} holding"
-                         " data, none of them ACTIVE: it founds no cluster beside theirs, and"
-                         " joins it once one of them is ACTIVE",
-                         node_id=config.node_id, holders=", ".join(map(str, waited)))
-            else:
-                log.warn("replica {node_id} is empty and hears {heard} of the {size} replicas"
-                         " of --cluster-size: it founds no cluster until it hears a majority of"
-                         " them, and joins one that holds data as soon as it hears it",
-                         node_id=config.node_id, heard=len(cluster.membership.live_peers()) + 1,
-                         size=config.cluster_size)
-            self.progress.waiting_for = "peers"
-            while decision == WAIT:
-                await deferLater(self._reactor, config.heartbeat_interval, lambda: None)
-                decision = decide()
-            self.progress.waiting_for = None
+            if waited != said:
+                self.progress.waiting_for = self._say_why_waiting(waited)
+                said = waited
+            await deferLater(self._reactor, config.heartbeat_interval, lambda: None)
+            decision = decide()
+        self.progress.waiting_for = None
         log.info("replica {node_id} at head {head} will {decision} the cluster",
                  node_id=config.node_id, head=head.encode(), decision=decision)
         if decision == JOIN:
@@ -259,6 +250,25 @@ class ReplicationNode(service.MultiService):
                 await store.run(MetadataDB.set_meta, "join_state", SNAPSHOT)
         self._planned = True
         await self._sync(decision)
+
+    def _say_why_waiting(self, waited: list[int]) -> str:
+        """Log why this empty replica founds no cluster yet, and return it as /status shows
+        it in ``sync.waiting_for``: ``holders`` (it heard the replicas ``waited`` holding
+        data, none of them ACTIVE) or ``peers`` (it hears fewer than a majority of
+        --cluster-size)."""
+        config, membership = self._config, self._cluster.membership
+        if waited:
+            log.warn("replica {node_id} is empty and has heard replica(s) {holders} holding"
+                     " data, none of them ACTIVE: it founds no cluster beside theirs, and"
+                     " joins it once one of them is ACTIVE",
+                     node_id=config.node_id, holders=", ".join(map(str, waited)))
+            return "holders"
+        log.warn("replica {node_id} is empty and hears {heard} of the {size} replicas of"
+                 " --cluster-size: it founds no cluster until it hears a majority of them,"
+                 " and joins one that holds data as soon as it hears it",
+                 node_id=config.node_id, heard=len(membership.live_peers()) + 1,
+                 size=config.cluster_size)
+        return "peers"
 
     async def _sync(self, decision: str) -> None:
         """Join or catch up until this replica holds what the cluster holds, then ACTIVE. A

@@ -230,7 +230,7 @@ def test_two_lost_disks_found_no_empty_cluster_beside_a_replica_still_joining(
                 status = node.status()
                 assert status is not None
                 assert (status["state"], status["role"]) == ("JOINING", "follower"), status
-            assert empty.status()["sync"]["waiting_for"] == "peers"
+            assert empty.status()["sync"]["waiting_for"] == "holders"
             time.sleep(0.1)
         assert empty.get(f"/playlists/{playlist}").status == 503
     finally:

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from distpotify.cluster.bully import NotLeaderError
+from distpotify.cluster.heartbeat import Heartbeat
 from distpotify.cluster.membership import Peer
 from distpotify.errors import Conflict, InsufficientStorage, SnapshotTooOld
 from distpotify.model import ZERO, Op, Version
@@ -701,3 +702,45 @@ def test_unpack_into_a_full_disk_raises_the_full_disk_and_leaves_nothing(
 
     assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, SnapshotError)
     assert not out.exists() and not out.is_symlink()
+
+
+def test_an_empty_replica_that_heard_holders_waits_says_so_once_each_and_joins_an_active_one(
+        tmp_path: Path) -> None:
+    """Lab seed 5353: a replica heard holding data, ACTIVE or not, means the cluster exists.
+    The wait is logged when the replicas waited on change, not every heartbeat interval."""
+    replica = InMemoryReplica(tmp_path, leadership=NoLeader())
+    service, clock = replica.service, replica.clock
+    membership = service.cluster.membership
+
+    def heard(node: int, state: str, head: Version) -> None:
+        membership.heartbeat_received(Heartbeat(
+            cluster=service.config.cluster, node=node, epoch=4, role="follower", state=state,
+            http=f"http://127.0.0.9:{8000 + node}", amp=f"127.0.0.9:{9000 + node}", head=head))
+
+    with capturedLogs() as events:
+        heard(2, "JOINING", HELD)
+        heard(3, "JOINING", ZERO)
+        planned = Deferred.fromCoroutine(service.replication.become_active())
+        for _ in range(20):  # two seconds of planning again
+            clock.advance(service.config.heartbeat_interval)
+            heard(2, "JOINING", HELD)
+            heard(3, "JOINING", ZERO)
+        waiting = service.replication.progress.waiting_for
+        heard(3, "JOINING", HELD)
+        clock.advance(service.config.heartbeat_interval)
+        heard(3, "ACTIVE", HELD)
+        clock.advance(service.config.heartbeat_interval)
+
+    said = [formatEvent(e) for e in events if "founds no cluster" in formatEvent(e)]
+    assert waiting == "holders"
+    assert said == [
+        "replica 1 is empty and has heard replica(s) 2 holding data, none of them ACTIVE: it"
+        " founds no cluster beside theirs, and joins it once one of them is ACTIVE",
+        "replica 1 is empty and has heard replica(s) 2, 3 holding data, none of them ACTIVE:"
+        " it founds no cluster beside theirs, and joins it once one of them is ACTIVE"]
+    assert any("replica 1 at head 0000000000-00000-000000000000 will join the cluster"
+               in formatEvent(e) for e in events)
+    assert service.replication.progress.waiting_for == "leader"  # the join's, now
+    planned.addErrback(lambda failure: failure.trap(CancelledError))
+    planned.cancel()
+    service.replication.stopService()
