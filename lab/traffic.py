@@ -119,6 +119,10 @@ class Catalog:
             table = getattr(self, what)
             table.discard(key) if isinstance(table, set) else table.pop(key, None)
 
+    def count(self, what: str) -> int:
+        with self._lock:
+            return len(getattr(self, what))
+
     def sha256_of(self, song: str) -> str | None:
         with self._lock:
             return self.songs.get(song)
@@ -225,7 +229,9 @@ class Traffic:
         index = 0
         while not self._stop.is_set():
             catalogs = self._catalogs()
-            catalog = catalogs[0] if len(catalogs) == 1 else rng.choice(catalogs)
+            sizes = [catalog.count("songs") for catalog in catalogs]
+            catalog = (catalogs[0] if len(catalogs) == 1 or not any(sizes) else
+                       rng.choices(catalogs, sizes)[0])  # each song as likely as another
             song = catalog.pick(rng, "songs")
             if song is None:
                 self._stop.wait(0.2)
