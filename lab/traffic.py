@@ -140,6 +140,15 @@ class Catalog:
             return None
 
 
+@attrs.frozen
+class Account:
+    """Whom a writer works as: the songs and playlists it has made, and the headers that
+    sign its requests (none for the lab's own session, which the lab's client adds)."""
+
+    catalog: Catalog = attrs.field(factory=Catalog)
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+
 class Traffic:
     """WRITERS writer threads (each with an entry: "proxy", "leader" or "any" replica) and
     LISTENERS stream readers, until ``stop``; ``history`` is every operation so far."""
@@ -164,11 +173,11 @@ class Traffic:
         # one (``Lab.listener_credentials``): its own uploads and playlists, in a catalog of
         # its own, so that each of its writes is one a listener may make. The others, and
         # the stream readers, send the lab's session (the first admin's).
-        self.catalog = Catalog()
-        self._accounts: dict[str, tuple[Catalog, dict[str, str]]] = {}
+        self._admin = Account()
+        self._accounts: dict[str, Account] = {}  # by writer name; the others work as the admin
         if lab.listener_credentials and len(self.entries) > LISTENER_WRITER:
             name = f"w{LISTENER_WRITER}-{self.entries[LISTENER_WRITER]}"
-            self._accounts[name] = (Catalog(), dict(lab.listener_credentials))
+            self._accounts[name] = Account(headers=dict(lab.listener_credentials))
         self._history: list[Op] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -218,11 +227,14 @@ class Traffic:
                 index += 1
             self._stop.wait(rng.expovariate(1 / self.pause) if self.pause else 0)
 
+    def _account(self, writer: str) -> Account:
+        return self._accounts.get(writer, self._admin)
+
     def _catalog(self, writer: str) -> Catalog:
-        return self._accounts[writer][0] if writer in self._accounts else self.catalog
+        return self._account(writer).catalog
 
     def _catalogs(self) -> list[Catalog]:
-        return [self.catalog, *(catalog for catalog, _ in self._accounts.values())]
+        return [account.catalog for account in (self._admin, *self._accounts.values())]
 
     def _listener(self, name: str) -> None:
         rng = random.Random(f"{self.seed}-{name}")
@@ -384,8 +396,7 @@ class Traffic:
         """Send one write with a new Idempotency-Key; a 421 from a replica is followed once
         to the leader it names. RESULT holds the JSON answer of a 2xx."""
         key = _new_key(rng)
-        headers = {"Idempotency-Key": key, **(self._accounts[name][1] if name in self._accounts
-                                               else {})}
+        headers = {"Idempotency-Key": key, **self._account(name).headers}
         if content_type:
             headers["Content-Type"] = content_type
         started = self.lab.clock()
