@@ -167,6 +167,20 @@ def test_an_api_key_alone_authenticates(replica: InMemoryReplica) -> None:
     assert "apiKeyAuthentication" in names
 
 
+def test_token_info_names_the_user_of_an_api_key(replica: InMemoryReplica) -> None:
+    # OpenSubsonic's apiKeyAuthentication includes tokenInfo: a client that logs in with a
+    # key alone learns whose it is there (py-opensonic's token_info()).
+    session = login(replica, "root", ADMIN_PASSWORD)
+    made = call(replica, "POST", "/auth/apikeys", {"name": "phone"}, session.bearer)
+    assert made.status == 201, made.body
+    key = made.json()["apiKey"]
+    root = ok_xml(rest(replica, "tokenInfo", apiKey=key))
+    assert root.find(f"{NS}tokenInfo").get("username") == "root"
+    found = json_of(rest(replica, "tokenInfo", apiKey=key, f="json"))
+    assert found["tokenInfo"] == {"username": "root"}
+    assert error_code(rest(replica, "tokenInfo", apiKey=key + "x")) == 44
+
+
 def test_failed_attempts_are_limited_like_logins(replica: InMemoryReplica) -> None:
     for _ in range(6):
         assert error_code(rest(replica, "ping", u="root", p="wrong-password")) == 40
