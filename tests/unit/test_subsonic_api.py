@@ -12,10 +12,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
 from distpotify.model import Version
-from distpotify.subsonic.call import METHODS, method
+from distpotify.subsonic.call import METHODS, Params, method
 from distpotify.subsonicmethods import WRITES
 from distpotify.wire import loggable_uri
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
@@ -206,6 +207,32 @@ def test_a_proven_password_is_remembered_until_the_password_changes(
     assert error_code(rest(replica, "ping", **USER)) == 40
     assert auth.cache_hits == 1
     ok_xml(rest(replica, "ping", u="root", p="another-password-2"))
+
+
+def test_requests_sent_at_once_with_a_right_password_are_all_answered(
+        replica: InMemoryReplica) -> None:
+    # An app that sends p (legacy auth) asks for a page of covers and lists at once when it
+    # starts: none of them is in the cache yet, and each used to be a password check of its
+    # own, so past the login limit's free attempts the rest were error 40 ("Too many failed
+    # attempts"): the app's right password taken for a wrong one.
+    verify = replica.accounts.passwords.verify
+    held: list[tuple[Deferred[bool], bool]] = []
+
+    def slow(stored: str | None, password: str) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        held.append((d, result_of(verify(stored, password))))
+        return d
+
+    replica.accounts.passwords.verify = slow
+    auth = replica.service.subsonic.auth
+    params = Params({"u": ["root"], "p": [ADMIN_PASSWORD]})
+    calls = [Deferred.fromCoroutine(auth.user(params)) for _ in range(12)]
+    while held:
+        d, matched = held.pop(0)
+        d.callback(matched)
+    users = [result_of(d) for d in calls]
+    assert {user.username for user in users} == {"root"}
+    assert replica.accounts.logins_limited == 0
 
 
 def test_the_password_never_reaches_the_log(replica: InMemoryReplica) -> None:
