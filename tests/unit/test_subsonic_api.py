@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
 from distpotify.model import Version
+from distpotify.subsonic import browse
 from distpotify.subsonic.call import METHODS, Params, method
 from distpotify.subsonicmethods import WRITES
 from distpotify.wire import loggable_uri
@@ -454,6 +455,37 @@ def test_genres_lists_and_random_songs(replica: InMemoryReplica,
     assert {s["title"] for s in pop["songsByGenre"]["song"]} == {"Later", "Solo"}
     ok_xml(rest(replica, "getSongsByGenre", genre="Pop", **USER))
     ok_xml(rest(replica, "getTopSongs", artist="The Band", **USER))
+
+
+def test_a_page_larger_than_the_servers_is_answered_the_servers_not_refused(
+        replica: InMemoryReplica, library: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Subsonic's own server and Navidrome answer at most their page for a larger size; a
+    # client that asks for more than ours (some sync with 1,000 or more) pages on by offset.
+    huge = 2**31 - 1
+    for name, extra in (("getAlbumList2", {"type": "newest"}), ("getRandomSongs", {}),
+                        ("getSongsByGenre", {"genre": "Pop", "count": huge})):
+        answer = json_of(rest(replica, name, size=huge, f="json", **extra, **USER))
+        assert answer["status"] == "ok", answer
+    everything = json_of(rest(replica, "search3", query="", songCount=huge, albumCount=huge,
+                              artistCount=huge, f="json", **USER))["searchResult3"]
+    assert len(everything["song"]) == len(library)
+    monkeypatch.setattr(browse, "MAX_LIST", 1)
+    monkeypatch.setattr(browse, "MAX_SEARCH", 2)
+    albums = json_of(rest(replica, "getAlbumList2", type="alphabeticalByName", size=600,
+                          f="json", **USER))["albumList2"]["album"]
+    assert len(albums) == 1
+    songs = json_of(rest(replica, "getRandomSongs", size=600, f="json", **USER))
+    assert len(songs["randomSongs"]["song"]) == 1
+    pop = json_of(rest(replica, "getSongsByGenre", genre="Pop", count=600, f="json", **USER))
+    assert len(pop["songsByGenre"]["song"]) == 1
+    found = json_of(rest(replica, "search3", query="", songCount=5000, f="json",
+                         **USER))["searchResult3"]
+    assert len(found["song"]) == 2
+    for query in ("size=-1", "size=abc"):  # still refused: not a count at all
+        answer = replica.call("GET", f"/rest/getRandomSongs?u=root&p={ADMIN_PASSWORD}&{query}",
+                              signed=False, cookies=False)
+        assert error_code(answer) == 0
 
 
 def test_search_with_a_query_and_with_none(replica: InMemoryReplica,
