@@ -37,7 +37,7 @@ from distpotify.errors import (
     Unavailable,
 )
 from distpotify.store.metadata import MetadataStore, Runner
-from distpotify.subsonic import browse, media, system  # noqa: F401  (they register methods)
+from distpotify.subsonic import absent, browse, media, system  # noqa: F401  (they register methods)
 from distpotify.subsonic.auth import Authenticator
 from distpotify.subsonic.call import (
     GENERIC,

@@ -18,7 +18,9 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from distpotify.auth.passwords import PasswordsBusy
 from distpotify.auth.users import User, name_key
@@ -56,6 +58,8 @@ class Authenticator:
         self._key = secrets.token_bytes(32)  # this process's: the cache is worthless outside
         # HMAC(user id, password) -> (password hash, generation) it was proven against.
         self._proven: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        # HMAC(name, password) -> the calls waiting on its check under way.
+        self._checking: dict[bytes, list[Deferred[User]]] = {}
         self.cache_hits = 0
 
     async def user(self, params: Params) -> User:
@@ -98,6 +102,31 @@ class Authenticator:
         if user is not None and not user.disabled and self._remembered(user, password):
             self.cache_hits += 1
             return user
+        # An app sends many requests at once (a page of covers): one check of this name and
+        # password answers them all, rather than one each, past the limit's free attempts.
+        attempt = hmac.new(self._key, f"{key}\0{password}".encode("utf-8", "surrogatepass"),
+                           hashlib.sha256).digest()
+        mine: Deferred[User] = Deferred()
+        waiting = self._checking.get(attempt)
+        if waiting is not None:
+            waiting.append(mine)
+        else:
+            self._checking[attempt] = [mine]
+            # Not the first caller's own: its client going away does not cancel the others'.
+            Deferred.fromCoroutine(self._login(username, password)).addBoth(
+                self._checked, attempt)
+        return await mine
+
+    def _checked(self, outcome: User | Failure, attempt: bytes) -> None:
+        for waiter in self._checking.pop(attempt, []):
+            if waiter.called:  # cancelled: its client went away
+                continue
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+
+    async def _login(self, username: str, password: str) -> User:
         try:
             _, user = await self._accounts.login(username, password)
         except Unauthorized:

@@ -196,7 +196,7 @@ async def get_genres(call: Call) -> dict[str, Any]:
 async def _album_list(call: Call) -> list[dict[str, Any]]:
     params = call.params
     kind = params.required("type")
-    size = _number(call, "size", 10, MAX_LIST)
+    size = params.page_size("size", 10, MAX_LIST)
     offset = _number(call, "offset", 0, MAX_OFFSET)
     catalog = await catalog_of(call)
     if kind in PER_USER_LISTS:
@@ -242,7 +242,7 @@ async def _songs(call: Call, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
 @method("getRandomSongs")
 async def get_random_songs(call: Call) -> dict[str, Any]:
     params = call.params
-    size = params.integer("size", 10, 0, MAX_LIST)
+    size = params.page_size("size", 10, MAX_LIST)
     rows = await call.server.store.run(
         MetadataDB.random_songs, size, params.get("genre") or None,
         params.integer("fromYear", None, -9999, 9999), params.integer("toYear", None, -9999, 9999))
@@ -253,7 +253,7 @@ async def get_random_songs(call: Call) -> dict[str, Any]:
 async def get_songs_by_genre(call: Call) -> dict[str, Any]:
     params = call.params
     genre = params.required("genre")
-    count = params.integer("count", 10, 0, MAX_LIST)
+    count = params.page_size("count", 10, MAX_LIST)
     offset = params.integer("offset", 0, 0, MAX_OFFSET)
     rows = await call.server.store.run(MetadataDB.songs_by_genre, genre, count, offset)
     return {"songsByGenre": {"song": await _songs(call, rows)}}
@@ -284,7 +284,7 @@ async def _search(call: Call, answer: str, artist: Element, album: Element) -> d
     ``answer``; artists and albums shown by ``artist`` and ``album``."""
     params = call.params
     query = _query(params.get("query"))
-    counts = [_number(call, name, 20, MAX_SEARCH)
+    counts = [params.page_size(name, 20, MAX_SEARCH)
               for name in ("artistCount", "albumCount", "songCount")]
     offsets = [_number(call, name, 0, MAX_OFFSET)
                for name in ("artistOffset", "albumOffset", "songOffset")]

@@ -93,6 +93,14 @@ class Params:
             raise SubsonicError(GENERIC, f"Parameter {name} must be between {low} and {high}")
         return number
 
+    def page_size(self, name: str, default: int, most: int) -> int:
+        """How many items a list or search asks for: at most ``most``. A larger number is
+        answered ``most`` items, as Subsonic's own server and Navidrome do (the client pages
+        on by offset), not refused; a negative or malformed one is error 0."""
+        found = self.integer(name, default, 0, 2**31 - 1)
+        assert found is not None
+        return min(found, most)
+
     def __contains__(self, name: str) -> bool:
         return name in self._values
 

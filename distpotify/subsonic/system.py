@@ -1,5 +1,6 @@
 """The methods about the server itself: ping, getLicense, getMusicFolders and OpenSubsonic's
-getOpenSubsonicExtensions (what this server supports beyond Subsonic 1.16.1).
+getOpenSubsonicExtensions (what this server supports beyond Subsonic 1.16.1) and tokenInfo
+(part of the apiKeyAuthentication extension).
 """
 # test-case-name: tests.unit.test_subsonic_api
 
@@ -37,3 +38,11 @@ async def get_extensions(call: Call) -> dict[str, Any]:
     if hasattr(call.server.accounts, "user_by_api_key"):
         extensions.append({"name": "apiKeyAuthentication", "versions": [1]})
     return {"openSubsonicExtensions": extensions}
+
+
+@method("tokenInfo")
+async def token_info(call: Call) -> dict[str, Any]:
+    """OpenSubsonic's apiKeyAuthentication: whose the key is (a client that logs in with a key
+    alone learns its user's name here); an unknown key is error 44 before this runs. Other
+    credentials name their user too."""
+    return {"tokenInfo": {"username": call.user.username}}

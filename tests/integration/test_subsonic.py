@@ -165,6 +165,14 @@ def test_real_clients_browse_search_and_stream(fronted: Fronted, tmp_path: Path)
             ["First Light"]
         searched = other.search3("Ämy")
         assert [a.name for a in searched.artist] == ["Ämy Ünder"]
+        # What an app asks for as it opens its tabs and pages, of what is not kept here.
+        assert other.get_podcasts() == [] and other.get_internet_radio_stations() == []
+        assert other.get_bookmarks() == [] and other.get_shares() == []
+        assert other.get_similar_songs2(song_id) == []
+        assert other.get_artist_info2(searched.artist[0].id).biography is None
+        assert other.get_album_info2(searched.artist[0].id).notes is None
+        status = other.get_scan_status()
+        assert (status.scanning, status.count) == (False, len(SONGS))
     finally:
         other.cleanup()
 

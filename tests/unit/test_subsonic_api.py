@@ -12,10 +12,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 
 from distpotify.model import Version
-from distpotify.subsonic.call import METHODS, method
+from distpotify.subsonic import absent, browse
+from distpotify.subsonic.call import METHODS, Params, method
 from distpotify.subsonicmethods import WRITES
 from distpotify.wire import loggable_uri
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
@@ -34,6 +36,7 @@ from tests.helpers.subsonic import (
 )
 
 USER = {"u": "root", "p": ADMIN_PASSWORD}
+ENVELOPE = {"status", "version", "type", "serverVersion", "openSubsonic"}
 
 
 @pytest.fixture
@@ -88,8 +91,30 @@ def test_method_names_ignore_case_and_view(replica: InMemoryReplica) -> None:
 def test_an_unknown_method_is_error_0_and_an_unimplemented_one_says_so(
         replica: InMemoryReplica) -> None:
     assert error_code(rest(replica, "noSuchMethod", **USER)) == 0
-    answer = rest(replica, "getPodcasts", **USER)
-    assert error_code(answer) == 0 and b"not implemented" in answer.body
+    for name in ("hls", "createShare", "savePlayQueue", "startScan"):
+        answer = rest(replica, name, id="x", **USER)
+        assert error_code(answer) == 0 and b"not implemented" in answer.body, name
+
+
+@pytest.mark.parametrize("name", sorted(absent.EMPTY))
+def test_reads_of_what_the_server_does_not_keep_are_answered_empty(
+        replica: InMemoryReplica, library: dict[str, Any], name: str) -> None:
+    # An app's podcast tab or artist page gets an empty answer, valid by the schema, where it
+    # got error 0 "not implemented" and showed a failure.
+    song = next(iter(library.values()))["id"]
+    ok_xml(rest(replica, name, id=song, artist="The Band", title="Opening", **USER))
+    found = json_of(rest(replica, name, id=song, f="json", **USER))
+    (element, value), = ((k, v) for k, v in found.items() if k not in ENVELOPE)
+    assert value == absent.EMPTY[name][element]
+    assert all(items in ([], "") for items in value.values())
+
+
+def test_scan_status_says_no_scan_runs_and_counts_the_songs(
+        replica: InMemoryReplica, library: dict[str, Any]) -> None:
+    assert ok_xml(rest(replica, "getScanStatus", **USER)).find(f"{NS}scanStatus").get(
+        "scanning") == "false"
+    found = json_of(rest(replica, "getScanStatus", f="json", **USER))
+    assert found["scanStatus"] == {"scanning": False, "count": len(library)}
 
 
 def test_extensions_are_listed_without_credentials(replica: InMemoryReplica) -> None:
@@ -167,6 +192,20 @@ def test_an_api_key_alone_authenticates(replica: InMemoryReplica) -> None:
     assert "apiKeyAuthentication" in names
 
 
+def test_token_info_names_the_user_of_an_api_key(replica: InMemoryReplica) -> None:
+    # OpenSubsonic's apiKeyAuthentication includes tokenInfo: a client that logs in with a
+    # key alone learns whose it is there (py-opensonic's token_info()).
+    session = login(replica, "root", ADMIN_PASSWORD)
+    made = call(replica, "POST", "/auth/apikeys", {"name": "phone"}, session.bearer)
+    assert made.status == 201, made.body
+    key = made.json()["apiKey"]
+    root = ok_xml(rest(replica, "tokenInfo", apiKey=key))
+    assert root.find(f"{NS}tokenInfo").get("username") == "root"
+    found = json_of(rest(replica, "tokenInfo", apiKey=key, f="json"))
+    assert found["tokenInfo"] == {"username": "root"}
+    assert error_code(rest(replica, "tokenInfo", apiKey=key + "x")) == 44
+
+
 def test_failed_attempts_are_limited_like_logins(replica: InMemoryReplica) -> None:
     for _ in range(6):
         assert error_code(rest(replica, "ping", u="root", p="wrong-password")) == 40
@@ -192,6 +231,32 @@ def test_a_proven_password_is_remembered_until_the_password_changes(
     assert error_code(rest(replica, "ping", **USER)) == 40
     assert auth.cache_hits == 1
     ok_xml(rest(replica, "ping", u="root", p="another-password-2"))
+
+
+def test_requests_sent_at_once_with_a_right_password_are_all_answered(
+        replica: InMemoryReplica) -> None:
+    # An app that sends p (legacy auth) asks for a page of covers and lists at once when it
+    # starts: none of them is in the cache yet, and each used to be a password check of its
+    # own, so past the login limit's free attempts the rest were error 40 ("Too many failed
+    # attempts"): the app's right password taken for a wrong one.
+    verify = replica.accounts.passwords.verify
+    held: list[tuple[Deferred[bool], bool]] = []
+
+    def slow(stored: str | None, password: str) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        held.append((d, result_of(verify(stored, password))))
+        return d
+
+    replica.accounts.passwords.verify = slow
+    auth = replica.service.subsonic.auth
+    params = Params({"u": ["root"], "p": [ADMIN_PASSWORD]})
+    calls = [Deferred.fromCoroutine(auth.user(params)) for _ in range(12)]
+    while held:
+        d, matched = held.pop(0)
+        d.callback(matched)
+    users = [result_of(d) for d in calls]
+    assert {user.username for user in users} == {"root"}
+    assert replica.accounts.logins_limited == 0
 
 
 def test_the_password_never_reaches_the_log(replica: InMemoryReplica) -> None:
@@ -413,6 +478,37 @@ def test_genres_lists_and_random_songs(replica: InMemoryReplica,
     assert {s["title"] for s in pop["songsByGenre"]["song"]} == {"Later", "Solo"}
     ok_xml(rest(replica, "getSongsByGenre", genre="Pop", **USER))
     ok_xml(rest(replica, "getTopSongs", artist="The Band", **USER))
+
+
+def test_a_page_larger_than_the_servers_is_answered_the_servers_not_refused(
+        replica: InMemoryReplica, library: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Subsonic's own server and Navidrome answer at most their page for a larger size; a
+    # client that asks for more than ours (some sync with 1,000 or more) pages on by offset.
+    huge = 2**31 - 1
+    for name, extra in (("getAlbumList2", {"type": "newest"}), ("getRandomSongs", {}),
+                        ("getSongsByGenre", {"genre": "Pop", "count": huge})):
+        answer = json_of(rest(replica, name, size=huge, f="json", **extra, **USER))
+        assert answer["status"] == "ok", answer
+    everything = json_of(rest(replica, "search3", query="", songCount=huge, albumCount=huge,
+                              artistCount=huge, f="json", **USER))["searchResult3"]
+    assert len(everything["song"]) == len(library)
+    monkeypatch.setattr(browse, "MAX_LIST", 1)
+    monkeypatch.setattr(browse, "MAX_SEARCH", 2)
+    albums = json_of(rest(replica, "getAlbumList2", type="alphabeticalByName", size=600,
+                          f="json", **USER))["albumList2"]["album"]
+    assert len(albums) == 1
+    songs = json_of(rest(replica, "getRandomSongs", size=600, f="json", **USER))
+    assert len(songs["randomSongs"]["song"]) == 1
+    pop = json_of(rest(replica, "getSongsByGenre", genre="Pop", count=600, f="json", **USER))
+    assert len(pop["songsByGenre"]["song"]) == 1
+    found = json_of(rest(replica, "search3", query="", songCount=5000, f="json",
+                         **USER))["searchResult3"]
+    assert len(found["song"]) == 2
+    for query in ("size=-1", "size=abc"):  # still refused: not a count at all
+        answer = replica.call("GET", f"/rest/getRandomSongs?u=root&p={ADMIN_PASSWORD}&{query}",
+                              signed=False, cookies=False)
+        assert error_code(answer) == 0
 
 
 def test_search_with_a_query_and_with_none(replica: InMemoryReplica,
