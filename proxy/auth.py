@@ -253,10 +253,15 @@ class LoginLimit(Resource):
             return answer_error(request, too_many_logins(
                 "too many failed logins lately from this address or for this username; wait",
                 retry_after=max(wait, 1.0)))
-        request.notifyFinish().addBoth(lambda _: self._outcome(request, keys, address))
+        request.notifyFinish().addCallbacks(
+            lambda _: self._outcome(request, keys, address, answered=True),
+            lambda _: self._outcome(request, keys, address, answered=False))
         return self._forward.render(request)
 
-    def _outcome(self, request: Request, keys: list[str], address: str) -> None:
+    def _outcome(self, request: Request, keys: list[str], address: str, *,
+                 answered: bool) -> None:
+        """``answered``: the client took the whole answer; else it went away, maybe before
+        any answer, when ``request.code`` is still twisted.web's default 200: no success."""
         for key in keys:
             self._limiter.end(key)
         if request.code == 401:
@@ -264,7 +269,7 @@ class LoginLimit(Resource):
             for key in keys:
                 self._limiter.failed(key)
             log.info("failed login from {address}", address=address)
-        elif 200 <= request.code < 300:
+        elif answered and 200 <= request.code < 300:
             for key in keys[1:]:  # the name's count: the address's stays (see ratelimit.py)
                 self._limiter.succeeded(key)
 

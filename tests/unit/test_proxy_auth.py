@@ -347,3 +347,21 @@ def test_a_login_whose_name_cannot_be_read_is_refused_here(body: bytes) -> None:
 
     assert answer.status == 400 and json.loads(answer.body)["error"] == "bad_request"
 
+
+
+def test_a_login_whose_client_went_away_unanswered_clears_nothing() -> None:
+    # Nothing answered it: the client left before the replica's answer. That is no success
+    # (twisted.web's default code 200 is not the replica's): alice's failures stay counted,
+    # else one login dropped at once would reset the name's limit.
+    nodes = cluster(**{"_auth_login": (401, {}, {"error": "unauthorized"})})
+    proxy = ProxyHarness(nodes, trusted_proxies=parse_trusted_proxies(CLIENT_IP))
+    for i in range(5):
+        login(proxy, "alice", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+    nodes[2].hang = True
+    body = json.dumps({"username": "alice", "password": "a guess"}).encode()
+    proxy.post(LOGIN, body, headers={"X-Forwarded-For": "198.51.100.50"}).go_away()
+    nodes[2].hang = False
+    login(proxy, "alice", headers={"X-Forwarded-For": "198.51.100.60"})  # the sixth failure
+
+    assert proxy.logins.wait("name:alice") > 0
+    assert login(proxy, "alice", headers={"X-Forwarded-For": "198.51.100.99"}) == 429
