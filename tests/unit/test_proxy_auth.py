@@ -170,6 +170,23 @@ def test_the_role_is_asked_once_per_token_for_a_few_seconds() -> None:
     assert (first, asked()) == (1, 2)
 
 
+def test_a_replica_that_stalls_its_auth_me_body_gets_503_in_time() -> None:
+    # Its status line and headers came, then nothing (stopped, or its disk stalled): the
+    # check's timeout covers the body too, else the admin's request would wait forever.
+    nodes = cluster(**{"_auth_me": me("admin")})
+    for node in nodes:
+        node.stall_after = 0
+    proxy = harness(nodes)
+    conn = proxy.get("/proxy/status", bearer(token(proxy.clock)))
+
+    proxy.clock.advance(proxy.config.check_timeout * 4)
+    proxy.settle()
+    answer = conn.read_all()
+
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
+    assert all(response.closed for node in nodes for response in node.responses)
+
+
 def test_another_method_on_the_proxy_status_is_405() -> None:
     proxy = harness(cluster())
 
