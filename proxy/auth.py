@@ -27,7 +27,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource, Resource
@@ -40,6 +39,7 @@ from distpotify.keys import ClusterKeys
 from distpotify.wire import json_error, loggable_uri
 from proxy.backends import BackendView
 from proxy.forwarded import client_origin
+from proxy.upstream import read_body
 
 log = Logger()
 
@@ -157,25 +157,32 @@ class AdminCheck:
         backend = self._view.fresh_reader() or await self._view.choose_reader()
         if backend is None:
             raise unavailable("no replica is reachable to check the session")
-        d = self._agent.request(b"GET", backend.url.encode() + b"/auth/me", Headers({
-            b"Authorization": [b"Bearer " + token.encode("latin-1")],
-            b"Accept": [b"application/json"]}))
+        # The timeout covers the body too: a replica may send its headers and stall.
+        d = Deferred.fromCoroutine(self._me(backend.url, token))
         d.addTimeout(self._view.check_timeout * 4, self._clock)
         try:
-            response = await d
-            body = await readBody(response)
+            code, body = await d
         except Exception as e:
             raise unavailable(f"could not check the session with {backend.describe()}:"
                               f" {type(e).__name__}") from None
-        if response.code in (401, 403):
+        if code in (401, 403):
             return None
-        if response.code != 200:
-            raise unavailable(f"{backend.describe()} answered /auth/me {response.code}")
+        if code != 200:
+            raise unavailable(f"{backend.describe()} answered /auth/me {code}")
         try:
             user = json.loads(body)["user"]
             return None if user.get("disabled") else str(user["role"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise unavailable(f"{backend.describe()} sent an unusable /auth/me") from None
+
+
+    async def _me(self, url: str, token: str) -> tuple[int, bytes]:
+        """A replica's answer to ``GET /auth/me`` with ``token``: its status and body.
+        Cancelled, it closes the connection (read_body, not readBody: upstream.py)."""
+        response = await self._agent.request(b"GET", url.encode() + b"/auth/me", Headers({
+            b"Authorization": [b"Bearer " + token.encode("latin-1")],
+            b"Accept": [b"application/json"]}))
+        return response.code, await read_body(response)
 
 
 class AdminOnly(Resource):
@@ -253,10 +260,15 @@ class LoginLimit(Resource):
             return answer_error(request, too_many_logins(
                 "too many failed logins lately from this address or for this username; wait",
                 retry_after=max(wait, 1.0)))
-        request.notifyFinish().addBoth(lambda _: self._outcome(request, keys, address))
+        request.notifyFinish().addCallbacks(
+            lambda _: self._outcome(request, keys, address, answered=True),
+            lambda _: self._outcome(request, keys, address, answered=False))
         return self._forward.render(request)
 
-    def _outcome(self, request: Request, keys: list[str], address: str) -> None:
+    def _outcome(self, request: Request, keys: list[str], address: str, *,
+                 answered: bool) -> None:
+        """``answered``: the client took the whole answer; else it went away, maybe before
+        any answer, when ``request.code`` is still twisted.web's default 200: no success."""
         for key in keys:
             self._limiter.end(key)
         if request.code == 401:
@@ -264,7 +276,7 @@ class LoginLimit(Resource):
             for key in keys:
                 self._limiter.failed(key)
             log.info("failed login from {address}", address=address)
-        elif 200 <= request.code < 300:
+        elif answered and 200 <= request.code < 300:
             for key in keys[1:]:  # the name's count: the address's stays (see ratelimit.py)
                 self._limiter.succeeded(key)
 

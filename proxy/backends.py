@@ -176,6 +176,7 @@ class BackendView:
         backend.healthy = True
         backend.checked_at = self._clock.seconds()
         backend.last_error = None
+        self._one_address(backend)
         self._discover(status)
         self._note_leader()
 
@@ -216,6 +217,22 @@ class BackendView:
             self.backends[url] = Backend(url, configured=False)
             log.info("discovered a replica at {url} (node {node_id})", url=url, node_id=node_id)
             self.poll(self.backends[url])
+
+    def _one_address(self, backend: Backend) -> None:
+        """A replica known by two addresses (one discovered, named by a peer before the
+        replica's own answer told its node id) is one replica: the discovered address goes,
+        so that it neither reads twice nor, leading, reads as a follower."""
+        for other in list(self.backends.values()):
+            if other is backend or other.node_id != backend.node_id:
+                continue
+            extra = backend if not backend.configured else other if not other.configured else None
+            if extra is not None and self.backends.get(extra.url) is extra:
+                del self.backends[extra.url]
+                log.info("{url} is node {node_id}, known at {kept}: forgotten",
+                         url=extra.url, node_id=backend.node_id,
+                         kept=(other if extra is backend else backend).url)
+                if extra is backend:
+                    return
 
     def _note_leader(self) -> None:
         leader = self.leader()

@@ -355,7 +355,10 @@ class Exchange:
     def _writer_of(self, version: bytes) -> str | None:
         """The URL of the replica that made ``version``, whatever the view thinks of its
         health: it has applied its own write."""
-        node_id = version_writer(version)
+        return self._url_of(version_writer(version))
+
+    def _url_of(self, node_id: int | None) -> str | None:
+        """The URL at which the view knows replica ``node_id``, if it does."""
         return next((b.url for b in self._view.backends.values()
                      if node_id is not None and b.node_id == node_id), None)
 
@@ -439,11 +442,14 @@ class Exchange:
 
     async def _named_leader(self, backend: Backend, response: IResponse) -> str | None:
         """The leader a 421 names, once the view is refreshed; None if it names no other."""
-        named = _leader_named(await _small_body(response))
+        node_id, named = _leader_named(await _small_body(response))
         log.info("{method} {uri}: {backend} is not the leader; it names {named}",
                  method=self._request.method.decode(), uri=self._shown,
                  backend=backend.describe(), named=named)
         await self._view.refresh()
+        # The URL the view knows that replica by: it may advertise another name for itself
+        # (--advertise-host), which would be a second replica of that id in the view.
+        named = self._url_of(node_id) or named
         return named if named != backend.url else None
 
     async def _relay(self, backend: Backend, response: IResponse) -> Decision:
@@ -796,13 +802,17 @@ async def _small_body(response: IResponse) -> bytes:
         return b""
 
 
-def _leader_named(body: bytes) -> str | None:
+def _leader_named(body: bytes) -> tuple[int | None, str | None]:
+    """The leader's id and URL a 421's body names (either may be None)."""
     try:
         value = json.loads(body)
     except ValueError:
-        return None
-    leader = value.get("leader_http") if isinstance(value, dict) else None
-    return leader.rstrip("/") if isinstance(leader, str) and leader else None
+        return None, None
+    if not isinstance(value, dict):
+        return None, None
+    node_id, leader = value.get("leader_id"), value.get("leader_http")
+    return (node_id if isinstance(node_id, int) and not isinstance(node_id, bool) else None,
+            leader.rstrip("/") if isinstance(leader, str) and leader else None)
 
 
 class _SpooledBody(FileBodyProducer):

@@ -170,6 +170,23 @@ def test_the_role_is_asked_once_per_token_for_a_few_seconds() -> None:
     assert (first, asked()) == (1, 2)
 
 
+def test_a_replica_that_stalls_its_auth_me_body_gets_503_in_time() -> None:
+    # Its status line and headers came, then nothing (stopped, or its disk stalled): the
+    # check's timeout covers the body too, else the admin's request would wait forever.
+    nodes = cluster(**{"_auth_me": me("admin")})
+    for node in nodes:
+        node.stall_after = 0
+    proxy = harness(nodes)
+    conn = proxy.get("/proxy/status", bearer(token(proxy.clock)))
+
+    proxy.clock.advance(proxy.config.check_timeout * 4)
+    proxy.settle()
+    answer = conn.read_all()
+
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
+    assert all(response.closed for node in nodes for response in node.responses)
+
+
 def test_another_method_on_the_proxy_status_is_405() -> None:
     proxy = harness(cluster())
 
@@ -347,3 +364,21 @@ def test_a_login_whose_name_cannot_be_read_is_refused_here(body: bytes) -> None:
 
     assert answer.status == 400 and json.loads(answer.body)["error"] == "bad_request"
 
+
+
+def test_a_login_whose_client_went_away_unanswered_clears_nothing() -> None:
+    # Nothing answered it: the client left before the replica's answer. That is no success
+    # (twisted.web's default code 200 is not the replica's): alice's failures stay counted,
+    # else one login dropped at once would reset the name's limit.
+    nodes = cluster(**{"_auth_login": (401, {}, {"error": "unauthorized"})})
+    proxy = ProxyHarness(nodes, trusted_proxies=parse_trusted_proxies(CLIENT_IP))
+    for i in range(5):
+        login(proxy, "alice", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+    nodes[2].hang = True
+    body = json.dumps({"username": "alice", "password": "a guess"}).encode()
+    proxy.post(LOGIN, body, headers={"X-Forwarded-For": "198.51.100.50"}).go_away()
+    nodes[2].hang = False
+    login(proxy, "alice", headers={"X-Forwarded-For": "198.51.100.60"})  # the sixth failure
+
+    assert proxy.logins.wait("name:alice") > 0
+    assert login(proxy, "alice", headers={"X-Forwarded-For": "198.51.100.99"}) == 429

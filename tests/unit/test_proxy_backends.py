@@ -295,6 +295,25 @@ def test_peers_listed_by_a_replica_join_the_view(replicas: Replicas) -> None:
     assert [b.node_id for b in view.readers()] == [1, 2, 4]
 
 
+def test_a_peer_listed_by_another_address_before_its_own_answer_is_one_replica(
+        replicas: Replicas) -> None:
+    # Node 3 answers first and lists node 1 by its advertised name, which reaches node 1
+    # too; node 1's own answer comes later. Two addresses of node 1 would make two readers
+    # of it (and of a leader, a reader while it leads).
+    node_1 = "http://127.0.0.1:8001"
+    replicas.status["http://localhost:8001"] = replicas.status[node_1]
+    replicas.status["http://127.0.0.1:8003"]["peers"] = [
+        {"node_id": 1, "http": "http://localhost:8001", "role": "follower", "state": "ACTIVE"},
+    ]
+    replicas.hang.add(node_1)
+
+    view = make_view(replicas, Clock(), urls=sorted(replicas.status)[:3])
+    replicas.hanging[0].callback(dict(replicas.status[node_1]))
+
+    assert "http://localhost:8001" not in view.backends
+    assert [b.url for b in view.readers()] == [node_1, "http://127.0.0.1:8002"]
+
+
 def test_the_leader_a_follower_names_joins_the_view() -> None:
     replicas, clock = Replicas(), Clock()
     follower = replicas.add(1, leader_id=2, leader_http="http://127.0.0.1:8002")

@@ -470,6 +470,35 @@ def test_a_421_refreshes_the_view_and_retries_once_on_the_named_leader() -> None
     assert len(nodes[2].received) == 1 and len(nodes[1].received) == 1
 
 
+def test_a_421_naming_the_leader_by_another_address_goes_to_the_replica_the_view_knows(
+) -> None:
+    # The replicas advertise a name (--advertise-host) where the proxy was given addresses:
+    # the 421 names node 2 by its leader_id, which the view knows at its own URL. Taken as a
+    # replica of its own, that URL would be a second node 2 in the view: a "follower" that
+    # reads go to while node 2 leads, and a replica other than the leader, whose in-flight
+    # writes the next poll cancels.
+    nodes = cluster()
+    proxy = ProxyHarness(nodes)
+    alias = "http://replica2.example:8002"
+    proxy.agent.replicas[alias] = nodes[1]
+    by_url = {**{node.url: node for node in nodes}, alias: nodes[1]}
+    proxy.view._fetch = lambda url: by_url[url].status()
+    nodes[2].role, nodes[1].role, nodes[1].epoch = "follower", "leader", 2
+    for node in nodes:
+        node.leader_id, node.leader_http = 2, alias
+    nodes[2].paths["/playlists"] = (421, {}, {"error": "not_leader", "leader_id": 2,
+                                              "leader_http": alias})
+    nodes[1].paths["/playlists"] = (201, {}, {"playlist": {}})
+
+    answer = proxy.post("/playlists", b'{"name": "x"}').answer()
+    proxy.poll()
+    served = [proxy.get("/songs").answer().headers["x-served-by"] for _ in range(6)]
+
+    assert answer.status == 201 and answer.headers["x-served-by"] == "2"
+    assert sorted(proxy.view.backends) == sorted(node.url for node in nodes)
+    assert "2" not in served
+
+
 def test_an_upload_is_sent_again_to_the_new_leader_after_the_old_one_died() -> None:
     nodes = cluster()
     for node in nodes:
