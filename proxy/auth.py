@@ -175,7 +175,6 @@ class AdminCheck:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise unavailable(f"{backend.describe()} sent an unusable /auth/me") from None
 
-
     async def _me(self, url: str, token: str) -> tuple[int, bytes]:
         """A replica's answer to ``GET /auth/me`` with ``token``: its status and body.
         Cancelled, it closes the connection (read_body, not readBody: upstream.py)."""
