@@ -160,13 +160,13 @@ class Covers:
     async def answer(self, request: Request, sha256: str, size: int | None, *,
                      immutable: bool) -> bytes:
         etag = sha256 if size is None else f"{sha256}-{clamp_size(size)}"
-        request.setHeader(b"ETag", quote_etag(etag).encode())
-        request.setHeader(b"Cache-Control", IMMUTABLE if immutable else REVALIDATE)
         wanted = request.getHeader(b"If-None-Match")
         if wanted is not None and parse_etags(wanted.decode("latin-1")).contains_weak(etag):
+            _cacheable(request, etag, immutable)
             request.setResponseCode(304)
             return b""
-        picture = await self.picture(sha256, size)
+        picture = await self.picture(sha256, size)  # an error's answer is not to be kept
+        _cacheable(request, etag, immutable)
         request.setHeader(b"Content-Type", picture.mime.encode())
         return picture.data
 
@@ -197,6 +197,13 @@ class Covers:
         sha256: str = await self._blocking(self.files.put, data)
         fields = {"cover_sha256": sha256, "set_by": actor.user_id, "deleted": 0}
         return await self._library.write(key, _set_album_cover, album_id, fields)
+
+
+def _cacheable(request: Request, etag: str, immutable: bool) -> None:
+    """The headers that let a client keep a picture: only on the picture or its 304, never on
+    an error (a 503 marked immutable would be kept for a year by a shared cache)."""
+    request.setHeader(b"ETag", quote_etag(etag).encode())
+    request.setHeader(b"Cache-Control", IMMUTABLE if immutable else REVALIDATE)
 
 
 def _read_bounded(content: BinaryIO) -> bytes:

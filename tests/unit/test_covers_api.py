@@ -171,7 +171,11 @@ def test_a_lost_cover_file_that_no_peer_has_is_503(api: InMemoryReplica,
     upload(api, clips["covered"])
     (api.service.config.data_dir / "covers" / sha(COVER)).write_bytes(b"rotten")
 
-    assert api.get(f"/covers/{sha(COVER)}").status == 503
+    answer = api.get(f"/covers/{sha(COVER)}")
+    assert answer.status == 503
+    # Nothing that would let a cache keep the error in the picture's place.
+    assert "immutable" not in answer.headers.get("cache-control", "")
+    assert "etag" not in answer.headers
 
 
 def test_album_cover_is_its_first_song_cover(api: InMemoryReplica,
