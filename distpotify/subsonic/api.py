@@ -122,8 +122,26 @@ class Server:
     state: Any | None = None
 
 
+# CORS: a Subsonic app served from another origin (a web client on its own host) may call
+# /rest from the browser. Its credentials travel in each request (u with p or t and s, or
+# apiKey), never in a cookie, so a page of another site gains nothing a request of its own
+# could not already do; the answers say any origin may read them (as Navidrome's do), and
+# a stream's Range headers may be read too.
+CORS = (
+    (b"Access-Control-Allow-Origin", b"*"),
+    (b"Access-Control-Expose-Headers",
+     b"Content-Length, Content-Range, Accept-Ranges, ETag, Content-Disposition"),
+)
+PREFLIGHT = (
+    (b"Access-Control-Allow-Methods", b"GET, HEAD, POST, OPTIONS"),
+    (b"Access-Control-Allow-Headers", b"Content-Type, Range, If-None-Match, If-Range"),
+    (b"Access-Control-Max-Age", b"86400"),
+)
+
+
 class SubsonicAPI(Resource):
-    """``/rest/*``: every request answered by ``_answer`` (a coroutine) once it is done."""
+    """``/rest/*``: every request answered by ``_answer`` (a coroutine) once it is done; a
+    CORS preflight (OPTIONS) answered at once."""
 
     isLeaf = True
 
@@ -132,6 +150,13 @@ class SubsonicAPI(Resource):
         self.services = server
 
     def render(self, request: Request) -> Any:
+        for name, value in CORS:
+            request.setHeader(name, value)
+        if request.method == b"OPTIONS":
+            for name, value in PREFLIGHT:
+                request.setHeader(name, value)
+            request.setResponseCode(204)
+            return b""
         d = Deferred.fromCoroutine(self._answer(request))
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addErrback(_lost, request)

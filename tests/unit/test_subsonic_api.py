@@ -117,6 +117,25 @@ def test_scan_status_says_no_scan_runs_and_counts_the_songs(
     assert found["scanStatus"] == {"scanning": False, "count": len(library)}
 
 
+def test_a_web_app_of_another_origin_may_call_rest(replica: InMemoryReplica) -> None:
+    # The browser's preflight, then the call itself: both say any origin may read the answer.
+    origin = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+              "Access-Control-Request-Headers": "content-type"}
+    preflight = replica.call("OPTIONS", "/rest/ping.view", headers=origin, signed=False,
+                             cookies=False)
+    assert preflight.status == 204 and preflight.body == b""
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
+    answer = rest(replica, "ping", {"Origin": "https://app.example"}, f="json", **USER)
+    assert json_of(answer)["status"] == "ok"
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "content-range" in answer.headers["access-control-expose-headers"].lower()
+    refused = rest(replica, "ping", {"Origin": "https://app.example"}, u="root", p="wrong")
+    assert error_code(refused) == 40  # the credentials still decide, whatever the origin
+    assert refused.headers["access-control-allow-origin"] == "*"
+
+
 def test_extensions_are_listed_without_credentials(replica: InMemoryReplica) -> None:
     root = ok_xml(rest(replica, "getOpenSubsonicExtensions"))
     names = [e.get("name") for e in root.findall(f"{NS}openSubsonicExtensions")]
