@@ -129,6 +129,21 @@ def test_each_way_to_authenticate(fronted: Fronted) -> None:
     with pytest.raises(Exception, match=r"40|Wrong"):
         wrong.ping()
 
+    # A web app of another origin, through the proxy: the preflight of a write (star goes to
+    # the leader) and a read both let the browser read the answer.
+    page = {"Origin": "https://app.example"}
+    for name in ("star", "ping"):
+        preflight = request(port, "OPTIONS", f"/rest/{name}.view", headers={
+            **page, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        assert preflight.status == 204, (name, preflight.status, preflight.body)
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+    answer = request(port, "GET", f"/rest/ping.view?u={ADMIN_NAME}&p={ADMIN_PASSWORD}&f=json",
+                     headers=page)
+    assert answer.status == 200 and b'"ok"' in answer.body
+    assert answer.headers["access-control-allow-origin"] == "*"
+
 
 def test_real_clients_browse_search_and_stream(fronted: Fronted, tmp_path: Path) -> None:
     digests = upload(fronted.admin(), tmp_path)
