@@ -143,6 +143,8 @@ def _no_constant(name: str) -> Any:
 def _fits(value: object, kinds: tuple[type, ...]) -> bool:
     if isinstance(value, bool) or not isinstance(value, kinds):
         return False
+    if isinstance(value, int):  # SQLite binds 64 bits at most: a larger one is no key of ours
+        return -(2**63) <= value < 2**63
     return not isinstance(value, float) or math.isfinite(value)
 
 

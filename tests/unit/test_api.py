@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import io
@@ -188,6 +189,24 @@ def test_relevance_ranks_a_title_match_first(api: InMemoryReplica, wav_bytes: by
 @pytest.mark.parametrize("after", ["garbage", "eyJhIjoxfQ", "WyJ0aXRsZSJd"])
 def test_a_cursor_this_api_did_not_give_is_400(api: InMemoryReplica, after: str) -> None:
     answer = api.get(f"/songs?sort=newest&after={after}")
+
+    assert_error(answer, 400, "bad_request")
+    assert answer.json()["message"].startswith("after:")
+
+
+@pytest.mark.parametrize(("sort", "keys"), [
+    ("duration", [10**30, "1", "2026", "v", "i"]),
+    ("artist", ["0a", "0b", -(2**63) - 1, "1", "2026", "v", "i"]),
+    ("relevance", [2**63, "2026", "v", "i"]),
+])
+@pytest.mark.parametrize("q", ["", "&q=untitled"])
+def test_a_cursor_holding_a_number_sqlite_cannot_hold_is_400(
+    api: InMemoryReplica, song: dict, sort: str, keys: list, q: str
+) -> None:
+    # The shape of a cursor of the order, a number past 64 bits in it: no cursor given.
+    forged = base64.urlsafe_b64encode(json.dumps([sort, *keys]).encode()).decode().rstrip("=")
+
+    answer = api.get(f"/songs?sort={sort}&after={forged}{q}")
 
     assert_error(answer, 400, "bad_request")
     assert answer.json()["message"].startswith("after:")
