@@ -145,6 +145,12 @@ def _fits(value: object, kinds: tuple[type, ...]) -> bool:
         return False
     if isinstance(value, int):  # SQLite binds 64 bits at most: a larger one is no key of ours
         return -(2**63) <= value < 2**63
+    if isinstance(value, str):  # nor text that is not UTF-8 (a lone surrogate JSON escaped)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
     return not isinstance(value, float) or math.isfinite(value)
 
 

@@ -212,6 +212,23 @@ def test_a_cursor_holding_a_number_sqlite_cannot_hold_is_400(
     assert answer.json()["message"].startswith("after:")
 
 
+@pytest.mark.parametrize(("sort", "text"), [
+    ("newest", '["newest","\\ud800","v","i"]'),
+    ("title", '["title","0\\udfff","1","2026","v","i"]'),
+])
+@pytest.mark.parametrize("q", ["", "&q=untitled"])
+def test_a_cursor_holding_text_that_is_not_utf8_is_400(
+    api: InMemoryReplica, song: dict, sort: str, text: str, q: str
+) -> None:
+    # JSON escapes a lone surrogate, which no song's key holds and SQLite cannot bind.
+    forged = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    answer = api.get(f"/songs?sort={sort}&after={forged}{q}")
+
+    assert_error(answer, 400, "bad_request")
+    assert answer.json()["message"].startswith("after:")
+
+
 def test_patch_edits_fields_and_bumps_the_version(api: InMemoryReplica, song: dict) -> None:
     answer = api.send_json("PATCH", f"/songs/{song['id']}", {"artist": "New", "track": 7})
 
