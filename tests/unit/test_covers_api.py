@@ -178,6 +178,28 @@ def test_a_lost_cover_file_that_no_peer_has_is_503(api: InMemoryReplica,
     assert "etag" not in answer.headers
 
 
+@pytest.mark.parametrize("lost", [True, False])
+@pytest.mark.parametrize("by_album", [False, True])
+def test_a_cover_that_cannot_be_served_carries_no_validator_or_caching(
+    api: InMemoryReplica, tmp_path: Path, lost: bool, by_album: bool
+) -> None:
+    # A JPEG cut short: Pillow's verify passes it (kept at upload), a resize cannot decode it.
+    whole = picture("JPEG", size=(200, 200), color=(1, 2, 3))
+    clip = tmp_path / "cut.mp3"
+    audio_with_cover(clip, "mp3", None, tags={"title": "Cut", "album": "Cut"})
+    embed(clip, "mp3", whole[:len(whole) // 2], mime="image/jpeg")
+    song = upload(api, clip.read_bytes())
+    if lost:
+        (api.service.config.data_dir / "covers" / song["cover_sha256"]).write_bytes(b"rotten")
+    path = f"/albums/{song['album_id']}/cover" if by_album else f"/covers/{song['cover_sha256']}"
+
+    answer = api.get(f"{path}?size=50")
+
+    # An error is not the picture: a cache (the browser's) must not keep it as the cover.
+    assert answer.status == (503 if lost else 415), answer.body
+    assert "etag" not in answer.headers and "cache-control" not in answer.headers
+
+
 def test_album_cover_is_its_first_song_cover(api: InMemoryReplica,
                                              clips: dict[str, bytes]) -> None:
     song = upload(api, clips["covered"])
