@@ -169,6 +169,9 @@ _READ_BUDGET = 64 << 20
 
 _ADTS_SYNC = re.compile(rb"\xff[\xf0\xf1\xf8\xf9]")  # 12 sync bits, then layer 0
 _BLANK = string.whitespace + "\x00"
+# Characters kept of a tag's text: what an edit or an upload's own fields may hold (upload.py),
+# so a tag of megabytes (the read budget allows them) does not become a title.
+MAX_TEXT = 1000
 _LEADING_NUMBER = re.compile(r"\s*([0-9]{1,9})(?![0-9])")
 _LEADING_YEAR = re.compile(r"\s*([0-9]{4})")
 _ANY_YEAR = re.compile(r"(?<![0-9])([0-9]{4})(?![0-9])")
@@ -401,7 +404,7 @@ def _first_text(values: Iterable[object]) -> str | None:
     for value in values:
         text = str(value).strip(_BLANK)
         if text:
-            return text
+            return text[:MAX_TEXT].rstrip(_BLANK)
     return None
 
 

@@ -18,14 +18,13 @@ import attrs
 import multipart
 
 from distpotify.errors import BadRequest, UnsupportedMedia
-from distpotify.media import AudioInfo, NotAudio, read_audio_info
+from distpotify.media import MAX_TEXT, AudioInfo, NotAudio, read_audio_info
 from distpotify.store.chunks import ChunkStore
 from distpotify.store.chunkspool import ChunkSpool
 from distpotify.store.covers import CoverStore
 
 EDITABLE = ("title", "artist", "album", "track", "year", "genre")
 _INTEGER_FIELDS = ("track", "year")
-MAX_TEXT = 1000
 
 
 @attrs.frozen

@@ -158,6 +158,16 @@ def test_tag_values_are_stripped(clips: dict[str, Path], tmp_path: Path) -> None
     assert (info.title, info.artist) == ("Padded", "Tabbed")
 
 
+def test_a_tag_longer_than_an_edit_may_write_is_cut_to_its_length(
+        clips: dict[str, Path], tmp_path: Path) -> None:
+    path = retagged_flac(clips, tmp_path, title="x" * 5000, artist="y" * 999 + " " + "z" * 50)
+
+    info = read(path)
+
+    assert info.title == "x" * media.MAX_TEXT
+    assert info.artist == "y" * 999  # cut, then stripped like any tag
+
+
 def test_blank_tag_is_none(clips: dict[str, Path], tmp_path: Path) -> None:
     path = retagged_flac(clips, tmp_path, title="   ", album="")
 
