@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogEvent, capturedLogs, formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -36,7 +37,7 @@ from tests.helpers.accounts import (
     login,
     setup_code,
 )
-from tests.helpers.api import InMemoryReplica, NoLeader
+from tests.helpers.api import InMemoryReplica, NoLeader, result_of
 
 DAY = 24 * 3600.0
 
@@ -400,6 +401,32 @@ def test_an_unsafe_request_by_cookie_needs_a_matching_origin(replica: InMemoryRe
 
     assert (without.status, foreign.status) == (403, 403)
     assert (same.status, by_bearer.status) == (201, 201)
+
+
+@pytest.mark.parametrize(("method", "path", "headers"), [
+    ("GET", "/songs", {b"Authorization": [b"Bearer \xff\xfe"]}),
+    ("GET", "/auth/me", {b"Authorization": [b"Bearer \xff\xfe"]}),
+    ("GET", "/status", {b"Authorization": [b"Bearer \xff\xfe"]}),
+    ("POST", "/auth/login", {b"Origin": [b"http://\xff"]}),
+    ("POST", "/playlists", {b"Origin": [b"http://\xff"]}),
+])
+def test_a_gate_header_that_is_not_utf8_is_refused_not_a_500(
+        replica: InMemoryReplica, alice: Session, method: str, path: str,
+        headers: dict[bytes, list[bytes]]) -> None:
+    """Header bytes are the client's: the gate read Authorization and Origin as UTF-8, and
+    an \\xff in either was a 500 (twisted.web's HTML page), not the gate's 401 or 403."""
+    sent = {b"Content-Type": [b"application/json"],
+            b"Cookie": [f"distpotify_session={alice.token}".encode()], **headers}
+    client = StubTreq(replica.root)
+    d = client.request(method, "http://replica" + path, data=b'{"username": "alice"}',
+                       headers=sent)
+    client.flush()
+    response = result_of(d)
+    body = client.content(response)
+    client.flush()
+
+    assert response.code in (401, 403), result_of(body)
+    assert json.loads(result_of(body))["error"] in ("unauthorized", "forbidden")
 
 
 # the admin's accounts
