@@ -329,9 +329,11 @@ class Accounts:
             log.info("sealed the Subsonic password of {name}", name=user.username)
 
     def _sealed(self, user_id: str, password: str) -> dict[str, Any]:
-        """The fields that store ``password`` for Subsonic token auth: none when it is off."""
+        """The fields that store ``password`` for Subsonic token auth. With it off, no box:
+        the one the account may hold sealed the password this replaces, which would open
+        again once token auth is switched back on."""
         if self._box is None:
-            return {}
+            return {"subsonic_box": None}
         return {"subsonic_box": self._box.seal(user_id, password)}
 
     # Subsonic credentials (issue 18)
