@@ -639,6 +639,12 @@ def _shown(fields: Mapping[str, Any]) -> dict[str, Any]:
 def _create_user(db: MetadataDB, user_id: str, fields: dict[str, Any], first: bool) -> Outcome:
     if first and db.user_count():
         raise Conflict("setup is done: the cluster has accounts")
+    if db.get_row("users", user_id) is not None:
+        # Its Idempotency-Key made it, and the key has expired since (else its outcome would
+        # answer): written again, a deleted account would be live at generation 0, and its
+        # old sessions with it. Its tombstone is kept for good (model.py).
+        raise Conflict("this Idempotency-Key made an account already (deleted since, or"
+                       " renamed): send the create with a new key")
     if db.user_named(fields["name_key"]) is not None:
         raise Conflict(f"the username {fields['username']} is taken")
     db.write([Change("users", user_id, fields)])
@@ -680,9 +686,11 @@ def _delete_user(db: MetadataDB, user_id: str) -> Outcome:
     current = _live(db, user_id)
     if current["role"] == ADMIN and not current["disabled"] and not _other_admins(db, user_id):
         raise Conflict("this is the last admin: make another one first")
-    # Its API keys go with it (they stopped working with the account already).
+    # Its API keys go with it (they stopped working with the account already). Its tombstone
+    # is kept for good: it keeps no password (neither the hash nor the box).
     changes = [Change("api_keys", k["id"], {"deleted": 1}) for k in db.api_keys_of(user_id)]
-    db.write([*changes, Change("users", user_id, {"deleted": 1})])
+    db.write([*changes, Change("users", user_id, {"deleted": 1, "password_hash": None,
+                                                  "subsonic_box": None})])
     return Outcome(204)
 
 

@@ -25,6 +25,8 @@ from distpotify.auth.tokens import TokenSigner
 from distpotify.cli.keygen import key_file_text
 from distpotify.idempotency import request_digest
 from distpotify.keys import ClusterKeys
+from distpotify.model import IDEMPOTENCY_KEYS, TOMBSTONES
+from distpotify.store.metadata import Change
 from distpotify.tap import Options
 from distpotify.wire import JOINING
 from tests.helpers.accounts import (
@@ -461,6 +463,35 @@ def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryR
     assert (first.status, again.status) == (201, 201)
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
+
+
+def test_a_deleted_accounts_create_sent_after_its_key_expired_is_409_and_its_sessions_stay_over(
+        replica: InMemoryReplica, admin: Session) -> None:
+    """The account's id derives from the create's key and request: the same create sent
+    again once its key expired (and the tombstones of its time were purged) wrote the
+    deleted id live again at generation 0, and the deleted account's sessions worked again,
+    on an account with a new password."""
+    body = {"username": "carol", "password": LISTENER_PASSWORD}
+    headers = {**admin.bearer, "Idempotency-Key": '"make-carol"'}
+    assert call(replica, "POST", "/users", body, headers).status == 201
+    carol = login(replica, "carol", LISTENER_PASSWORD)
+    assert call(replica, "DELETE", f"/users/{carol.id}", headers=admin.bearer).status == 204
+    through = replica.db.head().encode()
+    replica.db.write([Change("purges", IDEMPOTENCY_KEYS, {"through": through}),
+                      Change("purges", TOMBSTONES, {"through": through})])
+    result_of(Deferred.fromCoroutine(replica.accounts.reload()))
+    head = replica.db.head()
+
+    again = call(replica, "POST", "/users", {**body, "password": "another-password"}, headers)
+
+    assert again.status == 409, again.body
+    assert replica.db.head() == head
+    assert call(replica, "GET", "/auth/me", headers=carol.bearer).status == 401
+    tombstone = replica.db.get_row("users", carol.id)
+    assert tombstone is not None and tombstone.fields["deleted"] == 1
+    # Kept for good, it keeps no password: neither its hash nor its Subsonic box.
+    assert tombstone.fields["password_hash"] is None
+    assert tombstone.fields["subsonic_box"] is None
 
 
 def test_keyed_account_changes_sent_again_answer_their_first_outcome(
