@@ -425,7 +425,8 @@ class Accounts:
             raise Conflict("setup is done: the cluster has accounts")
         code = values.get("setup_code")
         if (self._setup_code is None or not isinstance(code, str)
-                or not hmac.compare_digest(code.encode(), self._setup_code.encode())):
+                or not hmac.compare_digest(code.encode("utf-8", "surrogatepass"),
+                                           self._setup_code.encode())):
             raise Forbidden("wrong setup code (the leader logs it, and writes it to its data"
                             f" dir's {SETUP_CODE_FILE})")
         outcome = await self._create(values.get("username"), values.get("password"), ADMIN,

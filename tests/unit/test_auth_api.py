@@ -106,11 +106,13 @@ def test_setup_makes_the_first_admin_once(replica: InMemoryReplica, tmp_path: Pa
     assert not (tmp_path / SETUP_CODE_FILE).exists()
 
 
-def test_setup_with_a_wrong_code_is_403(replica: InMemoryReplica) -> None:
+@pytest.mark.parametrize("code", ["guess", "\ud800", 12])
+def test_setup_with_a_wrong_code_is_403(replica: InMemoryReplica, code: object) -> None:
+    """A lone surrogate (JSON's "\\ud800") too: it was a 500, its encoding failing."""
     answer = call(replica, "POST", "/auth/setup",
-                  {"username": "root", "password": ADMIN_PASSWORD, "setup_code": "guess"})
+                  {"username": "root", "password": ADMIN_PASSWORD, "setup_code": code})
 
-    assert answer.status == 403
+    assert answer.status == 403, answer.body
     assert call(replica, "GET", "/users").status == 401  # still nobody
 
 
