@@ -329,9 +329,11 @@ class Accounts:
             log.info("sealed the Subsonic password of {name}", name=user.username)
 
     def _sealed(self, user_id: str, password: str) -> dict[str, Any]:
-        """The fields that store ``password`` for Subsonic token auth: none when it is off."""
+        """The fields that store ``password`` for Subsonic token auth. With it off, no box:
+        the one the account may hold sealed the password this replaces, which would open
+        again once token auth is switched back on."""
         if self._box is None:
-            return {}
+            return {"subsonic_box": None}
         return {"subsonic_box": self._box.seal(user_id, password)}
 
     # Subsonic credentials (issue 18)
@@ -423,7 +425,8 @@ class Accounts:
             raise Conflict("setup is done: the cluster has accounts")
         code = values.get("setup_code")
         if (self._setup_code is None or not isinstance(code, str)
-                or not hmac.compare_digest(code.encode(), self._setup_code.encode())):
+                or not hmac.compare_digest(code.encode("utf-8", "surrogatepass"),
+                                           self._setup_code.encode())):
             raise Forbidden("wrong setup code (the leader logs it, and writes it to its data"
                             f" dir's {SETUP_CODE_FILE})")
         outcome = await self._create(values.get("username"), values.get("password"), ADMIN,
@@ -637,6 +640,12 @@ def _shown(fields: Mapping[str, Any]) -> dict[str, Any]:
 def _create_user(db: MetadataDB, user_id: str, fields: dict[str, Any], first: bool) -> Outcome:
     if first and db.user_count():
         raise Conflict("setup is done: the cluster has accounts")
+    if db.get_row("users", user_id) is not None:
+        # Its Idempotency-Key made it, and the key has expired since (else its outcome would
+        # answer): written again, a deleted account would be live at generation 0, and its
+        # old sessions with it. Its tombstone is kept for good (model.py).
+        raise Conflict("this Idempotency-Key made an account already (deleted since, or"
+                       " renamed): send the create with a new key")
     if db.user_named(fields["name_key"]) is not None:
         raise Conflict(f"the username {fields['username']} is taken")
     db.write([Change("users", user_id, fields)])
@@ -678,9 +687,11 @@ def _delete_user(db: MetadataDB, user_id: str) -> Outcome:
     current = _live(db, user_id)
     if current["role"] == ADMIN and not current["disabled"] and not _other_admins(db, user_id):
         raise Conflict("this is the last admin: make another one first")
-    # Its API keys go with it (they stopped working with the account already).
+    # Its API keys go with it (they stopped working with the account already). Its tombstone
+    # is kept for good: it keeps no password (neither the hash nor the box).
     changes = [Change("api_keys", k["id"], {"deleted": 1}) for k in db.api_keys_of(user_id)]
-    db.write([*changes, Change("users", user_id, {"deleted": 1})])
+    db.write([*changes, Change("users", user_id, {"deleted": 1, "password_hash": None,
+                                                  "subsonic_box": None})])
     return Outcome(204)
 
 

@@ -141,7 +141,10 @@ ENTITIES: dict[str, Entity] = {
             ("playlist_id", "song_id", "position", "created_at", "deleted"),
         ),
         # Accounts (auth/users.py): no unique index on names, the leader refuses a taken one
-        # and a clash that arrives by merge is renamed by auth/users.resolve_clash.
+        # and a clash that arrives by merge is renamed by auth/users.resolve_clash. An
+        # account's id may derive from the create's Idempotency-Key: a deleted account's
+        # tombstone stays (without its password), or the same create sent again once it was
+        # purged would make the account live again, and its old sessions with it.
         Entity(
             "users",
             ("id",),
@@ -149,6 +152,7 @@ ENTITIES: dict[str, Entity] = {
              "disabled", "deleted",
              # The password sealed for Subsonic token auth (auth/box.py), or None.
              "subsonic_box"),
+            tombstones_kept=True,
         ),
         # The stored outcome of a keyed write (idempotency.py): its key's id is a UUIDv5 of
         # the client's key text; "request" hashes the request, "written" is the version

@@ -55,9 +55,9 @@ NO_STORE = (b"Cache-Control", b"no-store")
 
 def bearer(request: Request) -> str | None:
     """The token of ``Authorization: Bearer <token>``, else of the session cookie."""
-    header = request.getHeader("Authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
+    raw = request.getHeader(b"Authorization")  # as bytes: one not UTF-8 is a bad token
+    if raw is not None:
+        scheme, _, token = raw.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
         return None

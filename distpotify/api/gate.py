@@ -77,7 +77,7 @@ class Gate:
             return
         need = need_of(request.method, segments)
         if need is Need.NOTHING:
-            if (request.method not in _SAFE and request.getHeader("Origin") is not None
+            if (request.method not in _SAFE and request.getHeader(b"Origin") is not None
                     and not _same_origin(request)):
                 # Login CSRF: a page of another site must not log a browser into an account
                 # of its choosing (a text/plain form needs no preflight). A browser always
@@ -134,7 +134,7 @@ class Gate:
         """Whether a /status or /metrics request carries the --metrics-token (Prometheus)."""
         token = _bearer(request)
         return (token is not None and self._metrics_token is not None
-                and hmac.compare_digest(token.encode(), self._metrics_token.encode()))
+                and hmac.compare_digest(token.encode("latin-1"), self._metrics_token.encode()))
 
     def _session(self, request: Request) -> User:
         token = _bearer(request)
@@ -172,10 +172,11 @@ class Gate:
 
 
 def _bearer(request: Request) -> str | None:
-    header = request.getHeader("Authorization")
-    if header is None:
+    # As bytes: a header that is not UTF-8 is a bad token (401), not a 500.
+    raw = request.getHeader(b"Authorization")
+    if raw is None:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = raw.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
@@ -185,7 +186,8 @@ def _same_origin(request: Request) -> bool:
     """Whether the Origin header names the host the request was sent to (its Host, or the
     X-Forwarded-Host the proxy sets: a page of another site cannot send that header without
     a CORS preflight, which no replica answers)."""
-    origin = request.getHeader("Origin")
+    raw = request.getHeader(b"Origin")
+    origin = None if raw is None else raw.decode("latin-1")
     if not origin or origin == "null":
         return False
     netloc = urlsplit(origin).netloc.lower()

@@ -261,7 +261,7 @@ class LibraryQueries(Tables):
         return [dict(row) for row in rows]
 
     def deleted_user_ids(self) -> list[str]:
-        """The ids of the accounts deleted here (until their tombstones are purged)."""
+        """The ids of the accounts deleted here (their tombstones are never purged)."""
         return [str(row["id"]) for row in self._conn.execute(
             "SELECT id FROM users WHERE deleted = 1")]
 

@@ -1,5 +1,6 @@
 """The Subsonic user methods: getUser (one's own; an admin, anyone's), getUsers (admins) and
-changePassword (one's own; an admin, anyone's), on the accounts of accounts.py.
+changePassword (one's own; an admin, anyone's; never by an API key), on the accounts of
+accounts.py.
 
 Roles map onto ours: every account may stream, download, upload, make playlists and scrobble;
 only an admin has ``adminRole`` and ``settingsRole``. What the server does not offer (podcasts,
@@ -71,6 +72,11 @@ async def change_password(call: Call) -> dict[str, Any]:
     Subsonic box is sealed anew. Keyed as the account API's password change is: the
     digest leaves the new password out, so one key sent again with another password is
     answered the first outcome."""
+    if call.params.get("apiKey") is not None:
+        # A key is an app's, made to play music: a password set by it would let whoever holds
+        # the key log in to the account itself and make keys of their own.
+        raise SubsonicError(NOT_AUTHORIZED, "an API key cannot change a password: send the"
+                            " account's password (p, or t and s)")
     user = _named(call, call.params.required("username"))
     password = decoded_password(call.params.required("password"), GENERIC)
     key = await write_key(call, secret="password")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogEvent, capturedLogs, formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -24,6 +25,8 @@ from distpotify.auth.tokens import TokenSigner
 from distpotify.cli.keygen import key_file_text
 from distpotify.idempotency import request_digest
 from distpotify.keys import ClusterKeys
+from distpotify.model import IDEMPOTENCY_KEYS, TOMBSTONES
+from distpotify.store.metadata import Change
 from distpotify.tap import Options
 from distpotify.wire import JOINING
 from tests.helpers.accounts import (
@@ -36,7 +39,7 @@ from tests.helpers.accounts import (
     login,
     setup_code,
 )
-from tests.helpers.api import InMemoryReplica, NoLeader
+from tests.helpers.api import InMemoryReplica, NoLeader, result_of
 
 DAY = 24 * 3600.0
 
@@ -103,11 +106,13 @@ def test_setup_makes_the_first_admin_once(replica: InMemoryReplica, tmp_path: Pa
     assert not (tmp_path / SETUP_CODE_FILE).exists()
 
 
-def test_setup_with_a_wrong_code_is_403(replica: InMemoryReplica) -> None:
+@pytest.mark.parametrize("code", ["guess", "\ud800", 12])
+def test_setup_with_a_wrong_code_is_403(replica: InMemoryReplica, code: object) -> None:
+    """A lone surrogate (JSON's "\\ud800") too: it was a 500, its encoding failing."""
     answer = call(replica, "POST", "/auth/setup",
-                  {"username": "root", "password": ADMIN_PASSWORD, "setup_code": "guess"})
+                  {"username": "root", "password": ADMIN_PASSWORD, "setup_code": code})
 
-    assert answer.status == 403
+    assert answer.status == 403, answer.body
     assert call(replica, "GET", "/users").status == 401  # still nobody
 
 
@@ -402,6 +407,32 @@ def test_an_unsafe_request_by_cookie_needs_a_matching_origin(replica: InMemoryRe
     assert (same.status, by_bearer.status) == (201, 201)
 
 
+@pytest.mark.parametrize(("method", "path", "headers"), [
+    ("GET", "/songs", {b"Authorization": [b"Bearer \xff\xfe"]}),
+    ("GET", "/auth/me", {b"Authorization": [b"Bearer \xff\xfe"]}),
+    ("GET", "/status", {b"Authorization": [b"Bearer \xff\xfe"]}),
+    ("POST", "/auth/login", {b"Origin": [b"http://\xff"]}),
+    ("POST", "/playlists", {b"Origin": [b"http://\xff"]}),
+])
+def test_a_gate_header_that_is_not_utf8_is_refused_not_a_500(
+        replica: InMemoryReplica, alice: Session, method: str, path: str,
+        headers: dict[bytes, list[bytes]]) -> None:
+    """Header bytes are the client's: the gate read Authorization and Origin as UTF-8, and
+    an \\xff in either was a 500 (twisted.web's HTML page), not the gate's 401 or 403."""
+    sent = {b"Content-Type": [b"application/json"],
+            b"Cookie": [f"distpotify_session={alice.token}".encode()], **headers}
+    client = StubTreq(replica.root)
+    d = client.request(method, "http://replica" + path, data=b'{"username": "alice"}',
+                       headers=sent)
+    client.flush()
+    response = result_of(d)
+    body = client.content(response)
+    client.flush()
+
+    assert response.code in (401, 403), result_of(body)
+    assert json.loads(result_of(body))["error"] in ("unauthorized", "forbidden")
+
+
 # the admin's accounts
 
 
@@ -434,6 +465,35 @@ def test_an_account_made_with_an_idempotency_key_is_made_once(replica: InMemoryR
     assert (first.status, again.status) == (201, 201)
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
+
+
+def test_a_deleted_accounts_create_sent_after_its_key_expired_is_409_and_its_sessions_stay_over(
+        replica: InMemoryReplica, admin: Session) -> None:
+    """The account's id derives from the create's key and request: the same create sent
+    again once its key expired (and the tombstones of its time were purged) wrote the
+    deleted id live again at generation 0, and the deleted account's sessions worked again,
+    on an account with a new password."""
+    body = {"username": "carol", "password": LISTENER_PASSWORD}
+    headers = {**admin.bearer, "Idempotency-Key": '"make-carol"'}
+    assert call(replica, "POST", "/users", body, headers).status == 201
+    carol = login(replica, "carol", LISTENER_PASSWORD)
+    assert call(replica, "DELETE", f"/users/{carol.id}", headers=admin.bearer).status == 204
+    through = replica.db.head().encode()
+    replica.db.write([Change("purges", IDEMPOTENCY_KEYS, {"through": through}),
+                      Change("purges", TOMBSTONES, {"through": through})])
+    result_of(Deferred.fromCoroutine(replica.accounts.reload()))
+    head = replica.db.head()
+
+    again = call(replica, "POST", "/users", {**body, "password": "another-password"}, headers)
+
+    assert again.status == 409, again.body
+    assert replica.db.head() == head
+    assert call(replica, "GET", "/auth/me", headers=carol.bearer).status == 401
+    tombstone = replica.db.get_row("users", carol.id)
+    assert tombstone is not None and tombstone.fields["deleted"] == 1
+    # Kept for good, it keeps no password: neither its hash nor its Subsonic box.
+    assert tombstone.fields["password_hash"] is None
+    assert tombstone.fields["subsonic_box"] is None
 
 
 def test_keyed_account_changes_sent_again_answer_their_first_outcome(

@@ -140,6 +140,21 @@ def test_a_token_of_another_cluster_is_401_without_asking_a_replica() -> None:
     assert not any(sent.path == ME.encode() for node in nodes for sent in node.received)
 
 
+@pytest.mark.parametrize("path", ["/proxy/status", "/metrics"])
+def test_an_authorization_header_that_is_not_utf8_is_401_not_a_500(path: str) -> None:
+    nodes = cluster(**{"_auth_me": me("admin")})
+    proxy = harness(nodes)
+    client = proxy.connect()
+
+    client.channel.dataReceived(f"GET {path} HTTP/1.1\r\nHost: proxy.example\r\n".encode()
+                                + b"Authorization: Bearer \xff\xfe\r\n\r\n")
+    proxy.settle()
+    answer = client.read_all()
+
+    assert answer.status == 401, answer.body
+    assert not any(sent.path == ME.encode() for node in nodes for sent in node.received)
+
+
 def test_a_session_the_replica_refuses_is_401() -> None:
     proxy = harness(cluster(**{"_auth_me": (401, {}, {"error": "unauthorized"})}))
 

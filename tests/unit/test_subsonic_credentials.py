@@ -232,6 +232,34 @@ def test_with_token_auth_off_a_box_stored_before_is_not_used(tmp_path: Path) -> 
     assert off.accounts.subsonic_password(user) is None
 
 
+@pytest.mark.parametrize("by_admin", [False, True])
+def test_a_password_set_with_token_auth_off_drops_the_box_of_the_old_one(
+        tmp_path: Path, by_admin: bool) -> None:
+    """The box sealed the old password: kept, it opened again once token auth was switched
+    back on, and t + s of the old password (perhaps the leaked one) were accepted."""
+    on = InMemoryReplica(tmp_path, auth=True)
+    admin = first_admin(on, tmp_path)
+    alice = listener(on, admin, "alice")
+    on.db.close()
+    off = InMemoryReplica(tmp_path, auth=True, subsonic_token_auth=False)
+    if by_admin:
+        changed = call(off, "PATCH", f"/users/{alice.id}", {"password": "a-new-password"},
+                       admin.bearer)
+    else:
+        changed = call(off, "PUT", "/auth/password",
+                       {"old_password": LISTENER_PASSWORD, "password": "a-new-password"},
+                       alice.bearer)
+    assert changed.status in (200, 204), changed.body
+    off.db.close()
+
+    again = InMemoryReplica(tmp_path, auth=True)
+
+    assert again.accounts.subsonic_password(account(again, alice)) is None
+    token = hashlib.md5((LISTENER_PASSWORD + "salt1").encode()).hexdigest()
+    ping = call(again, "GET", f"/rest/ping?u=alice&t={token}&s=salt1&c=test&v=1.16.1&f=json")
+    assert ping.json()["subsonic-response"]["status"] == "failed"
+
+
 def test_token_auth_is_on_by_default_and_switched_off_by_option(tmp_path: Path) -> None:
     assert options(tmp_path, []).config.subsonic_token_auth is True
     assert options(tmp_path, ["--subsonic-token-auth", "off"]).config.subsonic_token_auth \

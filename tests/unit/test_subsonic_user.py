@@ -575,6 +575,23 @@ def test_an_api_key_made_on_the_account_api_works_for_rest(rest: Rest) -> None:
     assert answer.json()["subsonic-response"]["user"]["username"] == "alice"
 
 
+def test_an_api_key_cannot_change_a_password(rest: Rest) -> None:
+    # A key leaked from an app must not become the account: a password it set would log in.
+    session = login(rest.replica, "alice", LISTENER_PASSWORD)
+    made = call(rest.replica, "POST", "/auth/apikeys", {"name": "phone"}, session.bearer)
+    key = made.json()["apiKey"]
+
+    answer = rest.replica.call(
+        "GET", f"/rest/changePassword?apiKey={key}&username=alice&password=taken-over-now",
+        signed=False, cookies=False)
+
+    assert error_code(answer) == 50
+    assert login(rest.replica, "alice", LISTENER_PASSWORD).bearer  # the password stands
+    refused = call(rest.replica, "POST", "/auth/login",
+                   {"username": "alice", "password": "taken-over-now"})
+    assert refused.status == 401
+
+
 def test_a_disabled_users_api_key_and_password_are_refused_and_change_nothing(
         rest: Rest) -> None:
     session = login(rest.replica, "alice", LISTENER_PASSWORD)
