@@ -40,6 +40,16 @@ def request_target(url: str) -> bytes:
     target: bytes = URI.fromBytes(normalised).originForm
     return target
 
+def site_treq(root: Any) -> StubTreq:
+    """A StubTreq whose server side parses bodies as the replica's site does: treq's testing
+    Site parses form and multipart bodies into ``request.args`` (twisted.web's default),
+    where ReplicaSite does not (``parsePOSTFormSubmission=False``), which made a multipart
+    upload's fields look like query arguments to the API under test."""
+    stub = StubTreq(root)
+    stub._agent._serverFactory._parsePOSTFormSubmission = False
+    return stub
+
+
 def run_now(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
     """A runner that calls at once on this thread: the store and file work become synchronous."""
     return defer.execute(f, *args, **kwargs)
@@ -128,7 +138,7 @@ class InMemoryReplica:
         assert self.accounts is not None
         result_of(Deferred.fromCoroutine(self.accounts.started()))
         self.root = self.service.resource
-        self.treq = StubTreq(self.root)
+        self.treq = site_treq(self.root)
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None, signed: bool = True,
@@ -143,7 +153,7 @@ class InMemoryReplica:
             signature = sign(self.keys, method.encode(), request_target(url),
                              body_sha256(body or b""), self.clock.seconds())
             headers.update({k.decode(): v.decode() for k, v in signature.items()})
-        client = self.treq if cookies else StubTreq(self.root)
+        client = self.treq if cookies else site_treq(self.root)
         d = client.request(method, url, data=body, headers=headers)
         client.flush()
         response = result_of(d)

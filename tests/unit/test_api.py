@@ -394,6 +394,20 @@ def test_multipart_without_file_field_is_400(api: InMemoryReplica) -> None:
     assert_error(api.upload(body, "multipart/form-data; boundary=b"), 400, "bad_request")
 
 
+def test_a_multipart_upload_with_a_title_field_is_stored_under_it(
+        api: InMemoryReplica, wav_bytes: bytes) -> None:
+    # The form's fields are read from the body, as the replica's site hands it over (not
+    # parsed into query arguments first: tests/helpers/api.py site_treq).
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nFrom the form"
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.wav\""
+            b"\r\nContent-Type: audio/wav\r\n\r\n" + wav_bytes + b"\r\n--b--\r\n")
+
+    answer = api.upload(body, "multipart/form-data; boundary=b")
+
+    assert answer.status == 201, answer.body
+    assert answer.json()["song"]["title"] == "From the form"
+
+
 def test_malformed_multipart_is_400(api: InMemoryReplica) -> None:
     assert_error(api.upload(b"--b\r\nbroken", "multipart/form-data; boundary=b"),
                  400, "bad_request")
