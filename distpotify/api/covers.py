@@ -33,8 +33,9 @@ _INTEGER = re.compile(r"-?[0-9]{1,30}")
 
 
 def size_arg(text: str | None) -> int | None:
-    """``?size=``: absent or empty is None (the original); any decimal integer is clamped
-    to 16..2048 (clients ask for what their screen wants); anything else is a 400."""
+    """``?size=``: absent or empty is None (the original); a decimal integer of up to 30
+    digits is clamped to 16..2048 (clients ask for what their screen wants); anything else
+    is a 400."""
     if text is None or text == "":
         return None
     if not _INTEGER.fullmatch(text):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from distpotify.auth.access import Actor
-from distpotify.auth.users import ADMIN
+from distpotify.auth.users import ADMIN, name_key
 from distpotify.subsonic import elements
 from distpotify.subsonic.annotations import annotate, userstate, write_key, written
 from distpotify.subsonic.call import (
@@ -54,7 +54,7 @@ async def get_playlists(call: Call) -> dict[str, Any]:
     """The caller's playlists and the public ones; an admin may ask another user's view."""
     actor = _actor(call)
     username = call.params.get("username")
-    if username and username != call.user.username:
+    if username and name_key(username) != name_key(call.user.username):  # as logins compare
         if call.user.role != ADMIN:
             raise SubsonicError(NOT_AUTHORIZED, "Only an admin may list another user's"
                                 " playlists")

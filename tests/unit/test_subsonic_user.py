@@ -385,6 +385,16 @@ def test_create_get_update_and_delete_a_playlist(rest: Rest) -> None:
     assert rest.ok("getPlaylists")["playlists"].get("playlist", []) == []
 
 
+def test_a_listener_naming_themself_in_another_case_gets_their_playlists(rest: Rest) -> None:
+    # Names compare folded, as at login: the name a user typed ("ALICE") is theirs.
+    made = rest.ok("createPlaylist", name="Mine", songId=SONG)["playlist"]
+
+    shown = rest.ok("getPlaylists", username="ALICE")["playlists"]["playlist"]
+
+    assert made["id"] in ids(shown)
+    rest.refused("getPlaylists", 50, username="root")  # another's view stays an admin's
+
+
 def test_a_playlists_changed_moves_with_every_edit(rest: Rest) -> None:
     """Clients re-sync a playlist when its ``changed`` moves: a rename, a removal (through
     Subsonic or the JSON API) and an addition each move it forward, never back."""
