@@ -33,7 +33,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.auth.ratelimit import LoginLimiter
-from distpotify.auth.tokens import InvalidToken, TokenSigner
+from distpotify.auth.tokens import InvalidToken, TokenSigner, bearer_token
 from distpotify.auth.users import ADMIN, name_key
 from distpotify.keys import ClusterKeys
 from distpotify.wire import json_error, loggable_uri
@@ -55,12 +55,8 @@ NO_STORE = (b"Cache-Control", b"no-store")
 
 def bearer(request: Request) -> str | None:
     """The token of ``Authorization: Bearer <token>``, else of the session cookie."""
-    raw = request.getHeader(b"Authorization")  # as bytes: one not UTF-8 is a bad token
-    if raw is not None:
-        scheme, _, token = raw.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
+    if request.getHeader(b"Authorization") is not None:
+        return bearer_token(request)
     cookie = request.getCookie(COOKIE)
     return cookie.decode("latin-1") if cookie else None
 

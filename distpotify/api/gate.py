@@ -23,7 +23,7 @@ from twisted.web.server import Request
 
 from distpotify.accounts import Accounts
 from distpotify.auth.access import UNRESTRICTED, Actor, Need, need_of
-from distpotify.auth.tokens import InvalidToken, NotKnownYet
+from distpotify.auth.tokens import InvalidToken, NotKnownYet, bearer_token
 from distpotify.auth.users import ADMIN, User
 from distpotify.errors import ApiError, Behind, Forbidden, Joining, Unauthorized
 from distpotify.signing import HEADERS, Refused, RequestVerifier, file_sha256
@@ -100,7 +100,7 @@ class Gate:
     def _unenforced(self, request: Request) -> None:
         """Everything is allowed; a request that carries a valid session still acts as its
         account (an admin's powers for all), so what it creates records its owner."""
-        token = _bearer(request)
+        token = bearer_token(request)
         if token is None:
             cookie = request.getCookie(COOKIE)
             if not cookie:
@@ -132,12 +132,12 @@ class Gate:
 
     def _metrics_bearer(self, request: Request) -> bool:
         """Whether a /status or /metrics request carries the --metrics-token (Prometheus)."""
-        token = _bearer(request)
+        token = bearer_token(request)
         return (token is not None and self._metrics_token is not None
                 and hmac.compare_digest(token.encode("latin-1"), self._metrics_token.encode()))
 
     def _session(self, request: Request) -> User:
-        token = _bearer(request)
+        token = bearer_token(request)
         by_cookie = False
         if token is None:
             cookie = request.getCookie(COOKIE)
@@ -169,17 +169,6 @@ class Gate:
                            " session's account yet; ask another replica")
         return Behind("this replica has not applied this session's account yet; ask the"
                       " leader")
-
-
-def _bearer(request: Request) -> str | None:
-    # As bytes: a header that is not UTF-8 is a bad token (401), not a 500.
-    raw = request.getHeader(b"Authorization")
-    if raw is None:
-        return None
-    scheme, _, token = raw.decode("latin-1").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def _same_origin(request: Request) -> bool:

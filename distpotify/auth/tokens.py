@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import jwt
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
 
 from distpotify.keys import TOKEN, ClusterKeys
 
@@ -133,3 +134,15 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
 
 def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def bearer_token(request: IRequest) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, or None. The header is read as bytes:
+    one that is not UTF-8 is a bad token (refused 401), not a 500."""
+    raw = request.getHeader(b"Authorization")
+    if raw is None:
+        return None
+    scheme, _, token = raw.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
