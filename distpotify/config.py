@@ -97,7 +97,8 @@ class ReplicaConfig:
     # a write before its 2xx (0: asynchronous), and how long the leader waits for them.
     sync_replicas: int = 1
     sync_timeout: float = 0.25
-    # How long a new leader may spend pulling the writes it lacks before it takes writes.
+    # How long a new leader may spend pulling the writes it lacks, and reconciling with its
+    # peers, before it takes writes (and a leader holds them for a peer back from a partition).
     catch_up_timeout: float = 2.0
     header_timeout: float = DEFAULT_TIMEOUTS.header
     body_timeout: float = DEFAULT_TIMEOUTS.body

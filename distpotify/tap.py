@@ -77,7 +77,7 @@ OPTIONS: OptionList = [
     ("sync-timeout", "0.25", "seconds the leader waits for --sync-replicas followers before"
      " it answers anyway (a degraded acknowledgement)", float),
     ("catch-up-timeout", "2.0", "seconds a new leader may spend pulling the writes it lacks"
-     " from its peers before it takes writes anyway", float),
+     " from its peers, and reconciling with them, before it takes writes anyway", float),
     *TIMEOUT_OPTIONS,
     ("oplog-retention", "2d", "oplog kept for followers catching up by cursor: newest N ops"
      " (100000ops), an age (36h, 2d) or bytes (512MiB)", OplogRetention.parse),

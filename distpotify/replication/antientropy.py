@@ -14,6 +14,7 @@ chunk as well.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -95,16 +96,17 @@ class AntiEntropy:
             return Deferred.fromCoroutine(_none())
         return self._lock.run(self._round, peer)
 
-    def reconcile(self, peers: Sequence[str]) -> Deferred[None]:
+    def reconcile(self, peers: Sequence[str], *, chunks: bool = True) -> Deferred[None]:
         """A round with each of ``peers`` in turn, each once the round under way is over: a
         new leader relies on these to mend what its catch-up could not pull (section 5.1),
-        so none is skipped as a tick is while busy. Failures are counted and logged."""
-        return Deferred.fromCoroutine(self._reconcile(list(peers)))
+        so none is skipped as a tick is while busy. Without ``chunks`` the rounds compare
+        rows only (no sweep for lost chunk files). Failures are counted and logged."""
+        return Deferred.fromCoroutine(self._reconcile(list(peers), chunks))
 
-    async def _reconcile(self, peers: list[str]) -> None:
+    async def _reconcile(self, peers: list[str], chunks: bool) -> None:
         for peer in peers:
             try:
-                await self._lock.run(self._round, peer)
+                await self._lock.run(self._round, peer, chunks)
             except Exception:
                 self._failed(Failure())
 
@@ -118,7 +120,7 @@ class AntiEntropy:
         self.errors += 1
         log.info("anti-entropy round failed: {error}", error=failure.getErrorMessage())
 
-    async def _round(self, peer: str) -> None:
+    async def _round(self, peer: str, chunks: bool = True) -> None:
         started = self._clock.seconds()
         received = self._client.bytes_received
         theirs = await self._client.digest(peer)
@@ -129,25 +131,25 @@ class AntiEntropy:
             local = {(e, k): v for e, k, v in await self._store.run(MetadataDB.bucket_rows,
                                                                      bucket)}
             wanted += [(e, k) for e, k, v in await self._client.bucket(peer, bucket)
-                       if local.get((e, k)) != v]
+                       if local.get((e, k)) != v and newer(v, local.get((e, k)))]
         for start in range(0, len(wanted), KEYS_PER_REQUEST):
             rows = await self._client.rows(peer, wanted[start:start + KEYS_PER_REQUEST])
             await self._receiver.apply_rows(rows, peer)
-        checked = await self._look_for_missing_chunks()
-        chunks = await self._repair_missing_chunks()
+        checked = await self._look_for_missing_chunks() if chunks else 0
+        fetched = await self._repair_missing_chunks() if chunks else 0
         self.rounds += 1
         self.rows_repaired += len(wanted)
-        self.chunks_repaired += chunks
+        self.chunks_repaired += fetched
         self.last = {
             "peer": peer, "at": started, "buckets_differing": len(differing),
-            "rows_pulled": len(wanted), "chunks_checked": checked, "chunks_fetched": chunks,
+            "rows_pulled": len(wanted), "chunks_checked": checked, "chunks_fetched": fetched,
             "bytes_received": self._client.bytes_received - received,
             "seconds": round(self._clock.seconds() - started, 3),
         }
-        if wanted or chunks:
+        if wanted or fetched:
             log.info("anti-entropy with {peer}: {buckets} buckets differed, pulled {rows} rows,"
                      " fetched {chunks} chunks", peer=peer, buckets=len(differing),
-                     rows=len(wanted), chunks=chunks)
+                     rows=len(wanted), chunks=fetched)
 
     async def _look_for_missing_chunks(self) -> int:
         """Add the live chunks whose files are absent to those to repair: the whole registry
@@ -209,3 +211,15 @@ class AntiEntropy:
 
 async def _none() -> None:
     return None
+
+
+def newer(theirs: str, mine: str | None) -> bool:
+    """Whether the peer's row (its ``field_versions``) holds a field written later than ours:
+    a row only ours is newer in (a follower that lags) is not fetched, merged and dropped."""
+    if mine is None:
+        return True
+    try:
+        ours = json.loads(mine)
+        return any(version > ours.get(name, "") for name, version in json.loads(theirs).items())
+    except (ValueError, AttributeError, TypeError):
+        return True  # not what we store: let the merge decide

@@ -132,10 +132,10 @@ class ReplicationNode(service.MultiService):
             on_ack=self.semisync.follower_acked, failpoints=failpoints,
         )
         self.takeover = Takeover(
-            membership=cluster.membership, head=cluster.head, client=client,
-            receiver=self.receiver, leadership=leadership, clock=reactor,
+            node_id=config.node_id, membership=cluster.membership, head=cluster.head,
+            client=client, receiver=self.receiver, leadership=leadership, clock=reactor,
             timeout=config.catch_up_timeout, recheck=config.heartbeat_interval,
-            on_complete=self._took_over,
+            reconcile=self._took_over,
         )
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
@@ -372,11 +372,13 @@ class ReplicationNode(service.MultiService):
         self.pusher.forget_cursors()
         self.pusher.wake()
 
-    def _took_over(self, peers: list[Peer]) -> None:
+    def _took_over(self, peers: list[Peer]) -> Deferred[None]:
         # The pull brought ops after our head; what lies below it (another leader's writes
         # in a partition, a write the old leader finished as it stepped down) and what a
-        # peer compacted away below its oplog floor are anti-entropy's.
-        self.anti_entropy.reconcile([peer.http for peer in peers])
+        # peer compacted away below its oplog floor are anti-entropy's. Rows only: the chunk
+        # files of the rows it brings come with them, and the sweep for lost files is the
+        # periodic rounds' (the writes wait for these).
+        return self.anti_entropy.reconcile([peer.http for peer in peers], chunks=False)
 
     def _peer_event(self, event: PeerEvent) -> None:
         # A replica that comes back (restart, healed partition) may hold writes we lack. Not
@@ -386,6 +388,9 @@ class ReplicationNode(service.MultiService):
         back = isinstance(event, PeerUp) or (
             isinstance(event, PeerChanged) and event.previous.state != ACTIVE)
         if back and event.peer.state == ACTIVE and self._cluster.state == ACTIVE:
+            # A leader holds its writes for a round with it at once if it may hold writes
+            # we lack (a healed partition); the later round is every replica's.
+            self.takeover.peer_returned(event.peer)
             self.anti_entropy.run_round_soon(event.peer.http, 2 * self._failure_timeout)
 
     async def status(self) -> dict[str, Any]:

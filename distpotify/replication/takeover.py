@@ -1,8 +1,11 @@
-"""A new leader's catch-up: before its first write it pulls the ops it lacks from its peers.
+"""A new leader's catch-up: before its first write it pulls the ops it lacks from its peers,
+then reconciles with them by anti-entropy.
 
 Writes that arrive meanwhile wait (``writable``) instead of being refused, for at most
---catch-up-timeout; anti-entropy then mends whatever the pull could not reach, such as the
-ops a peer compacted away below its oplog floor.
+--catch-up-timeout in all. The pull brings the ops after our head; the rounds of anti-entropy
+mend what lies below it (another leader's writes in a partition) and what a peer compacted
+away below its oplog floor, before any write can meet a record that is missing or partial
+here.
 """
 # test-case-name: tests.unit.test_takeover
 
@@ -31,8 +34,10 @@ from distpotify.wire import ACTIVE, LEADER
 log = Logger()
 
 # The phases of one leadership, in order. IDLE: not leading. CATCHING_UP: leading, pulling
-# what peers hold beyond our head; writes wait. COMPLETE: writes go through.
-IDLE, CATCHING_UP, COMPLETE = "IDLE", "CATCHING_UP", "COMPLETE"
+# what peers hold beyond our head; writes wait. RECONCILING: a round of anti-entropy with
+# each live peer; writes still wait. COMPLETE: writes go through.
+IDLE, CATCHING_UP, RECONCILING, COMPLETE = "IDLE", "CATCHING_UP", "RECONCILING", "COMPLETE"
+HOLDING = (CATCHING_UP, RECONCILING)
 BATCH = 1000  # ops per pull (GET /sync/ops answers at most this many)
 # After a pull this replica had no room to apply, the next waits this long, not one recheck:
 # each pull fetched the batch's chunks again for nothing (a random lab run: a new leader on a
@@ -54,6 +59,9 @@ class TakeoverRecord:
     held_writes: int = 0
     # The peers that could not be pulled from by ops: our head was below their oplog floor.
     below_floor: list[dict[str, Any]] = attrs.field(factory=list)
+    # The peers reconciled with before the first write, and whether that ended in time.
+    reconciled_with: list[int] = attrs.field(factory=list)
+    reconciled: bool | None = None
 
     def as_dict(self, now: float) -> dict[str, Any]:
         end = self.finished if self.finished is not None else now
@@ -64,7 +72,8 @@ class TakeoverRecord:
             "seconds": None if self.started is None else round(end - self.started, 3),
             "ops_pulled": self.ops_pulled, "sources": self.sources,
             "timed_out": self.timed_out, "held_writes": self.held_writes,
-            "below_floor": self.below_floor,
+            "below_floor": self.below_floor, "reconciled_with": self.reconciled_with,
+            "reconciled": self.reconciled,
         }
 
 
@@ -76,23 +85,37 @@ class Takeover:
     peer still claims leadership (the old leader has heard our Coordinator, so what it
     holds is final) or was last heard from before the epoch we claimed ours above, and,
     meanwhile and after, pulls ``GET /sync/ops?after=<our head>`` from
-    the live ACTIVE peer with the highest head, as long as some peer's head is above ours;
-    then COMPLETE. A peer whose oplog floor is above our head (409 ``below_floor``: the ops
-    between are compacted away there) is not pulled from again until our head reaches that
-    floor. Past ``timeout`` it is COMPLETE anyway (``timed_out``). Either way
-    ``on_complete`` gets the peers to reconcile with (the old leader, else the last peer
-    pulled from; then every peer that answered ``below_floor``), so anti-entropy can mend
-    what ops after our head do not cover: ops of another leader below it (a partition), a
-    write the old leader finished as it stepped down, ops compacted away below a floor.
+    the live ACTIVE peer with the highest head, as long as some peer's head is above ours.
+    A peer whose oplog floor is above our head (409 ``below_floor``: the ops between are
+    compacted away there) is not pulled from again until our head reaches that floor.
+
+    Then RECONCILING: ``reconcile`` runs a round of anti-entropy with each live ACTIVE
+    peer (the old leader, else the last peer pulled from, first) and writes wait for it
+    too. Ops after our head do not cover everything a peer may hold that we lack: a leader
+    of the same epoch number as ours, or of one below, in another partition wrote ops whose
+    versions are below our head, and a write to a record they made would find it missing,
+    or partial (a later op's fields without its create's: no owner, so refused 403).
+    Nothing shows that from heartbeats (a peer's head is ours once we pulled from it), and a
+    round between replicas that agree costs one digest, so every peer gets one.
+
+    Then COMPLETE. Past ``timeout`` from the start it is COMPLETE anyway (``timed_out``):
+    the writes go through and the rounds go on without them.
+
+    ``peer_returned`` does the same for a replica heard again while this one leads (a
+    partition healed): one whose last write came from another leadership may hold writes
+    below our head (a leader of its side, of our epoch number and a lower id, or of an
+    epoch below), so COMPLETE -> RECONCILING -> COMPLETE, writes waiting for the round with
+    it, for --catch-up-timeout at most.
 
     ``writable()`` is what the library awaits before each write: it fires at once while
     COMPLETE (or IDLE with a leadership that never told us, as in tests), waits while
-    CATCHING_UP, and fails with NotLeader once this replica no longer leads.
+    CATCHING_UP or RECONCILING, and fails with NotLeader once this replica no longer leads.
     """
 
     def __init__(
         self,
         *,
+        node_id: int,
         membership: Membership,
         head: Callable[[], Version],
         client: PeerClient,
@@ -101,8 +124,9 @@ class Takeover:
         clock: IReactorTime,
         timeout: float,
         recheck: float,
-        on_complete: Callable[[list[Peer]], object] = lambda peers: None,
+        reconcile: Callable[[list[Peer]], Deferred[None] | None] = lambda peers: None,
     ) -> None:
+        self._node_id = node_id
         self._membership = membership
         self._head = head
         self._client = client
@@ -111,10 +135,12 @@ class Takeover:
         self._clock = clock
         self._timeout = timeout
         self._recheck = recheck  # how often the peer table is read again (a heartbeat)
-        self._on_complete = on_complete
+        self._reconcile = reconcile
         self.record = TakeoverRecord()
         self.takeovers = 0
         self.timeouts = 0
+        self.peer_holds = 0  # times writes waited for a round with a peer heard again
+        # What this leadership waits for: the pull, then the reconcile (None: nothing).
         self._run: Deferred[None] | None = None
         self._waiting: list[Deferred[None]] = []
         self._old_leader: Peer | None = None
@@ -140,7 +166,7 @@ class Takeover:
     def writable(self) -> Deferred[None]:
         """Fires when a write may start; NotLeader (a 421) if this replica does not lead."""
         self._leadership.require_leader()
-        if self.phase != CATCHING_UP:
+        if self.phase not in HOLDING:
             return succeed(None)
         self.record.held_writes += 1
         waiter: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
@@ -153,7 +179,7 @@ class Takeover:
 
     def status(self) -> dict[str, Any]:
         return {**self.record.as_dict(self._clock.seconds()), "takeovers": self.takeovers,
-                "timeouts": self.timeouts}
+                "timeouts": self.timeouts, "peer_holds": self.peer_holds}
 
     # transitions
 
@@ -171,44 +197,117 @@ class Takeover:
         # Set before the callbacks: with nobody to wait for, the catch-up is over at once.
         run = self._run = Deferred.fromCoroutine(self._catch_up())
         run.addTimeout(self._timeout, self._clock)
-        run.addBoth(self._caught_up, run)
+        run.addBoth(self._pulled, run)
 
-    def _caught_up(self, result: object, run: Deferred[None]) -> None:
-        """CATCHING_UP -> COMPLETE, whether the pull finished or its time ran out."""
+    def _pulled(self, result: object, run: Deferred[None]) -> None:
+        """CATCHING_UP -> RECONCILING once the pull is over; -> COMPLETE if its time ran out
+        (the rounds then go on without holding the writes)."""
         if self._run is not run:
             return  # this leadership ended (_end) before its catch-up did
         self._run = None
         record = self.record
+        peers = self._peers_to_reconcile()
+        record.reconciled_with = [peer.node_id for peer in peers]
         if isinstance(result, Failure):
-            if not result.check(defer.TimeoutError):
-                log.failure("takeover: catch-up failed", result)
-            record.timed_out = True
-            self.timeouts += 1
+            self._timed_out(result)
+            self._rounds(peers)
+            self._complete()
+            return
+        assert record.started is not None
+        self._hold_for(peers, record.started + self._timeout, catching_up=True)
+
+    def peer_returned(self, peer: Peer) -> None:
+        """``peer`` is heard again, ACTIVE; while this replica leads with its catch-up
+        over, writes wait for a round with it if it may hold writes we lack."""
+        ours = (self._leadership.epoch, self._node_id)
+        if (self.phase != COMPLETE or not self._leadership.is_leader
+                or (peer.head.epoch, peer.head.leader_id) == ours or peer.head == ZERO):
+            return
+        self.peer_holds += 1
+        if peer.node_id not in self.record.reconciled_with:
+            self.record.reconciled_with.append(peer.node_id)
+        log.info("takeover: node {node_id} is back with writes of another leadership (head"
+                 " {head}); writes wait for a round of anti-entropy with it",
+                 node_id=peer.node_id, head=peer.head.encode())
+        self._hold_for([peer], self._clock.seconds() + self._timeout, catching_up=False)
+
+    def _rounds(self, peers: list[Peer]) -> Deferred[None] | None:
+        try:
+            return self._reconcile(peers)
+        except Exception:
+            log.failure("takeover: reconcile failed")
+            return None
+
+    def _hold_for(self, peers: list[Peer], deadline: float, *, catching_up: bool) -> None:
+        """-> RECONCILING until the rounds with ``peers`` end or ``deadline`` passes (past
+        it they go on, unwaited), then COMPLETE."""
+        reconciled = self._rounds(peers)
+        if reconciled is None:
+            self._complete(catching_up)
+            return
+        self.record.phase = RECONCILING
+        started = self._clock.seconds()
+        wait = self._run = Deferred()  # never cancels the rounds: it only stops waiting
+        reconciled.addBoth(lambda _: None if wait.called else wait.callback(None))
+        wait.addTimeout(max(deadline - started, 0.0), self._clock)
+        wait.addBoth(self._reconciled, wait, peers, started, catching_up)
+
+    def _reconciled(self, result: object, wait: Deferred[None], peers: list[Peer],
+                    started: float, catching_up: bool) -> None:
+        """RECONCILING -> COMPLETE: the rounds ended, or their time ran out."""
+        if self._run is not wait:
+            return  # this leadership ended (_end) first
+        self._run = None
+        ended = not isinstance(result, Failure)
+        if catching_up:
+            if ended:
+                self.record.reconciled = True
+            else:
+                self._timed_out(result)  # type: ignore[arg-type]
+        else:
+            log.info("takeover: round with {nodes} {how} after {seconds}s; writes go on",
+                     nodes=[p.node_id for p in peers], how="over" if ended else "still going",
+                     seconds=round(self._clock.seconds() - started, 3))
+        self._complete(catching_up)
+
+    def _timed_out(self, failure: Failure) -> None:
+        if not failure.check(defer.TimeoutError):
+            log.failure("takeover: catch-up failed", failure)
+        self.record.timed_out = True
+        self.record.reconciled = False
+        self.timeouts += 1
+
+    def _complete(self, catching_up: bool = True) -> None:
+        record = self.record
         record.phase = COMPLETE
-        record.finished = self._clock.seconds()
-        log.info("takeover: epoch {epoch} {how} at head {head} after {seconds}s: {ops} ops"
-                 " pulled from {sources}, {held} writes held", epoch=record.epoch,
-                 how="timed out" if record.timed_out else "complete",
-                 head=self._head().encode(), seconds=record.as_dict(record.finished)["seconds"],
-                 ops=record.ops_pulled, sources=record.sources, held=record.held_writes)
+        if catching_up:
+            record.finished = self._clock.seconds()
+            log.info("takeover: epoch {epoch} {how} at head {head} after {seconds}s: {ops} ops"
+                     " pulled from {sources}, reconciled with {reconciled}, {held} writes held",
+                     epoch=record.epoch, how="timed out" if record.timed_out else "complete",
+                     head=self._head().encode(),
+                     seconds=record.as_dict(record.finished)["seconds"],
+                     ops=record.ops_pulled, sources=record.sources,
+                     reconciled=record.reconciled_with, held=record.held_writes)
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(None)
-        first = self._old_leader or self._pulled_from
-        peers = [] if first is None else [first]
-        peers += [p for p in self._below_floor
-                  if p.node_id not in {q.node_id for q in peers}]
-        try:
-            self._on_complete(peers)
-        except Exception:
-            log.failure("takeover: on_complete failed")
+
+    def _peers_to_reconcile(self) -> list[Peer]:
+        """Every live ACTIVE peer, the old leader (else the last pulled from) first, then
+        those below whose oplog floor we were: the likeliest to hold what we lack."""
+        live = {p.node_id: p for p in self._membership.live_peers() if p.state == ACTIVE}
+        first = [p for p in (self._old_leader or self._pulled_from, *self._below_floor)
+                 if p is not None]
+        order = [p.node_id for p in first] + sorted(live)
+        return [live[node_id] for node_id in dict.fromkeys(order) if node_id in live]
 
     def _end(self) -> None:
         """-> IDLE: no longer leading; held writes learn who leads now (a 421)."""
         run, self._run = self._run, None
         if run is not None:
             run.cancel()
-        if self.record.phase == CATCHING_UP:
+        if self.record.phase in HOLDING and self.record.finished is None:
             self.record.finished = self._clock.seconds()
         self.record.phase = IDLE
         waiting, self._waiting = self._waiting, []

@@ -1,17 +1,30 @@
-"""The network-namespace lab (lab/) as tests/lab's fixtures start it: one replica, once it
-leads alone."""
+"""The network-namespace lab (lab/) as tests/lab's fixtures start it (one replica, once it
+leads alone), and polling with a deadline."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from lab.lab import Lab
+
+T = TypeVar("T")
+
+
+def poll(what: str, condition: Callable[[], T | None], timeout: float = 20.0) -> T:
+    """CONDITION's first truthy answer, asked every 50 ms; fails after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

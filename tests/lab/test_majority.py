@@ -8,9 +8,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import pytest
@@ -18,9 +18,9 @@ import pytest
 from lab.client import Answer
 from lab.lab import PROXY_PORT, Lab
 from lab.nemesis import Nemesis
+from tests.helpers.lab import poll
 
 pytestmark = [pytest.mark.lab]
-T = TypeVar("T")
 # The proxy learns who leads by polling /status every 0.25 s: a write sent within two polls
 # of the majority's election may still go to the leader it knew.
 PROXY_LAG = 0.5
@@ -35,14 +35,6 @@ def fronted(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
-def poll(what: str, condition: Callable[[], T | None], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def leader_of(lab: Lab, nodes: list[int]) -> int | None:

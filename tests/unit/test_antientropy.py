@@ -323,3 +323,47 @@ class _ByHost(Resource):
     def getChild(self, path: bytes, request: Request) -> Resource:
         request.postpath.insert(0, request.prepath.pop())
         return self._roots[request.getRequestHostname().decode()]
+
+
+def test_rows_only_the_peer_holds_older_are_not_fetched(tmp_path: Path) -> None:
+    """A peer that lags (a follower behind a new leader) differs in every bucket it has not
+    caught up on: its rows there are listed but none is fetched, as none is newer; a row it
+    wrote later (in another partition) still is, field by field."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a, b = (InMemoryReplica(tmp_path / name) for name in ("a", "b"))
+    a.db.apply_ops(playlists(200, 1, "old") + playlists(200, 3, "newer here"))
+    b.db.apply_ops(playlists(200, 1, "old"))
+    b.db.apply_ops([Op(Version(4, 2, 1), "playlists", "00000007-0000-4000-8000-000000000000",
+                       {"public": 1})])
+    root = CountingRoot(b.root)
+    stub = RequestTraversalAgent(root)
+    ae = anti_entropy(a, stub)
+
+    run(ae.run_round("http://peer"), stub)
+
+    assert ae.last is not None and ae.last["rows_pulled"] == 1
+    [row] = [p for p in a.db.playlists() if p["id"].startswith("00000007")]
+    assert (row["name"], row["public"]) == ("newer here", True)
+
+
+def test_a_new_leaders_rounds_compare_rows_and_leave_chunk_files_to_the_periodic_ones(
+    tmp_path: Path,
+) -> None:
+    """The writes wait for these rounds: no sweep of the chunk registry (the first round's
+    is the whole registry) and no repair of lost files in them."""
+    replica = InMemoryReplica(tmp_path)
+    song = replica.upload(make_wav(tmp_path / "song.wav", 3 * replica.chunk_size)
+                          .read_bytes()).json()["song"]
+    stub = RequestTraversalAgent(replica.root)
+    guard = RecordingGuard()
+    ae = anti_entropy(replica, stub)
+    ae._guard = guard  # type: ignore[assignment]
+    (replica.chunks.root / f"{song['id']}_1").unlink()
+
+    run(ae.reconcile(["http://peer", "http://peer"], chunks=False), stub)
+    assert ae.status()["rounds"] == 2 and ae.status()["chunk_checks"] == 0
+    assert guard.asked == [] and ae.last is not None and ae.last["chunks_checked"] == 0
+
+    run(ae.run_round("http://peer"), stub)
+    assert guard.asked == [f"{song['id']}_1"]
