@@ -68,6 +68,7 @@ class AntiEntropy:
         self.loop = Periodic(self._tick, interval, clock, name="anti-entropy", jitter=0.2,
                              rng=self._rng)
         self._lock = DeferredLock()  # one round at a time
+        self._periodic: Deferred[None] | None = None  # a tick's (or a peer back's) under way
         self.rounds = 0
         self.last: dict[str, Any] | None = None
         self.rows_repaired = 0
@@ -91,24 +92,38 @@ class AntiEntropy:
 
     def run_round(self, peer: str) -> Deferred[None]:
         """One exchange with ``peer`` now (also used when a peer comes back); none if a round
-        is under way."""
+        is under way. A reconcile that comes meanwhile cancels it (it is everyone's at the
+        next tick)."""
         if self._lock.locked:
             return Deferred.fromCoroutine(_none())
-        return self._lock.run(self._round, peer)
+        round_ = self._periodic = self._lock.run(self._round, peer)
+        return round_.addBoth(self._periodic_over, round_)
 
-    def reconcile(self, peers: Sequence[str], *, chunks: bool = True) -> Deferred[None]:
+    def _periodic_over(self, result: object, round_: Deferred[None]) -> object:
+        if self._periodic is round_:
+            self._periodic = None
+        return result
+
+    def reconcile(self, peers: Sequence[str], *, chunks: bool = True) -> Deferred[list[str]]:
         """A round with each of ``peers`` in turn, each once the round under way is over: a
         new leader relies on these to mend what its catch-up could not pull (section 5.1),
-        so none is skipped as a tick is while busy. Without ``chunks`` the rounds compare
-        rows only (no sweep for lost chunk files). Failures are counted and logged."""
+        so none is skipped as a tick is while busy, and a periodic round under way is
+        cancelled rather than waited for (its peer may have stopped answering: writes wait
+        for these). Without ``chunks`` the rounds compare rows only (no sweep for lost
+        chunk files). Fires with the peers whose round failed (counted and logged)."""
+        if self._periodic is not None:
+            self._periodic.cancel()
         return Deferred.fromCoroutine(self._reconcile(list(peers), chunks))
 
-    async def _reconcile(self, peers: list[str], chunks: bool) -> None:
+    async def _reconcile(self, peers: list[str], chunks: bool) -> list[str]:
+        failed = []
         for peer in peers:
             try:
                 await self._lock.run(self._round, peer, chunks)
             except Exception:
                 self._failed(Failure())
+                failed.append(peer)
+        return failed
 
     def run_round_soon(self, peer: str, delay: float) -> None:
         """A round with ``peer`` after ``delay`` (a peer just heard again may not serve yet)."""

@@ -136,6 +136,7 @@ class ReplicationNode(service.MultiService):
             client=client, receiver=self.receiver, leadership=leadership, clock=reactor,
             timeout=config.catch_up_timeout, recheck=config.heartbeat_interval,
             reconcile=self._took_over,
+            holds_op=lambda version: store.run(MetadataDB.has_op, version),
         )
         self.anti_entropy = AntiEntropy(
             store=store, client=client, receiver=self.receiver, guard=self.guard,
@@ -372,7 +373,7 @@ class ReplicationNode(service.MultiService):
         self.pusher.forget_cursors()
         self.pusher.wake()
 
-    def _took_over(self, peers: list[Peer]) -> Deferred[None]:
+    def _took_over(self, peers: list[Peer]) -> Deferred[list[str]]:
         # The pull brought ops after our head; what lies below it (another leader's writes
         # in a partition, a write the old leader finished as it stepped down) and what a
         # peer compacted away below its oplog floor are anti-entropy's. Rows only: the chunk

@@ -98,14 +98,18 @@ class Takeover:
     Nothing shows that from heartbeats (a peer's head is ours once we pulled from it), and a
     round between replicas that agree costs one digest, so every peer gets one.
 
+    A round that failed is tried again every ``recheck`` while its peer is heard.
+
     Then COMPLETE. Past ``timeout`` from the start it is COMPLETE anyway (``timed_out``):
     the writes go through and the rounds go on without them.
 
     ``peer_returned`` does the same for a replica heard again while this one leads (a
-    partition healed): one whose last write came from another leadership may hold writes
-    below our head (a leader of its side, of our epoch number and a lower id, or of an
-    epoch below), so COMPLETE -> RECONCILING -> COMPLETE, writes waiting for the round with
-    it, for --catch-up-timeout at most.
+    partition healed): one whose newest write is an op we never applied (``holds_op``)
+    from another leadership may hold writes below our head (those of a leader of its side,
+    of our epoch number and a lower id, or of an epoch below), so COMPLETE -> RECONCILING
+    -> COMPLETE, writes waiting for the round with it, for ``timeout`` at most. A peer
+    heard again during a round gets its own before the writes go on; one whose head a
+    round already covered gets none.
 
     ``writable()`` is what the library awaits before each write: it fires at once while
     COMPLETE (or IDLE with a leadership that never told us, as in tests), waits while
@@ -124,7 +128,8 @@ class Takeover:
         clock: IReactorTime,
         timeout: float,
         recheck: float,
-        reconcile: Callable[[list[Peer]], Deferred[None] | None] = lambda peers: None,
+        reconcile: Callable[[list[Peer]], Deferred[list[str]]] = lambda peers: succeed([]),
+        holds_op: Callable[[Version], Deferred[bool]] = lambda version: succeed(False),
     ) -> None:
         self._node_id = node_id
         self._membership = membership
@@ -135,13 +140,14 @@ class Takeover:
         self._clock = clock
         self._timeout = timeout
         self._recheck = recheck  # how often the peer table is read again (a heartbeat)
-        self._reconcile = reconcile
+        self._reconcile = reconcile  # rounds with the peers; fires with those that failed
+        self._holds_op = holds_op  # whether this replica applied the op of that version
         self.record = TakeoverRecord()
         self.takeovers = 0
         self.timeouts = 0
         self.peer_holds = 0  # times writes waited for a round with a peer heard again
         # What this leadership waits for: the pull, then the reconcile (None: nothing).
-        self._run: Deferred[None] | None = None
+        self._run: Deferred[Any] | None = None
         self._waiting: list[Deferred[None]] = []
         self._old_leader: Peer | None = None
         self._pulled_from: Peer | None = None
@@ -152,6 +158,10 @@ class Takeover:
         # our head is below it; anti-entropy reconciles with them once the catch-up ends.
         self._floors: dict[int, Version] = {}
         self._below_floor: list[Peer] = []
+        # The head each peer had when a round with it last ended well, and the peers heard
+        # again during a round (a round of their own comes next).
+        self._reconciled_heads: dict[int, Version] = {}
+        self._returned: dict[int, Peer] = {}
 
     @property
     def phase(self) -> str:
@@ -190,6 +200,7 @@ class Takeover:
         self._nothing_from = {}
         self._floors = {}
         self._below_floor = []
+        self._returned = {}
         self.record = TakeoverRecord(phase=CATCHING_UP, epoch=self._leadership.epoch,
                                      started=self._clock.seconds())
         log.info("takeover: leading epoch {epoch} from head {head}; catching up before the"
@@ -208,65 +219,97 @@ class Takeover:
         record = self.record
         peers = self._peers_to_reconcile()
         record.reconciled_with = [peer.node_id for peer in peers]
+        assert record.started is not None
+        deadline = record.started + self._timeout
         if isinstance(result, Failure):
             self._timed_out(result)
-            self._rounds(peers)
-            self._complete()
+            Deferred.fromCoroutine(self._rounds(peers, deadline))
+            self._complete(catching_up=True)
             return
-        assert record.started is not None
-        self._hold_for(peers, record.started + self._timeout, catching_up=True)
+        self._hold_for(peers, deadline, catching_up=True)
 
     def peer_returned(self, peer: Peer) -> None:
-        """``peer`` is heard again, ACTIVE; while this replica leads with its catch-up
-        over, writes wait for a round with it if it may hold writes we lack."""
+        """``peer`` is heard again, ACTIVE, while this replica leads: writes wait for a round
+        with it if its newest write is one we lack (a healed partition: the other side's
+        leader wrote it). During the catch-up's pull nothing is needed: the rounds after it
+        take every live peer."""
         ours = (self._leadership.epoch, self._node_id)
-        if (self.phase != COMPLETE or not self._leadership.is_leader
-                or (peer.head.epoch, peer.head.leader_id) == ours or peer.head == ZERO):
+        if (self.phase in (IDLE, CATCHING_UP) or not self._leadership.is_leader
+                or peer.head == ZERO or (peer.head.epoch, peer.head.leader_id) == ours
+                or self._reconciled_heads.get(peer.node_id) == peer.head):
             return
-        self.peer_holds += 1
-        if peer.node_id not in self.record.reconciled_with:
-            self.record.reconciled_with.append(peer.node_id)
-        log.info("takeover: node {node_id} is back with writes of another leadership (head"
-                 " {head}); writes wait for a round of anti-entropy with it",
-                 node_id=peer.node_id, head=peer.head.encode())
-        self._hold_for([peer], self._clock.seconds() + self._timeout, catching_up=False)
+        Deferred.fromCoroutine(self._hold_if_lacking(peer)).addErrback(
+            lambda f: log.failure("takeover: looking at node {node_id}'s head failed", f,
+                                  node_id=peer.node_id))
 
-    def _rounds(self, peers: list[Peer]) -> Deferred[None] | None:
-        try:
-            return self._reconcile(peers)
-        except Exception:
-            log.failure("takeover: reconcile failed")
-            return None
+    async def _hold_if_lacking(self, peer: Peer) -> None:
+        if await self._holds_op(peer.head):
+            return  # a follower back from a pause: its newest write came from here
+        if not self._leadership.is_leader or self.phase in (IDLE, CATCHING_UP):
+            return
+        if self.phase == RECONCILING:
+            self._returned[peer.node_id] = peer  # a round of its own once these end
+            return
+        self._hold_for_returned([peer])
+
+    def _hold_for_returned(self, peers: list[Peer]) -> None:
+        self.peer_holds += 1
+        log.info("takeover: {nodes} back with writes of another leadership (heads {heads});"
+                 " writes wait for a round of anti-entropy with each",
+                 nodes=[p.node_id for p in peers], heads=[p.head.encode() for p in peers])
+        self._hold_for(peers, self._clock.seconds() + self._timeout, catching_up=False)
 
     def _hold_for(self, peers: list[Peer], deadline: float, *, catching_up: bool) -> None:
         """-> RECONCILING until the rounds with ``peers`` end or ``deadline`` passes (past
         it they go on, unwaited), then COMPLETE."""
-        reconciled = self._rounds(peers)
-        if reconciled is None:
-            self._complete(catching_up)
-            return
         self.record.phase = RECONCILING
         started = self._clock.seconds()
-        wait = self._run = Deferred()  # never cancels the rounds: it only stops waiting
-        reconciled.addBoth(lambda _: None if wait.called else wait.callback(None))
+        wait: Deferred[bool] = Deferred()  # never cancels the rounds: it only stops waiting
+        self._run = wait
+        rounds = Deferred.fromCoroutine(self._rounds(peers, deadline))
+        rounds.addBoth(lambda ended: None if wait.called else wait.callback(ended is True))
         wait.addTimeout(max(deadline - started, 0.0), self._clock)
         wait.addBoth(self._reconciled, wait, peers, started, catching_up)
 
-    def _reconciled(self, result: object, wait: Deferred[None], peers: list[Peer],
+    async def _rounds(self, peers: list[Peer], deadline: float) -> bool:
+        """A round with each of ``peers``; those whose round failed (refused, not serving
+        yet), while still heard, again every recheck until ``deadline``. Whether every one
+        ended well; each peer's head is remembered as reconciled."""
+        left = peers
+        while True:
+            try:
+                failed = set(await self._reconcile(left))
+            except Exception:
+                log.failure("takeover: reconcile failed")
+                return False
+            for peer in left:
+                if peer.http not in failed:
+                    self._reconciled_heads[peer.node_id] = peer.head
+            heard = {p.node_id for p in self._membership.live_peers()}
+            left = [p for p in left if p.http in failed and p.node_id in heard]
+            if not failed:
+                return True
+            if (not left or not self._leadership.is_leader
+                    or self._clock.seconds() + self._recheck >= deadline):
+                return False
+            await deferLater(self._clock, self._recheck, lambda: None)
+
+    def _reconciled(self, result: object, wait: Deferred[bool], peers: list[Peer],
                     started: float, catching_up: bool) -> None:
         """RECONCILING -> COMPLETE: the rounds ended, or their time ran out."""
         if self._run is not wait:
             return  # this leadership ended (_end) first
         self._run = None
-        ended = not isinstance(result, Failure)
         if catching_up:
-            if ended:
-                self.record.reconciled = True
+            if isinstance(result, Failure):
+                self._timed_out(result)
             else:
-                self._timed_out(result)  # type: ignore[arg-type]
+                self.record.reconciled = bool(result)
         else:
+            how = ("still going" if isinstance(result, Failure) else "over" if result
+                   else "failed")
             log.info("takeover: round with {nodes} {how} after {seconds}s; writes go on",
-                     nodes=[p.node_id for p in peers], how="over" if ended else "still going",
+                     nodes=[p.node_id for p in peers], how=how,
                      seconds=round(self._clock.seconds() - started, 3))
         self._complete(catching_up)
 
@@ -277,9 +320,10 @@ class Takeover:
         self.record.reconciled = False
         self.timeouts += 1
 
-    def _complete(self, catching_up: bool = True) -> None:
+    def _complete(self, catching_up: bool) -> None:
+        """-> COMPLETE: the held writes go through, unless peers heard again meanwhile get
+        a round of their own first."""
         record = self.record
-        record.phase = COMPLETE
         if catching_up:
             record.finished = self._clock.seconds()
             log.info("takeover: epoch {epoch} {how} at head {head} after {seconds}s: {ops} ops"
@@ -289,6 +333,14 @@ class Takeover:
                      seconds=record.as_dict(record.finished)["seconds"],
                      ops=record.ops_pulled, sources=record.sources,
                      reconciled=record.reconciled_with, held=record.held_writes)
+        heard = {p.node_id: p for p in self._membership.live_peers()}
+        returned = [heard[node_id] for node_id in self._returned if node_id in heard
+                    and self._reconciled_heads.get(node_id) != heard[node_id].head]
+        self._returned = {}
+        if returned:
+            self._hold_for_returned(returned)
+            return
+        record.phase = COMPLETE
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(None)
@@ -310,6 +362,7 @@ class Takeover:
         if self.record.phase in HOLDING and self.record.finished is None:
             self.record.finished = self._clock.seconds()
         self.record.phase = IDLE
+        self._returned = {}
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             try:

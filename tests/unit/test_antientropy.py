@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -267,9 +266,12 @@ def test_the_guard_remembers_a_bounded_number_of_verified_files(tmp_path: Path) 
     assert "chunk-0" not in guard._verified and f"chunk-{VERIFIED_MAX + 9}" in guard._verified
 
 
-def test_rounds_a_new_leader_asks_for_wait_for_a_round_under_way_instead_of_being_skipped(
+def test_rounds_a_new_leader_asks_for_cancel_a_periodic_round_and_skip_none_of_their_own(
     tmp_path: Path,
 ) -> None:
+    """The writes wait for a new leader's rounds: a periodic round under way with a peer that
+    stopped answering (the old leader, paused) is cancelled rather than waited for, and
+    each of the new leader's rounds waits for the one before instead of being skipped."""
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
     a, b, c = (InMemoryReplica(tmp_path / name) for name in ("a", "b", "c"))
@@ -278,23 +280,45 @@ def test_rounds_a_new_leader_asks_for_wait_for_a_round_under_way_instead_of_bein
     held = _Held()
     stub = RequestTraversalAgent(_ByHost({"held": held, "b": b.root, "c": c.root}))
     ae = anti_entropy(a, stub)
-    under_way = ae.run_round("http://held")  # a periodic round, say, waiting for its peer
+    under_way = ae.run_round("http://held")  # a periodic round, waiting for its peer
     stub.flush()
 
     skipped = ae.run_round("http://c")
     reconciled = ae.reconcile(["http://b", "http://c"])
-    stub.flush()
-    assert skipped.called and not reconciled.called and ae.status()["rounds"] == 0
-    held.answer(json.dumps({"buckets": a.db.digest()}).encode())
-    run(under_way, stub)
-    run(reconciled, stub)
+    assert skipped.called and under_way.called
+    failures: list[Any] = []
+    under_way.addErrback(failures.append)
+    assert [failure.type for failure in failures] == [CancelledError]
+    failed = run(reconciled, stub)
 
-    assert ae.status()["rounds"] == 3
+    assert failed == [] and ae.status()["rounds"] == 2 and ae.status()["errors"] == 0
     assert sorted(p["name"] for p in a.db.playlists()) == ["from b", "from b", "from c"]
 
 
+def test_a_reconcile_names_the_peers_whose_round_failed(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a, b = (InMemoryReplica(tmp_path / name) for name in ("a", "b"))
+    b.db.apply_ops(playlists(2, 1, "from b"))
+
+    class Refusing(Resource):
+        isLeaf = True
+
+        def render(self, request: Request) -> bytes:
+            request.setResponseCode(503)
+            return b'{"error": "unavailable"}'
+
+    stub = RequestTraversalAgent(_ByHost({"down": Refusing(), "b": b.root}))
+    ae = anti_entropy(a, stub)
+
+    failed = run(ae.reconcile(["http://down", "http://b"]), stub)
+
+    assert failed == ["http://down"] and ae.status()["errors"] == 1
+    assert len(a.db.playlists()) == 2
+
+
 class _Held(Resource):
-    """A peer whose answers wait until the test gives them."""
+    """A peer that never answers (paused)."""
 
     isLeaf = True
 
@@ -305,12 +329,6 @@ class _Held(Resource):
     def render(self, request: Request) -> Any:
         self.requests.append(request)
         return NOT_DONE_YET
-
-    def answer(self, body: bytes) -> None:
-        request = self.requests.pop(0)
-        request.setHeader(b"Content-Length", str(len(body)).encode())
-        request.write(body)
-        request.finish()
 
 
 class _ByHost(Resource):
