@@ -14,12 +14,13 @@ chunk as well.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,9 +34,11 @@ from distpotify.store.chunks import ChunkStore
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
 
 log = Logger()
+T = TypeVar("T")
 
 CHUNKS_PER_ROUND = 256  # missing chunks fetched at most per round; the rest wait for the next
 CHUNK_PAGE = 256  # registry rows a round looks for (a stat each): 200,000 in about 2 hours
+REQUESTS_IN_FLIGHT = 8  # bucket listings and row batches a round asks a peer for at once
 
 
 class AntiEntropy:
@@ -141,15 +144,25 @@ class AntiEntropy:
         theirs = await self._client.digest(peer)
         mine = await self._store.run(MetadataDB.digest)
         differing = [b for b, (a, c) in enumerate(zip(mine, theirs, strict=False)) if a != c]
-        wanted: list[tuple[str, str]] = []
-        for bucket in differing:
-            local = {(e, k): v for e, k, v in await self._store.run(MetadataDB.bucket_rows,
-                                                                     bucket)}
-            wanted += [(e, k) for e, k, v in await self._client.bucket(peer, bucket)
-                       if local.get((e, k)) != v and newer(v, local.get((e, k)))]
-        for start in range(0, len(wanted), KEYS_PER_REQUEST):
-            rows = await self._client.rows(peer, wanted[start:start + KEYS_PER_REQUEST])
-            await self._receiver.apply_rows(rows, peer)
+        # Several requests in flight: a round after a partition differs in most buckets, and
+        # one request after another over a slow or lossy link took longer than the writes
+        # of a new leader wait for it (the random lab run: 255 buckets, 6 s).
+        listings = run_limited([functools.partial(self._wanted, peer, bucket)
+                            for bucket in differing], REQUESTS_IN_FLIGHT)
+        try:
+            wanted = [key for listing in listings for key in await listing]
+        finally:
+            abandon(listings)
+        batches = [wanted[start:start + KEYS_PER_REQUEST]
+                   for start in range(0, len(wanted), KEYS_PER_REQUEST)]
+        # Each batch is fetched while the ones before it are applied, in order.
+        fetches = run_limited([functools.partial(self._client.rows, peer, batch)
+                           for batch in batches], REQUESTS_IN_FLIGHT)
+        try:
+            for fetch in fetches:
+                await self._receiver.apply_rows(await fetch, peer)
+        finally:
+            abandon(fetches)
         checked = await self._look_for_missing_chunks() if chunks else 0
         fetched = await self._repair_missing_chunks() if chunks else 0
         self.rounds += 1
@@ -165,6 +178,13 @@ class AntiEntropy:
             log.info("anti-entropy with {peer}: {buckets} buckets differed, pulled {rows} rows,"
                      " fetched {chunks} chunks", peer=peer, buckets=len(differing),
                      rows=len(wanted), chunks=fetched)
+
+    async def _wanted(self, peer: str, bucket: int) -> list[tuple[str, str]]:
+        """The rows of ``bucket`` in which ``peer`` has a field written later than ours."""
+        theirs = await self._client.bucket(peer, bucket)
+        local = {(e, k): v for e, k, v in await self._store.run(MetadataDB.bucket_rows, bucket)}
+        return [(e, k) for e, k, v in theirs
+                if local.get((e, k)) != v and newer(v, local.get((e, k)))]
 
     async def _look_for_missing_chunks(self) -> int:
         """Add the live chunks whose files are absent to those to repair: the whole registry
@@ -226,6 +246,21 @@ class AntiEntropy:
 
 async def _none() -> None:
     return None
+
+
+def run_limited(calls: Sequence[Callable[[], Coroutine[Any, Any, T]]], limit: int
+                ) -> list[Deferred[T]]:
+    """Each of ``calls`` run, at most ``limit`` at once, in order; their Deferreds."""
+    semaphore = DeferredSemaphore(limit)
+    return [semaphore.run(call) for call in calls]
+
+
+def abandon(runs: Sequence[Deferred[Any]]) -> None:
+    """Once the caller has stopped awaiting ``runs`` (done, or a failure): cancel those still
+    running, and let none of their failures go unhandled."""
+    for run in reversed(runs):  # the queued first: none starts as a running one ends
+        run.addErrback(lambda _: None)
+        run.cancel()  # nothing for one that has ended
 
 
 def newer(theirs: str, mine: str | None) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from distpotify.cluster.bully import Join
 from distpotify.cluster.membership import Peer, PeerChanged, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
+from distpotify.deadline import waited
 from distpotify.errors import Conflict, Unavailable
 from distpotify.leadership import Leadership
 from distpotify.model import Op, Version
@@ -62,6 +64,9 @@ log = Logger()
 
 SCRUB_RATE = 8 * 1024 * 1024  # bytes/s of background re-hashing
 ACTIVE_AT_EVERY = 60.0  # seconds between records of being ACTIVE (for the tombstone TTL)
+# How long a replica that has synced waits for its rounds with the peers before turning
+# ACTIVE (its writes are not waiting: another replica leads meanwhile).
+RECONCILE_BEFORE_ACTIVE = 10.0
 
 
 class ReplicationNode(service.MultiService):
@@ -298,16 +303,25 @@ class ReplicationNode(service.MultiService):
                 self._joiner = None
         await store.run(MetadataDB.set_meta, "join_state", DONE)
         self.progress.phase = DONE
+        # The push and the catch-up carry ops above the head this replica synced to; writes
+        # below it (another leader's, made cut off from this replica or from the leader
+        # it synced from) are anti-entropy's, and the peers heard while JOINING got no
+        # round: one with each now, before this replica turns ACTIVE and electable (a new
+        # leader lacking them answered 404 or 403 for records the other side made, until
+        # its own rounds ended), for RECONCILE_BEFORE_ACTIVE seconds at most.
+        peers = self.peer_urls()
+        try:
+            await waited(self.anti_entropy.reconcile(peers), RECONCILE_BEFORE_ACTIVE,
+                         self._reactor)
+        except defer.TimeoutError:
+            log.info("the rounds with {peers} go on after {seconds}s: turning ACTIVE",
+                     peers=peers, seconds=RECONCILE_BEFORE_ACTIVE)
         for prepare in self.before_active:
             try:
                 await prepare()
             except Exception:
                 log.failure("before turning ACTIVE")  # its own reload retries later
         self._cluster.activate()
-        # The push and the catch-up carry ops above the head this replica synced to; writes
-        # below it that reached the leader late (another leader's, made cut off) are
-        # anti-entropy's, and the peers heard while JOINING got no round: one each now.
-        self.anti_entropy.reconcile(self.peer_urls())
         for observer in self.on_synced:
             observer()
 

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer
+from distpotify.deadline import waited
 from distpotify.diskfull import what_is_full
 from distpotify.errors import InsufficientStorage
 from distpotify.leadership import Leadership
@@ -264,11 +265,9 @@ class Takeover:
         it they go on, unwaited), then COMPLETE."""
         self.record.phase = RECONCILING
         started = self._clock.seconds()
-        wait: Deferred[bool] = Deferred()  # never cancels the rounds: it only stops waiting
-        self._run = wait
-        rounds = Deferred.fromCoroutine(self._rounds(peers, deadline))
-        rounds.addBoth(lambda ended: None if wait.called else wait.callback(ended is True))
-        wait.addTimeout(max(deadline - started, 0.0), self._clock)
+        # Past the deadline (or _end) only the wait ends: the rounds go on, unwaited.
+        wait = self._run = waited(Deferred.fromCoroutine(self._rounds(peers, deadline)),
+                                  deadline - started, self._clock)
         wait.addBoth(self._reconciled, wait, peers, started, catching_up)
 
     async def _rounds(self, peers: list[Peer], deadline: float) -> bool:

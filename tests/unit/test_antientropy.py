@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from distpotify.config import ReplicaConfig
 from distpotify.model import Op, Version
-from distpotify.replication.antientropy import AntiEntropy
+from distpotify.replication.antientropy import (
+    REQUESTS_IN_FLIGHT,
+    AntiEntropy,
+    abandon,
+    run_limited,
+)
 from distpotify.replication.client import PeerClient, PeerError
 from distpotify.replication.fetch import ChunkRef
 from distpotify.replication.repair import VERIFIED_MAX
@@ -385,3 +391,32 @@ def test_a_new_leaders_rounds_compare_rows_and_leave_chunk_files_to_the_periodic
 
     run(ae.run_round("http://peer"), stub)
     assert guard.asked == [f"{song['id']}_1"]
+
+
+def test_a_round_asks_for_at_most_a_few_things_at_once_and_leaves_none_running() -> None:
+    """run_limited and abandon, as a round lists buckets and fetches row batches: at most
+    REQUESTS_IN_FLIGHT at once, results in order, and once a failure ends the round the
+    rest are cancelled (queued ones never start) with no failure left unhandled."""
+    answers: list[Deferred[int]] = []
+    cancelled: list[int] = []
+
+    async def ask(n: int) -> int:
+        answer: Deferred[int] = Deferred(lambda _: cancelled.append(n))
+        answers.append(answer)
+        return await answer
+
+    runs = run_limited([functools.partial(ask, n) for n in range(20)], REQUESTS_IN_FLIGHT)
+    assert len(answers) == REQUESTS_IN_FLIGHT
+    answers[1].callback(1)
+    answers[0].callback(0)
+    assert [result_of(runs[0]), result_of(runs[1])] == [0, 1]
+    assert len(answers) == REQUESTS_IN_FLIGHT + 2
+    answers[2].errback(PeerError("bucket 2: HTTP 503"))  # its slot goes to the next
+    running = list(range(3, REQUESTS_IN_FLIGHT + 3))
+    assert len(answers) == running[-1] + 1
+
+    abandon(runs)
+
+    assert sorted(cancelled) == running
+    assert len(answers) == running[-1] + 1  # the queued ones never started
+    assert all(run.called and run.result is None for run in runs[2:])
