@@ -21,7 +21,7 @@ from distpotify.cluster.bully import Join
 from distpotify.cluster.membership import Peer, PeerChanged, PeerEvent, PeerUp
 from distpotify.cluster.node import ClusterNode
 from distpotify.config import ReplicaConfig
-from distpotify.deadline import waited
+from distpotify.detach import detached
 from distpotify.errors import Conflict, Unavailable
 from distpotify.leadership import Leadership
 from distpotify.model import Op, Version
@@ -311,8 +311,8 @@ class ReplicationNode(service.MultiService):
         # its own rounds ended), for RECONCILE_BEFORE_ACTIVE seconds at most.
         peers = self.peer_urls()
         try:
-            await waited(self.anti_entropy.reconcile(peers), RECONCILE_BEFORE_ACTIVE,
-                         self._reactor)
+            await detached(self.anti_entropy.reconcile(peers), "the rounds after a sync"
+                           ).addTimeout(RECONCILE_BEFORE_ACTIVE, self._reactor)
         except defer.TimeoutError:
             log.info("the rounds with {peers} go on after {seconds}s: turning ACTIVE",
                      peers=peers, seconds=RECONCILE_BEFORE_ACTIVE)

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from distpotify.cluster.membership import Membership, Peer
-from distpotify.deadline import waited
+from distpotify.detach import detached
 from distpotify.diskfull import what_is_full
 from distpotify.errors import InsufficientStorage
 from distpotify.leadership import Leadership
@@ -266,8 +266,9 @@ class Takeover:
         self.record.phase = RECONCILING
         started = self._clock.seconds()
         # Past the deadline (or _end) only the wait ends: the rounds go on, unwaited.
-        wait = self._run = waited(Deferred.fromCoroutine(self._rounds(peers, deadline)),
-                                  deadline - started, self._clock)
+        wait = self._run = detached(Deferred.fromCoroutine(self._rounds(peers, deadline)),
+                                    "the takeover's rounds")
+        wait.addTimeout(max(deadline - started, 0.0), self._clock)
         wait.addBoth(self._reconciled, wait, peers, started, catching_up)
 
     async def _rounds(self, peers: list[Peer], deadline: float) -> bool:
