@@ -368,7 +368,8 @@ class Library:
     async def add_item(self, playlist_id: str, values: Mapping[str, Any],
                        key: IdempotencyKey | None = None, actor: Actor = UNRESTRICTED
                        ) -> Outcome:
-        """201 ``{"item"}``."""
+        """201 ``{"item"}``; 200 and the item if one of this ``id`` is in the playlist already
+        (the same add sent again with its own id)."""
         self.leadership.require_leader()
         _only(values, {"song_id", "position", "id"})
         _checked_id(playlist_id, "playlist")
@@ -559,12 +560,13 @@ def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any], actor: Actor
         raise NotFound(f"no song {fields['song_id']}")
     if fields["position"] is None:
         fields = {**fields, "position": db.last_position(fields["playlist_id"]) + 1.0}
-    if _create_once(db, "playlist_items", item_id, fields):
+    created = _create_once(db, "playlist_items", item_id, fields)
+    if created:
         db.write([Change("playlists", fields["playlist_id"], {"changed_at": fields["created_at"]})])
     item = db.item(item_id)
     if item is None or item["playlist_id"] != fields["playlist_id"]:
         raise Conflict(f"item {item_id} belongs to another playlist")
-    return Outcome(201, {"item": item})
+    return Outcome(201 if created else 200, {"item": item})
 
 
 def _remove_item(db: MetadataDB, playlist_id: str, item_id: str, actor: Actor, at: str

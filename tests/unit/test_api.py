@@ -452,6 +452,20 @@ def test_an_item_id_given_must_be_a_uuid(api: InMemoryReplica, song: dict,
     assert api.get(f"/playlists/{pid}").json()["playlist"]["items"] == []
 
 
+def test_an_item_added_again_under_its_id_is_200_and_adds_nothing(api: InMemoryReplica,
+                                                                   song: dict) -> None:
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+    body = {"song_id": song["id"], "id": "0b8c8cbe-6a39-4a53-9a56-2dc41b0f7c11"}
+    first = api.send_json("POST", f"/playlists/{pid}/items", body)
+    before = api.get(f"/playlists/{pid}").json()["playlist"]
+
+    again = api.send_json("POST", f"/playlists/{pid}/items", body)
+
+    assert (first.status, again.status) == (201, 200)
+    assert again.json()["item"] == first.json()["item"]
+    assert api.get(f"/playlists/{pid}").json()["playlist"] == before
+
+
 def test_bad_song_patch_is_400_and_changes_nothing(api: InMemoryReplica, song: dict) -> None:
     answer = api.send_json("PATCH", f"/songs/{song['id']}", {"size": 1, "title": "x"})
 
