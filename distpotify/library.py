@@ -514,13 +514,16 @@ def _delete_song(db: MetadataDB, song_id: str, actor: Actor) -> Outcome:
 def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any],
                   actor: Actor) -> Outcome:
     """Edit a song or playlist that is live now (else 404) and ``actor``'s to edit (else
-    403); 200 with it as edited."""
+    403); 200 with it as edited. No fields (a song's ``PATCH {}``) write no version: the
+    answer is the record as it is."""
     name = "song" if entity == "songs" else "playlist"
     read = db.song if entity == "songs" else db.playlist
     record = read(key)
     if record is None:
         raise NotFound(f"no {name} {key}")
     _owned(record["uploaded_by" if entity == "songs" else "owner"], actor, f"{name} {key}")
+    if not fields:
+        return Outcome(200, {name: record})
     db.write([Change(entity, key, fields)])
     return Outcome(200, {name: read(key)})
 

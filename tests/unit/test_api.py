@@ -466,6 +466,19 @@ def test_an_item_added_again_under_its_id_is_200_and_adds_nothing(api: InMemoryR
     assert api.get(f"/playlists/{pid}").json()["playlist"] == before
 
 
+def test_an_empty_song_patch_answers_the_song_and_writes_no_version(api: InMemoryReplica,
+                                                                   song: dict) -> None:
+    edited = api.send_json("PATCH", f"/songs/{song['id']}", {"title": "Edited"})
+    before = api.get(f"/songs/{song['id']}").json()
+
+    answer = api.send_json("PATCH", f"/songs/{song['id']}", {})
+
+    assert answer.status == 200, answer.body
+    assert answer.json()["song"] == edited.json()["song"]
+    assert answer.headers["x-distpotify-version"] == edited.headers["x-distpotify-version"]
+    assert api.get(f"/songs/{song['id']}").json() == before
+
+
 def test_bad_song_patch_is_400_and_changes_nothing(api: InMemoryReplica, song: dict) -> None:
     answer = api.send_json("PATCH", f"/songs/{song['id']}", {"size": 1, "title": "x"})
 
