@@ -195,7 +195,7 @@ def _answered(answer: Answered, context: Context) -> Decision:
         return _write_answered(answer, context)
     if code >= 500:
         return NextReplica(f"answered {code}")
-    if code == 409 and not context.fell_back:
+    if code == 409:
         # A follower behind: it has not applied the client's write yet (the version the read
         # carries), or the account, or the newest session generation, of the client's session
         # (a genuine session it cannot check yet: the gate). The leader has it, and so does
@@ -206,6 +206,11 @@ def _answered(answer: Answered, context: Context) -> Decision:
                 return Redirect(holder)
         if context.leader is None:
             return NextReplica("answered 409 behind, and no leader is known")
+        if context.url != context.leader:
+            # The leader was asked and did not answer (it failed as the read fell back to
+            # it): a follower's 409 is not the read's answer; the next replica, or a 503.
+            return NextReplica("answered 409 behind, and the leader did not answer")
+        return Relay()  # the leader is behind the version too: a client's own, not ours
     if (code == 404 and not context.fell_back and _RECORD_PATH.match(context.uri)
             and context.leader is not None and context.leader not in context.tried):
         return Redirect(context.leader)

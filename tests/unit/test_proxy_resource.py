@@ -868,6 +868,21 @@ def test_a_follower_behind_the_sessions_account_hands_the_read_to_the_leader() -
     assert proxy.counters.behind == 1
 
 
+def test_followers_behind_while_the_leader_fails_give_503_not_their_409() -> None:
+    proxy, nodes, answer = written()
+    cookie = answer.headers["set-cookie"].split(";")[0]
+    for node in nodes[:2]:
+        node.status_code, node.status_body = 409, b'{"error": "behind", "message": "m"}'
+    nodes[2].down = True  # the leader the read falls back to is gone before the view knows
+
+    read = proxy.get(SONG, {"Cookie": cookie}).answer()
+
+    assert read.status == 503 and read.headers["retry-after"] == "1"
+    assert read.json()["error"] == "unavailable"
+    assert "answered 409 behind" in read.json()["message"]
+    assert len([s for node in nodes[:2] for s in node.received]) == 2  # each follower once
+
+
 def test_a_409_from_the_leader_itself_is_the_answer() -> None:
     nodes = cluster()
     for node in nodes:
