@@ -139,6 +139,12 @@ class ChunkFetcher:
         """Make every fetched chunk's directory entry durable."""
         await self._blocking(self._chunks.sync_dir)
 
+    def downloading(self) -> set[str]:
+        """The file names of the chunks being downloaded now: a clean-up of the chunk
+        directory leaves their part files alone, though no row names them yet (their rows
+        are written once the chunks are in, and the caller that asked may be gone)."""
+        return {self._chunks.path(song_id, idx).name for song_id, idx in self._inflight}
+
     async def fetch(self, ref: ChunkRef, sources: Sequence[str]) -> bool:
         """Download ``ref`` from the first of ``sources`` that gives the right bytes."""
         return await self.fetch_outcome(ref, sources) is Fetched.DONE
@@ -337,6 +343,13 @@ class ChunkFetcher:
         self.counters.bytes += received
         try:
             done: bool = await self._blocking(_finish_part, part, final, ref.size, ref.sha256)
+        except FileNotFoundError:
+            # Its part file was removed as it downloaded (a clean-up of files no row names,
+            # which leaves the downloads in flight alone: ``downloading``, so only one begun
+            # during its scan): not fetched, and whoever needs the chunk asks again.
+            log.info("chunk {song_id}/{idx}: its part file was removed during the download;"
+                     " not fetched", song_id=ref.song_id, idx=ref.idx)
+            return Fetched.FAILED
         except OSError as e:  # its fsync found the disk full (the blocks allocated then)
             if what_is_full(e) is None:
                 raise

@@ -185,10 +185,13 @@ class Receiver:
 
     async def clean_chunks(self) -> tuple[int, int]:
         """Remove temp files and chunk files that no live row names (the join's clean-up),
-        while no apply is in flight: its chunks are fetched before its rows are written."""
+        while no apply is in flight: its chunks are fetched before its rows are written. The
+        downloads still going, of an apply whose caller went away (a push timed out), keep
+        their part files."""
 
         async def clean() -> tuple[int, int]:
             live = await self._store.run(MetadataDB.live_chunk_names)
+            live |= self._fetcher.downloading()
             removed: tuple[int, int] = await self._blocking(self._chunks.clean, live)
             return removed
 

@@ -373,3 +373,25 @@ def test_a_run_whose_last_part_file_meets_a_full_disk_as_it_closes_still_waits_i
     assert result_of(d) == refs[:1]
     assert chunks.read(SONG, 0) == pieces[0] and not chunks.path(SONG, 1).exists()
     assert fetch.counters.fetched == 1
+
+
+def test_a_download_whose_part_file_was_removed_fails_at_info_and_raises_nothing(
+    tmp_path: Path,
+) -> None:
+    """A clean-up that removed the part file during its scan (a download begun after it
+    listed those in flight): not fetched, nothing left behind, no critical log."""
+    peer = SlowPeer()
+    fetch, chunks = fetcher(tmp_path, peer)
+    d = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
+    part = chunks.path(SONG, 0).with_name(chunks.path(SONG, 0).name + PART_SUFFIX)
+    assert chunks.path(SONG, 0).name in fetch.downloading()
+    part.unlink()
+
+    with capturedLogs() as events:
+        peer.calls[0].callback(None)
+
+    assert result_of(d) is False
+    assert not chunks.path(SONG, 0).exists() and not part.exists()
+    assert fetch.downloading() == set()
+    assert [e["log_level"] for e in events] == [LogLevel.info, LogLevel.warn]
+    assert "removed during the download" in formatEvent(events[0])

@@ -5,13 +5,14 @@ chunk clean-up and the applies in flight."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from treq.testing import RequestTraversalAgent as InMemoryAgent
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
@@ -203,6 +204,47 @@ def test_the_chunk_clean_up_waits_for_an_apply_whose_chunks_have_no_row_yet() ->
 
     assert order == ["applied", "clean"] and cleaning.called and late.called
     gate.leave()
+
+
+class HeldChunk:
+    """A peer whose chunk answers wait for the test: a download stays in flight."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.calls: list[Deferred[None]] = []
+
+    def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
+              write: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        d.addCallback(lambda _: write(self.body[offset:]))
+        self.calls.append(d)
+        return d
+
+
+def test_the_chunk_clean_up_keeps_the_part_file_of_a_download_whose_caller_went_away(
+    tmp_path: Path,
+) -> None:
+    """A push that timed out leaves its chunk downloads going (and the apply gate free): a
+    join's clean-up then must not remove their part files, which no row names yet."""
+    follower = InMemoryReplica(tmp_path / "f")
+    body = b"chunk bytes" * 100
+    ref = ChunkRef(SONG, 0, len(body), hashlib.sha256(body).hexdigest())
+    peer = HeldChunk(body)
+    fetcher = ChunkFetcher(peer, follower.chunks, run_now, follower.clock)  # type: ignore[arg-type]
+    receiver = Receiver(follower.library.store, follower.chunks, fetcher,
+                        PeerClient(Unreachable(), follower.clock, follower.keys),
+                        run_now, lambda: [LEADER])
+    asked = Deferred.fromCoroutine(fetcher.fetch(ref, [LEADER]))
+    asked.addErrback(lambda f: f.trap(CancelledError))
+    asked.cancel()  # its caller went away; the download goes on
+    part = follower.chunks.path(SONG, 0).with_name(f"{SONG}_0{PART_SUFFIX}")
+    assert part.exists()
+
+    result_of(Deferred.fromCoroutine(receiver.clean_chunks()))
+
+    assert part.exists()
+    peer.calls[0].callback(None)
+    assert follower.chunks.read(SONG, 0) == body
 
 
 # Chunks the peers no longer hold: a follower behind receives an upload whose song was
