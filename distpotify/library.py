@@ -514,8 +514,9 @@ def _delete_song(db: MetadataDB, song_id: str, actor: Actor) -> Outcome:
 def _edit_if_live(db: MetadataDB, entity: str, key: str, fields: dict[str, Any],
                   actor: Actor) -> Outcome:
     """Edit a song or playlist that is live now (else 404) and ``actor``'s to edit (else
-    403); 200 with it as edited. No fields (a song's ``PATCH {}``) write no version: the
-    answer is the record as it is."""
+    403); 200 with it as edited. No fields (a song's ``PATCH {}``) change no row: the answer
+    is the record as it is, and the write makes no op (with a key, only the key row's, as a
+    duplicate upload's)."""
     name = "song" if entity == "songs" else "playlist"
     read = db.song if entity == "songs" else db.playlist
     record = read(key)

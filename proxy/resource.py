@@ -389,10 +389,12 @@ class Exchange:
             if decision.resumed:
                 self._counters.resumes += 1
             return await self._relay(backend, response)
-        if response.code == 409 and not self._committed:
+        behind = response.code == 409 and not self._committed
+        if behind:
             self._counters.behind += 1  # a replica behind the client's write: not relayed
         if isinstance(decision, NextReplica):
-            backend.failures += 1
+            if not behind:  # behind is not failing: counted above
+                backend.failures += 1
             response.deliverBody(_Drop() if decision.close else _Discard())
         elif isinstance(decision, Redirect):
             if decision.to is None:

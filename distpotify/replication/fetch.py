@@ -74,7 +74,7 @@ def _partial(final: Path, size: int) -> int:
     except FileNotFoundError:
         return 0
     if have >= size:
-        part.unlink()
+        part.unlink(missing_ok=True)
         return 0
     return have
 
@@ -307,10 +307,13 @@ class ChunkFetcher:
     async def _fetch_from(self, ref: ChunkRef, base: str) -> Fetched:
         final = self._chunks.path(ref.song_id, ref.idx)
         part = final.with_name(final.name + PART_SUFFIX)
-        offset = part.stat().st_size if part.exists() else 0
+        try:
+            offset = part.stat().st_size
+        except FileNotFoundError:
+            offset = 0
         if offset >= ref.size:
             offset = 0
-            part.unlink()
+            part.unlink(missing_ok=True)
         received = 0
 
         def write(data: bytes) -> None:

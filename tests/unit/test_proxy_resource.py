@@ -881,6 +881,8 @@ def test_followers_behind_while_the_leader_fails_give_503_not_their_409() -> Non
     assert read.json()["error"] == "unavailable"
     assert "answered 409 behind" in read.json()["message"]
     assert len([s for node in nodes[:2] for s in node.received]) == 2  # each follower once
+    # behind is not failing: /proxy/status counts the refused leader alone
+    assert sorted(b.failures for b in proxy.view.backends.values()) == [0, 0, 1]
 
 
 def test_a_409_from_the_leader_itself_is_the_answer() -> None:
