@@ -55,10 +55,19 @@ class ClusterOnly(Resource):
         if size <= HASH_INLINE:
             return self._checked(request, claimed, file_sha256(content))
         d: Deferred[str] = self._blocking(file_sha256, content)
-        d.addCallback(lambda actual: self._finish(request, self._checked(request, claimed,
-                                                                         actual)))
+        d.addCallback(self._hashed, request, claimed)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
+
+    def _hashed(self, actual: str, request: Request, claimed: str) -> None:
+        if request._disconnected:
+            # The peer went away while its body was hashed (a push that timed out): twisted
+            # closed the body, and a request rendered now would never hear of its end, so
+            # its handler would read the closed body and answer nobody.
+            log.info("{method} {uri}: the peer went away while its body was checked",
+                     method=request.method.decode("latin-1"), uri=loggable_uri(request.uri))
+            return
+        self._finish(request, self._checked(request, claimed, actual))
 
     def _checked(self, request: Request, claimed: str, actual: str) -> Any:
         try:
@@ -79,6 +88,10 @@ class ClusterOnly(Resource):
         request.finish()
 
     def _failed(self, failure: Failure, request: Request) -> None:
+        if request._disconnected:  # its body closed under the hash: nobody to answer
+            log.info("{uri}: the peer went away while its body was checked",
+                     uri=loggable_uri(request.uri))
+            return
         log.failure("checking the body of {uri} failed", failure,
                     uri=loggable_uri(request.uri))
         self._finish(request, json_error(request, 500, "internal", "the body could not be read"))

@@ -5,18 +5,24 @@ the bounded nonce cache, and the signing client."""
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
 
 from distpotify.api import trusted
+from distpotify.cluster.trust import AuthFailures
 from distpotify.keys import ClusterKeys
 from distpotify.model import Op, Version
 from distpotify.replication.client import PeerClient, PeerError
@@ -318,3 +324,45 @@ def test_the_client_follows_no_redirect() -> None:
     with pytest.raises(PeerError, match="HTTP 302"):
         result_of(d)
     assert len(peer.requests) == 1
+
+
+class Rendered(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renders = 0
+
+    def render(self, request: Request) -> bytes:
+        self.renders += 1
+        return b"{}"
+
+
+def test_a_peer_gone_while_its_large_body_is_hashed_gets_no_render_and_no_error(
+    replica: InMemoryReplica,
+) -> None:
+    """Twisted closes a request's body when its connection is lost, and a request rendered
+    after that never hears of its end: the handler would read the closed body (ValueError),
+    log it as critical and finish a request whose connection is gone (RuntimeError)."""
+    body = batch()
+    hashing: Deferred[str] = Deferred()
+    inner = Rendered()
+    gate = trusted.ClusterOnly(inner, RequestVerifier(replica.keys, Clock()), AuthFailures(),
+                               lambda f, *args: hashing)  # type: ignore[arg-type]
+    request = Request(DummyChannel())
+    request.method, request.uri, request.clientproto = b"POST", b"/sync/ops", b"HTTP/1.1"
+    request.content = BytesIO(body * (trusted.HASH_INLINE // len(body) + 1))
+    for name, value in signed(replica.keys, "POST", "/sync/ops",
+                              request.content.getvalue()).items():
+        request.requestHeaders.setRawHeaders(name, [value])
+
+    digest = body_sha256(request.content.getvalue())
+
+    assert gate.render(request) == trusted.NOT_DONE_YET
+    request.connectionLost(Failure(ConnectionDone()))
+    with capturedLogs() as events:
+        hashing.callback(digest)  # the body as signed
+
+    assert inner.renders == 0
+    assert not request.finished
+    assert [e["log_level"] for e in events] == [LogLevel.info]
