@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from lab import scenarios
+from lab.convergence import JOIN_ALLOWANCE, JOIN_WINDOW
 from lab.lab import HTTP_PORT, REPLICA_KINDS, Lab, clean_stale_labs
 from lab.netns import unavailable_reason
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="seconds of faults (the random scenario)")
     run.add_argument("--convergence-timeout", type=float, default=30.0,
                      help="seconds the replicas get to agree once the faults end")
+    run.add_argument("--join-allowance", type=float, default=JOIN_ALLOWANCE,
+                     help="seconds more they may get while a replica still joining moves on"
+                          f" (pushed back {JOIN_WINDOW:.0f} s at a time; 0: none)")
     run.add_argument("--replica-args", default="",
                      help='extra replica options, e.g. "--anti-entropy-interval 2"')
     run.add_argument("--auth", action="store_true",
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             args.name, nodes=args.nodes, out=args.out, replica=args.replica,
             shaper=args.shaper, entry=args.entry, seed=args.seed,
             replica_args=shlex.split(args.replica_args),
-            convergence_timeout=args.convergence_timeout, duration=args.duration,
+            convergence_timeout=args.convergence_timeout,
+            join_allowance=args.join_allowance, duration=args.duration,
             auth=args.auth,
         )
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ import itertools
 import json
 import re
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 import attrs
 
 from distpotify.model import ENTITIES
+from lab import convergence
+from lab.convergence import JOIN_ALLOWANCE, Waited
 from lab.invariants import LibraryView
 from lab.lab import HTTP_PORT, Lab
 from lab.workload import Operation
@@ -188,8 +189,12 @@ def chunk_divergence(lab: Lab, views: dict[int, ReplicaView],
 @attrs.frozen
 class Convergence:
     views: dict[int, ReplicaView]
-    seconds: float | None  # from the start of the wait until agreement; None: never agreed
-    waited: float
+    wait: Waited
+
+    @property
+    def seconds(self) -> float | None:
+        """From the start of the wait until agreement; None: never agreed."""
+        return self.wait.seconds if self.wait.agreed else None
 
 
 def converged(views: dict[int, ReplicaView], acked: Sequence[Operation]) -> bool:
@@ -198,22 +203,20 @@ def converged(views: dict[int, ReplicaView], acked: Sequence[Operation]) -> bool
 
 
 def await_convergence(
-    lab: Lab, acked: Sequence[Operation], timeout: float, nodes: Iterable[int] | None = None
+    lab: Lab, acked: Sequence[Operation], timeout: float, nodes: Iterable[int] | None = None,
+    join_allowance: float = JOIN_ALLOWANCE,
 ) -> Convergence:
     """Read NODES (default: every running replica) until they agree and hold every
-    acknowledged write, or TIMEOUT passes."""
+    acknowledged write, or TIMEOUT passes (later while one of them joins and moves on, up to
+    JOIN_ALLOWANCE more: convergence.wait)."""
     chosen = sorted(nodes if nodes is not None else
                     (n for n, r in lab.replicas.items() if r.running))
-    started = time.monotonic()
-    deadline = started + timeout
-    while True:
-        views = {node_id: read_replica(lab, node_id) for node_id in chosen}
-        now = time.monotonic()
-        if converged(views, acked):
-            return Convergence(views, round(now - started, 3), round(now - started, 3))
-        if now >= deadline:
-            return Convergence(views, None, round(now - started, 3))
-        time.sleep(min(POLL_INTERVAL, max(deadline - now, 0.0)))
+    views, waited = convergence.wait(
+        lambda: {node_id: read_replica(lab, node_id) for node_id in chosen},
+        lambda views: converged(views, acked),
+        lambda: convergence.read_joins(lab, chosen),
+        timeout, join_allowance, interval=POLL_INTERVAL, echo=lab.echo)
+    return Convergence(views, waited)
 
 
 # -- the randomized run: whole libraries, and the rows as stored -----------------------------

@@ -37,6 +37,10 @@ class Report:
     # From the end of the workload (every fault repaired) until the replicas agreed.
     convergence_seconds: float | None = None
     convergence_timeout: float = 0.0
+    # Past the timeout, how long joins that move on may keep the checker waiting; and each
+    # time one did (convergence.Extension: node_id, at, until, before, now).
+    join_allowance: float = 0.0
+    convergence_extensions: list[dict[str, Any]] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
     duration: float = 0.0
     path: str | None = None
@@ -98,9 +102,10 @@ class Report:
             )
         if self.convergence_seconds is not None:
             lines.append(f"convergence: {self.convergence_seconds:.2f} s after the workload "
-                         "stopped, every fault repaired")
+                         "stopped, every fault repaired" + self._extended())
         elif self.convergence_timeout and self.replicas:
-            lines.append(f"convergence: none within {self.convergence_timeout:.0f} s")
+            lines.append(f"convergence: none within {self.convergence_timeout:.0f} s"
+                         + self._extended())
         if self.events:
             lines.append("faults:")
             lines += [_event_line(event) for event in self.events]
@@ -117,6 +122,18 @@ class Report:
         if self.path:
             lines.append(f"report: {self.path}")
         return "\n".join(lines)
+
+
+    def _extended(self) -> str:
+        """What the deadline was pushed back to, and for whose join; empty when it was not."""
+        if not self.convergence_extensions:
+            return ""
+        nodes = sorted({e["node_id"] for e in self.convergence_extensions})
+        return (f" (the deadline extended {len(self.convergence_extensions)} time(s), to "
+                f"{self.convergence_extensions[-1]['until']:.0f} s of at most "
+                f"{self.convergence_timeout + self.join_allowance:.0f} s, while "
+                f"{'node' if len(nodes) == 1 else 'nodes'} {', '.join(map(str, nodes))}"
+                " joined and moved on)")
 
 
 def _event_line(event: dict[str, Any]) -> str:

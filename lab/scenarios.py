@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from lab import checker, invariants
+from lab import checker, convergence, invariants
 from lab.chaos import Chaos
 from lab.disk import DEFAULT_SIZE, size_for
 from lab.lab import Echo, Lab, echo_stderr, twistd_plugins
@@ -37,6 +37,7 @@ PROGRESS_TIMEOUT = 10.0
 CONVERGENCE_TIMEOUT = 30.0  # three anti-entropy rounds at the default 10 s
 STATUS_TIMEOUT = 0.5
 RANDOM_DURATION = 120.0
+RANDOM_POLL = 0.5  # a look at every whole library and stored digest
 
 
 class Blocked(Exception):
@@ -60,9 +61,9 @@ class Context:
         self.notes: list[str] = []
         self._hold = threading.Event()
 
-    def check(self, name: str, ok: bool, why_not: str = "") -> bool:
-        """Record a check; WHY_NOT is kept only when it fails."""
-        detail = "" if ok else why_not
+    def check(self, name: str, ok: bool, why_not: str = "", how: str = "") -> bool:
+        """Record a check; WHY_NOT is kept only when it fails, HOW only when it passes."""
+        detail = how if ok else why_not
         self.checks.append(Check(name, ok, detail))
         self.lab.echo(f"check {'ok' if ok else 'FAIL'}: {name}" + (f" ({detail})" if detail
                                                                     else ""))
@@ -235,7 +236,8 @@ class Scenario:
     body: Callable[[Context], None]
     proxy: bool = False  # the lab gets the proxy whatever the entry
     disk_size: int | None = None  # each replica's data dir on a tmpfs of this size
-    conclude: Callable[[Context, Report, float], None] | None = None
+    # Checks the end of the story: (context, report, convergence timeout, join allowance).
+    conclude: Callable[[Context, Report, float, float], None] | None = None
 
     @property
     def summary(self) -> str:
@@ -248,7 +250,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("partition-minority-leader", partition_minority_leader),
     Scenario("flapping-link", flapping_link),
     Scenario("random", randomized, proxy=True, disk_size=DEFAULT_SIZE,
-             conclude=lambda ctx, report, timeout: _conclude_random(ctx, report, timeout)),
+             conclude=lambda ctx, report, timeout, allowance: _conclude_random(
+                 ctx, report, timeout, allowance)),
 )}
 
 
@@ -267,19 +270,23 @@ def run(
     base_dir: Path | None = None,
     replica_args: Iterable[str] = (),
     convergence_timeout: float = CONVERGENCE_TIMEOUT,
+    join_allowance: float = convergence.JOIN_ALLOWANCE,
     echo: Echo = echo_stderr,
     duration: float = RANDOM_DURATION,
     auth: bool = False,
 ) -> Report:
     """Run scenario NAME in a fresh lab, print its report table and save it under OUT. With
     ``auth`` the replicas and the proxy run ``--auth on`` and every request the scenario and
-    the checker send carries the session of the admin the leader made."""
+    the checker send carries the session of the admin the leader made. The replicas get
+    ``convergence_timeout`` seconds to agree once the faults are repaired, and up to
+    ``join_allowance`` more while one of them joins and moves on (convergence.wait)."""
     scenario = SCENARIOS[name]
     started = time.monotonic()
     stamp = datetime.datetime.now(datetime.UTC)
     out = out or RESULTS / f"{name}-{stamp:%Y%m%d-%H%M%S}"
     report = Report(scenario=name, started_at=stamp.isoformat(timespec="seconds"),
-                    convergence_timeout=convergence_timeout, seed=seed)
+                    convergence_timeout=convergence_timeout, join_allowance=join_allowance,
+                    seed=seed)
     if isinstance(entry, str) and entry.isdigit():
         entry = int(entry)
     try:
@@ -301,7 +308,7 @@ def run(
                 if ctx.traffic is not None:
                     ctx.traffic.stop()
             _restore(ctx)
-            (scenario.conclude or _conclude)(ctx, report, convergence_timeout)
+            (scenario.conclude or _conclude)(ctx, report, convergence_timeout, join_allowance)
             _copy_logs(lab, out)
     except LabError as exc:
         report.checks.append(Check("the lab starts", False, str(exc)))
@@ -334,19 +341,17 @@ def _restore(ctx: Context) -> None:
             ctx.nemesis.restart(node_id)
 
 
-def _conclude(ctx: Context, report: Report, timeout: float) -> None:
+def _conclude(ctx: Context, report: Report, timeout: float, allowance: float) -> None:
     lab = ctx.lab
     operations = [op for workload in ctx.workloads for op in workload.snapshot()]
     acked = checker.acked_writes(operations)
-    result = checker.await_convergence(lab, acked, timeout)
-    lab.echo(f"convergence: {result.seconds} s" if result.seconds is not None else
-             f"no convergence within {timeout:.0f} s")
+    result = checker.await_convergence(lab, acked, timeout, join_allowance=allowance)
+    _say_how_long(ctx, report, result.wait)
     views = {n: v for n, v in result.views.items() if v.reachable}
     expected = checker.uploaded(acked)
     report.missing = checker.missing_writes(views, acked)
     report.divergent = checker.divergence(views)
     report.chunk_problems = checker.chunk_divergence(lab, views, expected)
-    report.convergence_seconds = result.seconds
     report.failed_reads = _failed_reads(operations, ctx.nemesis.fault_windows(lab.clock()))
     report.workloads = [workload.summary() for workload in ctx.workloads]
     report.events = [attrs.asdict(event) for event in ctx.nemesis.events]
@@ -373,30 +378,47 @@ def _conclude(ctx: Context, report: Report, timeout: float) -> None:
               f"{len(report.divergent)} replicas differ")
     ctx.check("replicas hold the same chunk bytes", not report.chunk_problems,
               f"{len(report.chunk_problems)} song copies differ")
-    ctx.check("converged", result.seconds is not None,
-              f"not within {timeout:.0f} s")
+    ctx.check("converged", result.wait.agreed, result.wait.why_not(),
+              how=result.wait.waited_for())
     report.checks = ctx.checks
     report.notes = ctx.notes
 
 
-def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
+def _say_how_long(ctx: Context, report: Report, waited: convergence.Waited) -> None:
+    """The wait for convergence in the report and on the console: how long it took, and
+    each time a join moving on pushed its deadline back (said as it happened, too)."""
+    report.convergence_seconds = waited.seconds if waited.agreed else None
+    report.convergence_extensions = [attrs.asdict(e) for e in waited.extensions]
+    ctx.lab.echo(f"convergence: {waited.seconds} s" if waited.agreed else
+                 f"no convergence: {waited.why_not()}")
+
+
+# What the random run's checker looks at: every replica's library as served, and the set of
+# their stored digests (None for a database it could not read).
+Libraries = tuple[dict[int, invariants.LibraryView], set[tuple[tuple[int, str], ...] | None]]
+
+
+def _conclude_random(ctx: Context, report: Report, timeout: float, allowance: float) -> None:
     """Wait until every replica answers with the same library and the same stored digest,
     then check the invariants, the stored rows and every chunk, served and on disk."""
     lab = ctx.lab
     history = ctx.traffic.history() if ctx.traffic is not None else []
-    started = time.monotonic()
-    while True:
-        views = {n: checker.read_library(lab, n) for n in sorted(lab.replicas)}
-        digests = {checker.stored_digest(r.data_dir) for r in lab.replicas.values()}
-        agreed = (all(v.reachable for v in views.values()) and None not in digests
-                  and len(digests) == 1 and len({repr(v.comparable()) for v in views.values()})
-                  == 1)
-        if agreed or time.monotonic() - started > timeout:
-            break
-        time.sleep(0.5)
-    report.convergence_seconds = round(time.monotonic() - started, 3) if agreed else None
-    lab.echo(f"convergence: {report.convergence_seconds} s" if agreed else
-             f"no convergence within {timeout:.0f} s")
+    nodes = sorted(lab.replicas)
+
+    def look() -> Libraries:
+        return ({n: checker.read_library(lab, n) for n in nodes},
+                {checker.stored_digest(r.data_dir) for r in lab.replicas.values()})
+
+    def agree(found: Libraries) -> bool:
+        views, digests = found
+        return (all(v.reachable for v in views.values()) and None not in digests
+                and len(digests) == 1
+                and len({repr(v.comparable()) for v in views.values()}) == 1)
+
+    (views, _), waited = convergence.wait(look, agree, lambda: convergence.read_joins(lab, nodes),
+                                          timeout, allowance, interval=RANDOM_POLL,
+                                          echo=lab.echo)
+    _say_how_long(ctx, report, waited)
     states, stuck = checker.replication_state(lab)
     reachable = [n for n, v in views.items() if v.reachable]
     violations = invariants.check(history, views)
@@ -434,7 +456,7 @@ def _conclude_random(ctx: Context, report: Report, timeout: float) -> None:
                         if not v.reachable))
     ctx.check("writes acknowledged", any(op.outcome == "ok" and op.kind != "stream"
                                          for op in history), "none")
-    ctx.check("converged", agreed, f"not within {timeout:.0f} s")
+    ctx.check("converged", waited.agreed, waited.why_not(), how=waited.waited_for())
     for invariant in invariants.INVARIANTS:
         broken = [v for v in violations if v.invariant == invariant]
         ctx.check(invariant, not broken, f"{len(broken)} violation(s); first: "
