@@ -23,34 +23,20 @@ from distpotify.replication.fetch import (
 )
 from distpotify.store.chunks import PART_SUFFIX, ChunkStore
 from tests.helpers.api import result_of, run_now
+from tests.helpers.chunks import HeldPeer
 
 SONG = "abcdef01-2345-4678-8abc-def012345678"
 DATA = b"the right bytes" * 100
 REF = ChunkRef(SONG, 0, len(DATA), hashlib.sha256(DATA).hexdigest())
 
 
-class SlowPeer:
-    """Answers chunk downloads only when the test says so; counts them."""
-
-    def __init__(self, body: bytes = DATA) -> None:
-        self.body = body
-        self.calls: list[Deferred[None]] = []
-
-    def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
-              write: Callable[[bytes], None]) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        d.addCallback(lambda _: write(self.body[offset:]))
-        self.calls.append(d)
-        return d
-
-
-def fetcher(tmp_path: Path, peer: SlowPeer) -> tuple[ChunkFetcher, ChunkStore]:
+def fetcher(tmp_path: Path, peer: HeldPeer) -> tuple[ChunkFetcher, ChunkStore]:
     chunks = ChunkStore(tmp_path / "chunks")
     return ChunkFetcher(peer, chunks, run_now, Clock()), chunks  # type: ignore[arg-type]
 
 
 def test_the_same_chunk_asked_twice_is_downloaded_once(tmp_path: Path) -> None:
-    peer = SlowPeer()
+    peer = HeldPeer(DATA)
     fetch, chunks = fetcher(tmp_path, peer)
 
     first = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
@@ -63,7 +49,7 @@ def test_the_same_chunk_asked_twice_is_downloaded_once(tmp_path: Path) -> None:
 
 
 def test_wrong_bytes_never_become_the_chunk(tmp_path: Path) -> None:
-    peer = SlowPeer(body=b"x" * len(DATA))
+    peer = HeldPeer(b"x" * len(DATA))
     fetch, chunks = fetcher(tmp_path, peer)
 
     d = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
@@ -75,7 +61,7 @@ def test_wrong_bytes_never_become_the_chunk(tmp_path: Path) -> None:
 
 
 def test_a_broken_download_resumes_from_the_next_source(tmp_path: Path) -> None:
-    class Breaking(SlowPeer):
+    class Breaking(HeldPeer):
         def chunk(self, base, song_id, idx, offset, sha256, write):  # type: ignore[no-untyped-def]
             d = super().chunk(base, song_id, idx, offset, sha256, write)
             if base == "http://broken":
@@ -87,7 +73,7 @@ def test_a_broken_download_resumes_from_the_next_source(tmp_path: Path) -> None:
                 self.calls[-1] = d
             return d
 
-    peer = Breaking()
+    peer = Breaking(DATA)
     fetch, chunks = fetcher(tmp_path, peer)
     d = Deferred.fromCoroutine(fetch.fetch(REF, ["http://broken", "http://good"]))
     peer.calls[0].callback(None)
@@ -99,7 +85,7 @@ def test_a_broken_download_resumes_from_the_next_source(tmp_path: Path) -> None:
 def test_a_cancelled_caller_leaves_the_download_in_flight_for_the_next(tmp_path: Path) -> None:
     """A push that times out, or a reader who leaves, cancels its fetch: the download goes on,
     and a retry meanwhile joins it instead of writing the same .part beside it."""
-    peer = SlowPeer()
+    peer = HeldPeer(DATA)
     fetch, chunks = fetcher(tmp_path, peer)
 
     first = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
@@ -323,7 +309,7 @@ def test_a_fetch_with_no_peer_to_ask_fails_at_info_and_names_no_empty_list(
 ) -> None:
     """With every peer down there is nobody to ask: the fetch fails at once and says so at
     info, where it warned 'not available from []' (100 times in one random lab run)."""
-    peer = SlowPeer()
+    peer = HeldPeer(DATA)
     fetch, chunks = fetcher(tmp_path, peer)
 
     with capturedLogs() as events:
@@ -380,7 +366,7 @@ def test_a_download_whose_part_file_was_removed_fails_at_info_and_raises_nothing
 ) -> None:
     """A clean-up that removed the part file during its scan (a download begun after it
     listed those in flight): not fetched, nothing left behind, no critical log."""
-    peer = SlowPeer()
+    peer = HeldPeer(DATA)
     fetch, chunks = fetcher(tmp_path, peer)
     d = Deferred.fromCoroutine(fetch.fetch(REF, ["http://a"]))
     part = chunks.path(SONG, 0).with_name(chunks.path(SONG, 0).name + PART_SUFFIX)

@@ -28,6 +28,7 @@ from distpotify.replication.receive import FETCH_WORKERS, ApplyGate, Receiver, v
 from distpotify.store.chunks import PART_SUFFIX
 from tests.helpers.api import InMemoryReplica, result_of, run_now
 from tests.helpers.audio import make_wav
+from tests.helpers.chunks import HeldPeer
 
 SONG = "11111111-1111-4111-8111-111111111111"
 V = Version(2, 1, 9)
@@ -206,21 +207,6 @@ def test_the_chunk_clean_up_waits_for_an_apply_whose_chunks_have_no_row_yet() ->
     gate.leave()
 
 
-class HeldChunk:
-    """A peer whose chunk answers wait for the test: a download stays in flight."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.calls: list[Deferred[None]] = []
-
-    def chunk(self, base: str, song_id: str, idx: int, offset: int, sha256: str,
-              write: Any) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        d.addCallback(lambda _: write(self.body[offset:]))
-        self.calls.append(d)
-        return d
-
-
 def test_the_chunk_clean_up_keeps_the_part_file_of_a_download_whose_caller_went_away(
     tmp_path: Path,
 ) -> None:
@@ -229,7 +215,7 @@ def test_the_chunk_clean_up_keeps_the_part_file_of_a_download_whose_caller_went_
     follower = InMemoryReplica(tmp_path / "f")
     body = b"chunk bytes" * 100
     ref = ChunkRef(SONG, 0, len(body), hashlib.sha256(body).hexdigest())
-    peer = HeldChunk(body)
+    peer = HeldPeer(body)
     fetcher = ChunkFetcher(peer, follower.chunks, run_now, follower.clock)  # type: ignore[arg-type]
     receiver = Receiver(follower.library.store, follower.chunks, fetcher,
                         PeerClient(Unreachable(), follower.clock, follower.keys),
