@@ -236,6 +236,7 @@ class ChunkFetcher:
         pending = list(refs)
         finished: list[Deferred[bool]] = []
         done: list[ChunkRef] = []
+        bad: list[ChunkRef] = []  # whole, but failed their SHA-256
         current: list[Any] = []  # [ref, file, bytes still expected]
         # What a download of the first chunk left before a crash or a failed peer: the run
         # asks for the bytes after it and appends them.
@@ -255,8 +256,7 @@ class ChunkFetcher:
             final = self._chunks.path(ref.song_id, ref.idx)
             part = final.with_name(final.name + PART_SUFFIX)
             def verified(ok: bool, ref: ChunkRef = ref) -> bool:
-                if ok:
-                    done.append(ref)
+                (done if ok else bad).append(ref)
                 return ok
 
             d: Deferred[bool] = self._blocking(_finish_part, part, final, ref.size, ref.sha256)
@@ -300,6 +300,13 @@ class ChunkFetcher:
         await DeferredList(finished, consumeErrors=True)
         self.counters.fetched += len(done)
         self.counters.bad_bytes += len(finished) - len(done)
+        if bad:  # one line a run, not one a chunk: a run asks one peer for up to 64
+            bad.sort(key=lambda ref: ref.idx)  # verify steps on worker threads end in any order
+            log.warn("run of {n} chunks of {song_id} from {base}: {failed} failed their"
+                     " SHA-256; discarded: chunks {first}{more}", n=len(refs),
+                     song_id=refs[0].song_id, base=base, failed=len(bad),
+                     first=", ".join(str(ref.idx) for ref in bad[:5]),
+                     more=", ..." if len(bad) > 5 else "")
         if cancelled:
             raise CancelledError(f"the run of {len(refs)} chunks of {refs[0].song_id}")
         return done

@@ -130,6 +130,30 @@ def test_a_run_resumes_the_part_file_its_first_chunk_left(tmp_path: Path) -> Non
     assert not part.exists()
 
 
+def test_a_run_whose_chunks_fail_their_sha256_says_so_in_one_warning_naming_its_peer(
+    tmp_path: Path,
+) -> None:
+    """A chunk of a run that arrives whole but wrong is discarded and counted, as a single
+    chunk's is; a run counted them with no log line, so an operator could not tell which
+    peer sent bad bytes."""
+    pieces = [bytes([n]) * 1000 for n in range(4)]
+    refs = [ChunkRef(SONG, n, 1000, hashlib.sha256(p).hexdigest())
+            for n, p in enumerate(pieces)]
+    corrupt = [pieces[0], b"x" * 1000, pieces[2], b"y" * 1000]
+    chunks = ChunkStore(tmp_path / "chunks")
+    fetch = ChunkFetcher(Streamer(b"".join(corrupt)), chunks, run_now, Clock())  # type: ignore[arg-type]
+
+    with capturedLogs() as events:
+        d = Deferred.fromCoroutine(fetch.fetch_run(refs, 0, "ab" * 32, "http://a"))
+
+    assert result_of(d) == [refs[0], refs[2]]
+    assert not chunks.path(SONG, 1).exists() and not chunks.path(SONG, 3).exists()
+    assert fetch.counters.bad_bytes == 2 and fetch.counters.fetched == 2
+    said = [(e["log_level"], formatEvent(e)) for e in events]
+    assert said == [(LogLevel.warn, f"run of 4 chunks of {SONG} from http://a: 2 failed their"
+                                    " SHA-256; discarded: chunks 1, 3")]
+
+
 def test_the_sender_of_a_batch_is_asked_first_when_it_is_a_known_peer() -> None:
     peers = ["http://a:8000", "http://leader:8000", "http://b:8000"]
     assert sources_for("http://leader:8000", lambda: peers) == [
