@@ -181,6 +181,14 @@ ENTITIES: dict[str, Entity] = {
         # What a user's client plays now (scrobble submission=false), one record per user and
         # client; shown while "at" is recent.
         Entity("now_playing", ("id",), ("user_id", "client", "song_id", "at")),
+        # A user's saved play queue (Subsonic savePlayQueue), one record per user: "entries"
+        # the song ids in order as compact JSON text (a song may come twice), "current" an
+        # index into them (None once cleared), "position_ms" within that song, and when and
+        # by which client it was saved. Every save writes every field in one op, so of two
+        # saves merged (made on two sides of a partition) the newer wins whole: the field
+        # merge never pairs one save's songs with another's current song or position.
+        Entity("play_queues", ("id",), ("user_id", "entries", "current", "position_ms",
+                                        "changed_at", "changed_by")),
     )
 }
 

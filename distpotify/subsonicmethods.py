@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 # Lower-case method names (a client's "/rest/createPlaylist.view" matches "createplaylist").
 WRITES = frozenset(name.lower() for name in (
     "createPlaylist", "updatePlaylist", "deletePlaylist",
-    "star", "unstar", "setRating", "scrobble", "savePlayQueue",
+    "star", "unstar", "setRating", "scrobble", "savePlayQueue", "savePlayQueueByIndex",
     "changePassword", "createUser", "updateUser", "deleteUser",
     "createBookmark", "deleteBookmark", "createShare", "updateShare", "deleteShare",
     "createInternetRadioStation", "updateInternetRadioStation", "deleteInternetRadioStation",

@@ -1,20 +1,24 @@
-"""Per-user state (issue 18): stars, ratings, plays and now playing, as replicated records
-written through the library's write path (the leader, idempotency keys, semi-sync ack).
+"""Per-user state (issue 18): stars, ratings, plays, now playing and the saved play queue, as
+replicated records written through the library's write path (the leader, idempotency keys,
+semi-sync ack).
 
 Merging in a partition (docs/architecture.md, "Per-user state and Subsonic credentials"): a
 star's and a rating's id derive from user, kind and item, so the same star made on both sides
 is one record, and its fields merge by version like any record's; a play is a record of its
-own that nothing changes, so plays made on both sides all stay, and a play count is a count.
+own that nothing changes, so plays made on both sides all stay, and a play count is a count;
+a play queue is one record per user that every save writes whole, so the newer save wins.
 """
 # test-case-name: tests.unit.test_userstate
 
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from distpotify.auth.access import Actor
@@ -28,6 +32,7 @@ from distpotify.store.userstate import (
     item_record_id,
     keyed_play_id,
     now_playing_id,
+    play_queue_id,
     play_record_id,
 )
 
@@ -35,8 +40,15 @@ from distpotify.store.userstate import (
 NOW_PLAYING_WINDOW = 10 * 60.0
 MAX_RATING = 5
 MAX_ITEMS = 500  # ids in one star, unstar or scrobble call
-MAX_CLIENT = 200  # characters of a client's name kept for now playing
+MAX_CLIENT = 200  # characters of a client's name kept (now playing, a play queue's saver)
 MAX_COMMENT = 1000  # characters of a playlist's comment
+# Songs in a saved play queue: more is refused (never cut short), as a queue saved in part
+# would resume elsewhere as something the user did not leave. Its ids are up to 390 KB of
+# JSON, written whole by every save and carried in one op.
+MAX_QUEUE = 10_000
+# A position within a song, in milliseconds: at most the largest integer every JSON reader
+# keeps exactly.
+MAX_POSITION_MS = 2**53 - 1
 # The items a Subsonic playlist write makes take ids derived from the write's own (its key's
 # record id): a leader that applies a keyed write again makes the same items.
 _ITEMS = uuid.UUID("8c4f2a61-0d3b-4e7a-b5c9-3e1f6a2d8b47")
@@ -53,6 +65,37 @@ def iso(seconds: float) -> str:
 
 def seconds_of(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@attrs.frozen
+class PlayQueue:
+    """A saved play queue as it is shown: its live songs in order (the catalog's rows), the
+    index of the current one among them (None: none is), the position in it, and when and by
+    which client it was saved."""
+
+    songs: list[dict[str, Any]]
+    current: int | None
+    position_ms: int
+    changed_at: str
+    changed_by: str
+
+
+def shown_queue(entries: Sequence[str], current: int | None, live: Container[str]
+                ) -> tuple[list[str], int | None, bool]:
+    """A queue's ``entries`` without the songs deleted since (those not ``live``), the index of
+    the ``current`` entry among those kept, and whether that entry itself is gone: the index
+    is then the next entry kept after it (its position, within a song that is gone, no longer
+    applies), or None when none is."""
+    kept: list[str] = []
+    index: int | None = None
+    for n, song_id in enumerate(entries):
+        if song_id not in live:
+            continue
+        if current is not None and index is None and n >= current:
+            index = len(kept)
+        kept.append(song_id)
+    gone = current is not None and (current >= len(entries) or entries[current] not in live)
+    return kept, index, gone
 
 
 class UserState:
@@ -152,6 +195,32 @@ class UserState:
         return await self._library.write(key, _edit_playlist, playlist_id, actor, checked,
                                          _song_ids(add), sorted(set(remove)), replace, base,
                                          iso(self._clock.seconds()))
+
+    # the play queue: where the user left off, to resume on another device
+
+    async def save_play_queue(self, user_id: str, song_ids: Sequence[str], current: int | None,
+                              position_ms: int, client: str,
+                              key: IdempotencyKey | None = None) -> Outcome:
+        """Replace ``user_id``'s play queue: the songs in order (one may come twice),
+        ``current`` the index of the one playing (None exactly when there are none: a save of
+        no songs clears the queue), ``position_ms`` within it, ``client`` the app that saved
+        it. Every field is written in one op, so merged with a save made elsewhere the newer
+        save wins whole. 200 ``{}``; NotFound for a song that is not live, BadRequest for
+        anything else out of bounds, and nothing is written."""
+        ids = _song_ids(song_ids, MAX_QUEUE)
+        if (current is None) != (not ids) or (current is not None
+                                               and not 0 <= current < len(ids)):
+            raise BadRequest(f"current must be an index of the {len(ids)} songs, and is given"
+                             " only with songs")
+        if not 0 <= position_ms <= MAX_POSITION_MS:
+            raise BadRequest(f"a position is 0 to {MAX_POSITION_MS} milliseconds")
+        return await self._library.write(key, _save_queue, user_id, ids, current, position_ms,
+                                         client[:MAX_CLIENT], iso(self._clock.seconds()))
+
+    async def play_queue(self, user_id: str) -> PlayQueue | None:
+        """``user_id``'s saved play queue as ``shown_queue`` shows it, with its songs; None if
+        they never saved one."""
+        return await self._store.run(_shown_queue, user_id)
 
     async def playlist_summaries(self) -> dict[str, dict[str, Any]]:
         return await self._store.run(MetadataDB.playlist_summaries)
@@ -296,27 +365,54 @@ def _playing(db: MetadataDB, user_id: str, song_id: str, client: str, at: str) -
     return Outcome(200, {})
 
 
+def _save_queue(db: MetadataDB, user_id: str, song_ids: list[str], current: int | None,
+                position_ms: int, client: str, at: str) -> Outcome:
+    _require_live(db, song_ids)
+    db.write([Change("play_queues", play_queue_id(user_id), {
+        "user_id": user_id, "entries": json.dumps(song_ids, separators=(",", ":")),
+        "current": current, "position_ms": position_ms, "changed_at": at,
+        "changed_by": client})])
+    return Outcome(200, {})
+
+
+def _shown_queue(db: MetadataDB, user_id: str) -> PlayQueue | None:
+    """The queue and its songs in one read: what a song's deletion leaves of it."""
+    saved = db.play_queue(user_id)
+    if saved is None:
+        return None
+    songs = db.catalog_songs(list(dict.fromkeys(saved["entries"])))
+    kept, current, gone = shown_queue(saved["entries"], saved["current"], songs)
+    return PlayQueue([songs[song_id] for song_id in kept], current,
+                     0 if gone else saved["position_ms"], saved["changed_at"],
+                     saved["changed_by"])
+
+
 def _playlist_name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
         raise BadRequest(f"a playlist's name has 1 to {MAX_NAME} characters")
     return value.strip()
 
 
-def _song_ids(song_ids: Sequence[str]) -> list[str]:
-    if len(song_ids) > MAX_ITEMS:
-        raise BadRequest(f"at most {MAX_ITEMS} songs at once")
+def _song_ids(song_ids: Sequence[str], most: int = MAX_ITEMS) -> list[str]:
+    if len(song_ids) > most:
+        raise BadRequest(f"at most {most} songs at once")
     for song_id in song_ids:
         if not valid_uuid(song_id):
             raise NotFound(f"no song {song_id}")
     return list(song_ids)
 
 
-def _item_changes(db: MetadataDB, playlist_id: str, song_ids: list[str], base: str, at: str
-                  ) -> list[Change]:
-    """Items of ``song_ids`` at the end of the playlist (NotFound for a song not live)."""
+def _require_live(db: MetadataDB, song_ids: list[str]) -> None:
+    """NotFound for the first of ``song_ids`` (by id) that is not a live song."""
     missing = set(song_ids) - db.live_song_ids(song_ids)
     if missing:
         raise NotFound(f"no song {sorted(missing)[0]}")
+
+
+def _item_changes(db: MetadataDB, playlist_id: str, song_ids: list[str], base: str, at: str
+                  ) -> list[Change]:
+    """Items of ``song_ids`` at the end of the playlist (NotFound for a song not live)."""
+    _require_live(db, song_ids)
     last = db.last_position(playlist_id)
     return [Change("playlist_items", str(uuid.uuid5(_ITEMS, f"{base}\n{n}")),
                    {"playlist_id": playlist_id, "song_id": song_id,

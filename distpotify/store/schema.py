@@ -32,7 +32,7 @@ _TYPES = {
     "chunk_size": "INTEGER", "chunk_count": "INTEGER", "deleted": "INTEGER NOT NULL DEFAULT 0",
     "idx": "INTEGER", "position": "REAL", "generation": "INTEGER",
     "disabled": "INTEGER NOT NULL DEFAULT 0", "public": "INTEGER NOT NULL DEFAULT 0",
-    "rating": "INTEGER",
+    "rating": "INTEGER", "current": "INTEGER", "position_ms": "INTEGER",
 }
 
 

@@ -1,17 +1,21 @@
-"""The per-user state's reads (issue 18): API keys, stars, ratings, plays and now playing,
-each query naming its user (indexed, or by the records' derived ids), never a tombstone.
+"""The per-user state's reads (issue 18): API keys, stars, ratings, plays, now playing and the
+saved play queue, each query naming its user (indexed, or by the records' derived ids), never
+a tombstone.
 
 Records are written by userstate.py's functions on the database thread; ids of stars and
-ratings are derived (``item_record_id``), so a lookup of a page of items is one query by key.
+ratings are derived (``item_record_id``), so a lookup of a page of items is one query by key,
+and a play queue's id derives from its user (``play_queue_id``).
 """
 # test-case-name: tests.unit.test_userstate
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from distpotify.model import valid_uuid
 from distpotify.store.catalog import CatalogQueries
 from distpotify.store.songorder import VISIBLE_SONG
 
@@ -44,6 +48,25 @@ def keyed_play_id(record_id: str, index: int) -> str:
 
 def now_playing_id(user_id: str, client: str) -> str:
     return str(uuid.uuid5(NAMESPACE, "\x00".join(("now", user_id, client))))
+
+
+def play_queue_id(user_id: str) -> str:
+    """The id of ``user_id``'s one play queue: every save, on any leader, writes this record."""
+    return str(uuid.uuid5(NAMESPACE, "\x00".join(("queue", user_id))))
+
+
+def queue_entries(text: Any) -> list[str]:
+    """A play queue's ``entries`` as stored (compact JSON text), or [] for anything else: the
+    text came from a leader that checked it, so nothing else is expected, but a read must not
+    fail on it."""
+    try:
+        found = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return []
+    if not isinstance(found, list) or not all(isinstance(i, str) and valid_uuid(i)
+                                              for i in found):
+        return []
+    return found
 
 
 def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -154,6 +177,24 @@ class UserStateQueries(CatalogQueries):
             "SELECT user_id, client, song_id, at FROM now_playing WHERE at >= ?"
             " AND song_id IS NOT NULL AND user_id IS NOT NULL ORDER BY at DESC", (since,))
         return [dict(row) for row in rows]
+
+    def play_queue(self, user_id: str) -> dict[str, Any] | None:
+        """``user_id``'s saved play queue as it was saved: ``entries`` (song ids in order),
+        ``current`` (an index into them, or None), ``position_ms``, ``changed_at`` and
+        ``changed_by``; None if they never saved one."""
+        row = self._conn.execute(
+            "SELECT entries, current, position_ms, changed_at, changed_by FROM play_queues"
+            " WHERE id = ? AND user_id = ?", (play_queue_id(user_id), user_id)).fetchone()
+        if row is None:
+            return None
+        entries = queue_entries(row["entries"])
+        current = row["current"]
+        return {"entries": entries,
+                "current": current if isinstance(current, int)
+                and 0 <= current < len(entries) else None,
+                "position_ms": max(0, int(row["position_ms"] or 0)),
+                "changed_at": str(row["changed_at"] or ""),
+                "changed_by": str(row["changed_by"] or "")}
 
     # playlists as the Subsonic API shows them
 

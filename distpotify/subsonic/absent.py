@@ -6,8 +6,8 @@ Apps ask for some of these as they start or open a page (the podcast and radio t
 artist's page), and an empty list is the true answer to them, where error 0 "not
 implemented" shows up as a failure in the app. ``getScanStatus`` says no scan runs: every
 upload is in the library as soon as it is acknowledged. The writes of these features
-(``createShare``, ``createBookmark``, ``savePlayQueue``, ``startScan``, ...) stay error 0:
-answering them as done would lose what the user asked to keep.
+(``createShare``, ``createBookmark``, ``startScan``, ...) stay error 0: answering them as
+done would lose what the user asked to keep. (The play queue is kept: resume.py.)
 """
 # test-case-name: tests.unit.test_subsonic_api
 

@@ -53,13 +53,15 @@ from distpotify.subsonic.call import (
 )
 from distpotify.subsonicmethods import WRITES, method_name
 from distpotify.subsonicresponse import XML, Format, error, format_of, render
+from distpotify.userstate import MAX_QUEUE
 
 log = Logger()
 
 MAX_FORM = 1024 * 1024  # bytes of a form POST body
-MAX_FIELDS = 1000  # parameters in one
+# Parameters in one: a saved play queue's ids (one each) and the rest.
+MAX_FIELDS = MAX_QUEUE + 1000
 # Parts written by others that register methods of their own, when they are there.
-OPTIONAL_MODULES = ("annotations", "playlists", "users", "nowplaying")
+OPTIONAL_MODULES = ("annotations", "playlists", "users", "nowplaying", "resume")
 # Every method of Subsonic 1.16.1 and OpenSubsonic: those no module implements answer error 0
 # "not implemented" (never a 500, nor "unknown method").
 SPEC_METHODS = (

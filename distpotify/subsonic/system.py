@@ -33,8 +33,10 @@ async def get_music_folders(call: Call) -> dict[str, Any]:
 async def get_extensions(call: Call) -> dict[str, Any]:
     """OpenSubsonic: answered without credentials, so a client can choose how to log in.
     No transcoding here: ``transcodeOffset`` and ``transcoding`` are not claimed, and stream
-    serves the original bytes whatever maxBitRate and format ask."""
-    extensions = [{"name": "formPost", "versions": [1]}]
+    serves the original bytes whatever maxBitRate and format ask. ``indexBasedQueue``: the
+    play queue saved and read by index (resume.py)."""
+    extensions = [{"name": "formPost", "versions": [1]},
+                  {"name": "indexBasedQueue", "versions": [1]}]
     if hasattr(call.server.accounts, "user_by_api_key"):
         extensions.append({"name": "apiKeyAuthentication", "versions": [1]})
     return {"openSubsonicExtensions": extensions}

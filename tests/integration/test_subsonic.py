@@ -1,8 +1,9 @@
 """Real Subsonic clients (py-sonic's libsonic, py-opensonic) against three real replicas behind
 the real proxy with accounts on: ping, browse artist -> album -> song, search with a query and
 without, every album list type, and stream with the bytes compared with the upload's, through
-the proxy and from a replica, and the cover art an upload carried, resized; then the same
-browsing while a follower is SIGKILLed."""
+the proxy and from a replica, and the cover art an upload carried, resized; a play queue
+saved by one client and resumed by another, through the proxy and on every follower; then the
+same browsing while a follower is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 from tests.helpers.audio import make_audio, require_ffmpeg
 from tests.helpers.covers import embed, picture
 from tests.helpers.fronted import ADMIN_NAME, ADMIN_PASSWORD, Client, Fronted
-from tests.helpers.replica import ReplicaProcess, request, wait_until
+from tests.helpers.replica import ReplicaProcess, Response, request, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -208,6 +209,67 @@ def test_real_clients_browse_search_and_stream(fronted: Fronted, tmp_path: Path)
                    f"/rest/stream.view?u={ADMIN_NAME}&p={ADMIN_PASSWORD}&id={song_id}",
                    headers={"Range": "bytes=0-99"})
     assert part.status == 206 and part.body == streamed[:100]
+
+
+def rest_on(node: ReplicaProcess, method: str) -> dict[str, Any]:
+    """``method`` asked of one replica directly, as the admin, f=json: its answer's payload."""
+    answer: Response = request(node.http_port, "GET", f"/rest/{method}.view?u={ADMIN_NAME}"
+                               f"&p={ADMIN_PASSWORD}&v=1.16.1&c=it&f=json", timeout=10)
+    assert answer.status == 200, answer.body
+    found: dict[str, Any] = answer.json()["subsonic-response"]
+    return found
+
+
+def test_a_play_queue_saved_on_one_device_resumes_on_another(fronted: Fronted,
+                                                              tmp_path: Path) -> None:
+    """py-sonic saves (a form POST the proxy sends to the leader); py-opensonic reads it
+    through the proxy (a GET a follower may answer), and each follower has it once
+    replicated; then the same by index (py-opensonic's GETs, which the proxy must send to
+    the leader too), and a save of nothing clears it everywhere."""
+    upload(fronted.admin(), tmp_path)
+    phone = sonic(fronted)
+    visible_everywhere(phone, len(SONGS))
+    songs = sorted(s["id"] for s in _list(phone.search3("", songCount=10)["searchResult3"]
+                                          ["song"]))
+    queue = [songs[0], songs[1], songs[0]]
+    leader = fronted.proxy_follows()
+    followers = [n for n in fronted.nodes if n.node_id != leader]
+
+    phone.savePlayQueue(queue, current=songs[1], position=42_000)
+
+    desktop = opensonic(fronted)
+
+    def queued() -> Any:
+        found = desktop.get_play_queue()
+        return found if found.entry else None
+
+    try:
+        saved = wait_until(queued, timeout=30, interval=0.3, what="the queue through the proxy")
+        assert [e.id for e in saved.entry] == queue
+        assert (saved.current, saved.position, saved.username, saved.changed_by) == (
+            songs[1], 42_000, ADMIN_NAME, "py-sonic")
+        for node in followers:
+            shown = wait_until(lambda node=node: rest_on(node, "getPlayQueue")["playQueue"]
+                               .get("entry"), timeout=30, interval=0.3,
+                               what=f"the queue on replica {node.node_id}")
+            assert [e["id"] for e in shown] == queue
+
+        desktop.save_play_queue_by_index(queue, current_index=2, position=7_000)
+        for node in followers:
+            wait_until(lambda node=node: rest_on(node, "getPlayQueueByIndex")
+                       ["playQueueByIndex"].get("currentIndex") == 2, timeout=30,
+                       interval=0.3, what=f"the queue by index on replica {node.node_id}")
+        by_index = desktop.get_play_queue_by_index()
+        assert (by_index.current_index, by_index.position) == (2, 7_000)
+
+        desktop.save_play_queue_by_index()
+        for node in followers:
+            wait_until(lambda node=node: "entry" not in rest_on(node, "getPlayQueue")
+                       ["playQueue"], timeout=30, interval=0.3,
+                       what=f"the cleared queue on replica {node.node_id}")
+        assert desktop.get_play_queue().entry is None
+    finally:
+        desktop.cleanup()
 
 
 def test_browsing_goes_on_while_a_follower_is_killed(fronted: Fronted, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def logged() -> Iterator[list[str]]:
     (b"HEAD", b"/rest/scrobble", True),
     (b"GET", b"/rest/%73tar.view?id=1", True),  # the replica unquotes the path
     (b"POST", b"/rest/star.view", True),
+    (b"GET", b"/rest/savePlayQueueByIndex.view?id=1&currentIndex=0", True),
     (b"POST", b"/rest/getAlbum.view", False),  # formPost: reads sent as POSTs
     (b"POST", b"/rest/", True),  # no Subsonic method: the HTTP method decides
     (b"GET", b"/rest/getAlbum.view?id=1", False),

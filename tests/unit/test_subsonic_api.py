@@ -91,7 +91,7 @@ def test_method_names_ignore_case_and_view(replica: InMemoryReplica) -> None:
 def test_an_unknown_method_is_error_0_and_an_unimplemented_one_says_so(
         replica: InMemoryReplica) -> None:
     assert error_code(rest(replica, "noSuchMethod", **USER)) == 0
-    for name in ("hls", "createShare", "savePlayQueue", "startScan"):
+    for name in ("hls", "createShare", "jukeboxControl", "startScan"):
         answer = rest(replica, name, id="x", **USER)
         assert error_code(answer) == 0 and b"not implemented" in answer.body, name
 
@@ -139,9 +139,10 @@ def test_a_web_app_of_another_origin_may_call_rest(replica: InMemoryReplica) -> 
 def test_extensions_are_listed_without_credentials(replica: InMemoryReplica) -> None:
     root = ok_xml(rest(replica, "getOpenSubsonicExtensions"))
     names = [e.get("name") for e in root.findall(f"{NS}openSubsonicExtensions")]
-    assert "formPost" in names
+    assert "formPost" in names and "indexBasedQueue" in names
     found = json_of(rest(replica, "getOpenSubsonicExtensions", f="json"))
     assert {"name": "formPost", "versions": [1]} in found["openSubsonicExtensions"]
+    assert {"name": "indexBasedQueue", "versions": [1]} in found["openSubsonicExtensions"]
 
 
 def test_license_and_music_folders(replica: InMemoryReplica) -> None:

@@ -1,7 +1,7 @@
 """The per-user Subsonic methods (issue 18), called as the dispatcher calls them (a Call with
 the user it authenticated): annotations of elements, the album lists of per-user state,
-favourites, ratings, scrobbles, now playing, playlists and users, and every refusal with
-the spec's error code and nothing changed."""
+favourites, ratings, scrobbles, now playing, playlists, users and the play queue, and every
+refusal with the spec's error code and nothing changed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from distpotify.store.idempotency import ENTITY
 from distpotify.store.metadata import Change
 from distpotify.subsonic import annotations
 from distpotify.subsonic.call import Call, Params
-from distpotify.userstate import iso
+from distpotify.subsonic.resume import NEVER
+from distpotify.userstate import MAX_QUEUE, iso
 from tests.helpers.accounts import (
     ADMIN_PASSWORD,
     LISTENER_PASSWORD,
@@ -727,6 +728,148 @@ def test_a_keyed_write_is_known_by_what_it_does_not_by_the_credentials_it_carrie
     assert row.fields["request"] != request_digest(b"GET", sent.encode(), None)
 
 
+# the play queue
+
+
+def test_a_saved_queue_is_read_back_by_id_and_by_index(rest: Rest) -> None:
+    rest.ok("savePlayQueue", id=[SONG, OTHER_SONG, SONG], current=OTHER_SONG,
+            position=61_500, c="phone")
+    assert "x-distpotify-version" in rest.headers
+
+    queue = rest.ok("getPlayQueue")["playQueue"]
+    assert {k: v for k, v in queue.items() if k != "entry"} == {
+        "current": OTHER_SONG, "position": 61_500, "username": "alice",
+        "changed": iso(1_800_000_000), "changedBy": "phone"}
+    assert ids(queue["entry"]) == [SONG, OTHER_SONG, SONG]  # a song may come twice
+    assert queue["entry"][1]["title"] == "Human Behaviour"
+    by_index = rest.ok("getPlayQueueByIndex")["playQueueByIndex"]
+    assert by_index["currentIndex"] == 1 and by_index["entry"] == queue["entry"]
+
+
+def test_a_song_that_comes_twice_is_current_at_its_own_place_by_index(rest: Rest) -> None:
+    rest.ok("savePlayQueueByIndex", id=[SONG, OTHER_SONG, SONG], currentIndex=2)
+
+    assert rest.ok("getPlayQueueByIndex")["playQueueByIndex"]["currentIndex"] == 2
+    queue = rest.ok("getPlayQueue")["playQueue"]
+    assert queue["current"] == SONG and queue["position"] == 0  # none given: 0
+
+    rest.ok("savePlayQueue", id=[SONG, OTHER_SONG, SONG], current=SONG)  # by id: its first
+    assert rest.ok("getPlayQueueByIndex")["playQueueByIndex"]["currentIndex"] == 0
+
+
+@pytest.mark.parametrize("method", ["savePlayQueue", "savePlayQueueByIndex"])
+def test_a_save_without_songs_clears_the_queue(rest: Rest, method: str) -> None:
+    rest.ok("savePlayQueue", id=[SONG], current=SONG, position=5)
+    rest.replica.clock.advance(60)
+
+    rest.ok(method, c="car")
+
+    for name, element in (("getPlayQueue", "playQueue"),
+                          ("getPlayQueueByIndex", "playQueueByIndex")):
+        assert rest.ok(name)[element] == {"username": "alice",
+                                          "changed": iso(1_800_000_060), "changedBy": "car"}
+
+
+def test_a_queue_never_saved_is_no_queue_and_another_users_is_never_shown(rest: Rest) -> None:
+    rest.ok("savePlayQueue", id=[SONG], current=SONG)
+
+    assert rest.ok("getPlayQueue", "bob")["playQueue"] == {
+        "username": "bob", "changed": NEVER, "changedBy": ""}
+    assert rest.ok("getPlayQueueByIndex", "bob")["playQueueByIndex"] == {
+        "username": "bob", "changed": NEVER, "changedBy": ""}
+
+
+def test_songs_deleted_since_are_left_out_and_the_current_one_follows(rest: Rest) -> None:
+    rest.ok("savePlayQueueByIndex", id=[SONG, THIRD_SONG, SONG, OTHER_SONG], currentIndex=2,
+            position=9_000)
+
+    def shown() -> tuple[list[str], int | None, int]:
+        queue = rest.ok("getPlayQueueByIndex")["playQueueByIndex"]
+        return ids(queue.get("entry", [])), queue.get("currentIndex"), queue.get("position")
+
+    rest.replica.db.write([Change("songs", THIRD_SONG, {"deleted": 1})])
+    assert shown() == ([SONG, SONG, OTHER_SONG], 1, 9_000)  # the same entry, one place on
+    rest.replica.db.write([Change("songs", SONG, {"deleted": 1})])
+    assert shown() == ([OTHER_SONG], 0, 0)  # gone: the next one, from its start
+    assert rest.ok("getPlayQueue")["playQueue"]["current"] == OTHER_SONG
+    rest.replica.db.write([Change("songs", OTHER_SONG, {"deleted": 1})])
+    assert shown() == ([], None, None)  # nothing left: no queue
+
+
+@pytest.mark.parametrize(("method", "params", "code"), [
+    ("savePlayQueue", {"id": UNKNOWN, "current": UNKNOWN}, 70),
+    ("savePlayQueue", {"id": [SONG, UNKNOWN], "current": SONG}, 70),
+    ("savePlayQueue", {"id": [SONG, "not-an-id"], "current": SONG}, 70),
+    ("savePlayQueue", {"id": SONG}, 10),
+    ("savePlayQueue", {"id": SONG, "current": OTHER_SONG}, 10),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": -1}, 0),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": "1.5"}, 0),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": "soon"}, 0),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": 2**53}, 0),
+    ("savePlayQueueByIndex", {"id": SONG}, 10),
+    ("savePlayQueueByIndex", {"id": SONG, "currentIndex": 1}, 10),
+    ("savePlayQueueByIndex", {"id": SONG, "currentIndex": -1}, 10),
+    ("savePlayQueueByIndex", {"id": SONG, "currentIndex": "first"}, 10),
+    ("savePlayQueueByIndex", {"id": [SONG, UNKNOWN], "currentIndex": 0}, 70),
+    ("savePlayQueueByIndex", {"id": SONG, "currentIndex": 0, "position": -5}, 0),
+])
+def test_a_bad_queue_is_refused_and_changes_nothing(rest: Rest, method: str,
+                                                    params: dict[str, Any], code: int) -> None:
+    rest.ok("savePlayQueue", id=[OTHER_SONG], current=OTHER_SONG, position=7)
+    before = rest.ok("getPlayQueue")["playQueue"]
+
+    rest.refused(method, code, **params)
+
+    assert rest.ok("getPlayQueue")["playQueue"] == before
+
+
+def test_a_queue_of_the_most_songs_is_saved_and_one_more_is_refused(rest: Rest) -> None:
+    most = [SONG, OTHER_SONG] * (MAX_QUEUE // 2)
+    body = urlencode([("u", "alice"), ("p", LISTENER_PASSWORD), ("f", "json"),
+                      ("currentIndex", str(MAX_QUEUE - 1))] + [("id", i) for i in most])
+
+    def save(form: str) -> dict[str, Any]:
+        answer = rest.replica.call("POST", "/rest/savePlayQueueByIndex.view", form.encode(),
+                                   {"Content-Type": "application/x-www-form-urlencoded"},
+                                   signed=False, cookies=False)
+        found: dict[str, Any] = answer.json()["subsonic-response"]
+        return found
+
+    assert save(body)["status"] == "ok"
+    head = rest.replica.db.head()
+    refused = save(f"{body}&id={SONG}")
+    assert (refused["status"], refused["error"]["code"]) == ("failed", 0)
+    assert f"at most {MAX_QUEUE} songs" in refused["error"]["message"]
+    assert rest.replica.db.head() == head
+    queue = rest.ok("getPlayQueueByIndex")["playQueueByIndex"]
+    assert len(queue["entry"]) == MAX_QUEUE and queue["currentIndex"] == MAX_QUEUE - 1
+
+
+def test_a_keyed_save_sent_again_is_one_write(rest: Rest) -> None:
+    """The proxy's retry of a save whose answer was lost: answered the stored outcome, nothing
+    written again (a later save's queue is not overwritten by the retry)."""
+    key = {"Idempotency-Key": '"queue-once"'}
+    query = urlencode([("u", "alice"), ("p", LISTENER_PASSWORD), ("f", "json"),
+                       ("id", SONG), ("id", OTHER_SONG), ("current", OTHER_SONG),
+                       ("position", "1000")])
+
+    def save() -> tuple[dict[str, Any], dict[str, str]]:
+        answer = rest.replica.call("GET", f"/rest/savePlayQueue.view?{query}", None, key,
+                                   signed=False, cookies=False)
+        return answer.json()["subsonic-response"], answer.headers
+
+    first, headers = save()
+    assert first["status"] == "ok" and "idempotent-replayed" not in headers
+    rest.ok("savePlayQueue", id=[THIRD_SONG], current=THIRD_SONG)
+    head = rest.replica.db.head()
+
+    again, headers = save()
+
+    assert again["status"] == "ok" and headers.get("idempotent-replayed") == "true"
+    assert rest.replica.db.head() == head
+    assert ids(rest.ok("getPlayQueue")["playQueue"]["entry"]) == [THIRD_SONG]
+
+
 # every answer as the schema says (XML, validated against tests/data/subsonic-1.16.1.xsd)
 
 
@@ -751,6 +894,12 @@ def test_every_per_user_answer_is_valid_xml(rest: Rest) -> None:
         ("getAlbumList", {**who, "type": "starred"}),
         ("deletePlaylist", {**who, "id": playlist["id"]}),
         ("changePassword", {**who, "username": "alice", "password": LISTENER_PASSWORD}),
+        ("getPlayQueue", who), ("getPlayQueueByIndex", who),
+        ("savePlayQueue", {**who, "id": [SONG, OTHER_SONG], "current": SONG,
+                           "position": 1500}),
+        ("getPlayQueue", who), ("getPlayQueueByIndex", who),
+        ("savePlayQueueByIndex", {**who, "id": [SONG, SONG], "currentIndex": 1}),
+        ("savePlayQueue", who),
     ]
 
     for method, params in calls:

@@ -1,6 +1,7 @@
-"""Per-user state (issue 18): stars, ratings, plays and now playing as replicated records.
-Written on two sides of a partition and merged in any order they converge, no play is lost
-and the same star is one record; refused writes change nothing; reads are per user."""
+"""Per-user state (issue 18): stars, ratings, plays, now playing and the play queue as
+replicated records. Written on two sides of a partition and merged in any order they
+converge, no play is lost, the same star is one record and the newer play queue wins whole;
+refused writes change nothing; reads are per user."""
 
 from __future__ import annotations
 
@@ -18,8 +19,18 @@ from distpotify.errors import BadRequest, NotFound, NotLeader
 from distpotify.idempotency import IdempotencyKey
 from distpotify.model import ZERO, Op
 from distpotify.store.metadata import Change, MetadataDB
-from distpotify.store.userstate import item_record_id
-from distpotify.userstate import UserState, _play, _rate, _star, iso
+from distpotify.store.userstate import item_record_id, play_queue_id
+from distpotify.userstate import (
+    MAX_POSITION_MS,
+    MAX_QUEUE,
+    UserState,
+    _play,
+    _rate,
+    _save_queue,
+    _star,
+    iso,
+    shown_queue,
+)
 from tests.helpers.api import InMemoryReplica, NoLeader, result_of
 
 ALICE = "6a8d4c1e-2b7f-4e3a-9c5d-0f1e2d3c4b5a"
@@ -41,6 +52,18 @@ def leader(path: Path, node_id: int, epoch: int) -> MetadataDB:
     db = MetadataDB(path, node_id)
     db.begin_leading(epoch)
     return db
+
+
+def two_sides() -> tuple[MetadataDB, list[MetadataDB]]:
+    """The leader of epoch 1, which wrote both songs, and the two sides of a partition after
+    it: leaders 1 and 2 of epoch 2, each holding what it wrote (in memory)."""
+    memory = Path(":memory:")
+    first = leader(memory, 1, 1)
+    first.write([song_change(SONG), song_change(OTHER_SONG)])
+    sides = [leader(memory, 1, 2), leader(memory, 2, 2)]
+    for side in sides:
+        side.apply_ops(first.ops_after(ZERO))
+    return first, sides
 
 
 def state_of(db: MetadataDB) -> dict[str, Any]:
@@ -352,16 +375,13 @@ def act(db: MetadataDB, actions: list[tuple[str, str, str, int]], start: int) ->
 def test_both_sides_merge_to_one_state_whatever_the_order(
         side_a: list[tuple[str, str, str, int]], side_b: list[tuple[str, str, str, int]],
         seed: int) -> None:
-    memory = Path(":memory:")
-    first = leader(memory, 1, 1)
-    first.write([song_change(SONG), song_change(OTHER_SONG)])
+    first, sides = two_sides()
     common = first.ops_after(ZERO)
-    sides = [leader(memory, 1, 2), leader(memory, 2, 2)]
     for side, actions, start in zip(sides, (side_a, side_b), (100, 200), strict=True):
-        side.apply_ops(common)
         act(side, actions, start)
     written = [op for side in sides for op in side.ops_after(first.head())]
 
+    memory = Path(":memory:")
     in_order, shuffled = MetadataDB(memory, 3), MetadataDB(memory, 3)
     in_order.apply_ops(common + written)
     mixed = common + written + written[: len(written) // 2]
@@ -376,3 +396,136 @@ def test_both_sides_merge_to_one_state_whatever_the_order(
     starred = {(user, song) for action, user, song, _ in side_a + side_b
                if action in ("star", "unstar")}
     assert stars <= len(starred)  # one record per user and song, however often starred
+
+
+# the play queue
+
+
+def test_of_two_saves_made_on_two_leaders_the_newer_wins_whole() -> None:
+    """Each side of a partition saves alice's queue; merged in either order, every field is
+    the newer save's (by version: side b's leader has the higher id in epoch 2, though side
+    a saved later by its clock): never one save's songs with the other's current song."""
+    first, (side_a, side_b) = two_sides()
+    common = first.ops_after(ZERO)
+    _save_queue(side_a, ALICE, [SONG, OTHER_SONG, SONG], 2, 90_000, "phone", iso(300))
+    _save_queue(side_b, ALICE, [OTHER_SONG], 0, 1_000, "car", iso(200))
+    newer = side_b.play_queue(ALICE)
+    ops_a, ops_b = side_a.ops_after(first.head()), side_b.ops_after(first.head())
+
+    for order in (ops_a + ops_b, ops_b + ops_a):
+        merged = MetadataDB(Path(":memory:"), 3)
+        merged.apply_ops(common + order)
+        assert merged.play_queue(ALICE) == newer == {
+            "entries": [OTHER_SONG], "current": 0, "position_ms": 1_000,
+            "changed_at": iso(200), "changed_by": "car"}
+        assert merged.get_row("play_queues", play_queue_id(ALICE)) == \
+            side_b.get_row("play_queues", play_queue_id(ALICE))
+
+
+SAVES = st.lists(st.tuples(
+    st.lists(st.sampled_from([SONG, OTHER_SONG]), min_size=1, max_size=4),
+    st.integers(0, 3), st.integers(0, 10**6),
+), max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(side_a=SAVES, side_b=SAVES, seed=st.integers(0, 2**16))
+def test_merged_saves_are_always_one_whole_save(
+        side_a: list[tuple[list[str], int, int]], side_b: list[tuple[list[str], int, int]],
+        seed: int) -> None:
+    first, sides = two_sides()
+    common = first.ops_after(ZERO)
+    saved = []
+    for side, saves, name in zip(sides, (side_a, side_b), "ab", strict=True):
+        for n, (entries, current, position) in enumerate(saves):
+            _save_queue(side, ALICE, entries, current % len(entries), position, f"{name}{n}",
+                        iso(n))
+            saved.append(side.play_queue(ALICE))
+    written = [op for side in sides for op in side.ops_after(first.head())]
+
+    mixed = common + written + written[: len(written) // 2]
+    random.Random(seed).shuffle(mixed)
+    merged = MetadataDB(Path(":memory:"), 3)
+    for op in mixed:
+        merged.apply_ops([op])
+
+    # The newest version is side b's last save if it saved, else side a's last.
+    assert merged.play_queue(ALICE) == (saved[-1] if saved else None)
+
+
+@pytest.mark.parametrize(("entries", "current", "live", "shown"), [
+    (["a", "b", "c"], 1, "abc", (["a", "b", "c"], 1, False)),
+    (["a", "b", "c"], 2, "bc", (["b", "c"], 1, False)),  # the current entry follows
+    (["a", "b", "a", "c"], 2, "ac", (["a", "a", "c"], 1, False)),  # its own place
+    (["a", "b", "c"], 1, "ac", (["a", "c"], 1, True)),  # gone: the next one kept
+    (["a", "b", "b", "c"], 1, "ac", (["a", "c"], 1, True)),
+    (["a", "b", "c"], 2, "ab", (["a", "b"], None, True)),  # gone, none after it
+    (["a", "b"], 0, "", ([], None, True)),
+    ([], None, "abc", ([], None, False)),  # cleared
+])
+def test_a_queue_is_shown_without_songs_deleted_since(
+        entries: list[str], current: int | None, live: str,
+        shown: tuple[list[str], int | None, bool]) -> None:
+    assert shown_queue(entries, current, set(live)) == shown
+
+
+def test_a_saved_queue_reads_back_with_its_live_songs(replica: InMemoryReplica) -> None:
+    replica.clock.advance(1000)
+    run(state(replica).save_play_queue(ALICE, [SONG, OTHER_SONG, SONG], 2, 61_000, "phone"))
+
+    found = run(state(replica).play_queue(ALICE))
+    assert [song["id"] for song in found.songs] == [SONG, OTHER_SONG, SONG]
+    assert (found.current, found.position_ms, found.changed_at, found.changed_by) == (
+        2, 61_000, iso(1000), "phone")
+    assert run(state(replica).play_queue(BOB)) is None
+
+    replica.db.write([Change("songs", SONG, {"deleted": 1})])  # the current song is gone
+    found = run(state(replica).play_queue(ALICE))
+    assert [song["id"] for song in found.songs] == [OTHER_SONG]
+    assert (found.current, found.position_ms) == (None, 0)
+
+
+def test_a_save_of_no_songs_clears_the_queue(replica: InMemoryReplica) -> None:
+    run(state(replica).save_play_queue(ALICE, [SONG], 0, 5, "phone"))
+
+    run(state(replica).save_play_queue(ALICE, [], None, 0, "car"))
+
+    found = run(state(replica).play_queue(ALICE))
+    assert (found.songs, found.current, found.changed_by) == ([], None, "car")
+
+
+@pytest.mark.parametrize(("ids", "current", "position", "error"), [
+    ([UNKNOWN], 0, 0, NotFound), ([SONG, UNKNOWN], 0, 0, NotFound),
+    ([SONG, "not-a-uuid"], 0, 0, NotFound),
+    ([SONG], 1, 0, BadRequest), ([SONG], -1, 0, BadRequest), ([SONG], None, 0, BadRequest),
+    ([], 0, 0, BadRequest), ([SONG], 0, -1, BadRequest),
+    ([SONG], 0, MAX_POSITION_MS + 1, BadRequest),
+    ([SONG] * (MAX_QUEUE + 1), 0, 0, BadRequest),
+])
+def test_a_bad_queue_is_refused_and_changes_nothing(replica: InMemoryReplica, ids: list[str],
+                                                    current: int | None, position: int,
+                                                    error: type) -> None:
+    run(state(replica).save_play_queue(ALICE, [OTHER_SONG], 0, 7, "phone"))
+    head = replica.db.head()
+
+    with pytest.raises(error):
+        run(state(replica).save_play_queue(ALICE, ids, current, position, "phone"))
+
+    assert replica.db.head() == head
+    assert replica.db.play_queue(ALICE)["entries"] == [OTHER_SONG]
+
+
+def test_a_queue_of_the_most_songs_is_kept(replica: InMemoryReplica) -> None:
+    run(state(replica).save_play_queue(ALICE, [SONG, OTHER_SONG] * (MAX_QUEUE // 2),
+                                       MAX_QUEUE - 1, 0, "phone"))
+
+    found = run(state(replica).play_queue(ALICE))
+
+    assert len(found.songs) == MAX_QUEUE and found.current == MAX_QUEUE - 1
+
+
+def test_a_queue_saved_on_a_follower_is_refused(tmp_path: Path) -> None:
+    follower = InMemoryReplica(tmp_path, leadership=NoLeader())
+
+    with pytest.raises(NotLeader):
+        run(state(follower).save_play_queue(ALICE, [], None, 0, "phone"))
