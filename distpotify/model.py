@@ -189,6 +189,12 @@ ENTITIES: dict[str, Entity] = {
         # merge never pairs one save's songs with another's current song or position.
         Entity("play_queues", ("id",), ("user_id", "entries", "current", "position_ms",
                                         "changed_at", "changed_by")),
+        # A position within a song kept by a user (Subsonic createBookmark), one record per
+        # user and song: its id is a UUIDv5 of both, so the same bookmark made twice (on two
+        # sides of a partition) is one record. Deleting one is a tombstone. ("song_" tells
+        # them from store/bookmarks.py's, which are places in a sorted list of songs.)
+        Entity("song_bookmarks", ("id",), ("user_id", "song_id", "position_ms", "comment",
+                                           "created_at", "changed_at", "deleted")),
     )
 }
 

@@ -1,12 +1,13 @@
-"""Per-user state (issue 18): stars, ratings, plays, now playing and the saved play queue, as
-replicated records written through the library's write path (the leader, idempotency keys,
-semi-sync ack).
+"""Per-user state (issue 18): stars, ratings, plays, now playing, the saved play queue and
+bookmarks, as replicated records written through the library's write path (the leader,
+idempotency keys, semi-sync ack).
 
 Merging in a partition (docs/architecture.md, "Per-user state and Subsonic credentials"): a
 star's and a rating's id derive from user, kind and item, so the same star made on both sides
 is one record, and its fields merge by version like any record's; a play is a record of its
 own that nothing changes, so plays made on both sides all stay, and a play count is a count;
-a play queue is one record per user that every save writes whole, so the newer save wins.
+a play queue is one record per user that every save writes whole, so the newer save wins; a
+bookmark's id derives from user and song, like a star's.
 """
 # test-case-name: tests.unit.test_userstate
 
@@ -29,6 +30,7 @@ from distpotify.model import new_id, valid_uuid
 from distpotify.store.metadata import Change, MetadataDB, MetadataStore
 from distpotify.store.userstate import (
     KINDS,
+    bookmark_id,
     item_record_id,
     keyed_play_id,
     now_playing_id,
@@ -41,7 +43,7 @@ NOW_PLAYING_WINDOW = 10 * 60.0
 MAX_RATING = 5
 MAX_ITEMS = 500  # ids in one star, unstar or scrobble call
 MAX_CLIENT = 200  # characters of a client's name kept (now playing, a play queue's saver)
-MAX_COMMENT = 1000  # characters of a playlist's comment
+MAX_COMMENT = 1000  # characters of a playlist's or a bookmark's comment
 # Songs in a saved play queue: more is refused (never cut short), as a queue saved in part
 # would resume elsewhere as something the user did not leave. Its ids are up to 390 KB of
 # JSON, written whole by every save and carried in one op.
@@ -96,6 +98,18 @@ def shown_queue(entries: Sequence[str], current: int | None, live: Container[str
         kept.append(song_id)
     gone = current is not None and (current >= len(entries) or entries[current] not in live)
     return kept, index, gone
+
+
+@attrs.frozen
+class Bookmark:
+    """A bookmark as it is shown: its song (the catalog's row), the position kept in it, the
+    user's comment (None: none), when it was made and when last changed."""
+
+    song: dict[str, Any]
+    position_ms: int
+    comment: str | None
+    created_at: str
+    changed_at: str
 
 
 class UserState:
@@ -183,10 +197,7 @@ class UserState:
         if "name" in fields:
             checked["name"] = _playlist_name(fields["name"])
         if "comment" in fields:
-            comment = fields["comment"]
-            if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-                raise BadRequest(f"a comment has at most {MAX_COMMENT} characters")
-            checked["comment"] = comment
+            checked["comment"] = _comment(fields["comment"])
         if "public" in fields:
             checked["public"] = int(bool(fields["public"]))
         if not valid_uuid(playlist_id):
@@ -212,8 +223,7 @@ class UserState:
                                                and not 0 <= current < len(ids)):
             raise BadRequest(f"current must be an index of the {len(ids)} songs, and is given"
                              " only with songs")
-        if not 0 <= position_ms <= MAX_POSITION_MS:
-            raise BadRequest(f"a position is 0 to {MAX_POSITION_MS} milliseconds")
+        _position(position_ms)
         return await self._library.write(key, _save_queue, user_id, ids, current, position_ms,
                                          client[:MAX_CLIENT], iso(self._clock.seconds()))
 
@@ -221,6 +231,33 @@ class UserState:
         """``user_id``'s saved play queue as ``shown_queue`` shows it, with its songs; None if
         they never saved one."""
         return await self._store.run(_shown_queue, user_id)
+
+    # bookmarks: a position kept in a song (an audiobook, a long mix), one per user and song
+
+    async def create_bookmark(self, user_id: str, song_id: str, position_ms: int,
+                              comment: str | None, key: IdempotencyKey | None = None
+                              ) -> Outcome:
+        """Keep ``position_ms`` in ``song_id`` for ``user_id``, with ``comment`` (None: none),
+        in place of the bookmark they had in it (whose creation time stays). 200 ``{}``;
+        NotFound for a song that is not live, BadRequest for a position or comment out of
+        bounds, and nothing is written."""
+        _song_ids([song_id])
+        _position(position_ms)
+        return await self._library.write(key, _bookmark, user_id, song_id, position_ms,
+                                         None if comment is None else _comment(comment),
+                                         iso(self._clock.seconds()))
+
+    async def delete_bookmark(self, user_id: str, song_id: str,
+                              key: IdempotencyKey | None = None) -> Outcome:
+        """Delete ``user_id``'s bookmark in ``song_id`` (a tombstone), one in a song deleted
+        since too; with none there nothing is written. 200 ``{}``; NotFound when the id is
+        neither a bookmark of theirs nor a live song."""
+        _song_ids([song_id])
+        return await self._library.write(key, _unbookmark, user_id, song_id)
+
+    async def bookmarks(self, user_id: str) -> list[Bookmark]:
+        """``user_id``'s bookmarks in live songs, the latest changed first."""
+        return await self._store.run(_shown_bookmarks, user_id)
 
     async def playlist_summaries(self) -> dict[str, dict[str, Any]]:
         return await self._store.run(MetadataDB.playlist_summaries)
@@ -385,6 +422,51 @@ def _shown_queue(db: MetadataDB, user_id: str) -> PlayQueue | None:
     return PlayQueue([songs[song_id] for song_id in kept], current,
                      0 if gone else saved["position_ms"], saved["changed_at"],
                      saved["changed_by"])
+
+
+def _bookmark(db: MetadataDB, user_id: str, song_id: str, position_ms: int,
+              comment: str | None, at: str) -> Outcome:
+    _require_live(db, [song_id])
+    record = bookmark_id(user_id, song_id)
+    held = db.get_row("song_bookmarks", record)
+    made = None  # the time it was made: a live bookmark's stays
+    if held is not None and not held.fields.get("deleted"):
+        made = held.fields.get("created_at")
+    db.write([Change("song_bookmarks", record, {
+        "user_id": user_id, "song_id": song_id, "position_ms": position_ms, "comment": comment,
+        "created_at": made or at, "changed_at": at, "deleted": 0})])
+    return Outcome(200, {})
+
+
+def _unbookmark(db: MetadataDB, user_id: str, song_id: str) -> Outcome:
+    record = bookmark_id(user_id, song_id)
+    held = db.get_row("song_bookmarks", record)
+    if held is not None and not held.fields.get("deleted"):
+        db.write([Change("song_bookmarks", record, {"deleted": 1})])
+    else:
+        _require_live(db, [song_id])
+    return Outcome(200, {})
+
+
+def _shown_bookmarks(db: MetadataDB, user_id: str) -> list[Bookmark]:
+    """The bookmarks and their songs in one read: those of songs deleted since are left out."""
+    found = db.bookmarks(user_id)
+    songs = db.catalog_songs([mark["song_id"] for mark in found])
+    return [Bookmark(songs[mark["song_id"]], int(mark["position_ms"] or 0),
+                     mark["comment"] or None, str(mark["created_at"] or ""),
+                     str(mark["changed_at"] or ""))
+            for mark in found if mark["song_id"] in songs]
+
+
+def _position(position_ms: int) -> None:
+    if not 0 <= position_ms <= MAX_POSITION_MS:
+        raise BadRequest(f"a position is 0 to {MAX_POSITION_MS} milliseconds")
+
+
+def _comment(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_COMMENT:
+        raise BadRequest(f"a comment has at most {MAX_COMMENT} characters")
+    return value
 
 
 def _playlist_name(value: Any) -> str:

@@ -88,6 +88,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS ratings_user ON ratings (user_id, kind)",
     "CREATE INDEX IF NOT EXISTS plays_user_song ON plays (user_id, song_id)",
     "CREATE INDEX IF NOT EXISTS now_playing_at ON now_playing (at)",
+    "CREATE INDEX IF NOT EXISTS song_bookmarks_user ON song_bookmarks (user_id, changed_at)",
     # The key watermark drops idempotency rows by version (store/idempotency.py).
     "CREATE INDEX IF NOT EXISTS idempotency_version ON idempotency (version)",
     # The key row a keyed write's last op carries (model.Op.outcome) is not in its entry: it

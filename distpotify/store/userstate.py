@@ -1,10 +1,11 @@
-"""The per-user state's reads (issue 18): API keys, stars, ratings, plays, now playing and the
-saved play queue, each query naming its user (indexed, or by the records' derived ids), never
-a tombstone.
+"""The per-user state's reads (issue 18): API keys, stars, ratings, plays, now playing, the
+saved play queue and bookmarks, each query naming its user (indexed, or by the records' derived
+ids), never a tombstone.
 
 Records are written by userstate.py's functions on the database thread; ids of stars and
-ratings are derived (``item_record_id``), so a lookup of a page of items is one query by key,
-and a play queue's id derives from its user (``play_queue_id``).
+ratings are derived (``item_record_id``), so a lookup of a page of items is one query by key;
+a play queue's id derives from its user (``play_queue_id``), a bookmark's from its user and
+song (``bookmark_id``).
 """
 # test-case-name: tests.unit.test_userstate
 
@@ -53,6 +54,12 @@ def now_playing_id(user_id: str, client: str) -> str:
 def play_queue_id(user_id: str) -> str:
     """The id of ``user_id``'s one play queue: every save, on any leader, writes this record."""
     return str(uuid.uuid5(NAMESPACE, "\x00".join(("queue", user_id))))
+
+
+def bookmark_id(user_id: str, song_id: str) -> str:
+    """The id of ``user_id``'s bookmark in ``song_id``: one per user and song, however often and
+    wherever it is made."""
+    return str(uuid.uuid5(NAMESPACE, "\x00".join(("bookmark", user_id, song_id))))
 
 
 def queue_entries(text: Any) -> list[str]:
@@ -195,6 +202,15 @@ class UserStateQueries(CatalogQueries):
                 "position_ms": max(0, int(row["position_ms"] or 0)),
                 "changed_at": str(row["changed_at"] or ""),
                 "changed_by": str(row["changed_by"] or "")}
+
+    def bookmarks(self, user_id: str) -> list[dict[str, Any]]:
+        """``user_id``'s live bookmarks, the latest changed first: song_id, position_ms,
+        comment, created_at, changed_at."""
+        rows = self._conn.execute(
+            "SELECT song_id, position_ms, comment, created_at, changed_at FROM song_bookmarks"
+            " WHERE user_id = ? AND deleted = 0 AND song_id IS NOT NULL"
+            " ORDER BY changed_at DESC, song_id", (user_id,))
+        return [dict(row) for row in rows]
 
     # playlists as the Subsonic API shows them
 

@@ -1,13 +1,14 @@
 """The spec's reads of what this server does not keep, answered empty rather than error 0.
 
-Podcasts, internet radio, shares, bookmarks, videos and chat are not part of the library
-here; artist and album notes, similar songs and lyrics would come from services elsewhere.
+Podcasts, internet radio, shares, videos and chat are not part of the library here; artist
+and album notes, similar songs and lyrics would come from services elsewhere.
 Apps ask for some of these as they start or open a page (the podcast and radio tabs, an
 artist's page), and an empty list is the true answer to them, where error 0 "not
 implemented" shows up as a failure in the app. ``getScanStatus`` says no scan runs: every
 upload is in the library as soon as it is acknowledged. The writes of these features
-(``createShare``, ``createBookmark``, ``startScan``, ...) stay error 0: answering them as
-done would lose what the user asked to keep. (The play queue is kept: resume.py.)
+(``createShare``, ``createInternetRadioStation``, ``startScan``, ...) stay error 0:
+answering them as done would lose what the user asked to keep. (The play queue and
+bookmarks are kept: resume.py.)
 """
 # test-case-name: tests.unit.test_subsonic_api
 
@@ -26,7 +27,6 @@ EMPTY: dict[str, dict[str, Any]] = {
     "getNewestPodcasts": {"newestPodcasts": {"episode": []}},
     "getInternetRadioStations": {"internetRadioStations": {"internetRadioStation": []}},
     "getShares": {"shares": {"share": []}},
-    "getBookmarks": {"bookmarks": {"bookmark": []}},
     "getVideos": {"videos": {"video": []}},
     "getChatMessages": {"chatMessages": {"chatMessage": []}},
     "getArtistInfo": {"artistInfo": {}},

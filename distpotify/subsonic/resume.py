@@ -1,6 +1,7 @@
 """Where a listener left off, kept for their other devices: the play queue (savePlayQueue and
 getPlayQueue, and OpenSubsonic's indexBasedQueue: savePlayQueueByIndex, getPlayQueueByIndex),
-a replicated record per user (userstate.py) that any replica reads.
+a replicated record per user, and bookmarks (createBookmark, deleteBookmark, getBookmarks), a
+record per user and song (userstate.py), which any replica reads.
 """
 # test-case-name: tests.unit.test_subsonic_user
 
@@ -35,12 +36,20 @@ async def _save(call: Call, current_by: str, index_of: Callable[[list[str], str]
         if current is None:
             raise SubsonicError(MISSING_PARAMETER, f"Parameter {current_by} must name one of"
                                 f" the {len(song_ids)} songs")
-    position = call.params.integer("position", 0, 0, MAX_POSITION_MS)
-    assert position is not None
     outcome = await userstate(call).save_play_queue(
-        call.user.id, song_ids, current, position, call.params.get("c") or "unknown",
+        call.user.id, song_ids, current, _position(call, 0), call.params.get("c") or "unknown",
         await write_key(call))
     return written(call, outcome)
+
+
+def _position(call: Call, default: int | None) -> int:
+    """``position`` in ms: ``default`` when absent (None: required, error 10), error 0 when it
+    is not an integer from 0, as other malformed integers."""
+    if default is None:
+        call.params.required("position")
+    position = call.params.integer("position", default, 0, MAX_POSITION_MS)
+    assert position is not None  # given, or its default
+    return position
 
 
 def _first_place(song_ids: list[str], song_id: str) -> int | None:
@@ -95,3 +104,39 @@ async def get_play_queue(call: Call) -> dict[str, Any]:
 @method("getPlayQueueByIndex")
 async def get_play_queue_by_index(call: Call) -> dict[str, Any]:
     return {"playQueueByIndex": await _queue(call, by_index=True)}
+
+
+# bookmarks
+
+
+@method("createBookmark", writes=True)
+async def create_bookmark(call: Call) -> dict[str, Any]:
+    """Keep ``position`` (ms, required) in the song ``id``, with an optional ``comment``, in
+    place of the caller's bookmark in it."""
+    song_id = call.params.required("id")
+    outcome = await userstate(call).create_bookmark(
+        call.user.id, song_id, _position(call, None), call.params.get("comment") or None,
+        await write_key(call))
+    return written(call, outcome)
+
+
+@method("deleteBookmark", writes=True)
+async def delete_bookmark(call: Call) -> dict[str, Any]:
+    outcome = await userstate(call).delete_bookmark(call.user.id, call.params.required("id"),
+                                                    await write_key(call))
+    return written(call, outcome)
+
+
+@method("getBookmarks")
+async def get_bookmarks(call: Call) -> dict[str, Any]:
+    """The caller's own bookmarks (never another user's), each with its song as ``entry``,
+    which also carries the position as ``bookmarkPosition``."""
+    found = await userstate(call).bookmarks(call.user.id)
+    entries = [{**shapes.song(mark.song), "bookmarkPosition": mark.position_ms}
+               for mark in found]
+    await annotate(call, "song", entries)
+    return {"bookmarks": {"bookmark": [
+        {"position": mark.position_ms, "username": call.user.username,
+         "comment": mark.comment, "created": mark.created_at, "changed": mark.changed_at,
+         "entry": entry}
+        for mark, entry in zip(found, entries, strict=True)]}}

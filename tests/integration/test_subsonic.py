@@ -1,9 +1,9 @@
 """Real Subsonic clients (py-sonic's libsonic, py-opensonic) against three real replicas behind
 the real proxy with accounts on: ping, browse artist -> album -> song, search with a query and
 without, every album list type, and stream with the bytes compared with the upload's, through
-the proxy and from a replica, and the cover art an upload carried, resized; a play queue
-saved by one client and resumed by another, through the proxy and on every follower; then the
-same browsing while a follower is SIGKILLed."""
+the proxy and from a replica, and the cover art an upload carried, resized; a play queue and
+a bookmark saved by one client and found by another, through the proxy and on every
+follower; then the same browsing while a follower is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -268,6 +268,41 @@ def test_a_play_queue_saved_on_one_device_resumes_on_another(fronted: Fronted,
                        ["playQueue"], timeout=30, interval=0.3,
                        what=f"the cleared queue on replica {node.node_id}")
         assert desktop.get_play_queue().entry is None
+    finally:
+        desktop.cleanup()
+
+
+def test_a_bookmark_made_on_one_device_is_found_on_another(fronted: Fronted,
+                                                           tmp_path: Path) -> None:
+    """py-sonic bookmarks a song through the proxy; py-opensonic finds it through the proxy and
+    each follower holds it once replicated; deleted, it is gone everywhere."""
+    upload(fronted.admin(), tmp_path)
+    phone = sonic(fronted)
+    visible_everywhere(phone, len(SONGS))
+    song = _list(phone.search3("Elsewhere")["searchResult3"]["song"])[0]["id"]
+    leader = fronted.proxy_follows()
+    followers = [n for n in fronted.nodes if n.node_id != leader]
+
+    phone.createBookmark(song, 754_000, comment="the bridge")
+
+    desktop = opensonic(fronted)
+    try:
+        (mark,) = wait_until(desktop.get_bookmarks, timeout=30, interval=0.3,
+                             what="the bookmark through the proxy")
+        assert (mark.entry.id, mark.position, mark.comment, mark.username) == (
+            song, 754_000, "the bridge", ADMIN_NAME)
+        for node in followers:
+            shown = wait_until(lambda node=node: rest_on(node, "getBookmarks")["bookmarks"]
+                               .get("bookmark"), timeout=30, interval=0.3,
+                               what=f"the bookmark on replica {node.node_id}")
+            assert [(m["entry"]["id"], m["position"]) for m in shown] == [(song, 754_000)]
+
+        desktop.delete_bookmark(song)
+        for node in followers:
+            wait_until(lambda node=node: rest_on(node, "getBookmarks")["bookmarks"]
+                       .get("bookmark", []) == [], timeout=30, interval=0.3,
+                       what=f"the bookmark deleted on replica {node.node_id}")
+        assert desktop.get_bookmarks() == []
     finally:
         desktop.cleanup()
 

@@ -1,7 +1,7 @@
 """The per-user Subsonic methods (issue 18), called as the dispatcher calls them (a Call with
 the user it authenticated): annotations of elements, the album lists of per-user state,
-favourites, ratings, scrobbles, now playing, playlists, users and the play queue, and every
-refusal with the spec's error code and nothing changed."""
+favourites, ratings, scrobbles, now playing, playlists, users, the play queue and bookmarks,
+and every refusal with the spec's error code and nothing changed."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from distpotify.store.metadata import Change
 from distpotify.subsonic import annotations
 from distpotify.subsonic.call import Call, Params
 from distpotify.subsonic.resume import NEVER
-from distpotify.userstate import MAX_QUEUE, iso
+from distpotify.userstate import MAX_COMMENT, MAX_QUEUE, iso
 from tests.helpers.accounts import (
     ADMIN_PASSWORD,
     LISTENER_PASSWORD,
@@ -222,17 +222,18 @@ class Rest:
     headers: dict[str, str] = attrs.field(factory=dict)
 
     def call(self, method: str, who: str = "alice", secret: str | None = None,
-             **params: Any) -> dict[str, Any]:
+             key: str | None = None, **params: Any) -> dict[str, Any]:
         """``/rest/{method}.view`` as ``who`` (with ``secret``, else their password) with
-        f=json: the subsonic-response."""
+        f=json, under the Idempotency-Key ``key`` if given: the subsonic-response."""
         secret = secret or (ADMIN_PASSWORD if who == "root" else LISTENER_PASSWORD)
         query = [("u", who), ("p", secret), ("v", "1.16.1"), ("f", "json")]
         if "c" not in params:
             query.append(("c", "test"))
         for name, value in params.items():
             query += [(name, str(v)) for v in (value if isinstance(value, list) else [value])]
-        answer = self.replica.call("GET", f"/rest/{method}.view?{urlencode(query)}",
-                                   signed=False, cookies=False)
+        headers = {"Idempotency-Key": f'"{key}"'} if key else None
+        answer = self.replica.call("GET", f"/rest/{method}.view?{urlencode(query)}", None,
+                                   headers, signed=False, cookies=False)
         assert answer.status == 200, (answer.status, answer.body)
         found: dict[str, Any] = answer.json()["subsonic-response"]
         self.headers = answer.headers
@@ -848,26 +849,94 @@ def test_a_queue_of_the_most_songs_is_saved_and_one_more_is_refused(rest: Rest) 
 def test_a_keyed_save_sent_again_is_one_write(rest: Rest) -> None:
     """The proxy's retry of a save whose answer was lost: answered the stored outcome, nothing
     written again (a later save's queue is not overwritten by the retry)."""
-    key = {"Idempotency-Key": '"queue-once"'}
-    query = urlencode([("u", "alice"), ("p", LISTENER_PASSWORD), ("f", "json"),
-                       ("id", SONG), ("id", OTHER_SONG), ("current", OTHER_SONG),
-                       ("position", "1000")])
+    def save() -> None:
+        rest.ok("savePlayQueue", key="queue-once", id=[SONG, OTHER_SONG], current=OTHER_SONG,
+                position=1000)
 
-    def save() -> tuple[dict[str, Any], dict[str, str]]:
-        answer = rest.replica.call("GET", f"/rest/savePlayQueue.view?{query}", None, key,
-                                   signed=False, cookies=False)
-        return answer.json()["subsonic-response"], answer.headers
-
-    first, headers = save()
-    assert first["status"] == "ok" and "idempotent-replayed" not in headers
+    save()
+    assert "idempotent-replayed" not in rest.headers
     rest.ok("savePlayQueue", id=[THIRD_SONG], current=THIRD_SONG)
     head = rest.replica.db.head()
 
-    again, headers = save()
+    save()
 
-    assert again["status"] == "ok" and headers.get("idempotent-replayed") == "true"
+    assert rest.headers.get("idempotent-replayed") == "true"
     assert rest.replica.db.head() == head
     assert ids(rest.ok("getPlayQueue")["playQueue"]["entry"]) == [THIRD_SONG]
+
+
+# bookmarks
+
+
+def test_bookmarks_are_made_shown_moved_and_deleted(rest: Rest) -> None:
+    rest.ok("createBookmark", id=SONG, position=61_000, comment="chapter 3")
+    assert "x-distpotify-version" in rest.headers
+    rest.replica.clock.advance(60)
+    rest.ok("createBookmark", id=OTHER_SONG, position=5)
+
+    found = rest.ok("getBookmarks")["bookmarks"]["bookmark"]
+    assert [{k: v for k, v in mark.items() if k != "entry"} for mark in found] == [
+        {"position": 5, "username": "alice", "created": iso(1_800_000_060),
+         "changed": iso(1_800_000_060)},
+        {"position": 61_000, "username": "alice", "comment": "chapter 3",
+         "created": iso(1_800_000_000), "changed": iso(1_800_000_000)}]
+    assert [(m["entry"]["id"], m["entry"]["bookmarkPosition"]) for m in found] == [
+        (OTHER_SONG, 5), (SONG, 61_000)]
+    assert found[1]["entry"]["title"] == "Army of Me"
+    assert rest.ok("getBookmarks", "bob")["bookmarks"] == {"bookmark": []}
+
+    rest.ok("createBookmark", id=SONG, position=90_000)  # in its place: one per song
+    rest.ok("deleteBookmark", id=OTHER_SONG)
+
+    (only,) = rest.ok("getBookmarks")["bookmarks"]["bookmark"]
+    assert (only["entry"]["id"], only["position"], only["created"]) == (
+        SONG, 90_000, iso(1_800_000_000))
+    assert "comment" not in only  # replaced whole: no comment given this time
+
+
+def test_a_bookmark_in_a_song_deleted_since_is_left_out(rest: Rest) -> None:
+    rest.ok("createBookmark", id=SONG, position=1)
+    rest.ok("createBookmark", id=OTHER_SONG, position=2)
+
+    rest.replica.db.write([Change("songs", SONG, {"deleted": 1})])
+
+    found = rest.ok("getBookmarks")["bookmarks"]["bookmark"]
+    assert [mark["entry"]["id"] for mark in found] == [OTHER_SONG]
+    rest.ok("deleteBookmark", id=SONG)  # still its own to delete
+
+
+@pytest.mark.parametrize(("method", "params", "code"), [
+    ("createBookmark", {}, 10), ("createBookmark", {"id": SONG}, 10),
+    ("createBookmark", {"position": 5}, 10),
+    ("createBookmark", {"id": UNKNOWN, "position": 5}, 70),
+    ("createBookmark", {"id": "not-an-id", "position": 5}, 70),
+    ("createBookmark", {"id": SONG, "position": -1}, 0),
+    ("createBookmark", {"id": SONG, "position": "1.5"}, 0),
+    ("createBookmark", {"id": SONG, "position": 5, "comment": "x" * (MAX_COMMENT + 1)}, 0),
+    ("deleteBookmark", {}, 10), ("deleteBookmark", {"id": UNKNOWN}, 70),
+])
+def test_a_bad_bookmark_call_is_refused_and_changes_nothing(rest: Rest, method: str,
+                                                            params: dict[str, Any],
+                                                            code: int) -> None:
+    rest.ok("createBookmark", id=SONG, position=7, comment="kept")
+    before = rest.ok("getBookmarks")["bookmarks"]
+
+    rest.refused(method, code, **params)
+
+    assert rest.ok("getBookmarks")["bookmarks"] == before
+
+
+def test_a_keyed_bookmark_sent_again_is_one_write(rest: Rest) -> None:
+    rest.ok("createBookmark", key="mark-once", id=SONG, position=1000)
+    assert "idempotent-replayed" not in rest.headers
+    rest.ok("createBookmark", id=SONG, position=2000)
+    head = rest.replica.db.head()
+
+    rest.ok("createBookmark", key="mark-once", id=SONG, position=1000)
+
+    assert rest.headers.get("idempotent-replayed") == "true"
+    assert rest.replica.db.head() == head
+    assert rest.ok("getBookmarks")["bookmarks"]["bookmark"][0]["position"] == 2000
 
 
 # every answer as the schema says (XML, validated against tests/data/subsonic-1.16.1.xsd)
@@ -900,6 +969,9 @@ def test_every_per_user_answer_is_valid_xml(rest: Rest) -> None:
         ("getPlayQueue", who), ("getPlayQueueByIndex", who),
         ("savePlayQueueByIndex", {**who, "id": [SONG, SONG], "currentIndex": 1}),
         ("savePlayQueue", who),
+        ("getBookmarks", who), ("createBookmark", {**who, "id": SONG, "position": 5}),
+        ("createBookmark", {**who, "id": OTHER_SONG, "position": 9, "comment": "<&\">"}),
+        ("getBookmarks", who), ("deleteBookmark", {**who, "id": SONG}),
     ]
 
     for method, params in calls:

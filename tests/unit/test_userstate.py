@@ -1,7 +1,7 @@
-"""Per-user state (issue 18): stars, ratings, plays, now playing and the play queue as
-replicated records. Written on two sides of a partition and merged in any order they
-converge, no play is lost, the same star is one record and the newer play queue wins whole;
-refused writes change nothing; reads are per user."""
+"""Per-user state (issue 18): stars, ratings, plays, now playing, the play queue and bookmarks
+as replicated records. Written on two sides of a partition and merged in any order they
+converge, no play is lost, the same star or bookmark is one record and the newer play queue
+wins whole; refused writes change nothing; reads are per user."""
 
 from __future__ import annotations
 
@@ -19,15 +19,18 @@ from distpotify.errors import BadRequest, NotFound, NotLeader
 from distpotify.idempotency import IdempotencyKey
 from distpotify.model import ZERO, Op
 from distpotify.store.metadata import Change, MetadataDB
-from distpotify.store.userstate import item_record_id, play_queue_id
+from distpotify.store.userstate import bookmark_id, item_record_id, play_queue_id
 from distpotify.userstate import (
+    MAX_COMMENT,
     MAX_POSITION_MS,
     MAX_QUEUE,
     UserState,
+    _bookmark,
     _play,
     _rate,
     _save_queue,
     _star,
+    _unbookmark,
     iso,
     shown_queue,
 )
@@ -529,3 +532,104 @@ def test_a_queue_saved_on_a_follower_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(NotLeader):
         run(state(follower).save_play_queue(ALICE, [], None, 0, "phone"))
+
+
+# bookmarks
+
+
+def marks(replica: InMemoryReplica, user: str) -> list[tuple[str, int, str | None, str, str]]:
+    return [(mark.song["id"], mark.position_ms, mark.comment, mark.created_at, mark.changed_at)
+            for mark in run(state(replica).bookmarks(user))]
+
+
+def test_a_bookmark_is_kept_replaced_and_deleted(replica: InMemoryReplica) -> None:
+    run(state(replica).create_bookmark(ALICE, SONG, 61_000, "chapter 3"))
+    replica.clock.advance(60)
+    run(state(replica).create_bookmark(ALICE, OTHER_SONG, 5, None))
+    assert marks(replica, ALICE) == [(OTHER_SONG, 5, None, iso(60), iso(60)),
+                                     (SONG, 61_000, "chapter 3", iso(0), iso(0))]
+    assert marks(replica, BOB) == []
+
+    replica.clock.advance(60)
+    run(state(replica).create_bookmark(ALICE, SONG, 90_000, None))  # in place of the first
+    assert marks(replica, ALICE)[0] == (SONG, 90_000, None, iso(0), iso(120))
+
+    run(state(replica).delete_bookmark(ALICE, SONG))
+    assert [song for song, *_ in marks(replica, ALICE)] == [OTHER_SONG]
+    replica.clock.advance(60)
+    run(state(replica).create_bookmark(ALICE, SONG, 1, None))  # made anew: a new creation
+    assert marks(replica, ALICE)[0] == (SONG, 1, None, iso(180), iso(180))
+
+
+def test_a_bookmark_in_a_song_since_deleted_is_not_shown_and_can_be_deleted(
+        replica: InMemoryReplica) -> None:
+    run(state(replica).create_bookmark(ALICE, SONG, 1_000, None))
+    replica.db.write([Change("songs", SONG, {"deleted": 1})])
+
+    assert marks(replica, ALICE) == []
+    with pytest.raises(NotFound):
+        run(state(replica).create_bookmark(ALICE, SONG, 2_000, None))
+    run(state(replica).delete_bookmark(ALICE, SONG))
+
+    row = replica.db.get_row("song_bookmarks", bookmark_id(ALICE, SONG))
+    assert row is not None and row.fields["deleted"] == 1
+
+
+def test_deleting_a_bookmark_never_made_writes_nothing(replica: InMemoryReplica) -> None:
+    head = replica.db.head()
+
+    run(state(replica).delete_bookmark(ALICE, SONG))
+
+    assert replica.db.head() == head
+
+
+@pytest.mark.parametrize(("song", "position", "comment", "error"), [
+    (UNKNOWN, 0, None, NotFound), ("not-a-uuid", 0, None, NotFound),
+    (SONG, -1, None, BadRequest), (SONG, MAX_POSITION_MS + 1, None, BadRequest),
+    (SONG, 0, "x" * (MAX_COMMENT + 1), BadRequest),
+])
+def test_a_bad_bookmark_is_refused_and_changes_nothing(replica: InMemoryReplica, song: str,
+                                                       position: int, comment: str | None,
+                                                       error: type) -> None:
+    run(state(replica).create_bookmark(ALICE, SONG, 7, "kept"))
+    head = replica.db.head()
+
+    with pytest.raises(error):
+        run(state(replica).create_bookmark(ALICE, song, position, comment))
+
+    assert replica.db.head() == head
+    assert marks(replica, ALICE) == [(SONG, 7, "kept", iso(0), iso(0))]
+
+
+@pytest.mark.parametrize(("song", "error"), [(UNKNOWN, NotFound), ("nope", NotFound)])
+def test_deleting_a_bookmark_of_no_song_is_refused(replica: InMemoryReplica, song: str,
+                                                   error: type) -> None:
+    head = replica.db.head()
+
+    with pytest.raises(error):
+        run(state(replica).delete_bookmark(ALICE, song))
+
+    assert replica.db.head() == head
+
+
+def test_a_bookmark_made_on_both_sides_is_one_record_and_merges_in_any_order() -> None:
+    """Both sides bookmark the same song; one side deletes it, the other moves it on. Merged
+    in either order: one record, each field the higher version's (side b's leader's)."""
+    first, (side_a, side_b) = two_sides()
+    common = first.ops_after(ZERO)
+    _bookmark(side_a, ALICE, SONG, 1_000, "a", iso(100))
+    _bookmark(side_b, ALICE, SONG, 2_000, None, iso(200))
+    _unbookmark(side_a, ALICE, SONG)
+    _bookmark(side_b, ALICE, SONG, 3_000, "b", iso(201))
+    ops = [side.ops_after(first.head()) for side in (side_a, side_b)]
+
+    rows = []
+    for order in (ops[0] + ops[1], ops[1] + ops[0]):
+        merged = MetadataDB(Path(":memory:"), 3)
+        merged.apply_ops(common + order)
+        assert merged._conn.execute("SELECT count(*) FROM song_bookmarks").fetchone()[0] == 1
+        rows.append(merged.get_row("song_bookmarks", bookmark_id(ALICE, SONG)))
+    assert rows[0] == rows[1]
+    assert rows[0] is not None and rows[0].fields == {
+        "user_id": ALICE, "song_id": SONG, "position_ms": 3_000, "comment": "b",
+        "created_at": iso(200), "changed_at": iso(201), "deleted": 0}
