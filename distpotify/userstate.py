@@ -86,8 +86,9 @@ def shown_queue(entries: Sequence[str], current: int | None, live: Container[str
                 ) -> tuple[list[str], int | None, bool]:
     """A queue's ``entries`` without the songs deleted since (those not ``live``), the index of
     the ``current`` entry among those kept, and whether that entry itself is gone: the index
-    is then the next entry kept after it (its position, within a song that is gone, no longer
-    applies), or None when none is."""
+    is then the next entry kept after it, or the last one kept when none follows (its
+    position, within a song that is gone, no longer applies); None only when none is kept
+    (a queue with songs always has a current one, as the OpenSubsonic errata ask)."""
     kept: list[str] = []
     index: int | None = None
     for n, song_id in enumerate(entries):
@@ -96,6 +97,8 @@ def shown_queue(entries: Sequence[str], current: int | None, live: Container[str
         if current is not None and index is None and n >= current:
             index = len(kept)
         kept.append(song_id)
+    if current is not None and index is None and kept:
+        index = len(kept) - 1
     gone = current is not None and (current >= len(entries) or entries[current] not in live)
     return kept, index, gone
 

@@ -20,16 +20,19 @@ from distpotify.userstate import MAX_POSITION_MS, iso
 NEVER = iso(0)
 
 
-async def _save(call: Call, current_by: str, index_of: Callable[[list[str], str], int | None]
-                ) -> dict[str, Any]:
+async def _save(call: Call, current_by: str, index_of: Callable[[list[str], str], int | None],
+                *, first_unless_given: bool = False) -> dict[str, Any]:
     """Save the caller's queue: the songs ``id`` (repeated, in order; none clears the queue,
     and ``current_by`` is not read then), the one playing named by the parameter ``current_by``,
-    which ``index_of`` finds among them (required with songs: error 10 when it is missing or
-    names none, the spec's code), ``position`` in ms (none is 0), ``c`` the client."""
+    which ``index_of`` finds among them (error 10, the spec's code, when it names none, or is
+    missing unless ``first_unless_given``: then the first song is current), ``position`` in
+    ms (none is 0), ``c`` the client."""
     song_ids = [song_id for song_id in call.params.all("id") if song_id]
     current = None
     if song_ids:
         given = call.params.get(current_by)
+        if not given and first_unless_given:
+            given = song_ids[0]
         if not given:
             raise SubsonicError(MISSING_PARAMETER, f"Required parameter is missing: {current_by}")
         current = index_of(song_ids, given)
@@ -64,9 +67,11 @@ def _index(song_ids: list[str], text: str) -> int | None:
 
 @method("savePlayQueue", writes=True)
 async def save_play_queue(call: Call) -> dict[str, Any]:
-    """The one playing is ``current``, a song id (its first place, if it comes twice): once
-    optional, required with songs by the OpenSubsonic errata."""
-    return await _save(call, "current", _first_place)
+    """The one playing is ``current``, a song id (its first place, if it comes twice).
+    Required with songs by the OpenSubsonic errata, but optional in Subsonic 1.12 to 1.16,
+    and apps written against those (or against Navidrome, which takes the first song) send
+    none: the first song is then current, as Navidrome does."""
+    return await _save(call, "current", _first_place, first_unless_given=True)
 
 
 @method("savePlayQueueByIndex", writes=True)

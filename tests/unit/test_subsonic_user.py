@@ -780,6 +780,15 @@ def test_a_queue_never_saved_is_no_queue_and_another_users_is_never_shown(rest: 
         "username": "bob", "changed": NEVER, "changedBy": ""}
 
 
+def test_a_save_without_current_plays_the_first_song(rest: Rest) -> None:
+    """Subsonic 1.12-1.16 left ``current`` optional, and apps written against it send none."""
+    rest.ok("savePlayQueue", id=[OTHER_SONG, SONG], position=3_000)
+
+    queue = rest.ok("getPlayQueue")["playQueue"]
+    assert (queue["current"], queue["position"]) == (OTHER_SONG, 3_000)
+    assert rest.ok("getPlayQueueByIndex")["playQueueByIndex"]["currentIndex"] == 0
+
+
 def test_songs_deleted_since_are_left_out_and_the_current_one_follows(rest: Rest) -> None:
     rest.ok("savePlayQueueByIndex", id=[SONG, THIRD_SONG, SONG, OTHER_SONG], currentIndex=2,
             position=9_000)
@@ -801,7 +810,6 @@ def test_songs_deleted_since_are_left_out_and_the_current_one_follows(rest: Rest
     ("savePlayQueue", {"id": UNKNOWN, "current": UNKNOWN}, 70),
     ("savePlayQueue", {"id": [SONG, UNKNOWN], "current": SONG}, 70),
     ("savePlayQueue", {"id": [SONG, "not-an-id"], "current": SONG}, 70),
-    ("savePlayQueue", {"id": SONG}, 10),
     ("savePlayQueue", {"id": SONG, "current": OTHER_SONG}, 10),
     ("savePlayQueue", {"id": SONG, "current": SONG, "position": -1}, 0),
     ("savePlayQueue", {"id": SONG, "current": SONG, "position": "1.5"}, 0),

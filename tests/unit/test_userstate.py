@@ -462,7 +462,7 @@ def test_merged_saves_are_always_one_whole_save(
     (["a", "b", "a", "c"], 2, "ac", (["a", "a", "c"], 1, False)),  # its own place
     (["a", "b", "c"], 1, "ac", (["a", "c"], 1, True)),  # gone: the next one kept
     (["a", "b", "b", "c"], 1, "ac", (["a", "c"], 1, True)),
-    (["a", "b", "c"], 2, "ab", (["a", "b"], None, True)),  # gone, none after it
+    (["a", "b", "c"], 2, "ab", (["a", "b"], 1, True)),  # gone, none after it: the last
     (["a", "b"], 0, "", ([], None, True)),
     ([], None, "abc", ([], None, False)),  # cleared
 ])
@@ -485,7 +485,7 @@ def test_a_saved_queue_reads_back_with_its_live_songs(replica: InMemoryReplica) 
     replica.db.write([Change("songs", SONG, {"deleted": 1})])  # the current song is gone
     found = run(state(replica).play_queue(ALICE))
     assert [song["id"] for song in found.songs] == [OTHER_SONG]
-    assert (found.current, found.position_ms) == (None, 0)
+    assert (found.current, found.position_ms) == (0, 0)  # none after it: the last one kept
 
 
 def test_a_save_of_no_songs_clears_the_queue(replica: InMemoryReplica) -> None:
