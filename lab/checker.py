@@ -272,6 +272,36 @@ def _database(data_dir: Path) -> Any:
         connection.close()
 
 
+EVIDENCE = "evidence"  # the lab folder's subfolder that keep_evidence fills
+
+
+def keep_evidence(lab: Lab, nodes: Iterable[int]) -> list[str]:
+    """Each of NODES' database, copied whole (SQLite's online backup: a running replica goes
+    on writing), and its /status, into the lab folder's EVIDENCE folder, which the run's out
+    folder receives with the logs: taken as the wait for convergence gives up, they tell a
+    later reader what the logs cannot, such as a row stored but not served from one not
+    stored at all. What it kept, one line each."""
+    folder = lab.dir / EVIDENCE
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for node_id in sorted(nodes):
+        status = lab.status(node_id, timeout=READ_TIMEOUT)
+        (folder / f"node{node_id}.status.json").write_text(json.dumps(status, indent=1))
+        target = folder / f"node{node_id}.sqlite3"
+        try:
+            with _database(lab.replicas[node_id].data_dir) as source:
+                if source is None:
+                    kept.append(f"node {node_id}: no database")
+                    continue
+                with contextlib.closing(sqlite3.connect(target)) as copy:
+                    source.backup(copy)
+        except sqlite3.Error as exc:
+            kept.append(f"node {node_id}: database not copied ({exc})")
+            continue
+        kept.append(f"node {node_id}: database and /status kept in {EVIDENCE}/")
+    return kept
+
+
 def stored_digest(data_dir: Path) -> tuple[tuple[int, str], ...] | None:
     """The replica's 256 anti-entropy bucket hashes as stored: equal digests, equal rows."""
     try:

@@ -346,6 +346,8 @@ def _conclude(ctx: Context, report: Report, timeout: float, allowance: float) ->
     operations = [op for workload in ctx.workloads for op in workload.snapshot()]
     acked = checker.acked_writes(operations)
     result = checker.await_convergence(lab, acked, timeout, join_allowance=allowance)
+    if not result.wait.agreed:
+        ctx.notes += checker.keep_evidence(lab, result.views)
     _say_how_long(ctx, report, result.wait)
     views = {n: v for n, v in result.views.items() if v.reachable}
     expected = checker.uploaded(acked)
@@ -418,6 +420,8 @@ def _conclude_random(ctx: Context, report: Report, timeout: float, allowance: fl
     (views, _), waited = convergence.wait(look, agree, lambda: convergence.read_joins(lab, nodes),
                                           timeout, allowance, interval=RANDOM_POLL,
                                           echo=lab.echo)
+    if not waited.agreed:
+        ctx.notes += checker.keep_evidence(lab, nodes)
     _say_how_long(ctx, report, waited)
     states, stuck = checker.replication_state(lab)
     reachable = [n for n, v in views.items() if v.reachable]
@@ -523,6 +527,10 @@ def _logs(lab: Lab) -> list[Path]:
 
 
 def _copy_logs(lab: Lab, out: Path) -> None:
+    """The logs into ``out``, and the evidence a failed wait for convergence kept."""
     out.mkdir(parents=True, exist_ok=True)
     for path in _logs(lab) + sorted(lab.dir.glob("*.out")):
         shutil.copy2(path, out / path.name)
+    evidence = lab.dir / checker.EVIDENCE
+    if evidence.is_dir():
+        shutil.copytree(evidence, out / checker.EVIDENCE, dirs_exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from distpotify.store.schema import SCHEMA
 from lab.checker import (
@@ -13,6 +15,7 @@ from lab.checker import (
     converged,
     covered,
     divergence,
+    keep_evidence,
     log_errors,
     missing_writes,
     stored_versions,
@@ -147,3 +150,40 @@ def test_stored_versions_reads_every_rows_field_versions(tmp_path: Path) -> None
 
     assert stored_versions(tmp_path) == {("playlists", "p1"): {"name": "v"}}
     assert stored_versions(tmp_path / "missing") is None
+
+
+class _EvidenceLab:
+    """What keep_evidence asks of a lab: its folder, each replica's data dir, its /status."""
+
+    def __init__(self, root: Path, statuses: dict[int, dict[str, Any] | None]) -> None:
+        self.dir = root / "lab"
+        self.replicas = {n: SimpleNamespace(data_dir=root / f"node{n}") for n in statuses}
+        self._statuses = statuses
+
+    def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any] | None:
+        return self._statuses[node_id]
+
+
+def test_a_failed_wait_keeps_each_replicas_database_and_status(tmp_path: Path) -> None:
+    lab = _EvidenceLab(tmp_path, {1: {"state": "ACTIVE", "head": "v9"}, 2: None})
+    (tmp_path / "node1").mkdir()
+    database = sqlite3.connect(tmp_path / "node1" / DATABASE)
+    for statement in SCHEMA:
+        database.execute(statement)
+    database.execute("INSERT INTO playlists (id, name, version, field_versions, bucket) "
+                     "VALUES ('p1', 'kept', 'v', '{}', 0)")
+    database.commit()
+
+    lines = keep_evidence(lab, [1, 2])  # type: ignore[arg-type]
+    database.execute("UPDATE playlists SET name = 'later'")  # the replica goes on writing
+    database.commit()
+    database.close()
+
+    evidence = lab.dir / "evidence"
+    copy = sqlite3.connect(evidence / "node1.sqlite3")
+    assert copy.execute("SELECT name FROM playlists").fetchall() == [("kept",)]
+    copy.close()
+    assert json.loads((evidence / "node1.status.json").read_text())["head"] == "v9"
+    assert json.loads((evidence / "node2.status.json").read_text()) is None  # did not answer
+    assert not (evidence / "node2.sqlite3").exists()
+    assert lines == ["node 1: database and /status kept in evidence/", "node 2: no database"]
