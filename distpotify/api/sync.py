@@ -11,6 +11,7 @@ is applied.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
 from klein import Klein
@@ -24,12 +25,13 @@ from distpotify.api.ranges import Representation, Span, serve
 from distpotify.errors import BadRequest, BelowFloor, Conflict, NotFound, Unavailable
 from distpotify.model import ENTITIES, Version
 from distpotify.replication.bootstrap import JoinDesk
-from distpotify.replication.client import MAX_BATCH_BYTES, op_from_json, row_to_json
+from distpotify.replication.client import MAX_BATCH_BYTES, op_from_json, op_text, row_to_json
+from distpotify.replication.push import fit_batch
 from distpotify.replication.receive import Receiver, validate_op
 from distpotify.replication.snapshots import SnapshotBuilds
 from distpotify.store.covers import CoverStore, valid_sha256
 from distpotify.store.metadata import MetadataDB, MetadataStore, Runner
-from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, json_response
+from distpotify.wire import ACTIVE, SNAPSHOT_VERSION, encoded_json_response, json_response
 
 MAX_KEYS = 1000
 MAX_OPS = 1000  # ops per GET /sync/ops answer
@@ -103,8 +105,13 @@ class SyncAPI:
                 f" {floor.encode()}): reconcile by anti-entropy instead",
                 after=after.encode(), floor=floor.encode())
         head = await self._store.run(MetadataDB.head)
-        return json_response(request, 200, {"ops": [op.to_json() for op in ops],
-                                            "head": head.encode()})
+        # At most MAX_BATCH_BYTES of ops, as a push batch (at least one op): a play queue's op
+        # is up to 410 KB, and 1,000 of them made an answer the puller's 5 s could not
+        # fetch. The puller asks again from the last op it got.
+        texts = [op_text(op) for op in ops]
+        kept = texts[:len(fit_batch(ops, "", MAX_BATCH_BYTES, texts))]
+        body = f'{{"ops":[{",".join(kept)}],"head":{json.dumps(head.encode())}}}'
+        return encoded_json_response(request, 200, body.encode())
 
     @app.route("/sync/digest", methods=["GET"])
     async def digest(self, request: Request) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from twisted.internet.defer import Deferred
 from distpotify.model import Op, Version
 from distpotify.replication.client import MAX_BATCH_BYTES, BelowFloor, PeerClient, batch_body
 from distpotify.replication.push import fit_batch
-from distpotify.store.metadata import BUCKETS, MetadataDB
+from distpotify.store.metadata import BUCKETS, Change, MetadataDB
 from tests.helpers.api import Answer, InMemoryReplica, result_of
 
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -131,6 +132,38 @@ def test_ops_after_a_version_are_served_oldest_first_with_the_head(api: InMemory
     assert answer.json() == {"ops": [ops[1].to_json()], "head": ops[-1].version.encode()}
     everything = api.get(f"/sync/ops?after={Version(0, 0, 0).encode()}").json()["ops"]
     assert [op["fields"].get("name") for op in everything] == ["a", "b", "c"]
+
+
+def test_ops_after_a_version_are_answered_at_most_a_batchs_bytes_and_the_rest_after_them(
+        api: InMemoryReplica) -> None:
+    """Ops of 300 KB (a play queue's is up to 410 KB): an answer of 1,000 of them took longer
+    than a new leader's pull waits. One answer holds what fits in a push batch, at least one
+    op, and the next, asked after its last op, the rest."""
+    for n in range(5):
+        api.db.write([Change("playlists", str(uuid.uuid4()), {"name": f"p{n}",
+                                                              "comment": "x" * 300_000})])
+    ops = api.db.ops_after(Version(0, 0, 0))
+    start = ops[0].version.encode()
+
+    first = api.get(f"/sync/ops?after={Version(0, 0, 0).encode()}")
+
+    assert first.status == 200 and len(first.body) <= MAX_BATCH_BYTES
+    got = first.json()["ops"]
+    assert [op["fields"]["name"] for op in got] == ["p0", "p1", "p2"]
+    assert first.json()["head"] == ops[-1].version.encode()
+    rest = api.get(f"/sync/ops?after={got[-1]['version']}").json()["ops"]
+    assert [op["fields"]["name"] for op in rest] == ["p3", "p4"]
+    assert api.get(f"/sync/ops?after={start}&limit=1").json()["ops"] == [ops[1].to_json()]
+
+
+def test_an_op_larger_than_a_batch_is_answered_alone(api: InMemoryReplica) -> None:
+    for n in range(2):
+        api.db.write([Change("playlists", str(uuid.uuid4()), {"name": f"p{n}",
+                                                              "comment": "x" * 1_200_000})])
+
+    got = api.get(f"/sync/ops?after={Version(0, 0, 0).encode()}").json()["ops"]
+
+    assert [op["fields"]["name"] for op in got] == ["p0"]
 
 
 def test_ops_after_the_head_are_none(api: InMemoryReplica) -> None:
