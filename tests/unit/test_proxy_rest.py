@@ -7,6 +7,7 @@ line ever shows a /rest query string, where those credentials travel."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -284,6 +285,34 @@ def test_an_api_key_client_reads_its_write_and_a_form_post_counts_as_its_credent
     assert sent == [("/rest/getSong.view?apiKey=k-123&id=1", VERSION),
                     ("/rest/getSong.view?apiKey=k-999&id=1", None)]
     assert not any("k-123" in key for key in proxy.resource.sessions._last)
+
+
+def test_a_play_queue_of_10000_songs_saved_as_a_form_is_a_write_its_client_reads() -> None:
+    """A 400 KB form (over the 64 KiB the proxy once read): its credentials are still found,
+    so the client's next read waits for its write, and a failure keeps its format."""
+    nodes = cluster()
+    proxy = ProxyHarness(nodes)
+    ids = "&".join(f"id={uuid.UUID(int=n)}" for n in range(10_000))
+    form = f"{ids}&currentIndex=0&u=erin&p=%C3%A4+1&f=json".encode()
+    assert len(form) > 64 * 1024
+
+    saving = proxy.post("/rest/savePlayQueueByIndex.view", form,
+                        "application/x-www-form-urlencoded")
+    for _ in range(300):  # the body goes out in pieces, one a cooperator's turn
+        proxy.clock.advance(0.01)
+    assert saving.answer().status == 200
+    proxy.get("/rest/getPlayQueue.view?u=erin&p=%C3%A4%201").answer()  # the same password
+    proxy.get("/rest/getPlayQueue.view?u=erin&p=other").answer()
+
+    sent = sorted((s.path.decode(), s.header("X-Distpotify-Min-Version"))
+                  for node in nodes[:2] for s in node.received)
+    assert sent == [("/rest/getPlayQueue.view?u=erin&p=%C3%A4%201", VERSION),
+                    ("/rest/getPlayQueue.view?u=erin&p=other", None)]
+    down = everyone_down()
+    failing = down.post("/rest/getAlbum.view", form, "application/x-www-form-urlencoded")
+    for _ in range(300):
+        down.clock.advance(0.01)
+    assert json_of(failing.answer())["error"]["code"] == 0  # JSON, as its body asked
 
 
 def test_the_resource_remembers_in_the_sessions_it_is_given_which_the_report_counts() -> None:
