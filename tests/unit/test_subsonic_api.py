@@ -21,7 +21,7 @@ from distpotify.subsonic.call import METHODS, Params, method
 from distpotify.subsonicmethods import WRITES
 from distpotify.wire import loggable_uri
 from tests.helpers.accounts import ADMIN_PASSWORD, call, first_admin, login
-from tests.helpers.api import InMemoryReplica, NoLeader, result_of
+from tests.helpers.api import InMemoryReplica, NoLeader, result_of, run_now
 from tests.helpers.audio import require_ffmpeg
 from tests.helpers.covers import album_tags, audio_with_cover, picture
 from tests.helpers.subsonic import (
@@ -335,6 +335,30 @@ def test_parameters_may_come_as_a_form_post(replica: InMemoryReplica) -> None:
                           {"Content-Type": "application/x-www-form-urlencoded"},
                           signed=False, cookies=False)
     assert error_code(answer) == 0
+
+
+def test_a_large_form_is_split_on_a_worker_thread_before_its_caller_is_known(
+        replica: InMemoryReplica, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spooled form (over 100 KB) of 10,000 parameters took half a second to split: on the
+    reactor, any client could hold it that long per request, credentials or not."""
+    server = replica.service.subsonic
+    assert server is not None
+    ran: list[str] = []
+
+    def blocking(f: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append(f.__name__)
+        return run_now(f, *args, **kwargs)
+
+    monkeypatch.setattr(server, "blocking", blocking)
+    body = ("&".join(f"pad{n}=%41" for n in range(10_000)) + "&u=nobody&p=x&f=json").encode()
+    assert len(body) > 100_000
+
+    answer = replica.call("POST", "/rest/ping.view", body,
+                          {"Content-Type": "application/x-www-form-urlencoded"},
+                          signed=False, cookies=False)
+
+    assert json_of(answer)["error"]["code"] == 40  # parsed (its f=json), then refused
+    assert ran == ["_form_pairs"]
 
 
 def test_parameters_past_ascii_are_utf_8_in_the_query_and_in_a_form(
