@@ -83,12 +83,11 @@ class Params:
         text = self.get(name)
         if text is None or text == "":
             return default
-        try:
-            if not text.lstrip("-").isascii() or len(text) > 20:
-                raise ValueError(text)
-            number = int(text, 10)
-        except ValueError:
-            raise SubsonicError(GENERIC, f"Parameter {name} must be an integer") from None
+        # Digits, with a leading "-" at most: int() would also take "+5", " 5" and "5_000".
+        digits = text[1:] if text.startswith("-") else text
+        if not (digits.isascii() and digits.isdigit()) or len(text) > 20:
+            raise SubsonicError(GENERIC, f"Parameter {name} must be an integer")
+        number = int(text, 10)
         if not low <= number <= high:
             raise SubsonicError(GENERIC, f"Parameter {name} must be between {low} and {high}")
         return number

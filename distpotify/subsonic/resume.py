@@ -27,7 +27,11 @@ async def _save(call: Call, current_by: str, index_of: Callable[[list[str], str]
     which ``index_of`` finds among them (error 10, the spec's code, when it names none, or is
     missing unless ``first_unless_given``: then the first song is current), ``position`` in
     ms (none is 0), ``c`` the client."""
-    song_ids = [song_id for song_id in call.params.all("id") if song_id]
+    sent = call.params.all("id")
+    song_ids = [song_id for song_id in sent if song_id]
+    if song_ids and len(song_ids) < len(sent):  # "id=" alone clears, as no id does
+        # Dropped, it would move every currentIndex after it onto another song.
+        raise SubsonicError(MISSING_PARAMETER, "Parameter id is empty in one of its places")
     current = None
     if song_ids:
         given = call.params.get(current_by)

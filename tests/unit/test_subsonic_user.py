@@ -771,6 +771,14 @@ def test_a_save_without_songs_clears_the_queue(rest: Rest, method: str) -> None:
                                           "changed": iso(1_800_000_060), "changedBy": "car"}
 
 
+def test_a_save_of_one_empty_id_clears_the_queue_too(rest: Rest) -> None:
+    rest.ok("savePlayQueue", id=[SONG], current=SONG, position=5)
+
+    rest.ok("savePlayQueueByIndex", id="", c="car")
+
+    assert "entry" not in rest.ok("getPlayQueue")["playQueue"]
+
+
 def test_a_queue_never_saved_is_no_queue_and_another_users_is_never_shown(rest: Rest) -> None:
     rest.ok("savePlayQueue", id=[SONG], current=SONG)
 
@@ -821,6 +829,10 @@ def test_songs_deleted_since_are_left_out_and_the_current_one_follows(rest: Rest
     ("savePlayQueueByIndex", {"id": SONG, "currentIndex": "first"}, 10),
     ("savePlayQueueByIndex", {"id": [SONG, UNKNOWN], "currentIndex": 0}, 70),
     ("savePlayQueueByIndex", {"id": SONG, "currentIndex": 0, "position": -5}, 0),
+    ("savePlayQueueByIndex", {"id": [SONG, "", OTHER_SONG], "currentIndex": 2}, 10),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": "+5"}, 0),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": "5_000"}, 0),
+    ("savePlayQueue", {"id": SONG, "current": SONG, "position": " 5"}, 0),
 ])
 def test_a_bad_queue_is_refused_and_changes_nothing(rest: Rest, method: str,
                                                     params: dict[str, Any], code: int) -> None:
