@@ -28,6 +28,8 @@ _BLOCK = 1024 * 1024
 
 _HASH_BITS = 128 - TIME_BITS
 _VERSION_8 = 0x8 << 76  # RFC 9562's version 8 (a layout of one's own)
+_VERSION_5 = 0x5 << 76  # a name's SHA-1
+_NAMESPACE_BYTES = NAMESPACE.bytes
 
 
 def key_row_ids(text: str) -> tuple[str, str | None]:
@@ -37,13 +39,26 @@ def key_row_ids(text: str) -> tuple[str, str | None]:
     UUIDv5's bits. Rows of such keys are then stored in the order written (their index's new
     entries at its end, as its bucket follows the time too: ``key_row_time``), where a
     random id cost a keyed write a random page of the index."""
-    hashed = uuid.uuid5(NAMESPACE, text)
+    hashed = _uuid5(text)
     sent = key_time(text.rpartition(" ")[2])
     if sent is None:
-        return str(hashed), None
-    timed = sent << _HASH_BITS | hashed.int & ((1 << _HASH_BITS) - 1)
-    in_time = uuid.UUID(int=(timed & ~(VERSION | VARIANT)) | _VERSION_8 | RFC_VARIANT)
-    return str(in_time), str(hashed)
+        return _canonical(hashed), None
+    timed = sent << _HASH_BITS | hashed & ((1 << _HASH_BITS) - 1)
+    return _canonical((timed & ~(VERSION | VARIANT)) | _VERSION_8 | RFC_VARIANT), _canonical(hashed)
+
+
+def _uuid5(name: str) -> int:
+    """``uuid.uuid5(NAMESPACE, name).int``, without the UUID objects: every keyed write
+    derives two or three ids on the leader, which the uuid module made a tenth of the key's
+    cost there (tests.unit.test_idempotency checks it against the module)."""
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()
+    return (int.from_bytes(digest[:16]) & ~(VERSION | VARIANT)) | _VERSION_5 | RFC_VARIANT
+
+
+def _canonical(value: int) -> str:
+    """``str(uuid.UUID(int=value))``: 8-4-4-4-12 lowercase hex digits."""
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def key_row_time(row_id: str) -> int | None:
@@ -121,7 +136,7 @@ class IdempotencyKey:
     def record_id(self) -> str:
         """The id of the record this write creates: the same on every leader that applies
         it, and another for the same key sent with another request."""
-        return str(uuid.uuid5(NAMESPACE, f"{self.text}\n{self.request}"))
+        return _canonical(_uuid5(f"{self.text}\n{self.request}"))
 
 
 @attrs.frozen

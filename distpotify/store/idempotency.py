@@ -25,6 +25,9 @@ FIELDS = frozenset(ENTITIES[ENTITY].fields)  # a key row is written whole, by on
 _INSERT = (f"INSERT INTO {ENTITY} (id, {', '.join(sorted(FIELDS))}, version, field_versions,"
            f" bucket) VALUES (?, {', '.join('?' * len(FIELDS))}, ?, ?, ?)")
 _UNLESS_STORED = f" ON CONFLICT ({', '.join(identity(ENTITIES[ENTITY]))}) DO NOTHING"
+# A key's row under one id, or under either of two (IdempotencyKey.ids).
+_LOOKUP = {count: f"SELECT id, {', '.join(sorted(FIELDS))} FROM {ENTITY} WHERE "
+           + " OR ".join(["(bucket = ? AND id = ?)"] * count) for count in (1, 2)}
 
 
 def key_watermark(conn: sqlite3.Connection) -> Version:
@@ -71,9 +74,7 @@ class IdempotencyKeys(Tables):
         key's index a row."""
         ids = [name for name in key.ids if name is not None]
         found = self._conn.execute(
-            f"SELECT id, {', '.join(sorted(FIELDS))} FROM {ENTITY} WHERE "
-            + " OR ".join(["(bucket = ? AND id = ?)"] * len(ids)),
-            [value for name in ids for value in (bucket_of(ENTITY, name), name)],
+            _LOOKUP[len(ids)], [value for name in ids for value in (bucket_of(ENTITY, name), name)]
         ).fetchall()
         if not found:
             return None

@@ -6,6 +6,7 @@ the base of every part of MetadataDB: the one connection, transactions, a row re
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
@@ -329,8 +330,17 @@ def versions_text(row: Row) -> str:
 
 def written_whole(fields: Iterable[str], version: Version) -> str:
     """``versions_text`` of a row whose every field ``version`` wrote (a key row), without
-    the row: the same text, the version encoded once."""
-    return json.dumps(dict.fromkeys(sorted(fields), version.encode()))
+    the row: the same text, the version encoded once, the names' part made once (every key
+    row is written whole, on the leader and on every replica it reaches)."""
+    # An encoded version is digits and dashes: its JSON is itself in quotes.
+    return _whole_template(frozenset(fields)).format(version=f'"{version.encode()}"')
+
+
+@functools.cache
+def _whole_template(fields: frozenset[str]) -> str:
+    """``versions_text`` of a row of ``fields`` for ``str.format``, each version a field."""
+    names = (json.dumps(name).replace("{", "{{").replace("}", "}}") for name in sorted(fields))
+    return "{{" + ", ".join(f"{name}: {{version}}" for name in names) + "}}"
 
 
 class Tables:
