@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keyless
-from common import BlockKeys, playlist_writes, save_result
+from common import BlockKeys, cpu_seconds, playlist_writes, save_result
 
 from distpotify.keytime import new_key
 from tests.helpers.audio import make_wav
@@ -308,32 +308,59 @@ def run_keys(fronted: Fronted, writes: int, threads: int, blocks: int) -> dict[s
     say(f"keys: {result['without_keys']:.1f} writes/s without, {result['with_keys']:.1f} with:"
         f" {100 * result['keys_slower_by']:.1f} % slower (target under 10 %)")
     if shutil.which("wrk") is not None:
-        result["wrk"] = run_keys_by_wrk(leader.http_port, threads, blocks)
+        roles = {"leader": leader} | {f"follower {node_id}": node for node_id, node
+                                      in fronted.cluster.nodes.items() if node is not leader}
+        result["wrk"] = run_keys_by_wrk(leader.http_port, threads, blocks, {
+            role: node.process.pid for role, node in roles.items() if node.process is not None})
     return result
 
 
 WRK_BLOCK = 2  # seconds
 
 
-def run_keys_by_wrk(port: int, connections: int, blocks: int) -> dict[str, Any]:
+def run_keys_by_wrk(port: int, connections: int, blocks: int,
+                    replicas: dict[str, int] | None = None) -> dict[str, Any]:
     """The same comparison by wrk (``connections`` keep-alive connections), in pairs of
     blocks whose order alternates; each pair's ratio, so the machine's own swings between
-    pairs cancel out."""
+    pairs cancel out. With ``replicas`` (a role, ``leader`` or ``follower N``, to its pid),
+    also each one's CPU time per write of each kind over all its blocks: unlike writes/s,
+    it hardly moves with the VM's minutes, and the leader's is what bounds a cluster whose
+    cores are busy."""
     wrk_rate(port, True, connections)  # warm both paths up
     wrk_rate(port, False, connections)
+    pids = replicas or {}
+    cpu = {keyed: dict.fromkeys(pids, 0.0) for keyed in (False, True)}
+    writes = dict.fromkeys((False, True), 0.0)
     pairs: list[tuple[float, float]] = []
     for pair in range(2 * blocks):
         order = (False, True) if pair % 2 == 0 else (True, False)
-        rates = {keyed: wrk_rate(port, keyed, connections) for keyed in order}
+        rates = {}
+        for keyed in order:
+            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            rates[keyed] = wrk_rate(port, keyed, connections)
+            for role, pid in pids.items():
+                cpu[keyed][role] += cpu_seconds(pid) - before[role]
+            writes[keyed] += rates[keyed] * WRK_BLOCK
         pairs.append((rates[False], rates[True]))
-    result = {
+    ratios = sorted(with_keys / without for without, with_keys in pairs)
+    quartiles = statistics.quantiles(ratios, n=4)[::2]
+    result: dict[str, Any] = {
         "without_keys": statistics.median(without for without, _ in pairs),
         "with_keys": statistics.median(with_keys for _, with_keys in pairs),
-        "pair_ratio": statistics.median(with_keys / without for without, with_keys in pairs),
+        "pair_ratio": statistics.median(ratios),
+        "pair_ratio_quartiles": quartiles,
         "pairs": pairs,
     }
     say(f"keys by wrk: {result['without_keys']:.1f} writes/s without, {result['with_keys']:.1f}"
-        f" with; median pair ratio {result['pair_ratio']:.3f}")
+        f" with; median pair ratio {result['pair_ratio']:.3f} (quartiles"
+        f" {quartiles[0]:.3f}-{quartiles[1]:.3f})")
+    if pids:
+        per_write = {role: {"without_keys": 1e6 * cpu[False][role] / writes[False],
+                            "with_keys": 1e6 * cpu[True][role] / writes[True]} for role in pids}
+        result["cpu_us_per_write"] = per_write
+        say("CPU per write, unkeyed -> keyed: " + ", ".join(
+            f"{role} {row['without_keys']:.0f} -> {row['with_keys']:.0f} us"
+            f" (x{row['without_keys'] / row['with_keys']:.3f})" for role, row in per_write.items()))
     return result
 
 
@@ -435,6 +462,10 @@ def report(results: dict[str, Any]) -> None:
             say(f"key table by wrk: {by_wrk['with_keys']:.1f} writes/s with keys vs"
                 f" {by_wrk['without_keys']:.1f} without (median pair ratio"
                 f" {by_wrk['pair_ratio']:.3f}; target >= 0.90)")
+            for role, row in by_wrk.get("cpu_us_per_write", {}).items():
+                say(f"  {role} CPU per write: {row['without_keys']:.0f} us without keys,"
+                    f" {row['with_keys']:.0f} with (unkeyed / keyed"
+                    f" {row['without_keys'] / row['with_keys']:.3f})")
     if "ryw" in results:
         ryw = results["ryw"]
         say(f"\nread-your-writes: a writer's read p50 {ryw['writer_ms']['p50']:.2f} ms / p99"
