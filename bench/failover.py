@@ -15,7 +15,9 @@ then runs the modes asked for (``--mode``, repeatable; all of them by default):
   Idempotency-Key, in alternating blocks of the same run (target: keys under 10 % slower):
   by Python threads, a new connection per write (the figure earlier runs reported), then,
   when wrk is installed, by wrk's keep-alive connections, whose own CPU is a fraction of the
-  Python client's, so a write's cost on the replicas is more of what is measured.
+  Python client's, so a write's cost on the replicas is more of what is measured. wrk's
+  blocks come in pairs (median pair ratio, and its quartiles), and each replica's CPU time
+  per write of each kind is read from /proc over all its blocks.
 - ``ryw``: the read latency of a client that has just written (its read carries the
   write's version) next to a client that has not, through the proxy (p50, p99).
 
@@ -323,9 +325,8 @@ def run_keys_by_wrk(port: int, connections: int, blocks: int,
     """The same comparison by wrk (``connections`` keep-alive connections), in pairs of
     blocks whose order alternates; each pair's ratio, so the machine's own swings between
     pairs cancel out. With ``replicas`` (a role, ``leader`` or ``follower N``, to its pid),
-    also each one's CPU time per write of each kind over all its blocks: unlike writes/s,
-    it hardly moves with the VM's minutes, and the leader's is what bounds a cluster whose
-    cores are busy."""
+    also each one's CPU time per write of each kind over all its blocks (the leader's is
+    what bounds a cluster whose replicas each have cores of their own)."""
     wrk_rate(port, True, connections)  # warm both paths up
     wrk_rate(port, False, connections)
     pids = replicas or {}
