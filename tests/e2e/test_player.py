@@ -297,6 +297,11 @@ def test_the_player_picks_up_where_it_was_when_the_cluster_comes_back(
 
     assert resumed_at >= stopped_at - 1.0, "the player started the song over"
     assert played_on > resumed_at
+    # Each recovery loads the stream anew, and a new source plays at defaultPlaybackRate:
+    # back at 1x, the minute and more of the song Chromium had cached (its HTTP cache answers
+    # the reload, and the probe, while every replica is stopped) played on after half a
+    # second of "Reconnecting" that the polling above could miss (one full run failed so).
+    assert own_player.audio("audio.playbackRate") == 16, "the reload lost the playing rate"
 
 
 @pytest.mark.timeout(120)

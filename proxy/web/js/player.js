@@ -214,7 +214,11 @@ export class Player extends EventTarget {
       await new Promise((resolve) => setTimeout(resolve, wait));
       if (song !== this.current) return;
       this.resumeAt = at;
+      // A new source starts at defaultPlaybackRate: the reload goes on at the rate it had, as
+      // at the position (at 1x again, what the browser had cached played on for minutes).
+      const rate = this.audio.playbackRate;
       this.load(this.wantPlaying);
+      this.audio.playbackRate = rate;
     } finally {
       this.recovering = false;
     }
