@@ -100,7 +100,6 @@ def test_a_key_names_its_row_and_its_request_names_its_records() -> None:
     assert one.record_id() == IdempotencyKey("k", one.request).record_id()
 
 
-
 @pytest.mark.parametrize("text", [
     "k", "user-1 k", "ключ", "a" * 255, "01a24825-6cd5-7833-bff3-96c59b52c16b",
     "7 01A24825-6CD5-7833-BFF3-96C59B52C16B", "x\ny",

@@ -228,7 +228,8 @@ export class Player extends EventTarget {
   // a readable stream the browser still refused).
   async probe(song) {
     try {
-      const response = await fetch(songApi.streamUrl(song.id), { headers: { Range: "bytes=0-1" } });
+      // Never from the HTTP cache: a cached answer would hide a song deleted or a cluster down.
+      const response = await fetch(songApi.streamUrl(song.id), { headers: { Range: "bytes=0-1" }, cache: "no-store" });
       response.body?.cancel();
       if (response.ok) return this.audio.error?.code === MediaError.MEDIA_ERR_SRC_NOT_SUPPORTED ? new ApiError(0, "format", "unsupported format") : null;
       let message = response.statusText;
