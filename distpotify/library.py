@@ -570,6 +570,8 @@ def _add_item(db: MetadataDB, item_id: str, fields: dict[str, Any], actor: Actor
     item = db.item(item_id)
     if item is None or item["playlist_id"] != fields["playlist_id"]:
         raise Conflict(f"item {item_id} belongs to another playlist")
+    if item["song_id"] != fields["song_id"]:  # the id names another song's item: not a retry
+        raise Conflict(f"item {item_id} is of another song")
     return Outcome(201 if created else 200, {"item": item})
 
 

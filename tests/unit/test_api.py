@@ -466,6 +466,22 @@ def test_an_item_added_again_under_its_id_is_200_and_adds_nothing(api: InMemoryR
     assert api.get(f"/playlists/{pid}").json()["playlist"] == before
 
 
+def test_an_item_id_of_another_songs_item_is_409_and_changes_nothing(
+        api: InMemoryReplica, song: dict, wav_bytes: bytes) -> None:
+    other = api.upload(wav_bytes + b"other" * 16, query="?title=Other").json()["song"]
+    pid = api.send_json("POST", "/playlists", {"name": "p"}).json()["playlist"]["id"]
+    item_id = "0b8c8cbe-6a39-4a53-9a56-2dc41b0f7c11"
+    api.send_json("POST", f"/playlists/{pid}/items", {"song_id": song["id"], "id": item_id})
+    before = api.get(f"/playlists/{pid}").json()["playlist"]
+
+    answer = api.send_json("POST", f"/playlists/{pid}/items",
+                           {"song_id": other["id"], "id": item_id})
+
+    assert_error(answer, 409, "conflict")
+    assert item_id in answer.json()["message"]
+    assert api.get(f"/playlists/{pid}").json()["playlist"] == before
+
+
 def test_an_empty_song_patch_answers_the_song_and_writes_no_version(api: InMemoryReplica,
                                                                    song: dict) -> None:
     edited = api.send_json("PATCH", f"/songs/{song['id']}", {"title": "Edited"})
