@@ -309,6 +309,24 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+THREAD_PARTS = ("reactor", "threads")
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU of a process from /proc, by thread: its main thread (a replica's
+    reactor) and its other threads together (a replica's store thread, nearly all of it,
+    and the worker pool)."""
+    parts = dict.fromkeys(THREAD_PARTS, 0.0)
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        part = "reactor" if int(stat.parent.name) == pid else "threads"
+        parts[part] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return parts
+
+
 def environment(**tools: Any) -> dict[str, Any]:
     """Versions and load for the report; ``tools`` go in before the load average."""
     import twisted

@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keyless
-from common import BlockKeys, cpu_seconds, playlist_writes, save_result
+from common import THREAD_PARTS, BlockKeys, playlist_writes, save_result, thread_cpu_seconds
 
 from distpotify.keytime import new_key
 from tests.helpers.audio import make_wav
@@ -330,17 +330,20 @@ def run_keys_by_wrk(port: int, connections: int, blocks: int,
     wrk_rate(port, True, connections)  # warm both paths up
     wrk_rate(port, False, connections)
     pids = replicas or {}
-    cpu = {keyed: dict.fromkeys(pids, 0.0) for keyed in (False, True)}
+    cpu = {keyed: {role: dict.fromkeys(THREAD_PARTS, 0.0) for role in pids}
+           for keyed in (False, True)}
     writes = dict.fromkeys((False, True), 0.0)
     pairs: list[tuple[float, float]] = []
     for pair in range(2 * blocks):
         order = (False, True) if pair % 2 == 0 else (True, False)
         rates = {}
         for keyed in order:
-            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            before = {role: thread_cpu_seconds(pid) for role, pid in pids.items()}
             rates[keyed] = wrk_rate(port, keyed, connections)
             for role, pid in pids.items():
-                cpu[keyed][role] += cpu_seconds(pid) - before[role]
+                after = thread_cpu_seconds(pid)
+                for part in THREAD_PARTS:
+                    cpu[keyed][role][part] += after[part] - before[role][part]
             writes[keyed] += rates[keyed] * WRK_BLOCK
         pairs.append((rates[False], rates[True]))
     ratios = sorted(with_keys / without for without, with_keys in pairs)
@@ -356,12 +359,23 @@ def run_keys_by_wrk(port: int, connections: int, blocks: int,
         f" with; median pair ratio {result['pair_ratio']:.3f} (quartiles"
         f" {quartiles[0]:.3f}-{quartiles[1]:.3f})")
     if pids:
-        per_write = {role: {"without_keys": 1e6 * cpu[False][role] / writes[False],
-                            "with_keys": 1e6 * cpu[True][role] / writes[True]} for role in pids}
+        def us(keyed: bool, role: str, parts: tuple[str, ...] = THREAD_PARTS) -> float:
+            return 1e6 * sum(cpu[keyed][role][part] for part in parts) / writes[keyed]
+
+        per_write: dict[str, dict[str, Any]] = {
+            role: {"without_keys": us(False, role), "with_keys": us(True, role),
+                   **{part: {"without_keys": us(False, role, (part,)),
+                             "with_keys": us(True, role, (part,))} for part in THREAD_PARTS}}
+            for role in pids}
         result["cpu_us_per_write"] = per_write
         say("CPU per write, unkeyed -> keyed: " + ", ".join(
             f"{role} {row['without_keys']:.0f} -> {row['with_keys']:.0f} us"
             f" (x{row['without_keys'] / row['with_keys']:.3f})" for role, row in per_write.items()))
+        # The reactor (HTTP, keys parsed, pushes) and the other threads (the store's).
+        say("  by thread: " + ", ".join(
+            f"{role} " + " / ".join(
+                f"{part} {row[part]['without_keys']:.0f} -> {row[part]['with_keys']:.0f}"
+                for part in THREAD_PARTS) for role, row in per_write.items()))
     return result
 
 
