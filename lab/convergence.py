@@ -5,6 +5,7 @@ passes, a deadline that a replica still joining, and getting on with its join, p
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -158,19 +159,29 @@ def wait(
     earlier and has moved on since (its phase, chunks or snapshots changed, or it has ended:
     the replica is ACTIVE) pushes the deadline back a window, but never past TIMEOUT +
     ALLOWANCE; a join that did not move on, or one not under way a window earlier, pushes
-    nothing: a stuck join still fails the wait."""
+    nothing: a stuck join still fails the wait.
+
+    A look may take longer than a window (it reads whole libraries, and a loaded machine
+    serves them slowly): the joins are then read before the look as well, so the read a
+    window before the deadline is not made after it, next to the one at the deadline, where
+    no join can be seen moving on."""
     started = clock()
     deadline, cap = timeout, timeout + allowance
     before: dict[int, JoinProgress] | None = None  # the joins a window before the deadline
+    last_look = math.inf  # how long the last look took (none yet: the first may be long)
     extensions: list[Extension] = []
     while True:
+        began = clock() - started
+        ahead = (joins() if before is None and began + last_look >= deadline - JOIN_WINDOW
+                 else None)
         found = look()
         elapsed = clock() - started
+        last_look = elapsed - began
         if agreed(found):
             return found, Waited(True, round(elapsed, 3), timeout, allowance,
                                  tuple(extensions))
         if before is None and elapsed >= deadline - JOIN_WINDOW:
-            before = joins()
+            before = ahead if ahead is not None else joins()
         if elapsed >= deadline:
             previous, now = before or {}, joins()
             moving = _moved_on(previous, now)

@@ -99,6 +99,33 @@ def test_a_join_not_moving_on_in_the_last_window_extends_nothing(stalled_at: flo
         f"{JOIN_WINDOW:.0f} s ({stuck.brief()})")
 
 
+def test_a_look_longer_than_the_window_still_sees_the_join_it_spanned_move_on() -> None:
+    """On a loaded machine one look (whole libraries read) outlasted the timeout while a
+    replica finished its join: the joins read after it, both ACTIVE, showed no move, and the
+    wait gave up (lab run of seed 2073, beside a make test)."""
+    time = FakeTime()
+    said: list[str] = []
+
+    def look() -> float:
+        if time.elapsed == 0:
+            time.now += 35.0  # the first look, reading whole libraries slowly
+        return time.elapsed
+
+    def join(at: float) -> JoinProgress:  # ACTIVE from 32 s, inside that look
+        return joining(int(at * 40)) if at < 32 else active()
+
+    _, waited = wait(
+        look=look, agreed=lambda at: at >= 40.0,
+        joins=lambda: {1: active(1), JOINER: join(time.elapsed)},
+        timeout=TIMEOUT, allowance=300.0, interval=INTERVAL, echo=said.append,
+        clock=time.clock, sleep=time.sleep,
+    )
+
+    assert waited.agreed and waited.seconds == 40.0
+    assert [(e.node_id, e.at, e.until) for e in waited.extensions] == [(JOINER, 35.0, 45.0)]
+    assert waited.extensions[0].before == joining(0) and waited.extensions[0].now == active()
+
+
 def test_the_join_allowance_caps_the_wait_for_a_join_that_never_ends() -> None:
     time = FakeTime()
 
