@@ -299,14 +299,23 @@ def cpu_seconds(pid: int) -> float:
     running (nginx's worker)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        fields = _stat_fields(stat)
+        if fields is not None and (int(stat.parent.name) == pid or int(fields[1]) == pid):
+            total += _cpu_of(fields)
     return total
+
+
+def _stat_fields(stat: Path) -> list[str] | None:
+    """The fields of a /proc stat file after the command's name (None: it has gone)."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _cpu_of(fields: list[str]) -> float:
+    """User + system CPU seconds of a /proc stat file's fields (_stat_fields)."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 THREAD_PARTS = ("reactor", "threads")
@@ -318,12 +327,9 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     and the worker pool)."""
     parts = dict.fromkeys(THREAD_PARTS, 0.0)
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        part = "reactor" if int(stat.parent.name) == pid else "threads"
-        parts[part] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        fields = _stat_fields(stat)
+        if fields is not None:
+            parts["reactor" if int(stat.parent.name) == pid else "threads"] += _cpu_of(fields)
     return parts
 
 

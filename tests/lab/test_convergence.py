@@ -47,12 +47,14 @@ def active(node_id: int = JOINER) -> JoinProgress:
 
 def run_wait(time: FakeTime, join: Callable[[float], JoinProgress],
              agreed_from: float | None = None,
-             allowance: float = 300.0) -> tuple[Waited, list[str]]:
+             allowance: float = 300.0,
+             look: Callable[[], float] | None = None) -> tuple[Waited, list[str]]:
     """The wait on TIME, with node 1 ACTIVE and node JOINER as JOIN says at each moment;
-    the replicas agree from AGREED_FROM seconds into the wait (never when None)."""
+    the replicas agree from AGREED_FROM seconds into the wait (never when None). LOOK, if
+    given, is each look (it may move TIME on) and answers the time it ended."""
     said: list[str] = []
     _, waited = wait(
-        look=lambda: time.elapsed,
+        look=look or (lambda: time.elapsed),
         agreed=lambda at: agreed_from is not None and at >= agreed_from,
         joins=lambda: {1: active(1), JOINER: join(time.elapsed)},
         timeout=TIMEOUT, allowance=allowance, interval=INTERVAL, echo=said.append,
@@ -104,7 +106,6 @@ def test_a_look_longer_than_the_window_still_sees_the_join_it_spanned_move_on() 
     replica finished its join: the joins read after it, both ACTIVE, showed no move, and the
     wait gave up (lab run of seed 2073, beside a make test)."""
     time = FakeTime()
-    said: list[str] = []
 
     def look() -> float:
         if time.elapsed == 0:
@@ -114,12 +115,7 @@ def test_a_look_longer_than_the_window_still_sees_the_join_it_spanned_move_on() 
     def join(at: float) -> JoinProgress:  # ACTIVE from 32 s, inside that look
         return joining(int(at * 40)) if at < 32 else active()
 
-    _, waited = wait(
-        look=look, agreed=lambda at: at >= 40.0,
-        joins=lambda: {1: active(1), JOINER: join(time.elapsed)},
-        timeout=TIMEOUT, allowance=300.0, interval=INTERVAL, echo=said.append,
-        clock=time.clock, sleep=time.sleep,
-    )
+    waited, _ = run_wait(time, join, agreed_from=40.0, look=look)
 
     assert waited.agreed and waited.seconds == 40.0
     assert [(e.node_id, e.at, e.until) for e in waited.extensions] == [(JOINER, 35.0, 45.0)]
