@@ -6,6 +6,7 @@ says."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -80,6 +81,20 @@ def write(client: Client, one: Round, song: dict[str, Any], audio: Callable[[int
                        {"Content-Type": "audio/wav"})
 
 
+def as_the_leader_fails(leader: ReplicaProcess, how: signal.Signals, rng: random.Random,
+                        send: Callable[[], Any]) -> tuple[Any, float]:
+    """``send()``'s answer, sent 0-50 ms after ``how`` (SIGKILL or SIGSTOP) reached the
+    leader, and the seconds it took."""
+    if how == signal.SIGKILL:
+        leader.kill()
+    else:
+        leader.signal(signal.SIGSTOP)
+    time.sleep(rng.uniform(0, 0.05))  # the write leaves 0-50 ms after the signal
+    started = time.monotonic()
+    answer = send()
+    return answer, time.monotonic() - started
+
+
 def check_exactly_once(node: ReplicaProcess, rounds: list[Round], song: dict[str, Any]) -> None:
     playlists = node.get("/playlists").json()["playlists"]
     names = [p["name"] for p in playlists]
@@ -121,14 +136,8 @@ def test_writes_sent_as_the_leader_fails_take_effect_exactly_once(
         one = Round(KINDS[number % len(KINDS)], number)
         leader = fronted.cluster.nodes[fronted.proxy_follows()]
         prepare(client, fronted, one)
-        if how == signal.SIGKILL:
-            leader.kill()
-        else:
-            leader.signal(signal.SIGSTOP)
-        time.sleep(rng.uniform(0, 0.05))  # the write leaves 0-50 ms after the signal
-        started = time.monotonic()
-        one.answer = write(client, one, song, audio)
-        one.took = time.monotonic() - started
+        one.answer, one.took = as_the_leader_fails(
+            leader, how, rng, functools.partial(write, client, one, song, audio))
         fronted.restore(leader, how)
         assert one.answer.status == EXPECTED[one.kind], (one, one.answer.body)
         assert one.answer.headers["x-served-by"] != str(leader.node_id), one
@@ -210,14 +219,9 @@ def test_subsonic_writes_sent_as_the_leader_fails_take_effect_exactly_once(
         leader = fronted.cluster.nodes[fronted.proxy_follows()]
         # A write just before: the proxy's pooled connection to the leader is warm.
         create_playlist(client, f"before {number}")
-        if how == signal.SIGKILL:
-            leader.kill()
-        else:
-            leader.signal(signal.SIGSTOP)
-        time.sleep(rng.uniform(0, 0.05))  # the write leaves 0-50 ms after the signal
-        started = time.monotonic()
-        create_playlist(client, f"during {number}")
-        took.append(time.monotonic() - started)
+        _, seconds = as_the_leader_fails(
+            leader, how, rng, functools.partial(create_playlist, client, f"during {number}"))
+        took.append(seconds)
         fronted.restore(leader, how)
 
     fronted.proxy_follows(timeout=60)
