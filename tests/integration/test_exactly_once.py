@@ -187,13 +187,18 @@ def with_accounts(tmp_path: Path, replicas: list[ReplicaProcess]) -> Iterator[Fr
         yield running
 
 
-def subsonic_clients(fronted: Fronted) -> list[Any]:
+@pytest.fixture
+def subsonic_clients(with_accounts: Fronted) -> Iterator[list[Any]]:
     """The admin as two real Subsonic clients: one writing by GET, one by form POST."""
+    port = with_accounts.proxy.port
     by_get = libopensonic.Connection("http://127.0.0.1", ADMIN_NAME, ADMIN_PASSWORD,
-                                     port=fronted.proxy.port, legacy_auth=True, use_get=True)
-    by_form = libsonic.Connection("http://127.0.0.1", ADMIN_NAME, ADMIN_PASSWORD,
-                                  port=fronted.proxy.port, legacyAuth=True)
-    return [by_get, by_form]
+                                     port=port, legacy_auth=True, use_get=True)
+    by_form = libsonic.Connection("http://127.0.0.1", ADMIN_NAME, ADMIN_PASSWORD, port=port,
+                                  legacyAuth=True)
+    try:
+        yield [by_get, by_form]
+    finally:
+        by_get.cleanup()  # its connection, event loop and thread
 
 
 def create_playlist(client: Any, name: str) -> None:
@@ -207,11 +212,10 @@ def create_playlist(client: Any, name: str) -> None:
 @pytest.mark.timeout(300 + SUBSONIC_ROUNDS * 40)
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
 def test_subsonic_writes_sent_as_the_leader_fails_take_effect_exactly_once(
-    with_accounts: Fronted, how: signal.Signals
+    with_accounts: Fronted, subsonic_clients: list[Any], how: signal.Signals
 ) -> None:
-    fronted = with_accounts
+    fronted, clients = with_accounts, subsonic_clients
     admin = fronted.admin()
-    clients = subsonic_clients(fronted)
     rng = random.Random(17)
     took = []
     for number in range(SUBSONIC_ROUNDS):
